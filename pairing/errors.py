@@ -61,7 +61,7 @@ class RemoteError(PairingError):
 
 
 class DecodeError(LocalError, ValueError):
-    """A message from the peer could not be decoded (malformed, too large or of an unknown shape)."""
+    """A message from the peer could not be decoded (malformed, too large or of unknown shape)."""
 
     code = ErrorCode.DECODE
 

@@ -1,0 +1,80 @@
+"""Small compositions of `cryptography` primitives shared by pairkit's protocols."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import AuthenticationError, DecodeError
+
+Rng = Callable[[int], bytes]
+
+
+def hkdf(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def mac(key: bytes, *parts: bytes) -> bytes:
+    """HMAC-SHA256 over the length-prefixed ``parts`` (unambiguous concatenation)."""
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for p in parts:
+        h.update(len(p).to_bytes(4, "big"))
+        h.update(p)
+    return h.digest()
+
+
+def same(a: bytes, b: bytes) -> bool:
+    """Constant-time comparison of two secrets or MACs."""
+    return hmac.compare_digest(a, b)
+
+
+def x25519_keypair(rng: Rng) -> tuple[bytes, bytes]:
+    """(private, public) X25519 key pair from ``rng`` (RFC 7748 §5: clamping is X25519's)."""
+    private = rng(32)
+    public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+    return private, public
+
+
+def x25519(private: bytes, public: bytes) -> bytes:
+    """X25519 with the all-zero check of RFC 7748 §6.1 (a low-order peer key fails)."""
+    if len(public) != 32:
+        raise DecodeError("a public key must be 32 bytes")
+    try:
+        shared = X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(public)
+        )
+    except ValueError:
+        raise AuthenticationError("the peer's public key is not acceptable") from None
+    if not any(shared):
+        raise AuthenticationError("the peer's public key is not acceptable")
+    return shared
+
+
+def seal(key: bytes, nonce: int, plaintext: bytes, ad: bytes) -> bytes:
+    """ChaCha20-Poly1305 with a counter nonce (one key, few messages)."""
+    return ChaCha20Poly1305(key).encrypt(nonce.to_bytes(12, "little"), plaintext, ad)
+
+
+def unseal(key: bytes, nonce: int, ciphertext: bytes, ad: bytes, what: str) -> bytes:
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce.to_bytes(12, "little"), ciphertext, ad)
+    except Exception:  # cryptography raises InvalidTag; any failure means the same to us
+        raise AuthenticationError(f"{what} did not verify") from None
+
+
+def digest(data: bytes, length: int = 16) -> bytes:
+    """A SHA-256 digest truncated to ``length`` bytes (key ids, prekey digests)."""
+    return hashlib.sha256(data).digest()[:length]
+
+
+def fingerprint(data: bytes, groups: int = 4) -> str:
+    """A human-readable fingerprint: SHA-256, first ``groups`` x 2 bytes, as 'ab12-cd34-...'."""
+    h = hashlib.sha256(data).hexdigest()
+    return "-".join(h[i * 4 : i * 4 + 4] for i in range(groups))

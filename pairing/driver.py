@@ -1,0 +1,137 @@
+"""The thin asyncio driver that runs any :class:`~pairing.machine.Machine` over any link.
+
+The machine decides everything; the driver only moves bytes, asks the delegate the machine's
+questions, and turns the machine's deadline into a wait with a timeout.  A silent peer therefore
+ends in :class:`~pairing.errors.PairingTimeout` when the machine's deadline passes, never a hang.
+Messages larger than the link's MTU are fragmented with :mod:`pairing.framing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
+from .framing import Reassembler, fragment
+from .machine import Machine, Question
+
+#: a machine that sets no deadline still gets one: nothing in pairkit waits forever
+DEFAULT_IDLE = 60.0
+#: how long a person has to answer a question (confirm a code, allow a join)
+DEFAULT_ANSWER_TIME = 120.0
+#: the largest handshake message the driver reassembles
+MAX_HANDSHAKE_MESSAGE = 64 * 1024
+
+
+class LinkLike(Protocol):
+    """The part of :class:`transports.base.Link` the driver uses (pairing/ imports no transport)."""
+
+    @property
+    def mtu(self) -> int: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def recv(self) -> bytes: ...
+
+
+class MessagePipe:
+    """Whole messages over a link of bounded MTU (fragmenting and reassembling)."""
+
+    def __init__(self, link: LinkLike, *, max_message: int = MAX_HANDSHAKE_MESSAGE) -> None:
+        self.link = link
+        self._reassembler = Reassembler(max_message)
+
+    async def send(self, message: bytes) -> None:
+        for piece in fragment(message, self.link.mtu):
+            await self.link.send(piece)
+
+    async def recv(self) -> bytes:
+        while True:
+            message = self._reassembler.feed(await self.link.recv())
+            if message is not None:
+                return message
+
+
+async def drive(
+    machine: Machine,
+    link: LinkLike | MessagePipe,
+    *,
+    delegate: Any = None,
+    clock: Callable[[], float] | None = None,
+    idle: float = DEFAULT_IDLE,
+    answer_time: float = DEFAULT_ANSWER_TIME,
+) -> None:
+    """Run ``machine`` over ``link`` until it is done; raise its error if it fails.
+
+    ``delegate`` receives events by hook name (``await delegate.<event.hook>(event)``); for a
+    :class:`Question` the hook's return value is the answer.  ``clock`` defaults to the event
+    loop's monotonic clock.
+    """
+    loop = asyncio.get_running_loop()
+    now = clock or loop.time
+    pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)
+
+    async def flush() -> None:
+        for message in machine.outgoing():
+            await pipe.send(message)
+
+    try:
+        while True:
+            await flush()
+            events = machine.events()
+            for event in events:
+                await _deliver(machine, event, delegate, now, answer_time)
+            if events:
+                continue  # an answer may have produced output or more events
+            if machine.done:
+                return
+            if machine.failed:
+                assert machine.error is not None
+                raise machine.error
+            deadline = machine.next_deadline()
+            wait = idle if deadline is None else max(0.0, deadline - now())
+            try:
+                message = await asyncio.wait_for(pipe.recv(), wait)
+            except TimeoutError:
+                if deadline is None:
+                    raise PairingTimeout(f"the peer sent nothing for {idle:.0f} s") from None
+                machine.on_timeout(now())
+                continue
+            machine.receive(message, now())
+    except LinkClosedError as exc:
+        machine.abort(exc)
+        raise LinkClosedError("the link closed before the exchange was complete") from exc
+    except PairingError as exc:
+        machine.abort(exc)
+        # Best effort: tell the peer why we stop (the machine queued an Abort).
+        with contextlib.suppress(PairingError, OSError, TimeoutError):
+            await asyncio.wait_for(flush(), 1.0)
+        raise
+    except BaseException as exc:
+        machine.abort(PairingError(f"stopped: {type(exc).__name__}"))
+        raise
+
+
+async def _deliver(
+    machine: Machine,
+    event: Any,
+    delegate: Any,
+    now: Callable[[], float],
+    answer_time: float,
+) -> None:
+    hook = getattr(delegate, event.hook, None) if delegate is not None else None
+    if not isinstance(event, Question):
+        if hook is not None:
+            await hook(event)
+        return
+    if hook is None:
+        raise ConfigError(
+            f"no one to answer {type(event).__name__}: the delegate lacks {event.hook}"
+        )
+    try:
+        value = await asyncio.wait_for(hook(event), answer_time)
+    except TimeoutError:
+        raise PairingTimeout(f"no answer within {answer_time:.0f} s") from None
+    machine.answer(event, value, now())

@@ -1,0 +1,190 @@
+"""The base of pairkit's sans-I/O protocol machines (STYLE.md rules 1 to 4).
+
+A machine takes whole messages and answers in, and gives messages, events and a deadline out.
+It reads no clock (``now`` is an argument), draws no randomness (an ``rng`` is passed to its
+constructor) and opens no socket.  One table per machine, ``(state, message class) -> handler``,
+says which message is legal in which state; anything else is a :class:`ProtocolError`.  Any error
+poisons the machine: it moves to ``FAILED``, queues an :class:`~pairing.wire.Abort` for the peer
+when the error is ours, and every later call raises the same error.
+
+Events that need a person's answer (confirm a code, type a PIN, allow a join) are
+:class:`Question` subclasses; the driver asks the delegate and feeds the answer back with
+:meth:`Machine.answer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from . import wire
+from .errors import (
+    ErrorCode,
+    LocalError,
+    PairingError,
+    PairingTimeout,
+    ProtocolError,
+    RemoteError,
+    local_error_for,
+)
+
+FAILED = "failed"
+DONE = "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """Something a machine tells its user (show a PIN, progress...)."""
+
+    hook: ClassVar[str] = "on_event"
+
+
+@dataclasses.dataclass(frozen=True)
+class Question(Event):
+    """An event that needs an answer from the user's delegate before the machine goes on."""
+
+
+Handler = Callable[[Any, float], None]
+
+
+class Machine:
+    """Base class: owns the state, the output queues, the deadline and the poison rule."""
+
+    #: (state, message class) -> name of the handler method
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {}
+    #: state -> name of the answer method for the question asked in that state
+    ANSWERS: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, *, initial_state: str) -> None:
+        self.state = initial_state
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._deadline: float | None = None
+        self._deadline_text = "the peer did not answer in time"
+        self._error: PairingError | None = None
+
+    # -- what the driver reads ------------------------------------------------------------
+
+    def outgoing(self) -> list[bytes]:
+        """Messages to send to the peer, in order (the queue is emptied)."""
+        out, self._out = self._out, []
+        return out
+
+    def events(self) -> list[Event]:
+        """Events for the user, in order (the queue is emptied)."""
+        out, self._events = self._events, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The time by which the machine must hear from the peer, or ``None``."""
+        return None if self.state in (DONE, FAILED) else self._deadline
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
+
+    @property
+    def failed(self) -> bool:
+        return self.state == FAILED
+
+    @property
+    def error(self) -> PairingError | None:
+        return self._error
+
+    # -- what the driver feeds ------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Feed one whole message from the peer."""
+        self._check_usable()
+        try:
+            msg = wire.decode(data)
+            if isinstance(msg, wire.Abort):
+                raise _remote(msg)
+            name = self.TABLE.get((self.state, type(msg)))
+            if name is None:
+                raise ProtocolError(
+                    f"the peer sent {type(msg).__name__} when it was not expected "
+                    f"(state {self.state})"
+                )
+            getattr(self, name)(msg, now)
+        except PairingError as exc:
+            self._fail(exc)
+            raise
+
+    def answer(self, question: Question, value: Any, now: float) -> None:
+        """Give the user's answer to ``question``."""
+        self._check_usable()
+        name = self.ANSWERS.get(self.state)
+        if name is None:
+            raise ProtocolError(f"no question is pending (state {self.state})")
+        try:
+            getattr(self, name)(question, value, now)
+        except PairingError as exc:
+            self._fail(exc)
+            raise
+
+    def on_timeout(self, now: float) -> None:
+        """Tell the machine that ``now`` has come; it fails if its deadline passed."""
+        self._check_usable()
+        if self._deadline is not None and now >= self._deadline:
+            exc = PairingTimeout(self._deadline_text)
+            self._fail(exc)
+            raise exc
+
+    def abort(self, exc: PairingError) -> None:
+        """Stop from outside (the link broke, the user cancelled): the machine is poisoned."""
+        if self.state not in (DONE, FAILED):
+            self._fail(exc)
+
+    # -- for subclasses -------------------------------------------------------------------
+
+    def _send(self, msg: wire.Message) -> None:
+        self._out.append(msg.encode())
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _expect_by(self, deadline: float | None, text: str | None = None) -> None:
+        self._deadline = deadline
+        if text:
+            self._deadline_text = text
+
+    def _finish(self) -> None:
+        self.state = DONE
+        self._deadline = None
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.state == DONE:
+            raise ProtocolError("the exchange is already complete")
+
+    def _fail(self, exc: PairingError) -> None:
+        if self._error is not None:
+            return
+        self._error = exc
+        self.state = FAILED
+        self._deadline = None
+        if isinstance(exc, LocalError) and not isinstance(exc, PairingTimeout):
+            # Tell the peer why, so it stops at once instead of waiting for its deadline.
+            self._out.append(wire.Abort(code=_code(exc), reason=_short(str(exc))).encode())
+
+
+def _code(exc: PairingError) -> ErrorCode:
+    try:
+        return ErrorCode(exc.code)
+    except ValueError:
+        return ErrorCode.UNKNOWN
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _remote(msg: wire.Abort) -> RemoteError:
+    err = RemoteError(msg.reason, code=msg.code)
+    # Keep the local class visible too, so callers can catch e.g. AuthenticationError
+    # whichever side detected it.
+    err.local = local_error_for(msg.code, msg.reason)  # type: ignore[attr-defined]
+    return err

@@ -1,0 +1,129 @@
+"""The pairing messages on the wire (see :mod:`pairing.wire` for the encoding rules).
+
+=====  ================  =========================================================================
+type   message           sent by, when
+=====  ================  =========================================================================
+1      Abort             either side, when it stops (error code and reason)
+10     Offer             guest, first: its announcement and the first data of its method
+11     Accept            host, second: its announcement and its method data
+12     NoiseMessage      either: a further Noise handshake message
+13     Reveal            either: a nonce revealed after a commitment (``compare``)
+14     Confirm           either: key confirmation and the sealed identity (``compare``, ``clear``)
+20     ResumeMessage     either: the known-peer resume flow (Mozilla Sync style header)
+=====  ================  =========================================================================
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from .negotiation import Method
+from .wire import Message, field, message, struct
+
+ID_LEN = 16
+KEY_LEN = 32
+NONCE_LEN = 16
+MAC_LEN = 32
+MAX_PREKEYS = 16
+
+
+@struct
+class Announce(Message):
+    """One side's announcement: capabilities, allowed methods, its choice, a fresh nonce."""
+
+    caps: int = field(2)
+    methods: int = field(3)
+    method: Method = field(4)
+    name: str = field(5, max_len=64)
+    nonce: bytes = field(6, size=NONCE_LEN)
+
+
+@struct
+class Identity(Message):
+    """Who a device is, sent only inside an encrypted and authenticated payload."""
+
+    device_id: bytes = field(2, size=ID_LEN)
+    name: str = field(3, max_len=64)
+    static: bytes = field(4, size=KEY_LEN)
+    signing: bytes = field(5, size=KEY_LEN)
+    #: digests of fresh ephemeral keys the peer may nominate to resume later (prekeys)
+    prekeys: tuple[bytes, ...] = field(6, size=ID_LEN, max_len=MAX_PREKEYS, default=())
+
+
+@message(type_id=10, max_size=1024)
+class Offer(Message):
+    """Guest -> host: the announcement and the first data of the proposed method."""
+
+    hello: Announce = field(2)
+    cpace: bytes | None = field(3, size=KEY_LEN, default=None)  #: CPace Ya (``pin``)
+    noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message 1 (``qr``, ``kk``)
+    pk: bytes | None = field(5, size=KEY_LEN, default=None)  #: ephemeral key (``compare``)
+    qr_id: bytes | None = field(6, size=8, default=None)  #: which QR code (``qr``)
+    guest_id: bytes | None = field(7, size=ID_LEN, default=None)  #: who is calling (``kk``)
+
+
+@message(type_id=11, max_size=1024)
+class Accept(Message):
+    """Host -> guest: the announcement and the host's method data."""
+
+    hello: Announce = field(2)
+    cpace: bytes | None = field(3, size=KEY_LEN, default=None)  #: CPace Yb (``pin``)
+    noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message (``pin``, ``qr``)
+    sealed: bytes | None = field(5, max_len=256, default=None)  #: HPKE enc||ct (``compare``)
+    commit: bytes | None = field(6, size=MAC_LEN, default=None)  #: commitment (``compare``)
+    key: bytes | None = field(7, size=KEY_LEN, default=None)  #: the session key (``clear``)
+    identity: bytes | None = field(8, max_len=512, default=None)  #: host identity (``clear``)
+
+
+@message(type_id=12, max_size=1024)
+class NoiseMessage(Message):
+    """A further Noise handshake message (Noise rev 34 §5.3 WriteMessage output)."""
+
+    noise: bytes = field(2, max_len=512)
+
+
+@message(type_id=13, max_size=128)
+class Reveal(Message):
+    """A nonce revealed after the commitment (``compare``, commit-then-reveal)."""
+
+    nonce: bytes = field(2, size=NONCE_LEN)
+
+
+@message(type_id=14, max_size=1024)
+class Confirm(Message):
+    """Key confirmation, with the sender's identity sealed under the session key."""
+
+    mac: bytes = field(2, size=MAC_LEN)
+    identity: bytes = field(3, max_len=512)
+
+
+class ResumeKind(IntEnum):
+    """The ``type`` of a resume message (Mozilla Sync key exchange)."""
+
+    INIT = 1
+    OKAY = 2
+    FAIL = 3
+    CONFIRM = 4
+
+
+@struct
+class ResumeHeader(Message):
+    """The resume header: source and destination client and key ids, sequence and type."""
+
+    src_id: bytes = field(2, size=ID_LEN)
+    src_key_id: bytes = field(3, size=ID_LEN)
+    dst_id: bytes = field(4, size=ID_LEN)
+    dst_key_id: bytes = field(5, size=ID_LEN)
+    seq: int = field(6)
+    kind: ResumeKind = field(7)
+    src_key: bytes | None = field(8, size=KEY_LEN, default=None)  #: optional after the first
+
+
+@message(type_id=20, max_size=1024)
+class ResumeMessage(Message):
+    """A resume message: header, then a verifier and sealed data, or a failure reason."""
+
+    header: ResumeHeader = field(2)
+    verifier: bytes | None = field(3, size=MAC_LEN, default=None)
+    sealed: bytes | None = field(4, max_len=512, default=None)
+    reason: str | None = field(5, max_len=100, default=None)

@@ -1,0 +1,161 @@
+"""Capabilities, methods and the table that picks a method (DESIGN.md step 4).
+
+Each side announces its capabilities and the methods it allows.  The guest proposes a method
+(the one its user asked for, or the first of :data:`PREFERENCE` that the table allows); the host
+checks the proposal against the same table and either accepts it or stops with
+:class:`~pairing.errors.UnsupportedError`.  Both announcements and the choice go into the
+transcript of every method (see :func:`transcript_hash`), so a man in the middle who rewrites
+them makes the handshake fail: this is what defeats method confusion and downgrade, as BLE's
+IO-capability exchange is bound into its confirmation values (Core spec Vol 3 Part H §2.3.5.6).
+
+The table (``requirements``): a method is possible when
+
+============  =============================================================================
+method        requires
+============  =============================================================================
+``resume``    the guest knows the host (a stored peer with prekeys, or its static key for KK)
+``qr``        the host can display (a QR code) and the guest can scan one (or was given it)
+``pin``       the host can display and the guest can type digits
+``compare``   both can display and both can confirm yes/no
+``clear``     the link is already encrypted at the link layer (or the user forces it)
+``ttp``       both can reach the same trusted third party (its own issue)
+============  =============================================================================
+
+and preference, strongest and least effort first: resume, qr, pin, compare, clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import IntEnum, IntFlag
+
+from . import cbor
+from .errors import UnsupportedError
+
+
+class Caps(IntFlag):
+    """What a device can do for pairing."""
+
+    NONE = 0
+    DISPLAY = 1  #: can show a PIN, a code or a QR code
+    KEYPAD = 2  #: can type digits
+    CONFIRM = 4  #: can ask yes/no
+    SCAN_QR = 8  #: can read a QR code (camera, or a URI pasted by the user)
+    ENCRYPTED_LINK = 16  #: the link under this pairing is encrypted at the link layer
+
+
+ALL_CAPS = Caps.DISPLAY | Caps.KEYPAD | Caps.CONFIRM | Caps.SCAN_QR
+
+
+class Method(IntEnum):
+    """Pairing methods; the value goes on the wire."""
+
+    PIN = 1
+    QR = 2
+    COMPARE = 3
+    CLEAR = 4
+    RESUME = 5
+    KK = 6  #: the Noise KK fallback of ``resume`` when no prekey is left
+    TTP = 7
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Method:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            names = ", ".join(m.label for m in cls if m is not cls.KK)
+            raise ValueError(f"unknown method {text!r}; expected one of: {names}") from None
+
+
+PREFERENCE: tuple[Method, ...] = (
+    Method.RESUME,
+    Method.QR,
+    Method.PIN,
+    Method.COMPARE,
+    Method.CLEAR,
+)
+
+
+def methods_mask(methods: frozenset[Method] | set[Method] | tuple[Method, ...]) -> int:
+    """Methods as a bit mask (bit ``m.value``), as they travel in hellos and offers."""
+    mask = 0
+    for m in methods:
+        mask |= 1 << int(m)
+    return mask
+
+
+def methods_from_mask(mask: int) -> frozenset[Method]:
+    return frozenset(m for m in Method if mask & (1 << int(m)))
+
+
+def missing_for(method: Method, guest: Caps, host: Caps, *, knows_peer: bool = False) -> str | None:
+    """Why ``method`` is impossible with these capabilities, or ``None`` when it is possible."""
+    if method in (Method.RESUME, Method.KK):
+        return None if knows_peer else "the guest does not know this host yet"
+    if method is Method.QR:
+        if not host & Caps.DISPLAY:
+            return "the host cannot display a QR code"
+        if not guest & Caps.SCAN_QR:
+            return "the guest cannot scan a QR code"
+        return None
+    if method is Method.PIN:
+        if not host & Caps.DISPLAY:
+            return "the host cannot display a PIN"
+        if not guest & Caps.KEYPAD:
+            return "the guest cannot type a PIN"
+        return None
+    if method is Method.COMPARE:
+        if not (host & guest & Caps.DISPLAY and host & guest & Caps.CONFIRM):
+            return "both sides must be able to display a code and confirm it"
+        return None
+    if method is Method.CLEAR:
+        if not (host & Caps.ENCRYPTED_LINK and guest & Caps.ENCRYPTED_LINK):
+            return "the link is not encrypted"
+        return None
+    if method is Method.TTP:
+        return None
+    return "unknown method"
+
+
+def choose(
+    guest_caps: Caps,
+    guest_methods: frozenset[Method],
+    host_caps: Caps,
+    host_methods: frozenset[Method],
+    *,
+    proposed: Method | None = None,
+    knows_peer: bool = False,
+) -> Method:
+    """The method both sides agree on (the table above), or :class:`UnsupportedError`.
+
+    With ``proposed``, that method is checked; without, the first of :data:`PREFERENCE`
+    that both allow and the capabilities support is taken.
+    """
+    common = guest_methods & host_methods
+    candidates = (proposed,) if proposed is not None else PREFERENCE
+    reasons = []
+    for method in candidates:
+        allowed = method in common or (method is Method.KK and Method.RESUME in common)
+        if not allowed:
+            host_list = ", ".join(sorted(m.label for m in host_methods)) or "none"
+            reasons.append(f"the host allows only: {host_list}")
+            continue
+        why = missing_for(method, guest_caps, host_caps, knows_peer=knows_peer)
+        if why is None:
+            return method
+        reasons.append(why)
+    if proposed is not None:
+        raise UnsupportedError(f"method '{proposed.label}' cannot be used: {reasons[0]}")
+    raise UnsupportedError("no pairing method suits both devices: " + "; ".join(reasons))
+
+
+def transcript_hash(label: bytes, *parts: object) -> bytes:
+    """SHA-256 over a domain label and the canonical CBOR encoding of ``parts``.
+
+    Used to bind the negotiation (both announcements and the choice) into each method.
+    """
+    return hashlib.sha256(label + cbor.encode(list(parts))).digest()

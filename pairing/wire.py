@@ -1,0 +1,321 @@
+"""pairkit's wire format: frozen dataclasses with a strict CBOR encoding.
+
+Every message is a CBOR map (RFC 8949 §3.1 major type 5) with small integer keys:
+
+======  ==========================================================
+key     value
+======  ==========================================================
+0       protocol version (unsigned integer, :data:`VERSION`)
+1       message type (unsigned integer, unique per message class)
+2...    the message's own fields, numbered in its class definition
+======  ==========================================================
+
+A field whose value is ``None`` or its default is still written unless it is ``None`` (absent
+keys decode to ``None``).  Decoding is strict: the whole encoding must pass
+:func:`pairing.cbor.decode` (definite lengths, shortest form, no tags, no floats), the message
+must fit its type's size limit, every key must be known to its type, every field must have the
+declared type and length, and every failure is a :class:`~pairing.errors.DecodeError`.
+
+Message classes are declared with :func:`message`::
+
+    @message(type_id=7, max_size=256)
+    class Ping:
+        nonce: bytes = field(2, size=16)
+        note: str | None = field(3, max_len=64, default=None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any, ClassVar, TypeVar
+
+from . import cbor
+from .errors import DecodeError, ErrorCode
+
+VERSION = 1
+K_VERSION = 0
+K_TYPE = 1
+MAX_INT = 2**64 - 1
+
+_REGISTRY: dict[int, type[Message]] = {}
+
+T = TypeVar("T")
+
+
+class Message:
+    """Base class of every wire message (see :func:`message`)."""
+
+    TYPE: ClassVar[int]
+    MAX_SIZE: ClassVar[int]
+    _FIELDS: ClassVar[tuple[_Field, ...]]
+
+    def encode(self) -> bytes:
+        """The message's CBOR encoding (never larger than its type's ``MAX_SIZE``)."""
+        body = _encode_body(self)
+        body[K_VERSION] = VERSION
+        body[K_TYPE] = self.TYPE
+        data = cbor.encode(body)
+        if len(data) > self.MAX_SIZE:
+            raise ValueError(
+                f"{type(self).__name__} encodes to {len(data)} bytes, over its limit "
+                f"of {self.MAX_SIZE}"
+            )
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    name: str
+    key: int
+    kind: Any
+    size: int | None
+    max_len: int | None
+    optional: bool
+    has_default: bool
+    default: Any
+
+
+def field(
+    key: int,
+    *,
+    size: int | None = None,
+    max_len: int | None = None,
+    default: Any = dataclasses.MISSING,
+) -> Any:
+    """Declare a message field with wire key ``key`` (2 or more).
+
+    ``size`` fixes the exact length of a byte string; ``max_len`` bounds a string's length or a
+    sequence's item count.
+    """
+    if key < 2:
+        raise ValueError("field keys 0 and 1 are reserved for version and type")
+    meta = {"key": key, "size": size, "max_len": max_len}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def message(*, type_id: int, max_size: int) -> Callable[[type[T]], type[T]]:
+    """Class decorator: make a frozen dataclass message with wire type ``type_id``."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        if type_id in _REGISTRY:
+            raise ValueError(f"message type {type_id} is already {_REGISTRY[type_id].__name__}")
+        if not issubclass(cls, Message):
+            cls = type(cls.__name__, (cls, Message), dict(cls.__dict__))  # type: ignore[assignment]
+        dc = dataclasses.dataclass(frozen=True)(cls)
+        dc.TYPE = type_id  # type: ignore[attr-defined]
+        dc.MAX_SIZE = max_size  # type: ignore[attr-defined]
+        dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
+        _REGISTRY[type_id] = dc  # type: ignore[assignment]
+        return dc
+
+    return wrap
+
+
+def struct(cls: type[T]) -> type[T]:
+    """Class decorator for a nested structure (a CBOR map inside a message, no version/type)."""
+    if not issubclass(cls, Message):
+        cls = type(cls.__name__, (cls, Message), dict(cls.__dict__))  # type: ignore[assignment]
+    dc = dataclasses.dataclass(frozen=True)(cls)
+    dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
+    return dc
+
+
+def _fields_of(cls: type) -> tuple[_Field, ...]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    keys: set[int] = set()
+    for f in dataclasses.fields(cls):
+        if "key" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} needs wire.field(key)")
+        key = f.metadata["key"]
+        if key in keys:
+            raise TypeError(f"{cls.__name__}: duplicate field key {key}")
+        keys.add(key)
+        kind = hints[f.name]
+        optional = False
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(kind))
+            if len(args) != 1:
+                raise TypeError(f"{cls.__name__}.{f.name}: unions are not supported")
+            kind = args[0]
+        out.append(
+            _Field(
+                name=f.name,
+                key=key,
+                kind=kind,
+                size=f.metadata["size"],
+                max_len=f.metadata["max_len"],
+                optional=optional,
+                has_default=f.default is not dataclasses.MISSING,
+                default=f.default,
+            )
+        )
+    return tuple(out)
+
+
+def _encode_body(msg: Message) -> dict[int, Any]:
+    body: dict[int, Any] = {}
+    for f in msg._FIELDS:
+        value = getattr(msg, f.name)
+        if value is None:
+            continue
+        body[f.key] = _encode_value(f.kind, value)
+    return body
+
+
+def _encode_value(kind: Any, value: Any) -> Any:
+    if typing.get_origin(kind) is tuple:
+        (inner, _) = typing.get_args(kind)
+        return [_encode_value(inner, v) for v in value]
+    if isinstance(value, Message):
+        return _encode_body(value)
+    if isinstance(value, IntEnum):
+        return int(value)
+    return value
+
+
+def _decode_value(owner: str, f: _Field, kind: Any, raw: Any, top: bool = True) -> Any:
+    where = f"{owner}.{f.name}"
+    origin = typing.get_origin(kind)
+    if origin is tuple and top:
+        (inner, _) = typing.get_args(kind)
+        if not isinstance(raw, list):
+            raise DecodeError(f"{where} should be a list")
+        if f.max_len is not None and len(raw) > f.max_len:
+            raise DecodeError(f"{where} has {len(raw)} items, more than {f.max_len}")
+        return tuple(_decode_value(owner, f, inner, item, top=False) for item in raw)
+    if kind is bytes:
+        if not isinstance(raw, bytes):
+            raise DecodeError(f"{where} should be bytes")
+        _check_len(where, f, len(raw), top)
+        return raw
+    if kind is str:
+        if not isinstance(raw, str):
+            raise DecodeError(f"{where} should be text")
+        _check_len(where, f, len(raw), top)
+        return raw
+    if kind is bool:
+        if not isinstance(raw, bool):
+            raise DecodeError(f"{where} should be true or false")
+        return raw
+    if kind is int:
+        if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= MAX_INT:
+            raise DecodeError(f"{where} should be an unsigned integer")
+        return raw
+    if isinstance(kind, type) and issubclass(kind, IntEnum):
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise DecodeError(f"{where} should be a number")
+        try:
+            return kind(raw)
+        except ValueError:
+            raise DecodeError(f"{where}: unknown value {raw}") from None
+    if isinstance(kind, type) and issubclass(kind, Message):
+        if not isinstance(raw, dict):
+            raise DecodeError(f"{where} should be a map")
+        return _decode_body(kind, raw)
+    raise TypeError(f"{where}: unsupported field type {kind!r}")
+
+
+def _check_len(where: str, f: _Field, n: int, top: bool) -> None:
+    if f.size is not None and n != f.size:
+        raise DecodeError(f"{where} should be {f.size} bytes long, not {n}")
+    if top and f.max_len is not None and n > f.max_len:
+        raise DecodeError(f"{where} is {n} long, over its limit of {f.max_len}")
+    if not top and f.max_len is not None and f.size is None and n > f.max_len:
+        raise DecodeError(f"{where} has an item {n} long, over its limit of {f.max_len}")
+
+
+def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...] = ()) -> Any:
+    known = {f.key for f in cls._FIELDS}
+    for key in body:
+        if key not in known and key not in skip:
+            raise DecodeError(f"{cls.__name__} has an unknown field {key!r}")
+    kwargs = {}
+    for f in cls._FIELDS:
+        if f.key not in body:
+            if f.optional:
+                kwargs[f.name] = None if not f.has_default else f.default
+                continue
+            if f.has_default:
+                kwargs[f.name] = f.default
+                continue
+            raise DecodeError(f"{cls.__name__} is missing its field {f.name}")
+        kwargs[f.name] = _decode_value(cls.__name__, f, f.kind, body[f.key])
+    return cls(**kwargs)
+
+
+def encode_struct(value: Message) -> bytes:
+    """Encode a :func:`struct` value on its own (to put inside an encrypted payload)."""
+    return cbor.encode(_encode_body(value))
+
+
+def decode_struct(cls: type[T], data: bytes, *, max_size: int = 4096) -> T:
+    """Decode a :func:`struct` value strictly (see :func:`decode`)."""
+    body = cbor.decode(data, max_size=max_size)
+    if not isinstance(body, dict):
+        raise DecodeError(f"{cls.__name__} must be a CBOR map")
+    return _decode_body(cls, body)  # type: ignore[arg-type, no-any-return]
+
+
+def peek_type(data: bytes) -> int | None:
+    """The message type of ``data`` if it looks like a pairkit message, else ``None``."""
+    try:
+        body = cbor.decode(data, max_size=MAX_MESSAGE)
+    except DecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    t = body.get(K_TYPE)
+    return t if isinstance(t, int) else None
+
+
+MAX_MESSAGE = 64 * 1024
+
+
+def decode(data: bytes, expect: type[T] | tuple[type, ...] | None = None) -> T:
+    """Decode one message strictly; with ``expect``, only those classes are accepted.
+
+    :raises DecodeError: for anything that is not a well-formed, known, in-limit message.
+    """
+    if len(data) > MAX_MESSAGE:
+        raise DecodeError(f"message of {len(data)} bytes is over the limit of {MAX_MESSAGE}")
+    body = cbor.decode(data, max_size=MAX_MESSAGE)
+    if not isinstance(body, dict):
+        raise DecodeError("a message must be a CBOR map")
+    version = body.get(K_VERSION)
+    if version != VERSION:
+        raise DecodeError(f"unsupported protocol version {version!r} (this side speaks {VERSION})")
+    type_id = body.get(K_TYPE)
+    cls = _REGISTRY.get(type_id) if isinstance(type_id, int) else None
+    if cls is None:
+        raise DecodeError(f"unknown message type {type_id!r}")
+    if len(data) > cls.MAX_SIZE:
+        raise DecodeError(
+            f"{cls.__name__} of {len(data)} bytes is over its limit of {cls.MAX_SIZE}"
+        )
+    if expect is not None:
+        allowed = expect if isinstance(expect, tuple) else (expect,)
+        if cls not in allowed and not issubclass(cls, Abort):
+            names = " or ".join(c.__name__ for c in allowed)
+            raise DecodeError(f"expected {names}, got {cls.__name__}")
+    return _decode_body(cls, body, skip=(K_VERSION, K_TYPE))  # type: ignore[no-any-return]
+
+
+def registry() -> dict[int, type[Message]]:
+    """Every registered message class by type id (for tests and documentation)."""
+    return dict(_REGISTRY)
+
+
+@message(type_id=1, max_size=512)
+class Abort(Message):
+    """Sent by a side that stops a protocol: the error code and a reason a person can read."""
+
+    code: ErrorCode = field(2)
+    reason: str = field(3, max_len=200)
