@@ -1,0 +1,1012 @@
+"""The Noise Protocol Framework, revision 34 (https://noiseprotocol.org/noise.html).
+
+This module follows the specification section by section:
+
+* §4 and §12: the crypto functions.  DH functions ``25519`` and ``448`` (X25519/X448 from
+  ``cryptography``), cipher functions ``ChaChaPoly`` and ``AESGCM`` (``cryptography`` AEADs),
+  hash functions ``SHA256``, ``SHA512``, ``BLAKE2s`` and ``BLAKE2b`` with HMAC and HKDF exactly
+  as §4.3 defines them.
+* §5.1 :class:`CipherState`, §5.2 :class:`SymmetricState`, §5.3 :class:`HandshakeState`.
+* §7 every handshake pattern of the specification, as data: the one-way patterns (§7.4), the
+  12 fundamental interactive patterns (§7.5) and the 23 deferred ones (§7.6, §18.1).
+* §8 protocol names, §9 pre-shared keys: the ``psk`` token and the ``psk0``..``pskN`` modifiers,
+  in any combination (``XXpsk0+psk3``).
+
+Not supported, refused with :class:`~pairing.errors.ConfigError`: the ``fallback`` modifier
+(§10.2) and the ``hfs`` KEM extension; pairkit uses neither and no published vector set we test
+against covers them.
+
+The module is sans-I/O: it draws no randomness of its own.  A :class:`HandshakeState` takes its
+ephemeral private key as the ``e=`` argument or draws it from the ``rng`` callable it is given.
+Private keys travel as raw bytes (``DHLEN`` bytes, as X25519/X448 encode them) and never appear
+in a ``repr`` or an error text.
+
+Typical use::
+
+    alice = HandshakeState("Noise_XX_25519_ChaChaPoly_BLAKE2s", True, s=alice_private)
+    bob = HandshakeState("Noise_XX_25519_ChaChaPoly_BLAKE2s", False, s=bob_private)
+    bob.read_message(alice.write_message())
+    alice.read_message(bob.write_message())
+    bob.read_message(alice.write_message())
+    send, receive = alice.split()  # initiator-to-responder first
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import x448, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    DecodeError,
+    ExpiredError,
+    ProtocolError,
+    TooLargeError,
+)
+
+__all__ = [
+    "MAX_MESSAGE_LEN",
+    "PATTERNS",
+    "CipherState",
+    "HandshakePattern",
+    "HandshakeState",
+    "NoiseProtocol",
+    "NonceExhaustedError",
+    "SymmetricState",
+    "generate_keypair",
+    "parse_protocol_name",
+    "public_key",
+]
+
+#: §3: every Noise message, handshake or transport, is at most 65535 bytes.
+MAX_MESSAGE_LEN: Final = 65535
+#: §4.2: the AEAD authentication data adds 16 bytes to each encrypted field.
+TAG_LEN: Final = 16
+#: §5.1: the nonce 2^64-1 is reserved (REKEY uses it), so it is never used for a message.
+MAX_NONCE: Final = 2**64 - 1
+#: §9.2: a PSK is a 32-byte secret.
+PSK_LEN: Final = 32
+#: §8: a protocol name is at most 255 bytes.
+MAX_NAME_LEN: Final = 255
+
+Rng = Callable[[int], bytes]
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+
+
+def _require_bytes(value: object, what: str) -> bytes:
+    # bytes(5) would silently be five zero bytes: refuse anything that is not bytes-like.
+    if not isinstance(value, _BYTES_LIKE):
+        raise ConfigError(f"the {what} must be bytes, not {type(value).__name__}")
+    return bytes(value)
+
+
+class NonceExhaustedError(ExpiredError):
+    """This cipher key has used every nonce it may (§5.1); run a new handshake."""
+
+
+# --------------------------------------------------------------------------------------------
+# §4.1, §12.1, §12.2: DH functions
+
+
+@dataclasses.dataclass(frozen=True)
+class _DHFunctions:
+    name: str
+    dhlen: int
+    private_from_bytes: Callable[[bytes], x25519.X25519PrivateKey | x448.X448PrivateKey]
+    public_from_bytes: Callable[[bytes], x25519.X25519PublicKey | x448.X448PublicKey]
+
+
+_DH: Final[dict[str, _DHFunctions]] = {
+    "25519": _DHFunctions(
+        "25519",
+        32,
+        x25519.X25519PrivateKey.from_private_bytes,
+        x25519.X25519PublicKey.from_public_bytes,
+    ),
+    "448": _DHFunctions(
+        "448", 56, x448.X448PrivateKey.from_private_bytes, x448.X448PublicKey.from_public_bytes
+    ),
+}
+
+
+def _dh_functions(dh: str) -> _DHFunctions:
+    try:
+        return _DH[dh]
+    except KeyError:
+        raise ConfigError(
+            f"unknown Noise DH function {dh!r}; pairkit knows {', '.join(_DH)}"
+        ) from None
+
+
+class _KeyPair:
+    """A DH key pair: the ``cryptography`` private key object and the public key bytes."""
+
+    __slots__ = ("private", "public")
+
+    def __init__(self, dh: _DHFunctions, private: bytes, what: str) -> None:
+        if not isinstance(private, _BYTES_LIKE) or len(private) != dh.dhlen:
+            raise ConfigError(f"the {what} private key must be {dh.dhlen} bytes for DH {dh.name}")
+        self.private = dh.private_from_bytes(bytes(private))
+        self.public: bytes = self.private.public_key().public_bytes_raw()
+
+    def __repr__(self) -> str:
+        return "<key pair>"
+
+
+def public_key(dh: str, private: bytes) -> bytes:
+    """The public key (``DHLEN`` bytes) of a raw private key for DH function ``dh`` (§12.1/12.2)."""
+    return _KeyPair(_dh_functions(dh), private, "given").public
+
+
+def generate_keypair(dh: str, rng: Rng = os.urandom) -> tuple[bytes, bytes]:
+    """GENERATE_KEYPAIR() (§4.1): ``(private, public)`` with the private key drawn from ``rng``.
+
+    X25519 and X448 clamp any ``DHLEN`` random bytes into a valid scalar (RFC 7748 §5), so the
+    private key is simply ``rng(DHLEN)``.
+    """
+    funcs = _dh_functions(dh)
+    private = rng(funcs.dhlen)
+    if not isinstance(private, bytes) or len(private) != funcs.dhlen:
+        raise ConfigError(f"the rng must return {funcs.dhlen} bytes when asked for {funcs.dhlen}")
+    return private, _KeyPair(funcs, private, "generated").public
+
+
+_LOW_ORDER: Final = (
+    "the peer's public key is invalid (a low-order point, all-zero DH result); "
+    "the handshake is refused"
+)
+
+
+def _dh(funcs: _DHFunctions, pair: _KeyPair, remote_public: bytes) -> bytes:
+    """DH(key_pair, public_key) (§4.1), refusing an all-zero result (§12.1, §12.2).
+
+    The spec allows an implementation to signal an error instead of returning the all-zero output
+    of a low-order public key; ``cryptography`` does so itself (a ``ValueError``), and we check the
+    output as well so that the rule holds whatever the backend does.
+    """
+    try:
+        shared = pair.private.exchange(funcs.public_from_bytes(remote_public))  # type: ignore[arg-type]
+    except ValueError:
+        raise AuthenticationError(_LOW_ORDER) from None
+    if hmac.compare_digest(shared, bytes(len(shared))):
+        raise AuthenticationError(_LOW_ORDER)
+    return shared
+
+
+# --------------------------------------------------------------------------------------------
+# §4.2, §12.3, §12.4: cipher functions
+
+
+def _chachapoly_nonce(n: int) -> bytes:
+    # §12.3: 32 bits of zeros, then the little-endian encoding of n.
+    return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
+
+
+def _aesgcm_nonce(n: int) -> bytes:
+    # §12.4: 32 bits of zeros, then the big-endian encoding of n.
+    return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")
+
+
+_CIPHERS: Final[dict[str, tuple[type[ChaCha20Poly1305] | type[AESGCM], Callable[[int], bytes]]]] = {
+    "ChaChaPoly": (ChaCha20Poly1305, _chachapoly_nonce),
+    "AESGCM": (AESGCM, _aesgcm_nonce),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# §4.3, §12.5 to §12.8: hash functions, HMAC and HKDF
+
+
+@dataclasses.dataclass(frozen=True)
+class _HashFunctions:
+    name: str
+    new: Callable[..., hashlib._Hash]
+    hashlen: int
+    blocklen: int
+
+    def hash(self, data: bytes) -> bytes:
+        """HASH(data)."""
+        return self.new(data).digest()
+
+    def hmac(self, key: bytes, data: bytes) -> bytes:
+        """HMAC-HASH(key, data) (§4.3): RFC 2104 with this hash.
+
+        ``hmac`` pads the key to the hash object's ``block_size``, which for each of these
+        hashes is Noise's BLOCKLEN (64 for SHA256 and BLAKE2s, 128 for SHA512 and BLAKE2b).
+        """
+        return hmac.digest(key, data, self.new)
+
+    def hkdf(self, chaining_key: bytes, ikm: bytes, num_outputs: int) -> tuple[bytes, ...]:
+        """HKDF(chaining_key, input_key_material, num_outputs) exactly as §4.3 writes it."""
+        temp_key = self.hmac(chaining_key, ikm)
+        output1 = self.hmac(temp_key, b"\x01")
+        output2 = self.hmac(temp_key, output1 + b"\x02")
+        if num_outputs == 2:
+            return output1, output2
+        output3 = self.hmac(temp_key, output2 + b"\x03")
+        return output1, output2, output3
+
+
+_HASHES: Final[dict[str, _HashFunctions]] = {
+    "SHA256": _HashFunctions("SHA256", hashlib.sha256, 32, 64),
+    "SHA512": _HashFunctions("SHA512", hashlib.sha512, 64, 128),
+    "BLAKE2s": _HashFunctions("BLAKE2s", hashlib.blake2s, 32, 64),
+    "BLAKE2b": _HashFunctions("BLAKE2b", hashlib.blake2b, 64, 128),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# §5.1: CipherState
+
+
+class CipherState:
+    """A cipher key ``k`` and a nonce ``n`` (Noise rev 34 §5.1).
+
+    With no key, :meth:`encrypt_with_ad` and :meth:`decrypt_with_ad` return their input
+    unchanged, as §5.1 says; the transport cipher states that :meth:`HandshakeState.split`
+    returns always have a key.  Every ciphertext and plaintext is held to the 65535-byte Noise
+    message limit (§3).
+    """
+
+    __slots__ = ("_aead", "_aead_class", "_cipher", "_n", "_nonce", "_refusal")
+
+    def __init__(self, cipher: str, key: bytes | None = None) -> None:
+        try:
+            aead_class, nonce = _CIPHERS[cipher]
+        except KeyError:
+            raise ConfigError(
+                f"unknown Noise cipher {cipher!r}; pairkit knows {', '.join(_CIPHERS)}"
+            ) from None
+        self._cipher = cipher
+        self._aead_class: type[ChaCha20Poly1305] | type[AESGCM] = aead_class
+        self._nonce = nonce
+        self._aead: ChaCha20Poly1305 | AESGCM | None = None
+        self._n = 0
+        # Set on the unused half of a one-way pattern's split (§7.4): it must never be used.
+        self._refusal: str | None = None
+        self.initialize_key(key)
+
+    def __repr__(self) -> str:
+        return f"<CipherState {self._cipher} has_key={self.has_key()} n={self._n}>"
+
+    @property
+    def cipher(self) -> str:
+        """The cipher function's name (``ChaChaPoly`` or ``AESGCM``)."""
+        return self._cipher
+
+    @property
+    def key(self) -> bytes | None:
+        """The cipher key ``k``, to hand a Split() result to pairkit's record channel.
+
+        Noise rev 34 §5.2: after Split() the transport keys may be used by another record
+        layer; pairkit's :mod:`pairing.channel` keeps its own explicit sequence numbers.
+        """
+        return self._k
+
+    @property
+    def n(self) -> int:
+        """The nonce the next encryption or decryption will use."""
+        return self._n
+
+    def initialize_key(self, key: bytes | None) -> None:
+        """InitializeKey(key) (§5.1): set ``k = key`` (``None`` is *empty*) and ``n = 0``."""
+        if key is not None:
+            key = _require_bytes(key, "cipher key")
+            if len(key) != 32:
+                raise ConfigError("a Noise cipher key must be 32 bytes")
+        # Only the AEAD object holds k: has_key() is whether there is one.
+        self._aead = None if key is None else self._aead_class(key)
+        self._n = 0
+
+    def has_key(self) -> bool:
+        """HasKey() (§5.1)."""
+        return self._aead is not None
+
+    def set_nonce(self, nonce: int) -> None:
+        """SetNonce(nonce) (§5.1), for out-of-order transport messages (§11.4)."""
+        if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce <= MAX_NONCE:
+            raise ConfigError("a Noise nonce is an integer from 0 to 2^64-1")
+        self._n = nonce
+
+    def _check_usable(self) -> None:
+        if self._refusal is not None:
+            raise ProtocolError(self._refusal)
+        if self._aead is not None and self._n >= MAX_NONCE:
+            raise NonceExhaustedError(
+                "this Noise cipher key has used all its nonces; run a new handshake"
+            )
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+        """EncryptWithAd(ad, plaintext) (§5.1): ``ENCRYPT(k, n++, ad, plaintext)``."""
+        self._check_usable()
+        plaintext = _require_bytes(plaintext, "plaintext")
+        if self._aead is None:
+            if len(plaintext) > MAX_MESSAGE_LEN:
+                raise TooLargeError(f"a Noise message is at most {MAX_MESSAGE_LEN} bytes")
+            return plaintext
+        if len(plaintext) > MAX_MESSAGE_LEN - TAG_LEN:
+            raise TooLargeError(
+                f"a Noise message is at most {MAX_MESSAGE_LEN} bytes, so a plaintext is at most "
+                f"{MAX_MESSAGE_LEN - TAG_LEN} bytes; split it"
+            )
+        ciphertext = self._aead.encrypt(
+            self._nonce(self._n), plaintext, _require_bytes(ad, "associated data")
+        )
+        self._n += 1
+        return ciphertext
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+        """DecryptWithAd(ad, ciphertext) (§5.1): ``DECRYPT(k, n++, ad, ciphertext)``.
+
+        On an authentication failure ``n`` is left as it was and
+        :class:`~pairing.errors.AuthenticationError` is raised.
+        """
+        self._check_usable()
+        ciphertext = _require_bytes(ciphertext, "ciphertext")
+        if len(ciphertext) > MAX_MESSAGE_LEN:
+            raise TooLargeError(f"a Noise message is at most {MAX_MESSAGE_LEN} bytes")
+        if self._aead is None:
+            return ciphertext
+        if len(ciphertext) < TAG_LEN:
+            raise AuthenticationError("a Noise message failed to authenticate (it is too short)")
+        try:
+            plaintext = self._aead.decrypt(
+                self._nonce(self._n), ciphertext, _require_bytes(ad, "associated data")
+            )
+        except InvalidTag:
+            raise AuthenticationError(
+                "a Noise message failed to authenticate: it was altered, or the keys differ"
+            ) from None
+        self._n += 1
+        return plaintext
+
+    def rekey(self) -> None:
+        """Rekey() (§5.1, §11.3): ``k = REKEY(k)``; ``n`` is left unchanged.
+
+        REKEY is the §4.2 default: the first 32 bytes of ``ENCRYPT(k, 2^64-1, zerolen, zeros)``.
+        """
+        if self._refusal is not None:
+            raise ProtocolError(self._refusal)
+        if self._aead is None:
+            raise ProtocolError("cannot rekey a Noise cipher state that has no key")
+        new_key = self._aead.encrypt(self._nonce(MAX_NONCE), bytes(32), b"")[:32]
+        self._aead = self._aead_class(new_key)
+
+
+# --------------------------------------------------------------------------------------------
+# §7: handshake patterns, as data, one a line, in the specification's notation with "|" where
+# the specification breaks the line: pre-messages, "...", then the message patterns; "->" is
+# initiator to responder.  One-way (§7.4), fundamental (§7.5), then deferred (§7.6, §18.1).
+
+_PATTERN_TEXT: Final = """
+N:    <- s | ... | -> e, es
+K:    -> s | <- s | ... | -> e, es, ss
+X:    <- s | ... | -> e, es, s, ss
+NN:   -> e | <- e, ee
+NK:   <- s | ... | -> e, es | <- e, ee
+NX:   -> e | <- e, ee, s, es
+KN:   -> s | ... | -> e | <- e, ee, se
+KK:   -> s | <- s | ... | -> e, es, ss | <- e, ee, se
+KX:   -> s | ... | -> e | <- e, ee, se, s, es
+XN:   -> e | <- e, ee | -> s, se
+XK:   <- s | ... | -> e, es | <- e, ee | -> s, se
+XX:   -> e | <- e, ee, s, es | -> s, se
+IN:   -> e, s | <- e, ee, se
+IK:   <- s | ... | -> e, es, s, ss | <- e, ee, se
+IX:   -> e, s | <- e, ee, se, s, es
+NK1:  <- s | ... | -> e | <- e, ee, es
+NX1:  -> e | <- e, ee, s | -> es
+X1N:  -> e | <- e, ee | -> s | <- se
+X1K:  <- s | ... | -> e, es | <- e, ee | -> s | <- se
+XK1:  <- s | ... | -> e | <- e, ee, es | -> s, se
+X1K1: <- s | ... | -> e | <- e, ee, es | -> s | <- se
+X1X:  -> e | <- e, ee, s, es | -> s | <- se
+XX1:  -> e | <- e, ee, s | -> es, s, se
+X1X1: -> e | <- e, ee, s | -> es, s | <- se
+K1N:  -> s | ... | -> e | <- e, ee | -> se
+K1K:  -> s | <- s | ... | -> e, es | <- e, ee | -> se
+KK1:  -> s | <- s | ... | -> e | <- e, ee, se, es
+K1K1: -> s | <- s | ... | -> e | <- e, ee, es | -> se
+K1X:  -> s | ... | -> e | <- e, ee, s, es | -> se
+KX1:  -> s | ... | -> e | <- e, ee, se, s | -> es
+K1X1: -> s | ... | -> e | <- e, ee, s | -> se, es
+I1N:  -> e, s | <- e, ee | -> se
+I1K:  <- s | ... | -> e, es, s | <- e, ee | -> se
+IK1:  <- s | ... | -> e, s | <- e, ee, se, es
+I1K1: <- s | ... | -> e, s | <- e, ee, es | -> se
+I1X:  -> e, s | <- e, ee, s, es | -> se
+IX1:  -> e, s | <- e, ee, se, s | -> es
+I1X1: -> e, s | <- e, ee, s | -> se, es
+"""
+
+_TOKENS: Final = frozenset({"e", "s", "ee", "es", "se", "ss", "psk"})
+
+
+@dataclasses.dataclass(frozen=True)
+class HandshakePattern:
+    """A handshake pattern (§7.1): two pre-message patterns and the message patterns.
+
+    Messages alternate, the initiator sending the first (§7.1).  Tokens are the strings of §7.1
+    and §9.2: ``e``, ``s``, ``ee``, ``es``, ``se``, ``ss``, ``psk``.
+    """
+
+    name: str
+    initiator_premessage: tuple[str, ...]
+    responder_premessage: tuple[str, ...]
+    messages: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        for pre in (self.initiator_premessage, self.responder_premessage):
+            if pre not in ((), ("e",), ("s",), ("e", "s")):
+                raise ConfigError(f"pattern {self.name}: {pre} is not a pre-message pattern")
+        if not self.messages:
+            raise ConfigError(f"pattern {self.name} has no messages")
+        for tokens in self.messages:
+            if not set(tokens) <= _TOKENS:
+                raise ConfigError(f"pattern {self.name} has an unknown token")
+
+    @property
+    def one_way(self) -> bool:
+        """A one-way pattern (§7.4): one message, then only the initiator sends."""
+        return len(self.messages) == 1
+
+    @property
+    def has_psk(self) -> bool:
+        """Whether the pattern holds a ``psk`` token (§9.2), which also changes ``e``."""
+        return any("psk" in tokens for tokens in self.messages)
+
+    @property
+    def psk_count(self) -> int:
+        """How many PSKs the pattern consumes, one per ``psk`` token, in order (§9.2)."""
+        return sum(tokens.count("psk") for tokens in self.messages)
+
+    def sent_by(self, initiator: bool) -> tuple[tuple[str, ...], ...]:
+        """The message patterns one party sends (the initiator sends the even ones)."""
+        return self.messages[0 if initiator else 1 :: 2]
+
+    def premessage(self, initiator: bool) -> tuple[str, ...]:
+        """The pre-message pattern of one party (its public keys the other knows in advance)."""
+        return self.initiator_premessage if initiator else self.responder_premessage
+
+    def required_keys(self, initiator: bool) -> frozenset[str]:
+        """The keys (of ``s``, ``e``, ``rs``, ``re``) a party must pass to :class:`HandshakeState`.
+
+        ``s`` if the party sends its static key or has it in a pre-message, ``rs``/``re`` if the
+        peer's pre-message lists them, ``e`` if the party's own pre-message lists it.
+        """
+        own, peer = self.premessage(initiator), self.premessage(not initiator)
+        keys = {"rs" if t == "s" else "re" for t in peer}
+        keys.update(t for t in own if t == "e")
+        if "s" in own or any("s" in tokens for tokens in self.sent_by(initiator)):
+            keys.add("s")
+        return frozenset(keys)
+
+    def allowed_keys(self, initiator: bool) -> frozenset[str]:
+        """The keys a party may pass: the required ones, and ``e`` if it sends an ephemeral."""
+        keys = set(self.required_keys(initiator))
+        if any("e" in tokens for tokens in self.sent_by(initiator)):
+            keys.add("e")
+        return frozenset(keys)
+
+
+def _parse_patterns(text: str) -> dict[str, HandshakePattern]:
+    """Read the pattern table, written in the specification's notation one pattern a line."""
+    patterns: dict[str, HandshakePattern] = {}
+    for row in text.strip().splitlines():
+        name, _, rest = row.partition(":")
+        items = [item.strip() for item in rest.split("|")]
+        pre: dict[str, tuple[str, ...]] = {"->": (), "<-": ()}
+        if "..." in items:
+            cut = items.index("...")
+            for item in items[:cut]:
+                pre[item[:2]] = tuple(t.strip() for t in item[2:].split(","))
+            items = items[cut + 1 :]
+        messages: list[tuple[str, ...]] = []
+        for index, item in enumerate(items):
+            # Messages alternate, the initiator first (§7.1): the table must say so too.
+            if item[:2] != ("->" if index % 2 == 0 else "<-"):
+                raise ConfigError(f"pattern table: {name} message {index} has the wrong arrow")
+            messages.append(tuple(t.strip() for t in item[2:].split(",")))
+        patterns[name] = HandshakePattern(name, pre["->"], pre["<-"], tuple(messages))
+    return patterns
+
+
+#: Every handshake pattern of Noise rev 34 §7.4, §7.5 and §18.1 (38 patterns), by name.
+PATTERNS: Final[dict[str, HandshakePattern]] = _parse_patterns(_PATTERN_TEXT)
+
+
+def _apply_psk_modifiers(
+    base: HandshakePattern, name: str, modifiers: list[str]
+) -> HandshakePattern:
+    """Apply ``psk0``..``pskN`` (§9.4): psk0 opens message 1; pskN closes message N."""
+    messages = [list(tokens) for tokens in base.messages]
+    numbers: list[int] = []
+    for modifier in modifiers:
+        match = re.fullmatch(r"psk(0|[1-9][0-9]*)", modifier)
+        if match is None:
+            if modifier == "fallback" or modifier.startswith("hfs"):
+                raise ConfigError(
+                    f"the Noise modifier {modifier!r} (in {name}) is not supported by pairkit; "
+                    "only psk0..pskN modifiers are"
+                )
+            raise ConfigError(f"unknown Noise pattern modifier {modifier!r} in {name}")
+        number = int(match.group(1))
+        if number > len(messages):
+            raise ConfigError(
+                f"{name}: {modifier} needs message {number}, but {base.name} has only "
+                f"{len(messages)}"
+            )
+        numbers.append(number)
+    # §8.1: modifiers whose order does not matter must be sorted, so each protocol has one name.
+    if numbers != sorted(set(numbers)):
+        raise ConfigError(f"{name}: psk modifiers must be distinct and in increasing order")
+    for number in numbers:
+        if number == 0:
+            messages[0].insert(0, "psk")
+        else:
+            messages[number - 1].append("psk")
+    return HandshakePattern(
+        name,
+        base.initiator_premessage,
+        base.responder_premessage,
+        tuple(tuple(tokens) for tokens in messages),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseProtocol:
+    """A parsed Noise protocol name (§8): pattern (with modifiers applied) and crypto functions."""
+
+    name: str
+    pattern: HandshakePattern
+    dh: str
+    cipher: str
+    hash: str
+
+    @property
+    def dhlen(self) -> int:
+        """DHLEN of the DH functions (§4.1)."""
+        return _DH[self.dh].dhlen
+
+    @property
+    def hashlen(self) -> int:
+        """HASHLEN of the hash function (§4.3)."""
+        return _HASHES[self.hash].hashlen
+
+
+_NAME_SECTION = re.compile(r"[A-Za-z0-9+/]+")
+_PATTERN_SECTION = re.compile(r"([A-Z0-9]+)([a-z][a-z0-9]*(?:\+[a-z][a-z0-9]*)*)?")
+
+
+def parse_protocol_name(name: str) -> NoiseProtocol:
+    """Parse ``Noise_<pattern><modifiers>_<dh>_<cipher>_<hash>`` (§8, §8.1, §8.2, §9.4).
+
+    Raises :class:`~pairing.errors.ConfigError` for a malformed name, an unknown pattern or
+    algorithm, or an unsupported modifier (``fallback``, ``hfs``).
+    """
+    if not isinstance(name, str) or not name.isascii() or len(name) > MAX_NAME_LEN:
+        raise ConfigError("a Noise protocol name is an ASCII string of at most 255 characters")
+    sections = name.split("_")
+    if len(sections) != 5 or sections[0] != "Noise":
+        raise ConfigError(
+            f"{name!r} is not a Noise protocol name; expected Noise_<pattern>_<dh>_<cipher>_<hash>"
+        )
+    _, pattern_section, dh, cipher, hash_name = sections
+    if not all(_NAME_SECTION.fullmatch(s) for s in sections[1:]):
+        raise ConfigError(f"{name!r}: a name section holds only letters, digits, '+' and '/'")
+    match = _PATTERN_SECTION.fullmatch(pattern_section)
+    if match is None:
+        raise ConfigError(f"{name!r}: malformed handshake pattern section {pattern_section!r}")
+    base_name, modifier_text = match.group(1), match.group(2)
+    try:
+        base = PATTERNS[base_name]
+    except KeyError:
+        raise ConfigError(f"{name!r}: unknown Noise handshake pattern {base_name!r}") from None
+    modifiers = modifier_text.split("+") if modifier_text else []
+    pattern = _apply_psk_modifiers(base, pattern_section, modifiers) if modifiers else base
+    _dh_functions(dh)
+    if cipher not in _CIPHERS:
+        raise ConfigError(
+            f"{name!r}: unknown Noise cipher {cipher!r}; pairkit knows {', '.join(_CIPHERS)}"
+        )
+    if hash_name not in _HASHES:
+        raise ConfigError(
+            f"{name!r}: unknown Noise hash {hash_name!r}; pairkit knows {', '.join(_HASHES)}"
+        )
+    return NoiseProtocol(name, pattern, dh, cipher, hash_name)
+
+
+def _as_protocol(protocol: NoiseProtocol | str) -> NoiseProtocol:
+    return protocol if isinstance(protocol, NoiseProtocol) else parse_protocol_name(protocol)
+
+
+# --------------------------------------------------------------------------------------------
+# §5.2: SymmetricState
+
+
+class SymmetricState:
+    """A :class:`CipherState` plus the chaining key ``ck`` and hash ``h`` (Noise rev 34 §5.2).
+
+    Building one is InitializeSymmetric(protocol_name).
+    """
+
+    __slots__ = ("_ck", "_hash", "_protocol", "cipher_state", "h")
+
+    def __init__(self, protocol: NoiseProtocol | str) -> None:
+        self._protocol = _as_protocol(protocol)
+        self._hash = _HASHES[self._protocol.hash]
+        name = self._protocol.name.encode("ascii")
+        # InitializeSymmetric: h = protocol_name zero-padded to HASHLEN, or HASH(protocol_name).
+        if len(name) <= self._hash.hashlen:
+            self.h: bytes = name.ljust(self._hash.hashlen, b"\x00")
+        else:
+            self.h = self._hash.hash(name)
+        self._ck = self.h
+        self.cipher_state = CipherState(self._protocol.cipher)
+
+    def __repr__(self) -> str:
+        return f"<SymmetricState {self._protocol.name}>"
+
+    def mix_key(self, input_key_material: bytes) -> None:
+        """MixKey(ikm) (§5.2): ``ck, temp_k = HKDF(ck, ikm, 2)``; InitializeKey(temp_k[:32])."""
+        self._ck, temp_k = self._hash.hkdf(self._ck, input_key_material, 2)
+        self.cipher_state.initialize_key(temp_k[:32])
+
+    def mix_hash(self, data: bytes) -> None:
+        """MixHash(data) (§5.2): ``h = HASH(h || data)``."""
+        self.h = self._hash.hash(self.h + data)
+
+    def mix_key_and_hash(self, input_key_material: bytes) -> None:
+        """MixKeyAndHash(ikm) (§5.2, for PSKs §9): three HKDF outputs: ck, a hash input, a key."""
+        self._ck, temp_h, temp_k = self._hash.hkdf(self._ck, input_key_material, 3)
+        self.mix_hash(temp_h)
+        self.cipher_state.initialize_key(temp_k[:32])
+
+    def get_handshake_hash(self) -> bytes:
+        """GetHandshakeHash() (§5.2, §11.2): ``h``."""
+        return self.h
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        """EncryptAndHash(plaintext) (§5.2): encrypt with ``h`` as the AD, then MixHash."""
+        ciphertext = self.cipher_state.encrypt_with_ad(self.h, plaintext)
+        self.mix_hash(ciphertext)
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        """DecryptAndHash(ciphertext) (§5.2): decrypt with ``h`` as the AD, then MixHash."""
+        plaintext = self.cipher_state.decrypt_with_ad(self.h, ciphertext)
+        self.mix_hash(ciphertext)
+        return plaintext
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        """Split() (§5.2): two cipher states from ``HKDF(ck, zerolen, 2)``, keys cut to 32 bytes."""
+        temp_k1, temp_k2 = self._hash.hkdf(self._ck, b"", 2)
+        cipher = self._protocol.cipher
+        return CipherState(cipher, temp_k1[:32]), CipherState(cipher, temp_k2[:32])
+
+
+# --------------------------------------------------------------------------------------------
+# §5.3: HandshakeState
+
+
+def _check_public(value: bytes | None, dhlen: int, what: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, _BYTES_LIKE) or len(value) != dhlen:
+        raise ConfigError(f"the {what} public key must be {dhlen} bytes")
+    return bytes(value)
+
+
+class HandshakeState:
+    """One party's side of a Noise handshake (Noise rev 34 §5.3, with PSKs §9).
+
+    Building one is Initialize(): ``protocol_name`` (§8) gives the pattern and crypto functions,
+    ``initiator`` the role.  ``s`` and ``e`` are this party's private keys as raw bytes; ``rs`` and
+    ``re`` are the peer's public keys, passed only when the pattern lists them in a pre-message;
+    ``psks`` are the 32-byte PSKs in the order the ``psk`` tokens use them.  A key the pattern
+    needs and lacks, or has no use for, is a :class:`~pairing.errors.ConfigError`.  When the
+    pattern makes this party send ``e`` and ``e`` was not given, the key is ``rng(DHLEN)``.
+
+    Call :meth:`write_message` and :meth:`read_message` in turn; once :attr:`complete`,
+    :meth:`split` hands out the transport cipher states.  Any exception from a write or a read
+    poisons the state: every later call raises :class:`~pairing.errors.ProtocolError`.
+    """
+
+    def __init__(
+        self,
+        protocol_name: str,
+        initiator: bool,
+        *,
+        prologue: bytes = b"",
+        s: bytes | None = None,
+        e: bytes | None = None,
+        rs: bytes | None = None,
+        re: bytes | None = None,
+        psks: Sequence[bytes] = (),
+        rng: Rng = os.urandom,
+    ) -> None:
+        self.protocol: NoiseProtocol = parse_protocol_name(protocol_name)
+        self.initiator: bool = bool(initiator)
+        pattern = self.protocol.pattern
+        self._dh = _DH[self.protocol.dh]
+        dhlen = self._dh.dhlen
+
+        given = {k for k, v in {"s": s, "e": e, "rs": rs, "re": re}.items() if v is not None}
+        role = "initiator" if self.initiator else "responder"
+        missing = pattern.required_keys(self.initiator) - given
+        if missing:
+            raise ConfigError(
+                f"{self.protocol.name} needs the {role}'s "
+                + " and ".join(_KEY_NAMES[k] for k in sorted(missing))
+            )
+        unused = given - pattern.allowed_keys(self.initiator)
+        if unused:
+            raise ConfigError(
+                f"{self.protocol.name} has no use for the {role}'s "
+                + " and ".join(_KEY_NAMES[k] for k in sorted(unused))
+                + " (a remote key the pattern transmits is checked after the handshake, "
+                "through remote_static)"
+            )
+        if len(psks) != pattern.psk_count:
+            raise ConfigError(
+                f"{self.protocol.name} uses {pattern.psk_count} pre-shared key(s), "
+                f"but {len(psks)} were given"
+            )
+        for psk in psks:
+            if not isinstance(psk, _BYTES_LIKE) or len(psk) != PSK_LEN:
+                raise ConfigError(f"a Noise pre-shared key must be {PSK_LEN} bytes")
+        prologue = _require_bytes(prologue, "Noise prologue")
+        if not callable(rng):
+            raise ConfigError("rng must be a callable returning random bytes")
+
+        self._rng = rng
+        self._s = None if s is None else _KeyPair(self._dh, s, "static")
+        self._e = None if e is None else _KeyPair(self._dh, e, "ephemeral")
+        self._rs = _check_public(rs, dhlen, "remote static")
+        self._re = _check_public(re, dhlen, "remote ephemeral")
+        self._psks = [bytes(p) for p in psks]
+        self._message_index = 0
+        self._failed = False
+        self._complete = False
+        self._handshake_hash: bytes | None = None
+        self._transport: tuple[CipherState, CipherState] | None = None
+
+        ss = SymmetricState(self.protocol)
+        self._ss: SymmetricState | None = ss
+        ss.mix_hash(prologue)
+        # Pre-messages (§5.3): the initiator's public keys first, each in the listed order.
+        for owner in (True, False):
+            for token in pattern.premessage(owner):
+                if owner == self.initiator:
+                    pair = self._e if token == "e" else self._s
+                    key = None if pair is None else pair.public
+                else:
+                    key = self._re if token == "e" else self._rs
+                if key is None:  # required_keys() makes this unreachable
+                    raise ConfigError(f"{self.protocol.name}: a pre-message key is missing")
+                ss.mix_hash(key)
+                if token == "e" and pattern.has_psk:
+                    ss.mix_key(key)  # §9.2
+
+    def __repr__(self) -> str:
+        role = "initiator" if self.initiator else "responder"
+        if self._failed:
+            state = "failed"
+        elif self._complete:
+            state = "complete"
+        else:
+            state = f"message {self._message_index}"
+        return f"<HandshakeState {self.protocol.name} {role} {state}>"
+
+    # -- public state ------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """Whether every handshake message has been written or read."""
+        return self._complete
+
+    @property
+    def my_turn(self) -> bool:
+        """Whether the next handshake call must be :meth:`write_message` (else a read)."""
+        return not self._complete and (self._message_index % 2 == 0) == self.initiator
+
+    @property
+    def remote_static(self) -> bytes | None:
+        """The peer's static public key, once known (a pre-message or a received ``s``)."""
+        return self._rs
+
+    @property
+    def remote_ephemeral(self) -> bytes | None:
+        """The peer's ephemeral public key, once received."""
+        return self._re
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """GetHandshakeHash() (§5.2, §11.2): ``h`` at the end of the handshake (channel binding)."""
+        self._check_alive()
+        if self._handshake_hash is None:
+            raise ProtocolError("the handshake hash is known only once the handshake is complete")
+        return self._handshake_hash
+
+    def split(self) -> tuple[CipherState, CipherState]:
+        """The transport cipher states (§5.2 Split()): initiator-to-responder first.
+
+        They can be taken once, so that no two objects ever share a key and a nonce.  For a
+        one-way pattern (§7.4) the second one refuses to be used.
+        """
+        self._check_alive()
+        if not self._complete:
+            raise ProtocolError("the handshake is not complete yet; no transport keys exist")
+        if self._transport is None:
+            raise ProtocolError("the transport cipher states were already taken")
+        pair, self._transport = self._transport, None
+        return pair
+
+    # -- WriteMessage / ReadMessage ----------------------------------------------------------
+
+    def write_message(self, payload: bytes = b"") -> bytes:
+        """WriteMessage(payload) (§5.3): the next handshake message, carrying ``payload``."""
+        self._check_alive()
+        try:
+            return self._write(_require_bytes(payload, "handshake payload"))
+        except BaseException:
+            self._fail()
+            raise
+
+    def read_message(self, message: bytes) -> bytes:
+        """ReadMessage(message) (§5.3): process the peer's handshake message; return its payload."""
+        self._check_alive()
+        try:
+            return self._read(_require_bytes(message, "handshake message"))
+        except BaseException:
+            self._fail()
+            raise
+
+    def _check_alive(self) -> None:
+        if self._failed:
+            raise ProtocolError(
+                "this Noise handshake failed earlier and cannot go on; start a new one"
+            )
+
+    def _fail(self) -> None:
+        # Forget every secret: nothing may be derived from a failed handshake (§5).
+        self._failed = True
+        self._ss = None
+        self._s = self._e = None
+        self._psks = []
+        self._transport = None
+
+    def _symmetric(self) -> SymmetricState:
+        if self._ss is None:
+            raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
+        return self._ss
+
+    def _next_tokens(self, writing: bool) -> tuple[str, ...]:
+        if self._complete:
+            raise ProtocolError("the Noise handshake is already complete")
+        if self.my_turn != writing:
+            if writing:
+                raise ProtocolError("it is the peer's turn to send a handshake message")
+            raise ProtocolError("it is our turn to send a handshake message, not to read one")
+        return self.protocol.pattern.messages[self._message_index]
+
+    def _write(self, payload: bytes) -> bytes:
+        tokens = self._next_tokens(writing=True)
+        if len(payload) > MAX_MESSAGE_LEN:
+            raise TooLargeError(f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes")
+        ss = self._symmetric()
+        out = bytearray()
+        for token in tokens:
+            if token == "e":
+                if self._e is None:
+                    private, _ = generate_keypair(self.protocol.dh, self._rng)
+                    self._e = _KeyPair(self._dh, private, "ephemeral")
+                out += self._e.public
+                ss.mix_hash(self._e.public)
+                if self.protocol.pattern.has_psk:
+                    ss.mix_key(self._e.public)  # §9.2
+            elif token == "s":
+                if self._s is None:  # required_keys() makes this unreachable
+                    raise ConfigError("this pattern sends a static key and none was given")
+                out += ss.encrypt_and_hash(self._s.public)
+            elif token == "psk":
+                ss.mix_key_and_hash(self._psks.pop(0))
+            else:
+                ss.mix_key(self._dh_token(token))
+        out += ss.encrypt_and_hash(payload)
+        if len(out) > MAX_MESSAGE_LEN:
+            raise TooLargeError(
+                f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes; "
+                "the payload is too large"
+            )
+        self._advance()
+        return bytes(out)
+
+    def _read(self, message: bytes) -> bytes:
+        tokens = self._next_tokens(writing=False)
+        if len(message) > MAX_MESSAGE_LEN:
+            raise TooLargeError(f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes")
+        ss = self._symmetric()
+        dhlen = self._dh.dhlen
+        view = memoryview(message)
+        offset = 0
+
+        def take(count: int) -> bytes:
+            nonlocal offset
+            if offset + count > len(message):
+                raise DecodeError("the Noise handshake message is too short")
+            chunk = bytes(view[offset : offset + count])
+            offset += count
+            return chunk
+
+        for token in tokens:
+            if token == "e":
+                if self._re is not None:  # only a pre-message can have set it: a pattern bug
+                    raise ProtocolError("the peer's ephemeral key was already known")
+                self._re = take(dhlen)
+                ss.mix_hash(self._re)
+                if self.protocol.pattern.has_psk:
+                    ss.mix_key(self._re)  # §9.2
+            elif token == "s":
+                if self._rs is not None:
+                    raise ProtocolError("the peer's static key was already known")
+                field = take(dhlen + TAG_LEN if ss.cipher_state.has_key() else dhlen)
+                self._rs = ss.decrypt_and_hash(field)
+            elif token == "psk":
+                ss.mix_key_and_hash(self._psks.pop(0))
+            else:
+                ss.mix_key(self._dh_token(token))
+        payload = ss.decrypt_and_hash(bytes(view[offset:]))
+        self._advance()
+        return payload
+
+    def _dh_token(self, token: str) -> bytes:
+        """The DH of token ``ee``, ``es``, ``se`` or ``ss`` (§5.3); its first letter is the
+        initiator's key, its second the responder's."""
+        initiator_key, responder_key = token[0], token[1]
+        local, remote = (
+            (initiator_key, responder_key) if self.initiator else (responder_key, initiator_key)
+        )
+        pair = self._e if local == "e" else self._s
+        remote_public = self._re if remote == "e" else self._rs
+        if pair is None or remote_public is None:
+            # Only a malformed pattern can get here; the table's patterns are all valid (§7.3).
+            raise ProtocolError(f"the pattern asks for DH {token!r} before both keys are known")
+        return _dh(self._dh, pair, remote_public)
+
+    def _advance(self) -> None:
+        self._message_index += 1
+        if self._message_index < len(self.protocol.pattern.messages):
+            return
+        ss = self._symmetric()
+        c1, c2 = ss.split()
+        if self.protocol.pattern.one_way:
+            # §7.4: after a one-way handshake only the initiator sends; the second cipher state
+            # must never be used, so it is handed out with its key removed and refusing work.
+            c2.initialize_key(None)
+            c2._refusal = "a one-way Noise pattern has no responder-to-initiator channel"
+        self._transport = (c1, c2)
+        self._handshake_hash = ss.get_handshake_hash()
+        self._complete = True
+        # The handshake's secrets are no longer needed (§5: delete all but h).
+        self._ss = None
+        self._e = None
+        self._s = None
+
+
+_KEY_NAMES: Final = {
+    "s": "static private key (s)",
+    "e": "ephemeral private key (e)",
+    "rs": "remote static public key (rs)",
+    "re": "remote ephemeral public key (re)",
+}

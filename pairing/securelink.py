@@ -1,0 +1,94 @@
+"""A :class:`~pairing.channel.SecureChannel` run over a link with asyncio (DESIGN.md step 5).
+
+After a pairing, both sides wrap their link in a :class:`SecureLink` built from the
+:class:`~pairing.methods.Session`; whole application messages go in and come out, encrypted,
+authenticated, fragmented to the link's MTU and rekeyed as the channel's config says.  Every
+receive has a deadline.
+
+:func:`confirm` is the first exchange on every new secure link: each side sends a "ready" record
+and waits for the peer's.  Receiving it proves the peer derived the same keys (explicit key
+confirmation for every method, including the ones whose handshake ends with a flight from the
+other side), so neither side stores a peer before both hold the same session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from .channel import ChannelConfig, SecureChannel
+from .driver import LinkLike
+from .errors import AuthenticationError, LinkClosedError, PairingError, PairingTimeout
+from .methods import Session
+
+READY = b"\x00pairkit/1 ready"
+DEFAULT_TIMEOUT = 30.0
+
+
+class SecureLink:
+    """Whole messages over a secure channel on ``link``."""
+
+    def __init__(
+        self,
+        link: LinkLike,
+        session: Session,
+        *,
+        rekey_after: int = 2**20,
+        max_record: int = 64 * 1024,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.link = link
+        self.session = session
+        self.timeout = timeout
+        self.channel = SecureChannel(
+            ChannelConfig(mtu=link.mtu, rekey_after=rekey_after, max_record=max_record),
+            send_key=session.send_key,
+            recv_key=session.recv_key,
+        )
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def max_message(self) -> int:
+        return self.channel.config.max_record
+
+    async def send(self, data: bytes) -> None:
+        """Send one message (at most :attr:`max_message` bytes)."""
+        async with self._send_lock:
+            for fragment in self.channel.seal(data):
+                await self.link.send(fragment)
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """The next message; :class:`PairingTimeout` if none comes within ``timeout``."""
+        wait = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(wait):
+                while True:
+                    message = self.channel.open(await self.link.recv())
+                    if message is not None:
+                        return message
+        except TimeoutError:
+            raise PairingTimeout(f"the peer sent nothing for {wait:.0f} s") from None
+
+    def request_rekey(self) -> None:
+        self.channel.request_rekey()
+
+    async def close(self) -> None:
+        """Send an authenticated close, then close the link (idempotent, never raises)."""
+        with contextlib.suppress(PairingError, OSError, TimeoutError):
+            async with self._send_lock:
+                if not self.channel.closed:
+                    for fragment in self.channel.seal_close():
+                        await asyncio.wait_for(self.link.send(fragment), 2.0)
+        with contextlib.suppress(PairingError, OSError):
+            await self.link.close()  # type: ignore[attr-defined]
+
+
+async def confirm(slink: SecureLink, timeout: float | None = None) -> None:
+    """Both sides send READY and wait for the peer's (see the module docstring)."""
+    await slink.send(READY)
+    try:
+        message = await slink.recv(timeout)
+    except LinkClosedError:
+        raise LinkClosedError("the peer left before confirming the session") from None
+    if message != READY:
+        raise AuthenticationError("the peer did not confirm the session")
