@@ -258,7 +258,7 @@ class CipherState:
     message limit (§3).
     """
 
-    __slots__ = ("_aead", "_aead_class", "_cipher", "_n", "_nonce", "_refusal")
+    __slots__ = ("_aead", "_aead_class", "_cipher", "_k", "_n", "_nonce", "_refusal")
 
     def __init__(self, cipher: str, key: bytes | None = None) -> None:
         try:
@@ -271,6 +271,7 @@ class CipherState:
         self._aead_class: type[ChaCha20Poly1305] | type[AESGCM] = aead_class
         self._nonce = nonce
         self._aead: ChaCha20Poly1305 | AESGCM | None = None
+        self._k: bytes | None = None
         self._n = 0
         # Set on the unused half of a one-way pattern's split (§7.4): it must never be used.
         self._refusal: str | None = None
@@ -304,8 +305,9 @@ class CipherState:
             key = _require_bytes(key, "cipher key")
             if len(key) != 32:
                 raise ConfigError("a Noise cipher key must be 32 bytes")
-        # Only the AEAD object holds k: has_key() is whether there is one.
+        # has_key() is whether there is an AEAD object; _k is kept only for the `key` property.
         self._aead = None if key is None else self._aead_class(key)
+        self._k = None if key is None else bytes(key)
         self._n = 0
 
     def has_key(self) -> bool:
@@ -381,6 +383,7 @@ class CipherState:
             raise ProtocolError("cannot rekey a Noise cipher state that has no key")
         new_key = self._aead.encrypt(self._nonce(MAX_NONCE), bytes(32), b"")[:32]
         self._aead = self._aead_class(new_key)
+        self._k = new_key
 
 
 # --------------------------------------------------------------------------------------------
