@@ -620,6 +620,7 @@ class GuestPairing(Machine):
             knows_peer=self._peer is not None,
         )
         self._th = _th(offer.hello, msg.hello)
+        self._host_name = msg.hello.name
         m = self.method
         if m is Method.PIN:
             if msg.cpace is None or msg.noise is None:
@@ -703,7 +704,7 @@ class GuestPairing(Machine):
         code = _code(self._th, self._offer.pk, enc, self._ng, msg.nonce)
         self.state = S_ASK
         self._expect_by(None)
-        self._emit(ConfirmCode(code=code, peer_name=self._offer.hello.name))
+        self._emit(ConfirmCode(code=code, peer_name=self._host_name))
 
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:

@@ -1,0 +1,134 @@
+"""What every pairkit subcommand shares: the keystore, output, prompts and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pairing.errors import (
+    ConfigError,
+    KeystoreError,
+    LockedOutError,
+    NotFoundError,
+    PairingError,
+    PairingTimeout,
+    RefusedError,
+    WrongPinError,
+)
+from pairing.keystore import Keystore, default_path
+from pairing.methods import ConfirmCode, InsecureWarning
+
+T = TypeVar("T")
+
+#: exit codes, one per kind of failure (scripts can tell them apart)
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_TIMEOUT = 4
+EXIT_REFUSED = 5
+EXIT_NOT_FOUND = 6
+EXIT_INTERRUPTED = 130
+
+PIN_TRIES = 3
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The one place that maps typed errors to exit codes (STYLE.md rule 11)."""
+    if isinstance(exc, ConfigError | click.UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, PairingTimeout):
+        return EXIT_TIMEOUT
+    if isinstance(exc, RefusedError | LockedOutError):
+        return EXIT_REFUSED
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, PairingError) and exc.code == 4:  # AUTH_FAILED
+        return EXIT_AUTH
+    return EXIT_ERROR
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+def info(message: str, *, quiet: bool = False) -> None:
+    """Narration for a person: stderr, so stdout stays for results."""
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(obj, sort_keys=True))
+
+
+def run_async(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+def home_path() -> Path:
+    return default_path(os.environ)
+
+
+def read_pin_file(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the PIN file {path}: {exc.strerror}") from None
+    pin = text.strip("\r\n")
+    if not pin:
+        raise ConfigError(f"the PIN file {path} is empty")
+    return pin
+
+
+def unlock(path: Path | None = None) -> Keystore:
+    """Open the keystore with ``PAIRKIT_PIN`` or by asking (three tries)."""
+    path = path or home_path()
+    if not path.exists():
+        raise KeystoreError(f"no identity at {path}; run 'pairkit init' first")
+    env_pin = os.environ.get("PAIRKIT_PIN")
+    if env_pin is not None:
+        return Keystore.open(path, env_pin)
+    if not sys.stdin.isatty():
+        raise KeystoreError("the keystore is locked: set PAIRKIT_PIN or run in a terminal")
+    for attempt in range(1, PIN_TRIES + 1):
+        pin = click.prompt("Keystore PIN", hide_input=True, err=True)
+        try:
+            return Keystore.open(path, pin)
+        except WrongPinError:
+            if attempt == PIN_TRIES:
+                raise WrongPinError(f"wrong PIN {PIN_TRIES} times; giving up") from None
+            info(f"wrong PIN, {PIN_TRIES - attempt} tries left")
+    raise AssertionError("unreachable")
+
+
+class CliDelegate:
+    """The user's decisions, asked on the terminal (or answered by ``--yes``)."""
+
+    def __init__(self, *, yes: bool = False, quiet: bool = False) -> None:
+        self.yes = yes
+        self.quiet = quiet
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        info(f"Confirmation code: {q.code[:3]} {q.code[3:]}  (on {q.peer_name})")
+        if self.yes:
+            info("  confirmed (--yes)")
+            return True
+        if not sys.stdin.isatty():
+            info("  no terminal to confirm on; refusing (use --yes in scripts)")
+            return False
+        return await asyncio.to_thread(
+            click.confirm, "Does the other device show the same code?", err=True
+        )
+
+    async def on_warning(self, event: InsecureWarning) -> None:
+        click.echo(f"warning: {event.text}", err=True)
+
+    async def on_event(self, event: object) -> None:
+        return None

@@ -1,0 +1,286 @@
+"""The asyncio flows behind ``pairkit host`` and ``pairkit join``.
+
+The host accepts guests one after another (or at once) until interrupted or ``--once``; a guest
+that fails or misbehaves is reported and never takes the host down.  Each guest runs the pairing
+machine through :func:`pairing.driver.drive`, then the secure link's ``ready`` confirmation,
+and only then is the peer stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pairing.driver import drive
+from pairing.errors import ConfigError, NotFoundError, PairingError
+from pairing.keystore import Keystore
+from pairing.methods import (
+    GuestPairing,
+    HostPairing,
+    HostState,
+    KnownPeer,
+    PairingConfig,
+    PinPolicy,
+    Session,
+)
+from pairing.negotiation import ALL_CAPS, Method
+from pairing.qr import QrCode
+from pairing.securelink import SecureLink, confirm
+
+from . import store
+from .common import CliDelegate, info
+
+#: what a host does with a paired guest once the session is confirmed (issue "Personal cloud")
+SessionHandler = Callable[[SecureLink, Session], Awaitable[None]]
+
+
+@dataclasses.dataclass
+class HostOptions:
+    transport: str
+    methods: frozenset[Method]
+    pin: str | None = None
+    yes: bool = False
+    once: bool = False
+    json: bool = False
+    allow_insecure: bool = False
+    qr_png: Path | None = None
+    qr_ttl: float = 600.0
+    step_timeout: float = 30.0
+    max_failures: int = 5
+    lockout_window: float = 300.0
+    concurrent: int = 4
+
+
+def result_json(session: Session) -> dict[str, Any]:
+    """The JSON shape DESIGN.md gives for a completed pairing."""
+    peer = session.peer
+    return {
+        "ok": True,
+        "method": session.method.label,
+        "peer": {
+            "id": peer.device_id.hex(),
+            "name": peer.name,
+            "fingerprint": store.key_fingerprint(peer.static_public),
+            "authenticated": peer.authenticated,
+        },
+        "session": session.fingerprint,
+    }
+
+
+async def run_host(
+    ks: Keystore,
+    opts: HostOptions,
+    *,
+    on_session: SessionHandler | None = None,
+    emit: Callable[[dict[str, Any]], None] | None = None,
+    ready: Callable[[str], None] | None = None,
+    transport_obj: Any = None,
+) -> int:
+    """Serve guests; returns the number of guests paired."""
+    from transports.registry import open_transport
+
+    me = store.local_identity(ks)
+    state = HostState(
+        pin_policy=PinPolicy(opts.max_failures, opts.lockout_window),
+        known_peer=lambda device_id: store.known_peer(ks, device_id),
+    )
+    config = PairingConfig(
+        methods=opts.methods, caps=ALL_CAPS, step_timeout=opts.step_timeout,
+        allow_insecure=opts.allow_insecure,
+    )
+    transport = transport_obj or await open_transport(opts.transport)
+    listener = await transport.listen()
+    address = getattr(listener, "address", opts.transport)
+    quiet = opts.json
+    info(f"{me.name} ({store.key_fingerprint(me.static_public)}) is waiting on {address}")
+
+    def show_pin() -> None:
+        if Method.PIN in opts.methods and state.pin is not None:
+            info(f"PIN: {state.pin}   (type it on the guest: pairkit join ... --method pin)")
+
+    if Method.PIN in opts.methods:
+        # A PIN is single use: a --pin serves one guest, then fresh ones are drawn.
+        state.set_pin(opts.pin) if opts.pin is not None else state.new_pin()
+
+    def show_qr() -> None:
+        if Method.QR in opts.methods:
+            code = state.issue_qr(me.static_public, time.time(), ttl=opts.qr_ttl, hint=address)
+            uri = code.to_uri()
+            info(store.qr_text(uri))
+            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}")
+            if opts.qr_png is not None:
+                store.qr_png(uri, opts.qr_png)
+                info(f"QR code written to {opts.qr_png}")
+
+    show_pin()
+    show_qr()
+    if ready is not None:
+        ready(address)
+    paired = 0
+    delegate = CliDelegate(yes=opts.yes, quiet=quiet)
+    slots = asyncio.Semaphore(opts.concurrent)
+    tasks: set[asyncio.Task[None]] = set()
+    stop = asyncio.Event()
+
+    async def serve_one(link: Any) -> None:
+        nonlocal paired
+        loop = asyncio.get_running_loop()
+        try:
+            machine = HostPairing(
+                config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
+                wall_now=time.time(),
+            )
+            await drive(machine, link, delegate=delegate)
+            assert machine.session is not None
+            session = machine.session
+            slink = SecureLink(link, session, timeout=opts.step_timeout)
+            await confirm(slink)
+            store.save_session(ks, session, address=str(link.peer), transport=opts.transport)
+            paired += 1
+            if emit is not None:
+                emit(result_json(session))
+            else:
+                info(f"paired with {session.peer.name} by {session.method.label}; "
+                     f"session {session.fingerprint}")
+            if on_session is not None:
+                await on_session(slink, session)
+            await slink.close()
+            if opts.once:
+                stop.set()
+        except PairingError as exc:
+            info(f"error: guest {link.peer}: {exc}")
+            with contextlib.suppress(Exception):
+                await link.close()
+        finally:
+            if not opts.once and Method.PIN in opts.methods and state.pin is None:
+                state.new_pin()
+                show_pin()
+            slots.release()
+
+    try:
+        while not stop.is_set():
+            await slots.acquire()
+            accept = asyncio.ensure_future(listener.accept())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({accept, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if accept not in done:
+                accept.cancel()
+                slots.release()
+                break
+            stopper.cancel()
+            try:
+                link = accept.result()
+            except PairingError as exc:
+                info(f"error: {exc}")
+                slots.release()
+                continue
+            task = asyncio.create_task(serve_one(link))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if opts.once:
+                await task
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await listener.close()
+        if transport_obj is None:
+            with contextlib.suppress(Exception):
+                await transport.close()
+    return paired
+
+
+@dataclasses.dataclass
+class JoinOptions:
+    target: str
+    method: Method | None = None
+    transport: str | None = None
+    pin: str | None = None
+    qr: QrCode | None = None
+    yes: bool = False
+    json: bool = False
+    allow_insecure: bool = False
+    step_timeout: float = 30.0
+    connect_timeout: float = 20.0
+
+
+def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, KnownPeer | None]:
+    """(transport spec, known peer or None) for ``TARGET``."""
+    target = opts.target
+    if target.startswith(("tcp:", "loopback", "bumble:", "bleak")):
+        return opts.transport or target, None
+    peer = store.find_peer(ks, target)
+    if peer is None:
+        raise NotFoundError(
+            f"no known peer or transport called {target!r}; use tcp:HOST:PORT, a BLE address "
+            "from 'pairkit discover', or a name from 'pairkit peers'"
+        )
+    spec = opts.transport or store.peer_address(ks, peer)
+    if not spec:
+        raise NotFoundError(f"no address is known for {peer.name}; give --transport")
+    return spec, peer
+
+
+async def run_join(
+    ks: Keystore,
+    opts: JoinOptions,
+    *,
+    on_session: SessionHandler | None = None,
+    transport_obj: Any = None,
+    address: str | None = None,
+) -> Session:
+    """Connect to the target, pair, confirm, store; returns the session."""
+    from transports.registry import open_transport
+
+    spec, peer = resolve_target(ks, opts)
+    method = opts.method or (Method.RESUME if peer is not None else None)
+    if method is None:
+        method = Method.QR if opts.qr is not None else Method.PIN
+    if method in (Method.RESUME, Method.KK) and peer is None:
+        raise ConfigError("method 'resume' needs a known peer: give its name from 'pairkit peers'")
+    me = store.local_identity(ks)
+    config = PairingConfig(
+        methods=frozenset(Method) - {Method.TTP}, caps=ALL_CAPS, step_timeout=opts.step_timeout,
+        allow_insecure=opts.allow_insecure,
+    )
+    if method is Method.PIN and opts.pin is None:
+        raise ConfigError("method 'pin' needs the PIN shown on the host: --pin 123456")
+    if opts.qr is not None:
+        opts.qr.check_fresh(time.time())
+    transport = transport_obj or await open_transport(spec)
+    try:
+        link = await transport.connect(address, timeout=opts.connect_timeout)
+        try:
+            loop = asyncio.get_running_loop()
+            machine = GuestPairing(
+                config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
+                qr=opts.qr, peer=peer, wall_now=time.time(),
+                rng=os.urandom,
+            )
+            machine.start(loop.time())
+            await drive(machine, link, delegate=CliDelegate(yes=opts.yes, quiet=opts.json))
+            assert machine.session is not None
+            session = machine.session
+            if machine.stale_prekey is not None and peer is not None:
+                store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
+            slink = SecureLink(link, session, timeout=opts.step_timeout)
+            await confirm(slink)
+            store.save_session(ks, session, address=spec if spec.startswith("tcp:") else
+                               str(link.peer), transport=spec)
+            if on_session is not None:
+                await on_session(slink, session)
+            await slink.close()
+            return session
+        finally:
+            with contextlib.suppress(Exception):
+                await link.close()
+    finally:
+        if transport_obj is None:
+            with contextlib.suppress(Exception):
+                await transport.close()

@@ -1,0 +1,300 @@
+"""The ``pairkit`` command.
+
+Every subcommand has ``--help``; results go to stdout (``--json`` for scripts: one JSON object
+per line), narration and errors to stderr as ``error: ...`` with a non-zero exit code.  No
+traceback reaches the user unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pairing.errors import ConfigError, DecodeError, PairingError
+from pairing.negotiation import Method
+
+from .common import (
+    EXIT_INTERRUPTED,
+    emit_json,
+    exit_code_for,
+    fail,
+    home_path,
+    info,
+    read_pin_file,
+    run_async,
+    unlock,
+)
+
+METHOD_NAMES = ["pin", "qr", "compare", "clear", "resume"]
+
+try:
+    __version__ = version("pairkit")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+source"
+
+
+class PairkitGroup(click.Group):
+    """A group whose commands' errors end as ``error: ...`` and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = ctx.params.get("debug") or os.environ.get("PAIRKIT_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted")
+            ctx.exit(EXIT_INTERRUPTED)
+        except PairingError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(str(exc))
+            ctx.exit(exit_code_for(exc))
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+            ctx.exit(1)
+        except Exception as exc:  # a bug: say so plainly, show the trace only with --debug
+            if debug:
+                traceback.print_exc()
+            fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
+            ctx.exit(70)
+
+
+@click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="pairkit")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors (for bug reports).")
+def cli(debug: bool) -> None:
+    """pairkit pairs two devices over Bluetooth Low Energy (or TCP) and opens a secure channel.
+
+    \b
+    First steps:
+      pairkit init --name "Paul's laptop"     create this device's identity
+      pairkit host --transport tcp:127.0.0.1:7000 --method pin
+      pairkit join tcp:127.0.0.1:7000 --method pin --pin 123456   (in another terminal)
+      pairkit peers                           devices you have paired with
+
+    The keystore lives in your user data directory; PAIRKIT_HOME moves it, PAIRKIT_PIN
+    unlocks it without a prompt (for scripts).
+    """
+
+
+# -- identity ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--name", default=None, help="This device's name as others see it.")
+@click.option(
+    "--pin-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the keystore PIN/passphrase from this file instead of asking.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing identity (its peers are lost).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def init(name: str | None, pin_file: str | None, force: bool, as_json: bool) -> None:
+    """Create this device's identity and keystore.
+
+    The keystore is sealed with a PIN or passphrase you choose (asked twice), from which a key
+    is derived with scrypt.  Use --pin-file or PAIRKIT_PIN in scripts.
+    """
+    from pairing.keystore import Keystore
+
+    path = home_path()
+    if path.exists() and not force:
+        raise ConfigError(f"an identity already exists at {path}; use --force to replace it")
+    if pin_file is not None:
+        pin = read_pin_file(pin_file)
+    elif os.environ.get("PAIRKIT_PIN") is not None:
+        pin = os.environ["PAIRKIT_PIN"]
+    elif sys.stdin.isatty():
+        pin = click.prompt(
+            "Choose a keystore PIN or passphrase", hide_input=True,
+            confirmation_prompt="Repeat it", err=True,
+        )
+    else:
+        raise ConfigError("no terminal to ask a PIN on: use --pin-file FILE or PAIRKIT_PIN")
+    if len(pin) < 4:
+        raise ConfigError("the keystore PIN must be at least 4 characters")
+    name = name or _default_name()
+    ks = Keystore.create(path, pin, name=name, overwrite=force)
+    _print_identity(ks, as_json, created=True)
+
+
+def _default_name() -> str:
+    import platform
+
+    return f"{os.environ.get('USER', 'someone')}'s {platform.node() or 'device'}"
+
+
+def _print_identity(ks: Any, as_json: bool, created: bool = False) -> None:
+    from .store import key_fingerprint
+
+    fp = key_fingerprint(ks.static_public)
+    if as_json:
+        emit_json({"ok": True, "id": ks.device_id, "name": ks.name, "fingerprint": fp,
+                   "keystore": str(ks.path)})
+        return
+    if created:
+        info(f"created identity in {ks.path}")
+    click.echo(f"name:        {ks.name}")
+    click.echo(f"id:          {ks.device_id}")
+    click.echo(f"fingerprint: {fp}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def whoami(as_json: bool) -> None:
+    """Show this device's name, id and key fingerprint."""
+    _print_identity(unlock(), as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def peers(as_json: bool) -> None:
+    """List the devices this one has paired with."""
+    from .store import peer_rows
+
+    rows = peer_rows(unlock())
+    if as_json:
+        emit_json({"peers": rows})
+        return
+    if not rows:
+        info("no known peers yet; pair with 'pairkit join' or 'pairkit host'")
+        return
+    for r in rows:
+        flag = "" if r["authenticated"] else "  (unauthenticated)"
+        click.echo(f"{r['name']:<28} {r['id'][:16]}  {r['fingerprint']}  via {r['method']}"
+                   f"  prekeys {r['prekeys']}{flag}")
+
+
+@cli.command()
+@click.argument("peer")
+def forget(peer: str) -> None:
+    """Forget a known peer (by name or id): it will have to pair again."""
+    ks = unlock()
+    removed = ks.forget_peer(peer)
+    ks.save()
+    info(f"forgot {removed}")
+
+
+# -- pairing ----------------------------------------------------------------------------------
+
+
+def _methods(values: tuple[str, ...]) -> frozenset[Method]:
+    try:
+        return frozenset(Method.parse(v) for v in values)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@cli.command()
+@click.option("--transport", "-t", default="tcp:127.0.0.1:7000", show_default=True,
+              help="Where to listen: tcp:HOST:PORT, bumble:virtual, bumble:usb:0, ...")
+@click.option("--method", "-m", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
+              help="Methods guests may use (repeat; default: pin, qr, compare, resume).")
+@click.option("--pin", default=None, help="Use this 6-digit PIN once instead of a random one.")
+@click.option("--qr-png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the QR code to this PNG file.")
+@click.option("--allow-insecure", is_flag=True,
+              help="Let 'clear' send the key over an unencrypted link (anyone listening gets it).")
+@click.option("--once", is_flag=True, help="Stop after the first guest paired.")
+@click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, tests).")
+@click.option("--timeout", default=30.0, show_default=True,
+              help="Seconds to wait for each message from a guest.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
+def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path | None,
+         allow_insecure: bool, once: bool, yes: bool, timeout: float, as_json: bool) -> None:
+    """Wait for guests and pair with them.
+
+    Shows a PIN (method pin) and a QR code (method qr); serves guests one after another until
+    interrupted (Ctrl-C) or --once.  A guest that fails never stops the host.
+    """
+    from .flows import HostOptions, run_host
+
+    chosen = _methods(methods) if methods else frozenset(
+        {Method.PIN, Method.QR, Method.COMPARE, Method.RESUME}
+    )
+    ks = unlock()
+    opts = HostOptions(
+        transport=transport, methods=chosen, pin=pin, yes=yes, once=once, json=as_json,
+        allow_insecure=allow_insecure, qr_png=qr_png, step_timeout=timeout,
+    )
+    run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--transport", "-t", default=None,
+              help="Transport to reach TARGET through when it is a peer's name or address.")
+@click.option("--method", "-m", type=click.Choice(METHOD_NAMES), default=None,
+              help="Pairing method (default: resume for known peers, qr with --qr, else pin).")
+@click.option("--pin", default=None, help="The PIN shown on the host (asked if not given).")
+@click.option("--qr", "qr_uri", default=None, help="The host's QR code as a pairkit:qr?... URI.")
+@click.option("--qr-image", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A picture of the host's QR code (PNG/JPEG).")
+@click.option("--allow-insecure", is_flag=True,
+              help="Let 'clear' run over an unencrypted link (anyone listening gets the key).")
+@click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, tests).")
+@click.option("--timeout", default=30.0, show_default=True,
+              help="Seconds to wait for each message from the host.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def join(target: str, transport: str | None, method: str | None, pin: str | None,
+         qr_uri: str | None, qr_image: str | None, allow_insecure: bool, yes: bool,
+         timeout: float, as_json: bool) -> None:
+    """Pair with TARGET: tcp:HOST:PORT, a BLE address from 'discover', or a known peer's name.
+
+    \b
+    Examples:
+      pairkit join tcp:127.0.0.1:7000 --method pin --pin 123456
+      pairkit join tcp:127.0.0.1:7000 --qr 'pairkit:qr?v=1&k=...'
+      pairkit join "Paul's phone"              (a known peer: resumes with no prompt)
+    """
+    from pairing.qr import QrCode
+
+    from .flows import JoinOptions, result_json, run_join
+    from .store import qr_from_image
+
+    qr = None
+    if qr_uri is not None and qr_image is not None:
+        raise ConfigError("give --qr or --qr-image, not both")
+    if qr_uri is not None:
+        qr = QrCode.parse(qr_uri)
+    elif qr_image is not None:
+        qr = QrCode.parse(qr_from_image(qr_image))
+    chosen = Method.parse(method) if method else None
+    if chosen is Method.PIN and pin is None:
+        if not sys.stdin.isatty():
+            raise ConfigError("method 'pin' needs the host's PIN: --pin 123456")
+        pin = click.prompt("PIN shown on the host", err=True).strip().replace(" ", "")
+    ks = unlock()
+    opts = JoinOptions(
+        target=target, method=chosen, transport=transport, pin=pin, qr=qr, yes=yes,
+        json=as_json, allow_insecure=allow_insecure, step_timeout=timeout,
+    )
+    session = run_async(lambda: run_join(ks, opts))
+    if as_json:
+        emit_json(result_json(session))
+    else:
+        click.echo(f"paired with {session.peer.name} by {session.method.label}")
+        click.echo(f"session {session.fingerprint}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(standalone_mode=True)
+    except DecodeError as exc:  # pragma: no cover - mapped inside the group
+        fail(str(exc))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

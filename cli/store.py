@@ -1,0 +1,159 @@
+"""Between the keystore's records and the pairing machines' types; QR code pictures."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from pairing.errors import DecodeError, NotFoundError
+from pairing.keystore import Keystore, Peer, fingerprint_of
+from pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
+
+
+def key_fingerprint(static_public: bytes) -> str:
+    """A device's fingerprint as people compare it (SHA-256 of its key, grouped)."""
+    return fingerprint_of(static_public)
+
+
+def local_identity(ks: Keystore) -> LocalIdentity:
+    """This device as the handshake needs it (the keystore's one door to the static key)."""
+    return LocalIdentity(
+        device_id=bytes.fromhex(ks.device_id),
+        name=ks.name,
+        static_public=ks.static_public,
+        signing_public=ks.signing_public,
+        static_private=ks._static_private_for_handshake(),  # the one internal door
+    )
+
+
+def _known(p: Peer) -> KnownPeer:
+    ours = []
+    for record in p.our_prekeys:
+        if isinstance(record, tuple | list) and len(record) == 2:
+            ours.append(Prekey(bytes(record[0]), bytes(record[1])))
+    return KnownPeer(
+        device_id=bytes.fromhex(p.id),
+        name=p.name,
+        static_public=p.static_public,
+        signing_public=p.signing_public or bytes(32),
+        their_prekeys=tuple(bytes(d) for d in p.their_prekeys if isinstance(d, bytes)),
+        our_prekeys=tuple(ours),
+        authenticated=p.authenticated,
+    )
+
+
+def known_peer(ks: Keystore, device_id: bytes) -> KnownPeer | None:
+    try:
+        return _known(ks.get_peer(device_id.hex()))
+    except NotFoundError:
+        return None
+
+
+def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:
+    try:
+        return _known(ks.get_peer(name_or_id))
+    except NotFoundError:
+        return None
+
+
+def peer_address(ks: Keystore, peer: KnownPeer) -> str | None:
+    record = ks.get_peer(peer.device_id.hex())
+    value = record.extra.get("transport")
+    return value if isinstance(value, str) else None
+
+
+def save_session(ks: Keystore, session: Session, *, address: str, transport: str) -> None:
+    """Store the peer after a confirmed session: keys, prekeys, where it was reached."""
+    device_id = session.peer.device_id.hex()
+    try:
+        old_record: Peer | None = ks.get_peer(device_id)
+    except NotFoundError:
+        old_record = None
+    old = _known(old_record) if old_record is not None else None
+    updated = session.updated_peer(old)
+    now = time.time()
+    extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
+    extra.update({"address": address, "transport": transport})
+    ks.add_peer(
+        Peer(
+            id=device_id,
+            name=updated.name,
+            static_public=updated.static_public,
+            signing_public=updated.signing_public,
+            authenticated=updated.authenticated,
+            method=session.method.label if old_record is None else old_record.method,
+            first_seen=old_record.first_seen if old_record is not None else now,
+            last_seen=now,
+            their_prekeys=list(updated.their_prekeys),
+            our_prekeys=[[p.digest, p.private] for p in updated.our_prekeys],
+            extra=extra,
+        )
+    )
+    ks.save()
+
+
+def drop_their_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> None:
+    """Forget a prekey digest the peer refused as stale."""
+    record = ks.get_peer(device_id.hex())
+    kept = [d for d in record.their_prekeys if d != digest]
+    ks.add_peer(_replace(record, their_prekeys=kept))
+    ks.save()
+
+
+def _replace(record: Peer, **changes: Any) -> Peer:
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)
+
+
+def peer_rows(ks: Keystore) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": p.id,
+            "name": p.name,
+            "fingerprint": p.fingerprint,
+            "method": p.method,
+            "authenticated": p.authenticated,
+            "prekeys": len(p.their_prekeys),
+            "last_seen": p.last_seen,
+            "transport": p.extra.get("transport"),
+        }
+        for p in ks.peers()
+    ]
+
+
+def qr_text(uri: str) -> str:
+    """The QR code drawn with text blocks, for a terminal."""
+    import qrcode
+
+    code = qrcode.QRCode(border=1, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    code.add_data(uri)
+    out = io.StringIO()
+    code.print_ascii(out=out, invert=True)
+    return out.getvalue()
+
+
+def qr_png(uri: str, path: Path) -> None:
+    import qrcode
+
+    img = qrcode.make(uri, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    with open(path, "wb") as fh:
+        img.save(fh)
+
+
+def qr_from_image(path: str) -> str:
+    """The text of the first QR code found in a picture."""
+    import zxingcpp
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            results = zxingcpp.read_barcodes(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError):
+        raise DecodeError(f"cannot read {path} as a picture") from None
+    for r in results:
+        if r.text:
+            return str(r.text)
+    raise DecodeError(f"no QR code found in {path}")
