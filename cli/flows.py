@@ -55,6 +55,8 @@ class HostOptions:
     max_failures: int = 5
     lockout_window: float = 300.0
     concurrent: int = 4
+    #: say nothing on stderr but errors (the demo narrates for itself)
+    quiet: bool = False
 
 
 def result_json(session: Session) -> dict[str, Any]:
@@ -79,7 +81,7 @@ async def run_host(
     *,
     on_session: SessionHandler | None = None,
     emit: Callable[[dict[str, Any]], None] | None = None,
-    ready: Callable[[str], None] | None = None,
+    ready: Callable[[str, HostState], None] | None = None,
     transport_obj: Any = None,
 ) -> int:
     """Serve guests; returns the number of guests paired."""
@@ -97,12 +99,14 @@ async def run_host(
     transport = transport_obj or await open_transport(opts.transport)
     listener = await transport.listen()
     address = getattr(listener, "address", opts.transport)
-    quiet = opts.json
-    info(f"{me.name} ({store.key_fingerprint(me.static_public)}) is waiting on {address}")
+    quiet = opts.quiet
+    fp = store.key_fingerprint(me.static_public)
+    info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet)
 
     def show_pin() -> None:
         if Method.PIN in opts.methods and state.pin is not None:
-            info(f"PIN: {state.pin}   (type it on the guest: pairkit join ... --method pin)")
+            info(f"PIN: {state.pin}   (type it on the guest: pairkit join ... --method pin)",
+                 quiet=quiet)
 
     if Method.PIN in opts.methods:
         # A PIN is single use: a --pin serves one guest, then fresh ones are drawn.
@@ -112,8 +116,8 @@ async def run_host(
         if Method.QR in opts.methods:
             code = state.issue_qr(me.static_public, time.time(), ttl=opts.qr_ttl, hint=address)
             uri = code.to_uri()
-            info(store.qr_text(uri))
-            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}")
+            info(store.qr_text(uri), quiet=quiet)
+            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet)
             if opts.qr_png is not None:
                 store.qr_png(uri, opts.qr_png)
                 info(f"QR code written to {opts.qr_png}")
@@ -121,7 +125,7 @@ async def run_host(
     show_pin()
     show_qr()
     if ready is not None:
-        ready(address)
+        ready(address, state)
     paired = 0
     delegate = CliDelegate(yes=opts.yes, quiet=quiet)
     slots = asyncio.Semaphore(opts.concurrent)
@@ -163,29 +167,35 @@ async def run_host(
                 show_pin()
             slots.release()
 
+    accept: asyncio.Future[Any] | None = None
     try:
         while not stop.is_set():
             await slots.acquire()
             accept = asyncio.ensure_future(listener.accept())
             stopper = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({accept, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
             if accept not in done:
-                accept.cancel()
                 slots.release()
                 break
-            stopper.cancel()
             try:
                 link = accept.result()
             except PairingError as exc:
                 info(f"error: {exc}")
                 slots.release()
                 continue
+            finally:
+                accept = None
             task = asyncio.create_task(serve_one(link))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             if opts.once:
                 await task
     finally:
+        if accept is not None:
+            accept.cancel()
+            with contextlib.suppress(BaseException):
+                await accept
         for task in list(tasks):
             task.cancel()
         with contextlib.suppress(Exception):

@@ -287,6 +287,27 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         click.echo(f"session {session.fingerprint}")
 
 
+@cli.command()
+@click.option("--scenario", "-s", type=click.Choice(["webinos", "resume"]), default="webinos",
+              show_default=True, help="webinos: a stranger pairs; resume: then reconnects.")
+@click.option("--transport", "-t", type=click.Choice(["loopback", "bumble:virtual"]),
+              default="loopback", show_default=True, help="Where the two phones meet.")
+@click.option("--method", "-m", type=click.Choice(["pin", "qr", "compare", "clear"]),
+              default="pin", show_default=True, help="How George and Paul agree a key.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
+    """Run the Paul-and-George scenario in one process, narrated step by step.
+
+    Two phones with fresh identities meet on the chosen transport, pair, and talk over the
+    secure channel; nothing is written outside a temporary directory.
+    """
+    from .demo import run_demo
+
+    summary = run_async(lambda: run_demo(scenario, transport, Method.parse(method), quiet=False))
+    if as_json:
+        emit_json(summary)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
