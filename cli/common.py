@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from pairing.cloud import AllowJoin, Grant, Role
 from pairing.errors import (
     ConfigError,
     KeystoreError,
@@ -24,6 +25,7 @@ from pairing.errors import (
 )
 from pairing.keystore import Keystore, default_path
 from pairing.methods import ConfirmCode, InsecureWarning
+from pairing.service import AllowRequest, Scope
 
 T = TypeVar("T")
 
@@ -111,9 +113,10 @@ def unlock(path: Path | None = None) -> Keystore:
 class CliDelegate:
     """The user's decisions, asked on the terminal (or answered by ``--yes``)."""
 
-    def __init__(self, *, yes: bool = False, quiet: bool = False) -> None:
+    def __init__(self, *, yes: bool = False, quiet: bool = False, guest_seconds: int = 3600):
         self.yes = yes
         self.quiet = quiet
+        self.guest_seconds = guest_seconds
 
     async def confirm_code(self, q: ConfirmCode) -> bool:
         info(f"Confirmation code: {q.code[:3]} {q.code[3:]}  (on {q.peer_name})")
@@ -126,6 +129,39 @@ class CliDelegate:
         return await asyncio.to_thread(
             click.confirm, "Does the other device show the same code?", err=True
         )
+
+    async def allow_join(self, q: AllowJoin) -> Grant | None:
+        hours = self.guest_seconds / 3600
+        info(f"{q.name} asks to join (as {q.wants.name.lower()}).")
+        if self.yes:
+            info(f"  allowed as guest for {hours:g} hour(s) (--yes)")
+            return Grant(Role.GUEST, self.guest_seconds)
+        if not sys.stdin.isatty():
+            info("  no terminal to ask on; refusing (use --yes in scripts)")
+            return None
+        choice = await asyncio.to_thread(
+            click.prompt,
+            f"Allow as [g]uest for {hours:g} hour(s), as [m]ember, or [r]efuse?",
+            type=click.Choice(["g", "m", "r"]), default="r", err=True,
+        )
+        if choice == "g":
+            return Grant(Role.GUEST, self.guest_seconds)
+        return Grant(Role.MEMBER) if choice == "m" else None
+
+    async def allow_request(self, q: AllowRequest) -> Scope:
+        what = "the list of shared files" if q.what == "list" else repr(q.name)
+        info(f"{q.peer_name} asks for {what}.")
+        if self.yes:
+            info("  allowed for this session (--yes)")
+            return Scope.SESSION
+        if not sys.stdin.isatty():
+            info("  no terminal to ask on; refusing (use --yes in scripts)")
+            return Scope.REFUSE
+        choice = await asyncio.to_thread(
+            click.prompt, "Allow [o]nce, for this [s]ession, or [r]efuse?",
+            type=click.Choice(["o", "s", "r"]), default="r", err=True,
+        )
+        return {"o": Scope.ONCE, "s": Scope.SESSION}.get(choice, Scope.REFUSE)
 
     async def on_warning(self, event: InsecureWarning) -> None:
         click.echo(f"warning: {event.text}", err=True)

@@ -111,7 +111,7 @@ async def run_demo(
                     pin_box["qr"] = state.last_qr.to_uri()
                 started.set()
 
-            async def paul_serves(slink: SecureLink, session: Session) -> None:
+            async def paul_serves(slink: SecureLink, session: Session, membership: Any) -> None:
                 request = await slink.recv()
                 messages["paul_got"] = request.decode()
                 await slink.send(b"Here are my videos: holiday.mp4, birthday.mp4")
@@ -127,7 +127,7 @@ async def run_demo(
             )
             await asyncio.wait_for(started.wait(), 10)
 
-            async def george_asks(slink: SecureLink, session: Session) -> None:
+            async def george_asks(slink: SecureLink, session: Session, membership: Any) -> None:
                 await slink.send(b"Hello Paul, may I see your videos?")
                 messages["george_got"] = (await slink.recv()).decode()
 
@@ -145,7 +145,7 @@ async def run_demo(
                 pin=pin_box.get("pin"), qr=qr, yes=True, json=True,
             )
             t0 = time.perf_counter()
-            session = await run_join(
+            session, _ = await run_join(
                 george, join_opts, on_session=george_asks, transport_obj=guest_t, address=address
             )
             summary["pairing_seconds"] = round(time.perf_counter() - t0, 4)
@@ -165,7 +165,7 @@ async def run_demo(
             if scenario == "resume":
                 n.section("Resume: George comes back later; the phones know each other")
                 t1 = time.perf_counter()
-                again = await run_join(
+                again, _ = await run_join(
                     george,
                     JoinOptions(target="Paul's phone", transport=transport, yes=True, json=True),
                     on_session=george_asks, transport_obj=guest_t, address=address,

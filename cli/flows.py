@@ -17,8 +17,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pairing.driver import drive
-from pairing.errors import ConfigError, NotFoundError, PairingError
+from pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from
+from pairing.driver import MessagePipe, drive
+from pairing.errors import AuthenticationError, ConfigError, NotFoundError, PairingError
 from pairing.keystore import Keystore
 from pairing.methods import (
     GuestPairing,
@@ -32,12 +33,14 @@ from pairing.methods import (
 from pairing.negotiation import ALL_CAPS, Method
 from pairing.qr import QrCode
 from pairing.securelink import SecureLink, confirm
+from pairing.service import GrantPolicy, Membership
 
 from . import store
 from .common import CliDelegate, info
+from .service import ServeStats, receive_membership, say_bye, serve_guest
 
-#: what a host does with a paired guest once the session is confirmed (issue "Personal cloud")
-SessionHandler = Callable[[SecureLink, Session], Awaitable[None]]
+#: what a side does once the session is confirmed and the membership known
+SessionHandler = Callable[[SecureLink, Session, Membership], Awaitable[None]]
 
 
 @dataclasses.dataclass
@@ -57,12 +60,21 @@ class HostOptions:
     concurrent: int = 4
     #: say nothing on stderr but errors (the demo narrates for itself)
     quiet: bool = False
+    #: the folder shared with guests (None: nothing shared)
+    share: Path | None = None
+    #: how long a guest grant given with --yes lasts
+    guest_seconds: int = 3600
 
 
-def result_json(session: Session) -> dict[str, Any]:
-    """The JSON shape DESIGN.md gives for a completed pairing."""
+def result_json(session: Session, membership: Membership | None = None) -> dict[str, Any]:
+    """The JSON shape DESIGN.md gives for a completed pairing (plus the guest's role)."""
     peer = session.peer
-    return {
+    extra: dict[str, Any] = {}
+    if membership is not None:
+        extra["role"] = membership.role.name.lower()
+        if membership.expires is not None:
+            extra["expires"] = membership.expires
+    return extra | {
         "ok": True,
         "method": session.method.label,
         "peer": {
@@ -96,6 +108,13 @@ async def run_host(
         methods=opts.methods, caps=ALL_CAPS, step_timeout=opts.step_timeout,
         allow_insecure=opts.allow_insecure,
     )
+    mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
+    clouds = tuple(c.cloud_id for c in ks.clouds() if c.role in ("owner", "member"))
+    owned = next((c for c in ks.clouds() if c.role == "owner"), None)
+
+    def known_grant(device_id: bytes) -> Grant | None:
+        return store.peer_grant(ks, device_id, time.time())
+
     transport = transport_obj or await open_transport(opts.transport)
     listener = await transport.listen()
     address = getattr(listener, "address", opts.transport)
@@ -127,7 +146,7 @@ async def run_host(
     if ready is not None:
         ready(address, state)
     paired = 0
-    delegate = CliDelegate(yes=opts.yes, quiet=quiet)
+    delegate = CliDelegate(yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds)
     slots = asyncio.Semaphore(opts.concurrent)
     tasks: set[asyncio.Task[None]] = set()
     stop = asyncio.Event()
@@ -136,24 +155,46 @@ async def run_host(
         nonlocal paired
         loop = asyncio.get_running_loop()
         try:
+            pipe = MessagePipe(link)
+            cloud = CloudHost(
+                clouds=clouds, mac=mac, now=loop.time(), known_grant=known_grant,
+                timeout=opts.step_timeout,
+            )
+            await drive(cloud, pipe, delegate=delegate)
             machine = HostPairing(
                 config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
                 wall_now=time.time(),
             )
-            await drive(machine, link, delegate=delegate)
+            await drive(machine, pipe, delegate=delegate)
             assert machine.session is not None
             session = machine.session
+            if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
+                raise AuthenticationError("the guest claimed to be a known device but is not")
             slink = SecureLink(link, session, timeout=opts.step_timeout)
             await confirm(slink)
-            store.save_session(ks, session, address=str(link.peer), transport=opts.transport)
+            membership = _membership_for(ks, cloud, owned, session)
+            await slink.send(membership.encode())
+            store.save_session(
+                ks, session, address=str(link.peer), transport=opts.transport,
+                role=membership.role, expires=membership.expires,
+            )
             paired += 1
             if emit is not None:
-                emit(result_json(session))
+                emit(result_json(session, membership))
             else:
-                info(f"paired with {session.peer.name} by {session.method.label}; "
-                     f"session {session.fingerprint}")
+                info(f"paired with {session.peer.name} by {session.method.label} as "
+                     f"{membership.role.name.lower()}; session {session.fingerprint}")
             if on_session is not None:
-                await on_session(slink, session)
+                await on_session(slink, session, membership)
+            else:
+                policy = GrantPolicy(membership.role, expires=membership.expires)
+                served = await serve_guest(
+                    slink, peer_name=session.peer.name, policy=policy, share=opts.share,
+                    ask=delegate.allow_request, stats=ServeStats(),
+                )
+                if served.files or served.listings:
+                    info(f"{session.peer.name}: {served.listings} listing(s), "
+                         f"{served.files} file(s), {served.bytes_sent} bytes", quiet=quiet)
             await slink.close()
             if opts.once:
                 stop.set()
@@ -206,6 +247,26 @@ async def run_host(
     return paired
 
 
+def _membership_for(
+    ks: Keystore, cloud: CloudHost, owned: Any, session: Session
+) -> Membership:
+    """What the guest is to this host after the cloud step (sent first on the channel)."""
+    if cloud.role is Role.MEMBER and cloud.grant is None:
+        return Membership(role=Role.MEMBER, cloud_id=cloud.cloud_id)
+    grant = cloud.grant
+    assert grant is not None
+    if grant.role is Role.MEMBER:
+        if owned is None:
+            raise ConfigError("this host owns no cloud to make members of")
+        members = store.cloud_members(ks)
+        return Membership(
+            role=Role.MEMBER, cloud_id=owned.cloud_id, cloud_name=owned.name,
+            secret=ks._cloud_secret_for_new_member(owned.cloud_id), members=members,
+        )
+    expires = int(time.time() + (grant.seconds or 0))
+    return Membership(role=Role.GUEST, expires=expires)
+
+
 @dataclasses.dataclass
 class JoinOptions:
     target: str
@@ -218,6 +279,10 @@ class JoinOptions:
     allow_insecure: bool = False
     step_timeout: float = 30.0
     connect_timeout: float = 20.0
+    #: what to ask for when the host's cloud does not know us
+    wants: Role = Role.GUEST
+    #: the clouds to prove membership of (None: every cloud this device is in)
+    clouds: tuple[str, ...] | None = None
 
 
 def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, KnownPeer | None]:
@@ -244,8 +309,8 @@ async def run_join(
     on_session: SessionHandler | None = None,
     transport_obj: Any = None,
     address: str | None = None,
-) -> Session:
-    """Connect to the target, pair, confirm, store; returns the session."""
+) -> tuple[Session, Membership]:
+    """Connect, check the cloud, pair, confirm, store; the session and the guest's role."""
     from transports.registry import open_transport
 
     spec, peer = resolve_target(ks, opts)
@@ -268,25 +333,46 @@ async def run_join(
         link = await transport.connect(address, timeout=opts.connect_timeout)
         try:
             loop = asyncio.get_running_loop()
+            pipe = MessagePipe(link)
+            mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
+            clouds = opts.clouds if opts.clouds is not None else tuple(
+                c.cloud_id for c in ks.clouds()
+            )
+            cloud = CloudGuest(
+                name=me.name, clouds=clouds, mac=mac, wants=opts.wants,
+                device_id=me.device_id if peer is not None else None,
+                timeout=opts.step_timeout,
+            )
+            cloud.start(loop.time())
+            await drive(cloud, pipe, delegate=CliDelegate(yes=opts.yes, quiet=opts.json))
             machine = GuestPairing(
                 config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
                 qr=opts.qr, peer=peer, wall_now=time.time(),
                 rng=os.urandom,
             )
             machine.start(loop.time())
-            await drive(machine, link, delegate=CliDelegate(yes=opts.yes, quiet=opts.json))
+            await drive(machine, pipe, delegate=CliDelegate(yes=opts.yes, quiet=opts.json))
             assert machine.session is not None
             session = machine.session
             if machine.stale_prekey is not None and peer is not None:
                 store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
             slink = SecureLink(link, session, timeout=opts.step_timeout)
             await confirm(slink)
-            store.save_session(ks, session, address=spec if spec.startswith("tcp:") else
-                               str(link.peer), transport=spec)
+            membership = await receive_membership(slink)
+            if membership.secret is not None and membership.cloud_id:
+                ks.set_cloud(
+                    membership.cloud_id, membership.secret,
+                    name=membership.cloud_name or "a cloud", role="member",
+                )
+            store.save_session(
+                ks, session, address=spec if spec.startswith("tcp:") else str(link.peer),
+                transport=spec, role=membership.role, expires=membership.expires,
+            )
             if on_session is not None:
-                await on_session(slink, session)
+                await on_session(slink, session, membership)
+            await say_bye(slink)
             await slink.close()
-            return session
+            return session, membership
         finally:
             with contextlib.suppress(Exception):
                 await link.close()

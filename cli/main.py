@@ -125,6 +125,9 @@ def init(name: str | None, pin_file: str | None, force: bool, as_json: bool) -> 
         raise ConfigError("the keystore PIN must be at least 4 characters")
     name = name or _default_name()
     ks = Keystore.create(path, pin, name=name, overwrite=force)
+    # Every device owns a personal cloud from the start; devices it grants membership join it.
+    ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
+    ks.save()
     _print_identity(ks, as_json, created=True)
 
 
@@ -203,6 +206,10 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 @click.option("--pin", default=None, help="Use this 6-digit PIN once instead of a random one.")
 @click.option("--qr-png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the QR code to this PNG file.")
+@click.option("--share", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Share this folder: guests may list it and fetch its files.")
+@click.option("--guest-hours", default=1.0, show_default=True,
+              help="How long a guest allowed with --yes (or 'g' at the prompt) keeps access.")
 @click.option("--allow-insecure", is_flag=True,
               help="Let 'clear' send the key over an unencrypted link (anyone listening gets it).")
 @click.option("--once", is_flag=True, help="Stop after the first guest paired.")
@@ -211,11 +218,14 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
               help="Seconds to wait for each message from a guest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
 def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path | None,
-         allow_insecure: bool, once: bool, yes: bool, timeout: float, as_json: bool) -> None:
-    """Wait for guests and pair with them.
+         share: Path | None, guest_hours: float, allow_insecure: bool, once: bool, yes: bool,
+         timeout: float, as_json: bool) -> None:
+    """Wait for guests, pair with them, and serve the shared folder.
 
-    Shows a PIN (method pin) and a QR code (method qr); serves guests one after another until
-    interrupted (Ctrl-C) or --once.  A guest that fails never stops the host.
+    Shows a PIN (method pin) and a QR code (method qr). A guest that is not a member of this
+    device's cloud asks to join: you allow it as a guest for a while, as a member, or refuse.
+    Each listing and file a guest asks for is asked too (once, for the session, or refuse).
+    Serves guests until interrupted (Ctrl-C) or --once; a guest that fails never stops the host.
     """
     from .flows import HostOptions, run_host
 
@@ -225,7 +235,8 @@ def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path
     ks = unlock()
     opts = HostOptions(
         transport=transport, methods=chosen, pin=pin, yes=yes, once=once, json=as_json,
-        allow_insecure=allow_insecure, qr_png=qr_png, step_timeout=timeout,
+        allow_insecure=allow_insecure, qr_png=qr_png, step_timeout=timeout, share=share,
+        guest_seconds=max(1, int(guest_hours * 3600)),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
 
@@ -279,12 +290,119 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         target=target, method=chosen, transport=transport, pin=pin, qr=qr, yes=yes,
         json=as_json, allow_insecure=allow_insecure, step_timeout=timeout,
     )
-    session = run_async(lambda: run_join(ks, opts))
+    session, membership = run_async(lambda: run_join(ks, opts))
     if as_json:
-        emit_json(result_json(session))
+        emit_json(result_json(session, membership))
     else:
-        click.echo(f"paired with {session.peer.name} by {session.method.label}")
+        from .service import role_text
+
+        click.echo(f"paired with {session.peer.name} by {session.method.label} "
+                   f"({role_text(membership)})")
         click.echo(f"session {session.fingerprint}")
+
+
+def _peer_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--transport", "-t", default=None,
+                     help="Transport to reach PEER through (default: where it was last seen)."),
+        click.option("--method", "-m", type=click.Choice(METHOD_NAMES), default=None,
+                     help="Pairing method when PEER is not known yet (default: resume)."),
+        click.option("--pin", default=None, help="The host's PIN, when pairing first."),
+        click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations."),
+        click.option("--timeout", default=30.0, show_default=True,
+                     help="Seconds to wait for each message from the host."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@cli.command(name="ls")
+@click.argument("peer")
+@_peer_options
+def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None, yes: bool,
+           timeout: float, as_json: bool) -> None:
+    """List the files PEER shares (name, size, type).
+
+    PEER is a known peer's name or id (it resumes with no prompt), or tcp:HOST:PORT with
+    --method and --pin to pair first.  The owner may be asked to allow the listing.
+    """
+    from .flows import JoinOptions, run_join
+    from .service import list_files
+
+    box: dict[str, Any] = {}
+
+    async def on_session(slink: Any, session: Any, membership: Any) -> None:
+        box["files"] = await list_files(slink)
+
+    ks = unlock()
+    opts = JoinOptions(target=peer, transport=transport, yes=yes, json=as_json,
+                       method=Method.parse(method) if method else None, pin=pin,
+                       step_timeout=timeout)
+    run_async(lambda: run_join(ks, opts, on_session=on_session))
+    files = box.get("files", [])
+    if as_json:
+        emit_json({"files": [{"name": f.name, "size": f.size, "type": f.type} for f in files]})
+        return
+    if not files:
+        info("the peer shares no files")
+    for f in files:
+        click.echo(f"{f.size:>12}  {f.type:<24}  {f.name}")
+
+
+@cli.command()
+@click.argument("peer")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to save the file (default: its name, in the current folder).")
+@click.option("--retries", default=3, show_default=True,
+              help="Reconnect and resume this many times if the link drops mid-transfer.")
+@_peer_options
+def get(peer: str, name: str, output: Path | None, retries: int, transport: str | None,
+        method: str | None, pin: str | None, yes: bool, timeout: float, as_json: bool) -> None:
+    """Fetch the shared file NAME from PEER, with progress and a SHA-256 check.
+
+    A transfer cut by a dropped link resumes from the last verified chunk: automatically up to
+    --retries times, and again whenever you rerun the same command (the partial file is kept
+    as OUTPUT.part).
+    """
+    from pairing.errors import LinkClosedError, PairingTimeout
+
+    from .flows import JoinOptions, run_join
+    from .service import Progress, get_file
+
+    dest = output or Path(Path(name).name)
+    box: dict[str, Any] = {}
+
+    async def on_session(slink: Any, session: Any, membership: Any) -> None:
+        box["peer"] = session.peer.device_id.hex()
+        box["fetched"] = await get_file(slink, name, dest, progress=Progress(name))
+
+    ks = unlock()
+    chosen = Method.parse(method) if method else None
+    target = peer
+    for attempt in range(retries + 1):
+        opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
+                           method=chosen, pin=pin, step_timeout=timeout)
+        try:
+            run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
+            break
+        except (LinkClosedError, PairingTimeout) as exc:
+            part = dest.with_name(dest.name + ".part")
+            if attempt == retries or not part.exists():
+                raise
+            info(f"link lost ({exc}); resuming from {part.stat().st_size} bytes")
+            if "peer" in box and target != box["peer"]:
+                # paired during the first try: reconnect to the now known peer by resume
+                transport = transport or (peer if ":" in peer else None)
+                target = box["peer"]
+            chosen = None
+    f = box["fetched"]
+    if as_json:
+        emit_json({"ok": True, "name": f.name, "path": str(f.path), "size": f.size,
+                   "sha256": f.sha256, "resumed_from": f.resumed_from})
+    else:
+        click.echo(f"{f.path}  {f.size} bytes  sha256 {f.sha256}")
 
 
 @cli.command()

@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pairing.cloud import Grant, Role
 from pairing.errors import DecodeError, NotFoundError
 from pairing.keystore import Keystore, Peer, fingerprint_of
 from pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
+from pairing.service import Member
 
 
 def key_fingerprint(static_public: bytes) -> str:
@@ -64,8 +66,16 @@ def peer_address(ks: Keystore, peer: KnownPeer) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def save_session(ks: Keystore, session: Session, *, address: str, transport: str) -> None:
-    """Store the peer after a confirmed session: keys, prekeys, where it was reached."""
+def save_session(
+    ks: Keystore,
+    session: Session,
+    *,
+    address: str,
+    transport: str,
+    role: Role | None = None,
+    expires: int | None = None,
+) -> None:
+    """Store the peer after a confirmed session: keys, prekeys, where it was reached, its role."""
     device_id = session.peer.device_id.hex()
     try:
         old_record: Peer | None = ks.get_peer(device_id)
@@ -76,6 +86,9 @@ def save_session(ks: Keystore, session: Session, *, address: str, transport: str
     now = time.time()
     extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
     extra.update({"address": address, "transport": transport})
+    if role is not None:
+        extra["role"] = role.name.lower()
+        extra["expires"] = expires
     ks.add_peer(
         Peer(
             id=device_id,
@@ -92,6 +105,30 @@ def save_session(ks: Keystore, session: Session, *, address: str, transport: str
         )
     )
     ks.save()
+
+
+def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
+    """The still valid grant this host gave a known device (no prompt when it comes back)."""
+    try:
+        record = ks.get_peer(device_id.hex())
+    except NotFoundError:
+        return None
+    role = record.extra.get("role")
+    if role == "member":
+        return Grant(Role.MEMBER)
+    expires = record.extra.get("expires")
+    if role == "guest" and isinstance(expires, int | float) and expires > wall_now:
+        return Grant(Role.GUEST, max(1, int(expires - wall_now)))
+    return None
+
+
+def cloud_members(ks: Keystore) -> tuple[Member, ...]:
+    """The devices this host made or knows as members of its cloud, itself first."""
+    out = [Member(bytes.fromhex(ks.device_id), ks.name)]
+    for p in ks.peers():
+        if p.extra.get("role") == "member":
+            out.append(Member(bytes.fromhex(p.id), p.name))
+    return tuple(out[:64])
 
 
 def drop_their_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> None:

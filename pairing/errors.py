@@ -132,6 +132,12 @@ class LinkClosedError(PairingError):
     code = ErrorCode.CLOSED
 
 
+class AccessDeniedError(PairingError):
+    """Not allowed (a path outside the shared folder, a request the policy forbids)."""
+
+    code = ErrorCode.PERMISSION
+
+
 class TransportError(PairingError):
     """A transport (BLE, TCP, loopback) failed."""
 

@@ -940,6 +940,15 @@ class Keystore:
         secret = self._cloud_entry(cloud_id, now)["secret"]
         return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(secret)
 
+    def _cloud_secret_for_new_member(self, cloud_id: str) -> bytes:
+        """The cloud secret, to hand to a device the owner just made a member (DESIGN.md step 3:
+        "a member is given the cloud secret ... inside the secure channel").  The one door by
+        which a cloud secret leaves the keystore; only the cloud's owner may use it."""
+        entry = self._cloud_entry(cloud_id, None)
+        if entry["role"] != "owner":
+            raise ConfigError("only the cloud's owner hands out its secret")
+        return bytes(entry["secret"])
+
     def _cloud_entry(self, cloud_id: str, now: float | None) -> dict[str, Any]:
         try:
             entry = self._clouds[cloud_id]

@@ -1,0 +1,314 @@
+"""Cloud authentication and join permission, before the session key (DESIGN.md step 3).
+
+A personal cloud is a set of devices sharing a cloud secret.  Before pairing, a guest proves
+membership (or fails to) with a mutual proof of the cloud secret over fresh nonces from both
+sides, in the manner of the OMA CPNS personal-network authentication:
+
+====  =====================  ======================================================================
+#     message                content
+====  =====================  ======================================================================
+1     guest -> CloudHello    ``n_G`` (16 random bytes), and ``hint = MAC(K, "hint" || n_G)[:8]``
+                             for the cloud the guest recognised in the host's hello, or for each
+                             of its clouds (at most 8) when it heard no hello (TCP)
+2     host -> CloudReply     ``n_H``, and ``proof_H = MAC(K, "host" || n_G || n_H)`` when the hint
+                             names one of the host's clouds; ``member = False`` otherwise
+3     guest -> CloudProof    ``proof_G = MAC(K, "guest" || n_G || n_H)``, after checking proof_H
+4     host -> CloudVerdict   ``member = True`` after checking proof_G
+====  =====================  ======================================================================
+
+``K`` is derived from the cloud secret inside each keystore (``cloud_kdf``); it never leaves
+the keystore, and the hint is unlinkable across attempts because ``n_G`` is fresh.  Both proofs
+cover both nonces, so neither a replayed proof nor a reflected one verifies.
+
+A guest that is not a member (no hint, an unknown hint, or a failed proof) asks to join:
+
+5     guest -> JoinRequest   its name, what it asks for (guest or member), and its device id when
+                             it has paired with this host before (a claim the pairing that
+                             follows must prove, or the host stops)
+6     host -> JoinVerdict    the owner's answer: guest access until an expiry, membership, or an
+                             ``Abort`` (refused)
+
+The host's owner decides through the :class:`AllowJoin` question.  The membership itself (the
+cloud secret and member list) is delivered later, inside the secure channel, once a session key
+exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import os
+from collections.abc import Callable
+from enum import IntEnum
+from hashlib import sha256
+from typing import Any, ClassVar
+
+from .crypto import Rng, same
+from .errors import AuthenticationError, ProtocolError, RefusedError
+from .machine import Machine, Question
+from .wire import Message, field, message
+
+#: (cloud id, data) -> MAC under that cloud's auth key (the keystore's cloud_mac)
+CloudMac = Callable[[str, bytes], bytes]
+
+
+class Role(IntEnum):
+    """What a device is to a host's cloud."""
+
+    STRANGER = 0
+    GUEST = 1
+    MEMBER = 2
+
+
+MAX_HINTS = 8
+
+
+@message(type_id=30, max_size=256)
+class CloudHello(Message):
+    nonce: bytes = field(2, size=16)
+    hints: tuple[bytes, ...] = field(3, size=8, max_len=MAX_HINTS, default=())
+
+
+@message(type_id=31, max_size=128)
+class CloudReply(Message):
+    nonce: bytes = field(2, size=16)
+    proof: bytes | None = field(3, size=32, default=None)
+    #: which of the guest's hints matched (when there is a proof)
+    index: int | None = field(4, default=None)
+
+
+@message(type_id=32, max_size=128)
+class CloudProof(Message):
+    proof: bytes = field(2, size=32)
+
+
+@message(type_id=33, max_size=64)
+class CloudVerdict(Message):
+    member: bool = field(2)
+
+
+@message(type_id=34, max_size=256)
+class JoinRequest(Message):
+    name: str = field(2, max_len=64)
+    wants: Role = field(3)
+    device_id: bytes | None = field(4, size=16, default=None)
+
+
+@message(type_id=35, max_size=64)
+class JoinVerdict(Message):
+    role: Role = field(2)
+    #: seconds the grant lasts (guests); absent for members
+    seconds: int | None = field(3, default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class AllowJoin(Question):
+    """The host owner's decision: answer a :class:`Grant` or ``None`` to refuse."""
+
+    hook: ClassVar[str] = "allow_join"
+    name: str
+    wants: Role
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """What the owner allowed: a role and, for guests, how long (seconds)."""
+
+    role: Role
+    seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role is Role.STRANGER:
+            raise ValueError("a grant gives guest or member access")
+        if self.role is Role.GUEST and (self.seconds is None or self.seconds <= 0):
+            raise ValueError("a guest grant needs a positive duration")
+
+
+def _hint(mac: CloudMac, cloud_id: str, nonce: bytes) -> bytes:
+    return mac(cloud_id, b"pairkit/1 cloud hint" + nonce)[:8]
+
+
+def _proof(mac: CloudMac, cloud_id: str, who: bytes, ng: bytes, nh: bytes) -> bytes:
+    return mac(cloud_id, b"pairkit/1 cloud " + who + ng + nh)
+
+
+S_START = "start"
+S_REPLY = "await-reply"
+S_VERDICT = "await-verdict"
+S_JOIN = "await-join-verdict"
+S_HELLO = "await-hello"
+S_PROOF = "await-proof"
+S_JOIN_REQ = "await-join-request"
+S_ASK = "ask-owner"
+
+
+class CloudGuest(Machine):
+    """The guest: proves membership of ``cloud_id`` (if any), else asks to join as ``wants``."""
+
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {
+        (S_REPLY, CloudReply): "_on_reply",
+        (S_VERDICT, CloudVerdict): "_on_verdict",
+        (S_JOIN, JoinVerdict): "_on_join_verdict",
+    }
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        clouds: tuple[str, ...],
+        mac: CloudMac,
+        wants: Role = Role.GUEST,
+        device_id: bytes | None = None,
+        timeout: float = 30.0,
+        answer_time: float = 180.0,
+        rng: Rng = os.urandom,
+    ) -> None:
+        super().__init__(initial_state=S_START)
+        self.name = name
+        self.clouds = clouds[:MAX_HINTS]
+        self.cloud_id: str | None = None
+        self._mac = mac
+        self.wants = wants
+        self.device_id = device_id
+        self.timeout = timeout
+        self.answer_time = answer_time
+        self._rng = rng
+        self.role: Role = Role.STRANGER
+        self.seconds: int | None = None
+
+    def start(self, now: float) -> None:
+        self._ng = self._rng(16)
+        hints = tuple(_hint(self._mac, c, self._ng) for c in self.clouds)
+        self._send(CloudHello(self._ng, hints))
+        self.state = S_REPLY
+        self._expect_by(now + self.timeout, "the host did not answer the cloud check")
+
+    def _on_reply(self, msg: CloudReply, now: float) -> None:
+        if msg.proof is None or msg.index is None:
+            self._ask_join(now)
+            return
+        if msg.index >= len(self.clouds):
+            raise ProtocolError("the host named a cloud the guest did not offer")
+        self.cloud_id = self.clouds[msg.index]
+        expected = _proof(self._mac, self.cloud_id, b"host", self._ng, msg.nonce)
+        if not same(expected, msg.proof):
+            raise AuthenticationError("the host failed to prove it belongs to the cloud")
+        self._send(CloudProof(_proof(self._mac, self.cloud_id, b"guest", self._ng, msg.nonce)))
+        self.state = S_VERDICT
+        self._expect_by(now + self.timeout, "the host did not answer the cloud check")
+
+    def _on_verdict(self, msg: CloudVerdict, now: float) -> None:
+        if not msg.member:
+            raise AuthenticationError("the host did not accept the cloud proof")
+        self.role = Role.MEMBER
+        self._finish()
+
+    def _ask_join(self, now: float) -> None:
+        self._send(JoinRequest(self.name, self.wants, self.device_id))
+        self.state = S_JOIN
+        # The owner has to be asked: allow the time a person needs.
+        self._expect_by(now + self.answer_time, "the host's owner did not answer in time")
+
+    def _on_join_verdict(self, msg: JoinVerdict, now: float) -> None:
+        if msg.role is Role.STRANGER:
+            raise ProtocolError("a join verdict must grant guest or member access")
+        self.role = msg.role
+        self.seconds = msg.seconds
+        self._finish()
+
+
+class CloudHost(Machine):
+    """The host: checks a guest's membership proof, or asks its owner about a join."""
+
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {
+        (S_HELLO, CloudHello): "_on_hello",
+        (S_PROOF, CloudProof): "_on_proof",
+        (S_JOIN_REQ, JoinRequest): "_on_join_request",
+    }
+    ANSWERS: ClassVar[dict[str, str]] = {S_ASK: "_on_answer"}
+
+    def __init__(
+        self,
+        *,
+        clouds: tuple[str, ...],
+        mac: CloudMac,
+        now: float,
+        known_grant: Callable[[bytes], Grant | None] = lambda _id: None,
+        timeout: float = 30.0,
+        rng: Rng = os.urandom,
+    ) -> None:
+        super().__init__(initial_state=S_HELLO)
+        self.clouds = clouds
+        self._mac = mac
+        self._known_grant = known_grant
+        #: a device id the guest claimed; the pairing that follows must prove it
+        self.claimed: bytes | None = None
+        self.timeout = timeout
+        self._rng = rng
+        self.role: Role = Role.STRANGER
+        self.grant: Grant | None = None
+        self.guest_name: str | None = None
+        self.cloud_id: str | None = None
+        self._expect_by(now + timeout, "the guest sent nothing")
+
+    def _on_hello(self, msg: CloudHello, now: float) -> None:
+        self._ng = msg.nonce
+        self._nh = self._rng(16)
+        proof = index = None
+        for i, hint in enumerate(msg.hints):
+            for cloud_id in self.clouds:
+                if hmac.compare_digest(_hint(self._mac, cloud_id, msg.nonce), hint):
+                    self.cloud_id, index = cloud_id, i
+                    proof = _proof(self._mac, cloud_id, b"host", self._ng, self._nh)
+                    break
+            if proof is not None:
+                break
+        self._send(CloudReply(self._nh, proof, index))
+        self.state = S_PROOF if proof is not None else S_JOIN_REQ
+        self._expect_by(now + self.timeout, "the guest did not answer the cloud check")
+
+    def _on_proof(self, msg: CloudProof, now: float) -> None:
+        assert self.cloud_id is not None
+        expected = _proof(self._mac, self.cloud_id, b"guest", self._ng, self._nh)
+        if not same(expected, msg.proof):
+            raise AuthenticationError("the guest failed to prove it belongs to the cloud")
+        self._send(CloudVerdict(True))
+        self.role = Role.MEMBER
+        self._finish()
+
+    def _on_join_request(self, msg: JoinRequest, now: float) -> None:
+        if msg.wants is Role.STRANGER:
+            raise ProtocolError("a join request must ask for guest or member access")
+        self.guest_name = msg.name
+        known = self._known_grant(msg.device_id) if msg.device_id is not None else None
+        if known is not None:
+            # Granted before and still valid: no prompt, but the claim must be proved.
+            self.claimed = msg.device_id
+            self.grant = known
+            self.role = known.role
+            self._send(JoinVerdict(known.role, known.seconds))
+            self._finish()
+            return
+        self.state = S_ASK
+        self._expect_by(None)
+        self._emit(AllowJoin(name=msg.name, wants=msg.wants))
+
+    def _on_answer(self, question: Question, value: Any, now: float) -> None:
+        if value is None:
+            raise RefusedError("the owner refused the request to join")
+        if not isinstance(value, Grant):
+            raise ProtocolError("the answer to a join request must be a Grant or None")
+        self.grant = value
+        self.role = value.role
+        self._send(JoinVerdict(value.role, value.seconds))
+        self._finish()
+
+
+def auth_mac_from(cloud_kdf: Callable[[str, bytes, int], bytes]) -> CloudMac:
+    """A :data:`CloudMac` over a keystore's ``cloud_kdf`` (the auth key never leaves it)."""
+
+    def mac(cloud_id: str, data: bytes) -> bytes:
+        key = cloud_kdf(cloud_id, b"pairkit/1 cloud auth", 32)
+        return hmac.new(key, data, sha256).digest()
+
+    return mac
