@@ -1,0 +1,149 @@
+"""Cloud authentication and join permission (pairing/cloud.py), machine level."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+
+import pytest
+
+from pairing import wire
+from pairing.cloud import (
+    AllowJoin,
+    CloudGuest,
+    CloudHello,
+    CloudHost,
+    CloudProof,
+    Grant,
+    Role,
+)
+from pairing.errors import AuthenticationError, PairingError, PairingTimeout, RefusedError
+from tests.pair_harness import shuttle
+
+SECRETS = {"pauls-cloud": b"p" * 32, "georges-cloud": b"g" * 32}
+
+
+def mac_for(secrets: dict[str, bytes]):
+    return lambda cloud_id, data: hmac.new(secrets[cloud_id], data, hashlib.sha256).digest()
+
+
+def rng(seed: int = 0):
+    return random.Random(seed).randbytes
+
+
+def test_a_member_proves_membership_in_four_flights() -> None:
+    guest = CloudGuest(name="Paul's TV", clouds=("georges-cloud", "pauls-cloud"),
+                       mac=mac_for(SECRETS), rng=rng(1))
+    host = CloudHost(clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(2))
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert guest.done and host.done
+    assert guest.role is host.role is Role.MEMBER
+    assert guest.cloud_id == host.cloud_id == "pauls-cloud"
+    assert len(r.flights) == 4
+    assert not r.questions  # no prompt for a member
+
+
+def test_a_stranger_asks_to_join_and_the_owner_decides() -> None:
+    guest = CloudGuest(name="George's phone", clouds=("georges-cloud",),
+                       mac=mac_for(SECRETS), rng=rng(3))
+    host = CloudHost(clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(4))
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    [(side, question)] = r.questions
+    assert side == "host" and isinstance(question, AllowJoin)
+    assert question.name == "George's phone" and question.wants is Role.GUEST
+    host.answer(question, Grant(Role.GUEST, 3600), 1.0)
+    shuttle(guest, host)
+    assert guest.done and guest.role is Role.GUEST and guest.seconds == 3600
+
+
+def test_a_refused_stranger_gets_a_clear_error() -> None:
+    guest = CloudGuest(name="Mallory", clouds=(), mac=mac_for(SECRETS), rng=rng(5))
+    host = CloudHost(clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(6))
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    with pytest.raises(RefusedError):
+        host.answer(r.questions[0][1], None, 1.0)
+    shuttle(guest, host)
+    assert guest.failed and "refused" in str(guest.error)
+
+
+def test_a_wrong_cloud_secret_is_a_stranger_not_a_member() -> None:
+    forged = dict(SECRETS, **{"pauls-cloud": b"x" * 32})
+    guest = CloudGuest(name="Mallory", clouds=("pauls-cloud",), mac=mac_for(forged), rng=rng(7))
+    host = CloudHost(clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(8))
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert host.role is Role.STRANGER
+    assert isinstance(r.questions[0][1], AllowJoin)
+
+
+def test_a_host_without_the_secret_cannot_fake_the_proof() -> None:
+    """The guest checks the host's proof before proving anything itself."""
+    guest = CloudGuest(name="Paul's TV", clouds=("pauls-cloud",), mac=mac_for(SECRETS),
+                       rng=rng(9))
+    impostor = CloudHost(clouds=("pauls-cloud",), mac=mac_for({"pauls-cloud": b"y" * 32}),
+                         now=0.0, rng=rng(10))
+    guest.start(0.0)
+    hello = guest.outgoing()[0]
+    # the impostor cannot match the hint, so it answers "not a member": the guest asks to join
+    impostor.receive(hello, 0.0)
+    guest.receive(impostor.outgoing()[0], 0.0)
+    assert guest.state == "await-join-verdict"
+
+
+def test_a_replayed_proof_does_not_verify() -> None:
+    """A proof recorded from one run fails against a host that drew a fresh nonce."""
+    mac = mac_for(SECRETS)
+    g1 = CloudGuest(name="TV", clouds=("pauls-cloud",), mac=mac, rng=rng(11))
+    h1 = CloudHost(clouds=("pauls-cloud",), mac=mac, now=0.0, rng=rng(12))
+    g1.start(0.0)
+    hello = g1.outgoing()[0]
+    h1.receive(hello, 0.0)
+    g1.receive(h1.outgoing()[0], 0.0)
+    recorded_proof = g1.outgoing()[0]
+    h2 = CloudHost(clouds=("pauls-cloud",), mac=mac, now=0.0, rng=rng(13))
+    h2.receive(hello, 0.0)  # the attacker replays the hello ...
+    with pytest.raises(AuthenticationError):
+        h2.receive(recorded_proof, 0.0)  # ... and the proof, which covers the old host nonce
+    assert h2.failed
+
+
+def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
+    granted = Grant(Role.GUEST, 600)
+    guest = CloudGuest(name="George", clouds=(), mac=mac_for(SECRETS), device_id=b"d" * 16,
+                       rng=rng(14))
+    host = CloudHost(clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0,
+                     known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15))
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert not r.questions and guest.role is Role.GUEST
+    assert host.claimed == b"d" * 16  # the flow checks it against the pairing's peer
+
+
+def test_a_silent_guest_times_out() -> None:
+    host = CloudHost(clouds=(), mac=mac_for(SECRETS), now=0.0, timeout=5.0)
+    assert host.next_deadline() == 5.0
+    with pytest.raises(PairingTimeout):
+        host.on_timeout(5.0)
+    assert host.failed
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff", CloudProof(proof=bytes(32)).encode()])
+def test_garbage_or_out_of_order_fails_the_host_cleanly(data: bytes) -> None:
+    host = CloudHost(clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0)
+    with pytest.raises(PairingError):
+        host.receive(data, 0.0)
+    assert host.failed
+    with pytest.raises(PairingError):
+        host.receive(CloudHello(bytes(16)).encode(), 0.0)
+
+
+def test_grant_validation() -> None:
+    with pytest.raises(ValueError):
+        Grant(Role.STRANGER)
+    with pytest.raises(ValueError):
+        Grant(Role.GUEST)
+    assert wire.decode(CloudHello(bytes(16), (b"h" * 8,)).encode()).hints == (b"h" * 8,)
