@@ -1,0 +1,751 @@
+"""In-memory links, hellos and connections for tests and one-process demos (DESIGN.md "Links").
+
+Two ways in:
+
+* :func:`loopback_pair` gives two connected :class:`LoopbackLink` objects at once, the link
+  equivalent of a socketpair.  It is what tests of the channel, the handshakes and the driver
+  use::
+
+      async with loopback_pair(mtu=20) as (guest, host):
+          await guest.send(b"hello")
+          assert await host.recv() == b"hello"
+
+* :class:`LoopbackMedium` is a pretend radio shared by every endpoint of one test or one demo
+  process.  ``medium.endpoint("host")`` returns a :class:`LoopbackEndpoint`, which advertises a
+  hello (:class:`~transports.base.Advertiser`), scans (:class:`~transports.base.Scanner`),
+  listens (``await endpoint.listen()`` returns a :class:`~transports.base.Listener`) and
+  connects (:class:`~transports.base.Connector`), as a BLE host or guest would.
+
+Sitting in the middle.  A test that plays a man in the middle has two choices:
+
+* ``loopback_pair(tap=f)`` (or ``LoopbackMedium(tap=f)``): every message sent on the pair first
+  goes through ``f(src, dst, data)``, where ``src`` and ``dst`` are the endpoints' names.  ``f``
+  returns the bytes to deliver, ``None`` to drop the message, or a list of messages to deliver
+  instead (empty to drop, several to inject); it may be ``async`` (to delay or reorder).  What
+  the tap returns is delivered as is, even over the MTU, so a tap can test a receiver's checks.
+* A relay of two pairs, for a middle that runs its own protocol (its own handshakes with each
+  side)::
+
+      guest, mitm_g = loopback_pair(names=("guest", "mitm"))
+      mitm_h, host = loopback_pair(names=("mitm", "host"))
+      # ... run your attacker between mitm_g and mitm_h, or pass everything through:
+      task = asyncio.create_task(relay(mitm_g, mitm_h, tap=f))
+
+The :class:`MessageQueue` that each direction of a loopback link is made of is also used by the
+TCP transport for its receive side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, NamedTuple
+
+from pairing.errors import (
+    ConfigError,
+    LinkClosedError,
+    PairingTimeout,
+    TooLargeError,
+    TransportError,
+)
+
+from .base import Link, Sighting
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "DEFAULT_MTU",
+    "DEFAULT_QUEUE_SIZE",
+    "LinkPair",
+    "LoopbackEndpoint",
+    "LoopbackLink",
+    "LoopbackListener",
+    "LoopbackMedium",
+    "LoopbackTarget",
+    "MessageQueue",
+    "Tap",
+    "default_medium",
+    "loopback_pair",
+    "open",
+    "relay",
+]
+
+MIN_MTU = 20  #: BLE's smallest ATT MTU (23) less its 3-byte header; base.Link allows 20..65535
+MAX_MTU = 65535
+DEFAULT_MTU = 512  #: the largest GATT attribute value, so loopback behaves like a good BLE link
+DEFAULT_QUEUE_SIZE = 16  #: unread messages per direction before ``send`` waits
+DEFAULT_MAX_PAYLOAD = 255  #: an extended advertisement's worth; legacy BLE carries 31
+DEFAULT_SCAN_INTERVAL = 0.05  #: seconds between repeated sightings of the same advertiser
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+TapResult = bytes | None | Sequence[bytes]
+#: ``tap(src, dst, data)`` -> bytes to deliver, ``None`` to drop, or a list of messages.
+Tap = Callable[[str, str, bytes], TapResult | Awaitable[TapResult]]
+
+
+def _check_mtu(mtu: int) -> int:
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
+        raise ConfigError(f"mtu must be an integer from {MIN_MTU} to {MAX_MTU}, not {mtu!r}")
+    return mtu
+
+
+def _check_positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+    return value
+
+
+def _check_message(data: bytes, mtu: int) -> bytes:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"a link sends bytes, not {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > mtu:
+        raise TooLargeError(
+            f"a message of {len(data)} bytes does not fit this link's MTU of {mtu} bytes; "
+            "fragment it first"
+        )
+    return data
+
+
+class _Signal:
+    """Wakes every task waiting for "something changed" (a lock-free asyncio.Condition)."""
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def fire(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            # A waiter left behind by an event loop that has since closed (a medium shared
+            # between tests) cannot be woken, and need not be.
+            if not waiter.done() and not waiter.get_loop().is_closed():
+                waiter.set_result(None)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Return when :meth:`fire` is called or ``timeout`` seconds pass, whichever is first."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            if timeout is None:
+                await waiter
+            else:
+                await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
+class MessageQueue:
+    """A bounded FIFO of messages with an end, the inside of one direction of a link.
+
+    ``put`` waits while ``capacity`` messages are unread (that is the backpressure a sender
+    feels).  ``finish(exc)`` says no more messages will come: ``get`` returns what is queued,
+    then raises ``exc``.  ``abort(exc)`` drops what is queued: ``get`` and ``put`` raise ``exc``
+    at once (the reading side has gone away).  Cancelling a waiting ``get`` or ``put`` loses
+    nothing.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_QUEUE_SIZE) -> None:
+        self.capacity = _check_positive("queue_size", capacity)
+        self._items: deque[bytes] = deque()
+        self._changed = _Signal()
+        self._end: BaseException | None = None
+        self._aborted: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def ended(self) -> bool:
+        """True once :meth:`finish` or :meth:`abort` was called."""
+        return self._end is not None or self._aborted is not None
+
+    async def put(self, message: bytes) -> None:
+        while True:
+            if self._aborted is not None:
+                raise self._aborted.with_traceback(None)
+            if self._end is not None:
+                raise LinkClosedError("the link is closed")
+            if len(self._items) < self.capacity:
+                self._items.append(message)
+                self._changed.fire()
+                return
+            await self._changed.wait()
+
+    async def get(self) -> bytes:
+        while True:
+            if self._aborted is not None:
+                raise self._aborted.with_traceback(None)
+            if self._items:
+                message = self._items.popleft()
+                self._changed.fire()
+                return message
+            if self._end is not None:
+                raise self._end.with_traceback(None)
+            await self._changed.wait()
+
+    def finish(self, exc: BaseException) -> None:
+        """No more messages: ``get`` drains the queue, then raises ``exc``.  Idempotent."""
+        if self._end is None and self._aborted is None:
+            self._end = exc
+            self._changed.fire()
+
+    def abort(self, exc: BaseException) -> None:
+        """Drop the queue; every ``get`` and ``put`` raises ``exc`` from now on.  Idempotent."""
+        if self._aborted is None:
+            self._aborted = exc
+            self._items.clear()
+            self._changed.fire()
+
+
+class LoopbackLink:
+    """One end of an in-memory :class:`~transports.base.Link`.
+
+    Made by :func:`loopback_pair` or by :meth:`LoopbackEndpoint.connect`; not constructed
+    directly.  ``closed`` is true once either side has closed (messages sent before the peer's
+    close can still be received).
+    """
+
+    def __init__(
+        self,
+        *,
+        local: str,
+        peer: str,
+        mtu: int,
+        encrypted: bool,
+        inbox: MessageQueue,
+        outbox: MessageQueue,
+        tap: Tap | None,
+    ) -> None:
+        self._local = local
+        self._peer = peer
+        self._mtu = mtu
+        self._encrypted = encrypted
+        self._inbox = inbox
+        self._outbox = outbox
+        self._tap = tap
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<LoopbackLink {self._local}->{self._peer} mtu={self._mtu} {state}>"
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    @property
+    def local(self) -> str:
+        """This end's own name (the peer's ``peer``)."""
+        return self._local
+
+    @property
+    def encrypted(self) -> bool:
+        return self._encrypted
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._outbox.ended
+
+    async def send(self, data: bytes) -> None:
+        data = _check_message(data, self._mtu)
+        if self._closed:
+            raise LinkClosedError("the link is closed")
+        if self._tap is None:
+            await self._outbox.put(data)
+            return
+        result = self._tap(self._local, self._peer, data)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None:
+            return
+        for message in [result] if isinstance(result, bytes | bytearray) else result:
+            if self._closed:
+                raise LinkClosedError("the link is closed")
+            await self._outbox.put(bytes(message))
+
+    async def recv(self) -> bytes:
+        if self._closed:
+            raise LinkClosedError("the link is closed")
+        try:
+            return await self._inbox.get()
+        except LinkClosedError:
+            if self._closed:  # we closed while waiting: say so, not "the peer closed"
+                raise LinkClosedError("the link is closed") from None
+            raise
+
+    async def close(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # What we sent stays readable by the peer; what the peer sent us and we did not read
+        # is dropped, and the peer's next send fails.
+        gone = LinkClosedError(f"the peer ({self._local}) closed the link")
+        self._outbox.finish(gone)
+        self._inbox.abort(gone)
+
+
+class LinkPair(NamedTuple):
+    """Two connected links; unpacks as ``a, b`` and closes both on ``async with`` exit."""
+
+    a: LoopbackLink
+    b: LoopbackLink
+
+    async def aclose(self) -> None:
+        await self.a.close()
+        await self.b.close()
+
+    async def __aenter__(self) -> LinkPair:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _make_pair(
+    a_name: str,
+    b_name: str,
+    *,
+    mtu: int,
+    encrypted: bool,
+    queue_size: int,
+    tap: Tap | None,
+) -> LinkPair:
+    a_to_b = MessageQueue(queue_size)
+    b_to_a = MessageQueue(queue_size)
+    common = {"mtu": mtu, "encrypted": encrypted, "tap": tap}
+    a = LoopbackLink(local=a_name, peer=b_name, inbox=b_to_a, outbox=a_to_b, **common)
+    b = LoopbackLink(local=b_name, peer=a_name, inbox=a_to_b, outbox=b_to_a, **common)
+    return LinkPair(a, b)
+
+
+def loopback_pair(
+    *,
+    mtu: int = DEFAULT_MTU,
+    encrypted: bool = False,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    tap: Tap | None = None,
+    names: tuple[str, str] = ("a", "b"),
+) -> LinkPair:
+    """Two connected in-memory links, ``(a, b)``; ``a.peer == names[1]``, ``b.peer == names[0]``.
+
+    ``encrypted=True`` makes both links claim link-layer encryption (method ``clear`` needs it).
+    ``tap`` sees every message in both directions (see the module docstring).  Needs no running
+    event loop to be called.
+    """
+    _check_mtu(mtu)
+    _check_positive("queue_size", queue_size)
+    a_name, b_name = names
+    if not a_name or not b_name or a_name == b_name:
+        raise ConfigError(f"a pair needs two different non-empty names, not {names!r}")
+    return _make_pair(
+        a_name, b_name, mtu=mtu, encrypted=bool(encrypted), queue_size=queue_size, tap=tap
+    )
+
+
+async def relay(left: Link, right: Link, *, tap: Tap | None = None) -> None:
+    """Pass every message from ``left`` to ``right`` and back until either side closes.
+
+    Works for any two :class:`~transports.base.Link` objects (a loopback pair on one side and a
+    TCP link on the other, say).  When one side ends, the other is closed after everything
+    already received has been passed on, so close semantics carry through.  ``tap`` is called as
+    ``tap(left.peer, right.peer, data)`` (or the reverse) as for :func:`loopback_pair`.  An error
+    other than a close (a decode error on a TCP side, a tap that raised) closes both sides and
+    is raised.
+    """
+
+    async def pump(src: Link, dst: Link) -> None:
+        try:
+            while True:
+                data = await src.recv()
+                result: TapResult = data
+                if tap is not None:
+                    result = tap(src.peer, dst.peer, data)
+                    if inspect.isawaitable(result):
+                        result = await result
+                if result is None:
+                    continue
+                for message in [result] if isinstance(result, bytes | bytearray) else result:
+                    await dst.send(bytes(message))
+        except LinkClosedError:
+            pass
+        finally:
+            await dst.close()
+            await src.close()
+
+    results = await asyncio.gather(pump(left, right), pump(right, left), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+class LoopbackMedium:
+    """A pretend radio: the endpoints that can hear and reach each other.
+
+    Settings apply to every endpoint made from this medium; an endpoint may lower ``mtu`` or
+    turn ``encrypted`` off for itself (a link gets the smaller MTU of its two ends, and is
+    encrypted only if both ends are).  ``rssi`` is what every sighting reports.  ``tap`` is given
+    to every link made by :meth:`LoopbackEndpoint.connect`.
+    """
+
+    def __init__(
+        self,
+        *,
+        mtu: int = DEFAULT_MTU,
+        encrypted: bool = False,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        scan_interval: float = DEFAULT_SCAN_INTERVAL,
+        rssi: int | None = None,
+        tap: Tap | None = None,
+    ) -> None:
+        self.mtu = _check_mtu(mtu)
+        self.encrypted = bool(encrypted)
+        self.queue_size = _check_positive("queue_size", queue_size)
+        self.max_payload = _check_positive("max_payload", max_payload)
+        if not scan_interval > 0:
+            raise ConfigError(f"scan_interval must be positive, not {scan_interval!r}")
+        self.scan_interval = float(scan_interval)
+        self.rssi = rssi
+        self.tap = tap
+        self._endpoints: dict[str, LoopbackEndpoint] = {}
+        self._changed = _Signal()  # an endpoint came, went, started or stopped advertising
+        self._counter = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"<LoopbackMedium endpoints={sorted(self._endpoints)}>"
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses of the endpoints currently on the medium."""
+        return list(self._endpoints)
+
+    def endpoint(
+        self,
+        address: str | None = None,
+        *,
+        name: str | None = None,
+        mtu: int | None = None,
+        encrypted: bool | None = None,
+    ) -> LoopbackEndpoint:
+        """The endpoint called ``address`` (made if new; the same object if it exists).
+
+        ``address=None`` makes a fresh one named ``loopback-N``.  ``name`` is what scanners see
+        in :attr:`Sighting.name`.
+        """
+        if address is None:
+            address = f"loopback-{next(self._counter)}"
+            while address in self._endpoints:
+                address = f"loopback-{next(self._counter)}"
+        elif not isinstance(address, str) or not address:
+            raise ConfigError(f"a loopback address is a non-empty string, not {address!r}")
+        existing = self._endpoints.get(address)
+        if existing is not None:
+            return existing
+        endpoint = LoopbackEndpoint(
+            self,
+            address,
+            name=name,
+            mtu=self.mtu if mtu is None else min(_check_mtu(mtu), self.mtu),
+            encrypted=self.encrypted if encrypted is None else bool(encrypted) and self.encrypted,
+        )
+        self._endpoints[address] = endpoint
+        self._changed.fire()
+        return endpoint
+
+    def _remove(self, endpoint: LoopbackEndpoint) -> None:
+        if self._endpoints.get(endpoint.address) is endpoint:
+            del self._endpoints[endpoint.address]
+            self._changed.fire()
+
+
+class LoopbackListener:
+    """Links that guests opened to one endpoint, waiting to be accepted."""
+
+    def __init__(self, endpoint: LoopbackEndpoint) -> None:
+        self._endpoint = endpoint
+        self._backlog: deque[LoopbackLink] = deque()
+        self._changed = _Signal()
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return self._endpoint.address
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _offer(self, link: LoopbackLink) -> None:
+        self._backlog.append(link)
+        self._changed.fire()
+
+    async def accept(self, timeout: float | None = None) -> LoopbackLink:
+        """The next guest's link; PairingTimeout after ``timeout`` seconds (None: no limit).
+
+        Raises LinkClosedError once the listener is closed.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            if self._closed:
+                raise LinkClosedError(f"the listener on {self.address} is closed")
+            if self._backlog:
+                return self._backlog.popleft()
+            if deadline is None:
+                await self._changed.wait()
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise PairingTimeout(f"no guest connected to {self.address} within {timeout:g} s")
+            await self._changed.wait(remaining)
+
+    async def close(self) -> None:
+        """Stop listening; guests whose links were not accepted see them closed."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._backlog:
+            await self._backlog.popleft().close()
+        if self._endpoint._listener is self:
+            self._endpoint._listener = None
+        self._changed.fire()
+        self._endpoint.medium._changed.fire()
+
+
+class LoopbackEndpoint:
+    """One device on a :class:`LoopbackMedium`: advertiser, scanner, listener and connector.
+
+    Also the object ``open_transport("loopback")`` returns.
+    """
+
+    def __init__(
+        self,
+        medium: LoopbackMedium,
+        address: str,
+        *,
+        name: str | None,
+        mtu: int,
+        encrypted: bool,
+    ) -> None:
+        self.medium = medium
+        self.address = address
+        self.name = name
+        self.mtu = mtu
+        self.encrypted = encrypted
+        self._payload: bytes | None = None
+        self._listener: LoopbackListener | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<LoopbackEndpoint {self.address}>"
+
+    @property
+    def max_payload(self) -> int:
+        return self.medium.max_payload
+
+    @property
+    def advertising(self) -> bool:
+        return self._payload is not None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"the loopback endpoint {self.address} is closed")
+
+    async def start_advertising(self, payload: bytes) -> None:
+        """Broadcast ``payload`` (replacing any earlier one) until :meth:`stop_advertising`."""
+        self._check_open()
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"a hello payload is bytes, not {type(payload).__name__}")
+        payload = bytes(payload)
+        if len(payload) > self.max_payload:
+            raise TooLargeError(
+                f"a hello of {len(payload)} bytes does not fit an advertisement "
+                f"(at most {self.max_payload} bytes)"
+            )
+        self._payload = payload
+        self.medium._changed.fire()
+
+    async def stop_advertising(self) -> None:
+        if self._payload is not None:
+            self._payload = None
+            self.medium._changed.fire()
+
+    async def scan(self, timeout: float) -> AsyncIterator[Sighting]:
+        """Yield a sighting of every other advertising endpoint, again every ``scan_interval``.
+
+        A new advertisement is heard at once; the scan ends after ``timeout`` seconds.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for other in list(self.medium._endpoints.values()):
+                if other is not self and other._payload is not None:
+                    yield Sighting(
+                        address=other.address,
+                        payload=other._payload,
+                        rssi=self.medium.rssi,
+                        name=other.name,
+                    )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await self.medium._changed.wait(min(self.medium.scan_interval, remaining))
+
+    async def listen(self) -> LoopbackListener:
+        """Start accepting links (idempotent: the same listener until it is closed)."""
+        self._check_open()
+        if self._listener is None:
+            self._listener = LoopbackListener(self)
+            self.medium._changed.fire()
+        return self._listener
+
+    async def connect(
+        self, address: str | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> LoopbackLink:
+        """Open a link to the endpoint ``address``, waiting up to ``timeout`` s for it to listen.
+
+        As with a BLE peripheral that has not started advertising yet, a missing or
+        non-listening endpoint is waited for; PairingTimeout when the time is up.
+        """
+        self._check_open()
+        if not address:
+            raise ConfigError("connect needs the loopback address of the host to reach")
+        if address == self.address:
+            raise ConfigError(f"{self.address} cannot connect to itself")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            target = self.medium._endpoints.get(address)
+            if target is not None and target._listener is not None:
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                why = "nothing is listening there" if target else "no such endpoint"
+                raise PairingTimeout(
+                    f"cannot reach loopback endpoint {address!r}: {why} (waited {timeout:g} s)"
+                )
+            await self.medium._changed.wait(remaining)
+        guest, host = _make_pair(
+            self.address,
+            target.address,
+            mtu=min(self.mtu, target.mtu),
+            encrypted=self.encrypted and target.encrypted,
+            queue_size=self.medium.queue_size,
+            tap=self.medium.tap,
+        )
+        target._listener._offer(host)
+        return guest
+
+    async def close(self) -> None:
+        """Stop advertising and listening and leave the medium (links already made stay up)."""
+        if self._closed:
+            return
+        self._payload = None
+        if self._listener is not None:
+            await self._listener.close()
+        self._closed = True
+        self.medium._remove(self)
+
+
+_default_medium: LoopbackMedium | None = None
+
+
+def default_medium() -> LoopbackMedium:
+    """The process-wide medium ``open_transport("loopback")`` uses (tests pass their own)."""
+    global _default_medium
+    if _default_medium is None:
+        _default_medium = LoopbackMedium()
+    return _default_medium
+
+
+class LoopbackTarget:
+    """What ``open_transport("loopback:NAME")`` returns: the endpoint NAME from either side.
+
+    As ``tcp:HOST:PORT`` names one address for the host (``listen``) and the guest
+    (``connect``), ``loopback:NAME`` does: ``listen`` and ``start_advertising`` act as the
+    endpoint NAME; ``connect`` (to NAME unless told otherwise) and ``scan`` act from a fresh
+    endpoint of the same medium.  ``close`` closes the endpoints this object made.
+    """
+
+    def __init__(self, medium: LoopbackMedium, address: str, **endpoint_options: Any) -> None:
+        self.medium = medium
+        self.address = address
+        self._options = endpoint_options
+        self._host: LoopbackEndpoint | None = None
+        self._guest: LoopbackEndpoint | None = None
+
+    def __repr__(self) -> str:
+        return f"<LoopbackTarget {self.address}>"
+
+    @property
+    def max_payload(self) -> int:
+        return self.medium.max_payload
+
+    def _as_host(self) -> LoopbackEndpoint:
+        if self._host is None:
+            self._host = self.medium.endpoint(self.address, **self._options)
+        return self._host
+
+    def _as_guest(self) -> LoopbackEndpoint:
+        if self._guest is None:
+            self._guest = self.medium.endpoint(None, **self._options)
+        return self._guest
+
+    async def listen(self) -> LoopbackListener:
+        return await self._as_host().listen()
+
+    async def start_advertising(self, payload: bytes) -> None:
+        await self._as_host().start_advertising(payload)
+
+    async def stop_advertising(self) -> None:
+        if self._host is not None:
+            await self._host.stop_advertising()
+
+    def scan(self, timeout: float) -> AsyncIterator[Sighting]:
+        return self._as_guest().scan(timeout)
+
+    async def connect(
+        self, address: str | None = None, timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> LoopbackLink:
+        target = self.address
+        if address:
+            target = address.removeprefix("loopback:")
+        return await self._as_guest().connect(target, timeout)
+
+    async def close(self) -> None:
+        for endpoint in (self._guest, self._host):
+            if endpoint is not None:
+                await endpoint.close()
+
+
+def open(
+    args: str = "",
+    *,
+    medium: LoopbackMedium | None = None,
+    name: str | None = None,
+    mtu: int | None = None,
+    encrypted: bool | None = None,
+) -> LoopbackEndpoint | LoopbackTarget:
+    """Registry entry point for ``loopback`` and ``loopback:NAME``.
+
+    ``loopback`` gives a fresh :class:`LoopbackEndpoint` (every role; ``connect`` needs an
+    address); ``loopback:NAME`` gives a :class:`LoopbackTarget` for NAME.  Both use
+    :func:`default_medium` unless ``medium`` is given.
+    """
+    medium = medium or default_medium()
+    if args:
+        return LoopbackTarget(medium, args, name=name, mtu=mtu, encrypted=encrypted)
+    return medium.endpoint(None, name=name, mtu=mtu, encrypted=encrypted)
