@@ -1,0 +1,141 @@
+"""Smoke test of bench/handshake.py: it runs, in --quick mode, and its bookkeeping holds.
+
+No timing is asserted (machines are noisy; the bench reports ratios for people to read).  What is
+checked is what would make the figures meaningless if it rotted: every exchange and method still
+completes, the counts that make the floor follow the Noise rules and never claim more work than
+the code does, and the output has the shape RESULTS.md describes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "handshake.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_handshake", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is being built.
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    return _load()
+
+
+@pytest.fixture(scope="module")
+def quick(bench: ModuleType) -> dict:
+    settings = bench.Settings(repeat=2, warmup=1, batch_target_s=0.0002, mtu=512)
+    return bench.measure(settings)
+
+
+def test_noise_counts_follow_the_section_5_rules(bench: ModuleType) -> None:
+    # Worked by hand from Noise rev 34 §5.2/§5.3 for XX (-> e | <- e, ee, s, es | -> s, se):
+    # per party 8 MixHash (prologue, e, payload | e, s, payload | s, payload), 3 MixKey and a
+    # Split (4 HKDF of 3 HMACs), 4 AEAD (s and payload in messages 2 and 3); doubled.
+    xx = bench.noise_counts("Noise_XX_25519_ChaChaPoly_SHA256")
+    assert xx == Counter(x25519_base=2, x25519_dh=6, sha256=16, hmac_sha256=24, aead=8)
+    # XXpsk0 has a 36-byte name (hashed), a MixKeyAndHash and PSK-mode MixKeys on each e.
+    psk = bench.noise_counts("Noise_XXpsk0_25519_ChaChaPoly_SHA256")
+    assert psk == Counter(x25519_base=2, x25519_dh=6, sha256=20, hmac_sha256=44, aead=10)
+    kk = bench.noise_counts("Noise_KK_25519_ChaChaPoly_SHA256")
+    assert kk == Counter(x25519_base=2, x25519_dh=8, sha256=14, hmac_sha256=30, aead=4)
+    with pytest.raises(ValueError):
+        bench.noise_counts("Noise_XX_448_ChaChaPoly_SHA256")
+
+
+def test_every_row_completes_with_positive_figures(bench: ModuleType, quick: dict) -> None:
+    assert [r["name"] for r in quick["core"]] == [*bench.NOISE_CORE, bench.CPACE_CORE]
+    assert [r["method"] for r in quick["methods"]] == list(bench.METHODS)
+    assert set(quick["primitives"]) == set(bench.PRIMITIVE_NAMES)
+    assert all(p["median_us"] > 0 for p in quick["primitives"].values())
+    for row in quick["core"]:
+        assert row["median_us"] > 0 and row["floor_us"] > 0
+        assert row["ratio"] == pytest.approx(row["median_us"] / row["floor_us"])
+    for row in quick["methods"]:
+        assert row["floor_us"] > 0
+        assert row["sansio"]["median_us"] > 0 and row["loopback"]["median_us"] > 0
+        assert row["ratio_loopback"] == pytest.approx(
+            row["loopback"]["median_us"] / row["floor_us"]
+        )
+        # Framing adds at least one header byte per link packet.
+        assert row["link_packets"] >= row["flights"] >= 2
+        assert row["link_bytes"] >= row["message_bytes"] + row["link_packets"]
+
+
+def test_each_method_runs_the_whole_exchange(quick: dict) -> None:
+    # The message sequences of pairing/methods.py's docstring: pin 2 round trips, qr and kk 1,
+    # compare 6 flights, clear Offer/Accept/Confirm/Confirm (4, though its heading says 3),
+    # resume a round trip and a confirmation, kk-stale a refused resume and then kk.
+    flights = {r["method"]: r["flights"] for r in quick["methods"]}
+    assert flights == {
+        "pin": 4,
+        "qr": 2,
+        "compare": 6,
+        "clear": 4,
+        "resume": 3,
+        "kk": 2,
+        "kk-stale": 4,
+    }
+
+
+def test_the_floor_claims_no_work_the_code_does_not_do(quick: dict) -> None:
+    for row in [*quick["core"], *quick["methods"]]:
+        name = row.get("name") or row["method"]
+        for prim, count in row["counts"].items():
+            assert row["calls"].get(prim, 0) >= count, (name, prim)
+        assert row["calls_floor_us"] >= row["floor_us"] * 0.999, name
+
+
+def test_noise_core_calls_equal_the_derived_counts(quick: dict) -> None:
+    # The Noise module does exactly §5's hashing, HMACs, DHs and AEAD operations; only key
+    # pairs differ (it loads raw private keys, which costs a fixed-base multiplication each).
+    for row in quick["core"]:
+        if not row["name"].startswith("Noise_"):
+            continue
+        for prim in ("x25519_dh", "sha256", "hmac_sha256", "aead"):
+            assert row["calls"].get(prim, 0) == row["counts"].get(prim, 0), (row["name"], prim)
+
+
+def test_table_renders_every_row(bench: ModuleType, quick: dict) -> None:
+    text = bench.render(quick)
+    for name in [*bench.NOISE_CORE, bench.CPACE_CORE, *bench.METHODS, *bench.PRIMITIVE_NAMES]:
+        assert name in text
+    assert "loop/sansio" in text and "ratio" in text
+
+
+def test_script_runs_quick_json_as_a_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["settings"]["repeat"] == 1
+    assert data["command"].endswith("bench/handshake.py --quick --json --repeat 1")
+    assert {"nproc", "python", "cryptography"} <= set(data["machine"])
+
+
+def test_bad_repeat_is_refused(bench: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--repeat", "0"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--mtu", "10"])
