@@ -1,0 +1,575 @@
+"""pairkit links over one BLE connection: GATT (write + notify) or an L2CAP credit-based channel.
+
+Both carry whole messages, one per ATT PDU or one per L2CAP SDU, so no framing is added here
+(fragmenting longer messages is ``pairing.framing``'s job):
+
+* :class:`GattLink`: the guest (central) sends with ATT Write Command (write without response,
+  Core 5.4 Vol 3 Part F §3.4.5.3) to pairkit's RX characteristic; the host (peripheral) sends
+  with ATT Handle Value Notification (§3.4.7.1) on the TX characteristic, once the guest has
+  enabled notifications in its CCCD (Vol 3 Part G §3.3.3.3).  ``mtu`` is ATT_MTU - 3, and never
+  above 512: the GATT maximum attribute value (Vol 3 Part F §3.2.9); bumble drops longer writes
+  and truncates longer notifications without a word.
+* :class:`L2capLink`: an LE credit-based connection-oriented channel (Vol 3 Part A §10.2).
+  ``mtu`` is the peer's channel MTU.  bumble's channel is a byte stream that packs queued writes
+  into one SDU, so a message is written only once the previous SDU has left (``drain``).
+
+Flow control.  Neither ATT command carries an acknowledgement and bumble queues without bound,
+so ``send`` waits while the host has more than ``2 * max_in_flight`` ACL packets waiting for
+the controller (HCI flow control, Vol 4 Part E §4.1): 1 MiB crosses without loss and with
+bounded memory.  Backpressure from the *reading application* exists only on L2CAP: receive
+credits go back to the peer as the application reads (:class:`ChannelTap`), so a sender whose
+peer stops reading blocks once the credits (``l2cap_credits`` K-frames) are used up.  GATT has
+no such mechanism: a GATT receiver's buffer is bounded (``max_rx_buffer``) and a peer that
+overruns it loses the link.
+
+Liveness.  A peer that disconnects ends the link: ``recv`` returns what arrived before, then
+raises :class:`LinkClosedError`.  A peer that vanishes without disconnecting is timed out by a
+real controller's supervision timeout, but never by bumble's virtual one; ``idle_timeout``
+(off by default: pairkit's callers put deadlines around their own waits) makes ``recv`` raise
+:class:`PairingTimeout` and drop the link after that many silent seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bumble import hci, l2cap
+from bumble.core import BaseBumbleError
+from bumble.device import Connection
+from bumble.gatt import Characteristic
+from bumble.pairing import PairingConfig, PairingDelegate
+
+from pairing.errors import ConfigError, LinkClosedError, PairingTimeout, TooLargeError
+
+from .guard import describe_reason, guarded, translate
+
+__all__ = [
+    "BleLink",
+    "ChannelTap",
+    "GattLink",
+    "L2capLink",
+    "LinkOptions",
+    "pairing_config",
+    "tap_pending_channels",
+]
+
+GATT_MAX_VALUE = 512  #: Core 5.4 Vol 3 Part F §3.2.9
+ATT_HEADER = 3  #: opcode + handle of a Write Command or a Notification
+
+SetPairingConfig = Callable[[Connection, PairingConfig], None]
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """Knobs shared by both link kinds (validated by :class:`transports.bumble.BumbleConfig`)."""
+
+    idle_timeout: float | None = None
+    max_rx_buffer: int = 16 << 20
+    send_timeout: float = 30.0
+    close_timeout: float = 2.0
+    encrypt_timeout: float = 15.0
+
+
+def pairing_config(delegate: PairingDelegate | None = None, *, mitm: bool = False) -> PairingConfig:
+    """LE Secure Connections, no bonding (Core 5.4 Vol 3 Part H §2.3.5.6); Just Works by default."""
+    return PairingConfig(
+        sc=True,
+        mitm=mitm,
+        bonding=False,
+        delegate=delegate or PairingDelegate(),
+        identity_address_type=PairingConfig.AddressType.RANDOM,
+    )
+
+
+class BleLink:
+    """What GATT and L2CAP links share: one BLE connection, a bounded receive queue, closing."""
+
+    kind = "ble"
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        guest: bool,
+        options: LinkOptions,
+        set_pairing_config: SetPairingConfig | None = None,
+    ) -> None:
+        self._connection = connection
+        self._guest = guest
+        self._options = options
+        self._set_pairing_config = set_pairing_config
+        self._loop = asyncio.get_running_loop()
+        self._rx: deque[bytes] = deque()
+        self._rx_bytes = 0
+        self._rx_ready = asyncio.Event()
+        self._end_reason: str | None = None  # once set, nothing more arrives
+        self._lost: asyncio.Future[str] = self._loop.create_future()  # connection gone, and why
+        self._send_lock = asyncio.Lock()
+        self._encrypt_lock = asyncio.Lock()
+        self._close_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._peer = str(connection.peer_address)
+        connection.on(connection.EVENT_DISCONNECTION, self._on_disconnection)
+        if guest:
+            connection.on(connection.EVENT_SECURITY_REQUEST, self._on_security_request)
+        if connection.handle not in connection.device.connections:
+            self._finish("the connection was already closed")
+
+    # -- Link protocol -------------------------------------------------------------------
+
+    @property
+    def mtu(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    @property
+    def encrypted(self) -> bool:
+        """True once the link layer encrypts this connection (both sides see it)."""
+        return self._connection.is_encrypted
+
+    @property
+    def closed(self) -> bool:
+        return self._close_task is not None or self._lost.done()
+
+    @property
+    def buffered(self) -> int:
+        """Messages received and not read yet."""
+        return len(self._rx)
+
+    @property
+    def connection(self) -> Connection:
+        """The underlying bumble connection (for diagnostics and tests)."""
+        return self._connection
+
+    async def send(self, data: bytes) -> None:
+        """Send one message of at most ``mtu`` bytes; waits while the host queue is full."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("a link sends bytes")
+        data = bytes(data)
+        mtu = self.mtu
+        if len(data) > mtu:
+            raise TooLargeError(
+                f"a {len(data)}-byte message exceeds this link's MTU of {mtu} bytes"
+            )
+        self._check_open()
+        async with self._send_lock:
+            self._check_open()
+            try:
+                await self._send_one(data)
+            except (BaseBumbleError, OSError) as exc:
+                raise translate(exc, "sending a message") from exc
+
+    async def recv(self) -> bytes:
+        """The next message; :class:`LinkClosedError` once the peer is gone and all is read."""
+        while True:
+            if self._rx:
+                data = self._rx.popleft()
+                self._rx_bytes -= len(data)
+                self._consumed()
+                return data
+            if self._end_reason is not None:
+                raise LinkClosedError(self._end_reason)
+            self._rx_ready.clear()
+            idle = self._options.idle_timeout
+            if idle is None:
+                await self._rx_ready.wait()
+                continue
+            try:
+                await asyncio.wait_for(self._rx_ready.wait(), idle)
+            except TimeoutError:
+                reason = f"nothing heard from the peer for {idle:g} s"
+                self._abort(reason)
+                raise PairingTimeout(reason) from None
+
+    async def close(self) -> None:
+        """Flush what was sent, then disconnect; idempotent."""
+        if self._close_task is None:
+            self._close_task = self._loop.create_task(self._do_close())
+        await asyncio.shield(self._close_task)
+
+    # -- link-layer encryption (DESIGN.md method b) -----------------------------------------
+
+    async def encrypt(
+        self,
+        delegate: PairingDelegate | None = None,
+        *,
+        mitm: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Encrypt the connection with LE Secure Connections (Core 5.4 Vol 3 Part H §2.3).
+
+        The guest (central) runs SMP pairing with ``delegate`` (Just Works when ``None``); the
+        host (peripheral) sends an SMP Security Request (§3.6.7) and waits for the guest to
+        pair.  Returns once ``encrypted`` is true; :class:`PairingTimeout` after ``timeout``.
+        """
+        timeout = self._options.encrypt_timeout if timeout is None else timeout
+        if self.encrypted:
+            return
+        self._check_open()
+        async with self._encrypt_lock:
+            if self.encrypted:
+                return
+            if self._guest:
+                if self._set_pairing_config is not None:
+                    self._set_pairing_config(self._connection, pairing_config(delegate, mitm=mitm))
+                deadline = self._loop.time() + timeout
+                await guarded(
+                    self._connection.pair(),
+                    what="link-layer pairing",
+                    timeout=timeout,
+                    lost=self._lost,
+                )
+                if not self.encrypted:
+                    await self._wait_encrypted(max(0.0, deadline - self._loop.time()))
+            else:
+                self._connection.request_pairing()
+                await self._wait_encrypted(timeout)
+
+    async def _wait_encrypted(self, timeout: float) -> None:
+        changed: asyncio.Future[None] = self._loop.create_future()
+
+        def on_change() -> None:
+            if self._connection.is_encrypted and not changed.done():
+                changed.set_result(None)
+
+        def on_failure(error_code: int) -> None:
+            if not changed.done():
+                changed.set_exception(hci.HCI_Error(error_code))
+
+        conn = self._connection
+        conn.on(conn.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_change)
+        conn.on(conn.EVENT_CONNECTION_ENCRYPTION_FAILURE, on_failure)
+        try:
+            if not self.encrypted:
+                await guarded(
+                    changed, what="link-layer encryption", timeout=timeout, lost=self._lost
+                )
+        finally:
+            conn.remove_listener(conn.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_change)
+            conn.remove_listener(conn.EVENT_CONNECTION_ENCRYPTION_FAILURE, on_failure)
+
+    def _on_security_request(self, _auth_req: int) -> None:
+        # The host asks for encryption (SMP Security Request): pair with the defaults.
+        self._spawn(self._encrypt_quietly())
+
+    async def _encrypt_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.encrypt()
+
+    # -- for subclasses and the transport ---------------------------------------------------
+
+    async def _send_one(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def _flush(self) -> None:
+        await self._wait_host_queue(0)
+
+    def feed(self, data: bytes) -> bool:
+        """A message arrived (called from bumble's callbacks, in order); False if dropped."""
+        if self._end_reason is not None:
+            return False
+        if self._rx_bytes + len(data) > self._options.max_rx_buffer:
+            self._abort(
+                f"the peer sent more than {self._options.max_rx_buffer} bytes that were not read"
+            )
+            return False
+        self._rx.append(bytes(data))
+        self._rx_bytes += len(data)
+        self._rx_ready.set()
+        return True
+
+    def _consumed(self) -> None:
+        """The application read a message (L2CAP gives credits back here)."""
+
+    def _check_open(self) -> None:
+        if self._close_task is not None:
+            raise LinkClosedError("the link is closed")
+        if self._lost.done():
+            raise LinkClosedError(self._lost.result())
+
+    def _finish(self, reason: str) -> None:
+        """The connection is gone: no more data; what is queued can still be read."""
+        if not self._lost.done():
+            self._lost.set_result(reason)
+        if self._end_reason is None:
+            self._end_reason = reason
+            self._rx_ready.set()
+
+    def _abort(self, reason: str) -> None:
+        """Give up on the link from this side, without waiting: disconnect in the background."""
+        self._finish(reason)
+        self._spawn(self._disconnect())
+
+    def _on_disconnection(self, reason: int) -> None:
+        # bumble hands a received ATT Write Command to a task of its own; one queued before the
+        # disconnection event must still reach the queue, so end the link two turns later.
+        text = describe_reason(reason)
+        self._loop.call_soon(self._loop.call_soon, self._finish, text)
+
+    async def _do_close(self) -> None:
+        if not self._lost.done():
+            with contextlib.suppress(LinkClosedError, PairingTimeout, Exception):
+                await guarded(
+                    self._flush(),
+                    what="flushing",
+                    timeout=self._options.close_timeout,
+                    lost=self._lost,
+                )
+            await self._disconnect()
+        self._rx.clear()
+        self._rx_bytes = 0
+        self._finish("the link was closed on this side")
+        self._end_reason = "the link was closed on this side"
+
+    async def _disconnect(self) -> None:
+        if self._connection.handle not in self._connection.device.connections:
+            return
+        with contextlib.suppress(Exception):
+            await guarded(
+                self._connection.disconnect(),
+                what="disconnecting",
+                timeout=self._options.close_timeout,
+            )
+
+    async def _wait_host_queue(self, limit: int) -> None:
+        """Wait until at most ``limit`` ACL packets wait in the host for the controller."""
+        queue = self._connection.data_packet_queue
+        if queue is None:
+            return
+        while queue.pending > limit:
+            self._check_open()
+            flow: asyncio.Future[None] = self._loop.create_future()
+
+            def on_flow(flow: asyncio.Future[None] = flow) -> None:
+                if not flow.done():
+                    flow.set_result(None)
+
+            queue.on("flow", on_flow)
+            try:
+                await guarded(
+                    flow, what="sending", timeout=self._options.send_timeout, lost=self._lost
+                )
+            finally:
+                queue.remove_listener("flow", on_flow)
+
+    async def _backpressure(self) -> None:
+        queue = self._connection.data_packet_queue
+        if queue is not None:
+            await self._wait_host_queue(2 * queue.max_in_flight)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{type(self).__name__} peer={self._peer} mtu={self.mtu} {state}>"
+
+
+class GattLink(BleLink):
+    """pairkit messages over GATT: write without response up, notifications down."""
+
+    kind = "gatt"
+
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        guest: bool,
+        options: LinkOptions,
+        rx_handle: int = 0,
+        tx_characteristic: Characteristic[Any] | None = None,
+        set_pairing_config: SetPairingConfig | None = None,
+    ) -> None:
+        if guest and not rx_handle:
+            raise ConfigError("a guest GATT link needs the RX characteristic handle")
+        if not guest and tx_characteristic is None:
+            raise ConfigError("a host GATT link needs the TX characteristic")
+        self._rx_handle = rx_handle
+        self._tx = tx_characteristic
+        super().__init__(
+            connection, guest=guest, options=options, set_pairing_config=set_pairing_config
+        )
+
+    @property
+    def mtu(self) -> int:
+        return max(20, min(self._connection.att_mtu - ATT_HEADER, GATT_MAX_VALUE))
+
+    def on_notification(self, value: bytes) -> None:
+        """Subscriber callback for the TX characteristic (guest side)."""
+        self.feed(value)
+
+    def on_unsubscribed(self) -> None:
+        """The guest turned notifications off (host side): it can no longer hear us."""
+        self._abort("the guest stopped listening (notifications turned off)")
+
+    async def _send_one(self, data: bytes) -> None:
+        await self._backpressure()
+        self._check_open()
+        if self._guest:
+            await self._connection.gatt_client.write_value(
+                self._rx_handle, data, with_response=False
+            )
+        else:
+            assert self._tx is not None  # checked in __init__
+            await self._connection.device.notify_subscriber(self._connection, self._tx, data)
+
+
+class ChannelTap:
+    """Receives on an L2CAP channel from the moment it exists, before its link does.
+
+    bumble drops an SDU that arrives while a channel has no sink, and a host may send as soon
+    as it has accepted: the guest's channel is tapped while the connection request is still in
+    flight (:func:`tap_pending_channels`), and its link takes over what has arrived.  The tap
+    also counts the K-frames of each SDU, to give back exactly the credits it used, and turns
+    bumble's automatic credit return off (receive credits are returned as the application
+    reads: Core 5.4 Vol 3 Part A §10.1), so a sender that outruns the reader waits.
+    """
+
+    def __init__(self, channel: l2cap.LeCreditBasedChannel) -> None:
+        self.frames = 0
+        self.target: Callable[[bytes, int], None] | None = None
+        self.early: list[tuple[bytes, int]] = []
+        channel.peer_credits_threshold = -1
+        on_pdu = channel.on_pdu
+
+        def counting_on_pdu(pdu: bytes) -> None:
+            self.frames += 1
+            on_pdu(pdu)
+
+        channel.on_pdu = counting_on_pdu  # type: ignore[method-assign]
+        channel.sink = self.on_sdu
+        _TAPS[channel] = self
+
+    def on_sdu(self, sdu: bytes) -> None:
+        frames, self.frames = max(1, self.frames), 0
+        if self.target is not None:
+            self.target(sdu, frames)
+        else:
+            self.early.append((sdu, frames))
+
+
+_TAPS: weakref.WeakKeyDictionary[l2cap.LeCreditBasedChannel, ChannelTap] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def tap_pending_channels(connection: Connection, psm: int) -> None:
+    """Tap the channels to ``psm`` that this side is opening on ``connection`` (see ChannelTap)."""
+    manager = connection.device.l2cap_channel_manager
+    for channel in list(manager.channels.get(connection.handle, {}).values()):
+        if (
+            isinstance(channel, l2cap.LeCreditBasedChannel)
+            and channel.psm == psm
+            and channel not in _TAPS
+        ):
+            ChannelTap(channel)
+
+
+class L2capLink(BleLink):
+    """pairkit messages over one LE credit-based channel, one SDU per message."""
+
+    kind = "l2cap"
+
+    def __init__(
+        self,
+        connection: Connection,
+        channel: l2cap.LeCreditBasedChannel,
+        *,
+        guest: bool,
+        options: LinkOptions,
+        set_pairing_config: SetPairingConfig | None = None,
+    ) -> None:
+        self._channel = channel
+        self._rx_frames: deque[int] = deque()  # K-frames of each queued message
+        self._to_return = 0  # credits used by messages already read
+        super().__init__(
+            connection, guest=guest, options=options, set_pairing_config=set_pairing_config
+        )
+        tap = _TAPS.get(channel) or ChannelTap(channel)
+        tap.target = self._on_sdu
+        early, tap.early = tap.early, []
+        for sdu, frames in early:
+            self._on_sdu(sdu, frames)
+        channel.on(channel.EVENT_CLOSE, self._on_channel_close)
+
+    @property
+    def mtu(self) -> int:
+        return max(20, min(self._channel.peer_mtu, 65535))
+
+    @property
+    def channel(self) -> l2cap.LeCreditBasedChannel:
+        return self._channel
+
+    def _on_sdu(self, sdu: bytes, frames: int) -> None:
+        if self.feed(sdu):
+            self._rx_frames.append(frames)
+        else:
+            self._to_return += frames
+
+    def _consumed(self) -> None:
+        channel = self._channel
+        if self._rx_frames:
+            self._to_return += self._rx_frames.popleft()
+        half = max(1, channel.peer_max_credits // 2)
+        if self._to_return >= half or (not self._rx and channel.peer_credits <= half):
+            self._return_credits()
+
+    def _return_credits(self) -> None:
+        channel = self._channel
+        count = min(self._to_return, channel.peer_max_credits - channel.peer_credits)
+        self._to_return = 0
+        if count <= 0 or channel.state != l2cap.LeCreditBasedChannel.State.CONNECTED:
+            return
+        channel.send_control_frame(
+            l2cap.L2CAP_LE_Flow_Control_Credit(
+                identifier=channel.manager.next_identifier(channel.connection),
+                cid=channel.source_cid,
+                credits=count,
+            )
+        )
+        channel.peer_credits += count
+
+    async def send(self, data: bytes) -> None:
+        if not data:
+            # An L2CAP SDU may be empty, but bumble's channel cannot send one.
+            raise ValueError("an L2CAP link cannot send an empty message")
+        await super().send(data)
+
+    async def _send_one(self, data: bytes) -> None:
+        # The previous SDU must have left before this one is queued, or bumble merges them.
+        await guarded(
+            self._channel.drain(),
+            what="sending",
+            timeout=self._options.send_timeout,
+            lost=self._lost,
+        )
+        self._check_open()
+        if self._channel.state != l2cap.LeCreditBasedChannel.State.CONNECTED:
+            raise LinkClosedError("the L2CAP channel is closed")
+        self._channel.write(data)
+        await self._backpressure()
+
+    async def _flush(self) -> None:
+        await self._channel.drain()
+        await super()._flush()
+
+    def _on_channel_close(self) -> None:
+        # A disconnection closes the channel too, and then the disconnection says why: look
+        # once the event that closed the channel has been handled everywhere.
+        self._loop.call_soon(self._after_channel_close)
+
+    def _after_channel_close(self) -> None:
+        if self._close_task is None and not self._lost.done():
+            if self._connection.handle in self._connection.device.connections:
+                self._abort("the peer closed the L2CAP channel")

@@ -1,0 +1,945 @@
+"""pairkit over real BLE through bumble's host stack (DESIGN.md "Links", "BLE roles").
+
+One :class:`BumbleTransport` is one bumble ``Device`` on one controller, named as bumble names
+its HCI transports (``usb:0``, ``hci-socket:0``, ``serial:/dev/ttyACM0,1000000``,
+``tcp-client:127.0.0.1:PORT``), or ``virtual``: a virtual controller on an in-process
+:class:`~transports.ble.virtual.VirtualRadio`.  It is every role of ``transports.base``:
+
+* **Advertiser** (host): a connectable advertisement with pairkit's service data carrying the
+  hello (layout and exact capacity in :mod:`transports.ble.adv`: 10 bytes legacy, 208 bytes
+  with ``extended_advertising``), every ``advertising_interval_ms`` (20 ms by default, so a
+  guest connects within a few tens of ms).  ``rotate_address`` moves to a new random static
+  address (Core 5.4 Vol 6 Part B §1.3.2.1) and keeps advertising.
+* **Scanner** (guest): ``scan(timeout)`` yields a :class:`~transports.base.Sighting` per
+  advertisement carrying a pairkit hello; others count as ``stats["ignored"]``, malformed ones
+  as ``stats["garbage"]``.
+* **Listener** (host): serves pairkit's GATT service and, with ``prefer_l2cap``, an L2CAP
+  credit-based channel server whose PSM it publishes in a GATT characteristic; ``accept``
+  returns one link per guest (a :class:`~transports.ble.links.GattLink` once the guest has
+  enabled notifications, or an :class:`~transports.ble.links.L2capLink` once it has opened
+  the channel).
+* **Connector** (guest): ``connect(address, timeout)`` connects (one attempt at a time per
+  device), exchanges the ATT MTU (asks for 517), finds the service, then opens the L2CAP
+  channel when both sides prefer it, or else subscribes to notifications.
+
+Every wait has a deadline; every bumble failure becomes a pairkit error
+(:mod:`transports.ble.guard`).  Links, flow control and liveness: :mod:`transports.ble.links`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bumble import core, hci, l2cap
+from bumble.controller import Controller
+from bumble.device import (
+    Advertisement,
+    AdvertisingEventProperties,
+    AdvertisingParameters,
+    AdvertisingSet,
+    AdvertisingType,
+    Connection,
+    Device,
+)
+from bumble.gatt import Characteristic, CharacteristicValue, Service
+from bumble.host import Host
+from bumble.pairing import PairingConfig, PairingDelegate
+from bumble.transport import open_transport
+from bumble.transport.common import AsyncPipeSink, Transport
+
+from pairing.errors import (
+    ConfigError,
+    LinkClosedError,
+    PairingError,
+    PairingTimeout,
+    TransportError,
+    UnsupportedError,
+)
+
+from .base import Sighting
+from .ble.adv import (
+    PAIRKIT_L2CAP_PSM,
+    PAIRKIT_PSM_CHAR_UUID,
+    PAIRKIT_RX_CHAR_UUID,
+    PAIRKIT_SERVICE_UUID,
+    PAIRKIT_TX_CHAR_UUID,
+    encode_advertising_data,
+    max_payload,
+    parse_advertising_data,
+    random_static_address,
+)
+from .ble.guard import describe_reason, guarded
+from .ble.links import (
+    BleLink,
+    GattLink,
+    L2capLink,
+    LinkOptions,
+    pairing_config,
+    tap_pending_channels,
+)
+from .ble.virtual import VirtualRadio, default_radio
+
+__all__ = [
+    "PAIRKIT_SERVICE_UUID",
+    "BumbleConfig",
+    "BumbleTransport",
+    "VirtualRadio",
+    "bumble_transport_spec",
+    "open_bumble",
+]
+
+logger = logging.getLogger(__name__)
+
+Rng = Callable[[int], bytes]
+
+_SERVICE = core.UUID(str(PAIRKIT_SERVICE_UUID))
+_RX = core.UUID(str(PAIRKIT_RX_CHAR_UUID))
+_TX = core.UUID(str(PAIRKIT_TX_CHAR_UUID))
+_PSM = core.UUID(str(PAIRKIT_PSM_CHAR_UUID))
+
+#: How long a connect may overrun its timeout while the controller cancels the attempt.
+_CANCEL_GRACE = 2.0
+#: Data a guest writes before it subscribes, kept for the link (bytes).
+_EARLY_LIMIT = 64 << 10
+_SCAN_QUEUE = 512
+_MAX_MPS = 65531  # BLE-NOTES.md: a larger MPS breaks bumble's virtual link
+
+
+@dataclass(frozen=True)
+class BumbleConfig:
+    """How a :class:`BumbleTransport` behaves; validated when built."""
+
+    name: str = "pairkit"
+    #: Random static address, ``AA:BB:CC:DD:EE:FF``; ``None`` draws one from the rng.
+    address: str | None = None
+    #: Use an L2CAP CoC for links when the peer offers one (both sides must prefer it).
+    prefer_l2cap: bool = True
+    l2cap_mtu: int = 2048
+    l2cap_mps: int = 2048
+    l2cap_credits: int = 256
+    #: ATT MTU the guest asks for and the host accepts (Core Vol 3 Part F §3.4.2).
+    att_mtu: int = 517
+    #: Advertise with extended advertising (longer hello, BT 5 scanners only).
+    extended_advertising: bool = False
+    advertising_interval_ms: float = 20.0
+    scan_interval_ms: float = 60.0
+    scan_window_ms: float = 60.0
+    #: Deadline of each GATT step of a connect (MTU, discovery, subscription).
+    gatt_timeout: float = 10.0
+    #: Deadline for opening the HCI transport and powering the controller on.
+    open_timeout: float = 10.0
+    #: Links: see :class:`transports.ble.links.LinkOptions`.
+    idle_timeout: float | None = None
+    max_rx_buffer: int = 16 << 20
+    send_timeout: float = 30.0
+    close_timeout: float = 2.0
+    encrypt_timeout: float = 15.0
+    #: The host's answer to link-layer pairing (Just Works when ``None``).
+    pairing_delegate: PairingDelegate | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name.encode()) > 248:
+            raise ConfigError("the device name must be 1 to 248 bytes of UTF-8")
+        if self.address is not None:
+            try:
+                address = hci.Address(self.address)
+            except (ValueError, core.InvalidArgumentError) as exc:
+                raise ConfigError(f"{self.address!r} is not a Bluetooth address") from exc
+            if not address.is_static:
+                raise ConfigError(
+                    f"{self.address} is not a random static address (top two bits must be 11)"
+                )
+        if not 23 <= self.l2cap_mtu <= 65535:
+            raise ConfigError("l2cap_mtu must be 23 to 65535")
+        if not 23 <= self.l2cap_mps <= _MAX_MPS:
+            raise ConfigError(f"l2cap_mps must be 23 to {_MAX_MPS}")
+        if not 1 <= self.l2cap_credits <= 65535:
+            raise ConfigError("l2cap_credits must be 1 to 65535")
+        frames_per_sdu = -(-(self.l2cap_mtu + 2) // self.l2cap_mps)
+        if self.l2cap_credits < 2 * frames_per_sdu:
+            raise ConfigError(
+                f"l2cap_credits must be at least {2 * frames_per_sdu} for an MTU of "
+                f"{self.l2cap_mtu} and an MPS of {self.l2cap_mps} (two full messages)"
+            )
+        if not 23 <= self.att_mtu <= 517:
+            raise ConfigError("att_mtu must be 23 to 517")
+        if not 20.0 <= self.advertising_interval_ms <= 10240.0:
+            raise ConfigError("advertising_interval_ms must be 20 to 10240")
+        if not 2.5 <= self.scan_window_ms <= self.scan_interval_ms <= 10240.0:
+            raise ConfigError("need 2.5 <= scan_window_ms <= scan_interval_ms <= 10240")
+        for name in ("gatt_timeout", "open_timeout", "send_timeout", "close_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.encrypt_timeout <= 0:
+            raise ConfigError("encrypt_timeout must be positive")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ConfigError("idle_timeout must be positive (or None for no idle limit)")
+        if self.max_rx_buffer < 65535:
+            raise ConfigError("max_rx_buffer must hold at least one 64 KiB message")
+
+    @property
+    def link_options(self) -> LinkOptions:
+        return LinkOptions(
+            idle_timeout=self.idle_timeout,
+            max_rx_buffer=self.max_rx_buffer,
+            send_timeout=self.send_timeout,
+            close_timeout=self.close_timeout,
+            encrypt_timeout=self.encrypt_timeout,
+        )
+
+
+def bumble_transport_spec(spec: str) -> str:
+    """bumble's HCI transport name for pairkit's (``serial:PATH:SPEED`` -> ``PATH,SPEED``)."""
+    scheme, _, rest = spec.partition(":")
+    if scheme == "serial" and rest and "," not in rest:
+        path, sep, speed = rest.rpartition(":")
+        if sep and path and speed.isdigit():
+            rest = f"{path},{speed}"
+    return f"{scheme}:{rest}" if rest else scheme
+
+
+@dataclasses.dataclass
+class _HostSide:
+    """A guest connected to us (we are the peripheral), before and after its link exists."""
+
+    connection: Connection
+    link: BleLink | None = None
+    early: list[bytes] = dataclasses.field(default_factory=list)
+    early_bytes: int = 0
+
+
+class BumbleTransport:
+    """pairkit's BLE transport on one bumble device (module docstring)."""
+
+    def __init__(
+        self,
+        spec: str = "virtual",
+        *,
+        config: BumbleConfig | None = None,
+        radio: VirtualRadio | None = None,
+        rng: Rng = os.urandom,
+    ) -> None:
+        if not spec:
+            raise ConfigError("an empty bumble transport name")
+        if radio is not None and spec != "virtual":
+            raise ConfigError("a VirtualRadio only goes with the 'virtual' transport")
+        self._spec = spec
+        self._config = config or BumbleConfig()
+        self._radio = radio
+        self._rng = rng
+        self._device: Device | None = None
+        self._hci: Transport | None = None
+        self._controller: Controller | None = None
+        self._closed = False
+        #: Advertisements heard while scanning: pairkit hellos, others, malformed, and
+        #: sightings dropped because a scan() consumer fell behind.
+        self.stats: dict[str, int] = {"hellos": 0, "ignored": 0, "garbage": 0, "dropped": 0}
+        self._scan_queues: set[asyncio.Queue[Sighting | None]] = set()
+        self._scan_users = 0
+        self._scan_lock = asyncio.Lock()
+        self._adv_lock = asyncio.Lock()
+        self._adv_data: bytes | None = None
+        self._adv_set: AdvertisingSet | None = None
+        self._accept_queue: asyncio.Queue[BleLink | None] = asyncio.Queue()
+        self._host_sides: dict[int, _HostSide] = {}
+        self._pairing_configs: dict[int, PairingConfig] = {}
+        self._connect_lock = asyncio.Lock()
+        self._expected_peer: hci.Address | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._psm = 0
+        self._rx_char: Characteristic[bytes] | None = None
+        self._tx_char: Characteristic[bytes] | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def open(self) -> BumbleTransport:
+        """Open the HCI transport (or make the virtual controller) and power the device on."""
+        if self._closed:
+            raise TransportError("this Bluetooth transport is closed")
+        if self._device is not None:
+            return self
+        config = self._config
+        what = f"opening the Bluetooth controller {self._spec!r}"
+        address = config.address or random_static_address(self._rng)
+        try:
+            if self._spec == "virtual":
+                radio = self._radio or default_radio()
+                self._radio = radio
+                controller = radio.create_controller(config.name)
+                self._controller = controller
+                host = Host(controller_source=controller, controller_sink=AsyncPipeSink(controller))
+            else:
+                self._hci = await guarded(
+                    open_transport(bumble_transport_spec(self._spec)),
+                    what=what,
+                    timeout=config.open_timeout,
+                )
+                host = Host(controller_source=self._hci.source, controller_sink=self._hci.sink)
+            device = Device(name=config.name, address=hci.Address(address), host=host)
+            self._device = device
+            self._setup_device(device)
+            await guarded(device.power_on(), what=what, timeout=config.open_timeout)
+        except BaseException:
+            await self._release()
+            self._device = None
+            self._controller = None
+            raise
+        logger.debug("bumble device %s up on %s", address, self._spec)
+        return self
+
+    async def close(self) -> None:
+        """Disconnect every peer, power off and close the HCI transport; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for queue in self._scan_queues:
+            _put_latest(queue, None)
+        self._accept_queue.put_nowait(None)
+        device = self._device
+        if device is not None and device.powered_on:
+            timeout = self._config.close_timeout
+            with contextlib.suppress(PairingError):
+                await guarded(self._stop_advertising_now(), what="stopping", timeout=timeout)
+            disconnects = [
+                guarded(c.disconnect(), what="disconnecting", timeout=timeout)
+                for c in list(device.connections.values())
+            ]
+            await asyncio.gather(*disconnects, return_exceptions=True)
+            with contextlib.suppress(PairingError):
+                await guarded(device.power_off(), what="powering off", timeout=timeout)
+        await self._release()
+
+    async def _release(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._controller is not None and self._radio is not None:
+            self._radio.unplug(self._controller)
+        if self._hci is not None:
+            hci_transport, self._hci = self._hci, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(hci_transport.close(), self._config.close_timeout)
+
+    async def __aenter__(self) -> BumbleTransport:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def config(self) -> BumbleConfig:
+        return self._config
+
+    @property
+    def address(self) -> str:
+        """This device's current random static address."""
+        return str(self._require_device().random_address)
+
+    @property
+    def device(self) -> Device:
+        """The bumble device (for diagnostics and tests)."""
+        return self._require_device()
+
+    @property
+    def controller(self) -> Controller | None:
+        """The virtual controller, when the transport is ``virtual``."""
+        return self._controller
+
+    @property
+    def radio(self) -> VirtualRadio | None:
+        return self._radio
+
+    # -- Advertiser ------------------------------------------------------------------------
+
+    @property
+    def max_payload(self) -> int:
+        """Largest hello this advertiser carries: 10 bytes legacy, 208 extended."""
+        return max_payload(self._config.extended_advertising)
+
+    async def start_advertising(self, payload: bytes) -> None:
+        """Advertise ``payload`` (connectable) until stopped; replaces a running hello."""
+        device = self._require_device()
+        extended = self._config.extended_advertising
+        data = encode_advertising_data(bytes(payload), extended=extended)
+        if extended and not device.supports_le_extended_advertising:
+            raise UnsupportedError("this Bluetooth controller has no extended advertising")
+        async with self._adv_lock:
+            self._adv_data = data
+            await self._apply_advertising()
+
+    async def stop_advertising(self) -> None:
+        self._require_device()
+        async with self._adv_lock:
+            self._adv_data = None
+            await self._stop_advertising()
+
+    async def rotate_address(self, rng: Rng | None = None) -> str:
+        """Move to a new random static address and re-advertise; returns the new address.
+
+        Links already open keep working.  Real controllers refuse while this device scans or
+        connects (Core Vol 4 Part E §7.8.4), which raises :class:`TransportError`.
+        """
+        device = self._require_device()
+        new = hci.Address(random_static_address(rng or self._rng))
+        async with self._adv_lock:
+            await self._stop_advertising()
+            try:
+                await guarded(
+                    device.send_sync_command(
+                        hci.HCI_LE_Set_Random_Address_Command(random_address=new)
+                    ),
+                    what="changing the Bluetooth address",
+                    timeout=self._config.open_timeout,
+                )
+            except TransportError as exc:
+                raise TransportError(f"{exc} (stop scanning and connecting first)") from exc
+            device.random_address = new
+            device.static_address = new
+            if self._adv_data is not None:
+                await self._apply_advertising()
+        return str(new)
+
+    async def _apply_advertising(self) -> None:
+        # Called with _adv_lock held.
+        device = self._require_device()
+        data = self._adv_data
+        await self._stop_advertising()
+        if data is None:
+            return
+        interval = self._config.advertising_interval_ms
+        if self._config.extended_advertising:
+            parameters = AdvertisingParameters(
+                advertising_event_properties=AdvertisingEventProperties(
+                    is_connectable=True, is_scannable=False, is_legacy=False
+                ),
+                primary_advertising_interval_min=interval,
+                primary_advertising_interval_max=interval,
+                own_address_type=hci.OwnAddressType.RANDOM,
+            )
+            self._adv_set = await guarded(
+                device.create_advertising_set(
+                    advertising_parameters=parameters,
+                    random_address=device.random_address,
+                    advertising_data=data,
+                    auto_start=True,
+                ),
+                what="starting extended advertising",
+                timeout=self._config.open_timeout,
+            )
+        else:
+            await guarded(
+                device.start_advertising(
+                    advertising_type=AdvertisingType.UNDIRECTED_CONNECTABLE_SCANNABLE,
+                    own_address_type=hci.OwnAddressType.RANDOM,
+                    advertising_data=data,
+                    scan_response_data=b"",
+                    advertising_interval_min=interval,
+                    advertising_interval_max=interval,
+                ),
+                what="starting advertising",
+                timeout=self._config.open_timeout,
+            )
+
+    async def _stop_advertising(self) -> None:
+        # Called with _adv_lock held.
+        device = self._require_device()
+        timeout = self._config.open_timeout
+        adv_set, self._adv_set = self._adv_set, None
+        if adv_set is not None:
+            if adv_set.enabled:
+                await guarded(adv_set.stop(), what="stopping advertising", timeout=timeout)
+            await guarded(adv_set.remove(), what="stopping advertising", timeout=timeout)
+        if device.legacy_advertising_set is not None or device.legacy_advertiser is not None:
+            await guarded(device.stop_advertising(), what="stopping advertising", timeout=timeout)
+
+    async def _stop_advertising_now(self) -> None:
+        async with self._adv_lock:
+            self._adv_data = None
+            await self._stop_advertising()
+
+    async def _readvertise(self) -> None:
+        # A connection ends connectable advertising (Core Vol 6 Part B §4.4.2.2); keep
+        # advertising while a hello is up so more guests can come.
+        async with self._adv_lock:
+            device = self._device
+            if self._adv_data is None or device is None or device.is_advertising:
+                return
+            try:
+                await self._apply_advertising()
+            except PairingError as exc:
+                logger.warning("could not advertise again after a connection: %s", exc)
+
+    # -- Scanner ---------------------------------------------------------------------------
+
+    def scan(self, timeout: float) -> AsyncIterator[Sighting]:
+        """Yield pairkit hellos heard during ``timeout`` seconds (duplicates allowed)."""
+        if timeout < 0:
+            raise ConfigError("the scan timeout must not be negative")
+        return self._scan(timeout)
+
+    async def _scan(self, timeout: float) -> AsyncIterator[Sighting]:
+        self._require_device()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        queue: asyncio.Queue[Sighting | None] = asyncio.Queue(maxsize=_SCAN_QUEUE)
+        self._scan_queues.add(queue)
+        try:
+            await self._scan_user(+1)
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                try:
+                    sighting = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    return
+                if sighting is None:
+                    return  # the transport closed
+                yield sighting
+        finally:
+            self._scan_queues.discard(queue)
+            await self._scan_user(-1)
+
+    async def _scan_user(self, delta: int) -> None:
+        device = self._device
+        if device is None:
+            return
+        async with self._scan_lock:
+            config = self._config
+            if delta > 0:
+                if self._scan_users == 0 and not device.is_scanning:
+                    await guarded(
+                        device.start_scanning(
+                            active=False,
+                            filter_duplicates=False,
+                            scan_interval=config.scan_interval_ms,
+                            scan_window=config.scan_window_ms,
+                        ),
+                        what="starting to scan",
+                        timeout=config.open_timeout,
+                    )
+                self._scan_users += 1
+                return
+            self._scan_users = max(0, self._scan_users + delta)
+            if self._scan_users == 0 and device.is_scanning and not self._closed:
+                with contextlib.suppress(PairingError):
+                    await guarded(
+                        device.stop_scanning(),
+                        what="stopping the scan",
+                        timeout=config.close_timeout,
+                    )
+
+    def _on_advertisement(self, advertisement: Advertisement) -> None:
+        parsed = parse_advertising_data(advertisement.data_bytes)
+        if parsed.malformed:
+            self.stats["garbage"] += 1
+            return
+        if parsed.payload is None:
+            self.stats["ignored"] += 1
+            return
+        self.stats["hellos"] += 1
+        rssi = advertisement.rssi
+        sighting = Sighting(
+            address=str(advertisement.address),
+            payload=parsed.payload,
+            rssi=None if rssi == Advertisement.RSSI_NOT_AVAILABLE else rssi,
+            name=parsed.name,
+        )
+        for queue in self._scan_queues:
+            try:
+                queue.put_nowait(sighting)
+            except asyncio.QueueFull:
+                self.stats["dropped"] += 1
+
+    # -- Listener (host) -----------------------------------------------------------------
+
+    async def accept(self, timeout: float | None = None) -> BleLink:
+        """The next guest's link; :class:`PairingTimeout` when none comes within ``timeout``."""
+        self._require_device()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            try:
+                if deadline is None:
+                    link = await self._accept_queue.get()
+                else:
+                    link = await asyncio.wait_for(
+                        self._accept_queue.get(), max(0.0, deadline - loop.time())
+                    )
+            except TimeoutError:
+                raise PairingTimeout(f"no guest connected within {timeout:g} s") from None
+            if link is None:
+                self._accept_queue.put_nowait(None)  # wake the other acceptors too
+                raise LinkClosedError("the Bluetooth transport is closed")
+            if link.closed and not link.buffered:
+                continue  # a guest that came and went, leaving nothing to read
+            return link
+
+    def _on_connection(self, connection: Connection) -> None:
+        handle = connection.handle
+
+        def forget(_reason: int) -> None:
+            self._host_sides.pop(handle, None)
+            self._pairing_configs.pop(handle, None)
+
+        connection.on(connection.EVENT_DISCONNECTION, forget)
+        if connection.role == hci.Role.PERIPHERAL:
+            self._host_sides[handle] = _HostSide(connection)
+            self._spawn(self._readvertise())
+            if self._controller is None:
+                self._spawn(self._request_data_length(connection))
+        elif self._expected_peer is None:
+            # A connect that was given up on completed after all: nobody wants it.  (Connects
+            # are serialised, so while one is under way a new central connection is its own.)
+            self._spawn(self._drop(connection))
+
+    def _on_subscription(
+        self,
+        connection: Connection,
+        characteristic: Characteristic[Any],
+        notify_enabled: bool,
+        _indicate_enabled: bool,
+    ) -> None:
+        if characteristic is not self._tx_char:
+            return
+        side = self._host_sides.get(connection.handle)
+        if side is None:
+            return
+        if not notify_enabled:
+            if isinstance(side.link, GattLink):
+                side.link.on_unsubscribed()
+            return
+        if side.link is not None:
+            return
+        link = GattLink(
+            connection,
+            guest=False,
+            options=self._config.link_options,
+            tx_characteristic=self._tx_char,
+            set_pairing_config=self._set_pairing_config,
+        )
+        for data in side.early:
+            link.feed(data)
+        side.early.clear()
+        side.link = link
+        self._accept_queue.put_nowait(link)
+
+    def _on_rx_write(self, connection: Connection, value: bytes) -> None:
+        side = self._host_sides.get(connection.handle)
+        if side is None:
+            return
+        if isinstance(side.link, GattLink):
+            side.link.feed(value)
+        elif side.link is None and side.early_bytes + len(value) <= _EARLY_LIMIT:
+            side.early.append(bytes(value))
+            side.early_bytes += len(value)
+
+    def _on_l2cap_channel(self, channel: l2cap.LeCreditBasedChannel) -> None:
+        connection = channel.connection
+        side = self._host_sides.get(connection.handle)
+        if side is None or side.link is not None:
+            # One link per connection: a second channel has nothing to carry.
+            self._spawn(_quietly(channel.disconnect(), self._config.close_timeout))
+            return
+        link = L2capLink(
+            connection,
+            channel,
+            guest=False,
+            options=self._config.link_options,
+            set_pairing_config=self._set_pairing_config,
+        )
+        side.link = link
+        self._accept_queue.put_nowait(link)
+
+    # -- Connector (guest) ---------------------------------------------------------------
+
+    async def connect(self, address: str, timeout: float) -> BleLink:
+        """Connect to a host and open a link (L2CAP when both prefer it, else GATT)."""
+        device = self._require_device()
+        try:
+            peer = hci.Address(address)
+        except (ValueError, core.InvalidArgumentError) as exc:
+            raise ConfigError(f"{address!r} is not a Bluetooth address") from exc
+        if timeout <= 0:
+            raise ConfigError("the connect timeout must be positive")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await asyncio.wait_for(self._connect_lock.acquire(), timeout)
+        except TimeoutError:
+            raise PairingTimeout(
+                f"connecting to {peer}: this device was busy connecting elsewhere for {timeout:g} s"
+            ) from None
+        before = set(device.connections)
+        try:
+            self._expected_peer = peer
+            remaining = max(0.001, deadline - loop.time())
+            try:
+                connection = await guarded(
+                    device.connect(
+                        peer,
+                        transport=core.PhysicalTransport.LE,
+                        own_address_type=hci.OwnAddressType.RANDOM,
+                        timeout=remaining,
+                    ),
+                    what=f"connecting to {peer}",
+                    timeout=remaining + _CANCEL_GRACE,
+                )
+            except BaseException as exc:
+                # The connection may have completed just as the attempt was cancelled.
+                for handle, orphan in list(device.connections.items()):
+                    if handle not in before and orphan.role == hci.Role.CENTRAL:
+                        self._spawn(self._drop(orphan))
+                if isinstance(exc, PairingTimeout):
+                    raise PairingTimeout(
+                        f"{peer} did not answer within {timeout:g} s "
+                        "(out of range, or not advertising)"
+                    ) from None
+                raise
+        finally:
+            self._expected_peer = None
+            self._connect_lock.release()
+        try:
+            return await self._open_guest_link(connection, deadline)
+        except BaseException:
+            await self._drop(connection)
+            raise
+
+    async def _open_guest_link(self, connection: Connection, deadline: float) -> BleLink:
+        loop = asyncio.get_running_loop()
+        config = self._config
+        lost: asyncio.Future[str] = loop.create_future()
+
+        def on_disconnection(reason: int) -> None:
+            if not lost.done():
+                lost.set_result(describe_reason(reason))
+
+        connection.on(connection.EVENT_DISCONNECTION, on_disconnection)
+        peer = connection.peer_address
+
+        def step() -> float:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise PairingTimeout(f"setting up the link to {peer} took too long")
+            return min(config.gatt_timeout, remaining)
+
+        try:
+            if self._controller is None:
+                await self._request_data_length(connection)
+            client = connection.gatt_client
+            await guarded(
+                client.request_mtu(config.att_mtu),
+                what="exchanging the ATT MTU",
+                timeout=step(),
+                lost=lost,
+            )
+            services = await guarded(
+                client.discover_service(_SERVICE),
+                what="looking for pairkit's GATT service",
+                timeout=step(),
+                lost=lost,
+            )
+            if not services:
+                raise UnsupportedError(f"{peer} does not offer pairkit's GATT service")
+            characteristics = await guarded(
+                client.discover_characteristics([], services[0]),
+                what="discovering pairkit's GATT characteristics",
+                timeout=step(),
+                lost=lost,
+            )
+            by_uuid = {c.uuid: c for c in characteristics}
+            rx, tx, psm = by_uuid.get(_RX), by_uuid.get(_TX), by_uuid.get(_PSM)
+            if rx is None or tx is None:
+                raise UnsupportedError(f"{peer} offers an incomplete pairkit GATT service")
+            if config.prefer_l2cap and psm is not None:
+                link = await self._try_l2cap(connection, psm, step, lost)
+                if link is not None:
+                    return link
+            gatt_link = GattLink(
+                connection,
+                guest=True,
+                options=config.link_options,
+                rx_handle=rx.handle,
+                set_pairing_config=self._set_pairing_config,
+            )
+            await guarded(
+                client.subscribe(tx, gatt_link.on_notification),
+                what="subscribing to pairkit's notifications",
+                timeout=step(),
+                lost=lost,
+            )
+            return gatt_link
+        finally:
+            connection.remove_listener(connection.EVENT_DISCONNECTION, on_disconnection)
+
+    async def _try_l2cap(
+        self,
+        connection: Connection,
+        psm_characteristic: Any,
+        step: Callable[[], float],
+        lost: asyncio.Future[str],
+    ) -> L2capLink | None:
+        config = self._config
+        raw = await guarded(
+            connection.gatt_client.read_value(psm_characteristic),
+            what="reading the host's L2CAP PSM",
+            timeout=step(),
+            lost=lost,
+        )
+        psm = int.from_bytes(raw[:2], "little") if len(raw) >= 2 else 0
+        if psm == 0:
+            return None
+        spec = l2cap.LeCreditBasedChannelSpec(
+            psm=psm, mtu=config.l2cap_mtu, mps=config.l2cap_mps, max_credits=config.l2cap_credits
+        )
+        opening = asyncio.ensure_future(connection.create_l2cap_channel(spec=spec))
+        # One turn of the loop sends the request; tap the channel before the answer comes.
+        await asyncio.sleep(0)
+        tap_pending_channels(connection, psm)
+        try:
+            channel = await guarded(
+                opening,
+                what="opening the L2CAP channel",
+                timeout=step(),
+                lost=lost,
+            )
+        except (LinkClosedError, PairingTimeout):
+            # Lost, or no answer: the host may yet open the channel, so GATT would be ambiguous.
+            raise
+        except TransportError as exc:
+            logger.info("L2CAP refused (%s); falling back to GATT", exc)
+            return None
+        return L2capLink(
+            connection,
+            channel,
+            guest=True,
+            options=config.link_options,
+            set_pairing_config=self._set_pairing_config,
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _setup_device(self, device: Device) -> None:
+        config = self._config
+        self._rx_char = Characteristic(
+            str(PAIRKIT_RX_CHAR_UUID),
+            Characteristic.Properties.WRITE_WITHOUT_RESPONSE | Characteristic.Properties.WRITE,
+            Characteristic.WRITEABLE,
+            CharacteristicValue(write=self._on_rx_write),
+        )
+        self._tx_char = Characteristic(
+            str(PAIRKIT_TX_CHAR_UUID),
+            Characteristic.Properties.NOTIFY,
+            Characteristic.READABLE,
+            b"",
+        )
+        psm_char: Characteristic[bytes] = Characteristic(
+            str(PAIRKIT_PSM_CHAR_UUID),
+            Characteristic.Properties.READ,
+            Characteristic.READABLE,
+            CharacteristicValue(read=lambda _connection: self._psm.to_bytes(2, "little")),
+        )
+        device.add_service(
+            Service(str(PAIRKIT_SERVICE_UUID), [self._rx_char, self._tx_char, psm_char])
+        )
+        device.gatt_server.max_mtu = config.att_mtu
+        if config.prefer_l2cap:
+            self._psm = self._start_l2cap_server(device)
+        device.on(device.EVENT_CONNECTION, self._on_connection)
+        device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
+        device.on("characteristic_subscription", self._on_subscription)
+        device.pairing_config_factory = self._pairing_config_for
+
+    def _start_l2cap_server(self, device: Device) -> int:
+        config = self._config
+        for psm in (PAIRKIT_L2CAP_PSM, None):
+            spec = l2cap.LeCreditBasedChannelSpec(
+                psm=psm,
+                mtu=config.l2cap_mtu,
+                mps=config.l2cap_mps,
+                max_credits=config.l2cap_credits,
+            )
+            try:
+                server = device.create_l2cap_server(spec=spec, handler=self._on_l2cap_channel)
+            except core.BaseBumbleError:
+                continue
+            return server.psm
+        return 0
+
+    def _pairing_config_for(self, connection: Connection) -> PairingConfig:
+        chosen = self._pairing_configs.get(connection.handle)
+        return chosen or pairing_config(self._config.pairing_delegate)
+
+    def _set_pairing_config(self, connection: Connection, config: PairingConfig) -> None:
+        self._pairing_configs[connection.handle] = config
+
+    async def _request_data_length(self, connection: Connection) -> None:
+        # LE Data Length Extension (Core Vol 6 Part B §4.5.10): 251-byte ACL payloads are
+        # 4-6x faster than 27.  Not every controller agrees; that is no reason to fail.
+        with contextlib.suppress(PairingError, core.BaseBumbleError):
+            await guarded(
+                connection.set_data_length(251, 2120),
+                what="asking for longer data packets",
+                timeout=self._config.close_timeout,
+            )
+
+    async def _drop(self, connection: Connection) -> None:
+        device = self._device
+        if device is not None and connection.handle in device.connections:
+            await _quietly(connection.disconnect(), self._config.close_timeout)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _require_device(self) -> Device:
+        if self._closed:
+            raise LinkClosedError("the Bluetooth transport is closed")
+        if self._device is None or not self._device.powered_on:
+            raise TransportError("the Bluetooth transport is not open (use 'async with' or open())")
+        return self._device
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._device else "new")
+        return f"<BumbleTransport {self._spec} {state}>"
+
+
+def _put_latest(queue: asyncio.Queue[Sighting | None], item: Sighting | None) -> None:
+    while True:
+        try:
+            queue.put_nowait(item)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()
+
+
+async def _quietly(awaitable: Any, timeout: float) -> None:
+    with contextlib.suppress(PairingError):
+        await guarded(awaitable, what="cleaning up", timeout=timeout)
+
+
+async def open_bumble(spec: str, **kwargs: Any) -> BumbleTransport:
+    """Entry point for ``bumble:<spec>`` transport names; returns an open transport.
+
+    ``spec`` is ``virtual`` or a bumble HCI transport name (``usb:0``, ``hci-socket:0``,
+    ``serial:/dev/ttyACM0,1000000`` or ``serial:/dev/ttyACM0:1000000``,
+    ``tcp-client:127.0.0.1:PORT``).  Keywords: ``config`` (a :class:`BumbleConfig`),
+    ``radio`` (a :class:`VirtualRadio`), ``rng``, or any :class:`BumbleConfig` field.
+    """
+    config = kwargs.pop("config", None)
+    radio = kwargs.pop("radio", None)
+    rng = kwargs.pop("rng", os.urandom)
+    if kwargs:
+        try:
+            config = dataclasses.replace(config or BumbleConfig(), **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"unknown bumble transport option: {exc}") from exc
+    transport = BumbleTransport(spec or "virtual", config=config, radio=radio, rng=rng)
+    return await transport.open()
