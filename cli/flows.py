@@ -37,6 +37,7 @@ from pairing.service import GrantPolicy, Membership
 
 from . import store
 from .common import CliDelegate, info
+from .presence import Presence, is_ble_address
 from .service import ServeStats, receive_membership, say_bye, serve_guest
 
 #: what a side does once the session is confirmed and the membership known
@@ -64,6 +65,8 @@ class HostOptions:
     share: Path | None = None
     #: how long a guest grant given with --yes lasts
     guest_seconds: int = 3600
+    #: seconds strangers may see and join this host (broadcasting transports); None: private
+    visible: float | None = None
 
 
 def result_json(session: Session, membership: Membership | None = None) -> dict[str, Any]:
@@ -116,9 +119,19 @@ async def run_host(
         return store.peer_grant(ks, device_id, time.time())
 
     transport = transport_obj or await open_transport(opts.transport)
-    listener = await transport.listen()
-    address = getattr(listener, "address", opts.transport)
+    listener = await transport.listen() if hasattr(transport, "listen") else transport
+    address = getattr(listener, "address", None) or getattr(transport, "address", opts.transport)
     quiet = opts.quiet
+    presence = Presence(
+        transport, ks, opts.methods, visible_for=opts.visible,
+        l2cap=bool(getattr(getattr(transport, "config", None), "prefer_l2cap", False)),
+        on_change=lambda text: info(text, quiet=quiet),
+    )
+    await presence.start()
+    if presence.can_broadcast:
+        window = (f"visible to strangers for {opts.visible:g} s" if opts.visible
+                  else "private: only members of its cloud can find it (--visible SECONDS)")
+        info(f"broadcasting a hello; {window}", quiet=quiet)
     fp = store.key_fingerprint(me.static_public)
     info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet)
 
@@ -158,7 +171,7 @@ async def run_host(
             pipe = MessagePipe(link)
             cloud = CloudHost(
                 clouds=clouds, mac=mac, now=loop.time(), known_grant=known_grant,
-                timeout=opts.step_timeout,
+                open_to_strangers=lambda: presence.visible, timeout=opts.step_timeout,
             )
             await drive(cloud, pipe, delegate=delegate)
             machine = HostPairing(
@@ -239,8 +252,10 @@ async def run_host(
                 await accept
         for task in list(tasks):
             task.cancel()
-        with contextlib.suppress(Exception):
-            await listener.close()
+        await presence.stop()
+        if listener is not transport:
+            with contextlib.suppress(Exception):
+                await listener.close()
         if transport_obj is None:
             with contextlib.suppress(Exception):
                 await transport.close()
@@ -285,21 +300,34 @@ class JoinOptions:
     clouds: tuple[str, ...] | None = None
 
 
-def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, KnownPeer | None]:
-    """(transport spec, known peer or None) for ``TARGET``."""
+def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, str | None, KnownPeer | None]:
+    """(transport spec, address on it, known peer or None) for ``TARGET``."""
     target = opts.target
-    if target.startswith(("tcp:", "loopback", "bumble:", "bleak")):
-        return opts.transport or target, None
+    if target.startswith(("tcp:", "loopback")):
+        return opts.transport or target, None, None
+    if target.startswith(("bumble:", "bleak")):
+        raise ConfigError(
+            f"{target!r} names a radio, not a device: give the host's BLE address from "
+            f"'pairkit discover --transport {target}' and --transport {target}"
+        )
+    if is_ble_address(target):
+        if not opts.transport:
+            raise ConfigError(
+                "to reach a BLE address, say through which radio: --transport bumble:usb:0, "
+                "bumble:tcp-client:HOST:PORT or bleak"
+            )
+        return opts.transport, target.upper(), None
     peer = store.find_peer(ks, target)
     if peer is None:
         raise NotFoundError(
             f"no known peer or transport called {target!r}; use tcp:HOST:PORT, a BLE address "
             "from 'pairkit discover', or a name from 'pairkit peers'"
         )
-    spec = opts.transport or store.peer_address(ks, peer)
+    spec, address = store.peer_contact(ks, peer)
+    spec = opts.transport or spec
     if not spec:
         raise NotFoundError(f"no address is known for {peer.name}; give --transport")
-    return spec, peer
+    return spec, (address if not spec.startswith(("tcp:", "loopback")) else None), peer
 
 
 async def run_join(
@@ -313,7 +341,8 @@ async def run_join(
     """Connect, check the cloud, pair, confirm, store; the session and the guest's role."""
     from transports.registry import open_transport
 
-    spec, peer = resolve_target(ks, opts)
+    spec, found_address, peer = resolve_target(ks, opts)
+    address = address or found_address
     method = opts.method or (Method.RESUME if peer is not None else None)
     if method is None:
         method = Method.QR if opts.qr is not None else Method.PIN
@@ -332,6 +361,10 @@ async def run_join(
     try:
         link = await transport.connect(address, timeout=opts.connect_timeout)
         try:
+            if method is Method.CLEAR and not link.encrypted and hasattr(link, "encrypt"):
+                # BLE: turn on LE Secure Connections first, so 'clear' runs over an
+                # encrypted link (method b); over links that cannot, 'clear' is refused.
+                await link.encrypt()
             loop = asyncio.get_running_loop()
             pipe = MessagePipe(link)
             mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))

@@ -208,6 +208,9 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
               help="Also write the QR code to this PNG file.")
 @click.option("--share", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Share this folder: guests may list it and fetch its files.")
+@click.option("--visible", "visible", type=float, default=None, metavar="SECONDS",
+              help="On BLE: let strangers see and join this host for SECONDS (private "
+                   "otherwise: only members of its cloud recognise it).")
 @click.option("--guest-hours", default=1.0, show_default=True,
               help="How long a guest allowed with --yes (or 'g' at the prompt) keeps access.")
 @click.option("--allow-insecure", is_flag=True,
@@ -218,8 +221,8 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
               help="Seconds to wait for each message from a guest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
 def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path | None,
-         share: Path | None, guest_hours: float, allow_insecure: bool, once: bool, yes: bool,
-         timeout: float, as_json: bool) -> None:
+         share: Path | None, visible: float | None, guest_hours: float, allow_insecure: bool,
+         once: bool, yes: bool, timeout: float, as_json: bool) -> None:
     """Wait for guests, pair with them, and serve the shared folder.
 
     Shows a PIN (method pin) and a QR code (method qr). A guest that is not a member of this
@@ -236,7 +239,7 @@ def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path
     opts = HostOptions(
         transport=transport, methods=chosen, pin=pin, yes=yes, once=once, json=as_json,
         allow_insecure=allow_insecure, qr_png=qr_png, step_timeout=timeout, share=share,
-        guest_seconds=max(1, int(guest_hours * 3600)),
+        guest_seconds=max(1, int(guest_hours * 3600)), visible=visible,
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
 
@@ -299,6 +302,79 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         click.echo(f"paired with {session.peer.name} by {session.method.label} "
                    f"({role_text(membership)})")
         click.echo(f"session {session.fingerprint}")
+
+
+@cli.command()
+@click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
+              help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ...")
+@click.option("--timeout", default=3.0, show_default=True, help="Seconds to listen.")
+@click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
+def discover(transport: str, timeout: float, as_json: bool) -> None:
+    """List the pairkit hosts around: your clouds' devices by cloud, then strangers.
+
+    Hosts of your clouds are recognised by their rotating hello tag; other hosts appear only
+    while their owner has opened a visibility window (private ones are listed as such).
+    Join one with: pairkit join ADDRESS --transport T.
+    """
+    from transports.registry import open_transport
+
+    from .presence import discover as scan
+
+    ks = unlock()
+
+    async def go() -> tuple[list[Any], int]:
+        t = await open_transport(transport)
+        try:
+            return await scan(t, ks, timeout)
+        finally:
+            await t.close()
+
+    found, garbage = run_async(go)
+    if as_json:
+        emit_json({"devices": [f.as_json() for f in found]})
+        return
+    if not found:
+        info(f"no pairkit host heard in {timeout:g} s")
+    cloud = object()
+    for f in found:
+        if f.cloud_name != cloud:
+            cloud = f.cloud_name
+            click.echo(f"{cloud}:" if cloud else "strangers:")
+        methods = ",".join(sorted(m.label for m in f.hello.methods)) or "-"
+        state = "joinable" if f.hello.visible else "private"
+        name = f.name or "(name given on connection)"
+        click.echo(f"  {f.address:<20} rssi {f.rssi if f.rssi is not None else '?':>4}  "
+                   f"{state:<9} {methods:<28} {name}")
+    if garbage:
+        info(f"({garbage} malformed hello(s) ignored)")
+
+
+@cli.command()
+@click.option("--ports", "-p", "first", required=True, metavar="P1 P2 ...",
+              help="One TCP port per virtual controller (0 picks a free port).")
+@click.argument("more", nargs=-1, metavar="")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def radio(first: str, more: tuple[str, ...], host: str) -> None:
+    """Linked virtual BLE controllers, one per TCP port, until interrupted.
+
+    \b
+    Two or more pairkit processes on one machine then talk real BLE through bumble:
+      pairkit radio --ports 7001 7002
+      pairkit host -t bumble:tcp-client:127.0.0.1:7001 --visible 600 ...
+      pairkit discover -t bumble:tcp-client:127.0.0.1:7002
+    """
+    from transports.radio import serve_radio
+
+    try:
+        ports = [int(p) for p in (first, *more) for p in p.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError("ports are numbers: --ports 7001 7002") from None
+    if len(ports) < 2 or not all(0 <= p <= 65535 for p in ports):
+        raise ConfigError("a radio needs at least two ports from 0 to 65535: --ports P1 P2")
+    try:
+        run_async(lambda: serve_radio(list(ports), host))
+    except KeyboardInterrupt:
+        info("radio stopped")
 
 
 def _peer_options(f: Any) -> Any:

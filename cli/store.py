@@ -60,10 +60,15 @@ def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:
         return None
 
 
-def peer_address(ks: Keystore, peer: KnownPeer) -> str | None:
+def peer_contact(ks: Keystore, peer: KnownPeer) -> tuple[str | None, str | None]:
+    """(transport spec, address) where the peer was last reached."""
     record = ks.get_peer(peer.device_id.hex())
-    value = record.extra.get("transport")
-    return value if isinstance(value, str) else None
+    spec = record.extra.get("transport")
+    address = record.extra.get("address")
+    return (
+        spec if isinstance(spec, str) else None,
+        address if isinstance(address, str) else None,
+    )
 
 
 def save_session(

@@ -234,6 +234,7 @@ class CloudHost(Machine):
         mac: CloudMac,
         now: float,
         known_grant: Callable[[bytes], Grant | None] = lambda _id: None,
+        open_to_strangers: Callable[[], bool] = lambda: True,
         timeout: float = 30.0,
         rng: Rng = os.urandom,
     ) -> None:
@@ -241,6 +242,7 @@ class CloudHost(Machine):
         self.clouds = clouds
         self._mac = mac
         self._known_grant = known_grant
+        self._open = open_to_strangers
         #: a device id the guest claimed; the pairing that follows must prove it
         self.claimed: bytes | None = None
         self.timeout = timeout
@@ -289,6 +291,11 @@ class CloudHost(Machine):
             self._send(JoinVerdict(known.role, known.seconds))
             self._finish()
             return
+        if not self._open():
+            raise RefusedError(
+                "this host is not open to new devices now; ask its owner to open a "
+                "visibility window (pairkit host --visible SECONDS)"
+            )
         self.state = S_ASK
         self._expect_by(None)
         self._emit(AllowJoin(name=msg.name, wants=msg.wants))

@@ -1,0 +1,164 @@
+"""Being found and finding: the host's hello broadcast and the guest's discovery.
+
+The host advertises a hello (``docs/hello.md``) on transports that can broadcast (BLE, loopback).
+It is private by default: outside a visibility window the hello says "not visible", only members
+of its cloud recognise it, and strangers who connect anyway are refused.  ``--visible SECONDS``
+opens a window that closes on its own.  The tag and, on BLE, the random address rotate at least
+every 15 minutes and whenever the window opens or closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pairing.errors import DecodeError
+from pairing.hello import EPOCH_SECONDS, Hello, decode_hello, make_tag, match_tag
+from pairing.keystore import Keystore
+from pairing.negotiation import ALL_CAPS, Method
+
+TAG_INFO = b"pairkit/1 hello tag"
+BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}(/P)?$")
+
+
+def tag_keys(ks: Keystore) -> dict[str, bytes]:
+    """The hello-tag key of every cloud this device is in (derived inside the keystore)."""
+    return {c.cloud_id: ks.cloud_kdf(c.cloud_id, TAG_INFO, 32) for c in ks.clouds()}
+
+
+def home_cloud(ks: Keystore) -> str | None:
+    """The cloud whose tag this device's hello carries: the one it owns, else its first."""
+    clouds = ks.clouds()
+    owned = [c.cloud_id for c in clouds if c.role == "owner"]
+    return owned[0] if owned else (clouds[0].cloud_id if clouds else None)
+
+
+def is_ble_address(text: str) -> bool:
+    return bool(BLE_ADDRESS.match(text))
+
+
+class Presence:
+    """The host's broadcast: the hello, the visibility window and rotation."""
+
+    def __init__(
+        self,
+        transport: Any,
+        ks: Keystore,
+        methods: frozenset[Method],
+        *,
+        visible_for: float | None,
+        l2cap: bool = False,
+        wall_clock: Callable[[], float] = time.time,
+        rotate_every: float = EPOCH_SECONDS,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.methods = methods
+        self.l2cap = l2cap
+        self.wall_clock = wall_clock
+        self.rotate_every = rotate_every
+        self.on_change = on_change
+        cloud = home_cloud(ks)
+        self._key = tag_keys(ks).get(cloud) if cloud else None
+        self.can_broadcast = hasattr(transport, "start_advertising")
+        # Without a broadcast (TCP) the address is given out by hand: always visible.
+        self.visible_until: float | None = (
+            None if not self.can_broadcast else wall_clock() + (visible_for or 0.0)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def visible(self) -> bool:
+        return self.visible_until is None or self.wall_clock() < self.visible_until
+
+    def hello(self) -> Hello:
+        return Hello(
+            visible=self.visible, caps=ALL_CAPS, methods=self.methods,
+            tag=make_tag(self._key, self.wall_clock()), l2cap=self.l2cap,
+        )
+
+    async def start(self) -> None:
+        if not self.can_broadcast:
+            return
+        await self.transport.start_advertising(self.hello().encode())
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        was_visible = self.visible
+        next_rotation = self.wall_clock() + self.rotate_every
+        while True:
+            now = self.wall_clock()
+            wake = next_rotation
+            if was_visible and self.visible_until is not None:
+                wake = min(wake, self.visible_until)
+            await asyncio.sleep(max(0.05, wake - now))
+            changed = self.visible != was_visible
+            if changed or self.wall_clock() >= next_rotation:
+                await self._rotate()
+                next_rotation = self.wall_clock() + self.rotate_every
+                if changed and self.on_change is not None:
+                    self.on_change("visibility window closed: strangers no longer see this host")
+                was_visible = self.visible
+
+    async def _rotate(self) -> None:
+        """A new tag, and on BLE a new random address, together (docs/hello.md "Privacy")."""
+        rotate = getattr(self.transport, "rotate_address", None)
+        if rotate is not None:
+            with contextlib.suppress(Exception):
+                await rotate()
+        await self.transport.start_advertising(self.hello().encode())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.can_broadcast:
+            with contextlib.suppress(Exception):
+                await self.transport.stop_advertising()
+
+
+@dataclasses.dataclass
+class Found:
+    address: str
+    hello: Hello
+    rssi: int | None
+    name: str | None
+    cloud: str | None
+    cloud_name: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "name": self.name,
+            "rssi": self.rssi,
+            "methods": sorted(m.label for m in self.hello.methods),
+            "visible": self.hello.visible,
+            "cloud": self.cloud_name,
+        }
+
+
+async def discover(
+    transport: Any, ks: Keystore, timeout: float, *, wall_clock: Callable[[], float] = time.time
+) -> tuple[list[Found], int]:
+    """Every host heard within ``timeout`` s (latest hello per address) and the garbage count."""
+    keys = tag_keys(ks)
+    names = {c.cloud_id: c.name for c in ks.clouds()}
+    found: dict[str, Found] = {}
+    garbage = 0
+    async for s in transport.scan(timeout):
+        try:
+            hello = decode_hello(s.payload)
+        except DecodeError:
+            garbage += 1
+            continue
+        cloud = match_tag(hello.tag, keys, wall_clock())
+        found[s.address] = Found(
+            s.address, hello, s.rssi, s.name, cloud, names.get(cloud) if cloud else None
+        )
+    return sorted(found.values(), key=lambda f: (f.cloud_name is None, f.address)), garbage
