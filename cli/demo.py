@@ -1,15 +1,18 @@
-"""``pairkit demo``: the Paul-and-George scenario in one process, narrated.
+"""``pairkit demo``: George plays Paul's videos, end to end, narrated (the webinos scenario).
 
-Paul's phone hosts; George's phone, a stranger, finds it, pairs by the chosen method, and they
-talk over the secure channel; with ``--scenario resume`` George then reconnects as a known peer
-with no prompt.  Both devices get real keystores in a temporary directory; Paul's answers are
-scripted.
+Everything is real but the people: three devices with real keystores in a temporary folder, real
+BLE frames through bumble's host stack on virtual controllers (or the loopback transport), real
+files, and Paul's answers scripted where a person would be asked.  The steps follow DESIGN.md:
+identification, visibility and discovery, cloud check and join, session key, service provision;
+``--scenario resume`` then shows a member of Paul's cloud reconnecting with no prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,14 +21,30 @@ from typing import Any
 
 import click
 
+from pairing.cloud import AllowJoin, Grant, Role
 from pairing.keystore import Keystore
-from pairing.methods import Session
+from pairing.methods import ConfirmCode, InsecureWarning, Session
 from pairing.negotiation import Method
 from pairing.securelink import SecureLink
+from pairing.service import AllowRequest, Membership, Scope
 
 from .flows import HostOptions, JoinOptions, run_host, run_join
+from .presence import Presence, discover
+from .service import Progress, get_file, list_files
 
-DEMO_PIN = "1234"  # the demo keystores' own PIN (throwaway keystores in a temporary directory)
+DEMO_PIN = "2468"  # the keystores' own PIN (throwaway keystores in a temporary folder)
+VIDEOS = {"holiday.mp4": 1_500_000, "birthday.mp4": 400_000}
+
+
+def make_mp4_like(path: Path, size: int, seed: bytes) -> None:
+    """A file that starts like an MP4 (an ftyp box) followed by reproducible bytes."""
+    head = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+    body = bytearray()
+    block = seed
+    while len(head) + len(body) < size:
+        block = hashlib.sha256(block).digest()
+        body += block * 64
+    path.write_bytes((head + bytes(body))[:size])
 
 
 class Narrator:
@@ -47,142 +66,278 @@ class Narrator:
         self.timings[name] = round(time.perf_counter() - self.t0, 4)
 
 
-async def _open_pair(
-    transport: str, method: Method
-) -> tuple[Any, Any, str, Callable[[], Any]]:
-    """(host transport, guest transport, host address, closer) on one pretend or virtual radio."""
+class Person:
+    """Scripted answers to the questions a device asks its owner, narrated."""
+
+    def __init__(self, who: str, n: Narrator, *, join: Grant | None = None) -> None:
+        self.who = who
+        self.n = n
+        self.join = join
+        self.prompts: list[str] = []
+
+    async def allow_join(self, q: AllowJoin) -> Grant | None:
+        self.prompts.append(f"join:{q.name}")
+        self.n.say(f'   {self.who}\'s screen: "{q.name} asks to join. Allow as guest for '
+                   f'1 hour / as member / refuse?"')
+        answer = "as guest for 1 hour" if self.join and self.join.role is Role.GUEST else (
+            "as member" if self.join else "refuse")
+        self.n.say(f"   {self.who} answers: {answer}")
+        return self.join
+
+    async def allow_request(self, q: AllowRequest) -> Scope:
+        what = "the list of shared files" if q.what == "list" else repr(q.name)
+        self.prompts.append(f"{q.what}:{q.name or ''}")
+        self.n.say(f'   {self.who}\'s screen: "{q.peer_name} asks for {what}. Allow once / '
+                   f'for this session / refuse?"')
+        self.n.say(f"   {self.who} answers: for this session")
+        return Scope.SESSION
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.n.say(f"   {self.who}'s screen shows {q.code[:3]} {q.code[3:]}; {self.who} confirms")
+        return True
+
+    async def on_warning(self, event: InsecureWarning) -> None:
+        self.n.say(f"   warning: {event.text}")
+
+    async def on_event(self, event: object) -> None:
+        return None
+
+
+async def _open_devices(transport: str, method: Method, names: list[str]) -> tuple[list[Any], Any]:
+    """One transport per device on one pretend or virtual radio, and a closer."""
+    devices: list[Any] = []
     if transport == "loopback":
         from transports.loopback import LoopbackMedium
 
-        # For method clear, pretend the link layer encrypts (as BLE LE Secure Connections would).
+        # For 'clear', pretend the link layer encrypts, as BLE LE Secure Connections would.
         medium = LoopbackMedium(encrypted=method is Method.CLEAR)
-        host_t = medium.endpoint("paul-phone", name="Paul's phone")
-        guest_t = medium.endpoint("george-phone", name="George's phone")
-
-        async def close() -> None:
-            for t in (host_t, guest_t):
-                with contextlib.suppress(Exception):
-                    await t.close()
-
-        return host_t, guest_t, "paul-phone", close
-    if transport == "bumble:virtual":
-        from transports.bumble import VirtualRadio, open_bumble
+        devices = [medium.endpoint(n.lower().replace("'s ", "-"), name=n) for n in names]
+    elif transport == "bumble:virtual":
+        from transports.ble.virtual import VirtualRadio
+        from transports.bumble import open_bumble
 
         radio = VirtualRadio()
-        host_t = await open_bumble("virtual", radio=radio, name="Paul's phone")
-        guest_t = await open_bumble("virtual", radio=radio, name="George's phone")
+        for _ in names:
+            devices.append(await open_bumble("virtual", radio=radio, prefer_l2cap=True))
+    else:
+        raise click.UsageError(f"the demo runs on loopback or bumble:virtual, not {transport!r}")
 
-        async def close_ble() -> None:
-            for t in (guest_t, host_t):
-                with contextlib.suppress(Exception):
-                    await t.close()
+    async def close() -> None:
+        for d in reversed(devices):
+            with contextlib.suppress(Exception):
+                await d.close()
 
-        return host_t, guest_t, host_t.address, close_ble
-    raise click.UsageError(f"the demo runs on loopback or bumble:virtual, not {transport!r}")
+    return devices, close
+
+
+def _address(t: Any) -> str:
+    return str(t.address)
 
 
 async def run_demo(
     scenario: str, transport: str, method: Method, *, quiet: bool
 ) -> dict[str, Any]:
     n = Narrator(quiet)
-    summary: dict[str, Any] = {"ok": True, "scenario": scenario, "transport": transport,
-                               "method": method.label}
-    with tempfile.TemporaryDirectory(prefix="pairkit-demo-") as tmp:
-        n.section("Identification: each phone gets an identity in a keystore sealed by its PIN")
-        paul = Keystore.create(Path(tmp) / "paul" / "keystore.pk", DEMO_PIN, name="Paul's phone")
-        george = Keystore.create(
-            Path(tmp) / "george" / "keystore.pk", DEMO_PIN, name="George's phone"
-        )
-        n.say(f"   Paul's phone   id {paul.device_id}")
-        n.say(f"   George's phone id {george.device_id}")
+    summary: dict[str, Any] = {
+        "ok": True, "scenario": scenario, "transport": transport, "method": method.label,
+    }
+    with tempfile.TemporaryDirectory(prefix="pairkit-demo-") as tmp_name:
+        tmp = Path(tmp_name)
+        # -- 1 -------------------------------------------------------------------------------
+        n.section("Identification: each device unlocks its keystore with its owner's PIN")
+        paths = {who: tmp / who / "keystore.pk" for who in ("paul", "tv", "george")}
+        for who, name in (("paul", "Paul's phone"), ("tv", "Paul's TV"),
+                          ("george", "George's phone")):
+            ks = Keystore.create(paths[who], DEMO_PIN, name=name, scrypt_n=2**14)
+            ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
+            ks.save()
+        paul = Keystore.open(paths["paul"], DEMO_PIN)
+        george = Keystore.open(paths["george"], DEMO_PIN)
+        tv = Keystore.open(paths["tv"], DEMO_PIN)
+        cloud = next(c for c in paul.clouds() if c.role == "owner")
+        # Paul's TV joined Paul's cloud earlier (as 'host --yes' + 'join' with a member grant does).
+        tv.set_cloud(cloud.cloud_id, paul._cloud_secret_for_new_member(cloud.cloud_id),
+                     name="Paul's cloud", role="member")
+        for who, ks in (("Paul's phone", paul), ("Paul's TV", tv), ("George's phone", george)):
+            n.say(f"   {who:<15} unlocked; id {ks.device_id}")
+        n.say("   Paul's phone and Paul's TV share Paul's personal cloud; George is a stranger")
         n.mark("identities")
 
-        host_t, guest_t, address, close = await _open_pair(transport, method)
+        share = tmp / "videos"
+        share.mkdir()
+        for i, (name, size) in enumerate(VIDEOS.items()):
+            make_mp4_like(share / name, size, bytes([i]) * 32)
+
+        (host_t, tv_t, guest_t), close = await _open_devices(
+            transport, method, ["Paul's phone", "Paul's TV", "George's phone"]
+        )
+        paul_person = Person("Paul", n, join=Grant(Role.GUEST, 3600))
+        george_person = Person("George", n)
+        host_task: asyncio.Task[int] | None = None
         try:
-            n.section(f"Discovery: Paul's phone is waiting on {transport} at {address}")
-            pin_box: dict[str, str] = {}
+            # -- 2 ---------------------------------------------------------------------------
+            n.section("Visibility and discovery: Paul's phone is private until Paul opens it")
+            state_box: dict[str, Any] = {}
+            presences: list[Presence] = []
             started = asyncio.Event()
-            messages: dict[str, str] = {}
 
             def ready(addr: str, state: Any) -> None:
-                if state.pin is not None:
-                    pin_box["pin"] = state.pin
-                if method is Method.QR:
-                    pin_box["qr"] = state.last_qr.to_uri()
+                state_box["state"] = state
                 started.set()
 
-            async def paul_serves(slink: SecureLink, session: Session, membership: Any) -> None:
-                request = await slink.recv()
-                messages["paul_got"] = request.decode()
-                await slink.send(b"Here are my videos: holiday.mp4, birthday.mp4")
-
-            host_opts = HostOptions(
-                transport=transport, methods=frozenset({method, Method.RESUME}), yes=True,
-                once=False, json=True, quiet=True,
-            )
             host_results: list[dict[str, Any]] = []
-            host_task = asyncio.create_task(
-                run_host(paul, host_opts, on_session=paul_serves, emit=host_results.append,
-                         ready=ready, transport_obj=host_t)
+            host_opts = HostOptions(
+                transport=transport, methods=frozenset({method, Method.PIN, Method.RESUME}),
+                once=False,
+                json=True, quiet=True, share=share, visible=None,
+                allow_insecure=method is Method.CLEAR,
             )
+            host_task = asyncio.create_task(run_host(
+                paul, host_opts, emit=host_results.append, ready=ready, transport_obj=host_t,
+                delegate=paul_person, presence_out=presences,
+            ))
             await asyncio.wait_for(started.wait(), 10)
+            found, _ = await discover(guest_t, george, 0.3)
+            n.say(f"   George's phone scans: {_describe(found)}")
+            found_tv, _ = await discover(tv_t, tv, 0.3)
+            n.say(f"   Paul's TV scans:      {_describe(found_tv)}")
+            await presences[0].open_window(120)
+            n.say("   Paul opens a 120-second visibility window (pairkit host --visible 120);")
+            n.say("   the hello gets a new tag and the phone a new address")
+            found, _ = await discover(guest_t, george, 0.3)
+            n.say(f"   George's phone scans: {_describe(found)}")
+            joinable = [f for f in found if f.hello.visible]
+            if not joinable:
+                raise click.ClickException("George's phone did not hear a joinable host")
+            target = joinable[0].address
+            summary["discovered"] = [f.as_json() for f in found]
+            n.mark("discovered")
 
-            async def george_asks(slink: SecureLink, session: Session, membership: Any) -> None:
-                await slink.send(b"Hello Paul, may I see your videos?")
-                messages["george_got"] = (await slink.recv()).decode()
+            # -- 3, 4, 5 ---------------------------------------------------------------------
+            n.section("Cloud check and join: George's phone is not in Paul's cloud, so it asks")
+            george_box: dict[str, Any] = {}
+            step_box = {"n": n}
 
-            n.section(f"Session key: George pairs with Paul by '{method.label}'")
-            if method is Method.PIN:
-                n.say(f"   Paul's screen shows PIN {pin_box['pin']}; George types it")
+            async def george_uses(slink: SecureLink, session: Session, m: Membership) -> None:
+                n.say(f"   George's phone is now Paul's guest until "
+                      f"{time.strftime('%H:%M', time.localtime(m.expires or 0))}")
+                n.section("Service provision: George lists Paul's videos and plays two")
+                files = await list_files(slink)
+                george_box["files"] = [
+                    {"name": f.name, "size": f.size, "type": f.type} for f in files
+                ]
+                for f in files:
+                    n.say(f"   {f.name:<14} {f.size:>9} bytes  {f.type}")
+                fetched = []
+                for f in sorted(files, key=lambda f: -f.size):
+                    dest = tmp / "george-downloads" / f.name
+                    dest.parent.mkdir(exist_ok=True)
+                    got = await get_file(slink, f.name, dest, progress=Progress(
+                        f"   {f.name}", enabled=False))
+                    same = got.sha256 == hashlib.sha256((share / f.name).read_bytes()).hexdigest()
+                    rate = got.size / max(got.seconds, 1e-6) / 1e6
+                    n.say(f"   played {f.name}: {got.size} bytes in {got.seconds:.2f} s "
+                          f"({rate:.2f} MB/s), SHA-256 {'matches' if same else 'DIFFERS'}")
+                    fetched.append({"name": f.name, "bytes": got.size, "sha256": got.sha256,
+                                    "sha256_match": same, "seconds": round(got.seconds, 4)})
+                george_box["fetched"] = fetched
+                step_box["n"].mark("served")
+
+            pin = state_box["state"].pin
             qr = None
             if method is Method.QR:
                 from pairing.qr import QrCode
 
-                qr = QrCode.parse(pin_box["qr"])
-                n.say("   George scans the QR code on Paul's screen")
+                qr = QrCode.parse(state_box["state"].last_qr.to_uri())
             join_opts = JoinOptions(
-                target=f"{transport}" if transport == "loopback" else transport, method=method,
-                pin=pin_box.get("pin"), qr=qr, yes=True, json=True,
+                target=target if transport != "loopback" else "loopback",
+                transport=transport, method=method, pin=pin, qr=qr, yes=True, json=True,
+                allow_insecure=method is Method.CLEAR, wants=Role.GUEST,
             )
+            # Paul's answers are narrated as they are asked; the PIN step comes between.
+            original_join = paul_person.allow_join
+
+            async def join_then_key(q: AllowJoin) -> Grant | None:
+                grant = await original_join(q)
+                n.section(f"Session key: George's phone and Paul's phone agree on one by "
+                          f"'{method.label}'")
+                if method is Method.PIN:
+                    n.say(f"   Paul's screen shows PIN {pin}; George types it")
+                elif method is Method.QR:
+                    n.say("   George scans the QR code on Paul's screen")
+                return grant
+
+            paul_person.allow_join = join_then_key  # type: ignore[method-assign]
             t0 = time.perf_counter()
-            session, _ = await run_join(
-                george, join_opts, on_session=george_asks, transport_obj=guest_t, address=address
+            session, membership = await run_join(
+                george, join_opts, on_session=george_uses, transport_obj=guest_t,
+                address=None if transport != "loopback" else _address(host_t),
+                delegate=george_person,
             )
-            summary["pairing_seconds"] = round(time.perf_counter() - t0, 4)
-            n.mark("paired")
+            summary["pairing_and_service_seconds"] = round(time.perf_counter() - t0, 4)
             await _wait_for(lambda: len(host_results) >= 1)
-            n.say(f"   George's session fingerprint: {session.fingerprint}")
-            n.say(f"   Paul's session fingerprint:   {host_results[0]['session']}")
             summary["session"] = {"george": session.fingerprint,
                                   "paul": host_results[0]["session"]}
             summary["sessions_match"] = session.fingerprint == host_results[0]["session"]
-
-            n.section("Secure channel: George and Paul talk over encrypted records")
-            n.say(f"   Paul received:   {messages.get('paul_got')!r}")
-            n.say(f"   George received: {messages.get('george_got')!r}")
-            summary["messages"] = messages
+            summary["role"] = membership.role.name.lower()
+            summary["files_listed"] = george_box.get("files", [])
+            summary["fetched"] = george_box.get("fetched", [])
+            summary["bytes_fetched"] = sum(f["bytes"] for f in summary["fetched"])
+            summary["sha256_match"] = all(f["sha256_match"] for f in summary["fetched"])
+            summary["prompts"] = list(paul_person.prompts)
+            n.say(f"   Paul was asked {len(paul_person.prompts)} times: join, the listing and "
+                  "the first video; the session grant covered the second")
+            n.say(f"   session fingerprints: George {session.fingerprint}, "
+                  f"Paul {host_results[0]['session']}")
 
             if scenario == "resume":
-                n.section("Resume: George comes back later; the phones know each other")
+                n.section("Resume: Paul's TV, a member of Paul's cloud, reconnects with no prompt")
+                prompts_before = len(paul_person.prompts)
+                state = state_box["state"]
+                if state.pin is None:
+                    state.new_pin()
+                tv_opts = JoinOptions(
+                    target=_address(host_t) if transport != "loopback" else "loopback",
+                    transport=transport, method=Method.PIN, pin=state.pin, yes=True, json=True,
+                )
+                await run_join(tv, tv_opts, transport_obj=tv_t, delegate=Person("TV", n),
+                               address=None if transport != "loopback" else _address(host_t))
+                n.say("   first visit: the cloud check proves membership (no join prompt), "
+                      "then a PIN")
                 t1 = time.perf_counter()
                 again, _ = await run_join(
-                    george,
-                    JoinOptions(target="Paul's phone", transport=transport, yes=True, json=True),
-                    on_session=george_asks, transport_obj=guest_t, address=address,
+                    tv, JoinOptions(target="Paul's phone", transport=transport, yes=True,
+                                    json=True),
+                    transport_obj=tv_t, delegate=Person("TV", n),
+                    address=_address(host_t),
                 )
-                summary["resume"] = {"method": again.method.label,
+                asked = len(paul_person.prompts) - prompts_before
+                summary["resume"] = {"method": again.method.label, "prompts": asked,
                                      "seconds": round(time.perf_counter() - t1, 4),
                                      "session": again.fingerprint}
-                n.say(f"   reconnected by '{again.method.label}' with no prompt; "
-                      f"session {again.fingerprint}")
-            host_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await host_task
+                n.say(f"   later: reconnected by '{again.method.label}' in "
+                      f"{summary['resume']['seconds'] * 1000:.0f} ms; Paul was asked "
+                      f"{asked} times")
         finally:
+            if host_task is not None:
+                host_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await host_task
             await close()
     summary["timings"] = n.timings
-    n.say("\nDone.")
+    n.say("\nDone: George played Paul's videos." if summary.get("sha256_match") else "\nDone.")
     return summary
+
+
+def _describe(found: list[Any]) -> str:
+    if not found:
+        return "nothing"
+    parts = []
+    for f in found:
+        who = f"member of {f.cloud_name}" if f.cloud_name else "a stranger's device"
+        state = "joinable" if f.hello.visible else "private, not joinable"
+        parts.append(f"{f.address} ({who}, {state})")
+    return "; ".join(parts)
 
 
 async def _wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:

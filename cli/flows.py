@@ -98,6 +98,8 @@ async def run_host(
     emit: Callable[[dict[str, Any]], None] | None = None,
     ready: Callable[[str, HostState], None] | None = None,
     transport_obj: Any = None,
+    delegate: Any = None,
+    presence_out: list[Presence] | None = None,
 ) -> int:
     """Serve guests; returns the number of guests paired."""
     from transports.registry import open_transport
@@ -128,6 +130,8 @@ async def run_host(
         on_change=lambda text: info(text, quiet=quiet),
     )
     await presence.start()
+    if presence_out is not None:
+        presence_out.append(presence)
     if presence.can_broadcast:
         window = (f"visible to strangers for {opts.visible:g} s" if opts.visible
                   else "private: only members of its cloud can find it (--visible SECONDS)")
@@ -159,7 +163,9 @@ async def run_host(
     if ready is not None:
         ready(address, state)
     paired = 0
-    delegate = CliDelegate(yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds)
+    delegate = delegate or CliDelegate(
+        yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds
+    )
     slots = asyncio.Semaphore(opts.concurrent)
     tasks: set[asyncio.Task[None]] = set()
     stop = asyncio.Event()
@@ -337,6 +343,7 @@ async def run_join(
     on_session: SessionHandler | None = None,
     transport_obj: Any = None,
     address: str | None = None,
+    delegate: Any = None,
 ) -> tuple[Session, Membership]:
     """Connect, check the cloud, pair, confirm, store; the session and the guest's role."""
     from transports.registry import open_transport
@@ -377,14 +384,15 @@ async def run_join(
                 timeout=opts.step_timeout,
             )
             cloud.start(loop.time())
-            await drive(cloud, pipe, delegate=CliDelegate(yes=opts.yes, quiet=opts.json))
+            guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
+            await drive(cloud, pipe, delegate=guest_delegate)
             machine = GuestPairing(
                 config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
                 qr=opts.qr, peer=peer, wall_now=time.time(),
                 rng=os.urandom,
             )
             machine.start(loop.time())
-            await drive(machine, pipe, delegate=CliDelegate(yes=opts.yes, quiet=opts.json))
+            await drive(machine, pipe, delegate=guest_delegate)
             assert machine.session is not None
             session = machine.session
             if machine.stale_prekey is not None and peer is not None:

@@ -206,6 +206,8 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 @click.option("--pin", default=None, help="Use this 6-digit PIN once instead of a random one.")
 @click.option("--qr-png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the QR code to this PNG file.")
+@click.option("--qr-ttl", type=click.FloatRange(min=1, max=86400), default=600.0,
+              show_default=True, metavar="SECONDS", help="How long each QR code stays valid.")
 @click.option("--share", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Share this folder: guests may list it and fetch its files.")
 @click.option("--visible", "visible", type=float, default=None, metavar="SECONDS",
@@ -221,8 +223,8 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
               help="Seconds to wait for each message from a guest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
 def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path | None,
-         share: Path | None, visible: float | None, guest_hours: float, allow_insecure: bool,
-         once: bool, yes: bool, timeout: float, as_json: bool) -> None:
+         qr_ttl: float, share: Path | None, visible: float | None, guest_hours: float,
+         allow_insecure: bool, once: bool, yes: bool, timeout: float, as_json: bool) -> None:
     """Wait for guests, pair with them, and serve the shared folder.
 
     Shows a PIN (method pin) and a QR code (method qr). A guest that is not a member of this
@@ -238,7 +240,8 @@ def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path
     ks = unlock()
     opts = HostOptions(
         transport=transport, methods=chosen, pin=pin, yes=yes, once=once, json=as_json,
-        allow_insecure=allow_insecure, qr_png=qr_png, step_timeout=timeout, share=share,
+        allow_insecure=allow_insecure, qr_png=qr_png, qr_ttl=qr_ttl, step_timeout=timeout,
+        share=share,
         guest_seconds=max(1, int(guest_hours * 3600)), visible=visible,
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
@@ -483,17 +486,21 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
 
 @cli.command()
 @click.option("--scenario", "-s", type=click.Choice(["webinos", "resume"]), default="webinos",
-              show_default=True, help="webinos: a stranger pairs; resume: then reconnects.")
-@click.option("--transport", "-t", type=click.Choice(["loopback", "bumble:virtual"]),
-              default="loopback", show_default=True, help="Where the two phones meet.")
+              show_default=True,
+              help="webinos: George plays Paul's videos; resume: then a member reconnects.")
+@click.option("--transport", "-t", type=click.Choice(["bumble:virtual", "loopback"]),
+              default="bumble:virtual", show_default=True,
+              help="Where the devices meet: BLE on virtual controllers, or in memory.")
 @click.option("--method", "-m", type=click.Choice(["pin", "qr", "compare", "clear"]),
               default="pin", show_default=True, help="How George and Paul agree a key.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
     """Run the Paul-and-George scenario in one process, narrated step by step.
 
-    Two phones with fresh identities meet on the chosen transport, pair, and talk over the
-    secure channel; nothing is written outside a temporary directory.
+    George, a stranger, finds Paul's phone, asks to join Paul's cloud, is let in as a guest,
+    agrees a session key with it, lists Paul's videos and plays two.  Real keystores, real BLE
+    frames through bumble on virtual controllers, real files; Paul's answers are scripted.
+    Nothing is written outside a temporary directory.
     """
     from .demo import run_demo
 

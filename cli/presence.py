@@ -105,6 +105,17 @@ class Presence:
                     self.on_change("visibility window closed: strangers no longer see this host")
                 was_visible = self.visible
 
+    async def open_window(self, seconds: float) -> None:
+        """Let strangers see and join for ``seconds`` (rotates tag and address)."""
+        self.visible_until = self.wall_clock() + seconds
+        if self.can_broadcast:
+            await self._rotate()
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = asyncio.create_task(self._run())
+
     async def _rotate(self) -> None:
         """A new tag, and on BLE a new random address, together (docs/hello.md "Privacy")."""
         rotate = getattr(self.transport, "rotate_address", None)
