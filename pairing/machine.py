@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 from . import wire
 from .errors import (
     ErrorCode,
-    LocalError,
     PairingError,
     PairingTimeout,
     ProtocolError,
@@ -115,10 +114,10 @@ class Machine:
     def answer(self, question: Question, value: Any, now: float) -> None:
         """Give the user's answer to ``question``."""
         self._check_usable()
-        name = self.ANSWERS.get(self.state)
-        if name is None:
-            raise ProtocolError(f"no question is pending (state {self.state})")
         try:
+            name = self.ANSWERS.get(self.state)
+            if name is None:  # a caller's bug; it poisons the machine like any other error
+                raise ProtocolError(f"no question is pending (state {self.state})")
             getattr(self, name)(question, value, now)
         except PairingError as exc:
             self._fail(exc)
@@ -166,8 +165,9 @@ class Machine:
         self._error = exc
         self.state = FAILED
         self._deadline = None
-        if isinstance(exc, LocalError) and not isinstance(exc, PairingTimeout):
-            # Tell the peer why, so it stops at once instead of waiting for its deadline.
+        if not isinstance(exc, RemoteError | PairingTimeout):
+            # Tell the peer why, so it stops at once instead of waiting for its deadline
+            # (also for errors outside LocalError that we raised, e.g. NotFoundError).
             self._out.append(wire.Abort(code=_code(exc), reason=_short(str(exc))).encode())
 
 
@@ -179,7 +179,14 @@ def _code(exc: PairingError) -> ErrorCode:
 
 
 def _short(text: str) -> str:
-    return text if len(text) <= 200 else text[:197] + "..."
+    """Fit a reason into an Abort: 200 characters and, as it may echo text from the peer that is
+    not ASCII, few enough UTF-8 bytes to keep the Abort under its 512-byte limit."""
+    if len(text) > 200:
+        text = text[:197] + "..."
+    raw = text.encode("utf-8")
+    if len(raw) > 400:
+        text = raw[:397].decode("utf-8", "ignore") + "..."
+    return text
 
 
 def _remote(msg: wire.Abort) -> RemoteError:

@@ -32,7 +32,7 @@ below, so rewriting either announcement (downgrade, method confusion) makes the 
     SK comes from HPKE base mode (RFC 9180 §5.1; X25519, HKDF-SHA256, ChaCha20-Poly1305) with
     ``th`` in ``info``.  After both confirm, each sends its identity sealed under SK with a MAC.
 
-``clear`` (3 flights)
+``clear`` (4 flights)
     Offer -> Accept(SK, host identity in clear) -> Confirm(guest) -> Confirm(host). Only over a
     link whose ``encrypted`` is true on both sides; otherwise refused unless forced, and then the
     peer is recorded as unauthenticated.
@@ -75,7 +75,7 @@ from .errors import (
     RefusedError,
     UnsupportedError,
 )
-from .machine import DONE, FAILED, Event, Machine, Question
+from .machine import Event, Machine, Question
 from .messages import (
     Accept,
     Announce,
@@ -228,7 +228,8 @@ TRIVIAL_PINS = frozenset({"123456", "654321", "123123", "121212", "012345", "112
 
 def check_pin_strength(pin: str) -> None:
     """Refuse a host-chosen PIN an attacker would guess first."""
-    if len(pin) != 6 or not pin.isdigit():
+    # isascii(): str.isdigit() also takes digits such as "²" or "٣" that no keypad types.
+    if len(pin) != 6 or not (pin.isascii() and pin.isdigit()):
         raise ConfigError("a PIN is exactly 6 digits")
     if len(set(pin)) == 1 or pin in TRIVIAL_PINS:
         raise ConfigError(f"the PIN {pin} is too easy to guess; choose another or let pairkit pick")
@@ -268,6 +269,8 @@ class HostState:
         self._pin: str | None = None
         self._failures: list[float] = []
         self._qr: dict[bytes, _IssuedQr] = {}
+        #: the QR code issued last (what the host's screen shows now)
+        self.last_qr: QrCode | None = None
 
     # PIN ------------------------------------------------------------------------------------
 
@@ -303,6 +306,11 @@ class HostState:
     def pin_failed(self, now: float) -> None:
         self._failures.append(now)
 
+    def pin_succeeded(self, started: float) -> None:
+        """Take back the failure counted when a PIN attempt started at ``started``."""
+        if started in self._failures:
+            self._failures.remove(started)
+
     def pin_used(self) -> None:
         self._pin = None
 
@@ -312,6 +320,7 @@ class HostState:
         """A new single-use QR code valid for ``ttl`` seconds."""
         code = QrCode(static_public, self._rng(16), int(wall_now + ttl), hint)
         self._qr[code.code_id] = _IssuedQr(code)
+        self.last_qr = code
         return code
 
     def take_qr(self, code_id: bytes, wall_now: float) -> QrCode:
@@ -503,6 +512,7 @@ class GuestPairing(Machine):
         self._qr = qr
         self._peer = peer
         self._wall_now = wall_now
+        self._link_encrypted = link_encrypted
         caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
         if method is Method.CLEAR and not link_encrypted:
             if not config.allow_insecure:
@@ -518,7 +528,8 @@ class GuestPairing(Machine):
         m = self.method
         if m is Method.PIN and not self._pin:
             raise ConfigError("method 'pin' needs the PIN shown on the host")
-        if m is Method.PIN and (len(self._pin or "") != 6 or not (self._pin or "").isdigit()):
+        pin = self._pin or ""
+        if m is Method.PIN and (len(pin) != 6 or not (pin.isascii() and pin.isdigit())):
             raise ConfigError("a PIN is exactly 6 digits")
         if m is Method.QR:
             if self._qr is None:
@@ -724,9 +735,9 @@ class GuestPairing(Machine):
         ident = _read_payload(unseal(kc, 1, msg.identity, self._th, "the host's identity")).identity
         if self.method is Method.CLEAR and ident != self._host_ident:
             raise AuthenticationError("the host's identity changed during pairing")
-        secure = bool(self.config.caps & Caps.ENCRYPTED_LINK) or self._caps_link_encrypted()
+        # As on the host: ``clear`` authenticates only over a link that really is encrypted.
         peer = _peer_from_identity(
-            ident, authenticated=self.method is Method.COMPARE or secure
+            ident, authenticated=self.method is Method.COMPARE or self._link_encrypted
         )
         self.session = Session(
             method=self.method, initiator=True, peer=peer, send_key=g2h, recv_key=h2g,
@@ -734,9 +745,6 @@ class GuestPairing(Machine):
             new_their_prekeys=ident.prekeys, replace_prekeys=True,
         )
         self._finish()
-
-    def _caps_link_encrypted(self) -> bool:
-        return bool(self._caps & Caps.ENCRYPTED_LINK) and not self.config.allow_insecure
 
     # -- resume -----------------------------------------------------------------------------
 
@@ -753,7 +761,12 @@ class GuestPairing(Machine):
     def _on_resume(self, msg: ResumeMessage, now: float) -> None:
         assert self._peer is not None
         h = msg.header
-        if h.dst_id != self.me.device_id or h.src_id != self._peer.device_id or h.seq != 1:
+        if (
+            h.dst_id != self.me.device_id
+            or h.src_id != self._peer.device_id
+            or h.dst_key_id != self._init.src_key_id
+            or h.seq != 1
+        ):
             raise ProtocolError("the host's resume answer has the wrong header")
         if h.kind is ResumeKind.FAIL:
             # The nominated prekey is stale: forget it and fall back to Noise KK.
@@ -855,23 +868,16 @@ class HostPairing(Machine):
         self._prekeys = _new_prekeys(config.prekeys, rng)
         self.method: Method | None = None
         self.session: Session | None = None
-        self._pin_attempt = False
+        self._pin_attempt: float | None = None  #: when the PIN attempt under way started
         self._expect_by(now + config.step_timeout, "the guest sent nothing")
 
     def _expect(self, now: float, state: str) -> None:
         self.state = state
         self._expect_by(now + self.config.step_timeout, "the guest did not answer in time")
 
-    def _fail(self, exc: PairingError) -> None:
-        if self._pin_attempt and self.state not in (DONE, FAILED):
-            self.host.pin_failed(self._fail_time)
-            self._pin_attempt = False
-        super()._fail(exc)
-
     # -- the offer ------------------------------------------------------------------------
 
     def _on_offer(self, msg: Offer, now: float) -> None:
-        self._fail_time = now
         proposed = msg.hello.method
         caps = self._caps
         if proposed is Method.CLEAR and not self._link_encrypted:
@@ -911,7 +917,11 @@ class HostPairing(Machine):
             raise RefusedError("no PIN is active on the host; ask its owner to show a new one")
         if msg.cpace is None:
             raise DecodeError("the guest's Offer lacks its CPace share")
-        self._pin_attempt = True
+        # Count the attempt as failed as soon as it starts and take it back on success, so that
+        # guesses run in parallel (several guests at once) are held to the lockout too.
+        self.host.pin_failed(now)
+        self._pin_attempt = now
+        self._pin_value = pin
         cpace = CPace(
             "responder", pin.encode(), ci=b"pairkit/1 pin",
             ad_self=wire.encode_struct(hello), rng=self._rng,
@@ -972,11 +982,16 @@ class HostPairing(Machine):
         except AuthenticationError:
             raise AuthenticationError("wrong PIN: the PINs on the two devices differ") from None
         guest = self._check_noise_identity(payload.identity)
+        active = self.host.pin  # single use: another guest may have used it meanwhile
+        if active is None or not same(active.encode(), self._pin_value.encode()):
+            raise RefusedError("this PIN was just used by another guest; ask for a new one")
         ident = _identity(self.me, self._prekeys)
         self._send(NoiseMessage(self._hs.write_message(_payload_bytes(ident))))
         i2r, r2i, fp = _noise_keys(self._hs)
         self.host.pin_used()
-        self._pin_attempt = False
+        if self._pin_attempt is not None:
+            self.host.pin_succeeded(self._pin_attempt)
+        self._pin_attempt = None
         self._done(guest, payload.identity.prekeys, i2r, r2i, fp)
 
     def _done(
@@ -1000,7 +1015,10 @@ class HostPairing(Machine):
         except ValueError:
             raise DecodeError("the guest's public key is malformed") from None
         self._sk = self._rng(32)
-        sealed = HPKE_SUITE.encrypt(self._sk, guest_key, info=b"pairkit/1 compare" + self._th)
+        try:
+            sealed = HPKE_SUITE.encrypt(self._sk, guest_key, info=b"pairkit/1 compare" + self._th)
+        except ValueError:  # a low-order key: X25519 gives the all-zero secret (RFC 7748 §6.1)
+            raise AuthenticationError("the guest's public key is not acceptable") from None
         self._enc = sealed[:32]
         self._nh = self._rng(16)
         commit = mac(self._nh, b"pairkit/1 commit", msg.pk, self._enc, self._th)
@@ -1078,6 +1096,7 @@ class HostPairing(Machine):
         sk = hkdf(ikm, salt=th, info=b"pairkit/1 resume")
         g2h, h2g, kc = _keys_from_sk(sk, th)
         self._resume = (known, prekey, th, sk, g2h, h2g, kc)
+        self._resume_init = h
         self.method = Method.RESUME
         replacement = _new_prekeys(1, self._rng)
         self._replacement = replacement
@@ -1096,7 +1115,12 @@ class HostPairing(Machine):
     def _on_resume_confirm(self, msg: ResumeMessage, now: float) -> None:
         known, prekey, th, sk, g2h, h2g, kc = self._resume
         h = msg.header
-        if h.kind is not ResumeKind.CONFIRM or h.seq != 2 or h.src_id != known.device_id:
+        # Every header field is checked: the verifier does not cover the header.
+        expected = ResumeHeader(
+            src_id=known.device_id, src_key_id=self._resume_init.src_key_id,
+            dst_id=self.me.device_id, dst_key_id=prekey.digest, seq=2, kind=ResumeKind.CONFIRM,
+        )
+        if h != expected:
             raise ProtocolError("the guest's resume confirmation has the wrong header")
         if msg.verifier is None or not same(msg.verifier, mac(kc, b"guest", th)):
             raise AuthenticationError("the guest's resume verifier is wrong")

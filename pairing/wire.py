@@ -34,7 +34,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
 from . import cbor
-from .errors import DecodeError, ErrorCode
+from .errors import DecodeError, ErrorCode, TooLargeError
 
 VERSION = 1
 K_VERSION = 0
@@ -60,7 +60,7 @@ class Message:
         body[K_TYPE] = self.TYPE
         data = cbor.encode(body)
         if len(data) > self.MAX_SIZE:
-            raise ValueError(
+            raise TooLargeError(
                 f"{type(self).__name__} encodes to {len(data)} bytes, over its limit "
                 f"of {self.MAX_SIZE}"
             )
@@ -273,7 +273,7 @@ def peek_type(data: bytes) -> int | None:
     if not isinstance(body, dict):
         return None
     t = body.get(K_TYPE)
-    return t if isinstance(t, int) else None
+    return t if type(t) is int else None
 
 
 MAX_MESSAGE = 64 * 1024
@@ -290,10 +290,11 @@ def decode(data: bytes, expect: type[T] | tuple[type, ...] | None = None) -> T:
     if not isinstance(body, dict):
         raise DecodeError("a message must be a CBOR map")
     version = body.get(K_VERSION)
-    if version != VERSION:
+    # type() is not int for a bool: CBOR true must not pass for version 1 or type 1.
+    if type(version) is not int or version != VERSION:
         raise DecodeError(f"unsupported protocol version {version!r} (this side speaks {VERSION})")
     type_id = body.get(K_TYPE)
-    cls = _REGISTRY.get(type_id) if isinstance(type_id, int) else None
+    cls = _REGISTRY.get(type_id) if type(type_id) is int else None
     if cls is None:
         raise DecodeError(f"unknown message type {type_id!r}")
     if len(data) > cls.MAX_SIZE:

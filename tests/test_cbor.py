@@ -1,0 +1,277 @@
+"""The strict CBOR subset of :mod:`pairing.cbor` (RFC 8949): round trips, refusals, fuzzing.
+
+Every refusal must be a :class:`~pairing.errors.DecodeError`; every accepted encoding must be
+the one canonical encoding of its value (RFC 8949 §4.2.1), so re-encoding gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pairing import cbor
+from pairing.errors import DecodeError
+
+BIG = 1 << 20
+
+# -- building raw CBOR by hand (to write what cbor2 never would) ---------------------------------
+
+
+def head(major: int, arg: int, width: int | None = None) -> bytes:
+    """An item head; ``width`` (0, 1, 2, 4, 8) forces the argument's size (non-shortest forms)."""
+    if width is None:
+        width = 0 if arg < 24 else 1 if arg < 256 else 2 if arg < 65536 else 4 if arg < 2**32 else 8
+    if width == 0:
+        return bytes([major << 5 | arg])
+    info = {1: 24, 2: 25, 4: 26, 8: 27}[width]
+    return bytes([major << 5 | info]) + arg.to_bytes(width, "big")
+
+
+def raw_map(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """A map with the given already-encoded keys and values, in this order (duplicates allowed)."""
+    return head(5, len(pairs)) + b"".join(k + v for k, v in pairs)
+
+
+def enc(value: Any) -> bytes:
+    return cbor2.dumps(value, canonical=True)
+
+
+def strict_equal(a: Any, b: Any) -> bool:
+    """Equality that does not confuse True with 1 or a tuple with a list."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(strict_equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+# -- strategies ------------------------------------------------------------------------------
+
+ints = st.integers(min_value=-(2**64), max_value=2**64 - 1)
+scalars = st.one_of(
+    ints,
+    st.binary(max_size=40),
+    st.text(max_size=20),
+    st.booleans(),
+    st.none(),
+)
+keys = st.one_of(st.integers(min_value=-(2**64), max_value=2**64 - 1), st.text(max_size=8))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.dictionaries(keys, inner, max_size=5),
+    ),
+    max_leaves=20,
+)
+
+
+def depth_of(value: Any) -> int:
+    """The depth of the deepest item (the top item is at depth 0), as the decoder counts it."""
+    children = list(value) + list(value.values()) if isinstance(value, dict) else value
+    if isinstance(value, list | dict) and children:
+        return 1 + max(depth_of(v) for v in children)
+    return 0
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+
+@given(values)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_round_trip(value: Any) -> None:
+    data = cbor.encode(value)
+    if depth_of(value) > cbor.MAX_DEPTH:
+        with pytest.raises(DecodeError):
+            cbor.decode(data, max_size=BIG)
+        return
+    assert strict_equal(cbor.decode(data, max_size=BIG), value)
+
+
+@pytest.mark.parametrize(
+    ("value", "hex_"),
+    [
+        (0, "00"),
+        (23, "17"),
+        (24, "1818"),
+        (255, "18ff"),
+        (256, "190100"),
+        (65536, "1a00010000"),
+        (2**32, "1b0000000100000000"),
+        (2**64 - 1, "1bffffffffffffffff"),
+        (-1, "20"),
+        (-(2**64), "3bffffffffffffffff"),
+        (b"", "40"),
+        ("a", "6161"),
+        ([], "80"),
+        ({}, "a0"),
+        (False, "f4"),
+        (True, "f5"),
+        (None, "f6"),
+        ({1: 2, "a": 3}, "a201026161" + "03"),
+    ],
+    ids=repr,
+)
+def test_known_encodings(value: Any, hex_: str) -> None:
+    """RFC 8949 Appendix A examples in the subset pairkit uses (deterministic encoding)."""
+    assert cbor.encode(value).hex() == hex_
+    assert strict_equal(cbor.decode(bytes.fromhex(hex_), max_size=64), value)
+
+
+def test_map_keys_sorted_length_first() -> None:
+    """Canonical order (RFC 7049 §3.9): shorter encoded keys first, then bytewise."""
+    value = {"aa": 1, "b": 2, 100: 3, 1: 4, -1: 5, 24: 6}
+    data = cbor.encode(value)
+    assert cbor.decode(data, max_size=64) == value
+    assert list(cbor.decode(data, max_size=64)) == [1, -1, 24, 100, "b", "aa"]
+
+
+# -- fuzzing: only DecodeError, and what is accepted is canonical ---------------------------
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=1500)
+def test_arbitrary_bytes_only_decode_error(data: bytes) -> None:
+    try:
+        value = cbor.decode(data, max_size=BIG)
+    except DecodeError:
+        return
+    # Accepted: it must be exactly the canonical encoding of what it decoded to.
+    assert cbor.encode(value) == data
+    assert strict_equal(cbor2.loads(data), value)
+
+
+@given(values, st.data())
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_mutated_encodings_only_decode_error(value: Any, data: st.DataObject) -> None:
+    encoded = bytearray(cbor.encode(value))
+    op = data.draw(st.sampled_from(["flip", "insert", "delete", "set"]))
+    pos = data.draw(st.integers(min_value=0, max_value=len(encoded)))
+    if op == "flip" and pos < len(encoded):
+        encoded[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif op == "set" and pos < len(encoded):
+        encoded[pos] = data.draw(st.integers(0, 255))
+    elif op == "insert":
+        encoded.insert(pos, data.draw(st.integers(0, 255)))
+    elif pos < len(encoded):
+        del encoded[pos]
+    try:
+        decoded = cbor.decode(bytes(encoded), max_size=BIG)
+    except DecodeError:
+        return
+    assert cbor.encode(decoded) == bytes(encoded)
+
+
+@pytest.mark.parametrize("bad", [None, "text", 12, [1], object()], ids=repr)
+def test_non_bytes_refused(bad: Any) -> None:
+    with pytest.raises(DecodeError, match="bytes"):
+        cbor.decode(bad, max_size=64)
+
+
+def test_bytes_like_accepted() -> None:
+    assert cbor.decode(bytearray(b"\x01"), max_size=4) == 1
+    assert cbor.decode(memoryview(b"\x01"), max_size=4) == 1
+
+
+# -- specific refusals -----------------------------------------------------------------------
+
+REFUSALS: dict[str, tuple[bytes, str]] = {
+    "empty": (b"", "empty"),
+    "truncated int": (b"\x19\x01", "truncated"),
+    "truncated bytes": (b"\x45abc", "truncated"),
+    "truncated array": (b"\x83\x01\x02", "truncated"),
+    "truncated map": (b"\xa2\x01\x02\x03", "truncated"),
+    "huge array claim": (b"\x9b" + b"\xff" * 8, "truncated"),
+    "huge map claim": (b"\xbb" + b"\xff" * 8, "truncated"),
+    "huge bytes claim": (b"\x5b" + b"\xff" * 8, "truncated"),
+    "indefinite bytes": (b"\x5f\x41a\xff", "indefinite"),
+    "indefinite text": (b"\x7f\x61a\xff", "indefinite"),
+    "indefinite array": (b"\x9f\x01\xff", "indefinite"),
+    "indefinite map": (b"\xbf\x01\x02\xff", "indefinite"),
+    "break alone": (b"\xff", "indefinite"),
+    "reserved info 28": (b"\x1c", "reserved"),
+    "reserved info 29": (b"\x3d", "reserved"),
+    "reserved info 30": (b"\x5e", "reserved"),
+    "tag 0": (b"\xc0\x60", "tags"),
+    "tag 24 bignum-ish": (b"\xd8\x18\x41\x00", "tags"),
+    "self-describe tag": (b"\xd9\xd9\xf7\x01", "tags"),
+    "bignum tag": (b"\xc2\x49\x01" + b"\x00" * 8, "tags"),
+    "half float": (b"\xf9\x3c\x00", "floats"),
+    "single float": (b"\xfa\x3f\x80\x00\x00", "floats"),
+    "double float": (b"\xfb\x3f\xf0" + b"\x00" * 6, "floats"),
+    "undefined": (b"\xf7", "simple"),
+    "simple 0": (b"\xe0", "simple"),
+    "simple 255": (b"\xf8\xff", "simple"),
+    "simple 20 in long form": (b"\xf8\x14", "simple"),
+    "int 0 in 1 byte": (head(0, 0, 1), "shortest"),
+    "int 23 in 1 byte": (head(0, 23, 1), "shortest"),
+    "int 255 in 2 bytes": (head(0, 255, 2), "shortest"),
+    "int 65535 in 4 bytes": (head(0, 65535, 4), "shortest"),
+    "int 2^32-1 in 8 bytes": (head(0, 2**32 - 1, 8), "shortest"),
+    "negative in 2 bytes": (head(1, 5, 2), "shortest"),
+    "bytes length in 1 byte": (head(2, 1, 1) + b"a", "shortest"),
+    "text length in 2 bytes": (head(3, 1, 2) + b"a", "shortest"),
+    "array length in 1 byte": (head(4, 1, 1) + b"\x01", "shortest"),
+    "map length in 1 byte": (head(5, 1, 1) + b"\x01\x02", "shortest"),
+    "duplicate int key": (raw_map([(enc(1), enc(2)), (enc(1), enc(3))]), "duplicate"),
+    "duplicate text key": (raw_map([(enc("a"), enc(2)), (enc("a"), enc(3))]), "duplicate"),
+    "keys out of order": (raw_map([(enc(2), enc(0)), (enc(1), enc(0))]), "order"),
+    "longer key first": (raw_map([(enc(24), enc(0)), (enc(1), enc(0))]), "order"),
+    "text before int": (raw_map([(enc("a"), enc(0)), (enc(1), enc(0))]), "order"),
+    "bytes key": (raw_map([(enc(b"k"), enc(0))]), "keys"),
+    "bool key": (raw_map([(enc(True), enc(0))]), "keys"),
+    "null key": (raw_map([(enc(None), enc(0))]), "keys"),
+    "array key": (raw_map([(enc([]), enc(0))]), "keys"),
+    "trailing byte": (b"\x01\x00", "unexpected bytes"),
+    "two items": (enc(1) + enc("x"), "unexpected bytes"),
+    "invalid utf-8": (b"\x62\xc3\x28", "UTF-8"),
+    "utf-8 surrogate": (b"\x63\xed\xa0\x80", "UTF-8"),
+    "overlong utf-8": (b"\x62\xc0\xaf", "UTF-8"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_refusal(name: str) -> None:
+    data, reason = REFUSALS[name]
+    with pytest.raises(DecodeError, match=reason):
+        cbor.decode(data, max_size=BIG)
+
+
+def test_refusal_inside_a_structure() -> None:
+    """A forbidden item is refused wherever it sits, not only at the top."""
+    for inner, _reason in REFUSALS.values():
+        if not inner or inner in (b"\xff",):
+            continue
+        for wrapped in (head(4, 1) + inner, raw_map([(enc(1), inner)])):
+            with pytest.raises(DecodeError):
+                cbor.decode(wrapped, max_size=BIG)
+
+
+def test_size_limit() -> None:
+    data = enc(b"x" * 100)
+    assert cbor.decode(data, max_size=len(data)) == b"x" * 100
+    with pytest.raises(DecodeError, match="over its limit"):
+        cbor.decode(data, max_size=len(data) - 1)
+
+
+def test_nesting_limit() -> None:
+    ok = b"\x81" * cbor.MAX_DEPTH + b"\x80"  # the innermost array is at depth MAX_DEPTH
+    value = cbor.decode(ok, max_size=BIG)
+    assert depth_of(value) == cbor.MAX_DEPTH
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        cbor.decode(b"\x81" * (cbor.MAX_DEPTH + 1) + b"\x80", max_size=BIG)
+    with pytest.raises(DecodeError, match="nested too deeply"):
+        cbor.decode(b"\xa1\x01" * (cbor.MAX_DEPTH + 1) + b"\x00", max_size=BIG)
+
+
+def test_very_deep_nesting_is_a_decode_error_not_a_recursion_error() -> None:
+    with pytest.raises(DecodeError):
+        cbor.decode(b"\x81" * 100_000 + b"\x00", max_size=BIG)
+    with pytest.raises(DecodeError):
+        cbor.decode(b"\x9f" * 1000, max_size=BIG)

@@ -1,0 +1,1150 @@
+"""The pairing methods at machine level (:mod:`pairing.methods`), run in memory.
+
+Randomness comes from seeded streams (``tests.pair_harness.seeded``), so every run but
+``compare``'s (HPKE draws its own ephemeral) is the same byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import cbor2
+import pytest
+
+from pairing import wire
+from pairing.errors import (
+    AuthenticationError,
+    ConfigError,
+    DecodeError,
+    ErrorCode,
+    ExpiredError,
+    InsecureLinkError,
+    LockedOutError,
+    NotFoundError,
+    PairingError,
+    PairingTimeout,
+    ProtocolError,
+    RefusedError,
+    RemoteError,
+    UnsupportedError,
+)
+from pairing.machine import Machine
+from pairing.messages import Accept, NoiseMessage, Offer, ResumeKind, ResumeMessage, Reveal
+from pairing.methods import (
+    QR_NOISE,
+    ConfirmCode,
+    GuestPairing,
+    HostPairing,
+    HostState,
+    InsecureWarning,
+    LocalIdentity,
+    PairingConfig,
+    PinPolicy,
+    _hello_hash,
+    _qr_psk,
+    _th,
+    check_pin_strength,
+)
+from pairing.negotiation import Caps, Method
+from pairing.noise import HandshakeState
+from tests.pair_harness import (
+    Pair,
+    PairResult,
+    Stepper,
+    compare_codes,
+    honest_transcript,
+    known_pair,
+    make_pair,
+    pair_for,
+    seeded,
+    shuttle,
+    shuttle_mitm,
+)
+
+YES = {"guest": True, "host": True}
+USERS_COMPARE = {"guest": compare_codes, "host": compare_codes}
+FULL = [Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR]
+ALL = [*FULL, Method.RESUME, Method.KK]
+FLIGHTS = {
+    Method.PIN: ["Offer", "Accept", "NoiseMessage", "NoiseMessage"],
+    Method.QR: ["Offer", "Accept"],
+    Method.COMPARE: ["Offer", "Accept", "Reveal", "Reveal", "Confirm", "Confirm"],
+    Method.CLEAR: ["Offer", "Accept", "Confirm", "Confirm"],
+    Method.RESUME: ["ResumeMessage"] * 3,
+    Method.KK: ["Offer", "Accept"],
+}
+ids = [m.label for m in ALL]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def assert_paired(pair: Pair, method: Method) -> None:
+    g, h = pair.guest.session, pair.host.session
+    assert pair.guest.done and pair.host.done, (pair.guest.error, pair.host.error)
+    assert g is not None and h is not None
+    assert g.method is h.method is method
+    assert g.initiator and not h.initiator
+    assert g.fingerprint == h.fingerprint
+    assert re.fullmatch(r"[0-9a-f]{4}(-[0-9a-f]{4}){3}", g.fingerprint)
+    assert g.send_key == h.recv_key and g.recv_key == h.send_key
+    assert g.send_key != g.recv_key and len(g.send_key) == 32
+    # each side identified the other
+    assert g.peer.device_id == pair.host_me.device_id
+    assert g.peer.name == pair.host_me.name
+    assert g.peer.static_public == pair.host_me.static_public
+    assert g.peer.signing_public == pair.host_me.signing_public
+    assert h.peer.device_id == pair.guest_me.device_id
+    assert h.peer.name == pair.guest_me.name
+    assert h.peer.static_public == pair.guest_me.static_public
+    assert h.peer.signing_public == pair.guest_me.signing_public
+    # the prekeys one side gave are the ones the other received
+    assert g.new_their_prekeys == tuple(p.digest for p in h.new_our_prekeys)
+    assert h.new_their_prekeys == tuple(p.digest for p in g.new_our_prekeys)
+    # nothing left to send, no deadline left
+    assert pair.guest.outgoing() == [] and pair.host.outgoing() == []
+    assert pair.guest.next_deadline() is None and pair.host.next_deadline() is None
+
+
+def assert_failed(machine: Machine, cls: type[PairingError] = PairingError) -> PairingError:
+    """``machine`` failed with a ``cls`` and is poisoned: every later call raises that error."""
+    assert machine.failed, machine.state
+    err = machine.error
+    assert isinstance(err, cls), repr(err)
+    assert getattr(machine, "session", None) is None
+    with pytest.raises(PairingError) as info:
+        machine.receive(wire.Abort(code=ErrorCode.UNKNOWN, reason="x").encode(), 0.0)
+    assert info.value is err
+    with pytest.raises(PairingError) as info:
+        machine.on_timeout(1e9)
+    assert info.value is err
+    assert machine.next_deadline() is None
+    return err
+
+
+def assert_remote(machine: Machine, code: ErrorCode, text: str) -> RemoteError:
+    err = assert_failed(machine, RemoteError)
+    assert isinstance(err, RemoteError)
+    assert err.code == code
+    assert text in str(err)
+    assert str(err).startswith("the peer stopped: ")
+    return err
+
+
+def other_pin(pin: str) -> str:
+    return f"{(int(pin) + 1) % 1_000_000:06d}"
+
+
+def rewrite(data: bytes, **changes: Any) -> bytes:
+    return dataclasses.replace(wire.decode(data), **changes).encode()
+
+
+# -- every method pairs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ALL, ids=ids)
+def test_every_method_pairs(method: Method) -> None:
+    pair = pair_for(method, seed=1)
+    result = pair.run()
+    assert result.errors == {}
+    assert_paired(pair, method)
+    assert result.types() == FLIGHTS[method]
+    directions = [d for d, _ in result.flights]
+    assert directions == ["g2h", "h2g"] * (len(directions) // 2) + ["g2h"] * (len(directions) % 2)
+    assert result.bytes_total == sum(n for _, n in result.flights) > 0
+    # every message fits one GATT write (DESIGN.md: writes over 512 bytes are dropped)
+    assert max(n for _, n in result.flights) <= 512
+
+
+@pytest.mark.parametrize("method", [m for m in ALL if m is not Method.COMPARE], ids=str)
+def test_seeded_runs_are_reproducible(method: Method) -> None:
+    first, second = pair_for(method, seed=7), pair_for(method, seed=7)
+    r1, r2 = first.run(), second.run()
+    assert r1.messages == r2.messages
+    assert first.guest.session == second.guest.session
+    third = pair_for(method, seed=8)
+    third.run()
+    assert third.guest.session is not None and first.guest.session is not None
+    assert third.guest.session.fingerprint != first.guest.session.fingerprint
+
+
+def test_compare_users_see_the_same_code() -> None:
+    pair = make_pair(Method.COMPARE, seed=2)
+    result = pair.run(answers=USERS_COMPARE)
+    assert_paired(pair, Method.COMPARE)
+    (gq,) = [q for s, q in result.questions if s == "guest"]
+    (hq,) = [q for s, q in result.questions if s == "host"]
+    assert isinstance(gq, ConfirmCode) and isinstance(hq, ConfirmCode)
+    assert gq.code == hq.code and re.fullmatch(r"\d{6}", gq.code)
+    assert gq.peer_name == "Paul" and hq.peer_name == "George"
+
+
+def test_deadlines() -> None:
+    pair = make_pair(Method.PIN, seed=3, now=100.0, start=False)
+    assert pair.host.next_deadline() == 100.0 + 30.0
+    assert pair.guest.next_deadline() is None  # not started
+    pair.guest.start(105.0)
+    assert pair.guest.next_deadline() == 105.0 + 30.0
+    pair.guest.on_timeout(134.9)  # not yet: nothing happens
+    assert not pair.guest.failed
+
+
+# -- PIN -------------------------------------------------------------------------------------
+
+
+def test_wrong_pin_fails_on_both_sides() -> None:
+    state = HostState(rng=seeded(4))
+    pin = state.new_pin()
+    pair = make_pair(Method.PIN, seed=4, state=state, pin=other_pin(pin))
+    result = pair.run()
+    g = assert_failed(pair.guest, AuthenticationError)
+    assert "wrong PIN" in str(g)
+    assert result.guest_error is g
+    h = assert_remote(pair.host, ErrorCode.AUTH_FAILED, "wrong PIN")
+    assert isinstance(h.local, AuthenticationError)  # type: ignore[attr-defined]
+    assert pin not in str(g) and pin not in str(h)  # never a PIN in a message
+    assert state.pin == pin  # a failure does not use the PIN up
+
+
+def test_wrong_pin_detected_by_host_when_guest_noise_is_forged() -> None:
+    """The host sees a wrong PIN as such when the guest's Noise message does not decrypt."""
+    pair = make_pair(Method.PIN, seed=5)
+
+    def forge(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if isinstance(msg, NoiseMessage) and direction == "g2h":
+            return NoiseMessage(seeded(99, "forge")(len(msg.noise))).encode()
+        return data
+
+    pair.run(tamper=forge)
+    err = assert_failed(pair.host, AuthenticationError)
+    assert "wrong PIN" in str(err)
+    assert_remote(pair.guest, ErrorCode.AUTH_FAILED, "wrong PIN")
+
+
+def test_lockout_after_five_failures_then_the_window_passes() -> None:
+    state = HostState(rng=seeded(6))
+    pin = state.new_pin()
+    for i in range(5):
+        bad = make_pair(Method.PIN, seed=10 + i, state=state, pin=other_pin(pin), now=i * 10.0)
+        bad.run(now=i * 10.0)
+        assert_failed(bad.host, RemoteError)
+    # the sixth attempt is refused before any PIN is tried, even with the right PIN
+    locked = make_pair(Method.PIN, seed=20, state=state, pin=pin, now=60.0)
+    locked.run(now=60.0)
+    err = assert_failed(locked.host, LockedOutError)
+    assert re.search(r"locked for 240 more seconds", str(err)), str(err)
+    remote = assert_remote(locked.guest, ErrorCode.LOCKED_OUT, "240 more seconds")
+    assert isinstance(remote.local, LockedOutError)  # type: ignore[attr-defined]
+    assert state.locked_for(299.0) == pytest.approx(1.0)
+    # at t=300 the first failure leaves the window; the refused attempt did not count
+    again = make_pair(Method.PIN, seed=21, state=state, pin=pin, now=300.0)
+    again.run(now=300.0)
+    assert_paired(again, Method.PIN)
+
+
+def test_lockout_policy_is_configurable() -> None:
+    state = HostState(rng=seeded(7), pin_policy=PinPolicy(max_failures=1, window=60))
+    pin = state.new_pin()
+    make_pair(Method.PIN, seed=7, state=state, pin=other_pin(pin)).run()
+    assert state.locked_for(0.0) == pytest.approx(60.0)
+    with pytest.raises(ConfigError):
+        PinPolicy(max_failures=0)
+    with pytest.raises(ConfigError):
+        PinPolicy(window=0)
+
+
+def test_parallel_guesses_are_held_to_the_lockout() -> None:
+    """Guesses started at once (several guests) count before their outcome is known."""
+    state = HostState(rng=seeded(8))
+    pin = state.new_pin()
+    pairs = [make_pair(Method.PIN, seed=30 + i, state=state, pin=other_pin(pin)) for i in range(6)]
+    steppers = [Stepper(p.guest, p.host) for p in pairs]
+    for stepper in steppers[:5]:
+        assert stepper.step()  # each host got its Offer and answered
+    with pytest.raises(LockedOutError):
+        steppers[5].step()
+    for stepper in steppers[:5]:
+        assert stepper.drain()
+    for p in pairs[:5]:
+        assert p.guest.failed and p.host.failed
+    assert state.locked_for(1.0) > 0
+
+
+def test_success_takes_back_the_counted_attempt() -> None:
+    state = HostState(rng=seeded(9), pin_policy=PinPolicy(max_failures=1))
+    make_pair(Method.PIN, seed=9, state=state).run()
+    assert state.locked_for(0.0) == 0.0
+
+
+def test_success_consumes_the_pin() -> None:
+    state = HostState(rng=seeded(10))
+    pin = state.new_pin()
+    first = make_pair(Method.PIN, seed=40, state=state, pin=pin)
+    first.run()
+    assert_paired(first, Method.PIN)
+    assert state.pin is None
+    second = make_pair(Method.PIN, seed=41, state=state, pin=pin)
+    second.run()
+    err = assert_failed(second.host, RefusedError)
+    assert "no PIN is active" in str(err)
+    assert_remote(second.guest, ErrorCode.REFUSED, "no PIN is active")
+
+
+def test_a_pin_pairs_only_one_of_two_parallel_guests() -> None:
+    state = HostState(rng=seeded(11))
+    pin = state.new_pin()
+    a = make_pair(Method.PIN, seed=50, state=state, pin=pin)
+    b = make_pair(Method.PIN, seed=51, state=state, pin=pin)
+    sa, sb = Stepper(a.guest, a.host), Stepper(b.guest, b.host)
+    assert sa.step() and sb.step()  # both offers accepted while the PIN is active
+    while sa.step():
+        pass
+    assert_paired(a, Method.PIN)
+    assert sb.drain()
+    err = assert_failed(b.host, RefusedError)
+    assert "used" in str(err)
+    assert_remote(b.guest, ErrorCode.REFUSED, "used")
+    assert b.guest.session is None
+
+
+TRIVIAL = [d * 6 for d in "0123456789"] + ["123456", "654321", "123123", "121212", "012345"]
+
+
+@pytest.mark.parametrize("pin", TRIVIAL)
+def test_trivial_host_pins_refused(pin: str) -> None:
+    state = HostState()
+    with pytest.raises(ConfigError, match="too easy"):
+        state.set_pin(pin)
+    assert state.pin is None
+
+
+@pytest.mark.parametrize(
+    "pin", ["12345", "1234567", "12a456", "", " 48291", "¹²³⁴⁵⁶", "٤٨٢٩١٥", "４８２９１５"]
+)
+def test_malformed_pins_refused(pin: str) -> None:
+    with pytest.raises(ConfigError, match="6 digits"):
+        HostState().set_pin(pin)
+    with pytest.raises(ConfigError):
+        GuestPairing(PairingConfig(), LocalIdentity.generate("g"), method=Method.PIN, pin=pin)
+
+
+def test_good_pins() -> None:
+    state = HostState()
+    state.set_pin("482915")
+    assert state.pin == "482915"
+    for seed in range(200):
+        pin = HostState(rng=seeded(seed, "pins")).new_pin()
+        check_pin_strength(pin)
+        assert len(pin) == 6 and pin.isascii() and pin.isdigit()
+    with pytest.raises(ConfigError, match="needs the PIN"):
+        GuestPairing(PairingConfig(), LocalIdentity.generate("g"), method=Method.PIN)
+
+
+def test_no_pin_active_on_the_host() -> None:
+    state = HostState(rng=seeded(12))
+    pair = make_pair(Method.PIN, seed=12, state=state, pin="482915")
+    pair.run()
+    assert_failed(pair.host, RefusedError)
+    assert_remote(pair.guest, ErrorCode.REFUSED, "no PIN")
+
+
+# -- QR --------------------------------------------------------------------------------------
+
+
+def test_qr_expired_guest_side() -> None:
+    state = HostState(rng=seeded(13))
+    g, h = LocalIdentity.generate("g", seeded(13, "g")), LocalIdentity.generate("h", seeded(13))
+    code = state.issue_qr(h.static_public, 1000, ttl=60, hint="")
+    assert code.expires == 1060
+    GuestPairing(PairingConfig(), g, method=Method.QR, qr=code, wall_now=1059)
+    with pytest.raises(ExpiredError, match="expired"):
+        GuestPairing(PairingConfig(), g, method=Method.QR, qr=code, wall_now=1060)
+    with pytest.raises(ConfigError, match="QR code"):
+        GuestPairing(PairingConfig(), g, method=Method.QR)
+
+
+def test_qr_expired_host_side() -> None:
+    """The host checks expiry with its own clock even when the guest's is behind."""
+    state = HostState(rng=seeded(14))
+    pair = make_pair(Method.QR, seed=14, state=state, wall_now=1000.0, start=False)
+    late = HostPairing(
+        PairingConfig(), pair.host_me, state, now=0.0, wall_now=1060.0, rng=seeded(14, "late")
+    )
+    pair.guest.start(0.0)
+    shuttle(pair.guest, late)
+    assert_failed(late, ExpiredError)
+    assert_remote(pair.guest, ErrorCode.EXPIRED, "expired")
+
+
+def test_qr_used_twice_refused() -> None:
+    state = HostState(rng=seeded(15))
+    first = make_pair(Method.QR, seed=15, state=state)
+    first.run()
+    assert_paired(first, Method.QR)
+    assert first.qr is not None
+    again = make_pair(Method.QR, seed=16, state=state, qr=first.qr)
+    again.run()
+    err = assert_failed(again.host, RefusedError)
+    assert "already used" in str(err)
+    assert_remote(again.guest, ErrorCode.REFUSED, "already used")
+
+
+def test_qr_of_another_host_refused() -> None:
+    other_state = HostState(rng=seeded(17, "other"))
+    other = LocalIdentity.generate("Ringo", seeded(17, "ringo"))
+    foreign = other_state.issue_qr(other.static_public, 1000, ttl=60, hint="")
+    pair = make_pair(Method.QR, seed=17, qr=foreign)
+    pair.run()
+    err = assert_failed(pair.host, AuthenticationError)
+    assert "not issued by this host" in str(err)
+    assert_remote(pair.guest, ErrorCode.AUTH_FAILED, "not issued")
+
+
+def test_qr_carrying_another_hosts_key_refused() -> None:
+    state = HostState(rng=seeded(18))
+    other = LocalIdentity.generate("Ringo", seeded(18, "ringo"))
+    wrong = state.issue_qr(other.static_public, 1000, ttl=60, hint="")
+    pair = make_pair(Method.QR, seed=18, state=state, qr=wrong)
+    pair.run()
+    err = assert_failed(pair.host, AuthenticationError)
+    assert "another host" in str(err)
+    assert_remote(pair.guest, ErrorCode.AUTH_FAILED, "another host")
+
+
+# -- a man in the middle ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Mitm:
+    """Mallory: a host toward the guest and a guest toward the real host, with her own key."""
+
+    me: LocalIdentity
+    toward_guest: HostPairing
+    toward_host: GuestPairing
+    state: HostState
+
+
+def mallory(method: Method, *, pin: str | None = None, qr: Any = None, seed: int = 666) -> Mitm:
+    rng = seeded(seed, "mallory")
+    me = LocalIdentity.generate("Paul", rng)  # she claims the host's name
+    state = HostState(rng=rng)
+    if pin is not None:
+        state.set_pin(pin)
+    toward_guest = HostPairing(PairingConfig(), me, state, now=0.0, wall_now=1000.0, rng=rng)
+    toward_host = GuestPairing(
+        PairingConfig(), me, method=method, pin=pin, qr=qr, wall_now=1000.0, rng=rng
+    )
+    toward_host.start(0.0)
+    return Mitm(me, toward_guest, toward_host, state)
+
+
+def run_mitm(pair: Pair, m: Mitm, answers: dict[str, Any] | None = None, **kw: Any) -> PairResult:
+    answers = answers or {"guest": True, "host": True}
+    answers = {"mitm_host": True, "mitm_guest": True, **answers}
+    return shuttle_mitm(pair.guest, m.toward_guest, m.toward_host, pair.host, answers=answers, **kw)
+
+
+def test_mitm_pin_without_the_pin() -> None:
+    pair = make_pair(Method.PIN, seed=60)
+    assert pair.pin is not None
+    m = mallory(Method.PIN, pin="482915" if pair.pin != "482915" else "591826")
+    run_mitm(pair, m)
+    assert "wrong PIN" in str(assert_failed(pair.guest, AuthenticationError))
+    # Mallory's guest side learns the PIN was wrong and says so: she cannot go on either
+    assert "wrong PIN" in str(assert_failed(m.toward_host, AuthenticationError))
+    assert "wrong PIN" in str(assert_failed(pair.host, RemoteError))
+    assert pair.state.pin == pair.pin  # not consumed, and the failure is counted
+    assert m.toward_guest.session is None and m.toward_host.session is None
+
+
+def test_mitm_relaying_cpace_cannot_replace_the_hosts_noise() -> None:
+    """Mallory relays the CPace shares but puts her own key in the Noise message."""
+    pair = make_pair(Method.PIN, seed=61)
+    offers: list[Offer] = []
+
+    def swap(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if isinstance(msg, Offer):
+            offers.append(msg)
+        if isinstance(msg, Accept):
+            hs = HandshakeState(
+                "Noise_XXpsk0_25519_ChaChaPoly_SHA256",
+                True,
+                prologue=_th(offers[0].hello, msg.hello),
+                s=LocalIdentity.generate("m", seeded(1, "m")).static_private,
+                psks=[seeded(2, "guess")(32)],  # she cannot compute CPace's ISK
+                rng=seeded(3, "m"),
+            )
+            return dataclasses.replace(msg, noise=hs.write_message(b"")).encode()
+        return data
+
+    pair.run(tamper=swap)
+    assert "wrong PIN" in str(assert_failed(pair.guest, AuthenticationError))
+    assert_remote(pair.host, ErrorCode.AUTH_FAILED, "wrong PIN")
+
+
+def test_mitm_pure_relay_learns_nothing() -> None:
+    """Relaying every byte unchanged is not a man in the middle: the ends see each other."""
+    pair = make_pair(Method.PIN, seed=62)
+    seen: list[bytes] = []
+    pair.run(tamper=lambda d, data: seen.append(data) or data)
+    assert_paired(pair, Method.PIN)
+    g = pair.guest.session
+    assert g is not None
+    for data in seen:
+        assert g.send_key not in data and g.recv_key not in data
+
+
+def test_mitm_qr_without_the_code() -> None:
+    pair = make_pair(Method.QR, seed=63)
+    fake = dataclasses.replace(pair.qr, secret=seeded(5, "fake")(16))  # she never saw the code
+    m = mallory(Method.QR, qr=fake)
+    run_mitm(pair, m)
+    assert "not issued" in str(assert_failed(m.toward_guest, AuthenticationError))
+    assert_remote(pair.guest, ErrorCode.AUTH_FAILED, "not issued")
+    assert "not issued" in str(assert_failed(pair.host, AuthenticationError))
+    assert pair.guest.session is None
+
+
+def test_mitm_qr_with_the_code_lacks_the_hosts_key() -> None:
+    """Even having seen the code, Mallory cannot read the guest's first message (Noise IK es)."""
+    pair = make_pair(Method.QR, seed=64)
+    assert pair.qr is not None
+    offer = wire.decode(pair.guest.outgoing()[0])
+    assert isinstance(offer, Offer) and offer.noise is not None
+    mitm = LocalIdentity.generate("Paul", seeded(64, "mallory"))
+    hs = HandshakeState(
+        QR_NOISE,
+        False,
+        prologue=_hello_hash(offer.hello),
+        s=mitm.static_private,
+        psks=[_qr_psk(pair.qr)],
+        rng=seeded(64, "m"),
+    )
+    with pytest.raises(AuthenticationError):
+        hs.read_message(offer.noise)
+    # and whatever she answers does not open on the guest's side
+    forged = Accept(hello=offer.hello, noise=seeded(64, "x")(len(offer.noise))).encode()
+    with pytest.raises(PairingError):
+        pair.guest.receive(forged, 0.0)
+    assert_failed(pair.guest)
+
+
+def test_mitm_compare_codes_differ_so_users_refuse() -> None:
+    pair = make_pair(Method.COMPARE, seed=65)
+    m = mallory(Method.COMPARE)
+    result = run_mitm(pair, m, answers=USERS_COMPARE)
+    (guest_code,) = result.codes("guest")
+    (host_code,) = result.codes("host")
+    assert guest_code != host_code  # equal with probability 10^-6 per attempt
+    assert "not confirmed" in str(assert_failed(pair.guest, RefusedError))
+    assert "not confirmed" in str(assert_failed(pair.host, RefusedError))
+    assert_remote(m.toward_guest, ErrorCode.REFUSED, "not confirmed")
+    assert_remote(m.toward_host, ErrorCode.REFUSED, "not confirmed")
+
+
+def test_mitm_compare_cannot_change_its_nonce_after_committing() -> None:
+    """To steer the guest's code toward the host's, Mallory must change a committed value."""
+    pair = make_pair(Method.COMPARE, seed=66)
+    m = mallory(Method.COMPARE)
+
+    def steer(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if direction == "mitm_host->guest" and isinstance(msg, Reveal):
+            return Reveal(nonce=bytes(b ^ 1 for b in msg.nonce)).encode()
+        return data
+
+    result = run_mitm(pair, m, answers=USERS_COMPARE, tamper=steer)
+    assert result.codes("guest") == []  # no code is ever shown on the guest's screen
+    err = assert_failed(pair.guest, AuthenticationError)
+    assert "commitment" in str(err)
+    assert pair.host.session is None
+
+
+# -- rewritten announcements (downgrade, method confusion) -----------------------------------
+
+
+def _tamper_hello(cls: type, field: str) -> Any:
+    def tamper(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if isinstance(msg, cls):
+            hello = msg.hello
+            if field == "caps":
+                hello = dataclasses.replace(hello, caps=hello.caps ^ (1 << 12))
+            elif field == "caps-drop":
+                hello = dataclasses.replace(hello, caps=hello.caps & ~int(Caps.KEYPAD))
+            else:
+                hello = dataclasses.replace(hello, methods=hello.methods ^ (1 << int(Method.TTP)))
+            return dataclasses.replace(msg, hello=hello).encode()
+        return data
+
+    return tamper
+
+
+@pytest.mark.parametrize("field", ["caps", "caps-drop", "methods"])
+@pytest.mark.parametrize("cls", [Offer, Accept], ids=["offer", "accept"])
+@pytest.mark.parametrize("method", FULL, ids=[m.label for m in FULL])
+def test_rewritten_announcement_fails(method: Method, cls: type, field: str) -> None:
+    if field == "caps-drop" and method is Method.PIN and cls is Offer:
+        field = "caps"  # dropping KEYPAD from a PIN guest is refused by the table: see below
+    pair = make_pair(method, seed=70)
+    result = pair.run(tamper=_tamper_hello(cls, field))
+    assert pair.guest.session is None
+    assert_failed(pair.guest)
+    if method is Method.QR and cls is Accept:
+        # One round trip: the host finished when it sent its Accept.  The guest refuses it and
+        # the host's session is never confirmed (SecureLink's first exchange fails).
+        assert pair.host.done and "changed on the way" in str(pair.guest.error)
+        return
+    assert_failed(pair.host)
+    assert pair.host.session is None
+    assert result.errors
+
+
+def test_downgraded_guest_caps_refused_by_the_table() -> None:
+    pair = make_pair(Method.PIN, seed=71)
+    pair.run(tamper=_tamper_hello(Offer, "caps-drop"))
+    assert "cannot type a PIN" in str(assert_failed(pair.host, UnsupportedError))
+    assert_remote(pair.guest, ErrorCode.UNSUPPORTED, "cannot type")
+
+
+def test_host_answering_another_method_refused() -> None:
+    pair = make_pair(Method.PIN, seed=72)
+
+    def confuse(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if isinstance(msg, Accept):
+            return dataclasses.replace(
+                msg, hello=dataclasses.replace(msg.hello, method=Method.CLEAR)
+            ).encode()
+        return data
+
+    pair.run(tamper=confuse)
+    assert "'clear' but 'pin'" in str(assert_failed(pair.guest, ProtocolError))
+    assert_remote(pair.host, ErrorCode.PROTOCOL, "'clear'")
+
+
+# -- tampered, replayed, dropped, duplicated messages ----------------------------------------
+
+
+def _outcome_is_consistent(pair: Pair) -> None:
+    """No pairing ends with the two sides disagreeing."""
+    g, h = pair.guest, pair.host
+    if g.done and h.done:
+        assert g.session is not None and h.session is not None
+        assert g.session.fingerprint == h.session.fingerprint
+        assert g.session.send_key == h.session.recv_key
+    for machine in (g, h):
+        if not machine.done:
+            assert_failed(machine)
+
+
+def _positions(n: int, seed: int) -> list[int]:
+    """About 30 byte positions spread over a message, its first and last bytes included."""
+    rng = seeded(seed, "positions")
+    extra = [int.from_bytes(rng(2), "big") % n for _ in range(8)]
+    return sorted({0, 1, 2, n - 2, n - 1, *range(0, n, max(1, n // 20)), *extra})
+
+
+CASES = [(m, k) for m in ALL for k in range(len(FLIGHTS[m]))]
+case_ids = [f"{m.label}-{k}" for m, k in CASES]
+REPLAY_CASES = [(m, k) for m, k in CASES if k >= 2]
+replay_ids = [f"{m.label}-{k}" for m, k in REPLAY_CASES]
+
+
+@pytest.mark.parametrize(("method", "index"), CASES, ids=case_ids)
+def test_bit_flips_in_every_message(method: Method, index: int) -> None:
+    size = len(honest_transcript(method, seed=80)[index][1])
+    for pos in _positions(size, index):
+        for bit in (pos % 8,):
+            pair = pair_for(method, seed=80)
+            count = [0]
+
+            def flip(
+                direction: str,
+                data: bytes,
+                pos: int = pos,
+                bit: int = bit,
+                count: list[int] = count,
+            ) -> bytes:
+                count[0] += 1
+                if count[0] - 1 != index:
+                    return data
+                raw = bytearray(data)
+                raw[pos] ^= 1 << bit
+                return bytes(raw)
+
+            pair.run(answers=USERS_COMPARE if method is Method.COMPARE else YES, tamper=flip)
+            _outcome_is_consistent(pair)
+            receiver = pair.host if index % 2 == 0 else pair.guest
+            sender = pair.guest if index % 2 == 0 else pair.host
+            if method is Method.RESUME and index < 2 and pair.guest.done:
+                # A flipped INIT or FAIL can only make the host answer FAIL: the guest then
+                # falls back to Noise KK, which authenticates both sides again.
+                assert pair.guest.session is not None
+                assert pair.guest.session.method is Method.KK
+                continue
+            assert receiver.failed, (method, index, pos, bit)
+            if not sender.done:
+                assert sender.failed
+
+
+def _nth(index: int, action: str) -> Any:
+    count = [0]
+    first: dict[str, bytes] = {}
+
+    def tamper(direction: str, data: bytes) -> bytes | list[bytes] | None:
+        count[0] += 1
+        first.setdefault(direction, data)
+        if count[0] - 1 != index:
+            return data
+        if action == "drop":
+            return None
+        if action == "duplicate":
+            return [data, data]
+        return [data, first[direction]]  # replay: this direction's first message again
+
+    return tamper
+
+
+@pytest.mark.parametrize(("method", "index"), CASES, ids=case_ids)
+def test_duplicated_message(method: Method, index: int) -> None:
+    pair = pair_for(method, seed=81)
+    pair.run(tamper=_nth(index, "duplicate"))
+    receiver = pair.host if index % 2 == 0 else pair.guest
+    sender = pair.guest if index % 2 == 0 else pair.host
+    if receiver.done:
+        # The receiver finished with the first copy (the driver would have stopped reading);
+        # the second finds it done and changes nothing.
+        assert_paired(pair, method)
+        with pytest.raises(ProtocolError, match="already complete"):
+            receiver.receive(honest_transcript(method, seed=81)[index][1], 0.0)
+        assert_paired(pair, method)
+        return
+    assert_failed(receiver, ProtocolError)
+    if not sender.done:
+        assert_failed(sender, RemoteError)
+
+
+@pytest.mark.parametrize(("method", "index"), REPLAY_CASES, ids=replay_ids)
+def test_replayed_message(method: Method, index: int) -> None:
+    pair = pair_for(method, seed=82)
+    pair.run(tamper=_nth(index, "replay"))
+    receiver = pair.host if index % 2 == 0 else pair.guest
+    sender = pair.guest if index % 2 == 0 else pair.host
+    if receiver.done:
+        # a replay after the last message finds the receiver done; nothing is accepted twice
+        assert_paired(pair, method)
+        return
+    assert_failed(receiver, ProtocolError)
+    if not sender.done:
+        assert_failed(sender, RemoteError)
+
+
+@pytest.mark.parametrize(("method", "index"), CASES, ids=case_ids)
+def test_dropped_message_times_out(method: Method, index: int) -> None:
+    pair = pair_for(method, seed=83)
+    result = pair.run(tamper=_nth(index, "drop"))
+    assert result.errors == {}
+    waiting = [m for m in (pair.guest, pair.host) if not m.done]
+    assert waiting, "someone must be waiting for the dropped message"
+    for machine in waiting:
+        deadline = machine.next_deadline()
+        assert deadline is not None, "a waiting machine always has a deadline"
+        machine.on_timeout(deadline - 0.001)
+        assert not machine.failed
+        with pytest.raises(PairingTimeout):
+            machine.on_timeout(deadline)
+        err = assert_failed(machine, PairingTimeout)
+        assert isinstance(err, TimeoutError)
+        assert machine.outgoing() == []  # a timeout sends no Abort: the link is presumed gone
+
+
+@pytest.mark.parametrize(("method", "index"), CASES, ids=case_ids)
+@pytest.mark.parametrize("side", ["guest", "host"])
+def test_abort_from_the_peer(method: Method, index: int, side: str) -> None:
+    pair = pair_for(method, seed=84)
+    stepper = Stepper(pair.guest, pair.host)
+    for _ in range(index):
+        stepper.step()
+    machine = pair.guest if side == "guest" else pair.host
+    if machine.done:
+        return
+    machine.outgoing()  # what it sent before (the Abort comes in reply)
+    abort = wire.Abort(code=ErrorCode.REFUSED, reason="the owner said no").encode()
+    with pytest.raises(RemoteError) as info:
+        machine.receive(abort, 0.0)
+    assert str(info.value) == "the peer stopped: the owner said no"
+    assert info.value.code == ErrorCode.REFUSED
+    assert isinstance(info.value.local, RefusedError)  # type: ignore[attr-defined]
+    assert_failed(machine, RemoteError)
+    assert machine.outgoing() == []  # no Abort in answer to an Abort
+
+
+# -- resume and kk ---------------------------------------------------------------------------
+
+
+def test_resume_consumes_the_prekey_and_replaces_it() -> None:
+    known = known_pair(seed=90)
+    before_guest = known.guest_record
+    before_host = known.host_records[known.guest_me.device_id]
+    assert len(before_guest.their_prekeys) == PairingConfig().prekeys
+    nominated = before_guest.their_prekeys[0]
+    assert nominated in {p.digest for p in before_host.our_prekeys}
+
+    pair = known.resume(seed=91)
+    result = pair.run()
+    assert_paired(pair, Method.RESUME)
+    assert result.types() == FLIGHTS[Method.RESUME]
+    g, h = pair.guest.session, pair.host.session
+    assert g is not None and h is not None
+    assert pair.guest.stale_prekey is None
+    assert g.consumed_theirs == nominated and h.consumed_ours == nominated
+    assert len(h.new_our_prekeys) == 1
+    assert g.new_their_prekeys == (h.new_our_prekeys[0].digest,)
+    assert not g.replace_prekeys and not h.replace_prekeys
+
+    known.store(pair)
+    after_guest = known.guest_record
+    after_host = known.host_records[known.guest_me.device_id]
+    assert nominated not in after_guest.their_prekeys
+    assert after_guest.their_prekeys == (
+        *before_guest.their_prekeys[1:],
+        h.new_our_prekeys[0].digest,
+    )
+    assert nominated not in {p.digest for p in after_host.our_prekeys}
+    assert [p.digest for p in after_host.our_prekeys] == [
+        *(p.digest for p in before_host.our_prekeys if p.digest != nominated),
+        h.new_our_prekeys[0].digest,
+    ]
+    # the peers are still who they were
+    assert after_guest.device_id == known.host_me.device_id and after_guest.authenticated
+
+    # and the next resume uses the next prekey
+    nxt = known.resume(seed=92)
+    nxt.run()
+    assert_paired(nxt, Method.RESUME)
+    assert nxt.guest.session is not None
+    assert nxt.guest.session.consumed_theirs == before_guest.their_prekeys[1]
+
+
+def test_resume_with_a_stale_digest_falls_back_to_kk() -> None:
+    known = known_pair(seed=93)
+    stale = b"\x5a" * 16
+    peer = dataclasses.replace(
+        known.guest_record, their_prekeys=(stale, *known.guest_record.their_prekeys)
+    )
+    pair = known.resume(seed=94, peer=peer)
+    result = pair.run()
+    assert result.types() == ["ResumeMessage", "ResumeMessage", "Offer", "Accept"]
+    fail = wire.decode(result.messages[1][1])
+    assert isinstance(fail, ResumeMessage) and fail.reason == "ephemeral key mismatch"
+    assert_paired(pair, Method.KK)
+    assert pair.guest.stale_prekey == stale
+    g = pair.guest.session
+    assert g is not None and g.replace_prekeys  # KK renews every prekey
+    assert g.updated_peer(peer).their_prekeys == g.new_their_prekeys
+
+
+def test_resume_with_no_prekeys_left_goes_to_kk() -> None:
+    known = known_pair(seed=95)
+    peer = dataclasses.replace(known.guest_record, their_prekeys=())
+    pair = known.resume(seed=96, peer=peer)
+    result = pair.run()
+    assert result.types() == FLIGHTS[Method.KK]
+    assert_paired(pair, Method.KK)
+    assert pair.guest.stale_prekey is None
+
+
+def test_resume_twice_with_the_same_digest() -> None:
+    known = known_pair(seed=97)
+    old_guest_record = known.guest_record
+    first = known.resume(seed=98)
+    first.run()
+    assert_paired(first, Method.RESUME)
+    known.store(first)
+    # the guest did not store the result (it crashed, or an attacker replays its old state)
+    again = known.resume(seed=99, peer=old_guest_record)
+    result = again.run()
+    assert result.types()[:2] == ["ResumeMessage", "ResumeMessage"]
+    assert_paired(again, Method.KK)
+    assert again.guest.stale_prekey == old_guest_record.their_prekeys[0]
+
+
+def test_resume_replayed_init_cannot_resume() -> None:
+    """A recorded INIT replayed to the host gets an OKAY only if the prekey is unused, and then
+    the replayer cannot produce the CONFIRM (it lacks the guest's static and ephemeral keys)."""
+    known = known_pair(seed=100)
+    pair = known.resume(seed=101)
+    init = pair.guest.outgoing()[0]
+    replay_host = HostPairing(
+        PairingConfig(), known.host_me, known.state, now=0.0, rng=seeded(101, "h")
+    )
+    replay_host.receive(init, 0.0)
+    okay = wire.decode(replay_host.outgoing()[0])
+    assert isinstance(okay, ResumeMessage) and okay.verifier is not None
+    first = wire.decode(init)
+    assert isinstance(first, ResumeMessage)
+    # every header field is public: only the verifier needs the guest's keys
+    header = dataclasses.replace(first.header, seq=2, kind=ResumeKind.CONFIRM, src_key=None)
+    forged = ResumeMessage(header=header, verifier=seeded(101, "v")(32))
+    wrong_header = ResumeMessage(
+        header=dataclasses.replace(header, dst_key_id=b"x" * 16), verifier=forged.verifier
+    )
+    other_host = HostPairing(
+        PairingConfig(), known.host_me, known.state, now=0.0, rng=seeded(101, "h2")
+    )
+    other_host.receive(init, 0.0)
+    with pytest.raises(ProtocolError, match="wrong header"):
+        other_host.receive(wrong_header.encode(), 0.0)
+    with pytest.raises(AuthenticationError, match="verifier"):
+        replay_host.receive(forged.encode(), 0.0)
+    assert_failed(replay_host)
+
+
+def test_kk_with_an_unknown_guest() -> None:
+    known = known_pair(seed=102)
+    known.host_records.clear()
+    pair = known.resume(seed=103, method=Method.KK)
+    pair.run()
+    assert "does not know" in str(assert_failed(pair.host, NotFoundError))
+    assert_remote(pair.guest, ErrorCode.NOT_FOUND, "does not know")
+
+
+def test_resume_with_an_unknown_guest_fails_then_kk_refused() -> None:
+    known = known_pair(seed=104)
+    known.host_records.clear()
+    pair = known.resume(seed=105)
+    result = pair.run()
+    assert result.types() == ["ResumeMessage", "ResumeMessage", "Offer", "Abort"]
+    assert_failed(pair.host, NotFoundError)
+    assert_remote(pair.guest, ErrorCode.NOT_FOUND, "does not know")
+
+
+def test_kk_with_the_wrong_host() -> None:
+    """A device answering for a known peer without its static key fails the KK handshake."""
+    known = known_pair(seed=106)
+    impostor = LocalIdentity.generate("Paul", seeded(106, "impostor"))
+    records = {known.guest_me.device_id: known.host_records[known.guest_me.device_id]}
+    state = HostState(rng=seeded(106), known_peer=records.get)
+    pair = make_pair(
+        Method.KK,
+        seed=107,
+        guest_me=known.guest_me,
+        host_me=impostor,
+        state=state,
+        peer=known.guest_record,
+    )
+    pair.run()
+    assert_failed(pair.host, AuthenticationError)
+    assert pair.guest.session is None
+    assert_failed(pair.guest)
+
+
+def test_resume_needs_a_known_peer() -> None:
+    g = LocalIdentity.generate("g")
+    for method in (Method.RESUME, Method.KK):
+        with pytest.raises(ConfigError, match="known peer"):
+            GuestPairing(PairingConfig(), g, method=method)
+
+
+# -- clear -----------------------------------------------------------------------------------
+
+
+def test_clear_refused_over_an_unencrypted_link_guest_side() -> None:
+    g = LocalIdentity.generate("g")
+    with pytest.raises(InsecureLinkError, match="--allow-insecure"):
+        GuestPairing(PairingConfig(), g, method=Method.CLEAR, link_encrypted=False)
+
+
+def test_clear_refused_over_an_unencrypted_link_host_side() -> None:
+    """The guest's link is encrypted (it says so); the host's is not: the host refuses."""
+    pair = make_pair(Method.CLEAR, seed=110, start=False)
+    host = HostPairing(
+        PairingConfig(),
+        pair.host_me,
+        pair.state,
+        now=0.0,
+        link_encrypted=False,
+        rng=seeded(110, "h"),
+    )
+    pair.guest.start(0.0)
+    shuttle(pair.guest, host)
+    err = assert_failed(host, InsecureLinkError)
+    assert "--allow-insecure" in str(err)
+    assert_remote(pair.guest, ErrorCode.INSECURE, "--allow-insecure")
+
+
+def test_clear_over_an_unencrypted_link_when_forced() -> None:
+    forced = PairingConfig(allow_insecure=True)
+    pair = make_pair(
+        Method.CLEAR, seed=111, link_encrypted=False, guest_config=forced, host_config=forced
+    )
+    result = pair.run()
+    g, h = pair.guest.session, pair.host.session
+    assert g is not None and h is not None, result.errors
+    assert g.fingerprint == h.fingerprint and g.send_key == h.recv_key
+    assert g.peer.authenticated is False and h.peer.authenticated is False
+    assert g.updated_peer(None).authenticated is False
+    assert h.updated_peer(None).authenticated is False
+    warnings = [e for s, e in result.questions if s == "host" and isinstance(e, InsecureWarning)]
+    assert len(warnings) == 1 and "not encrypted" in warnings[0].text
+
+
+@pytest.mark.parametrize("allow_insecure", [False, True])
+def test_clear_over_an_encrypted_link_is_authenticated(allow_insecure: bool) -> None:
+    config = PairingConfig(allow_insecure=allow_insecure)
+    pair = make_pair(Method.CLEAR, seed=112, guest_config=config, host_config=config)
+    pair.run()
+    assert_paired(pair, Method.CLEAR)
+    assert pair.guest.session is not None and pair.host.session is not None
+    assert pair.guest.session.peer.authenticated and pair.host.session.peer.authenticated
+
+
+def test_clear_host_identity_must_not_change() -> None:
+    """The identity shown in the Accept must be the one sealed in the host's Confirm."""
+    pair = make_pair(Method.CLEAR, seed=113)
+    theirs = wire.decode(honest_transcript(Method.CLEAR, seed=114)[1][1])
+    assert isinstance(theirs, Accept)
+
+    def swap(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if isinstance(msg, Accept):
+            return dataclasses.replace(msg, identity=theirs.identity).encode()
+        return data
+
+    pair.run(tamper=swap)
+    assert "identity changed" in str(assert_failed(pair.guest, AuthenticationError))
+    # the host's Confirm was the last message: it finished, and its session is never confirmed
+    assert pair.host.done
+
+
+# -- compare refused -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refuser", ["guest", "host"])
+def test_compare_refused_by_a_user(refuser: str) -> None:
+    pair = make_pair(Method.COMPARE, seed=120)
+    answers = {"guest": True, "host": True, refuser: False}
+    result = pair.run(answers=answers)
+    me = pair.guest if refuser == "guest" else pair.host
+    peer = pair.host if refuser == "guest" else pair.guest
+    assert "not confirmed" in str(assert_failed(me, RefusedError))
+    assert_remote(peer, ErrorCode.REFUSED, "not confirmed")
+    direction = "g2h" if refuser == "guest" else "h2g"
+    assert "Abort" in result.types(direction)
+
+
+# -- local misuse and configuration ----------------------------------------------------------
+
+
+def test_answer_without_a_question() -> None:
+    pair = make_pair(Method.COMPARE, seed=121)
+    with pytest.raises(ProtocolError, match="no question"):
+        pair.guest.answer(ConfirmCode(code="000000", peer_name="x"), True, 0.0)
+    assert_failed(pair.guest, ProtocolError)  # a caller's bug poisons the machine too
+
+
+def test_start_twice_and_use_after_done() -> None:
+    pair = make_pair(Method.QR, seed=122)
+    with pytest.raises(ProtocolError, match="already called"):
+        pair.guest.start(0.0)
+    pair.run()
+    assert_paired(pair, Method.QR)
+    for machine in (pair.guest, pair.host):
+        with pytest.raises(ProtocolError, match="already complete"):
+            machine.receive(Reveal(b"n" * 16).encode(), 0.0)
+        with pytest.raises(ProtocolError, match="already complete"):
+            machine.on_timeout(1e9)
+    assert pair.guest.session is not None  # a stray message does not undo a finished pairing
+
+
+def test_ttp_not_available() -> None:
+    with pytest.raises(UnsupportedError, match="ttp"):
+        GuestPairing(PairingConfig(), LocalIdentity.generate("g"), method=Method.TTP)
+
+
+def test_method_the_host_does_not_allow() -> None:
+    only_pin = PairingConfig(methods=frozenset({Method.PIN}))
+    pair = make_pair(Method.COMPARE, seed=123, host_config=only_pin)
+    pair.run()
+    assert "allows only: pin" in str(assert_failed(pair.host, UnsupportedError))
+    assert_remote(pair.guest, ErrorCode.UNSUPPORTED, "allows only: pin")
+
+
+def test_host_without_the_capability() -> None:
+    blind = PairingConfig(caps=Caps.KEYPAD | Caps.CONFIRM)  # a host that cannot display
+    pair = make_pair(Method.COMPARE, seed=124, host_config=blind)
+    pair.run()
+    assert "display" in str(assert_failed(pair.host, UnsupportedError))
+    assert_remote(pair.guest, ErrorCode.UNSUPPORTED, "display")
+
+
+def test_guest_checks_the_hosts_announcement_against_the_table() -> None:
+    pair = make_pair(Method.PIN, seed=124)
+
+    def blind(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if isinstance(msg, Accept):
+            hello = dataclasses.replace(msg.hello, caps=msg.hello.caps & ~int(Caps.DISPLAY))
+            return dataclasses.replace(msg, hello=hello).encode()
+        return data
+
+    pair.run(tamper=blind)
+    assert "cannot display" in str(assert_failed(pair.guest, UnsupportedError))
+    assert_remote(pair.host, ErrorCode.UNSUPPORTED, "cannot display")
+
+
+def test_unexpected_message_types() -> None:
+    pair = make_pair(Method.PIN, seed=125)
+    with pytest.raises(ProtocolError, match="not expected"):
+        pair.host.receive(Reveal(b"n" * 16).encode(), 0.0)
+    assert_failed(pair.host, ProtocolError)
+    assert wire.decode(pair.host.outgoing()[0]) == wire.Abort(
+        code=ErrorCode.PROTOCOL, reason=str(pair.host.error)
+    )
+
+
+def test_garbage_from_the_peer_is_a_decode_error() -> None:
+    pair = make_pair(Method.PIN, seed=126)
+    with pytest.raises(DecodeError):
+        pair.host.receive(b"\xff\x00garbage", 0.0)
+    assert_failed(pair.host, DecodeError)
+
+
+def test_low_order_compare_key_refused() -> None:
+    pair = make_pair(Method.COMPARE, seed=127)
+    offer = pair.guest.outgoing()[0]
+    with pytest.raises(AuthenticationError, match="not acceptable"):
+        pair.host.receive(rewrite(offer, pk=bytes(32)), 0.0)
+    assert_failed(pair.host, AuthenticationError)
+
+
+def test_an_abort_reason_from_the_peer_that_is_not_ascii_still_fits() -> None:
+    """Error texts that echo the peer's bytes must still fit an Abort (512 bytes)."""
+    pair = make_pair(Method.PIN, seed=128)
+    body = {0: 1, 1: Offer.TYPE, "\U0001f600" * 190: 1}
+    with pytest.raises(DecodeError):
+        pair.host.receive(cbor2.dumps(body, canonical=True), 0.0)
+    (abort,) = pair.host.outgoing()
+    assert len(abort) <= wire.Abort.MAX_SIZE
+    assert isinstance(wire.decode(abort), wire.Abort)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"methods": frozenset()},
+        {"step_timeout": 0.0},
+        {"step_timeout": 1e6},
+        {"prekeys": 0},
+        {"prekeys": 17},
+    ],
+    ids=str,
+)
+def test_config_validation(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        PairingConfig(**kwargs)
