@@ -53,6 +53,8 @@ This module draws randomness only from the ``rng`` it is given, except inside HP
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -231,8 +233,13 @@ def check_pin_strength(pin: str) -> None:
     # isascii(): str.isdigit() also takes digits such as "²" or "٣" that no keypad types.
     if len(pin) != 6 or not (pin.isascii() and pin.isdigit()):
         raise ConfigError("a PIN is exactly 6 digits")
-    if len(set(pin)) == 1 or pin in TRIVIAL_PINS:
-        raise ConfigError(f"the PIN {pin} is too easy to guess; choose another or let pairkit pick")
+    steps = {(int(b) - int(a)) % 10 for a, b in itertools.pairwise(pin)}
+    # one digit repeated, a run up or down (234567, 987654), or a well-known choice
+    if len(set(pin)) == 1 or steps in ({1}, {9}) or pin in TRIVIAL_PINS:
+        raise ConfigError(
+            "that PIN is too easy to guess (one digit, a run, or a common choice); "
+            "choose another or let pairkit pick one"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -473,7 +480,21 @@ def _code(th: bytes, pk: bytes, enc: bytes, ng: bytes, nh: bytes) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-class GuestPairing(Machine):
+class _LazyPrekeys:
+    """Prekeys made only when an exchange hands them out (a resume never does)."""
+
+    config: PairingConfig
+    _rng: Rng
+    _prekeys_cache: tuple[Prekey, ...] | None = None
+
+    @property
+    def _prekeys(self) -> tuple[Prekey, ...]:
+        if self._prekeys_cache is None:
+            self._prekeys_cache = _new_prekeys(self.config.prekeys, self._rng)
+        return self._prekeys_cache
+
+
+class GuestPairing(_LazyPrekeys, Machine):
     """The guest side (initiator): proposes a method and runs it.
 
     Call :meth:`start` once, then feed messages with :meth:`~Machine.receive`; questions
@@ -520,7 +541,6 @@ class GuestPairing(Machine):
             caps |= Caps.ENCRYPTED_LINK  # forced: the user accepted the risk
         self._caps = caps
         self._check_inputs()
-        self._prekeys = _new_prekeys(config.prekeys, rng)
         self.session: Session | None = None
         self._offer: Offer | None = None
 
@@ -833,7 +853,7 @@ _INSECURE_TEXT = (
 # --------------------------------------------------------------------------------------------
 
 
-class HostPairing(Machine):
+class HostPairing(_LazyPrekeys, Machine):
     """The host side (responder): checks the guest's proposal and runs the method."""
 
     TABLE: ClassVar[dict[tuple[str, type], str]] = {
@@ -865,7 +885,6 @@ class HostPairing(Machine):
         self._wall_now = wall_now
         self._link_encrypted = link_encrypted
         self._caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
-        self._prekeys = _new_prekeys(config.prekeys, rng)
         self.method: Method | None = None
         self.session: Session | None = None
         self._pin_attempt: float | None = None  #: when the PIN attempt under way started
@@ -910,7 +929,7 @@ class HostPairing(Machine):
         wait = self.host.locked_for(now)
         if wait > 0:
             raise LockedOutError(
-                f"too many wrong PINs: PIN pairing is locked for {wait:.0f} more seconds"
+                f"too many wrong PINs: PIN pairing is locked for {math.ceil(wait)} more seconds"
             )
         pin = self.host.pin
         if pin is None:
