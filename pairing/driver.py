@@ -42,10 +42,13 @@ class MessagePipe:
     def __init__(self, link: LinkLike, *, max_message: int = MAX_HANDSHAKE_MESSAGE) -> None:
         self.link = link
         self._reassembler = Reassembler(max_message)
+        # The fragments of one message must not interleave with another's.
+        self._send_lock = asyncio.Lock()
 
     async def send(self, message: bytes) -> None:
-        for piece in fragment(message, self.link.mtu):
-            await self.link.send(piece)
+        async with self._send_lock:
+            for piece in fragment(message, self.link.mtu):
+                await self.link.send(piece)
 
     async def recv(self) -> bytes:
         while True:
@@ -133,5 +136,8 @@ async def _deliver(
     try:
         value = await asyncio.wait_for(hook(event), answer_time)
     except TimeoutError:
-        raise PairingTimeout(f"no answer within {answer_time:.0f} s") from None
+        # Our side's person did not answer: the peer is waiting, so tell it why we stop.
+        exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+        machine.abort(exc, tell_peer=True)
+        raise exc from None
     machine.answer(event, value, now())

@@ -131,10 +131,16 @@ class Machine:
             self._fail(exc)
             raise exc
 
-    def abort(self, exc: PairingError) -> None:
-        """Stop from outside (the link broke, the user cancelled): the machine is poisoned."""
+    def abort(self, exc: PairingError, *, tell_peer: bool = False) -> None:
+        """Stop from outside (the link broke, the user cancelled): the machine is poisoned.
+
+        ``tell_peer`` queues an ``Abort`` even for a timeout (one that is ours, such as a person
+        who did not answer, rather than the peer's silence).
+        """
         if self.state not in (DONE, FAILED):
             self._fail(exc)
+            if tell_peer and isinstance(exc, PairingTimeout):
+                self._out.append(wire.Abort(code=_code(exc), reason=_short(str(exc))).encode())
 
     # -- for subclasses -------------------------------------------------------------------
 

@@ -1,0 +1,273 @@
+"""The asyncio driver and the secure link, over real links (loopback and TCP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from pairing.driver import MessagePipe, drive
+from pairing.errors import (
+    AuthenticationError,
+    ConfigError,
+    DecodeError,
+    LinkClosedError,
+    PairingError,
+    PairingTimeout,
+    RemoteError,
+)
+from pairing.methods import (
+    ConfirmCode,
+    GuestPairing,
+    HostPairing,
+    HostState,
+    LocalIdentity,
+    PairingConfig,
+    Session,
+)
+from pairing.negotiation import Method
+from pairing.securelink import READY, SecureLink, confirm
+from transports.loopback import loopback_pair
+from transports.tcp import TcpListener, tcp_connect
+
+GEORGE = LocalIdentity.generate("George's phone")
+PAUL = LocalIdentity.generate("Paul's phone")
+
+
+class Yes:
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.codes.append(q.code)
+        return True
+
+
+def machines(method: Method, *, encrypted: bool = False, timeout: float = 5.0):
+    cfg = PairingConfig(step_timeout=timeout)
+    state = HostState()
+    loop = asyncio.get_running_loop()
+    kwargs: dict[str, Any] = {}
+    if method is Method.PIN:
+        kwargs["pin"] = state.new_pin()
+    if method is Method.QR:
+        kwargs["qr"] = state.issue_qr(PAUL.static_public, time.time(), ttl=60, hint="")
+    host = HostPairing(cfg, PAUL, state, now=loop.time(), link_encrypted=encrypted,
+                       wall_now=time.time())
+    guest = GuestPairing(cfg, GEORGE, method=method, link_encrypted=encrypted,
+                         wall_now=time.time(), **kwargs)
+    return guest, host
+
+
+async def pair_over(a: Any, b: Any, method: Method, *, encrypted: bool = False):
+    guest, host = machines(method, encrypted=encrypted)
+    guest.start(asyncio.get_running_loop().time())
+    gd, hd = Yes(), Yes()
+    await asyncio.wait_for(
+        asyncio.gather(drive(guest, a, delegate=gd), drive(host, b, delegate=hd)), 10
+    )
+    assert guest.session is not None and host.session is not None
+    if method is Method.COMPARE:
+        assert gd.codes == hd.codes and len(gd.codes[0]) == 6
+    return guest.session, host.session
+
+
+@pytest.mark.parametrize("method", [Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR])
+@pytest.mark.parametrize("mtu", [20, 512])
+async def test_every_method_over_loopback_links(method: Method, mtu: int) -> None:
+    """MTU 20 forces every handshake message to be fragmented and reassembled."""
+    encrypted = method is Method.CLEAR
+    async with loopback_pair(mtu=mtu, encrypted=encrypted) as (a, b):
+        g, h = await pair_over(a, b, method, encrypted=encrypted)
+        assert g.fingerprint == h.fingerprint
+        assert g.send_key == h.recv_key and g.recv_key == h.send_key
+        await asyncio.gather(confirm(SecureLink(a, g)), confirm(SecureLink(b, h)))
+
+
+@pytest.mark.parametrize("method", [Method.PIN, Method.COMPARE])
+async def test_methods_over_tcp(method: Method) -> None:
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    try:
+        accept = asyncio.create_task(listener.accept(5))
+        a = await tcp_connect("127.0.0.1", listener.port, 5)
+        b = await accept
+        g, h = await pair_over(a, b, method)
+        ga, hb = SecureLink(a, g), SecureLink(b, h)
+        await asyncio.gather(confirm(ga), confirm(hb))
+        await ga.send(b"x" * 60_000)
+        assert await hb.recv() == b"x" * 60_000
+        await ga.close()
+        with pytest.raises(LinkClosedError):
+            await hb.recv()
+    finally:
+        await listener.close()
+
+
+async def test_a_silent_peer_ends_in_a_timeout_within_the_deadline() -> None:
+    guest, _host = machines(Method.PIN, timeout=0.3)
+    async with loopback_pair() as (a, _b):
+        guest.start(asyncio.get_running_loop().time())
+        t0 = time.perf_counter()
+        with pytest.raises(PairingTimeout) as info:
+            await drive(guest, a)
+        assert time.perf_counter() - t0 < 2.0
+        assert isinstance(info.value, TimeoutError)  # also the builtin, for asyncio users
+        assert guest.failed
+
+
+async def test_a_machine_without_a_deadline_still_gets_one() -> None:
+    """The driver's idle bound: nothing in pairkit waits forever."""
+    _guest, host = machines(Method.PIN)
+    host._expect_by(None)  # a machine that (wrongly) sets no deadline
+    async with loopback_pair() as (_a, b):
+        with pytest.raises(PairingTimeout, match="sent nothing"):
+            await drive(host, b, idle=0.2)
+
+
+async def test_a_peer_that_closes_mid_handshake_is_reported() -> None:
+    guest, _host = machines(Method.PIN)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+
+        async def hang_up() -> None:
+            await b.recv()  # read the offer, then leave
+            await b.close()
+
+        with pytest.raises(LinkClosedError, match="before the exchange was complete"):
+            await asyncio.gather(drive(guest, a), hang_up())
+
+
+async def test_garbage_ends_the_host_and_the_guest_hears_why() -> None:
+    _guest, host = machines(Method.PIN)
+    async with loopback_pair() as (a, b):
+        await a.send(b"\x01\x00\xff garbage that is not a fragment")
+        with pytest.raises(DecodeError):
+            await drive(host, b)
+
+
+async def test_a_wrong_pin_ends_both_drivers_with_readable_errors() -> None:
+    guest, host = machines(Method.PIN)
+    guest._pin = "135790" if host.host.pin != "135790" else "246802"
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(drive(guest, a), drive(host, b), return_exceptions=True), 5
+        )
+    assert all(isinstance(r, PairingError) for r in results)
+    assert "wrong PIN" in str(results[0]) and "wrong PIN" in str(results[1])
+    assert isinstance(results[0], AuthenticationError)
+    assert isinstance(results[1], RemoteError | AuthenticationError)
+
+
+async def test_a_question_nobody_can_answer_is_a_config_error() -> None:
+    guest, host = machines(Method.COMPARE)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(drive(guest, a, delegate=object()), drive(host, b, delegate=Yes()),
+                           return_exceptions=True), 5
+        )
+    assert isinstance(results[0], ConfigError) and "confirm_code" in str(results[0])
+    assert isinstance(results[1], PairingError)
+
+
+async def test_a_person_who_never_answers_times_out() -> None:
+    class Never:
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            await asyncio.sleep(3600)
+            return True
+
+    guest, host = machines(Method.COMPARE)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(drive(guest, a, delegate=Never(), answer_time=0.2),
+                           drive(host, b, delegate=Yes()), return_exceptions=True), 5
+        )
+    assert isinstance(results[0], PairingTimeout) and "no answer" in str(results[0])
+
+
+async def test_message_pipe_round_trips_large_messages_at_mtu_20() -> None:
+    class Yielding:
+        """A link whose every send lets other tasks run, as a radio's would."""
+
+        def __init__(self, link: Any) -> None:
+            self.link, self.mtu = link, link.mtu
+
+        async def send(self, data: bytes) -> None:
+            await asyncio.sleep(0)
+            await self.link.send(data)
+
+    async with loopback_pair(mtu=20) as (a, b):
+        pa, pb = MessagePipe(Yielding(a)), MessagePipe(b)
+        payload = bytes(range(256)) * 200
+
+        async def receive_two() -> list[bytes]:
+            return [await pb.recv(), await pb.recv()]
+
+        reader = asyncio.create_task(receive_two())
+        # two senders at once: the pipe must not interleave their fragments
+        await asyncio.gather(pa.send(payload), pa.send(b"second"))
+        got = await asyncio.wait_for(reader, 10)
+        assert sorted(got, key=len) == [b"second", payload]
+
+
+# -- the secure link ---------------------------------------------------------------------------
+
+
+async def _slinks(mtu: int = 64, **kw: Any) -> tuple[SecureLink, SecureLink, Any]:
+    pair = loopback_pair(mtu=mtu)
+    a, b = pair
+    g, h = await pair_over(a, b, Method.PIN)
+    return SecureLink(a, g, **kw), SecureLink(b, h, **kw), pair
+
+
+async def test_secure_link_carries_messages_both_ways_and_rekeys() -> None:
+    ga, hb, pair = await _slinks(rekey_after=3)
+    await asyncio.gather(confirm(ga), confirm(hb))
+    for i in range(10):
+        await ga.send(f"to host {i}".encode())
+        await hb.send(f"to guest {i}".encode())
+    assert [await hb.recv() for _ in range(10)] == [f"to host {i}".encode() for i in range(10)]
+    assert [await ga.recv() for _ in range(10)] == [f"to guest {i}".encode() for i in range(10)]
+    ga.request_rekey()
+    await ga.send(b"after a requested rekey")
+    assert await hb.recv() == b"after a requested rekey"
+    await pair.aclose()
+
+
+async def test_secure_link_recv_has_a_deadline() -> None:
+    _ga, hb, pair = await _slinks()
+    t0 = time.perf_counter()
+    with pytest.raises(PairingTimeout):
+        await hb.recv(0.2)
+    assert time.perf_counter() - t0 < 1.5
+    await pair.aclose()
+
+
+async def test_a_forged_record_ends_the_secure_link() -> None:
+    _ga, hb, pair = await _slinks(mtu=512)
+    a, _b = pair
+    await a.send(b"\x80\x19" + bytes(9) + b"forged record with no valid tag")
+    with pytest.raises(PairingError):
+        await hb.recv(1)
+    await pair.aclose()
+
+
+async def test_confirm_fails_if_the_keys_differ() -> None:
+    """The ready exchange catches a session whose last flight was tampered with."""
+    async with loopback_pair() as (a, b):
+        g, h = await pair_over(a, b, Method.PIN)
+        bad = Session(h.method, h.initiator, h.peer, send_key=bytes(32), recv_key=bytes(range(32)),
+                      fingerprint=h.fingerprint)
+        results = await asyncio.gather(
+            confirm(SecureLink(a, g, timeout=1)), confirm(SecureLink(b, bad, timeout=1)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, PairingError) for r in results)
+
+
+async def test_ready_is_not_application_data() -> None:
+    assert READY.startswith(b"\x00")
