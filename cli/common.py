@@ -15,6 +15,7 @@ import click
 from pairing.cloud import AllowJoin, Grant, Role
 from pairing.errors import (
     ConfigError,
+    ErrorCode,
     KeystoreError,
     LockedOutError,
     NotFoundError,
@@ -45,15 +46,21 @@ def exit_code_for(exc: BaseException) -> int:
     """The one place that maps typed errors to exit codes (STYLE.md rule 11)."""
     if isinstance(exc, ConfigError | click.UsageError):
         return EXIT_USAGE
-    if isinstance(exc, PairingTimeout):
+    # By wire code too, so that an error the peer reports ("the peer stopped: ...", a
+    # RemoteError) exits as the same error found here would.
+    code = exc.code if isinstance(exc, PairingError) else None
+    if isinstance(exc, PairingTimeout) or code == ErrorCode.TIMEOUT:
         return EXIT_TIMEOUT
-    if isinstance(exc, RefusedError | LockedOutError):
+    if isinstance(exc, RefusedError | LockedOutError) or code in _REFUSALS:
         return EXIT_REFUSED
-    if isinstance(exc, NotFoundError):
+    if isinstance(exc, NotFoundError) or code == ErrorCode.NOT_FOUND:
         return EXIT_NOT_FOUND
-    if isinstance(exc, PairingError) and exc.code == 4:  # AUTH_FAILED
+    if code == ErrorCode.AUTH_FAILED:
         return EXIT_AUTH
     return EXIT_ERROR
+
+
+_REFUSALS = frozenset({ErrorCode.REFUSED, ErrorCode.LOCKED_OUT})
 
 
 def fail(message: str) -> None:

@@ -173,6 +173,7 @@ async def run_host(
     async def serve_one(link: Any) -> None:
         nonlocal paired
         loop = asyncio.get_running_loop()
+        machine: HostPairing | None = None
         try:
             pipe = MessagePipe(link)
             cloud = CloudHost(
@@ -225,6 +226,8 @@ async def run_host(
             if not opts.once and Method.PIN in opts.methods and state.pin is None:
                 state.new_pin()
                 show_pin()
+            if not opts.once and machine is not None and machine.method is Method.QR:
+                show_qr()  # a QR code is single use too: the next guest needs a fresh one
             slots.release()
 
     accept: asyncio.Future[Any] | None = None
@@ -372,6 +375,17 @@ async def run_join(
                 # BLE: turn on LE Secure Connections first, so 'clear' runs over an
                 # encrypted link (method b); over links that cannot, 'clear' is refused.
                 await link.encrypt()
+            if method is Method.CLEAR and not link.encrypted and opts.allow_insecure:
+                # Forced by the user: say so loudly (DESIGN.md 4b), even with --json.
+                info("warning: pairing with 'clear' over a link that is not encrypted: anyone "
+                     "listening gets the session key (--allow-insecure)")
+            # Built before the cloud step: a method this link cannot carry ('clear' without
+            # link encryption) is refused before the host's owner is asked anything.
+            machine = GuestPairing(
+                config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
+                qr=opts.qr, peer=peer, wall_now=time.time(),
+                rng=os.urandom,
+            )
             loop = asyncio.get_running_loop()
             pipe = MessagePipe(link)
             mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
@@ -386,11 +400,6 @@ async def run_join(
             cloud.start(loop.time())
             guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
             await drive(cloud, pipe, delegate=guest_delegate)
-            machine = GuestPairing(
-                config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
-                qr=opts.qr, peer=peer, wall_now=time.time(),
-                rng=os.urandom,
-            )
             machine.start(loop.time())
             await drive(machine, pipe, delegate=guest_delegate)
             assert machine.session is not None
