@@ -410,10 +410,11 @@ async def run_join(
             await confirm(slink)
             membership = await receive_membership(slink)
             if membership.secret is not None and membership.cloud_id:
-                ks.set_cloud(
-                    membership.cloud_id, membership.secret,
-                    name=membership.cloud_name or "a cloud", role="member",
-                )
+                with ks.update():
+                    ks.set_cloud(
+                        membership.cloud_id, membership.secret,
+                        name=membership.cloud_name or "a cloud", role="member",
+                    )
             store.save_session(
                 ks, session, address=spec if spec.startswith("tcp:") else str(link.peer),
                 transport=spec, role=membership.role, expires=membership.expires,

@@ -183,9 +183,9 @@ def peers(as_json: bool) -> None:
 def forget(peer: str) -> None:
     """Forget a known peer (by name or id): it will have to pair again."""
     ks = unlock()
-    removed = ks.forget_peer(peer)
-    ks.save()
-    info(f"forgot {removed}")
+    with ks.update():
+        removed = ks.forget_peer(peer)
+    info(f"forgot {removed.name} ({removed.id})")
 
 
 # -- pairing ----------------------------------------------------------------------------------

@@ -82,34 +82,34 @@ def save_session(
 ) -> None:
     """Store the peer after a confirmed session: keys, prekeys, where it was reached, its role."""
     device_id = session.peer.device_id.hex()
-    try:
-        old_record: Peer | None = ks.get_peer(device_id)
-    except NotFoundError:
-        old_record = None
-    old = _known(old_record) if old_record is not None else None
-    updated = session.updated_peer(old)
-    now = time.time()
-    extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
-    extra.update({"address": address, "transport": transport})
-    if role is not None:
-        extra["role"] = role.name.lower()
-        extra["expires"] = expires
-    ks.add_peer(
-        Peer(
-            id=device_id,
-            name=updated.name,
-            static_public=updated.static_public,
-            signing_public=updated.signing_public,
-            authenticated=updated.authenticated,
-            method=session.method.label if old_record is None else old_record.method,
-            first_seen=old_record.first_seen if old_record is not None else now,
-            last_seen=now,
-            their_prekeys=list(updated.their_prekeys),
-            our_prekeys=[[p.digest, p.private] for p in updated.our_prekeys],
-            extra=extra,
+    with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
+        try:
+            old_record: Peer | None = ks.get_peer(device_id)
+        except NotFoundError:
+            old_record = None
+        old = _known(old_record) if old_record is not None else None
+        updated = session.updated_peer(old)
+        now = time.time()
+        extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
+        extra.update({"address": address, "transport": transport})
+        if role is not None:
+            extra["role"] = role.name.lower()
+            extra["expires"] = expires
+        ks.add_peer(
+            Peer(
+                id=device_id,
+                name=updated.name,
+                static_public=updated.static_public,
+                signing_public=updated.signing_public,
+                authenticated=updated.authenticated,
+                method=session.method.label if old_record is None else old_record.method,
+                first_seen=old_record.first_seen if old_record is not None else now,
+                last_seen=now,
+                their_prekeys=list(updated.their_prekeys),
+                our_prekeys=[[p.digest, p.private] for p in updated.our_prekeys],
+                extra=extra,
+            )
         )
-    )
-    ks.save()
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
@@ -138,10 +138,10 @@ def cloud_members(ks: Keystore) -> tuple[Member, ...]:
 
 def drop_their_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> None:
     """Forget a prekey digest the peer refused as stale."""
-    record = ks.get_peer(device_id.hex())
-    kept = [d for d in record.their_prekeys if d != digest]
-    ks.add_peer(_replace(record, their_prekeys=kept))
-    ks.save()
+    with ks.update():
+        record = ks.get_peer(device_id.hex())
+        kept = [d for d in record.their_prekeys if d != digest]
+        ks.add_peer(_replace(record, their_prekeys=kept))
 
 
 def _replace(record: Peer, **changes: Any) -> Peer:

@@ -35,6 +35,7 @@ changes the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
@@ -42,7 +43,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ from typing import Any, Final
 
 import cbor2
 import platformdirs
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
@@ -689,6 +695,63 @@ class Keystore:
         )
         self._write(_seal(header, self._keys, self._body()), before_replace)
         self._header = header
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[Keystore]:
+        """Change the keystore safely while other pairkit processes may use it too.
+
+        Under an exclusive lock on ``<keystore>.lock``, the contents are reloaded from the file
+        (another process may have saved since this one opened it), the caller changes them, and
+        they are saved before the lock is released: a running ``pairkit host`` and a ``pairkit
+        ls`` on the same device never lose each other's changes.  Where ``fcntl`` does not exist
+        (Windows) the reload and save still happen, without the lock.
+        """
+        lock_path = self._path.with_name(self._path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._reload()
+            yield self
+            self.save()
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _reload(self) -> None:
+        """Read the file again with the keys this store was unlocked with."""
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read(MAX_FILE_SIZE + 1)
+        except FileNotFoundError:
+            raise KeystoreNotFoundError(
+                f"the keystore at {self._path} is gone; run `pairkit init` to create one"
+            ) from None
+        header, end = _parse_header(data, str(self._path))
+        if header.salt != self._header.salt or header.kdf != self._header.kdf:
+            raise KeystoreError(
+                "the keystore's PIN was changed by another pairkit command; run this one again"
+            )
+        check = hmac.new(self._keys.check, data[:end], hashlib.sha256).digest()
+        if not hmac.compare_digest(check, data[end : end + CHECK_SIZE]):
+            raise KeystoreCorruptError(f"the keystore at {self._path} was damaged meanwhile")
+        aad = data[: end + CHECK_SIZE]
+        try:
+            body = ChaCha20Poly1305(self._keys.body).decrypt(header.nonce, data[len(aad) :], aad)
+            fresh = type(self)._from_body(self._path, body, header, self._keys, self._rng)
+        except (InvalidTag, ValueError, KeyError, TypeError, cbor2.CBORDecodeError):
+            raise KeystoreCorruptError(
+                f"the keystore at {self._path} was damaged meanwhile"
+            ) from None
+        if fresh.static_public != self.static_public:
+            raise KeystoreError("the keystore was replaced by another identity meanwhile")
+        self._header = header
+        self._name = fresh._name
+        self._peers = fresh._peers
+        self._clouds = fresh._clouds
+        self._groups = fresh._groups
+        self._settings = fresh._settings
 
     def change_pin(self, new_pin: str | bytes, *, scrypt_n: int | None = None) -> None:
         """Re-seal the keystore under ``new_pin`` with a fresh salt and save it; ``scrypt_n``

@@ -325,7 +325,7 @@ class HostState:
 
     def issue_qr(self, static_public: bytes, wall_now: float, *, ttl: float, hint: str) -> QrCode:
         """A new single-use QR code valid for ``ttl`` seconds."""
-        code = QrCode(static_public, self._rng(16), int(wall_now + ttl), hint)
+        code = QrCode(static_public, self._rng(16), math.ceil(wall_now + ttl), hint)
         self._qr[code.code_id] = _IssuedQr(code)
         self.last_qr = code
         return code
@@ -842,10 +842,11 @@ def _qr_psk(code: QrCode) -> bytes:
 
 
 _INSECURE_TEXT = (
-    "method 'clear' sends the session key as is, so it needs a link that is already "
-    "encrypted (BLE LE Secure Connections), and this one is not; pass --allow-insecure "
-    "to do it anyway (anyone listening then gets the key)"
+    "method 'clear' sends the key as is, so it needs a link already encrypted by BLE "
+    "LE Secure Connections, and this one is not; --allow-insecure forces it (then anyone "
+    "listening gets the key)"
 )
+assert len(_INSECURE_TEXT) <= 200  # it travels whole in an Abort
 
 
 # --------------------------------------------------------------------------------------------

@@ -744,3 +744,36 @@ def test_settings_round_trip(store: Keystore, store_path: Path, value: object) -
 def test_settings_refuse_non_cbor(store: Keystore, bad: object) -> None:
     with pytest.raises(ConfigError):
         store.set_setting("k", bad)
+
+
+# -- two processes sharing one keystore ---------------------------------------------------------
+
+
+def test_update_keeps_changes_made_by_another_process(store_path: Path) -> None:
+    """A host and an `ls` on one device both save: neither loses the other's peer."""
+    Keystore.create(store_path, PIN, name="paul's phone", scrypt_n=FAST_N)
+    host_view = Keystore.open(store_path, PIN)
+    ls_view = Keystore.open(store_path, PIN)
+    george, _ = new_peer(name="george")
+    ringo, _ = new_peer(name="ringo")
+    with host_view.update():
+        host_view.add_peer(george)
+    with ls_view.update():  # opened before the host saved: reloads, then adds
+        ls_view.add_peer(ringo)
+    names = {p.name for p in Keystore.open(store_path, PIN).peers()}
+    assert names == {"george", "ringo"}
+    assert {p.name for p in host_view.peers()} == {"george"}  # until its next update
+    with host_view.update():
+        pass
+    assert {p.name for p in host_view.peers()} == {"george", "ringo"}
+
+
+def test_update_refuses_after_the_pin_changed_elsewhere(store_path: Path) -> None:
+    Keystore.create(store_path, PIN, name="paul's phone", scrypt_n=FAST_N)
+    stale = Keystore.open(store_path, PIN)
+    other = Keystore.open(store_path, PIN)
+    other.change_pin("another pin", scrypt_n=FAST_N)
+    before = store_path.read_bytes()
+    with pytest.raises(KeystoreError, match="PIN was changed"), stale.update():
+        stale.rename("should not be written")
+    assert store_path.read_bytes() == before
