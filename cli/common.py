@@ -24,7 +24,7 @@ from pairing.errors import (
     RefusedError,
     WrongPinError,
 )
-from pairing.keystore import Keystore, default_path
+from pairing.keystore import Keystore, KeystoreNotFoundError, default_path
 from pairing.methods import ConfirmCode, InsecureWarning
 from pairing.service import AllowRequest, Scope
 
@@ -100,7 +100,7 @@ def unlock(path: Path | None = None) -> Keystore:
     """Open the keystore with ``PAIRKIT_PIN`` or by asking (three tries)."""
     path = path or home_path()
     if not path.exists():
-        raise KeystoreError(f"no identity at {path}; run 'pairkit init' first")
+        raise KeystoreNotFoundError(f"no identity at {path}; run 'pairkit init' first")
     env_pin = os.environ.get("PAIRKIT_PIN")
     if env_pin is not None:
         return Keystore.open(path, env_pin)
