@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .errors import AuthenticationError, ConfigError, DecodeError, ProtocolError
+from .framing import encode_leb128
 
 __all__ = [
     "DSI",
@@ -117,16 +118,7 @@ _MAC_LABEL: Final = b"CPaceMac"
 
 def prepend_len(data: bytes) -> bytes:
     """``prepend_len``: the LEB128 encoding of ``len(data)`` followed by ``data`` (§6.3, A.1.1)."""
-    length = len(data)
-    out = bytearray()
-    while True:
-        byte = length & 0x7F
-        length >>= 7
-        if length:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out) + bytes(data)
+    return encode_leb128(len(data)) + bytes(data)
 
 
 def lv_cat(*args: bytes) -> bytes:

@@ -77,7 +77,8 @@ def _check_max_message(max_message: int) -> int:
     return max_message
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_leb128(value: int) -> bytes:
+    """Unsigned LEB128, shortest form (also CPace's ``prepend_len``, cpace draft A.1.1)."""
     out = bytearray()
     while True:
         low = value & 0x7F
@@ -119,7 +120,7 @@ def fragment(message: bytes, mtu: int, *, max_message: int = DEFAULT_MAX_MESSAGE
     total = len(view)
     if total > max_message:
         raise TooLargeError(f"a message of {total} bytes is over the limit of {max_message} bytes")
-    length = _encode_varint(total)
+    length = encode_leb128(total)
     room = mtu - 1 - len(length)
     if total <= room:
         return [bytes((FLAG_FIRST | FLAG_LAST,)) + length + view]
