@@ -117,10 +117,15 @@ class Presence:
             self._task = asyncio.create_task(self._run())
 
     async def _rotate(self) -> None:
-        """A new tag, and on BLE a new random address, together (docs/hello.md "Privacy")."""
+        """A new tag, and on BLE a new random address, together (docs/hello.md "Privacy").
+
+        Advertising stops before the address changes: ``rotate_address`` re-advertises the
+        hello it had, and the old tag sent from the new address would link the two.
+        """
         rotate = getattr(self.transport, "rotate_address", None)
         if rotate is not None:
             with contextlib.suppress(Exception):
+                await self.transport.stop_advertising()
                 await rotate()
         await self.transport.start_advertising(self.hello().encode())
 

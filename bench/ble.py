@@ -1,0 +1,797 @@
+"""BLE benchmark on bumble virtual controllers: each pairkit figure beside bumble's own, same run.
+
+What it measures (issue 4, "Real BLE with bumble", "Done when"), all on virtual controllers with
+251-byte ACL packets (the transport sets them), host and guest in one process:
+
+1. **Hello**: time from ``start_advertising`` to the first advertisement a scanning guest hears.
+2. **Pairing**: each method as a complete :class:`~pairing.methods.GuestPairing` /
+   :class:`~pairing.methods.HostPairing` exchange run by :func:`pairing.driver.drive` over one BLE
+   link (L2CAP and GATT), **without** the cloud step (which is timed apart, as ``cloud-member``:
+   the mutual proof of the cloud secret, and ``cloud-join``: a stranger's join request answered
+   at once).  Beside it, bumble's own LE Secure Connections pairing (``connection.pair()``, SMP)
+   on fresh connections between the same two devices: Just Works, numeric comparison and passkey
+   entry.  Ratios: method / SMP Just Works and method / SMP passkey.  ``clear`` runs after SMP
+   Just Works has encrypted the link; its time does not include that SMP pairing.
+3. **Goodput**, host to guest, of a :class:`~pairing.securelink.SecureLink` (``--bulk`` bytes in
+   32 KiB messages) over GATT and over L2CAP, beside the raw paths on the same link: bumble alone
+   (``bumble``: GATT notifications or one L2CAP ``channel.write`` of everything, no pairkit code
+   on the sending side) and pairkit's link without crypto (``link``: MTU-sized
+   :meth:`BleLink.send`).  Ratios: secure / link and secure / bumble.
+4. **Bytes on air** per method: the link messages the pairing sent (a counting wrapper around the
+   link: pairkit messages with their framing headers), the L2CAP PDUs the controllers carried
+   (counted on the virtual radio, L2CAP/ATT headers and credit packets included), and an on-air
+   estimate for LE 1M PHY: each L2CAP PDU cut into 251-byte link-layer payloads, 10 bytes per
+   packet (preamble, access address, header, CRC), plus 4 (MIC) on an encrypted link; empty
+   packets and acknowledgements are not counted.
+
+Usage::
+
+    .venv/bin/python bench/ble.py            # the table (about 25 s on 2 cores)
+    .venv/bin/python bench/ble.py --json     # one JSON object
+    .venv/bin/python bench/ble.py --quick    # a few runs of everything (the smoke test)
+
+Figures and the commands that produced them are in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # so that `python bench/ble.py` finds pairing/ and transports/
+    sys.path.insert(0, str(ROOT))
+
+import bumble  # noqa: E402
+from bumble import core  # noqa: E402
+from bumble.pairing import PairingConfig as SmpConfig  # noqa: E402
+from bumble.pairing import PairingDelegate  # noqa: E402
+
+from pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from  # noqa: E402
+from pairing.crypto import hkdf  # noqa: E402
+from pairing.driver import drive  # noqa: E402
+from pairing.hello import Hello  # noqa: E402
+from pairing.methods import (  # noqa: E402
+    GuestPairing,
+    HostPairing,
+    HostState,
+    KnownPeer,
+    LocalIdentity,
+    PairingConfig,
+    Session,
+)
+from pairing.negotiation import ALL_CAPS, Method  # noqa: E402
+from pairing.securelink import SecureLink, confirm  # noqa: E402
+from transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
+from transports.ble.links import BleLink  # noqa: E402
+from transports.ble.virtual import VIRTUAL_ACL_LENGTH, VirtualRadio  # noqa: E402
+from transports.bumble import BumbleTransport, open_bumble  # noqa: E402
+
+METHODS = ("pin", "qr", "compare", "clear", "resume", "kk", "kk-stale")
+CLOUD_ROWS = ("cloud-member", "cloud-join")
+SMP_MODES = ("just-works", "numeric", "passkey")
+LINKS = ("l2cap", "gatt")
+MESSAGE = 32 * 1024  # SecureLink message size for the goodput runs
+LL_OVERHEAD = 10  # LE 1M PHY: preamble 1, access address 4, header 2, CRC 3
+MIC = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How much to measure (see ``--help``)."""
+
+    hello_reps: int
+    pair_reps: int
+    warmup: int
+    bulk_bytes: int
+    bulk_reps: int
+
+
+DEFAULT = Settings(hello_reps=50, pair_reps=20, warmup=2, bulk_bytes=1 << 20, bulk_reps=5)
+QUICK = Settings(hello_reps=3, pair_reps=1, warmup=0, bulk_bytes=64 << 10, bulk_reps=1)
+
+
+# -- the devices -----------------------------------------------------------------------------
+
+
+class AclCounter:
+    """Counts the L2CAP PDUs a virtual radio carries (both directions), while ``on``."""
+
+    def __init__(self, radio: VirtualRadio) -> None:
+        self.on = False
+        self.pdus: list[int] = []
+        link = radio.link
+        original = link.send_acl_data
+
+        def counting(sender: Any, destination: Any, transport: Any, data: bytes) -> None:
+            if self.on:
+                self.pdus.append(len(data))
+            original(sender, destination, transport, data)
+
+        link.send_acl_data = counting  # type: ignore[method-assign]
+
+    def take(self) -> list[int]:
+        pdus, self.pdus = self.pdus, []
+        return pdus
+
+
+class CountingLink:
+    """A link that counts the messages sent through it (what the driver hands the link)."""
+
+    def __init__(self, link: BleLink) -> None:
+        self.link = link
+        self.sent: list[int] = []
+
+    @property
+    def mtu(self) -> int:
+        return self.link.mtu
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(len(data))
+        await self.link.send(data)
+
+    async def recv(self) -> bytes:
+        return await self.link.recv()
+
+
+@dataclasses.dataclass(eq=False)
+class Pair:
+    """Two devices on their own radio and one link between them."""
+
+    kind: str
+    radio: VirtualRadio
+    host: BumbleTransport
+    guest: BumbleTransport
+    host_link: BleLink
+    guest_link: BleLink
+    acl: AclCounter
+
+    async def close(self) -> None:
+        await self.guest.close()
+        await self.host.close()
+
+
+async def open_pair(kind: str) -> Pair:
+    radio = VirtualRadio()
+    acl = AclCounter(radio)
+    prefer = kind == "l2cap"
+    host = await open_bumble("virtual", radio=radio, prefer_l2cap=prefer, name="host")
+    guest = await open_bumble("virtual", radio=radio, prefer_l2cap=prefer, name="guest")
+    await host.start_advertising(_hello())
+    guest_link, host_link = await connect(host, guest)
+    if guest_link.kind != kind:
+        raise RuntimeError(f"asked for a {kind} link, got {guest_link.kind}")
+    return Pair(kind, radio, host, guest, host_link, guest_link, acl)
+
+
+async def connect(host: BumbleTransport, guest: BumbleTransport) -> tuple[BleLink, BleLink]:
+    accepting = asyncio.ensure_future(host.accept(timeout=10))
+    guest_link = await guest.connect(host.address, timeout=10)
+    return guest_link, await accepting
+
+
+def _hello() -> bytes:
+    return Hello(visible=True, caps=ALL_CAPS, methods=frozenset({Method.PIN}),
+                 tag=os.urandom(8)).encode()
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    """Median and quartiles (ms or MB/s, as given), over at least one sample."""
+    ordered = sorted(samples)
+    if len(ordered) >= 4:
+        q1, _, q3 = statistics.quantiles(ordered, n=4)
+    else:
+        q1, q3 = ordered[0], ordered[-1]
+    return {"median": statistics.median(ordered), "q1": q1, "q3": q3, "n": len(ordered)}
+
+
+# -- 1. hello ---------------------------------------------------------------------------------
+
+
+async def measure_hello(settings: Settings) -> dict[str, Any]:
+    """Advertising start to first hello heard, in ms."""
+    radio = VirtualRadio()
+    host = await open_bumble("virtual", radio=radio, name="host")
+    guest = await open_bumble("virtual", radio=radio, name="guest")
+    heard: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def listen() -> None:
+        async for s in guest.scan(3600):
+            heard.put_nowait((time.perf_counter(), s.payload))
+
+    listening = asyncio.ensure_future(listen())
+    samples = []
+    try:
+        await asyncio.sleep(0.05)  # the scan is under way before the first hello goes out
+        for _ in range(settings.hello_reps + settings.warmup):
+            payload = _hello()
+            t0 = time.perf_counter()
+            await host.start_advertising(payload)
+            while True:
+                at, got = await asyncio.wait_for(heard.get(), 5)
+                if got == payload:
+                    break
+            samples.append((at - t0) * 1000)
+            await host.stop_advertising()
+            while not heard.empty():
+                heard.get_nowait()
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await guest.close()
+        await host.close()
+    return _summary(samples[settings.warmup:])
+
+
+# -- 2 and 4. pairings ------------------------------------------------------------------------
+
+
+class _Yes:
+    async def confirm_code(self, question: object) -> bool:
+        return True
+
+    async def allow_join(self, question: object) -> Grant:
+        return Grant(Role.GUEST, 3600)
+
+
+class Pairings:
+    """A guest and a host that pair again and again over one link, keeping peer records fresh."""
+
+    def __init__(self) -> None:
+        self.config = PairingConfig()
+        self.guest_id = LocalIdentity.generate("George's phone")
+        self.host_id = LocalIdentity.generate("Paul's phone")
+        self.state = HostState(known_peer=lambda _id: self.host_known)
+        self.guest_known: KnownPeer | None = None
+        self.host_known: KnownPeer | None = None
+        secret = os.urandom(32)
+
+        def kdf(cloud_id: str, info: bytes, n: int) -> bytes:
+            return hkdf(secret, salt=cloud_id.encode(), info=info, length=n)
+
+        self.cloud_mac = auth_mac_from(kdf)
+
+    def _guest_kwargs(self, name: str) -> dict[str, Any]:
+        if name == "pin":
+            return {"method": Method.PIN, "pin": self.state.new_pin()}
+        if name == "qr":
+            code = self.state.issue_qr(self.host_id.static_public, time.time(), ttl=60, hint="")
+            return {"method": Method.QR, "qr": code}
+        if name == "compare":
+            return {"method": Method.COMPARE}
+        if name == "clear":
+            return {"method": Method.CLEAR}
+        if self.guest_known is None:
+            raise RuntimeError(f"{name} needs a first pairing")
+        peer = self.guest_known
+        if name == "kk":  # no prekey left: straight to Noise KK
+            peer = dataclasses.replace(peer, their_prekeys=())
+        elif name == "kk-stale":  # the nominated prekey is refused, then KK
+            peer = dataclasses.replace(peer, their_prekeys=(os.urandom(16),))
+        return {"method": Method.RESUME, "peer": peer}
+
+    async def once(self, name: str, guest_link: Any, host_link: Any, encrypted: bool) -> float:
+        """One complete pairing (or cloud step) over the two links; seconds."""
+        if name in CLOUD_ROWS:
+            return await self._cloud(name, guest_link, host_link)
+        kwargs = self._guest_kwargs(name)
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        now = loop.time()
+        host = HostPairing(self.config, self.host_id, self.state, now=now,
+                           link_encrypted=encrypted, wall_now=time.time())
+        guest = GuestPairing(self.config, self.guest_id, link_encrypted=encrypted,
+                             wall_now=time.time(), **kwargs)
+        guest.start(now)
+        await asyncio.wait_for(asyncio.gather(
+            drive(guest, guest_link, delegate=_YES), drive(host, host_link, delegate=_YES)
+        ), 30)
+        spent = time.perf_counter() - t0
+        self._check(name, kwargs, guest.session, host.session)
+        return spent
+
+    async def _cloud(self, name: str, guest_link: Any, host_link: Any) -> float:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        clouds = ("paul-cloud",) if name == "cloud-member" else ()
+        host = CloudHost(clouds=("paul-cloud",), mac=self.cloud_mac, now=loop.time())
+        guest = CloudGuest(name="George's phone", clouds=clouds, mac=self.cloud_mac)
+        guest.start(loop.time())
+        await asyncio.wait_for(asyncio.gather(
+            drive(guest, guest_link, delegate=_YES), drive(host, host_link, delegate=_YES)
+        ), 30)
+        spent = time.perf_counter() - t0
+        expected = Role.MEMBER if name == "cloud-member" else Role.GUEST
+        if guest.role is not expected or host.role is not expected:
+            raise RuntimeError(f"{name}: ended as {guest.role.name}/{host.role.name}")
+        return spent
+
+    def _check(
+        self, name: str, kwargs: dict[str, Any], gs: Session | None, hs: Session | None
+    ) -> None:
+        if gs is None or hs is None or gs.fingerprint != hs.fingerprint:
+            raise RuntimeError(f"{name}: the two sides did not agree on a session")
+        expected = {"resume": Method.RESUME, "kk": Method.KK, "kk-stale": Method.KK}.get(
+            name, kwargs["method"]
+        )
+        if gs.method is not expected or hs.method is not expected:
+            raise RuntimeError(f"{name}: ran as {gs.method.label}, not as planned")
+        self.guest_known = gs.updated_peer(kwargs.get("peer", self.guest_known))
+        self.host_known = hs.updated_peer(self.host_known)
+
+
+_YES = _Yes()
+
+
+def air_estimate(pdus: list[int], encrypted: bool) -> int:
+    """On-air bytes of these L2CAP PDUs on LE 1M PHY (see the module docstring)."""
+    per_packet = LL_OVERHEAD + (MIC if encrypted else 0)
+    return sum(n + -(-n // VIRTUAL_ACL_LENGTH) * per_packet for n in pdus)
+
+
+async def _encrypt(pair: Pair) -> bool:
+    """SMP Just Works on the pair's link (for 'clear'); True once both sides encrypt."""
+    if not pair.guest_link.encrypted:
+        await asyncio.wait_for(pair.guest_link.encrypt(), 10)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not pair.host_link.encrypted and loop.time() < deadline:
+        await asyncio.sleep(0.001)
+    return pair.guest_link.encrypted and pair.host_link.encrypted
+
+
+# -- 2. bumble's own SMP pairing --------------------------------------------------------------
+
+
+class _Display(PairingDelegate):
+    """The peripheral shows the passkey (or the number to compare)."""
+
+    def __init__(self, box: dict[str, int], io: PairingDelegate.IoCapability) -> None:
+        super().__init__(io_capability=io)
+        self.box = box
+
+    async def display_number(self, number: int, digits: int) -> None:
+        self.box["passkey"] = number
+
+    async def compare_numbers(self, number: int, digits: int) -> bool:
+        return True
+
+
+class _Keyboard(PairingDelegate):
+    """The central types what the peripheral shows."""
+
+    def __init__(self, box: dict[str, int], io: PairingDelegate.IoCapability) -> None:
+        super().__init__(io_capability=io)
+        self.box = box
+
+    async def get_number(self) -> int | None:
+        for _ in range(1000):
+            if "passkey" in self.box:
+                return self.box.pop("passkey")
+            await asyncio.sleep(0)
+        return None
+
+    async def compare_numbers(self, number: int, digits: int) -> bool:
+        return True
+
+
+def _smp_configs(mode: str) -> tuple[SmpConfig, SmpConfig]:
+    """(central's, peripheral's) SMP configuration: LE Secure Connections, no bonding."""
+    box: dict[str, int] = {}
+    if mode == "just-works":
+        central: PairingDelegate = PairingDelegate()
+        peripheral: PairingDelegate = PairingDelegate()
+        mitm = False
+    elif mode == "numeric":
+        io = PairingDelegate.DISPLAY_OUTPUT_AND_YES_NO_INPUT
+        central, peripheral, mitm = _Keyboard(box, io), _Display(box, io), True
+    else:
+        central = _Keyboard(box, PairingDelegate.KEYBOARD_INPUT_ONLY)
+        peripheral = _Display(box, PairingDelegate.DISPLAY_OUTPUT_ONLY)
+        mitm = True
+
+    def config(delegate: PairingDelegate) -> SmpConfig:
+        return SmpConfig(sc=True, mitm=mitm, bonding=False, delegate=delegate,
+                         identity_address_type=SmpConfig.AddressType.RANDOM)
+
+    return config(central), config(peripheral)
+
+
+class SmpBench:
+    """bumble's ``connection.pair()`` between two devices, on a fresh connection each time."""
+
+    def __init__(self, host: BumbleTransport, guest: BumbleTransport, acl: AclCounter) -> None:
+        self.host = host
+        self.guest = guest
+        self.acl = acl
+        self.traffic: dict[str, dict[str, int]] = {}
+
+    async def once(self, mode: str, *, count: bool = False) -> float:
+        """One pairing in ``mode``; with ``count``, its SMP PDUs are kept in :attr:`traffic`."""
+        central, peripheral = _smp_configs(mode)
+        # Set before connecting: bumble picks the configuration when a connection starts.
+        self.guest.device.pairing_config_factory = lambda _c: central
+        self.host.device.pairing_config_factory = lambda _c: peripheral
+        guest_link, host_link = await connect(self.host, self.guest)
+        connection = guest_link.connection
+        try:
+            self.acl.take()
+            self.acl.on = count
+            t0 = time.perf_counter()
+            await asyncio.wait_for(connection.pair(), 10)
+            spent = time.perf_counter() - t0
+            if count:
+                await asyncio.sleep(0.005)  # let the last PDU reach the radio
+                self.acl.on = False
+                pdus = self.acl.take()
+                # SMP PDUs travel before encryption starts: no MIC (the LL control PDUs of
+                # the encryption procedure are not counted).
+                self.traffic[mode] = {"l2cap_pdus": len(pdus), "l2cap_bytes": sum(pdus),
+                                      "air_bytes": air_estimate(pdus, False)}
+            if not connection.is_encrypted:
+                raise RuntimeError(f"SMP {mode}: the link is not encrypted after pairing")
+            if mode != "just-works" and not connection.authenticated:
+                raise RuntimeError(f"SMP {mode}: the pairing is not authenticated")
+        finally:
+            await guest_link.close()
+            await host_link.close()
+        return spent
+
+
+async def measure_pairings(settings: Settings) -> dict[str, Any]:
+    """Every method over an L2CAP and a GATT link, and bumble's SMP modes, all round robin.
+
+    One run of everything per round (so that a machine getting busier moves every figure
+    alike): each method on each kind of link, then each SMP mode on a fresh connection.
+    'clear' runs on its own pair of devices whose link SMP Just Works encrypted beforehand;
+    every other method runs, and is counted, on a link that is not encrypted.
+    """
+    plain = {kind: await open_pair(kind) for kind in LINKS}
+    sealed = {kind: await open_pair(kind) for kind in LINKS}
+    smp_radio = VirtualRadio()
+    smp_acl = AclCounter(smp_radio)
+    smp = SmpBench(await open_bumble("virtual", radio=smp_radio, name="host"),
+                   await open_bumble("virtual", radio=smp_radio, name="guest"), smp_acl)
+    await smp.host.start_advertising(_hello())
+    for kind, pair in sealed.items():
+        if not await _encrypt(pair):
+            raise RuntimeError(f"the {kind} link did not become encrypted")
+    benches = {kind: Pairings() for kind in LINKS}
+    links = {pair: (CountingLink(pair.guest_link), CountingLink(pair.host_link))
+             for pair in (*plain.values(), *sealed.values())}
+    names = (*METHODS, *CLOUD_ROWS)
+    samples: dict[str, dict[str, list[float]]] = {kind: {n: [] for n in names} for kind in LINKS}
+    smp_samples: dict[str, list[float]] = {mode: [] for mode in SMP_MODES}
+    traffic: dict[str, dict[str, dict[str, int]]] = {kind: {} for kind in LINKS}
+    try:
+        for kind in LINKS:  # a first pairing: resume needs a known peer
+            await benches[kind].once("pin", *links[plain[kind]], False)
+        for i in range(settings.warmup + settings.pair_reps):
+            timed = i >= settings.warmup
+            for name in names:
+                for kind in LINKS:
+                    pair = sealed[kind] if name == "clear" else plain[kind]
+                    guest, host = links[pair]
+                    encrypted = name == "clear"
+                    counting = i == settings.warmup
+                    guest.sent.clear()
+                    host.sent.clear()
+                    pair.acl.take()
+                    pair.acl.on = counting
+                    spent = await benches[kind].once(name, guest, host, encrypted)
+                    if timed:
+                        samples[kind][name].append(spent * 1000)
+                    if counting:
+                        await asyncio.sleep(0.005)  # let the last PDU reach the radio
+                        pair.acl.on = False
+                        pdus = pair.acl.take()
+                        traffic[kind][name] = {
+                            "link_messages": len(guest.sent) + len(host.sent),
+                            "link_bytes": sum(guest.sent) + sum(host.sent),
+                            "l2cap_pdus": len(pdus),
+                            "l2cap_bytes": sum(pdus),
+                            "air_bytes": air_estimate(pdus, encrypted),
+                        }
+            for mode in SMP_MODES:
+                spent = await smp.once(mode, count=i == settings.warmup)
+                if timed:
+                    smp_samples[mode].append(spent * 1000)
+    finally:
+        for pair in (*plain.values(), *sealed.values()):
+            await pair.close()
+        await smp.guest.close()
+        await smp.host.close()
+    return {
+        "links": {
+            kind: {
+                "mtu": plain[kind].guest_link.mtu,
+                "methods": {n: {"ms": _summary(samples[kind][n]), **traffic[kind][n]}
+                            for n in names},
+            }
+            for kind in LINKS
+        },
+        "smp": {mode: {"ms": _summary(v), **smp.traffic[mode]}
+                for mode, v in smp_samples.items()},
+    }
+
+
+# -- 3. goodput -------------------------------------------------------------------------------
+
+
+async def _timed_transfer(
+    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int
+) -> float:
+    """Seconds from the first byte sent to the last byte read; checks the count."""
+    t0 = time.perf_counter()
+    sending = asyncio.ensure_future(send())
+    try:
+        got = await asyncio.wait_for(receive(), 120)
+        await asyncio.wait_for(sending, 30)
+    finally:
+        sending.cancel()
+    spent = time.perf_counter() - t0
+    if got != total:
+        raise RuntimeError(f"received {got} bytes of {total}")
+    return spent
+
+
+async def _drain_link(link: BleLink, total: int) -> int:
+    got = 0
+    while got < total:
+        got += len(await link.recv())
+    return got
+
+
+async def bumble_raw(pair: Pair, data: bytes) -> float:
+    """bumble alone on the sending side: notifications, or one L2CAP write of everything."""
+    host_link = pair.host_link
+    if pair.kind == "l2cap":
+        channel = host_link.channel  # type: ignore[attr-defined]
+
+        async def send() -> None:
+            channel.write(data)
+            await channel.drain()
+    else:
+        device = pair.host.device
+        found = device.gatt_server.get_characteristic_attributes(
+            core.UUID(str(PAIRKIT_SERVICE_UUID)), core.UUID(str(PAIRKIT_TX_CHAR_UUID))
+        )
+        if found is None:
+            raise RuntimeError("pairkit's TX characteristic is missing")
+        characteristic = found[1]
+        mtu = host_link.mtu
+        connection = host_link.connection
+
+        async def send() -> None:
+            for i in range(0, len(data), mtu):
+                await device.notify_subscriber(connection, characteristic, data[i:i + mtu])
+
+    return await _timed_transfer(send, lambda: _drain_link(pair.guest_link, len(data)),
+                                 len(data))
+
+
+async def link_raw(pair: Pair, data: bytes) -> float:
+    """pairkit's link without crypto: MTU-sized messages, with its flow control."""
+    mtu = pair.host_link.mtu
+
+    async def send() -> None:
+        for i in range(0, len(data), mtu):
+            await pair.host_link.send(data[i:i + mtu])
+
+    return await _timed_transfer(send, lambda: _drain_link(pair.guest_link, len(data)),
+                                 len(data))
+
+
+async def secure_pair(pair: Pair) -> tuple[SecureLink, SecureLink]:
+    """A pin pairing on the link, then a SecureLink on each side (confirmed)."""
+    bench = Pairings()
+    loop = asyncio.get_running_loop()
+    host = HostPairing(bench.config, bench.host_id, bench.state, now=loop.time())
+    guest = GuestPairing(bench.config, bench.guest_id, method=Method.PIN,
+                         pin=bench.state.new_pin())
+    guest.start(loop.time())
+    await asyncio.wait_for(asyncio.gather(drive(guest, pair.guest_link),
+                                          drive(host, pair.host_link)), 30)
+    assert guest.session is not None and host.session is not None
+    guest_slink = SecureLink(pair.guest_link, guest.session, timeout=60)
+    host_slink = SecureLink(pair.host_link, host.session, timeout=60)
+    await asyncio.gather(confirm(guest_slink), confirm(host_slink))
+    return guest_slink, host_slink
+
+
+async def secure(guest_slink: SecureLink, host_slink: SecureLink, data: bytes) -> float:
+    """SecureLink host to guest, in ``MESSAGE``-byte messages."""
+
+    async def send() -> None:
+        for i in range(0, len(data), MESSAGE):
+            await host_slink.send(data[i:i + MESSAGE])
+
+    async def receive() -> int:
+        got = 0
+        while got < len(data):
+            got += len(await guest_slink.recv())
+        return got
+
+    return await _timed_transfer(send, receive, len(data))
+
+
+async def measure_goodput(settings: Settings) -> dict[str, Any]:
+    """MB/s of each path on one L2CAP and one GATT link, interleaved run by run."""
+    pairs = {kind: await open_pair(kind) for kind in LINKS}
+    data = os.urandom(settings.bulk_bytes)
+    samples = {kind: {"bumble": [], "link": [], "secure": []} for kind in LINKS}
+    try:
+        slinks = {kind: await secure_pair(p) for kind, p in pairs.items()}
+        for _ in range(settings.bulk_reps):
+            for kind, pair in pairs.items():
+                got = samples[kind]
+                got["bumble"].append(len(data) / await bumble_raw(pair, data) / 1e6)
+                got["link"].append(len(data) / await link_raw(pair, data) / 1e6)
+                got["secure"].append(len(data) / await secure(*slinks[kind], data) / 1e6)
+    finally:
+        for pair in pairs.values():
+            await pair.close()
+    return {
+        kind: {"mtu": pairs[kind].guest_link.mtu,
+               "mb_s": {k: _summary(v) for k, v in samples[kind].items()}}
+        for kind in LINKS
+    }
+
+
+# -- running, reporting -----------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii",
+                                            errors="replace") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "nproc": affinity or os.cpu_count(),
+        "cpu": model or platform.processor(),
+        "python": platform.python_version(),
+        "bumble": getattr(bumble, "__version__", "?"),
+        "platform": platform.platform(),
+    }
+
+
+async def measure(settings: Settings) -> dict[str, Any]:
+    started = time.perf_counter()
+    result: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_info(),
+        "settings": dataclasses.asdict(settings),
+        "acl_bytes": VIRTUAL_ACL_LENGTH,
+        "hello_ms": await measure_hello(settings),
+        **await _pairing_section(settings),
+        "goodput": await measure_goodput(settings),
+    }
+    jw = result["smp"]["just-works"]["ms"]["median"]
+    passkey = result["smp"]["passkey"]["ms"]["median"]
+    for kind in LINKS:
+        for row in result["pairing"][kind]["methods"].values():
+            row["vs_smp_just_works"] = row["ms"]["median"] / jw
+            row["vs_smp_passkey"] = row["ms"]["median"] / passkey
+        g = result["goodput"][kind]["mb_s"]
+        result["goodput"][kind]["secure_vs_link"] = g["secure"]["median"] / g["link"]["median"]
+        result["goodput"][kind]["secure_vs_bumble"] = (
+            g["secure"]["median"] / g["bumble"]["median"]
+        )
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+async def _pairing_section(settings: Settings) -> dict[str, Any]:
+    measured = await measure_pairings(settings)
+    return {"pairing": measured["links"], "smp": measured["smp"]}
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    s = result["settings"]
+    h = result["hello_ms"]
+    out = [
+        f"pairkit BLE bench, {result['date']}: nproc {m['nproc']}, {m['cpu']}, Python "
+        f"{m['python']}, bumble {m['bumble']}; virtual controllers, {result['acl_bytes']}-byte ACL",
+        "figures: medians (q1-q3) over the runs; pairings and SMP in ms, goodput in MB/s",
+        "",
+        f"1. Hello: advertising start to first hello heard: {h['median']:.2f} ms "
+        f"({h['q1']:.2f}-{h['q3']:.2f}, {h['n']} runs)",
+        "",
+        f"2. Pairing, complete exchange over one link ({s['pair_reps']} runs each, round robin "
+        "with SMP; no cloud step: timed apart as cloud-*)",
+    ]
+    smp = result["smp"]
+    out.append(f"   bumble SMP, LE Secure Connections, a fresh connection each ({s['pair_reps']} "
+               "runs each):")
+    for mode in SMP_MODES:
+        row = smp[mode]
+        out.append(
+            f"   {'smp-' + mode:<15}{row['ms']['median']:>7.2f} {row['ms']['q1']:>6.2f}-"
+            f"{row['ms']['q3']:<6.2f}{'':>18} {'':>5} {'':>7} {row['l2cap_pdus']:>5}"
+            f" {row['l2cap_bytes']:>8} {row['air_bytes']:>6}"
+        )
+    for kind in LINKS:
+        block = result["pairing"][kind]
+        out.append(f"   over {kind} (link MTU {block['mtu']}):")
+        out.append(f"   {'method':<15}{'ms':>7} {'q1-q3':>13} {'/SMP-JW':>8} {'/SMP-pk':>8}"
+                   f" {'msgs':>5} {'link B':>7} {'PDUs':>5} {'L2CAP B':>8} {'air B':>6}")
+        for name, row in block["methods"].items():
+            ms = row["ms"]
+            out.append(
+                f"   {name:<15}{ms['median']:>7.2f} {ms['q1']:>6.2f}-{ms['q3']:<6.2f}"
+                f" {row['vs_smp_just_works']:>8.2f} {row['vs_smp_passkey']:>8.2f}"
+                f" {row['link_messages']:>5} {row['link_bytes']:>7} {row['l2cap_pdus']:>5}"
+                f" {row['l2cap_bytes']:>8} {row['air_bytes']:>6}"
+            )
+    out += ["", f"3. Goodput host -> guest, {s['bulk_bytes']} bytes, {s['bulk_reps']} runs "
+            "per path, interleaved"]
+    out.append(f"   {'link':<7}{'MTU':>5} {'bumble':>14} {'link':>14} {'secure':>14}"
+               f" {'secure/link':>12} {'secure/bumble':>14}")
+    for kind in LINKS:
+        g = result["goodput"][kind]
+        cells = [
+            f"{g['mb_s'][p]['median']:>5.2f} ({g['mb_s'][p]['q1']:.2f}-{g['mb_s'][p]['q3']:.2f})"
+            for p in ("bumble", "link", "secure")
+        ]
+        out.append(f"   {kind:<7}{g['mtu']:>5} " + " ".join(f"{c:>14}" for c in cells)
+                   + f" {g['secure_vs_link']:>12.2f} {g['secure_vs_bumble']:>14.2f}")
+    out.append("")
+    out.append(f"total time {result['seconds']} s")
+    return "\n".join(out)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="pairkit over BLE (bumble virtual controllers) beside bumble's own figures.",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few runs of everything (the smoke test)")
+    parser.add_argument("--repeat", type=_positive, default=None,
+                        help=f"runs per pairing method (default {DEFAULT.pair_reps})")
+    parser.add_argument("--bulk", type=_positive, default=None,
+                        help=f"bytes per goodput run (default {DEFAULT.bulk_bytes})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = QUICK if args.quick else DEFAULT
+    if args.repeat is not None:
+        settings = dataclasses.replace(settings, pair_reps=args.repeat)
+    if args.bulk is not None:
+        settings = dataclasses.replace(settings, bulk_bytes=args.bulk)
+    result = asyncio.run(measure(settings))
+    given = sys.argv[1:] if argv is None else argv
+    result["command"] = " ".join([".venv/bin/python bench/ble.py", *given])
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

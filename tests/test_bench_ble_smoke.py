@@ -1,0 +1,133 @@
+"""Smoke test of bench/ble.py and bench/transfer.py: both run with --quick, and their books hold.
+
+No timing is asserted (machines are noisy; the benches report ratios for people to read).  What is
+checked is what would make the figures meaningless if it rotted: every method, SMP mode and path
+still completes, the byte counts add up the way the bench's docstring says they do, the ratios
+are the ratios of the medians printed, and the output has the shape bench/RESULTS.md describes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import ble as ble_bench
+from bench import transfer as transfer_bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def ble() -> dict[str, Any]:
+    return _run("ble.py", "--quick", "--json")
+
+
+@pytest.fixture(scope="module")
+def transfer() -> dict[str, Any]:
+    return _run("transfer.py", "--quick", "--json")
+
+
+def test_ble_runs_every_section(ble: dict[str, Any]) -> None:
+    assert ble["command"] == ".venv/bin/python bench/ble.py --quick --json"
+    assert ble["acl_bytes"] == 251
+    assert {"nproc", "cpu", "python", "bumble"} <= set(ble["machine"])
+    assert ble["hello_ms"]["n"] == ble_bench.QUICK.hello_reps and ble["hello_ms"]["median"] > 0
+    assert set(ble["smp"]) == set(ble_bench.SMP_MODES)
+    for row in ble["smp"].values():
+        assert row["ms"]["median"] > 0
+        # Counted while pair() ran: at least the 9 SMP PDUs of LE Secure Connections.
+        assert row["l2cap_pdus"] >= 9 and row["air_bytes"] > row["l2cap_bytes"]
+    # Passkey entry repeats confirm/random for each of the passkey's 20 bits.
+    assert ble["smp"]["passkey"]["l2cap_pdus"] > 4 * 20
+    assert set(ble["pairing"]) == set(ble["goodput"]) == {"l2cap", "gatt"}
+    assert ble["pairing"]["gatt"]["mtu"] == 512 and ble["pairing"]["l2cap"]["mtu"] == 2048
+
+
+def test_ble_pairing_rows_and_ratios(ble: dict[str, Any]) -> None:
+    jw = ble["smp"]["just-works"]["ms"]["median"]
+    passkey = ble["smp"]["passkey"]["ms"]["median"]
+    for block in ble["pairing"].values():
+        assert list(block["methods"]) == [*ble_bench.METHODS, *ble_bench.CLOUD_ROWS]
+        for row in block["methods"].values():
+            assert row["ms"]["median"] > 0
+            assert row["vs_smp_just_works"] == pytest.approx(row["ms"]["median"] / jw)
+            assert row["vs_smp_passkey"] == pytest.approx(row["ms"]["median"] / passkey)
+
+
+def test_ble_bytes_on_air_add_up(ble: dict[str, Any]) -> None:
+    # The flights of pairing/methods.py; a pairkit message fits one PDU at MTU 512 or more.
+    flights = {"pin": 4, "qr": 2, "compare": 6, "clear": 4, "resume": 3, "kk": 2, "kk-stale": 4,
+               "cloud-member": 4, "cloud-join": 4}
+    # Per PDU: the L2CAP header (4), then ATT's opcode and handle (3) or the SDU length (2).
+    header = {"gatt": 4 + 3, "l2cap": 4 + 2}
+    for kind, block in ble["pairing"].items():
+        for name, row in block["methods"].items():
+            assert row["link_messages"] == flights[name], (kind, name)
+            assert row["l2cap_pdus"] >= row["link_messages"], (kind, name)
+            if row["l2cap_pdus"] == row["link_messages"]:
+                assert row["l2cap_bytes"] == row["link_bytes"] + header[kind] * row["l2cap_pdus"]
+            per_packet = 10 + (4 if name == "clear" else 0)  # only 'clear' runs encrypted
+            assert row["air_bytes"] >= row["l2cap_bytes"] + per_packet * row["l2cap_pdus"]
+    # The same messages over both links: only the headers differ (and a CBOR integer or two).
+    for name in flights:
+        assert (ble["pairing"]["gatt"]["methods"][name]["link_bytes"]
+                == pytest.approx(ble["pairing"]["l2cap"]["methods"][name]["link_bytes"], abs=4))
+
+
+def test_ble_goodput_paths_and_ratios(ble: dict[str, Any]) -> None:
+    for block in ble["goodput"].values():
+        g = block["mb_s"]
+        assert set(g) == {"bumble", "link", "secure"}
+        assert all(v["median"] > 0 for v in g.values())
+        assert block["secure_vs_link"] == pytest.approx(g["secure"]["median"] / g["link"]["median"])
+        assert block["secure_vs_bumble"] == pytest.approx(
+            g["secure"]["median"] / g["bumble"]["median"]
+        )
+
+
+def test_ble_table_renders(ble: dict[str, Any]) -> None:
+    text = ble_bench.render(ble)
+    for word in (*ble_bench.METHODS, *ble_bench.CLOUD_ROWS, *ble_bench.SMP_MODES, "Hello",
+                 "Goodput", "secure/link", "/SMP-JW", "air B"):
+        assert word in text
+
+
+def test_transfer_runs_every_path(transfer: dict[str, Any]) -> None:
+    assert transfer["command"] == ".venv/bin/python bench/transfer.py --quick --json"
+    assert transfer["settings"] == {"size": transfer_bench.QUICK.size, "repeat": 1}
+    assert set(transfer["links"]) == {"l2cap", "gatt"}
+    for row in transfer["links"].values():
+        g = row["mb_s"]
+        assert set(g) == set(transfer_bench.PATHS)
+        assert all(v["median"] > 0 for v in g.values())
+        assert row["get_vs_link"] == pytest.approx(g["get"]["median"] / g["link"]["median"])
+    text = transfer_bench.render(transfer)
+    assert "get/link" in text and "l2cap" in text and "gatt" in text
+
+
+def test_air_estimate_cuts_pdus_into_link_layer_packets() -> None:
+    assert ble_bench.air_estimate([251], encrypted=False) == 251 + 10
+    assert ble_bench.air_estimate([252], encrypted=False) == 252 + 2 * 10
+    assert ble_bench.air_estimate([100, 600], encrypted=True) == 700 + (1 + 3) * 14
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        ble_bench.parse_args(["--repeat", "0"])
+    with pytest.raises(SystemExit):
+        transfer_bench.parse_args(["--size", "-1"])
