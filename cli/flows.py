@@ -19,7 +19,14 @@ from typing import Any
 
 from pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from
 from pairing.driver import MessagePipe, drive
-from pairing.errors import AuthenticationError, ConfigError, NotFoundError, PairingError
+from pairing.errors import (
+    AuthenticationError,
+    ConfigError,
+    NotFoundError,
+    PairingError,
+    PairingTimeout,
+    TransportError,
+)
 from pairing.keystore import Keystore
 from pairing.methods import (
     GuestPairing,
@@ -37,7 +44,7 @@ from pairing.service import GrantPolicy, Membership
 
 from . import store
 from .common import CliDelegate, info
-from .presence import Presence, is_ble_address
+from .presence import Presence, discover, is_ble_address
 from .service import ServeStats, receive_membership, say_bye, serve_guest
 
 #: what a side does once the session is confirmed and the membership known
@@ -368,66 +375,97 @@ async def run_join(
     if opts.qr is not None:
         opts.qr.check_fresh(time.time())
     transport = transport_obj or await open_transport(spec)
-    try:
-        link = await transport.connect(address, timeout=opts.connect_timeout)
+
+    async def over(link: Any) -> tuple[Session, Membership]:
+        if method is Method.CLEAR and not link.encrypted and hasattr(link, "encrypt"):
+            # BLE: turn on LE Secure Connections first, so 'clear' runs over an
+            # encrypted link (method b); over links that cannot, 'clear' is refused.
+            await link.encrypt()
+        if method is Method.CLEAR and not link.encrypted and opts.allow_insecure:
+            # Forced by the user: say so loudly (DESIGN.md 4b), even with --json.
+            info("warning: pairing with 'clear' over a link that is not encrypted: anyone "
+                 "listening gets the session key (--allow-insecure)")
+        # Built before the cloud step: a method this link cannot carry ('clear' without
+        # link encryption) is refused before the host's owner is asked anything.
+        machine = GuestPairing(
+            config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
+            qr=opts.qr, peer=peer, wall_now=time.time(),
+            rng=os.urandom,
+        )
+        loop = asyncio.get_running_loop()
+        pipe = MessagePipe(link)
+        mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
+        clouds = opts.clouds if opts.clouds is not None else tuple(
+            c.cloud_id for c in ks.clouds()
+        )
+        cloud = CloudGuest(
+            name=me.name, clouds=clouds, mac=mac, wants=opts.wants,
+            device_id=me.device_id if peer is not None else None,
+            timeout=opts.step_timeout,
+        )
+        cloud.start(loop.time())
+        guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
+        await drive(cloud, pipe, delegate=guest_delegate)
+        machine.start(loop.time())
+        await drive(machine, pipe, delegate=guest_delegate)
+        assert machine.session is not None
+        session = machine.session
+        if machine.stale_prekey is not None and peer is not None:
+            store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
+        slink = SecureLink(link, session, timeout=opts.step_timeout)
+        await confirm(slink)
+        membership = await receive_membership(slink)
+        if membership.secret is not None and membership.cloud_id:
+            with ks.update():
+                ks.set_cloud(
+                    membership.cloud_id, membership.secret,
+                    name=membership.cloud_name or "a cloud", role="member",
+                )
+        store.save_session(
+            ks, session, address=spec if spec.startswith("tcp:") else str(link.peer),
+            transport=spec, role=membership.role, expires=membership.expires,
+        )
+        if on_session is not None:
+            await on_session(slink, session, membership)
+        await say_bye(slink)
+        await slink.close()
+        return session, membership
+
+    async def connect_and_pair(addr: str | None) -> tuple[Session, Membership]:
+        link = await transport.connect(addr, timeout=opts.connect_timeout)
         try:
-            if method is Method.CLEAR and not link.encrypted and hasattr(link, "encrypt"):
-                # BLE: turn on LE Secure Connections first, so 'clear' runs over an
-                # encrypted link (method b); over links that cannot, 'clear' is refused.
-                await link.encrypt()
-            if method is Method.CLEAR and not link.encrypted and opts.allow_insecure:
-                # Forced by the user: say so loudly (DESIGN.md 4b), even with --json.
-                info("warning: pairing with 'clear' over a link that is not encrypted: anyone "
-                     "listening gets the session key (--allow-insecure)")
-            # Built before the cloud step: a method this link cannot carry ('clear' without
-            # link encryption) is refused before the host's owner is asked anything.
-            machine = GuestPairing(
-                config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
-                qr=opts.qr, peer=peer, wall_now=time.time(),
-                rng=os.urandom,
-            )
-            loop = asyncio.get_running_loop()
-            pipe = MessagePipe(link)
-            mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
-            clouds = opts.clouds if opts.clouds is not None else tuple(
-                c.cloud_id for c in ks.clouds()
-            )
-            cloud = CloudGuest(
-                name=me.name, clouds=clouds, mac=mac, wants=opts.wants,
-                device_id=me.device_id if peer is not None else None,
-                timeout=opts.step_timeout,
-            )
-            cloud.start(loop.time())
-            guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
-            await drive(cloud, pipe, delegate=guest_delegate)
-            machine.start(loop.time())
-            await drive(machine, pipe, delegate=guest_delegate)
-            assert machine.session is not None
-            session = machine.session
-            if machine.stale_prekey is not None and peer is not None:
-                store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
-            slink = SecureLink(link, session, timeout=opts.step_timeout)
-            await confirm(slink)
-            membership = await receive_membership(slink)
-            if membership.secret is not None and membership.cloud_id:
-                with ks.update():
-                    ks.set_cloud(
-                        membership.cloud_id, membership.secret,
-                        name=membership.cloud_name or "a cloud", role="member",
-                    )
-            store.save_session(
-                ks, session, address=spec if spec.startswith("tcp:") else str(link.peer),
-                transport=spec, role=membership.role, expires=membership.expires,
-            )
-            if on_session is not None:
-                await on_session(slink, session, membership)
-            await say_bye(slink)
-            await slink.close()
-            return session, membership
+            return await over(link)
         finally:
             with contextlib.suppress(Exception):
                 await link.close()
+
+    try:
+        try:
+            return await connect_and_pair(address)
+        except (PairingTimeout, TransportError) as exc:
+            # A known BLE host rotates its address (docs/hello.md): look for it nearby.
+            if peer is None or address is None or not hasattr(transport, "scan"):
+                raise
+            first_error = exc
+        info(f"{peer.name} is not at {address} any more; looking for it nearby", quiet=opts.json)
+        for candidate in await _nearby_hosts(transport, ks, seconds=3.0):
+            if candidate == address:
+                continue
+            try:
+                return await connect_and_pair(candidate)
+            except PairingError:
+                continue
+        raise NotFoundError(
+            f"{peer.name} did not answer at {address} and was not found nearby; is it hosting "
+            "and in range?"
+        ) from first_error
     finally:
         if transport_obj is None:
             with contextlib.suppress(Exception):
                 await transport.close()
+
+
+async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float) -> list[str]:
+    """Addresses of the pairkit hosts heard, those of our clouds first."""
+    found, _ = await discover(transport, ks, seconds)
+    return [f.address for f in sorted(found, key=lambda f: f.cloud is None)]

@@ -24,7 +24,8 @@ A guest that is not a member (no hint, an unknown hint, or a failed proof) asks 
 
 5     guest -> JoinRequest   its name, what it asks for (guest or member), and its device id when
                              it has paired with this host before (a claim the pairing that
-                             follows must prove, or the host stops)
+                             follows must prove, or the host stops); such a returning device is
+                             refused without a prompt if the host no longer knows it
 6     host -> JoinVerdict    the owner's answer: guest access until an expiry, membership, or an
                              ``Abort`` (refused)
 
@@ -92,6 +93,8 @@ class JoinRequest(Message):
     name: str = field(2, max_len=64)
     wants: Role = field(3)
     device_id: bytes | None = field(4, size=16, default=None)
+    #: a known device coming back: refuse it rather than ask the owner if the host forgot it
+    reconnect: bool = field(5, default=False)
 
 
 @message(type_id=35, max_size=64)
@@ -204,7 +207,7 @@ class CloudGuest(Machine):
         self._finish()
 
     def _ask_join(self, now: float) -> None:
-        self._send(JoinRequest(self.name, self.wants, self.device_id))
+        self._send(JoinRequest(self.name, self.wants, self.device_id, self.device_id is not None))
         self.state = S_JOIN
         # The owner has to be asked: allow the time a person needs.
         self._expect_by(now + self.answer_time, "the host's owner did not answer in time")
@@ -291,6 +294,13 @@ class CloudHost(Machine):
             self._send(JoinVerdict(known.role, known.seconds))
             self._finish()
             return
+        if msg.reconnect:
+            # A returning device this host does not know (any more): never bother the owner,
+            # who may not even be the one the guest is looking for.
+            raise RefusedError(
+                "this host does not know this device, or its access has ended; pair again "
+                "with a PIN or QR code"
+            )
         if not self._open():
             raise RefusedError(
                 "this host is not open to new devices now; ask its owner to open a "

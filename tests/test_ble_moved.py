@@ -1,0 +1,45 @@
+"""A known host that rotated its BLE address is still reached by name (docs/hello.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pairing.errors import NotFoundError, RefusedError, RemoteError
+from pairing.methods import Method
+from tests.test_ble_pairing import Person, World, george, paul, reopen, world  # noqa: F401
+
+
+async def test_a_known_host_is_found_again_after_its_address_rotates(
+    world: World, paul, george  # noqa: F811
+) -> None:
+    host = await world.start_host(paul)
+    guest = await world.device()
+    await world.join(george, guest, host, method=Method.PIN)
+    old = host.address
+    await host.presence.open_window(60)  # a new window: new tag, new address
+    assert host.address != old
+    questions_before = len(host.person.questions)
+    session, _ = await world.join(reopen(george), guest, None, method=None,
+                                  target="Paul's phone")
+    assert session.method is Method.RESUME
+    assert len(host.person.questions) == questions_before  # no prompt for a known device
+    # the new address is remembered for next time
+    record = reopen(george).get_peer("Paul's phone")
+    assert record.extra["address"] == host.address
+
+
+async def test_another_host_nearby_is_not_taken_for_the_known_one(
+    world: World, paul, george, tmp_path  # noqa: F811
+) -> None:
+    """A returning guest never makes a stranger host ask its owner anything."""
+    from tests.test_ble_pairing import make_keystore
+
+    host = await world.start_host(paul)
+    guest = await world.device()
+    await world.join(george, guest, host, method=Method.PIN)
+    ringo = make_keystore(tmp_path / "ringo" / "keystore.pk", "Ringo's tablet")
+    other = await world.start_host(ringo, person=Person())
+    host.task.cancel()  # Paul's phone goes away; only Ringo's tablet is around
+    with pytest.raises((NotFoundError, RefusedError, RemoteError)):
+        await world.join(reopen(george), guest, None, method=None, target="Paul's phone")
+    assert other.person.questions == []
