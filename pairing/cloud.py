@@ -45,7 +45,7 @@ from hashlib import sha256
 from typing import Any, ClassVar
 
 from .crypto import Rng, same
-from .errors import AuthenticationError, ProtocolError, RefusedError
+from .errors import AuthenticationError, NotFoundError, ProtocolError, RefusedError
 from .machine import Machine, Question
 from .wire import Message, field, message
 
@@ -297,7 +297,7 @@ class CloudHost(Machine):
         if msg.reconnect:
             # A returning device this host does not know (any more): never bother the owner,
             # who may not even be the one the guest is looking for.
-            raise RefusedError(
+            raise NotFoundError(
                 "this host does not know this device, or its access has ended; pair again "
                 "with a PIN or QR code"
             )
