@@ -1066,6 +1066,36 @@ class Keystore:
                 f"a message for group {group!r} did not authenticate"
             ) from None
 
+    def new_group_key(self, group: str, epoch: int) -> None:
+        """Draw a fresh 32-byte key for ``group`` at ``epoch`` from this keystore's random
+        source and keep it (the group controller's side of DESIGN.md's oneM2M group keys).
+        Nothing is returned: the key leaves the keystore only sealed, by
+        :meth:`seal_group_key`."""
+        self._check_group(group, epoch)
+        self._groups.setdefault(group, {})[epoch] = _check_rng_output(self._rng(KEY_SIZE), KEY_SIZE)
+
+    def seal_group_key(
+        self, group: str, epoch: int, recipient_public: bytes, info: bytes, aad: bytes = b""
+    ) -> tuple[bytes, bytes]:
+        """The group key of ``epoch`` sealed to ``recipient_public`` by HPKE base mode, as
+        :func:`seal_envelope` seals (RFC 9180 §6.1); returns ``(enc, ct)``.  Raises
+        :class:`NotFoundError` if no key is held for that epoch."""
+        return seal_envelope(recipient_public, self._group_key(group, epoch), info, aad)
+
+    def accept_group_key(
+        self, group: str, epoch: int, enc: bytes, ct: bytes, info: bytes, aad: bytes = b""
+    ) -> None:
+        """Open an envelope sealed to this device by :meth:`seal_group_key` and keep the key
+        it carries as ``group``'s key for ``epoch`` (RFC 9180 §6.1).  The key never comes out:
+        the member's side of DESIGN.md's "secure environment".  Raises
+        :class:`AuthenticationError` if the envelope does not open (not ours, another binding,
+        or altered) and :class:`DecodeError` if what it carries is not a key."""
+        self._check_group(group, epoch)
+        key = self.open_envelope(enc, ct, info, aad)
+        if len(key) != KEY_SIZE:
+            raise DecodeError(f"an envelope for group {group!r} does not carry a group key")
+        self._groups.setdefault(group, {})[epoch] = key
+
     @staticmethod
     def _check_group(group: object, epoch: object) -> None:
         if not isinstance(group, str) or not group:

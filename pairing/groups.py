@@ -1,0 +1,860 @@
+"""Group keys end to end through relays, and encrypted group broadcasts (DESIGN.md, oneM2M seed).
+
+A *group controller* (the oneM2M IN-CSE) groups devices by function, keeps one symmetric key per
+group and *epoch*, and delivers it end to end to each member, possibly through *relays* (MN-CSEs)
+that forward what they are given but cannot read it.  Members keep the key inside their keystore
+(the secure environment), which encrypts and decrypts with it but never hands it out.  The key
+then protects commands broadcast to the group in BLE advertisements.
+
+This module is sans-I/O: no sockets, no clock, no hidden randomness.  It holds
+
+* the **envelope** (:class:`GroupEnvelope`) that carries one epoch's key to one member;
+* the **wire messages** a controller, a relay and a member exchange over a pairkit secure
+  channel (:class:`KeyDelivery`, :class:`KeyReceipt`, :class:`Forward`, :class:`ForwardReceipt`);
+* the **encrypted advertisement** codec (:class:`GroupAdvert`, :func:`seal_broadcast`) and the
+  receiver with its per-sender sliding **replay window** (:class:`GroupReceiver`,
+  :class:`ReplayWindow`), whose state is plain data the caller may persist;
+* the controller's **membership and epoch bookkeeping** (:class:`GroupRecord`) and the relay's
+  **store-and-forward queue** (:class:`RelayQueue`), as plain frozen data.
+
+Envelope
+--------
+
+HPKE base mode (RFC 9180 §6.1; DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) to
+the member's static X25519 identity key, then an Ed25519 signature (RFC 8032 §5.1.6) by the
+controller, as DESIGN.md "envelopes" says::
+
+    info      = CBOR ["pairkit/1 group key", controller id, member id, group, epoch]
+    enc, ct   = HPKE-Seal(member's static key, info, group key)        (ct: 32 + 16 bytes)
+    signature = Ed25519(controller, CBOR ["pairkit/1 group envelope",
+                                          controller id, member id, group, epoch, enc, ct])
+
+The member's id, the group and the epoch are in ``info`` (HPKE's key schedule, §5.1), so an
+envelope moved to another member, group or epoch does not open; the signature makes the
+controller the only possible author (HPKE base mode alone authenticates nobody: anyone can seal
+to a public key), and the controller's id inside ``info`` stops a relay from stripping the
+signature and signing the same ``enc || ct`` as if it were a controller.  The relay holds only
+``enc``, ``ct`` and public metadata (member id, group name, epoch); opening needs the member's
+static private key, which never leaves the member's keystore.
+
+A member accepts an envelope only when it is addressed to it, signed by the controller it
+trusts for that group (the first controller it accepted the group from, or the one it was told
+to trust), and not older than the epoch it holds; it then forgets older epochs.
+
+Encrypted advertisement
+-----------------------
+
+In the manner of Bluetooth 5.4 Encrypted Advertising Data (Core Specification Supplement v11
+Part A §1.23: Randomizer, encrypted payload, MIC), carried as pairkit service data (the same
+128-bit service UUID as the hello, :mod:`transports.ble.adv`)::
+
+    byte  0        0x81: bits 7-6 = 2, a group broadcast (a hello has 1 there, so
+                   pairing/hello.py rejects it), bits 5-0 = format 1
+    bytes 1-4      the group's epoch (big endian)
+    bytes 5-12     randomizer: 8 fresh random bytes per advertisement
+    bytes 13-16    the sender's sequence number for this group and epoch, from 1 (big endian)
+    bytes 17-      ChaCha20-Poly1305(group key, nonce = randomizer || sequence number,
+                   aad = "pairkit/1 group advert" || len(group) || group || bytes 0-16,
+                   plaintext = sender id (8 bytes) || command)
+    last 16 bytes  the Poly1305 tag (EAD's MIC is 4 bytes; we keep the full 16)
+
+Overhead: 41 bytes per advertisement (:data:`ADVERT_OVERHEAD`), so a command fits in 167 bytes
+of an extended advertisement (208 bytes of pairkit service data); a legacy advertisement has
+room for 10 bytes of service data and so carries no group broadcast at all.
+
+The nonce never repeats under one key: one sender never reuses a sequence number in an epoch,
+and two senders collide only if their 64-bit randomizers do for the same number.  The receiver
+tries the key of each group it listens to whose current epoch is the advertisement's (an epoch
+no group of it has is refused first, cheaply: an old key of a removed member, a replay from
+before a rekey, or a rekey this device missed), then checks the sender's replay window
+(RFC 4303 §3.4.3: the highest number seen and a 64-wide bitmap below it).  A forged or altered
+advertisement fails the tag.  Anyone holding the group key can send: a group key authenticates
+the group, not one member (as with EAD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import cbor
+from .crypto import Rng
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    DecodeError,
+    ExpiredError,
+    NotFoundError,
+    ReplayError,
+    TooLargeError,
+)
+from .keystore import device_id_of
+from .wire import Message, decode_struct, encode_struct, field, message, struct
+
+__all__ = [
+    "ADVERT_MARKER",
+    "ADVERT_OVERHEAD",
+    "MAX_GROUP_NAME",
+    "DeliveryResult",
+    "Forward",
+    "ForwardReceipt",
+    "GroupAdvert",
+    "GroupEnvelope",
+    "GroupMember",
+    "GroupMessage",
+    "GroupReceiver",
+    "GroupRecord",
+    "HeldGroup",
+    "KeyDelivery",
+    "KeyReceipt",
+    "RelayQueue",
+    "ReplayWindow",
+    "WrongEpochError",
+    "check_group_name",
+    "decode_advert",
+    "envelope_info",
+    "is_group_advert",
+    "open_group_envelope",
+    "seal_broadcast",
+    "seal_group_envelope",
+    "sender_id",
+]
+
+GROUP_KIND: Final = 2  #: bits 7-6 of byte 0 (a hello has HELLO_VERSION = 1 there)
+ADVERT_FORMAT: Final = 1
+ADVERT_MARKER: Final = (GROUP_KIND << 6) | ADVERT_FORMAT  #: 0x81
+EPOCH_SIZE: Final = 4
+RANDOMIZER_SIZE: Final = 8
+SEQ_SIZE: Final = 4
+SENDER_SIZE: Final = 8
+TAG_SIZE: Final = 16
+HEADER_SIZE: Final = 1 + EPOCH_SIZE + RANDOMIZER_SIZE + SEQ_SIZE  #: 17
+ADVERT_OVERHEAD: Final = HEADER_SIZE + SENDER_SIZE + TAG_SIZE  #: 41
+MAX_EPOCH: Final = 2**32 - 1
+MAX_SEQ: Final = 2**32 - 1
+WINDOW_SIZE: Final = 64
+MAX_GROUP_NAME: Final = 32
+MAX_MEMBERS: Final = 256
+MAX_QUEUE: Final = 1024
+MAX_BATCH: Final = 32
+
+ID_SIZE: Final = 16
+ENC_SIZE: Final = 32
+SEALED_KEY_SIZE: Final = 32 + 16
+SIGNATURE_SIZE: Final = 64
+
+_ENVELOPE_INFO = "pairkit/1 group key"
+_ENVELOPE_SIGNED = "pairkit/1 group envelope"
+_ADVERT_AAD = b"pairkit/1 group advert"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_HEX_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+class WrongEpochError(ExpiredError):
+    """A group broadcast under an epoch that is not the current one of any group listened to."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Names and ids
+
+
+def check_group_name(name: object) -> str:
+    """A group name: 1 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit
+    (it is printed, typed on command lines and bound into envelopes and advertisements)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError("a group name must be a non-empty text")
+    if len(name) > MAX_GROUP_NAME or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{name[:40]!r} is not a usable group name: use 1 to {MAX_GROUP_NAME} letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def _check_epoch(epoch: object, what: str = "a group epoch") -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= MAX_EPOCH:
+        raise ConfigError(f"{what} must be a whole number from 1 to {MAX_EPOCH}")
+    return epoch
+
+
+def _check_hex_id(device_id: object, what: str) -> str:
+    if not isinstance(device_id, str) or not _HEX_ID_RE.fullmatch(device_id):
+        raise ConfigError(f"{what} must be a device id (32 lowercase hex digits)")
+    return device_id
+
+
+def sender_id(device_id: str) -> bytes:
+    """The 8 bytes that name a sender inside a broadcast: the start of its device id."""
+    return bytes.fromhex(_check_hex_id(device_id, "a sender"))[:SENDER_SIZE]
+
+
+# ---------------------------------------------------------------------------------------------
+# The envelope and the messages that carry it
+
+
+@struct
+class GroupEnvelope(Message):
+    """One epoch's group key sealed to one member and signed by the controller (module
+    docstring, "Envelope")."""
+
+    controller: bytes = field(2, size=ID_SIZE)
+    member: bytes = field(3, size=ID_SIZE)
+    group: str = field(4, max_len=MAX_GROUP_NAME)
+    epoch: int = field(5)
+    enc: bytes = field(6, size=ENC_SIZE)
+    ct: bytes = field(7, size=SEALED_KEY_SIZE)
+    signature: bytes = field(8, size=SIGNATURE_SIZE)
+
+    def __post_init__(self) -> None:
+        try:
+            check_group_name(self.group)
+            _check_epoch(self.epoch)
+        except ConfigError as exc:
+            raise DecodeError(f"a group key envelope is malformed: {exc}") from None
+
+    def encode_bytes(self) -> bytes:
+        """The envelope on its own (what a relay stores)."""
+        return encode_struct(self)
+
+    @classmethod
+    def decode_bytes(cls, data: bytes) -> GroupEnvelope:
+        """Decode what :meth:`encode_bytes` made, strictly (:class:`DecodeError`)."""
+        return decode_struct(cls, data, max_size=512)
+
+
+@struct
+class DeliveryResult(Message):
+    """A member's answer about one envelope: taken, or refused and why."""
+
+    group: str = field(2, max_len=MAX_GROUP_NAME)
+    epoch: int = field(3)
+    ok: bool = field(4)
+    reason: str | None = field(5, max_len=200, default=None)
+
+
+@message(type_id=90, max_size=32 * 1024)
+class KeyDelivery(Message):
+    """Controller or relay -> member, on a secure channel: envelopes for this member."""
+
+    envelopes: tuple[GroupEnvelope, ...] = field(2, max_len=MAX_BATCH)
+
+
+@message(type_id=91, max_size=16 * 1024)
+class KeyReceipt(Message):
+    """Member -> controller or relay: one result per envelope, in order."""
+
+    results: tuple[DeliveryResult, ...] = field(2, max_len=MAX_BATCH)
+
+
+@message(type_id=92, max_size=32 * 1024)
+class Forward(Message):
+    """Controller -> relay, on a secure channel: envelopes to store and deliver."""
+
+    envelopes: tuple[GroupEnvelope, ...] = field(2, max_len=MAX_BATCH)
+
+
+@message(type_id=93, max_size=16 * 1024)
+class ForwardReceipt(Message):
+    """Relay -> controller: one result per envelope (``ok``: queued for delivery), in order,
+    and how many envelopes the relay now holds in all."""
+
+    results: tuple[DeliveryResult, ...] = field(2, max_len=MAX_BATCH)
+    queued: int = field(3)
+
+
+def envelope_info(controller: bytes, member: bytes, group: str, epoch: int) -> bytes:
+    """HPKE ``info`` of an envelope: the binding of controller, member, group and epoch."""
+    return cbor.encode([_ENVELOPE_INFO, controller, member, group, epoch])
+
+
+def _signed_part(env: GroupEnvelope) -> bytes:
+    return cbor.encode(
+        [_ENVELOPE_SIGNED, env.controller, env.member, env.group, env.epoch, env.enc, env.ct]
+    )
+
+
+class GroupSealer(Protocol):
+    """What a controller's keystore offers to seal envelopes (pairing.keystore.Keystore)."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def seal_group_key(
+        self, group: str, epoch: int, recipient_public: bytes, info: bytes, aad: bytes = b""
+    ) -> tuple[bytes, bytes]: ...
+
+
+class GroupOpener(Protocol):
+    """What a member's keystore offers to take envelopes (pairing.keystore.Keystore)."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    def accept_group_key(
+        self, group: str, epoch: int, enc: bytes, ct: bytes, info: bytes, aad: bytes = b""
+    ) -> None: ...
+
+    def group_epochs(self, group: str) -> tuple[int, ...]: ...
+
+    def forget_group(self, group: str, epoch: int | None = None) -> None: ...
+
+
+class GroupCipher(Protocol):
+    """The group AEAD of a keystore (pairing.keystore.Keystore)."""
+
+    def group_encrypt(
+        self, group: str, epoch: int, nonce: bytes, plaintext: bytes, aad: bytes = b""
+    ) -> bytes: ...
+
+    def group_decrypt(
+        self, group: str, epoch: int, nonce: bytes, ciphertext: bytes, aad: bytes = b""
+    ) -> bytes: ...
+
+
+def seal_group_envelope(
+    ks: GroupSealer, *, group: str, epoch: int, member_public: bytes
+) -> GroupEnvelope:
+    """Seal ``group``'s key of ``epoch`` to the member whose static key is ``member_public``
+    and sign it (module docstring, "Envelope").  The member id is derived from the key, so the
+    binding cannot name one device and seal to another."""
+    check_group_name(group)
+    _check_epoch(epoch)
+    controller = bytes.fromhex(ks.device_id)
+    member = bytes.fromhex(device_id_of(member_public))
+    if member == controller:
+        raise ConfigError("a controller does not send a group key to itself")
+    info = envelope_info(controller, member, group, epoch)
+    enc, ct = ks.seal_group_key(group, epoch, member_public, info)
+    unsigned = GroupEnvelope(controller, member, group, epoch, enc, ct, bytes(SIGNATURE_SIZE))
+    return dataclasses.replace(unsigned, signature=ks.sign(_signed_part(unsigned)))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldGroup:
+    """A group as a member knows it: who controls it and the epoch whose key it holds."""
+
+    name: str
+    controller: str  #: the controller's device id (hex)
+    epoch: int
+
+    def __post_init__(self) -> None:
+        check_group_name(self.name)
+        _check_hex_id(self.controller, "a group's controller")
+        _check_epoch(self.epoch)
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"controller": self.controller, "epoch": self.epoch}
+
+    @classmethod
+    def from_plain(cls, name: str, data: Mapping[str, Any]) -> HeldGroup:
+        try:
+            return cls(name, data["controller"], data["epoch"])
+        except (KeyError, TypeError, ConfigError):
+            raise DecodeError(f"the record of group {name!r} is damaged") from None
+
+
+def open_group_envelope(
+    ks: GroupOpener,
+    env: GroupEnvelope,
+    *,
+    controller_key: Callable[[bytes], bytes | None],
+    held: HeldGroup | None = None,
+    pinned: str | None = None,
+) -> HeldGroup:
+    """Check ``env`` and keep its key inside ``ks``; returns what the member now holds.
+
+    ``controller_key(device id)`` gives the Ed25519 key of a device this member would accept
+    as a group controller (a known, authenticated peer), or ``None``.  ``held`` is the group as
+    the member knows it already (then only its controller may send a key, and not an older
+    epoch); ``pinned`` (a device id) is the only controller accepted for a group not held yet.
+
+    Raises :class:`AuthenticationError` for an envelope addressed to another device, from a
+    device that is not the group's controller, with a bad signature, or that does not open;
+    :class:`ReplayError` for an epoch older than the one held.  Keys of older epochs are
+    forgotten once the new one is in.
+    """
+    me = bytes.fromhex(ks.device_id)
+    group = env.group
+    if env.member != me:
+        raise AuthenticationError(
+            f"refused an envelope for group {group!r}: it is for another device"
+        )
+    controller = env.controller.hex()
+    expected = held.controller if held is not None else pinned
+    if expected is not None and controller != expected:
+        raise AuthenticationError(
+            f"refused an envelope for group {group!r}: it names {controller[:8]} as controller, "
+            f"but this device takes that group's keys only from {expected[:8]}"
+        )
+    signing = controller_key(env.controller)
+    if signing is None:
+        raise AuthenticationError(
+            f"refused an envelope for group {group!r}: its controller {controller[:8]} is not "
+            "a device this one has paired with"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(signing).verify(env.signature, _signed_part(env))
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError(
+            f"refused an envelope for group {group!r}: it is not signed by its controller "
+            f"{controller[:8]} (forged or altered)"
+        ) from None
+    if held is not None and env.epoch < held.epoch:
+        raise ReplayError(
+            f"refused an envelope for group {group!r}: epoch {env.epoch} is older than the "
+            f"epoch {held.epoch} this device holds"
+        )
+    ks.accept_group_key(
+        group, env.epoch, env.enc, env.ct, envelope_info(env.controller, me, group, env.epoch)
+    )
+    for old in ks.group_epochs(group):
+        if old < env.epoch:
+            ks.forget_group(group, old)
+    return HeldGroup(group, controller, env.epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# The encrypted advertisement
+
+
+def is_group_advert(payload: bytes) -> bool:
+    """Whether service data looks like a group broadcast (its kind bits), not a hello."""
+    return bool(payload) and payload[0] >> 6 == GROUP_KIND
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupAdvert:
+    """A decoded group broadcast, still encrypted (module docstring, "Encrypted
+    advertisement")."""
+
+    epoch: int
+    randomizer: bytes
+    seq: int
+    sealed: bytes  #: ciphertext of sender id || command, then the 16-byte tag
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epoch, bool) or not isinstance(self.epoch, int):
+            raise ConfigError("an epoch is a whole number")
+        if not 1 <= self.epoch <= MAX_EPOCH:
+            raise ConfigError(f"an advertised epoch must be from 1 to {MAX_EPOCH}")
+        if isinstance(self.seq, bool) or not isinstance(self.seq, int):
+            raise ConfigError("a sequence number is a whole number")
+        if not 1 <= self.seq <= MAX_SEQ:
+            raise ConfigError(f"a sequence number must be from 1 to {MAX_SEQ}")
+        if not isinstance(self.randomizer, bytes) or len(self.randomizer) != RANDOMIZER_SIZE:
+            raise ConfigError(f"a randomizer is {RANDOMIZER_SIZE} bytes")
+        if not isinstance(self.sealed, bytes) or len(self.sealed) < SENDER_SIZE + TAG_SIZE:
+            raise ConfigError("a group broadcast is too short to hold a sender and a tag")
+
+    @property
+    def header(self) -> bytes:
+        return (
+            bytes([ADVERT_MARKER])
+            + self.epoch.to_bytes(EPOCH_SIZE, "big")
+            + self.randomizer
+            + self.seq.to_bytes(SEQ_SIZE, "big")
+        )
+
+    @property
+    def nonce(self) -> bytes:
+        return self.randomizer + self.seq.to_bytes(SEQ_SIZE, "big")
+
+    def encode(self) -> bytes:
+        return self.header + self.sealed
+
+
+def decode_advert(payload: bytes) -> GroupAdvert:
+    """Parse a group broadcast strictly; :class:`DecodeError` for anything else (a hello
+    included)."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise DecodeError("a group broadcast is bytes")
+    data = bytes(payload)
+    if not data or data[0] >> 6 != GROUP_KIND:
+        raise DecodeError("not a group broadcast")
+    if data[0] != ADVERT_MARKER:
+        raise DecodeError(f"unsupported group broadcast format {data[0] & 0x3F}")
+    if len(data) < ADVERT_OVERHEAD:
+        raise DecodeError(f"a group broadcast is at least {ADVERT_OVERHEAD} bytes, not {len(data)}")
+    epoch = int.from_bytes(data[1:5], "big")
+    seq = int.from_bytes(data[13:17], "big")
+    if epoch == 0 or seq == 0:
+        raise DecodeError("a group broadcast with epoch or sequence number 0")
+    return GroupAdvert(epoch, data[5:13], seq, data[HEADER_SIZE:])
+
+
+def _advert_aad(group: str, header: bytes) -> bytes:
+    name = group.encode()
+    return _ADVERT_AAD + bytes([len(name)]) + name + header
+
+
+def seal_broadcast(
+    ks: GroupCipher,
+    *,
+    group: str,
+    epoch: int,
+    sender: bytes,
+    seq: int,
+    command: bytes,
+    rng: Rng,
+    max_payload: int | None = None,
+) -> bytes:
+    """A group broadcast of ``command`` under ``group``'s key of ``epoch`` (the caller keeps
+    ``seq`` unique for this sender, group and epoch).  :class:`TooLargeError` if the result
+    would exceed ``max_payload``."""
+    check_group_name(group)
+    if not isinstance(sender, bytes) or len(sender) != SENDER_SIZE:
+        raise ConfigError(f"a sender id is {SENDER_SIZE} bytes")
+    if not isinstance(command, bytes):
+        raise ConfigError("a command is bytes")
+    size = ADVERT_OVERHEAD + len(command)
+    if max_payload is not None and size > max_payload:
+        raise TooLargeError(
+            f"a command of {len(command)} bytes makes a {size}-byte broadcast; this radio "
+            f"carries {max_payload} bytes, so a command may be {max_payload - ADVERT_OVERHEAD} "
+            "bytes at most"
+        )
+    randomizer = rng(RANDOMIZER_SIZE)
+    if not isinstance(randomizer, bytes) or len(randomizer) != RANDOMIZER_SIZE:
+        raise ConfigError(f"the random source must return {RANDOMIZER_SIZE} bytes")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise ConfigError(f"a sequence number must be from 1 to {MAX_SEQ}")
+    _check_epoch(epoch)
+    tail = seq.to_bytes(SEQ_SIZE, "big")
+    header = bytes([ADVERT_MARKER]) + epoch.to_bytes(EPOCH_SIZE, "big") + randomizer + tail
+    sealed = ks.group_encrypt(
+        group, epoch, randomizer + tail, sender + command, _advert_aad(group, header)
+    )
+    return header + sealed
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayWindow:
+    """One sender's sliding window (RFC 4303 §3.4.3): the highest sequence number accepted
+    and a bitmap of the ``size`` numbers up to it (bit i: ``top - i`` was accepted)."""
+
+    top: int = 0
+    bitmap: int = 0
+    size: int = WINDOW_SIZE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or not 1 <= self.size <= 1024:
+            raise ConfigError("a replay window holds 1 to 1024 numbers")
+        if not isinstance(self.top, int) or not 0 <= self.top <= MAX_SEQ:
+            raise ConfigError("a replay window's top is a sequence number")
+        if not isinstance(self.bitmap, int) or not 0 <= self.bitmap < 1 << self.size:
+            raise ConfigError("a replay window's bitmap does not fit its size")
+
+    def check(self, seq: int) -> None:
+        """Raise :class:`ReplayError` if ``seq`` was seen or is too old to tell."""
+        if seq > self.top:
+            return
+        offset = self.top - seq
+        if offset >= self.size:
+            raise ReplayError(
+                f"sequence number {seq} is too old (the newest is {self.top}); refused"
+            )
+        if self.bitmap >> offset & 1:
+            raise ReplayError(f"sequence number {seq} was already received; replay refused")
+
+    def accept(self, seq: int) -> ReplayWindow:
+        """The window after accepting ``seq`` (after :meth:`check`, which it calls)."""
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+            raise DecodeError(f"a sequence number must be from 1 to {MAX_SEQ}")
+        self.check(seq)
+        mask = (1 << self.size) - 1
+        if seq > self.top:
+            shift = seq - self.top
+            bitmap = ((self.bitmap << shift) | 1) & mask if shift < self.size else 1
+            return ReplayWindow(seq, bitmap, self.size)
+        return ReplayWindow(self.top, self.bitmap | 1 << (self.top - seq), self.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMessage:
+    """A command received from a group broadcast."""
+
+    group: str
+    epoch: int
+    sender: bytes  #: the first 8 bytes of the sender's device id
+    seq: int
+    command: bytes
+
+
+WindowKey = tuple[str, int, bytes]
+
+
+class GroupReceiver:
+    """Opens group broadcasts for the groups it listens to and rejects replays.
+
+    ``epochs`` maps each group listened to to its current epoch (the keystore must hold that
+    epoch's key).  ``windows`` is the replay state, keyed by (group, epoch, sender); pass a
+    dict restored with :meth:`windows_from_plain` to keep it across runs.
+    """
+
+    def __init__(
+        self,
+        ks: GroupCipher,
+        epochs: Mapping[str, int],
+        *,
+        windows: dict[WindowKey, ReplayWindow] | None = None,
+        window_size: int = WINDOW_SIZE,
+    ) -> None:
+        self._ks = ks
+        self._epochs: dict[str, int] = {}
+        self.windows: dict[WindowKey, ReplayWindow] = windows if windows is not None else {}
+        self.window_size = window_size
+        for group, epoch in epochs.items():
+            self.set_epoch(group, epoch)
+
+    @property
+    def epochs(self) -> Mapping[str, int]:
+        return dict(self._epochs)
+
+    def set_epoch(self, group: str, epoch: int) -> None:
+        """Listen to ``group`` at ``epoch`` (after a rekey); older windows are dropped."""
+        self._epochs[check_group_name(group)] = _check_epoch(epoch)
+        for key in [k for k in self.windows if k[0] == group and k[1] != epoch]:
+            del self.windows[key]
+
+    def forget(self, group: str) -> None:
+        self._epochs.pop(group, None)
+        for key in [k for k in self.windows if k[0] == group]:
+            del self.windows[key]
+
+    def receive(self, payload: bytes) -> GroupMessage:
+        """Decode, authenticate and replay-check one broadcast.
+
+        :class:`DecodeError`: not a (well-formed) group broadcast.  :class:`WrongEpochError`:
+        no group listened to is at its epoch.  :class:`AuthenticationError`: no key opens it
+        (forged, altered, or for a group this device is not in).  :class:`ReplayError`: seen
+        before.  The replay state changes only for an accepted broadcast.
+        """
+        advert = decode_advert(payload)
+        if not self._epochs:
+            raise AuthenticationError("a group broadcast, and this device is in no group")
+        candidates = [g for g, e in self._epochs.items() if e == advert.epoch]
+        if not candidates:
+            held = ", ".join(f"{g} at {e}" for g, e in sorted(self._epochs.items())) or "none"
+            raise WrongEpochError(
+                f"a broadcast under epoch {advert.epoch}, the current epoch of no group this "
+                f"device listens to ({held}): refused"
+            )
+        for group in candidates:
+            try:
+                plain = self._ks.group_decrypt(
+                    group,
+                    advert.epoch,
+                    advert.nonce,
+                    advert.sealed,
+                    _advert_aad(group, advert.header),
+                )
+            except (AuthenticationError, NotFoundError):
+                continue
+            sender, command = plain[:SENDER_SIZE], plain[SENDER_SIZE:]
+            key = (group, advert.epoch, sender)
+            window = self.windows.get(key) or ReplayWindow(size=self.window_size)
+            self.windows[key] = window.accept(advert.seq)
+            return GroupMessage(group, advert.epoch, sender, advert.seq, command)
+        raise AuthenticationError(
+            "a group broadcast did not authenticate: forged, altered, or for another group"
+        )
+
+    def windows_to_plain(self) -> list[list[Any]]:
+        """The replay state as plain data (for a keystore setting)."""
+        return [[g, e, s, w.top, w.bitmap, w.size] for (g, e, s), w in sorted(self.windows.items())]
+
+    @staticmethod
+    def windows_from_plain(data: Iterable[Any]) -> dict[WindowKey, ReplayWindow]:
+        out: dict[WindowKey, ReplayWindow] = {}
+        try:
+            for g, e, s, top, bitmap, size in data:
+                out[(check_group_name(g), _check_epoch(e), bytes(s))] = ReplayWindow(
+                    top, bitmap, size
+                )
+        except (TypeError, ValueError):
+            raise DecodeError("the stored replay state is damaged") from None
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The controller's bookkeeping
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMember:
+    """A member as the controller records it.
+
+    ``via`` is the relay's device id when the member is reached through one; ``transport`` and
+    ``address`` say where to reach the first hop when not where the keystore last saw it;
+    ``delivered`` is the newest epoch whose envelope the member (or its relay) took, 0 if none.
+    """
+
+    device_id: str
+    name: str
+    via: str | None = None
+    transport: str | None = None
+    address: str | None = None
+    delivered: int = 0
+
+    def __post_init__(self) -> None:
+        _check_hex_id(self.device_id, "a member")
+        if self.via is not None:
+            _check_hex_id(self.via, "a relay")
+            if self.via == self.device_id:
+                raise ConfigError("a member cannot be its own relay")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("a member needs a name")
+        if isinstance(self.delivered, bool) or not isinstance(self.delivered, int):
+            raise ConfigError("a delivered epoch is a whole number")
+        if self.delivered < 0:
+            raise ConfigError("a delivered epoch is not negative")
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "via": self.via,
+            "transport": self.transport,
+            "address": self.address,
+            "delivered": self.delivered,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRecord:
+    """A group as its controller records it: the current epoch and the members."""
+
+    name: str
+    epoch: int = 1
+    members: tuple[GroupMember, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_group_name(self.name)
+        _check_epoch(self.epoch)
+        ids = [m.device_id for m in self.members]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"group {self.name!r} lists a member twice")
+        if len(ids) > MAX_MEMBERS:
+            raise TooLargeError(f"a group has at most {MAX_MEMBERS} members")
+
+    def member(self, device_id: str) -> GroupMember | None:
+        return next((m for m in self.members if m.device_id == device_id), None)
+
+    def with_member(self, member: GroupMember) -> GroupRecord:
+        """The group with ``member`` added (nothing delivered to it yet); ConfigError if it
+        is in already."""
+        if self.member(member.device_id) is not None:
+            raise ConfigError(f"{member.name} is already a member of {self.name}")
+        fresh = dataclasses.replace(member, delivered=0)
+        return dataclasses.replace(self, members=(*self.members, fresh))
+
+    def without_member(self, device_id: str) -> GroupRecord:
+        """The group without that member, at the next epoch: every remaining member needs the
+        new key.  :class:`NotFoundError` if it is not a member."""
+        if self.member(device_id) is None:
+            raise NotFoundError(f"{device_id[:8]} is not a member of {self.name}")
+        if self.epoch >= MAX_EPOCH:
+            raise ConfigError(f"group {self.name} has used every epoch; create a new group")
+        kept = tuple(m for m in self.members if m.device_id != device_id)
+        return dataclasses.replace(self, epoch=self.epoch + 1, members=kept)
+
+    def rekeyed(self) -> GroupRecord:
+        """The group at the next epoch with the same members."""
+        if self.epoch >= MAX_EPOCH:
+            raise ConfigError(f"group {self.name} has used every epoch; create a new group")
+        return dataclasses.replace(self, epoch=self.epoch + 1)
+
+    def pending(self) -> tuple[GroupMember, ...]:
+        """Members that do not have the current epoch's envelope yet."""
+        return tuple(m for m in self.members if m.delivered < self.epoch)
+
+    def delivered_to(self, device_id: str, epoch: int) -> GroupRecord:
+        """Record that the member (or its relay) took the envelope of ``epoch``."""
+        members = tuple(
+            dataclasses.replace(m, delivered=max(m.delivered, epoch))
+            if m.device_id == device_id
+            else m
+            for m in self.members
+        )
+        return dataclasses.replace(self, members=members)
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "members": {m.device_id: m.to_plain() for m in self.members},
+        }
+
+    @classmethod
+    def from_plain(cls, name: str, data: Mapping[str, Any]) -> GroupRecord:
+        try:
+            members = tuple(
+                GroupMember(
+                    device_id,
+                    m["name"],
+                    m.get("via"),
+                    m.get("transport"),
+                    m.get("address"),
+                    m.get("delivered", 0),
+                )
+                for device_id, m in data["members"].items()
+            )
+            return cls(name, data["epoch"], members)
+        except (KeyError, TypeError, AttributeError, ConfigError):
+            raise DecodeError(f"the record of group {name!r} is damaged") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The relay's store-and-forward queue
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayQueue:
+    """Envelopes a relay holds for members it has not reached yet: at most one per member and
+    group, the newest epoch (an older epoch's key is of no use once a newer one exists)."""
+
+    envelopes: tuple[GroupEnvelope, ...] = ()
+
+    def add(self, env: GroupEnvelope) -> RelayQueue:
+        for queued in self.envelopes:
+            same = queued.member == env.member and queued.group == env.group
+            if same and queued.controller == env.controller and queued.epoch > env.epoch:
+                return self  # a newer one is already waiting
+        kept = tuple(
+            q
+            for q in self.envelopes
+            if not (
+                q.member == env.member and q.group == env.group and q.controller == env.controller
+            )
+        )
+        if len(kept) >= MAX_QUEUE:
+            raise TooLargeError(f"this relay holds {MAX_QUEUE} envelopes already")
+        return RelayQueue((*kept, env))
+
+    def members(self) -> tuple[bytes, ...]:
+        """The members something is waiting for, in the order they were first queued."""
+        return tuple(dict.fromkeys(e.member for e in self.envelopes))
+
+    def for_member(self, member: bytes) -> tuple[GroupEnvelope, ...]:
+        return tuple(e for e in self.envelopes if e.member == member)
+
+    def without(self, env: GroupEnvelope) -> RelayQueue:
+        return RelayQueue(tuple(e for e in self.envelopes if e != env))
+
+    def __len__(self) -> int:
+        return len(self.envelopes)
+
+    def to_plain(self) -> list[bytes]:
+        return [e.encode_bytes() for e in self.envelopes]
+
+    @classmethod
+    def from_plain(cls, data: Iterable[Any]) -> RelayQueue:
+        try:
+            return cls(tuple(GroupEnvelope.decode_bytes(bytes(item)) for item in data))
+        except TypeError:
+            raise DecodeError("the relay's stored queue is damaged") from None

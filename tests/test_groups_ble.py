@@ -1,0 +1,106 @@
+"""Group keys and encrypted group broadcasts over BLE: bumble's host stack on virtual controllers.
+
+A group broadcast is pairkit service data in an extended advertisement (it never fits a legacy
+one); a scanner that looks for hellos sees it and refuses it cleanly.  The whole demo scenario
+(``pairkit demo --scenario groupkeys``) runs here too, on BLE and on the loopback, and its
+summary is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cli import groups as G
+from cli.groupdemo import GroupLab, run_groupkeys_demo, wait_for
+from cli.presence import discover
+from pairing.errors import TooLargeError
+from pairing.groups import ADVERT_OVERHEAD
+from transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX
+
+
+@pytest.fixture(autouse=True)
+def _quiet_bumble() -> None:
+    logging.getLogger("bumble").setLevel(logging.ERROR)
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[GroupLab]:
+    lab = GroupLab(tmp_path, transport="bumble:virtual", connect_timeout=2, step_timeout=5)
+    yield lab
+    await lab.close()
+
+
+async def test_a_group_broadcast_travels_in_an_extended_advertisement(lab: GroupLab) -> None:
+    ctl = await lab.add("controller", extended=True)
+    member = await lab.add("member")
+    await lab.commission(ctl, member)
+    await lab.start_member(member)
+    G.create_group(ctl.ks, "doors")
+    _, outcomes = await G.add_member(ctl.ks, "doors", "member", reach=lab.reach(ctl))
+    assert outcomes[0].ok
+    assert ctl.transport.max_payload == EXTENDED_PAYLOAD_MAX == 208
+    result = await G.broadcast(ctl.ks, ctl.transport, "doors", b"close all doors",
+                               duration=0.4)
+    assert result["bytes"] == ADVERT_OVERHEAD + 15 and result["extended"]
+    await wait_for(lambda: "close all doors" in member.read(), 3)
+    got = member.listener.received[-1]  # type: ignore[union-attr]
+    assert (got.group, got.epoch, got.seq) == ("doors", 1, result["seq"])
+    assert member.events[-1]["address"] == ctl.address
+    # Heard again and again while advertised, read once: repeats are not replays.
+    assert member.read().count("close all doors") == 1
+    assert not any(e["event"] == "rejected" for e in member.events)
+
+
+async def test_hello_scanners_refuse_group_broadcasts_and_legacy_has_no_room(
+    lab: GroupLab,
+) -> None:
+    ctl = await lab.add("controller", extended=True)
+    legacy = await lab.add("legacy")
+    scanner = await lab.add("scanner")
+    G.create_group(ctl.ks, "doors")
+    G.create_group(legacy.ks, "doors")
+    assert legacy.transport.max_payload == LEGACY_PAYLOAD_MAX == 10
+    with pytest.raises(TooLargeError, match="0 bytes of command"):
+        await G.broadcast(legacy.ks, legacy.transport, "doors", b"", duration=0.1)
+    payload, _, _ = G.advert_for(ctl.ks, "doors", b"close", max_payload=208)
+    await ctl.transport.start_advertising(payload)
+    found, garbage = await discover(scanner.transport, scanner.ks, 0.5)
+    await ctl.transport.stop_advertising()
+    assert found == [] and garbage >= 1  # heard, and refused by the hello decoder
+
+
+@pytest.mark.parametrize("transport", ["bumble:virtual", "loopback"])
+async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = await run_groupkeys_demo(transport=transport, quiet=transport == "loopback")
+    json.dumps(summary)  # the --json summary is plain JSON
+    assert summary["ok"] and summary["scenario"] == "groupkeys"
+    assert len(summary["devices"]) >= 8  # controller, relay, six members, an eavesdropper
+    assert all(d["ok"] for d in summary["deliveries"]) and len(summary["deliveries"]) == 6
+    assert {d["via"] for d in summary["deliveries"]} == {None, "relay"}
+    assert summary["relay"] == {"carried": 3, "could_open": False, "keys_held": 0,
+                                "queued_at_end": 0}
+    reads = {b["group"]: b["read_by"] for b in summary["broadcasts"]}
+    assert reads == {"fire-sensors": ["sensor-1", "sensor-2"],
+                     "fire-doors": ["door-1", "door-2", "door-3"],
+                     "extinguishers": ["extinguisher-1"]}
+    assert all(b["extended"] and b["heard_not_read"] == 6 - len(b["read_by"])
+               for b in summary["broadcasts"])
+    assert summary["attacks"]["door-1"] == ["replay", "not-ours-or-forged"]
+    removal = summary["removal"]
+    assert removal["epoch"] == 2 and removal["read_by"] == ["door-1"]
+    assert removal["door-3_rejected"] == ["wrong-epoch"]
+    assert not removal["door-3_read"] and not removal["door-3_read_after"]
+    assert summary["catch_up"]["read_by"] == ["door-1", "door-2"]
+    err = capsys.readouterr().err
+    if transport == "loopback":
+        assert err == ""
+    else:
+        for words in ("Commissioning", "Delivery", "Encrypted broadcasts", "Attacks",
+                      "Removal and rekey", "relay: holds an envelope", "none opens"):
+            assert words in err
+        assert "WARNING" not in err and "Traceback" not in err

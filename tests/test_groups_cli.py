@@ -1,0 +1,261 @@
+"""``pairkit group`` as a user runs it: a controller, a relay and a member, each a process.
+
+The member and the relay are paired with ``pairkit host`` / ``pairkit join`` over TCP; the
+controller's key reaches the member through the relay over TCP, and its broadcast reaches it
+over BLE through ``pairkit radio``'s linked virtual controllers (run here in-process).  The
+group commands run as ``python -m cli.group_cli`` (cli/main.py registers them as ``pairkit
+group``).  Error paths run in-process with click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from cli.group_cli import group
+from pairing.keystore import Keystore
+from transports.radio import start_radio
+
+from .cli_helpers import (
+    KEYSTORE_PIN,
+    ROOT,
+    Device,
+    HostProcess,
+    assert_no_traceback,
+    cli_env,
+    init_devices,
+    run_cli,
+    use_bytecode_cache,
+)
+
+GROUP_CMD = (sys.executable, "-m", "cli.group_cli")
+NAMES = {"ctl": "controller", "relay": "relay", "door": "door-1"}
+PINS = ("482913", "507264", "639180")
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Background:
+    """A long-running group command: its stdout JSON lines and stderr lines as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, args: tuple[str, ...]) -> None:
+        self.proc = proc
+        self.args = args
+        self.events: list[dict[str, Any]] = []
+        self.err: list[str] = []
+        self._changed = asyncio.Event()
+        self._pumps = [asyncio.create_task(self._pump(proc.stdout, True)),
+                       asyncio.create_task(self._pump(proc.stderr, False))]
+
+    @classmethod
+    async def start(cls, device: Device, *args: str) -> Background:
+        proc = await asyncio.create_subprocess_exec(
+            *GROUP_CMD, *args, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+            env=cli_env(device.home),
+        )
+        return cls(proc, args)
+
+    async def _pump(self, stream: asyncio.StreamReader | None, is_out: bool) -> None:
+        assert stream is not None
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip("\n")
+            if is_out:
+                self.events.append(json.loads(text))
+            else:
+                self.err.append(text)
+            self._changed.set()
+
+    async def wait(self, what: str, found: Callable[[], bool], timeout: float = 20) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not found():
+                    if self.proc.returncode is not None and not found():
+                        break
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), 0.5)
+        except TimeoutError:
+            pass
+        assert found(), f"{' '.join(self.args)}: no {what}; stderr:\n" + "\n".join(self.err)
+
+    def event(self, **match: Any) -> dict[str, Any] | None:
+        for e in self.events:
+            if all(e.get(k) == v for k, v in match.items()):
+                return e
+        return None
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._pumps), 5)
+        assert_no_traceback(" ".join(self.args), "\n".join(self.err))
+        return self.proc.returncode or 0
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
+    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
+    base = tmp_path_factory.mktemp("group-devices")
+    paths = {key: base / key for key in NAMES}
+    init_devices(paths, NAMES)
+    return {key: Device(paths[key], NAMES[key]) for key in NAMES}
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[Background]]:
+    procs: list[Background] = []
+    yield procs
+    for p in procs:
+        await p.stop()
+
+
+async def _pair(host: Device, guest: Device, port: int, pin: str) -> None:
+    """``guest`` joins ``host`` over TCP by PIN (the guest then reaches the host there)."""
+    hp = await HostProcess.start(host.home, "-t", f"tcp:127.0.0.1:{port}", "--method", "pin",
+                                 "--pin", pin, "--once", "--yes")
+    try:
+        joined = await guest.join(f"tcp:127.0.0.1:{port}", "--method", "pin", "--pin", pin,
+                                  "--json")
+        assert joined.ok().json()["peer"]["name"] == host.name
+        await asyncio.wait_for(hp.proc.wait(), 15)  # --once: the host ends by itself
+    finally:
+        assert await hp.stop() == 0
+
+
+async def test_key_through_a_relay_and_a_broadcast_across_processes(
+    homes: dict[str, Device], running: list[Background],
+) -> None:
+    ctl, relay, door = homes["ctl"], homes["relay"], homes["door"]
+    door_port, relay_port = free_port(), free_port()
+    await _pair(door, ctl, door_port, PINS[0])
+    await _pair(relay, ctl, relay_port, PINS[1])
+    await _pair(door, relay, door_port, PINS[2])
+
+    radio = await start_radio([0, 0])
+    try:
+        ctl_radio, door_radio = (f"bumble:tcp-client:127.0.0.1:{p}" for p in radio.ports)
+        listener = await Background.start(
+            door, "listen", "doors", "-t", f"tcp:127.0.0.1:{door_port}", "-t", door_radio,
+            "--json", "--count", "1", "--timeout", "60")
+        running.append(listener)
+        relayer = await Background.start(relay, "relay", "-t", f"tcp:127.0.0.1:{relay_port}",
+                                         "--retry", "0.5", "--json")
+        running.append(relayer)
+        await listener.wait("start", lambda: any("listening on" in x for x in listener.err))
+        await relayer.wait("start", lambda: any("relaying on" in x for x in relayer.err))
+
+        created = await run_cli(ctl.home, "create", "doors", "--json", cmd=GROUP_CMD)
+        assert created.ok().json() == {"ok": True, "group": "doors", "epoch": 1}
+        added = (await run_cli(ctl.home, "add", "doors", "door-1", "--via", "relay", "--json",
+                               cmd=GROUP_CMD)).ok().json()
+        assert added["ok"] and added["deliveries"][0]["status"] == "queued at relay"
+
+        await listener.wait("key", lambda: listener.event(event="key") is not None)
+        assert listener.event(event="key") == {
+            "event": "key", "group": "doors", "epoch": 1, "controller": "controller",
+            "from": "relay",
+        }
+        await relayer.wait("forward", lambda: relayer.event(event="forwarded") is not None)
+        queued = relayer.event(event="queued")
+        assert queued is not None and queued["member"] == "door-1"
+
+        sent = (await run_cli(ctl.home, "send", "doors", "close all doors", "-t", ctl_radio,
+                              "--duration", "1.5", "--json", cmd=GROUP_CMD)).ok().json()
+        assert sent["extended"] and sent["bytes"] == 41 + len("close all doors")
+        await listener.wait("command", lambda: listener.proc.returncode is not None)
+        command = listener.event(event="command")
+        assert command is not None
+        assert (command["group"], command["sender"], command["command"], command["seq"]) == (
+            "doors", "controller", "close all doors", sent["seq"])
+        assert listener.proc.returncode == 0  # --count 1: done
+    finally:
+        await radio.close()
+
+    # The relay's own state, from its keystore file: no group key, nothing left to deliver.
+    relay_ks = Keystore.open(relay.home / "keystore.pk", KEYSTORE_PIN)
+    assert relay_ks.group_epochs("doors") == ()
+    status = (await run_cli(relay.home, "show", "--json", cmd=GROUP_CMD)).ok().json()
+    assert status == {"controls": [], "member_of": [], "relaying": []}
+    shown = (await run_cli(ctl.home, "show", "--json", cmd=GROUP_CMD)).ok().json()
+    member = shown["controls"][0]["members"][0]
+    assert (member["name"], member["via"], member["pending"]) == ("door-1", "relay", False)
+    door_status = (await run_cli(door.home, "show", "--json", cmd=GROUP_CMD)).ok().json()
+    assert door_status["member_of"] == [
+        {"group": "doors", "epoch": 1, "controller": "controller"}]
+
+
+# -- in-process: usage and errors ---------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    Keystore.create(tmp_path / "keystore.pk", KEYSTORE_PIN, name="solo", scrypt_n=2**10)
+    return {"PAIRKIT_HOME": str(tmp_path), "PAIRKIT_PIN": KEYSTORE_PIN}
+
+
+def _run(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(group, list(args), env=env, catch_exceptions=False)
+
+
+def test_every_subcommand_has_help() -> None:
+    for sub in ("create", "add", "remove", "rekey", "sync", "send", "listen", "relay", "show"):
+        result = CliRunner().invoke(group, [sub, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, sub
+
+
+def test_errors_are_plain_and_mapped_to_exit_codes(home: dict[str, str]) -> None:
+    bad = _run(home, "create", "no spaces please")
+    assert bad.exit_code == 2 and "is not a usable group name" in bad.output
+    missing = _run(home, "add", "doors", "someone")
+    assert missing.exit_code == 6 and "controls no group 'doors'" in missing.output
+    assert _run(home, "create", "doors", "--json").exit_code == 0
+    again = _run(home, "create", "doors")
+    assert again.exit_code == 2 and "already controls" in again.output
+    nobody = _run(home, "add", "doors", "someone")
+    assert nobody.exit_code == 6 and "no known peer" in nobody.output
+    tcp = _run(home, "send", "doors", "hi", "-t", "tcp:127.0.0.1:9")
+    assert tcp.exit_code == 2 and "cannot broadcast" in tcp.output
+    big = _run(home, "send", "doors", "x" * 300, "-t", "loopback")
+    assert big.exit_code == 1 and "bytes of command in one advertisement" in big.output
+    pinned = _run(home, "listen", "-t", "loopback", "--controller", "someone")
+    assert pinned.exit_code == 2 and "needs the group NAMEs" in pinned.output
+    assert "Traceback" not in bad.output + missing.output + tcp.output
+
+
+def test_show_and_sync_with_nothing_pending(home: dict[str, str]) -> None:
+    assert _run(home, "create", "doors").exit_code == 0
+    shown = _run(home, "show", "--json")
+    assert json.loads(shown.output) == {
+        "controls": [{"group": "doors", "epoch": 1, "members": []}],
+        "member_of": [], "relaying": [],
+    }
+    synced = _run(home, "sync", "doors", "--json")
+    assert json.loads(synced.output) == {"ok": True, "group": "doors", "epoch": 1,
+                                         "deliveries": []}
+    rekeyed = _run(home, "rekey", "doors", "--json")
+    assert json.loads(rekeyed.output)["epoch"] == 2
+    ks = Keystore.open(Path(home["PAIRKIT_HOME"]) / "keystore.pk", KEYSTORE_PIN)
+    assert ks.group_epochs("doors") == (2,)
