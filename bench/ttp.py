@@ -1,0 +1,376 @@
+"""Key server benchmark: key deliveries per second at 1, 10 and 100 concurrent pairs, vs a floor.
+
+A *key delivery* is one pair of devices served: each device opens TLS 1.3 to the key server
+(pinned CA), proves its identity key, states its intent naming the other, and both receive the
+same fresh SK (``pairing/ttp.py``, steps 1 and 2).  The server runs as its own process
+(``python -m cli.ttp_cli serve``), its database on disk, as in production; the devices run
+in this process under asyncio, ``pairs`` pairs at a time, each pair delivering ``rounds`` keys
+one after another.
+
+The *floor* is the same cryptography done in one process without the server: per delivery, two
+TLS 1.3 handshakes (both ends, in memory through ``ssl.MemoryBIO``, with the server's real
+certificate and the device's context: ECDHE X25519, ECDSA P-256 signature and verification),
+the protocol's messages through those TLS channels, two proofs of possession (a fresh server
+X25519 key, a DH on each side, HKDF and HMAC on each side), and drawing SK with its seal and
+open in the store.  No sockets, no event loop, no SQLite, no Python protocol machinery.
+
+``ratio = (wall time per delivery) / floor``.  At 1 pair it is the full latency over the
+floor; with more pairs the server process and the devices' process work in parallel, so the
+wall time per delivery can fall below the sum of both sides' work (on 2 cores, a ratio near
+0.5 would mean both cores busy with nothing but the crypto).
+
+Usage::
+
+    .venv/bin/python bench/ttp.py                # 1, 10 and 100 pairs (15 to 30 s)
+    .venv/bin/python bench/ttp.py --json
+    .venv/bin/python bench/ttp.py --quick        # a smoke run (the test suite uses it)
+    .venv/bin/python bench/ttp.py --pairs 1 10 100 --deliveries 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import signal
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import cryptography  # noqa: E402
+from cryptography.hazmat.backends.openssl import backend as openssl_backend  # noqa: E402
+
+from cli.ttp_certs import init_server_dir  # noqa: E402
+from cli.ttp_client import client_context, enrol, request_key  # noqa: E402
+from cli.ttp_server import server_context  # noqa: E402
+from cli.ttp_store import Sealer  # noqa: E402
+from pairing.crypto import same, x25519, x25519_keypair  # noqa: E402
+from pairing.methods import LocalIdentity  # noqa: E402
+from pairing.ttp import (  # noqa: E402
+    DeviceRecord,
+    IntentRequest,
+    IntentRole,
+    SkDelivery,
+    TtpChallenge,
+    TtpHello,
+    TtpProof,
+    auth_proof,
+)
+
+DEFAULT_PAIRS = (1, 10, 100)
+QUICK_PAIRS = (1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How much to measure: ``deliveries`` per concurrency level (at least 2 rounds per pair)."""
+
+    pairs: tuple[int, ...] = DEFAULT_PAIRS
+    deliveries: int = 300
+    floor_runs: int = 60
+    warmup: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.pairs or min(self.pairs) < 1 or self.deliveries < 1 or self.floor_runs < 1:
+            raise ValueError("pairs, deliveries and floor_runs must be 1 or more")
+
+    def rounds(self, pairs: int) -> int:
+        return max(2, -(-self.deliveries // pairs))
+
+
+# --------------------------------------------------------------------------------------------
+# The floor: the same cryptography in one process
+# --------------------------------------------------------------------------------------------
+
+
+def _pump(a: ssl.SSLObject, a_out: ssl.MemoryBIO, b_in: ssl.MemoryBIO) -> None:
+    data = a_out.read()
+    if data:
+        b_in.write(data)
+
+
+class TlsPair:
+    """A TLS 1.3 client and server joined in memory."""
+
+    def __init__(self, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+        self.c_in, self.c_out, self.s_in, self.s_out = (ssl.MemoryBIO() for _ in range(4))
+        self.client = client_ctx.wrap_bio(self.c_in, self.c_out, server_hostname="127.0.0.1")
+        self.server = server_ctx.wrap_bio(self.s_in, self.s_out, server_side=True)
+        done = {"c": False, "s": False}
+        for _ in range(10):
+            for key, side in (("c", self.client), ("s", self.server)):
+                if not done[key]:
+                    try:
+                        side.do_handshake()
+                        done[key] = True
+                    except ssl.SSLWantReadError:
+                        pass
+            _pump(self.client, self.c_out, self.s_in)
+            _pump(self.server, self.s_out, self.c_in)
+            if done["c"] and done["s"]:
+                break
+        else:  # pragma: no cover - a broken TLS set-up
+            raise RuntimeError("the in-memory TLS handshake did not complete")
+
+    def send(self, client_to_server: bool, data: bytes) -> bytes:
+        src, dst = (self.client, self.server) if client_to_server else (self.server, self.client)
+        out, into = (self.c_out, self.s_in) if client_to_server else (self.s_out, self.c_in)
+        src.write(data)
+        into.write(out.read())
+        got = b""
+        while len(got) < len(data):
+            try:
+                got += dst.read(65536)
+            except ssl.SSLWantReadError:  # pragma: no cover - all bytes were moved
+                break
+        return got
+
+
+def floor_delivery(
+    server_ctx: ssl.SSLContext,
+    client_ctx: ssl.SSLContext,
+    devices: tuple[LocalIdentity, LocalIdentity],
+    cert: bytes,
+    sealer: Sealer,
+) -> None:
+    """One delivery's cryptography, both devices and the server, in this process."""
+    sk = os.urandom(32)
+    for me, peer in (devices, devices[::-1]):
+        tls = TlsPair(server_ctx, client_ctx)
+        nonce_c = os.urandom(16)
+        tls.send(True, TtpHello(me.static_public, nonce_c, me.name).encode())
+        eph_private, eph_public = x25519_keypair(os.urandom)
+        challenge = TtpChallenge(os.urandom(16), eph_public)
+        tls.send(False, challenge.encode())
+        made = auth_proof(x25519(me.static_private, eph_public), static=me.static_public,
+                          eph=eph_public, nonce_c=nonce_c, nonce_s=challenge.nonce, cert=cert)
+        tls.send(True, TtpProof(made).encode() + IntentRequest(
+            peer.device_id, b"\x00" * 32, IntentRole.HOST, 5).encode())
+        checked = auth_proof(x25519(eph_private, me.static_public), static=me.static_public,
+                             eph=eph_public, nonce_c=nonce_c, nonce_s=challenge.nonce, cert=cert)
+        if not same(made, checked):  # pragma: no cover
+            raise RuntimeError("proof mismatch")
+        record = DeviceRecord(peer.device_id, peer.name, peer.static_public, peer.signing_public)
+        tls.send(False, SkDelivery(os.urandom(16), sk, record).encode())
+    sealed = sealer.seal(sk, "sk", 1, b"m" * 16)  # the waiting side's SK, at rest and back
+    sealer.open(sealed, "sk", 1, b"m" * 16)
+
+
+def time_floor(settings: Settings, directory: Path, cert: bytes) -> dict[str, float]:
+    from cli.ttp_certs import ServerDir
+
+    d = ServerDir(directory)
+    server_ctx, client_ctx = server_context(d), client_context(d.ca_cert)
+    devices = (LocalIdentity.generate("a"), LocalIdentity.generate("b"))
+    sealer = Sealer(os.urandom(32))
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        floor_delivery(server_ctx, client_ctx, devices, cert, sealer)
+        return time.perf_counter() - t0
+
+    for _ in range(settings.warmup + 2):
+        once()
+    samples = [once() for _ in range(settings.floor_runs)]
+    tls_samples = []
+    for _ in range(max(5, settings.floor_runs // 2)):
+        t0 = time.perf_counter()
+        TlsPair(server_ctx, client_ctx)
+        tls_samples.append(time.perf_counter() - t0)
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return {
+        "us": statistics.median(samples) * 1e6,
+        "q1_us": q[0] * 1e6,
+        "q3_us": q[2] * 1e6,
+        "tls_handshake_us": statistics.median(tls_samples) * 1e6,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The server, for real
+# --------------------------------------------------------------------------------------------
+
+
+async def start_server(directory: Path, max_clients: int) -> tuple[asyncio.subprocess.Process,
+                                                                    str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.ttp_cli", "serve", "--dir", str(directory), "--listen",
+        "127.0.0.1:0", "--json", "--quiet", "--max-connections", str(4 * max_clients + 64),
+        "--max-per-client", str(4 * max_clients + 64), "--rate", "1000000", "--max-wait", "60",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if not line:
+        raise RuntimeError(f"the key server did not start: {(await proc.stderr.read()).decode()}")
+    return proc, json.loads(line)["listening"]
+
+
+async def stop_server(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.communicate(), 10)
+    except TimeoutError:  # pragma: no cover
+        proc.kill()
+        await proc.wait()
+
+
+async def deliver(address: str, ca: Path, a: LocalIdentity, b: LocalIdentity) -> None:
+    context = os.urandom(32)
+    ka, kb = await asyncio.gather(
+        request_key(address, ca, a, peer_id=b.device_id, context=context, role=IntentRole.HOST,
+                    wait=30, timeout=60),
+        request_key(address, ca, b, peer_id=a.device_id, context=context, role=IntentRole.GUEST,
+                    wait=30, timeout=60),
+    )
+    if ka.sk != kb.sk:  # pragma: no cover - the tests check this; the bench must not lie
+        raise RuntimeError("a pair received different keys")
+
+
+async def run_level(address: str, ca: Path, devices: list[LocalIdentity], pairs: int,
+                    rounds: int) -> dict[str, float]:
+    couples = [(devices[2 * i], devices[2 * i + 1]) for i in range(pairs)]
+
+    async def pair_loop(a: LocalIdentity, b: LocalIdentity) -> None:
+        for _ in range(rounds):
+            await deliver(address, ca, a, b)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(pair_loop(a, b) for a, b in couples))
+    elapsed = time.perf_counter() - t0
+    n = pairs * rounds
+    return {"pairs": pairs, "deliveries": n, "seconds": elapsed, "per_second": n / elapsed,
+            "us_per_delivery": elapsed / n * 1e6}
+
+
+async def measure_async(settings: Settings) -> dict[str, Any]:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pairkit-bench-ttp-") as tmp:
+        d = init_server_dir(Path(tmp) / "srv")
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from cli.ttp_certs import load_cert
+        from pairing.ttp import cert_digest
+
+        cert = cert_digest(load_cert(d.cert).public_bytes(Encoding.DER))
+        floor = time_floor(settings, d.root, cert)
+        most = max(settings.pairs)
+        proc, address = await start_server(d.root, most)
+        try:
+            devices = [LocalIdentity.generate(f"bench-{i}") for i in range(2 * most)]
+            for i in range(0, len(devices), 50):
+                await asyncio.gather(*(enrol(address, d.ca_cert, x, timeout=60)
+                                       for x in devices[i : i + 50]))
+            levels = []
+            for pairs in settings.pairs:
+                if settings.warmup:
+                    await run_level(address, d.ca_cert, devices, pairs, settings.warmup)
+                level = await run_level(address, d.ca_cert, devices, pairs,
+                                        settings.rounds(pairs))
+                level["ratio"] = level["us_per_delivery"] / floor["us"]
+                levels.append(level)
+        finally:
+            await stop_server(proc)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "settings": dataclasses.asdict(settings),
+        "floor": floor,
+        "levels": levels,
+        "total_s": time.perf_counter() - started,
+    }
+
+
+def measure(settings: Settings) -> dict[str, Any]:
+    return asyncio.run(measure_async(settings))
+
+
+def machine() -> dict[str, Any]:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        affinity = None
+    return {
+        "nproc": affinity or os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "cryptography": cryptography.__version__,
+        "openssl": openssl_backend.openssl_version_text(),
+        "ssl": ssl.OPENSSL_VERSION,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    m, f = result["machine"], result["floor"]
+    lines = [
+        f"pairkit key-server bench, {result['date']}: nproc {m['nproc']}, {m['cpu']}, "
+        f"Python {m['python']}, cryptography {m['cryptography']} ({m['openssl']}); "
+        f"Python ssl on {m['ssl']}",
+        "a delivery: two devices each open TLS 1.3, prove their key, state matching intents, "
+        "and get the same SK",
+        f"floor (the same cryptography in one process, no server): {f['us']:.0f} us per "
+        f"delivery (q1 {f['q1_us']:.0f}, q3 {f['q3_us']:.0f}); of which one TLS 1.3 "
+        f"handshake, both ends: {f['tls_handshake_us']:.0f} us (two per delivery)",
+        "",
+        f"{'pairs':>5}  {'deliveries':>10}  {'seconds':>7}  {'deliveries/s':>12}  "
+        f"{'us/delivery':>11}  {'ratio':>5}",
+    ]
+    for lv in result["levels"]:
+        lines.append(
+            f"{lv['pairs']:>5}  {lv['deliveries']:>10}  {lv['seconds']:>7.2f}  "
+            f"{lv['per_second']:>12.1f}  {lv['us_per_delivery']:>11.0f}  {lv['ratio']:>5.2f}"
+        )
+    lines.append("ratio = us/delivery (wall time, server process and devices together) / floor")
+    lines.append(f"total time {result['total_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> int:
+    parser = argparse.ArgumentParser(
+        description="Key deliveries per second of the pairkit key server, against a floor.")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 and 2 pairs")
+    parser.add_argument("--pairs", type=_positive, nargs="+", default=None,
+                        help="concurrency levels (pairs at once); default 1 10 100")
+    parser.add_argument("--deliveries", type=_positive, default=None,
+                        help="deliveries per level (default 300)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        settings = Settings(pairs=tuple(args.pairs or QUICK_PAIRS),
+                            deliveries=args.deliveries or 4, floor_runs=3, warmup=0)
+    else:
+        settings = Settings(pairs=tuple(args.pairs or DEFAULT_PAIRS),
+                            deliveries=args.deliveries or 300)
+    result = measure(settings)
+    out(json.dumps(result, sort_keys=True) if args.json else render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

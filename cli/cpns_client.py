@@ -1,0 +1,190 @@
+"""CPNS over real links: a PNE on its PAN link, and the gateway between its PNEs and the server.
+
+:func:`run_pne` drives :class:`pairing.cpns.PneMachine` over one link with
+:func:`pairing.driver.drive`.  :func:`run_gateway` pumps the multi-port
+:class:`pairing.cpns.Gateway`: one reader per PNE link feeds one queue, the machine's deadline
+bounds every wait, and the connection to the CPNS server (the key server, TLS with the pinned
+CA, the device's proof of its identity key) is opened when the machine first has a message for
+it: the PN Registration Request, sent right after the proof.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pairing import wire
+from pairing.cpns import (
+    SERVER,
+    Gateway,
+    GatewayConfig,
+    PneConfig,
+    PneMachine,
+    PnInventory,
+    PnMembership,
+    SetupType,
+)
+from pairing.crypto import Rng
+from pairing.driver import LinkLike, MessagePipe, drive
+from pairing.errors import LinkClosedError, PairingError, RemoteError
+from pairing.machine import Event
+from pairing.methods import LocalIdentity
+from pairing.ttp import TtpClient
+
+from .ttp_client import DEFAULT_TIMEOUT, ServerLink, connect, from_server
+
+
+async def run_pne(
+    link: LinkLike | MessagePipe,
+    config: PneConfig,
+    *,
+    listen: bool,
+    delegate: Any = None,
+    rng: Rng = os.urandom,
+) -> PnMembership:
+    """Take part in a PN setup on ``link``: start it (``listen=False``), or wait for the
+    gateway's notify.  The PNE's membership, or the error that kept it out."""
+    loop = asyncio.get_running_loop()
+    machine = PneMachine(config, now=loop.time(), listen=listen, rng=rng)
+    if not listen:
+        machine.start(loop.time())
+    await drive(machine, link, delegate=delegate, idle=config.step_timeout)
+    assert machine.membership is not None
+    return machine.membership
+
+
+@dataclasses.dataclass(frozen=True)
+class PneLink:
+    """One PNE as the gateway reaches it."""
+
+    link: LinkLike
+    #: the PNE's id when the PAN told it (needed for invited setups)
+    pne_id: bytes | None = None
+
+    @property
+    def pan_secured(self) -> bool:
+        return bool(getattr(self.link, "encrypted", False))
+
+
+async def run_gateway(
+    pnes: Mapping[Hashable, PneLink],
+    *,
+    me: LocalIdentity,
+    config: GatewayConfig,
+    server: str,
+    ca_file: str | Path,
+    initiate: tuple[SetupType, tuple[bytes, ...]] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    server_timeout: float = DEFAULT_TIMEOUT,
+    rng: Rng = os.urandom,
+) -> PnInventory:
+    """Run the gateway until its PN is set up; its inventory (also in the routing table).
+
+    ``initiate`` starts a gateway-initiated setup; without it the gateway waits for a PNE's
+    PN Setup Request.  ``me`` is the gateway's identity as enrolled with the server.
+    """
+    loop = asyncio.get_running_loop()
+    gw = Gateway(config, now=loop.time(), rng=rng)
+    pipes: dict[Hashable, MessagePipe] = {}
+    inbox: asyncio.Queue[tuple[Hashable, bytes | PairingError]] = asyncio.Queue()
+    readers: list[asyncio.Task[None]] = []
+    conn: ServerLink | None = None
+
+    async def read(port: Hashable, pipe: MessagePipe) -> None:
+        while True:
+            try:
+                data = await pipe.recv()
+            except PairingError as exc:
+                await inbox.put((port, exc))
+                return
+            await inbox.put((port, data))
+
+    for port, pne in pnes.items():
+        gw.attach(port, pne_id=pne.pne_id, pan_secured=pne.pan_secured)
+        pipes[port] = MessagePipe(pne.link)
+        readers.append(asyncio.create_task(read(port, pipes[port])))
+
+    async def open_server(first: bytes) -> ServerLink:
+        c = await connect(server, ca_file, timeout=server_timeout)
+        client = TtpClient(
+            me, cert=c.cert, request=wire.decode(first), expect=None,
+            step_timeout=server_timeout, rng=rng,
+        )
+        client.start(loop.time())
+        try:
+            await drive(client, c.pipe, idle=server_timeout)
+        except BaseException:
+            await c.close()
+            raise
+        readers.append(asyncio.create_task(read(SERVER, c.pipe)))
+        return c
+
+    async def flush() -> None:
+        nonlocal conn
+        for port, data in gw.outgoing():
+            if port == SERVER:
+                if conn is None:
+                    conn = await open_server(data)
+                else:
+                    await conn.pipe.send(data)
+                continue
+            try:
+                await asyncio.wait_for(pipes[port].send(data), config.step_timeout)
+            except (PairingError, TimeoutError):
+                if not gw.done and not gw.failed:
+                    gw.link_closed(port, loop.time())
+
+    try:
+        if initiate is not None:
+            gw.start(loop.time(), *initiate)
+        while True:
+            await flush()
+            for event in gw.events():
+                if on_event is not None:
+                    on_event(event)
+            if gw.done:
+                assert gw.inventory is not None
+                return gw.inventory
+            deadline = gw.next_deadline()
+            wait = config.step_timeout if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                port, item = await asyncio.wait_for(inbox.get(), wait)
+            except TimeoutError:
+                gw.on_timeout(loop.time())
+                continue
+            if isinstance(item, PairingError):
+                if port == SERVER:
+                    if gw.server_done:
+                        continue  # it answered the registration and hung up, as it should
+                    raise LinkClosedError("the CPNS server closed the connection") from item
+                gw.link_closed(port, loop.time())
+                continue
+            gw.receive(port, item, loop.time())
+    except PairingError as exc:
+        gw.abort(exc)
+        with contextlib.suppress(PairingError, OSError, TimeoutError):
+            await asyncio.wait_for(_flush_aborts(gw, pipes, conn), 2.0)
+        if isinstance(exc, RemoteError):
+            raise from_server(exc) from None
+        raise
+    finally:
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        if conn is not None:
+            await conn.close()
+
+
+async def _flush_aborts(
+    gw: Gateway, pipes: Mapping[Hashable, MessagePipe], conn: ServerLink | None
+) -> None:
+    for port, data in gw.outgoing():
+        target = conn.pipe if port == SERVER and conn is not None else pipes.get(port)
+        if target is not None:
+            with contextlib.suppress(PairingError):
+                await target.send(data)

@@ -1,0 +1,307 @@
+"""``pairkit ttp``: run a key server (the trusted third party) and enrol devices with it.
+
+::
+
+    pairkit ttp init   --dir D [--host NAME ...] [--enrol-token]
+    pairkit ttp serve  --dir D --listen HOST:PORT [limits]
+    pairkit ttp enroll --server HOST:PORT --ca D/ca.pem [--new-eukey | --eukey-file F]
+    pairkit ttp list   --dir D
+
+``cli.main`` adds the group as ``pairkit ttp``; ``python -m cli.ttp_cli`` runs it on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pairing.errors import ConfigError, PairingError
+
+from .common import EXIT_INTERRUPTED, emit_json, exit_code_for, fail, info, run_async
+
+#: keystore settings written by ``ttp enroll`` (host/join may default to them)
+SETTING_SERVER = "ttp.server"
+SETTING_CA = "ttp.ca"
+SETTING_EUKEY = "cpns.eukey"
+TOKEN_FILE = "enrol.token"
+
+
+def enrolled_server(ks: Any) -> tuple[str, str] | None:
+    """(server, CA file) this device enrolled with (``ttp enroll``), for ``--ttp`` defaults."""
+    server, ca = ks.setting(SETTING_SERVER), ks.setting(SETTING_CA)
+    if isinstance(server, str) and isinstance(ca, str):
+        return server, ca
+    return None
+
+
+class TtpGroup(click.Group):
+    """Errors end as ``error: ...`` and an exit code, as in ``cli.main`` (run on its own too)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = os.environ.get("PAIRKIT_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted")
+            ctx.exit(EXIT_INTERRUPTED)
+        except PairingError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(str(exc))
+            ctx.exit(exit_code_for(exc))
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+            ctx.exit(1)
+
+
+@click.group(cls=TtpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def ttp() -> None:
+    """Run a key server (a trusted third party) and enrol devices with it.
+
+    \b
+    The key server hands two enrolled devices a fresh key when both ask to pair with each
+    other (method ttp), and lets a gateway enrol factory-keyed devices (CPNS).
+      pairkit ttp init --dir ./ttp                    CA, server certificate, database
+      pairkit ttp serve --dir ./ttp --listen 0.0.0.0:8443
+      pairkit ttp enroll --server HOST:8443 --ca ./ttp/ca.pem      (on each device)
+      pairkit host --method ttp --ttp HOST:8443 --ttp-ca ca.pem    (then pair)
+
+    Devices trust only the CA in ca.pem: give that file to them (a manufacturer installs it).
+    """
+
+
+@ttp.command()
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the server's keys, certificates and database (created).")
+@click.option("--host", "hosts", multiple=True, metavar="NAME",
+              help="A host name or IP address devices will dial (repeat). localhost, 127.0.0.1, "
+                   "::1 and this machine's name are always included.")
+@click.option("--days", default=825, show_default=True,
+              help="How long the server certificate is valid.")
+@click.option("--enrol-token", is_flag=True,
+              help="Close enrolment: devices must give the token written to DIR/enrol.token.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def init(directory: Path, hosts: tuple[str, ...], days: int, enrol_token: bool,
+         as_json: bool) -> None:
+    """Create a key server: a CA, its server certificate, a sealing key and the database.
+
+    DIR/ca.pem is the CA certificate devices pin (a manufacturer would install it); keep
+    DIR/ca-key.pem offline once the server certificate exists.  Private files are mode 0600.
+    """
+    from .ttp_certs import cert_fingerprint, cert_hosts, init_server_dir, load_cert
+
+    d = init_server_dir(directory, hosts=hosts, days=days)
+    token_path = None
+    if enrol_token:
+        token_path = d.root / TOKEN_FILE
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(16) + "\n")
+    cert = load_cert(d.cert)
+    fp = cert_fingerprint(load_cert(d.ca_cert))
+    if as_json:
+        emit_json({"ok": True, "dir": str(d.root), "ca": str(d.ca_cert), "ca_fingerprint": fp,
+                   "hosts": cert_hosts(cert), "enrol_token": str(token_path) if token_path
+                   else None})
+        return
+    info(f"key server created in {d.root}")
+    click.echo(f"CA certificate: {d.ca_cert}   (give this file to devices: --ca / --ttp-ca)")
+    click.echo(f"CA fingerprint: {fp}")
+    click.echo(f"server names:   {', '.join(cert_hosts(cert))}")
+    if token_path:
+        click.echo(f"enrolment token: {token_path}   (devices: --token-file)")
+    click.echo(f"start it with:  pairkit ttp serve --dir {d.root} --listen 127.0.0.1:8443")
+
+
+@ttp.command()
+@click.option("--dir", "directory", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The directory 'pairkit ttp init' made.")
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, metavar="HOST:PORT",
+              help="Address to listen on (port 0 picks a free one, printed).")
+@click.option("--max-connections", default=512, show_default=True,
+              help="Connections at once, from everyone.")
+@click.option("--max-per-client", default=16, show_default=True,
+              help="Connections at once from one address.")
+@click.option("--rate", default=20.0, show_default=True,
+              help="New connections per second one address may open (burst: twice that).")
+@click.option("--max-wait", default=60.0, show_default=True,
+              help="Longest wait (seconds) for the other device's intent.")
+@click.option("--quiet", "-q", is_flag=True, help="Log only errors, not each device served.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON line once listening (for scripts).")
+def serve(directory: Path, listen: str, max_connections: int, max_per_client: int, rate: float,
+          max_wait: float, quiet: bool, as_json: bool) -> None:
+    """Serve devices until interrupted (Ctrl-C or SIGTERM): enrolments, keys, PN registrations.
+
+    TLS 1.3 with DIR/server.pem.  Enrolled devices, pending intents and PN inventories live in
+    DIR/ttp.sqlite3 (kept across restarts); keys in it are sealed under DIR/seal.key.
+    Enrolment is open to any device that proves its key, unless DIR/enrol.token exists
+    (ttp init --enrol-token): then devices must give that token.
+    """
+    from transports.tcp import parse_host_port
+
+    from .ttp_certs import ServerDir, cert_fingerprint, load_cert
+    from .ttp_server import Limits, TtpServer
+
+    host, port = parse_host_port(listen)
+    d = ServerDir(directory)
+    d.check()
+    token = _read_token(d.root / TOKEN_FILE) if (d.root / TOKEN_FILE).exists() else None
+    limits = Limits(
+        max_connections=max_connections, max_per_client=max_per_client, rate=rate,
+        burst=max(1, int(rate * 2)), max_wait=max_wait,
+    )
+    fp = cert_fingerprint(load_cert(d.ca_cert))
+
+    async def go() -> None:
+        server = TtpServer(
+            d.root, limits=limits, enrol_token=token,
+            log=lambda text: info(text, quiet=quiet and not text.startswith("error:")),
+        )
+        try:
+            address = await server.start(host, port)
+            count = await server.db(server.store.device_count)
+            info(f"pairkit key server listening on {address} (TLS 1.3); {count} device(s) "
+                 "enrolled")
+            info(f"devices pin {d.ca_cert} (CA fingerprint {fp}); enrolment "
+                 + ("needs the token in " + str(d.root / TOKEN_FILE) if token else "is open"))
+            if as_json:
+                emit_json({"ok": True, "listening": address, "ca": str(d.ca_cert),
+                           "ca_fingerprint": fp, "devices": count})
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            info("key server stopping")
+        finally:
+            await server.close()
+
+    run_async(go)
+
+
+def _read_token(path: Path) -> bytes:
+    try:
+        token = path.read_text(encoding="utf-8").strip().encode()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the enrolment token {path}: {exc.strerror}") from None
+    if not 16 <= len(token) <= 64:
+        raise ConfigError(f"the enrolment token in {path} must be 16 to 64 characters")
+    return token
+
+
+def _read_eukey(path: str) -> bytes:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the EUKey file {path}: {exc.strerror}") from None
+    if len(raw) == 32:
+        return raw
+    try:
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{path} must hold an EUKey: 32 bytes, or 64 hex digits")
+    return key
+
+
+@ttp.command()
+@click.option("--server", required=True, metavar="HOST:PORT", help="The key server.")
+@click.option("--ca", "ca_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The key server's CA certificate (its ca.pem): the only one trusted.")
+@click.option("--eukey-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="This device's factory key for CPNS (32 bytes or 64 hex digits).")
+@click.option("--new-eukey", is_flag=True,
+              help="Draw a factory key for CPNS, keep it in the keystore and register it.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The server's enrolment token, when its enrolment is closed.")
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for the key server.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,
+           token_file: str | None, timeout: float, as_json: bool) -> None:
+    """Register this device's identity key with a key server (and its factory key, for CPNS).
+
+    The device proves it holds its key; the server's certificate must be signed by the CA in
+    --ca, or nothing is sent.  The server and CA are remembered in the keystore.  Enrolling
+    again refreshes the name (and the factory key when one is given).
+    """
+    from .common import unlock
+    from .store import key_fingerprint, local_identity
+    from .ttp_client import enrol
+
+    if eukey_file is not None and new_eukey:
+        raise ConfigError("give --eukey-file or --new-eukey, not both")
+    token = _read_token(Path(token_file)) if token_file else None
+    ks = unlock()
+    eukey = _read_eukey(eukey_file) if eukey_file else (os.urandom(32) if new_eukey else None)
+    me = local_identity(ks)
+    done = run_async(lambda: enrol(server, ca_file, me, eukey=eukey, token=token,
+                                   timeout=timeout))
+    with ks.update():
+        ks.set_setting(SETTING_SERVER, server)
+        ks.set_setting(SETTING_CA, str(ca_file.resolve()))
+        if eukey is not None:
+            ks.set_setting(SETTING_EUKEY, eukey)
+    if as_json:
+        emit_json({"ok": True, "id": me.device_id.hex(), "name": me.name, "server": server,
+                   "updated": done.updated, "eukey": done.has_eukey,
+                   "fingerprint": key_fingerprint(me.static_public)})
+        return
+    again = "again " if done.updated else ""
+    click.echo(f"{me.name} ({me.device_id.hex()}) enrolled {again}with the key server at {server}"
+               + (" with a factory key" if done.has_eukey else ""))
+
+
+@ttp.command(name="list")
+@click.option("--dir", "directory", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The key server's directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def list_cmd(directory: Path, as_json: bool) -> None:
+    """List the enrolled devices and registered PNs (no key material is shown)."""
+    from .ttp_store import open_store
+
+    store = open_store(directory)
+    try:
+        devices = store.devices()
+        pns = [store.pn(pn_id) for pn_id in store.pn_ids()]
+    finally:
+        store.close()
+    pn_rows = [{"pn_id": p.pn_id.hex(), "gateway": p.gw_id.hex(), "gateway_name": p.gw_name,
+                "setup": p.setup_type.label, "members": list(p.members)} for p in pns]
+    if as_json:
+        emit_json({"devices": devices, "pns": pn_rows})
+        return
+    if not devices:
+        info("no device enrolled yet: pairkit ttp enroll --server HOST:PORT --ca ca.pem")
+    for dev in devices:
+        click.echo(f"{dev['id']}  {dev['name']}" + ("  (factory key)" if dev["eukey"] else ""))
+    for p in pn_rows:
+        names = ", ".join(f"{m['name']} ({m['key_source']})" for m in p["members"])
+        click.echo(f"PN {p['pn_id'][:16]} of {p['gateway_name']} ({p['setup']}): {names}")
+
+
+def main() -> None:
+    ttp(standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""A device's side of the key server: TLS with the pinned CA, enrolment, intents, method ``ttp``.
+
+The device trusts exactly one CA: the certificate file it was given (``--ttp-ca``, ``--ca``),
+which a manufacturer would install.  No system root is loaded, TLS 1.3 is the minimum, and the
+server's certificate must name the host the device dials.  A server with any other certificate is
+refused with :class:`TtpTrustError` before a byte of pairkit's protocol is sent.
+
+:func:`ttp_host_session` and :func:`ttp_guest_session` run method ``ttp`` over a link
+(:mod:`pairing.ttp`, step 3): they trade link hellos with the other device, ask the key server
+for SK (stating the intent), and open the channel from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+from pairing import wire
+from pairing.crypto import Rng
+from pairing.driver import LinkLike, MessagePipe, drive
+from pairing.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    ConfigError,
+    ErrorCode,
+    LinkClosedError,
+    NotFoundError,
+    PairingError,
+    PairingTimeout,
+    RemoteError,
+    TransportError,
+)
+from pairing.methods import LocalIdentity, Session
+from pairing.ttp import (
+    WAIT_MARGIN,
+    EnrolDone,
+    EnrolRequest,
+    IntentRequest,
+    IntentRole,
+    SkDelivery,
+    TtpClient,
+    TtpKeyNeeded,
+    TtpLinkConfig,
+    TtpLinkGuest,
+    TtpLinkHost,
+    cert_digest,
+)
+from transports.tcp import TcpLink, format_host_port, parse_host_port
+
+DEFAULT_TIMEOUT = 10.0
+MAX_MESSAGE = 8192
+
+
+class TtpTrustError(AuthenticationError):
+    """The key server's certificate is not one the pinned CA signed for that host."""
+
+
+def client_context(ca_file: str | Path) -> ssl.SSLContext:
+    """TLS 1.3, trusting only ``ca_file`` (no system roots), host names checked.
+
+    Contexts are reused while the file is unchanged (loading a CA costs about as much as a
+    third of a TLS handshake); a replaced file is read again.
+    """
+    path = Path(ca_file)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the CA certificate {path}: {exc.strerror}") from None
+    return _context(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _context(path: str, mtime_ns: int, size: int) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cafile=str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{path} is not a usable CA certificate (PEM): {exc}") from None
+    return ctx
+
+
+@dataclasses.dataclass
+class ServerLink:
+    """An open, verified TLS connection to the key server."""
+
+    link: TcpLink
+    pipe: MessagePipe
+    #: SHA-256 of the server certificate, as the proof of possession binds it
+    cert: bytes
+    address: str
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.link.close(), 3)
+
+
+async def connect(
+    server: str, ca_file: str | Path, *, timeout: float = DEFAULT_TIMEOUT
+) -> ServerLink:
+    """Open TLS to ``server`` (``HOST:PORT``), pinning the CA in ``ca_file``."""
+    host, port = parse_host_port(server)
+    ctx = client_context(ca_file)
+    where = format_host_port(host, port)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=ctx, server_hostname=host, ssl_handshake_timeout=timeout,
+                limit=2 * MAX_MESSAGE + 16,
+            ),
+            timeout,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        detail = exc.verify_message or str(exc)
+        if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
+            why = f"its certificate does not name {host} ({detail})"
+        else:
+            why = f"its certificate is not signed by the CA in {ca_file} ({detail})"
+        raise TtpTrustError(
+            f"refusing the key server at {where}: {why}; it may be another server, or someone "
+            "in the middle"
+        ) from None
+    except TimeoutError:
+        raise PairingTimeout(f"the key server at {where} did not answer within {timeout:g} s")\
+            from None
+    except ssl.SSLError as exc:
+        raise TransportError(
+            f"TLS with the key server at {where} failed ({exc.reason or exc}); it may be busy "
+            "or limiting this address, or not a pairkit key server"
+        ) from None
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        if isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionRefusedError):
+            reason = "the server closed the connection (busy, or limiting this address?)"
+        raise TransportError(f"cannot reach the key server at {where}: {reason}") from None
+    ssl_object = writer.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:  # pragma: no cover - TLS with CERT_REQUIRED always has one
+        writer.close()
+        raise TtpTrustError(f"the key server at {where} showed no certificate")
+    link = TcpLink(reader, writer, peer=where, mtu=MAX_MESSAGE)
+    return ServerLink(link, MessagePipe(link, max_message=MAX_MESSAGE), cert_digest(der), where)
+
+
+#: wire codes whose class is not a LocalError (``local_error_for`` covers those)
+_OTHER_CODES: dict[ErrorCode, type[PairingError]] = {
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.PERMISSION: AccessDeniedError,
+    ErrorCode.CLOSED: LinkClosedError,
+}
+
+
+def from_server(exc: RemoteError) -> PairingError:
+    """The server's Abort as the local error class of its code, in the server's words."""
+    local = getattr(exc, "local", None)
+    reason = str(local) if local is not None else str(exc)
+    cls = _OTHER_CODES.get(ErrorCode(exc.code)) if exc.code in set(ErrorCode) else None
+    if cls is None:
+        cls = type(local) if isinstance(local, PairingError) else PairingError
+    out = cls(f"the key server says: {reason}")
+    out.code = exc.code
+    return out
+
+
+async def call(
+    server: str,
+    ca_file: str | Path,
+    me: LocalIdentity,
+    request: wire.Message,
+    expect: type[wire.Message],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    rng: Rng = os.urandom,
+) -> Any:
+    """One request to the key server: connect, prove the identity key, ask, answer."""
+    conn = await connect(server, ca_file, timeout=timeout)
+    try:
+        loop = asyncio.get_running_loop()
+        client = TtpClient(
+            me, cert=conn.cert, request=request, expect=expect, step_timeout=timeout, rng=rng
+        )
+        client.start(loop.time())
+        try:
+            await drive(client, conn.pipe, idle=timeout)
+        except RemoteError as exc:
+            raise from_server(exc) from None
+        return client.result
+    finally:
+        await conn.close()
+
+
+async def enrol(
+    server: str,
+    ca_file: str | Path,
+    me: LocalIdentity,
+    *,
+    eukey: bytes | None = None,
+    token: bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    rng: Rng = os.urandom,
+) -> EnrolDone:
+    """Register this device (and its factory EUKey for CPNS) with the key server."""
+    if eukey is not None and len(eukey) != 32:
+        raise ConfigError("an EUKey is 32 bytes")
+    request = EnrolRequest(signing=me.signing_public, eukey=eukey, token=token)
+    result: EnrolDone = await call(
+        server, ca_file, me, request, EnrolDone, timeout=timeout, rng=rng
+    )
+    return result
+
+
+async def request_key(
+    server: str,
+    ca_file: str | Path,
+    me: LocalIdentity,
+    *,
+    peer_id: bytes,
+    context: bytes,
+    role: IntentRole,
+    wait: int,
+    timeout: float = DEFAULT_TIMEOUT,
+    rng: Rng = os.urandom,
+) -> SkDelivery:
+    """State the intent to connect to ``peer_id`` and wait (at most ``wait`` s) for SK."""
+    request = IntentRequest(peer_id=peer_id, context=context, role=role, wait=wait)
+    result: SkDelivery = await call(
+        server, ca_file, me, request, SkDelivery, timeout=timeout, rng=rng
+    )
+    return result
+
+
+class _KeyFetcher:
+    """The link machine's delegate: answers :class:`TtpKeyNeeded` from the key server."""
+
+    def __init__(
+        self, me: LocalIdentity, server: str, ca_file: str | Path, timeout: float, rng: Rng,
+        inner: Any,
+    ) -> None:
+        self.me, self.server, self.ca_file = me, server, ca_file
+        self.timeout, self.rng, self.inner = timeout, rng, inner
+
+    async def ttp_key(self, q: TtpKeyNeeded) -> SkDelivery:
+        return await request_key(
+            self.server, self.ca_file, self.me, peer_id=q.peer_id, context=q.context,
+            role=q.role, wait=q.wait, timeout=self.timeout, rng=self.rng,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if self.inner is None:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class _Replay(MessagePipe):
+    """A pipe that gives back a message already read, then reads on (see :func:`replay_first`)."""
+
+    def __init__(self, inner: MessagePipe, first: bytes) -> None:
+        super().__init__(inner.link)
+        self._inner = inner
+        self._first: bytes | None = first
+
+    async def send(self, message: bytes) -> None:
+        await self._inner.send(message)
+
+    async def recv(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._inner.recv()
+
+
+def replay_first(pipe: MessagePipe, first: bytes) -> MessagePipe:
+    """``pipe`` with ``first`` put back in front: a host reads the guest's first message to
+    choose the machine (:func:`pairing.ttp.is_link_hello`), then drives that machine on this."""
+    return _Replay(pipe, first)
+
+
+def _link_config(config: TtpLinkConfig | None, peer_hint: bytes | None) -> TtpLinkConfig:
+    config = config or TtpLinkConfig()
+    if peer_hint is not None:
+        config = dataclasses.replace(config, peer_hint=peer_hint)
+    return config
+
+
+async def ttp_host_session(
+    link: LinkLike | MessagePipe,
+    *,
+    me: LocalIdentity,
+    peer_hint: bytes | None,
+    server: str,
+    ca_file: str | Path,
+    config: TtpLinkConfig | None = None,
+    first_message: bytes | None = None,
+    delegate: Any = None,
+    server_timeout: float = DEFAULT_TIMEOUT,
+    rng: Rng = os.urandom,
+) -> Session:
+    """Method ``ttp``, host side: the session with the guest on ``link``.
+
+    ``peer_hint``: the guest's device id when only that device may pair (None: any enrolled
+    device the owner let in).  ``first_message``: the guest's link hello when the caller has
+    already read it (to choose the method, see :func:`pairing.ttp.is_link_hello`).
+    """
+    config = _link_config(config, peer_hint)
+    loop = asyncio.get_running_loop()
+    machine = TtpLinkHost(config, me, now=loop.time(), rng=rng)
+    if first_message is not None:
+        machine.receive(first_message, loop.time())
+    fetcher = _KeyFetcher(me, server, ca_file, server_timeout, rng, delegate)
+    await drive(
+        machine, link, delegate=fetcher, idle=config.step_timeout,
+        answer_time=config.wait + WAIT_MARGIN + 2 * server_timeout,
+    )
+    assert machine.session is not None
+    return machine.session
+
+
+async def ttp_guest_session(
+    link: LinkLike | MessagePipe,
+    *,
+    me: LocalIdentity,
+    peer_hint: bytes | None,
+    server: str,
+    ca_file: str | Path,
+    config: TtpLinkConfig | None = None,
+    delegate: Any = None,
+    server_timeout: float = DEFAULT_TIMEOUT,
+    rng: Rng = os.urandom,
+) -> Session:
+    """Method ``ttp``, guest side: the session with the host on ``link``.
+
+    ``peer_hint``: the host's device id when the user named it (a known peer, ``--ttp-peer``);
+    None takes the host on the link, whoever the key server says it is.
+    """
+    config = _link_config(config, peer_hint)
+    loop = asyncio.get_running_loop()
+    machine = TtpLinkGuest(config, me, rng=rng)
+    machine.start(loop.time())
+    fetcher = _KeyFetcher(me, server, ca_file, server_timeout, rng, delegate)
+    await drive(
+        machine, link, delegate=fetcher, idle=config.step_timeout,
+        answer_time=config.wait + WAIT_MARGIN + 2 * server_timeout,
+    )
+    assert machine.session is not None
+    return machine.session

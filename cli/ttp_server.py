@@ -1,0 +1,434 @@
+"""The key server (``pairkit ttp serve``): an asyncio TLS 1.3 server over the SQLite store.
+
+Each connection: admission (per-client connection count, attempt rate, failure lockout, total
+connections; refused before any TLS work), the TLS 1.3 handshake with the server certificate
+(bounded), then :class:`pairing.ttp.TtpServerConn` run by :func:`pairing.driver.drive` (every
+message bounded in size and in time), and for a CPNS registration
+:class:`pairing.cpns.CpnsServer` on the same connection.  The machines decide; this module
+answers their questions from the store (:mod:`cli.ttp_store`, run on one worker thread so the
+event loop never waits on the disk) and waits for matching intents.
+
+A waiting intent is woken at once when its match arrives in this process, and polls the store
+otherwise (another server process sharing the database), and is withdrawn when its device
+hangs up.  Nothing secret is logged: device ids, names and outcomes only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import os
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pairing.cpns import (
+    CpnsKeys,
+    CpnsKeysAsked,
+    CpnsRegisterAsked,
+    CpnsServer,
+    PnRegistrationRequest,
+)
+from pairing.crypto import Rng, same
+from pairing.driver import MessagePipe, drive
+from pairing.errors import (
+    AuthenticationError,
+    ConfigError,
+    LinkClosedError,
+    NotFoundError,
+    PairingError,
+)
+from pairing.ttp import (
+    BadTokenError,
+    EnrolAsked,
+    EnrolDone,
+    IntentAsked,
+    ServerConfig,
+    SkDelivery,
+    TtpServerConn,
+    cert_digest,
+)
+from transports.tcp import TcpLink, format_host_port
+
+from .ttp_certs import ServerDir, load_cert
+from .ttp_store import Matched, StoreError, TtpStore, open_store
+
+T = TypeVar("T")
+
+#: how often a waiting intent looks at the store for a match made by another process
+POLL_INTERVAL = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one server allows; validated when built."""
+
+    #: connections at once, from everyone
+    max_connections: int = 512
+    #: connections at once from one client address
+    max_per_client: int = 16
+    #: new connections per second one client address may open, sustained ...
+    rate: float = 20.0
+    #: ... and in a burst
+    burst: int = 40
+    #: failed proofs or enrolment tokens from one address before it is locked out ...
+    max_failures: int = 10
+    #: ... for this many seconds (also the window the failures are counted in)
+    lockout: float = 60.0
+    #: the largest message a device may send (bytes)
+    max_message: int = 8192
+    #: seconds for the TLS handshake
+    handshake_timeout: float = 10.0
+    #: seconds to wait for each message from a device
+    step_timeout: float = 10.0
+    #: the longest wait for a matching intent the server grants (seconds)
+    max_wait: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_per_client < 1 or self.burst < 1:
+            raise ConfigError("connection limits must be 1 or more")
+        if self.rate <= 0 or self.lockout <= 0 or self.max_failures < 1:
+            raise ConfigError("rate, lockout and max_failures must be positive")
+        if not 1024 <= self.max_message <= 65535:
+            raise ConfigError("max_message must be from 1024 to 65535 bytes")
+        if min(self.handshake_timeout, self.step_timeout) <= 0 or not 1 <= self.max_wait <= 300:
+            raise ConfigError("timeouts must be positive and max_wait from 1 to 300 seconds")
+
+
+class Admission:
+    """Who may open a connection now (per-address count, token bucket, lockout; no clock read)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.total = 0
+        self._open: dict[str, int] = {}
+        self._tokens: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+        self._failures: dict[str, list[float]] = {}
+
+    def admit(self, client: str, now: float) -> str | None:
+        """None to let ``client`` in (counted until :meth:`release`), else why not."""
+        lim = self.limits
+        recent = [t for t in self._failures.get(client, []) if now - t < lim.lockout]
+        self._failures[client] = recent
+        if not recent:
+            self._failures.pop(client, None)
+        if len(recent) >= lim.max_failures:
+            return f"locked out after {len(recent)} failed attempts"
+        if self.total >= lim.max_connections:
+            return "too many connections"
+        if self._open.get(client, 0) >= lim.max_per_client:
+            return f"more than {lim.max_per_client} connections from one address"
+        tokens, at = self._tokens.get(client, (float(lim.burst), now))
+        tokens = min(float(lim.burst), tokens + (now - at) * lim.rate)
+        if tokens < 1:
+            return "too many attempts per second"
+        self._tokens[client] = (tokens - 1, now)
+        self._open[client] = self._open.get(client, 0) + 1
+        self.total += 1
+        return None
+
+    def release(self, client: str) -> None:
+        n = self._open.get(client, 0) - 1
+        if n > 0:
+            self._open[client] = n
+        else:
+            self._open.pop(client, None)
+        self.total = max(0, self.total - 1)
+
+    def failure(self, client: str, now: float) -> None:
+        self._failures.setdefault(client, []).append(now)
+
+
+def server_context(d: ServerDir) -> ssl.SSLContext:
+    """TLS 1.3 only, the server's certificate and key."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        ctx.load_cert_chain(d.cert, d.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the server certificate from {d.root}: {exc}") from None
+    return ctx
+
+
+class TtpServer:
+    """One key server (see the module docstring).  ``async with TtpServer(dir) as s:``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        limits: Limits | None = None,
+        enrol_token: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: Rng = os.urandom,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dir = ServerDir(Path(directory))
+        self.dir.check()
+        self.limits = limits or Limits()
+        self._clock = clock
+        self._rng = rng
+        self._log = log or (lambda _text: None)
+        self._ssl = server_context(self.dir)
+        self.cert_digest = cert_digest(load_cert(self.dir.cert).public_bytes(Encoding.DER))
+        self._config = ServerConfig(
+            cert=self.cert_digest, enrol_token=enrol_token, max_wait=self.limits.max_wait,
+            step_timeout=self.limits.step_timeout,
+        )
+        self.admission = Admission(self.limits)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttp-store")
+        self._store: TtpStore | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiters: dict[int, asyncio.Event] = {}
+        self._janitor: asyncio.Task[None] | None = None
+        self.address = ""
+        #: counters for people and benchmarks (no secrets); failures are logged as "error: ..."
+        self.stats: dict[str, int] = {
+            "connections": 0, "refused": 0, "enrolled": 0, "deliveries": 0, "timeouts": 0,
+            "failed": 0, "pns": 0,
+        }
+
+    async def __aenter__(self) -> TtpServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call on the store's thread."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, **kwargs)
+        try:
+            return await loop.run_in_executor(self._executor, call)
+        except PairingError:
+            raise
+        except Exception as exc:  # sqlite3.Error: report it as the store's, typed
+            raise StoreError(f"the key server's database failed: {exc}") from None
+
+    @property
+    def store(self) -> TtpStore:
+        if self._store is None:
+            raise ConfigError("the server is not started")
+        return self._store
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Open the store and listen; the address (``HOST:PORT``) it listens on."""
+        loop = asyncio.get_running_loop()
+        self._store = await loop.run_in_executor(
+            self._executor, functools.partial(open_store, self.dir.root, rng=self._rng)
+        )
+        await self.db(self.store.purge, self._clock())
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, host, port, limit=self.limits.max_message * 2 + 16,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {format_host_port(host, port)}: {exc.strerror}"
+            ) from None
+        sock = self._server.sockets[0].getsockname()
+        self.address = format_host_port(str(sock[0]), int(sock[1]))
+        self._janitor = asyncio.create_task(self._purge_now_and_then())
+        return self.address
+
+    async def close(self) -> None:
+        """Stop listening, end every connection, close the store."""
+        if self._server is not None:
+            self._server.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+        if self._store is not None:
+            store, self._store = self._store, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
+        self._executor.shutdown(wait=True)
+
+    async def _purge_now_and_then(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            with contextlib.suppress(PairingError):
+                await self.db(self.store.purge, self._clock())
+
+    # -- one connection -------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        peername = writer.get_extra_info("peername")
+        client = str(peername[0]) if isinstance(peername, tuple) else "?"
+        where = (
+            format_host_port(client, int(peername[1])) if isinstance(peername, tuple) else "?"
+        )
+        why = self.admission.admit(client, self._clock())
+        if why is not None:
+            # Refused before any TLS work: an over-eager client costs us next to nothing.
+            self.stats["refused"] += 1
+            self._log(f"refused {where}: {why}")
+            writer.transport.abort()
+            self._tasks.discard(task)
+            return
+        self.stats["connections"] += 1
+        link: TcpLink | None = None
+        try:
+            try:
+                await writer.start_tls(
+                    self._ssl, ssl_handshake_timeout=self.limits.handshake_timeout
+                )
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                self._log(f"{where}: TLS handshake failed ({type(exc).__name__})")
+                writer.transport.abort()
+                return
+            link = TcpLink(reader, writer, peer=where, mtu=self.limits.max_message)
+            await self._serve(link, client)
+        except asyncio.CancelledError:
+            pass
+        except PairingError as exc:
+            self.stats["failed"] += 1
+            self._log(f"error: {where}: {exc}")
+        except Exception as exc:
+            # A bug must cost one connection, not the server every other device relies on;
+            # it is counted and reported (type only: the text could quote a secret).
+            self.stats["failed"] += 1
+            self._log(f"error: {where}: internal error ({type(exc).__name__}); please report it")
+        finally:
+            self.admission.release(client)
+            if link is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(link.close(), 3)
+            self._tasks.discard(task)
+
+    async def _serve(self, link: TcpLink, client: str) -> None:
+        loop = asyncio.get_running_loop()
+        lim = self.limits
+        pipe = MessagePipe(link, max_message=lim.max_message)
+        conn = _Conn(self, link)
+        machine = TtpServerConn(
+            self._config, now=loop.time(), handover=(PnRegistrationRequest,), rng=self._rng
+        )
+        try:
+            await drive(
+                machine, pipe, delegate=conn, idle=lim.step_timeout, answer_time=lim.max_wait + 10
+            )
+        except (AuthenticationError, BadTokenError) as exc:
+            if isinstance(exc, BadTokenError) or machine.device_id is None:
+                # A failed proof or a wrong enrolment token: counted toward the lockout.
+                self.admission.failure(client, self._clock())
+            raise
+        if isinstance(machine.handover, PnRegistrationRequest):
+            assert machine.device_id is not None
+            cpns = CpnsServer(machine.device_id, step_timeout=lim.step_timeout * 3, rng=self._rng)
+            cpns.begin(machine.handover, loop.time())
+            await drive(
+                cpns, pipe, delegate=conn, idle=lim.step_timeout * 3,
+                answer_time=lim.step_timeout * 3,
+            )
+
+    def _wake(self, row: int) -> None:
+        event = self._waiters.get(row)
+        if event is not None:
+            event.set()
+
+
+class _Conn:
+    """Answers one connection's machine questions (the delegate)."""
+
+    def __init__(self, server: TtpServer, link: TcpLink) -> None:
+        self.s = server
+        self.link = link
+
+    async def ttp_enrol(self, q: EnrolAsked) -> EnrolDone:
+        s = self.s
+        updated = await s.db(s.store.enrol, q.device, q.eukey, s._clock())
+        has_eukey = await s.db(s.store.has_eukey, q.device.device_id)
+        s.stats["enrolled"] += 1
+        s._log(f"{'re-' if updated else ''}enrolled {q.device.name} "
+               f"({q.device.device_id.hex()[:16]}){' with a factory key' if q.eukey else ''}")
+        return EnrolDone(q.device.device_id, updated, has_eukey)
+
+    async def ttp_intent(self, q: IntentAsked) -> SkDelivery | None:
+        s = self.s
+        me = await s.db(s.store.device, q.device_id)
+        if me is None or not same(me.static, q.static):
+            raise NotFoundError(
+                "this device is not enrolled with the key server; run 'pairkit ttp enroll' first"
+            )
+        peer = await s.db(s.store.device, q.peer_id)
+        if peer is None:
+            raise NotFoundError(
+                f"device {q.peer_id.hex()[:16]} is not enrolled with this key server"
+            )
+        now = s._clock()
+        outcome = await s.db(
+            s.store.post_intent, q.device_id, q.peer_id, q.context, q.role, now=now,
+            expires=now + q.wait,
+        )
+        if isinstance(outcome, Matched):
+            s._wake(outcome.partner_row)
+            s.stats["deliveries"] += 1
+            s._log(f"matched {me.name} ({q.role.name.lower()}) with {peer.name}: key delivered")
+            return SkDelivery(outcome.match_id, outcome.sk, peer)
+        row = outcome.row
+        event = asyncio.Event()
+        s._waiters[row] = event
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + q.wait
+        taken = False
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(POLL_INTERVAL, remaining))
+                event.clear()
+                found = await s.db(s.store.take_match, row)
+                if found is not None:
+                    taken = True
+                    return SkDelivery(found[1], found[0], peer)
+                if self.link.closed:
+                    raise LinkClosedError("the device hung up while waiting for its match")
+            if not await s.db(s.store.cancel_intent, row):
+                found = await s.db(s.store.take_match, row)  # matched at the last instant
+                if found is not None:
+                    taken = True
+                    return SkDelivery(found[1], found[0], peer)
+            taken = True  # withdrawn
+            s.stats["timeouts"] += 1
+            s._log(f"no match for {me.name}'s intent toward {peer.name} within {q.wait:g} s")
+            return None
+        finally:
+            s._waiters.pop(row, None)
+            if not taken:
+                with contextlib.suppress(PairingError):
+                    await s.db(s.store.cancel_intent, row)
+
+    async def cpns_keys(self, q: CpnsKeysAsked) -> CpnsKeys:
+        s = self.s
+        keys = await s.db(s.store.eukeys, (q.gw_id, *q.pne_ids))
+        owner = await s.db(s.store.pn_owner, q.pn_id)
+        gw = keys.pop(q.gw_id, None)
+        return CpnsKeys(gw, keys, owner)
+
+    async def cpns_register(self, q: CpnsRegisterAsked) -> bool:
+        s = self.s
+        await s.db(s.store.register_pn, q.inventory, s._clock())
+        s.stats["pns"] += 1
+        names = ", ".join(m.name for m in q.inventory.members)
+        s._log(f"registered PN {q.inventory.pn_id.hex()[:16]} of {q.inventory.gw_name}: {names}")
+        return True

@@ -1,0 +1,457 @@
+"""The key server's store: enrolled devices, pending intents and PN inventories in SQLite.
+
+One file, ``ttp.sqlite3`` in the server's directory, in WAL mode (readers never block the
+writer), ``synchronous=NORMAL``, foreign keys on, and a busy timeout so that several server
+processes may share it.  Every change is one ``BEGIN IMMEDIATE`` transaction: two intents that
+match are paired exactly once even when they arrive at the same instant in two processes.
+
+The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` holds one script per
+version, applied in order inside a transaction with the version bump, so a server upgraded in
+place migrates its file on start and a file from a newer pairkit is refused, not damaged.
+
+Keys at rest are sealed (:class:`Sealer`): the devices' factory EUKeys, the LocalEUKeys of PN
+links and the SK waiting for the second device of a match are stored as ChaCha20-Poly1305
+ciphertexts under the server's 32-byte sealing key (``seal.key``, mode 0600), with the table,
+the row and the purpose as associated data, so a ciphertext moved to another row does not open.
+
+Time is an argument (``now``, wall-clock seconds) of every method that needs it; the store reads
+no clock.  The methods are synchronous and short; the server runs them on one worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from pairing.cpns import KeySource, ServerInventory, SetupType
+from pairing.crypto import Rng
+from pairing.errors import (
+    AuthenticationError,
+    ConfigError,
+    NotFoundError,
+    PairingError,
+    RefusedError,
+)
+from pairing.ttp import DeviceRecord, IntentRole
+
+SEAL_KEY_LEN: Final = 32
+BUSY_TIMEOUT_MS: Final = 5000
+
+
+class StoreError(PairingError):
+    """The key server's database cannot be used."""
+
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: enrolled devices and pending intents
+    """
+    CREATE TABLE devices (
+        device_id     BLOB PRIMARY KEY CHECK (length(device_id) = 16),
+        name          TEXT NOT NULL,
+        static_public BLOB NOT NULL CHECK (length(static_public) = 32),
+        signing_public BLOB NOT NULL CHECK (length(signing_public) = 32),
+        eukey_sealed  BLOB,
+        enrolled_at   REAL NOT NULL,
+        updated_at    REAL NOT NULL
+    );
+    CREATE TABLE intents (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner     BLOB NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+        peer      BLOB NOT NULL,
+        context   BLOB NOT NULL,
+        role      INTEGER NOT NULL,
+        created   REAL NOT NULL,
+        expires   REAL NOT NULL,
+        match_id  BLOB,
+        sk_sealed BLOB
+    );
+    CREATE INDEX intents_by_pair ON intents (owner, peer, context, role);
+    CREATE INDEX intents_by_expiry ON intents (expires);
+    """,
+    # 2: CPNS personal networks and their members
+    """
+    CREATE TABLE pns (
+        pn_id      BLOB PRIMARY KEY CHECK (length(pn_id) = 16),
+        gw_id      BLOB NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+        gw_name    TEXT NOT NULL,
+        setup_type INTEGER NOT NULL,
+        created    REAL NOT NULL,
+        updated    REAL NOT NULL
+    );
+    CREATE TABLE pn_members (
+        pn_id            BLOB NOT NULL REFERENCES pns(pn_id) ON DELETE CASCADE,
+        pne_id           BLOB NOT NULL,
+        name             TEXT NOT NULL,
+        caps             INTEGER NOT NULL,
+        contents         TEXT NOT NULL,
+        key_source       INTEGER NOT NULL,
+        local_key_sealed BLOB,
+        joined           REAL NOT NULL,
+        PRIMARY KEY (pn_id, pne_id)
+    );
+    CREATE INDEX pns_by_gateway ON pns (gw_id);
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+class Sealer:
+    """ChaCha20-Poly1305 under the server's sealing key, with a fresh random nonce per value."""
+
+    def __init__(self, key: bytes, *, rng: Rng = os.urandom) -> None:
+        if len(key) != SEAL_KEY_LEN:
+            raise ConfigError(f"the sealing key must be {SEAL_KEY_LEN} bytes")
+        self._aead = ChaCha20Poly1305(key)
+        self._rng = rng
+
+    @classmethod
+    def from_file(cls, path: Path, *, rng: Rng = os.urandom) -> Sealer:
+        try:
+            key = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the sealing key {path}: {exc.strerror}") from None
+        if len(key) != SEAL_KEY_LEN:
+            raise ConfigError(f"{path} is not a sealing key (it must hold {SEAL_KEY_LEN} bytes)")
+        return cls(key, rng=rng)
+
+    @staticmethod
+    def _ad(purpose: str, *row: bytes | int) -> bytes:
+        parts = [b"pairkit-ttp/1", purpose.encode()]
+        parts += [p if isinstance(p, bytes) else str(p).encode() for p in row]
+        return b"|".join(parts)
+
+    def seal(self, value: bytes, purpose: str, *row: bytes | int) -> bytes:
+        nonce = self._rng(12)
+        return nonce + self._aead.encrypt(nonce, value, self._ad(purpose, *row))
+
+    def open(self, sealed: bytes, purpose: str, *row: bytes | int) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], self._ad(purpose, *row))
+        except Exception:  # InvalidTag: another key, another row, or a damaged value
+            raise AuthenticationError(
+                f"a sealed {purpose} in the key server's database did not open (wrong seal.key, "
+                "or the database was altered)"
+            ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """An intent stored to wait for its match (``row`` is its id)."""
+
+    row: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Matched:
+    """The intent met its match: the fresh key and the match's id."""
+
+    sk: bytes = dataclasses.field(repr=False)
+    match_id: bytes
+    #: the row of the waiting intent that was matched (to wake its waiter)
+    partner_row: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PnRow:
+    """A registered PN, as ``ttp`` tools list it (no key material)."""
+
+    pn_id: bytes
+    gw_id: bytes
+    gw_name: str
+    setup_type: SetupType
+    members: tuple[dict[str, Any], ...]
+
+
+class TtpStore:
+    """The server's database (see the module docstring)."""
+
+    def __init__(self, path: Path, sealer: Sealer, *, rng: Rng = os.urandom) -> None:
+        self.path = path
+        self._sealer = sealer
+        self._rng = rng
+        if not path.exists():
+            # Sealed or not, the keys are nobody else's business: 0600 from the start (SQLite
+            # gives its -wal and -shm files the same mode).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"the database {path} cannot use WAL mode ({mode})")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            migrate(self._db)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use the database {path}: {exc}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so matches never race."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"the database is busy: {exc}") from None
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    # -- devices ----------------------------------------------------------------------------
+
+    def enrol(self, record: DeviceRecord, eukey: bytes | None, now: float) -> bool:
+        """Add or refresh a device; True when it was enrolled before.  An enrolment without
+        an EUKey keeps the one stored."""
+        sealed = None
+        if eukey is not None:
+            sealed = self._sealer.seal(eukey, "eukey", record.device_id)
+        with self._write() as db:
+            old = db.execute(
+                "SELECT static_public FROM devices WHERE device_id = ?", (record.device_id,)
+            ).fetchone()
+            if old is not None and old[0] != record.static:  # pragma: no cover - id = H(key)
+                raise AuthenticationError("another key is enrolled under this device id")
+            if old is None:
+                db.execute(
+                    "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (record.device_id, record.name, record.static, record.signing, sealed,
+                     now, now),
+                )
+            else:
+                db.execute(
+                    "UPDATE devices SET name = ?, signing_public = ?, "
+                    "eukey_sealed = coalesce(?, eukey_sealed), updated_at = ? "
+                    "WHERE device_id = ?",
+                    (record.name, record.signing, sealed, now, record.device_id),
+                )
+        return old is not None
+
+    def device(self, device_id: bytes) -> DeviceRecord | None:
+        row = self._db.execute(
+            "SELECT device_id, name, static_public, signing_public FROM devices "
+            "WHERE device_id = ?", (device_id,),
+        ).fetchone()
+        return DeviceRecord(*row) if row is not None else None
+
+    def has_eukey(self, device_id: bytes) -> bool:
+        row = self._db.execute(
+            "SELECT eukey_sealed IS NOT NULL FROM devices WHERE device_id = ?", (device_id,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def device_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM devices").fetchone()[0])
+
+    def devices(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at FROM devices "
+            "ORDER BY enrolled_at"
+        ).fetchall()
+        return [
+            {"id": r[0].hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3]}
+            for r in rows
+        ]
+
+    def eukeys(self, device_ids: tuple[bytes, ...]) -> dict[bytes, bytes]:
+        """The factory keys of those devices that have one (unsealed, in memory only)."""
+        out: dict[bytes, bytes] = {}
+        for device_id in device_ids:
+            row = self._db.execute(
+                "SELECT eukey_sealed FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                out[device_id] = self._sealer.open(row[0], "eukey", device_id)
+        return out
+
+    # -- intents ----------------------------------------------------------------------------
+
+    def post_intent(
+        self,
+        owner: bytes,
+        peer: bytes,
+        context: bytes,
+        role: IntentRole,
+        *,
+        now: float,
+        expires: float,
+    ) -> Pending | Matched:
+        """Match this intent against a waiting one, or store it to wait.
+
+        A waiting intent matches when it names ``owner``, comes from ``peer``, has the same
+        context and the opposite role, and has not expired.  The key is drawn here, once.  A
+        stored identical intent (same owner, peer, context and role) is replaced: its waiter
+        finds its row gone.
+        """
+        with self._write() as db:
+            db.execute("DELETE FROM intents WHERE expires <= ? AND match_id IS NULL", (now,))
+            row = db.execute(
+                "SELECT id FROM intents WHERE owner = ? AND peer = ? AND context = ? "
+                "AND role = ? AND match_id IS NULL AND expires > ? ORDER BY id LIMIT 1",
+                (peer, owner, context, int(role.other), now),
+            ).fetchone()
+            if row is not None:
+                partner = int(row[0])
+                sk, match_id = self._rng(32), self._rng(16)
+                sealed = self._sealer.seal(sk, "sk", partner, match_id)
+                db.execute(
+                    "UPDATE intents SET match_id = ?, sk_sealed = ? WHERE id = ?",
+                    (match_id, sealed, partner),
+                )
+                return Matched(sk, match_id, partner)
+            db.execute(
+                "DELETE FROM intents WHERE owner = ? AND peer = ? AND context = ? AND role = ? "
+                "AND match_id IS NULL",
+                (owner, peer, context, int(role)),
+            )
+            cur = db.execute(
+                "INSERT INTO intents (owner, peer, context, role, created, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (owner, peer, context, int(role), now, expires),
+            )
+            return Pending(int(cur.lastrowid or 0))
+
+    def take_match(self, row: int) -> tuple[bytes, bytes] | None:
+        """(SK, match id) once the intent ``row`` was matched (the row is then deleted), or
+        None while it waits.  :class:`RefusedError` when the row is gone (replaced)."""
+        with self._write() as db:
+            found = db.execute(
+                "SELECT match_id, sk_sealed FROM intents WHERE id = ?", (row,)
+            ).fetchone()
+            if found is None:
+                raise RefusedError("a newer identical intent from this device replaced this one")
+            match_id, sealed = found
+            if match_id is None:
+                return None
+            db.execute("DELETE FROM intents WHERE id = ?", (row,))
+        return self._sealer.open(sealed, "sk", row, match_id), match_id
+
+    def cancel_intent(self, row: int) -> bool:
+        """Withdraw a waiting intent; False when it was matched meanwhile (take it instead)."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM intents WHERE id = ? AND match_id IS NULL", (row,))
+            return cur.rowcount > 0
+
+    def purge(self, now: float) -> int:
+        """Forget intents that expired, and matched ones never picked up (after their expiry)."""
+        with self._write() as db:
+            return db.execute("DELETE FROM intents WHERE expires <= ?", (now,)).rowcount
+
+    def pending_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM intents").fetchone()[0])
+
+    # -- PN inventories ---------------------------------------------------------------------
+
+    def pn_owner(self, pn_id: bytes) -> bytes | None:
+        row = self._db.execute("SELECT gw_id FROM pns WHERE pn_id = ?", (pn_id,)).fetchone()
+        return bytes(row[0]) if row is not None else None
+
+    def register_pn(self, inventory: ServerInventory, now: float) -> None:
+        """Record (or extend) a PN and its members, their LocalEUKeys sealed."""
+        with self._write() as db:
+            owner = db.execute(
+                "SELECT gw_id FROM pns WHERE pn_id = ?", (inventory.pn_id,)
+            ).fetchone()
+            if owner is not None and owner[0] != inventory.gw_id:
+                raise RefusedError("this PN id belongs to another gateway")
+            if owner is None:
+                db.execute(
+                    "INSERT INTO pns VALUES (?, ?, ?, ?, ?, ?)",
+                    (inventory.pn_id, inventory.gw_id, inventory.gw_name,
+                     int(inventory.setup_type), now, now),
+                )
+            else:
+                db.execute(
+                    "UPDATE pns SET gw_name = ?, setup_type = ?, updated = ? WHERE pn_id = ?",
+                    (inventory.gw_name, int(inventory.setup_type), now, inventory.pn_id),
+                )
+            for m in inventory.members:
+                sealed = None
+                if m.local_key is not None:
+                    sealed = self._sealer.seal(m.local_key, "local-eukey", inventory.pn_id,
+                                               m.pne_id)
+                db.execute(
+                    "INSERT OR REPLACE INTO pn_members VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (inventory.pn_id, m.pne_id, m.name, m.caps, json.dumps(list(m.contents)),
+                     int(m.key_source), sealed, now),
+                )
+
+    def pn(self, pn_id: bytes) -> PnRow:
+        row = self._db.execute(
+            "SELECT pn_id, gw_id, gw_name, setup_type FROM pns WHERE pn_id = ?", (pn_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("no such PN")
+        members = self._db.execute(
+            "SELECT pne_id, name, caps, contents, key_source, local_key_sealed IS NOT NULL "
+            "FROM pn_members WHERE pn_id = ? ORDER BY joined, pne_id", (pn_id,),
+        ).fetchall()
+        return PnRow(
+            bytes(row[0]), bytes(row[1]), row[2], SetupType(row[3]),
+            tuple(
+                {"pne_id": m[0].hex(), "name": m[1], "caps": m[2],
+                 "contents": json.loads(m[3]), "key_source": KeySource(m[4]).name.lower(),
+                 "local_eukey": bool(m[5])}
+                for m in members
+            ),
+        )
+
+    def pn_ids(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._db.execute("SELECT pn_id FROM pns ORDER BY created")]
+
+    def local_eukey(self, pn_id: bytes, pne_id: bytes) -> bytes | None:
+        """A stored LocalEUKey, unsealed (tests check it is stored sealed, and opens)."""
+        row = self._db.execute(
+            "SELECT local_key_sealed FROM pn_members WHERE pn_id = ? AND pne_id = ?",
+            (pn_id, pne_id),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return self._sealer.open(row[0], "local-eukey", pn_id, pne_id)
+
+
+def migrate(db: sqlite3.Connection, *, upto: int = SCHEMA_VERSION) -> int:
+    """Bring the schema to version ``upto``; the version it had.  Refuses a newer file."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this pairkit "
+            f"({SCHEMA_VERSION}); upgrade pairkit to use it"
+        )
+    for target in range(version + 1, upto + 1):
+        # The script and the version bump commit together, or not at all.
+        script = MIGRATIONS[target - 1]
+        try:
+            db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;"
+            )
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise StoreError(f"migrating the database to version {target} failed: {exc}") from None
+    return version
+
+
+def open_store(directory: Path, *, rng: Rng = os.urandom) -> TtpStore:
+    """The store of a server directory made by ``pairkit ttp init``."""
+    return TtpStore(directory / "ttp.sqlite3", Sealer.from_file(directory / "seal.key", rng=rng),
+                    rng=rng)
+

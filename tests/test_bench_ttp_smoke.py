@@ -1,0 +1,69 @@
+"""Smoke test of bench/ttp.py: it runs in --quick mode, and its bookkeeping holds.
+
+No timing is asserted (machines are noisy; the bench reports ratios for people to read).  What
+is checked: a real key server process serves every delivery, the floor does the cryptography it
+claims (two TLS handshakes and two proofs per delivery), and the output has the shape
+bench/RESULTS.md describes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import ssl
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "ttp.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_ttp", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_json_shape(bench: ModuleType) -> None:
+    lines: list[str] = []
+    assert bench.main(["--quick", "--json"], out=lines.append) == 0
+    result = json.loads(lines[0])
+    assert [lv["pairs"] for lv in result["levels"]] == [1, 2]
+    for lv in result["levels"]:
+        assert lv["deliveries"] >= 4 and lv["deliveries"] % lv["pairs"] == 0
+        assert lv["per_second"] > 0 and lv["ratio"] > 0
+        assert abs(lv["us_per_delivery"] * lv["deliveries"] / 1e6 - lv["seconds"]) < 1e-6
+    floor = result["floor"]
+    assert floor["us"] > 2 * floor["tls_handshake_us"] > 0  # two handshakes and then some
+    text = bench.render(result)
+    assert "deliveries/s" in text and "ratio" in text and "floor" in text
+
+
+def test_the_floor_does_real_tls_13(bench: ModuleType, tmp_path: Path) -> None:
+    from cli.ttp_certs import ServerDir, init_server_dir
+    from cli.ttp_client import client_context
+    from cli.ttp_server import server_context
+
+    d: ServerDir = init_server_dir(tmp_path / "srv")
+    pair = bench.TlsPair(server_context(d), client_context(d.ca_cert))
+    assert pair.client.version() == "TLSv1.3"
+    assert pair.send(True, b"ping") == b"ping"
+    assert pair.send(False, b"pong") == b"pong"
+    other = init_server_dir(tmp_path / "other")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        bench.TlsPair(server_context(other), client_context(d.ca_cert))
+
+
+def test_rounds_cover_the_deliveries(bench: ModuleType) -> None:
+    s = bench.Settings(pairs=(1, 10, 100), deliveries=300)
+    assert [s.rounds(p) * p for p in s.pairs] == [300, 300, 300]
+    assert bench.Settings(pairs=(7,), deliveries=10).rounds(7) == 2
+    with pytest.raises(ValueError):
+        bench.Settings(pairs=())

@@ -1,0 +1,428 @@
+"""The key server for real: TLS 1.3 on 127.0.0.1, SQLite, method ttp end to end, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from cli.ttp_certs import init_server_dir, make_server_cert
+from cli.ttp_client import (
+    TtpTrustError,
+    call,
+    connect,
+    enrol,
+    request_key,
+    ttp_guest_session,
+    ttp_host_session,
+)
+from cli.ttp_server import Limits
+from pairing.errors import (
+    AuthenticationError,
+    LockedOutError,
+    NotFoundError,
+    PairingError,
+    PairingTimeout,
+    RefusedError,
+    TransportError,
+)
+from pairing.securelink import SecureLink, confirm
+from pairing.ttp import EnrolDone, EnrolRequest, IntentRole, TtpClient, TtpLinkConfig
+from tests.ttp_harness import FAST, identity, running_server
+from transports.tcp import TcpListener, tcp_connect
+
+CTX = b"\x42" * 32
+
+
+async def test_method_ttp_end_to_end_over_tcp(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        paul, george = identity("Paul's laptop"), identity("George's laptop")
+        await asyncio.gather(enrol(h.address, h.ca, paul), enrol(h.address, h.ca, george))
+        listener = await TcpListener.bind("127.0.0.1", 0)
+        try:
+            accepted = asyncio.ensure_future(listener.accept(5))
+            guest_link = await tcp_connect("127.0.0.1", listener.port)
+            host_link = await accepted
+            config = TtpLinkConfig(wait=5, step_timeout=5)
+            host_session, guest_session = await asyncio.gather(
+                ttp_host_session(host_link, me=paul, peer_hint=None, server=h.address,
+                                 ca_file=h.ca, config=config),
+                ttp_guest_session(guest_link, me=george, peer_hint=paul.device_id,
+                                  server=h.address, ca_file=h.ca, config=config),
+            )
+            assert host_session.fingerprint == guest_session.fingerprint
+            assert host_session.peer.name == "George's laptop"
+            assert guest_session.peer.static_public == paul.static_public
+            # The secure channel opens on the devices' own link.
+            hs, gs = SecureLink(host_link, host_session), SecureLink(guest_link, guest_session)
+            await asyncio.gather(confirm(hs), confirm(gs))
+            await gs.send(b"hello Paul")
+            assert await hs.recv(5) == b"hello Paul"
+            await asyncio.gather(hs.close(), gs.close())
+        finally:
+            await listener.close()
+        assert h.server.stats["deliveries"] == 1
+        assert await h.server.db(h.server.store.pending_count) == 0  # nothing left behind
+
+
+async def _pair_keys(h, a, b, *, a_peer=None, b_peer=None, a_ctx=CTX, b_ctx=CTX,
+                     a_role=IntentRole.HOST, b_role=IntentRole.GUEST, wait=5):
+    return await asyncio.gather(
+        request_key(h.address, h.ca, a, peer_id=a_peer or b.device_id, context=a_ctx,
+                    role=a_role, wait=wait),
+        request_key(h.address, h.ca, b, peer_id=b_peer or a.device_id, context=b_ctx,
+                    role=b_role, wait=wait),
+        return_exceptions=True,
+    )
+
+
+async def test_matching_intents_get_the_same_key(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        a, b = identity("a"), identity("b")
+        await enrol(h.address, h.ca, a)
+        await enrol(h.address, h.ca, b)
+        ka, kb = await _pair_keys(h, a, b)
+        assert ka.sk == kb.sk and ka.match_id == kb.match_id
+        assert ka.peer.device_id == b.device_id and kb.peer.device_id == a.device_id
+        assert ka.peer.static == b.static_public
+
+
+@pytest.mark.parametrize("mismatch", ["peer", "context", "role"])
+async def test_intents_that_do_not_match_time_out(tmp_path: Path, mismatch: str) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        a, b, c = identity("a"), identity("b"), identity("c")
+        for dev in (a, b, c):
+            await enrol(h.address, h.ca, dev)
+        kw = {"peer": {"b_peer": c.device_id}, "context": {"b_ctx": b"\x43" * 32},
+              "role": {"b_role": IntentRole.HOST}}[mismatch]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ra, rb = await _pair_keys(h, a, b, wait=1, **kw)
+        assert isinstance(ra, PairingTimeout) and isinstance(rb, PairingTimeout)
+        assert "no matching intent" in str(ra)
+        assert loop.time() - started < 4
+        assert h.server.stats["deliveries"] == 0
+        assert await h.server.db(h.server.store.pending_count) == 0
+
+
+async def test_an_intent_alone_times_out(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        a, b = identity("a"), identity("b")
+        await enrol(h.address, h.ca, a)
+        await enrol(h.address, h.ca, b)
+        with pytest.raises(PairingTimeout, match="within 1 s"):
+            await request_key(h.address, h.ca, a, peer_id=b.device_id, context=CTX,
+                              role=IntentRole.HOST, wait=1)
+        assert h.server.stats["timeouts"] == 1
+
+
+async def test_intent_toward_an_unknown_device(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        a, stranger = identity("a"), identity("stranger")
+        with pytest.raises(NotFoundError, match="not enrolled"):
+            await request_key(h.address, h.ca, a, peer_id=stranger.device_id, context=CTX,
+                              role=IntentRole.HOST, wait=1)
+        await enrol(h.address, h.ca, a)
+        with pytest.raises(NotFoundError, match=stranger.device_id.hex()[:16]):
+            await request_key(h.address, h.ca, a, peer_id=stranger.device_id, context=CTX,
+                              role=IntentRole.HOST, wait=1)
+
+
+async def test_ttp_pairing_fails_on_both_sides_when_the_guest_names_another_host(
+    tmp_path: Path,
+) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        paul, george = identity("Paul"), identity("George")
+        await enrol(h.address, h.ca, paul)
+        await enrol(h.address, h.ca, george)
+        from transports.loopback import loopback_pair
+
+        g, p = loopback_pair()
+        config = TtpLinkConfig(wait=1, step_timeout=3)
+        host_r, guest_r = await asyncio.gather(
+            ttp_host_session(p, me=paul, peer_hint=None, server=h.address, ca_file=h.ca,
+                             config=config),
+            ttp_guest_session(g, me=george, peer_hint=os.urandom(16), server=h.address,
+                              ca_file=h.ca, config=config),
+            return_exceptions=True,
+        )
+        assert isinstance(guest_r, AuthenticationError)
+        assert isinstance(host_r, PairingError)
+
+
+# -- trust ------------------------------------------------------------------------------------
+
+
+async def test_a_server_signed_by_another_ca_is_refused(tmp_path: Path) -> None:
+    other = init_server_dir(tmp_path / "other")
+    async with running_server(tmp_path / "srv") as h:
+        with pytest.raises(TtpTrustError, match="not signed by the CA") as info:
+            await enrol(h.address, other.ca_cert, identity("a"))
+        assert "refusing the key server" in str(info.value)
+        assert h.server.stats["enrolled"] == 0
+
+
+async def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
+    d = init_server_dir(tmp_path / "srv")
+    ca_key = serialization.load_pem_private_key(d.ca_key.read_bytes(), None)
+    from cli.ttp_certs import load_cert
+
+    key, cert = make_server_cert(ca_key, load_cert(d.ca_cert), ("ttp.example.org",),
+                                 datetime.datetime.now(datetime.UTC))
+    d.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    d.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    async with running_server(d.root, make=False) as h:
+        with pytest.raises(TtpTrustError, match=r"does not name 127\.0\.0\.1"):
+            await enrol(h.address, h.ca, identity("a"))
+
+
+async def test_a_missing_or_bad_ca_file_is_a_usage_error(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        bad = tmp_path / "bad.pem"
+        bad.write_text("not a certificate")
+        from pairing.errors import ConfigError
+
+        with pytest.raises(ConfigError):
+            await enrol(h.address, bad, identity("a"))
+        with pytest.raises(ConfigError):
+            await enrol(h.address, tmp_path / "missing.pem", identity("a"))
+
+
+# -- persistence ------------------------------------------------------------------------------
+
+
+async def test_restart_keeps_enrolments(tmp_path: Path) -> None:
+    a, b = identity("a"), identity("b")
+    async with running_server(tmp_path / "srv") as h:
+        await enrol(h.address, h.ca, a, eukey=b"\x01" * 32)
+        await enrol(h.address, h.ca, b)
+    async with running_server(tmp_path / "srv", make=False) as h2:
+        assert await h2.server.db(h2.server.store.device_count) == 2
+        ka, kb = await _pair_keys(h2, a, b)
+        assert ka.sk == kb.sk
+        again = await enrol(h2.address, h2.ca, a)  # no EUKey given: the stored one is kept
+        assert again == EnrolDone(a.device_id, True, True)
+
+
+async def test_keys_are_sealed_at_rest(tmp_path: Path) -> None:
+    eukey = os.urandom(32)
+    async with running_server(tmp_path / "srv") as h:
+        await enrol(h.address, h.ca, identity("a"), eukey=eukey)
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "srv").glob("ttp.sqlite3*"))
+    assert eukey not in raw
+    with sqlite3.connect(tmp_path / "srv" / "ttp.sqlite3") as db:
+        (sealed,) = db.execute("SELECT eukey_sealed FROM devices").fetchone()
+    assert len(sealed) == 12 + 32 + 16
+    assert (tmp_path / "srv" / "ttp.sqlite3").stat().st_mode & 0o077 == 0
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+async def test_concurrent_clients(tmp_path: Path) -> None:
+    limits = dataclasses.replace(FAST, max_per_client=200, rate=1000, burst=1000)
+    async with running_server(tmp_path / "srv", limits=limits) as h:
+        devices = [identity(f"d{i}") for i in range(40)]
+        await asyncio.gather(*(enrol(h.address, h.ca, d) for d in devices))
+        assert await h.server.db(h.server.store.device_count) == 40
+        pairs = list(zip(devices[::2], devices[1::2], strict=True))
+        results = await asyncio.gather(*(_pair_keys(h, a, b) for a, b in pairs))
+        sks = set()
+        for ka, kb in results:
+            assert not isinstance(ka, BaseException) and not isinstance(kb, BaseException)
+            assert ka.sk == kb.sk
+            sks.add(ka.sk)
+        assert len(sks) == len(pairs)  # every pair its own key
+        assert h.server.stats["deliveries"] == len(pairs)
+
+
+async def test_a_device_that_hangs_up_withdraws_its_intent(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        a, b = identity("a"), identity("b")
+        await enrol(h.address, h.ca, a)
+        await enrol(h.address, h.ca, b)
+        task = asyncio.ensure_future(request_key(h.address, h.ca, a, peer_id=b.device_id,
+                                                 context=CTX, role=IntentRole.HOST, wait=30))
+        for _ in range(100):
+            if await h.server.db(h.server.store.pending_count) == 1:
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if await h.server.db(h.server.store.pending_count) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await h.server.db(h.server.store.pending_count) == 0
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+async def test_connections_per_client_are_bounded(tmp_path: Path) -> None:
+    limits = dataclasses.replace(FAST, max_per_client=2)
+    async with running_server(tmp_path / "srv", limits=limits) as h:
+        host, port = h.address.rsplit(":", 1)
+        held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+        try:
+            with pytest.raises(TransportError, match="key server"):
+                await enrol(h.address, h.ca, identity("a"))
+            assert h.server.stats["refused"] == 1
+        finally:
+            for _, w in held:
+                w.close()
+        for _ in range(50):  # the slots free up once the held connections end
+            if h.server.admission.total == 0:
+                break
+            await asyncio.sleep(0.02)
+        await enrol(h.address, h.ca, identity("a"))
+
+
+async def test_attempt_rate_is_bounded(tmp_path: Path) -> None:
+    limits = dataclasses.replace(FAST, rate=0.5, burst=2)
+    async with running_server(tmp_path / "srv", limits=limits) as h:
+        a = identity("a")
+        await enrol(h.address, h.ca, a)
+        await enrol(h.address, h.ca, a)
+        with pytest.raises(TransportError):
+            await enrol(h.address, h.ca, a)
+
+
+async def test_failed_proofs_lock_the_address_out(tmp_path: Path) -> None:
+    limits = dataclasses.replace(FAST, max_failures=2)
+    async with running_server(tmp_path / "srv", limits=limits) as h:
+        a = identity("a")
+
+        async def bad_proof() -> None:
+            conn = await connect(h.address, h.ca)
+            try:
+                loop = asyncio.get_running_loop()
+                client = TtpClient(a, cert=b"\x00" * 32, request=EnrolRequest(
+                    signing=a.signing_public), expect=EnrolDone)
+                client.start(loop.time())
+                from pairing.driver import drive
+
+                await drive(client, conn.pipe, idle=5)
+            finally:
+                await conn.close()
+
+        for _ in range(2):
+            with pytest.raises(PairingError) as info:
+                await bad_proof()
+            assert info.value.code == AuthenticationError.code
+        with pytest.raises(TransportError):
+            await enrol(h.address, h.ca, a)
+
+
+async def test_closed_enrolment_and_its_token(tmp_path: Path) -> None:
+    token = b"0123456789abcdef0123"
+    async with running_server(tmp_path / "srv", enrol_token=token) as h:
+        with pytest.raises(RefusedError, match="token"):
+            await enrol(h.address, h.ca, identity("a"))
+        with pytest.raises(RefusedError):
+            await enrol(h.address, h.ca, identity("a"), token=b"x" * 20)
+        done = await enrol(h.address, h.ca, identity("a"), token=token)
+        assert not done.updated
+
+
+async def test_oversize_and_silent_clients_are_dropped(tmp_path: Path) -> None:
+    limits = dataclasses.replace(FAST, step_timeout=0.5, max_message=1024)
+    async with running_server(tmp_path / "srv", limits=limits) as h:
+        loop = asyncio.get_running_loop()
+        silent = await connect(h.address, h.ca)
+        started = loop.time()
+        with pytest.raises(PairingError):
+            await asyncio.wait_for(silent.link.recv(), 5)
+        assert loop.time() - started < 3
+        await silent.close()
+        big = await connect(h.address, h.ca)
+        await big.link.send(b"\x00" * 2000)  # one frame over the server's 1024-byte limit
+        with pytest.raises(PairingError):
+            await asyncio.wait_for(big.link.recv(), 5)
+        await big.close()
+        await enrol(h.address, h.ca, identity("a"))  # and the server is still fine
+
+
+async def test_unreachable_server(tmp_path: Path) -> None:
+    d = init_server_dir(tmp_path / "srv")
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    port = listener.port
+    await listener.close()
+    with pytest.raises(TransportError, match="cannot reach"):
+        await call(f"127.0.0.1:{port}", d.ca_cert, identity("a"),
+                   EnrolRequest(signing=b"\x00" * 32), EnrolDone, timeout=2)
+
+
+def test_admission_logic_with_an_injected_clock() -> None:
+    from cli.ttp_server import Admission
+
+    adm = Admission(Limits(max_per_client=3, rate=1.0, burst=2, max_failures=2, lockout=10))
+    assert adm.admit("a", 0.0) is None and adm.admit("a", 0.0) is None
+    assert "per second" in adm.admit("a", 0.0)
+    assert adm.admit("a", 1.0) is None  # a token came back
+    assert "connections from one address" in adm.admit("a", 5.0)
+    for _ in range(3):
+        adm.release("a")
+    assert adm.total == 0
+    adm.failure("b", 0.0)
+    adm.failure("b", 1.0)
+    assert "locked out" in adm.admit("b", 2.0)
+    assert adm.admit("b", 10.5) is None  # the first failure aged out
+    assert LockedOutError  # the CLI maps a lockout at the TLS level to a transport error
+
+
+async def test_a_host_that_allows_several_methods_dispatches_on_the_first_message(
+    tmp_path: Path,
+) -> None:
+    """What run_host does: read the guest's first message, then run the machine it starts."""
+    from cli.ttp_client import replay_first
+    from pairing.driver import MessagePipe
+    from pairing.ttp import is_link_hello
+    from transports.loopback import loopback_pair
+
+    async with running_server(tmp_path / "srv") as h:
+        paul, george = identity("Paul"), identity("George")
+        await enrol(h.address, h.ca, paul)
+        await enrol(h.address, h.ca, george)
+        g, p = loopback_pair(mtu=20)  # BLE's smallest MTU: messages arrive in fragments
+
+        async def host() -> object:
+            pipe = MessagePipe(p)
+            first = await asyncio.wait_for(pipe.recv(), 5)
+            assert is_link_hello(first)
+            return await ttp_host_session(replay_first(pipe, first), me=paul, peer_hint=None,
+                                          server=h.address, ca_file=h.ca)
+
+        hs, gs = await asyncio.gather(
+            host(), ttp_guest_session(g, me=george, peer_hint=None, server=h.address,
+                                      ca_file=h.ca),
+        )
+        assert hs.fingerprint == gs.fingerprint
+
+
+async def test_a_guest_whose_key_server_is_down_tells_the_host(tmp_path: Path) -> None:
+    from transports.loopback import loopback_pair
+
+    d = init_server_dir(tmp_path / "srv")
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    dead = f"127.0.0.1:{listener.port}"
+    await listener.close()
+    g, p = loopback_pair()
+    config = TtpLinkConfig(wait=1, step_timeout=3)
+    host_r, guest_r = await asyncio.gather(
+        ttp_host_session(p, me=identity("h"), peer_hint=None, server=dead, ca_file=d.ca_cert,
+                         config=config),
+        ttp_guest_session(g, me=identity("g"), peer_hint=None, server=dead, ca_file=d.ca_cert,
+                          config=config),
+        return_exceptions=True,
+    )
+    assert isinstance(guest_r, TransportError) and isinstance(host_r, PairingError)

@@ -1,0 +1,174 @@
+"""The key server's SQLite store: schema versions, intents across processes, sealed keys."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cli.ttp_store import SCHEMA_VERSION, Matched, Pending, Sealer, StoreError, TtpStore, migrate
+from pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
+from pairing.errors import AuthenticationError, RefusedError
+from pairing.ttp import DeviceRecord, IntentRole
+
+A, B, C = (bytes([n]) * 16 for n in (1, 2, 3))
+CTX = b"\x09" * 32
+
+
+def rec(device_id: bytes, name: str = "d") -> DeviceRecord:
+    # the store does not recompute ids (the server did when it checked the proof)
+    return DeviceRecord(device_id, name, device_id * 2, b"\x00" * 32)
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)
+
+
+def store_at(path: Path, key: bytes) -> TtpStore:
+    return TtpStore(path, Sealer(key))
+
+
+def test_fresh_database_is_at_the_latest_version_in_wal_mode(tmp_path: Path, key: bytes) -> None:
+    s = store_at(tmp_path / "db", key)
+    try:
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    finally:
+        s.close()
+
+
+def test_migration_keeps_data(tmp_path: Path, key: bytes) -> None:
+    path = tmp_path / "db"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, upto=1) == 0
+    db.execute("INSERT INTO devices VALUES (?, 'old', ?, ?, NULL, 1, 1)",
+               (A, b"\x01" * 32, b"\x00" * 32))
+    db.close()
+    s = store_at(path, key)
+    try:
+        assert s.device(A).name == "old"
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s.pn_ids() == []  # version 2's tables exist
+    finally:
+        s.close()
+
+
+def test_a_newer_database_is_refused(tmp_path: Path, key: bytes) -> None:
+    path = tmp_path / "db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StoreError, match="newer than this pairkit"):
+        store_at(path, key)
+
+
+def test_enrol_refresh_keeps_the_eukey(tmp_path: Path, key: bytes) -> None:
+    s = store_at(tmp_path / "db", key)
+    try:
+        assert s.enrol(rec(A, "first"), b"\x05" * 32, 1.0) is False
+        assert s.enrol(rec(A, "second"), None, 2.0) is True
+        assert s.device(A).name == "second"
+        assert s.eukeys((A, B)) == {A: b"\x05" * 32}
+    finally:
+        s.close()
+
+
+def test_intents_match_across_two_processes_sharing_the_file(tmp_path: Path, key: bytes) -> None:
+    one, two = store_at(tmp_path / "db", key), store_at(tmp_path / "db", key)
+    try:
+        for s in (one,):
+            s.enrol(rec(A), None, 0)
+            s.enrol(rec(B), None, 0)
+        waiting = one.post_intent(A, B, CTX, IntentRole.HOST, now=0, expires=10)
+        assert isinstance(waiting, Pending)
+        assert one.take_match(waiting.row) is None
+        matched = two.post_intent(B, A, CTX, IntentRole.GUEST, now=1, expires=11)
+        assert isinstance(matched, Matched) and matched.partner_row == waiting.row
+        sk, match_id = one.take_match(waiting.row)
+        assert (sk, match_id) == (matched.sk, matched.match_id)
+        assert one.pending_count() == 0
+    finally:
+        one.close()
+        two.close()
+
+
+def test_no_match_for_expired_same_role_or_other_context(tmp_path: Path, key: bytes) -> None:
+    s = store_at(tmp_path / "db", key)
+    try:
+        for d in (A, B):
+            s.enrol(rec(d), None, 0)
+        s.post_intent(A, B, CTX, IntentRole.HOST, now=0, expires=1)
+        assert isinstance(s.post_intent(B, A, CTX, IntentRole.GUEST, now=2, expires=3), Pending)
+        assert isinstance(s.post_intent(A, B, CTX, IntentRole.GUEST, now=2, expires=9), Pending)
+        assert isinstance(
+            s.post_intent(B, A, b"\x08" * 32, IntentRole.HOST, now=2, expires=9), Pending
+        )
+        assert s.purge(100) >= 1 and s.pending_count() == 0
+    finally:
+        s.close()
+
+
+def test_an_identical_intent_replaces_the_older(tmp_path: Path, key: bytes) -> None:
+    s = store_at(tmp_path / "db", key)
+    try:
+        for d in (A, B):
+            s.enrol(rec(d), None, 0)
+        old = s.post_intent(A, B, CTX, IntentRole.HOST, now=0, expires=9)
+        new = s.post_intent(A, B, CTX, IntentRole.HOST, now=1, expires=9)
+        assert isinstance(old, Pending) and isinstance(new, Pending)
+        with pytest.raises(RefusedError, match="replaced"):
+            s.take_match(old.row)
+        assert s.cancel_intent(new.row) and not s.cancel_intent(new.row)
+    finally:
+        s.close()
+
+
+def test_sealed_values_are_bound_to_their_row(tmp_path: Path, key: bytes) -> None:
+    s = store_at(tmp_path / "db", key)
+    try:
+        s.enrol(rec(A), b"\x05" * 32, 0)
+        s.enrol(rec(B), b"\x06" * 32, 0)
+        s._db.execute(
+            "UPDATE devices SET eukey_sealed = (SELECT eukey_sealed FROM devices "
+            "WHERE device_id = ?) WHERE device_id = ?", (A, B),
+        )
+        with pytest.raises(AuthenticationError, match="did not open"):
+            s.eukeys((B,))
+    finally:
+        s.close()
+    other = store_at(tmp_path / "db", os.urandom(32))  # a wrong seal.key
+    try:
+        with pytest.raises(AuthenticationError):
+            other.eukeys((A,))
+    finally:
+        other.close()
+
+
+def test_pn_inventory(tmp_path: Path, key: bytes) -> None:
+    s = store_at(tmp_path / "db", key)
+    try:
+        for d in (A, B, C):
+            s.enrol(rec(d, d.hex()[:2]), None, 0)
+        pn = b"\x77" * 16
+        inv = ServerInventory(pn, A, "gw", SetupType.ALL, (
+            ServerMember(B, "b", 1, ("music",), KeySource.LOCAL_EUKEY, b"\x0b" * 32),
+        ))
+        s.register_pn(inv, 1.0)
+        assert s.pn_owner(pn) == A
+        assert s.local_eukey(pn, B) == b"\x0b" * 32
+        raw = s._db.execute("SELECT local_key_sealed FROM pn_members").fetchone()[0]
+        assert b"\x0b" * 32 not in raw
+        s.register_pn(ServerInventory(pn, A, "gw", SetupType.INVITED, (
+            ServerMember(C, "c", 0, (), KeySource.PREASSIGNED, None),
+        )), 2.0)
+        row = s.pn(pn)
+        assert row.setup_type is SetupType.INVITED
+        assert [m["name"] for m in row.members] == ["b", "c"]
+        with pytest.raises(RefusedError, match="another gateway"):
+            s.register_pn(ServerInventory(pn, C, "thief", SetupType.ALL, ()), 3.0)
+    finally:
+        s.close()

@@ -1,0 +1,235 @@
+"""Helpers for the key server and CPNS tests: a real server on 127.0.0.1, devices, taps.
+
+``ServerHarness`` runs :class:`cli.ttp_server.TtpServer` in-process on port 0 over a directory
+made by ``init_server_dir`` (certificates made here, never committed).  ``run_cpns_machines``
+joins the CPNS machines in memory (no server process, no TLS) for the protocol-level tests, with a
+``tamper`` hook on every message.  ``rewrite_tap`` edits whole messages on a fragmenting link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+from collections.abc import AsyncIterator, Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+from cli.ttp_certs import ServerDir, init_server_dir
+from cli.ttp_server import Limits, TtpServer
+from pairing import wire
+from pairing.cpns import (
+    SERVER,
+    CpnsKeys,
+    CpnsKeysAsked,
+    CpnsRegisterAsked,
+    CpnsServer,
+    Gateway,
+    GatewayConfig,
+    PneCaps,
+    PneConfig,
+    PneMachine,
+    PnRegistrationRequest,
+    ServerInventory,
+)
+from pairing.errors import PairingError
+from pairing.framing import Reassembler, fragment
+from pairing.methods import LocalIdentity
+
+FAST = Limits(step_timeout=5.0, max_wait=5.0, handshake_timeout=5.0)
+
+
+def seeded(seed: int) -> Callable[[int], bytes]:
+    return random.Random(seed).randbytes
+
+
+@dataclasses.dataclass
+class ServerHarness:
+    server: TtpServer
+    dir: ServerDir
+    address: str
+
+    @property
+    def ca(self) -> Path:
+        return self.dir.ca_cert
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    root: Path, *, limits: Limits = FAST, make: bool = True, **kw: Any
+) -> AsyncIterator[ServerHarness]:
+    """A key server over ``root`` (made first unless ``make=False``), stopped on exit."""
+    d = init_server_dir(root) if make else ServerDir(root)
+    server = TtpServer(d.root, limits=limits, **kw)
+    try:
+        address = await server.start("127.0.0.1", 0)
+        yield ServerHarness(server, d, address)
+    finally:
+        await server.close()
+
+
+def identity(name: str) -> LocalIdentity:
+    return LocalIdentity.generate(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole messages on fragmenting links
+# --------------------------------------------------------------------------------------------
+
+
+def rewrite_tap(
+    edit: Callable[[str, str, wire.Message], wire.Message | None], mtu: int = 65535
+) -> Callable[[str, str, bytes], list[bytes]]:
+    """A loopback tap that rejoins fragments, lets ``edit(src, dst, msg)`` change a whole
+    message (None keeps it), and fragments the result again."""
+    joiners: dict[tuple[str, str], Reassembler] = {}
+
+    def tap(src: str, dst: str, data: bytes) -> list[bytes]:
+        joiner = joiners.setdefault((src, dst), Reassembler(64 * 1024))
+        message = joiner.feed(data)
+        if message is None:
+            return []
+        try:
+            decoded = wire.decode(message)
+        except PairingError:
+            return fragment(message, mtu)
+        changed = edit(src, dst, decoded)
+        return fragment(changed.encode() if changed is not None else message, mtu)
+
+    return tap
+
+
+def flip(data: bytes, index: int = 0) -> bytes:
+    """``data`` with one bit flipped (a tampered MAC or ciphertext)."""
+    out = bytearray(data)
+    out[index] ^= 0x01
+    return bytes(out)
+
+
+# --------------------------------------------------------------------------------------------
+# CPNS machines joined in memory
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CpnsWorld:
+    gw: Gateway
+    pnes: dict[Hashable, PneMachine]
+    server: CpnsServer
+    stored: list[ServerInventory]
+    errors: dict[Hashable, PairingError]
+    trace: list[tuple[Hashable, Hashable, str]]
+    #: the EUKeys the server's store knows (gateway and enrolled PNEs)
+    server_keys: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+
+
+def make_world(
+    *,
+    n: int = 2,
+    caps: tuple[PneCaps, ...] | None = None,
+    wrong: tuple[int, ...] = (),
+    pan_secured: tuple[int, ...] = (),
+    enrolled: tuple[int, ...] | None = None,
+    initiator: int | None = 0,
+    pne_kw: dict[int, dict[str, Any]] | None = None,
+    seed: int = 1,
+) -> tuple[CpnsWorld, dict[bytes, bytes], list[bytes]]:
+    """A gateway, ``n`` PNEs (ports 0..n-1) and a CPNS server whose store knows the EUKeys of
+    the ``enrolled`` PNEs (all by default); PNEs in ``wrong`` hold another EUKey."""
+    rng = seeded(seed)
+    gw_id = rng(16)
+    ids = [rng(16) for _ in range(n)]
+    eukeys = {i: rng(32) for i in (gw_id, *ids)}
+    caps = caps or tuple(PneCaps.UI for _ in range(n))
+    gw = Gateway(GatewayConfig(gw_id, "gateway", eukeys[gw_id], collect_window=1.0), now=0.0,
+                 rng=rng)
+    pnes: dict[Hashable, PneMachine] = {}
+    for k, pne_id in enumerate(ids):
+        cap = caps[k] | (PneCaps.PAN_SECURED if k in pan_secured else PneCaps.NONE)
+        kw = (pne_kw or {}).get(k, {})
+        key = rng(32) if k in wrong else eukeys[pne_id]
+        config = PneConfig(pne_id, f"pne{k}", key, caps=cap, **kw)
+        pnes[k] = PneMachine(config, now=0.0, listen=k != initiator, rng=rng)
+        gw.attach(k, pne_id=pne_id, pan_secured=k in pan_secured)
+    store_keys = {
+        i: eukeys[i] for k, i in enumerate(ids) if enrolled is None or k in enrolled
+    }
+    store_keys[gw_id] = eukeys[gw_id]
+    world = CpnsWorld(gw, pnes, CpnsServer(gw_id, rng=rng), [], {}, [], store_keys)
+    return world, eukeys, ids
+
+
+Tamper = Callable[[Hashable, Hashable, wire.Message], wire.Message | None]
+
+
+def run_cpns_machines(
+    world: CpnsWorld,
+    *,
+    start: Callable[[CpnsWorld], None] | None = None,
+    tamper: Tamper | None = None,
+    now: float = 0.0,
+    max_rounds: int = 50,
+) -> CpnsWorld:
+    """Move messages until nothing moves; errors are collected per party, not raised."""
+    keys = world.server_keys
+
+    def deliver(src: Hashable, dst: Hashable, data: bytes) -> None:
+        msg = wire.decode(data)
+        if tamper is not None:
+            changed = tamper(src, dst, msg)
+            if changed is not None:
+                msg, data = changed, changed.encode()
+        world.trace.append((src, dst, type(msg).__name__))
+        try:
+            if dst == SERVER:
+                if isinstance(msg, PnRegistrationRequest):
+                    world.server.begin(msg, now)
+                else:
+                    world.server.receive(data, now)
+            elif dst == "gw":
+                if not (world.gw.done or world.gw.failed):
+                    world.gw.receive(src, data, now)
+            else:
+                pne = world.pnes[dst]
+                if not (pne.done or pne.failed):
+                    pne.receive(data, now)
+        except PairingError as exc:
+            world.errors.setdefault(dst, exc)
+
+    if start is not None:
+        start(world)
+    for _ in range(max_rounds):
+        moved = False
+        for port, pne in world.pnes.items():
+            for data in pne.outgoing():
+                moved = True
+                deliver(port, "gw", data)
+        for port, data in world.gw.outgoing():
+            moved = True
+            deliver("gw", port, data)
+        for event in world.server.events():
+            moved = True
+            try:
+                if isinstance(event, CpnsKeysAsked):
+                    world.server.answer(event, CpnsKeys(
+                        keys.get(event.gw_id), {i: keys[i] for i in event.pne_ids if i in keys}
+                    ), now)
+                elif isinstance(event, CpnsRegisterAsked):
+                    world.stored.append(event.inventory)
+                    world.server.answer(event, True, now)
+            except PairingError as exc:
+                world.errors.setdefault(SERVER, exc)
+        for data in world.server.outgoing():
+            moved = True
+            deliver(SERVER, "gw", data)
+        world.gw.events()
+        if not moved:
+            return world
+    raise AssertionError("too many rounds: the CPNS machines ping-pong forever")
+
+
+def start_initiator(port: Hashable = 0) -> Callable[[CpnsWorld], None]:
+    def start(world: CpnsWorld) -> None:
+        world.pnes[port].start(0.0)
+
+    return start
