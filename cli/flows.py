@@ -74,6 +74,10 @@ class HostOptions:
     guest_seconds: int = 3600
     #: seconds strangers may see and join this host (broadcasting transports); None: private
     visible: float | None = None
+    #: method ttp: the key server, its CA file, and optionally the one guest allowed
+    ttp: str | None = None
+    ttp_ca: str | None = None
+    ttp_peer: bytes | None = None
 
 
 def result_json(session: Session, membership: Membership | None = None) -> dict[str, Any]:
@@ -188,13 +192,7 @@ async def run_host(
                 open_to_strangers=lambda: presence.visible, timeout=opts.step_timeout,
             )
             await drive(cloud, pipe, delegate=delegate)
-            machine = HostPairing(
-                config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
-                wall_now=time.time(),
-            )
-            await drive(machine, pipe, delegate=delegate)
-            assert machine.session is not None
-            session = machine.session
+            session = await _host_session(pipe, link, me, state, config, opts, delegate)
             if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
                 raise AuthenticationError("the guest claimed to be a known device but is not")
             slink = SecureLink(link, session, timeout=opts.step_timeout)
@@ -278,6 +276,46 @@ async def run_host(
     return paired
 
 
+async def _host_session(
+    pipe: MessagePipe, link: Any, me: Any, state: HostState, config: PairingConfig,
+    opts: HostOptions, delegate: Any,
+) -> Session:
+    """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
+    loop = asyncio.get_running_loop()
+    if Method.TTP in opts.methods:
+        from pairing.ttp import TtpLinkConfig, is_link_hello
+
+        from .ttp_client import replay_first, ttp_host_session
+
+        try:
+            first = await asyncio.wait_for(pipe.recv(), opts.step_timeout)
+        except TimeoutError:
+            raise PairingTimeout("the guest did not start pairing in time") from None
+        pipe = replay_first(pipe, first)
+        if is_link_hello(first):
+            server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
+            return await ttp_host_session(
+                pipe, me=me, peer_hint=opts.ttp_peer, server=server, ca_file=ca,
+                config=TtpLinkConfig(step_timeout=opts.step_timeout), delegate=delegate,
+            )
+    machine = HostPairing(
+        config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
+        wall_now=time.time(),
+    )
+    await drive(machine, pipe, delegate=delegate)
+    assert machine.session is not None
+    return machine.session
+
+
+def _ttp_server(server: str | None, ca: str | None) -> tuple[str, str]:
+    if not server or not ca:
+        raise ConfigError(
+            "method 'ttp' needs the key server: --ttp HOST:PORT --ttp-ca FILE "
+            "(or enrol first with 'pairkit ttp enroll')"
+        )
+    return server, ca
+
+
 def _membership_for(
     ks: Keystore, cloud: CloudHost, owned: Any, session: Session
 ) -> Membership:
@@ -314,6 +352,10 @@ class JoinOptions:
     wants: Role = Role.GUEST
     #: the clouds to prove membership of (None: every cloud this device is in)
     clouds: tuple[str, ...] | None = None
+    #: method ttp: the key server, its CA file, and optionally the host's device id
+    ttp: str | None = None
+    ttp_ca: str | None = None
+    ttp_peer: bytes | None = None
 
 
 def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, str | None, KnownPeer | None]:
@@ -363,6 +405,14 @@ async def run_join(
     method = opts.method or (Method.RESUME if peer is not None else None)
     if method is None:
         method = Method.QR if opts.qr is not None else Method.PIN
+    if method is Method.TTP and (not opts.ttp or not opts.ttp_ca):
+        from .ttp_cli import enrolled_server
+
+        enrolled = enrolled_server(ks)
+        if enrolled is not None:
+            opts = dataclasses.replace(opts, ttp=opts.ttp or enrolled[0],
+                                       ttp_ca=opts.ttp_ca or enrolled[1])
+        _ttp_server(opts.ttp, opts.ttp_ca)
     if method in (Method.RESUME, Method.KK) and peer is None:
         raise ConfigError("method 'resume' needs a known peer: give its name from 'pairkit peers'")
     me = store.local_identity(ks)
@@ -387,7 +437,7 @@ async def run_join(
                  "listening gets the session key (--allow-insecure)")
         # Built before the cloud step: a method this link cannot carry ('clear' without
         # link encryption) is refused before the host's owner is asked anything.
-        machine = GuestPairing(
+        machine = None if method is Method.TTP else GuestPairing(
             config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
             qr=opts.qr, peer=peer, wall_now=time.time(),
             rng=os.urandom,
@@ -406,11 +456,23 @@ async def run_join(
         cloud.start(loop.time())
         guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
         await drive(cloud, pipe, delegate=guest_delegate)
-        machine.start(loop.time())
-        await drive(machine, pipe, delegate=guest_delegate)
-        assert machine.session is not None
-        session = machine.session
-        if machine.stale_prekey is not None and peer is not None:
+        if machine is None:
+            from pairing.ttp import TtpLinkConfig
+
+            from .ttp_client import ttp_guest_session
+
+            server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
+            session = await ttp_guest_session(
+                pipe, me=me, peer_hint=peer.device_id if peer is not None else opts.ttp_peer,
+                server=server, ca_file=ca, config=TtpLinkConfig(step_timeout=opts.step_timeout),
+                delegate=guest_delegate,
+            )
+        else:
+            machine.start(loop.time())
+            await drive(machine, pipe, delegate=guest_delegate)
+            assert machine.session is not None
+            session = machine.session
+        if machine is not None and machine.stale_prekey is not None and peer is not None:
             store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
         slink = SecureLink(link, session, timeout=opts.step_timeout)
         await confirm(slink)

@@ -31,7 +31,31 @@ from .common import (
     unlock,
 )
 
-METHOD_NAMES = ["pin", "qr", "compare", "clear", "resume"]
+METHOD_NAMES = ["pin", "qr", "compare", "clear", "resume", "ttp"]
+
+
+def _ttp_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--ttp", "ttp_server", default=None, metavar="HOST:PORT",
+                      help="Method ttp: the key server (default: the one from 'ttp enroll')."),
+        click.option("--ttp-ca", default=None, type=click.Path(dir_okay=False),
+                     help="Method ttp: the server's CA certificate (default: from enrolment)."),
+        click.option("--ttp-peer", default=None, metavar="DEVICE_ID",
+                     help="Method ttp: pair only with the device with this id."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _ttp_settings(ks: Any, server: str | None, ca: str | None, peer: str | None
+                  ) -> dict[str, Any]:
+    from pairing.ttp import parse_device_id
+
+    from .ttp_cli import enrolled_server
+
+    enrolled = enrolled_server(ks) or (None, None)
+    return {"ttp": server or enrolled[0], "ttp_ca": ca or enrolled[1],
+            "ttp_peer": parse_device_id(peer) if peer else None}
 
 try:
     __version__ = version("pairkit")
@@ -222,9 +246,11 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 @click.option("--timeout", default=30.0, show_default=True,
               help="Seconds to wait for each message from a guest.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
+@_ttp_options
 def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path | None,
          qr_ttl: float, share: Path | None, visible: float | None, guest_hours: float,
-         allow_insecure: bool, once: bool, yes: bool, timeout: float, as_json: bool) -> None:
+         allow_insecure: bool, once: bool, yes: bool, timeout: float, as_json: bool,
+         ttp_server: str | None, ttp_ca: str | None, ttp_peer: str | None) -> None:
     """Wait for guests, pair with them, and serve the shared folder.
 
     Shows a PIN (method pin) and a QR code (method qr). A guest that is not a member of this
@@ -243,6 +269,7 @@ def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path
         allow_insecure=allow_insecure, qr_png=qr_png, qr_ttl=qr_ttl, step_timeout=timeout,
         share=share,
         guest_seconds=max(1, int(guest_hours * 3600)), visible=visible,
+        **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
 
@@ -263,9 +290,11 @@ def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path
 @click.option("--timeout", default=30.0, show_default=True,
               help="Seconds to wait for each message from the host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_ttp_options
 def join(target: str, transport: str | None, method: str | None, pin: str | None,
          qr_uri: str | None, qr_image: str | None, allow_insecure: bool, yes: bool,
-         timeout: float, as_json: bool) -> None:
+         timeout: float, as_json: bool, ttp_server: str | None, ttp_ca: str | None,
+         ttp_peer: str | None) -> None:
     """Pair with TARGET: tcp:HOST:PORT, a BLE address from 'discover', or a known peer's name.
 
     \b
@@ -295,6 +324,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
     opts = JoinOptions(
         target=target, method=chosen, transport=transport, pin=pin, qr=qr, yes=yes,
         json=as_json, allow_insecure=allow_insecure, step_timeout=timeout,
+        **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     session, membership = run_async(lambda: run_join(ks, opts))
     if as_json:
@@ -485,9 +515,12 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
 
 
 @cli.command()
-@click.option("--scenario", "-s", type=click.Choice(["webinos", "resume"]), default="webinos",
+@click.option("--scenario", "-s",
+              type=click.Choice(["webinos", "resume", "cpns", "groupkeys"]), default="webinos",
               show_default=True,
-              help="webinos: George plays Paul's videos; resume: then a member reconnects.")
+              help="webinos: George plays Paul's videos; resume: then a member reconnects; "
+                   "cpns: factory-keyed devices enrol through a gateway and a key server; "
+                   "groupkeys: a controller hands group keys through a relay, then broadcasts.")
 @click.option("--transport", "-t", type=click.Choice(["bumble:virtual", "loopback"]),
               default="bumble:virtual", show_default=True,
               help="Where the devices meet: BLE on virtual controllers, or in memory.")
@@ -502,11 +535,33 @@ def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
     frames through bumble on virtual controllers, real files; Paul's answers are scripted.
     Nothing is written outside a temporary directory.
     """
-    from .demo import run_demo
+    if scenario == "cpns":
+        from .cpns_demo import run_cpns_demo
 
-    summary = run_async(lambda: run_demo(scenario, transport, Method.parse(method), quiet=False))
+        summary = run_async(lambda: run_cpns_demo(quiet=False))
+    elif scenario == "groupkeys":
+        from .groupdemo import run_groupkeys_demo
+
+        summary = run_async(lambda: run_groupkeys_demo(transport=transport, quiet=False))
+    else:
+        from .demo import run_demo
+
+        summary = run_async(
+            lambda: run_demo(scenario, transport, Method.parse(method), quiet=False)
+        )
     if as_json:
         emit_json(summary)
+
+
+def _register_groups() -> None:
+    from .group_cli import group
+    from .ttp_cli import ttp
+
+    cli.add_command(group)
+    cli.add_command(ttp)
+
+
+_register_groups()
 
 
 def main() -> None:
