@@ -1,6 +1,6 @@
 """``pairkit group``: group keys end to end through relays, and encrypted group broadcasts.
 
-Three roles, each a terminal (docs/groups.md walks through them):
+Three roles, each a terminal (README.md, "Group keys", walks through them):
 
 * the **controller** (``create``, ``add``, ``remove``, ``sync``, ``send``) keeps its groups and
   their keys in its keystore and delivers each key to each member over a pairkit secure link,
