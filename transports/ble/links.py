@@ -416,6 +416,12 @@ class GattLink(BleLink):
     async def _send_one(self, data: bytes) -> None:
         await self._backpressure()
         self._check_open()
+        connection = self._connection
+        if connection.handle not in connection.device.connections:
+            # The disconnection event may not have reached this link yet; a notification to a
+            # gone connection would "succeed" without ever yielding to the event loop.
+            self._finish("the peer disconnected")
+            self._check_open()
         if self._guest:
             await self._connection.gatt_client.write_value(
                 self._rx_handle, data, with_response=False
