@@ -789,8 +789,31 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(measure(settings))
     given = sys.argv[1:] if argv is None else argv
     result["command"] = " ".join([".venv/bin/python bench/ble.py", *given])
-    print(json.dumps(result, indent=2) if args.json else render(result))
+    # (5) the guest on pairkit's bleak backend beside the guest on bumble, same link (issue 6)
+    bleak_bench = _bleak_bench()
+    bleak_settings = bleak_bench.QUICK if args.quick else bleak_bench.DEFAULT
+    result["bleak_guest"] = asyncio.run(bleak_bench.measure(bleak_settings))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+        print()
+        print("5. Guest on bleak (pairkit's backend on bumble) beside guest on bumble")
+        print(bleak_bench.render(result["bleak_guest"]))
     return 0
+
+
+def _bleak_bench() -> Any:
+    """bench/ble_bleak.py, loaded beside this file (bench/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).with_name("ble_bleak.py")
+    spec = importlib.util.spec_from_file_location("pairkit_bench_ble_bleak", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":
