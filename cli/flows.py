@@ -184,7 +184,7 @@ async def run_host(
     async def serve_one(link: Any) -> None:
         nonlocal paired
         loop = asyncio.get_running_loop()
-        machine: HostPairing | None = None
+        tried: list[HostPairing] = []  # the pairing machine, once made (see finally)
         try:
             pipe = MessagePipe(link)
             cloud = CloudHost(
@@ -192,7 +192,7 @@ async def run_host(
                 open_to_strangers=lambda: presence.visible, timeout=opts.step_timeout,
             )
             await drive(cloud, pipe, delegate=delegate)
-            session = await _host_session(pipe, link, me, state, config, opts, delegate)
+            session = await _host_session(pipe, link, me, state, config, opts, delegate, tried)
             if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
                 raise AuthenticationError("the guest claimed to be a known device but is not")
             slink = SecureLink(link, session, timeout=opts.step_timeout)
@@ -231,7 +231,7 @@ async def run_host(
             if not opts.once and Method.PIN in opts.methods and state.pin is None:
                 state.new_pin()
                 show_pin()
-            if not opts.once and machine is not None and machine.method is Method.QR:
+            if not opts.once and tried and tried[0].method is Method.QR:
                 show_qr()  # a QR code is single use too: the next guest needs a fresh one
             slots.release()
 
@@ -278,7 +278,7 @@ async def run_host(
 
 async def _host_session(
     pipe: MessagePipe, link: Any, me: Any, state: HostState, config: PairingConfig,
-    opts: HostOptions, delegate: Any,
+    opts: HostOptions, delegate: Any, tried: list[HostPairing],
 ) -> Session:
     """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
     loop = asyncio.get_running_loop()
@@ -302,6 +302,7 @@ async def _host_session(
         config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
         wall_now=time.time(),
     )
+    tried.append(machine)
     await drive(machine, pipe, delegate=delegate)
     assert machine.session is not None
     return machine.session

@@ -223,8 +223,9 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 
 
 @cli.command()
-@click.option("--transport", "-t", default="tcp:127.0.0.1:7000", show_default=True,
-              help="Where to listen: tcp:HOST:PORT, bumble:virtual, bumble:usb:0, ...")
+@click.option("--transport", "-t", default=None,
+              help="Where to listen: tcp:HOST:PORT, bumble:usb:0, ... [default: the policy's, "
+                   "else tcp:127.0.0.1:7000]")
 @click.option("--method", "-m", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
               help="Methods guests may use (repeat; default: pin, qr, compare, resume).")
 @click.option("--pin", default=None, help="Use this 6-digit PIN once instead of a random one.")
@@ -234,22 +235,26 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
               show_default=True, metavar="SECONDS", help="How long each QR code stays valid.")
 @click.option("--share", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Share this folder: guests may list it and fetch its files.")
+@click.option("--private", is_flag=True,
+              help="Open no visibility window, even if the policy (config.toml) says to.")
 @click.option("--visible", "visible", type=float, default=None, metavar="SECONDS",
               help="On BLE: let strangers see and join this host for SECONDS (private "
                    "otherwise: only members of its cloud recognise it).")
-@click.option("--guest-hours", default=1.0, show_default=True,
-              help="How long a guest allowed with --yes (or 'g' at the prompt) keeps access.")
+@click.option("--guest-hours", type=float, default=None,
+              help="How long a guest allowed with --yes (or 'g' at the prompt) keeps access "
+                   "[default: 1].")
 @click.option("--allow-insecure", is_flag=True,
               help="Let 'clear' send the key over an unencrypted link (anyone listening gets it).")
 @click.option("--once", is_flag=True, help="Stop after the first guest paired.")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, tests).")
-@click.option("--timeout", default=30.0, show_default=True,
-              help="Seconds to wait for each message from a guest.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds to wait for each message from a guest [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
 @_ttp_options
-def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path | None,
-         qr_ttl: float, share: Path | None, visible: float | None, guest_hours: float,
-         allow_insecure: bool, once: bool, yes: bool, timeout: float, as_json: bool,
+def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
+         qr_png: Path | None, qr_ttl: float, share: Path | None, private: bool,
+         visible: float | None, guest_hours: float | None, allow_insecure: bool, once: bool,
+         yes: bool, timeout: float | None, as_json: bool,
          ttp_server: str | None, ttp_ca: str | None, ttp_peer: str | None) -> None:
     """Wait for guests, pair with them, and serve the shared folder.
 
@@ -257,18 +262,30 @@ def host(transport: str, methods: tuple[str, ...], pin: str | None, qr_png: Path
     device's cloud asks to join: you allow it as a guest for a while, as a member, or refuse.
     Each listing and file a guest asks for is asked too (once, for the session, or refuse).
     Serves guests until interrupted (Ctrl-C) or --once; a guest that fails never stops the host.
+
+    Defaults can come from a policy, config.toml beside the keystore (section [host]:
+    transport, visible, share, methods, guest_hours, timeout); flags win over it.
     """
+    from .config import load_policy, pick
     from .flows import HostOptions, run_host
 
-    chosen = _methods(methods) if methods else frozenset(
+    policy = load_policy(home_path())["host"]
+    names = methods or tuple(policy.get("methods", ()))
+    chosen = _methods(names) if names else frozenset(
         {Method.PIN, Method.QR, Method.COMPARE, Method.RESUME}
     )
+    policy_share = policy.get("share")
+    if share is None and policy_share is not None:
+        share = Path(policy_share)
+        if not share.is_dir():
+            raise ConfigError(f"the policy's shared folder {share} is not a folder")
     ks = unlock()
     opts = HostOptions(
-        transport=transport, methods=chosen, pin=pin, yes=yes, once=once, json=as_json,
-        allow_insecure=allow_insecure, qr_png=qr_png, qr_ttl=qr_ttl, step_timeout=timeout,
-        share=share,
-        guest_seconds=max(1, int(guest_hours * 3600)), visible=visible,
+        transport=pick(transport, policy, "transport", "tcp:127.0.0.1:7000"), methods=chosen,
+        pin=pin, yes=yes, once=once, json=as_json, allow_insecure=allow_insecure, qr_png=qr_png,
+        qr_ttl=qr_ttl, step_timeout=pick(timeout, policy, "timeout", 30.0), share=share,
+        guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
+        visible=None if private else pick(visible, policy, "visible", None),
         **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
@@ -320,6 +337,9 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         if not sys.stdin.isatty():
             raise ConfigError("method 'pin' needs the host's PIN: --pin 123456")
         pin = click.prompt("PIN shown on the host", err=True).strip().replace(" ", "")
+    from .config import load_policy, pick
+
+    transport = pick(transport, load_policy(home_path())["join"], "transport", None)
     ks = unlock()
     opts = JoinOptions(
         target=target, method=chosen, transport=transport, pin=pin, qr=qr, yes=yes,
@@ -338,11 +358,12 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
 
 
 @cli.command()
-@click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
-              help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ...")
-@click.option("--timeout", default=3.0, show_default=True, help="Seconds to listen.")
+@click.option("--transport", "-t", default=None,
+              help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
+                   "[default: the policy's [discover] transport, else bumble:usb:0]")
+@click.option("--timeout", type=float, default=None, help="Seconds to listen [default: 3].")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
-def discover(transport: str, timeout: float, as_json: bool) -> None:
+def discover(transport: str | None, timeout: float | None, as_json: bool) -> None:
     """List the pairkit hosts around: your clouds' devices by cloud, then strangers.
 
     Hosts of your clouds are recognised by their rotating hello tag; other hosts appear only
@@ -351,8 +372,12 @@ def discover(transport: str, timeout: float, as_json: bool) -> None:
     """
     from transports.registry import open_transport
 
+    from .config import load_policy, pick
     from .presence import discover as scan
 
+    policy = load_policy(home_path())["discover"]
+    transport = pick(transport, policy, "transport", "bumble:usb:0")
+    timeout = pick(timeout, policy, "timeout", 3.0)
     ks = unlock()
 
     async def go() -> tuple[list[Any], int]:

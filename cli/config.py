@@ -1,0 +1,86 @@
+"""The owner's policy: ``config.toml`` beside the keystore (``$PAIRKIT_HOME/config.toml``).
+
+Flags always win; the file gives the defaults a device should start with, e.g. a Raspberry Pi
+that should be discoverable whenever its host starts::
+
+    [host]
+    transport = "bumble:hci-socket:0"
+    visible = 600            # open a visibility window of 600 s at every start
+    share = "~/Videos"
+    methods = ["pin", "qr", "resume"]
+    guest_hours = 2
+
+    [discover]
+    transport = "bumble:usb:0"
+    timeout = 5
+
+Unknown sections or keys, or values of the wrong type, are refused with a message naming them:
+a typo in a policy must not silently leave a device private (or public).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pairing.errors import ConfigError
+
+FILE_NAME = "config.toml"
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "host": {
+        "transport": str,
+        "visible": (int, float),
+        "share": str,
+        "methods": list,
+        "guest_hours": (int, float),
+        "timeout": (int, float),
+    },
+    "discover": {"transport": str, "timeout": (int, float)},
+    "join": {"transport": str, "timeout": (int, float)},
+}
+
+
+def config_path(keystore_path: Path) -> Path:
+    return keystore_path.parent / FILE_NAME
+
+
+def load_policy(keystore_path: Path) -> dict[str, dict[str, Any]]:
+    """The checked policy, or empty sections when there is no file."""
+    path = config_path(keystore_path)
+    policy: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
+    if not path.exists():
+        return policy
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for section, values in data.items():
+        if section not in _SCHEMA or not isinstance(values, dict):
+            known = ", ".join(f"[{s}]" for s in _SCHEMA)
+            raise ConfigError(f"{path}: unknown section [{section}]; known: {known}")
+        for key, value in values.items():
+            kind = _SCHEMA[section].get(key)
+            if kind is None:
+                known = ", ".join(_SCHEMA[section])
+                raise ConfigError(f"{path}: [{section}] has no setting {key!r}; known: {known}")
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ConfigError(f"{path}: [{section}] {key} has the wrong type ({value!r})")
+            if key in ("visible", "guest_hours", "timeout") and value <= 0:
+                raise ConfigError(f"{path}: [{section}] {key} must be positive")
+            if key == "methods" and not all(isinstance(m, str) for m in value):
+                raise ConfigError(f"{path}: [{section}] methods is a list of method names")
+            if key == "share":
+                value = str(Path(value).expanduser())
+            policy[section][key] = value
+    return policy
+
+
+def pick(flag: Any, policy: dict[str, Any], key: str, default: Any) -> Any:
+    """The flag if given, else the policy's value, else the built-in default."""
+    if flag is not None and flag != ():
+        return flag
+    return policy.get(key, default)

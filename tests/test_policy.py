@@ -1,0 +1,116 @@
+"""The owner's policy file (cli/config.py) and what it changes for the commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.config import load_policy
+from pairing.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+PAIRKIT = [sys.executable, "-m", "cli.main"]
+
+
+def keystore_in(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "config.toml").write_text(text)
+    return tmp_path / "keystore.pk"
+
+
+def test_no_file_means_no_policy(tmp_path: Path) -> None:
+    assert load_policy(tmp_path / "keystore.pk")["host"] == {}
+
+
+def test_a_good_policy_is_read(tmp_path: Path) -> None:
+    policy = load_policy(keystore_in(tmp_path, """
+[host]
+transport = "bumble:usb:0"
+visible = 600
+share = "~/Videos"
+methods = ["pin", "qr"]
+
+[discover]
+timeout = 5
+"""))
+    assert policy["host"]["visible"] == 600
+    assert policy["host"]["share"] == str(Path("~/Videos").expanduser())
+    assert policy["discover"]["timeout"] == 5
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("[hots]\nvisible = 5\n", "unknown section"),
+        ("[host]\nvisibel = 5\n", "no setting 'visibel'"),
+        ("[host]\nvisible = 'soon'\n", "wrong type"),
+        ("[host]\nvisible = true\n", "wrong type"),
+        ("[host]\nvisible = -1\n", "positive"),
+        ("[host]\nmethods = [1]\n", "method names"),
+        ("[host\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_policy_is_refused_and_named(tmp_path: Path, text: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=why):
+        load_policy(keystore_in(tmp_path, text))
+
+
+def _env(home: Path) -> dict[str, str]:
+    return dict(os.environ, PAIRKIT_HOME=str(home), PAIRKIT_PIN="1234")
+
+
+def test_the_cli_reports_a_bad_policy_without_a_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "paul"
+    subprocess.run([*PAIRKIT, "init", "--name", "Paul"], cwd=ROOT, env=_env(home), check=True,
+                   capture_output=True, timeout=60)
+    (home / "config.toml").write_text("[host]\nvisibel = 60\n")
+    r = subprocess.run([*PAIRKIT, "host"], cwd=ROOT, env=_env(home), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2
+    assert "visibel" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_policy_makes_the_host_discoverable_with_no_flag(tmp_path: Path) -> None:
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        radio = subprocess.Popen([*PAIRKIT, "radio", "--ports", "0", "0"], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(radio)
+        assert radio.stdout is not None
+        line = radio.stdout.readline()
+        ports = re.findall(r"bumble:tcp-client:\S+", line)
+        assert len(ports) == 2, line
+        paul, george = tmp_path / "paul", tmp_path / "george"
+        for home, name in ((paul, "Paul's Pi"), (george, "George's laptop")):
+            subprocess.run([*PAIRKIT, "init", "--name", name], cwd=ROOT, env=_env(home),
+                           check=True, capture_output=True, timeout=60)
+        (paul / "config.toml").write_text(f'[host]\ntransport = "{ports[0]}"\nvisible = 120\n')
+        (george / "config.toml").write_text(f'[discover]\ntransport = "{ports[1]}"\n')
+        host = subprocess.Popen([*PAIRKIT, "host", "--yes"], cwd=ROOT, env=_env(paul),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(host)
+        assert host.stderr is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = host.stderr.readline()
+            if "visible to strangers for 120 s" in text:
+                break
+        else:
+            raise AssertionError("the host did not open the policy's window")
+        found = subprocess.run([*PAIRKIT, "discover", "--json"], cwd=ROOT, env=_env(george),
+                               capture_output=True, text=True, timeout=60)
+        devices = json.loads(found.stdout)["devices"]
+        assert devices and devices[0]["visible"] is True
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
