@@ -375,7 +375,7 @@ def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, str | None, Kn
                 "to reach a BLE address, say through which radio: --transport bumble:usb:0, "
                 "bumble:tcp-client:HOST:PORT or bleak"
             )
-        return opts.transport, target.upper(), None
+        return opts.transport, (target.upper() if ":" in target else target), None
     peer = store.find_peer(ks, target)
     if peer is None:
         raise NotFoundError(

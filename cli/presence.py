@@ -24,6 +24,8 @@ from pairing.negotiation import ALL_CAPS, Method
 
 TAG_INFO = b"pairkit/1 hello tag"
 BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}(/P)?$")
+#: macOS (CoreBluetooth, through bleak) names a device by a UUID instead of its address
+APPLE_DEVICE_UUID = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")
 
 
 def tag_keys(ks: Keystore) -> dict[str, bytes]:
@@ -39,7 +41,8 @@ def home_cloud(ks: Keystore) -> str | None:
 
 
 def is_ble_address(text: str) -> bool:
-    return bool(BLE_ADDRESS.match(text))
+    """A BLE address from ``discover`` (or, on macOS, CoreBluetooth's device UUID)."""
+    return bool(BLE_ADDRESS.match(text) or APPLE_DEVICE_UUID.match(text))
 
 
 class Presence:

@@ -114,3 +114,14 @@ def test_a_policy_makes_the_host_discoverable_with_no_flag(tmp_path: Path) -> No
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.mark.parametrize(
+    "text, ok",
+    [("E9:84:19:A6:6E:44", True), ("1D0E4B6A-7C1F-4E0B-9A7E-2B2A1C3D4E5F", True),
+     ("Paul's phone", False), ("E9:84:19:A6:6E", False)],
+)
+def test_ble_targets_include_macos_device_uuids(text: str, ok: bool) -> None:
+    from cli.presence import is_ble_address
+
+    assert is_ble_address(text) is ok
