@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -175,3 +176,32 @@ class CliDelegate:
 
     async def on_event(self, event: object) -> None:
         return None
+
+
+class PairkitGroup(click.Group):
+    """A group whose commands' errors end as ``error: ...`` and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = ctx.params.get("debug") or os.environ.get("PAIRKIT_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted")
+            ctx.exit(EXIT_INTERRUPTED)
+        except PairingError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(str(exc))
+            ctx.exit(exit_code_for(exc))
+        except OSError as exc:
+            if debug:
+                traceback.print_exc()
+            fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+            ctx.exit(1)
+        except Exception as exc:  # a bug: say so plainly, show the trace only with --debug
+            if debug:
+                traceback.print_exc()
+            fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
+            ctx.exit(70)

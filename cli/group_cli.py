@@ -23,45 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
-import traceback
 from typing import Any
 
 import click
 
-from pairing.errors import ConfigError, PairingError
+from pairing.errors import ConfigError
 
-from .common import EXIT_INTERRUPTED, emit_json, exit_code_for, fail, info, run_async, unlock
-
-
-class _GroupCommands(click.Group):
-    """Errors end as ``error: ...`` and an exit code (as cli/main.py does for ``pairkit``)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        debug = os.environ.get("PAIRKIT_DEBUG") == "1" or bool(
-            ctx.find_root().params.get("debug")
-        )
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except KeyboardInterrupt:
-            fail("interrupted")
-            ctx.exit(EXIT_INTERRUPTED)
-        except PairingError as exc:
-            if debug:
-                traceback.print_exc()
-            fail(str(exc))
-            ctx.exit(exit_code_for(exc))
-        except OSError as exc:
-            if debug:
-                traceback.print_exc()
-            fail(f"{exc.strerror or exc}")
-            ctx.exit(1)
+from .common import PairkitGroup, emit_json, info, run_async, unlock
 
 
-@click.group(cls=_GroupCommands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def group() -> None:
     """Group keys delivered end to end (through relays), and encrypted group broadcasts.
 

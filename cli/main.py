@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pairing.errors import ConfigError, DecodeError, PairingError
+from pairing.errors import ConfigError, DecodeError
 from pairing.negotiation import Method
 
 from .common import (
-    EXIT_INTERRUPTED,
+    PairkitGroup,
     emit_json,
-    exit_code_for,
     fail,
     home_path,
     info,
@@ -61,35 +59,6 @@ try:
     __version__ = version("pairkit")
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+source"
-
-
-class PairkitGroup(click.Group):
-    """A group whose commands' errors end as ``error: ...`` and an exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        debug = ctx.params.get("debug") or os.environ.get("PAIRKIT_DEBUG") == "1"
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except KeyboardInterrupt:
-            fail("interrupted")
-            ctx.exit(EXIT_INTERRUPTED)
-        except PairingError as exc:
-            if debug:
-                traceback.print_exc()
-            fail(str(exc))
-            ctx.exit(exit_code_for(exc))
-        except OSError as exc:
-            if debug:
-                traceback.print_exc()
-            fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
-            ctx.exit(1)
-        except Exception as exc:  # a bug: say so plainly, show the trace only with --debug
-            if debug:
-                traceback.print_exc()
-            fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
-            ctx.exit(70)
 
 
 @click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

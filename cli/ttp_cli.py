@@ -18,15 +18,14 @@ import os
 import secrets
 import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pairing.errors import ConfigError, PairingError
+from pairing.errors import ConfigError
 
-from .common import EXIT_INTERRUPTED, emit_json, exit_code_for, fail, info, run_async
+from .common import PairkitGroup, emit_json, info, run_async
 
 #: keystore settings written by ``ttp enroll`` (host/join may default to them)
 SETTING_SERVER = "ttp.server"
@@ -43,31 +42,7 @@ def enrolled_server(ks: Any) -> tuple[str, str] | None:
     return None
 
 
-class TtpGroup(click.Group):
-    """Errors end as ``error: ...`` and an exit code, as in ``cli.main`` (run on its own too)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        debug = os.environ.get("PAIRKIT_DEBUG") == "1"
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except KeyboardInterrupt:
-            fail("interrupted")
-            ctx.exit(EXIT_INTERRUPTED)
-        except PairingError as exc:
-            if debug:
-                traceback.print_exc()
-            fail(str(exc))
-            ctx.exit(exit_code_for(exc))
-        except OSError as exc:
-            if debug:
-                traceback.print_exc()
-            fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
-            ctx.exit(1)
-
-
-@click.group(cls=TtpGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def ttp() -> None:
     """Run a key server (a trusted third party) and enrol devices with it.
 
