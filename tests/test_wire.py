@@ -79,12 +79,24 @@ def value_strategy(kind: Any, size: int | None, max_len: int | None, item: bool)
     raise AssertionError(f"no strategy for {kind!r}")
 
 
+#: fields whose class checks more than the wire limits when built: generate valid values
+#: directly (filtering random ones would discard most of them)
+GROUP_NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}", fullmatch=True)
+EPOCH = st.integers(min_value=1, max_value=2**32 - 1)
+CHECKED_FIELDS: dict[tuple[str, str], Any] = {
+    ("GroupEnvelope", "group"): GROUP_NAME,
+    ("GroupEnvelope", "epoch"): EPOCH,
+}
+
+
 def struct_strategy(cls: type) -> Any:
     """Instances of a message or struct class with every field within its wire limits."""
     kwargs = {}
     for f in dataclasses.fields(cls):
         kind, optional = field_kind(cls, f)
-        strat = value_strategy(kind, f.metadata["size"], f.metadata["max_len"], item=False)
+        strat = CHECKED_FIELDS.get((cls.__name__, f.name))
+        if strat is None:
+            strat = value_strategy(kind, f.metadata["size"], f.metadata["max_len"], item=False)
         kwargs[f.name] = st.none() | strat if optional else strat
 
     def build(values: dict[str, Any]) -> Any:
