@@ -8,8 +8,16 @@ predates the entry point gets it here, under the same name, so it is never regis
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["pytester"]
+
+# CI runs on a shared 2-core machine: a per-example deadline would fail tests on load, not on
+# behaviour (pytest-timeout bounds every test instead), and "too slow" says the same.
+settings.register_profile(
+    "pairkit", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("pairkit")
 
 
 def pytest_configure(config: pytest.Config) -> None:
