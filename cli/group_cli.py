@@ -344,15 +344,7 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
                     raise task.exception()  # type: ignore[misc]
             return got
         finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            for _, t in opened:
-                with contextlib.suppress(Exception):
-                    await t.close()
+            await _shut_down(stop, tasks, opened)
 
     try:
         run_async(go)
@@ -417,15 +409,7 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            for _, t in opened:
-                with contextlib.suppress(Exception):
-                    await t.close()
+            await _shut_down(stop, tasks, opened)
 
     try:
         run_async(go)
@@ -460,6 +444,19 @@ def show(as_json: bool) -> None:
 def main() -> None:
     """``python -m cli.group_cli``: the same commands without the rest of pairkit."""
     group(prog_name="pairkit group")
+
+
+async def _shut_down(stop: asyncio.Event, tasks: Any, opened: Any) -> None:
+    """Stop the serving tasks and close the transports they used (listen, relay)."""
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await task
+    for _, t in opened:
+        with contextlib.suppress(Exception):
+            await t.close()
 
 
 if __name__ == "__main__":
