@@ -7,6 +7,7 @@ nothing of handshakes.  Every transport passes the same conformance suite
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -95,3 +96,21 @@ class Connector(Protocol):
     """The guest side: opens a link to an address."""
 
     async def connect(self, address: str, timeout: float) -> Link: ...
+
+
+async def sightings_until(
+    queue: asyncio.Queue[Sighting | None], deadline: float
+) -> AsyncIterator[Sighting]:
+    """What a scanner's callback queued, until ``deadline`` (loop time) or a ``None`` (closed)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            sighting = await asyncio.wait_for(queue.get(), remaining)
+        except TimeoutError:
+            return
+        if sighting is None:
+            return  # the transport closed
+        yield sighting

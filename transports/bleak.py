@@ -70,7 +70,7 @@ from pairing.errors import (
     UnsupportedError,
 )
 
-from .base import Sighting
+from .base import Sighting, sightings_until
 from .ble.adv import PAIRKIT_PSM_CHAR_UUID, PAIRKIT_RX_CHAR_UUID, PAIRKIT_SERVICE_UUID
 from .ble.adv import PAIRKIT_TX_CHAR_UUID as _TX_UUID
 
@@ -610,16 +610,7 @@ class BleakTransport:
             except (BleakError, OSError) as exc:
                 raise translate(exc, "starting to scan", os_stack=not self._spec) from exc
             try:
-                while True:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        return
-                    try:
-                        sighting = await asyncio.wait_for(queue.get(), remaining)
-                    except TimeoutError:
-                        return
-                    if sighting is None:
-                        return  # the transport closed
+                async for sighting in sightings_until(queue, deadline):
                     yield sighting
             finally:
                 with contextlib.suppress(Exception):

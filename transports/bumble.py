@@ -63,7 +63,7 @@ from pairing.errors import (
     UnsupportedError,
 )
 
-from .base import Sighting
+from .base import Sighting, sightings_until
 from .ble.adv import (
     PAIRKIT_L2CAP_PSM,
     PAIRKIT_PSM_CHAR_UUID,
@@ -491,16 +491,7 @@ class BumbleTransport:
         self._scan_queues.add(queue)
         try:
             await self._scan_user(+1)
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return
-                try:
-                    sighting = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    return
-                if sighting is None:
-                    return  # the transport closed
+            async for sighting in sightings_until(queue, deadline):
                 yield sighting
         finally:
             self._scan_queues.discard(queue)
