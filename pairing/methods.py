@@ -81,7 +81,6 @@ from .machine import Event, Machine, Question
 from .messages import (
     Accept,
     Announce,
-    Confirm,
     Identity,
     NoiseMessage,
     Offer,
@@ -269,10 +268,13 @@ class HostState:
         rng: Rng = os.urandom,
         pin_policy: PinPolicy | None = None,
         known_peer: Callable[[bytes], KnownPeer | None] = lambda _id: None,
+        consume_prekey: Callable[[bytes, bytes], bool] | None = None,
     ) -> None:
         self._rng = rng
         self.pin_policy = pin_policy or PinPolicy()
         self.known_peer = known_peer
+        self._consume = consume_prekey
+        self._consumed: set[tuple[bytes, bytes]] = set()
         self._pin: str | None = None
         self._failures: list[float] = []
         self._qr: dict[bytes, _IssuedQr] = {}
@@ -320,6 +322,29 @@ class HostState:
 
     def pin_used(self) -> None:
         self._pin = None
+
+    def take_pin(self) -> str | None:
+        """The active PIN, withdrawn: a shown PIN is good for one attempt, won or lost
+        (docs/security.md, rule 7).  The host draws and shows a new one afterwards."""
+        pin, self._pin = self._pin, None
+        return pin
+
+    # Prekeys --------------------------------------------------------------------------------
+
+    def consume_prekey(self, device_id: bytes, digest_: bytes) -> bool:
+        """Delete one of our prekeys for ``device_id`` before it is answered (rule 4).
+
+        True when this call consumed it; False when it was already used (a replay) or the
+        durable store no longer holds it.  The store's callback must have deleted the prekey
+        durably when it returns True.
+        """
+        key = (device_id, digest_)
+        if key in self._consumed:
+            return False
+        if self._consume is not None and not self._consume(device_id, digest_):
+            return False
+        self._consumed.add(key)
+        return True
 
     # QR -------------------------------------------------------------------------------------
 
@@ -372,9 +397,9 @@ S_START = "start"
 S_ACCEPT = "await-accept"
 S_OFFER = "await-offer"
 S_NOISE = "await-noise"
+S_NOISE1 = "await-noise-1"
 S_REVEAL = "await-reveal"
 S_ASK = "ask-user"
-S_CONFIRM = "await-confirm"
 S_RESUME = "await-resume"
 
 
@@ -388,17 +413,24 @@ def _announce(config: PairingConfig, name: str, method: Method, caps: Caps, rng:
     )
 
 
-def _th(offer_hello: Announce, accept_hello: Announce) -> bytes:
-    """The negotiation transcript: both announcements (see the module docstring)."""
+def _th(offer_hello: Announce, accept_hello: Announce, context: bytes = b"") -> bytes:
+    """The negotiation transcript: both announcements and ``context`` (what the two sides
+    exchanged on the link before pairing, e.g. the cloud step; docs/protocol.md §2)."""
     return hkdf(
         wire.encode_struct(offer_hello) + wire.encode_struct(accept_hello),
-        salt=b"",
+        salt=context,
         info=b"pairkit/1 negotiation",
     )
 
 
-def _hello_hash(hello: Announce) -> bytes:
-    return hkdf(wire.encode_struct(hello), salt=b"", info=b"pairkit/1 hello")
+def _hello_hash(hello: Announce, context: bytes = b"") -> bytes:
+    return hkdf(wire.encode_struct(hello), salt=context, info=b"pairkit/1 hello")
+
+
+def _check_context(context: bytes) -> bytes:
+    if context and len(context) != 32:
+        raise ConfigError("the pre-pairing context is a 32-byte transcript hash")
+    return context
 
 
 def _identity(me: LocalIdentity, prekeys: tuple[Prekey, ...]) -> Identity:
@@ -470,6 +502,12 @@ def _noise_keys(hs: HandshakeState) -> tuple[bytes, bytes, str]:
     return c1.key, c2.key, _fingerprint(hs.handshake_hash, b"noise")
 
 
+def _identity_psk(sk: bytes, th: bytes, method: Method) -> bytes:
+    """The PSK of the identity handshake that follows ``compare`` and ``clear``: their
+    session key, bound to the transcript and the method (docs/protocol.md §5, §6)."""
+    return hkdf(sk, salt=th, info=b"pairkit/1 identity psk " + method.label.encode())
+
+
 def _code(th: bytes, pk: bytes, enc: bytes, ng: bytes, nh: bytes) -> str:
     value = int.from_bytes(mac(th, b"pairkit/1 code", pk, enc, ng, nh)[:8], "big")
     return f"{value % 1_000_000:06d}"
@@ -504,9 +542,9 @@ class GuestPairing(_LazyPrekeys, Machine):
 
     TABLE: ClassVar[dict[tuple[str, type], str]] = {
         (S_ACCEPT, Accept): "_on_accept",
+        (S_NOISE1, NoiseMessage): "_on_noise1",
         (S_NOISE, NoiseMessage): "_on_noise",
         (S_REVEAL, Reveal): "_on_reveal",
-        (S_CONFIRM, Confirm): "_on_confirm",
         (S_RESUME, ResumeMessage): "_on_resume",
     }
     ANSWERS: ClassVar[dict[str, str]] = {S_ASK: "_on_answer"}
@@ -518,10 +556,12 @@ class GuestPairing(_LazyPrekeys, Machine):
         *,
         method: Method,
         link_encrypted: bool = False,
+        link_mitm: bool = False,
         pin: str | None = None,
         qr: QrCode | None = None,
         peer: KnownPeer | None = None,
         wall_now: float | None = None,
+        context: bytes = b"",
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_START)
@@ -534,6 +574,9 @@ class GuestPairing(_LazyPrekeys, Machine):
         self._peer = peer
         self._wall_now = wall_now
         self._link_encrypted = link_encrypted
+        # A link pairing protected against a man in the middle counts only on an SC link.
+        self._link_mitm = link_encrypted and link_mitm
+        self._context = _check_context(context)
         caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
         if method is Method.CLEAR and not link_encrypted:
             if not config.allow_insecure:
@@ -543,6 +586,12 @@ class GuestPairing(_LazyPrekeys, Machine):
         self._check_inputs()
         self.session: Session | None = None
         self._offer: Offer | None = None
+
+    def bind_context(self, context: bytes) -> None:
+        """Set the pre-pairing transcript hash (the cloud step) before :meth:`start`."""
+        if self.state != S_START:
+            raise ProtocolError("the context must be bound before the pairing starts")
+        self._context = _check_context(context)
 
     def _check_inputs(self) -> None:
         m = self.method
@@ -559,7 +608,7 @@ class GuestPairing(_LazyPrekeys, Machine):
         if m in (Method.RESUME, Method.KK) and self._peer is None:
             raise ConfigError(f"method '{m.label}' needs a known peer; pair first")
         if m is Method.TTP:
-            raise UnsupportedError("method 'ttp' is not available in this version")
+            raise UnsupportedError("method 'ttp' is run by pairing.ttp, not by this machine")
 
     # -- start ----------------------------------------------------------------------------
 
@@ -588,7 +637,6 @@ class GuestPairing(_LazyPrekeys, Machine):
     def _send_offer(self, now: float) -> None:
         hello = _announce(self.config, self.me.name, self.method, self._caps, self._rng)
         fields: dict[str, Any] = {}
-        ident = _identity(self.me, self._prekeys)
         if self.method is Method.PIN:
             assert self._pin is not None
             self._cpace = CPace(
@@ -599,31 +647,21 @@ class GuestPairing(_LazyPrekeys, Machine):
                 rng=self._rng,
             )
             fields["cpace"] = self._cpace.message()
-        elif self.method is Method.QR:
-            assert self._qr is not None
+        elif self.method in (Method.QR, Method.KK):
+            if self.method is Method.QR:
+                assert self._qr is not None
+                name, rs, psks = QR_NOISE, self._qr.host_static, [_qr_psk(self._qr)]
+                fields["qr_id"] = self._qr.code_id
+            else:
+                assert self._peer is not None
+                name, rs, psks = KK_NOISE, self._peer.static_public, []
+                fields["guest_id"] = self.me.device_id
             self._hs = HandshakeState(
-                QR_NOISE,
-                True,
-                prologue=_hello_hash(hello),
-                s=self.me.static_private,
-                rs=self._qr.host_static,
-                psks=[_qr_psk(self._qr)],
-                rng=self._rng,
+                name, True, prologue=_hello_hash(hello, self._context),
+                s=self.me.static_private, rs=rs, psks=psks, rng=self._rng,
             )
+            ident = _identity(self.me, self._prekeys)
             fields["noise"] = self._hs.write_message(_payload_bytes(ident))
-            fields["qr_id"] = self._qr.code_id
-        elif self.method is Method.KK:
-            assert self._peer is not None
-            self._hs = HandshakeState(
-                KK_NOISE,
-                True,
-                prologue=_hello_hash(hello),
-                s=self.me.static_private,
-                rs=self._peer.static_public,
-                rng=self._rng,
-            )
-            fields["noise"] = self._hs.write_message(_payload_bytes(ident))
-            fields["guest_id"] = self.me.device_id
         elif self.method is Method.COMPARE:
             self._eph, public = x25519_keypair(self._rng)
             fields["pk"] = public
@@ -650,29 +688,20 @@ class GuestPairing(_LazyPrekeys, Machine):
             proposed=self.method,
             knows_peer=self._peer is not None,
         )
-        self._th = _th(offer.hello, msg.hello)
+        self._th = _th(offer.hello, msg.hello, self._context)
         self._host_name = msg.hello.name
         m = self.method
         if m is Method.PIN:
             if msg.cpace is None or msg.noise is None:
                 raise DecodeError("the host's Accept lacks its CPace share or Noise message")
             self._cpace.receive(msg.cpace, wire.encode_struct(msg.hello))
-            self._hs = HandshakeState(
-                PIN_NOISE, False, prologue=self._th, s=self.me.static_private,
-                psks=[self._cpace.isk[:32]], rng=self._rng,
-            )
-            try:
-                self._hs.read_message(msg.noise)
-            except AuthenticationError:
-                raise AuthenticationError("wrong PIN: the PINs on the two devices differ") from None
-            ident = _identity(self.me, self._prekeys)
-            self._send(NoiseMessage(self._hs.write_message(_payload_bytes(ident))))
-            self._expect(now, S_NOISE)
+            self._noise_responder(self._cpace.isk[:32], msg.noise, now)
         elif m in (Method.QR, Method.KK):
             if msg.noise is None:
                 raise DecodeError("the host's Accept lacks its Noise message")
             payload = _read_payload(self._hs.read_message(msg.noise))
-            if payload.hello_hash is None or not same(payload.hello_hash, _hello_hash(msg.hello)):
+            expected = _hello_hash(msg.hello, self._context)
+            if payload.hello_hash is None or not same(payload.hello_hash, expected):
                 raise AuthenticationError("the host's announcement was changed on the way")
             self._finish_noise(payload.identity)
         elif m is Method.COMPARE:
@@ -684,18 +713,44 @@ class GuestPairing(_LazyPrekeys, Machine):
             self._send(Reveal(self._ng))
             self._expect(now, S_REVEAL)
         elif m is Method.CLEAR:
-            if msg.key is None or msg.identity is None:
-                raise DecodeError("the host's Accept lacks the key or its identity")
-            self._sk = msg.key
-            self._host_ident = _read_payload(msg.identity).identity
-            self._send_confirm(b"guest")
-            self._expect(now, S_CONFIRM)
+            if msg.key is None or msg.noise is None:
+                raise DecodeError("the host's Accept lacks the key or its Noise message")
+            self._noise_responder(_identity_psk(msg.key, self._th, m), msg.noise, now)
         else:  # pragma: no cover - excluded by _check_inputs
             raise ProtocolError(f"method {m.label} cannot run here")
+
+    def _noise_responder(self, psk: bytes, first: bytes, now: float) -> None:
+        """The guest's half of the host-first identity handshake (``pin``, ``compare``,
+        ``clear``): Noise_XXpsk0 keyed by the method's secret, prologue ``th``; both static
+        keys are proven by ``es``/``se`` (Noise rev 34 §7.4), so no identity is taken on
+        its word (docs/security.md, rule 1)."""
+        self._hs = HandshakeState(
+            PIN_NOISE, False, prologue=self._th, s=self.me.static_private,
+            psks=[psk], rng=self._rng,
+        )
+        try:
+            self._hs.read_message(first)
+        except AuthenticationError:
+            raise AuthenticationError(_WRONG_SECRET[self.method]) from None
+        ident = _identity(self.me, self._prekeys)
+        self._send(NoiseMessage(self._hs.write_message(_payload_bytes(ident))))
+        self._expect(now, S_NOISE)
+
+    def _on_noise1(self, msg: NoiseMessage, now: float) -> None:
+        self._noise_responder(_identity_psk(self._sk, self._th, self.method), msg.noise, now)
 
     def _on_noise(self, msg: NoiseMessage, now: float) -> None:
         payload = _read_payload(self._hs.read_message(msg.noise))
         self._finish_noise(payload.identity)
+
+    def _authenticated(self) -> bool:
+        """Whether a person or a key vouched for the host (docs/security.md, rule 5)."""
+        if self.method in (Method.KK, Method.RESUME):
+            assert self._peer is not None
+            return self._peer.authenticated  # never upgraded by a resume
+        if self.method is Method.CLEAR:
+            return self._link_mitm
+        return True
 
     def _finish_noise(self, ident: Identity) -> None:
         if not self._hs.complete:
@@ -703,12 +758,14 @@ class GuestPairing(_LazyPrekeys, Machine):
         rs = self._hs.remote_static
         if rs is None or not same(rs, ident.static):
             raise AuthenticationError("the host's identity does not match its handshake key")
-        peer = _peer_from_identity(ident, authenticated=True)
+        peer = _peer_from_identity(ident, authenticated=self._authenticated())
         if self._peer is not None and self._peer.device_id != peer.device_id:
             raise AuthenticationError("the host is not the known peer it claims to be")
         i2r, r2i, fp = _noise_keys(self._hs)
-        # pin runs host-first (the host is the Noise initiator); qr and kk run guest-first.
-        send, recv = (r2i, i2r) if self.method is Method.PIN else (i2r, r2i)
+        # pin, compare and clear run host-first (the host is the Noise initiator);
+        # qr and kk run guest-first.
+        host_first = self.method in _HOST_FIRST
+        send, recv = (r2i, i2r) if host_first else (i2r, r2i)
         self.session = Session(
             method=self.method, initiator=True, peer=peer, send_key=send, recv_key=recv,
             fingerprint=fp, new_our_prekeys=self._prekeys, new_their_prekeys=ident.prekeys,
@@ -740,31 +797,12 @@ class GuestPairing(_LazyPrekeys, Machine):
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:
             raise RefusedError("the codes were not confirmed; pairing cancelled")
-        self._send_confirm(b"guest")
-        self._expect(now, S_CONFIRM)
-
-    def _send_confirm(self, who: bytes) -> None:
-        kc = _keys_from_sk(self._sk, self._th)[2]
-        ident = _payload_bytes(_identity(self.me, self._prekeys))
-        self._send(Confirm(mac=mac(kc, who, self._th), identity=seal(kc, 0, ident, self._th)))
-
-    def _on_confirm(self, msg: Confirm, now: float) -> None:
-        g2h, h2g, kc = _keys_from_sk(self._sk, self._th)
-        if not same(msg.mac, mac(kc, b"host", self._th)):
-            raise AuthenticationError("the host's key confirmation failed")
-        ident = _read_payload(unseal(kc, 1, msg.identity, self._th, "the host's identity")).identity
-        if self.method is Method.CLEAR and ident != self._host_ident:
-            raise AuthenticationError("the host's identity changed during pairing")
-        # As on the host: ``clear`` authenticates only over a link that really is encrypted.
-        peer = _peer_from_identity(
-            ident, authenticated=self.method is Method.COMPARE or self._link_encrypted
+        # The host opens the identity handshake once its own person has confirmed too.
+        self.state = S_NOISE1
+        self._expect_by(
+            now + max(self.config.step_timeout, 120.0),
+            "the host's owner did not confirm the code in time",
         )
-        self.session = Session(
-            method=self.method, initiator=True, peer=peer, send_key=g2h, recv_key=h2g,
-            fingerprint=_fingerprint(self._sk, self._th), new_our_prekeys=self._prekeys,
-            new_their_prekeys=ident.prekeys, replace_prekeys=True,
-        )
-        self._finish()
 
     # -- resume -----------------------------------------------------------------------------
 
@@ -785,39 +823,39 @@ class GuestPairing(_LazyPrekeys, Machine):
             h.dst_id != self.me.device_id
             or h.src_id != self._peer.device_id
             or h.dst_key_id != self._init.src_key_id
+            or h.src_key_id != self._nominated
             or h.seq != 1
         ):
             raise ProtocolError("the host's resume answer has the wrong header")
         if h.kind is ResumeKind.FAIL:
-            # The nominated prekey is stale: forget it and fall back to Noise KK.
+            # The nominated prekey is stale or used: forget it and fall back to Noise KK.
             self._stale = self._nominated
             self.method = Method.KK
             self._send_offer(now)
             return
-        if h.kind is not ResumeKind.OKAY or h.src_key is None or msg.verifier is None:
+        if (
+            h.kind is not ResumeKind.OKAY or h.src_key is None or msg.verifier is None
+            or msg.fresh is None
+        ):
             raise ProtocolError("the host's resume answer is malformed")
-        if h.src_key_id != self._nominated or not same(digest(h.src_key), self._nominated):
+        if not same(digest(h.src_key), self._nominated):
             raise AuthenticationError("ephemeral key mismatch: the host answered with another key")
-        th = _resume_th(self._init, h.src_key)
+        th = _resume_th(self._init, h.src_key, msg.fresh, self._context)
         ikm = (
             x25519(self.me.static_private, h.src_key)
             + x25519(self._eph, self._peer.static_public)
             + x25519(self._eph, h.src_key)
+            + x25519(self._eph, msg.fresh)
         )
         sk = hkdf(ikm, salt=th, info=b"pairkit/1 resume")
         g2h, h2g, kc = _keys_from_sk(sk, th)
         if not same(msg.verifier, mac(kc, b"host", th)):
             raise AuthenticationError("the host's resume verifier is wrong")
-        new = ()
+        new: tuple[bytes, ...] = ()
         if msg.sealed is not None:
             new = wire.decode_struct(
                 _Prekeys, unseal(kc, 1, msg.sealed, th, "the host's new prekeys")
             ).digests
-        confirm = ResumeHeader(
-            src_id=self.me.device_id, src_key_id=self._init.src_key_id, dst_id=h.src_id,
-            dst_key_id=h.src_key_id, seq=2, kind=ResumeKind.CONFIRM,
-        )
-        self._send(ResumeMessage(header=confirm, verifier=mac(kc, b"guest", th)))
         p = self._peer
         self.session = Session(
             method=Method.RESUME, initiator=True,
@@ -833,8 +871,12 @@ class GuestPairing(_LazyPrekeys, Machine):
         return getattr(self, "_stale", None)
 
 
-def _resume_th(init: ResumeHeader, host_key: bytes) -> bytes:
-    return hkdf(wire.encode_struct(init) + host_key, salt=b"", info=b"pairkit/1 resume th")
+def _resume_th(init: ResumeHeader, prekey: bytes, fresh: bytes, context: bytes = b"") -> bytes:
+    """The resume transcript: the guest's whole INIT, the host's prekey and fresh key, and the
+    pre-pairing context (docs/protocol.md §8)."""
+    return hkdf(
+        wire.encode_struct(init) + prekey + fresh, salt=context, info=b"pairkit/1 resume th"
+    )
 
 
 def _qr_psk(code: QrCode) -> bytes:
@@ -847,6 +889,15 @@ _INSECURE_TEXT = (
     "listening gets the key)"
 )
 assert len(_INSECURE_TEXT) <= 200  # it travels whole in an Abort
+
+#: the methods whose identity handshake the host opens (Noise_XXpsk0, host as initiator)
+_HOST_FIRST = frozenset({Method.PIN, Method.COMPARE, Method.CLEAR})
+
+_WRONG_SECRET = {
+    Method.PIN: "wrong PIN: the PINs on the two devices differ",
+    Method.COMPARE: "the identity handshake failed: the session key differs (a man in the middle?)",
+    Method.CLEAR: "the identity handshake failed: the key was changed on the way",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -862,8 +913,6 @@ class HostPairing(_LazyPrekeys, Machine):
         (S_OFFER, ResumeMessage): "_on_resume_init",
         (S_NOISE, NoiseMessage): "_on_noise",
         (S_REVEAL, Reveal): "_on_reveal",
-        (S_CONFIRM, Confirm): "_on_confirm",
-        (S_RESUME, ResumeMessage): "_on_resume_confirm",
     }
     ANSWERS: ClassVar[dict[str, str]] = {S_ASK: "_on_answer"}
 
@@ -875,7 +924,9 @@ class HostPairing(_LazyPrekeys, Machine):
         *,
         now: float,
         link_encrypted: bool = False,
+        link_mitm: bool = False,
         wall_now: float = 0.0,
+        context: bytes = b"",
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_OFFER)
@@ -885,6 +936,8 @@ class HostPairing(_LazyPrekeys, Machine):
         self._rng = rng
         self._wall_now = wall_now
         self._link_encrypted = link_encrypted
+        self._link_mitm = link_encrypted and link_mitm
+        self._context = _check_context(context)
         self._caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
         self.method: Method | None = None
         self.session: Session | None = None
@@ -914,7 +967,7 @@ class HostPairing(_LazyPrekeys, Machine):
         hello = _announce(self.config, self.me.name, proposed, Caps(caps), self._rng)
         self._offer = msg
         self._hello = hello
-        self._th = _th(msg.hello, hello)
+        self._th = _th(msg.hello, hello, self._context)
         handler = {
             Method.PIN: self._offer_pin,
             Method.QR: self._offer_qr,
@@ -932,28 +985,32 @@ class HostPairing(_LazyPrekeys, Machine):
             raise LockedOutError(
                 f"too many wrong PINs: PIN pairing is locked for {math.ceil(wait)} more seconds"
             )
-        pin = self.host.pin
-        if pin is None:
-            raise RefusedError("no PIN is active on the host; ask its owner to show a new one")
         if msg.cpace is None:
             raise DecodeError("the guest's Offer lacks its CPace share")
+        # One attempt per shown PIN, won or lost: the host draws a new one after (rule 7).
+        pin = self.host.take_pin()
+        if pin is None:
+            raise RefusedError("no PIN is active on the host; ask its owner to show a new one")
         # Count the attempt as failed as soon as it starts and take it back on success, so that
         # guesses run in parallel (several guests at once) are held to the lockout too.
         self.host.pin_failed(now)
         self._pin_attempt = now
-        self._pin_value = pin
         cpace = CPace(
             "responder", pin.encode(), ci=b"pairkit/1 pin",
             ad_self=wire.encode_struct(hello), rng=self._rng,
         )
         cpace.receive(msg.cpace, wire.encode_struct(msg.hello))
-        self._hs = HandshakeState(
-            PIN_NOISE, True, prologue=self._th, s=self.me.static_private,
-            psks=[cpace.isk[:32]], rng=self._rng,
-        )
-        noise = self._hs.write_message(b"")
+        noise = self._noise_initiator(cpace.isk[:32])
         self._send(Accept(hello=hello, cpace=cpace.message(), noise=noise))
         self._expect(now, S_NOISE)
+
+    def _noise_initiator(self, psk: bytes) -> bytes:
+        """The host's first message of the identity handshake (see GuestPairing)."""
+        self._hs = HandshakeState(
+            PIN_NOISE, True, prologue=self._th, s=self.me.static_private,
+            psks=[psk], rng=self._rng,
+        )
+        return self._hs.write_message(b"")
 
     def _offer_qr(self, msg: Offer, hello: Announce, now: float) -> None:
         if msg.qr_id is None or msg.noise is None:
@@ -962,10 +1019,10 @@ class HostPairing(_LazyPrekeys, Machine):
         if not same(code.host_static, self.me.static_public):
             raise AuthenticationError("this QR code belongs to another host")
         self._hs = HandshakeState(
-            QR_NOISE, False, prologue=_hello_hash(msg.hello), s=self.me.static_private,
-            psks=[_qr_psk(code)], rng=self._rng,
+            QR_NOISE, False, prologue=_hello_hash(msg.hello, self._context),
+            s=self.me.static_private, psks=[_qr_psk(code)], rng=self._rng,
         )
-        self._noise_1rtt(msg, hello)
+        self._noise_1rtt(msg, hello, authenticated=True)
 
     def _offer_kk(self, msg: Offer, hello: Announce, now: float) -> None:
         if msg.guest_id is None or msg.noise is None:
@@ -975,40 +1032,43 @@ class HostPairing(_LazyPrekeys, Machine):
             raise NotFoundError("this host does not know the guest; pair with a PIN or QR code")
         self._known = known
         self._hs = HandshakeState(
-            KK_NOISE, False, prologue=_hello_hash(msg.hello), s=self.me.static_private,
-            rs=known.static_public, rng=self._rng,
+            KK_NOISE, False, prologue=_hello_hash(msg.hello, self._context),
+            s=self.me.static_private, rs=known.static_public, rng=self._rng,
         )
-        self._noise_1rtt(msg, hello)
+        # KK renews prekeys but never upgrades trust (docs/security.md, rule 5).
+        self._noise_1rtt(msg, hello, authenticated=known.authenticated)
 
-    def _noise_1rtt(self, msg: Offer, hello: Announce) -> None:
+    def _noise_1rtt(self, msg: Offer, hello: Announce, *, authenticated: bool) -> None:
         assert msg.noise is not None
         payload = _read_payload(self._hs.read_message(msg.noise))
-        guest = self._check_noise_identity(payload.identity)
+        guest = self._check_noise_identity(payload.identity, authenticated)
+        if self.method is Method.KK and guest.device_id != self._known.device_id:
+            raise AuthenticationError("the guest is not the known peer it claims to be")
         ident = _identity(self.me, self._prekeys)
-        noise = self._hs.write_message(_payload_bytes(ident, _hello_hash(hello)))
+        noise = self._hs.write_message(
+            _payload_bytes(ident, _hello_hash(hello, self._context))
+        )
         self._send(Accept(hello=hello, noise=noise))
         i2r, r2i, fp = _noise_keys(self._hs)
         self._done(guest, payload.identity.prekeys, r2i, i2r, fp)
 
-    def _check_noise_identity(self, ident: Identity) -> PeerInfo:
+    def _check_noise_identity(self, ident: Identity, authenticated: bool) -> PeerInfo:
         rs = self._hs.remote_static
         if rs is None or not same(rs, ident.static):
             raise AuthenticationError("the guest's identity does not match its handshake key")
-        return _peer_from_identity(ident, authenticated=True)
+        return _peer_from_identity(ident, authenticated=authenticated)
 
     def _on_noise(self, msg: NoiseMessage, now: float) -> None:
+        assert self.method is not None
         try:
             payload = _read_payload(self._hs.read_message(msg.noise))
         except AuthenticationError:
-            raise AuthenticationError("wrong PIN: the PINs on the two devices differ") from None
-        guest = self._check_noise_identity(payload.identity)
-        active = self.host.pin  # single use: another guest may have used it meanwhile
-        if active is None or not same(active.encode(), self._pin_value.encode()):
-            raise RefusedError("this PIN was just used by another guest; ask for a new one")
+            raise AuthenticationError(_WRONG_SECRET[self.method]) from None
+        authenticated = self._link_mitm if self.method is Method.CLEAR else True
+        guest = self._check_noise_identity(payload.identity, authenticated)
         ident = _identity(self.me, self._prekeys)
         self._send(NoiseMessage(self._hs.write_message(_payload_bytes(ident))))
         i2r, r2i, fp = _noise_keys(self._hs)
-        self.host.pin_used()
         if self._pin_attempt is not None:
             self.host.pin_succeeded(self._pin_attempt)
         self._pin_attempt = None
@@ -1056,32 +1116,23 @@ class HostPairing(_LazyPrekeys, Machine):
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:
             raise RefusedError("the codes were not confirmed; pairing cancelled")
-        self._expect(now, S_CONFIRM)
+        assert self.method is not None
+        self._send(NoiseMessage(self._noise_initiator(_identity_psk(self._sk, self._th,
+                                                                     self.method))))
+        # The guest's person may still be looking at the code.
+        self.state = S_NOISE
+        self._expect_by(
+            now + max(self.config.step_timeout, 120.0),
+            "the guest's owner did not confirm the code in time",
+        )
 
     # -- clear ----------------------------------------------------------------------------
 
     def _offer_clear(self, msg: Offer, hello: Announce, now: float) -> None:
         self._sk = self._rng(32)
-        ident = _payload_bytes(_identity(self.me, self._prekeys))
-        self._send(Accept(hello=hello, key=self._sk, identity=ident))
-        self._expect(now, S_CONFIRM)
-
-    def _on_confirm(self, msg: Confirm, now: float) -> None:
-        g2h, h2g, kc = _keys_from_sk(self._sk, self._th)
-        if not same(msg.mac, mac(kc, b"guest", self._th)):
-            raise AuthenticationError("the guest's key confirmation failed")
-        ident = _read_payload(unseal(kc, 0, msg.identity, self._th, "the guest's identity"))
-        mine = _payload_bytes(_identity(self.me, self._prekeys))
-        self._send(Confirm(mac=mac(kc, b"host", self._th), identity=seal(kc, 1, mine, self._th)))
-        authenticated = self.method is Method.COMPARE or self._link_encrypted
-        peer = _peer_from_identity(ident.identity, authenticated=authenticated)
-        self.session = Session(
-            method=self.method or Method.CLEAR, initiator=False, peer=peer, send_key=h2g,
-            recv_key=g2h, fingerprint=_fingerprint(self._sk, self._th),
-            new_our_prekeys=self._prekeys, new_their_prekeys=ident.identity.prekeys,
-            replace_prekeys=True,
-        )
-        self._finish()
+        noise = self._noise_initiator(_identity_psk(self._sk, self._th, Method.CLEAR))
+        self._send(Accept(hello=hello, key=self._sk, noise=noise))
+        self._expect(now, S_NOISE)
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -1101,25 +1152,29 @@ class HostPairing(_LazyPrekeys, Machine):
             src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
             dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,
         )
-        if known is None or prekey is None:
+        # The prekey is consumed (deleted durably) before anything is answered with it, so
+        # a recorded INIT replayed later finds it gone (docs/security.md, rule 4).
+        if known is None or prekey is None or not self.host.consume_prekey(
+            known.device_id, prekey.digest
+        ):
             # Stay in S_OFFER: the guest falls back to Noise KK on the same link.
             self._send(ResumeMessage(header=reply, reason="ephemeral key mismatch"))
             self._expect_by(now + self.config.step_timeout, "the guest did not answer in time")
             return
         e_pub = X25519PrivateKey.from_private_bytes(prekey.private).public_key().public_bytes_raw()
-        th = _resume_th(h, e_pub)
+        # The host's own fresh value: without it a replayed INIT would give the same keys.
+        fresh_private, fresh = x25519_keypair(self._rng)
+        th = _resume_th(h, e_pub, fresh, self._context)
         ikm = (
             x25519(prekey.private, known.static_public)
             + x25519(self.me.static_private, h.src_key)
             + x25519(prekey.private, h.src_key)
+            + x25519(fresh_private, h.src_key)
         )
         sk = hkdf(ikm, salt=th, info=b"pairkit/1 resume")
         g2h, h2g, kc = _keys_from_sk(sk, th)
-        self._resume = (known, prekey, th, sk, g2h, h2g, kc)
-        self._resume_init = h
         self.method = Method.RESUME
         replacement = _new_prekeys(1, self._rng)
-        self._replacement = replacement
         sealed = seal(
             kc, 1, wire.encode_struct(_Prekeys(tuple(p.digest for p in replacement))), th
         )
@@ -1128,22 +1183,10 @@ class HostPairing(_LazyPrekeys, Machine):
                 header=dataclasses.replace(reply, kind=ResumeKind.OKAY, src_key=e_pub),
                 verifier=mac(kc, b"host", th),
                 sealed=sealed,
+                fresh=fresh,
             )
         )
-        self._expect(now, S_RESUME)
-
-    def _on_resume_confirm(self, msg: ResumeMessage, now: float) -> None:
-        known, prekey, th, sk, g2h, h2g, kc = self._resume
-        h = msg.header
-        # Every header field is checked: the verifier does not cover the header.
-        expected = ResumeHeader(
-            src_id=known.device_id, src_key_id=self._resume_init.src_key_id,
-            dst_id=self.me.device_id, dst_key_id=prekey.digest, seq=2, kind=ResumeKind.CONFIRM,
-        )
-        if h != expected:
-            raise ProtocolError("the guest's resume confirmation has the wrong header")
-        if msg.verifier is None or not same(msg.verifier, mac(kc, b"guest", th)):
-            raise AuthenticationError("the guest's resume verifier is wrong")
+        # Two messages: the guest's first record on the secure link (READY) confirms its keys.
         self.session = Session(
             method=Method.RESUME, initiator=False,
             peer=PeerInfo(
@@ -1151,6 +1194,6 @@ class HostPairing(_LazyPrekeys, Machine):
                 known.authenticated,
             ),
             send_key=h2g, recv_key=g2h, fingerprint=_fingerprint(sk, th),
-            new_our_prekeys=self._replacement, replace_prekeys=False, consumed_ours=prekey.digest,
+            new_our_prekeys=replacement, replace_prekeys=False, consumed_ours=prekey.digest,
         )
         self._finish()

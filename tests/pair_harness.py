@@ -245,6 +245,9 @@ def make_pair(
     qr: QrCode | None = None,
     peer: KnownPeer | None = None,
     link_encrypted: bool | None = None,
+    link_mitm: bool = False,
+    guest_context: bytes = b"",
+    host_context: bytes = b"",
     guest_config: PairingConfig | None = None,
     host_config: PairingConfig | None = None,
     guest_wall_now: float | None = None,
@@ -268,7 +271,9 @@ def make_pair(
         state,
         now=now,
         link_encrypted=encrypted,
+        link_mitm=link_mitm,
         wall_now=wall_now,
+        context=host_context,
         rng=rng,
     )
     guest = GuestPairing(
@@ -276,6 +281,8 @@ def make_pair(
         guest_me,
         method=method,
         link_encrypted=encrypted,
+        link_mitm=link_mitm,
+        context=guest_context,
         pin=pin if method is Method.PIN else None,
         qr=qr if method is Method.QR else None,
         peer=peer,
