@@ -27,7 +27,7 @@ from pairing.errors import (
 )
 from pairing.keystore import Keystore, KeystoreNotFoundError, default_path
 from pairing.methods import ConfirmCode, InsecureWarning
-from pairing.service import AllowRequest, Scope
+from pairing.service import AllowRequest, JoinCloud, Scope
 
 T = TypeVar("T")
 
@@ -155,6 +155,18 @@ class CliDelegate:
         if choice == "g":
             return Grant(Role.GUEST, self.guest_seconds)
         return Grant(Role.MEMBER) if choice == "m" else None
+
+    async def join_cloud(self, q: JoinCloud) -> bool:
+        info(f"{q.host_name} made this device a member of {q.cloud_name!r}.")
+        if self.yes:
+            info("  joined (--yes)")
+            return True
+        if not sys.stdin.isatty():
+            info("  no terminal to ask on; not joining (use --yes in scripts)")
+            return False
+        return await asyncio.to_thread(
+            click.confirm, "Join that cloud (its members will know this device)?", err=True
+        )
 
     async def allow_request(self, q: AllowRequest) -> Scope:
         what = "the list of shared files" if q.what == "list" else repr(q.name)

@@ -26,7 +26,7 @@ from pairing.keystore import Keystore
 from pairing.methods import ConfirmCode, InsecureWarning, Session
 from pairing.negotiation import Method
 from pairing.securelink import SecureLink
-from pairing.service import AllowRequest, Membership, Scope
+from pairing.service import AllowRequest, JoinCloud, Membership, Scope
 
 from .flows import HostOptions, JoinOptions, run_host, run_join
 from .presence import Presence, discover
@@ -91,6 +91,13 @@ class Person:
                    f'for this session / refuse?"')
         self.n.say(f"   {self.who} answers: for this session")
         return Scope.SESSION
+
+    async def join_cloud(self, q: JoinCloud) -> bool:
+        self.prompts.append(f"cloud:{q.cloud_name}")
+        self.n.say(f'   {self.who}\'s screen: "{q.host_name} made this device a member of '
+                   f'{q.cloud_name!r}. Join?"')
+        self.n.say(f"   {self.who} answers: join")
+        return True
 
     async def confirm_code(self, q: ConfirmCode) -> bool:
         self.n.say(f"   {self.who}'s screen shows {q.code[:3]} {q.code[3:]}; {self.who} confirms")

@@ -40,7 +40,12 @@ from pairing.methods import (
 from pairing.negotiation import ALL_CAPS, Method
 from pairing.qr import QrCode
 from pairing.securelink import SecureLink, confirm
-from pairing.service import GrantPolicy, Membership
+from pairing.service import (
+    GrantPolicy,
+    Membership,
+    check_membership,
+    membership_statement,
+)
 
 from . import store
 from .common import CliDelegate, info
@@ -119,6 +124,7 @@ async def run_host(
     state = HostState(
         pin_policy=PinPolicy(opts.max_failures, opts.lockout_window),
         known_peer=lambda device_id: store.known_peer(ks, device_id),
+        consume_prekey=lambda device_id, digest: store.consume_our_prekey(ks, device_id, digest),
     )
     config = PairingConfig(
         methods=opts.methods, caps=ALL_CAPS, step_timeout=opts.step_timeout,
@@ -186,22 +192,26 @@ async def run_host(
         loop = asyncio.get_running_loop()
         tried: list[HostPairing] = []  # the pairing machine, once made (see finally)
         try:
-            pipe = MessagePipe(link)
+            pipe = MessagePipe(link, guest=False)
             cloud = CloudHost(
-                clouds=clouds, mac=mac, now=loop.time(), known_grant=known_grant,
-                open_to_strangers=lambda: presence.visible, timeout=opts.step_timeout,
+                clouds=clouds, mac=mac, static=me.static_public, now=loop.time(),
+                known_grant=known_grant, open_to_strangers=lambda: presence.visible,
+                timeout=opts.step_timeout,
             )
             await drive(cloud, pipe, delegate=delegate)
-            session = await _host_session(pipe, link, me, state, config, opts, delegate, tried)
+            session = await _host_session(
+                pipe, link, me, state, config, opts, delegate, tried, context=pipe.transcript()
+            )
             if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
                 raise AuthenticationError("the guest claimed to be a known device but is not")
+            cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
             slink = SecureLink(link, session, timeout=opts.step_timeout)
-            await confirm(slink)
+            await confirm(slink, transcript=pipe.transcript())
             membership = _membership_for(ks, cloud, owned, session)
             await slink.send(membership.encode())
             store.save_session(
                 ks, session, address=str(link.peer), transport=opts.transport,
-                role=membership.role, expires=membership.expires,
+                granted=membership.role, granted_expires=membership.expires,
             )
             paired += 1
             if emit is not None:
@@ -278,7 +288,7 @@ async def run_host(
 
 async def _host_session(
     pipe: MessagePipe, link: Any, me: Any, state: HostState, config: PairingConfig,
-    opts: HostOptions, delegate: Any, tried: list[HostPairing],
+    opts: HostOptions, delegate: Any, tried: list[HostPairing], *, context: bytes = b"",
 ) -> Session:
     """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
     loop = asyncio.get_running_loop()
@@ -300,7 +310,8 @@ async def _host_session(
             )
     machine = HostPairing(
         config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
-        wall_now=time.time(),
+        link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=time.time(),
+        context=context,
     )
     tried.append(machine)
     await drive(machine, pipe, delegate=delegate)
@@ -329,10 +340,13 @@ def _membership_for(
         if owned is None:
             raise ConfigError("this host owns no cloud to make members of")
         members = store.cloud_members(ks)
-        return Membership(
+        unsigned = Membership(
             role=Role.MEMBER, cloud_id=owned.cloud_id, cloud_name=owned.name,
             secret=ks._cloud_secret_for_new_member(owned.cloud_id), members=members,
         )
+        # Signed by the owner for this member and this session (docs/security.md, rule 3).
+        statement = membership_statement(unsigned, session.peer.device_id, session.fingerprint)
+        return dataclasses.replace(unsigned, signature=ks.sign(statement))
     expires = int(time.time() + (grant.seconds or 0))
     return Membership(role=Role.GUEST, expires=expires)
 
@@ -439,18 +453,19 @@ async def run_join(
         # Built before the cloud step: a method this link cannot carry ('clear' without
         # link encryption) is refused before the host's owner is asked anything.
         machine = None if method is Method.TTP else GuestPairing(
-            config, me, method=method, link_encrypted=bool(link.encrypted), pin=opts.pin,
+            config, me, method=method, link_encrypted=bool(link.encrypted),
+            link_mitm=bool(getattr(link, "mitm_protected", False)), pin=opts.pin,
             qr=opts.qr, peer=peer, wall_now=time.time(),
             rng=os.urandom,
         )
         loop = asyncio.get_running_loop()
-        pipe = MessagePipe(link)
+        pipe = MessagePipe(link, guest=True)
         mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
         clouds = opts.clouds if opts.clouds is not None else tuple(
             c.cloud_id for c in ks.clouds()
         )
         cloud = CloudGuest(
-            name=me.name, clouds=clouds, mac=mac, wants=opts.wants,
+            name=me.name, clouds=clouds, mac=mac, static=me.static_public, wants=opts.wants,
             device_id=me.device_id if peer is not None else None,
             timeout=opts.step_timeout,
         )
@@ -469,24 +484,21 @@ async def run_join(
                 delegate=guest_delegate,
             )
         else:
+            machine.bind_context(pipe.transcript())  # the cloud step, bound into the key
             machine.start(loop.time())
             await drive(machine, pipe, delegate=guest_delegate)
             assert machine.session is not None
             session = machine.session
         if machine is not None and machine.stale_prekey is not None and peer is not None:
             store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
+        cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
         slink = SecureLink(link, session, timeout=opts.step_timeout)
-        await confirm(slink)
+        await confirm(slink, transcript=pipe.transcript())
         membership = await receive_membership(slink)
-        if membership.secret is not None and membership.cloud_id:
-            with ks.update():
-                ks.set_cloud(
-                    membership.cloud_id, membership.secret,
-                    name=membership.cloud_name or "a cloud", role="member",
-                )
+        await _take_membership(ks, membership, session, guest_delegate)
         store.save_session(
             ks, session, address=spec if spec.startswith("tcp:") else str(link.peer),
-            transport=spec, role=membership.role, expires=membership.expires,
+            transport=spec, standing=membership.role, standing_expires=membership.expires,
         )
         if on_session is not None:
             await on_session(slink, session, membership)
@@ -526,6 +538,32 @@ async def run_join(
         if transport_obj is None:
             with contextlib.suppress(Exception):
                 await transport.close()
+
+
+async def _take_membership(
+    ks: Keystore, membership: Membership, session: Session, delegate: Any
+) -> None:
+    """Join the host's cloud only if it is the host's own, signed, new to this device, and this
+    device's user agrees (docs/security.md, rules 2 and 3); a refusal stores nothing."""
+    question = check_membership(
+        membership, host_id=session.peer.device_id, host_signing=session.peer.signing_public,
+        me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
+        held=[c.cloud_id for c in ks.clouds()],
+    )
+    if question is None:
+        return
+    question = dataclasses.replace(question, host_name=session.peer.name)
+    hook = getattr(delegate, "join_cloud", None)
+    if hook is None or not await hook(question):
+        return
+    assert membership.secret is not None and membership.cloud_id is not None
+    with ks.update():
+        if membership.cloud_id in {c.cloud_id for c in ks.clouds()}:
+            return  # another process on this device joined it meanwhile: never overwrite
+        ks.set_cloud(
+            membership.cloud_id, membership.secret,
+            name=membership.cloud_name or "a cloud", role="member",
+        )
 
 
 async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float) -> list[str]:

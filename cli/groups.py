@@ -280,13 +280,14 @@ async def with_peer(
                 peer=peer, wall_now=time.time(),
             )
             machine.start(loop.time())
-            await drive(machine, MessagePipe(link), delegate=_Quiet())
+            pipe = MessagePipe(link, guest=True)
+            await drive(machine, pipe, delegate=_Quiet())
             session = machine.session
             assert session is not None
             if machine.stale_prekey is not None:
                 store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
             slink = SecureLink(link, session, timeout=reach.step_timeout)
-            await confirm(slink)
+            await confirm(slink, transcript=pipe.transcript())
             store.save_session(
                 ks, session, transport=spec,
                 address=spec if spec.startswith("tcp:") else str(link.peer),
@@ -326,7 +327,10 @@ async def serve(
     from .presence import Presence
 
     config = PairingConfig(methods=GROUP_METHODS, caps=ALL_CAPS, step_timeout=timeout)
-    state = HostState(known_peer=lambda device_id: store.known_peer(ks, device_id))
+    state = HostState(
+        known_peer=lambda device_id: store.known_peer(ks, device_id),
+        consume_prekey=lambda device_id, digest: store.consume_our_prekey(ks, device_id, digest),
+    )
     listener = await transport_obj.listen() if hasattr(transport_obj, "listen") else transport_obj
     presence = Presence(transport_obj, ks, GROUP_METHODS, visible_for=None)
     await presence.start()
@@ -341,11 +345,12 @@ async def serve(
         try:
             machine = HostPairing(config, store.local_identity(ks), state, now=loop.time(),
                                   link_encrypted=bool(link.encrypted), wall_now=time.time())
-            await drive(machine, MessagePipe(link), delegate=_Quiet())
+            pipe = MessagePipe(link, guest=False)
+            await drive(machine, pipe, delegate=_Quiet())
             session = machine.session
             assert session is not None
             slink = SecureLink(link, session, timeout=timeout)
-            await confirm(slink)
+            await confirm(slink, transcript=pipe.transcript())
             store.save_session(ks, session, address=str(link.peer), transport=spec)
             await handler(slink, session)
             await slink.close()

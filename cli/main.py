@@ -169,6 +169,8 @@ def peers(as_json: bool) -> None:
         flag = "" if r["authenticated"] else "  (unauthenticated)"
         click.echo(f"{r['name']:<28} {r['id'][:16]}  {r['fingerprint']}  via {r['method']}"
                    f"  prekeys {r['prekeys']}{flag}")
+        if r["warning"]:
+            click.echo(f"  warning: {r['warning']}")
 
 
 @cli.command()

@@ -42,7 +42,7 @@ def _known(p: Peer) -> KnownPeer:
         signing_public=p.signing_public or bytes(32),
         their_prekeys=tuple(bytes(d) for d in p.their_prekeys if isinstance(d, bytes)),
         our_prekeys=tuple(ours),
-        authenticated=p.authenticated,
+        authenticated=trusted(p),
     )
 
 
@@ -77,10 +77,18 @@ def save_session(
     *,
     address: str,
     transport: str,
-    role: Role | None = None,
-    expires: int | None = None,
+    granted: Role | None = None,
+    granted_expires: int | None = None,
+    standing: Role | None = None,
+    standing_expires: int | None = None,
 ) -> None:
-    """Store the peer after a confirmed session: keys, prekeys, where it was reached, its role."""
+    """Store the peer after a confirmed session: keys, prekeys, where it was reached, and the
+    grant of this session in its own direction (docs/security.md, rule 2):
+
+    * ``granted``: what this device's owner granted the peer (we were the host);
+    * ``standing``: what the peer granted us in its cloud (we were the guest).  It is kept for
+      display only and never read as a grant to the peer.
+    """
     device_id = session.peer.device_id.hex()
     with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
         try:
@@ -92,9 +100,19 @@ def save_session(
         now = time.time()
         extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
         extra.update({"address": address, "transport": transport})
-        if role is not None:
-            extra["role"] = role.name.lower()
-            extra["expires"] = expires
+        # Records written before grants were one-way kept one "role" for either direction:
+        # it is not trusted any more (the owner is asked again, once).
+        extra.pop("role", None)
+        extra.pop("expires", None)
+        if granted is not None:
+            extra["granted"] = granted.name.lower()
+            extra["granted_expires"] = granted_expires
+        if standing is not None:
+            extra["standing"] = standing.name.lower()
+            extra["standing_expires"] = standing_expires
+        if session.method.label == "clear":
+            extra["link_mitm"] = session.peer.authenticated
+        full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
         ks.add_peer(
             Peer(
                 id=device_id,
@@ -102,7 +120,7 @@ def save_session(
                 static_public=updated.static_public,
                 signing_public=updated.signing_public,
                 authenticated=updated.authenticated,
-                method=session.method.label if old_record is None else old_record.method,
+                method=session.method.label if old_record is None or full else old_record.method,
                 first_seen=old_record.first_seen if old_record is not None else now,
                 last_seen=now,
                 their_prekeys=list(updated.their_prekeys),
@@ -113,15 +131,16 @@ def save_session(
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
-    """The still valid grant this host gave a known device (no prompt when it comes back)."""
+    """The still valid grant this host's owner gave a known device (no prompt when it comes
+    back).  Only ``granted`` counts: what the device granted us is never read as its grant."""
     try:
         record = ks.get_peer(device_id.hex())
     except NotFoundError:
         return None
-    role = record.extra.get("role")
+    role = record.extra.get("granted")
     if role == "member":
         return Grant(Role.MEMBER)
-    expires = record.extra.get("expires")
+    expires = record.extra.get("granted_expires")
     if role == "guest" and isinstance(expires, int | float) and expires > wall_now:
         return Grant(Role.GUEST, max(1, int(expires - wall_now)))
     return None
@@ -131,9 +150,42 @@ def cloud_members(ks: Keystore) -> tuple[Member, ...]:
     """The devices this host made or knows as members of its cloud, itself first."""
     out = [Member(bytes.fromhex(ks.device_id), ks.name)]
     for p in ks.peers():
-        if p.extra.get("role") == "member":
+        if p.extra.get("granted") == "member":
             out.append(Member(bytes.fromhex(p.id), p.name))
     return tuple(out[:64])
+
+
+def consume_our_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> bool:
+    """Delete one of our prekeys for a peer, durably, before a resume is answered with it
+    (docs/security.md, rule 4).  False when the keystore no longer holds it (used already,
+    perhaps by another host process on this device)."""
+    with ks.update():  # reloads under the file lock, saves before returning
+        try:
+            record = ks.get_peer(device_id.hex())
+        except NotFoundError:
+            return False
+        kept = [r for r in record.our_prekeys
+                if not (isinstance(r, tuple | list) and len(r) == 2 and bytes(r[0]) == digest)]
+        if len(kept) == len(record.our_prekeys):
+            return False
+        ks.add_peer(_replace(record, our_prekeys=kept))
+    return True
+
+
+def suspect(record: Peer) -> str | None:
+    """Why a stored peer can no longer be trusted as recorded, or None.
+
+    A ``clear`` pairing stored as authenticated before the link's MITM protection was checked
+    may have run over a Just Works link: nobody vouched for it (docs/security.md, rule 5).
+    """
+    if record.method == "clear" and record.authenticated and "link_mitm" not in record.extra:
+        return "paired by 'clear' before link protection was checked; pair again to trust it"
+    return None
+
+
+def trusted(record: Peer) -> bool:
+    """Whether a stored peer counts as authenticated (see :func:`suspect`)."""
+    return record.authenticated and suspect(record) is None
 
 
 def drop_their_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> None:
@@ -157,7 +209,11 @@ def peer_rows(ks: Keystore) -> list[dict[str, Any]]:
             "name": p.name,
             "fingerprint": p.fingerprint,
             "method": p.method,
-            "authenticated": p.authenticated,
+            "authenticated": trusted(p),
+            "warning": suspect(p),
+            "granted": p.extra.get("granted"),
+            "granted_expires": p.extra.get("granted_expires"),
+            "standing": p.extra.get("standing"),
             "prekeys": len(p.their_prekeys),
             "last_seen": p.last_seen,
             "transport": p.extra.get("transport"),

@@ -10,15 +10,24 @@ sides, in the manner of the OMA CPNS personal-network authentication:
 1     guest -> CloudHello    ``n_G`` (16 random bytes), and ``hint = MAC(K, "hint" || n_G)[:8]``
                              for the cloud the guest recognised in the host's hello, or for each
                              of its clouds (at most 8) when it heard no hello (TCP)
-2     host -> CloudReply     ``n_H``, and ``proof_H = MAC(K, "host" || n_G || n_H)`` when the hint
-                             names one of the host's clouds; ``member = False`` otherwise
-3     guest -> CloudProof    ``proof_G = MAC(K, "guest" || n_G || n_H)``, after checking proof_H
-4     host -> CloudVerdict   ``member = True`` after checking proof_G
+2     host -> CloudReply     ``n_H``, and ``proof_H = MAC(K, "host" || n_G || n_H || S_H)`` when
+                             the hint names one of the host's clouds; no proof otherwise
+3     guest -> CloudProof    ``proof_G = MAC(K, "guest" || n_G || n_H || S_G)``
+4     host -> CloudVerdict   ``member = True``: provisional, see below
 ====  =====================  ======================================================================
 
 ``K`` is derived from the cloud secret inside each keystore (``cloud_kdf``); it never leaves
 the keystore, and the hint is unlinkable across attempts because ``n_G`` is fresh.  Both proofs
 cover both nonces, so neither a replayed proof nor a reflected one verifies.
+
+Each proof names the prover's static identity key (``S_G``, ``S_H``), which is not sent: the
+proof can only be checked once the pairing that follows has *proven* who the peer is (every
+method proves both static keys, docs/security.md rule 1).  Both sides then call :meth:`bind`
+with the peer's proven key before anything is granted or stored.  So a relay that forwards a
+real member's proof and then pairs as itself fails at :meth:`bind`: the proof names the member's
+key, not the relay's (docs/security.md, rule 6).  The whole exchange is also hashed into the
+pairing's transcript (:meth:`pairing.driver.MessagePipe.transcript`), so a bit flipped in any
+of these messages ends both sides with an error.
 
 A guest that is not a member (no hint, an unknown hint, or a failed proof) asks to join:
 
@@ -131,8 +140,16 @@ def _hint(mac: CloudMac, cloud_id: str, nonce: bytes) -> bytes:
     return mac(cloud_id, b"pairkit/1 cloud hint" + nonce)[:8]
 
 
-def _proof(mac: CloudMac, cloud_id: str, who: bytes, ng: bytes, nh: bytes) -> bytes:
-    return mac(cloud_id, b"pairkit/1 cloud " + who + ng + nh)
+def _proof(
+    mac: CloudMac, cloud_id: str, who: bytes, ng: bytes, nh: bytes, static: bytes
+) -> bytes:
+    return mac(cloud_id, b"pairkit/1 cloud " + who + ng + nh + static)
+
+
+def _check_static(static: bytes) -> bytes:
+    if len(static) != 32:
+        raise ValueError("a static identity key is 32 bytes")
+    return static
 
 
 S_START = "start"
@@ -160,6 +177,7 @@ class CloudGuest(Machine):
         name: str,
         clouds: tuple[str, ...],
         mac: CloudMac,
+        static: bytes,
         wants: Role = Role.GUEST,
         device_id: bytes | None = None,
         timeout: float = 30.0,
@@ -168,6 +186,9 @@ class CloudGuest(Machine):
     ) -> None:
         super().__init__(initial_state=S_START)
         self.name = name
+        self._static = _check_static(static)
+        self._host_proof: bytes | None = None
+        self._bound = False
         self.clouds = clouds[:MAX_HINTS]
         self.cloud_id: str | None = None
         self._mac = mac
@@ -193,10 +214,11 @@ class CloudGuest(Machine):
         if msg.index >= len(self.clouds):
             raise ProtocolError("the host named a cloud the guest did not offer")
         self.cloud_id = self.clouds[msg.index]
-        expected = _proof(self._mac, self.cloud_id, b"host", self._ng, msg.nonce)
-        if not same(expected, msg.proof):
-            raise AuthenticationError("the host failed to prove it belongs to the cloud")
-        self._send(CloudProof(_proof(self._mac, self.cloud_id, b"guest", self._ng, msg.nonce)))
+        self._nh = msg.nonce
+        self._host_proof = msg.proof  # checked by bind(), once the host's key is proven
+        self._send(CloudProof(
+            _proof(self._mac, self.cloud_id, b"guest", self._ng, msg.nonce, self._static)
+        ))
         self.state = S_VERDICT
         self._expect_by(now + self.timeout, "the host did not answer the cloud check")
 
@@ -219,6 +241,22 @@ class CloudGuest(Machine):
         self.seconds = msg.seconds
         self._finish()
 
+    def bind(self, host_static: bytes) -> None:
+        """Check the host's cloud proof against the key the pairing proved it holds.
+
+        Call after the pairing and before the session is used; raises
+        :class:`AuthenticationError` when the host that paired is not the one that proved
+        membership of the cloud (a relay).  Nothing to check when no cloud proof was made.
+        """
+        if self._host_proof is not None:
+            assert self.cloud_id is not None
+            expected = _proof(self._mac, self.cloud_id, b"host", self._ng, self._nh, host_static)
+            if not same(expected, self._host_proof):
+                raise AuthenticationError(
+                    "the host that paired is not the one that proved membership of the cloud"
+                )
+        self._bound = True
+
 
 class CloudHost(Machine):
     """The host: checks a guest's membership proof, or asks its owner about a join."""
@@ -235,6 +273,7 @@ class CloudHost(Machine):
         *,
         clouds: tuple[str, ...],
         mac: CloudMac,
+        static: bytes,
         now: float,
         known_grant: Callable[[bytes], Grant | None] = lambda _id: None,
         open_to_strangers: Callable[[], bool] = lambda: True,
@@ -244,6 +283,8 @@ class CloudHost(Machine):
         super().__init__(initial_state=S_HELLO)
         self.clouds = clouds
         self._mac = mac
+        self._static = _check_static(static)
+        self._guest_proof: bytes | None = None
         self._known_grant = known_grant
         self._open = open_to_strangers
         #: a device id the guest claimed; the pairing that follows must prove it
@@ -264,7 +305,9 @@ class CloudHost(Machine):
             for cloud_id in self.clouds:
                 if hmac.compare_digest(_hint(self._mac, cloud_id, msg.nonce), hint):
                     self.cloud_id, index = cloud_id, i
-                    proof = _proof(self._mac, cloud_id, b"host", self._ng, self._nh)
+                    proof = _proof(
+                        self._mac, cloud_id, b"host", self._ng, self._nh, self._static
+                    )
                     break
             if proof is not None:
                 break
@@ -274,12 +317,24 @@ class CloudHost(Machine):
 
     def _on_proof(self, msg: CloudProof, now: float) -> None:
         assert self.cloud_id is not None
-        expected = _proof(self._mac, self.cloud_id, b"guest", self._ng, self._nh)
-        if not same(expected, msg.proof):
-            raise AuthenticationError("the guest failed to prove it belongs to the cloud")
+        # Provisional: the proof names the guest's static key, which only the pairing proves.
+        self._guest_proof = msg.proof
         self._send(CloudVerdict(True))
         self.role = Role.MEMBER
         self._finish()
+
+    def bind(self, guest_static: bytes) -> None:
+        """Check the guest's cloud proof against the key the pairing proved it holds (see
+        :meth:`CloudGuest.bind`); a failed check takes the membership back and raises."""
+        if self._guest_proof is None:
+            return
+        assert self.cloud_id is not None
+        expected = _proof(self._mac, self.cloud_id, b"guest", self._ng, self._nh, guest_static)
+        if not same(expected, self._guest_proof):
+            self.role = Role.STRANGER
+            raise AuthenticationError(
+                "the guest that paired is not the one that proved membership of the cloud"
+            )
 
     def _on_join_request(self, msg: JoinRequest, now: float) -> None:
         if msg.wants is Role.STRANGER:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -37,24 +38,56 @@ class LinkLike(Protocol):
 
 
 class MessagePipe:
-    """Whole messages over a link of bounded MTU (fragmenting and reassembling)."""
+    """Whole messages over a link of bounded MTU (fragmenting and reassembling).
 
-    def __init__(self, link: LinkLike, *, max_message: int = MAX_HANDSHAKE_MESSAGE) -> None:
+    The pipe also keeps the transcript of every whole message it moved, one running hash per
+    direction, so that what the two sides exchanged before the session key (the cloud step,
+    the join request, the negotiation) can be bound into it (docs/security.md, rule 6):
+    :meth:`transcript` gives the same 32 bytes on both sides exactly when both saw the same
+    messages in each direction.
+    """
+
+    def __init__(
+        self,
+        link: LinkLike,
+        *,
+        max_message: int = MAX_HANDSHAKE_MESSAGE,
+        guest: bool | None = None,
+    ) -> None:
         self.link = link
         self._reassembler = Reassembler(max_message)
         # The fragments of one message must not interleave with another's.
         self._send_lock = asyncio.Lock()
+        self._sent = hashlib.sha256(b"pairkit/1 transcript direction")
+        self._received = hashlib.sha256(b"pairkit/1 transcript direction")
+        #: which side this pipe is on (orders the two directions in :meth:`transcript`)
+        self.guest = guest
 
     async def send(self, message: bytes) -> None:
         async with self._send_lock:
             for piece in fragment(message, self.link.mtu):
                 await self.link.send(piece)
+            _absorb(self._sent, message)
 
     async def recv(self) -> bytes:
         while True:
             message = self._reassembler.feed(await self.link.recv())
             if message is not None:
+                _absorb(self._received, message)
                 return message
+
+    def transcript(self) -> bytes:
+        """SHA-256 over both directions' hashes, guest->host first (docs/protocol.md §2)."""
+        if self.guest is None:
+            raise ConfigError("a transcript needs to know which side the pipe is on")
+        sent, received = self._sent.digest(), self._received.digest()
+        g2h, h2g = (sent, received) if self.guest else (received, sent)
+        return hashlib.sha256(b"pairkit/1 transcript" + g2h + h2g).digest()
+
+
+def _absorb(h: Any, message: bytes) -> None:
+    h.update(len(message).to_bytes(4, "big"))
+    h.update(message)
 
 
 async def drive(

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 
 from .channel import ChannelConfig, SecureChannel
+from .crypto import same
 from .driver import LinkLike
 from .errors import AuthenticationError, LinkClosedError, PairingError, PairingTimeout
 from .methods import Session
@@ -83,12 +84,26 @@ class SecureLink:
             await self.link.close()  # type: ignore[attr-defined]
 
 
-async def confirm(slink: SecureLink, timeout: float | None = None) -> None:
-    """Both sides send READY and wait for the peer's (see the module docstring)."""
-    await slink.send(READY)
+async def confirm(
+    slink: SecureLink, timeout: float | None = None, *, transcript: bytes = b""
+) -> None:
+    """Both sides send READY and wait for the peer's (see the module docstring).
+
+    ``transcript`` is the hash of every message the two sides exchanged on the link before
+    the secure channel (:meth:`pairing.driver.MessagePipe.transcript`): each side's READY
+    carries its own, so a byte changed anywhere on the way, in a field no method checks
+    itself, ends both sides with an error before anything is stored (docs/security.md,
+    rule 6).
+    """
+    await slink.send(READY + transcript)
     try:
         message = await slink.recv(timeout)
     except LinkClosedError:
         raise LinkClosedError("the peer left before confirming the session") from None
-    if message != READY:
+    if not message.startswith(READY):
         raise AuthenticationError("the peer did not confirm the session")
+    if not same(message[len(READY):], transcript):
+        raise AuthenticationError(
+            "the two sides saw different messages before the session: something on the way "
+            "changed them"
+        )

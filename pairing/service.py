@@ -25,11 +25,15 @@ access ends at its expiry (time is passed in, never read).  Members are not prom
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from enum import Enum
 from typing import ClassVar
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from .cloud import Role
-from .errors import ExpiredError
+from .errors import AuthenticationError, ExpiredError, ProtocolError
 from .machine import Question
 from .wire import Message, field, message, struct
 
@@ -60,6 +64,77 @@ class Membership(Message):
     cloud_name: str | None = field(5, max_len=64, default=None)
     secret: bytes | None = field(6, size=32, default=None)
     members: tuple[Member, ...] = field(7, max_len=64, default=())
+    #: the owner's Ed25519 signature over :func:`membership_statement` (new members only)
+    signature: bytes | None = field(8, size=64, default=None)
+
+
+def cloud_id_of(owner_device_id: bytes) -> str:
+    """A cloud's id, bound to its owner: the first 8 bytes of the owner's device id (itself
+    SHA-256 of the owner's static key), in hex.  Only the device whose proven key hashes to
+    it can hand out memberships of that cloud (docs/security.md, rule 3)."""
+    return owner_device_id[:8].hex()
+
+
+def membership_statement(m: Membership, member_id: bytes, session_fingerprint: str) -> bytes:
+    """What the owner signs when it makes ``member_id`` a member: the whole membership but its
+    signature, the new member's id and the session it was handed out in."""
+    body = dataclasses.replace(m, signature=None).encode()
+    return (
+        b"pairkit/1 membership" + len(body).to_bytes(4, "big") + body + member_id
+        + session_fingerprint.encode()
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinCloud(Question):
+    """A host made this device a member of its cloud: store it?  Answer True to join."""
+
+    hook: ClassVar[str] = "join_cloud"
+    cloud_name: str
+    host_name: str
+
+
+def check_membership(
+    m: Membership,
+    *,
+    host_id: bytes,
+    host_signing: bytes,
+    me: bytes,
+    session_fingerprint: str,
+    held: Collection[str],
+) -> JoinCloud | None:
+    """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
+
+    Returns the question to ask this device's user when the membership carries a cloud to
+    join, ``None`` when there is nothing to store.  Raises :class:`AuthenticationError` for a
+    membership that tries to plant or take a cloud: a secret with a guest grant, a cloud id
+    not bound to the host that pairs, a bad owner signature, or a cloud this device holds.
+    """
+    if m.secret is None:
+        if m.cloud_name is not None or m.members or m.signature is not None:
+            raise ProtocolError("a membership without a cloud secret names no cloud to join")
+        if m.role is Role.GUEST and m.cloud_id is not None:
+            raise ProtocolError("a guest grant names no cloud")
+        return None
+    if m.role is not Role.MEMBER:
+        raise AuthenticationError("the host sent a cloud secret with a guest grant; refused")
+    if m.cloud_id is None or m.cloud_id != cloud_id_of(host_id):
+        raise AuthenticationError(
+            "the host offered a cloud that is not its own (a cloud's id is bound to its owner)"
+        )
+    if m.cloud_id in held:
+        raise AuthenticationError(
+            "the host offered a cloud this device already holds; it is never overwritten"
+        )
+    if m.signature is None:
+        raise AuthenticationError("the host's membership is not signed by the cloud's owner")
+    try:
+        Ed25519PublicKey.from_public_bytes(host_signing).verify(
+            m.signature, membership_statement(m, me, session_fingerprint)
+        )
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError("the membership's owner signature does not verify") from None
+    return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")
 
 
 @message(type_id=41, max_size=64)

@@ -245,6 +245,11 @@ async def test_pin_pairing_across_processes(lab: Lab) -> None:
     assert "error: interrupted" in host.stderr
 
 
+def fresh_line(host: object, pin: str) -> str:
+    """The host's stderr line that showed ``pin``."""
+    return next(line for line in host.lines if line.startswith(f"PIN: {pin}"))  # type: ignore[attr-defined]
+
+
 async def test_wrong_pin_stores_nothing_and_the_host_carries_on(lab: Lab) -> None:
     paul, george, ringo = lab.device("paul"), lab.device("george"), lab.device("ringo")
     host = await lab.host(paul, "-m", "pin", "--pin", PIN, "--yes", "--json")
@@ -252,8 +257,15 @@ async def test_wrong_pin_stores_nothing_and_the_host_carries_on(lab: Lab) -> Non
     assert bad.rc == 3, bad
     assert bad.err.startswith("error: wrong PIN"), bad
     assert bad.out == ""
-    await host.wait_for(r"^error: guest \S+: .*wrong PIN")
-    good = (await ringo.join(host.target, "-m", "pin", "--pin", PIN, "--json")).ok().json()
+    failed_at = (await host.wait_for(r"^error: guest \S+: .*wrong PIN")).string
+    # The PIN was good for that one attempt: the old one is refused, a new one is shown.
+    since = host.lines.index(failed_at)
+    fresh = (await host.wait_for(r"^PIN: (\d{6})", since=since)).group(1)
+    again = await ringo.join(host.target, "-m", "pin", "--pin", PIN, "--json")
+    assert again.rc != 0 and PIN not in again.err, again
+    await host.wait_for(r"^PIN: (\d{6})", since=host.lines.index(fresh_line(host, fresh)) + 1)
+    newest = [m.group(1) for line in host.lines if (m := re.match(r"^PIN: (\d{6})", line))][-1]
+    good = (await ringo.join(host.target, "-m", "pin", "--pin", newest, "--json")).ok().json()
     hosted = await host.next_result()
     assert good["session"] == hosted["session"]
     assert hosted["peer"]["name"] == "Ringo's tablet"
