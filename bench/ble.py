@@ -307,8 +307,10 @@ class Pairings:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         clouds = ("paul-cloud",) if name == "cloud-member" else ()
-        host = CloudHost(clouds=("paul-cloud",), mac=self.cloud_mac, now=loop.time())
-        guest = CloudGuest(name="George's phone", clouds=clouds, mac=self.cloud_mac)
+        host = CloudHost(clouds=("paul-cloud",), mac=self.cloud_mac, static=bytes(32),
+                         now=loop.time())
+        guest = CloudGuest(name="George's phone", clouds=clouds, mac=self.cloud_mac,
+                           static=bytes(range(32)))
         guest.start(loop.time())
         await asyncio.wait_for(asyncio.gather(
             drive(guest, guest_link, delegate=_YES), drive(host, host_link, delegate=_YES)

@@ -14,7 +14,9 @@ below, so rewriting either announcement (downgrade, method confusion) makes the 
     prologue.  The guest learns of a wrong PIN when it reads Noise message 1 (psk0 encrypts its
     payload), the host when it reads message 2; the static identities travel in messages 2 and 3,
     so they are authenticated by the PIN and confirmed by both sides (Noise §7.7 key
-    confirmation via the psk).  One wrong guess per attempt is all an attacker gets.
+    confirmation via the psk).  One wrong guess per attempt is all an attacker gets, and a shown
+    PIN is good for one attempt: the host withdraws it when an attempt starts
+    (:meth:`HostState.take_pin`) and shows a new one after.
 
 ``qr`` (2 flights, 1 round trip)
     Offer(code id, Noise msg 1) -> Accept(Noise msg 2), ``Noise_IKpsk2_25519_ChaChaPoly_SHA256``:
@@ -22,29 +24,48 @@ below, so rewriting either announcement (downgrade, method confusion) makes the 
     HKDF of the code's one-time secret.  The prologue is the guest's announcement; the host's
     announcement is bound by its hash inside the host's encrypted payload.
 
-``compare`` (6 flights)
+``compare`` (7 flights)
     Offer(PK_G) -> Accept(HPKE(PK_G, SK) = enc||ct, C = HMAC(N_H, "commit"||PK_G||enc||th)) ->
-    Reveal(N_G) -> Reveal(N_H) -> [both users compare the code] -> Confirm(guest) -> Confirm(host).
+    Reveal(N_G) -> Reveal(N_H) -> [both users compare the code] -> the identity handshake.
     The host commits to its key share (enc) and nonce before it sees the guest's nonce, as in
     BLE LE Secure Connections numeric comparison (Core spec Vol 3 Part H §2.3.5.6.2): a man in
     the middle must fix one side's values before learning the other's nonce, so the six digits
     ``HMAC(th, "code"||PK_G||enc||N_G||N_H) mod 10^6`` match with probability 10^-6 per attempt.
     SK comes from HPKE base mode (RFC 9180 §5.1; X25519, HKDF-SHA256, ChaCha20-Poly1305) with
-    ``th`` in ``info``.  After both confirm, each sends its identity sealed under SK with a MAC.
+    ``th`` in ``info``.  Once its person confirmed, the host opens the *identity handshake*:
+    ``Noise_XXpsk0_25519_ChaChaPoly_SHA256`` host-first, prologue ``th``, PSK =
+    HKDF(SK, salt=th, "pairkit/1 identity psk compare") (3 NoiseMessages).  Its ``es`` and
+    ``se`` tokens make each side prove the static key it announces (a key merely sent is
+    never taken: docs/security.md, rule 1), and the PSK ties it to the compared SK.
 
 ``clear`` (4 flights)
-    Offer -> Accept(SK, host identity in clear) -> Confirm(guest) -> Confirm(host). Only over a
-    link whose ``encrypted`` is true on both sides; otherwise refused unless forced, and then the
-    peer is recorded as unauthenticated.
+    Offer -> Accept(SK, identity handshake message 1) -> message 2 -> message 3: SK is sent as
+    is, then the same identity handshake as ``compare`` (PSK label ``... clear``) proves both
+    static keys.  Only over a link whose ``encrypted`` is true on both sides (BLE LE Secure
+    Connections; legacy pairing does not count); otherwise refused unless forced.  The peer is
+    recorded as authenticated only when the link's own pairing was MITM-protected
+    (``link_mitm``: numeric comparison, passkey or OOB); Just Works and forced runs vouch for no
+    one (docs/security.md, rule 5).
 
-``resume`` (1 round trip, then a confirmation) and ``kk``
+``resume`` (2 messages) and ``kk``
     The Mozilla Sync style key exchange for known peers: during any pairing each side gave the
     other digests of fresh ephemeral keys (prekeys).  The guest nominates one of the host's
-    digests and sends its own ephemeral key; the host answers ``okay`` with the matching key and
-    a verifier, or ``fail`` ("ephemeral key mismatch").  SK = HKDF(DH(E_H, S_G) || DH(S_H, E_G)
-    || DH(E_H, E_G)) (triple Diffie-Hellman).  Used prekeys are deleted and replaced.  When the
-    nomination fails or no digest is left, the guest falls back to
-    ``Noise_KK_25519_ChaChaPoly_SHA256`` (both static keys known), which also renews the prekeys.
+    digests and sends its own ephemeral key E_G (INIT); the host *consumes* that prekey P_H
+    (deletes it durably, through :meth:`HostState.consume_prekey`) before answering, draws a
+    fresh key F_H of its own, and answers ``okay`` with P_H, F_H, a verifier and one new prekey
+    digest sealed under the confirmation key, or ``fail`` ("ephemeral key mismatch").
+    SK = HKDF(DH(P_H, S_G) || DH(S_H, E_G) || DH(P_H, E_G) || DH(F_H, E_G)), salted with the
+    transcript of INIT, P_H, F_H and the pre-pairing context.  F_H makes every answer fresh: a
+    replayed INIT finds its prekey gone (``fail``), and even a host that lost its memory derives
+    new keys, so no AEAD key seals twice under one nonce (rule 4).  The guest's first record on
+    the secure link (READY) confirms its keys.  When the nomination fails or no digest is left,
+    the guest falls back to ``Noise_KK_25519_ChaChaPoly_SHA256`` (both static keys known), which
+    also renews the prekeys.  Neither ever changes whether the peer counts as authenticated.
+
+Every method takes ``context``: the hash of what the two sides exchanged on the link before
+pairing (the cloud step and join request, :meth:`pairing.driver.MessagePipe.transcript`).  It
+salts ``th`` and the Noise prologues, so a byte changed before the key makes the key differ;
+docs/protocol.md gives every label and field.
 
 This module draws randomness only from the ``rng`` it is given, except inside HPKE encryption
 (``cryptography`` draws HPKE's ephemeral itself).
