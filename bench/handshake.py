@@ -393,12 +393,12 @@ def method_counts(method: str, prekeys: int) -> Counter[str]:
     From the module docstring of pairing/methods.py: pin = CPace (no separate confirmation)
     feeding Noise XXpsk0; qr = Noise IKpsk2 with a PSK from the code (HKDF per side), the code id
     (SHA-256) and each announcement's hash bound in (4 HKDF); compare = the guest's ephemeral
-    key, one HPKE seal and open, the commitment (2 HMAC), the code (2 HMAC), the key schedule
-    (1 HKDF per side) and confirmation (4 HMAC) with identities sealed both ways (4 AEAD);
-    clear = the key schedule, the confirmation and the sealed identities only; resume = one
-    ephemeral for the guest and a replacement prekey for the host (2 key pairs, 4 SHA-256 key
-    ids/digests), triple DH on each side, th, SK, keys and fingerprint (one HKDF each per
-    side), two verifiers (4 HMAC) and the sealed new prekey (2 AEAD); kk = Noise KK with
+    key, one HPKE seal and open, the commitment (2 HMAC), the code (2 HMAC), the identity PSK
+    (1 HKDF per side) and the identity handshake (Noise XXpsk0, which proves both static keys);
+    clear = the identity PSK and the identity handshake only; resume = one ephemeral for the
+    guest, a fresh key and a replacement prekey for the host (3 key pairs, 4 SHA-256 key
+    ids/digests), four DH on each side, th, SK, keys and fingerprint (one HKDF each per side),
+    the host's verifier (2 HMAC) and the sealed new prekey (2 AEAD); kk = Noise KK with
     the announcements' hashes bound in; kk-stale = a refused resume (one ephemeral, its key id
     made and checked) and then kk.
     """
@@ -408,13 +408,13 @@ def method_counts(method: str, prekeys: int) -> Counter[str]:
     if method == "qr":
         return full + noise_counts(QR_NOISE) + Counter(hkdf_sha256=6, sha256=1)
     if method == "compare":
-        return full + Counter(
-            x25519_base=1, hpke_seal=1, hpke_open=1, hmac_sha256=8, hkdf_sha256=2, aead=4
+        return full + noise_counts(PIN_NOISE) + Counter(
+            x25519_base=1, hpke_seal=1, hpke_open=1, hmac_sha256=4, hkdf_sha256=2
         )
     if method == "clear":
-        return full + Counter(hmac_sha256=4, hkdf_sha256=2, aead=4)
+        return full + noise_counts(PIN_NOISE) + Counter(hkdf_sha256=2)
     if method == "resume":
-        return Counter(x25519_base=2, x25519_dh=6, sha256=4, hkdf_sha256=8, hmac_sha256=4, aead=2)
+        return Counter(x25519_base=3, x25519_dh=8, sha256=4, hkdf_sha256=8, hmac_sha256=2, aead=2)
     if method == "kk":
         return full + noise_counts(KK_NOISE) + Counter(hkdf_sha256=4)
     if method == "kk-stale":

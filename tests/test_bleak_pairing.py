@@ -136,7 +136,9 @@ async def test_each_method_pairs_with_a_bleak_guest(
     assert session.method is method and result["method"] == method.label
     assert result["session"] == session.fingerprint
     assert result["peer"]["name"] == "George's phone" and result["role"] == "guest"
-    assert session.peer.name == "Paul's phone" and session.peer.authenticated
+    assert session.peer.name == "Paul's phone"
+    # 'clear' over a Just Works link is encrypted but vouched for by no one (rule 5).
+    assert session.peer.authenticated is (method is not Method.CLEAR)
     assert membership.role is Role.GUEST
     assert type(seen["link"]) is BleakLink  # GATT: bleak has no L2CAP channels
     if method is Method.CLEAR:
