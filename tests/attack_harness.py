@@ -163,6 +163,8 @@ async def evil_join(
     peer: KnownPeer | None = None,
     claim: bytes | None = None,
     allow_insecure: bool = False,
+    link_encrypted: bool = False,
+    link_mitm: bool = False,
 ) -> EvilGuest:
     """Run the guest's half of the real pipeline (cloud step, pairing, bind, confirm) with
     ``me`` over a real TCP link; the CLI's run_join, by hand."""
@@ -175,7 +177,8 @@ async def evil_join(
             allow_insecure=allow_insecure,
         )
         machine = GuestPairing(config, me, method=method, pin=pin, qr=qr, peer=peer,
-                               wall_now=time.time())
+                               wall_now=time.time(), link_encrypted=link_encrypted,
+                               link_mitm=link_mitm)
         pipe = MessagePipe(link, guest=True)
         cloud = CloudGuest(
             name=me.name, clouds=(), mac=lambda _c, _d: bytes(32), static=me.static_public,
