@@ -1,0 +1,128 @@
+"""Attack 4 (rule 4): a recorded resume replayed into the host.
+
+A recording proxy sits between a real ``pairkit join`` and a real ``pairkit host`` while George
+resumes with Paul.  Mallory then replays George's messages (cloud step, INIT and everything
+after) into the same host process, into a restarted host process, and into a host restored from
+a backup taken before the resume (a host that lost its memory).  No replay may give a session,
+the host must answer FAIL once the prekey is consumed (durably: it is gone from the keystore
+file after the first resume), and the one host that still answers OKAY (the restored one) must
+use fresh values, so no (key, nonce) is sealed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from pathlib import Path
+
+from pairing import wire
+from pairing.messages import ResumeKind, ResumeMessage
+from tests.attack_harness import (
+    Proxy,
+    address_of,
+    attack_templates,
+    frame,
+    lab,
+    message_of,
+    peer_record,
+    read_frame,
+)
+from tests.cli_helpers import HostProcess, Lab
+
+__all__ = ["attack_templates", "lab"]
+
+PIN = "482913"
+HOST_ARGS = ("-m", "pin", "-m", "resume", "--yes", "--json")
+
+
+def resume_messages(pieces: list[bytes]) -> list[ResumeMessage]:
+    out = []
+    for piece in pieces:
+        with contextlib.suppress(Exception):
+            msg = message_of(piece)
+            if msg is not None and isinstance(m := wire.decode(msg), ResumeMessage):
+                out.append(m)
+    return out
+
+
+async def replay(host: HostProcess, guest_frames: list[bytes]) -> list[bytes]:
+    """Send the recorded guest frames one by one, reading the host's answers; what it sent."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*address_of(host)), 5)
+    answers: list[bytes] = []
+    try:
+        for piece in guest_frames:
+            writer.write(frame(piece))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, OSError):
+                answers.append(await asyncio.wait_for(read_frame(reader), 2.0))
+        with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, OSError):
+            while True:
+                answers.append(await asyncio.wait_for(read_frame(reader), 2.0))
+    finally:
+        writer.close()
+    return answers
+
+
+async def test_a_recorded_resume_replayed_never_gives_a_session(lab: Lab, tmp_path: Path) -> None:
+    paul, george = lab.device("paul"), lab.device("george")
+    host = await lab.host(paul, *HOST_ARGS, "--pin", PIN)
+    (await george.join(host.target, "-m", "pin", "--pin", PIN, "--json")).ok()
+    await host.next_result()
+    backup = tmp_path / "paul-backup"
+    shutil.copytree(paul.home, backup)
+    proxy = await Proxy(address_of(host)).start()
+    try:
+        resumed = (await george.join("Paul's phone", "-t", proxy.target, "--json")).ok().json()
+        assert resumed["method"] == "resume"
+        assert (await host.next_result())["session"] == resumed["session"]
+    finally:
+        await proxy.close()
+    recorded = proxy.messages(0)
+    guest_frames = [f for d, f in recorded if d == "g2h"]
+    (init,) = [m for m in resume_messages(guest_frames) if m.header.kind is ResumeKind.INIT]
+    (okay,) = resume_messages([f for d, f in recorded if d == "h2g"])
+    assert okay.header.kind is ResumeKind.OKAY and okay.fresh is not None
+    nominated = init.header.dst_key_id
+    # Consumed durably: gone from the keystore file, not only from the host's memory.
+    ours = [bytes(r[0]) for r in peer_record(paul, "George's phone").our_prekeys]
+    assert nominated not in ours, "the used prekey is still in the host's keystore file"
+    peers = await paul.peers()
+
+    async def replay_into(h: HostProcess) -> ResumeMessage:
+        mark = h.mark()
+        answers = await replay(h, guest_frames)
+        (answer,) = resume_messages(answers)
+        await h.wait_for(r"^error: guest ", since=mark)
+        return answer
+
+    # 1. The same host process.
+    answer = await replay_into(host)
+    assert answer.header.kind is ResumeKind.FAIL, answer
+    assert len(host.results) == 2, host.results
+    assert await paul.peers() == peers
+    # 2. The host restarted on the same keystore.
+    await host.stop()
+    restarted = await lab.host(paul, *HOST_ARGS)
+    answer = await replay_into(restarted)
+    assert answer.header.kind is ResumeKind.FAIL, answer
+    assert restarted.results == []
+    assert await paul.peers() == peers
+    await restarted.stop()
+    # 3. A host restored from before the resume: it still holds the prekey and answers, but
+    #    with its own fresh key, so nothing it seals repeats what the first answer sealed.
+    shutil.rmtree(paul.home)
+    shutil.copytree(backup, paul.home)
+    peers_restored = await paul.peers()
+    restored = await lab.host(paul, *HOST_ARGS)
+    seen = [okay]
+    for _ in range(2):
+        answer = await replay_into(restored)
+        if answer.header.kind is ResumeKind.OKAY:
+            seen.append(answer)
+    assert len(seen) == 2, "the restored host should answer the replay once, then FAIL"
+    assert seen[1].fresh != seen[0].fresh, "the host's fresh key repeated"
+    assert seen[1].sealed != seen[0].sealed, "the same (key, nonce) sealed twice"
+    assert seen[1].verifier != seen[0].verifier
+    assert restored.results == [], "a replayed resume produced a session"
+    assert await paul.peers() == peers_restored
