@@ -303,9 +303,12 @@ class Proxy:
     """Listens on a free port and forwards each connection to ``upstream``, frame by frame,
     through ``hook``; every frame is recorded as (connection, direction, bytes)."""
 
-    def __init__(self, upstream: tuple[str, int], hook: FrameHook | None = None) -> None:
+    def __init__(self, upstream: tuple[str, int], hook: FrameHook | None = None,
+                 *, hold: float = 0.0) -> None:
         self.upstream = upstream
         self.hook = hook
+        #: seconds a rewritten frame is held back (an on-path attacker chooses the timing)
+        self.hold = hold
         self.frames: list[tuple[int, str, bytes]] = []
         self._server: asyncio.Server | None = None
         self._conns = 0
@@ -342,6 +345,8 @@ class Proxy:
                     counter[0] += 1
                     self.frames.append((conn, direction, piece))
                     out = piece if self.hook is None else self.hook(direction, index, piece)
+                    if out is not None and out != piece and self.hold:
+                        await asyncio.sleep(self.hold)
                     if out is not None:
                         writer.write(frame(out))
                         await writer.drain()
