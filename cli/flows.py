@@ -131,7 +131,9 @@ async def run_host(
         allow_insecure=opts.allow_insecure,
     )
     mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
-    clouds = tuple(c.cloud_id for c in ks.clouds() if c.role in ("owner", "member"))
+    # Only this device's own cloud admits members without a prompt: a cloud it joined is its
+    # standing there, never a grant to that cloud's members here (docs/security.md, rule 2).
+    clouds = tuple(c.cloud_id for c in ks.clouds() if c.role == "owner")
     owned = next((c for c in ks.clouds() if c.role == "owner"), None)
 
     def known_grant(device_id: bytes) -> Grant | None:
@@ -206,7 +208,7 @@ async def run_host(
                 raise AuthenticationError("the guest claimed to be a known device but is not")
             cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
             slink = SecureLink(link, session, timeout=opts.step_timeout)
-            await confirm(slink, transcript=pipe.transcript())
+            await confirm(slink, transcript=pipe.transcript(), first=True)
             membership = _membership_for(ks, cloud, owned, session)
             await slink.send(membership.encode())
             store.save_session(
@@ -493,7 +495,7 @@ async def run_join(
             store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
         cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
         slink = SecureLink(link, session, timeout=opts.step_timeout)
-        await confirm(slink, transcript=pipe.transcript())
+        await confirm(slink, transcript=pipe.transcript(), first=False)
         membership = await receive_membership(slink)
         await _take_membership(ks, membership, session, guest_delegate)
         store.save_session(

@@ -287,7 +287,7 @@ async def with_peer(
             if machine.stale_prekey is not None:
                 store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
             slink = SecureLink(link, session, timeout=reach.step_timeout)
-            await confirm(slink, transcript=pipe.transcript())
+            await confirm(slink, transcript=pipe.transcript(), first=False)
             store.save_session(
                 ks, session, transport=spec,
                 address=spec if spec.startswith("tcp:") else str(link.peer),
@@ -350,7 +350,7 @@ async def serve(
             session = machine.session
             assert session is not None
             slink = SecureLink(link, session, timeout=timeout)
-            await confirm(slink, transcript=pipe.transcript())
+            await confirm(slink, transcript=pipe.transcript(), first=True)
             store.save_session(ks, session, address=str(link.peer), transport=spec)
             await handler(slink, session)
             await slink.close()

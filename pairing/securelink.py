@@ -85,7 +85,11 @@ class SecureLink:
 
 
 async def confirm(
-    slink: SecureLink, timeout: float | None = None, *, transcript: bytes = b""
+    slink: SecureLink,
+    timeout: float | None = None,
+    *,
+    transcript: bytes = b"",
+    first: bool | None = None,
 ) -> None:
     """Both sides send READY and wait for the peer's (see the module docstring).
 
@@ -94,12 +98,24 @@ async def confirm(
     carries its own, so a byte changed anywhere on the way, in a field no method checks
     itself, ends both sides with an error before anything is stored (docs/security.md,
     rule 6).
+
+    ``first`` orders the two records: the host (``True``) sends its READY and waits; the guest
+    (``False``) sends its own only after checking the host's.  So a READY changed on the way
+    stops both sides: the guest never answers a bad one, and the host stores nothing until the
+    guest's arrives.  ``None`` sends and waits at once (both sides must use the same form).
     """
-    await slink.send(READY + transcript)
+    if first is not False:
+        await slink.send(READY + transcript)
     try:
         message = await slink.recv(timeout)
     except LinkClosedError:
         raise LinkClosedError("the peer left before confirming the session") from None
+    _check_ready(message, transcript)
+    if first is False:
+        await slink.send(READY + transcript)
+
+
+def _check_ready(message: bytes, transcript: bytes) -> None:
     if not message.startswith(READY):
         raise AuthenticationError("the peer did not confirm the session")
     if not same(message[len(READY):], transcript):
