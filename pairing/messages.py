@@ -71,7 +71,7 @@ class Accept(Message):
     noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message (``pin``, ``qr``)
     sealed: bytes | None = field(5, max_len=256, default=None)  #: HPKE enc||ct (``compare``)
     commit: bytes | None = field(6, size=MAC_LEN, default=None)  #: commitment (``compare``)
-    key: bytes | None = field(7, size=KEY_LEN, default=None)  #: the session key (``clear``)
+    key: bytes | None = field(7, size=KEY_LEN, default=None, secret=True)  #: SK (``clear``)
     identity: bytes | None = field(8, max_len=512, default=None)  #: host identity (``clear``)
 
 

@@ -62,7 +62,7 @@ class Membership(Message):
     expires: int | None = field(3, default=None)  #: Unix seconds, for guests
     cloud_id: str | None = field(4, max_len=64, default=None)
     cloud_name: str | None = field(5, max_len=64, default=None)
-    secret: bytes | None = field(6, size=32, default=None)
+    secret: bytes | None = field(6, size=32, default=None, secret=True)
     members: tuple[Member, ...] = field(7, max_len=64, default=())
     #: the owner's Ed25519 signature over :func:`membership_statement` (new members only)
     signature: bytes | None = field(8, size=64, default=None)

@@ -145,7 +145,7 @@ class EnrolRequest(Message):
     """Device -> server: register (or refresh) this device, with its factory EUKey for CPNS."""
 
     signing: bytes = field(2, size=KEY_LEN)
-    eukey: bytes | None = field(3, size=KEY_LEN, default=None)
+    eukey: bytes | None = field(3, size=KEY_LEN, default=None, secret=True)
     token: bytes | None = field(4, max_len=TOKEN_MAX, default=None)
 
 
@@ -174,7 +174,7 @@ class SkDelivery(Message):
     """Server -> device: the shared key and the other device's enrolled record."""
 
     match_id: bytes = field(2, size=16)
-    sk: bytes = field(3, size=KEY_LEN)
+    sk: bytes = field(3, size=KEY_LEN, secret=True)
     peer: DeviceRecord = field(4)
 
 
@@ -203,7 +203,7 @@ class SessionKeyAck(Message):
 
 @struct
 class _OfferBody(Message):
-    session_key: bytes = field(2, size=KEY_LEN)
+    session_key: bytes = field(2, size=KEY_LEN, secret=True)
     identity: Identity = field(3)
 
 

@@ -85,18 +85,20 @@ def field(
     size: int | None = None,
     max_len: int | None = None,
     default: Any = dataclasses.MISSING,
+    secret: bool = False,
 ) -> Any:
     """Declare a message field with wire key ``key`` (2 or more).
 
     ``size`` fixes the exact length of a byte string; ``max_len`` bounds a string's length or a
-    sequence's item count.
+    sequence's item count.  ``secret`` keeps the field out of ``repr()`` (keys, cloud secrets:
+    docs/security.md, rule 8).
     """
     if key < 2:
         raise ValueError("field keys 0 and 1 are reserved for version and type")
-    meta = {"key": key, "size": size, "max_len": max_len}
+    meta = {"key": key, "size": size, "max_len": max_len, "secret": secret}
     if default is dataclasses.MISSING:
-        return dataclasses.field(metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        return dataclasses.field(metadata=meta, repr=not secret)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 def message(*, type_id: int, max_size: int) -> Callable[[type[T]], type[T]]:
