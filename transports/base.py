@@ -38,7 +38,14 @@ class Link(Protocol):
 
     @property
     def encrypted(self) -> bool:
-        """True when the link layer already encrypts (BLE LE Secure Connections); method b."""
+        """True when the link layer already encrypts with keys from an LE Secure Connections
+        pairing (legacy pairing does not count); method b needs it."""
+        ...
+
+    @property
+    def mitm_protected(self) -> bool:
+        """True when that link-layer pairing was protected against a man in the middle
+        (numeric comparison, passkey, OOB); only then does ``clear`` authenticate the peer."""
         ...
 
     @property

@@ -62,6 +62,7 @@ from bleak_retry_connector import BleakNotFoundError, establish_connection
 
 from pairing.errors import (
     ConfigError,
+    InsecureLinkError,
     LinkClosedError,
     PairingError,
     PairingTimeout,
@@ -273,10 +274,27 @@ class BleakLink:
 
     @property
     def encrypted(self) -> bool:
-        """True once link-layer pairing succeeded, or when the backend reports encryption."""
+        """True once the link is encrypted after an LE Secure Connections pairing.
+
+        pairkit's bumble backend reports what the SMP pairing used, and a legacy pairing does
+        not count (docs/security.md, rule 5).  The OS backends (BlueZ, CoreBluetooth, WinRT)
+        have no API for it: there pairkit trusts the OS stack, which uses Secure Connections
+        whenever both controllers support it (BlueZ's default mode), and counts the link as
+        encrypted once ``pair()`` succeeded.
+        """
+        outcome = getattr(_backend(self._client), "pairing_outcome", None)
+        if outcome is not None:
+            return bool(outcome[0]) and (self._paired or not self.closed)
         if self.closed:
             return self._paired
         return self._paired or bool(getattr(_backend(self._client), "is_encrypted", False))
+
+    @property
+    def mitm_protected(self) -> bool:
+        """True only when the backend reports an SC pairing protected against a man in the
+        middle (pairkit's bumble backend); unknown on OS stacks, so False there."""
+        outcome = getattr(_backend(self._client), "pairing_outcome", None)
+        return bool(outcome is not None and outcome[0] and outcome[1] and self.encrypted)
 
     @property
     def closed(self) -> bool:
@@ -378,6 +396,12 @@ class BleakLink:
                 if not self._client.is_connected:
                     raise LinkClosedError(self._reason()) from None
                 raise translate(exc, "link-layer pairing") from exc
+            outcome = getattr(_backend(self._client), "pairing_outcome", None)
+            if outcome is not None and not outcome[0]:
+                raise InsecureLinkError(
+                    "the other device paired with legacy BLE pairing, which a listener can "
+                    "break; 'clear' needs LE Secure Connections (use pin, qr or compare instead)"
+                )
             self._paired = True
 
     # -- from bleak ------------------------------------------------------------------------

@@ -220,11 +220,13 @@ class LoopbackLink:
         inbox: MessageQueue,
         outbox: MessageQueue,
         tap: Tap | None,
+        mitm_protected: bool = False,
     ) -> None:
         self._local = local
         self._peer = peer
         self._mtu = mtu
         self._encrypted = encrypted
+        self._mitm = encrypted and mitm_protected
         self._inbox = inbox
         self._outbox = outbox
         self._tap = tap
@@ -250,6 +252,11 @@ class LoopbackLink:
     @property
     def encrypted(self) -> bool:
         return self._encrypted
+
+    @property
+    def mitm_protected(self) -> bool:
+        """What a MITM-protected link pairing would report (a test's choice)."""
+        return self._mitm
 
     @property
     def closed(self) -> bool:
@@ -321,10 +328,11 @@ def _make_pair(
     encrypted: bool,
     queue_size: int,
     tap: Tap | None,
+    mitm_protected: bool = False,
 ) -> LinkPair:
     a_to_b = MessageQueue(queue_size)
     b_to_a = MessageQueue(queue_size)
-    common = {"mtu": mtu, "encrypted": encrypted, "tap": tap}
+    common = {"mtu": mtu, "encrypted": encrypted, "tap": tap, "mitm_protected": mitm_protected}
     a = LoopbackLink(local=a_name, peer=b_name, inbox=b_to_a, outbox=a_to_b, **common)
     b = LoopbackLink(local=b_name, peer=a_name, inbox=a_to_b, outbox=b_to_a, **common)
     return LinkPair(a, b)
@@ -337,10 +345,12 @@ def loopback_pair(
     queue_size: int = DEFAULT_QUEUE_SIZE,
     tap: Tap | None = None,
     names: tuple[str, str] = ("a", "b"),
+    mitm_protected: bool = False,
 ) -> LinkPair:
     """Two connected in-memory links, ``(a, b)``; ``a.peer == names[1]``, ``b.peer == names[0]``.
 
-    ``encrypted=True`` makes both links claim link-layer encryption (method ``clear`` needs it).
+    ``encrypted=True`` makes both links claim link-layer encryption (method ``clear`` needs it);
+    ``mitm_protected=True`` also claims that its pairing was MITM-protected.
     ``tap`` sees every message in both directions (see the module docstring).  Needs no running
     event loop to be called.
     """
@@ -350,7 +360,8 @@ def loopback_pair(
     if not a_name or not b_name or a_name == b_name:
         raise ConfigError(f"a pair needs two different non-empty names, not {names!r}")
     return _make_pair(
-        a_name, b_name, mtu=mtu, encrypted=bool(encrypted), queue_size=queue_size, tap=tap
+        a_name, b_name, mtu=mtu, encrypted=bool(encrypted), queue_size=queue_size, tap=tap,
+        mitm_protected=bool(mitm_protected),
     )
 
 

@@ -142,6 +142,10 @@ class TcpLink:
         return False
 
     @property
+    def mitm_protected(self) -> bool:
+        return False
+
+    @property
     def closed(self) -> bool:
         return self._closed or self._ended
 

@@ -45,7 +45,13 @@ from bumble.device import Connection
 from bumble.gatt import Characteristic
 from bumble.pairing import PairingConfig, PairingDelegate
 
-from pairing.errors import ConfigError, LinkClosedError, PairingTimeout, TooLargeError
+from pairing.errors import (
+    ConfigError,
+    InsecureLinkError,
+    LinkClosedError,
+    PairingTimeout,
+    TooLargeError,
+)
 
 from .guard import describe_reason, guarded, translate
 
@@ -115,7 +121,12 @@ class BleLink:
         self._close_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._peer = str(connection.peer_address)
+        #: what this connection's SMP pairing established (None until it completes here):
+        #: (LE Secure Connections used, MITM-protected)
+        self._pairing: tuple[bool, bool] | None = None
+        self._paired: asyncio.Future[None] = self._loop.create_future()
         connection.on(connection.EVENT_DISCONNECTION, self._on_disconnection)
+        connection.on(connection.EVENT_PAIRING, self._on_pairing)
         if guest:
             connection.on(connection.EVENT_SECURITY_REQUEST, self._on_security_request)
         if connection.handle not in connection.device.connections:
@@ -133,8 +144,22 @@ class BleLink:
 
     @property
     def encrypted(self) -> bool:
-        """True once the link layer encrypts this connection (both sides see it)."""
-        return self._connection.is_encrypted
+        """True once the link layer encrypts this connection with keys from an LE Secure
+        Connections pairing made on it (both sides see it).
+
+        A link encrypted after *legacy* pairing is not encrypted for pairkit's purposes: a
+        passive listener can break legacy pairing (Core 5.4 Vol 3 Part H §2.3.5.1), so method
+        ``clear`` must not send a key over it (docs/security.md, rule 5).  bumble's own
+        ``connection.sc`` is not enough: it sets it on every LE encryption change, before the
+        pairing has told what it used, so pairkit reads the pairing's outcome itself.
+        """
+        return bool(self._connection.is_encrypted and self._pairing and self._pairing[0])
+
+    @property
+    def mitm_protected(self) -> bool:
+        """True when that SC pairing was protected against a man in the middle (numeric
+        comparison, passkey or OOB: the LTK is "authenticated"); Just Works is not."""
+        return bool(self.encrypted and self._pairing and self._pairing[1])
 
     @property
     def closed(self) -> bool:
@@ -215,6 +240,7 @@ class BleLink:
         if self.encrypted:
             return
         self._check_open()
+        self._check_secure_connections()
         async with self._encrypt_lock:
             if self.encrypted:
                 return
@@ -233,6 +259,7 @@ class BleLink:
             else:
                 self._connection.request_pairing()
                 await self._wait_encrypted(timeout)
+            self._check_secure_connections()
 
     async def _wait_encrypted(self, timeout: float) -> None:
         changed: asyncio.Future[None] = self._loop.create_future()
@@ -248,14 +275,37 @@ class BleLink:
         conn = self._connection
         conn.on(conn.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_change)
         conn.on(conn.EVENT_CONNECTION_ENCRYPTION_FAILURE, on_failure)
+        deadline = self._loop.time() + timeout
         try:
-            if not self.encrypted:
+            if not self._connection.is_encrypted:
                 await guarded(
                     changed, what="link-layer encryption", timeout=timeout, lost=self._lost
+                )
+            if self._pairing is None:
+                # Encryption starts mid-pairing; what the pairing used is known at its end.
+                await guarded(
+                    asyncio.shield(self._paired), what="link-layer pairing",
+                    timeout=max(0.0, deadline - self._loop.time()), lost=self._lost,
                 )
         finally:
             conn.remove_listener(conn.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_change)
             conn.remove_listener(conn.EVENT_CONNECTION_ENCRYPTION_FAILURE, on_failure)
+
+    def _on_pairing(self, keys: Any) -> None:
+        # Device.on_pairing has set connection.sc to what the SMP session really used.
+        ltk = getattr(keys, "ltk", None) or getattr(keys, "ltk_central", None) or getattr(
+            keys, "ltk_peripheral", None
+        )
+        self._pairing = (bool(self._connection.sc), bool(getattr(ltk, "authenticated", False)))
+        if not self._paired.done():
+            self._paired.set_result(None)
+
+    def _check_secure_connections(self) -> None:
+        if self._connection.is_encrypted and self._pairing is not None and not self._pairing[0]:
+            raise InsecureLinkError(
+                "the other device paired with legacy BLE pairing, which a listener can break; "
+                "'clear' needs LE Secure Connections (use pin, qr or compare instead)"
+            )
 
     def _on_security_request(self, _auth_req: int) -> None:
         # The host asks for encryption (SMP Security Request): pair with the defaults.

@@ -112,6 +112,8 @@ class BumbleClient(BaseBleakClient):
         self._pairing: asyncio.Task[None] | None = None
         self._disconnecting: asyncio.Future[None] | None = None
         self._paired = False
+        #: (LE Secure Connections, MITM-protected) once an SMP pairing completed on the link
+        self.pairing_outcome: tuple[bool, bool] | None = None
         #: Why the last connection ended (plain words), once it has.
         self.disconnect_reason: str | None = None
 
@@ -137,6 +139,13 @@ class BumbleClient(BaseBleakClient):
         """Whether the link layer encrypts this connection (bumble knows; bleak has no API)."""
         connection = self._connection
         return bool(connection is not None and self.is_connected and connection.is_encrypted)
+
+    def _on_pairing(self, keys: Any) -> None:
+        ltk = getattr(keys, "ltk", None) or getattr(keys, "ltk_central", None)
+        connection = self._connection
+        sc = bool(connection is not None and connection.sc)
+        #: (LE Secure Connections used, MITM-protected) of the SMP pairing on this connection
+        self.pairing_outcome = (sc, bool(getattr(ltk, "authenticated", False)))
 
     @property
     def adapter(self) -> BumbleAdapter | None:
@@ -198,6 +207,8 @@ class BumbleClient(BaseBleakClient):
         self._lost = lost
         self._notify.clear()
         self._paired = False
+        self.pairing_outcome = None
+        connection.on(connection.EVENT_PAIRING, self._on_pairing)
         self.disconnect_reason = None
 
         def on_disconnection(reason: int) -> None:
