@@ -295,20 +295,23 @@ async def _host_session(
     """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
     loop = asyncio.get_running_loop()
     if Method.TTP in opts.methods:
-        from pairing.ttp import TtpLinkConfig, is_link_hello
+        from pairing.ttp import TtpLinkConfig, is_ttp_offer
 
         from .ttp_client import replay_first, ttp_host_session
 
+        # The guest's Offer says which machine runs it; both check the proposal against this
+        # host's table (ttp is negotiated like every method: docs/security.md, rule 6).
         try:
             first = await asyncio.wait_for(pipe.recv(), opts.step_timeout)
         except TimeoutError:
             raise PairingTimeout("the guest did not start pairing in time") from None
         pipe = replay_first(pipe, first)
-        if is_link_hello(first):
+        if is_ttp_offer(first):
             server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
             return await ttp_host_session(
                 pipe, me=me, peer_hint=opts.ttp_peer, server=server, ca_file=ca,
-                config=TtpLinkConfig(step_timeout=opts.step_timeout), delegate=delegate,
+                config=TtpLinkConfig(step_timeout=opts.step_timeout, methods=opts.methods),
+                delegate=delegate, context=context,
             )
     machine = HostPairing(
         config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
@@ -483,7 +486,7 @@ async def run_join(
             session = await ttp_guest_session(
                 pipe, me=me, peer_hint=peer.device_id if peer is not None else opts.ttp_peer,
                 server=server, ca_file=ca, config=TtpLinkConfig(step_timeout=opts.step_timeout),
-                delegate=guest_delegate,
+                delegate=guest_delegate, context=pipe.transcript(),
             )
         else:
             machine.bind_context(pipe.transcript())  # the cloud step, bound into the key

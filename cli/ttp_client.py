@@ -264,7 +264,9 @@ class _KeyFetcher:
 
 
 class _Replay(MessagePipe):
-    """A pipe that gives back a message already read, then reads on (see :func:`replay_first`)."""
+    """A pipe that gives back a message already read, then reads on (see :func:`replay_first`).
+
+    The transcript stays the inner pipe's: it already counted ``first`` when it read it."""
 
     def __init__(self, inner: MessagePipe, first: bytes) -> None:
         super().__init__(inner.link)
@@ -283,7 +285,7 @@ class _Replay(MessagePipe):
 
 def replay_first(pipe: MessagePipe, first: bytes) -> MessagePipe:
     """``pipe`` with ``first`` put back in front: a host reads the guest's first message to
-    choose the machine (:func:`pairing.ttp.is_link_hello`), then drives that machine on this."""
+    choose the machine (:func:`pairing.ttp.is_ttp_offer`), then drives that machine on this."""
     return _Replay(pipe, first)
 
 
@@ -306,16 +308,18 @@ async def ttp_host_session(
     delegate: Any = None,
     server_timeout: float = DEFAULT_TIMEOUT,
     rng: Rng = os.urandom,
+    context: bytes = b"",
 ) -> Session:
     """Method ``ttp``, host side: the session with the guest on ``link``.
 
     ``peer_hint``: the guest's device id when only that device may pair (None: any enrolled
-    device the owner let in).  ``first_message``: the guest's link hello when the caller has
-    already read it (to choose the method, see :func:`pairing.ttp.is_link_hello`).
+    device the owner let in).  ``first_message``: the guest's Offer when the caller has
+    already read it (to choose the machine, see :func:`pairing.ttp.is_ttp_offer`).
+    ``context``: the hash of what the two sides exchanged on the link before (the cloud step).
     """
     config = _link_config(config, peer_hint)
     loop = asyncio.get_running_loop()
-    machine = TtpLinkHost(config, me, now=loop.time(), rng=rng)
+    machine = TtpLinkHost(config, me, now=loop.time(), rng=rng, context=context)
     if first_message is not None:
         machine.receive(first_message, loop.time())
     fetcher = _KeyFetcher(me, server, ca_file, server_timeout, rng, delegate)
@@ -338,15 +342,17 @@ async def ttp_guest_session(
     delegate: Any = None,
     server_timeout: float = DEFAULT_TIMEOUT,
     rng: Rng = os.urandom,
+    context: bytes = b"",
 ) -> Session:
     """Method ``ttp``, guest side: the session with the host on ``link``.
 
     ``peer_hint``: the host's device id when the user named it (a known peer, ``--ttp-peer``);
-    None takes the host on the link, whoever the key server says it is.
+    None takes the host on the link, whoever the key server says it is.  ``context``: as for
+    :func:`ttp_host_session`.
     """
     config = _link_config(config, peer_hint)
     loop = asyncio.get_running_loop()
-    machine = TtpLinkGuest(config, me, rng=rng)
+    machine = TtpLinkGuest(config, me, rng=rng, context=context)
     machine.start(loop.time())
     fetcher = _KeyFetcher(me, server, ca_file, server_timeout, rng, delegate)
     await drive(

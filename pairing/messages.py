@@ -59,7 +59,7 @@ class Offer(Message):
     noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message 1 (``qr``, ``kk``)
     pk: bytes | None = field(5, size=KEY_LEN, default=None)  #: ephemeral key (``compare``)
     qr_id: bytes | None = field(6, size=8, default=None)  #: which QR code (``qr``)
-    guest_id: bytes | None = field(7, size=ID_LEN, default=None)  #: who is calling (``kk``)
+    guest_id: bytes | None = field(7, size=ID_LEN, default=None)  #: who calls (``kk``, ``ttp``)
 
 
 @message(type_id=11, max_size=1024)
@@ -72,7 +72,8 @@ class Accept(Message):
     sealed: bytes | None = field(5, max_len=256, default=None)  #: HPKE enc||ct (``compare``)
     commit: bytes | None = field(6, size=MAC_LEN, default=None)  #: commitment (``compare``)
     key: bytes | None = field(7, size=KEY_LEN, default=None, secret=True)  #: SK (``clear``)
-    identity: bytes | None = field(8, max_len=512, default=None)  #: host identity (``clear``)
+    identity: bytes | None = field(8, max_len=512, default=None)  #: unused since 2 (``clear``)
+    host_id: bytes | None = field(9, size=ID_LEN, default=None)  #: who answers (``ttp``)
 
 
 @message(type_id=12, max_size=1024)

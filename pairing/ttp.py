@@ -22,8 +22,13 @@ key and, for CPNS, the factory EUKey; allowed for any key its holder proves, opt
 with the server's enrolment token), :class:`IntentRequest` (below) and the CPNS
 ``PnRegistrationRequest`` (:mod:`pairing.cpns`), after which the connection is handed over.
 
-**2. Intent.**  On their own link the two devices first trade a :class:`LinkHello` (device id,
-name, a fresh nonce), guest first; ``context = HKDF(guest hello || host hello)``.  Each then
+**2. Intent.**  On their own link the two devices first negotiate like every method
+(:mod:`pairing.methods`): the guest's :class:`~pairing.messages.Offer` announces method ``ttp``
+and carries its device id (``guest_id``); the host checks the proposal against its own table
+(:func:`pairing.negotiation.choose`) and answers an :class:`~pairing.messages.Accept` with its
+device id (``host_id``).  ``context = HKDF(th || guest id || host id, "pairkit/1 ttp context")``
+where ``th`` is the negotiation transcript of both announcements, salted with what the two sides
+exchanged on the link before (the cloud step, docs/security.md rule 6).  Each then
 states to the server ``IntentRequest(peer id, context, role, wait)``.  The server answers both
 with the same fresh ``SK`` and the *other* device's enrolled record (:class:`SkDelivery`) once
 it holds two intents that name each other, carry the same context and opposite roles, within
@@ -64,13 +69,14 @@ from .errors import (
     ConfigError,
     ErrorCode,
     LocalError,
+    PairingError,
     ProtocolError,
     RefusedError,
 )
 from .machine import Machine, Question
-from .messages import ID_LEN, KEY_LEN, MAC_LEN, NONCE_LEN, Identity
-from .methods import LocalIdentity, PeerInfo, Prekey, Session
-from .negotiation import Method
+from .messages import ID_LEN, KEY_LEN, MAC_LEN, NONCE_LEN, Accept, Announce, Identity, Offer
+from .methods import LocalIdentity, PeerInfo, Prekey, Session, _check_context, _th
+from .negotiation import ALL_CAPS, Caps, Method, choose, methods_from_mask, methods_mask
 from .wire import Message, field, message, struct
 
 #: the longest a device may ask the server to wait for the other device's intent (seconds)
@@ -178,15 +184,6 @@ class SkDelivery(Message):
     peer: DeviceRecord = field(4)
 
 
-@message(type_id=67, max_size=256)
-class LinkHello(Message):
-    """Either device, on its own link: who it is (a claim the server's record settles)."""
-
-    device_id: bytes = field(2, size=ID_LEN)
-    name: str = field(3, max_len=64)
-    nonce: bytes = field(4, size=NONCE_LEN)
-
-
 @message(type_id=68, max_size=1024)
 class SessionKeyOffer(Message):
     """Host -> guest, sealed under the SK channel: the session key and the host's identity."""
@@ -231,9 +228,12 @@ def cert_digest(der: bytes) -> bytes:
     return sha256(der).digest()
 
 
-def link_context(guest: LinkHello, host: LinkHello) -> bytes:
-    """The intent context: both link hellos, so one meeting gives one key."""
-    return hkdf(guest.encode() + host.encode(), salt=b"", info=b"pairkit/1 ttp context")
+def link_context(offer: Offer, accept: Accept, context: bytes = b"") -> bytes:
+    """The intent context: the negotiation of this meeting (both announcements, both device
+    ids, and the pre-pairing ``context``), so one meeting gives one key."""
+    assert offer.guest_id is not None and accept.host_id is not None
+    th = _th(offer.hello, accept.hello, context)
+    return hkdf(th + offer.guest_id + accept.host_id, salt=b"", info=b"pairkit/1 ttp context")
 
 
 def _fingerprint(secret: bytes, context: bytes) -> str:
@@ -513,6 +513,9 @@ class TtpLinkConfig:
     prekeys: int = 8
     #: when set, the other device must have this id (else the pairing stops before the server)
     peer_hint: bytes | None = None
+    #: the methods this side announces as allowed (the host checks ``ttp`` is among them)
+    methods: frozenset[Method] = frozenset({Method.TTP})
+    caps: Caps = ALL_CAPS
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.step_timeout <= 3600:
@@ -523,6 +526,8 @@ class TtpLinkConfig:
             raise ConfigError("prekeys must be between 0 and 16")
         if self.peer_hint is not None and len(self.peer_hint) != ID_LEN:
             raise ConfigError(f"a device id is {ID_LEN} bytes ({2 * ID_LEN} hex digits)")
+        if not self.methods:
+            raise ConfigError("at least one pairing method must be allowed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -538,7 +543,8 @@ class TtpKeyNeeded(Question):
     wait: int
 
 
-S_LINK_HELLO = "await-link-hello"
+S_ACCEPT = "await-accept"
+S_TTP_OFFER = "await-offer"
 S_KEY = "ask-key-server"
 S_OFFER = "await-session-key"
 S_ACK = "await-ack"
@@ -551,42 +557,47 @@ class _TtpLink(Machine):
     ANSWERS: ClassVar[dict[str, str]] = {S_KEY: "_on_key"}
 
     def __init__(
-        self, config: TtpLinkConfig, me: LocalIdentity, *, initial: str, rng: Rng
+        self, config: TtpLinkConfig, me: LocalIdentity, *, initial: str, rng: Rng,
+        context: bytes = b"",
     ) -> None:
         super().__init__(initial_state=initial)
         self.config = config
         self.me = me
         self._rng = rng
+        self._pre = _check_context(context)
         self.session: Session | None = None
         self.delivery: SkDelivery | None = None
         self._prekeys = tuple(_new_prekey(rng) for _ in range(config.prekeys))
 
-    def _hello(self) -> LinkHello:
-        return LinkHello(self.me.device_id, self.me.name, self._rng(NONCE_LEN))
+    def _announce(self) -> Announce:
+        return Announce(
+            caps=int(self.config.caps), methods=methods_mask(self.config.methods),
+            method=Method.TTP, name=self.me.name, nonce=self._rng(NONCE_LEN),
+        )
 
-    def _check_peer_hello(self, msg: LinkHello, who: str) -> None:
+    def _check_peer_id(self, device_id: bytes, who: str) -> None:
         hint = self.config.peer_hint
-        if hint is not None and msg.device_id != hint:
+        if hint is not None and device_id != hint:
             raise AuthenticationError(
-                f"the {who} on this link is device {msg.device_id.hex()[:16]}, not the "
+                f"the {who} on this link is device {device_id.hex()[:16]}, not the "
                 f"{hint.hex()[:16]} you named"
             )
-        if msg.device_id == self.me.device_id:
+        if device_id == self.me.device_id:
             raise ProtocolError(f"the {who} claims this device's own id")
 
-    def _ask_key(self, peer: LinkHello, now: float) -> None:
-        self._peer_hello = peer
+    def _ask_key(self, peer_id: bytes, peer_name: str, now: float) -> None:
+        self._peer_id = peer_id
         self.state = S_KEY
         self._expect_by(None)
         self._emit(
-            TtpKeyNeeded(self.ROLE, peer.device_id, peer.name, self._context, self.config.wait)
+            TtpKeyNeeded(self.ROLE, peer_id, peer_name, self._context, self.config.wait)
         )
 
     def _on_key(self, question: Question, value: Any, now: float) -> None:
         if not isinstance(value, SkDelivery):
             raise ProtocolError("the answer to TtpKeyNeeded must be an SkDelivery")
         who = "the host" if self.ROLE is IntentRole.GUEST else "the guest"
-        _check_record(value.peer, self._peer_hello.device_id, who)
+        _check_record(value.peer, self._peer_id, who)
         self.delivery = value
         okm = hkdf(
             value.sk, salt=self._context, info=b"pairkit/1 ttp channel" + value.match_id,
@@ -636,27 +647,41 @@ class TtpLinkGuest(_TtpLink):
 
     ROLE = IntentRole.GUEST
     TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_LINK_HELLO, LinkHello): "_on_hello",
+        (S_ACCEPT, Accept): "_on_accept",
         (S_OFFER, SessionKeyOffer): "_on_offer",
     }
 
-    def __init__(self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom):
-        super().__init__(config, me, initial=S_START, rng=rng)
+    def __init__(
+        self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom,
+        context: bytes = b"",
+    ) -> None:
+        super().__init__(config, me, initial=S_START, rng=rng, context=context)
 
     def start(self, now: float) -> None:
-        """Send the guest's link hello."""
+        """Send the guest's Offer for method ``ttp``."""
         self._check_usable()
         if self.state != S_START:
             raise ProtocolError("start() was already called")
-        self._mine = self._hello()
-        self._send(self._mine)
-        self.state = S_LINK_HELLO
+        self._offer = Offer(hello=self._announce(), guest_id=self.me.device_id)
+        self._send(self._offer)
+        self.state = S_ACCEPT
         self._expect_by(now + self.config.step_timeout, "the host did not answer")
 
-    def _on_hello(self, msg: LinkHello, now: float) -> None:
-        self._check_peer_hello(msg, "host")
-        self._context = link_context(self._mine, msg)
-        self._ask_key(msg, now)
+    def _on_accept(self, msg: Accept, now: float) -> None:
+        if msg.hello.method is not Method.TTP:
+            raise ProtocolError(
+                f"the host answered with method '{Method(msg.hello.method).label}' "
+                "but 'ttp' was proposed"
+            )
+        choose(
+            self.config.caps, self.config.methods, Caps(msg.hello.caps),
+            methods_from_mask(msg.hello.methods), proposed=Method.TTP,
+        )
+        if msg.host_id is None:
+            raise ProtocolError("the host's Accept for method 'ttp' lacks its device id")
+        self._check_peer_id(msg.host_id, "host")
+        self._context = link_context(self._offer, msg, self._pre)
+        self._ask_key(msg.host_id, msg.hello.name, now)
 
     def _after_key(self, now: float) -> None:
         self.state = S_OFFER
@@ -681,22 +706,33 @@ class TtpLinkHost(_TtpLink):
 
     ROLE = IntentRole.HOST
     TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_LINK_HELLO, LinkHello): "_on_hello",
+        (S_TTP_OFFER, Offer): "_on_offer_msg",
         (S_ACK, SessionKeyAck): "_on_ack",
     }
 
     def __init__(
-        self, config: TtpLinkConfig, me: LocalIdentity, *, now: float, rng: Rng = os.urandom
+        self, config: TtpLinkConfig, me: LocalIdentity, *, now: float, rng: Rng = os.urandom,
+        context: bytes = b"",
     ) -> None:
-        super().__init__(config, me, initial=S_LINK_HELLO, rng=rng)
+        super().__init__(config, me, initial=S_TTP_OFFER, rng=rng, context=context)
         self._expect_by(now + config.step_timeout, "the guest sent nothing")
 
-    def _on_hello(self, msg: LinkHello, now: float) -> None:
-        self._check_peer_hello(msg, "guest")
-        mine = self._hello()
-        self._send(mine)
-        self._context = link_context(msg, mine)
-        self._ask_key(msg, now)
+    def _on_offer_msg(self, msg: Offer, now: float) -> None:
+        # The same table as every method: a host that does not allow ttp refuses it here,
+        # before any key server is contacted.
+        choose(
+            Caps(msg.hello.caps), methods_from_mask(msg.hello.methods), self.config.caps,
+            self.config.methods, proposed=msg.hello.method,
+        )
+        if msg.hello.method is not Method.TTP:
+            raise ProtocolError("this exchange runs method 'ttp' only")
+        if msg.guest_id is None:
+            raise ProtocolError("the guest's Offer for method 'ttp' lacks its device id")
+        self._check_peer_id(msg.guest_id, "guest")
+        accept = Accept(hello=self._announce(), host_id=self.me.device_id)
+        self._send(accept)
+        self._context = link_context(msg, accept, self._pre)
+        self._ask_key(msg.guest_id, msg.hello.name, now)
 
     def _after_key(self, now: float) -> None:
         self._session_key = self._rng(KEY_LEN)
@@ -725,10 +761,17 @@ def _new_prekey(rng: Rng) -> Prekey:
     return Prekey(digest(public), private)
 
 
-def is_link_hello(data: bytes) -> bool:
-    """Whether a guest's first message on the link starts method ``ttp`` (so a host that
-    allows several methods can choose the machine after reading it)."""
-    return wire.peek_type(data) == LinkHello.TYPE
+def is_ttp_offer(data: bytes) -> bool:
+    """Whether a guest's first message on the link is an Offer proposing method ``ttp`` (a
+    host that allows several methods hands it to :class:`TtpLinkHost`, every other first
+    message to :class:`pairing.methods.HostPairing`; both check the proposal)."""
+    if wire.peek_type(data) != Offer.TYPE:
+        return False
+    try:
+        offer = wire.decode(data, Offer)
+    except PairingError:
+        return False
+    return offer.hello.method is Method.TTP
 
 
 def parse_device_id(text: str) -> bytes:
@@ -754,7 +797,6 @@ __all__ = [
     "IntentRequest",
     "IntentRole",
     "IntentTimeout",
-    "LinkHello",
     "ServerConfig",
     "SessionKeyAck",
     "SessionKeyOffer",
@@ -770,7 +812,7 @@ __all__ = [
     "TtpServerConn",
     "auth_proof",
     "cert_digest",
-    "is_link_hello",
+    "is_ttp_offer",
     "link_context",
     "parse_device_id",
 ]

@@ -18,10 +18,12 @@ from pairing.errors import (
     PairingError,
     ProtocolError,
     RemoteError,
+    UnsupportedError,
 )
 from pairing.machine import Machine
+from pairing.messages import Accept, Announce, Offer
 from pairing.methods import LocalIdentity
-from pairing.negotiation import Method
+from pairing.negotiation import Method, methods_mask
 from pairing.ttp import (
     BadTokenError,
     DeviceRecord,
@@ -31,7 +33,6 @@ from pairing.ttp import (
     IntentAsked,
     IntentRequest,
     IntentRole,
-    LinkHello,
     ServerConfig,
     SessionKeyAck,
     SessionKeyOffer,
@@ -46,7 +47,7 @@ from pairing.ttp import (
     TtpProof,
     TtpServerConn,
     _OfferBody,
-    is_link_hello,
+    is_ttp_offer,
     parse_device_id,
 )
 from tests.ttp_harness import flip, seeded
@@ -209,11 +210,18 @@ class FakeKeyServer:
         return SkDelivery(b"\x11" * 16, sk, record(self.by_id[q.peer_id]))
 
 
-def link_pair(config: TtpLinkConfig | None = None, host_config: TtpLinkConfig | None = None):
+def link_pair(
+    config: TtpLinkConfig | None = None,
+    host_config: TtpLinkConfig | None = None,
+    *,
+    guest_context: bytes = b"",
+    host_context: bytes = b"",
+):
     host_id = LocalIdentity.generate("host")
     guest_id = LocalIdentity.generate("guest")
-    guest = TtpLinkGuest(config or TtpLinkConfig(), guest_id)
-    host = TtpLinkHost(host_config or config or TtpLinkConfig(), host_id, now=0.0)
+    guest = TtpLinkGuest(config or TtpLinkConfig(), guest_id, context=guest_context)
+    host = TtpLinkHost(host_config or config or TtpLinkConfig(), host_id, now=0.0,
+                       context=host_context)
     guest.start(0.0)
     return host_id, guest_id, host, guest
 
@@ -310,25 +318,76 @@ def test_tampered_channel_messages_fail(kind) -> None:
     assert isinstance(host.error or guest.error, AuthenticationError | RemoteError)
 
 
-def test_changed_link_hello_changes_the_context() -> None:
+@pytest.mark.parametrize("field", ["nonce", "caps", "methods", "name"])
+def test_an_offer_changed_on_the_way_changes_the_context(field: str) -> None:
+    """The negotiation is bound like every method's: a rewritten announcement gives the two
+    sides different contexts, which no key server matches (and no session comes of it)."""
     host_id, guest_id, host, guest = link_pair()
     ks = FakeKeyServer(host_id, guest_id)
 
     def tamper(src, data):
         msg = wire.decode(data)
-        if isinstance(msg, LinkHello) and src is guest:
-            return dataclasses.replace(msg, nonce=flip(msg.nonce)).encode()
+        if isinstance(msg, Offer) and src is guest:
+            hello = msg.hello
+            changed = {"nonce": flip(hello.nonce), "caps": hello.caps ^ 1,
+                       "methods": hello.methods | methods_mask({Method.PIN}),
+                       "name": hello.name + "!"}[field]
+            return dataclasses.replace(
+                msg, hello=dataclasses.replace(hello, **{field: changed})
+            ).encode()
         return data
 
     exchange(guest, host, ks.answer, tamper=tamper)
-    contexts = {q.context for q in ks.asked}
-    assert len(contexts) == 2  # a real key server would match nothing
+    assert len({q.context for q in ks.asked}) == 2  # a real key server would match nothing
+    assert guest.session is None or host.session is None
 
 
-def test_is_link_hello_and_device_ids() -> None:
-    hello = LinkHello(b"\x01" * 16, "x", b"\x02" * 16).encode()
-    assert is_link_hello(hello)
-    assert not is_link_hello(b"garbage")
+def test_an_accept_naming_another_method_fails() -> None:
+    host_id, guest_id, host, guest = link_pair()
+
+    def tamper(src, data):
+        msg = wire.decode(data)
+        if isinstance(msg, Accept):
+            return dataclasses.replace(
+                msg, hello=dataclasses.replace(msg.hello, method=Method.PIN)
+            ).encode()
+        return data
+
+    exchange(guest, host, FakeKeyServer(host_id, guest_id).answer, tamper=tamper)
+    assert isinstance(guest.error, ProtocolError) and "'ttp' was proposed" in str(guest.error)
+    assert guest.session is None and host.session is None
+
+
+def test_a_host_that_does_not_allow_ttp_refuses_it_before_the_key_server() -> None:
+    strict = TtpLinkConfig(methods=frozenset({Method.PIN, Method.QR}))
+    host_id, guest_id, host, guest = link_pair(host_config=strict)
+    ks = FakeKeyServer(host_id, guest_id)
+    exchange(guest, host, ks.answer)
+    assert isinstance(host.error, UnsupportedError)
+    assert "ttp" in str(host.error) and ks.asked == []
+    assert isinstance(guest.error, RemoteError)
+
+
+def test_a_different_pre_pairing_context_on_one_side_fails() -> None:
+    """A bit flipped in the cloud step (the context) gives the two sides different keys."""
+    host_id, guest_id, host, guest = link_pair(guest_context=b"\x01" * 32,
+                                               host_context=b"\x02" * 32)
+    ks = FakeKeyServer(host_id, guest_id)
+    exchange(guest, host, ks.answer)
+    assert len({q.context for q in ks.asked}) == 2
+    assert guest.session is None or host.session is None
+    same_ctx = link_pair(guest_context=b"\x03" * 32, host_context=b"\x03" * 32)
+    exchange(same_ctx[3], same_ctx[2], FakeKeyServer(same_ctx[0], same_ctx[1]).answer)
+    assert same_ctx[2].done and same_ctx[3].done
+
+
+def test_is_ttp_offer_and_device_ids() -> None:
+    hello = Announce(caps=0, methods=methods_mask({Method.TTP}), method=Method.TTP, name="x",
+                     nonce=b"\x02" * 16)
+    assert is_ttp_offer(Offer(hello=hello, guest_id=b"\x01" * 16).encode())
+    pin = dataclasses.replace(hello, method=Method.PIN)
+    assert not is_ttp_offer(Offer(hello=pin).encode())
+    assert not is_ttp_offer(b"garbage")
     assert parse_device_id("0102" * 8) == bytes.fromhex("0102" * 8)
     assert parse_device_id("0102-0304 " * 4) == bytes.fromhex("01020304" * 4)
     with pytest.raises(ConfigError):
@@ -352,7 +411,6 @@ k32 = st.binary(min_size=32, max_size=32)
                   st.integers(0, 2**32)),
         st.builds(SkDelivery, ids16, k32, st.builds(DeviceRecord, ids16, st.text(max_size=20),
                                                      k32, k32)),
-        st.builds(LinkHello, ids16, st.text(max_size=20), ids16),
     )
 )
 def test_ttp_messages_round_trip(msg: wire.Message) -> None:

@@ -386,7 +386,7 @@ async def test_a_host_that_allows_several_methods_dispatches_on_the_first_messag
     """What run_host does: read the guest's first message, then run the machine it starts."""
     from cli.ttp_client import replay_first
     from pairing.driver import MessagePipe
-    from pairing.ttp import is_link_hello
+    from pairing.ttp import is_ttp_offer
     from transports.loopback import loopback_pair
 
     async with running_server(tmp_path / "srv") as h:
@@ -398,7 +398,7 @@ async def test_a_host_that_allows_several_methods_dispatches_on_the_first_messag
         async def host() -> object:
             pipe = MessagePipe(p)
             first = await asyncio.wait_for(pipe.recv(), 5)
-            assert is_link_hello(first)
+            assert is_ttp_offer(first)
             return await ttp_host_session(replay_first(pipe, first), me=paul, peer_hint=None,
                                           server=h.address, ca_file=h.ca)
 
