@@ -18,7 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pairing.errors import DecodeError
-from pairing.hello import EPOCH_SECONDS, Hello, decode_hello, make_tag, match_tag
+from pairing.hello import (
+    EPOCH_SECONDS,
+    Hello,
+    decode_hello,
+    encode_private,
+    make_tag,
+    match_tag,
+)
 from pairing.keystore import Keystore
 from pairing.negotiation import ALL_CAPS, Method
 
@@ -85,10 +92,17 @@ class Presence:
             tag=make_tag(self._key, self.wall_clock()), l2cap=self.l2cap,
         )
 
+    def payload(self) -> bytes:
+        """What goes on air: the clear hello in a visibility window, else the private form,
+        in which a stranger reads no capability, no method and no flag (docs/hello.md)."""
+        if self.visible:
+            return self.hello().encode()
+        return encode_private(self.hello(), self._key, self.wall_clock())
+
     async def start(self) -> None:
         if not self.can_broadcast:
             return
-        await self.transport.start_advertising(self.hello().encode())
+        await self.transport.start_advertising(self.payload())
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -130,7 +144,7 @@ class Presence:
             with contextlib.suppress(Exception):
                 await self.transport.stop_advertising()
                 await rotate()
-        await self.transport.start_advertising(self.hello().encode())
+        await self.transport.start_advertising(self.payload())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -172,11 +186,11 @@ async def discover(
     garbage = 0
     async for s in transport.scan(timeout):
         try:
-            hello = decode_hello(s.payload)
+            hello = decode_hello(s.payload, keys, wall_clock())
         except DecodeError:
             garbage += 1
             continue
-        cloud = match_tag(hello.tag, keys, wall_clock())
+        cloud = hello.cloud or match_tag(hello.tag, keys, wall_clock())
         found[s.address] = Found(
             s.address, hello, s.rssi, s.name, cloud, names.get(cloud) if cloud else None
         )
