@@ -70,7 +70,7 @@ from pairing.groups import (  # noqa: E402
     seal_group_envelope,
     sender_id,
 )
-from pairing.keystore import Keystore  # noqa: E402
+from pairing.keystore import Argon2Params, Keystore  # noqa: E402
 from transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX  # noqa: E402
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
@@ -105,8 +105,9 @@ class Setup:
 
 
 def build(tmp: Path) -> Setup:
-    controller = Keystore.create(tmp / "c.pk", "1234", name="controller", scrypt_n=2**10)
-    member = Keystore.create(tmp / "m.pk", "1234", name="member", scrypt_n=2**10)
+    cheap = Argon2Params.cheapest()
+    controller = Keystore.create(tmp / "c.pk", "123456", name="controller", kdf=cheap)
+    member = Keystore.create(tmp / "m.pk", "123456", name="member", kdf=cheap)
     controller.new_group_key(GROUP, 1)
     env = seal_group_envelope(controller, group=GROUP, epoch=1, member_public=member.static_public)
 

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from pairing.cloud import AllowJoin, Grant, Role
-from pairing.keystore import Keystore
+from pairing.keystore import Argon2Params, Keystore
 from pairing.methods import ConfirmCode, InsecureWarning, Session
 from pairing.negotiation import Method
 from pairing.securelink import SecureLink
@@ -32,7 +32,7 @@ from .flows import HostOptions, JoinOptions, run_host, run_join
 from .presence import Presence, discover
 from .service import Progress, get_file, list_files
 
-DEMO_PIN = "2468"  # the keystores' own PIN (throwaway keystores in a temporary folder)
+DEMO_PIN = "246813"  # the keystores' own PIN (throwaway keystores in a temporary folder)
 VIDEOS = {"holiday.mp4": 1_500_000, "birthday.mp4": 400_000}
 
 
@@ -155,7 +155,7 @@ async def run_demo(
         paths = {who: tmp / who / "keystore.pk" for who in ("paul", "tv", "george")}
         for who, name in (("paul", "Paul's phone"), ("tv", "Paul's TV"),
                           ("george", "George's phone")):
-            ks = Keystore.create(paths[who], DEMO_PIN, name=name, scrypt_n=2**14)
+            ks = Keystore.create(paths[who], DEMO_PIN, name=name, kdf=Argon2Params.cheapest())
             ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
             ks.save()
         paul = Keystore.open(paths["paul"], DEMO_PIN)

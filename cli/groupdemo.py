@@ -36,7 +36,7 @@ import click
 from pairing.cloud import AllowJoin, Grant, Role
 from pairing.errors import AuthenticationError, PairingError
 from pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, envelope_info
-from pairing.keystore import Keystore
+from pairing.keystore import Argon2Params, Keystore
 from pairing.methods import Session
 from pairing.negotiation import Method
 from pairing.securelink import SecureLink
@@ -45,7 +45,7 @@ from pairing.service import Membership
 from . import groups as G
 from .flows import HostOptions, JoinOptions, run_host, run_join
 
-DEMO_PIN = "2468"  # the throwaway keystores' own PIN
+DEMO_PIN = "246813"  # the throwaway keystores' own PIN
 PAIRING_PIN = "135790"  # the PIN each commissioning host shows (scripted)
 GROUPS = {
     "fire-sensors": ("sensor-1", "sensor-2"),
@@ -105,14 +105,13 @@ class GroupLab:
     """Devices on one radio (``loopback`` or ``bumble:virtual``), for the demo and tests."""
 
     def __init__(
-        self, root: Path, *, transport: str = "loopback", scrypt_n: int = 2**10,
+        self, root: Path, *, transport: str = "loopback",
         connect_timeout: float = 2.0, step_timeout: float = 10.0,
     ) -> None:
         if transport not in ("loopback", "bumble:virtual"):
             raise click.UsageError(f"the lab runs on loopback or bumble:virtual, not {transport!r}")
         self.root = root
         self.spec = transport
-        self.scrypt_n = scrypt_n
         self.connect_timeout = connect_timeout
         self.step_timeout = step_timeout
         self.nodes: dict[str, Node] = {}
@@ -146,7 +145,7 @@ class GroupLab:
         ``downlink`` gives it a second radio to reach peers through."""
         path = self.root / name / "keystore.pk"
         ks = await asyncio.to_thread(
-            Keystore.create, path, DEMO_PIN, name=name, scrypt_n=self.scrypt_n
+            Keystore.create, path, DEMO_PIN, name=name, kdf=Argon2Params.cheapest()
         )
         ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
         ks.save()
@@ -366,7 +365,7 @@ async def run_groupkeys_demo(*, transport: str, quiet: bool) -> dict[str, Any]:
     bumble_log.setLevel(logging.ERROR)
     try:
         with tempfile.TemporaryDirectory(prefix="pairkit-groups-") as tmp:
-            lab = GroupLab(Path(tmp), transport=transport, scrypt_n=2**14, connect_timeout=1.5)
+            lab = GroupLab(Path(tmp), transport=transport, connect_timeout=1.5)
             try:
                 await _scenario(lab, n, summary)
             finally:

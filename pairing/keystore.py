@@ -2,20 +2,32 @@
 
 DESIGN.md "Identification": each device has an identity (an X25519 static key and an Ed25519
 signing key) in a local keystore sealed under a key derived from the owner's PIN or passphrase
-with scrypt (RFC 7914).  The keystore plays the device's *secure environment*: its API uses the
-private keys (Diffie-Hellman, signatures, HPKE opening, group AEAD, cloud MACs) but never returns
-them.  The one deliberate exception is :meth:`Keystore._static_private_for_handshake`, the
-internal door through which the Noise handshake module receives the static private key.
+with Argon2id (RFC 9106); keystores written by earlier versions with scrypt (RFC 7914) still
+open, and are re-sealed with Argon2id on their next write.  The keystore plays the device's
+*secure environment*: its API uses the private keys (Diffie-Hellman, signatures, HPKE
+opening, group AEAD, cloud MACs) but never returns them.  The one deliberate exception is
+:meth:`Keystore._static_private_for_handshake`, the internal door through which the Noise
+handshake module receives the static private key.
 
 File format (one file, ``keystore.pk``)::
 
     magic "PKKS" (4) | header length (2, big endian) | header | check (32) | body
 
-* ``header`` is a canonical CBOR map (RFC 8949 §4.2.1) ``{1: format version, 2: "scrypt",
-  3: n, 4: r, 5: p, 6: salt (16), 7: nonce (12)}``.  The scrypt parameters live in the file so
-  that a later version can raise them (:meth:`Keystore.change_pin` accepts new ones).
-* ``master = scrypt(PIN, salt, n, r, p)`` (RFC 7914 §6); two subkeys are expanded from it with
-  HKDF-Expand (RFC 5869 §2.3): a *check key* and a *body key*.
+* ``header`` is a canonical CBOR map (RFC 8949 §4.2.1) ``{1: format version, 2: "argon2id",
+  3: memory (KiB), 4: iterations, 5: lanes, 6: salt (16), 7: nonce (12)}``, or, as earlier
+  versions wrote it, ``{..., 2: "scrypt", 3: n, 4: r, 5: p, ...}``.  The parameters live in the
+  file so that a later version can raise them (:meth:`Keystore.change_pin` accepts new ones).
+* ``master = Argon2id(PIN, salt, memory, iterations, lanes)`` (RFC 9106 §3), or
+  ``scrypt(PIN, salt, n, r, p)`` (RFC 7914 §6) for an earlier keystore; two subkeys are
+  expanded from it with HKDF-Expand (RFC 5869 §2.3): a *check key* and a *body key*.
+
+The default Argon2id cost is RFC 9106 §4's second recommended setting: 64 MiB of memory, 3
+passes, 4 lanes.  It takes about 0.17 s on the machines pairkit is developed on and about 0.5 s
+on a Raspberry Pi 4, which bounds an offline search of a stolen keystore file to a few guesses
+per second per core and per 64 MiB; with the required 6 characters or more, a passphrase of
+letters and digits is out of reach.  An earlier scrypt keystore is re-sealed the first time it
+is written after being opened (its new Argon2id keys are derived when it is opened, while the
+PIN is at hand; nothing else changes).
 * ``check = HMAC-SHA256(check key, magic | length | header)``: a key-check value, so that a
   wrong PIN (check mismatch: :class:`WrongPinError`) is told apart from a damaged body (AEAD
   failure with the right PIN: :class:`KeystoreCorruptError`).  A damaged header reads as a wrong
@@ -61,6 +73,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -100,6 +113,17 @@ ENV_HOME: Final = "PAIRKIT_HOME"
 DEFAULT_SCRYPT_N: Final = 2**15
 DEFAULT_SCRYPT_R: Final = 8
 DEFAULT_SCRYPT_P: Final = 1
+#: RFC 9106 §4, second recommended option (64 MiB, t=3, p=4): about 0.5 s on a Pi 4
+DEFAULT_ARGON2_MEMORY_KIB: Final = 64 * 1024
+DEFAULT_ARGON2_ITERATIONS: Final = 3
+DEFAULT_ARGON2_LANES: Final = 4
+#: the cheapest Argon2id a keystore may use (tests and throwaway demo keystores choose it)
+MIN_ARGON2_MEMORY_KIB: Final = 1024
+MAX_ARGON2_MEMORY_KIB: Final = 1 << 20  # 1 GiB: a damaged header cannot ask for more
+MAX_ARGON2_ITERATIONS: Final = 16
+MAX_ARGON2_LANES: Final = 16
+#: the shortest keystore PIN or passphrase accepted for a new seal (rule 7 of docs/security.md)
+MIN_PIN_LENGTH: Final = 6
 # Bounds on scrypt parameters.  The lower bound keeps a store from being made trivially weak
 # (tests use it for speed); the upper bounds stop a damaged header from asking for gigabytes.
 MIN_SCRYPT_N: Final = 2**10
@@ -119,6 +143,7 @@ MAX_FILE_SIZE: Final = 64 << 20
 MAX_NAME_LENGTH: Final = 64
 
 _KDF_SCRYPT = "scrypt"
+_KDF_ARGON2ID = "argon2id"
 _CHECK_INFO = b"pairkit keystore v1 check"
 _BODY_INFO = b"pairkit keystore v1 body"
 _TEMP_SUFFIX = ".tmp"
@@ -366,6 +391,47 @@ class ScryptParams:
             raise ConfigError("these scrypt parameters need too much memory or time")
 
 
+@dataclass(frozen=True)
+class Argon2Params:
+    """Argon2id cost parameters (RFC 9106 §3.1), validated against pairkit's bounds."""
+
+    memory_kib: int = DEFAULT_ARGON2_MEMORY_KIB
+    iterations: int = DEFAULT_ARGON2_ITERATIONS
+    lanes: int = DEFAULT_ARGON2_LANES
+
+    def __post_init__(self) -> None:
+        for name in ("memory_kib", "iterations", "lanes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Argon2id parameter {name} must be a positive integer")
+        if not MIN_ARGON2_MEMORY_KIB <= self.memory_kib <= MAX_ARGON2_MEMORY_KIB:
+            raise ConfigError(
+                f"Argon2id memory must be {MIN_ARGON2_MEMORY_KIB} to {MAX_ARGON2_MEMORY_KIB} KiB"
+            )
+        if self.iterations > MAX_ARGON2_ITERATIONS or self.lanes > MAX_ARGON2_LANES:
+            raise ConfigError(
+                f"Argon2id iterations and lanes must be at most {MAX_ARGON2_ITERATIONS}"
+            )
+        if self.memory_kib < 8 * self.lanes:
+            raise ConfigError("Argon2id needs at least 8 KiB of memory per lane")
+
+    @classmethod
+    def cheapest(cls) -> Argon2Params:
+        """The lowest cost allowed: for tests and throwaway demo keystores only."""
+        return cls(MIN_ARGON2_MEMORY_KIB, 1, 1)
+
+
+Kdf = ScryptParams | Argon2Params
+
+
+def _upgrade_of(kdf: Kdf) -> Argon2Params:
+    """The Argon2id cost an earlier scrypt keystore is re-sealed with: the default, unless its
+    owner chose a cost below scrypt's default (tests, demos), which stays the cheapest."""
+    if isinstance(kdf, Argon2Params):
+        return kdf
+    return Argon2Params() if kdf.n >= DEFAULT_SCRYPT_N else Argon2Params.cheapest()
+
+
 # ---------------------------------------------------------------------------------------------
 # Sealing
 
@@ -373,18 +439,25 @@ class ScryptParams:
 @dataclass(frozen=True)
 class _Header:
     version: int
-    kdf: ScryptParams
+    kdf: Kdf
     salt: bytes
     nonce: bytes
 
     def encode(self) -> bytes:
+        kdf = self.kdf
+        if isinstance(kdf, Argon2Params):
+            params: tuple[str, int, int, int] = (
+                _KDF_ARGON2ID, kdf.memory_kib, kdf.iterations, kdf.lanes
+            )
+        else:
+            params = (_KDF_SCRYPT, kdf.n, kdf.r, kdf.p)
         header = cbor.encode(
             {
                 1: self.version,
-                2: _KDF_SCRYPT,
-                3: self.kdf.n,
-                4: self.kdf.r,
-                5: self.kdf.p,
+                2: params[0],
+                3: params[1],
+                4: params[2],
+                5: params[3],
                 6: self.salt,
                 7: self.nonce,
             }
@@ -409,9 +482,26 @@ def _pin_bytes(pin: str | bytes) -> bytes:
     return bytes(pin)
 
 
-def _derive_keys(pin: bytes, salt: bytes, kdf: ScryptParams) -> _Keys:
-    """RFC 7914 scrypt, then RFC 5869 HKDF-Expand into independent check and body keys."""
-    master = Scrypt(salt=salt, length=KEY_SIZE, n=kdf.n, r=kdf.r, p=kdf.p).derive(pin)
+def _check_new_pin(pin: bytes) -> bytes:
+    """A PIN or passphrase for a new seal: at least :data:`MIN_PIN_LENGTH` characters."""
+    if len(pin.decode("utf-8", "replace")) < MIN_PIN_LENGTH:
+        raise ConfigError(
+            f"a keystore PIN or passphrase needs at least {MIN_PIN_LENGTH} characters (a "
+            "stolen keystore file is attacked offline, so a short one falls in hours)"
+        )
+    return pin
+
+
+def _derive_keys(pin: bytes, salt: bytes, kdf: Kdf) -> _Keys:
+    """RFC 9106 Argon2id (or RFC 7914 scrypt for an earlier keystore), then RFC 5869
+    HKDF-Expand into independent check and body keys."""
+    if isinstance(kdf, Argon2Params):
+        master = Argon2id(
+            salt=salt, length=KEY_SIZE, iterations=kdf.iterations, lanes=kdf.lanes,
+            memory_cost=kdf.memory_kib,
+        ).derive(pin)
+    else:
+        master = Scrypt(salt=salt, length=KEY_SIZE, n=kdf.n, r=kdf.r, p=kdf.p).derive(pin)
     check = HKDFExpand(hashes.SHA256(), KEY_SIZE, _CHECK_INFO).derive(master)
     body = HKDFExpand(hashes.SHA256(), KEY_SIZE, _BODY_INFO).derive(master)
     return _Keys(check=check, body=body)
@@ -446,12 +536,17 @@ def _parse_header(data: bytes, where: str) -> tuple[_Header, int]:
             "read (the file is damaged or was written by a newer pairkit)"
         )
     salt, nonce = fields[6], fields[7]
-    if fields[2] != _KDF_SCRYPT or not isinstance(salt, bytes) or not isinstance(nonce, bytes):
+    if fields[2] not in (_KDF_SCRYPT, _KDF_ARGON2ID):
+        raise KeystoreCorruptError(damaged)
+    if not isinstance(salt, bytes) or not isinstance(nonce, bytes):
         raise KeystoreCorruptError(damaged)
     if len(salt) != SALT_SIZE or len(nonce) != NONCE_SIZE:
         raise KeystoreCorruptError(damaged)
     try:
-        kdf = ScryptParams(fields[3], fields[4], fields[5])
+        kdf: Kdf = (
+            Argon2Params(fields[3], fields[4], fields[5]) if fields[2] == _KDF_ARGON2ID
+            else ScryptParams(fields[3], fields[4], fields[5])
+        )
     except ConfigError:
         raise KeystoreCorruptError(damaged) from None
     return _Header(version, kdf, salt, nonce), end
@@ -542,6 +637,8 @@ class Keystore:
         self._clouds: dict[str, dict[str, Any]] = {}
         self._groups: dict[str, dict[int, bytes]] = {}
         self._settings: dict[str, Any] = {}
+        #: the Argon2id seal an earlier scrypt keystore takes at its next write
+        self._upgrade: tuple[_Header, _Keys] | None = None
 
     def __repr__(self) -> str:
         return f"<Keystore {self.device_id} {self._name!r} at {self._path}>"
@@ -556,21 +653,30 @@ class Keystore:
         *,
         name: str,
         rng: Rng = os.urandom,
-        scrypt_n: int = DEFAULT_SCRYPT_N,
+        kdf: Argon2Params | None = None,
+        scrypt_n: int | None = None,
         scrypt_r: int = DEFAULT_SCRYPT_R,
         scrypt_p: int = DEFAULT_SCRYPT_P,
         overwrite: bool = False,
     ) -> Keystore:
         """Make a new identity, seal it under ``pin`` and write it to ``path`` (``None``: the
-        :func:`default_path`).  Refuses to replace an existing keystore unless ``overwrite``."""
+        :func:`default_path`).  Refuses to replace an existing keystore unless ``overwrite``.
+
+        The seal is Argon2id at ``kdf`` (default: :class:`Argon2Params`'s defaults).
+        ``scrypt_n`` instead writes the earlier versions' scrypt format (the upgrade's tests,
+        and cheap test keystores: one with ``scrypt_n`` below the default is re-sealed at
+        :meth:`Argon2Params.cheapest`).  The PIN needs :data:`MIN_PIN_LENGTH` characters."""
         target = Path(path) if path is not None else default_path()
         if not overwrite and os.path.lexists(target):
             raise KeystoreError(
                 f"a keystore already exists at {target}; refusing to replace it "
                 "(that would lose this device's identity and its known peers)"
             )
-        kdf = ScryptParams(scrypt_n, scrypt_r, scrypt_p)
-        pin_bytes = _pin_bytes(pin)
+        chosen: Kdf = (
+            ScryptParams(scrypt_n, scrypt_r, scrypt_p) if scrypt_n is not None
+            else kdf or Argon2Params()
+        )
+        pin_bytes = _check_new_pin(_pin_bytes(pin))
         _check_name(name, "the device name")
         salt = _check_rng_output(rng(SALT_SIZE), SALT_SIZE)
         store = cls(
@@ -582,8 +688,8 @@ class Keystore:
                 _check_rng_output(rng(KEY_SIZE), KEY_SIZE)
             ),
             name=name,
-            header=_Header(FORMAT_VERSION, kdf, salt, bytes(NONCE_SIZE)),
-            keys=_derive_keys(pin_bytes, salt, kdf),
+            header=_Header(FORMAT_VERSION, chosen, salt, bytes(NONCE_SIZE)),
+            keys=_derive_keys(pin_bytes, salt, chosen),
             rng=rng,
         )
         store.save()
@@ -624,12 +730,22 @@ class Keystore:
                 f"the keystore at {target} is damaged or has been tampered with"
             ) from None
         try:
-            return cls._from_body(target, body, header, keys, rng)
+            store = cls._from_body(target, body, header, keys, rng)
         except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError):
             # The body is authenticated, so this is a pairkit bug or an unknown layout.
             raise KeystoreCorruptError(
                 f"the keystore at {target} has contents this pairkit cannot read"
             ) from None
+        if isinstance(header.kdf, ScryptParams):
+            # An earlier version's seal: derive the Argon2id one now, while the PIN is here,
+            # and use it at the next write (nothing is written just by opening).
+            upgrade = _upgrade_of(header.kdf)
+            salt = _check_rng_output(rng(SALT_SIZE), SALT_SIZE)
+            store._upgrade = (
+                _Header(FORMAT_VERSION, upgrade, salt, header.nonce),
+                _derive_keys(pin_bytes, salt, upgrade),
+            )
+        return store
 
     @classmethod
     def _from_body(
@@ -687,14 +803,15 @@ class Keystore:
         kills the process there).  Leftover temporary files from an interrupted save are removed
         after a successful one.
         """
+        base, keys = self._upgrade or (self._header, self._keys)
         header = _Header(
-            self._header.version,
-            self._header.kdf,
-            self._header.salt,
+            base.version,
+            base.kdf,
+            base.salt,
             _check_rng_output(self._rng(NONCE_SIZE), NONCE_SIZE),
         )
-        self._write(_seal(header, self._keys, self._body()), before_replace)
-        self._header = header
+        self._write(_seal(header, keys, self._body()), before_replace)
+        self._header, self._keys, self._upgrade = header, keys, None
 
     @contextlib.contextmanager
     def update(self) -> Iterator[Keystore]:
@@ -753,21 +870,32 @@ class Keystore:
         self._groups = fresh._groups
         self._settings = fresh._settings
 
-    def change_pin(self, new_pin: str | bytes, *, scrypt_n: int | None = None) -> None:
-        """Re-seal the keystore under ``new_pin`` with a fresh salt and save it; ``scrypt_n``
-        optionally raises (or lowers) the scrypt cost at the same time."""
-        kdf = self._header.kdf
+    def change_pin(
+        self,
+        new_pin: str | bytes,
+        *,
+        kdf: Argon2Params | None = None,
+        scrypt_n: int | None = None,
+    ) -> None:
+        """Re-seal the keystore under ``new_pin`` with a fresh salt and save it, with Argon2id
+        (at ``kdf``, or the upgrade of the current cost); ``scrypt_n`` keeps the earlier scrypt
+        format at that cost instead (tests of the upgrade)."""
+        current = self._header.kdf
+        chosen: Kdf = kdf or _upgrade_of(current)
         if scrypt_n is not None:
-            kdf = ScryptParams(scrypt_n, kdf.r, kdf.p)
-        pin_bytes = _pin_bytes(new_pin)
+            base = current if isinstance(current, ScryptParams) else ScryptParams()
+            chosen = ScryptParams(scrypt_n, base.r, base.p)
+        kdf_ = chosen
+        pin_bytes = _check_new_pin(_pin_bytes(new_pin))
         salt = _check_rng_output(self._rng(SALT_SIZE), SALT_SIZE)
-        old_header, old_keys = self._header, self._keys
-        self._header = _Header(FORMAT_VERSION, kdf, salt, old_header.nonce)
-        self._keys = _derive_keys(pin_bytes, salt, kdf)
+        old_header, old_keys, old_upgrade = self._header, self._keys, self._upgrade
+        self._header = _Header(FORMAT_VERSION, kdf_, salt, old_header.nonce)
+        self._keys = _derive_keys(pin_bytes, salt, kdf_)
+        self._upgrade = None
         try:
             self.save()
         except BaseException:
-            self._header, self._keys = old_header, old_keys
+            self._header, self._keys, self._upgrade = old_header, old_keys, old_upgrade
             raise
 
     def _write(self, data: bytes, before_replace: Callable[[Path], None] | None) -> None:
@@ -833,8 +961,15 @@ class Keystore:
         return self._path
 
     @property
-    def scrypt(self) -> ScryptParams:
-        """The scrypt parameters the file is sealed with."""
+    def scrypt(self) -> Kdf:
+        """The key-derivation parameters the file is sealed with (kept under its old name;
+        see :attr:`kdf`)."""
+        return self._header.kdf
+
+    @property
+    def kdf(self) -> Kdf:
+        """The key-derivation parameters the file is sealed with: :class:`Argon2Params`, or
+        :class:`ScryptParams` for a keystore of an earlier version not written since."""
         return self._header.kdf
 
     @property

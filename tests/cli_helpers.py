@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the keystore PIN every test device is sealed with (scrypt at its default cost)
-KEYSTORE_PIN = "1234"
+KEYSTORE_PIN = "135790"
 #: the installed console script when this interpreter has one, else the module
 _SCRIPT = Path(sys.executable).with_name("pairkit")
 MODULE_CMD: tuple[str, ...] = (sys.executable, "-m", "cli.main")

@@ -36,7 +36,7 @@ from pairing.errors import (
     RemoteError,
 )
 from pairing.hello import decode_hello, match_tag
-from pairing.keystore import Keystore
+from pairing.keystore import Argon2Params, Keystore
 from pairing.methods import (
     ConfirmCode,
     GuestPairing,
@@ -53,7 +53,7 @@ from pairing.service import AllowRequest, JoinCloud, Membership, Scope
 from transports.ble.links import BleLink, GattLink, L2capLink
 from transports.bumble import BumbleTransport, VirtualRadio, open_bumble
 
-KEYSTORE_PIN = "2468"
+KEYSTORE_PIN = "246813"
 GUEST_HOUR = Grant(Role.GUEST, 3600)
 SPEC = "bumble:virtual"
 PIN = "482913"
@@ -63,8 +63,8 @@ PIN = "482913"
 
 
 def make_keystore(path: Path, name: str) -> Keystore:
-    """A device with its own personal cloud, as ``pairkit init`` makes it (cheap scrypt)."""
-    ks = Keystore.create(path, KEYSTORE_PIN, name=name, scrypt_n=2**10)
+    """A device with its own personal cloud, as ``pairkit init`` makes it (cheapest Argon2id)."""
+    ks = Keystore.create(path, KEYSTORE_PIN, name=name, kdf=Argon2Params.cheapest())
     ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
     ks.save()
     return ks

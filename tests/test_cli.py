@@ -166,7 +166,7 @@ async def test_init_with_pin_file_and_keystore_pin_errors(tmp_path: Path) -> Non
     # PINs that cannot be used: nothing is created, and the message says why.
     empty, short = tmp_path / "empty.txt", tmp_path / "short.txt"
     empty.write_text("\n", encoding="utf-8")
-    short.write_text("12\n", encoding="utf-8")
+    short.write_text("12345\n", encoding="utf-8")
     other = tmp_path / "other"
     results = await asyncio.gather(
         run_cli(other, "init", "--pin-file", str(empty), pin=None),
@@ -174,7 +174,7 @@ async def test_init_with_pin_file_and_keystore_pin_errors(tmp_path: Path) -> Non
         run_cli(other, "init", "--pin-file", str(tmp_path / "missing.txt"), pin=None),
         run_cli(other, "init", pin=None),  # no file, no PAIRKIT_PIN, no terminal
     )
-    for result, text in zip(results, ("is empty", "at least 4", "cannot read the PIN file",
+    for result, text in zip(results, ("is empty", "at least 6", "cannot read the PIN file",
                                       "no terminal"), strict=True):
         assert result.rc == 2 and text in result.err and result.err.startswith("error: "), result
     assert not (other / "keystore.pk").exists()

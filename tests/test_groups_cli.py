@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.group_cli import group
-from pairing.keystore import Keystore
+from pairing.keystore import Argon2Params, Keystore
 from transports.radio import start_radio
 
 from .cli_helpers import (
@@ -212,7 +212,9 @@ async def test_key_through_a_relay_and_a_broadcast_across_processes(
 
 @pytest.fixture
 def home(tmp_path: Path) -> dict[str, str]:
-    Keystore.create(tmp_path / "keystore.pk", KEYSTORE_PIN, name="solo", scrypt_n=2**10)
+    Keystore.create(
+        tmp_path / "keystore.pk", KEYSTORE_PIN, name="solo", kdf=Argon2Params.cheapest()
+    )
     return {"PAIRKIT_HOME": str(tmp_path), "PAIRKIT_PIN": KEYSTORE_PIN}
 
 

@@ -59,15 +59,15 @@ from pairing.groups import (
     sender_id,
 )
 from pairing.hello import Hello, decode_hello
-from pairing.keystore import Keystore
+from pairing.keystore import Argon2Params, Keystore
 from pairing.negotiation import Caps, Method
 
-PIN = "1234"
+PIN = "123456"
 KNOWN_KEY = bytes(range(100, 132))
 
 
 def _store(path: Path, name: str) -> Keystore:
-    return Keystore.create(path, PIN, name=name, scrypt_n=2**10)
+    return Keystore.create(path, PIN, name=name, kdf=Argon2Params.cheapest())
 
 
 @dataclasses.dataclass

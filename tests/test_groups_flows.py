@@ -26,7 +26,7 @@ from pairing.groups import (
     envelope_info,
     seal_group_envelope,
 )
-from pairing.keystore import Keystore
+from pairing.keystore import Argon2Params, Keystore
 from pairing.securelink import SecureLink
 
 KNOWN_KEY = bytes(range(7, 39))
@@ -109,7 +109,7 @@ async def test_delivery_through_a_relay_to_every_member(net: Net) -> None:
     assert [e["from"] for e in net.far1.events if e["event"] == "key"] == ["relay"]
     assert [e["from"] for e in net.near.events if e["event"] == "key"] == ["controller"]
     # What is on disk is what a next command sees.
-    again = Keystore.open(net.far1.ks.path, "2468")
+    again = Keystore.open(net.far1.ks.path, "246813")
     assert G.held_groups(again)["doors"].epoch == 1
     await _broadcast(net, net.ctl, "doors", "close all doors",
                      [net.near, net.far1, net.far2], [net.outsider])
@@ -127,7 +127,7 @@ async def test_the_relay_cannot_open_what_it_forwards(net: Net) -> None:
     await wait_for(lambda: _epoch(net.far1, "doors") == 1 and _epoch(net.far2, "doors") == 1, 5)
 
     # The relay's whole state, as its owner could read it: its keystore with every secret.
-    relay_ks = Keystore.open(net.relay.ks.path, "2468")
+    relay_ks = Keystore.open(net.relay.ks.path, "246813")
     assert KNOWN_KEY not in relay_ks._body() and KNOWN_KEY not in net.relay.ks._body()
     carried = [GroupEnvelope.decode_bytes(bytes.fromhex(e["envelope"]))
                for e in net.relay.events if e["event"] == "queued"]
@@ -300,14 +300,14 @@ async def test_controller_commands_refuse_bad_requests(net: Net) -> None:
 async def test_sequence_numbers_persist_and_never_repeat(net: Net) -> None:
     await _setup_group(net)
     seqs = [G.advert_for(net.ctl.ks, "doors", b"c", max_payload=255)[2] for _ in range(3)]
-    again = Keystore.open(net.ctl.ks.path, "2468")
+    again = Keystore.open(net.ctl.ks.path, "246813")
     assert G.advert_for(again, "doors", b"c", max_payload=255)[2] == seqs[-1] + 1
     await G.remove_member(net.ctl.ks, "doors", "near", reach=net.reach)
     assert G.advert_for(net.ctl.ks, "doors", b"c", max_payload=255)[1:] == (2, 1)
 
 
 def test_status_is_plain_json(tmp_path: Path) -> None:
-    ks = Keystore.create(tmp_path / "k.pk", "2468", name="solo", scrypt_n=2**10)
+    ks = Keystore.create(tmp_path / "k.pk", "246813", name="solo", kdf=Argon2Params.cheapest())
     G.create_group(ks, "doors")
     status = G.group_status(ks)
     assert status == {"controls": [{"group": "doors", "epoch": 1, "members": []}],

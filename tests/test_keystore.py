@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pairing.keystore as keystore_module
 from pairing import keystore as ks_module
 from pairing.errors import (
     AuthenticationError,
@@ -37,6 +38,8 @@ from pairing.errors import (
 )
 from pairing.keystore import (
     DEFAULT_SCRYPT_N,
+    MIN_PIN_LENGTH,
+    Argon2Params,
     CloudInfo,
     Keystore,
     KeystoreNotFoundError,
@@ -49,8 +52,10 @@ from pairing.keystore import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PIN = "2468"
+PIN = "246813"
 FAST_N = 2**10
+#: the cheapest Argon2id (tests only); new keystores are Argon2id
+FAST = Argon2Params.cheapest()
 # The keystore fixture is created once per test; each example restores the file it damages.
 FIXTURES_OK = [HealthCheck.function_scoped_fixture]
 
@@ -78,7 +83,7 @@ def store_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(store_path: Path) -> Keystore:
-    return Keystore.create(store_path, PIN, name="paul's phone", scrypt_n=FAST_N)
+    return Keystore.create(store_path, PIN, name="paul's phone", kdf=FAST)
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def test_create_open_round_trip(store: Keystore, store_path: Path) -> None:
     assert again.static_public == store.static_public
     assert again.signing_public == store.signing_public
     assert again.fingerprint == store.fingerprint
-    assert again.scrypt == ScryptParams(FAST_N, 8, 1)
+    assert again.kdf == FAST
 
 
 def test_identifiers_are_derived_from_the_x25519_key(store: Keystore) -> None:
@@ -124,9 +129,9 @@ def test_identifiers_are_derived_from_the_x25519_key(store: Keystore) -> None:
 
 
 def test_rng_is_injected(tmp_path: Path) -> None:
-    a = Keystore.create(tmp_path / "a.pk", PIN, name="a", rng=seeded_rng(7), scrypt_n=FAST_N)
-    b = Keystore.create(tmp_path / "b.pk", PIN, name="b", rng=seeded_rng(7), scrypt_n=FAST_N)
-    c = Keystore.create(tmp_path / "c.pk", PIN, name="c", rng=seeded_rng(8), scrypt_n=FAST_N)
+    a = Keystore.create(tmp_path / "a.pk", PIN, name="a", rng=seeded_rng(7), kdf=FAST)
+    b = Keystore.create(tmp_path / "b.pk", PIN, name="b", rng=seeded_rng(7), kdf=FAST)
+    c = Keystore.create(tmp_path / "c.pk", PIN, name="c", rng=seeded_rng(8), kdf=FAST)
     assert a.device_id == b.device_id != c.device_id
     assert a.signing_public == b.signing_public
 
@@ -134,11 +139,11 @@ def test_rng_is_injected(tmp_path: Path) -> None:
 def test_create_refuses_to_overwrite(store: Keystore, store_path: Path) -> None:
     before = store_path.read_bytes()
     with pytest.raises(KeystoreError, match="already exists"):
-        Keystore.create(store_path, PIN, name="other", scrypt_n=FAST_N)
+        Keystore.create(store_path, PIN, name="other", kdf=FAST)
     assert store_path.read_bytes() == before
-    fresh = Keystore.create(store_path, "9999", name="other", scrypt_n=FAST_N, overwrite=True)
+    fresh = Keystore.create(store_path, "999999", name="other", kdf=FAST, overwrite=True)
     assert fresh.device_id != store.device_id
-    assert Keystore.open(store_path, "9999").device_id == fresh.device_id
+    assert Keystore.open(store_path, "999999").device_id == fresh.device_id
 
 
 def test_missing_file_says_to_run_init(tmp_path: Path) -> None:
@@ -152,31 +157,84 @@ def test_missing_file_says_to_run_init(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["", b""])
 def test_empty_pin_is_refused(tmp_path: Path, bad: str | bytes) -> None:
     with pytest.raises(ConfigError):
-        Keystore.create(tmp_path / "k.pk", bad, name="x", scrypt_n=FAST_N)
+        Keystore.create(tmp_path / "k.pk", bad, name="x", kdf=FAST)
     assert not (tmp_path / "k.pk").exists()
 
 
 def test_passphrase_is_unicode_normalised(tmp_path: Path) -> None:
     path = tmp_path / "k.pk"
-    Keystore.create(path, "caf\u00e9", name="x", scrypt_n=FAST_N)  # precomposed é
-    assert Keystore.open(path, "cafe\u0301").name == "x"  # e + combining acute
+    Keystore.create(path, "caf\u00e9 au lait", name="x", kdf=FAST)  # precomposed é
+    assert Keystore.open(path, "cafe\u0301 au lait").name == "x"  # e + combining acute
 
 
 @pytest.mark.parametrize("n", [2**9, 3 * 2**10, 2**21, 0])
 def test_scrypt_parameters_are_bounded(tmp_path: Path, n: int) -> None:
     with pytest.raises(ConfigError):
-        Keystore.create(tmp_path / "k.pk", PIN, name="x", scrypt_n=n)
+        Keystore.create(tmp_path / "k.pk", PIN, name="x", scrypt_n=n)  # the earlier format
     assert not (tmp_path / "k.pk").exists()
 
 
-def test_default_scrypt_cost(tmp_path: Path) -> None:
-    assert DEFAULT_SCRYPT_N >= 2**15
-    assert inspect.signature(Keystore.create).parameters["scrypt_n"].default >= 2**15
-    assert ScryptParams().n >= 2**15
+def test_default_cost_is_argon2id_rfc9106(tmp_path: Path) -> None:
+    assert Argon2Params() == Argon2Params(64 * 1024, 3, 4)  # RFC 9106 §4, second option
+    assert inspect.signature(Keystore.create).parameters["kdf"].default is None
     path = tmp_path / "k.pk"
     Keystore.create(path, PIN, name="x")
-    opened = Keystore.open(path, PIN)
-    assert opened.scrypt.n >= 2**15 and opened.scrypt.r == 8 and opened.scrypt.p == 1
+    assert Keystore.open(path, PIN).kdf == Argon2Params()
+    assert DEFAULT_SCRYPT_N >= 2**15 and ScryptParams().n >= 2**15  # what earlier versions used
+
+
+@pytest.mark.parametrize("params", [(512, 1, 1), (2**21, 1, 1), (1024, 17, 1), (1024, 1, 200),
+                                    (0, 1, 1)])
+def test_argon2_parameters_are_bounded(tmp_path: Path, params: tuple[int, int, int]) -> None:
+    with pytest.raises(ConfigError):
+        Keystore.create(tmp_path / "k.pk", PIN, name="x", kdf=Argon2Params(*params))
+    assert not (tmp_path / "k.pk").exists()
+
+
+@pytest.mark.parametrize("short", ["12345", "abc", "\u00e9t\u00e9"])
+def test_a_new_keystore_pin_has_at_least_six_characters(tmp_path: Path, short: str) -> None:
+    assert MIN_PIN_LENGTH == 6
+    with pytest.raises(ConfigError, match="at least 6 characters"):
+        Keystore.create(tmp_path / "k.pk", short, name="x", kdf=FAST)
+    assert not (tmp_path / "k.pk").exists()
+    store = Keystore.create(tmp_path / "k.pk", "123456", name="x", kdf=FAST)
+    with pytest.raises(ConfigError, match="at least 6 characters"):
+        store.change_pin(short)
+    assert Keystore.open(tmp_path / "k.pk", "123456").name == "x"  # unchanged
+
+
+@pytest.mark.parametrize("n", [2**10, 2**15])
+def test_an_earlier_scrypt_keystore_opens_and_is_resealed_on_its_next_write(
+    tmp_path: Path, n: int
+) -> None:
+    """What an earlier pairkit wrote (scrypt) opens unchanged; opening writes nothing; the next
+    write re-seals it with Argon2id, with nothing lost, and the old PIN still opens it."""
+    path = tmp_path / "k.pk"
+    store = _scrypt_keystore(path, n)
+    peer = new_peer("George")[0]
+    store.add_peer(peer)
+    store.set_cloud("c1", b"s" * 32, name="Paul's cloud", role="owner")
+    store.save()  # written by "the earlier version": still scrypt (created that way)
+    before = path.read_bytes()
+    opened = Keystore.open(path, "2468")  # a 4-character PIN of old still opens it
+    assert isinstance(opened.kdf, ScryptParams) and path.read_bytes() == before
+    with opened.update():
+        opened.set_setting("touched", True)
+    again = Keystore.open(path, "2468")
+    assert isinstance(again.kdf, Argon2Params)
+    assert again.kdf == (Argon2Params() if n >= 2**15 else Argon2Params.cheapest())
+    assert again.device_id == store.device_id and again.static_public == store.static_public
+    assert again.get_peer(peer.id).name == "George" and again.setting("touched") is True
+    assert [c.cloud_id for c in again.clouds()] == ["c1"]
+    assert b"scrypt" not in path.read_bytes()[:64] and b"argon2id" in path.read_bytes()[:64]
+
+
+def _scrypt_keystore(path: Path, n: int) -> Keystore:
+    """A keystore sealed as earlier versions did (scrypt), even with their 4-character PINs."""
+    store = Keystore.create(path, "246800", name="x", scrypt_n=n)
+    store._keys = keystore_module._derive_keys(b"2468", store._header.salt, store._header.kdf)
+    store.save()
+    return store
 
 
 # -- wrong PIN, tampering, truncation ------------------------------------------------------------
@@ -185,7 +243,7 @@ def test_default_scrypt_cost(tmp_path: Path) -> None:
 def test_wrong_pin(store: Keystore, store_path: Path) -> None:
     before = store_path.read_bytes()
     with pytest.raises(WrongPinError, match="wrong PIN or passphrase") as info:
-        Keystore.open(store_path, "2469")
+        Keystore.open(store_path, "246814")
     assert PIN not in str(info.value)
     assert store_path.read_bytes() == before
 
@@ -283,7 +341,7 @@ def test_permissions(tmp_path: Path) -> None:
     old = os.umask(0)  # the worst umask: nothing filtered out
     try:
         path = tmp_path / "a" / "b" / "keystore.pk"
-        store = Keystore.create(path, PIN, name="x", scrypt_n=FAST_N)
+        store = Keystore.create(path, PIN, name="x", kdf=FAST)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
         os.chmod(path, 0o644)
@@ -460,17 +518,17 @@ class FlakyRng:
 def test_change_pin_that_fails_to_save_keeps_the_old_pin(tmp_path: Path) -> None:
     rng = FlakyRng()
     path = tmp_path / "k.pk"
-    store = Keystore.create(path, PIN, name="x", rng=rng, scrypt_n=FAST_N)
+    store = Keystore.create(path, PIN, name="x", rng=rng, kdf=FAST)
     before = path.read_bytes()
     rng.draws_left = 1  # the new salt is drawn, the save's nonce is not
     with pytest.raises(OSError, match="entropy"):
-        store.change_pin("new")
+        store.change_pin("new pin")
     assert path.read_bytes() == before
     rng.draws_left = None
     store.save()  # still sealed under the old PIN
     assert Keystore.open(path, PIN).device_id == store.device_id
     with pytest.raises(WrongPinError):
-        Keystore.open(path, "new")
+        Keystore.open(path, "new pin")
 
 
 # -- private-key operations ------------------------------------------------------------------
@@ -560,7 +618,7 @@ def test_envelope_rejects_changes(store: Keystore, tmp_path: Path, change: str) 
     elif change == "ct":
         ct = ct[:-1] + bytes([ct[-1] ^ 1])
     elif change == "recipient":
-        opener = Keystore.create(tmp_path / "o.pk", PIN, name="o", scrypt_n=FAST_N)
+        opener = Keystore.create(tmp_path / "o.pk", PIN, name="o", kdf=FAST)
     elif change == "swap":  # info and aad are not interchangeable
         info, aad = aad, info
     with pytest.raises(AuthenticationError):
@@ -751,7 +809,7 @@ def test_settings_refuse_non_cbor(store: Keystore, bad: object) -> None:
 
 def test_update_keeps_changes_made_by_another_process(store_path: Path) -> None:
     """A host and an `ls` on one device both save: neither loses the other's peer."""
-    Keystore.create(store_path, PIN, name="paul's phone", scrypt_n=FAST_N)
+    Keystore.create(store_path, PIN, name="paul's phone", kdf=FAST)
     host_view = Keystore.open(store_path, PIN)
     ls_view = Keystore.open(store_path, PIN)
     george, _ = new_peer(name="george")
@@ -769,10 +827,10 @@ def test_update_keeps_changes_made_by_another_process(store_path: Path) -> None:
 
 
 def test_update_refuses_after_the_pin_changed_elsewhere(store_path: Path) -> None:
-    Keystore.create(store_path, PIN, name="paul's phone", scrypt_n=FAST_N)
+    Keystore.create(store_path, PIN, name="paul's phone", kdf=FAST)
     stale = Keystore.open(store_path, PIN)
     other = Keystore.open(store_path, PIN)
-    other.change_pin("another pin", scrypt_n=FAST_N)
+    other.change_pin("another pin", kdf=FAST)
     before = store_path.read_bytes()
     with pytest.raises(KeystoreError, match="PIN was changed"), stale.update():
         stale.rename("should not be written")

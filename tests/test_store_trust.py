@@ -14,13 +14,14 @@ from pathlib import Path
 from cli import store
 from pairing.cloud import Role
 from pairing.crypto import digest, x25519_keypair
-from pairing.keystore import Keystore, Peer
+from pairing.keystore import Argon2Params, Keystore, Peer
 
 KEYSTORE_PIN = "246813"
 
 
 def keystore(tmp_path: Path) -> Keystore:
-    return Keystore.create(tmp_path / "k.pk", KEYSTORE_PIN, name="Paul", scrypt_n=2**10)
+    cheap = Argon2Params.cheapest()
+    return Keystore.create(tmp_path / "k.pk", KEYSTORE_PIN, name="Paul", kdf=cheap)
 
 
 def legacy_peer(name: str, **fields: object) -> Peer:

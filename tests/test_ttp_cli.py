@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from cli.store import local_identity
 from cli.ttp_cli import SETTING_CA, SETTING_EUKEY, SETTING_SERVER, ttp
 from cli.ttp_client import request_key
-from pairing.keystore import MIN_SCRYPT_N, Keystore
+from pairing.keystore import Argon2Params, Keystore
 from pairing.ttp import IntentRole
 from tests.cli_helpers import KEYSTORE_PIN, ROOT, assert_no_traceback, cli_env
 
@@ -24,7 +24,8 @@ MODULE = (sys.executable, "-m", "cli.ttp_cli")
 
 
 def make_keystore(home: Path, name: str) -> Keystore:
-    return Keystore.create(home / "keystore.pk", KEYSTORE_PIN, name=name, scrypt_n=MIN_SCRYPT_N)
+    cheap = Argon2Params.cheapest()
+    return Keystore.create(home / "keystore.pk", KEYSTORE_PIN, name=name, kdf=cheap)
 
 
 def test_init_makes_the_files_with_private_modes(tmp_path: Path) -> None:
