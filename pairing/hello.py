@@ -142,20 +142,15 @@ def _decode_private(
     data: bytes, tag_keys: Mapping[str, bytes], wall_now: float | None
 ) -> Hello:
     tag = data[2:10]
-    stranger = Hello(visible=False, caps=Caps.NONE, methods=frozenset(), tag=tag, private=True)
-    if not tag_keys or wall_now is None:
-        return stranger
-    r, got = tag[:4], tag[4:]
-    epoch = epoch_of(wall_now)
-    for cloud_id, key in tag_keys.items():
-        for e in (epoch, epoch - 1, epoch + 1):
-            if hmac.compare_digest(_mac(key, e, r), got):
-                pad = _body_pad(key, e, r)
-                b0, b1 = data[0] ^ pad[0], data[1] ^ pad[1]
-                methods = frozenset(m for m, bit in _METHOD_BITS.items() if b1 & (1 << bit))
-                return Hello(visible=False, caps=Caps(b0 & _CAPS_MASK), methods=methods,
-                             tag=tag, l2cap=bool(b0 & 0x10), private=True, cloud=cloud_id)
-    return stranger
+    found = _match(tag, tag_keys, wall_now) if wall_now is not None else None
+    if found is None:  # a stranger's view: nothing but "private"
+        return Hello(visible=False, caps=Caps.NONE, methods=frozenset(), tag=tag, private=True)
+    cloud_id, key, epoch = found
+    pad = _body_pad(key, epoch, tag[:4])
+    b0, b1 = data[0] ^ pad[0], data[1] ^ pad[1]
+    methods = frozenset(m for m, bit in _METHOD_BITS.items() if b1 & (1 << bit))
+    return Hello(visible=False, caps=Caps(b0 & _CAPS_MASK), methods=methods, tag=tag,
+                 l2cap=bool(b0 & 0x10), private=True, cloud=cloud_id)
 
 
 def epoch_of(wall_now: float) -> int:
@@ -178,6 +173,14 @@ def make_tag(tag_key: bytes | None, wall_now: float, rng: Rng = os.urandom) -> b
 
 def match_tag(tag: bytes, tag_keys: Mapping[str, bytes], wall_now: float) -> str | None:
     """The cloud id whose key made ``tag`` (this epoch or a neighbour), or ``None``."""
+    found = _match(tag, tag_keys, wall_now)
+    return found[0] if found is not None else None
+
+
+def _match(
+    tag: bytes, tag_keys: Mapping[str, bytes], wall_now: float
+) -> tuple[str, bytes, int] | None:
+    """(cloud id, its tag key, the epoch) that made ``tag``, or ``None``."""
     if len(tag) != 8:
         return None
     r, got = tag[:4], tag[4:]
@@ -185,5 +188,5 @@ def match_tag(tag: bytes, tag_keys: Mapping[str, bytes], wall_now: float) -> str
     for cloud_id, key in tag_keys.items():
         for e in (epoch, epoch - 1, epoch + 1):
             if hmac.compare_digest(_mac(key, e, r), got):
-                return cloud_id
+                return cloud_id, key, e
     return None
