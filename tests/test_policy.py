@@ -62,7 +62,7 @@ def test_a_bad_policy_is_refused_and_named(tmp_path: Path, text: str, why: str) 
 
 
 def _env(home: Path) -> dict[str, str]:
-    return dict(os.environ, PAIRKIT_HOME=str(home), PAIRKIT_PIN="1234")
+    return dict(os.environ, PAIRKIT_HOME=str(home), PAIRKIT_PIN="135790")
 
 
 def test_the_cli_reports_a_bad_policy_without_a_traceback(tmp_path: Path) -> None:

@@ -24,13 +24,13 @@ def free_port() -> int:
 
 
 def run(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PAIRKIT_HOME=str(home), PAIRKIT_PIN="1234")
+    env = dict(os.environ, PAIRKIT_HOME=str(home), PAIRKIT_PIN="135790")
     return subprocess.run([*PAIRKIT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
 
 def start(home: Path | None, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PAIRKIT_PIN="1234")
+    env = dict(os.environ, PAIRKIT_PIN="135790")
     if home is not None:
         env["PAIRKIT_HOME"] = str(home)
     return subprocess.Popen([*PAIRKIT, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
