@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # so that `python bench/ble.py` finds pairing/ and transports/
+if str(ROOT) not in sys.path:  # so that `python bench/ble.py` finds tests/ (its harnesses)
     sys.path.insert(0, str(ROOT))
 
 import bumble  # noqa: E402
@@ -59,11 +59,11 @@ from bumble import core  # noqa: E402
 from bumble.pairing import PairingConfig as SmpConfig  # noqa: E402
 from bumble.pairing import PairingDelegate  # noqa: E402
 
-from pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from  # noqa: E402
-from pairing.crypto import hkdf  # noqa: E402
-from pairing.driver import drive  # noqa: E402
-from pairing.hello import Hello  # noqa: E402
-from pairing.methods import (  # noqa: E402
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from  # noqa: E402
+from pairkit.pairing.crypto import hkdf  # noqa: E402
+from pairkit.pairing.driver import drive  # noqa: E402
+from pairkit.pairing.hello import Hello  # noqa: E402
+from pairkit.pairing.methods import (  # noqa: E402
     GuestPairing,
     HostPairing,
     HostState,
@@ -72,12 +72,12 @@ from pairing.methods import (  # noqa: E402
     PairingConfig,
     Session,
 )
-from pairing.negotiation import ALL_CAPS, Method  # noqa: E402
-from pairing.securelink import SecureLink, confirm  # noqa: E402
-from transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
-from transports.ble.links import BleLink  # noqa: E402
-from transports.ble.virtual import VIRTUAL_ACL_LENGTH, VirtualRadio  # noqa: E402
-from transports.bumble import BumbleTransport, open_bumble  # noqa: E402
+from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
+from pairkit.pairing.securelink import SecureLink, confirm  # noqa: E402
+from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
+from pairkit.transports.ble.links import BleLink  # noqa: E402
+from pairkit.transports.ble.virtual import VIRTUAL_ACL_LENGTH, VirtualRadio  # noqa: E402
+from pairkit.transports.bumble import BumbleTransport, open_bumble  # noqa: E402
 
 METHODS = ("pin", "qr", "compare", "clear", "resume", "kk", "kk-stale")
 CLOUD_ROWS = ("cloud-member", "cloud-join")

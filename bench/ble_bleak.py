@@ -52,10 +52,10 @@ if str(ROOT) not in sys.path:  # so that `python bench/ble_bleak.py` finds pairi
 import bleak  # noqa: E402
 import bumble  # noqa: E402
 
-from pairing.cloud import Grant, Role  # noqa: E402
-from pairing.driver import drive  # noqa: E402
-from pairing.hello import Hello  # noqa: E402
-from pairing.methods import (  # noqa: E402
+from pairkit.pairing.cloud import Grant, Role  # noqa: E402
+from pairkit.pairing.driver import drive  # noqa: E402
+from pairkit.pairing.hello import Hello  # noqa: E402
+from pairkit.pairing.methods import (  # noqa: E402
     GuestPairing,
     HostPairing,
     HostState,
@@ -64,11 +64,11 @@ from pairing.methods import (  # noqa: E402
     PairingConfig,
     Session,
 )
-from pairing.negotiation import ALL_CAPS, Method  # noqa: E402
-from transports.ble.virtual import VirtualRadio  # noqa: E402
-from transports.bleak import BleakTransport  # noqa: E402
-from transports.bumble import BumbleTransport, open_bumble  # noqa: E402
-from transports.registry import open_transport  # noqa: E402
+from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
+from pairkit.transports.ble.virtual import VirtualRadio  # noqa: E402
+from pairkit.transports.bleak import BleakTransport  # noqa: E402
+from pairkit.transports.bumble import BumbleTransport, open_bumble  # noqa: E402
+from pairkit.transports.registry import open_transport  # noqa: E402
 
 METHODS = ("pin", "qr", "compare", "resume")
 GUESTS = ("bumble", "bleak")

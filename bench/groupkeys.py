@@ -59,7 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
 
-from pairing.groups import (  # noqa: E402
+from pairkit.pairing.groups import (  # noqa: E402
     ADVERT_OVERHEAD,
     SENDER_SIZE,
     GroupReceiver,
@@ -70,8 +70,8 @@ from pairing.groups import (  # noqa: E402
     seal_group_envelope,
     sender_id,
 )
-from pairing.keystore import Argon2Params, Keystore  # noqa: E402
-from transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX  # noqa: E402
+from pairkit.pairing.keystore import Argon2Params, Keystore  # noqa: E402
+from pairkit.transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX  # noqa: E402
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 GROUP = "fire-doors"

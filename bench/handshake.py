@@ -76,10 +76,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 
-from pairing.cpace import CPace  # noqa: E402
-from pairing.cpace import P as FIELD_P  # noqa: E402
-from pairing.driver import drive  # noqa: E402
-from pairing.methods import (  # noqa: E402
+from pairkit.pairing.cpace import CPace  # noqa: E402
+from pairkit.pairing.cpace import P as FIELD_P  # noqa: E402
+from pairkit.pairing.driver import drive  # noqa: E402
+from pairkit.pairing.methods import (  # noqa: E402
     HPKE_SUITE,
     KK_NOISE,
     PIN_NOISE,
@@ -91,10 +91,10 @@ from pairing.methods import (  # noqa: E402
     LocalIdentity,
     PairingConfig,
 )
-from pairing.negotiation import Method  # noqa: E402
-from pairing.noise import HandshakeState, generate_keypair, parse_protocol_name  # noqa: E402
+from pairkit.pairing.negotiation import Method  # noqa: E402
+from pairkit.pairing.noise import HandshakeState, generate_keypair, parse_protocol_name  # noqa: E402
+from pairkit.transports.loopback import DEFAULT_MTU, loopback_pair  # noqa: E402
 from tests.pair_harness import shuttle  # noqa: E402
-from transports.loopback import DEFAULT_MTU, loopback_pair  # noqa: E402
 
 NOISE_CORE = (
     "Noise_XX_25519_ChaChaPoly_SHA256",

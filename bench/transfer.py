@@ -51,11 +51,11 @@ from bench.ble import (  # noqa: E402
     secure,
     secure_pair,
 )
-from cli.service import get_file, say_bye, serve_guest  # noqa: E402
-from pairing.cloud import Role  # noqa: E402
-from pairing.securelink import SecureLink  # noqa: E402
-from pairing.service import AllowRequest, GrantPolicy, Scope  # noqa: E402
-from transports.ble.virtual import VIRTUAL_ACL_LENGTH  # noqa: E402
+from pairkit.cli.service import get_file, say_bye, serve_guest  # noqa: E402
+from pairkit.pairing.cloud import Role  # noqa: E402
+from pairkit.pairing.securelink import SecureLink  # noqa: E402
+from pairkit.pairing.service import AllowRequest, GrantPolicy, Scope  # noqa: E402
+from pairkit.transports.ble.virtual import VIRTUAL_ACL_LENGTH  # noqa: E402
 
 PATHS = ("bumble", "link", "secure", "get")
 

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from pairing.cloud import AllowJoin, Grant, Role
-from pairing.errors import (
+from pairkit.pairing.cloud import AllowJoin, Grant, Role
+from pairkit.pairing.errors import (
     ConfigError,
     ErrorCode,
     KeystoreError,
@@ -25,9 +25,9 @@ from pairing.errors import (
     RefusedError,
     WrongPinError,
 )
-from pairing.keystore import Keystore, KeystoreNotFoundError, default_path
-from pairing.methods import ConfirmCode, InsecureWarning
-from pairing.service import AllowRequest, JoinCloud, Scope
+from pairkit.pairing.keystore import Keystore, KeystoreNotFoundError, default_path
+from pairkit.pairing.methods import ConfirmCode, InsecureWarning
+from pairkit.pairing.service import AllowRequest, JoinCloud, Scope
 
 T = TypeVar("T")
 

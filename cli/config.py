@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pairing.errors import ConfigError
+from pairkit.pairing.errors import ConfigError
 
 FILE_NAME = "config.toml"
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pairing import wire
-from pairing.cpns import (
+from pairkit.pairing import wire
+from pairkit.pairing.cpns import (
     SERVER,
     Gateway,
     GatewayConfig,
@@ -29,12 +29,12 @@ from pairing.cpns import (
     PnMembership,
     SetupType,
 )
-from pairing.crypto import Rng
-from pairing.driver import LinkLike, MessagePipe, drive
-from pairing.errors import LinkClosedError, PairingError, RemoteError
-from pairing.machine import Event
-from pairing.methods import LocalIdentity
-from pairing.ttp import TtpClient
+from pairkit.pairing.crypto import Rng
+from pairkit.pairing.driver import LinkLike, MessagePipe, drive
+from pairkit.pairing.errors import LinkClosedError, PairingError, RemoteError
+from pairkit.pairing.machine import Event
+from pairkit.pairing.methods import LocalIdentity
+from pairkit.pairing.ttp import TtpClient
 
 from .ttp_client import DEFAULT_TIMEOUT, ServerLink, connect, from_server
 

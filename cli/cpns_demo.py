@@ -27,8 +27,8 @@ from typing import Any
 
 import click
 
-from pairing import wire
-from pairing.cpns import (
+from pairkit.pairing import wire
+from pairkit.pairing.cpns import (
     AuthenticationRequest,
     AuthenticationResponse,
     GatewayConfig,
@@ -43,11 +43,11 @@ from pairing.cpns import (
     PnSetupRequest,
     SetupType,
 )
-from pairing.errors import PairingError, PairingTimeout, TransportError
-from pairing.framing import Reassembler
-from pairing.machine import Event
-from pairing.methods import LocalIdentity
-from transports.loopback import loopback_pair
+from pairkit.pairing.errors import PairingError, PairingTimeout, TransportError
+from pairkit.pairing.framing import Reassembler
+from pairkit.pairing.machine import Event
+from pairkit.pairing.methods import LocalIdentity
+from pairkit.transports.loopback import loopback_pair
 
 from .cpns_client import PneLink, run_gateway, run_pne
 from .ttp_certs import init_server_dir
@@ -124,7 +124,7 @@ async def _start_server(directory: Path) -> tuple[asyncio.subprocess.Process, st
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.ttp_cli", "serve", "--dir", str(directory),
+        sys.executable, "-m", "pairkit.cli.ttp_cli", "serve", "--dir", str(directory),
         "--listen", "127.0.0.1:0", "--json", "--quiet", stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
     )

@@ -21,12 +21,12 @@ from typing import Any
 
 import click
 
-from pairing.cloud import AllowJoin, Grant, Role
-from pairing.keystore import Argon2Params, Keystore
-from pairing.methods import ConfirmCode, InsecureWarning, Session
-from pairing.negotiation import Method
-from pairing.securelink import SecureLink
-from pairing.service import AllowRequest, JoinCloud, Membership, Scope
+from pairkit.pairing.cloud import AllowJoin, Grant, Role
+from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.methods import ConfirmCode, InsecureWarning, Session
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.securelink import SecureLink
+from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
 
 from .flows import HostOptions, JoinOptions, run_host, run_join
 from .presence import Presence, discover
@@ -114,14 +114,14 @@ async def _open_devices(transport: str, method: Method, names: list[str]) -> tup
     """One transport per device on one pretend or virtual radio, and a closer."""
     devices: list[Any] = []
     if transport == "loopback":
-        from transports.loopback import LoopbackMedium
+        from pairkit.transports.loopback import LoopbackMedium
 
         # For 'clear', pretend the link layer encrypts, as BLE LE Secure Connections would.
         medium = LoopbackMedium(encrypted=method is Method.CLEAR)
         devices = [medium.endpoint(n.lower().replace("'s ", "-"), name=n) for n in names]
     elif transport == "bumble:virtual":
-        from transports.ble.virtual import VirtualRadio
-        from transports.bumble import open_bumble
+        from pairkit.transports.ble.virtual import VirtualRadio
+        from pairkit.transports.bumble import open_bumble
 
         radio = VirtualRadio()
         for _ in names:
@@ -253,7 +253,7 @@ async def run_demo(
             pin = state_box["state"].pin
             qr = None
             if method is Method.QR:
-                from pairing.qr import QrCode
+                from pairkit.pairing.qr import QrCode
 
                 qr = QrCode.parse(state_box["state"].last_qr.to_uri())
             join_opts = JoinOptions(

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from
-from pairing.driver import MessagePipe, drive
-from pairing.errors import (
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from
+from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     NotFoundError,
@@ -27,8 +27,8 @@ from pairing.errors import (
     PairingTimeout,
     TransportError,
 )
-from pairing.keystore import Keystore
-from pairing.methods import (
+from pairkit.pairing.keystore import Keystore
+from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,
     HostState,
@@ -37,10 +37,10 @@ from pairing.methods import (
     PinPolicy,
     Session,
 )
-from pairing.negotiation import ALL_CAPS, Method
-from pairing.qr import QrCode
-from pairing.securelink import SecureLink, confirm
-from pairing.service import (
+from pairkit.pairing.negotiation import ALL_CAPS, Method
+from pairkit.pairing.qr import QrCode
+from pairkit.pairing.securelink import SecureLink, confirm
+from pairkit.pairing.service import (
     GrantPolicy,
     Membership,
     check_membership,
@@ -118,7 +118,7 @@ async def run_host(
     presence_out: list[Presence] | None = None,
 ) -> int:
     """Serve guests; returns the number of guests paired."""
-    from transports.registry import open_transport
+    from pairkit.transports.registry import open_transport
 
     me = store.local_identity(ks)
     state = HostState(
@@ -295,7 +295,7 @@ async def _host_session(
     """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
     loop = asyncio.get_running_loop()
     if Method.TTP in opts.methods:
-        from pairing.ttp import TtpLinkConfig, is_ttp_offer
+        from pairkit.pairing.ttp import TtpLinkConfig, is_ttp_offer
 
         from .ttp_client import replay_first, ttp_host_session
 
@@ -418,7 +418,7 @@ async def run_join(
     delegate: Any = None,
 ) -> tuple[Session, Membership]:
     """Connect, check the cloud, pair, confirm, store; the session and the guest's role."""
-    from transports.registry import open_transport
+    from pairkit.transports.registry import open_transport
 
     spec, found_address, peer = resolve_target(ks, opts)
     address = address or found_address
@@ -478,7 +478,7 @@ async def run_join(
         guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
         await drive(cloud, pipe, delegate=guest_delegate)
         if machine is None:
-            from pairing.ttp import TtpLinkConfig
+            from pairkit.pairing.ttp import TtpLinkConfig
 
             from .ttp_client import ttp_guest_session
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from pairing.errors import ConfigError
+from pairkit.pairing.errors import ConfigError
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 
@@ -194,7 +194,7 @@ def send(name: str, message: str, transport: str, duration: float, as_json: bool
     an authentication tag (41 bytes in all), so it needs extended advertising (BLE 5): a legacy
     advertisement has room for 10 bytes.  Members refuse replays, forgeries and old epochs.
     """
-    from transports.registry import open_transport
+    from pairkit.transports.registry import open_transport
 
     from .groups import broadcast, needs_extended
 
@@ -223,7 +223,7 @@ def send(name: str, message: str, transport: str, duration: float, as_json: bool
 
 
 def _open_all(specs: tuple[str, ...]) -> Any:
-    from transports.registry import open_transport
+    from pairkit.transports.registry import open_transport
 
     async def go() -> list[tuple[str, Any]]:
         opened: list[tuple[str, Any]] = []
@@ -293,7 +293,7 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
     heard on every radio given.  Commands go to stdout, one per line (--json: one object per
     event: key, command, rejected).
     """
-    from pairing.groups import check_group_name
+    from pairkit.pairing.groups import check_group_name
 
     from .groups import GroupService, Listener, pin_controller, serve
 

@@ -33,14 +33,14 @@ from typing import Any
 
 import click
 
-from pairing.cloud import AllowJoin, Grant, Role
-from pairing.errors import AuthenticationError, PairingError
-from pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, envelope_info
-from pairing.keystore import Argon2Params, Keystore
-from pairing.methods import Session
-from pairing.negotiation import Method
-from pairing.securelink import SecureLink
-from pairing.service import Membership
+from pairkit.pairing.cloud import AllowJoin, Grant, Role
+from pairkit.pairing.errors import AuthenticationError, PairingError
+from pairkit.pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, envelope_info
+from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.methods import Session
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.securelink import SecureLink
+from pairkit.pairing.service import Membership
 
 from . import groups as G
 from .flows import HostOptions, JoinOptions, run_host, run_join
@@ -122,13 +122,13 @@ class GroupLab:
 
     async def _open_transport(self, name: str, *, extended: bool, address: str | None) -> Any:
         if self.spec == "loopback":
-            from transports.loopback import LoopbackMedium
+            from pairkit.transports.loopback import LoopbackMedium
 
             if self._medium is None:
                 self._medium = LoopbackMedium(scan_interval=0.02)
             return self._medium.endpoint(address or name, name=name)
-        from transports.ble.virtual import VirtualRadio
-        from transports.bumble import open_bumble
+        from pairkit.transports.ble.virtual import VirtualRadio
+        from pairkit.transports.bumble import open_bumble
 
         if self._radio is None:
             self._radio = VirtualRadio()

@@ -42,9 +42,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from pairing import wire
-from pairing.driver import MessagePipe, drive
-from pairing.errors import (
+from pairkit.pairing import wire
+from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
@@ -55,7 +55,7 @@ from pairing.errors import (
     ReplayError,
     TooLargeError,
 )
-from pairing.groups import (
+from pairkit.pairing.groups import (
     ADVERT_OVERHEAD,
     DeliveryResult,
     Forward,
@@ -77,11 +77,11 @@ from pairing.groups import (
     seal_group_envelope,
     sender_id,
 )
-from pairing.keystore import Keystore, Peer
-from pairing.methods import GuestPairing, HostPairing, HostState, PairingConfig, Session
-from pairing.negotiation import ALL_CAPS, Method
-from pairing.securelink import SecureLink, confirm
-from pairing.service import Bye
+from pairkit.pairing.keystore import Keystore, Peer
+from pairkit.pairing.methods import GuestPairing, HostPairing, HostState, PairingConfig, Session
+from pairkit.pairing.negotiation import ALL_CAPS, Method
+from pairkit.pairing.securelink import SecureLink, confirm
+from pairkit.pairing.service import Bye
 
 from . import store
 
@@ -253,7 +253,7 @@ async def with_peer(
     be reached; a peer that does not answer raises the transport's error (it is not searched
     for: the caller tries again later).
     """
-    from transports.registry import open_transport
+    from pairkit.transports.registry import open_transport
 
     peer = store.find_peer(ks, device_id)
     if peer is None:
@@ -635,7 +635,7 @@ async def broadcast(
 
 
 def _legacy_payload_max() -> int:
-    from transports.ble.adv import LEGACY_PAYLOAD_MAX
+    from pairkit.transports.ble.adv import LEGACY_PAYLOAD_MAX
 
     return LEGACY_PAYLOAD_MAX
 

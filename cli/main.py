@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from pairing.errors import ConfigError, DecodeError
-from pairing.negotiation import Method
+from pairkit.pairing.errors import ConfigError, DecodeError
+from pairkit.pairing.negotiation import Method
 
 from .common import (
     PairkitGroup,
@@ -47,7 +47,7 @@ def _ttp_options(f: Any) -> Any:
 
 def _ttp_settings(ks: Any, server: str | None, ca: str | None, peer: str | None
                   ) -> dict[str, Any]:
-    from pairing.ttp import parse_device_id
+    from pairkit.pairing.ttp import parse_device_id
 
     from .ttp_cli import enrolled_server
 
@@ -99,7 +99,7 @@ def init(name: str | None, pin_file: str | None, force: bool, as_json: bool) -> 
     is derived with Argon2id (at least 6 characters; about 0.5 s and 64 MiB on a Raspberry
     Pi 4).  Use --pin-file or PAIRKIT_PIN in scripts.
     """
-    from pairing.keystore import MIN_PIN_LENGTH, Keystore
+    from pairkit.pairing.keystore import MIN_PIN_LENGTH, Keystore
 
     path = home_path()
     if path.exists() and not force:
@@ -294,7 +294,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
       pairkit join tcp:127.0.0.1:7000 --qr 'pairkit:qr?v=1&k=...'
       pairkit join "Paul's phone"              (a known peer: resumes with no prompt)
     """
-    from pairing.qr import QrCode
+    from pairkit.pairing.qr import QrCode
 
     from .flows import JoinOptions, result_json, run_join
     from .store import qr_from_image
@@ -344,7 +344,7 @@ def discover(transport: str | None, timeout: float | None, as_json: bool) -> Non
     while their owner has opened a visibility window (private ones are listed as such).
     Join one with: pairkit join ADDRESS --transport T.
     """
-    from transports.registry import open_transport
+    from pairkit.transports.registry import open_transport
 
     from .config import load_policy, pick
     from .presence import discover as scan
@@ -395,7 +395,7 @@ def radio(first: str, more: tuple[str, ...], host: str) -> None:
       pairkit host -t bumble:tcp-client:127.0.0.1:7001 --visible 600 ...
       pairkit discover -t bumble:tcp-client:127.0.0.1:7002
     """
-    from transports.radio import serve_radio
+    from pairkit.transports.radio import serve_radio
 
     try:
         ports = [int(p) for p in (first, *more) for p in p.replace(",", " ").split()]
@@ -474,7 +474,7 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
     --retries times, and again whenever you rerun the same command (the partial file is kept
     as OUTPUT.part).
     """
-    from pairing.errors import LinkClosedError, PairingTimeout
+    from pairkit.pairing.errors import LinkClosedError, PairingTimeout
 
     from .flows import JoinOptions, run_join
     from .service import Progress, get_file

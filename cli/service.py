@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairing import wire
-from pairing.cloud import Role
-from pairing.errors import (
+from pairkit.pairing import wire
+from pairkit.pairing.cloud import Role
+from pairkit.pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
     DecodeError,
@@ -32,8 +32,8 @@ from pairing.errors import (
     ProtocolError,
     RefusedError,
 )
-from pairing.securelink import SecureLink
-from pairing.service import (
+from pairkit.pairing.securelink import SecureLink
+from pairkit.pairing.service import (
     CHUNK,
     MAX_FILES,
     AllowRequest,

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pairing.cloud import Grant, Role
-from pairing.errors import DecodeError, NotFoundError
-from pairing.keystore import Keystore, Peer, fingerprint_of
-from pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
-from pairing.service import Member
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import DecodeError, NotFoundError
+from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
+from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
+from pairkit.pairing.service import Member
 
 
 def key_fingerprint(static_public: bytes) -> str:

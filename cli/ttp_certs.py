@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pairing.errors import ConfigError
+from pairkit.pairing.errors import ConfigError
 
 from .ttp_store import SEAL_KEY_LEN, open_store
 

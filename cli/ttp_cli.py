@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from pairing.errors import ConfigError
+from pairkit.pairing.errors import ConfigError
 
 from .common import PairkitGroup, emit_json, info, run_async
 
@@ -127,7 +127,7 @@ def serve(directory: Path, listen: str, max_connections: int, max_per_client: in
     Enrolment is open to any device that proves its key, unless DIR/enrol.token exists
     (ttp init --enrol-token): then devices must give that token.
     """
-    from transports.tcp import parse_host_port
+    from pairkit.transports.tcp import parse_host_port
 
     from .ttp_certs import ServerDir, cert_fingerprint, load_cert
     from .ttp_server import Limits, TtpServer

@@ -21,10 +21,10 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from pairing import wire
-from pairing.crypto import Rng
-from pairing.driver import LinkLike, MessagePipe, drive
-from pairing.errors import (
+from pairkit.pairing import wire
+from pairkit.pairing.crypto import Rng
+from pairkit.pairing.driver import LinkLike, MessagePipe, drive
+from pairkit.pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
     ConfigError,
@@ -36,8 +36,8 @@ from pairing.errors import (
     RemoteError,
     TransportError,
 )
-from pairing.methods import LocalIdentity, Session
-from pairing.ttp import (
+from pairkit.pairing.methods import LocalIdentity, Session
+from pairkit.pairing.ttp import (
     WAIT_MARGIN,
     EnrolDone,
     EnrolRequest,
@@ -51,7 +51,7 @@ from pairing.ttp import (
     TtpLinkHost,
     cert_digest,
 )
-from transports.tcp import TcpLink, format_host_port, parse_host_port
+from pairkit.transports.tcp import TcpLink, format_host_port, parse_host_port
 
 DEFAULT_TIMEOUT = 10.0
 MAX_MESSAGE = 8192

@@ -29,23 +29,23 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from pairing.cpns import (
+from pairkit.pairing.cpns import (
     CpnsKeys,
     CpnsKeysAsked,
     CpnsRegisterAsked,
     CpnsServer,
     PnRegistrationRequest,
 )
-from pairing.crypto import Rng, same
-from pairing.driver import MessagePipe, drive
-from pairing.errors import (
+from pairkit.pairing.crypto import Rng, same
+from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     LinkClosedError,
     NotFoundError,
     PairingError,
 )
-from pairing.ttp import (
+from pairkit.pairing.ttp import (
     BadTokenError,
     EnrolAsked,
     EnrolDone,
@@ -55,7 +55,7 @@ from pairing.ttp import (
     TtpServerConn,
     cert_digest,
 )
-from transports.tcp import TcpLink, format_host_port
+from pairkit.transports.tcp import TcpLink, format_host_port
 
 from .ttp_certs import ServerDir, load_cert
 from .ttp_store import Matched, StoreError, TtpStore, open_store

@@ -31,16 +31,16 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from pairing.cpns import KeySource, ServerInventory, SetupType
-from pairing.crypto import Rng
-from pairing.errors import (
+from pairkit.pairing.cpns import KeySource, ServerInventory, SetupType
+from pairkit.pairing.crypto import Rng
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     NotFoundError,
     PairingError,
     RefusedError,
 )
-from pairing.ttp import DeviceRecord, IntentRole
+from pairkit.pairing.ttp import DeviceRecord, IntentRole
 
 SEAL_KEY_LEN: Final = 32
 BUSY_TIMEOUT_MS: Final = 5000

@@ -25,14 +25,15 @@ from typing import Any
 
 import pytest
 
-from cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
-from cli.presence import discover
-from cli.service import get_file
-from pairing.keystore import Keystore
-from pairing.methods import HostState, Session
-from pairing.negotiation import Method
-from pairing.qr import QrCode
-from pairing.service import Membership
+from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
+from pairkit.cli.presence import discover
+from pairkit.cli.service import get_file
+from pairkit.pairing.keystore import Keystore
+from pairkit.pairing.methods import HostState, Session
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.qr import QrCode
+from pairkit.pairing.service import Membership
+from pairkit.transports.registry import open_transport
 from tests.test_ble_pairing import Person, make_keystore, reopen
 from tests.transport_conformance import (
     check_bulk_both_ways,
@@ -41,7 +42,6 @@ from tests.transport_conformance import (
     check_ordered_both_ways,
     check_properties,
 )
-from transports.registry import open_transport
 
 pytestmark = pytest.mark.timeout(300)
 

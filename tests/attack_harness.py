@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cli import store
-from pairing import wire
-from pairing.cloud import CloudGuest, CloudHost, Grant, Role
-from pairing.crypto import digest
-from pairing.driver import MessagePipe, drive
-from pairing.errors import PairingError
-from pairing.framing import Reassembler, fragment
-from pairing.keystore import Keystore, Peer
-from pairing.methods import (
+from pairkit.cli import store
+from pairkit.pairing import wire
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role
+from pairkit.pairing.crypto import digest
+from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.framing import Reassembler, fragment
+from pairkit.pairing.keystore import Keystore, Peer
+from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,
     HostState,
@@ -38,11 +38,11 @@ from pairing.methods import (
     PairingConfig,
     Session,
 )
-from pairing.negotiation import ALL_CAPS, Method
-from pairing.qr import QrCode
-from pairing.securelink import SecureLink, confirm
-from pairing.service import Membership
-from transports.tcp import TcpListener, tcp_connect
+from pairkit.pairing.negotiation import ALL_CAPS, Method
+from pairkit.pairing.qr import QrCode
+from pairkit.pairing.securelink import SecureLink, confirm
+from pairkit.pairing.service import Membership
+from pairkit.transports.tcp import TcpListener, tcp_connect
 
 from .cli_helpers import (
     KEYSTORE_PIN,
@@ -128,7 +128,7 @@ class Yes:
         return self._join
 
     async def allow_request(self, q: Any) -> Any:
-        from pairing.service import Scope
+        from pairkit.pairing.service import Scope
 
         return Scope.SESSION
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KEYSTORE_PIN = "135790"
 #: the installed console script when this interpreter has one, else the module
 _SCRIPT = Path(sys.executable).with_name("pairkit")
-MODULE_CMD: tuple[str, ...] = (sys.executable, "-m", "cli.main")
+MODULE_CMD: tuple[str, ...] = (sys.executable, "-m", "pairkit.cli.main")
 PAIRKIT_CMD: tuple[str, ...] = (str(_SCRIPT),) if _SCRIPT.exists() else MODULE_CMD
 #: how long a single command may run before the test gives up on it
 RUN_TIMEOUT = 30.0

@@ -22,6 +22,6 @@ settings.load_profile("pairkit")
 
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin("pairkit"):
-        from transports import pytest_plugin
+        from pairkit.transports import pytest_plugin
 
         config.pluginmanager.register(pytest_plugin, "pairkit")

@@ -19,10 +19,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from pairing import wire
-from pairing.errors import PairingError
-from pairing.machine import Machine, Question
-from pairing.methods import (
+from pairkit.pairing import wire
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.machine import Machine, Question
+from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,
     HostState,
@@ -31,8 +31,8 @@ from pairing.methods import (
     PairingConfig,
     Session,
 )
-from pairing.negotiation import Method
-from pairing.qr import QrCode
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.qr import QrCode
 
 MAX_ROUNDS = 20
 

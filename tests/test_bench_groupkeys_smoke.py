@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-from pairing.groups import ADVERT_OVERHEAD
+from pairkit.pairing.groups import ADVERT_OVERHEAD
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "groupkeys.py"

@@ -22,16 +22,22 @@ from typing import Any
 
 import pytest
 
-from cli.presence import discover
-from cli.service import Fetched, get_file, list_files, say_bye, serve_guest
-from pairing.cloud import Grant, Role
-from pairing.driver import drive
-from pairing.errors import ErrorCode, LinkClosedError, RefusedError, RemoteError
-from pairing.keystore import Keystore
-from pairing.methods import GuestPairing, HostPairing, HostState, LocalIdentity, PairingConfig
-from pairing.negotiation import Method
-from pairing.securelink import SecureLink, confirm
-from pairing.service import FileEntry, GrantPolicy, Membership, Scope
+from pairkit.cli.presence import discover
+from pairkit.cli.service import Fetched, get_file, list_files, say_bye, serve_guest
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.driver import drive
+from pairkit.pairing.errors import ErrorCode, LinkClosedError, RefusedError, RemoteError
+from pairkit.pairing.keystore import Keystore
+from pairkit.pairing.methods import (
+    GuestPairing,
+    HostPairing,
+    HostState,
+    LocalIdentity,
+    PairingConfig,
+)
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.securelink import SecureLink, confirm
+from pairkit.pairing.service import FileEntry, GrantPolicy, Membership, Scope
 
 from .test_ble_pairing import (
     PIN,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from pairing.errors import LinkClosedError
-from transports.bumble import VirtualRadio, open_bumble
+from pairkit.pairing.errors import LinkClosedError
+from pairkit.transports.bumble import VirtualRadio, open_bumble
 
 
 async def test_host_sending_to_a_gone_guest_gets_link_closed() -> None:

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from bumble.pairing import PairingConfig, PairingDelegate
 
-from pairing.errors import InsecureLinkError
-from transports.ble.links import BleLink
-from transports.ble.virtual import VirtualRadio
-from transports.bumble import BumbleConfig, BumbleTransport
+from pairkit.pairing.errors import InsecureLinkError
+from pairkit.transports.ble.links import BleLink
+from pairkit.transports.ble.virtual import VirtualRadio
+from pairkit.transports.bumble import BumbleConfig, BumbleTransport
 
 OpenDevice = Callable[..., Awaitable[BumbleTransport]]
 

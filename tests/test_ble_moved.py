@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pairing.errors import NotFoundError, RefusedError, RemoteError
-from pairing.methods import Method
+from pairkit.pairing.errors import NotFoundError, RefusedError, RemoteError
+from pairkit.pairing.methods import Method
 from tests.test_ble_pairing import Person, World, george, paul, reopen, world  # noqa: F401
 
 

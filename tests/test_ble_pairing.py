@@ -24,20 +24,20 @@ from typing import Any
 
 import pytest
 
-from cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
-from cli.presence import Presence, discover, tag_keys
-from pairing.cloud import AllowJoin, Grant, Role
-from pairing.driver import MessagePipe, drive
-from pairing.errors import (
+from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
+from pairkit.cli.presence import Presence, discover, tag_keys
+from pairkit.pairing.cloud import AllowJoin, Grant, Role
+from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.pairing.errors import (
     ErrorCode,
     InsecureLinkError,
     LinkClosedError,
     PairingTimeout,
     RemoteError,
 )
-from pairing.hello import decode_hello, match_tag
-from pairing.keystore import Argon2Params, Keystore
-from pairing.methods import (
+from pairkit.pairing.hello import decode_hello, match_tag
+from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
     HostPairing,
@@ -47,11 +47,11 @@ from pairing.methods import (
     PairingConfig,
     Session,
 )
-from pairing.negotiation import Method
-from pairing.qr import QrCode
-from pairing.service import AllowRequest, JoinCloud, Membership, Scope
-from transports.ble.links import BleLink, GattLink, L2capLink
-from transports.bumble import BumbleTransport, VirtualRadio, open_bumble
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.qr import QrCode
+from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
+from pairkit.transports.ble.links import BleLink, GattLink, L2capLink
+from pairkit.transports.bumble import BumbleTransport, VirtualRadio, open_bumble
 
 KEYSTORE_PIN = "246813"
 GUEST_HOUR = Grant(Role.GUEST, 3600)

@@ -40,7 +40,7 @@ from bumble.transport.common import TransportInitError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transports.bleak_bumble import (
+from pairkit.transports.bleak_bumble import (
     BumbleAdapter,
     BumbleClient,
     close_shared_adapters,
@@ -49,7 +49,7 @@ from transports.bleak_bumble import (
     shared_adapter,
     uuid_str,
 )
-from transports.pytest_plugin import VirtualBle, VirtualPeripheral
+from pairkit.transports.pytest_plugin import VirtualBle, VirtualPeripheral
 
 HEART = "0000180d-0000-1000-8000-00805f9b34fb"
 CUSTOM = "12345678-1234-5678-1234-56789abcdef0"
@@ -519,7 +519,7 @@ class Comparing(PairingDelegate):
 
 
 def peripheral_pairing(peripheral: VirtualPeripheral, delegate: PairingDelegate) -> None:
-    from transports.bleak_bumble import smp_config
+    from pairkit.transports.bleak_bumble import smp_config
 
     peripheral.device.pairing_config_factory = lambda _c: smp_config(delegate, mitm=True)
 
@@ -698,7 +698,8 @@ async def test_my_app_reads_the_battery(virtual_ble):
 def _entry_point_installed() -> bool:
     from importlib.metadata import entry_points
 
-    return any(ep.value == "transports.pytest_plugin" for ep in entry_points(group="pytest11"))
+    plugin = "pairkit.transports.pytest_plugin"
+    return any(ep.value == plugin for ep in entry_points(group="pytest11"))
 
 
 def test_the_fixture_in_a_users_project(pytester: pytest.Pytester) -> None:
@@ -706,6 +707,6 @@ def test_the_fixture_in_a_users_project(pytester: pytest.Pytester) -> None:
     args = ["-p", "no:cacheprovider", "-o", "asyncio_mode=strict"]
     args += ["-o", "asyncio_default_fixture_loop_scope=function"]
     if not _entry_point_installed():  # a checkout installed before the entry point existed
-        args += ["-p", "transports.pytest_plugin"]
+        args += ["-p", "pairkit.transports.pytest_plugin"]
     result = pytester.runpytest_inprocess(*args)
     result.assert_outcomes(passed=1)

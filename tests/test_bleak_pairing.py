@@ -23,19 +23,19 @@ from typing import Any
 
 import pytest
 
-from cli.flows import JoinOptions, SessionHandler, run_join
-from cli.presence import discover
-from cli.service import get_file
-from pairing.cloud import Role
-from pairing.errors import PairingError
-from pairing.keystore import Keystore
-from pairing.methods import Session
-from pairing.negotiation import Method
-from pairing.service import Membership
+from pairkit.cli.flows import JoinOptions, SessionHandler, run_join
+from pairkit.cli.presence import discover
+from pairkit.cli.service import get_file
+from pairkit.pairing.cloud import Role
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.keystore import Keystore
+from pairkit.pairing.methods import Session
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.service import Membership
+from pairkit.transports.bleak import BleakLink, BleakTransport
+from pairkit.transports.registry import open_transport
 from tests.cli_helpers import Device, Lab, init_devices, run_cli, use_bytecode_cache
 from tests.test_ble_pairing import HostRun, Person, World, eventually, make_keystore, reopen
-from transports.bleak import BleakLink, BleakTransport
-from transports.registry import open_transport
 
 SPEC = "bleak:bumble:virtual"
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +232,7 @@ async def test_join_and_discover_on_bleak_through_pairkit_radio(
     tmp_path: Path, templates: dict[str, Device]
 ) -> None:
     radio = await asyncio.create_subprocess_exec(
-        *_module("transports.radio"),
+        *_module("pairkit.transports.radio"),
         "--ports",
         "0",
         "0",

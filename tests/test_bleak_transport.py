@@ -33,20 +33,20 @@ from bumble.device import Device
 from bumble.host import Host
 from bumble.transport.common import AsyncPipeSink
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     LinkClosedError,
     PairingTimeout,
     TransportError,
     UnsupportedError,
 )
+from pairkit.transports.base import Connector, Scanner, Sighting
+from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID
+from pairkit.transports.ble.links import BleLink, GattLink
+from pairkit.transports.bleak import BleakConfig, BleakLink, BleakTransport, translate
+from pairkit.transports.bumble import BumbleConfig, BumbleTransport, VirtualRadio
+from pairkit.transports.registry import open_transport
 from tests.transport_conformance import LinkConformance
-from transports.base import Connector, Scanner, Sighting
-from transports.ble.adv import PAIRKIT_SERVICE_UUID
-from transports.ble.links import BleLink, GattLink
-from transports.bleak import BleakConfig, BleakLink, BleakTransport, translate
-from transports.bumble import BumbleConfig, BumbleTransport, VirtualRadio
-from transports.registry import open_transport
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = b"\x40" + bytes(9)
@@ -476,7 +476,7 @@ def test_bleak_errors_in_plain_words(exc: BaseException, kind: type, words: str)
 
 HOST_SCRIPT = """
 import asyncio, sys
-from transports.bumble import open_bumble
+from pairkit.transports.bumble import open_bumble
 
 async def run(spec):
     host = await open_bumble(spec)
@@ -516,7 +516,7 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 async def test_a_bleak_guest_and_a_bumble_host_in_two_processes() -> None:
-    radio = await _spawn("-m", "transports.radio", "--ports", "0", "0")
+    radio = await _spawn("-m", "pairkit.transports.radio", "--ports", "0", "0")
     host: asyncio.subprocess.Process | None = None
     guest: BleakTransport | None = None
     try:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pairing import cbor
-from pairing.errors import DecodeError
+from pairkit.pairing import cbor
+from pairkit.pairing.errors import DecodeError
 
 BIG = 1 << 20
 

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pairing import framing
-from pairing.channel import (
+from pairkit.pairing import framing
+from pairkit.pairing.channel import (
     FLAG_CLOSE,
     FLAG_REKEY,
     HEADER_SIZE,
@@ -29,7 +29,7 @@ from pairing.channel import (
     SequenceExhaustedError,
     rekey,
 )
-from pairing.errors import (
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,

@@ -24,9 +24,9 @@ import cbor2
 import pytest
 from PIL import Image
 
-from pairing.framing import fragment
-from pairing.keystore import Keystore
-from pairing.messages import NONCE_LEN, Reveal
+from pairkit.pairing.framing import fragment
+from pairkit.pairing.keystore import Keystore
+from pairkit.pairing.messages import NONCE_LEN, Reveal
 
 from .cli_helpers import (
     KEYSTORE_PIN,

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from pairing import wire
-from pairing.cloud import (
+from pairkit.pairing import wire
+from pairkit.pairing.cloud import (
     AllowJoin,
     CloudGuest,
     CloudHello,
@@ -18,7 +18,7 @@ from pairing.cloud import (
     Grant,
     Role,
 )
-from pairing.errors import AuthenticationError, PairingError, PairingTimeout, RefusedError
+from pairkit.pairing.errors import AuthenticationError, PairingError, PairingTimeout, RefusedError
 from tests.pair_harness import shuttle
 
 SECRETS = {"pauls-cloud": b"p" * 32, "georges-cloud": b"g" * 32}

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairing import cpace
-from pairing.cpace import CPace, CPaceState
-from pairing.errors import (
+from pairkit.pairing import cpace
+from pairkit.pairing.cpace import CPace, CPaceState
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,

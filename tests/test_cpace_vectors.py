@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from pairing import cpace
-from pairing.errors import AuthenticationError, ProtocolError
+from pairkit.pairing import cpace
+from pairkit.pairing.errors import AuthenticationError, ProtocolError
 
 VECTORS = Path(__file__).parent / "vectors"
 _JSON = json.loads((VECTORS / "cpace-testvectors.json").read_text())

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairing import wire
-from pairing.cpns import (
+from pairkit.pairing import wire
+from pairkit.pairing.cpns import (
     RECIPIENT_GW,
     RECIPIENT_PNE,
     SERVER,
@@ -37,7 +37,7 @@ from pairing.cpns import (
     unwrap_key,
     wants_local_key,
 )
-from pairing.errors import (
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     NotFoundError,

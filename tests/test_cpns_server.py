@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from cli.cpns_client import PneLink, run_gateway, run_pne
-from cli.ttp_client import enrol
-from pairing.cpns import (
+from pairkit.cli.cpns_client import PneLink, run_gateway, run_pne
+from pairkit.cli.ttp_client import enrol
+from pairkit.pairing.cpns import (
     AuthenticationRequest,
     GatewayConfig,
     KeySource,
@@ -21,9 +21,9 @@ from pairing.cpns import (
     PnEstablishmentNotify,
     SetupType,
 )
-from pairing.errors import AuthenticationError, NotFoundError, PairingTimeout
+from pairkit.pairing.errors import AuthenticationError, NotFoundError, PairingTimeout
+from pairkit.transports.loopback import loopback_pair
 from tests.ttp_harness import flip, identity, rewrite_tap, running_server
-from transports.loopback import loopback_pair
 
 
 @dataclasses.dataclass
@@ -200,7 +200,7 @@ async def test_two_gateways_at_once(tmp_path: Path) -> None:
 
 
 async def test_cpns_demo_with_a_server_process() -> None:
-    from cli.cpns_demo import run_cpns_demo
+    from pairkit.cli.cpns_demo import run_cpns_demo
 
     summary = await run_cpns_demo(quiet=True)
     assert summary["ok"] is True and summary["scenario"] == "cpns"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from pairing.driver import MessagePipe, drive
-from pairing.errors import (
+from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
@@ -18,7 +18,7 @@ from pairing.errors import (
     PairingTimeout,
     RemoteError,
 )
-from pairing.methods import (
+from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
     HostPairing,
@@ -27,10 +27,10 @@ from pairing.methods import (
     PairingConfig,
     Session,
 )
-from pairing.negotiation import Method
-from pairing.securelink import READY, SecureLink, confirm
-from transports.loopback import loopback_pair
-from transports.tcp import TcpListener, tcp_connect
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.securelink import READY, SecureLink, confirm
+from pairkit.transports.loopback import loopback_pair
+from pairkit.transports.tcp import TcpListener, tcp_connect
 
 GEORGE = LocalIdentity.generate("George's phone")
 PAUL = LocalIdentity.generate("Paul's phone")

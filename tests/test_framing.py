@@ -6,8 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairing.errors import ConfigError, DecodeError, LinkClosedError, PairingError, TooLargeError
-from pairing.framing import (
+from pairkit.pairing.errors import (
+    ConfigError,
+    DecodeError,
+    LinkClosedError,
+    PairingError,
+    TooLargeError,
+)
+from pairkit.pairing.framing import (
     DEFAULT_MAX_MESSAGE,
     FLAG_FIRST,
     FLAG_LAST,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from cli import groups as G
-from cli.groupdemo import GroupLab, run_groupkeys_demo, wait_for
-from cli.presence import discover
-from pairing.errors import TooLargeError
-from pairing.groups import ADVERT_OVERHEAD
-from transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX
+from pairkit.cli import groups as G
+from pairkit.cli.groupdemo import GroupLab, run_groupkeys_demo, wait_for
+from pairkit.cli.presence import discover
+from pairkit.pairing.errors import TooLargeError
+from pairkit.pairing.groups import ADVERT_OVERHEAD
+from pairkit.transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX
 
 
 @pytest.fixture(autouse=True)

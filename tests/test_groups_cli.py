@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cli.group_cli import group
-from pairing.keystore import Argon2Params, Keystore
-from transports.radio import start_radio
+from pairkit.cli.group_cli import group
+from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.transports.radio import start_radio
 
 from .cli_helpers import (
     KEYSTORE_PIN,
@@ -38,7 +38,7 @@ from .cli_helpers import (
     use_bytecode_cache,
 )
 
-GROUP_CMD = (sys.executable, "-m", "cli.group_cli")
+GROUP_CMD = (sys.executable, "-m", "pairkit.cli.group_cli")
 NAMES = {"ctl": "controller", "relay": "relay", "door": "door-1"}
 PINS = ("482913", "507264", "639180")
 

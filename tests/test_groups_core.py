@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pairing import wire
-from pairing.errors import (
+from pairkit.pairing import wire
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
@@ -30,7 +30,7 @@ from pairing.errors import (
     ReplayError,
     TooLargeError,
 )
-from pairing.groups import (
+from pairkit.pairing.groups import (
     ADVERT_MARKER,
     ADVERT_OVERHEAD,
     MAX_SEQ,
@@ -58,9 +58,9 @@ from pairing.groups import (
     seal_group_envelope,
     sender_id,
 )
-from pairing.hello import Hello, decode_hello
-from pairing.keystore import Argon2Params, Keystore
-from pairing.negotiation import Caps, Method
+from pairkit.pairing.hello import Hello, decode_hello
+from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.negotiation import Caps, Method
 
 PIN = "123456"
 KNOWN_KEY = bytes(range(100, 132))
@@ -237,7 +237,7 @@ def test_signatures_from_a_non_controller_are_refused(fresh: Trio) -> None:
 
 
 def _signed(env: GroupEnvelope) -> bytes:
-    from pairing.groups import _signed_part
+    from pairkit.pairing.groups import _signed_part
 
     return _signed_part(env)
 

@@ -15,19 +15,19 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from cli import groups as G
-from cli.groupdemo import GroupLab, Node, wait_for
-from pairing import wire
-from pairing.errors import AuthenticationError, ConfigError, NotFoundError
-from pairing.groups import (
+from pairkit.cli import groups as G
+from pairkit.cli.groupdemo import GroupLab, Node, wait_for
+from pairkit.pairing import wire
+from pairkit.pairing.errors import AuthenticationError, ConfigError, NotFoundError
+from pairkit.pairing.groups import (
     GroupEnvelope,
     KeyDelivery,
     KeyReceipt,
     envelope_info,
     seal_group_envelope,
 )
-from pairing.keystore import Argon2Params, Keystore
-from pairing.securelink import SecureLink
+from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.securelink import SecureLink
 
 KNOWN_KEY = bytes(range(7, 39))
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pairing.errors import DecodeError, PairingError
-from pairing.hello import EPOCH_SECONDS, HELLO_LEN, Hello, decode_hello, make_tag, match_tag
-from pairing.negotiation import Caps, Method
+from pairkit.pairing.errors import DecodeError, PairingError
+from pairkit.pairing.hello import EPOCH_SECONDS, HELLO_LEN, Hello, decode_hello, make_tag, match_tag
+from pairkit.pairing.negotiation import Caps, Method
 
 HELLO_METHODS = [Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR, Method.RESUME, Method.TTP]
 KEY = bytes(range(32))

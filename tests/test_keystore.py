@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pairing.keystore as keystore_module
-from pairing import keystore as ks_module
-from pairing.errors import (
+import pairkit.pairing.keystore as keystore_module
+from pairkit.pairing import keystore as ks_module
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
@@ -36,7 +36,7 @@ from pairing.errors import (
     PairingError,
     WrongPinError,
 )
-from pairing.keystore import (
+from pairkit.pairing.keystore import (
     DEFAULT_SCRYPT_N,
     MIN_PIN_LENGTH,
     Argon2Params,
@@ -356,7 +356,7 @@ def test_save_uses_a_fresh_nonce_and_keeps_the_salt(store: Keystore, store_path:
     store.save()
     second = store_path.read_bytes()
     assert first != second
-    import pairing.cbor as cbor
+    import pairkit.pairing.cbor as cbor
 
     h1 = cbor.decode(first[6 : _layout(first)[0]], max_size=256)
     h2 = cbor.decode(second[6 : _layout(second)[0]], max_size=256)
@@ -384,7 +384,7 @@ def test_failed_save_leaves_the_old_file(store: Keystore, store_path: Path) -> N
 _CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from pairing.keystore import Keystore
+from pairkit.pairing.keystore import Keystore
 
 store = Keystore.open(sys.argv[2], sys.argv[3])
 store.rename("renamed in the child")

@@ -23,11 +23,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pairing import cbor, wire
-from pairing.errors import ErrorCode, PairingError, TooLargeError
-from pairing.machine import Machine
-from pairing.methods import ConfirmCode, GuestPairing, HostState
-from pairing.negotiation import Method
+from pairkit.pairing import cbor, wire
+from pairkit.pairing.errors import ErrorCode, PairingError, TooLargeError
+from pairkit.pairing.machine import Machine
+from pairkit.pairing.methods import ConfirmCode, GuestPairing, HostState
+from pairkit.pairing.negotiation import Method
 from tests.pair_harness import (
     Known,
     Pair,

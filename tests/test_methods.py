@@ -13,8 +13,8 @@ from typing import Any
 import cbor2
 import pytest
 
-from pairing import wire
-from pairing.errors import (
+from pairkit.pairing import wire
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
@@ -30,9 +30,9 @@ from pairing.errors import (
     RemoteError,
     UnsupportedError,
 )
-from pairing.machine import Machine
-from pairing.messages import Accept, NoiseMessage, Offer, ResumeKind, ResumeMessage, Reveal
-from pairing.methods import (
+from pairkit.pairing.machine import Machine
+from pairkit.pairing.messages import Accept, NoiseMessage, Offer, ResumeKind, ResumeMessage, Reveal
+from pairkit.pairing.methods import (
     QR_NOISE,
     ConfirmCode,
     GuestPairing,
@@ -47,8 +47,8 @@ from pairing.methods import (
     _th,
     check_pin_strength,
 )
-from pairing.negotiation import Caps, Method
-from pairing.noise import HandshakeState
+from pairkit.pairing.negotiation import Caps, Method
+from pairkit.pairing.noise import HandshakeState
 from tests.pair_harness import (
     Pair,
     PairResult,

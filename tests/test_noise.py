@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     ExpiredError,
@@ -20,7 +20,7 @@ from pairing.errors import (
     ProtocolError,
     TooLargeError,
 )
-from pairing.noise import (
+from pairkit.pairing.noise import (
     MAX_MESSAGE_LEN,
     PATTERNS,
     CipherState,
@@ -657,7 +657,7 @@ def test_public_helpers() -> None:
 
 def test_hmac_block_size_is_noise_blocklen() -> None:
     """§4.3, §12.5-§12.8: HMAC pads keys to BLOCKLEN; hashlib's block_size must agree."""
-    from pairing.noise import _HASHES
+    from pairkit.pairing.noise import _HASHES
 
     expected = {"SHA256": 64, "SHA512": 128, "BLAKE2s": 64, "BLAKE2b": 128}
     assert {name: h.blocklen for name, h in _HASHES.items()} == expected

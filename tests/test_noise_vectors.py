@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pairing.errors import ConfigError
-from pairing.noise import CipherState, HandshakeState, parse_protocol_name, public_key
+from pairkit.pairing.errors import ConfigError
+from pairkit.pairing.noise import CipherState, HandshakeState, parse_protocol_name, public_key
 
 VECTOR_DIR = Path(__file__).parent / "vectors"
 SOURCES = {"cacophony": "noise-cacophony.txt", "snow": "noise-snow-multipsk.txt"}

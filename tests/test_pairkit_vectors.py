@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from pairing import wire
+from pairkit.pairing import wire
 from tests.vector_harness import CASES, VECTORS, make, replay, transcript_of
 
 DATA = json.loads(VECTORS.read_text())

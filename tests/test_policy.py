@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import load_policy
-from pairing.errors import ConfigError
+from pairkit.cli.config import load_policy
+from pairkit.pairing.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
-PAIRKIT = [sys.executable, "-m", "cli.main"]
+PAIRKIT = [sys.executable, "-m", "pairkit.cli.main"]
 
 
 def keystore_in(tmp_path: Path, text: str) -> Path:
@@ -122,6 +122,6 @@ def test_a_policy_makes_the_host_discoverable_with_no_flag(tmp_path: Path) -> No
      ("Paul's phone", False), ("E9:84:19:A6:6E", False)],
 )
 def test_ble_targets_include_macos_device_uuids(text: str, ok: bool) -> None:
-    from cli.presence import is_ble_address
+    from pairkit.cli.presence import is_ble_address
 
     assert is_ble_address(text) is ok

@@ -9,7 +9,7 @@ import os
 import random
 from pathlib import Path
 
-from pairing.hello import (
+from pairkit.pairing.hello import (
     HELLO_LEN,
     Hello,
     decode_hello,
@@ -17,10 +17,10 @@ from pairing.hello import (
     make_tag,
     match_tag,
 )
-from pairing.keystore import Argon2Params, Keystore
-from pairing.negotiation import ALL_CAPS, Caps, Method
-from transports.ble.virtual import VirtualRadio
-from transports.bumble import BumbleConfig, BumbleTransport
+from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.negotiation import ALL_CAPS, Caps, Method
+from pairkit.transports.ble.virtual import VirtualRadio
+from pairkit.transports.bumble import BumbleConfig, BumbleTransport
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -102,7 +102,7 @@ async def heard(scanner: BumbleTransport, seconds: float) -> list[bytes]:
 async def test_a_private_host_on_air_tells_a_stranger_nothing_and_a_member_everything(
     tmp_path: Path,
 ) -> None:
-    from cli.presence import Presence, discover
+    from pairkit.cli.presence import Presence, discover
 
     radio = VirtualRadio()
     seeds = iter(range(100))

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from pairing.errors import ConfigError, LinkClosedError, TransportError
-from transports.bumble import BumbleTransport, open_bumble
-from transports.radio import main, serve_radio, start_radio
+from pairkit.pairing.errors import ConfigError, LinkClosedError, TransportError
+from pairkit.transports.bumble import BumbleTransport, open_bumble
+from pairkit.transports.radio import main, serve_radio, start_radio
 
 ROOT = Path(__file__).resolve().parent.parent
 
 HOST_SCRIPT = """
 import asyncio, sys
-from transports.bumble import open_bumble
+from pairkit.transports.bumble import open_bumble
 
 async def run(spec):
     host = await open_bumble(spec)
@@ -67,7 +67,7 @@ async def _line(process: asyncio.subprocess.Process, timeout: float = 20.0) -> s
 @pytest.fixture
 async def radio_process() -> AsyncIterator[list[str]]:
     """A radio with two ports in a subprocess; yields the two bumble transport names."""
-    process = await _spawn("-m", "transports.radio", "--ports", "0", "0")
+    process = await _spawn("-m", "pairkit.transports.radio", "--ports", "0", "0")
     try:
         line = await _line(process)
         names = [

@@ -13,13 +13,8 @@ import re
 
 import pytest
 
-import pairing.cloud
-import pairing.cpns
-import pairing.groups
-import pairing.messages
-import pairing.service
-import pairing.ttp
-from pairing import wire
+from pairkit import pairing
+from pairkit.pairing import wire
 
 MODULES = [pairing.messages, pairing.service, pairing.ttp, pairing.cpns, pairing.groups,
            pairing.cloud]

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cli.service import get_file, list_files, resolve_shared, say_bye, serve_guest
-from pairing.cloud import Role
-from pairing.errors import AccessDeniedError, LinkClosedError, NotFoundError, RefusedError
-from pairing.methods import PeerInfo, Session
-from pairing.negotiation import Method
-from pairing.securelink import SecureLink
-from pairing.service import AllowRequest, GrantPolicy, Scope
-from transports.loopback import loopback_pair
+from pairkit.cli.service import get_file, list_files, resolve_shared, say_bye, serve_guest
+from pairkit.pairing.cloud import Role
+from pairkit.pairing.errors import AccessDeniedError, LinkClosedError, NotFoundError, RefusedError
+from pairkit.pairing.methods import PeerInfo, Session
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.securelink import SecureLink
+from pairkit.pairing.service import AllowRequest, GrantPolicy, Scope
+from pairkit.transports.loopback import loopback_pair
 
 K1, K2 = bytes(range(32)), bytes(range(1, 33))
 

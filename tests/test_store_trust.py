@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from cli import store
-from pairing.cloud import Role
-from pairing.crypto import digest, x25519_keypair
-from pairing.keystore import Argon2Params, Keystore, Peer
+from pairkit.cli import store
+from pairkit.pairing.cloud import Role
+from pairkit.pairing.crypto import digest, x25519_keypair
+from pairkit.pairing.keystore import Argon2Params, Keystore, Peer
 
 KEYSTORE_PIN = "246813"
 

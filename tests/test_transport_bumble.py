@@ -21,7 +21,7 @@ from bumble.transport.common import AsyncPipeSink
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     LinkClosedError,
     PairingTimeout,
@@ -29,9 +29,8 @@ from pairing.errors import (
     TransportError,
     UnsupportedError,
 )
-from tests.transport_conformance import LinkConformance
-from transports.base import Advertiser, Connector, Listener, Scanner, Sighting
-from transports.ble.adv import (
+from pairkit.transports.base import Advertiser, Connector, Listener, Scanner, Sighting
+from pairkit.transports.ble.adv import (
     EXTENDED_PAYLOAD_MAX,
     LEGACY_ADV_DATA_MAX,
     LEGACY_PAYLOAD_MAX,
@@ -40,14 +39,15 @@ from transports.ble.adv import (
     parse_advertising_data,
     random_static_address,
 )
-from transports.ble.links import BleLink, GattLink, L2capLink
-from transports.bumble import (
+from pairkit.transports.ble.links import BleLink, GattLink, L2capLink
+from pairkit.transports.bumble import (
     BumbleConfig,
     BumbleTransport,
     VirtualRadio,
     bumble_transport_spec,
     open_bumble,
 )
+from tests.transport_conformance import LinkConformance
 
 OpenDevice = Callable[..., Awaitable[BumbleTransport]]
 
@@ -520,7 +520,7 @@ async def test_open_bumble_entry_point(radio: VirtualRadio) -> None:
 
 
 async def test_registry_opens_bumble_virtual(radio: VirtualRadio) -> None:
-    from transports.registry import open_transport
+    from pairkit.transports.registry import open_transport
 
     transport = await open_transport("bumble:virtual", radio=radio, rng=seeded(46))
     try:

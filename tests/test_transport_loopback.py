@@ -10,24 +10,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     LinkClosedError,
     PairingTimeout,
     TooLargeError,
     TransportError,
 )
-from tests.transport_conformance import LinkConformance
-from transports import loopback
-from transports.base import Advertiser, Connector, Link, Listener, Scanner, Sighting
-from transports.loopback import (
+from pairkit.transports import loopback
+from pairkit.transports.base import Advertiser, Connector, Link, Listener, Scanner, Sighting
+from pairkit.transports.loopback import (
     LoopbackEndpoint,
     LoopbackMedium,
     MessageQueue,
     loopback_pair,
     relay,
 )
-from transports.registry import TransportSpec, open_transport, parse_transport
+from pairkit.transports.registry import TransportSpec, open_transport, parse_transport
+from tests.transport_conformance import LinkConformance
 
 # -- the conformance suite -------------------------------------------------------------------
 

@@ -14,26 +14,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     DecodeError,
     LinkClosedError,
     PairingTimeout,
     TransportError,
 )
-from tests.transport_conformance import (
-    LinkConformance,
-    _flood_until_blocked,
-    check_bulk_both_ways,
-)
-from transports.base import Link, Listener
-from transports.registry import open_transport
-from transports.tcp import (
+from pairkit.transports.base import Link, Listener
+from pairkit.transports.registry import open_transport
+from pairkit.transports.tcp import (
     TcpListener,
     TcpTransport,
     format_host_port,
     parse_host_port,
     tcp_connect,
+)
+from tests.transport_conformance import (
+    LinkConformance,
+    _flood_until_blocked,
+    check_bulk_both_ways,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,8 +339,8 @@ async def test_registry_tcp_listen_and_connect() -> None:
 
 ECHO_HOST = """
 import asyncio, sys
-from pairing.errors import LinkClosedError
-from transports.registry import open_transport
+from pairkit.pairing.errors import LinkClosedError
+from pairkit.transports.registry import open_transport
 
 async def main():
     transport = await open_transport("tcp:127.0.0.1:0")

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairing import wire
-from pairing.crypto import hkdf, unseal, x25519
-from pairing.errors import (
+from pairkit.pairing import wire
+from pairkit.pairing.crypto import hkdf, unseal, x25519
+from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     ErrorCode,
@@ -20,11 +20,11 @@ from pairing.errors import (
     RemoteError,
     UnsupportedError,
 )
-from pairing.machine import Machine
-from pairing.messages import Accept, Announce, Offer
-from pairing.methods import LocalIdentity
-from pairing.negotiation import Method, methods_mask
-from pairing.ttp import (
+from pairkit.pairing.machine import Machine
+from pairkit.pairing.messages import Accept, Announce, Offer
+from pairkit.pairing.methods import LocalIdentity
+from pairkit.pairing.negotiation import Method, methods_mask
+from pairkit.pairing.ttp import (
     BadTokenError,
     DeviceRecord,
     EnrolAsked,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PAIRKIT = [sys.executable, "-m", "cli.main"]
+PAIRKIT = [sys.executable, "-m", "pairkit.cli.main"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from cli.ttp_certs import init_server_dir, make_server_cert
-from cli.ttp_client import (
+from pairkit.cli.ttp_certs import init_server_dir, make_server_cert
+from pairkit.cli.ttp_client import (
     TtpTrustError,
     call,
     connect,
@@ -22,8 +22,8 @@ from cli.ttp_client import (
     ttp_guest_session,
     ttp_host_session,
 )
-from cli.ttp_server import Limits
-from pairing.errors import (
+from pairkit.cli.ttp_server import Limits
+from pairkit.pairing.errors import (
     AuthenticationError,
     LockedOutError,
     NotFoundError,
@@ -32,10 +32,10 @@ from pairing.errors import (
     RefusedError,
     TransportError,
 )
-from pairing.securelink import SecureLink, confirm
-from pairing.ttp import EnrolDone, EnrolRequest, IntentRole, TtpClient, TtpLinkConfig
+from pairkit.pairing.securelink import SecureLink, confirm
+from pairkit.pairing.ttp import EnrolDone, EnrolRequest, IntentRole, TtpClient, TtpLinkConfig
+from pairkit.transports.tcp import TcpListener, tcp_connect
 from tests.ttp_harness import FAST, identity, running_server
-from transports.tcp import TcpListener, tcp_connect
 
 CTX = b"\x42" * 32
 
@@ -141,7 +141,7 @@ async def test_ttp_pairing_fails_on_both_sides_when_the_guest_names_another_host
         paul, george = identity("Paul"), identity("George")
         await enrol(h.address, h.ca, paul)
         await enrol(h.address, h.ca, george)
-        from transports.loopback import loopback_pair
+        from pairkit.transports.loopback import loopback_pair
 
         g, p = loopback_pair()
         config = TtpLinkConfig(wait=1, step_timeout=3)
@@ -171,7 +171,7 @@ async def test_a_server_signed_by_another_ca_is_refused(tmp_path: Path) -> None:
 async def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
     d = init_server_dir(tmp_path / "srv")
     ca_key = serialization.load_pem_private_key(d.ca_key.read_bytes(), None)
-    from cli.ttp_certs import load_cert
+    from pairkit.cli.ttp_certs import load_cert
 
     key, cert = make_server_cert(ca_key, load_cert(d.ca_cert), ("ttp.example.org",),
                                  datetime.datetime.now(datetime.UTC))
@@ -188,7 +188,7 @@ async def test_a_missing_or_bad_ca_file_is_a_usage_error(tmp_path: Path) -> None
     async with running_server(tmp_path / "srv") as h:
         bad = tmp_path / "bad.pem"
         bad.write_text("not a certificate")
-        from pairing.errors import ConfigError
+        from pairkit.pairing.errors import ConfigError
 
         with pytest.raises(ConfigError):
             await enrol(h.address, bad, identity("a"))
@@ -309,7 +309,7 @@ async def test_failed_proofs_lock_the_address_out(tmp_path: Path) -> None:
                 client = TtpClient(a, cert=b"\x00" * 32, request=EnrolRequest(
                     signing=a.signing_public), expect=EnrolDone)
                 client.start(loop.time())
-                from pairing.driver import drive
+                from pairkit.pairing.driver import drive
 
                 await drive(client, conn.pipe, idle=5)
             finally:
@@ -363,7 +363,7 @@ async def test_unreachable_server(tmp_path: Path) -> None:
 
 
 def test_admission_logic_with_an_injected_clock() -> None:
-    from cli.ttp_server import Admission
+    from pairkit.cli.ttp_server import Admission
 
     adm = Admission(Limits(max_per_client=3, rate=1.0, burst=2, max_failures=2, lockout=10))
     assert adm.admit("a", 0.0) is None and adm.admit("a", 0.0) is None
@@ -384,10 +384,10 @@ async def test_a_host_that_allows_several_methods_dispatches_on_the_first_messag
     tmp_path: Path,
 ) -> None:
     """What run_host does: read the guest's first message, then run the machine it starts."""
-    from cli.ttp_client import replay_first
-    from pairing.driver import MessagePipe
-    from pairing.ttp import is_ttp_offer
-    from transports.loopback import loopback_pair
+    from pairkit.cli.ttp_client import replay_first
+    from pairkit.pairing.driver import MessagePipe
+    from pairkit.pairing.ttp import is_ttp_offer
+    from pairkit.transports.loopback import loopback_pair
 
     async with running_server(tmp_path / "srv") as h:
         paul, george = identity("Paul"), identity("George")
@@ -410,7 +410,7 @@ async def test_a_host_that_allows_several_methods_dispatches_on_the_first_messag
 
 
 async def test_a_guest_whose_key_server_is_down_tells_the_host(tmp_path: Path) -> None:
-    from transports.loopback import loopback_pair
+    from pairkit.transports.loopback import loopback_pair
 
     d = init_server_dir(tmp_path / "srv")
     listener = await TcpListener.bind("127.0.0.1", 0)

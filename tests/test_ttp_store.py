@@ -8,10 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from cli.ttp_store import SCHEMA_VERSION, Matched, Pending, Sealer, StoreError, TtpStore, migrate
-from pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
-from pairing.errors import AuthenticationError, RefusedError
-from pairing.ttp import DeviceRecord, IntentRole
+from pairkit.cli.ttp_store import (
+    SCHEMA_VERSION,
+    Matched,
+    Pending,
+    Sealer,
+    StoreError,
+    TtpStore,
+    migrate,
+)
+from pairkit.pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
+from pairkit.pairing.errors import AuthenticationError, RefusedError
+from pairkit.pairing.ttp import DeviceRecord, IntentRole
 
 A, B, C = (bytes([n]) * 16 for n in (1, 2, 3))
 CTX = b"\x09" * 32

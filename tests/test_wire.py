@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import pairing
-from pairing import cbor, messages, methods, wire
-from pairing.errors import DecodeError, ErrorCode, TooLargeError
-from pairing.messages import (
+from pairkit import pairing
+from pairkit.pairing import cbor, messages, methods, wire
+from pairkit.pairing.errors import DecodeError, ErrorCode, TooLargeError
+from pairkit.pairing.messages import (
     Accept,
     Announce,
     Confirm,
@@ -35,11 +35,11 @@ from pairing.messages import (
     ResumeMessage,
     Reveal,
 )
-from pairing.negotiation import Method
+from pairkit.pairing.negotiation import Method
 
 # Import every pairing module so that every message class is registered.
 for _mod in pkgutil.iter_modules(pairing.__path__):
-    importlib.import_module(f"pairing.{_mod.name}")
+    importlib.import_module(f"pairkit.pairing.{_mod.name}")
 
 REGISTRY = wire.registry()
 CLASSES = sorted(REGISTRY.values(), key=lambda c: c.TYPE)

@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pairing.errors import LinkClosedError
-from transports.base import Link
+from pairkit.pairing.errors import LinkClosedError
+from pairkit.transports.base import Link
 
 __all__ = [
     "BLOCK_WAIT",

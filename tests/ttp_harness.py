@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from cli.ttp_certs import ServerDir, init_server_dir
-from cli.ttp_server import Limits, TtpServer
-from pairing import wire
-from pairing.cpns import (
+from pairkit.cli.ttp_certs import ServerDir, init_server_dir
+from pairkit.cli.ttp_server import Limits, TtpServer
+from pairkit.pairing import wire
+from pairkit.pairing.cpns import (
     SERVER,
     CpnsKeys,
     CpnsKeysAsked,
@@ -32,9 +32,9 @@ from pairing.cpns import (
     PnRegistrationRequest,
     ServerInventory,
 )
-from pairing.errors import PairingError
-from pairing.framing import Reassembler, fragment
-from pairing.methods import LocalIdentity
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.framing import Reassembler, fragment
+from pairkit.pairing.methods import LocalIdentity
 
 FAST = Limits(step_timeout=5.0, max_wait=5.0, handshake_timeout=5.0)
 

@@ -18,11 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pairing import wire
-from pairing.cloud import CloudGuest, CloudHost, Grant, Role
-from pairing.crypto import hkdf
-from pairing.machine import Machine, Question
-from pairing.methods import (
+from pairkit.pairing import wire
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role
+from pairkit.pairing.crypto import hkdf
+from pairkit.pairing.machine import Machine, Question
+from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,
     HostState,
@@ -31,7 +31,7 @@ from pairing.methods import (
     PairingConfig,
     Session,
 )
-from pairing.negotiation import Method
+from pairkit.pairing.negotiation import Method
 from tests.pair_harness import seeded
 
 VECTORS = Path(__file__).with_name("vectors") / "pairkit-methods.json"

@@ -60,7 +60,7 @@ from bleak.exc import (
 )
 from bleak_retry_connector import BleakNotFoundError, establish_connection
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     InsecureLinkError,
     LinkClosedError,

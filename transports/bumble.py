@@ -54,7 +54,7 @@ from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink, Transport
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     LinkClosedError,
     PairingError,

@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     LinkClosedError,
     PairingTimeout,

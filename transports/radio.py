@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 from bumble.transport.common import PacketParser
 
-from pairing.errors import ConfigError, TransportError
+from pairkit.pairing.errors import ConfigError, TransportError
 
 from .ble.virtual import VirtualController, VirtualRadio
 

@@ -17,16 +17,16 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from pairing.errors import ConfigError, TransportError
+from pairkit.pairing.errors import ConfigError, TransportError
 
 __all__ = ["KINDS", "USAGE", "TransportSpec", "open_transport", "parse_transport"]
 
 #: kind -> (module, function): the function is called as ``function(args, **kwargs)``
 _OPENERS: dict[str, tuple[str, str]] = {
-    "loopback": ("transports.loopback", "open"),
-    "tcp": ("transports.tcp", "open"),
-    "bumble": ("transports.bumble", "open_bumble"),
-    "bleak": ("transports.bleak", "open"),
+    "loopback": ("pairkit.transports.loopback", "open"),
+    "tcp": ("pairkit.transports.tcp", "open"),
+    "bumble": ("pairkit.transports.bumble", "open_bumble"),
+    "bleak": ("pairkit.transports.bleak", "open"),
 }
 KINDS: tuple[str, ...] = tuple(_OPENERS)
 USAGE = "loopback, tcp:HOST:PORT, bumble:SPEC, bleak"

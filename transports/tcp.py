@@ -22,7 +22,7 @@ import asyncio
 import errno
 import socket
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     DecodeError,
     LinkClosedError,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from pairing.errors import PairingError
-from pairing.methods import LocalIdentity
-from pairing.negotiation import Method
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.methods import LocalIdentity
+from pairkit.pairing.negotiation import Method
 from tests.attack_harness import address_of, attack_templates, evil_join, lab, open_ks
 from tests.cli_helpers import Lab
 

@@ -17,9 +17,9 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pairing.cloud import Grant, Role
-from pairing.methods import Session
-from pairing.service import Membership, cloud_id_of, membership_statement
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.methods import Session
+from pairkit.pairing.service import Membership, cloud_id_of, membership_statement
 from tests.attack_harness import (
     EvilHost,
     attack_templates,

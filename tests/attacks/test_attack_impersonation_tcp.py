@@ -16,11 +16,11 @@ import re
 
 import pytest
 
-from pairing.crypto import digest
-from pairing.errors import PairingError
-from pairing.methods import KnownPeer, LocalIdentity
-from pairing.negotiation import Method
-from pairing.qr import QrCode
+from pairkit.pairing.crypto import digest
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.methods import KnownPeer, LocalIdentity
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.qr import QrCode
 from tests.attack_harness import (
     address_of,
     attack_templates,

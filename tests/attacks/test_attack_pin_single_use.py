@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import re
 
-from pairing.errors import LockedOutError, PairingError, RefusedError
-from pairing.methods import HostState, PinPolicy
-from pairing.negotiation import Method
+from pairkit.pairing.errors import LockedOutError, PairingError, RefusedError
+from pairkit.pairing.methods import HostState, PinPolicy
+from pairkit.pairing.negotiation import Method
 from tests.attack_harness import attack_templates, lab
 from tests.cli_helpers import Lab
 from tests.pair_harness import make_pair

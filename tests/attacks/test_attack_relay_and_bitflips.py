@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from pairing import wire
-from pairing.channel import ChannelConfig, SecureChannel
-from pairing.cloud import CloudGuest, CloudHost, CloudReply, Grant, Role
-from pairing.driver import MessagePipe, drive
-from pairing.errors import PairingError
-from pairing.methods import GuestPairing, LocalIdentity, PairingConfig
-from pairing.negotiation import Method
-from pairing.securelink import READY
+from pairkit.pairing import wire
+from pairkit.pairing.channel import ChannelConfig, SecureChannel
+from pairkit.pairing.cloud import CloudGuest, CloudHost, CloudReply, Grant, Role
+from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.methods import GuestPairing, LocalIdentity, PairingConfig
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.securelink import READY
+from pairkit.transports.tcp import TcpListener, tcp_connect
 from tests.attack_harness import (
     STEP,
     Proxy,
@@ -40,7 +41,6 @@ from tests.attack_harness import (
 )
 from tests.cli_helpers import Device, Lab
 from tests.pair_harness import compare_codes, pair_for, run
-from transports.tcp import TcpListener, tcp_connect
 
 __all__ = ["attack_templates", "lab"]
 

@@ -16,8 +16,8 @@ import contextlib
 import shutil
 from pathlib import Path
 
-from pairing import wire
-from pairing.messages import ResumeKind, ResumeMessage
+from pairkit.pairing import wire
+from pairkit.pairing.messages import ResumeKind, ResumeMessage
 from tests.attack_harness import (
     Proxy,
     address_of,

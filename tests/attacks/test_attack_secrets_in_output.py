@@ -14,9 +14,9 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from pairing.negotiation import Method
-from pairing.qr import _unb64
-from pairing.securelink import SecureLink
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.qr import _unb64
+from pairkit.pairing.securelink import SecureLink
 from tests.attack_harness import (
     answer_prompt,
     attack_templates,

@@ -12,10 +12,10 @@ import dataclasses
 
 import pytest
 
-from pairing.errors import AuthenticationError, PairingError
-from pairing.machine import Machine
-from pairing.methods import KnownPeer, LocalIdentity
-from pairing.negotiation import Method
+from pairkit.pairing.errors import AuthenticationError, PairingError
+from pairkit.pairing.machine import Machine
+from pairkit.pairing.methods import KnownPeer, LocalIdentity
+from pairkit.pairing.negotiation import Method
 from tests.pair_harness import identities, known_pair, make_pair, seeded
 
 

@@ -12,9 +12,9 @@ import dataclasses
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pairing.cloud import Role
-from pairing.errors import AuthenticationError, ProtocolError
-from pairing.service import (
+from pairkit.pairing.cloud import Role
+from pairkit.pairing.errors import AuthenticationError, ProtocolError
+from pairkit.pairing.service import (
     JoinCloud,
     Membership,
     check_membership,

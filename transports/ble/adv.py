@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pairing.errors import ConfigError, TooLargeError
+from pairkit.pairing.errors import ConfigError, TooLargeError
 
 __all__ = [
     "AD_FLAGS",

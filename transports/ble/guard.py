@@ -17,7 +17,7 @@ from typing import TypeVar
 from bumble import core, hci
 from bumble.transport.common import TransportLostError
 
-from pairing.errors import LinkClosedError, PairingError, PairingTimeout, TransportError
+from pairkit.pairing.errors import LinkClosedError, PairingError, PairingTimeout, TransportError
 
 __all__ = ["describe_reason", "guarded", "translate"]
 

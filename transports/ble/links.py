@@ -45,7 +45,7 @@ from bumble.device import Connection
 from bumble.gatt import Characteristic
 from bumble.pairing import PairingConfig, PairingDelegate
 
-from pairing.errors import (
+from pairkit.pairing.errors import (
     ConfigError,
     InsecureLinkError,
     LinkClosedError,

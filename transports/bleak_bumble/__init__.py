@@ -8,7 +8,7 @@ through a :class:`BumbleAdapter` (one bumble device on one controller, shared by
 and clients given it)::
 
     from bleak import BleakClient, BleakScanner
-    from transports.bleak_bumble import BumbleAdapter, BumbleClient, BumbleScanner
+    from pairkit.transports.bleak_bumble import BumbleAdapter, BumbleClient, BumbleScanner
 
     async with BumbleAdapter("usb:0") as adapter:      # or "virtual", "tcp-client:127.0.0.1:P"
         extra = {"bumble": {"adapter": adapter}}
