@@ -26,6 +26,9 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
                  "pairkit/cli/main.py"):
         assert path in names, path
     assert not any(n.startswith(("tests/", "bench/", "hw-tests/")) for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA")))
+    assert b"License-Expression: Apache-2.0" in metadata
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
     assert "pairkit = pairkit.cli.main:main" in text
