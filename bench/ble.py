@@ -5,14 +5,14 @@ What it measures (issue 4, "Real BLE with bumble", "Done when"), all on virtual 
 
 1. **Hello**: time from ``start_advertising`` to the first advertisement a scanning guest hears.
 2. **Pairing**: each method as a complete :class:`~pairing.methods.GuestPairing` /
-   :class:`~pairing.methods.HostPairing` exchange run by :func:`pairing.driver.drive` over one BLE
+   :class:`~pairing.methods.HostPairing` exchange run by :func:`pairkit.driver.drive` over one BLE
    link (L2CAP and GATT), **without** the cloud step (which is timed apart, as ``cloud-member``:
    the mutual proof of the cloud secret, and ``cloud-join``: a stranger's join request answered
    at once).  Beside it, bumble's own LE Secure Connections pairing (``connection.pair()``, SMP)
    on fresh connections between the same two devices: Just Works, numeric comparison and passkey
    entry.  Ratios: method / SMP Just Works and method / SMP passkey.  ``clear`` runs after SMP
    Just Works has encrypted the link; its time does not include that SMP pairing.
-3. **Goodput**, host to guest, of a :class:`~pairing.securelink.SecureLink` (``--bulk`` bytes in
+3. **Goodput**, host to guest, of a :class:`~pairkit.securelink.SecureLink` (``--bulk`` bytes in
    32 KiB messages) over GATT and over L2CAP, beside the raw paths on the same link: bumble alone
    (``bumble``: GATT notifications or one L2CAP ``channel.write`` of everything, no pairkit code
    on the sending side) and pairkit's link without crypto (``link``: MTU-sized
@@ -59,9 +59,9 @@ from bumble import core  # noqa: E402
 from bumble.pairing import PairingConfig as SmpConfig  # noqa: E402
 from bumble.pairing import PairingDelegate  # noqa: E402
 
+from pairkit.driver import drive  # noqa: E402
 from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from  # noqa: E402
 from pairkit.pairing.crypto import hkdf  # noqa: E402
-from pairkit.pairing.driver import drive  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
     GuestPairing,
@@ -73,7 +73,7 @@ from pairkit.pairing.methods import (  # noqa: E402
     Session,
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
-from pairkit.pairing.securelink import SecureLink, confirm  # noqa: E402
+from pairkit.securelink import SecureLink, confirm  # noqa: E402
 from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
 from pairkit.transports.ble.links import BleLink  # noqa: E402
 from pairkit.transports.ble.virtual import VIRTUAL_ACL_LENGTH, VirtualRadio  # noqa: E402

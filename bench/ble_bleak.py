@@ -9,7 +9,7 @@ two guests, so that both see the same machine.  What is timed, per method (pin, 
 resume), with a fresh connection each run:
 
 * ``pair``: the complete :class:`~pairing.methods.GuestPairing` /
-  :class:`~pairing.methods.HostPairing` exchange run by :func:`pairing.driver.drive` over an open
+  :class:`~pairing.methods.HostPairing` exchange run by :func:`pairkit.driver.drive` over an open
   link (no cloud step);
 * ``join``: from the host's address to an agreed session: connect (bleak: with
   bleak-retry-connector, service discovery and the subscription; bumble: MTU, discovery,
@@ -52,8 +52,8 @@ if str(ROOT) not in sys.path:  # so that `python bench/ble_bleak.py` finds pairi
 import bleak  # noqa: E402
 import bumble  # noqa: E402
 
+from pairkit.driver import drive  # noqa: E402
 from pairkit.pairing.cloud import Grant, Role  # noqa: E402
-from pairkit.pairing.driver import drive  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
     GuestPairing,

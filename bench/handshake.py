@@ -76,9 +76,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 
+from pairkit.driver import drive  # noqa: E402
 from pairkit.pairing.cpace import CPace  # noqa: E402
 from pairkit.pairing.cpace import P as FIELD_P  # noqa: E402
-from pairkit.pairing.driver import drive  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
     HPKE_SUITE,
     KK_NOISE,

@@ -2,7 +2,7 @@
 
 Issue 5 ("Personal cloud"): a guest fetches a shared file with :func:`cli.service.get_file` from
 a host running :func:`cli.service.serve_guest` (as ``pairkit get`` and ``pairkit host --share``
-do), over a :class:`~pairing.securelink.SecureLink` on one BLE link, GATT and L2CAP, with
+do), over a :class:`~pairkit.securelink.SecureLink` on one BLE link, GATT and L2CAP, with
 251-byte ACL packets.  On the same link and interleaved run by run, the references of
 ``bench/ble.py``: bumble alone on the sending side (``bumble``), pairkit's link without crypto
 (``link``), and the secure channel without the file service (``secure``).  The figure to read is
@@ -53,8 +53,8 @@ from bench.ble import (  # noqa: E402
 )
 from pairkit.cli.service import get_file, say_bye, serve_guest  # noqa: E402
 from pairkit.pairing.cloud import Role  # noqa: E402
-from pairkit.pairing.securelink import SecureLink  # noqa: E402
 from pairkit.pairing.service import AllowRequest, GrantPolicy, Scope  # noqa: E402
+from pairkit.securelink import SecureLink  # noqa: E402
 from pairkit.transports.ble.virtual import VIRTUAL_ACL_LENGTH  # noqa: E402
 
 PATHS = ("bumble", "link", "secure", "get")

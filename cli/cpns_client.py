@@ -1,7 +1,7 @@
 """CPNS over real links: a PNE on its PAN link, and the gateway between its PNEs and the server.
 
 :func:`run_pne` drives :class:`pairing.cpns.PneMachine` over one link with
-:func:`pairing.driver.drive`.  :func:`run_gateway` pumps the multi-port
+:func:`pairkit.driver.drive`.  :func:`run_gateway` pumps the multi-port
 :class:`pairing.cpns.Gateway`: one reader per PNE link feeds one queue, the machine's deadline
 bounds every wait, and the connection to the CPNS server (the key server, TLS with the pinned
 CA, the device's proof of its identity key) is opened when the machine first has a message for
@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pairkit.driver import LinkLike, MessagePipe, drive
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import (
     SERVER,
@@ -30,7 +31,6 @@ from pairkit.pairing.cpns import (
     SetupType,
 )
 from pairkit.pairing.crypto import Rng
-from pairkit.pairing.driver import LinkLike, MessagePipe, drive
 from pairkit.pairing.errors import LinkClosedError, PairingError, RemoteError
 from pairkit.pairing.machine import Event
 from pairkit.pairing.methods import LocalIdentity

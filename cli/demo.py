@@ -25,8 +25,8 @@ from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning, Session
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.securelink import SecureLink
 from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
+from pairkit.securelink import SecureLink
 
 from .flows import HostOptions, JoinOptions, run_host, run_join
 from .presence import Presence, discover

@@ -2,7 +2,7 @@
 
 The host accepts guests one after another (or at once) until interrupted or ``--once``; a guest
 that fails or misbehaves is reported and never takes the host down.  Each guest runs the pairing
-machine through :func:`pairing.driver.drive`, then the secure link's ``ready`` confirmation,
+machine through :func:`pairkit.driver.drive`, then the secure link's ``ready`` confirmation,
 and only then is the peer stored.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pairkit.driver import MessagePipe, drive
 from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from
-from pairkit.pairing.driver import MessagePipe, drive
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -39,13 +39,13 @@ from pairkit.pairing.methods import (
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method
 from pairkit.pairing.qr import QrCode
-from pairkit.pairing.securelink import SecureLink, confirm
 from pairkit.pairing.service import (
     GrantPolicy,
     Membership,
     check_membership,
     membership_statement,
 )
+from pairkit.securelink import SecureLink, confirm
 
 from . import store
 from .common import CliDelegate, info

@@ -39,8 +39,8 @@ from pairkit.pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, envelope_info
 from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.methods import Session
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.securelink import SecureLink
 from pairkit.pairing.service import Membership
+from pairkit.securelink import SecureLink
 
 from . import groups as G
 from .flows import HostOptions, JoinOptions, run_host, run_join

@@ -6,8 +6,8 @@ The rules (envelopes, broadcasts, replay windows, membership bookkeeping) are sa
 * Hop by hop, every delivery runs over a pairkit secure channel between known peers: the side
   that delivers connects and runs ``resume`` (:func:`with_peer`), the side that is reached
   accepts with :func:`serve` and hands each session to :class:`GroupService`.  Both are thin
-  loops over :func:`pairing.driver.drive`, :class:`~pairing.methods.GuestPairing` /
-  :class:`~pairing.methods.HostPairing` and :class:`~pairing.securelink.SecureLink`, as
+  loops over :func:`pairkit.driver.drive`, :class:`~pairing.methods.GuestPairing` /
+  :class:`~pairing.methods.HostPairing` and :class:`~pairkit.securelink.SecureLink`, as
   :mod:`cli.flows` is, without its cloud step and prompts: only a device paired before can
   open a session, so there is nobody to ask, and a peer that does not answer is simply tried
   again later (never searched for).
@@ -42,8 +42,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from pairkit.driver import MessagePipe, drive
 from pairkit.pairing import wire
-from pairkit.pairing.driver import MessagePipe, drive
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -80,8 +80,8 @@ from pairkit.pairing.groups import (
 from pairkit.pairing.keystore import Keystore, Peer
 from pairkit.pairing.methods import GuestPairing, HostPairing, HostState, PairingConfig, Session
 from pairkit.pairing.negotiation import ALL_CAPS, Method
-from pairkit.pairing.securelink import SecureLink, confirm
 from pairkit.pairing.service import Bye
+from pairkit.securelink import SecureLink, confirm
 
 from . import store
 

@@ -32,7 +32,6 @@ from pairkit.pairing.errors import (
     ProtocolError,
     RefusedError,
 )
-from pairkit.pairing.securelink import SecureLink
 from pairkit.pairing.service import (
     CHUNK,
     MAX_FILES,
@@ -49,6 +48,7 @@ from pairkit.pairing.service import (
     Refused,
     Scope,
 )
+from pairkit.securelink import SecureLink
 
 Asker = Callable[[AllowRequest], Awaitable[Scope]]
 

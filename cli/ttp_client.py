@@ -21,9 +21,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from pairkit.driver import LinkLike, MessagePipe, drive
 from pairkit.pairing import wire
 from pairkit.pairing.crypto import Rng
-from pairkit.pairing.driver import LinkLike, MessagePipe, drive
 from pairkit.pairing.errors import (
     AccessDeniedError,
     AuthenticationError,

@@ -2,7 +2,7 @@
 
 Each connection: admission (per-client connection count, attempt rate, failure lockout, total
 connections; refused before any TLS work), the TLS 1.3 handshake with the server certificate
-(bounded), then :class:`pairing.ttp.TtpServerConn` run by :func:`pairing.driver.drive` (every
+(bounded), then :class:`pairing.ttp.TtpServerConn` run by :func:`pairkit.driver.drive` (every
 message bounded in size and in time), and for a CPNS registration
 :class:`pairing.cpns.CpnsServer` on the same connection.  The machines decide; this module
 answers their questions from the store (:mod:`cli.ttp_store`, run on one worker thread so the
@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from pairkit.driver import MessagePipe, drive
 from pairkit.pairing.cpns import (
     CpnsKeys,
     CpnsKeysAsked,
@@ -37,7 +38,6 @@ from pairkit.pairing.cpns import (
     PnRegistrationRequest,
 )
 from pairkit.pairing.crypto import Rng, same
-from pairkit.pairing.driver import MessagePipe, drive
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,

@@ -26,7 +26,7 @@ method proves both static keys, docs/security.md rule 1).  Both sides then call 
 with the peer's proven key before anything is granted or stored.  So a relay that forwards a
 real member's proof and then pairs as itself fails at :meth:`bind`: the proof names the member's
 key, not the relay's (docs/security.md, rule 6).  The whole exchange is also hashed into the
-pairing's transcript (:meth:`pairing.driver.MessagePipe.transcript`), so a bit flipped in any
+pairing's transcript (:meth:`pairkit.driver.MessagePipe.transcript`), so a bit flipped in any
 of these messages ends both sides with an error.
 
 A guest that is not a member (no hint, an unknown hint, or a failed proof) asks to join:

@@ -63,7 +63,7 @@ below, so rewriting either announcement (downgrade, method confusion) makes the 
     also renews the prekeys.  Neither ever changes whether the peer counts as authenticated.
 
 Every method takes ``context``: the hash of what the two sides exchanged on the link before
-pairing (the cloud step and join request, :meth:`pairing.driver.MessagePipe.transcript`).  It
+pairing (the cloud step and join request, :meth:`pairkit.driver.MessagePipe.transcript`).  It
 salts ``th`` and the Noise prologues, so a byte changed before the key makes the key differ;
 docs/protocol.md gives every label and field.
 

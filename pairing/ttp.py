@@ -50,7 +50,7 @@ Each side checks that the identity inside the channel is the enrolled record the
 for.  The static-static Diffie-Hellman mixed into the final keys binds the session to those two
 identity keys: only their holders can compute the keys, so the server, which made ``SK``, cannot
 read the session either (it could at most stop it).  The guest finishes after its ``Ack``; the
-secure link's READY exchange (:func:`pairing.securelink.confirm`) then confirms the keys both
+secure link's READY exchange (:func:`pairkit.securelink.confirm`) then confirms the keys both
 ways, as after every method.
 """
 

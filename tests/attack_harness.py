@@ -22,10 +22,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pairkit.cli import store
+from pairkit.driver import MessagePipe, drive
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role
 from pairkit.pairing.crypto import digest
-from pairkit.pairing.driver import MessagePipe, drive
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
 from pairkit.pairing.keystore import Keystore, Peer
@@ -40,8 +40,8 @@ from pairkit.pairing.methods import (
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method
 from pairkit.pairing.qr import QrCode
-from pairkit.pairing.securelink import SecureLink, confirm
 from pairkit.pairing.service import Membership
+from pairkit.securelink import SecureLink, confirm
 from pairkit.transports.tcp import TcpListener, tcp_connect
 
 from .cli_helpers import (

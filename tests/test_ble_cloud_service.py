@@ -24,8 +24,8 @@ import pytest
 
 from pairkit.cli.presence import discover
 from pairkit.cli.service import Fetched, get_file, list_files, say_bye, serve_guest
+from pairkit.driver import drive
 from pairkit.pairing.cloud import Grant, Role
-from pairkit.pairing.driver import drive
 from pairkit.pairing.errors import ErrorCode, LinkClosedError, RefusedError, RemoteError
 from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import (
@@ -36,8 +36,8 @@ from pairkit.pairing.methods import (
     PairingConfig,
 )
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.securelink import SecureLink, confirm
 from pairkit.pairing.service import FileEntry, GrantPolicy, Membership, Scope
+from pairkit.securelink import SecureLink, confirm
 
 from .test_ble_pairing import (
     PIN,

@@ -6,7 +6,7 @@ stack (advertising, scanning, GATT, L2CAP, SMP) under the command's own flows
 real keystores in a temporary folder and scripted people (:class:`Person`) who record every
 question they are asked.  Where a test needs a step the flows do not expose (a host that vanishes
 after its first flight, a host that refuses ``clear``), it drives the pairing machines with
-:func:`pairing.driver.drive` over a BLE link directly.
+:func:`pairkit.driver.drive` over a BLE link directly.
 
 :class:`World` and :class:`Person` are shared with ``tests/test_ble_cloud_service.py``.
 """
@@ -26,8 +26,8 @@ import pytest
 
 from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
 from pairkit.cli.presence import Presence, discover, tag_keys
+from pairkit.driver import MessagePipe, drive
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
-from pairkit.pairing.driver import MessagePipe, drive
 from pairkit.pairing.errors import (
     ErrorCode,
     InsecureLinkError,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pairkit.pairing.driver import MessagePipe, drive
+from pairkit.driver import MessagePipe, drive
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -28,7 +28,7 @@ from pairkit.pairing.methods import (
     Session,
 )
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.securelink import READY, SecureLink, confirm
+from pairkit.securelink import READY, SecureLink, confirm
 from pairkit.transports.loopback import loopback_pair
 from pairkit.transports.tcp import TcpListener, tcp_connect
 

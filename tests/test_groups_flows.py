@@ -27,7 +27,7 @@ from pairkit.pairing.groups import (
     seal_group_envelope,
 )
 from pairkit.pairing.keystore import Argon2Params, Keystore
-from pairkit.pairing.securelink import SecureLink
+from pairkit.securelink import SecureLink
 
 KNOWN_KEY = bytes(range(7, 39))
 

@@ -14,8 +14,8 @@ from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import AccessDeniedError, LinkClosedError, NotFoundError, RefusedError
 from pairkit.pairing.methods import PeerInfo, Session
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.securelink import SecureLink
 from pairkit.pairing.service import AllowRequest, GrantPolicy, Scope
+from pairkit.securelink import SecureLink
 from pairkit.transports.loopback import loopback_pair
 
 K1, K2 = bytes(range(32)), bytes(range(1, 33))

@@ -32,8 +32,8 @@ from pairkit.pairing.errors import (
     RefusedError,
     TransportError,
 )
-from pairkit.pairing.securelink import SecureLink, confirm
 from pairkit.pairing.ttp import EnrolDone, EnrolRequest, IntentRole, TtpClient, TtpLinkConfig
+from pairkit.securelink import SecureLink, confirm
 from pairkit.transports.tcp import TcpListener, tcp_connect
 from tests.ttp_harness import FAST, identity, running_server
 
@@ -309,7 +309,7 @@ async def test_failed_proofs_lock_the_address_out(tmp_path: Path) -> None:
                 client = TtpClient(a, cert=b"\x00" * 32, request=EnrolRequest(
                     signing=a.signing_public), expect=EnrolDone)
                 client.start(loop.time())
-                from pairkit.pairing.driver import drive
+                from pairkit.driver import drive
 
                 await drive(client, conn.pipe, idle=5)
             finally:
@@ -385,7 +385,7 @@ async def test_a_host_that_allows_several_methods_dispatches_on_the_first_messag
 ) -> None:
     """What run_host does: read the guest's first message, then run the machine it starts."""
     from pairkit.cli.ttp_client import replay_first
-    from pairkit.pairing.driver import MessagePipe
+    from pairkit.driver import MessagePipe
     from pairkit.pairing.ttp import is_ttp_offer
     from pairkit.transports.loopback import loopback_pair
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from pairkit.driver import MessagePipe, drive
 from pairkit.pairing import wire
 from pairkit.pairing.channel import ChannelConfig, SecureChannel
 from pairkit.pairing.cloud import CloudGuest, CloudHost, CloudReply, Grant, Role
-from pairkit.pairing.driver import MessagePipe, drive
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.methods import GuestPairing, LocalIdentity, PairingConfig
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.securelink import READY
+from pairkit.securelink import READY
 from pairkit.transports.tcp import TcpListener, tcp_connect
 from tests.attack_harness import (
     STEP,

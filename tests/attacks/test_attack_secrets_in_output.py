@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import _unb64
-from pairkit.pairing.securelink import SecureLink
+from pairkit.securelink import SecureLink
 from tests.attack_harness import (
     answer_prompt,
     attack_templates,

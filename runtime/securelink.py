@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from .channel import ChannelConfig, SecureChannel
-from .crypto import same
 from .driver import LinkLike
-from .errors import AuthenticationError, LinkClosedError, PairingError, PairingTimeout
-from .methods import Session
+from .pairing.channel import ChannelConfig, SecureChannel
+from .pairing.crypto import same
+from .pairing.errors import AuthenticationError, LinkClosedError, PairingError, PairingTimeout
+from .pairing.methods import Session
 
 READY = b"\x00pairkit/1 ready"
 DEFAULT_TIMEOUT = 30.0
@@ -94,7 +94,7 @@ async def confirm(
     """Both sides send READY and wait for the peer's (see the module docstring).
 
     ``transcript`` is the hash of every message the two sides exchanged on the link before
-    the secure channel (:meth:`pairing.driver.MessagePipe.transcript`): each side's READY
+    the secure channel (:meth:`pairkit.driver.MessagePipe.transcript`): each side's READY
     carries its own, so a byte changed anywhere on the way, in a field no method checks
     itself, ends both sides with an error before anything is stored (docs/security.md,
     rule 6).

@@ -14,9 +14,9 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
-from .framing import Reassembler, fragment
-from .machine import Machine, Question
+from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
+from .pairing.framing import Reassembler, fragment
+from .pairing.machine import Machine, Question
 
 #: a machine that sets no deadline still gets one: nothing in pairkit waits forever
 DEFAULT_IDLE = 60.0
