@@ -278,16 +278,18 @@ async def test_wrong_pin_stores_nothing_and_the_host_carries_on(lab: Lab) -> Non
 async def test_pin_lockout_after_five_wrong_guesses(lab: Lab) -> None:
     paul, george = lab.device("paul"), lab.device("george")
     host = await lab.host(paul, "-m", "pin", "--pin", PIN, "--yes")
-    wrong = await asyncio.gather(
-        *(george.join(host.target, "-m", "pin", "--pin", f"90000{i}") for i in range(5))
-    )
-    for result in wrong:
+    # A shown PIN is good for one attempt, so each guess is made against the PIN on show then
+    # (guesses made at once find no PIN active: they are refused without being tried).
+    for i in range(5):
+        result = await george.join(host.target, "-m", "pin", "--pin", f"90000{i}")
         assert result.rc == 3 and "wrong PIN" in result.err, result
-    # The host counts a failure when it sees the guest give up; wait for all five.
-    await host.wait_count(r"^error: guest .*wrong PIN", 5)
+        # The host counts a failure when it sees the guest give up, then shows a new PIN.
+        await host.wait_count(r"^error: guest .*wrong PIN", i + 1)
+        await host.wait_count(r"^PIN: \d{6}", i + 2)
+    shown = [m.group(1) for line in host.lines if (m := re.match(r"^PIN: (\d{6})", line))][-1]
     sixth, right = await asyncio.gather(
         george.join(host.target, "-m", "pin", "--pin", "900005"),
-        george.join(host.target, "-m", "pin", "--pin", PIN),  # even the right PIN, for now
+        george.join(host.target, "-m", "pin", "--pin", shown),  # even the right PIN, for now
     )
     for result in (sixth, right):
         assert result.rc == 5, result
