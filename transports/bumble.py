@@ -81,6 +81,7 @@ from .ble.links import (
     GattLink,
     L2capLink,
     LinkOptions,
+    SecureConnectionsOnlySession,
     pairing_config,
     tap_pending_channels,
 )
@@ -846,6 +847,8 @@ class BumbleTransport:
         device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
         device.on("characteristic_subscription", self._on_subscription)
         device.pairing_config_factory = self._pairing_config_for
+        # Secure Connections Only: a legacy Pairing Request or Response is refused (links.py).
+        device.smp_session_proxy = SecureConnectionsOnlySession
 
     def _start_l2cap_server(self, device: Device) -> int:
         config = self._config

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bumble import hci, l2cap
-from bumble.core import BaseBumbleError
+from bumble import hci, l2cap, smp
+from bumble.core import BaseBumbleError, PhysicalTransport
 from bumble.device import Connection
 from bumble.gatt import Characteristic
 from bumble.pairing import PairingConfig, PairingDelegate
@@ -51,16 +51,19 @@ from pairkit.pairing.errors import (
     LinkClosedError,
     PairingTimeout,
     TooLargeError,
+    TransportError,
 )
 
 from .guard import describe_reason, guarded, translate
 
 __all__ = [
+    "LEGACY_REFUSED",
     "BleLink",
     "ChannelTap",
     "GattLink",
     "L2capLink",
     "LinkOptions",
+    "SecureConnectionsOnlySession",
     "pairing_config",
     "tap_pending_channels",
 ]
@@ -69,6 +72,14 @@ GATT_MAX_VALUE = 512  #: Core 5.4 Vol 3 Part F §3.2.9
 ATT_HEADER = 3  #: opcode + handle of a Write Command or a Notification
 
 SetPairingConfig = Callable[[Connection, PairingConfig], None]
+
+#: The connection event that :class:`SecureConnectionsOnlySession` emits on refusing legacy.
+LEGACY_REFUSED = "pairkit_legacy_pairing_refused"
+
+LEGACY_MESSAGE = (
+    "the other device offered only legacy BLE pairing, which a listener can break; "
+    "'clear' needs LE Secure Connections (use pin, qr or compare instead)"
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,49 @@ def pairing_config(delegate: PairingDelegate | None = None, *, mitm: bool = Fals
         delegate=delegate or PairingDelegate(),
         identity_address_type=PairingConfig.AddressType.RANDOM,
     )
+
+
+class SecureConnectionsOnlySession(smp.Session):
+    """bumble's SMP session in Secure Connections Only mode (Core 5.4 Vol 3 Part H §2.3.5.1).
+
+    bumble has no such mode: with ``PairingConfig(sc=True)`` it still falls back to legacy
+    pairing when the other side does not set the SC bit (smp.py ANDs both sides' flags), and a
+    passive listener can break legacy pairing.  A pairkit device installs this class as its
+    ``smp_session_proxy``: a Pairing Request (as responder) or a Pairing Response (as
+    initiator) without SC is answered with Pairing Failed, reason Authentication Requirements,
+    as the specification asks of an SC-only device, and the connection emits
+    :data:`LEGACY_REFUSED` so that a link can say why.
+    """
+
+    def _refuses(self, command: smp.SMP_Pairing_Request_Command
+                 | smp.SMP_Pairing_Response_Command) -> bool:
+        if self.connection.transport != PhysicalTransport.LE:
+            return False
+        if command.auth_req & smp.AuthReq.SC:
+            return False
+        self.connection.emit(LEGACY_REFUSED)  # before the failure event, which links await
+        self.send_pairing_failed(smp.ErrorCode.AUTHENTICATION_REQUIREMENTS)
+        # A failed responder session would otherwise stay in the manager and swallow the
+        # next (Secure Connections) request on this connection.
+        if self.manager.sessions.get(self.connection.handle) is self:
+            self.manager.on_session_end(self)
+        return True
+
+    def on_smp_pairing_request_command(self, command: smp.SMP_Pairing_Request_Command) -> None:
+        if not self._refuses(command):
+            super().on_smp_pairing_request_command(command)
+
+    def on_smp_pairing_response_command(
+        self, command: smp.SMP_Pairing_Response_Command
+    ) -> None:
+        if self.is_responder or not self._refuses(command):
+            super().on_smp_pairing_response_command(command)
+
+
+async def _first(*futures: asyncio.Future[None]) -> None:
+    """The outcome of whichever of ``futures`` completes first (the others are left alone)."""
+    done, _ = await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    next(iter(done)).result()
 
 
 class BleLink:
@@ -125,8 +179,12 @@ class BleLink:
         #: (LE Secure Connections used, MITM-protected)
         self._pairing: tuple[bool, bool] | None = None
         self._paired: asyncio.Future[None] = self._loop.create_future()
+        #: the last pairing attempt on this connection was legacy (refused, or made by a
+        #: device that is not SC-only)
+        self._legacy = False
         connection.on(connection.EVENT_DISCONNECTION, self._on_disconnection)
         connection.on(connection.EVENT_PAIRING, self._on_pairing)
+        connection.on(LEGACY_REFUSED, self._on_legacy_refused)
         if guest:
             connection.on(connection.EVENT_SECURITY_REQUEST, self._on_security_request)
         if connection.handle not in connection.device.connections:
@@ -149,16 +207,20 @@ class BleLink:
 
         A link encrypted after *legacy* pairing is not encrypted for pairkit's purposes: a
         passive listener can break legacy pairing (Core 5.4 Vol 3 Part H §2.3.5.1), so method
-        ``clear`` must not send a key over it (docs/security.md, rule 5).  bumble's own
-        ``connection.sc`` is not enough: it sets it on every LE encryption change, before the
-        pairing has told what it used, so pairkit reads the pairing's outcome itself.
+        ``clear`` must not send a key over it (docs/security.md, rule 5).  pairkit's bumble
+        devices refuse legacy pairing (:class:`SecureConnectionsOnlySession`); this property
+        does not rely on it.  bumble's own ``connection.sc`` is not enough: bumble sets it (and
+        ``connection.authenticated``) on every LE encryption change, before the pairing has
+        told what it used, so pairkit reads the pairing's outcome itself.  A connection
+        encrypted with a stored bond key, without a pairing on it, is not counted either.
         """
         return bool(self._connection.is_encrypted and self._pairing and self._pairing[0])
 
     @property
     def mitm_protected(self) -> bool:
         """True when that SC pairing was protected against a man in the middle (numeric
-        comparison, passkey or OOB: the LTK is "authenticated"); Just Works is not."""
+        comparison, passkey or OOB: the LTK is "authenticated"); Just Works is not.
+        bumble's ``connection.authenticated`` is no guide: it is true after any pairing."""
         return bool(self.encrypted and self._pairing and self._pairing[1])
 
     @property
@@ -248,15 +310,23 @@ class BleLink:
                 if self._set_pairing_config is not None:
                     self._set_pairing_config(self._connection, pairing_config(delegate, mitm=mitm))
                 deadline = self._loop.time() + timeout
-                await guarded(
-                    self._connection.pair(),
-                    what="link-layer pairing",
-                    timeout=timeout,
-                    lost=self._lost,
-                )
+                self._legacy = False
+                try:
+                    await guarded(
+                        self._connection.pair(),
+                        what="link-layer pairing",
+                        timeout=timeout,
+                        lost=self._lost,
+                    )
+                except TransportError as exc:
+                    if self._legacy:
+                        raise InsecureLinkError(LEGACY_MESSAGE) from exc
+                    raise
+                self._check_secure_connections()
                 if not self.encrypted:
                     await self._wait_encrypted(max(0.0, deadline - self._loop.time()))
             else:
+                self._legacy = False
                 self._connection.request_pairing()
                 await self._wait_encrypted(timeout)
             self._check_secure_connections()
@@ -272,24 +342,43 @@ class BleLink:
             if not changed.done():
                 changed.set_exception(hci.HCI_Error(error_code))
 
+        failed: asyncio.Future[None] = self._loop.create_future()
+
+        def on_pairing_failure(reason: int) -> None:
+            if failed.done():
+                return
+            if self._legacy:
+                failed.set_exception(InsecureLinkError(LEGACY_MESSAGE))
+            else:
+                try:
+                    name = smp.ErrorCode(reason).name.lower().replace("_", " ")
+                except ValueError:
+                    name = f"code 0x{reason:02X}"
+                failed.set_exception(TransportError(f"link-layer pairing failed ({name})"))
+
         conn = self._connection
         conn.on(conn.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_change)
         conn.on(conn.EVENT_CONNECTION_ENCRYPTION_FAILURE, on_failure)
+        conn.on(conn.EVENT_PAIRING_FAILURE, on_pairing_failure)
         deadline = self._loop.time() + timeout
         try:
             if not self._connection.is_encrypted:
                 await guarded(
-                    changed, what="link-layer encryption", timeout=timeout, lost=self._lost
+                    _first(changed, failed), what="link-layer encryption", timeout=timeout,
+                    lost=self._lost,
                 )
             if self._pairing is None:
                 # Encryption starts mid-pairing; what the pairing used is known at its end.
                 await guarded(
-                    asyncio.shield(self._paired), what="link-layer pairing",
+                    _first(asyncio.shield(self._paired), failed), what="link-layer pairing",
                     timeout=max(0.0, deadline - self._loop.time()), lost=self._lost,
                 )
         finally:
             conn.remove_listener(conn.EVENT_CONNECTION_ENCRYPTION_CHANGE, on_change)
             conn.remove_listener(conn.EVENT_CONNECTION_ENCRYPTION_FAILURE, on_failure)
+            conn.remove_listener(conn.EVENT_PAIRING_FAILURE, on_pairing_failure)
+            if failed.done():
+                failed.exception()  # retrieved: never "exception was never retrieved"
 
     def _on_pairing(self, keys: Any) -> None:
         # Device.on_pairing has set connection.sc to what the SMP session really used.
@@ -297,15 +386,18 @@ class BleLink:
             keys, "ltk_peripheral", None
         )
         self._pairing = (bool(self._connection.sc), bool(getattr(ltk, "authenticated", False)))
+        self._legacy = not self._pairing[0]
         if not self._paired.done():
             self._paired.set_result(None)
 
+    def _on_legacy_refused(self) -> None:
+        self._legacy = True
+
     def _check_secure_connections(self) -> None:
-        if self._connection.is_encrypted and self._pairing is not None and not self._pairing[0]:
-            raise InsecureLinkError(
-                "the other device paired with legacy BLE pairing, which a listener can break; "
-                "'clear' needs LE Secure Connections (use pin, qr or compare instead)"
-            )
+        if self._legacy or (
+            self._connection.is_encrypted and self._pairing is not None and not self._pairing[0]
+        ):
+            raise InsecureLinkError(LEGACY_MESSAGE)
 
     def _on_security_request(self, _auth_req: int) -> None:
         # The host asks for encryption (SMP Security Request): pair with the defaults.
