@@ -35,7 +35,7 @@ from bumble.att import ATT_Error, ErrorCode
 from bumble.core import AdvertisingData
 from bumble.device import Advertisement
 from bumble.gatt import Characteristic, CharacteristicValue, Service
-from bumble.pairing import PairingDelegate
+from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport.common import TransportInitError
 from hypothesis import given
 from hypothesis import strategies as st
@@ -533,6 +533,7 @@ async def test_pair_just_works_encrypts_and_bonds(virtual_ble: VirtualBle) -> No
         assert backend.is_encrypted
         (connection,) = peripheral.device.connections.values()
         assert connection.is_encrypted and connection.sc
+        assert backend.pairing_outcome == (True, False)  # SC, Just Works: not MITM-protected
         keystore = virtual_ble.adapter.device.keystore
         assert keystore is not None and await keystore.get(peripheral.address) is not None
         await client.unpair()  # forgets the keys and hangs up
@@ -549,6 +550,7 @@ async def test_pair_numeric_comparison_and_a_refusal(virtual_ble: VirtualBle) ->
         await client.pair(delegate=ours, mitm=True)
         assert ours.codes == theirs.codes and len(ours.codes) == 1
         assert client._backend.is_encrypted  # type: ignore[attr-defined]
+        assert client._backend.pairing_outcome == (True, True)  # type: ignore[attr-defined]
     refusing = Comparing(False)
     async with virtual_ble.client(peripheral.address) as client:
         with pytest.raises(BleakError, match="pairing failed"):
@@ -564,6 +566,20 @@ async def test_pair_on_connect_and_on_the_peripherals_request(virtual_ble: Virtu
         (connection,) = peripheral.device.connections.values()
         connection.request_pairing()  # SMP Security Request from the peripheral
         await eventually(lambda: client._backend.is_encrypted)  # type: ignore[attr-defined]
+
+
+async def test_a_legacy_pairing_is_reported_as_legacy(virtual_ble: VirtualBle) -> None:
+    """The backend pairs as an OS stack does: with a peripheral that has no Secure Connections
+    it falls back to legacy pairing (bumble's SMP), and ``pairing_outcome`` says so."""
+    peripheral, _gatt = await start(virtual_ble)
+    peripheral.device.pairing_config_factory = lambda _c: PairingConfig(
+        sc=False, mitm=False, bonding=False, delegate=PairingDelegate()
+    )
+    async with virtual_ble.client(peripheral.address) as client:
+        backend: BumbleClient = client._backend  # type: ignore[assignment]
+        assert backend.pairing_outcome is None
+        await client.pair()
+        assert backend.is_encrypted and backend.pairing_outcome == (False, False)
 
 
 # -- errors opening a controller ------------------------------------------------------------------

@@ -276,23 +276,34 @@ class BleakLink:
     def encrypted(self) -> bool:
         """True once the link is encrypted after an LE Secure Connections pairing.
 
-        pairkit's bumble backend reports what the SMP pairing used, and a legacy pairing does
-        not count (docs/security.md, rule 5).  The OS backends (BlueZ, CoreBluetooth, WinRT)
-        have no API for it: there pairkit trusts the OS stack, which uses Secure Connections
-        whenever both controllers support it (BlueZ's default mode), and counts the link as
-        encrypted once ``pair()`` succeeded.
+        pairkit's bumble backend reports what the SMP pairing on this connection used
+        (``pairing_outcome``): a legacy pairing does not count (docs/security.md, rule 5), and
+        neither does an encryption whose pairing has not finished yet (bumble encrypts midway).
+
+        The OS backends (BlueZ, CoreBluetooth, WinRT) have no API that tells Secure Connections
+        from legacy pairing.  There the link counts as encrypted once bleak's ``pair()``
+        succeeded, and pairkit *trusts the OS stack* to have used Secure Connections.  That
+        trust is not a guarantee: BlueZ uses Secure Connections when both controllers support
+        it and falls back to legacy pairing otherwise, unless the adapter is put in
+        Secure Connections Only mode (``btmgmt sc only``); macOS and Windows decide alone.
         """
-        outcome = getattr(_backend(self._client), "pairing_outcome", None)
-        if outcome is not None:
-            return bool(outcome[0]) and (self._paired or not self.closed)
+        backend = _backend(self._client)
+        if hasattr(backend, "pairing_outcome"):  # pairkit's bumble backend: it knows
+            outcome = backend.pairing_outcome
+            if outcome is None or not outcome[0]:
+                return False
+            if self.closed:
+                return self._paired
+            return bool(getattr(backend, "is_encrypted", False))
         if self.closed:
             return self._paired
-        return self._paired or bool(getattr(_backend(self._client), "is_encrypted", False))
+        return self._paired or bool(getattr(backend, "is_encrypted", False))
 
     @property
     def mitm_protected(self) -> bool:
         """True only when the backend reports an SC pairing protected against a man in the
-        middle (pairkit's bumble backend); unknown on OS stacks, so False there."""
+        middle (pairkit's bumble backend).  OS stacks do not say whether the pairing was
+        Just Works, so there it is False: unknown counts as not authenticated."""
         outcome = getattr(_backend(self._client), "pairing_outcome", None)
         return bool(outcome is not None and outcome[0] and outcome[1] and self.encrypted)
 
@@ -396,12 +407,20 @@ class BleakLink:
                 if not self._client.is_connected:
                     raise LinkClosedError(self._reason()) from None
                 raise translate(exc, "link-layer pairing") from exc
-            outcome = getattr(_backend(self._client), "pairing_outcome", None)
-            if outcome is not None and not outcome[0]:
-                raise InsecureLinkError(
-                    "the other device paired with legacy BLE pairing, which a listener can "
-                    "break; 'clear' needs LE Secure Connections (use pin, qr or compare instead)"
-                )
+            backend = _backend(self._client)
+            if hasattr(backend, "pairing_outcome"):
+                outcome = backend.pairing_outcome
+                if outcome is None:
+                    raise InsecureLinkError(
+                        "the link was encrypted without a pairing on it, so whether it used "
+                        "LE Secure Connections is unknown; 'clear' needs them"
+                    )
+                if not outcome[0]:
+                    raise InsecureLinkError(
+                        "the other device offered only legacy BLE pairing, which a listener "
+                        "can break; 'clear' needs LE Secure Connections (use pin, qr or "
+                        "compare instead)"
+                    )
             self._paired = True
 
     # -- from bleak ------------------------------------------------------------------------
