@@ -128,6 +128,8 @@ class TestBleakLink(LinkConformance):
     # why); the guest's receive buffer is bounded instead (test_receive_buffer_is_bounded).
     test_backpressure = None
     test_peer_close_releases_blocked_sender = None
+    expect_encrypted = False  # no link-layer pairing yet
+    expect_mitm_protected = False
 
     @pytest.fixture
     async def link_pair(self, open_host: OpenHost, open_guest: OpenGuest) -> Any:

@@ -47,7 +47,7 @@ from pairkit.transports.bumble import (
     bumble_transport_spec,
     open_bumble,
 )
-from tests.transport_conformance import LinkConformance
+from tests.transport_conformance import LinkConformance, check_properties
 
 OpenDevice = Callable[..., Awaitable[BumbleTransport]]
 
@@ -122,6 +122,8 @@ class TestGattLink(LinkConformance):
     # reading (the receiver's buffer is bounded instead: test_gatt_receive_buffer_is_bounded).
     test_backpressure = None
     test_peer_close_releases_blocked_sender = None
+    expect_encrypted = False  # no link-layer pairing yet
+    expect_mitm_protected = False
 
     @pytest.fixture
     async def link_pair(self, open_device: OpenDevice) -> Any:
@@ -137,6 +139,9 @@ class TestGattLink(LinkConformance):
 
 class TestL2capLink(LinkConformance):
     """One LE credit-based channel per connection, MTU/MPS 2048, credits returned on read."""
+
+    expect_encrypted = False  # no link-layer pairing yet
+    expect_mitm_protected = False
 
     @pytest.fixture
     async def link_pair(self, open_device: OpenDevice) -> Any:
@@ -383,6 +388,10 @@ async def test_encrypt_turns_encrypted_on_both_sides(
     assert guest_link.encrypted is True
     await eventually(lambda: host_link.encrypted)
     assert guest_link.connection.sc
+    # Just Works: encrypted with LE Secure Connections, but nobody vouched against a MITM.
+    await check_properties(
+        guest_link, host_link, expect_encrypted=True, expect_mitm_protected=False
+    )
     await guest_link.send(b"still works")
     assert await host_link.recv() == b"still works"
     await guest_link.encrypt()  # already encrypted: nothing to do
@@ -394,6 +403,7 @@ async def test_host_asks_the_guest_to_encrypt(open_device: OpenDevice) -> None:
     await asyncio.wait_for(host_link.encrypt(), 5)  # SMP Security Request
     assert host_link.encrypted
     await eventually(lambda: guest_link.encrypted)
+    assert host_link.mitm_protected is False and guest_link.mitm_protected is False
 
 
 # -- ending links ---------------------------------------------------------------------------

@@ -40,9 +40,24 @@ class TestLoopbackMtu20(LinkConformance):
 
 
 class TestLoopbackMtu512(LinkConformance):
+    expect_encrypted = False
+    expect_mitm_protected = False
+
     @pytest.fixture
     async def link_pair(self) -> Any:
         async with loopback_pair(mtu=512) as pair:
+            yield pair
+
+
+class TestLoopbackMitmProtected(LinkConformance):
+    """What a link after an MITM-protected LE Secure Connections pairing reports."""
+
+    expect_encrypted = True
+    expect_mitm_protected = True
+
+    @pytest.fixture
+    async def link_pair(self) -> Any:
+        async with loopback_pair(mtu=512, encrypted=True, mitm_protected=True) as pair:
             yield pair
 
 
@@ -84,6 +99,11 @@ async def test_pair_names_flags_and_shape() -> None:
     assert (a.peer, b.peer, a.local, b.local) == ("host", "guest", "guest", "host")
     assert a.encrypted and b.encrypted and a.mtu == b.mtu == 20
     assert not loopback_pair().a.encrypted
+    assert a.mitm_protected is False and b.mitm_protected is False  # the default
+    c, d = loopback_pair(encrypted=True, mitm_protected=True)
+    assert c.mitm_protected and d.mitm_protected
+    # MITM protection is a property of a link-layer pairing: none without encryption.
+    assert loopback_pair(mitm_protected=True).a.mitm_protected is False
 
 
 @pytest.mark.parametrize(
@@ -395,6 +415,25 @@ async def test_connect_and_accept() -> None:
     assert await host_link.recv() == b"ping"
     plain = medium.endpoint("plain", encrypted=False)
     assert not (await plain.connect("host", timeout=1)).encrypted
+    assert not guest_link.mitm_protected and not host_link.mitm_protected
+
+
+async def test_a_medium_can_pretend_mitm_protected_pairing() -> None:
+    medium = LoopbackMedium(encrypted=True, mitm_protected=True)
+    host = medium.endpoint("host")
+    listener = await host.listen()
+    guest_link = await medium.endpoint("guest").connect("host", timeout=1)
+    host_link = await listener.accept(timeout=1)
+    assert guest_link.mitm_protected and host_link.mitm_protected
+    just_works = medium.endpoint("just-works", mitm_protected=False)
+    link = await just_works.connect("host", timeout=1)
+    assert link.encrypted and not link.mitm_protected  # protected only if both ends are
+    await listener.accept(timeout=1)
+    assert LoopbackMedium(mitm_protected=True).endpoint("x").mitm_protected is True
+    target = loopback.open("host", medium=medium, mitm_protected=False)
+    assert isinstance(target, loopback.LoopbackTarget)
+    link = await target.connect(timeout=1)
+    assert link.encrypted and not link.mitm_protected
 
 
 async def test_connect_waits_for_a_late_listener() -> None:

@@ -18,11 +18,11 @@ closed or half-closed; closing twice must be harmless)::
 
 Every check below then runs as a test method of ``TestMyLink`` with a fresh pair.  A transport
 that is slower or smaller than loopback overrides the class attributes (``step``, ``quiet``,
-``bulk_bytes``, ``backpressure_max_bytes``, ``expect_encrypted``); one that cannot honour a check
-yet sets the method to ``None`` in its subclass (``test_backpressure = None``) with a comment
-saying why, so the gap is visible.  The checks are also plain coroutines, ``await
-check_ordered_both_ways(a, b)``, listed in :data:`CHECKS`, for use outside pytest (hw-tests,
-bench).
+``bulk_bytes``, ``backpressure_max_bytes``, ``expect_encrypted``, ``expect_mitm_protected``);
+one that cannot honour a check yet sets the method to ``None`` in its subclass
+(``test_backpressure = None``) with a comment saying why, so the gap is visible.  The checks
+are also plain coroutines, ``await check_ordered_both_ways(a, b)``, listed in :data:`CHECKS`,
+for use outside pytest (hw-tests, bench).
 
 Each check bounds its waits: ``step`` (default 10 s) for what must happen, ``quiet`` (0.05 s)
 for "nothing happens", ``block_wait`` (0.1 s) for "this send is blocked"; none sleeps longer.
@@ -106,16 +106,28 @@ def sizes_for(mtu: int) -> list[int]:
     return sorted(sizes)
 
 
-async def check_properties(a: Link, b: Link, *, expect_encrypted: bool | None = None) -> None:
-    """Both ends have the Link shape: an MTU in 20..65535, a peer name, a bool ``encrypted``."""
+async def check_properties(
+    a: Link,
+    b: Link,
+    *,
+    expect_encrypted: bool | None = None,
+    expect_mitm_protected: bool | None = None,
+) -> None:
+    """Both ends have the Link shape: an MTU in 20..65535, a peer name, bools ``encrypted``
+    and ``mitm_protected``, and no MITM protection without encryption (docs/security.md,
+    rule 5: ``clear`` authenticates only over an MITM-protected LE Secure Connections link)."""
     for link in (a, b):
         assert isinstance(link, Link), f"{link!r} does not have the Link shape"
         assert isinstance(link.mtu, int) and MIN_MTU <= link.mtu <= MAX_MTU, link.mtu
         assert isinstance(link.peer, str) and link.peer, f"peer is {link.peer!r}"
         assert isinstance(link.encrypted, bool)
+        assert isinstance(link.mitm_protected, bool)
+        assert link.encrypted or not link.mitm_protected, "MITM-protected but not encrypted"
         assert link.closed is False
         if expect_encrypted is not None:
             assert link.encrypted is expect_encrypted
+        if expect_mitm_protected is not None:
+            assert link.mitm_protected is expect_mitm_protected
 
 
 async def check_ordered_both_ways(
@@ -409,13 +421,18 @@ class LinkConformance:
     bulk_bytes: int = 1 << 20
     backpressure_max_bytes: int = 64 << 20
     expect_encrypted: bool | None = None
+    expect_mitm_protected: bool | None = None
 
     @pytest.fixture
     async def link_pair(self) -> Any:  # pragma: no cover - each subclass provides its own
         raise NotImplementedError("a LinkConformance subclass must provide a link_pair fixture")
 
     async def test_properties(self, link_pair: tuple[Link, Link]) -> None:
-        await check_properties(*link_pair, expect_encrypted=self.expect_encrypted)
+        await check_properties(
+            *link_pair,
+            expect_encrypted=self.expect_encrypted,
+            expect_mitm_protected=self.expect_mitm_protected,
+        )
 
     async def test_ordered_both_ways(self, link_pair: tuple[Link, Link]) -> None:
         await check_ordered_both_ways(*link_pair, step=self.step)

@@ -405,8 +405,11 @@ class LoopbackMedium:
     """A pretend radio: the endpoints that can hear and reach each other.
 
     Settings apply to every endpoint made from this medium; an endpoint may lower ``mtu`` or
-    turn ``encrypted`` off for itself (a link gets the smaller MTU of its two ends, and is
-    encrypted only if both ends are).  ``rssi`` is what every sighting reports.  ``tap`` is given
+    turn ``encrypted`` or ``mitm_protected`` off for itself (a link gets the smaller MTU of its
+    two ends, and is encrypted, or MITM-protected, only if both ends are).  ``encrypted``
+    pretends an LE Secure Connections link; ``mitm_protected`` pretends that its pairing was
+    protected against a man in the middle (numeric comparison, passkey, OOB), and counts only
+    on an encrypted link.  ``rssi`` is what every sighting reports.  ``tap`` is given
     to every link made by :meth:`LoopbackEndpoint.connect`.
     """
 
@@ -415,6 +418,7 @@ class LoopbackMedium:
         *,
         mtu: int = DEFAULT_MTU,
         encrypted: bool = False,
+        mitm_protected: bool = False,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         scan_interval: float = DEFAULT_SCAN_INTERVAL,
@@ -423,6 +427,7 @@ class LoopbackMedium:
     ) -> None:
         self.mtu = _check_mtu(mtu)
         self.encrypted = bool(encrypted)
+        self.mitm_protected = bool(mitm_protected)
         self.queue_size = _check_positive("queue_size", queue_size)
         self.max_payload = _check_positive("max_payload", max_payload)
         if not scan_interval > 0:
@@ -449,6 +454,7 @@ class LoopbackMedium:
         name: str | None = None,
         mtu: int | None = None,
         encrypted: bool | None = None,
+        mitm_protected: bool | None = None,
     ) -> LoopbackEndpoint:
         """The endpoint called ``address`` (made if new; the same object if it exists).
 
@@ -470,6 +476,11 @@ class LoopbackMedium:
             name=name,
             mtu=self.mtu if mtu is None else min(_check_mtu(mtu), self.mtu),
             encrypted=self.encrypted if encrypted is None else bool(encrypted) and self.encrypted,
+            mitm_protected=(
+                self.mitm_protected
+                if mitm_protected is None
+                else bool(mitm_protected) and self.mitm_protected
+            ),
         )
         self._endpoints[address] = endpoint
         self._changed.fire()
@@ -549,12 +560,14 @@ class LoopbackEndpoint:
         name: str | None,
         mtu: int,
         encrypted: bool,
+        mitm_protected: bool = False,
     ) -> None:
         self.medium = medium
         self.address = address
         self.name = name
         self.mtu = mtu
         self.encrypted = encrypted
+        self.mitm_protected = mitm_protected
         self._payload: bytes | None = None
         self._listener: LoopbackListener | None = None
         self._closed = False
@@ -656,6 +669,7 @@ class LoopbackEndpoint:
             encrypted=self.encrypted and target.encrypted,
             queue_size=self.medium.queue_size,
             tap=self.medium.tap,
+            mitm_protected=self.mitm_protected and target.mitm_protected,
         )
         target._listener._offer(host)
         return guest
@@ -749,6 +763,7 @@ def open(
     name: str | None = None,
     mtu: int | None = None,
     encrypted: bool | None = None,
+    mitm_protected: bool | None = None,
 ) -> LoopbackEndpoint | LoopbackTarget:
     """Registry entry point for ``loopback`` and ``loopback:NAME``.
 
@@ -758,5 +773,9 @@ def open(
     """
     medium = medium or default_medium()
     if args:
-        return LoopbackTarget(medium, args, name=name, mtu=mtu, encrypted=encrypted)
-    return medium.endpoint(None, name=name, mtu=mtu, encrypted=encrypted)
+        return LoopbackTarget(
+            medium, args, name=name, mtu=mtu, encrypted=encrypted, mitm_protected=mitm_protected
+        )
+    return medium.endpoint(
+        None, name=name, mtu=mtu, encrypted=encrypted, mitm_protected=mitm_protected
+    )
