@@ -51,7 +51,7 @@ from bench.ble import (  # noqa: E402
     secure,
     secure_pair,
 )
-from pairkit.cli.service import get_file, say_bye, serve_guest  # noqa: E402
+from pairkit.files import get_file, say_bye, serve_guest  # noqa: E402
 from pairkit.pairing.cloud import Role  # noqa: E402
 from pairkit.pairing.service import AllowRequest, GrantPolicy, Scope  # noqa: E402
 from pairkit.securelink import SecureLink  # noqa: E402

@@ -21,16 +21,17 @@ from typing import Any
 
 import click
 
+from pairkit.files import get_file, list_files
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning, Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
+from pairkit.presence import Presence, discover
 from pairkit.securelink import SecureLink
 
 from .flows import HostOptions, JoinOptions, run_host, run_join
-from .presence import Presence, discover
-from .service import Progress, get_file, list_files
+from .show import Progress
 
 DEMO_PIN = "246813"  # the keystores' own PIN (throwaway keystores in a temporary folder)
 VIDEOS = {"holiday.mp4": 1_500_000, "birthday.mp4": 400_000}

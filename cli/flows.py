@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pairkit.driver import MessagePipe, drive
+from pairkit.files import ServeStats, receive_membership, say_bye, serve_guest
 from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from
 from pairkit.pairing.errors import (
     AuthenticationError,
@@ -45,12 +46,11 @@ from pairkit.pairing.service import (
     check_membership,
     membership_statement,
 )
+from pairkit.presence import Presence, discover, is_ble_address
 from pairkit.securelink import SecureLink, confirm
 
 from . import store
 from .common import CliDelegate, info
-from .presence import Presence, discover, is_ble_address
-from .service import ServeStats, receive_membership, say_bye, serve_guest
 
 #: what a side does once the session is confirmed and the membership known
 SessionHandler = Callable[[SecureLink, Session, Membership], Awaitable[None]]

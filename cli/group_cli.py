@@ -71,7 +71,7 @@ def _report(record: Any, outcomes: list[Any], as_json: bool, what: str) -> None:
 @_json_option
 def create(name: str, as_json: bool) -> None:
     """Create the group NAME, controlled by this device, with a fresh key (epoch 1)."""
-    from .groups import create_group
+    from pairkit.groups import create_group
 
     ks = unlock()
     record = create_group(ks, name)
@@ -113,7 +113,7 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
     (--via) forwards it and cannot open it.  A member out of reach stays pending and gets the
     current key when next reached ('pairkit group sync NAME').
     """
-    from .groups import Reach, add_member
+    from pairkit.groups import Reach, add_member
 
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
@@ -137,7 +137,7 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
     PEER keeps the old key but cannot read anything sent after this: members refuse
     broadcasts of the old epoch once they have the new one.
     """
-    from .groups import Reach, remove_member
+    from pairkit.groups import Reach, remove_member
 
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
@@ -154,7 +154,7 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
 @_json_option
 def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
     """Start a new epoch of group NAME with a new key, and deliver it to every member."""
-    from .groups import Reach, rekey_group
+    from pairkit.groups import Reach, rekey_group
 
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
@@ -171,7 +171,7 @@ def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> N
 @_json_option
 def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
     """Deliver group NAME's current key to every member that does not have it yet."""
-    from .groups import Reach, deliver_pending
+    from pairkit.groups import Reach, deliver_pending
 
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
@@ -194,9 +194,8 @@ def send(name: str, message: str, transport: str, duration: float, as_json: bool
     an authentication tag (41 bytes in all), so it needs extended advertising (BLE 5): a legacy
     advertisement has room for 10 bytes.  Members refuse replays, forgeries and old epochs.
     """
+    from pairkit.groups import broadcast, needs_extended
     from pairkit.transports.registry import open_transport
-
-    from .groups import broadcast, needs_extended
 
     if duration <= 0:
         raise ConfigError("--duration must be positive")
@@ -293,9 +292,8 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
     heard on every radio given.  Commands go to stdout, one per line (--json: one object per
     event: key, command, rejected).
     """
+    from pairkit.groups import GroupService, Listener, pin_controller, serve
     from pairkit.pairing.groups import check_group_name
-
-    from .groups import GroupService, Listener, pin_controller, serve
 
     for n in names:
         check_group_name(n)
@@ -375,7 +373,7 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
     its keystore).  Over BLE, give it a second radio for the members (--reach): one radio
     then accepts the controller while the other connects to members.
     """
-    from .groups import GroupService, Reach, Relay, serve
+    from pairkit.groups import GroupService, Reach, Relay, serve
 
     if retry <= 0:
         raise ConfigError("--retry must be positive")
@@ -421,7 +419,7 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
 @_json_option
 def show(as_json: bool) -> None:
     """Show the groups this device controls, holds keys for, and relays envelopes of."""
-    from .groups import group_status
+    from pairkit.groups import group_status
 
     status = group_status(unlock())
     if as_json:

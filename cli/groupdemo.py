@@ -33,6 +33,7 @@ from typing import Any
 
 import click
 
+from pairkit import groups as G
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.errors import AuthenticationError, PairingError
 from pairkit.pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, envelope_info
@@ -42,7 +43,6 @@ from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import Membership
 from pairkit.securelink import SecureLink
 
-from . import groups as G
 from .flows import HostOptions, JoinOptions, run_host, run_join
 
 DEMO_PIN = "246813"  # the throwaway keystores' own PIN

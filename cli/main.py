@@ -324,7 +324,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
     if as_json:
         emit_json(result_json(session, membership))
     else:
-        from .service import role_text
+        from .show import role_text
 
         click.echo(f"paired with {session.peer.name} by {session.method.label} "
                    f"({role_text(membership)})")
@@ -344,10 +344,10 @@ def discover(transport: str | None, timeout: float | None, as_json: bool) -> Non
     while their owner has opened a visibility window (private ones are listed as such).
     Join one with: pairkit join ADDRESS --transport T.
     """
+    from pairkit.presence import discover as scan
     from pairkit.transports.registry import open_transport
 
     from .config import load_policy, pick
-    from .presence import discover as scan
 
     policy = load_policy(home_path())["discover"]
     transport = pick(transport, policy, "transport", "bumble:usb:0")
@@ -435,8 +435,9 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     PEER is a known peer's name or id (it resumes with no prompt), or tcp:HOST:PORT with
     --method and --pin to pair first.  The owner may be asked to allow the listing.
     """
+    from pairkit.files import list_files
+
     from .flows import JoinOptions, run_join
-    from .service import list_files
 
     box: dict[str, Any] = {}
 
@@ -474,10 +475,11 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
     --retries times, and again whenever you rerun the same command (the partial file is kept
     as OUTPUT.part).
     """
+    from pairkit.files import get_file
     from pairkit.pairing.errors import LinkClosedError, PairingTimeout
 
     from .flows import JoinOptions, run_join
-    from .service import Progress, get_file
+    from .show import Progress
 
     dest = output or Path(Path(name).name)
     box: dict[str, Any] = {}

@@ -26,13 +26,13 @@ from typing import Any
 import pytest
 
 from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
-from pairkit.cli.presence import discover
-from pairkit.cli.service import get_file
+from pairkit.files import get_file
 from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import HostState, Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import QrCode
 from pairkit.pairing.service import Membership
+from pairkit.presence import discover
 from pairkit.transports.registry import open_transport
 from tests.test_ble_pairing import Person, make_keystore, reopen
 from tests.transport_conformance import (

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pairkit.cli import store
+from pairkit import peers as store
 from pairkit.driver import MessagePipe, drive
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role

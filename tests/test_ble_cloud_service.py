@@ -1,8 +1,8 @@
 """Personal cloud over real BLE: join refused or granted, prompts, expiry, members, resume, names.
 
 The host runs :func:`cli.flows.run_host` with its default service loop
-(:func:`cli.service.serve_guest`) on a bumble virtual controller; guests join with
-:func:`cli.flows.run_join` and use :func:`cli.service.list_files` / :func:`cli.service.get_file`
+(:func:`pairkit.files.serve_guest`) on a bumble virtual controller; guests join with
+:func:`cli.flows.run_join` and use :func:`pairkit.files.list_files` / :func:`pairkit.files.get_file`
 on the secure link, as ``pairkit ls`` and ``pairkit get`` do.  The owner's answers are scripted
 and every question is recorded, so each test says exactly how many times Paul was asked.
 
@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from pairkit.cli.presence import discover
-from pairkit.cli.service import Fetched, get_file, list_files, say_bye, serve_guest
 from pairkit.driver import drive
+from pairkit.files import Fetched, get_file, list_files, say_bye, serve_guest
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.errors import ErrorCode, LinkClosedError, RefusedError, RemoteError
 from pairkit.pairing.keystore import Keystore
@@ -37,6 +36,7 @@ from pairkit.pairing.methods import (
 )
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import FileEntry, GrantPolicy, Membership, Scope
+from pairkit.presence import discover
 from pairkit.securelink import SecureLink, confirm
 
 from .test_ble_pairing import (

@@ -2,7 +2,7 @@
 
 Each test builds its own :class:`~transports.ble.virtual.VirtualRadio` and runs bumble's real host
 stack (advertising, scanning, GATT, L2CAP, SMP) under the command's own flows
-(:func:`cli.flows.run_host`, :func:`cli.flows.run_join`, :func:`cli.presence.discover`), with
+(:func:`cli.flows.run_host`, :func:`cli.flows.run_join`, :func:`pairkit.presence.discover`), with
 real keystores in a temporary folder and scripted people (:class:`Person`) who record every
 question they are asked.  Where a test needs a step the flows do not expose (a host that vanishes
 after its first flight, a host that refuses ``clear``), it drives the pairing machines with
@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 
 from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
-from pairkit.cli.presence import Presence, discover, tag_keys
 from pairkit.driver import MessagePipe, drive
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.errors import (
@@ -50,6 +49,7 @@ from pairkit.pairing.methods import (
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import QrCode
 from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
+from pairkit.presence import Presence, discover, tag_keys
 from pairkit.transports.ble.links import BleLink, GattLink, L2capLink
 from pairkit.transports.bumble import BumbleTransport, VirtualRadio, open_bumble
 

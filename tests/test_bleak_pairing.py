@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 
 from pairkit.cli.flows import JoinOptions, SessionHandler, run_join
-from pairkit.cli.presence import discover
-from pairkit.cli.service import get_file
+from pairkit.files import get_file
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import Membership
+from pairkit.presence import discover
 from pairkit.transports.bleak import BleakLink, BleakTransport
 from pairkit.transports.registry import open_transport
 from tests.cli_helpers import Device, Lab, init_devices, run_cli, use_bytecode_cache

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pairkit.cli import groups as G
+from pairkit import groups as G
 from pairkit.cli.groupdemo import GroupLab, run_groupkeys_demo, wait_for
-from pairkit.cli.presence import discover
 from pairkit.pairing.errors import TooLargeError
 from pairkit.pairing.groups import ADVERT_OVERHEAD
+from pairkit.presence import discover
 from pairkit.transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX
 
 

@@ -1,7 +1,7 @@
 """Group keys end to end over real pairkit secure links, in one process (loopback transport).
 
 Every device has a real keystore, pairs by PIN, and every delivery is a ``resume`` session
-through :func:`cli.flows.run_join` / :func:`cli.flows.run_host` (cli/groups.py); broadcasts go
+through :func:`cli.flows.run_join` / :func:`cli.flows.run_host` (runtime/groups.py); broadcasts go
 out as loopback advertisements.  :class:`cli.groupdemo.GroupLab` is the harness the demo uses.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from pairkit.cli import groups as G
+from pairkit import groups as G
 from pairkit.cli.groupdemo import GroupLab, Node, wait_for
 from pairkit.pairing import wire
 from pairkit.pairing.errors import AuthenticationError, ConfigError, NotFoundError

@@ -122,6 +122,6 @@ def test_a_policy_makes_the_host_discoverable_with_no_flag(tmp_path: Path) -> No
      ("Paul's phone", False), ("E9:84:19:A6:6E", False)],
 )
 def test_ble_targets_include_macos_device_uuids(text: str, ok: bool) -> None:
-    from pairkit.cli.presence import is_ble_address
+    from pairkit.presence import is_ble_address
 
     assert is_ble_address(text) is ok

@@ -102,7 +102,7 @@ async def heard(scanner: BumbleTransport, seconds: float) -> list[bytes]:
 async def test_a_private_host_on_air_tells_a_stranger_nothing_and_a_member_everything(
     tmp_path: Path,
 ) -> None:
-    from pairkit.cli.presence import Presence, discover
+    from pairkit.presence import Presence, discover
 
     radio = VirtualRadio()
     seeds = iter(range(100))

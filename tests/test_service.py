@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pairkit.cli.service import get_file, list_files, resolve_shared, say_bye, serve_guest
+from pairkit.files import get_file, list_files, resolve_shared, say_bye, serve_guest
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import AccessDeniedError, LinkClosedError, NotFoundError, RefusedError
 from pairkit.pairing.methods import PeerInfo, Session

@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from pairkit.cli import store
+from pairkit import peers as store
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.crypto import digest, x25519_keypair
 from pairkit.pairing.keystore import Argon2Params, Keystore, Peer

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pairkit.cli.store import local_identity
 from pairkit.cli.ttp_cli import SETTING_CA, SETTING_EUKEY, SETTING_SERVER, ttp
 from pairkit.cli.ttp_client import request_key
 from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.ttp import IntentRole
+from pairkit.peers import local_identity
 from tests.cli_helpers import KEYSTORE_PIN, ROOT, assert_no_traceback, cli_env
 
 MODULE = (sys.executable, "-m", "pairkit.cli.ttp_cli")

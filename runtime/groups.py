@@ -42,9 +42,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from pairkit.driver import MessagePipe, drive
-from pairkit.pairing import wire
-from pairkit.pairing.errors import (
+from . import peers as store
+from .driver import MessagePipe, drive
+from .pairing import wire
+from .pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
@@ -55,7 +56,7 @@ from pairkit.pairing.errors import (
     ReplayError,
     TooLargeError,
 )
-from pairkit.pairing.groups import (
+from .pairing.groups import (
     ADVERT_OVERHEAD,
     DeliveryResult,
     Forward,
@@ -77,13 +78,11 @@ from pairkit.pairing.groups import (
     seal_group_envelope,
     sender_id,
 )
-from pairkit.pairing.keystore import Keystore, Peer
-from pairkit.pairing.methods import GuestPairing, HostPairing, HostState, PairingConfig, Session
-from pairkit.pairing.negotiation import ALL_CAPS, Method
-from pairkit.pairing.service import Bye
-from pairkit.securelink import SecureLink, confirm
-
-from . import store
+from .pairing.keystore import Keystore, Peer
+from .pairing.methods import GuestPairing, HostPairing, HostState, PairingConfig, Session
+from .pairing.negotiation import ALL_CAPS, Method
+from .pairing.service import Bye
+from .securelink import SecureLink, confirm
 
 SETTING_CONTROLLER = "groups.controller"
 SETTING_HELD = "groups.member"

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pairkit.pairing.errors import DecodeError
-from pairkit.pairing.hello import (
+from .pairing.errors import DecodeError
+from .pairing.hello import (
     EPOCH_SECONDS,
     Hello,
     decode_hello,
@@ -26,8 +26,8 @@ from pairkit.pairing.hello import (
     make_tag,
     match_tag,
 )
-from pairkit.pairing.keystore import Keystore
-from pairkit.pairing.negotiation import ALL_CAPS, Method
+from .pairing.keystore import Keystore
+from .pairing.negotiation import ALL_CAPS, Method
 
 TAG_INFO = b"pairkit/1 hello tag"
 BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}(/P)?$")

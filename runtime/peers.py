@@ -1,0 +1,226 @@
+"""Between the keystore's records and the pairing machines' types (the runtime's one door to
+stored peers: who a device is, what it was granted, where it was reached, its prekeys).
+
+Every change is made under :meth:`~pairing.keystore.Keystore.update` (reloaded under the file
+lock, then saved): several pairkit processes may share one keystore (docs/security.md, rule 4).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import NotFoundError
+from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
+from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
+from pairkit.pairing.service import Member
+
+
+def key_fingerprint(static_public: bytes) -> str:
+    """A device's fingerprint as people compare it (SHA-256 of its key, grouped)."""
+    return fingerprint_of(static_public)
+
+
+def local_identity(ks: Keystore) -> LocalIdentity:
+    """This device as the handshake needs it (the keystore's one door to the static key)."""
+    return LocalIdentity(
+        device_id=bytes.fromhex(ks.device_id),
+        name=ks.name,
+        static_public=ks.static_public,
+        signing_public=ks.signing_public,
+        static_private=ks._static_private_for_handshake(),  # the one internal door
+    )
+
+
+def _known(p: Peer) -> KnownPeer:
+    ours = []
+    for record in p.our_prekeys:
+        if isinstance(record, tuple | list) and len(record) == 2:
+            ours.append(Prekey(bytes(record[0]), bytes(record[1])))
+    return KnownPeer(
+        device_id=bytes.fromhex(p.id),
+        name=p.name,
+        static_public=p.static_public,
+        signing_public=p.signing_public or bytes(32),
+        their_prekeys=tuple(bytes(d) for d in p.their_prekeys if isinstance(d, bytes)),
+        our_prekeys=tuple(ours),
+        authenticated=trusted(p),
+    )
+
+
+def known_peer(ks: Keystore, device_id: bytes) -> KnownPeer | None:
+    try:
+        return _known(ks.get_peer(device_id.hex()))
+    except NotFoundError:
+        return None
+
+
+def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:
+    try:
+        return _known(ks.get_peer(name_or_id))
+    except NotFoundError:
+        return None
+
+
+def peer_contact(ks: Keystore, peer: KnownPeer) -> tuple[str | None, str | None]:
+    """(transport spec, address) where the peer was last reached."""
+    record = ks.get_peer(peer.device_id.hex())
+    spec = record.extra.get("transport")
+    address = record.extra.get("address")
+    return (
+        spec if isinstance(spec, str) else None,
+        address if isinstance(address, str) else None,
+    )
+
+
+def save_session(
+    ks: Keystore,
+    session: Session,
+    *,
+    address: str,
+    transport: str,
+    granted: Role | None = None,
+    granted_expires: int | None = None,
+    standing: Role | None = None,
+    standing_expires: int | None = None,
+    wall_now: float | None = None,
+) -> None:
+    """Store the peer after a confirmed session: keys, prekeys, where it was reached, and the
+    grant of this session in its own direction (docs/security.md, rule 2):
+
+    * ``granted``: what this device's owner granted the peer (we were the host);
+    * ``standing``: what the peer granted us in its cloud (we were the guest).  It is kept for
+      display only and never read as a grant to the peer.
+    """
+    device_id = session.peer.device_id.hex()
+    with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
+        try:
+            old_record: Peer | None = ks.get_peer(device_id)
+        except NotFoundError:
+            old_record = None
+        old = _known(old_record) if old_record is not None else None
+        updated = session.updated_peer(old)
+        now = time.time() if wall_now is None else wall_now
+        extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
+        extra.update({"address": address, "transport": transport})
+        # Records written before grants were one-way kept one "role" for either direction:
+        # it is not trusted any more (the owner is asked again, once).
+        extra.pop("role", None)
+        extra.pop("expires", None)
+        if granted is not None:
+            extra["granted"] = granted.name.lower()
+            extra["granted_expires"] = granted_expires
+        if standing is not None:
+            extra["standing"] = standing.name.lower()
+            extra["standing_expires"] = standing_expires
+        if session.method.label == "clear":
+            extra["link_mitm"] = session.peer.authenticated
+        full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
+        ks.add_peer(
+            Peer(
+                id=device_id,
+                name=updated.name,
+                static_public=updated.static_public,
+                signing_public=updated.signing_public,
+                authenticated=updated.authenticated,
+                method=session.method.label if old_record is None or full else old_record.method,
+                first_seen=old_record.first_seen if old_record is not None else now,
+                last_seen=now,
+                their_prekeys=list(updated.their_prekeys),
+                our_prekeys=[[p.digest, p.private] for p in updated.our_prekeys],
+                extra=extra,
+            )
+        )
+
+
+def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
+    """The still valid grant this host's owner gave a known device (no prompt when it comes
+    back).  Only ``granted`` counts: what the device granted us is never read as its grant."""
+    try:
+        record = ks.get_peer(device_id.hex())
+    except NotFoundError:
+        return None
+    role = record.extra.get("granted")
+    if role == "member":
+        return Grant(Role.MEMBER)
+    expires = record.extra.get("granted_expires")
+    if role == "guest" and isinstance(expires, int | float) and expires > wall_now:
+        return Grant(Role.GUEST, max(1, int(expires - wall_now)))
+    return None
+
+
+def cloud_members(ks: Keystore) -> tuple[Member, ...]:
+    """The devices this host made or knows as members of its cloud, itself first."""
+    out = [Member(bytes.fromhex(ks.device_id), ks.name)]
+    for p in ks.peers():
+        if p.extra.get("granted") == "member":
+            out.append(Member(bytes.fromhex(p.id), p.name))
+    return tuple(out[:64])
+
+
+def consume_our_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> bool:
+    """Delete one of our prekeys for a peer, durably, before a resume is answered with it
+    (docs/security.md, rule 4).  False when the keystore no longer holds it (used already,
+    perhaps by another host process on this device)."""
+    with ks.update():  # reloads under the file lock, saves before returning
+        try:
+            record = ks.get_peer(device_id.hex())
+        except NotFoundError:
+            return False
+        kept = [r for r in record.our_prekeys
+                if not (isinstance(r, tuple | list) and len(r) == 2 and bytes(r[0]) == digest)]
+        if len(kept) == len(record.our_prekeys):
+            return False
+        ks.add_peer(_replace(record, our_prekeys=kept))
+    return True
+
+
+def suspect(record: Peer) -> str | None:
+    """Why a stored peer can no longer be trusted as recorded, or None.
+
+    A ``clear`` pairing stored as authenticated before the link's MITM protection was checked
+    may have run over a Just Works link: nobody vouched for it (docs/security.md, rule 5).
+    """
+    if record.method == "clear" and record.authenticated and "link_mitm" not in record.extra:
+        return "paired by 'clear' before link protection was checked; pair again to trust it"
+    return None
+
+
+def trusted(record: Peer) -> bool:
+    """Whether a stored peer counts as authenticated (see :func:`suspect`)."""
+    return record.authenticated and suspect(record) is None
+
+
+def drop_their_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> None:
+    """Forget a prekey digest the peer refused as stale."""
+    with ks.update():
+        record = ks.get_peer(device_id.hex())
+        kept = [d for d in record.their_prekeys if d != digest]
+        ks.add_peer(_replace(record, their_prekeys=kept))
+
+
+def _replace(record: Peer, **changes: Any) -> Peer:
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)
+
+
+def peer_rows(ks: Keystore) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": p.id,
+            "name": p.name,
+            "fingerprint": p.fingerprint,
+            "method": p.method,
+            "authenticated": trusted(p),
+            "warning": suspect(p),
+            "granted": p.extra.get("granted"),
+            "granted_expires": p.extra.get("granted_expires"),
+            "standing": p.extra.get("standing"),
+            "prekeys": len(p.their_prekeys),
+            "last_seen": p.last_seen,
+            "transport": p.extra.get("transport"),
+        }
+        for p in ks.peers()
+    ]
