@@ -11,17 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pairkit.driver import MessagePipe, drive
-from pairkit.files import ServeStats, receive_membership, say_bye, serve_guest
-from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from
+from pairkit.clock import SYSTEM_CLOCK, Clock
+from pairkit.files import ServeStats, say_bye, serve_guest
+from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import (
-    AuthenticationError,
     ConfigError,
     NotFoundError,
     PairingError,
@@ -30,7 +27,6 @@ from pairkit.pairing.errors import (
 )
 from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import (
-    GuestPairing,
     HostPairing,
     HostState,
     KnownPeer,
@@ -43,11 +39,10 @@ from pairkit.pairing.qr import QrCode
 from pairkit.pairing.service import (
     GrantPolicy,
     Membership,
-    check_membership,
-    membership_statement,
 )
 from pairkit.presence import Presence, discover, is_ble_address
-from pairkit.securelink import SecureLink, confirm
+from pairkit.securelink import SecureLink
+from pairkit.session import GuestSide, HostSide, TtpHook, accept_loop, accept_session, open_session
 
 from . import store
 from .common import CliDelegate, info
@@ -116,29 +111,16 @@ async def run_host(
     transport_obj: Any = None,
     delegate: Any = None,
     presence_out: list[Presence] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> int:
     """Serve guests; returns the number of guests paired."""
     from pairkit.transports.registry import open_transport
 
     me = store.local_identity(ks)
-    state = HostState(
-        pin_policy=PinPolicy(opts.max_failures, opts.lockout_window),
-        known_peer=lambda device_id: store.known_peer(ks, device_id),
-        consume_prekey=lambda device_id, digest: store.consume_our_prekey(ks, device_id, digest),
-    )
     config = PairingConfig(
         methods=opts.methods, caps=ALL_CAPS, step_timeout=opts.step_timeout,
         allow_insecure=opts.allow_insecure,
     )
-    mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
-    # Only this device's own cloud admits members without a prompt: a cloud it joined is its
-    # standing there, never a grant to that cloud's members here (docs/security.md, rule 2).
-    clouds = tuple(c.cloud_id for c in ks.clouds() if c.role == "owner")
-    owned = next((c for c in ks.clouds() if c.role == "owner"), None)
-
-    def known_grant(device_id: bytes) -> Grant | None:
-        return store.peer_grant(ks, device_id, time.time())
-
     transport = transport_obj or await open_transport(opts.transport)
     listener = await transport.listen() if hasattr(transport, "listen") else transport
     address = getattr(listener, "address", None) or getattr(transport, "address", opts.transport)
@@ -148,6 +130,16 @@ async def run_host(
         l2cap=bool(getattr(getattr(transport, "config", None), "prefer_l2cap", False)),
         on_change=lambda text: info(text, quiet=quiet),
     )
+    delegate = delegate or CliDelegate(
+        yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds
+    )
+    side = HostSide.of(
+        ks, config, transport=opts.transport,
+        pin_policy=PinPolicy(opts.max_failures, opts.lockout_window),
+        step_timeout=opts.step_timeout, open_to_strangers=lambda: presence.visible,
+        ttp=_host_ttp(opts, me, delegate) if Method.TTP in opts.methods else None,
+    )
+    state = side.state
     await presence.start()
     if presence_out is not None:
         presence_out.append(presence)
@@ -169,7 +161,7 @@ async def run_host(
 
     def show_qr() -> None:
         if Method.QR in opts.methods:
-            code = state.issue_qr(me.static_public, time.time(), ttl=opts.qr_ttl, hint=address)
+            code = state.issue_qr(me.static_public, clock.wall(), ttl=opts.qr_ttl, hint=address)
             uri = code.to_uri()
             info(store.qr_text(uri), quiet=quiet)
             info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet)
@@ -182,39 +174,15 @@ async def run_host(
     if ready is not None:
         ready(address, state)
     paired = 0
-    delegate = delegate or CliDelegate(
-        yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds
-    )
-    slots = asyncio.Semaphore(opts.concurrent)
-    tasks: set[asyncio.Task[None]] = set()
     stop = asyncio.Event()
 
     async def serve_one(link: Any) -> None:
         nonlocal paired
-        loop = asyncio.get_running_loop()
         tried: list[HostPairing] = []  # the pairing machine, once made (see finally)
         try:
-            pipe = MessagePipe(link, guest=False)
-            cloud = CloudHost(
-                clouds=clouds, mac=mac, static=me.static_public, now=loop.time(),
-                known_grant=known_grant, open_to_strangers=lambda: presence.visible,
-                timeout=opts.step_timeout,
-            )
-            await drive(cloud, pipe, delegate=delegate)
-            session = await _host_session(
-                pipe, link, me, state, config, opts, delegate, tried, context=pipe.transcript()
-            )
-            if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
-                raise AuthenticationError("the guest claimed to be a known device but is not")
-            cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
-            slink = SecureLink(link, session, timeout=opts.step_timeout)
-            await confirm(slink, transcript=pipe.transcript(), first=True)
-            membership = _membership_for(ks, cloud, owned, session)
-            await slink.send(membership.encode())
-            store.save_session(
-                ks, session, address=str(link.peer), transport=opts.transport,
-                granted=membership.role, granted_expires=membership.expires,
-            )
+            done = await accept_session(link, side, delegate=delegate, clock=clock, tried=tried)
+            slink, session, membership = done.channel, done.session, done.membership
+            assert membership is not None
             paired += 1
             if emit is not None:
                 emit(result_json(session, membership))
@@ -227,7 +195,7 @@ async def run_host(
                 policy = GrantPolicy(membership.role, expires=membership.expires)
                 served = await serve_guest(
                     slink, peer_name=session.peer.name, policy=policy, share=opts.share,
-                    ask=delegate.allow_request, stats=ServeStats(),
+                    ask=delegate.allow_request, stats=ServeStats(), wall_clock=clock.wall,
                 )
                 if served.files or served.listings:
                     info(f"{session.peer.name}: {served.listings} listing(s), "
@@ -245,39 +213,13 @@ async def run_host(
                 show_pin()
             if not opts.once and tried and tried[0].method is Method.QR:
                 show_qr()  # a QR code is single use too: the next guest needs a fresh one
-            slots.release()
 
-    accept: asyncio.Future[Any] | None = None
     try:
-        while not stop.is_set():
-            await slots.acquire()
-            accept = asyncio.ensure_future(listener.accept())
-            stopper = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({accept, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if accept not in done:
-                slots.release()
-                break
-            try:
-                link = accept.result()
-            except PairingError as exc:
-                info(f"error: {exc}")
-                slots.release()
-                continue
-            finally:
-                accept = None
-            task = asyncio.create_task(serve_one(link))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            if opts.once:
-                await task
+        await accept_loop(
+            listener, serve_one, concurrent=opts.concurrent, stop=stop, once=opts.once,
+            on_error=lambda exc: info(f"error: {exc}"),
+        )
     finally:
-        if accept is not None:
-            accept.cancel()
-            with contextlib.suppress(BaseException):
-                await accept
-        for task in list(tasks):
-            task.cancel()
         await presence.stop()
         if listener is not transport:
             with contextlib.suppress(Exception):
@@ -288,40 +230,22 @@ async def run_host(
     return paired
 
 
-async def _host_session(
-    pipe: MessagePipe, link: Any, me: Any, state: HostState, config: PairingConfig,
-    opts: HostOptions, delegate: Any, tried: list[HostPairing], *, context: bytes = b"",
-) -> Session:
-    """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
-    loop = asyncio.get_running_loop()
-    if Method.TTP in opts.methods:
-        from pairkit.pairing.ttp import TtpLinkConfig, is_ttp_offer
+def _host_ttp(opts: HostOptions, me: Any, delegate: Any) -> TtpHook:
+    """Method ttp on the host: the key server's part of :func:`pairkit.session.accept_session`."""
+    server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
 
-        from .ttp_client import replay_first, ttp_host_session
+    async def run(pipe: Any, context: bytes) -> Session:
+        from pairkit.pairing.ttp import TtpLinkConfig
 
-        # The guest's Offer says which machine runs it; both check the proposal against this
-        # host's table (ttp is negotiated like every method: docs/security.md, rule 6).
-        try:
-            first = await asyncio.wait_for(pipe.recv(), opts.step_timeout)
-        except TimeoutError:
-            raise PairingTimeout("the guest did not start pairing in time") from None
-        pipe = replay_first(pipe, first)
-        if is_ttp_offer(first):
-            server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
-            return await ttp_host_session(
-                pipe, me=me, peer_hint=opts.ttp_peer, server=server, ca_file=ca,
-                config=TtpLinkConfig(step_timeout=opts.step_timeout, methods=opts.methods),
-                delegate=delegate, context=context,
-            )
-    machine = HostPairing(
-        config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
-        link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=time.time(),
-        context=context,
-    )
-    tried.append(machine)
-    await drive(machine, pipe, delegate=delegate)
-    assert machine.session is not None
-    return machine.session
+        from .ttp_client import ttp_host_session
+
+        return await ttp_host_session(
+            pipe, me=me, peer_hint=opts.ttp_peer, server=server, ca_file=ca,
+            config=TtpLinkConfig(step_timeout=opts.step_timeout, methods=opts.methods),
+            delegate=delegate, context=context,
+        )
+
+    return run
 
 
 def _ttp_server(server: str | None, ca: str | None) -> tuple[str, str]:
@@ -331,29 +255,6 @@ def _ttp_server(server: str | None, ca: str | None) -> tuple[str, str]:
             "(or enrol first with 'pairkit ttp enroll')"
         )
     return server, ca
-
-
-def _membership_for(
-    ks: Keystore, cloud: CloudHost, owned: Any, session: Session
-) -> Membership:
-    """What the guest is to this host after the cloud step (sent first on the channel)."""
-    if cloud.role is Role.MEMBER and cloud.grant is None:
-        return Membership(role=Role.MEMBER, cloud_id=cloud.cloud_id)
-    grant = cloud.grant
-    assert grant is not None
-    if grant.role is Role.MEMBER:
-        if owned is None:
-            raise ConfigError("this host owns no cloud to make members of")
-        members = store.cloud_members(ks)
-        unsigned = Membership(
-            role=Role.MEMBER, cloud_id=owned.cloud_id, cloud_name=owned.name,
-            secret=ks._cloud_secret_for_new_member(owned.cloud_id), members=members,
-        )
-        # Signed by the owner for this member and this session (docs/security.md, rule 3).
-        statement = membership_statement(unsigned, session.peer.device_id, session.fingerprint)
-        return dataclasses.replace(unsigned, signature=ks.sign(statement))
-    expires = int(time.time() + (grant.seconds or 0))
-    return Membership(role=Role.GUEST, expires=expires)
 
 
 @dataclasses.dataclass
@@ -416,6 +317,7 @@ async def run_join(
     transport_obj: Any = None,
     address: str | None = None,
     delegate: Any = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> tuple[Session, Membership]:
     """Connect, check the cloud, pair, confirm, store; the session and the guest's role."""
     from pairkit.transports.registry import open_transport
@@ -435,7 +337,6 @@ async def run_join(
         _ttp_server(opts.ttp, opts.ttp_ca)
     if method in (Method.RESUME, Method.KK) and peer is None:
         raise ConfigError("method 'resume' needs a known peer: give its name from 'pairkit peers'")
-    me = store.local_identity(ks)
     config = PairingConfig(
         methods=frozenset(Method) - {Method.TTP}, caps=ALL_CAPS, step_timeout=opts.step_timeout,
         allow_insecure=opts.allow_insecure,
@@ -443,78 +344,27 @@ async def run_join(
     if method is Method.PIN and opts.pin is None:
         raise ConfigError("method 'pin' needs the PIN shown on the host: --pin 123456")
     if opts.qr is not None:
-        opts.qr.check_fresh(time.time())
+        opts.qr.check_fresh(clock.wall())
+    guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
+    side = GuestSide(
+        ks, config, method, transport=spec,
+        address=spec if spec.startswith("tcp:") else None, pin=opts.pin, qr=opts.qr,
+        peer=peer, wants=opts.wants, clouds=opts.clouds, step_timeout=opts.step_timeout,
+        allow_insecure=opts.allow_insecure,
+        ttp=_guest_ttp(opts, ks, peer, guest_delegate) if method is Method.TTP else None,
+    )
     transport = transport_obj or await open_transport(spec)
-
-    async def over(link: Any) -> tuple[Session, Membership]:
-        if method is Method.CLEAR and not link.encrypted and hasattr(link, "encrypt"):
-            # BLE: turn on LE Secure Connections first, so 'clear' runs over an
-            # encrypted link (method b); over links that cannot, 'clear' is refused.
-            await link.encrypt()
-        if method is Method.CLEAR and not link.encrypted and opts.allow_insecure:
-            # Forced by the user: say so loudly (DESIGN.md 4b), even with --json.
-            info("warning: pairing with 'clear' over a link that is not encrypted: anyone "
-                 "listening gets the session key (--allow-insecure)")
-        # Built before the cloud step: a method this link cannot carry ('clear' without
-        # link encryption) is refused before the host's owner is asked anything.
-        machine = None if method is Method.TTP else GuestPairing(
-            config, me, method=method, link_encrypted=bool(link.encrypted),
-            link_mitm=bool(getattr(link, "mitm_protected", False)), pin=opts.pin,
-            qr=opts.qr, peer=peer, wall_now=time.time(),
-            rng=os.urandom,
-        )
-        loop = asyncio.get_running_loop()
-        pipe = MessagePipe(link, guest=True)
-        mac = auth_mac_from(lambda cloud_id, info_, n: ks.cloud_kdf(cloud_id, info_, n))
-        clouds = opts.clouds if opts.clouds is not None else tuple(
-            c.cloud_id for c in ks.clouds()
-        )
-        cloud = CloudGuest(
-            name=me.name, clouds=clouds, mac=mac, static=me.static_public, wants=opts.wants,
-            device_id=me.device_id if peer is not None else None,
-            timeout=opts.step_timeout,
-        )
-        cloud.start(loop.time())
-        guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
-        await drive(cloud, pipe, delegate=guest_delegate)
-        if machine is None:
-            from pairkit.pairing.ttp import TtpLinkConfig
-
-            from .ttp_client import ttp_guest_session
-
-            server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
-            session = await ttp_guest_session(
-                pipe, me=me, peer_hint=peer.device_id if peer is not None else opts.ttp_peer,
-                server=server, ca_file=ca, config=TtpLinkConfig(step_timeout=opts.step_timeout),
-                delegate=guest_delegate, context=pipe.transcript(),
-            )
-        else:
-            machine.bind_context(pipe.transcript())  # the cloud step, bound into the key
-            machine.start(loop.time())
-            await drive(machine, pipe, delegate=guest_delegate)
-            assert machine.session is not None
-            session = machine.session
-        if machine is not None and machine.stale_prekey is not None and peer is not None:
-            store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
-        cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
-        slink = SecureLink(link, session, timeout=opts.step_timeout)
-        await confirm(slink, transcript=pipe.transcript(), first=False)
-        membership = await receive_membership(slink)
-        await _take_membership(ks, membership, session, guest_delegate)
-        store.save_session(
-            ks, session, address=spec if spec.startswith("tcp:") else str(link.peer),
-            transport=spec, standing=membership.role, standing_expires=membership.expires,
-        )
-        if on_session is not None:
-            await on_session(slink, session, membership)
-        await say_bye(slink)
-        await slink.close()
-        return session, membership
 
     async def connect_and_pair(addr: str | None) -> tuple[Session, Membership]:
         link = await transport.connect(addr, timeout=opts.connect_timeout)
         try:
-            return await over(link)
+            done = await open_session(link, side, delegate=guest_delegate, clock=clock)
+            assert done.membership is not None
+            if on_session is not None:
+                await on_session(done.channel, done.session, done.membership)
+            await say_bye(done.channel)
+            await done.channel.close()
+            return done.session, done.membership
         finally:
             with contextlib.suppress(Exception):
                 await link.close()
@@ -545,30 +395,25 @@ async def run_join(
                 await transport.close()
 
 
-async def _take_membership(
-    ks: Keystore, membership: Membership, session: Session, delegate: Any
-) -> None:
-    """Join the host's cloud only if it is the host's own, signed, new to this device, and this
-    device's user agrees (docs/security.md, rules 2 and 3); a refusal stores nothing."""
-    question = check_membership(
-        membership, host_id=session.peer.device_id, host_signing=session.peer.signing_public,
-        me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
-        held=[c.cloud_id for c in ks.clouds()],
-    )
-    if question is None:
-        return
-    question = dataclasses.replace(question, host_name=session.peer.name)
-    hook = getattr(delegate, "join_cloud", None)
-    if hook is None or not await hook(question):
-        return
-    assert membership.secret is not None and membership.cloud_id is not None
-    with ks.update():
-        if membership.cloud_id in {c.cloud_id for c in ks.clouds()}:
-            return  # another process on this device joined it meanwhile: never overwrite
-        ks.set_cloud(
-            membership.cloud_id, membership.secret,
-            name=membership.cloud_name or "a cloud", role="member",
+def _guest_ttp(
+    opts: JoinOptions, ks: Keystore, peer: KnownPeer | None, delegate: Any
+) -> TtpHook:
+    """Method ttp on the guest: the key server's part of :func:`pairkit.session.open_session`."""
+    server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
+    me = store.local_identity(ks)
+
+    async def run(pipe: Any, context: bytes) -> Session:
+        from pairkit.pairing.ttp import TtpLinkConfig
+
+        from .ttp_client import ttp_guest_session
+
+        return await ttp_guest_session(
+            pipe, me=me, peer_hint=peer.device_id if peer is not None else opts.ttp_peer,
+            server=server, ca_file=ca, config=TtpLinkConfig(step_timeout=opts.step_timeout),
+            delegate=delegate, context=context,
         )
+
+    return run
 
 
 async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float) -> list[str]:

@@ -85,6 +85,34 @@ class MessagePipe:
         return hashlib.sha256(b"pairkit/1 transcript" + g2h + h2g).digest()
 
 
+
+class _Replay(MessagePipe):
+    """A pipe that gives back a message already read, then reads on (see :func:`replay_first`).
+    Its transcript is the inner pipe's, which counted ``first`` when it read it."""
+
+    def __init__(self, inner: MessagePipe, first: bytes) -> None:
+        super().__init__(inner.link, guest=inner.guest)
+        self._inner = inner
+        self._first: bytes | None = first
+
+    async def send(self, message: bytes) -> None:
+        await self._inner.send(message)
+
+    async def recv(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._inner.recv()
+
+    def transcript(self) -> bytes:
+        return self._inner.transcript()
+
+
+def replay_first(pipe: MessagePipe, first: bytes) -> MessagePipe:
+    """``pipe`` with ``first`` put back in front: a host reads the guest's first message to
+    choose the machine (:func:`pairing.ttp.is_ttp_offer`), then drives that machine on this."""
+    return _Replay(pipe, first)
+
 def _absorb(h: Any, message: bytes) -> None:
     h.update(len(message).to_bytes(4, "big"))
     h.update(message)

@@ -5,12 +5,10 @@ The rules (envelopes, broadcasts, replay windows, membership bookkeeping) are sa
 
 * Hop by hop, every delivery runs over a pairkit secure channel between known peers: the side
   that delivers connects and runs ``resume`` (:func:`with_peer`), the side that is reached
-  accepts with :func:`serve` and hands each session to :class:`GroupService`.  Both are thin
-  loops over :func:`pairkit.driver.drive`, :class:`~pairing.methods.GuestPairing` /
-  :class:`~pairing.methods.HostPairing` and :class:`~pairkit.securelink.SecureLink`, as
-  :mod:`cli.flows` is, without its cloud step and prompts: only a device paired before can
-  open a session, so there is nobody to ask, and a peer that does not answer is simply tried
-  again later (never searched for).
+  accepts with :func:`serve` and hands each session to :class:`GroupService`.  Both run the
+  one session pipeline (:mod:`pairkit.session`) without its cloud step and prompts: only a
+  device paired before can open a session, so there is nobody to ask, and a peer that does not
+  answer is simply tried again later (never searched for).
 * The **controller** keeps its groups in its keystore (setting ``groups.controller``), a key
   per group and epoch inside the keystore, and pushes envelopes to each member: directly, or in
   a :class:`~pairing.groups.Forward` to the member's relay.  A member it cannot reach stays
@@ -38,12 +36,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from . import peers as store
-from .driver import MessagePipe, drive
+from .clock import SYSTEM_CLOCK, Clock
 from .pairing import wire
 from .pairing.errors import (
     AuthenticationError,
@@ -79,10 +76,11 @@ from .pairing.groups import (
     sender_id,
 )
 from .pairing.keystore import Keystore, Peer
-from .pairing.methods import GuestPairing, HostPairing, HostState, PairingConfig, Session
+from .pairing.methods import PairingConfig, Session
 from .pairing.negotiation import ALL_CAPS, Method
 from .pairing.service import Bye
-from .securelink import SecureLink, confirm
+from .securelink import SecureLink
+from .session import GuestSide, HostSide, accept_loop, accept_session, open_session
 
 SETTING_CONTROLLER = "groups.controller"
 SETTING_HELD = "groups.member"
@@ -230,6 +228,7 @@ class Reach:
     #: transports this process has open already, by name: a peer last seen through one of them
     #: is reached through it (a radio serves one host stack at a time)
     open: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    clock: Clock = SYSTEM_CLOCK
 
 
 SessionWork = Callable[[SecureLink], Awaitable[Any]]
@@ -266,35 +265,21 @@ async def with_peer(
     if address is None and not spec.startswith(("tcp:", "loopback")):
         address = stored_address
     config = PairingConfig(methods=GROUP_METHODS, caps=ALL_CAPS, step_timeout=reach.step_timeout)
-    me = store.local_identity(ks)
+    side = GuestSide(
+        ks, config, Method.RESUME, transport=spec, peer=peer, cloud_step=False,
+        address=spec if spec.startswith("tcp:") else None, step_timeout=reach.step_timeout,
+    )
     existing = reach.transport_obj if reach.transport_obj is not None else reach.open.get(spec)
     opened = existing is None
     link_transport = await open_transport(spec) if opened else existing
     try:
         link = await link_transport.connect(address, timeout=reach.connect_timeout)
         try:
-            loop = asyncio.get_running_loop()
-            machine = GuestPairing(
-                config, me, method=Method.RESUME, link_encrypted=bool(link.encrypted),
-                peer=peer, wall_now=time.time(),
-            )
-            machine.start(loop.time())
-            pipe = MessagePipe(link, guest=True)
-            await drive(machine, pipe, delegate=_Quiet())
-            session = machine.session
-            assert session is not None
-            if machine.stale_prekey is not None:
-                store.drop_their_prekey(ks, peer.device_id, machine.stale_prekey)
-            slink = SecureLink(link, session, timeout=reach.step_timeout)
-            await confirm(slink, transcript=pipe.transcript(), first=False)
-            store.save_session(
-                ks, session, transport=spec,
-                address=spec if spec.startswith("tcp:") else str(link.peer),
-            )
-            result = await work(slink)
+            done = await open_session(link, side, delegate=_Quiet(), clock=reach.clock)
+            result = await work(done.channel)
             with contextlib.suppress(PairingError, OSError):
-                await slink.send(Bye().encode())
-            await slink.close()
+                await done.channel.send(Bye().encode())
+            await done.channel.close()
             return result
         finally:
             with contextlib.suppress(Exception):
@@ -318,6 +303,7 @@ async def serve(
     timeout: float = 15.0,
     concurrent: int = 4,
     on_error: Callable[[str], None] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """Accept secure sessions from known peers on one transport and hand each to ``handler``,
     until cancelled.  On a radio the device broadcasts a private hello (cli/presence.py) so that
@@ -326,59 +312,33 @@ async def serve(
     from .presence import Presence
 
     config = PairingConfig(methods=GROUP_METHODS, caps=ALL_CAPS, step_timeout=timeout)
-    state = HostState(
-        known_peer=lambda device_id: store.known_peer(ks, device_id),
-        consume_prekey=lambda device_id, digest: store.consume_our_prekey(ks, device_id, digest),
-    )
+    side = HostSide.of(ks, config, transport=spec, cloud_step=False, step_timeout=timeout)
     listener = await transport_obj.listen() if hasattr(transport_obj, "listen") else transport_obj
     presence = Presence(transport_obj, ks, GROUP_METHODS, visible_for=None)
     await presence.start()
     address = str(getattr(listener, "address", None) or getattr(transport_obj, "address", spec))
     if ready is not None:
         ready(address)
-    slots = asyncio.Semaphore(concurrent)
-    tasks: set[asyncio.Task[None]] = set()
 
     async def one(link: Any) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            machine = HostPairing(config, store.local_identity(ks), state, now=loop.time(),
-                                  link_encrypted=bool(link.encrypted), wall_now=time.time())
-            pipe = MessagePipe(link, guest=False)
-            await drive(machine, pipe, delegate=_Quiet())
-            session = machine.session
-            assert session is not None
-            slink = SecureLink(link, session, timeout=timeout)
-            await confirm(slink, transcript=pipe.transcript(), first=True)
-            store.save_session(ks, session, address=str(link.peer), transport=spec)
-            await handler(slink, session)
-            await slink.close()
+            done = await accept_session(link, side, delegate=_Quiet(), clock=clock)
+            await handler(done.channel, done.session)
+            await done.channel.close()
         except PairingError as exc:
             if on_error is not None:
                 on_error(f"{link.peer}: {exc}")
         finally:
             with contextlib.suppress(Exception):
                 await link.close()
-            slots.release()
+
+    def accept_failed(exc: PairingError) -> None:
+        if on_error is not None:
+            on_error(str(exc))
 
     try:
-        while True:
-            await slots.acquire()
-            try:
-                link = await listener.accept()
-            except LinkClosedError:
-                raise
-            except PairingError as exc:
-                slots.release()
-                if on_error is not None:
-                    on_error(str(exc))
-                continue
-            task = asyncio.create_task(one(link))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        await accept_loop(listener, one, concurrent=concurrent, on_error=accept_failed)
     finally:
-        for task in list(tasks):
-            task.cancel()
         await presence.stop()
         if listener is not transport_obj:
             with contextlib.suppress(Exception):

@@ -1,0 +1,414 @@
+"""One session pipeline for every way two pairkit devices meet (issue 12).
+
+``pairkit host`` and ``join``, the group roles, CPNS and the Python API all open a secure session
+the same way, in the order DESIGN.md gives and docs/security.md requires:
+
+1. **the cloud step** (:class:`~pairing.cloud.CloudHost` / :class:`~pairing.cloud.CloudGuest`):
+   proof of a shared cloud, or a stranger's request the host's owner answers;
+2. **pairing** by the negotiated method (:mod:`pairing.methods`, or ``ttp`` through a hook),
+   with everything the two sides exchanged so far bound into the key (rule 6);
+3. **confirmation**: both READY records on the secure channel (:func:`~pairkit.securelink.confirm`);
+4. **grants**: the host sends the guest its :class:`~pairing.service.Membership` (signed for a
+   member of the host's own cloud, rule 3); the guest joins that cloud only if its person agrees;
+5. **storing** the peer, each grant in its own direction (rule 2), only after all of the above.
+
+Sessions between known peers only (group delivery) skip steps 1 and 4 (``cloud_step=False``):
+``resume`` alone authenticates them and nobody is asked anything.
+
+The person is the :class:`~pairkit.delegate.Delegate`, the time is the
+:class:`~pairkit.clock.Clock`: both injected.  Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import peers
+from .clock import SYSTEM_CLOCK, Clock
+from .driver import MessagePipe, drive, replay_first
+from .files import receive_membership
+from .pairing.cloud import CloudGuest, CloudHost, Role, auth_mac_from
+from .pairing.errors import (
+    AuthenticationError,
+    ConfigError,
+    LinkClosedError,
+    PairingError,
+)
+from .pairing.keystore import Keystore
+from .pairing.methods import (
+    GuestPairing,
+    HostPairing,
+    HostState,
+    InsecureWarning,
+    KnownPeer,
+    PairingConfig,
+    PinPolicy,
+    Session,
+)
+from .pairing.negotiation import Method
+from .pairing.qr import QrCode
+from .pairing.service import Membership, check_membership, membership_statement
+from .securelink import SecureLink, confirm
+
+__all__ = [
+    "Established",
+    "GuestSide",
+    "HostSide",
+    "TtpHook",
+    "accept_loop",
+    "accept_session",
+    "open_session",
+]
+
+#: the ``ttp`` method's runner: (pipe, context) -> the session agreed through the key server
+TtpHook = Callable[[MessagePipe, bytes], Awaitable[Session]]
+
+
+@dataclasses.dataclass
+class Established:
+    """A confirmed secure session, the peer stored."""
+
+    channel: SecureLink
+    session: Session
+    #: what the guest is to the host (None without a cloud step)
+    membership: Membership | None
+    #: the pairing method that ran
+    method: Method
+
+
+@dataclasses.dataclass
+class HostSide:
+    """What a host brings to every guest it accepts."""
+
+    keystore: Keystore
+    state: HostState
+    config: PairingConfig
+    #: the transport's name, stored with each peer (where it was reached)
+    transport: str
+    step_timeout: float = 30.0
+    #: False between known peers only (no cloud step, no membership; group delivery)
+    cloud_step: bool = True
+    #: whether a stranger may ask to join now (a visibility window is open)
+    open_to_strangers: Callable[[], bool] = lambda: True
+    #: method ttp, when offered: the key server's part (None: ttp is not offered)
+    ttp: TtpHook | None = None
+
+    @classmethod
+    def of(
+        cls, keystore: Keystore, config: PairingConfig, *, transport: str,
+        pin_policy: PinPolicy | None = None, **options: Any,
+    ) -> HostSide:
+        """A host side whose :class:`~pairing.methods.HostState` reads ``keystore``'s peers
+        and consumes its prekeys durably (docs/security.md, rule 4)."""
+        state = HostState(
+            pin_policy=pin_policy,
+            known_peer=lambda device_id: peers.known_peer(keystore, device_id),
+            consume_prekey=lambda device_id, digest: peers.consume_our_prekey(
+                keystore, device_id, digest
+            ),
+        )
+        return cls(keystore, state, config, transport, **options)
+
+
+@dataclasses.dataclass
+class GuestSide:
+    """What a guest brings to the host it joins."""
+
+    keystore: Keystore
+    config: PairingConfig
+    method: Method
+    #: the transport's name and the address stored with the peer
+    transport: str
+    address: str | None = None
+    pin: str | None = None
+    qr: QrCode | None = None
+    #: the host, when it is a known peer (resume, kk, and proof of being that device)
+    peer: KnownPeer | None = None
+    #: what to ask for when the host's cloud does not know us
+    wants: Role = Role.GUEST
+    #: the clouds to prove membership of (None: every cloud this device is in)
+    clouds: tuple[str, ...] | None = None
+    step_timeout: float = 30.0
+    allow_insecure: bool = False
+    cloud_step: bool = True
+    ttp: TtpHook | None = None
+
+
+async def accept_session(
+    link: Any,
+    side: HostSide,
+    *,
+    delegate: Any,
+    clock: Clock = SYSTEM_CLOCK,
+    tried: list[HostPairing] | None = None,
+) -> Established:
+    """Run the pipeline as the host over an accepted ``link`` (see the module docstring).
+
+    ``tried`` receives the pairing machine once it is made, so that the caller can tell which
+    method a guest tried even when it failed (a QR code is single use too)."""
+    ks = side.keystore
+    me = peers.local_identity(ks)
+    pipe = MessagePipe(link, guest=False)
+    cloud: CloudHost | None = None
+    context = b""
+    if side.cloud_step:
+        # Only this device's own cloud admits members without a prompt: a cloud it joined is
+        # its standing there, never a grant to that cloud's members (docs/security.md, rule 2).
+        cloud = CloudHost(
+            clouds=tuple(c.cloud_id for c in ks.clouds() if c.role == "owner"),
+            mac=_cloud_mac(ks), static=me.static_public, now=clock.monotonic(),
+            known_grant=lambda device_id: peers.peer_grant(ks, device_id, clock.wall()),
+            open_to_strangers=side.open_to_strangers, timeout=side.step_timeout,
+        )
+        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
+        context = pipe.transcript()
+    session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried)
+    if cloud is not None:
+        if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
+            raise AuthenticationError("the guest claimed to be a known device but is not")
+        cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
+    channel = SecureLink(link, session, timeout=side.step_timeout)
+    await confirm(channel, transcript=pipe.transcript(), first=True)
+    membership = None
+    if cloud is not None:
+        membership = _membership_for(ks, cloud, session, clock)
+        await channel.send(membership.encode())
+    peers.save_session(
+        ks, session, address=str(link.peer), transport=side.transport,
+        granted=membership.role if membership is not None else None,
+        granted_expires=membership.expires if membership is not None else None,
+        wall_now=clock.wall(),
+    )
+    return Established(channel, session, membership, method)
+
+
+async def _host_pairing(
+    pipe: MessagePipe, link: Any, side: HostSide, me: Any, delegate: Any, clock: Clock,
+    context: bytes, tried: list[HostPairing] | None,
+) -> tuple[Session, Method]:
+    """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
+    if side.ttp is not None:
+        from .pairing.ttp import is_ttp_offer
+
+        # The guest's Offer says which machine runs it; both check the proposal against this
+        # host's table (ttp is negotiated like every method: docs/security.md, rule 6).
+        first = await _first_message(pipe, side.step_timeout)
+        pipe = replay_first(pipe, first)
+        if is_ttp_offer(first):
+            return await side.ttp(pipe, context), Method.TTP
+    machine = HostPairing(
+        side.config, me, side.state, now=clock.monotonic(),
+        link_encrypted=bool(link.encrypted),
+        link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=clock.wall(),
+        context=context,
+    )
+    if tried is not None:
+        tried.append(machine)
+    await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)
+    assert machine.session is not None
+    return machine.session, machine.session.method
+
+
+async def _first_message(pipe: MessagePipe, timeout: float) -> bytes:
+    from .pairing.errors import PairingTimeout
+
+    try:
+        return await asyncio.wait_for(pipe.recv(), timeout)
+    except TimeoutError:
+        raise PairingTimeout("the guest did not start pairing in time") from None
+
+
+def _membership_for(ks: Keystore, cloud: CloudHost, session: Session, clock: Clock) -> Membership:
+    """What the guest is to this host after the cloud step (sent first on the channel)."""
+    if cloud.role is Role.MEMBER and cloud.grant is None:
+        return Membership(role=Role.MEMBER, cloud_id=cloud.cloud_id)
+    grant = cloud.grant
+    assert grant is not None
+    if grant.role is Role.MEMBER:
+        owned = next((c for c in ks.clouds() if c.role == "owner"), None)
+        if owned is None:
+            raise ConfigError("this host owns no cloud to make members of")
+        unsigned = Membership(
+            role=Role.MEMBER, cloud_id=owned.cloud_id, cloud_name=owned.name,
+            secret=ks._cloud_secret_for_new_member(owned.cloud_id),
+            members=peers.cloud_members(ks),
+        )
+        # Signed by the owner for this member and this session (docs/security.md, rule 3).
+        statement = membership_statement(unsigned, session.peer.device_id, session.fingerprint)
+        return dataclasses.replace(unsigned, signature=ks.sign(statement))
+    return Membership(role=Role.GUEST, expires=int(clock.wall() + (grant.seconds or 0)))
+
+
+def _cloud_mac(ks: Keystore) -> Any:
+    return auth_mac_from(lambda cloud_id, info, n: ks.cloud_kdf(cloud_id, info, n))
+
+
+async def open_session(
+    link: Any,
+    side: GuestSide,
+    *,
+    delegate: Any,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Established:
+    """Run the pipeline as the guest over a connected ``link`` (see the module docstring)."""
+    ks = side.keystore
+    method = side.method
+    if method is Method.CLEAR and not link.encrypted and hasattr(link, "encrypt"):
+        # BLE: turn on LE Secure Connections first, so 'clear' runs over an encrypted link
+        # (method b); over links that cannot, 'clear' is refused.
+        await link.encrypt()
+    if method is Method.CLEAR and not link.encrypted and side.allow_insecure:
+        # Forced by the user: say so loudly (DESIGN.md 4b).
+        await delegate.on_warning(InsecureWarning(
+            "pairing with 'clear' over a link that is not encrypted: anyone listening gets "
+            "the session key (--allow-insecure)"
+        ))
+    me = peers.local_identity(ks)
+    if side.qr is not None:
+        side.qr.check_fresh(clock.wall())
+    # Built before the cloud step: a method this link cannot carry ('clear' without link
+    # encryption) is refused before the host's owner is asked anything.
+    machine = None if method is Method.TTP else GuestPairing(
+        side.config, me, method=method, link_encrypted=bool(link.encrypted),
+        link_mitm=bool(getattr(link, "mitm_protected", False)), pin=side.pin,
+        qr=side.qr, peer=side.peer, wall_now=clock.wall(), rng=os.urandom,
+    )
+    pipe = MessagePipe(link, guest=True)
+    cloud: CloudGuest | None = None
+    if side.cloud_step:
+        clouds = side.clouds if side.clouds is not None else tuple(
+            c.cloud_id for c in ks.clouds()
+        )
+        cloud = CloudGuest(
+            name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
+            wants=side.wants, device_id=me.device_id if side.peer is not None else None,
+            timeout=side.step_timeout,
+        )
+        cloud.start(clock.monotonic())
+        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
+    if machine is None:
+        if side.ttp is None:
+            raise ConfigError("method 'ttp' needs the key server: --ttp HOST:PORT --ttp-ca FILE")
+        session = await side.ttp(pipe, pipe.transcript())
+    else:
+        if cloud is not None:
+            machine.bind_context(pipe.transcript())  # the cloud step, bound into the key
+        machine.start(clock.monotonic())
+        await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)
+        assert machine.session is not None
+        session = machine.session
+        if machine.stale_prekey is not None and side.peer is not None:
+            peers.drop_their_prekey(ks, side.peer.device_id, machine.stale_prekey)
+    if cloud is not None:
+        cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
+    channel = SecureLink(link, session, timeout=side.step_timeout)
+    await confirm(channel, transcript=pipe.transcript(), first=False)
+    membership = None
+    if cloud is not None:
+        membership = await receive_membership(channel)
+        await _take_membership(ks, membership, session, delegate)
+    address = side.address or str(link.peer)
+    peers.save_session(
+        ks, session, address=address, transport=side.transport,
+        standing=membership.role if membership is not None else None,
+        standing_expires=membership.expires if membership is not None else None,
+        wall_now=clock.wall(),
+    )
+    return Established(channel, session, membership, session.method)
+
+
+async def _take_membership(
+    ks: Keystore, membership: Membership, session: Session, delegate: Any
+) -> None:
+    """Join the host's cloud only if it is the host's own, signed, new to this device, and this
+    device's person agrees (docs/security.md, rules 2 and 3); a refusal stores nothing."""
+    question = check_membership(
+        membership, host_id=session.peer.device_id, host_signing=session.peer.signing_public,
+        me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
+        held=[c.cloud_id for c in ks.clouds()],
+    )
+    if question is None:
+        return
+    question = dataclasses.replace(question, host_name=session.peer.name)
+    hook = getattr(delegate, "join_cloud", None)
+    if hook is None or not await hook(question):
+        return
+    assert membership.secret is not None and membership.cloud_id is not None
+    with ks.update():
+        if membership.cloud_id in {c.cloud_id for c in ks.clouds()}:
+            return  # another process on this device joined it meanwhile: never overwrite
+        ks.set_cloud(
+            membership.cloud_id, membership.secret,
+            name=membership.cloud_name or "a cloud", role="member",
+        )
+
+
+async def accept_loop(
+    listener: Any,
+    handle: Callable[[Any], Awaitable[None]],
+    *,
+    concurrent: int = 4,
+    stop: asyncio.Event | None = None,
+    once: bool = False,
+    on_error: Callable[[PairingError], None] | None = None,
+) -> None:
+    """Accept links and run ``handle`` on each, at most ``concurrent`` at a time, until
+    ``stop`` is set, after one link with ``once``, or until cancelled.
+
+    ``handle`` owns its link; what it raises is its own business (a guest that fails never
+    stops the host).  A failed accept is reported to ``on_error`` and the loop goes on; a
+    listener that closed (:class:`LinkClosedError`) ends it with that error.  On the way out
+    every running handler is cancelled.
+    """
+    stop = stop or asyncio.Event()
+    slots = asyncio.Semaphore(concurrent)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(link: Any) -> None:
+        try:
+            await handle(link)
+        finally:
+            slots.release()
+
+    accept: asyncio.Future[Any] | None = None
+    try:
+        while not stop.is_set():
+            await slots.acquire()
+            accept = asyncio.ensure_future(listener.accept())
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({accept, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if accept not in done:
+                slots.release()
+                break
+            try:
+                link = accept.result()
+            except LinkClosedError:
+                raise
+            except PairingError as exc:
+                slots.release()
+                if on_error is not None:
+                    on_error(exc)
+                continue
+            finally:
+                accept = None
+            task = asyncio.create_task(run(link))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if once:
+                await task
+                break
+    finally:
+        if accept is not None:
+            accept.cancel()
+            with contextlib.suppress(BaseException):
+                await accept
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
