@@ -40,9 +40,10 @@ from pairkit.pairing.service import (
     GrantPolicy,
     Membership,
 )
-from pairkit.presence import Presence, discover, is_ble_address
+from pairkit.presence import Presence, discover
 from pairkit.securelink import SecureLink
 from pairkit.session import GuestSide, HostSide, TtpHook, accept_loop, accept_session, open_session
+from pairkit.session import resolve_target as resolve
 
 from . import store
 from .common import CliDelegate, info
@@ -281,32 +282,7 @@ class JoinOptions:
 
 def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, str | None, KnownPeer | None]:
     """(transport spec, address on it, known peer or None) for ``TARGET``."""
-    target = opts.target
-    if target.startswith(("tcp:", "loopback")):
-        return opts.transport or target, None, None
-    if target.startswith(("bumble:", "bleak")):
-        raise ConfigError(
-            f"{target!r} names a radio, not a device: give the host's BLE address from "
-            f"'pairkit discover --transport {target}' and --transport {target}"
-        )
-    if is_ble_address(target):
-        if not opts.transport:
-            raise ConfigError(
-                "to reach a BLE address, say through which radio: --transport bumble:usb:0, "
-                "bumble:tcp-client:HOST:PORT or bleak"
-            )
-        return opts.transport, (target.upper() if ":" in target else target), None
-    peer = store.find_peer(ks, target)
-    if peer is None:
-        raise NotFoundError(
-            f"no known peer or transport called {target!r}; use tcp:HOST:PORT, a BLE address "
-            "from 'pairkit discover', or a name from 'pairkit peers'"
-        )
-    spec, address = store.peer_contact(ks, peer)
-    spec = opts.transport or spec
-    if not spec:
-        raise NotFoundError(f"no address is known for {peer.name}; give --transport")
-    return spec, (address if not spec.startswith(("tcp:", "loopback")) else None), peer
+    return resolve(ks, opts.target, opts.transport)
 
 
 async def run_join(

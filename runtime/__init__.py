@@ -1,6 +1,8 @@
 """pairkit: Bluetooth Low Energy pairing, secure channels and personal clouds.
 
-One import name (issue 12).  The repository's folders are its subpackages:
+``pairkit.Device``, ``pairkit.Session``, ``pairkit.Delegate``: the Python API (:mod:`pairkit.api`,
+README "Use it from Python").  One import name (issue 12); the repository's folders are its
+subpackages:
 
 * :mod:`pairkit.pairing`: the sans-I/O protocol core (wire format, methods, keystore);
 * :mod:`pairkit.transports`: links and broadcasts (loopback, TCP, bumble, bleak);
@@ -19,4 +21,42 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
     __version__ = "0.0.0+source"
 
-__all__ = ["__version__"]
+__all__ = [
+    "Agree",
+    "Clock",
+    "Delegate",
+    "Device",
+    "Host",
+    "PeerInfo",
+    "Refuse",
+    "Session",
+    "__version__",
+]
+
+#: the Python API, imported on first use (``import pairkit`` stays cheap: the pytest plugin and
+#: ``pairkit --help`` import this module)
+_LAZY = {
+    "Device": "pairkit.api",
+    "Host": "pairkit.api",
+    "Session": "pairkit.api",
+    "PeerInfo": "pairkit.api",
+    "Delegate": "pairkit.delegate",
+    "Agree": "pairkit.delegate",
+    "Refuse": "pairkit.delegate",
+    "Clock": "pairkit.clock",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pairkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -37,6 +37,7 @@ from .pairing.errors import (
     AuthenticationError,
     ConfigError,
     LinkClosedError,
+    NotFoundError,
     PairingError,
 )
 from .pairing.keystore import Keystore
@@ -53,6 +54,7 @@ from .pairing.methods import (
 from .pairing.negotiation import Method
 from .pairing.qr import QrCode
 from .pairing.service import Membership, check_membership, membership_statement
+from .presence import is_ble_address
 from .securelink import SecureLink, confirm
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "accept_loop",
     "accept_session",
     "open_session",
+    "resolve_target",
 ]
 
 #: the ``ttp`` method's runner: (pipe, context) -> the session agreed through the key server
@@ -412,3 +415,36 @@ async def accept_loop(
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def resolve_target(
+    ks: Keystore, target: str, transport: str | None = None
+) -> tuple[str, str | None, KnownPeer | None]:
+    """(transport spec, address on it, known peer or None) for what a guest joins: a transport
+    (``tcp:HOST:PORT``, ``loopback[:NAME]``), a BLE address with ``transport`` naming the
+    radio, or a known peer's name or id (reached where it was last seen)."""
+    if target.startswith(("tcp:", "loopback")):
+        return transport or target, None, None
+    if target.startswith(("bumble:", "bleak")):
+        raise ConfigError(
+            f"{target!r} names a radio, not a device: give the host's BLE address from "
+            f"'pairkit discover --transport {target}' and --transport {target}"
+        )
+    if is_ble_address(target):
+        if not transport:
+            raise ConfigError(
+                "to reach a BLE address, say through which radio: --transport bumble:usb:0, "
+                "bumble:tcp-client:HOST:PORT or bleak"
+            )
+        return transport, (target.upper() if ":" in target else target), None
+    peer = peers.find_peer(ks, target)
+    if peer is None:
+        raise NotFoundError(
+            f"no known peer or transport called {target!r}; use tcp:HOST:PORT, a BLE address "
+            "from 'pairkit discover', or a name from 'pairkit peers'"
+        )
+    spec, address = peers.peer_contact(ks, peer)
+    spec = transport or spec
+    if not spec:
+        raise NotFoundError(f"no address is known for {peer.name}; give --transport")
+    return spec, (address if not spec.startswith(("tcp:", "loopback")) else None), peer

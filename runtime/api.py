@@ -1,0 +1,460 @@
+"""pairkit from Python: devices, hosts and secure sessions (README "Use it from Python").
+
+A :class:`Device` is a keystore: this device's identity, the peers it paired with, its clouds.
+It hosts (:meth:`Device.host`, an async context manager whose :meth:`Host.accept` gives the next
+paired guest) or joins (:meth:`Device.join`) over any transport pairkit has, named by the same
+strings as on the command line (``tcp:HOST:PORT``, ``loopback:NAME``, ``bumble:usb:0``,
+``bleak``) or given as an open transport object.  Either side ends with a :class:`Session`: an
+encrypted, authenticated channel of whole messages (``send``, ``receive``, ``async for``,
+``close``) and, towards a host that shares a folder, ``list_files`` and ``fetch``.
+
+Everything runs the one session pipeline of :mod:`pairkit.session`, so an application gets the
+same guarantees as ``pairkit host`` and ``pairkit join`` (docs/security.md).  The questions a
+person answers go to a :class:`~pairkit.delegate.Delegate`; without one, every question is
+refused (:class:`~pairkit.delegate.Refuse`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import peers
+from .clock import SYSTEM_CLOCK, Clock
+from .delegate import Delegate, Refuse
+from .files import (
+    Fetched,
+    ServeStats,
+    get_file,
+    list_files,
+    serve_guest,
+)
+from .pairing.cloud import Role
+from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
+from .pairing.keystore import Argon2Params, Keystore
+from .pairing.methods import PairingConfig, PinPolicy
+from .pairing.negotiation import ALL_CAPS, Method
+from .pairing.qr import QrCode
+from .pairing.service import FileEntry, GrantPolicy, Membership
+from .presence import Presence
+from .session import Established, GuestSide, HostSide, accept_session, open_session, resolve_target
+
+__all__ = ["Device", "Fetched", "FileEntry", "Host", "PeerInfo", "Session"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerInfo:
+    """Who is on the other end: what people compare, never a key."""
+
+    name: str
+    #: the device id, hex (what ``pairkit peers`` lists)
+    device_id: str
+    #: SHA-256 of its static key, grouped as people read it aloud
+    fingerprint: str
+    #: whether a person vouched for this pairing (False for 'clear' over Just Works)
+    authenticated: bool
+
+
+def _methods(methods: Iterable[str | Method]) -> frozenset[Method]:
+    out = set()
+    for m in methods:
+        if isinstance(m, Method):
+            out.add(m)
+            continue
+        try:
+            out.add(Method.parse(m))
+        except (ValueError, AttributeError):
+            raise ConfigError(f"unknown pairing method {m!r}; expected pin, qr, compare, clear, "
+                              "resume or ttp") from None
+    if not out:
+        raise ConfigError("give at least one pairing method")
+    return frozenset(out)
+
+
+class Session:
+    """A confirmed secure session with one peer (made by :meth:`Host.accept` or
+    :meth:`Device.join`).  Use it as an async context manager, or call :meth:`close`."""
+
+    def __init__(self, established: Established, *, role: str, delegate: Any = None,
+                 clock: Clock = SYSTEM_CLOCK, owned_transport: Any = None) -> None:
+        self._done = established
+        self._owned = owned_transport
+        self._channel = established.channel
+        self._role = role
+        self._closed = False
+        self._delegate = delegate
+        self._clock = clock
+        peer = established.session.peer
+        #: the peer, as people compare it
+        self.peer = PeerInfo(
+            name=peer.name, device_id=peer.device_id.hex(),
+            fingerprint=peers.key_fingerprint(peer.static_public),
+            authenticated=peer.authenticated,
+        )
+        #: the pairing method that made this session ("pin", "qr", "compare", "resume", ...)
+        self.method: str = established.session.method.label
+        #: the session's fingerprint (the same on both sides)
+        self.fingerprint: str = established.session.fingerprint
+
+    @property
+    def membership(self) -> Membership | None:
+        """What the guest is to the host ("guest" until a time, or "member" of its cloud)."""
+        return self._done.membership
+
+    @property
+    def role(self) -> str | None:
+        """``"guest"`` or ``"member"``: the guest's standing with the host (None between
+        known peers without a cloud step)."""
+        m = self._done.membership
+        return None if m is None else m.role.name.lower()
+
+    @property
+    def max_message(self) -> int:
+        """The largest message :meth:`send` takes, in bytes."""
+        return self._channel.max_message
+
+    async def send(self, data: bytes) -> None:
+        """Send one whole message, encrypted and authenticated."""
+        if self._closed:
+            raise LinkClosedError("this session is closed")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ConfigError(f"send() takes bytes, not {type(data).__name__}")
+        await self._channel.send(bytes(data))
+
+    async def receive(self, timeout: float | None = None) -> bytes:
+        """The peer's next message.  :class:`~pairing.errors.LinkClosedError` when the peer
+        closed the session, :class:`~pairing.errors.PairingTimeout` after ``timeout`` seconds
+        (default: the session's step timeout)."""
+        if self._closed:
+            raise LinkClosedError("this session is closed")
+        return await self._channel.recv(timeout)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Every message until the peer closes the session (a silent peer still ends in
+        :class:`PairingTimeout` after the session's step timeout)."""
+        while True:
+            try:
+                yield await self.receive()
+            except LinkClosedError:
+                return
+
+    async def close(self) -> None:
+        """Close the session (an authenticated close the peer sees); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._channel.close()
+        finally:
+            if self._owned is not None:
+                await _close_quietly(self._owned)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- files (docs/protocol.md, the file service) -------------------------------------------
+
+    async def list_files(self, *, timeout: float = 180.0) -> list[FileEntry]:
+        """The host's shared files (its owner may be asked first: allow a person's time)."""
+        return await list_files(self._channel, timeout=timeout)
+
+    async def fetch(
+        self, name: str, dest: str | os.PathLike[str], *,
+        progress: Callable[[int, int], None] | None = None, timeout: float = 180.0,
+    ) -> Fetched:
+        """Fetch the shared file ``name`` into ``dest`` (resuming a cut transfer from
+        ``dest`` + ``.part``); the SHA-256 is checked before ``dest`` appears."""
+        return await get_file(self._channel, name, Path(dest), progress=progress, timeout=timeout)
+
+    async def serve_files(self, folder: str | os.PathLike[str] | None) -> ServeStats:
+        """Host side: answer the guest's list and fetch requests from ``folder`` until it says
+        goodbye or closes, within what its grant allows (the delegate is asked otherwise)."""
+        membership = self._done.membership
+        if self._role != "host" or membership is None:
+            raise ConfigError("only a host serves files to the guest it accepted")
+        delegate = self._delegate or Refuse()
+        return await serve_guest(
+            self._channel, peer_name=self.peer.name,
+            policy=GrantPolicy(membership.role, expires=membership.expires),
+            share=Path(folder) if folder is not None else None,
+            ask=delegate.allow_request, wall_clock=self._clock.wall,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<pairkit.Session {state} with {self.peer.name!r} by {self.method}>"
+
+
+class Host:
+    """A device waiting for guests on one transport (from :meth:`Device.host`).
+
+    ``async with device.host(...) as host``: the transport is opened (unless an object was
+    given), the hello broadcast where the transport can broadcast, and :meth:`accept` returns
+    the next guest once it is paired, confirmed and stored.  A guest that fails is told to
+    the delegate (``on_event``) and never ends the host."""
+
+    def __init__(self, device: Device, transport: str | Any, *, methods: frozenset[Method],
+                 pin: str | None, delegate: Any, visible: float | None, step_timeout: float,
+                 qr_ttl: float) -> None:
+        self._device = device
+        self._spec = transport if isinstance(transport, str) else None
+        self._given = None if isinstance(transport, str) else transport
+        self._methods = methods
+        self._pin = pin
+        self._delegate = delegate
+        self._visible = visible
+        self._step_timeout = step_timeout
+        self._qr_ttl = qr_ttl
+        self._transport: Any = None
+        self._listener: Any = None
+        self._presence: Presence | None = None
+        self._side: HostSide | None = None
+        #: where guests reach this host (a BLE address, ``tcp:HOST:PORT``, a loopback name)
+        self.address: str = ""
+
+    async def __aenter__(self) -> Host:
+        from .transports.registry import open_transport
+
+        ks, clock = self._device.keystore, self._device.clock
+        self._transport = self._given or await open_transport(self._spec)
+        try:
+            t = self._transport
+            self._listener = await t.listen() if hasattr(t, "listen") else t
+            self.address = str(getattr(self._listener, "address", None)
+                               or getattr(t, "address", self._spec))
+            self._presence = Presence(t, ks, self._methods, visible_for=self._visible,
+                                      wall_clock=clock.wall)
+            config = PairingConfig(methods=self._methods, caps=ALL_CAPS,
+                                   step_timeout=self._step_timeout)
+            presence = self._presence
+            self._side = HostSide.of(
+                ks, config, transport=self._spec or self.address, pin_policy=PinPolicy(),
+                step_timeout=self._step_timeout, open_to_strangers=lambda: presence.visible,
+            )
+            if Method.PIN in self._methods:
+                state = self._side.state
+                state.set_pin(self._pin) if self._pin is not None else state.new_pin()
+            await self._presence.start()
+        except BaseException:
+            await self._close_transport()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def pin(self) -> str | None:
+        """The PIN a guest types now (each PIN serves one guest; a fresh one follows)."""
+        return self._ready().state.pin
+
+    def qr_code(self) -> str:
+        """A new single-use QR code (its ``pairkit:`` URI) for a guest to scan."""
+        side = self._ready()
+        if Method.QR not in self._methods:
+            raise ConfigError("this host does not offer method 'qr'")
+        code = side.state.issue_qr(self._device.keystore.static_public, self._device.clock.wall(),
+                                   ttl=self._qr_ttl, hint=self.address)
+        return code.to_uri()
+
+    async def accept(self, timeout: float | None = None) -> Session:
+        """The next guest, paired, confirmed and stored.  :class:`PairingTimeout` if none
+        completes within ``timeout`` seconds (None: wait until one does)."""
+        import asyncio
+
+        side = self._ready()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    link = await self._listener.accept()
+                    try:
+                        done = await accept_session(
+                            link, side, delegate=self._delegate, clock=self._device.clock
+                        )
+                    except PairingError as exc:
+                        await _close_quietly(link)
+                        await self._delegate.on_event(GuestFailed(str(link.peer), str(exc)))
+                        continue
+                    finally:
+                        if Method.PIN in self._methods and side.state.pin is None:
+                            side.state.new_pin()
+                    return Session(done, role="host", delegate=self._delegate,
+                                   clock=self._device.clock)
+        except TimeoutError:
+            raise PairingTimeout(f"no guest paired within {timeout:g} s") from None
+
+    async def __aiter__(self) -> AsyncIterator[Session]:
+        """Guests one after another, as they pair."""
+        while True:
+            yield await self.accept()
+
+    async def close(self) -> None:
+        """Stop broadcasting and listening (and close the transport if the host opened it)."""
+        if self._presence is not None:
+            await self._presence.stop()
+            self._presence = None
+        await self._close_transport()
+
+    async def _close_transport(self) -> None:
+        if self._listener is not None and self._listener is not self._transport:
+            await _close_quietly(self._listener)
+        self._listener = None
+        if self._transport is not None and self._given is None:
+            await _close_quietly(self._transport)
+        self._transport = None
+
+    def _ready(self) -> HostSide:
+        if self._side is None or self._listener is None:
+            raise ConfigError("use the host inside 'async with device.host(...) as host'")
+        return self._side
+
+    def __repr__(self) -> str:
+        return f"<pairkit.Host {self._device.name!r} on {self.address or self._spec!r}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestFailed:
+    """Told to the host's delegate (``on_event``): a guest's pairing failed, the host goes on."""
+
+    peer: str
+    reason: str
+
+
+def _label(transport: Any) -> str:
+    """What is stored as the transport of a peer reached through a transport object."""
+    spec = getattr(transport, "spec", None)
+    return str(spec) if spec else type(transport).__name__
+
+
+async def _close_quietly(thing: Any) -> None:
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        await thing.close()
+
+
+class Device:
+    """This device: its identity, peers and clouds, kept in a sealed keystore file."""
+
+    def __init__(self, keystore: Keystore, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.keystore = keystore
+        self.clock = clock
+
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], passphrase: str, *, name: str,
+        kdf: Argon2Params | None = None, clock: Clock = SYSTEM_CLOCK,
+    ) -> Device:
+        """Make a new identity sealed under ``passphrase`` (6 characters or more) at ``path``;
+        refuses to replace an existing keystore.  ``kdf``: the Argon2id cost (default: 64 MiB,
+        3 passes; ``Argon2Params.cheapest()`` for tests only)."""
+        return cls(Keystore.create(path, passphrase, name=name, kdf=kdf), clock=clock)
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], passphrase: str, *, clock: Clock = SYSTEM_CLOCK
+    ) -> Device:
+        """Unlock the keystore at ``path`` (one ``pairkit init`` made, or :meth:`create`)."""
+        return cls(Keystore.open(path, passphrase), clock=clock)
+
+    @property
+    def name(self) -> str:
+        return self.keystore.name
+
+    @property
+    def device_id(self) -> str:
+        return self.keystore.device_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self.keystore.fingerprint
+
+    def peers(self) -> list[PeerInfo]:
+        """The devices this one paired with."""
+        return [
+            PeerInfo(p.name, p.id, p.fingerprint, peers.trusted(p))
+            for p in self.keystore.peers()
+        ]
+
+    def host(
+        self, transport: str | Any, *, methods: Iterable[str | Method] = ("pin",),
+        pin: str | None = None, delegate: Delegate | None = None,
+        visible: float | None = 600.0, step_timeout: float = 30.0, qr_ttl: float = 600.0,
+    ) -> Host:
+        """Wait for guests on ``transport`` (a name or an open transport object).
+
+        ``methods``: what guests may pair by (``pin``, ``qr``, ``compare``, ``clear``; known
+        peers always ``resume``).  ``pin``: the first guest's PIN (default: a random one,
+        :attr:`Host.pin`).  ``visible``: seconds strangers may find and join this host on a
+        broadcasting transport (None: only members of its cloud).  ``delegate`` answers the
+        owner's questions: a stranger asking to join is refused without one."""
+        return Host(self, transport, methods=_methods(methods), pin=pin,
+                    delegate=delegate or Refuse(), visible=visible,
+                    step_timeout=step_timeout, qr_ttl=qr_ttl)
+
+    async def join(
+        self, target: str, *, transport: str | Any | None = None,
+        method: str | Method | None = None, pin: str | None = None, qr: str | None = None,
+        delegate: Delegate | None = None, wants: str = "guest",
+        step_timeout: float = 30.0, connect_timeout: float = 20.0,
+    ) -> Session:
+        """Pair with the host at ``target`` and return the session.
+
+        ``target``: a transport name (``tcp:HOST:PORT``, ``loopback:NAME``), a BLE address
+        with ``transport`` naming the radio (or an open transport object), or a known peer's
+        name (it resumes).  ``method`` defaults to ``resume`` for a known peer, ``qr`` when a
+        ``qr`` URI is given, else ``pin``.  ``wants``: ``"guest"`` or ``"member"``."""
+        from .transports.registry import open_transport
+
+        ks = self.keystore
+        spec_hint = transport if isinstance(transport, str) else (
+            None if transport is None else _label(transport)
+        )
+        spec, address, peer = resolve_target(ks, target, spec_hint)
+        chosen = (_methods([method]) if method is not None else None)
+        m = next(iter(chosen)) if chosen else (
+            Method.RESUME if peer is not None else Method.QR if qr is not None else Method.PIN
+        )
+        if m is Method.PIN and pin is None:
+            raise ConfigError("method 'pin' needs the PIN the host shows: pin='123456'")
+        if m in (Method.RESUME, Method.KK) and peer is None:
+            raise ConfigError("method 'resume' needs a known peer: give its name")
+        try:
+            role = {"guest": Role.GUEST, "member": Role.MEMBER}[wants]
+        except KeyError:
+            raise ConfigError(f"wants is 'guest' or 'member', not {wants!r}") from None
+        config = PairingConfig(methods=frozenset(Method) - {Method.TTP}, caps=ALL_CAPS,
+                               step_timeout=step_timeout)
+        side = GuestSide(
+            ks, config, m, transport=spec, address=spec if spec.startswith("tcp:") else None,
+            pin=pin, qr=QrCode.parse(qr) if qr is not None else None, peer=peer,
+            wants=role, step_timeout=step_timeout,
+        )
+        given = None if transport is None or isinstance(transport, str) else transport
+        t = given or await open_transport(spec)
+        link = None
+        try:
+            link = await t.connect(address, timeout=connect_timeout)
+            done = await open_session(link, side, delegate=delegate or Refuse(), clock=self.clock)
+        except BaseException:
+            if link is not None:
+                await _close_quietly(link)
+            if given is None:
+                await _close_quietly(t)
+            raise
+        return Session(done, role="guest", clock=self.clock,
+                       owned_transport=t if given is None else None)
+
+    def __repr__(self) -> str:
+        return f"<pairkit.Device {self.name!r} {self.fingerprint}>"
