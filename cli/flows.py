@@ -296,8 +296,7 @@ async def _host_session(
     loop = asyncio.get_running_loop()
     if Method.TTP in opts.methods:
         from pairkit.pairing.ttp import TtpLinkConfig, is_ttp_offer
-
-        from .ttp_client import replay_first, ttp_host_session
+        from pairkit.ttp import replay_first, ttp_host_session
 
         # The guest's Offer says which machine runs it; both check the proposal against this
         # host's table (ttp is negotiated like every method: docs/security.md, rule 6).
@@ -479,8 +478,7 @@ async def run_join(
         await drive(cloud, pipe, delegate=guest_delegate)
         if machine is None:
             from pairkit.pairing.ttp import TtpLinkConfig
-
-            from .ttp_client import ttp_guest_session
+            from pairkit.ttp import ttp_guest_session
 
             server, ca = _ttp_server(opts.ttp, opts.ttp_ca)
             session = await ttp_guest_session(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
 import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +12,11 @@ from click.testing import CliRunner
 
 from pairkit.cli.store import local_identity
 from pairkit.cli.ttp_cli import SETTING_CA, SETTING_EUKEY, SETTING_SERVER, ttp
-from pairkit.cli.ttp_client import request_key
 from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.ttp import IntentRole
+from pairkit.ttp import request_key
 from tests.cli_helpers import KEYSTORE_PIN, ROOT, assert_no_traceback, cli_env
-
-MODULE = (sys.executable, "-m", "pairkit.cli.ttp_cli")
+from tests.ttp_harness import TTP_CLI, ServeProcess
 
 
 def make_keystore(home: Path, name: str) -> Keystore:
@@ -57,38 +53,9 @@ def test_help_teaches() -> None:
         assert word in result.output
 
 
-class ServeProcess:
-    """``python -m cli.ttp_cli serve`` as a real process."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, address: str) -> None:
-        self.proc = proc
-        self.address = address
-
-    @classmethod
-    async def start(cls, directory: Path, *extra: str) -> ServeProcess:
-        proc = await asyncio.create_subprocess_exec(
-            *MODULE, "serve", "--dir", str(directory), "--listen", "127.0.0.1:0", "--json",
-            *extra, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=cli_env(None),
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line, f"serve did not start: {(await proc.stderr.read()).decode()}"
-        return cls(proc, json.loads(line)["listening"])
-
-    async def stop(self) -> str:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(self.proc.communicate(), 10)
-        assert self.proc.returncode == 0, err.decode()
-        text = err.decode()
-        assert_no_traceback("ttp serve", text)
-        return text
-
-
 async def run_module(home: Path | None, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *MODULE, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *TTP_CLI, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=cli_env(home),
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)

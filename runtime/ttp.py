@@ -1,4 +1,5 @@
-"""A device's side of the key server: TLS with the pinned CA, enrolment, intents, method ``ttp``.
+"""A device's side of the key server (:mod:`pairkit.keyserver`): TLS with the pinned CA,
+enrolment, intents, method ``ttp``.
 
 The device trusts exactly one CA: the certificate file it was given (``--ttp-ca``, ``--ca``),
 which a manufacturer would install.  No system root is loaded, TLS 1.3 is the minimum, and the
@@ -6,8 +7,8 @@ server's certificate must name the host the device dials.  A server with any oth
 refused with :class:`TtpTrustError` before a byte of pairkit's protocol is sent.
 
 :func:`ttp_host_session` and :func:`ttp_guest_session` run method ``ttp`` over a link
-(:mod:`pairing.ttp`, step 3): they trade link hellos with the other device, ask the key server
-for SK (stating the intent), and open the channel from it.
+(:mod:`pairkit.pairing.ttp`, step 3): they trade link hellos with the other device, ask the key
+server for SK (stating the intent), and open the channel from it.
 """
 
 from __future__ import annotations
