@@ -33,18 +33,18 @@ def parser() -> argparse.ArgumentParser:
                     "enrolments, keys for method ttp, CPNS registrations.",
         epilog="Make the directory first with: pairkit ttp init --dir DIR",
     )
-    p.add_argument("--dir", dest="directory", required=True, type=Path,
+    p.add_argument("--dir", dest="directory", required=True, type=Path, metavar="DIR",
                    help="the directory 'pairkit ttp init' made")
     p.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT",
                    help="address to listen on; port 0 picks a free one (default: %(default)s)")
-    p.add_argument("--max-connections", type=int, default=defaults.max_connections,
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections, metavar="N",
                    help="connections at once, from everyone (default: %(default)s)")
-    p.add_argument("--max-per-client", type=int, default=defaults.max_per_client,
+    p.add_argument("--max-per-client", type=int, default=defaults.max_per_client, metavar="N",
                    help="connections at once from one address (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=defaults.rate,
+    p.add_argument("--rate", type=float, default=defaults.rate, metavar="PER_SECOND",
                    help="new connections per second one address may open, burst twice that "
                         "(default: %(default)s)")
-    p.add_argument("--max-wait", type=float, default=defaults.max_wait,
+    p.add_argument("--max-wait", type=float, default=defaults.max_wait, metavar="SECONDS",
                    help="longest wait in seconds for the other device's intent "
                         "(default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true",

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from pairkit.cli.store import local_identity
 from pairkit.cli.ttp_cli import SETTING_CA, SETTING_EUKEY, SETTING_SERVER, ttp
 from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.ttp import IntentRole
-from pairkit.ttp import request_key
+from pairkit.ttp import enrol, request_key
 from tests.cli_helpers import KEYSTORE_PIN, ROOT, assert_no_traceback, cli_env
 from tests.ttp_harness import TTP_CLI, ServeProcess
 
@@ -112,6 +113,18 @@ async def test_serve_subprocess_enroll_restart_and_pair(tmp_path: Path) -> None:
         log = await server.stop()
     assert "matched" in log
     assert ka.sk.hex() not in log
+
+
+async def test_serve_quiet_logs_no_device_served(tmp_path: Path) -> None:
+    """``serve -q`` shows the server's start and stop, not each device it serves."""
+    assert CliRunner().invoke(ttp, ["init", "--dir", str(tmp_path / "srv")]).exit_code == 0
+    server = await ServeProcess.start(tmp_path / "srv", "--quiet")
+    try:
+        await enrol(server.address, tmp_path / "srv" / "ca.pem", LocalIdentity.generate("dev"))
+    finally:
+        log = await server.stop()
+    assert "pairkit key server listening on" in log and "key server stopping" in log
+    assert "enrolled" not in log.replace("device(s) enrolled", "")
 
 
 async def test_enroll_against_another_ca_fails_with_an_auth_exit_code(tmp_path: Path) -> None:
