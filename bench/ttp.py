@@ -3,7 +3,7 @@
 A *key delivery* is one pair of devices served: each device opens TLS 1.3 to the key server
 (pinned CA), proves its identity key, states its intent naming the other, and both receive the
 same fresh SK (``pairing/ttp.py``, steps 1 and 2).  The server runs as its own process
-(``python -m pairkit.cli.ttp_cli serve``), its database on disk, as in production; the devices run
+(``python -m pairkit.keyserver``), its database on disk, as in production; the devices run
 in this process under asyncio, ``pairs`` pairs at a time, each pair delivering ``rounds`` keys
 one after another.
 
@@ -54,10 +54,9 @@ if str(ROOT) not in sys.path:
 import cryptography  # noqa: E402
 from cryptography.hazmat.backends.openssl import backend as openssl_backend  # noqa: E402
 
-from pairkit.cli.ttp_certs import init_server_dir  # noqa: E402
-from pairkit.cli.ttp_client import client_context, enrol, request_key  # noqa: E402
-from pairkit.cli.ttp_server import server_context  # noqa: E402
-from pairkit.cli.ttp_store import Sealer  # noqa: E402
+from pairkit.keyserver.certs import init_server_dir  # noqa: E402
+from pairkit.keyserver.server import server_context  # noqa: E402
+from pairkit.keyserver.store import Sealer  # noqa: E402
 from pairkit.pairing.crypto import same, x25519, x25519_keypair  # noqa: E402
 from pairkit.pairing.methods import LocalIdentity  # noqa: E402
 from pairkit.pairing.ttp import (  # noqa: E402
@@ -70,6 +69,7 @@ from pairkit.pairing.ttp import (  # noqa: E402
     TtpProof,
     auth_proof,
 )
+from pairkit.ttp import client_context, enrol, request_key  # noqa: E402
 
 DEFAULT_PAIRS = (1, 10, 100)
 QUICK_PAIRS = (1, 2)
@@ -171,7 +171,7 @@ def floor_delivery(
 
 
 def time_floor(settings: Settings, directory: Path, cert: bytes) -> dict[str, float]:
-    from pairkit.cli.ttp_certs import ServerDir
+    from pairkit.keyserver.certs import ServerDir
 
     d = ServerDir(directory)
     server_ctx, client_ctx = server_context(d), client_context(d.ca_cert)
@@ -210,7 +210,7 @@ async def start_server(directory: Path, max_clients: int) -> tuple[asyncio.subpr
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pairkit.cli.ttp_cli", "serve", "--dir", str(directory), "--listen",
+        sys.executable, "-m", "pairkit.keyserver", "--dir", str(directory), "--listen",
         "127.0.0.1:0", "--json", "--quiet", "--max-connections", str(4 * max_clients + 64),
         "--max-per-client", str(4 * max_clients + 64), "--rate", "1000000", "--max-wait", "60",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -267,7 +267,7 @@ async def measure_async(settings: Settings) -> dict[str, Any]:
         d = init_server_dir(Path(tmp) / "srv")
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        from pairkit.cli.ttp_certs import load_cert
+        from pairkit.keyserver.certs import load_cert
         from pairkit.pairing.ttp import cert_digest
 
         cert = cert_digest(load_cert(d.cert).public_bytes(Encoding.DER))

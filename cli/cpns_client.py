@@ -35,8 +35,7 @@ from pairkit.pairing.errors import LinkClosedError, PairingError, RemoteError
 from pairkit.pairing.machine import Event
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.ttp import TtpClient
-
-from .ttp_client import DEFAULT_TIMEOUT, ServerLink, connect, from_server
+from pairkit.ttp import DEFAULT_TIMEOUT, ServerLink, connect, from_server
 
 
 async def run_pne(

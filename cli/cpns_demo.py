@@ -1,6 +1,6 @@
 """``pairkit demo --scenario cpns``: Paul's phone enrols his watch and scale through a CPNS server.
 
-Everything is real but the radio: a key server process (``python -m cli.ttp_cli serve``) with
+Everything is real but the radio: a key server process (``python -m pairkit.keyserver``) with
 its own CA, TLS 1.3 and SQLite database in a temporary folder; devices that enrol their identity
 keys and factory EUKeys with it; and the PAN links between the phone (the PN gateway) and its
 PNEs as in-memory links whose messages are narrated as they pass.
@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from pairkit.keyserver.certs import init_server_dir
+from pairkit.keyserver.store import open_store
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import (
     AuthenticationRequest,
@@ -48,11 +50,9 @@ from pairkit.pairing.framing import Reassembler
 from pairkit.pairing.machine import Event
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.transports.loopback import loopback_pair
+from pairkit.ttp import enrol
 
 from .cpns_client import PneLink, run_gateway, run_pne
-from .ttp_certs import init_server_dir
-from .ttp_client import enrol
-from .ttp_store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT = 20.0
@@ -124,7 +124,7 @@ async def _start_server(directory: Path) -> tuple[asyncio.subprocess.Process, st
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pairkit.cli.ttp_cli", "serve", "--dir", str(directory),
+        sys.executable, "-m", "pairkit.keyserver", "--dir", str(directory),
         "--listen", "127.0.0.1:0", "--json", "--quiet", stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
     )

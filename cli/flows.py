@@ -237,8 +237,7 @@ def _host_ttp(opts: HostOptions, me: Any, delegate: Any) -> TtpHook:
 
     async def run(pipe: Any, context: bytes) -> Session:
         from pairkit.pairing.ttp import TtpLinkConfig
-
-        from .ttp_client import ttp_host_session
+        from pairkit.ttp import ttp_host_session
 
         return await ttp_host_session(
             pipe, me=me, peer_hint=opts.ttp_peer, server=server, ca_file=ca,
@@ -380,8 +379,7 @@ def _guest_ttp(
 
     async def run(pipe: Any, context: bytes) -> Session:
         from pairkit.pairing.ttp import TtpLinkConfig
-
-        from .ttp_client import ttp_guest_session
+        from pairkit.ttp import ttp_guest_session
 
         return await ttp_guest_session(
             pipe, me=me, peer_hint=peer.device_id if peer is not None else opts.ttp_peer,

@@ -7,17 +7,18 @@
     pairkit ttp enroll --server HOST:PORT --ca D/ca.pem [--new-eukey | --eukey-file F]
     pairkit ttp list   --dir D
 
-``cli.main`` adds the group as ``pairkit ttp``; ``python -m cli.ttp_cli`` runs it on its own.
+``cli.main`` adds the group as ``pairkit ttp``; ``python -m pairkit.cli.ttp_cli`` runs it on its
+own.  This is the shell: the server, its store and its directory are :mod:`pairkit.keyserver`
+(which also runs standalone: ``python -m pairkit.keyserver``), the device's side :mod:`pairkit.ttp`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import logging
 import os
-import secrets
-import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ from .common import PairkitGroup, emit_json, info, run_async
 SETTING_SERVER = "ttp.server"
 SETTING_CA = "ttp.ca"
 SETTING_EUKEY = "cpns.eukey"
-TOKEN_FILE = "enrol.token"
 
 
 def enrolled_server(ks: Any) -> tuple[str, str] | None:
@@ -76,15 +76,10 @@ def init(directory: Path, hosts: tuple[str, ...], days: int, enrol_token: bool,
     DIR/ca.pem is the CA certificate devices pin (a manufacturer would install it); keep
     DIR/ca-key.pem offline once the server certificate exists.  Private files are mode 0600.
     """
-    from .ttp_certs import cert_fingerprint, cert_hosts, init_server_dir, load_cert
+    from pairkit.keyserver.certs import cert_fingerprint, cert_hosts, init_server_dir, load_cert
 
-    d = init_server_dir(directory, hosts=hosts, days=days)
-    token_path = None
-    if enrol_token:
-        token_path = d.root / TOKEN_FILE
-        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(16) + "\n")
+    d = init_server_dir(directory, hosts=hosts, days=days, enrol_token=enrol_token)
+    token_path = d.token if enrol_token else None
     cert = load_cert(d.cert)
     fp = cert_fingerprint(load_cert(d.ca_cert))
     if as_json:
@@ -127,57 +122,51 @@ def serve(directory: Path, listen: str, max_connections: int, max_per_client: in
     Enrolment is open to any device that proves its key, unless DIR/enrol.token exists
     (ttp init --enrol-token): then devices must give that token.
     """
+    from pairkit.keyserver.server import Limits, Listening, ServeConfig, serve
     from pairkit.transports.tcp import parse_host_port
 
-    from .ttp_certs import ServerDir, cert_fingerprint, load_cert
-    from .ttp_server import Limits, TtpServer
-
     host, port = parse_host_port(listen)
-    d = ServerDir(directory)
-    d.check()
-    token = _read_token(d.root / TOKEN_FILE) if (d.root / TOKEN_FILE).exists() else None
     limits = Limits(
         max_connections=max_connections, max_per_client=max_per_client, rate=rate,
         burst=max(1, int(rate * 2)), max_wait=max_wait,
     )
-    fp = cert_fingerprint(load_cert(d.ca_cert))
+    config = ServeConfig(directory, host=host, port=port, limits=limits)
 
-    async def go() -> None:
-        server = TtpServer(
-            d.root, limits=limits, enrol_token=token,
-            log=lambda text: info(text, quiet=quiet and not text.startswith("error:")),
-        )
-        try:
-            address = await server.start(host, port)
-            count = await server.db(server.store.device_count)
-            info(f"pairkit key server listening on {address} (TLS 1.3); {count} device(s) "
-                 "enrolled")
-            info(f"devices pin {d.ca_cert} (CA fingerprint {fp}); enrolment "
-                 + ("needs the token in " + str(d.root / TOKEN_FILE) if token else "is open"))
-            if as_json:
-                emit_json({"ok": True, "listening": address, "ca": str(d.ca_cert),
-                           "ca_fingerprint": fp, "devices": count})
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            info("key server stopping")
-        finally:
-            await server.close()
+    def ready(up: Listening) -> None:
+        if as_json:
+            emit_json({"ok": True, "listening": up.address, "ca": str(up.ca_cert),
+                       "ca_fingerprint": up.ca_fingerprint, "devices": up.devices})
 
-    run_async(go)
+    with _server_log_to_stderr(quiet=quiet):
+        run_async(lambda: serve(config, ready=ready))
 
 
-def _read_token(path: Path) -> bytes:
+class _Narrate(logging.Handler):
+    """The key server's log lines, as narration on stderr (see :func:`.common.info`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        info(record.getMessage())
+
+
+@contextlib.contextmanager
+def _server_log_to_stderr(*, quiet: bool) -> Iterator[None]:
+    """Show the ``pairkit.keyserver`` loggers on stderr while serving; ``quiet``: only errors
+    of the devices served (the start and stop lines are always shown)."""
+    top = logging.getLogger("pairkit.keyserver")
+    conns = logging.getLogger("pairkit.keyserver.connections")
+    handler = _Narrate()
+    saved = top.level, conns.level, top.propagate
+    top.addHandler(handler)
+    top.setLevel(logging.INFO)
+    top.propagate = False
+    conns.setLevel(logging.ERROR if quiet else logging.INFO)
     try:
-        token = path.read_text(encoding="utf-8").strip().encode()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the enrolment token {path}: {exc.strerror}") from None
-    if not 16 <= len(token) <= 64:
-        raise ConfigError(f"the enrolment token in {path} must be 16 to 64 characters")
-    return token
+        yield
+    finally:
+        top.removeHandler(handler)
+        top.setLevel(saved[0])
+        conns.setLevel(saved[1])
+        top.propagate = saved[2]
 
 
 def _read_eukey(path: str) -> bytes:
@@ -218,13 +207,15 @@ def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,
     --ca, or nothing is sent.  The server and CA are remembered in the keystore.  Enrolling
     again refreshes the name (and the factory key when one is given).
     """
+    from pairkit.keyserver.certs import read_token
+    from pairkit.ttp import enrol
+
     from .common import unlock
     from .store import key_fingerprint, local_identity
-    from .ttp_client import enrol
 
     if eukey_file is not None and new_eukey:
         raise ConfigError("give --eukey-file or --new-eukey, not both")
-    token = _read_token(Path(token_file)) if token_file else None
+    token = read_token(Path(token_file)) if token_file else None
     ks = unlock()
     eukey = _read_eukey(eukey_file) if eukey_file else (os.urandom(32) if new_eukey else None)
     me = local_identity(ks)
@@ -252,7 +243,7 @@ def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def list_cmd(directory: Path, as_json: bool) -> None:
     """List the enrolled devices and registered PNs (no key material is shown)."""
-    from .ttp_store import open_store
+    from pairkit.keyserver.store import open_store
 
     store = open_store(directory)
     try:

@@ -6,6 +6,8 @@ subpackages:
 
 * :mod:`pairkit.pairing`: the sans-I/O protocol core (wire format, methods, keystore);
 * :mod:`pairkit.transports`: links and broadcasts (loopback, TCP, bumble, bleak);
+* :mod:`pairkit.keyserver`: the key server (``python -m pairkit.keyserver``); devices reach it
+  through :mod:`pairkit.ttp`;
 * :mod:`pairkit.cli`: the ``pairkit`` command.
 
 This module stays cheap to import: importing :mod:`pairkit.pairing` must not pull in asyncio

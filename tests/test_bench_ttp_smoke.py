@@ -47,9 +47,9 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
 
 
 def test_the_floor_does_real_tls_13(bench: ModuleType, tmp_path: Path) -> None:
-    from pairkit.cli.ttp_certs import ServerDir, init_server_dir
-    from pairkit.cli.ttp_client import client_context
-    from pairkit.cli.ttp_server import server_context
+    from pairkit.keyserver.certs import ServerDir, init_server_dir
+    from pairkit.keyserver.server import server_context
+    from pairkit.ttp import client_context
 
     d: ServerDir = init_server_dir(tmp_path / "srv")
     pair = bench.TlsPair(server_context(d), client_context(d.ca_cert))

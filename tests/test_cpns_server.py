@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from pairkit.cli.cpns_client import PneLink, run_gateway, run_pne
-from pairkit.cli.ttp_client import enrol
 from pairkit.pairing.cpns import (
     AuthenticationRequest,
     GatewayConfig,
@@ -23,6 +22,7 @@ from pairkit.pairing.cpns import (
 )
 from pairkit.pairing.errors import AuthenticationError, NotFoundError, PairingTimeout
 from pairkit.transports.loopback import loopback_pair
+from pairkit.ttp import enrol
 from tests.ttp_harness import flip, identity, rewrite_tap, running_server
 
 

@@ -23,9 +23,14 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     assert tops == {"pairkit"}, tops
     for path in ("pairkit/__init__.py", "pairkit/py.typed", "pairkit/pairing/methods.py",
                  "pairkit/transports/ble/links.py", "pairkit/transports/bleak_bumble/client.py",
-                 "pairkit/cli/main.py"):
+                 "pairkit/keyserver/__init__.py", "pairkit/keyserver/__main__.py",
+                 "pairkit/keyserver/server.py", "pairkit/keyserver/store.py",
+                 "pairkit/keyserver/certs.py", "pairkit/ttp.py", "pairkit/cli/main.py"):
         assert path in names, path
     assert not any(n.startswith(("tests/", "bench/", "hw-tests/")) for n in names)
+    # the key server is not under the CLI any more (issue 12)
+    assert not any(n.startswith("pairkit/cli/ttp_") and n != "pairkit/cli/ttp_cli.py"
+                   for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA")))
     assert b"License-Expression: Apache-2.0" in metadata
@@ -38,8 +43,10 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
 def test_the_old_top_level_names_are_gone(tmp_path: Path) -> None:
     """Run from elsewhere (not the repository root), only ``pairkit`` is importable."""
     code = (
-        "import importlib.util, pairkit.pairing.methods, pairkit.transports, pairkit.cli;"
-        "print([n for n in ('pairing', 'transports', 'cli') if importlib.util.find_spec(n)])"
+        "import importlib.util, pairkit.pairing.methods, pairkit.transports, pairkit.cli,"
+        " pairkit.keyserver;"
+        "print([n for n in ('pairing', 'transports', 'cli', 'keyserver')"
+        " if importlib.util.find_spec(n)])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                          text=True, check=True, timeout=60).stdout

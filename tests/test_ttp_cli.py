@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import signal
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pairkit.cli.ttp_cli import SETTING_CA, SETTING_EUKEY, SETTING_SERVER, ttp
-from pairkit.cli.ttp_client import request_key
 from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.ttp import IntentRole
 from pairkit.peers import local_identity
+from pairkit.ttp import enrol, request_key
 from tests.cli_helpers import KEYSTORE_PIN, ROOT, assert_no_traceback, cli_env
-
-MODULE = (sys.executable, "-m", "pairkit.cli.ttp_cli")
+from tests.ttp_harness import TTP_CLI, ServeProcess
 
 
 def make_keystore(home: Path, name: str) -> Keystore:
@@ -57,38 +54,9 @@ def test_help_teaches() -> None:
         assert word in result.output
 
 
-class ServeProcess:
-    """``python -m cli.ttp_cli serve`` as a real process."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, address: str) -> None:
-        self.proc = proc
-        self.address = address
-
-    @classmethod
-    async def start(cls, directory: Path, *extra: str) -> ServeProcess:
-        proc = await asyncio.create_subprocess_exec(
-            *MODULE, "serve", "--dir", str(directory), "--listen", "127.0.0.1:0", "--json",
-            *extra, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=cli_env(None),
-        )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20)
-        assert line, f"serve did not start: {(await proc.stderr.read()).decode()}"
-        return cls(proc, json.loads(line)["listening"])
-
-    async def stop(self) -> str:
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(self.proc.communicate(), 10)
-        assert self.proc.returncode == 0, err.decode()
-        text = err.decode()
-        assert_no_traceback("ttp serve", text)
-        return text
-
-
 async def run_module(home: Path | None, *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *MODULE, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        *TTP_CLI, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=cli_env(home),
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
@@ -145,6 +113,18 @@ async def test_serve_subprocess_enroll_restart_and_pair(tmp_path: Path) -> None:
         log = await server.stop()
     assert "matched" in log
     assert ka.sk.hex() not in log
+
+
+async def test_serve_quiet_logs_no_device_served(tmp_path: Path) -> None:
+    """``serve -q`` shows the server's start and stop, not each device it serves."""
+    assert CliRunner().invoke(ttp, ["init", "--dir", str(tmp_path / "srv")]).exit_code == 0
+    server = await ServeProcess.start(tmp_path / "srv", "--quiet")
+    try:
+        await enrol(server.address, tmp_path / "srv" / "ca.pem", LocalIdentity.generate("dev"))
+    finally:
+        log = await server.stop()
+    assert "pairkit key server listening on" in log and "key server stopping" in log
+    assert "enrolled" not in log.replace("device(s) enrolled", "")
 
 
 async def test_enroll_against_another_ca_fails_with_an_auth_exit_code(tmp_path: Path) -> None:

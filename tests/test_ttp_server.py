@@ -12,17 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from pairkit.cli.ttp_certs import init_server_dir, make_server_cert
-from pairkit.cli.ttp_client import (
-    TtpTrustError,
-    call,
-    connect,
-    enrol,
-    request_key,
-    ttp_guest_session,
-    ttp_host_session,
-)
-from pairkit.cli.ttp_server import Limits
+from pairkit.keyserver.certs import init_server_dir, make_server_cert
+from pairkit.keyserver.server import Limits
 from pairkit.pairing.errors import (
     AuthenticationError,
     LockedOutError,
@@ -35,6 +26,15 @@ from pairkit.pairing.errors import (
 from pairkit.pairing.ttp import EnrolDone, EnrolRequest, IntentRole, TtpClient, TtpLinkConfig
 from pairkit.securelink import SecureLink, confirm
 from pairkit.transports.tcp import TcpListener, tcp_connect
+from pairkit.ttp import (
+    TtpTrustError,
+    call,
+    connect,
+    enrol,
+    request_key,
+    ttp_guest_session,
+    ttp_host_session,
+)
 from tests.ttp_harness import FAST, identity, running_server
 
 CTX = b"\x42" * 32
@@ -171,7 +171,7 @@ async def test_a_server_signed_by_another_ca_is_refused(tmp_path: Path) -> None:
 async def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
     d = init_server_dir(tmp_path / "srv")
     ca_key = serialization.load_pem_private_key(d.ca_key.read_bytes(), None)
-    from pairkit.cli.ttp_certs import load_cert
+    from pairkit.keyserver.certs import load_cert
 
     key, cert = make_server_cert(ca_key, load_cert(d.ca_cert), ("ttp.example.org",),
                                  datetime.datetime.now(datetime.UTC))
@@ -363,7 +363,7 @@ async def test_unreachable_server(tmp_path: Path) -> None:
 
 
 def test_admission_logic_with_an_injected_clock() -> None:
-    from pairkit.cli.ttp_server import Admission
+    from pairkit.keyserver.server import Admission
 
     adm = Admission(Limits(max_per_client=3, rate=1.0, burst=2, max_failures=2, lockout=10))
     assert adm.admit("a", 0.0) is None and adm.admit("a", 0.0) is None
@@ -384,10 +384,10 @@ async def test_a_host_that_allows_several_methods_dispatches_on_the_first_messag
     tmp_path: Path,
 ) -> None:
     """What run_host does: read the guest's first message, then run the machine it starts."""
-    from pairkit.cli.ttp_client import replay_first
     from pairkit.driver import MessagePipe
     from pairkit.pairing.ttp import is_ttp_offer
     from pairkit.transports.loopback import loopback_pair
+    from pairkit.driver import replay_first
 
     async with running_server(tmp_path / "srv") as h:
         paul, george = identity("Paul"), identity("George")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pairkit.cli.ttp_store import (
+from pairkit.keyserver.store import (
     SCHEMA_VERSION,
     Matched,
     Pending,

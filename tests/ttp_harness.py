@@ -1,22 +1,28 @@
 """Helpers for the key server and CPNS tests: a real server on 127.0.0.1, devices, taps.
 
-``ServerHarness`` runs :class:`cli.ttp_server.TtpServer` in-process on port 0 over a directory
-made by ``init_server_dir`` (certificates made here, never committed).  ``run_cpns_machines``
+``ServerHarness`` runs :class:`pairkit.keyserver.server.TtpServer` in-process on port 0 over a
+directory made by ``init_server_dir`` (certificates made here, never committed); ``ServeProcess``
+runs it as its own process (``pairkit ttp serve`` or ``python -m pairkit.keyserver``).
+``run_cpns_machines``
 joins the CPNS machines in memory (no server process, no TLS) for the protocol-level tests, with a
 ``tamper`` hook on every message.  ``rewrite_tap`` edits whole messages on a fragmenting link.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import json
 import random
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from pairkit.cli.ttp_certs import ServerDir, init_server_dir
-from pairkit.cli.ttp_server import Limits, TtpServer
+from pairkit.keyserver.certs import ServerDir, init_server_dir
+from pairkit.keyserver.server import Limits, TtpServer
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import (
     SERVER,
@@ -35,8 +41,14 @@ from pairkit.pairing.cpns import (
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
 from pairkit.pairing.methods import LocalIdentity
+from tests.cli_helpers import ROOT, assert_no_traceback, cli_env
 
 FAST = Limits(step_timeout=5.0, max_wait=5.0, handshake_timeout=5.0)
+#: ``pairkit ttp`` run on its own
+TTP_CLI = (sys.executable, "-m", "pairkit.cli.ttp_cli")
+#: the two ways to run the key server as a process: the CLI's command, the server's own module
+SERVE_CLI = (*TTP_CLI, "serve")
+SERVE_STANDALONE = (sys.executable, "-m", "pairkit.keyserver")
 
 
 def seeded(seed: int) -> Callable[[int], bytes]:
@@ -66,6 +78,43 @@ async def running_server(
         yield ServerHarness(server, d, address)
     finally:
         await server.close()
+
+
+class ServeProcess:
+    """The key server as a real process on 127.0.0.1 (a free port), started with ``--json``."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, address: str, ready: dict[str, Any]):
+        self.proc = proc
+        self.address = address
+        #: the JSON line it printed once listening
+        self.ready = ready
+
+    @classmethod
+    async def start(cls, directory: Path, *extra: str,
+                    command: tuple[str, ...] = SERVE_CLI) -> ServeProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *command, "--dir", str(directory), "--listen", "127.0.0.1:0", "--json",
+            *extra, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=cli_env(None),
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if not line:
+            err = await asyncio.wait_for(proc.stderr.read(), 10)
+            await asyncio.wait_for(proc.wait(), 10)
+            raise AssertionError(f"the key server did not start: {err.decode()}")
+        ready = json.loads(line)
+        return cls(proc, ready["listening"], ready)
+
+    async def stop(self) -> str:
+        """SIGTERM; it must exit 0 without a traceback.  What it logged (stderr)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(self.proc.communicate(), 10)
+        assert self.proc.returncode == 0, err.decode()
+        text = err.decode()
+        assert_no_traceback("the key server", text)
+        return text
 
 
 def identity(name: str) -> LocalIdentity:

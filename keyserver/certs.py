@@ -9,6 +9,8 @@
     D/server-key.pem   the server's private key (0600)
     D/seal.key         32 random bytes sealing the keys the database holds (0600)
     D/ttp.sqlite3      the database (created by the first ``serve``, or here)
+    D/enrol.token      optional (``pairkit ttp init --enrol-token``, 0600): when present,
+                       enrolment is closed and devices must give this token
 
 Certificates are made with ``cryptography``'s x509 builder: ECDSA P-256 with SHA-256, the CA
 with ``BasicConstraints(ca=True, path_length=0)`` and only ``keyCertSign``/``cRLSign``, the
@@ -23,6 +25,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -33,10 +36,23 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pairkit.pairing.errors import ConfigError
 
-from .ttp_store import SEAL_KEY_LEN, open_store
+from .store import SEAL_KEY_LEN, open_store
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 CA_DAYS = 3650
+#: the enrolment token's file name in a server directory
+TOKEN_FILE = "enrol.token"
+
+
+def read_token(path: Path) -> bytes:
+    """An enrolment token from ``path``: 16 to 64 characters, surrounding blanks dropped."""
+    try:
+        token = path.read_text(encoding="utf-8").strip().encode()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the enrolment token {path}: {exc.strerror}") from None
+    if not 16 <= len(token) <= 64:
+        raise ConfigError(f"the enrolment token in {path} must be 16 to 64 characters")
+    return token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +84,14 @@ class ServerDir:
     @property
     def db(self) -> Path:
         return self.root / "ttp.sqlite3"
+
+    @property
+    def token(self) -> Path:
+        return self.root / TOKEN_FILE
+
+    def enrol_token(self) -> bytes | None:
+        """The enrolment token when enrolment is closed (``D/enrol.token`` exists), else None."""
+        return read_token(self.token) if self.token.exists() else None
 
     def check(self) -> None:
         """Refuse a directory that ``pairkit ttp init`` did not make."""
@@ -193,8 +217,10 @@ def init_server_dir(
     hosts: tuple[str, ...] = (),
     days: int = 825,
     now: datetime.datetime | None = None,
+    enrol_token: bool = False,
 ) -> ServerDir:
-    """Make a key server directory (refusing to overwrite one)."""
+    """Make a key server directory (refusing to overwrite one); with ``enrol_token``, close
+    enrolment: write a fresh random token to ``D/enrol.token`` (0600) that devices must give."""
     d = ServerDir(root)
     if d.ca_cert.exists() or d.seal_key.exists():
         raise ConfigError(
@@ -217,6 +243,8 @@ def init_server_dir(
     d.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     d.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     open_store(root).close()  # create and migrate the database now, so errors show here
+    if enrol_token:
+        _write_private(d.token, (secrets.token_hex(16) + "\n").encode())
     return d
 
 

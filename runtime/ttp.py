@@ -1,4 +1,5 @@
-"""A device's side of the key server: TLS with the pinned CA, enrolment, intents, method ``ttp``.
+"""A device's side of the key server (:mod:`pairkit.keyserver`): TLS with the pinned CA,
+enrolment, intents, method ``ttp``.
 
 The device trusts exactly one CA: the certificate file it was given (``--ttp-ca``, ``--ca``),
 which a manufacturer would install.  No system root is loaded, TLS 1.3 is the minimum, and the
@@ -6,8 +7,8 @@ server's certificate must name the host the device dials.  A server with any oth
 refused with :class:`TtpTrustError` before a byte of pairkit's protocol is sent.
 
 :func:`ttp_host_session` and :func:`ttp_guest_session` run method ``ttp`` over a link
-(:mod:`pairing.ttp`, step 3): they trade link hellos with the other device, ask the key server
-for SK (stating the intent), and open the channel from it.
+(:mod:`pairkit.pairing.ttp`, step 3): they trade link hellos with the other device, ask the key
+server for SK (stating the intent), and open the channel from it.
 """
 
 from __future__ import annotations
@@ -261,32 +262,6 @@ class _KeyFetcher:
         if self.inner is None:
             raise AttributeError(name)
         return getattr(self.inner, name)
-
-
-class _Replay(MessagePipe):
-    """A pipe that gives back a message already read, then reads on (see :func:`replay_first`).
-
-    The transcript stays the inner pipe's: it already counted ``first`` when it read it."""
-
-    def __init__(self, inner: MessagePipe, first: bytes) -> None:
-        super().__init__(inner.link)
-        self._inner = inner
-        self._first: bytes | None = first
-
-    async def send(self, message: bytes) -> None:
-        await self._inner.send(message)
-
-    async def recv(self) -> bytes:
-        if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        return await self._inner.recv()
-
-
-def replay_first(pipe: MessagePipe, first: bytes) -> MessagePipe:
-    """``pipe`` with ``first`` put back in front: a host reads the guest's first message to
-    choose the machine (:func:`pairing.ttp.is_ttp_offer`), then drives that machine on this."""
-    return _Replay(pipe, first)
 
 
 def _link_config(config: TtpLinkConfig | None, peer_hint: bytes | None) -> TtpLinkConfig:

@@ -1,16 +1,22 @@
-"""The key server (``pairkit ttp serve``): an asyncio TLS 1.3 server over the SQLite store.
+"""The key server: an asyncio TLS 1.3 server over the SQLite store (``pairkit ttp serve``,
+``python -m pairkit.keyserver``).
 
 Each connection: admission (per-client connection count, attempt rate, failure lockout, total
 connections; refused before any TLS work), the TLS 1.3 handshake with the server certificate
-(bounded), then :class:`pairing.ttp.TtpServerConn` run by :func:`pairkit.driver.drive` (every
-message bounded in size and in time), and for a CPNS registration
-:class:`pairing.cpns.CpnsServer` on the same connection.  The machines decide; this module
-answers their questions from the store (:mod:`cli.ttp_store`, run on one worker thread so the
-event loop never waits on the disk) and waits for matching intents.
+(bounded), then :class:`pairkit.pairing.ttp.TtpServerConn` run by :func:`pairkit.driver.drive`
+(every message bounded in size and in time), and for a CPNS registration
+:class:`pairkit.pairing.cpns.CpnsServer` on the same connection.  The machines decide; this module
+answers their questions from the store (:mod:`pairkit.keyserver.store`, run on one worker thread
+so the event loop never waits on the disk) and waits for matching intents.
 
 A waiting intent is woken at once when its match arrives in this process, and polls the store
 otherwise (another server process sharing the database), and is withdrawn when its device
 hangs up.  Nothing secret is logged: device ids, names and outcomes only.
+
+:func:`serve` runs one server from a :class:`ServeConfig` until it is told to stop (SIGINT or
+SIGTERM by default).  It reports through :mod:`logging`: the server's start and stop on the
+``pairkit.keyserver`` logger, each device served on ``pairkit.keyserver.connections`` (INFO;
+failures at ERROR, their text starting with ``error:``).  It prints nothing itself.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
+import signal
 import ssl
 import time
 from collections.abc import Callable
@@ -57,13 +65,24 @@ from pairkit.pairing.ttp import (
 )
 from pairkit.transports.tcp import TcpLink, format_host_port
 
-from .ttp_certs import ServerDir, load_cert
-from .ttp_store import Matched, StoreError, TtpStore, open_store
+from .certs import ServerDir, cert_fingerprint, load_cert
+from .store import Matched, StoreError, TtpStore, open_store
 
 T = TypeVar("T")
 
 #: how often a waiting intent looks at the store for a match made by another process
 POLL_INTERVAL = 0.2
+
+#: the server's start and stop
+log = logging.getLogger("pairkit.keyserver")
+#: each device served (INFO), failures (ERROR, text starting with "error:")
+connection_log = logging.getLogger("pairkit.keyserver.connections")
+
+
+def log_connection(text: str) -> None:
+    """The default ``log`` of :class:`TtpServer`: ``text`` on :data:`connection_log`."""
+    level = logging.ERROR if text.startswith("error:") else logging.INFO
+    connection_log.log(level, "%s", text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +187,7 @@ class TtpServer:
         enrol_token: bytes | None = None,
         clock: Callable[[], float] = time.time,
         rng: Rng = os.urandom,
-        log: Callable[[str], None] | None = None,
+        log: Callable[[str], None] | None = log_connection,
     ) -> None:
         self.dir = ServerDir(Path(directory))
         self.dir.check()
@@ -432,3 +451,76 @@ class _Conn:
         names = ", ".join(m.name for m in q.inventory.members)
         s._log(f"registered PN {q.inventory.pn_id.hex()[:16]} of {q.inventory.gw_name}: {names}")
         return True
+
+
+# -- running one server ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """How to run one key server (:func:`serve`); ``pairkit ttp serve`` and
+    ``python -m pairkit.keyserver`` build one from their options."""
+
+    #: the directory ``pairkit ttp init`` (:func:`pairkit.keyserver.certs.init_server_dir`) made
+    directory: Path
+    #: the address to listen on; port 0 picks a free one (see :attr:`Listening.address`)
+    host: str = "127.0.0.1"
+    port: int = 8443
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Listening:
+    """What a started server tells its caller (no secrets)."""
+
+    #: ``HOST:PORT`` it listens on
+    address: str
+    #: the CA certificate devices pin, and its fingerprint for people to compare
+    ca_cert: Path
+    ca_fingerprint: str
+    #: devices enrolled when it started
+    devices: int
+    #: the token file devices must give when enrolment is closed; None when it is open
+    enrol_token: Path | None
+
+
+async def serve(
+    config: ServeConfig,
+    *,
+    ready: Callable[[Listening], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a key server until ``stop`` is set (by default: until SIGINT or SIGTERM).
+
+    ``ready`` is called once it listens.  A directory that is not a key server's, an unreadable
+    enrolment token or an address that cannot be bound raise :class:`ConfigError` before any
+    device is served.
+    """
+    d = ServerDir(Path(config.directory))
+    d.check()
+    token = d.enrol_token()
+    fp = cert_fingerprint(load_cert(d.ca_cert))
+    server = TtpServer(d.root, limits=config.limits, enrol_token=token)
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    try:
+        address = await server.start(config.host, config.port)
+        count = await server.db(server.store.device_count)
+        log.info("pairkit key server listening on %s (TLS 1.3); %d device(s) enrolled",
+                 address, count)
+        log.info("devices pin %s (CA fingerprint %s); enrolment %s", d.ca_cert, fp,
+                 f"needs the token in {d.token}" if token else "is open")
+        if ready is not None:
+            ready(Listening(address, d.ca_cert, fp, count, d.token if token else None))
+        if stop is None:
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stop.set)
+                    handled.append(sig)
+        await stop.wait()
+        log.info("key server stopping")
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await server.close()
