@@ -384,10 +384,9 @@ async def test_a_host_that_allows_several_methods_dispatches_on_the_first_messag
     tmp_path: Path,
 ) -> None:
     """What run_host does: read the guest's first message, then run the machine it starts."""
-    from pairkit.driver import MessagePipe
+    from pairkit.driver import MessagePipe, replay_first
     from pairkit.pairing.ttp import is_ttp_offer
     from pairkit.transports.loopback import loopback_pair
-    from pairkit.driver import replay_first
 
     async with running_server(tmp_path / "srv") as h:
         paul, george = identity("Paul"), identity("George")
