@@ -43,7 +43,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -59,8 +58,9 @@ from bumble import core  # noqa: E402
 from bumble.pairing import PairingConfig as SmpConfig  # noqa: E402
 from bumble.pairing import PairingDelegate  # noqa: E402
 
+from bench.common import Yes, command_line, cpu_model, nproc, positive, summary  # noqa: E402
 from pairkit.driver import drive  # noqa: E402
-from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role, auth_mac_from  # noqa: E402
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Role, auth_mac_from  # noqa: E402
 from pairkit.pairing.crypto import hkdf  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
@@ -187,16 +187,6 @@ def _hello() -> bytes:
                  tag=os.urandom(8)).encode()
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    """Median and quartiles (ms or MB/s, as given), over at least one sample."""
-    ordered = sorted(samples)
-    if len(ordered) >= 4:
-        q1, _, q3 = statistics.quantiles(ordered, n=4)
-    else:
-        q1, q3 = ordered[0], ordered[-1]
-    return {"median": statistics.median(ordered), "q1": q1, "q3": q3, "n": len(ordered)}
-
-
 # -- 1. hello ---------------------------------------------------------------------------------
 
 
@@ -233,18 +223,10 @@ async def measure_hello(settings: Settings) -> dict[str, Any]:
             await listening
         await guest.close()
         await host.close()
-    return _summary(samples[settings.warmup:])
+    return summary(samples[settings.warmup:])
 
 
 # -- 2 and 4. pairings ------------------------------------------------------------------------
-
-
-class _Yes:
-    async def confirm_code(self, question: object) -> bool:
-        return True
-
-    async def allow_join(self, question: object) -> Grant:
-        return Grant(Role.GUEST, 3600)
 
 
 class Pairings:
@@ -335,7 +317,7 @@ class Pairings:
         self.host_known = hs.updated_peer(self.host_known)
 
 
-_YES = _Yes()
+_YES = Yes()
 
 
 def air_estimate(pdus: list[int], encrypted: bool) -> int:
@@ -520,12 +502,12 @@ async def measure_pairings(settings: Settings) -> dict[str, Any]:
         "links": {
             kind: {
                 "mtu": plain[kind].guest_link.mtu,
-                "methods": {n: {"ms": _summary(samples[kind][n]), **traffic[kind][n]}
+                "methods": {n: {"ms": summary(samples[kind][n]), **traffic[kind][n]}
                             for n in names},
             }
             for kind in LINKS
         },
-        "smp": {mode: {"ms": _summary(v), **smp.traffic[mode]}
+        "smp": {mode: {"ms": summary(v), **smp.traffic[mode]}
                 for mode, v in smp_samples.items()},
     }
 
@@ -648,7 +630,7 @@ async def measure_goodput(settings: Settings) -> dict[str, Any]:
             await pair.close()
     return {
         kind: {"mtu": pairs[kind].guest_link.mtu,
-               "mb_s": {k: _summary(v) for k, v in samples[kind].items()}}
+               "mb_s": {k: summary(v) for k, v in samples[kind].items()}}
         for kind in LINKS
     }
 
@@ -657,17 +639,9 @@ async def measure_goodput(settings: Settings) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii",
-                                            errors="replace") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "nproc": affinity or os.cpu_count(),
-        "cpu": model or platform.processor(),
+        "nproc": nproc(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "bumble": getattr(bumble, "__version__", "?"),
         "platform": platform.platform(),
@@ -760,13 +734,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="pairkit over BLE (bumble virtual controllers) beside bumble's own figures.",
@@ -774,9 +741,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true",
                         help="a few runs of everything (the smoke test)")
-    parser.add_argument("--repeat", type=_positive, default=None,
+    parser.add_argument("--repeat", type=positive, default=None,
                         help=f"runs per pairing method (default {DEFAULT.pair_reps})")
-    parser.add_argument("--bulk", type=_positive, default=None,
+    parser.add_argument("--bulk", type=positive, default=None,
                         help=f"bytes per goodput run (default {DEFAULT.bulk_bytes})")
     return parser.parse_args(argv)
 
@@ -789,8 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bulk is not None:
         settings = dataclasses.replace(settings, bulk_bytes=args.bulk)
     result = asyncio.run(measure(settings))
-    given = sys.argv[1:] if argv is None else argv
-    result["command"] = " ".join([".venv/bin/python bench/ble.py", *given])
+    result["command"] = command_line("ble.py", argv)
     # (5) the guest on pairkit's bleak backend beside the guest on bumble, same link (issue 6)
     bleak_bench = _bleak_bench()
     bleak_settings = bleak_bench.QUICK if args.quick else bleak_bench.DEFAULT

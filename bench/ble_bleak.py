@@ -35,11 +35,9 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,8 +50,8 @@ if str(ROOT) not in sys.path:  # so that `python bench/ble_bleak.py` finds pairi
 import bleak  # noqa: E402
 import bumble  # noqa: E402
 
+from bench.common import Yes, nproc, positive, show, summary  # noqa: E402
 from pairkit.driver import drive  # noqa: E402
-from pairkit.pairing.cloud import Grant, Role  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
     GuestPairing,
@@ -85,17 +83,7 @@ DEFAULT = Settings(repeat=20, warmup=2)
 QUICK = Settings(repeat=1, warmup=0)
 
 
-class _Yes:
-    """Both people say yes (compare: the codes match; join: let the guest in)."""
-
-    async def confirm_code(self, question: object) -> bool:
-        return True
-
-    async def allow_join(self, question: object) -> Grant:
-        return Grant(Role.GUEST, 3600)
-
-
-_YES = _Yes()
+_YES = Yes()
 
 
 class Pairings:
@@ -187,15 +175,6 @@ async def connect(bench: Bench, guest: str) -> tuple[Any, Any]:
     return guest_link, host_link
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    if len(ordered) >= 4:
-        q1, _, q3 = statistics.quantiles(ordered, n=4)
-    else:
-        q1, q3 = ordered[0], ordered[-1]
-    return {"median": statistics.median(ordered), "q1": q1, "q3": q3, "n": len(ordered)}
-
-
 async def measure(settings: Settings) -> dict[str, Any]:
     """Milliseconds per guest, method and phase; medians and the bleak/bumble ratios."""
     started = time.perf_counter()
@@ -228,7 +207,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
     for method in METHODS:
         row: dict[str, Any] = {}
         for phase in PHASES:
-            ms = {g: _summary(samples[g][method][phase]) for g in GUESTS}
+            ms = {g: summary(samples[g][method][phase]) for g in GUESTS}
             row[phase] = {
                 "ms": ms,
                 "bleak_vs_bumble": ms["bleak"]["median"] / ms["bumble"]["median"],
@@ -252,9 +231,8 @@ async def _mtu(bench: Bench, guest: str) -> int:
 
 
 def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "nproc": affinity or os.cpu_count(),
+        "nproc": nproc(),
         "python": platform.python_version(),
         "bumble": getattr(bumble, "__version__", "?"),
         "bleak": _version("bleak", bleak),
@@ -297,13 +275,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="pairkit's guest on bleak beside its guest on bumble, same virtual link.",
@@ -311,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="one run of everything")
     parser.add_argument(
-        "--repeat", type=_positive, default=None, help=f"runs per row (default {DEFAULT.repeat})"
+        "--repeat", type=positive, default=None, help=f"runs per row (default {DEFAULT.repeat})"
     )
     return parser.parse_args(argv)
 
@@ -324,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat is not None:
         settings = dataclasses.replace(settings, repeat=args.repeat)
     result = asyncio.run(measure(settings))
-    print(json.dumps(result, indent=2) if args.json else render(result))
+    show(result, render, args.json)
     return 0
 
 

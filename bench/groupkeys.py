@@ -37,10 +37,8 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
 
+from bench.common import command_line, cpu_model, nproc, positive, show, summary_us  # noqa: E402
 from pairkit.pairing.groups import (  # noqa: E402
     ADVERT_OVERHEAD,
     SENDER_SIZE,
@@ -202,13 +201,8 @@ def _time(op: Op, n: int) -> float:
 
 
 def _summary(samples: list[float]) -> dict[str, float]:
-    us = sorted(s * 1e6 for s in samples)
-    if len(us) >= 2:
-        q1, _, q3 = statistics.quantiles(us, n=4, method="inclusive")
-    else:
-        q1 = q3 = us[0]
-    median = statistics.median(us)
-    return {"median_us": median, "q1_us": q1, "q3_us": q3, "per_s": 1e6 / median}
+    row = summary_us(sorted(s * 1e6 for s in samples), method="inclusive")
+    return {**row, "per_s": 1e6 / row["median_us"]}
 
 
 def measure(settings: Settings) -> dict[str, Any]:
@@ -267,19 +261,9 @@ def measure(settings: Settings) -> dict[str, Any]:
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "nproc": affinity or os.cpu_count(),
-        "cpu": model or platform.processor(),
+        "nproc": nproc(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "cryptography": cryptography.__version__,
         "openssl": openssl_backend.openssl_version_text(),
@@ -335,22 +319,15 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time group key envelopes and broadcasts against raw HPKE and AEAD."
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a few runs (the smoke test)")
-    parser.add_argument("--blocks", type=_positive, default=None,
+    parser.add_argument("--blocks", type=positive, default=None,
                         help=f"interleaved blocks (default {DEFAULT_BLOCKS})")
-    parser.add_argument("--per-block", type=_positive, default=None,
+    parser.add_argument("--per-block", type=positive, default=None,
                         help=f"calls per operation per block (default {DEFAULT_PER_BLOCK})")
     return parser.parse_args(argv)
 
@@ -363,9 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(args.blocks or DEFAULT_BLOCKS, args.per_block or DEFAULT_PER_BLOCK,
                             20)
     result = measure(settings)
-    given = sys.argv[1:] if argv is None else argv
-    result["command"] = " ".join([".venv/bin/python bench/groupkeys.py", *given])
-    print(json.dumps(result, indent=2) if args.json else render(result))
+    result["command"] = command_line("groupkeys.py", argv)
+    show(result, render, args.json)
     return 0 if all(result["checks"].values()) else 1
 
 

@@ -48,7 +48,6 @@ import gc
 import hashlib
 import hmac
 import itertools
-import json
 import os
 import platform
 import pstats
@@ -76,6 +75,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 
+from bench.common import Yes, command_line, cpu_model, nproc, positive, show, summary_us  # noqa: E402
 from pairkit.driver import drive  # noqa: E402
 from pairkit.pairing.cpace import CPace  # noqa: E402
 from pairkit.pairing.cpace import P as FIELD_P  # noqa: E402
@@ -517,13 +517,6 @@ def core_runners() -> dict[str, tuple[Callable[[], object], Counter[str]]]:
 # --------------------------------------------------------------------------------------------
 
 
-class _Yes:
-    """A delegate that confirms every numeric-comparison code (both screens match)."""
-
-    async def confirm_code(self, question: object) -> bool:
-        return True
-
-
 @dataclasses.dataclass
 class _Run:
     """What one pairing needs that is prepared outside the timing."""
@@ -666,7 +659,7 @@ class MethodBench:
         return len(packets), sum(packets)
 
 
-_YES = _Yes()
+_YES = Yes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -764,29 +757,14 @@ async def _measure_blocks(
     return out
 
 
-def _summary(samples: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
-    return {"median_us": statistics.median(samples), "q1_us": q[0], "q3_us": q[2]}
-
-
 def _counts_dict(counts: Counter[str]) -> dict[str, int]:
     return {name: counts[name] for name in PRIMITIVE_NAMES if counts[name]}
 
 
 def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
-        "nproc": affinity or os.cpu_count(),
-        "cpu": model or platform.processor(),
+        "nproc": nproc(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "cryptography": cryptography.__version__,
@@ -833,13 +811,13 @@ def measure(settings: Settings) -> dict[str, Any]:
     per_op = {name: statistics.median(v) for name, v in samples["primitives"].items()}
 
     for row in core_rows:
-        row.update(_summary(samples["core"][row["name"]]))
+        row.update(summary_us(samples["core"][row["name"]]))
         row["floor_us"] = floor_us(Counter(row["counts"]), per_op)
         row["calls_floor_us"] = floor_us(Counter(row["calls"]), per_op)
         row["ratio"] = row["median_us"] / row["floor_us"]
     for row in method_rows:
-        row["sansio"] = _summary(samples["sansio"][row["method"]])
-        row["loopback"] = _summary(samples["loopback"][row["method"]])
+        row["sansio"] = summary_us(samples["sansio"][row["method"]])
+        row["loopback"] = summary_us(samples["loopback"][row["method"]])
         row["floor_us"] = floor_us(Counter(row["counts"]), per_op)
         row["calls_floor_us"] = floor_us(Counter(row["calls"]), per_op)
         row["ratio_sansio"] = row["sansio"]["median_us"] / row["floor_us"]
@@ -851,7 +829,8 @@ def measure(settings: Settings) -> dict[str, Any]:
         "machine": machine_info(),
         "settings": dataclasses.asdict(settings),
         "primitives": {
-            p.name: {"what": p.what, **_summary(samples["primitives"][p.name])} for p in PRIMITIVES
+            p.name: {"what": p.what, **summary_us(samples["primitives"][p.name])}
+            for p in PRIMITIVES
         },
         "core": core_rows,
         "methods": method_rows,
@@ -971,13 +950,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time pairkit's handshakes against the summed cost of their primitives.",
@@ -988,7 +960,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeat",
-        type=_positive,
+        type=positive,
         default=None,
         help=f"timed runs per exchange (default {DEFAULT_REPEAT}, {QUICK_REPEAT} with --quick)",
     )
@@ -1018,12 +990,8 @@ def main(argv: list[str] | None = None) -> int:
             mtu=args.mtu,
         )
     result = measure(settings)
-    given = sys.argv[1:] if argv is None else argv
-    result["command"] = " ".join([".venv/bin/python bench/handshake.py", *given])
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(render(result))
+    result["command"] = command_line("handshake.py", argv)
+    show(result, render, args.json)
     return 0
 
 

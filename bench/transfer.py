@@ -28,7 +28,6 @@ import asyncio
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -43,7 +42,6 @@ if str(ROOT) not in sys.path:  # so that `python bench/transfer.py` finds the pa
 from bench.ble import (  # noqa: E402
     LINKS,
     Pair,
-    _summary,
     bumble_raw,
     link_raw,
     machine_info,
@@ -51,6 +49,7 @@ from bench.ble import (  # noqa: E402
     secure,
     secure_pair,
 )
+from bench.common import command_line, positive, show, summary  # noqa: E402
 from pairkit.files import get_file, say_bye, serve_guest  # noqa: E402
 from pairkit.pairing.cloud import Role  # noqa: E402
 from pairkit.pairing.service import AllowRequest, GrantPolicy, Scope  # noqa: E402
@@ -124,7 +123,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
                 await pair.close()
     links: dict[str, Any] = {}
     for kind in LINKS:
-        mb_s = {p: _summary(v) for p, v in samples[kind].items()}
+        mb_s = {p: summary(v) for p, v in samples[kind].items()}
         links[kind] = {
             "mtu": pairs[kind].guest_link.mtu,
             "mb_s": mb_s,
@@ -165,22 +164,15 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="File-transfer goodput over BLE beside raw throughput on the same link.",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a small file, one run (smoke test)")
-    parser.add_argument("--size", type=_positive, default=None,
+    parser.add_argument("--size", type=positive, default=None,
                         help=f"file size in bytes (default {DEFAULT.size})")
-    parser.add_argument("--repeat", type=_positive, default=None,
+    parser.add_argument("--repeat", type=positive, default=None,
                         help=f"runs per path (default {DEFAULT.repeat})")
     return parser.parse_args(argv)
 
@@ -193,9 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat is not None:
         settings = dataclasses.replace(settings, repeat=args.repeat)
     result = asyncio.run(measure(settings))
-    given = sys.argv[1:] if argv is None else argv
-    result["command"] = " ".join([".venv/bin/python bench/transfer.py", *given])
-    print(json.dumps(result, indent=2) if args.json else render(result))
+    result["command"] = command_line("transfer.py", argv)
+    show(result, render, args.json)
     return 0
 
 

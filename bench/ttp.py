@@ -3,7 +3,7 @@
 A *key delivery* is one pair of devices served: each device opens TLS 1.3 to the key server
 (pinned CA), proves its identity key, states its intent naming the other, and both receive the
 same fresh SK (``pairing/ttp.py``, steps 1 and 2).  The server runs as its own process
-(``python -m pairkit.keyserver``), its database on disk, as in production; the devices run
+(``python -m pairkit.cli.ttp_cli serve``), its database on disk, as in production; the devices run
 in this process under asyncio, ``pairs`` pairs at a time, each pair delivering ``rounds`` keys
 one after another.
 
@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 import cryptography  # noqa: E402
 from cryptography.hazmat.backends.openssl import backend as openssl_backend  # noqa: E402
 
+from bench.common import nproc, positive, summary_us  # noqa: E402
 from pairkit.keyserver.certs import init_server_dir  # noqa: E402
 from pairkit.keyserver.server import server_context  # noqa: E402
 from pairkit.keyserver.store import Sealer  # noqa: E402
@@ -191,11 +192,11 @@ def time_floor(settings: Settings, directory: Path, cert: bytes) -> dict[str, fl
         t0 = time.perf_counter()
         TlsPair(server_ctx, client_ctx)
         tls_samples.append(time.perf_counter() - t0)
-    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    floor = summary_us([s * 1e6 for s in samples])
     return {
-        "us": statistics.median(samples) * 1e6,
-        "q1_us": q[0] * 1e6,
-        "q3_us": q[2] * 1e6,
+        "us": floor["median_us"],
+        "q1_us": floor["q1_us"],
+        "q3_us": floor["q3_us"],
         "tls_handshake_us": statistics.median(tls_samples) * 1e6,
     }
 
@@ -210,7 +211,7 @@ async def start_server(directory: Path, max_clients: int) -> tuple[asyncio.subpr
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pairkit.keyserver", "--dir", str(directory), "--listen",
+        sys.executable, "-m", "pairkit.cli.ttp_cli", "serve", "--dir", str(directory), "--listen",
         "127.0.0.1:0", "--json", "--quiet", "--max-connections", str(4 * max_clients + 64),
         "--max-per-client", str(4 * max_clients + 64), "--rate", "1000000", "--max-wait", "60",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -304,12 +305,8 @@ def measure(settings: Settings) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        affinity = None
     return {
-        "nproc": affinity or os.cpu_count(),
+        "nproc": nproc(),
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -344,21 +341,14 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> int:
     parser = argparse.ArgumentParser(
         description="Key deliveries per second of the pairkit key server, against a floor.")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 and 2 pairs")
-    parser.add_argument("--pairs", type=_positive, nargs="+", default=None,
+    parser.add_argument("--pairs", type=positive, nargs="+", default=None,
                         help="concurrency levels (pairs at once); default 1 10 100")
-    parser.add_argument("--deliveries", type=_positive, default=None,
+    parser.add_argument("--deliveries", type=positive, default=None,
                         help="deliveries per level (default 300)")
     args = parser.parse_args(argv)
     if args.quick:

@@ -34,7 +34,7 @@ from pairkit.pairing.qr import QrCode
 from pairkit.pairing.service import Membership
 from pairkit.presence import discover
 from pairkit.transports.registry import open_transport
-from tests.test_ble_pairing import Person, make_keystore, reopen
+from tests.ble_harness import Person, make_keystore, reopen
 from tests.transport_conformance import (
     check_bulk_both_ways,
     check_close_drains_then_raises,

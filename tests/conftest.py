@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["pytester"]
+# tests/ble_harness.py: the fixtures of the BLE tests (world, paul, george, tv).
+pytest_plugins = ["pytester", "tests.ble_harness"]
 
 # CI runs on a shared 2-core machine: a per-example deadline would fail tests on load, not on
 # behaviour (pytest-timeout bounds every test instead), and "too slow" says the same.

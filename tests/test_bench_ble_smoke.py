@@ -1,4 +1,5 @@
-"""Smoke test of bench/ble.py and bench/transfer.py: both run with --quick, and their books hold.
+"""Smoke test of bench/ble.py, bench/transfer.py and bench/ble_bleak.py: each runs with --quick,
+and their books hold.
 
 No timing is asserted (machines are noisy; the benches report ratios for people to read).  What is
 checked is what would make the figures meaningless if it rotted: every method, SMP mode and path
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from bench import ble as ble_bench
+from bench import ble_bleak as bleak_bench
 from bench import transfer as transfer_bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,3 +133,17 @@ def test_bad_arguments_are_refused() -> None:
         ble_bench.parse_args(["--repeat", "0"])
     with pytest.raises(SystemExit):
         transfer_bench.parse_args(["--size", "-1"])
+
+
+async def test_the_bleak_bench_runs_and_reports_ratios() -> None:
+    result = await bleak_bench.measure(bleak_bench.QUICK)
+    assert result["link_mtu"] == {"bumble": 512, "bleak": 512}
+    assert set(result["methods"]) == {"pin", "qr", "compare", "resume"}
+    for row in result["methods"].values():
+        for phase in ("pair", "join"):
+            cell = row[phase]
+            assert cell["bleak_vs_bumble"] > 0
+            assert cell["ms"]["bleak"]["median"] > 0 and cell["ms"]["bumble"]["n"] == 1
+            if phase == "join":  # connecting is part of joining
+                assert cell["ms"]["bleak"]["median"] > row["pair"]["ms"]["bleak"]["median"]
+    assert "bleak/bumble" in bleak_bench.render(result)

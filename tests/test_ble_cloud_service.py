@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,36 +38,16 @@ from pairkit.pairing.service import FileEntry, GrantPolicy, Membership, Scope
 from pairkit.presence import discover
 from pairkit.securelink import SecureLink, confirm
 
-from .test_ble_pairing import (
+from .ble_harness import (
     PIN,
     Person,
     World,
     ble_pair,
     eventually,
-    make_keystore,
     reopen,
 )
 
 FILES = {"holiday.mp4": 300_000, "birthday.mp4": 120_000}
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    w = World()
-    try:
-        yield w
-    finally:
-        await w.close()
-
-
-@pytest.fixture
-def paul(tmp_path: Path) -> Keystore:
-    return make_keystore(tmp_path / "paul" / "keystore.pk", "Paul's phone")
-
-
-@pytest.fixture
-def george(tmp_path: Path) -> Keystore:
-    return make_keystore(tmp_path / "george" / "keystore.pk", "George's phone")
 
 
 @pytest.fixture

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pairkit.pairing.errors import NotFoundError, RefusedError, RemoteError
+from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import Method
-from tests.test_ble_pairing import Person, World, george, paul, reopen, world  # noqa: F401
+from tests.ble_harness import Person, World, make_keystore, reopen
 
 
 async def test_a_known_host_is_found_again_after_its_address_rotates(
-    world: World, paul, george  # noqa: F811
+    world: World, paul: Keystore, george: Keystore
 ) -> None:
     host = await world.start_host(paul)
     guest = await world.device()
@@ -29,11 +32,9 @@ async def test_a_known_host_is_found_again_after_its_address_rotates(
 
 
 async def test_another_host_nearby_is_not_taken_for_the_known_one(
-    world: World, paul, george, tmp_path  # noqa: F811
+    world: World, paul: Keystore, george: Keystore, tmp_path: Path
 ) -> None:
     """A returning guest never makes a stranger host ask its owner anything."""
-    from tests.test_ble_pairing import make_keystore
-
     host = await world.start_host(paul)
     guest = await world.device()
     await world.join(george, guest, host, method=Method.PIN)

@@ -1,306 +1,93 @@
-"""Real BLE with bumble: discovery, every pairing method and a vanished peer, on virtual radios.
+"""Real BLE on virtual radios: discovery, every pairing method, resume, a wrong PIN, a file and
+a vanished peer, with the guest on bumble and on bleak.
 
-Each test builds its own :class:`~transports.ble.virtual.VirtualRadio` and runs bumble's real host
-stack (advertising, scanning, GATT, L2CAP, SMP) under the command's own flows
-(:func:`cli.flows.run_host`, :func:`cli.flows.run_join`, :func:`pairkit.presence.discover`), with
-real keystores in a temporary folder and scripted people (:class:`Person`) who record every
-question they are asked.  Where a test needs a step the flows do not expose (a host that vanishes
-after its first flight, a host that refuses ``clear``), it drives the pairing machines with
-:func:`pairkit.driver.drive` over a BLE link directly.
+Each test builds its own :class:`~transports.ble.virtual.VirtualRadio` (``world``, from
+tests/ble_harness.py) and runs bumble's real host stack (advertising, scanning, GATT, L2CAP, SMP)
+under the command's own flows (:func:`cli.flows.run_host`, :func:`cli.flows.run_join`,
+:func:`pairkit.presence.discover`), with real keystores in a temporary folder and scripted people
+(:class:`Person`) who record every question they are asked.
 
-:class:`World` and :class:`Person` are shared with ``tests/test_ble_cloud_service.py``.
+The matrix: a test that takes ``central`` runs once per kind of guest in
+:data:`~tests.ble_harness.CENTRALS`: a bumble device (``bumble:virtual``), and bleak's API on
+pairkit's bumble backend (``bleak:bumble:virtual``, :mod:`transports.bleak`) on the same radio;
+the host is always ``pairkit host``'s flow on bumble.  Where a test needs a step the flows do
+not expose (a host that vanishes after its first flight, a host that refuses ``clear``), it
+drives the pairing machines with :func:`pairkit.driver.drive` over a bumble link directly.  Last,
+``pairkit discover`` and ``pairkit join`` run as processes with the guest on
+``bleak:bumble:tcp-client:...`` through ``pairkit radio``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import hashlib
 import os
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
+from pairkit.cli.flows import JoinOptions, run_join
 from pairkit.driver import MessagePipe, drive
-from pairkit.pairing.cloud import AllowJoin, Grant, Role
+from pairkit.files import get_file
+from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import (
     ErrorCode,
     InsecureLinkError,
     LinkClosedError,
+    PairingError,
     PairingTimeout,
     RemoteError,
 )
-from pairkit.pairing.hello import decode_hello, match_tag
-from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.pairing.hello import match_tag
+from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import (
-    ConfirmCode,
     GuestPairing,
     HostPairing,
     HostState,
-    InsecureWarning,
     LocalIdentity,
     PairingConfig,
     Session,
 )
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.qr import QrCode
-from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
+from pairkit.pairing.service import Membership
 from pairkit.presence import Presence, discover, tag_keys
-from pairkit.transports.ble.links import BleLink, GattLink, L2capLink
-from pairkit.transports.bumble import BumbleTransport, VirtualRadio, open_bumble
-
-KEYSTORE_PIN = "246813"
-GUEST_HOUR = Grant(Role.GUEST, 3600)
-SPEC = "bumble:virtual"
-PIN = "482913"
-
-
-# -- the harness (shared with test_ble_cloud_service.py) ----------------------------------------
-
-
-def make_keystore(path: Path, name: str) -> Keystore:
-    """A device with its own personal cloud, as ``pairkit init`` makes it (cheapest Argon2id)."""
-    ks = Keystore.create(path, KEYSTORE_PIN, name=name, kdf=Argon2Params.cheapest())
-    ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
-    ks.save()
-    return ks
-
-
-def reopen(ks: Keystore) -> Keystore:
-    """The keystore as it is on disk (what the next command would see)."""
-    return Keystore.open(ks.path, KEYSTORE_PIN)
+from pairkit.transports.base import Link
+from pairkit.transports.ble.links import GattLink, L2capLink
+from pairkit.transports.bleak import BleakLink
+from tests.ble_harness import (
+    CENTRALS,
+    PIN,
+    Central,
+    Person,
+    World,
+    ble_pair,
+    eventually,
+    reopen,
+    sightings,
+    spec_of,
+    tags_by_address,
+)
+from tests.cli_helpers import Device, Lab, init_devices, run_cli, use_bytecode_cache
 
 
-def make_member(owner: Keystore, member: Keystore) -> None:
-    """``member`` joined ``owner``'s cloud earlier (as a member grant delivers the secret)."""
-    cloud = next(c for c in owner.clouds() if c.role == "owner")
-    member.set_cloud(
-        cloud.cloud_id, owner._cloud_secret_for_new_member(cloud.cloud_id),
-        name=cloud.name, role="member",
-    )
-    member.save()
-
-
-class Person:
-    """A device's owner, scripted: the answers are fixed, every question is recorded."""
-
-    def __init__(
-        self, *, join: Grant | None = GUEST_HOUR, scope: Scope = Scope.SESSION, confirm: bool = True
-    ) -> None:
-        self.join = join
-        self.scope = scope
-        self.confirm = confirm
-        self.questions: list[tuple[str, str | None]] = []
-        self.warnings: list[str] = []
-
-    async def allow_join(self, q: AllowJoin) -> Grant | None:
-        self.questions.append(("join", q.name))
-        return self.join
-
-    async def allow_request(self, q: AllowRequest) -> Scope:
-        self.questions.append((q.what, q.name))
-        return self.scope
-
-    async def confirm_code(self, q: ConfirmCode) -> bool:
-        self.questions.append(("code", q.code))
-        return self.confirm
-
-    async def join_cloud(self, q: JoinCloud) -> bool:
-        self.questions.append(("cloud", q.cloud_name))
-        return True
-
-    async def on_warning(self, event: InsecureWarning) -> None:
-        self.warnings.append(event.text)
-
-    async def on_event(self, event: object) -> None:
-        return None
-
-
-@dataclasses.dataclass
-class HostRun:
-    """A running ``run_host`` on a virtual controller."""
-
-    task: asyncio.Task[int]
-    transport: BumbleTransport
-    presence: Presence
-    state: HostState
-    person: Person
-    results: list[dict[str, Any]]
-
-    @property
-    def address(self) -> str:
-        return self.transport.address
-
-    @property
-    def qr(self) -> QrCode:
-        assert self.state.last_qr is not None
-        return QrCode.parse(self.state.last_qr.to_uri())
-
-    def encrypted_connections(self) -> list[bool]:
-        return [c.is_encrypted for c in self.transport.device.connections.values()]
-
-
-class World:
-    """One virtual radio, the devices on it, the hosts running; everything closed at the end."""
-
-    def __init__(self) -> None:
-        self.radio = VirtualRadio()
-        self.transports: list[BumbleTransport] = []
-        self.hosts: list[HostRun] = []
-
-    async def device(self, **config: Any) -> BumbleTransport:
-        transport = await open_bumble("virtual", radio=self.radio, **config)
-        self.transports.append(transport)
-        return transport
-
-    async def start_host(
-        self,
-        ks: Keystore,
-        methods: frozenset[Method] = frozenset({Method.PIN, Method.RESUME}),
-        *,
-        person: Person | None = None,
-        prefer_l2cap: bool = True,
-        on_session: SessionHandler | None = None,
-        **options: Any,
-    ) -> HostRun:
-        transport = await self.device(prefer_l2cap=prefer_l2cap)
-        person = person or Person()
-        options.setdefault("visible", 60.0)
-        opts = HostOptions(transport=SPEC, methods=methods, quiet=True, **options)
-        started: asyncio.Future[HostState] = asyncio.get_running_loop().create_future()
-        presences: list[Presence] = []
-        results: list[dict[str, Any]] = []
-        task = asyncio.create_task(run_host(
-            ks, opts, emit=results.append, ready=lambda _a, s: started.set_result(s),
-            transport_obj=transport, delegate=person, presence_out=presences,
-            on_session=on_session,
-        ))
-        done, _ = await asyncio.wait({task, started}, timeout=5, return_when="FIRST_COMPLETED")
-        if started not in done:
-            task.cancel()
-            raise AssertionError(f"the host did not start: {task}")
-        host = HostRun(task, transport, presences[0], started.result(), person, results)
-        self.hosts.append(host)
-        return host
-
-    async def join(
-        self,
-        ks: Keystore,
-        guest: BumbleTransport,
-        host: HostRun | None,
-        *,
-        method: Method | None = Method.PIN,
-        person: Person | None = None,
-        on_session: SessionHandler | None = None,
-        target: str | None = None,
-        address: str | None = None,
-        **options: Any,
-    ) -> tuple[Session, Membership]:
-        """``pairkit join`` through ``guest`` (to ``host``'s address unless ``target`` names a
-        known peer), bounded by a deadline."""
-        if method is Method.PIN and "pin" not in options and host is not None:
-            options["pin"] = host.state.pin
-        if method is Method.QR and "qr" not in options and host is not None:
-            options["qr"] = host.qr
-        if target is None and host is not None:
-            target = host.address
-        assert target is not None
-        opts = JoinOptions(
-            target=target, transport=SPEC, method=method, json=True,
-            connect_timeout=5.0, **options,
-        )
-        return await asyncio.wait_for(
-            run_join(ks, opts, on_session=on_session, transport_obj=guest,
-                     delegate=person or Person(), address=address),
-            15,
-        )
-
-    async def close(self) -> None:
-        for host in self.hosts:
-            host.task.cancel()
-        for host in self.hosts:
-            with contextlib.suppress(BaseException):
-                await host.task
-        for transport in reversed(self.transports):
-            await transport.close()
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    w = World()
-    try:
-        yield w
-    finally:
-        await w.close()
-
-
-@pytest.fixture
-def paul(tmp_path: Path) -> Keystore:
-    return make_keystore(tmp_path / "paul" / "keystore.pk", "Paul's phone")
-
-
-@pytest.fixture
-def george(tmp_path: Path) -> Keystore:
-    return make_keystore(tmp_path / "george" / "keystore.pk", "George's phone")
-
-
-@pytest.fixture
-def tv(tmp_path: Path, paul: Keystore) -> Keystore:
-    """Paul's TV: a member of Paul's cloud."""
-    ks = make_keystore(tmp_path / "tv" / "keystore.pk", "Paul's TV")
-    make_member(paul, ks)
-    return ks
-
-
-async def eventually(condition: Callable[[], bool], within: float = 3.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.005)
-
-
-async def sightings(
-    scanner: BumbleTransport, seconds: float, address: Callable[[str], bool] = lambda _a: True
-) -> list[tuple[str, bytes, bool]]:
-    """(address, hello tag, visible) of every hello heard for ``seconds``, in order."""
-    heard = []
-    async for s in scanner.scan(seconds):
-        if address(s.address):
-            hello = decode_hello(s.payload)
-            heard.append((s.address, hello.tag, hello.visible))
-    return heard
-
-
-def tags_by_address(heard: list[tuple[str, bytes, bool]]) -> dict[str, set[bytes]]:
-    out: dict[str, set[bytes]] = {}
-    for address, tag, _visible in heard:
-        out.setdefault(address, set()).add(tag)
-    return out
-
-
-async def ble_pair(
-    world: World, *, prefer_l2cap: bool = True
-) -> tuple[BumbleTransport, BumbleTransport, BleLink, BleLink]:
-    """A host and a guest device and one link between them (no pairkit handshake yet)."""
-    host = await world.device(prefer_l2cap=prefer_l2cap)
-    guest = await world.device(prefer_l2cap=prefer_l2cap)
-    await host.start_advertising(b"\x40" + bytes(9))
-    accepting = asyncio.ensure_future(host.accept(timeout=5))
-    guest_link = await guest.connect(host.address, timeout=5)
-    return host, guest, guest_link, await accepting
+@pytest.fixture(params=CENTRALS)
+def central(request: pytest.FixtureRequest) -> str:
+    """The kind of guest (the matrix in the module docstring)."""
+    return request.param  # type: ignore[no-any-return]
 
 
 # -- discovery -----------------------------------------------------------------------------------
 
 
 async def test_a_visible_host_is_found_quickly_and_listed_as_joinable(
-    world: World, paul: Keystore, george: Keystore
+    world: World, paul: Keystore, george: Keystore, central: str
 ) -> None:
     host = await world.start_host(paul, frozenset({Method.PIN, Method.QR, Method.RESUME}))
-    scanner = await world.device()
+    scanner = await world.central(central)
     t0 = time.perf_counter()
     found, garbage = await discover(scanner, george, 0.5)
     elapsed = time.perf_counter() - t0
@@ -323,10 +110,10 @@ async def test_a_visible_host_is_found_quickly_and_listed_as_joinable(
 
 
 async def test_a_private_host_is_listed_not_joinable_and_refuses_a_stranger(
-    world: World, paul: Keystore, george: Keystore
+    world: World, paul: Keystore, george: Keystore, central: str
 ) -> None:
     host = await world.start_host(paul, visible=None)
-    guest = await world.device()
+    guest = await world.central(central)
     found, _ = await discover(guest, george, 0.3)
     (entry,) = [f for f in found if f.address == host.address]
     assert entry.hello.visible is False and entry.cloud_name is None
@@ -388,10 +175,10 @@ async def test_tag_and_address_rotate_on_their_own(
 
 
 async def test_a_member_recognises_the_host_and_a_stranger_does_not(
-    world: World, paul: Keystore, george: Keystore, tv: Keystore
+    world: World, paul: Keystore, george: Keystore, tv: Keystore, central: str
 ) -> None:
     host = await world.start_host(paul, visible=None)  # private: only members know it
-    tv_radio, george_radio = await world.device(), await world.device()
+    tv_radio, george_radio = await world.central(central), await world.central(central)
     (tv_found, _), (george_found, _) = await asyncio.gather(
         discover(tv_radio, tv, 0.3), discover(george_radio, george, 0.3)
     )
@@ -406,18 +193,26 @@ async def test_a_member_recognises_the_host_and_a_stranger_does_not(
     assert host.person.questions == []
 
 
-# -- every pairing method over BLE ---------------------------------------------------------------
+# -- every pairing method, over every kind of link -------------------------------------------------
+
+#: (central, link the guest prefers, the link class it gets): bleak has GATT only.
+LINKS = {
+    "bumble-l2cap": ("bumble", True, L2capLink),
+    "bumble-gatt": ("bumble", False, GattLink),
+    "bleak-gatt": ("bleak", True, BleakLink),
+}
 
 
-@pytest.mark.parametrize("link_kind", ["l2cap", "gatt"])
+@pytest.mark.parametrize("link_kind", list(LINKS))
 @pytest.mark.parametrize("method", [Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR])
 async def test_each_method_pairs_over_ble(
     world: World, paul: Keystore, george: Keystore, method: Method, link_kind: str
 ) -> None:
+    central, prefer_l2cap, link_class = LINKS[link_kind]
     host = await world.start_host(
-        paul, frozenset({method, Method.RESUME}), prefer_l2cap=link_kind == "l2cap"
+        paul, frozenset({method, Method.RESUME}), prefer_l2cap=prefer_l2cap
     )
-    guest = await world.device(prefer_l2cap=link_kind == "l2cap")
+    guest = await world.central(central, prefer_l2cap=prefer_l2cap)
     seen: dict[str, Any] = {}
 
     async def look(slink: Any, session: Session, membership: Membership) -> None:
@@ -438,9 +233,10 @@ async def test_each_method_pairs_over_ble(
     # 'clear' over a Just Works link is encrypted but vouched for by no one (rule 5).
     assert session.peer.authenticated is (method is not Method.CLEAR)
     assert membership.role is Role.GUEST
-    assert type(seen["link"]) is (L2capLink if link_kind == "l2cap" else GattLink)
+    assert type(seen["link"]) is link_class
     if method is Method.CLEAR:
-        # run_join turned on LE Secure Connections first; both controllers encrypt the link.
+        # run_join turned on LE Secure Connections first (on bleak through its pair());
+        # both controllers encrypt the link.
         assert seen["guest_encrypted"] is True and seen["host_encrypted"] == [True]
         assert result["peer"]["authenticated"] is False
     else:
@@ -458,10 +254,10 @@ async def test_each_method_pairs_over_ble(
 
 
 async def test_resume_and_the_kk_fallback_over_ble(
-    world: World, paul: Keystore, george: Keystore
+    world: World, paul: Keystore, george: Keystore, central: str
 ) -> None:
     host = await world.start_host(paul)
-    guest = await world.device()
+    guest = await world.central(central)
     first, _ = await world.join(george, guest, host)
     await eventually(lambda: len(host.results) == 1)
     asked = len(host.person.questions)
@@ -500,13 +296,50 @@ async def test_resume_and_the_kk_fallback_over_ble(
     assert len(host.person.questions) == asked
 
 
+async def test_a_wrong_pin_fails_on_both_sides(
+    world: World, paul: Keystore, george: Keystore, central: str
+) -> None:
+    host = await world.start_host(paul)
+    guest = await world.central(central)
+    wrong = "000000" if host.state.pin != "000000" else "111111"
+    with pytest.raises(PairingError):
+        await world.join(george, guest, host, pin=wrong)
+    assert host.results == []
+    assert reopen(george).peers() == () and reopen(paul).peers() == ()
+    assert not host.task.done()  # the host keeps serving
+
+
+async def test_a_file_travels_over_the_link(
+    world: World, paul: Keystore, george: Keystore, tmp_path: Path, central: str
+) -> None:
+    share = tmp_path / "videos"
+    share.mkdir()
+    content = os.urandom(300_000)
+    (share / "holiday.mp4").write_bytes(content)
+    host = await world.start_host(paul, share=share)
+    guest = await world.central(central)
+    dest = tmp_path / "got" / "holiday.mp4"
+    dest.parent.mkdir()
+    fetched: list[Any] = []
+
+    async def fetch(slink: Any, session: Session, membership: Membership) -> None:
+        fetched.append(await get_file(slink, "holiday.mp4", dest))
+
+    await world.join(george, guest, host, on_session=fetch)
+    (result,) = fetched
+    assert result.size == len(content) and dest.read_bytes() == content
+    assert result.sha256 == hashlib.sha256(content).hexdigest()
+    # Paul was asked to let George in, then for the file (DESIGN.md, service provision).
+    assert host.person.questions == [("join", "George's phone"), ("get", "holiday.mp4")]
+
+
 # -- clear without link encryption ---------------------------------------------------------------
 
 
 class _PlainLink:
     """A BLE link seen through a transport that cannot turn link-layer encryption on."""
 
-    def __init__(self, link: BleLink) -> None:
+    def __init__(self, link: Link) -> None:
         self._link = link
 
     mtu = property(lambda self: self._link.mtu)
@@ -525,7 +358,7 @@ class _PlainLink:
 
 
 class _NoEncryptTransport:
-    def __init__(self, inner: BumbleTransport) -> None:
+    def __init__(self, inner: Central) -> None:
         self.inner = inner
 
     async def connect(self, address: str, timeout: float) -> _PlainLink:
@@ -536,11 +369,12 @@ class _NoEncryptTransport:
 
 
 async def test_clear_is_refused_by_the_guest_on_a_link_that_cannot_encrypt(
-    world: World, paul: Keystore, george: Keystore
+    world: World, paul: Keystore, george: Keystore, central: str
 ) -> None:
     host = await world.start_host(paul, frozenset({Method.CLEAR, Method.RESUME}))
-    guest = _NoEncryptTransport(await world.device())
-    opts = JoinOptions(target=host.address, transport=SPEC, method=Method.CLEAR)
+    inner = await world.central(central)
+    guest = _NoEncryptTransport(inner)
+    opts = JoinOptions(target=host.address, transport=spec_of(inner), method=Method.CLEAR)
     with pytest.raises(InsecureLinkError, match="--allow-insecure") as caught:
         await asyncio.wait_for(
             run_join(george, opts, transport_obj=guest, delegate=Person()), 10
@@ -615,3 +449,72 @@ async def test_a_host_that_vanishes_after_its_first_flight_ends_the_guest(
     if how == "unplug":
         assert elapsed >= step * 0.9  # it waited its step timeout, no less
     assert guest.failed and guest.session is None
+
+
+# -- the commands, as processes, through pairkit radio -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
+    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
+    base = tmp_path_factory.mktemp("bleak-templates")
+    names = {"paul": "Paul's phone", "george": "George's phone"}
+    homes = {key: base / key for key in names}
+    init_devices(homes, names)
+    return {key: Device(homes[key], names[key]) for key in names}
+
+
+async def test_join_and_discover_on_bleak_through_pairkit_radio(
+    tmp_path: Path, templates: dict[str, Device]
+) -> None:
+    radio = await asyncio.create_subprocess_exec(
+        *_module("pairkit.transports.radio"),
+        "--ports",
+        "0",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    lab = Lab(tmp_path / "devices", templates)
+    try:
+        assert radio.stdout is not None
+        line = (await asyncio.wait_for(radio.stdout.readline(), 20)).decode()
+        host_spec, guest_spec = line.split()[1:3]
+        guest_spec = "bleak:" + guest_spec  # bleak:bumble:tcp-client:127.0.0.1:P
+        paul, george = lab.device("paul"), lab.device("george")
+        host = await lab.host(
+            paul,
+            "--method",
+            "pin",
+            "--pin",
+            "482913",
+            "--visible",
+            "60",
+            "--yes",
+            "--json",
+            transport=host_spec,
+        )
+        found = (await george.run("discover", "-t", guest_spec, "--timeout", "1", "--json")).ok()
+        (device,) = [d for d in found.json()["devices"] if d["address"] == host.address]
+        assert device["visible"] is True and device["methods"] == ["pin"]
+        joined = await george.join(
+            host.address, "-t", guest_spec, "--method", "pin", "--pin", "482913", "--json"
+        )
+        result = joined.ok().json()
+        assert result["ok"] is True and result["method"] == "pin"
+        hosted = await host.next_result()
+        assert hosted["session"] == result["session"]
+        assert hosted["peer"]["name"] == "George's phone"
+        (peer,) = await george.peers()
+        assert peer["name"] == "Paul's phone"
+        # And what the guest side says when the radio it names is not there.
+        dead = await run_cli(george.home, "discover", "-t", "bleak:bumble:tcp-client:127.0.0.1:1")
+        assert dead.rc != 0 and "error: " in dead.err and "nothing listens" in dead.err
+    finally:
+        await lab.close()
+        radio.kill()
+        await radio.wait()
+
+
+def _module(name: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", name)

@@ -66,7 +66,6 @@ from pairkit.pairing.errors import (
     LinkClosedError,
     PairingError,
     PairingTimeout,
-    TooLargeError,
     TransportError,
     UnsupportedError,
 )
@@ -74,6 +73,7 @@ from pairkit.pairing.errors import (
 from .base import Sighting, sightings_until
 from .ble.adv import PAIRKIT_PSM_CHAR_UUID, PAIRKIT_RX_CHAR_UUID, PAIRKIT_SERVICE_UUID
 from .ble.adv import PAIRKIT_TX_CHAR_UUID as _TX_UUID
+from .queued import BufferedLink, put_latest
 
 __all__ = ["BleakConfig", "BleakLink", "BleakTransport", "open", "translate"]
 
@@ -230,8 +230,11 @@ def _backend(client: BleakClient) -> Any:
     return getattr(client, "_backend", None)
 
 
-class BleakLink:
-    """A pairkit GATT link over a connected ``BleakClient`` (module docstring)."""
+class BleakLink(BufferedLink):
+    """A pairkit GATT link over a connected ``BleakClient`` (module docstring).
+
+    The receive buffer, ``recv``, ``send``'s checks and closing are :class:`BufferedLink`'s.
+    """
 
     kind = "gatt"
 
@@ -244,33 +247,17 @@ class BleakLink:
         peer: str,
         config: BleakConfig,
     ) -> None:
+        super().__init__(
+            peer=peer, idle_timeout=config.idle_timeout, max_rx_buffer=config.max_rx_buffer
+        )
         self._client = client
         self._rx_char = rx
         self._flush_char = flush
-        self._peer = peer
         self._config = config
         self._mtu = max(20, min(rx.max_write_without_response_size, GATT_MAX_VALUE))
-        self._loop = asyncio.get_running_loop()
-        self._rx: collections.deque[bytes] = collections.deque()
-        self._rx_bytes = 0
-        self._rx_ready = asyncio.Event()
-        self._end_reason: str | None = None  # once set, nothing more arrives
-        self._lost: str | None = None  # the connection is gone, and why
-        self._send_lock = asyncio.Lock()
-        self._encrypt_lock = asyncio.Lock()
-        self._close_task: asyncio.Task[None] | None = None
         self._paired = False
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- Link protocol -------------------------------------------------------------------
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
-    @property
-    def peer(self) -> str:
-        return self._peer
 
     @property
     def encrypted(self) -> bool:
@@ -308,73 +295,25 @@ class BleakLink:
         return bool(outcome is not None and outcome[0] and outcome[1] and self.encrypted)
 
     @property
-    def closed(self) -> bool:
-        return self._close_task is not None or self._lost is not None
-
-    @property
-    def buffered(self) -> int:
-        """Messages received and not read yet."""
-        return len(self._rx)
-
-    @property
     def client(self) -> BleakClient:
         """The bleak client (for diagnostics and tests)."""
         return self._client
 
-    async def send(self, data: bytes) -> None:
-        """Send one message of at most ``mtu`` bytes as a write without response."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError("a link sends bytes")
-        data = bytes(data)
-        if len(data) > self._mtu:
-            raise TooLargeError(
-                f"a {len(data)}-byte message exceeds this link's MTU of {self._mtu} bytes"
+    async def _send_checked(self, data: bytes) -> None:
+        # Called by BufferedLink.send under the send lock: one write without response.
+        try:
+            await asyncio.wait_for(
+                self._client.write_gatt_char(self._rx_char, data, response=False),
+                self._config.send_timeout,
             )
-        self._check_open()
-        async with self._send_lock:
-            self._check_open()
-            try:
-                await asyncio.wait_for(
-                    self._client.write_gatt_char(self._rx_char, data, response=False),
-                    self._config.send_timeout,
-                )
-            except TimeoutError:
-                raise PairingTimeout(
-                    f"sending to {self._peer}: no progress within {self._config.send_timeout:g} s"
-                ) from None
-            except (BleakError, OSError) as exc:
-                if not self._client.is_connected:
-                    raise LinkClosedError(self._reason()) from None
-                raise translate(exc, "sending a message") from exc
-
-    async def recv(self) -> bytes:
-        """The next message; :class:`LinkClosedError` once the peer is gone and all is read."""
-        while True:
-            if self._rx:
-                data = self._rx.popleft()
-                self._rx_bytes -= len(data)
-                return data
-            if self._end_reason is not None:
-                raise LinkClosedError(self._end_reason)
-            self._rx_ready.clear()
-            idle = self._config.idle_timeout
-            if idle is None:
-                await self._rx_ready.wait()
-                continue
-            try:
-                await asyncio.wait_for(self._rx_ready.wait(), idle)
-            except TimeoutError:
-                if self._rx or self._end_reason is not None:
-                    continue
-                reason = f"nothing heard from {self._peer} for {idle:g} s"
-                self._abort(reason)
-                raise PairingTimeout(reason) from None
-
-    async def close(self) -> None:
-        """Make sure what was sent has arrived, then disconnect; idempotent."""
-        if self._close_task is None:
-            self._close_task = self._loop.create_task(self._do_close())
-        await asyncio.shield(self._close_task)
+        except TimeoutError:
+            raise PairingTimeout(
+                f"sending to {self._peer}: no progress within {self._config.send_timeout:g} s"
+            ) from None
+        except (BleakError, OSError) as exc:
+            if not self._client.is_connected:
+                raise LinkClosedError(self._reason()) from None
+            raise translate(exc, "sending a message") from exc
 
     # -- link-layer encryption (DESIGN.md method b) -------------------------------------------
 
@@ -427,16 +366,7 @@ class BleakLink:
 
     def on_notification(self, _sender: BleakGATTCharacteristic, data: bytearray) -> None:
         """bleak's notification callback for the TX characteristic."""
-        if self._end_reason is not None:
-            return
-        if self._rx_bytes + len(data) > self._config.max_rx_buffer:
-            self._abort(
-                f"the peer sent more than {self._config.max_rx_buffer} bytes that were not read"
-            )
-            return
-        self._rx.append(bytes(data))
-        self._rx_bytes += len(data)
-        self._rx_ready.set()
+        self.feed(bytes(data))
 
     def on_disconnected(self) -> None:
         """bleak's disconnected callback: the link ends once what arrived before is queued."""
@@ -445,53 +375,27 @@ class BleakLink:
     # -- internals -------------------------------------------------------------------------
 
     def _reason(self) -> str:
-        if self._lost is not None:
-            return self._lost
+        if self._lost.done():
+            return self._lost.result()
         reason = getattr(_backend(self._client), "disconnect_reason", None)
         return reason or "the connection ended"
-
-    def _check_open(self) -> None:
-        if self._close_task is not None:
-            raise LinkClosedError("the link is closed")
-        if self._lost is not None:
-            raise LinkClosedError(self._lost)
-
-    def _finish(self, reason: str) -> None:
-        if self._lost is None:
-            self._lost = reason
-        if self._end_reason is None:
-            self._end_reason = reason
-            self._rx_ready.set()
-
-    def _abort(self, reason: str) -> None:
-        self._finish(reason)
-        task = self._loop.create_task(self._disconnect())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _disconnect(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._client.disconnect(), self._config.close_timeout)
 
-    async def _do_close(self) -> None:
-        if self._lost is None and self._client.is_connected:
-            if self._flush_char is not None:
-                # An ATT read is answered after every earlier command was received (ATT is
-                # sequential on one bearer, Core Vol 3 Part F §3.3.2): what was written has
-                # arrived before the disconnection can cut it off.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        self._client.read_gatt_char(self._flush_char), self._config.close_timeout
-                    )
-            await self._disconnect()
-        self._rx.clear()
-        self._rx_bytes = 0
-        self._finish("the link was closed on this side")
-        self._end_reason = "the link was closed on this side"
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<BleakLink peer={self._peer} mtu={self._mtu} {state}>"
+    async def _hang_up(self) -> None:
+        if not self._client.is_connected:
+            return
+        if self._flush_char is not None:
+            # An ATT read is answered after every earlier command was received (ATT is
+            # sequential on one bearer, Core Vol 3 Part F §3.3.2): what was written has
+            # arrived before the disconnection can cut it off.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self._client.read_gatt_char(self._flush_char), self._config.close_timeout
+                )
+        await self._disconnect()
 
 
 # -- the transport ------------------------------------------------------------------------------
@@ -591,7 +495,7 @@ class BleakTransport:
             return
         self._closed = True
         for queue in self._scan_queues:
-            _put_latest(queue, None)
+            put_latest(queue, None)
         await asyncio.gather(*(link.close() for link in list(self._links)), return_exceptions=True)
         if self._adapter is not None and self._owns_adapter:
             with contextlib.suppress(Exception):
@@ -792,15 +696,6 @@ class BleakTransport:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._opened else "new")
         return f"<BleakTransport {self.name} {state}>"
-
-
-def _put_latest(queue: asyncio.Queue[Sighting | None], item: Sighting | None) -> None:
-    while True:
-        try:
-            queue.put_nowait(item)
-            return
-        except asyncio.QueueFull:
-            queue.get_nowait()
 
 
 async def open(args: str, **kwargs: Any) -> BleakTransport:

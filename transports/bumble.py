@@ -86,6 +86,7 @@ from .ble.links import (
     tap_pending_channels,
 )
 from .ble.virtual import VirtualRadio, default_radio
+from .queued import put_latest
 
 __all__ = [
     "PAIRKIT_SERVICE_UUID",
@@ -301,7 +302,7 @@ class BumbleTransport:
             return
         self._closed = True
         for queue in self._scan_queues:
-            _put_latest(queue, None)
+            put_latest(queue, None)
         self._accept_queue.put_nowait(None)
         device = self._device
         if device is not None and device.powered_on:
@@ -903,15 +904,6 @@ class BumbleTransport:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._device else "new")
         return f"<BumbleTransport {self._spec} {state}>"
-
-
-def _put_latest(queue: asyncio.Queue[Sighting | None], item: Sighting | None) -> None:
-    while True:
-        try:
-            queue.put_nowait(item)
-            return
-        except asyncio.QueueFull:
-            queue.get_nowait()
 
 
 async def _quietly(awaitable: Any, timeout: float) -> None:

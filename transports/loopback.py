@@ -31,8 +31,8 @@ Sitting in the middle.  A test that plays a man in the middle has two choices:
       # ... run your attacker between mitm_g and mitm_h, or pass everything through:
       task = asyncio.create_task(relay(mitm_g, mitm_h, tap=f))
 
-The :class:`MessageQueue` that each direction of a loopback link is made of is also used by the
-TCP transport for its receive side.
+Each direction of a loopback link is a :class:`~transports.queued.MessageQueue`, as the
+receive side of a TCP link is; both links are :class:`~transports.queued.QueuedLink` objects.
 """
 
 from __future__ import annotations
@@ -53,6 +53,14 @@ from pairkit.pairing.errors import (
 )
 
 from .base import Link, Sighting
+from .queued import (
+    DEFAULT_QUEUE_SIZE,
+    MessageQueue,
+    QueuedLink,
+    Signal,
+    check_mtu,
+    check_positive,
+)
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
@@ -72,10 +80,7 @@ __all__ = [
     "relay",
 ]
 
-MIN_MTU = 20  #: BLE's smallest ATT MTU (23) less its 3-byte header; base.Link allows 20..65535
-MAX_MTU = 65535
 DEFAULT_MTU = 512  #: the largest GATT attribute value, so loopback behaves like a good BLE link
-DEFAULT_QUEUE_SIZE = 16  #: unread messages per direction before ``send`` waits
 DEFAULT_MAX_PAYLOAD = 255  #: an extended advertisement's worth; legacy BLE carries 31
 DEFAULT_SCAN_INTERVAL = 0.05  #: seconds between repeated sightings of the same advertiser
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -85,124 +90,7 @@ TapResult = bytes | None | Sequence[bytes]
 Tap = Callable[[str, str, bytes], TapResult | Awaitable[TapResult]]
 
 
-def _check_mtu(mtu: int) -> int:
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
-        raise ConfigError(f"mtu must be an integer from {MIN_MTU} to {MAX_MTU}, not {mtu!r}")
-    return mtu
-
-
-def _check_positive(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, not {value!r}")
-    return value
-
-
-def _check_message(data: bytes, mtu: int) -> bytes:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"a link sends bytes, not {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > mtu:
-        raise TooLargeError(
-            f"a message of {len(data)} bytes does not fit this link's MTU of {mtu} bytes; "
-            "fragment it first"
-        )
-    return data
-
-
-class _Signal:
-    """Wakes every task waiting for "something changed" (a lock-free asyncio.Condition)."""
-
-    def __init__(self) -> None:
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def fire(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            # A waiter left behind by an event loop that has since closed (a medium shared
-            # between tests) cannot be woken, and need not be.
-            if not waiter.done() and not waiter.get_loop().is_closed():
-                waiter.set_result(None)
-
-    async def wait(self, timeout: float | None = None) -> None:
-        """Return when :meth:`fire` is called or ``timeout`` seconds pass, whichever is first."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            if timeout is None:
-                await waiter
-            else:
-                await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
-        finally:
-            if not waiter.done():
-                waiter.cancel()
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-
-
-class MessageQueue:
-    """A bounded FIFO of messages with an end, the inside of one direction of a link.
-
-    ``put`` waits while ``capacity`` messages are unread (that is the backpressure a sender
-    feels).  ``finish(exc)`` says no more messages will come: ``get`` returns what is queued,
-    then raises ``exc``.  ``abort(exc)`` drops what is queued: ``get`` and ``put`` raise ``exc``
-    at once (the reading side has gone away).  Cancelling a waiting ``get`` or ``put`` loses
-    nothing.
-    """
-
-    def __init__(self, capacity: int = DEFAULT_QUEUE_SIZE) -> None:
-        self.capacity = _check_positive("queue_size", capacity)
-        self._items: deque[bytes] = deque()
-        self._changed = _Signal()
-        self._end: BaseException | None = None
-        self._aborted: BaseException | None = None
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @property
-    def ended(self) -> bool:
-        """True once :meth:`finish` or :meth:`abort` was called."""
-        return self._end is not None or self._aborted is not None
-
-    async def put(self, message: bytes) -> None:
-        while True:
-            if self._aborted is not None:
-                raise self._aborted.with_traceback(None)
-            if self._end is not None:
-                raise LinkClosedError("the link is closed")
-            if len(self._items) < self.capacity:
-                self._items.append(message)
-                self._changed.fire()
-                return
-            await self._changed.wait()
-
-    async def get(self) -> bytes:
-        while True:
-            if self._aborted is not None:
-                raise self._aborted.with_traceback(None)
-            if self._items:
-                message = self._items.popleft()
-                self._changed.fire()
-                return message
-            if self._end is not None:
-                raise self._end.with_traceback(None)
-            await self._changed.wait()
-
-    def finish(self, exc: BaseException) -> None:
-        """No more messages: ``get`` drains the queue, then raises ``exc``.  Idempotent."""
-        if self._end is None and self._aborted is None:
-            self._end = exc
-            self._changed.fire()
-
-    def abort(self, exc: BaseException) -> None:
-        """Drop the queue; every ``get`` and ``put`` raises ``exc`` from now on.  Idempotent."""
-        if self._aborted is None:
-            self._aborted = exc
-            self._items.clear()
-            self._changed.fire()
-
-
-class LoopbackLink:
+class LoopbackLink(QueuedLink):
     """One end of an in-memory :class:`~transports.base.Link`.
 
     Made by :func:`loopback_pair` or by :meth:`LoopbackEndpoint.connect`; not constructed
@@ -222,27 +110,15 @@ class LoopbackLink:
         tap: Tap | None,
         mitm_protected: bool = False,
     ) -> None:
+        super().__init__(peer=peer, mtu=mtu, inbox=inbox)
         self._local = local
-        self._peer = peer
-        self._mtu = mtu
         self._encrypted = encrypted
         self._mitm = encrypted and mitm_protected
-        self._inbox = inbox
         self._outbox = outbox
         self._tap = tap
-        self._closed = False
 
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<LoopbackLink {self._local}->{self._peer} mtu={self._mtu} {state}>"
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
-    @property
-    def peer(self) -> str:
-        return self._peer
+    def _describe(self) -> str:
+        return f"{self._local}->{self._peer}"
 
     @property
     def local(self) -> str:
@@ -263,9 +139,7 @@ class LoopbackLink:
         return self._closed or self._outbox.ended
 
     async def send(self, data: bytes) -> None:
-        data = _check_message(data, self._mtu)
-        if self._closed:
-            raise LinkClosedError("the link is closed")
+        data = self._check_send(data)
         if self._tap is None:
             await self._outbox.put(data)
             return
@@ -278,16 +152,6 @@ class LoopbackLink:
             if self._closed:
                 raise LinkClosedError("the link is closed")
             await self._outbox.put(bytes(message))
-
-    async def recv(self) -> bytes:
-        if self._closed:
-            raise LinkClosedError("the link is closed")
-        try:
-            return await self._inbox.get()
-        except LinkClosedError:
-            if self._closed:  # we closed while waiting: say so, not "the peer closed"
-                raise LinkClosedError("the link is closed") from None
-            raise
 
     async def close(self) -> None:
         self._close()
@@ -354,8 +218,8 @@ def loopback_pair(
     ``tap`` sees every message in both directions (see the module docstring).  Needs no running
     event loop to be called.
     """
-    _check_mtu(mtu)
-    _check_positive("queue_size", queue_size)
+    check_mtu(mtu)
+    check_positive("queue_size", queue_size)
     a_name, b_name = names
     if not a_name or not b_name or a_name == b_name:
         raise ConfigError(f"a pair needs two different non-empty names, not {names!r}")
@@ -425,18 +289,18 @@ class LoopbackMedium:
         rssi: int | None = None,
         tap: Tap | None = None,
     ) -> None:
-        self.mtu = _check_mtu(mtu)
+        self.mtu = check_mtu(mtu)
         self.encrypted = bool(encrypted)
         self.mitm_protected = bool(mitm_protected)
-        self.queue_size = _check_positive("queue_size", queue_size)
-        self.max_payload = _check_positive("max_payload", max_payload)
+        self.queue_size = check_positive("queue_size", queue_size)
+        self.max_payload = check_positive("max_payload", max_payload)
         if not scan_interval > 0:
             raise ConfigError(f"scan_interval must be positive, not {scan_interval!r}")
         self.scan_interval = float(scan_interval)
         self.rssi = rssi
         self.tap = tap
         self._endpoints: dict[str, LoopbackEndpoint] = {}
-        self._changed = _Signal()  # an endpoint came, went, started or stopped advertising
+        self._changed = Signal()  # an endpoint came, went, started or stopped advertising
         self._counter = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -474,7 +338,7 @@ class LoopbackMedium:
             self,
             address,
             name=name,
-            mtu=self.mtu if mtu is None else min(_check_mtu(mtu), self.mtu),
+            mtu=self.mtu if mtu is None else min(check_mtu(mtu), self.mtu),
             encrypted=self.encrypted if encrypted is None else bool(encrypted) and self.encrypted,
             mitm_protected=(
                 self.mitm_protected
@@ -498,7 +362,7 @@ class LoopbackListener:
     def __init__(self, endpoint: LoopbackEndpoint) -> None:
         self._endpoint = endpoint
         self._backlog: deque[LoopbackLink] = deque()
-        self._changed = _Signal()
+        self._changed = Signal()
         self._closed = False
 
     @property

@@ -30,7 +30,7 @@ from pairkit.pairing.errors import (
     TransportError,
 )
 
-from .loopback import DEFAULT_QUEUE_SIZE, MAX_MTU, MIN_MTU, MessageQueue, _check_message
+from .queued import DEFAULT_QUEUE_SIZE, MAX_MTU, MessageQueue, QueuedLink, check_mtu
 
 __all__ = [
     "DEFAULT_MTU",
@@ -50,12 +50,6 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CLOSE_TIMEOUT = 2.0
 DEFAULT_BACKLOG = 16  #: connections waiting for accept() before new ones are turned away
 _STREAM_LIMIT = 1 << 17  # StreamReader buffer: must exceed one whole frame (MAX_MTU + header)
-
-
-def _check_mtu(mtu: int) -> int:
-    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MIN_MTU <= mtu <= MAX_MTU:
-        raise ConfigError(f"mtu must be an integer from {MIN_MTU} to {MAX_MTU}, not {mtu!r}")
-    return mtu
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -91,7 +85,7 @@ def _peer_name(writer: asyncio.StreamWriter, fallback: str) -> str:
     return fallback
 
 
-class TcpLink:
+class TcpLink(QueuedLink):
     """A :class:`~transports.base.Link` over one TCP connection (4-byte length framing).
 
     Made by :func:`tcp_connect` and :meth:`TcpListener.accept`.  A background task reads frames
@@ -114,36 +108,16 @@ class TcpLink:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
+        super().__init__(peer=peer, mtu=check_mtu(mtu), inbox=MessageQueue(queue_size))
         self._reader = reader
         self._writer = writer
-        self._peer = peer
-        self._mtu = _check_mtu(mtu)
         self._close_timeout = close_timeout
-        self._inbox = MessageQueue(queue_size)
-        self._closed = False
         self._ended = False  # the read side saw the end: the peer's FIN, garbage or a reset
         self._aborted = False  # close() dropped unsent data
         self._reading = asyncio.get_running_loop().create_task(self._read_frames())
 
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<TcpLink {self._peer} mtu={self._mtu} {state}>"
-
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
-    @property
-    def peer(self) -> str:
+    def _describe(self) -> str:
         return self._peer
-
-    @property
-    def encrypted(self) -> bool:
-        return False
-
-    @property
-    def mitm_protected(self) -> bool:
-        return False
 
     @property
     def closed(self) -> bool:
@@ -182,9 +156,7 @@ class TcpLink:
         self._writer.close()
 
     async def send(self, data: bytes) -> None:
-        data = _check_message(data, self._mtu)
-        if self._closed:
-            raise LinkClosedError("the link is closed")
+        data = self._check_send(data)
         if self._ended or self._writer.is_closing():
             raise LinkClosedError(f"the link to {self._peer} is closed")
         # One write per frame keeps frames whole when several tasks send at once.
@@ -199,16 +171,6 @@ class TcpLink:
             raise LinkClosedError(
                 f"the link to {self._peer} was closed before the message went out"
             )
-
-    async def recv(self) -> bytes:
-        if self._closed:
-            raise LinkClosedError("the link is closed")
-        try:
-            return await self._inbox.get()
-        except LinkClosedError:
-            if self._closed:
-                raise LinkClosedError("the link is closed") from None
-            raise
 
     async def close(self) -> None:
         if self._closed:
@@ -265,7 +227,7 @@ async def tcp_connect(
     Raises PairingTimeout when nothing answers within ``timeout`` seconds and TransportError
     when the connection fails ("cannot reach 127.0.0.1:9: connection refused").
     """
-    _check_mtu(mtu)
+    check_mtu(mtu)
     where = format_host_port(host, port)
     try:
         reader, writer = await asyncio.wait_for(
@@ -300,7 +262,7 @@ class TcpListener:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         backlog: int = DEFAULT_BACKLOG,
     ) -> None:
-        self._mtu = _check_mtu(mtu)
+        self._mtu = check_mtu(mtu)
         self._queue_size = queue_size
         self._close_timeout = close_timeout
         self._backlog = backlog
@@ -431,7 +393,7 @@ class TcpTransport:
     ) -> None:
         self.host = host
         self.port = port
-        self.mtu = _check_mtu(mtu)
+        self.mtu = check_mtu(mtu)
         self._options = {"mtu": mtu, "queue_size": queue_size, "close_timeout": close_timeout}
         self._listeners: list[TcpListener] = []
 

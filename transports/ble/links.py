@@ -50,10 +50,10 @@ from pairkit.pairing.errors import (
     InsecureLinkError,
     LinkClosedError,
     PairingTimeout,
-    TooLargeError,
     TransportError,
 )
 
+from ..queued import BufferedLink
 from .guard import describe_reason, guarded, translate
 
 __all__ = [
@@ -147,8 +147,11 @@ async def _first(*futures: asyncio.Future[None]) -> None:
     next(iter(done)).result()
 
 
-class BleLink:
-    """What GATT and L2CAP links share: one BLE connection, a bounded receive queue, closing."""
+class BleLink(BufferedLink):
+    """What GATT and L2CAP links share: one BLE connection, bumble's events, encryption.
+
+    The receive buffer, ``recv``, ``send``'s checks and closing are :class:`BufferedLink`'s.
+    """
 
     kind = "ble"
 
@@ -160,21 +163,15 @@ class BleLink:
         options: LinkOptions,
         set_pairing_config: SetPairingConfig | None = None,
     ) -> None:
+        super().__init__(
+            peer=str(connection.peer_address),
+            idle_timeout=options.idle_timeout,
+            max_rx_buffer=options.max_rx_buffer,
+        )
         self._connection = connection
         self._guest = guest
         self._options = options
         self._set_pairing_config = set_pairing_config
-        self._loop = asyncio.get_running_loop()
-        self._rx: deque[bytes] = deque()
-        self._rx_bytes = 0
-        self._rx_ready = asyncio.Event()
-        self._end_reason: str | None = None  # once set, nothing more arrives
-        self._lost: asyncio.Future[str] = self._loop.create_future()  # connection gone, and why
-        self._send_lock = asyncio.Lock()
-        self._encrypt_lock = asyncio.Lock()
-        self._close_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._peer = str(connection.peer_address)
         #: what this connection's SMP pairing established (None until it completes here):
         #: (LE Secure Connections used, MITM-protected)
         self._pairing: tuple[bool, bool] | None = None
@@ -195,10 +192,6 @@ class BleLink:
     @property
     def mtu(self) -> int:
         raise NotImplementedError
-
-    @property
-    def peer(self) -> str:
-        return self._peer
 
     @property
     def encrypted(self) -> bool:
@@ -224,64 +217,16 @@ class BleLink:
         return bool(self.encrypted and self._pairing and self._pairing[1])
 
     @property
-    def closed(self) -> bool:
-        return self._close_task is not None or self._lost.done()
-
-    @property
-    def buffered(self) -> int:
-        """Messages received and not read yet."""
-        return len(self._rx)
-
-    @property
     def connection(self) -> Connection:
         """The underlying bumble connection (for diagnostics and tests)."""
         return self._connection
 
-    async def send(self, data: bytes) -> None:
-        """Send one message of at most ``mtu`` bytes; waits while the host queue is full."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError("a link sends bytes")
-        data = bytes(data)
-        mtu = self.mtu
-        if len(data) > mtu:
-            raise TooLargeError(
-                f"a {len(data)}-byte message exceeds this link's MTU of {mtu} bytes"
-            )
-        self._check_open()
-        async with self._send_lock:
-            self._check_open()
-            try:
-                await self._send_one(data)
-            except (BaseBumbleError, OSError) as exc:
-                raise translate(exc, "sending a message") from exc
-
-    async def recv(self) -> bytes:
-        """The next message; :class:`LinkClosedError` once the peer is gone and all is read."""
-        while True:
-            if self._rx:
-                data = self._rx.popleft()
-                self._rx_bytes -= len(data)
-                self._consumed()
-                return data
-            if self._end_reason is not None:
-                raise LinkClosedError(self._end_reason)
-            self._rx_ready.clear()
-            idle = self._options.idle_timeout
-            if idle is None:
-                await self._rx_ready.wait()
-                continue
-            try:
-                await asyncio.wait_for(self._rx_ready.wait(), idle)
-            except TimeoutError:
-                reason = f"nothing heard from the peer for {idle:g} s"
-                self._abort(reason)
-                raise PairingTimeout(reason) from None
-
-    async def close(self) -> None:
-        """Flush what was sent, then disconnect; idempotent."""
-        if self._close_task is None:
-            self._close_task = self._loop.create_task(self._do_close())
-        await asyncio.shield(self._close_task)
+    async def _send_checked(self, data: bytes) -> None:
+        # Called by BufferedLink.send under the send lock; waits while the host queue is full.
+        try:
+            await self._send_one(data)
+        except (BaseBumbleError, OSError) as exc:
+            raise translate(exc, "sending a message") from exc
 
     # -- link-layer encryption (DESIGN.md method b) -----------------------------------------
 
@@ -415,62 +360,21 @@ class BleLink:
     async def _flush(self) -> None:
         await self._wait_host_queue(0)
 
-    def feed(self, data: bytes) -> bool:
-        """A message arrived (called from bumble's callbacks, in order); False if dropped."""
-        if self._end_reason is not None:
-            return False
-        if self._rx_bytes + len(data) > self._options.max_rx_buffer:
-            self._abort(
-                f"the peer sent more than {self._options.max_rx_buffer} bytes that were not read"
-            )
-            return False
-        self._rx.append(bytes(data))
-        self._rx_bytes += len(data)
-        self._rx_ready.set()
-        return True
-
-    def _consumed(self) -> None:
-        """The application read a message (L2CAP gives credits back here)."""
-
-    def _check_open(self) -> None:
-        if self._close_task is not None:
-            raise LinkClosedError("the link is closed")
-        if self._lost.done():
-            raise LinkClosedError(self._lost.result())
-
-    def _finish(self, reason: str) -> None:
-        """The connection is gone: no more data; what is queued can still be read."""
-        if not self._lost.done():
-            self._lost.set_result(reason)
-        if self._end_reason is None:
-            self._end_reason = reason
-            self._rx_ready.set()
-
-    def _abort(self, reason: str) -> None:
-        """Give up on the link from this side, without waiting: disconnect in the background."""
-        self._finish(reason)
-        self._spawn(self._disconnect())
-
     def _on_disconnection(self, reason: int) -> None:
         # bumble hands a received ATT Write Command to a task of its own; one queued before the
         # disconnection event must still reach the queue, so end the link two turns later.
         text = describe_reason(reason)
         self._loop.call_soon(self._loop.call_soon, self._finish, text)
 
-    async def _do_close(self) -> None:
-        if not self._lost.done():
-            with contextlib.suppress(LinkClosedError, PairingTimeout, Exception):
-                await guarded(
-                    self._flush(),
-                    what="flushing",
-                    timeout=self._options.close_timeout,
-                    lost=self._lost,
-                )
-            await self._disconnect()
-        self._rx.clear()
-        self._rx_bytes = 0
-        self._finish("the link was closed on this side")
-        self._end_reason = "the link was closed on this side"
+    async def _hang_up(self) -> None:
+        with contextlib.suppress(LinkClosedError, PairingTimeout, Exception):
+            await guarded(
+                self._flush(),
+                what="flushing",
+                timeout=self._options.close_timeout,
+                lost=self._lost,
+            )
+        await self._disconnect()
 
     async def _disconnect(self) -> None:
         if self._connection.handle not in self._connection.device.connections:
@@ -507,15 +411,6 @@ class BleLink:
         queue = self._connection.data_packet_queue
         if queue is not None:
             await self._wait_host_queue(2 * queue.max_in_flight)
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = self._loop.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "open"
-        return f"<{type(self).__name__} peer={self._peer} mtu={self.mtu} {state}>"
 
 
 class GattLink(BleLink):

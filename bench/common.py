@@ -1,0 +1,99 @@
+"""What every bench shares: argument types, summaries of samples, the machine, the command line.
+
+Each bench (``bench/*.py``) measures its own thing and renders its own table; the pieces here
+are the ones they all wrote out again: a positive-integer argument, the median and quartiles
+of a list of samples (:func:`summary` in the samples' unit with a count, :func:`summary_us` in
+microseconds), the machine's CPU count and model, the command line recorded in the JSON (as
+bench/RESULTS.md quotes it), printing the result as JSON or as a table, and the scripted person
+who says yes to everything.  How the figures are read is in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pairkit.pairing.cloud import Grant, Role
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    """Median and quartiles (in the samples' unit: ms, MB/s), over at least one sample, and n.
+
+    Quartiles need four samples; with fewer, ``q1`` and ``q3`` are the extremes.
+    """
+    ordered = sorted(samples)
+    if len(ordered) >= 4:
+        q1, _, q3 = statistics.quantiles(ordered, n=4)
+    else:
+        q1, q3 = ordered[0], ordered[-1]
+    return {"median": statistics.median(ordered), "q1": q1, "q3": q3, "n": len(ordered)}
+
+
+def summary_us(
+    samples_us: Sequence[float], *, method: Literal["exclusive", "inclusive"] = "exclusive"
+) -> dict[str, float]:
+    """Median and quartiles of samples in microseconds (one sample: all three are it)."""
+    if len(samples_us) >= 2:
+        q1, _, q3 = statistics.quantiles(samples_us, n=4, method=method)
+    else:
+        q1 = q3 = samples_us[0]
+    return {"median_us": statistics.median(samples_us), "q1_us": q1, "q3_us": q3}
+
+
+def nproc() -> int | None:
+    """CPUs this process may run on (the affinity mask where there is one)."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return affinity or os.cpu_count()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what ``platform.processor()`` says."""
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii",
+                                            errors="replace") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return model or platform.processor()
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """How the bench was run, as the JSON records it (``.venv/bin/python bench/SCRIPT ARGS``)."""
+    given = sys.argv[1:] if argv is None else argv
+    return " ".join([f".venv/bin/python bench/{script}", *given])
+
+
+def show(
+    result: dict[str, Any], render: Callable[[dict[str, Any]], str], as_json: bool
+) -> None:
+    """Print ``result`` as indented JSON (``--json``) or as the bench's table."""
+    print(json.dumps(result, indent=2) if as_json else render(result))
+
+
+class Yes:
+    """Both people say yes (compare: the codes match; join: let the guest in, for an hour)."""
+
+    async def confirm_code(self, question: object) -> bool:
+        return True
+
+    async def allow_join(self, question: object) -> Grant:
+        return Grant(Role.GUEST, 3600)
