@@ -27,6 +27,7 @@ from typing import Any
 
 import click
 
+from pairkit.cpns import PneLink, run_gateway, run_pne
 from pairkit.keyserver.certs import init_server_dir
 from pairkit.keyserver.store import open_store
 from pairkit.pairing import wire
@@ -51,8 +52,6 @@ from pairkit.pairing.machine import Event
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.transports.loopback import loopback_pair
 from pairkit.ttp import enrol
-
-from .cpns_client import PneLink, run_gateway, run_pne
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT = 20.0

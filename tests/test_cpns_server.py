@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pairkit.cli.cpns_client import PneLink, run_gateway, run_pne
+from pairkit.cpns import PneLink, run_gateway, run_pne
 from pairkit.pairing.cpns import (
     AuthenticationRequest,
     GatewayConfig,

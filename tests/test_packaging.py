@@ -3,6 +3,7 @@ with the repository's folders as its subpackages; the pytest plugin stays cheap 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,12 +13,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
+    # Built from a copy without build/: setuptools keeps build/lib between builds, so a file
+    # moved away since the last build would still be packed from there.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".venv", "build", "dist", "*.egg-info", ".git", "__pycache__", ".hypothesis",
+    ))
+    out = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
         check=True, capture_output=True, timeout=300,
     )
-    (wheel,) = tmp_path.glob("pairkit-*.whl")
+    (wheel,) = out.glob("pairkit-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"pairkit"}, tops

@@ -18,9 +18,9 @@ from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pairkit.driver import LinkLike, MessagePipe, drive
-from pairkit.pairing import wire
-from pairkit.pairing.cpns import (
+from .driver import LinkLike, MessagePipe, drive
+from .pairing import wire
+from .pairing.cpns import (
     SERVER,
     Gateway,
     GatewayConfig,
@@ -30,12 +30,12 @@ from pairkit.pairing.cpns import (
     PnMembership,
     SetupType,
 )
-from pairkit.pairing.crypto import Rng
-from pairkit.pairing.errors import LinkClosedError, PairingError, RemoteError
-from pairkit.pairing.machine import Event
-from pairkit.pairing.methods import LocalIdentity
-from pairkit.pairing.ttp import TtpClient
-from pairkit.ttp import DEFAULT_TIMEOUT, ServerLink, connect, from_server
+from .pairing.crypto import Rng
+from .pairing.errors import LinkClosedError, PairingError, RemoteError
+from .pairing.machine import Event
+from .pairing.methods import LocalIdentity
+from .pairing.ttp import TtpClient
+from .ttp import DEFAULT_TIMEOUT, ServerLink, connect, from_server
 
 
 async def run_pne(
