@@ -16,18 +16,28 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .driver import MessagePipe, drive
 from .pairing import wire
 from .pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
     DecodeError,
-    ExpiredError,
     LinkClosedError,
     NotFoundError,
     PairingError,
-    ProtocolError,
-    RefusedError,
+)
+from .pairing.files import (
+    SERVE_IDLE,
+    Check,
+    FileFetch,
+    FileList,
+    FileServer,
+    ServeFile,
+    ServeListing,
+    Write,
+    name_problem,
 )
 from .pairing.service import (
     CHUNK,
@@ -40,9 +50,7 @@ from .pairing.service import (
     GetRequest,
     GrantPolicy,
     Listing,
-    ListRequest,
     Membership,
-    Refused,
     Scope,
 )
 from .securelink import SecureLink
@@ -55,13 +63,9 @@ Asker = Callable[[AllowRequest], Awaitable[Scope]]
 
 def resolve_shared(root: Path, name: str) -> Path:
     """The file ``name`` inside ``root``, or :class:`AccessDeniedError` saying why not."""
-    if not name or "\x00" in name:
-        raise AccessDeniedError("refused: empty or malformed file name")
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise AccessDeniedError(f"refused: {name!r} is an absolute path; ask for a shared name")
-    parts = name.replace("\\", "/").split("/")
-    if ".." in parts:
-        raise AccessDeniedError(f"refused: {name!r} leads out of the shared folder ('..')")
+    problem = name_problem(name)
+    if problem is not None:
+        raise AccessDeniedError(problem)
     base = root.resolve()
     target = (base / name).resolve()
     if not target.is_relative_to(base):
@@ -69,6 +73,21 @@ def resolve_shared(root: Path, name: str) -> Path:
     if not target.is_file():
         raise NotFoundError(f"no shared file called {name!r}")
     return target
+
+
+def _finder(root: Path | None) -> Callable[[str], str | None] | None:
+    """The :class:`~pairing.files.FileServer`'s look into the shared folder."""
+    if root is None:
+        return None
+
+    def find(name: str) -> str | None:
+        try:
+            resolve_shared(root, name)
+        except (AccessDeniedError, NotFoundError) as exc:
+            return str(exc)
+        return None
+
+    return find
 
 
 def list_shared(root: Path) -> list[FileEntry]:
@@ -127,40 +146,49 @@ async def serve_guest(
     share: Path | None,
     ask: Asker,
     wall_clock: Callable[[], float] = time.time,
-    idle: float = 300.0,
+    idle: float = SERVE_IDLE,
     stats: ServeStats | None = None,
 ) -> ServeStats:
-    """Answer one guest's requests until it says Bye, closes, or stays silent ``idle`` s."""
+    """Answer one guest's requests until it says Bye, closes, or stays silent ``idle`` s.
+
+    The decisions are :class:`~pairing.files.FileServer`'s; this reads the folder and sends."""
     stats = stats or ServeStats()
-    while True:
-        try:
-            raw = await slink.recv(idle)
-        except LinkClosedError:
-            return stats
-        msg = wire.decode(raw, (ListRequest, GetRequest, Bye))
-        if isinstance(msg, Bye):
-            return stats
-        what = "list" if isinstance(msg, ListRequest) else "get"
-        try:
-            if share is None:
-                raise NotFoundError("this host shares no folder")
-            if isinstance(msg, GetRequest):
-                resolve_shared(share, msg.name)  # refuse bad names before asking anyone
-            if policy.needs_prompt(what, wall_clock()):
-                stats.prompts += 1
-                name = msg.name if isinstance(msg, GetRequest) else None
-                scope = await ask(AllowRequest(peer_name=peer_name, what=what, name=name))
-                if not policy.record(what, scope):
-                    raise RefusedError("the owner refused the request")
-            if isinstance(msg, ListRequest):
-                files = await asyncio.to_thread(list_shared, share)
-                await slink.send(Listing(tuple(files)).encode())
-                stats.listings += 1
-            else:
-                await _send_file(slink, share, msg, stats)
-        except (AccessDeniedError, NotFoundError, RefusedError, ExpiredError) as exc:
-            stats.refused += 1
-            await slink.send(Refused(str(exc)).encode())
+    machine = FileServer(policy, peer_name=peer_name, find=_finder(share), idle=idle)
+    machine.start(wall_clock())
+
+    class Work:
+        async def allow_request(self, q: AllowRequest) -> Scope:
+            return await ask(q)
+
+        async def serve_listing(self, event: ServeListing) -> None:
+            assert share is not None
+            files = await asyncio.to_thread(list_shared, share)
+            await slink.send(Listing(tuple(files)).encode())
+            machine.served(wall_clock())
+
+        async def serve_file(self, event: ServeFile) -> None:
+            assert share is not None
+            try:
+                await _send_file(slink, share, GetRequest(event.name, event.offset), stats)
+            except (AccessDeniedError, NotFoundError, OSError) as exc:
+                machine.refuse(_unreadable(event.name, exc), wall_clock())
+                return
+            machine.served(wall_clock())
+
+    try:
+        await drive(machine, Records(slink), delegate=Work(), clock=wall_clock)
+    except LinkClosedError:
+        pass  # the guest left without a Bye: nothing more to serve
+    finally:
+        stats.listings, stats.files = machine.listings, machine.files
+        stats.prompts, stats.refused = machine.prompts, machine.refused
+    return stats
+
+
+def _unreadable(name: str, exc: BaseException) -> str:
+    if isinstance(exc, PairingError):
+        return str(exc)
+    return f"{name!r} could not be read on the host"
 
 
 async def _send_file(slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats) -> None:
@@ -180,7 +208,25 @@ async def _send_file(slink: SecureLink, share: Path, req: GetRequest, stats: Ser
             await slink.send(Chunk(offset, data).encode())
             offset += len(data)
             stats.bytes_sent += len(data)
-    stats.files += 1
+
+
+class Records(MessagePipe):
+    """A secure link as the driver's pipe: its messages are whole already (the channel
+    fragments its records itself), and the driver's deadline is the only one."""
+
+    def __init__(self, slink: SecureLink) -> None:
+        super().__init__(slink.link)
+        self._slink = slink
+
+    async def send(self, message: bytes) -> None:
+        await self._slink.send(message)
+
+    async def recv(self) -> bytes:
+        return await self._slink.recv(NO_TIMEOUT)
+
+
+#: the secure link's own receive deadline, switched off (the driver's machine sets one)
+NO_TIMEOUT = 10.0**9
 
 
 # -- guest side -------------------------------------------------------------------------------
@@ -192,11 +238,12 @@ async def receive_membership(slink: SecureLink) -> Membership:
 
 async def list_files(slink: SecureLink, *, timeout: float = 180.0) -> list[FileEntry]:
     """Ask for the listing (the owner may be prompted: allow the time a person needs)."""
-    await slink.send(ListRequest().encode())
-    reply = wire.decode(await slink.recv(timeout), (Listing, Refused))
-    if isinstance(reply, Refused):
-        raise RefusedError(f"the host refused the listing: {reply.reason}")
-    return list(reply.files)
+    machine = FileList(timeout=timeout)
+    machine.start(time.monotonic())
+    await drive(machine, Records(slink), clock=time.monotonic)
+    if machine.refusal is not None:
+        raise machine.refusal
+    return list(machine.files)
 
 
 ProgressFn = Callable[[int, int], None]
@@ -221,34 +268,47 @@ async def get_file(
     timeout: float = 180.0,
     chunk_timeout: float = 30.0,
 ) -> Fetched:
-    """Fetch ``name`` into ``dest``, resuming from ``dest.part`` if a previous try was cut."""
+    """Fetch ``name`` into ``dest``, resuming from ``dest.part`` if a previous try was cut.
+
+    :class:`~pairing.files.FileFetch` checks what arrives; this writes it and hashes it."""
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
     t0 = time.perf_counter()
-    await slink.send(GetRequest(name, offset).encode())
-    head = wire.decode(await slink.recv(timeout), (FileHeader, Refused))
-    if isinstance(head, Refused):
-        raise RefusedError(f"the host refused {name!r}: {head.reason}")
-    if head.offset != offset or head.size < offset:
-        raise ProtocolError("the host answered with another offset")
-    with open(part, "ab") as fh:
-        got = offset
-        while got < head.size:
-            msg = wire.decode(await slink.recv(chunk_timeout), Chunk)
-            if msg.offset != got or not msg.data or got + len(msg.data) > head.size:
-                raise ProtocolError("a chunk arrived out of place")
-            fh.write(msg.data)
-            got += len(msg.data)
-            if progress is not None:
-                progress(got, head.size)
-        fh.flush()
-        os.fsync(fh.fileno())
-    digest = await asyncio.to_thread(sha256_file, part)
-    if digest != head.sha256:
-        part.unlink(missing_ok=True)
-        raise AuthenticationError(f"{name!r} arrived damaged (SHA-256 mismatch); fetch it again")
+    machine = FileFetch(name, offset, timeout=timeout, chunk_timeout=chunk_timeout)
+    machine.start(time.monotonic())
+    handle: list[Any] = []  # the partial file, opened once something is to be kept
+
+    def partial() -> Any:
+        if not handle:
+            handle.append(open(part, "ab"))
+        return handle[0]
+
+    class Work:
+        async def write(self, event: Write) -> None:
+            partial().write(event.data)
+            if progress is not None and machine.header is not None:
+                progress(event.offset + len(event.data), machine.header.size)
+
+        async def check(self, event: Check) -> None:
+            fh = partial()
+            fh.flush()
+            os.fsync(fh.fileno())
+            digest = await asyncio.to_thread(sha256_file, part)
+            machine.verify(digest, time.monotonic())
+
+    try:
+        await drive(machine, Records(slink), delegate=Work(), clock=time.monotonic)
+    finally:
+        for fh in handle:
+            fh.close()
+    if machine.refusal is not None:
+        if isinstance(machine.refusal, AuthenticationError):
+            part.unlink(missing_ok=True)  # damaged: the next try starts from the beginning
+        raise machine.refusal
+    assert machine.header is not None
     os.replace(part, dest)
-    return Fetched(name, dest, head.size, digest.hex(), offset, time.perf_counter() - t0)
+    return Fetched(name, dest, machine.header.size, machine.header.sha256.hex(), offset,
+                   time.perf_counter() - t0)
 
 
 async def say_bye(slink: SecureLink) -> None:

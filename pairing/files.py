@@ -1,0 +1,340 @@
+"""The file service as sans-I/O machines (DESIGN.md step 6; the messages are
+:mod:`pairing.service`'s; docs/protocol.md §13).
+
+* :class:`FileServer`, the host's side: one guest's requests, in order, under its
+  :class:`~pairing.service.GrantPolicy`.  It decides everything that is policy (an expired
+  guest, a name that leads out of the folder, whether the owner is asked, what the owner's
+  answer allows) and says what to serve with an event; the runtime reads the folder and sends
+  the listing or the file, then tells the machine :meth:`FileServer.served` (or
+  :meth:`FileServer.refuse` if the file could not be read).
+* :class:`FileList` and :class:`FileFetch`, the guest's side of one request each: they check
+  what arrives (the header's offset and size, every chunk in place and within the size) and
+  say what to write with events; the runtime writes, hashes the result and gives the digest to
+  :meth:`FileFetch.verify`.
+
+Time here is wall-clock seconds (a guest's grant expires at a wall time), passed in as ``now``
+like every machine's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
+
+from .crypto import same
+from .errors import AuthenticationError, ExpiredError, ProtocolError, RefusedError
+from .machine import DONE, Event, Machine
+from .service import (
+    AllowRequest,
+    Bye,
+    Chunk,
+    FileEntry,
+    FileHeader,
+    GetRequest,
+    GrantPolicy,
+    Listing,
+    ListRequest,
+    Refused,
+    Scope,
+)
+
+#: how long a host waits for a guest's next request
+SERVE_IDLE = 300.0
+#: how long a guest waits for an answer that may need a person (the owner is asked)
+ANSWER_TIME = 180.0
+#: how long a guest waits for each chunk once the file comes
+CHUNK_TIME = 30.0
+
+WAITING = "waiting"
+ASKING = "asking"
+SERVING = "serving"
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a shared file, or None: empty, a NUL, an absolute path, or a
+    ``..`` step out of the folder.  (Links out of the folder are the runtime's to refuse: it
+    alone can look.)"""
+    if not name or "\x00" in name:
+        return "refused: empty or malformed file name"
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return f"refused: {name!r} is an absolute path; ask for a shared name"
+    if ".." in name.replace("\\", "/").split("/"):
+        return f"refused: {name!r} leads out of the shared folder ('..')"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeListing(Event):
+    """Send the guest the listing of the shared folder (then :meth:`FileServer.served`)."""
+
+    hook: ClassVar[str] = "serve_listing"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeFile(Event):
+    """Send the guest ``name`` from ``offset`` (then :meth:`FileServer.served`)."""
+
+    hook: ClassVar[str] = "serve_file"
+    name: str
+    offset: int
+
+
+class FileServer(Machine):
+    """The host's side of the file service for one guest, until it says :class:`Bye`.
+
+    ``find(name)`` is the runtime's look into the shared folder: None if ``name`` is a file
+    there, else why not (not found, a link out of the folder).  ``find`` None: nothing is
+    shared, and every request is refused without asking anyone.
+    """
+
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {
+        (WAITING, ListRequest): "_on_list",
+        (WAITING, GetRequest): "_on_get",
+        (WAITING, Bye): "_on_bye",
+    }
+    ANSWERS: ClassVar[dict[str, str]] = {ASKING: "_on_answer"}
+
+    def __init__(
+        self,
+        policy: GrantPolicy,
+        *,
+        peer_name: str,
+        find: Callable[[str], str | None] | None,
+        idle: float = SERVE_IDLE,
+    ) -> None:
+        super().__init__(initial_state=WAITING)
+        self.policy = policy
+        self.peer_name = peer_name
+        self._find = find
+        self._idle = idle
+        self._pending: ServeListing | ServeFile | None = None
+        #: counts for the owner's summary
+        self.listings = 0
+        self.files = 0
+        self.prompts = 0
+        self.refused = 0
+
+    def start(self, now: float) -> None:
+        """Wait for the guest's first request."""
+        self._wait(now)
+
+    # -- the runtime's reports --------------------------------------------------------------
+
+    def served(self, now: float) -> None:
+        """What the last :class:`ServeListing` or :class:`ServeFile` asked for is sent."""
+        self._check_usable()
+        if self.state != SERVING or self._pending is None:
+            raise ProtocolError("nothing is being served")
+        if isinstance(self._pending, ServeListing):
+            self.listings += 1
+        else:
+            self.files += 1
+        self._wait(now)
+
+    def refuse(self, reason: str, now: float) -> None:
+        """What was to be served could not be (the file vanished, could not be read)."""
+        self._check_usable()
+        if self.state != SERVING:
+            raise ProtocolError("nothing is being served")
+        self._refuse(reason, now)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def _on_list(self, msg: ListRequest, now: float) -> None:
+        self._request(ServeListing(), None, now)
+
+    def _on_get(self, msg: GetRequest, now: float) -> None:
+        problem = name_problem(msg.name)
+        if problem is None and self._find is not None:
+            problem = self._find(msg.name)  # bad names are refused before anyone is asked
+        if problem is not None:
+            self._refuse(problem, now)
+            return
+        self._request(ServeFile(msg.name, msg.offset), msg.name, now)
+
+    def _on_bye(self, msg: Bye, now: float) -> None:
+        self._finish()
+
+    def _request(self, serve: ServeListing | ServeFile, name: str | None, now: float) -> None:
+        if self._find is None:
+            self._refuse("this host shares no folder", now)
+            return
+        what = "list" if isinstance(serve, ServeListing) else "get"
+        try:
+            ask = self.policy.needs_prompt(what, now)
+        except ExpiredError as exc:
+            self._refuse(str(exc), now)
+            return
+        self._pending = serve
+        if ask:
+            self.prompts += 1
+            self.state = ASKING
+            self._expect_by(None)  # a person's time is the runtime's to bound
+            self._emit(AllowRequest(peer_name=self.peer_name, what=what, name=name))
+        else:
+            self._serve()
+
+    def _on_answer(self, question: AllowRequest, scope: Scope, now: float) -> None:
+        if not isinstance(scope, Scope):
+            raise ProtocolError(f"the answer to a request is a Scope, not {scope!r}")
+        if self.policy.record(question.what, scope):
+            self._serve()
+        else:
+            self._refuse("the owner refused the request", now)
+
+    def _serve(self) -> None:
+        assert self._pending is not None
+        self.state = SERVING
+        self._expect_by(None)
+        self._emit(self._pending)
+
+    def _refuse(self, reason: str, now: float) -> None:
+        self.refused += 1
+        self._send(Refused(reason[:200]))
+        self._wait(now)
+
+    def _wait(self, now: float) -> None:
+        self._pending = None
+        self.state = WAITING
+        self._expect_by(now + self._idle, f"the guest sent nothing for {self._idle:.0f} s")
+
+
+# -- the guest's side ------------------------------------------------------------------------
+
+
+class FileList(Machine):
+    """Ask for the listing; :attr:`files` once done."""
+
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {
+        (WAITING, Listing): "_on_listing",
+        (WAITING, Refused): "_on_refused",
+    }
+
+    def __init__(self, *, timeout: float = ANSWER_TIME) -> None:
+        super().__init__(initial_state="new")
+        self._timeout = timeout
+        self.files: tuple[FileEntry, ...] = ()
+        #: why the fetch gave nothing: the host refused, or the file arrived damaged (the
+        #: machine is done and the session goes on)
+        self.refusal: RefusedError | AuthenticationError | None = None
+
+    def start(self, now: float) -> None:
+        self._send(ListRequest())
+        self.state = WAITING
+        self._expect_by(now + self._timeout, "the host did not answer the listing request")
+
+    def _on_listing(self, msg: Listing, now: float) -> None:
+        self.files = msg.files
+        self._finish()
+
+    def _on_refused(self, msg: Refused, now: float) -> None:
+        # A refusal is an answer, not a failure: the session goes on (no Abort to the host).
+        self.refusal = RefusedError(f"the host refused the listing: {msg.reason}")
+        self._finish()
+
+
+@dataclasses.dataclass(frozen=True)
+class Write(Event):
+    """Append ``data`` to the partial file (it belongs at ``offset``)."""
+
+    hook: ClassVar[str] = "write"
+    offset: int
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Write(offset={self.offset}, {len(self.data)} bytes)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check(Event):
+    """Everything arrived: hash the partial file and give the digest to :meth:`FileFetch.verify`."""
+
+    hook: ClassVar[str] = "check"
+    size: int
+
+
+HEADER = "header"
+BODY = "body"
+CHECKING = "checking"
+
+
+class FileFetch(Machine):
+    """Fetch one file from ``offset`` (what the guest already holds of it)."""
+
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {
+        (HEADER, FileHeader): "_on_header",
+        (HEADER, Refused): "_on_refused",
+        (BODY, Chunk): "_on_chunk",
+    }
+
+    def __init__(
+        self, name: str, offset: int = 0, *, timeout: float = ANSWER_TIME,
+        chunk_timeout: float = CHUNK_TIME,
+    ) -> None:
+        super().__init__(initial_state="new")
+        if offset < 0:
+            raise ProtocolError("a fetch starts at offset 0 or later")
+        self.name = name
+        self.offset = offset
+        self._timeout = timeout
+        self._chunk_timeout = chunk_timeout
+        #: the host's header, once it came
+        self.header: FileHeader | None = None
+        #: bytes held so far (offset included)
+        self.received = offset
+        #: why the fetch gave nothing: the host refused, or the file arrived damaged (the
+        #: machine is done and the session goes on)
+        self.refusal: RefusedError | AuthenticationError | None = None
+
+    def start(self, now: float) -> None:
+        self._send(GetRequest(self.name, self.offset))
+        self.state = HEADER
+        self._expect_by(now + self._timeout, f"the host did not answer the request for "
+                                             f"{self.name!r}")
+
+    def verify(self, digest: bytes, now: float) -> None:
+        """The SHA-256 of the whole partial file, as the runtime computed it."""
+        self._check_usable()
+        if self.state != CHECKING or self.header is None:
+            raise ProtocolError("the file is not complete yet")
+        if not same(digest, self.header.sha256):
+            # The channel authenticated every chunk: the file changed on the host while it was
+            # sent.  The guest may ask again, so the session goes on (no Abort).
+            self.refusal = AuthenticationError(
+                f"{self.name!r} arrived damaged (SHA-256 mismatch); fetch it again"
+            )
+        self._finish()
+
+    def _on_header(self, msg: FileHeader, now: float) -> None:
+        if msg.name != self.name or msg.offset != self.offset or msg.size < self.offset:
+            raise ProtocolError("the host answered with another file or offset")
+        self.header = msg
+        self._next(now)
+
+    def _on_refused(self, msg: Refused, now: float) -> None:
+        self.refusal = RefusedError(f"the host refused {self.name!r}: {msg.reason}")
+        self._finish()
+
+    def _on_chunk(self, msg: Chunk, now: float) -> None:
+        assert self.header is not None
+        end = msg.offset + len(msg.data)
+        if msg.offset != self.received or not msg.data or end > self.header.size:
+            raise ProtocolError("a chunk arrived out of place")
+        self._emit(Write(msg.offset, msg.data))
+        self.received = end
+        self._next(now)
+
+    def _next(self, now: float) -> None:
+        assert self.header is not None
+        if self.received < self.header.size:
+            self.state = BODY
+            self._expect_by(now + self._chunk_timeout, f"the host stopped sending {self.name!r}")
+        else:
+            self.state = CHECKING
+            self._expect_by(None)
+            self._emit(Check(self.header.size))
+
+    @property
+    def complete(self) -> bool:
+        return self.state == DONE
