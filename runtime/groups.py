@@ -36,12 +36,15 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from . import peers as store
 from .clock import SYSTEM_CLOCK, Clock
-from .pairing import wire
+from .driver import drive
+from .files import Records
+from .pairing.delivery import DeliveryReceiver, DeliverySender, QueueForward, TakeKeys
 from .pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -49,14 +52,12 @@ from .pairing.errors import (
     LinkClosedError,
     NotFoundError,
     PairingError,
-    ProtocolError,
     ReplayError,
     TooLargeError,
 )
 from .pairing.groups import (
     ADVERT_OVERHEAD,
     DeliveryResult,
-    Forward,
     ForwardReceipt,
     GroupEnvelope,
     GroupMember,
@@ -64,8 +65,6 @@ from .pairing.groups import (
     GroupReceiver,
     GroupRecord,
     HeldGroup,
-    KeyDelivery,
-    KeyReceipt,
     RelayQueue,
     WrongEpochError,
     check_group_name,
@@ -348,21 +347,23 @@ async def serve(
 async def _send_envelopes(
     slink: SecureLink, envelopes: tuple[GroupEnvelope, ...], timeout: float
 ) -> tuple[DeliveryResult, ...]:
-    await slink.send(KeyDelivery(envelopes).encode())
-    receipt = wire.decode(await slink.recv(timeout), KeyReceipt)
-    if len(receipt.results) != len(envelopes):
-        raise ProtocolError("the member answered for a different number of envelopes")
-    return receipt.results
+    return (await _deliver_batch(slink, envelopes, timeout, forward=False)).results
 
 
 async def _send_forward(
     slink: SecureLink, envelopes: tuple[GroupEnvelope, ...], timeout: float
 ) -> tuple[DeliveryResult, ...]:
-    await slink.send(Forward(envelopes).encode())
-    receipt = wire.decode(await slink.recv(timeout), ForwardReceipt)
-    if len(receipt.results) != len(envelopes):
-        raise ProtocolError("the relay answered for a different number of envelopes")
-    return receipt.results
+    return (await _deliver_batch(slink, envelopes, timeout, forward=True)).results
+
+
+async def _deliver_batch(
+    slink: SecureLink, envelopes: tuple[GroupEnvelope, ...], timeout: float, *, forward: bool
+) -> DeliverySender:
+    """One batch and its receipt (:class:`~pairing.delivery.DeliverySender`)."""
+    machine = DeliverySender(envelopes, forward=forward, timeout=timeout)
+    machine.start(time.monotonic())
+    await drive(machine, Records(slink), clock=time.monotonic)
+    return machine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,22 +632,21 @@ class GroupService:
 
     async def __call__(self, slink: SecureLink, session: Session) -> None:
         who = session.peer.name
-        while True:
-            try:
-                raw = await slink.recv(self.idle)
-            except LinkClosedError:
-                return
-            msg = wire.decode(raw, (KeyDelivery, Forward, Bye))
-            if isinstance(msg, Bye):
-                return
-            if isinstance(msg, KeyDelivery):
-                await slink.send(KeyReceipt(self._take_all(msg.envelopes, who)).encode())
-            elif self.relay is None:
-                no = tuple(DeliveryResult(e.group, e.epoch, False, "this device is not a relay")
-                           for e in msg.envelopes)
-                await slink.send(ForwardReceipt(no, 0).encode())
-            else:
-                await slink.send(self.relay.take(msg.envelopes, who).encode())
+        machine = DeliveryReceiver(relay=self.relay is not None, idle=self.idle)
+        machine.start(time.monotonic())
+        service = self
+
+        class Work:
+            async def take_keys(self, event: TakeKeys) -> None:
+                machine.answer_batch(service._take_all(event.envelopes, who), time.monotonic())
+
+            async def queue_forward(self, event: QueueForward) -> None:
+                assert service.relay is not None
+                receipt = service.relay.take(event.envelopes, who)
+                machine.answer_batch(receipt.results, time.monotonic(), queued=receipt.queued)
+
+        with contextlib.suppress(LinkClosedError):  # the peer left without a Bye
+            await drive(machine, Records(slink), delegate=Work(), clock=time.monotonic)
 
     def _take_all(self, envelopes: Iterable[GroupEnvelope], who: str) -> tuple[DeliveryResult, ...]:
         results = []

@@ -1,0 +1,151 @@
+"""Group-key delivery as sans-I/O machines (DESIGN.md "Group keys"; the messages are
+:mod:`pairing.groups`'s, types 90-93; README "How group keys are built").
+
+On a secure channel between known peers:
+
+* :class:`DeliverySender` (a controller to a member or a relay, a relay to a member) sends one
+  batch of envelopes, :class:`~pairing.groups.KeyDelivery` or :class:`~pairing.groups.Forward`,
+  and takes the receipt, which must answer every envelope, in order.
+* :class:`DeliveryReceiver` (a member, a relay) answers batches until :class:`Bye`: it says with
+  an event what to take or queue; the runtime opens the envelopes into the keystore or queues
+  them, and gives the machine the results to send back.  A device that is not a relay refuses
+  a ``Forward`` envelope by envelope, without the runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+from .errors import ProtocolError
+from .groups import DeliveryResult, Forward, ForwardReceipt, GroupEnvelope, KeyDelivery, KeyReceipt
+from .machine import Event, Machine
+from .service import Bye
+
+#: how long a receiver waits for the next batch
+RECEIVE_IDLE = 60.0
+
+WAITING = "waiting"
+WORKING = "working"
+
+
+class DeliverySender(Machine):
+    """Send one batch and take its receipt: :attr:`results` (and, from a relay,
+    :attr:`queued`, how many envelopes it now holds in all)."""
+
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {
+        (WAITING, KeyReceipt): "_on_receipt",
+        (WAITING, ForwardReceipt): "_on_receipt",
+    }
+
+    def __init__(
+        self, envelopes: Sequence[GroupEnvelope], *, forward: bool = False, timeout: float = 15.0
+    ) -> None:
+        super().__init__(initial_state="new")
+        if not envelopes:
+            raise ProtocolError("a delivery needs at least one envelope")
+        self.envelopes = tuple(envelopes)
+        self.forward = forward
+        self._timeout = timeout
+        self.results: tuple[DeliveryResult, ...] = ()
+        self.queued: int | None = None
+
+    def start(self, now: float) -> None:
+        batch = Forward(self.envelopes) if self.forward else KeyDelivery(self.envelopes)
+        self._send(batch)
+        self.state = WAITING
+        who = "relay" if self.forward else "member"
+        self._expect_by(now + self._timeout, f"the {who} did not answer the delivery")
+
+    def _on_receipt(self, msg: KeyReceipt | ForwardReceipt, now: float) -> None:
+        who = "relay" if self.forward else "member"
+        if isinstance(msg, ForwardReceipt) != self.forward:
+            raise ProtocolError(f"the {who} answered with a receipt of the other kind")
+        if len(msg.results) != len(self.envelopes):
+            raise ProtocolError(f"the {who} answered for a different number of envelopes")
+        for env, result in zip(self.envelopes, msg.results, strict=True):
+            if (result.group, result.epoch) != (env.group, env.epoch):
+                raise ProtocolError(f"the {who} answered for another group or epoch")
+        self.results = msg.results
+        if isinstance(msg, ForwardReceipt):
+            self.queued = msg.queued
+        self._finish()
+
+
+@dataclasses.dataclass(frozen=True)
+class TakeKeys(Event):
+    """Open these envelopes into the keystore (then :meth:`DeliveryReceiver.answer_batch`)."""
+
+    hook: ClassVar[str] = "take_keys"
+    envelopes: tuple[GroupEnvelope, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueForward(Event):
+    """Queue these envelopes for their members (then :meth:`DeliveryReceiver.answer_batch`
+    with the results and the queue's new length)."""
+
+    hook: ClassVar[str] = "queue_forward"
+    envelopes: tuple[GroupEnvelope, ...]
+
+
+class DeliveryReceiver(Machine):
+    """A member's or a relay's side: answer batches until the peer says :class:`Bye`."""
+
+    TABLE: ClassVar[dict[tuple[str, type], str]] = {
+        (WAITING, KeyDelivery): "_on_delivery",
+        (WAITING, Forward): "_on_forward",
+        (WAITING, Bye): "_on_bye",
+    }
+
+    def __init__(self, *, relay: bool, idle: float = RECEIVE_IDLE) -> None:
+        super().__init__(initial_state="new")
+        self.relay = relay
+        self._idle = idle
+        self._batch: TakeKeys | QueueForward | None = None
+
+    def start(self, now: float) -> None:
+        self._wait(now)
+
+    def answer_batch(
+        self, results: Sequence[DeliveryResult], now: float, *, queued: int = 0
+    ) -> None:
+        """The runtime's results for the batch of the last event, one per envelope, in order."""
+        self._check_usable()
+        batch = self._batch
+        if self.state != WORKING or batch is None:
+            raise ProtocolError("no batch is being taken")
+        if len(results) != len(batch.envelopes):
+            raise ProtocolError("one result per envelope, in order")
+        if isinstance(batch, TakeKeys):
+            self._send(KeyReceipt(tuple(results)))
+        else:
+            self._send(ForwardReceipt(tuple(results), queued))
+        self._wait(now)
+
+    def _on_delivery(self, msg: KeyDelivery, now: float) -> None:
+        self._work(TakeKeys(msg.envelopes))
+
+    def _on_forward(self, msg: Forward, now: float) -> None:
+        if not self.relay:
+            refused = tuple(DeliveryResult(e.group, e.epoch, False, "this device is not a relay")
+                            for e in msg.envelopes)
+            self._send(ForwardReceipt(refused, 0))
+            self._wait(now)
+            return
+        self._work(QueueForward(msg.envelopes))
+
+    def _on_bye(self, msg: Bye, now: float) -> None:
+        self._finish()
+
+    def _work(self, batch: TakeKeys | QueueForward) -> None:
+        self._batch = batch
+        self.state = WORKING
+        self._expect_by(None)
+        self._emit(batch)
+
+    def _wait(self, now: float) -> None:
+        self._batch = None
+        self.state = WAITING
+        self._expect_by(now + self._idle, f"the peer sent nothing for {self._idle:.0f} s")
