@@ -53,6 +53,7 @@ from enum import IntEnum
 from hashlib import sha256
 from typing import Any, ClassVar
 
+from . import keyschedule
 from .crypto import Rng, same
 from .errors import AuthenticationError, NotFoundError, ProtocolError, RefusedError
 from .machine import Machine, Question
@@ -137,13 +138,13 @@ class Grant:
 
 
 def _hint(mac: CloudMac, cloud_id: str, nonce: bytes) -> bytes:
-    return mac(cloud_id, b"pairkit/1 cloud hint" + nonce)[:8]
+    return mac(cloud_id, keyschedule.CLOUD_HINT + nonce)[:8]
 
 
 def _proof(
     mac: CloudMac, cloud_id: str, who: bytes, ng: bytes, nh: bytes, static: bytes
 ) -> bytes:
-    return mac(cloud_id, b"pairkit/1 cloud " + who + ng + nh + static)
+    return mac(cloud_id, keyschedule.CLOUD_PROOF + who + ng + nh + static)
 
 
 def _check_static(static: bytes) -> bytes:
@@ -380,7 +381,7 @@ def auth_mac_from(cloud_kdf: Callable[[str, bytes, int], bytes]) -> CloudMac:
     """A :data:`CloudMac` over a keystore's ``cloud_kdf`` (the auth key never leaves it)."""
 
     def mac(cloud_id: str, data: bytes) -> bytes:
-        key = cloud_kdf(cloud_id, b"pairkit/1 cloud auth", 32)
+        key = cloud_kdf(cloud_id, keyschedule.CLOUD_AUTH, 32)
         return hmac.new(key, data, sha256).digest()
 
     return mac

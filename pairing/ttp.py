@@ -62,7 +62,7 @@ from enum import IntEnum
 from hashlib import sha256
 from typing import Any, ClassVar
 
-from . import wire
+from . import keyschedule, wire
 from .crypto import Rng, digest, hkdf, mac, same, seal, unseal, x25519, x25519_keypair
 from .errors import (
     AuthenticationError,
@@ -219,7 +219,7 @@ def auth_proof(
     shared: bytes, *, static: bytes, eph: bytes, nonce_c: bytes, nonce_s: bytes, cert: bytes
 ) -> bytes:
     """``proof`` of the module docstring from the X25519 result ``shared``."""
-    key = hkdf(shared, salt=nonce_c + nonce_s, info=b"pairkit/1 ttp auth")
+    key = hkdf(shared, salt=nonce_c + nonce_s, info=keyschedule.TTP_AUTH)
     return mac(key, b"client", static, eph, nonce_c, nonce_s, cert)
 
 
@@ -233,12 +233,11 @@ def link_context(offer: Offer, accept: Accept, context: bytes = b"") -> bytes:
     ids, and the pre-pairing ``context``), so one meeting gives one key."""
     assert offer.guest_id is not None and accept.host_id is not None
     th = _th(offer.hello, accept.hello, context)
-    return hkdf(th + offer.guest_id + accept.host_id, salt=b"", info=b"pairkit/1 ttp context")
+    return hkdf(th + offer.guest_id + accept.host_id, salt=b"", info=keyschedule.TTP_CONTEXT)
 
 
 def _fingerprint(secret: bytes, context: bytes) -> str:
-    fp = hkdf(secret, salt=context, info=b"pairkit/1 session fingerprint", length=8).hex()
-    return "-".join(fp[i : i + 4] for i in range(0, 16, 4))
+    return keyschedule.fingerprint(secret, context)
 
 
 def _check_record(record: DeviceRecord, expected_id: bytes, who: str) -> None:
@@ -600,7 +599,7 @@ class _TtpLink(Machine):
         _check_record(value.peer, self._peer_id, who)
         self.delivery = value
         okm = hkdf(
-            value.sk, salt=self._context, info=b"pairkit/1 ttp channel" + value.match_id,
+            value.sk, salt=self._context, info=keyschedule.TTP_CHANNEL + value.match_id,
             length=64,
         )
         self._k_h2g, self._k_g2h = okm[:32], okm[32:]
@@ -630,7 +629,7 @@ class _TtpLink(Machine):
     def _final(self, session_key: bytes) -> tuple[bytes, bytes, bytes, str]:
         assert self.delivery is not None
         dh = x25519(self.me.static_private, self.delivery.peer.static)
-        okm = hkdf(session_key + dh, salt=self._context, info=b"pairkit/1 ttp session", length=96)
+        okm = hkdf(session_key + dh, salt=self._context, info=keyschedule.TTP_SESSION, length=96)
         return okm[:32], okm[32:64], okm[64:], _fingerprint(session_key + dh, self._context)
 
     def _session(self, ident: Identity, send: bytes, recv: bytes, fp: str) -> Session:

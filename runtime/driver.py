@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .pairing import keyschedule
 from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
 from .pairing.framing import Reassembler, fragment
 from .pairing.machine import Machine, Question
@@ -58,8 +59,8 @@ class MessagePipe:
         self._reassembler = Reassembler(max_message)
         # The fragments of one message must not interleave with another's.
         self._send_lock = asyncio.Lock()
-        self._sent = hashlib.sha256(b"pairkit/1 transcript direction")
-        self._received = hashlib.sha256(b"pairkit/1 transcript direction")
+        self._sent = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
+        self._received = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
         #: which side this pipe is on (orders the two directions in :meth:`transcript`)
         self.guest = guest
 
@@ -82,7 +83,7 @@ class MessagePipe:
             raise ConfigError("a transcript needs to know which side the pipe is on")
         sent, received = self._sent.digest(), self._received.digest()
         g2h, h2g = (sent, received) if self.guest else (received, sent)
-        return hashlib.sha256(b"pairkit/1 transcript" + g2h + h2g).digest()
+        return hashlib.sha256(keyschedule.TRANSCRIPT + g2h + h2g).digest()
 
 
 def _absorb(h: Any, message: bytes) -> None:
