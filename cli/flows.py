@@ -196,10 +196,11 @@ async def run_host(
         try:
             pipe = MessagePipe(link, guest=False)
             cloud = CloudHost(
-                clouds=clouds, mac=mac, static=me.static_public, now=loop.time(),
+                clouds=clouds, mac=mac, static=me.static_public,
                 known_grant=known_grant, open_to_strangers=lambda: presence.visible,
                 timeout=opts.step_timeout,
             )
+            cloud.start(loop.time())
             await drive(cloud, pipe, delegate=delegate)
             session = await _host_session(
                 pipe, link, me, state, config, opts, delegate, tried, context=pipe.transcript()
@@ -314,10 +315,11 @@ async def _host_session(
                 delegate=delegate, context=context,
             )
     machine = HostPairing(
-        config, me, state, now=loop.time(), link_encrypted=bool(link.encrypted),
+        config, me, state, link_encrypted=bool(link.encrypted),
         link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=time.time(),
         context=context,
     )
+    machine.start(loop.time())
     tried.append(machine)
     await drive(machine, pipe, delegate=delegate)
     assert machine.session is not None

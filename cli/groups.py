@@ -343,8 +343,9 @@ async def serve(
     async def one(link: Any) -> None:
         loop = asyncio.get_running_loop()
         try:
-            machine = HostPairing(config, store.local_identity(ks), state, now=loop.time(),
+            machine = HostPairing(config, store.local_identity(ks), state,
                                   link_encrypted=bool(link.encrypted), wall_now=time.time())
+            machine.start(loop.time())
             pipe = MessagePipe(link, guest=False)
             await drive(machine, pipe, delegate=_Quiet())
             session = machine.session

@@ -104,7 +104,7 @@ async def drive(
 
     ``delegate`` receives events by hook name (``await delegate.<event.hook>(event)``); for a
     :class:`Question` the hook's return value is the answer.  ``clock`` defaults to the event
-    loop's monotonic clock.
+    loop's monotonic clock.  A machine not yet started is started here (``start(now)``).
     """
     loop = asyncio.get_running_loop()
     now = clock or loop.time
@@ -115,6 +115,8 @@ async def drive(
             await pipe.send(message)
 
     try:
+        if not machine.started:
+            machine.start(now())
         while True:
             await flush()
             events = machine.events()

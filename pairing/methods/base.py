@@ -17,13 +17,8 @@ import os
 from typing import Any, ClassVar
 
 from ..crypto import Rng
-from ..errors import (
-    ConfigError,
-    InsecureLinkError,
-    PairingError,
-    ProtocolError,
-    UnsupportedError,
-)
+from ..errors import ConfigError, InsecureLinkError, ProtocolError, UnsupportedError
+from ..machine import DONE, Step, step
 from ..messages import Accept, Announce, NoiseMessage, Offer, ResumeMessage, Reveal
 from ..negotiation import Caps, Method, choose, methods_from_mask
 from ..qr import QrCode
@@ -62,14 +57,17 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     :attr:`session` holds the result.
     """
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_ACCEPT, Accept): "_on_accept",
-        (S_NOISE1, NoiseMessage): "_on_noise1",
-        (S_NOISE, NoiseMessage): "_on_noise",
-        (S_REVEAL, Reveal): "_on_reveal",
-        (S_RESUME, ResumeMessage): "_on_resume",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        # pin and clear go on to the identity handshake, qr and kk are done, compare reveals
+        (S_ACCEPT, Accept): step("_on_accept", S_NOISE, DONE, S_REVEAL),
+        (S_NOISE1, NoiseMessage): step("_on_noise1", S_NOISE),
+        (S_NOISE, NoiseMessage): step("_on_noise", DONE),
+        (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
+        # done, or the host refused the prekey: the KK fallback's Offer
+        (S_RESUME, ResumeMessage): step("_on_resume", DONE, S_ACCEPT),
     }
-    ANSWERS: ClassVar[dict[str, str]] = {S_ASK: "_on_answer"}
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE1)}
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_ACCEPT, S_RESUME})
 
     #: method -> the fields it adds to the Offer (drawn in this order)
     _OFFERS: ClassVar[dict[Method, str]] = {
@@ -150,23 +148,16 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
 
     # -- start ----------------------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         """Send the first message."""
-        self._check_usable()
-        if self.state != S_START:
-            raise ProtocolError("start() was already called")
-        try:
-            if self.method is Method.RESUME:
-                assert self._peer is not None
-                if self._peer.their_prekeys:
-                    self._send_resume_init()
-                    self._expect(now, S_RESUME)
-                    return
-                self.method = Method.KK  # no prekey left: the KK fallback
-            self._send_offer(now)
-        except PairingError as exc:
-            self._fail(exc)
-            raise
+        if self.method is Method.RESUME:
+            assert self._peer is not None
+            if self._peer.their_prekeys:
+                self._send_resume_init()
+                self._expect(now, S_RESUME)
+                return
+            self.method = Method.KK  # no prekey left: the KK fallback
+        self._send_offer(now)
 
     # -- the negotiation ------------------------------------------------------------------
 
@@ -207,13 +198,15 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
 class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
     """The host side (responder): checks the guest's proposal and runs the method."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_OFFER, Offer): "_on_offer",
-        (S_OFFER, ResumeMessage): "_on_resume_init",
-        (S_NOISE, NoiseMessage): "_on_noise",
-        (S_REVEAL, Reveal): "_on_reveal",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_OFFER, Offer): step("_on_offer", S_NOISE, DONE, S_REVEAL),
+        # done, or the prekey is gone: wait in S_OFFER for the guest's KK fallback
+        (S_OFFER, ResumeMessage): step("_on_resume_init", DONE, S_OFFER),
+        (S_NOISE, NoiseMessage): step("_on_noise", DONE),
+        (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
     }
-    ANSWERS: ClassVar[dict[str, str]] = {S_ASK: "_on_answer"}
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE)}
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_OFFER})
 
     #: method -> its host side's answer to the Offer
     _OFFERS: ClassVar[dict[Method, str]] = {
@@ -230,7 +223,6 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         me: LocalIdentity,
         state: HostState,
         *,
-        now: float,
         link_encrypted: bool = False,
         link_mitm: bool = False,
         wall_now: float = 0.0,
@@ -250,7 +242,10 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         self.method: Method | None = None
         self.session: Session | None = None
         self._pin_attempt: float | None = None  #: when the PIN attempt under way started
-        self._expect_by(now + config.step_timeout, "the guest sent nothing")
+
+    def _on_start(self, now: float) -> None:
+        """Wait for the guest's Offer (or a resume INIT)."""
+        self._expect_by(now + self.config.step_timeout, "the guest sent nothing")
 
     # -- the negotiation ------------------------------------------------------------------
 
