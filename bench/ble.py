@@ -273,8 +273,9 @@ class Pairings:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         now = loop.time()
-        host = HostPairing(self.config, self.host_id, self.state, now=now,
+        host = HostPairing(self.config, self.host_id, self.state,
                            link_encrypted=encrypted, wall_now=time.time())
+        host.start(now)
         guest = GuestPairing(self.config, self.guest_id, link_encrypted=encrypted,
                              wall_now=time.time(), **kwargs)
         guest.start(now)
@@ -289,8 +290,8 @@ class Pairings:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         clouds = ("paul-cloud",) if name == "cloud-member" else ()
-        host = CloudHost(clouds=("paul-cloud",), mac=self.cloud_mac, static=bytes(32),
-                         now=loop.time())
+        host = CloudHost(clouds=("paul-cloud",), mac=self.cloud_mac, static=bytes(32))
+        host.start(loop.time())
         guest = CloudGuest(name="George's phone", clouds=clouds, mac=self.cloud_mac,
                            static=bytes(range(32)))
         guest.start(loop.time())
@@ -583,7 +584,8 @@ async def secure_pair(pair: Pair) -> tuple[SecureLink, SecureLink]:
     """A pin pairing on the link, then a SecureLink on each side (confirmed)."""
     bench = Pairings()
     loop = asyncio.get_running_loop()
-    host = HostPairing(bench.config, bench.host_id, bench.state, now=loop.time())
+    host = HostPairing(bench.config, bench.host_id, bench.state)
+    host.start(loop.time())
     guest = GuestPairing(bench.config, bench.guest_id, method=Method.PIN,
                          pin=bench.state.new_pin())
     guest.start(loop.time())

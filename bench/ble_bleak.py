@@ -114,7 +114,8 @@ class Pairings:
         """One complete exchange; checks that both sides agreed, remembers the peers."""
         kwargs = self._guest_kwargs(guest, method)
         now = asyncio.get_running_loop().time()
-        host = HostPairing(self.config, self.host_id, self.state, now=now, wall_now=time.time())
+        host = HostPairing(self.config, self.host_id, self.state, wall_now=time.time())
+        host.start(now)
         machine = GuestPairing(self.config, self.guest_ids[guest], wall_now=time.time(), **kwargs)
         machine.start(now)
         await asyncio.wait_for(

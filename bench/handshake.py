@@ -574,10 +574,10 @@ class MethodBench:
             self.config,
             self.host_id,
             self.host_state,
-            now=now,
             link_encrypted=run.encrypted,
             wall_now=1000,
         )
+        host.start(now)
         guest = GuestPairing(
             self.config,
             self.guest_id,

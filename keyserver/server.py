@@ -338,8 +338,9 @@ class TtpServer:
         pipe = MessagePipe(link, max_message=lim.max_message)
         conn = _Conn(self, link)
         machine = TtpServerConn(
-            self._config, now=loop.time(), handover=(PnRegistrationRequest,), rng=self._rng
+            self._config, handover=(PnRegistrationRequest,), rng=self._rng
         )
+        machine.start(loop.time())
         try:
             await drive(
                 machine, pipe, delegate=conn, idle=lim.step_timeout, answer_time=lim.max_wait + 10

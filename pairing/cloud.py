@@ -53,9 +53,10 @@ from enum import IntEnum
 from hashlib import sha256
 from typing import Any, ClassVar
 
+from . import keyschedule
 from .crypto import Rng, same
 from .errors import AuthenticationError, NotFoundError, ProtocolError, RefusedError
-from .machine import Machine, Question
+from .machine import DONE, Machine, Question, Step, step
 from .wire import Message, field, message
 
 #: (cloud id, data) -> MAC under that cloud's auth key (the keystore's cloud_mac)
@@ -137,13 +138,13 @@ class Grant:
 
 
 def _hint(mac: CloudMac, cloud_id: str, nonce: bytes) -> bytes:
-    return mac(cloud_id, b"pairkit/1 cloud hint" + nonce)[:8]
+    return mac(cloud_id, keyschedule.CLOUD_HINT + nonce)[:8]
 
 
 def _proof(
     mac: CloudMac, cloud_id: str, who: bytes, ng: bytes, nh: bytes, static: bytes
 ) -> bytes:
-    return mac(cloud_id, b"pairkit/1 cloud " + who + ng + nh + static)
+    return mac(cloud_id, keyschedule.CLOUD_PROOF + who + ng + nh + static)
 
 
 def _check_static(static: bytes) -> bytes:
@@ -165,11 +166,12 @@ S_ASK = "ask-owner"
 class CloudGuest(Machine):
     """The guest: proves membership of ``cloud_id`` (if any), else asks to join as ``wants``."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_REPLY, CloudReply): "_on_reply",
-        (S_VERDICT, CloudVerdict): "_on_verdict",
-        (S_JOIN, JoinVerdict): "_on_join_verdict",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_REPLY, CloudReply): step("_on_reply", S_VERDICT, S_JOIN),
+        (S_VERDICT, CloudVerdict): step("_on_verdict", DONE),
+        (S_JOIN, JoinVerdict): step("_on_join_verdict", DONE),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_REPLY})
 
     def __init__(
         self,
@@ -200,7 +202,8 @@ class CloudGuest(Machine):
         self.role: Role = Role.STRANGER
         self.seconds: int | None = None
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
+        """Send the hello with a hint per cloud."""
         self._ng = self._rng(16)
         hints = tuple(_hint(self._mac, c, self._ng) for c in self.clouds)
         self._send(CloudHello(self._ng, hints))
@@ -261,12 +264,13 @@ class CloudGuest(Machine):
 class CloudHost(Machine):
     """The host: checks a guest's membership proof, or asks its owner about a join."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_HELLO, CloudHello): "_on_hello",
-        (S_PROOF, CloudProof): "_on_proof",
-        (S_JOIN_REQ, JoinRequest): "_on_join_request",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_HELLO, CloudHello): step("_on_hello", S_PROOF, S_JOIN_REQ),
+        (S_PROOF, CloudProof): step("_on_proof", DONE),
+        (S_JOIN_REQ, JoinRequest): step("_on_join_request", DONE, S_ASK),
     }
-    ANSWERS: ClassVar[dict[str, str]] = {S_ASK: "_on_answer"}
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", DONE)}
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_HELLO})
 
     def __init__(
         self,
@@ -274,7 +278,6 @@ class CloudHost(Machine):
         clouds: tuple[str, ...],
         mac: CloudMac,
         static: bytes,
-        now: float,
         known_grant: Callable[[bytes], Grant | None] = lambda _id: None,
         open_to_strangers: Callable[[], bool] = lambda: True,
         timeout: float = 30.0,
@@ -295,7 +298,10 @@ class CloudHost(Machine):
         self.grant: Grant | None = None
         self.guest_name: str | None = None
         self.cloud_id: str | None = None
-        self._expect_by(now + timeout, "the guest sent nothing")
+
+    def _on_start(self, now: float) -> None:
+        """Wait for the guest's hello."""
+        self._expect_by(now + self.timeout, "the guest sent nothing")
 
     def _on_hello(self, msg: CloudHello, now: float) -> None:
         self._ng = msg.nonce
@@ -380,7 +386,7 @@ def auth_mac_from(cloud_kdf: Callable[[str, bytes, int], bytes]) -> CloudMac:
     """A :data:`CloudMac` over a keystore's ``cloud_kdf`` (the auth key never leaves it)."""
 
     def mac(cloud_id: str, data: bytes) -> bytes:
-        key = cloud_kdf(cloud_id, b"pairkit/1 cloud auth", 32)
+        key = cloud_kdf(cloud_id, keyschedule.CLOUD_AUTH, 32)
         return hmac.new(key, data, sha256).digest()
 
     return mac

@@ -81,7 +81,18 @@ from .errors import (
     RefusedError,
     RemoteError,
 )
-from .machine import DONE, FAILED, Event, Machine, Question, _code, _remote, _short
+from .machine import (
+    DONE,
+    FAILED,
+    Event,
+    Machine,
+    Question,
+    Step,
+    _code,
+    _remote,
+    _short,
+    step,
+)
 from .messages import ID_LEN, KEY_LEN, MAC_LEN
 from .wire import Message, field, message, struct
 
@@ -426,15 +437,17 @@ S_CONFIRM = "await-link-confirm"
 class PneMachine(Machine):
     """A PNE, PNE-initiated (:meth:`start`) or answering a gateway's notify (``listen=True``)."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_NOTIFY, PnSetupNotify): "_on_notify",
-        (S_AUTH, AuthenticationRequest): "_on_auth",
-        (S_ESTABLISH, PnEstablishmentNotify): "_on_establish",
-        (S_CONFIRM, LinkConfirm): "_on_confirm",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_NOTIFY, PnSetupNotify): step("_on_notify", S_AUTH),
+        (S_AUTH, AuthenticationRequest): step("_on_auth", S_ESTABLISH),
+        (S_ESTABLISH, PnEstablishmentNotify): step("_on_establish", DONE, S_CONFIRM),
+        (S_CONFIRM, LinkConfirm): step("_on_confirm", DONE),
     }
+    #: a listening PNE waits for the notify; an initiating one for the server's request
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_NOTIFY, S_AUTH})
 
     def __init__(
-        self, config: PneConfig, *, now: float, listen: bool = False, rng: Rng = os.urandom
+        self, config: PneConfig, *, listen: bool = False, rng: Rng = os.urandom
     ) -> None:
         super().__init__(initial_state=S_NOTIFY if listen else S_START)
         self.config = config
@@ -443,18 +456,19 @@ class PneMachine(Machine):
         self._pn_id: bytes | None = None
         self._gw_id: bytes | None = config.gateway_id
         self.membership: PnMembership | None = None
-        if listen:
-            self._expect_by(now + config.step_timeout, "no gateway asked this PNE to join a PN")
+        self.listen = listen
 
     @property
     def local_key_request(self) -> bool:
         return wants_local_key(self.config.caps)
 
-    def start(self, now: float) -> None:
-        """Send the PN Setup Request (PNE-initiated)."""
-        self._check_usable()
-        if self.state != S_START:
-            raise ProtocolError("start() was already called, or this PNE listens")
+    def _on_start(self, now: float) -> None:
+        """Send the PN Setup Request (PNE-initiated), or wait for a gateway's notify."""
+        if self.listen:
+            self._expect_by(
+                now + self.config.step_timeout, "no gateway asked this PNE to join a PN"
+            )
+            return
         c = self.config
         self._send(PnSetupRequest(
             pne_id=c.pne_id, name=c.name, caps=int(c.caps), setup_type=c.setup_type,
@@ -646,10 +660,15 @@ S_STORE = "ask-store"
 class CpnsServer(Machine):
     """The server's side of a PN registration: authenticate each PNE, register, answer."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_AUTHS, AuthenticationResponse): "_on_auth_response",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_BEGIN, PnRegistrationRequest): step("_on_request", S_KEYS),
+        (S_AUTHS, AuthenticationResponse): step("_on_auth_response", S_AUTHS, S_STORE, DONE),
     }
-    ANSWERS: ClassVar[dict[str, str]] = {S_KEYS: "_on_keys", S_STORE: "_on_stored"}
+    ANSWERS: ClassVar[dict[str, Step]] = {
+        S_KEYS: step("_on_keys", S_AUTHS, S_STORE, DONE),
+        S_STORE: step("_on_stored", DONE),
+    }
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_BEGIN})
 
     def __init__(self, gw_id: bytes, *, step_timeout: float = 30.0, rng: Rng = os.urandom):
         super().__init__(initial_state=S_BEGIN)
@@ -661,25 +680,24 @@ class CpnsServer(Machine):
         self.response: PnRegistrationResponse | None = None
 
     def begin(self, request: PnRegistrationRequest, now: float) -> None:
-        """Take the gateway's registration request (read by :class:`pairing.ttp.TtpServerConn`)."""
-        self._check_usable()
-        try:
-            if self.state != S_BEGIN:
-                raise ProtocolError("begin() was already called")
-            ids = [p.pne_id for p in request.pnes]
-            if not ids:
-                raise ProtocolError("a PN registration names at least one PNE")
-            if len(set(ids)) != len(ids):
-                raise ProtocolError("a PN registration names a PNE twice")
-            if self.gw_id in ids:
-                raise ProtocolError("the gateway cannot be a PNE of its own PN")
-            self._request = request
-            self._pending = {p.pne_id: _Pending(p) for p in request.pnes}
-            self.state = S_KEYS
-            self._emit(CpnsKeysAsked(self.gw_id, request.pn_id, tuple(ids)))
-        except PairingError as exc:
-            self._fail(exc)
-            raise
+        """Take the gateway's registration request that :class:`pairing.ttp.TtpServerConn`
+        already read (starting the machine if it was not)."""
+        if not self.started:
+            self.start(now)
+        self.receive(request.encode(), now)
+
+    def _on_request(self, request: PnRegistrationRequest, now: float) -> None:
+        ids = [p.pne_id for p in request.pnes]
+        if not ids:
+            raise ProtocolError("a PN registration names at least one PNE")
+        if len(set(ids)) != len(ids):
+            raise ProtocolError("a PN registration names a PNE twice")
+        if self.gw_id in ids:
+            raise ProtocolError("the gateway cannot be a PNE of its own PN")
+        self._request = request
+        self._pending = {p.pne_id: _Pending(p) for p in request.pnes}
+        self.state = S_KEYS
+        self._emit(CpnsKeysAsked(self.gw_id, request.pn_id, tuple(ids)))
 
     def _on_keys(self, question: Question, value: Any, now: float) -> None:
         if not isinstance(value, CpnsKeys):

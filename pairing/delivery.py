@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from .errors import ProtocolError
 from .groups import DeliveryResult, Forward, ForwardReceipt, GroupEnvelope, KeyDelivery, KeyReceipt
-from .machine import Event, Machine
+from .machine import DONE, Event, Machine, Step, step
 from .service import Bye
 
 #: how long a receiver waits for the next batch
@@ -34,10 +34,11 @@ class DeliverySender(Machine):
     """Send one batch and take its receipt: :attr:`results` (and, from a relay,
     :attr:`queued`, how many envelopes it now holds in all)."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (WAITING, KeyReceipt): "_on_receipt",
-        (WAITING, ForwardReceipt): "_on_receipt",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (WAITING, KeyReceipt): step("_on_receipt", DONE),
+        (WAITING, ForwardReceipt): step("_on_receipt", DONE),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({WAITING})
 
     def __init__(
         self, envelopes: Sequence[GroupEnvelope], *, forward: bool = False, timeout: float = 15.0
@@ -51,7 +52,7 @@ class DeliverySender(Machine):
         self.results: tuple[DeliveryResult, ...] = ()
         self.queued: int | None = None
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         batch = Forward(self.envelopes) if self.forward else KeyDelivery(self.envelopes)
         self._send(batch)
         self.state = WAITING
@@ -93,11 +94,12 @@ class QueueForward(Event):
 class DeliveryReceiver(Machine):
     """A member's or a relay's side: answer batches until the peer says :class:`Bye`."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (WAITING, KeyDelivery): "_on_delivery",
-        (WAITING, Forward): "_on_forward",
-        (WAITING, Bye): "_on_bye",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (WAITING, KeyDelivery): step("_on_delivery", WORKING),
+        (WAITING, Forward): step("_on_forward", WAITING, WORKING),
+        (WAITING, Bye): step("_on_bye", DONE),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({WAITING})
 
     def __init__(self, *, relay: bool, idle: float = RECEIVE_IDLE) -> None:
         super().__init__(initial_state="new")
@@ -105,7 +107,7 @@ class DeliveryReceiver(Machine):
         self._idle = idle
         self._batch: TakeKeys | QueueForward | None = None
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         self._wait(now)
 
     def answer_batch(

@@ -72,6 +72,11 @@ class ProtocolError(LocalError):
     code = ErrorCode.PROTOCOL
 
 
+class TransitionError(ProtocolError, builtins.AssertionError):
+    """A machine moved to a state its transition table does not allow: a bug in pairkit, not
+    the peer's doing (STYLE.md rule 3).  It poisons the machine like any other error."""
+
+
 class AuthenticationError(LocalError):
     """Authentication failed: a key, MAC, signature or confirmation code did not match."""
 

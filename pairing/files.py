@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from .crypto import same
 from .errors import AuthenticationError, ExpiredError, ProtocolError, RefusedError
-from .machine import DONE, Event, Machine
+from .machine import DONE, Event, Machine, Step, step
 from .service import (
     AllowRequest,
     Bye,
@@ -88,12 +88,13 @@ class FileServer(Machine):
     shared, and every request is refused without asking anyone.
     """
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (WAITING, ListRequest): "_on_list",
-        (WAITING, GetRequest): "_on_get",
-        (WAITING, Bye): "_on_bye",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (WAITING, ListRequest): step("_on_list", WAITING, ASKING, SERVING),
+        (WAITING, GetRequest): step("_on_get", WAITING, ASKING, SERVING),
+        (WAITING, Bye): step("_on_bye", DONE),
     }
-    ANSWERS: ClassVar[dict[str, str]] = {ASKING: "_on_answer"}
+    ANSWERS: ClassVar[dict[str, Step]] = {ASKING: step("_on_answer", WAITING, SERVING)}
+    STARTS: ClassVar[frozenset[str]] = frozenset({WAITING})
 
     def __init__(
         self,
@@ -115,7 +116,7 @@ class FileServer(Machine):
         self.prompts = 0
         self.refused = 0
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         """Wait for the guest's first request."""
         self._wait(now)
 
@@ -206,10 +207,11 @@ class FileServer(Machine):
 class FileList(Machine):
     """Ask for the listing; :attr:`files` once done."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (WAITING, Listing): "_on_listing",
-        (WAITING, Refused): "_on_refused",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (WAITING, Listing): step("_on_listing", DONE),
+        (WAITING, Refused): step("_on_refused", DONE),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({WAITING})
 
     def __init__(self, *, timeout: float = ANSWER_TIME) -> None:
         super().__init__(initial_state="new")
@@ -219,7 +221,7 @@ class FileList(Machine):
         #: machine is done and the session goes on)
         self.refusal: RefusedError | AuthenticationError | None = None
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         self._send(ListRequest())
         self.state = WAITING
         self._expect_by(now + self._timeout, "the host did not answer the listing request")
@@ -262,11 +264,12 @@ CHECKING = "checking"
 class FileFetch(Machine):
     """Fetch one file from ``offset`` (what the guest already holds of it)."""
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (HEADER, FileHeader): "_on_header",
-        (HEADER, Refused): "_on_refused",
-        (BODY, Chunk): "_on_chunk",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (HEADER, FileHeader): step("_on_header", BODY, CHECKING),
+        (HEADER, Refused): step("_on_refused", DONE),
+        (BODY, Chunk): step("_on_chunk", BODY, CHECKING),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({HEADER})
 
     def __init__(
         self, name: str, offset: int = 0, *, timeout: float = ANSWER_TIME,
@@ -287,7 +290,7 @@ class FileFetch(Machine):
         #: machine is done and the session goes on)
         self.refusal: RefusedError | AuthenticationError | None = None
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         self._send(GetRequest(self.name, self.offset))
         self.state = HEADER
         self._expect_by(now + self._timeout, f"the host did not answer the request for "

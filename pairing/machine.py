@@ -2,8 +2,11 @@
 
 A machine takes whole messages and answers in, and gives messages, events and a deadline out.
 It reads no clock (``now`` is an argument), draws no randomness (an ``rng`` is passed to its
-constructor) and opens no socket.  One table per machine, ``(state, message class) -> handler``,
-says which message is legal in which state; anything else is a :class:`ProtocolError`.  Any error
+constructor) and opens no socket.  Every machine is built without a clock and begins with
+:meth:`Machine.start` ``(now)``.  One table per machine, ``(state, message class) ->
+step(handler, next states...)``, says which message is legal in which state and which states the
+handler may move to; a message anywhere else is a :class:`ProtocolError`, a move to a state the
+table does not name a :class:`~pairing.errors.TransitionError` (a bug of ours).  Any error
 poisons the machine: it moves to ``FAILED``, queues an :class:`~pairing.wire.Abort` for the peer
 when the error is ours, and every later call raises the same error.
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from . import wire
 from .errors import (
@@ -25,6 +28,7 @@ from .errors import (
     PairingTimeout,
     ProtocolError,
     RemoteError,
+    TransitionError,
     local_error_for,
 )
 
@@ -47,16 +51,32 @@ class Question(Event):
 Handler = Callable[[Any, float], None]
 
 
+class Step(NamedTuple):
+    """One row of a transition table: the handler's name and the states it may move to."""
+
+    handler: str
+    next: frozenset[str]
+
+
+def step(handler: str, *next_states: str) -> Step:
+    """A table row: ``handler`` runs, and afterwards the machine must be in one of
+    ``next_states`` (or ``FAILED``, which any error reaches)."""
+    return Step(handler, frozenset(next_states))
+
+
 class Machine:
     """Base class: owns the state, the output queues, the deadline and the poison rule."""
 
-    #: (state, message class) -> name of the handler method
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {}
-    #: state -> name of the answer method for the question asked in that state
-    ANSWERS: ClassVar[dict[str, str]] = {}
+    #: (state, message class) -> the handler and the states it may move to
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {}
+    #: state -> the answer method for the question asked in that state, and its next states
+    ANSWERS: ClassVar[dict[str, Step]] = {}
+    #: the states :meth:`start` may move to (from the initial state)
+    STARTS: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, *, initial_state: str) -> None:
         self.state = initial_state
+        self._started = False
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._deadline: float | None = None
@@ -91,7 +111,26 @@ class Machine:
     def error(self) -> PairingError | None:
         return self._error
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     # -- what the driver feeds ------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Begin: send the first message (a side that speaks first) or start waiting for the
+        peer (a side that answers).  Called once, before anything else is fed."""
+        if self._error is not None:
+            raise self._error
+        if self._started:
+            raise ProtocolError("start() was already called")
+        self._started = True
+        try:
+            self._on_start(now)
+            self._check_transition(self.STARTS, "start")
+        except PairingError as exc:
+            self._fail(exc)
+            raise
 
     def receive(self, data: bytes, now: float) -> None:
         """Feed one whole message from the peer."""
@@ -100,13 +139,14 @@ class Machine:
             msg = wire.decode(data)
             if isinstance(msg, wire.Abort):
                 raise _remote(msg)
-            name = self.TABLE.get((self.state, type(msg)))
-            if name is None:
+            row = self.table().get((self.state, type(msg)))
+            if row is None:
                 raise ProtocolError(
                     f"the peer sent {type(msg).__name__} when it was not expected "
                     f"(state {self.state})"
                 )
-            getattr(self, name)(msg, now)
+            getattr(self, row.handler)(msg, now)
+            self._check_transition(row.next, row.handler)
         except PairingError as exc:
             self._fail(exc)
             raise
@@ -115,10 +155,11 @@ class Machine:
         """Give the user's answer to ``question``."""
         self._check_usable()
         try:
-            name = self.ANSWERS.get(self.state)
-            if name is None:  # a caller's bug; it poisons the machine like any other error
+            row = self.ANSWERS.get(self.state)
+            if row is None:  # a caller's bug; it poisons the machine like any other error
                 raise ProtocolError(f"no question is pending (state {self.state})")
-            getattr(self, name)(question, value, now)
+            getattr(self, row.handler)(question, value, now)
+            self._check_transition(row.next, row.handler)
         except PairingError as exc:
             self._fail(exc)
             raise
@@ -144,6 +185,20 @@ class Machine:
 
     # -- for subclasses -------------------------------------------------------------------
 
+    def table(self) -> dict[tuple[str, type], Step]:
+        """The transition table in force (a machine may extend its class's per instance)."""
+        return self.TABLE
+
+    def _on_start(self, now: float) -> None:
+        """What :meth:`start` does; the default only arms the first deadline, if any."""
+
+    def _check_transition(self, allowed: frozenset[str], where: str) -> None:
+        if self.state != FAILED and self.state not in allowed:
+            raise TransitionError(
+                f"{type(self).__name__}.{where} moved to state {self.state!r}, which its "
+                f"transition table does not allow ({', '.join(sorted(allowed)) or 'none'})"
+            )
+
     def _send(self, msg: wire.Message) -> None:
         self._out.append(msg.encode())
 
@@ -162,6 +217,8 @@ class Machine:
     def _check_usable(self) -> None:
         if self._error is not None:
             raise self._error
+        if not self._started:
+            raise ProtocolError("the machine was not started: call start(now) first")
         if self.state == DONE:
             raise ProtocolError("the exchange is already complete")
 

@@ -17,6 +17,7 @@ import dataclasses
 import re
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
+from . import keyschedule
 from .crypto import digest
 from .errors import DecodeError, ExpiredError
 
@@ -60,7 +61,7 @@ class QrCode:
     @property
     def code_id(self) -> bytes:
         """Which code this is (the host looks the secret up by it); reveals nothing of it."""
-        return digest(b"pairkit/1 qr id" + self.secret, 8)
+        return digest(keyschedule.QR_ID + self.secret, 8)
 
     def to_uri(self) -> str:
         query = urlencode(

@@ -32,6 +32,7 @@ from typing import ClassVar
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from . import keyschedule
 from .cloud import Role
 from .errors import AuthenticationError, ExpiredError, ProtocolError
 from .machine import Question
@@ -80,7 +81,7 @@ def membership_statement(m: Membership, member_id: bytes, session_fingerprint: s
     signature, the new member's id and the session it was handed out in."""
     body = dataclasses.replace(m, signature=None).encode()
     return (
-        b"pairkit/1 membership" + len(body).to_bytes(4, "big") + body + member_id
+        keyschedule.MEMBERSHIP + len(body).to_bytes(4, "big") + body + member_id
         + session_fingerprint.encode()
     )
 

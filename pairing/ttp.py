@@ -62,7 +62,7 @@ from enum import IntEnum
 from hashlib import sha256
 from typing import Any, ClassVar
 
-from . import wire
+from . import keyschedule, wire
 from .crypto import Rng, digest, hkdf, mac, same, seal, unseal, x25519, x25519_keypair
 from .errors import (
     AuthenticationError,
@@ -73,7 +73,7 @@ from .errors import (
     ProtocolError,
     RefusedError,
 )
-from .machine import Machine, Question
+from .machine import DONE, Machine, Question, Step, step
 from .messages import ID_LEN, KEY_LEN, MAC_LEN, NONCE_LEN, Accept, Announce, Identity, Offer
 from .methods import LocalIdentity, PeerInfo, Prekey, Session, _check_context, _th
 from .negotiation import ALL_CAPS, Caps, Method, choose, methods_from_mask, methods_mask
@@ -219,7 +219,7 @@ def auth_proof(
     shared: bytes, *, static: bytes, eph: bytes, nonce_c: bytes, nonce_s: bytes, cert: bytes
 ) -> bytes:
     """``proof`` of the module docstring from the X25519 result ``shared``."""
-    key = hkdf(shared, salt=nonce_c + nonce_s, info=b"pairkit/1 ttp auth")
+    key = hkdf(shared, salt=nonce_c + nonce_s, info=keyschedule.TTP_AUTH)
     return mac(key, b"client", static, eph, nonce_c, nonce_s, cert)
 
 
@@ -233,12 +233,11 @@ def link_context(offer: Offer, accept: Accept, context: bytes = b"") -> bytes:
     ids, and the pre-pairing ``context``), so one meeting gives one key."""
     assert offer.guest_id is not None and accept.host_id is not None
     th = _th(offer.hello, accept.hello, context)
-    return hkdf(th + offer.guest_id + accept.host_id, salt=b"", info=b"pairkit/1 ttp context")
+    return hkdf(th + offer.guest_id + accept.host_id, salt=b"", info=keyschedule.TTP_CONTEXT)
 
 
 def _fingerprint(secret: bytes, context: bytes) -> str:
-    fp = hkdf(secret, salt=context, info=b"pairkit/1 session fingerprint", length=8).hex()
-    return "-".join(fp[i : i + 4] for i in range(0, 16, 4))
+    return keyschedule.fingerprint(secret, context)
 
 
 def _check_record(record: DeviceRecord, expected_id: bytes, who: str) -> None:
@@ -269,11 +268,12 @@ class TtpClient(Machine):
     once the request is sent and the caller carries on with the connection (CPNS).
     """
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_CHALLENGE, TtpChallenge): "_on_challenge",
-        (S_RESPONSE, EnrolDone): "_on_response",
-        (S_RESPONSE, SkDelivery): "_on_response",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_CHALLENGE, TtpChallenge): step("_on_challenge", S_RESPONSE, DONE),
+        (S_RESPONSE, EnrolDone): step("_on_response", DONE),
+        (S_RESPONSE, SkDelivery): step("_on_response", DONE),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_CHALLENGE})
 
     def __init__(
         self,
@@ -298,11 +298,8 @@ class TtpClient(Machine):
         self._rng = rng
         self.result: wire.Message | None = None
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         """Send the hello."""
-        self._check_usable()
-        if self.state != S_START:
-            raise ProtocolError("start() was already called")
         self._nonce = self._rng(NONCE_LEN)
         self._send(TtpHello(self.me.static_public, self._nonce, self.me.name))
         self.state = S_CHALLENGE
@@ -392,26 +389,28 @@ class TtpServerConn(Machine):
     caller continues the connection with :class:`pairing.cpns.CpnsServer`.
     """
 
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_HELLO, TtpHello): "_on_hello",
-        (S_PROOF, TtpProof): "_on_proof",
-        (S_REQUEST, EnrolRequest): "_on_enrol",
-        (S_REQUEST, IntentRequest): "_on_intent",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_HELLO, TtpHello): step("_on_hello", S_PROOF),
+        (S_PROOF, TtpProof): step("_on_proof", S_REQUEST),
+        (S_REQUEST, EnrolRequest): step("_on_enrol", S_ASK),
+        (S_REQUEST, IntentRequest): step("_on_intent", S_ASK),
     }
-    ANSWERS: ClassVar[dict[str, str]] = {S_ASK: "_on_answer"}
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", DONE)}
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_HELLO})
 
     def __init__(
         self,
         config: ServerConfig,
         *,
-        now: float,
         handover: tuple[type[wire.Message], ...] = (),
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_HELLO)
         # Requests of other protocols that may follow the proof (CPNS registration): they end
         # this machine, and the caller hands the connection to that protocol's machine.
-        self.TABLE = {**type(self).TABLE, **{(S_REQUEST, t): "_on_handover" for t in handover}}
+        self._table = {
+            **type(self).TABLE, **{(S_REQUEST, t): step("_on_handover", DONE) for t in handover}
+        }
         self.config = config
         self._rng = rng
         #: the device, once its proof checked
@@ -421,7 +420,13 @@ class TtpServerConn(Machine):
         #: a request for another protocol on this connection (CPNS)
         self.handover: wire.Message | None = None
         self.answer_value: Any = None
-        self._expect_by(now + config.step_timeout, "the device sent nothing")
+
+    def table(self) -> dict[tuple[str, type], Step]:
+        return self._table
+
+    def _on_start(self, now: float) -> None:
+        """Wait for the device's hello."""
+        self._expect_by(now + self.config.step_timeout, "the device sent nothing")
 
     def _on_hello(self, msg: TtpHello, now: float) -> None:
         self._hello = msg
@@ -554,7 +559,8 @@ class _TtpLink(Machine):
     """What the two link machines share."""
 
     ROLE: ClassVar[IntentRole]
-    ANSWERS: ClassVar[dict[str, str]] = {S_KEY: "_on_key"}
+    #: after the key: the guest waits for the session key, the host for the ack
+    ANSWERS: ClassVar[dict[str, Step]] = {S_KEY: step("_on_key", S_OFFER, S_ACK)}
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, initial: str, rng: Rng,
@@ -600,7 +606,7 @@ class _TtpLink(Machine):
         _check_record(value.peer, self._peer_id, who)
         self.delivery = value
         okm = hkdf(
-            value.sk, salt=self._context, info=b"pairkit/1 ttp channel" + value.match_id,
+            value.sk, salt=self._context, info=keyschedule.TTP_CHANNEL + value.match_id,
             length=64,
         )
         self._k_h2g, self._k_g2h = okm[:32], okm[32:]
@@ -630,7 +636,7 @@ class _TtpLink(Machine):
     def _final(self, session_key: bytes) -> tuple[bytes, bytes, bytes, str]:
         assert self.delivery is not None
         dh = x25519(self.me.static_private, self.delivery.peer.static)
-        okm = hkdf(session_key + dh, salt=self._context, info=b"pairkit/1 ttp session", length=96)
+        okm = hkdf(session_key + dh, salt=self._context, info=keyschedule.TTP_SESSION, length=96)
         return okm[:32], okm[32:64], okm[64:], _fingerprint(session_key + dh, self._context)
 
     def _session(self, ident: Identity, send: bytes, recv: bytes, fp: str) -> Session:
@@ -646,10 +652,11 @@ class TtpLinkGuest(_TtpLink):
     """The guest (the side that connected): hello, key from the server, the host's session key."""
 
     ROLE = IntentRole.GUEST
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_ACCEPT, Accept): "_on_accept",
-        (S_OFFER, SessionKeyOffer): "_on_offer",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_ACCEPT, Accept): step("_on_accept", S_KEY),
+        (S_OFFER, SessionKeyOffer): step("_on_offer", DONE),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_ACCEPT})
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom,
@@ -657,11 +664,8 @@ class TtpLinkGuest(_TtpLink):
     ) -> None:
         super().__init__(config, me, initial=S_START, rng=rng, context=context)
 
-    def start(self, now: float) -> None:
+    def _on_start(self, now: float) -> None:
         """Send the guest's Offer for method ``ttp``."""
-        self._check_usable()
-        if self.state != S_START:
-            raise ProtocolError("start() was already called")
         self._offer = Offer(hello=self._announce(), guest_id=self.me.device_id)
         self._send(self._offer)
         self.state = S_ACCEPT
@@ -705,17 +709,21 @@ class TtpLinkHost(_TtpLink):
     """The host (the side that accepted): hello, key from the server, sends the session key."""
 
     ROLE = IntentRole.HOST
-    TABLE: ClassVar[dict[tuple[str, type], str]] = {
-        (S_TTP_OFFER, Offer): "_on_offer_msg",
-        (S_ACK, SessionKeyAck): "_on_ack",
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_TTP_OFFER, Offer): step("_on_offer_msg", S_KEY),
+        (S_ACK, SessionKeyAck): step("_on_ack", DONE),
     }
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_TTP_OFFER})
 
     def __init__(
-        self, config: TtpLinkConfig, me: LocalIdentity, *, now: float, rng: Rng = os.urandom,
+        self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom,
         context: bytes = b"",
     ) -> None:
         super().__init__(config, me, initial=S_TTP_OFFER, rng=rng, context=context)
-        self._expect_by(now + config.step_timeout, "the guest sent nothing")
+
+    def _on_start(self, now: float) -> None:
+        """Wait for the guest's Offer."""
+        self._expect_by(now + self.config.step_timeout, "the guest sent nothing")
 
     def _on_offer_msg(self, msg: Offer, now: float) -> None:
         # The same table as every method: a host that does not allow ttp refuses it here,

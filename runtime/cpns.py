@@ -49,9 +49,8 @@ async def run_pne(
     """Take part in a PN setup on ``link``: start it (``listen=False``), or wait for the
     gateway's notify.  The PNE's membership, or the error that kept it out."""
     loop = asyncio.get_running_loop()
-    machine = PneMachine(config, now=loop.time(), listen=listen, rng=rng)
-    if not listen:
-        machine.start(loop.time())
+    machine = PneMachine(config, listen=listen, rng=rng)
+    machine.start(loop.time())
     await drive(machine, link, delegate=delegate, idle=config.step_timeout)
     assert machine.membership is not None
     return machine.membership

@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .pairing import keyschedule
 from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
 from .pairing.framing import Reassembler, fragment
 from .pairing.machine import Machine, Question
@@ -58,8 +59,8 @@ class MessagePipe:
         self._reassembler = Reassembler(max_message)
         # The fragments of one message must not interleave with another's.
         self._send_lock = asyncio.Lock()
-        self._sent = hashlib.sha256(b"pairkit/1 transcript direction")
-        self._received = hashlib.sha256(b"pairkit/1 transcript direction")
+        self._sent = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
+        self._received = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
         #: which side this pipe is on (orders the two directions in :meth:`transcript`)
         self.guest = guest
 
@@ -82,7 +83,7 @@ class MessagePipe:
             raise ConfigError("a transcript needs to know which side the pipe is on")
         sent, received = self._sent.digest(), self._received.digest()
         g2h, h2g = (sent, received) if self.guest else (received, sent)
-        return hashlib.sha256(b"pairkit/1 transcript" + g2h + h2g).digest()
+        return hashlib.sha256(keyschedule.TRANSCRIPT + g2h + h2g).digest()
 
 
 
@@ -131,7 +132,7 @@ async def drive(
 
     ``delegate`` receives events by hook name (``await delegate.<event.hook>(event)``); for a
     :class:`Question` the hook's return value is the answer.  ``clock`` defaults to the event
-    loop's monotonic clock.
+    loop's monotonic clock.  A machine not yet started is started here (``start(now)``).
     """
     loop = asyncio.get_running_loop()
     now = clock or loop.time
@@ -142,6 +143,8 @@ async def drive(
             await pipe.send(message)
 
     try:
+        if not machine.started:
+            machine.start(now())
         while True:
             await flush()
             events = machine.events()

@@ -164,10 +164,11 @@ async def accept_session(
         # its standing there, never a grant to that cloud's members (docs/security.md, rule 2).
         cloud = CloudHost(
             clouds=tuple(c.cloud_id for c in ks.clouds() if c.role == "owner"),
-            mac=_cloud_mac(ks), static=me.static_public, now=clock.monotonic(),
+            mac=_cloud_mac(ks), static=me.static_public,
             known_grant=lambda device_id: peers.peer_grant(ks, device_id, clock.wall()),
             open_to_strangers=side.open_to_strangers, timeout=side.step_timeout,
         )
+        cloud.start(clock.monotonic())
         await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
         context = pipe.transcript()
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried)
@@ -205,11 +206,11 @@ async def _host_pairing(
         if is_ttp_offer(first):
             return await side.ttp(pipe, context), Method.TTP
     machine = HostPairing(
-        side.config, me, side.state, now=clock.monotonic(),
-        link_encrypted=bool(link.encrypted),
+        side.config, me, side.state, link_encrypted=bool(link.encrypted),
         link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=clock.wall(),
         context=context,
     )
+    machine.start(clock.monotonic())
     if tried is not None:
         tried.append(machine)
     await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)

@@ -294,7 +294,8 @@ async def ttp_host_session(
     """
     config = _link_config(config, peer_hint)
     loop = asyncio.get_running_loop()
-    machine = TtpLinkHost(config, me, now=loop.time(), rng=rng, context=context)
+    machine = TtpLinkHost(config, me, rng=rng, context=context)
+    machine.start(loop.time())
     if first_message is not None:
         machine.receive(first_message, loop.time())
     fetcher = _KeyFetcher(me, server, ca_file, server_timeout, rng, delegate)

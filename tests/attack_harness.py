@@ -231,12 +231,14 @@ class EvilHost:
             try:
                 pipe = MessagePipe(link, guest=False)
                 cloud = CloudHost(clouds=(), mac=lambda _c, _d: bytes(32),
-                                  static=self.me.static_public, now=loop.time(), timeout=STEP)
+                                  static=self.me.static_public, timeout=STEP)
+                cloud.start(loop.time())
                 await drive(cloud, pipe, delegate=Yes(self.grant))
                 machine = HostPairing(
                     PairingConfig(caps=ALL_CAPS, step_timeout=STEP), self.me, self.state,
-                    now=loop.time(), wall_now=time.time(), context=pipe.transcript(),
+                    wall_now=time.time(), context=pipe.transcript(),
                 )
+                machine.start(loop.time())
                 await drive(machine, pipe, delegate=Yes(self.grant))
                 assert machine.session is not None
                 slink = SecureLink(link, machine.session, timeout=STEP)

@@ -269,13 +269,13 @@ def make_pair(
         host_config or PairingConfig(),
         host_me,
         state,
-        now=now,
         link_encrypted=encrypted,
         link_mitm=link_mitm,
         wall_now=wall_now,
         context=host_context,
         rng=rng,
     )
+    host.start(now)
     guest = GuestPairing(
         guest_config or PairingConfig(),
         guest_me,

@@ -176,8 +176,8 @@ async def test_a_guest_grant_expires_at_its_time(
     state.set_pin(PIN)
     guest = GuestPairing(PairingConfig(step_timeout=5), LocalIdentity.generate("George"),
                          method=Method.PIN, pin=PIN)
-    host = HostPairing(PairingConfig(step_timeout=5), LocalIdentity.generate("Paul"), state,
-                       now=loop.time())
+    host = HostPairing(PairingConfig(step_timeout=5), LocalIdentity.generate("Paul"), state)
+    host.start(loop.time())
     guest.start(loop.time())
     await asyncio.wait_for(asyncio.gather(drive(guest, guest_link), drive(host, host_link)), 10)
     assert guest.session is not None and host.session is not None

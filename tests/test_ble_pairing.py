@@ -396,8 +396,9 @@ async def test_clear_is_refused_by_the_host_before_encryption(world: World) -> N
     )
     host = HostPairing(
         PairingConfig(step_timeout=5), LocalIdentity.generate("Paul"), HostState(),
-        now=loop.time(), link_encrypted=host_link.encrypted,
+        link_encrypted=host_link.encrypted,
     )
+    host.start(loop.time())
     guest.start(loop.time())
     guest_error, host_error = await asyncio.wait_for(asyncio.gather(
         drive(guest, guest_link, delegate=Person()), drive(host, host_link, delegate=Person()),
@@ -431,8 +432,8 @@ async def test_a_host_that_vanishes_after_its_first_flight_ends_the_guest(
 
     # The host reads the offer, sends its Accept (its first flight), then is gone.
     pipe = MessagePipe(host_link)
-    machine = HostPairing(PairingConfig(step_timeout=step), LocalIdentity.generate("Paul"), state,
-                          now=loop.time())
+    machine = HostPairing(PairingConfig(step_timeout=step), LocalIdentity.generate("Paul"), state)
+    machine.start(loop.time())
     machine.receive(await asyncio.wait_for(pipe.recv(), 5), loop.time())
     for message in machine.outgoing():
         await pipe.send(message)

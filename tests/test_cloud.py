@@ -37,7 +37,8 @@ def rng(seed: int = 0):
 def test_a_member_proves_membership_in_four_flights() -> None:
     guest = CloudGuest(static=GS, name="Paul's TV", clouds=("georges-cloud", "pauls-cloud"),
                        mac=mac_for(SECRETS), rng=rng(1))
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(2))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), rng=rng(2))
+    host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
     assert guest.done and host.done
@@ -50,7 +51,8 @@ def test_a_member_proves_membership_in_four_flights() -> None:
 def test_a_stranger_asks_to_join_and_the_owner_decides() -> None:
     guest = CloudGuest(static=GS, name="George's phone", clouds=("georges-cloud",),
                        mac=mac_for(SECRETS), rng=rng(3))
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(4))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), rng=rng(4))
+    host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
     [(side, question)] = r.questions
@@ -63,7 +65,8 @@ def test_a_stranger_asks_to_join_and_the_owner_decides() -> None:
 
 def test_a_refused_stranger_gets_a_clear_error() -> None:
     guest = CloudGuest(static=GS, name="Mallory", clouds=(), mac=mac_for(SECRETS), rng=rng(5))
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(6))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), rng=rng(6))
+    host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
     with pytest.raises(RefusedError):
@@ -76,7 +79,8 @@ def test_a_wrong_cloud_secret_is_a_stranger_not_a_member() -> None:
     forged = dict(SECRETS, **{"pauls-cloud": b"x" * 32})
     guest = CloudGuest(static=GS, name="Mallory", clouds=("pauls-cloud",), mac=mac_for(forged),
                        rng=rng(7))
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0, rng=rng(8))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), rng=rng(8))
+    host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
     assert host.role is Role.STRANGER
@@ -88,7 +92,8 @@ def test_a_host_without_the_secret_cannot_fake_the_proof() -> None:
     guest = CloudGuest(static=GS, name="Paul's TV", clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                        rng=rng(9))
     impostor = CloudHost(static=HS, clouds=("pauls-cloud",),
-                         mac=mac_for({"pauls-cloud": b"y" * 32}), now=0.0, rng=rng(10))
+                         mac=mac_for({"pauls-cloud": b"y" * 32}), rng=rng(10))
+    impostor.start(0.0)
     guest.start(0.0)
     hello = guest.outgoing()[0]
     # the impostor cannot match the hint, so it answers "not a member": the guest asks to join
@@ -101,13 +106,15 @@ def test_a_replayed_proof_does_not_verify() -> None:
     """A proof recorded from one run fails against a host that drew a fresh nonce."""
     mac = mac_for(SECRETS)
     g1 = CloudGuest(static=GS, name="TV", clouds=("pauls-cloud",), mac=mac, rng=rng(11))
-    h1 = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac, now=0.0, rng=rng(12))
+    h1 = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac, rng=rng(12))
+    h1.start(0.0)
     g1.start(0.0)
     hello = g1.outgoing()[0]
     h1.receive(hello, 0.0)
     g1.receive(h1.outgoing()[0], 0.0)
     recorded_proof = g1.outgoing()[0]
-    h2 = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac, now=0.0, rng=rng(13))
+    h2 = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac, rng=rng(13))
+    h2.start(0.0)
     h2.receive(hello, 0.0)  # the attacker replays the hello ...
     h2.receive(recorded_proof, 0.0)  # ... and the proof, which covers the old host nonce
     with pytest.raises(AuthenticationError):
@@ -118,8 +125,9 @@ def test_a_replayed_proof_does_not_verify() -> None:
 def test_both_proofs_bind_to_the_proven_keys() -> None:
     guest = CloudGuest(static=GS, name="TV", clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                        rng=rng(16))
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0,
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                      rng=rng(17))
+    host.start(0.0)
     guest.start(0.0)
     shuttle(guest, host)
     guest.bind(HS)
@@ -133,8 +141,9 @@ def test_a_relayed_proof_fails_for_whoever_pairs_instead(side: str) -> None:
     member's key, not hers, and the side that paired with her refuses (rule 6)."""
     guest = CloudGuest(static=GS, name="TV", clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                        rng=rng(18))
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0,
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                      rng=rng(19))
+    host.start(0.0)
     guest.start(0.0)
     shuttle(guest, host)  # relayed unchanged
     mallory = b"M" * 32
@@ -146,8 +155,9 @@ def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
     granted = Grant(Role.GUEST, 600)
     guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
                        device_id=b"d" * 16, rng=rng(14))
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0,
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                      known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15))
+    host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
     assert not r.questions and guest.role is Role.GUEST
@@ -155,7 +165,8 @@ def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
 
 
 def test_a_silent_guest_times_out() -> None:
-    host = CloudHost(static=HS, clouds=(), mac=mac_for(SECRETS), now=0.0, timeout=5.0)
+    host = CloudHost(static=HS, clouds=(), mac=mac_for(SECRETS), timeout=5.0)
+    host.start(0.0)
     assert host.next_deadline() == 5.0
     with pytest.raises(PairingTimeout):
         host.on_timeout(5.0)
@@ -164,7 +175,8 @@ def test_a_silent_guest_times_out() -> None:
 
 @pytest.mark.parametrize("data", [b"", b"\xff", CloudProof(proof=bytes(32)).encode()])
 def test_garbage_or_out_of_order_fails_the_host_cleanly(data: bytes) -> None:
-    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), now=0.0)
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS))
+    host.start(0.0)
     with pytest.raises(PairingError):
         host.receive(data, 0.0)
     assert host.failed

@@ -361,7 +361,8 @@ def test_gateway_collect_window_then_registers_who_answered() -> None:
 
 def test_silent_gateway_times_out_the_pne() -> None:
     config = PneConfig(b"\x01" * 16, "p", b"\x02" * 32, step_timeout=5)
-    pne = PneMachine(config, now=0.0, listen=True)
+    pne = PneMachine(config, listen=True)
+    pne.start(0.0)
     assert pne.next_deadline() == 5.0
     with pytest.raises(PairingError):
         pne.on_timeout(5.0)
@@ -418,7 +419,8 @@ def test_messages_round_trip(msg: wire.Message) -> None:
 @settings(max_examples=150)
 @given(st.lists(st.binary(max_size=80), max_size=4), st.booleans())
 def test_only_pairing_errors_escape(blobs: list[bytes], listen: bool) -> None:
-    pne = PneMachine(PneConfig(b"\x01" * 16, "p", b"\x02" * 32), now=0.0, listen=listen)
+    pne = PneMachine(PneConfig(b"\x01" * 16, "p", b"\x02" * 32), listen=listen)
+    pne.start(0.0)
     gw = Gateway(GatewayConfig(b"\x03" * 16, "g", b"\x04" * 32), now=0.0)
     gw.attach("a")
     for data in blobs:

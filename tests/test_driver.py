@@ -54,8 +54,9 @@ def machines(method: Method, *, encrypted: bool = False, timeout: float = 5.0):
         kwargs["pin"] = state.new_pin()
     if method is Method.QR:
         kwargs["qr"] = state.issue_qr(PAUL.static_public, time.time(), ttl=60, hint="")
-    host = HostPairing(cfg, PAUL, state, now=loop.time(), link_encrypted=encrypted,
+    host = HostPairing(cfg, PAUL, state, link_encrypted=encrypted,
                        wall_now=time.time())
+    host.start(loop.time())
     guest = GuestPairing(cfg, GEORGE, method=method, link_encrypted=encrypted,
                          wall_now=time.time(), **kwargs)
     return guest, host

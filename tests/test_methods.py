@@ -387,8 +387,9 @@ def test_qr_expired_host_side() -> None:
     state = HostState(rng=seeded(14))
     pair = make_pair(Method.QR, seed=14, state=state, wall_now=1000.0, start=False)
     late = HostPairing(
-        PairingConfig(), pair.host_me, state, now=0.0, wall_now=1060.0, rng=seeded(14, "late")
+        PairingConfig(), pair.host_me, state, wall_now=1060.0, rng=seeded(14, "late")
     )
+    late.start(0.0)
     pair.guest.start(0.0)
     shuttle(pair.guest, late)
     assert_failed(late, ExpiredError)
@@ -449,7 +450,8 @@ def mallory(method: Method, *, pin: str | None = None, qr: Any = None, seed: int
     state = HostState(rng=rng)
     if pin is not None:
         state.set_pin(pin)
-    toward_guest = HostPairing(PairingConfig(), me, state, now=0.0, wall_now=1000.0, rng=rng)
+    toward_guest = HostPairing(PairingConfig(), me, state, wall_now=1000.0, rng=rng)
+    toward_guest.start(0.0)
     toward_host = GuestPairing(
         PairingConfig(), me, method=method, pin=pin, qr=qr, wall_now=1000.0, rng=rng
     )
@@ -909,14 +911,16 @@ def test_resume_replayed_init_cannot_resume() -> None:
     pair = known.resume(seed=101)
     init = pair.guest.outgoing()[0]
     first_host = HostPairing(
-        PairingConfig(), known.host_me, known.state, now=0.0, rng=seeded(101, "h")
+        PairingConfig(), known.host_me, known.state, rng=seeded(101, "h")
     )
+    first_host.start(0.0)
     first_host.receive(init, 0.0)
     okay = wire.decode(first_host.outgoing()[0])
     assert isinstance(okay, ResumeMessage) and okay.header.kind is ResumeKind.OKAY
     replay_host = HostPairing(
-        PairingConfig(), known.host_me, known.state, now=0.0, rng=seeded(101, "h2")
+        PairingConfig(), known.host_me, known.state, rng=seeded(101, "h2")
     )
+    replay_host.start(0.0)
     replay_host.receive(init, 0.0)
     fail = wire.decode(replay_host.outgoing()[0])
     assert isinstance(fail, ResumeMessage) and fail.header.kind is ResumeKind.FAIL
@@ -932,8 +936,9 @@ def test_resume_replay_into_a_host_that_lost_its_memory_gets_fresh_keys() -> Non
     sealed = []
     for i in range(3):
         state = HostState(rng=seeded(107, f"s{i}"), known_peer=known.host_records.get)
-        host = HostPairing(PairingConfig(), known.host_me, state, now=0.0,
+        host = HostPairing(PairingConfig(), known.host_me, state,
                            rng=seeded(107, f"h{i}"))
+        host.start(0.0)
         host.receive(init, 0.0)
         okay = wire.decode(host.outgoing()[0])
         assert isinstance(okay, ResumeMessage) and okay.header.kind is ResumeKind.OKAY
@@ -1005,10 +1010,10 @@ def test_clear_refused_over_an_unencrypted_link_host_side() -> None:
         PairingConfig(),
         pair.host_me,
         pair.state,
-        now=0.0,
         link_encrypted=False,
         rng=seeded(110, "h"),
     )
+    host.start(0.0)
     pair.guest.start(0.0)
     shuttle(pair.guest, host)
     err = assert_failed(host, InsecureLinkError)

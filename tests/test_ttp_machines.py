@@ -93,8 +93,9 @@ def exchange(a: Machine, b: Machine, answer, *, rounds: int = 20, tamper=None) -
 def client_server(request, expect, *, cert=CERT, token=None, rng_seed=1):
     me = LocalIdentity.generate("dev", rng=seeded(rng_seed))
     client = TtpClient(me, cert=cert, request=request, expect=expect, rng=seeded(rng_seed + 1))
-    server = TtpServerConn(ServerConfig(cert=CERT, enrol_token=token, max_wait=10), now=0.0,
+    server = TtpServerConn(ServerConfig(cert=CERT, enrol_token=token, max_wait=10),
                            rng=seeded(rng_seed + 2))
+    server.start(0.0)
     client.start(0.0)
     return me, client, server
 
@@ -127,7 +128,8 @@ def test_a_proof_made_for_another_server_certificate_fails() -> None:
 
 def test_a_device_without_the_private_key_cannot_prove() -> None:
     victim = LocalIdentity.generate("victim")
-    server = TtpServerConn(ServerConfig(cert=CERT), now=0.0)
+    server = TtpServerConn(ServerConfig(cert=CERT))
+    server.start(0.0)
     server.receive(TtpHello(victim.static_public, b"\x00" * 16, "victim").encode(), 0.0)
     wire.decode(server.outgoing()[0], TtpChallenge)
     with pytest.raises(AuthenticationError):
@@ -220,8 +222,9 @@ def link_pair(
     host_id = LocalIdentity.generate("host")
     guest_id = LocalIdentity.generate("guest")
     guest = TtpLinkGuest(config or TtpLinkConfig(), guest_id, context=guest_context)
-    host = TtpLinkHost(host_config or config or TtpLinkConfig(), host_id, now=0.0,
+    host = TtpLinkHost(host_config or config or TtpLinkConfig(), host_id,
                        context=host_context)
+    host.start(0.0)
     guest.start(0.0)
     return host_id, guest_id, host, guest
 
@@ -422,9 +425,11 @@ def test_ttp_messages_round_trip(msg: wire.Message) -> None:
 def test_only_pairing_errors_escape(blobs: list[bytes]) -> None:
     me = LocalIdentity.generate("x")
     machines = [
-        TtpServerConn(ServerConfig(cert=CERT), now=0.0),
-        TtpLinkHost(TtpLinkConfig(), me, now=0.0),
+        TtpServerConn(ServerConfig(cert=CERT)),
+        TtpLinkHost(TtpLinkConfig(), me),
     ]
+    for machine in machines:
+        machine.start(0.0)
     guest = TtpLinkGuest(TtpLinkConfig(), me)
     guest.start(0.0)
     machines.append(guest)

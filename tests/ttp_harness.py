@@ -198,7 +198,9 @@ def make_world(
         kw = (pne_kw or {}).get(k, {})
         key = rng(32) if k in wrong else eukeys[pne_id]
         config = PneConfig(pne_id, f"pne{k}", key, caps=cap, **kw)
-        pnes[k] = PneMachine(config, now=0.0, listen=k != initiator, rng=rng)
+        pnes[k] = PneMachine(config, listen=k != initiator, rng=rng)
+        if k != initiator:  # the initiator starts with start_initiator()
+            pnes[k].start(0.0)
         gw.attach(k, pne_id=pne_id, pan_secured=k in pan_secured)
     store_keys = {
         i: eukeys[i] for k, i in enumerate(ids) if enrolled is None or k in enrolled

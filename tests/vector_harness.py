@@ -201,8 +201,9 @@ def _known_records(
     state.set_pin("482913")
     guest = GuestPairing(PairingConfig(), guest_me, method=Method.PIN, pin="482913",
                          rng=Stream(seed, "first guest"))
-    host = HostPairing(PairingConfig(), host_me, state, now=0.0,
+    host = HostPairing(PairingConfig(), host_me, state,
                        rng=Stream(seed, "first host"))
+    host.start(0.0)
     guest.start(0.0)
     shuttle({"guest": guest, "host": host}, {})
     assert guest.session is not None and host.session is not None
@@ -262,8 +263,9 @@ def build(inputs: dict[str, Any]) -> Exchange:
         )
         ex.cloud_host = CloudHost(
             clouds=tuple(cloud["host_clouds"]), mac=mac, static=ex.host_me.static_public,
-            now=0.0, rng=ex.streams["cloud host"],
+            rng=ex.streams["cloud host"],
         )
+        ex.cloud_host.start(0.0)
     return ex
 
 
@@ -273,8 +275,9 @@ def build_pairing(ex: Exchange, context: bytes) -> None:
     guest_rng, host_rng = ex.streams["guest"], ex.streams["host"]
     if method is Method.TTP:
         ex.guest = TtpLinkGuest(TtpLinkConfig(), ex.guest_me, rng=guest_rng, context=context)
-        ex.host = TtpLinkHost(TtpLinkConfig(), ex.host_me, now=0.0, rng=host_rng,
+        ex.host = TtpLinkHost(TtpLinkConfig(), ex.host_me, rng=host_rng,
                               context=context)
+        ex.host.start(0.0)
         return
     kwargs: dict[str, Any] = {}
     state = HostState(rng=_Fixed())
@@ -311,9 +314,10 @@ def build_pairing(ex: Exchange, context: bytes) -> None:
     ex.guest = GuestPairing(PairingConfig(), ex.guest_me, method=method, link_encrypted=enc,
                             link_mitm=mitm, wall_now=inputs["wall_now"], context=context,
                             rng=guest_rng, **kwargs)
-    ex.host = HostPairing(PairingConfig(), ex.host_me, state, now=0.0, link_encrypted=enc,
+    ex.host = HostPairing(PairingConfig(), ex.host_me, state, link_encrypted=enc,
                           link_mitm=mitm, wall_now=inputs["wall_now"], context=context,
                           rng=host_rng)
+    ex.host.start(0.0)
 
 
 def answer_for(ex: Exchange, side: str, question: Question) -> Any:

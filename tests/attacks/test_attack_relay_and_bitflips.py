@@ -222,7 +222,8 @@ def full_run(method: Method, flip: int | None, seed: int) -> tuple[bool, int]:
 
     cloud_g = CloudGuest(name="George", clouds=(), mac=lambda _c, _d: bytes(32),
                          static=bytes(32))
-    cloud_h = CloudHost(clouds=(), mac=lambda _c, _d: bytes(32), static=bytes(32), now=0.0)
+    cloud_h = CloudHost(clouds=(), mac=lambda _c, _d: bytes(32), static=bytes(32))
+    cloud_h.start(0.0)
     cloud_g.start(0.0)
     run({"guest": cloud_g, "host": cloud_h}, [("guest", "host")],
         answers={"host": Grant(Role.GUEST, 60)}, tamper=tamper)

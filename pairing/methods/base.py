@@ -1,0 +1,273 @@
+"""The shared negotiation, and the two machines: :class:`GuestPairing` and :class:`HostPairing`.
+
+The guest (BLE central, the side that connects) speaks first.  Every method starts with the
+guest's :class:`~pairing.messages.Offer` and the host's :class:`~pairing.messages.Accept`, each
+carrying an :class:`~pairing.messages.Announce` (capabilities, allowed methods, the choice, a
+fresh nonce).  ``th``, the hash of both announcements and the pre-pairing context
+(:func:`pairing.keyschedule.negotiation_hash`), is bound into every method, so rewriting either
+announcement (downgrade, method confusion) makes the exchange fail.  Both sides check the
+proposal against the same table (:func:`pairing.negotiation.choose`); the method's own flights
+then run from its module (:mod:`.pin`, :mod:`.qr`, :mod:`.compare`, :mod:`.clear`,
+:mod:`.resume`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from ..crypto import Rng
+from ..errors import ConfigError, InsecureLinkError, ProtocolError, UnsupportedError
+from ..machine import DONE, Step, step
+from ..messages import Accept, Announce, NoiseMessage, Offer, ResumeMessage, Reveal
+from ..negotiation import Caps, Method, choose, methods_from_mask
+from ..qr import QrCode
+from .clear import ClearGuest, ClearHost
+from .common import (
+    _INSECURE_TEXT,
+    S_ACCEPT,
+    S_ASK,
+    S_NOISE,
+    S_NOISE1,
+    S_OFFER,
+    S_RESUME,
+    S_REVEAL,
+    S_START,
+    HostState,
+    InsecureWarning,
+    KnownPeer,
+    LocalIdentity,
+    PairingConfig,
+    Session,
+    _announce,
+    _check_context,
+    _th,
+)
+from .compare import CompareGuest, CompareHost
+from .pin import PinGuest, PinHost
+from .qr import QrGuest, QrHost
+from .resume import ResumeGuest, ResumeHost
+
+
+class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
+    """The guest side (initiator): proposes a method and runs it.
+
+    Call :meth:`start` once, then feed messages with :meth:`~Machine.receive`; questions
+    (:class:`ConfirmCode`) are answered with :meth:`~Machine.answer`.  When :attr:`done`,
+    :attr:`session` holds the result.
+    """
+
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        # pin and clear go on to the identity handshake, qr and kk are done, compare reveals
+        (S_ACCEPT, Accept): step("_on_accept", S_NOISE, DONE, S_REVEAL),
+        (S_NOISE1, NoiseMessage): step("_on_noise1", S_NOISE),
+        (S_NOISE, NoiseMessage): step("_on_noise", DONE),
+        (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
+        # done, or the host refused the prekey: the KK fallback's Offer
+        (S_RESUME, ResumeMessage): step("_on_resume", DONE, S_ACCEPT),
+    }
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE1)}
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_ACCEPT, S_RESUME})
+
+    #: method -> the fields it adds to the Offer (drawn in this order)
+    _OFFERS: ClassVar[dict[Method, str]] = {
+        Method.PIN: "_pin_offer",
+        Method.QR: "_qr_offer",
+        Method.KK: "_kk_offer",
+        Method.COMPARE: "_compare_offer",
+    }
+    #: method -> what it does with the host's Accept
+    _ACCEPTS: ClassVar[dict[Method, str]] = {
+        Method.PIN: "_pin_accept",
+        Method.QR: "_qr_accept",
+        Method.KK: "_kk_accept",
+        Method.COMPARE: "_compare_accept",
+        Method.CLEAR: "_clear_accept",
+    }
+
+    def __init__(
+        self,
+        config: PairingConfig,
+        me: LocalIdentity,
+        *,
+        method: Method,
+        link_encrypted: bool = False,
+        link_mitm: bool = False,
+        pin: str | None = None,
+        qr: QrCode | None = None,
+        peer: KnownPeer | None = None,
+        wall_now: float | None = None,
+        context: bytes = b"",
+        rng: Rng = os.urandom,
+    ) -> None:
+        super().__init__(initial_state=S_START)
+        self.config = config
+        self.me = me
+        self.method = method
+        self._rng = rng
+        self._pin = pin
+        self._qr = qr
+        self._peer = peer
+        self._wall_now = wall_now
+        self._link_encrypted = link_encrypted
+        # A link pairing protected against a man in the middle counts only on an SC link.
+        self._link_mitm = link_encrypted and link_mitm
+        self._context = _check_context(context)
+        caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
+        if method is Method.CLEAR and not link_encrypted:
+            if not config.allow_insecure:
+                raise InsecureLinkError(_INSECURE_TEXT)
+            caps |= Caps.ENCRYPTED_LINK  # forced: the user accepted the risk
+        self._caps = caps
+        self._check_inputs()
+        self.session: Session | None = None
+        self._offer: Offer | None = None
+
+    def bind_context(self, context: bytes) -> None:
+        """Set the pre-pairing transcript hash (the cloud step) before :meth:`start`."""
+        if self.state != S_START:
+            raise ProtocolError("the context must be bound before the pairing starts")
+        self._context = _check_context(context)
+
+    def _check_inputs(self) -> None:
+        m = self.method
+        if m is Method.PIN and not self._pin:
+            raise ConfigError("method 'pin' needs the PIN shown on the host")
+        pin = self._pin or ""
+        if m is Method.PIN and (len(pin) != 6 or not (pin.isascii() and pin.isdigit())):
+            raise ConfigError("a PIN is exactly 6 digits")
+        if m is Method.QR:
+            if self._qr is None:
+                raise ConfigError("method 'qr' needs the host's QR code (--qr or --qr-image)")
+            if self._wall_now is not None:
+                self._qr.check_fresh(self._wall_now)
+        if m in (Method.RESUME, Method.KK) and self._peer is None:
+            raise ConfigError(f"method '{m.label}' needs a known peer; pair first")
+        if m is Method.TTP:
+            raise UnsupportedError("method 'ttp' is run by pairing.ttp, not by this machine")
+
+    # -- start ----------------------------------------------------------------------------
+
+    def _on_start(self, now: float) -> None:
+        """Send the first message."""
+        if self.method is Method.RESUME:
+            assert self._peer is not None
+            if self._peer.their_prekeys:
+                self._send_resume_init()
+                self._expect(now, S_RESUME)
+                return
+            self.method = Method.KK  # no prekey left: the KK fallback
+        self._send_offer(now)
+
+    # -- the negotiation ------------------------------------------------------------------
+
+    def _send_offer(self, now: float) -> None:
+        hello = _announce(self.config, self.me.name, self.method, self._caps, self._rng)
+        fields: dict[str, Any] = {}
+        offer = self._OFFERS.get(self.method)
+        if offer is not None:
+            fields = getattr(self, offer)(hello)
+        self._offer = Offer(hello=hello, **fields)
+        self._send(self._offer)
+        self._expect(now, S_ACCEPT)
+
+    def _on_accept(self, msg: Accept, now: float) -> None:
+        assert self._offer is not None
+        if msg.hello.method != self.method:
+            raise ProtocolError(
+                f"the host answered with method '{Method(msg.hello.method).label}' "
+                f"but '{self.method.label}' was proposed"
+            )
+        # Check the host's announcement against the same table the host used.
+        choose(
+            Caps(self._caps),
+            self.config.methods,
+            Caps(msg.hello.caps),
+            methods_from_mask(msg.hello.methods),
+            proposed=self.method,
+            knows_peer=self._peer is not None,
+        )
+        self._th = _th(self._offer.hello, msg.hello, self._context)
+        self._host_name = msg.hello.name
+        accept = self._ACCEPTS.get(self.method)
+        if accept is None:  # pragma: no cover - excluded by _check_inputs
+            raise ProtocolError(f"method {self.method.label} cannot run here")
+        getattr(self, accept)(msg, now)
+
+
+class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
+    """The host side (responder): checks the guest's proposal and runs the method."""
+
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (S_OFFER, Offer): step("_on_offer", S_NOISE, DONE, S_REVEAL),
+        # done, or the prekey is gone: wait in S_OFFER for the guest's KK fallback
+        (S_OFFER, ResumeMessage): step("_on_resume_init", DONE, S_OFFER),
+        (S_NOISE, NoiseMessage): step("_on_noise", DONE),
+        (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
+    }
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE)}
+    STARTS: ClassVar[frozenset[str]] = frozenset({S_OFFER})
+
+    #: method -> its host side's answer to the Offer
+    _OFFERS: ClassVar[dict[Method, str]] = {
+        Method.PIN: "_offer_pin",
+        Method.QR: "_offer_qr",
+        Method.KK: "_offer_kk",
+        Method.COMPARE: "_offer_compare",
+        Method.CLEAR: "_offer_clear",
+    }
+
+    def __init__(
+        self,
+        config: PairingConfig,
+        me: LocalIdentity,
+        state: HostState,
+        *,
+        link_encrypted: bool = False,
+        link_mitm: bool = False,
+        wall_now: float = 0.0,
+        context: bytes = b"",
+        rng: Rng = os.urandom,
+    ) -> None:
+        super().__init__(initial_state=S_OFFER)
+        self.config = config
+        self.me = me
+        self.host = state
+        self._rng = rng
+        self._wall_now = wall_now
+        self._link_encrypted = link_encrypted
+        self._link_mitm = link_encrypted and link_mitm
+        self._context = _check_context(context)
+        self._caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
+        self.method: Method | None = None
+        self.session: Session | None = None
+        self._pin_attempt: float | None = None  #: when the PIN attempt under way started
+
+    def _on_start(self, now: float) -> None:
+        """Wait for the guest's Offer (or a resume INIT)."""
+        self._expect_by(now + self.config.step_timeout, "the guest sent nothing")
+
+    # -- the negotiation ------------------------------------------------------------------
+
+    def _on_offer(self, msg: Offer, now: float) -> None:
+        proposed = msg.hello.method
+        caps = self._caps
+        if proposed is Method.CLEAR and not self._link_encrypted:
+            if not self.config.allow_insecure:
+                raise InsecureLinkError(_INSECURE_TEXT)
+            caps |= Caps.ENCRYPTED_LINK
+            self._emit(InsecureWarning("pairing with 'clear' over a link that is not encrypted"))
+        knows = proposed is Method.KK and msg.guest_id is not None
+        choose(
+            Caps(msg.hello.caps), methods_from_mask(msg.hello.methods), Caps(caps),
+            self.config.methods, proposed=proposed, knows_peer=knows,
+        )
+        self.method = proposed
+        hello: Announce = _announce(self.config, self.me.name, proposed, Caps(caps), self._rng)
+        self._offer = msg
+        self._hello = hello
+        self._th = _th(msg.hello, hello, self._context)
+        handler = self._OFFERS.get(proposed)
+        if handler is None:
+            raise UnsupportedError(f"method '{proposed.label}' is not available on this host")
+        getattr(self, handler)(msg, hello, now)

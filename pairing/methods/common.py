@@ -1,0 +1,452 @@
+"""What every pairing method shares: who the sides are, what they know and end with, the host's
+state across guests, the events, the machine states and the identity payloads.
+
+The methods themselves live one per module beside this one (:mod:`.pin`, :mod:`.qr`,
+:mod:`.compare`, :mod:`.clear`, :mod:`.resume`); the negotiation that picks one is in
+:mod:`.base`, and every label and derivation is in :mod:`pairing.keyschedule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+from collections.abc import Callable
+from typing import ClassVar
+
+from cryptography.hazmat.primitives import hpke
+
+from .. import keyschedule, wire
+from ..crypto import Rng, digest, x25519_keypair
+from ..errors import AuthenticationError, ConfigError, RefusedError
+from ..machine import Event, Question
+from ..messages import Announce, Identity
+from ..negotiation import ALL_CAPS, Caps, Method, methods_mask
+from ..noise import HandshakeState
+from ..qr import QrCode
+
+PIN_NOISE = "Noise_XXpsk0_25519_ChaChaPoly_SHA256"
+QR_NOISE = "Noise_IKpsk2_25519_ChaChaPoly_SHA256"
+KK_NOISE = "Noise_KK_25519_ChaChaPoly_SHA256"
+HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+DEFAULT_METHODS = frozenset({Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR, Method.RESUME})
+
+
+# --------------------------------------------------------------------------------------------
+# Who the sides are, what they know, what they end with
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalIdentity:
+    """This device, as the handshake needs it (built from the keystore)."""
+
+    device_id: bytes
+    name: str
+    static_public: bytes
+    signing_public: bytes
+    static_private: bytes = dataclasses.field(repr=False)
+
+    @classmethod
+    def generate(cls, name: str, rng: Rng = os.urandom) -> LocalIdentity:
+        """A throwaway identity (tests, demos); real ones come from the keystore."""
+        private, public = x25519_keypair(rng)
+        return cls(
+            device_id=digest(public),
+            name=name,
+            static_public=public,
+            signing_public=rng(32),
+            static_private=private,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prekey:
+    """One of our ephemeral keys offered to a peer for a later resume."""
+
+    digest: bytes
+    private: bytes = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownPeer:
+    """A peer we paired with before (from the keystore)."""
+
+    device_id: bytes
+    name: str
+    static_public: bytes
+    signing_public: bytes
+    their_prekeys: tuple[bytes, ...] = ()
+    our_prekeys: tuple[Prekey, ...] = ()
+    authenticated: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerInfo:
+    """Who the peer turned out to be."""
+
+    device_id: bytes
+    name: str
+    static_public: bytes
+    signing_public: bytes
+    authenticated: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """What a pairing produces: directional keys, the peer, and prekey bookkeeping."""
+
+    method: Method
+    initiator: bool
+    peer: PeerInfo
+    send_key: bytes = dataclasses.field(repr=False)
+    recv_key: bytes = dataclasses.field(repr=False)
+    #: a public fingerprint of this session (both sides show the same); never the key
+    fingerprint: str
+    #: prekeys we gave the peer in this exchange (add to the store)
+    new_our_prekeys: tuple[Prekey, ...] = ()
+    #: prekey digests the peer gave us in this exchange (add to the store)
+    new_their_prekeys: tuple[bytes, ...] = ()
+    #: whether the new prekeys replace the stored ones (a full pairing) or add to them
+    replace_prekeys: bool = True
+    consumed_ours: bytes | None = None
+    consumed_theirs: bytes | None = None
+
+    def updated_peer(self, old: KnownPeer | None) -> KnownPeer:
+        """The stored peer record after this session (prekeys used, added or replaced)."""
+        ours: tuple[Prekey, ...] = ()
+        theirs: tuple[bytes, ...] = ()
+        if old is not None and not self.replace_prekeys:
+            ours = tuple(p for p in old.our_prekeys if p.digest != self.consumed_ours)
+            theirs = tuple(d for d in old.their_prekeys if d != self.consumed_theirs)
+        return KnownPeer(
+            device_id=self.peer.device_id,
+            name=self.peer.name,
+            static_public=self.peer.static_public,
+            signing_public=self.peer.signing_public,
+            their_prekeys=(theirs + self.new_their_prekeys)[-32:],
+            our_prekeys=(ours + self.new_our_prekeys)[-32:],
+            authenticated=self.peer.authenticated,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PairingConfig:
+    """What one side allows and can do; validated when built."""
+
+    methods: frozenset[Method] = DEFAULT_METHODS
+    caps: Caps = ALL_CAPS
+    #: seconds to wait for each message from the peer
+    step_timeout: float = 30.0
+    #: prekeys given to a new peer for later resumes
+    prekeys: int = 8
+    #: let ``clear`` run over an unencrypted link (the key can then be read by anyone listening)
+    allow_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("at least one pairing method must be allowed")
+        if not 0.1 <= self.step_timeout <= 3600:
+            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+        if not 1 <= self.prekeys <= 16:
+            raise ConfigError("prekeys must be between 1 and 16")
+
+
+# --------------------------------------------------------------------------------------------
+# The host's state across guests: the PIN, lockout, issued QR codes, known peers
+# --------------------------------------------------------------------------------------------
+
+TRIVIAL_PINS = frozenset({"123456", "654321", "123123", "121212", "012345", "112233"})
+
+
+def check_pin_strength(pin: str) -> None:
+    """Refuse a host-chosen PIN an attacker would guess first."""
+    # isascii(): str.isdigit() also takes digits such as "²" or "٣" that no keypad types.
+    if len(pin) != 6 or not (pin.isascii() and pin.isdigit()):
+        raise ConfigError("a PIN is exactly 6 digits")
+    steps = {(int(b) - int(a)) % 10 for a, b in itertools.pairwise(pin)}
+    # one digit repeated, a run up or down (234567, 987654), or a well-known choice
+    if len(set(pin)) == 1 or steps in ({1}, {9}) or pin in TRIVIAL_PINS:
+        raise ConfigError(
+            "that PIN is too easy to guess (one digit, a run, or a common choice); "
+            "choose another or let pairkit pick one"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PinPolicy:
+    """After ``max_failures`` failed PIN attempts within ``window`` seconds, refuse PINs."""
+
+    max_failures: int = 5
+    window: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1 or self.window <= 0:
+            raise ConfigError("max_failures must be 1 or more and window positive")
+
+
+@dataclasses.dataclass
+class _IssuedQr:
+    code: QrCode
+    used: bool = False
+
+
+class HostState:
+    """What a host keeps across guests (in memory; the CLI's host process owns one)."""
+
+    def __init__(
+        self,
+        *,
+        rng: Rng = os.urandom,
+        pin_policy: PinPolicy | None = None,
+        known_peer: Callable[[bytes], KnownPeer | None] = lambda _id: None,
+        consume_prekey: Callable[[bytes, bytes], bool] | None = None,
+    ) -> None:
+        self._rng = rng
+        self.pin_policy = pin_policy or PinPolicy()
+        self.known_peer = known_peer
+        self._consume = consume_prekey
+        self._consumed: set[tuple[bytes, bytes]] = set()
+        self._pin: str | None = None
+        self._failures: list[float] = []
+        self._qr: dict[bytes, _IssuedQr] = {}
+        #: the QR code issued last (what the host's screen shows now)
+        self.last_qr: QrCode | None = None
+
+    # PIN ------------------------------------------------------------------------------------
+
+    @property
+    def pin(self) -> str | None:
+        """The PIN to show, or ``None`` when none is active."""
+        return self._pin
+
+    def new_pin(self) -> str:
+        """Draw a fresh 6-digit PIN (single use)."""
+        while True:
+            pin = f"{int.from_bytes(self._rng(8), 'big') % 1_000_000:06d}"
+            try:
+                check_pin_strength(pin)
+            except ConfigError:
+                continue
+            self._pin = pin
+            return pin
+
+    def set_pin(self, pin: str) -> None:
+        """Use a PIN the owner chose (``--pin``); trivial ones are refused."""
+        check_pin_strength(pin)
+        self._pin = pin
+
+    def locked_for(self, now: float) -> float:
+        """Seconds until PIN attempts are accepted again (0 when they are)."""
+        recent = [t for t in self._failures if now - t < self.pin_policy.window]
+        self._failures = recent
+        if len(recent) < self.pin_policy.max_failures:
+            return 0.0
+        return recent[-self.pin_policy.max_failures] + self.pin_policy.window - now
+
+    def pin_failed(self, now: float) -> None:
+        self._failures.append(now)
+
+    def pin_succeeded(self, started: float) -> None:
+        """Take back the failure counted when a PIN attempt started at ``started``."""
+        if started in self._failures:
+            self._failures.remove(started)
+
+    def pin_used(self) -> None:
+        self._pin = None
+
+    def take_pin(self) -> str | None:
+        """The active PIN, withdrawn: a shown PIN is good for one attempt, won or lost
+        (docs/security.md, rule 7).  The host draws and shows a new one afterwards."""
+        pin, self._pin = self._pin, None
+        return pin
+
+    # Prekeys --------------------------------------------------------------------------------
+
+    def consume_prekey(self, device_id: bytes, digest_: bytes) -> bool:
+        """Delete one of our prekeys for ``device_id`` before it is answered (rule 4).
+
+        True when this call consumed it; False when it was already used (a replay) or the
+        durable store no longer holds it.  The store's callback must have deleted the prekey
+        durably when it returns True.
+        """
+        key = (device_id, digest_)
+        if key in self._consumed:
+            return False
+        if self._consume is not None and not self._consume(device_id, digest_):
+            return False
+        self._consumed.add(key)
+        return True
+
+    # QR -------------------------------------------------------------------------------------
+
+    def issue_qr(self, static_public: bytes, wall_now: float, *, ttl: float, hint: str) -> QrCode:
+        """A new single-use QR code valid for ``ttl`` seconds."""
+        code = QrCode(static_public, self._rng(16), math.ceil(wall_now + ttl), hint)
+        self._qr[code.code_id] = _IssuedQr(code)
+        self.last_qr = code
+        return code
+
+    def take_qr(self, code_id: bytes, wall_now: float) -> QrCode:
+        """The code with this id, marked used; refuses unknown, used and expired codes."""
+        issued = self._qr.get(code_id)
+        if issued is None:
+            raise AuthenticationError("this QR code was not issued by this host")
+        if issued.used:
+            raise RefusedError("this QR code was already used; ask the host to show a new one")
+        issued.code.check_fresh(wall_now)
+        issued.used = True
+        return issued.code
+
+
+# --------------------------------------------------------------------------------------------
+# Events and questions
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfirmCode(Question):
+    """Both screens show this 6-digit code; answer True only if the other screen shows it too."""
+
+    hook: ClassVar[str] = "confirm_code"
+    code: str
+    peer_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InsecureWarning(Event):
+    """``clear`` is running over a link that is not encrypted, because the user forced it."""
+
+    hook: ClassVar[str] = "on_warning"
+    text: str
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------
+
+S_START = "start"
+S_ACCEPT = "await-accept"
+S_OFFER = "await-offer"
+S_NOISE = "await-noise"
+S_NOISE1 = "await-noise-1"
+S_REVEAL = "await-reveal"
+S_ASK = "ask-user"
+S_RESUME = "await-resume"
+
+
+def _announce(config: PairingConfig, name: str, method: Method, caps: Caps, rng: Rng) -> Announce:
+    return Announce(
+        caps=int(caps),
+        methods=methods_mask(config.methods),
+        method=method,
+        name=name,
+        nonce=rng(16),
+    )
+
+
+def _th(offer_hello: Announce, accept_hello: Announce, context: bytes = b"") -> bytes:
+    """The negotiation transcript (:func:`pairing.keyschedule.negotiation_hash`)."""
+    return keyschedule.negotiation_hash(offer_hello, accept_hello, context)
+
+
+def _hello_hash(hello: Announce, context: bytes = b"") -> bytes:
+    return keyschedule.hello_hash(hello, context)
+
+
+def _check_context(context: bytes) -> bytes:
+    if context and len(context) != 32:
+        raise ConfigError("the pre-pairing context is a 32-byte transcript hash")
+    return context
+
+
+def _identity(me: LocalIdentity, prekeys: tuple[Prekey, ...]) -> Identity:
+    return Identity(
+        device_id=me.device_id,
+        name=me.name,
+        static=me.static_public,
+        signing=me.signing_public,
+        prekeys=tuple(p.digest for p in prekeys),
+    )
+
+
+def _new_prekeys(n: int, rng: Rng) -> tuple[Prekey, ...]:
+    out = []
+    for _ in range(n):
+        private, public = x25519_keypair(rng)
+        out.append(Prekey(digest(public), private))
+    return tuple(out)
+
+
+def _peer_from_identity(ident: Identity, *, authenticated: bool) -> PeerInfo:
+    if ident.device_id != digest(ident.static):
+        raise AuthenticationError("the peer's device id does not match its key")
+    return PeerInfo(ident.device_id, ident.name, ident.static, ident.signing, authenticated)
+
+
+@wire.struct
+class _Payload(wire.Message):
+    """The plaintext of an identity-bearing Noise payload or sealed box."""
+
+    identity: Identity = wire.field(2)
+    hello_hash: bytes | None = wire.field(3, size=32, default=None)
+
+
+@wire.struct
+class _Prekeys(wire.Message):
+    digests: tuple[bytes, ...] = wire.field(2, size=16, max_len=16, default=())
+
+
+def _payload_bytes(ident: Identity, hello_hash: bytes | None = None) -> bytes:
+    return wire.encode_struct(_Payload(ident, hello_hash))
+
+
+def _read_payload(data: bytes) -> _Payload:
+    return wire.decode_struct(_Payload, data, max_size=512)
+
+
+
+def _noise_keys(hs: HandshakeState) -> tuple[bytes, bytes, str]:
+    return keyschedule.noise_keys(hs)
+
+
+def _identity_psk(sk: bytes, th: bytes, method: Method) -> bytes:
+    return keyschedule.identity_psk(sk, th, method.label)
+
+
+def _qr_psk(code: QrCode) -> bytes:
+    return keyschedule.qr_psk(code.secret, code.host_static)
+
+
+class _LazyPrekeys:
+    """Prekeys made only when an exchange hands them out (a resume never does)."""
+
+    config: PairingConfig
+    _rng: Rng
+    _prekeys_cache: tuple[Prekey, ...] | None = None
+
+    @property
+    def _prekeys(self) -> tuple[Prekey, ...]:
+        if self._prekeys_cache is None:
+            self._prekeys_cache = _new_prekeys(self.config.prekeys, self._rng)
+        return self._prekeys_cache
+
+
+
+_INSECURE_TEXT = (
+    "method 'clear' sends the key as is, so it needs a link already encrypted by BLE "
+    "LE Secure Connections, and this one is not; --allow-insecure forces it (then anyone "
+    "listening gets the key)"
+)
+assert len(_INSECURE_TEXT) <= 200  # it travels whole in an Abort
+
+#: the methods whose identity handshake the host opens (Noise_XXpsk0, host as initiator)
+_HOST_FIRST = frozenset({Method.PIN, Method.COMPARE, Method.CLEAR})
+
+_WRONG_SECRET = {
+    Method.PIN: "wrong PIN: the PINs on the two devices differ",
+    Method.COMPARE: "the identity handshake failed: the session key differs (a man in the middle?)",
+    Method.CLEAR: "the identity handshake failed: the key was changed on the way",
+}
+

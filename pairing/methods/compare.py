@@ -1,0 +1,140 @@
+"""``compare`` (7 flights; docs/protocol.md §5).
+
+Offer(PK_G) -> Accept(HPKE(PK_G, SK) = enc||ct, C = HMAC(N_H, "commit"||PK_G||enc||th)) ->
+Reveal(N_G) -> Reveal(N_H) -> [both users compare the code] -> the identity handshake.
+The host commits to its key share (enc) and nonce before it sees the guest's nonce, as in BLE LE
+Secure Connections numeric comparison (Core spec Vol 3 Part H §2.3.5.6.2): a man in the middle
+must fix one side's values before learning the other's nonce, so the six digits
+``HMAC(th, "code"||PK_G||enc||N_G||N_H) mod 10^6`` match with probability 10^-6 per attempt.
+SK comes from HPKE base mode (RFC 9180 §5.1; X25519, HKDF-SHA256, ChaCha20-Poly1305) with
+``th`` in ``info``.  Once its person confirmed, the host opens the identity handshake
+(``Noise_XXpsk0``, PSK = HKDF(SK, salt=th, "pairkit/1 identity psk compare")), whose ``es`` and
+``se`` tokens make each side prove the static key it announces (docs/security.md, rule 1).
+
+HPKE encryption draws its ephemeral itself (``cryptography``), not from the machine's ``rng``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from .. import keyschedule
+from ..crypto import same, x25519_keypair
+from ..errors import AuthenticationError, DecodeError, RefusedError
+from ..machine import Question
+from ..messages import Accept, Announce, NoiseMessage, Offer, Reveal
+from .common import (
+    HPKE_SUITE,
+    S_ASK,
+    S_NOISE,
+    S_NOISE1,
+    S_REVEAL,
+    ConfirmCode,
+    _identity_psk,
+)
+from .handshake import GuestSide, HostSide
+
+
+class CompareGuest(GuestSide):
+    _eph: bytes
+    _sealed: bytes
+    _commit: bytes
+    _ng: bytes
+    _sk: bytes
+    _host_name: str
+
+    def _compare_offer(self, hello: Announce) -> dict[str, Any]:
+        self._eph, public = x25519_keypair(self._rng)
+        return {"pk": public}
+
+    def _compare_accept(self, msg: Accept, now: float) -> None:
+        if msg.sealed is None or msg.commit is None:
+            raise DecodeError("the host's Accept lacks its sealed key or commitment")
+        self._sealed = msg.sealed
+        self._commit = msg.commit
+        self._ng = self._rng(16)
+        self._send(Reveal(self._ng))
+        self._expect(now, S_REVEAL)
+
+    def _on_reveal(self, msg: Reveal, now: float) -> None:
+        assert self._offer is not None and self._offer.pk is not None
+        enc = self._sealed[:32]
+        expected = keyschedule.compare_commit(msg.nonce, self._offer.pk, enc, self._th)
+        if not same(expected, self._commit):
+            raise AuthenticationError("the host's commitment does not match: a man in the middle?")
+        try:
+            self._sk = HPKE_SUITE.decrypt(
+                self._sealed,
+                X25519PrivateKey.from_private_bytes(self._eph),
+                info=keyschedule.compare_info(self._th),
+            )
+        except Exception:  # InvalidTag or a malformed enc: both mean the same here
+            raise AuthenticationError("the host's sealed key could not be opened") from None
+        if len(self._sk) != 32:
+            raise DecodeError("the session key must be 32 bytes")
+        code = keyschedule.compare_code(self._th, self._offer.pk, enc, self._ng, msg.nonce)
+        self.state = S_ASK
+        self._expect_by(None)
+        self._emit(ConfirmCode(code=code, peer_name=self._host_name))
+
+    def _on_answer(self, question: Question, value: Any, now: float) -> None:
+        if value is not True:
+            raise RefusedError("the codes were not confirmed; pairing cancelled")
+        # The host opens the identity handshake once its own person has confirmed too.
+        self.state = S_NOISE1
+        self._expect_by(
+            now + max(self.config.step_timeout, 120.0),
+            "the host's owner did not confirm the code in time",
+        )
+
+    def _on_noise1(self, msg: NoiseMessage, now: float) -> None:
+        self._noise_responder(_identity_psk(self._sk, self._th, self.method), msg.noise, now)
+
+
+class CompareHost(HostSide):
+    _sk: bytes
+    _enc: bytes
+    _nh: bytes
+
+    def _offer_compare(self, msg: Offer, hello: Announce, now: float) -> None:
+        if msg.pk is None:
+            raise DecodeError("the guest's Offer lacks its public key")
+        try:
+            guest_key = X25519PublicKey.from_public_bytes(msg.pk)
+        except ValueError:
+            raise DecodeError("the guest's public key is malformed") from None
+        self._sk = self._rng(32)
+        try:
+            sealed = HPKE_SUITE.encrypt(
+                self._sk, guest_key, info=keyschedule.compare_info(self._th)
+            )
+        except ValueError:  # a low-order key: X25519 gives the all-zero secret (RFC 7748 §6.1)
+            raise AuthenticationError("the guest's public key is not acceptable") from None
+        self._enc = sealed[:32]
+        self._nh = self._rng(16)
+        commit = keyschedule.compare_commit(self._nh, msg.pk, self._enc, self._th)
+        self._send(Accept(hello=hello, sealed=sealed, commit=commit))
+        self._expect(now, S_REVEAL)
+
+    def _on_reveal(self, msg: Reveal, now: float) -> None:
+        assert self._offer.pk is not None
+        self._send(Reveal(self._nh))
+        code = keyschedule.compare_code(self._th, self._offer.pk, self._enc, msg.nonce, self._nh)
+        self.state = S_ASK
+        self._expect_by(None)
+        self._emit(ConfirmCode(code=code, peer_name=self._offer.hello.name))
+
+    def _on_answer(self, question: Question, value: Any, now: float) -> None:
+        if value is not True:
+            raise RefusedError("the codes were not confirmed; pairing cancelled")
+        assert self.method is not None
+        psk = _identity_psk(self._sk, self._th, self.method)
+        self._send(NoiseMessage(self._noise_initiator(psk)))
+        # The guest's person may still be looking at the code.
+        self.state = S_NOISE
+        self._expect_by(
+            now + max(self.config.step_timeout, 120.0),
+            "the guest's owner did not confirm the code in time",
+        )

@@ -1,0 +1,204 @@
+"""``resume`` (2 messages) and its fallback ``kk`` (docs/protocol.md §8).
+
+The Mozilla Sync style key exchange for known peers: during any pairing each side gave the
+other digests of fresh ephemeral keys (prekeys).  The guest nominates one of the host's digests
+and sends its own ephemeral key E_G (INIT); the host *consumes* that prekey P_H (deletes it
+durably, through :meth:`HostState.consume_prekey`) before answering, draws a fresh key F_H of
+its own, and answers ``okay`` with P_H, F_H, a verifier and one new prekey digest sealed under
+the confirmation key, or ``fail`` ("ephemeral key mismatch").
+SK = HKDF(DH(P_H, S_G) || DH(S_H, E_G) || DH(P_H, E_G) || DH(F_H, E_G)), salted with the
+transcript of INIT, P_H, F_H and the pre-pairing context.  F_H makes every answer fresh: a
+replayed INIT finds its prekey gone (``fail``), and even a host that lost its memory derives new
+keys, so no AEAD key seals twice under one nonce (rule 4).  The guest's first record on the
+secure link (READY) confirms its keys.  When the nomination fails or no digest is left, the
+guest falls back to ``Noise_KK_25519_ChaChaPoly_SHA256`` (both static keys known), which also
+renews the prekeys.  Neither ever changes whether the peer counts as authenticated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from .. import keyschedule, wire
+from ..crypto import digest, same, seal, unseal, x25519, x25519_keypair
+from ..errors import AuthenticationError, DecodeError, NotFoundError, ProtocolError
+from ..messages import Accept, Announce, Offer, ResumeHeader, ResumeKind, ResumeMessage
+from ..negotiation import Method
+from ..noise import HandshakeState
+from .common import KK_NOISE, PeerInfo, Session, _hello_hash, _new_prekeys, _Prekeys
+from .handshake import GuestSide, HostSide
+
+
+def _resume_th(init: ResumeHeader, prekey: bytes, fresh: bytes, context: bytes = b"") -> bytes:
+    """The resume transcript (:func:`pairing.keyschedule.resume_th`)."""
+    return keyschedule.resume_th(init, prekey, fresh, context)
+
+
+class ResumeGuest(GuestSide):
+    _eph: bytes
+    _nominated: bytes
+    _init: ResumeHeader
+    _stale: bytes
+
+    # -- kk -------------------------------------------------------------------------------
+
+    def _kk_offer(self, hello: Announce) -> dict[str, Any]:
+        assert self._peer is not None
+        noise = self._noise_1rtt_offer(hello, KK_NOISE, self._peer.static_public, [])
+        return {"guest_id": self.me.device_id, "noise": noise}
+
+    def _kk_accept(self, msg: Accept, now: float) -> None:
+        if msg.noise is None:
+            raise DecodeError("the host's Accept lacks its Noise message")
+        self._noise_1rtt_accept(msg.noise, msg.hello)
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def _send_resume_init(self) -> None:
+        assert self._peer is not None
+        self._nominated = self._peer.their_prekeys[0]
+        self._eph, public = x25519_keypair(self._rng)
+        self._init = ResumeHeader(
+            src_id=self.me.device_id, src_key_id=digest(public), dst_id=self._peer.device_id,
+            dst_key_id=self._nominated, seq=0, kind=ResumeKind.INIT, src_key=public,
+        )
+        self._send(ResumeMessage(header=self._init))
+
+    def _on_resume(self, msg: ResumeMessage, now: float) -> None:
+        assert self._peer is not None
+        h = msg.header
+        if (
+            h.dst_id != self.me.device_id
+            or h.src_id != self._peer.device_id
+            or h.dst_key_id != self._init.src_key_id
+            or h.src_key_id != self._nominated
+            or h.seq != 1
+        ):
+            raise ProtocolError("the host's resume answer has the wrong header")
+        if h.kind is ResumeKind.FAIL:
+            # The nominated prekey is stale or used: forget it and fall back to Noise KK.
+            self._stale = self._nominated
+            self.method = Method.KK
+            self._send_offer(now)
+            return
+        if (
+            h.kind is not ResumeKind.OKAY or h.src_key is None or msg.verifier is None
+            or msg.fresh is None
+        ):
+            raise ProtocolError("the host's resume answer is malformed")
+        if not same(digest(h.src_key), self._nominated):
+            raise AuthenticationError("ephemeral key mismatch: the host answered with another key")
+        th = _resume_th(self._init, h.src_key, msg.fresh, self._context)
+        ikm = (
+            x25519(self.me.static_private, h.src_key)
+            + x25519(self._eph, self._peer.static_public)
+            + x25519(self._eph, h.src_key)
+            + x25519(self._eph, msg.fresh)
+        )
+        sk = keyschedule.resume_sk(ikm, th)
+        g2h, h2g, kc = keyschedule.keys_from_sk(sk, th)
+        if not same(msg.verifier, keyschedule.resume_verifier(kc, th)):
+            raise AuthenticationError("the host's resume verifier is wrong")
+        new: tuple[bytes, ...] = ()
+        if msg.sealed is not None:
+            new = wire.decode_struct(
+                _Prekeys, unseal(kc, 1, msg.sealed, th, "the host's new prekeys")
+            ).digests
+        p = self._peer
+        self.session = Session(
+            method=Method.RESUME, initiator=True,
+            peer=PeerInfo(p.device_id, p.name, p.static_public, p.signing_public, p.authenticated),
+            send_key=g2h, recv_key=h2g, fingerprint=keyschedule.fingerprint(sk, th),
+            new_their_prekeys=new, replace_prekeys=False, consumed_theirs=self._nominated,
+        )
+        self._finish()
+
+    @property
+    def stale_prekey(self) -> bytes | None:
+        """The prekey digest the host refused (to delete from the store), if any."""
+        return getattr(self, "_stale", None)
+
+
+class ResumeHost(HostSide):
+    # -- kk -------------------------------------------------------------------------------
+
+    def _offer_kk(self, msg: Offer, hello: Announce, now: float) -> None:
+        if msg.guest_id is None or msg.noise is None:
+            raise DecodeError("the guest's Offer lacks its id or its Noise message")
+        known = self.host.known_peer(msg.guest_id)
+        if known is None:
+            raise NotFoundError("this host does not know the guest; pair with a PIN or QR code")
+        self._known = known
+        self._hs = HandshakeState(
+            KK_NOISE, False, prologue=_hello_hash(msg.hello, self._context),
+            s=self.me.static_private, rs=known.static_public, rng=self._rng,
+        )
+        # KK renews prekeys but never upgrades trust (docs/security.md, rule 5).
+        self._noise_1rtt(msg, hello, authenticated=known.authenticated)
+
+    # -- resume ---------------------------------------------------------------------------
+
+    def _on_resume_init(self, msg: ResumeMessage, now: float) -> None:
+        h = msg.header
+        if h.kind is not ResumeKind.INIT or h.seq != 0 or h.src_key is None:
+            raise ProtocolError("a resume must start with an INIT carrying the guest's key")
+        if h.dst_id != self.me.device_id:
+            raise NotFoundError("this resume is meant for another device")
+        if not same(digest(h.src_key), h.src_key_id):
+            raise AuthenticationError("the guest's key does not match its key id")
+        known = self.host.known_peer(h.src_id)
+        prekey = None
+        if known is not None:
+            prekey = next((p for p in known.our_prekeys if p.digest == h.dst_key_id), None)
+        reply = ResumeHeader(
+            src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
+            dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,
+        )
+        # The prekey is consumed (deleted durably) before anything is answered with it, so
+        # a recorded INIT replayed later finds it gone (docs/security.md, rule 4).
+        if known is None or prekey is None or not self.host.consume_prekey(
+            known.device_id, prekey.digest
+        ):
+            # Stay in S_OFFER: the guest falls back to Noise KK on the same link.
+            self._send(ResumeMessage(header=reply, reason="ephemeral key mismatch"))
+            self._expect_by(now + self.config.step_timeout, "the guest did not answer in time")
+            return
+        e_pub = X25519PrivateKey.from_private_bytes(prekey.private).public_key().public_bytes_raw()
+        # The host's own fresh value: without it a replayed INIT would give the same keys.
+        fresh_private, fresh = x25519_keypair(self._rng)
+        th = _resume_th(h, e_pub, fresh, self._context)
+        ikm = (
+            x25519(prekey.private, known.static_public)
+            + x25519(self.me.static_private, h.src_key)
+            + x25519(prekey.private, h.src_key)
+            + x25519(fresh_private, h.src_key)
+        )
+        sk = keyschedule.resume_sk(ikm, th)
+        g2h, h2g, kc = keyschedule.keys_from_sk(sk, th)
+        self.method = Method.RESUME
+        replacement = _new_prekeys(1, self._rng)
+        sealed = seal(
+            kc, 1, wire.encode_struct(_Prekeys(tuple(p.digest for p in replacement))), th
+        )
+        self._send(
+            ResumeMessage(
+                header=dataclasses.replace(reply, kind=ResumeKind.OKAY, src_key=e_pub),
+                verifier=keyschedule.resume_verifier(kc, th),
+                sealed=sealed,
+                fresh=fresh,
+            )
+        )
+        # Two messages: the guest's first record on the secure link (READY) confirms its keys.
+        self.session = Session(
+            method=Method.RESUME, initiator=False,
+            peer=PeerInfo(
+                known.device_id, known.name, known.static_public, known.signing_public,
+                known.authenticated,
+            ),
+            send_key=h2g, recv_key=g2h, fingerprint=keyschedule.fingerprint(sk, th),
+            new_our_prekeys=replacement, replace_prekeys=False, consumed_ours=prekey.digest,
+        )
+        self._finish()
