@@ -60,6 +60,15 @@ TTP_SESSION = b"pairkit/1 ttp session"
 #: the signed membership of the service (pairing.service)
 MEMBERSHIP = b"pairkit/1 membership"
 
+#: CPNS (pairing.cpns, its module docstring): SK_PNE, hash_PNE, hash_server, the key-encryption
+#: key, a wrapped link key's associated data, the pre-assigned PAN key and the link session
+CPNS_SK = b"pairkit/1 cpns sk"
+CPNS_HASH_PNE = b"pairkit/1 cpns hash_pne"
+CPNS_HASH_SERVER = b"pairkit/1 cpns hash_server"
+CPNS_KEK = b"pairkit/1 cpns kek"
+CPNS_KEY = b"pairkit/1 cpns key"
+CPNS_PREASSIGNED = b"pairkit/1 cpns preassigned"
+CPNS_LINK = b"pairkit/1 cpns link"
 
 # -- the negotiation ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ Events that need a person's answer (confirm a code, type a PIN, allow a join) ar
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, ClassVar, NamedTuple
 
 from . import wire
@@ -73,11 +73,15 @@ class Machine:
     ANSWERS: ClassVar[dict[str, Step]] = {}
     #: the states :meth:`start` may move to (from the initial state)
     STARTS: ClassVar[frozenset[str]] = frozenset()
+    #: several peers, each on a port (CPNS's gateway): :meth:`receive` takes the port, the
+    #: handlers get it first, :meth:`outgoing` gives ``(port, bytes)`` pairs, and a peer that
+    #: fails may be dropped alone (:meth:`_peer_failed`)
+    PORTED: ClassVar[bool] = False
 
     def __init__(self, *, initial_state: str) -> None:
         self.state = initial_state
         self._started = False
-        self._out: list[bytes] = []
+        self._out: list[Any] = []  # bytes, or (port, bytes) when PORTED
         self._events: list[Event] = []
         self._deadline: float | None = None
         self._deadline_text = "the peer did not answer in time"
@@ -85,8 +89,9 @@ class Machine:
 
     # -- what the driver reads ------------------------------------------------------------
 
-    def outgoing(self) -> list[bytes]:
-        """Messages to send to the peer, in order (the queue is emptied)."""
+    def outgoing(self) -> list[Any]:
+        """Messages to send to the peer, in order (the queue is emptied); ``(port, bytes)``
+        pairs for a machine with several peers."""
         out, self._out = self._out, []
         return out
 
@@ -132,24 +137,30 @@ class Machine:
             self._fail(exc)
             raise
 
-    def receive(self, data: bytes, now: float) -> None:
-        """Feed one whole message from the peer."""
+    def receive(self, data: bytes, now: float, port: Hashable | None = None) -> None:
+        """Feed one whole message from the peer (from ``port``, for a machine with several
+        peers: :attr:`PORTED`)."""
+        if self.PORTED and not self._admits(port):
+            return
         self._check_usable()
         try:
             msg = wire.decode(data)
             if isinstance(msg, wire.Abort):
                 raise _remote(msg)
             row = self.table().get((self.state, type(msg)))
-            if row is None:
+            if row is None or not self._from_the_right_peer(port, msg):
+                who = "the peer" if port is None else self._peer_name(port)
                 raise ProtocolError(
-                    f"the peer sent {type(msg).__name__} when it was not expected "
+                    f"{who} sent {type(msg).__name__} when it was not expected "
                     f"(state {self.state})"
                 )
-            getattr(self, row.handler)(msg, now)
+            if self.PORTED:
+                getattr(self, row.handler)(port, msg, now)
+            else:
+                getattr(self, row.handler)(msg, now)
             self._check_transition(row.next, row.handler)
         except PairingError as exc:
-            self._fail(exc)
-            raise
+            self._peer_failed(exc, port, now)
 
     def answer(self, question: Question, value: Any, now: float) -> None:
         """Give the user's answer to ``question``."""
@@ -168,9 +179,11 @@ class Machine:
         """Tell the machine that ``now`` has come; it fails if its deadline passed."""
         self._check_usable()
         if self._deadline is not None and now >= self._deadline:
-            exc = PairingTimeout(self._deadline_text)
-            self._fail(exc)
-            raise exc
+            try:
+                self._on_deadline(now)
+            except PairingError as exc:
+                self._fail(exc)
+                raise
 
     def abort(self, exc: PairingError, *, tell_peer: bool = False) -> None:
         """Stop from outside (the link broke, the user cancelled): the machine is poisoned.
@@ -192,6 +205,30 @@ class Machine:
     def _on_start(self, now: float) -> None:
         """What :meth:`start` does; the default only arms the first deadline, if any."""
 
+    def _on_deadline(self, now: float) -> None:
+        """The deadline passed: the default fails with its text (a machine with phases may
+        move on instead)."""
+        raise PairingTimeout(self._deadline_text)
+
+    # -- several peers (PORTED) ---------------------------------------------------------------
+
+    def _admits(self, port: Hashable | None) -> bool:
+        """Whether a message from ``port`` is still read (a dropped peer's are not)."""
+        return True
+
+    def _from_the_right_peer(self, port: Hashable | None, msg: wire.Message) -> bool:
+        """Whether ``msg`` may come from ``port`` (a machine with several peers checks who)."""
+        return True
+
+    def _peer_name(self, port: Hashable) -> str:
+        return f"peer {port!r}"
+
+    def _peer_failed(self, exc: PairingError, port: Hashable | None, now: float) -> None:
+        """A message failed: by default the whole machine fails (STYLE.md rule 4); a machine
+        with several peers may drop the one peer instead."""
+        self._fail(exc)
+        raise exc
+
     def _check_transition(self, allowed: frozenset[str], where: str) -> None:
         if self.state != FAILED and self.state not in allowed:
             raise TransitionError(
@@ -201,6 +238,11 @@ class Machine:
 
     def _send(self, msg: wire.Message) -> None:
         self._out.append(msg.encode())
+
+    def _send_to(self, port: Hashable, msg: wire.Message | bytes) -> None:
+        """A message for one of several peers (:attr:`PORTED`): ``outgoing`` gives
+        ``(port, bytes)`` pairs."""
+        self._out.append((port, msg if isinstance(msg, bytes) else msg.encode()))
 
     def _emit(self, event: Event) -> None:
         self._events.append(event)
@@ -228,9 +270,13 @@ class Machine:
         self._error = exc
         self.state = FAILED
         self._deadline = None
+        self._tell_failure(exc)
+
+    def _tell_failure(self, exc: PairingError) -> None:
+        """Queue the Abort that tells the peer why we stop, so it stops at once instead of
+        waiting for its deadline (also for errors outside LocalError that we raised, e.g.
+        NotFoundError); not for the peer's own error or its silence."""
         if not isinstance(exc, RemoteError | PairingTimeout):
-            # Tell the peer why, so it stops at once instead of waiting for its deadline
-            # (also for errors outside LocalError that we raised, e.g. NotFoundError).
             self._out.append(wire.Abort(code=_code(exc), reason=_short(str(exc))).encode())
 
 

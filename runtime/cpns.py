@@ -87,7 +87,8 @@ async def run_gateway(
     PN Setup Request.  ``me`` is the gateway's identity as enrolled with the server.
     """
     loop = asyncio.get_running_loop()
-    gw = Gateway(config, now=loop.time(), rng=rng)
+    gw = Gateway(config, rng=rng)
+    gw.start(loop.time())
     pipes: dict[Hashable, MessagePipe] = {}
     inbox: asyncio.Queue[tuple[Hashable, bytes | PairingError]] = asyncio.Queue()
     readers: list[asyncio.Task[None]] = []
@@ -139,7 +140,7 @@ async def run_gateway(
 
     try:
         if initiate is not None:
-            gw.start(loop.time(), *initiate)
+            gw.initiate(loop.time(), *initiate)
         while True:
             await flush()
             for event in gw.events():
@@ -162,7 +163,7 @@ async def run_gateway(
                     raise LinkClosedError("the CPNS server closed the connection") from item
                 gw.link_closed(port, loop.time())
                 continue
-            gw.receive(port, item, loop.time())
+            gw.receive(item, loop.time(), port=port)
     except PairingError as exc:
         gw.abort(exc)
         with contextlib.suppress(PairingError, OSError, TimeoutError):

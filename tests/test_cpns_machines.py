@@ -101,7 +101,7 @@ def test_gateway_initiated(setup: SetupType) -> None:
     world, _, ids = make_world(n=3, initiator=None)
     invited = {SetupType.ALL: (), SetupType.INVITED: (ids[0], ids[2]),
                SetupType.ONE_TO_ONE: (ids[1],)}[setup]
-    run_cpns_machines(world, start=lambda w: w.gw.start(0.0, setup, invited))
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, setup, invited))
     expected = {SetupType.ALL: ids, SetupType.INVITED: [ids[0], ids[2]],
                 SetupType.ONE_TO_ONE: [ids[1]]}[setup]
     assert _members(world) == sorted(expected)
@@ -117,11 +117,11 @@ def test_gateway_initiated(setup: SetupType) -> None:
 def test_gateway_setup_arguments_are_checked() -> None:
     world, _, _ids = make_world(n=2, initiator=None)
     with pytest.raises(ConfigError):
-        world.gw.start(0.0, SetupType.ONE_TO_ONE)  # two PNEs in reach, none named
+        world.gw.initiate(0.0, SetupType.ONE_TO_ONE)  # two PNEs in reach, none named
     with pytest.raises(ConfigError):
-        world.gw.start(0.0, SetupType.INVITED)
+        world.gw.initiate(0.0, SetupType.INVITED)
     with pytest.raises(NotFoundError):
-        world.gw.start(0.0, SetupType.INVITED, (b"\x00" * 16,))
+        world.gw.initiate(0.0, SetupType.INVITED, (b"\x00" * 16,))
 
 
 # -- the seed's criteria ---------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_a_flag_against_the_criteria_drops_the_pne() -> None:
 
 def test_gateway_reads_neither_sk_nor_other_links_keys() -> None:
     world, eukeys, ids = make_world(n=2, initiator=None)
-    run_cpns_machines(world, start=lambda w: w.gw.start(0.0, SetupType.ALL))
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL))
     gw_id = world.gw.config.gw_id
     gw_key = eukeys[gw_id]
     pn = world.gw.pn_id
@@ -239,7 +239,7 @@ def _to_pne(target: int, change):
 )
 def test_each_pne_checks_the_servers_proof(target: int, change) -> None:
     world, _, _ids = make_world(n=2, initiator=None)
-    run_cpns_machines(world, start=lambda w: w.gw.start(0.0, SetupType.ALL),
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL),
                       tamper=_to_pne(target, change))
     other = 1 - target
     assert isinstance(world.errors[target], AuthenticationError)
@@ -258,7 +258,7 @@ def test_swapped_wrapped_keys_are_detected() -> None:
                 return dataclasses.replace(msg, wrapped_key=seen[0])
         return None
 
-    run_cpns_machines(world, start=lambda w: w.gw.start(0.0, SetupType.ALL), tamper=swap)
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL), tamper=swap)
     assert isinstance(world.errors[1], AuthenticationError)
 
 
@@ -278,7 +278,7 @@ def test_server_detects_a_gateway_changing_the_rands(what: str) -> None:
         return None
 
     world, _, ids = make_world(n=2, initiator=None)
-    run_cpns_machines(world, start=lambda w: w.gw.start(0.0, SetupType.ALL), tamper=tamper)
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL), tamper=tamper)
     assert _members(world) == [ids[1]]
     assert world.gw.inventory.failed[ids[0]] == "authentication failed"
     assert isinstance(world.errors[0], AuthenticationError)
@@ -301,7 +301,7 @@ def test_hash_pne_is_a_mac_under_sk() -> None:
 
 def test_a_pne_the_server_does_not_know_fails_alone() -> None:
     world, _, ids = make_world(n=2, enrolled=(1,), initiator=None)
-    run_cpns_machines(world, start=lambda w: w.gw.start(0.0, SetupType.ALL))
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL))
     assert _members(world) == [ids[1]]
     assert world.gw.inventory.failed[ids[0]] == "not enrolled with a factory key"
 
@@ -330,7 +330,7 @@ def test_server_registers_those_that_answered_when_time_runs_out() -> None:
         return None
 
     world, _, ids = make_world(n=2, initiator=None)
-    run_cpns_machines(world, start=lambda w: w.gw.start(0.0, SetupType.ALL), tamper=silence)
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL), tamper=silence)
     assert world.server.state == "await-auth-responses"
     world.server.on_timeout(1000.0)  # PNE 1 never answered: it fails, the other goes on
     run_cpns_machines(world)
@@ -342,13 +342,13 @@ def test_server_registers_those_that_answered_when_time_runs_out() -> None:
 
 def test_gateway_collect_window_then_registers_who_answered() -> None:
     world, _, ids = make_world(n=2, initiator=None)
-    world.gw.start(0.0, SetupType.ALL)
+    world.gw.initiate(0.0, SetupType.ALL)
     world.gw.outgoing()
     note = world.pnes[0]
     note.receive(PnSetupNotify(world.gw.pn_id, world.gw.config.gw_id, "gateway",
                                SetupType.ALL).encode(), 0.0)
     for data in note.outgoing():
-        world.gw.receive(0, data, 0.0)
+        world.gw.receive(data, 0.0, port=0)
     assert world.gw.state == "collect"
     world.gw.on_timeout(0.5)  # before the window closes: nothing happens
     assert world.gw.state == "collect"
@@ -421,11 +421,12 @@ def test_messages_round_trip(msg: wire.Message) -> None:
 def test_only_pairing_errors_escape(blobs: list[bytes], listen: bool) -> None:
     pne = PneMachine(PneConfig(b"\x01" * 16, "p", b"\x02" * 32), listen=listen)
     pne.start(0.0)
-    gw = Gateway(GatewayConfig(b"\x03" * 16, "g", b"\x04" * 32), now=0.0)
+    gw = Gateway(GatewayConfig(b"\x03" * 16, "g", b"\x04" * 32))
+    gw.start(0.0)
     gw.attach("a")
     for data in blobs:
-        for feed in (lambda d: pne.receive(d, 0.0), lambda d: gw.receive("a", d, 0.0),
-                     lambda d: gw.receive(SERVER, d, 0.0)):
+        for feed in (lambda d: pne.receive(d, 0.0), lambda d: gw.receive(d, 0.0, port="a"),
+                     lambda d: gw.receive(d, 0.0, port=SERVER)):
             try:
                 feed(data)
             except PairingError:

@@ -190,8 +190,8 @@ def make_world(
     ids = [rng(16) for _ in range(n)]
     eukeys = {i: rng(32) for i in (gw_id, *ids)}
     caps = caps or tuple(PneCaps.UI for _ in range(n))
-    gw = Gateway(GatewayConfig(gw_id, "gateway", eukeys[gw_id], collect_window=1.0), now=0.0,
-                 rng=rng)
+    gw = Gateway(GatewayConfig(gw_id, "gateway", eukeys[gw_id], collect_window=1.0), rng=rng)
+    gw.start(0.0)
     pnes: dict[Hashable, PneMachine] = {}
     for k, pne_id in enumerate(ids):
         cap = caps[k] | (PneCaps.PAN_SECURED if k in pan_secured else PneCaps.NONE)
@@ -239,7 +239,7 @@ def run_cpns_machines(
                     world.server.receive(data, now)
             elif dst == "gw":
                 if not (world.gw.done or world.gw.failed):
-                    world.gw.receive(src, data, now)
+                    world.gw.receive(data, now, port=src)
             else:
                 pne = world.pnes[dst]
                 if not (pne.done or pne.failed):

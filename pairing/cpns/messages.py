@@ -1,0 +1,185 @@
+"""CPNS messages (type ids 70 to 79), their enums and constants (see the package docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from enum import IntEnum, IntFlag
+from typing import Final
+
+from ..messages import ID_LEN, KEY_LEN, MAC_LEN
+from ..wire import Message, field, message, struct
+
+RAND_LEN: Final = 16
+MAX_PNES: Final = 16
+WRAPPED_LEN: Final = 12 + KEY_LEN + 16
+#: the port of the gateway's connection to the CPNS server
+SERVER: Final = "server"
+
+Port = Hashable
+
+
+class SetupType(IntEnum):
+    """Which PNEs a PN setup includes."""
+
+    ONE_TO_ONE = 1  #: one PNE and the gateway
+    ALL = 2  #: every PNE the gateway can reach
+    INVITED = 3  #: the PNEs named in the request
+
+    @property
+    def label(self) -> str:
+        return {1: "1-1", 2: "all", 3: "invited"}[int(self)]
+
+
+class PneCaps(IntFlag):
+    """A PNE's capabilities as they matter for the link key."""
+
+    NONE = 0
+    UI = 1  #: enough user interface to take part in a key set-up (display, keys)
+    PAN_SECURED = 2  #: the PAN already secures the link to the gateway (e.g. BLE LE SC)
+
+
+class KeySource(IntEnum):
+    """Where the key of a PNE-gateway link comes from."""
+
+    LOCAL_EUKEY = 1  #: a LocalEUKey the server made for this link
+    PREASSIGNED = 2  #: the PNE's pre-assigned key (no UI)
+    PAN = 3  #: none: the PAN secures the link
+
+
+def wants_local_key(caps: PneCaps) -> bool:
+    """The seed's criterion: enough UI, and a link the PAN does not already secure."""
+    return bool(caps & PneCaps.UI) and not caps & PneCaps.PAN_SECURED
+
+
+def key_source_for(caps: PneCaps) -> KeySource:
+    if wants_local_key(caps):
+        return KeySource.LOCAL_EUKEY
+    return KeySource.PAN if caps & PneCaps.PAN_SECURED else KeySource.PREASSIGNED
+
+
+
+
+@struct
+class PneInfo(Message):
+    """What the gateway tells the server about one PNE."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    name: str = field(3, max_len=64)
+    caps: int = field(4)
+    rand_pne: bytes = field(5, size=RAND_LEN)
+    local_key_request: bool = field(6)
+    contents: tuple[str, ...] = field(7, max_len=32, default=())
+
+
+@message(type_id=70, max_size=1024)
+class PnSetupRequest(Message):
+    """PNE -> gateway: set up a PN (PNE-initiated)."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    name: str = field(3, max_len=64)
+    caps: int = field(4)
+    setup_type: SetupType = field(5)
+    rand_pne: bytes = field(6, size=RAND_LEN)
+    local_key_request: bool = field(7)
+    invited: tuple[bytes, ...] = field(8, size=ID_LEN, max_len=MAX_PNES, default=())
+    contents: tuple[str, ...] = field(9, max_len=32, default=())
+
+
+@message(type_id=71, max_size=256)
+class PnSetupNotify(Message):
+    """Gateway -> PNE: join the PN ``pn_id`` that this gateway is setting up."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    gw_id: bytes = field(3, size=ID_LEN)
+    gw_name: str = field(4, max_len=64)
+    setup_type: SetupType = field(5)
+
+
+@message(type_id=72, max_size=1024)
+class PnSetupNotifyResponse(Message):
+    """PNE -> gateway: the answer to a :class:`PnSetupNotify`."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    name: str = field(3, max_len=64)
+    caps: int = field(4)
+    rand_pne: bytes = field(5, size=RAND_LEN)
+    local_key_request: bool = field(6)
+    accept: bool = field(7)
+    contents: tuple[str, ...] = field(8, max_len=32, default=())
+
+
+@message(type_id=73, max_size=8192)
+class PnRegistrationRequest(Message):
+    """Gateway -> server: register these PNEs in the PN ``pn_id``."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    gw_name: str = field(3, max_len=64)
+    setup_type: SetupType = field(4)
+    pnes: tuple[PneInfo, ...] = field(5, max_len=MAX_PNES)
+
+
+@message(type_id=74, max_size=256)
+class AuthenticationRequest(Message):
+    """Server -> gateway -> PNE: prove your EUKey against this fresh ``rand_server``."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    pne_id: bytes = field(3, size=ID_LEN)
+    gw_id: bytes = field(4, size=ID_LEN)
+    rand_server: bytes = field(5, size=RAND_LEN)
+
+
+@message(type_id=75, max_size=256)
+class AuthenticationResponse(Message):
+    """PNE -> gateway -> server: ``hash_PNE``."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    pne_id: bytes = field(3, size=ID_LEN)
+    hash_pne: bytes = field(4, size=MAC_LEN)
+
+
+@struct
+class PneResult(Message):
+    """The server's verdict on one PNE, with its keys."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    ok: bool = field(3)
+    key_source: KeySource | None = field(4, default=None)
+    hash_server: bytes | None = field(5, size=MAC_LEN, default=None)
+    key_for_pne: bytes | None = field(6, size=WRAPPED_LEN, default=None)
+    key_for_gw: bytes | None = field(7, size=WRAPPED_LEN, default=None)
+    reason: str | None = field(8, max_len=120, default=None)
+
+
+@message(type_id=76, max_size=8192)
+class PnRegistrationResponse(Message):
+    """Server -> gateway: the PN is registered (with at least one member) or not."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    registered: bool = field(3)
+    results: tuple[PneResult, ...] = field(4, max_len=MAX_PNES)
+
+
+@message(type_id=77, max_size=1024)
+class PnEstablishmentNotify(Message):
+    """Gateway -> PNE: the outcome, with what the PNE checks the server's word by."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    gw_id: bytes = field(3, size=ID_LEN)
+    ok: bool = field(4)
+    key_source: KeySource | None = field(5, default=None)
+    hash_server: bytes | None = field(6, size=MAC_LEN, default=None)
+    wrapped_key: bytes | None = field(7, size=WRAPPED_LEN, default=None)
+    members: tuple[bytes, ...] = field(8, size=ID_LEN, max_len=MAX_PNES, default=())
+    #: the gateway's nonce for the link session (absent when the PAN secures the link)
+    nonce: bytes | None = field(9, size=RAND_LEN, default=None)
+    reason: str | None = field(10, max_len=120, default=None)
+
+
+@message(type_id=78, max_size=128)
+class LinkConfirm(Message):
+    """PNE <-> gateway: key confirmation of the link session."""
+
+    mac: bytes = field(2, size=MAC_LEN)
+    nonce: bytes | None = field(3, size=RAND_LEN, default=None)
+
+
