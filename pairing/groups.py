@@ -82,7 +82,7 @@ from typing import Any, Final, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import cbor
+from . import cbor, keyschedule
 from .crypto import Rng
 from .errors import (
     AuthenticationError,
@@ -148,9 +148,9 @@ ENC_SIZE: Final = 32
 SEALED_KEY_SIZE: Final = 32 + 16
 SIGNATURE_SIZE: Final = 64
 
-_ENVELOPE_INFO = "pairkit/1 group key"
-_ENVELOPE_SIGNED = "pairkit/1 group envelope"
-_ADVERT_AAD = b"pairkit/1 group advert"
+_ENVELOPE_INFO = keyschedule.GROUP_KEY
+_ENVELOPE_SIGNED = keyschedule.GROUP_ENVELOPE
+_ADVERT_AAD = keyschedule.GROUP_ADVERT
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{32}")
 

@@ -39,6 +39,7 @@ import os
 from collections.abc import Mapping
 from hashlib import sha256
 
+from . import keyschedule
 from .crypto import Rng
 from .errors import DecodeError
 from .negotiation import Caps, Method
@@ -87,7 +88,7 @@ class Hello:
 
 
 def _body_pad(tag_key: bytes, epoch: int, r: bytes) -> bytes:
-    msg = b"pairkit/1 hello body" + epoch.to_bytes(8, "big") + r
+    msg = keyschedule.HELLO_BODY + epoch.to_bytes(8, "big") + r
     return hmac.new(tag_key, msg, sha256).digest()[:2]
 
 
@@ -159,7 +160,7 @@ def epoch_of(wall_now: float) -> int:
 
 
 def _mac(tag_key: bytes, epoch: int, r: bytes) -> bytes:
-    msg = b"pairkit/1 hello" + epoch.to_bytes(8, "big") + r
+    msg = keyschedule.HELLO_TAG_MAC + epoch.to_bytes(8, "big") + r
     return hmac.new(tag_key, msg, sha256).digest()[:4]
 
 

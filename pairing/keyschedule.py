@@ -70,6 +70,19 @@ CPNS_KEY = b"pairkit/1 cpns key"
 CPNS_PREASSIGNED = b"pairkit/1 cpns preassigned"
 CPNS_LINK = b"pairkit/1 cpns link"
 
+#: docs/hello.md: the tag key of a cloud (from the cloud secret), the tag's MAC under it (the
+#: same bytes as HELLO, keyed: the two never meet), and the private hello's body padding
+HELLO_TAG = b"pairkit/1 hello tag"
+HELLO_TAG_MAC = b"pairkit/1 hello"
+HELLO_BODY = b"pairkit/1 hello body"
+#: pairing.groups: an envelope's HPKE info and signed statement (CBOR texts) and a group
+#: broadcast's associated data
+GROUP_KEY = "pairkit/1 group key"
+GROUP_ENVELOPE = "pairkit/1 group envelope"
+GROUP_ADVERT = b"pairkit/1 group advert"
+#: §11 the READY record's plaintext prefix
+READY = b"\x00pairkit/1 ready"
+
 # -- the negotiation ------------------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .pairing import keyschedule
 from .pairing.errors import DecodeError
 from .pairing.hello import (
     EPOCH_SECONDS,
@@ -29,7 +30,7 @@ from .pairing.hello import (
 from .pairing.keystore import Keystore
 from .pairing.negotiation import ALL_CAPS, Method
 
-TAG_INFO = b"pairkit/1 hello tag"
+TAG_INFO = keyschedule.HELLO_TAG
 BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}(/P)?$")
 #: macOS (CoreBluetooth, through bleak) names a device by a UUID instead of its address
 APPLE_DEVICE_UUID = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")

@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 
 from .driver import LinkLike
+from .pairing import keyschedule
 from .pairing.channel import ChannelConfig, SecureChannel
 from .pairing.crypto import same
 from .pairing.errors import AuthenticationError, LinkClosedError, PairingError, PairingTimeout
 from .pairing.methods import Session
 
-READY = b"\x00pairkit/1 ready"
+READY = keyschedule.READY
 DEFAULT_TIMEOUT = 30.0
 
 
