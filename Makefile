@@ -3,12 +3,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean venv
+.PHONY: demo test test-deps lint bench clean venv
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,qr]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -20,7 +20,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
+# both ends of every dependency range (a few minutes; see .ci/deps-matrix)
+test-deps:
+	$(PYTHON) .ci/deps-matrix
+
 bench: $(STAMP)
+	$(VENV)/bin/python bench/startup.py
 	$(VENV)/bin/python bench/handshake.py
 	$(VENV)/bin/python bench/ble.py
 	$(VENV)/bin/python bench/ble_bleak.py

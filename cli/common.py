@@ -194,9 +194,18 @@ class PairkitGroup(click.Group):
     """A group whose commands' errors end as ``error: ...`` and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        return self.invoke_mapping_errors(ctx, lambda: super(PairkitGroup, self).invoke(ctx))
+
+    @staticmethod
+    def invoke_mapping_errors(ctx: click.Context, invoke: Callable[[], Any]) -> Any:
+        """Run ``invoke`` (a group's ``click.Group.invoke``), its errors mapped to exit codes.
+
+        Also used by the ``pairkit`` root group (cli/main.py), which imports this module only
+        when a command runs.
+        """
         debug = ctx.params.get("debug") or os.environ.get("PAIRKIT_DEBUG") == "1"
         try:
-            return super().invoke(ctx)
+            return invoke()
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:

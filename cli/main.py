@@ -3,31 +3,76 @@
 Every subcommand has ``--help``; results go to stdout (``--json`` for scripts: one JSON object
 per line), narration and errors to stderr as ``error: ...`` with a non-zero exit code.  No
 traceback reaches the user unless ``--debug`` is given.
+
+Start-up stays cheap (issue 12): this module imports click and nothing heavy, each command
+imports what it needs when it runs, and the command groups defined elsewhere (``group``,
+``ttp``) are imported only when named; ``pairkit --help`` lists them from :data:`LAZY_COMMANDS`.
+tests/test_startup_imports.py checks that ``--help`` and ``--version`` import no cryptography,
+cbor2, asyncio, bumble or bleak; ``bench/startup.py`` measures the time.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from pairkit.pairing.errors import ConfigError, DecodeError
-from pairkit.pairing.negotiation import Method
+from pairkit import __version__
+from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
-from .common import (
-    PairkitGroup,
-    emit_json,
-    fail,
-    home_path,
-    info,
-    read_pin_file,
-    run_async,
-    unlock,
-)
+if TYPE_CHECKING:
+    from pairkit.pairing.negotiation import Method
+
+#: commands defined in other modules: name -> (module, attribute, the first line of its help),
+#: imported on first use; tests/test_startup_imports.py checks the help against the command's
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "group": ("pairkit.cli.group_cli", "group",
+              "Group keys delivered end to end (through relays), and encrypted group broadcasts."),
+    "ttp": ("pairkit.cli.ttp_cli", "ttp",
+            "Run a key server (a trusted third party) and enrol devices with it."),
+}
+
+
+class PairkitCli(click.Group):
+    """The root group: loads :data:`LAZY_COMMANDS` when named, maps errors to exit codes.
+
+    The error mapping is :class:`pairkit.cli.common.PairkitGroup`'s, imported when a command
+    runs (not for ``--help`` or ``--version``, which exit while the arguments are parsed).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            module, attr, _ = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, with the one-line help of commands not loaded yet from the table."""
+        names = [n for n in self.list_commands(ctx)
+                 if n not in self.commands or not self.commands[n].hidden]
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = [(name, self._listed(name).get_short_help_str(limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def _listed(self, name: str) -> click.Command:
+        """The command, or a stand-in carrying its help if it is not loaded yet."""
+        return self.commands.get(name) or click.Command(name, help=LAZY_COMMANDS[name][2])
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .common import PairkitGroup
+
+        return PairkitGroup.invoke_mapping_errors(ctx, lambda: super(PairkitCli, self).invoke(ctx))
+
 
 METHOD_NAMES = ["pin", "qr", "compare", "clear", "resume", "ttp"]
 
@@ -55,13 +100,7 @@ def _ttp_settings(ks: Any, server: str | None, ca: str | None, peer: str | None
     return {"ttp": server or enrolled[0], "ttp_ca": ca or enrolled[1],
             "ttp_peer": parse_device_id(peer) if peer else None}
 
-try:
-    __version__ = version("pairkit")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+source"
-
-
-@click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PairkitCli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="pairkit")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (for bug reports).")
 def cli(debug: bool) -> None:
@@ -99,7 +138,10 @@ def init(name: str | None, pin_file: str | None, force: bool, as_json: bool) -> 
     is derived with Argon2id (at least 6 characters; about 0.5 s and 64 MiB on a Raspberry
     Pi 4).  Use --pin-file or PAIRKIT_PIN in scripts.
     """
+    from pairkit.pairing.errors import ConfigError
     from pairkit.pairing.keystore import MIN_PIN_LENGTH, Keystore
+
+    from .common import home_path, read_pin_file
 
     path = home_path()
     if path.exists() and not force:
@@ -134,6 +176,7 @@ def _default_name() -> str:
 
 
 def _print_identity(ks: Any, as_json: bool, created: bool = False) -> None:
+    from .common import emit_json, info
     from .store import key_fingerprint
 
     fp = key_fingerprint(ks.static_public)
@@ -152,6 +195,8 @@ def _print_identity(ks: Any, as_json: bool, created: bool = False) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def whoami(as_json: bool) -> None:
     """Show this device's name, id and key fingerprint."""
+    from .common import unlock
+
     _print_identity(unlock(), as_json)
 
 
@@ -159,6 +204,7 @@ def whoami(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def peers(as_json: bool) -> None:
     """List the devices this one has paired with."""
+    from .common import emit_json, info, unlock
     from .store import peer_rows
 
     rows = peer_rows(unlock())
@@ -180,6 +226,8 @@ def peers(as_json: bool) -> None:
 @click.argument("peer")
 def forget(peer: str) -> None:
     """Forget a known peer (by name or id): it will have to pair again."""
+    from .common import info, unlock
+
     ks = unlock()
     with ks.update():
         removed = ks.forget_peer(peer)
@@ -190,6 +238,9 @@ def forget(peer: str) -> None:
 
 
 def _methods(values: tuple[str, ...]) -> frozenset[Method]:
+    from pairkit.pairing.errors import ConfigError
+    from pairkit.pairing.negotiation import Method
+
     try:
         return frozenset(Method.parse(v) for v in values)
     except ValueError as exc:
@@ -240,8 +291,16 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
     Defaults can come from a policy, config.toml beside the keystore (section [host]:
     transport, visible, share, methods, guest_hours, timeout); flags win over it.
     """
+    from pairkit.pairing.errors import ConfigError
+    from pairkit.pairing.negotiation import Method
+
+    from .common import emit_json, home_path, run_async, unlock
     from .config import load_policy, pick
     from .flows import HostOptions, run_host
+    from .store import need_qr_pictures
+
+    if qr_png is not None:  # before anything starts: the picture needs the qr extra
+        need_qr_pictures("writing a QR code picture (--qr-png)", "PIL.Image")
 
     policy = load_policy(home_path())["host"]
     names = methods or tuple(policy.get("methods", ()))
@@ -294,8 +353,11 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
       pairkit join tcp:127.0.0.1:7000 --qr 'pairkit:qr?v=1&k=...'
       pairkit join "Paul's phone"              (a known peer: resumes with no prompt)
     """
+    from pairkit.pairing.errors import ConfigError
+    from pairkit.pairing.negotiation import Method
     from pairkit.pairing.qr import QrCode
 
+    from .common import emit_json, home_path, run_async, unlock
     from .flows import JoinOptions, result_json, run_join
     from .store import qr_from_image
 
@@ -347,6 +409,7 @@ def discover(transport: str | None, timeout: float | None, as_json: bool) -> Non
     from pairkit.presence import discover as scan
     from pairkit.transports.registry import open_transport
 
+    from .common import emit_json, home_path, info, run_async, unlock
     from .config import load_policy, pick
 
     policy = load_policy(home_path())["discover"]
@@ -395,7 +458,10 @@ def radio(first: str, more: tuple[str, ...], host: str) -> None:
       pairkit host -t bumble:tcp-client:127.0.0.1:7001 --visible 600 ...
       pairkit discover -t bumble:tcp-client:127.0.0.1:7002
     """
+    from pairkit.pairing.errors import ConfigError
     from pairkit.transports.radio import serve_radio
+
+    from .common import info, run_async
 
     try:
         ports = [int(p) for p in (first, *more) for p in p.replace(",", " ").split()]
@@ -436,7 +502,9 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     --method and --pin to pair first.  The owner may be asked to allow the listing.
     """
     from pairkit.files import list_files
+    from pairkit.pairing.negotiation import Method
 
+    from .common import emit_json, info, run_async, unlock
     from .flows import JoinOptions, run_join
 
     box: dict[str, Any] = {}
@@ -477,7 +545,9 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
     """
     from pairkit.files import get_file
     from pairkit.pairing.errors import LinkClosedError, PairingTimeout
+    from pairkit.pairing.negotiation import Method
 
+    from .common import emit_json, info, run_async, unlock
     from .flows import JoinOptions, run_join
     from .show import Progress
 
@@ -536,6 +606,10 @@ def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
     frames through bumble on virtual controllers, real files; Paul's answers are scripted.
     Nothing is written outside a temporary directory.
     """
+    from pairkit.pairing.negotiation import Method
+
+    from .common import emit_json, run_async
+
     if scenario == "cpns":
         from .cpns_demo import run_cpns_demo
 
@@ -554,22 +628,13 @@ def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
         emit_json(summary)
 
 
-def _register_groups() -> None:
-    from .group_cli import group
-    from .ttp_cli import ttp
-
-    cli.add_command(group)
-    cli.add_command(ttp)
-
-
-_register_groups()
-
-
 def main() -> None:
     """Console-script entry point."""
     try:
         cli(standalone_mode=True)
     except DecodeError as exc:  # pragma: no cover - mapped inside the group
+        from .common import fail
+
         fail(str(exc))
         sys.exit(1)
 

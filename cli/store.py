@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
-from pairkit.pairing.errors import DecodeError
+from pairkit.pairing.errors import ConfigError, DecodeError
 from pairkit.peers import (
     cloud_members,
     consume_our_prekey,
@@ -54,7 +55,35 @@ def qr_text(uri: str) -> str:
     return out.getvalue()
 
 
+#: how to get what QR code pictures need (Pillow, zxing-cpp): the optional extra ``qr``
+QR_EXTRA = "pip install 'pairkit[qr]'"
+
+
+def need_qr_pictures(what: str, *modules: str) -> list[Any]:
+    """Import the ``qr`` extra's ``modules`` for ``what``, or say how to install them.
+
+    Pillow and zxing-cpp are an optional extra (issue 12): a missing one raises ConfigError
+    (an exit code and a one-line message from the CLI) rather than an ImportError's traceback.
+    """
+    import importlib
+
+    out = []
+    for name in modules:
+        try:
+            out.append(importlib.import_module(name))
+        except ImportError as exc:
+            missing = {"PIL": "Pillow", "zxingcpp": "zxing-cpp"}.get(
+                (exc.name or name).split(".")[0], exc.name or name
+            )
+            raise ConfigError(
+                f"{what} needs {missing}, which is not installed: {QR_EXTRA}"
+            ) from None
+    return out
+
+
 def qr_png(uri: str, path: Path) -> None:
+    """Write the QR code for ``uri`` to a PNG file (needs the ``qr`` extra)."""
+    need_qr_pictures("writing a QR code picture (--qr-png)", "PIL.Image")
     import qrcode
 
     img = qrcode.make(uri, error_correction=qrcode.constants.ERROR_CORRECT_M)
@@ -63,14 +92,14 @@ def qr_png(uri: str, path: Path) -> None:
 
 
 def qr_from_image(path: str) -> str:
-    """The text of the first QR code found in a picture."""
-    import zxingcpp
-    from PIL import Image, UnidentifiedImageError
-
+    """The text of the first QR code found in a picture (needs the ``qr`` extra)."""
+    zxingcpp, image = need_qr_pictures(
+        "reading a QR code from a picture (--qr-image)", "zxingcpp", "PIL.Image"
+    )
     try:
-        with Image.open(path) as img:
+        with image.open(path) as img:
             results = zxingcpp.read_barcodes(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError):
+    except (OSError, image.UnidentifiedImageError):
         raise DecodeError(f"cannot read {path} as a picture") from None
     for r in results:
         if r.text:

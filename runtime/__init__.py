@@ -16,12 +16,9 @@ transports, bumble or bleak (the pytest plugin is imported by every pytest run).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("pairkit")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree not installed
-    __version__ = "0.0.0+source"
+#: the one place the version is written: pyproject.toml reads it (setuptools ``dynamic``), so
+#: ``pairkit --version`` needs no package metadata (importlib.metadata costs ~50 ms at start-up)
+__version__ = "0.1.0"
 
 __all__ = [
     "Agree",
