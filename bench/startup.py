@@ -44,6 +44,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_model, nproc, positive  # noqa: E402
+
 #: the goal for each pairkit command, milliseconds of wall-clock time (median)
 GOAL_MS = 100.0
 ROUNDS = 40
@@ -118,7 +123,7 @@ def measure(rounds: int, warmup: int) -> dict[str, Any]:
     return {
         "plugin_ms": plugin_ms,
         "date": datetime.date.today().isoformat(),
-        "machine": {"nproc": os.cpu_count(), "cpu": _cpu(), "python": platform.python_version(),
+        "machine": {"nproc": nproc(), "cpu": cpu_model(), "python": platform.python_version(),
                     "implementation": platform.python_implementation(),
                     "load": round(os.getloadavg()[0], 2)},
         "settings": {"rounds": rounds, "warmup": warmup, "command": " ".join(PAIRKIT)},
@@ -127,16 +132,6 @@ def measure(rounds: int, warmup: int) -> dict[str, Any]:
                    "no keystore made by --help/--version": not home_made},
         "seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def render(result: dict[str, Any]) -> str:
@@ -169,18 +164,11 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return n
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 warm-up (smoke test)")
-    parser.add_argument("--rounds", type=_positive, default=None,
+    parser.add_argument("--rounds", type=positive, default=None,
                         help=f"timed rounds (default {ROUNDS})")
     args = parser.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else ROUNDS)

@@ -44,7 +44,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     assert b"License-Expression: Apache-2.0" in metadata
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
-    assert "pairkit = pairkit.cli.main:main" in text
+    assert "pairkit = pairkit.cli:main" in text
     assert "pairkit = pairkit.transports.pytest_plugin" in text
 
 
