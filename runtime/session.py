@@ -306,12 +306,14 @@ async def open_session(
         await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)
         assert machine.session is not None
         session = machine.session
-        if machine.stale_prekey is not None and side.peer is not None:
-            peers.drop_their_prekey(ks, side.peer.device_id, machine.stale_prekey)
     if cloud is not None:
         cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=False)
+    if machine is not None and machine.stale_prekey is not None and side.peer is not None:
+        # Only a confirmed session says the host really refused it: a resume FAIL is not
+        # authenticated, and an attacker's must not make us forget a prekey (rule 4).
+        peers.drop_their_prekey(ks, side.peer.device_id, machine.stale_prekey)
     membership = None
     if cloud is not None:
         membership = await receive_membership(channel)
