@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  #
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa: E402
 
 from bench.common import command_line, cpu_model, nproc, positive, show, summary_us  # noqa: E402
+from pairkit.keystore import Argon2Params, Keystore  # noqa: E402
 from pairkit.pairing.groups import (  # noqa: E402
     ADVERT_OVERHEAD,
     SENDER_SIZE,
@@ -69,7 +70,6 @@ from pairkit.pairing.groups import (  # noqa: E402
     seal_group_envelope,
     sender_id,
 )
-from pairkit.pairing.keystore import Argon2Params, Keystore  # noqa: E402
 from pairkit.transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX  # noqa: E402
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)

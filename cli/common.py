@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from pairkit.keystore import Keystore, KeystoreNotFoundError, default_path
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.errors import (
     ConfigError,
@@ -25,7 +26,6 @@ from pairkit.pairing.errors import (
     RefusedError,
     WrongPinError,
 )
-from pairkit.pairing.keystore import Keystore, KeystoreNotFoundError, default_path
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning
 from pairkit.pairing.service import AllowRequest, JoinCloud, Scope
 

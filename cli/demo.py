@@ -22,8 +22,8 @@ from typing import Any
 import click
 
 from pairkit.files import get_file, list_files
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
-from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning, Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope

@@ -17,6 +17,7 @@ from typing import Any
 
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
+from pairkit.keystore import Keystore
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import (
     ConfigError,
@@ -25,7 +26,6 @@ from pairkit.pairing.errors import (
     PairingTimeout,
     TransportError,
 )
-from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import (
     HostPairing,
     HostState,

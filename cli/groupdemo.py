@@ -34,10 +34,10 @@ from typing import Any
 import click
 
 from pairkit import groups as G
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.errors import AuthenticationError, PairingError
 from pairkit.pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, envelope_info
-from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.methods import Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import Membership

@@ -138,8 +138,8 @@ def init(name: str | None, pin_file: str | None, force: bool, as_json: bool) -> 
     is derived with Argon2id (at least 6 characters; about 0.5 s and 64 MiB on a Raspberry
     Pi 4).  Use --pin-file or PAIRKIT_PIN in scripts.
     """
+    from pairkit.keystore import MIN_PIN_LENGTH, Keystore
     from pairkit.pairing.errors import ConfigError
-    from pairkit.pairing.keystore import MIN_PIN_LENGTH, Keystore
 
     from .common import home_path, read_pin_file
 

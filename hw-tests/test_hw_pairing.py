@@ -27,7 +27,7 @@ import pytest
 
 from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
 from pairkit.files import get_file
-from pairkit.pairing.keystore import Keystore
+from pairkit.keystore import Keystore
 from pairkit.pairing.methods import HostState, Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import QrCode

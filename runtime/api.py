@@ -33,9 +33,9 @@ from .files import (
     list_files,
     serve_guest,
 )
+from .keystore import Argon2Params, Keystore
 from .pairing.cloud import Role
 from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
-from .pairing.keystore import Argon2Params, Keystore
 from .pairing.methods import PairingConfig, PinPolicy
 from .pairing.negotiation import ALL_CAPS, Method
 from .pairing.qr import QrCode

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pairkit import peers as store
 from pairkit.driver import MessagePipe, drive
+from pairkit.keystore import Keystore, Peer
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role
 from pairkit.pairing.crypto import digest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
-from pairkit.pairing.keystore import Keystore, Peer
 from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from pairkit.cli.flows import HostOptions, JoinOptions, SessionHandler, run_host, run_join
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.hello import decode_hello
-from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.methods import ConfirmCode, HostState, InsecureWarning, Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import QrCode

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import pairkit
+from pairkit.keystore import Argon2Params
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -21,7 +22,6 @@ from pairkit.pairing.errors import (
     RefusedError,
     RemoteError,
 )
-from pairkit.pairing.keystore import Argon2Params
 from tests.cli_helpers import KEYSTORE_PIN, HostProcess, init_devices
 
 PASS = "a passphrase"

@@ -23,9 +23,9 @@ import pytest
 
 from pairkit.driver import drive
 from pairkit.files import Fetched, get_file, list_files, say_bye, serve_guest
+from pairkit.keystore import Keystore
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.errors import ErrorCode, LinkClosedError, RefusedError, RemoteError
-from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pairkit.keystore import Keystore
 from pairkit.pairing.errors import NotFoundError, RefusedError, RemoteError
-from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import Method
 from tests.ble_harness import Person, World, make_keystore, reopen
 

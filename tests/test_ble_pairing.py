@@ -33,6 +33,7 @@ import pytest
 from pairkit.cli.flows import JoinOptions, run_join
 from pairkit.driver import MessagePipe, drive
 from pairkit.files import get_file
+from pairkit.keystore import Keystore
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import (
     ErrorCode,
@@ -43,7 +44,6 @@ from pairkit.pairing.errors import (
     RemoteError,
 )
 from pairkit.pairing.hello import match_tag
-from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,

@@ -24,8 +24,8 @@ import cbor2
 import pytest
 from PIL import Image
 
+from pairkit.keystore import Keystore
 from pairkit.pairing.framing import fragment
-from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.messages import NONCE_LEN, Reveal
 
 from .cli_helpers import (

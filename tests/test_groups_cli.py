@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from pairkit.cli.group_cli import group
-from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.transports.radio import start_radio
 
 from .cli_helpers import (

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing import wire
 from pairkit.pairing.errors import (
     AuthenticationError,
@@ -59,7 +60,6 @@ from pairkit.pairing.groups import (
     sender_id,
 )
 from pairkit.pairing.hello import Hello, decode_hello
-from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.negotiation import Caps, Method
 
 PIN = "123456"

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from pairkit import groups as G
 from pairkit.cli.groupdemo import GroupLab, Node, wait_for
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing import wire
 from pairkit.pairing.errors import AuthenticationError, ConfigError, NotFoundError
 from pairkit.pairing.groups import (
@@ -26,7 +27,6 @@ from pairkit.pairing.groups import (
     envelope_info,
     seal_group_envelope,
 )
-from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.securelink import SecureLink
 
 KNOWN_KEY = bytes(range(7, 39))

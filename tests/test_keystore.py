@@ -1,4 +1,5 @@
-"""Tests for pairing/keystore.py: sealing at rest, atomic writes, and the secure-environment API."""
+"""Tests for pairing/keystore/ and runtime/filestore.py: sealing at rest, atomic writes, the
+storage interface, and the secure-environment API."""
 
 from __future__ import annotations
 
@@ -23,20 +24,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pairkit.pairing.keystore as keystore_module
-from pairkit.pairing import keystore as ks_module
-from pairkit.pairing.errors import (
-    AuthenticationError,
-    ConfigError,
-    DecodeError,
-    ExpiredError,
-    KeystoreCorruptError,
-    KeystoreError,
-    NotFoundError,
-    PairingError,
-    WrongPinError,
-)
-from pairkit.pairing.keystore import (
+import pairkit.pairing.keystore.seal as keystore_module
+from pairkit.keystore import (
     DEFAULT_SCRYPT_N,
     MIN_PIN_LENGTH,
     Argon2Params,
@@ -49,6 +38,18 @@ from pairkit.pairing.keystore import (
     device_id_of,
     fingerprint_of,
     seal_envelope,
+)
+from pairkit.pairing import keystore as ks_module
+from pairkit.pairing.errors import (
+    AuthenticationError,
+    ConfigError,
+    DecodeError,
+    ExpiredError,
+    KeystoreCorruptError,
+    KeystoreError,
+    NotFoundError,
+    PairingError,
+    WrongPinError,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,7 +376,8 @@ def test_failed_save_leaves_the_old_file(store: Keystore, store_path: Path) -> N
         raise OSError(28, "No space left on device")
 
     with pytest.raises(KeystoreError, match="could not save"):
-        store.save(before_replace=boom)
+        store.storage.before_replace = boom
+        store.save()
     assert store_path.read_bytes() == before
     assert seen and not seen[0].exists()
     assert sorted(p.name for p in store_path.parent.iterdir()) == ["keystore.pk"]
@@ -384,7 +386,7 @@ def test_failed_save_leaves_the_old_file(store: Keystore, store_path: Path) -> N
 _CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from pairkit.pairing.keystore import Keystore
+from pairkit.keystore import Keystore
 
 store = Keystore.open(sys.argv[2], sys.argv[3])
 store.rename("renamed in the child")
@@ -393,7 +395,8 @@ def pause(tmp):
     print("ready", tmp, flush=True)
     sys.stdin.readline()  # the parent kills us while we wait here
 
-store.save(before_replace=pause)
+store.storage.before_replace = pause
+store.save()
 print("saved", flush=True)
 """
 
@@ -835,3 +838,83 @@ def test_update_refuses_after_the_pin_changed_elsewhere(store_path: Path) -> Non
     with pytest.raises(KeystoreError, match="PIN was changed"), stale.update():
         stale.rename("should not be written")
     assert store_path.read_bytes() == before
+
+
+# -- the storage interface (issue 12: the keystore reads no file; the runtime gives it one) -----
+
+
+def test_a_keystore_in_memory_round_trips_without_touching_a_file(tmp_path: Path) -> None:
+    from pairkit.pairing.keystore import Keystore as CoreKeystore
+    from pairkit.pairing.keystore import MemoryStorage
+
+    storage = MemoryStorage(where="test slot")
+    made = CoreKeystore.create(storage, PIN, name="in memory", kdf=FAST)
+    peer, _ = new_peer()
+    made.add_peer(peer)
+    made.save()
+    assert storage.data is not None and storage.data.startswith(b"PKKS")
+    opened = CoreKeystore.open(MemoryStorage(storage.data), PIN)
+    assert opened.device_id == made.device_id and opened.get_peer(peer.id) == peer
+    with pytest.raises(WrongPinError):
+        CoreKeystore.open(MemoryStorage(storage.data), "999999")
+    with pytest.raises(KeystoreError, match="already exists at test slot"):
+        CoreKeystore.create(storage, PIN, name="again", kdf=FAST)
+    with pytest.raises(KeystoreNotFoundError, match="no keystore at memory"):
+        CoreKeystore.open(MemoryStorage(), PIN)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_sealed_bytes_open_from_a_file_and_from_memory(
+    store: Keystore, store_path: Path
+) -> None:
+    """The file storage adds nothing to the format: its bytes open in memory, and back."""
+    from pairkit.pairing.keystore import MemoryStorage
+
+    in_memory = Keystore.open(MemoryStorage(store_path.read_bytes()), PIN)
+    assert in_memory.device_id == store.device_id
+    in_memory.rename("moved to memory")
+    in_memory.save()
+    assert isinstance(in_memory.storage, MemoryStorage) and in_memory.storage.data is not None
+    store_path.write_bytes(in_memory.storage.data)
+    assert Keystore.open(store_path, PIN).name == "moved to memory"
+    with pytest.raises(AttributeError, match="not in a file"):
+        _ = in_memory.path
+
+
+def test_an_update_in_memory_cannot_nest(store: Keystore, store_path: Path) -> None:
+    from pairkit.pairing.keystore import MemoryStorage
+
+    ks = Keystore.open(MemoryStorage(store_path.read_bytes()), PIN)
+    with ks.update(), pytest.raises(KeystoreError, match="already being updated"):
+        with ks.update():
+            pass
+
+
+def test_a_keystore_too_large_to_open_again_is_not_saved(
+    store: Keystore, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 9 of issue 17: the keystore saved what it then refused to open.  Now the limit
+    on opening is checked before writing, and the file on disk stays as it was."""
+    import pairkit.pairing.keystore.store as store_module
+
+    before = store_path.read_bytes()
+    monkeypatch.setattr(store_module, "MAX_FILE_SIZE", len(before) + 64)
+    for _ in range(4):
+        store.add_peer(new_peer()[0])
+    with pytest.raises(KeystoreError, match="nothing was saved"):
+        store.save()
+    assert store_path.read_bytes() == before
+    # what does fit is saved and opens again
+    monkeypatch.undo()
+    store.save()
+    assert len(Keystore.open(store_path, PIN).peers()) == len(store.peers())
+
+
+def test_reload_takes_what_another_process_saved(store: Keystore, store_path: Path) -> None:
+    other = Keystore.open(store_path, PIN)
+    peer, _ = new_peer()
+    other.add_peer(peer)
+    other.save()
+    assert peer.id not in {p.id for p in store.peers()}
+    store.reload()
+    assert store.get_peer(peer.id) == peer

@@ -2,7 +2,9 @@
 (``keyserver/``, a server of its own), the key server above the runtime (``runtime/``: the
 asyncio driver, secure link and the key server's client), the runtime above ``transports``,
 ``transports`` above ``pairing``; ``pairing`` imports no asyncio, socket, clock, click, bumble or
-bleak; and the key server imports neither the CLI nor click (the CLI may import it).
+bleak, and does no file I/O (no ``open``, no ``os`` but ``os.urandom``, no ``fcntl``: the
+keystore writes through a Storage the runtime provides); and the key server imports neither the
+CLI nor click (the CLI may import it).
 
 import-linter cannot check this layout: its graph builder walks the root package's folder, and
 pairkit's subpackages live beside that folder (setuptools ``package-dir``).  So this test reads
@@ -28,7 +30,14 @@ LAYERS = [
 ]
 RUNTIME = [folder for folder, _ in LAYERS].index("runtime")
 KEYSERVER = [folder for folder, _ in LAYERS].index("keyserver")
-PURE_FORBIDDEN = {"asyncio", "socket", "time", "click", "bumble", "bleak"}
+PURE_FORBIDDEN = {
+    "asyncio", "socket", "time", "click", "bumble", "bleak",
+    # no file I/O either: the keystore's bytes go through a Storage the runtime provides
+    "fcntl", "tempfile", "pathlib", "shutil", "platformdirs", "io", "stat", "threading",
+    "subprocess", "select", "signal",
+}
+#: the one use of ``os`` the core may make: a default randomness source, injected everywhere
+PURE_OS_ALLOWED = {"urandom"}
 #: the key server is a server, not a command: no click (nor pairkit.cli, by its layer)
 KEYSERVER_FORBIDDEN = {"click"}
 
@@ -105,6 +114,26 @@ def forbidden_imports(path: Path, package: str, forbidden: set[str]) -> list[str
                          ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else "")
 def test_pairing_is_pure(layer: int, path: Path, package: str) -> None:
     assert forbidden_imports(path, package, PURE_FORBIDDEN) == []
+    assert io_uses(path) == []
+
+
+def io_uses(path: Path) -> list[str]:
+    """``file:line uses X`` for each use of the file system or the process in ``path``: the
+    builtin ``open``, and any ``os`` name but :data:`PURE_OS_ALLOWED` (``os.path``, ``os.environ``,
+    ``os.replace``, ``from os import ...``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    out = []
+    for node in ast.walk(tree):
+        func = node.func if isinstance(node, ast.Call) else None
+        if isinstance(func, ast.Name) and func.id == "open":
+            out.append(f"{path.name}:{node.lineno} uses open()")
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id == "os" and node.attr not in PURE_OS_ALLOWED):
+            out.append(f"{path.name}:{node.lineno} uses os.{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.module == "os" and not node.level:
+            out.extend(f"{path.name}:{node.lineno} uses os.{a.name}" for a in node.names
+                       if a.name not in PURE_OS_ALLOWED)
+    return out
 
 
 KEYSERVER_MODULES = [m for m in MODULES if m[0] == KEYSERVER]
@@ -138,6 +167,22 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
     assert imports_of(ROOT / "runtime" / "driver.py", "pairkit")[0][1] in {
         "__future__", "asyncio"
     }
+    pure_bad = tmp_path / "pure_bad.py"
+    pure_bad.write_text(
+        "import os, fcntl\n"
+        "from os import replace, urandom\n"
+        "rng = os.urandom\n"
+        "def save(p, data):\n"
+        "    with open(p, 'wb') as f:\n"
+        "        f.write(data)\n"
+        "    os.fsync(3)\n"
+    )
+    assert forbidden_imports(pure_bad, "pairkit.pairing", PURE_FORBIDDEN) == [
+        "pure_bad.py:1 imports fcntl"
+    ]
+    assert sorted(io_uses(pure_bad)) == [
+        "pure_bad.py:2 uses os.replace", "pure_bad.py:5 uses open()", "pure_bad.py:7 uses os.fsync"
+    ]
     bad = tmp_path / "bad.py"
     bad.write_text(
         "import click\n"

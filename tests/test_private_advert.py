@@ -9,6 +9,7 @@ import os
 import random
 from pathlib import Path
 
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing.hello import (
     HELLO_LEN,
     Hello,
@@ -17,7 +18,6 @@ from pairkit.pairing.hello import (
     make_tag,
     match_tag,
 )
-from pairkit.pairing.keystore import Argon2Params, Keystore
 from pairkit.pairing.negotiation import ALL_CAPS, Caps, Method
 from pairkit.transports.ble.virtual import VirtualRadio
 from pairkit.transports.bumble import BumbleConfig, BumbleTransport

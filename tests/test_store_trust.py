@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from pairkit import peers as store
+from pairkit.keystore import Argon2Params, Keystore, Peer
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.crypto import digest, x25519_keypair
-from pairkit.pairing.keystore import Argon2Params, Keystore, Peer
 
 KEYSTORE_PIN = "246813"
 

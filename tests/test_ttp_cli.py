@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from pairkit.cli.ttp_cli import SETTING_CA, SETTING_EUKEY, SETTING_SERVER, ttp
-from pairkit.pairing.keystore import Argon2Params, Keystore
+from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.ttp import IntentRole
 from pairkit.peers import local_identity

@@ -1,0 +1,220 @@
+"""What the keystore remembers, as values: known peers, what may be shown of a cloud, device ids
+and fingerprints (DESIGN.md "Identification", "Known peers reconnect").
+
+Every record is checked when it is made and deep-frozen, so what is stored is what a CBOR round
+trip gives back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+from ..errors import ConfigError, DecodeError
+
+__all__ = ["MAX_NAME_LENGTH", "CloudInfo", "Peer", "device_id_of", "fingerprint_of"]
+
+MAX_NAME_LENGTH: Final = 64
+
+
+def device_id_of(static_public: bytes) -> str:
+    """A device's id: the first 16 bytes of SHA-256 of its X25519 public key, in lowercase hex."""
+    _check_public_key(static_public, "X25519")
+    return hashlib.sha256(static_public).digest()[:16].hex()
+
+
+def fingerprint_of(static_public: bytes) -> str:
+    """A device's fingerprint for people to compare: all of SHA-256 of its X25519 public key, as
+    16 groups of 4 hex digits (``ab12-cd34-...``).  Its first 8 groups are the device id."""
+    _check_public_key(static_public, "X25519")
+    digest = hashlib.sha256(static_public).hexdigest()
+    return "-".join(digest[i : i + 4] for i in range(0, len(digest), 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# CBOR-able values, frozen
+
+
+def _freeze(value: Any, what: str, depth: int = 0) -> Any:
+    """Check that ``value`` is plain CBOR data and return a read-only copy (tuples, read-only
+    mappings).  Only types that survive a CBOR round trip are allowed, so what is stored is what
+    comes back."""
+    if depth > 32:
+        raise ConfigError(f"{what} is nested too deeply")
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{what} must not contain NaN or infinity")
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item, what, depth + 1) for item in value)
+    if isinstance(value, Mapping):
+        frozen: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, bool) or not isinstance(key, int | str):
+                raise ConfigError(f"{what} may only have text or integer map keys")
+            frozen[key] = _freeze(item, what, depth + 1)
+        return MappingProxyType(frozen)
+    raise ConfigError(f"{what} must be plain CBOR data, not {type(value).__name__}")
+
+
+def _thaw(value: Any) -> Any:
+    """The inverse of :func:`_freeze`, for encoding."""
+    if isinstance(value, tuple | list):
+        return [_thaw(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    return value
+
+
+def _check_public_key(key: object, kind: str) -> None:
+    if not isinstance(key, bytes) or len(key) != 32:
+        raise DecodeError(f"an {kind} public key must be 32 bytes")
+
+
+def _check_name(name: object, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{what} must be a non-empty text")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise ConfigError(f"{what} must not contain control characters")
+    return name
+
+
+def _check_time(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{what} must be a finite, non-negative number of seconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A device we know (DESIGN.md "Identification", "Known peers reconnect").
+
+    ``id`` is the peer's device id and must match ``static_public`` (see :func:`device_id_of`).
+    ``first_seen``/``last_seen`` are seconds as the caller's clock gives them (the keystore reads
+    no clock).  ``their_prekeys`` are prekey records the peer gave us, ``our_prekeys`` the ones we
+    gave the peer; both are opaque CBOR records for the resume protocol to define, as is ``extra``.
+    Every CBOR-able field is deep-frozen (lists become tuples, maps read-only mappings).
+    ``our_prekeys`` is left out of ``repr`` since it may hold private prekey material.
+    """
+
+    id: str
+    name: str
+    static_public: bytes
+    signing_public: bytes | None = None
+    authenticated: bool = False
+    method: str = ""
+    first_seen: float = 0
+    last_seen: float = 0
+    their_prekeys: tuple[Any, ...] = ()
+    our_prekeys: tuple[Any, ...] = field(default=(), repr=False)
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        _check_public_key(self.static_public, "X25519")
+        if self.signing_public is not None:
+            _check_public_key(self.signing_public, "Ed25519")
+        if not isinstance(self.id, str) or self.id != device_id_of(self.static_public):
+            raise ConfigError("the peer's id does not match its X25519 public key")
+        _check_name(self.name, "a peer's name")
+        if not isinstance(self.authenticated, bool):
+            raise ConfigError("'authenticated' must be true or false")
+        if not isinstance(self.method, str):
+            raise ConfigError("a peer's pairing method must be text")
+        _check_time(self.first_seen, "first_seen")
+        _check_time(self.last_seen, "last_seen")
+        for name in ("their_prekeys", "our_prekeys"):
+            value = getattr(self, name)
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{name} must be a list of records")
+            object.__setattr__(self, name, _freeze(value, name))
+        if not isinstance(self.extra, Mapping) or not all(isinstance(k, str) for k in self.extra):
+            raise ConfigError("a peer's 'extra' must be a map with text keys")
+        object.__setattr__(self, "extra", _freeze(self.extra, "extra"))
+
+    @classmethod
+    def new(
+        cls,
+        name: str,
+        static_public: bytes,
+        *,
+        signing_public: bytes | None = None,
+        authenticated: bool = False,
+        method: str = "",
+        now: float = 0,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Peer:
+        """A peer first seen at ``now``, its id computed from ``static_public``."""
+        return cls(
+            id=device_id_of(static_public),
+            name=name,
+            static_public=static_public,
+            signing_public=signing_public,
+            authenticated=authenticated,
+            method=method,
+            first_seen=now,
+            last_seen=now,
+            extra=extra if extra is not None else {},
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """The peer's fingerprint (see :func:`fingerprint_of`)."""
+        return fingerprint_of(self.static_public)
+
+    def _to_cbor(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "x25519": self.static_public,
+            "ed25519": self.signing_public,
+            "auth": self.authenticated,
+            "method": self.method,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "their_prekeys": _thaw(self.their_prekeys),
+            "our_prekeys": _thaw(self.our_prekeys),
+            "extra": _thaw(self.extra),
+        }
+
+    @classmethod
+    def _from_cbor(cls, data: Any) -> Peer:
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            static_public=data["x25519"],
+            signing_public=data["ed25519"],
+            authenticated=data["auth"],
+            method=data["method"],
+            first_seen=data["first_seen"],
+            last_seen=data["last_seen"],
+            their_prekeys=data["their_prekeys"],
+            our_prekeys=data["our_prekeys"],
+            extra=data["extra"],
+        )
+
+
+@dataclass(frozen=True)
+class CloudInfo:
+    """What may be shown about a personal cloud we belong to; the secret itself stays inside the
+    keystore (use :meth:`Keystore.cloud_mac` and :meth:`Keystore.cloud_kdf`)."""
+
+    cloud_id: str
+    name: str
+    role: str
+    expires: float | None = None

@@ -1,0 +1,680 @@
+"""The keystore: a device's identity, known peers, cloud secrets, group keys and settings, sealed
+under its owner's PIN (DESIGN.md "Identification").
+
+It plays the device's *secure environment*: its API uses the private keys (Diffie-Hellman,
+signatures, HPKE opening, group AEAD, cloud MACs) but never returns them.  The one deliberate
+exception is :meth:`Keystore._static_private_for_handshake`, the internal door through which the
+Noise handshake module receives the static private key.  The sealed bytes go through a
+:class:`~.storage.Storage`; this module reads no file and no clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .. import cbor
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    DecodeError,
+    ExpiredError,
+    KeystoreCorruptError,
+    KeystoreError,
+    NotFoundError,
+    WrongPinError,
+)
+from .envelope import open_envelope, seal_envelope
+from .records import (
+    CloudInfo,
+    Peer,
+    _check_name,
+    _check_public_key,
+    _check_time,
+    _freeze,
+    _thaw,
+    device_id_of,
+    fingerprint_of,
+)
+from .seal import (
+    DEFAULT_SCRYPT_P,
+    DEFAULT_SCRYPT_R,
+    FORMAT_VERSION,
+    KEY_SIZE,
+    MAX_FILE_SIZE,
+    NONCE_SIZE,
+    SALT_SIZE,
+    Argon2Params,
+    Kdf,
+    ScryptParams,
+    _check_new_pin,
+    _derive_keys,
+    _Header,
+    _Keys,
+    _parse_header,
+    _pin_bytes,
+    _seal,
+    _upgrade_of,
+    unseal,
+)
+from .storage import Storage
+
+__all__ = ["Keystore", "KeystoreNotFoundError"]
+
+Rng = Callable[[int], bytes]
+_HEX_RE = re.compile(r"[0-9a-f]+")
+
+
+class KeystoreNotFoundError(KeystoreError, NotFoundError):
+    """There is no keystore yet; run `pairkit init` to create one."""
+
+
+def _raw_private(key: x25519.X25519PrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def _raw_public(key: x25519.X25519PublicKey | ed25519.Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _check_rng_output(data: bytes, size: int) -> bytes:
+    if not isinstance(data, bytes) or len(data) != size:
+        raise ConfigError(f"the random source must return {size} bytes when asked for {size}")
+    return data
+
+
+class Keystore:
+    """The sealed keystore of one device (DESIGN.md "Identification").
+
+    Create one with :meth:`create` or unlock one with :meth:`open`, on a :class:`Storage` (the
+    runtime's :class:`pairkit.keystore.Keystore` takes a file path instead).  Changes (peers,
+    clouds, group keys, settings, name) stay in memory until :meth:`save`.  Private keys never
+    leave the object, except through :meth:`_static_private_for_handshake`.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        static_key: x25519.X25519PrivateKey,
+        signing_key: ed25519.Ed25519PrivateKey,
+        name: str,
+        header: _Header,
+        keys: _Keys,
+        rng: Rng,
+    ) -> None:
+        # Not for direct use: call Keystore.create or Keystore.open.
+        self._storage = storage
+        self._static = static_key
+        self._signing = signing_key
+        self._static_public = _raw_public(static_key.public_key())
+        self._signing_public = _raw_public(signing_key.public_key())
+        self._name = _check_name(name, "the device name")
+        self._header = header
+        self._keys = keys
+        self._rng = rng
+        self._peers: dict[str, Peer] = {}
+        self._clouds: dict[str, dict[str, Any]] = {}
+        self._groups: dict[str, dict[int, bytes]] = {}
+        self._settings: dict[str, Any] = {}
+        #: the Argon2id seal an earlier scrypt keystore takes at its next write
+        self._upgrade: tuple[_Header, _Keys] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Keystore {self.device_id} {self._name!r} at {self._storage.where}>"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        storage: Storage,
+        pin: str | bytes,
+        *,
+        name: str,
+        rng: Rng = os.urandom,
+        kdf: Argon2Params | None = None,
+        scrypt_n: int | None = None,
+        scrypt_r: int = DEFAULT_SCRYPT_R,
+        scrypt_p: int = DEFAULT_SCRYPT_P,
+        overwrite: bool = False,
+    ) -> Keystore:
+        """Make a new identity, seal it under ``pin`` and store it in ``storage``.  Refuses to
+        replace an existing keystore unless ``overwrite``.
+
+        The seal is Argon2id at ``kdf`` (default: :class:`Argon2Params`'s defaults).
+        ``scrypt_n`` instead writes the earlier versions' scrypt format (the upgrade's tests,
+        and cheap test keystores: one with ``scrypt_n`` below the default is re-sealed at
+        :meth:`Argon2Params.cheapest`).  The PIN needs :data:`MIN_PIN_LENGTH` characters."""
+        if not overwrite and storage.exists():
+            raise KeystoreError(
+                f"a keystore already exists at {storage.where}; refusing to replace it "
+                "(that would lose this device's identity and its known peers)"
+            )
+        chosen: Kdf = (
+            ScryptParams(scrypt_n, scrypt_r, scrypt_p) if scrypt_n is not None
+            else kdf or Argon2Params()
+        )
+        pin_bytes = _check_new_pin(_pin_bytes(pin))
+        _check_name(name, "the device name")
+        salt = _check_rng_output(rng(SALT_SIZE), SALT_SIZE)
+        store = cls(
+            storage,
+            static_key=x25519.X25519PrivateKey.from_private_bytes(
+                _check_rng_output(rng(KEY_SIZE), KEY_SIZE)
+            ),
+            signing_key=ed25519.Ed25519PrivateKey.from_private_bytes(
+                _check_rng_output(rng(KEY_SIZE), KEY_SIZE)
+            ),
+            name=name,
+            header=_Header(FORMAT_VERSION, chosen, salt, bytes(NONCE_SIZE)),
+            keys=_derive_keys(pin_bytes, salt, chosen),
+            rng=rng,
+        )
+        store.save()
+        return store
+
+    @classmethod
+    def open(cls, storage: Storage, pin: str | bytes, *, rng: Rng = os.urandom) -> Keystore:
+        """Unlock the keystore in ``storage`` with ``pin``.
+
+        Raises :class:`KeystoreNotFoundError` if there is none, :class:`WrongPinError` for a wrong
+        PIN (or a damaged header), :class:`KeystoreCorruptError` for a damaged or truncated file.
+        """
+        pin_bytes = _pin_bytes(pin)
+        data = storage.read(MAX_FILE_SIZE)
+        if data is None:
+            raise KeystoreNotFoundError(
+                f"there is no keystore at {storage.where}; run `pairkit init` to create one"
+            )
+        header, _ = _parse_header(data, storage.where)
+        keys = _derive_keys(pin_bytes, header.salt, header.kdf)
+        header, body = unseal(data, keys, storage.where)
+        try:
+            store = cls._from_body(storage, body, header, keys, rng)
+        except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError):
+            # The body is authenticated, so this is a pairkit bug or an unknown layout.
+            raise KeystoreCorruptError(
+                f"the keystore at {storage.where} has contents this pairkit cannot read"
+            ) from None
+        if isinstance(header.kdf, ScryptParams):
+            # An earlier version's seal: derive the Argon2id one now, while the PIN is here,
+            # and use it at the next write (nothing is written just by opening).
+            upgrade = _upgrade_of(header.kdf)
+            salt = _check_rng_output(rng(SALT_SIZE), SALT_SIZE)
+            store._upgrade = (
+                _Header(FORMAT_VERSION, upgrade, salt, header.nonce),
+                _derive_keys(pin_bytes, salt, upgrade),
+            )
+        return store
+
+    @classmethod
+    def _from_body(
+        cls, storage: Storage, body: bytes, header: _Header, keys: _Keys, rng: Rng
+    ) -> Keystore:
+        data = cbor2.loads(body)
+        if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
+            raise ValueError("unknown body layout")
+        ident = data["identity"]
+        store = cls(
+            storage,
+            static_key=x25519.X25519PrivateKey.from_private_bytes(ident["x25519"]),
+            signing_key=ed25519.Ed25519PrivateKey.from_private_bytes(ident["ed25519"]),
+            name=ident["name"],
+            header=header,
+            keys=keys,
+            rng=rng,
+        )
+        for item in data["peers"]:
+            peer = Peer._from_cbor(item)
+            store._peers[peer.id] = peer
+        for cloud_id, entry in data["clouds"].items():
+            store._clouds[cloud_id] = {
+                "secret": bytes(entry["secret"]),
+                "name": str(entry["name"]),
+                "role": str(entry["role"]),
+                "expires": entry["expires"],
+            }
+        for group, epochs in data["groups"].items():
+            store._groups[group] = {int(epoch): bytes(key) for epoch, key in epochs.items()}
+        store._settings = {k: _freeze(v, "a setting") for k, v in data["settings"].items()}
+        return store
+
+    def _body(self) -> bytes:
+        return cbor.encode(
+            {
+                "v": FORMAT_VERSION,
+                "identity": {
+                    "x25519": _raw_private(self._static),
+                    "ed25519": _raw_private(self._signing),
+                    "name": self._name,
+                },
+                "peers": [peer._to_cbor() for peer in self._peers.values()],
+                "clouds": self._clouds,
+                "groups": self._groups,
+                "settings": {k: _thaw(v) for k, v in self._settings.items()},
+            }
+        )
+
+    def save(self) -> None:
+        """Seal the current contents under a fresh nonce and replace the stored keystore
+        atomically (:meth:`Storage.replace`).
+
+        A keystore that would not open again (larger than :data:`MAX_FILE_SIZE`) is refused
+        with :class:`KeystoreError` before anything is written: what was stored stays."""
+        base, keys = self._upgrade or (self._header, self._keys)
+        header = _Header(
+            base.version,
+            base.kdf,
+            base.salt,
+            _check_rng_output(self._rng(NONCE_SIZE), NONCE_SIZE),
+        )
+        sealed = _seal(header, keys, self._body())
+        if len(sealed) > MAX_FILE_SIZE:
+            raise KeystoreError(
+                f"the keystore would grow to {len(sealed) >> 20} MiB, over the "
+                f"{MAX_FILE_SIZE >> 20} MiB a keystore may hold; nothing was saved (forget "
+                "peers or groups you no longer need, then try again)"
+            )
+        self._storage.replace(sealed)
+        self._header, self._keys, self._upgrade = header, keys, None
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[Keystore]:
+        """Change the keystore safely while other pairkit processes may use it too.
+
+        Under the storage's exclusive lock (:meth:`Storage.lock`), the contents are reloaded
+        (another process may have saved since this one opened it), the caller changes them, and
+        they are saved before the lock is released: a running ``pairkit host`` and a ``pairkit
+        ls`` on the same device never lose each other's changes.
+        """
+        with self._storage.lock():
+            self._reload()
+            yield self
+            self.save()
+
+    def reload(self) -> None:
+        """Read the stored keystore again, with the keys this one was unlocked with: what
+        another process saved (a peer forgotten, a grant changed) replaces what is in memory.
+        Changes made here and not saved are dropped."""
+        with self._storage.lock():
+            self._reload()
+
+    def _reload(self) -> None:
+        where = self._storage.where
+        data = self._storage.read(MAX_FILE_SIZE)
+        if data is None:
+            raise KeystoreNotFoundError(
+                f"the keystore at {where} is gone; run `pairkit init` to create one"
+            )
+        header, _ = _parse_header(data, where)
+        if header.salt != self._header.salt or header.kdf != self._header.kdf:
+            raise KeystoreError(
+                "the keystore's PIN was changed by another pairkit command; run this one again"
+            )
+        try:
+            header, body = unseal(data, self._keys, where)
+            fresh = type(self)._from_body(self._storage, body, header, self._keys, self._rng)
+        except (WrongPinError, KeystoreCorruptError, ValueError, KeyError, TypeError,
+                cbor2.CBORDecodeError):
+            raise KeystoreCorruptError(f"the keystore at {where} was damaged meanwhile") from None
+        if fresh.static_public != self.static_public:
+            raise KeystoreError("the keystore was replaced by another identity meanwhile")
+        self._header = header
+        self._name = fresh._name
+        self._peers = fresh._peers
+        self._clouds = fresh._clouds
+        self._groups = fresh._groups
+        self._settings = fresh._settings
+
+    def change_pin(
+        self,
+        new_pin: str | bytes,
+        *,
+        kdf: Argon2Params | None = None,
+        scrypt_n: int | None = None,
+    ) -> None:
+        """Re-seal the keystore under ``new_pin`` with a fresh salt and save it, with Argon2id
+        (at ``kdf``, or the upgrade of the current cost); ``scrypt_n`` keeps the earlier scrypt
+        format at that cost instead (tests of the upgrade)."""
+        current = self._header.kdf
+        chosen: Kdf = kdf or _upgrade_of(current)
+        if scrypt_n is not None:
+            base = current if isinstance(current, ScryptParams) else ScryptParams()
+            chosen = ScryptParams(scrypt_n, base.r, base.p)
+        pin_bytes = _check_new_pin(_pin_bytes(new_pin))
+        salt = _check_rng_output(self._rng(SALT_SIZE), SALT_SIZE)
+        old_header, old_keys, old_upgrade = self._header, self._keys, self._upgrade
+        self._header = _Header(FORMAT_VERSION, chosen, salt, old_header.nonce)
+        self._keys = _derive_keys(pin_bytes, salt, chosen)
+        self._upgrade = None
+        try:
+            self.save()
+        except BaseException:
+            self._header, self._keys, self._upgrade = old_header, old_keys, old_upgrade
+            raise
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        """Where the sealed keystore is kept."""
+        return self._storage
+
+    @property
+    def scrypt(self) -> Kdf:
+        """The key-derivation parameters the file is sealed with (kept under its old name;
+        see :attr:`kdf`)."""
+        return self._header.kdf
+
+    @property
+    def kdf(self) -> Kdf:
+        """The key-derivation parameters the file is sealed with: :class:`Argon2Params`, or
+        :class:`ScryptParams` for a keystore of an earlier version not written since."""
+        return self._header.kdf
+
+    @property
+    def device_id(self) -> str:
+        """This device's id (see :func:`device_id_of`)."""
+        return device_id_of(self._static_public)
+
+    @property
+    def fingerprint(self) -> str:
+        """This device's fingerprint (see :func:`fingerprint_of`)."""
+        return fingerprint_of(self._static_public)
+
+    @property
+    def name(self) -> str:
+        """This device's name, as shown to others."""
+        return self._name
+
+    def rename(self, name: str) -> None:
+        """Change this device's name (saved on the next :meth:`save`)."""
+        self._name = _check_name(name, "the device name")
+
+    @property
+    def static_public(self) -> bytes:
+        """This device's X25519 static public key (32 bytes)."""
+        return self._static_public
+
+    @property
+    def signing_public(self) -> bytes:
+        """This device's Ed25519 public key (32 bytes)."""
+        return self._signing_public
+
+    # -- private-key operations -----------------------------------------------------------------
+
+    def dh(self, peer_public: bytes) -> bytes:
+        """X25519(static private, ``peer_public``) (RFC 7748 §5).  A result of all zeros (a
+        low-order public key, RFC 7748 §6.1) raises :class:`AuthenticationError`."""
+        _check_public_key(peer_public, "X25519")
+        try:
+            shared = self._static.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError:
+            raise AuthenticationError("the peer's public key is not acceptable") from None
+        if hmac.compare_digest(shared, bytes(32)):
+            raise AuthenticationError("the peer's public key is not acceptable")
+        return shared
+
+    def sign(self, data: bytes) -> bytes:
+        """An Ed25519 signature (RFC 8032 §5.1.6) over ``data`` with this device's signing key."""
+        return self._signing.sign(data)
+
+    def _static_private_for_handshake(self) -> bytes:
+        """The raw X25519 static private key, for ``pairing/noise.py`` only.
+
+        The Noise handshake module takes its static key as bytes; this is the one internal door
+        through which a private key leaves the keystore.  Nothing else may call it, and the
+        bytes must not be stored, logged or sent.
+        """
+        return _raw_private(self._static)
+
+    def open_envelope(self, enc: bytes, ct: bytes, info: bytes, aad: bytes = b"") -> bytes:
+        """Open an HPKE base-mode envelope sealed to this device's static key by
+        :func:`seal_envelope` (RFC 9180 §6.1).  Raises :class:`AuthenticationError` if it does
+        not open (wrong recipient, info, associated data, or a damaged envelope)."""
+        return open_envelope(self._static, enc, ct, info, aad)
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    def add_peer(self, peer: Peer) -> None:
+        """Remember ``peer``, replacing what was known under the same id."""
+        if not isinstance(peer, Peer):
+            raise ConfigError("add_peer expects a Peer")
+        if peer.id == self.device_id:
+            raise ConfigError("that is this device's own key, not a peer")
+        self._peers[peer.id] = peer
+
+    def get_peer(self, id_or_name: str) -> Peer:
+        """Find a known peer by its id, a unique prefix of it (4 hex digits or more), or its
+        exact name.  Raises :class:`NotFoundError`, or :class:`ConfigError` if it is ambiguous."""
+        return self._peers[self._find_peer(id_or_name)]
+
+    def peers(self) -> tuple[Peer, ...]:
+        """Every known peer, in the order they were first added."""
+        return tuple(self._peers.values())
+
+    def forget_peer(self, id_or_name: str) -> Peer:
+        """Forget a known peer (found as by :meth:`get_peer`); returns what was forgotten."""
+        return self._peers.pop(self._find_peer(id_or_name))
+
+    def _find_peer(self, key: str) -> str:
+        if not isinstance(key, str) or not key:
+            raise ConfigError("name a peer by its id or name")
+        lowered = key.lower()
+        if lowered in self._peers:
+            return lowered
+        candidates: Iterable[str] = ()
+        if len(lowered) >= 4 and _HEX_RE.fullmatch(lowered):
+            candidates = [pid for pid in self._peers if pid.startswith(lowered)]
+        if not candidates:
+            candidates = [pid for pid, peer in self._peers.items() if peer.name == key]
+        candidates = list(candidates)
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            raise ConfigError(f"more than one known peer matches {key!r}; use its full id")
+        raise NotFoundError(f"no known peer {key!r}; `pairkit peers` lists them")
+
+    # -- clouds ---------------------------------------------------------------------------------
+
+    def set_cloud(
+        self,
+        cloud_id: str,
+        secret: bytes,
+        *,
+        name: str,
+        role: str,
+        expires: float | None = None,
+    ) -> None:
+        """Remember a personal cloud we belong to and its shared secret (DESIGN.md "Cloud
+        join"); ``role`` is e.g. "owner", "member" or "guest", ``expires`` the caller's seconds."""
+        if not isinstance(cloud_id, str) or not cloud_id:
+            raise ConfigError("a cloud id must be a non-empty text")
+        if not isinstance(secret, bytes) or len(secret) < 16:
+            raise ConfigError("a cloud secret must be at least 16 bytes")
+        _check_name(name, "a cloud's name")
+        if not isinstance(role, str) or not role:
+            raise ConfigError("a cloud role must be a non-empty text")
+        if expires is not None:
+            _check_time(expires, "a cloud's expiry")
+        self._clouds[cloud_id] = {"secret": secret, "name": name, "role": role, "expires": expires}
+
+    def cloud(self, cloud_id: str) -> CloudInfo:
+        """What is known about a cloud (never its secret).  Raises :class:`NotFoundError`."""
+        entry = self._cloud_entry(cloud_id, None)
+        return CloudInfo(cloud_id, entry["name"], entry["role"], entry["expires"])
+
+    def clouds(self) -> tuple[CloudInfo, ...]:
+        """Every cloud we belong to."""
+        return tuple(self.cloud(cloud_id) for cloud_id in self._clouds)
+
+    def forget_cloud(self, cloud_id: str) -> None:
+        """Forget a cloud and its secret.  Raises :class:`NotFoundError`."""
+        self._cloud_entry(cloud_id, None)
+        del self._clouds[cloud_id]
+
+    def cloud_mac(self, cloud_id: str, data: bytes, *, now: float | None = None) -> bytes:
+        """HMAC-SHA256 (RFC 2104) of ``data`` under the cloud's secret.  With ``now``, an expired
+        membership raises :class:`ExpiredError`."""
+        secret = self._cloud_entry(cloud_id, now)["secret"]
+        return hmac.new(secret, data, hashlib.sha256).digest()
+
+    def cloud_kdf(
+        self, cloud_id: str, info: bytes, length: int = 32, *, now: float | None = None
+    ) -> bytes:
+        """HKDF-SHA256 (RFC 5869) of the cloud's secret with ``info``, ``length`` bytes (rotating
+        hello tags, PSKs).  With ``now``, an expired membership raises :class:`ExpiredError`."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 255 * 32:
+            raise ConfigError("a derived key must be from 1 to 8160 bytes long")
+        secret = self._cloud_entry(cloud_id, now)["secret"]
+        return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(secret)
+
+    def _cloud_secret_for_new_member(self, cloud_id: str) -> bytes:
+        """The cloud secret, to hand to a device the owner just made a member (DESIGN.md step 3:
+        "a member is given the cloud secret ... inside the secure channel").  The one door by
+        which a cloud secret leaves the keystore; only the cloud's owner may use it."""
+        entry = self._cloud_entry(cloud_id, None)
+        if entry["role"] != "owner":
+            raise ConfigError("only the cloud's owner hands out its secret")
+        return bytes(entry["secret"])
+
+    def _cloud_entry(self, cloud_id: str, now: float | None) -> dict[str, Any]:
+        try:
+            entry = self._clouds[cloud_id]
+        except (KeyError, TypeError):
+            raise NotFoundError(f"this device is not in a cloud {cloud_id!r}") from None
+        if now is not None and entry["expires"] is not None and now >= entry["expires"]:
+            raise ExpiredError(f"this device's membership of cloud {entry['name']!r} has expired")
+        return entry
+
+    # -- group keys -----------------------------------------------------------------------------
+
+    def store_group_key(self, group: str, epoch: int, key: bytes) -> None:
+        """Keep the 32-byte key of ``group`` for ``epoch`` (DESIGN.md: oneM2M group keys)."""
+        self._check_group(group, epoch)
+        if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+            raise ConfigError(f"a group key must be {KEY_SIZE} bytes")
+        self._groups.setdefault(group, {})[epoch] = key
+
+    def group_epochs(self, group: str) -> tuple[int, ...]:
+        """The epochs of ``group`` whose keys we hold, oldest first (empty if none)."""
+        return tuple(sorted(self._groups.get(group, {})))
+
+    def forget_group(self, group: str, epoch: int | None = None) -> None:
+        """Drop one epoch's key of ``group``, or all of them.  Missing keys are not an error."""
+        if epoch is None:
+            self._groups.pop(group, None)
+            return
+        epochs = self._groups.get(group, {})
+        epochs.pop(epoch, None)
+        if not epochs:
+            self._groups.pop(group, None)
+
+    def group_encrypt(
+        self, group: str, epoch: int, nonce: bytes, plaintext: bytes, aad: bytes = b""
+    ) -> bytes:
+        """ChaCha20-Poly1305 (RFC 8439) under the group key of ``epoch``; the caller owns nonce
+        uniqueness (12 bytes)."""
+        return ChaCha20Poly1305(self._group_key(group, epoch)).encrypt(
+            self._check_nonce(nonce), plaintext, aad
+        )
+
+    def group_decrypt(
+        self, group: str, epoch: int, nonce: bytes, ciphertext: bytes, aad: bytes = b""
+    ) -> bytes:
+        """Open what :meth:`group_encrypt` sealed; raises :class:`AuthenticationError` if it
+        does not authenticate."""
+        aead = ChaCha20Poly1305(self._group_key(group, epoch))
+        try:
+            return aead.decrypt(self._check_nonce(nonce), ciphertext, aad)
+        except InvalidTag:
+            raise AuthenticationError(
+                f"a message for group {group!r} did not authenticate"
+            ) from None
+
+    def new_group_key(self, group: str, epoch: int) -> None:
+        """Draw a fresh 32-byte key for ``group`` at ``epoch`` from this keystore's random
+        source and keep it (the group controller's side of DESIGN.md's oneM2M group keys).
+        Nothing is returned: the key leaves the keystore only sealed, by
+        :meth:`seal_group_key`."""
+        self._check_group(group, epoch)
+        self._groups.setdefault(group, {})[epoch] = _check_rng_output(self._rng(KEY_SIZE), KEY_SIZE)
+
+    def seal_group_key(
+        self, group: str, epoch: int, recipient_public: bytes, info: bytes, aad: bytes = b""
+    ) -> tuple[bytes, bytes]:
+        """The group key of ``epoch`` sealed to ``recipient_public`` by HPKE base mode, as
+        :func:`seal_envelope` seals (RFC 9180 §6.1); returns ``(enc, ct)``.  Raises
+        :class:`NotFoundError` if no key is held for that epoch."""
+        return seal_envelope(recipient_public, self._group_key(group, epoch), info, aad)
+
+    def accept_group_key(
+        self, group: str, epoch: int, enc: bytes, ct: bytes, info: bytes, aad: bytes = b""
+    ) -> None:
+        """Open an envelope sealed to this device by :meth:`seal_group_key` and keep the key
+        it carries as ``group``'s key for ``epoch`` (RFC 9180 §6.1).  The key never comes out:
+        the member's side of DESIGN.md's "secure environment".  Raises
+        :class:`AuthenticationError` if the envelope does not open (not ours, another binding,
+        or altered) and :class:`DecodeError` if what it carries is not a key."""
+        self._check_group(group, epoch)
+        key = self.open_envelope(enc, ct, info, aad)
+        if len(key) != KEY_SIZE:
+            raise DecodeError(f"an envelope for group {group!r} does not carry a group key")
+        self._groups.setdefault(group, {})[epoch] = key
+
+    @staticmethod
+    def _check_group(group: object, epoch: object) -> None:
+        if not isinstance(group, str) or not group:
+            raise ConfigError("a group name must be a non-empty text")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError("a group epoch must be a non-negative integer")
+
+    @staticmethod
+    def _check_nonce(nonce: object) -> bytes:
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_SIZE:
+            raise ConfigError(f"a nonce must be {NONCE_SIZE} bytes")
+        return nonce
+
+    def _group_key(self, group: str, epoch: int) -> bytes:
+        self._check_group(group, epoch)
+        try:
+            return self._groups[group][epoch]
+        except KeyError:
+            raise NotFoundError(f"no key for group {group!r} epoch {epoch}") from None
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """A stored setting (read-only: lists come back as tuples), or ``default``."""
+        return self._settings.get(key, default)
+
+    def settings(self) -> Mapping[str, Any]:
+        """All settings, read-only."""
+        return MappingProxyType(dict(self._settings))
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Store a setting; ``value`` must be plain CBOR data (None, bool, int, float, text,
+        bytes, lists, maps with text or integer keys)."""
+        if not isinstance(key, str) or not key:
+            raise ConfigError("a setting's name must be a non-empty text")
+        self._settings[key] = _freeze(value, f"setting {key!r}")
+
+    def delete_setting(self, key: str) -> None:
+        """Remove a setting; a missing one is not an error."""
+        self._settings.pop(key, None)
