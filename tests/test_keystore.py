@@ -918,3 +918,13 @@ def test_reload_takes_what_another_process_saved(store: Keystore, store_path: Pa
     assert peer.id not in {p.id for p in store.peers()}
     store.reload()
     assert store.get_peer(peer.id) == peer
+
+
+def test_the_core_keystore_asks_for_a_storage_not_a_path(tmp_path: Path) -> None:
+    from pairkit.pairing.keystore import Keystore as CoreKeystore
+
+    for call in (lambda: CoreKeystore.open(tmp_path / "ks", PIN),
+                 lambda: CoreKeystore.create(tmp_path / "ks", PIN, name="x", kdf=FAST)):
+        with pytest.raises(ConfigError, match=r"open one by path use pairkit\.keystore\.Keystore"):
+            call()
+    assert list(tmp_path.iterdir()) == []

@@ -98,6 +98,14 @@ def _check_rng_output(data: bytes, size: int) -> bytes:
     return data
 
 
+def _check_storage(storage: object) -> None:
+    if not isinstance(storage, Storage):
+        raise ConfigError(
+            "this keystore is kept in a Storage (pairkit.pairing.keystore.MemoryStorage, "
+            "pairkit.filestore.FileStorage); to open one by path use pairkit.keystore.Keystore"
+        )
+
+
 class Keystore:
     """The sealed keystore of one device (DESIGN.md "Identification").
 
@@ -161,6 +169,7 @@ class Keystore:
         ``scrypt_n`` instead writes the earlier versions' scrypt format (the upgrade's tests,
         and cheap test keystores: one with ``scrypt_n`` below the default is re-sealed at
         :meth:`Argon2Params.cheapest`).  The PIN needs :data:`MIN_PIN_LENGTH` characters."""
+        _check_storage(storage)
         if not overwrite and storage.exists():
             raise KeystoreError(
                 f"a keystore already exists at {storage.where}; refusing to replace it "
@@ -196,6 +205,7 @@ class Keystore:
         Raises :class:`KeystoreNotFoundError` if there is none, :class:`WrongPinError` for a wrong
         PIN (or a damaged header), :class:`KeystoreCorruptError` for a damaged or truncated file.
         """
+        _check_storage(storage)
         pin_bytes = _pin_bytes(pin)
         data = storage.read(MAX_FILE_SIZE)
         if data is None:
