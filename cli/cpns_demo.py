@@ -118,7 +118,7 @@ def _tap(say: _Say, names: dict[str, str]) -> Any:
     return tap
 
 
-async def _start_server(directory: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_key_server(directory: Path) -> tuple[asyncio.subprocess.Process, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
@@ -131,7 +131,7 @@ async def _start_server(directory: Path) -> tuple[asyncio.subprocess.Process, st
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), SERVER_START_TIMEOUT)
     except TimeoutError:
-        await _stop_server(proc)
+        await stop_key_server(proc)
         raise PairingTimeout("the key server process did not start in time") from None
     try:
         return proc, str(json.loads(line)["listening"])
@@ -140,13 +140,13 @@ async def _start_server(directory: Path) -> tuple[asyncio.subprocess.Process, st
         if proc.stderr is not None:
             with contextlib.suppress(TimeoutError):
                 err = await asyncio.wait_for(proc.stderr.read(), 5)
-        await _stop_server(proc)
+        await stop_key_server(proc)
         raise TransportError(
             f"the key server process failed to start: {err.decode(errors='replace').strip()}"
         ) from None
 
 
-async def _stop_server(proc: asyncio.subprocess.Process) -> int:
+async def stop_key_server(proc: asyncio.subprocess.Process) -> int:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -180,13 +180,13 @@ async def run_cpns_demo(*, quiet: bool) -> dict[str, Any]:
         say.section("The manufacturer sets up its CPNS server (the pairkit key server)")
         d = init_server_dir(tmp / "cpns-server")
         say(f"   CA certificate {d.ca_cert.name} goes into every device; the server runs apart")
-        proc, address = await _start_server(d.root)
+        proc, address = await start_key_server(d.root)
         summary["server"] = address
         say(f"   key server process {proc.pid} listening on {address} (TLS 1.3)")
         try:
             summary["flows"] = await _flows(say, d, address)
         finally:
-            summary["server_exit"] = await _stop_server(proc)
+            summary["server_exit"] = await stop_key_server(proc)
         store = open_store(d.root)
         try:
             summary["server_inventory"] = [

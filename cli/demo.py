@@ -23,13 +23,14 @@ import click
 
 from pairkit.files import get_file, list_files
 from pairkit.keystore import Argon2Params, Keystore
-from pairkit.pairing.cloud import AllowJoin, Grant, Role
+from pairkit.pairing.cloud import AllowJoin, CloudChecked, Grant, Role
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning, Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
 from pairkit.presence import Presence, discover
 from pairkit.securelink import SecureLink
 
+from .cpns_demo import stop_key_server
 from .flows import HostOptions, JoinOptions, run_host, run_join
 from .show import Progress
 
@@ -75,6 +76,8 @@ class Person:
         self.n = n
         self.join = join
         self.prompts: list[str] = []
+        #: the outcomes of this device's cloud checks (True: proved membership)
+        self.checks: list[bool] = []
 
     async def allow_join(self, q: AllowJoin) -> Grant | None:
         self.prompts.append(f"join:{q.name}")
@@ -108,7 +111,16 @@ class Person:
         self.n.say(f"   warning: {event.text}")
 
     async def on_event(self, event: object) -> None:
-        return None
+        if isinstance(event, CloudChecked):
+            self.checks.append(event.member)
+            if event.member:
+                self.n.say(f"   {self.who}'s device proves membership of the host's cloud: it is "
+                           "let in without asking anyone")
+            else:
+                clouds = "cloud" if event.tried == 1 else "clouds"
+                self.n.say(f"   {self.who}'s device tries its {event.tried} {clouds}: the host "
+                           "proves membership of none of them, so authentication through the "
+                           f"cloud fails and {self.who} asks to join instead")
 
 
 async def _open_devices(transport: str, method: Method, names: list[str]) -> tuple[list[Any], Any]:
@@ -166,6 +178,7 @@ async def run_demo(
         # Paul's TV joined Paul's cloud earlier (as 'host --yes' + 'join' with a member grant does).
         tv.set_cloud(cloud.cloud_id, paul._cloud_secret_for_new_member(cloud.cloud_id),
                      name="Paul's cloud", role="member")
+        tv.save()
         for who, ks in (("Paul's phone", paul), ("Paul's TV", tv), ("George's phone", george)):
             n.say(f"   {who:<15} unlocked; id {ks.device_id}")
         n.say("   Paul's phone and Paul's TV share Paul's personal cloud; George is a stranger")
@@ -176,6 +189,13 @@ async def run_demo(
         for i, (name, size) in enumerate(VIDEOS.items()):
             make_mp4_like(share / name, size, bytes([i]) * 32)
 
+        ttp: dict[str, str] = {}
+        server_proc = None
+        if method is Method.TTP:
+            n.section("A key server both trust (method d): Paul's phone and George's phone enrol")
+            server_proc = await _start_key_server(tmp, ttp, n, {"Paul's phone": paul,
+                                                              "George's phone": george})
+            summary["key_server"] = ttp["server"]
         (host_t, tv_t, guest_t), close = await _open_devices(
             transport, method, ["Paul's phone", "Paul's TV", "George's phone"]
         )
@@ -199,6 +219,7 @@ async def run_demo(
                 once=False,
                 json=True, quiet=True, share=share, visible=None,
                 allow_insecure=method is Method.CLEAR,
+                ttp=ttp.get("server"), ttp_ca=ttp.get("ca"),
             )
             host_task = asyncio.create_task(run_host(
                 paul, host_opts, emit=host_results.append, ready=ready, transport_obj=host_t,
@@ -261,6 +282,7 @@ async def run_demo(
                 target=target if transport != "loopback" else "loopback",
                 transport=transport, method=method, pin=pin, qr=qr, yes=True, json=True,
                 allow_insecure=method is Method.CLEAR, wants=Role.GUEST,
+                ttp=ttp.get("server"), ttp_ca=ttp.get("ca"),
             )
             # Paul's answers are narrated as they are asked; the PIN step comes between.
             original_join = paul_person.allow_join
@@ -273,6 +295,9 @@ async def run_demo(
                     n.say(f"   Paul's screen shows PIN {pin}; George types it")
                 elif method is Method.QR:
                     n.say("   George scans the QR code on Paul's screen")
+                elif method is Method.TTP:
+                    n.say("   each phone asks the key server for a key for the other; the server "
+                          "hands it to both, sealed to each phone's enrolled key")
                 return grant
 
             paul_person.allow_join = join_then_key  # type: ignore[method-assign]
@@ -293,6 +318,8 @@ async def run_demo(
             summary["bytes_fetched"] = sum(f["bytes"] for f in summary["fetched"])
             summary["sha256_match"] = all(f["sha256_match"] for f in summary["fetched"])
             summary["prompts"] = list(paul_person.prompts)
+            summary["cloud_checks"] = {"george": ["member" if m else "failed"
+                                                  for m in george_person.checks]}
             n.say(f"   Paul was asked {len(paul_person.prompts)} times: join, the listing and "
                   "the first video; the session grant covered the second")
             n.say(f"   session fingerprints: George {session.fingerprint}, "
@@ -308,7 +335,8 @@ async def run_demo(
                     target=_address(host_t) if transport != "loopback" else "loopback",
                     transport=transport, method=Method.PIN, pin=state.pin, yes=True, json=True,
                 )
-                await run_join(tv, tv_opts, transport_obj=tv_t, delegate=Person("TV", n),
+                tv_person = Person("Paul's TV", n)
+                await run_join(tv, tv_opts, transport_obj=tv_t, delegate=tv_person,
                                address=None if transport != "loopback" else _address(host_t))
                 n.say("   first visit: the cloud check proves membership (no join prompt), "
                       "then a PIN")
@@ -316,10 +344,12 @@ async def run_demo(
                 again, _ = await run_join(
                     tv, JoinOptions(target="Paul's phone", transport=transport, yes=True,
                                     json=True),
-                    transport_obj=tv_t, delegate=Person("TV", n),
+                    transport_obj=tv_t, delegate=tv_person,
                     address=_address(host_t),
                 )
                 asked = len(paul_person.prompts) - prompts_before
+                summary["cloud_checks"]["tv"] = ["member" if m else "failed"
+                                                 for m in tv_person.checks]
                 summary["resume"] = {"method": again.method.label, "prompts": asked,
                                      "seconds": round(time.perf_counter() - t1, 4),
                                      "session": again.fingerprint}
@@ -332,9 +362,37 @@ async def run_demo(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await host_task
             await close()
+            if server_proc is not None:
+                await stop_key_server(server_proc)
     summary["timings"] = n.timings
     n.say("\nDone: George played Paul's videos." if summary.get("sha256_match") else "\nDone.")
     return summary
+
+
+async def _start_key_server(
+    tmp: Path, out: dict[str, str], n: Narrator, devices: dict[str, Keystore]
+) -> asyncio.subprocess.Process:
+    """A key server process in ``tmp`` (as ``pairkit ttp init`` and ``ttp serve`` make one), and
+    ``devices`` enrolled with it (as ``pairkit ttp enroll`` does); its address and CA in ``out``."""
+    from pairkit.keyserver.certs import init_server_dir
+    from pairkit.peers import local_identity
+    from pairkit.ttp import enrol
+
+    from .cpns_demo import start_key_server
+
+    d = init_server_dir(tmp / "keyserver")
+    proc, address = await start_key_server(d.root)
+    out.update(server=address, ca=str(d.ca_cert))
+    n.say(f"   the key server runs apart (process {proc.pid}, {address}, TLS 1.3); its CA "
+          "certificate is in every device")
+    try:
+        for who, ks in devices.items():
+            await enrol(address, d.ca_cert, local_identity(ks))
+            n.say(f"   {who} enrols: it proves it holds its key, the server remembers it")
+    except BaseException:
+        await stop_key_server(proc)
+        raise
+    return proc
 
 
 def _describe(found: list[Any]) -> str:

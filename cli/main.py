@@ -595,8 +595,10 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
 @click.option("--transport", "-t", type=click.Choice(["bumble:virtual", "loopback"]),
               default="bumble:virtual", show_default=True,
               help="Where the devices meet: BLE on virtual controllers, or in memory.")
-@click.option("--method", "-m", type=click.Choice(["pin", "qr", "compare", "clear"]),
-              default="pin", show_default=True, help="How George and Paul agree a key.")
+@click.option("--method", "-m", type=click.Choice(["pin", "qr", "compare", "clear", "ttp"]),
+              default="pin", show_default=True,
+              help="How George and Paul agree a key (ttp: through a key server process the "
+                   "demo starts and both phones enrol with).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
     """Run the Paul-and-George scenario in one process, narrated step by step.

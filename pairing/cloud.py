@@ -56,7 +56,7 @@ from typing import Any, ClassVar
 from . import keyschedule
 from .crypto import Rng, same
 from .errors import AuthenticationError, NotFoundError, ProtocolError, RefusedError
-from .machine import DONE, Machine, Question, Step, step
+from .machine import DONE, Event, Machine, Question, Step, step
 from .wire import Message, field, message
 
 #: (cloud id, data) -> MAC under that cloud's auth key (the keystore's cloud_mac)
@@ -121,6 +121,20 @@ class AllowJoin(Question):
     hook: ClassVar[str] = "allow_join"
     name: str
     wants: Role
+
+
+@dataclasses.dataclass(frozen=True)
+class CloudChecked(Event):
+    """The guest's cloud check has an outcome (DESIGN.md step 3; the webinos steps 9 and 10,
+    "try the cloud", "authentication failed").
+
+    ``member`` is True when the host accepted the guest's membership proof (provisional until
+    :meth:`CloudGuest.bind`, like everything the cloud step says); False when the host proved
+    membership of none of the ``tried`` clouds the guest offered, and the guest now asks the
+    host's owner to let it in."""
+
+    member: bool
+    tried: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +226,7 @@ class CloudGuest(Machine):
 
     def _on_reply(self, msg: CloudReply, now: float) -> None:
         if msg.proof is None or msg.index is None:
+            self._emit(CloudChecked(member=False, tried=len(self.clouds)))
             self._ask_join(now)
             return
         if msg.index >= len(self.clouds):
@@ -228,6 +243,7 @@ class CloudGuest(Machine):
     def _on_verdict(self, msg: CloudVerdict, now: float) -> None:
         if not msg.member:
             raise AuthenticationError("the host did not accept the cloud proof")
+        self._emit(CloudChecked(member=True, tried=len(self.clouds)))
         self.role = Role.MEMBER
         self._finish()
 

@@ -52,6 +52,16 @@ class PairResult:
         self.questions: list[tuple[str, Any]] = []
 
     @property
+    def asked(self) -> list[tuple[str, Any]]:
+        """(side, question) of the events that wait for an answer (``Question``), in order."""
+        return [(s, e) for s, e in self.questions if isinstance(e, Question)]
+
+    @property
+    def told(self) -> list[tuple[str, Any]]:
+        """(side, event) of the events that only inform (not a ``Question``), in order."""
+        return [(s, e) for s, e in self.questions if not isinstance(e, Question)]
+
+    @property
     def guest_error(self) -> PairingError | None:
         return self.errors.get("guest")
 

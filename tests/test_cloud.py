@@ -11,6 +11,7 @@ import pytest
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import (
     AllowJoin,
+    CloudChecked,
     CloudGuest,
     CloudHello,
     CloudHost,
@@ -45,7 +46,9 @@ def test_a_member_proves_membership_in_four_flights() -> None:
     assert guest.role is host.role is Role.MEMBER
     assert guest.cloud_id == host.cloud_id == "pauls-cloud"
     assert len(r.flights) == 4
-    assert not r.questions  # no prompt for a member
+    assert not r.asked  # no prompt for a member
+    # the guest's side is told the outcome (the demo and the CLI narrate it)
+    assert r.told == [("guest", CloudChecked(member=True, tried=2))]
 
 
 def test_a_stranger_asks_to_join_and_the_owner_decides() -> None:
@@ -55,8 +58,10 @@ def test_a_stranger_asks_to_join_and_the_owner_decides() -> None:
     host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
-    [(side, question)] = r.questions
+    [(side, question)] = r.asked
     assert side == "host" and isinstance(question, AllowJoin)
+    # webinos steps 9-10: the guest learns its cloud proof got nowhere before it asks to join
+    assert r.told == [("guest", CloudChecked(member=False, tried=1))]
     assert question.name == "George's phone" and question.wants is Role.GUEST
     host.answer(question, Grant(Role.GUEST, 3600), 1.0)
     shuttle(guest, host)
@@ -84,7 +89,9 @@ def test_a_wrong_cloud_secret_is_a_stranger_not_a_member() -> None:
     guest.start(0.0)
     r = shuttle(guest, host)
     assert host.role is Role.STRANGER
-    assert isinstance(r.questions[0][1], AllowJoin)
+    assert isinstance(r.asked[0][1], AllowJoin)
+    # a forged secret makes no proof the host accepts: the guest is told it is no member
+    assert r.told == [("guest", CloudChecked(member=False, tried=1))]
 
 
 def test_a_host_without_the_secret_cannot_fake_the_proof() -> None:
@@ -160,7 +167,7 @@ def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
     host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
-    assert not r.questions and guest.role is Role.GUEST
+    assert not r.asked and guest.role is Role.GUEST
     assert host.claimed == b"d" * 16  # the flow checks it against the pairing's peer
 
 
