@@ -29,6 +29,7 @@ from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
 from pairkit.presence import Presence, discover
 from pairkit.securelink import SecureLink
+from pairkit.session import name_hosts
 
 from .cpns_demo import stop_key_server
 from .flows import HostOptions, JoinOptions, run_host, run_join
@@ -235,6 +236,11 @@ async def run_demo(
             n.say("   the hello gets a new tag and the phone a new address")
             found, _ = await discover(guest_t, george, 0.3)
             n.say(f"   George's phone scans: {_describe(found)}")
+            found = await name_hosts(guest_t, george, found)
+            for f in found:
+                if f.hello.visible and f.name:
+                    n.say(f"   George's phone asks {f.address} who it is (its hello response): "
+                          f"{f.name!r}; George picks it by that name")
             joinable = [f for f in found if f.hello.visible]
             if not joinable:
                 raise click.ClickException("George's phone did not hear a joinable host")

@@ -18,7 +18,7 @@ from typing import Any
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
 from pairkit.keystore import Keystore
-from pairkit.pairing.cloud import Role
+from pairkit.pairing.cloud import Role, is_probe
 from pairkit.pairing.errors import (
     ConfigError,
     NotFoundError,
@@ -42,7 +42,15 @@ from pairkit.pairing.service import (
 )
 from pairkit.presence import Presence, discover
 from pairkit.securelink import SecureLink
-from pairkit.session import GuestSide, HostSide, TtpHook, accept_loop, accept_session, open_session
+from pairkit.session import (
+    GuestSide,
+    HostSide,
+    TtpHook,
+    accept_loop,
+    accept_session,
+    name_hosts,
+    open_session,
+)
 from pairkit.session import resolve_target as resolve
 
 from . import store
@@ -177,7 +185,7 @@ async def run_host(
     paired = 0
     stop = asyncio.Event()
 
-    async def serve_one(link: Any) -> None:
+    async def serve_one(link: Any) -> bool | None:
         nonlocal paired
         tried: list[HostPairing] = []  # the pairing machine, once made (see finally)
         try:
@@ -205,9 +213,12 @@ async def run_host(
             if opts.once:
                 stop.set()
         except PairingError as exc:
-            info(f"error: guest {link.peer}: {exc}")
             with contextlib.suppress(Exception):
                 await link.close()
+            if is_probe(exc):  # it only asked who this host is (discover, join NAME)
+                info(f"{link.peer} asked who this host is", quiet=quiet)
+                return False
+            info(f"error: guest {link.peer}: {exc}")
         finally:
             if not opts.once and Method.PIN in opts.methods and state.pin is None:
                 state.new_pin()
@@ -297,7 +308,14 @@ async def run_join(
     """Connect, check the cloud, pair, confirm, store; the session and the guest's role."""
     from pairkit.transports.registry import open_transport
 
-    spec, found_address, peer = resolve_target(ks, opts)
+    by_name: str | None = None
+    try:
+        spec, found_address, peer = resolve_target(ks, opts)
+    except NotFoundError:
+        if not opts.transport or not opts.transport.startswith(("bumble:", "bleak")):
+            raise
+        # A stranger's name (the hello response): look for a visible host of that name.
+        spec, found_address, peer, by_name = opts.transport, None, None, opts.target
     address = address or found_address
     method = opts.method or (Method.RESUME if peer is not None else None)
     if method is None:
@@ -325,7 +343,7 @@ async def run_join(
         ks, config, method, transport=spec,
         address=spec if spec.startswith("tcp:") else None, pin=opts.pin, qr=opts.qr,
         peer=peer, wants=opts.wants, clouds=opts.clouds, step_timeout=opts.step_timeout,
-        allow_insecure=opts.allow_insecure,
+        allow_insecure=opts.allow_insecure, expect_name=by_name,
         ttp=_guest_ttp(opts, ks, peer, guest_delegate) if method is Method.TTP else None,
     )
     transport = transport_obj or await open_transport(spec)
@@ -345,6 +363,8 @@ async def run_join(
                 await link.close()
 
     try:
+        if by_name is not None and address is None:
+            address = await _host_named(transport, ks, by_name, quiet=opts.json)
         try:
             return await connect_and_pair(address)
         except (PairingTimeout, TransportError) as exc:
@@ -388,6 +408,28 @@ def _guest_ttp(
         )
 
     return run
+
+
+async def _host_named(transport: Any, ks: Keystore, name: str, *, quiet: bool,
+                      seconds: float = 3.0) -> str:
+    """The address of the visible host nearby that says it is called ``name``."""
+    info(f"looking for a host called {name!r} nearby", quiet=quiet)
+    found, _ = await discover(transport, ks, seconds)
+    named = await name_hosts(transport, ks, found)
+    matches = [f.address for f in named if f.name == name]
+    if not matches:
+        heard = sorted({f.name for f in named if f.name})
+        also = f" (heard: {', '.join(repr(n) for n in heard)})" if heard else ""
+        raise NotFoundError(
+            f"no host called {name!r} is open to new devices nearby{also}; ask its owner to "
+            "open a visibility window (pairkit host --visible SECONDS)"
+        )
+    if len(matches) > 1:
+        raise ConfigError(
+            f"{len(matches)} hosts nearby are called {name!r}: join one by its address "
+            f"({', '.join(matches)})"
+        )
+    return matches[0]
 
 
 async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float) -> list[str]:

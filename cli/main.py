@@ -345,13 +345,15 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
          qr_uri: str | None, qr_image: str | None, allow_insecure: bool, yes: bool,
          timeout: float, as_json: bool, ttp_server: str | None, ttp_ca: str | None,
          ttp_peer: str | None) -> None:
-    """Pair with TARGET: tcp:HOST:PORT, a BLE address from 'discover', or a known peer's name.
+    """Pair with TARGET: tcp:HOST:PORT, a BLE address from 'discover', a known peer's name,
+    or over a radio the name a visible host gives (its hello response).
 
     \b
     Examples:
       pairkit join tcp:127.0.0.1:7000 --method pin --pin 123456
       pairkit join tcp:127.0.0.1:7000 --qr 'pairkit:qr?v=1&k=...'
       pairkit join "Paul's phone"              (a known peer: resumes with no prompt)
+      pairkit join "Paul's phone" -t bumble:usb:0 --pin 123456   (a stranger, by its name)
     """
     from pairkit.pairing.errors import ConfigError
     from pairkit.pairing.negotiation import Method
@@ -398,15 +400,20 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
               help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
                    "[default: the policy's [discover] transport, else bumble:usb:0]")
 @click.option("--timeout", type=float, default=None, help="Seconds to listen [default: 3].")
+@click.option("--names/--no-names", default=True, show_default=True,
+              help="Ask each joinable host (and each of your clouds' hosts) its name over a "
+                   "short connection: its owner is asked nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
-def discover(transport: str | None, timeout: float | None, as_json: bool) -> None:
+def discover(transport: str | None, timeout: float | None, names: bool, as_json: bool) -> None:
     """List the pairkit hosts around: your clouds' devices by cloud, then strangers.
 
     Hosts of your clouds are recognised by their rotating hello tag; other hosts appear only
-    while their owner has opened a visibility window (private ones are listed as such).
-    Join one with: pairkit join ADDRESS --transport T.
+    while their owner has opened a visibility window (private ones are listed as such).  A
+    joinable host tells its name over a short connection (its hello response).  Join one with:
+    pairkit join ADDRESS --transport T, or pairkit join NAME --transport T.
     """
     from pairkit.presence import discover as scan
+    from pairkit.session import name_hosts
     from pairkit.transports.registry import open_transport
 
     from .common import emit_json, home_path, info, run_async, unlock
@@ -420,7 +427,10 @@ def discover(transport: str | None, timeout: float | None, as_json: bool) -> Non
     async def go() -> tuple[list[Any], int]:
         t = await open_transport(transport)
         try:
-            return await scan(t, ks, timeout)
+            found, garbage = await scan(t, ks, timeout)
+            if names:
+                found = await name_hosts(t, ks, found)
+            return found, garbage
         finally:
             await t.close()
 
@@ -437,7 +447,7 @@ def discover(transport: str | None, timeout: float | None, as_json: bool) -> Non
             click.echo(f"{cloud}:" if cloud else "strangers:")
         methods = ",".join(sorted(m.label for m in f.hello.methods)) or "-"
         state = "joinable" if f.hello.visible else "private"
-        name = f.name or "(name given on connection)"
+        name = f.name or ("(did not say)" if names and f.hello.visible else "-")
         click.echo(f"  {f.address:<20} rssi {f.rssi if f.rssi is not None else '?':>4}  "
                    f"{state:<9} {methods:<28} {name}")
     if garbage:

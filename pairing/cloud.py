@@ -55,9 +55,16 @@ from typing import Any, ClassVar
 
 from . import keyschedule
 from .crypto import Rng, same
-from .errors import AuthenticationError, NotFoundError, ProtocolError, RefusedError
+from .errors import (
+    AuthenticationError,
+    ErrorCode,
+    NotFoundError,
+    ProtocolError,
+    RefusedError,
+)
 from .machine import DONE, Event, Machine, Question, Step, step
-from .wire import Message, field, message
+from .negotiation import ALL_CAPS, Caps, Method, methods_from_mask, methods_mask
+from .wire import Abort, Message, field, message
 
 #: (cloud id, data) -> MAC under that cloud's auth key (the keystore's cloud_mac)
 CloudMac = Callable[[str, bytes], bytes]
@@ -80,12 +87,17 @@ class CloudHello(Message):
     hints: tuple[bytes, ...] = field(3, size=8, max_len=MAX_HINTS, default=())
 
 
-@message(type_id=31, max_size=128)
+@message(type_id=31, max_size=256)
 class CloudReply(Message):
     nonce: bytes = field(2, size=16)
     proof: bytes | None = field(3, size=32, default=None)
     #: which of the guest's hints matched (when there is a proof)
     index: int | None = field(4, default=None)
+    #: the hello response (webinos): the host's name, methods and capabilities, sent to a member
+    #: or while the host is open to strangers; absent from a private host to a stranger
+    name: str | None = field(5, max_len=64, default=None)
+    methods: int | None = field(6, default=None)
+    caps: int | None = field(7, default=None)
 
 
 @message(type_id=32, max_size=128)
@@ -124,6 +136,23 @@ class AllowJoin(Question):
 
 
 @dataclasses.dataclass(frozen=True)
+class HostInfo:
+    """What a host says of itself in its :class:`CloudReply`, before any join request: the
+    webinos "hello response" that lets a person pick a device by name.
+
+    It is a claim, not a proof: it is hashed into the transcript like everything of the cloud
+    step (docs/protocol.md §2), so the pairing that follows fails if anyone altered it on the
+    way, and the guest checks after the pairing that the proven peer carries this name."""
+
+    name: str
+    methods: frozenset[Method]
+    caps: Caps
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "methods": sorted(m.label for m in self.methods)}
+
+
+@dataclasses.dataclass(frozen=True)
 class CloudChecked(Event):
     """The guest's cloud check has an outcome (DESIGN.md step 3; the webinos steps 9 and 10,
     "try the cloud", "authentication failed").
@@ -131,10 +160,11 @@ class CloudChecked(Event):
     ``member`` is True when the host accepted the guest's membership proof (provisional until
     :meth:`CloudGuest.bind`, like everything the cloud step says); False when the host proved
     membership of none of the ``tried`` clouds the guest offered, and the guest now asks the
-    host's owner to let it in."""
+    host's owner to let it in.  ``host`` is what the host said of itself, when it said it."""
 
     member: bool
     tried: int
+    host: HostInfo | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +211,7 @@ class CloudGuest(Machine):
     """The guest: proves membership of ``cloud_id`` (if any), else asks to join as ``wants``."""
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
-        (S_REPLY, CloudReply): step("_on_reply", S_VERDICT, S_JOIN),
+        (S_REPLY, CloudReply): step("_on_reply", S_VERDICT, S_JOIN, DONE),
         (S_VERDICT, CloudVerdict): step("_on_verdict", DONE),
         (S_JOIN, JoinVerdict): step("_on_join_verdict", DONE),
     }
@@ -198,10 +228,18 @@ class CloudGuest(Machine):
         device_id: bytes | None = None,
         timeout: float = 30.0,
         answer_time: float = 180.0,
+        expect_name: str | None = None,
+        probe: bool = False,
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_START)
         self.name = name
+        #: join only a host that says it is called this (``pairkit join NAME``)
+        self.expect_name = expect_name
+        #: only ask the host who it is, then stop (``pairkit discover`` filling in names)
+        self.probe = probe
+        #: what the host said of itself in its reply (None: it said nothing)
+        self.host: HostInfo | None = None
         self._static = _check_static(static)
         self._host_proof: bytes | None = None
         self._bound = False
@@ -225,8 +263,18 @@ class CloudGuest(Machine):
         self._expect_by(now + self.timeout, "the host did not answer the cloud check")
 
     def _on_reply(self, msg: CloudReply, now: float) -> None:
+        self.host = _host_info(msg)
+        if self.probe:
+            # Looked, and leaves: tell the host so, so that it does not wait nor count a failure.
+            self._send(Abort(code=ErrorCode.CLOSED, reason=PROBE_REASON))
+            self._finish()
+            return
+        named = self.host.name if self.host is not None else None
+        if self.expect_name is not None and named != self.expect_name:
+            said = f"is {self.host.name!r}" if self.host is not None else "did not say its name"
+            raise NotFoundError(f"this host {said}, not {self.expect_name!r}")
         if msg.proof is None or msg.index is None:
-            self._emit(CloudChecked(member=False, tried=len(self.clouds)))
+            self._emit(CloudChecked(member=False, tried=len(self.clouds), host=self.host))
             self._ask_join(now)
             return
         if msg.index >= len(self.clouds):
@@ -243,7 +291,7 @@ class CloudGuest(Machine):
     def _on_verdict(self, msg: CloudVerdict, now: float) -> None:
         if not msg.member:
             raise AuthenticationError("the host did not accept the cloud proof")
-        self._emit(CloudChecked(member=True, tried=len(self.clouds)))
+        self._emit(CloudChecked(member=True, tried=len(self.clouds), host=self.host))
         self.role = Role.MEMBER
         self._finish()
 
@@ -259,6 +307,14 @@ class CloudGuest(Machine):
         self.role = msg.role
         self.seconds = msg.seconds
         self._finish()
+
+    def check_name(self, proven_name: str) -> None:
+        """After the pairing: the name the host gave in its reply must be the one its proven
+        identity carries (a host cannot show one name to be picked and pair as another)."""
+        if self.host is not None and self.host.name != proven_name:
+            raise AuthenticationError(
+                f"the host said it was {self.host.name!r} but paired as {proven_name!r}"
+            )
 
     def bind(self, host_static: bytes) -> None:
         """Check the host's cloud proof against the key the pairing proved it holds.
@@ -297,9 +353,11 @@ class CloudHost(Machine):
         known_grant: Callable[[bytes], Grant | None] = lambda _id: None,
         open_to_strangers: Callable[[], bool] = lambda: True,
         timeout: float = 30.0,
+        info: HostInfo | None = None,
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_HELLO)
+        self._info = info
         self.clouds = clouds
         self._mac = mac
         self._static = _check_static(static)
@@ -333,7 +391,16 @@ class CloudHost(Machine):
                     break
             if proof is not None:
                 break
-        self._send(CloudReply(self._nh, proof, index))
+        # The hello response goes to members and, while the host is open, to strangers: a
+        # private host says nothing of itself to a device it does not know.
+        info = self._info if self._info is not None and (proof is not None or self._open()) \
+            else None
+        self._send(CloudReply(
+            self._nh, proof, index,
+            name=info.name if info else None,
+            methods=methods_mask(info.methods) if info else None,
+            caps=int(info.caps) if info else None,
+        ))
         self.state = S_PROOF if proof is not None else S_JOIN_REQ
         self._expect_by(now + self.timeout, "the guest did not answer the cloud check")
 
@@ -396,6 +463,25 @@ class CloudHost(Machine):
         self.role = value.role
         self._send(JoinVerdict(value.role, value.seconds))
         self._finish()
+
+
+#: the reason a guest that only asked who the host is gives when it leaves
+PROBE_REASON = "only asked who the host is"
+
+
+def is_probe(exc: BaseException) -> bool:
+    """Whether ``exc`` (a host's error) is a guest leaving after the hello response."""
+    return getattr(exc, "code", None) == ErrorCode.CLOSED and PROBE_REASON in str(exc)
+
+
+def _host_info(msg: CloudReply) -> HostInfo | None:
+    if msg.name is None:
+        return None
+    return HostInfo(
+        name=msg.name,
+        methods=methods_from_mask(msg.methods or 0),
+        caps=Caps(msg.caps or 0) & ALL_CAPS,
+    )
 
 
 def auth_mac_from(cloud_kdf: Callable[[str, bytes, int], bytes]) -> CloudMac:

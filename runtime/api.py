@@ -34,14 +34,22 @@ from .files import (
     serve_guest,
 )
 from .keystore import Argon2Params, Keystore
-from .pairing.cloud import Role
+from .pairing.cloud import HostInfo, Role, is_probe
 from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
 from .pairing.methods import PairingConfig, PinPolicy
 from .pairing.negotiation import ALL_CAPS, Method
 from .pairing.qr import QrCode
 from .pairing.service import FileEntry, GrantPolicy, Membership
 from .presence import Presence
-from .session import Established, GuestSide, HostSide, accept_session, open_session, resolve_target
+from .session import (
+    Established,
+    GuestSide,
+    HostSide,
+    accept_session,
+    ask_host,
+    open_session,
+    resolve_target,
+)
 
 __all__ = ["Device", "Fetched", "FileEntry", "Host", "PeerInfo", "Session"]
 
@@ -274,17 +282,21 @@ class Host:
         import asyncio
 
         side = self._ready()
+        listener = self._listener
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    link = await self._listener.accept()
+                    if self._listener is None:  # the host closed while this waited
+                        raise LinkClosedError("the host is closed")
+                    link = await listener.accept()
                     try:
                         done = await accept_session(
                             link, side, delegate=self._delegate, clock=self._device.clock
                         )
                     except PairingError as exc:
                         await _close_quietly(link)
-                        await self._delegate.on_event(GuestFailed(str(link.peer), str(exc)))
+                        if not is_probe(exc):  # one that only asked who we are did not fail
+                            await self._delegate.on_event(GuestFailed(str(link.peer), str(exc)))
                         continue
                     finally:
                         if Method.PIN in self._methods and side.state.pin is None:
@@ -408,13 +420,16 @@ class Device:
         method: str | Method | None = None, pin: str | None = None, qr: str | None = None,
         delegate: Delegate | None = None, wants: str = "guest",
         step_timeout: float = 30.0, connect_timeout: float = 20.0,
+        expect_name: str | None = None,
     ) -> Session:
         """Pair with the host at ``target`` and return the session.
 
         ``target``: a transport name (``tcp:HOST:PORT``, ``loopback:NAME``), a BLE address
         with ``transport`` naming the radio (or an open transport object), or a known peer's
         name (it resumes).  ``method`` defaults to ``resume`` for a known peer, ``qr`` when a
-        ``qr`` URI is given, else ``pin``.  ``wants``: ``"guest"`` or ``"member"``."""
+        ``qr`` URI is given, else ``pin``.  ``wants``: ``"guest"`` or ``"member"``.
+        ``expect_name``: join only if the host says it has this name (:meth:`ask`); the
+        pairing then checks that the proven host carries it."""
         from .transports.registry import open_transport
 
         ks = self.keystore
@@ -439,7 +454,7 @@ class Device:
         side = GuestSide(
             ks, config, m, transport=spec, address=spec if spec.startswith("tcp:") else None,
             pin=pin, qr=QrCode.parse(qr) if qr is not None else None, peer=peer,
-            wants=role, step_timeout=step_timeout,
+            wants=role, step_timeout=step_timeout, expect_name=expect_name,
         )
         given = None if transport is None or isinstance(transport, str) else transport
         t = given or await open_transport(spec)
@@ -455,6 +470,28 @@ class Device:
             raise
         return Session(done, role="guest", clock=self.clock,
                        owned_transport=t if given is None else None)
+
+    async def ask(
+        self, target: str, *, transport: str | Any | None = None, timeout: float = 10.0,
+    ) -> HostInfo | None:
+        """Ask the host at ``target`` who it is, without asking to join (the webinos hello
+        response): its name, methods and capabilities, or ``None`` from a host that is not
+        open to strangers and does not know this device.  Its owner is asked nothing.  The
+        answer is the host's claim; :meth:`join` with ``expect_name`` holds it to it."""
+        from .transports.registry import open_transport
+
+        spec_hint = transport if isinstance(transport, str) else (
+            None if transport is None else _label(transport)
+        )
+        spec, address, _ = resolve_target(self.keystore, target, spec_hint)
+        given = None if transport is None or isinstance(transport, str) else transport
+        t = given or await open_transport(spec)
+        try:
+            link = await t.connect(address, timeout=timeout)
+            return await ask_host(link, self.keystore, timeout=timeout, clock=self.clock)
+        finally:
+            if given is None:
+                await _close_quietly(t)
 
     def __repr__(self) -> str:
         return f"<pairkit.Device {self.name!r} {self.fingerprint}>"

@@ -32,7 +32,7 @@ from . import peers
 from .clock import SYSTEM_CLOCK, Clock
 from .driver import MessagePipe, drive, replay_first
 from .files import receive_membership
-from .pairing.cloud import CloudGuest, CloudHost, Role, auth_mac_from
+from .pairing.cloud import CloudGuest, CloudHost, HostInfo, Role, auth_mac_from
 from .pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -64,6 +64,8 @@ __all__ = [
     "TtpHook",
     "accept_loop",
     "accept_session",
+    "ask_host",
+    "name_hosts",
     "open_session",
     "resolve_target",
 ]
@@ -136,6 +138,9 @@ class GuestSide:
     wants: Role = Role.GUEST
     #: the clouds to prove membership of (None: every cloud this device is in)
     clouds: tuple[str, ...] | None = None
+    #: join only a host that says it has this name (its hello response; checked again once
+    #: the pairing proved the host's identity)
+    expect_name: str | None = None
     step_timeout: float = 30.0
     allow_insecure: bool = False
     cloud_step: bool = True
@@ -167,6 +172,7 @@ async def accept_session(
             mac=_cloud_mac(ks), static=me.static_public,
             known_grant=lambda device_id: peers.peer_grant(ks, device_id, clock.wall()),
             open_to_strangers=side.open_to_strangers, timeout=side.step_timeout,
+            info=HostInfo(name=me.name, methods=side.config.methods, caps=side.config.caps),
         )
         cloud.start(clock.monotonic())
         await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
@@ -291,7 +297,7 @@ async def open_session(
         cloud = CloudGuest(
             name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
             wants=side.wants, device_id=me.device_id if side.peer is not None else None,
-            timeout=side.step_timeout,
+            timeout=side.step_timeout, expect_name=side.expect_name,
         )
         cloud.start(clock.monotonic())
         await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
@@ -308,6 +314,7 @@ async def open_session(
         session = machine.session
     if cloud is not None:
         cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
+        cloud.check_name(session.peer.name)  # and the name it gave is the proven one's
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=False)
     if machine is not None and machine.stale_prekey is not None and side.peer is not None:
@@ -354,9 +361,47 @@ async def _take_membership(
         )
 
 
+async def ask_host(link: Any, ks: Keystore, *, timeout: float = 10.0,
+                   clock: Clock = SYSTEM_CLOCK) -> HostInfo | None:
+    """Ask the host at the other end of ``link`` who it is (its hello response: name,
+    methods, capabilities) and leave, without asking to join; ``None`` when it does not say
+    (a private host says nothing to a stranger).  The host's owner is not asked anything.
+    The link is closed on return.  What the host says is a claim: see :class:`HostInfo`."""
+    me = peers.local_identity(ks)
+    probe = CloudGuest(name=me.name, clouds=(), mac=_cloud_mac(ks), static=me.static_public,
+                       timeout=timeout, probe=True)
+    try:
+        probe.start(clock.monotonic())
+        await drive(probe, MessagePipe(link, guest=True), clock=clock.monotonic)
+        return probe.host
+    finally:
+        with contextlib.suppress(Exception):
+            await link.close()
+
+
+async def name_hosts(
+    transport: Any, ks: Keystore, found: list[Any], *, timeout: float = 5.0,
+    clock: Clock = SYSTEM_CLOCK,
+) -> list[Any]:
+    """``found`` (:class:`pairkit.presence.Found`, from a scan) with the names filled in that a
+    short connection gets: each host that is open to strangers, or one of this device's clouds,
+    is asked who it is (:func:`ask_host`).  A host that does not answer keeps no name."""
+    out = []
+    for f in found:
+        if f.name is None and (f.hello.visible or f.cloud is not None):
+            info = None
+            with contextlib.suppress(PairingError):
+                link = await transport.connect(f.address, timeout=timeout)
+                info = await ask_host(link, ks, timeout=timeout, clock=clock)
+            if info is not None:
+                f = dataclasses.replace(f, name=info.name)
+        out.append(f)
+    return out
+
+
 async def accept_loop(
     listener: Any,
-    handle: Callable[[Any], Awaitable[None]],
+    handle: Callable[[Any], Awaitable[bool | None]],
     *,
     concurrent: int = 4,
     stop: asyncio.Event | None = None,
@@ -367,17 +412,19 @@ async def accept_loop(
     ``stop`` is set, after one link with ``once``, or until cancelled.
 
     ``handle`` owns its link; what it raises is its own business (a guest that fails never
-    stops the host).  A failed accept is reported to ``on_error`` and the loop goes on; a
-    listener that closed (:class:`LinkClosedError`) ends it with that error.  On the way out
-    every running handler is cancelled.
+    stops the host).  A handler that returns ``False`` says its link was not a guest (a device
+    that only asked who the host is): ``once`` waits for the next.  A failed accept is
+    reported to ``on_error`` and the loop goes on; a listener that closed
+    (:class:`LinkClosedError`) ends it with that error.  On the way out every running handler
+    is cancelled.
     """
     stop = stop or asyncio.Event()
     slots = asyncio.Semaphore(concurrent)
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Task[bool | None]] = set()
 
-    async def run(link: Any) -> None:
+    async def run(link: Any) -> bool | None:
         try:
-            await handle(link)
+            return await handle(link)
         finally:
             slots.release()
 
@@ -406,8 +453,7 @@ async def accept_loop(
             task = asyncio.create_task(run(link))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            if once:
-                await task
+            if once and await task is not False:  # False: that link was not a guest
                 break
     finally:
         if accept is not None:

@@ -25,7 +25,7 @@ from pairkit import peers as store
 from pairkit.driver import MessagePipe, drive
 from pairkit.keystore import Keystore, Peer
 from pairkit.pairing import wire
-from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, HostInfo, Role
 from pairkit.pairing.crypto import digest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
@@ -219,6 +219,8 @@ class EvilHost:
     errors: list[PairingError] = dataclasses.field(default_factory=list)
     sent: list[Membership] = dataclasses.field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    #: the name its hello response gives (None: its own); a lie is the point of some attacks
+    says_name: str | None = None
 
     @property
     def target(self) -> str:
@@ -231,7 +233,9 @@ class EvilHost:
             try:
                 pipe = MessagePipe(link, guest=False)
                 cloud = CloudHost(clouds=(), mac=lambda _c, _d: bytes(32),
-                                  static=self.me.static_public, timeout=STEP)
+                                  static=self.me.static_public, timeout=STEP,
+                                  info=HostInfo(self.says_name or self.me.name,
+                                                frozenset({Method.PIN}), ALL_CAPS))
                 cloud.start(loop.time())
                 await drive(cloud, pipe, delegate=Yes(self.grant))
                 machine = HostPairing(
@@ -262,15 +266,17 @@ class EvilHost:
         await self.listener.close()
 
 
-async def evil_host(grant: Grant, craft: Callable[[Session], Membership]) -> EvilHost:
-    """Start a malicious host on a free port (PIN from ``state.pin``)."""
+async def evil_host(grant: Grant, craft: Callable[[Session], Membership], *,
+                    says_name: str | None = None) -> EvilHost:
+    """Start a malicious host on a free port (PIN from ``state.pin``); ``says_name`` is the
+    name its hello response claims."""
     signer = Ed25519PrivateKey.generate()
     me = dataclasses.replace(
         LocalIdentity.generate("Evil host"), signing_public=signer.public_key().public_bytes_raw()
     )
     state = HostState()
     listener = await TcpListener.bind("127.0.0.1", 0)
-    host = EvilHost(me, signer, state, listener, grant, craft)
+    host = EvilHost(me, signer, state, listener, grant, craft, says_name=says_name)
     host.task = asyncio.create_task(host._serve())
     return host
 

@@ -217,3 +217,60 @@ async def test_pin_pairing_over_bumble_virtual_controllers(tmp_path: Path) -> No
             await on_george.send(b"over the air")
             assert await on_paul.receive() == b"over the air"
             assert on_paul.fingerprint == on_george.fingerprint
+
+
+async def test_ask_gets_the_hello_response_and_the_owner_is_asked_nothing(
+    tmp_path: Path,
+) -> None:
+    """The webinos hello response: a stranger learns a visible host's name, methods and
+    capabilities before any join request; the host's owner is not asked, nor told of a failed
+    guest; then the stranger joins that host by name."""
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    told = Recorder()
+    async with paul.host("loopback:hr", methods=["pin", "qr"], delegate=told) as host:
+        accepting = asyncio.create_task(host.accept(timeout=30))
+        shown = await george.ask("loopback:hr")
+        assert shown is not None and shown.name == "Paul"
+        assert {m.label for m in shown.methods} >= {"pin", "qr"}
+        assert shown.as_json()["name"] == "Paul"
+        assert told.asked == [] and told.events == []
+        with pytest.raises(pairkit.pairing.errors.NotFoundError,
+                           match=r"this host is 'Paul', not \"Paul's TV\""):
+            await george.join("loopback:hr", pin=host.pin, expect_name="Paul's TV")
+        assert told.asked == []  # the wrong host was left before anyone was asked
+        async with await george.join("loopback:hr", pin=host.pin, expect_name="Paul") as s:
+            assert s.peer.name == "Paul"
+            async with await accepting:
+                pass
+    assert [p.name for p in george.peers()] == ["Paul"]
+
+
+async def test_a_private_host_tells_a_stranger_nothing(tmp_path: Path) -> None:
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    async with paul.host("loopback:hp", visible=0, delegate=pairkit.Agree()) as host:
+        accepting = asyncio.create_task(host.accept(timeout=30))
+        assert await george.ask("loopback:hp") is None
+        accepting.cancel()
+    assert george.peers() == []
+
+
+async def test_ask_a_pairkit_host_process_over_tcp(tmp_path: Path) -> None:
+    home = tmp_path / "paul"
+    init_devices({"paul": home}, {"paul": "Paul"})
+    host = await HostProcess.start(
+        home, "--transport", "tcp:127.0.0.1:0", "--method", "pin", "--pin", "246810", "--yes",
+        "--once",
+    )
+    try:
+        george = device(tmp_path, "George")
+        shown = await george.ask(host.target)
+        assert shown is not None and shown.name == "Paul"
+        # the host did not count the question as a guest: its one (--once) guest is still to come
+        async with await george.join(host.target, pin="246810", expect_name="Paul") as s:
+            assert s.peer.name == "Paul"
+        await host.wait_for(r"paired with George by pin")
+    finally:
+        if host.proc.returncode is None:
+            host.proc.terminate()
+        await host.proc.wait()
+    assert "asked who this host is" in host.stderr and "error" not in host.stderr

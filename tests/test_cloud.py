@@ -17,9 +17,18 @@ from pairkit.pairing.cloud import (
     CloudHost,
     CloudProof,
     Grant,
+    HostInfo,
     Role,
+    is_probe,
 )
-from pairkit.pairing.errors import AuthenticationError, PairingError, PairingTimeout, RefusedError
+from pairkit.pairing.errors import (
+    AuthenticationError,
+    NotFoundError,
+    PairingError,
+    PairingTimeout,
+    RefusedError,
+)
+from pairkit.pairing.negotiation import Caps, Method
 from tests.pair_harness import shuttle
 
 SECRETS = {"pauls-cloud": b"p" * 32, "georges-cloud": b"g" * 32}
@@ -197,3 +206,82 @@ def test_grant_validation() -> None:
     with pytest.raises(ValueError):
         Grant(Role.GUEST)
     assert wire.decode(CloudHello(bytes(16), (b"h" * 8,)).encode()).hints == (b"h" * 8,)
+
+
+# -- the hello response (issue 14, item 3: webinos' George picks Paul's phone by name) -----------
+
+PAUL = HostInfo(name="Paul's phone", methods=frozenset({Method.PIN, Method.QR}),
+                caps=Caps.DISPLAY | Caps.CONFIRM)
+
+
+def test_a_visible_host_tells_a_stranger_its_name_before_any_join_request() -> None:
+    guest = CloudGuest(static=GS, name="George", clouds=("georges-cloud",),
+                       mac=mac_for(SECRETS), rng=rng(20))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), info=PAUL,
+                     rng=rng(21))
+    host.start(0.0)
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert guest.host == PAUL
+    assert r.told == [("guest", CloudChecked(member=False, tried=1, host=PAUL))]
+    assert isinstance(r.asked[0][1], AllowJoin)  # the join request came after
+
+
+def test_a_private_host_says_nothing_of_itself_to_a_stranger_but_does_to_a_member() -> None:
+    private = {"open_to_strangers": lambda: False, "info": PAUL}
+    stranger = CloudGuest(static=GS, name="Mallory", clouds=("georges-cloud",),
+                          mac=mac_for(SECRETS), rng=rng(22))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), rng=rng(23),
+                     **private)
+    host.start(0.0)
+    stranger.start(0.0)
+    r = shuttle(stranger, host)
+    assert stranger.host is None and b"Paul" not in b"".join(m for _, m in r.messages)
+    assert isinstance(r.errors["host"], RefusedError)  # and the join is refused, as before
+    member = CloudGuest(static=GS, name="Paul's TV", clouds=("pauls-cloud",),
+                        mac=mac_for(SECRETS), rng=rng(24))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), rng=rng(25),
+                     **private)
+    host.start(0.0)
+    member.start(0.0)
+    shuttle(member, host)
+    assert member.host == PAUL and member.role is Role.MEMBER
+
+
+def test_a_probe_asks_who_the_host_is_and_leaves_without_bothering_its_owner() -> None:
+    probe = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS), probe=True,
+                       rng=rng(26))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), info=PAUL,
+                     rng=rng(27))
+    host.start(0.0)
+    probe.start(0.0)
+    r = shuttle(probe, host)
+    assert probe.done and probe.host == PAUL and probe.role is Role.STRANGER
+    assert not r.asked
+    assert host.failed and is_probe(host.error)
+    assert not is_probe(RefusedError("the owner refused the request to join"))
+
+
+def test_a_guest_looking_for_one_name_stops_at_another_host() -> None:
+    guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
+                       expect_name="Paul's TV", rng=rng(28))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), info=PAUL,
+                     rng=rng(29))
+    host.start(0.0)
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert isinstance(r.errors["guest"], NotFoundError)
+    assert "this host is \"Paul's phone\", not \"Paul's TV\"" in str(r.errors["guest"])
+    assert not r.asked and host.failed  # told why, nobody asked
+
+
+def test_a_host_cannot_show_one_name_and_pair_as_another() -> None:
+    guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS), rng=rng(30))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), info=PAUL,
+                     rng=rng(31))
+    host.start(0.0)
+    guest.start(0.0)
+    shuttle(guest, host)
+    guest.check_name("Paul's phone")
+    with pytest.raises(AuthenticationError, match="said it was \"Paul's phone\" but paired as"):
+        guest.check_name("Mallory's phone")

@@ -87,6 +87,9 @@ async def test_host_and_guest_processes_pair_list_and_fetch_over_the_radio(
         (entry,) = [d for d in devices_heard if d["address"] == address]
         assert entry["visible"] is True and entry["cloud"] is None
         assert {"pin", "resume"} <= set(entry["methods"])
+        # the hello response: a short connection, and the stranger knows the host's name
+        assert entry["name"] == "Paul's phone"
+        await host.wait_for("asked who this host is")
 
         joined = await george.join(address, "-t", george_radio, "-m", "pin", "--pin", PIN,
                                    "--json")
@@ -116,3 +119,30 @@ async def test_host_and_guest_processes_pair_list_and_fetch_over_the_radio(
     finally:
         await host.stop()
     assert "Traceback" not in host.stderr
+
+
+async def test_a_stranger_joins_a_visible_host_by_the_name_it_gives(
+    radio: list[str], devices: dict[str, Device]
+) -> None:
+    """The webinos George picks Paul's phone by name: ``join NAME -t RADIO`` asks the visible
+    hosts nearby who they are, joins the one of that name, and holds it to the name once the
+    pairing proved who it is.  A name nobody nearby gives ends as not found (exit 6)."""
+    paul_radio, george_radio = radio
+    paul, george = devices["paul"], devices["george"]
+    host = await HostProcess.start(
+        paul.home, "-t", paul_radio, "--visible", "60", "--yes", "--pin", PIN, "--json",
+    )
+    try:
+        await host.wait_for("broadcasting a hello")
+        missing = await george.join("Paul's TV", "-t", george_radio, "--pin", PIN)
+        assert missing.rc == 6, missing.err
+        assert "no host called \"Paul's TV\" is open to new devices nearby" in missing.err
+        assert "heard: \"Paul's phone\"" in missing.err
+        joined = await george.join("Paul's phone", "-t", george_radio, "-m", "pin",
+                                   "--pin", PIN, "--json")
+        mine = joined.ok().json()
+        assert mine["peer"]["name"] == "Paul's phone"
+        assert (await host.next_result())["peer"]["name"] == "George's phone"
+    finally:
+        await host.stop()
+    assert "Traceback" not in host.stderr and "error: guest" not in host.stderr
