@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -150,6 +151,8 @@ def george(tmp_path: Path) -> Keystore:
 async def test_each_method_pairs_over_the_air(
     hw_host: str, hw_guest: str, paul: Keystore, george: Keystore, method: Method
 ) -> None:
+    if method is Method.CLEAR and hw_guest == "bleak" and sys.platform == "darwin":
+        pytest.skip("CoreBluetooth has no pair(): 'clear' cannot encrypt the link on macOS")
     async with hosting(paul, hw_host, frozenset({method, Method.RESUME})) as host:
         entry = await heard(george, hw_guest, host.address)
         assert entry["visible"] is True and method.label in entry["methods"]

@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -313,3 +313,29 @@ class Lab:
         await asyncio.gather(*(h.stop() for h in self.hosts))
         for h in self.hosts:
             assert_no_traceback(f"pairkit host {' '.join(h.args)}", h.stderr)
+
+
+@contextlib.asynccontextmanager
+async def radio_process(ports: int = 2) -> AsyncIterator[list[str]]:
+    """``pairkit radio --ports 0 ...`` (``ports`` linked virtual controllers) in its own
+    process; yields the transport names it prints (``bumble:tcp-client:127.0.0.1:PORT``), and
+    kills it afterwards."""
+    proc = await asyncio.create_subprocess_exec(
+        *PAIRKIT_CMD, "radio", "--ports", *["0"] * ports, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env=cli_env(None, pin=None),
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        assert line.startswith("radio: "), f"the radio said {line!r}"
+        names = line.removeprefix("radio: ").split()
+        assert len(names) == ports
+        assert all(n.startswith("bumble:tcp-client:127.0.0.1:") for n in names)
+        assert all(int(n.rsplit(":", 1)[1]) > 0 for n in names)  # port 0 became a real port
+        yield names
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5)

@@ -9,7 +9,6 @@ wait has a deadline (tests/cli_helpers.py) and every process is killed in teardo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -18,12 +17,10 @@ from pathlib import Path
 import pytest
 
 from .cli_helpers import (
-    PAIRKIT_CMD,
-    ROOT,
     Device,
     HostProcess,
-    cli_env,
     init_devices,
+    radio_process,
     use_bytecode_cache,
 )
 
@@ -32,26 +29,10 @@ NAMES = {"paul": "Paul's phone", "george": "George's phone"}
 
 
 @pytest.fixture
-async def radio(tmp_path: Path) -> AsyncIterator[list[str]]:
+async def radio() -> AsyncIterator[list[str]]:
     """``pairkit radio --ports 0 0`` in its own process; the two transport names it prints."""
-    proc = await asyncio.create_subprocess_exec(
-        *PAIRKIT_CMD, "radio", "--ports", "0", "0", stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-        env=cli_env(None, pin=None),
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
-        assert line.startswith("radio: "), f"the radio said {line!r}"
-        names = line.removeprefix("radio: ").split()
-        assert len(names) == 2 and all(n.startswith("bumble:tcp-client:127.0.0.1:") for n in names)
-        assert all(int(n.rsplit(":", 1)[1]) > 0 for n in names)  # port 0 became a real port
+    async with radio_process(2) as names:
         yield names
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), 5)
 
 
 @pytest.fixture
