@@ -21,15 +21,25 @@ host stack, with no radio and no OS Bluetooth service::
             assert await client.read_gatt_char("2a19") == bytearray([87])
 
 Code that builds its own ``BleakClient``/``BleakScanner`` takes ``**virtual_ble.client_kwargs``
-(``backend=...`` and ``bumble={"adapter": ...}``) and ``**virtual_ble.scanner_kwargs``.  The
-fixture needs pytest-asyncio (any mode); everything it made is closed after the test.
+(``backend=...`` and ``bumble={"adapter": ...}``) and ``**virtual_ble.scanner_kwargs``.
+
+Code that cannot be changed, an application that calls ``BleakScanner.find_device_by_name``,
+``BleakScanner.discover`` or ``BleakClient(address)`` inside, uses the ``virtual_bleak`` fixture
+instead: the same radio, with bleak's own defaults pointing at it for the test's duration
+(:mod:`transports.bleak_bumble.defaults`), ``BleakAdapter.get()`` included::
+
+    async def test_the_app_reads_the_battery(virtual_bleak):
+        await virtual_bleak.peripheral(name="thermo", services=[battery])
+        assert await my_app.battery_level("thermo") == 87      # no change to my_app
+
+The fixtures need pytest-asyncio (any mode); everything they made is closed after the test.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +53,7 @@ if TYPE_CHECKING:
     from .ble.virtual import VirtualRadio
     from .bleak_bumble import BumbleAdapter
 
-__all__ = ["VirtualBle", "VirtualPeripheral", "virtual_ble"]
+__all__ = ["VirtualBle", "VirtualPeripheral", "virtual_ble", "virtual_bleak"]
 
 _LEGACY_ADV_MAX = 31  # Core 5.4 Vol 6 Part B §2.3.1.1
 
@@ -116,6 +126,15 @@ class VirtualBle:
         from .bleak_bumble import BumbleScanner
 
         return {"backend": BumbleScanner, "bumble": {"adapter": self.adapter}}
+
+    @contextlib.contextmanager
+    def as_bleak_default(self) -> Iterator[None]:
+        """While active, bleak code that names no backend runs on this radio (what the
+        ``virtual_bleak`` fixture does for a whole test)."""
+        from .bleak_bumble.defaults import bleak_defaults
+
+        with bleak_defaults(self.adapter):
+            yield
 
     def client(self, address_or_device: Any, **kwargs: Any) -> BleakClient:
         """A ``BleakClient`` on this radio (not connected yet: ``async with`` or ``connect``)."""
@@ -225,3 +244,11 @@ else:
             yield ble
         finally:
             await ble.close()
+
+    @pytest_asyncio.fixture
+    async def virtual_bleak(virtual_ble: VirtualBle) -> AsyncIterator[VirtualBle]:
+        """``virtual_ble``, with bleak's default backends pointing at its radio for the whole
+        test: unmodified bleak code (``BleakScanner.discover()``, ``BleakClient(address)``,
+        ``BleakAdapter.get()``) finds and talks to the test's peripherals."""
+        with virtual_ble.as_bleak_default():
+            yield virtual_ble

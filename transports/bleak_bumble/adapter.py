@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 from bumble import core, hci
 from bumble.device import Advertisement, Connection, Device
@@ -138,6 +139,8 @@ class BumbleAdapter:
         self._connect_lock = asyncio.Lock()
         self._connecting: hci.Address | None = None
         self._pairing_configs: dict[int, PairingConfig] = {}
+        #: connection handle -> the service UUIDs a client discovered on that peer
+        self._services: dict[int, frozenset[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- life cycle ----------------------------------------------------------------------
@@ -333,11 +336,33 @@ class BumbleAdapter:
 
         def forget(_reason: int) -> None:
             self._pairing_configs.pop(handle, None)
+            self._services.pop(handle, None)
 
         connection.on(connection.EVENT_DISCONNECTION, forget)
         if connection.role == hci.Role.CENTRAL and self._connecting is None:
             # A connect that was given up on completed after all: nobody wants it.
             self._spawn(self._drop(connection))
+
+    def note_services(self, connection: Connection, uuids: set[str]) -> None:
+        """Remember the services a client discovered on ``connection`` (for
+        :meth:`connected_devices`), until it disconnects."""
+        self._services[connection.handle] = frozenset(uuids)
+
+    def connected_devices(self, service_uuids: frozenset[str]) -> list[BLEDevice]:
+        """The peers this adapter is connected to as central that serve one of
+        ``service_uuids`` (as a client discovered them): bleak 3.1's
+        ``BleakAdapter.get_connected_devices``."""
+        device = self._device
+        if device is None:
+            return []
+        found = []
+        for handle, connection in list(device.connections.items()):
+            if connection.role != hci.Role.CENTRAL:
+                continue
+            if self._services.get(handle, frozenset()) & service_uuids:
+                address = connection.peer_address
+                found.append(BLEDevice(str(address), None, DeviceDetails(self, address)))
+        return found
 
     async def _drop(self, connection: Connection) -> None:
         device = self._device

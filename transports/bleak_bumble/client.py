@@ -262,6 +262,9 @@ class BumbleClient(BaseBleakClient):
         services: list[ServiceProxy] = await self._call(
             client.discover_services(), "service discovery"
         )
+        if self._adapter is not None:
+            # What BleakAdapter.get_connected_devices filters on, as BlueZ knows it.
+            self._adapter.note_services(connection, {_bumble_uuid_str(s.uuid) for s in services})
         if self._service_filter:
             # Filtered here rather than with Find By Type Value: that compares raw attribute
             # values, and a 16-bit service declared in 2 bytes never equals its 16-byte form.
