@@ -2,11 +2,17 @@
 (docs/security.md, rule 5): ``encrypted`` only after an LE Secure Connections pairing,
 ``mitm_protected`` only when that pairing was protected against a man in the middle; a legacy
 pairing is refused for ``clear``.
+
+One matrix: every property is checked with each central pairkit has (:data:`CENTRALS`): a
+bumble device (:class:`~transports.bumble.BumbleTransport`) and bleak on pairkit's bumble
+backend (:class:`~transports.bleak.BleakTransport`, the code path of a laptop's OS stack),
+against a pairkit bumble host.  A few cells exist for one central only, and say why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,8 +26,14 @@ from pairkit.pairing.errors import InsecureLinkError
 from pairkit.transports.ble.links import BleLink, pairing_config
 from pairkit.transports.ble.virtual import VirtualRadio
 from pairkit.transports.bumble import BumbleConfig, BumbleTransport
+from pairkit.transports.registry import open_transport
+from tests.ble_harness import CENTRALS
 
-OpenDevice = Callable[..., Awaitable[BumbleTransport]]
+HELLO = b"\x40" + bytes(9)
+BUMBLE_ONLY = (
+    "a legacy-only central is made by configuring bumble's own SMP; an OS stack, and the bleak "
+    "backend that pairs as one, offers Secure Connections whenever the peripheral does"
+)
 
 
 class Comparer(PairingDelegate):
@@ -41,61 +53,63 @@ class Comparer(PairingDelegate):
         return True
 
 
-@pytest.fixture
-async def open_device() -> AsyncIterator[OpenDevice]:
-    radio = VirtualRadio()
-    opened: list[BumbleTransport] = []
+@dataclasses.dataclass
+class Linked:
+    """A pairkit host and a guest of one central kind, connected on one virtual radio."""
 
-    async def factory(seed: int, **config: Any) -> BumbleTransport:
-        transport = BumbleTransport("virtual", radio=radio,
-                                    rng=random.Random(seed).randbytes,
-                                    config=BumbleConfig(**config))
-        opened.append(transport)
-        return await transport.open()
+    central: str
+    host: BumbleTransport
+    guest: Any  # BumbleTransport or BleakTransport
+    guest_link: Any  # BleLink or BleakLink
+    host_link: BleLink
+
+
+Connect = Callable[..., Awaitable[Linked]]
+
+
+@pytest.fixture(params=CENTRALS)
+async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Connect]:
+    """``await connect(seed, **host_config)``: a host and a ``request.param`` guest, linked."""
+    central: str = request.param
+    radio = VirtualRadio()
+    opened: list[Any] = []
+
+    async def factory(seed: int, **host_config: Any) -> Linked:
+        host = BumbleTransport("virtual", radio=radio, rng=random.Random(seed).randbytes,
+                               config=BumbleConfig(**host_config))
+        opened.append(host)
+        await host.open()
+        rng = random.Random(seed + 1000).randbytes
+        if central == "bumble":
+            guest: Any = BumbleTransport("virtual", radio=radio, rng=rng)
+            opened.append(guest)
+            await guest.open()
+        else:
+            guest = await open_transport("bleak:bumble:virtual", radio=radio, rng=rng)
+            opened.append(guest)
+        await host.start_advertising(HELLO)
+        address = None
+        async for sighting in guest.scan(2.0):
+            address = sighting.address
+            break
+        assert address is not None, "no hello"
+        accepting = asyncio.ensure_future(host.accept(timeout=5))
+        guest_link = await guest.connect(address, timeout=5)
+        return Linked(central, host, guest, guest_link, await accepting)
 
     yield factory
-    for transport in reversed(opened):
-        await transport.close()
-
-
-async def connect(host: BumbleTransport, guest: BumbleTransport) -> tuple[BleLink, BleLink]:
-    await host.start_advertising(b"hello")
-    address = None
-    async for sighting in guest.scan(2.0):
-        address = sighting.address
-        break
-    assert address is not None, "no hello"
-    accepting = asyncio.ensure_future(host.accept(timeout=5))
-    guest_link = await guest.connect(address, timeout=5)
-    return guest_link, await accepting
+    for thing in reversed(opened):
+        await thing.close()
 
 
 async def eventually(condition: Callable[[], bool], within: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
-async def test_just_works_is_encrypted_but_not_mitm_protected(open_device: OpenDevice) -> None:
-    host, guest = await open_device(40), await open_device(41)
-    guest_link, host_link = await connect(host, guest)
-    await asyncio.wait_for(guest_link.encrypt(), 5)
-    await eventually(lambda: host_link.encrypted)
-    assert guest_link.encrypted and guest_link.connection.sc
-    assert guest_link.mitm_protected is False and host_link.mitm_protected is False
-
-
-async def test_numeric_comparison_is_mitm_protected(open_device: OpenDevice) -> None:
-    host_person, guest_person = Comparer(), Comparer()
-    host = await open_device(42, pairing_delegate=host_person)
-    guest = await open_device(43)
-    guest_link, host_link = await connect(host, guest)
-    await asyncio.wait_for(guest_link.encrypt(guest_person, mitm=True), 5)
-    await eventually(lambda: host_link.mitm_protected)
-    assert guest_link.encrypted and guest_link.mitm_protected
-    assert guest_person.compared == 1 and host_person.compared == 1
+#: the cells for a bumble central only (BUMBLE_ONLY says why)
+bumble_only = pytest.mark.parametrize("connect", ["bumble"], indirect=True)
 
 
 def stock_bumble_smp(transport: BumbleTransport) -> None:
@@ -110,31 +124,87 @@ def offers_only_legacy(transport: BumbleTransport, link: BleLink) -> None:
     transport._set_pairing_config(link.connection, legacy)
 
 
-async def test_a_legacy_only_central_is_refused_by_the_host(open_device: OpenDevice) -> None:
+# -- both centrals -------------------------------------------------------------------------------
+
+
+async def test_just_works_is_encrypted_but_not_mitm_protected(connect: Connect) -> None:
+    p = await connect(40)
+    assert p.guest_link.encrypted is False and p.host_link.encrypted is False
+    await asyncio.wait_for(p.guest_link.encrypt(), 5)  # LE Secure Connections, Just Works
+    assert p.guest_link.encrypted
+    await eventually(lambda: p.host_link.encrypted)
+    assert p.host_link.connection.sc
+    assert p.guest_link.mitm_protected is False and p.host_link.mitm_protected is False
+    await p.guest_link.send(b"still works")
+    assert await p.host_link.recv() == b"still works"
+    await p.guest_link.encrypt()  # already encrypted: nothing to do
+    assert p.guest_link.encrypted
+
+
+async def test_numeric_comparison_is_mitm_protected(connect: Connect) -> None:
+    host_person, guest_person = Comparer(), Comparer()
+    p = await connect(42, pairing_delegate=host_person)
+    await asyncio.wait_for(p.guest_link.encrypt(guest_person, mitm=True), 5)
+    await eventually(lambda: p.host_link.mitm_protected)
+    assert p.guest_link.encrypted and p.guest_link.mitm_protected
+    assert guest_person.compared == 1 and host_person.compared == 1
+
+
+async def test_the_host_asks_the_guest_to_encrypt(connect: Connect) -> None:
+    """The host's ``encrypt`` is an SMP Security Request; the guest answers with an SC pairing."""
+    p = await connect(44)
+    await asyncio.wait_for(p.host_link.encrypt(), 5)
+    assert p.host_link.encrypted
+    await eventually(lambda: p.guest_link.encrypted)
+    assert p.guest_link.mitm_protected is False and p.host_link.mitm_protected is False
+
+
+async def test_a_host_that_forces_legacy_pairing_is_refused(connect: Connect) -> None:
+    """The peripheral offers legacy pairing only: ``encrypt`` raises InsecureLinkError and
+    neither link counts as encrypted.  The bumble guest refuses the Pairing Response, so nothing
+    is encrypted; the bleak backend pairs as an OS stack does (it accepts the legacy pairing)
+    and the link reports the truth."""
+    p = await connect(48)
+    offers_only_legacy(p.host, p.host_link)
+    with pytest.raises(InsecureLinkError, match="legacy"):
+        await asyncio.wait_for(p.guest_link.encrypt(), 5)
+    assert p.guest_link.encrypted is False and p.guest_link.mitm_protected is False
+    assert p.host_link.encrypted is False and p.host_link.mitm_protected is False
+    if p.central == "bumble":
+        assert not p.guest_link.connection.is_encrypted
+    else:
+        assert p.host_link.connection.is_encrypted  # bumble says encrypted, pairkit does not
+
+
+# -- a bumble central only (BUMBLE_ONLY says why) ------------------------------------------------
+
+
+@bumble_only
+async def test_a_legacy_only_central_is_refused_by_the_host(connect: Connect) -> None:
     """A central that offers only legacy pairing (stock bumble SMP, ``sc=False``): the pairkit
     host answers Pairing Failed (Authentication Requirements, SC-only mode), the link stays
     unencrypted, and the host's ``encrypt`` says why."""
-    host, guest = await open_device(44), await open_device(45)
-    guest_link, host_link = await connect(host, guest)
-    offers_only_legacy(guest, guest_link)
+    p = await connect(50)
+    offers_only_legacy(p.guest, p.guest_link)
     with pytest.raises(ProtocolError) as refused:
-        await asyncio.wait_for(guest_link.connection.pair(), 5)
+        await asyncio.wait_for(p.guest_link.connection.pair(), 5)
     assert refused.value.error_code == smp.ErrorCode.AUTHENTICATION_REQUIREMENTS
-    assert not host_link.connection.is_encrypted and not guest_link.connection.is_encrypted
-    assert host_link.encrypted is False and host_link.mitm_protected is False
+    assert not p.host_link.connection.is_encrypted and not p.guest_link.connection.is_encrypted
+    assert p.host_link.encrypted is False and p.host_link.mitm_protected is False
     with pytest.raises(InsecureLinkError, match="legacy"):
-        await host_link.encrypt(timeout=2)
+        await p.host_link.encrypt(timeout=2)
 
 
-async def test_the_host_asks_and_a_legacy_only_central_answers(open_device: OpenDevice) -> None:
+@bumble_only
+async def test_the_host_asks_and_a_legacy_only_central_answers(connect: Connect) -> None:
     """The host's ``encrypt`` (a Security Request) meets a legacy-only central: it fails at
     once with InsecureLinkError, not after its timeout."""
-    host, guest = await open_device(46), await open_device(47)
-    guest_link, host_link = await connect(host, guest)
-    offers_only_legacy(guest, guest_link)
+    p = await connect(52)
+    offers_only_legacy(p.guest, p.guest_link)
     # Not pairkit's answer to a Security Request (pair with SC) but a legacy phone's.
-    connection = guest_link.connection
-    connection.remove_listener(connection.EVENT_SECURITY_REQUEST, guest_link._on_security_request)
+    connection = p.guest_link.connection
+    connection.remove_listener(connection.EVENT_SECURITY_REQUEST,
+                               p.guest_link._on_security_request)
     attempts: list[asyncio.Task[None]] = []
     connection.on(
         connection.EVENT_SECURITY_REQUEST,
@@ -142,57 +212,43 @@ async def test_the_host_asks_and_a_legacy_only_central_answers(open_device: Open
     )
     started = asyncio.get_running_loop().time()
     with pytest.raises(InsecureLinkError, match="legacy"):
-        await host_link.encrypt(timeout=5)
+        await p.host_link.encrypt(timeout=5)
     assert asyncio.get_running_loop().time() - started < 2
-    assert host_link.encrypted is False
+    assert p.host_link.encrypted is False
     assert len(attempts) == 1
     with pytest.raises(ProtocolError):
         await attempts[0]
 
 
-async def test_a_guest_whose_host_forces_legacy_refuses(open_device: OpenDevice) -> None:
-    """The peripheral answers with legacy pairing only: the pairkit guest refuses the Pairing
-    Response, ``encrypt`` raises InsecureLinkError and the link is not encrypted."""
-    host, guest = await open_device(48), await open_device(49)
-    guest_link, host_link = await connect(host, guest)
-    offers_only_legacy(host, host_link)
-    with pytest.raises(InsecureLinkError, match="legacy"):
-        await asyncio.wait_for(guest_link.encrypt(), 5)
-    assert not guest_link.connection.is_encrypted
-    assert guest_link.encrypted is False and host_link.encrypted is False
-
-
-async def test_a_legacy_encrypted_link_is_not_encrypted_for_pairkit(
-    open_device: OpenDevice,
-) -> None:
+@bumble_only
+async def test_a_legacy_encrypted_link_is_not_encrypted_for_pairkit(connect: Connect) -> None:
     """Without SC-only mode on either side (stock bumble falls back to legacy), the legacy
     pairing completes and bumble says encrypted (and sets ``connection.sc``/``authenticated``
     on the encryption change): pairkit reports not encrypted on both ends, and refuses."""
-    host, guest = await open_device(50), await open_device(51)
-    guest_link, host_link = await connect(host, guest)
-    stock_bumble_smp(host)
-    offers_only_legacy(guest, guest_link)
-    await asyncio.wait_for(guest_link.connection.pair(), 5)
-    await eventually(lambda: host_link.connection.is_encrypted)
+    p = await connect(54)
+    stock_bumble_smp(p.host)
+    offers_only_legacy(p.guest, p.guest_link)
+    await asyncio.wait_for(p.guest_link.connection.pair(), 5)
+    await eventually(lambda: p.host_link.connection.is_encrypted)
     await asyncio.sleep(0.1)  # the pairing's end reaches the host too
-    assert guest_link.connection.is_encrypted  # bumble says encrypted ...
-    assert guest_link.encrypted is False and host_link.encrypted is False  # ... pairkit does not
-    assert guest_link.mitm_protected is False and host_link.mitm_protected is False
+    assert p.guest_link.connection.is_encrypted  # bumble says encrypted ...
+    assert p.guest_link.encrypted is False and p.host_link.encrypted is False  # ... pairkit not
+    assert p.guest_link.mitm_protected is False and p.host_link.mitm_protected is False
     with pytest.raises(InsecureLinkError, match="legacy"):
-        await guest_link.encrypt()
+        await p.guest_link.encrypt()
     with pytest.raises(InsecureLinkError, match="legacy"):
-        await host_link.encrypt()
+        await p.host_link.encrypt()
 
 
-async def test_sc_after_a_refused_legacy_attempt(open_device: OpenDevice) -> None:
+@bumble_only
+async def test_sc_after_a_refused_legacy_attempt(connect: Connect) -> None:
     """A refused legacy request leaves no stale SMP session behind: the same central can then
     pair with Secure Connections on the same connection."""
-    host, guest = await open_device(52), await open_device(53)
-    guest_link, host_link = await connect(host, guest)
-    offers_only_legacy(guest, guest_link)
+    p = await connect(56)
+    offers_only_legacy(p.guest, p.guest_link)
     with pytest.raises(ProtocolError):
-        await asyncio.wait_for(guest_link.connection.pair(), 5)
-    guest._set_pairing_config(guest_link.connection, pairing_config())
-    await asyncio.wait_for(guest_link.connection.pair(), 5)
-    await eventually(lambda: host_link.encrypted)
-    assert guest_link.encrypted and host_link.mitm_protected is False
+        await asyncio.wait_for(p.guest_link.connection.pair(), 5)
+    p.guest._set_pairing_config(p.guest_link.connection, pairing_config())
+    await asyncio.wait_for(p.guest_link.connection.pair(), 5)
+    await eventually(lambda: p.host_link.encrypted)
+    assert p.guest_link.encrypted and p.host_link.mitm_protected is False

@@ -27,16 +27,14 @@ from bleak.exc import (
     BleakGATTProtocolError,
 )
 from bleak_retry_connector import BleakConnectionError, BleakNotFoundError
-from bumble import hci, smp
+from bumble import hci
 from bumble.core import AdvertisingData
 from bumble.device import Device
 from bumble.host import Host
-from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport.common import AsyncPipeSink
 
 from pairkit.pairing.errors import (
     ConfigError,
-    InsecureLinkError,
     LinkClosedError,
     PairingTimeout,
     TransportError,
@@ -370,74 +368,8 @@ async def test_closing_the_transport_closes_its_links(
     await guest.close()  # idempotent
 
 
-# -- encryption ------------------------------------------------------------------------------------
-
-
-async def test_encrypt_is_bleaks_pair(open_host: OpenHost, open_guest: OpenGuest) -> None:
-    host = await open_host(31)
-    guest = await open_guest(32)
-    link, host_link = await connect_pair(host, guest)
-    assert link.encrypted is False and host_link.encrypted is False
-    await asyncio.wait_for(link.encrypt(), 5)  # LE Secure Connections, Just Works
-    assert link.encrypted is True
-    await eventually(lambda: host_link.encrypted)
-    assert link.mitm_protected is False and host_link.mitm_protected is False  # Just Works
-    await link.send(b"still works")
-    assert await host_link.recv() == b"still works"
-    await link.encrypt()  # already encrypted: nothing to do
-
-
-async def test_the_host_asks_the_bleak_guest_to_encrypt(
-    open_host: OpenHost, open_guest: OpenGuest
-) -> None:
-    host = await open_host(33)
-    guest = await open_guest(34)
-    link, host_link = await connect_pair(host, guest)
-    await asyncio.wait_for(host_link.encrypt(), 5)  # SMP Security Request
-    assert host_link.encrypted
-    await eventually(lambda: link.encrypted)
-    assert link.mitm_protected is False and host_link.mitm_protected is False
-
-
-class Comparer(PairingDelegate):
-    """A person who confirms the six digits of BLE numeric comparison."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            io_capability=PairingDelegate.IoCapability.DISPLAY_OUTPUT_AND_YES_NO_INPUT
-        )
-
-    async def compare_numbers(self, number: int, digits: int) -> bool:
-        return True
-
-
-async def test_numeric_comparison_over_bleak_is_mitm_protected(
-    open_host: OpenHost, open_guest: OpenGuest
-) -> None:
-    host = await open_host(61, pairing_delegate=Comparer())
-    guest = await open_guest(62)
-    link, host_link = await connect_pair(host, guest)
-    await asyncio.wait_for(link.encrypt(Comparer(), mitm=True), 5)
-    assert link.encrypted and link.mitm_protected
-    await eventually(lambda: host_link.mitm_protected)
-
-
-async def test_a_host_that_forces_legacy_pairing_is_refused(
-    open_host: OpenHost, open_guest: OpenGuest
-) -> None:
-    """pairkit's bumble backend pairs as an OS stack does (it falls back to legacy pairing when
-    the peripheral has no Secure Connections); the bleak link reports the truth and refuses."""
-    host = await open_host(63)
-    guest = await open_guest(64)
-    link, host_link = await connect_pair(host, guest)
-    host.device.smp_session_proxy = smp.Session  # stock bumble: falls back to legacy
-    legacy = PairingConfig(sc=False, mitm=False, bonding=False, delegate=PairingDelegate())
-    host._set_pairing_config(host_link.connection, legacy)
-    with pytest.raises(InsecureLinkError, match="legacy"):
-        await asyncio.wait_for(link.encrypt(), 5)
-    assert host_link.connection.is_encrypted  # bumble says encrypted ...
-    assert link.encrypted is False and link.mitm_protected is False  # ... pairkit does not
-    assert host_link.encrypted is False
+# -- encryption: tests/test_ble_link_security.py runs every link-security property with this
+# -- central (bleak on pairkit's bumble backend) and with a bumble one, as one matrix.
 
 
 # -- opening and errors ----------------------------------------------------------------------------
