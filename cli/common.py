@@ -29,6 +29,8 @@ from pairkit.pairing.errors import (
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning
 from pairkit.pairing.service import AllowRequest, JoinCloud, Scope
 
+from .show import safe
+
 T = TypeVar("T")
 
 #: exit codes, one per kind of failure (scripts can tell them apart)
@@ -65,13 +67,19 @@ _REFUSALS = frozenset({ErrorCode.REFUSED, ErrorCode.LOCKED_OUT})
 
 
 def fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {safe(message, lines=True)}", err=True)
 
 
 def info(message: str, *, quiet: bool = False) -> None:
-    """Narration for a person: stderr, so stdout stays for results."""
+    """Narration for a person: stderr, so stdout stays for results.  Whatever a peer put in it
+    is shown, never interpreted (:func:`~cli.show.safe`)."""
     if not quiet:
-        click.echo(message, err=True)
+        click.echo(safe(message, lines=True), err=True)
+
+
+def say(message: str) -> None:
+    """A result line for a person on stdout, made safe as :func:`info`'s."""
+    click.echo(safe(message, lines=True))
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -127,7 +135,7 @@ class CliDelegate:
         self.guest_seconds = guest_seconds
 
     async def confirm_code(self, q: ConfirmCode) -> bool:
-        info(f"Confirmation code: {q.code[:3]} {q.code[3:]}  (on {q.peer_name})")
+        info(f"Confirmation code: {q.code[:3]} {q.code[3:]}  (on {safe(q.peer_name)})")
         if self.yes:
             info("  confirmed (--yes)")
             return True
@@ -140,7 +148,7 @@ class CliDelegate:
 
     async def allow_join(self, q: AllowJoin) -> Grant | None:
         hours = self.guest_seconds / 3600
-        info(f"{q.name} asks to join (as {q.wants.name.lower()}).")
+        info(f"{safe(q.name)} asks to join (as {q.wants.name.lower()}).")
         if self.yes:
             info(f"  allowed as guest for {hours:g} hour(s) (--yes)")
             return Grant(Role.GUEST, self.guest_seconds)
@@ -157,7 +165,7 @@ class CliDelegate:
         return Grant(Role.MEMBER) if choice == "m" else None
 
     async def join_cloud(self, q: JoinCloud) -> bool:
-        info(f"{q.host_name} made this device a member of {q.cloud_name!r}.")
+        info(f"{safe(q.host_name)} made this device a member of {safe(repr(q.cloud_name))}.")
         if self.yes:
             info("  joined (--yes)")
             return True
@@ -169,8 +177,8 @@ class CliDelegate:
         )
 
     async def allow_request(self, q: AllowRequest) -> Scope:
-        what = "the list of shared files" if q.what == "list" else repr(q.name)
-        info(f"{q.peer_name} asks for {what}.")
+        what = "the list of shared files" if q.what == "list" else safe(repr(q.name))
+        info(f"{safe(q.peer_name)} asks for {what}.")
         if self.yes:
             info("  allowed for this session (--yes)")
             return Scope.SESSION
@@ -184,7 +192,7 @@ class CliDelegate:
         return {"o": Scope.ONCE, "s": Scope.SESSION}.get(choice, Scope.REFUSE)
 
     async def on_warning(self, event: InsecureWarning) -> None:
-        click.echo(f"warning: {event.text}", err=True)
+        click.echo(f"warning: {safe(event.text, lines=True)}", err=True)
 
     async def on_event(self, event: object) -> None:
         return None

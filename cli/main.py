@@ -642,6 +642,11 @@ def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    from .show import SafeStream
+
+    # Nothing a peer sent reaches the terminal as a control sequence (issue 17, finding 5).
+    sys.stdout = SafeStream(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = SafeStream(sys.stderr)  # type: ignore[assignment]
     try:
         cli(standalone_mode=True)
     except DecodeError as exc:  # pragma: no cover - mapped inside the group

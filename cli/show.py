@@ -1,13 +1,60 @@
-"""How the CLI shows things: a transfer's progress line and a guest's standing in words."""
+"""How the CLI shows things: a transfer's progress line, a guest's standing in words, and text
+from a peer made safe for a terminal."""
 
 from __future__ import annotations
 
 import sys
 import time
+import unicodedata
 from typing import Any
 
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.service import Membership
+
+#: what a character the terminal must not receive from a peer is shown as
+REPLACEMENT = "\ufffd"
+#: Unicode categories a terminal interprets rather than shows: control characters (C0, C1,
+#: DEL: escape sequences, carriage return, backspace), format characters (bidirectional
+#: overrides and isolates, zero-width joiners), line and paragraph separators, unassigned and
+#: private-use code points and lone surrogates
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn", "Co", "Cs"})
+
+
+def safe(text: object, *, lines: bool = False) -> str:
+    """``text`` with every character a terminal would interpret replaced by U+FFFD, so that
+    nothing a peer sent (a name, a file name, a reason) can clear the screen, move the cursor,
+    recolour, reorder or fake a line of what the owner reads (issue 17, finding 5).
+
+    ``lines``: keep newlines and tabs (pairkit's own multi-line messages); otherwise the text is
+    made one line, as a peer's name must be."""
+    keep = "\n\t" if lines else ""
+    return "".join(
+        ch if ch in keep or unicodedata.category(ch) not in _UNSAFE else REPLACEMENT
+        for ch in str(text)
+    )
+
+
+class SafeStream:
+    """A text stream that shows everything and interprets nothing: each write passes through
+    :func:`safe` (newlines and tabs kept).  The ``pairkit`` command wraps its stdout and stderr
+    in it, so no text from a peer (a name, a file name, a reason in an error) reaches the
+    terminal as a control sequence, wherever it is printed.  :meth:`raw_write` is for pairkit's
+    own control characters (the progress line's carriage return)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):  # a text stream takes text (click probes with bytes)
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._inner.write(safe(text, lines=True))
+        return len(text)
+
+    def raw_write(self, text: str) -> int:
+        return int(self._inner.write(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 class Progress:
@@ -34,7 +81,8 @@ class Progress:
         rate = (done - self.first) / elapsed
         left = (total - done) / rate if rate > 0 else 0
         pct = 100 * done / total if total else 100
-        self.stream.write(
+        # the one control character pairkit itself sends: past the terminal's filter
+        getattr(self.stream, "raw_write", self.stream.write)(
             f"\r{self.name}: {done / 1e6:.2f}/{total / 1e6:.2f} MB {pct:5.1f}% "
             f"{rate / 1e6:.2f} MB/s {left:4.0f} s left "
         )

@@ -63,6 +63,7 @@ from .errors import (
     RefusedError,
 )
 from .machine import DONE, Event, Machine, Question, Step, step
+from .messages import device_name
 from .negotiation import ALL_CAPS, Caps, Method, methods_from_mask, methods_mask
 from .wire import Abort, Message, field, message
 
@@ -428,7 +429,7 @@ class CloudHost(Machine):
     def _on_join_request(self, msg: JoinRequest, now: float) -> None:
         if msg.wants is Role.STRANGER:
             raise ProtocolError("a join request must ask for guest or member access")
-        self.guest_name = msg.name
+        self.guest_name = device_name(msg.name, "the guest's name")
         known = self._known_grant(msg.device_id) if msg.device_id is not None else None
         if known is not None:
             # Granted before and still valid: no prompt, but the claim must be proved.
@@ -478,7 +479,7 @@ def _host_info(msg: CloudReply) -> HostInfo | None:
     if msg.name is None:
         return None
     return HostInfo(
-        name=msg.name,
+        name=device_name(msg.name, "the host's name"),
         methods=methods_from_mask(msg.methods or 0),
         caps=Caps(msg.caps or 0) & ALL_CAPS,
     )

@@ -15,8 +15,10 @@ type   message           sent by, when
 
 from __future__ import annotations
 
+import unicodedata
 from enum import IntEnum
 
+from .errors import DecodeError
 from .negotiation import Method
 from .wire import Message, field, message, struct
 
@@ -130,3 +132,13 @@ class ResumeMessage(Message):
     reason: str | None = field(5, max_len=100, default=None)
     #: the host's fresh ephemeral key in an OKAY (its contribution to the session key)
     fresh: bytes | None = field(6, size=KEY_LEN, default=None)
+
+
+def device_name(name: str, what: str) -> str:
+    """``name`` as a device's name from the wire may be: not blank, and without control
+    characters (C0, C1, DEL), which the keystore refuses to store and a terminal would
+    interpret (issue 17, finding 5).  A peer that sends one is stopped before anyone is asked
+    anything; other unusual characters (bidirectional marks) are shown harmlessly by the CLI."""
+    if not name.strip() or any(unicodedata.category(ch) == "Cc" for ch in name):
+        raise DecodeError(f"{what} must be a name without control characters")
+    return name

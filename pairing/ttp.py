@@ -74,7 +74,17 @@ from .errors import (
     RefusedError,
 )
 from .machine import DONE, Machine, Question, Step, step
-from .messages import ID_LEN, KEY_LEN, MAC_LEN, NONCE_LEN, Accept, Announce, Identity, Offer
+from .messages import (
+    ID_LEN,
+    KEY_LEN,
+    MAC_LEN,
+    NONCE_LEN,
+    Accept,
+    Announce,
+    Identity,
+    Offer,
+    device_name,
+)
 from .methods import LocalIdentity, PeerInfo, Prekey, Session, _check_context, _th
 from .negotiation import ALL_CAPS, Caps, Method, choose, methods_from_mask, methods_mask
 from .wire import Message, field, message, struct
@@ -642,7 +652,8 @@ class _TtpLink(Machine):
     def _session(self, ident: Identity, send: bytes, recv: bytes, fp: str) -> Session:
         return Session(
             method=Method.TTP, initiator=self.ROLE is IntentRole.GUEST,
-            peer=PeerInfo(ident.device_id, ident.name, ident.static, ident.signing, True),
+            peer=PeerInfo(ident.device_id, device_name(ident.name, "the peer's name"),
+                          ident.static, ident.signing, True),
             send_key=send, recv_key=recv, fingerprint=fp, new_our_prekeys=self._prekeys,
             new_their_prekeys=ident.prekeys, replace_prekeys=True,
         )

@@ -21,7 +21,7 @@ from .. import keyschedule, wire
 from ..crypto import Rng, digest, x25519_keypair
 from ..errors import AuthenticationError, ConfigError, RefusedError
 from ..machine import Event, Question
-from ..messages import Announce, Identity
+from ..messages import Announce, Identity, device_name
 from ..negotiation import ALL_CAPS, Caps, Method, methods_mask
 from ..noise import HandshakeState
 from ..qr import QrCode
@@ -382,7 +382,8 @@ def _new_prekeys(n: int, rng: Rng) -> tuple[Prekey, ...]:
 def _peer_from_identity(ident: Identity, *, authenticated: bool) -> PeerInfo:
     if ident.device_id != digest(ident.static):
         raise AuthenticationError("the peer's device id does not match its key")
-    return PeerInfo(ident.device_id, ident.name, ident.static, ident.signing, authenticated)
+    name = device_name(ident.name, "the peer's name")
+    return PeerInfo(ident.device_id, name, ident.static, ident.signing, authenticated)
 
 
 @wire.struct
