@@ -13,11 +13,10 @@ import re
 
 import pytest
 
-from pairkit import pairing
-from pairkit.pairing import wire
+from pairkit.pairing import cloud, cpns, groups, messages, service, ttp, wire
 
-MODULES = [pairing.messages, pairing.service, pairing.ttp, pairing.cpns, pairing.groups,
-           pairing.cloud]
+# imported by name: run alone, this module must not rely on others having imported them
+MODULES = [messages, service, ttp, cpns, groups, cloud]
 SECRET_NAME = re.compile(r"^(key|secret|sk|psk|eukey|session_key)$|private|_secret$")
 #: fields whose names look secret but hold public or already-encrypted values (none today;
 #: CPNS's ``wrapped_key``/``key_for_*`` are AES-wrapped and do not match the pattern)
@@ -57,11 +56,11 @@ def test_a_secret_field_is_hidden_from_repr(cls: type, name: str) -> None:
 
 def test_a_message_with_a_secret_prints_none_of_it() -> None:
     secret = bytes.fromhex("a5" * 32)
-    m = pairing.service.Membership(role=pairing.cloud.Role.MEMBER, cloud_id="c", secret=secret)
+    m = service.Membership(role=cloud.Role.MEMBER, cloud_id="c", secret=secret)
     for text in (repr(m), str(m)):
         assert secret.hex() not in text and repr(secret) not in text and "a5a5" not in text
-    accept = pairing.messages.Accept(
-        hello=pairing.messages.Announce(caps=0, methods=0, method=pairing.messages.Method.CLEAR,
+    accept = messages.Accept(
+        hello=messages.Announce(caps=0, methods=0, method=messages.Method.CLEAR,
                                         name="x", nonce=bytes(16)),
         key=secret,
     )
