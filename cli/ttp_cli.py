@@ -104,9 +104,9 @@ def init(directory: Path, hosts: tuple[str, ...], days: int, enrol_token: bool,
               help="Address to listen on (port 0 picks a free one, printed).")
 @click.option("--max-connections", default=512, show_default=True,
               help="Connections at once, from everyone.")
-@click.option("--max-per-client", default=16, show_default=True,
+@click.option("--max-per-client", default=256, show_default=True,
               help="Connections at once from one address.")
-@click.option("--rate", default=20.0, show_default=True,
+@click.option("--rate", default=50.0, show_default=True,
               help="New connections per second one address may open (burst: twice that).")
 @click.option("--max-wait", default=60.0, show_default=True,
               help="Longest wait (seconds) for the other device's intent.")
