@@ -67,7 +67,7 @@ from pairkit.pairing.ttp import (
 from pairkit.transports.tcp import TcpLink, format_host_port
 
 from .certs import ServerDir, cert_fingerprint, load_cert
-from .store import Matched, StoreError, TtpStore, open_store
+from .store import Matched, Store, StoreError, open_store
 
 T = TypeVar("T")
 
@@ -281,6 +281,7 @@ class TtpServer:
         *,
         limits: Limits | None = None,
         enrol_token: bytes | None = None,
+        database: str | None = None,
         clock: Callable[[], float] = time.time,
         rng: Rng = os.urandom,
         log: Callable[[str], None] | None = log_connection,
@@ -298,8 +299,10 @@ class TtpServer:
             step_timeout=self.limits.step_timeout,
         )
         self.admission = Admission(self.limits)
+        #: a PostgreSQL URL (``postgresql://...``), or None for the directory's SQLite file
+        self.database = database
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttp-store")
-        self._store: TtpStore | None = None
+        self._store: Store | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[int, asyncio.Event] = {}
@@ -329,7 +332,7 @@ class TtpServer:
             raise StoreError(f"the key server's database failed: {exc}") from None
 
     @property
-    def store(self) -> TtpStore:
+    def store(self) -> Store:
         if self._store is None:
             raise ConfigError("the server is not started")
         return self._store
@@ -338,7 +341,8 @@ class TtpServer:
         """Open the store and listen; the address (``HOST:PORT``) it listens on."""
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(
-            self._executor, functools.partial(open_store, self.dir.root, rng=self._rng)
+            self._executor,
+            functools.partial(open_store, self.dir.root, rng=self._rng, database=self.database),
         )
         await self.db(self.store.purge, self._clock())
         try:
@@ -593,6 +597,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     limits: Limits = dataclasses.field(default_factory=Limits)
+    #: ``postgresql://...``: serve from that PostgreSQL database, shared with any number of
+    #: other server processes (:mod:`pairkit.keyserver.pgstore`); None: the SQLite file
+    database: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -626,7 +633,7 @@ async def serve(
     d.check()
     token = d.enrol_token()
     fp = cert_fingerprint(load_cert(d.ca_cert))
-    server = TtpServer(d.root, limits=config.limits, enrol_token=token)
+    server = TtpServer(d.root, limits=config.limits, enrol_token=token, database=config.database)
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     try:
@@ -634,6 +641,7 @@ async def serve(
         count = await server.db(server.store.device_count)
         log.info("pairkit key server listening on %s (TLS 1.3); %d device(s) enrolled",
                  address, count)
+        log.info("database: %s", server.store.where)
         log.info("devices pin %s (CA fingerprint %s); enrolment %s", d.ca_cert, fp,
                  f"needs the token in {d.token}" if token else "is open")
         if ready is not None:

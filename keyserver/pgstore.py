@@ -1,0 +1,256 @@
+"""The key server's store in PostgreSQL (``pairkit ttp serve --db postgresql://...``).
+
+Any number of server processes, on any number of machines, share one PostgreSQL database
+(psycopg 3, the ``postgres`` extra: ``pip install 'pairkit[postgres]'``).  The queries are
+:class:`pairkit.keyserver.store.Store`'s, the same as SQLite's; this module supplies what
+differs:
+
+* each change is one transaction at PostgreSQL's default isolation (READ COMMITTED), and the
+  rows it will change are read ``FOR UPDATE``, so a waiting intent is matched, withdrawn or
+  delivered by one transaction only: a withdrawal that races a match finds the row matched
+  and hands the key over instead, and a delivery deletes the row it reads;
+* the intents of one pair of devices in one context are serialised by a transaction-scoped
+  advisory lock on a hash of the unordered pair and the context: two matching intents that
+  arrive at the same instant through two processes are paired, never left both waiting;
+* the schema is versioned in the table ``pairkit_schema`` and migrated on start under an
+  advisory lock (several processes starting at once migrate once); a database of a newer
+  pairkit is refused, not damaged;
+* a connection lost (the database restarted, a network cut) fails the call under way with
+  :class:`StoreError`, and the next call connects again.
+
+The keys are sealed exactly as in SQLite, under the server directory's ``seal.key``: every
+process serving one database needs the same directory (copy it, ``seal.key`` included, to each
+server machine).  Nothing here logs; no error text carries the URL, whose password stays out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+from pairkit.pairing.crypto import Rng
+from pairkit.pairing.errors import ConfigError, PairingError
+
+from .store import Sealer, Store, StoreError, Tx
+
+try:
+    import psycopg
+    from psycopg import conninfo
+except ImportError:  # pragma: no cover - the extra is not installed
+    psycopg = None  # type: ignore[assignment]
+
+#: the advisory lock key that serialises migrations (any fixed 64-bit number)
+MIGRATION_LOCK: Final = 0x7061_6972_6B69_7431  # "pairkit1"
+#: seconds to connect, and the longest any statement may run
+CONNECT_TIMEOUT: Final = 10
+STATEMENT_TIMEOUT_MS: Final = 10_000
+
+PG_MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: enrolled devices and pending intents (as SQLite's version 1)
+    """
+    CREATE TABLE devices (
+        device_id      BYTEA PRIMARY KEY CHECK (length(device_id) = 16),
+        name           TEXT NOT NULL,
+        static_public  BYTEA NOT NULL CHECK (length(static_public) = 32),
+        signing_public BYTEA NOT NULL CHECK (length(signing_public) = 32),
+        eukey_sealed   BYTEA,
+        enrolled_at    DOUBLE PRECISION NOT NULL,
+        updated_at     DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE intents (
+        id        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        owner     BYTEA NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+        peer      BYTEA NOT NULL,
+        context   BYTEA NOT NULL,
+        role      INTEGER NOT NULL,
+        created   DOUBLE PRECISION NOT NULL,
+        expires   DOUBLE PRECISION NOT NULL,
+        match_id  BYTEA,
+        sk_sealed BYTEA
+    );
+    CREATE INDEX intents_by_pair ON intents (owner, peer, context, role);
+    CREATE INDEX intents_by_expiry ON intents (expires);
+    """,
+    # 2: CPNS personal networks and their members (as SQLite's version 2)
+    """
+    CREATE TABLE pns (
+        pn_id      BYTEA PRIMARY KEY CHECK (length(pn_id) = 16),
+        gw_id      BYTEA NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+        gw_name    TEXT NOT NULL,
+        setup_type INTEGER NOT NULL,
+        created    DOUBLE PRECISION NOT NULL,
+        updated    DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE pn_members (
+        pn_id            BYTEA NOT NULL REFERENCES pns(pn_id) ON DELETE CASCADE,
+        pne_id           BYTEA NOT NULL,
+        name             TEXT NOT NULL,
+        caps             INTEGER NOT NULL,
+        contents         TEXT NOT NULL,
+        key_source       INTEGER NOT NULL,
+        local_key_sealed BYTEA,
+        joined           DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (pn_id, pne_id)
+    );
+    CREATE INDEX pns_by_gateway ON pns (gw_id);
+    """,
+)
+PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)
+
+
+def describe(url: str) -> str:
+    """``HOST:PORT/DATABASE`` of a PostgreSQL URL, for messages (never the password)."""
+    try:
+        parts = conninfo.conninfo_to_dict(url) if psycopg is not None else {}
+    except Exception:  # psycopg.ProgrammingError: not a URL it understands
+        return "the database given to --db"
+    host = str(parts.get("host") or "localhost")
+    port = str(parts.get("port") or 5432)
+    return f"{host}:{port}/{parts.get('dbname') or parts.get('user') or '?'}"
+
+
+def pair_key(owner: bytes, peer: bytes, context: bytes) -> int:
+    """The advisory lock of the intents between two devices in one context (either order)."""
+    lo, hi = sorted((owner, peer))
+    digest = hashlib.sha256(b"pairkit-ttp-pair|" + lo + hi + context).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _sql(text: str) -> str:
+    # Store's queries use "?" (SQLite's style); psycopg's is "%s".  No query has a literal ?.
+    return text.replace("?", "%s")
+
+
+class _PgTx:
+    """:class:`Tx` over a psycopg connection."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.conn.execute(_sql(sql), params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self.conn.execute(_sql(sql), params).fetchall())
+
+    def locking(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        return self.one(sql + " FOR UPDATE", params)
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.conn.execute(_sql(sql), params).rowcount)
+
+    def insert_id(self, sql: str, params: Sequence[Any] = ()) -> int:
+        row = self.conn.execute(_sql(sql) + " RETURNING id", params).fetchone()
+        return int(row[0])
+
+
+class PostgresStore(Store):
+    """The store in one PostgreSQL database shared by any number of server processes."""
+
+    def __init__(self, url: str, sealer: Sealer, *, rng: Rng = os.urandom) -> None:
+        if psycopg is None:
+            raise ConfigError(
+                "--db postgresql://... needs psycopg: pip install 'pairkit[postgres]'"
+            )
+        super().__init__(sealer, rng=rng)
+        self.url = url
+        self.where = f"PostgreSQL {describe(url)}"
+        self._conn: Any = None
+        self._connect()
+        with self._guard("migrating"):
+            migrate_pg(self._conn)
+
+    def _connect(self) -> None:
+        try:
+            self._conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                application_name="pairkit-keyserver",
+            )
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to the {self.where} database ({_reason(exc)}): is it "
+                "running, does the database exist, and may this user connect?"
+            ) from None
+        except ValueError:  # psycopg.conninfo: a malformed URL
+            raise ConfigError("--db: that is not a PostgreSQL URL") from None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except PairingError:
+            raise
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"the {self.where} database failed while {doing} ({_reason(exc)})"
+            ) from None
+
+    def _live(self) -> Any:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            self._connect()
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Tx]:
+        conn = self._live()
+        with self._guard("writing"), conn.transaction():
+            yield _PgTx(conn)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Tx]:
+        conn = self._live()
+        with self._guard("reading"):
+            yield _PgTx(conn)
+
+    def _lock_pair(self, db: Tx, owner: bytes, peer: bytes, context: bytes) -> None:
+        db.one("SELECT pg_advisory_xact_lock(?)", (pair_key(owner, peer, context),))
+
+    def schema_version(self) -> int:
+        with self._read() as db:
+            row = db.one("SELECT version FROM pairkit_schema")
+        return int(row[0]) if row else 0
+
+
+def _reason(exc: Exception) -> str:
+    """A short, URL-free reason: the SQLSTATE's name where there is one."""
+    state = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return f"{primary}" + (f", SQLSTATE {state}" if state else "")
+    return type(exc).__name__
+
+
+def migrate_pg(conn: Any, *, upto: int = PG_SCHEMA_VERSION) -> int:
+    """Bring the schema to version ``upto`` (each step and its version bump in one
+    transaction, under an advisory lock); the version it had.  Refuses a newer database."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS pairkit_schema (version INTEGER NOT NULL, "
+            "one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one))"
+        )
+        row = conn.execute("SELECT version FROM pairkit_schema").fetchone()
+        version = int(row[0]) if row else 0
+        if row is None:
+            conn.execute("INSERT INTO pairkit_schema (version) VALUES (0)")
+        if version > PG_SCHEMA_VERSION:
+            raise StoreError(
+                f"the database has schema version {version}, newer than this pairkit "
+                f"({PG_SCHEMA_VERSION}); upgrade pairkit to use it"
+            )
+        for target in range(version + 1, upto + 1):
+            conn.execute(PG_MIGRATIONS[target - 1])
+            conn.execute("UPDATE pairkit_schema SET version = %s", (target,))
+    return version
