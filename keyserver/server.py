@@ -100,8 +100,8 @@ class Limits:
     max_connections: int = 512
     #: connections at once from one client address (authenticated or not; a NAT shares one)
     max_per_client: int = 256
-    #: unauthenticated connections at once from one address; the address's oldest one is
-    #: evicted to make room for a new one
+    #: unauthenticated connections at once from one address once the server is half full;
+    #: beyond it, the address's oldest one is evicted to make room for a new one
     max_unauth_per_client: int = 64
     #: new connections per second one client address may open, sustained ...
     rate: float = 50.0
@@ -149,8 +149,9 @@ class Admission:
     """Who may open a connection now (no clock read: ``now`` is an argument).
 
     In order: the address's failure lockout, its token bucket (attempt rate), its count of
-    unauthenticated connections (over :attr:`Limits.max_unauth_per_client`, its own oldest
-    unauthenticated connection is evicted), the total (when full, the oldest unauthenticated
+    unauthenticated connections (over :attr:`Limits.max_unauth_per_client` while the server is
+    half full or more, its own oldest unauthenticated connection is evicted: below that, many
+    devices behind one NAT handshaking at once hurt nobody), the total (when full, the oldest unauthenticated
     connection of the address that holds the most of them is evicted; refused only when every
     connection is authenticated), and the address's total.  A flood of idle or garbage
     connections from other addresses thus evicts its own connections first, and a legitimate
@@ -193,7 +194,8 @@ class Admission:
             return "too many connections"
         # Admitted: make room, evicting this address's own oldest unauthenticated connection
         # first, then the oldest of whoever holds the most.
-        if len(mine) >= lim.max_unauth_per_client or (
+        crowded = 2 * self.total >= lim.max_connections
+        if (crowded and len(mine) >= lim.max_unauth_per_client) or (
             self._open.get(client, 0) >= lim.max_per_client
         ):
             self._evict(next(iter(mine)))

@@ -272,9 +272,9 @@ async def test_a_device_that_hangs_up_withdraws_its_intent(tmp_path: Path) -> No
 async def test_idle_connections_from_one_address_give_way_to_a_new_one(
     tmp_path: Path,
 ) -> None:
-    # Two idle connections hold the address's two unauthenticated slots: a third connection
-    # (a neighbour behind the same NAT) evicts the oldest and enrols; the idle ones end.
-    limits = dataclasses.replace(FAST, max_unauth_per_client=2)
+    # Two idle connections hold the address's two unauthenticated slots of a server half full:
+    # a third connection (a neighbour behind the same NAT) evicts the oldest and enrols.
+    limits = dataclasses.replace(FAST, max_unauth_per_client=2, max_connections=4)
     async with running_server(tmp_path / "srv", limits=limits) as h:
         host, port = h.address.rsplit(":", 1)
         held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]

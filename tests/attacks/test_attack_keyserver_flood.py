@@ -121,7 +121,7 @@ async def test_a_garbage_flood_does_not_keep_a_device_out(tmp_path: Path) -> Non
 
 
 def test_eviction_order_with_an_injected_clock() -> None:
-    limits = Limits(max_connections=5, max_per_client=3, max_unauth_per_client=2, rate=100,
+    limits = Limits(max_connections=6, max_per_client=4, max_unauth_per_client=2, rate=100,
                     burst=100)
     adm = Admission(limits)
     gone: list[str] = []
@@ -132,22 +132,28 @@ def test_eviction_order_with_an_injected_clock() -> None:
         return t
 
     x1, x2 = admit("x", "x1"), admit("x", "x2")
-    x3 = admit("x", "x3")  # x's third unauthenticated connection evicts its oldest
-    assert gone == ["x1"] and x1.released and not x3.released
+    x3 = admit("x", "x3")  # under half full: one address may handshake more than 2 at once
+    assert gone == [] and adm.unauthenticated == 3
+    x4 = admit("x", "x4")  # half full: x's oldest unauthenticated connection makes room
+    assert gone == ["x1"] and x1.released and not x4.released
     legit = admit("l", "legit")
     adm.authenticated(legit)
-    y1, _ = admit("y", "y1"), admit("y", "y2")
+    y1 = admit("y", "y1")
     assert adm.total == 5
-    admit("z", "z1")  # full: the oldest of an address holding the most (x and y hold 2)
-    assert gone == ["x1", "x2"]
-    admit("w", "w1")  # x holds 1 now, y 2: y's oldest goes
-    assert gone == ["x1", "x2", "y1"] and y1.released and not legit.released
+    admit("z", "z1")
+    assert adm.total == 6
+    admit("w", "w1")  # full: the oldest of the address holding the most (x: 3)
+    assert gone == ["x1", "x2"] and not legit.released
+    admit("v", "v1")  # x holds 2, the others 1: x's oldest again
+    assert gone == ["x1", "x2", "x3"]
+    admit("u", "u1")  # x4, y1, z1, w1, v1 hold 1 each (and x, 1): the oldest of them, x4
+    assert gone[-1] == "x4" and not y1.released and not legit.released
     adm.release(x2)  # releasing an evicted ticket again changes nothing
-    assert adm.total == 5
+    assert adm.total == 6
     # every connection authenticated: a newcomer is refused, nobody evicted
     for t in list(adm._unauth):
         adm.authenticated(t)
-    assert adm.admit("v", 0.0) == "too many connections" and len(gone) == 3
+    assert adm.admit("t", 0.0) == "too many connections" and len(gone) == 4
     # an address at its total with authenticated connections only is refused
     full = Admission(Limits(max_per_client=1))
     t = full.admit("n", 0.0)
