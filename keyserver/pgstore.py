@@ -15,6 +15,10 @@ differs:
 * the schema is versioned in the table ``pairkit_schema`` and migrated on start under an
   advisory lock (several processes starting at once migrate once); a database of a newer
   pairkit is refused, not damaged;
+* a match is announced with ``NOTIFY`` (sent when its transaction commits), and each server
+  process LISTENs on a connection of its own, so an intent waiting in one process learns at
+  once of a match made in another (a slow poll of the store remains, in case a notification
+  is lost while the listener reconnects);
 * a connection lost (the database restarted, a network cut) fails the call under way with
   :class:`StoreError`, and the next call connects again.
 
@@ -28,7 +32,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from pairkit.pairing.crypto import Rng
@@ -44,6 +49,8 @@ except ImportError:  # pragma: no cover - the extra is not installed
 
 #: the advisory lock key that serialises migrations (any fixed 64-bit number)
 MIGRATION_LOCK: Final = 0x7061_6972_6B69_7431  # "pairkit1"
+#: the channel on which a match is announced to every server process (payload: the row)
+NOTIFY_CHANNEL: Final = "pairkit_ttp_match"
 #: seconds to connect, and the longest any statement may run
 CONNECT_TIMEOUT: Final = 10
 STATEMENT_TIMEOUT_MS: Final = 10_000
@@ -212,6 +219,45 @@ class PostgresStore(Store):
         conn = self._live()
         with self._guard("reading"):
             yield _PgTx(conn)
+
+    def _matched(self, db: Tx, row: int) -> None:
+        # Delivered to every listener when (and only if) the match commits.
+        db.one("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, str(row)))
+
+    def listen(self, matched: Callable[[int], None]) -> Callable[[], None] | None:
+        """LISTEN on a connection of its own (subscribed when this returns, if the database
+        answers), read on a thread; reconnects after a lost connection (meanwhile the waiters'
+        slow poll of the store still finds their match)."""
+        stop = threading.Event()
+
+        def subscribe() -> Any:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            return conn
+
+        first: list[Any] = []
+        with contextlib.suppress(psycopg.Error):
+            first.append(subscribe())
+
+        def run() -> None:
+            while not stop.is_set():
+                try:
+                    with first.pop() if first else subscribe() as conn:
+                        while not stop.is_set():
+                            for note in conn.notifies(timeout=0.5):
+                                with contextlib.suppress(ValueError):
+                                    matched(int(note.payload))
+                except psycopg.Error:
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=run, name="ttp-pg-listen", daemon=True)
+        thread.start()
+
+        def halt() -> None:
+            stop.set()
+            thread.join(5)
+
+        return halt
 
     def _lock_pair(self, db: Tx, owner: bytes, peer: bytes, context: bytes) -> None:
         db.one("SELECT pg_advisory_xact_lock(?)", (pair_key(owner, peer, context),))

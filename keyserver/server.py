@@ -10,8 +10,9 @@ any TLS work), the TLS 1.3 handshake with the server certificate (a short deadli
 answers their questions from the store (:mod:`pairkit.keyserver.store`, run on one worker thread
 so the event loop never waits on the disk) and waits for matching intents.
 
-A waiting intent is woken at once when its match arrives in this process, and polls the store
-otherwise (another server process sharing the database), and is withdrawn when its device
+A waiting intent is woken at once when its match arrives in this process or, on PostgreSQL,
+in any process (the store's :meth:`~pairkit.keyserver.store.Store.listen`), and polls the store
+otherwise (another server process sharing the SQLite file), and is withdrawn when its device
 hangs up.  Nothing secret is logged: device ids, names and outcomes only.
 
 :func:`serve` runs one server from a :class:`ServeConfig` until it is told to stop (SIGINT or
@@ -71,8 +72,10 @@ from .store import Matched, Store, StoreError, open_store
 
 T = TypeVar("T")
 
-#: how often a waiting intent looks at the store for a match made by another process
+#: how often a waiting intent looks at the store for a match made by another process ...
 POLL_INTERVAL = 0.2
+#: ... and where the store announces matches (PostgreSQL's NOTIFY): only in case one was lost
+SLOW_POLL_INTERVAL = 2.0
 
 #: the server's start and stop
 log = logging.getLogger("pairkit.keyserver")
@@ -151,12 +154,12 @@ class Admission:
     In order: the address's failure lockout, its token bucket (attempt rate), its count of
     unauthenticated connections (over :attr:`Limits.max_unauth_per_client` while the server is
     half full or more, its own oldest unauthenticated connection is evicted: below that, many
-    devices behind one NAT handshaking at once hurt nobody), the total (when full, the oldest unauthenticated
-    connection of the address that holds the most of them is evicted; refused only when every
-    connection is authenticated), and the address's total.  A flood of idle or garbage
-    connections from other addresses thus evicts its own connections first, and a legitimate
-    device with one connection is evicted only when the flood comes from as many addresses as
-    the server has slots.
+    devices behind one NAT handshaking at once hurt nobody), the total (when full, the oldest
+    unauthenticated connection of the address that holds the most of them is evicted; refused
+    only when every connection is authenticated), and the address's total.  A flood of idle or
+    garbage connections from other addresses thus evicts its own connections first, and a
+    legitimate device with one connection is evicted only when the flood comes from as many
+    addresses as the server has slots.
     """
 
     def __init__(self, limits: Limits) -> None:
@@ -309,6 +312,8 @@ class TtpServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[int, asyncio.Event] = {}
         self._janitor: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] | None = None
+        self._poll = POLL_INTERVAL
         self.address = ""
         #: counters for people and benchmarks (no secrets); failures are logged as "error: ..."
         self.stats: dict[str, int] = {
@@ -358,6 +363,10 @@ class TtpServer:
         sock = self._server.sockets[0].getsockname()
         self.address = format_host_port(str(sock[0]), int(sock[1]))
         self._janitor = asyncio.create_task(self._purge_now_and_then())
+        self._unlisten = self.store.listen(
+            functools.partial(loop.call_soon_threadsafe, self._wake)
+        )
+        self._poll = POLL_INTERVAL if self._unlisten is None else SLOW_POLL_INTERVAL
         return self.address
 
     async def close(self) -> None:
@@ -366,6 +375,9 @@ class TtpServer:
             self._server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        if self._unlisten is not None:
+            unlisten, self._unlisten = self._unlisten, None
+            await asyncio.get_running_loop().run_in_executor(None, unlisten)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -546,7 +558,7 @@ class _Conn:
                 if remaining <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(POLL_INTERVAL, remaining))
+                    await asyncio.wait_for(event.wait(), min(s._poll, remaining))
                 event.clear()
                 found = await s.db(s.store.take_match, row)
                 if found is not None:

@@ -33,7 +33,7 @@ import dataclasses
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -231,6 +231,16 @@ class Store(abc.ABC):
     def _read(self) -> contextlib.AbstractContextManager[Tx]:
         """A read of committed data."""
 
+    def listen(self, matched: Callable[[int], None]) -> Callable[[], None] | None:
+        """Call ``matched(row)`` (on another thread) each time any server process sharing the
+        database matches the waiting intent ``row``; the function that stops listening, or
+        None where the engine cannot tell (the waiters then poll the store)."""
+        return None
+
+    def _matched(self, db: Tx, row: int) -> None:
+        """The waiting intent ``row`` is matched, in transaction ``db`` (tell the listeners)."""
+        del db, row  # nobody listens where the engine cannot tell
+
     @abc.abstractmethod
     def _lock_pair(self, db: Tx, owner: bytes, peer: bytes, context: bytes) -> None:
         """Serialise, until the transaction ends, every change to the intents between these
@@ -348,6 +358,7 @@ class Store(abc.ABC):
                     "UPDATE intents SET match_id = ?, sk_sealed = ? WHERE id = ?",
                     (match_id, sealed, partner),
                 )
+                self._matched(db, partner)
                 return Matched(sk, match_id, partner)
             db.run(
                 "DELETE FROM intents WHERE owner = ? AND peer = ? AND context = ? AND role = ? "

@@ -55,7 +55,8 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
-def _why_not() -> str | None:
+def why_unavailable() -> str | None:
+    """Why no PostgreSQL can be started here (None: it may be; initdb can still fail)."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -72,21 +73,26 @@ def _why_not() -> str | None:
     return None
 
 
+class PgUnavailable(Exception):
+    """No PostgreSQL can be started here (the text says why)."""
+
+
 def _run(argv: list[str], what: str) -> None:
     done = subprocess.run(
         _as_postgres(argv), capture_output=True, text=True, timeout=120, check=False,
     )
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        pytest.skip(f"cannot start PostgreSQL: {what} failed: {' / '.join(tail)}")
+        raise PgUnavailable(f"cannot start PostgreSQL: {what} failed: {' / '.join(tail)}")
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PgCluster]:
-    """A PostgreSQL cluster for the whole session (skips the test where none can start)."""
-    why = _why_not()
+@contextlib.contextmanager
+def running_cluster() -> Iterator[PgCluster]:
+    """A fresh PostgreSQL cluster in a temporary directory, stopped and deleted on exit;
+    :class:`PgUnavailable` where none can start (also used by bench/ttp_scale.py)."""
+    why = why_unavailable()
     if why is not None:
-        pytest.skip(why)
+        raise PgUnavailable(why)
     root = Path(tempfile.mkdtemp(prefix="pairkit-pg-"))
     data, log = root / "data", root / "log"
     if os.geteuid() == 0:
@@ -109,6 +115,20 @@ def postgres() -> Iterator[PgCluster]:
                     capture_output=True, timeout=60, check=False,
                 )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgCluster]:
+    """A PostgreSQL cluster for the whole session (skips the test where none can start)."""
+    try:
+        cluster = running_cluster()
+        pg = cluster.__enter__()
+    except PgUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield pg
+    finally:
+        cluster.__exit__(None, None, None)
 
 
 @pytest.fixture

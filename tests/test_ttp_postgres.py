@@ -145,6 +145,34 @@ def test_pn_inventory(pg_url: str, key: bytes) -> None:
         s.close()
 
 
+def test_a_match_is_announced_to_every_listening_process(pg_url: str, key: bytes) -> None:
+    """Each server process listens; a match made through any connection wakes the waiting
+    row's listener, and only once the match commits."""
+    one, two = pg_store(pg_url, key), pg_store(pg_url, key)
+    heard: list[int] = []
+    got = threading.Event()
+
+    def on_match(row: int) -> None:
+        heard.append(row)
+        got.set()
+
+    halt = one.listen(on_match)
+    assert halt is not None
+    try:
+        for d in (A, B):
+            one.enrol(rec(d), None, 0)
+        waiting = one.post_intent(A, B, CTX, IntentRole.HOST, now=0, expires=60)
+        assert isinstance(two.post_intent(A, C, CTX, IntentRole.HOST, now=0, expires=60),
+                          Pending)  # no match: nothing announced
+        matched = two.post_intent(B, A, CTX, IntentRole.GUEST, now=1, expires=60)
+        assert isinstance(matched, Matched)
+        assert got.wait(10) and heard == [waiting.row]  # the unmatched post was not announced
+    finally:
+        halt()
+        one.close()
+        two.close()
+
+
 def test_a_lost_connection_fails_one_call_and_the_next_reconnects(
     pg_url: str, key: bytes, postgres: PgCluster
 ) -> None:

@@ -132,7 +132,7 @@ def test_eviction_order_with_an_injected_clock() -> None:
         return t
 
     x1, x2 = admit("x", "x1"), admit("x", "x2")
-    x3 = admit("x", "x3")  # under half full: one address may handshake more than 2 at once
+    admit("x", "x3")  # under half full: one address may handshake more than 2 at once
     assert gone == [] and adm.unauthenticated == 3
     x4 = admit("x", "x4")  # half full: x's oldest unauthenticated connection makes room
     assert gone == ["x1"] and x1.released and not x4.released
