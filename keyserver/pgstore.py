@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from pairkit.pairing.crypto import Rng
-from pairkit.pairing.errors import ConfigError, PairingError
+from pairkit.pairing.errors import ConfigError, PairingError, RefusedError
 
 from .store import Sealer, Store, StoreError, Tx
 
@@ -219,6 +219,24 @@ class PostgresStore(Store):
         conn = self._live()
         with self._guard("reading"):
             yield _PgTx(conn)
+
+    def take_match(self, row: int) -> tuple[bytes, bytes] | None:
+        """As :meth:`Store.take_match`, in one statement where the match is there (a waiting
+        intent asks this at each poll): the row is read and deleted by one statement, its own
+        transaction, so it is delivered once."""
+        with self._read() as db:
+            found = db.one(
+                "DELETE FROM intents WHERE id = ? AND match_id IS NOT NULL "
+                "RETURNING match_id, sk_sealed", (row,),
+            )
+            if found is None:
+                if db.one("SELECT 1 FROM intents WHERE id = ?", (row,)) is None:
+                    raise RefusedError(
+                        "a newer identical intent from this device replaced this one"
+                    )
+                return None
+        match_id = bytes(found[0])
+        return self._sealer.open(bytes(found[1]), "sk", row, match_id), match_id
 
     def _matched(self, db: Tx, row: int) -> None:
         # Delivered to every listener when (and only if) the match commits.

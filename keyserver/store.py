@@ -344,7 +344,6 @@ class Store(abc.ABC):
         """
         with self._write() as db:
             self._lock_pair(db, owner, peer, context)
-            db.run("DELETE FROM intents WHERE expires <= ? AND match_id IS NULL", (now,))
             row = db.locking(
                 "SELECT id FROM intents WHERE owner = ? AND peer = ? AND context = ? "
                 "AND role = ? AND match_id IS NULL AND expires > ? ORDER BY id LIMIT 1",
