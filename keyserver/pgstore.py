@@ -166,14 +166,22 @@ class PostgresStore(Store):
         super().__init__(sealer, rng=rng)
         self.url = url
         self.where = f"PostgreSQL {describe(url)}"
-        self._conn: Any = None
-        self._connect()
+        # One connection per thread that uses the store (the server runs several), so
+        # that their round trips to the database overlap; every one is closed by close().
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
         with self._guard("migrating"):
-            migrate_pg(self._conn)
+            migrate_pg(self._live())
 
-    def _connect(self) -> None:
+    @property
+    def _conn(self) -> Any:
+        """This thread's connection (made on first use)."""
+        return self._live()
+
+    def _connect(self) -> Any:
         try:
-            self._conn = psycopg.connect(
+            conn = psycopg.connect(
                 self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                 options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                 application_name="pairkit-keyserver",
@@ -185,11 +193,16 @@ class PostgresStore(Store):
             ) from None
         except ValueError:  # psycopg.conninfo: a malformed URL
             raise ConfigError("--db: that is not a PostgreSQL URL") from None
+        with self._lock:
+            self._all.append(conn)
+        return conn
 
     def close(self) -> None:
-        if self._conn is not None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
             with contextlib.suppress(Exception):
-                self._conn.close()
+                conn.close()
 
     @contextlib.contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
@@ -203,10 +216,15 @@ class PostgresStore(Store):
             ) from None
 
     def _live(self) -> Any:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self.close()
-            self._connect()
-        return self._conn
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                with self._lock:
+                    self._all = [c for c in self._all if c is not conn]
+            conn = self._local.conn = self._connect()
+        return conn
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Tx]:

@@ -76,6 +76,8 @@ T = TypeVar("T")
 POLL_INTERVAL = 0.2
 #: ... and where the store announces matches (PostgreSQL's NOTIFY): only in case one was lost
 SLOW_POLL_INTERVAL = 2.0
+#: the store's threads (each with its own connection) on PostgreSQL
+PG_STORE_THREADS = 4
 
 #: the server's start and stop
 log = logging.getLogger("pairkit.keyserver")
@@ -306,7 +308,12 @@ class TtpServer:
         self.admission = Admission(self.limits)
         #: a PostgreSQL URL (``postgresql://...``), or None for the directory's SQLite file
         self.database = database
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttp-store")
+        # SQLite: one connection, one thread.  PostgreSQL: a connection per thread, and
+        # several threads, so that the round trips to the database overlap.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1 if database is None else PG_STORE_THREADS,
+            thread_name_prefix="ttp-store",
+        )
         self._store: Store | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
