@@ -311,6 +311,8 @@ def _reason(exc: Exception) -> str:
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     if primary:
         return f"{primary}" + (f", SQLSTATE {state}" if state else "")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        return "no connection: refused, unreachable, or the login was rejected"
     return type(exc).__name__
 
 

@@ -364,3 +364,36 @@ async def test_a_server_killed_mid_way_and_the_other_completes(
             one.proc.kill()
             await one.proc.wait()
         await two.stop()
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["cli", "standalone"])
+def test_serve_with_a_bad_or_unreachable_database_says_so(
+    tmp_path: Path, command: str
+) -> None:
+    """A URL that is not PostgreSQL's is a usage error; a database that cannot be reached is
+    one line on stderr, without a traceback or the password, and the server does not start."""
+    import subprocess
+
+    from tests.cli_helpers import ROOT, assert_no_traceback, cli_env
+    from tests.ttp_harness import SERVE_CLI, SERVE_STANDALONE
+
+    d = init_server_dir(tmp_path / "srv")
+    base = SERVE_CLI if command == "cli" else SERVE_STANDALONE
+    empty = tmp_path / "nosocket"
+    empty.mkdir()
+    for url, code, text in (
+        ("mysql://root@db/x", 2, "PostgreSQL URL"),
+        (f"postgresql://u:hunter2@/x?host={empty}&connect_timeout=2", 1, "cannot connect"),
+    ):
+        done = subprocess.run(
+            [*base, "--dir", str(d.root), "--listen", "127.0.0.1:0", "--db", url],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=cli_env(None),
+            stdin=subprocess.DEVNULL, check=False,
+        )
+        assert done.returncode == code, (done.returncode, done.stderr)
+        assert text in done.stderr and "hunter2" not in done.stderr + done.stdout
+        assert done.stderr.startswith("error: ") and done.stderr.count("\n") <= 2, done.stderr
+        assert_no_traceback("the key server", done.stderr)
