@@ -281,9 +281,11 @@ class PostgresStore(Store):
                     with first.pop() if first else subscribe() as conn:
                         while not stop.is_set():
                             for note in conn.notifies(timeout=0.5):
-                                with contextlib.suppress(ValueError):
+                                # ValueError: not a row id; RuntimeError: the server's loop
+                                # closed meanwhile.  Neither may end the listener.
+                                with contextlib.suppress(ValueError, RuntimeError):
                                     matched(int(note.payload))
-                except psycopg.Error:
+                except Exception:  # psycopg.Error, OSError: connect again in a second
                     stop.wait(1.0)
 
         thread = threading.Thread(target=run, name="ttp-pg-listen", daemon=True)
