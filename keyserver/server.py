@@ -1,5 +1,5 @@
-"""The key server: an asyncio TLS 1.3 server over the SQLite store (``pairkit ttp serve``,
-``python -m pairkit.keyserver``).
+"""The key server: an asyncio TLS 1.3 server over its store, SQLite or PostgreSQL (``pairkit ttp
+serve``, ``python -m pairkit.keyserver``).
 
 Each connection: admission (:class:`Admission`: failure lockout and attempt rate per address,
 then room made by evicting unauthenticated connections, per address and in all; refused before
@@ -7,8 +7,8 @@ any TLS work), the TLS 1.3 handshake with the server certificate (a short deadli
 :class:`pairkit.pairing.ttp.TtpServerConn` run by :func:`pairkit.driver.drive`
 (every message bounded in size and in time), and for a CPNS registration
 :class:`pairkit.pairing.cpns.CpnsServer` on the same connection.  The machines decide; this module
-answers their questions from the store (:mod:`pairkit.keyserver.store`, run on one worker thread
-so the event loop never waits on the disk) and waits for matching intents.
+answers their questions from the store (:mod:`pairkit.keyserver.store`, run on worker threads
+so the event loop never waits on the disk or the database) and waits for matching intents.
 
 A waiting intent is woken at once when its match arrives in this process or, on PostgreSQL,
 in any process (the store's :meth:`~pairkit.keyserver.store.Store.listen`), and polls the store
@@ -95,10 +95,10 @@ def log_connection(text: str) -> None:
 class Limits:
     """What one server allows; validated when built.
 
-    Admission favours progress (docs/security.md, "The key server"): a connection is
-    *unauthenticated* from its accept until the device's proof checks, and only such connections
-    are bounded per address and evicted under load, so that an authenticated device is never
-    dropped for someone else's flood, and a fresh connection always gets its chance.
+    Admission favours progress (docs/security.md, "The key server: who gets in under load"): a
+    connection is *unauthenticated* from its accept until the device's proof checks, and only
+    such connections are bounded per address and evicted under load, so that an authenticated
+    device is never dropped for someone else's flood, and a fresh connection gets its chance.
     """
 
     #: connections at once, from everyone
