@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test,qr]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,qr,postgres]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -25,6 +25,7 @@ Usage::
     .venv/bin/python bench/ttp.py --json
     .venv/bin/python bench/ttp.py --quick        # a smoke run (the test suite uses it)
     .venv/bin/python bench/ttp.py --pairs 1 10 100 --deliveries 300
+    .venv/bin/python bench/ttp.py --scale-out    # 1 and 2 servers on PostgreSQL (ttp_scale.py)
 """
 
 from __future__ import annotations
@@ -304,6 +305,14 @@ def measure(settings: Settings) -> dict[str, Any]:
     return asyncio.run(measure_async(settings))
 
 
+def scale_out(quick: bool, out: Callable[[str], None]) -> int:
+    """Deliveries per second with one and with two server processes on one PostgreSQL
+    database: figure, goal (two >= 1.5 x one), met (bench/ttp_scale.py, issue 17)."""
+    from bench import ttp_scale
+
+    return ttp_scale.main(["--quick"] if quick else [], out=out)
+
+
 def machine() -> dict[str, Any]:
     return {
         "nproc": nproc(),
@@ -350,7 +359,11 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
                         help="concurrency levels (pairs at once); default 1 10 100")
     parser.add_argument("--deliveries", type=positive, default=None,
                         help="deliveries per level (default 300)")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="one and two server processes on one PostgreSQL database")
     args = parser.parse_args(argv)
+    if args.scale_out:
+        return scale_out(args.quick, out)
     if args.quick:
         settings = Settings(pairs=tuple(args.pairs or QUICK_PAIRS),
                             deliveries=args.deliveries or 4, floor_runs=3, warmup=0)

@@ -104,17 +104,20 @@ def init(directory: Path, hosts: tuple[str, ...], days: int, enrol_token: bool,
               help="Address to listen on (port 0 picks a free one, printed).")
 @click.option("--max-connections", default=512, show_default=True,
               help="Connections at once, from everyone.")
-@click.option("--max-per-client", default=16, show_default=True,
+@click.option("--max-per-client", default=256, show_default=True,
               help="Connections at once from one address.")
-@click.option("--rate", default=20.0, show_default=True,
+@click.option("--rate", default=50.0, show_default=True,
               help="New connections per second one address may open (burst: twice that).")
 @click.option("--max-wait", default=60.0, show_default=True,
               help="Longest wait (seconds) for the other device's intent.")
+@click.option("--db", "database", default=None, metavar="postgresql://...",
+              help="Use this PostgreSQL database instead of DIR/ttp.sqlite3; any number of "
+                   "servers may share it (needs: pip install 'pairkit[postgres]').")
 @click.option("--quiet", "-q", is_flag=True, help="Log only errors, not each device served.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON line once listening (for scripts).")
 def serve(directory: Path, listen: str, max_connections: int, max_per_client: int, rate: float,
-          max_wait: float, quiet: bool, as_json: bool) -> None:
+          max_wait: float, database: str | None, quiet: bool, as_json: bool) -> None:
     """Serve devices until interrupted (Ctrl-C or SIGTERM): enrolments, keys, PN registrations.
 
     TLS 1.3 with DIR/server.pem.  Enrolled devices, pending intents and PN inventories live in
@@ -130,7 +133,7 @@ def serve(directory: Path, listen: str, max_connections: int, max_per_client: in
         max_connections=max_connections, max_per_client=max_per_client, rate=rate,
         burst=max(1, int(rate * 2)), max_wait=max_wait,
     )
-    config = ServeConfig(directory, host=host, port=port, limits=limits)
+    config = ServeConfig(directory, host=host, port=port, limits=limits, database=database)
 
     def ready(up: Listening) -> None:
         if as_json:
@@ -240,12 +243,15 @@ def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,
 @click.option("--dir", "directory", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The key server's directory.")
+@click.option("--db", "database", default=None, metavar="postgresql://...",
+              help="Use this PostgreSQL database instead of DIR/ttp.sqlite3; any number of "
+                   "servers may share it (needs: pip install 'pairkit[postgres]').")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def list_cmd(directory: Path, as_json: bool) -> None:
+def list_cmd(directory: Path, database: str | None, as_json: bool) -> None:
     """List the enrolled devices and registered PNs (no key material is shown)."""
     from pairkit.keyserver.store import open_store
 
-    store = open_store(directory)
+    store = open_store(directory, database=database)
     try:
         devices = store.devices()
         pns = [store.pn(pn_id) for pn_id in store.pn_ids()]

@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     defaults = Limits()
     p = argparse.ArgumentParser(
         prog="python -m pairkit.keyserver",
-        description="Run pairkit's key server (TLS 1.3, SQLite) until SIGINT or SIGTERM: "
+        description="Run pairkit's key server (TLS 1.3, SQLite or PostgreSQL) until SIGINT or "
+                    "SIGTERM: "
                     "enrolments, keys for method ttp, CPNS registrations.",
         epilog="Make the directory first with: pairkit ttp init --dir DIR",
     )
@@ -47,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait", type=float, default=defaults.max_wait, metavar="SECONDS",
                    help="longest wait in seconds for the other device's intent "
                         "(default: %(default)s)")
+    p.add_argument("--db", dest="database", default=None, metavar="postgresql://...",
+                   help="use this PostgreSQL database instead of DIR/ttp.sqlite3; any number "
+                        "of servers may share it (needs: pip install 'pairkit[postgres]')")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="log only errors, not each device served")
     p.add_argument("--json", dest="as_json", action="store_true",
@@ -60,7 +64,8 @@ def config_from(args: argparse.Namespace) -> ServeConfig:
         max_connections=args.max_connections, max_per_client=args.max_per_client,
         rate=args.rate, burst=max(1, int(args.rate * 2)), max_wait=args.max_wait,
     )
-    return ServeConfig(Path(args.directory), host=host, port=port, limits=limits)
+    return ServeConfig(Path(args.directory), host=host, port=port, limits=limits,
+                       database=args.database)
 
 
 def listening_json(up: Listening) -> str:

@@ -1,16 +1,18 @@
-"""The key server: an asyncio TLS 1.3 server over the SQLite store (``pairkit ttp serve``,
-``python -m pairkit.keyserver``).
+"""The key server: an asyncio TLS 1.3 server over its store, SQLite or PostgreSQL (``pairkit ttp
+serve``, ``python -m pairkit.keyserver``).
 
-Each connection: admission (per-client connection count, attempt rate, failure lockout, total
-connections; refused before any TLS work), the TLS 1.3 handshake with the server certificate
-(bounded), then :class:`pairkit.pairing.ttp.TtpServerConn` run by :func:`pairkit.driver.drive`
+Each connection: admission (:class:`Admission`: failure lockout and attempt rate per address,
+then room made by evicting unauthenticated connections, per address and in all; refused before
+any TLS work), the TLS 1.3 handshake with the server certificate (a short deadline), then
+:class:`pairkit.pairing.ttp.TtpServerConn` run by :func:`pairkit.driver.drive`
 (every message bounded in size and in time), and for a CPNS registration
 :class:`pairkit.pairing.cpns.CpnsServer` on the same connection.  The machines decide; this module
-answers their questions from the store (:mod:`pairkit.keyserver.store`, run on one worker thread
-so the event loop never waits on the disk) and waits for matching intents.
+answers their questions from the store (:mod:`pairkit.keyserver.store`, run on worker threads
+so the event loop never waits on the disk or the database) and waits for matching intents.
 
-A waiting intent is woken at once when its match arrives in this process, and polls the store
-otherwise (another server process sharing the database), and is withdrawn when its device
+A waiting intent is woken at once when its match arrives in this process or, on PostgreSQL,
+in any process (the store's :meth:`~pairkit.keyserver.store.Store.listen`), and polls the store
+otherwise (another server process sharing the SQLite file), and is withdrawn when its device
 hangs up.  Nothing secret is logged: device ids, names and outcomes only.
 
 :func:`serve` runs one server from a :class:`ServeConfig` until it is told to stop (SIGINT or
@@ -66,12 +68,16 @@ from pairkit.pairing.ttp import (
 from pairkit.transports.tcp import TcpLink, format_host_port
 
 from .certs import ServerDir, cert_fingerprint, load_cert
-from .store import Matched, StoreError, TtpStore, open_store
+from .store import Matched, Store, StoreError, open_store
 
 T = TypeVar("T")
 
-#: how often a waiting intent looks at the store for a match made by another process
+#: how often a waiting intent looks at the store for a match made by another process ...
 POLL_INTERVAL = 0.2
+#: ... and where the store announces matches (PostgreSQL's NOTIFY): only in case one was lost
+SLOW_POLL_INTERVAL = 2.0
+#: the store's threads (each with its own connection) on PostgreSQL
+PG_STORE_THREADS = 4
 
 #: the server's start and stop
 log = logging.getLogger("pairkit.keyserver")
@@ -87,31 +93,43 @@ def log_connection(text: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What one server allows; validated when built."""
+    """What one server allows; validated when built.
+
+    Admission favours progress (docs/security.md, "The key server: who gets in under load"): a
+    connection is *unauthenticated* from its accept until the device's proof checks, and only
+    such connections are bounded per address and evicted under load, so that an authenticated
+    device is never dropped for someone else's flood, and a fresh connection gets its chance.
+    """
 
     #: connections at once, from everyone
     max_connections: int = 512
-    #: connections at once from one client address
-    max_per_client: int = 16
+    #: connections at once from one client address (authenticated or not; a NAT shares one)
+    max_per_client: int = 256
+    #: unauthenticated connections at once from one address once the server is half full;
+    #: beyond it, the address's oldest one is evicted to make room for a new one
+    max_unauth_per_client: int = 64
     #: new connections per second one client address may open, sustained ...
-    rate: float = 20.0
+    rate: float = 50.0
     #: ... and in a burst
-    burst: int = 40
+    burst: int = 100
     #: failed proofs or enrolment tokens from one address before it is locked out ...
     max_failures: int = 10
     #: ... for this many seconds (also the window the failures are counted in)
     lockout: float = 60.0
     #: the largest message a device may send (bytes)
     max_message: int = 8192
-    #: seconds for the TLS handshake
-    handshake_timeout: float = 10.0
+    #: seconds for the TLS handshake (a TLS 1.3 handshake is one round trip)
+    handshake_timeout: float = 4.0
     #: seconds to wait for each message from a device
     step_timeout: float = 10.0
     #: the longest wait for a matching intent the server grants (seconds)
     max_wait: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.max_per_client < 1 or self.burst < 1:
+        if (
+            self.max_connections < 1 or self.max_per_client < 1 or self.burst < 1
+            or self.max_unauth_per_client < 1
+        ):
             raise ConfigError("connection limits must be 1 or more")
         if self.rate <= 0 or self.lockout <= 0 or self.max_failures < 1:
             raise ConfigError("rate, lockout and max_failures must be positive")
@@ -121,18 +139,47 @@ class Limits:
             raise ConfigError("timeouts must be positive and max_wait from 1 to 300 seconds")
 
 
+@dataclasses.dataclass(eq=False)
+class Ticket:
+    """One admitted connection (``evict`` ends it when the server needs its slot)."""
+
+    client: str
+    evict: Callable[[], None] | None = None
+    #: the device's proof checked: never evicted, no longer counted as unauthenticated
+    authenticated: bool = False
+    released: bool = False
+
+
 class Admission:
-    """Who may open a connection now (per-address count, token bucket, lockout; no clock read)."""
+    """Who may open a connection now (no clock read: ``now`` is an argument).
+
+    In order: the address's failure lockout, its token bucket (attempt rate), its count of
+    unauthenticated connections (over :attr:`Limits.max_unauth_per_client` while the server is
+    half full or more, its own oldest unauthenticated connection is evicted: below that, many
+    devices behind one NAT handshaking at once hurt nobody), the total (when full, the oldest
+    unauthenticated connection of the address that holds the most of them is evicted; refused
+    only when every connection is authenticated), and the address's total.  A flood of idle or
+    garbage connections from other addresses thus evicts its own connections first, and a
+    legitimate device with one connection is evicted only when the flood comes from as many
+    addresses as the server has slots.
+    """
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.total = 0
+        #: connections evicted to make room (for people and tests)
+        self.evicted = 0
         self._open: dict[str, int] = {}
+        # unauthenticated tickets, oldest first (dicts keep insertion order)
+        self._unauth: dict[Ticket, None] = {}
+        self._unauth_by_client: dict[str, dict[Ticket, None]] = {}
         self._tokens: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
         self._failures: dict[str, list[float]] = {}
 
-    def admit(self, client: str, now: float) -> str | None:
-        """None to let ``client`` in (counted until :meth:`release`), else why not."""
+    def admit(
+        self, client: str, now: float, evict: Callable[[], None] | None = None
+    ) -> Ticket | str:
+        """A :class:`Ticket` for ``client`` (counted until :meth:`release`), else why not."""
         lim = self.limits
         recent = [t for t in self._failures.get(client, []) if now - t < lim.lockout]
         self._failures[client] = recent
@@ -140,26 +187,82 @@ class Admission:
             self._failures.pop(client, None)
         if len(recent) >= lim.max_failures:
             return f"locked out after {len(recent)} failed attempts"
-        if self.total >= lim.max_connections:
-            return "too many connections"
-        if self._open.get(client, 0) >= lim.max_per_client:
-            return f"more than {lim.max_per_client} connections from one address"
         tokens, at = self._tokens.get(client, (float(lim.burst), now))
-        tokens = min(float(lim.burst), tokens + (now - at) * lim.rate)
+        tokens = min(float(lim.burst), tokens + max(0.0, now - at) * lim.rate)
         if tokens < 1:
+            self._tokens[client] = (tokens, now)
             return "too many attempts per second"
+        mine = self._unauth_by_client.get(client, {})
+        if self._open.get(client, 0) >= lim.max_per_client and not mine:
+            return f"more than {lim.max_per_client} connections from one address"
+        if self.total >= lim.max_connections and not self._unauth:
+            return "too many connections"
+        # Admitted: make room, evicting this address's own oldest unauthenticated connection
+        # first, then the oldest of whoever holds the most.
+        crowded = 2 * self.total >= lim.max_connections
+        if (crowded and len(mine) >= lim.max_unauth_per_client) or (
+            self._open.get(client, 0) >= lim.max_per_client
+        ):
+            self._evict(next(iter(mine)))
+        if self.total >= lim.max_connections:
+            self._evict(self._victim())
         self._tokens[client] = (tokens - 1, now)
+        if len(self._tokens) > 4 * lim.max_connections:
+            # Forget the buckets that are full again (an address idle for burst/rate seconds).
+            full = lim.burst / lim.rate
+            self._tokens = {c: v for c, v in self._tokens.items() if now - v[1] < full}
+        ticket = Ticket(client, evict)
         self._open[client] = self._open.get(client, 0) + 1
         self.total += 1
-        return None
+        self._unauth[ticket] = None
+        self._unauth_by_client.setdefault(client, {})[ticket] = None
+        return ticket
 
-    def release(self, client: str) -> None:
-        n = self._open.get(client, 0) - 1
+    def _victim(self) -> Ticket:
+        """The oldest unauthenticated connection of the address holding the most of them."""
+        most = max(len(t) for t in self._unauth_by_client.values())
+        for ticket in self._unauth:  # oldest first
+            if len(self._unauth_by_client[ticket.client]) == most:
+                return ticket
+        raise AssertionError("unreachable: an address holds the most")  # pragma: no cover
+
+    def _evict(self, ticket: Ticket) -> None:
+        self.evicted += 1
+        self.release(ticket)
+        if ticket.evict is not None:
+            ticket.evict()
+
+    def _forget_unauth(self, ticket: Ticket) -> None:
+        self._unauth.pop(ticket, None)
+        mine = self._unauth_by_client.get(ticket.client)
+        if mine is not None:
+            mine.pop(ticket, None)
+            if not mine:
+                del self._unauth_by_client[ticket.client]
+
+    def authenticated(self, ticket: Ticket) -> None:
+        """The device on ``ticket`` proved its key: it is no longer evicted."""
+        if not ticket.released and not ticket.authenticated:
+            ticket.authenticated = True
+            self._forget_unauth(ticket)
+
+    def release(self, ticket: Ticket) -> None:
+        """The connection ended (or was evicted); calling it again does nothing."""
+        if ticket.released:
+            return
+        ticket.released = True
+        self._forget_unauth(ticket)
+        n = self._open.get(ticket.client, 0) - 1
         if n > 0:
-            self._open[client] = n
+            self._open[ticket.client] = n
         else:
-            self._open.pop(client, None)
+            self._open.pop(ticket.client, None)
         self.total = max(0, self.total - 1)
+
+    @property
+    def unauthenticated(self) -> int:
+        """Connections whose device has not proved its key yet."""
+        return len(self._unauth)
 
     def failure(self, client: str, now: float) -> None:
         self._failures.setdefault(client, []).append(now)
@@ -185,6 +288,7 @@ class TtpServer:
         *,
         limits: Limits | None = None,
         enrol_token: bytes | None = None,
+        database: str | None = None,
         clock: Callable[[], float] = time.time,
         rng: Rng = os.urandom,
         log: Callable[[str], None] | None = log_connection,
@@ -202,17 +306,26 @@ class TtpServer:
             step_timeout=self.limits.step_timeout,
         )
         self.admission = Admission(self.limits)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttp-store")
-        self._store: TtpStore | None = None
+        #: a PostgreSQL URL (``postgresql://...``), or None for the directory's SQLite file
+        self.database = database
+        # SQLite: one connection, one thread.  PostgreSQL: a connection per thread, and
+        # several threads, so that the round trips to the database overlap.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1 if database is None else PG_STORE_THREADS,
+            thread_name_prefix="ttp-store",
+        )
+        self._store: Store | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: dict[int, asyncio.Event] = {}
         self._janitor: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] | None = None
+        self._poll = POLL_INTERVAL
         self.address = ""
         #: counters for people and benchmarks (no secrets); failures are logged as "error: ..."
         self.stats: dict[str, int] = {
             "connections": 0, "refused": 0, "enrolled": 0, "deliveries": 0, "timeouts": 0,
-            "failed": 0, "pns": 0,
+            "failed": 0, "pns": 0, "evicted": 0,
         }
 
     async def __aenter__(self) -> TtpServer:
@@ -233,7 +346,7 @@ class TtpServer:
             raise StoreError(f"the key server's database failed: {exc}") from None
 
     @property
-    def store(self) -> TtpStore:
+    def store(self) -> Store:
         if self._store is None:
             raise ConfigError("the server is not started")
         return self._store
@@ -242,7 +355,8 @@ class TtpServer:
         """Open the store and listen; the address (``HOST:PORT``) it listens on."""
         loop = asyncio.get_running_loop()
         self._store = await loop.run_in_executor(
-            self._executor, functools.partial(open_store, self.dir.root, rng=self._rng)
+            self._executor,
+            functools.partial(open_store, self.dir.root, rng=self._rng, database=self.database),
         )
         await self.db(self.store.purge, self._clock())
         try:
@@ -256,6 +370,10 @@ class TtpServer:
         sock = self._server.sockets[0].getsockname()
         self.address = format_host_port(str(sock[0]), int(sock[1]))
         self._janitor = asyncio.create_task(self._purge_now_and_then())
+        self._unlisten = self.store.listen(
+            functools.partial(loop.call_soon_threadsafe, self._wake)
+        )
+        self._poll = POLL_INTERVAL if self._unlisten is None else SLOW_POLL_INTERVAL
         return self.address
 
     async def close(self) -> None:
@@ -264,6 +382,9 @@ class TtpServer:
             self._server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        if self._unlisten is not None:
+            unlisten, self._unlisten = self._unlisten, None
+            await asyncio.get_running_loop().run_in_executor(None, unlisten)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -294,11 +415,17 @@ class TtpServer:
         where = (
             format_host_port(client, int(peername[1])) if isinstance(peername, tuple) else "?"
         )
-        why = self.admission.admit(client, self._clock())
-        if why is not None:
+        def evict() -> None:
+            # Another connection needs this one's slot: end it now, whatever it was doing.
+            self.stats["evicted"] += 1
+            writer.transport.abort()
+            task.cancel()
+
+        ticket = self.admission.admit(client, self._clock(), evict)
+        if isinstance(ticket, str):
             # Refused before any TLS work: an over-eager client costs us next to nothing.
             self.stats["refused"] += 1
-            self._log(f"refused {where}: {why}")
+            self._log(f"refused {where}: {ticket}")
             writer.transport.abort()
             self._tasks.discard(task)
             return
@@ -314,9 +441,10 @@ class TtpServer:
                 writer.transport.abort()
                 return
             link = TcpLink(reader, writer, peer=where, mtu=self.limits.max_message)
-            await self._serve(link, client)
+            await self._serve(link, client, ticket)
         except asyncio.CancelledError:
-            pass
+            if link is None:
+                writer.transport.abort()
         except PairingError as exc:
             self.stats["failed"] += 1
             self._log(f"error: {where}: {exc}")
@@ -326,20 +454,23 @@ class TtpServer:
             self.stats["failed"] += 1
             self._log(f"error: {where}: internal error ({type(exc).__name__}); please report it")
         finally:
-            self.admission.release(client)
+            self.admission.release(ticket)
             if link is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.close(), 3)
             self._tasks.discard(task)
 
-    async def _serve(self, link: TcpLink, client: str) -> None:
+    async def _serve(self, link: TcpLink, client: str, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()
         lim = self.limits
-        pipe = MessagePipe(link, max_message=lim.max_message)
-        conn = _Conn(self, link)
         machine = TtpServerConn(
             self._config, handover=(PnRegistrationRequest,), rng=self._rng
         )
+        pipe = _AdmittedPipe(
+            link, max_message=lim.max_message, machine=machine,
+            proved=functools.partial(self.admission.authenticated, ticket),
+        )
+        conn = _Conn(self, link)
         machine.start(loop.time())
         try:
             await drive(
@@ -363,6 +494,25 @@ class TtpServer:
         event = self._waiters.get(row)
         if event is not None:
             event.set()
+
+
+class _AdmittedPipe(MessagePipe):
+    """The connection's pipe, which tells admission once the device's proof checked (the
+    machine has a device id when it next reads): from then on the connection is not evicted."""
+
+    def __init__(
+        self, link: TcpLink, *, max_message: int, machine: TtpServerConn,
+        proved: Callable[[], None],
+    ) -> None:
+        super().__init__(link, max_message=max_message)
+        self._machine = machine
+        self._proved: Callable[[], None] | None = proved
+
+    async def recv(self) -> bytes:
+        if self._proved is not None and self._machine.device_id is not None:
+            self._proved()
+            self._proved = None
+        return await super().recv()
 
 
 class _Conn:
@@ -415,7 +565,7 @@ class _Conn:
                 if remaining <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(POLL_INTERVAL, remaining))
+                    await asyncio.wait_for(event.wait(), min(s._poll, remaining))
                 event.clear()
                 found = await s.db(s.store.take_match, row)
                 if found is not None:
@@ -468,6 +618,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     limits: Limits = dataclasses.field(default_factory=Limits)
+    #: ``postgresql://...``: serve from that PostgreSQL database, shared with any number of
+    #: other server processes (:mod:`pairkit.keyserver.pgstore`); None: the SQLite file
+    database: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,7 +654,7 @@ async def serve(
     d.check()
     token = d.enrol_token()
     fp = cert_fingerprint(load_cert(d.ca_cert))
-    server = TtpServer(d.root, limits=config.limits, enrol_token=token)
+    server = TtpServer(d.root, limits=config.limits, enrol_token=token, database=config.database)
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
     try:
@@ -509,6 +662,7 @@ async def serve(
         count = await server.db(server.store.device_count)
         log.info("pairkit key server listening on %s (TLS 1.3); %d device(s) enrolled",
                  address, count)
+        log.info("database: %s", server.store.where)
         log.info("devices pin %s (CA fingerprint %s); enrolment %s", d.ca_cert, fp,
                  f"needs the token in {d.token}" if token else "is open")
         if ready is not None:

@@ -1,13 +1,20 @@
-"""The key server's store: enrolled devices, pending intents and PN inventories in SQLite.
+"""The key server's store: enrolled devices, pending intents and PN inventories.
 
-One file, ``ttp.sqlite3`` in the server's directory, in WAL mode (readers never block the
-writer), ``synchronous=NORMAL``, foreign keys on, and a busy timeout so that several server
-processes may share it.  Every change is one ``BEGIN IMMEDIATE`` transaction: two intents that
-match are paired exactly once even when they arrive at the same instant in two processes.
+:class:`Store` is the one interface the server uses, with the queries written once in the SQL
+that both engines share; two implementations supply the transactions:
 
-The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` holds one script per
-version, applied in order inside a transaction with the version bump, so a server upgraded in
-place migrates its file on start and a file from a newer pairkit is refused, not damaged.
+* :class:`TtpStore` (also :data:`SqliteStore`), the embedded default: one file, ``ttp.sqlite3``
+  in the server's directory, in WAL mode (readers never block the writer),
+  ``synchronous=NORMAL``, foreign keys on, and a busy timeout so that several server processes
+  on one machine may share it.  Every change is one ``BEGIN IMMEDIATE`` transaction: two
+  intents that match are paired exactly once even when they arrive at the same instant in two
+  processes.  The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` holds one
+  script per version, applied in order inside a transaction with the version bump, so a server
+  upgraded in place migrates its file on start and a file from a newer pairkit is refused, not
+  damaged.
+* :class:`pairkit.keyserver.pgstore.PostgresStore` (``--db postgresql://...``): one PostgreSQL
+  database shared by any number of server processes on any number of machines, with the same
+  guarantees (see that module).
 
 Keys at rest are sealed (:class:`Sealer`): the devices' factory EUKeys, the LocalEUKeys of PN
 links and the SK waiting for the second device of a match are stored as ChaCha20-Poly1305
@@ -20,14 +27,15 @@ no clock.  The methods are synchronous and short; the server runs them on one wo
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
@@ -170,51 +178,73 @@ class PnRow:
     members: tuple[dict[str, Any], ...]
 
 
-class TtpStore:
-    """The server's database (see the module docstring)."""
+class Tx(Protocol):
+    """One database transaction as :class:`Store` uses it (SQL with ``?`` placeholders)."""
 
-    def __init__(self, path: Path, sealer: Sealer, *, rng: Rng = os.urandom) -> None:
-        self.path = path
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def locking(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """:meth:`one` for a row this transaction will change: locked until it ends (FOR
+        UPDATE; SQLite's write transaction holds the whole database already)."""
+        ...
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute; the number of rows changed."""
+        ...
+
+    def insert_id(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute an INSERT into ``intents``; the new row's id."""
+        ...
+
+
+class Store(abc.ABC):
+    """The key server's database, whichever engine holds it (see the module docstring).
+
+    The queries are written once, here, in the SQL that SQLite and PostgreSQL share; an engine
+    supplies its transactions (:meth:`_write`, :meth:`_read`), row locks (:meth:`Tx.locking`)
+    and the lock that serialises the intents of one pair of devices (:meth:`_lock_pair`).
+    What every engine guarantees: a change is one transaction, committed or not at all; two
+    intents that match are paired exactly once, even when they arrive at the same instant
+    through two server processes; a delivered key is handed out once (its row is deleted in
+    the transaction that reads it); and what a committed transaction wrote survives the loss
+    of any server process.
+    """
+
+    #: what the database is, for people (never a password)
+    where: str = ""
+
+    def __init__(self, sealer: Sealer, *, rng: Rng = os.urandom) -> None:
         self._sealer = sealer
         self._rng = rng
-        if not path.exists():
-            # Sealed or not, the keys are nobody else's business: 0600 from the start (SQLite
-            # gives its -wal and -shm files the same mode).
-            with contextlib.suppress(FileExistsError):
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        try:
-            self._db = sqlite3.connect(
-                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                check_same_thread=False,
-            )
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"the database {path} cannot use WAL mode ({mode})")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            migrate(self._db)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot use the database {path}: {exc}") from None
 
+    @abc.abstractmethod
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        """Release the connection (every later call fails)."""
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (BEGIN IMMEDIATE) so matches never race."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise StoreError(f"the database is busy: {exc}") from None
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+    @abc.abstractmethod
+    def _write(self) -> contextlib.AbstractContextManager[Tx]:
+        """One write transaction, committed when the block ends, rolled back on an error."""
+
+    @abc.abstractmethod
+    def _read(self) -> contextlib.AbstractContextManager[Tx]:
+        """A read of committed data."""
+
+    def listen(self, matched: Callable[[int], None]) -> Callable[[], None] | None:
+        """Call ``matched(row)`` (on another thread) each time any server process sharing the
+        database matches the waiting intent ``row``; the function that stops listening, or
+        None where the engine cannot tell (the waiters then poll the store)."""
+        return None
+
+    def _matched(self, db: Tx, row: int) -> None:
+        """The waiting intent ``row`` is matched, in transaction ``db`` (tell the listeners)."""
+        del db, row  # nobody listens where the engine cannot tell
+
+    @abc.abstractmethod
+    def _lock_pair(self, db: Tx, owner: bytes, peer: bytes, context: bytes) -> None:
+        """Serialise, until the transaction ends, every change to the intents between these
+        two devices in this context."""
 
     # -- devices ----------------------------------------------------------------------------
 
@@ -225,61 +255,72 @@ class TtpStore:
         if eukey is not None:
             sealed = self._sealer.seal(eukey, "eukey", record.device_id)
         with self._write() as db:
-            old = db.execute(
-                "SELECT static_public FROM devices WHERE device_id = ?", (record.device_id,)
-            ).fetchone()
-            if old is not None and old[0] != record.static:  # pragma: no cover - id = H(key)
+            added = db.run(
+                "INSERT INTO devices (device_id, name, static_public, signing_public, "
+                "eukey_sealed, enrolled_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO NOTHING",
+                (record.device_id, record.name, record.static, record.signing, sealed, now,
+                 now),
+            )
+            if added:
+                return False
+            old = db.locking(
+                "SELECT static_public FROM devices WHERE device_id = ?",
+                (record.device_id,),
+            )
+            if old is not None and bytes(old[0]) != record.static:  # pragma: no cover - id = H(key)
                 raise AuthenticationError("another key is enrolled under this device id")
-            if old is None:
-                db.execute(
-                    "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (record.device_id, record.name, record.static, record.signing, sealed,
-                     now, now),
-                )
-            else:
-                db.execute(
-                    "UPDATE devices SET name = ?, signing_public = ?, "
-                    "eukey_sealed = coalesce(?, eukey_sealed), updated_at = ? "
-                    "WHERE device_id = ?",
-                    (record.name, record.signing, sealed, now, record.device_id),
-                )
-        return old is not None
+            db.run(
+                "UPDATE devices SET name = ?, signing_public = ?, "
+                "eukey_sealed = coalesce(?, eukey_sealed), updated_at = ? "
+                "WHERE device_id = ?",
+                (record.name, record.signing, sealed, now, record.device_id),
+            )
+        return True
 
     def device(self, device_id: bytes) -> DeviceRecord | None:
-        row = self._db.execute(
-            "SELECT device_id, name, static_public, signing_public FROM devices "
-            "WHERE device_id = ?", (device_id,),
-        ).fetchone()
-        return DeviceRecord(*row) if row is not None else None
+        with self._read() as db:
+            row = db.one(
+                "SELECT device_id, name, static_public, signing_public FROM devices "
+                "WHERE device_id = ?", (device_id,),
+            )
+        if row is None:
+            return None
+        return DeviceRecord(bytes(row[0]), row[1], bytes(row[2]), bytes(row[3]))
 
     def has_eukey(self, device_id: bytes) -> bool:
-        row = self._db.execute(
-            "SELECT eukey_sealed IS NOT NULL FROM devices WHERE device_id = ?", (device_id,)
-        ).fetchone()
+        with self._read() as db:
+            row = db.one(
+                "SELECT eukey_sealed IS NOT NULL FROM devices WHERE device_id = ?", (device_id,)
+            )
         return bool(row and row[0])
 
     def device_count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM devices").fetchone()[0])
+        with self._read() as db:
+            row = db.one("SELECT count(*) FROM devices")
+        return int(row[0]) if row else 0
 
     def devices(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at FROM devices "
-            "ORDER BY enrolled_at"
-        ).fetchall()
+        with self._read() as db:
+            rows = db.all(
+                "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at FROM devices "
+                "ORDER BY enrolled_at, device_id"
+            )
         return [
-            {"id": r[0].hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3]}
+            {"id": bytes(r[0]).hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3]}
             for r in rows
         ]
 
     def eukeys(self, device_ids: tuple[bytes, ...]) -> dict[bytes, bytes]:
         """The factory keys of those devices that have one (unsealed, in memory only)."""
         out: dict[bytes, bytes] = {}
-        for device_id in device_ids:
-            row = self._db.execute(
-                "SELECT eukey_sealed FROM devices WHERE device_id = ?", (device_id,)
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                out[device_id] = self._sealer.open(row[0], "eukey", device_id)
+        with self._read() as db:
+            for device_id in device_ids:
+                row = db.one(
+                    "SELECT eukey_sealed FROM devices WHERE device_id = ?", (device_id,)
+                )
+                if row is not None and row[0] is not None:
+                    out[device_id] = self._sealer.open(bytes(row[0]), "eukey", device_id)
         return out
 
     # -- intents ----------------------------------------------------------------------------
@@ -302,112 +343,115 @@ class TtpStore:
         finds its row gone.
         """
         with self._write() as db:
-            db.execute("DELETE FROM intents WHERE expires <= ? AND match_id IS NULL", (now,))
-            row = db.execute(
+            self._lock_pair(db, owner, peer, context)
+            row = db.locking(
                 "SELECT id FROM intents WHERE owner = ? AND peer = ? AND context = ? "
                 "AND role = ? AND match_id IS NULL AND expires > ? ORDER BY id LIMIT 1",
                 (peer, owner, context, int(role.other), now),
-            ).fetchone()
+            )
             if row is not None:
                 partner = int(row[0])
                 sk, match_id = self._rng(32), self._rng(16)
                 sealed = self._sealer.seal(sk, "sk", partner, match_id)
-                db.execute(
+                db.run(
                     "UPDATE intents SET match_id = ?, sk_sealed = ? WHERE id = ?",
                     (match_id, sealed, partner),
                 )
+                self._matched(db, partner)
                 return Matched(sk, match_id, partner)
-            db.execute(
+            db.run(
                 "DELETE FROM intents WHERE owner = ? AND peer = ? AND context = ? AND role = ? "
                 "AND match_id IS NULL",
                 (owner, peer, context, int(role)),
             )
-            cur = db.execute(
+            return Pending(db.insert_id(
                 "INSERT INTO intents (owner, peer, context, role, created, expires) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (owner, peer, context, int(role), now, expires),
-            )
-            return Pending(int(cur.lastrowid or 0))
+            ))
 
     def take_match(self, row: int) -> tuple[bytes, bytes] | None:
         """(SK, match id) once the intent ``row`` was matched (the row is then deleted), or
         None while it waits.  :class:`RefusedError` when the row is gone (replaced)."""
         with self._write() as db:
-            found = db.execute(
-                "SELECT match_id, sk_sealed FROM intents WHERE id = ?", (row,)
-            ).fetchone()
+            found = db.locking("SELECT match_id, sk_sealed FROM intents WHERE id = ?", (row,))
             if found is None:
                 raise RefusedError("a newer identical intent from this device replaced this one")
-            match_id, sealed = found
-            if match_id is None:
+            if found[0] is None:
                 return None
-            db.execute("DELETE FROM intents WHERE id = ?", (row,))
+            match_id, sealed = bytes(found[0]), bytes(found[1])
+            db.run("DELETE FROM intents WHERE id = ?", (row,))
         return self._sealer.open(sealed, "sk", row, match_id), match_id
 
     def cancel_intent(self, row: int) -> bool:
         """Withdraw a waiting intent; False when it was matched meanwhile (take it instead)."""
         with self._write() as db:
-            cur = db.execute("DELETE FROM intents WHERE id = ? AND match_id IS NULL", (row,))
-            return cur.rowcount > 0
+            return db.run("DELETE FROM intents WHERE id = ? AND match_id IS NULL", (row,)) > 0
 
     def purge(self, now: float) -> int:
         """Forget intents that expired, and matched ones never picked up (after their expiry)."""
         with self._write() as db:
-            return db.execute("DELETE FROM intents WHERE expires <= ?", (now,)).rowcount
+            return db.run("DELETE FROM intents WHERE expires <= ?", (now,))
 
     def pending_count(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM intents").fetchone()[0])
+        with self._read() as db:
+            row = db.one("SELECT count(*) FROM intents")
+        return int(row[0]) if row else 0
 
     # -- PN inventories ---------------------------------------------------------------------
 
     def pn_owner(self, pn_id: bytes) -> bytes | None:
-        row = self._db.execute("SELECT gw_id FROM pns WHERE pn_id = ?", (pn_id,)).fetchone()
+        with self._read() as db:
+            row = db.one("SELECT gw_id FROM pns WHERE pn_id = ?", (pn_id,))
         return bytes(row[0]) if row is not None else None
 
     def register_pn(self, inventory: ServerInventory, now: float) -> None:
         """Record (or extend) a PN and its members, their LocalEUKeys sealed."""
         with self._write() as db:
-            owner = db.execute(
-                "SELECT gw_id FROM pns WHERE pn_id = ?", (inventory.pn_id,)
-            ).fetchone()
-            if owner is not None and owner[0] != inventory.gw_id:
+            db.run(
+                "INSERT INTO pns (pn_id, gw_id, gw_name, setup_type, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pn_id) DO NOTHING",
+                (inventory.pn_id, inventory.gw_id, inventory.gw_name,
+                 int(inventory.setup_type), now, now),
+            )
+            owner = db.locking("SELECT gw_id FROM pns WHERE pn_id = ?", (inventory.pn_id,))
+            if owner is None or bytes(owner[0]) != inventory.gw_id:
                 raise RefusedError("this PN id belongs to another gateway")
-            if owner is None:
-                db.execute(
-                    "INSERT INTO pns VALUES (?, ?, ?, ?, ?, ?)",
-                    (inventory.pn_id, inventory.gw_id, inventory.gw_name,
-                     int(inventory.setup_type), now, now),
-                )
-            else:
-                db.execute(
-                    "UPDATE pns SET gw_name = ?, setup_type = ?, updated = ? WHERE pn_id = ?",
-                    (inventory.gw_name, int(inventory.setup_type), now, inventory.pn_id),
-                )
+            db.run(
+                "UPDATE pns SET gw_name = ?, setup_type = ?, updated = ? WHERE pn_id = ?",
+                (inventory.gw_name, int(inventory.setup_type), now, inventory.pn_id),
+            )
             for m in inventory.members:
                 sealed = None
                 if m.local_key is not None:
                     sealed = self._sealer.seal(m.local_key, "local-eukey", inventory.pn_id,
                                                m.pne_id)
-                db.execute(
-                    "INSERT OR REPLACE INTO pn_members VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                db.run(
+                    "INSERT INTO pn_members (pn_id, pne_id, name, caps, contents, key_source, "
+                    "local_key_sealed, joined) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (pn_id, pne_id) DO UPDATE SET name = excluded.name, "
+                    "caps = excluded.caps, contents = excluded.contents, "
+                    "key_source = excluded.key_source, "
+                    "local_key_sealed = excluded.local_key_sealed, joined = excluded.joined",
                     (inventory.pn_id, m.pne_id, m.name, m.caps, json.dumps(list(m.contents)),
                      int(m.key_source), sealed, now),
                 )
 
     def pn(self, pn_id: bytes) -> PnRow:
-        row = self._db.execute(
-            "SELECT pn_id, gw_id, gw_name, setup_type FROM pns WHERE pn_id = ?", (pn_id,)
-        ).fetchone()
-        if row is None:
-            raise NotFoundError("no such PN")
-        members = self._db.execute(
-            "SELECT pne_id, name, caps, contents, key_source, local_key_sealed IS NOT NULL "
-            "FROM pn_members WHERE pn_id = ? ORDER BY joined, pne_id", (pn_id,),
-        ).fetchall()
+        with self._read() as db:
+            row = db.one(
+                "SELECT pn_id, gw_id, gw_name, setup_type FROM pns WHERE pn_id = ?", (pn_id,)
+            )
+            if row is None:
+                raise NotFoundError("no such PN")
+            members = db.all(
+                "SELECT pne_id, name, caps, contents, key_source, local_key_sealed IS NOT NULL "
+                "FROM pn_members WHERE pn_id = ? ORDER BY joined, pne_id", (pn_id,),
+            )
         return PnRow(
             bytes(row[0]), bytes(row[1]), row[2], SetupType(row[3]),
             tuple(
-                {"pne_id": m[0].hex(), "name": m[1], "caps": m[2],
+                {"pne_id": bytes(m[0]).hex(), "name": m[1], "caps": m[2],
                  "contents": json.loads(m[3]), "key_source": KeySource(m[4]).name.lower(),
                  "local_eukey": bool(m[5])}
                 for m in members
@@ -415,17 +459,101 @@ class TtpStore:
         )
 
     def pn_ids(self) -> list[bytes]:
-        return [bytes(r[0]) for r in self._db.execute("SELECT pn_id FROM pns ORDER BY created")]
+        with self._read() as db:
+            return [bytes(r[0]) for r in db.all("SELECT pn_id FROM pns ORDER BY created, pn_id")]
 
     def local_eukey(self, pn_id: bytes, pne_id: bytes) -> bytes | None:
         """A stored LocalEUKey, unsealed (tests check it is stored sealed, and opens)."""
-        row = self._db.execute(
-            "SELECT local_key_sealed FROM pn_members WHERE pn_id = ? AND pne_id = ?",
-            (pn_id, pne_id),
-        ).fetchone()
+        with self._read() as db:
+            row = db.one(
+                "SELECT local_key_sealed FROM pn_members WHERE pn_id = ? AND pne_id = ?",
+                (pn_id, pne_id),
+            )
         if row is None or row[0] is None:
             return None
-        return self._sealer.open(row[0], "local-eukey", pn_id, pne_id)
+        return self._sealer.open(bytes(row[0]), "local-eukey", pn_id, pne_id)
+
+
+class _SqliteTx:
+    """:class:`Tx` over an SQLite connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.db.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self.db.execute(sql, params).fetchall())
+
+    def locking(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        return self.one(sql, params)  # BEGIN IMMEDIATE holds the database
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.db.execute(sql, params).rowcount)
+
+    def insert_id(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self.db.execute(sql, params).lastrowid or 0)
+
+
+class TtpStore(Store):
+    """The SQLite store, one file (see the module docstring): the embedded default."""
+
+    def __init__(self, path: Path, sealer: Sealer, *, rng: Rng = os.urandom) -> None:
+        super().__init__(sealer, rng=rng)
+        self.path = path
+        self.where = f"SQLite {path}"
+        if not path.exists():
+            # Sealed or not, the keys are nobody else's business: 0600 from the start (SQLite
+            # gives its -wal and -shm files the same mode).
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False,
+            )
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"the database {path} cannot use WAL mode ({mode})")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            migrate(self._db)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use the database {path}: {exc}") from None
+        self._tx = _SqliteTx(self._db)
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Tx]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so matches never race."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"the database is busy: {exc}") from None
+        try:
+            yield self._tx
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Tx]:
+        yield self._tx
+
+    def _lock_pair(self, db: Tx, owner: bytes, peer: bytes, context: bytes) -> None:
+        pass  # BEGIN IMMEDIATE: write transactions are serial already
+
+
+#: the SQLite store by what it is (``TtpStore`` is its historical name)
+SqliteStore = TtpStore
 
 
 def migrate(db: sqlite3.Connection, *, upto: int = SCHEMA_VERSION) -> int:
@@ -450,8 +578,22 @@ def migrate(db: sqlite3.Connection, *, upto: int = SCHEMA_VERSION) -> int:
     return version
 
 
-def open_store(directory: Path, *, rng: Rng = os.urandom) -> TtpStore:
-    """The store of a server directory made by ``pairkit ttp init``."""
-    return TtpStore(directory / "ttp.sqlite3", Sealer.from_file(directory / "seal.key", rng=rng),
-                    rng=rng)
+def is_database_url(text: str) -> bool:
+    """Whether ``--db`` names a PostgreSQL database (``postgresql://...``)."""
+    return text.startswith(("postgresql://", "postgres://"))
 
+
+def open_store(
+    directory: Path, *, rng: Rng = os.urandom, database: str | None = None
+) -> Store:
+    """The store of a server directory made by ``pairkit ttp init``: its SQLite file, or the
+    PostgreSQL database ``database`` (``postgresql://...``; needs the ``postgres`` extra).
+    Either way the keys in it are sealed under the directory's ``seal.key``."""
+    sealer = Sealer.from_file(directory / "seal.key", rng=rng)
+    if database is None:
+        return TtpStore(directory / "ttp.sqlite3", sealer, rng=rng)
+    if not is_database_url(database):
+        raise ConfigError("--db takes a PostgreSQL URL: postgresql://USER@HOST:PORT/DATABASE")
+    from .pgstore import PostgresStore
+
+    return PostgresStore(database, sealer, rng=rng)

@@ -266,6 +266,87 @@ def test_lockout_policy_is_configurable() -> None:
         PinPolicy(window=0)
 
 
+def test_the_pin_lockout_backs_off_up_to_its_cap_then_forgives() -> None:
+    """Rule 7: beyond five failures each one locks PIN pairing from it for twice as long as
+    the last (5, 10, 20, 40 min), never more than an hour; a quiet day ends the streak."""
+    state = HostState(rng=seeded(12))
+
+    def fail(now: float) -> None:
+        pin = state.new_pin()
+        bad = make_pair(Method.PIN, seed=int(now) % 997, state=state, pin=other_pin(pin), now=now)
+        bad.run(now=now)
+        assert_failed(bad.host, RemoteError)
+
+    for i in range(5):
+        fail(i * 10.0)
+    t = 300.0
+    for lock in (300.0, 600.0, 1200.0, 2400.0, 3600.0, 3600.0):
+        assert state.locked_for(t) == 0.0
+        fail(t)
+        assert state.locked_for(t) == pytest.approx(lock)
+        pin = state.new_pin()  # even the right PIN is refused while locked
+        locked = make_pair(Method.PIN, seed=31, state=state, pin=pin, now=t + lock - 1)
+        locked.run(now=t + lock - 1)
+        assert_failed(locked.host, LockedOutError)
+        t += lock
+    pin = state.new_pin()
+    right = make_pair(Method.PIN, seed=32, state=state, pin=pin, now=t)
+    right.run(now=t)
+    assert_paired(right, Method.PIN)
+    fail(t + 10)  # the streak goes on: one more failure locks for the hour
+    assert state.locked_for(t + 10) == pytest.approx(3600.0)
+    t += 10 + 86400  # a day without a failure ends the streak
+    for i in range(4):
+        fail(t + i)
+        assert state.locked_for(t + i) == 0.0
+
+
+def _guess_for_a_year(state: HostState, *, rest_after: int | None = None) -> tuple[int, float]:
+    """An attacker who guesses whenever PIN pairing is open (one guess a second at most); with
+    ``rest_after``, it stops after that many guesses of a streak until the streak is forgiven.
+    The guesses it made and the longest lock any one of them bought."""
+    year, t, guesses, streak, longest = 365 * 86400.0, 0.0, 0, 0, 0.0
+    forgive = state.pin_policy.forgive
+    while t < year:
+        wait = state.locked_for(t)
+        if wait > 0:
+            t += wait
+            continue
+        state.pin_failed(t)
+        guesses += 1
+        streak += 1
+        lock = state.locked_for(t)
+        longest = max(longest, lock)
+        assert state.locked_for(t + state.pin_policy.max_lock) == 0.0  # the denial ends
+        t += 1.0
+        if rest_after is not None and streak == rest_after:
+            t += lock + forgive
+            streak = 0
+    return guesses, longest
+
+
+def test_a_year_of_guessing_is_bounded_and_so_is_each_denial() -> None:
+    """The arithmetic of docs/security.md, rule 7: at most 12,045 guesses a year against the
+    default policy (a 6-digit PIN: under 1.3 % to guess one), whatever the attacker's rhythm,
+    and no failure locks PIN pairing for more than an hour."""
+    policy = PinPolicy()
+    sustained, longest = _guess_for_a_year(HostState(pin_policy=policy))
+    assert 8700 <= sustained <= 8770 and longest == policy.max_lock
+    for rest in (5, 6, 9, 12):
+        cycling, longest = _guess_for_a_year(HostState(pin_policy=policy), rest_after=rest)
+        assert cycling <= 12_045 and longest <= policy.max_lock
+    worst = max(sustained, 12_045)
+    assert 1 - (1 - 1e-6) ** worst < 0.013
+
+
+def test_the_lockout_policy_refuses_an_unbounded_or_inverted_configuration() -> None:
+    for bad in ({"max_lock": 100.0}, {"forgive": 1000.0}, {"forgive": float("inf")},
+                {"window": float("nan")}, {"max_lock": float("nan")}):
+        with pytest.raises(ConfigError):
+            PinPolicy(**bad)  # type: ignore[arg-type]
+    assert PinPolicy().lock_after(10_000) == 3600.0
+
+
 def test_parallel_guesses_are_held_to_the_lockout() -> None:
     """Guesses started at once (several guests) count before their outcome is known."""
     state = HostState(rng=seeded(8))

@@ -228,7 +228,8 @@ async def test_keys_are_sealed_at_rest(tmp_path: Path) -> None:
 
 
 async def test_concurrent_clients(tmp_path: Path) -> None:
-    limits = dataclasses.replace(FAST, max_per_client=200, rate=1000, burst=1000)
+    limits = dataclasses.replace(FAST, max_per_client=200, max_unauth_per_client=200, rate=1000,
+                                 burst=1000)
     async with running_server(tmp_path / "srv", limits=limits) as h:
         devices = [identity(f"d{i}") for i in range(40)]
         await asyncio.gather(*(enrol(h.address, h.ca, d) for d in devices))
@@ -268,23 +269,26 @@ async def test_a_device_that_hangs_up_withdraws_its_intent(tmp_path: Path) -> No
 # -- limits -----------------------------------------------------------------------------------
 
 
-async def test_connections_per_client_are_bounded(tmp_path: Path) -> None:
-    limits = dataclasses.replace(FAST, max_per_client=2)
+async def test_idle_connections_from_one_address_give_way_to_a_new_one(
+    tmp_path: Path,
+) -> None:
+    # Two idle connections hold the address's two unauthenticated slots of a server half full:
+    # a third connection (a neighbour behind the same NAT) evicts the oldest and enrols.
+    limits = dataclasses.replace(FAST, max_unauth_per_client=2, max_connections=4)
     async with running_server(tmp_path / "srv", limits=limits) as h:
         host, port = h.address.rsplit(":", 1)
         held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
         try:
-            with pytest.raises(TransportError, match="key server"):
-                await enrol(h.address, h.ca, identity("a"))
-            assert h.server.stats["refused"] == 1
+            for _ in range(50):
+                if h.server.admission.unauthenticated == 2:
+                    break
+                await asyncio.sleep(0.02)
+            await enrol(h.address, h.ca, identity("a"))
+            assert h.server.admission.evicted >= 1 and h.server.stats["refused"] == 0
+            assert await asyncio.wait_for(held[0][0].read(), 5) == b""  # evicted: closed
         finally:
             for _, w in held:
                 w.close()
-        for _ in range(50):  # the slots free up once the held connections end
-            if h.server.admission.total == 0:
-                break
-            await asyncio.sleep(0.02)
-        await enrol(h.address, h.ca, identity("a"))
 
 
 async def test_attempt_rate_is_bounded(tmp_path: Path) -> None:
@@ -363,20 +367,25 @@ async def test_unreachable_server(tmp_path: Path) -> None:
 
 
 def test_admission_logic_with_an_injected_clock() -> None:
-    from pairkit.keyserver.server import Admission
+    from pairkit.keyserver.server import Admission, Ticket
 
-    adm = Admission(Limits(max_per_client=3, rate=1.0, burst=2, max_failures=2, lockout=10))
-    assert adm.admit("a", 0.0) is None and adm.admit("a", 0.0) is None
-    assert "per second" in adm.admit("a", 0.0)
-    assert adm.admit("a", 1.0) is None  # a token came back
-    assert "connections from one address" in adm.admit("a", 5.0)
-    for _ in range(3):
-        adm.release("a")
-    assert adm.total == 0
+    adm = Admission(Limits(max_per_client=3, max_unauth_per_client=3, rate=1.0, burst=2,
+                           max_failures=2, lockout=10))
+    first, second = adm.admit("a", 0.0), adm.admit("a", 0.0)
+    assert isinstance(first, Ticket) and isinstance(second, Ticket)
+    assert "per second" in str(adm.admit("a", 0.0))
+    third = adm.admit("a", 1.0)  # a token came back
+    assert isinstance(third, Ticket)
+    for t in (first, second, third):
+        adm.authenticated(t)
+    assert "connections from one address" in str(adm.admit("a", 5.0))
+    for t in (first, second, third):
+        adm.release(t)
+    assert adm.total == 0 and adm.unauthenticated == 0
     adm.failure("b", 0.0)
     adm.failure("b", 1.0)
-    assert "locked out" in adm.admit("b", 2.0)
-    assert adm.admit("b", 10.5) is None  # the first failure aged out
+    assert "locked out" in str(adm.admit("b", 2.0))
+    assert isinstance(adm.admit("b", 10.5), Ticket)  # the first failure aged out
     assert LockedOutError  # the CLI maps a lockout at the TLS level to a transport error
 
 

@@ -176,14 +176,34 @@ def check_pin_strength(pin: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PinPolicy:
-    """After ``max_failures`` failed PIN attempts within ``window`` seconds, refuse PINs."""
+    """The host's one PIN lockout, global to the host (docs/security.md, rule 7).
+
+    ``max_failures`` failed PIN attempts within ``window`` seconds lock PIN pairing until the
+    oldest of them is ``window`` old.  Each failure beyond those, in the same *streak*, locks it
+    again from that failure for twice as long as the one before (``window``, then 2, 4, 8 times
+    ``window``), never longer than ``max_lock``: a persistent guesser gets one guess per
+    ``max_lock``, and a stranger who stops denies PIN pairing for ``max_lock`` at most.  A
+    streak ends after ``forgive`` seconds without a failure.
+    """
 
     max_failures: int = 5
     window: float = 300.0
+    #: the longest lock one failure buys (the bound on the denial)
+    max_lock: float = 3600.0
+    #: seconds without a failure that end a streak (and its backoff)
+    forgive: float = 86400.0
 
     def __post_init__(self) -> None:
-        if self.max_failures < 1 or self.window <= 0:
+        if self.max_failures < 1 or not 0 < self.window < math.inf:
             raise ConfigError("max_failures must be 1 or more and window positive")
+        if not self.window <= self.max_lock <= self.forgive < math.inf:
+            raise ConfigError("the PIN lockout needs window <= max_lock <= forgive (finite)")
+
+    def lock_after(self, streak: int) -> float:
+        """Seconds PIN pairing stays locked after the ``streak``-th failure of a streak, for
+        ``streak`` above ``max_failures``: ``window`` doubled each time, up to ``max_lock``."""
+        doublings = min(streak - self.max_failures - 1, 60)
+        return min(self.window * 2.0**doublings, self.max_lock)
 
 
 @dataclasses.dataclass
@@ -210,6 +230,7 @@ class HostState:
         self._consumed: set[tuple[bytes, bytes]] = set()
         self._pin: str | None = None
         self._failures: list[float] = []
+        self._streak = 0  # failed PIN attempts in the current streak (PinPolicy)
         self._qr: dict[bytes, _IssuedQr] = {}
         #: the QR code issued last (what the host's screen shows now)
         self.last_qr: QrCode | None = None
@@ -238,20 +259,34 @@ class HostState:
         self._pin = pin
 
     def locked_for(self, now: float) -> float:
-        """Seconds until PIN attempts are accepted again (0 when they are)."""
-        recent = [t for t in self._failures if now - t < self.pin_policy.window]
-        self._failures = recent
-        if len(recent) < self.pin_policy.max_failures:
+        """Seconds until PIN attempts are accepted again (0 when they are), by
+        :class:`PinPolicy`: the first ``max_failures`` of a streak within ``window``, then a
+        backoff from the last failure that doubles up to ``max_lock``."""
+        p = self.pin_policy
+        if not self._failures or now - self._failures[-1] >= p.forgive:
+            self._failures.clear()  # a quiet day: the streak is over
+            self._streak = 0
+        n = self._streak
+        if n < p.max_failures:
             return 0.0
-        return recent[-self.pin_policy.max_failures] + self.pin_policy.window - now
+        if n == p.max_failures:
+            until = self._failures[-p.max_failures:][0] + p.window
+        else:
+            until = self._failures[-1] + p.lock_after(n)
+        return max(0.0, until - now)
 
     def pin_failed(self, now: float) -> None:
+        self.locked_for(now)  # ends a streak that is over
         self._failures.append(now)
+        self._streak += 1
+        # The times of the last max_failures are all the rule reads; the streak counts the rest.
+        del self._failures[: -self.pin_policy.max_failures]
 
     def pin_succeeded(self, started: float) -> None:
         """Take back the failure counted when a PIN attempt started at ``started``."""
         if started in self._failures:
             self._failures.remove(started)
+            self._streak = max(0, self._streak - 1)
 
     def pin_used(self) -> None:
         self._pin = None
