@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-deps lint bench clean venv
+.PHONY: demo test test-deps fuzz lint bench clean venv
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 # both ends of every dependency range (a few minutes; see .ci/deps-matrix)
 test-deps:
 	$(PYTHON) .ci/deps-matrix
+
+# the decoders fuzzed for a while (not part of make test); a crash found becomes a file in
+# tests/fuzz_corpus/ (see its README)
+fuzz: $(STAMP)
+	PAIRKIT_FUZZ_EXAMPLES=$${PAIRKIT_FUZZ_EXAMPLES:-200000} $(VENV)/bin/python -m pytest -q \
+	  -p no:cacheprovider tests/test_fuzz_corpus.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/startup.py

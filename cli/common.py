@@ -94,6 +94,19 @@ def home_path() -> Path:
     return default_path(os.environ)
 
 
+def env_text(name: str) -> str | None:
+    """An environment variable as text, or None; one that is not UTF-8 (the shell put bytes
+    there that no keyboard types) is a usage error naming it, not an internal one."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} is not valid UTF-8 text; set it again") from None
+    return value
+
+
 def read_pin_file(path: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -110,7 +123,7 @@ def unlock(path: Path | None = None) -> Keystore:
     path = path or home_path()
     if not path.exists():
         raise KeystoreNotFoundError(f"no identity at {path}; run 'pairkit init' first")
-    env_pin = os.environ.get("PAIRKIT_PIN")
+    env_pin = env_text("PAIRKIT_PIN")
     if env_pin is not None:
         return Keystore.open(path, env_pin)
     if not sys.stdin.isatty():

@@ -31,6 +31,7 @@ import click
 from pairkit.pairing.errors import ConfigError
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
+from .params import Seconds
 
 
 @click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,9 +90,10 @@ def _reach_options(f: Any) -> Any:
                           "instead of where it was last seen (tcp:HOST:PORT or a radio)."),
         click.option("--address", default=None,
                      help="The first hop's BLE address on that radio."),
-        click.option("--timeout", default=15.0, show_default=True,
+        click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
                      help="Seconds to wait for each message on a link."),
-        click.option("--connect-timeout", default=10.0, show_default=True,
+        click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
+              show_default=True,
                      help="Seconds to wait for a peer to answer a connection."),
     ]):
         f = opt(f)
@@ -126,9 +128,10 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
 @group.command()
 @click.argument("name")
 @click.argument("peer")
-@click.option("--timeout", default=15.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
-@click.option("--connect-timeout", default=10.0, show_default=True,
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
+              show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
 @_json_option
 def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
@@ -147,9 +150,10 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
 
 @group.command()
 @click.argument("name")
-@click.option("--timeout", default=15.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
-@click.option("--connect-timeout", default=10.0, show_default=True,
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
+              show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
 @_json_option
 def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
@@ -164,9 +168,10 @@ def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> N
 
 @group.command()
 @click.argument("name")
-@click.option("--timeout", default=15.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
-@click.option("--connect-timeout", default=10.0, show_default=True,
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
+              show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
 @_json_option
 def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
@@ -184,7 +189,7 @@ def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> No
 @click.argument("message")
 @click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
               help="The radio to broadcast on: bumble:usb:0, bumble:tcp-client:HOST:PORT, ...")
-@click.option("--duration", default=2.0, show_default=True,
+@click.option("--duration", type=Seconds(0.1, 3600), default=2.0, show_default=True,
               help="Seconds to keep advertising the command.")
 @_json_option
 def send(name: str, message: str, transport: str, duration: float, as_json: bool) -> None:
@@ -280,7 +285,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
               help="Take these groups' keys only from this known peer (before the first one).")
 @click.option("--count", default=None, type=click.IntRange(min=1),
               help="Stop after this many commands.")
-@click.option("--timeout", "seconds", default=None, type=float,
+@click.option("--timeout", "seconds", default=None, type=Seconds(0.1, 30 * 86400),
               help="Stop after this many seconds.")
 @_json_option
 def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str | None,
@@ -354,14 +359,15 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept the controller's envelopes (repeat): tcp:HOST:PORT or a "
                    "radio; members are reached where this device last saw them.")
-@click.option("--retry", default=15.0, show_default=True,
+@click.option("--retry", type=Seconds(0.1, 86400), default=15.0, show_default=True,
               help="Seconds between delivery rounds while envelopes wait.")
-@click.option("--timeout", "seconds", default=None, type=float,
+@click.option("--timeout", "seconds", default=None, type=Seconds(0.1, 30 * 86400),
               help="Stop after this many seconds.")
 @click.option("--reach", "reach_spec", default=None, metavar="T",
               help="Reach members through this radio (a second one, facing them); by "
                    "default each member is reached where this device last saw it.")
-@click.option("--connect-timeout", default=10.0, show_default=True,
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
+              show_default=True,
               help="Seconds to wait for a member to answer a connection.")
 @_json_option
 def relay(transports: tuple[str, ...], retry: float, seconds: float | None,

@@ -24,6 +24,8 @@ import click
 from pairkit import __version__
 from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
+from .params import Number, Seconds
+
 if TYPE_CHECKING:
     from pairkit.pairing.negotiation import Method
 
@@ -141,14 +143,14 @@ def init(name: str | None, pin_file: str | None, force: bool, as_json: bool) -> 
     from pairkit.keystore import MIN_PIN_LENGTH, Keystore
     from pairkit.pairing.errors import ConfigError
 
-    from .common import home_path, read_pin_file
+    from .common import env_text, home_path, read_pin_file
 
     path = home_path()
     if path.exists() and not force:
         raise ConfigError(f"an identity already exists at {path}; use --force to replace it")
     if pin_file is not None:
         pin = read_pin_file(pin_file)
-    elif os.environ.get("PAIRKIT_PIN") is not None:
+    elif env_text("PAIRKIT_PIN") is not None:
         pin = os.environ["PAIRKIT_PIN"]
     elif sys.stdin.isatty():
         pin = click.prompt(
@@ -256,23 +258,23 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 @click.option("--pin", default=None, help="Use this 6-digit PIN once instead of a random one.")
 @click.option("--qr-png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the QR code to this PNG file.")
-@click.option("--qr-ttl", type=click.FloatRange(min=1, max=86400), default=600.0,
+@click.option("--qr-ttl", type=Seconds(1, 86400), default=600.0,
               show_default=True, metavar="SECONDS", help="How long each QR code stays valid.")
 @click.option("--share", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Share this folder: guests may list it and fetch its files.")
 @click.option("--private", is_flag=True,
               help="Open no visibility window, even if the policy (config.toml) says to.")
-@click.option("--visible", "visible", type=float, default=None, metavar="SECONDS",
+@click.option("--visible", "visible", type=Seconds(0, 30 * 86400), default=None, metavar="SECONDS",
               help="On BLE: let strangers see and join this host for SECONDS (private "
                    "otherwise: only members of its cloud recognise it).")
-@click.option("--guest-hours", type=float, default=None,
+@click.option("--guest-hours", type=Number(0, 24 * 366, above=True, unit="hours"), default=None,
               help="How long a guest allowed with --yes (or 'g' at the prompt) keeps access "
                    "[default: 1].")
 @click.option("--allow-insecure", is_flag=True,
               help="Let 'clear' send the key over an unencrypted link (anyone listening gets it).")
 @click.option("--once", is_flag=True, help="Stop after the first guest paired.")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, tests).")
-@click.option("--timeout", type=float, default=None,
+@click.option("--timeout", type=Seconds(0.1, 3600), default=None,
               help="Seconds to wait for each message from a guest [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
 @_ttp_options
@@ -337,7 +339,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
 @click.option("--allow-insecure", is_flag=True,
               help="Let 'clear' run over an unencrypted link (anyone listening gets the key).")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, tests).")
-@click.option("--timeout", default=30.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 3600), default=30.0, show_default=True,
               help="Seconds to wait for each message from the host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_ttp_options
@@ -399,7 +401,8 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
 @click.option("--transport", "-t", default=None,
               help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
                    "[default: the policy's [discover] transport, else bumble:usb:0]")
-@click.option("--timeout", type=float, default=None, help="Seconds to listen [default: 3].")
+@click.option("--timeout", type=Seconds(0.1, 3600), default=None,
+              help="Seconds to listen [default: 3].")
 @click.option("--names/--no-names", default=True, show_default=True,
               help="Ask each joinable host (and each of your clouds' hosts) its name over a "
                    "short connection: its owner is asked nothing.")
@@ -493,7 +496,7 @@ def _peer_options(f: Any) -> Any:
                      help="Pairing method when PEER is not known yet (default: resume)."),
         click.option("--pin", default=None, help="The host's PIN, when pairing first."),
         click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations."),
-        click.option("--timeout", default=30.0, show_default=True,
+        click.option("--timeout", type=Seconds(0.1, 3600), default=30.0, show_default=True,
                      help="Seconds to wait for each message from the host."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     ]):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +92,31 @@ def qr_png(uri: str, path: Path) -> None:
         img.save(fh)
 
 
+#: the largest picture --qr-image decodes: a 48-megapixel phone photo, no more
+MAX_QR_IMAGE_PIXELS = 50_000_000
+
+
 def qr_from_image(path: str) -> str:
     """The text of the first QR code found in a picture (needs the ``qr`` extra)."""
     zxingcpp, image = need_qr_pictures(
         "reading a QR code from a picture (--qr-image)", "zxingcpp", "PIL.Image"
     )
     try:
-        with image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: ours below says it better
+            warnings.simplefilter("ignore", image.DecompressionBombWarning)
+            img = image.open(path)
+        with img:
+            # Image.open reads only the header: the size is known before anything is decoded,
+            # so a small file that would decode to gigabytes (a decompression bomb) is refused
+            # here, not after it filled the memory (issue 17, finding 10).
+            width, height = img.size
+            if width * height > MAX_QR_IMAGE_PIXELS:
+                raise DecodeError(
+                    f"{path} is {width}x{height} pixels, more than a QR code photo needs "
+                    f"({MAX_QR_IMAGE_PIXELS // 1_000_000} megapixels at most): crop it"
+                )
             results = zxingcpp.read_barcodes(img.convert("RGB"))
-    except (OSError, image.UnidentifiedImageError):
+    except (OSError, image.UnidentifiedImageError, image.DecompressionBombError):
         raise DecodeError(f"cannot read {path} as a picture") from None
     for r in results:
         if r.text:

@@ -27,6 +27,7 @@ import click
 from pairkit.pairing.errors import ConfigError
 
 from .common import PairkitGroup, emit_json, info, run_async
+from .params import Number, Seconds
 
 #: keystore settings written by ``ttp enroll`` (host/join may default to them)
 SETTING_SERVER = "ttp.server"
@@ -106,9 +107,9 @@ def init(directory: Path, hosts: tuple[str, ...], days: int, enrol_token: bool,
               help="Connections at once, from everyone.")
 @click.option("--max-per-client", default=256, show_default=True,
               help="Connections at once from one address.")
-@click.option("--rate", default=50.0, show_default=True,
+@click.option("--rate", type=Number(0, 1e6, above=True), default=50.0, show_default=True,
               help="New connections per second one address may open (burst: twice that).")
-@click.option("--max-wait", default=60.0, show_default=True,
+@click.option("--max-wait", type=Seconds(0.1, 3600), default=60.0, show_default=True,
               help="Longest wait (seconds) for the other device's intent.")
 @click.option("--db", "database", default=None, metavar="postgresql://...",
               help="Use this PostgreSQL database instead of DIR/ttp.sqlite3; any number of "
@@ -199,7 +200,7 @@ def _read_eukey(path: str) -> bytes:
               help="Draw a factory key for CPNS, keep it in the keystore and register it.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The server's enrolment token, when its enrolment is closed.")
-@click.option("--timeout", default=10.0, show_default=True,
+@click.option("--timeout", type=Seconds(0.1, 3600), default=10.0, show_default=True,
               help="Seconds to wait for the key server.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,

@@ -83,7 +83,12 @@ class QrCode:
         uri = uri.strip()
         if len(uri) > 512:
             raise DecodeError("this QR code is too long to be a pairkit code")
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError:  # e.g. an unclosed IPv6 bracket ("https://[fe80::1/x")
+            raise DecodeError(
+                "this is not a pairkit QR code (it should start with 'pairkit:qr?')"
+            ) from None
         if parts.scheme != SCHEME or parts.path != "qr":
             raise DecodeError("this is not a pairkit QR code (it should start with 'pairkit:qr?')")
         try:
