@@ -278,15 +278,16 @@ def sample_scalar(rng: Callable[[int], bytes]) -> bytes:
     return bytes(y)
 
 
-def _x25519(y: bytes, g: bytes) -> bytes:
-    if len(y) != FIELD_SIZE_BYTES:
+def _x25519(y: bytes | X25519PrivateKey, g: bytes) -> bytes:
+    # y: the scalar's bytes, or the scalar already loaded (loading computes a public key, a
+    # fixed-base multiplication CPace does not need: a party loads its scalar once).
+    if not isinstance(y, X25519PrivateKey) and len(y) != FIELD_SIZE_BYTES:
         raise ConfigError(f"a CPace scalar must be {FIELD_SIZE_BYTES} bytes, not {len(y)}")
     if len(g) != FIELD_SIZE_BYTES:
         raise DecodeError(f"a CPace public share must be {FIELD_SIZE_BYTES} bytes, not {len(g)}")
+    key = y if isinstance(y, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(bytes(y))
     try:
-        result = X25519PrivateKey.from_private_bytes(bytes(y)).exchange(
-            X25519PublicKey.from_public_bytes(bytes(g))
-        )
+        result = key.exchange(X25519PublicKey.from_public_bytes(bytes(g)))
     except ValueError:
         # cryptography refuses an all-zero X25519 output, i.e. G.I: g was a low-order point
         # on the curve or its twist (or a non-canonical encoding of one).
@@ -299,7 +300,7 @@ def _x25519(y: bytes, g: bytes) -> bytes:
     return result
 
 
-def scalar_mult(y: bytes, g: bytes) -> bytes:
+def scalar_mult(y: bytes | X25519PrivateKey, g: bytes) -> bytes:
     """``G_X25519.scalar_mult(y, g) = X25519(y, g)`` (§8.2).
 
     Raises :class:`AuthenticationError` if the result is G.I, which for a generator from
@@ -308,7 +309,7 @@ def scalar_mult(y: bytes, g: bytes) -> bytes:
     return _x25519(y, g)
 
 
-def scalar_mult_vfy(y: bytes, g: bytes) -> bytes:
+def scalar_mult_vfy(y: bytes | X25519PrivateKey, g: bytes) -> bytes:
     """``G_X25519.scalar_mult_vfy(y, g) = X25519(y, g)`` with the abort of §7.2.
 
     Where the draft returns G.I (all zeros) for a low-order ``g`` on the curve or the twist
@@ -451,8 +452,9 @@ class CPace:
         self._sid = _as_bytes(sid, "sid")
         self._ad_self = _as_bytes(ad_self, "ad_self")
         ci = _as_bytes(ci, "ci")
-        self._y: bytes | None = sample_scalar(rng)
-        g = calculate_generator(prs, ci, self._sid, blind=_map_blind(self._y))
+        y = sample_scalar(rng)
+        g = calculate_generator(prs, ci, self._sid, blind=_map_blind(y))
+        self._y: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(y)
         self._share = scalar_mult(self._y, g)
         self._state = CPaceState.STARTED
         self._isk: bytes | None = None

@@ -63,7 +63,7 @@ from hashlib import sha256
 from typing import Any, ClassVar
 
 from . import keyschedule, wire
-from .crypto import Rng, digest, hkdf, mac, same, seal, unseal, x25519, x25519_keypair
+from .crypto import Rng, digest, hkdf, mac, same, seal, unseal, x25519, x25519_loaded
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -307,7 +307,7 @@ class TtpClient(Machine):
         self._expect_by(now + self._timeout, "the key server did not answer")
 
     def _on_challenge(self, msg: TtpChallenge, now: float) -> None:
-        shared = x25519(self.me.static_private, msg.eph)
+        shared = x25519(self.me.static_key(), msg.eph)
         proof = auth_proof(
             shared, static=self.me.static_public, eph=msg.eph, nonce_c=self._nonce,
             nonce_s=msg.nonce, cert=self._cert,
@@ -431,7 +431,7 @@ class TtpServerConn(Machine):
 
     def _on_hello(self, msg: TtpHello, now: float) -> None:
         self._hello = msg
-        self._eph, eph_public = x25519_keypair(self._rng)
+        self._eph, eph_public = x25519_loaded(self._rng)
         self._challenge = TtpChallenge(self._rng(NONCE_LEN), eph_public)
         self._send(self._challenge)
         self.state = S_PROOF
@@ -638,7 +638,7 @@ class _TtpLink(Machine):
 
     def _final(self, session_key: bytes) -> tuple[bytes, bytes, bytes, str]:
         assert self.delivery is not None
-        dh = x25519(self.me.static_private, self.delivery.peer.static)
+        dh = x25519(self.me.static_key(), self.delivery.peer.static)
         okm = hkdf(session_key + dh, salt=self._context, info=keyschedule.TTP_SESSION, length=96)
         return okm[:32], okm[32:64], okm[64:], _fingerprint(session_key + dh, self._context)
 

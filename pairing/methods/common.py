@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import keyschedule, wire
 from ..crypto import Rng, digest, x25519_keypair
@@ -47,6 +48,15 @@ class LocalIdentity:
     static_public: bytes
     signing_public: bytes
     static_private: bytes = dataclasses.field(repr=False)
+
+    def static_key(self) -> X25519PrivateKey:
+        """The static private key loaded once (loading computes the public key: a fixed-base
+        scalar multiplication), for every handshake and DH this identity takes part in."""
+        key = self.__dict__.get("_static_key")
+        if key is None:
+            key = X25519PrivateKey.from_private_bytes(self.static_private)
+            object.__setattr__(self, "_static_key", key)
+        return key
 
     @classmethod
     def generate(cls, name: str, rng: Rng = os.urandom) -> LocalIdentity:
