@@ -172,9 +172,25 @@ def _encode_body(msg: Message) -> dict[int, Any]:
     return body
 
 
+_NOT_A_TUPLE: Any = object()
+#: field kind -> the item kind of a ``tuple[X, ...]`` kind, or _NOT_A_TUPLE (typing's
+#: get_origin/get_args cost more than the rest of a field's encoding: asked once per kind)
+_TUPLE_ITEMS: dict[Any, Any] = {}
+
+
+def _tuple_item(kind: Any) -> Any:
+    try:
+        return _TUPLE_ITEMS[kind]
+    except KeyError:
+        pass
+    item = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else _NOT_A_TUPLE
+    _TUPLE_ITEMS[kind] = item
+    return item
+
+
 def _encode_value(kind: Any, value: Any) -> Any:
-    if typing.get_origin(kind) is tuple:
-        (inner, _) = typing.get_args(kind)
+    inner = _tuple_item(kind)
+    if inner is not _NOT_A_TUPLE:
         return [_encode_value(inner, v) for v in value]
     if isinstance(value, Message):
         return _encode_body(value)
@@ -185,9 +201,8 @@ def _encode_value(kind: Any, value: Any) -> Any:
 
 def _decode_value(owner: str, f: _Field, kind: Any, raw: Any, top: bool = True) -> Any:
     where = f"{owner}.{f.name}"
-    origin = typing.get_origin(kind)
-    if origin is tuple and top:
-        (inner, _) = typing.get_args(kind)
+    inner = _tuple_item(kind)
+    if inner is not _NOT_A_TUPLE and top:
         if not isinstance(raw, list):
             raise DecodeError(f"{where} should be a list")
         if f.max_len is not None and len(raw) > f.max_len:
