@@ -49,8 +49,10 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
         # The CPU of both sides is counted: at least the floor's cryptography per delivery.
         assert lv["cpu_us_per_delivery"] > 0 and lv["floor"]["cpu_us_per_delivery"] > 0
     check_goals(result["goals"])
-    assert [g["figure"] for g in result["goals"]] == [result["levels"][-1]["of_floor"]]
-    assert result["goals"][0]["bound"] == ">=" and result["goals"][0]["goal"] == 0.5
+    top = result["levels"][-1]
+    assert [g["figure"] for g in result["goals"]] == [
+        top["of_floor"], pytest.approx(1 / top["cpu_vs_floor"])]
+    assert all(g["bound"] == ">=" and g["goal"] == 0.5 for g in result["goals"])
     floor = result["floor"]
     assert floor["us"] > 2 * floor["tls_handshake_us"] > 0  # two handshakes and then some
     text = bench.render(result)
