@@ -59,7 +59,13 @@ class PrekeyPool:
 
     def take(self, n: int) -> tuple[Prekey, ...]:
         """Up to ``n`` ready prekeys, removed from the pool (a :data:`PrekeySource`)."""
-        got = tuple(self._ready.popleft() for _ in range(min(n, len(self._ready))))
+        taken: list[Prekey] = []
+        while len(taken) < n:
+            try:  # popleft is atomic: a key goes to one taker, even across threads
+                taken.append(self._ready.popleft())
+            except IndexError:
+                break
+        got = tuple(taken)
         if self._background:
             self.refill_soon()
         return got
