@@ -607,12 +607,27 @@ _NAME_SECTION = re.compile(r"[A-Za-z0-9+/]+")
 _PATTERN_SECTION = re.compile(r"([A-Z0-9]+)([a-z][a-z0-9]*(?:\+[a-z][a-z0-9]*)*)?")
 
 
+#: names parsed before (a NoiseProtocol is immutable): each handshake parses its name, and the
+#: regular expressions and the PSK modifiers cost more than the rest of Initialize()
+_PARSED: dict[str, NoiseProtocol] = {}
+_PARSED_MAX = 64
+
+
 def parse_protocol_name(name: str) -> NoiseProtocol:
     """Parse ``Noise_<pattern><modifiers>_<dh>_<cipher>_<hash>`` (§8, §8.1, §8.2, §9.4).
 
     Raises :class:`~pairing.errors.ConfigError` for a malformed name, an unknown pattern or
     algorithm, or an unsupported modifier (``fallback``, ``hfs``).
     """
+    if type(name) is str and name in _PARSED:
+        return _PARSED[name]
+    protocol = _parse_protocol_name(name)
+    if len(_PARSED) < _PARSED_MAX:
+        _PARSED[name] = protocol
+    return protocol
+
+
+def _parse_protocol_name(name: str) -> NoiseProtocol:
     if not isinstance(name, str) or not name.isascii() or len(name) > MAX_NAME_LEN:
         raise ConfigError("a Noise protocol name is an ASCII string of at most 255 characters")
     sections = name.split("_")
