@@ -160,3 +160,6 @@ def test_bad_repeat_is_refused(bench: ModuleType) -> None:
         bench.parse_args(["--repeat", "0"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--mtu", "10"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--clock", "sundial"])
+    assert bench.parse_args(["--clock", "cpu"]).clock == "cpu"
