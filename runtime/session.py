@@ -377,6 +377,8 @@ async def accept_loop(
     stop = stop or asyncio.Event()
     slots = asyncio.Semaphore(concurrent)
     tasks: set[asyncio.Task[None]] = set()
+    # Prekeys for the first guests, made while the host waits for them (issue 13).
+    prekeys.pool().refill_soon()
 
     async def run(link: Any) -> None:
         try:
