@@ -4,13 +4,16 @@ Each bench (``bench/*.py``) measures its own thing and renders its own table; th
 are the ones they all wrote out again: a positive-integer argument, the median and quartiles
 of a list of samples (:func:`summary` in the samples' unit with a count, :func:`summary_us` in
 microseconds), the machine's CPU count and model, the command line recorded in the JSON (as
-bench/RESULTS.md quotes it), printing the result as JSON or as a table, and the scripted person
-who says yes to everything.  How the figures are read is in bench/RESULTS.md.
+bench/RESULTS.md quotes it), printing the result as JSON or as a table, the scripted person
+who says yes to everything, and the goal lines every bench ends with (:func:`report`: the
+figure, the goal of issue 13's table, met or not; :func:`render_goals`).  How the figures are
+read is in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import LinkClosedError, PairingTimeout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +93,49 @@ def show(
     print(json.dumps(result, indent=2) if as_json else render(result))
 
 
+def report(name: str, figure: float, goal: float, *, at_most: bool = True,
+           unit: str = "x") -> dict[str, Any]:
+    """One goal line: ``figure`` against ``goal`` (an upper bound, or a lower one), met or not.
+
+    Each bench ends with these lines (issue 13: "each printed by its bench as: figure, goal,
+    met or not"); bench/RESULTS.md records them with the command.
+    """
+    met = figure <= goal if at_most else figure >= goal
+    return {"name": name, "figure": figure, "goal": goal,
+            "bound": "<=" if at_most else ">=", "unit": unit, "met": met}
+
+
+def render_goals(goals: Sequence[dict[str, Any]]) -> list[str]:
+    """The goal lines as text: ``goal NAME: figure F, goal <= G, met yes|no``."""
+    lines = ["goals (figure, goal, met):"]
+    width = max((len(g["name"]) for g in goals), default=0)
+    for g in goals:
+        unit = g["unit"]
+        lines.append(
+            f"  {g['name']:<{width}}  figure {g['figure']:.2f}{unit}  goal {g['bound']} "
+            f"{g['goal']:g}{unit}  met {'yes' if g['met'] else 'no'}"
+        )
+    return lines
+
+
+def check_goals(goals: Sequence[dict[str, Any]]) -> None:
+    """The bookkeeping every bench smoke test checks: each goal line is whole and consistent."""
+    if not goals:
+        raise AssertionError("no goal lines")
+    for g in goals:
+        if set(g) != {"name", "figure", "goal", "bound", "unit", "met"}:
+            raise AssertionError(f"goal line {g.get('name')!r} has fields {sorted(g)}")
+        if g["figure"] < 0 or g["goal"] <= 0:
+            raise AssertionError(f"goal line {g['name']!r}: figure or goal out of range")
+        want = g["figure"] <= g["goal"] if g["bound"] == "<=" else g["figure"] >= g["goal"]
+        if g["met"] is not want:
+            raise AssertionError(f"goal line {g['name']!r}: met says {g['met']}")
+    text = "\n".join(render_goals(goals))
+    for g in goals:
+        if f"  {g['name']}" not in text or "met " not in text:
+            raise AssertionError(f"goal line {g['name']!r} is not rendered")
+
+
 class Yes:
     """Both people say yes (compare: the codes match; join: let the guest in, for an hour)."""
 
@@ -97,3 +144,22 @@ class Yes:
 
     async def allow_join(self, question: object) -> Grant:
         return Grant(Role.GUEST, 3600)
+
+
+async def hang_up(first: Any, second: Any, *, timeout: float = 5.0) -> None:
+    """Close two ends of one BLE link the way devices do: ``first`` hangs up, then ``second``.
+
+    Closing both ends at once makes both controllers send LL_TERMINATE_IND; the second to
+    arrive finds its connection already gone, and bumble's virtual controller logs "Cannot find
+    a connection" at ERROR for each (a crossing termination, harmless on a radio).  So the
+    second end closes only once it has seen the disconnection (its ``recv`` ends).
+    """
+    await first.close()
+
+    async def until_closed() -> None:
+        while True:
+            await second.recv()
+
+    with contextlib.suppress(LinkClosedError, PairingTimeout, asyncio.TimeoutError):
+        await asyncio.wait_for(until_closed(), timeout)
+    await second.close()

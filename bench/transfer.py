@@ -49,7 +49,7 @@ from bench.ble import (  # noqa: E402
     secure,
     secure_pair,
 )
-from bench.common import command_line, positive, show, summary  # noqa: E402
+from bench.common import command_line, positive, render_goals, report, show, summary  # noqa: E402
 from pairkit.files import get_file, say_bye, serve_guest  # noqa: E402
 from pairkit.pairing.cloud import Role  # noqa: E402
 from pairkit.pairing.service import AllowRequest, GrantPolicy, Scope  # noqa: E402
@@ -57,6 +57,8 @@ from pairkit.securelink import SecureLink  # noqa: E402
 from pairkit.transports.ble.virtual import VIRTUAL_ACL_LENGTH  # noqa: E402
 
 PATHS = ("bumble", "link", "secure", "get")
+#: issue 13: goodput at least this share of bumble alone on the same link
+GOODPUT_GOAL = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +132,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
             "get_vs_link": mb_s["get"]["median"] / mb_s["link"]["median"],
             "get_vs_bumble": mb_s["get"]["median"] / mb_s["bumble"]["median"],
             "get_vs_secure": mb_s["get"]["median"] / mb_s["secure"]["median"],
+            "secure_vs_bumble": mb_s["secure"]["median"] / mb_s["bumble"]["median"],
         }
     return {
         "date": datetime.date.today().isoformat(),
@@ -137,6 +140,12 @@ async def measure(settings: Settings) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         "acl_bytes": VIRTUAL_ACL_LENGTH,
         "links": links,
+        "goals": [
+            report(f"{what} over {kind} / bumble alone", links[kind][key], GOODPUT_GOAL,
+                   at_most=False)
+            for kind in LINKS
+            for what, key in (("secure", "secure_vs_bumble"), ("get", "get_vs_bumble"))
+        ],
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -160,6 +169,7 @@ def render(result: dict[str, Any]) -> str:
         )
         out.append(f"{kind:<7}{row['mtu']:>5}{cells}{row['get_vs_link']:>10.2f}"
                    f"{row['get_vs_bumble']:>12.2f}{row['get_vs_secure']:>12.2f}")
+    out += render_goals(result["goals"])
     out.append(f"total time {result['seconds']} s")
     return "\n".join(out)
 

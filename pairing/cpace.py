@@ -35,8 +35,12 @@ in its own wire message; :meth:`CPace.receive` takes both.
 
 Limitations: the Elligator 2 map uses Python integers, which are not constant-time (§10.10 asks
 for a constant-time map); the map is written without secret-dependent branches, but bignum
-timing still depends on the values.  Python cannot wipe secrets from memory; a finished or
-failed :class:`CPace` only drops its references.
+timing still depends on the values.  So the map's two costly steps, the inversion (Python's
+``pow(x, -1, p)``, a gcd whose running time depends on ``x``) and the square test, run on
+*blinded* values: ``x * r`` and ``gx1 * r^2`` for a secret random ``r`` (derived from this
+party's scalar, see :func:`map_to_curve_elligator2_curve25519`), which are uniform and
+independent of the PIN; the result is unchanged.  Python cannot wipe secrets from memory; a
+finished or failed :class:`CPace` only drops its references.
 """
 
 from __future__ import annotations
@@ -193,7 +197,7 @@ def encode_u_coordinate(u: int, bits: int = FIELD_SIZE_BITS) -> bytes:
     return (u % P).to_bytes((bits + 7) // 8, "little")
 
 
-def map_to_curve_elligator2_curve25519(u: int) -> int:
+def map_to_curve_elligator2_curve25519(u: int, blind: int = 1) -> int:
     """Elligator 2 for Curve25519 (RFC 9380 §6.7.1, A.5); returns the Montgomery u-coordinate.
 
     CPace keeps only the u-coordinate and does not clear the cofactor: X25519's clamped
@@ -202,17 +206,26 @@ def map_to_curve_elligator2_curve25519(u: int) -> int:
     ``x = eps*v - (1-eps)*A/2`` agrees with RFC 9380's: ``eps`` is never 0 on Curve25519 since
     ``x^2 + A*x + 1`` has no root (A^2 - 4 is not a square), and ``1 + Z*u^2`` never vanishes
     since ``-1/2`` is not a square modulo p (p = 5 mod 8).
+
+    ``blind`` (a non-zero field element, secret and random; 1 for none) does not change the
+    result: ``inv0(tv) = blind * inv0(tv * blind)`` and ``gx1 * blind^2`` is a square exactly
+    when ``gx1`` is, so the inversion (``pow(x, -1, p)``: an extended gcd, about 8 times
+    faster than Fermat's ``pow(x, p - 2, p)`` but with a running time that depends on ``x``)
+    and the Euler criterion see values that are uniform and independent of ``u``.
     """
     u %= P
+    blind %= P
+    if blind == 0:
+        raise ConfigError("the map's blinding factor must not be 0 modulo p")
     tv = (1 + Z * u * u) % P
     # inv0(tv): never 0 here (see above), kept as in RFC 9380 for clarity.
-    x1 = (-A * pow(tv, P - 2, P)) % P
+    x1 = (-A * blind * pow(tv * blind % P, -1, P)) % P
     if x1 == 0:  # pragma: no cover - unreachable for Z = 2, step 2 of RFC 9380 §6.7.1
         x1 = (-A) % P
     gx1 = (x1 * x1 * x1 + A * x1 * x1 + x1) % P
     x2 = (-x1 - A) % P
     # Euler's criterion: 1 for a non-zero square, 0 for 0, p-1 for a non-square.
-    legendre = pow(gx1, (P - 1) // 2, P)
+    legendre = pow(gx1 * blind * blind % P, (P - 1) // 2, P)
     is_square = 1 - (legendre == P - 1)
     return (x2 + is_square * (x1 - x2)) % P
 
@@ -222,16 +235,32 @@ def _hash(data: bytes, length: int = ISK_SIZE) -> bytes:
     return hashlib.sha512(data).digest()[:length]
 
 
-def calculate_generator(prs: bytes, ci: bytes = b"", sid: bytes = b"") -> bytes:
+def calculate_generator(
+    prs: bytes, ci: bytes = b"", sid: bytes = b"", *, blind: int = 1
+) -> bytes:
     """``G_X25519.calculate_generator(H, PRS, CI, sid)`` (§8.2): the 32-byte generator g.
 
     Hash the generator string to 32 bytes, decode it as a u-coordinate (bit 255 cleared),
-    map it with Elligator 2 and encode the result.
+    map it with Elligator 2 and encode the result.  ``blind`` blinds the map's field
+    operations without changing g (see :func:`map_to_curve_elligator2_curve25519`).
     """
     gen_str = generator_string(DSI, prs, ci, sid, S_IN_BYTES)
     gen_str_hash = _hash(gen_str, FIELD_SIZE_BYTES)
     u = decode_u_coordinate(gen_str_hash, FIELD_SIZE_BITS)
-    return encode_u_coordinate(map_to_curve_elligator2_curve25519(u), FIELD_SIZE_BITS)
+    return encode_u_coordinate(map_to_curve_elligator2_curve25519(u, blind), FIELD_SIZE_BITS)
+
+
+_BLIND_LABEL = b"pairkit CPace map blinding"
+
+
+def _map_blind(y: bytes) -> int:
+    """A secret non-zero field element for blinding the map, from this party's scalar ``y``.
+
+    Derived (SHA-512 with a label of its own) rather than drawn, so the random source is read
+    exactly as before (one scalar per party; the frozen transcripts stay valid).  ``y`` is
+    secret and uniform, so the blind is too, and it reveals nothing about ``y``.
+    """
+    return int.from_bytes(hashlib.sha512(_BLIND_LABEL + y).digest(), "little") % P or 1
 
 
 # --- group operations (§8.2) -----------------------------------------------------------------
@@ -249,15 +278,16 @@ def sample_scalar(rng: Callable[[int], bytes]) -> bytes:
     return bytes(y)
 
 
-def _x25519(y: bytes, g: bytes) -> bytes:
-    if len(y) != FIELD_SIZE_BYTES:
+def _x25519(y: bytes | X25519PrivateKey, g: bytes) -> bytes:
+    # y: the scalar's bytes, or the scalar already loaded (loading computes a public key, a
+    # fixed-base multiplication CPace does not need: a party loads its scalar once).
+    if not isinstance(y, X25519PrivateKey) and len(y) != FIELD_SIZE_BYTES:
         raise ConfigError(f"a CPace scalar must be {FIELD_SIZE_BYTES} bytes, not {len(y)}")
     if len(g) != FIELD_SIZE_BYTES:
         raise DecodeError(f"a CPace public share must be {FIELD_SIZE_BYTES} bytes, not {len(g)}")
+    key = y if isinstance(y, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(bytes(y))
     try:
-        result = X25519PrivateKey.from_private_bytes(bytes(y)).exchange(
-            X25519PublicKey.from_public_bytes(bytes(g))
-        )
+        result = key.exchange(X25519PublicKey.from_public_bytes(bytes(g)))
     except ValueError:
         # cryptography refuses an all-zero X25519 output, i.e. G.I: g was a low-order point
         # on the curve or its twist (or a non-canonical encoding of one).
@@ -270,7 +300,7 @@ def _x25519(y: bytes, g: bytes) -> bytes:
     return result
 
 
-def scalar_mult(y: bytes, g: bytes) -> bytes:
+def scalar_mult(y: bytes | X25519PrivateKey, g: bytes) -> bytes:
     """``G_X25519.scalar_mult(y, g) = X25519(y, g)`` (§8.2).
 
     Raises :class:`AuthenticationError` if the result is G.I, which for a generator from
@@ -279,7 +309,7 @@ def scalar_mult(y: bytes, g: bytes) -> bytes:
     return _x25519(y, g)
 
 
-def scalar_mult_vfy(y: bytes, g: bytes) -> bytes:
+def scalar_mult_vfy(y: bytes | X25519PrivateKey, g: bytes) -> bytes:
     """``G_X25519.scalar_mult_vfy(y, g) = X25519(y, g)`` with the abort of §7.2.
 
     Where the draft returns G.I (all zeros) for a low-order ``g`` on the curve or the twist
@@ -421,8 +451,10 @@ class CPace:
         self._role: Role = role
         self._sid = _as_bytes(sid, "sid")
         self._ad_self = _as_bytes(ad_self, "ad_self")
-        g = calculate_generator(prs, _as_bytes(ci, "ci"), self._sid)
-        self._y: bytes | None = sample_scalar(rng)
+        ci = _as_bytes(ci, "ci")
+        y = sample_scalar(rng)
+        g = calculate_generator(prs, ci, self._sid, blind=_map_blind(y))
+        self._y: X25519PrivateKey | None = X25519PrivateKey.from_private_bytes(y)
         self._share = scalar_mult(self._y, g)
         self._state = CPaceState.STARTED
         self._isk: bytes | None = None

@@ -42,14 +42,25 @@ def x25519_keypair(rng: Rng) -> tuple[bytes, bytes]:
     return private, public
 
 
-def x25519(private: bytes, public: bytes) -> bytes:
-    """X25519 with the all-zero check of RFC 7748 §6.1 (a low-order peer key fails)."""
+def x25519_loaded(rng: Rng) -> tuple[X25519PrivateKey, bytes]:
+    """As :func:`x25519_keypair` (the same draw from ``rng``), keeping the loaded key object:
+    loading a private key computes its public key (a fixed-base scalar multiplication), so a
+    key used again (a DH, an HPKE open) is not loaded twice."""
+    key = X25519PrivateKey.from_private_bytes(rng(32))
+    return key, key.public_key().public_bytes_raw()
+
+
+def x25519(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
+    """X25519 with the all-zero check of RFC 7748 §6.1 (a low-order peer key fails).
+
+    ``private`` is raw bytes or a key already loaded (no second fixed-base multiplication).
+    """
     if len(public) != 32:
         raise DecodeError("a public key must be 32 bytes")
+    key = (private if isinstance(private, X25519PrivateKey)
+           else X25519PrivateKey.from_private_bytes(private))
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        shared = key.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:
         raise AuthenticationError("the peer's public key is not acceptable") from None
     if not any(shared):

@@ -39,7 +39,7 @@ import hmac
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import x448, x25519
@@ -119,6 +119,12 @@ _DH: Final[dict[str, _DHFunctions]] = {
 }
 
 
+_PRIVATE_TYPES: Final[dict[str, type]] = {
+    "25519": x25519.X25519PrivateKey,
+    "448": x448.X448PrivateKey,
+}
+
+
 def _dh_functions(dh: str) -> _DHFunctions:
     try:
         return _DH[dh]
@@ -133,10 +139,15 @@ class _KeyPair:
 
     __slots__ = ("private", "public")
 
-    def __init__(self, dh: _DHFunctions, private: bytes, what: str) -> None:
-        if not isinstance(private, _BYTES_LIKE) or len(private) != dh.dhlen:
+    def __init__(self, dh: _DHFunctions, private: Any, what: str) -> None:
+        # A key object already loaded (a device's static key it holds) is used as it is:
+        # loading raw bytes computes the public key, a fixed-base scalar multiplication.
+        if isinstance(private, _PRIVATE_TYPES[dh.name]):
+            self.private = private
+        elif not isinstance(private, _BYTES_LIKE) or len(private) != dh.dhlen:
             raise ConfigError(f"the {what} private key must be {dh.dhlen} bytes for DH {dh.name}")
-        self.private = dh.private_from_bytes(bytes(private))
+        else:
+            self.private = dh.private_from_bytes(bytes(private))
         self.public: bytes = self.private.public_key().public_bytes_raw()
 
     def __repr__(self) -> str:
@@ -155,10 +166,15 @@ def generate_keypair(dh: str, rng: Rng = os.urandom) -> tuple[bytes, bytes]:
     private key is simply ``rng(DHLEN)``.
     """
     funcs = _dh_functions(dh)
+    private = _draw_private(funcs, rng)
+    return private, _KeyPair(funcs, private, "generated").public
+
+
+def _draw_private(funcs: _DHFunctions, rng: Rng) -> bytes:
     private = rng(funcs.dhlen)
     if not isinstance(private, bytes) or len(private) != funcs.dhlen:
         raise ConfigError(f"the rng must return {funcs.dhlen} bytes when asked for {funcs.dhlen}")
-    return private, _KeyPair(funcs, private, "generated").public
+    return private
 
 
 _LOW_ORDER: Final = (
@@ -591,12 +607,27 @@ _NAME_SECTION = re.compile(r"[A-Za-z0-9+/]+")
 _PATTERN_SECTION = re.compile(r"([A-Z0-9]+)([a-z][a-z0-9]*(?:\+[a-z][a-z0-9]*)*)?")
 
 
+#: names parsed before (a NoiseProtocol is immutable): each handshake parses its name, and the
+#: regular expressions and the PSK modifiers cost more than the rest of Initialize()
+_PARSED: dict[str, NoiseProtocol] = {}
+_PARSED_MAX = 64
+
+
 def parse_protocol_name(name: str) -> NoiseProtocol:
     """Parse ``Noise_<pattern><modifiers>_<dh>_<cipher>_<hash>`` (§8, §8.1, §8.2, §9.4).
 
     Raises :class:`~pairing.errors.ConfigError` for a malformed name, an unknown pattern or
     algorithm, or an unsupported modifier (``fallback``, ``hfs``).
     """
+    if type(name) is str and name in _PARSED:
+        return _PARSED[name]
+    protocol = _parse_protocol_name(name)
+    if len(_PARSED) < _PARSED_MAX:
+        _PARSED[name] = protocol
+    return protocol
+
+
+def _parse_protocol_name(name: str) -> NoiseProtocol:
     if not isinstance(name, str) or not name.isascii() or len(name) > MAX_NAME_LEN:
         raise ConfigError("a Noise protocol name is an ASCII string of at most 255 characters")
     sections = name.split("_")
@@ -714,11 +745,13 @@ class HandshakeState:
     """One party's side of a Noise handshake (Noise rev 34 §5.3, with PSKs §9).
 
     Building one is Initialize(): ``protocol_name`` (§8) gives the pattern and crypto functions,
-    ``initiator`` the role.  ``s`` and ``e`` are this party's private keys as raw bytes; ``rs`` and
-    ``re`` are the peer's public keys, passed only when the pattern lists them in a pre-message;
-    ``psks`` are the 32-byte PSKs in the order the ``psk`` tokens use them.  A key the pattern
-    needs and lacks, or has no use for, is a :class:`~pairing.errors.ConfigError`.  When the
-    pattern makes this party send ``e`` and ``e`` was not given, the key is ``rng(DHLEN)``.
+    ``initiator`` the role.  ``s`` and ``e`` are this party's private keys as raw bytes (or as
+    ``cryptography`` key objects already loaded, which spares a fixed-base multiplication);
+    ``rs`` and ``re`` are the peer's public keys, passed only when the pattern lists them in a
+    pre-message; ``psks`` are the 32-byte PSKs in the order the ``psk`` tokens use them.  A key
+    the pattern needs and lacks, or has no use for, is a :class:`~pairing.errors.ConfigError`.
+    When the pattern makes this party send ``e`` and ``e`` was not given, the key is
+    ``rng(DHLEN)``.
 
     Call :meth:`write_message` and :meth:`read_message` in turn; once :attr:`complete`,
     :meth:`split` hands out the transport cipher states.  Any exception from a write or a read
@@ -731,8 +764,8 @@ class HandshakeState:
         initiator: bool,
         *,
         prologue: bytes = b"",
-        s: bytes | None = None,
-        e: bytes | None = None,
+        s: Any = None,
+        e: Any = None,
         rs: bytes | None = None,
         re: bytes | None = None,
         psks: Sequence[bytes] = (),
@@ -911,9 +944,8 @@ class HandshakeState:
         out = bytearray()
         for token in tokens:
             if token == "e":
-                if self._e is None:
-                    private, _ = generate_keypair(self.protocol.dh, self._rng)
-                    self._e = _KeyPair(self._dh, private, "ephemeral")
+                if self._e is None:  # GENERATE_KEYPAIR(): one draw, loaded once
+                    self._e = _KeyPair(self._dh, _draw_private(self._dh, self._rng), "ephemeral")
                 out += self._e.public
                 ss.mix_hash(self._e.public)
                 if self.protocol.pattern.has_psk:

@@ -63,7 +63,7 @@ from hashlib import sha256
 from typing import Any, ClassVar
 
 from . import keyschedule, wire
-from .crypto import Rng, digest, hkdf, mac, same, seal, unseal, x25519, x25519_keypair
+from .crypto import Rng, digest, hkdf, mac, same, seal, unseal, x25519, x25519_loaded
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -85,7 +85,8 @@ from .messages import (
     Offer,
     device_name,
 )
-from .methods import LocalIdentity, PeerInfo, Prekey, Session, _check_context, _th
+from .methods import LocalIdentity, PeerInfo, Session, _check_context, _th
+from .methods.common import PrekeySource, _take_prekeys
 from .negotiation import ALL_CAPS, Caps, Method, choose, methods_from_mask, methods_mask
 from .wire import Message, field, message, struct
 
@@ -316,7 +317,7 @@ class TtpClient(Machine):
         self._expect_by(now + self._timeout, "the key server did not answer")
 
     def _on_challenge(self, msg: TtpChallenge, now: float) -> None:
-        shared = x25519(self.me.static_private, msg.eph)
+        shared = x25519(self.me.static_key(), msg.eph)
         proof = auth_proof(
             shared, static=self.me.static_public, eph=msg.eph, nonce_c=self._nonce,
             nonce_s=msg.nonce, cert=self._cert,
@@ -440,7 +441,7 @@ class TtpServerConn(Machine):
 
     def _on_hello(self, msg: TtpHello, now: float) -> None:
         self._hello = msg
-        self._eph, eph_public = x25519_keypair(self._rng)
+        self._eph, eph_public = x25519_loaded(self._rng)
         self._challenge = TtpChallenge(self._rng(NONCE_LEN), eph_public)
         self._send(self._challenge)
         self.state = S_PROOF
@@ -574,7 +575,7 @@ class _TtpLink(Machine):
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, initial: str, rng: Rng,
-        context: bytes = b"",
+        context: bytes = b"", prekeys: PrekeySource | None = None,
     ) -> None:
         super().__init__(initial_state=initial)
         self.config = config
@@ -583,7 +584,9 @@ class _TtpLink(Machine):
         self._pre = _check_context(context)
         self.session: Session | None = None
         self.delivery: SkDelivery | None = None
-        self._prekeys = tuple(_new_prekey(rng) for _ in range(config.prekeys))
+        # Taken from the runtime's pool when it has them ready (made ahead of need, off the
+        # critical path), else made here, in the order the frozen transcripts expect.
+        self._prekeys = _take_prekeys(config.prekeys, rng, prekeys)
 
     def _announce(self) -> Announce:
         return Announce(
@@ -645,7 +648,7 @@ class _TtpLink(Machine):
 
     def _final(self, session_key: bytes) -> tuple[bytes, bytes, bytes, str]:
         assert self.delivery is not None
-        dh = x25519(self.me.static_private, self.delivery.peer.static)
+        dh = x25519(self.me.static_key(), self.delivery.peer.static)
         okm = hkdf(session_key + dh, salt=self._context, info=keyschedule.TTP_SESSION, length=96)
         return okm[:32], okm[32:64], okm[64:], _fingerprint(session_key + dh, self._context)
 
@@ -671,9 +674,9 @@ class TtpLinkGuest(_TtpLink):
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom,
-        context: bytes = b"",
+        context: bytes = b"", prekeys: PrekeySource | None = None,
     ) -> None:
-        super().__init__(config, me, initial=S_START, rng=rng, context=context)
+        super().__init__(config, me, initial=S_START, rng=rng, context=context, prekeys=prekeys)
 
     def _on_start(self, now: float) -> None:
         """Send the guest's Offer for method ``ttp``."""
@@ -728,9 +731,11 @@ class TtpLinkHost(_TtpLink):
 
     def __init__(
         self, config: TtpLinkConfig, me: LocalIdentity, *, rng: Rng = os.urandom,
-        context: bytes = b"",
+        context: bytes = b"", prekeys: PrekeySource | None = None,
     ) -> None:
-        super().__init__(config, me, initial=S_TTP_OFFER, rng=rng, context=context)
+        super().__init__(
+            config, me, initial=S_TTP_OFFER, rng=rng, context=context, prekeys=prekeys
+        )
 
     def _on_start(self, now: float) -> None:
         """Wait for the guest's Offer."""
@@ -773,11 +778,6 @@ class TtpLinkHost(_TtpLink):
             raise AuthenticationError("the guest's key confirmation failed")
         self.session = self._session(body.identity, h2g, g2h, fp)
         self._finish()
-
-
-def _new_prekey(rng: Rng) -> Prekey:
-    private, public = x25519_keypair(rng)
-    return Prekey(digest(public), private)
 
 
 def is_ttp_offer(data: bytes) -> bool:

@@ -52,13 +52,15 @@ class Message:
     TYPE: ClassVar[int]
     MAX_SIZE: ClassVar[int]
     _FIELDS: ClassVar[tuple[_Field, ...]]
+    #: the fields by ascending key, the order every encoded map is built in (canonical CBOR)
+    _KEY_ORDER: ClassVar[tuple[_Field, ...]]
 
     def encode(self) -> bytes:
         """The message's CBOR encoding (never larger than its type's ``MAX_SIZE``)."""
-        body = _encode_body(self)
-        body[K_VERSION] = VERSION
-        body[K_TYPE] = self.TYPE
-        data = cbor.encode(body)
+        # Keys ascending (version, type, then the fields by key): the canonical order.
+        body: dict[int, Any] = {K_VERSION: VERSION, K_TYPE: self.TYPE}
+        body.update(_encode_body(self))
+        data = cbor.encode_ordered(body)
         if len(data) > self.MAX_SIZE:
             raise TooLargeError(
                 f"{type(self).__name__} encodes to {len(data)} bytes, over its limit "
@@ -113,6 +115,7 @@ def message(*, type_id: int, max_size: int) -> Callable[[type[T]], type[T]]:
         dc.TYPE = type_id  # type: ignore[attr-defined]
         dc.MAX_SIZE = max_size  # type: ignore[attr-defined]
         dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
+        dc._KEY_ORDER = tuple(sorted(dc._FIELDS, key=lambda f: f.key))  # type: ignore[attr-defined]
         _REGISTRY[type_id] = dc  # type: ignore[assignment]
         return dc
 
@@ -125,6 +128,7 @@ def struct(cls: type[T]) -> type[T]:
         cls = type(cls.__name__, (cls, Message), dict(cls.__dict__))  # type: ignore[assignment]
     dc = dataclasses.dataclass(frozen=True)(cls)
     dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
+    dc._KEY_ORDER = tuple(sorted(dc._FIELDS, key=lambda f: f.key))  # type: ignore[attr-defined]
     return dc
 
 
@@ -163,8 +167,9 @@ def _fields_of(cls: type) -> tuple[_Field, ...]:
 
 
 def _encode_body(msg: Message) -> dict[int, Any]:
+    """The message's map, its keys inserted in ascending order (see cbor.encode_ordered)."""
     body: dict[int, Any] = {}
-    for f in msg._FIELDS:
+    for f in msg._KEY_ORDER:
         value = getattr(msg, f.name)
         if value is None:
             continue
@@ -172,9 +177,25 @@ def _encode_body(msg: Message) -> dict[int, Any]:
     return body
 
 
+_NOT_A_TUPLE: Any = object()
+#: field kind -> the item kind of a ``tuple[X, ...]`` kind, or _NOT_A_TUPLE (typing's
+#: get_origin/get_args cost more than the rest of a field's encoding: asked once per kind)
+_TUPLE_ITEMS: dict[Any, Any] = {}
+
+
+def _tuple_item(kind: Any) -> Any:
+    try:
+        return _TUPLE_ITEMS[kind]
+    except KeyError:
+        pass
+    item = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else _NOT_A_TUPLE
+    _TUPLE_ITEMS[kind] = item
+    return item
+
+
 def _encode_value(kind: Any, value: Any) -> Any:
-    if typing.get_origin(kind) is tuple:
-        (inner, _) = typing.get_args(kind)
+    inner = _tuple_item(kind)
+    if inner is not _NOT_A_TUPLE:
         return [_encode_value(inner, v) for v in value]
     if isinstance(value, Message):
         return _encode_body(value)
@@ -185,9 +206,8 @@ def _encode_value(kind: Any, value: Any) -> Any:
 
 def _decode_value(owner: str, f: _Field, kind: Any, raw: Any, top: bool = True) -> Any:
     where = f"{owner}.{f.name}"
-    origin = typing.get_origin(kind)
-    if origin is tuple and top:
-        (inner, _) = typing.get_args(kind)
+    inner = _tuple_item(kind)
+    if inner is not _NOT_A_TUPLE and top:
         if not isinstance(raw, list):
             raise DecodeError(f"{where} should be a list")
         if f.max_len is not None and len(raw) > f.max_len:
@@ -255,7 +275,7 @@ def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...]
 
 def encode_struct(value: Message) -> bytes:
     """Encode a :func:`struct` value on its own (to put inside an encrypted payload)."""
-    return cbor.encode(_encode_body(value))
+    return cbor.encode_ordered(_encode_body(value))
 
 
 def decode_struct(cls: type[T], data: bytes, *, max_size: int = 4096) -> T:

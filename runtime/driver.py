@@ -160,7 +160,11 @@ async def drive(
             deadline = machine.next_deadline()
             wait = idle if deadline is None else max(0.0, deadline - now())
             try:
-                message = await asyncio.wait_for(pipe.recv(), wait)
+                if wait <= 0:  # the deadline has passed: time out, as wait_for(..., 0) did
+                    raise TimeoutError
+                # asyncio.timeout, not wait_for: no task of its own for every message.
+                async with asyncio.timeout(wait):
+                    message = await pipe.recv()
             except TimeoutError:
                 if deadline is None:
                     raise PairingTimeout(f"the peer sent nothing for {idle:.0f} s") from None

@@ -28,7 +28,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import peers
+from . import peers, prekeys
 from .clock import SYSTEM_CLOCK, Clock
 from .driver import MessagePipe, drive, replay_first
 from .files import receive_membership
@@ -214,7 +214,7 @@ async def _host_pairing(
     machine = HostPairing(
         side.config, me, side.state, link_encrypted=bool(link.encrypted),
         link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=clock.wall(),
-        context=context,
+        context=context, prekeys=prekeys.source_for(os.urandom),
     )
     machine.start(clock.monotonic())
     if tried is not None:
@@ -287,7 +287,10 @@ async def open_session(
         side.config, me, method=method, link_encrypted=bool(link.encrypted),
         link_mitm=bool(getattr(link, "mitm_protected", False)), pin=side.pin,
         qr=side.qr, peer=side.peer, wall_now=clock.wall(), rng=os.urandom,
+        prekeys=prekeys.source_for(os.urandom),
     )
+    # Made while the radio and the peer keep this side waiting (off the critical path).
+    prekeys.pool().refill_soon()
     pipe = MessagePipe(link, guest=True)
     cloud: CloudGuest | None = None
     if side.cloud_step:
@@ -421,6 +424,8 @@ async def accept_loop(
     stop = stop or asyncio.Event()
     slots = asyncio.Semaphore(concurrent)
     tasks: set[asyncio.Task[bool | None]] = set()
+    # Prekeys for the first guests, made while the host waits for them (issue 13).
+    prekeys.pool().refill_soon()
 
     async def run(link: Any) -> bool | None:
         try:

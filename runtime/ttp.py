@@ -22,6 +22,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from pairkit import prekeys
 from pairkit.driver import LinkLike, MessagePipe, drive
 from pairkit.pairing import wire
 from pairkit.pairing.crypto import Rng
@@ -294,7 +295,8 @@ async def ttp_host_session(
     """
     config = _link_config(config, peer_hint)
     loop = asyncio.get_running_loop()
-    machine = TtpLinkHost(config, me, rng=rng, context=context)
+    machine = TtpLinkHost(config, me, rng=rng, context=context,
+                          prekeys=prekeys.source_for(rng))
     machine.start(loop.time())
     if first_message is not None:
         machine.receive(first_message, loop.time())
@@ -328,7 +330,8 @@ async def ttp_guest_session(
     """
     config = _link_config(config, peer_hint)
     loop = asyncio.get_running_loop()
-    machine = TtpLinkGuest(config, me, rng=rng, context=context)
+    machine = TtpLinkGuest(config, me, rng=rng, context=context,
+                           prekeys=prekeys.source_for(rng))
     machine.start(loop.time())
     fetcher = _KeyFetcher(me, server, ca_file, server_timeout, rng, delegate)
     await drive(

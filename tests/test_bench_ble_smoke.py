@@ -20,6 +20,7 @@ import pytest
 from bench import ble as ble_bench
 from bench import ble_bleak as bleak_bench
 from bench import transfer as transfer_bench
+from bench.common import check_goals, render_goals
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,9 @@ def _run(script: str, *args: str) -> dict[str, Any]:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    result["stderr"] = proc.stderr
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +65,42 @@ def test_ble_runs_every_section(ble: dict[str, Any]) -> None:
 
 def test_ble_pairing_rows_and_ratios(ble: dict[str, Any]) -> None:
     jw = ble["smp"]["just-works"]["ms"]["median"]
+    numeric = ble["smp"]["numeric"]["ms"]["median"]
     passkey = ble["smp"]["passkey"]["ms"]["median"]
     for block in ble["pairing"].values():
         assert list(block["methods"]) == [*ble_bench.METHODS, *ble_bench.CLOUD_ROWS]
         for row in block["methods"].values():
             assert row["ms"]["median"] > 0
             assert row["vs_smp_just_works"] == pytest.approx(row["ms"]["median"] / jw)
+            assert row["vs_smp_numeric"] == pytest.approx(row["ms"]["median"] / numeric)
             assert row["vs_smp_passkey"] == pytest.approx(row["ms"]["median"] / passkey)
+
+
+def test_ble_goal_lines(ble: dict[str, Any]) -> None:
+    # Issue 13: pin vs passkey, compare vs numeric, qr and resume vs Just Works, on each link,
+    # and the secure channel's goodput vs bumble alone, each as figure, goal and met.
+    check_goals(ble["goals"])
+    by_name = {g["name"]: g for g in ble["goals"]}
+    for name, mode, goal in ble_bench.PAIRING_GOALS:
+        for kind in ble_bench.LINKS:
+            line = by_name[f"{name} over {kind} / SMP {mode}"]
+            row = ble["pairing"][kind]["methods"][name]
+            assert line["figure"] == pytest.approx(
+                row["ms"]["median"] / ble["smp"][mode]["ms"]["median"])
+            assert (line["goal"], line["bound"]) == (goal, "<=")
+    for kind in ble_bench.LINKS:
+        line = by_name[f"secure goodput over {kind} / bumble alone"]
+        assert line["figure"] == ble["goodput"][kind]["secure_vs_bumble"]
+        assert (line["goal"], line["bound"]) == (0.95, ">=")
+    assert len(ble["goals"]) == 2 * len(ble_bench.PAIRING_GOALS) + 2
+    assert "\n".join(render_goals(ble["goals"])) in ble_bench.render(ble)
+
+
+def test_bumble_logs_no_errors(ble: dict[str, Any]) -> None:
+    # The benches hang up one end first (bench.common.hang_up): no crossing LL terminations,
+    # so bumble's controller logs no "Cannot find a connection" errors.
+    assert "Cannot find a connection" not in ble["stderr"]
+    assert "ERROR" not in ble["stderr"]
 
 
 def test_ble_bytes_on_air_add_up(ble: dict[str, Any]) -> None:
@@ -120,6 +152,11 @@ def test_transfer_runs_every_path(transfer: dict[str, Any]) -> None:
         assert row["get_vs_link"] == pytest.approx(g["get"]["median"] / g["link"]["median"])
     text = transfer_bench.render(transfer)
     assert "get/link" in text and "l2cap" in text and "gatt" in text
+    check_goals(transfer["goals"])
+    assert {g["name"] for g in transfer["goals"]} == {
+        f"{what} over {kind} / bumble alone" for kind in ("l2cap", "gatt")
+        for what in ("secure", "get")}
+    assert "\n".join(render_goals(transfer["goals"])) in text
 
 
 def test_air_estimate_cuts_pdus_into_link_layer_packets() -> None:
@@ -147,3 +184,6 @@ async def test_the_bleak_bench_runs_and_reports_ratios() -> None:
             if phase == "join":  # connecting is part of joining
                 assert cell["ms"]["bleak"]["median"] > row["pair"]["ms"]["bleak"]["median"]
     assert "bleak/bumble" in bleak_bench.render(result)
+    check_goals(result["goals"])
+    assert [g["figure"] for g in result["goals"]] == [
+        result["methods"][m]["pair"]["bleak_vs_bumble"] for m in ("pin", "qr", "compare", "resume")]

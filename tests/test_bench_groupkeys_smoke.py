@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pytest
 
+from bench.common import check_goals, render_goals
 from pairkit.pairing.groups import ADVERT_OVERHEAD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,14 @@ def test_sizes_are_the_protocols(quick: dict) -> None:
     # controller id, member id, group, epoch, enc (32), ct (48), signature (64), CBOR heads
     assert 16 + 16 + 32 + 48 + 64 < sizes["envelope"] < 230
     assert sizes["key_delivery_1"] > sizes["envelope"]
+
+
+def test_every_row_has_a_goal_line(bench: ModuleType, quick: dict) -> None:
+    check_goals(quick["goals"])
+    assert len(quick["goals"]) == len(quick["rows"])
+    for row, goal in zip(quick["rows"], quick["goals"], strict=True):
+        assert goal["figure"] == row.get("ratio_floor", row["ratio"])
+    assert "\n".join(render_goals(quick["goals"])) in bench.render(quick)
 
 
 def test_table_renders_every_row(bench: ModuleType, quick: dict) -> None:

@@ -18,6 +18,8 @@ from types import ModuleType
 
 import pytest
 
+from bench.common import check_goals, render_goals
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "handshake.py"
 
@@ -111,6 +113,25 @@ def test_noise_core_calls_equal_the_derived_counts(quick: dict) -> None:
             assert row["calls"].get(prim, 0) == row["counts"].get(prim, 0), (row["name"], prim)
 
 
+def test_every_method_has_a_goal_line(bench: ModuleType, quick: dict) -> None:
+    # Issue 13: each method over loopback against 2x its floor, as figure, goal and met.
+    check_goals(quick["goals"])
+    by_name = {g["name"]: g for g in quick["goals"]}
+    for row in quick["methods"]:
+        goal = by_name[f"{row['method']} loopback/floor"]
+        assert goal["figure"] == row["ratio_loopback"]
+        assert (goal["goal"], goal["bound"]) == (2.0, "<=")
+    assert "\n".join(render_goals(quick["goals"])) in bench.render(quick)
+
+
+def test_the_floor_leaves_prekeys_out(bench: ModuleType) -> None:
+    # Prekeys are made ahead of need (issue 13): no full pairing's floor counts 16 key pairs.
+    for method in ("pin", "qr", "compare", "clear", "kk"):
+        assert bench.method_counts(method)["x25519_base"] <= 5, method
+    assert bench.method_counts("resume")["x25519_base"] == 2
+    assert bench.cpace_counts(confirmation=False)["fe_map"] == 2
+
+
 def test_table_renders_every_row(bench: ModuleType, quick: dict) -> None:
     text = bench.render(quick)
     for name in [*bench.NOISE_CORE, bench.CPACE_CORE, *bench.METHODS, *bench.PRIMITIVE_NAMES]:
@@ -139,3 +160,6 @@ def test_bad_repeat_is_refused(bench: ModuleType) -> None:
         bench.parse_args(["--repeat", "0"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--mtu", "10"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--clock", "sundial"])
+    assert bench.parse_args(["--clock", "cpu"]).clock == "cpu"

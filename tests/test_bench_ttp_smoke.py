@@ -17,6 +17,8 @@ from types import ModuleType
 
 import pytest
 
+from bench.common import check_goals, render_goals
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "ttp.py"
 
@@ -40,10 +42,22 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
         assert lv["deliveries"] >= 4 and lv["deliveries"] % lv["pairs"] == 0
         assert lv["per_second"] > 0 and lv["ratio"] > 0
         assert abs(lv["us_per_delivery"] * lv["deliveries"] / 1e6 - lv["seconds"]) < 1e-6
+    for lv in result["levels"]:
+        # The fair floor: nproc processes at once, measured again before each level.
+        assert lv["floor"]["workers"] >= 1 and lv["floor"]["deliveries"] >= 1
+        assert lv["of_floor"] == pytest.approx(lv["per_second"] / lv["floor"]["per_second"])
+        # The CPU of both sides is counted: at least the floor's cryptography per delivery.
+        assert lv["cpu_us_per_delivery"] > 0 and lv["floor"]["cpu_us_per_delivery"] > 0
+    check_goals(result["goals"])
+    top = result["levels"][-1]
+    assert [g["figure"] for g in result["goals"]] == [
+        top["of_floor"], pytest.approx(1 / top["cpu_vs_floor"])]
+    assert all(g["bound"] == ">=" and g["goal"] == 0.5 for g in result["goals"])
     floor = result["floor"]
     assert floor["us"] > 2 * floor["tls_handshake_us"] > 0  # two handshakes and then some
     text = bench.render(result)
     assert "deliveries/s" in text and "ratio" in text and "floor" in text
+    assert "\n".join(render_goals(result["goals"])) in text
 
 
 def test_the_floor_does_real_tls_13(bench: ModuleType, tmp_path: Path) -> None:

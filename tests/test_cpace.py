@@ -394,3 +394,35 @@ def test_any_call_sequence_raises_only_pairing_errors(role: cpace.Role, ops: lis
             assert party.state is CPaceState.FAILED
         else:
             assert not failed
+
+
+def _map_by_fermat(u: int) -> int:
+    """RFC 9380 §6.7.1 with inv0 as Fermat's exponentiation, as the map was first written."""
+    p, a, z = cpace.P, cpace.A, cpace.Z
+    u %= p
+    x1 = (-a * pow((1 + z * u * u) % p, p - 2, p)) % p
+    gx1 = (x1 * x1 * x1 + a * x1 * x1 + x1) % p
+    x2 = (-x1 - a) % p
+    return x1 if pow(gx1, (p - 1) // 2, p) != p - 1 else x2
+
+
+@settings(max_examples=200, deadline=None)
+@given(u=st.integers(min_value=0, max_value=2**256), blind=st.integers(min_value=1))
+def test_the_blinded_map_is_the_map(u: int, blind: int) -> None:
+    # Blinding the inversion and the square test (pow(x, -1, p) on x * r) changes no output.
+    if blind % cpace.P == 0:
+        blind = 1
+    want = _map_by_fermat(u)
+    assert cpace.map_to_curve_elligator2_curve25519(u) == want
+    assert cpace.map_to_curve_elligator2_curve25519(u, blind) == want
+
+
+def test_a_zero_blind_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        cpace.map_to_curve_elligator2_curve25519(5, cpace.P)
+
+
+def test_the_generator_does_not_depend_on_the_blind() -> None:
+    g = cpace.calculate_generator(b"402913", b"ci", b"sid")
+    for blind in (2, 3, cpace.P - 1, 2**200 + 7):
+        assert cpace.calculate_generator(b"402913", b"ci", b"sid", blind=blind) == g

@@ -220,6 +220,8 @@ def test_round_trip(cls: type, data: st.DataObject) -> None:
     msg = data.draw(message_strategy(cls))
     encoded = msg.encode()
     assert len(encoded) <= cls.MAX_SIZE
+    # Built in key order and encoded without cbor2's sorting: still the canonical encoding.
+    assert encoded == cbor2.dumps(cbor2.loads(encoded), canonical=True)
     decoded = wire.decode(encoded)
     assert type(decoded) is cls
     assert decoded == msg
@@ -234,6 +236,7 @@ def test_round_trip(cls: type, data: st.DataObject) -> None:
 def test_struct_round_trip(cls: type, data: st.DataObject) -> None:
     value = data.draw(struct_strategy(cls))
     encoded = wire.encode_struct(value)
+    assert encoded == cbor2.dumps(cbor2.loads(encoded), canonical=True)
     assert wire.decode_struct(cls, encoded) == value
 
 

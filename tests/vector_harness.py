@@ -500,13 +500,13 @@ def _secrets(ex: Exchange, context: bytes, messages: list[tuple[str, bytes]]) ->
     elif method is Method.QR:
         inter["qr_psk"] = _qr_psk(guest._qr).hex()  # type: ignore[union-attr]
     elif method is Method.COMPARE:
-        inter["guest_ephemeral_private"] = guest._eph.hex()  # type: ignore[union-attr]
+        inter["guest_ephemeral_private"] = guest._eph.private_bytes_raw().hex()  # type: ignore[union-attr]
         inter["sk"] = guest._sk.hex()  # type: ignore[union-attr]
         assert host._sk == guest._sk  # type: ignore[union-attr]
     elif method is Method.CLEAR:
         inter["sk"] = host._sk.hex()  # type: ignore[union-attr]
     elif method is Method.RESUME:
-        inter["guest_ephemeral_private"] = guest._eph.hex()  # type: ignore[union-attr]
+        inter["guest_ephemeral_private"] = guest._eph.private_bytes_raw().hex()  # type: ignore[union-attr]
         # the host's first draw is its fresh key F_H (docs/protocol.md §8)
         inter["host_fresh_private"] = ex.streams["host"].draws[0]
     elif method is Method.TTP:

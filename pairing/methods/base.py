@@ -38,6 +38,7 @@ from .common import (
     KnownPeer,
     LocalIdentity,
     PairingConfig,
+    PrekeySource,
     Session,
     _announce,
     _check_context,
@@ -99,12 +100,14 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
         wall_now: float | None = None,
         context: bytes = b"",
         rng: Rng = os.urandom,
+        prekeys: PrekeySource | None = None,
     ) -> None:
         super().__init__(initial_state=S_START)
         self.config = config
         self.me = me
         self.method = method
         self._rng = rng
+        self._prekey_source = prekeys
         self._pin = pin
         self._qr = qr
         self._peer = peer
@@ -228,12 +231,14 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         wall_now: float = 0.0,
         context: bytes = b"",
         rng: Rng = os.urandom,
+        prekeys: PrekeySource | None = None,
     ) -> None:
         super().__init__(initial_state=S_OFFER)
         self.config = config
         self.me = me
         self.host = state
         self._rng = rng
+        self._prekey_source = prekeys
         self._wall_now = wall_now
         self._link_encrypted = link_encrypted
         self._link_mitm = link_encrypted and link_mitm

@@ -12,10 +12,11 @@ import dataclasses
 import itertools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import keyschedule, wire
 from ..crypto import Rng, digest, x25519_keypair
@@ -47,6 +48,15 @@ class LocalIdentity:
     static_public: bytes
     signing_public: bytes
     static_private: bytes = dataclasses.field(repr=False)
+
+    def static_key(self) -> X25519PrivateKey:
+        """The static private key loaded once (loading computes the public key: a fixed-base
+        scalar multiplication), for every handshake and DH this identity takes part in."""
+        key = self.__dict__.get("_static_key")
+        if key is None:
+            key = X25519PrivateKey.from_private_bytes(self.static_private)
+            object.__setattr__(self, "_static_key", key)
+        return key
 
     @classmethod
     def generate(cls, name: str, rng: Rng = os.urandom) -> LocalIdentity:
@@ -414,6 +424,22 @@ def _new_prekeys(n: int, rng: Rng) -> tuple[Prekey, ...]:
     return tuple(out)
 
 
+#: Where a machine takes prekeys made ahead of need: called with how many it needs, it
+#: returns up to that many fresh, never-handed-out prekeys (the runtime's pool made them in
+#: idle time); the machine makes the rest itself from its ``rng``.
+PrekeySource = Callable[[int], Sequence[Prekey]]
+
+
+def _take_prekeys(n: int, rng: Rng, source: PrekeySource | None) -> tuple[Prekey, ...]:
+    """``n`` prekeys: those ``source`` has ready, then fresh ones from ``rng`` (pure)."""
+    got: tuple[Prekey, ...] = ()
+    if source is not None and n > 0:
+        got = tuple(source(n))[:n]
+        if not all(isinstance(p, Prekey) for p in got):
+            raise ConfigError("the prekey source must return Prekey objects")
+    return got + _new_prekeys(n - len(got), rng)
+
+
 def _peer_from_identity(ident: Identity, *, authenticated: bool) -> PeerInfo:
     if ident.device_id != digest(ident.static):
         raise AuthenticationError("the peer's device id does not match its key")
@@ -456,16 +482,20 @@ def _qr_psk(code: QrCode) -> bytes:
 
 
 class _LazyPrekeys:
-    """Prekeys made only when an exchange hands them out (a resume never does)."""
+    """Prekeys taken only when an exchange hands them out (a resume never does): from the
+    prekey source, made ahead of need (off the critical path), else made here from ``rng``."""
 
     config: PairingConfig
     _rng: Rng
+    _prekey_source: PrekeySource | None = None
     _prekeys_cache: tuple[Prekey, ...] | None = None
 
     @property
     def _prekeys(self) -> tuple[Prekey, ...]:
         if self._prekeys_cache is None:
-            self._prekeys_cache = _new_prekeys(self.config.prekeys, self._rng)
+            self._prekeys_cache = _take_prekeys(
+                self.config.prekeys, self._rng, self._prekey_source
+            )
         return self._prekeys_cache
 
 

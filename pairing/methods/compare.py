@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .. import keyschedule
-from ..crypto import same, x25519_keypair
+from ..crypto import same, x25519_loaded
 from ..errors import AuthenticationError, DecodeError, RefusedError
 from ..machine import Question
 from ..messages import Accept, Announce, NoiseMessage, Offer, Reveal
@@ -38,7 +38,7 @@ from .handshake import GuestSide, HostSide
 
 
 class CompareGuest(GuestSide):
-    _eph: bytes
+    _eph: X25519PrivateKey
     _sealed: bytes
     _commit: bytes
     _ng: bytes
@@ -46,7 +46,7 @@ class CompareGuest(GuestSide):
     _host_name: str
 
     def _compare_offer(self, hello: Announce) -> dict[str, Any]:
-        self._eph, public = x25519_keypair(self._rng)
+        self._eph, public = x25519_loaded(self._rng)
         return {"pk": public}
 
     def _compare_accept(self, msg: Accept, now: float) -> None:
@@ -67,7 +67,7 @@ class CompareGuest(GuestSide):
         try:
             self._sk = HPKE_SUITE.decrypt(
                 self._sealed,
-                X25519PrivateKey.from_private_bytes(self._eph),
+                self._eph,
                 info=keyschedule.compare_info(self._th),
             )
         except Exception:  # InvalidTag or a malformed enc: both mean the same here

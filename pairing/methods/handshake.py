@@ -73,7 +73,7 @@ class GuestSide(_LazyPrekeys, Machine):
         """The guest's Noise message in its Offer, its identity as payload."""
         self._hs = HandshakeState(
             name, True, prologue=_hello_hash(hello, self._context),
-            s=self.me.static_private, rs=rs, psks=psks, rng=self._rng,
+            s=self.me.static_key(), rs=rs, psks=psks, rng=self._rng,
         )
         ident = _identity(self.me, self._prekeys)
         return self._hs.write_message(_payload_bytes(ident))
@@ -93,7 +93,7 @@ class GuestSide(_LazyPrekeys, Machine):
         keys are proven by ``es``/``se`` (Noise rev 34 §7.4), so no identity is taken on
         its word (docs/security.md, rule 1)."""
         self._hs = HandshakeState(
-            PIN_NOISE, False, prologue=self._th, s=self.me.static_private,
+            PIN_NOISE, False, prologue=self._th, s=self.me.static_key(),
             psks=[psk], rng=self._rng,
         )
         try:
@@ -187,7 +187,7 @@ class HostSide(_LazyPrekeys, Machine):
     def _noise_initiator(self, psk: bytes) -> bytes:
         """The host's first message of the identity handshake (see GuestSide)."""
         self._hs = HandshakeState(
-            PIN_NOISE, True, prologue=self._th, s=self.me.static_private,
+            PIN_NOISE, True, prologue=self._th, s=self.me.static_key(),
             psks=[psk], rng=self._rng,
         )
         return self._hs.write_message(b"")

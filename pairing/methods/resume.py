@@ -23,12 +23,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import keyschedule, wire
-from ..crypto import digest, same, seal, unseal, x25519, x25519_keypair
+from ..crypto import digest, same, seal, unseal, x25519, x25519_loaded
 from ..errors import AuthenticationError, DecodeError, NotFoundError, ProtocolError
 from ..messages import Accept, Announce, Offer, ResumeHeader, ResumeKind, ResumeMessage
 from ..negotiation import Method
 from ..noise import HandshakeState
-from .common import KK_NOISE, PeerInfo, Session, _hello_hash, _new_prekeys, _Prekeys
+from .common import KK_NOISE, PeerInfo, Session, _hello_hash, _Prekeys, _take_prekeys
 from .handshake import GuestSide, HostSide
 
 
@@ -38,7 +38,7 @@ def _resume_th(init: ResumeHeader, prekey: bytes, fresh: bytes, context: bytes =
 
 
 class ResumeGuest(GuestSide):
-    _eph: bytes
+    _eph: X25519PrivateKey
     _nominated: bytes
     _init: ResumeHeader
     _stale: bytes
@@ -60,7 +60,7 @@ class ResumeGuest(GuestSide):
     def _send_resume_init(self) -> None:
         assert self._peer is not None
         self._nominated = self._peer.their_prekeys[0]
-        self._eph, public = x25519_keypair(self._rng)
+        self._eph, public = x25519_loaded(self._rng)
         self._init = ResumeHeader(
             src_id=self.me.device_id, src_key_id=digest(public), dst_id=self._peer.device_id,
             dst_key_id=self._nominated, seq=0, kind=ResumeKind.INIT, src_key=public,
@@ -93,7 +93,7 @@ class ResumeGuest(GuestSide):
             raise AuthenticationError("ephemeral key mismatch: the host answered with another key")
         th = _resume_th(self._init, h.src_key, msg.fresh, self._context)
         ikm = (
-            x25519(self.me.static_private, h.src_key)
+            x25519(self.me.static_key(), h.src_key)
             + x25519(self._eph, self._peer.static_public)
             + x25519(self._eph, h.src_key)
             + x25519(self._eph, msg.fresh)
@@ -134,7 +134,7 @@ class ResumeHost(HostSide):
         self._known = known
         self._hs = HandshakeState(
             KK_NOISE, False, prologue=_hello_hash(msg.hello, self._context),
-            s=self.me.static_private, rs=known.static_public, rng=self._rng,
+            s=self.me.static_key(), rs=known.static_public, rng=self._rng,
         )
         # KK renews prekeys but never upgrades trust (docs/security.md, rule 5).
         self._noise_1rtt(msg, hello, authenticated=known.authenticated)
@@ -166,20 +166,21 @@ class ResumeHost(HostSide):
             self._send(ResumeMessage(header=reply, reason="ephemeral key mismatch"))
             self._expect_by(now + self.config.step_timeout, "the guest did not answer in time")
             return
-        e_pub = X25519PrivateKey.from_private_bytes(prekey.private).public_key().public_bytes_raw()
+        prekey_key = X25519PrivateKey.from_private_bytes(prekey.private)
+        e_pub = prekey_key.public_key().public_bytes_raw()
         # The host's own fresh value: without it a replayed INIT would give the same keys.
-        fresh_private, fresh = x25519_keypair(self._rng)
+        fresh_private, fresh = x25519_loaded(self._rng)
         th = _resume_th(h, e_pub, fresh, self._context)
         ikm = (
-            x25519(prekey.private, known.static_public)
-            + x25519(self.me.static_private, h.src_key)
-            + x25519(prekey.private, h.src_key)
+            x25519(prekey_key, known.static_public)
+            + x25519(self.me.static_key(), h.src_key)
+            + x25519(prekey_key, h.src_key)
             + x25519(fresh_private, h.src_key)
         )
         sk = keyschedule.resume_sk(ikm, th)
         g2h, h2g, kc = keyschedule.keys_from_sk(sk, th)
         self.method = Method.RESUME
-        replacement = _new_prekeys(1, self._rng)
+        replacement = _take_prekeys(1, self._rng, self._prekey_source)
         sealed = seal(
             kc, 1, wire.encode_struct(_Prekeys(tuple(p.digest for p in replacement))), th
         )
