@@ -928,3 +928,30 @@ def test_the_core_keystore_asks_for_a_storage_not_a_path(tmp_path: Path) -> None
         with pytest.raises(ConfigError, match=r"open one by path use pairkit\.keystore\.Keystore"):
             call()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_keystore_written_before_the_split_opens_unchanged(tmp_path: Path) -> None:
+    """tests/vectors/keystore-v1.pk was written by pairkit at 92ca9ab (one keystore.py, before
+    the keystore was split and put behind a Storage; PIN "frozen-test-pin", a throwaway
+    identity, the cheapest Argon2id).  It opens, from a file and from memory, with everything
+    it held, and saves again in the same format."""
+    from pairkit.pairing.keystore import MemoryStorage
+
+    frozen = ROOT / "tests" / "vectors" / "keystore-v1.pk"
+    copy = tmp_path / "keystore.pk"
+    copy.write_bytes(frozen.read_bytes())
+    for where in (copy, MemoryStorage(frozen.read_bytes())):
+        ks = Keystore.open(where, "frozen-test-pin")
+        assert (ks.name, ks.device_id) == ("Frozen device", "16c71363d958f603490ec56207253cda")
+        (peer,) = ks.peers()
+        assert (peer.name, peer.static_public, peer.method) == (
+            "Paul's phone", bytes(range(32)), "pin")
+        assert peer.authenticated and peer.extra == {"role": "guest"}
+        assert [(c.cloud_id, c.name, c.role) for c in ks.clouds()] == [
+            ("0011223344556677", "Frozen cloud", "owner")]
+        assert ks.group_epochs("doors") == (3,)
+        assert ks.setting("transport") == "tcp:127.0.0.1:7000"
+    ks = Keystore.open(copy, "frozen-test-pin")
+    ks.save()
+    again = Keystore.open(copy, "frozen-test-pin")
+    assert again.device_id == ks.device_id and copy.read_bytes()[:4] == b"PKKS"
