@@ -75,7 +75,13 @@ from .ble.adv import (
     parse_advertising_data,
     random_static_address,
 )
-from .ble.guard import describe_reason, guarded
+from .ble.guard import (
+    connect_failure_status,
+    describe_connect_failure,
+    describe_reason,
+    guarded,
+    retry_pause,
+)
 from .ble.links import (
     BleLink,
     GattLink,
@@ -137,6 +143,9 @@ class BumbleConfig:
     gatt_timeout: float = 10.0
     #: Deadline for opening the HCI transport and powering the controller on.
     open_timeout: float = 10.0
+    #: Connection attempts when the link layer fails to establish one (the same policy as the
+    #: bleak path's bleak-retry-connector: :func:`transports.ble.guard.retry_pause` between).
+    connect_attempts: int = 3
     #: Links: see :class:`transports.ble.links.LinkOptions`.
     idle_timeout: float | None = None
     max_rx_buffer: int = 16 << 20
@@ -149,6 +158,8 @@ class BumbleConfig:
     def __post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > 248:
             raise ConfigError("the device name must be 1 to 248 bytes of UTF-8")
+        if not 1 <= self.connect_attempts <= 10:
+            raise ConfigError("connect_attempts must be 1 to 10")
         if self.address is not None:
             try:
                 address = hci.Address(self.address)
@@ -669,32 +680,47 @@ class BumbleTransport:
             raise PairingTimeout(
                 f"connecting to {peer}: this device was busy connecting elsewhere for {timeout:g} s"
             ) from None
-        before = set(device.connections)
         try:
             self._expected_peer = peer
-            remaining = max(0.001, deadline - loop.time())
-            try:
-                connection = await guarded(
-                    device.connect(
-                        peer,
-                        transport=core.PhysicalTransport.LE,
-                        own_address_type=hci.OwnAddressType.RANDOM,
-                        timeout=remaining,
-                    ),
-                    what=f"connecting to {peer}",
-                    timeout=remaining + _CANCEL_GRACE,
-                )
-            except BaseException as exc:
-                # The connection may have completed just as the attempt was cancelled.
-                for handle, orphan in list(device.connections.items()):
-                    if handle not in before and orphan.role == hci.Role.CENTRAL:
-                        self._spawn(self._drop(orphan))
-                if isinstance(exc, PairingTimeout):
-                    raise PairingTimeout(
-                        f"{peer} did not answer within {timeout:g} s "
-                        "(out of range, or not advertising)"
-                    ) from None
-                raise
+            attempt = 0
+            while True:
+                attempt += 1
+                before = set(device.connections)
+                remaining = max(0.001, deadline - loop.time())
+                try:
+                    connection = await guarded(
+                        device.connect(
+                            peer,
+                            transport=core.PhysicalTransport.LE,
+                            own_address_type=hci.OwnAddressType.RANDOM,
+                            timeout=remaining,
+                        ),
+                        what=f"connecting to {peer}",
+                        timeout=remaining + _CANCEL_GRACE,
+                    )
+                    break
+                except BaseException as exc:
+                    # The connection may have completed just as the attempt was cancelled.
+                    for handle, orphan in list(device.connections.items()):
+                        if handle not in before and orphan.role == hci.Role.CENTRAL:
+                            self._spawn(self._drop(orphan))
+                    if isinstance(exc, PairingTimeout):
+                        raise PairingTimeout(
+                            f"{peer} did not answer within {timeout:g} s "
+                            "(out of range, or not advertising)"
+                        ) from None
+                    status = connect_failure_status(exc)
+                    if status is None:
+                        raise
+                    pause = retry_pause(attempt)
+                    if attempt >= self.config.connect_attempts or (
+                        loop.time() + pause >= deadline
+                    ):
+                        raise TransportError(
+                            f"connecting to {peer} failed {attempt} time(s): "
+                            f"{describe_connect_failure(status)}"
+                        ) from None
+                    await asyncio.sleep(pause)
         finally:
             self._expected_peer = None
             self._connect_lock.release()

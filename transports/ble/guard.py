@@ -19,7 +19,15 @@ from bumble.transport.common import TransportLostError
 
 from pairkit.pairing.errors import LinkClosedError, PairingError, PairingTimeout, TransportError
 
-__all__ = ["describe_reason", "guarded", "translate"]
+__all__ = [
+    "RETRY_STATUSES",
+    "connect_failure_status",
+    "describe_connect_failure",
+    "describe_reason",
+    "guarded",
+    "retry_pause",
+    "translate",
+]
 
 _T = TypeVar("_T")
 
@@ -125,3 +133,39 @@ async def guarded(
     if lost is not None and lost.done():
         raise LinkClosedError(f"{what}: {lost.result()}")
     raise PairingTimeout(f"{what}: no answer within {timeout:g} s")
+
+
+#: HCI statuses of a failed connection attempt that another attempt may cure (Core 5.4 Vol 1
+#: Part F): what a real radio says under interference, a busy controller or a peer that moved.
+RETRY_STATUSES: dict[int, str] = {
+    0x3E: "the connection failed to be established (interference, or the host moved away)",
+    0x08: "the connection timed out",
+    0x22: "the link layer stopped answering",
+    0x0D: "the host's controller had no room for another connection",
+    0x3A: "the controller was busy",
+    0x1F: "the controller gave no reason",
+}
+_RETRY_BASE = 0.25
+_RETRY_MAX = 2.0
+
+
+def connect_failure_status(exc: BaseException) -> int | None:
+    """The HCI status of a connection attempt that failed in a way a retry may cure, or None
+    (``exc`` as :func:`guarded` raises it: the bumble error is its cause)."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    code = getattr(cause, "error_code", None)
+    if getattr(cause, "error_namespace", "hci") not in ("hci", None):
+        return None
+    return int(code) if isinstance(code, int) and code in RETRY_STATUSES else None
+
+
+def retry_pause(attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1, 2, ...): 0.25 s doubling to 2 s,
+    the shape of bleak-retry-connector's backoff, which the bleak path uses."""
+    return min(_RETRY_MAX, _RETRY_BASE * 2 ** (attempt - 1))
+
+
+def describe_connect_failure(status: int) -> str:
+    """What a person can do about a failed connection attempt with HCI ``status``."""
+    what = RETRY_STATUSES.get(status, f"HCI status 0x{status:02X}")
+    return f"{what}; move closer to the host, or try again"

@@ -69,6 +69,33 @@ class PairkitLocalLink(LocalLink):
 class VirtualController(Controller):
     """bumble's virtual controller with a spec-conformant connection cancel and reset."""
 
+    #: the radio it is on (:meth:`VirtualRadio.fail_connections` reads its budget)
+    radio: VirtualRadio | None = None
+
+    def on_hci_le_create_connection_command(
+        self, command: hci.HCI_LE_Create_Connection_Command
+    ) -> None:
+        """Core 5.4 Vol 4 Part E §7.8.12; an attempt the radio's interference spoils ends, as
+        over the air, in an LE Connection Complete with its failure status (§7.7.65.1)."""
+        radio = self.radio
+        if radio is None or not radio.connection_failures or self.pending_le_connection:
+            return super().on_hci_le_create_connection_command(command)
+        status = radio.connection_failures.pop(0)
+        self._send_hci_command_status(hci.HCI_COMMAND_STATUS_PENDING, command.op_code)
+        event = hci.HCI_LE_Connection_Complete_Event(
+            status=status,
+            connection_handle=0,
+            role=hci.Role.CENTRAL,
+            peer_address_type=command.peer_address_type,
+            peer_address=command.peer_address,
+            connection_interval=0,
+            peripheral_latency=0,
+            supervision_timeout=0,
+            central_clock_accuracy=0,
+        )
+        asyncio.get_running_loop().call_later(0.01, self.send_hci_packet, event)
+        return None
+
     def on_hci_le_create_connection_cancel_command(
         self, _command: hci.HCI_LE_Create_Connection_Cancel_Command
     ) -> hci.HCI_StatusReturnParameters:
@@ -155,6 +182,16 @@ class VirtualRadio:
     def __init__(self) -> None:
         self.link = PairkitLocalLink()
         self._names = itertools.count(1)
+        #: the statuses the next connection attempts fail with (see :meth:`fail_connections`)
+        self.connection_failures: list[int] = []
+
+    def fail_connections(
+        self, count: int,
+        status: int = hci.HCI_ErrorCode.CONNECTION_FAILED_TO_BE_ESTABLISHED_ERROR,
+    ) -> None:
+        """The next ``count`` connection attempts on this radio fail with ``status``, as they
+        do over the air under interference ("Connection Failed to be Established", 0x3E)."""
+        self.connection_failures.extend([int(status)] * count)
 
     @property
     def controllers(self) -> list[VirtualController]:
@@ -176,6 +213,7 @@ class VirtualRadio:
         )
         # Before the host reads the buffer sizes at power-on (BLE-NOTES.md, ACL data length).
         controller.le_acl_data_packet_length = VIRTUAL_ACL_LENGTH
+        controller.radio = self
         return controller
 
     def unplug(self, controller: Controller) -> None:
