@@ -522,3 +522,54 @@ async def test_a_bleak_guest_and_a_bumble_host_in_two_processes() -> None:
         if host is not None:
             await _stop(host)
         await _stop(radio)
+
+
+# -- choosing a BlueZ adapter and scanning passively on BlueZ (issue 15, items 4 and 6) ----------
+
+
+async def test_bleak_hci_n_picks_a_bluez_adapter() -> None:
+    from pairkit.transports.bleak import BleakTransport
+
+    transport = BleakTransport("hci1")
+    assert transport.name == "bleak:hci1"
+    assert transport._backend_kwargs("scanner") == {"bluez": {"adapter": "hci1"}}
+    assert transport._backend_kwargs("client") == {"bluez": {"adapter": "hci1"}}
+    assert BleakTransport("")._backend_kwargs("client") == {}
+    for bad in ("hcix", "hci", "usb:0", "bumble"):
+        with pytest.raises(ConfigError, match="bleak:hciN"):
+            BleakTransport(bad)
+
+
+async def test_a_passive_scan_on_bluez_matches_the_hello_s_service_data() -> None:
+    """BlueZ refuses a passive scan without ``or_patterns``; pairkit's match its hello's AD
+    structure, and bleak's BlueZ scanner accepts them (built, not started: no D-Bus here)."""
+    from bleak import BleakScanner
+    from bleak.backends.bluezdbus.scanner import BleakScannerBlueZDBus
+
+    from pairkit.transports.bleak import BleakTransport, hello_or_patterns
+
+    (pattern,) = hello_or_patterns()
+    assert (pattern.start_position, int(pattern.ad_data_type)) == (0, 0x21)
+    assert pattern.content_of_pattern == PAIRKIT_SERVICE_UUID.bytes[::-1]
+    passive = BleakTransport("hci0", config=BleakConfig(scanning_mode="passive"))
+    kwargs = passive._backend_kwargs("scanner")
+    if sys.platform == "linux":
+        assert kwargs["bluez"]["or_patterns"] == hello_or_patterns()
+        scanner = BleakScanner(None, None, "passive", backend=BleakScannerBlueZDBus, **kwargs)
+        assert scanner is not None
+        with pytest.raises(BleakError, match="or_patterns"):  # what pairkit saves us from
+            BleakScanner(None, None, "passive", backend=BleakScannerBlueZDBus)
+
+
+async def test_a_missing_os_stack_while_scanning_is_a_pairkit_error() -> None:
+    """The scanner is built inside the error translation: whatever BlueZ (or its absence,
+    here) says on the way, the caller gets a TransportError in plain words."""
+    transport = await open_transport("bleak:hci7")
+    try:
+        with pytest.raises((TransportError, UnsupportedError)) as failed:
+            async for _ in transport.scan(0.5):
+                pass
+        assert "Traceback" not in str(failed.value)
+        assert "Bleak" not in type(failed.value).__name__
+    finally:
+        await transport.close()

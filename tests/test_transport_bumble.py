@@ -627,3 +627,26 @@ def test_a_broken_random_source_is_refused() -> None:
         random_static_address(lambda n: bytes(n))
     with pytest.raises(ConfigError):
         random_static_address(lambda n: b"\x01")
+
+
+# -- controller names (issue 15, item 4) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "bumble_name"), [
+    ("usb:0", "usb:0"),
+    ("usb:0d28:0204", "usb:0d28:0204"),  # a dongle by vendor and product id
+    ("usb:0d28:0204#1", "usb:0d28:0204#1"),  # the second of two alike
+    ("hci-socket:0", "hci-socket:0"),
+    ("serial:/dev/ttyACM0:1000000", "serial:/dev/ttyACM0,1000000"),
+    ("serial:/dev/ttyACM0:1000000:rtscts", "serial:/dev/ttyACM0,1000000,rtscts"),
+    ("serial:/dev/ttyACM0:rtscts", "serial:/dev/ttyACM0,rtscts"),
+    ("serial:/dev/ttyACM0,115200,rtscts,delay", "serial:/dev/ttyACM0,115200,rtscts,delay"),
+    ("tcp-client:127.0.0.1:7001", "tcp-client:127.0.0.1:7001"),
+])
+def test_controller_names_reach_bumble_as_it_spells_them(given: str, bumble_name: str) -> None:
+    from pairkit.transports.bumble import bumble_transport_spec
+    from pairkit.transports.registry import parse_transport
+
+    parsed = parse_transport(f"bumble:{given}")
+    assert (parsed.kind, parsed.args) == ("bumble", given)
+    assert bumble_transport_spec(parsed.args) == bumble_name

@@ -97,6 +97,22 @@ _ADDRESS = re.compile(
 )
 
 
+#: a BlueZ adapter's name, for ``bleak:hciN``
+_HCI_NAME = re.compile(r"hci[0-9]{1,3}")
+
+
+def hello_or_patterns() -> list[Any]:
+    """BlueZ's advertisement-monitor patterns that match a pairkit hello: the 128-bit service
+    data AD structure (type 0x21) whose first 16 bytes are pairkit's service UUID, little-endian
+    as it travels (Core 5.4 Vol 3 Part C §11; docs/hello.md).  BlueZ needs them for a passive
+    scan (bleak's ``bluez={"or_patterns": ...}``)."""
+    from bleak.args.bluez import OrPattern
+    from bleak.assigned_numbers import AdvertisementDataType
+
+    return [OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID128,
+                      PAIRKIT_SERVICE_UUID.bytes[::-1])]
+
+
 @dataclass(frozen=True)
 class BleakConfig:
     """How a :class:`BleakTransport` behaves; validated when built."""
@@ -415,11 +431,16 @@ class BleakTransport:
         rng: Rng = os.urandom,
     ) -> None:
         kind, _, spec = backend.partition(":")
-        if backend and (kind != "bumble" or not spec):
+        #: a BlueZ adapter of the OS stack (``bleak:hci1``), or None for the default one
+        self._bluez_adapter: str | None = backend if _HCI_NAME.fullmatch(backend) else None
+        if backend and self._bluez_adapter is None and (kind != "bumble" or not spec):
             raise ConfigError(
                 f"malformed bleak transport 'bleak:{backend}': expected bleak (the system's "
-                "Bluetooth) or bleak:bumble:SPEC, e.g. bleak:bumble:usb:0 or bleak:bumble:virtual"
+                "Bluetooth), bleak:hciN (a BlueZ adapter, e.g. bleak:hci1) or bleak:bumble:SPEC, "
+                "e.g. bleak:bumble:usb:0 or bleak:bumble:virtual"
             )
+        if self._bluez_adapter is not None:
+            spec = ""
         if (radio is not None or adapter is not None) and not spec:
             raise ConfigError("a radio or an adapter only goes with bleak:bumble:SPEC")
         self._spec = spec
@@ -440,6 +461,8 @@ class BleakTransport:
     @property
     def name(self) -> str:
         """The transport's name, as given to ``--transport``."""
+        if self._bluez_adapter is not None:
+            return f"bleak:{self._bluez_adapter}"
         return f"bleak:bumble:{self._spec}" if self._spec else "bleak"
 
     @property
@@ -544,15 +567,16 @@ class BleakTransport:
             except asyncio.QueueFull:
                 self.stats["dropped"] += 1
 
-        scanner = BleakScanner(
-            on_advertisement,
-            [SERVICE] if self._config.uuid_filter else None,
-            self._config.scanning_mode,
-            **self._backend_kwargs("scanner"),
-        )
         self._scan_queues.add(queue)
         try:
             try:
+                # Built inside: on BlueZ the constructor itself may refuse (no such adapter).
+                scanner = BleakScanner(
+                    on_advertisement,
+                    [SERVICE] if self._config.uuid_filter else None,
+                    self._scanning_mode(),
+                    **self._backend_kwargs("scanner"),
+                )
                 await scanner.start()
             except (BleakError, OSError) as exc:
                 raise translate(exc, "starting to scan", os_stack=not self._spec) from exc
@@ -582,10 +606,10 @@ class BleakTransport:
             if device.address.upper() == address and not found.done():
                 found.set_result(device)
 
-        scanner = BleakScanner(
-            on_advertisement, None, self._config.scanning_mode, **self._backend_kwargs("scanner")
-        )
         try:
+            scanner = BleakScanner(
+                on_advertisement, None, self._scanning_mode(), **self._backend_kwargs("scanner")
+            )
             await scanner.start()
         except (BleakError, OSError) as exc:
             raise translate(exc, "starting to scan", os_stack=not self._spec) from exc
@@ -680,12 +704,28 @@ class BleakTransport:
     # -- helpers ---------------------------------------------------------------------------
 
     def _backend_kwargs(self, role: str) -> dict[str, Any]:
+        """What bleak's scanner (``role`` "scanner") or client needs for this transport: the
+        bumble backend and its adapter, or for the OS stack the BlueZ adapter to use and, for
+        a passive scan on BlueZ, the ``or_patterns`` it requires (pairkit's service data)."""
         if not self._spec:
-            return {}
+            bluez: dict[str, Any] = {}
+            if self._bluez_adapter is not None:
+                bluez["adapter"] = self._bluez_adapter
+            if role == "scanner" and self._scanning_mode() == "passive":
+                bluez["or_patterns"] = hello_or_patterns()
+            return {"bluez": bluez} if bluez else {}
         from .bleak_bumble import BumbleClient, BumbleScanner
 
         backend = BumbleScanner if role == "scanner" else BumbleClient
         return {"backend": backend, "bumble": {"adapter": self._adapter}}
+
+    def _scanning_mode(self) -> Literal["active", "passive"]:
+        """Passive where the stack can (BlueZ, with ``or_patterns``; bumble), active where it
+        cannot (CoreBluetooth and WinRT refuse passive scanning from an application)."""
+        if self._config.scanning_mode == "passive" and not self._spec:
+            if platform.system() != "Linux":
+                return "active"
+        return self._config.scanning_mode
 
     def _require_open(self) -> None:
         if self._closed:

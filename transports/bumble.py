@@ -208,13 +208,26 @@ class BumbleConfig:
         )
 
 
+#: bumble's serial options (bumble/transport/serial.py): hardware flow control and timing
+_SERIAL_OPTIONS = frozenset({"rtscts", "dsrdtr", "delay", "resync"})
+
+
 def bumble_transport_spec(spec: str) -> str:
-    """bumble's HCI transport name for pairkit's (``serial:PATH:SPEED`` -> ``PATH,SPEED``)."""
+    """bumble's HCI transport name for pairkit's: ``serial:PATH:SPEED[:OPTION...]`` becomes
+    ``PATH,SPEED[,OPTION...]`` (options ``rtscts``, the RTS/CTS flow control Zephyr's
+    ``hci_uart`` needs, ``dsrdtr``, ``delay``, ``resync``); bumble's own comma form passes as it
+    is, and so does every other transport (``usb:0``, ``usb:VID:PID``, ``hci-socket:0``)."""
     scheme, _, rest = spec.partition(":")
     if scheme == "serial" and rest and "," not in rest:
-        path, sep, speed = rest.rpartition(":")
-        if sep and path and speed.isdigit():
-            rest = f"{path},{speed}"
+        parts = rest.split(":")
+        options: list[str] = []
+        while parts and parts[-1] in _SERIAL_OPTIONS:
+            options.insert(0, parts.pop())
+        if len(parts) >= 2 and parts[-1].isdigit():
+            speed = parts.pop()
+            rest = ",".join([":".join(parts), speed, *options])
+        elif options:
+            rest = ",".join([":".join(parts), *options])
     return f"{scheme}:{rest}" if rest else scheme
 
 
