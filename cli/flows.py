@@ -79,6 +79,8 @@ class HostOptions:
     ttp: str | None = None
     ttp_ca: str | None = None
     ttp_peer: bytes | None = None
+    #: bumble transport options from the policy's advertising keys (cli.config)
+    advertising: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def result_json(session: Session, membership: Membership | None = None) -> dict[str, Any]:
@@ -102,6 +104,15 @@ def result_json(session: Session, membership: Membership | None = None) -> dict[
     }
 
 
+def _advertising_kwargs(opts: HostOptions) -> dict[str, float]:
+    """The advertising policy goes to transports that advertise on a radio (bumble)."""
+    from pairkit.transports.registry import parse_transport
+
+    if not opts.advertising or parse_transport(opts.transport).kind != "bumble":
+        return {}
+    return dict(opts.advertising)
+
+
 async def run_host(
     ks: Keystore,
     opts: HostOptions,
@@ -122,7 +133,9 @@ async def run_host(
         methods=opts.methods, caps=ALL_CAPS, step_timeout=opts.step_timeout,
         allow_insecure=opts.allow_insecure,
     )
-    transport = transport_obj or await open_transport(opts.transport)
+    transport = transport_obj or await open_transport(
+        opts.transport, **_advertising_kwargs(opts)
+    )
     listener = await transport.listen() if hasattr(transport, "listen") else transport
     address = getattr(listener, "address", None) or getattr(transport, "address", opts.transport)
     quiet = opts.quiet

@@ -127,6 +127,11 @@ class Presence:
         """Let strangers see and join for ``seconds`` (rotates tag and address)."""
         self.visible_until = self.wall_clock() + seconds
         if self.can_broadcast:
+            # Fast advertising while strangers are looking (transports.bumble's policy).
+            fast = getattr(self.transport, "advertise_fast", None)
+            if fast is not None:
+                with contextlib.suppress(Exception):
+                    await fast()
             await self._rotate()
             if self._task is not None:
                 self._task.cancel()

@@ -147,3 +147,14 @@ async def test_the_bleak_bench_runs_and_reports_ratios() -> None:
             if phase == "join":  # connecting is part of joining
                 assert cell["ms"]["bleak"]["median"] > row["pair"]["ms"]["bleak"]["median"]
     assert "bleak/bumble" in bleak_bench.render(result)
+
+
+def test_ble_reports_discovery_at_each_advertising_rate(ble: dict[str, Any]) -> None:
+    """Issue 15 item 2: the discovery latency line at each rate (figure, goal, met)."""
+    rows = ble["discovery_ms"]
+    assert set(rows) == {"fast", "slow"}
+    assert rows["fast"]["interval_ms"] == 20.0 and rows["slow"]["interval_ms"] == 1000.0
+    assert rows["fast"]["goal_ms"] == ble_bench.DISCOVERY_FAST_GOAL_MS
+    assert rows["fast"]["met"] == (rows["fast"]["median"] <= rows["fast"]["goal_ms"])
+    for row in rows.values():
+        assert row["median"] > 0 and row["vs_interval"] == row["median"] / row["interval_ms"]

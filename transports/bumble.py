@@ -7,9 +7,12 @@ its HCI transports (``usb:0``, ``hci-socket:0``, ``serial:/dev/ttyACM0,1000000``
 
 * **Advertiser** (host): a connectable advertisement with pairkit's service data carrying the
   hello (layout and exact capacity in :mod:`transports.ble.adv`: 10 bytes legacy, 208 bytes
-  with ``extended_advertising``), every ``advertising_interval_ms`` (20 ms by default, so a
-  guest connects within a few tens of ms).  ``rotate_address`` moves to a new random static
-  address (Core 5.4 Vol 6 Part B §1.3.2.1) and keeps advertising.
+  with ``extended_advertising``), fast (every ``advertising_interval_ms``, 20 ms by default, so a
+  guest connects within a few tens of ms) for ``fast_advertising_seconds`` (30 s) after the
+  device opens and after each :meth:`BumbleTransport.advertise_fast`, then slow (every
+  ``slow_advertising_interval_ms``, about 1 s), as accessory guidelines do, to spare power and
+  Wi-Fi coexistence.  ``rotate_address`` moves to a new random static address (Core 5.4 Vol 6
+  Part B §1.3.2.1) and keeps advertising.
 * **Scanner** (guest): ``scan(timeout)`` yields a :class:`~transports.base.Sighting` per
   advertisement carrying a pairkit hello; others count as ``stats["ignored"]``, malformed ones
   as ``stats["garbage"]``.
@@ -130,7 +133,13 @@ class BumbleConfig:
     att_mtu: int = 517
     #: Advertise with extended advertising (longer hello, BT 5 scanners only).
     extended_advertising: bool = False
+    #: Fast advertising interval (Core Vol 6 Part B §4.4.2.2), used for
+    #: ``fast_advertising_seconds`` after opening and after each ``advertise_fast()``.
     advertising_interval_ms: float = 20.0
+    #: Slow advertising interval, used once the fast period is over.
+    slow_advertising_interval_ms: float = 1000.0
+    #: How long advertising stays fast; ``None``: always fast.
+    fast_advertising_seconds: float | None = 30.0
     scan_interval_ms: float = 60.0
     scan_window_ms: float = 60.0
     #: Deadline of each GATT step of a connect (MTU, discovery, subscription).
@@ -174,6 +183,12 @@ class BumbleConfig:
             raise ConfigError("att_mtu must be 23 to 517")
         if not 20.0 <= self.advertising_interval_ms <= 10240.0:
             raise ConfigError("advertising_interval_ms must be 20 to 10240")
+        if not self.advertising_interval_ms <= self.slow_advertising_interval_ms <= 10240.0:
+            raise ConfigError(
+                "slow_advertising_interval_ms must be from advertising_interval_ms to 10240"
+            )
+        if self.fast_advertising_seconds is not None and not self.fast_advertising_seconds >= 0:
+            raise ConfigError("fast_advertising_seconds must be 0 or more (or None: always fast)")
         if not 2.5 <= self.scan_window_ms <= self.scan_interval_ms <= 10240.0:
             raise ConfigError("need 2.5 <= scan_window_ms <= scan_interval_ms <= 10240")
         for name in ("gatt_timeout", "open_timeout", "send_timeout", "close_timeout"):
@@ -249,6 +264,10 @@ class BumbleTransport:
         self._adv_lock = asyncio.Lock()
         self._adv_data: bytes | None = None
         self._adv_set: AdvertisingSet | None = None
+        #: loop time until which advertising is fast (None: always fast)
+        self._fast_until: float | None = None
+        self._slowdown: asyncio.TimerHandle | None = None
+        self._applied_interval: float | None = None
         self._accept_queue: asyncio.Queue[BleLink | None] = asyncio.Queue()
         self._host_sides: dict[int, _HostSide] = {}
         self._pairing_configs: dict[int, PairingConfig] = {}
@@ -288,6 +307,7 @@ class BumbleTransport:
             self._device = device
             self._setup_device(device)
             await guarded(device.power_on(), what=what, timeout=config.open_timeout)
+            self._schedule_fast_period()
         except BaseException:
             await self._release()
             self._device = None
@@ -319,6 +339,9 @@ class BumbleTransport:
         await self._release()
 
     async def _release(self) -> None:
+        if self._slowdown is not None:
+            self._slowdown.cancel()
+            self._slowdown = None
         for task in list(self._tasks):
             task.cancel()
         if self._controller is not None and self._radio is not None:
@@ -375,6 +398,54 @@ class BumbleTransport:
             self._adv_data = data
             await self._apply_advertising()
 
+    @property
+    def advertising_interval_ms(self) -> float:
+        """The interval advertising uses now: fast within the fast period, else slow."""
+        config = self._config
+        if self._fast_until is None:
+            return config.advertising_interval_ms
+        if asyncio.get_running_loop().time() < self._fast_until:
+            return config.advertising_interval_ms
+        return config.slow_advertising_interval_ms
+
+    async def advertise_fast(self) -> None:
+        """Advertise fast again for ``fast_advertising_seconds`` (a visibility window opened).
+
+        Restarts a running advertisement at the fast interval when it was slow.
+        """
+        self._require_device()
+        self._schedule_fast_period()
+        await self._reapply_if_rate_changed()
+
+    def _schedule_fast_period(self) -> None:
+        seconds = self._config.fast_advertising_seconds
+        if self._slowdown is not None:
+            self._slowdown.cancel()
+            self._slowdown = None
+        if seconds is None:
+            self._fast_until = None
+            return
+        loop = asyncio.get_running_loop()
+        self._fast_until = loop.time() + seconds
+        # A little after the end, so the rate read then is already the slow one.
+        self._slowdown = loop.call_later(seconds + 0.001, self._on_fast_period_over)
+
+    def _on_fast_period_over(self) -> None:
+        self._slowdown = None
+        if not self._closed and self._device is not None:
+            self._spawn(self._reapply_if_rate_changed())
+
+    async def _reapply_if_rate_changed(self) -> None:
+        async with self._adv_lock:
+            if self._adv_data is None or self._closed:
+                return
+            if self._applied_interval == self.advertising_interval_ms:
+                return
+            try:
+                await self._apply_advertising()
+            except PairingError as exc:
+                logger.warning("changing the advertising rate failed: %s", exc)
+
     async def stop_advertising(self) -> None:
         self._require_device()
         async with self._adv_lock:
@@ -414,7 +485,8 @@ class BumbleTransport:
         await self._stop_advertising()
         if data is None:
             return
-        interval = self._config.advertising_interval_ms
+        interval = self.advertising_interval_ms
+        self._applied_interval = interval
         if self._config.extended_advertising:
             parameters = AdvertisingParameters(
                 advertising_event_properties=AdvertisingEventProperties(
@@ -453,6 +525,7 @@ class BumbleTransport:
         device = self._require_device()
         timeout = self._config.open_timeout
         adv_set, self._adv_set = self._adv_set, None
+        self._applied_interval = None
         if adv_set is not None:
             if adv_set.enabled:
                 await guarded(adv_set.stop(), what="stopping advertising", timeout=timeout)
