@@ -31,6 +31,7 @@ import click
 from pairkit.pairing.errors import ConfigError
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
+from .traceopt import trace_option
 
 
 @click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,6 +100,7 @@ def _reach_options(f: Any) -> Any:
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.argument("peer")
 @click.option("--via", "via", default=None, metavar="RELAY",
@@ -124,6 +126,7 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.argument("peer")
 @click.option("--timeout", default=15.0, show_default=True,
@@ -146,6 +149,7 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.option("--timeout", default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
@@ -163,6 +167,7 @@ def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> N
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.option("--timeout", default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
@@ -180,6 +185,7 @@ def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> No
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.argument("message")
 @click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
@@ -272,6 +278,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
 
 
 @group.command()
+@trace_option
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept keys and hear broadcasts (repeat): tcp:HOST:PORT accepts "
@@ -351,6 +358,7 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
 
 
 @group.command()
+@trace_option
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept the controller's envelopes (repeat): tcp:HOST:PORT or a "
                    "radio; members are reached where this device last saw them.")

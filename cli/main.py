@@ -24,6 +24,8 @@ import click
 from pairkit import __version__
 from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
+from .traceopt import trace_option
+
 if TYPE_CHECKING:
     from pairkit.pairing.negotiation import Method
 
@@ -248,6 +250,7 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 
 
 @cli.command()
+@trace_option
 @click.option("--transport", "-t", default=None,
               help="Where to listen: tcp:HOST:PORT, bumble:usb:0, ... [default: the policy's, "
                    "else tcp:127.0.0.1:7000]")
@@ -327,6 +330,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
 
 
 @cli.command()
+@trace_option
 @click.argument("target")
 @click.option("--transport", "-t", default=None,
               help="Transport to reach TARGET through when it is a peer's name or address.")
@@ -396,6 +400,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
 
 
 @cli.command()
+@trace_option
 @click.option("--transport", "-t", default=None,
               help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
                    "[default: the policy's [discover] transport, else bumble:usb:0]")
@@ -494,6 +499,7 @@ def _peer_options(f: Any) -> Any:
 
 
 @cli.command(name="ls")
+@trace_option
 @click.argument("peer")
 @_peer_options
 def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None, yes: bool,
@@ -530,6 +536,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
 
 
 @cli.command()
+@trace_option
 @click.argument("peer")
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -588,6 +595,7 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
 
 
 @cli.command()
+@trace_option
 @click.option("--scenario", "-s",
               type=click.Choice(["webinos", "resume", "cpns", "groupkeys"]), default="webinos",
               show_default=True,

@@ -88,8 +88,10 @@ from .ble.links import (
     pairing_config,
     tap_pending_channels,
 )
+from .ble.trace import RedactingSnooper, open_trace
 from .ble.virtual import VirtualRadio, default_radio
 from .queued import put_latest
+from .tracing import claim_trace_path
 
 __all__ = [
     "PAIRKIT_SERVICE_UUID",
@@ -154,6 +156,9 @@ class BumbleConfig:
     encrypt_timeout: float = 15.0
     #: The host's answer to link-layer pairing (Just Works when ``None``).
     pairing_delegate: PairingDelegate | None = None
+    #: Write every HCI packet to this btsnoop file (keys blanked: :mod:`transports.tracing`);
+    #: ``None``: the process default (``--trace``), if any.
+    trace: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > 248:
@@ -254,6 +259,7 @@ class BumbleTransport:
         self._device: Device | None = None
         self._hci: Transport | None = None
         self._controller: Controller | None = None
+        self._trace: RedactingSnooper | None = None
         self._closed = False
         #: Advertisements heard while scanning: pairkit hellos, others, malformed, and
         #: sightings dropped because a scan() consumer fell behind.
@@ -303,6 +309,10 @@ class BumbleTransport:
                     timeout=config.open_timeout,
                 )
                 host = Host(controller_source=self._hci.source, controller_sink=self._hci.sink)
+            trace_path = claim_trace_path(config.trace)
+            if trace_path is not None:
+                self._trace = open_trace(trace_path)
+                host.snooper = self._trace
             device = Device(name=config.name, address=hci.Address(address), host=host)
             self._device = device
             self._setup_device(device)
@@ -350,6 +360,9 @@ class BumbleTransport:
             hci_transport, self._hci = self._hci, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(hci_transport.close(), self._config.close_timeout)
+        if self._trace is not None:
+            trace, self._trace = self._trace, None
+            trace.close()
 
     async def __aenter__(self) -> BumbleTransport:
         return await self.open()
