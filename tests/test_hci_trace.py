@@ -214,3 +214,24 @@ async def test_a_trace_that_cannot_be_opened_leaves_nothing_running(tmp_path: Pa
     transport = BumbleTransport("virtual", radio=radio)
     await transport.open()  # no default trace: nothing written, nothing refused
     await transport.close()
+
+
+async def test_bleak_on_bumble_is_traced_too(tmp_path: Path) -> None:
+    """``-t bleak:bumble:SPEC`` opens a bumble host as well: ``--trace`` covers it."""
+    from pairkit.transports.registry import open_transport
+
+    radio = VirtualRadio()
+    host = await open_bumble("virtual", radio=radio)
+    set_default_trace(tmp_path / "bleak.btsnoop")
+    try:
+        guest = await open_transport("bleak:bumble:virtual", radio=radio)
+        try:
+            await host.start_advertising(b"hello")
+            heard = [s async for s in guest.scan(0.3)]
+            assert any(s.address == host.address for s in heard)
+        finally:
+            await guest.close()
+    finally:
+        set_default_trace(None)
+        await host.close()
+    assert adverts_heard(read_btsnoop(tmp_path / "bleak.btsnoop"))
