@@ -155,6 +155,8 @@ async def run_host(
     )
     state = side.state
     await presence.start()
+    # On BLE the host moved to its first resolvable private address as it started.
+    address = getattr(listener, "address", None) or getattr(transport, "address", opts.transport)
     if presence_out is not None:
         presence_out.append(presence)
     if presence.can_broadcast:

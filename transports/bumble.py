@@ -12,7 +12,8 @@ its HCI transports (``usb:0``, ``hci-socket:0``, ``serial:/dev/ttyACM0,1000000``
   device opens and after each :meth:`BumbleTransport.advertise_fast`, then slow (every
   ``slow_advertising_interval_ms``, about 1 s), as accessory guidelines do, to spare power and
   Wi-Fi coexistence.  ``rotate_address`` moves to a new random static address (Core 5.4 Vol 6
-  Part B §1.3.2.1) and keeps advertising.
+  Part B §1.3.2.1), or, once given an identity resolving key (``use_identity_key``), to a
+  fresh resolvable private address (§1.3.2.2), and keeps advertising.
 * **Scanner** (guest): ``scan(timeout)`` yields a :class:`~transports.base.Sighting` per
   advertisement carrying a pairkit hello; others count as ``stats["ignored"]``, malformed ones
   as ``stats["garbage"]``.
@@ -88,6 +89,7 @@ from .ble.links import (
     pairing_config,
     tap_pending_channels,
 )
+from .ble.privacy import IRK_SIZE, resolvable_private_address
 from .ble.trace import RedactingSnooper, open_trace
 from .ble.virtual import VirtualRadio, default_radio
 from .queued import put_latest
@@ -156,6 +158,9 @@ class BumbleConfig:
     encrypt_timeout: float = 15.0
     #: The host's answer to link-layer pairing (Just Works when ``None``).
     pairing_delegate: PairingDelegate | None = None
+    #: Resolvable private addresses once given an identity key (``use_identity_key``);
+    #: off: random static addresses, as before.
+    private_addresses: bool = True
     #: Write every HCI packet to this btsnoop file (keys blanked: :mod:`transports.tracing`);
     #: ``None``: the process default (``--trace``), if any.
     trace: str | None = None
@@ -260,6 +265,8 @@ class BumbleTransport:
         self._hci: Transport | None = None
         self._controller: Controller | None = None
         self._trace: RedactingSnooper | None = None
+        self._irk: bytes | None = None
+        self._privacy_fallback: str | None = None
         self._closed = False
         #: Advertisements heard while scanning: pairkit hellos, others, malformed, and
         #: sightings dropped because a scan() consumer fell behind.
@@ -376,7 +383,7 @@ class BumbleTransport:
 
     @property
     def address(self) -> str:
-        """This device's current random static address."""
+        """This device's current random address (static, or resolvable private)."""
         return str(self._require_device().random_address)
 
     @property
@@ -465,31 +472,82 @@ class BumbleTransport:
             self._adv_data = None
             await self._stop_advertising()
 
-    async def rotate_address(self, rng: Rng | None = None) -> str:
-        """Move to a new random static address and re-advertise; returns the new address.
+    @property
+    def address_privacy(self) -> str:
+        """``resolvable`` once an identity key is in use, else why the address is static."""
+        if self._irk is not None:
+            return "resolvable"
+        return self._privacy_fallback or "static (no identity resolving key given)"
 
-        Links already open keep working.  Real controllers refuse while this device scans or
-        connects (Core Vol 4 Part E §7.8.4), which raises :class:`TransportError`.
+    async def use_identity_key(self, irk: bytes) -> str:
+        """Use resolvable private addresses made with ``irk`` from now on (Core 5.4 Vol 6
+        Part B §1.3.2.2), starting with a fresh one now; returns :attr:`address_privacy`.
+
+        A controller that refuses a resolvable private address as its random address keeps a
+        random static address, rotated as before; :attr:`address_privacy` then says so.
+        """
+        if len(irk) != IRK_SIZE:
+            raise ConfigError(f"an identity resolving key is {IRK_SIZE} bytes")
+        self._require_device()
+        if not self._config.private_addresses:
+            self._privacy_fallback = "static (private_addresses is off)"
+            return self.address_privacy
+        self._irk = bytes(irk)
+        self._privacy_fallback = None
+        await self.rotate_address()
+        return self.address_privacy
+
+    async def rotate_address(self, rng: Rng | None = None) -> str:
+        """Move to a new address and re-advertise; returns the new address.
+
+        With an identity key (:meth:`use_identity_key`) the new address is a resolvable
+        private address (Core 5.4 Vol 6 Part B §1.3.2.2); without one, a random static address
+        (§1.3.2.1).  Links already open keep working.  Real controllers refuse while this
+        device scans or connects (Core Vol 4 Part E §7.8.4), which raises
+        :class:`TransportError`.
         """
         device = self._require_device()
-        new = hci.Address(random_static_address(rng or self._rng))
+        draw = rng or self._rng
         async with self._adv_lock:
             await self._stop_advertising()
-            try:
-                await guarded(
-                    device.send_sync_command(
-                        hci.HCI_LE_Set_Random_Address_Command(random_address=new)
-                    ),
-                    what="changing the Bluetooth address",
-                    timeout=self._config.open_timeout,
-                )
-            except TransportError as exc:
-                raise TransportError(f"{exc} (stop scanning and connecting first)") from exc
+            if self._irk is not None:
+                rpa = hci.Address(resolvable_private_address(self._irk, draw))
+                try:
+                    await self._set_random_address(rpa)
+                    new = rpa
+                except TransportError as exc:
+                    # Either the controller has no use for RPAs or it is busy: a static
+                    # address tells which (a busy controller refuses it too, and the error
+                    # goes up with the identity key kept).
+                    static = hci.Address(random_static_address(draw))
+                    await self._set_random_address(static)
+                    self._irk = None
+                    self._privacy_fallback = (
+                        f"static (this controller refused a resolvable private address: {exc})"
+                    )
+                    logger.warning("%s", self._privacy_fallback)
+                    device.static_address = static
+                    new = static
+            else:
+                new = hci.Address(random_static_address(draw))
+                await self._set_random_address(new)
+                device.static_address = new
             device.random_address = new
-            device.static_address = new
             if self._adv_data is not None:
                 await self._apply_advertising()
         return str(new)
+
+    async def _set_random_address(self, address: hci.Address) -> None:
+        try:
+            await guarded(
+                self._require_device().send_sync_command(
+                    hci.HCI_LE_Set_Random_Address_Command(random_address=address)
+                ),
+                what="changing the Bluetooth address",
+                timeout=self._config.open_timeout,
+            )
+        except TransportError as exc:
+            raise TransportError(f"{exc} (stop scanning and connecting first)") from exc
 
     async def _apply_advertising(self) -> None:
         # Called with _adv_lock held.
