@@ -138,6 +138,7 @@ async def test_no_link_key_reaches_a_trace(tmp_path: Path) -> None:
     (pairing,) = keys
     assert pairing.ltk is not None
     ltk = pairing.ltk.value
+    assert (tmp_path / "host.btsnoop").stat().st_mode & 0o077 == 0  # its owner's alone
     host_trace = read_btsnoop(tmp_path / "host.btsnoop")
     guest_trace = read_btsnoop(tmp_path / "guest.btsnoop")
     for path in ("host.btsnoop", "guest.btsnoop"):

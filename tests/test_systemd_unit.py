@@ -9,6 +9,7 @@ and ``;`` comments, a key given twice is a list), by a small parser here.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -102,3 +103,17 @@ def test_nothing_tells_anyone_to_setcap_an_interpreter() -> None:
 
     text = str(open_error(PermissionError(1, "Operation not permitted"), "hci-socket:0"))
     assert "setcap" not in text and "CAP_NET_ADMIN" in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_reads_the_unit() -> None:
+    """systemd's own check; on a machine without the venv it may only miss the interpreter."""
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(UNIT)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+    problems = [
+        line for line in (proc.stdout + proc.stderr).splitlines()
+        if line.strip() and "/opt/pairkit/venv/bin/python is not executable" not in line
+    ]
+    assert problems == []

@@ -8,6 +8,7 @@ passed, so a trace of a process that was killed is still whole up to that point.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,9 +39,11 @@ class RedactingSnooper(BtSnooper):
 
 
 def open_trace(path: Path) -> RedactingSnooper:
-    """A snooper writing to ``path`` (created or truncated); ConfigError if it cannot be."""
+    """A snooper writing to ``path`` (created 0600, or truncated); ConfigError if it cannot be."""
     try:
-        output = open(path, "wb", buffering=0)  # closed by RedactingSnooper.close
+        # Readable by its owner only: a trace shows addresses, names and timing.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        output = open(fd, "wb", buffering=0)  # closed by RedactingSnooper.close
     except OSError as exc:
         raise ConfigError(f"cannot write the HCI trace {path}: {exc.strerror or exc}") from None
     return RedactingSnooper(output)
