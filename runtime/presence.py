@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .pairing import keyschedule
-from .pairing.errors import DecodeError
+from .pairing.errors import DecodeError, KeystoreError
 from .pairing.hello import (
     EPOCH_SECONDS,
     Hello,
@@ -129,7 +129,12 @@ class Presence:
         if use_key is not None:
             # Resolvable private addresses from here on (transports.bumble), rotating with
             # the tag; a controller that cannot use them keeps static ones, and we say so.
-            privacy = await use_key(identity_resolving_key(self._ks))
+            try:
+                irk = identity_resolving_key(self._ks)
+            except (KeystoreError, OSError) as exc:  # a keystore that cannot be written
+                privacy = f"static (no identity resolving key could be kept: {exc})"
+            else:
+                privacy = await use_key(irk)
             if privacy != "resolvable" and self.on_change is not None:
                 self.on_change(f"Bluetooth address: {privacy}")
         await self.transport.start_advertising(self.payload())

@@ -177,3 +177,20 @@ async def test_without_privacy_the_old_static_rotation_stays(world: World) -> No
     assert int(new[:2], 16) >> 6 == 0b11
     with pytest.raises(ConfigError):
         await host.use_identity_key(b"short")
+
+
+async def test_a_keystore_that_cannot_keep_the_key_leaves_static_addresses(
+    world: World, paul: Keystore
+) -> None:
+    """The host still starts (on static addresses) and says why, rather than failing."""
+    host = await world.device()
+    paul.path.unlink()  # gone from under the running host
+    said: list[str] = []
+    presence = Presence(host, paul, frozenset({Method.PIN}), visible_for=None,
+                        on_change=said.append)
+    await presence.start()
+    try:
+        assert said and "no identity resolving key could be kept" in said[0]
+        assert int(host.address[:2], 16) >> 6 == 0b11
+    finally:
+        await presence.stop()
