@@ -160,6 +160,7 @@ async def test_a_controller_refusing_rpas_keeps_static_addresses_and_says_so(
     await presence.start()
     try:
         assert host.address_privacy.startswith("static (this controller refused")
+        assert "stop scanning" not in host.address_privacy  # it was not busy
         assert said and "refused a resolvable private address" in said[0]
         address = host.address
         assert int(address[:2], 16) >> 6 == 0b11  # random static

@@ -513,7 +513,7 @@ class BumbleTransport:
             if self._irk is not None:
                 rpa = hci.Address(resolvable_private_address(self._irk, draw))
                 try:
-                    await self._set_random_address(rpa)
+                    await self._set_random_address(rpa, hint=False)
                     new = rpa
                 except TransportError as exc:
                     # Either the controller has no use for RPAs or it is busy: a static
@@ -537,7 +537,7 @@ class BumbleTransport:
                 await self._apply_advertising()
         return str(new)
 
-    async def _set_random_address(self, address: hci.Address) -> None:
+    async def _set_random_address(self, address: hci.Address, *, hint: bool = True) -> None:
         try:
             await guarded(
                 self._require_device().send_sync_command(
@@ -547,6 +547,8 @@ class BumbleTransport:
                 timeout=self._config.open_timeout,
             )
         except TransportError as exc:
+            if not hint:
+                raise
             raise TransportError(f"{exc} (stop scanning and connecting first)") from exc
 
     async def _apply_advertising(self) -> None:
