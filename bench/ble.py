@@ -243,6 +243,71 @@ async def measure_hello(settings: Settings) -> dict[str, Any]:
     return summary(samples[settings.warmup:])
 
 
+# -- 1b. discovery latency at each advertising rate (issue 15 item 2) -------------------------
+
+#: Goal of the fast rate: a guest that starts scanning hears the host within 100 ms (median).
+DISCOVERY_FAST_GOAL_MS = 100.0
+
+
+async def measure_discovery(settings: Settings) -> dict[str, Any]:
+    """Scan start to first hello heard, in ms, while the host advertises fast, then slow.
+
+    The host advertises all along; each run waits a random part of an interval, then a guest
+    scans until it hears the hello, so the figure is what a person starting ``discover`` sees.
+    Expected median: about half the interval (the reference printed beside it).
+    """
+    import random
+
+    draw = random.Random(15)
+    result: dict[str, Any] = {}
+    for rate, reps in (("fast", settings.hello_reps), ("slow", max(3, settings.hello_reps // 5))):
+        radio = VirtualRadio()
+        always = None if rate == "fast" else 0.0  # the policy pinned to one rate
+        host = await open_bumble("virtual", radio=radio, name="host",
+                                 fast_advertising_seconds=always)
+        guest = await open_bumble("virtual", radio=radio, name="guest")
+        try:
+            if rate == "slow":
+                while host.advertising_interval_ms != host.config.slow_advertising_interval_ms:
+                    await asyncio.sleep(0.001)
+            interval = host.advertising_interval_ms
+            payload = _hello()
+            await host.start_advertising(payload)
+            samples = []
+            for _ in range(reps):
+                await asyncio.sleep(draw.uniform(0, interval / 1000))
+                t0 = time.perf_counter()
+                async for sighting in guest.scan(5 + 2 * interval / 1000):
+                    if sighting.payload == payload:
+                        samples.append((time.perf_counter() - t0) * 1000)
+                        break
+                else:
+                    raise RuntimeError(f"no hello heard at the {rate} rate")
+        finally:
+            await guest.close()
+            await host.close()
+        row = summary(samples) | {"interval_ms": interval}
+        row["vs_interval"] = row["median"] / interval
+        if rate == "fast":
+            row["goal_ms"] = DISCOVERY_FAST_GOAL_MS
+            row["met"] = row["median"] <= DISCOVERY_FAST_GOAL_MS
+        result[rate] = row
+    return result
+
+
+def render_discovery(discovery: dict[str, Any]) -> list[str]:
+    out = []
+    for rate, row in discovery.items():
+        goal = (f"goal <= {row['goal_ms']:.0f} ms, met: {'yes' if row['met'] else 'NO'}"
+                if "goal_ms" in row else "goal: reported")
+        out.append(
+            f"1b. Discovery, {rate} advertising ({row['interval_ms']:g} ms): scan start to "
+            f"hello {row['median']:.1f} ms ({row['q1']:.1f}-{row['q3']:.1f}, {row['n']} runs), "
+            f"{row['vs_interval']:.2f} x the interval; {goal}"
+        )
+    return out
+
+
 # -- 2 and 4. pairings ------------------------------------------------------------------------
 
 
@@ -688,6 +753,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         "acl_bytes": VIRTUAL_ACL_LENGTH,
         "hello_ms": await measure_hello(settings),
+        "discovery_ms": await measure_discovery(settings),
         **await _pairing_section(settings),
         "goodput": await measure_goodput(settings),
     }
@@ -738,6 +804,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"1. Hello: advertising start to first hello heard: {h['median']:.2f} ms "
         f"({h['q1']:.2f}-{h['q3']:.2f}, {h['n']} runs)",
+        *render_discovery(result["discovery_ms"]),
         "",
         f"2. Pairing, complete exchange over one link ({s['pair_reps']} runs each, round robin "
         "with SMP; no cloud step: timed apart as cloud-*)",

@@ -9,6 +9,9 @@ that should be discoverable whenever its host starts::
     share = "~/Videos"
     methods = ["pin", "qr", "resume"]
     guest_hours = 2
+    advertise_fast_ms = 20        # BLE (bumble): fast advertising for the first
+    advertise_fast_seconds = 30   # 30 s after start and after a visibility window opens,
+    advertise_slow_ms = 1000      # then slow
 
     [discover]
     transport = "bumble:usb:0"
@@ -36,6 +39,9 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "methods": list,
         "guest_hours": (int, float),
         "timeout": (int, float),
+        "advertise_fast_ms": (int, float),
+        "advertise_slow_ms": (int, float),
+        "advertise_fast_seconds": (int, float),
     },
     "discover": {"transport": str, "timeout": (int, float)},
     "join": {"transport": str, "timeout": (int, float)},
@@ -69,14 +75,30 @@ def load_policy(keystore_path: Path) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"{path}: [{section}] has no setting {key!r}; known: {known}")
             if isinstance(value, bool) or not isinstance(value, kind):
                 raise ConfigError(f"{path}: [{section}] {key} has the wrong type ({value!r})")
-            if key in ("visible", "guest_hours", "timeout") and value <= 0:
+            if key in ("visible", "guest_hours", "timeout", "advertise_fast_ms",
+                       "advertise_slow_ms") and value <= 0:
                 raise ConfigError(f"{path}: [{section}] {key} must be positive")
+            if key == "advertise_fast_seconds" and value < 0:
+                raise ConfigError(f"{path}: [{section}] {key} must be 0 or more")
             if key == "methods" and not all(isinstance(m, str) for m in value):
                 raise ConfigError(f"{path}: [{section}] methods is a list of method names")
             if key == "share":
                 value = str(Path(value).expanduser())
             policy[section][key] = value
     return policy
+
+
+#: [host] policy keys -> the bumble transport's options (transports.bumble.BumbleConfig)
+ADVERTISING_KEYS = {
+    "advertise_fast_ms": "advertising_interval_ms",
+    "advertise_slow_ms": "slow_advertising_interval_ms",
+    "advertise_fast_seconds": "fast_advertising_seconds",
+}
+
+
+def advertising_options(policy: dict[str, Any]) -> dict[str, float]:
+    """The bumble advertising options a [host] policy sets (the advertising policy)."""
+    return {option: float(policy[key]) for key, option in ADVERTISING_KEYS.items() if key in policy}
 
 
 def pick(flag: Any, policy: dict[str, Any], key: str, default: Any) -> Any:

@@ -87,6 +87,8 @@ class HostOptions:
     ttp: str | None = None
     ttp_ca: str | None = None
     ttp_peer: bytes | None = None
+    #: bumble transport options from the policy's advertising keys (cli.config)
+    advertising: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def result_json(session: Session, membership: Membership | None = None) -> dict[str, Any]:
@@ -110,6 +112,15 @@ def result_json(session: Session, membership: Membership | None = None) -> dict[
     }
 
 
+def _advertising_kwargs(opts: HostOptions) -> dict[str, float]:
+    """The advertising policy goes to transports that advertise on a radio (bumble)."""
+    from pairkit.transports.registry import parse_transport
+
+    if not opts.advertising or parse_transport(opts.transport).kind != "bumble":
+        return {}
+    return dict(opts.advertising)
+
+
 async def run_host(
     ks: Keystore,
     opts: HostOptions,
@@ -130,7 +141,9 @@ async def run_host(
         methods=opts.methods, caps=ALL_CAPS, step_timeout=opts.step_timeout,
         allow_insecure=opts.allow_insecure,
     )
-    transport = transport_obj or await open_transport(opts.transport)
+    transport = transport_obj or await open_transport(
+        opts.transport, **_advertising_kwargs(opts)
+    )
     listener = await transport.listen() if hasattr(transport, "listen") else transport
     address = getattr(listener, "address", None) or getattr(transport, "address", opts.transport)
     quiet = opts.quiet
@@ -150,6 +163,8 @@ async def run_host(
     )
     state = side.state
     await presence.start()
+    # On BLE the host moved to its first resolvable private address as it started.
+    address = getattr(listener, "address", None) or getattr(transport, "address", opts.transport)
     if presence_out is not None:
         presence_out.append(presence)
     if presence.can_broadcast:

@@ -32,6 +32,7 @@ from pairkit.pairing.errors import ConfigError
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds
+from .traceopt import trace_option
 
 
 @click.group(cls=PairkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,6 +102,7 @@ def _reach_options(f: Any) -> Any:
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.argument("peer")
 @click.option("--via", "via", default=None, metavar="RELAY",
@@ -126,6 +128,7 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.argument("peer")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
@@ -149,6 +152,7 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
@@ -167,6 +171,7 @@ def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> N
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
@@ -185,6 +190,7 @@ def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> No
 
 
 @group.command()
+@trace_option
 @click.argument("name")
 @click.argument("message")
 @click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
@@ -277,6 +283,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
 
 
 @group.command()
+@trace_option
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept keys and hear broadcasts (repeat): tcp:HOST:PORT accepts "
@@ -356,6 +363,7 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
 
 
 @group.command()
+@trace_option
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept the controller's envelopes (repeat): tcp:HOST:PORT or a "
                    "radio; members are reached where this device last saw them.")

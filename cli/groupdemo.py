@@ -134,10 +134,13 @@ class GroupLab:
             self._radio = VirtualRadio()
         # Every device advertises (a hello) and most scan: at bumble's default 20 ms interval
         # that is thousands of reports a second for one Python process to parse.  100 ms
-        # still connects within a tenth of a second.
+        # still connects within a tenth of a second (all along: no slow advertising here).
+        # The demo keeps an address book and switches devices back on at the same address:
+        # random static addresses, not resolvable private ones.
         return await open_bumble(
             "virtual", radio=self._radio, extended_advertising=extended, address=address,
-            name=name, advertising_interval_ms=100.0,
+            name=name, advertising_interval_ms=100.0, fast_advertising_seconds=None,
+            private_addresses=False,
         )
 
     async def add(self, name: str, *, extended: bool = False, downlink: bool = False) -> Node:

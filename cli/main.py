@@ -25,6 +25,7 @@ from pairkit import __version__
 from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
 from .params import Number, Seconds
+from .traceopt import trace_option
 
 if TYPE_CHECKING:
     from pairkit.pairing.negotiation import Method
@@ -250,6 +251,7 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 
 
 @cli.command()
+@trace_option
 @click.option("--transport", "-t", default=None,
               help="Where to listen: tcp:HOST:PORT, bumble:usb:0, ... [default: the policy's, "
                    "else tcp:127.0.0.1:7000]")
@@ -291,13 +293,14 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
     Serves guests until interrupted (Ctrl-C) or --once; a guest that fails never stops the host.
 
     Defaults can come from a policy, config.toml beside the keystore (section [host]:
-    transport, visible, share, methods, guest_hours, timeout); flags win over it.
+    transport, visible, share, methods, guest_hours, timeout, and on BLE advertise_fast_ms,
+    advertise_fast_seconds, advertise_slow_ms); flags win over it.
     """
     from pairkit.pairing.errors import ConfigError
     from pairkit.pairing.negotiation import Method
 
     from .common import emit_json, home_path, run_async, unlock
-    from .config import load_policy, pick
+    from .config import advertising_options, load_policy, pick
     from .flows import HostOptions, run_host
     from .store import need_qr_pictures
 
@@ -321,12 +324,14 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
         qr_ttl=qr_ttl, step_timeout=pick(timeout, policy, "timeout", 30.0), share=share,
         guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
         visible=None if private else pick(visible, policy, "visible", None),
+        advertising=advertising_options(policy),
         **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
 
 
 @cli.command()
+@trace_option
 @click.argument("target")
 @click.option("--transport", "-t", default=None,
               help="Transport to reach TARGET through when it is a peer's name or address.")
@@ -398,6 +403,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
 
 
 @cli.command()
+@trace_option
 @click.option("--transport", "-t", default=None,
               help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
                    "[default: the policy's [discover] transport, else bumble:usb:0]")
@@ -505,6 +511,7 @@ def _peer_options(f: Any) -> Any:
 
 
 @cli.command(name="ls")
+@trace_option
 @click.argument("peer")
 @_peer_options
 def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None, yes: bool,
@@ -541,6 +548,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
 
 
 @cli.command()
+@trace_option
 @click.argument("peer")
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -599,6 +607,7 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
 
 
 @cli.command()
+@trace_option
 @click.option("--scenario", "-s",
               type=click.Choice(["webinos", "resume", "cpns", "groupkeys"]), default="webinos",
               show_default=True,

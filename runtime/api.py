@@ -252,6 +252,9 @@ class Host:
                 state = self._side.state
                 state.set_pin(self._pin) if self._pin is not None else state.new_pin()
             await self._presence.start()
+            # On BLE the host moved to its first resolvable private address as it started.
+            self.address = str(getattr(self._listener, "address", None)
+                               or getattr(t, "address", self._spec))
         except BaseException:
             await self._close_transport()
             raise

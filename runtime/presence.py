@@ -4,7 +4,8 @@ The host advertises a hello (``docs/hello.md``) on transports that can broadcast
 It is private by default: outside a visibility window the hello says "not visible", only members
 of its cloud recognise it, and strangers who connect anyway are refused.  ``--visible SECONDS``
 opens a window that closes on its own.  The tag and, on BLE, the random address rotate at least
-every 15 minutes and whenever the window opens or closes.
+every 15 minutes and whenever the window opens or closes; on bumble the address is a resolvable
+private address from this device's identity resolving key (:func:`identity_resolving_key`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from .pairing import keyschedule
-from .pairing.errors import DecodeError
+from .pairing.errors import DecodeError, KeystoreError
 from .pairing.hello import (
     EPOCH_SECONDS,
     Hello,
@@ -39,6 +41,25 @@ APPLE_DEVICE_UUID = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]
 def tag_keys(ks: Keystore) -> dict[str, bytes]:
     """The hello-tag key of every cloud this device is in (derived inside the keystore)."""
     return {c.cloud_id: ks.cloud_kdf(c.cloud_id, TAG_INFO, 32) for c in ks.clouds()}
+
+
+#: The keystore setting holding this device's BLE identity resolving key (16 random bytes).
+IRK_SETTING = "ble_irk"
+
+
+def identity_resolving_key(ks: Keystore) -> bytes:
+    """This device's identity resolving key (Core 5.4 Vol 3 Part H §2.4.2.1), made and saved
+    in the keystore the first time it is needed; its resolvable private addresses come from it.
+    """
+    irk = ks.setting(IRK_SETTING)
+    if isinstance(irk, bytes) and len(irk) == 16:
+        return irk
+    with ks.update():  # another process may have made one meanwhile
+        irk = ks.setting(IRK_SETTING)
+        if not (isinstance(irk, bytes) and len(irk) == 16):
+            irk = os.urandom(16)
+            ks.set_setting(IRK_SETTING, irk)
+    return irk
 
 
 def home_cloud(ks: Keystore) -> str | None:
@@ -74,6 +95,7 @@ class Presence:
         self.wall_clock = wall_clock
         self.rotate_every = rotate_every
         self.on_change = on_change
+        self._ks = ks
         cloud = home_cloud(ks)
         self._key = tag_keys(ks).get(cloud) if cloud else None
         self.can_broadcast = hasattr(transport, "start_advertising")
@@ -103,6 +125,18 @@ class Presence:
     async def start(self) -> None:
         if not self.can_broadcast:
             return
+        use_key = getattr(self.transport, "use_identity_key", None)
+        if use_key is not None:
+            # Resolvable private addresses from here on (transports.bumble), rotating with
+            # the tag; a controller that cannot use them keeps static ones, and we say so.
+            try:
+                irk = identity_resolving_key(self._ks)
+            except (KeystoreError, OSError) as exc:  # a keystore that cannot be written
+                privacy = f"static (no identity resolving key could be kept: {exc})"
+            else:
+                privacy = await use_key(irk)
+            if privacy != "resolvable" and self.on_change is not None:
+                self.on_change(f"Bluetooth address: {privacy}")
         await self.transport.start_advertising(self.payload())
         self._task = asyncio.create_task(self._run())
 
@@ -127,6 +161,11 @@ class Presence:
         """Let strangers see and join for ``seconds`` (rotates tag and address)."""
         self.visible_until = self.wall_clock() + seconds
         if self.can_broadcast:
+            # Fast advertising while strangers are looking (transports.bumble's policy).
+            fast = getattr(self.transport, "advertise_fast", None)
+            if fast is not None:
+                with contextlib.suppress(Exception):
+                    await fast()
             await self._rotate()
             if self._task is not None:
                 self._task.cancel()

@@ -187,3 +187,14 @@ async def test_the_bleak_bench_runs_and_reports_ratios() -> None:
     check_goals(result["goals"])
     assert [g["figure"] for g in result["goals"]] == [
         result["methods"][m]["pair"]["bleak_vs_bumble"] for m in ("pin", "qr", "compare", "resume")]
+
+
+def test_ble_reports_discovery_at_each_advertising_rate(ble: dict[str, Any]) -> None:
+    """Issue 15 item 2: the discovery latency line at each rate (figure, goal, met)."""
+    rows = ble["discovery_ms"]
+    assert set(rows) == {"fast", "slow"}
+    assert rows["fast"]["interval_ms"] == 20.0 and rows["slow"]["interval_ms"] == 1000.0
+    assert rows["fast"]["goal_ms"] == ble_bench.DISCOVERY_FAST_GOAL_MS
+    assert rows["fast"]["met"] == (rows["fast"]["median"] <= rows["fast"]["goal_ms"])
+    for row in rows.values():
+        assert row["median"] > 0 and row["vs_interval"] == row["median"] / row["interval_ms"]

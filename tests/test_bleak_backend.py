@@ -611,7 +611,7 @@ class USBErrorBusy(Exception):
         (
             PermissionError(errno.EPERM, "Operation not permitted"),
             "hci-socket:0",
-            "setcap",
+            "CAP_NET_ADMIN",
             BleakBluetoothNotAvailableReason.DENIED_BY_SYSTEM,
         ),
         (

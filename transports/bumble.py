@@ -7,9 +7,13 @@ its HCI transports (``usb:0``, ``hci-socket:0``, ``serial:/dev/ttyACM0,1000000``
 
 * **Advertiser** (host): a connectable advertisement with pairkit's service data carrying the
   hello (layout and exact capacity in :mod:`transports.ble.adv`: 10 bytes legacy, 208 bytes
-  with ``extended_advertising``), every ``advertising_interval_ms`` (20 ms by default, so a
-  guest connects within a few tens of ms).  ``rotate_address`` moves to a new random static
-  address (Core 5.4 Vol 6 Part B §1.3.2.1) and keeps advertising.
+  with ``extended_advertising``), fast (every ``advertising_interval_ms``, 20 ms by default, so a
+  guest connects within a few tens of ms) for ``fast_advertising_seconds`` (30 s) after the
+  device opens and after each :meth:`BumbleTransport.advertise_fast`, then slow (every
+  ``slow_advertising_interval_ms``, about 1 s), as accessory guidelines do, to spare power and
+  Wi-Fi coexistence.  ``rotate_address`` moves to a new random static address (Core 5.4 Vol 6
+  Part B §1.3.2.1), or, once given an identity resolving key (``use_identity_key``), to a
+  fresh resolvable private address (§1.3.2.2), and keeps advertising.
 * **Scanner** (guest): ``scan(timeout)`` yields a :class:`~transports.base.Sighting` per
   advertisement carrying a pairkit hello; others count as ``stats["ignored"]``, malformed ones
   as ``stats["garbage"]``.
@@ -91,8 +95,11 @@ from .ble.links import (
     pairing_config,
     tap_pending_channels,
 )
+from .ble.privacy import IRK_SIZE, resolvable_private_address
+from .ble.trace import RedactingSnooper, open_trace
 from .ble.virtual import VirtualRadio, default_radio
 from .queued import put_latest
+from .tracing import claim_trace_path
 
 __all__ = [
     "PAIRKIT_SERVICE_UUID",
@@ -136,7 +143,13 @@ class BumbleConfig:
     att_mtu: int = 517
     #: Advertise with extended advertising (longer hello, BT 5 scanners only).
     extended_advertising: bool = False
+    #: Fast advertising interval (Core Vol 6 Part B §4.4.2.2), used for
+    #: ``fast_advertising_seconds`` after opening and after each ``advertise_fast()``.
     advertising_interval_ms: float = 20.0
+    #: Slow advertising interval, used once the fast period is over.
+    slow_advertising_interval_ms: float = 1000.0
+    #: How long advertising stays fast; ``None``: always fast.
+    fast_advertising_seconds: float | None = 30.0
     scan_interval_ms: float = 60.0
     scan_window_ms: float = 60.0
     #: Deadline of each GATT step of a connect (MTU, discovery, subscription).
@@ -154,6 +167,12 @@ class BumbleConfig:
     encrypt_timeout: float = 15.0
     #: The host's answer to link-layer pairing (Just Works when ``None``).
     pairing_delegate: PairingDelegate | None = None
+    #: Resolvable private addresses once given an identity key (``use_identity_key``);
+    #: off: random static addresses, as before.
+    private_addresses: bool = True
+    #: Write every HCI packet to this btsnoop file (keys blanked: :mod:`transports.tracing`);
+    #: ``None``: the process default (``--trace``), if any.
+    trace: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > 248:
@@ -185,6 +204,12 @@ class BumbleConfig:
             raise ConfigError("att_mtu must be 23 to 517")
         if not 20.0 <= self.advertising_interval_ms <= 10240.0:
             raise ConfigError("advertising_interval_ms must be 20 to 10240")
+        if not self.advertising_interval_ms <= self.slow_advertising_interval_ms <= 10240.0:
+            raise ConfigError(
+                "slow_advertising_interval_ms must be from advertising_interval_ms to 10240"
+            )
+        if self.fast_advertising_seconds is not None and not self.fast_advertising_seconds >= 0:
+            raise ConfigError("fast_advertising_seconds must be 0 or more (or None: always fast)")
         if not 2.5 <= self.scan_window_ms <= self.scan_interval_ms <= 10240.0:
             raise ConfigError("need 2.5 <= scan_window_ms <= scan_interval_ms <= 10240")
         for name in ("gatt_timeout", "open_timeout", "send_timeout", "close_timeout"):
@@ -263,6 +288,9 @@ class BumbleTransport:
         self._device: Device | None = None
         self._hci: Transport | None = None
         self._controller: Controller | None = None
+        self._trace: RedactingSnooper | None = None
+        self._irk: bytes | None = None
+        self._privacy_fallback: str | None = None
         self._closed = False
         #: Advertisements heard while scanning: pairkit hellos, others, malformed, and
         #: sightings dropped because a scan() consumer fell behind.
@@ -273,6 +301,10 @@ class BumbleTransport:
         self._adv_lock = asyncio.Lock()
         self._adv_data: bytes | None = None
         self._adv_set: AdvertisingSet | None = None
+        #: loop time until which advertising is fast (None: always fast)
+        self._fast_until: float | None = None
+        self._slowdown: asyncio.TimerHandle | None = None
+        self._applied_interval: float | None = None
         self._accept_queue: asyncio.Queue[BleLink | None] = asyncio.Queue()
         self._host_sides: dict[int, _HostSide] = {}
         self._pairing_configs: dict[int, PairingConfig] = {}
@@ -308,10 +340,15 @@ class BumbleTransport:
                     timeout=config.open_timeout,
                 )
                 host = Host(controller_source=self._hci.source, controller_sink=self._hci.sink)
+            trace_path = claim_trace_path(config.trace)
+            if trace_path is not None:
+                self._trace = open_trace(trace_path)
+                host.snooper = self._trace
             device = Device(name=config.name, address=hci.Address(address), host=host)
             self._device = device
             self._setup_device(device)
             await guarded(device.power_on(), what=what, timeout=config.open_timeout)
+            self._schedule_fast_period()
         except BaseException:
             await self._release()
             self._device = None
@@ -343,6 +380,9 @@ class BumbleTransport:
         await self._release()
 
     async def _release(self) -> None:
+        if self._slowdown is not None:
+            self._slowdown.cancel()
+            self._slowdown = None
         for task in list(self._tasks):
             task.cancel()
         if self._controller is not None and self._radio is not None:
@@ -351,6 +391,9 @@ class BumbleTransport:
             hci_transport, self._hci = self._hci, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(hci_transport.close(), self._config.close_timeout)
+        if self._trace is not None:
+            trace, self._trace = self._trace, None
+            trace.close()
 
     async def __aenter__(self) -> BumbleTransport:
         return await self.open()
@@ -364,7 +407,7 @@ class BumbleTransport:
 
     @property
     def address(self) -> str:
-        """This device's current random static address."""
+        """This device's current random address (static, or resolvable private)."""
         return str(self._require_device().random_address)
 
     @property
@@ -399,37 +442,138 @@ class BumbleTransport:
             self._adv_data = data
             await self._apply_advertising()
 
+    @property
+    def advertising_interval_ms(self) -> float:
+        """The interval advertising uses now: fast within the fast period, else slow."""
+        config = self._config
+        if self._fast_until is None:
+            return config.advertising_interval_ms
+        if asyncio.get_running_loop().time() < self._fast_until:
+            return config.advertising_interval_ms
+        return config.slow_advertising_interval_ms
+
+    async def advertise_fast(self) -> None:
+        """Advertise fast again for ``fast_advertising_seconds`` (a visibility window opened).
+
+        Restarts a running advertisement at the fast interval when it was slow.
+        """
+        self._require_device()
+        self._schedule_fast_period()
+        await self._reapply_if_rate_changed()
+
+    def _schedule_fast_period(self) -> None:
+        seconds = self._config.fast_advertising_seconds
+        if self._slowdown is not None:
+            self._slowdown.cancel()
+            self._slowdown = None
+        if seconds is None:
+            self._fast_until = None
+            return
+        loop = asyncio.get_running_loop()
+        self._fast_until = loop.time() + seconds
+        # A little after the end, so the rate read then is already the slow one.
+        self._slowdown = loop.call_later(seconds + 0.001, self._on_fast_period_over)
+
+    def _on_fast_period_over(self) -> None:
+        self._slowdown = None
+        if not self._closed and self._device is not None:
+            self._spawn(self._reapply_if_rate_changed())
+
+    async def _reapply_if_rate_changed(self) -> None:
+        async with self._adv_lock:
+            if self._adv_data is None or self._closed:
+                return
+            if self._applied_interval == self.advertising_interval_ms:
+                return
+            try:
+                await self._apply_advertising()
+            except PairingError as exc:
+                logger.warning("changing the advertising rate failed: %s", exc)
+
     async def stop_advertising(self) -> None:
         self._require_device()
         async with self._adv_lock:
             self._adv_data = None
             await self._stop_advertising()
 
-    async def rotate_address(self, rng: Rng | None = None) -> str:
-        """Move to a new random static address and re-advertise; returns the new address.
+    @property
+    def address_privacy(self) -> str:
+        """``resolvable`` once an identity key is in use, else why the address is static."""
+        if self._irk is not None:
+            return "resolvable"
+        return self._privacy_fallback or "static (no identity resolving key given)"
 
-        Links already open keep working.  Real controllers refuse while this device scans or
-        connects (Core Vol 4 Part E §7.8.4), which raises :class:`TransportError`.
+    async def use_identity_key(self, irk: bytes) -> str:
+        """Use resolvable private addresses made with ``irk`` from now on (Core 5.4 Vol 6
+        Part B §1.3.2.2), starting with a fresh one now; returns :attr:`address_privacy`.
+
+        A controller that refuses a resolvable private address as its random address keeps a
+        random static address, rotated as before; :attr:`address_privacy` then says so.
+        """
+        if len(irk) != IRK_SIZE:
+            raise ConfigError(f"an identity resolving key is {IRK_SIZE} bytes")
+        self._require_device()
+        if not self._config.private_addresses:
+            self._privacy_fallback = "static (private_addresses is off)"
+            return self.address_privacy
+        self._irk = bytes(irk)
+        self._privacy_fallback = None
+        await self.rotate_address()
+        return self.address_privacy
+
+    async def rotate_address(self, rng: Rng | None = None) -> str:
+        """Move to a new address and re-advertise; returns the new address.
+
+        With an identity key (:meth:`use_identity_key`) the new address is a resolvable
+        private address (Core 5.4 Vol 6 Part B §1.3.2.2); without one, a random static address
+        (§1.3.2.1).  Links already open keep working.  Real controllers refuse while this
+        device scans or connects (Core Vol 4 Part E §7.8.4), which raises
+        :class:`TransportError`.
         """
         device = self._require_device()
-        new = hci.Address(random_static_address(rng or self._rng))
+        draw = rng or self._rng
         async with self._adv_lock:
             await self._stop_advertising()
-            try:
-                await guarded(
-                    device.send_sync_command(
-                        hci.HCI_LE_Set_Random_Address_Command(random_address=new)
-                    ),
-                    what="changing the Bluetooth address",
-                    timeout=self._config.open_timeout,
-                )
-            except TransportError as exc:
-                raise TransportError(f"{exc} (stop scanning and connecting first)") from exc
+            if self._irk is not None:
+                rpa = hci.Address(resolvable_private_address(self._irk, draw))
+                try:
+                    await self._set_random_address(rpa, hint=False)
+                    new = rpa
+                except TransportError as exc:
+                    # Either the controller has no use for RPAs or it is busy: a static
+                    # address tells which (a busy controller refuses it too, and the error
+                    # goes up with the identity key kept).
+                    static = hci.Address(random_static_address(draw))
+                    await self._set_random_address(static)
+                    self._irk = None
+                    self._privacy_fallback = (
+                        f"static (this controller refused a resolvable private address: {exc})"
+                    )
+                    logger.warning("%s", self._privacy_fallback)
+                    device.static_address = static
+                    new = static
+            else:
+                new = hci.Address(random_static_address(draw))
+                await self._set_random_address(new)
+                device.static_address = new
             device.random_address = new
-            device.static_address = new
             if self._adv_data is not None:
                 await self._apply_advertising()
         return str(new)
+
+    async def _set_random_address(self, address: hci.Address, *, hint: bool = True) -> None:
+        try:
+            await guarded(
+                self._require_device().send_sync_command(
+                    hci.HCI_LE_Set_Random_Address_Command(random_address=address)
+                ),
+                what="changing the Bluetooth address",
+                timeout=self._config.open_timeout,
+            )
+        except TransportError as exc:
+            if not hint:
+                raise
+            raise TransportError(f"{exc} (stop scanning and connecting first)") from exc
 
     async def _apply_advertising(self) -> None:
         # Called with _adv_lock held.
@@ -438,7 +582,8 @@ class BumbleTransport:
         await self._stop_advertising()
         if data is None:
             return
-        interval = self._config.advertising_interval_ms
+        interval = self.advertising_interval_ms
+        self._applied_interval = interval
         if self._config.extended_advertising:
             parameters = AdvertisingParameters(
                 advertising_event_properties=AdvertisingEventProperties(
@@ -477,6 +622,7 @@ class BumbleTransport:
         device = self._require_device()
         timeout = self._config.open_timeout
         adv_set, self._adv_set = self._adv_set, None
+        self._applied_interval = None
         if adv_set is not None:
             if adv_set.enabled:
                 await guarded(adv_set.stop(), what="stopping advertising", timeout=timeout)

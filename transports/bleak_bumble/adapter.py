@@ -43,7 +43,9 @@ from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink, Transport
 
 from ..ble.adv import random_static_address
+from ..ble.trace import RedactingSnooper, open_trace
 from ..ble.virtual import VirtualController, VirtualRadio, default_radio
+from ..tracing import claim_trace_path
 from .errors import open_error, to_bleak_error
 
 __all__ = [
@@ -132,6 +134,7 @@ class BumbleAdapter:
         self._opening: asyncio.Task[Device] | None = None
         self._device: Device | None = None
         self._hci: Transport | None = None
+        self._trace: RedactingSnooper | None = None
         self._controller: VirtualController | None = None
         self._closed = False
         self._scan_listeners: dict[AdvertisementListener, bool] = {}
@@ -191,6 +194,9 @@ class BumbleAdapter:
 
     async def _open(self) -> Device:
         address = self._address or random_static_address(self._rng)
+        trace_path = claim_trace_path()  # --trace (transports.tracing); ConfigError as it is
+        if trace_path is not None:
+            self._trace = open_trace(trace_path)
         try:
             if self.transport == "virtual":
                 radio = self._radio or default_radio()
@@ -203,6 +209,7 @@ class BumbleAdapter:
                     open_transport(_bumble_spec(self.transport)), self.open_timeout
                 )
                 host = Host(controller_source=self._hci.source, controller_sink=self._hci.sink)
+            host.snooper = self._trace
             device = Device(name=self._name, address=hci.Address(address), host=host)
             device.pairing_config_factory = self._pairing_config_for
             device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
@@ -248,6 +255,9 @@ class BumbleAdapter:
             hci_transport, self._hci = self._hci, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(hci_transport.close(), self.close_timeout)
+        if self._trace is not None:
+            trace, self._trace = self._trace, None
+            trace.close()
 
     async def __aenter__(self) -> BumbleAdapter:
         return await self.open()

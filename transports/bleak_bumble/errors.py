@@ -78,9 +78,9 @@ def describe_open_error(exc: BaseException, spec: str) -> tuple[str, Reason | No
     if usb == "access" or code in _PERMISSION_ERRNOS:
         if scheme == "hci-socket":
             text = (
-                f"no permission for the HCI socket of hci{rest or 0}: run as root, or give "
-                "Python the capabilities once: sudo setcap cap_net_admin,cap_net_raw+eip "
-                '"$(readlink -f "$(command -v python3)")"'
+                f"no permission for the HCI socket of hci{rest or 0}: it needs CAP_NET_ADMIN; "
+                "run pairkit as the pairkit-host service (contrib/systemd/install.sh, "
+                "'A Raspberry Pi' in README.md) or with sudo"
             )
         elif scheme == "usb":
             text = (
