@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,8 +38,11 @@ from .pairing.errors import (
     AuthenticationError,
     ConfigError,
     LinkClosedError,
+    LockedOutError,
     NotFoundError,
     PairingError,
+    ProtocolError,
+    UnsupportedError,
 )
 from .pairing.keystore import Keystore
 from .pairing.methods import (
@@ -166,13 +170,16 @@ async def accept_session(
             clouds=tuple(c.cloud_id for c in ks.clouds() if c.role == "owner"),
             mac=_cloud_mac(ks), static=me.static_public,
             known_grant=lambda device_id: peers.peer_grant(ks, device_id, clock.wall()),
-            open_to_strangers=side.open_to_strangers, timeout=side.step_timeout,
+            open_to_strangers=side.open_to_strangers, precheck=_precheck(side),
+            timeout=side.step_timeout,
         )
         cloud.start(clock.monotonic())
         await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
         context = pipe.transcript()
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried)
     if cloud is not None:
+        if cloud.join_method is not None and Method(cloud.join_method) is not _base(method):
+            raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
@@ -189,6 +196,40 @@ async def accept_session(
         wall_now=clock.wall(),
     )
     return Established(channel, session, membership, method)
+
+
+def _base(method: Method) -> Method:
+    return Method.RESUME if method is Method.KK else method
+
+
+def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
+    """The checks that need no person, run before a joining stranger's request reaches the
+    owner (issue 16): the method must be one this host allows, and a PIN is refused while PIN
+    pairing is locked out.  The pairing that follows checks both again."""
+
+    def check(method: int | None, now: float) -> None:
+        if method is None:
+            return  # an older guest that did not say: the pairing decides
+        try:
+            chosen = _base(Method(method))
+        except ValueError:
+            raise UnsupportedError(
+                "the guest asked for a pairing method this host does not know"
+            ) from None
+        if chosen not in side.config.methods:
+            allowed = ", ".join(sorted(m.label for m in side.config.methods))
+            raise UnsupportedError(
+                f"this host does not allow pairing by {chosen.label}; it allows only: {allowed}"
+            )
+        if chosen is Method.PIN:
+            wait = side.state.locked_for(now)
+            if wait > 0:
+                raise LockedOutError(
+                    f"too many wrong PINs: PIN pairing is locked for {math.ceil(wait)} more "
+                    "seconds"
+                )
+
+    return check
 
 
 async def _host_pairing(
@@ -291,7 +332,7 @@ async def open_session(
         cloud = CloudGuest(
             name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
             wants=side.wants, device_id=me.device_id if side.peer is not None else None,
-            timeout=side.step_timeout,
+            timeout=side.step_timeout, answer_time=side.step_timeout, method=int(method),
         )
         cloud.start(clock.monotonic())
         await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
