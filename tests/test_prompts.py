@@ -241,3 +241,24 @@ def test_a_method_the_host_does_not_allow_is_refused_before_the_owner_is_asked(
     assert "does not allow pairing by pin" in err, err
     shown = host.settle(1.0)
     assert "asks to join" not in host.output and "efuse?" not in shown, host.output
+
+
+def test_during_a_pin_lockout_a_strangers_join_asks_nobody_and_is_refused(
+    devices: Devices,
+) -> None:
+    host, target = devices.host("paul", "--method", "pin", "--timeout", "60")
+    for i in range(5):  # five wrong PINs, each let in by the owner first (a stranger's join)
+        guess = devices.guest("george", target, "--method", "pin", "--pin", f"90817{i}",
+                              "--timeout", "60")
+        host.expect(r"George's phone asks to join")
+        host.expect(r"\[r\]efuse\? ")
+        host.line("g")
+        rc, err = finished(guess)
+        assert rc != 0 and "wrong PIN" in err, err
+    pin = host.expect(r"PIN: (\d{6})").group(1)
+    stranger = devices.guest("ringo", target, "--method", "pin", "--pin", pin,
+                             "--timeout", "60")
+    rc, err = finished(stranger)
+    assert rc == EXIT_REFUSED and "locked" in err, err
+    host.settle(1.0)
+    assert "Ringo's tablet asks to join" not in host.output, host.output
