@@ -31,7 +31,7 @@ from typing import Any
 
 from . import peers
 from .clock import SYSTEM_CLOCK, Clock
-from .driver import MessagePipe, drive, replay_first
+from .driver import DEFAULT_ANSWER_TIME, MessagePipe, drive, replay_first
 from .files import receive_membership
 from .pairing.cloud import CloudGuest, CloudHost, Role, auth_mac_from
 from .pairing.errors import (
@@ -174,7 +174,8 @@ async def accept_session(
             timeout=side.step_timeout,
         )
         cloud.start(clock.monotonic())
-        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
+        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic,
+                    answer_time=_answer_time(side.step_timeout))
         context = pipe.transcript()
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried)
     if cloud is not None:
@@ -196,6 +197,13 @@ async def accept_session(
         wall_now=clock.wall(),
     )
     return Established(channel, session, membership, method)
+
+
+def _answer_time(step_timeout: float) -> float:
+    """The driver's bound on a person's answer: the delegate bounds each question by the
+    command's --timeout itself (cli/prompt.py); this leaves room for questions that queue
+    behind another guest's, and still ends a delegate that never returns."""
+    return max(DEFAULT_ANSWER_TIME, 3 * step_timeout)
 
 
 def _base(method: Method) -> Method:
@@ -254,7 +262,8 @@ async def _host_pairing(
     machine.start(clock.monotonic())
     if tried is not None:
         tried.append(machine)
-    await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)
+    await drive(machine, pipe, delegate=delegate, clock=clock.monotonic,
+                answer_time=_answer_time(side.step_timeout))
     assert machine.session is not None
     return machine.session, machine.session.method
 
@@ -335,7 +344,8 @@ async def open_session(
             timeout=side.step_timeout, answer_time=side.step_timeout, method=int(method),
         )
         cloud.start(clock.monotonic())
-        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
+        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic,
+                    answer_time=_answer_time(side.step_timeout))
     if machine is None:
         if side.ttp is None:
             raise ConfigError("method 'ttp' needs the key server: --ttp HOST:PORT --ttp-ca FILE")
@@ -344,7 +354,8 @@ async def open_session(
         if cloud is not None:
             machine.bind_context(pipe.transcript())  # the cloud step, bound into the key
         machine.start(clock.monotonic())
-        await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)
+        await drive(machine, pipe, delegate=delegate, clock=clock.monotonic,
+                answer_time=_answer_time(side.step_timeout))
         assert machine.session is not None
         session = machine.session
     if cloud is not None:
