@@ -136,7 +136,15 @@ async def _read_line(fd: int, timeout: float) -> object:
         if b"\n" in buffer:
             done.set_result(bytes(buffer.split(b"\n", 1)[0]))
 
-    loop.add_reader(fd, readable)
+    try:
+        loop.add_reader(fd, readable)
+    except (NotImplementedError, OSError, ValueError):
+        # An event loop that cannot watch the descriptor (Windows' proactor): read the line
+        # in a thread; Ctrl-C still ends the command, the thread ends with the process.
+        try:
+            return await asyncio.wait_for(_line_in_thread(fd), timeout)
+        except TimeoutError:
+            return _TIMED_OUT
     try:
         try:
             raw = await asyncio.wait_for(done, timeout)
@@ -145,6 +153,19 @@ async def _read_line(fd: int, timeout: float) -> object:
     finally:
         loop.remove_reader(fd)
     return None if raw is None else raw.decode("utf-8", "replace")
+
+
+async def _line_in_thread(fd: int) -> str | None:
+    def read() -> str | None:
+        data = bytearray()
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 1)
+            if not chunk:
+                return None if not data else data.decode("utf-8", "replace")
+            data.extend(chunk)
+        return data[:-1].decode("utf-8", "replace")
+
+    return await asyncio.to_thread(read)
 
 
 class StatusLine:
