@@ -140,75 +140,114 @@ def unlock(path: Path | None = None) -> Keystore:
 
 
 class CliDelegate:
-    """The user's decisions, asked on the terminal (or answered by ``--yes``)."""
+    """The user's decisions, asked on the terminal (or answered by ``--yes``).
 
-    def __init__(self, *, yes: bool = False, quiet: bool = False, guest_seconds: int = 3600):
+    Questions go through one :class:`~pairkit.cli.prompt.Terminal`: one at a time, each
+    naming who asks and for what, typed-ahead input discarded, ``timeout`` seconds to answer
+    (then "no"), Ctrl-C ends the command (issue 16).  A guest waiting for the host's owner sees
+    a status line naming ``host_label``.
+    """
+
+    def __init__(
+        self, *, yes: bool = False, quiet: bool = False, guest_seconds: int = 3600,
+        timeout: float = 30.0, host_label: str = "the host",
+    ) -> None:
+        from .prompt import Terminal
+
         self.yes = yes
         self.quiet = quiet
         self.guest_seconds = guest_seconds
+        self.timeout = timeout
+        self.host_label = host_label
+        self.terminal = Terminal()
 
     async def confirm_code(self, q: ConfirmCode) -> bool:
-        info(f"Confirmation code: {q.code[:3]} {q.code[3:]}  (on {safe(q.peer_name)})")
+        header = (f"{safe(q.peer_name)} is pairing by numeric comparison. Confirmation code: "
+                  f"{q.code[:3]} {q.code[3:]}")
         if self.yes:
+            info(header)
             info("  confirmed (--yes)")
             return True
-        if not sys.stdin.isatty():
+        if not self.terminal.interactive:
+            info(header)
             info("  no terminal to confirm on; refusing (use --yes in scripts)")
             return False
-        return await asyncio.to_thread(
-            click.confirm, "Does the other device show the same code?", err=True
+        return await self.terminal.choose(
+            header, f"Does {q.peer_name} show the same code? [y/N]",
+            {"y": True, "yes": True, "n": False, "no": False}, no=False, timeout=self.timeout,
         )
 
     async def allow_join(self, q: AllowJoin) -> Grant | None:
         hours = self.guest_seconds / 3600
-        info(f"{safe(q.name)} asks to join (as {q.wants.name.lower()}).")
+        header = f"{safe(q.name)} asks to join this device's cloud (as {q.wants.name.lower()})."
         if self.yes:
+            info(header)
             info(f"  allowed as guest for {hours:g} hour(s) (--yes)")
             return Grant(Role.GUEST, self.guest_seconds)
-        if not sys.stdin.isatty():
+        if not self.terminal.interactive:
+            info(header)
             info("  no terminal to ask on; refusing (use --yes in scripts)")
             return None
-        choice = await asyncio.to_thread(
-            click.prompt,
-            f"Allow as [g]uest for {hours:g} hour(s), as [m]ember, or [r]efuse?",
-            type=click.Choice(["g", "m", "r"]), default="r", err=True,
+        guest, member = Grant(Role.GUEST, self.guest_seconds), Grant(Role.MEMBER)
+        return await self.terminal.choose(
+            header, f"Allow {q.name} as [g]uest for {hours:g} hour(s), as [m]ember, or [r]efuse?",
+            {"g": guest, "m": member, "r": None}, no=None, timeout=self.timeout,
         )
-        if choice == "g":
-            return Grant(Role.GUEST, self.guest_seconds)
-        return Grant(Role.MEMBER) if choice == "m" else None
 
     async def join_cloud(self, q: JoinCloud) -> bool:
-        info(f"{safe(q.host_name)} made this device a member of {safe(repr(q.cloud_name))}.")
+        header = f"{safe(q.host_name)} made this device a member of {safe(repr(q.cloud_name))}."
         if self.yes:
+            info(header)
             info("  joined (--yes)")
             return True
-        if not sys.stdin.isatty():
+        if not self.terminal.interactive:
+            info(header)
             info("  no terminal to ask on; not joining (use --yes in scripts)")
             return False
-        return await asyncio.to_thread(
-            click.confirm, "Join that cloud (its members will know this device)?", err=True
+        return await self.terminal.choose(
+            header, "Join that cloud (its members will know this device)? [y/N]",
+            {"y": True, "yes": True, "n": False, "no": False}, no=False, timeout=self.timeout,
         )
 
     async def allow_request(self, q: AllowRequest) -> Scope:
         what = "the list of shared files" if q.what == "list" else safe(repr(q.name))
-        info(f"{safe(q.peer_name)} asks for {what}.")
+        header = f"{safe(q.peer_name)} asks for {what}."
         if self.yes:
+            info(header)
             info("  allowed for this session (--yes)")
             return Scope.SESSION
-        if not sys.stdin.isatty():
+        if not self.terminal.interactive:
+            info(header)
             info("  no terminal to ask on; refusing (use --yes in scripts)")
             return Scope.REFUSE
-        choice = await asyncio.to_thread(
-            click.prompt, "Allow [o]nce, for this [s]ession, or [r]efuse?",
-            type=click.Choice(["o", "s", "r"]), default="r", err=True,
+        return await self.terminal.choose(
+            header, f"Allow {q.peer_name} [o]nce, for this [s]ession, or [r]efuse?",
+            {"o": Scope.ONCE, "s": Scope.SESSION, "r": Scope.REFUSE}, no=Scope.REFUSE,
+            timeout=self.timeout,
         )
-        return {"o": Scope.ONCE, "s": Scope.SESSION}.get(choice, Scope.REFUSE)
 
     async def on_warning(self, event: InsecureWarning) -> None:
         click.echo(f"warning: {safe(event.text, lines=True)}", err=True)
 
     async def on_event(self, event: object) -> None:
-        return None
+        from pairkit.pairing.cloud import OwnerDecided, WaitingForOwner
+
+        from .prompt import StatusLine
+
+        if isinstance(event, WaitingForOwner) and not self.quiet:
+            self.close()
+            self.terminal.status = StatusLine(
+                f"waiting for {self.host_label} to let you in", event.seconds
+            )
+            self.terminal.status.start()
+        elif isinstance(event, OwnerDecided):
+            self.close()
+
+    def close(self) -> None:
+        """Erase the status line, if one is shown (the command ends, or the wait is over)."""
+        if self.terminal.status is not None:
+            self.terminal.status.clear()
+            self.terminal.status = None
 
 
 class PairkitGroup(click.Group):

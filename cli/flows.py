@@ -153,7 +153,7 @@ async def run_host(
         on_change=lambda text: info(text, quiet=quiet),
     )
     delegate = delegate or CliDelegate(
-        yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds
+        yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds, timeout=opts.step_timeout
     )
     side = HostSide.of(
         ks, config, transport=opts.transport,
@@ -353,7 +353,10 @@ async def run_join(
         raise ConfigError("method 'pin' needs the PIN shown on the host: --pin 123456")
     if opts.qr is not None:
         opts.qr.check_fresh(clock.wall())
-    guest_delegate = delegate or CliDelegate(yes=opts.yes, quiet=opts.json)
+    guest_delegate = delegate or CliDelegate(
+        yes=opts.yes, quiet=opts.json, timeout=opts.step_timeout,
+        host_label=peer.name if peer is not None else opts.target,
+    )
     side = GuestSide(
         ks, config, method, transport=spec,
         address=spec if spec.startswith("tcp:") else None, pin=opts.pin, qr=opts.qr,
@@ -400,6 +403,8 @@ async def run_join(
             "and in range?"
         ) from first_error
     finally:
+        if isinstance(guest_delegate, CliDelegate):
+            guest_delegate.close()
         if transport_obj is None:
             with contextlib.suppress(Exception):
                 await transport.close()

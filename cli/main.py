@@ -277,7 +277,9 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 @click.option("--once", is_flag=True, help="Stop after the first guest paired.")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, tests).")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=None,
-              help="Seconds to wait for each message from a guest [default: 30].")
+              help="Longest wait, in seconds, for any one thing: a message from a guest, or "
+                   "you answering a prompt (unanswered: 'no'); a guest that times out is "
+                   "dropped, the host goes on [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
 @_ttp_options
 def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
@@ -345,7 +347,9 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
               help="Let 'clear' run over an unencrypted link (anyone listening gets the key).")
 @click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations (scripts, tests).")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=30.0, show_default=True,
-              help="Seconds to wait for each message from the host.")
+              help="Longest wait, in seconds, for any one thing: a reply from the host, or a "
+                   "person deciding (the host's owner letting you in, you comparing a code); "
+                   "then join ends with exit code 4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @_ttp_options
 def join(target: str, transport: str | None, method: str | None, pin: str | None,
@@ -503,7 +507,9 @@ def _peer_options(f: Any) -> Any:
         click.option("--pin", default=None, help="The host's PIN, when pairing first."),
         click.option("--yes", "-y", is_flag=True, help="Answer yes to confirmations."),
         click.option("--timeout", type=Seconds(0.1, 3600), default=30.0, show_default=True,
-                     help="Seconds to wait for each message from the host."),
+                     help="Longest wait, in seconds, for any one thing: a reply from PEER, or "
+                          "a person deciding (its owner letting you in or allowing a file); "
+                          "then the command ends with exit code 4."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
     ]):
         f = opt(f)

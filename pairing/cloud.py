@@ -59,6 +59,7 @@ from .errors import (
     AuthenticationError,
     ErrorCode,
     NotFoundError,
+    PairingTimeout,
     ProtocolError,
     RefusedError,
 )
@@ -118,6 +119,10 @@ class JoinRequest(Message):
     device_id: bytes | None = field(4, size=16, default=None)
     #: a known device coming back: refuse it rather than ask the owner if the host forgot it
     reconnect: bool = field(5, default=False)
+    #: the pairing method the guest will use (:class:`~pairing.negotiation.Method`'s value), so
+    #: that the host refuses a method it does not allow, or a locked-out PIN, before its owner
+    #: is asked (issue 16); absent from older guests
+    method: int | None = field(6, default=None)
 
 
 @message(type_id=35, max_size=64)
@@ -166,6 +171,20 @@ class CloudChecked(Event):
     member: bool
     tried: int
     host: HostInfo | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WaitingForOwner(Event):
+    """The guest asked to join and waits for the host's owner to decide (at most ``seconds``):
+    tell the person, who would otherwise wait in silence (issue 16)."""
+
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnerDecided(Event):
+    """The host's owner answered the join request (the wait announced by
+    :class:`WaitingForOwner` is over)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,9 +250,11 @@ class CloudGuest(Machine):
         answer_time: float = 180.0,
         expect_name: str | None = None,
         probe: bool = False,
+        method: int | None = None,
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_START)
+        self.method = method
         self.name = name
         #: join only a host that says it is called this (``pairkit join NAME``)
         self.expect_name = expect_name
@@ -297,16 +318,30 @@ class CloudGuest(Machine):
         self._finish()
 
     def _ask_join(self, now: float) -> None:
-        self._send(JoinRequest(self.name, self.wants, self.device_id, self.device_id is not None))
+        self._send(JoinRequest(
+            self.name, self.wants, self.device_id, self.device_id is not None, self.method
+        ))
         self.state = S_JOIN
-        # The owner has to be asked: allow the time a person needs.
-        self._expect_by(now + self.answer_time, "the host's owner did not answer in time")
+        # The owner has to be asked: allow the time a person needs, and say we are waiting.
+        self._expect_by(
+            now + self.answer_time,
+            f"the host's owner did not answer within {self.answer_time:g} s",
+        )
+        self._emit(WaitingForOwner(self.answer_time))
+
+    def _on_deadline(self, now: float) -> None:
+        exc = PairingTimeout(self._deadline_text)
+        if self.state == S_JOIN:
+            # Our wait is over, not the host's silence: tell it, so its owner's prompt goes.
+            self.abort(exc, tell_peer=True)
+        raise exc
 
     def _on_join_verdict(self, msg: JoinVerdict, now: float) -> None:
         if msg.role is Role.STRANGER:
             raise ProtocolError("a join verdict must grant guest or member access")
         self.role = msg.role
         self.seconds = msg.seconds
+        self._emit(OwnerDecided())
         self._finish()
 
     def check_name(self, proven_name: str) -> None:
@@ -353,12 +388,16 @@ class CloudHost(Machine):
         static: bytes,
         known_grant: Callable[[bytes], Grant | None] = lambda _id: None,
         open_to_strangers: Callable[[], bool] = lambda: True,
+        precheck: Callable[[int | None, float], None] = lambda _method, _now: None,
         timeout: float = 30.0,
         info: HostInfo | None = None,
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_HELLO)
         self._info = info
+        self._precheck = precheck
+        #: the method a joining guest said it will pair by (None: not said, or a member)
+        self.join_method: int | None = None
         self.clouds = clouds
         self._mac = mac
         self._static = _check_static(static)
@@ -451,6 +490,10 @@ class CloudHost(Machine):
                 "this host is not open to new devices now; ask its owner to open a "
                 "visibility window (pairkit host --visible SECONDS)"
             )
+        # Cheap checks before a person is bothered: a method this host does not allow, or a
+        # PIN while PIN pairing is locked out, is refused without a prompt (issue 16).
+        self.join_method = msg.method
+        self._precheck(msg.method, now)
         self.state = S_ASK
         self._expect_by(None)
         self._emit(AllowJoin(name=msg.name, wants=msg.wants))

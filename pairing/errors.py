@@ -32,6 +32,7 @@ class ErrorCode(IntEnum):
     PERMISSION = 14  #: not allowed
     INTERNAL = 15  #: a bug on the sender's side
     TOO_LARGE = 16  #: a message or buffer exceeded its limit
+    CANCELLED = 17  #: the person on the sending side cancelled (Ctrl-C); no reason is shown
 
 
 class PairingError(Exception):
@@ -58,6 +59,17 @@ class RemoteError(PairingError):
 
     def __init__(self, message: str, *, code: ErrorCode = ErrorCode.UNKNOWN) -> None:
         super().__init__(f"the peer stopped: {message}", code=code)
+
+
+class UserCancelled(LocalError):
+    """The person on this side cancelled (Ctrl-C): the peer is told with an ``Abort`` of code
+    ``cancelled`` and reads "the other side cancelled" (docs/protocol.md §1.2)."""
+
+    code = ErrorCode.CANCELLED
+
+
+#: what a person reads when the peer's person cancelled (the Abort's own reason is not shown)
+OTHER_SIDE_CANCELLED = "the other side cancelled"
 
 
 class DecodeError(LocalError, ValueError):

@@ -85,7 +85,9 @@ class FileServer(Machine):
 
     ``find(name)`` is the runtime's look into the shared folder: None if ``name`` is a file
     there, else why not (not found, a link out of the folder).  ``find`` None: nothing is
-    shared, and every request is refused without asking anyone.
+    shared, and every request is refused without asking anyone.  ``size_of(name)`` gives a
+    shared file's size, so that a request to resume past its end is refused before anyone is
+    asked too (issue 16: the checks that need nobody come first).
     """
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
@@ -102,9 +104,11 @@ class FileServer(Machine):
         *,
         peer_name: str,
         find: Callable[[str], str | None] | None,
+        size_of: Callable[[str], int | None] | None = None,
         idle: float = SERVE_IDLE,
     ) -> None:
         super().__init__(initial_state=WAITING)
+        self._size_of = size_of
         self.policy = policy
         self.peer_name = peer_name
         self._find = find
@@ -149,6 +153,10 @@ class FileServer(Machine):
         problem = name_problem(msg.name)
         if problem is None and self._find is not None:
             problem = self._find(msg.name)  # bad names are refused before anyone is asked
+        if problem is None and self._size_of is not None:
+            size = self._size_of(msg.name)
+            if size is not None and msg.offset > size:
+                problem = f"offset {msg.offset} is past the end of {msg.name!r}"
         if problem is not None:
             self._refuse(problem, now)
             return

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from . import wire
 from .errors import (
+    OTHER_SIDE_CANCELLED,
     ErrorCode,
     PairingError,
     PairingTimeout,
@@ -299,7 +300,12 @@ def _short(text: str) -> str:
 
 
 def _remote(msg: wire.Abort) -> RemoteError:
-    err = RemoteError(msg.reason, code=msg.code)
+    if msg.code == ErrorCode.CANCELLED:
+        # The peer's person pressed Ctrl-C: say so in our words, not the peer's.
+        err = RemoteError(msg.reason, code=msg.code)
+        err.args = (OTHER_SIDE_CANCELLED,)
+    else:
+        err = RemoteError(msg.reason, code=msg.code)
     # Keep the local class visible too, so callers can catch e.g. AuthenticationError
     # whichever side detected it.
     err.local = local_error_for(msg.code, msg.reason)  # type: ignore[attr-defined]

@@ -14,8 +14,14 @@ import hashlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .pairing import keyschedule
-from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
+from .pairing import keyschedule, wire
+from .pairing.errors import (
+    ConfigError,
+    LinkClosedError,
+    PairingError,
+    PairingTimeout,
+    UserCancelled,
+)
 from .pairing.framing import Reassembler, fragment
 from .pairing.machine import Machine, Question
 
@@ -63,6 +69,7 @@ class MessagePipe:
         self._received = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
         #: which side this pipe is on (orders the two directions in :meth:`transcript`)
         self.guest = guest
+        self._unread: list[bytes] = []
 
     async def send(self, message: bytes) -> None:
         async with self._send_lock:
@@ -71,11 +78,28 @@ class MessagePipe:
             _absorb(self._sent, message)
 
     async def recv(self) -> bytes:
+        message = await self.recv_unabsorbed()
+        self.absorb(message)
+        return message
+
+    async def recv_unabsorbed(self) -> bytes:
+        """The next whole message, not yet counted in the transcript: :func:`drive` reads
+        ahead while a person is asked, and a message it did not use must count only in the
+        exchange that uses it (:meth:`unread`)."""
+        if self._unread:
+            return self._unread.pop(0)
         while True:
             message = self._reassembler.feed(await self.link.recv())
             if message is not None:
-                _absorb(self._received, message)
                 return message
+
+    def absorb(self, message: bytes) -> None:
+        """Count a message read by :meth:`recv_unabsorbed` in the transcript."""
+        _absorb(self._received, message)
+
+    def unread(self, messages: list[bytes]) -> None:
+        """Put messages read ahead (and not absorbed) back in front, in order."""
+        self._unread[:0] = messages
 
     def transcript(self) -> bytes:
         """SHA-256 over both directions' hashes, guest->host first (docs/protocol.md §2)."""
@@ -99,11 +123,19 @@ class _Replay(MessagePipe):
     async def send(self, message: bytes) -> None:
         await self._inner.send(message)
 
-    async def recv(self) -> bytes:
+    async def recv_unabsorbed(self) -> bytes:
         if self._first is not None:
-            first, self._first = self._first, None
-            return first
-        return await self._inner.recv()
+            return self._first
+        return await self._inner.recv_unabsorbed()
+
+    def absorb(self, message: bytes) -> None:
+        if self._first is not None and message is self._first:
+            self._first = None  # the inner pipe counted it when it read it
+            return
+        self._inner.absorb(message)
+
+    def unread(self, messages: list[bytes]) -> None:
+        self._inner.unread(messages)
 
     def transcript(self) -> bytes:
         return self._inner.transcript()
@@ -133,14 +165,75 @@ async def drive(
     ``delegate`` receives events by hook name (``await delegate.<event.hook>(event)``); for a
     :class:`Question` the hook's return value is the answer.  ``clock`` defaults to the event
     loop's monotonic clock.  A machine not yet started is started here (``start(now)``).
+
+    While a person is asked, the link is still read (issue 16): an ``Abort`` from the peer, or
+    the link closing, withdraws the question at once (the delegate's hook is cancelled) and ends
+    the run with the peer's error; any other message waits until the answer is given.  A run
+    that is cancelled (Ctrl-C) tells the peer with an ``Abort`` of code ``cancelled``.
     """
     loop = asyncio.get_running_loop()
     now = clock or loop.time
+    # Reading ahead needs a pipe that outlives this run (a message read and not used is put
+    # back in it) over a link whose recv may be cancelled: the pairing pipeline's pipes.
+    # (A pipe that reads its own way, such as files.Records over a secure link, is read as
+    # before: with nothing read ahead.)
+    read_ahead = isinstance(link, MessagePipe) and type(link).recv is MessagePipe.recv
     pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)
+    read = pipe.recv_unabsorbed if read_ahead else pipe.recv
+
+    def take(message: bytes) -> None:
+        if read_ahead:
+            pipe.absorb(message)
+    inbox: asyncio.Task[bytes] | None = None  # the pending read, kept across a question
+    held: list[bytes] = []  # messages read while a person was asked, fed after the answer
 
     async def flush() -> None:
         for message in machine.outgoing():
             await pipe.send(message)
+
+    async def next_message(wait: float) -> bytes:
+        nonlocal inbox
+        if inbox is None:
+            inbox = asyncio.ensure_future(read())
+        done, _ = await asyncio.wait({inbox}, timeout=wait)
+        if not done:
+            raise TimeoutError
+        task, inbox = inbox, None
+        return task.result()
+
+    async def ask(event: Any) -> None:
+        nonlocal inbox
+        hook = _hook(delegate, event)
+        answer = asyncio.ensure_future(hook(event))
+        try:
+            deadline = now() + answer_time
+            while not answer.done():
+                if inbox is None and read_ahead:
+                    inbox = asyncio.ensure_future(pipe.recv_unabsorbed())
+                left = max(0.0, deadline - now())
+                waiting = {answer} if inbox is None else {answer, inbox}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    # Our side's person did not answer: the peer is waiting, so tell it why.
+                    exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+                    machine.abort(exc, tell_peer=True)
+                    raise exc
+                if inbox is not None and inbox in done:
+                    task, inbox = inbox, None
+                    message = task.result()  # LinkClosedError: the peer left; stop asking
+                    if _is_abort(message):
+                        take(message)
+                        machine.receive(message, now())  # raises the peer's error
+                    held.append(message)
+            value = answer.result()
+        finally:
+            if not answer.done():
+                answer.cancel()
+                with contextlib.suppress(BaseException):
+                    await answer
+        machine.answer(event, value, now())
 
     try:
         if not machine.started:
@@ -149,9 +242,19 @@ async def drive(
             await flush()
             events = machine.events()
             for event in events:
-                await _deliver(machine, event, delegate, now, answer_time)
+                if isinstance(event, Question):
+                    await ask(event)
+                else:
+                    hook = getattr(delegate, event.hook, None) if delegate is not None else None
+                    if hook is not None:
+                        await hook(event)
             if events:
                 continue  # an answer may have produced output or more events
+            if held and not (machine.done or machine.failed):
+                message = held.pop(0)
+                take(message)
+                machine.receive(message, now())
+                continue
             if machine.done:
                 return
             if machine.failed:
@@ -160,16 +263,13 @@ async def drive(
             deadline = machine.next_deadline()
             wait = idle if deadline is None else max(0.0, deadline - now())
             try:
-                if wait <= 0:  # the deadline has passed: time out, as wait_for(..., 0) did
-                    raise TimeoutError
-                # asyncio.timeout, not wait_for: no task of its own for every message.
-                async with asyncio.timeout(wait):
-                    message = await pipe.recv()
+                message = await next_message(wait)
             except TimeoutError:
                 if deadline is None:
                     raise PairingTimeout(f"the peer sent nothing for {idle:.0f} s") from None
                 machine.on_timeout(now())
                 continue
+            take(message)
             machine.receive(message, now())
     except LinkClosedError as exc:
         machine.abort(exc)
@@ -180,32 +280,38 @@ async def drive(
         with contextlib.suppress(PairingError, OSError, TimeoutError):
             await asyncio.wait_for(flush(), 1.0)
         raise
+    except asyncio.CancelledError:
+        # Ctrl-C (or our caller gave up): the peer hears "cancelled" instead of silence.
+        machine.abort(UserCancelled("cancelled"))
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(flush(), 1.0)
+        raise
     except BaseException as exc:
         machine.abort(PairingError(f"stopped: {type(exc).__name__}"))
         raise
+    finally:
+        # What was read ahead and not used belongs to the next exchange on this pipe.
+        if inbox is not None and not inbox.done():
+            inbox.cancel()  # links' recv is cancel-safe; a partial message stays reassembling
+            with contextlib.suppress(BaseException):
+                await inbox
+        if inbox is not None and not inbox.cancelled() and inbox.exception() is None:
+            held.append(inbox.result())
+        if read_ahead:
+            pipe.unread(held)
 
 
-async def _deliver(
-    machine: Machine,
-    event: Any,
-    delegate: Any,
-    now: Callable[[], float],
-    answer_time: float,
-) -> None:
+def _hook(delegate: Any, event: Question) -> Callable[[Any], Any]:
     hook = getattr(delegate, event.hook, None) if delegate is not None else None
-    if not isinstance(event, Question):
-        if hook is not None:
-            await hook(event)
-        return
     if hook is None:
         raise ConfigError(
             f"no one to answer {type(event).__name__}: the delegate lacks {event.hook}"
         )
+    return hook  # type: ignore[no-any-return]
+
+
+def _is_abort(message: bytes) -> bool:
     try:
-        value = await asyncio.wait_for(hook(event), answer_time)
-    except TimeoutError:
-        # Our side's person did not answer: the peer is waiting, so tell it why we stop.
-        exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
-        machine.abort(exc, tell_peer=True)
-        raise exc from None
-    machine.answer(event, value, now())
+        return isinstance(wire.decode(message), wire.Abort)
+    except PairingError:
+        return False

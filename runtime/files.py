@@ -90,6 +90,20 @@ def _finder(root: Path | None) -> Callable[[str], str | None] | None:
     return find
 
 
+def _sizer(root: Path | None) -> Callable[[str], int | None] | None:
+    """A shared file's size, for the checks made before the owner is asked."""
+    if root is None:
+        return None
+
+    def size_of(name: str) -> int | None:
+        try:
+            return resolve_shared(root, name).stat().st_size
+        except (PairingError, OSError):
+            return None
+
+    return size_of
+
+
 def list_shared(root: Path) -> list[FileEntry]:
     """Regular files under ``root`` (links out of it left out), sorted by name."""
     base = root.resolve()
@@ -153,7 +167,8 @@ async def serve_guest(
 
     The decisions are :class:`~pairing.files.FileServer`'s; this reads the folder and sends."""
     stats = stats or ServeStats()
-    machine = FileServer(policy, peer_name=peer_name, find=_finder(share), idle=idle)
+    machine = FileServer(policy, peer_name=peer_name, find=_finder(share),
+                         size_of=_sizer(share), idle=idle)
     machine.start(wall_clock())
 
     class Work:

@@ -24,21 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import peers, prekeys
 from .clock import SYSTEM_CLOCK, Clock
-from .driver import MessagePipe, drive, replay_first
+from .driver import DEFAULT_ANSWER_TIME, MessagePipe, drive, replay_first
 from .files import receive_membership
 from .pairing.cloud import CloudGuest, CloudHost, HostInfo, Role, auth_mac_from
 from .pairing.errors import (
     AuthenticationError,
     ConfigError,
     LinkClosedError,
+    LockedOutError,
     NotFoundError,
     PairingError,
+    ProtocolError,
+    UnsupportedError,
 )
 from .pairing.keystore import Keystore
 from .pairing.methods import (
@@ -171,14 +175,18 @@ async def accept_session(
             clouds=tuple(c.cloud_id for c in ks.clouds() if c.role == "owner"),
             mac=_cloud_mac(ks), static=me.static_public,
             known_grant=lambda device_id: peers.peer_grant(ks, device_id, clock.wall()),
-            open_to_strangers=side.open_to_strangers, timeout=side.step_timeout,
+            open_to_strangers=side.open_to_strangers, precheck=_precheck(side),
+            timeout=side.step_timeout,
             info=HostInfo(name=me.name, methods=side.config.methods, caps=side.config.caps),
         )
         cloud.start(clock.monotonic())
-        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
+        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic,
+                    answer_time=_answer_time(side.step_timeout))
         context = pipe.transcript()
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried)
     if cloud is not None:
+        if cloud.join_method is not None and Method(cloud.join_method) is not _base(method):
+            raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
@@ -195,6 +203,47 @@ async def accept_session(
         wall_now=clock.wall(),
     )
     return Established(channel, session, membership, method)
+
+
+def _answer_time(step_timeout: float) -> float:
+    """The driver's bound on a person's answer: the delegate bounds each question by the
+    command's --timeout itself (cli/prompt.py); this leaves room for questions that queue
+    behind another guest's, and still ends a delegate that never returns."""
+    return max(DEFAULT_ANSWER_TIME, 3 * step_timeout)
+
+
+def _base(method: Method) -> Method:
+    return Method.RESUME if method is Method.KK else method
+
+
+def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
+    """The checks that need no person, run before a joining stranger's request reaches the
+    owner (issue 16): the method must be one this host allows, and a PIN is refused while PIN
+    pairing is locked out.  The pairing that follows checks both again."""
+
+    def check(method: int | None, now: float) -> None:
+        if method is None:
+            return  # an older guest that did not say: the pairing decides
+        try:
+            chosen = _base(Method(method))
+        except ValueError:
+            raise UnsupportedError(
+                "the guest asked for a pairing method this host does not know"
+            ) from None
+        if chosen not in side.config.methods:
+            allowed = ", ".join(sorted(m.label for m in side.config.methods))
+            raise UnsupportedError(
+                f"this host does not allow pairing by {chosen.label}; it allows only: {allowed}"
+            )
+        if chosen is Method.PIN:
+            wait = side.state.locked_for(now)
+            if wait > 0:
+                raise LockedOutError(
+                    f"too many wrong PINs: PIN pairing is locked for {math.ceil(wait)} more "
+                    "seconds"
+                )
+
+    return check
 
 
 async def _host_pairing(
@@ -219,7 +268,8 @@ async def _host_pairing(
     machine.start(clock.monotonic())
     if tried is not None:
         tried.append(machine)
-    await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)
+    await drive(machine, pipe, delegate=delegate, clock=clock.monotonic,
+                answer_time=_answer_time(side.step_timeout))
     assert machine.session is not None
     return machine.session, machine.session.method
 
@@ -300,10 +350,12 @@ async def open_session(
         cloud = CloudGuest(
             name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
             wants=side.wants, device_id=me.device_id if side.peer is not None else None,
-            timeout=side.step_timeout, expect_name=side.expect_name,
+            timeout=side.step_timeout, answer_time=side.step_timeout, method=int(method),
+            expect_name=side.expect_name,
         )
         cloud.start(clock.monotonic())
-        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic)
+        await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic,
+                    answer_time=_answer_time(side.step_timeout))
     if machine is None:
         if side.ttp is None:
             raise ConfigError("method 'ttp' needs the key server: --ttp HOST:PORT --ttp-ca FILE")
@@ -312,7 +364,8 @@ async def open_session(
         if cloud is not None:
             machine.bind_context(pipe.transcript())  # the cloud step, bound into the key
         machine.start(clock.monotonic())
-        await drive(machine, pipe, delegate=delegate, clock=clock.monotonic)
+        await drive(machine, pipe, delegate=delegate, clock=clock.monotonic,
+                answer_time=_answer_time(side.step_timeout))
         assert machine.session is not None
         session = machine.session
     if cloud is not None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pairkit.pairing import wire
+from pairkit.pairing.cloud import OwnerDecided, WaitingForOwner
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.machine import Machine, Question
 from pairkit.pairing.methods import (
@@ -48,8 +49,10 @@ class PairResult:
         self.flights: list[tuple[str, int]] = []
         #: (direction, bytes) of every message delivered, in order
         self.messages: list[tuple[str, bytes]] = []
-        #: (side, event) of every event emitted, in order
+        #: (side, event) of every event emitted, in order (but status lines: below)
         self.questions: list[tuple[str, Any]] = []
+        #: (side, event) of the status events (a guest waiting for the owner), in order
+        self.statuses: list[tuple[str, Any]] = []
 
     @property
     def asked(self) -> list[tuple[str, Any]]:
@@ -105,6 +108,9 @@ def run(
         moved = False
         for name, machine in machines.items():
             for event in machine.events():
+                if isinstance(event, WaitingForOwner | OwnerDecided):
+                    result.statuses.append((name, event))
+                    continue
                 result.questions.append((name, event))
                 if isinstance(event, Question):
                     pending.append((name, event))

@@ -285,3 +285,46 @@ def test_a_host_cannot_show_one_name_and_pair_as_another() -> None:
     guest.check_name("Paul's phone")
     with pytest.raises(AuthenticationError, match="said it was \"Paul's phone\" but paired as"):
         guest.check_name("Mallory's phone")
+
+
+def test_the_checks_that_need_nobody_run_before_the_owner_is_asked() -> None:
+    """Issue 16: the guest names its method; the host's precheck refuses it with no question."""
+    from pairkit.pairing.errors import UnsupportedError
+
+    seen: list[tuple[int | None, float]] = []
+
+    def precheck(method: int | None, now: float) -> None:
+        seen.append((method, now))
+        raise UnsupportedError("this host does not allow pairing by pin")
+
+    guest = CloudGuest(static=GS, name="Mallory", clouds=(), mac=mac_for(SECRETS), method=1,
+                       rng=rng(7))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
+                     precheck=precheck, rng=rng(8))
+    host.start(0.0)
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert seen == [(1, 0.0)]
+    assert not r.questions  # nobody was asked
+    assert host.failed and guest.failed
+    assert "does not allow pairing by pin" in str(guest.error)
+
+
+def test_a_waiting_guest_says_so_and_tells_the_host_when_it_gives_up() -> None:
+    from pairkit.pairing.cloud import WaitingForOwner
+
+    guest = CloudGuest(static=GS, name="George's phone", clouds=(), mac=mac_for(SECRETS),
+                       answer_time=5.0, rng=rng(9))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), rng=rng(10))
+    host.start(0.0)
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert [type(e) for _, e in r.statuses] == [WaitingForOwner]
+    assert r.statuses[0][1].seconds == 5.0
+    assert guest.next_deadline() == 5.0
+    with pytest.raises(PairingTimeout, match="did not answer within 5 s"):
+        guest.on_timeout(5.0)
+    (abort,) = guest.outgoing()  # the host's owner is not left with a question nobody awaits
+    with pytest.raises(PairingError):
+        host.receive(abort, 5.0)
+    assert host.failed

@@ -272,3 +272,62 @@ async def test_confirm_fails_if_the_keys_differ() -> None:
 
 async def test_ready_is_not_application_data() -> None:
     assert READY.startswith(b"\x00")
+
+
+class Ponder:
+    """A person who never answers the code: the hook waits until it is withdrawn."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.withdrawn = asyncio.Event()
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.withdrawn.set()
+            raise
+        return False
+
+
+async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_once() -> None:
+    """Issue 16: Ctrl-C on the guest (its run cancelled) sends an Abort 'cancelled'; the host,
+    whose person is being asked the code, stops asking and reads 'the other side cancelled'
+    long before its answer time."""
+    a, b = loopback_pair(mtu=512)
+    guest, host = machines(Method.COMPARE)
+    guest.start(asyncio.get_running_loop().time())
+    gp, hp = Ponder(), Ponder()
+    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(a, guest=True), delegate=gp))
+    host_run = asyncio.ensure_future(
+        drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
+    )
+    await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
+    guest_run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await guest_run
+    assert gp.withdrawn.is_set()
+    with pytest.raises(RemoteError) as caught:
+        await asyncio.wait_for(host_run, 10)
+    assert str(caught.value) == "the other side cancelled"
+    assert hp.withdrawn.is_set()
+
+
+async def test_a_peer_that_leaves_while_a_person_is_asked_withdraws_the_question() -> None:
+    a, b = loopback_pair(mtu=512)
+    guest, host = machines(Method.COMPARE)
+    guest.start(asyncio.get_running_loop().time())
+    gp, hp = Ponder(), Ponder()
+    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(a, guest=True), delegate=gp))
+    host_run = asyncio.ensure_future(
+        drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
+    )
+    await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
+    await a.close()  # the guest's side goes away without a word
+    with pytest.raises(LinkClosedError):
+        await asyncio.wait_for(host_run, 10)
+    assert hp.withdrawn.is_set()
+    with pytest.raises(LinkClosedError):  # its own question is withdrawn too
+        await asyncio.wait_for(guest_run, 10)
+    assert gp.withdrawn.is_set()
