@@ -189,7 +189,8 @@ class StatusLine:
     async def _tick(self) -> None:
         seconds = 0
         while True:
-            self._out.write(f"\r\x1b[K{self._text}... {seconds} s")
+            _raw(self._out, "\r\x1b[K")  # pairkit's own control sequence: past the filter
+            self._out.write(f"{self._text}... {seconds} s")
             self._out.flush()
             self._shown = True
             await asyncio.sleep(1.0)
@@ -202,9 +203,15 @@ class StatusLine:
             self._task = None
         if self._shown:
             with contextlib.suppress(OSError, ValueError):
-                self._out.write("\r\x1b[K")
+                _raw(self._out, "\r\x1b[K")
                 self._out.flush()
             self._shown = False
+
+
+def _raw(stream: Any, text: str) -> None:
+    """Write pairkit's own control characters: past :class:`~cli.show.SafeStream`, which shows
+    everything else (a peer's name in the status line) without letting the terminal obey it."""
+    getattr(stream, "raw_write", stream.write)(text)
 
 
 def _isatty(stream: Any) -> bool:

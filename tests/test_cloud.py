@@ -305,7 +305,7 @@ def test_the_checks_that_need_nobody_run_before_the_owner_is_asked() -> None:
     guest.start(0.0)
     r = shuttle(guest, host)
     assert seen == [(1, 0.0)]
-    assert not r.questions  # nobody was asked
+    assert not r.asked  # nobody was asked
     assert host.failed and guest.failed
     assert "does not allow pairing by pin" in str(guest.error)
 
