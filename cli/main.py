@@ -468,11 +468,13 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
 
 
 @cli.command()
-@click.option("--ports", "-p", "first", required=True, metavar="P1 P2 ...",
+@click.option("--ports", "-p", "first", default=None, metavar="P1 P2 ...",
               help="One TCP port per virtual controller (0 picks a free port).")
 @click.argument("more", nargs=-1, metavar="")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-def radio(first: str, more: tuple[str, ...], host: str) -> None:
+@click.option("--list", "list_", is_flag=True,
+              help="List this machine's Bluetooth controllers and their -t names, and exit.")
+def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool) -> None:
     """Linked virtual BLE controllers, one per TCP port, until interrupted.
 
     \b
@@ -480,8 +482,21 @@ def radio(first: str, more: tuple[str, ...], host: str) -> None:
       pairkit radio --ports 7001 7002
       pairkit host -t bumble:tcp-client:127.0.0.1:7001 --visible 600 ...
       pairkit discover -t bumble:tcp-client:127.0.0.1:7002
+    With --list: the real controllers here (USB, and Linux's hciN), each with its -t names;
+    exit code 6 when there are none.
     """
     from pairkit.pairing.errors import ConfigError
+
+    if list_:
+        if first is not None or more:
+            raise ConfigError("--list takes no ports")
+        from pairkit.transports.controllers import list_controllers
+
+        for line in list_controllers():
+            click.echo(line)
+        return
+    if first is None:
+        raise ConfigError("a radio needs its ports: --ports P1 P2 (or --list)")
     from pairkit.transports.radio import serve_radio
 
     from .common import info, run_async

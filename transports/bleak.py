@@ -97,8 +97,14 @@ _ADDRESS = re.compile(
 )
 
 
-#: a BlueZ adapter's name, for ``bleak:hciN``
-_HCI_NAME = re.compile(r"hci[0-9]{1,3}")
+_BLUEZ_ADAPTER = re.compile(r"^hci(0|[1-9][0-9]{0,2})$")
+
+
+def parse_bluez_adapter(backend: str) -> str | None:
+    """The BlueZ adapter ``bleak:hciN`` names (``"hci1"`` for ``backend`` ``"hci1"``), or None
+    when ``backend`` names none.  bleak reaches it as ``bluez={"adapter": "hciN"}`` (Linux
+    only; other systems have one adapter)."""
+    return backend if _BLUEZ_ADAPTER.match(backend) else None
 
 
 def hello_or_patterns() -> list[Any]:
@@ -431,8 +437,7 @@ class BleakTransport:
         rng: Rng = os.urandom,
     ) -> None:
         kind, _, spec = backend.partition(":")
-        #: a BlueZ adapter of the OS stack (``bleak:hci1``), or None for the default one
-        self._bluez_adapter: str | None = backend if _HCI_NAME.fullmatch(backend) else None
+        self._bluez_adapter = parse_bluez_adapter(backend)
         if backend and self._bluez_adapter is None and (kind != "bumble" or not spec):
             raise ConfigError(
                 f"malformed bleak transport 'bleak:{backend}': expected bleak (the system's "

@@ -98,6 +98,7 @@ from .ble.links import (
 from .ble.privacy import IRK_SIZE, resolvable_private_address
 from .ble.trace import RedactingSnooper, open_trace
 from .ble.virtual import VirtualRadio, default_radio
+from .controllers import parse_usb_spec
 from .queued import put_latest
 from .tracing import claim_trace_path
 
@@ -281,6 +282,9 @@ class BumbleTransport:
             raise ConfigError("an empty bumble transport name")
         if radio is not None and spec != "virtual":
             raise ConfigError("a VirtualRadio only goes with the 'virtual' transport")
+        scheme, _, rest = spec.partition(":")
+        if scheme == "usb":
+            parse_usb_spec(rest)  # ConfigError before libusb is touched
         self._spec = spec
         self._config = config or BumbleConfig()
         self._radio = radio
@@ -1099,8 +1103,10 @@ async def _quietly(awaitable: Any, timeout: float) -> None:
 async def open_bumble(spec: str, **kwargs: Any) -> BumbleTransport:
     """Entry point for ``bumble:<spec>`` transport names; returns an open transport.
 
-    ``spec`` is ``virtual`` or a bumble HCI transport name (``usb:0``, ``hci-socket:0``,
-    ``serial:/dev/ttyACM0,1000000`` or ``serial:/dev/ttyACM0:1000000``,
+    ``spec`` is ``virtual`` or a bumble HCI transport name (``usb:0``, ``usb:VID:PID`` with
+    hexadecimal IDs, ``hci-socket:0``, ``serial:/dev/ttyACM0,1000000`` or
+    ``serial:/dev/ttyACM0:1000000``, ``serial:/dev/ttyACM0,1000000,rtscts`` for RTS/CTS flow
+    control,
     ``tcp-client:127.0.0.1:PORT``).  Keywords: ``config`` (a :class:`BumbleConfig`),
     ``radio`` (a :class:`VirtualRadio`), ``rng``, or any :class:`BumbleConfig` field.
     """
