@@ -560,12 +560,19 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     run_async(lambda: run_join(ks, opts, on_session=on_session))
     files = box.get("files", [])
     if as_json:
-        emit_json({"files": [{"name": f.name, "size": f.size, "type": f.type} for f in files]})
+        emit_json({"files": [{"name": f.name, "size": f.size, "type": f.type} for f in files],
+                   "more": getattr(files, "more", 0),
+                   "long_names": getattr(files, "long_names", 0)})
         return
     if not files:
         info("the peer shares no files")
     for f in files:
         click.echo(f"{f.size:>12}  {f.type:<24}  {f.name}")
+    more, long_names = getattr(files, "more", 0), getattr(files, "long_names", 0)
+    if more:
+        click.echo(f"… and {more} more (the host lists the first {len(files)})")
+    if long_names:
+        click.echo(f"… and {long_names} with names too long to fetch (over 255 characters)")
 
 
 @cli.command()

@@ -22,10 +22,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import ClassVar
 
+from . import wire
 from .crypto import same
 from .errors import AuthenticationError, ExpiredError, ProtocolError, RefusedError
 from .machine import DONE, Event, Machine, Step, step
 from .service import (
+    MAX_FILES,
+    MAX_NAME,
+    MAX_NAME_BYTES,
     AllowRequest,
     Bye,
     Chunk,
@@ -37,6 +41,7 @@ from .service import (
     ListRequest,
     Refused,
     Scope,
+    name_fits,
 )
 
 #: how long a host waits for a guest's next request
@@ -51,12 +56,51 @@ ASKING = "asking"
 SERVING = "serving"
 
 
+#: the most a Refused reason may take in UTF-8 (its message is 512 bytes at most, §13)
+REASON_BYTES = 400
+
+
+def build_listing(entries: list[FileEntry] | tuple[FileEntry, ...]) -> Listing:
+    """The listing a host sends for ``entries`` (docs/protocol.md §13), within every limit the
+    guest checks: names over :data:`MAX_NAME` characters are left out and counted in
+    ``long_names``; the first entries that fit in :data:`MAX_FILES` and in the message's size
+    limit are listed, the rest counted in ``more``."""
+    fitting = [e for e in entries if name_fits(e.name) and len(e.type) <= 64]
+    long_names = len(entries) - len(fitting)
+    budget = Listing.MAX_SIZE - 64  # type: ignore[attr-defined]  # head, counts, margin
+    kept: list[FileEntry] = []
+    used = 0
+    for entry in fitting[:MAX_FILES]:
+        cost = len(wire.encode_struct(entry)) + 1
+        if used + cost > budget:
+            break
+        kept.append(entry)
+        used += cost
+    listing = Listing(tuple(kept), more=len(fitting) - len(kept), long_names=long_names)
+    while len(listing.encode()) > Listing.MAX_SIZE:  # type: ignore[attr-defined]  # never, but
+        kept.pop()  # the estimate must never be what decides
+        listing = Listing(tuple(kept), more=len(fitting) - len(kept), long_names=long_names)
+    return listing
+
+
+def short_reason(reason: str) -> str:
+    """``reason`` cut to :data:`REASON_BYTES` in UTF-8 (and 200 characters), on a character
+    boundary, so a refusal always fits its message whatever the name it quotes."""
+    reason = reason[:200]
+    while len(reason.encode("utf-8")) > REASON_BYTES:
+        reason = reason[:-1]
+    return reason
+
+
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a shared file, or None: empty, a NUL, an absolute path, or a
     ``..`` step out of the folder.  (Links out of the folder are the runtime's to refuse: it
     alone can look.)"""
     if not name or "\x00" in name:
         return "refused: empty or malformed file name"
+    if not name_fits(name):
+        return (f"refused: file names are at most {MAX_NAME} characters and {MAX_NAME_BYTES} "
+                f"bytes in UTF-8; this one has {len(name)} characters")
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
         return f"refused: {name!r} is an absolute path; ask for a shared name"
     if ".." in name.replace("\\", "/").split("/"):
@@ -200,7 +244,7 @@ class FileServer(Machine):
 
     def _refuse(self, reason: str, now: float) -> None:
         self.refused += 1
-        self._send(Refused(reason[:200]))
+        self._send(Refused(short_reason(reason)))
         self._wait(now)
 
     def _wait(self, now: float) -> None:
@@ -225,6 +269,9 @@ class FileList(Machine):
         super().__init__(initial_state="new")
         self._timeout = timeout
         self.files: tuple[FileEntry, ...] = ()
+        #: files the host left out of the listing (its limits), and those with over-long names
+        self.more = 0
+        self.long_names = 0
         #: why the fetch gave nothing: the host refused, or the file arrived damaged (the
         #: machine is done and the session goes on)
         self.refusal: RefusedError | AuthenticationError | None = None
@@ -236,6 +283,7 @@ class FileList(Machine):
 
     def _on_listing(self, msg: Listing, now: float) -> None:
         self.files = msg.files
+        self.more, self.long_names = msg.more, msg.long_names
         self._finish()
 
     def _on_refused(self, msg: Refused, now: float) -> None:

@@ -40,11 +40,21 @@ from .wire import Message, field, message, struct
 
 CHUNK = 16 * 1024
 MAX_FILES = 500
+#: the longest name a shared file may have, in characters (FileEntry, GetRequest, FileHeader;
+#: docs/protocol.md §13): longer ones are left out of listings and cannot be asked for
+MAX_NAME = 255
+#: ... and at most this many bytes in UTF-8, so that every message quoting it fits (§13)
+MAX_NAME_BYTES = 400
+
+
+def name_fits(name: str) -> bool:
+    """Whether ``name`` is within the limits of a shared file's name (docs/protocol.md §13)."""
+    return len(name) <= MAX_NAME and len(name.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES
 
 
 @struct
 class FileEntry(Message):
-    name: str = field(2, max_len=255)
+    name: str = field(2, max_len=MAX_NAME)
     size: int = field(3)
     type: str = field(4, max_len=64)
 
@@ -146,6 +156,10 @@ class ListRequest(Message):
 @message(type_id=42, max_size=64 * 1024)
 class Listing(Message):
     files: tuple[FileEntry, ...] = field(2, max_len=MAX_FILES, default=())
+    #: shared files left out: past MAX_FILES or the message's size limit (§13)
+    more: int = field(3, default=0)
+    #: shared files left out because their names are over MAX_NAME (they cannot be fetched)
+    long_names: int = field(4, default=0)
 
 
 @message(type_id=43, max_size=512)

@@ -27,6 +27,7 @@ from .pairing.errors import (
     LinkClosedError,
     NotFoundError,
     PairingError,
+    RefusedError,
 )
 from .pairing.files import (
     SERVE_IDLE,
@@ -37,11 +38,13 @@ from .pairing.files import (
     ServeFile,
     ServeListing,
     Write,
+    build_listing,
     name_problem,
 )
 from .pairing.service import (
     CHUNK,
-    MAX_FILES,
+    MAX_NAME,
+    MAX_NAME_BYTES,
     AllowRequest,
     Bye,
     Chunk,
@@ -49,9 +52,9 @@ from .pairing.service import (
     FileHeader,
     GetRequest,
     GrantPolicy,
-    Listing,
     Membership,
     Scope,
+    name_fits,
 )
 from .securelink import SecureLink
 
@@ -85,6 +88,8 @@ def _finder(root: Path | None) -> Callable[[str], str | None] | None:
             resolve_shared(root, name)
         except (AccessDeniedError, NotFoundError) as exc:
             return str(exc)
+        except OSError as exc:  # ENAMETOOLONG and the like: the host's file system says no
+            return f"refused: the host cannot look that name up ({exc.strerror or 'error'})"
         return None
 
     return find
@@ -118,9 +123,7 @@ def list_shared(root: Path) -> list[FileEntry]:
         rel = path.relative_to(base).as_posix()
         kind = mimetypes.guess_type(rel)[0] or "application/octet-stream"
         out.append(FileEntry(name=rel, size=real.stat().st_size, type=kind))
-        if len(out) >= MAX_FILES:
-            break
-    return out
+    return out  # all of them: pairing.files.build_listing keeps what fits (§13)
 
 
 def sha256_file(path: Path, upto: int | None = None) -> bytes:
@@ -178,7 +181,7 @@ async def serve_guest(
         async def serve_listing(self, event: ServeListing) -> None:
             assert share is not None
             files = await asyncio.to_thread(list_shared, share)
-            await slink.send(Listing(tuple(files)).encode())
+            await slink.send(build_listing(files).encode())
             machine.served(wall_clock())
 
         async def serve_file(self, event: ServeFile) -> None:
@@ -251,14 +254,25 @@ async def receive_membership(slink: SecureLink) -> Membership:
     return wire.decode(await slink.recv(), Membership)
 
 
-async def list_files(slink: SecureLink, *, timeout: float = 180.0) -> list[FileEntry]:
+class FileEntries(list[FileEntry]):
+    """The files a host listed, and how many it left out (docs/protocol.md §13)."""
+
+    #: files past the listing's limits (the host lists the first ones)
+    more: int = 0
+    #: files whose names are over the name limits (they cannot be fetched)
+    long_names: int = 0
+
+
+async def list_files(slink: SecureLink, *, timeout: float = 180.0) -> FileEntries:
     """Ask for the listing (the owner may be prompted: allow the time a person needs)."""
     machine = FileList(timeout=timeout)
     machine.start(time.monotonic())
     await drive(machine, Records(slink), clock=time.monotonic)
     if machine.refusal is not None:
         raise machine.refusal
-    return list(machine.files)
+    out = FileEntries(machine.files)
+    out.more, out.long_names = machine.more, machine.long_names
+    return out
 
 
 ProgressFn = Callable[[int, int], None]
@@ -286,6 +300,11 @@ async def get_file(
     """Fetch ``name`` into ``dest``, resuming from ``dest.part`` if a previous try was cut.
 
     :class:`~pairing.files.FileFetch` checks what arrives; this writes it and hashes it."""
+    if not name_fits(name):  # the host could not even read such a request (§13)
+        raise RefusedError(
+            f"file names are at most {MAX_NAME} characters and {MAX_NAME_BYTES} bytes in "
+            f"UTF-8; this one has {len(name)} characters"
+        )
     part = dest.with_name(dest.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
     t0 = time.perf_counter()

@@ -1,0 +1,80 @@
+"""One set of limits, checked when building as well as when reading (issue 17, finding 7;
+docs/protocol.md §13), over TCP between real ``pairkit`` processes.
+
+A share of 600 files with long names (a listing of about 140 kB, over the 64 kB message limit)
+is listed: the guest gets the first ones and "... and M more".  One 313-character nested path
+is left out (counted), not a reason to reject the whole listing.  A name the host refuses, or
+one over the limits, is a refusal (exit 5) with the reason, never a decode error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pairkit.cli.common import EXIT_REFUSED
+
+from .cli_helpers import Device, Lab, init_devices, use_bytecode_cache
+
+NAMES = {"paul": "Paul's phone", "george": "George's phone"}
+PIN = "482913"
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
+    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
+    base = tmp_path_factory.mktemp("limits-templates")
+    homes = {key: base / key for key in NAMES}
+    init_devices(homes, NAMES)
+    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
+
+
+@pytest.fixture
+async def lab(tmp_path: Path, templates: dict[str, Device]) -> AsyncIterator[Lab]:
+    lab = Lab(tmp_path / "devices", templates)
+    yield lab
+    await lab.close()
+
+
+async def paired(lab: Lab, share: Path) -> Device:
+    paul, george = lab.device("paul"), lab.device("george")
+    host = await lab.host(paul, "-m", "pin", "-m", "resume", "--pin", PIN, "--share",
+                          str(share), "--yes")
+    (await george.join(host.target, "-m", "pin", "--pin", PIN, "--yes", "--json")).ok()
+    return george
+
+
+async def test_a_big_share_is_listed_in_part_with_a_note(lab: Lab, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    for i in range(600):
+        (share / f"{i:04d}-{'a-very-long-descriptive-file-name-' * 6}.txt").write_text("x")
+    deep = share / ("d" * 100) / ("e" * 100) / ("f" * 100)
+    deep.mkdir(parents=True)
+    (deep / "nested.bin").write_bytes(b"12345")  # a 313-character relative path
+    george = await paired(lab, share)
+    listed = (await george.run("ls", "Paul's phone", "--yes", "--json")).ok().json()
+    names = [f["name"] for f in listed["files"]]
+    assert 100 < len(names) < 600, len(names)
+    assert names == sorted(names) and names[0].startswith("0000-")
+    assert listed["more"] == 600 - len(names), listed["more"]
+    assert listed["long_names"] == 1
+    text = (await george.run("ls", "Paul's phone", "--yes")).ok()
+    assert f"… and {600 - len(names)} more" in text.out, text.out
+    assert "1 with names too long" in text.out
+
+
+@pytest.mark.parametrize("name", ["x" * 250, "日" * 130, "日" * 250, "y" * 300])
+async def test_long_names_are_refused_with_the_reason(lab: Lab, tmp_path: Path,
+                                                      name: str) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.txt").write_text("a")
+    george = await paired(lab, share)
+    got = await george.run("get", "Paul's phone", name, "-o", str(tmp_path / "out"), "--yes")
+    assert got.rc == EXIT_REFUSED, got
+    assert "decode" not in got.err.lower() and "closed" not in got.err, got.err
+    if len(name) > 255:
+        assert "at most 255 characters" in got.err, got.err
