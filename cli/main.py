@@ -627,9 +627,13 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
                 target = box["peer"]
             chosen = None
     f = box["fetched"]
+    if f.restarted_from is not None:
+        info(f"note: {name} is now shorter on the host than the {f.restarted_from} bytes kept "
+             "from an earlier try; fetched it again from the start", quiet=as_json)
     if as_json:
         emit_json({"ok": True, "name": f.name, "path": str(f.path), "size": f.size,
-                   "sha256": f.sha256, "resumed_from": f.resumed_from})
+                   "sha256": f.sha256, "resumed_from": f.resumed_from,
+                   "restarted_from": f.restarted_from})
     else:
         click.echo(f"{f.path}  {f.size} bytes  sha256 {f.sha256}")
 

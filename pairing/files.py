@@ -293,6 +293,14 @@ class FileList(Machine):
 
 
 @dataclasses.dataclass(frozen=True)
+class Restart(Event):
+    """The host's file is shorter than what the guest kept: empty the partial file (§13)."""
+
+    hook: ClassVar[str] = "restart"
+    kept: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Write(Event):
     """Append ``data`` to the partial file (it belongs at ``offset``)."""
 
@@ -324,6 +332,7 @@ class FileFetch(Machine):
         (HEADER, FileHeader): step("_on_header", BODY, CHECKING),
         (HEADER, Refused): step("_on_refused", DONE),
         (BODY, Chunk): step("_on_chunk", BODY, CHECKING),
+        (BODY, Refused): step("_on_refused", DONE),
     }
     STARTS: ClassVar[frozenset[str]] = frozenset({HEADER})
 
@@ -345,6 +354,8 @@ class FileFetch(Machine):
         #: why the fetch gave nothing: the host refused, or the file arrived damaged (the
         #: machine is done and the session goes on)
         self.refusal: RefusedError | AuthenticationError | None = None
+        #: what the guest had kept when the host said the file is now shorter (restarted at 0)
+        self.restarted_from: int | None = None
 
     def _on_start(self, now: float) -> None:
         self._send(GetRequest(self.name, self.offset))
@@ -361,12 +372,20 @@ class FileFetch(Machine):
             # The channel authenticated every chunk: the file changed on the host while it was
             # sent.  The guest may ask again, so the session goes on (no Abort).
             self.refusal = AuthenticationError(
-                f"{self.name!r} arrived damaged (SHA-256 mismatch); fetch it again"
+                f"{self.name!r} changed on the host while it was sent, or arrived damaged "
+                "(SHA-256 mismatch); fetch it again"
             )
         self._finish()
 
     def _on_header(self, msg: FileHeader, now: float) -> None:
-        if msg.name != self.name or msg.offset != self.offset or msg.size < self.offset:
+        if msg.name != self.name:
+            raise ProtocolError("the host answered with another file")
+        if msg.offset == 0 and msg.size < self.offset:
+            # The file shrank on the host since the partial copy was made: start again (§13).
+            self.restarted_from = self.offset
+            self.offset = self.received = 0
+            self._emit(Restart(self.restarted_from))
+        elif msg.offset != self.offset or msg.size < self.offset:
             raise ProtocolError("the host answered with another file or offset")
         self.header = msg
         self._next(now)

@@ -35,6 +35,7 @@ from .pairing.files import (
     FileFetch,
     FileList,
     FileServer,
+    Restart,
     ServeFile,
     ServeListing,
     Write,
@@ -188,7 +189,7 @@ async def serve_guest(
             assert share is not None
             try:
                 await _send_file(slink, share, GetRequest(event.name, event.offset), stats)
-            except (AccessDeniedError, NotFoundError, OSError) as exc:
+            except (AccessDeniedError, NotFoundError, RefusedError, OSError) as exc:
                 machine.refuse(_unreadable(event.name, exc), wall_clock())
                 return
             machine.served(wall_clock())
@@ -212,17 +213,18 @@ def _unreadable(name: str, exc: BaseException) -> str:
 async def _send_file(slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats) -> None:
     path = resolve_shared(share, req.name)
     size = path.stat().st_size
-    if req.offset > size:
-        raise NotFoundError(f"offset {req.offset} is past the end of {req.name!r}")
+    # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
+    start = req.offset if req.offset <= size else 0
     digest = await asyncio.to_thread(sha256_file, path)
-    await slink.send(FileHeader(req.name, size, digest, req.offset).encode())
+    await slink.send(FileHeader(req.name, size, digest, start).encode())
     with open(path, "rb") as fh:
-        fh.seek(req.offset)
-        offset = req.offset
-        while offset < size:
-            data = fh.read(CHUNK)
-            if not data:
-                break
+        fh.seek(start)
+        offset = start
+        while offset < size:  # exactly the bytes announced, never more (§13)
+            data = fh.read(min(CHUNK, size - offset))
+            if not data:  # shorter than announced: it changed while it was sent
+                raise RefusedError(f"{req.name!r} changed on the host while it was sent; "
+                                   "fetch it again")
             await slink.send(Chunk(offset, data).encode())
             offset += len(data)
             stats.bytes_sent += len(data)
@@ -286,6 +288,8 @@ class Fetched:
     sha256: str
     resumed_from: int
     seconds: float
+    #: what a partial copy held when the host's file turned out shorter (started again at 0)
+    restarted_from: int | None = None
 
 
 async def get_file(
@@ -318,6 +322,12 @@ async def get_file(
         return handle[0]
 
     class Work:
+        async def restart(self, event: Restart) -> None:
+            for fh in handle:
+                fh.close()
+            handle.clear()
+            part.unlink(missing_ok=True)
+
         async def write(self, event: Write) -> None:
             partial().write(event.data)
             if progress is not None and machine.header is not None:
@@ -341,8 +351,8 @@ async def get_file(
         raise machine.refusal
     assert machine.header is not None
     os.replace(part, dest)
-    return Fetched(name, dest, machine.header.size, machine.header.sha256.hex(), offset,
-                   time.perf_counter() - t0)
+    return Fetched(name, dest, machine.header.size, machine.header.sha256.hex(), machine.offset,
+                   time.perf_counter() - t0, restarted_from=machine.restarted_from)
 
 
 async def say_bye(slink: SecureLink) -> None:

@@ -78,3 +78,21 @@ async def test_long_names_are_refused_with_the_reason(lab: Lab, tmp_path: Path,
     assert "decode" not in got.err.lower() and "closed" not in got.err, got.err
     if len(name) > 255:
         assert "at most 255 characters" in got.err, got.err
+
+
+async def test_a_part_that_no_longer_fits_the_source_is_fetched_again(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Finding 8: the source shrank since a cut transfer; every rerun used to be refused
+    ("offset N is past the end").  Now the guest starts again from 0 and says so."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "v.bin").write_bytes(b"new" * 10_000)
+    out = tmp_path / "v.bin"
+    out.with_name("v.bin.part").write_bytes(b"old" * 20_000)
+    george = await paired(lab, share)
+    got = await george.run("get", "Paul's phone", "v.bin", "-o", str(out), "--yes")
+    assert got.rc == 0, got
+    assert "fetched it again from the start" in got.err, got.err
+    assert out.read_bytes() == b"new" * 10_000
+    assert not out.with_name("v.bin.part").exists()
