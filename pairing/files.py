@@ -129,9 +129,9 @@ class FileServer(Machine):
 
     ``find(name)`` is the runtime's look into the shared folder: None if ``name`` is a file
     there, else why not (not found, a link out of the folder).  ``find`` None: nothing is
-    shared, and every request is refused without asking anyone.  ``size_of(name)`` gives a
-    shared file's size, so that a request to resume past its end is refused before anyone is
-    asked too (issue 16: the checks that need nobody come first).
+    shared, and every request is refused without asking anyone.  ``size_of`` is accepted and
+    unused: a request to resume past a file's end is not refused (the file shrank since the
+    guest's ``.part``), the host answers from offset 0 (issue 17, finding 8).
     """
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
@@ -197,10 +197,8 @@ class FileServer(Machine):
         problem = name_problem(msg.name)
         if problem is None and self._find is not None:
             problem = self._find(msg.name)  # bad names are refused before anyone is asked
-        if problem is None and self._size_of is not None:
-            size = self._size_of(msg.name)
-            if size is not None and msg.offset > size:
-                problem = f"offset {msg.offset} is past the end of {msg.name!r}"
+        # An offset past the end (the file shrank since the guest's .part) is not refused: the
+        # host answers from offset 0 and the guest starts again (issue 17, finding 8).
         if problem is not None:
             self._refuse(problem, now)
             return
