@@ -37,6 +37,18 @@ HELP = (
     '  radio     Linked virtual BLE controllers, one per TCP port, until...\n'
     '  ttp       Run a key server (a trusted third party) and enrol devices...\n'
     "  whoami    Show this device's name, id and key fingerprint.\n"
+    '\n'
+    '  Exit codes:\n'
+    '      0  success\n'
+    '      1  any other failure (a radio that cannot be used, a misbehaving peer)\n'
+    '      2  usage: a bad option, argument, transport, QR code or config.toml\n'
+    '      3  authentication: a wrong PIN or QR code, a locked keystore\n'
+    '      4  timeout: the other side did not answer in time\n'
+    '      5  refused: by the owner or a policy (lockout, method), no permission\n'
+    '      6  not found: no such peer, host, file, identity or controller\n'
+    '      7  connection lost: the other side went away mid-way\n'
+    '     70  internal error: a bug (rerun with --debug and report it)\n'
+    '    130  interrupted (Ctrl-C)\n'
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -18,50 +19,83 @@ from pairkit.pairing.errors import (
     ConfigError,
     ErrorCode,
     KeystoreError,
-    LockedOutError,
     NotFoundError,
     PairingError,
-    PairingTimeout,
-    RefusedError,
     WrongPinError,
 )
 from pairkit.pairing.keystore import Keystore, KeystoreNotFoundError, default_path
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning
 from pairkit.pairing.service import AllowRequest, JoinCloud, Scope
 
-T = TypeVar("T")
+from .exitcodes import (
+    EXIT_AUTH,
+    EXIT_CLOSED,
+    EXIT_ERROR,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+)
 
-#: exit codes, one per kind of failure (scripts can tell them apart)
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-EXIT_TIMEOUT = 4
-EXIT_REFUSED = 5
-EXIT_NOT_FOUND = 6
-EXIT_INTERRUPTED = 130
+T = TypeVar("T")
 
 PIN_TRIES = 3
 
+#: wire codes -> exit codes, so that an error the peer reports ("the peer stopped: ...", a
+#: RemoteError) exits as the same error found here would
+_BY_CODE: dict[ErrorCode, int] = {
+    ErrorCode.TIMEOUT: EXIT_TIMEOUT,
+    ErrorCode.REFUSED: EXIT_REFUSED,
+    ErrorCode.LOCKED_OUT: EXIT_REFUSED,
+    ErrorCode.UNSUPPORTED: EXIT_REFUSED,
+    ErrorCode.INSECURE: EXIT_REFUSED,
+    ErrorCode.PERMISSION: EXIT_REFUSED,
+    ErrorCode.NOT_FOUND: EXIT_NOT_FOUND,
+    ErrorCode.AUTH_FAILED: EXIT_AUTH,
+    ErrorCode.EXPIRED: EXIT_AUTH,
+    ErrorCode.REPLAY: EXIT_AUTH,
+    ErrorCode.CLOSED: EXIT_CLOSED,
+}
+
+_OS_ERRNOS: dict[int, int] = {
+    errno.ENOENT: EXIT_NOT_FOUND,
+    errno.ENOTDIR: EXIT_NOT_FOUND,
+    errno.EACCES: EXIT_REFUSED,
+    errno.EPERM: EXIT_REFUSED,
+}
+
 
 def exit_code_for(exc: BaseException) -> int:
-    """The one place that maps typed errors to exit codes (STYLE.md rule 11)."""
+    """The one place that maps errors to exit codes (STYLE.md rule 11; table :data:`EXIT_CODES`).
+
+    A usage error first (ConfigError, click's), then a locked keystore (no PIN to open it is an
+    authentication failure), then the error's wire code, then an OS error's errno.
+    """
     if isinstance(exc, ConfigError | click.UsageError):
         return EXIT_USAGE
-    # By wire code too, so that an error the peer reports ("the peer stopped: ...", a
-    # RemoteError) exits as the same error found here would.
-    code = exc.code if isinstance(exc, PairingError) else None
-    if isinstance(exc, PairingTimeout) or code == ErrorCode.TIMEOUT:
-        return EXIT_TIMEOUT
-    if isinstance(exc, RefusedError | LockedOutError) or code in _REFUSALS:
-        return EXIT_REFUSED
-    if isinstance(exc, NotFoundError) or code == ErrorCode.NOT_FOUND:
-        return EXIT_NOT_FOUND
-    if code == ErrorCode.AUTH_FAILED:
-        return EXIT_AUTH
-    return EXIT_ERROR
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, PairingError):
+        if isinstance(exc, KeystoreError) and not isinstance(exc, NotFoundError):
+            return _BY_CODE.get(exc.code, EXIT_AUTH)
+        return _BY_CODE.get(exc.code, EXIT_ERROR)
+    if isinstance(exc, OSError):
+        return _OS_ERRNOS.get(exc.errno or 0, EXIT_ERROR)
+    return EXIT_INTERNAL
 
 
-_REFUSALS = frozenset({ErrorCode.REFUSED, ErrorCode.LOCKED_OUT})
+def need_radio(spec: str, what: str) -> None:
+    """ConfigError unless ``spec`` names a broadcasting transport (a radio): TCP has no
+    advertisements to hear or send."""
+    from pairkit.transports.registry import parse_transport
+
+    if parse_transport(spec).kind == "tcp":
+        raise ConfigError(
+            f"{what} on a radio, and {spec} is TCP: give a Bluetooth transport "
+            "(-t bumble:usb:0, or -t bumble:tcp-client:HOST:PORT for a 'pairkit radio' port)"
+        )
 
 
 def fail(message: str) -> None:
@@ -220,9 +254,9 @@ class PairkitGroup(click.Group):
             if debug:
                 traceback.print_exc()
             fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
-            ctx.exit(1)
+            ctx.exit(exit_code_for(exc))
         except Exception as exc:  # a bug: say so plainly, show the trace only with --debug
             if debug:
                 traceback.print_exc()
-            fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
-            ctx.exit(70)
+            fail(f"internal error ({type(exc).__name__}); rerun with --debug and report it")
+            ctx.exit(EXIT_INTERNAL)

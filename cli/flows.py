@@ -48,6 +48,11 @@ from pairkit.session import resolve_target as resolve
 from . import store
 from .common import CliDelegate, info
 
+
+class HostNotFoundError(NotFoundError):
+    """Nothing answered at the address a guest connects to."""
+
+
 #: what a side does once the session is confirmed and the membership known
 SessionHandler = Callable[[SecureLink, Session, Membership], Awaitable[None]]
 
@@ -331,7 +336,12 @@ async def run_join(
     transport = transport_obj or await open_transport(spec)
 
     async def connect_and_pair(addr: str | None) -> tuple[Session, Membership]:
-        link = await transport.connect(addr, timeout=opts.connect_timeout)
+        try:
+            link = await transport.connect(addr, timeout=opts.connect_timeout)
+        except (PairingTimeout, TransportError) as exc:
+            # Nobody answered at that address: "not found" whatever the transport (a refused
+            # TCP connection, a BLE address that does not answer), as for an unknown name.
+            raise HostNotFoundError(f"no pairkit host answered at {addr or spec}: {exc}") from exc
         try:
             done = await open_session(link, side, delegate=guest_delegate, clock=clock)
             assert done.membership is not None
@@ -347,7 +357,7 @@ async def run_join(
     try:
         try:
             return await connect_and_pair(address)
-        except (PairingTimeout, TransportError) as exc:
+        except (PairingTimeout, TransportError, HostNotFoundError) as exc:
             # A known BLE host rotates its address (docs/hello.md): look for it nearby.
             if peer is None or address is None or not hasattr(transport, "scan"):
                 raise

@@ -24,6 +24,8 @@ import click
 from pairkit import __version__
 from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
+from .exitcodes import epilog as exit_codes_epilog
+
 if TYPE_CHECKING:
     from pairkit.pairing.negotiation import Method
 
@@ -100,7 +102,8 @@ def _ttp_settings(ks: Any, server: str | None, ca: str | None, peer: str | None
     return {"ttp": server or enrolled[0], "ttp_ca": ca or enrolled[1],
             "ttp_peer": parse_device_id(peer) if peer else None}
 
-@click.group(cls=PairkitCli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PairkitCli, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=exit_codes_epilog())
 @click.version_option(__version__, "--version", prog_name="pairkit")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (for bug reports).")
 def cli(debug: bool) -> None:
@@ -364,10 +367,14 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
     qr = None
     if qr_uri is not None and qr_image is not None:
         raise ConfigError("give --qr or --qr-image, not both")
-    if qr_uri is not None:
-        qr = QrCode.parse(qr_uri)
-    elif qr_image is not None:
-        qr = QrCode.parse(qr_from_image(qr_image))
+    try:  # the code is the user's input: a broken one is a usage error, as a bad option is
+        if qr_uri is not None:
+            qr = QrCode.parse(qr_uri)
+        elif qr_image is not None:
+            qr = QrCode.parse(qr_from_image(qr_image))
+    except DecodeError as exc:
+        which = "--qr" if qr_uri is not None else "--qr-image"
+        raise ConfigError(f"{which}: not a pairkit QR code ({exc})") from None
     chosen = Method.parse(method) if method else None
     if chosen is Method.PIN and pin is None:
         if not sys.stdin.isatty():
@@ -409,12 +416,13 @@ def discover(transport: str | None, timeout: float | None, as_json: bool) -> Non
     from pairkit.presence import discover as scan
     from pairkit.transports.registry import open_transport
 
-    from .common import emit_json, home_path, info, run_async, unlock
+    from .common import emit_json, home_path, info, need_radio, run_async, unlock
     from .config import load_policy, pick
 
     policy = load_policy(home_path())["discover"]
     transport = pick(transport, policy, "transport", "bumble:usb:0")
     timeout = pick(timeout, policy, "timeout", 3.0)
+    need_radio(transport, "discover listens for hellos")
     ks = unlock()
 
     async def go() -> tuple[list[Any], int]:
@@ -629,14 +637,27 @@ def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    try:
-        cli(standalone_mode=True)
-    except DecodeError as exc:  # pragma: no cover - mapped inside the group
-        from .common import fail
+    """Console-script entry point: click's parsing, with its errors said as ours are.
 
-        fail(str(exc))
-        sys.exit(1)
+    A usage error prints ``error: ...`` (not click's ``Error: ...``) and exits 2; the exit
+    codes are :mod:`pairkit.cli.exitcodes`'.
+    """
+    from .exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
+
+    try:
+        rv = cli.main(standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        if exc.ctx is not None:
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

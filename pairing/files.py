@@ -23,7 +23,14 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from .crypto import same
-from .errors import AuthenticationError, ExpiredError, ProtocolError, RefusedError
+from .errors import (
+    AuthenticationError,
+    ErrorCode,
+    ExpiredError,
+    NotFoundError,
+    ProtocolError,
+    RefusedError,
+)
 from .machine import DONE, Event, Machine, Step, step
 from .service import (
     AllowRequest,
@@ -101,7 +108,7 @@ class FileServer(Machine):
         policy: GrantPolicy,
         *,
         peer_name: str,
-        find: Callable[[str], str | None] | None,
+        find: Callable[[str], str | NotFoundError | None] | None,
         idle: float = SERVE_IDLE,
     ) -> None:
         super().__init__(initial_state=WAITING)
@@ -149,6 +156,9 @@ class FileServer(Machine):
         problem = name_problem(msg.name)
         if problem is None and self._find is not None:
             problem = self._find(msg.name)  # bad names are refused before anyone is asked
+        if isinstance(problem, NotFoundError):  # said as such: the guest reports "not found"
+            self._refuse(str(problem), now, code=ErrorCode.NOT_FOUND)
+            return
         if problem is not None:
             self._refuse(problem, now)
             return
@@ -190,9 +200,9 @@ class FileServer(Machine):
         self._expect_by(None)
         self._emit(self._pending)
 
-    def _refuse(self, reason: str, now: float) -> None:
+    def _refuse(self, reason: str, now: float, code: ErrorCode | None = None) -> None:
         self.refused += 1
-        self._send(Refused(reason[:200]))
+        self._send(Refused(reason[:200], None if code is None else int(code)))
         self._wait(now)
 
     def _wait(self, now: float) -> None:
@@ -288,7 +298,7 @@ class FileFetch(Machine):
         self.received = offset
         #: why the fetch gave nothing: the host refused, or the file arrived damaged (the
         #: machine is done and the session goes on)
-        self.refusal: RefusedError | AuthenticationError | None = None
+        self.refusal: RefusedError | AuthenticationError | NotFoundError | None = None
 
     def _on_start(self, now: float) -> None:
         self._send(GetRequest(self.name, self.offset))
@@ -316,7 +326,10 @@ class FileFetch(Machine):
         self._next(now)
 
     def _on_refused(self, msg: Refused, now: float) -> None:
-        self.refusal = RefusedError(f"the host refused {self.name!r}: {msg.reason}")
+        if msg.code == ErrorCode.NOT_FOUND:
+            self.refusal = NotFoundError(f"the host has no shared file called {self.name!r}")
+        else:
+            self.refusal = RefusedError(f"the host refused {self.name!r}: {msg.reason}")
         self._finish()
 
     def _on_chunk(self, msg: Chunk, now: float) -> None:
