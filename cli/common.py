@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 import sys
 import traceback
@@ -86,6 +87,53 @@ def exit_code_for(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
+class _LogLines(logging.Handler):
+    """Log records as lines a person reads: ``warning: ...`` for pairkit's warnings, the
+    logger's name before anything else; a traceback only when asked for (-vv or --debug)."""
+
+    def __init__(self, tracebacks: bool) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed log call must not end the command
+            text = str(record.msg)
+        if record.levelno >= logging.WARNING and record.name.startswith("pairkit"):
+            line = f"{record.levelname.lower()}: {text}"
+        else:
+            line = f"{record.name}: {text}"
+        if self.tracebacks and record.exc_info:
+            line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        click.echo(line, err=True)
+
+
+def configure_logging(verbose: int = 0, *, quiet: bool = False, debug: bool = False) -> None:
+    """Who may write to the terminal, by ``-v`` level (see ``pairkit --help``).
+
+    pairkit's own loggers print warnings (``--quiet``: errors only; ``-v``: what they narrate;
+    ``-vv``: everything).  Third-party loggers (bumble, bleak, asyncio) stay silent below
+    ``-vv`` or ``--debug``: their lines (coloured tracebacks, object reprs) are for a bug
+    report, and what they mean reaches the person as pairkit's own error.
+    """
+    global _QUIET
+    _QUIET = quiet
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _LogLines)]:
+        root.removeHandler(h)
+    loud = verbose >= 2 or debug
+    root.addHandler(_LogLines(tracebacks=loud))
+    root.setLevel(logging.DEBUG if loud else logging.CRITICAL + 1)
+    ours = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(
+        verbose, logging.DEBUG)
+    logging.getLogger("pairkit").setLevel(ours)
+    if not loud:
+        # the root's level does not silence a logger that sets its own: bumble's does
+        for name in ("bumble", "bleak", "asyncio", "usb1"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def need_radio(spec: str, what: str) -> None:
     """ConfigError unless ``spec`` names a broadcasting transport (a radio): TCP has no
     advertisements to hear or send."""
@@ -102,9 +150,18 @@ def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
 
 
-def info(message: str, *, quiet: bool = False) -> None:
-    """Narration for a person: stderr, so stdout stays for results."""
-    if not quiet:
+#: ``pairkit --quiet``: no narration (see :func:`info`)
+_QUIET = False
+
+
+def info(message: str, *, quiet: bool = False, essential: bool = False) -> None:
+    """Narration for a person: stderr, so stdout stays for results.
+
+    ``pairkit --quiet`` silences it but for what the person must act on (``essential``: a PIN,
+    a QR code, where a host waits); ``quiet`` silences this call (a caller that narrates for
+    itself, or ``--json``).
+    """
+    if not quiet and (essential or not _QUIET):
         click.echo(message, err=True)
 
 
@@ -237,7 +294,10 @@ class PairkitGroup(click.Group):
         Also used by the ``pairkit`` root group (cli/main.py), which imports this module only
         when a command runs.
         """
-        debug = ctx.params.get("debug") or os.environ.get("PAIRKIT_DEBUG") == "1"
+        top = ctx.find_root().params
+        debug = bool(top.get("debug")) or os.environ.get("PAIRKIT_DEBUG") == "1"
+        if ctx.parent is None:
+            configure_logging(top.get("verbose") or 0, quiet=bool(top.get("quiet")), debug=debug)
         try:
             return invoke()
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):

@@ -154,12 +154,12 @@ async def run_host(
                   else "private: only members of its cloud can find it (--visible SECONDS)")
         info(f"broadcasting a hello; {window}", quiet=quiet)
     fp = store.key_fingerprint(me.static_public)
-    info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet)
+    info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet, essential=True)
 
     def show_pin() -> None:
         if Method.PIN in opts.methods and state.pin is not None:
             info(f"PIN: {state.pin}   (type it on the guest: pairkit join ... --method pin)",
-                 quiet=quiet)
+                 quiet=quiet, essential=True)
 
     if Method.PIN in opts.methods:
         # A PIN is single use: a --pin serves one guest, then fresh ones are drawn.
@@ -169,8 +169,8 @@ async def run_host(
         if Method.QR in opts.methods:
             code = state.issue_qr(me.static_public, clock.wall(), ttl=opts.qr_ttl, hint=address)
             uri = code.to_uri()
-            info(store.qr_text(uri), quiet=quiet)
-            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet)
+            info(store.qr_text(uri), quiet=quiet, essential=True)
+            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet, essential=True)
             if opts.qr_png is not None:
                 store.qr_png(uri, opts.qr_png)
                 info(f"QR code written to {opts.qr_png}")

@@ -105,8 +105,11 @@ def _ttp_settings(ks: Any, server: str | None, ca: str | None, peer: str | None
 @click.group(cls=PairkitCli, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=exit_codes_epilog())
 @click.version_option(__version__, "--version", prog_name="pairkit")
+@click.option("--verbose", "-v", count=True,
+              help="Say more: -v what pairkit does, -vv everything (its libraries too).")
+@click.option("--quiet", "-q", is_flag=True, help="Say nothing on stderr but errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (for bug reports).")
-def cli(debug: bool) -> None:
+def cli(verbose: int, quiet: bool, debug: bool) -> None:
     """pairkit pairs two devices over Bluetooth Low Energy (or TCP) and opens a secure channel.
 
     \b
