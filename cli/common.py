@@ -15,6 +15,7 @@ import click
 
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.errors import (
+    BusyError,
     ConfigError,
     ErrorCode,
     KeystoreError,
@@ -38,6 +39,7 @@ EXIT_AUTH = 3
 EXIT_TIMEOUT = 4
 EXIT_REFUSED = 5
 EXIT_NOT_FOUND = 6
+EXIT_BUSY = 7  #: the host turned us away for load: try again in a moment
 EXIT_INTERRUPTED = 130
 
 PIN_TRIES = 3
@@ -50,6 +52,8 @@ def exit_code_for(exc: BaseException) -> int:
     # By wire code too, so that an error the peer reports ("the peer stopped: ...", a
     # RemoteError) exits as the same error found here would.
     code = exc.code if isinstance(exc, PairingError) else None
+    if isinstance(exc, BusyError) or code == ErrorCode.BUSY:
+        return EXIT_BUSY
     if isinstance(exc, PairingTimeout) or code == ErrorCode.TIMEOUT:
         return EXIT_TIMEOUT
     if isinstance(exc, RefusedError | LockedOutError) or code in _REFUSALS:

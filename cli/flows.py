@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pairkit.admission import RateLimitedLog
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
 from pairkit.pairing.cloud import Role
@@ -172,6 +174,9 @@ async def run_host(
 
     show_pin()
     show_qr()
+    # What asyncio itself reports (a failed accept when the process is out of file descriptors,
+    # a stray task's error): one line a second at most, never a traceback (issue 17).
+    asyncio.get_running_loop().set_exception_handler(loop_problem_reporter())
     if ready is not None:
         ready(address, state)
     paired = 0
@@ -229,6 +234,27 @@ async def run_host(
             with contextlib.suppress(Exception):
                 await transport.close()
     return paired
+
+
+def loop_problem_reporter() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """An event loop exception handler for a host: one line on stderr per second at most (the
+    rest counted), naming the condition and the OS's reason, without a traceback or a path."""
+    log = RateLimitedLog(lambda line: info(line))
+
+    def report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        what = str(context.get("message") or "a background task failed")
+        if isinstance(exc, OSError) and exc.strerror:
+            what = f"{what}: {exc.strerror}"
+        elif isinstance(exc, PairingError):
+            what = f"{what}: {exc}"
+        elif exc is not None:
+            what = f"{what}: {type(exc).__name__}"
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            what += " (too many connections at once: new ones wait until some close)"
+        log(f"warning: {what}")
+
+    return report
 
 
 def _host_ttp(opts: HostOptions, me: Any, delegate: Any) -> TtpHook:

@@ -32,6 +32,7 @@ class ErrorCode(IntEnum):
     PERMISSION = 14  #: not allowed
     INTERNAL = 15  #: a bug on the sender's side
     TOO_LARGE = 16  #: a message or buffer exceeded its limit
+    BUSY = 17  #: the host is serving as many peers as it can: try again in a moment
 
 
 class PairingError(Exception):
@@ -131,6 +132,12 @@ class TooLargeError(LocalError, ValueError):
     code = ErrorCode.TOO_LARGE
 
 
+class BusyError(LocalError):
+    """The host is busy with other peers; try again in a moment."""
+
+    code = ErrorCode.BUSY
+
+
 class LinkClosedError(PairingError):
     """The link is closed."""
 
@@ -185,6 +192,7 @@ _BY_CODE: dict[ErrorCode, type[LocalError]] = {
     ErrorCode.EXPIRED: ExpiredError,
     ErrorCode.REPLAY: ReplayError,
     ErrorCode.TOO_LARGE: TooLargeError,
+    ErrorCode.BUSY: BusyError,
 }
 
 
