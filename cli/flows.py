@@ -27,6 +27,7 @@ from pairkit.pairing.errors import (
     PairingTimeout,
     TransportError,
 )
+from pairkit.pairing.files import SERVE_IDLE
 from pairkit.pairing.keystore import Keystore
 from pairkit.pairing.methods import (
     HostPairing,
@@ -68,7 +69,10 @@ class HostOptions:
     step_timeout: float = 30.0
     max_failures: int = 5
     lockout_window: float = 300.0
-    concurrent: int = 4
+    #: paired guests served at once (new links are told "busy" beyond: runtime/admission.py)
+    concurrent: int = 32
+    #: seconds a paired guest may stay silent, or leave what the host sends unread
+    serve_idle: float = SERVE_IDLE
     #: say nothing on stderr but errors (the demo narrates for itself)
     quiet: bool = False
     #: the folder shared with guests (None: nothing shared)
@@ -184,9 +188,24 @@ async def run_host(
 
     async def serve_one(link: Any) -> None:
         nonlocal paired
-        tried: list[HostPairing] = []  # the pairing machine, once made (see finally)
+        tried: list[HostPairing] = []  # the pairing machine, once made (see renew)
+
+        def renew() -> None:
+            # As soon as this guest's pairing is over (not its session: a guest served for
+            # long must not keep the next one from pairing), the next guest gets a fresh PIN.
+            if not opts.once and Method.PIN in opts.methods and state.pin is None:
+                state.new_pin()
+                show_pin()
+            if not opts.once and tried and tried[0].method is Method.QR:
+                show_qr()  # a QR code is single use too: the next guest needs a fresh one
+
         try:
-            done = await accept_session(link, side, delegate=delegate, clock=clock, tried=tried)
+            try:
+                done = await accept_session(
+                    link, side, delegate=delegate, clock=clock, tried=tried
+                )
+            finally:
+                renew()
             slink, session, membership = done.channel, done.session, done.membership
             assert membership is not None
             paired += 1
@@ -202,6 +221,7 @@ async def run_host(
                 served = await serve_guest(
                     slink, peer_name=session.peer.name, policy=policy, share=opts.share,
                     ask=delegate.allow_request, stats=ServeStats(), wall_clock=clock.wall,
+                    idle=opts.serve_idle,
                 )
                 if served.files or served.listings:
                     info(f"{session.peer.name}: {served.listings} listing(s), "
@@ -213,12 +233,6 @@ async def run_host(
             info(f"error: guest {link.peer}: {exc}")
             with contextlib.suppress(Exception):
                 await link.close()
-        finally:
-            if not opts.once and Method.PIN in opts.methods and state.pin is None:
-                state.new_pin()
-                show_pin()
-            if not opts.once and tried and tried[0].method is Method.QR:
-                show_qr()  # a QR code is single use too: the next guest needs a fresh one
 
     try:
         await accept_loop(

@@ -54,8 +54,11 @@ class MessagePipe:
         *,
         max_message: int = MAX_HANDSHAKE_MESSAGE,
         guest: bool | None = None,
+        send_timeout: float = DEFAULT_IDLE,
     ) -> None:
         self.link = link
+        #: how long one message may wait for the peer to take it (flow control)
+        self.send_timeout = send_timeout
         self._reassembler = Reassembler(max_message)
         # The fragments of one message must not interleave with another's.
         self._send_lock = asyncio.Lock()
@@ -65,10 +68,18 @@ class MessagePipe:
         self.guest = guest
 
     async def send(self, message: bytes) -> None:
-        async with self._send_lock:
-            for piece in fragment(message, self.link.mtu):
-                await self.link.send(piece)
-            _absorb(self._sent, message)
+        """Send one whole message; :class:`PairingTimeout` if the peer does not take it within
+        :attr:`send_timeout` seconds (every send has a deadline, like every receive)."""
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                async with self._send_lock:
+                    for piece in fragment(message, self.link.mtu):
+                        await self.link.send(piece)
+                    _absorb(self._sent, message)
+        except TimeoutError:
+            raise PairingTimeout(
+                f"the peer stopped reading for {self.send_timeout:.0f} s"
+            ) from None
 
     async def recv(self) -> bytes:
         while True:

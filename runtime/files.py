@@ -163,20 +163,24 @@ async def serve_guest(
         async def serve_listing(self, event: ServeListing) -> None:
             assert share is not None
             files = await asyncio.to_thread(list_shared, share)
-            await slink.send(Listing(tuple(files)).encode())
+            await slink.send(Listing(tuple(files)).encode(), idle)
             machine.served(wall_clock())
 
         async def serve_file(self, event: ServeFile) -> None:
             assert share is not None
             try:
-                await _send_file(slink, share, GetRequest(event.name, event.offset), stats)
+                await _send_file(
+                    slink, share, GetRequest(event.name, event.offset), stats, idle
+                )
             except (AccessDeniedError, NotFoundError, OSError) as exc:
                 machine.refuse(_unreadable(event.name, exc), wall_clock())
                 return
             machine.served(wall_clock())
 
     try:
-        await drive(machine, Records(slink), delegate=Work(), clock=wall_clock)
+        # A guest that stops reading is dropped after the idle limit too (issue 17).
+        await drive(machine, Records(slink, send_timeout=idle), delegate=Work(),
+                    clock=wall_clock)
     except LinkClosedError:
         pass  # the guest left without a Bye: nothing more to serve
     finally:
@@ -191,13 +195,15 @@ def _unreadable(name: str, exc: BaseException) -> str:
     return f"{name!r} could not be read on the host"
 
 
-async def _send_file(slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats) -> None:
+async def _send_file(
+    slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float
+) -> None:
     path = resolve_shared(share, req.name)
     size = path.stat().st_size
     if req.offset > size:
         raise NotFoundError(f"offset {req.offset} is past the end of {req.name!r}")
     digest = await asyncio.to_thread(sha256_file, path)
-    await slink.send(FileHeader(req.name, size, digest, req.offset).encode())
+    await slink.send(FileHeader(req.name, size, digest, req.offset).encode(), idle)
     with open(path, "rb") as fh:
         fh.seek(req.offset)
         offset = req.offset
@@ -205,7 +211,7 @@ async def _send_file(slink: SecureLink, share: Path, req: GetRequest, stats: Ser
             data = fh.read(CHUNK)
             if not data:
                 break
-            await slink.send(Chunk(offset, data).encode())
+            await slink.send(Chunk(offset, data).encode(), idle)
             offset += len(data)
             stats.bytes_sent += len(data)
 
@@ -214,12 +220,13 @@ class Records(MessagePipe):
     """A secure link as the driver's pipe: its messages are whole already (the channel
     fragments its records itself), and the driver's deadline is the only one."""
 
-    def __init__(self, slink: SecureLink) -> None:
+    def __init__(self, slink: SecureLink, *, send_timeout: float | None = None) -> None:
         super().__init__(slink.link)
         self._slink = slink
+        self._send_timeout = send_timeout
 
     async def send(self, message: bytes) -> None:
-        await self._slink.send(message)
+        await self._slink.send(message, self._send_timeout)
 
     async def recv(self) -> bytes:
         return await self._slink.recv(NO_TIMEOUT)
