@@ -185,6 +185,7 @@ async def run_host(
         ready(address, state)
     paired = 0
     stop = asyncio.Event()
+    output_lost: list[OSError] = []
 
     async def serve_one(link: Any) -> None:
         nonlocal paired
@@ -210,7 +211,13 @@ async def run_host(
             assert membership is not None
             paired += 1
             if emit is not None:
-                emit(result_json(session, membership))
+                try:
+                    emit(result_json(session, membership))
+                except OSError as exc:  # stdout's reader went away (host --json | head -1)
+                    output_lost.append(exc)
+                    stop.set()
+                    await slink.close()
+                    return
             else:
                 info(f"paired with {session.peer.name} by {session.method.label} as "
                      f"{membership.role.name.lower()}; session {session.fingerprint}")
@@ -247,7 +254,27 @@ async def run_host(
         if transport_obj is None:
             with contextlib.suppress(Exception):
                 await transport.close()
+    if output_lost:
+        _silence_stdout()
+        raise OutputClosedError(
+            "standard output was closed (whatever read it has gone); the host stopped"
+        )
     return paired
+
+
+class OutputClosedError(PairingError):
+    """The results could not be written: standard output is a pipe whose reader has gone."""
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit does not fail too."""
+    import os
+    import sys
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def loop_problem_reporter() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:

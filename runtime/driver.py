@@ -15,7 +15,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .pairing import keyschedule
-from .pairing.errors import ConfigError, LinkClosedError, PairingError, PairingTimeout
+from .pairing.errors import (
+    ConfigError,
+    ErrorCode,
+    LinkClosedError,
+    LocalError,
+    PairingError,
+    PairingTimeout,
+)
 from .pairing.framing import Reassembler, fragment
 from .pairing.machine import Machine, Question
 
@@ -187,9 +194,26 @@ async def drive(
         with contextlib.suppress(PairingError, OSError, TimeoutError):
             await asyncio.wait_for(flush(), 1.0)
         raise
+    except Exception as exc:
+        # Not pairkit's own kind of error (the file system failed, or a bug): the peer is
+        # told, so it does not wait for a deadline, and the caller gets a typed error that
+        # names the kind of failure only, never a path (issue 17).
+        err = LocalError(f"internal failure ({describe_failure(exc)})", code=ErrorCode.INTERNAL)
+        machine.abort(err)
+        with contextlib.suppress(PairingError, OSError, TimeoutError):
+            await asyncio.wait_for(flush(), 1.0)
+        raise err from exc
     except BaseException as exc:
         machine.abort(PairingError(f"stopped: {type(exc).__name__}"))
         raise
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong, for a person and for the peer: the OS's reason for an OSError (without
+    the file name), else the exception's kind."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return type(exc).__name__
 
 
 async def _deliver(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .driver import MessagePipe, drive
+from .driver import MessagePipe, describe_failure, drive
 from .pairing import wire
 from .pairing.errors import (
     AccessDeniedError,
@@ -66,12 +66,19 @@ def resolve_shared(root: Path, name: str) -> Path:
     problem = name_problem(name)
     if problem is not None:
         raise AccessDeniedError(problem)
-    base = root.resolve()
-    target = (base / name).resolve()
-    if not target.is_relative_to(base):
-        raise AccessDeniedError(f"refused: {name!r} is a link leading out of the shared folder")
-    if not target.is_file():
-        raise NotFoundError(f"no shared file called {name!r}")
+    try:
+        base = root.resolve()
+        target = (base / name).resolve()
+        if not target.is_relative_to(base):
+            raise AccessDeniedError(
+                f"refused: {name!r} is a link leading out of the shared folder"
+            )
+        if not target.is_file():
+            raise NotFoundError(f"no shared file called {name!r}")
+    except OSError as exc:  # a name too long for the host's file system, a folder it cannot read
+        raise NotFoundError(
+            f"{name!r} cannot be opened on the host: {describe_failure(exc)}"
+        ) from None
     return target
 
 
@@ -97,13 +104,17 @@ def list_shared(root: Path) -> list[FileEntry]:
     for path in sorted(base.rglob("*")):
         try:
             real = path.resolve()
+            if not real.is_relative_to(base) or not real.is_file():
+                continue
         except OSError:
-            continue
-        if not real.is_relative_to(base) or not real.is_file():
             continue
         rel = path.relative_to(base).as_posix()
         kind = mimetypes.guess_type(rel)[0] or "application/octet-stream"
-        out.append(FileEntry(name=rel, size=real.stat().st_size, type=kind))
+        try:
+            size = real.stat().st_size
+        except OSError:
+            continue  # gone, or not ours to read, since the folder was read
+        out.append(FileEntry(name=rel, size=size, type=kind))
         if len(out) >= MAX_FILES:
             break
     return out

@@ -31,13 +31,15 @@ from typing import Any
 from . import peers
 from .admission import Admission, AdmissionLimits, Admitted
 from .clock import SYSTEM_CLOCK, Clock
-from .driver import MessagePipe, drive, replay_first
+from .driver import MessagePipe, describe_failure, drive, replay_first
 from .files import receive_membership
 from .pairing.cloud import CloudGuest, CloudHost, Role, auth_mac_from
 from .pairing.errors import (
     AuthenticationError,
     ConfigError,
+    ErrorCode,
     LinkClosedError,
+    LocalError,
     NotFoundError,
     PairingError,
 )
@@ -394,6 +396,16 @@ async def accept_loop(
         except PairingError as exc:
             if on_error is not None:
                 on_error(exc)
+        except Exception as exc:
+            # Contained: one guest's failure ends that guest only, never the loop, and is
+            # reported as one line (no traceback, no path: issue 17).
+            if on_error is not None:
+                on_error(LocalError(
+                    f"guest {admitted.peer}: internal failure ({describe_failure(exc)})",
+                    code=ErrorCode.INTERNAL,
+                ))
+            with contextlib.suppress(Exception):
+                await admitted.close()
         finally:
             admission.done(admitted)
 
