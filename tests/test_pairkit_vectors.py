@@ -42,7 +42,7 @@ BY_ID = {v["id"]: v for v in VECTORS}
 IDS = [v["id"] for v in VECTORS]
 
 TYPE_IDS = {
-    "Abort": 1, "Offer": 10, "Accept": 11, "NoiseMessage": 12, "Reveal": 13, "Confirm": 14,
+    "Abort": 1, "Offer": 10, "Accept": 11, "NoiseMessage": 12, "Reveal": 13,
     "ResumeMessage": 20, "CloudHello": 30, "CloudReply": 31, "CloudProof": 32,
     "CloudVerdict": 33, "JoinRequest": 34, "JoinVerdict": 35, "SessionKeyOffer": 68,
     "SessionKeyAck": 69,
