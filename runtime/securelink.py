@@ -54,8 +54,12 @@ class SecureLink:
         return self.channel.config.max_record
 
     async def send(self, data: bytes) -> None:
-        """Send one message (at most :attr:`max_message` bytes)."""
+        """Send one message (at most :attr:`max_message` bytes), fragmented to the link's MTU
+        as it is now (it can grow after connect: a late ATT MTU exchange)."""
         async with self._send_lock:
+            mtu = self.link.mtu
+            if mtu != self.channel.config.mtu:
+                self.channel.set_mtu(mtu)
             for fragment in self.channel.seal(data):
                 await self.link.send(fragment)
 

@@ -24,9 +24,11 @@ host.
 messages go up as writes without response to the RX characteristic and come down as
 notifications; its MTU is the RX characteristic's ``max_write_without_response_size`` (bleak's
 portable figure: ``mtu_size`` says 23 on some Linux setups), at most 512 (Core 5.4 Vol 3 Part F
-§3.2.9).  bleak's disconnected callback ends the link: ``recv`` returns what arrived, then raises
-:class:`LinkClosedError`.  ``encrypt()`` is bleak's ``pair()`` (LE Secure Connections on bumble;
-the OS decides elsewhere).
+§3.2.9), read again at every send: bleak says it can grow after connect (BlueZ may finish the
+ATT MTU exchange after the connection is up), and a link that kept the first figure would send
+20-byte pieces for its whole life.  bleak's disconnected callback ends the link: ``recv``
+returns what arrived, then raises :class:`LinkClosedError`.  ``encrypt()`` is bleak's
+``pair()`` (LE Secure Connections on bumble; the OS decides elsewhere).
 
 Errors are pairkit's: Bluetooth off or missing, no permission, a busy controller, a peer out of
 range, each said in plain words with what to do (:func:`translate`).
@@ -276,10 +278,15 @@ class BleakLink(BufferedLink):
         self._rx_char = rx
         self._flush_char = flush
         self._config = config
-        self._mtu = max(20, min(rx.max_write_without_response_size, GATT_MAX_VALUE))
         self._paired = False
 
     # -- Link protocol -------------------------------------------------------------------
+
+    @property
+    def mtu(self) -> int:
+        """The largest message: bleak's ``max_write_without_response_size`` now (it can grow
+        after connect; module docstring), 20 to 512 bytes."""
+        return max(20, min(self._rx_char.max_write_without_response_size, GATT_MAX_VALUE))
 
     @property
     def encrypted(self) -> bool:
