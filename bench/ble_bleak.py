@@ -21,12 +21,30 @@ identical link.  Expect ``pair`` near 1 (the same ATT PDUs either way) and ``joi
 bleak discovers the peer's whole GATT database (every service, characteristic and descriptor,
 as BleakClient.connect promises) where pairkit's bumble guest looks up its one service.
 
+**Goodput to the bleak guest** (issue 15, item 7), on one GATT link between the host and the
+bleak guest, runs alternating on that same connection:
+
+* ``raw``: bumble alone on the sending side, as bumble's own ``apps/bench.py`` sends: GATT
+  notifications of the link's MTU with ``device.notify_subscriber``, no pairkit code (the guest
+  reads them from its link: the same receiving side as below, as in bench/ble.py);
+* ``secure``: a file transfer as ``pairkit get`` makes it: the file service's ``Chunk`` messages
+  (16 KiB of file each) over a :class:`~pairkit.securelink.SecureLink` after a pin pairing,
+  with the host's pace on (:mod:`transports.ble.pace`: the transfer asks for a short connection
+  interval and the 2M PHY); goodput counts file bytes only.
+
+Goal: ``secure / raw >= 0.95`` (issue 13's goodput goal).  A virtual link has no air time, so
+neither the PHY nor the connection interval changes its speed: what is measured is what pairkit
+costs on top of bumble and bleak.  On a radio the pace is what moves the figure (a 2M PHY halves
+the air time of each packet; a 15 ms interval against BlueZ's 30-50 ms default triples the
+connection events); the JSON records what the central agreed to.
+
 Usage::
 
     .venv/bin/python bench/ble_bleak.py            # the table (about 10 s on 2 cores)
     .venv/bin/python bench/ble_bleak.py --json     # one JSON object
     .venv/bin/python bench/ble_bleak.py --quick    # one run of everything (smoke test)
     .venv/bin/python bench/ble_bleak.py --repeat 50
+    .venv/bin/python bench/ble_bleak.py --goodput-runs 9 --goodput-bytes 2097152
 """
 
 from __future__ import annotations
@@ -64,6 +82,11 @@ from bench.common import (  # noqa: E402
 #: the bench's own goal (issue 13 names none): a pairing costs the guest on pairkit's bleak
 #: backend at most this much more than the guest on bumble, on the same link
 BLEAK_GOAL = 1.25
+#: a file transfer to the bleak guest reaches at least this share of bumble's raw notify
+#: goodput on the same link (issue 13's goodput goal)
+GOODPUT_GOAL = 0.95
+from bumble import core  # noqa: E402
+
 from pairkit.driver import drive  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
@@ -76,6 +99,11 @@ from pairkit.pairing.methods import (  # noqa: E402
     Session,
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
+from pairkit.pairing.service import CHUNK, Chunk  # noqa: E402
+from pairkit.pairing.wire import decode  # noqa: E402
+from pairkit.securelink import SecureLink, confirm  # noqa: E402
+from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
+from pairkit.transports.ble.pace import Speed  # noqa: E402
 from pairkit.transports.ble.virtual import VirtualRadio  # noqa: E402
 from pairkit.transports.bleak import BleakTransport  # noqa: E402
 from pairkit.transports.bumble import BumbleTransport, open_bumble  # noqa: E402
@@ -90,10 +118,12 @@ PHASES = ("pair", "join")
 class Settings:
     repeat: int
     warmup: int
+    goodput_runs: int = 7
+    goodput_bytes: int = 1 << 20
 
 
 DEFAULT = Settings(repeat=20, warmup=2)
-QUICK = Settings(repeat=1, warmup=0)
+QUICK = Settings(repeat=1, warmup=0, goodput_runs=1, goodput_bytes=128 * 1024)
 
 
 _YES = Yes()
@@ -138,6 +168,9 @@ class Pairings:
             30,
         )
         self._check(guest, method, kwargs, machine.session, host.session)
+        assert machine.session is not None and host.session is not None
+        #: the sessions of the last exchange: (guest's, host's)
+        self.last = (machine.session, host.session)
 
     def _check(
         self,
@@ -215,6 +248,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
                         samples[guest][method]["pair"].append((t2 - t1) * 1e3)
                         samples[guest][method]["join"].append((t2 - t0) * 1e3)
         mtu = {g: (await _mtu(bench, g)) for g in GUESTS}
+        goodput = await measure_goodput(bench, pairings, settings)
     finally:
         await bench.close()
     rows: dict[str, Any] = {}
@@ -233,9 +267,122 @@ async def measure(settings: Settings) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         "link_mtu": mtu,
         "methods": rows,
-        "goals": [report(f"{m} pair: bleak / bumble", rows[m]["pair"]["bleak_vs_bumble"],
-                         BLEAK_GOAL) for m in METHODS],
+        "goodput": goodput,
+        "goals": [
+            *(report(f"{m} pair: bleak / bumble", rows[m]["pair"]["bleak_vs_bumble"],
+                     BLEAK_GOAL) for m in METHODS),
+            report("file goodput to bleak / bumble raw notify", goodput["secure_vs_raw"],
+                   GOODPUT_GOAL, at_most=False),
+        ],
         "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+# -- goodput to the bleak guest ----------------------------------------------------------------
+
+
+async def _timed(send: Any, receive: Any, total: int) -> float:
+    """Seconds from the first byte sent to the last byte read; checks the count."""
+    t0 = time.perf_counter()
+    sending = asyncio.ensure_future(send())
+    try:
+        got = await asyncio.wait_for(receive(), 120)
+        await asyncio.wait_for(sending, 30)
+    finally:
+        sending.cancel()
+    spent = time.perf_counter() - t0
+    if got != total:
+        raise RuntimeError(f"received {got} bytes of {total}")
+    return spent
+
+
+async def raw_notify(bench: Bench, guest_link: Any, host_link: Any, data: bytes) -> float:
+    """bumble alone on the sending side: MTU-sized notifications, no pairkit code."""
+    device = bench.host.device
+    found = device.gatt_server.get_characteristic_attributes(
+        core.UUID(str(PAIRKIT_SERVICE_UUID)), core.UUID(str(PAIRKIT_TX_CHAR_UUID))
+    )
+    if found is None:
+        raise RuntimeError("pairkit's TX characteristic is missing")
+    characteristic, connection, mtu = found[1], host_link.connection, host_link.mtu
+
+    async def send() -> None:
+        for i in range(0, len(data), mtu):
+            await device.notify_subscriber(connection, characteristic, data[i:i + mtu])
+
+    async def receive() -> int:
+        got = 0
+        while got < len(data):
+            got += len(await guest_link.recv())
+        return got
+
+    return await _timed(send, receive, len(data))
+
+
+async def file_transfer(guest: SecureLink, host: SecureLink, data: bytes) -> float:
+    """The file service's Chunk messages, host to guest, over the secure link."""
+
+    async def send() -> None:
+        for offset in range(0, len(data), CHUNK):
+            await host.send(Chunk(offset, data[offset:offset + CHUNK]).encode())
+
+    async def receive() -> int:
+        got = 0
+        while got < len(data):
+            got += len(decode(await guest.recv(), Chunk).data)
+        return got
+
+    return await _timed(send, receive, len(data))
+
+
+async def _quiet(pacer: Any) -> None:
+    """Until the host's pace has relaxed: every run starts from the same connection state."""
+    async with asyncio.timeout(30):
+        while not (pacer.idle and pacer.want is pacer.applied is Speed.RELAXED):
+            await asyncio.sleep(0.02)
+
+
+async def measure_goodput(bench: Bench, pairings: Pairings, settings: Settings) -> dict[str, Any]:
+    """MB/s of bumble's raw notify and of a file transfer, alternating on one bleak link."""
+    data = os.urandom(settings.goodput_bytes)
+    guest_link, host_link = await connect(bench, "bleak")
+    samples: dict[str, list[float]] = {"raw": [], "secure": []}
+    pace: dict[str, Any] = {}
+    try:
+        await pairings.run("bleak", "pin", guest_link, host_link)
+        session = pairings.last
+        guest = SecureLink(guest_link, session[0], timeout=60)
+        host = SecureLink(host_link, session[1], timeout=60)
+        await asyncio.gather(confirm(guest, first=False), confirm(host, first=True))
+        pacer = host_link.pacer
+        central = next(iter(bench.guests["bleak"].adapter.device.connections.values()))
+        for run in range(settings.goodput_runs):
+            order = ("raw", "secure") if run % 2 == 0 else ("secure", "raw")
+            for path in order:
+                if pacer is not None:
+                    await _quiet(pacer)
+                if path == "raw":
+                    spent = await raw_notify(bench, guest_link, host_link, data)
+                else:
+                    spent = await file_transfer(guest, host, data)
+                    if not pace and pacer is not None:
+                        phy = await central.get_phy()
+                        pace = {
+                            "interval_ms": central.parameters.connection_interval,
+                            "phy": int(phy.tx_phy),
+                            "refused": sorted(pacer.stats.refused),
+                        }
+                samples[path].append(len(data) / spent / 1e6)
+    finally:
+        await hang_up(guest_link, host_link)
+    mb_s = {path: summary(v) for path, v in samples.items()}
+    return {
+        "bytes": len(data),
+        "runs": settings.goodput_runs,
+        "mtu": guest_link.mtu,
+        "mb_s": mb_s,
+        "secure_vs_raw": mb_s["secure"]["median"] / mb_s["raw"]["median"],
+        "pace_during_transfer": pace,
     }
 
 
@@ -287,6 +434,20 @@ def render(result: dict[str, Any]) -> str:
             out.append(
                 f"{method:<9}{phase:<6}{text[0]:>22}{text[1]:>22}{cell['bleak_vs_bumble']:>14.2f}"
             )
+    g = result["goodput"]
+    mb = g["mb_s"]
+    pace = g["pace_during_transfer"]
+    out += [
+        "",
+        f"goodput to the bleak guest, one GATT link (MTU {g['mtu']}), {g['bytes']} bytes per "
+        f"run, {g['runs']} runs alternating; MB/s median (q1-q3)",
+        f"  bumble raw notify     {mb['raw']['median']:6.2f} ({mb['raw']['q1']:.2f}-"
+        f"{mb['raw']['q3']:.2f})",
+        f"  file over SecureLink  {mb['secure']['median']:6.2f} ({mb['secure']['q1']:.2f}-"
+        f"{mb['secure']['q3']:.2f})   secure / raw {g['secure_vs_raw']:.2f}",
+        f"  during the transfer the central had: interval {pace.get('interval_ms')} ms, PHY "
+        f"{'2M' if pace.get('phy') == 2 else '1M'}, refused {pace.get('refused') or 'nothing'}",
+    ]
     out += ["", *render_goals(result["goals"]), f"total time {result['seconds']} s"]
     return "\n".join(out)
 
@@ -300,6 +461,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=positive, default=None, help=f"runs per row (default {DEFAULT.repeat})"
     )
+    parser.add_argument(
+        "--goodput-runs", type=positive, default=None,
+        help=f"goodput runs per path (default {DEFAULT.goodput_runs})",
+    )
+    parser.add_argument(
+        "--goodput-bytes", type=positive, default=None,
+        help=f"bytes per goodput run (default {DEFAULT.goodput_bytes})",
+    )
     return parser.parse_args(argv)
 
 
@@ -310,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else DEFAULT
     if args.repeat is not None:
         settings = dataclasses.replace(settings, repeat=args.repeat)
+    if args.goodput_runs is not None:
+        settings = dataclasses.replace(settings, goodput_runs=args.goodput_runs)
+    if args.goodput_bytes is not None:
+        settings = dataclasses.replace(settings, goodput_bytes=args.goodput_bytes)
     result = asyncio.run(measure(settings))
     show(result, render, args.json)
     return 0
