@@ -294,3 +294,18 @@ async def test_pace_off_asks_for_nothing(radio: tuple[VirtualRadio, list[Any]]) 
     await transfer(host_link, guest_link, 64 * 1024)
     assert host_link.pacer is None
     assert connection.parameters == before
+
+
+async def test_a_link_the_central_put_on_2m_stays_there(
+    radio: tuple[VirtualRadio, list[Any]],
+) -> None:
+    host_link, guest_link, connection = await linked(*radio, "bleak")
+    await connection.set_phy(tx_phys=[hci.Phy.LE_2M], rx_phys=[hci.Phy.LE_2M])  # the central's
+    await until(phy_is(connection, hci.Phy.LE_2M), "2M by the central")
+    await transfer(host_link, guest_link, 64 * 1024)
+    await until(parameters_are(connection, FAST_MS), "fast interval")
+    await until(parameters_are(connection, RELAXED_MS), "relaxed interval")
+    pacer = host_link.pacer
+    await until(lambda: _relaxed(pacer), "relaxed")
+    assert pacer.stats.phy_requests == 0  # nothing to ask: it was on 2M, and stays there
+    assert (await connection.get_phy()).tx_phy == hci.Phy.LE_2M

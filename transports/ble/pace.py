@@ -15,7 +15,8 @@ asks, as accessories do:
   layer lacks the procedure), then for the 2M PHY (PHY Update procedure, Vol 6 Part B §5.1.10,
   through HCI LE Set PHY, Vol 4 Part E §7.8.49);
 * once the link has sent nothing for ``relax_after`` seconds, it asks for the relaxed
-  parameters and the 1M PHY back.
+  parameters, and for the 1M PHY back if it was the one that moved the link to 2M (a link the
+  central had put on 2M itself stays there).
 
 The defaults fit every central pairkit knows: 15 ms and 30-50 ms intervals, no peripheral
 latency, a 4 s supervision timeout are within Apple's Accessory Design Guidelines (interval min
@@ -177,6 +178,7 @@ class Pacer:
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
+        self._moved_phy = False  # this pacer took the link from 1M to 2M
         self.stats = PaceStats()
 
     @property
@@ -234,11 +236,14 @@ class Pacer:
             if want is Speed.FAST:
                 self.stats.fast += 1
                 await self._interval(self._config.fast_interval_ms)
-                await self._phy(hci.Phy.LE_2M)
+                if await self._current_phy() != hci.Phy.LE_2M:
+                    self._moved_phy = await self._phy(hci.Phy.LE_2M)
             else:
                 self.stats.relaxed += 1
                 await self._interval(self._config.relaxed_interval_ms)
-                await self._phy(hci.Phy.LE_1M)
+                if self._moved_phy:
+                    self._moved_phy = False
+                    await self._phy(hci.Phy.LE_1M)
             self._applied = want
 
     async def _interval(self, interval: tuple[float, float]) -> None:
@@ -265,18 +270,28 @@ class Pacer:
                 raise
             self._refused("interval", exc)
 
-    async def _phy(self, phy: hci.Phy) -> None:
+    async def _current_phy(self) -> int:
+        """The PHY the connection uses (LE Read PHY), 1M if the controller cannot say."""
+        if self._gone() or not self._config.phy_2m or "phy" in self.stats.refused:
+            return self.stats.phy
+        try:
+            got = await asyncio.wait_for(self._connection.get_phy(), self._config.request_timeout)
+        except (BaseBumbleError, TimeoutError):
+            return self.stats.phy
+        self.stats.phy = int(got.tx_phy) if got.tx_phy == got.rx_phy else hci.Phy.LE_1M
+        return self.stats.phy
+
+    async def _phy(self, phy: hci.Phy) -> bool:
+        """Ask for ``phy`` both ways; True if the connection moved to it."""
         if not self._config.phy_2m or "phy" in self.stats.refused or self._gone():
-            return
-        if phy == self.stats.phy:
-            return
+            return False
         connection = self._connection
         host = connection.device.host
         if not host.supports_command(hci.HCI_LE_SET_PHY_COMMAND) or not (
             host.supports_le_features(hci.LeFeatureMask.LE_2M_PHY)
         ):
             self.stats.refused.add("phy")
-            return
+            return False
         done: asyncio.Future[Any] = self._loop.create_future()
 
         def on_update(update: Any) -> None:
@@ -297,10 +312,13 @@ class Pacer:
             self.stats.phy = int(update.tx_phy)
             if update.tx_phy != phy or update.rx_phy != phy:
                 self._refused("phy", None)
+                return False
+            return True
         except (BaseBumbleError, TimeoutError, asyncio.CancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and self._stopped:
                 raise
             self._refused("phy", exc)
+            return False
         finally:
             connection.remove_listener(connection.EVENT_CONNECTION_PHY_UPDATE, on_update)
             connection.remove_listener(connection.EVENT_CONNECTION_PHY_UPDATE_FAILURE, on_failure)
