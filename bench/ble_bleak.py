@@ -32,7 +32,9 @@ bleak guest, runs alternating on that same connection:
   pairkit's own flow control written out with bumble's API); in each run the faster of the
   two is the reference;
 * ``secure``: a file transfer as ``pairkit get`` makes it: the file service's ``Chunk`` messages
-  (16 KiB of file each) over a :class:`~pairkit.securelink.SecureLink` after a pin pairing,
+  (at most 16 KiB of file each, sized as the file service sizes them to fill the link's
+  messages: ``pairkit.files.chunk_size``) over a :class:`~pairkit.securelink.SecureLink` after a
+  pin pairing,
   with the host's pace on (:mod:`transports.ble.pace`: the transfer asks for a short connection
   interval and the 2M PHY); goodput counts file bytes only.
 
@@ -95,6 +97,7 @@ GOODPUT_GOAL = 0.95
 from bumble import core  # noqa: E402
 
 from pairkit.driver import drive  # noqa: E402
+from pairkit.files import chunk_size  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
     GuestPairing,
@@ -106,7 +109,7 @@ from pairkit.pairing.methods import (  # noqa: E402
     Session,
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
-from pairkit.pairing.service import CHUNK, Chunk  # noqa: E402
+from pairkit.pairing.service import Chunk  # noqa: E402
 from pairkit.pairing.wire import decode  # noqa: E402
 from pairkit.securelink import SecureLink, confirm  # noqa: E402
 from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
@@ -349,9 +352,11 @@ async def raw_notify(bench: Bench, guest_link: Any, host_link: Any, data: bytes,
 async def file_transfer(guest: SecureLink, host: SecureLink, data: bytes) -> float:
     """The file service's Chunk messages, host to guest, over the secure link."""
 
+    step = chunk_size(host, len(data))
+
     async def send() -> None:
-        for offset in range(0, len(data), CHUNK):
-            await host.send(Chunk(offset, data[offset:offset + CHUNK]).encode())
+        for offset in range(0, len(data), step):
+            await host.send(Chunk(offset, data[offset:offset + step]).encode())
 
     async def receive() -> int:
         got = 0
