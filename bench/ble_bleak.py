@@ -379,6 +379,7 @@ async def measure_goodput(bench: Bench, pairings: Pairings, settings: Settings) 
     data = os.urandom(settings.goodput_bytes)
     guest_link, host_link = await connect(bench, "bleak")
     samples: dict[str, list[float]] = {"raw": [], "raw_paced": [], "secure": []}
+    cpu: dict[str, list[float]] = {path: [] for path in samples}
     pace: dict[str, Any] = {}
     try:
         await pairings.run("bleak", "pin", guest_link, host_link)
@@ -394,6 +395,7 @@ async def measure_goodput(bench: Bench, pairings: Pairings, settings: Settings) 
             for path in order:
                 if pacer is not None:
                     await _quiet(pacer)
+                cpu0 = time.process_time()
                 if path != "secure":
                     spent = await raw_notify(bench, guest_link, host_link, data,
                                              paced=path == "raw_paced")
@@ -406,6 +408,7 @@ async def measure_goodput(bench: Bench, pairings: Pairings, settings: Settings) 
                             "phy": int(phy.tx_phy),
                             "refused": sorted(pacer.stats.refused),
                         }
+                cpu[path].append((time.process_time() - cpu0) / (len(data) / (1 << 20)))
                 samples[path].append(len(data) / spent / 1e6)
     finally:
         await hang_up(guest_link, host_link)
@@ -421,6 +424,8 @@ async def measure_goodput(bench: Bench, pairings: Pairings, settings: Settings) 
         "secure_vs_raw_runs": ratios,
         "secure_vs_raw": statistics.median(ratios),
         "pace_during_transfer": pace,
+        #: CPU seconds per MiB of this process (both devices), which other jobs move less
+        "cpu_s_per_mib": {path: summary(v) for path, v in cpu.items()},
     }
 
 
@@ -485,6 +490,9 @@ def render(result: dict[str, Any]) -> str:
                               ("secure", "file over SecureLink"))),
         f"  secure / the faster raw of each run: median {g['secure_vs_raw']:.2f} (runs: "
         f"{' '.join(f'{r:.2f}' for r in g['secure_vs_raw_runs'])})",
+        "  CPU s per MiB (both devices, one process; other jobs move it less): "
+        + ", ".join(f"{path} {g['cpu_s_per_mib'][path]['median']:.2f}"
+                    for path in ("raw", "raw_paced", "secure")),
         f"  during the transfer the central had: interval {pace.get('interval_ms')} ms, PHY "
         f"{'2M' if pace.get('phy') == 2 else '1M'}, refused {pace.get('refused') or 'nothing'}",
     ]

@@ -193,7 +193,8 @@ async def test_the_bleak_bench_runs_and_reports_ratios() -> None:
     goodput = result["goodput"]
     assert goodput["bytes"] == bleak_bench.QUICK.goodput_bytes and goodput["mtu"] == 512
     mb_s = goodput["mb_s"]
-    assert set(mb_s) == {"raw", "raw_paced", "secure"}
+    assert set(mb_s) == {"raw", "raw_paced", "secure"} == set(goodput["cpu_s_per_mib"])
+    assert all(row["median"] > 0 for row in goodput["cpu_s_per_mib"].values())
     assert {row["n"] for row in mb_s.values()} == {bleak_bench.QUICK.goodput_runs}
     # quick: one run, so the medians are the samples and the ratio is that run's
     assert goodput["secure_vs_raw_runs"] == [goodput["secure_vs_raw"]]
