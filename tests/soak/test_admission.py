@@ -27,6 +27,7 @@ from tests.flood_harness import (
     FloodStats,
     attacker_addresses,
     flood,
+    join_request_flood,
     say_nothing,
     send_first_flight,
     send_garbage,
@@ -168,6 +169,32 @@ async def test_cli_a_guest_pairs_through_a_flood(lab: Lab, behaviour: Any) -> No
         stop.set()
         await asyncio.wait_for(attack, 20)
     assert stats.connects > 180
+
+
+async def test_cli_a_guest_pairs_through_a_flood_of_join_requests(lab: Lab) -> None:
+    """Strangers that run the cloud step to the owner's answer (here ``--yes``: each is let in
+    as a guest at once) and then say nothing: they hold places past the first-flight deadline,
+    80 of them from 20 addresses against 64 places, reopened as the host closes them.  A real
+    guest still pairs within its timeout, and the PIN is not spent by anyone who never typed
+    it."""
+    paul, george = lab.device("paul"), lab.device("george")
+    host = await lab.host(paul, "-m", "pin", "--pin", PIN, "--yes", "--json")
+    h, p = host.address.rsplit(":", 1)
+    stop, stats = asyncio.Event(), FloodStats()
+    attack = asyncio.create_task(join_request_flood(
+        h, int(p), attacker_addresses(20), 4, stop, stats,
+    ))
+    try:
+        await asyncio.sleep(2.0)
+        result = await george.join(host.target, "-m", "pin", "--pin", PIN, "--json")
+        assert result.rc == 0, f"{result}\nhost:\n{host.stderr}"
+        assert (await host.next_result())["peer"]["name"] == george.name
+    finally:
+        stop.set()
+        attack.cancel()  # a stranger mid-way through its cloud step does not look at ``stop``
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(attack, 30)
+    assert stats.connects >= 80, stats
 
 
 async def test_cli_out_of_file_descriptors_is_one_line_a_second_and_the_host_recovers(
