@@ -24,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
 from typing import Any
 
 import click
 
-from pairkit.pairing.errors import ConfigError
+from pairkit.pairing.errors import ConfigError, PairingTimeout
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds
@@ -43,6 +44,8 @@ def group() -> None:
     Controller:  pairkit group create fire-doors
                  pairkit group add fire-doors door-1 --via relay
                  pairkit group send fire-doors "close all doors" -t bumble:usb:0
+                 pairkit group sync fire-doors      (retry until every member confirms)
+                 pairkit group status fire-doors    (confirmed / pending / unreachable)
                  pairkit group remove fire-doors door-3       (new epoch, new key)
     Relay:       pairkit group relay -t tcp:0.0.0.0:7100
     Member:      pairkit group listen fire-doors -t tcp:0.0.0.0:7101 -t bumble:usb:0
@@ -55,17 +58,53 @@ def _json_option(f: Any) -> Any:
 
 def _report(record: Any, outcomes: list[Any], as_json: bool, what: str) -> None:
     if as_json:
-        emit_json({"ok": all(o.ok for o in outcomes), "group": record.name,
-                   "epoch": record.epoch, "deliveries": [o.as_json() for o in outcomes]})
+        emit_json({"ok": all(o.ok for o in outcomes),
+                   "confirmed": all(o.state == "confirmed" for o in outcomes),
+                   "group": record.name, "epoch": record.epoch,
+                   "deliveries": [o.as_json() for o in outcomes]})
         return
     click.echo(f"{record.name}: epoch {record.epoch}, {len(record.members)} member(s); {what}")
     for o in outcomes:
         route = f"via {o.via}" if o.via else "directly"
-        click.echo(f"  {o.name:<24} {route:<20} {o.status}")
-    waiting = [o.name for o in outcomes if not o.ok]
-    if waiting:
-        info(f"not reached now: {', '.join(waiting)}; they get epoch {record.epoch} when next "
-             f"reached (pairkit group sync {record.name})")
+        click.echo(f"  {o.name:<24} {route:<20} {_state_text(o.state, o.attempts, o.next_try)}"
+                   f"  ({o.status})")
+    pending = [o.name for o in outcomes if o.state == "pending"]
+    lost = [o.name for o in outcomes if o.state == "unreachable"]
+    if pending:
+        info(f"not confirmed yet: {', '.join(pending)}; 'pairkit group sync {record.name}' "
+             "retries until each confirms or is unreachable")
+    if lost:
+        info(f"unreachable: {', '.join(lost)}; 'pairkit group sync {record.name} "
+             "--retry-unreachable' tries them again")
+
+
+def _state_text(state: str, attempts: int, next_try: float | None) -> str:
+    if state != "pending":
+        return state
+    when = ""
+    if next_try is not None:
+        left = next_try - time.time()
+        when = f", next try in {left:.0f} s" if left > 0 else ", next try now"
+    return f"pending ({attempts} attempt{'s' if attempts != 1 else ''}{when})"
+
+
+def _policy_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--attempts", type=click.IntRange(1, 1000), default=6, show_default=True,
+                     help="Attempts per member and epoch before it is reported unreachable."),
+        click.option("--backoff", type=Seconds(0.01, 86400), default=2.0, show_default=True,
+                     help="Seconds before the first retry; each later wait doubles."),
+        click.option("--max-backoff", type=Seconds(0.01, 86400), default=300.0,
+                     show_default=True, help="The longest wait between two attempts."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _policy(attempts: int, backoff: float, max_backoff: float) -> Any:
+    from pairkit.pairing.groups import RetryPolicy
+
+    return RetryPolicy(first=backoff, cap=max(backoff, max_backoff), attempts=attempts)
 
 
 @group.command()
@@ -108,21 +147,27 @@ def _reach_options(f: Any) -> Any:
 @click.option("--via", "via", default=None, metavar="RELAY",
               help="Deliver through this relay (a known peer running 'pairkit group relay').")
 @_reach_options
+@_policy_options
 @_json_option
 def add(name: str, peer: str, via: str | None, transport: str | None, address: str | None,
-        timeout: float, connect_timeout: float, as_json: bool) -> None:
+        timeout: float, connect_timeout: float, attempts: int, backoff: float,
+        max_backoff: float, as_json: bool) -> None:
     """Add the known peer PEER to group NAME and deliver the group key to it.
 
     The key travels sealed to PEER's identity key and signed by this device; a relay
-    (--via) forwards it and cannot open it.  A member out of reach stays pending and gets the
-    current key when next reached ('pairkit group sync NAME').
+    (--via) forwards it and cannot open it.  PEER is *confirmed* only when its own signed
+    receipt comes back (directly, or through the relay on a later round); until then it is
+    pending, and 'pairkit group sync NAME' retries it with growing waits until it confirms
+    or is reported unreachable.  One round is made here.
     """
     from pairkit.groups import Reach, add_member
 
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
     record, outcomes = run_async(lambda: add_member(
         ks, name, peer, via=via, transport=transport, address=address, reach=reach,
+        policy=policy,
     ))
     _report(record, outcomes, as_json, "key sent")
 
@@ -136,8 +181,10 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
               show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
+@_policy_options
 @_json_option
-def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
+def remove(name: str, peer: str, timeout: float, connect_timeout: float, attempts: int,
+           backoff: float, max_backoff: float, as_json: bool) -> None:
     """Remove PEER from group NAME: a new epoch and key go to every remaining member.
 
     PEER keeps the old key but cannot read anything sent after this: members refuse
@@ -145,9 +192,11 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
     """
     from pairkit.groups import Reach, remove_member
 
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
-    record, outcomes = run_async(lambda: remove_member(ks, name, peer, reach=reach))
+    record, outcomes = run_async(lambda: remove_member(ks, name, peer, reach=reach,
+                                                       policy=policy))
     _report(record, outcomes, as_json, "new key sent")
 
 
@@ -159,14 +208,20 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
               show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
+@_policy_options
 @_json_option
-def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
-    """Start a new epoch of group NAME with a new key, and deliver it to every member."""
+def rekey(name: str, timeout: float, connect_timeout: float, attempts: int, backoff: float,
+          max_backoff: float, as_json: bool) -> None:
+    """Start a new epoch of group NAME with a new key, and deliver it to every member.
+
+    One round is made here; 'pairkit group sync NAME' retries until every member confirms.
+    """
     from pairkit.groups import Reach, rekey_group
 
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
-    record, outcomes = run_async(lambda: rekey_group(ks, name, reach=reach))
+    record, outcomes = run_async(lambda: rekey_group(ks, name, reach=reach, policy=policy))
     _report(record, outcomes, as_json, "new key sent")
 
 
@@ -178,15 +233,50 @@ def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> N
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
               show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
+@_policy_options
+@click.option("--once", is_flag=True,
+              help="One round only: try every pending member once, do not wait for retries.")
+@click.option("--retry-unreachable", is_flag=True,
+              help="Try members reported unreachable again, with a fresh count of attempts.")
 @_json_option
-def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
-    """Deliver group NAME's current key to every member that does not have it yet."""
-    from pairkit.groups import Reach, deliver_pending
+def sync(name: str, timeout: float, connect_timeout: float, attempts: int, backoff: float,
+         max_backoff: float, once: bool, retry_unreachable: bool, as_json: bool) -> None:
+    """Deliver group NAME's current key until every member confirms or is unreachable.
 
+    A member is confirmed only by its own signed receipt, which the controller checks: a
+    relay cannot make one up, and its "queued" is not enough.  Members that have not
+    confirmed are tried again after --backoff seconds, then twice as long each time (at most
+    --max-backoff), until --attempts attempts; then they are reported unreachable.  Members
+    behind a relay confirm on a later round, when the relay hands back their receipts.
+    Progress is kept in the keystore: 'pairkit group status NAME' shows it at any time.
+
+    \b
+    Exit 0 when every member confirmed; 5 (timeout) when some are unreachable.
+    """
+    from pairkit.groups import Reach, confirm_all, deliver_pending
+
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
-    record, outcomes = run_async(lambda: deliver_pending(ks, name, reach=reach))
+
+    def progress(outcomes: list[Any]) -> None:
+        if not as_json:
+            for o in outcomes:
+                info(f"{o.name}: {_state_text(o.state, o.attempts, o.next_try)} ({o.status})")
+
+    if once:
+        if retry_unreachable:
+            raise ConfigError("--retry-unreachable needs the full sync (without --once)")
+        record, outcomes = run_async(lambda: deliver_pending(ks, name, reach=reach,
+                                                             policy=policy))
+    else:
+        record, outcomes = run_async(lambda: confirm_all(
+            ks, name, reach=reach, policy=policy, retry_unreachable=retry_unreachable,
+            on_round=progress))
     _report(record, outcomes, as_json, "pending members tried" if outcomes else "nothing pending")
+    if not once and any(o.state == "unreachable" for o in outcomes):
+        lost = ", ".join(o.name for o in outcomes if o.state == "unreachable")
+        raise PairingTimeout(f"not confirmed after {attempts} attempts: {lost}")
 
 
 @group.command()
@@ -429,13 +519,10 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
         info("relay stopped")
 
 
-@group.command()
-@_json_option
-def show(as_json: bool) -> None:
-    """Show the groups this device controls, holds keys for, and relays envelopes of."""
+def _status(name: str | None, as_json: bool) -> None:
     from pairkit.groups import group_status
 
-    status = group_status(unlock())
+    status = group_status(unlock(), name)
     if as_json:
         emit_json(status)
         return
@@ -443,14 +530,46 @@ def show(as_json: bool) -> None:
         click.echo(f"controls {g['group']} (epoch {g['epoch']})")
         for m in g["members"]:
             route = f" via {m['via']}" if m["via"] else ""
-            state = "pending" if m["pending"] else f"has epoch {m['delivered']}"
-            click.echo(f"  {m['name']:<24}{route}  {state}")
+            state = _state_text(m["state"], m["attempts"], m["next_try"])
+            last = f"  last: {m['last']}" if m["last"] and m["state"] != "confirmed" else ""
+            click.echo(f"  {m['name']:<24}{route}  {state}{last}")
     for g in status["member_of"]:
         click.echo(f"member of {g['group']} (epoch {g['epoch']}, controller {g['controller']})")
     for e in status["relaying"]:
         click.echo(f"holding {e['group']} epoch {e['epoch']} for {e['member']}")
+    for r in status["receipts_held"]:
+        click.echo(f"holding {r['member']}'s receipt for {r['group']} epoch {r['epoch']} "
+                   f"(for {r['controller']})")
     if not any(status.values()):
-        info("no groups yet: 'pairkit group create NAME' makes one")
+        info("no groups yet: 'pairkit group create NAME' makes one" if name is None
+             else f"this device knows nothing of a group {name!r}")
+
+
+@group.command()
+@click.argument("name", required=False)
+@_json_option
+def status(name: str | None, as_json: bool) -> None:
+    """Show each member's delivery state, and what this device holds and relays.
+
+    \b
+    For each group this device controls, each member is one of:
+      confirmed    its signed receipt for the current epoch came back and verified
+      pending      not confirmed yet: attempts so far, and when the next try is due
+      unreachable  the attempts ran out ('pairkit group sync NAME --retry-unreachable')
+    Then the groups whose key this device holds, the envelopes it relays and the receipts
+    it holds for controllers.  NAME keeps only that group.  --json: one object, with
+    "state", "attempts", "next_try" (Unix seconds) and "last" (what the last attempt gave)
+    for each member.
+    """
+    _status(name, as_json)
+
+
+@group.command(hidden=True)
+@click.argument("name", required=False)
+@_json_option
+def show(name: str | None, as_json: bool) -> None:
+    """The same as 'status' (its former name)."""
+    _status(name, as_json)
 
 
 def main() -> None:

@@ -44,7 +44,14 @@ from . import peers as store
 from .clock import SYSTEM_CLOCK, Clock
 from .driver import drive
 from .files import Records
-from .pairing.delivery import DeliveryReceiver, DeliverySender, QueueForward, TakeKeys
+from .pairing.delivery import (
+    DeliveryReceiver,
+    DeliverySender,
+    GiveReceipts,
+    QueueForward,
+    ReceiptFetch,
+    TakeKeys,
+)
 from .pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -57,22 +64,32 @@ from .pairing.errors import (
 )
 from .pairing.groups import (
     ADVERT_OVERHEAD,
+    CONFIRMED,
+    MAX_BATCH,
+    PENDING,
     DeliveryResult,
     ForwardReceipt,
     GroupEnvelope,
     GroupMember,
     GroupMessage,
+    GroupReceipt,
     GroupReceiver,
     GroupRecord,
     HeldGroup,
     RelayQueue,
+    RelayReceipts,
+    RetryPolicy,
     WrongEpochError,
     check_group_name,
+    check_receipt,
+    envelope_digest,
     is_group_advert,
     open_group_envelope,
+    receipt_of,
     seal_broadcast,
     seal_group_envelope,
     sender_id,
+    signed_result,
 )
 from .pairing.keystore import Keystore, Peer
 from .pairing.methods import PairingConfig, Session
@@ -87,6 +104,7 @@ SETTING_PINS = "groups.pins"
 SETTING_SEQ = "groups.seq"
 SETTING_WINDOWS = "groups.windows"
 SETTING_RELAY = "groups.relay"
+SETTING_RELAY_RECEIPTS = "groups.relay.receipts"
 
 #: the pairing methods of a group session: known peers only (resume, and its Noise KK fallback)
 GROUP_METHODS = frozenset({Method.RESUME})
@@ -159,6 +177,11 @@ def current_epoch(ks: Keystore, group: str) -> int:
 
 def relay_queue(ks: Keystore) -> RelayQueue:
     return RelayQueue.from_plain(ks.setting(SETTING_RELAY, ()) or ())
+
+
+def relay_receipts(ks: Keystore) -> RelayReceipts:
+    """The members' signed receipts this relay holds for controllers."""
+    return RelayReceipts.from_plain(ks.setting(SETTING_RELAY_RECEIPTS, ()) or ())
 
 
 def _usable_peer(ks: Keystore, name_or_id: str, what: str) -> Peer:
@@ -372,14 +395,18 @@ async def _deliver_batch(
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What became of one member's envelope."""
+    """What became of one member in one delivery round (issue 14: only a verified receipt
+    confirms; a relay's "queued" is an attempt that has not confirmed yet)."""
 
     member: str  #: device id
     name: str
     epoch: int
     via: str | None  #: the relay's name
-    ok: bool
-    status: str  #: "delivered", "queued at RELAY", or why not
+    ok: bool  #: the attempt went as far as it could: confirmed, or handed to the relay
+    status: str  #: "confirmed", "queued at RELAY, awaiting the member's receipt", or why not
+    state: str = PENDING  #: confirmed, pending or unreachable, after this attempt
+    attempts: int = 0  #: attempts made at this epoch
+    next_try: float | None = None  #: when the next attempt is due (Unix s), if pending
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -409,6 +436,7 @@ async def add_member(
     transport: str | None = None,
     address: str | None = None,
     reach: Reach | None = None,
+    policy: RetryPolicy | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
     """Add the known peer ``peer`` to ``name`` and deliver the current key to it (through the
     relay ``via`` if given), with any other pending member.  A member that cannot be reached
@@ -424,11 +452,12 @@ async def add_member(
             member.id, member.name, relay.id if relay else None, transport, address,
         ))
         _put_record(ks, record)
-    return await deliver_pending(ks, name, reach=reach)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
 
 
 async def remove_member(
-    ks: Keystore, name: str, peer: str, *, reach: Reach | None = None
+    ks: Keystore, name: str, peer: str, *, reach: Reach | None = None,
+    policy: RetryPolicy | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
     """Remove ``peer`` from ``name``, start a new epoch with a new key and deliver it to every
     remaining member.  Older keys are forgotten: the removed member cannot read what follows."""
@@ -436,16 +465,16 @@ async def remove_member(
         record = controlled(ks, name)
         record = record.without_member(_find_member(ks, record, peer))
         _new_epoch(ks, record)
-    return await deliver_pending(ks, name, reach=reach)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
 
 
 async def rekey_group(
-    ks: Keystore, name: str, *, reach: Reach | None = None
+    ks: Keystore, name: str, *, reach: Reach | None = None, policy: RetryPolicy | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
     """Start a new epoch of ``name`` with a new key, same members, and deliver it."""
     with ks.update():
         _new_epoch(ks, controlled(ks, name).rekeyed())
-    return await deliver_pending(ks, name, reach=reach)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
 
 
 def _new_epoch(ks: Keystore, record: GroupRecord) -> None:
@@ -463,79 +492,235 @@ def _find_member(ks: Keystore, record: GroupRecord, peer: str) -> str:
     raise NotFoundError(f"{peer!r} is not a member of {record.name}")
 
 
-def _mark_delivered(ks: Keystore, name: str, members: Iterable[str], epoch: int) -> None:
+def _seal_waiting(
+    ks: Keystore, name: str, members: Iterable[GroupMember]
+) -> tuple[dict[str, GroupEnvelope], dict[str, str]]:
+    """The envelope each member must confirm: the one already waiting for it at the current
+    epoch (sent again byte for byte, so that its receipt names it), else a fresh one, kept in
+    the record before it is sent.  Returns (envelopes by member id, why not by member id)."""
+    envelopes: dict[str, GroupEnvelope] = {}
+    failed: dict[str, str] = {}
     with ks.update():
         record = controlled(ks, name)
-        for device_id in members:
-            if record.member(device_id) is not None:
-                record = record.delivered_to(device_id, epoch)
+        for m in members:
+            current = record.member(m.device_id)
+            if current is None:
+                continue
+            try:
+                env = current.waiting()
+                if env is None or env.epoch != record.epoch:
+                    peer = _usable_peer(ks, m.device_id, "group member")
+                    env = seal_group_envelope(ks, group=name, epoch=record.epoch,
+                                              member_public=peer.static_public)
+                    record = record.waiting_for(m.device_id, env.encode_bytes())
+            except PairingError as exc:
+                failed[m.device_id] = str(exc)
+                continue
+            envelopes[m.device_id] = env
         _put_record(ks, record)
+    return envelopes, failed
+
+
+def _settle(
+    ks: Keystore, name: str, m: GroupMember, env_epoch: int, *, confirmed: bool, ok: bool,
+    status: str, via: str | None, policy: RetryPolicy, now: float,
+) -> Outcome:
+    """Record one attempt's result for ``m`` (only while the group is still at the epoch it
+    was made for) and say what it gave."""
+    with ks.update():
+        record = controlled(ks, name)
+        if record.epoch == env_epoch and record.member(m.device_id) is not None:
+            if confirmed:
+                record = record.delivered_to(m.device_id, env_epoch)
+            else:
+                record = record.attempted(m.device_id, now, policy, status)
+            _put_record(ks, record)
+    after = record.member(m.device_id) or m
+    state = after.state(record.epoch)
+    return Outcome(
+        m.device_id, m.name, env_epoch, via, ok, status, state, after.attempts,
+        after.next_try if state == PENDING else None,
+    )
+
+
+def _member_signing(ks: Keystore, device_id: str) -> bytes:
+    peer = _usable_peer(ks, device_id, "group member")
+    assert peer.signing_public is not None  # _usable_peer checked it
+    return peer.signing_public
 
 
 async def deliver_pending(
-    ks: Keystore, name: str, *, reach: Reach | None = None
+    ks: Keystore, name: str, *, reach: Reach | None = None,
+    policy: RetryPolicy | None = None, due_only: bool = False,
 ) -> tuple[GroupRecord, list[Outcome]]:
-    """Deliver the current epoch to every member that does not have it yet: one secure link per
-    direct member, one per relay for all the members behind it."""
+    """One delivery round: try every pending member (``due_only``: those whose next try is
+    due) not given up on, one secure link per direct member and one per relay for all the
+    members behind it.  A member is confirmed only by its signed receipt, checked here
+    (:func:`pairing.groups.check_receipt`); every other answer counts as an attempt, and the
+    member is unreachable when ``policy``'s attempts ran out."""
     reach = reach or Reach()
+    policy = policy or RetryPolicy()
     record = controlled(ks, name)
-    epoch = record.epoch
+    now = reach.clock.wall()
+    targets = record.due(now) if due_only else tuple(
+        m for m in record.pending() if not m.unreachable)
+    envelopes, failed = _seal_waiting(ks, name, targets)
     outcomes: list[Outcome] = []
     by_relay: dict[str, list[GroupMember]] = {}
-    for m in record.pending():
-        if m.via is not None:
+    for m in targets:
+        if m.device_id in failed:
+            outcomes.append(_settle(ks, name, m, record.epoch, confirmed=False, ok=False,
+                                    status=f"cannot seal: {failed[m.device_id]}", via=None,
+                                    policy=policy, now=now))
+        elif m.via is not None:
             by_relay.setdefault(m.via, []).append(m)
-
-    def seal(m: GroupMember) -> GroupEnvelope:
-        peer = _usable_peer(ks, m.device_id, "group member")
-        return seal_group_envelope(ks, group=name, epoch=epoch, member_public=peer.static_public)
-
-    for m in record.pending():
-        if m.via is not None:
-            continue
-        try:
-            env = seal(m)
-            (result,) = await with_peer(
-                ks, reach, m.device_id,
-                lambda s, env=env: _send_envelopes(s, (env,), reach.step_timeout),
-                transport=m.transport, address=m.address,
-            )
-        except PairingError as exc:
-            outcomes.append(Outcome(m.device_id, m.name, epoch, None, False,
-                                    f"unreachable: {exc}"))
-            continue
-        if result.ok:
-            _mark_delivered(ks, name, [m.device_id], epoch)
-            outcomes.append(Outcome(m.device_id, m.name, epoch, None, True, "delivered"))
         else:
-            outcomes.append(Outcome(m.device_id, m.name, epoch, None, False,
-                                    f"refused: {result.reason}"))
+            outcomes.append(await _try_direct(ks, name, m, envelopes[m.device_id], reach,
+                                              policy))
     for relay_id, members in by_relay.items():
-        relay_name = peer_name(ks, relay_id)
-        first = members[0]
-        try:
-            envelopes = tuple(seal(m) for m in members)
-            results = await with_peer(
-                ks, reach, relay_id,
-                lambda s, e=envelopes: _send_forward(s, e, reach.step_timeout),
-                transport=first.transport, address=first.address,
-            )
-        except PairingError as exc:
-            for m in members:
-                outcomes.append(Outcome(m.device_id, m.name, epoch, relay_name, False,
-                                        f"relay unreachable: {exc}"))
-            continue
-        taken = []
-        for m, result in zip(members, results, strict=True):
-            if result.ok:
-                taken.append(m.device_id)
-                outcomes.append(Outcome(m.device_id, m.name, epoch, relay_name, True,
-                                        f"queued at {relay_name}"))
-            else:
-                outcomes.append(Outcome(m.device_id, m.name, epoch, relay_name, False,
-                                        f"refused by {relay_name}: {result.reason}"))
-        _mark_delivered(ks, name, taken, epoch)
+        outcomes.extend(await _try_relay(
+            ks, name, relay_id, [(m, envelopes[m.device_id]) for m in members], reach, policy,
+        ))
     return controlled(ks, name), outcomes
+
+
+async def _try_direct(
+    ks: Keystore, name: str, m: GroupMember, env: GroupEnvelope, reach: Reach,
+    policy: RetryPolicy,
+) -> Outcome:
+    def settle(confirmed: bool, ok: bool, status: str) -> Outcome:
+        return _settle(ks, name, m, env.epoch, confirmed=confirmed, ok=ok, status=status,
+                       via=None, policy=policy, now=reach.clock.wall())
+
+    try:
+        (result,) = await with_peer(
+            ks, reach, m.device_id,
+            lambda s: _send_envelopes(s, (env,), reach.step_timeout),
+            transport=m.transport, address=m.address,
+        )
+    except PairingError as exc:
+        return settle(False, False, f"unreachable: {exc}")
+    receipt = receipt_of(env, result, env.member)
+    if receipt is None:
+        return settle(False, False, "the member answered without a signed receipt")
+    try:
+        took = check_receipt(receipt, expected=env, member_signing=_member_signing(
+            ks, m.device_id))
+    except PairingError as exc:
+        return settle(False, False, str(exc))
+    if took:
+        return settle(True, True, "confirmed")
+    return settle(False, False, f"refused by the member: {result.reason}")
+
+
+async def _try_relay(
+    ks: Keystore, name: str, relay_id: str, waiting: list[tuple[GroupMember, GroupEnvelope]],
+    reach: Reach, policy: RetryPolicy,
+) -> list[Outcome]:
+    """One session with a relay: first the receipts it holds for these envelopes, checked one
+    by one against the envelope each member must confirm; then the envelopes still
+    unconfirmed, forwarded (again)."""
+    relay_name = peer_name(ks, relay_id)
+    by_digest = {envelope_digest(env): (m, env) for m, env in waiting}
+    verdicts: dict[str, tuple[bool, bool, str]] = {}  # member id -> (confirmed, ok, status)
+
+    async def work(slink: SecureLink) -> None:
+        digests = list(by_digest)
+        for i in range(0, len(digests), MAX_BATCH):
+            for receipt in await _fetch_receipts(slink, digests[i:i + MAX_BATCH],
+                                                 reach.step_timeout):
+                m, env = by_digest[receipt.envelope]
+                if verdicts.get(m.device_id, (False,))[0]:
+                    continue
+                verdicts[m.device_id] = _judge(ks, receipt, m, env, relay_name)
+        # Forward again whatever is not settled by the member's own word (a bad receipt
+        # settles nothing: the envelope goes out again, and the bad receipt is reported).
+        rest = [(m, env) for m, env in waiting
+                if not verdicts.get(m.device_id, (False, False, ""))[0]
+                and not verdicts.get(m.device_id, (False, False, ""))[2].startswith(
+                    "refused by the member")]
+        for i in range(0, len(rest), MAX_BATCH):
+            batch = rest[i:i + MAX_BATCH]
+            results = await _send_forward(slink, tuple(env for _, env in batch),
+                                          reach.step_timeout)
+            for (m, _), result in zip(batch, results, strict=True):
+                before = verdicts.get(m.device_id)
+                prefix = f"{before[2]}; " if before else ""
+                if result.ok:
+                    verdicts[m.device_id] = (False, True, f"{prefix}queued at {relay_name}, "
+                                             "awaiting the member's receipt")
+                else:
+                    verdicts[m.device_id] = (False, False,
+                                             f"{prefix}refused by {relay_name}: {result.reason}")
+
+    failure: str | None = None
+    try:
+        await with_peer(ks, reach, relay_id, work, transport=waiting[0][0].transport,
+                        address=waiting[0][0].address)
+    except PairingError as exc:
+        failure = f"relay unreachable: {exc}"
+    outcomes = []
+    for m, env in waiting:
+        confirmed, ok, status = verdicts.get(
+            m.device_id, (False, False, failure or f"{relay_name} did not answer for it"))
+        outcomes.append(_settle(ks, name, m, env.epoch, confirmed=confirmed, ok=ok,
+                                status=status, via=relay_name, policy=policy,
+                                now=reach.clock.wall()))
+    return outcomes
+
+
+def _judge(
+    ks: Keystore, receipt: GroupReceipt, m: GroupMember, env: GroupEnvelope, relay_name: str
+) -> tuple[bool, bool, str]:
+    """(confirmed, ok, status) from one receipt a relay handed over: the member's signature
+    decides, never the relay's word."""
+    try:
+        took = check_receipt(receipt, expected=env,
+                             member_signing=_member_signing(ks, m.device_id))
+    except PairingError as exc:
+        return False, False, f"{relay_name} handed over a bad receipt: {exc}"
+    if took:
+        return True, True, f"confirmed (receipt through {relay_name})"
+    return False, False, f"refused by the member: {receipt.reason}"
+
+
+async def _fetch_receipts(
+    slink: SecureLink, digests: list[bytes], timeout: float
+) -> tuple[GroupReceipt, ...]:
+    machine = ReceiptFetch(digests, timeout=timeout)
+    machine.start(time.monotonic())
+    await drive(machine, Records(slink), clock=time.monotonic)
+    return machine.receipts
+
+
+async def confirm_all(
+    ks: Keystore, name: str, *, reach: Reach | None = None,
+    policy: RetryPolicy | None = None, retry_unreachable: bool = False,
+    on_round: Callable[[list[Outcome]], None] | None = None,
+) -> tuple[GroupRecord, list[Outcome]]:
+    """Deliver until every member confirmed or is unreachable (``pairkit group sync``): a
+    round now, then one whenever a pending member's next try is due, each wait at most
+    ``policy.cap`` seconds; bounded, since every member is tried at most ``policy.attempts``
+    times per epoch.  Returns the record and each member's latest outcome."""
+    reach = reach or Reach()
+    policy = policy or RetryPolicy()
+    if retry_unreachable:
+        with ks.update():
+            _put_record(ks, controlled(ks, name).try_again())
+    record, outcomes = await deliver_pending(ks, name, reach=reach, policy=policy)
+    latest = {o.member: o for o in outcomes}
+    if on_round is not None and outcomes:
+        on_round(outcomes)
+    while (due := controlled(ks, name).next_due()) is not None:
+        wait = min(max(0.0, due - reach.clock.wall()), policy.cap)
+        await asyncio.sleep(wait)
+        record, outcomes = await deliver_pending(ks, name, reach=reach, policy=policy,
+                                                 due_only=True)
+        latest.update((o.member, o) for o in outcomes)
+        if on_round is not None and outcomes:
+            on_round(outcomes)
+    record = controlled(ks, name)
+    return record, [latest[m.device_id] for m in record.members if m.device_id in latest]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,6 +830,11 @@ class GroupService:
                 receipt = service.relay.take(event.envelopes, who)
                 machine.answer_batch(receipt.results, time.monotonic(), queued=receipt.queued)
 
+            async def give_receipts(self, event: GiveReceipts) -> None:
+                assert service.relay is not None
+                held = service.relay.receipts_for(session.peer.device_id, event.envelopes)
+                machine.answer_receipts(held, time.monotonic())
+
         with contextlib.suppress(LinkClosedError):  # the peer left without a Bye
             await drive(machine, Records(slink), delegate=Work(), clock=time.monotonic)
 
@@ -660,10 +850,11 @@ class GroupService:
                 except (AuthenticationError, ReplayError, ConfigError, DecodeError) as exc:
                     self.on_event({"event": "key-refused", "group": env.group,
                                    "epoch": env.epoch, "from": who, "reason": str(exc)})
-                    results.append(DeliveryResult(env.group, env.epoch, False, str(exc)[:200]))
+                    results.append(signed_result(self.ks, env, False, str(exc)))
                     continue
                 taken.append(held)
-                results.append(DeliveryResult(env.group, env.epoch, True))
+                # The signed receipt: the controller's only proof that this device took it.
+                results.append(signed_result(self.ks, env, True))
         for held in taken:  # after the save: what is announced is on disk
             self.on_event({"event": "key", "group": held.name, "epoch": held.epoch,
                            "controller": peer_name(self.ks, held.controller), "from": who})
@@ -701,6 +892,19 @@ class Relay:
     @property
     def queue(self) -> RelayQueue:
         return relay_queue(self.ks)
+
+    @property
+    def receipts(self) -> RelayReceipts:
+        return relay_receipts(self.ks)
+
+    def receipts_for(self, controller: bytes, envelopes: Iterable[bytes]) -> list[GroupReceipt]:
+        """The members' receipts this relay holds for ``controller``'s envelopes (it hands
+        over what members signed; it cannot make one)."""
+        found = list(self.receipts.find(controller, envelopes))[:MAX_BATCH]
+        for r in found:
+            self.on_event({"event": "receipt-returned", "member": peer_name(self.ks, r.member),
+                           "group": r.group, "epoch": r.epoch, "ok": r.ok})
+        return found
 
     def take(self, envelopes: Iterable[GroupEnvelope], who: str) -> ForwardReceipt:
         """Queue what a controller forwards; an envelope for a member this relay has not
@@ -750,9 +954,14 @@ class Relay:
                     continue
                 with self.ks.update():
                     queue = self.queue
-                    for env in envelopes:
+                    receipts = self.receipts
+                    for env, result in zip(envelopes, results, strict=True):
                         queue = queue.without(env)
+                        receipt = receipt_of(env, result, member)
+                        if receipt is not None:  # kept until the controller asks for it
+                            receipts = receipts.add(receipt)
                     self.ks.set_setting(SETTING_RELAY, queue.to_plain())
+                    self.ks.set_setting(SETTING_RELAY_RECEIPTS, receipts.to_plain())
                 for env, result in zip(envelopes, results, strict=True):
                     handed += result.ok
                     self.on_event({"event": "forwarded" if result.ok else "dropped",
@@ -857,24 +1066,44 @@ def _text(command: bytes) -> str:
         return command.hex()
 
 
-def group_status(ks: Keystore) -> dict[str, Any]:
-    """What this device knows of groups, as JSON: controlled, held, and relayed."""
+def group_status(ks: Keystore, group: str | None = None) -> dict[str, Any]:
+    """What this device knows of groups, as JSON (``pairkit group status``): the groups it
+    controls, each member's delivery state (``confirmed``: a verified receipt for the current
+    epoch; ``pending``: attempts so far and when the next is due, Unix seconds;
+    ``unreachable``: the attempts ran out), the groups it holds keys of, and what it relays
+    (envelopes waiting, receipts held for controllers).  ``group`` keeps only that group."""
+    if group is not None:
+        check_group_name(group)
     queue = relay_queue(ks)
+    receipts = relay_receipts(ks)
+
+    def member(r: GroupRecord, m: GroupMember) -> dict[str, Any]:
+        state = m.state(r.epoch)
+        return {
+            "id": m.device_id, "name": m.name, "via": peer_name(ks, m.via) if m.via else None,
+            "state": state, "confirmed": m.delivered, "delivered": m.delivered,
+            "pending": state != CONFIRMED, "attempts": m.attempts,
+            "next_try": m.next_try if state == PENDING else None, "last": m.note,
+        }
+
+    controls = [r for r in controller_groups(ks).values() if group in (None, r.name)]
+    held = [h for h in held_groups(ks).values() if group in (None, h.name)]
     return {
         "controls": [
-            {"group": r.name, "epoch": r.epoch, "members": [
-                {"id": m.device_id, "name": m.name, "via": peer_name(ks, m.via) if m.via else None,
-                 "delivered": m.delivered, "pending": m.delivered < r.epoch}
-                for m in r.members
-            ]}
-            for r in controller_groups(ks).values()
+            {"group": r.name, "epoch": r.epoch, "members": [member(r, m) for m in r.members]}
+            for r in controls
         ],
         "member_of": [
             {"group": h.name, "epoch": h.epoch, "controller": peer_name(ks, h.controller)}
-            for h in held_groups(ks).values()
+            for h in held
         ],
         "relaying": [
             {"member": peer_name(ks, e.member), "group": e.group, "epoch": e.epoch}
-            for e in queue.envelopes
+            for e in queue.envelopes if group in (None, e.group)
+        ],
+        "receipts_held": [
+            {"member": peer_name(ks, r.member), "controller": peer_name(ks, r.controller),
+             "group": r.group, "epoch": r.epoch, "ok": r.ok}
+            for r in receipts.receipts if group in (None, r.group)
         ],
     }
