@@ -241,11 +241,15 @@ class GroupLab:
     async def start_relay(
         self, node: Node, *, retry: float = 0.5,
         say: Callable[[Node, dict[str, Any]], None] | None = None,
+        relay_type: type[G.Relay] = G.Relay,
+        service_type: type[G.GroupService] = G.GroupService,
     ) -> None:
-        """Store and forward envelopes for members (a group service with a relay)."""
+        """Store and forward envelopes for members (a group service with a relay);
+        ``relay_type`` and ``service_type`` let a test put a relay that misbehaves in its
+        place."""
         sink = self._sink(node, say)
-        node.relay = G.Relay(node.ks, reach=self.reach(node), on_event=sink)
-        service = G.GroupService(node.ks, member=False, relay=node.relay, on_event=sink)
+        node.relay = relay_type(node.ks, reach=self.reach(node), on_event=sink)
+        service = service_type(node.ks, member=False, relay=node.relay, on_event=sink)
         node.stop = asyncio.Event()
         await self._serve(node, service)
         node.tasks.append(asyncio.create_task(node.relay.run(retry, node.stop)))
