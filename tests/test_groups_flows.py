@@ -22,9 +22,9 @@ from pairkit.pairing import wire
 from pairkit.pairing.errors import AuthenticationError, ConfigError, NotFoundError
 from pairkit.pairing.groups import (
     GroupEnvelope,
-    RetryPolicy,
     KeyDelivery,
     KeyReceipt,
+    RetryPolicy,
     envelope_info,
     seal_group_envelope,
 )

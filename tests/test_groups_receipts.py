@@ -175,8 +175,8 @@ async def test_a_receipt_from_an_earlier_incarnation_of_the_group_confirms_nothi
 async def test_an_unreachable_relay_counts_attempts_and_status_says_when_next(net: Net) -> None:
     await _confirmed_group(net)
     await net.lab.power_off(net.relay)
-    record, outcomes = await G.rekey_group(net.ctl.ks, "doors", reach=net.reach,
-                                           policy=RetryPolicy(first=60, attempts=5))
+    _, outcomes = await G.rekey_group(net.ctl.ks, "doors", reach=net.reach,
+                                      policy=RetryPolicy(first=60, attempts=5))
     assert all(o.status.startswith("relay unreachable") and o.state == "pending"
                for o in outcomes)
     member = G.group_status(net.ctl.ks)["controls"][0]["members"][0]
