@@ -82,6 +82,11 @@ async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[
     assert len(summary["devices"]) >= 8  # controller, relay, six members, an eavesdropper
     assert all(d["ok"] for d in summary["deliveries"]) and len(summary["deliveries"]) == 6
     assert {d["via"] for d in summary["deliveries"]} == {None, "relay"}
+    # Queued at the relay is not confirmed; every member's own receipt came back after.
+    assert {d["state"] for d in summary["deliveries"] if d["via"]} == {"pending"}
+    assert summary["confirmed"] == {"fire-sensors": ["sensor-1", "sensor-2"],
+                                    "fire-doors": ["door-1", "door-2", "door-3"],
+                                    "extinguishers": ["extinguisher-1"]}
     assert summary["relay"] == {"carried": 3, "could_open": False, "keys_held": 0,
                                 "queued_at_end": 0}
     reads = {b["group"]: b["read_by"] for b in summary["broadcasts"]}
@@ -96,6 +101,7 @@ async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[
     assert removal["door-3_rejected"] == ["wrong-epoch"]
     assert not removal["door-3_read"] and not removal["door-3_read_after"]
     assert summary["catch_up"]["read_by"] == ["door-1", "door-2"]
+    assert summary["catch_up"]["confirmed"] == ["door-1", "door-2"]
     err = capsys.readouterr().err
     if transport == "loopback":
         assert err == ""
