@@ -251,7 +251,7 @@ def sync(name: str, timeout: float, connect_timeout: float, attempts: int, backo
     Progress is kept in the keystore: 'pairkit group status NAME' shows it at any time.
 
     \b
-    Exit 0 when every member confirmed; 5 (timeout) when some are unreachable.
+    Exit 0 when every member confirmed; 4 (timeout) when some are unreachable.
     """
     from pairkit.groups import Reach, confirm_all, deliver_pending
 
