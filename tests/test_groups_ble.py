@@ -18,9 +18,11 @@ import pytest
 from pairkit import groups as G
 from pairkit.cli.groupdemo import GroupLab, run_groupkeys_demo, wait_for
 from pairkit.pairing.errors import TooLargeError
-from pairkit.pairing.groups import ADVERT_OVERHEAD
+from pairkit.pairing.groups import ADVERT_OVERHEAD, RetryPolicy
 from pairkit.presence import discover
 from pairkit.transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX
+
+from .group_adversary import LyingRelay, LyingService
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +112,39 @@ async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[
                       "Removal and rekey", "relay: holds an envelope", "none opens"):
             assert words in err
         assert "WARNING" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode", ["forge-self", "drop"])
+async def test_over_ble_a_receipt_comes_back_through_the_relay_and_a_liar_confirms_nobody(
+    lab: GroupLab, mode: str,
+) -> None:
+    """Controller -> relay (two radios) -> member, every hop a secure link over BLE: the
+    member's signed receipt confirms it; then the relay lies (forges the next receipts with its
+    own key, or drops the envelopes) and the member ends unreachable, never confirmed."""
+    ctl = await lab.add("controller")
+    relay = await lab.add("relay", downlink=True)
+    door = await lab.add("door")
+    await lab.commission(ctl, relay)
+    await lab.commission(ctl, door)
+    await lab.commission(door, relay)
+    await lab.start_member(door)
+    await lab.start_relay(relay, retry=0.1, relay_type=LyingRelay, service_type=LyingService)
+    G.create_group(ctl.ks, "doors")
+    fast = RetryPolicy(first=0.1, cap=0.5, attempts=30)
+    _, outcomes = await G.add_member(ctl.ks, "doors", "door", via="relay", reach=lab.reach(ctl),
+                                     policy=fast)
+    assert [o.state for o in outcomes] == ["pending"]
+    record, outcomes = await G.confirm_all(ctl.ks, "doors", reach=lab.reach(ctl), policy=fast)
+    assert [(o.name, o.state, o.status) for o in outcomes] == [
+        ("door", "confirmed", "confirmed (receipt through relay)")]
+
+    assert isinstance(relay.relay, LyingRelay)
+    relay.relay.mode = mode
+    short = RetryPolicy(first=0.1, cap=0.2, attempts=3)
+    await G.rekey_group(ctl.ks, "doors", reach=lab.reach(ctl), policy=short)
+    record, outcomes = await G.confirm_all(ctl.ks, "doors", reach=lab.reach(ctl), policy=short)
+    (m,) = record.members
+    assert (m.state(2), m.delivered, m.attempts) == ("unreachable", 1, 3)
+    why = "not signed by its member" if mode == "forge-self" else "awaiting the member's receipt"
+    assert why in outcomes[0].status
+    assert G.held_groups(door.ks)["doors"].epoch == 1
