@@ -66,8 +66,9 @@ def _report(record: Any, outcomes: list[Any], as_json: bool, what: str) -> None:
     click.echo(f"{record.name}: epoch {record.epoch}, {len(record.members)} member(s); {what}")
     for o in outcomes:
         route = f"via {o.via}" if o.via else "directly"
-        click.echo(f"  {o.name:<24} {route:<20} {_state_text(o.state, o.attempts, o.next_try)}"
-                   f"  ({o.status})")
+        said = o.status if o.state == "confirmed" else (
+            f"{_state_text(o.state, o.attempts, o.next_try)}  ({o.status})")
+        click.echo(f"  {o.name:<24} {route:<20} {said}")
     pending = [o.name for o in outcomes if o.state == "pending"]
     lost = [o.name for o in outcomes if o.state == "unreachable"]
     if pending:
