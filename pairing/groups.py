@@ -41,6 +41,17 @@ A member accepts an envelope only when it is addressed to it, signed by the cont
 trusts for that group (the first controller it accepted the group from, or the one it was told
 to trust), and not older than the epoch it holds; it then forgets older epochs.
 
+Receipts
+--------
+
+A member answers each envelope with its Ed25519 signature over
+``CBOR ["pairkit/1 group receipt", controller id, member id, group, epoch, SHA-256(envelope),
+ok]`` (:func:`signed_result`, in :class:`DeliveryResult` field 6).  A relay keeps it as a
+:class:`GroupReceipt` (:class:`RelayReceipts`) and hands it back on :class:`ReceiptRequest`; the
+controller believes it only after :func:`check_receipt` against the envelope waiting for that
+member, and retries the others (:class:`RetryPolicy`, :class:`GroupRecord`).  docs/protocol.md
+§14 specifies it; a relay can drop a receipt, never make, alter or move one.
+
 Encrypted advertisement
 -----------------------
 
