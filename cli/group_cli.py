@@ -25,11 +25,12 @@ import asyncio
 import contextlib
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
-from pairkit.pairing.errors import ConfigError, PairingTimeout
+from pairkit.pairing.errors import ConfigError, NotFoundError, PairingTimeout
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds
@@ -110,18 +111,51 @@ def _policy(attempts: int, backoff: float, max_backoff: float) -> Any:
 
 @group.command()
 @click.argument("name")
+@click.option("--trust", type=click.Choice(["paired", "ca"]), default="paired",
+              show_default=True,
+              help="How members trust this controller: 'paired' (they paired with it) or "
+                   "'ca' (its certificate from the key server's CA: 'ttp enroll --cert').")
 @_json_option
-def create(name: str, as_json: bool) -> None:
-    """Create the group NAME, controlled by this device, with a fresh key (epoch 1)."""
+def create(name: str, trust: str, as_json: bool) -> None:
+    """Create the group NAME, controlled by this device, with a fresh key (epoch 1).
+
+    \b
+    --trust paired  a member takes keys only from a controller it paired with (the default)
+    --trust ca      every envelope carries this device's certificate from the key server's
+                    CA; a member enrolled with the same CA takes it without a pairing, a
+                    member enrolled with another CA refuses it.  Members can then be added
+                    by their own certificate: 'pairkit group add NAME --cert FILE'.
+    """
     from pairkit.groups import create_group
 
     ks = unlock()
-    record = create_group(ks, name)
+    record = create_group(ks, name, trust=trust)
     if as_json:
-        emit_json({"ok": True, "group": record.name, "epoch": record.epoch})
+        emit_json({"ok": True, "group": record.name, "epoch": record.epoch,
+                   "trust": record.trust})
     else:
-        click.echo(f"created group {record.name} (epoch {record.epoch}); add members with "
-                   f"'pairkit group add {record.name} PEER'")
+        click.echo(f"created group {record.name} (epoch {record.epoch}, trusted "
+                   f"{'by pairing' if trust == 'paired' else 'through the CA'}); add members "
+                   f"with 'pairkit group add {record.name} PEER'")
+
+
+def _read_cert_file(path: Path) -> bytes:
+    """A device certificate from a file: PEM (as 'pairkit group cert' writes) or DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if len(raw) > 16 * 1024:
+        raise ConfigError(f"{path} is too large to be a device certificate")
+    try:
+        cert = (x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(raw))
+    except ValueError:
+        raise ConfigError(f"{path} is not a certificate (PEM or DER)") from None
+    return cert.public_bytes(Encoding.DER)
 
 
 def _reach_options(f: Any) -> Any:
@@ -144,16 +178,21 @@ def _reach_options(f: Any) -> Any:
 @group.command()
 @trace_option
 @click.argument("name")
-@click.argument("peer")
+@click.argument("peer", required=False)
 @click.option("--via", "via", default=None, metavar="RELAY",
               help="Deliver through this relay (a known peer running 'pairkit group relay').")
+@click.option("--cert", "cert_file", default=None, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Add the device whose certificate this is ('pairkit group cert' on it), in "
+                   "a group made with --trust ca: no pairing with it needed.")
 @_reach_options
 @_policy_options
 @_json_option
-def add(name: str, peer: str, via: str | None, transport: str | None, address: str | None,
-        timeout: float, connect_timeout: float, attempts: int, backoff: float,
-        max_backoff: float, as_json: bool) -> None:
-    """Add the known peer PEER to group NAME and deliver the group key to it.
+def add(name: str, peer: str | None, via: str | None, cert_file: Path | None,
+        transport: str | None, address: str | None, timeout: float, connect_timeout: float,
+        attempts: int, backoff: float, max_backoff: float, as_json: bool) -> None:
+    """Add the known peer PEER (or the device of --cert FILE) to group NAME and deliver the
+    group key to it.
 
     The key travels sealed to PEER's identity key and signed by this device; a relay
     (--via) forwards it and cannot open it.  PEER is *confirmed* only when its own signed
@@ -163,12 +202,15 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
     """
     from pairkit.groups import Reach, add_member
 
+    if (peer is None) == (cert_file is None):
+        raise ConfigError("name the member: a known PEER, or --cert FILE (not both)")
+    cert = _read_cert_file(cert_file) if cert_file is not None else None
     policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
     record, outcomes = run_async(lambda: add_member(
         ks, name, peer, via=via, transport=transport, address=address, reach=reach,
-        policy=policy,
+        policy=policy, cert=cert,
     ))
     _report(record, outcomes, as_json, "key sent")
 
@@ -520,6 +562,46 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
         info("relay stopped")
 
 
+@group.command(name="cert")
+@click.option("--out", "-o", "out", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the certificate (PEM) to FILE instead of stdout.")
+@_json_option
+def cert_cmd(out: Path | None, as_json: bool) -> None:
+    """Show this device's certificate from the key server's CA ('ttp enroll --cert').
+
+    A controller adds this device to a group trusted through the CA with
+    'pairkit group add NAME --cert FILE': the certificate names this device, its signing key
+    and the key envelopes are sealed to, signed by the CA.  It holds nothing secret.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pairkit.groupcert import own_cert, trusted_ca
+    from pairkit.pairing.groupcert import check_device_cert
+
+    ks = unlock()
+    der, ca = own_cert(ks), trusted_ca(ks)
+    if der is None or ca is None:
+        raise NotFoundError("this device has no certificate yet: pairkit ttp enroll --server "
+                            "HOST:PORT --ca ca.pem --cert")
+    found = check_device_cert(der, ca, now=time.time(), device_id=bytes.fromhex(ks.device_id))
+    pem = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
+    if out is not None:
+        try:
+            out.write_text(pem)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {out}: {exc.strerror}") from None
+    if as_json:
+        emit_json({"ok": True, "id": found.device_id.hex(), "name": found.name,
+                   "valid_until": int(found.not_after), "file": str(out) if out else None,
+                   "pem": pem})
+    elif out is None:
+        click.echo(pem, nl=False)
+    else:
+        info(f"wrote {found.name}'s certificate to {out}")
+
+
 def _status(name: str | None, as_json: bool) -> None:
     from pairkit.groups import group_status
 
@@ -528,7 +610,8 @@ def _status(name: str | None, as_json: bool) -> None:
         emit_json(status)
         return
     for g in status["controls"]:
-        click.echo(f"controls {g['group']} (epoch {g['epoch']})")
+        trusted = "through the CA" if g["trust"] == "ca" else "by pairing"
+        click.echo(f"controls {g['group']} (epoch {g['epoch']}, trusted {trusted})")
         for m in g["members"]:
             route = f" via {m['via']}" if m["via"] else ""
             state = _state_text(m["state"], m["attempts"], m["next_try"])

@@ -169,6 +169,7 @@ ENC_SIZE: Final = 32
 SEALED_KEY_SIZE: Final = 32 + 16
 SIGNATURE_SIZE: Final = 64
 DIGEST_SIZE: Final = 32
+CERT_MAX: Final = 1024  #: pairing.groupcert.CERT_MAX
 
 _ENVELOPE_INFO = keyschedule.GROUP_KEY
 _ENVELOPE_SIGNED = keyschedule.GROUP_ENVELOPE
@@ -232,6 +233,10 @@ class GroupEnvelope(Message):
     enc: bytes = field(6, size=ENC_SIZE)
     ct: bytes = field(7, size=SEALED_KEY_SIZE)
     signature: bytes = field(8, size=SIGNATURE_SIZE)
+    #: the controller's device certificate (DER) in a group trusted through the key server's
+    #: CA (issue 14; pairing/groupcert.py); optional, outside the signature (it vouches for
+    #: itself, and must name ``controller``)
+    cert: bytes | None = field(9, max_len=CERT_MAX, default=None)
 
     def __post_init__(self) -> None:
         try:
@@ -247,7 +252,7 @@ class GroupEnvelope(Message):
     @classmethod
     def decode_bytes(cls, data: bytes) -> GroupEnvelope:
         """Decode what :meth:`encode_bytes` made, strictly (:class:`DecodeError`)."""
-        return decode_struct(cls, data, max_size=512)
+        return decode_struct(cls, data, max_size=512 + CERT_MAX)
 
 
 @struct
@@ -267,7 +272,7 @@ class DeliveryResult(Message):
     signature: bytes | None = field(6, size=SIGNATURE_SIZE, default=None)
 
 
-@message(type_id=90, max_size=32 * 1024)
+@message(type_id=90, max_size=48 * 1024)
 class KeyDelivery(Message):
     """Controller or relay -> member, on a secure channel: envelopes for this member."""
 
@@ -281,7 +286,7 @@ class KeyReceipt(Message):
     results: tuple[DeliveryResult, ...] = field(2, max_len=MAX_BATCH)
 
 
-@message(type_id=92, max_size=32 * 1024)
+@message(type_id=92, max_size=48 * 1024)
 class Forward(Message):
     """Controller -> relay, on a secure channel: envelopes to store and deliver."""
 
@@ -885,6 +890,11 @@ class RetryPolicy:
         return float(min(self.cap, self.first * self.factor**exponent))
 
 
+#: how members trust a group's controller (``pairkit group create --trust``)
+PAIRED: Final = "paired"
+CA: Final = "ca"
+TRUSTS: Final = (PAIRED, CA)
+
 #: a member's delivery state, as ``pairkit group status`` shows it
 CONFIRMED: Final = "confirmed"
 PENDING: Final = "pending"
@@ -916,9 +926,17 @@ class GroupMember:
     next_try: float = 0.0
     note: str | None = None
     unreachable: bool = False
+    #: the member's keys from its certificate, when the controller knows it by one (a group
+    #: trusted through the CA) rather than by a pairing
+    static: bytes | None = None
+    signing: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_hex_id(self.device_id, "a member")
+        for what in ("static", "signing"):
+            key = getattr(self, what)
+            if key is not None and (not isinstance(key, bytes) or len(key) != 32):
+                raise ConfigError(f"a member's {what} key is 32 bytes")
         if self.via is not None:
             _check_hex_id(self.via, "a relay")
             if self.via == self.device_id:
@@ -962,6 +980,8 @@ class GroupMember:
             "next_try": self.next_try,
             "note": self.note,
             "unreachable": self.unreachable,
+            "static": self.static,
+            "signing": self.signing,
         }
 
 
@@ -972,10 +992,15 @@ class GroupRecord:
     name: str
     epoch: int = 1
     members: tuple[GroupMember, ...] = ()
+    #: how members come to trust the controller: :data:`PAIRED` (a direct pairing with it)
+    #: or :data:`CA` (its certificate from the key server's CA, in every envelope)
+    trust: str = "paired"
 
     def __post_init__(self) -> None:
         check_group_name(self.name)
         _check_epoch(self.epoch)
+        if self.trust not in TRUSTS:
+            raise ConfigError(f"a group's trust is one of {', '.join(TRUSTS)}")
         ids = [m.device_id for m in self.members]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"group {self.name!r} lists a member twice")
@@ -991,7 +1016,7 @@ class GroupRecord:
         if self.member(member.device_id) is not None:
             raise ConfigError(f"{member.name} is already a member of {self.name}")
         fresh = GroupMember(member.device_id, member.name, member.via, member.transport,
-                            member.address)
+                            member.address, static=member.static, signing=member.signing)
         return dataclasses.replace(self, members=(*self.members, fresh))
 
     def without_member(self, device_id: str) -> GroupRecord:
@@ -1076,6 +1101,7 @@ class GroupRecord:
         return {
             "epoch": self.epoch,
             "members": {m.device_id: m.to_plain() for m in self.members},
+            "trust": self.trust,
         }
 
     @classmethod
@@ -1096,10 +1122,12 @@ class GroupRecord:
                     m.get("next_try", 0.0),
                     m.get("note"),
                     m.get("unreachable", False),
+                    m.get("static"),
+                    m.get("signing"),
                 )
                 for device_id, m in data["members"].items()
             )
-            return cls(name, data["epoch"], members)
+            return cls(name, data["epoch"], members, data.get("trust", PAIRED))
         except (KeyError, TypeError, AttributeError, ConfigError):
             raise DecodeError(f"the record of group {name!r} is damaged") from None
 

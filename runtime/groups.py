@@ -44,6 +44,7 @@ from . import peers as store
 from .clock import SYSTEM_CLOCK, Clock
 from .driver import drive
 from .files import Records
+from .groupcert import own_cert, trusted_ca
 from .pairing.delivery import (
     DeliveryReceiver,
     DeliverySender,
@@ -62,11 +63,15 @@ from .pairing.errors import (
     ReplayError,
     TooLargeError,
 )
+from .pairing.groupcert import DeviceCert, check_device_cert
 from .pairing.groups import (
     ADVERT_OVERHEAD,
+    CA,
     CONFIRMED,
     MAX_BATCH,
+    PAIRED,
     PENDING,
+    TRUSTS,
     DeliveryResult,
     ForwardReceipt,
     GroupEnvelope,
@@ -196,8 +201,26 @@ def _usable_peer(ks: Keystore, name_or_id: str, what: str) -> Peer:
     return peer
 
 
-def _controller_key(ks: Keystore) -> Callable[[bytes], bytes | None]:
+def _controller_key(
+    ks: Keystore, env: GroupEnvelope | None = None, clock: Clock = SYSTEM_CLOCK,
+) -> Callable[[bytes], bytes | None]:
+    """Whose signature a member believes on an envelope: a controller it paired with
+    (authenticated), or, when the envelope carries a certificate and this device enrolled
+    with a key server, the key in that certificate if the CA it enrolled with issued it
+    (issue 14).  A certificate that does not check is refused outright, pairing or not: a
+    member enrolled with another CA refuses."""
+
     def lookup(device_id: bytes) -> bytes | None:
+        ca = trusted_ca(ks)
+        if env is not None and env.cert is not None and ca is not None:
+            try:
+                return check_device_cert(env.cert, ca, now=clock.wall(),
+                                         device_id=device_id).signing
+            except AuthenticationError as exc:
+                raise AuthenticationError(
+                    f"refused an envelope for group {env.group!r}: its controller's "
+                    f"certificate: {exc}"
+                ) from None
         try:
             peer = ks.get_peer(device_id.hex())
         except NotFoundError:
@@ -205,6 +228,41 @@ def _controller_key(ks: Keystore) -> Callable[[bytes], bytes | None]:
         return peer.signing_public if peer.authenticated else None
 
     return lookup
+
+
+def _own_checked_cert(ks: Keystore, clock: Clock) -> bytes:
+    """This device's certificate, checked against its own CA now (a controller in a group
+    trusted through the CA sends it in every envelope)."""
+    cert, ca = own_cert(ks), trusted_ca(ks)
+    if cert is None or ca is None:
+        raise ConfigError(
+            "this device has no certificate from a key server: run 'pairkit ttp enroll "
+            "--server HOST:PORT --ca ca.pem --cert' first"
+        )
+    try:
+        check_device_cert(cert, ca, now=clock.wall(), device_id=bytes.fromhex(ks.device_id))
+    except AuthenticationError as exc:
+        raise ConfigError(f"this device's certificate is no longer good: {exc}; enrol "
+                          "again with --cert") from None
+    return cert
+
+
+def _member_from_cert(
+    ks: Keystore, record: GroupRecord, cert: bytes, clock: Clock
+) -> DeviceCert:
+    if record.trust != CA:
+        raise ConfigError(
+            f"group {record.name} is trusted by pairing: add members by name (a known peer), "
+            "or create a group with --trust ca to add them by certificate"
+        )
+    ca = trusted_ca(ks)
+    if ca is None:
+        raise ConfigError("this device enrolled with no key server; it cannot check a "
+                          "certificate")
+    try:
+        return check_device_cert(cert, ca, now=clock.wall())
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"refused the member's certificate: {exc}") from None
 
 
 def peer_name(ks: Keystore, device_id: bytes | str) -> str:
@@ -412,15 +470,25 @@ class Outcome:
         return dataclasses.asdict(self)
 
 
-def create_group(ks: Keystore, name: str) -> GroupRecord:
-    """Start controlling ``name`` at epoch 1 with a fresh key (kept inside the keystore)."""
+def create_group(
+    ks: Keystore, name: str, *, trust: str = PAIRED, clock: Clock = SYSTEM_CLOCK
+) -> GroupRecord:
+    """Start controlling ``name`` at epoch 1 with a fresh key (kept inside the keystore).
+
+    ``trust`` says how members come to believe this controller: ``paired`` (they paired with
+    it) or ``ca`` (its device certificate from the key server's CA travels in every envelope:
+    this device must have enrolled with ``pairkit ttp enroll --cert``)."""
     check_group_name(name)
+    if trust not in TRUSTS:
+        raise ConfigError(f"--trust is one of {', '.join(TRUSTS)}, not {trust!r}")
+    if trust == CA:
+        _own_checked_cert(ks, clock)
     with ks.update():
         if name in controller_groups(ks):
             raise ConfigError(f"this device already controls a group {name!r}")
         if name in held_groups(ks):
             raise ConfigError(f"this device is a member of another controller's group {name!r}")
-        record = GroupRecord(name)
+        record = GroupRecord(name, trust=trust)
         ks.forget_group(name)
         ks.new_group_key(name, record.epoch)
         _put_record(ks, record)
@@ -430,27 +498,41 @@ def create_group(ks: Keystore, name: str) -> GroupRecord:
 async def add_member(
     ks: Keystore,
     name: str,
-    peer: str,
+    peer: str | None,
     *,
     via: str | None = None,
     transport: str | None = None,
     address: str | None = None,
     reach: Reach | None = None,
     policy: RetryPolicy | None = None,
+    cert: bytes | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
-    """Add the known peer ``peer`` to ``name`` and deliver the current key to it (through the
-    relay ``via`` if given), with any other pending member.  A member that cannot be reached
+    """Add the known peer ``peer`` (or the device whose certificate is ``cert``, in a group
+    trusted through the CA: the controller need not have paired with it) to ``name`` and
+    deliver the current key to it (through the relay ``via`` if given), with any other
+    pending member.  A member that cannot be reached
     stays pending.  ``transport`` and ``address`` say where to reach the first hop (the member,
     or its relay) when not where the keystore last saw it."""
+    clock = (reach or Reach()).clock
     with ks.update():
         record = controlled(ks, name)
-        member = _usable_peer(ks, peer, "group member")
         relay = _usable_peer(ks, via, "relay") if via is not None else None
-        if relay is not None and relay.id == member.id:
+        if cert is not None:
+            found = _member_from_cert(ks, record, cert, clock)
+            entry = GroupMember(found.device_id.hex(), found.name, relay.id if relay else None,
+                                transport, address, static=found.static,
+                                signing=found.signing)
+        else:
+            if peer is None:
+                raise ConfigError("name the member: a known peer, or --cert FILE")
+            member = _usable_peer(ks, peer, "group member")
+            entry = GroupMember(member.id, member.name, relay.id if relay else None, transport,
+                                address)
+        if relay is not None and relay.id == entry.device_id:
             raise ConfigError("a member cannot be its own relay")
-        record = record.with_member(GroupMember(
-            member.id, member.name, relay.id if relay else None, transport, address,
-        ))
+        if entry.device_id == ks.device_id:
+            raise ConfigError("a controller is not a member of its own group")
+        record = record.with_member(entry)
         _put_record(ks, record)
     return await deliver_pending(ks, name, reach=reach, policy=policy)
 
@@ -493,7 +575,7 @@ def _find_member(ks: Keystore, record: GroupRecord, peer: str) -> str:
 
 
 def _seal_waiting(
-    ks: Keystore, name: str, members: Iterable[GroupMember]
+    ks: Keystore, name: str, members: Iterable[GroupMember], clock: Clock = SYSTEM_CLOCK,
 ) -> tuple[dict[str, GroupEnvelope], dict[str, str]]:
     """The envelope each member must confirm: the one already waiting for it at the current
     epoch (sent again byte for byte, so that its receipt names it), else a fresh one, kept in
@@ -509,9 +591,12 @@ def _seal_waiting(
             try:
                 env = current.waiting()
                 if env is None or env.epoch != record.epoch:
-                    peer = _usable_peer(ks, m.device_id, "group member")
+                    static = current.static or _usable_peer(
+                        ks, m.device_id, "group member").static_public
                     env = seal_group_envelope(ks, group=name, epoch=record.epoch,
-                                              member_public=peer.static_public)
+                                              member_public=static)
+                    if record.trust == CA:
+                        env = dataclasses.replace(env, cert=_own_checked_cert(ks, clock))
                     record = record.waiting_for(m.device_id, env.encode_bytes())
             except PairingError as exc:
                 failed[m.device_id] = str(exc)
@@ -543,7 +628,12 @@ def _settle(
     )
 
 
-def _member_signing(ks: Keystore, device_id: str) -> bytes:
+def _member_signing(ks: Keystore, device_id: str, name: str | None = None) -> bytes:
+    if name is not None:
+        record = controller_groups(ks).get(name)
+        m = record.member(device_id) if record is not None else None
+        if m is not None and m.signing is not None:
+            return m.signing  # from its certificate
     peer = _usable_peer(ks, device_id, "group member")
     assert peer.signing_public is not None  # _usable_peer checked it
     return peer.signing_public
@@ -564,7 +654,7 @@ async def deliver_pending(
     now = reach.clock.wall()
     targets = record.due(now) if due_only else tuple(
         m for m in record.pending() if not m.unreachable)
-    envelopes, failed = _seal_waiting(ks, name, targets)
+    envelopes, failed = _seal_waiting(ks, name, targets, reach.clock)
     outcomes: list[Outcome] = []
     by_relay: dict[str, list[GroupMember]] = {}
     for m in targets:
@@ -605,7 +695,7 @@ async def _try_direct(
         return settle(False, False, "the member answered without a signed receipt")
     try:
         took = check_receipt(receipt, expected=env, member_signing=_member_signing(
-            ks, m.device_id))
+            ks, m.device_id, name))
     except PairingError as exc:
         return settle(False, False, str(exc))
     if took:
@@ -632,7 +722,7 @@ async def _try_relay(
                 m, env = by_digest[receipt.envelope]
                 if verdicts.get(m.device_id, (False,))[0]:
                     continue
-                verdicts[m.device_id] = _judge(ks, receipt, m, env, relay_name)
+                verdicts[m.device_id] = _judge(ks, name, receipt, m, env, relay_name)
         # Forward again whatever is not settled by the member's own word (a bad receipt
         # settles nothing: the envelope goes out again, and the bad receipt is reported).
         rest = [(m, env) for m, env in waiting
@@ -670,13 +760,14 @@ async def _try_relay(
 
 
 def _judge(
-    ks: Keystore, receipt: GroupReceipt, m: GroupMember, env: GroupEnvelope, relay_name: str
+    ks: Keystore, name: str, receipt: GroupReceipt, m: GroupMember, env: GroupEnvelope,
+    relay_name: str,
 ) -> tuple[bool, bool, str]:
     """(confirmed, ok, status) from one receipt a relay handed over: the member's signature
     decides, never the relay's word."""
     try:
         took = check_receipt(receipt, expected=env,
-                             member_signing=_member_signing(ks, m.device_id))
+                             member_signing=_member_signing(ks, m.device_id, name))
     except PairingError as exc:
         return False, False, f"{relay_name} handed over a bad receipt: {exc}"
     if took:
@@ -863,15 +954,17 @@ class GroupService:
         return tuple(results)
 
 
-def take_envelope(ks: Keystore, env: GroupEnvelope) -> HeldGroup:
+def take_envelope(
+    ks: Keystore, env: GroupEnvelope, clock: Clock = SYSTEM_CLOCK
+) -> HeldGroup:
     """A member's checks of one envelope (:func:`pairing.groups.open_group_envelope`); the key
     is kept inside ``ks`` and the group recorded (call inside ``ks.update()``)."""
     if env.group in controller_groups(ks):
         raise ConfigError(f"this device controls a group called {env.group!r} itself")
     pins = ks.setting(SETTING_PINS, {}) or {}
     held = open_group_envelope(
-        ks, env, controller_key=_controller_key(ks), held=held_groups(ks).get(env.group),
-        pinned=pins.get(env.group),
+        ks, env, controller_key=_controller_key(ks, env, clock),
+        held=held_groups(ks).get(env.group), pinned=pins.get(env.group),
     )
     _put_held(ks, held)
     return held
@@ -1090,7 +1183,8 @@ def group_status(ks: Keystore, group: str | None = None) -> dict[str, Any]:
     held = [h for h in held_groups(ks).values() if group in (None, h.name)]
     return {
         "controls": [
-            {"group": r.name, "epoch": r.epoch, "members": [member(r, m) for m in r.members]}
+            {"group": r.name, "epoch": r.epoch, "trust": r.trust,
+             "members": [member(r, m) for m in r.members]}
             for r in controls
         ],
         "member_of": [

@@ -305,7 +305,8 @@ def test_show_and_sync_with_nothing_pending(home: dict[str, str]) -> None:
     assert _run(home, "create", "doors").exit_code == 0
     shown = _run(home, "status", "--json")
     assert json.loads(shown.output) == {
-        "controls": [{"group": "doors", "epoch": 1, "members": []}],
+        "controls": [{"group": "doors", "epoch": 1, "trust": "paired",
+                                   "members": []}],
         "member_of": [], "relaying": [], "receipts_held": [],
     }
     synced = _run(home, "sync", "doors", "--json")

@@ -331,6 +331,7 @@ def test_status_is_plain_json(tmp_path: Path) -> None:
     ks = Keystore.create(tmp_path / "k.pk", "246813", name="solo", kdf=Argon2Params.cheapest())
     G.create_group(ks, "doors")
     status = G.group_status(ks)
-    assert status == {"controls": [{"group": "doors", "epoch": 1, "members": []}],
+    assert status == {"controls": [{"group": "doors", "epoch": 1, "trust": "paired",
+                                   "members": []}],
                       "member_of": [], "relaying": [], "receipts_held": []}
     asyncio.run(asyncio.sleep(0))  # nothing async left behind
