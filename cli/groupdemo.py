@@ -143,9 +143,11 @@ class GroupLab:
             private_addresses=False,
         )
 
-    async def add(self, name: str, *, extended: bool = False, downlink: bool = False) -> Node:
+    async def add(self, name: str, *, extended: bool = False, downlink: bool = False,
+                  downlink_extended: bool = False) -> Node:
         """A new device with its own keystore and personal cloud, as ``pairkit init`` makes;
-        ``downlink`` gives it a second radio to reach peers through."""
+        ``downlink`` gives it a second radio to reach peers through (``downlink_extended``:
+        with extended advertising, for a group agent's broadcasts)."""
         path = self.root / name / "keystore.pk"
         ks = await asyncio.to_thread(
             Keystore.create, path, DEMO_PIN, name=name, kdf=Argon2Params.cheapest()
@@ -155,7 +157,8 @@ class GroupLab:
         transport = await self._open_transport(name, extended=extended, address=None)
         node = Node(name, ks, transport, str(transport.address))
         if downlink:
-            node.downlink = await self._open_transport(f"{name}-down", extended=False,
+            node.downlink = await self._open_transport(f"{name}-down",
+                                                       extended=downlink_extended,
                                                        address=None)
         self.nodes[name] = node
         return node
@@ -250,6 +253,20 @@ class GroupLab:
         sink = self._sink(node, say)
         node.relay = relay_type(node.ks, reach=self.reach(node), on_event=sink)
         service = service_type(node.ks, member=False, relay=node.relay, on_event=sink)
+        node.stop = asyncio.Event()
+        await self._serve(node, service)
+        node.tasks.append(asyncio.create_task(node.relay.run(retry, node.stop)))
+
+    async def start_agent(
+        self, node: Node, *, retry: float = 0.5,
+        say: Callable[[Node, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """A relay that is also a member and its groups' agent: it broadcasts, on its downlink
+        radio, the commands its controllers send it (``pairkit group agent``)."""
+        sink = self._sink(node, say)
+        node.relay = G.Relay(node.ks, reach=self.reach(node), on_event=sink)
+        agent = G.Agent(node.ks, node.downlink or node.transport, on_event=sink)
+        service = G.GroupService(node.ks, relay=node.relay, agent=agent, on_event=sink)
         node.stop = asyncio.Event()
         await self._serve(node, service)
         node.tasks.append(asyncio.create_task(node.relay.run(retry, node.stop)))

@@ -14,6 +14,10 @@ On a secure channel between known peers:
   receipts of envelopes the relay was given; the relay answers with those it holds
   (:class:`GiveReceipts`), and the controller checks each signature itself
   (:func:`pairing.groups.check_receipt`).
+* :class:`CommandSender` (a controller to its group agent) sends one signed
+  :class:`~pairing.groups.AgentCommand` and takes the :class:`~pairing.groups.AgentResult`;
+  an agent's :class:`DeliveryReceiver` asks the runtime to check and broadcast it
+  (:class:`RunCommand`), any other device refuses it itself.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import ClassVar
 from .errors import ProtocolError
 from .groups import (
     MAX_BATCH,
+    AgentCommand,
+    AgentResult,
     DeliveryResult,
     Forward,
     ForwardReceipt,
@@ -120,6 +126,41 @@ class ReceiptFetch(Machine):
         self._finish()
 
 
+class CommandSender(Machine):
+    """Send one command to a group agent and take its result (:attr:`result`); the agent
+    has ``air`` seconds of broadcasting on top of the usual wait."""
+
+    TABLE: ClassVar[dict[tuple[str, type], Step]] = {
+        (WAITING, AgentResult): step("_on_result", DONE),
+    }
+    STARTS: ClassVar[frozenset[str]] = frozenset({WAITING})
+
+    def __init__(self, command: AgentCommand, *, timeout: float = 15.0) -> None:
+        super().__init__(initial_state="new")
+        self.command = command
+        self._timeout = timeout + command.air_ms / 1000
+        self.result: AgentResult | None = None
+
+    def _on_start(self, now: float) -> None:
+        self._send(self.command)
+        self.state = WAITING
+        self._expect_by(now + self._timeout, "the agent did not answer the command")
+
+    def _on_result(self, msg: AgentResult, now: float) -> None:
+        if (msg.group, msg.number) != (self.command.group, self.command.number):
+            raise ProtocolError("the agent answered for another command")
+        self.result = msg
+        self._finish()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCommand(Event):
+    """Check this command and broadcast it (then :meth:`DeliveryReceiver.answer_command`)."""
+
+    hook: ClassVar[str] = "run_command"
+    command: AgentCommand
+
+
 @dataclasses.dataclass(frozen=True)
 class GiveReceipts(Event):
     """Find the receipts held for these envelope digests (then
@@ -153,15 +194,17 @@ class DeliveryReceiver(Machine):
         (WAITING, KeyDelivery): step("_on_delivery", WORKING),
         (WAITING, Forward): step("_on_forward", WAITING, WORKING),
         (WAITING, ReceiptRequest): step("_on_receipt_request", WAITING, WORKING),
+        (WAITING, AgentCommand): step("_on_command", WAITING, WORKING),
         (WAITING, Bye): step("_on_bye", DONE),
     }
     STARTS: ClassVar[frozenset[str]] = frozenset({WAITING})
 
-    def __init__(self, *, relay: bool, idle: float = RECEIVE_IDLE) -> None:
+    def __init__(self, *, relay: bool, idle: float = RECEIVE_IDLE, agent: bool = False) -> None:
         super().__init__(initial_state="new")
         self.relay = relay
+        self.agent = agent
         self._idle = idle
-        self._batch: TakeKeys | QueueForward | GiveReceipts | None = None
+        self._batch: TakeKeys | QueueForward | GiveReceipts | RunCommand | None = None
 
     def _on_start(self, now: float) -> None:
         self._wait(now)
@@ -172,7 +215,7 @@ class DeliveryReceiver(Machine):
         """The runtime's results for the batch of the last event, one per envelope, in order."""
         self._check_usable()
         batch = self._batch
-        if self.state != WORKING or batch is None or isinstance(batch, GiveReceipts):
+        if self.state != WORKING or not isinstance(batch, TakeKeys | QueueForward):
             raise ProtocolError("no batch is being taken")
         if len(results) != len(batch.envelopes):
             raise ProtocolError("one result per envelope, in order")
@@ -193,6 +236,25 @@ class DeliveryReceiver(Machine):
             raise ProtocolError("answer only with receipts of the envelopes asked about")
         self._send(ReceiptBatch(tuple(receipts)))
         self._wait(now)
+
+    def answer_command(self, result: AgentResult, now: float) -> None:
+        """The runtime's result for the last :class:`RunCommand`."""
+        self._check_usable()
+        batch = self._batch
+        if self.state != WORKING or not isinstance(batch, RunCommand):
+            raise ProtocolError("no command is being run")
+        if (result.group, result.number) != (batch.command.group, batch.command.number):
+            raise ProtocolError("answer the command that was asked")
+        self._send(result)
+        self._wait(now)
+
+    def _on_command(self, msg: AgentCommand, now: float) -> None:
+        if not self.agent:
+            self._send(AgentResult(msg.group, msg.number, False,
+                                   reason="this device is not a group agent"))
+            self._wait(now)
+            return
+        self._work(RunCommand(msg))
 
     def _on_receipt_request(self, msg: ReceiptRequest, now: float) -> None:
         if not self.relay:
@@ -216,7 +278,7 @@ class DeliveryReceiver(Machine):
     def _on_bye(self, msg: Bye, now: float) -> None:
         self._finish()
 
-    def _work(self, batch: TakeKeys | QueueForward | GiveReceipts) -> None:
+    def _work(self, batch: TakeKeys | QueueForward | GiveReceipts | RunCommand) -> None:
         self._batch = batch
         self.state = WORKING
         self._expect_by(None)

@@ -175,6 +175,7 @@ _ENVELOPE_INFO = keyschedule.GROUP_KEY
 _ENVELOPE_SIGNED = keyschedule.GROUP_ENVELOPE
 _ADVERT_AAD = keyschedule.GROUP_ADVERT
 _RECEIPT_SIGNED = keyschedule.GROUP_RECEIPT
+_AGENT_SIGNED = keyschedule.GROUP_AGENT
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -352,6 +353,106 @@ class ReceiptBatch(Message):
     an envelope not answered yet).  Only receipts naming the asking controller are given."""
 
     receipts: tuple[GroupReceipt, ...] = field(2, max_len=MAX_BATCH)
+
+
+# ---------------------------------------------------------------------------------------------
+# The group agent: commands end to end from the controller, broadcast by the agent (issue 14)
+
+#: the longest command an agent broadcasts (what fits an extended advertisement)
+MAX_COMMAND: Final = 208 - 41
+#: the longest an agent keeps one command on the air (milliseconds)
+MAX_AIR_MS: Final = 60_000
+
+
+@message(type_id=114, max_size=2048)
+class AgentCommand(Message):
+    """Controller -> its group agent, on a secure channel: broadcast this command to the group
+    (module docstring, "Group agent").  ``number`` counts the controller's commands to this
+    agent for this group, from 1; ``cert`` is the controller's certificate in a group trusted
+    through the CA."""
+
+    group: str = field(2, max_len=MAX_GROUP_NAME)
+    epoch: int = field(3)
+    number: int = field(4)
+    command: bytes = field(5, max_len=MAX_COMMAND)
+    air_ms: int = field(6)
+    signature: bytes = field(7, size=SIGNATURE_SIZE)
+    cert: bytes | None = field(8, max_len=CERT_MAX, default=None)
+
+
+@message(type_id=115, max_size=512)
+class AgentResult(Message):
+    """Agent -> controller: the command ``number`` was broadcast (with the agent's sequence
+    number ``seq``), or refused and why."""
+
+    group: str = field(2, max_len=MAX_GROUP_NAME)
+    number: int = field(3)
+    ok: bool = field(4)
+    seq: int | None = field(5, default=None)
+    reason: str | None = field(6, max_len=200, default=None)
+
+
+def agent_statement(
+    controller: bytes, agent: bytes, group: str, epoch: int, number: int, command: bytes,
+    air_ms: int,
+) -> bytes:
+    """What a controller signs for its agent."""
+    return cbor.encode([_AGENT_SIGNED, controller, agent, group, epoch, number, command, air_ms])
+
+
+def sign_agent_command(
+    ks: ReceiptSigner, *, agent: bytes, group: str, epoch: int, number: int, command: bytes,
+    air_ms: int, cert: bytes | None = None,
+) -> AgentCommand:
+    """A command for ``agent`` to broadcast to ``group`` at ``epoch``, signed by the controller
+    ``ks`` (:class:`ConfigError` for a command that cannot be sent)."""
+    check_group_name(group)
+    _check_epoch(epoch)
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_SEQ:
+        raise ConfigError(f"a command number is from 1 to {MAX_SEQ}")
+    if not isinstance(command, bytes) or len(command) > MAX_COMMAND:
+        raise ConfigError(f"an agent broadcasts a command of at most {MAX_COMMAND} bytes")
+    if isinstance(air_ms, bool) or not isinstance(air_ms, int) or not 1 <= air_ms <= MAX_AIR_MS:
+        raise ConfigError(f"an agent keeps a command on the air 1 to {MAX_AIR_MS} ms")
+    me = bytes.fromhex(ks.device_id)
+    signature = ks.sign(agent_statement(me, agent, group, epoch, number, command, air_ms))
+    return AgentCommand(group, epoch, number, command, air_ms, signature, cert)
+
+
+def check_agent_command(
+    msg: AgentCommand, *, agent: bytes, held: HeldGroup | None, controller_signing: bytes | None,
+    last_number: int,
+) -> None:
+    """An agent's checks of a command (module docstring, "Group agent"): it holds the group's
+    key at that epoch, the command is signed by that group's controller (whose key is
+    ``controller_signing``) for this agent, and its number is above ``last_number``.
+    :class:`AuthenticationError`, :class:`ReplayError` or :class:`ExpiredError` says which."""
+    group = msg.group
+    if held is None:
+        raise AuthenticationError(f"refused a command for group {group!r}: this agent holds "
+                                  "no key of that group")
+    if controller_signing is None:
+        raise AuthenticationError(f"refused a command for group {group!r}: its controller is "
+                                  "not a device this agent can check")
+    controller = bytes.fromhex(held.controller)
+    statement = agent_statement(controller, agent, group, msg.epoch, msg.number, msg.command,
+                                msg.air_ms)
+    try:
+        Ed25519PublicKey.from_public_bytes(controller_signing).verify(msg.signature, statement)
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError(
+            f"refused a command for group {group!r}: it is not signed by the group's "
+            f"controller {held.controller[:8]} for this agent"
+        ) from None
+    if msg.number <= last_number:
+        raise ReplayError(f"refused a command for group {group!r}: number {msg.number} was "
+                          f"already seen (the last was {last_number})")
+    if msg.epoch != held.epoch:
+        raise ExpiredError(f"refused a command for group {group!r}: it is for epoch "
+                           f"{msg.epoch}, this agent holds epoch {held.epoch}")
+    if not 1 <= msg.air_ms <= MAX_AIR_MS:
+        raise ExpiredError(f"refused a command for group {group!r}: {msg.air_ms} ms on the "
+                           "air is out of range")
 
 
 def envelope_digest(env: GroupEnvelope) -> bytes:

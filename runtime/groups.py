@@ -46,11 +46,13 @@ from .driver import drive
 from .files import Records
 from .groupcert import own_cert, trusted_ca
 from .pairing.delivery import (
+    CommandSender,
     DeliveryReceiver,
     DeliverySender,
     GiveReceipts,
     QueueForward,
     ReceiptFetch,
+    RunCommand,
     TakeKeys,
 )
 from .pairing.errors import (
@@ -72,6 +74,8 @@ from .pairing.groups import (
     PAIRED,
     PENDING,
     TRUSTS,
+    AgentCommand,
+    AgentResult,
     DeliveryResult,
     ForwardReceipt,
     GroupEnvelope,
@@ -85,6 +89,7 @@ from .pairing.groups import (
     RelayReceipts,
     RetryPolicy,
     WrongEpochError,
+    check_agent_command,
     check_group_name,
     check_receipt,
     envelope_digest,
@@ -94,6 +99,7 @@ from .pairing.groups import (
     seal_broadcast,
     seal_group_envelope,
     sender_id,
+    sign_agent_command,
     signed_result,
 )
 from .pairing.keystore import Keystore, Peer
@@ -110,6 +116,8 @@ SETTING_SEQ = "groups.seq"
 SETTING_WINDOWS = "groups.windows"
 SETTING_RELAY = "groups.relay"
 SETTING_RELAY_RECEIPTS = "groups.relay.receipts"
+SETTING_AGENT_SENT = "groups.agent.sent"  #: a controller's last command number per group
+SETTING_AGENT_SEEN = "groups.agent.seen"  #: an agent's last command number per group
 
 #: the pairing methods of a group session: known peers only (resume, and its Noise KK fallback)
 GROUP_METHODS = frozenset({Method.RESUME})
@@ -202,7 +210,8 @@ def _usable_peer(ks: Keystore, name_or_id: str, what: str) -> Peer:
 
 
 def _controller_key(
-    ks: Keystore, env: GroupEnvelope | None = None, clock: Clock = SYSTEM_CLOCK,
+    ks: Keystore, env: GroupEnvelope | AgentCommand | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Callable[[bytes], bytes | None]:
     """Whose signature a member believes on an envelope: a controller it paired with
     (authenticated), or, when the envelope carries a certificate and this device enrolled
@@ -217,8 +226,9 @@ def _controller_key(
                 return check_device_cert(env.cert, ca, now=clock.wall(),
                                          device_id=device_id).signing
             except AuthenticationError as exc:
+                what = "an envelope" if isinstance(env, GroupEnvelope) else "a command"
                 raise AuthenticationError(
-                    f"refused an envelope for group {env.group!r}: its controller's "
+                    f"refused {what} for group {env.group!r}: its controller's "
                     f"certificate: {exc}"
                 ) from None
         try:
@@ -898,17 +908,20 @@ class GroupService:
         on_event: EventSink = _ignore,
         on_key: Callable[[HeldGroup], None] | None = None,
         idle: float = 60.0,
+        agent: Agent | None = None,
     ) -> None:
         self.ks = ks
         self.member = member
         self.relay = relay
+        self.agent = agent
         self.on_event = on_event
         self.on_key = on_key
         self.idle = idle
 
     async def __call__(self, slink: SecureLink, session: Session) -> None:
         who = session.peer.name
-        machine = DeliveryReceiver(relay=self.relay is not None, idle=self.idle)
+        machine = DeliveryReceiver(relay=self.relay is not None, idle=self.idle,
+                                   agent=self.agent is not None)
         machine.start(time.monotonic())
         service = self
 
@@ -920,6 +933,11 @@ class GroupService:
                 assert service.relay is not None
                 receipt = service.relay.take(event.envelopes, who)
                 machine.answer_batch(receipt.results, time.monotonic(), queued=receipt.queued)
+
+            async def run_command(self, event: RunCommand) -> None:
+                assert service.agent is not None
+                result = await service.agent.run(event.command, who)
+                machine.answer_command(result, time.monotonic())
 
             async def give_receipts(self, event: GiveReceipts) -> None:
                 assert service.relay is not None
@@ -1072,6 +1090,95 @@ class Relay:
             self.kick.clear()
             if len(self.queue):
                 await self.deliver()
+
+
+class Agent:
+    """A group agent (the oneM2M MN-CSE "broadcasting control commands"): a member of the
+    groups it serves (it took their keys end to end, like any member) that broadcasts on its
+    radio the commands their controller sends it end to end (:class:`AgentCommand`, signed by
+    the controller), so that members out of the controller's radio range hear the agent."""
+
+    def __init__(
+        self, ks: Keystore, radio: Any, *, on_event: EventSink = _ignore,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not hasattr(radio, "start_advertising"):
+            raise ConfigError("a group agent needs a radio to broadcast on (bumble:...)")
+        self.ks = ks
+        self.radio = radio
+        self.on_event = on_event
+        self.clock = clock
+        self._air = asyncio.Lock()  # one advertisement at a time on one radio
+
+    async def run(self, cmd: AgentCommand, who: str) -> AgentResult:
+        """Check one command (:func:`pairing.groups.check_agent_command`) and broadcast it."""
+        try:
+            with self.ks.update():
+                held = held_groups(self.ks).get(cmd.group)
+                signing = None
+                if held is not None:
+                    signing = _controller_key(self.ks, cmd, self.clock)(
+                        bytes.fromhex(held.controller))
+                seen = {k: int(v) for k, v in
+                        (self.ks.setting(SETTING_AGENT_SEEN, {}) or {}).items()}
+                check_agent_command(cmd, agent=bytes.fromhex(self.ks.device_id), held=held,
+                                    controller_signing=signing,
+                                    last_number=seen.get(cmd.group, 0))
+                seen[cmd.group] = cmd.number  # kept before it is used: a crash never replays
+                self.ks.set_setting(SETTING_AGENT_SEEN, seen)
+        except PairingError as exc:
+            self.on_event({"event": "command-refused", "group": cmd.group, "from": who,
+                           "number": cmd.number, "reason": str(exc)})
+            return AgentResult(cmd.group, cmd.number, False, reason=str(exc)[:200])
+        try:
+            async with self._air:
+                done = await broadcast(self.ks, self.radio, cmd.group, cmd.command,
+                                       duration=cmd.air_ms / 1000)
+        except PairingError as exc:
+            return AgentResult(cmd.group, cmd.number, False, reason=str(exc)[:200])
+        self.on_event({"event": "broadcast", "group": cmd.group, "epoch": done["epoch"],
+                       "seq": done["seq"], "from": who, "command": _text(cmd.command)})
+        return AgentResult(cmd.group, cmd.number, True, seq=done["seq"])
+
+
+async def send_via_agent(
+    ks: Keystore, name: str, agent: str, command: bytes, *, air: float = 2.0,
+    reach: Reach | None = None,
+) -> AgentResult:
+    """Have the group agent ``agent`` (a confirmed member of ``name``, running ``pairkit
+    group agent``) broadcast ``command`` to the group: sent end to end, signed by this
+    controller, over a secure link to the agent."""
+    reach = reach or Reach()
+    record = controlled(ks, name)
+    device_id = _find_member(ks, record, agent)
+    m = record.member(device_id)
+    assert m is not None
+    if m.state(record.epoch) != CONFIRMED:
+        raise ConfigError(
+            f"{m.name} has not confirmed epoch {record.epoch} of {name}: it cannot broadcast "
+            f"under the current key yet ('pairkit group sync {name}')"
+        )
+    with ks.update():
+        sent = {k: int(v) for k, v in (ks.setting(SETTING_AGENT_SENT, {}) or {}).items()}
+        number = sent.get(name, 0) + 1
+        sent[name] = number
+        ks.set_setting(SETTING_AGENT_SENT, sent)
+    cert = _own_checked_cert(ks, reach.clock) if record.trust == CA else None
+    cmd = sign_agent_command(
+        ks, agent=bytes.fromhex(device_id), group=name, epoch=record.epoch, number=number,
+        command=command, air_ms=max(1, round(air * 1000)), cert=cert,
+    )
+
+    async def work(slink: SecureLink) -> AgentResult:
+        machine = CommandSender(cmd, timeout=reach.step_timeout)
+        machine.start(time.monotonic())
+        await drive(machine, Records(slink), clock=time.monotonic)
+        assert machine.result is not None
+        return machine.result
+
+    result: AgentResult = await with_peer(ks, reach, device_id, work, transport=m.transport,
+                                          address=m.address)
+    return result
 
 
 class Listener:
