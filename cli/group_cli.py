@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from pairkit.pairing.errors import ConfigError, NotFoundError, PairingTimeout
+from pairkit.pairing.errors import ConfigError, NotFoundError, PairingTimeout, RefusedError
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds
@@ -49,6 +49,8 @@ def group() -> None:
                  pairkit group status fire-doors    (confirmed / pending / unreachable)
                  pairkit group remove fire-doors door-3       (new epoch, new key)
     Relay:       pairkit group relay -t tcp:0.0.0.0:7100
+    Agent:       pairkit group agent -t tcp:0.0.0.0:7100 --radio bumble:usb:1
+                 (then on the controller: pairkit group send fire-doors "close" --agent relay)
     Member:      pairkit group listen fire-doors -t tcp:0.0.0.0:7101 -t bumble:usb:0
     """
 
@@ -326,30 +328,62 @@ def sync(name: str, timeout: float, connect_timeout: float, attempts: int, backo
 @trace_option
 @click.argument("name")
 @click.argument("message")
-@click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
-              help="The radio to broadcast on: bumble:usb:0, bumble:tcp-client:HOST:PORT, ...")
-@click.option("--duration", type=Seconds(0.1, 3600), default=2.0, show_default=True,
+@click.option("--transport", "-t", default=None,
+              help="The radio to broadcast on: bumble:usb:0 (the default), "
+                   "bumble:tcp-client:HOST:PORT, ...  With --agent: where to reach the agent, "
+                   "when not where it was last seen.")
+@click.option("--duration", type=Seconds(0.1, 60), default=2.0, show_default=True,
               help="Seconds to keep advertising the command.")
+@click.option("--agent", default=None, metavar="PEER",
+              help="Have this group agent broadcast it ('pairkit group agent' on a member of "
+                   "NAME that confirmed the current epoch), signed end to end by this "
+                   "controller, instead of broadcasting here.")
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0, show_default=True,
+              help="With --agent: seconds to wait for the agent to answer a connection.")
 @_json_option
-def send(name: str, message: str, transport: str, duration: float, as_json: bool) -> None:
+def send(name: str, message: str, transport: str | None, duration: float, agent: str | None,
+         connect_timeout: float, as_json: bool) -> None:
     """Broadcast MESSAGE to group NAME, encrypted under the group key, in one advertisement.
 
     The advertisement carries the group epoch, a randomizer, this device's sequence number and
     an authentication tag (41 bytes in all), so it needs extended advertising (BLE 5): a legacy
     advertisement has room for 10 bytes.  Members refuse replays, forgeries and old epochs.
+
+    With --agent PEER, the controller of NAME sends the command end to end to its group agent
+    (a relay that is also a member), which broadcasts it on its own radio: members out of the
+    controller's reach hear the agent.
     """
     from pairkit.groups import broadcast, needs_extended
     from pairkit.transports.registry import open_transport
 
-    if duration <= 0:
-        raise ConfigError("--duration must be positive")
     command = message.encode("utf-8")
     ks = unlock()
+    if agent is not None:
+        from pairkit.groups import Reach, send_via_agent
+        from pairkit.pairing.groups import MAX_COMMAND
+
+        if len(command) > MAX_COMMAND:
+            raise ConfigError(f"the command is {len(command)} bytes; an agent broadcasts at "
+                              f"most {MAX_COMMAND} bytes in one advertisement")
+        reach = Reach(connect_timeout=connect_timeout,
+                      spec=transport if transport and transport.startswith("tcp:") else None)
+        result = run_async(lambda: send_via_agent(ks, name, agent, command, air=duration,
+                                                  reach=reach))
+        if not result.ok:
+            raise RefusedError(f"the agent refused: {result.reason}")
+        if as_json:
+            emit_json({"ok": True, "group": name, "agent": agent, "number": result.number,
+                       "seq": result.seq})
+        else:
+            click.echo(f"sent to {name} through the agent {agent} (its #{result.seq}), on the "
+                       f"air for {duration:g} s")
+        return
+    spec = transport or "bumble:usb:0"
 
     async def go() -> dict[str, Any]:
         extra = {"extended_advertising": True} if (
-            transport.startswith("bumble:") and needs_extended(command)) else {}
-        t = await open_transport(transport, **extra)
+            spec.startswith("bumble:") and needs_extended(command)) else {}
+        t = await open_transport(spec, **extra)
         try:
             return await broadcast(ks, t, name, command, duration=duration)
         finally:
@@ -413,6 +447,15 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
              f"{event['reason']}")
     elif kind == "unreachable":
         info(f"{event['member']} not reached ({event['reason']}); will retry")
+    elif kind == "broadcast":
+        info(f"broadcast for {event['from']} to {event['group']} (epoch {event['epoch']}, "
+             f"#{event['seq']}): {event['command']}")
+    elif kind == "command-refused":
+        info(f"refused a command for {event['group']} from {event['from']}: "
+             f"{event['reason']}")
+    elif kind == "receipt-returned":
+        info(f"handed {event['member']}'s receipt for {event['group']} epoch "
+             f"{event['epoch']} to its controller")
 
 
 @group.command()
@@ -560,6 +603,91 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
         run_async(go)
     except KeyboardInterrupt:
         info("relay stopped")
+
+
+@group.command()
+@trace_option
+@click.option("--transport", "-t", "transports", multiple=True, required=True,
+              help="Where to accept the controller (repeat): tcp:HOST:PORT or a radio.")
+@click.option("--radio", required=True, metavar="RADIO",
+              help="The radio to broadcast commands on (bumble:...; extended advertising is "
+                   "turned on); it may also be --reach.")
+@click.option("--reach", "reach_spec", default=None, metavar="T",
+              help="Reach members through this radio; by default where each was last seen.")
+@click.option("--retry", type=Seconds(0.1, 86400), default=15.0, show_default=True,
+              help="Seconds between delivery rounds while envelopes wait.")
+@click.option("--timeout", "seconds", default=None, type=Seconds(0.1, 30 * 86400),
+              help="Stop after this many seconds.")
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0, show_default=True,
+              help="Seconds to wait for a member to answer a connection.")
+@_json_option
+def agent(transports: tuple[str, ...], radio: str, reach_spec: str | None, retry: float,
+          seconds: float | None, connect_timeout: float, as_json: bool) -> None:
+    """Be a group agent: a relay that also holds its groups' keys and broadcasts for them.
+
+    \b
+    The oneM2M MN-CSE as group agent.  This device
+      - relays envelopes and receipts, as 'pairkit group relay' does;
+      - takes the keys of the groups whose controller adds it as a member (end to end, sealed
+        to it, like any member: 'pairkit group add NAME AGENT' on the controller);
+      - broadcasts on --radio the commands that controller sends it end to end
+        ('pairkit group send NAME MESSAGE --agent AGENT'): each signed by the group's
+        controller for this agent, numbered (a replay is refused), at the epoch it holds.
+    Members out of the controller's reach then hear the agent.  It refuses commands from
+    anyone else, for groups it holds no key of, or under an old epoch.
+    """
+    from pairkit.groups import Agent, GroupService, Reach, Relay, serve
+
+    ks = unlock()
+
+    async def go() -> None:
+        from pairkit.transports.registry import open_transport
+
+        stop = asyncio.Event()
+        if not radio.startswith("bumble:"):
+            raise ConfigError(f"--radio must be a BLE radio (bumble:...), not {radio!r}")
+        # The broadcasting radio first, with extended advertising (a group broadcast never
+        # fits a legacy advertisement); a -t or --reach naming the same radio shares it.
+        air = await open_transport(radio, extended_advertising=True)
+        others = tuple(x for x in transports + ((reach_spec,) if reach_spec else ())
+                       if x != radio)
+        try:
+            opened = [(radio, air), *await _open_all(others)]
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await air.close()
+            raise
+        specs = dict(opened)
+        down = specs.get(reach_spec) if reach_spec else None
+        reach = (Reach(transport_obj=down, spec=reach_spec, connect_timeout=connect_timeout)
+                 if reach_spec else Reach(open=specs, connect_timeout=connect_timeout))
+        say = lambda e: _say_event(e, as_json)  # noqa: E731
+        the_relay = Relay(ks, reach=reach, on_event=say)
+        service = GroupService(ks, relay=the_relay, agent=Agent(ks, air, on_event=say),
+                               on_event=say)
+        tasks = [asyncio.create_task(the_relay.run(retry, stop))]
+        try:
+            for spec, t in opened:
+                if t is down or (t is air and spec not in transports):
+                    continue
+                tasks.append(asyncio.create_task(serve(
+                    ks, spec, service, transport_obj=t,
+                    on_error=lambda text: info(f"error: {text}"),
+                )))
+            info(f"{ks.name} is a group agent on {', '.join(transports)}, broadcasting on "
+                 f"{radio}")
+            done, _ = await asyncio.wait(set(tasks), timeout=seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            await _shut_down(stop, tasks, opened)
+
+    try:
+        run_async(go)
+    except KeyboardInterrupt:
+        info("agent stopped")
 
 
 @group.command(name="cert")

@@ -7,12 +7,7 @@ is its own process, the key servers too; keys travel over TCP.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,93 +20,22 @@ from pairkit.keystore import Keystore
 
 from .cli_helpers import (
     KEYSTORE_PIN,
-    ROOT,
     Device,
-    HostProcess,
-    assert_no_traceback,
-    cli_env,
     init_devices,
     run_cli,
     use_bytecode_cache,
 )
+from .group_harness import GROUP_CMD, NAMES_CA, TTP_CMD, Running, free_port, pair, stop_all
 from .ttp_harness import ServeProcess
 
-GROUP_CMD = (sys.executable, "-m", "pairkit.cli.group_cli")
-TTP_CMD = (sys.executable, "-m", "pairkit.cli.ttp_cli")
-NAMES = {"ctl": "controller", "relay": "relay", "door": "door-1", "stranger": "stranger"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Running:
-    """A long-running group command; its JSON lines and stderr as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, args: tuple[str, ...]) -> None:
-        self.proc, self.args = proc, args
-        self.events: list[dict[str, Any]] = []
-        self.err: list[str] = []
-        self._pumps = [asyncio.create_task(self._pump(proc.stdout, True)),
-                       asyncio.create_task(self._pump(proc.stderr, False))]
-
-    @classmethod
-    async def start(cls, device: Device, *args: str) -> Running:
-        proc = await asyncio.create_subprocess_exec(
-            *GROUP_CMD, *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
-            env=cli_env(device.home))
-        return cls(proc, args)
-
-    async def _pump(self, stream: asyncio.StreamReader | None, out: bool) -> None:
-        assert stream is not None
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip("\n")
-            (self.events.append(json.loads(text)) if out else self.err.append(text))
-
-    async def wait(self, what: str, found: Callable[[], bool], timeout: float = 20) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not found() and loop.time() < deadline and self.proc.returncode is None:
-            await asyncio.sleep(0.05)
-        assert found(), f"{' '.join(self.args)}: no {what}; stderr:\n" + "\n".join(self.err)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 5)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._pumps), 5)
-        assert_no_traceback(" ".join(self.args), "\n".join(self.err))
+NAMES = NAMES_CA
 
 
 @pytest.fixture
 async def running() -> AsyncIterator[list[Running]]:
     procs: list[Running] = []
     yield procs
-    for p in procs:
-        await p.stop()
-
-
-async def _pair(host: Device, guest: Device, port: int, pin: str) -> None:
-    hp = await HostProcess.start(host.home, "-t", f"tcp:127.0.0.1:{port}", "--method", "pin",
-                                 "--pin", pin, "--once", "--yes")
-    try:
-        (await guest.join(f"tcp:127.0.0.1:{port}", "--method", "pin", "--pin", pin,
-                          "--json")).ok()
-        await asyncio.wait_for(hp.proc.wait(), 15)
-    finally:
-        assert await hp.stop() == 0
-
+    await stop_all(procs)
 
 async def test_a_controller_trusted_through_the_ca_and_a_member_of_another_ca_refuses(
     tmp_path: Path, running: list[Running],
@@ -137,11 +61,11 @@ async def test_a_controller_trusted_through_the_ca_and_a_member_of_another_ca_re
     # Hop by hop: the relay paired with everyone; the controller with the relay and, only to
     # show that a pairing does not override a certificate that fails, with the stranger.
     # The controller and door-1 never meet.
-    door_port, relay_port, stranger_port = _free_port(), _free_port(), _free_port()
-    await _pair(dev["relay"], dev["ctl"], relay_port, "482913")
-    await _pair(dev["door"], dev["relay"], door_port, "507264")
-    await _pair(dev["stranger"], dev["relay"], stranger_port, "639180")
-    await _pair(dev["stranger"], dev["ctl"], stranger_port, "615243")
+    door_port, relay_port, stranger_port = free_port(), free_port(), free_port()
+    await pair(dev["relay"], dev["ctl"], relay_port, "482913")
+    await pair(dev["door"], dev["relay"], door_port, "507264")
+    await pair(dev["stranger"], dev["relay"], stranger_port, "639180")
+    await pair(dev["stranger"], dev["ctl"], stranger_port, "615243")
     peers = (await dev["ctl"].run("peers", "--json")).ok().json()["peers"]
     assert "door-1" not in {p["name"] for p in peers}
 
