@@ -270,3 +270,73 @@ def test_receipts_survive_the_wire_and_a_keystore(three: Three, tmp_path: Path) 
     assert RelayReceipts.from_plain(again.setting("held")).receipts == (receipt,)
     with pytest.raises(DecodeError):
         GroupReceipt.decode_bytes(receipt.encode_bytes()[:-3])
+
+
+# -- the group agent ---------------------------------------------------------------------------
+
+
+def test_an_agent_command_is_checked_end_to_end(three: Three) -> None:
+    from pairkit.pairing.errors import ExpiredError
+    from pairkit.pairing.groups import HeldGroup, check_agent_command, sign_agent_command
+
+    agent = bytes.fromhex(three.relay.device_id)
+    held = HeldGroup("doors", three.controller.device_id, 3)
+    cmd = sign_agent_command(three.controller, agent=agent, group="doors", epoch=3, number=5,
+                             command=b"close", air_ms=1000)
+    signing = three.controller.signing_public
+    check_agent_command(cmd, agent=agent, held=held, controller_signing=signing, last_number=4)
+    bad = [
+        (dict(last_number=5), ReplayError),
+        (dict(held=None), AuthenticationError),
+        (dict(controller_signing=None), AuthenticationError),
+        (dict(controller_signing=three.member.signing_public), AuthenticationError),
+        (dict(agent=bytes(16)), AuthenticationError),
+        (dict(held=HeldGroup("doors", three.controller.device_id, 4)), ExpiredError),
+    ]
+    for change, error in bad:
+        kw = dict(agent=agent, held=held, controller_signing=signing, last_number=4) | change
+        with pytest.raises(error):
+            check_agent_command(cmd, **kw)  # type: ignore[arg-type]
+    for field_change in ({"command": b"open"}, {"number": 6}, {"air_ms": 60_000},
+                         {"epoch": 4}, {"group": "vents"}):
+        with pytest.raises(AuthenticationError):
+            check_agent_command(dataclasses.replace(cmd, **field_change), agent=agent,
+                                held=dataclasses.replace(held, name=cmd.group
+                                                         if "group" not in field_change
+                                                         else "vents"),
+                                controller_signing=signing, last_number=0)
+    for bad_args in ({"command": b"x" * 168}, {"air_ms": 0}, {"number": 0}, {"epoch": 0}):
+        kw2: dict = dict(agent=agent, group="doors", epoch=3, number=5, command=b"c",
+                         air_ms=10) | bad_args
+        with pytest.raises(ConfigError):
+            sign_agent_command(three.controller, **kw2)
+
+
+def test_the_command_machines(three: Three) -> None:
+    from pairkit.pairing.delivery import CommandSender, RunCommand
+    from pairkit.pairing.groups import AgentResult, sign_agent_command
+
+    cmd = sign_agent_command(three.controller, agent=bytes(16), group="doors", epoch=1,
+                             number=1, command=b"c", air_ms=2000)
+    sender = CommandSender(cmd, timeout=5)
+    sender.start(NOW)
+    assert [wire.decode(m) for m in sender.outgoing()] == [cmd]
+    assert sender.next_deadline() == NOW + 7  # the wait covers the time on the air
+    with pytest.raises(ProtocolError, match="another command"):
+        sender.receive(AgentResult("doors", 2, True, seq=1).encode(), NOW)
+    ok = CommandSender(cmd, timeout=5)
+    ok.start(NOW)
+    ok.receive(AgentResult("doors", 1, True, seq=9).encode(), NOW)
+    assert ok.done and ok.result == AgentResult("doors", 1, True, seq=9)
+
+    agent = DeliveryReceiver(relay=True, agent=True, idle=30)
+    agent.start(NOW)
+    agent.receive(cmd.encode(), NOW)
+    assert agent.events() == [RunCommand(cmd)]
+    with pytest.raises(ProtocolError, match="the command that was asked"):
+        agent.answer_command(AgentResult("vents", 1, True), NOW)
+    plain = DeliveryReceiver(relay=True, idle=30)
+    plain.start(NOW)
+    plain.receive(cmd.encode(), NOW)
+    assert [wire.decode(m) for m in plain.outgoing()] == [
+        AgentResult("doors", 1, False, reason="this device is not a group agent")]
