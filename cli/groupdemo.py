@@ -566,7 +566,7 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
 
 
 #: the demo's controller asks again every few hundredths of a second
-_DEMO_RETRY = RetryPolicy(first=0.05, cap=0.5, attempts=60)
+_DEMO_RETRY = RetryPolicy(first=0.3, cap=1.0, attempts=30)
 
 
 async def _confirm(ctl: Node, reach: G.Reach, n: _Narrator) -> dict[str, list[str]]:
