@@ -168,7 +168,7 @@ async def test_key_through_a_relay_and_a_broadcast_across_processes(
         await relayer.wait("start", lambda: any("relaying on" in x for x in relayer.err))
 
         created = await run_cli(ctl.home, "create", "doors", "--json", cmd=GROUP_CMD)
-        assert created.ok().json() == {"ok": True, "group": "doors", "epoch": 1}
+        assert created.ok().json() == {"ok": True, "group": "doors", "epoch": 1, "trust": "paired"}
         added = (await run_cli(ctl.home, "add", "doors", "door-1", "--via", "relay", "--json",
                                cmd=GROUP_CMD)).ok().json()
         delivery = added["deliveries"][0]
