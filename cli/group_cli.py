@@ -30,7 +30,13 @@ from typing import Any
 
 import click
 
-from pairkit.pairing.errors import ConfigError, NotFoundError, PairingTimeout, RefusedError
+from pairkit.pairing.errors import (
+    ConfigError,
+    NotFoundError,
+    PairingTimeout,
+    RefusedError,
+    TooLargeError,
+)
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds
@@ -386,6 +392,8 @@ def send(name: str, message: str, transport: str | None, duration: float, agent:
         t = await open_transport(spec, **extra)
         try:
             return await broadcast(ks, t, name, command, duration=duration)
+        except TooLargeError as exc:  # the user's MESSAGE, not a peer's: a usage error
+            raise ConfigError(f"MESSAGE is too long: {exc}") from None
         finally:
             with contextlib.suppress(Exception):
                 await t.close()

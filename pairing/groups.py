@@ -50,7 +50,7 @@ ok]`` (:func:`signed_result`, in :class:`DeliveryResult` field 6).  A relay keep
 :class:`GroupReceipt` (:class:`RelayReceipts`) and hands it back on :class:`ReceiptRequest`; the
 controller believes it only after :func:`check_receipt` against the envelope waiting for that
 member, and retries the others (:class:`RetryPolicy`, :class:`GroupRecord`).  docs/protocol.md
-§14 specifies it; a relay can drop a receipt, never make, alter or move one.
+§15 specifies it; a relay can drop a receipt, never make, alter or move one.
 
 Encrypted advertisement
 -----------------------

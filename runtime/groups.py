@@ -23,15 +23,15 @@ The rules (envelopes, broadcasts, replay windows, membership bookkeeping) are sa
 * Anyone holding a group's key may **broadcast** a command (:func:`broadcast`): one
   advertisement, legacy size when it fits (it never does: 41 bytes of overhead against 10 bytes
   of room), extended otherwise.
-* **Confirmation** (issue 14, docs/protocol.md §14): a member signs a receipt for each
+* **Confirmation** (issue 14, docs/protocol.md §15): a member signs a receipt for each
   envelope; a relay keeps the receipts and hands them back when the controller asks; the
   controller marks a member confirmed only on a receipt it checked, and retries the others
   with growing waits (:func:`deliver_pending`, :func:`confirm_all`) until they confirm or are
   unreachable.
-* **Trust through the CA** (§15): in a group made with ``trust="ca"`` every envelope carries
+* **Trust through the CA** (§16): in a group made with ``trust="ca"`` every envelope carries
   the controller's certificate (:mod:`pairkit.groupcert`), which members enrolled with the same
   key server check; members can be added by their certificate.
-* A **group agent** (:class:`Agent`, §16) is a relay and member that broadcasts the commands
+* A **group agent** (:class:`Agent`, §17) is a relay and member that broadcasts the commands
   its groups' controller sends it end to end (:func:`send_via_agent`).
 
 Every keystore change is made under :meth:`~pairing.keystore.Keystore.update` (reloaded under a
