@@ -80,6 +80,10 @@ HELLO_BODY = b"pairkit/1 hello body"
 GROUP_KEY = "pairkit/1 group key"
 GROUP_ENVELOPE = "pairkit/1 group envelope"
 GROUP_ADVERT = b"pairkit/1 group advert"
+#: pairing.groups: a member's signed receipt for one envelope (CBOR text)
+GROUP_RECEIPT = "pairkit/1 group receipt"
+#: pairing.groups: a controller's command for its group agent (CBOR text)
+GROUP_AGENT = "pairkit/1 group agent command"
 #: §11 the READY record's plaintext prefix
 READY = b"\x00pairkit/1 ready"
 
