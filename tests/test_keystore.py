@@ -920,6 +920,56 @@ def test_reload_takes_what_another_process_saved(store: Keystore, store_path: Pa
     assert store.get_peer(peer.id) == peer
 
 
+def test_a_reload_of_unchanged_bytes_still_drops_unsaved_changes(store: Keystore) -> None:
+    """Issue 13: a reload of the very bytes this object wrote skips unsealing them, and must
+    still give back exactly what was saved (nothing added, changed or forgotten meanwhile)."""
+    kept, _ = new_peer(name="kept")
+    store.add_peer(kept)
+    store.set_cloud("c1", os.urandom(32), name="home", role="owner")
+    store.save()
+    store.add_peer(new_peer(name="unsaved")[0])
+    store.forget_peer(kept.id)
+    store.rename("unsaved name")
+    store.set_cloud("c2", os.urandom(32), name="other", role="member")
+    store.reload()
+    assert [p.name for p in store.peers()] == ["kept"]
+    assert store.name == "paul's phone"
+    assert [c.cloud_id for c in store.clouds()] == ["c1"]
+    # and again: the copy kept of the saved contents was not changed by the changes above
+    store.forget_peer(kept.id)
+    store.reload()
+    assert [p.name for p in store.peers()] == ["kept"]
+
+
+def test_a_reload_sees_a_file_changed_to_the_same_length(store: Keystore,
+                                                         store_path: Path) -> None:
+    """Bytes that differ from the ones written are unsealed and checked, never trusted: a
+    flipped byte is a damaged keystore, another process's save is read."""
+    store.add_peer(new_peer(name="mine")[0])
+    store.save()
+    other = Keystore.open(store_path, PIN)
+    other.rename("renamed elsewhere")
+    other.save()
+    store.reload()
+    assert store.name == "renamed elsewhere"
+    data = bytearray(store_path.read_bytes())
+    data[-5] ^= 0x01
+    store_path.write_bytes(bytes(data))
+    with pytest.raises(KeystoreCorruptError):
+        store.reload()
+
+
+def test_peer_records_encode_the_same_after_replace(store: Keystore, store_path: Path) -> None:
+    """A record's CBOR map is made once; a changed copy (dataclasses.replace) gets its own."""
+    peer, _ = new_peer(name="before")
+    store.add_peer(peer)
+    store.save()
+    store.add_peer(dataclasses.replace(peer, name="after", last_seen=2000))
+    store.save()
+    again = Keystore.open(store_path, PIN).get_peer(peer.id)
+    assert (again.name, again.last_seen) == ("after", 2000)
+
+
 def test_the_core_keystore_asks_for_a_storage_not_a_path(tmp_path: Path) -> None:
     from pairkit.pairing.keystore import Keystore as CoreKeystore
 

@@ -178,6 +178,16 @@ class Peer:
         return fingerprint_of(self.static_public)
 
     def _to_cbor(self) -> dict[str, Any]:
+        # The record is immutable, so its CBOR map is made once: a host that saves its
+        # keystore after every pairing re-encodes every peer it knows (issue 13).  Only
+        # Keystore._body reads it, and it does not change it.
+        cached: dict[str, Any] | None = self.__dict__.get("_cbor")
+        if cached is None:
+            cached = self._make_cbor()
+            object.__setattr__(self, "_cbor", cached)
+        return cached
+
+    def _make_cbor(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,

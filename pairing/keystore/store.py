@@ -77,6 +77,11 @@ __all__ = ["Keystore", "KeystoreNotFoundError"]
 Rng = Callable[[int], bytes]
 _HEX_RE = re.compile(r"[0-9a-f]+")
 
+#: a keystore's contents as :meth:`Keystore._reload` replaces them: name, peers, clouds,
+#: groups, settings
+_Contents = tuple[str, dict[str, Peer], dict[str, dict[str, Any]], dict[str, dict[int, bytes]],
+                  dict[str, Any]]
+
 
 class KeystoreNotFoundError(KeystoreError, NotFoundError):
     """There is no keystore yet; run `pairkit init` to create one."""
@@ -142,6 +147,8 @@ class Keystore:
         self._settings: dict[str, Any] = {}
         #: the Argon2id seal an earlier scrypt keystore takes at its next write
         self._upgrade: tuple[_Header, _Keys] | None = None
+        #: the sealed bytes last read or written, and the contents they hold (_remember)
+        self._stored: tuple[bytes, _Contents] | None = None
 
     def __repr__(self) -> str:
         return f"<Keystore {self.device_id} {self._name!r} at {self._storage.where}>"
@@ -222,6 +229,7 @@ class Keystore:
             raise KeystoreCorruptError(
                 f"the keystore at {storage.where} has contents this pairkit cannot read"
             ) from None
+        store._remember(data)
         if isinstance(header.kdf, ScryptParams):
             # An earlier version's seal: derive the Argon2id one now, while the PIN is here,
             # and use it at the next write (nothing is written just by opening).
@@ -303,6 +311,21 @@ class Keystore:
             )
         self._storage.replace(sealed)
         self._header, self._keys, self._upgrade = header, keys, None
+        self._remember(sealed)
+
+    def _contents(self) -> _Contents:
+        """A copy of what :meth:`_reload` replaces (records are immutable; the maps are not)."""
+        return (
+            self._name,
+            dict(self._peers),
+            {cloud_id: dict(entry) for cloud_id, entry in self._clouds.items()},
+            {group: dict(epochs) for group, epochs in self._groups.items()},
+            dict(self._settings),
+        )
+
+    def _remember(self, sealed: bytes) -> None:
+        """``sealed`` is what the storage holds now, and it holds exactly what is in memory."""
+        self._stored = (sealed, self._contents())
 
     @contextlib.contextmanager
     def update(self) -> Iterator[Keystore]:
@@ -332,6 +355,16 @@ class Keystore:
             raise KeystoreNotFoundError(
                 f"the keystore at {where} is gone; run `pairkit init` to create one"
             )
+        if self._stored is not None and data == self._stored[0]:
+            # Nobody saved since this object last read or wrote these very bytes: what they
+            # hold is known, without unsealing and parsing every record again (a host saves
+            # after each pairing, and with 1,000 peers that parse was most of a pairing's
+            # cost; issue 13).  Changes made here and not saved are dropped, as below.
+            self._name, peers, clouds, groups, settings = self._stored[1]
+            self._peers, self._clouds = dict(peers), {k: dict(v) for k, v in clouds.items()}
+            self._groups = {k: dict(v) for k, v in groups.items()}
+            self._settings = dict(settings)
+            return
         header, _ = _parse_header(data, where)
         if header.salt != self._header.salt or header.kdf != self._header.kdf:
             raise KeystoreError(
@@ -351,6 +384,7 @@ class Keystore:
         self._clouds = fresh._clouds
         self._groups = fresh._groups
         self._settings = fresh._settings
+        self._remember(data)
 
     def change_pin(
         self,
