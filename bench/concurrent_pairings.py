@@ -4,8 +4,8 @@ Goal (issue 13's table): one host process, concurrent pairings over loopback: 1,
 no failure; per-pairing cost at 1,000 <= 1.25x at 10; peak RSS <= 100 MB.
 
 How it is measured.  Every level (``--sizes``, default 10 and 1000) runs in a child process of
-its own (``python bench/concurrent_pairings.py --child N``), so that the bench's own memory is not in the
-figure and each level's peak starts from a fresh interpreter.  In the child, the host is the
+its own (``bench/concurrent_pairings.py --child N``), so that the bench's own memory is not in
+the figure and each level's peak starts from a fresh interpreter.  In the child, the host is the
 real one of ``pairkit host`` (:func:`pairkit.cli.flows.run_host`: presence, admission through
 ``accept_loop``, the cloud step, the pairing, the confirmation, the peer stored in a keystore
 *file*, as a host stores it), listening on a :class:`~transports.loopback.LoopbackMedium`
@@ -53,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     ROOT,
     command_line,
     cpu_model,

@@ -43,6 +43,21 @@ def encode_ordered(value: Any) -> bytes:
     return cbor2.dumps(value)
 
 
+def encode_head(major: int, argument: int) -> bytes:
+    """An item head (RFC 8949 §3) in its shortest form: major type ``major`` (0 to 7) with
+    ``argument`` (a length, for arrays and maps the number of items), so that items encoded
+    apart can be put together into the encoding of their array or map."""
+    if not 0 <= major <= 7 or not 0 <= argument < 1 << 64:
+        raise ValueError("a CBOR head has a major type 0-7 and an argument within 64 bits")
+    top = major << 5
+    if argument < 24:
+        return bytes((top | argument,))
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if argument < 1 << (8 * size):
+            return bytes((top | info,)) + argument.to_bytes(size, "big")
+    raise AssertionError("unreachable")
+
+
 def decode(data: bytes, *, max_size: int) -> Any:
     """Decode one CBOR data item from ``data`` strictly (see the module docstring)."""
     if not isinstance(data, bytes | bytearray | memoryview):

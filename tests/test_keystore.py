@@ -970,6 +970,35 @@ def test_peer_records_encode_the_same_after_replace(store: Keystore, store_path:
     assert (again.name, again.last_seen) == ("after", 2000)
 
 
+def test_the_body_put_together_is_the_canonical_encoding_of_the_whole(store: Keystore) -> None:
+    """Issue 13: peers are encoded once each and spliced into the body; the bytes must be what
+    encoding the whole map canonically gives (cbor2), so every keystore reads as before."""
+    import cbor2
+
+    for i in range(30):  # past 23 peers: a two-byte array head
+        store.add_peer(new_peer(name=f"peer {i}", extra={"address": f"a{i}", "n": [i]})[0])
+    store.set_cloud("cloud", os.urandom(32), name="home", role="owner", expires=5.5)
+    store.set_setting("a setting", {"nested": [1, "two", b"3"]})
+    body = store._body()
+    assert cbor2.dumps(cbor2.loads(body), canonical=True) == body
+    assert len(cbor2.loads(body)["peers"]) == 30
+
+
+@pytest.mark.parametrize("argument", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32,
+                                      2**64 - 1])
+def test_encode_head_matches_cbor2(argument: int) -> None:
+    import cbor2
+
+    from pairkit.pairing import cbor
+
+    assert cbor.encode_head(0, argument) == cbor2.dumps(argument)
+    assert cbor.encode_head(2, argument)[1:] == cbor2.dumps(argument)[1:]
+    with pytest.raises(ValueError):
+        cbor.encode_head(8, 1)
+    with pytest.raises(ValueError):
+        cbor.encode_head(0, 2**64)
+
+
 def test_the_core_keystore_asks_for_a_storage_not_a_path(tmp_path: Path) -> None:
     from pairkit.pairing.keystore import Keystore as CoreKeystore
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from .. import cbor
 from ..errors import ConfigError, DecodeError
 
 __all__ = ["MAX_NAME_LENGTH", "CloudInfo", "Peer", "device_id_of", "fingerprint_of"]
@@ -185,6 +186,14 @@ class Peer:
         if cached is None:
             cached = self._make_cbor()
             object.__setattr__(self, "_cbor", cached)
+        return cached
+
+    def _encoded(self) -> bytes:
+        """:meth:`_to_cbor` in canonical CBOR, made once per record."""
+        cached: bytes | None = self.__dict__.get("_cbor_bytes")
+        if cached is None:
+            cached = cbor.encode(self._to_cbor())
+            object.__setattr__(self, "_cbor_bytes", cached)
         return cached
 
     def _make_cbor(self) -> dict[str, Any]:

@@ -274,19 +274,30 @@ class Keystore:
         return store
 
     def _body(self) -> bytes:
-        return cbor.encode(
-            {
-                "v": FORMAT_VERSION,
-                "identity": {
-                    "x25519": _raw_private(self._static),
-                    "ed25519": _raw_private(self._signing),
-                    "name": self._name,
-                },
-                "peers": [peer._to_cbor() for peer in self._peers.values()],
-                "clouds": self._clouds,
-                "groups": self._groups,
-                "settings": {k: _thaw(v) for k, v in self._settings.items()},
-            }
+        """The contents in canonical CBOR (RFC 8949 §4.2.1, cbor2's canonical mode).
+
+        Each peer's encoding is made once per record (:meth:`Peer._encoded`) and the
+        top-level map is put together from its members' encodings, in the canonical key
+        order: the same bytes as encoding the whole map at once, without re-encoding and
+        sorting every known peer at every save (issue 13)."""
+        peers = list(self._peers.values())
+        members = {
+            "v": cbor.encode(FORMAT_VERSION),
+            "identity": cbor.encode({
+                "x25519": _raw_private(self._static),
+                "ed25519": _raw_private(self._signing),
+                "name": self._name,
+            }),
+            "peers": cbor.encode_head(4, len(peers)) + b"".join(p._encoded() for p in peers),
+            "clouds": cbor.encode(self._clouds),
+            "groups": cbor.encode(self._groups),
+            "settings": cbor.encode({k: _thaw(v) for k, v in self._settings.items()}),
+        }
+        # canonical key order: shorter encoded keys first, then bytewise (as cbor2 sorts)
+        keys = sorted(((cbor.encode(key), key) for key in members),
+                      key=lambda item: (len(item[0]), item[0]))
+        return cbor.encode_head(5, len(keys)) + b"".join(
+            encoded + members[key] for encoded, key in keys
         )
 
     def save(self) -> None:
