@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/transfer.py
 	$(VENV)/bin/python bench/ttp.py
 	$(VENV)/bin/python bench/groupkeys.py
+	$(VENV)/bin/python bench/concurrent_pairings.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -125,7 +125,7 @@ class _Round:
         endpoint = self.medium.endpoint("host")
         opts = HostOptions(
             transport="loopback", methods=frozenset({self.method}), quiet=True,
-            concurrent=n, visible=3600.0, step_timeout=timeout,
+            concurrent=n, visible=3600.0,
         )
         confirmed: set[str] = set()  # session fingerprints the host confirmed
         host_left = 0
@@ -229,7 +229,7 @@ async def _child(n: int, method: str, rounds: int, timeout: float) -> dict[str, 
 
 
 def run_level(n: int, method: str, rounds: int, timeout: float) -> dict[str, Any]:
-    """One level in a fresh child process; its JSON, with the median per-pairing costs."""
+    """One level in a fresh child process: its JSON."""
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--method", method,
          "--rounds", str(rounds), "--timeout", str(timeout)],
@@ -239,26 +239,46 @@ def run_level(n: int, method: str, rounds: int, timeout: float) -> dict[str, Any
     if proc.returncode != 0:
         raise RuntimeError(f"the child for {n} pairings failed:\n{proc.stderr[-4000:]}")
     level: dict[str, Any] = json.loads(proc.stdout)
-    rows = level["rounds"]
-    level["failures"] = sum(len(r["failures"]) for r in rows)
-    level["paired"] = min(r["paired"] for r in rows)
-    level["cpu_us_per_pairing"] = statistics.median(r["cpu_s"] / n for r in rows) * 1e6
-    level["wall_us_per_pairing"] = statistics.median(r["wall_s"] / n for r in rows) * 1e6
     # run_host says "paired with ..." for each guest; anything else (errors) is shown.
     level["stderr_lines"] = [line for line in proc.stderr.splitlines()
                              if line.strip() and not line.startswith("paired with ")][:20]
     return level
 
 
+def _summarise(level: dict[str, Any]) -> dict[str, Any]:
+    """Counts over a level's rounds and its median costs per pairing (per guest paired)."""
+    rows, n = level["rounds"], level["n"]
+    level["failures"] = sum(len(r["failures"]) for r in rows)
+    level["paired"] = min(r["paired"] for r in rows)
+    level["cpu_us_per_pairing"] = statistics.median(
+        r["cpu_s"] / max(r["paired"], 1) for r in rows) * 1e6
+    level["wall_us_per_pairing"] = statistics.median(
+        r["wall_s"] / max(r["paired"], 1) for r in rows) * 1e6
+    level["ok"] = all(r["paired"] == n and not r["failures"] for r in rows)
+    return level
+
+
 def measure(sizes: list[int], method: str, rounds: int, timeout: float) -> dict[str, Any]:
+    """Each size in its own child; the smallest twice, first and last, ``rounds`` rounds each
+    (its median is the reference, so a machine that got busier midway moves both sides)."""
     start = time.perf_counter()
-    levels = []
-    for i, n in enumerate(sizes):
-        levels.append(run_level(n, method, rounds if i == 0 else 1, timeout))
+    loads = [os.getloadavg()[0]]
+    first = run_level(sizes[0], method, rounds, timeout)
+    levels = [first]
+    for n in sizes[1:]:
+        levels.append(run_level(n, method, 1, timeout))
+        loads.append(os.getloadavg()[0])
+    last = run_level(sizes[0], method, rounds, timeout)
+    loads.append(os.getloadavg()[0])
+    first["rounds"] += last["rounds"]
+    first["stderr_lines"] += last["stderr_lines"]
+    first["peak_rss_kib"] = max(first["peak_rss_kib"], last["peak_rss_kib"])
+    for level in levels:
+        _summarise(level)
     return {
-        "bench": "concurrent",
+        "bench": "concurrent_pairings",
         "machine": {"nproc": nproc(), "cpu": cpu_model(), "python": sys.version.split()[0],
-                    "loadavg": list(os.getloadavg())},
+                    "loadavg_1min": loads},
         "settings": {"sizes": sizes, "method": method, "rounds": rounds, "timeout": timeout},
         "levels": levels,
         "goals": goals(levels),
@@ -271,9 +291,9 @@ def goals(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     small, large = levels[0], levels[-1]
     n = large["n"]
     return [
-        report(f"paired at once, of {n}, no failure", large["paired"] - large["failures"],
-               max(n, 1), at_most=False, unit=""),
-        report(f"cost per pairing at {n} / at {small['n']}",
+        report(f"paired at once without a failure, of {n}",
+               float(large["paired"] if large["ok"] else 0), float(n), at_most=False, unit=""),
+        report(f"CPU per pairing at {n} / at {small['n']}",
                large["cpu_us_per_pairing"] / small["cpu_us_per_pairing"], GOAL_COST_RATIO),
         report(f"peak RSS at {n}", large["peak_rss_kib"] / 1024, GOAL_RSS_MB, unit=" MB"),
     ]
@@ -281,10 +301,10 @@ def goals(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
-    load = " ".join(f"{x:.2f}" for x in m["loadavg"])
+    load = ", ".join(f"{x:.2f}" for x in m["loadavg_1min"])
     lines = [
         f"pairkit concurrent-pairings bench, {time.strftime('%Y-%m-%d')}: nproc {m['nproc']}, "
-        f"{m['cpu']}, Python {m['python']}; load average {load}",
+        f"{m['cpu']}, Python {m['python']}; load average (1 min) at each level {load}",
         f"one host process (pairkit host's run_host) and N guests in one child process over "
         f"loopback, method {s['method']}, all N at once, every session held until all are "
         f"confirmed",
@@ -304,8 +324,10 @@ def render(result: dict[str, Any]) -> str:
                 lines.append(f"  failure at {lv['n']}: {f}")
         for line in lv["stderr_lines"][:5]:
             lines.append(f"  stderr at {lv['n']}: {line}")
-    lines.append("cost = the child's CPU time (user + system, host and guests) from the first "
-                 "connect to the last session confirmed, / N")
+    lines.append("CPU = the child's CPU time (user + system, host and guests) from the first "
+                 "connect to the last session confirmed, / guests paired; median of the rounds "
+                 f"(the {result['levels'][0]['n']}-level: {s['rounds']} rounds before the "
+                 "others and as many after)")
     lines.append(f"total time {result['seconds']:.1f} s")
     lines.append("")
     lines.extend(render_goals(result["goals"]))
@@ -324,8 +346,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", type=_sizes, default=[10, GOAL_AT_ONCE],
                    help="pairings at once per level, smallest first (default 10,1000)")
     p.add_argument("--method", choices=METHODS, default="compare")
-    p.add_argument("--rounds", type=positive, default=5,
-                   help="rounds of the smallest level, median taken (default 5)")
+    p.add_argument("--rounds", type=positive, default=10,
+                   help="rounds of the smallest level, before and after the others (default 10)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds for a level's pairings (and each step's timeout)")
     p.add_argument("--quick", action="store_true", help="sizes 2,4, 1 round: a smoke run")
@@ -346,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.sizes, args.method, args.rounds, args.timeout)
     result["command"] = command_line("concurrent_pairings.py", argv)
     show(result, render, args.json)
-    return 0 if all(lv["failures"] == 0 for lv in result["levels"]) else 1
+    return 0 if all(lv["ok"] for lv in result["levels"]) else 1
 
 
 if __name__ == "__main__":
