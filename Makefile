@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/handshake.py
 	$(VENV)/bin/python bench/ble.py
 	$(VENV)/bin/python bench/ble_bleak.py
+	$(VENV)/bin/python bench/ble_guests.py
 	$(VENV)/bin/python bench/transfer.py
 	$(VENV)/bin/python bench/ttp.py
 	$(VENV)/bin/python bench/groupkeys.py

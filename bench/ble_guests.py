@@ -14,9 +14,11 @@ same time), then hangs up; the host sees each leave.
 
 One thing is not as on a radio: bumble's virtual controller establishes one connection at a
 time to a peripheral (several centrals connecting to one device at once make the ATT exchange
-time out), so the guests' *connects* queue for the host's controller (a bench-wide lock around
-``connect``); their pairings then run concurrently.  The time spent in that queue is counted in
-the guest's connect time, against its connect timeout.
+time out), so the guests' link-layer connects (bumble's ``Device.connect``) queue for the
+host's controller, one at a time; everything after (ATT MTU, GATT or L2CAP set-up, the
+pairing) runs concurrently.  The time spent in that queue is counted in the guest's connect
+time, against its connect timeout.  "in flight at once" is the most guests between link up and
+session stored at one moment.
 
 Goal lines: every guest paired without a failure; the slowest guest's connect (queue included)
 over its connect timeout <= 1; the slowest guest's pairing (from its link up to its session
@@ -100,15 +102,21 @@ async def measure(guests: int, *, hold: float = 120.0) -> dict[str, Any]:
                 row: dict[str, Any] = {"guest": i}
                 rows.append(row)
                 t0 = time.perf_counter()
+                radio_connect = device.device.connect  # bumble's: the link layer's connect
+
+                async def queued(*args: Any, **kwargs: Any) -> Any:
+                    async with queue:
+                        return await radio_connect(*args, **kwargs)
+
+                device.device.connect = queued  # type: ignore[method-assign]
                 connect = device.connect
 
-                async def queued_connect(*args: Any, **kwargs: Any) -> Any:
-                    async with queue:
-                        link = await connect(*args, **kwargs)
+                async def timed_connect(*args: Any, **kwargs: Any) -> Any:
+                    link = await connect(*args, **kwargs)
                     row["connect_s"] = time.perf_counter() - t0
                     return link
 
-                device.connect = queued_connect  # type: ignore[method-assign]
+                device.connect = timed_connect  # type: ignore[method-assign]
 
                 async def on_session(slink: Any, session: Any, membership: Any) -> None:
                     row["paired_s"] = time.perf_counter() - t0
@@ -130,6 +138,7 @@ async def measure(guests: int, *, hold: float = 120.0) -> dict[str, Any]:
                         all_paired.set()
                 finally:
                     device.connect = connect  # type: ignore[method-assign]
+                    device.device.connect = radio_connect  # type: ignore[method-assign]
 
             t_all = time.perf_counter()
             await asyncio.gather(*(guest(i) for i in range(guests)))
@@ -159,8 +168,15 @@ def result_of(run: dict[str, Any], argv: list[str] | None) -> dict[str, Any]:
     failures = [r["failure"] for r in rows if "failure" in r]
     connects = [r["connect_s"] for r in rows if "connect_s" in r]
     pairings = [r["paired_s"] - r["connect_s"] for r in paired if "connect_s" in r]
+    events = sorted([(r["connect_s"], 1) for r in paired if "connect_s" in r]
+                    + [(r["paired_s"], -1) for r in paired if "connect_s" in r])
+    in_flight = most = 0
+    for _, step in events:
+        in_flight += step
+        most = max(most, in_flight)
     result = {
         "bench": "ble_guests",
+        "most_in_flight": most,
         "machine": {"nproc": nproc(), "cpu": cpu_model(), "python": sys.version.split()[0],
                     "bumble": bumble.__version__, "loadavg_1min": os.getloadavg()[0]},
         "settings": {"guests": run["guests"]},
@@ -222,6 +238,8 @@ def render(result: dict[str, Any]) -> str:
         "seconds per guest:",
         row("connect (queue included)", result["connect_s"]),
         row("pairing (link up to stored)", result["pairing_s"]),
+        f"pairings in flight at once, at most: {result['most_in_flight']}; sessions held "
+        f"at once: {result['paired']}",
         f"{'whole join, slowest':<28} {result['whole_s_max']:.3f}   (timeouts: connect "
         f"{result['connect_timeout']:g} s, each step {result['step_timeout']:g} s)",
     ]
