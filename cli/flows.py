@@ -56,6 +56,11 @@ from pairkit.session import resolve_target as resolve
 from . import store
 from .common import CliDelegate, info
 
+
+class HostNotFoundError(NotFoundError):
+    """Nothing answered at the address a guest connects to."""
+
+
 #: what a side does once the session is confirmed and the membership known
 SessionHandler = Callable[[SecureLink, Session, Membership], Awaitable[None]]
 
@@ -172,12 +177,12 @@ async def run_host(
                   else "private: only members of its cloud can find it (--visible SECONDS)")
         info(f"broadcasting a hello; {window}", quiet=quiet)
     fp = store.key_fingerprint(me.static_public)
-    info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet)
+    info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet, essential=True)
 
     def show_pin() -> None:
         if Method.PIN in opts.methods and state.pin is not None:
             info(f"PIN: {state.pin}   (type it on the guest: pairkit join ... --method pin)",
-                 quiet=quiet)
+                 quiet=quiet, essential=True)
 
     if Method.PIN in opts.methods:
         # A PIN is single use: a --pin serves one guest, then fresh ones are drawn.
@@ -187,8 +192,8 @@ async def run_host(
         if Method.QR in opts.methods:
             code = state.issue_qr(me.static_public, clock.wall(), ttl=opts.qr_ttl, hint=address)
             uri = code.to_uri()
-            info(store.qr_text(uri), quiet=quiet)
-            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet)
+            info(store.qr_text(uri), quiet=quiet, essential=True)
+            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet, essential=True)
             if opts.qr_png is not None:
                 store.qr_png(uri, opts.qr_png)
                 info(f"QR code written to {opts.qr_png}")
@@ -367,7 +372,12 @@ async def run_join(
     transport = transport_obj or await open_transport(spec)
 
     async def connect_and_pair(addr: str | None) -> tuple[Session, Membership]:
-        link = await transport.connect(addr, timeout=opts.connect_timeout)
+        try:
+            link = await transport.connect(addr, timeout=opts.connect_timeout)
+        except (PairingTimeout, TransportError) as exc:
+            # Nobody answered at that address: "not found" whatever the transport (a refused
+            # TCP connection, a BLE address that does not answer), as for an unknown name.
+            raise HostNotFoundError(f"no pairkit host answered at {addr or spec}: {exc}") from exc
         try:
             done = await open_session(link, side, delegate=guest_delegate, clock=clock)
             assert done.membership is not None
@@ -385,7 +395,7 @@ async def run_join(
             address = await _host_named(transport, ks, by_name, quiet=opts.json)
         try:
             return await connect_and_pair(address)
-        except (PairingTimeout, TransportError) as exc:
+        except (PairingTimeout, TransportError, HostNotFoundError) as exc:
             # A known BLE host rotates its address (docs/hello.md): look for it nearby.
             if peer is None or address is None or not hasattr(transport, "scan"):
                 raise

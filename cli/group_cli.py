@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from pairkit.pairing.errors import ConfigError
+from pairkit.pairing.errors import ConfigError, TooLargeError
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds
@@ -219,6 +219,8 @@ def send(name: str, message: str, transport: str, duration: float, as_json: bool
         t = await open_transport(transport, **extra)
         try:
             return await broadcast(ks, t, name, command, duration=duration)
+        except TooLargeError as exc:  # the user's MESSAGE, not a peer's: a usage error
+            raise ConfigError(f"MESSAGE is too long: {exc}") from None
         finally:
             with contextlib.suppress(Exception):
                 await t.close()

@@ -79,16 +79,19 @@ def resolve_shared(root: Path, name: str) -> Path:
     return target
 
 
-def _finder(root: Path | None) -> Callable[[str], str | None] | None:
-    """The :class:`~pairing.files.FileServer`'s look into the shared folder."""
+def _finder(root: Path | None) -> Callable[[str], str | NotFoundError | None] | None:
+    """The :class:`~pairing.files.FileServer`'s look into the shared folder: None, why not (a
+    refusal), or the NotFoundError for a name it does not hold."""
     if root is None:
         return None
 
-    def find(name: str) -> str | None:
+    def find(name: str) -> str | NotFoundError | None:
         try:
             resolve_shared(root, name)
-        except (AccessDeniedError, NotFoundError) as exc:
+        except AccessDeniedError as exc:
             return str(exc)
+        except NotFoundError as exc:
+            return exc
         except OSError as exc:  # ENAMETOOLONG and the like: the host's file system says no
             return f"refused: the host cannot look that name up ({exc.strerror or 'error'})"
         return None

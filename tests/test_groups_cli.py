@@ -241,7 +241,7 @@ def test_errors_are_plain_and_mapped_to_exit_codes(home: dict[str, str]) -> None
     tcp = _run(home, "send", "doors", "hi", "-t", "tcp:127.0.0.1:9")
     assert tcp.exit_code == 2 and "cannot broadcast" in tcp.output
     big = _run(home, "send", "doors", "x" * 300, "-t", "loopback")
-    assert big.exit_code == 1 and "bytes of command in one advertisement" in big.output
+    assert big.exit_code == 2 and "bytes of command in one advertisement" in big.output
     pinned = _run(home, "listen", "-t", "loopback", "--controller", "someone")
     assert pinned.exit_code == 2 and "needs the group NAMEs" in pinned.output
     assert "Traceback" not in bad.output + missing.output + tcp.output
