@@ -175,7 +175,8 @@ def _map(data: bytes, pos: int, depth: int, count: int) -> tuple[dict[Any, Any],
     if count and depth >= MAX_DEPTH:
         raise DecodeError("message nested too deeply")
     result: dict[Any, Any] = {}
-    previous = b""  # the previous key's encoding (none yet: every key sorts after it)
+    # the previous key's encoding, as where it starts and its length (0: no key yet)
+    prev_start = prev_len = 0
     inner = depth + 1
     for _ in range(count):
         key_start = pos
@@ -183,20 +184,27 @@ def _map(data: bytes, pos: int, depth: int, count: int) -> tuple[dict[Any, Any],
         if first < 0x18:  # a small unsigned integer key, one byte (the commonest by far)
             key: Any = first
             pos += 1
-            encoded = data[key_start:pos]
+            if prev_len:  # one byte sorts after a longer key never, after a byte if greater
+                if prev_len > 1 or first <= data[prev_start]:
+                    if prev_len == 1 and first == data[prev_start]:
+                        raise DecodeError("duplicate key in a map")
+                    raise DecodeError("map keys are not in canonical order")
+            prev_start, prev_len = key_start, 1
         else:
             key, pos = _item(data, pos, inner)
             if not isinstance(key, int | str) or isinstance(key, bool):
                 raise DecodeError("map keys must be integers or text")
-            encoded = data[key_start:pos]
-        if previous:
-            if len(encoded) < len(previous) or (
-                len(encoded) == len(previous) and encoded <= previous
-            ):
-                if encoded == previous:
-                    raise DecodeError("duplicate key in a map")
-                raise DecodeError("map keys are not in canonical order")
-        previous = encoded
+            size = pos - key_start
+            if prev_len and size <= prev_len:
+                if size < prev_len:
+                    raise DecodeError("map keys are not in canonical order")
+                encoded = data[key_start:pos]
+                before = data[prev_start : prev_start + prev_len]
+                if encoded <= before:
+                    if encoded == before:
+                        raise DecodeError("duplicate key in a map")
+                    raise DecodeError("map keys are not in canonical order")
+            prev_start, prev_len = key_start, size
         if pos < n:
             first = data[pos]
             if first < 0x18:  # a small unsigned integer value
