@@ -50,6 +50,7 @@ HELP = (
     '      5  refused: by the owner or a policy (lockout, method), cancelled, no permission\n'
     '      6  not found: no such peer, host, file, identity or controller\n'
     '      7  connection lost: the other side went away mid-way\n'
+    '      8  busy: the host is serving as many peers as it can; try again in a moment\n'
     '     70  internal error: a bug (rerun with --debug and report it)\n'
     '    130  interrupted (Ctrl-C)\n'
 )

@@ -30,6 +30,7 @@ from pairkit.pairing.service import AllowRequest, JoinCloud, Scope
 
 from .exitcodes import (
     EXIT_AUTH,
+    EXIT_BUSY,
     EXIT_CLOSED,
     EXIT_ERROR,
     EXIT_INTERNAL,
@@ -60,6 +61,7 @@ _BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.REPLAY: EXIT_AUTH,
     ErrorCode.CLOSED: EXIT_CLOSED,
     ErrorCode.CANCELLED: EXIT_REFUSED,  # the person on the other side said no, by Ctrl-C
+    ErrorCode.BUSY: EXIT_BUSY,
 }
 
 _OS_ERRNOS: dict[int, int] = {

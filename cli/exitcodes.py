@@ -15,6 +15,7 @@ EXIT_TIMEOUT = 4
 EXIT_REFUSED = 5
 EXIT_NOT_FOUND = 6
 EXIT_CLOSED = 7
+EXIT_BUSY = 8
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
@@ -28,6 +29,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_REFUSED, "refused: by the owner or a policy (lockout, method), cancelled, no permission"),
     (EXIT_NOT_FOUND, "not found: no such peer, host, file, identity or controller"),
     (EXIT_CLOSED, "connection lost: the other side went away mid-way"),
+    (EXIT_BUSY, "busy: the host is serving as many peers as it can; try again in a moment"),
     (EXIT_INTERNAL, "internal error: a bug (rerun with --debug and report it)"),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )

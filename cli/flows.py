@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pairkit.admission import RateLimitedLog
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
 from pairkit.keystore import Keystore
@@ -26,6 +28,7 @@ from pairkit.pairing.errors import (
     PairingTimeout,
     TransportError,
 )
+from pairkit.pairing.files import SERVE_IDLE
 from pairkit.pairing.methods import (
     HostPairing,
     HostState,
@@ -79,7 +82,10 @@ class HostOptions:
     step_timeout: float = 30.0
     max_failures: int = 5
     lockout_window: float = 300.0
-    concurrent: int = 4
+    #: paired guests served at once (new links are told "busy" beyond: runtime/admission.py)
+    concurrent: int = 32
+    #: seconds a paired guest may stay silent, or leave what the host sends unread
+    serve_idle: float = SERVE_IDLE
     #: say nothing on stderr but errors (the demo narrates for itself)
     quiet: bool = False
     #: the folder shared with guests (None: nothing shared)
@@ -200,21 +206,46 @@ async def run_host(
 
     show_pin()
     show_qr()
+    # What asyncio itself reports (a failed accept when the process is out of file descriptors,
+    # a stray task's error): one line a second at most, never a traceback (issue 17).
+    asyncio.get_running_loop().set_exception_handler(loop_problem_reporter())
     if ready is not None:
         ready(address, state)
     paired = 0
     stop = asyncio.Event()
+    output_lost: list[OSError] = []
 
     async def serve_one(link: Any) -> bool | None:
         nonlocal paired
-        tried: list[HostPairing] = []  # the pairing machine, once made (see finally)
+        tried: list[HostPairing] = []  # the pairing machine, once made (see renew)
+
+        def renew() -> None:
+            # As soon as this guest's pairing is over (not its session: a guest served for
+            # long must not keep the next one from pairing), the next guest gets a fresh PIN.
+            if not opts.once and Method.PIN in opts.methods and state.pin is None:
+                state.new_pin()
+                show_pin()
+            if not opts.once and tried and tried[0].method is Method.QR:
+                show_qr()  # a QR code is single use too: the next guest needs a fresh one
+
         try:
-            done = await accept_session(link, side, delegate=delegate, clock=clock, tried=tried)
+            try:
+                done = await accept_session(
+                    link, side, delegate=delegate, clock=clock, tried=tried
+                )
+            finally:
+                renew()
             slink, session, membership = done.channel, done.session, done.membership
             assert membership is not None
             paired += 1
             if emit is not None:
-                emit(result_json(session, membership))
+                try:
+                    emit(result_json(session, membership))
+                except OSError as exc:  # stdout's reader went away (host --json | head -1)
+                    output_lost.append(exc)
+                    stop.set()
+                    await slink.close()
+                    return
             else:
                 info(f"paired with {session.peer.name} by {session.method.label} as "
                      f"{membership.role.name.lower()}; session {session.fingerprint}")
@@ -225,6 +256,7 @@ async def run_host(
                 served = await serve_guest(
                     slink, peer_name=session.peer.name, policy=policy, share=opts.share,
                     ask=delegate.allow_request, stats=ServeStats(), wall_clock=clock.wall,
+                    idle=opts.serve_idle,
                 )
                 if served.files or served.listings:
                     info(f"{session.peer.name}: {served.listings} listing(s), "
@@ -239,12 +271,7 @@ async def run_host(
                 info(f"{link.peer} asked who this host is", quiet=quiet)
                 return False
             info(f"error: guest {link.peer}: {exc}")
-        finally:
-            if not opts.once and Method.PIN in opts.methods and state.pin is None:
-                state.new_pin()
-                show_pin()
-            if not opts.once and tried and tried[0].method is Method.QR:
-                show_qr()  # a QR code is single use too: the next guest needs a fresh one
+        return None
 
     try:
         await accept_loop(
@@ -259,7 +286,48 @@ async def run_host(
         if transport_obj is None:
             with contextlib.suppress(Exception):
                 await transport.close()
+    if output_lost:
+        _silence_stdout()
+        raise OutputClosedError(
+            "standard output was closed (whatever read it has gone); the host stopped"
+        )
     return paired
+
+
+class OutputClosedError(PairingError):
+    """The results could not be written: standard output is a pipe whose reader has gone."""
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit does not fail too."""
+    import os
+    import sys
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def loop_problem_reporter() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """An event loop exception handler for a host: one line on stderr per second at most (the
+    rest counted), naming the condition and the OS's reason, without a traceback or a path."""
+    log = RateLimitedLog(lambda line: info(line))
+
+    def report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        what = str(context.get("message") or "a background task failed")
+        if isinstance(exc, OSError) and exc.strerror:
+            what = f"{what}: {exc.strerror}"
+        elif isinstance(exc, PairingError):
+            what = f"{what}: {exc}"
+        elif exc is not None:
+            what = f"{what}: {type(exc).__name__}"
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            what += " (too many connections at once: new ones wait until some close)"
+        log(f"warning: {what}")
+
+    return report
 
 
 def _host_ttp(opts: HostOptions, me: Any, delegate: Any) -> TtpHook:

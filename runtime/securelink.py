@@ -53,11 +53,19 @@ class SecureLink:
     def max_message(self) -> int:
         return self.channel.config.max_record
 
-    async def send(self, data: bytes) -> None:
-        """Send one message (at most :attr:`max_message` bytes)."""
-        async with self._send_lock:
-            for fragment in self.channel.seal(data):
-                await self.link.send(fragment)
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
+        """Send one message (at most :attr:`max_message` bytes); :class:`PairingTimeout` when
+        the peer does not take it within ``timeout`` seconds (default: :attr:`timeout`), the
+        link's flow control holding it back: a peer that stops reading is dropped, not waited
+        on (issue 17)."""
+        wait = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(wait):
+                async with self._send_lock:
+                    for fragment in self.channel.seal(data):
+                        await self.link.send(fragment)
+        except TimeoutError:
+            raise PairingTimeout(f"the peer stopped reading for {wait:.0f} s") from None
 
     async def recv(self, timeout: float | None = None) -> bytes:
         """The next message; :class:`PairingTimeout` if none comes within ``timeout``."""

@@ -70,7 +70,7 @@ async def test_a_big_share_is_listed_in_part_with_a_note(lab: Lab, tmp_path: Pat
     ("name", "code"),
     [
         ("x" * 250, EXIT_NOT_FOUND),  # fits every limit: the host just has no such file
-        ("日" * 130, EXIT_REFUSED),  # 390 bytes: over the host file system's 255
+        ("日" * 130, EXIT_NOT_FOUND),  # 390 bytes: within the protocol's 400, and not there
         ("日" * 250, EXIT_REFUSED),  # over the protocol's 400 bytes
         ("y" * 300, EXIT_REFUSED),  # over the protocol's 255 characters
     ],
