@@ -28,9 +28,11 @@ once; then each guest hangs up and the host's handler sees it leave.
   (``/proc/self/statm``).  The host's and guests' memory are not separated: the figure is an
   upper bound on the host's.
 
-Admission limits: on this code the host's only limit is ``accept_loop``'s ``concurrent``
-(``pairkit host --concurrent``, 4 by default), which the bench raises to N through
-:class:`~pairkit.cli.flows.HostOptions`; the defaults are not touched.
+Admission limits (runtime/admission.py): the host serves at most ``concurrent`` paired guests
+(32 by default) and ``max_pending`` unauthenticated links (64) at once and turns the rest away
+as busy; the bench raises both to N through :class:`~pairkit.cli.flows.HostOptions`
+(``concurrent``, ``admission``).  The defaults are not touched; the per-address limit (8)
+does not bind, as every guest has its own loopback address.
 
 How to read the figures: bench/RESULTS.md.
 """
@@ -117,15 +119,21 @@ class _Round:
 
     async def run(self, timeout: float) -> dict[str, Any]:
         """Pair all guests at once; returns counts and the CPU and wall time it took."""
+        from pairkit.admission import AdmissionLimits
         from pairkit.cli.flows import HostOptions, run_host
         from pairkit.pairing.errors import LinkClosedError, PairingError
         from pairkit.session import open_session
 
         n = self.n
         endpoint = self.medium.endpoint("host")
+        # The host's admission limits (runtime/admission.py) raised to N through its options:
+        # N paired guests and N unauthenticated links at once (the defaults, 32 and 64, turn
+        # the rest away as busy); each guest comes from its own address, so the per-address
+        # limit is left as it is, and so are the first-flight and refusal times.
         opts = HostOptions(
             transport="loopback", methods=frozenset({self.method}), quiet=True,
             concurrent=n, visible=3600.0,
+            admission=AdmissionLimits(max_pending=max(n, AdmissionLimits.max_pending)),
         )
         confirmed: set[str] = set()  # session fingerprints the host confirmed
         host_left = 0
