@@ -520,6 +520,16 @@ class Keystore:
         exact name.  Raises :class:`NotFoundError`, or :class:`ConfigError` if it is ambiguous."""
         return self._peers[self._find_peer(id_or_name)]
 
+    def peer_by_id(self, device_id: str) -> Peer | None:
+        """The known peer whose device id is exactly ``device_id`` (hex), or ``None``.
+
+        For lookups by a device's id (the protocol's), unlike :meth:`get_peer`, which also
+        takes a prefix or a name for people to type: a peer *named* like another device's id
+        must never be taken for that device.  Constant time in the number of peers."""
+        if not isinstance(device_id, str):
+            return None
+        return self._peers.get(device_id.lower())
+
     def peers(self) -> tuple[Peer, ...]:
         """Every known peer, in the order they were first added."""
         return tuple(self._peers.values())
