@@ -984,6 +984,37 @@ def test_the_body_put_together_is_the_canonical_encoding_of_the_whole(store: Key
     assert len(cbor2.loads(body)["peers"]) == 30
 
 
+def test_the_peers_kept_from_the_last_save_follow_every_change(store: Keystore,
+                                                                store_path: Path) -> None:
+    """Issue 13: the peers' joined encodings are kept between saves and only new peers added;
+    a changed, forgotten or reordered peer must still be written as it now is."""
+    import cbor2
+
+    def stored_names() -> list[str]:
+        return [p.name for p in Keystore.open(store_path, PIN).peers()]
+
+    made = [new_peer(name=f"p{i}")[0] for i in range(5)]
+    for peer in made[:3]:
+        store.add_peer(peer)
+    store.save()
+    store.add_peer(made[3])  # a new one at the end: added to what was kept
+    store.save()
+    assert stored_names() == ["p0", "p1", "p2", "p3"]
+    store.add_peer(dataclasses.replace(made[1], name="p1 renamed"))  # a change in the middle
+    store.save()
+    assert stored_names() == ["p0", "p1 renamed", "p2", "p3"]
+    store.forget_peer(made[0].id)
+    store.add_peer(made[4])
+    store.save()
+    assert stored_names() == ["p1 renamed", "p2", "p3", "p4"]
+    store.reload()
+    store.add_peer(made[0])
+    body = store._body()
+    assert cbor2.dumps(cbor2.loads(body), canonical=True) == body
+    assert [p["name"] for p in cbor2.loads(body)["peers"]] == [
+        "p1 renamed", "p2", "p3", "p4", "p0"]
+
+
 @pytest.mark.parametrize("argument", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32,
                                       2**64 - 1])
 def test_encode_head_matches_cbor2(argument: int) -> None:

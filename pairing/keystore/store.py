@@ -149,6 +149,8 @@ class Keystore:
         self._upgrade: tuple[_Header, _Keys] | None = None
         #: the sealed bytes last read or written, and the contents they hold (_remember)
         self._stored: tuple[bytes, _Contents] | None = None
+        #: the peers last encoded, and their encodings joined (_peers_encoded)
+        self._peers_blob: tuple[tuple[Peer, ...], bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Keystore {self.device_id} {self._name!r} at {self._storage.where}>"
@@ -280,7 +282,7 @@ class Keystore:
         top-level map is put together from its members' encodings, in the canonical key
         order: the same bytes as encoding the whole map at once, without re-encoding and
         sorting every known peer at every save (issue 13)."""
-        peers = list(self._peers.values())
+        peers = tuple(self._peers.values())
         members = {
             "v": cbor.encode(FORMAT_VERSION),
             "identity": cbor.encode({
@@ -288,7 +290,7 @@ class Keystore:
                 "ed25519": _raw_private(self._signing),
                 "name": self._name,
             }),
-            "peers": cbor.encode_head(4, len(peers)) + b"".join(p._encoded() for p in peers),
+            "peers": cbor.encode_head(4, len(peers)) + self._peers_encoded(peers),
             "clouds": cbor.encode(self._clouds),
             "groups": cbor.encode(self._groups),
             "settings": cbor.encode({k: _thaw(v) for k, v in self._settings.items()}),
@@ -299,6 +301,18 @@ class Keystore:
         return cbor.encode_head(5, len(keys)) + b"".join(
             encoded + members[key] for encoded, key in keys
         )
+
+    def _peers_encoded(self, peers: tuple[Peer, ...]) -> bytes:
+        """The peers' encodings one after another.  What the last save wrote is kept: when
+        the peers are those, plus new ones at the end (a host that met a new guest), only the
+        new ones are added to it (issue 13); any other change joins them all again."""
+        kept = self._peers_blob
+        if kept is not None and peers[: len(kept[0])] == kept[0]:
+            blob = kept[1] + b"".join([p._encoded() for p in peers[len(kept[0]) :]])
+        else:
+            blob = b"".join([p._encoded() for p in peers])
+        self._peers_blob = (peers, blob)
+        return blob
 
     def save(self) -> None:
         """Seal the current contents under a fresh nonce and replace the stored keystore
