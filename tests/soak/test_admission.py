@@ -239,3 +239,21 @@ async def test_the_host_takes_its_admission_limits_from_its_options(tmp_path: An
         host.cancel()
         with contextlib.suppress(BaseException):
             await host
+
+
+async def test_a_cancelled_accept_loop_leaves_no_task_pending() -> None:
+    """A host stopped by cancelling its accept loop (Ctrl-C, a caller giving up) leaves no task
+    behind: asyncio would say "Task was destroyed but it is pending!" when the loop closes."""
+    from pairkit.transports.loopback import LoopbackMedium
+
+    listener = await LoopbackMedium().endpoint("host").listen()
+    before = asyncio.all_tasks()
+    loop_task = asyncio.create_task(accept_loop(listener, echo_once))
+    await asyncio.sleep(0.05)  # waiting for a link, and for its stop event
+    loop_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop_task
+    await asyncio.sleep(0)  # cancelled tasks finish on the next turn
+    left = [t for t in asyncio.all_tasks() - before
+            if not t.done() and "refill" not in repr(t.get_coro())]
+    assert left == []
