@@ -233,6 +233,158 @@ async def _child(n: int, method: str, rounds: int, timeout: float) -> dict[str, 
             "peak_rss_kib": peak_kib}
 
 
+# -- over TCP (--over tcp): the host alone in its process, the guests in another ---------------
+
+
+async def _tcp_host(n: int, method: str, timeout: float) -> dict[str, Any]:
+    """``pairkit host``'s loop on 127.0.0.1, in a process of its own: prints ``PORT p``, serves
+    ``n`` guests, and reports its own CPU time and peak RSS (the host's alone)."""
+    from pairkit.admission import AdmissionLimits
+    from pairkit.cli.flows import HostOptions, run_host
+    from pairkit.delegate import Agree
+    from pairkit.keystore import Argon2Params, Keystore
+    from pairkit.pairing.errors import PairingError
+    from pairkit.pairing.negotiation import Method
+
+    chosen = Method.COMPARE if method == "compare" else Method.CLEAR
+    confirmed = 0
+    left = 0
+    everyone_left = asyncio.Event()
+    first: list[float] = []
+
+    async def on_session(slink: Any, session: Any, membership: Any) -> None:
+        nonlocal confirmed, left
+        confirmed += 1
+        if confirmed == n:
+            first.append(_cpu_s())  # the CPU spent once the last session is confirmed
+        with contextlib.suppress(PairingError):
+            while True:
+                await slink.recv()
+        left += 1
+        if left == n:
+            everyone_left.set()
+
+    cpu_start: list[float] = []
+
+    def ready(address: str, _state: Any) -> None:
+        cpu_start.append(_cpu_s())  # listening: what comes now is the guests' cost
+        print(f"PORT {address.rsplit(':', 1)[1]}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="pairkit-bench-") as tmp:
+        ks = Keystore.create(Path(tmp) / "host.pk", "bench-passphrase", name="host",
+                             kdf=Argon2Params.cheapest())
+        # Every guest comes from 127.0.0.1: the per-address limit is raised with the others.
+        opts = HostOptions(
+            transport="tcp:127.0.0.1:0", methods=frozenset({chosen}), quiet=True,
+            concurrent=n, visible=3600.0,
+            admission=AdmissionLimits(max_pending=max(n, AdmissionLimits.max_pending),
+                                      per_address=max(n, AdmissionLimits.per_address)),
+        )
+        rss_before = _rss_now_kib()
+        task = asyncio.create_task(run_host(ks, opts, on_session=on_session, ready=ready,
+                                            delegate=Agree(confirm_codes=True)))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await everyone_left.wait()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        stored = len(ks.peers())
+    cpu = (first[0] if first else _cpu_s()) - (cpu_start[0] if cpu_start else 0.0)
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_before)
+    return {"n": n, "host_confirmed": confirmed, "host_left": left, "host_stored": stored,
+            "host_cpu_s": cpu, "rss_before_kib": rss_before, "peak_rss_kib": peak}
+
+
+async def _tcp_guests(n: int, method: str, timeout: float) -> dict[str, Any]:
+    """``n`` guest devices made first; ``READY`` printed; then, given ``PORT p`` on stdin,
+    all connect at once, pair, hold their sessions until all are paired, and hang up."""
+    from pairkit.delegate import Agree
+    from pairkit.keystore import Argon2Params, Keystore, MemoryStorage
+    from pairkit.pairing.errors import PairingError
+    from pairkit.pairing.methods import PairingConfig
+    from pairkit.pairing.negotiation import ALL_CAPS, Method
+    from pairkit.session import GuestSide, open_session
+    from pairkit.transports.tcp import tcp_connect
+
+    chosen = Method.COMPARE if method == "compare" else Method.CLEAR
+    config = PairingConfig(methods=frozenset(Method) - {Method.TTP}, caps=ALL_CAPS)
+    cheap = Argon2Params.cheapest()
+    sides = [GuestSide(Keystore.create(MemoryStorage(), "bench-passphrase", name=f"guest {i}",
+                                       kdf=cheap), config, chosen, transport="tcp")
+             for i in range(n)]
+    delegate = Agree(confirm_codes=True)
+    print("READY", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    port = int(line.split()[1])
+    failures: list[str] = []
+    sessions: list[Any] = []
+    all_done = asyncio.Event()
+
+    async def guest(side: Any) -> None:
+        try:
+            link = await tcp_connect("127.0.0.1", port, timeout=timeout)
+            done = await open_session(link, side, delegate=delegate)
+        except PairingError as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+        else:
+            sessions.append(done)
+        if len(sessions) + len(failures) == n:
+            all_done.set()
+
+    t0, cpu0 = time.perf_counter(), _cpu_s()
+    tasks = [asyncio.create_task(guest(side)) for side in sides]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await all_done.wait()
+    wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+    for done in sessions:
+        with contextlib.suppress(PairingError):
+            await done.channel.close()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {"paired": len(sessions), "failures": failures[:20], "failed": len(failures),
+            "guests_cpu_s": cpu, "wall_s": wall}
+
+
+def run_level_tcp(n: int, method: str, timeout: float) -> dict[str, Any]:
+    """One level over TCP: a guests process set up first, then the host process, then go."""
+    script = str(Path(__file__).resolve())
+    common = ["--method", method, "--timeout", str(timeout)]
+    guests = subprocess.Popen(
+        [sys.executable, script, "--child-tcp-guests", str(n), *common],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+    )
+    host = None
+    try:
+        assert guests.stdout is not None and guests.stdin is not None
+        if guests.stdout.readline().strip() != "READY":
+            raise RuntimeError(f"the guests' process did not start: {guests.stderr.read()}")
+        host = subprocess.Popen(
+            [sys.executable, script, "--child-tcp-host", str(n), *common],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        assert host.stdout is not None
+        port_line = host.stdout.readline()
+        if not port_line.startswith("PORT "):
+            raise RuntimeError(f"the host did not start: {host.stderr.read()}")
+        guests.stdin.write(port_line)
+        guests.stdin.flush()
+        g_out, g_err = guests.communicate(timeout=timeout + 120)
+        h_out, h_err = host.communicate(timeout=timeout + 120)
+    finally:
+        for proc in (guests, host):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    level: dict[str, Any] = json.loads(h_out) | json.loads(g_out.splitlines()[-1])
+    level["stderr_lines"] = [line for line in (h_err + g_err).splitlines()
+                             if line.strip() and not line.startswith("paired with ")][:20]
+    return level
+
+
 # -- the parent: levels in child processes, the goals --------------------------------------------
 
 
@@ -266,17 +418,41 @@ def _summarise(level: dict[str, Any]) -> dict[str, Any]:
     return level
 
 
-def measure(sizes: list[int], method: str, rounds: int, timeout: float) -> dict[str, Any]:
+def _tcp_as_level(n: int, method: str, rounds: int, timeout: float) -> dict[str, Any]:
+    """``rounds`` TCP runs of ``n`` guests as one level, shaped as :func:`run_level`'s: the
+    CPU counted is the host process's alone, the RSS the host's peak."""
+    runs = [run_level_tcp(n, method, timeout) for _ in range(rounds)]
+    rows = []
+    for run in runs:
+        failures = list(run["failures"])
+        if run["failed"] > len(failures):
+            failures += [f"and {run['failed'] - len(failures)} more"]
+        if run["paired"] == n and not (run["host_confirmed"] == run["host_stored"] == n):
+            failures.append(f"the host confirmed {run['host_confirmed']} and stored "
+                            f"{run['host_stored']} for {n} guests")
+        rows.append({"n": n, "paired": run["paired"], "host_confirmed": run["host_confirmed"],
+                     "host_stored": run["host_stored"], "failures": failures,
+                     "wall_s": run["wall_s"], "cpu_s": run["host_cpu_s"],
+                     "guests_cpu_s": run["guests_cpu_s"]})
+    return {"n": n, "method": method, "rounds": rows,
+            "rss_before_kib": max(r["rss_before_kib"] for r in runs),
+            "peak_rss_kib": max(r["peak_rss_kib"] for r in runs),
+            "stderr_lines": [line for r in runs for line in r["stderr_lines"]][:20]}
+
+
+def measure(sizes: list[int], method: str, rounds: int, timeout: float,
+            over: str = "loopback") -> dict[str, Any]:
     """Each size in its own child; the smallest twice, first and last, ``rounds`` rounds each
     (its median is the reference, so a machine that got busier midway moves both sides)."""
     start = time.perf_counter()
     loads = [os.getloadavg()[0]]
-    first = run_level(sizes[0], method, rounds, timeout)
+    level_of = run_level if over == "loopback" else _tcp_as_level
+    first = level_of(sizes[0], method, rounds, timeout)
     levels = [first]
     for n in sizes[1:]:
-        levels.append(run_level(n, method, 1, timeout))
+        levels.append(level_of(n, method, 1, timeout))
         loads.append(os.getloadavg()[0])
-    last = run_level(sizes[0], method, rounds, timeout)
+    last = level_of(sizes[0], method, rounds, timeout)
     loads.append(os.getloadavg()[0])
     first["rounds"] += last["rounds"]
     first["stderr_lines"] += last["stderr_lines"]
@@ -287,7 +463,8 @@ def measure(sizes: list[int], method: str, rounds: int, timeout: float) -> dict[
         "bench": "concurrent_pairings",
         "machine": {"nproc": nproc(), "cpu": cpu_model(), "python": sys.version.split()[0],
                     "loadavg_1min": loads},
-        "settings": {"sizes": sizes, "method": method, "rounds": rounds, "timeout": timeout},
+        "settings": {"sizes": sizes, "method": method, "rounds": rounds, "timeout": timeout,
+                     "over": over},
         "levels": levels,
         "goals": goals(levels),
         "seconds": time.perf_counter() - start,
@@ -313,9 +490,12 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         f"pairkit concurrent-pairings bench, {time.strftime('%Y-%m-%d')}: nproc {m['nproc']}, "
         f"{m['cpu']}, Python {m['python']}; load average (1 min) at each level {load}",
-        f"one host process (pairkit host's run_host) and N guests in one child process over "
-        f"loopback, method {s['method']}, all N at once, every session held until all are "
-        f"confirmed",
+        (f"one host process (pairkit host's run_host) and N guests in one child process over "
+         f"loopback, method {s['method']}, all N at once, every session held until all are "
+         f"confirmed" if s.get("over", "loopback") == "loopback" else
+         f"one host process (pairkit host's run_host) on TCP 127.0.0.1, N guests in another "
+         f"process, method {s['method']}, all N at once, every session held until all are "
+         f"confirmed; CPU and RSS are the host process's alone"),
         "",
         f"{'N':>6}  {'rounds':>6}  {'paired':>6}  {'failed':>6}  {'CPU us/pairing':>14}  "
         f"{'wall us/pairing':>15}  {'RSS before MB':>13}  {'peak RSS MB':>11}",
@@ -332,9 +512,20 @@ def render(result: dict[str, Any]) -> str:
                 lines.append(f"  failure at {lv['n']}: {f}")
         for line in lv["stderr_lines"][:5]:
             lines.append(f"  stderr at {lv['n']}: {line}")
-    lines.append("CPU = the child's CPU time (user + system, host and guests) from the first "
-                 "connect to the last session confirmed, / guests paired; median of the rounds "
-                 f"(the {result['levels'][0]['n']}-level: {s['rounds']} rounds before the "
+    small = result["levels"][0]["n"]
+    if s.get("over", "loopback") == "loopback":
+        lines.append("CPU = the child's CPU time (user + system, host and guests) from the first "
+                     "connect to the last session confirmed, / guests paired")
+    else:
+        guests = ", ".join(
+            f"{sum(r['guests_cpu_s'] for r in lv['rounds']) * 1e6 / paired:.0f} us at {lv['n']}"
+            for lv in result["levels"]
+            if (paired := sum(r["paired"] for r in lv["rounds"]))
+        )
+        lines.append("CPU = the host process's CPU time (user + system) from listening to the "
+                     "last session confirmed, / guests paired (the guests' process: "
+                     f"{guests} per pairing)")
+    lines.append(f"median of the rounds (the {small}-level: {s['rounds']} rounds before the "
                  "others and as many after)")
     lines.append(f"total time {result['seconds']:.1f} s")
     lines.append("")
@@ -360,7 +551,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds for a level's pairings (and each step's timeout)")
     p.add_argument("--quick", action="store_true", help="sizes 2,4, 1 round: a smoke run")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--over", choices=("loopback", "tcp"), default="loopback",
+                   help="loopback: host and guests in one child process (default); tcp: the "
+                        "host alone in its process on 127.0.0.1, the guests in another")
     p.add_argument("--child", type=positive, help=argparse.SUPPRESS)
+    p.add_argument("--child-tcp-host", type=positive, help=argparse.SUPPRESS)
+    p.add_argument("--child-tcp-guests", type=positive, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.rounds = [2, 4], 1
@@ -369,11 +565,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child_tcp_host is not None:
+        print(json.dumps(asyncio.run(_tcp_host(args.child_tcp_host, args.method,
+                                               args.timeout))))
+        return 0
+    if args.child_tcp_guests is not None:
+        print(json.dumps(asyncio.run(_tcp_guests(args.child_tcp_guests, args.method,
+                                                 args.timeout))))
+        return 0
     if args.child is not None:
         print(json.dumps(asyncio.run(_child(args.child, args.method, args.rounds,
                                             args.timeout))))
         return 0
-    result = measure(args.sizes, args.method, args.rounds, args.timeout)
+    result = measure(args.sizes, args.method, args.rounds, args.timeout, args.over)
     result["command"] = command_line("concurrent_pairings.py", argv)
     show(result, render, args.json)
     return 0 if all(lv["ok"] for lv in result["levels"]) else 1
