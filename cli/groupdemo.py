@@ -482,11 +482,13 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
                       f"({ms:.0f} ms)")
                 deliveries.append(o.as_json())
     everyone = [lab.nodes[m] for m in members]
+    summary["deliveries"] = deliveries
+    # The controller retries whoever has not confirmed (a busy radio can lose a first try),
+    # until each member's own receipt is back.
+    summary["confirmed"] = await _confirm(ctl, reach, n)
     await wait_for(lambda: all(_holds(node, group) for group, names in GROUPS.items()
                                for node in everyone if node.name in names), 15)
     n.say(f"   every member holds its group's key ({time.perf_counter() - t0:.2f} s)")
-    summary["deliveries"] = deliveries
-    summary["confirmed"] = await _confirm(ctl, reach, n)
 
     # The relay's own state cannot open what it carried.
     # Distinct envelopes: one forwarded again while its receipt was on its way is the same one.

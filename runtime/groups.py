@@ -1034,7 +1034,13 @@ class Relay:
         queued = []
         with self.ks.update():
             queue = self.queue
+            answered = {r.envelope for r in self.receipts.receipts}
             for env in envelopes:
+                if envelope_digest(env) in answered:
+                    # Delivered already, and the member's receipt is here for the controller:
+                    # nothing to deliver again (it was forwarded again before it asked).
+                    results.append(DeliveryResult(env.group, env.epoch, True))
+                    continue
                 try:
                     self.ks.get_peer(env.member.hex())
                     queue = queue.add(env)

@@ -82,10 +82,12 @@ async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[
     json.dumps(summary)  # the --json summary is plain JSON
     assert summary["ok"] and summary["scenario"] == "groupkeys"
     assert len(summary["devices"]) >= 8  # controller, relay, six members, an eavesdropper
-    assert all(d["ok"] for d in summary["deliveries"]) and len(summary["deliveries"]) == 6
+    # One first try per member (a busy machine may lose some: the retries confirm them all).
+    assert len(summary["deliveries"]) == 6
     assert {d["via"] for d in summary["deliveries"]} == {None, "relay"}
     # Queued at the relay is not confirmed; every member's own receipt came back after.
     assert {d["state"] for d in summary["deliveries"] if d["via"]} == {"pending"}
+    assert all(d["status"] != "confirmed" for d in summary["deliveries"] if d["via"])
     assert summary["confirmed"] == {"fire-sensors": ["sensor-1", "sensor-2"],
                                     "fire-doors": ["door-1", "door-2", "door-3"],
                                     "extinguishers": ["extinguisher-1"]}

@@ -12,6 +12,7 @@ in test_groups_ble.py.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,9 @@ import pytest
 from pairkit import groups as G
 from pairkit.cli.groupdemo import GroupLab, Node, wait_for
 from pairkit.keystore import Keystore
-from pairkit.pairing.groups import RetryPolicy
+from pairkit.pairing import wire
+from pairkit.pairing.groups import Forward, ForwardReceipt, RetryPolicy
+from pairkit.securelink import SecureLink
 
 from .group_adversary import LyingRelay, LyingService
 
@@ -108,6 +111,19 @@ async def test_a_members_receipt_comes_back_through_the_relay(net: Net) -> None:
     assert {m["name"]: (m["state"], m["confirmed"], m["next_try"])
             for m in status["controls"][0]["members"]} == {
         "far-1": ("confirmed", 1, None), "far-2": ("confirmed", 1, None)}
+    # Forwarded again (as a controller does when it asked before the receipt came back): the
+    # relay, holding the member's receipt for that very envelope, does not deliver it again.
+    waiting = net.liar.captured[-1]
+    forwarded = sum(e["event"] == "forwarded" for e in net.relay.events)
+
+    async def again_(slink: SecureLink) -> tuple:
+        await slink.send(Forward((waiting,)).encode())
+        return wire.decode(await slink.recv(5), ForwardReceipt).results
+
+    (result,) = await G.with_peer(net.ctl.ks, net.reach, net.relay.id, again_)
+    assert result.ok and len(net.liar.queue) == 0
+    await asyncio.sleep(0.3)  # a few of the relay's rounds
+    assert sum(e["event"] == "forwarded" for e in net.relay.events) == forwarded
     # Nothing pending: a further sync reaches nobody.
     _, none = await G.confirm_all(net.ctl.ks, "doors", reach=net.reach, policy=FAST)
     assert none == []
