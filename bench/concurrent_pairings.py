@@ -323,7 +323,9 @@ async def _tcp_guests(n: int, method: str, timeout: float) -> dict[str, Any]:
 
     async def guest(side: Any) -> None:
         try:
-            link = await tcp_connect("127.0.0.1", port, timeout=timeout)
+            # pairkit join's connect timeout (20 s); the kernel queues 100 connects at a time
+            # (asyncio's listen backlog), the rest retry their SYN
+            link = await tcp_connect("127.0.0.1", port, timeout=20.0)
             done = await open_session(link, side, delegate=delegate)
         except PairingError as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
@@ -352,35 +354,40 @@ def run_level_tcp(n: int, method: str, timeout: float) -> dict[str, Any]:
     """One level over TCP: a guests process set up first, then the host process, then go."""
     script = str(Path(__file__).resolve())
     common = ["--method", method, "--timeout", str(timeout)]
-    guests = subprocess.Popen(
-        [sys.executable, script, "--child-tcp-guests", str(n), *common],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=ROOT,
-    )
-    host = None
-    try:
-        assert guests.stdout is not None and guests.stdin is not None
-        if guests.stdout.readline().strip() != "READY":
-            raise RuntimeError(f"the guests' process did not start: {guests.stderr.read()}")
-        host = subprocess.Popen(
-            [sys.executable, script, "--child-tcp-host", str(n), *common],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    # stderr to files: the host writes a line per guest, more than a pipe holds while this
+    # process waits on the other one
+    with tempfile.TemporaryFile("w+") as g_err, tempfile.TemporaryFile("w+") as h_err:
+        guests = subprocess.Popen(
+            [sys.executable, script, "--child-tcp-guests", str(n), *common],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=g_err, text=True, cwd=ROOT,
         )
-        assert host.stdout is not None
-        port_line = host.stdout.readline()
-        if not port_line.startswith("PORT "):
-            raise RuntimeError(f"the host did not start: {host.stderr.read()}")
-        guests.stdin.write(port_line)
-        guests.stdin.flush()
-        g_out, g_err = guests.communicate(timeout=timeout + 120)
-        h_out, h_err = host.communicate(timeout=timeout + 120)
-    finally:
-        for proc in (guests, host):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        host = None
+        try:
+            assert guests.stdout is not None and guests.stdin is not None
+            if guests.stdout.readline().strip() != "READY":
+                raise RuntimeError("the guests' process did not start")
+            host = subprocess.Popen(
+                [sys.executable, script, "--child-tcp-host", str(n), *common],
+                stdout=subprocess.PIPE, stderr=h_err, text=True, cwd=ROOT,
+            )
+            assert host.stdout is not None
+            port_line = host.stdout.readline()
+            if not port_line.startswith("PORT "):
+                raise RuntimeError("the host did not start")
+            guests.stdin.write(port_line)
+            guests.stdin.flush()
+            g_out, _ = guests.communicate(timeout=timeout + 120)
+            h_out, _ = host.communicate(timeout=timeout + 120)
+        finally:
+            for proc in (guests, host):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            g_err.seek(0)
+            h_err.seek(0)
+            errors = h_err.read() + g_err.read()
     level: dict[str, Any] = json.loads(h_out) | json.loads(g_out.splitlines()[-1])
-    level["stderr_lines"] = [line for line in (h_err + g_err).splitlines()
+    level["stderr_lines"] = [line for line in errors.splitlines()
                              if line.strip() and not line.startswith("paired with ")][:20]
     return level
 

@@ -93,3 +93,16 @@ def test_bad_sizes_are_refused(bench: ModuleType) -> None:
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
     assert bench.parse_args(["--sizes", "5,50,500"]).sizes == [5, 50, 500]
+
+
+def test_over_tcp_the_host_runs_alone_and_every_guest_pairs(bench: ModuleType) -> None:
+    """--over tcp: the host in a process of its own on 127.0.0.1, the guests in another; the
+    level is shaped as the loopback one, its CPU the host's alone."""
+    level = bench._tcp_as_level(3, "compare", 1, 120.0)
+    (row,) = level["rounds"]
+    assert row["paired"] == row["host_confirmed"] == row["host_stored"] == 3
+    assert row["failures"] == [] and row["cpu_s"] > 0 and row["guests_cpu_s"] > 0
+    assert level["peak_rss_kib"] >= level["rss_before_kib"] > 0
+    assert bench.parse_args(["--over", "tcp"]).over == "tcp"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--over", "carrier-pigeon"])
