@@ -69,6 +69,7 @@ from .pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
+    ErrorCode,
     LinkClosedError,
     NotFoundError,
     PairingError,
@@ -334,6 +335,10 @@ class Reach:
 SessionWork = Callable[[SecureLink], Awaitable[Any]]
 
 
+#: pauses before a session is asked for again of a peer that said "busy"
+BUSY_PAUSES = (0.2, 0.5, 1.0)
+
+
 async def with_peer(
     ks: Keystore,
     reach: Reach,
@@ -373,9 +378,20 @@ async def with_peer(
     opened = existing is None
     link_transport = await open_transport(spec) if opened else existing
     try:
-        link = await link_transport.connect(address, timeout=reach.connect_timeout)
+        for pause in (*BUSY_PAUSES, None):
+            link = await link_transport.connect(address, timeout=reach.connect_timeout)
+            try:
+                done = await open_session(link, side, delegate=_Quiet(), clock=reach.clock)
+                break
+            except PairingError as exc:
+                # A peer serving as many sessions as it can says "busy" before anything is
+                # asked (runtime/admission.py): nothing was done, so try again in a moment.
+                with contextlib.suppress(Exception):
+                    await link.close()
+                if exc.code != ErrorCode.BUSY or pause is None:
+                    raise
+            await asyncio.sleep(pause)
         try:
-            done = await open_session(link, side, delegate=_Quiet(), clock=reach.clock)
             result = await work(done.channel)
             with contextlib.suppress(PairingError, OSError):
                 await done.channel.send(Bye().encode())
