@@ -45,13 +45,17 @@ async def run_pne(
     listen: bool,
     delegate: Any = None,
     rng: Rng = os.urandom,
-) -> PnMembership:
+) -> PnMembership | None:
     """Take part in a PN setup on ``link``: start it (``listen=False``), or wait for the
-    gateway's notify.  The PNE's membership, or the error that kept it out."""
+    gateway's notify.  The PNE's membership; None when it declined the gateway's notify
+    (``config.join``, or its delegate's ``allow_pn_join`` answered no); or the error that kept
+    it out."""
     loop = asyncio.get_running_loop()
     machine = PneMachine(config, listen=listen, rng=rng)
     machine.start(loop.time())
     await drive(machine, link, delegate=delegate, idle=config.step_timeout)
+    if machine.declined:
+        return None
     assert machine.membership is not None
     return machine.membership
 
