@@ -221,3 +221,61 @@ class LinkConfirm(Message):
     nonce: bytes | None = field(3, size=RAND_LEN, default=None)
 
 
+
+
+# -- after the setup: a PN's life (type ids 100 to 109, issue 14) ------------------------------
+
+#: the largest routed body (one secure-channel record carries the whole PnData)
+MAX_BODY: Final = 16 * 1024
+
+
+@message(type_id=100, max_size=512)
+class PnAttach(Message):
+    """PNE -> gateway, first on a link: this PNE is in reach and waits to be asked to join a
+    PN (the gateway's :class:`PnSetupNotify`, for a setup it or another PNE starts).  Unproven
+    (as every word before the server's proof): it only makes the PNE one to notify."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    name: str = field(3, max_len=64)
+    caps: int = field(4)
+
+
+@message(type_id=101, max_size=128)
+class PnLinkResume(Message):
+    """Member -> gateway, first on a link: open a new link session from the link key this
+    member holds for ``pn_id`` (its LocalEUKey or pre-assigned key), with a fresh nonce."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    pne_id: bytes = field(3, size=ID_LEN)
+    nonce: bytes = field(4, size=RAND_LEN)
+
+
+@message(type_id=102, max_size=128)
+class PnLinkAccept(Message):
+    """Gateway -> member: its fresh nonce and its key confirmation; the member answers with a
+    :class:`LinkConfirm` (its own)."""
+
+    nonce: bytes = field(2, size=RAND_LEN)
+    mac: bytes = field(3, size=MAC_LEN)
+
+
+@message(type_id=103, max_size=MAX_BODY + 256)
+class PnData(Message):
+    """Routed traffic, inside a link's secure channel: member -> gateway -> member.  The
+    gateway sets ``src`` to the member whose channel it came from (a member cannot speak for
+    another)."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    src: bytes = field(3, size=ID_LEN)
+    dst: bytes = field(4, size=ID_LEN)
+    msg_id: int = field(5)
+    body: bytes = field(6, max_len=MAX_BODY)
+
+
+@message(type_id=104, max_size=256)
+class PnDelivery(Message):
+    """Gateway -> sending member: what became of its :class:`PnData` ``msg_id``."""
+
+    msg_id: int = field(2)
+    delivered: bool = field(3)
+    reason: str | None = field(4, max_len=120, default=None)
