@@ -185,6 +185,11 @@ def gateway(transport: str, setup: str | None, invite: tuple[str, ...], wait_for
 
     from .ttp_cli import enrolled_server
 
+    invited = _ids(invite)
+    if setup == "invited" and not invited:
+        raise ConfigError("--setup invited needs the elements: --invite PNE_ID (repeat)")
+    if invited and setup not in ("invited", "1-1"):
+        raise ConfigError("--invite goes with --setup invited (or one element with --setup 1-1)")
     ks = unlock()
     eukey = _factory_key(ks)
     enrolled = enrolled_server(ks)
@@ -193,7 +198,7 @@ def gateway(transport: str, setup: str | None, invite: tuple[str, ...], wait_for
                             "pairkit ttp enroll --server HOST:PORT --ca ca.pem --new-eukey")
     opts = GatewayOptions(
         server=enrolled[0], ca_file=enrolled[1], eukey=eukey,
-        setup=SetupType(SETUPS[setup]) if setup else None, invited=_ids(invite),
+        setup=SetupType(SETUPS[setup]) if setup else None, invited=invited,
         wait_for=wait_for, collect_window=collect, step_timeout=timeout, once=once,
     )
     owner = _Owner(yes=yes, timeout=timeout)
@@ -296,6 +301,7 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
         raise ConfigError("--decline goes with --wait, without --yes")
     if count is not None and not stay:
         raise ConfigError("--count goes with --stay")
+    invited = _ids(invite)
     ks = unlock()
     from pairkit.pn import pne_caps
     from pairkit.session import resolve_target
@@ -310,7 +316,7 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
     eukey = _factory_key(ks)
     config = PneConfig(
         bytes.fromhex(ks.device_id), ks.name, eukey, caps=pne_caps(not no_ui, pan_secured),
-        setup_type=SetupType(SETUPS[setup or "1-1"]), invited=_ids(invite),
+        setup_type=SetupType(SETUPS[setup or "1-1"]), invited=invited,
         step_timeout=timeout, join="decline" if decline else ("accept" if yes else "ask"),
     )
     owner = _Owner(yes=yes, decline=decline, timeout=timeout)

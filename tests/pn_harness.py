@@ -53,7 +53,10 @@ class Running:
         while line := await self.proc.stdout.readline():
             text = line.decode().strip()
             if text:
-                self.lines.append(json.loads(text))
+                try:
+                    self.lines.append(json.loads(text))
+                except ValueError:
+                    self.lines.append({"_text": text})
                 self._changed.set()
 
     async def _read_err(self) -> None:

@@ -8,16 +8,20 @@ the test process (tests/pn_harness.py), between the element's process and the ga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
-from pairkit.cli.common import EXIT_AUTH, EXIT_NOT_FOUND
+from pairkit.cli.common import EXIT_AUTH, EXIT_NOT_FOUND, EXIT_USAGE
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import LinkConfirm
+from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
+from tests.cli_helpers import run_cli
 from tests.pn_harness import free_port, pn_lab, tcp_relay
 from tests.ttp_harness import flip
 
@@ -210,7 +214,7 @@ async def test_a_stranger_replaying_a_captured_record_or_resuming_without_the_ke
         gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--setup", "all",
                              "--wait-for", "2", "--collect", "3")
         await gw.narration("is the PN gateway on")
-        a = await lab.start("watch", "pn", "join", gw_addr, "--wait", "--yes")
+        a = await lab.start("watch", "pn", "join", gw_addr, "--wait", "--yes", "--json")
         b = await lab.start("scale", "pn", "join", gw_addr, "--wait", "--yes", "--stay",
                             "--json")
         await gw.json_line("event", "setup")
@@ -225,11 +229,12 @@ async def test_a_stranger_replaying_a_captured_record_or_resuming_without_the_ke
         for data in captured:
             await stranger.send(data)
         reply = []
-        try:
+        joiner = Reassembler(64 * 1024)
+        with contextlib.suppress(PairingError, TimeoutError):
             while True:
-                reply.append(wire.decode(await asyncio.wait_for(stranger.recv(), 10)))
-        except Exception:
-            pass
+                whole = joiner.feed(await asyncio.wait_for(stranger.recv(), 10))
+                if whole is not None:
+                    reply.append(wire.decode(whole))
         await stranger.close()
         names = [type(m).__name__ for m in reply]
         assert names[0] == "PnLinkAccept" and "Abort" in names[1:]
@@ -240,3 +245,103 @@ async def test_a_stranger_replaying_a_captured_record_or_resuming_without_the_ke
         await b.json_line("text", "two")
         await b.stop()
         await gw.stop()
+
+
+# -- help and hostile input ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        ("gateway", ["--setup", "--invite", "ttp enroll", "pn ls", "--json"]),
+        ("join", ["--wait", "--no-ui", "LocalEUKey", "pre-assigned", "--stay", "--json"]),
+        ("ls", ["routing table", "failed or declined", "--json"]),
+        ("send", ["MEMBER", "routed through the gateway", "--json"]),
+    ],
+)
+async def test_every_pn_command_has_a_help_that_teaches(command: str, words: list[str]) -> None:
+    r = await run_cli(None, "pn", command, "--help")
+    text = " ".join(r.ok().out.split())
+    for word in words:
+        assert word in text, word
+
+
+@pytest.fixture
+async def one_device(tmp_path: Path) -> Path:
+    home = tmp_path / "dev"
+    (await run_cli(home, "init", "--name", "Lone device")).ok()
+    return home
+
+
+_BAD = [
+    (("join", "tcp:127.0.0.1:9", "--setup", "invited"), EXIT_USAGE, "--invite"),
+    (("join", "tcp:127.0.0.1:9", "--setup", "all", "--wait"), EXIT_USAGE, "not both"),
+    (("join", "tcp:127.0.0.1:9", "--decline"), EXIT_USAGE, "--wait"),
+    (("join", "tcp:127.0.0.1:9", "--setup", "invited", "--invite", "zz"), EXIT_USAGE,
+     "not a device id"),
+    (("join", "tcp:127.0.0.1:9", "--wait", "--count", "3"), EXIT_USAGE, "--stay"),
+    (("join", "bumble:usb:0", "--wait"), EXIT_USAGE, "names a radio"),
+    (("join", "tcp:127.0.0.1:9", "--setup", "all"), EXIT_NOT_FOUND, "factory key"),
+    (("join", "tcp:127.0.0.1:9"), EXIT_NOT_FOUND, "member of no personal network"),
+    (("gateway", "--setup", "invited"), EXIT_USAGE, "--invite"),
+    (("gateway", "--invite", "00" * 16), EXIT_USAGE, "--setup"),
+    (("gateway",), EXIT_NOT_FOUND, "factory key"),
+    (("send", "someone", "hi"), EXIT_NOT_FOUND, "member of no personal network"),
+    (("send", "someone", ""), EXIT_USAGE, "empty"),
+    (("send", "someone", "x" * 20000), EXIT_USAGE, "a routed message holds"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "words"), _BAD, ids=[" ".join(a)[:40] for a, *_ in _BAD])
+async def test_bad_input_is_a_sentence_and_an_exit_code(
+    one_device: Path, args: tuple[str, ...], code: int, words: str
+) -> None:
+    r = await run_cli(one_device, "pn", *args)
+    assert r.rc == code, str(r)
+    assert r.err.startswith("error: ") and words in r.err, r.err
+    assert r.out == ""
+
+
+async def test_ls_of_a_device_in_no_pn(one_device: Path) -> None:
+    assert (await run_cli(one_device, "pn", "ls", "--json")).ok().json() == {"pns": []}
+    r = (await run_cli(one_device, "pn", "ls")).ok()
+    assert "no personal network yet" in r.err
+
+
+async def test_a_hostile_gateway_gets_a_sentence_not_a_traceback(tmp_path: Path) -> None:
+    """A 'gateway' that answers with garbage, or with an Abort whose reason tries to drive the
+    terminal: the element ends with an error line and an exit code."""
+    from pairkit.cli.ttp_cli import SETTING_EUKEY
+    from pairkit.keystore import FILE_NAME, Keystore
+    from pairkit.transports.tcp import TcpListener
+    from tests.cli_helpers import KEYSTORE_PIN
+
+    home = tmp_path / "dev"
+    (await run_cli(home, "init", "--name", "Lone device")).ok()
+    # a factory key, as 'ttp enroll --new-eukey' would keep it (no server needed here)
+    ks = Keystore.open(home / FILE_NAME, KEYSTORE_PIN)
+    with ks.update():
+        ks.set_setting(SETTING_EUKEY, os.urandom(32))
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    replies = [b"\xff" * 40, wire.Abort(code=3, reason="bad \x1b[2J day").encode()]
+
+    async def serve() -> None:
+        for reply in replies:
+            link = await listener.accept()
+            await link.recv()
+            for piece in fragment(reply, 200):
+                await link.send(piece)
+            await asyncio.sleep(0.2)
+            await link.close()
+
+    task = asyncio.create_task(serve())
+    try:
+        for _ in replies:
+            r = await run_cli(home, "pn", "join", f"tcp:127.0.0.1:{listener.port}", "--wait",
+                              "--yes", "--timeout", "5")
+            assert r.rc != 0 and r.err.splitlines()[-1].startswith("error: "), str(r)
+            assert "\x1b" not in r.err
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await listener.close()
