@@ -8,6 +8,7 @@ between processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -21,16 +22,23 @@ from pairkit.pairing.cpns import (
     GatewayCaps,
     GatewayConfig,
     LinkConfirm,
+    LinkSession,
     PneConfig,
     PneInfo,
     PneMachine,
     PnJoinAsked,
+    PnLinkAccept,
+    PnLinkResume,
     PnRegistrationRequest,
     PnSetupNotify,
     SetupType,
 )
+from pairkit.pairing.cpns.link import GatewayResume, MemberResume, ResumeConfig
 from pairkit.pairing.errors import (
     AccessDeniedError,
+    AuthenticationError,
+    NotFoundError,
+    PairingError,
     ProtocolError,
     RemoteError,
 )
@@ -170,3 +178,85 @@ def test_a_restarted_gateway_aborts_a_pne_mid_flow_and_stays_usable() -> None:
     fresh.initiate(0.0, SetupType.ONE_TO_ONE, ())
     assert [p for p, _ in fresh.outgoing()] == ["b"]
     assert SERVER not in fresh.routing
+
+
+# -- a member back on its gateway (pairing.cpns.link) -----------------------------------------
+
+
+PN, PNE, GW = b"\x07" * 16, b"\x01" * 16, b"\x03" * 16
+KEY = b"\x55" * 32
+
+
+def _resume(member_key: bytes = KEY, gw_key: bytes | None = KEY, rng_seed: int = 1):
+    from tests.ttp_harness import seeded
+
+    member = MemberResume(ResumeConfig(PN, PNE, GW, member_key), rng=seeded(rng_seed))
+    gateway = GatewayResume(
+        GW, lambda pn, pne: gw_key if (pn, pne) == (PN, PNE) else None, rng=seeded(rng_seed + 1)
+    )
+    member.start(0.0)
+    gateway.start(0.0)
+    return member, gateway
+
+
+def _pump(a, b, rounds: int = 4) -> None:
+    """Move messages both ways; errors stay in the machines (each is poisoned by its own)."""
+    for _ in range(rounds):
+        for src, dst in ((a, b), (b, a)):
+            for data in src.outgoing():
+                if not (dst.done or dst.failed):
+                    with contextlib.suppress(PairingError):
+                        dst.receive(data, 0.0)
+
+
+def test_a_member_resumes_with_fresh_keys_each_time() -> None:
+    member, gateway = _resume()
+    _pump(member, gateway)
+    assert member.done and gateway.done and gateway.pne_id == PNE
+    assert isinstance(member.session, LinkSession)
+    assert member.session.send_key == gateway.session.recv_key
+    assert member.session.fingerprint == gateway.session.fingerprint
+    again, gateway2 = _resume(rng_seed=5)
+    _pump(again, gateway2)
+    assert again.session.send_key != member.session.send_key  # fresh nonces, fresh keys
+
+
+def test_a_stranger_without_the_link_key_cannot_confirm() -> None:
+    member, gateway = _resume(member_key=b"\x66" * 32)
+    _pump(member, gateway)
+    # the gateway proves first; the stranger's side sees a proof it cannot check and stops
+    assert member.failed and isinstance(member.error, AuthenticationError)
+    assert not gateway.done and gateway.session is None
+
+
+def test_a_gateway_without_the_link_key_is_refused_by_the_member() -> None:
+    member, gateway = _resume(gw_key=b"\x77" * 32)
+    _pump(member, gateway)
+    assert member.failed and "not this PN's gateway" in str(member.error)
+    assert gateway.session is None
+
+
+def test_a_resume_for_an_unknown_member_is_not_found() -> None:
+    gateway = GatewayResume(GW, lambda pn, pne: None)
+    gateway.start(0.0)
+    with pytest.raises(NotFoundError):
+        gateway.receive(PnLinkResume(PN, PNE, b"\x02" * 16).encode(), 0.0)
+
+
+def test_a_replayed_resume_meets_a_new_nonce_and_cannot_confirm() -> None:
+    member, gateway = _resume()
+    first = member.outgoing()
+    gateway.receive(first[0], 0.0)
+    (accept,) = gateway.outgoing()
+    member.receive(accept, 0.0)
+    (confirm,) = member.outgoing()
+    # replay the same resume and confirmation to another run of the gateway
+    from tests.ttp_harness import seeded
+
+    replayed = GatewayResume(GW, lambda pn, pne: KEY, rng=seeded(99))
+    replayed.start(0.0)
+    replayed.receive(first[0], 0.0)
+    assert wire.decode(replayed.outgoing()[0]).nonce != wire.decode(accept).nonce
+    with pytest.raises(AuthenticationError):
+        replayed.receive(confirm, 0.0)
+    assert isinstance(wire.decode(accept), PnLinkAccept)
