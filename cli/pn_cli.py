@@ -362,7 +362,7 @@ async def _join(ks: Any, config: Any, spec: str, address: str | None, *, listen:
         m = machine.membership
         assert m is not None
         note = machine.notify
-        gw_name = note.gw_name if note is not None else "the gateway"
+        gw_name = m.gw_name or (note.gw_name if note is not None else "the gateway")
         record = member_record(m, gw_name=gw_name or "the gateway",
                                setup=note.setup_type if note else config.setup_type,
                                gateway=_route_text(spec, address), now=time.time())

@@ -78,6 +78,7 @@ async def test_pne_initiated_all_decline_route_ls_and_restart(tmp_path: Path) ->
         member_ls = (await lab.run("watch", "pn", "ls", "--json")).ok().json()
         assert member_ls["pns"][0]["role"] == "member"
         assert member_ls["pns"][0]["gateway"]["address"] == gw_addr
+        assert member_ls["pns"][0]["gateway"]["name"] == "Paul's phone"  # the initiator too
 
         # The scale is offline now: not delivered, exit code 6, a sentence
         offline = await lab.run("watch", "pn", "send", "Paul's scale", "again")

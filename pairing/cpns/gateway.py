@@ -482,6 +482,7 @@ class Gateway(Machine):
             self._send_to(link.port, PnEstablishmentNotify(
                 self.pn_id, self.config.gw_id, True, source, r.hash_server, r.key_for_pne,
                 members, link.nonce, member_names=tuple(names.get(i, "") for i in members),
+                gw_name=self.config.name,
             ).encode())
             link.state = "confirming" if with_session else "member"
         self.state = G_CONFIRM

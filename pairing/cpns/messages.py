@@ -211,6 +211,8 @@ class PnEstablishmentNotify(Message):
     #: the members' names, in the order of ``members`` (the PN inventory a PNE shows; the
     #: server's proof covers the ids, the names are the gateway's word)
     member_names: tuple[str, ...] = field(11, max_len=MAX_PNES, default=())
+    #: the gateway's name (a PNE that started the setup has not heard it yet)
+    gw_name: str | None = field(12, max_len=64, default=None)
 
 
 @message(type_id=78, max_size=128)

@@ -117,6 +117,8 @@ class PnMembership:
     session: LinkSession | None
     #: the members' names as the gateway gave them (in the order of ``members``)
     member_names: tuple[str, ...] = ()
+    #: the gateway's name as it gave it
+    gw_name: str | None = None
 
 
 S_START = "start"
@@ -269,6 +271,7 @@ class PneMachine(Machine):
             key = preassigned_key(self.config.eukey)
         self._members = msg.members
         self._member_names = msg.member_names
+        self._gw_name = msg.gw_name
         self._key_source = source
         self._link_key = key
         if msg.nonce is None:
@@ -297,7 +300,7 @@ class PneMachine(Machine):
         assert self._pn_id is not None and self._gw_id is not None
         self.membership = PnMembership(
             self._pn_id, self._gw_id, self._members, self._key_source, self._link_key, session,
-            self._member_names,
+            self._member_names, self._gw_name,
         )
         self._finish()
 
