@@ -276,7 +276,8 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
          count: int | None, yes: bool, timeout: float, as_json: bool) -> None:
     """Join the personal network of the gateway at TARGET, as an element (PNE).
 
-    TARGET is tcp:HOST:PORT, or a BLE address (with -t naming the radio). Either start a
+    TARGET is tcp:HOST:PORT, or (with -t naming the radio) a BLE address or the gateway's
+    name, found by its hello as 'pairkit discover' lists it. Either start a
     setup (--setup) or wait to be asked (--wait). The key server checks this element's
     factory key; the gateway relays. An element with a user interface gets a LocalEUKey
     for its link to the gateway (even on a secured PAN, as the OMA source's R01 rule says);
@@ -306,7 +307,14 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
     from pairkit.pn import pne_caps
     from pairkit.session import resolve_target
 
-    spec, address, _ = resolve_target(ks, target, transport)
+    try:
+        spec, address, _ = resolve_target(ks, target, transport)
+    except NotFoundError:
+        if not transport or not transport.startswith(("bumble:", "bleak")):
+            raise
+        # The gateway by name: its hello, then its hello response (pairkit discover's way).
+        spec, address = transport, run_async(lambda: _gateway_named(transport, ks, target,
+                                                                     as_json))
     resume = setup is None and not wait_
     if resume:
         record = _member_record(ks, None, gateway=_route_text(spec, address))
@@ -324,16 +332,42 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
                             count=count, timeout=timeout, as_json=as_json))
 
 
+async def _gateway_named(spec: str, ks: Any, name: str, quiet: bool) -> str:
+    from pairkit.transports.registry import open_transport
+
+    from .flows import _host_named
+
+    t = await open_transport(spec)
+    try:
+        return await _host_named(t, ks, name, quiet=quiet)
+    finally:
+        with contextlib.suppress(Exception):
+            await t.close()
+
+
 def _route_text(spec: str, address: str | None) -> str:
     return spec if address is None else f"{spec} {address}"
 
 
-async def _connect(spec: str, address: str | None, timeout: float) -> tuple[Any, Any]:
+async def _connect(spec: str, address: str | None, timeout: float, *, ks: Any = None,
+                   gateway_name: str | None = None) -> tuple[Any, Any]:
+    """A link to the gateway; on a radio, a gateway that moved to another address (it
+    rotates it) is looked for by its name (its hello response)."""
+    from pairkit.pairing.errors import PairingTimeout, TransportError
     from pairkit.transports.registry import open_transport
+
+    from .flows import _host_named
 
     t = await open_transport(spec)
     try:
-        link = await t.connect(address, timeout=timeout)
+        try:
+            link = await t.connect(address, timeout=timeout)
+        except (PairingTimeout, TransportError):
+            if gateway_name is None or address is None or not hasattr(t, "scan"):
+                raise
+            info(f"the gateway is not at {address} any more; looking for {gateway_name!r}")
+            link = await t.connect(await _host_named(t, ks, gateway_name, quiet=False),
+                                   timeout=timeout)
     except BaseException:
         with contextlib.suppress(Exception):
             await t.close()
@@ -411,7 +445,7 @@ async def _resume_and_stay(ks: Any, record: Any, spec: str, address: str | None,
                            count: int | None, timeout: float, as_json: bool) -> None:
     from pairkit.pn import pne_resume
 
-    t, link = await _connect(spec, address, timeout)
+    t, link = await _connect(spec, address, timeout, ks=ks, gateway_name=record.gw_name)
     channel = None
     try:
         channel = await pne_resume(link, record, bytes.fromhex(ks.device_id),
@@ -560,7 +594,7 @@ async def _send(ks: Any, record: Any, spec: str, address: str | None, dst: bytes
                 repeat: int, timeout: float) -> list[Any]:
     from pairkit.pn import pn_send, pne_resume
 
-    t, link = await _connect(spec, address, timeout)
+    t, link = await _connect(spec, address, timeout, ks=ks, gateway_name=record.gw_name)
     channel = None
     try:
         channel = await pne_resume(link, record, bytes.fromhex(ks.device_id),

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from .cpns import PneLink, run_gateway
 from .driver import MessagePipe, drive
 from .pairing import wire
+from .pairing.cloud import CloudHello, CloudReply
 from .pairing.cpns import (
     GatewayConfig,
     KeySource,
@@ -70,6 +71,7 @@ from .pairing.keystore import Keystore, PnEntry, PnRecord
 from .pairing.keystore.records import clean_name
 from .pairing.machine import Event, _code, _short
 from .pairing.methods import LocalIdentity
+from .pairing.negotiation import Caps
 from .securelink import SecureLink, confirm
 
 #: how long an idle member link waits between two messages before it checks again
@@ -286,6 +288,14 @@ class PnGateway:
                 await self._attached(link, pipe, msg)
             elif isinstance(msg, PnLinkResume):
                 await self._resumed(link, pipe, first)
+            elif isinstance(msg, CloudHello):
+                # A scanner asking who is here (the hello response, `pairkit discover`): the
+                # gateway's name and capabilities, and nothing else; it then leaves.
+                await pipe.send(CloudReply(self._rng(16), name=self.ks.name, methods=0,
+                                           caps=int(Caps.DISPLAY)).encode())
+                with contextlib.suppress(PairingError, TimeoutError):
+                    await asyncio.wait_for(pipe.recv(), 2.0)
+                return False
             else:
                 raise ProtocolError(f"{type(msg).__name__} cannot open a link to a PN gateway")
         except PairingError as exc:

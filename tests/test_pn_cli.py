@@ -21,7 +21,7 @@ from pairkit.pairing import wire
 from pairkit.pairing.cpns import LinkConfirm
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import radio_process, run_cli
 from tests.pn_harness import free_port, pn_lab, tcp_relay
 from tests.ttp_harness import flip
 
@@ -346,3 +346,31 @@ async def test_a_hostile_gateway_gets_a_sentence_not_a_traceback(tmp_path: Path)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await listener.close()
+
+
+async def test_over_ble_with_pairkit_radio_elements_find_the_gateway_by_its_hello(
+    tmp_path: Path,
+) -> None:
+    """The README's BLE walk-through: the gateway on a virtual controller of a `pairkit radio`
+    process broadcasts a hello; `discover` lists it by name (its hello response); elements join
+    it by that name and a message is routed over BLE."""
+    async with radio_process(3) as radios, pn_lab(
+        tmp_path, {k: NAMES[k] for k in ("gw", "watch", "scale")}
+    ) as lab:
+        gw = await lab.start("gw", "pn", "gateway", "-t", radios[0], "--yes", "--json")
+        await gw.narration("is the PN gateway on")
+        found = (await lab.run("scale", "discover", "-t", radios[2], "--json")).ok().json()
+        assert "Paul's phone" in [d["name"] for d in found["devices"]]
+        scale = await lab.start("scale", "pn", "join", "Paul's phone", "-t", radios[2],
+                                "--wait", "--yes", "--no-ui", "--stay", "--count", "1",
+                                "--json")
+        await gw.narration("Paul's scale .* is in reach", timeout=60)
+        joined = (await lab.run("watch", "pn", "join", "Paul's phone", "-t", radios[1],
+                                "--setup", "all", "--json", timeout=60)).ok().json()
+        assert sorted(m["name"] for m in joined["members"]) == ["Paul's scale", "Paul's watch"]
+        await scale.json_line("ok", True)
+        (await lab.run("watch", "pn", "send", "Paul's scale", "over the air",
+                       timeout=60)).ok()
+        assert (await scale.json_line("event", "message"))["text"] == "over the air"
+        assert await scale.finish() == 0
+        await gw.stop()
