@@ -157,6 +157,12 @@ class _Owner:
               metavar="SECONDS",
               help="On BLE: broadcast a visible hello for SECONDS so elements find the gateway "
                    "('pairkit discover'); 0 keeps it private.")
+@click.option("--pin-link", is_flag=True,
+              help="Show a PIN that elements with a keypad type ('pn join --pin') to secure "
+                   "their link to this gateway before anything else crosses it; good for one "
+                   "try, then a new one is shown.")
+@click.option("--pin", default=None, metavar="PIN",
+              help="With --pin-link: show this 6-digit PIN first instead of a random one.")
 @click.option("--once", is_flag=True,
               help="Stop after the first setup (its members' links close with it).")
 @click.option("--yes", "-y", is_flag=True,
@@ -164,8 +170,8 @@ class _Owner:
 @_timeout_option
 @_json_option
 def gateway(transport: str, setup: str | None, invite: tuple[str, ...], wait_for: int,
-            collect: float, visible: float, once: bool, yes: bool, timeout: float,
-            as_json: bool) -> None:
+            collect: float, visible: float, pin_link: bool, pin: str | None, once: bool,
+            yes: bool, timeout: float, as_json: bool) -> None:
     """Be the gateway of a personal network: set up PNs and route between their members.
 
     Elements connect with 'pairkit pn join'. An element may start a setup (you are asked,
@@ -186,6 +192,12 @@ def gateway(transport: str, setup: str | None, invite: tuple[str, ...], wait_for
     from .ttp_cli import enrolled_server
 
     invited = _ids(invite)
+    if pin is not None:
+        from pairkit.pairing.methods.common import check_pin_strength
+
+        if not pin_link:
+            raise ConfigError("--pin goes with --pin-link")
+        check_pin_strength(pin)
     if setup == "invited" and not invited:
         raise ConfigError("--setup invited needs the elements: --invite PNE_ID (repeat)")
     if invited and setup not in ("invited", "1-1"):
@@ -202,9 +214,16 @@ def gateway(transport: str, setup: str | None, invite: tuple[str, ...], wait_for
         wait_for=wait_for, collect_window=collect, step_timeout=timeout, once=once,
     )
     owner = _Owner(yes=yes, timeout=timeout)
+    pins = None
+    if pin_link:
+        from pairkit.pn import PinDisplay
+
+        # The PIN is for the owner's eyes (stderr, never --json): rule 8 allows it only there.
+        pins = PinDisplay(pin, show=lambda p: info(
+            f"PIN for elements: {p}   (type it there: pairkit pn join ... --pin {p})"))
     service = PnGateway(ks, local_identity(ks), opts, delegate=owner,
                         emit=emit_json if as_json else None,
-                        say=lambda text: info(text))
+                        say=lambda text: info(text), pins=pins)
     if service.record is not None:
         info(f"PN {service.record.pn_id[:16]} reloaded from the keystore: "
              f"{len(service.record.members)} member(s)")
@@ -263,6 +282,9 @@ async def _serve_gateway(service: Any, spec: str, visible: float) -> None:
 @click.option("--pan-secured", is_flag=True,
               help="Say the link to the gateway is already secured by the PAN (BLE LE Secure "
                    "Connections): no extra session if the gateway's side says so too.")
+@click.option("--pin", default=None, metavar="PIN",
+              help="The PIN the gateway shows ('pn gateway --pin-link'): it secures this "
+                   "element's link to the gateway first (the PAN is then secured).")
 @click.option("--stay", is_flag=True,
               help="After joining, stay connected and print the messages members route to "
                    "this element (until Ctrl-C or --count).")
@@ -272,17 +294,23 @@ async def _serve_gateway(service: Any, spec: str, visible: float) -> None:
 @_timeout_option
 @_json_option
 def join(target: str, transport: str | None, setup: str | None, invite: tuple[str, ...],
-         wait_: bool, decline: bool, no_ui: bool, pan_secured: bool, stay: bool,
+         wait_: bool, decline: bool, no_ui: bool, pan_secured: bool, pin: str | None,
+         stay: bool,
          count: int | None, yes: bool, timeout: float, as_json: bool) -> None:
     """Join the personal network of the gateway at TARGET, as an element (PNE).
+
+    Three ways to secure the link to the gateway: --pin (the PIN the gateway shows, typed
+    here), a LocalEUKey (the default, for an element with a user interface), or the
+    pre-assigned key (--no-ui).
 
     TARGET is tcp:HOST:PORT, or (with -t naming the radio) a BLE address or the gateway's
     name, found by its hello as 'pairkit discover' lists it. Either start a
     setup (--setup) or wait to be asked (--wait). The key server checks this element's
     factory key; the gateway relays. An element with a user interface gets a LocalEUKey
     for its link to the gateway (even on a secured PAN, as the OMA source's R01 rule says);
-    one without (--no-ui) uses its pre-assigned key. Either way the link gets a secure
-    session keyed from it, and this element keeps the key to come back later
+    one without (--no-ui) uses its pre-assigned key. Unless the PIN (or the PAN) already
+    secures the link, the link gets a secure session keyed from that key; either way this
+    element keeps the key to come back later
     ('pairkit pn send'). If this device is already a member of the gateway's PN and gives
     neither --setup nor --wait, it reconnects with that key.
 
@@ -302,6 +330,14 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
         raise ConfigError("--decline goes with --wait, without --yes")
     if count is not None and not stay:
         raise ConfigError("--count goes with --stay")
+    if pin is not None:
+        if no_ui:
+            raise ConfigError("an element without a user interface (--no-ui) cannot type a PIN")
+        if not (len(pin) == 6 and pin.isascii() and pin.isdigit()):
+            raise ConfigError("a PIN is exactly 6 digits")
+        if not setup and not wait_:
+            raise ConfigError("--pin goes with --setup or --wait (a member comes back with its "
+                              "link key, no PIN)")
     invited = _ids(invite)
     ks = unlock()
     from pairkit.pn import pne_caps
@@ -323,13 +359,14 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
         return
     eukey = _factory_key(ks)
     config = PneConfig(
-        bytes.fromhex(ks.device_id), ks.name, eukey, caps=pne_caps(not no_ui, pan_secured),
+        bytes.fromhex(ks.device_id), ks.name, eukey,
+        caps=pne_caps(not no_ui, pan_secured or pin is not None),
         setup_type=SetupType(SETUPS[setup or "1-1"]), invited=invited,
         step_timeout=timeout, join="decline" if decline else ("accept" if yes else "ask"),
     )
     owner = _Owner(yes=yes, decline=decline, timeout=timeout)
     run_async(lambda: _join(ks, config, spec, address, listen=wait_, owner=owner, stay=stay,
-                            count=count, timeout=timeout, as_json=as_json))
+                            count=count, timeout=timeout, as_json=as_json, pin=pin))
 
 
 async def _gateway_named(spec: str, ks: Any, name: str, quiet: bool) -> str:
@@ -377,7 +414,7 @@ async def _connect(spec: str, address: str | None, timeout: float, *, ks: Any = 
 
 async def _join(ks: Any, config: Any, spec: str, address: str | None, *, listen: bool,
                 owner: Any, stay: bool, count: int | None, timeout: float,
-                as_json: bool) -> None:
+                as_json: bool, pin: str | None = None) -> None:
     from pairkit.pn import member_record, pne_setup
 
     t, link = await _connect(spec, address, timeout)
@@ -386,7 +423,8 @@ async def _join(ks: Any, config: Any, spec: str, address: str | None, *, listen:
         if listen:
             info(f"in reach of the gateway at {_route_text(spec, address)}; waiting to be "
                  "asked", quiet=as_json)
-        machine, channel = await pne_setup(link, config, listen=listen, delegate=owner)
+        machine, channel = await pne_setup(link, config, listen=listen, delegate=owner,
+                                           pin=pin)
         if machine.declined:
             if as_json:
                 emit_json({"ok": False, "declined": True})

@@ -53,14 +53,17 @@ from .pairing.cpns import (
     PnInventory,
     PnLinkResume,
     PnMembership,
+    PnPinOffer,
     PnSetupRequest,
     SetupType,
 )
 from .pairing.cpns.link import GatewayResume, MemberResume, ResumeConfig
+from .pairing.cpns.pinlink import ElementPin, GatewayPin
 from .pairing.crypto import Rng
 from .pairing.errors import (
     ConfigError,
     LinkClosedError,
+    LockedOutError,
     NotFoundError,
     PairingError,
     PairingTimeout,
@@ -111,6 +114,80 @@ class PlainChannel:
     async def close(self) -> None:
         with contextlib.suppress(PairingError, OSError):
             await self.link.close()
+
+
+class ChannelLink:
+    """A link inside a secure channel (an element's PAN link secured by the gateway's PIN): the
+    CPNS messages run on it as on any link, and it reports itself encrypted, as a PAN that
+    secures the link does."""
+
+    mtu = 60_000
+    encrypted = True
+
+    def __init__(self, slink: SecureLink, peer: str | None) -> None:
+        self.slink = slink
+        self.peer = peer
+
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self.slink.link, "closed", False))
+
+    async def send(self, data: bytes) -> None:
+        await self.slink.send(data)
+
+    async def recv(self) -> bytes:
+        return await self.slink.recv(IDLE_POLL)
+
+    async def close(self) -> None:
+        await self.slink.close()
+
+
+class PinDisplay:
+    """The PIN the gateway shows for elements that type one: good for one try, then a new one
+    (docs/security.md rule 7); ``max_failures`` wrong tries within ``window`` seconds lock PIN
+    offers until the oldest of them is ``window`` old."""
+
+    def __init__(self, first: str | None, *, show: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic, rng: Rng = os.urandom,
+                 max_failures: int = 5, window: float = 300.0) -> None:
+        self._show = show
+        self._clock = clock
+        self._rng = rng
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: list[float] = []
+        self.pin = ""
+        if first is not None:
+            self.pin = first
+            self._show(first)
+        else:
+            self.renew()
+
+    def renew(self) -> None:
+        from .pairing.methods.common import check_pin_strength
+
+        while True:
+            pin = f"{int.from_bytes(self._rng(8), 'big') % 1_000_000:06d}"
+            try:
+                check_pin_strength(pin)
+            except ConfigError:
+                continue
+            break
+        self.pin = pin
+        self._show(pin)
+
+    def take(self) -> str:
+        """The PIN for one try (a new one is shown for the next)."""
+        now = self._clock()
+        self._failures = [t for t in self._failures if now - t < self.window]
+        if len(self._failures) >= self.max_failures:
+            raise LockedOutError("too many wrong PINs: PIN offers are locked for a while")
+        pin = self.pin
+        self.renew()
+        return pin
+
+    def failed(self) -> None:
+        self._failures.append(self._clock())
 
 
 def _hex(b: bytes) -> str:
@@ -233,8 +310,10 @@ class PnGateway:
         say: Callable[[str], None] | None = None,
         rng: Rng = os.urandom,
         wall: Callable[[], float] = time.time,
+        pins: PinDisplay | None = None,
     ) -> None:
         self.ks = ks
+        self.pins = pins
         self.me = me
         self.opts = opts
         self.delegate = delegate
@@ -277,27 +356,7 @@ class PnGateway:
         """Serve one link (for :func:`pairkit.session.accept_loop`)."""
         pipe = MessagePipe(link, guest=False)
         try:
-            try:
-                first = await asyncio.wait_for(pipe.recv(), self.opts.step_timeout)
-            except TimeoutError:
-                raise PairingTimeout("the device said nothing") from None
-            msg = wire.decode(first)
-            if isinstance(msg, PnSetupRequest):
-                await self._pne_initiated(link, pipe, first, msg)
-            elif isinstance(msg, PnAttach):
-                await self._attached(link, pipe, msg)
-            elif isinstance(msg, PnLinkResume):
-                await self._resumed(link, pipe, first)
-            elif isinstance(msg, CloudHello):
-                # A scanner asking who is here (the hello response, `pairkit discover`): the
-                # gateway's name and capabilities, and nothing else; it then leaves.
-                await pipe.send(CloudReply(self._rng(16), name=self.ks.name, methods=0,
-                                           caps=int(Caps.DISPLAY)).encode())
-                with contextlib.suppress(PairingError, TimeoutError):
-                    await asyncio.wait_for(pipe.recv(), 2.0)
-                return False
-            else:
-                raise ProtocolError(f"{type(msg).__name__} cannot open a link to a PN gateway")
+            return await self._serve(link, pipe)
         except PairingError as exc:
             self.say(f"{getattr(link, 'peer', 'a device')}: {exc}")
             with contextlib.suppress(PairingError, OSError, TimeoutError):
@@ -307,6 +366,65 @@ class PnGateway:
             with contextlib.suppress(Exception):
                 await link.close()
         return None
+
+    async def _serve(self, link: Any, pipe: MessagePipe, *, in_pin: bool = False) -> bool | None:
+        try:
+            first = await asyncio.wait_for(pipe.recv(), self.opts.step_timeout)
+        except TimeoutError:
+            raise PairingTimeout("the device said nothing") from None
+        msg = wire.decode(first)
+        if isinstance(msg, PnPinOffer) and not in_pin:
+            inner = await self._pin_link(link, pipe, first)
+            inner_pipe = MessagePipe(inner, guest=False)
+            try:
+                return await self._serve(inner, inner_pipe, in_pin=True)
+            except PairingError as exc:
+                # told inside the secure channel, the only place the element reads now
+                self.say(f"{getattr(link, 'peer', 'an element')}: {exc}")
+                with contextlib.suppress(PairingError, OSError, TimeoutError):
+                    abort = wire.Abort(code=_code(exc), reason=_short(str(exc)))
+                    await asyncio.wait_for(inner_pipe.send(abort.encode()), 1.0)
+                return None
+            finally:
+                await inner.close()
+        elif isinstance(msg, PnSetupRequest):
+            await self._pne_initiated(link, pipe, first, msg)
+        elif isinstance(msg, PnAttach):
+            await self._attached(link, pipe, msg)
+        elif isinstance(msg, PnLinkResume):
+            await self._resumed(link, pipe, first)
+        elif isinstance(msg, CloudHello):
+            # A scanner asking who is here (the hello response, `pairkit discover`): the
+            # gateway's name and capabilities, and nothing else; it then leaves.
+            await pipe.send(CloudReply(self._rng(16), name=self.ks.name, methods=0,
+                                       caps=int(Caps.DISPLAY)).encode())
+            with contextlib.suppress(PairingError, TimeoutError):
+                await asyncio.wait_for(pipe.recv(), 2.0)
+            return False
+        else:
+            raise ProtocolError(f"{type(msg).__name__} cannot open a link to a PN gateway")
+        return None
+
+    async def _pin_link(self, link: Any, pipe: MessagePipe, first: bytes) -> ChannelLink:
+        """Secure an element's PAN link with the PIN shown (:mod:`pairing.cpns.pinlink`)."""
+        if self.pins is None:
+            raise RefusedError("this gateway takes no PIN: ask its owner to run "
+                               "'pairkit pn gateway --pin-link'")
+        loop = asyncio.get_running_loop()
+        machine = GatewayPin(bytes.fromhex(self.ks.device_id), self.pins.take(),
+                             step_timeout=self.opts.step_timeout, rng=self._rng)
+        machine.start(loop.time())
+        try:
+            machine.receive(first, loop.time())
+            await drive(machine, pipe, idle=self.opts.step_timeout)
+        except PairingError:
+            self.pins.failed()
+            raise
+        assert machine.session is not None
+        slink = SecureLink(link, machine.session, timeout=self.opts.step_timeout)
+        await confirm(slink, transcript=pipe.transcript(), first=True)
+        self.say(f"{getattr(link, 'peer', 'an element')} typed the PIN: its link is secured")
+        return ChannelLink(slink, getattr(link, "peer", None))
 
     async def _attached(self, link: Any, pipe: MessagePipe, msg: PnAttach) -> None:
         slot = _Waiting(link, pipe, msg, asyncio.get_running_loop().create_future())
@@ -550,10 +668,21 @@ async def pne_setup(
     *,
     listen: bool,
     delegate: Any = None,
+    pin: str | None = None,
     rng: Rng = os.urandom,
 ) -> tuple[PneMachine, PnChannel | None]:
     """Take part in a setup on ``link`` (``listen``: attach and wait to be asked); the machine
-    (membership, or declined) and, for a member, its channel to the gateway."""
+    (membership, or declined) and, for a member, its channel to the gateway.  With ``pin``
+    (the one the gateway shows) the link is first secured with it (:mod:`pairing.cpns.pinlink`)
+    and the setup runs inside that channel."""
+    if pin is not None:
+        pipe = MessagePipe(link, guest=True)
+        secure = ElementPin(config.pne_id, pin, step_timeout=config.step_timeout, rng=rng)
+        await drive(secure, pipe, idle=config.step_timeout)
+        assert secure.session is not None
+        slink = SecureLink(link, secure.session, timeout=config.step_timeout)
+        await confirm(slink, transcript=pipe.transcript(), first=False)
+        link = ChannelLink(slink, getattr(link, "peer", None))
     pipe = MessagePipe(link, guest=True)
     if listen:
         await pipe.send(PnAttach(config.pne_id, config.name, int(config.caps)).encode())
@@ -631,7 +760,9 @@ def pne_caps(ui: bool, pan_secured: bool) -> PneCaps:
 
 
 __all__ = [
+    "ChannelLink",
     "GatewayOptions",
+    "PinDisplay",
     "PlainChannel",
     "PnChannel",
     "PnGateway",

@@ -284,6 +284,12 @@ _BAD = [
     (("join", "bumble:usb:0", "--wait"), EXIT_USAGE, "names a radio"),
     (("join", "tcp:127.0.0.1:9", "--setup", "all"), EXIT_NOT_FOUND, "factory key"),
     (("join", "tcp:127.0.0.1:9"), EXIT_NOT_FOUND, "member of no personal network"),
+    (("join", "tcp:127.0.0.1:9", "--wait", "--no-ui", "--pin", "482913"), EXIT_USAGE,
+     "cannot type a PIN"),
+    (("join", "tcp:127.0.0.1:9", "--wait", "--pin", "48291"), EXIT_USAGE, "6 digits"),
+    (("join", "tcp:127.0.0.1:9", "--pin", "482913"), EXIT_USAGE, "link key, no PIN"),
+    (("gateway", "--pin", "482913"), EXIT_USAGE, "--pin-link"),
+    (("gateway", "--pin-link", "--pin", "123456"), EXIT_USAGE, "too easy"),
     (("gateway", "--setup", "invited"), EXIT_USAGE, "--invite"),
     (("gateway", "--invite", "00" * 16), EXIT_USAGE, "--setup"),
     (("gateway",), EXIT_NOT_FOUND, "factory key"),
@@ -372,5 +378,42 @@ async def test_over_ble_with_pairkit_radio_elements_find_the_gateway_by_its_hell
         (await lab.run("watch", "pn", "send", "Paul's scale", "over the air",
                        timeout=60)).ok()
         assert (await scale.json_line("event", "message"))["text"] == "over the air"
+        assert await scale.finish() == 0
+        await gw.stop()
+
+
+async def test_elements_that_type_the_gateways_pin(tmp_path: Path) -> None:
+    """`pn gateway --pin-link` shows a PIN; a wrong one fails (exit 3) and a new PIN is shown;
+    elements that type the right one run the setup inside the PIN's secure channel (no second
+    session: the PAN is secured at both ends), still get their LocalEUKey (R01), and come back
+    with it later without a PIN."""
+    async with pn_lab(tmp_path, NAMES) as lab:
+        port = free_port()
+        gw_addr = f"tcp:127.0.0.1:{port}"
+        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--yes", "--json",
+                             "--pin-link", "--pin", "482913", "--collect", "3")
+        await gw.narration("PIN for elements: 482913")
+        wrong = await lab.run("lamp", "pn", "join", gw_addr, "--setup", "1-1", "--pin", "111112")
+        assert wrong.rc == EXIT_AUTH and "did not match" in wrong.err, str(wrong)
+
+        def latest_pin() -> str:
+            pins = [re.search(r"PIN for elements: (\d{6})", e) for e in gw.err]
+            return [m.group(1) for m in pins if m][-1]
+
+        await gw.wait_for(lambda: latest_pin() != "482913", "a new PIN")
+        scale = await lab.start("scale", "pn", "join", gw_addr, "--wait", "--yes", "--stay",
+                                "--count", "1", "--json", "--pin", latest_pin())
+        await gw.narration("Paul's scale .* is in reach")
+        joined = (await lab.run("watch", "pn", "join", gw_addr, "--setup", "all", "--json",
+                                "--pin", latest_pin())).ok().json()
+        assert joined["key_source"] == "local_eukey" and joined["session"] is None
+        setup = await gw.json_line("event", "setup")
+        assert sorted(m["name"] for m in setup["members"]) == ["Paul's scale", "Paul's watch"]
+        assert all(m["session"] is None for m in setup["members"])
+        assert "482913" not in json.dumps(gw.lines)  # the PIN is for the owner's eyes only
+        await scale.json_line("ok", True)
+        # back later over plain TCP with the LocalEUKey: no PIN
+        (await lab.run("watch", "pn", "send", "Paul's scale", "weigh in")).ok()
+        assert (await scale.json_line("event", "message"))["text"] == "weigh in"
         assert await scale.finish() == 0
         await gw.stop()

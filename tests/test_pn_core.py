@@ -34,6 +34,7 @@ from pairkit.pairing.cpns import (
     SetupType,
 )
 from pairkit.pairing.cpns.link import GatewayResume, MemberResume, ResumeConfig
+from pairkit.pairing.cpns.pinlink import ElementPin, GatewayPin
 from pairkit.pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -260,3 +261,28 @@ def test_a_replayed_resume_meets_a_new_nonce_and_cannot_confirm() -> None:
     with pytest.raises(AuthenticationError):
         replayed.receive(confirm, 0.0)
     assert isinstance(wire.decode(accept), PnLinkAccept)
+
+
+# -- an element's link secured by the gateway's PIN (pairing.cpns.pinlink) ---------------------
+
+
+def test_a_typed_pin_secures_the_link_both_ways() -> None:
+    element = ElementPin(PNE, "482913")
+    gateway = GatewayPin(GW, "482913")
+    element.start(0.0)
+    gateway.start(0.0)
+    _pump(element, gateway)
+    assert element.done and gateway.done
+    assert element.gw_id == GW and gateway.pne_id == PNE
+    assert element.session.send_key == gateway.session.recv_key
+    assert element.session.fingerprint == gateway.session.fingerprint
+
+
+def test_a_wrong_pin_fails_on_both_sides_and_opens_nothing() -> None:
+    element = ElementPin(PNE, "482914")
+    gateway = GatewayPin(GW, "482913")
+    element.start(0.0)
+    gateway.start(0.0)
+    _pump(element, gateway)
+    assert element.failed and "did not match" in str(element.error)
+    assert element.session is None and gateway.session is None and not gateway.done

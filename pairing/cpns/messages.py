@@ -281,3 +281,28 @@ class PnDelivery(Message):
     msg_id: int = field(2)
     delivered: bool = field(3)
     reason: str | None = field(4, max_len=120, default=None)
+
+
+@message(type_id=105, max_size=256)
+class PnPinOffer(Message):
+    """Element -> gateway, first on a link: secure this PAN link with the PIN the gateway
+    shows (CPace, :mod:`pairing.cpns.pinlink`): the element's CPace share and its id."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    share: bytes = field(3, size=32)
+
+
+@message(type_id=106, max_size=256)
+class PnPinAnswer(Message):
+    """Gateway -> element: its CPace share, its id and its key confirmation."""
+
+    gw_id: bytes = field(2, size=ID_LEN)
+    share: bytes = field(3, size=32)
+    tag: bytes = field(4, size=64)
+
+
+@message(type_id=107, max_size=128)
+class PnPinConfirm(Message):
+    """Element -> gateway: the element's key confirmation."""
+
+    tag: bytes = field(2, size=64)
