@@ -135,3 +135,23 @@ async def test_a_gateway_that_dies_mid_flow_ends_the_pne_and_a_restarted_one_set
         await pair.aclose()
         assert [m.pne_id for m in inventory.members] == [pne.device_id]
         assert membership.session is not None
+
+
+def test_the_gateways_pin_is_good_for_one_try_and_locks_after_five_wrong() -> None:
+    from pairkit.pairing.errors import LockedOutError
+    from pairkit.pn import PinDisplay
+
+    now = [0.0]
+    shown: list[str] = []
+    pins = PinDisplay("482913", show=shown.append, clock=lambda: now[0])
+    assert pins.take() == "482913" and len(shown) == 2 and shown[1] != "482913"
+    for _ in range(5):
+        pins.take()
+        pins.failed()
+    try:
+        pins.take()
+        raise AssertionError("a sixth try within the window was allowed")
+    except LockedOutError:
+        pass
+    now[0] = 301.0  # the window has passed
+    assert len(pins.take()) == 6
