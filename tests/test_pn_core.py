@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import (
@@ -286,3 +288,27 @@ def test_a_wrong_pin_fails_on_both_sides_and_opens_nothing() -> None:
     _pump(element, gateway)
     assert element.failed and "did not match" in str(element.error)
     assert element.session is None and gateway.session is None and not gateway.done
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=120), max_size=4), st.integers(0, 3))
+def test_only_pairing_errors_escape_the_new_machines(blobs: list[bytes], which: int) -> None:
+    """Garbage, or valid messages out of turn, fed to the resume and PIN machines."""
+    make = [
+        lambda: MemberResume(ResumeConfig(PN, PNE, GW, KEY)),
+        lambda: GatewayResume(GW, lambda pn, pne: KEY),
+        lambda: ElementPin(PNE, "482913"),
+        lambda: GatewayPin(GW, "482913"),
+    ][which]
+    machine = make()
+    machine.start(0.0)
+    valid = [PnLinkResume(PN, PNE, b"\x02" * 16).encode(),
+             PnLinkAccept(b"\x02" * 16, b"\x00" * 32).encode(),
+             LinkConfirm(b"\x00" * 32).encode()]
+    for data in [*blobs, *valid]:
+        try:
+            machine.receive(data, 0.0)
+        except PairingError:
+            pass
+    with contextlib.suppress(PairingError):
+        machine.on_timeout(1e12)
