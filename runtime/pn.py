@@ -538,8 +538,10 @@ class PnGateway:
                 pl = pnes[port]
                 assert pl.pipe is not None
                 channels[port] = await self._open_channel(pl.link, pl.pipe, m.session)
+            # Elements this setup did not include (another's "invited", say) stay in reach.
+            took_part = set(inventory.names) | {m.pne_id for m in inventory.members}
             for key, w in slots.items():
-                if not w.result.done():
+                if not w.result.done() and w.attach.pne_id in took_part:
                     w.result.set_result(channels.get(key))
             if o.once:
                 self.stop.set()
