@@ -417,3 +417,34 @@ async def test_elements_that_type_the_gateways_pin(tmp_path: Path) -> None:
         assert (await scale.json_line("event", "message"))["text"] == "weigh in"
         assert await scale.finish() == 0
         await gw.stop()
+
+
+async def test_pne_initiated_invited_leaves_the_others_in_reach_for_the_next_setup(
+    tmp_path: Path,
+) -> None:
+    async with pn_lab(tmp_path, NAMES) as lab:
+        port = free_port()
+        gw_addr = f"tcp:127.0.0.1:{port}"
+        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--yes", "--json",
+                             "--collect", "3")
+        await gw.narration("is the PN gateway on")
+        scale = await lab.start("scale", "pn", "join", gw_addr, "--wait", "--yes", "--json",
+                                "--timeout", "120")
+        lamp = await lab.start("lamp", "pn", "join", gw_addr, "--wait", "--yes", "--json",
+                               "--timeout", "120")
+        await gw.narration("Paul's scale .* is in reach")
+        await gw.narration("Paul's lamp .* is in reach")
+        first = (await lab.run("watch", "pn", "join", gw_addr, "--setup", "invited",
+                               "--invite", lab.ids["scale"], "--json")).ok().json()
+        assert sorted(m["name"] for m in first["members"]) == ["Paul's scale", "Paul's watch"]
+        assert await scale.finish() == 0
+        assert lamp.proc.returncode is None and lamp.lines == []  # not asked, still waiting
+        # the next setup (the watch again, 'all') reaches the lamp
+        second = (await lab.run("watch", "pn", "join", gw_addr, "--setup", "all",
+                                "--json")).ok().json()
+        assert "Paul's lamp" in [m["name"] for m in second["members"]]
+        assert await lamp.finish() == 0
+        (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
+        assert sorted(m["name"] for m in pn["members"]) == [
+            "Paul's lamp", "Paul's scale", "Paul's watch"]
+        await gw.stop()
