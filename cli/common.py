@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import os
 import sys
 import traceback
@@ -19,61 +21,152 @@ from pairkit.pairing.errors import (
     ConfigError,
     ErrorCode,
     KeystoreError,
-    LockedOutError,
     NotFoundError,
     PairingError,
-    PairingTimeout,
-    RefusedError,
     WrongPinError,
 )
 from pairkit.pairing.methods import ConfirmCode, InsecureWarning
 from pairkit.pairing.service import AllowRequest, JoinCloud, Scope
 
+from .exitcodes import (
+    EXIT_AUTH,
+    EXIT_BUSY,
+    EXIT_CLOSED,
+    EXIT_ERROR,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_REFUSED,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+)
 from .show import safe
 
 T = TypeVar("T")
 
-#: exit codes, one per kind of failure (scripts can tell them apart)
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_AUTH = 3
-EXIT_TIMEOUT = 4
-EXIT_REFUSED = 5
-EXIT_NOT_FOUND = 6
-EXIT_INTERRUPTED = 130
-
 PIN_TRIES = 3
+
+#: wire codes -> exit codes, so that an error the peer reports ("the peer stopped: ...", a
+#: RemoteError) exits as the same error found here would
+_BY_CODE: dict[ErrorCode, int] = {
+    ErrorCode.TIMEOUT: EXIT_TIMEOUT,
+    ErrorCode.REFUSED: EXIT_REFUSED,
+    ErrorCode.LOCKED_OUT: EXIT_REFUSED,
+    ErrorCode.UNSUPPORTED: EXIT_REFUSED,
+    ErrorCode.INSECURE: EXIT_REFUSED,
+    ErrorCode.PERMISSION: EXIT_REFUSED,
+    ErrorCode.NOT_FOUND: EXIT_NOT_FOUND,
+    ErrorCode.AUTH_FAILED: EXIT_AUTH,
+    ErrorCode.EXPIRED: EXIT_AUTH,
+    ErrorCode.REPLAY: EXIT_AUTH,
+    ErrorCode.CLOSED: EXIT_CLOSED,
+    ErrorCode.CANCELLED: EXIT_REFUSED,  # the person on the other side said no, by Ctrl-C
+    ErrorCode.BUSY: EXIT_BUSY,
+}
+
+_OS_ERRNOS: dict[int, int] = {
+    errno.ENOENT: EXIT_NOT_FOUND,
+    errno.ENOTDIR: EXIT_NOT_FOUND,
+    errno.EACCES: EXIT_REFUSED,
+    errno.EPERM: EXIT_REFUSED,
+}
 
 
 def exit_code_for(exc: BaseException) -> int:
-    """The one place that maps typed errors to exit codes (STYLE.md rule 11)."""
+    """The one place that maps errors to exit codes (STYLE.md rule 11; table :data:`EXIT_CODES`).
+
+    A usage error first (ConfigError, click's), then a locked keystore (no PIN to open it is an
+    authentication failure), then the error's wire code, then an OS error's errno.
+    """
     if isinstance(exc, ConfigError | click.UsageError):
         return EXIT_USAGE
-    # By wire code too, so that an error the peer reports ("the peer stopped: ...", a
-    # RemoteError) exits as the same error found here would.
-    code = exc.code if isinstance(exc, PairingError) else None
-    if isinstance(exc, PairingTimeout) or code == ErrorCode.TIMEOUT:
-        return EXIT_TIMEOUT
-    if isinstance(exc, RefusedError | LockedOutError) or code in _REFUSALS:
-        return EXIT_REFUSED
-    if isinstance(exc, NotFoundError) or code == ErrorCode.NOT_FOUND:
-        return EXIT_NOT_FOUND
-    if code == ErrorCode.AUTH_FAILED:
-        return EXIT_AUTH
-    return EXIT_ERROR
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, PairingError):
+        if isinstance(exc, KeystoreError) and not isinstance(exc, NotFoundError):
+            return _BY_CODE.get(exc.code, EXIT_AUTH)
+        return _BY_CODE.get(exc.code, EXIT_ERROR)
+    if isinstance(exc, OSError):
+        return _OS_ERRNOS.get(exc.errno or 0, EXIT_ERROR)
+    return EXIT_INTERNAL
 
 
-_REFUSALS = frozenset({ErrorCode.REFUSED, ErrorCode.LOCKED_OUT})
+class _LogLines(logging.Handler):
+    """Log records as lines a person reads: ``warning: ...`` for pairkit's warnings, the
+    logger's name before anything else; a traceback only when asked for (-vv or --debug)."""
+
+    def __init__(self, tracebacks: bool) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed log call must not end the command
+            text = str(record.msg)
+        if record.levelno >= logging.WARNING and record.name.startswith("pairkit"):
+            line = f"{record.levelname.lower()}: {text}"
+        else:
+            line = f"{record.name}: {text}"
+        if self.tracebacks and record.exc_info:
+            line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        click.echo(line, err=True)
+
+
+def configure_logging(verbose: int = 0, *, quiet: bool = False, debug: bool = False) -> None:
+    """Who may write to the terminal, by ``-v`` level (see ``pairkit --help``).
+
+    pairkit's own loggers print warnings (``--quiet``: errors only; ``-v``: what they narrate;
+    ``-vv``: everything).  Third-party loggers (bumble, bleak, asyncio) stay silent below
+    ``-vv`` or ``--debug``: their lines (coloured tracebacks, object reprs) are for a bug
+    report, and what they mean reaches the person as pairkit's own error.
+    """
+    global _QUIET
+    _QUIET = quiet
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _LogLines)]:
+        root.removeHandler(h)
+    loud = verbose >= 2 or debug
+    root.addHandler(_LogLines(tracebacks=loud))
+    root.setLevel(logging.DEBUG if loud else logging.CRITICAL + 1)
+    ours = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(
+        verbose, logging.DEBUG)
+    logging.getLogger("pairkit").setLevel(ours)
+    if not loud:
+        # the root's level does not silence a logger that sets its own: bumble's does
+        for name in ("bumble", "bleak", "asyncio", "usb1"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def need_radio(spec: str, what: str) -> None:
+    """ConfigError unless ``spec`` names a broadcasting transport (a radio): TCP has no
+    advertisements to hear or send."""
+    from pairkit.transports.registry import parse_transport
+
+    if parse_transport(spec).kind == "tcp":
+        raise ConfigError(
+            f"{what} on a radio, and {spec} is TCP: give a Bluetooth transport "
+            "(-t bumble:usb:0, or -t bumble:tcp-client:HOST:PORT for a 'pairkit radio' port)"
+        )
 
 
 def fail(message: str) -> None:
     click.echo(f"error: {safe(message, lines=True)}", err=True)
 
 
-def info(message: str, *, quiet: bool = False) -> None:
-    """Narration for a person: stderr, so stdout stays for results.  Whatever a peer put in it
-    is shown, never interpreted (:func:`~cli.show.safe`)."""
-    if not quiet:
+#: ``pairkit --quiet``: no narration (see :func:`info`)
+_QUIET = False
+
+
+def info(message: str, *, quiet: bool = False, essential: bool = False) -> None:
+    """Narration for a person: stderr, so stdout stays for results.
+
+    ``pairkit --quiet`` silences it but for what the person must act on (``essential``: a PIN,
+    a QR code, where a host waits); ``quiet`` silences this call (a caller that narrates for
+    itself, or ``--json``).  Whatever a peer put in it is shown, never interpreted
+    (:func:`~cli.show.safe`).
+    """
+    if not quiet and (essential or not _QUIET):
         click.echo(safe(message, lines=True), err=True)
 
 
@@ -263,7 +356,10 @@ class PairkitGroup(click.Group):
         Also used by the ``pairkit`` root group (cli/main.py), which imports this module only
         when a command runs.
         """
-        debug = ctx.params.get("debug") or os.environ.get("PAIRKIT_DEBUG") == "1"
+        top = ctx.find_root().params
+        debug = bool(top.get("debug")) or os.environ.get("PAIRKIT_DEBUG") == "1"
+        if ctx.parent is None:
+            configure_logging(top.get("verbose") or 0, quiet=bool(top.get("quiet")), debug=debug)
         try:
             return invoke()
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -280,9 +376,9 @@ class PairkitGroup(click.Group):
             if debug:
                 traceback.print_exc()
             fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
-            ctx.exit(1)
+            ctx.exit(exit_code_for(exc))
         except Exception as exc:  # a bug: say so plainly, show the trace only with --debug
             if debug:
                 traceback.print_exc()
-            fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it")
-            ctx.exit(70)
+            fail(f"internal error ({type(exc).__name__}); rerun with --debug and report it")
+            ctx.exit(EXIT_INTERNAL)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pairkit.admission import Admission, AdmissionLimits, RateLimitedLog
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
 from pairkit.keystore import Keystore
@@ -26,6 +28,7 @@ from pairkit.pairing.errors import (
     PairingTimeout,
     TransportError,
 )
+from pairkit.pairing.files import SERVE_IDLE
 from pairkit.pairing.methods import (
     HostPairing,
     HostState,
@@ -56,6 +59,11 @@ from pairkit.session import resolve_target as resolve
 from . import store
 from .common import CliDelegate, info
 
+
+class HostNotFoundError(NotFoundError):
+    """Nothing answered at the address a guest connects to."""
+
+
 #: what a side does once the session is confirmed and the membership known
 SessionHandler = Callable[[SecureLink, Session, Membership], Awaitable[None]]
 
@@ -74,7 +82,13 @@ class HostOptions:
     step_timeout: float = 30.0
     max_failures: int = 5
     lockout_window: float = 300.0
-    concurrent: int = 4
+    #: paired guests served at once (new links are told "busy" beyond: runtime/admission.py)
+    concurrent: int = 32
+    #: the other limits of runtime/admission.py (unauthenticated links at once and per
+    #: address, first-flight time, ...); ``concurrent`` stands for its ``max_sessions``
+    admission: AdmissionLimits = dataclasses.field(default_factory=AdmissionLimits)
+    #: seconds a paired guest may stay silent, or leave what the host sends unread
+    serve_idle: float = SERVE_IDLE
     #: say nothing on stderr but errors (the demo narrates for itself)
     quiet: bool = False
     #: the folder shared with guests (None: nothing shared)
@@ -172,12 +186,12 @@ async def run_host(
                   else "private: only members of its cloud can find it (--visible SECONDS)")
         info(f"broadcasting a hello; {window}", quiet=quiet)
     fp = store.key_fingerprint(me.static_public)
-    info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet)
+    info(f"{me.name} ({fp}) is waiting on {address}", quiet=quiet, essential=True)
 
     def show_pin() -> None:
         if Method.PIN in opts.methods and state.pin is not None:
             info(f"PIN: {state.pin}   (type it on the guest: pairkit join ... --method pin)",
-                 quiet=quiet)
+                 quiet=quiet, essential=True)
 
     if Method.PIN in opts.methods:
         # A PIN is single use: a --pin serves one guest, then fresh ones are drawn.
@@ -187,29 +201,54 @@ async def run_host(
         if Method.QR in opts.methods:
             code = state.issue_qr(me.static_public, clock.wall(), ttl=opts.qr_ttl, hint=address)
             uri = code.to_uri()
-            info(store.qr_text(uri), quiet=quiet)
-            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet)
+            info(store.qr_text(uri), quiet=quiet, essential=True)
+            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet, essential=True)
             if opts.qr_png is not None:
                 store.qr_png(uri, opts.qr_png)
                 info(f"QR code written to {opts.qr_png}")
 
     show_pin()
     show_qr()
+    # What asyncio itself reports (a failed accept when the process is out of file descriptors,
+    # a stray task's error): one line a second at most, never a traceback (issue 17).
+    asyncio.get_running_loop().set_exception_handler(loop_problem_reporter())
     if ready is not None:
         ready(address, state)
     paired = 0
     stop = asyncio.Event()
+    output_lost: list[OSError] = []
 
     async def serve_one(link: Any) -> bool | None:
         nonlocal paired
-        tried: list[HostPairing] = []  # the pairing machine, once made (see finally)
+        tried: list[HostPairing] = []  # the pairing machine, once made (see renew)
+
+        def renew() -> None:
+            # As soon as this guest's pairing is over (not its session: a guest served for
+            # long must not keep the next one from pairing), the next guest gets a fresh PIN.
+            if not opts.once and Method.PIN in opts.methods and state.pin is None:
+                state.new_pin()
+                show_pin()
+            if not opts.once and tried and tried[0].method is Method.QR:
+                show_qr()  # a QR code is single use too: the next guest needs a fresh one
+
         try:
-            done = await accept_session(link, side, delegate=delegate, clock=clock, tried=tried)
+            try:
+                done = await accept_session(
+                    link, side, delegate=delegate, clock=clock, tried=tried
+                )
+            finally:
+                renew()
             slink, session, membership = done.channel, done.session, done.membership
             assert membership is not None
             paired += 1
             if emit is not None:
-                emit(result_json(session, membership))
+                try:
+                    emit(result_json(session, membership))
+                except OSError as exc:  # stdout's reader went away (host --json | head -1)
+                    output_lost.append(exc)
+                    stop.set()
+                    await slink.close()
+                    return
             else:
                 info(f"paired with {session.peer.name} by {session.method.label} as "
                      f"{membership.role.name.lower()}; session {session.fingerprint}")
@@ -220,6 +259,7 @@ async def run_host(
                 served = await serve_guest(
                     slink, peer_name=session.peer.name, policy=policy, share=opts.share,
                     ask=delegate.allow_request, stats=ServeStats(), wall_clock=clock.wall,
+                    idle=opts.serve_idle,
                 )
                 if served.files or served.listings:
                     info(f"{session.peer.name}: {served.listings} listing(s), "
@@ -234,16 +274,12 @@ async def run_host(
                 info(f"{link.peer} asked who this host is", quiet=quiet)
                 return False
             info(f"error: guest {link.peer}: {exc}")
-        finally:
-            if not opts.once and Method.PIN in opts.methods and state.pin is None:
-                state.new_pin()
-                show_pin()
-            if not opts.once and tried and tried[0].method is Method.QR:
-                show_qr()  # a QR code is single use too: the next guest needs a fresh one
+        return None
 
     try:
+        limits = dataclasses.replace(opts.admission, max_sessions=opts.concurrent)
         await accept_loop(
-            listener, serve_one, concurrent=opts.concurrent, stop=stop, once=opts.once,
+            listener, serve_one, stop=stop, once=opts.once, admission=Admission(limits),
             on_error=lambda exc: info(f"error: {exc}"),
         )
     finally:
@@ -254,7 +290,48 @@ async def run_host(
         if transport_obj is None:
             with contextlib.suppress(Exception):
                 await transport.close()
+    if output_lost:
+        _silence_stdout()
+        raise OutputClosedError(
+            "standard output was closed (whatever read it has gone); the host stopped"
+        )
     return paired
+
+
+class OutputClosedError(PairingError):
+    """The results could not be written: standard output is a pipe whose reader has gone."""
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit does not fail too."""
+    import os
+    import sys
+
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def loop_problem_reporter() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """An event loop exception handler for a host: one line on stderr per second at most (the
+    rest counted), naming the condition and the OS's reason, without a traceback or a path."""
+    log = RateLimitedLog(lambda line: info(line))
+
+    def report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        what = str(context.get("message") or "a background task failed")
+        if isinstance(exc, OSError) and exc.strerror:
+            what = f"{what}: {exc.strerror}"
+        elif isinstance(exc, PairingError):
+            what = f"{what}: {exc}"
+        elif exc is not None:
+            what = f"{what}: {type(exc).__name__}"
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            what += " (too many connections at once: new ones wait until some close)"
+        log(f"warning: {what}")
+
+    return report
 
 
 def _host_ttp(opts: HostOptions, me: Any, delegate: Any) -> TtpHook:
@@ -367,7 +444,12 @@ async def run_join(
     transport = transport_obj or await open_transport(spec)
 
     async def connect_and_pair(addr: str | None) -> tuple[Session, Membership]:
-        link = await transport.connect(addr, timeout=opts.connect_timeout)
+        try:
+            link = await transport.connect(addr, timeout=opts.connect_timeout)
+        except (PairingTimeout, TransportError) as exc:
+            # Nobody answered at that address: "not found" whatever the transport (a refused
+            # TCP connection, a BLE address that does not answer), as for an unknown name.
+            raise HostNotFoundError(f"no pairkit host answered at {addr or spec}: {exc}") from exc
         try:
             done = await open_session(link, side, delegate=guest_delegate, clock=clock)
             assert done.membership is not None
@@ -385,7 +467,7 @@ async def run_join(
             address = await _host_named(transport, ks, by_name, quiet=opts.json)
         try:
             return await connect_and_pair(address)
-        except (PairingTimeout, TransportError) as exc:
+        except (PairingTimeout, TransportError, HostNotFoundError) as exc:
             # A known BLE host rotates its address (docs/hello.md): look for it nearby.
             if peer is None or address is None or not hasattr(transport, "scan"):
                 raise

@@ -24,6 +24,7 @@ import click
 from pairkit import __version__
 from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
+from .exitcodes import epilog as exit_codes_epilog
 from .params import Number, Seconds
 from .traceopt import trace_option
 
@@ -104,10 +105,14 @@ def _ttp_settings(ks: Any, server: str | None, ca: str | None, peer: str | None
     return {"ttp": server or enrolled[0], "ttp_ca": ca or enrolled[1],
             "ttp_peer": parse_device_id(peer) if peer else None}
 
-@click.group(cls=PairkitCli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PairkitCli, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=exit_codes_epilog())
 @click.version_option(__version__, "--version", prog_name="pairkit")
+@click.option("--verbose", "-v", count=True,
+              help="Say more: -v what pairkit does, -vv everything (its libraries too).")
+@click.option("--quiet", "-q", is_flag=True, help="Say nothing on stderr but errors.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors (for bug reports).")
-def cli(debug: bool) -> None:
+def cli(verbose: int, quiet: bool, debug: bool) -> None:
     """pairkit pairs two devices over Bluetooth Low Energy (or TCP) and opens a secure channel.
 
     \b
@@ -378,10 +383,14 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
     qr = None
     if qr_uri is not None and qr_image is not None:
         raise ConfigError("give --qr or --qr-image, not both")
-    if qr_uri is not None:
-        qr = QrCode.parse(qr_uri)
-    elif qr_image is not None:
-        qr = QrCode.parse(qr_from_image(qr_image))
+    try:  # the code is the user's input: a broken one is a usage error, as a bad option is
+        if qr_uri is not None:
+            qr = QrCode.parse(qr_uri)
+        elif qr_image is not None:
+            qr = QrCode.parse(qr_from_image(qr_image))
+    except DecodeError as exc:
+        which = "--qr" if qr_uri is not None else "--qr-image"
+        raise ConfigError(f"{which}: not a pairkit QR code ({exc})") from None
     chosen = Method.parse(method) if method else None
     if chosen is Method.PIN and pin is None:
         if not sys.stdin.isatty():
@@ -430,12 +439,13 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
     from pairkit.session import name_hosts
     from pairkit.transports.registry import open_transport
 
-    from .common import emit_json, home_path, info, run_async, unlock
+    from .common import emit_json, home_path, info, need_radio, run_async, unlock
     from .config import load_policy, pick
 
     policy = load_policy(home_path())["discover"]
     transport = pick(transport, policy, "transport", "bumble:usb:0")
     timeout = pick(timeout, policy, "timeout", 3.0)
+    need_radio(transport, "discover listens for hellos")
     ks = unlock()
 
     async def go() -> tuple[list[Any], int]:
@@ -686,19 +696,31 @@ def demo(scenario: str, transport: str, method: str, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: click's parsing, with its errors said as ours are.
+
+    A usage error prints ``error: ...`` (not click's ``Error: ...``) and exits 2; the exit
+    codes are :mod:`pairkit.cli.exitcodes`'.
+    """
+    from .exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
     from .show import SafeStream
 
     # Nothing a peer sent reaches the terminal as a control sequence (issue 17, finding 5).
     sys.stdout = SafeStream(sys.stdout)  # type: ignore[assignment]
     sys.stderr = SafeStream(sys.stderr)  # type: ignore[assignment]
     try:
-        cli(standalone_mode=True)
-    except DecodeError as exc:  # pragma: no cover - mapped inside the group
-        from .common import fail
-
-        fail(str(exc))
-        sys.exit(1)
+        rv = cli.main(standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        if exc.ctx is not None:
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("error: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

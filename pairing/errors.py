@@ -33,6 +33,7 @@ class ErrorCode(IntEnum):
     INTERNAL = 15  #: a bug on the sender's side
     TOO_LARGE = 16  #: a message or buffer exceeded its limit
     CANCELLED = 17  #: the person on the sending side cancelled (Ctrl-C); no reason is shown
+    BUSY = 18  #: the host is serving as many peers as it can: try again in a moment
 
 
 class PairingError(Exception):
@@ -143,6 +144,12 @@ class TooLargeError(LocalError, ValueError):
     code = ErrorCode.TOO_LARGE
 
 
+class BusyError(LocalError):
+    """The host is busy with other peers; try again in a moment."""
+
+    code = ErrorCode.BUSY
+
+
 class LinkClosedError(PairingError):
     """The link is closed."""
 
@@ -197,6 +204,7 @@ _BY_CODE: dict[ErrorCode, type[LocalError]] = {
     ErrorCode.EXPIRED: ExpiredError,
     ErrorCode.REPLAY: ReplayError,
     ErrorCode.TOO_LARGE: TooLargeError,
+    ErrorCode.BUSY: BusyError,
 }
 
 

@@ -24,7 +24,14 @@ from typing import ClassVar
 
 from . import wire
 from .crypto import same
-from .errors import AuthenticationError, ExpiredError, ProtocolError, RefusedError
+from .errors import (
+    AuthenticationError,
+    ErrorCode,
+    ExpiredError,
+    NotFoundError,
+    ProtocolError,
+    RefusedError,
+)
 from .machine import DONE, Event, Machine, Step, step
 from .service import (
     MAX_FILES,
@@ -147,7 +154,7 @@ class FileServer(Machine):
         policy: GrantPolicy,
         *,
         peer_name: str,
-        find: Callable[[str], str | None] | None,
+        find: Callable[[str], str | NotFoundError | None] | None,
         size_of: Callable[[str], int | None] | None = None,
         idle: float = SERVE_IDLE,
     ) -> None:
@@ -197,6 +204,9 @@ class FileServer(Machine):
         problem = name_problem(msg.name)
         if problem is None and self._find is not None:
             problem = self._find(msg.name)  # bad names are refused before anyone is asked
+        if isinstance(problem, NotFoundError):  # said as such: the guest reports "not found"
+            self._refuse(str(problem), now, code=ErrorCode.NOT_FOUND)
+            return
         # An offset past the end (the file shrank since the guest's .part) is not refused: the
         # host answers from offset 0 and the guest starts again (issue 17, finding 8).
         if problem is not None:
@@ -240,9 +250,9 @@ class FileServer(Machine):
         self._expect_by(None)
         self._emit(self._pending)
 
-    def _refuse(self, reason: str, now: float) -> None:
+    def _refuse(self, reason: str, now: float, code: ErrorCode | None = None) -> None:
         self.refused += 1
-        self._send(Refused(short_reason(reason)))
+        self._send(Refused(short_reason(reason), None if code is None else int(code)))
         self._wait(now)
 
     def _wait(self, now: float) -> None:
@@ -351,7 +361,7 @@ class FileFetch(Machine):
         self.received = offset
         #: why the fetch gave nothing: the host refused, or the file arrived damaged (the
         #: machine is done and the session goes on)
-        self.refusal: RefusedError | AuthenticationError | None = None
+        self.refusal: RefusedError | AuthenticationError | NotFoundError | None = None
         #: what the guest had kept when the host said the file is now shorter (restarted at 0)
         self.restarted_from: int | None = None
 
@@ -389,7 +399,10 @@ class FileFetch(Machine):
         self._next(now)
 
     def _on_refused(self, msg: Refused, now: float) -> None:
-        self.refusal = RefusedError(f"the host refused {self.name!r}: {msg.reason}")
+        if msg.code == ErrorCode.NOT_FOUND:
+            self.refusal = NotFoundError(f"the host has no shared file called {self.name!r}")
+        else:
+            self.refusal = RefusedError(f"the host refused {self.name!r}: {msg.reason}")
         self._finish()
 
     def _on_chunk(self, msg: Chunk, now: float) -> None:

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 from .pairing import keyschedule, wire
 from .pairing.errors import (
     ConfigError,
+    ErrorCode,
     LinkClosedError,
+    LocalError,
     PairingError,
     PairingTimeout,
     UserCancelled,
@@ -60,8 +62,11 @@ class MessagePipe:
         *,
         max_message: int = MAX_HANDSHAKE_MESSAGE,
         guest: bool | None = None,
+        send_timeout: float = DEFAULT_IDLE,
     ) -> None:
         self.link = link
+        #: how long one message may wait for the peer to take it (flow control)
+        self.send_timeout = send_timeout
         self._reassembler = Reassembler(max_message)
         # The fragments of one message must not interleave with another's.
         self._send_lock = asyncio.Lock()
@@ -72,10 +77,18 @@ class MessagePipe:
         self._unread: list[bytes] = []
 
     async def send(self, message: bytes) -> None:
-        async with self._send_lock:
-            for piece in fragment(message, self.link.mtu):
-                await self.link.send(piece)
-            _absorb(self._sent, message)
+        """Send one whole message; :class:`PairingTimeout` if the peer does not take it within
+        :attr:`send_timeout` seconds (every send has a deadline, like every receive)."""
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                async with self._send_lock:
+                    for piece in fragment(message, self.link.mtu):
+                        await self.link.send(piece)
+                    _absorb(self._sent, message)
+        except TimeoutError:
+            raise PairingTimeout(
+                f"the peer stopped reading for {self.send_timeout:.0f} s"
+            ) from None
 
     async def recv(self) -> bytes:
         message = await self.recv_unabsorbed()
@@ -193,6 +206,12 @@ async def drive(
 
     async def next_message(wait: float) -> bytes:
         nonlocal inbox
+        if inbox is None and wait > 0:
+            # No read under way (the common case): await it here, no task of its own.  A
+            # timeout cancels the read, which links and pipes allow (a partial message stays
+            # reassembling); a deadline already passed is left to the path below, as before.
+            async with asyncio.timeout(wait):
+                return await read()
         if inbox is None:
             inbox = asyncio.ensure_future(read())
         done, _ = await asyncio.wait({inbox}, timeout=wait)
@@ -286,6 +305,15 @@ async def drive(
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(flush(), 1.0)
         raise
+    except Exception as exc:
+        # Not pairkit's own kind of error (the file system failed, or a bug): the peer is
+        # told, so it does not wait for a deadline, and the caller gets a typed error that
+        # names the kind of failure only, never a path (issue 17).
+        err = LocalError(f"internal failure ({describe_failure(exc)})", code=ErrorCode.INTERNAL)
+        machine.abort(err)
+        with contextlib.suppress(PairingError, OSError, TimeoutError):
+            await asyncio.wait_for(flush(), 1.0)
+        raise err from exc
     except BaseException as exc:
         machine.abort(PairingError(f"stopped: {type(exc).__name__}"))
         raise
@@ -299,6 +327,14 @@ async def drive(
             held.append(inbox.result())
         if read_ahead:
             pipe.unread(held)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What went wrong, for a person and for the peer: the OS's reason for an OSError (without
+    the file name), else the exception's kind."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return type(exc).__name__
 
 
 def _hook(delegate: Any, event: Question) -> Callable[[Any], Any]:

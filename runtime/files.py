@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .driver import MessagePipe, drive
+from .driver import MessagePipe, describe_failure, drive
 from .pairing import wire
 from .pairing.errors import (
     AccessDeniedError,
@@ -70,25 +70,35 @@ def resolve_shared(root: Path, name: str) -> Path:
     problem = name_problem(name)
     if problem is not None:
         raise AccessDeniedError(problem)
-    base = root.resolve()
-    target = (base / name).resolve()
-    if not target.is_relative_to(base):
-        raise AccessDeniedError(f"refused: {name!r} is a link leading out of the shared folder")
-    if not target.is_file():
-        raise NotFoundError(f"no shared file called {name!r}")
+    try:
+        base = root.resolve()
+        target = (base / name).resolve()
+        if not target.is_relative_to(base):
+            raise AccessDeniedError(
+                f"refused: {name!r} is a link leading out of the shared folder"
+            )
+        if not target.is_file():
+            raise NotFoundError(f"no shared file called {name!r}")
+    except OSError as exc:  # a name too long for the host's file system, a folder it cannot read
+        raise NotFoundError(
+            f"{name!r} cannot be opened on the host: {describe_failure(exc)}"
+        ) from None
     return target
 
 
-def _finder(root: Path | None) -> Callable[[str], str | None] | None:
-    """The :class:`~pairing.files.FileServer`'s look into the shared folder."""
+def _finder(root: Path | None) -> Callable[[str], str | NotFoundError | None] | None:
+    """The :class:`~pairing.files.FileServer`'s look into the shared folder: None, why not (a
+    refusal), or the NotFoundError for a name it does not hold."""
     if root is None:
         return None
 
-    def find(name: str) -> str | None:
+    def find(name: str) -> str | NotFoundError | None:
         try:
             resolve_shared(root, name)
-        except (AccessDeniedError, NotFoundError) as exc:
+        except AccessDeniedError as exc:
             return str(exc)
+        except NotFoundError as exc:
+            return exc
         except OSError as exc:  # ENAMETOOLONG and the like: the host's file system says no
             return f"refused: the host cannot look that name up ({exc.strerror or 'error'})"
         return None
@@ -117,13 +127,17 @@ def list_shared(root: Path) -> list[FileEntry]:
     for path in sorted(base.rglob("*")):
         try:
             real = path.resolve()
+            if not real.is_relative_to(base) or not real.is_file():
+                continue
         except OSError:
-            continue
-        if not real.is_relative_to(base) or not real.is_file():
             continue
         rel = path.relative_to(base).as_posix()
         kind = mimetypes.guess_type(rel)[0] or "application/octet-stream"
-        out.append(FileEntry(name=rel, size=real.stat().st_size, type=kind))
+        try:
+            size = real.stat().st_size
+        except OSError:
+            continue  # gone, or not ours to read, since the folder was read
+        out.append(FileEntry(name=rel, size=size, type=kind))
     return out  # all of them: pairing.files.build_listing keeps what fits (§13)
 
 
@@ -182,20 +196,24 @@ async def serve_guest(
         async def serve_listing(self, event: ServeListing) -> None:
             assert share is not None
             files = await asyncio.to_thread(list_shared, share)
-            await slink.send(build_listing(files).encode())
+            await slink.send(build_listing(files).encode(), idle)
             machine.served(wall_clock())
 
         async def serve_file(self, event: ServeFile) -> None:
             assert share is not None
             try:
-                await _send_file(slink, share, GetRequest(event.name, event.offset), stats)
+                await _send_file(
+                    slink, share, GetRequest(event.name, event.offset), stats, idle
+                )
             except (AccessDeniedError, NotFoundError, RefusedError, OSError) as exc:
                 machine.refuse(_unreadable(event.name, exc), wall_clock())
                 return
             machine.served(wall_clock())
 
     try:
-        await drive(machine, Records(slink), delegate=Work(), clock=wall_clock)
+        # A guest that stops reading is dropped after the idle limit too (issue 17).
+        await drive(machine, Records(slink, send_timeout=idle), delegate=Work(),
+                    clock=wall_clock)
     except LinkClosedError:
         pass  # the guest left without a Bye: nothing more to serve
     finally:
@@ -210,22 +228,33 @@ def _unreadable(name: str, exc: BaseException) -> str:
     return f"{name!r} could not be read on the host"
 
 
-async def _send_file(slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats) -> None:
+def chunk_size(slink: SecureLink, file_size: int) -> int:
+    """How much of a ``file_size``-byte file each Chunk carries: at most CHUNK, sized so that
+    its record fills the link's messages (:meth:`SecureLink.fitting`); the CBOR around the
+    data is counted with the file's largest offset."""
+    around = len(Chunk(file_size, bytes(CHUNK)).encode()) - CHUNK
+    return max(1, min(CHUNK, slink.fitting(CHUNK + around) - around))
+
+
+async def _send_file(
+    slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float
+) -> None:
     path = resolve_shared(share, req.name)
     size = path.stat().st_size
     # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
     start = req.offset if req.offset <= size else 0
     digest = await asyncio.to_thread(sha256_file, path)
-    await slink.send(FileHeader(req.name, size, digest, start).encode())
+    await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
+    chunk = chunk_size(slink, size)
     with open(path, "rb") as fh:
         fh.seek(start)
         offset = start
         while offset < size:  # exactly the bytes announced, never more (§13)
-            data = fh.read(min(CHUNK, size - offset))
+            data = fh.read(min(chunk, size - offset))
             if not data:  # shorter than announced: it changed while it was sent
                 raise RefusedError(f"{req.name!r} changed on the host while it was sent; "
                                    "fetch it again")
-            await slink.send(Chunk(offset, data).encode())
+            await slink.send(Chunk(offset, data).encode(), idle)
             offset += len(data)
             stats.bytes_sent += len(data)
 
@@ -234,12 +263,13 @@ class Records(MessagePipe):
     """A secure link as the driver's pipe: its messages are whole already (the channel
     fragments its records itself), and the driver's deadline is the only one."""
 
-    def __init__(self, slink: SecureLink) -> None:
+    def __init__(self, slink: SecureLink, *, send_timeout: float | None = None) -> None:
         super().__init__(slink.link)
         self._slink = slink
+        self._send_timeout = send_timeout
 
     async def send(self, message: bytes) -> None:
-        await self._slink.send(message)
+        await self._slink.send(message, self._send_timeout)
 
     async def recv(self) -> bytes:
         return await self._slink.recv(NO_TIMEOUT)

@@ -30,14 +30,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import peers, prekeys
+from .admission import Admission, AdmissionLimits, Admitted
 from .clock import SYSTEM_CLOCK, Clock
-from .driver import DEFAULT_ANSWER_TIME, MessagePipe, drive, replay_first
+from .driver import DEFAULT_ANSWER_TIME, MessagePipe, describe_failure, drive, replay_first
 from .files import receive_membership
 from .pairing.cloud import CloudGuest, CloudHost, HostInfo, Role, auth_mac_from
 from .pairing.errors import (
     AuthenticationError,
     ConfigError,
+    ErrorCode,
     LinkClosedError,
+    LocalError,
     LockedOutError,
     NotFoundError,
     PairingError,
@@ -192,6 +195,9 @@ async def accept_session(
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=True)
+    promote = getattr(link, "authenticated", None)
+    if callable(promote):
+        promote()  # admission control: a paired guest, no longer an unauthenticated link
     membership = None
     if cloud is not None:
         membership = _membership_for(ks, cloud, session, clock)
@@ -459,61 +465,101 @@ async def accept_loop(
     listener: Any,
     handle: Callable[[Any], Awaitable[bool | None]],
     *,
-    concurrent: int = 4,
+    concurrent: int | None = None,
     stop: asyncio.Event | None = None,
     once: bool = False,
     on_error: Callable[[PairingError], None] | None = None,
+    admission: Admission | None = None,
 ) -> None:
-    """Accept links and run ``handle`` on each, at most ``concurrent`` at a time, until
-    ``stop`` is set, after one link with ``once``, or until cancelled.
+    """Accept links and run ``handle`` on each, as :class:`~pairkit.admission.Admission`
+    admits them, until ``stop`` is set, after one link with ``once``, or until cancelled.
 
-    ``handle`` owns its link; what it raises is its own business (a guest that fails never
-    stops the host).  A handler that returns ``False`` says its link was not a guest (a device
-    that only asked who the host is): ``once`` waits for the next.  A failed accept is
-    reported to ``on_error`` and the loop goes on; a listener that closed
+    Every link is taken from the listener at once, so that the transport's own queue never
+    fills: the admission decides which are served and which are told "busy" (issue 17).
+    ``concurrent``, if given, is the number of paired guests served at once (the admission's
+    ``max_sessions``).  ``handle`` owns its link (an :class:`~pairkit.admission.Admitted`
+    wrapper); whatever it raises ends that link only, never the loop, and is reported to
+    ``on_error`` when it is a PairingError.  A handler that returns ``False`` says its link was
+    not a guest (a device that only asked who the host is): ``once`` waits for the next.  A
+    failed accept is reported to ``on_error`` and the loop goes on; a listener that closed
     (:class:`LinkClosedError`) ends it with that error.  On the way out every running handler
     is cancelled.
     """
     stop = stop or asyncio.Event()
-    slots = asyncio.Semaphore(concurrent)
+    if admission is None:
+        limits = AdmissionLimits()
+        if concurrent is not None:
+            limits = dataclasses.replace(limits, max_sessions=concurrent)
+        admission = Admission(limits)
     tasks: set[asyncio.Task[bool | None]] = set()
     # Prekeys for the first guests, made while the host waits for them (issue 13).
     prekeys.pool().refill_soon()
 
-    async def run(link: Any) -> bool | None:
+    async def run(admitted: Admitted) -> bool | None:
         try:
-            return await handle(link)
+            return await handle(admitted)
+        except PairingError as exc:
+            if on_error is not None:
+                on_error(exc)
+        except Exception as exc:
+            # Contained: one guest's failure ends that guest only, never the loop, and is
+            # reported as one line (no traceback, no path: issue 17).
+            if on_error is not None:
+                on_error(LocalError(
+                    f"guest {admitted.peer}: internal failure ({describe_failure(exc)})",
+                    code=ErrorCode.INTERNAL,
+                ))
+            with contextlib.suppress(Exception):
+                await admitted.close()
         finally:
-            slots.release()
+            admission.done(admitted)
+        return None
 
     accept: asyncio.Future[Any] | None = None
+    stopper: asyncio.Future[Any] | None = None
     try:
         while not stop.is_set():
-            await slots.acquire()
             accept = asyncio.ensure_future(listener.accept())
             stopper = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({accept, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             if accept not in done:
-                slots.release()
                 break
             try:
                 link = accept.result()
             except LinkClosedError:
                 raise
             except PairingError as exc:
-                slots.release()
                 if on_error is not None:
                     on_error(exc)
                 continue
             finally:
                 accept = None
-            task = asyncio.create_task(run(link))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            if once and await task is not False:  # False: that link was not a guest
+            # Every link already waiting is taken in this turn too, so that a flood of
+            # connections cannot outpace the loop and fill the transport's queue.
+            more = getattr(listener, "accept_nowait", None)
+            links = [link]
+            while not once and more is not None and (extra := more()) is not None:
+                links.append(extra)
+            task = None
+            for link in links:
+                admitted = admission.admit(link)
+                if admitted is None:
+                    continue
+                task = asyncio.create_task(run(admitted))
+                admission.started(admitted, task)
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if once and task is not None:
+                await asyncio.wait({task})
+                if task.cancelled() and not stop.is_set():
+                    continue  # evicted before it paired: --once waits for a guest that does
+                if not task.cancelled() and task.exception() is None and task.result() is False:
+                    continue  # that link only asked who this host is: wait for a guest
                 break
     finally:
+        if stopper is not None:
+            stopper.cancel()  # cancelled while waiting: no task left pending (issue 13's bench)
         if accept is not None:
             accept.cancel()
             with contextlib.suppress(BaseException):
@@ -522,6 +568,7 @@ async def accept_loop(
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await admission.close()
 
 
 def resolve_target(

@@ -637,7 +637,7 @@ class USBErrorBusy(Exception):
         (
             TransportInitError("device not found"),
             "usb:1",
-            "no USB Bluetooth dongle at usb:1",
+            "no Bluetooth controller found at usb:1",
             BleakBluetoothNotAvailableReason.NO_BLUETOOTH,
         ),
         (

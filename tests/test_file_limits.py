@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pairkit.cli.common import EXIT_REFUSED
+from pairkit.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED
 
 from .cli_helpers import Device, Lab, init_devices, use_bytecode_cache
 
@@ -66,15 +66,23 @@ async def test_a_big_share_is_listed_in_part_with_a_note(lab: Lab, tmp_path: Pat
     assert "1 with names too long" in text.out
 
 
-@pytest.mark.parametrize("name", ["x" * 250, "日" * 130, "日" * 250, "y" * 300])
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("x" * 250, EXIT_NOT_FOUND),  # fits every limit: the host just has no such file
+        ("日" * 130, EXIT_NOT_FOUND),  # 390 bytes: within the protocol's 400, and not there
+        ("日" * 250, EXIT_REFUSED),  # over the protocol's 400 bytes
+        ("y" * 300, EXIT_REFUSED),  # over the protocol's 255 characters
+    ],
+)
 async def test_long_names_are_refused_with_the_reason(lab: Lab, tmp_path: Path,
-                                                      name: str) -> None:
+                                                      name: str, code: int) -> None:
     share = tmp_path / "share"
     share.mkdir()
     (share / "a.txt").write_text("a")
     george = await paired(lab, share)
     got = await george.run("get", "Paul's phone", name, "-o", str(tmp_path / "out"), "--yes")
-    assert got.rc == EXIT_REFUSED, got
+    assert got.rc == code, got
     assert "decode" not in got.err.lower() and "closed" not in got.err, got.err
     if len(name) > 255:
         assert "at most 255 characters" in got.err, got.err

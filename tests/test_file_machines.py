@@ -13,6 +13,8 @@ from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import (
     AuthenticationError,
     DecodeError,
+    ErrorCode,
+    NotFoundError,
     PairingTimeout,
     ProtocolError,
     RefusedError,
@@ -265,3 +267,24 @@ def test_a_listing_is_taken_and_an_abort_is_the_hosts_error() -> None:
     other.start(NOW)
     with pytest.raises(RemoteError):
         other.receive(wire.Abort(code=1, reason="stop").encode(), NOW)
+
+
+def test_a_name_the_folder_lacks_is_refused_as_not_found_and_the_guest_says_so() -> None:
+    def find_typed(name: str) -> str | NotFoundError | None:
+        return None if name in FILES else NotFoundError(f"no shared file called {name!r}")
+
+    machine = FileServer(GrantPolicy(Role.GUEST, expires=None), peer_name="George",
+                         find=find_typed, idle=300.0)
+    machine.start(NOW)
+    machine.receive(GetRequest("nope.txt").encode(), NOW)
+    assert machine.events() == []  # nobody was asked
+    (answer,) = replies(machine)
+    assert answer == Refused("no shared file called 'nope.txt'", int(ErrorCode.NOT_FOUND))
+    guest = fetch()
+    guest.receive(answer.encode(), NOW)
+    assert isinstance(guest.refusal, NotFoundError) and guest.done
+    assert not isinstance(guest.refusal, RefusedError)
+    # a refusal without a code (an older host, the owner's "no") stays a refusal
+    plain = fetch()
+    plain.receive(Refused("no shared file called 'nope.txt'").encode(), NOW)
+    assert isinstance(plain.refusal, RefusedError)

@@ -95,6 +95,8 @@ from .ble.links import (
     pairing_config,
     tap_pending_channels,
 )
+from .ble.open_errors import open_failure
+from .ble.pace import PaceConfig
 from .ble.privacy import IRK_SIZE, resolvable_private_address
 from .ble.trace import RedactingSnooper, open_trace
 from .ble.virtual import VirtualRadio, default_radio
@@ -160,6 +162,9 @@ class BumbleConfig:
     #: Connection attempts when the link layer fails to establish one (the same policy as the
     #: bleak path's bleak-retry-connector: :func:`transports.ble.guard.retry_pause` between).
     connect_attempts: int = 3
+    #: The host asks for a short connection interval and the 2M PHY while it sends a lot,
+    #: and relaxes after (:mod:`transports.ble.pace`); None: never asks.
+    pace: PaceConfig | None = dataclasses.field(default_factory=PaceConfig)
     #: Links: see :class:`transports.ble.links.LinkOptions`.
     idle_timeout: float | None = None
     max_rx_buffer: int = 16 << 20
@@ -231,6 +236,7 @@ class BumbleConfig:
             send_timeout=self.send_timeout,
             close_timeout=self.close_timeout,
             encrypt_timeout=self.encrypt_timeout,
+            pace=self.pace,
         )
 
 
@@ -338,11 +344,14 @@ class BumbleTransport:
                 self._controller = controller
                 host = Host(controller_source=controller, controller_sink=AsyncPipeSink(controller))
             else:
-                self._hci = await guarded(
-                    open_transport(bumble_transport_spec(self._spec)),
-                    what=what,
-                    timeout=config.open_timeout,
-                )
+                try:
+                    self._hci = await guarded(
+                        open_transport(bumble_transport_spec(self._spec)),
+                        what=what,
+                        timeout=config.open_timeout,
+                    )
+                except PairingError as exc:
+                    raise open_failure(exc, self._spec) from exc
                 host = Host(controller_source=self._hci.source, controller_sink=self._hci.sink)
             trace_path = claim_trace_path(config.trace)
             if trace_path is not None:
@@ -351,7 +360,13 @@ class BumbleTransport:
             device = Device(name=config.name, address=hci.Address(address), host=host)
             self._device = device
             self._setup_device(device)
-            await guarded(device.power_on(), what=what, timeout=config.open_timeout)
+            try:
+                await guarded(device.power_on(), what=what, timeout=config.open_timeout,
+                              lost=self._hci_lost())
+            except PairingError as exc:
+                # A controller that hangs up while it starts (a 'pairkit radio' port another
+                # process holds) or never answers: said in words, with the next step.
+                raise open_failure(exc, self._spec) from exc
             self._schedule_fast_period()
         except BaseException:
             await self._release()
@@ -360,6 +375,20 @@ class BumbleTransport:
             raise
         logger.debug("bumble device %s up on %s", address, self._spec)
         return self
+
+    def _hci_lost(self) -> asyncio.Future[str] | None:
+        """A future that completes when the HCI transport's far end hangs up (None: virtual)."""
+        terminated = getattr(getattr(self._hci, "source", None), "terminated", None)
+        if not isinstance(terminated, asyncio.Future):
+            return None
+        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def on_done(_: object) -> None:
+            if not lost.done():
+                lost.set_result("the controller closed the connection")
+
+        terminated.add_done_callback(on_done)
+        return lost
 
     async def close(self) -> None:
         """Disconnect every peer, power off and close the HCI transport; idempotent."""

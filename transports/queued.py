@@ -233,6 +233,11 @@ class QueuedLink(LinkBase):
         self._inbox = inbox
         self._closed = False
 
+    @property
+    def buffered(self) -> int:
+        """Messages received and not read yet."""
+        return len(self._inbox)
+
     def _check_send(self, data: bytes) -> bytes:
         """``data`` as bytes, if it fits the MTU and this side has not closed the link."""
         data = check_message(data, self._mtu)

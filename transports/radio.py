@@ -41,6 +41,13 @@ class _Port:
         self.client: _HciConnection | None = None
         self.server: asyncio.Server | None = None
 
+    @property
+    def number(self) -> int | None:
+        """The bound TCP port (what a person typed, or the one port 0 picked)."""
+        if self.server is None or not self.server.sockets:
+            return None
+        return int(self.server.sockets[0].getsockname()[1])
+
 
 class _HciConnection(asyncio.Protocol):
     """A bumble host's HCI over one TCP connection: bytes in are parsed into packets for the
@@ -54,7 +61,8 @@ class _HciConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         if self._port.client is not None:
-            logger.warning("a second host tried the port of %s; refused", self._port.controller)
+            logger.warning("radio: refused a second host on port %s (one host per port)",
+                           self._port.number)
             transport.close()
             return
         self._transport = transport

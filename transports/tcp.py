@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 
 from pairkit.pairing.errors import (
@@ -48,7 +49,10 @@ DEFAULT_MTU = MAX_MTU
 HEADER_SIZE = 4  #: big-endian length before each message
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CLOSE_TIMEOUT = 2.0
-DEFAULT_BACKLOG = 16  #: connections waiting for accept() before new ones are turned away
+#: connections waiting for accept() before new ones are turned away.  A burst arrives within one
+#: turn of the event loop, before the accept loop runs (which then takes them all and lets the
+#: admission choose, issue 17): 128 turned a legitimate guest away behind 180 garbage connects.
+DEFAULT_BACKLOG = 1024
 _STREAM_LIMIT = 1 << 17  # StreamReader buffer: must exceed one whole frame (MAX_MTU + header)
 
 
@@ -112,6 +116,8 @@ class TcpLink(QueuedLink):
         self._reader = reader
         self._writer = writer
         self._close_timeout = close_timeout
+        #: who the peer is for admission control (runtime/admission.py)
+        self.admission_key = _admission_key(writer.get_extra_info("peername"), peer)
         self._ended = False  # the read side saw the end: the peer's FIN, garbage or a reset
         self._aborted = False  # close() dropped unsent data
         self._reading = asyncio.get_running_loop().create_task(self._read_frames())
@@ -199,6 +205,22 @@ class TcpLink(QueuedLink):
             if not transport.is_closing():
                 self._aborted = True
                 transport.abort()
+
+
+def _admission_key(peername: object, fallback: str) -> str:
+    """The peer's IPv4 address, or its IPv6 /64 (one host holds a whole /64), for the per-address
+    limit of admission control."""
+    if not isinstance(peername, tuple) or not peername:
+        return fallback
+    try:
+        address = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])
+    except ValueError:
+        return str(peername[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _reason(exc: BaseException) -> str:
@@ -321,6 +343,12 @@ class TcpListener:
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self._server is None or self._waiting.qsize() >= self._backlog:
+            # Nobody will accept it: turn it away at once (a reset), rather than queue it or
+            # hold its socket for a graceful close (issue 17).  A host's accept loop takes
+            # every waiting link each turn, so this happens only when it has stopped accepting.
+            writer.transport.abort()
+            return
         link = TcpLink(
             reader,
             writer,
@@ -329,11 +357,17 @@ class TcpListener:
             queue_size=self._queue_size,
             close_timeout=self._close_timeout,
         )
-        if self._server is None or self._waiting.qsize() >= self._backlog:
-            await link.close()  # nobody will accept it: turn it away rather than queue forever
-            return
         self._links[id(link)] = link
         self._waiting.put_nowait(link)
+
+    def accept_nowait(self) -> TcpLink | None:
+        """The next guest's link if one is waiting, else None (an accept loop drains them all
+        in one turn, so that a flood of connections cannot outpace it: issue 17)."""
+        if self._server is None or self._waiting.empty():
+            return None
+        link = self._waiting.get_nowait()
+        self._links.pop(id(link), None)
+        return link
 
     async def accept(self, timeout: float | None = None) -> TcpLink:
         """The next guest's link; PairingTimeout after ``timeout`` seconds (None: no limit).
@@ -372,8 +406,7 @@ class TcpListener:
         self._links.clear()
         while not self._waiting.empty():
             self._waiting.get_nowait()
-        for link in waiting:
-            await link.close()
+        await asyncio.gather(*(link.close() for link in waiting), return_exceptions=True)
 
 
 class TcpTransport:

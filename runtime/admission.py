@@ -1,0 +1,275 @@
+"""Admission control: which new links a host takes on, and which it turns away (issue 17).
+
+A host's scarce resource is its unauthenticated links: each costs a socket (or a BLE connection)
+and a task until the guest proves something.  A stranger who opens many and says nothing, or
+sends garbage, or a first flight and then nothing, must not keep a real guest out.  So, on every
+transport alike (docs/protocol.md §12):
+
+* at most :attr:`AdmissionLimits.max_pending` unauthenticated links at once, and at most
+  :attr:`AdmissionLimits.per_address` from one address (a TCP peer's IP address; on BLE, the
+  link's peer address or connection handle: whatever the link's ``admission_key`` says);
+* a new link must send its first message within :attr:`AdmissionLimits.first_flight` seconds;
+* when the pending links are full, the one that has made the least progress gives way: a link
+  that has sent nothing at all (from the address that holds the most pending links, the oldest
+  first), else the one silent the longest if it has been silent for
+  :attr:`AdmissionLimits.idle_grace` seconds, else the newcomer is refused.  A guest that is
+  exchanging messages is never the one evicted for a link that says nothing, and a guest's one
+  link gives way only once every other address is down to one too;
+* while :attr:`AdmissionLimits.max_sessions` paired guests are being served, new links are
+  refused;
+* a link refused or evicted is told so, ``Abort{busy}``, within
+  :attr:`AdmissionLimits.refusal_time` seconds, then closed (never held for a graceful close);
+  beyond :attr:`AdmissionLimits.max_refusing` refusals in flight, new ones are dropped unanswered.
+
+A link becomes authenticated when :func:`pairkit.session.accept_session` has confirmed its
+session (both READY records): it then stops counting as pending and counts as a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .driver import MessagePipe
+from .pairing import wire
+from .pairing.errors import ErrorCode, PairingError, PairingTimeout
+
+__all__ = ["BUSY_TEXT", "Admission", "AdmissionLimits", "Admitted", "RateLimitedLog"]
+
+#: what a guest refused for load reads (it may try again)
+BUSY_TEXT = "the host is busy with other guests; try again in a moment"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmissionLimits:
+    """The limits of :class:`Admission` (module docstring; docs/protocol.md §12)."""
+
+    #: unauthenticated links at once, from every address
+    max_pending: int = 64
+    #: unauthenticated links at once from one address
+    per_address: int = 8
+    #: seconds a new link has to send its first message
+    first_flight: float = 5.0
+    #: seconds a link that has sent something must have been silent before it can be evicted
+    idle_grace: float = 1.0
+    #: paired guests served at once; beyond, new links are refused
+    max_sessions: int = 32
+    #: seconds to tell a refused link "busy" and close it
+    refusal_time: float = 1.0
+    #: refusals being delivered at once; beyond, a refused link is dropped unanswered
+    max_refusing: int = 64
+
+
+class Admitted:
+    """A link admitted by :class:`Admission`: the link itself, plus progress tracking.
+
+    Everything but ``recv`` passes through to the link.  ``recv`` notes each message (progress)
+    and, until the first one, waits at most the first-flight deadline.
+    """
+
+    def __init__(self, link: Any, admission: Admission, key: str) -> None:
+        self._link = link
+        self._admission = admission
+        self.key = key
+        self.since = admission.clock()
+        #: when the last message arrived (the link's opening until the first)
+        self.last = self.since
+        #: messages received
+        self.received = 0
+        self.pending = True
+        self.task: asyncio.Task[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._link, name)
+
+    def __repr__(self) -> str:
+        return repr(self._link)
+
+    @property
+    def link(self) -> Any:
+        """The admitted link itself."""
+        return self._link
+
+    async def send(self, data: bytes) -> None:
+        await self._link.send(data)
+
+    async def recv(self) -> bytes:
+        if self.received == 0 and self.pending:
+            left = self.since + self._admission.limits.first_flight - self._admission.clock()
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    message: bytes = await self._link.recv()
+            except TimeoutError:
+                raise PairingTimeout(
+                    f"{self._link.peer} sent nothing within "
+                    f"{self._admission.limits.first_flight:g} s of connecting"
+                ) from None
+        else:
+            message = await self._link.recv()
+        self.received += 1
+        self.last = self._admission.clock()
+        return message
+
+    async def close(self) -> None:
+        await self._link.close()
+
+    @property
+    def spoken(self) -> bool:
+        """Whether the peer has sent anything yet (read, or waiting to be read)."""
+        return self.received > 0 or bool(getattr(self._link, "buffered", 0))
+
+    def authenticated(self) -> None:
+        """The session on this link is confirmed: it counts as a session from now on."""
+        self._admission._promote(self)
+
+
+class Admission:
+    """Decides, for each new link, whether it is served, and whom it displaces (module doc)."""
+
+    def __init__(
+        self, limits: AdmissionLimits | None = None, *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = limits or AdmissionLimits()
+        self.clock = clock
+        self._pending: list[Admitted] = []
+        self._sessions: set[Admitted] = set()
+        self._refusing: set[asyncio.Task[None]] = set()
+        #: links refused or evicted so far (for tests and reports)
+        self.refused = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    def admit(self, link: Any) -> Admitted | None:
+        """The link to serve, or None when it was refused (it is being told "busy")."""
+        key = str(getattr(link, "admission_key", None) or link.peer)
+        lim = self.limits
+        if len(self._sessions) >= lim.max_sessions:
+            self.refuse(link)
+            return None
+        if sum(1 for a in self._pending if a.key == key) >= lim.per_address:
+            self.refuse(link)
+            return None
+        if len(self._pending) >= lim.max_pending:
+            victim = self._victim()
+            if victim is None:
+                self.refuse(link)
+                return None
+            self._evict(victim)
+        admitted = Admitted(link, self, key)
+        self._pending.append(admitted)
+        return admitted
+
+    def started(self, admitted: Admitted, task: asyncio.Task[Any]) -> None:
+        """``task`` serves ``admitted`` (cancelled if the link is evicted)."""
+        admitted.task = task
+
+    def done(self, admitted: Admitted) -> None:
+        """The link's handler ended."""
+        admitted.pending = False
+        with contextlib.suppress(ValueError):
+            self._pending.remove(admitted)
+        self._sessions.discard(admitted)
+
+    def _promote(self, admitted: Admitted) -> None:
+        if admitted.pending:
+            admitted.pending = False
+            with contextlib.suppress(ValueError):
+                self._pending.remove(admitted)
+            self._sessions.add(admitted)
+
+    def _victim(self) -> Admitted | None:
+        silent = [a for a in self._pending if not a.spoken]
+        if silent:
+            # The address holding the most pending links gives way first, so a flood from
+            # many addresses evicts its own links before it reaches a guest's one link.
+            held: dict[str, int] = {}
+            for a in self._pending:
+                held[a.key] = held.get(a.key, 0) + 1
+            return min(silent, key=lambda a: (-held[a.key], a.since))
+        stalest = min(self._pending, key=lambda a: a.last, default=None)
+        if stalest is not None and self.clock() - stalest.last >= self.limits.idle_grace:
+            return stalest
+        return None
+
+    def _evict(self, victim: Admitted) -> None:
+        self._pending.remove(victim)
+        victim.pending = False
+        if victim.task is not None:
+            victim.task.cancel()
+        self.refuse(victim.link)
+
+    def refuse(self, link: Any) -> None:
+        """Tell ``link`` "busy" and close it, in the background and within the refusal time."""
+        self.refused += 1
+        if len(self._refusing) >= self.limits.max_refusing:
+            task = asyncio.ensure_future(_drop(link))
+        else:
+            task = asyncio.ensure_future(_tell_busy(link, self.limits.refusal_time))
+        self._refusing.add(task)
+        task.add_done_callback(self._refusing.discard)
+
+    async def close(self) -> None:
+        """Finish the refusals under way (each is bounded by the refusal time)."""
+        if self._refusing:
+            await asyncio.gather(*self._refusing, return_exceptions=True)
+
+
+async def _tell_busy(link: Any, within: float) -> None:
+    """``Abort{busy}`` as the link's only message, then a close; all within ``within`` s."""
+    try:
+        async with asyncio.timeout(within):
+            with contextlib.suppress(PairingError, OSError):
+                await MessagePipe(link).send(
+                    wire.Abort(code=ErrorCode.BUSY, reason=BUSY_TEXT).encode()
+                )
+            await _drop(link)
+    except TimeoutError:
+        pass
+    finally:
+        # A close cut short by the deadline still releases the link (TcpLink aborts it).
+        with contextlib.suppress(BaseException):
+            if not link.closed:
+                await asyncio.wait_for(_drop(link), 0.1)
+
+
+async def _drop(link: Any) -> None:
+    with contextlib.suppress(PairingError, OSError):
+        await link.close()
+
+
+class RateLimitedLog:
+    """At most one line per ``interval`` seconds (the rest counted and summed up in the next
+    line): for conditions that can repeat thousands of times a second, such as running out of
+    file descriptors under a flood of connections."""
+
+    def __init__(
+        self, write: Callable[[str], None], *, interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write = write
+        self._interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self._skipped = 0
+
+    def __call__(self, line: str) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._skipped += 1
+            return
+        self._next = now + self._interval
+        if self._skipped:
+            line = f"{line} ({self._skipped} similar messages not shown)"
+            self._skipped = 0
+        self._write(line)
