@@ -96,11 +96,6 @@ async def test_a_gateway_that_dies_mid_flow_ends_the_pne_and_a_restarted_one_set
 ) -> None:
     cut = asyncio.Event()
 
-    def die(src, dst, data):
-        if cut.is_set():
-            return None  # the gateway process is gone: nothing more leaves or arrives
-        return data
-
     async with running_server(tmp_path / "srv") as h:
         gw, (pne,), eukeys = await _enrolled(h, 1)
         gw_cfg = GatewayConfig(gw.device_id, "gateway", eukeys[gw.device_id],
@@ -112,7 +107,14 @@ async def test_a_gateway_that_dies_mid_flow_ends_the_pne_and_a_restarted_one_set
                 cut.set()  # dies right after relaying the server's request
             return None
 
-        pair = loopback_pair(names=("gw", "pne"), tap=rewrite_tap(relayed))
+        relay = rewrite_tap(relayed)
+
+        def die(src, dst, data):
+            if cut.is_set():
+                return []  # the gateway process is gone: nothing more leaves or arrives
+            return relay(src, dst, data)  # sets cut as it lets the request through
+
+        pair = loopback_pair(names=("gw", "pne"), tap=die)
         gw_task = asyncio.create_task(run_gateway(
             {0: PneLink(pair.a, pne.device_id)}, me=gw, config=gw_cfg, server=h.address,
             ca_file=h.ca))
