@@ -37,6 +37,7 @@ HELP = (
     '  join      Pair with TARGET: tcp:HOST:PORT, a BLE address from...\n'
     '  ls        List the files PEER shares (name, size, type).\n'
     '  peers     List the devices this one has paired with.\n'
+    '  pn        Personal networks set up by a gateway and a key server.\n'
     '  radio     Linked virtual BLE controllers, one per TCP port, until...\n'
     '  ttp       Run a key server (a trusted third party) and enrol devices...\n'
     "  whoami    Show this device's name, id and key fingerprint.\n"

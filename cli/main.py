@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "group": ("pairkit.cli.group_cli", "group",
               "Group keys delivered end to end (through relays), and encrypted group broadcasts."),
+    "pn": ("pairkit.cli.pn_cli", "pn", "Personal networks set up by a gateway and a key server."),
     "ttp": ("pairkit.cli.ttp_cli", "ttp",
             "Run a key server (a trusted third party) and enrol devices with it."),
 }

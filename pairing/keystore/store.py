@@ -41,6 +41,7 @@ from .envelope import open_envelope, seal_envelope
 from .records import (
     CloudInfo,
     Peer,
+    PnRecord,
     _check_name,
     _check_public_key,
     _check_time,
@@ -757,3 +758,33 @@ class Keystore:
     def delete_setting(self, key: str) -> None:
         """Remove a setting; a missing one is not an error."""
         self._settings.pop(key, None)
+
+    # -- personal networks ------------------------------------------------------------------------
+
+    #: the settings key prefix of the stored PNs (no new section: older keystores open as they
+    #: were, and a keystore with PNs opens in a pairkit that knows none, as settings)
+    PN_PREFIX = "cpns.pn."
+
+    def set_pn(self, record: PnRecord) -> None:
+        """Keep ``record`` (a PN this device is the gateway of, or a member of), replacing the
+        one with the same PN id and role."""
+        if not isinstance(record, PnRecord):
+            raise ConfigError("set_pn takes a PnRecord")
+        self._settings[f"{self.PN_PREFIX}{record.role}.{record.pn_id}"] = _freeze(
+            record._to_cbor(), "a PN record"
+        )
+
+    def pns(self, role: str | None = None) -> tuple[PnRecord, ...]:
+        """The stored PNs (of one ``role``: "gateway" or "member"), oldest update first."""
+        out = []
+        for key, value in self._settings.items():
+            if not key.startswith(self.PN_PREFIX):
+                continue
+            record = PnRecord._from_cbor(_thaw(value))
+            if role is None or record.role == role:
+                out.append(record)
+        return tuple(sorted(out, key=lambda r: (r.updated, r.pn_id)))
+
+    def forget_pn(self, pn_id: str, role: str) -> None:
+        """Drop a stored PN; a missing one is not an error."""
+        self._settings.pop(f"{self.PN_PREFIX}{role}.{pn_id}", None)
