@@ -1,0 +1,201 @@
+"""A lost Bluetooth controller, noticed and reopened (issue 17, finding 6).
+
+The radio here is a real ``pairkit radio`` served over TCP (in this process, so that it can be
+stopped and started again on the same ports); the bumble transports open it as every pairkit
+process does, ``tcp-client:127.0.0.1:PORT``.  Stopping the radio is the controller being
+unplugged; starting it again on the same ports is the dongle coming back (with the ports
+swapped, another controller comes back in its place).  Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pairkit.pairing.errors import ErrorCode, LinkClosedError, TransportError
+from pairkit.transports.base import ControllerLostError
+from pairkit.transports.ble.privacy import resolves
+from pairkit.transports.bumble import BumbleTransport, open_bumble
+from pairkit.transports.radio import RadioServer, start_radio
+
+HELLO = b"radio-host"
+DEADLINE = 10.0
+
+
+@contextlib.asynccontextmanager
+async def _transports(ports: list[int]) -> AsyncIterator[tuple[BumbleTransport, BumbleTransport]]:
+    host = await open_bumble(f"tcp-client:127.0.0.1:{ports[0]}", open_timeout=5.0)
+    guest = await open_bumble(f"tcp-client:127.0.0.1:{ports[1]}", open_timeout=5.0)
+    try:
+        yield host, guest
+    finally:
+        await asyncio.gather(host.close(), guest.close())
+
+
+async def _sees(guest: BumbleTransport, address: str, seconds: float = DEADLINE) -> bool:
+    async for sighting in guest.scan(seconds):
+        if sighting.address == address and sighting.payload == HELLO:
+            return True
+    return False
+
+
+async def _echo_once(host: BumbleTransport, guest: BumbleTransport) -> None:
+    connecting = asyncio.ensure_future(guest.connect(host.address, timeout=DEADLINE))
+    served = await host.accept(timeout=DEADLINE)
+    link = await connecting
+    await link.send(b"ping")
+    assert await asyncio.wait_for(served.recv(), DEADLINE) == b"ping"
+    await link.close()
+    await served.close()
+
+
+async def test_a_lost_controller_ends_every_wait_and_comes_back_with_its_address() -> None:
+    radio = await start_radio([0, 0])
+    ports = radio.ports
+    second: RadioServer | None = None
+    async with _transports(ports) as (host, guest):
+        try:
+            await host.start_advertising(HELLO)
+            address = host.address
+            assert await _sees(guest, address)
+            connecting = asyncio.ensure_future(guest.connect(address, timeout=DEADLINE))
+            served = await host.accept(timeout=DEADLINE)
+            link = await connecting
+            waiting = asyncio.ensure_future(host.accept())  # no deadline of its own
+            assert host.lost is None and guest.lost is None
+
+            await radio.close()  # both dongles unplugged
+
+            # The host notices: the accept that would have waited forever ends, saying why.
+            with pytest.raises(ControllerLostError) as lost:
+                await asyncio.wait_for(waiting, DEADLINE)
+            assert "the Bluetooth controller 'tcp-client:127.0.0.1:" in str(lost.value)
+            assert "was lost" in str(lost.value) and lost.value.code is ErrorCode.NOT_FOUND
+            assert host.lost is not None
+            # Links on it end at once (a guest mid-pairing), on both sides.
+            for end in (served, link):
+                with pytest.raises(LinkClosedError):
+                    await asyncio.wait_for(end.recv(), DEADLINE)
+            # What a guest does next ends at once too, not at its timeout.
+            await asyncio.wait_for(_wait_lost(guest), DEADLINE)
+            with pytest.raises(ControllerLostError):
+                await asyncio.wait_for(guest.connect(address, timeout=60), DEADLINE)
+            with pytest.raises(ControllerLostError):
+                await asyncio.wait_for(_sees(guest, address), DEADLINE)
+            with pytest.raises(ControllerLostError):
+                await host.start_advertising(HELLO)
+
+            # Still unplugged: reopening says so, as opening does (not found: exit code 6).
+            with pytest.raises(TransportError) as missing:
+                await host.reopen()
+            assert missing.value.code is ErrorCode.NOT_FOUND
+            assert "nothing listens at 127.0.0.1:" in str(missing.value)
+            assert host.lost is not None
+
+            # Plugged in again: the same ports, but each comes back as the other controller.
+            second = await start_radio([ports[1], ports[0]])
+            await asyncio.wait_for(host.reopen(), DEADLINE)
+            await asyncio.wait_for(guest.reopen(), DEADLINE)
+            assert host.lost is None and guest.lost is None
+            assert host.address == address  # the same random static address as before
+            await host.start_advertising(HELLO)
+            assert await _sees(guest, address)
+            await _echo_once(host, guest)
+        finally:
+            await radio.close()
+            if second is not None:
+                await second.close()
+
+
+async def test_one_unplugged_dongle_ends_its_links_and_is_plugged_back_in() -> None:
+    """Only the host's dongle goes: the guest mid-pairing sees its link end (the radio times the
+    connection out), the host's side of it ends saying its own controller was lost, and once
+    the dongle is back the same guest finds and reaches the host again."""
+    radio = await start_radio([0, 0])
+    ports = radio.ports
+    try:
+        async with _transports(ports) as (host, guest):
+            await host.start_advertising(HELLO)
+            address = host.address
+            connecting = asyncio.ensure_future(guest.connect(address, timeout=DEADLINE))
+            served = await host.accept(timeout=DEADLINE)
+            link = await connecting
+
+            await radio.unplug(0)
+
+            with pytest.raises(LinkClosedError) as mine:
+                await asyncio.wait_for(served.recv(), DEADLINE)
+            assert str(mine.value) == "this side's Bluetooth controller was lost"
+            with pytest.raises(LinkClosedError):
+                await asyncio.wait_for(link.recv(), DEADLINE)
+            with pytest.raises(ControllerLostError):
+                await asyncio.wait_for(host.accept(), DEADLINE)
+            assert guest.lost is None  # the guest's own dongle never went
+            assert not await _sees(guest, address, 1.0)  # no longer on air
+
+            await radio.plug(0, ports[0])
+            await asyncio.wait_for(host.reopen(), DEADLINE)
+            await host.start_advertising(HELLO)
+            assert await _sees(guest, address)
+            await _echo_once(host, guest)
+    finally:
+        await radio.close()
+
+
+async def _wait_lost(transport: BumbleTransport) -> None:
+    while transport.lost is None:
+        await asyncio.sleep(0.01)
+
+
+async def test_a_private_host_comes_back_with_a_fresh_address_from_the_same_key() -> None:
+    """Privacy holds across the loss: a new resolvable private address from the same identity
+    resolving key, so members still recognise the host and strangers cannot link the two."""
+    irk = bytes(range(16))
+    radio = await start_radio([0, 0])
+    ports = radio.ports
+    second: RadioServer | None = None
+    async with _transports(ports) as (host, guest):
+        try:
+            assert await host.use_identity_key(irk) == "resolvable"
+            before = host.address
+            assert resolves(before, irk)
+            await radio.close()
+            await asyncio.wait_for(_wait_lost(host), DEADLINE)
+            second = await start_radio(ports)
+            await asyncio.wait_for(host.reopen(), DEADLINE)
+            await asyncio.wait_for(guest.reopen(), DEADLINE)
+            after = host.address
+            assert after != before and resolves(after, irk)
+            assert host.address_privacy == "resolvable"
+            await host.start_advertising(HELLO)
+            assert await _sees(guest, after)
+            await _echo_once(host, guest)
+        finally:
+            await radio.close()
+            if second is not None:
+                await second.close()
+
+
+async def test_a_controller_that_serves_is_not_reopened() -> None:
+    async with RadioServerScope() as ports, _transports(ports) as (host, _guest):
+        address = host.address
+        assert await host.reopen() is host
+        assert host.address == address and host.lost is None
+
+
+class RadioServerScope:
+    """A radio for one test: its ports, stopped on the way out."""
+
+    def __init__(self) -> None:
+        self.server: RadioServer | None = None
+
+    async def __aenter__(self) -> list[int]:
+        self.server = await start_radio([0, 0])
+        return self.server.ports
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server is not None:
+            await self.server.close()
