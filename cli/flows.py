@@ -290,7 +290,7 @@ async def run_host(
                 # ended; say so, wait for it with growing pauses, and carry on where it was.
                 await presence.pause()
                 await regain_radio(transport, exc, retries=opts.radio_retries,
-                                   say=lambda text: info(f"warning: {text}"))
+                                   say=lambda text: info(f"warning: {text}", essential=True))
                 await presence.resume()
                 address = getattr(transport, "address", address)
                 info(f"the Bluetooth controller is back: {me.name} ({fp}) is waiting on "

@@ -247,6 +247,7 @@ async def regain_radio(
     attempt = 1
     pause = radio_retry_pause(attempt)
     say(f"{what}; retrying in {pause:g} s")
+    said = ""
     while True:
         await sleep(pause)
         try:
@@ -259,7 +260,12 @@ async def regain_radio(
                 ) from None
             attempt += 1
             pause = radio_retry_pause(attempt)
-            say(f"the Bluetooth controller is not back yet ({exc}); retrying in {pause:g} s")
+            # A line when the reason changes, else after attempts 2, 4, 8 ...: a host left
+            # without its dongle for a day does not fill the journal.
+            if str(exc) != said or attempt & (attempt - 1) == 0:
+                said = str(exc)
+                say(f"the Bluetooth controller is not back yet ({exc}); attempt {attempt} "
+                    f"in {pause:g} s")
 
 
 @dataclasses.dataclass

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
+from bumble.transport.common import ParserSource
 
 from pairkit.pairing.errors import ErrorCode, LinkClosedError, TransportError
 from pairkit.transports.base import ControllerLostError
 from pairkit.transports.ble.privacy import resolves
-from pairkit.transports.bumble import BumbleTransport, open_bumble
+from pairkit.transports.bumble import BumbleTransport, open_bumble, watch_socket_source
 from pairkit.transports.radio import RadioServer, start_radio
 
 HELLO = b"radio-host"
@@ -199,3 +202,54 @@ class RadioServerScope:
     async def __aexit__(self, *exc: object) -> None:
         if self.server is not None:
             await self.server.close()
+
+
+#: an HCI event as the HCI socket hands it over (H4: type 4, Command Complete for HCI_Reset)
+RESET_COMPLETE = bytes([0x04, 0x0E, 0x04, 0x01, 0x03, 0x0C, 0x00])
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        near = socket.create_connection(server.getsockname())
+        far, _ = server.accept()
+    return near, far
+
+
+@pytest.mark.parametrize("ending", ["end of file", "reset"])
+async def test_a_socket_source_whose_socket_ends_reports_a_lost_transport(ending: str) -> None:
+    """The HCI-socket case (a Raspberry Pi's hci0 taken away): bumble's reader lets the read
+    error escape and never says the transport is lost; with :func:`watch_socket_source` the
+    packets before still arrive and the socket's end completes ``terminated``."""
+    near, far = _tcp_pair()
+    near.setblocking(False)
+    loop = asyncio.get_running_loop()
+    packets: list[bytes] = []
+
+    class Sink:
+        def on_packet(self, packet: bytes) -> None:
+            packets.append(bytes(packet))
+
+    source = ParserSource()
+    source.socket = near  # type: ignore[attr-defined]
+    source.set_packet_sink(Sink())
+    loop.add_reader(near.fileno(), lambda: None)  # where bumble's own reader sits
+    try:
+        assert watch_socket_source(source)
+        far.sendall(RESET_COMPLETE)
+        async with asyncio.timeout(DEADLINE):
+            while not packets:
+                await asyncio.sleep(0.01)
+        assert packets == [RESET_COMPLETE]
+        assert not source.terminated.done()
+        if ending == "reset":
+            far.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        far.close()
+        await asyncio.wait_for(asyncio.shield(source.terminated), DEADLINE)
+    finally:
+        loop.remove_reader(near.fileno())
+        near.close()
+        far.close()
+
+
+def test_sources_without_a_socket_are_left_as_they_are() -> None:
+    assert not watch_socket_source(object())

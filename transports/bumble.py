@@ -409,8 +409,10 @@ class BumbleTransport:
         board gone, a ``pairkit radio`` port closed): bumble completes its source's
         ``terminated`` future then, and says nothing else."""
         hci_transport = self._hci
-        terminated = getattr(getattr(hci_transport, "source", None), "terminated", None)
+        source = getattr(hci_transport, "source", None)
+        terminated = getattr(source, "terminated", None)
         if isinstance(terminated, asyncio.Future):
+            watch_socket_source(source)
             terminated.add_done_callback(lambda _: self._on_controller_lost(hci_transport))
 
     def _on_controller_lost(self, hci_transport: Transport | None) -> None:
@@ -1229,6 +1231,52 @@ class BumbleTransport:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._device else "new")
         return f"<BumbleTransport {self._spec} {state}>"
+
+
+def watch_socket_source(source: Any) -> bool:
+    """Make a socket-read HCI source (bumble's ``hci-socket``) report the socket's end as a
+    lost transport; True if ``source`` is one.
+
+    bumble's HCI-socket reader lets the error of an adapter that went away (Linux answers a
+    read with EPIPE or ENODEV once the device is unregistered, net/bluetooth/hci_sock.c) escape
+    into the event loop, and would spin on an end of file; it never completes ``terminated``.
+    This reader, put in its place, completes it instead (``on_transport_lost``), so the loss
+    is noticed as for every other transport.
+    """
+    sock = getattr(source, "socket", None)
+    parser = getattr(source, "parser", None)
+    if sock is None or parser is None or not hasattr(source, "on_transport_lost"):
+        return False
+    try:
+        fd = sock.fileno()
+    except (OSError, ValueError):
+        return False
+    if fd < 0:
+        return False
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        with contextlib.suppress(Exception):
+            loop.remove_reader(fd)
+        source.on_transport_lost()
+
+    def read() -> None:
+        while True:
+            try:
+                packet = sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                gone()
+                return
+            if not packet:
+                gone()
+                return
+            parser.feed_data(packet)
+
+    loop.remove_reader(fd)
+    loop.add_reader(fd, read)
+    return True
 
 
 async def _quietly(awaitable: Any, timeout: float) -> None:
