@@ -19,6 +19,7 @@ import pytest
 from bumble.transport.common import ParserSource
 
 from pairkit.pairing.errors import ErrorCode, LinkClosedError, TransportError
+from pairkit.presence import regain_radio
 from pairkit.transports.base import ControllerLostError
 from pairkit.transports.ble.privacy import resolves
 from pairkit.transports.bumble import BumbleTransport, open_bumble, watch_socket_source
@@ -253,3 +254,57 @@ async def test_a_socket_source_whose_socket_ends_reports_a_lost_transport(ending
 
 def test_sources_without_a_socket_are_left_as_they_are() -> None:
     assert not watch_socket_source(object())
+
+
+class _Unplugged:
+    """A transport whose controller stays away for ``absent`` reopening attempts (the real
+    ones are above; this one lets the schedule be read without waiting it out)."""
+
+    def __init__(self, absent: int) -> None:
+        self.absent = absent
+        self.attempts = 0
+        self.lost: str | None = "the Bluetooth controller 'usb:0' was lost"
+
+    async def reopen(self) -> None:
+        self.attempts += 1
+        if self.attempts <= self.absent:
+            raise TransportError("no Bluetooth controller found at usb:0", code=ErrorCode.NOT_FOUND)
+        self.lost = None
+
+
+async def _regain(transport: _Unplugged, retries: int | None) -> tuple[list[float], list[str]]:
+    pauses: list[float] = []
+    lines: list[str] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    await regain_radio(transport, ControllerLostError("lost"), retries=retries,
+                       say=lines.append, sleep=sleep)
+    return pauses, lines
+
+
+async def test_the_pauses_double_up_to_30_s_and_the_journal_is_spared() -> None:
+    transport = _Unplugged(absent=9)
+    pauses, lines = await _regain(transport, None)
+    assert transport.attempts == 10 and transport.lost is None
+    assert pauses == [1, 2, 4, 8, 16, 30, 30, 30, 30, 30]
+    assert lines[0] == "the Bluetooth controller 'usb:0' was lost; retrying in 1 s"
+    # then attempts 2, 4 and 8 are announced (the reason stayed the same)
+    assert [line.split("attempt ")[1] for line in lines[1:]] == ["2 in 2 s", "4 in 8 s",
+                                                               "8 in 30 s"]
+    assert all("no Bluetooth controller found at usb:0" in line for line in lines[1:])
+
+
+@pytest.mark.parametrize(("retries", "attempts", "says"), [
+    (0, 0, "was lost; not retrying (--radio-retries 0)"),
+    (3, 3, "was lost, and did not come back after 3 attempt(s): no Bluetooth controller"),
+])
+async def test_a_host_told_how_often_to_retry_gives_up_with_the_reason(
+    retries: int, attempts: int, says: str
+) -> None:
+    transport = _Unplugged(absent=100)
+    with pytest.raises(ControllerLostError) as gave_up:
+        await _regain(transport, retries)
+    assert transport.attempts == attempts
+    assert says in str(gave_up.value) and gave_up.value.code is ErrorCode.NOT_FOUND
