@@ -28,6 +28,7 @@ from .cli_helpers import (
     init_devices,
     use_bytecode_cache,
 )
+from .pty_harness import PtyProcess
 
 PIN = "482913"
 NAMES = {"paul": "Paul's phone", "george": "George's phone"}
@@ -185,3 +186,44 @@ async def test_discover_on_a_radio_that_goes_away_says_so(
     assert done.rc == 6, done
     assert ("was lost" in done.err) or ("nothing listens" in done.err), done
     assert "no pairkit host heard" not in done.err
+
+
+async def test_a_radio_killed_while_the_owner_is_asked_ends_both_sides_cleanly(
+    radio: RadioProcess, devices: dict[str, Device]
+) -> None:
+    """A real guest mid-pairing: George's join waits while Paul's terminal asks whether to let
+    him in, and the radio is killed then.  George's command ends at once with the reason (exit
+    6); Paul's host drops the question, says what happened, and once the radio is back asks
+    about the next guest on the same terminal, who pairs."""
+    paul, george = devices["paul"], devices["george"]
+    paul_radio, george_radio = radio.names
+    host = PtyProcess(paul.home, "host", "-t", paul_radio, "--visible", "300", "--pin", PIN,
+                      "-m", "pin", "--timeout", "120")
+    try:
+        address = (await asyncio.to_thread(host.expect, r"is waiting on (\S+)")).group(1)
+        joining = asyncio.ensure_future(
+            george.join(address, "-t", george_radio, "-m", "pin", "--pin", PIN, timeout=60.0)
+        )
+        await asyncio.to_thread(host.expect, r"Allow George's phone as \[g\]uest")
+        await radio.kill()
+
+        ended = await joining
+        assert ended.rc == 6, ended
+        assert re.search(r"the Bluetooth controller 'tcp-client:127\.0\.0\.1:\d+' was lost",
+                         ended.err), ended
+        await asyncio.to_thread(host.expect, LOST)
+
+        await radio.start()
+        back = await asyncio.to_thread(host.expect, BACK, timeout=BACK_TIMEOUT)
+        joining = asyncio.ensure_future(
+            george.join(back.group(1), "-t", george_radio, "-m", "pin", "--pin", PIN,
+                        "--json", timeout=60.0)
+        )
+        await asyncio.to_thread(host.expect, r"Allow George's phone as \[g\]uest")
+        host.line("g")
+        assert (await joining).ok().json()["peer"]["name"] == "Paul's phone"
+        host.ctrl_c()
+        assert await asyncio.to_thread(host.wait) == 130
+    finally:
+        host.close()
+    assert "Traceback" not in host.output
