@@ -461,8 +461,8 @@ class BumbleTransport:
         if self._lost is None and self._device is not None:
             return self
         device, irk = self._device, self._irk
-        if device is not None:
-            self._static_address = self._static_address or str(device.static_address)
+        if device is not None:  # (None: an earlier reopen failed; the address is kept)
+            self._static_address = str(device.static_address)
         trace, self._trace = self._trace, None
         await self._release()
         self._trace = trace
