@@ -43,7 +43,7 @@ from pairkit.pairing.service import (
     GrantPolicy,
     Membership,
 )
-from pairkit.presence import Presence, discover
+from pairkit.presence import Presence, discover, regain_radio
 from pairkit.securelink import SecureLink
 from pairkit.session import (
     GuestSide,
@@ -103,6 +103,8 @@ class HostOptions:
     ttp_peer: bytes | None = None
     #: bumble transport options from the policy's advertising keys (cli.config)
     advertising: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: attempts to reopen a lost Bluetooth controller before exiting (None: until it is back)
+    radio_retries: int | None = None
 
 
 def result_json(session: Session, membership: Membership | None = None) -> dict[str, Any]:
@@ -276,12 +278,28 @@ async def run_host(
             info(f"error: guest {link.peer}: {exc}")
         return None
 
+    from pairkit.transports.base import ControllerLostError
+
     try:
         limits = dataclasses.replace(opts.admission, max_sessions=opts.concurrent)
-        await accept_loop(
-            listener, serve_one, stop=stop, once=opts.once, admission=Admission(limits),
-            on_error=lambda exc: info(f"error: {exc}"),
-        )
+        while True:
+            try:
+                # A fresh admission each time round: accept_loop closes its own on the way out.
+                await accept_loop(
+                    listener, serve_one, stop=stop, once=opts.once, admission=Admission(limits),
+                    on_error=lambda exc: info(f"error: {exc}"),
+                )
+                break
+            except ControllerLostError as exc:
+                # The radio went away (unplugged, reset; issue 17): the guests on it have
+                # ended; say so, wait for it with growing pauses, and carry on where it was.
+                await presence.pause()
+                await regain_radio(transport, exc, retries=opts.radio_retries,
+                                   say=lambda text: info(f"warning: {text}", essential=True))
+                await presence.resume()
+                address = getattr(transport, "address", address)
+                info(f"the Bluetooth controller is back: {me.name} ({fp}) is waiting on "
+                     f"{address}", quiet=quiet, essential=True)
     finally:
         await presence.stop()
         if listener is not transport:
@@ -484,6 +502,16 @@ async def run_join(
             f"{peer.name} did not answer at {address} and was not found nearby; is it hosting "
             "and in range?"
         ) from first_error
+    except PairingError as exc:
+        lost = getattr(transport, "lost", None)
+        if lost is None or not isinstance(lost, str):
+            raise
+        # This side's radio went away mid-way: that, not what it broke, is the news.
+        from pairkit.transports.base import ControllerLostError
+
+        if isinstance(exc, ControllerLostError):
+            raise
+        raise ControllerLostError(f"{lost} while joining: {exc}") from exc
     finally:
         if isinstance(guest_delegate, CliDelegate):
             guest_delegate.close()

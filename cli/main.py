@@ -287,11 +287,15 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
                    "you answering a prompt (unanswered: 'no'); a guest that times out is "
                    "dropped, the host goes on [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
+@click.option("--radio-retries", type=click.IntRange(0, 1_000_000), default=None, metavar="N",
+              help="On BLE: times to reopen a lost Bluetooth controller (unplugged, reset) "
+                   "before exiting with code 6; 0: exit at once [default: until it is back, "
+                   "every 1, 2, 4 ... 30 s].")
 @_ttp_options
 def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
          qr_png: Path | None, qr_ttl: float, share: Path | None, private: bool,
          visible: float | None, guest_hours: float | None, allow_insecure: bool, once: bool,
-         yes: bool, timeout: float | None, as_json: bool,
+         yes: bool, timeout: float | None, as_json: bool, radio_retries: int | None,
          ttp_server: str | None, ttp_ca: str | None, ttp_peer: str | None) -> None:
     """Wait for guests, pair with them, and serve the shared folder.
 
@@ -332,7 +336,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
         qr_ttl=qr_ttl, step_timeout=pick(timeout, policy, "timeout", 30.0), share=share,
         guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
         visible=None if private else pick(visible, policy, "visible", None),
-        advertising=advertising_options(policy),
+        advertising=advertising_options(policy), radio_retries=radio_retries,
         **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
