@@ -218,6 +218,7 @@ async def run_host(
     async def serve_one(link: Any) -> bool | None:
         nonlocal paired
         tried: list[HostPairing] = []  # the pairing machine, once made (see renew)
+        who = f"guest {link.peer}"  # by its name once it paired (its errors say who failed)
 
         def renew() -> None:
             # As soon as this guest's pairing is over (not its session: a guest served for
@@ -238,6 +239,7 @@ async def run_host(
             slink, session, membership = done.channel, done.session, done.membership
             assert membership is not None
             paired += 1
+            who = f"guest {session.peer.name} ({link.peer})"
             if emit is not None:
                 try:
                     emit(result_json(session, membership))
@@ -270,7 +272,7 @@ async def run_host(
             if is_probe(exc):  # it only asked who this host is (discover, join NAME)
                 info(f"{link.peer} asked who this host is", quiet=quiet)
                 return False
-            info(f"error: guest {link.peer}: {exc}")
+            info(f"error: {who}: {exc}")
         return None
 
     try:

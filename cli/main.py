@@ -588,57 +588,109 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
 @cli.command()
 @trace_option
 @click.argument("peer")
-@click.argument("name")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to save the file (default: its name, in the current folder).")
-@click.option("--retries", default=3, show_default=True,
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "fetch_all", is_flag=True, help="Fetch every file PEER lists.")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Where to save: a folder (each file keeps its name), or, for one NAME, a "
+                   "file name [default: the current folder].")
+@click.option("--force", is_flag=True,
+              help="Replace local files of the same name (never done without it).")
+@click.option("--retries", type=click.IntRange(0, 100), default=3, show_default=True,
               help="Reconnect and resume this many times if the link drops mid-transfer.")
 @_peer_options
-def get(peer: str, name: str, output: Path | None, retries: int, transport: str | None,
-        method: str | None, pin: str | None, yes: bool, timeout: float, as_json: bool) -> None:
-    """Fetch the shared file NAME from PEER, with progress and a SHA-256 check.
+def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, force: bool,
+        retries: int, transport: str | None, method: str | None, pin: str | None,
+        yes: bool, timeout: float, as_json: bool) -> None:
+    """Fetch the shared files NAME... (or --all) from PEER, with progress and a SHA-256 check.
 
-    A transfer cut by a dropped link resumes from the last verified chunk: automatically up to
-    --retries times, and again whenever you rerun the same command (the partial file is kept
-    as OUTPUT.part).
+    All the files come in one session: an owner who allows "for this session" is asked once.
+    An existing local file is never replaced without --force (checked before anyone is
+    asked).  A transfer cut by a dropped link resumes from the last verified chunk:
+    automatically up to --retries times, and again when you run the command it prints on
+    stopping (the partial file is kept as NAME.part beside where the file goes).
     """
-    from pairkit.files import get_file
-    from pairkit.pairing.errors import LinkClosedError, PairingTimeout
+    from pairkit.files import get_file, list_files
+    from pairkit.pairing.errors import ConfigError, LinkClosedError, PairingTimeout
     from pairkit.pairing.negotiation import Method
 
-    from .common import emit_json, info, run_async, unlock
+    from .common import info, run_async, unlock
     from .flows import JoinOptions, run_join
     from .show import Progress
 
-    dest = output or Path(Path(name).name)
-    box: dict[str, Any] = {}
+    if fetch_all == bool(names):
+        raise ConfigError("name the files to fetch (get PEER NAME...), or give --all")
+    if len(names) != len(set(names)):
+        raise ConfigError("each NAME may be given once")
+    into = _output_folder(output, several=fetch_all or len(names) > 1)
+    dests: dict[str, Path] = {}
+    if into is None:  # -o names the one file
+        assert output is not None and len(names) == 1
+        dests[names[0]] = Path(output)
+    else:
+        dests.update(_destinations(names, into))
+    for dest in dests.values():
+        _writable(dest, force)
+    box: dict[str, Any] = {"fetched": []}
+    done: set[str] = set()
 
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
         box["peer"] = session.peer.device_id.hex()
-        box["fetched"] = await get_file(slink, name, dest, progress=Progress(name))
+        box["peer_name"] = session.peer.name
+        if fetch_all and "listed" not in box:
+            files = await list_files(slink, timeout=timeout)
+            assert into is not None
+            box["listed"] = [f.name for f in files]
+            dests.update(_destinations(box["listed"], into))
+            for name in box["listed"]:
+                _writable(dests[name], force)
+            if not files:
+                info("the peer shares no files")
+            skipped = getattr(files, "more", 0) + getattr(files, "long_names", 0)
+            if skipped:
+                info(f"note: the peer listed {len(files)} file(s); {skipped} more cannot be "
+                     "fetched with --all (ask for them by name)", quiet=as_json)
+        for wanted in box.get("listed", names):
+            if wanted in done:
+                continue
+            box["current"] = wanted
+            fetched = await get_file(slink, wanted, dests[wanted], progress=Progress(wanted),
+                                     timeout=timeout, chunk_timeout=timeout)
+            box["fetched"].append(fetched)
+            done.add(wanted)
+            _print_fetched(fetched, as_json)
 
     ks = unlock()
     chosen = Method.parse(method) if method else None
     target = peer
-    for attempt in range(retries + 1):
-        opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
-                           method=chosen, pin=pin, step_timeout=timeout)
-        try:
-            run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
-            break
-        except (LinkClosedError, PairingTimeout) as exc:
-            part = dest.with_name(dest.name + ".part")
-            if attempt == retries or not part.exists():
-                raise
-            info(f"link lost ({exc}); resuming from {part.stat().st_size} bytes")
-            if "peer" in box and target != box["peer"]:
-                # paired during the first try: reconnect to the now known peer by resume
-                transport = transport or (peer if ":" in peer else None)
-                target = box["peer"]
-            chosen = None
-    f = box["fetched"]
+    try:
+        for attempt in range(retries + 1):
+            opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
+                               method=chosen, pin=pin, step_timeout=timeout)
+            try:
+                run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
+                break
+            except (LinkClosedError, PairingTimeout) as exc:
+                current = box.get("current")
+                part = _part(dests[current]) if current in dests else None
+                if attempt == retries or current in done or part is None or not part.exists():
+                    raise
+                info(f"link lost ({exc}); resuming {current} from {part.stat().st_size} bytes")
+                if "peer" in box and target != box["peer"]:
+                    # paired during the first try: reconnect to the now known peer by resume
+                    transport = transport or (peer if ":" in peer else None)
+                    target = box["peer"]
+                chosen = None
+    except BaseException:
+        _say_how_to_resume(box, dests, done, peer, transport, output, force)
+        raise
+
+
+def _print_fetched(f: Any, as_json: bool) -> None:
+    """One file's result line, printed as soon as it is there (stdout)."""
+    from .common import emit_json, info
+
     if f.restarted_from is not None:
-        info(f"note: {name} is now shorter on the host than the {f.restarted_from} bytes kept "
+        info(f"note: {f.name} is now shorter on the host than the {f.restarted_from} bytes kept "
              "from an earlier try; fetched it again from the start", quiet=as_json)
     if as_json:
         emit_json({"ok": True, "name": f.name, "path": str(f.path), "size": f.size,
@@ -646,6 +698,90 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
                    "restarted_from": f.restarted_from})
     else:
         click.echo(f"{f.path}  {f.size} bytes  sha256 {f.sha256}")
+
+
+def _part(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def _output_folder(output: str | None, *, several: bool) -> Path | None:
+    """The folder the files go into, or None when ``output`` names the one file (``-o``
+    ending in a slash names a folder, which must exist)."""
+    from pairkit.pairing.errors import ConfigError, NotFoundError
+
+    if output is None:
+        return Path(".")
+    path = Path(output)
+    if path.is_dir():
+        return path
+    if several:
+        raise ConfigError(f"-o {output}: with several files, -o names an existing folder")
+    if output.endswith(("/", os.sep)):
+        raise NotFoundError(f"cannot save into {path}: there is no such folder")
+    parent = path.parent
+    if not parent.is_dir():
+        raise NotFoundError(f"cannot save to {path}: there is no folder {parent}")
+    return None
+
+
+def _destinations(names: Any, into: Path) -> dict[str, Path]:
+    """Where each shared name goes in the folder ``into``: its last part (``videos/a.mp4``
+    becomes ``a.mp4``).  A name that is no file name here (``..``, empty) or two names that
+    would land on one file are refused before anything is fetched."""
+    from pairkit.pairing.errors import ConfigError
+
+    out: dict[str, Path] = {}
+    taken: dict[str, str] = {}
+    for name in names:
+        base = name.replace("\\", "/").rsplit("/", 1)[-1]
+        if base in ("", ".", "..") or "\x00" in base:
+            raise ConfigError(f"{name!r} cannot be saved under that name; use -o FILE")
+        if base in taken:
+            raise ConfigError(f"{taken[base]!r} and {name!r} would both be saved as {base!r}; "
+                              "fetch them one at a time with -o FILE")
+        taken[base] = name
+        out[name] = into / base
+    return out
+
+
+def _writable(dest: Path, force: bool) -> None:
+    """ConfigError if ``dest`` exists and --force was not given (nothing is ever replaced
+    silently); a folder is never replaced."""
+    from pairkit.pairing.errors import ConfigError
+
+    if dest.is_dir():
+        raise ConfigError(f"{dest} is a folder; give -o another name")
+    if dest.exists() and not force:
+        raise ConfigError(f"{dest} exists; use --force to replace it, or -o another name")
+
+
+def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[str], peer: str,
+                       transport: str | None, output: str | None, force: bool) -> None:
+    """After a stopped transfer: what is kept, and the exact command that resumes it."""
+    import shlex
+
+    from .common import info
+    from .show import human_size
+
+    current = box.get("current")
+    if current is None or current in done or current not in dests:
+        return
+    part = _part(dests[current])
+    if not part.exists():
+        return
+    left = [n for n in box.get("listed", dests) if n not in done]
+    # a peer paired by this run is known now: by name, it resumes with no PIN
+    who = box.get("peer_name") if ":" in peer and "peer_name" in box else peer
+    args = ["pairkit", "get", who, *left]
+    if transport and who == peer:
+        args += ["-t", transport]
+    if output is not None:
+        args += ["-o", output]
+    if force:
+        args.append("--force")
+    info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
+         "resume with:", essential=True)
+    info(f"  {shlex.join(args)}", essential=True)
 
 
 @cli.command()
