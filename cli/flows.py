@@ -353,7 +353,7 @@ def _ttp_server(server: str | None, ca: str | None) -> tuple[str, str]:
     if not server or not ca:
         raise ConfigError(
             "method 'ttp' needs the key server: --ttp HOST:PORT --ttp-ca FILE "
-            "(or enrol first with 'pairkit ttp enroll')"
+            "(or enrol first with 'pairkit ttp enrol')"
         )
     return server, ca
 

@@ -31,7 +31,7 @@ import click
 from pairkit.pairing.errors import ConfigError, TooLargeError
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
-from .params import Seconds
+from .params import Seconds, complete_peer, keystore_pin_option
 from .traceopt import trace_option
 
 
@@ -69,6 +69,7 @@ def _report(record: Any, outcomes: list[Any], as_json: bool, what: str) -> None:
 
 
 @group.command()
+@keystore_pin_option
 @click.argument("name")
 @_json_option
 def create(name: str, as_json: bool) -> None:
@@ -102,9 +103,10 @@ def _reach_options(f: Any) -> Any:
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
-@click.argument("peer")
+@click.argument("peer", shell_complete=complete_peer)
 @click.option("--via", "via", default=None, metavar="RELAY",
               help="Deliver through this relay (a known peer running 'pairkit group relay').")
 @_reach_options
@@ -128,9 +130,10 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
-@click.argument("peer")
+@click.argument("peer", shell_complete=complete_peer)
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
@@ -152,6 +155,7 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
@@ -171,6 +175,7 @@ def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> N
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
@@ -190,15 +195,18 @@ def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> No
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
 @click.argument("message")
-@click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
-              help="The radio to broadcast on: bumble:usb:0, bumble:tcp-client:HOST:PORT, ...")
+@click.option("--transport", "-t", default=None,
+              help="The radio to broadcast on: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
+                   "[default: the default transport, see 'pairkit whoami']")
 @click.option("--duration", type=Seconds(0.1, 3600), default=2.0, show_default=True,
               help="Seconds to keep advertising the command.")
 @_json_option
-def send(name: str, message: str, transport: str, duration: float, as_json: bool) -> None:
+def send(name: str, message: str, transport: str | None, duration: float,
+         as_json: bool) -> None:
     """Broadcast MESSAGE to group NAME, encrypted under the group key, in one advertisement.
 
     The advertisement carries the group epoch, a randomizer, this device's sequence number and
@@ -210,6 +218,11 @@ def send(name: str, message: str, transport: str, duration: float, as_json: bool
 
     if duration <= 0:
         raise ConfigError("--duration must be positive")
+    if transport is None:
+        from .common import home_path
+        from .config import default_transport, load_policy
+
+        transport = default_transport(load_policy(home_path()))[0]
     command = message.encode("utf-8")
     ks = unlock()
 
@@ -285,6 +298,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
@@ -365,6 +379,7 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept the controller's envelopes (repeat): tcp:HOST:PORT or a "
@@ -432,6 +447,7 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
 
 
 @group.command()
+@keystore_pin_option
 @_json_option
 def show(as_json: bool) -> None:
     """Show the groups this device controls, holds keys for, and relays envelopes of."""

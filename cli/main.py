@@ -25,7 +25,7 @@ from pairkit import __version__
 from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
 from .exitcodes import epilog as exit_codes_epilog
-from .params import Number, Seconds
+from .params import Number, Seconds, complete_peer, keystore_pin_option
 from .traceopt import trace_option
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ METHOD_NAMES = ["pin", "qr", "compare", "clear", "resume", "ttp"]
 def _ttp_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--ttp", "ttp_server", default=None, metavar="HOST:PORT",
-                      help="Method ttp: the key server (default: the one from 'ttp enroll')."),
+                      help="Method ttp: the key server (default: the one from 'ttp enrol')."),
         click.option("--ttp-ca", default=None, type=click.Path(dir_okay=False),
                      help="Method ttp: the server's CA certificate (default: from enrolment)."),
         click.option("--ttp-peer", default=None, metavar="DEVICE_ID",
@@ -183,35 +183,56 @@ def _default_name() -> str:
     return f"{os.environ.get('USER', 'someone')}'s {platform.node() or 'device'}"
 
 
-def _print_identity(ks: Any, as_json: bool, created: bool = False) -> None:
+def _print_identity(ks: Any, as_json: bool, created: bool = False,
+                    transport: tuple[str, str] | None = None) -> None:
     from .common import emit_json, info
     from .store import key_fingerprint
 
     fp = key_fingerprint(ks.static_public)
     if as_json:
+        extra = {} if transport is None else {"transport": transport[0],
+                                              "transport_from": transport[1]}
         emit_json({"ok": True, "id": ks.device_id, "name": ks.name, "fingerprint": fp,
-                   "keystore": str(ks.path)})
+                   "keystore": str(ks.path), **extra})
         return
     if created:
         info(f"created identity in {ks.path}")
     click.echo(f"name:        {ks.name}")
     click.echo(f"id:          {ks.device_id}")
     click.echo(f"fingerprint: {fp}")
+    if transport is not None:
+        click.echo(f"transport:   {transport[0]}   (default, from {transport[1]})")
 
 
 @cli.command()
+@keystore_pin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def whoami(as_json: bool) -> None:
-    """Show this device's name, id and key fingerprint."""
-    from .common import unlock
+    """Show this device's name, id, key fingerprint and default transport.
 
-    _print_identity(unlock(), as_json)
+    The default transport is what a command uses without -t: config.toml's section for the
+    command, then its [defaults] transport, then PAIRKIT_TRANSPORT, then bumble:usb:0.
+    Opening the keystore needs its PIN (--pin-file, PAIRKIT_PIN, or asked).
+    """
+    from .common import home_path, unlock
+    from .config import default_transport, load_policy
+
+    chosen = default_transport(load_policy(home_path()))
+    _print_identity(unlock(), as_json, transport=chosen)
 
 
 @cli.command()
+@keystore_pin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def peers(as_json: bool) -> None:
-    """List the devices this one has paired with."""
+    """List the devices this one has paired with, as a table.
+
+    \b
+    THEIR ROLE / UNTIL  what you let the peer be in your cloud (guest, member), and until when
+    YOUR ROLE / UNTIL   what the peer let this device be in its cloud
+    VIA                 the pairing method; PREKEYS: the peer's one-time keys held
+    FINGERPRINT         the peer's key fingerprint (compare it with its 'pairkit whoami')
+    """
     from .common import emit_json, info, unlock
     from .store import peer_rows
 
@@ -222,24 +243,27 @@ def peers(as_json: bool) -> None:
     if not rows:
         info("no known peers yet; pair with 'pairkit join' or 'pairkit host'")
         return
-    for r in rows:
-        flag = "" if r["authenticated"] else "  (unauthenticated)"
-        click.echo(f"{r['name']:<28} {r['id'][:16]}  {r['fingerprint']}  via {r['method']}"
-                   f"  prekeys {r['prekeys']}{flag}")
-        if r["warning"]:
-            click.echo(f"  warning: {r['warning']}")
+    from .show import peer_table
+
+    for line in peer_table(rows):
+        click.echo(line)
 
 
 @cli.command()
-@click.argument("peer")
-def forget(peer: str) -> None:
+@click.argument("peer", shell_complete=complete_peer)
+@keystore_pin_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def forget(peer: str, as_json: bool) -> None:
     """Forget a known peer (by name or id): it will have to pair again."""
-    from .common import info, unlock
+    from .common import emit_json, info, unlock
 
     ks = unlock()
     with ks.update():
         removed = ks.forget_peer(peer)
-    info(f"forgot {removed.name} ({removed.id})")
+    if as_json:
+        emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id}})
+    else:
+        info(f"forgot {removed.name} ({removed.id})")
 
 
 # -- pairing ----------------------------------------------------------------------------------
@@ -286,6 +310,7 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
                    "you answering a prompt (unanswered: 'no'); a guest that times out is "
                    "dropped, the host goes on [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
+@keystore_pin_option
 @_ttp_options
 def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
          qr_png: Path | None, qr_ttl: float, share: Path | None, private: bool,
@@ -307,14 +332,16 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
     from pairkit.pairing.negotiation import Method
 
     from .common import emit_json, home_path, run_async, unlock
-    from .config import advertising_options, load_policy, pick
+    from .config import advertising_options, default_transport, load_policy, pick
     from .flows import HostOptions, run_host
     from .store import need_qr_pictures
 
     if qr_png is not None:  # before anything starts: the picture needs the qr extra
         need_qr_pictures("writing a QR code picture (--qr-png)", "PIL.Image")
 
-    policy = load_policy(home_path())["host"]
+    policies = load_policy(home_path())
+    policy = policies["host"]
+    transport = transport or default_transport(policies, "host")[0]
     names = methods or tuple(policy.get("methods", ()))
     chosen = _methods(names) if names else frozenset(
         {Method.PIN, Method.QR, Method.COMPARE, Method.RESUME}
@@ -326,7 +353,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
             raise ConfigError(f"the policy's shared folder {share} is not a folder")
     ks = unlock()
     opts = HostOptions(
-        transport=pick(transport, policy, "transport", "tcp:127.0.0.1:7000"), methods=chosen,
+        transport=transport, methods=chosen,
         pin=pin, yes=yes, once=once, json=as_json, allow_insecure=allow_insecure, qr_png=qr_png,
         qr_ttl=qr_ttl, step_timeout=pick(timeout, policy, "timeout", 30.0), share=share,
         guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
@@ -339,7 +366,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
 
 @cli.command()
 @trace_option
-@click.argument("target")
+@click.argument("target", shell_complete=complete_peer)
 @click.option("--transport", "-t", default=None,
               help="Transport to reach TARGET through when it is a peer's name or address.")
 @click.option("--method", "-m", type=click.Choice(METHOD_NAMES), default=None,
@@ -356,6 +383,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
                    "person deciding (the host's owner letting you in, you comparing a code); "
                    "then join ends with exit code 4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@keystore_pin_option
 @_ttp_options
 def join(target: str, transport: str | None, method: str | None, pin: str | None,
          qr_uri: str | None, qr_image: str | None, allow_insecure: bool, yes: bool,
@@ -375,7 +403,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
     from pairkit.pairing.negotiation import Method
     from pairkit.pairing.qr import QrCode
 
-    from .common import emit_json, home_path, run_async, unlock
+    from .common import emit_json, run_async, unlock
     from .flows import JoinOptions, result_json, run_join
     from .store import qr_from_image
 
@@ -395,9 +423,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         if not sys.stdin.isatty():
             raise ConfigError("method 'pin' needs the host's PIN: --pin 123456")
         pin = click.prompt("PIN shown on the host", err=True).strip().replace(" ", "")
-    from .config import load_policy, pick
-
-    transport = pick(transport, load_policy(home_path())["join"], "transport", None)
+    transport = _guest_transport(target, transport)
     ks = unlock()
     opts = JoinOptions(
         target=target, method=chosen, transport=transport, pin=pin, qr=qr, yes=yes,
@@ -426,6 +452,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
               help="Ask each joinable host (and each of your clouds' hosts) its name over a "
                    "short connection: its owner is asked nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
+@keystore_pin_option
 def discover(transport: str | None, timeout: float | None, names: bool, as_json: bool) -> None:
     """List the pairkit hosts around: your clouds' devices by cloud, then strangers.
 
@@ -439,10 +466,11 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
     from pairkit.transports.registry import open_transport
 
     from .common import emit_json, home_path, info, need_radio, run_async, unlock
-    from .config import load_policy, pick
+    from .config import default_transport, load_policy, pick
 
-    policy = load_policy(home_path())["discover"]
-    transport = pick(transport, policy, "transport", "bumble:usb:0")
+    policies = load_policy(home_path())
+    policy = policies["discover"]
+    transport = transport or default_transport(policies, "discover")[0]
     timeout = pick(timeout, policy, "timeout", 3.0)
     need_radio(transport, "discover listens for hellos")
     ks = unlock()
@@ -484,7 +512,11 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--list", "list_", is_flag=True,
               help="List this machine's Bluetooth controllers and their -t names, and exit.")
-def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"radio": [TRANSPORT, ...]} once listening (with --list: '
+                   '{"controllers": [...]}).')
+def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool,
+          as_json: bool) -> None:
     """Linked virtual BLE controllers, one per TCP port, until interrupted.
 
     \b
@@ -500,8 +532,19 @@ def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool) -> N
     if list_:
         if first is not None or more:
             raise ConfigError("--list takes no ports")
-        from pairkit.transports.controllers import list_controllers
+        from pairkit.transports.controllers import (
+            controllers_json,
+            find_controllers,
+            list_controllers,
+        )
 
+        if as_json:
+            from .common import emit_json
+
+            usb, linux, unreadable = find_controllers()
+            emit_json({"controllers": controllers_json(usb, linux),
+                       "usb_unreadable": str(unreadable) if unreadable else None})
+            return
         for line in list_controllers():
             click.echo(line)
         return
@@ -518,9 +561,39 @@ def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool) -> N
     if len(ports) < 2 or not all(0 <= p <= 65535 for p in ports):
         raise ConfigError("a radio needs at least two ports from 0 to 65535: --ports P1 P2")
     try:
-        run_async(lambda: serve_radio(list(ports), host))
+        if as_json:
+            from .common import emit_json
+
+            def announce(names: list[str]) -> None:
+                emit_json({"radio": names})
+                sys.stdout.flush()
+
+            run_async(lambda: serve_radio(list(ports), host, announce=announce))
+        else:
+            run_async(lambda: serve_radio(list(ports), host))
     except KeyboardInterrupt:
         info("radio stopped")
+
+
+def _guest_transport(target: str, flag: str | None) -> str | None:
+    """The transport ``join``, ``ls`` and ``get`` reach TARGET through: ``-t``, else
+    config.toml's ``[join] transport``; else, for a BLE address (which says nothing of the
+    radio), the default transport (``[defaults]``, ``PAIRKIT_TRANSPORT``, ``bumble:usb:0``).
+    None otherwise: a ``tcp:`` target names its own, a known peer is reached where it was last
+    seen."""
+    from pairkit.presence import is_ble_address
+
+    from .common import home_path
+    from .config import default_transport, load_policy
+
+    if flag:
+        return flag
+    policies = load_policy(home_path())
+    if policies["join"].get("transport"):
+        return str(policies["join"]["transport"])
+    if is_ble_address(target):
+        return default_transport(policies)[0]
+    return None
 
 
 def _peer_options(f: Any) -> Any:
@@ -536,6 +609,7 @@ def _peer_options(f: Any) -> Any:
                           "a person deciding (its owner letting you in or allowing a file); "
                           "then the command ends with exit code 4."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+        keystore_pin_option,
     ]):
         f = opt(f)
     return f
@@ -543,7 +617,7 @@ def _peer_options(f: Any) -> Any:
 
 @cli.command(name="ls")
 @trace_option
-@click.argument("peer")
+@click.argument("peer", shell_complete=complete_peer)
 @_peer_options
 def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None, yes: bool,
            timeout: float, as_json: bool) -> None:
@@ -564,6 +638,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
         box["files"] = await list_files(slink)
 
     ks = unlock()
+    transport = _guest_transport(peer, transport)
     opts = JoinOptions(target=peer, transport=transport, yes=yes, json=as_json,
                        method=Method.parse(method) if method else None, pin=pin,
                        step_timeout=timeout)
@@ -587,7 +662,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
 
 @cli.command()
 @trace_option
-@click.argument("peer")
+@click.argument("peer", shell_complete=complete_peer)
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--all", "fetch_all", is_flag=True, help="Fetch every file PEER lists.")
 @click.option("-o", "--output", type=click.Path(), default=None,
@@ -660,6 +735,7 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
             _print_fetched(fetched, as_json)
 
     ks = unlock()
+    transport = _guest_transport(peer, transport)
     chosen = Method.parse(method) if method else None
     target = peer
     try:

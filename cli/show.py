@@ -129,3 +129,50 @@ def role_text(m: Membership) -> str:
     return "guest"
 
 
+
+
+PEER_COLUMNS = ("NAME", "ID", "THEIR ROLE", "UNTIL", "YOUR ROLE", "UNTIL", "VIA", "PREKEYS",
+                "FINGERPRINT")
+
+
+def _until(role: str | None, expires: float | None, now: float) -> str:
+    if role is None:
+        return "-"
+    if expires is None:
+        return "always"
+    if expires <= now:
+        return "expired"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
+
+
+def peer_table(rows: list[dict[str, Any]], *, now: float | None = None) -> list[str]:
+    """``pairkit peers``: a header, then one line per peer, columns padded to their widest
+    cell (a peer's name is shown safe, and cut at 28 characters); a warning about a peer goes
+    on the line after it."""
+    now = time.time() if now is None else now
+    cells = []
+    for r in rows:
+        name = safe(r["name"])
+        name = name if len(name) <= 28 else name[:27] + "…"
+        if not r["authenticated"]:
+            name += " (unauthenticated)"
+        cells.append((
+            name, r["id"][:16], r.get("granted") or "-",
+            _until(r.get("granted"), r.get("granted_expires"), now),
+            r.get("standing") or "-",
+            _until(r.get("standing"), r.get("standing_expires"), now),
+            r["method"] or "-", str(r["prekeys"]), r["fingerprint"],
+        ))
+    widths = [max(len(PEER_COLUMNS[i]), *(len(c[i]) for c in cells)) for i in range(9)]
+
+    def line(values: tuple[str, ...]) -> str:
+        padded = [v.rjust(widths[i]) if PEER_COLUMNS[i] == "PREKEYS" else v.ljust(widths[i])
+                  for i, v in enumerate(values)]
+        return "  ".join(padded).rstrip()
+
+    out = [line(PEER_COLUMNS)]
+    for r, c in zip(rows, cells, strict=True):
+        out.append(line(c))
+        if r["warning"]:
+            out.append(f"  warning: {safe(r['warning'])}")
+    return out

@@ -536,7 +536,7 @@ class _Conn:
         me = await s.db(s.store.device, q.device_id)
         if me is None or not same(me.static, q.static):
             raise NotFoundError(
-                "this device is not enrolled with the key server; run 'pairkit ttp enroll' first"
+                "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
             )
         peer = await s.db(s.store.device, q.peer_id)
         if peer is None:
