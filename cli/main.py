@@ -121,8 +121,9 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
       pairkit join tcp:127.0.0.1:7000 --method pin --pin 123456   (in another terminal)
       pairkit peers                           devices you have paired with
 
-    The keystore lives in your user data directory; PAIRKIT_HOME moves it, PAIRKIT_PIN
-    unlocks it without a prompt (for scripts).
+    The keystore lives in your user data directory; PAIRKIT_HOME moves it, a command's
+    --pin-file FILE or PAIRKIT_PIN unlocks it without a prompt (for scripts).  Without -t, commands use the
+    default transport (config.toml, PAIRKIT_TRANSPORT, else bumble:usb:0; see whoami).
     """
 
 
@@ -282,8 +283,8 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 @cli.command()
 @trace_option
 @click.option("--transport", "-t", default=None,
-              help="Where to listen: tcp:HOST:PORT, bumble:usb:0, ... [default: the policy's, "
-                   "else tcp:127.0.0.1:7000]")
+              help="Where to listen: tcp:HOST:PORT, bumble:usb:0, ... [default: the default "
+                   "transport ('pairkit whoami' shows it)]")
 @click.option("--method", "-m", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
               help="Methods guests may use (repeat; default: pin, qr, compare, resume).")
 @click.option("--pin", default=None, help="Use this 6-digit PIN once instead of a random one.")
@@ -445,7 +446,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
 @trace_option
 @click.option("--transport", "-t", default=None,
               help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
-                   "[default: the policy's [discover] transport, else bumble:usb:0]")
+                   "[default: the default transport ('pairkit whoami' shows it)]")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=None,
               help="Seconds to listen [default: 3].")
 @click.option("--names/--no-names", default=True, show_default=True,
