@@ -122,8 +122,9 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
       pairkit peers                           devices you have paired with
 
     The keystore lives in your user data directory; PAIRKIT_HOME moves it, a command's
-    --pin-file FILE or PAIRKIT_PIN unlocks it without a prompt (for scripts).  Without -t, commands use the
-    default transport (config.toml, PAIRKIT_TRANSPORT, else bumble:usb:0; see whoami).
+    --pin-file FILE or PAIRKIT_PIN unlocks it without a prompt (for scripts).  Without -t,
+    commands use the default transport (config.toml, PAIRKIT_TRANSPORT, else bumble:usb:0;
+    see whoami).
     """
 
 
@@ -715,7 +716,14 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
         if fetch_all and "listed" not in box:
             files = await list_files(slink, timeout=timeout)
             assert into is not None
-            box["listed"] = [f.name for f in files]
+            # A hidden file (.bashrc, .envrc) is fetched only when asked for by name: a host's
+            # listing must not plant one in the folder the command runs in.
+            hidden = [f.name for f in files if _base_name(f.name).startswith(".")]
+            if hidden:
+                info(f"note: {len(hidden)} hidden file(s) not fetched with --all (ask for them "
+                     f"by name): {', '.join(repr(h) for h in hidden[:5])}"
+                     f"{' ...' if len(hidden) > 5 else ''}", quiet=as_json)
+            box["listed"] = [f.name for f in files if f.name not in hidden]
             dests.update(_destinations(box["listed"], into))
             for name in box["listed"]:
                 _writable(dests[name], force)
@@ -757,8 +765,8 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
                     transport = transport or (peer if ":" in peer else None)
                     target = box["peer"]
                 chosen = None
-    except BaseException:
-        _say_how_to_resume(box, dests, done, peer, transport, output, force)
+    except BaseException as exc:
+        _say_how_to_resume(box, dests, done, peer, transport, output, force, exc)
         raise
 
 
@@ -810,7 +818,7 @@ def _destinations(names: Any, into: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     taken: dict[str, str] = {}
     for name in names:
-        base = name.replace("\\", "/").rsplit("/", 1)[-1]
+        base = _base_name(name)
         if base in ("", ".", "..") or "\x00" in base:
             raise ConfigError(f"{name!r} cannot be saved under that name; use -o FILE")
         if base in taken:
@@ -819,6 +827,11 @@ def _destinations(names: Any, into: Path) -> dict[str, Path]:
         taken[base] = name
         out[name] = into / base
     return out
+
+
+def _base_name(name: str) -> str:
+    """The last part of a shared name (``videos/a.mp4`` -> ``a.mp4``), ``\\`` a separator too."""
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _writable(dest: Path, force: bool) -> None:
@@ -833,20 +846,27 @@ def _writable(dest: Path, force: bool) -> None:
 
 
 def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[str], peer: str,
-                       transport: str | None, output: str | None, force: bool) -> None:
-    """After a stopped transfer: what is kept, and the exact command that resumes it."""
+                       transport: str | None, output: str | None, force: bool,
+                       exc: BaseException) -> None:
+    """After a stopped transfer: what is kept, and the exact command that resumes it (the files
+    not fetched yet; not one the host refused or does not have, which ``exc`` reports)."""
     import shlex
+
+    from pairkit.pairing.errors import ErrorCode, PairingError
 
     from .common import info
     from .show import human_size
 
     current = box.get("current")
-    if current is None or current in done or current not in dests:
+    answered = isinstance(exc, PairingError) and exc.code in (
+        ErrorCode.NOT_FOUND, ErrorCode.REFUSED, ErrorCode.PERMISSION)
+    left = [n for n in box.get("listed", dests)
+            if n not in done and not (answered and n == current)]
+    if current is None or not left:
+        return  # nothing was fetched yet (the same command does it all), or all of it was
+    part = None if answered or current not in dests or current in done else _part(dests[current])
+    if (part is None or not part.exists()) and not done:
         return
-    part = _part(dests[current])
-    if not part.exists():
-        return
-    left = [n for n in box.get("listed", dests) if n not in done]
     # a peer paired by this run is known now: by name, it resumes with no PIN
     who = box.get("peer_name") if ":" in peer and "peer_name" in box else peer
     args = ["pairkit", "get", who, *left]
@@ -856,8 +876,12 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
         args += ["-o", output]
     if force:
         args.append("--force")
-    info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
-         "resume with:", essential=True)
+    if part is not None and part.exists():
+        info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
+             "resume with:", essential=True)
+    else:
+        info(f"stopped: {len(done)} file(s) fetched, {len(left)} to go; fetch the rest with:",
+             essential=True)
     info(f"  {shlex.join(args)}", essential=True)
 
 

@@ -62,6 +62,7 @@ def share(tmp_path: Path) -> Path:
     (root / "a.txt").write_text("alpha\n")
     (root / "b.txt").write_text("bravo bravo\n")
     (root / "sub" / "c.bin").write_bytes(os.urandom(70_000))
+    (root / ".envrc").write_text("echo planted\n")  # hidden: fetched only when named
     return root
 
 
@@ -101,6 +102,9 @@ async def test_get_all_fetches_every_listed_file_into_a_folder(
     assert result.rc == 0, result
     assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt", "c.bin"]
     assert len(result.out.splitlines()) == 3  # one result line per file
+    # a host's listing does not plant a hidden file where the command runs
+    assert "note: 1 hidden file(s) not fetched with --all (ask for them by name): '.envrc'" in (
+        result.err)
     await host.wait_for(r"George's phone: 1 listing\(s\), 3 file\(s\)")
     asked = [line for line in host.lines if " asks for " in line]
     assert asked == ["George's phone asks for the list of shared files.",
@@ -226,6 +230,27 @@ async def test_a_stopped_transfer_says_the_command_that_resumes_it(
     assert got["resumed_from"] == kept
     assert got["sha256"] == sha(share / "big.bin") == sha(out / "big.bin")
     assert not part.exists()
+
+
+async def test_a_get_stopped_between_files_says_how_to_fetch_the_rest(
+    lab: Lab, share: Path, tmp_path: Path
+) -> None:
+    paul, george = lab.device("paul"), lab.device("george")
+    host = await lab.host(paul, *HOST_ARGS, "--share", str(share))
+    out = tmp_path / "some"
+    out.mkdir()
+    result = await george.run("get", host.target, "a.txt", "missing.txt", "b.txt", "-m", "pin",
+                              "--pin", PIN, "-o", str(out))
+    assert result.rc == EXIT_NOT_FOUND, result
+    assert result.out.startswith(f"{out / 'a.txt'}  6 bytes")  # what came is kept and said
+    lines = result.err.splitlines()
+    told = next(i for i, line in enumerate(lines) if line.startswith("stopped: "))
+    assert lines[told] == "stopped: 1 file(s) fetched, 1 to go; fetch the rest with:"
+    command = shlex.split(lines[told + 1])
+    assert command == ["pairkit", "get", "Paul's phone", "b.txt", "-o", str(out)]  # not missing
+    rest = await run_cli(george.home, *command[1:])
+    assert rest.rc == 0, rest
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
 
 
 class Sink:
