@@ -421,10 +421,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         which = "--qr" if qr_uri is not None else "--qr-image"
         raise ConfigError(f"{which}: not a pairkit QR code ({exc})") from None
     chosen = Method.parse(method) if method else None
-    if chosen is Method.PIN and pin is None:
-        if not sys.stdin.isatty():
-            raise ConfigError("method 'pin' needs the host's PIN: --pin 123456")
-        pin = click.prompt("PIN shown on the host", err=True).strip().replace(" ", "")
+    pin = _pairing_pin(chosen, pin)
     transport = _guest_transport(target, transport)
     ks = unlock()
     opts = JoinOptions(
@@ -577,6 +574,19 @@ def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool,
         info("radio stopped")
 
 
+def _pairing_pin(method: Method | None, pin: str | None) -> str | None:
+    """The host's pairing PIN for method pin: --pin, else asked on a terminal (join, ls and
+    get alike); a usage error with no terminal to ask on."""
+    from pairkit.pairing.errors import ConfigError
+    from pairkit.pairing.negotiation import Method
+
+    if method is not Method.PIN or pin is not None:
+        return pin
+    if not sys.stdin.isatty():
+        raise ConfigError("method 'pin' needs the host's PIN: --pin 123456")
+    return str(click.prompt("PIN shown on the host", err=True)).strip().replace(" ", "")
+
+
 def _guest_transport(target: str, flag: str | None) -> str | None:
     """The transport ``join``, ``ls`` and ``get`` reach TARGET through: ``-t``, else
     config.toml's ``[join] transport``; else, for a BLE address (which says nothing of the
@@ -639,11 +649,12 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
         box["files"] = await list_files(slink)
 
+    chosen = Method.parse(method) if method else None
+    pin = _pairing_pin(chosen, pin)
     ks = unlock()
     transport = _guest_transport(peer, transport)
     opts = JoinOptions(target=peer, transport=transport, yes=yes, json=as_json,
-                       method=Method.parse(method) if method else None, pin=pin,
-                       step_timeout=timeout)
+                       method=chosen, pin=pin, step_timeout=timeout)
     run_async(lambda: run_join(ks, opts, on_session=on_session))
     files = box.get("files", [])
     if as_json:
@@ -743,9 +754,10 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
             done.add(wanted)
             _print_fetched(fetched, as_json)
 
+    chosen = Method.parse(method) if method else None
+    pin = _pairing_pin(chosen, pin)
     ks = unlock()
     transport = _guest_transport(peer, transport)
-    chosen = Method.parse(method) if method else None
     target = peer
     try:
         for attempt in range(retries + 1):
