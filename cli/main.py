@@ -729,7 +729,8 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
             assert into is not None
             # A hidden file (.bashrc, .envrc) is fetched only when asked for by name: a host's
             # listing must not plant one in the folder the command runs in.
-            hidden = [f.name for f in files if _base_name(f.name).startswith(".")]
+            hidden = [f.name for f in files
+                      if any(part.startswith(".") for part in f.name.replace("\\", "/").split("/"))]
             if hidden:
                 info(f"note: {len(hidden)} hidden file(s) not fetched with --all (ask for them "
                      f"by name): {', '.join(repr(h) for h in hidden[:5])}"
