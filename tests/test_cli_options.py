@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -227,3 +228,24 @@ async def test_the_shell_completes_known_peer_names(lab: Lab) -> None:
     assert await complete("pairkit get Pa", pin="135790") == ["plain,Paul's phone"]
     assert await complete("pairkit forget ", pin="135790") == ["plain,Paul's phone"]
     assert await complete("pairkit get Pa", pin=None) == []  # no PIN: nothing, no prompt
+
+
+def test_the_keystore_pin_prompt_counts_tries_in_good_english(
+    tmp_path: Path, templates: dict[str, Device]
+) -> None:
+    from .pty_harness import PtyProcess
+
+    home = tmp_path / "george"
+    shutil.copytree(templates["george"].home, home)
+    proc = PtyProcess(home, "whoami", pin=None)
+    try:
+        for left in ("2 tries left", "1 try left"):
+            proc.expect(r"Keystore PIN: ")
+            proc.line("000000")
+            proc.expect(rf"wrong PIN, {left}\n")
+        proc.expect(r"Keystore PIN: ")
+        proc.line("135790")
+        proc.expect(r"name: +George's phone")
+        assert proc.wait() == 0
+    finally:
+        proc.close()
