@@ -69,7 +69,8 @@ SUBCOMMANDS = [
     ("demo", False), ("ttp init", False), ("ttp serve", False), ("ttp enrol", True),
     ("ttp list", False), ("group create", True), ("group add", True), ("group remove", True),
     ("group rekey", True), ("group sync", True), ("group send", True), ("group listen", True),
-    ("group relay", True), ("group show", True),
+    ("group relay", True), ("group show", True), ("group agent", True), ("group cert", True),
+    ("group status", True),
 ]
 
 

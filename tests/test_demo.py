@@ -108,7 +108,9 @@ def test_the_cpns_demo_both_flows_through_a_key_server_process() -> None:
 def test_the_groupkeys_demo(transport: str) -> None:
     summary, _ = demo("--scenario", "groupkeys", "--transport", transport)
     assert summary["ok"] is True
-    assert all(d["ok"] for d in summary["deliveries"])
+    # A first try may be lost on a busy machine; the controller retries until every member's
+    # signed receipt is back (issue 14).
+    assert summary["confirmed"]["fire-doors"] == ["door-1", "door-2", "door-3"]
     doors = next(b for b in summary["broadcasts"] if b["group"] == "fire-doors")
     assert doors["read_by"] == ["door-1", "door-2", "door-3"]
     assert set(summary["attacks"]["door-1"]) == {"replay", "not-ours-or-forged"}
