@@ -95,11 +95,17 @@ def load_policy(keystore_path: Path) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"{path}: [{section}] {key} must be positive")
             if key == "advertise_fast_seconds" and value < 0:
                 raise ConfigError(f"{path}: [{section}] {key} must be 0 or more")
+            if key in ("advertise_fast_ms", "advertise_slow_ms") and not 20 <= value <= 10240:
+                # checked here, in the file's words (the radio's own check names its fields)
+                raise ConfigError(f"{path}: [{section}] {key} must be from 20 to 10240 (ms)")
             if key == "methods" and not all(isinstance(m, str) for m in value):
                 raise ConfigError(f"{path}: [{section}] methods is a list of method names")
             if key == "share":
                 value = str(Path(value).expanduser())
             policy[section][key] = value
+    host = policy["host"]
+    if host.get("advertise_slow_ms", 10240) < host.get("advertise_fast_ms", 20):
+        raise ConfigError(f"{path}: [host] advertise_slow_ms must be at least advertise_fast_ms")
     return policy
 
 
