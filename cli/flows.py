@@ -223,6 +223,7 @@ async def run_host(
     async def serve_one(link: Any) -> bool | None:
         nonlocal paired
         tried: list[HostPairing] = []  # the pairing machine, once made (see renew)
+        who = f"guest {link.peer}"  # by its name once it paired (its errors say who failed)
 
         def renew() -> None:
             # As soon as this guest's pairing is over (not its session: a guest served for
@@ -243,6 +244,7 @@ async def run_host(
             slink, session, membership = done.channel, done.session, done.membership
             assert membership is not None
             paired += 1
+            who = f"guest {session.peer.name} ({link.peer})"
             if emit is not None:
                 try:
                     emit(result_json(session, membership))
@@ -275,7 +277,7 @@ async def run_host(
             if is_probe(exc):  # it only asked who this host is (discover, join NAME)
                 info(f"{link.peer} asked who this host is", quiet=quiet)
                 return False
-            info(f"error: guest {link.peer}: {exc}")
+            info(f"error: {who}: {exc}")
         return None
 
     from pairkit.transports.base import ControllerLostError
@@ -373,7 +375,7 @@ def _ttp_server(server: str | None, ca: str | None) -> tuple[str, str]:
     if not server or not ca:
         raise ConfigError(
             "method 'ttp' needs the key server: --ttp HOST:PORT --ttp-ca FILE "
-            "(or enrol first with 'pairkit ttp enroll')"
+            "(or enrol first with 'pairkit ttp enrol')"
         )
     return server, ca
 

@@ -300,7 +300,7 @@ class TtpClient(Machine):
         if len(cert) != 32:
             raise ConfigError("the server certificate digest must be 32 bytes")
         if not 0.1 <= step_timeout <= 600:
-            raise ConfigError("step_timeout must be between 0.1 and 600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 600 seconds")
         self.me = me
         self._cert = cert
         self._request = request
@@ -371,7 +371,7 @@ class ServerConfig:
         if not 1 <= self.max_wait <= MAX_WAIT:
             raise ConfigError(f"max_wait must be between 1 and {MAX_WAIT} seconds")
         if not 0.1 <= self.step_timeout <= 600:
-            raise ConfigError("step_timeout must be between 0.1 and 600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 600 seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -539,7 +539,7 @@ class TtpLinkConfig:
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.step_timeout <= 3600:
-            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
         if not 1 <= self.wait <= MAX_WAIT:
             raise ConfigError(f"wait must be between 1 and {MAX_WAIT} seconds")
         if not 0 <= self.prekeys <= 16:

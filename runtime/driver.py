@@ -187,8 +187,8 @@ async def drive(
     loop = asyncio.get_running_loop()
     now = clock or loop.time
     # Reading ahead needs a pipe that outlives this run (a message read and not used is put
-    # back in it) over a link whose recv may be cancelled: the pairing pipeline's pipes.
-    # (A pipe that reads its own way, such as files.Records over a secure link, is read as
+    # back in it) over a link whose recv may be cancelled: the pairing pipeline's pipes and
+    # files.Records over a secure link.  (A pipe that overrides recv itself is read as
     # before: with nothing read ahead.)
     read_ahead = isinstance(link, MessagePipe) and type(link).recv is MessagePipe.recv
     pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)

@@ -257,7 +257,7 @@ def _own_checked_cert(ks: Keystore, clock: Clock) -> bytes:
     cert, ca = own_cert(ks), trusted_ca(ks)
     if cert is None or ca is None:
         raise ConfigError(
-            "this device has no certificate from a key server: run 'pairkit ttp enroll "
+            "this device has no certificate from a key server: run 'pairkit ttp enrol "
             "--server HOST:PORT --ca ca.pem --cert' first"
         )
     try:
@@ -513,7 +513,7 @@ def create_group(
 
     ``trust`` says how members come to believe this controller: ``paired`` (they paired with
     it) or ``ca`` (its device certificate from the key server's CA travels in every envelope:
-    this device must have enrolled with ``pairkit ttp enroll --cert``)."""
+    this device must have enrolled with ``pairkit ttp enrol --cert``)."""
     check_group_name(name)
     if trust not in TRUSTS:
         raise ConfigError(f"--trust is one of {', '.join(TRUSTS)}, not {trust!r}")

@@ -219,6 +219,7 @@ def peer_rows(ks: Keystore) -> list[dict[str, Any]]:
             "granted": p.extra.get("granted"),
             "granted_expires": p.extra.get("granted_expires"),
             "standing": p.extra.get("standing"),
+            "standing_expires": p.extra.get("standing_expires"),
             "prekeys": len(p.their_prekeys),
             "last_seen": p.last_seen,
             "transport": p.extra.get("transport"),

@@ -187,15 +187,20 @@ async def serve_radio(
     host: str = "127.0.0.1",
     *,
     ready: Callable[[list[int]], None] | None = None,
+    announce: Callable[[list[str]], None] | None = None,
 ) -> None:
     """Run a radio until cancelled (for ``pairkit radio``).
 
     Once listening it prints one line, ``radio: bumble:tcp-client:HOST:P1 ...``, naming each
-    bound port's transport in the order given, and calls ``ready`` with the bound ports (port 0
-    picks a free one).  Code that needs the ports without a task can use :func:`start_radio`.
+    bound port's transport in the order given (or gives those names to ``announce``), and
+    calls ``ready`` with the bound ports (port 0 picks a free one).  Code that needs the ports
+    without a task can use :func:`start_radio`.
     """
     server = await start_radio(ports, host)
-    print("radio: " + " ".join(server.transport_names), flush=True)
+    if announce is not None:
+        announce(list(server.transport_names))
+    else:
+        print("radio: " + " ".join(server.transport_names), flush=True)
     if ready is not None:
         ready(server.ports)
     await server.serve_forever()

@@ -88,7 +88,8 @@ class GatewayConfig:
         if self.pn_id is not None and len(self.pn_id) != ID_LEN:
             raise ConfigError(f"a PN id is {ID_LEN} bytes")
         if not 0.01 <= self.collect_window <= 600 or not 0.1 <= self.step_timeout <= 3600:
-            raise ConfigError("collect_window or step_timeout out of range")
+            raise ConfigError("the collection window or the timeout (seconds per step) is out "
+                              "of range")
 
 
 @dataclasses.dataclass(frozen=True)

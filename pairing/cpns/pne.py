@@ -86,7 +86,7 @@ class PneConfig:
         if len(self.invited) > MAX_PNES - 1 or any(len(i) != ID_LEN for i in self.invited):
             raise ConfigError(f"at most {MAX_PNES - 1} invited PNE ids of {ID_LEN} bytes")
         if not 0.1 <= self.step_timeout <= 3600:
-            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
         if self.join not in ("accept", "decline", "ask"):
             raise ConfigError("join must be 'accept', 'decline' or 'ask'")
 

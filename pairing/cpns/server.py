@@ -137,7 +137,7 @@ class CpnsServer(Machine):
     def __init__(self, gw_id: bytes, *, step_timeout: float = 30.0, rng: Rng = os.urandom):
         super().__init__(initial_state=S_BEGIN)
         if not 0.1 <= step_timeout <= 3600:
-            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
         self.gw_id = gw_id
         self._timeout = step_timeout
         self._rng = rng
