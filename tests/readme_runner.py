@@ -8,6 +8,7 @@ fence (blank lines between are allowed; GitHub shows nothing of it)::
     <!-- run: elsewhere=tests/test_readme_python.py -->      run by that test file
     <!-- run: synopsis -->                                   each option it names exists (click)
     <!-- run: config -->                                     a config.toml the tool accepts
+    <!-- run: pytest -->                                     a test file: pytest runs it, passing
 
 A block with no annotation fails :func:`annotation_problems`, naming its line: a new README
 block is run or skipped on purpose, never by accident.
@@ -75,9 +76,12 @@ _FENCE = re.compile(r"^(\s*)(`{3,})([\w-]*)\s*$")
 _ANNOTATION = re.compile(r"^\s*<!--\s*run:(.*?)-->\s*$")
 
 
+_KINDS = ("walk", "skip", "elsewhere", "synopsis", "config", "pytest")
+
+
 @dataclasses.dataclass
 class Annotation:
-    kind: str  # walk | skip | elsewhere | synopsis | config
+    kind: str  # one of _KINDS
     walk: str = ""
     reason: str = ""
     target: str = ""
@@ -97,7 +101,8 @@ class Block:
 
     @property
     def first(self) -> str:
-        return next((line.strip() for line in self.lines if line.strip()), "")
+        first = next((line.strip() for line in self.lines if line.strip()), "")
+        return first if len(first) <= 60 else first[:57] + "..."
 
     def where(self) -> str:
         return f"README.md:{self.line}: ```{self.lang} block starting {self.first!r}"
@@ -113,9 +118,10 @@ def parse_annotation(body: str) -> Annotation:
         kinds.append("walk")
     if "elsewhere" in keys:
         kinds.append("elsewhere")
-    if len(kinds) != 1 or kinds[0] not in ("walk", "skip", "elsewhere", "synopsis", "config"):
+    if len(kinds) != 1 or kinds[0] not in _KINDS:
         raise ValueError(
-            f"say one of walk=NAME, skip reason=\"...\", elsewhere=TEST, synopsis, config; got "
+            f"say one of walk=NAME, skip reason=\"...\", elsewhere=TEST, synopsis, config, "
+            f"pytest; got "
             f"{body.strip()!r}"
         )
     ann = Annotation(kinds[0])
@@ -190,8 +196,8 @@ def annotation_problems(blocks: list[Block]) -> list[str]:
             problems.append(f"{b.where()}: {b.problem}")
         elif b.annotation is None:
             problems.append(
-                f"{b.where()} has no annotation: put <!-- run: walk=NAME --> (or skip "
-                f'reason="...", elsewhere=TEST, synopsis, config) on the line before it '
+                f'{b.where()} has no annotation: put <!-- run: walk=NAME --> (or skip reason="..."'
+                f", elsewhere=TEST, synopsis, config, pytest) on the line before it "
                 f"(see tests/readme_runner.py)"
             )
         elif b.annotation.kind == "elsewhere" and not (ROOT / b.annotation.target).is_file():
@@ -340,6 +346,8 @@ class Terminal:
 
             fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
         self.pid, self.fd = pid, fd
+        self.started = time.monotonic()
+        self.ended = 0.0
         self.raw = ""
         self.answered = 0  # output before this index holds no open question
         self.rc: int | None = None
@@ -361,6 +369,7 @@ class Terminal:
         if self.rc is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
+                self.ended = time.monotonic()
                 self.rc = os.waitstatus_to_exitcode(status)
                 if self.rc < 0:
                     self.rc = 128 - self.rc
@@ -424,10 +433,10 @@ class Walk:
             base["PYTHONPYCACHEPREFIX"] = str(pycache)
         self.base_env = base
         self.envs: dict[str, dict[str, str]] = {}
-        self.ports: dict[str, str] = {}
+        self.ports: dict[str, str] = {}  # README port -> free port, for the whole walk
+        self.subs: list[tuple[str, str]] = []  # text replaced, for the whole walk
         self.running: list[Terminal] = []
         self.done: list[Terminal] = []
-        self.pins: list[str] = []
 
     # -- text -----------------------------------------------------------------------------
 
@@ -437,7 +446,10 @@ class Walk:
                 self.ports[port] = str(free_port())
         for port, real in self.ports.items():
             text = re.sub(rf"(?<![\w.]){port}\b", real, text)
-        for old, new in ann.subs:
+        for sub in ann.subs:
+            if sub not in self.subs:
+                self.subs.append(sub)
+        for old, new in self.subs:
             text = text.replace(old, new)
         if command:
             text = re.sub(r"(?<![\w.])/tmp/", f"{self.lab}/tmp/", text)
@@ -445,30 +457,36 @@ class Walk:
 
     def _fill(self, command: str, step: Step, block: Block) -> str:
         def placeholder(m: re.Match[str]) -> str:
-            if m.group(1) == "PIN shown":
-                if not self.pins:
+            if m.group(1) == "PIN shown":  # the host says where it waits, then its PIN
+                self.pump(SERVER_TIMEOUT, lambda: self.pin_shown() is not None)
+                if (pin := self.pin_shown()) is None:
                     raise WalkFailure(f"{_at(block, step)}: no host has shown a PIN yet")
-                return self.pins[-1]
+                return pin
             raise WalkFailure(f"{_at(block, step)}: unknown placeholder <{m.group(1)}>")
 
         return re.sub(r"<([^<>]+)>", placeholder, command)
 
     # -- the person -----------------------------------------------------------------------
 
+    def pin_shown(self) -> str | None:
+        """The PIN the host started last shows now (None until it shows one)."""
+        for term in reversed(self.running):
+            if re.search(r"\bpairkit host\b", term.command):
+                pins = re.findall(r"^PIN: (\d{6})\b", term.raw, re.M)
+                return str(pins[-1]) if pins else None
+        return None
+
     def _answer(self, term: Terminal) -> None:
         tail = term.raw[term.answered:]
-        for pin in re.findall(r"PIN: (\d{6})\b", tail):
-            if pin not in self.pins[-1:]:
-                self.pins.append(pin)
         last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", re.split(r"[\r\n]", tail)[-1])
         for rx, answer in _PROMPTS:
             if rx.search(last):
                 if answer == "keystore":
                     answer = PIN
                 elif answer == "pin":
-                    if not self.pins:
+                    if (pin := self.pin_shown()) is None:
                         return  # asked before any PIN was shown: wait for one
-                    answer = self.pins[-1]
+                    answer = pin
                 term.type(answer)
                 term.answered = len(term.raw)
                 return
@@ -569,9 +587,12 @@ class Walk:
     def _free_ports_of(self, command: str) -> None:
         """A server about to take a port that an earlier command holds waits for it to end
         (``host --once &`` twice on one port, as a person waits for the first to finish)."""
-        ports = set(re.findall(r":(\d{2,5})\b", command))
+        def ports_of(text: str) -> set[str]:
+            return set(re.findall(r":(\d{2,5})(?![\d.])", text))
+
+        ports = ports_of(command)
         for term in list(self.running):
-            if ports & set(re.findall(r":(\d{2,5})\b", term.command)) and any(
+            if ports & ports_of(term.command) and any(
                     rx.search(term.command) for rx, _ in _SERVERS):
                 self.pump(SERVER_TIMEOUT, lambda t=term: t.eof and t.poll() is not None)
 

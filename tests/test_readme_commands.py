@@ -8,6 +8,8 @@ separate ``pairkit`` processes on pseudo-terminals (TCP, and BLE through ``pairk
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -137,6 +139,17 @@ def test_config_blocks_are_accepted(block: Block, tmp_path: Path) -> None:
     data = tomllib.loads("\n".join(block.lines))
     for section, values in data.items():
         assert set(values) <= set(policy[section]), f"README.md:{block.line}: {section}"
+
+
+@pytest.mark.parametrize("block", of_kind("pytest"), ids=lambda b: f"line{b.line}")
+def test_pytest_blocks_pass(block: Block, tmp_path: Path) -> None:
+    (tmp_path / "test_readme_example.py").write_text("\n".join(block.lines) + "\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_readme_example.py"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, f"{block.where()}:\n{proc.stdout}{proc.stderr}"
+    assert re.search(r"\b1 passed\b", proc.stdout), proc.stdout
 
 
 def test_walk_blocks_have_commands() -> None:
