@@ -524,10 +524,22 @@ class Walk:
             target = Path(path.replace("~", str(self.home), 1))
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(bytes(i * 7 % 251 for i in range(size)))
-        for key, name in ann.inits:
-            step = Step(0, f"init-{key}", f"pairkit init --name {shlex.quote(name)}", [])
-            env = dict(self.base_env, PAIRKIT_HOME=f"{self.lab}/tmp/{key}")
-            self._foreground(step, step.command, env, None)
+        inits = [  # at once: each spends its time in the key derivation
+            Terminal(Step(0, f"init-{key}", f"pairkit init --name {shlex.quote(name)}", []),
+                     f"pairkit init --name {shlex.quote(name)}",
+                     dict(self.base_env, PAIRKIT_HOME=f"{self.lab}/tmp/{key}"), self.work)
+            for key, name in ann.inits
+        ]
+        self.running.extend(inits)
+        try:
+            self.pump(COMMAND_TIMEOUT, lambda: all(t.eof and t.poll() is not None for t in inits))
+        finally:
+            for term in inits:
+                self.running.remove(term)
+                term.stop()
+                self.done.append(term)
+        for term in inits:
+            self._check(term, None, ended=True)
 
     def run_block(self, block: Block) -> None:
         ann = block.annotation
@@ -587,8 +599,11 @@ class Walk:
     def _free_ports_of(self, command: str) -> None:
         """A server about to take a port that an earlier command holds waits for it to end
         (``host --once &`` twice on one port, as a person waits for the first to finish)."""
-        def ports_of(text: str) -> set[str]:
-            return set(re.findall(r":(\d{2,5})(?![\d.])", text))
+        def ports_of(text: str) -> set[str]:  # the ports it listens on
+            ports = set(re.findall(r"(?:-t|--transport|--listen)[ =]\S*:(\d+)\b", text))
+            if radio := re.search(r"\bradio --ports((?: \d+)+)", text):
+                ports.update(radio.group(1).split())
+            return ports
 
         ports = ports_of(command)
         for term in list(self.running):

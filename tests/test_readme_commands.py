@@ -18,6 +18,7 @@ import pytest
 
 from tests.readme_runner import (
     Block,
+    WalkFailure,
     annotation_problems,
     expected_regex,
     readme_blocks,
@@ -150,6 +151,28 @@ def test_pytest_blocks_pass(block: Block, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"{block.where()}:\n{proc.stdout}{proc.stderr}"
     assert re.search(r"\b1 passed\b", proc.stdout), proc.stdout
+
+
+def _mini_walk(body: str, tmp_path: Path) -> None:
+    text = f"# mini\n\n<!-- run: walk=mini -->\n```sh\n{body}\n```\n"
+    run_walk("mini", walks(readme_blocks(text))["mini"], tmp_path)
+
+
+def test_the_runner_fails_on_output_that_differs(tmp_path: Path) -> None:
+    _mini_walk("echo hello   # a comment\n#   hello", tmp_path / "a")
+    with pytest.raises(WalkFailure, match=r"README\.md:6 \('echo hello'.*README\.md:7 "):
+        _mini_walk("echo one\necho hello\n#   goodbye", tmp_path / "b")
+    with pytest.raises(WalkFailure, match=r"README\.md:5 \('false'.*exited 1"):
+        _mini_walk("false", tmp_path / "c")
+
+
+def test_the_runner_answers_as_a_person(tmp_path: Path) -> None:
+    # a question on the terminal is answered; an export holds in its terminal only
+    _mini_walk(
+        "# terminal 1\nexport WHO=paul\nread -p 'Keystore PIN: ' x; echo \"$WHO typed $x\"\n"
+        "#   paul typed 135790\n# terminal 2\necho \"[$WHO]\"\n#   []",
+        tmp_path,
+    )
 
 
 def test_walk_blocks_have_commands() -> None:
