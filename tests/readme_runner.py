@@ -599,8 +599,9 @@ class Walk:
     def _free_ports_of(self, command: str) -> None:
         """A server about to take a port that an earlier command holds waits for it to end
         (``host --once &`` twice on one port, as a person waits for the first to finish)."""
-        def ports_of(text: str) -> set[str]:  # the ports it listens on
-            ports = set(re.findall(r"(?:-t|--transport|--listen)[ =]\S*:(\d+)\b", text))
+        def ports_of(text: str) -> set[str]:  # the ports it listens on (not a radio's)
+            ports = set(re.findall(r"(?:-t|--transport|--listen)[ =](?!bumble:)\S*:(\d+)\b",
+                                   text))
             if radio := re.search(r"\bradio --ports((?: \d+)+)", text):
                 ports.update(radio.group(1).split())
             return ports
@@ -609,7 +610,11 @@ class Walk:
         for term in list(self.running):
             if ports & ports_of(term.command) and any(
                     rx.search(term.command) for rx, _ in _SERVERS):
-                self.pump(SERVER_TIMEOUT, lambda t=term: t.eof and t.poll() is not None)
+                if not self.pump(SERVER_TIMEOUT, lambda t=term: t.eof and t.poll() is not None):
+                    raise WalkFailure(
+                        f"{command!r} needs a port {term.command!r} still holds after "
+                        f"{SERVER_TIMEOUT:g} s; it showed:\n{term.raw}"
+                    )
 
     def _check(self, term: Terminal, block: Block | None, *, ended: bool) -> None:
         where = _at(block, term.step)
@@ -636,7 +641,7 @@ class Walk:
                           lambda t=term: unmatched(t.step.expected, t.raw) is None or t.eof)
                 block = max((b for line, b in blocks.items() if line < term.step.line),
                             key=lambda b: b.line, default=None)
-                self._check(term, block, ended=False)
+                self._check(term, block, ended=term.poll() is not None)  # ended by itself
         finally:
             self.close()
 
