@@ -21,12 +21,38 @@ identical link.  Expect ``pair`` near 1 (the same ATT PDUs either way) and ``joi
 bleak discovers the peer's whole GATT database (every service, characteristic and descriptor,
 as BleakClient.connect promises) where pairkit's bumble guest looks up its one service.
 
+**Goodput to the bleak guest** (issue 15, item 7), on one GATT link between the host and the
+bleak guest, runs alternating on that same connection:
+
+* ``raw``: bumble alone on the sending side: GATT notifications of the link's MTU with
+  ``device.notify_subscriber``, no pairkit code (the guest reads them from its link: the same
+  receiving side as below), in two ways: all queued at once, as bench/ble.py's reference and
+  bumble's ``apps/bench.py`` do (``raw``), and paced by HCI flow control, each notification
+  once the host holds at most two controller buffers' worth of ACL packets (``raw_paced``,
+  pairkit's own flow control written out with bumble's API); in each run the faster of the
+  two is the reference;
+* ``secure``: a file transfer as ``pairkit get`` makes it: the file service's ``Chunk`` messages
+  (at most 16 KiB of file each, sized as the file service sizes them to fill the link's
+  messages: ``pairkit.files.chunk_size``) over a :class:`~pairkit.securelink.SecureLink` after a
+  pin pairing,
+  with the host's pace on (:mod:`transports.ble.pace`: the transfer asks for a short connection
+  interval and the 2M PHY); goodput counts file bytes only.
+
+Goal: the median over the runs of ``secure / the faster raw of the same run`` >= 0.95 (issue
+13's goodput goal; a ratio per run, so that other jobs slowing one run slow both sides of it).
+A virtual link has no air time, so neither the PHY nor the connection interval changes its
+speed: what is measured is what pairkit costs on top of bumble and bleak.  On a radio the pace
+is what moves the figure (a 2M PHY halves the air time of each packet; a 15 ms interval
+against BlueZ's 30-50 ms default doubles to triples the connection events); the JSON records
+what the central agreed to.
+
 Usage::
 
     .venv/bin/python bench/ble_bleak.py            # the table (about 10 s on 2 cores)
     .venv/bin/python bench/ble_bleak.py --json     # one JSON object
     .venv/bin/python bench/ble_bleak.py --quick    # one run of everything (smoke test)
     .venv/bin/python bench/ble_bleak.py --repeat 50
+    .venv/bin/python bench/ble_bleak.py --goodput-runs 9 --goodput-bytes 2097152
 """
 
 from __future__ import annotations
@@ -38,6 +64,7 @@ import datetime
 import logging
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,7 +91,13 @@ from bench.common import (  # noqa: E402
 #: the bench's own goal (issue 13 names none): a pairing costs the guest on pairkit's bleak
 #: backend at most this much more than the guest on bumble, on the same link
 BLEAK_GOAL = 1.25
+#: a file transfer to the bleak guest reaches at least this share of bumble's raw notify
+#: goodput on the same link (issue 13's goodput goal)
+GOODPUT_GOAL = 0.95
+from bumble import core  # noqa: E402
+
 from pairkit.driver import drive  # noqa: E402
+from pairkit.files import chunk_size  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
     GuestPairing,
@@ -76,6 +109,11 @@ from pairkit.pairing.methods import (  # noqa: E402
     Session,
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
+from pairkit.pairing.service import Chunk  # noqa: E402
+from pairkit.pairing.wire import decode  # noqa: E402
+from pairkit.securelink import SecureLink, confirm  # noqa: E402
+from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
+from pairkit.transports.ble.pace import Speed  # noqa: E402
 from pairkit.transports.ble.virtual import VirtualRadio  # noqa: E402
 from pairkit.transports.bleak import BleakTransport  # noqa: E402
 from pairkit.transports.bumble import BumbleTransport, open_bumble  # noqa: E402
@@ -90,10 +128,12 @@ PHASES = ("pair", "join")
 class Settings:
     repeat: int
     warmup: int
+    goodput_runs: int = 9
+    goodput_bytes: int = 1 << 20
 
 
 DEFAULT = Settings(repeat=20, warmup=2)
-QUICK = Settings(repeat=1, warmup=0)
+QUICK = Settings(repeat=1, warmup=0, goodput_runs=1, goodput_bytes=128 * 1024)
 
 
 _YES = Yes()
@@ -138,6 +178,9 @@ class Pairings:
             30,
         )
         self._check(guest, method, kwargs, machine.session, host.session)
+        assert machine.session is not None and host.session is not None
+        #: the sessions of the last exchange: (guest's, host's)
+        self.last = (machine.session, host.session)
 
     def _check(
         self,
@@ -215,6 +258,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
                         samples[guest][method]["pair"].append((t2 - t1) * 1e3)
                         samples[guest][method]["join"].append((t2 - t0) * 1e3)
         mtu = {g: (await _mtu(bench, g)) for g in GUESTS}
+        goodput = await measure_goodput(bench, pairings, settings)
     finally:
         await bench.close()
     rows: dict[str, Any] = {}
@@ -233,9 +277,155 @@ async def measure(settings: Settings) -> dict[str, Any]:
         "settings": dataclasses.asdict(settings),
         "link_mtu": mtu,
         "methods": rows,
-        "goals": [report(f"{m} pair: bleak / bumble", rows[m]["pair"]["bleak_vs_bumble"],
-                         BLEAK_GOAL) for m in METHODS],
+        "goodput": goodput,
+        "goals": [
+            *(report(f"{m} pair: bleak / bumble", rows[m]["pair"]["bleak_vs_bumble"],
+                     BLEAK_GOAL) for m in METHODS),
+            report("file goodput to bleak / bumble raw notify", goodput["secure_vs_raw"],
+                   GOODPUT_GOAL, at_most=False),
+        ],
         "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+# -- goodput to the bleak guest ----------------------------------------------------------------
+
+
+async def _timed(send: Any, receive: Any, total: int) -> float:
+    """Seconds from the first byte sent to the last byte read; checks the count."""
+    t0 = time.perf_counter()
+    sending = asyncio.ensure_future(send())
+    try:
+        got = await asyncio.wait_for(receive(), 120)
+        await asyncio.wait_for(sending, 30)
+    finally:
+        sending.cancel()
+    spent = time.perf_counter() - t0
+    if got != total:
+        raise RuntimeError(f"received {got} bytes of {total}")
+    return spent
+
+
+async def raw_notify(bench: Bench, guest_link: Any, host_link: Any, data: bytes,
+                     *, paced: bool = False) -> float:
+    """bumble alone on the sending side: MTU-sized notifications, no pairkit code; ``paced``:
+    each once the host's ACL queue holds at most two controller buffers (HCI flow control)."""
+    device = bench.host.device
+    found = device.gatt_server.get_characteristic_attributes(
+        core.UUID(str(PAIRKIT_SERVICE_UUID)), core.UUID(str(PAIRKIT_TX_CHAR_UUID))
+    )
+    if found is None:
+        raise RuntimeError("pairkit's TX characteristic is missing")
+    characteristic, connection, mtu = found[1], host_link.connection, host_link.mtu
+    queue = connection.data_packet_queue
+    loop = asyncio.get_running_loop()
+
+    async def room() -> None:
+        while queue is not None and queue.pending > 2 * queue.max_in_flight:
+            flow: asyncio.Future[None] = loop.create_future()
+
+            def on_flow(flow: asyncio.Future[None] = flow) -> None:
+                if not flow.done():
+                    flow.set_result(None)
+
+            queue.on("flow", on_flow)
+            try:
+                await asyncio.wait_for(flow, 30)
+            finally:
+                queue.remove_listener("flow", on_flow)
+
+    async def send() -> None:
+        for i in range(0, len(data), mtu):
+            if paced:
+                await room()
+            await device.notify_subscriber(connection, characteristic, data[i:i + mtu])
+
+    async def receive() -> int:
+        got = 0
+        while got < len(data):
+            got += len(await guest_link.recv())
+        return got
+
+    return await _timed(send, receive, len(data))
+
+
+async def file_transfer(guest: SecureLink, host: SecureLink, data: bytes) -> float:
+    """The file service's Chunk messages, host to guest, over the secure link."""
+
+    step = chunk_size(host, len(data))
+
+    async def send() -> None:
+        for offset in range(0, len(data), step):
+            await host.send(Chunk(offset, data[offset:offset + step]).encode())
+
+    async def receive() -> int:
+        got = 0
+        while got < len(data):
+            got += len(decode(await guest.recv(), Chunk).data)
+        return got
+
+    return await _timed(send, receive, len(data))
+
+
+async def _quiet(pacer: Any) -> None:
+    """Until the host's pace has relaxed: every run starts from the same connection state."""
+    async with asyncio.timeout(30):
+        while not (pacer.idle and pacer.want is pacer.applied is Speed.RELAXED):
+            await asyncio.sleep(0.02)
+
+
+async def measure_goodput(bench: Bench, pairings: Pairings, settings: Settings) -> dict[str, Any]:
+    """MB/s of bumble's raw notify and of a file transfer, alternating on one bleak link."""
+    data = os.urandom(settings.goodput_bytes)
+    guest_link, host_link = await connect(bench, "bleak")
+    samples: dict[str, list[float]] = {"raw": [], "raw_paced": [], "secure": []}
+    cpu: dict[str, list[float]] = {path: [] for path in samples}
+    pace: dict[str, Any] = {}
+    try:
+        await pairings.run("bleak", "pin", guest_link, host_link)
+        session = pairings.last
+        guest = SecureLink(guest_link, session[0], timeout=60)
+        host = SecureLink(host_link, session[1], timeout=60)
+        await asyncio.gather(confirm(guest, first=False), confirm(host, first=True))
+        pacer = host_link.pacer
+        central = next(iter(bench.guests["bleak"].adapter.device.connections.values()))
+        for run in range(settings.goodput_runs):
+            order = ("raw", "raw_paced", "secure")
+            order = order if run % 2 == 0 else order[::-1]
+            for path in order:
+                if pacer is not None:
+                    await _quiet(pacer)
+                cpu0 = time.process_time()
+                if path != "secure":
+                    spent = await raw_notify(bench, guest_link, host_link, data,
+                                             paced=path == "raw_paced")
+                else:
+                    spent = await file_transfer(guest, host, data)
+                    if not pace and pacer is not None:
+                        phy = await central.get_phy()
+                        pace = {
+                            "interval_ms": central.parameters.connection_interval,
+                            "phy": int(phy.tx_phy),
+                            "refused": sorted(pacer.stats.refused),
+                        }
+                cpu[path].append((time.process_time() - cpu0) / (len(data) / (1 << 20)))
+                samples[path].append(len(data) / spent / 1e6)
+    finally:
+        await hang_up(guest_link, host_link)
+    mb_s = {path: summary(v) for path, v in samples.items()}
+    ratios = [secure / max(raw, paced)
+              for secure, raw, paced in zip(samples["secure"], samples["raw"],
+                                            samples["raw_paced"], strict=True)]
+    return {
+        "bytes": len(data),
+        "runs": settings.goodput_runs,
+        "mtu": guest_link.mtu,
+        "mb_s": mb_s,
+        "secure_vs_raw_runs": ratios,
+        "secure_vs_raw": statistics.median(ratios),
+        "pace_during_transfer": pace,
+        #: CPU seconds per MiB of this process (both devices), which other jobs move less
+        "cpu_s_per_mib": {path: summary(v) for path, v in cpu.items()},
     }
 
 
@@ -287,6 +477,25 @@ def render(result: dict[str, Any]) -> str:
             out.append(
                 f"{method:<9}{phase:<6}{text[0]:>22}{text[1]:>22}{cell['bleak_vs_bumble']:>14.2f}"
             )
+    g = result["goodput"]
+    mb = g["mb_s"]
+    pace = g["pace_during_transfer"]
+    out += [
+        "",
+        f"goodput to the bleak guest, one GATT link (MTU {g['mtu']}), {g['bytes']} bytes per "
+        f"run, {g['runs']} runs alternating; MB/s median (q1-q3)",
+        *(f"  {label:<28}{mb[path]['median']:6.2f} ({mb[path]['q1']:.2f}-{mb[path]['q3']:.2f})"
+          for path, label in (("raw", "bumble raw notify, queued"),
+                              ("raw_paced", "bumble raw notify, paced"),
+                              ("secure", "file over SecureLink"))),
+        f"  secure / the faster raw of each run: median {g['secure_vs_raw']:.2f} (runs: "
+        f"{' '.join(f'{r:.2f}' for r in g['secure_vs_raw_runs'])})",
+        "  CPU s per MiB (both devices, one process; other jobs move it less): "
+        + ", ".join(f"{path} {g['cpu_s_per_mib'][path]['median']:.2f}"
+                    for path in ("raw", "raw_paced", "secure")),
+        f"  during the transfer the central had: interval {pace.get('interval_ms')} ms, PHY "
+        f"{'2M' if pace.get('phy') == 2 else '1M'}, refused {pace.get('refused') or 'nothing'}",
+    ]
     out += ["", *render_goals(result["goals"]), f"total time {result['seconds']} s"]
     return "\n".join(out)
 
@@ -300,6 +509,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=positive, default=None, help=f"runs per row (default {DEFAULT.repeat})"
     )
+    parser.add_argument(
+        "--goodput-runs", type=positive, default=None,
+        help=f"goodput runs per path (default {DEFAULT.goodput_runs})",
+    )
+    parser.add_argument(
+        "--goodput-bytes", type=positive, default=None,
+        help=f"bytes per goodput run (default {DEFAULT.goodput_bytes})",
+    )
     return parser.parse_args(argv)
 
 
@@ -310,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else DEFAULT
     if args.repeat is not None:
         settings = dataclasses.replace(settings, repeat=args.repeat)
+    if args.goodput_runs is not None:
+        settings = dataclasses.replace(settings, goodput_runs=args.goodput_runs)
+    if args.goodput_bytes is not None:
+        settings = dataclasses.replace(settings, goodput_bytes=args.goodput_bytes)
     result = asyncio.run(measure(settings))
     show(result, render, args.json)
     return 0

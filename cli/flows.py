@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pairkit.admission import RateLimitedLog
+from pairkit.admission import Admission, AdmissionLimits, RateLimitedLog
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
 from pairkit.keystore import Keystore
@@ -84,6 +84,9 @@ class HostOptions:
     lockout_window: float = 300.0
     #: paired guests served at once (new links are told "busy" beyond: runtime/admission.py)
     concurrent: int = 32
+    #: the other limits of runtime/admission.py (unauthenticated links at once and per
+    #: address, first-flight time, ...); ``concurrent`` stands for its ``max_sessions``
+    admission: AdmissionLimits = dataclasses.field(default_factory=AdmissionLimits)
     #: seconds a paired guest may stay silent, or leave what the host sends unread
     serve_idle: float = SERVE_IDLE
     #: say nothing on stderr but errors (the demo narrates for itself)
@@ -274,8 +277,9 @@ async def run_host(
         return None
 
     try:
+        limits = dataclasses.replace(opts.admission, max_sessions=opts.concurrent)
         await accept_loop(
-            listener, serve_one, concurrent=opts.concurrent, stop=stop, once=opts.once,
+            listener, serve_one, stop=stop, once=opts.once, admission=Admission(limits),
             on_error=lambda exc: info(f"error: {exc}"),
         )
     finally:

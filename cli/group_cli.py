@@ -24,11 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import click
 
-from pairkit.pairing.errors import ConfigError, TooLargeError
+from pairkit.pairing.errors import (
+    ConfigError,
+    NotFoundError,
+    PairingTimeout,
+    RefusedError,
+    TooLargeError,
+)
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds
@@ -43,8 +51,12 @@ def group() -> None:
     Controller:  pairkit group create fire-doors
                  pairkit group add fire-doors door-1 --via relay
                  pairkit group send fire-doors "close all doors" -t bumble:usb:0
+                 pairkit group sync fire-doors      (retry until every member confirms)
+                 pairkit group status fire-doors    (confirmed / pending / unreachable)
                  pairkit group remove fire-doors door-3       (new epoch, new key)
     Relay:       pairkit group relay -t tcp:0.0.0.0:7100
+    Agent:       pairkit group agent -t tcp:0.0.0.0:7100 --radio bumble:usb:1
+                 (then on the controller: pairkit group send fire-doors "close" --agent relay)
     Member:      pairkit group listen fire-doors -t tcp:0.0.0.0:7101 -t bumble:usb:0
     """
 
@@ -55,33 +67,103 @@ def _json_option(f: Any) -> Any:
 
 def _report(record: Any, outcomes: list[Any], as_json: bool, what: str) -> None:
     if as_json:
-        emit_json({"ok": all(o.ok for o in outcomes), "group": record.name,
-                   "epoch": record.epoch, "deliveries": [o.as_json() for o in outcomes]})
+        emit_json({"ok": all(o.ok for o in outcomes),
+                   "confirmed": all(o.state == "confirmed" for o in outcomes),
+                   "group": record.name, "epoch": record.epoch,
+                   "deliveries": [o.as_json() for o in outcomes]})
         return
     click.echo(f"{record.name}: epoch {record.epoch}, {len(record.members)} member(s); {what}")
     for o in outcomes:
         route = f"via {o.via}" if o.via else "directly"
-        click.echo(f"  {o.name:<24} {route:<20} {o.status}")
-    waiting = [o.name for o in outcomes if not o.ok]
-    if waiting:
-        info(f"not reached now: {', '.join(waiting)}; they get epoch {record.epoch} when next "
-             f"reached (pairkit group sync {record.name})")
+        said = o.status if o.state == "confirmed" else (
+            f"{_state_text(o.state, o.attempts, o.next_try)}  ({o.status})")
+        click.echo(f"  {o.name:<24} {route:<20} {said}")
+    pending = [o.name for o in outcomes if o.state == "pending"]
+    lost = [o.name for o in outcomes if o.state == "unreachable"]
+    if pending:
+        info(f"not confirmed yet: {', '.join(pending)}; 'pairkit group sync {record.name}' "
+             "retries until each confirms or is unreachable")
+    if lost:
+        info(f"unreachable: {', '.join(lost)}; 'pairkit group sync {record.name} "
+             "--retry-unreachable' tries them again")
+
+
+def _state_text(state: str, attempts: int, next_try: float | None) -> str:
+    if state != "pending":
+        return state
+    when = ""
+    if next_try is not None:
+        left = next_try - time.time()
+        when = f", next try in {left:.0f} s" if left > 0 else ", next try now"
+    return f"pending ({attempts} attempt{'s' if attempts != 1 else ''}{when})"
+
+
+def _policy_options(f: Any) -> Any:
+    for opt in reversed([
+        click.option("--attempts", type=click.IntRange(1, 1000), default=6, show_default=True,
+                     help="Attempts per member and epoch before it is reported unreachable."),
+        click.option("--backoff", type=Seconds(0.01, 86400), default=2.0, show_default=True,
+                     help="Seconds before the first retry; each later wait doubles."),
+        click.option("--max-backoff", type=Seconds(0.01, 86400), default=300.0,
+                     show_default=True, help="The longest wait between two attempts."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _policy(attempts: int, backoff: float, max_backoff: float) -> Any:
+    from pairkit.pairing.groups import RetryPolicy
+
+    return RetryPolicy(first=backoff, cap=max(backoff, max_backoff), attempts=attempts)
 
 
 @group.command()
 @click.argument("name")
+@click.option("--trust", type=click.Choice(["paired", "ca"]), default="paired",
+              show_default=True,
+              help="How members trust this controller: 'paired' (they paired with it) or "
+                   "'ca' (its certificate from the key server's CA: 'ttp enroll --cert').")
 @_json_option
-def create(name: str, as_json: bool) -> None:
-    """Create the group NAME, controlled by this device, with a fresh key (epoch 1)."""
+def create(name: str, trust: str, as_json: bool) -> None:
+    """Create the group NAME, controlled by this device, with a fresh key (epoch 1).
+
+    \b
+    --trust paired  a member takes keys only from a controller it paired with (the default)
+    --trust ca      every envelope carries this device's certificate from the key server's
+                    CA; a member enrolled with the same CA takes it without a pairing, a
+                    member enrolled with another CA refuses it.  Members can then be added
+                    by their own certificate: 'pairkit group add NAME --cert FILE'.
+    """
     from pairkit.groups import create_group
 
     ks = unlock()
-    record = create_group(ks, name)
+    record = create_group(ks, name, trust=trust)
     if as_json:
-        emit_json({"ok": True, "group": record.name, "epoch": record.epoch})
+        emit_json({"ok": True, "group": record.name, "epoch": record.epoch,
+                   "trust": record.trust})
     else:
-        click.echo(f"created group {record.name} (epoch {record.epoch}); add members with "
-                   f"'pairkit group add {record.name} PEER'")
+        click.echo(f"created group {record.name} (epoch {record.epoch}, trusted "
+                   f"{'by pairing' if trust == 'paired' else 'through the CA'}); add members "
+                   f"with 'pairkit group add {record.name} PEER'")
+
+
+def _read_cert_file(path: Path) -> bytes:
+    """A device certificate from a file: PEM (as 'pairkit group cert' writes) or DER."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if len(raw) > 16 * 1024:
+        raise ConfigError(f"{path} is too large to be a device certificate")
+    try:
+        cert = (x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(raw))
+    except ValueError:
+        raise ConfigError(f"{path} is not a certificate (PEM or DER)") from None
+    return cert.public_bytes(Encoding.DER)
 
 
 def _reach_options(f: Any) -> Any:
@@ -104,25 +186,39 @@ def _reach_options(f: Any) -> Any:
 @group.command()
 @trace_option
 @click.argument("name")
-@click.argument("peer")
+@click.argument("peer", required=False)
 @click.option("--via", "via", default=None, metavar="RELAY",
               help="Deliver through this relay (a known peer running 'pairkit group relay').")
+@click.option("--cert", "cert_file", default=None, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Add the device whose certificate this is ('pairkit group cert' on it), in "
+                   "a group made with --trust ca: no pairing with it needed.")
 @_reach_options
+@_policy_options
 @_json_option
-def add(name: str, peer: str, via: str | None, transport: str | None, address: str | None,
-        timeout: float, connect_timeout: float, as_json: bool) -> None:
-    """Add the known peer PEER to group NAME and deliver the group key to it.
+def add(name: str, peer: str | None, via: str | None, cert_file: Path | None,
+        transport: str | None, address: str | None, timeout: float, connect_timeout: float,
+        attempts: int, backoff: float, max_backoff: float, as_json: bool) -> None:
+    """Add the known peer PEER (or the device of --cert FILE) to group NAME and deliver the
+    group key to it.
 
     The key travels sealed to PEER's identity key and signed by this device; a relay
-    (--via) forwards it and cannot open it.  A member out of reach stays pending and gets the
-    current key when next reached ('pairkit group sync NAME').
+    (--via) forwards it and cannot open it.  PEER is *confirmed* only when its own signed
+    receipt comes back (directly, or through the relay on a later round); until then it is
+    pending, and 'pairkit group sync NAME' retries it with growing waits until it confirms
+    or is reported unreachable.  One round is made here.
     """
     from pairkit.groups import Reach, add_member
 
+    if (peer is None) == (cert_file is None):
+        raise ConfigError("name the member: a known PEER, or --cert FILE (not both)")
+    cert = _read_cert_file(cert_file) if cert_file is not None else None
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
     record, outcomes = run_async(lambda: add_member(
         ks, name, peer, via=via, transport=transport, address=address, reach=reach,
+        policy=policy, cert=cert,
     ))
     _report(record, outcomes, as_json, "key sent")
 
@@ -136,8 +232,10 @@ def add(name: str, peer: str, via: str | None, transport: str | None, address: s
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
               show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
+@_policy_options
 @_json_option
-def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
+def remove(name: str, peer: str, timeout: float, connect_timeout: float, attempts: int,
+           backoff: float, max_backoff: float, as_json: bool) -> None:
     """Remove PEER from group NAME: a new epoch and key go to every remaining member.
 
     PEER keeps the old key but cannot read anything sent after this: members refuse
@@ -145,9 +243,11 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
     """
     from pairkit.groups import Reach, remove_member
 
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
-    record, outcomes = run_async(lambda: remove_member(ks, name, peer, reach=reach))
+    record, outcomes = run_async(lambda: remove_member(ks, name, peer, reach=reach,
+                                                       policy=policy))
     _report(record, outcomes, as_json, "new key sent")
 
 
@@ -159,14 +259,20 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, as_json
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
               show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
+@_policy_options
 @_json_option
-def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
-    """Start a new epoch of group NAME with a new key, and deliver it to every member."""
+def rekey(name: str, timeout: float, connect_timeout: float, attempts: int, backoff: float,
+          max_backoff: float, as_json: bool) -> None:
+    """Start a new epoch of group NAME with a new key, and deliver it to every member.
+
+    One round is made here; 'pairkit group sync NAME' retries until every member confirms.
+    """
     from pairkit.groups import Reach, rekey_group
 
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
-    record, outcomes = run_async(lambda: rekey_group(ks, name, reach=reach))
+    record, outcomes = run_async(lambda: rekey_group(ks, name, reach=reach, policy=policy))
     _report(record, outcomes, as_json, "new key sent")
 
 
@@ -178,45 +284,112 @@ def rekey(name: str, timeout: float, connect_timeout: float, as_json: bool) -> N
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
               show_default=True,
               help="Seconds to wait for a peer to answer a connection.")
+@_policy_options
+@click.option("--once", is_flag=True,
+              help="One round only: try every pending member once, do not wait for retries.")
+@click.option("--retry-unreachable", is_flag=True,
+              help="Try members reported unreachable again, with a fresh count of attempts.")
 @_json_option
-def sync(name: str, timeout: float, connect_timeout: float, as_json: bool) -> None:
-    """Deliver group NAME's current key to every member that does not have it yet."""
-    from pairkit.groups import Reach, deliver_pending
+def sync(name: str, timeout: float, connect_timeout: float, attempts: int, backoff: float,
+         max_backoff: float, once: bool, retry_unreachable: bool, as_json: bool) -> None:
+    """Deliver group NAME's current key until every member confirms or is unreachable.
 
+    A member is confirmed only by its own signed receipt, which the controller checks: a
+    relay cannot make one up, and its "queued" is not enough.  Members that have not
+    confirmed are tried again after --backoff seconds, then twice as long each time (at most
+    --max-backoff), until --attempts attempts; then they are reported unreachable.  Members
+    behind a relay confirm on a later round, when the relay hands back their receipts.
+    Progress is kept in the keystore: 'pairkit group status NAME' shows it at any time.
+
+    \b
+    Exit 0 when every member confirmed; 4 (timeout) when some are unreachable.
+    """
+    from pairkit.groups import Reach, confirm_all, deliver_pending
+
+    policy = _policy(attempts, backoff, max_backoff)
     ks = unlock()
     reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
-    record, outcomes = run_async(lambda: deliver_pending(ks, name, reach=reach))
+
+    def progress(outcomes: list[Any]) -> None:
+        if not as_json:
+            for o in outcomes:
+                info(f"{o.name}: {_state_text(o.state, o.attempts, o.next_try)} ({o.status})")
+
+    if once:
+        if retry_unreachable:
+            raise ConfigError("--retry-unreachable needs the full sync (without --once)")
+        record, outcomes = run_async(lambda: deliver_pending(ks, name, reach=reach,
+                                                             policy=policy))
+    else:
+        record, outcomes = run_async(lambda: confirm_all(
+            ks, name, reach=reach, policy=policy, retry_unreachable=retry_unreachable,
+            on_round=progress))
     _report(record, outcomes, as_json, "pending members tried" if outcomes else "nothing pending")
+    if not once and any(o.state == "unreachable" for o in outcomes):
+        lost = ", ".join(o.name for o in outcomes if o.state == "unreachable")
+        raise PairingTimeout(f"not confirmed after {attempts} attempts: {lost}")
 
 
 @group.command()
 @trace_option
 @click.argument("name")
 @click.argument("message")
-@click.option("--transport", "-t", default="bumble:usb:0", show_default=True,
-              help="The radio to broadcast on: bumble:usb:0, bumble:tcp-client:HOST:PORT, ...")
-@click.option("--duration", type=Seconds(0.1, 3600), default=2.0, show_default=True,
+@click.option("--transport", "-t", default=None,
+              help="The radio to broadcast on: bumble:usb:0 (the default), "
+                   "bumble:tcp-client:HOST:PORT, ...  With --agent: where to reach the agent, "
+                   "when not where it was last seen.")
+@click.option("--duration", type=Seconds(0.1, 60), default=2.0, show_default=True,
               help="Seconds to keep advertising the command.")
+@click.option("--agent", default=None, metavar="PEER",
+              help="Have this group agent broadcast it ('pairkit group agent' on a member of "
+                   "NAME that confirmed the current epoch), signed end to end by this "
+                   "controller, instead of broadcasting here.")
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0, show_default=True,
+              help="With --agent: seconds to wait for the agent to answer a connection.")
 @_json_option
-def send(name: str, message: str, transport: str, duration: float, as_json: bool) -> None:
+def send(name: str, message: str, transport: str | None, duration: float, agent: str | None,
+         connect_timeout: float, as_json: bool) -> None:
     """Broadcast MESSAGE to group NAME, encrypted under the group key, in one advertisement.
 
     The advertisement carries the group epoch, a randomizer, this device's sequence number and
     an authentication tag (41 bytes in all), so it needs extended advertising (BLE 5): a legacy
     advertisement has room for 10 bytes.  Members refuse replays, forgeries and old epochs.
+
+    With --agent PEER, the controller of NAME sends the command end to end to its group agent
+    (a relay that is also a member), which broadcasts it on its own radio: members out of the
+    controller's reach hear the agent.
     """
     from pairkit.groups import broadcast, needs_extended
     from pairkit.transports.registry import open_transport
 
-    if duration <= 0:
-        raise ConfigError("--duration must be positive")
     command = message.encode("utf-8")
     ks = unlock()
+    if agent is not None:
+        from pairkit.groups import Reach, send_via_agent
+        from pairkit.pairing.groups import MAX_COMMAND
+
+        if len(command) > MAX_COMMAND:
+            raise ConfigError(f"the command is {len(command)} bytes; an agent broadcasts at "
+                              f"most {MAX_COMMAND} bytes in one advertisement")
+        reach = Reach(connect_timeout=connect_timeout,
+                      spec=transport if transport and transport.startswith("tcp:") else None)
+        result = run_async(lambda: send_via_agent(ks, name, agent, command, air=duration,
+                                                  reach=reach))
+        if not result.ok:
+            raise RefusedError(f"the agent refused: {result.reason}")
+        if as_json:
+            emit_json({"ok": True, "group": name, "agent": agent, "number": result.number,
+                       "seq": result.seq})
+        else:
+            click.echo(f"sent to {name} through the agent {agent} (its #{result.seq}), on the "
+                       f"air for {duration:g} s")
+        return
+    spec = transport or "bumble:usb:0"
 
     async def go() -> dict[str, Any]:
         extra = {"extended_advertising": True} if (
-            transport.startswith("bumble:") and needs_extended(command)) else {}
-        t = await open_transport(transport, **extra)
+            spec.startswith("bumble:") and needs_extended(command)) else {}
+        t = await open_transport(spec, **extra)
         try:
             return await broadcast(ks, t, name, command, duration=duration)
         except TooLargeError as exc:  # the user's MESSAGE, not a peer's: a usage error
@@ -282,6 +455,15 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
              f"{event['reason']}")
     elif kind == "unreachable":
         info(f"{event['member']} not reached ({event['reason']}); will retry")
+    elif kind == "broadcast":
+        info(f"broadcast for {event['from']} to {event['group']} (epoch {event['epoch']}, "
+             f"#{event['seq']}): {event['command']}")
+    elif kind == "command-refused":
+        info(f"refused a command for {event['group']} from {event['from']}: "
+             f"{event['reason']}")
+    elif kind == "receipt-returned":
+        info(f"handed {event['member']}'s receipt for {event['group']} epoch "
+             f"{event['epoch']} to its controller")
 
 
 @group.command()
@@ -432,27 +614,182 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
 
 
 @group.command()
+@trace_option
+@click.option("--transport", "-t", "transports", multiple=True, required=True,
+              help="Where to accept the controller (repeat): tcp:HOST:PORT or a radio.")
+@click.option("--radio", required=True, metavar="RADIO",
+              help="The radio to broadcast commands on (bumble:...; extended advertising is "
+                   "turned on); it may also be --reach.")
+@click.option("--reach", "reach_spec", default=None, metavar="T",
+              help="Reach members through this radio; by default where each was last seen.")
+@click.option("--retry", type=Seconds(0.1, 86400), default=15.0, show_default=True,
+              help="Seconds between delivery rounds while envelopes wait.")
+@click.option("--timeout", "seconds", default=None, type=Seconds(0.1, 30 * 86400),
+              help="Stop after this many seconds.")
+@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0, show_default=True,
+              help="Seconds to wait for a member to answer a connection.")
 @_json_option
-def show(as_json: bool) -> None:
-    """Show the groups this device controls, holds keys for, and relays envelopes of."""
+def agent(transports: tuple[str, ...], radio: str, reach_spec: str | None, retry: float,
+          seconds: float | None, connect_timeout: float, as_json: bool) -> None:
+    """Be a group agent: a relay that also holds its groups' keys and broadcasts for them.
+
+    \b
+    The oneM2M MN-CSE as group agent.  This device
+      - relays envelopes and receipts, as 'pairkit group relay' does;
+      - takes the keys of the groups whose controller adds it as a member (end to end, sealed
+        to it, like any member: 'pairkit group add NAME AGENT' on the controller);
+      - broadcasts on --radio the commands that controller sends it end to end
+        ('pairkit group send NAME MESSAGE --agent AGENT'): each signed by the group's
+        controller for this agent, numbered (a replay is refused), at the epoch it holds.
+    Members out of the controller's reach then hear the agent.  It refuses commands from
+    anyone else, for groups it holds no key of, or under an old epoch.
+    """
+    from pairkit.groups import Agent, GroupService, Reach, Relay, serve
+
+    ks = unlock()
+
+    async def go() -> None:
+        from pairkit.transports.registry import open_transport
+
+        stop = asyncio.Event()
+        if not radio.startswith("bumble:"):
+            raise ConfigError(f"--radio must be a BLE radio (bumble:...), not {radio!r}")
+        # The broadcasting radio first, with extended advertising (a group broadcast never
+        # fits a legacy advertisement); a -t or --reach naming the same radio shares it.
+        air = await open_transport(radio, extended_advertising=True)
+        others = tuple(x for x in transports + ((reach_spec,) if reach_spec else ())
+                       if x != radio)
+        try:
+            opened = [(radio, air), *await _open_all(others)]
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await air.close()
+            raise
+        specs = dict(opened)
+        down = specs.get(reach_spec) if reach_spec else None
+        reach = (Reach(transport_obj=down, spec=reach_spec, connect_timeout=connect_timeout)
+                 if reach_spec else Reach(open=specs, connect_timeout=connect_timeout))
+        say = lambda e: _say_event(e, as_json)  # noqa: E731
+        the_relay = Relay(ks, reach=reach, on_event=say)
+        service = GroupService(ks, relay=the_relay, agent=Agent(ks, air, on_event=say),
+                               on_event=say)
+        tasks = [asyncio.create_task(the_relay.run(retry, stop))]
+        try:
+            for spec, t in opened:
+                if t is down or (t is air and spec not in transports):
+                    continue
+                tasks.append(asyncio.create_task(serve(
+                    ks, spec, service, transport_obj=t,
+                    on_error=lambda text: info(f"error: {text}"),
+                )))
+            info(f"{ks.name} is a group agent on {', '.join(transports)}, broadcasting on "
+                 f"{radio}")
+            done, _ = await asyncio.wait(set(tasks), timeout=seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            await _shut_down(stop, tasks, opened)
+
+    try:
+        run_async(go)
+    except KeyboardInterrupt:
+        info("agent stopped")
+
+
+@group.command(name="cert")
+@click.option("--out", "-o", "out", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the certificate (PEM) to FILE instead of stdout.")
+@_json_option
+def cert_cmd(out: Path | None, as_json: bool) -> None:
+    """Show this device's certificate from the key server's CA ('ttp enroll --cert').
+
+    A controller adds this device to a group trusted through the CA with
+    'pairkit group add NAME --cert FILE': the certificate names this device, its signing key
+    and the key envelopes are sealed to, signed by the CA.  It holds nothing secret.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from pairkit.groupcert import own_cert, trusted_ca
+    from pairkit.pairing.groupcert import check_device_cert
+
+    ks = unlock()
+    der, ca = own_cert(ks), trusted_ca(ks)
+    if der is None or ca is None:
+        raise NotFoundError("this device has no certificate yet: pairkit ttp enroll --server "
+                            "HOST:PORT --ca ca.pem --cert")
+    found = check_device_cert(der, ca, now=time.time(), device_id=bytes.fromhex(ks.device_id))
+    pem = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
+    if out is not None:
+        try:
+            out.write_text(pem)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {out}: {exc.strerror}") from None
+    if as_json:
+        emit_json({"ok": True, "id": found.device_id.hex(), "name": found.name,
+                   "valid_until": int(found.not_after), "file": str(out) if out else None,
+                   "pem": pem})
+    elif out is None:
+        click.echo(pem, nl=False)
+    else:
+        info(f"wrote {found.name}'s certificate to {out}")
+
+
+def _status(name: str | None, as_json: bool) -> None:
     from pairkit.groups import group_status
 
-    status = group_status(unlock())
+    status = group_status(unlock(), name)
     if as_json:
         emit_json(status)
         return
     for g in status["controls"]:
-        click.echo(f"controls {g['group']} (epoch {g['epoch']})")
+        trusted = "through the CA" if g["trust"] == "ca" else "by pairing"
+        click.echo(f"controls {g['group']} (epoch {g['epoch']}, trusted {trusted})")
         for m in g["members"]:
             route = f" via {m['via']}" if m["via"] else ""
-            state = "pending" if m["pending"] else f"has epoch {m['delivered']}"
-            click.echo(f"  {m['name']:<24}{route}  {state}")
+            state = _state_text(m["state"], m["attempts"], m["next_try"])
+            last = f"  last: {m['last']}" if m["last"] and m["state"] != "confirmed" else ""
+            click.echo(f"  {m['name']:<24}{route}  {state}{last}")
     for g in status["member_of"]:
         click.echo(f"member of {g['group']} (epoch {g['epoch']}, controller {g['controller']})")
     for e in status["relaying"]:
         click.echo(f"holding {e['group']} epoch {e['epoch']} for {e['member']}")
+    for r in status["receipts_held"]:
+        click.echo(f"holding {r['member']}'s receipt for {r['group']} epoch {r['epoch']} "
+                   f"(for {r['controller']})")
     if not any(status.values()):
-        info("no groups yet: 'pairkit group create NAME' makes one")
+        info("no groups yet: 'pairkit group create NAME' makes one" if name is None
+             else f"this device knows nothing of a group {name!r}")
+
+
+@group.command()
+@click.argument("name", required=False)
+@_json_option
+def status(name: str | None, as_json: bool) -> None:
+    """Show each member's delivery state, and what this device holds and relays.
+
+    \b
+    For each group this device controls, each member is one of:
+      confirmed    its signed receipt for the current epoch came back and verified
+      pending      not confirmed yet: attempts so far, and when the next try is due
+      unreachable  the attempts ran out ('pairkit group sync NAME --retry-unreachable')
+    Then the groups whose key this device holds, the envelopes it relays and the receipts
+    it holds for controllers.  NAME keeps only that group.  --json: one object, with
+    "state", "attempts", "next_try" (Unix seconds) and "last" (what the last attempt gave)
+    for each member.
+    """
+    _status(name, as_json)
+
+
+@group.command(hidden=True)
+@click.argument("name", required=False)
+@_json_option
+def show(name: str | None, as_json: bool) -> None:
+    """The same as 'status' (its former name)."""
+    _status(name, as_json)
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from pairkit import groups as G
 from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing.cloud import AllowJoin, Grant, Role
 from pairkit.pairing.errors import AuthenticationError, PairingError
-from pairkit.pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, envelope_info
+from pairkit.pairing.groups import ADVERT_OVERHEAD, GroupEnvelope, RetryPolicy, envelope_info
 from pairkit.pairing.methods import Session
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import Membership
@@ -143,9 +143,11 @@ class GroupLab:
             private_addresses=False,
         )
 
-    async def add(self, name: str, *, extended: bool = False, downlink: bool = False) -> Node:
+    async def add(self, name: str, *, extended: bool = False, downlink: bool = False,
+                  downlink_extended: bool = False) -> Node:
         """A new device with its own keystore and personal cloud, as ``pairkit init`` makes;
-        ``downlink`` gives it a second radio to reach peers through."""
+        ``downlink`` gives it a second radio to reach peers through (``downlink_extended``:
+        with extended advertising, for a group agent's broadcasts)."""
         path = self.root / name / "keystore.pk"
         ks = await asyncio.to_thread(
             Keystore.create, path, DEMO_PIN, name=name, kdf=Argon2Params.cheapest()
@@ -155,7 +157,8 @@ class GroupLab:
         transport = await self._open_transport(name, extended=extended, address=None)
         node = Node(name, ks, transport, str(transport.address))
         if downlink:
-            node.downlink = await self._open_transport(f"{name}-down", extended=False,
+            node.downlink = await self._open_transport(f"{name}-down",
+                                                       extended=downlink_extended,
                                                        address=None)
         self.nodes[name] = node
         return node
@@ -241,11 +244,29 @@ class GroupLab:
     async def start_relay(
         self, node: Node, *, retry: float = 0.5,
         say: Callable[[Node, dict[str, Any]], None] | None = None,
+        relay_type: type[G.Relay] = G.Relay,
+        service_type: type[G.GroupService] = G.GroupService,
     ) -> None:
-        """Store and forward envelopes for members (a group service with a relay)."""
+        """Store and forward envelopes for members (a group service with a relay);
+        ``relay_type`` and ``service_type`` let a test put a relay that misbehaves in its
+        place."""
+        sink = self._sink(node, say)
+        node.relay = relay_type(node.ks, reach=self.reach(node), on_event=sink)
+        service = service_type(node.ks, member=False, relay=node.relay, on_event=sink)
+        node.stop = asyncio.Event()
+        await self._serve(node, service)
+        node.tasks.append(asyncio.create_task(node.relay.run(retry, node.stop)))
+
+    async def start_agent(
+        self, node: Node, *, retry: float = 0.5,
+        say: Callable[[Node, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """A relay that is also a member and its groups' agent: it broadcasts, on its downlink
+        radio, the commands its controllers send it (``pairkit group agent``)."""
         sink = self._sink(node, say)
         node.relay = G.Relay(node.ks, reach=self.reach(node), on_event=sink)
-        service = G.GroupService(node.ks, member=False, relay=node.relay, on_event=sink)
+        agent = G.Agent(node.ks, node.downlink or node.transport, on_event=sink)
+        service = G.GroupService(node.ks, relay=node.relay, agent=agent, on_event=sink)
         node.stop = asyncio.Event()
         await self._serve(node, service)
         node.tasks.append(asyncio.create_task(node.relay.run(retry, node.stop)))
@@ -454,6 +475,8 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
                                              reach=reach)
             ms = (time.perf_counter() - t1) * 1000
             for o in outcomes:
+                if o.member != lab.nodes[name].id:
+                    continue  # another pending member tried again in the same round
                 route = f"via {o.via}" if o.via else "directly"
                 n.say(f"   controller -> {o.name:<15} {group:<14} {route:<10} {o.status} "
                       f"({ms:.0f} ms)")
@@ -463,9 +486,11 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
                                for node in everyone if node.name in names), 15)
     n.say(f"   every member holds its group's key ({time.perf_counter() - t0:.2f} s)")
     summary["deliveries"] = deliveries
+    summary["confirmed"] = await _confirm(ctl, reach, n)
 
     # The relay's own state cannot open what it carried.
-    carried = [e for e in relay.events if e["event"] in ("queued",)]
+    # Distinct envelopes: one forwarded again while its receipt was on its way is the same one.
+    carried = {e["envelope"] for e in relay.events if e["event"] == "queued"}
     opened = _relay_tries_to_open(relay)
     n.say(f"   the relay carried {len(carried)} envelopes; trying each with its own keystore: "
           f"{'opened!' if opened else 'none opens'}; keys it holds: "
@@ -533,10 +558,30 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
                                      expect=[door, door2])
     n.say(f"   broadcast 'all clear': read by {', '.join(row['read_by'])}; door-3 read "
           f"{'it!' if 'all clear' in door3.read() else 'nothing'}")
-    summary["catch_up"] = {"member": "door-2", "epoch": record.epoch, "read_by": row["read_by"]}
+    summary["catch_up"] = {"member": "door-2", "epoch": record.epoch, "read_by": row["read_by"],
+                           "confirmed": (await _confirm(ctl, reach, n))["fire-doors"]}
     summary["removal"]["door-3_read_after"] = "all clear" in door3.read()
     summary["relay"]["queued_at_end"] = len(relay.relay.queue) if relay.relay else 0
     n.mark("rekeyed")
+
+
+#: the demo's controller asks again every few hundredths of a second
+_DEMO_RETRY = RetryPolicy(first=0.3, cap=1.0, attempts=30)
+
+
+async def _confirm(ctl: Node, reach: G.Reach, n: _Narrator) -> dict[str, list[str]]:
+    """The controller retries until every member's signed receipt is back (those behind the
+    relay come through it); returns the confirmed members by group."""
+    confirmed: dict[str, list[str]] = {}
+    for group in GROUPS:
+        record, outcomes = await G.confirm_all(ctl.ks, group, reach=reach, policy=_DEMO_RETRY)
+        for o in outcomes:
+            n.say(f"   controller: {o.name:<15} {group:<14} {o.state}: {o.status}")
+        confirmed[group] = sorted(m.name for m in record.members
+                                  if m.state(record.epoch) == "confirmed")
+    n.say("   every member's receipt is signed by the member itself: the relay carries it and "
+          "cannot make one")
+    return confirmed
 
 
 _REASONS = {

@@ -202,14 +202,20 @@ def _read_eukey(path: str) -> bytes:
               help="The server's enrolment token, when its enrolment is closed.")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=10.0, show_default=True,
               help="Seconds to wait for the key server.")
+@click.option("--cert", "want_cert", is_flag=True,
+              help="Also get a device certificate from the server's CA, for group keys "
+                   "trusted through it ('pairkit group create NAME --trust ca').")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,
-           token_file: str | None, timeout: float, as_json: bool) -> None:
+           token_file: str | None, timeout: float, want_cert: bool, as_json: bool) -> None:
     """Register this device's identity key with a key server (and its factory key, for CPNS).
 
     The device proves it holds its key; the server's certificate must be signed by the CA in
     --ca, or nothing is sent.  The server and CA are remembered in the keystore.  Enrolling
-    again refreshes the name (and the factory key when one is given).
+    again refreshes the name (and the factory key when one is given).  With --cert the device
+    also proves its signing key and gets a certificate for it, signed by the same CA: group
+    members enrolled with that CA then trust this device as a group controller without having
+    paired with it (and a controller can add this device by it: 'pairkit group cert').
     """
     from pairkit.keyserver.certs import read_token
     from pairkit.ttp import enrol
@@ -230,14 +236,25 @@ def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,
         ks.set_setting(SETTING_CA, str(ca_file.resolve()))
         if eukey is not None:
             ks.set_setting(SETTING_EUKEY, eukey)
+    cert = None
+    if want_cert:
+        from pairkit.groupcert import enrol_cert
+
+        cert = run_async(lambda: enrol_cert(ks, server, ca_file, me, timeout=timeout))
     if as_json:
+        extra = {"cert_valid_until": int(cert.not_after)} if cert is not None else {}
         emit_json({"ok": True, "id": me.device_id.hex(), "name": me.name, "server": server,
                    "updated": done.updated, "eukey": done.has_eukey,
-                   "fingerprint": key_fingerprint(me.static_public)})
+                   "fingerprint": key_fingerprint(me.static_public), **extra})
         return
     again = "again " if done.updated else ""
     click.echo(f"{me.name} ({me.device_id.hex()}) enrolled {again}with the key server at {server}"
                + (" with a factory key" if done.has_eukey else ""))
+    if cert is not None:
+        import datetime
+
+        until = datetime.datetime.fromtimestamp(cert.not_after, datetime.UTC)
+        click.echo(f"device certificate from its CA kept, valid until {until:%Y-%m-%d}")
 
 
 @ttp.command(name="list")

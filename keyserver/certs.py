@@ -269,3 +269,74 @@ def cert_hosts(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [str(n.value) for n in san]
+
+
+#: how long a device certificate (``pairkit ttp enroll --cert``) is valid
+DEVICE_DAYS = 365
+
+
+def load_ca_key(d: ServerDir) -> ec.EllipticCurvePrivateKey | None:
+    """The CA's private key, or None when it is kept offline (not in the directory)."""
+    if not d.ca_key.is_file():
+        return None
+    try:
+        key = serialization.load_pem_private_key(d.ca_key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        raise ConfigError(f"{d.ca_key} is not a readable CA key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{d.ca_key} is not the CA's EC key")
+    return key
+
+
+def make_device_cert(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    *,
+    device_id: bytes,
+    name: str,
+    static: bytes,
+    signing: bytes,
+    now: datetime.datetime,
+    days: int = DEVICE_DAYS,
+) -> bytes:
+    """A device certificate (DER) for the device's Ed25519 signing key, naming its id and
+    carrying its X25519 static key (pairing/groupcert.py says what each field means)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from pairkit.pairing.groupcert import STATIC_KEY_OID
+
+    # A name is the device's own words: keep it printable and short in a certificate.
+    shown = "".join(ch for ch in name if ch.isprintable())[:64] or device_id.hex()[:16]
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pairkit"),
+        x509.NameAttribute(NameOID.COMMON_NAME, shown),
+        x509.NameAttribute(NameOID.USER_ID, device_id.hex()),
+    ])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(Ed25519PublicKey.from_public_bytes(signing))
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(STATIC_KEY_OID, b"\x04\x20" + static), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.DER)
+

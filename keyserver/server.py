@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import functools
 import logging
 import os
@@ -54,7 +55,9 @@ from pairkit.pairing.errors import (
     LinkClosedError,
     NotFoundError,
     PairingError,
+    RefusedError,
 )
+from pairkit.pairing.groupcert import CertAsked, CertIssuer, CertRequest
 from pairkit.pairing.ttp import (
     BadTokenError,
     EnrolAsked,
@@ -67,7 +70,7 @@ from pairkit.pairing.ttp import (
 )
 from pairkit.transports.tcp import TcpLink, format_host_port
 
-from .certs import ServerDir, cert_fingerprint, load_cert
+from .certs import ServerDir, cert_fingerprint, load_ca_key, load_cert, make_device_cert
 from .store import Matched, Store, StoreError, open_store
 
 T = TypeVar("T")
@@ -464,7 +467,7 @@ class TtpServer:
         loop = asyncio.get_running_loop()
         lim = self.limits
         machine = TtpServerConn(
-            self._config, handover=(PnRegistrationRequest,), rng=self._rng
+            self._config, handover=(PnRegistrationRequest, CertRequest), rng=self._rng
         )
         pipe = _AdmittedPipe(
             link, max_message=lim.max_message, machine=machine,
@@ -481,6 +484,16 @@ class TtpServer:
                 # A failed proof or a wrong enrolment token: counted toward the lockout.
                 self.admission.failure(client, self._clock())
             raise
+        if isinstance(machine.handover, CertRequest):
+            assert machine.device_id is not None and machine.static is not None
+            issuer = CertIssuer(
+                device_id=machine.device_id, static=machine.static, name=machine.name or "",
+                server_cert=self.cert_digest,
+            )
+            issuer.begin(machine.handover, loop.time())
+            await drive(issuer, pipe, delegate=conn, idle=lim.step_timeout,
+                        answer_time=lim.step_timeout)
+            return
         if isinstance(machine.handover, PnRegistrationRequest):
             assert machine.device_id is not None
             cpns = CpnsServer(machine.device_id, step_timeout=lim.step_timeout * 3, rng=self._rng)
@@ -587,6 +600,30 @@ class _Conn:
             if not taken:
                 with contextlib.suppress(PairingError):
                     await s.db(s.store.cancel_intent, row)
+
+    async def ttp_cert(self, q: CertAsked) -> bytes:
+        """A device certificate for an enrolled device's signing key (issue 14), signed with
+        the CA key when it is in the server's directory."""
+        s = self.s
+        me = await s.db(s.store.device, q.device_id)
+        if me is None or not same(me.static, q.static) or not same(me.signing, q.signing):
+            raise NotFoundError(
+                "this device is not enrolled with this signing key; run 'pairkit ttp enroll' "
+                "first"
+            )
+        ca_key = load_ca_key(s.dir)
+        if ca_key is None:
+            raise RefusedError(
+                "this key server issues no device certificates: its CA key is kept offline"
+            )
+        der = make_device_cert(
+            ca_key, load_cert(s.dir.ca_cert), device_id=q.device_id, name=me.name,
+            static=q.static, signing=q.signing,
+            now=datetime.datetime.fromtimestamp(s._clock(), datetime.UTC),
+        )
+        s.stats["certified"] = s.stats.get("certified", 0) + 1
+        s._log(f"certified {me.name} ({q.device_id.hex()[:16]}) for group trust")
+        return der
 
     async def cpns_keys(self, q: CpnsKeysAsked) -> CpnsKeys:
         s = self.s

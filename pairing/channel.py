@@ -51,7 +51,7 @@ from __future__ import annotations
 import enum
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from cryptography.exceptions import InvalidTag
@@ -267,6 +267,15 @@ class SecureChannel:
     @property
     def config(self) -> ChannelConfig:
         return self._config
+
+    def set_mtu(self, mtu: int) -> None:
+        """Fragment the records sealed from now on to ``mtu`` bytes (20..65535).
+
+        A link's MTU can grow after the channel was made (an ATT MTU exchange that completes
+        after the connection is up).  The receiver needs no word of it: every fragment says
+        where it belongs (:mod:`pairing.framing`), whatever its size.
+        """
+        self._config = replace(self._config, mtu=framing.check_mtu(mtu))
 
     @property
     def state(self) -> ChannelState:

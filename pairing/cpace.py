@@ -38,9 +38,14 @@ for a constant-time map); the map is written without secret-dependent branches, 
 timing still depends on the values.  So the map's two costly steps, the inversion (Python's
 ``pow(x, -1, p)``, a gcd whose running time depends on ``x``) and the square test, run on
 *blinded* values: ``x * r`` and ``gx1 * r^2`` for a secret random ``r`` (derived from this
-party's scalar, see :func:`map_to_curve_elligator2_curve25519`), which are uniform and
-independent of the PIN; the result is unchanged.  Python cannot wipe secrets from memory; a
-finished or failed :class:`CPace` only drops its references.
+party's scalar, see :func:`map_to_curve_elligator2_curve25519`); the result is unchanged.  With
+``r`` uniform in F_p* and independent of the PIN, ``x * r`` is uniform in F_p* whatever the PIN;
+``gx1 * r^2`` is uniform among the squares or among the non-squares, so its distribution tells
+at most whether ``gx1`` is a square (which candidate the map picks), and the two halves of the
+field are alike in what a fixed-exponent ``pow``'s timing depends on (the values' sizes).  What
+is left: the unblinded multiplications around them, whose bignum timing differs only for values
+with leading zero digits (about 2^-30 per value with CPython's 30-bit digits).  Python cannot
+wipe secrets from memory; a finished or failed :class:`CPace` only drops its references.
 """
 
 from __future__ import annotations

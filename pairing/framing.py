@@ -44,6 +44,7 @@ __all__ = [
     "MIN_MTU",
     "Reassembler",
     "fragment",
+    "fragment_count",
 ]
 
 FLAG_FIRST = 0x80
@@ -133,6 +134,15 @@ def fragment(message: bytes, mtu: int, *, max_message: int = DEFAULT_MAX_MESSAGE
         pos += step
     out.append(bytes((FLAG_LAST,)) + view[pos:])
     return out
+
+
+def fragment_count(total: int, mtu: int) -> int:
+    """How many fragments :func:`fragment` cuts a ``total``-byte message into at ``mtu``."""
+    check_mtu(mtu)
+    room = mtu - 1 - len(encode_leb128(total))
+    if total <= room:
+        return 1
+    return 1 + -(-(total - room) // (mtu - 1))
 
 
 class Reassembler:

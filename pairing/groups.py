@@ -41,6 +41,17 @@ A member accepts an envelope only when it is addressed to it, signed by the cont
 trusts for that group (the first controller it accepted the group from, or the one it was told
 to trust), and not older than the epoch it holds; it then forgets older epochs.
 
+Receipts
+--------
+
+A member answers each envelope with its Ed25519 signature over
+``CBOR ["pairkit/1 group receipt", controller id, member id, group, epoch, SHA-256(envelope),
+ok]`` (:func:`signed_result`, in :class:`DeliveryResult` field 6).  A relay keeps it as a
+:class:`GroupReceipt` (:class:`RelayReceipts`) and hands it back on :class:`ReceiptRequest`; the
+controller believes it only after :func:`check_receipt` against the envelope waiting for that
+member, and retries the others (:class:`RetryPolicy`, :class:`GroupRecord`).  docs/protocol.md
+§15 specifies it; a relay can drop a receipt, never make, alter or move one.
+
 Encrypted advertisement
 -----------------------
 
@@ -83,7 +94,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import cbor, keyschedule
-from .crypto import Rng
+from .crypto import Rng, digest
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -107,22 +118,32 @@ __all__ = [
     "GroupEnvelope",
     "GroupMember",
     "GroupMessage",
+    "GroupReceipt",
     "GroupReceiver",
     "GroupRecord",
     "HeldGroup",
     "KeyDelivery",
     "KeyReceipt",
+    "ReceiptBatch",
+    "ReceiptRequest",
     "RelayQueue",
+    "RelayReceipts",
     "ReplayWindow",
+    "RetryPolicy",
     "WrongEpochError",
     "check_group_name",
+    "check_receipt",
     "decode_advert",
+    "envelope_digest",
     "envelope_info",
     "is_group_advert",
     "open_group_envelope",
+    "receipt_of",
+    "receipt_statement",
     "seal_broadcast",
     "seal_group_envelope",
     "sender_id",
+    "signed_result",
 ]
 
 GROUP_KIND: Final = 2  #: bits 7-6 of byte 0 (a hello has HELLO_VERSION = 1 there)
@@ -147,10 +168,14 @@ ID_SIZE: Final = 16
 ENC_SIZE: Final = 32
 SEALED_KEY_SIZE: Final = 32 + 16
 SIGNATURE_SIZE: Final = 64
+DIGEST_SIZE: Final = 32
+CERT_MAX: Final = 1024  #: pairing.groupcert.CERT_MAX
 
 _ENVELOPE_INFO = keyschedule.GROUP_KEY
 _ENVELOPE_SIGNED = keyschedule.GROUP_ENVELOPE
 _ADVERT_AAD = keyschedule.GROUP_ADVERT
+_RECEIPT_SIGNED = keyschedule.GROUP_RECEIPT
+_AGENT_SIGNED = keyschedule.GROUP_AGENT
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _HEX_ID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -209,6 +234,10 @@ class GroupEnvelope(Message):
     enc: bytes = field(6, size=ENC_SIZE)
     ct: bytes = field(7, size=SEALED_KEY_SIZE)
     signature: bytes = field(8, size=SIGNATURE_SIZE)
+    #: the controller's device certificate (DER) in a group trusted through the key server's
+    #: CA (issue 14; pairing/groupcert.py); optional, outside the signature (it vouches for
+    #: itself, and must name ``controller``)
+    cert: bytes | None = field(9, max_len=CERT_MAX, default=None)
 
     def __post_init__(self) -> None:
         try:
@@ -224,20 +253,27 @@ class GroupEnvelope(Message):
     @classmethod
     def decode_bytes(cls, data: bytes) -> GroupEnvelope:
         """Decode what :meth:`encode_bytes` made, strictly (:class:`DecodeError`)."""
-        return decode_struct(cls, data, max_size=512)
+        return decode_struct(cls, data, max_size=512 + CERT_MAX)
 
 
 @struct
 class DeliveryResult(Message):
-    """A member's answer about one envelope: taken, or refused and why."""
+    """A member's answer about one envelope: taken, or refused and why.
+
+    ``signature`` (field 6, added for issue 14 and optional, so a result without it still
+    decodes) is the member's Ed25519 signature over its receipt statement
+    (:func:`receipt_statement`): what lets a controller believe an answer that came back
+    through a relay.  A relay's own answers (:class:`ForwardReceipt`) carry none.
+    """
 
     group: str = field(2, max_len=MAX_GROUP_NAME)
     epoch: int = field(3)
     ok: bool = field(4)
     reason: str | None = field(5, max_len=200, default=None)
+    signature: bytes | None = field(6, size=SIGNATURE_SIZE, default=None)
 
 
-@message(type_id=90, max_size=32 * 1024)
+@message(type_id=90, max_size=48 * 1024)
 class KeyDelivery(Message):
     """Controller or relay -> member, on a secure channel: envelopes for this member."""
 
@@ -251,7 +287,7 @@ class KeyReceipt(Message):
     results: tuple[DeliveryResult, ...] = field(2, max_len=MAX_BATCH)
 
 
-@message(type_id=92, max_size=32 * 1024)
+@message(type_id=92, max_size=48 * 1024)
 class Forward(Message):
     """Controller -> relay, on a secure channel: envelopes to store and deliver."""
 
@@ -265,6 +301,240 @@ class ForwardReceipt(Message):
 
     results: tuple[DeliveryResult, ...] = field(2, max_len=MAX_BATCH)
     queued: int = field(3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Receipts: the member's signed word that it took (or refused) one envelope (issue 14)
+
+
+@struct
+class GroupReceipt(Message):
+    """A member's signed receipt for one envelope, as a relay carries it back to the
+    controller (module docstring, "Receipts").  ``envelope`` is :func:`envelope_digest` of the
+    envelope answered; ``reason`` is the member's words for a refusal and is not signed."""
+
+    controller: bytes = field(2, size=ID_SIZE)
+    member: bytes = field(3, size=ID_SIZE)
+    group: str = field(4, max_len=MAX_GROUP_NAME)
+    epoch: int = field(5)
+    envelope: bytes = field(6, size=DIGEST_SIZE)
+    ok: bool = field(7)
+    signature: bytes = field(8, size=SIGNATURE_SIZE)
+    reason: str | None = field(9, max_len=200, default=None)
+
+    def __post_init__(self) -> None:
+        try:
+            check_group_name(self.group)
+            _check_epoch(self.epoch)
+        except ConfigError as exc:
+            raise DecodeError(f"a group receipt is malformed: {exc}") from None
+
+    def encode_bytes(self) -> bytes:
+        """The receipt on its own (what a relay stores)."""
+        return encode_struct(self)
+
+    @classmethod
+    def decode_bytes(cls, data: bytes) -> GroupReceipt:
+        """Decode what :meth:`encode_bytes` made, strictly (:class:`DecodeError`)."""
+        return decode_struct(cls, data, max_size=512)
+
+
+@message(type_id=110, max_size=2048)
+class ReceiptRequest(Message):
+    """Controller -> relay, on a secure channel: the receipts members gave for these
+    envelopes (their :func:`envelope_digest`), if the relay holds any."""
+
+    envelopes: tuple[bytes, ...] = field(2, size=DIGEST_SIZE, max_len=MAX_BATCH)
+
+
+@message(type_id=111, max_size=16 * 1024)
+class ReceiptBatch(Message):
+    """Relay -> controller: the receipts it holds among those asked for (any order; none for
+    an envelope not answered yet).  Only receipts naming the asking controller are given."""
+
+    receipts: tuple[GroupReceipt, ...] = field(2, max_len=MAX_BATCH)
+
+
+# ---------------------------------------------------------------------------------------------
+# The group agent: commands end to end from the controller, broadcast by the agent (issue 14)
+
+#: the longest command an agent broadcasts (what fits an extended advertisement)
+MAX_COMMAND: Final = 208 - 41
+#: the longest an agent keeps one command on the air (milliseconds)
+MAX_AIR_MS: Final = 60_000
+
+
+@message(type_id=114, max_size=2048)
+class AgentCommand(Message):
+    """Controller -> its group agent, on a secure channel: broadcast this command to the group
+    (module docstring, "Group agent").  ``number`` counts the controller's commands to this
+    agent for this group, from 1; ``cert`` is the controller's certificate in a group trusted
+    through the CA."""
+
+    group: str = field(2, max_len=MAX_GROUP_NAME)
+    epoch: int = field(3)
+    number: int = field(4)
+    command: bytes = field(5, max_len=MAX_COMMAND)
+    air_ms: int = field(6)
+    signature: bytes = field(7, size=SIGNATURE_SIZE)
+    cert: bytes | None = field(8, max_len=CERT_MAX, default=None)
+
+
+@message(type_id=115, max_size=512)
+class AgentResult(Message):
+    """Agent -> controller: the command ``number`` was broadcast (with the agent's sequence
+    number ``seq``), or refused and why."""
+
+    group: str = field(2, max_len=MAX_GROUP_NAME)
+    number: int = field(3)
+    ok: bool = field(4)
+    seq: int | None = field(5, default=None)
+    reason: str | None = field(6, max_len=200, default=None)
+
+
+def agent_statement(
+    controller: bytes, agent: bytes, group: str, epoch: int, number: int, command: bytes,
+    air_ms: int,
+) -> bytes:
+    """What a controller signs for its agent."""
+    return cbor.encode([_AGENT_SIGNED, controller, agent, group, epoch, number, command, air_ms])
+
+
+def sign_agent_command(
+    ks: ReceiptSigner, *, agent: bytes, group: str, epoch: int, number: int, command: bytes,
+    air_ms: int, cert: bytes | None = None,
+) -> AgentCommand:
+    """A command for ``agent`` to broadcast to ``group`` at ``epoch``, signed by the controller
+    ``ks`` (:class:`ConfigError` for a command that cannot be sent)."""
+    check_group_name(group)
+    _check_epoch(epoch)
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= MAX_SEQ:
+        raise ConfigError(f"a command number is from 1 to {MAX_SEQ}")
+    if not isinstance(command, bytes) or len(command) > MAX_COMMAND:
+        raise ConfigError(f"an agent broadcasts a command of at most {MAX_COMMAND} bytes")
+    if isinstance(air_ms, bool) or not isinstance(air_ms, int) or not 1 <= air_ms <= MAX_AIR_MS:
+        raise ConfigError(f"an agent keeps a command on the air 1 to {MAX_AIR_MS} ms")
+    me = bytes.fromhex(ks.device_id)
+    signature = ks.sign(agent_statement(me, agent, group, epoch, number, command, air_ms))
+    return AgentCommand(group, epoch, number, command, air_ms, signature, cert)
+
+
+def check_agent_command(
+    msg: AgentCommand, *, agent: bytes, held: HeldGroup | None, controller_signing: bytes | None,
+    last_number: int,
+) -> None:
+    """An agent's checks of a command (module docstring, "Group agent"): it holds the group's
+    key at that epoch, the command is signed by that group's controller (whose key is
+    ``controller_signing``) for this agent, and its number is above ``last_number``.
+    :class:`AuthenticationError`, :class:`ReplayError` or :class:`ExpiredError` says which."""
+    group = msg.group
+    if held is None:
+        raise AuthenticationError(f"refused a command for group {group!r}: this agent holds "
+                                  "no key of that group")
+    if controller_signing is None:
+        raise AuthenticationError(f"refused a command for group {group!r}: its controller is "
+                                  "not a device this agent can check")
+    controller = bytes.fromhex(held.controller)
+    statement = agent_statement(controller, agent, group, msg.epoch, msg.number, msg.command,
+                                msg.air_ms)
+    try:
+        Ed25519PublicKey.from_public_bytes(controller_signing).verify(msg.signature, statement)
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError(
+            f"refused a command for group {group!r}: it is not signed by the group's "
+            f"controller {held.controller[:8]} for this agent"
+        ) from None
+    if msg.number <= last_number:
+        raise ReplayError(f"refused a command for group {group!r}: number {msg.number} was "
+                          f"already seen (the last was {last_number})")
+    if msg.epoch != held.epoch:
+        raise ExpiredError(f"refused a command for group {group!r}: it is for epoch "
+                           f"{msg.epoch}, this agent holds epoch {held.epoch}")
+    if not 1 <= msg.air_ms <= MAX_AIR_MS:
+        raise ExpiredError(f"refused a command for group {group!r}: {msg.air_ms} ms on the "
+                           "air is out of range")
+
+
+def envelope_digest(env: GroupEnvelope) -> bytes:
+    """SHA-256 of the encoded envelope: what a receipt names.  HPKE's fresh ephemeral key
+    makes every sealed envelope different, so a receipt answers one envelope, never another of
+    the same member, group and epoch (a group deleted and made again starts at epoch 1 again)."""
+    return digest(env.encode_bytes(), DIGEST_SIZE)
+
+
+def receipt_statement(
+    controller: bytes, member: bytes, group: str, epoch: int, envelope: bytes, ok: bool
+) -> bytes:
+    """What a member signs about one envelope (module docstring, "Receipts")."""
+    return cbor.encode([_RECEIPT_SIGNED, controller, member, group, epoch, envelope, ok])
+
+
+class ReceiptSigner(Protocol):
+    """What a member's keystore offers to sign receipts (pairing.keystore.Keystore)."""
+
+    @property
+    def device_id(self) -> str: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+def signed_result(
+    ks: ReceiptSigner, env: GroupEnvelope, ok: bool, reason: str | None = None
+) -> DeliveryResult:
+    """A member's answer about ``env``, signed: the statement names this member (whoever the
+    envelope was addressed to), so a signed refusal of someone else's envelope says nothing
+    about that someone."""
+    me = bytes.fromhex(ks.device_id)
+    statement = receipt_statement(
+        env.controller, me, env.group, env.epoch, envelope_digest(env), ok
+    )
+    short = reason[:200] if reason is not None else None
+    return DeliveryResult(env.group, env.epoch, ok, short, ks.sign(statement))
+
+
+def receipt_of(env: GroupEnvelope, result: DeliveryResult, member: bytes) -> GroupReceipt | None:
+    """The receipt that ``member``'s ``result`` about ``env`` amounts to, for a relay to keep
+    and a controller to check; ``None`` when the result carries no signature."""
+    if result.signature is None:
+        return None
+    return GroupReceipt(
+        env.controller, member, env.group, env.epoch, envelope_digest(env), result.ok,
+        result.signature, result.reason,
+    )
+
+
+def check_receipt(
+    receipt: GroupReceipt, *, expected: GroupEnvelope, member_signing: bytes
+) -> bool:
+    """Whether the member took ``expected`` (True) or refused it (False), on its signed word.
+
+    :class:`ReplayError` when ``receipt`` answers another envelope (an older epoch, an earlier
+    incarnation of the group, another member's); :class:`AuthenticationError` when its
+    signature is not the member's (forged by a relay, or altered).  Nothing else is believed:
+    a relay's word that it handed an envelope over is no receipt.
+    """
+    if (
+        receipt.envelope != envelope_digest(expected)
+        or receipt.member != expected.member
+        or receipt.controller != expected.controller
+        or (receipt.group, receipt.epoch) != (expected.group, expected.epoch)
+    ):
+        raise ReplayError(
+            f"a receipt for another envelope than the one waiting ({expected.group} epoch "
+            f"{expected.epoch}): refused"
+        )
+    statement = receipt_statement(
+        receipt.controller, receipt.member, receipt.group, receipt.epoch, receipt.envelope,
+        receipt.ok,
+    )
+    try:
+        Ed25519PublicKey.from_public_bytes(member_signing).verify(receipt.signature, statement)
+    except (InvalidSignature, ValueError):
+        raise AuthenticationError(
+            f"a receipt for {expected.group} epoch {expected.epoch} is not signed by its "
+            "member (forged or altered): refused"
+        ) from None
+    return receipt.ok
 
 
 def envelope_info(controller: bytes, member: bytes, group: str, epoch: int) -> bytes:
@@ -688,12 +958,62 @@ class GroupReceiver:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How a controller retries a member that has not confirmed (issue 14): the first retry
+    ``first`` seconds after an attempt, each later one ``factor`` times longer, never more than
+    ``cap`` apart, and after ``attempts`` attempts the member is reported unreachable (until
+    someone asks again: ``pairkit group sync NAME --retry-unreachable``)."""
+
+    first: float = 2.0
+    factor: float = 2.0
+    cap: float = 300.0
+    attempts: int = 6
+
+    def __post_init__(self) -> None:
+        for name in ("first", "factor", "cap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"a retry policy's {name} is a number")
+        if not 0.01 <= self.first <= 86400 or not 0.01 <= self.cap <= 86400:
+            raise ConfigError("retry delays must be from 0.01 to 86400 seconds")
+        if self.cap < self.first:
+            raise ConfigError("the longest retry delay cannot be shorter than the first")
+        if not 1 <= self.factor <= 10:
+            raise ConfigError("a retry delay grows by a factor from 1 to 10")
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise ConfigError("a number of attempts is a whole number")
+        if not 1 <= self.attempts <= 1000:
+            raise ConfigError("a member is tried 1 to 1000 times before it is unreachable")
+
+    def delay(self, attempts: int) -> float:
+        """Seconds from the ``attempts``-th attempt (1 for the first) to the next one."""
+        exponent = min(max(attempts - 1, 0), 64)
+        return float(min(self.cap, self.first * self.factor**exponent))
+
+
+#: how members trust a group's controller (``pairkit group create --trust``)
+PAIRED: Final = "paired"
+CA: Final = "ca"
+TRUSTS: Final = (PAIRED, CA)
+
+#: a member's delivery state, as ``pairkit group status`` shows it
+CONFIRMED: Final = "confirmed"
+PENDING: Final = "pending"
+UNREACHABLE: Final = "unreachable"
+
+
+@dataclasses.dataclass(frozen=True)
 class GroupMember:
     """A member as the controller records it.
 
     ``via`` is the relay's device id when the member is reached through one; ``transport`` and
     ``address`` say where to reach the first hop when not where the keystore last saw it;
-    ``delivered`` is the newest epoch whose envelope the member (or its relay) took, 0 if none.
+    ``delivered`` is the newest epoch whose envelope the member *confirmed* with a verified
+    signed receipt (:func:`check_receipt`), 0 if none.  Until then the member is pending:
+    ``envelope`` is the sealed envelope of the current epoch waiting for its receipt (sent
+    again, byte for byte, on each attempt), ``attempts`` the attempts made at this epoch,
+    ``next_try`` when the next is due (Unix seconds), ``note`` what the last attempt gave, and
+    ``unreachable`` set once the attempts ran out.
     """
 
     device_id: str
@@ -702,19 +1022,52 @@ class GroupMember:
     transport: str | None = None
     address: str | None = None
     delivered: int = 0
+    envelope: bytes | None = None
+    attempts: int = 0
+    next_try: float = 0.0
+    note: str | None = None
+    unreachable: bool = False
+    #: the member's keys from its certificate, when the controller knows it by one (a group
+    #: trusted through the CA) rather than by a pairing
+    static: bytes | None = None
+    signing: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_hex_id(self.device_id, "a member")
+        for what in ("static", "signing"):
+            key = getattr(self, what)
+            if key is not None and (not isinstance(key, bytes) or len(key) != 32):
+                raise ConfigError(f"a member's {what} key is 32 bytes")
         if self.via is not None:
             _check_hex_id(self.via, "a relay")
             if self.via == self.device_id:
                 raise ConfigError("a member cannot be its own relay")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError("a member needs a name")
-        if isinstance(self.delivered, bool) or not isinstance(self.delivered, int):
-            raise ConfigError("a delivered epoch is a whole number")
-        if self.delivered < 0:
-            raise ConfigError("a delivered epoch is not negative")
+        for what in ("delivered", "attempts"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"a member's {what} is a whole number, not negative")
+        if isinstance(self.next_try, bool) or not isinstance(self.next_try, int | float):
+            raise ConfigError("a member's next try is a time")
+        if self.envelope is not None and not isinstance(self.envelope, bytes):
+            raise ConfigError("a member's waiting envelope is bytes")
+        if self.note is not None and not isinstance(self.note, str):
+            raise ConfigError("a member's note is text")
+        if not isinstance(self.unreachable, bool):
+            raise ConfigError("a member's unreachable flag is true or false")
+
+    def state(self, epoch: int) -> str:
+        """:data:`CONFIRMED`, :data:`PENDING` or :data:`UNREACHABLE` at the group's ``epoch``."""
+        if self.delivered >= epoch:
+            return CONFIRMED
+        return UNREACHABLE if self.unreachable else PENDING
+
+    def waiting(self) -> GroupEnvelope | None:
+        """The envelope waiting for this member's receipt, if any."""
+        if self.envelope is None:
+            return None
+        return GroupEnvelope.decode_bytes(self.envelope)
 
     def to_plain(self) -> dict[str, Any]:
         return {
@@ -723,6 +1076,13 @@ class GroupMember:
             "transport": self.transport,
             "address": self.address,
             "delivered": self.delivered,
+            "envelope": self.envelope,
+            "attempts": self.attempts,
+            "next_try": self.next_try,
+            "note": self.note,
+            "unreachable": self.unreachable,
+            "static": self.static,
+            "signing": self.signing,
         }
 
 
@@ -733,10 +1093,15 @@ class GroupRecord:
     name: str
     epoch: int = 1
     members: tuple[GroupMember, ...] = ()
+    #: how members come to trust the controller: :data:`PAIRED` (a direct pairing with it)
+    #: or :data:`CA` (its certificate from the key server's CA, in every envelope)
+    trust: str = "paired"
 
     def __post_init__(self) -> None:
         check_group_name(self.name)
         _check_epoch(self.epoch)
+        if self.trust not in TRUSTS:
+            raise ConfigError(f"a group's trust is one of {', '.join(TRUSTS)}")
         ids = [m.device_id for m in self.members]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"group {self.name!r} lists a member twice")
@@ -751,7 +1116,8 @@ class GroupRecord:
         is in already."""
         if self.member(member.device_id) is not None:
             raise ConfigError(f"{member.name} is already a member of {self.name}")
-        fresh = dataclasses.replace(member, delivered=0)
+        fresh = GroupMember(member.device_id, member.name, member.via, member.transport,
+                            member.address, static=member.static, signing=member.signing)
         return dataclasses.replace(self, members=(*self.members, fresh))
 
     def without_member(self, device_id: str) -> GroupRecord:
@@ -762,24 +1128,72 @@ class GroupRecord:
         if self.epoch >= MAX_EPOCH:
             raise ConfigError(f"group {self.name} has used every epoch; create a new group")
         kept = tuple(m for m in self.members if m.device_id != device_id)
-        return dataclasses.replace(self, epoch=self.epoch + 1, members=kept)
+        return dataclasses.replace(self, members=kept).rekeyed()
 
     def rekeyed(self) -> GroupRecord:
-        """The group at the next epoch with the same members."""
+        """The group at the next epoch with the same members, none confirmed at it yet."""
         if self.epoch >= MAX_EPOCH:
             raise ConfigError(f"group {self.name} has used every epoch; create a new group")
-        return dataclasses.replace(self, epoch=self.epoch + 1)
+        members = tuple(
+            dataclasses.replace(m, envelope=None, attempts=0, next_try=0.0, note=None,
+                                unreachable=False)
+            for m in self.members
+        )
+        return dataclasses.replace(self, epoch=self.epoch + 1, members=members)
 
     def pending(self) -> tuple[GroupMember, ...]:
-        """Members that do not have the current epoch's envelope yet."""
+        """Members that have not confirmed the current epoch (unreachable ones included)."""
         return tuple(m for m in self.members if m.delivered < self.epoch)
 
-    def delivered_to(self, device_id: str, epoch: int) -> GroupRecord:
-        """Record that the member (or its relay) took the envelope of ``epoch``."""
+    def due(self, now: float) -> tuple[GroupMember, ...]:
+        """Pending members to try at ``now``: not given up on, and their next try is due."""
+        return tuple(m for m in self.pending() if not m.unreachable and m.next_try <= now)
+
+    def next_due(self) -> float | None:
+        """When the next pending member is due (Unix s), or None if none is left to try."""
+        times = [m.next_try for m in self.pending() if not m.unreachable]
+        return min(times) if times else None
+
+    def _replace_member(self, device_id: str, **changes: Any) -> GroupRecord:
         members = tuple(
-            dataclasses.replace(m, delivered=max(m.delivered, epoch))
-            if m.device_id == device_id
-            else m
+            dataclasses.replace(m, **changes) if m.device_id == device_id else m
+            for m in self.members
+        )
+        return dataclasses.replace(self, members=members)
+
+    def waiting_for(self, device_id: str, envelope: bytes) -> GroupRecord:
+        """Record the sealed envelope of the current epoch that ``device_id`` must confirm."""
+        return self._replace_member(device_id, envelope=envelope)
+
+    def attempted(
+        self, device_id: str, now: float, policy: RetryPolicy, note: str
+    ) -> GroupRecord:
+        """Count one attempt that did not confirm; the next is due after the policy's delay,
+        or the member is unreachable when the attempts ran out."""
+        m = self.member(device_id)
+        if m is None:
+            return self
+        attempts = m.attempts + 1
+        return self._replace_member(
+            device_id, attempts=attempts, next_try=now + policy.delay(attempts),
+            note=note[:300], unreachable=attempts >= policy.attempts,
+        )
+
+    def delivered_to(self, device_id: str, epoch: int) -> GroupRecord:
+        """Record that the member confirmed ``epoch`` (a verified signed receipt)."""
+        m = self.member(device_id)
+        if m is None:
+            return self
+        changes: dict[str, Any] = {"delivered": max(m.delivered, epoch)}
+        if epoch >= self.epoch:
+            changes.update(envelope=None, note=None, unreachable=False)
+        return self._replace_member(device_id, **changes)
+
+    def try_again(self) -> GroupRecord:
+        """Every unreachable member pending again, with a fresh count of attempts."""
+        members = tuple(
+            dataclasses.replace(m, attempts=0, next_try=0.0, unreachable=False)
+            if m.unreachable else m
             for m in self.members
         )
         return dataclasses.replace(self, members=members)
@@ -788,10 +1202,13 @@ class GroupRecord:
         return {
             "epoch": self.epoch,
             "members": {m.device_id: m.to_plain() for m in self.members},
+            "trust": self.trust,
         }
 
     @classmethod
     def from_plain(cls, name: str, data: Mapping[str, Any]) -> GroupRecord:
+        """A record as :meth:`to_plain` wrote it; a record from before receipts (only name,
+        via, transport, address, delivered) reads with nothing waiting."""
         try:
             members = tuple(
                 GroupMember(
@@ -801,10 +1218,17 @@ class GroupRecord:
                     m.get("transport"),
                     m.get("address"),
                     m.get("delivered", 0),
+                    m.get("envelope"),
+                    m.get("attempts", 0),
+                    m.get("next_try", 0.0),
+                    m.get("note"),
+                    m.get("unreachable", False),
+                    m.get("static"),
+                    m.get("signing"),
                 )
                 for device_id, m in data["members"].items()
             )
-            return cls(name, data["epoch"], members)
+            return cls(name, data["epoch"], members, data.get("trust", PAIRED))
         except (KeyError, TypeError, AttributeError, ConfigError):
             raise DecodeError(f"the record of group {name!r} is damaged") from None
 
@@ -858,3 +1282,42 @@ class RelayQueue:
             return cls(tuple(GroupEnvelope.decode_bytes(bytes(item)) for item in data))
         except TypeError:
             raise DecodeError("the relay's stored queue is damaged") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayReceipts:
+    """Receipts a relay holds for controllers until they ask (:class:`ReceiptRequest`): at
+    most one per controller, member and group, the newest epoch, and :data:`MAX_QUEUE` in all
+    (the oldest go first).  A relay keeps what members signed; it cannot make one."""
+
+    receipts: tuple[GroupReceipt, ...] = ()
+
+    def add(self, receipt: GroupReceipt) -> RelayReceipts:
+        def same_slot(r: GroupReceipt) -> bool:
+            return (r.controller, r.member, r.group) == (
+                receipt.controller, receipt.member, receipt.group)
+
+        if any(same_slot(r) and r.epoch > receipt.epoch for r in self.receipts):
+            return self
+        kept = tuple(r for r in self.receipts if not same_slot(r))
+        return RelayReceipts((*kept, receipt)[-MAX_QUEUE:])
+
+    def find(self, controller: bytes, envelopes: Iterable[bytes]) -> tuple[GroupReceipt, ...]:
+        """The receipts for these envelope digests that name ``controller``."""
+        wanted = set(envelopes)
+        return tuple(
+            r for r in self.receipts if r.controller == controller and r.envelope in wanted
+        )
+
+    def __len__(self) -> int:
+        return len(self.receipts)
+
+    def to_plain(self) -> list[bytes]:
+        return [r.encode_bytes() for r in self.receipts]
+
+    @classmethod
+    def from_plain(cls, data: Iterable[Any]) -> RelayReceipts:
+        try:
+            return cls(tuple(GroupReceipt.decode_bytes(bytes(item)) for item in data))
+        except TypeError:
+            raise DecodeError("the relay's stored receipts are damaged") from None

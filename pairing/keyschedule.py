@@ -80,6 +80,10 @@ HELLO_BODY = b"pairkit/1 hello body"
 GROUP_KEY = "pairkit/1 group key"
 GROUP_ENVELOPE = "pairkit/1 group envelope"
 GROUP_ADVERT = b"pairkit/1 group advert"
+#: pairing.groups: a member's signed receipt for one envelope (CBOR text)
+GROUP_RECEIPT = "pairkit/1 group receipt"
+#: pairing.groups: a controller's command for its group agent (CBOR text)
+GROUP_AGENT = "pairkit/1 group agent command"
 #: §11 the READY record's plaintext prefix
 READY = b"\x00pairkit/1 ready"
 
@@ -106,10 +110,13 @@ def hello_hash(hello: wire.Message, context: bytes = b"") -> bytes:
 # -- session keys ---------------------------------------------------------------------------------
 
 
-def keys_from_sk(sk: bytes, th: bytes) -> tuple[bytes, bytes, bytes]:
-    """(guest->host key, host->guest key, confirmation key) from a session key and transcript."""
-    okm = hkdf(sk, salt=th, info=KEYS, length=96)
-    return okm[:32], okm[32:64], okm[64:]
+def resume_keys(sk: bytes, th: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(guest->host key, host->guest key, verifier key, sealing key) of a resume (docs/protocol.md
+    §8): one key per use, so that the verifier's MAC and the sealed prekeys' AEAD never share a
+    key.  (HKDF-Expand's output does not depend on its length: the first three keys are what a
+    96-byte expansion gave before the sealing key was split off.)"""
+    okm = hkdf(sk, salt=th, info=KEYS, length=128)
+    return okm[:32], okm[32:64], okm[64:96], okm[96:]
 
 
 def fingerprint(secret: bytes, salt: bytes) -> str:
@@ -171,6 +178,6 @@ def resume_sk(ikm: bytes, th: bytes) -> bytes:
     return hkdf(ikm, salt=th, info=RESUME)
 
 
-def resume_verifier(kc: bytes, th: bytes) -> bytes:
+def resume_verifier(kv: bytes, th: bytes) -> bytes:
     """The host's proof that it derived the same keys (docs/protocol.md §8)."""
-    return mac(kc, RESUME_VERIFIER, th)
+    return mac(kv, RESUME_VERIFIER, th)

@@ -8,7 +8,7 @@ type   message           sent by, when
 11     Accept            host, second: its announcement and its method data
 12     NoiseMessage      either: a further Noise handshake message
 13     Reveal            either: a nonce revealed after a commitment (``compare``)
-14     Confirm           either: key confirmation and the sealed identity (``compare``, ``clear``)
+14     (retired)         never reused
 20     ResumeMessage     either: the known-peer resume flow (Mozilla Sync style header)
 =====  ================  =========================================================================
 """
@@ -74,7 +74,7 @@ class Accept(Message):
     sealed: bytes | None = field(5, max_len=256, default=None)  #: HPKE enc||ct (``compare``)
     commit: bytes | None = field(6, size=MAC_LEN, default=None)  #: commitment (``compare``)
     key: bytes | None = field(7, size=KEY_LEN, default=None, secret=True)  #: SK (``clear``)
-    identity: bytes | None = field(8, max_len=512, default=None)  #: unused since 2 (``clear``)
+    # field 8 (an identity, once for ``clear``) is retired: never reuse the number
     host_id: bytes | None = field(9, size=ID_LEN, default=None)  #: who answers (``ttp``)
 
 
@@ -90,14 +90,6 @@ class Reveal(Message):
     """A nonce revealed after the commitment (``compare``, commit-then-reveal)."""
 
     nonce: bytes = field(2, size=NONCE_LEN)
-
-
-@message(type_id=14, max_size=1024)
-class Confirm(Message):
-    """Key confirmation, with the sender's identity sealed under the session key."""
-
-    mac: bytes = field(2, size=MAC_LEN)
-    identity: bytes = field(3, max_len=512)
 
 
 class ResumeKind(IntEnum):

@@ -4,7 +4,8 @@ Each side announces its capabilities and the methods it allows.  The guest propo
 (the one its user asked for, or the first of :data:`PREFERENCE` that the table allows); the host
 checks the proposal against the same table and either accepts it or stops with
 :class:`~pairing.errors.UnsupportedError`.  Both announcements and the choice go into the
-transcript of every method (see :func:`transcript_hash`), so a man in the middle who rewrites
+transcript of every method (each announcement's ``hello_hash``, docs/protocol.md §2-§3, salts
+the method's keys), so a man in the middle who rewrites
 them makes the handshake fail: this is what defeats method confusion and downgrade, as BLE's
 IO-capability exchange is bound into its confirmation values (Core spec Vol 3 Part H §2.3.5.6).
 
@@ -26,10 +27,8 @@ and preference, strongest and least effort first: resume, qr, pin, compare, clea
 
 from __future__ import annotations
 
-import hashlib
 from enum import IntEnum, IntFlag
 
-from . import cbor
 from .errors import UnsupportedError
 
 
@@ -151,11 +150,3 @@ def choose(
     if proposed is not None:
         raise UnsupportedError(f"method '{proposed.label}' cannot be used: {reasons[0]}")
     raise UnsupportedError("no pairing method suits both devices: " + "; ".join(reasons))
-
-
-def transcript_hash(label: bytes, *parts: object) -> bytes:
-    """SHA-256 over a domain label and the canonical CBOR encoding of ``parts``.
-
-    Used to bind the negotiation (both announcements and the choice) into each method.
-    """
-    return hashlib.sha256(label + cbor.encode(list(parts))).digest()

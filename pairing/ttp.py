@@ -308,6 +308,9 @@ class TtpClient(Machine):
         self._timeout = step_timeout
         self._rng = rng
         self.result: wire.Message | None = None
+        #: the request has gone out (before it, a connection lost cost the server nothing and
+        #: the request can be made again on another)
+        self.asked = False
 
     def _on_start(self, now: float) -> None:
         """Send the hello."""
@@ -324,6 +327,7 @@ class TtpClient(Machine):
         )
         self._send(TtpProof(proof))
         self._send(self._request)
+        self.asked = True
         if self._expect is None:
             self._finish()
             return

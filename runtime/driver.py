@@ -206,6 +206,12 @@ async def drive(
 
     async def next_message(wait: float) -> bytes:
         nonlocal inbox
+        if inbox is None and wait > 0:
+            # No read under way (the common case): await it here, no task of its own.  A
+            # timeout cancels the read, which links and pipes allow (a partial message stays
+            # reassembling); a deadline already passed is left to the path below, as before.
+            async with asyncio.timeout(wait):
+                return await read()
         if inbox is None:
             inbox = asyncio.ensure_future(read())
         done, _ = await asyncio.wait({inbox}, timeout=wait)

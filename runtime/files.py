@@ -228,6 +228,14 @@ def _unreadable(name: str, exc: BaseException) -> str:
     return f"{name!r} could not be read on the host"
 
 
+def chunk_size(slink: SecureLink, file_size: int) -> int:
+    """How much of a ``file_size``-byte file each Chunk carries: at most CHUNK, sized so that
+    its record fills the link's messages (:meth:`SecureLink.fitting`); the CBOR around the
+    data is counted with the file's largest offset."""
+    around = len(Chunk(file_size, bytes(CHUNK)).encode()) - CHUNK
+    return max(1, min(CHUNK, slink.fitting(CHUNK + around) - around))
+
+
 async def _send_file(
     slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float
 ) -> None:
@@ -237,11 +245,12 @@ async def _send_file(
     start = req.offset if req.offset <= size else 0
     digest = await asyncio.to_thread(sha256_file, path)
     await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
+    chunk = chunk_size(slink, size)
     with open(path, "rb") as fh:
         fh.seek(start)
         offset = start
         while offset < size:  # exactly the bytes announced, never more (§13)
-            data = fh.read(min(CHUNK, size - offset))
+            data = fh.read(min(chunk, size - offset))
             if not data:  # shorter than announced: it changed while it was sent
                 raise RefusedError(f"{req.name!r} changed on the host while it was sent; "
                                    "fetch it again")

@@ -23,6 +23,16 @@ The rules (envelopes, broadcasts, replay windows, membership bookkeeping) are sa
 * Anyone holding a group's key may **broadcast** a command (:func:`broadcast`): one
   advertisement, legacy size when it fits (it never does: 41 bytes of overhead against 10 bytes
   of room), extended otherwise.
+* **Confirmation** (issue 14, docs/protocol.md §15): a member signs a receipt for each
+  envelope; a relay keeps the receipts and hands them back when the controller asks; the
+  controller marks a member confirmed only on a receipt it checked, and retries the others
+  with growing waits (:func:`deliver_pending`, :func:`confirm_all`) until they confirm or are
+  unreachable.
+* **Trust through the CA** (§16): in a group made with ``trust="ca"`` every envelope carries
+  the controller's certificate (:mod:`pairkit.groupcert`), which members enrolled with the same
+  key server check; members can be added by their certificate.
+* A **group agent** (:class:`Agent`, §17) is a relay and member that broadcasts the commands
+  its groups' controller sends it end to end (:func:`send_via_agent`).
 
 Every keystore change is made under :meth:`~pairing.keystore.Keystore.update` (reloaded under a
 file lock, then saved): these roles run as separate processes, and a ``group send`` may run on a
@@ -44,7 +54,17 @@ from . import peers as store
 from .clock import SYSTEM_CLOCK, Clock
 from .driver import drive
 from .files import Records
-from .pairing.delivery import DeliveryReceiver, DeliverySender, QueueForward, TakeKeys
+from .groupcert import own_cert, trusted_ca
+from .pairing.delivery import (
+    CommandSender,
+    DeliveryReceiver,
+    DeliverySender,
+    GiveReceipts,
+    QueueForward,
+    ReceiptFetch,
+    RunCommand,
+    TakeKeys,
+)
 from .pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -55,24 +75,42 @@ from .pairing.errors import (
     ReplayError,
     TooLargeError,
 )
+from .pairing.groupcert import DeviceCert, check_device_cert
 from .pairing.groups import (
     ADVERT_OVERHEAD,
+    CA,
+    CONFIRMED,
+    MAX_BATCH,
+    PAIRED,
+    PENDING,
+    TRUSTS,
+    AgentCommand,
+    AgentResult,
     DeliveryResult,
     ForwardReceipt,
     GroupEnvelope,
     GroupMember,
     GroupMessage,
+    GroupReceipt,
     GroupReceiver,
     GroupRecord,
     HeldGroup,
     RelayQueue,
+    RelayReceipts,
+    RetryPolicy,
     WrongEpochError,
+    check_agent_command,
     check_group_name,
+    check_receipt,
+    envelope_digest,
     is_group_advert,
     open_group_envelope,
+    receipt_of,
     seal_broadcast,
     seal_group_envelope,
     sender_id,
+    sign_agent_command,
+    signed_result,
 )
 from .pairing.keystore import Keystore, Peer
 from .pairing.methods import PairingConfig, Session
@@ -87,6 +125,9 @@ SETTING_PINS = "groups.pins"
 SETTING_SEQ = "groups.seq"
 SETTING_WINDOWS = "groups.windows"
 SETTING_RELAY = "groups.relay"
+SETTING_RELAY_RECEIPTS = "groups.relay.receipts"
+SETTING_AGENT_SENT = "groups.agent.sent"  #: a controller's last command number per group
+SETTING_AGENT_SEEN = "groups.agent.seen"  #: an agent's last command number per group
 
 #: the pairing methods of a group session: known peers only (resume, and its Noise KK fallback)
 GROUP_METHODS = frozenset({Method.RESUME})
@@ -161,6 +202,11 @@ def relay_queue(ks: Keystore) -> RelayQueue:
     return RelayQueue.from_plain(ks.setting(SETTING_RELAY, ()) or ())
 
 
+def relay_receipts(ks: Keystore) -> RelayReceipts:
+    """The members' signed receipts this relay holds for controllers."""
+    return RelayReceipts.from_plain(ks.setting(SETTING_RELAY_RECEIPTS, ()) or ())
+
+
 def _usable_peer(ks: Keystore, name_or_id: str, what: str) -> Peer:
     peer = ks.get_peer(name_or_id)
     if not peer.authenticated:
@@ -173,8 +219,28 @@ def _usable_peer(ks: Keystore, name_or_id: str, what: str) -> Peer:
     return peer
 
 
-def _controller_key(ks: Keystore) -> Callable[[bytes], bytes | None]:
+def _controller_key(
+    ks: Keystore, env: GroupEnvelope | AgentCommand | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Callable[[bytes], bytes | None]:
+    """Whose signature a member believes on an envelope: a controller it paired with
+    (authenticated), or, when the envelope carries a certificate and this device enrolled
+    with a key server, the key in that certificate if the CA it enrolled with issued it
+    (issue 14).  A certificate that does not check is refused outright, pairing or not: a
+    member enrolled with another CA refuses."""
+
     def lookup(device_id: bytes) -> bytes | None:
+        ca = trusted_ca(ks)
+        if env is not None and env.cert is not None and ca is not None:
+            try:
+                return check_device_cert(env.cert, ca, now=clock.wall(),
+                                         device_id=device_id).signing
+            except AuthenticationError as exc:
+                what = "an envelope" if isinstance(env, GroupEnvelope) else "a command"
+                raise AuthenticationError(
+                    f"refused {what} for group {env.group!r}: its controller's "
+                    f"certificate: {exc}"
+                ) from None
         try:
             peer = ks.get_peer(device_id.hex())
         except NotFoundError:
@@ -182,6 +248,41 @@ def _controller_key(ks: Keystore) -> Callable[[bytes], bytes | None]:
         return peer.signing_public if peer.authenticated else None
 
     return lookup
+
+
+def _own_checked_cert(ks: Keystore, clock: Clock) -> bytes:
+    """This device's certificate, checked against its own CA now (a controller in a group
+    trusted through the CA sends it in every envelope)."""
+    cert, ca = own_cert(ks), trusted_ca(ks)
+    if cert is None or ca is None:
+        raise ConfigError(
+            "this device has no certificate from a key server: run 'pairkit ttp enroll "
+            "--server HOST:PORT --ca ca.pem --cert' first"
+        )
+    try:
+        check_device_cert(cert, ca, now=clock.wall(), device_id=bytes.fromhex(ks.device_id))
+    except AuthenticationError as exc:
+        raise ConfigError(f"this device's certificate is no longer good: {exc}; enrol "
+                          "again with --cert") from None
+    return cert
+
+
+def _member_from_cert(
+    ks: Keystore, record: GroupRecord, cert: bytes, clock: Clock
+) -> DeviceCert:
+    if record.trust != CA:
+        raise ConfigError(
+            f"group {record.name} is trusted by pairing: add members by name (a known peer), "
+            "or create a group with --trust ca to add them by certificate"
+        )
+    ca = trusted_ca(ks)
+    if ca is None:
+        raise ConfigError("this device enrolled with no key server; it cannot check a "
+                          "certificate")
+    try:
+        return check_device_cert(cert, ca, now=clock.wall())
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"refused the member's certificate: {exc}") from None
 
 
 def peer_name(ks: Keystore, device_id: bytes | str) -> str:
@@ -372,28 +473,42 @@ async def _deliver_batch(
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What became of one member's envelope."""
+    """What became of one member in one delivery round (issue 14: only a verified receipt
+    confirms; a relay's "queued" is an attempt that has not confirmed yet)."""
 
     member: str  #: device id
     name: str
     epoch: int
     via: str | None  #: the relay's name
-    ok: bool
-    status: str  #: "delivered", "queued at RELAY", or why not
+    ok: bool  #: the attempt went as far as it could: confirmed, or handed to the relay
+    status: str  #: "confirmed", "queued at RELAY, awaiting the member's receipt", or why not
+    state: str = PENDING  #: confirmed, pending or unreachable, after this attempt
+    attempts: int = 0  #: attempts made at this epoch
+    next_try: float | None = None  #: when the next attempt is due (Unix s), if pending
 
     def as_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def create_group(ks: Keystore, name: str) -> GroupRecord:
-    """Start controlling ``name`` at epoch 1 with a fresh key (kept inside the keystore)."""
+def create_group(
+    ks: Keystore, name: str, *, trust: str = PAIRED, clock: Clock = SYSTEM_CLOCK
+) -> GroupRecord:
+    """Start controlling ``name`` at epoch 1 with a fresh key (kept inside the keystore).
+
+    ``trust`` says how members come to believe this controller: ``paired`` (they paired with
+    it) or ``ca`` (its device certificate from the key server's CA travels in every envelope:
+    this device must have enrolled with ``pairkit ttp enroll --cert``)."""
     check_group_name(name)
+    if trust not in TRUSTS:
+        raise ConfigError(f"--trust is one of {', '.join(TRUSTS)}, not {trust!r}")
+    if trust == CA:
+        _own_checked_cert(ks, clock)
     with ks.update():
         if name in controller_groups(ks):
             raise ConfigError(f"this device already controls a group {name!r}")
         if name in held_groups(ks):
             raise ConfigError(f"this device is a member of another controller's group {name!r}")
-        record = GroupRecord(name)
+        record = GroupRecord(name, trust=trust)
         ks.forget_group(name)
         ks.new_group_key(name, record.epoch)
         _put_record(ks, record)
@@ -403,32 +518,48 @@ def create_group(ks: Keystore, name: str) -> GroupRecord:
 async def add_member(
     ks: Keystore,
     name: str,
-    peer: str,
+    peer: str | None,
     *,
     via: str | None = None,
     transport: str | None = None,
     address: str | None = None,
     reach: Reach | None = None,
+    policy: RetryPolicy | None = None,
+    cert: bytes | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
-    """Add the known peer ``peer`` to ``name`` and deliver the current key to it (through the
-    relay ``via`` if given), with any other pending member.  A member that cannot be reached
+    """Add the known peer ``peer`` (or the device whose certificate is ``cert``, in a group
+    trusted through the CA: the controller need not have paired with it) to ``name`` and
+    deliver the current key to it (through the relay ``via`` if given), with any other
+    pending member.  A member that cannot be reached
     stays pending.  ``transport`` and ``address`` say where to reach the first hop (the member,
     or its relay) when not where the keystore last saw it."""
+    clock = (reach or Reach()).clock
     with ks.update():
         record = controlled(ks, name)
-        member = _usable_peer(ks, peer, "group member")
         relay = _usable_peer(ks, via, "relay") if via is not None else None
-        if relay is not None and relay.id == member.id:
+        if cert is not None:
+            found = _member_from_cert(ks, record, cert, clock)
+            entry = GroupMember(found.device_id.hex(), found.name, relay.id if relay else None,
+                                transport, address, static=found.static,
+                                signing=found.signing)
+        else:
+            if peer is None:
+                raise ConfigError("name the member: a known peer, or --cert FILE")
+            member = _usable_peer(ks, peer, "group member")
+            entry = GroupMember(member.id, member.name, relay.id if relay else None, transport,
+                                address)
+        if relay is not None and relay.id == entry.device_id:
             raise ConfigError("a member cannot be its own relay")
-        record = record.with_member(GroupMember(
-            member.id, member.name, relay.id if relay else None, transport, address,
-        ))
+        if entry.device_id == ks.device_id:
+            raise ConfigError("a controller is not a member of its own group")
+        record = record.with_member(entry)
         _put_record(ks, record)
-    return await deliver_pending(ks, name, reach=reach)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
 
 
 async def remove_member(
-    ks: Keystore, name: str, peer: str, *, reach: Reach | None = None
+    ks: Keystore, name: str, peer: str, *, reach: Reach | None = None,
+    policy: RetryPolicy | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
     """Remove ``peer`` from ``name``, start a new epoch with a new key and deliver it to every
     remaining member.  Older keys are forgotten: the removed member cannot read what follows."""
@@ -436,16 +567,16 @@ async def remove_member(
         record = controlled(ks, name)
         record = record.without_member(_find_member(ks, record, peer))
         _new_epoch(ks, record)
-    return await deliver_pending(ks, name, reach=reach)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
 
 
 async def rekey_group(
-    ks: Keystore, name: str, *, reach: Reach | None = None
+    ks: Keystore, name: str, *, reach: Reach | None = None, policy: RetryPolicy | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
     """Start a new epoch of ``name`` with a new key, same members, and deliver it."""
     with ks.update():
         _new_epoch(ks, controlled(ks, name).rekeyed())
-    return await deliver_pending(ks, name, reach=reach)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
 
 
 def _new_epoch(ks: Keystore, record: GroupRecord) -> None:
@@ -463,79 +594,244 @@ def _find_member(ks: Keystore, record: GroupRecord, peer: str) -> str:
     raise NotFoundError(f"{peer!r} is not a member of {record.name}")
 
 
-def _mark_delivered(ks: Keystore, name: str, members: Iterable[str], epoch: int) -> None:
+def _seal_waiting(
+    ks: Keystore, name: str, members: Iterable[GroupMember], clock: Clock = SYSTEM_CLOCK,
+) -> tuple[dict[str, GroupEnvelope], dict[str, str]]:
+    """The envelope each member must confirm: the one already waiting for it at the current
+    epoch (sent again byte for byte, so that its receipt names it), else a fresh one, kept in
+    the record before it is sent.  Returns (envelopes by member id, why not by member id)."""
+    envelopes: dict[str, GroupEnvelope] = {}
+    failed: dict[str, str] = {}
     with ks.update():
         record = controlled(ks, name)
-        for device_id in members:
-            if record.member(device_id) is not None:
-                record = record.delivered_to(device_id, epoch)
+        for m in members:
+            current = record.member(m.device_id)
+            if current is None:
+                continue
+            try:
+                env = current.waiting()
+                if env is None or env.epoch != record.epoch:
+                    static = current.static or _usable_peer(
+                        ks, m.device_id, "group member").static_public
+                    env = seal_group_envelope(ks, group=name, epoch=record.epoch,
+                                              member_public=static)
+                    if record.trust == CA:
+                        env = dataclasses.replace(env, cert=_own_checked_cert(ks, clock))
+                    record = record.waiting_for(m.device_id, env.encode_bytes())
+            except PairingError as exc:
+                failed[m.device_id] = str(exc)
+                continue
+            envelopes[m.device_id] = env
         _put_record(ks, record)
+    return envelopes, failed
+
+
+def _settle(
+    ks: Keystore, name: str, m: GroupMember, env_epoch: int, *, confirmed: bool, ok: bool,
+    status: str, via: str | None, policy: RetryPolicy, now: float,
+) -> Outcome:
+    """Record one attempt's result for ``m`` (only while the group is still at the epoch it
+    was made for) and say what it gave."""
+    with ks.update():
+        record = controlled(ks, name)
+        if record.epoch == env_epoch and record.member(m.device_id) is not None:
+            if confirmed:
+                record = record.delivered_to(m.device_id, env_epoch)
+            else:
+                record = record.attempted(m.device_id, now, policy, status)
+            _put_record(ks, record)
+    after = record.member(m.device_id) or m
+    state = after.state(record.epoch)
+    return Outcome(
+        m.device_id, m.name, env_epoch, via, ok, status, state, after.attempts,
+        after.next_try if state == PENDING else None,
+    )
+
+
+def _member_signing(ks: Keystore, device_id: str, name: str | None = None) -> bytes:
+    if name is not None:
+        record = controller_groups(ks).get(name)
+        m = record.member(device_id) if record is not None else None
+        if m is not None and m.signing is not None:
+            return m.signing  # from its certificate
+    peer = _usable_peer(ks, device_id, "group member")
+    assert peer.signing_public is not None  # _usable_peer checked it
+    return peer.signing_public
 
 
 async def deliver_pending(
-    ks: Keystore, name: str, *, reach: Reach | None = None
+    ks: Keystore, name: str, *, reach: Reach | None = None,
+    policy: RetryPolicy | None = None, due_only: bool = False,
 ) -> tuple[GroupRecord, list[Outcome]]:
-    """Deliver the current epoch to every member that does not have it yet: one secure link per
-    direct member, one per relay for all the members behind it."""
+    """One delivery round: try every pending member (``due_only``: those whose next try is
+    due) not given up on, one secure link per direct member and one per relay for all the
+    members behind it.  A member is confirmed only by its signed receipt, checked here
+    (:func:`pairing.groups.check_receipt`); every other answer counts as an attempt, and the
+    member is unreachable when ``policy``'s attempts ran out."""
     reach = reach or Reach()
+    policy = policy or RetryPolicy()
     record = controlled(ks, name)
-    epoch = record.epoch
+    now = reach.clock.wall()
+    targets = record.due(now) if due_only else tuple(
+        m for m in record.pending() if not m.unreachable)
+    envelopes, failed = _seal_waiting(ks, name, targets, reach.clock)
     outcomes: list[Outcome] = []
     by_relay: dict[str, list[GroupMember]] = {}
-    for m in record.pending():
-        if m.via is not None:
+    for m in targets:
+        if m.device_id in failed:
+            outcomes.append(_settle(ks, name, m, record.epoch, confirmed=False, ok=False,
+                                    status=f"cannot seal: {failed[m.device_id]}", via=None,
+                                    policy=policy, now=now))
+        elif m.via is not None:
             by_relay.setdefault(m.via, []).append(m)
-
-    def seal(m: GroupMember) -> GroupEnvelope:
-        peer = _usable_peer(ks, m.device_id, "group member")
-        return seal_group_envelope(ks, group=name, epoch=epoch, member_public=peer.static_public)
-
-    for m in record.pending():
-        if m.via is not None:
-            continue
-        try:
-            env = seal(m)
-            (result,) = await with_peer(
-                ks, reach, m.device_id,
-                lambda s, env=env: _send_envelopes(s, (env,), reach.step_timeout),
-                transport=m.transport, address=m.address,
-            )
-        except PairingError as exc:
-            outcomes.append(Outcome(m.device_id, m.name, epoch, None, False,
-                                    f"unreachable: {exc}"))
-            continue
-        if result.ok:
-            _mark_delivered(ks, name, [m.device_id], epoch)
-            outcomes.append(Outcome(m.device_id, m.name, epoch, None, True, "delivered"))
         else:
-            outcomes.append(Outcome(m.device_id, m.name, epoch, None, False,
-                                    f"refused: {result.reason}"))
+            outcomes.append(await _try_direct(ks, name, m, envelopes[m.device_id], reach,
+                                              policy))
     for relay_id, members in by_relay.items():
-        relay_name = peer_name(ks, relay_id)
-        first = members[0]
-        try:
-            envelopes = tuple(seal(m) for m in members)
-            results = await with_peer(
-                ks, reach, relay_id,
-                lambda s, e=envelopes: _send_forward(s, e, reach.step_timeout),
-                transport=first.transport, address=first.address,
-            )
-        except PairingError as exc:
-            for m in members:
-                outcomes.append(Outcome(m.device_id, m.name, epoch, relay_name, False,
-                                        f"relay unreachable: {exc}"))
-            continue
-        taken = []
-        for m, result in zip(members, results, strict=True):
-            if result.ok:
-                taken.append(m.device_id)
-                outcomes.append(Outcome(m.device_id, m.name, epoch, relay_name, True,
-                                        f"queued at {relay_name}"))
-            else:
-                outcomes.append(Outcome(m.device_id, m.name, epoch, relay_name, False,
-                                        f"refused by {relay_name}: {result.reason}"))
-        _mark_delivered(ks, name, taken, epoch)
+        outcomes.extend(await _try_relay(
+            ks, name, relay_id, [(m, envelopes[m.device_id]) for m in members], reach, policy,
+        ))
     return controlled(ks, name), outcomes
+
+
+async def _try_direct(
+    ks: Keystore, name: str, m: GroupMember, env: GroupEnvelope, reach: Reach,
+    policy: RetryPolicy,
+) -> Outcome:
+    def settle(confirmed: bool, ok: bool, status: str) -> Outcome:
+        return _settle(ks, name, m, env.epoch, confirmed=confirmed, ok=ok, status=status,
+                       via=None, policy=policy, now=reach.clock.wall())
+
+    try:
+        (result,) = await with_peer(
+            ks, reach, m.device_id,
+            lambda s: _send_envelopes(s, (env,), reach.step_timeout),
+            transport=m.transport, address=m.address,
+        )
+    except PairingError as exc:
+        return settle(False, False, f"unreachable: {exc}")
+    receipt = receipt_of(env, result, env.member)
+    if receipt is None:
+        return settle(False, False, "the member answered without a signed receipt")
+    try:
+        took = check_receipt(receipt, expected=env, member_signing=_member_signing(
+            ks, m.device_id, name))
+    except PairingError as exc:
+        return settle(False, False, str(exc))
+    if took:
+        return settle(True, True, "confirmed")
+    return settle(False, False, f"refused by the member: {result.reason}")
+
+
+async def _try_relay(
+    ks: Keystore, name: str, relay_id: str, waiting: list[tuple[GroupMember, GroupEnvelope]],
+    reach: Reach, policy: RetryPolicy,
+) -> list[Outcome]:
+    """One session with a relay: first the receipts it holds for these envelopes, checked one
+    by one against the envelope each member must confirm; then the envelopes still
+    unconfirmed, forwarded (again)."""
+    relay_name = peer_name(ks, relay_id)
+    by_digest = {envelope_digest(env): (m, env) for m, env in waiting}
+    verdicts: dict[str, tuple[bool, bool, str]] = {}  # member id -> (confirmed, ok, status)
+
+    async def work(slink: SecureLink) -> None:
+        digests = list(by_digest)
+        for i in range(0, len(digests), MAX_BATCH):
+            for receipt in await _fetch_receipts(slink, digests[i:i + MAX_BATCH],
+                                                 reach.step_timeout):
+                m, env = by_digest[receipt.envelope]
+                if verdicts.get(m.device_id, (False,))[0]:
+                    continue
+                verdicts[m.device_id] = _judge(ks, name, receipt, m, env, relay_name)
+        # Forward again whatever is not settled by the member's own word (a bad receipt
+        # settles nothing: the envelope goes out again, and the bad receipt is reported).
+        rest = [(m, env) for m, env in waiting
+                if not verdicts.get(m.device_id, (False, False, ""))[0]
+                and not verdicts.get(m.device_id, (False, False, ""))[2].startswith(
+                    "refused by the member")]
+        for i in range(0, len(rest), MAX_BATCH):
+            batch = rest[i:i + MAX_BATCH]
+            results = await _send_forward(slink, tuple(env for _, env in batch),
+                                          reach.step_timeout)
+            for (m, _), result in zip(batch, results, strict=True):
+                before = verdicts.get(m.device_id)
+                prefix = f"{before[2]}; " if before else ""
+                if result.ok:
+                    verdicts[m.device_id] = (False, True, f"{prefix}queued at {relay_name}, "
+                                             "awaiting the member's receipt")
+                else:
+                    verdicts[m.device_id] = (False, False,
+                                             f"{prefix}refused by {relay_name}: {result.reason}")
+
+    failure: str | None = None
+    try:
+        await with_peer(ks, reach, relay_id, work, transport=waiting[0][0].transport,
+                        address=waiting[0][0].address)
+    except PairingError as exc:
+        failure = f"relay unreachable: {exc}"
+    outcomes = []
+    for m, env in waiting:
+        confirmed, ok, status = verdicts.get(
+            m.device_id, (False, False, failure or f"{relay_name} did not answer for it"))
+        outcomes.append(_settle(ks, name, m, env.epoch, confirmed=confirmed, ok=ok,
+                                status=status, via=relay_name, policy=policy,
+                                now=reach.clock.wall()))
+    return outcomes
+
+
+def _judge(
+    ks: Keystore, name: str, receipt: GroupReceipt, m: GroupMember, env: GroupEnvelope,
+    relay_name: str,
+) -> tuple[bool, bool, str]:
+    """(confirmed, ok, status) from one receipt a relay handed over: the member's signature
+    decides, never the relay's word."""
+    try:
+        took = check_receipt(receipt, expected=env,
+                             member_signing=_member_signing(ks, m.device_id, name))
+    except PairingError as exc:
+        return False, False, f"{relay_name} handed over a bad receipt: {exc}"
+    if took:
+        return True, True, f"confirmed (receipt through {relay_name})"
+    return False, False, f"refused by the member: {receipt.reason}"
+
+
+async def _fetch_receipts(
+    slink: SecureLink, digests: list[bytes], timeout: float
+) -> tuple[GroupReceipt, ...]:
+    machine = ReceiptFetch(digests, timeout=timeout)
+    machine.start(time.monotonic())
+    await drive(machine, Records(slink), clock=time.monotonic)
+    return machine.receipts
+
+
+async def confirm_all(
+    ks: Keystore, name: str, *, reach: Reach | None = None,
+    policy: RetryPolicy | None = None, retry_unreachable: bool = False,
+    on_round: Callable[[list[Outcome]], None] | None = None,
+) -> tuple[GroupRecord, list[Outcome]]:
+    """Deliver until every member confirmed or is unreachable (``pairkit group sync``): a
+    round now, then one whenever a pending member's next try is due, each wait at most
+    ``policy.cap`` seconds; bounded, since every member is tried at most ``policy.attempts``
+    times per epoch.  Returns the record and each member's latest outcome."""
+    reach = reach or Reach()
+    policy = policy or RetryPolicy()
+    if retry_unreachable:
+        with ks.update():
+            _put_record(ks, controlled(ks, name).try_again())
+    record, outcomes = await deliver_pending(ks, name, reach=reach, policy=policy)
+    latest = {o.member: o for o in outcomes}
+    if on_round is not None and outcomes:
+        on_round(outcomes)
+    while (due := controlled(ks, name).next_due()) is not None:
+        wait = min(max(0.0, due - reach.clock.wall()), policy.cap)
+        await asyncio.sleep(wait)
+        record, outcomes = await deliver_pending(ks, name, reach=reach, policy=policy,
+                                                 due_only=True)
+        latest.update((o.member, o) for o in outcomes)
+        if on_round is not None and outcomes:
+            on_round(outcomes)
+    record = controlled(ks, name)
+    return record, [latest[m.device_id] for m in record.members if m.device_id in latest]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,17 +918,20 @@ class GroupService:
         on_event: EventSink = _ignore,
         on_key: Callable[[HeldGroup], None] | None = None,
         idle: float = 60.0,
+        agent: Agent | None = None,
     ) -> None:
         self.ks = ks
         self.member = member
         self.relay = relay
+        self.agent = agent
         self.on_event = on_event
         self.on_key = on_key
         self.idle = idle
 
     async def __call__(self, slink: SecureLink, session: Session) -> None:
         who = session.peer.name
-        machine = DeliveryReceiver(relay=self.relay is not None, idle=self.idle)
+        machine = DeliveryReceiver(relay=self.relay is not None, idle=self.idle,
+                                   agent=self.agent is not None)
         machine.start(time.monotonic())
         service = self
 
@@ -644,6 +943,16 @@ class GroupService:
                 assert service.relay is not None
                 receipt = service.relay.take(event.envelopes, who)
                 machine.answer_batch(receipt.results, time.monotonic(), queued=receipt.queued)
+
+            async def run_command(self, event: RunCommand) -> None:
+                assert service.agent is not None
+                result = await service.agent.run(event.command, who)
+                machine.answer_command(result, time.monotonic())
+
+            async def give_receipts(self, event: GiveReceipts) -> None:
+                assert service.relay is not None
+                held = service.relay.receipts_for(session.peer.device_id, event.envelopes)
+                machine.answer_receipts(held, time.monotonic())
 
         with contextlib.suppress(LinkClosedError):  # the peer left without a Bye
             await drive(machine, Records(slink), delegate=Work(), clock=time.monotonic)
@@ -660,10 +969,11 @@ class GroupService:
                 except (AuthenticationError, ReplayError, ConfigError, DecodeError) as exc:
                     self.on_event({"event": "key-refused", "group": env.group,
                                    "epoch": env.epoch, "from": who, "reason": str(exc)})
-                    results.append(DeliveryResult(env.group, env.epoch, False, str(exc)[:200]))
+                    results.append(signed_result(self.ks, env, False, str(exc)))
                     continue
                 taken.append(held)
-                results.append(DeliveryResult(env.group, env.epoch, True))
+                # The signed receipt: the controller's only proof that this device took it.
+                results.append(signed_result(self.ks, env, True))
         for held in taken:  # after the save: what is announced is on disk
             self.on_event({"event": "key", "group": held.name, "epoch": held.epoch,
                            "controller": peer_name(self.ks, held.controller), "from": who})
@@ -672,15 +982,17 @@ class GroupService:
         return tuple(results)
 
 
-def take_envelope(ks: Keystore, env: GroupEnvelope) -> HeldGroup:
+def take_envelope(
+    ks: Keystore, env: GroupEnvelope, clock: Clock = SYSTEM_CLOCK
+) -> HeldGroup:
     """A member's checks of one envelope (:func:`pairing.groups.open_group_envelope`); the key
     is kept inside ``ks`` and the group recorded (call inside ``ks.update()``)."""
     if env.group in controller_groups(ks):
         raise ConfigError(f"this device controls a group called {env.group!r} itself")
     pins = ks.setting(SETTING_PINS, {}) or {}
     held = open_group_envelope(
-        ks, env, controller_key=_controller_key(ks), held=held_groups(ks).get(env.group),
-        pinned=pins.get(env.group),
+        ks, env, controller_key=_controller_key(ks, env, clock),
+        held=held_groups(ks).get(env.group), pinned=pins.get(env.group),
     )
     _put_held(ks, held)
     return held
@@ -701,6 +1013,19 @@ class Relay:
     @property
     def queue(self) -> RelayQueue:
         return relay_queue(self.ks)
+
+    @property
+    def receipts(self) -> RelayReceipts:
+        return relay_receipts(self.ks)
+
+    def receipts_for(self, controller: bytes, envelopes: Iterable[bytes]) -> list[GroupReceipt]:
+        """The members' receipts this relay holds for ``controller``'s envelopes (it hands
+        over what members signed; it cannot make one)."""
+        found = list(self.receipts.find(controller, envelopes))[:MAX_BATCH]
+        for r in found:
+            self.on_event({"event": "receipt-returned", "member": peer_name(self.ks, r.member),
+                           "group": r.group, "epoch": r.epoch, "ok": r.ok})
+        return found
 
     def take(self, envelopes: Iterable[GroupEnvelope], who: str) -> ForwardReceipt:
         """Queue what a controller forwards; an envelope for a member this relay has not
@@ -750,9 +1075,14 @@ class Relay:
                     continue
                 with self.ks.update():
                     queue = self.queue
-                    for env in envelopes:
+                    receipts = self.receipts
+                    for env, result in zip(envelopes, results, strict=True):
                         queue = queue.without(env)
+                        receipt = receipt_of(env, result, member)
+                        if receipt is not None:  # kept until the controller asks for it
+                            receipts = receipts.add(receipt)
                     self.ks.set_setting(SETTING_RELAY, queue.to_plain())
+                    self.ks.set_setting(SETTING_RELAY_RECEIPTS, receipts.to_plain())
                 for env, result in zip(envelopes, results, strict=True):
                     handed += result.ok
                     self.on_event({"event": "forwarded" if result.ok else "dropped",
@@ -770,6 +1100,95 @@ class Relay:
             self.kick.clear()
             if len(self.queue):
                 await self.deliver()
+
+
+class Agent:
+    """A group agent (the oneM2M MN-CSE "broadcasting control commands"): a member of the
+    groups it serves (it took their keys end to end, like any member) that broadcasts on its
+    radio the commands their controller sends it end to end (:class:`AgentCommand`, signed by
+    the controller), so that members out of the controller's radio range hear the agent."""
+
+    def __init__(
+        self, ks: Keystore, radio: Any, *, on_event: EventSink = _ignore,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if not hasattr(radio, "start_advertising"):
+            raise ConfigError("a group agent needs a radio to broadcast on (bumble:...)")
+        self.ks = ks
+        self.radio = radio
+        self.on_event = on_event
+        self.clock = clock
+        self._air = asyncio.Lock()  # one advertisement at a time on one radio
+
+    async def run(self, cmd: AgentCommand, who: str) -> AgentResult:
+        """Check one command (:func:`pairing.groups.check_agent_command`) and broadcast it."""
+        try:
+            with self.ks.update():
+                held = held_groups(self.ks).get(cmd.group)
+                signing = None
+                if held is not None:
+                    signing = _controller_key(self.ks, cmd, self.clock)(
+                        bytes.fromhex(held.controller))
+                seen = {k: int(v) for k, v in
+                        (self.ks.setting(SETTING_AGENT_SEEN, {}) or {}).items()}
+                check_agent_command(cmd, agent=bytes.fromhex(self.ks.device_id), held=held,
+                                    controller_signing=signing,
+                                    last_number=seen.get(cmd.group, 0))
+                seen[cmd.group] = cmd.number  # kept before it is used: a crash never replays
+                self.ks.set_setting(SETTING_AGENT_SEEN, seen)
+        except PairingError as exc:
+            self.on_event({"event": "command-refused", "group": cmd.group, "from": who,
+                           "number": cmd.number, "reason": str(exc)})
+            return AgentResult(cmd.group, cmd.number, False, reason=str(exc)[:200])
+        try:
+            async with self._air:
+                done = await broadcast(self.ks, self.radio, cmd.group, cmd.command,
+                                       duration=cmd.air_ms / 1000)
+        except PairingError as exc:
+            return AgentResult(cmd.group, cmd.number, False, reason=str(exc)[:200])
+        self.on_event({"event": "broadcast", "group": cmd.group, "epoch": done["epoch"],
+                       "seq": done["seq"], "from": who, "command": _text(cmd.command)})
+        return AgentResult(cmd.group, cmd.number, True, seq=done["seq"])
+
+
+async def send_via_agent(
+    ks: Keystore, name: str, agent: str, command: bytes, *, air: float = 2.0,
+    reach: Reach | None = None,
+) -> AgentResult:
+    """Have the group agent ``agent`` (a confirmed member of ``name``, running ``pairkit
+    group agent``) broadcast ``command`` to the group: sent end to end, signed by this
+    controller, over a secure link to the agent."""
+    reach = reach or Reach()
+    record = controlled(ks, name)
+    device_id = _find_member(ks, record, agent)
+    m = record.member(device_id)
+    assert m is not None
+    if m.state(record.epoch) != CONFIRMED:
+        raise ConfigError(
+            f"{m.name} has not confirmed epoch {record.epoch} of {name}: it cannot broadcast "
+            f"under the current key yet ('pairkit group sync {name}')"
+        )
+    with ks.update():
+        sent = {k: int(v) for k, v in (ks.setting(SETTING_AGENT_SENT, {}) or {}).items()}
+        number = sent.get(name, 0) + 1
+        sent[name] = number
+        ks.set_setting(SETTING_AGENT_SENT, sent)
+    cert = _own_checked_cert(ks, reach.clock) if record.trust == CA else None
+    cmd = sign_agent_command(
+        ks, agent=bytes.fromhex(device_id), group=name, epoch=record.epoch, number=number,
+        command=command, air_ms=max(1, round(air * 1000)), cert=cert,
+    )
+
+    async def work(slink: SecureLink) -> AgentResult:
+        machine = CommandSender(cmd, timeout=reach.step_timeout)
+        machine.start(time.monotonic())
+        await drive(machine, Records(slink), clock=time.monotonic)
+        assert machine.result is not None
+        return machine.result
+
+    result: AgentResult = await with_peer(ks, reach, device_id, work, transport=m.transport,
+                                          address=m.address)
+    return result
 
 
 class Listener:
@@ -857,24 +1276,45 @@ def _text(command: bytes) -> str:
         return command.hex()
 
 
-def group_status(ks: Keystore) -> dict[str, Any]:
-    """What this device knows of groups, as JSON: controlled, held, and relayed."""
+def group_status(ks: Keystore, group: str | None = None) -> dict[str, Any]:
+    """What this device knows of groups, as JSON (``pairkit group status``): the groups it
+    controls, each member's delivery state (``confirmed``: a verified receipt for the current
+    epoch; ``pending``: attempts so far and when the next is due, Unix seconds;
+    ``unreachable``: the attempts ran out), the groups it holds keys of, and what it relays
+    (envelopes waiting, receipts held for controllers).  ``group`` keeps only that group."""
+    if group is not None:
+        check_group_name(group)
     queue = relay_queue(ks)
+    receipts = relay_receipts(ks)
+
+    def member(r: GroupRecord, m: GroupMember) -> dict[str, Any]:
+        state = m.state(r.epoch)
+        return {
+            "id": m.device_id, "name": m.name, "via": peer_name(ks, m.via) if m.via else None,
+            "state": state, "confirmed": m.delivered, "delivered": m.delivered,
+            "pending": state != CONFIRMED, "attempts": m.attempts,
+            "next_try": m.next_try if state == PENDING else None, "last": m.note,
+        }
+
+    controls = [r for r in controller_groups(ks).values() if group in (None, r.name)]
+    held = [h for h in held_groups(ks).values() if group in (None, h.name)]
     return {
         "controls": [
-            {"group": r.name, "epoch": r.epoch, "members": [
-                {"id": m.device_id, "name": m.name, "via": peer_name(ks, m.via) if m.via else None,
-                 "delivered": m.delivered, "pending": m.delivered < r.epoch}
-                for m in r.members
-            ]}
-            for r in controller_groups(ks).values()
+            {"group": r.name, "epoch": r.epoch, "trust": r.trust,
+             "members": [member(r, m) for m in r.members]}
+            for r in controls
         ],
         "member_of": [
             {"group": h.name, "epoch": h.epoch, "controller": peer_name(ks, h.controller)}
-            for h in held_groups(ks).values()
+            for h in held
         ],
         "relaying": [
             {"member": peer_name(ks, e.member), "group": e.group, "epoch": e.epoch}
-            for e in queue.envelopes
+            for e in queue.envelopes if group in (None, e.group)
+        ],
+        "receipts_held": [
+            {"member": peer_name(ks, r.member), "controller": peer_name(ks, r.controller),
+             "group": r.group, "epoch": r.epoch, "ok": r.ok}
+            for r in receipts.receipts if group in (None, r.group)
         ],
     }

@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 
 from .driver import LinkLike
-from .pairing import keyschedule
-from .pairing.channel import ChannelConfig, SecureChannel
+from .pairing import framing, keyschedule
+from .pairing.channel import HEADER_SIZE, TAG_SIZE, ChannelConfig, SecureChannel
 from .pairing.crypto import same
 from .pairing.errors import AuthenticationError, LinkClosedError, PairingError, PairingTimeout
 from .pairing.methods import Session
@@ -53,15 +53,38 @@ class SecureLink:
     def max_message(self) -> int:
         return self.channel.config.max_record
 
+    def fitting(self, size: int) -> int:
+        """The plaintext size, at most ``size``, that carries the most bytes per link message.
+
+        A record whose last fragment holds a few bytes costs a whole link message for them (on
+        BLE, a packet on the air): a 16 KiB file chunk at MTU 512 is 33 fragments, the last
+        nearly empty.  One fragment fewer, filled, carries more per fragment; this says which
+        of the two sizes does (the link's MTU as it is now).
+        """
+        mtu = self.link.mtu
+        count = framing.fragment_count(HEADER_SIZE + size + TAG_SIZE, mtu)
+        if count == 1:
+            return size
+        # The largest record in count - 1 fragments (the length prefix can only shrink).
+        length = len(framing.encode_leb128(HEADER_SIZE + size + TAG_SIZE))
+        fewer = (mtu - 1 - length) + (count - 2) * (mtu - 1) - HEADER_SIZE - TAG_SIZE
+        if fewer > 0 and fewer * count > size * (count - 1):
+            return fewer
+        return size
+
     async def send(self, data: bytes, timeout: float | None = None) -> None:
-        """Send one message (at most :attr:`max_message` bytes); :class:`PairingTimeout` when
-        the peer does not take it within ``timeout`` seconds (default: :attr:`timeout`), the
-        link's flow control holding it back: a peer that stops reading is dropped, not waited
-        on (issue 17)."""
+        """Send one message (at most :attr:`max_message` bytes), fragmented to the link's MTU
+        as it is now (it can grow after connect: a late ATT MTU exchange);
+        :class:`PairingTimeout` when the peer does not take it within ``timeout`` seconds
+        (default: :attr:`timeout`), the link's flow control holding it back: a peer that stops
+        reading is dropped, not waited on (issue 17)."""
         wait = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(wait):
                 async with self._send_lock:
+                    mtu = self.link.mtu
+                    if mtu != self.channel.config.mtu:
+                        self.channel.set_mtu(mtu)
                     for fragment in self.channel.seal(data):
                         await self.link.send(fragment)
         except TimeoutError:

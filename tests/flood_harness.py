@@ -132,6 +132,11 @@ async def flood(
     await asyncio.gather(*(one(s) for s in sources for _ in range(per_source)))
 
 
+def _retrieve(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def join_request_flood(
     host: str, port: int, sources: list[str], per_source: int, stop: asyncio.Event,
     stats: FloodStats,
@@ -157,9 +162,12 @@ async def join_request_flood(
                 # Granted (or not): now say nothing, until the host gives up on us.
                 stopper = asyncio.ensure_future(stop.wait())
                 reading = asyncio.ensure_future(link.recv())
-                await asyncio.wait({stopper, reading}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                reading.cancel()
+                try:
+                    await asyncio.wait({stopper, reading}, return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when the flood itself is cancelled
+                    stopper.cancel()
+                    reading.cancel()
+                    reading.add_done_callback(_retrieve)  # the host's close is no news
                 stats.dropped += 1
             except PairingError as exc:
                 if exc.code == ErrorCode.BUSY:

@@ -186,7 +186,25 @@ async def test_the_bleak_bench_runs_and_reports_ratios() -> None:
     assert "bleak/bumble" in bleak_bench.render(result)
     check_goals(result["goals"])
     assert [g["figure"] for g in result["goals"]] == [
-        result["methods"][m]["pair"]["bleak_vs_bumble"] for m in ("pin", "qr", "compare", "resume")]
+        *(result["methods"][m]["pair"]["bleak_vs_bumble"]
+          for m in ("pin", "qr", "compare", "resume")),
+        result["goodput"]["secure_vs_raw"]]
+    # Issue 15 item 7: file goodput to the bleak guest against bumble's raw notify, same link.
+    goodput = result["goodput"]
+    assert goodput["bytes"] == bleak_bench.QUICK.goodput_bytes and goodput["mtu"] == 512
+    mb_s = goodput["mb_s"]
+    assert set(mb_s) == {"raw", "raw_paced", "secure"} == set(goodput["cpu_s_per_mib"])
+    assert all(row["median"] > 0 for row in goodput["cpu_s_per_mib"].values())
+    assert {row["n"] for row in mb_s.values()} == {bleak_bench.QUICK.goodput_runs}
+    # quick: one run, so the medians are the samples and the ratio is that run's
+    assert goodput["secure_vs_raw_runs"] == [goodput["secure_vs_raw"]]
+    assert goodput["secure_vs_raw"] == mb_s["secure"]["median"] / max(
+        mb_s["raw"]["median"], mb_s["raw_paced"]["median"])
+    goal = result["goals"][-1]
+    assert (goal["bound"], goal["goal"]) == (">=", bleak_bench.GOODPUT_GOAL)
+    # The transfer asked for the fast pace and the central (bumble) agreed.
+    assert goodput["pace_during_transfer"] == {"interval_ms": 15.0, "phy": 2, "refused": []}
+    assert "bumble raw notify" in bleak_bench.render(result)
 
 
 def test_ble_reports_discovery_at_each_advertising_rate(ble: dict[str, Any]) -> None:

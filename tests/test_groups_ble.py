@@ -18,9 +18,11 @@ import pytest
 from pairkit import groups as G
 from pairkit.cli.groupdemo import GroupLab, run_groupkeys_demo, wait_for
 from pairkit.pairing.errors import TooLargeError
-from pairkit.pairing.groups import ADVERT_OVERHEAD
+from pairkit.pairing.groups import ADVERT_OVERHEAD, RetryPolicy
 from pairkit.presence import discover
 from pairkit.transports.ble.adv import EXTENDED_PAYLOAD_MAX, LEGACY_PAYLOAD_MAX
+
+from .group_adversary import LyingRelay, LyingService
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +84,11 @@ async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[
     assert len(summary["devices"]) >= 8  # controller, relay, six members, an eavesdropper
     assert all(d["ok"] for d in summary["deliveries"]) and len(summary["deliveries"]) == 6
     assert {d["via"] for d in summary["deliveries"]} == {None, "relay"}
+    # Queued at the relay is not confirmed; every member's own receipt came back after.
+    assert {d["state"] for d in summary["deliveries"] if d["via"]} == {"pending"}
+    assert summary["confirmed"] == {"fire-sensors": ["sensor-1", "sensor-2"],
+                                    "fire-doors": ["door-1", "door-2", "door-3"],
+                                    "extinguishers": ["extinguisher-1"]}
     assert summary["relay"] == {"carried": 3, "could_open": False, "keys_held": 0,
                                 "queued_at_end": 0}
     reads = {b["group"]: b["read_by"] for b in summary["broadcasts"]}
@@ -96,6 +103,7 @@ async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[
     assert removal["door-3_rejected"] == ["wrong-epoch"]
     assert not removal["door-3_read"] and not removal["door-3_read_after"]
     assert summary["catch_up"]["read_by"] == ["door-1", "door-2"]
+    assert summary["catch_up"]["confirmed"] == ["door-1", "door-2"]
     err = capsys.readouterr().err
     if transport == "loopback":
         assert err == ""
@@ -104,3 +112,39 @@ async def test_the_groupkeys_demo(transport: str, capsys: pytest.CaptureFixture[
                       "Removal and rekey", "relay: holds an envelope", "none opens"):
             assert words in err
         assert "WARNING" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode", ["forge-self", "drop"])
+async def test_over_ble_a_receipt_comes_back_through_the_relay_and_a_liar_confirms_nobody(
+    lab: GroupLab, mode: str,
+) -> None:
+    """Controller -> relay (two radios) -> member, every hop a secure link over BLE: the
+    member's signed receipt confirms it; then the relay lies (forges the next receipts with its
+    own key, or drops the envelopes) and the member ends unreachable, never confirmed."""
+    ctl = await lab.add("controller")
+    relay = await lab.add("relay", downlink=True)
+    door = await lab.add("door")
+    await lab.commission(ctl, relay)
+    await lab.commission(ctl, door)
+    await lab.commission(door, relay)
+    await lab.start_member(door)
+    await lab.start_relay(relay, retry=0.1, relay_type=LyingRelay, service_type=LyingService)
+    G.create_group(ctl.ks, "doors")
+    fast = RetryPolicy(first=0.1, cap=0.5, attempts=30)
+    _, outcomes = await G.add_member(ctl.ks, "doors", "door", via="relay", reach=lab.reach(ctl),
+                                     policy=fast)
+    assert [o.state for o in outcomes] == ["pending"]
+    record, outcomes = await G.confirm_all(ctl.ks, "doors", reach=lab.reach(ctl), policy=fast)
+    assert [(o.name, o.state, o.status) for o in outcomes] == [
+        ("door", "confirmed", "confirmed (receipt through relay)")]
+
+    assert isinstance(relay.relay, LyingRelay)
+    relay.relay.mode = mode
+    short = RetryPolicy(first=0.1, cap=0.2, attempts=3)
+    await G.rekey_group(ctl.ks, "doors", reach=lab.reach(ctl), policy=short)
+    record, outcomes = await G.confirm_all(ctl.ks, "doors", reach=lab.reach(ctl), policy=short)
+    (m,) = record.members
+    assert (m.state(2), m.delivered, m.attempts) == ("unreachable", 1, 3)
+    why = "not signed by its member" if mode == "forge-self" else "awaiting the member's receipt"
+    assert why in outcomes[0].status
+    assert G.held_groups(door.ks)["doors"].epoch == 1

@@ -168,10 +168,13 @@ async def test_key_through_a_relay_and_a_broadcast_across_processes(
         await relayer.wait("start", lambda: any("relaying on" in x for x in relayer.err))
 
         created = await run_cli(ctl.home, "create", "doors", "--json", cmd=GROUP_CMD)
-        assert created.ok().json() == {"ok": True, "group": "doors", "epoch": 1}
+        assert created.ok().json() == {"ok": True, "group": "doors", "epoch": 1, "trust": "paired"}
         added = (await run_cli(ctl.home, "add", "doors", "door-1", "--via", "relay", "--json",
                                cmd=GROUP_CMD)).ok().json()
-        assert added["ok"] and added["deliveries"][0]["status"] == "queued at relay"
+        delivery = added["deliveries"][0]
+        assert added["ok"] and not added["confirmed"]
+        assert (delivery["status"], delivery["state"], delivery["attempts"]) == (
+            "queued at relay, awaiting the member's receipt", "pending", 1)
 
         await listener.wait("key", lambda: listener.event(event="key") is not None)
         assert listener.event(event="key") == {
@@ -194,17 +197,67 @@ async def test_key_through_a_relay_and_a_broadcast_across_processes(
     finally:
         await radio.close()
 
-    # The relay's own state, from its keystore file: no group key, nothing left to deliver.
+    # The controller retries until the door's own signed receipt is back through the relay.
+    synced = (await run_cli(ctl.home, "sync", "doors", "--backoff", "0.2", "--json",
+                            cmd=GROUP_CMD)).ok().json()
+    assert synced["ok"] and synced["confirmed"]
+    assert [(d["name"], d["state"]) for d in synced["deliveries"]] == [("door-1", "confirmed")]
+    assert synced["deliveries"][0]["status"] == "confirmed (receipt through relay)"
+
+    # The relay's own state, from its keystore file: no group key, nothing left to deliver,
+    # and the door's receipt (which it handed over, and could not have made).
     relay_ks = Keystore.open(relay.home / "keystore.pk", KEYSTORE_PIN)
     assert relay_ks.group_epochs("doors") == ()
-    status = (await run_cli(relay.home, "show", "--json", cmd=GROUP_CMD)).ok().json()
-    assert status == {"controls": [], "member_of": [], "relaying": []}
-    shown = (await run_cli(ctl.home, "show", "--json", cmd=GROUP_CMD)).ok().json()
+    status = (await run_cli(relay.home, "status", "--json", cmd=GROUP_CMD)).ok().json()
+    assert status == {"controls": [], "member_of": [], "relaying": [], "receipts_held": [
+        {"member": "door-1", "controller": "controller", "group": "doors", "epoch": 1,
+         "ok": True}]}
+    shown = (await run_cli(ctl.home, "status", "--json", cmd=GROUP_CMD)).ok().json()
     member = shown["controls"][0]["members"][0]
-    assert (member["name"], member["via"], member["pending"]) == ("door-1", "relay", False)
-    door_status = (await run_cli(door.home, "show", "--json", cmd=GROUP_CMD)).ok().json()
+    assert (member["name"], member["via"], member["state"], member["confirmed"]) == (
+        "door-1", "relay", "confirmed", 1)
+    # 'show', the former name, says the same.
+    assert (await run_cli(ctl.home, "show", "--json", cmd=GROUP_CMD)).ok().json() == shown
+    door_status = (await run_cli(door.home, "status", "--json", cmd=GROUP_CMD)).ok().json()
     assert door_status["member_of"] == [
         {"group": "doors", "epoch": 1, "controller": "controller"}]
+
+    # The relay goes away (it drops everything from now on): a rekey is retried with growing
+    # waits, then the door is reported unreachable, never confirmed.
+    assert await relayer.stop() == 0
+    listener = await Background.start(door, "listen", "doors", "-t",
+                                      f"tcp:127.0.0.1:{door_port}", "--json", "--timeout", "90")
+    running.append(listener)
+    await listener.wait("start", lambda: any("listening on" in x for x in listener.err))
+    rekeyed = (await run_cli(ctl.home, "rekey", "doors", "--json", "--connect-timeout", "1",
+                             cmd=GROUP_CMD)).ok().json()
+    first = rekeyed["deliveries"][0]
+    assert (rekeyed["epoch"], first["state"], first["attempts"]) == (2, "pending", 1)
+    assert first["status"].startswith("relay unreachable")
+    pending = (await run_cli(ctl.home, "status", "doors", "--json", cmd=GROUP_CMD)).ok().json()
+    row = pending["controls"][0]["members"][0]
+    assert (row["state"], row["attempts"], row["confirmed"]) == ("pending", 1, 1)
+    assert row["next_try"] is not None and row["last"].startswith("relay unreachable")
+    text = (await run_cli(ctl.home, "status", "doors", cmd=GROUP_CMD)).ok().out
+    assert "door-1" in text and "pending (1 attempt, next try" in text
+    lost = await run_cli(ctl.home, "sync", "doors", "--attempts", "3", "--backoff", "0.1",
+                         "--connect-timeout", "1", "--json", cmd=GROUP_CMD)
+    assert lost.rc == 4, lost  # the timeout exit code
+    assert "error: not confirmed after 3 attempts: door-1" in lost.err
+    gone = lost.json()
+    assert not gone["confirmed"] and gone["deliveries"][0]["state"] == "unreachable"
+    text = (await run_cli(ctl.home, "status", cmd=GROUP_CMD)).ok().out
+    assert "unreachable" in text and "last: relay unreachable" in text
+
+    # The relay is back: asked to try again, the controller gets the door's receipt.
+    relayer = await Background.start(relay, "relay", "-t", f"tcp:127.0.0.1:{relay_port}",
+                                     "--retry", "0.3", "--json")
+    running.append(relayer)
+    await relayer.wait("start", lambda: any("relaying on" in x for x in relayer.err))
+    back = (await run_cli(ctl.home, "sync", "doors", "--retry-unreachable", "--backoff", "0.3",
+                          "--json", cmd=GROUP_CMD)).ok().json()
+    assert back["confirmed"] and back["epoch"] == 2
+    await listener.wait("key", lambda: listener.event(event="key", epoch=2) is not None)
 
 
 # -- in-process: usage and errors ---------------------------------------------------------------
@@ -223,7 +276,8 @@ def _run(env: dict[str, str], *args: str) -> Any:
 
 
 def test_every_subcommand_has_help() -> None:
-    for sub in ("create", "add", "remove", "rekey", "sync", "send", "listen", "relay", "show"):
+    for sub in ("create", "add", "remove", "rekey", "sync", "send", "listen", "relay", "show",
+                "status"):
         result = CliRunner().invoke(group, [sub, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, sub
 
@@ -249,15 +303,55 @@ def test_errors_are_plain_and_mapped_to_exit_codes(home: dict[str, str]) -> None
 
 def test_show_and_sync_with_nothing_pending(home: dict[str, str]) -> None:
     assert _run(home, "create", "doors").exit_code == 0
-    shown = _run(home, "show", "--json")
+    shown = _run(home, "status", "--json")
     assert json.loads(shown.output) == {
-        "controls": [{"group": "doors", "epoch": 1, "members": []}],
-        "member_of": [], "relaying": [],
+        "controls": [{"group": "doors", "epoch": 1, "trust": "paired",
+                                   "members": []}],
+        "member_of": [], "relaying": [], "receipts_held": [],
     }
     synced = _run(home, "sync", "doors", "--json")
-    assert json.loads(synced.output) == {"ok": True, "group": "doors", "epoch": 1,
-                                         "deliveries": []}
+    assert json.loads(synced.output) == {"ok": True, "confirmed": True, "group": "doors",
+                                         "epoch": 1, "deliveries": []}
+    assert json.loads(_run(home, "status", "vents", "--json").output) == {
+        "controls": [], "member_of": [], "relaying": [], "receipts_held": []}
+    nothing = _run(home, "status", "vents")
+    assert nothing.exit_code == 0 and "knows nothing of a group 'vents'" in nothing.output
     rekeyed = _run(home, "rekey", "doors", "--json")
     assert json.loads(rekeyed.output)["epoch"] == 2
     ks = Keystore.open(Path(home["PAIRKIT_HOME"]) / "keystore.pk", KEYSTORE_PIN)
     assert ks.group_epochs("doors") == (2,)
+
+
+def test_the_retry_options_refuse_what_makes_no_sense(home: dict[str, str]) -> None:
+    """Hostile or mistaken input to the new options: a sentence and the usage exit code,
+    before anything is tried."""
+    assert _run(home, "create", "doors").exit_code == 0
+    for args, words in [
+        (("sync", "doors", "--attempts", "0"), "0 is not in the range 1<=x<=1000"),
+        (("sync", "doors", "--attempts", "many"), "'many' is not a valid integer"),
+        (("sync", "doors", "--backoff", "-1"), "--backoff"),
+        (("sync", "doors", "--backoff", "nan"), "--backoff"),
+        (("sync", "doors", "--max-backoff", "1e9"), "--max-backoff"),
+        (("rekey", "doors", "--attempts", "1001"), "1001 is not in the range"),
+        (("sync", "doors", "--once", "--retry-unreachable"), "needs the full sync"),
+        (("status", "no spaces please"), "is not a usable group name"),
+        (("status", "x" * 40), "is not a usable group name"),
+        (("sync", "no-such-group"), "controls no group"),
+    ]:
+        result = _run(home, *args)
+        assert result.exit_code in (2, 6), (args, result.output)
+        assert words in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    assert _run(home, "sync", "no-such-group").exit_code == 6
+    # --max-backoff below --backoff is taken as --backoff (no wait shorter than the first).
+    assert _run(home, "sync", "doors", "--backoff", "5", "--max-backoff", "1").exit_code == 0
+
+
+def test_status_help_teaches_the_three_states() -> None:
+    text = CliRunner().invoke(group, ["status", "--help"]).output
+    for words in ("confirmed", "pending", "unreachable", "--json", "next_try"):
+        assert words in text
+    sync_help = CliRunner().invoke(group, ["sync", "--help"]).output
+    for words in ("signed receipt", "--attempts", "--backoff", "--retry-unreachable",
+                  "unreachable"):
+        assert words in sync_help

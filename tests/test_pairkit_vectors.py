@@ -42,7 +42,7 @@ BY_ID = {v["id"]: v for v in VECTORS}
 IDS = [v["id"] for v in VECTORS]
 
 TYPE_IDS = {
-    "Abort": 1, "Offer": 10, "Accept": 11, "NoiseMessage": 12, "Reveal": 13, "Confirm": 14,
+    "Abort": 1, "Offer": 10, "Accept": 11, "NoiseMessage": 12, "Reveal": 13,
     "ResumeMessage": 20, "CloudHello": 30, "CloudReply": 31, "CloudProof": 32,
     "CloudVerdict": 33, "JoinRequest": 34, "JoinVerdict": 35, "SessionKeyOffer": 68,
     "SessionKeyAck": 69,
@@ -358,11 +358,12 @@ def check_resume(vector: dict[str, Any]) -> None:
     assert ikm == (dh(s_g, public(prekey)) + dh(e_g, public(s_h)) + dh(e_g, public(prekey))
                    + dh(e_g, public(f_h)))  # the guest's side of the same four
     sk = kdf(ikm, th, b"pairkit/1 resume")
-    okm = kdf(sk, th, b"pairkit/1 keys", 96)
-    g2h, h2g, kc = okm[:32], okm[32:64], okm[64:]
+    okm = kdf(sk, th, b"pairkit/1 keys", 128)
+    g2h, h2g, kv, ks = okm[:32], okm[32:64], okm[64:96], okm[96:]
     assert (g2h.hex(), h2g.hex()) == (vector["guest_send_key"], vector["guest_recv_key"])
-    assert okay[3] == mac(kc, b"host", th)
-    new = cbor2.loads(aead(kc, 1, okay[4], th, open_=True))
+    assert okay[3] == mac(kv, b"host", th)
+    assert kv != ks  # one key per primitive
+    new = cbor2.loads(aead(ks, 1, okay[4], th, open_=True))
     assert set(new) == {2} and len(new[2]) == 1 and len(new[2][0]) == 16
     assert fp(sk, th) == vector["fingerprint"]
 

@@ -26,7 +26,6 @@ from pairkit.pairing.errors import DecodeError, ErrorCode, TooLargeError
 from pairkit.pairing.messages import (
     Accept,
     Announce,
-    Confirm,
     Identity,
     NoiseMessage,
     Offer,
@@ -190,7 +189,7 @@ RESUME = ResumeMessage(
 
 
 def test_registry_has_the_pairing_messages() -> None:
-    for cls in (wire.Abort, Offer, Accept, NoiseMessage, Reveal, Confirm, ResumeMessage):
+    for cls in (wire.Abort, Offer, Accept, NoiseMessage, Reveal, ResumeMessage):
         assert REGISTRY[cls.TYPE] is cls
     assert messages.Announce in STRUCTS and ResumeHeader in STRUCTS
 

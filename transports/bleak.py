@@ -24,12 +24,18 @@ host.
 messages go up as writes without response to the RX characteristic and come down as
 notifications; its MTU is the RX characteristic's ``max_write_without_response_size`` (bleak's
 portable figure: ``mtu_size`` says 23 on some Linux setups), at most 512 (Core 5.4 Vol 3 Part F
-§3.2.9).  bleak's disconnected callback ends the link: ``recv`` returns what arrived, then raises
-:class:`LinkClosedError`.  ``encrypt()`` is bleak's ``pair()`` (LE Secure Connections on bumble;
-the OS decides elsewhere).
+§3.2.9), read again at every send: bleak says it can grow after connect (BlueZ may finish the
+ATT MTU exchange after the connection is up), and a link that kept the first figure would send
+20-byte pieces for its whole life.  bleak's disconnected callback ends the link: ``recv``
+returns what arrived, then raises :class:`LinkClosedError`.  ``encrypt()`` is bleak's
+``pair()`` (LE Secure Connections on bumble; the OS decides elsewhere).
 
 Errors are pairkit's: Bluetooth off or missing, no permission, a busy controller, a peer out of
 range, each said in plain words with what to do (:func:`translate`).
+
+BlueZ keeps every device bleak's ``pair()`` touched (bleak marks it Trusted first): on BlueZ the
+transport removes the entry of a host it paired with once its last link to that host has
+closed, unless the device was paired or trusted before (:mod:`transports.bleak_bluez`).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import logging
 import os
 import platform
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,6 +79,7 @@ from pairkit.pairing.errors import (
 from .base import Sighting, sightings_until
 from .ble.adv import PAIRKIT_PSM_CHAR_UUID, PAIRKIT_RX_CHAR_UUID, PAIRKIT_SERVICE_UUID
 from .ble.adv import PAIRKIT_TX_CHAR_UUID as _TX_UUID
+from .bleak_bluez import BluezCleanup, Leftovers
 from .queued import BufferedLink, put_latest
 
 __all__ = ["BleakConfig", "BleakLink", "BleakTransport", "open", "translate"]
@@ -80,6 +87,8 @@ __all__ = ["BleakConfig", "BleakLink", "BleakTransport", "open", "translate"]
 logger = logging.getLogger(__name__)
 
 Rng = Callable[[int], bytes]
+Hook = Callable[[], None]
+AfterUse = Callable[[], Awaitable[None]]
 
 SERVICE = str(PAIRKIT_SERVICE_UUID)  # bleak's keys: lower-case 128-bit text
 RX = str(PAIRKIT_RX_CHAR_UUID)
@@ -268,18 +277,28 @@ class BleakLink(BufferedLink):
         flush: BleakGATTCharacteristic | None,
         peer: str,
         config: BleakConfig,
+        before_pair: Hook | None = None,
+        after_use: AfterUse | None = None,
     ) -> None:
         super().__init__(
             peer=peer, idle_timeout=config.idle_timeout, max_rx_buffer=config.max_rx_buffer
         )
+        #: the transport's bookkeeping: a pairing is about to start; the link has closed
+        self._before_pair = before_pair
+        self._after_use = after_use
         self._client = client
         self._rx_char = rx
         self._flush_char = flush
         self._config = config
-        self._mtu = max(20, min(rx.max_write_without_response_size, GATT_MAX_VALUE))
         self._paired = False
 
     # -- Link protocol -------------------------------------------------------------------
+
+    @property
+    def mtu(self) -> int:
+        """The largest message: bleak's ``max_write_without_response_size`` now (it can grow
+        after connect; module docstring), 20 to 512 bytes."""
+        return max(20, min(self._rx_char.max_write_without_response_size, GATT_MAX_VALUE))
 
     @property
     def encrypted(self) -> bool:
@@ -358,6 +377,8 @@ class BleakLink(BufferedLink):
             options: dict[str, Any] = {}
             if delegate is not None or mitm:
                 options = {"delegate": delegate, "mitm": mitm}
+            if self._before_pair is not None:
+                self._before_pair()
             try:
                 await asyncio.wait_for(self._client.pair(**options), timeout)
             except TimeoutError:
@@ -406,6 +427,14 @@ class BleakLink(BufferedLink):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._client.disconnect(), self._config.close_timeout)
 
+    async def _do_close(self) -> None:
+        try:
+            await super()._do_close()
+        finally:
+            after, self._after_use = self._after_use, None
+            if after is not None:
+                await after()
+
     async def _hang_up(self) -> None:
         if not self._client.is_connected:
             return
@@ -435,6 +464,7 @@ class BleakTransport:
         radio: Any = None,
         adapter: Any = None,
         rng: Rng = os.urandom,
+        bluez_cleanup: BluezCleanup | Literal["auto"] | None = "auto",
     ) -> None:
         kind, _, spec = backend.partition(":")
         self._bluez_adapter = parse_bluez_adapter(backend)
@@ -458,6 +488,11 @@ class BleakTransport:
         self._closed = False
         self._devices: collections.OrderedDict[str, BLEDevice] = collections.OrderedDict()
         self._links: set[BleakLink] = set()
+        #: BlueZ entries to remove after use (module docstring); "auto": on BlueZ only
+        if bluez_cleanup == "auto":
+            bluez_cleanup = BluezCleanup() if not spec and platform.system() == "Linux" else None
+        self._bluez: BluezCleanup | None = bluez_cleanup
+        self._leftovers = Leftovers()
         self._scan_queues: set[asyncio.Queue[Sighting | None]] = set()
         #: Advertisements heard while scanning: pairkit hellos, others, malformed, and
         #: sightings dropped because a scan() consumer fell behind.
@@ -473,6 +508,11 @@ class BleakTransport:
     @property
     def config(self) -> BleakConfig:
         return self._config
+
+    @property
+    def bluez_cleanup(self) -> BluezCleanup | None:
+        """How BlueZ entries are removed after use (None: they are not; :mod:`.bleak_bluez`)."""
+        return self._bluez
 
     @property
     def adapter(self) -> Any:
@@ -670,6 +710,7 @@ class BleakTransport:
                     use_services_cache=False,  # BlueZ's cache outlives a host's new services
                     **self._backend_kwargs("client"),
                 )
+                box["device"] = device
                 link = await self._open_link(client, device.address, box)
         except TimeoutError:
             await self._hang_up(created)
@@ -692,7 +733,8 @@ class BleakTransport:
         if rx is None or tx is None:
             raise UnsupportedError(f"{peer} offers an incomplete pairkit GATT service")
         link = BleakLink(
-            client, rx=rx, flush=service.get_characteristic(PSM), peer=peer, config=self._config
+            client, rx=rx, flush=service.get_characteristic(PSM), peer=peer, config=self._config,
+            **self._bluez_hooks(client, box.get("device"), peer),
         )
         box["link"] = link
         if box.get("lost"):
@@ -705,6 +747,31 @@ class BleakTransport:
         for client in clients:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(client.disconnect(), self._config.close_timeout)
+
+    def _bluez_hooks(self, client: BleakClient, device: BLEDevice | None,
+                     peer: str) -> dict[str, Any]:
+        """The link's hooks that keep :class:`~transports.bleak_bluez.Leftovers` (BlueZ)."""
+        cleanup = self._bluez
+        if cleanup is None:
+            return {}
+        leftovers = self._leftovers
+        leftovers.opened(peer)
+
+        def before_pair() -> None:
+            leftovers.pairing(peer, cleanup.read(device.details if device is not None else None))
+
+        async def after_use() -> None:
+            if not leftovers.closed(peer):
+                return
+            # The device object is gone from BlueZ: a later connect must hear it again.
+            self._devices.pop(peer.upper(), None)
+            try:
+                await asyncio.wait_for(cleanup.remove(client), self._config.close_timeout)
+            except (BleakError, OSError, TimeoutError, NotImplementedError) as exc:
+                # Best effort: the entry stays, as it did before (bluetoothctl remove clears it).
+                logger.info("could not remove %s from BlueZ: %s", peer, type(exc).__name__)
+
+        return {"before_pair": before_pair, "after_use": after_use}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -746,7 +813,8 @@ class BleakTransport:
 async def open(args: str, **kwargs: Any) -> BleakTransport:
     """Entry point for ``bleak`` and ``bleak:bumble:SPEC`` transport names; an open transport.
 
-    Keywords: ``config`` (a :class:`BleakConfig`), ``radio`` (a
+    Keywords: ``bluez_cleanup`` (a :class:`~transports.bleak_bluez.BluezCleanup`, None: never
+    remove BlueZ entries; default: on BlueZ), ``config`` (a :class:`BleakConfig`), ``radio`` (a
     :class:`~transports.ble.virtual.VirtualRadio`, with ``bleak:bumble:virtual``), ``adapter``
     (a :class:`~transports.bleak_bumble.BumbleAdapter` to share; the transport then does not
     close it), ``rng``, or any :class:`BleakConfig` field.
@@ -755,10 +823,12 @@ async def open(args: str, **kwargs: Any) -> BleakTransport:
     radio = kwargs.pop("radio", None)
     adapter = kwargs.pop("adapter", None)
     rng = kwargs.pop("rng", os.urandom)
+    bluez_cleanup = kwargs.pop("bluez_cleanup", "auto")
     if kwargs:
         try:
             config = dataclasses.replace(config or BleakConfig(), **kwargs)
         except TypeError as exc:
             raise ConfigError(f"unknown bleak transport option: {exc}") from exc
-    transport = BleakTransport(args, config=config, radio=radio, adapter=adapter, rng=rng)
+    transport = BleakTransport(args, config=config, radio=radio, adapter=adapter, rng=rng,
+                               bluez_cleanup=bluez_cleanup)
     return await transport.open()

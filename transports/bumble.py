@@ -96,6 +96,7 @@ from .ble.links import (
     tap_pending_channels,
 )
 from .ble.open_errors import open_failure
+from .ble.pace import PaceConfig
 from .ble.privacy import IRK_SIZE, resolvable_private_address
 from .ble.trace import RedactingSnooper, open_trace
 from .ble.virtual import VirtualRadio, default_radio
@@ -161,6 +162,9 @@ class BumbleConfig:
     #: Connection attempts when the link layer fails to establish one (the same policy as the
     #: bleak path's bleak-retry-connector: :func:`transports.ble.guard.retry_pause` between).
     connect_attempts: int = 3
+    #: The host asks for a short connection interval and the 2M PHY while it sends a lot,
+    #: and relaxes after (:mod:`transports.ble.pace`); None: never asks.
+    pace: PaceConfig | None = dataclasses.field(default_factory=PaceConfig)
     #: Links: see :class:`transports.ble.links.LinkOptions`.
     idle_timeout: float | None = None
     max_rx_buffer: int = 16 << 20
@@ -232,6 +236,7 @@ class BumbleConfig:
             send_timeout=self.send_timeout,
             close_timeout=self.close_timeout,
             encrypt_timeout=self.encrypt_timeout,
+            pace=self.pace,
         )
 
 

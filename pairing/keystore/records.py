@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from .. import cbor
 from ..errors import ConfigError, DecodeError
 
 __all__ = ["MAX_NAME_LENGTH", "CloudInfo", "Peer", "device_id_of", "fingerprint_of"]
@@ -178,6 +179,24 @@ class Peer:
         return fingerprint_of(self.static_public)
 
     def _to_cbor(self) -> dict[str, Any]:
+        # The record is immutable, so its CBOR map is made once: a host that saves its
+        # keystore after every pairing re-encodes every peer it knows (issue 13).  Only
+        # Keystore._body reads it, and it does not change it.
+        cached: dict[str, Any] | None = self.__dict__.get("_cbor")
+        if cached is None:
+            cached = self._make_cbor()
+            object.__setattr__(self, "_cbor", cached)
+        return cached
+
+    def _encoded(self) -> bytes:
+        """:meth:`_to_cbor` in canonical CBOR, made once per record."""
+        cached: bytes | None = self.__dict__.get("_cbor_bytes")
+        if cached is None:
+            cached = cbor.encode(self._to_cbor())
+            object.__setattr__(self, "_cbor_bytes", cached)
+        return cached
+
+    def _make_cbor(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,

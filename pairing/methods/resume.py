@@ -99,13 +99,13 @@ class ResumeGuest(GuestSide):
             + x25519(self._eph, msg.fresh)
         )
         sk = keyschedule.resume_sk(ikm, th)
-        g2h, h2g, kc = keyschedule.keys_from_sk(sk, th)
-        if not same(msg.verifier, keyschedule.resume_verifier(kc, th)):
+        g2h, h2g, kv, ks = keyschedule.resume_keys(sk, th)
+        if not same(msg.verifier, keyschedule.resume_verifier(kv, th)):
             raise AuthenticationError("the host's resume verifier is wrong")
         new: tuple[bytes, ...] = ()
         if msg.sealed is not None:
             new = wire.decode_struct(
-                _Prekeys, unseal(kc, 1, msg.sealed, th, "the host's new prekeys")
+                _Prekeys, unseal(ks, 1, msg.sealed, th, "the host's new prekeys")
             ).digests
         p = self._peer
         self.session = Session(
@@ -178,16 +178,16 @@ class ResumeHost(HostSide):
             + x25519(fresh_private, h.src_key)
         )
         sk = keyschedule.resume_sk(ikm, th)
-        g2h, h2g, kc = keyschedule.keys_from_sk(sk, th)
+        g2h, h2g, kv, ks = keyschedule.resume_keys(sk, th)
         self.method = Method.RESUME
         replacement = _take_prekeys(1, self._rng, self._prekey_source)
         sealed = seal(
-            kc, 1, wire.encode_struct(_Prekeys(tuple(p.digest for p in replacement))), th
+            ks, 1, wire.encode_struct(_Prekeys(tuple(p.digest for p in replacement))), th
         )
         self._send(
             ResumeMessage(
                 header=dataclasses.replace(reply, kind=ResumeKind.OKAY, src_key=e_pub),
-                verifier=keyschedule.resume_verifier(kc, th),
+                verifier=keyschedule.resume_verifier(kv, th),
                 sealed=sealed,
                 fresh=fresh,
             )

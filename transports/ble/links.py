@@ -55,6 +55,7 @@ from pairkit.pairing.errors import (
 
 from ..queued import BufferedLink
 from .guard import describe_reason, guarded, translate
+from .pace import PaceConfig, Pacer
 
 __all__ = [
     "LEGACY_REFUSED",
@@ -91,6 +92,9 @@ class LinkOptions:
     send_timeout: float = 30.0
     close_timeout: float = 2.0
     encrypt_timeout: float = 15.0
+    #: The host's pace: fast connection parameters and 2M PHY during transfers
+    #: (:mod:`transports.ble.pace`); None: never ask.
+    pace: PaceConfig | None = None
 
 
 def pairing_config(delegate: PairingDelegate | None = None, *, mitm: bool = False) -> PairingConfig:
@@ -184,6 +188,10 @@ class BleLink(BufferedLink):
         connection.on(LEGACY_REFUSED, self._on_legacy_refused)
         if guest:
             connection.on(connection.EVENT_SECURITY_REQUEST, self._on_security_request)
+        #: the host (peripheral) asks for a faster connection while it sends a lot
+        self._pacer: Pacer | None = None
+        if options.pace is not None and connection.role == hci.Role.PERIPHERAL:
+            self._pacer = Pacer(connection, options.pace)
         if connection.handle not in connection.device.connections:
             self._finish("the connection was already closed")
 
@@ -221,12 +229,24 @@ class BleLink(BufferedLink):
         """The underlying bumble connection (for diagnostics and tests)."""
         return self._connection
 
+    @property
+    def pacer(self) -> Pacer | None:
+        """The host's :class:`~transports.ble.pace.Pacer` (None on a guest, or pace off)."""
+        return self._pacer
+
     async def _send_checked(self, data: bytes) -> None:
         # Called by BufferedLink.send under the send lock; waits while the host queue is full.
         try:
             await self._send_one(data)
         except (BaseBumbleError, OSError) as exc:
             raise translate(exc, "sending a message") from exc
+        if self._pacer is not None:
+            self._pacer.sent(len(data))
+
+    def _finish(self, reason: str) -> None:
+        if self._pacer is not None:
+            self._pacer.stop()
+        super()._finish(reason)
 
     # -- link-layer encryption (DESIGN.md method b) -----------------------------------------
 

@@ -1,6 +1,6 @@
 """Linked virtual BLE controllers in one process: bumble's ``Controller`` on a ``LocalLink``.
 
-bumble's virtual controller (0.0.236) differs from a real one in five ways that matter to
+bumble's virtual controller (0.0.236) differs from a real one in seven ways that matter to
 pairkit, and :class:`VirtualRadio` corrects them so the code above runs unchanged on hardware:
 
 * **Connection cancel.**  A real controller answers HCI LE Create Connection Cancel with a
@@ -20,6 +20,18 @@ pairkit, and :class:`VirtualRadio` corrects them so the code above runs unchange
   connect.  :meth:`VirtualController.reset_link_state` drops them; a dropped connection is
   reported to the peer as a supervision timeout (Core Vol 6 Part B §4.5.2), which is what a
   peer sees when a radio loses power.
+* **PHY update.**  It lists LE Set PHY as supported but never answers it (the host waits
+  forever), and LE Read PHY always says 1M.  Here the PHY update procedure runs between the two
+  controllers (Core 5.4 Vol 6 Part B §5.1.10): the peer's controller picks the PHY from what
+  both want, its host's LE Set Default PHY preferences (Vol 4 Part E §7.8.48) and its features,
+  and both hosts hear LE PHY Update Complete as the specification says (§7.7.65.12).
+* **Connection parameters asked for by a peripheral.**  bumble applies a peripheral's LE
+  Connection Update at once, as if the peripheral were the central.  Here it is the Connection
+  Parameters Request procedure (Vol 6 Part B §5.1.7): the central's host is asked (LE Remote
+  Connection Parameter Request event, Vol 4 Part E §7.7.65.6) and may accept or refuse (its
+  Reply or Negative Reply, §7.8.31-32); a central whose controller lacks the procedure
+  answers "unsupported remote feature" (0x1A), after which a peripheral falls back to the L2CAP
+  Connection Parameter Update Request (Vol 3 Part A §4.20).
 
 ``LocalLink`` never times out a peer that vanishes (:meth:`VirtualRadio.unplug` simulates one):
 every wait above needs its own deadline.
@@ -28,6 +40,7 @@ every wait above needs its own deadline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import weakref
 from typing import Any
@@ -64,6 +77,39 @@ class PairkitLocalLink(LocalLink):
         if destination is None:
             return  # nobody there any more: the packet is lost, as over the air
         asyncio.get_running_loop().call_soon(destination.on_link_acl_data, source, transport, data)
+
+
+@dataclasses.dataclass
+class PhyReq(ll.ControlPdu):
+    """LL_PHY_REQ (Core 5.4 Vol 6 Part B §2.4.2.22), one PHY for both directions."""
+
+    opcode = ll.ControlPdu.Opcode.LL_PHY_REQ
+
+    phys: int  #: hci.PhyBit mask the initiator accepts
+
+
+@dataclasses.dataclass
+class PhyUpdateInd(ll.ControlPdu):
+    """LL_PHY_UPDATE_IND (§2.4.2.24): the PHY the connection uses from now on."""
+
+    opcode = ll.ControlPdu.Opcode.LL_PHY_UPDATE_IND
+
+    phy: int  #: hci.Phy
+
+
+@dataclasses.dataclass
+class ConnectionParamReq(ll.ControlPdu):
+    """LL_CONNECTION_PARAM_REQ (§2.4.2.16), in HCI units (1.25 ms, 10 ms)."""
+
+    opcode = ll.ControlPdu.Opcode.LL_CONNECTION_PARAM_REQ
+
+    interval_min: int
+    interval_max: int
+    latency: int
+    timeout: int
+
+
+_PHY_BITS = {hci.Phy.LE_1M: hci.PhyBit.LE_1M, hci.Phy.LE_2M: hci.PhyBit.LE_2M}
 
 
 class VirtualController(Controller):
@@ -131,6 +177,218 @@ class VirtualController(Controller):
         return hci.HCI_StatusAndConnectionHandleReturnParameters(
             status=status, connection_handle=command.connection_handle
         )
+
+    # -- PHY update (Core 5.4 Vol 6 Part B §5.1.10) -------------------------------------
+
+    def supported_phys(self) -> int:
+        """The PHYs this controller can use for a connection (1M always, 2M if featured)."""
+        bits = hci.PhyBit.LE_1M
+        if self.le_features & hci.LeFeatureMask.LE_2M_PHY:
+            bits |= hci.PhyBit.LE_2M
+        return int(bits)
+
+    def _preferred_phys(self) -> int:
+        """What this side's host allows (LE Set Default PHY; no preference: everything)."""
+        prefs = self.default_phy
+        tx = self.supported_phys() if prefs["all_phys"] & 1 or not prefs["tx_phys"] else prefs[
+            "tx_phys"]
+        rx = self.supported_phys() if prefs["all_phys"] & 2 or not prefs["rx_phys"] else prefs[
+            "rx_phys"]
+        return tx & rx & self.supported_phys()
+
+    @staticmethod
+    def connection_phy(connection: Any) -> int:
+        """The PHY a link-layer connection uses (both directions), 1M until updated."""
+        return int(getattr(connection, "pairkit_phy", hci.Phy.LE_1M))
+
+    def on_hci_le_set_phy_command(self, command: hci.HCI_LE_Set_PHY_Command) -> None:
+        """Vol 4 Part E §7.8.49: Command Status, then the PHY update procedure with the peer."""
+        connection = self.find_le_connection_by_handle(command.connection_handle)
+        if connection is None:
+            self._send_hci_command_status(
+                hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR, command.op_code
+            )
+            return
+        self._send_hci_command_status(hci.HCI_COMMAND_STATUS_PENDING, command.op_code)
+        tx = self.supported_phys() if command.all_phys & 1 else command.tx_phys
+        rx = self.supported_phys() if command.all_phys & 2 else command.rx_phys
+        try:
+            connection.send_ll_control_pdu(PhyReq(phys=tx & rx & self.supported_phys()))
+        except core.InvalidArgumentError:
+            pass  # the peer has left: the disconnection will say so
+
+    def on_hci_le_read_phy_command(
+        self, command: hci.HCI_LE_Read_PHY_Command
+    ) -> hci.HCI_LE_Read_PHY_ReturnParameters:
+        """Vol 4 Part E §7.8.47: the PHY the connection really uses."""
+        connection = self.find_le_connection_by_handle(command.connection_handle)
+        if connection is None:
+            return hci.HCI_LE_Read_PHY_ReturnParameters(
+                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+                connection_handle=command.connection_handle,
+                tx_phy=hci.Phy.LE_1M,
+                rx_phy=hci.Phy.LE_1M,
+            )
+        phy = self.connection_phy(connection)
+        return hci.HCI_LE_Read_PHY_ReturnParameters(
+            status=hci.HCI_ErrorCode.SUCCESS,
+            connection_handle=command.connection_handle,
+            tx_phy=phy,
+            rx_phy=phy,
+        )
+
+    def _phy_update_complete(self, connection: Any, phy: int) -> None:
+        self.send_hci_packet(
+            hci.HCI_LE_PHY_Update_Complete_Event(
+                status=hci.HCI_ErrorCode.SUCCESS,
+                connection_handle=connection.handle,
+                tx_phy=phy,
+                rx_phy=phy,
+            )
+        )
+
+    def _on_phy_req(self, connection: Any, packet: PhyReq) -> None:
+        # The responder's link layer decides (here for both directions): 2M when both sides
+        # want it and can, else 1M.  Its host hears of it only if the PHY changed.
+        common = packet.phys & self._preferred_phys()
+        phy = hci.Phy.LE_2M if common & hci.PhyBit.LE_2M else hci.Phy.LE_1M
+        changed = phy != self.connection_phy(connection)
+        connection.pairkit_phy = phy
+        connection.send_ll_control_pdu(PhyUpdateInd(phy=phy))
+        if changed:
+            self._phy_update_complete(connection, phy)
+
+    def _on_phy_update_ind(self, connection: Any, packet: PhyUpdateInd) -> None:
+        # The initiator's host always hears the outcome (§7.7.65.12), changed or not.
+        connection.pairkit_phy = packet.phy
+        self._phy_update_complete(connection, packet.phy)
+
+    # -- connection parameters (Core 5.4 Vol 6 Part B §5.1.7) ------------------------------
+
+    def on_hci_le_connection_update_command(
+        self, command: hci.HCI_LE_Connection_Update_Command
+    ) -> None:
+        """Vol 4 Part E §7.8.18.  A central updates at once (bumble's way); a peripheral asks
+        the central with the Connection Parameters Request procedure."""
+        connection = self.find_le_connection_by_handle(command.connection_handle)
+        if connection is None or connection.role != hci.Role.PERIPHERAL:
+            return super().on_hci_le_connection_update_command(command)
+        self._send_hci_command_status(hci.HCI_COMMAND_STATUS_PENDING, command.op_code)
+        try:
+            connection.send_ll_control_pdu(
+                ConnectionParamReq(
+                    interval_min=command.connection_interval_min,
+                    interval_max=command.connection_interval_max,
+                    latency=command.max_latency,
+                    timeout=command.supervision_timeout,
+                )
+            )
+        except core.InvalidArgumentError:
+            pass
+        return None
+
+    def _on_connection_param_req(self, connection: Any, packet: ConnectionParamReq) -> None:
+        if not self.le_features & hci.LeFeatureMask.CONNECTION_PARAMETERS_REQUEST_PROCEDURE:
+            # A link layer without the procedure answers LL_UNKNOWN_RSP (§5.1.7.1).
+            connection.send_ll_control_pdu(
+                ll.RejectExtInd(
+                    reject_opcode=ll.ControlPdu.Opcode.LL_CONNECTION_PARAM_REQ,
+                    error_code=hci.HCI_ErrorCode.UNSUPPORTED_REMOTE_FEATURE_ERROR,
+                )
+            )
+            return
+        connection.pairkit_param_req = packet
+        self.send_hci_packet(
+            hci.HCI_LE_Remote_Connection_Parameter_Request_Event(
+                connection_handle=connection.handle,
+                interval_min=packet.interval_min,
+                interval_max=packet.interval_max,
+                max_latency=packet.latency,
+                timeout=packet.timeout,
+            )
+        )
+
+    def on_hci_le_remote_connection_parameter_request_reply_command(
+        self, command: hci.HCI_LE_Remote_Connection_Parameter_Request_Reply_Command
+    ) -> hci.HCI_StatusAndConnectionHandleReturnParameters:
+        """Vol 4 Part E §7.8.31: the central's host accepts; the central updates the link."""
+        connection = self.find_le_connection_by_handle(command.connection_handle)
+        if connection is None or getattr(connection, "pairkit_param_req", None) is None:
+            return hci.HCI_StatusAndConnectionHandleReturnParameters(
+                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+                connection_handle=command.connection_handle,
+            )
+        connection.pairkit_param_req = None
+        self.send_hci_packet(
+            hci.HCI_LE_Connection_Update_Complete_Event(
+                status=hci.HCI_ErrorCode.SUCCESS,
+                connection_handle=connection.handle,
+                connection_interval=command.interval_max,
+                peripheral_latency=command.max_latency,
+                supervision_timeout=command.timeout,
+            )
+        )
+        connection.send_ll_control_pdu(
+            ll.ConnectionUpdateInd(
+                interval=command.interval_max, latency=command.max_latency,
+                timeout=command.timeout,
+            )
+        )
+        return hci.HCI_StatusAndConnectionHandleReturnParameters(
+            status=hci.HCI_ErrorCode.SUCCESS, connection_handle=command.connection_handle
+        )
+
+    def on_hci_le_remote_connection_parameter_request_negative_reply_command(
+        self, command: hci.HCI_LE_Remote_Connection_Parameter_Request_Negative_Reply_Command
+    ) -> hci.HCI_StatusAndConnectionHandleReturnParameters:
+        """Vol 4 Part E §7.8.32: the central's host refuses; the peripheral hears why."""
+        connection = self.find_le_connection_by_handle(command.connection_handle)
+        if connection is None or getattr(connection, "pairkit_param_req", None) is None:
+            return hci.HCI_StatusAndConnectionHandleReturnParameters(
+                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+                connection_handle=command.connection_handle,
+            )
+        connection.pairkit_param_req = None
+        connection.send_ll_control_pdu(
+            ll.RejectExtInd(
+                reject_opcode=ll.ControlPdu.Opcode.LL_CONNECTION_PARAM_REQ,
+                error_code=command.reason,
+            )
+        )
+        return hci.HCI_StatusAndConnectionHandleReturnParameters(
+            status=hci.HCI_ErrorCode.SUCCESS, connection_handle=command.connection_handle
+        )
+
+    def on_ll_control_pdu(self, sender_address: hci.Address, packet: ll.ControlPdu) -> None:
+        """The procedures above; everything else is bumble's."""
+        connection = self.le_connections.get(sender_address)
+        if connection is None and isinstance(packet, PhyReq | PhyUpdateInd | ConnectionParamReq):
+            return None  # the connection ended while it travelled: lost, as over the air
+        if connection is not None:
+            try:
+                match packet:
+                    case PhyReq():
+                        return self._on_phy_req(connection, packet)
+                    case PhyUpdateInd():
+                        return self._on_phy_update_ind(connection, packet)
+                    case ConnectionParamReq():
+                        return self._on_connection_param_req(connection, packet)
+                    case ll.RejectExtInd(
+                        reject_opcode=ll.ControlPdu.Opcode.LL_CONNECTION_PARAM_REQ
+                    ):
+                        self.send_hci_packet(
+                            hci.HCI_LE_Connection_Update_Complete_Event(
+                                status=packet.error_code,
+                                connection_handle=connection.handle,
+                                connection_interval=0,
+                                peripheral_latency=0,
+                                supervision_timeout=0,
+                            )
+                        )
+                        return None
+            except core.InvalidArgumentError:
+                return None  # the peer left mid-procedure
+        return super().on_ll_control_pdu(sender_address, packet)
 
     def on_hci_disconnect_command(self, command: hci.HCI_Disconnect_Command) -> None:
         """Core 5.4 Vol 4 Part E §7.1.6, also when the peer has left the radio.

@@ -178,7 +178,10 @@ class BumbleClient(BaseBleakClient):
                 connection = await adapter.connect(peer)
                 self._attach(connection)
                 await adapter.request_data_length(connection)
-                await self._call(connection.gatt_client.request_mtu(adapter.att_mtu), "MTU")
+                if adapter.att_mtu > 23:  # 23 is ATT's default: nothing to exchange
+                    await self._call(
+                        connection.gatt_client.request_mtu(adapter.att_mtu), "MTU"
+                    )
                 if pair:
                     await self.pair()
                 self.services = await self._discover(connection)
