@@ -31,8 +31,9 @@ Inside a walk block:
   asked as on a keyboard), in the lab folder, with ``/tmp/`` moved into the lab;
   ``<PIN shown>`` is the PIN a host showed last;
 * a command ending in ``&``, and the servers (``host`` without ``--once``, ``radio``, ``ttp
-  serve``, ``group listen``, ``group relay``) are left running once ready (a host once it says
-  where it waits); their output is checked at the end of the walk.  Any other command must end
+  serve``, ``group listen``, ``group relay``, ``group agent``) are left running once ready (a
+  host once it says where it waits); their output is checked at the end of the walk; a server
+  waits for an earlier command that listens on its port to end.  Any other command must end
   with exit code 0 within :data:`COMMAND_TIMEOUT` and print no traceback;
 * ``#   text`` lines (a hash and three spaces) under a command are its output: each must match
   a line it printed, in order (other lines may come between).  In them ``...`` matches
@@ -314,8 +315,9 @@ _SERVERS = [  # a command that keeps running, and the line that says it is ready
     (re.compile(r"\bpairkit host\b"), r"is waiting on"),
     (re.compile(r"\bpairkit radio\b"), r"^radio: "),
     (re.compile(r"\bpairkit ttp serve\b|pairkit\.keyserver"), r"listening on"),
-    (re.compile(r"\bpairkit group listen\b"), r"listening|waiting"),
-    (re.compile(r"\bpairkit group relay\b"), r"relay|waiting|listening"),
+    (re.compile(r"\bpairkit group listen\b"), r"\blistening on\b"),
+    (re.compile(r"\bpairkit group relay\b"), r"\brelaying on\b"),
+    (re.compile(r"\bpairkit group agent\b"), r"\bis a group agent on\b"),
 ]
 
 _PROMPTS: list[tuple[re.Pattern[str], str]] = [
