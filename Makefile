@@ -35,9 +35,11 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/handshake.py
 	$(VENV)/bin/python bench/ble.py
 	$(VENV)/bin/python bench/ble_bleak.py
+	$(VENV)/bin/python bench/ble_guests.py
 	$(VENV)/bin/python bench/transfer.py
 	$(VENV)/bin/python bench/ttp.py
 	$(VENV)/bin/python bench/groupkeys.py
+	$(VENV)/bin/python bench/concurrent_pairings.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -15,8 +15,10 @@ HELP = (
     '    pairkit join tcp:127.0.0.1:7000 --method pin --pin 123456   (in another terminal)\n'
     '    pairkit peers                           devices you have paired with\n'
     '\n'
-    '  The keystore lives in your user data directory; PAIRKIT_HOME moves it,\n'
-    '  PAIRKIT_PIN unlocks it without a prompt (for scripts).\n'
+    '  The keystore lives in your user data directory; PAIRKIT_HOME moves it, a\n'
+    "  command's --pin-file FILE or PAIRKIT_PIN unlocks it without a prompt (for\n"
+    '  scripts).  Without -t, commands use the default transport (config.toml,\n'
+    '  PAIRKIT_TRANSPORT, else bumble:usb:0; see whoami).\n'
     '\n'
     'Options:\n'
     '  --version      Show the version and exit.\n'
@@ -30,16 +32,17 @@ HELP = (
     '  demo      Run the Paul-and-George scenario in one process, narrated...\n'
     "  discover  List the pairkit hosts around: your clouds' devices by cloud,...\n"
     '  forget    Forget a known peer (by name or id): it will have to pair again.\n'
-    '  get       Fetch the shared file NAME from PEER, with progress and a...\n'
+    '  get       Fetch the shared files NAME...\n'
     '  group     Group keys delivered end to end (through relays), and...\n'
     '  host      Wait for guests, pair with them, and serve the shared folder.\n'
     "  init      Create this device's identity and keystore.\n"
     '  join      Pair with TARGET: tcp:HOST:PORT, a BLE address from...\n'
     '  ls        List the files PEER shares (name, size, type).\n'
-    '  peers     List the devices this one has paired with.\n'
+    '  peers     List the devices this one has paired with, as a table.\n'
+    '  pn        Personal networks set up by a gateway and a key server.\n'
     '  radio     Linked virtual BLE controllers, one per TCP port, until...\n'
     '  ttp       Run a key server (a trusted third party) and enrol devices...\n'
-    "  whoami    Show this device's name, id and key fingerprint.\n"
+    "  whoami    Show this device's name, id, key fingerprint and default...\n"
     '\n'
     '  Exit codes:\n'
     '      0  success\n'

@@ -212,10 +212,17 @@ def read_pin_file(path: str) -> str:
 
 
 def unlock(path: Path | None = None) -> Keystore:
-    """Open the keystore with ``PAIRKIT_PIN`` or by asking (three tries)."""
+    """Open the keystore: with the command's ``--pin-file``, else ``PAIRKIT_PIN``, else by
+    asking on a terminal (three tries)."""
+    from .params import KEYSTORE_PIN_FILE
+
     path = path or home_path()
     if not path.exists():
         raise KeystoreNotFoundError(f"no identity at {path}; run 'pairkit init' first")
+    ctx = click.get_current_context(silent=True)
+    pin_file = ctx.meta.get(KEYSTORE_PIN_FILE) if ctx is not None else None
+    if pin_file is not None:
+        return Keystore.open(path, read_pin_file(pin_file))
     env_pin = env_text("PAIRKIT_PIN")
     if env_pin is not None:
         return Keystore.open(path, env_pin)
@@ -228,7 +235,8 @@ def unlock(path: Path | None = None) -> Keystore:
         except WrongPinError:
             if attempt == PIN_TRIES:
                 raise WrongPinError(f"wrong PIN {PIN_TRIES} times; giving up") from None
-            info(f"wrong PIN, {PIN_TRIES - attempt} tries left")
+            left = PIN_TRIES - attempt
+            info(f"wrong PIN, {left} {'try' if left == 1 else 'tries'} left")
     raise AssertionError("unreachable")
 
 

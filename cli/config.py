@@ -17,6 +17,14 @@ that should be discoverable whenever its host starts::
     transport = "bumble:usb:0"
     timeout = 5
 
+    [defaults]
+    transport = "bumble:tcp-client:127.0.0.1:7001"   # every command's, unless its section says
+
+The transport a command uses when ``-t`` is not given is chosen the same way everywhere
+(:func:`default_transport`): its own section's ``transport``, then ``[defaults] transport``, then
+the environment's ``PAIRKIT_TRANSPORT``, then :data:`DEFAULT_TRANSPORT`; ``pairkit whoami``
+prints the result and where it came from.
+
 Unknown sections or keys, or values of the wrong type, are refused with a message naming them:
 a typo in a policy must not silently leave a device private (or public).
 """
@@ -45,7 +53,14 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "discover": {"transport": str, "timeout": (int, float)},
     "join": {"transport": str, "timeout": (int, float)},
+    "defaults": {"transport": str},
 }
+
+#: the transport of every command when neither -t, config.toml nor PAIRKIT_TRANSPORT names one:
+#: the first USB Bluetooth dongle (pairkit is a BLE toolkit; TCP is named: -t tcp:HOST:PORT)
+DEFAULT_TRANSPORT = "bumble:usb:0"
+#: the environment variable that names the default transport
+ENV_TRANSPORT = "PAIRKIT_TRANSPORT"
 
 
 def config_path(keystore_path: Path) -> Path:
@@ -80,11 +95,17 @@ def load_policy(keystore_path: Path) -> dict[str, dict[str, Any]]:
                 raise ConfigError(f"{path}: [{section}] {key} must be positive")
             if key == "advertise_fast_seconds" and value < 0:
                 raise ConfigError(f"{path}: [{section}] {key} must be 0 or more")
+            if key in ("advertise_fast_ms", "advertise_slow_ms") and not 20 <= value <= 10240:
+                # checked here, in the file's words (the radio's own check names its fields)
+                raise ConfigError(f"{path}: [{section}] {key} must be from 20 to 10240 (ms)")
             if key == "methods" and not all(isinstance(m, str) for m in value):
                 raise ConfigError(f"{path}: [{section}] methods is a list of method names")
             if key == "share":
                 value = str(Path(value).expanduser())
             policy[section][key] = value
+    host = policy["host"]
+    if host.get("advertise_slow_ms", 10240) < host.get("advertise_fast_ms", 20):
+        raise ConfigError(f"{path}: [host] advertise_slow_ms must be at least advertise_fast_ms")
     return policy
 
 
@@ -106,3 +127,28 @@ def pick(flag: Any, policy: dict[str, Any], key: str, default: Any) -> Any:
     if flag is not None and flag != ():
         return flag
     return policy.get(key, default)
+
+
+def default_transport(
+    policy: dict[str, dict[str, Any]], section: str | None = None
+) -> tuple[str, str]:
+    """(transport, where it came from) when ``-t`` is not given: ``[section] transport``, then
+    ``[defaults] transport`` in config.toml, then ``PAIRKIT_TRANSPORT``, then
+    :data:`DEFAULT_TRANSPORT`.  A PAIRKIT_TRANSPORT that names no transport is a usage error
+    naming it."""
+    import os
+
+    from pairkit.transports.registry import parse_transport
+
+    if section is not None and policy.get(section, {}).get("transport"):
+        return policy[section]["transport"], f"config.toml [{section}]"
+    if policy.get("defaults", {}).get("transport"):
+        return policy["defaults"]["transport"], "config.toml [defaults]"
+    env = os.environ.get(ENV_TRANSPORT, "").strip()
+    if env:
+        try:
+            parse_transport(env)
+        except ConfigError as exc:
+            raise ConfigError(f"{ENV_TRANSPORT}: {exc}") from None
+        return env, ENV_TRANSPORT
+    return DEFAULT_TRANSPORT, "built-in default"

@@ -10,7 +10,9 @@ PNEs as in-memory links whose messages are narrated as they pass.
    it fails the server's authentication; the PN registers with the watch alone.  The watch has
    a screen and its link is open, so it asks for a LocalEUKey and sets up a secure session.
 2. Gateway-initiated, setup type "invited": the repaired scale and the watch (now on a link the
-   PAN secures) join the same PN; the scale, with no UI, uses its pre-assigned key.
+   PAN secures) join the same PN; the watch still gets a LocalEUKey (the source's R01 note:
+   regardless of the PAN) but no extra session; the scale, with no UI, uses its pre-assigned
+   key.
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ async def _flows(say: _Say, d: Any, address: str) -> list[dict[str, Any]]:
         raise inventory
     if isinstance(watch_result, BaseException):
         raise watch_result
+    assert watch_result is not None
     if not isinstance(scale_result, PairingError):
         raise PairingError("the scale with a wrong factory key was let in: this is a bug")
     say(f"   the scale stops: {scale_result}")
@@ -258,8 +261,8 @@ async def _flows(say: _Say, d: Any, address: str) -> list[dict[str, Any]]:
 
     # -- flow 2 --------------------------------------------------------------------------
     say.section("Gateway-initiated setup: the phone invites the repaired scale and the watch")
-    say("   the watch is now on a link the PAN secures (BLE LE Secure Connections): no "
-        "LocalEUKey, no extra session")
+    say("   the watch is now on a link the PAN secures (BLE LE Secure Connections): a "
+        "LocalEUKey all the same (R01), but no extra session")
     gw2 = GatewayConfig(phone.device_id, phone.name, eukeys[phone.device_id],
                         pn_id=inventory.pn_id, collect_window=3.0, step_timeout=10.0)
     w_gw, w_pne = loopback_pair(names=("phone", "watch"), encrypted=True, tap=_tap(say, label))
@@ -287,6 +290,7 @@ async def _flows(say: _Say, d: Any, address: str) -> list[dict[str, Any]]:
     inventory2, watch2, scale2 = results
     assert isinstance(inventory2, PnInventory)
     for who, membership in (("watch", watch2), ("scale", scale2)):
+        assert membership is not None
         source = membership.key_source  # type: ignore[union-attr]
         session = membership.session  # type: ignore[union-attr]
         extra = f"session {session.fingerprint}" if session else "the PAN secures the link"

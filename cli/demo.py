@@ -379,7 +379,7 @@ async def _start_key_server(
     tmp: Path, out: dict[str, str], n: Narrator, devices: dict[str, Keystore]
 ) -> asyncio.subprocess.Process:
     """A key server process in ``tmp`` (as ``pairkit ttp init`` and ``ttp serve`` make one), and
-    ``devices`` enrolled with it (as ``pairkit ttp enroll`` does); its address and CA in ``out``."""
+    ``devices`` enrolled with it (as ``pairkit ttp enrol`` does); its address and CA in ``out``."""
     from pairkit.keyserver.certs import init_server_dir
     from pairkit.peers import local_identity
     from pairkit.ttp import enrol

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pairkit.admission import RateLimitedLog
+from pairkit.admission import Admission, AdmissionLimits, RateLimitedLog
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
 from pairkit.keystore import Keystore
@@ -43,7 +43,7 @@ from pairkit.pairing.service import (
     GrantPolicy,
     Membership,
 )
-from pairkit.presence import Presence, discover
+from pairkit.presence import Presence, discover, regain_radio
 from pairkit.securelink import SecureLink
 from pairkit.session import (
     GuestSide,
@@ -84,6 +84,9 @@ class HostOptions:
     lockout_window: float = 300.0
     #: paired guests served at once (new links are told "busy" beyond: runtime/admission.py)
     concurrent: int = 32
+    #: the other limits of runtime/admission.py (unauthenticated links at once and per
+    #: address, first-flight time, ...); ``concurrent`` stands for its ``max_sessions``
+    admission: AdmissionLimits = dataclasses.field(default_factory=AdmissionLimits)
     #: seconds a paired guest may stay silent, or leave what the host sends unread
     serve_idle: float = SERVE_IDLE
     #: say nothing on stderr but errors (the demo narrates for itself)
@@ -100,6 +103,8 @@ class HostOptions:
     ttp_peer: bytes | None = None
     #: bumble transport options from the policy's advertising keys (cli.config)
     advertising: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: attempts to reopen a lost Bluetooth controller before exiting (None: until it is back)
+    radio_retries: int | None = None
 
 
 def result_json(session: Session, membership: Membership | None = None) -> dict[str, Any]:
@@ -218,6 +223,7 @@ async def run_host(
     async def serve_one(link: Any) -> bool | None:
         nonlocal paired
         tried: list[HostPairing] = []  # the pairing machine, once made (see renew)
+        who = f"guest {link.peer}"  # by its name once it paired (its errors say who failed)
 
         def renew() -> None:
             # As soon as this guest's pairing is over (not its session: a guest served for
@@ -238,6 +244,7 @@ async def run_host(
             slink, session, membership = done.channel, done.session, done.membership
             assert membership is not None
             paired += 1
+            who = f"guest {session.peer.name} ({link.peer})"
             if emit is not None:
                 try:
                     emit(result_json(session, membership))
@@ -270,14 +277,31 @@ async def run_host(
             if is_probe(exc):  # it only asked who this host is (discover, join NAME)
                 info(f"{link.peer} asked who this host is", quiet=quiet)
                 return False
-            info(f"error: guest {link.peer}: {exc}")
+            info(f"error: {who}: {exc}")
         return None
 
+    from pairkit.transports.base import ControllerLostError
+
     try:
-        await accept_loop(
-            listener, serve_one, concurrent=opts.concurrent, stop=stop, once=opts.once,
-            on_error=lambda exc: info(f"error: {exc}"),
-        )
+        limits = dataclasses.replace(opts.admission, max_sessions=opts.concurrent)
+        while True:
+            try:
+                # A fresh admission each time round: accept_loop closes its own on the way out.
+                await accept_loop(
+                    listener, serve_one, stop=stop, once=opts.once, admission=Admission(limits),
+                    on_error=lambda exc: info(f"error: {exc}"),
+                )
+                break
+            except ControllerLostError as exc:
+                # The radio went away (unplugged, reset; issue 17): the guests on it have
+                # ended; say so, wait for it with growing pauses, and carry on where it was.
+                await presence.pause()
+                await regain_radio(transport, exc, retries=opts.radio_retries,
+                                   say=lambda text: info(f"warning: {text}", essential=True))
+                await presence.resume()
+                address = getattr(transport, "address", address)
+                info(f"the Bluetooth controller is back: {me.name} ({fp}) is waiting on "
+                     f"{address}", quiet=quiet, essential=True)
     finally:
         await presence.stop()
         if listener is not transport:
@@ -351,7 +375,7 @@ def _ttp_server(server: str | None, ca: str | None) -> tuple[str, str]:
     if not server or not ca:
         raise ConfigError(
             "method 'ttp' needs the key server: --ttp HOST:PORT --ttp-ca FILE "
-            "(or enrol first with 'pairkit ttp enroll')"
+            "(or enrol first with 'pairkit ttp enrol')"
         )
     return server, ca
 
@@ -480,6 +504,16 @@ async def run_join(
             f"{peer.name} did not answer at {address} and was not found nearby; is it hosting "
             "and in range?"
         ) from first_error
+    except PairingError as exc:
+        lost = getattr(transport, "lost", None)
+        if lost is None or not isinstance(lost, str):
+            raise
+        # This side's radio went away mid-way: that, not what it broke, is the news.
+        from pairkit.transports.base import ControllerLostError
+
+        if isinstance(exc, ControllerLostError):
+            raise
+        raise ControllerLostError(f"{lost} while joining: {exc}") from exc
     finally:
         if isinstance(guest_delegate, CliDelegate):
             guest_delegate.close()

@@ -39,7 +39,7 @@ from pairkit.pairing.errors import (
 )
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
-from .params import Seconds
+from .params import Seconds, complete_peer, keystore_pin_option
 from .traceopt import trace_option
 
 
@@ -118,11 +118,12 @@ def _policy(attempts: int, backoff: float, max_backoff: float) -> Any:
 
 
 @group.command()
+@keystore_pin_option
 @click.argument("name")
 @click.option("--trust", type=click.Choice(["paired", "ca"]), default="paired",
               show_default=True,
               help="How members trust this controller: 'paired' (they paired with it) or "
-                   "'ca' (its certificate from the key server's CA: 'ttp enroll --cert').")
+                   "'ca' (its certificate from the key server's CA: 'ttp enrol --cert').")
 @_json_option
 def create(name: str, trust: str, as_json: bool) -> None:
     """Create the group NAME, controlled by this device, with a fresh key (epoch 1).
@@ -184,9 +185,10 @@ def _reach_options(f: Any) -> Any:
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
-@click.argument("peer", required=False)
+@click.argument("peer", required=False, shell_complete=complete_peer)
 @click.option("--via", "via", default=None, metavar="RELAY",
               help="Deliver through this relay (a known peer running 'pairkit group relay').")
 @click.option("--cert", "cert_file", default=None, metavar="FILE",
@@ -224,9 +226,10 @@ def add(name: str, peer: str | None, via: str | None, cert_file: Path | None,
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
-@click.argument("peer")
+@click.argument("peer", shell_complete=complete_peer)
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
               help="Seconds to wait for each message on a link.")
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
@@ -252,6 +255,7 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, attempt
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
@@ -277,6 +281,7 @@ def rekey(name: str, timeout: float, connect_timeout: float, attempts: int, back
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
@@ -331,13 +336,14 @@ def sync(name: str, timeout: float, connect_timeout: float, attempts: int, backo
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("name")
 @click.argument("message")
 @click.option("--transport", "-t", default=None,
-              help="The radio to broadcast on: bumble:usb:0 (the default), "
-                   "bumble:tcp-client:HOST:PORT, ...  With --agent: where to reach the agent, "
-                   "when not where it was last seen.")
+              help="The radio to broadcast on: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
+                   "[default: the default transport, see 'pairkit whoami'].  With --agent: "
+                   "where to reach the agent, when not where it was last seen.")
 @click.option("--duration", type=Seconds(0.1, 60), default=2.0, show_default=True,
               help="Seconds to keep advertising the command.")
 @click.option("--agent", default=None, metavar="PEER",
@@ -384,7 +390,12 @@ def send(name: str, message: str, transport: str | None, duration: float, agent:
             click.echo(f"sent to {name} through the agent {agent} (its #{result.seq}), on the "
                        f"air for {duration:g} s")
         return
-    spec = transport or "bumble:usb:0"
+    if transport is None:
+        from .common import home_path
+        from .config import default_transport, load_policy
+
+        transport = default_transport(load_policy(home_path()))[0]
+    spec = transport
 
     async def go() -> dict[str, Any]:
         extra = {"extended_advertising": True} if (
@@ -467,6 +478,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
@@ -547,6 +559,7 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept the controller's envelopes (repeat): tcp:HOST:PORT or a "
@@ -614,6 +627,7 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
 
 
 @group.command()
+@keystore_pin_option
 @trace_option
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept the controller (repeat): tcp:HOST:PORT or a radio.")
@@ -699,12 +713,13 @@ def agent(transports: tuple[str, ...], radio: str, reach_spec: str | None, retry
 
 
 @group.command(name="cert")
+@keystore_pin_option
 @click.option("--out", "-o", "out", default=None, metavar="FILE",
               type=click.Path(dir_okay=False, path_type=Path),
               help="Write the certificate (PEM) to FILE instead of stdout.")
 @_json_option
 def cert_cmd(out: Path | None, as_json: bool) -> None:
-    """Show this device's certificate from the key server's CA ('ttp enroll --cert').
+    """Show this device's certificate from the key server's CA ('ttp enrol --cert').
 
     A controller adds this device to a group trusted through the CA with
     'pairkit group add NAME --cert FILE': the certificate names this device, its signing key
@@ -719,7 +734,7 @@ def cert_cmd(out: Path | None, as_json: bool) -> None:
     ks = unlock()
     der, ca = own_cert(ks), trusted_ca(ks)
     if der is None or ca is None:
-        raise NotFoundError("this device has no certificate yet: pairkit ttp enroll --server "
+        raise NotFoundError("this device has no certificate yet: pairkit ttp enrol --server "
                             "HOST:PORT --ca ca.pem --cert")
     found = check_device_cert(der, ca, now=time.time(), device_id=bytes.fromhex(ks.device_id))
     pem = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode()
@@ -766,6 +781,7 @@ def _status(name: str | None, as_json: bool) -> None:
 
 
 @group.command()
+@keystore_pin_option
 @click.argument("name", required=False)
 @_json_option
 def status(name: str | None, as_json: bool) -> None:
@@ -785,6 +801,7 @@ def status(name: str | None, as_json: bool) -> None:
 
 
 @group.command(hidden=True)
+@keystore_pin_option
 @click.argument("name", required=False)
 @_json_option
 def show(name: str | None, as_json: bool) -> None:

@@ -25,7 +25,7 @@ from pairkit import __version__
 from pairkit.pairing.errors import DecodeError  # cheap: enum only
 
 from .exitcodes import epilog as exit_codes_epilog
-from .params import Number, Seconds
+from .params import Number, Seconds, complete_peer, keystore_pin_option
 from .traceopt import trace_option
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "group": ("pairkit.cli.group_cli", "group",
               "Group keys delivered end to end (through relays), and encrypted group broadcasts."),
+    "pn": ("pairkit.cli.pn_cli", "pn", "Personal networks set up by a gateway and a key server."),
     "ttp": ("pairkit.cli.ttp_cli", "ttp",
             "Run a key server (a trusted third party) and enrol devices with it."),
 }
@@ -84,7 +85,7 @@ METHOD_NAMES = ["pin", "qr", "compare", "clear", "resume", "ttp"]
 def _ttp_options(f: Any) -> Any:
     for opt in reversed([
         click.option("--ttp", "ttp_server", default=None, metavar="HOST:PORT",
-                      help="Method ttp: the key server (default: the one from 'ttp enroll')."),
+                      help="Method ttp: the key server (default: the one from 'ttp enrol')."),
         click.option("--ttp-ca", default=None, type=click.Path(dir_okay=False),
                      help="Method ttp: the server's CA certificate (default: from enrolment)."),
         click.option("--ttp-peer", default=None, metavar="DEVICE_ID",
@@ -121,8 +122,10 @@ def cli(verbose: int, quiet: bool, debug: bool) -> None:
       pairkit join tcp:127.0.0.1:7000 --method pin --pin 123456   (in another terminal)
       pairkit peers                           devices you have paired with
 
-    The keystore lives in your user data directory; PAIRKIT_HOME moves it, PAIRKIT_PIN
-    unlocks it without a prompt (for scripts).
+    The keystore lives in your user data directory; PAIRKIT_HOME moves it, a command's
+    --pin-file FILE or PAIRKIT_PIN unlocks it without a prompt (for scripts).  Without -t,
+    commands use the default transport (config.toml, PAIRKIT_TRANSPORT, else bumble:usb:0;
+    see whoami).
     """
 
 
@@ -183,35 +186,56 @@ def _default_name() -> str:
     return f"{os.environ.get('USER', 'someone')}'s {platform.node() or 'device'}"
 
 
-def _print_identity(ks: Any, as_json: bool, created: bool = False) -> None:
+def _print_identity(ks: Any, as_json: bool, created: bool = False,
+                    transport: tuple[str, str] | None = None) -> None:
     from .common import emit_json, info
     from .store import key_fingerprint
 
     fp = key_fingerprint(ks.static_public)
     if as_json:
+        extra = {} if transport is None else {"transport": transport[0],
+                                              "transport_from": transport[1]}
         emit_json({"ok": True, "id": ks.device_id, "name": ks.name, "fingerprint": fp,
-                   "keystore": str(ks.path)})
+                   "keystore": str(ks.path), **extra})
         return
     if created:
         info(f"created identity in {ks.path}")
     click.echo(f"name:        {ks.name}")
     click.echo(f"id:          {ks.device_id}")
     click.echo(f"fingerprint: {fp}")
+    if transport is not None:
+        click.echo(f"transport:   {transport[0]}   (default, from {transport[1]})")
 
 
 @cli.command()
+@keystore_pin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def whoami(as_json: bool) -> None:
-    """Show this device's name, id and key fingerprint."""
-    from .common import unlock
+    """Show this device's name, id, key fingerprint and default transport.
 
-    _print_identity(unlock(), as_json)
+    The default transport is what a command uses without -t: config.toml's section for the
+    command, then its [defaults] transport, then PAIRKIT_TRANSPORT, then bumble:usb:0.
+    Opening the keystore needs its PIN (--pin-file, PAIRKIT_PIN, or asked).
+    """
+    from .common import home_path, unlock
+    from .config import default_transport, load_policy
+
+    chosen = default_transport(load_policy(home_path()))
+    _print_identity(unlock(), as_json, transport=chosen)
 
 
 @cli.command()
+@keystore_pin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def peers(as_json: bool) -> None:
-    """List the devices this one has paired with."""
+    """List the devices this one has paired with, as a table.
+
+    \b
+    THEIR ROLE / UNTIL  what you let the peer be in your cloud (guest, member), and until when
+    YOUR ROLE / UNTIL   what the peer let this device be in its cloud
+    VIA                 the pairing method; PREKEYS: the peer's one-time keys held
+    FINGERPRINT         the peer's key fingerprint (compare it with its 'pairkit whoami')
+    """
     from .common import emit_json, info, unlock
     from .store import peer_rows
 
@@ -222,24 +246,27 @@ def peers(as_json: bool) -> None:
     if not rows:
         info("no known peers yet; pair with 'pairkit join' or 'pairkit host'")
         return
-    for r in rows:
-        flag = "" if r["authenticated"] else "  (unauthenticated)"
-        click.echo(f"{r['name']:<28} {r['id'][:16]}  {r['fingerprint']}  via {r['method']}"
-                   f"  prekeys {r['prekeys']}{flag}")
-        if r["warning"]:
-            click.echo(f"  warning: {r['warning']}")
+    from .show import peer_table
+
+    for line in peer_table(rows):
+        click.echo(line)
 
 
 @cli.command()
-@click.argument("peer")
-def forget(peer: str) -> None:
+@click.argument("peer", shell_complete=complete_peer)
+@keystore_pin_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def forget(peer: str, as_json: bool) -> None:
     """Forget a known peer (by name or id): it will have to pair again."""
-    from .common import info, unlock
+    from .common import emit_json, info, unlock
 
     ks = unlock()
     with ks.update():
         removed = ks.forget_peer(peer)
-    info(f"forgot {removed.name} ({removed.id})")
+    if as_json:
+        emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id}})
+    else:
+        info(f"forgot {removed.name} ({removed.id})")
 
 
 # -- pairing ----------------------------------------------------------------------------------
@@ -258,8 +285,8 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
 @cli.command()
 @trace_option
 @click.option("--transport", "-t", default=None,
-              help="Where to listen: tcp:HOST:PORT, bumble:usb:0, ... [default: the policy's, "
-                   "else tcp:127.0.0.1:7000]")
+              help="Where to listen: tcp:HOST:PORT, bumble:usb:0, ... [default: the default "
+                   "transport ('pairkit whoami' shows it)]")
 @click.option("--method", "-m", "methods", multiple=True, type=click.Choice(METHOD_NAMES),
               help="Methods guests may use (repeat; default: pin, qr, compare, resume).")
 @click.option("--pin", default=None, help="Use this 6-digit PIN once instead of a random one.")
@@ -286,11 +313,16 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
                    "you answering a prompt (unanswered: 'no'); a guest that times out is "
                    "dropped, the host goes on [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per paired guest.")
+@click.option("--radio-retries", type=click.IntRange(0, 1_000_000), default=None, metavar="N",
+              help="On BLE: times to reopen a lost Bluetooth controller (unplugged, reset) "
+                   "before exiting with code 6; 0: exit at once [default: until it is back, "
+                   "every 1, 2, 4 ... 30 s].")
+@keystore_pin_option
 @_ttp_options
 def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
          qr_png: Path | None, qr_ttl: float, share: Path | None, private: bool,
          visible: float | None, guest_hours: float | None, allow_insecure: bool, once: bool,
-         yes: bool, timeout: float | None, as_json: bool,
+         yes: bool, timeout: float | None, as_json: bool, radio_retries: int | None,
          ttp_server: str | None, ttp_ca: str | None, ttp_peer: str | None) -> None:
     """Wait for guests, pair with them, and serve the shared folder.
 
@@ -307,14 +339,16 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
     from pairkit.pairing.negotiation import Method
 
     from .common import emit_json, home_path, run_async, unlock
-    from .config import advertising_options, load_policy, pick
+    from .config import advertising_options, default_transport, load_policy, pick
     from .flows import HostOptions, run_host
     from .store import need_qr_pictures
 
     if qr_png is not None:  # before anything starts: the picture needs the qr extra
         need_qr_pictures("writing a QR code picture (--qr-png)", "PIL.Image")
 
-    policy = load_policy(home_path())["host"]
+    policies = load_policy(home_path())
+    policy = policies["host"]
+    transport = transport or default_transport(policies, "host")[0]
     names = methods or tuple(policy.get("methods", ()))
     chosen = _methods(names) if names else frozenset(
         {Method.PIN, Method.QR, Method.COMPARE, Method.RESUME}
@@ -326,12 +360,12 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
             raise ConfigError(f"the policy's shared folder {share} is not a folder")
     ks = unlock()
     opts = HostOptions(
-        transport=pick(transport, policy, "transport", "tcp:127.0.0.1:7000"), methods=chosen,
+        transport=transport, methods=chosen,
         pin=pin, yes=yes, once=once, json=as_json, allow_insecure=allow_insecure, qr_png=qr_png,
         qr_ttl=qr_ttl, step_timeout=pick(timeout, policy, "timeout", 30.0), share=share,
         guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
         visible=None if private else pick(visible, policy, "visible", None),
-        advertising=advertising_options(policy),
+        advertising=advertising_options(policy), radio_retries=radio_retries,
         **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
@@ -339,7 +373,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
 
 @cli.command()
 @trace_option
-@click.argument("target")
+@click.argument("target", shell_complete=complete_peer)
 @click.option("--transport", "-t", default=None,
               help="Transport to reach TARGET through when it is a peer's name or address.")
 @click.option("--method", "-m", type=click.Choice(METHOD_NAMES), default=None,
@@ -356,6 +390,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
                    "person deciding (the host's owner letting you in, you comparing a code); "
                    "then join ends with exit code 4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@keystore_pin_option
 @_ttp_options
 def join(target: str, transport: str | None, method: str | None, pin: str | None,
          qr_uri: str | None, qr_image: str | None, allow_insecure: bool, yes: bool,
@@ -375,7 +410,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
     from pairkit.pairing.negotiation import Method
     from pairkit.pairing.qr import QrCode
 
-    from .common import emit_json, home_path, run_async, unlock
+    from .common import emit_json, run_async, unlock
     from .flows import JoinOptions, result_json, run_join
     from .store import qr_from_image
 
@@ -391,13 +426,8 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         which = "--qr" if qr_uri is not None else "--qr-image"
         raise ConfigError(f"{which}: not a pairkit QR code ({exc})") from None
     chosen = Method.parse(method) if method else None
-    if chosen is Method.PIN and pin is None:
-        if not sys.stdin.isatty():
-            raise ConfigError("method 'pin' needs the host's PIN: --pin 123456")
-        pin = click.prompt("PIN shown on the host", err=True).strip().replace(" ", "")
-    from .config import load_policy, pick
-
-    transport = pick(transport, load_policy(home_path())["join"], "transport", None)
+    pin = _pairing_pin(chosen, pin)
+    transport = _guest_transport(target, transport)
     ks = unlock()
     opts = JoinOptions(
         target=target, method=chosen, transport=transport, pin=pin, qr=qr, yes=yes,
@@ -419,13 +449,14 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
 @trace_option
 @click.option("--transport", "-t", default=None,
               help="The radio to listen with: bumble:usb:0, bumble:tcp-client:HOST:PORT, ... "
-                   "[default: the policy's [discover] transport, else bumble:usb:0]")
+                   "[default: the default transport ('pairkit whoami' shows it)]")
 @click.option("--timeout", type=Seconds(0.1, 3600), default=None,
               help="Seconds to listen [default: 3].")
 @click.option("--names/--no-names", default=True, show_default=True,
               help="Ask each joinable host (and each of your clouds' hosts) its name over a "
                    "short connection: its owner is asked nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the devices as JSON.")
+@keystore_pin_option
 def discover(transport: str | None, timeout: float | None, names: bool, as_json: bool) -> None:
     """List the pairkit hosts around: your clouds' devices by cloud, then strangers.
 
@@ -439,10 +470,11 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
     from pairkit.transports.registry import open_transport
 
     from .common import emit_json, home_path, info, need_radio, run_async, unlock
-    from .config import load_policy, pick
+    from .config import default_transport, load_policy, pick
 
-    policy = load_policy(home_path())["discover"]
-    transport = pick(transport, policy, "transport", "bumble:usb:0")
+    policies = load_policy(home_path())
+    policy = policies["discover"]
+    transport = transport or default_transport(policies, "discover")[0]
     timeout = pick(timeout, policy, "timeout", 3.0)
     need_radio(transport, "discover listens for hellos")
     ks = unlock()
@@ -484,7 +516,11 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--list", "list_", is_flag=True,
               help="List this machine's Bluetooth controllers and their -t names, and exit.")
-def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"radio": [TRANSPORT, ...]} once listening (with --list: '
+                   '{"controllers": [...]}).')
+def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool,
+          as_json: bool) -> None:
     """Linked virtual BLE controllers, one per TCP port, until interrupted.
 
     \b
@@ -500,8 +536,19 @@ def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool) -> N
     if list_:
         if first is not None or more:
             raise ConfigError("--list takes no ports")
-        from pairkit.transports.controllers import list_controllers
+        from pairkit.transports.controllers import (
+            controllers_json,
+            find_controllers,
+            list_controllers,
+        )
 
+        if as_json:
+            from .common import emit_json
+
+            usb, linux, unreadable = find_controllers()
+            emit_json({"controllers": controllers_json(usb, linux),
+                       "usb_unreadable": str(unreadable) if unreadable else None})
+            return
         for line in list_controllers():
             click.echo(line)
         return
@@ -518,9 +565,52 @@ def radio(first: str | None, more: tuple[str, ...], host: str, list_: bool) -> N
     if len(ports) < 2 or not all(0 <= p <= 65535 for p in ports):
         raise ConfigError("a radio needs at least two ports from 0 to 65535: --ports P1 P2")
     try:
-        run_async(lambda: serve_radio(list(ports), host))
+        if as_json:
+            from .common import emit_json
+
+            def announce(names: list[str]) -> None:
+                emit_json({"radio": names})
+                sys.stdout.flush()
+
+            run_async(lambda: serve_radio(list(ports), host, announce=announce))
+        else:
+            run_async(lambda: serve_radio(list(ports), host))
     except KeyboardInterrupt:
         info("radio stopped")
+
+
+def _pairing_pin(method: Method | None, pin: str | None) -> str | None:
+    """The host's pairing PIN for method pin: --pin, else asked on a terminal (join, ls and
+    get alike); a usage error with no terminal to ask on."""
+    from pairkit.pairing.errors import ConfigError
+    from pairkit.pairing.negotiation import Method
+
+    if method is not Method.PIN or pin is not None:
+        return pin
+    if not sys.stdin.isatty():
+        raise ConfigError("method 'pin' needs the host's PIN: --pin 123456")
+    return str(click.prompt("PIN shown on the host", err=True)).strip().replace(" ", "")
+
+
+def _guest_transport(target: str, flag: str | None) -> str | None:
+    """The transport ``join``, ``ls`` and ``get`` reach TARGET through: ``-t``, else
+    config.toml's ``[join] transport``; else, for a BLE address (which says nothing of the
+    radio), the default transport (``[defaults]``, ``PAIRKIT_TRANSPORT``, ``bumble:usb:0``).
+    None otherwise: a ``tcp:`` target names its own, a known peer is reached where it was last
+    seen."""
+    from pairkit.presence import is_ble_address
+
+    from .common import home_path
+    from .config import default_transport, load_policy
+
+    if flag:
+        return flag
+    policies = load_policy(home_path())
+    if policies["join"].get("transport"):
+        return str(policies["join"]["transport"])
+    if is_ble_address(target):
+        return default_transport(policies)[0]
+    return None
 
 
 def _peer_options(f: Any) -> Any:
@@ -536,6 +626,7 @@ def _peer_options(f: Any) -> Any:
                           "a person deciding (its owner letting you in or allowing a file); "
                           "then the command ends with exit code 4."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
+        keystore_pin_option,
     ]):
         f = opt(f)
     return f
@@ -543,7 +634,7 @@ def _peer_options(f: Any) -> Any:
 
 @cli.command(name="ls")
 @trace_option
-@click.argument("peer")
+@click.argument("peer", shell_complete=complete_peer)
 @_peer_options
 def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None, yes: bool,
            timeout: float, as_json: bool) -> None:
@@ -563,10 +654,12 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
         box["files"] = await list_files(slink)
 
+    chosen = Method.parse(method) if method else None
+    pin = _pairing_pin(chosen, pin)
     ks = unlock()
+    transport = _guest_transport(peer, transport)
     opts = JoinOptions(target=peer, transport=transport, yes=yes, json=as_json,
-                       method=Method.parse(method) if method else None, pin=pin,
-                       step_timeout=timeout)
+                       method=chosen, pin=pin, step_timeout=timeout)
     run_async(lambda: run_join(ks, opts, on_session=on_session))
     files = box.get("files", [])
     if as_json:
@@ -587,58 +680,120 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
 
 @cli.command()
 @trace_option
-@click.argument("peer")
-@click.argument("name")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to save the file (default: its name, in the current folder).")
-@click.option("--retries", default=3, show_default=True,
+@click.argument("peer", shell_complete=complete_peer)
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--all", "fetch_all", is_flag=True, help="Fetch every file PEER lists.")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Where to save: a folder (each file keeps its name), or, for one NAME, a "
+                   "file name [default: the current folder].")
+@click.option("--force", is_flag=True,
+              help="Replace local files of the same name (never done without it).")
+@click.option("--retries", type=click.IntRange(0, 100), default=3, show_default=True,
               help="Reconnect and resume this many times if the link drops mid-transfer.")
 @_peer_options
-def get(peer: str, name: str, output: Path | None, retries: int, transport: str | None,
-        method: str | None, pin: str | None, yes: bool, timeout: float, as_json: bool) -> None:
-    """Fetch the shared file NAME from PEER, with progress and a SHA-256 check.
+def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, force: bool,
+        retries: int, transport: str | None, method: str | None, pin: str | None,
+        yes: bool, timeout: float, as_json: bool) -> None:
+    """Fetch the shared files NAME... (or --all) from PEER, with progress and a SHA-256 check.
 
-    A transfer cut by a dropped link resumes from the last verified chunk: automatically up to
-    --retries times, and again whenever you rerun the same command (the partial file is kept
-    as OUTPUT.part).
+    All the files come in one session: an owner who allows "for this session" is asked once.
+    An existing local file is never replaced without --force (checked before anyone is
+    asked).  A transfer cut by a dropped link resumes from the last verified chunk:
+    automatically up to --retries times, and again when you run the command it prints on
+    stopping (the partial file is kept as NAME.part beside where the file goes).
     """
-    from pairkit.files import get_file
-    from pairkit.pairing.errors import LinkClosedError, PairingTimeout
+    from pairkit.files import get_file, list_files
+    from pairkit.pairing.errors import ConfigError, LinkClosedError, PairingTimeout
     from pairkit.pairing.negotiation import Method
 
-    from .common import emit_json, info, run_async, unlock
+    from .common import info, run_async, unlock
     from .flows import JoinOptions, run_join
     from .show import Progress
 
-    dest = output or Path(Path(name).name)
-    box: dict[str, Any] = {}
+    if fetch_all == bool(names):
+        raise ConfigError("name the files to fetch (get PEER NAME...), or give --all")
+    if len(names) != len(set(names)):
+        raise ConfigError("each NAME may be given once")
+    into = _output_folder(output, several=fetch_all or len(names) > 1)
+    dests: dict[str, Path] = {}
+    if into is None:  # -o names the one file
+        assert output is not None and len(names) == 1
+        dests[names[0]] = Path(output)
+    else:
+        dests.update(_destinations(names, into))
+    for dest in dests.values():
+        _writable(dest, force)
+    box: dict[str, Any] = {"fetched": []}
+    done: set[str] = set()
 
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
         box["peer"] = session.peer.device_id.hex()
-        box["fetched"] = await get_file(slink, name, dest, progress=Progress(name))
+        box["peer_name"] = session.peer.name
+        if fetch_all and "listed" not in box:
+            files = await list_files(slink, timeout=timeout)
+            assert into is not None
+            # A hidden file (.bashrc, .envrc) is fetched only when asked for by name: a host's
+            # listing must not plant one in the folder the command runs in.
+            hidden = [f.name for f in files
+                      if any(part.startswith(".") for part in f.name.replace("\\", "/").split("/"))]
+            if hidden:
+                info(f"note: {len(hidden)} hidden file(s) not fetched with --all (ask for them "
+                     f"by name): {', '.join(repr(h) for h in hidden[:5])}"
+                     f"{' ...' if len(hidden) > 5 else ''}", quiet=as_json)
+            box["listed"] = [f.name for f in files if f.name not in hidden]
+            dests.update(_destinations(box["listed"], into))
+            for name in box["listed"]:
+                _writable(dests[name], force)
+            if not files:
+                info("the peer shares no files")
+            skipped = getattr(files, "more", 0) + getattr(files, "long_names", 0)
+            if skipped:
+                info(f"note: the peer listed {len(files)} file(s); {skipped} more cannot be "
+                     "fetched with --all (ask for them by name)", quiet=as_json)
+        for wanted in box.get("listed", names):
+            if wanted in done:
+                continue
+            box["current"] = wanted
+            fetched = await get_file(slink, wanted, dests[wanted], progress=Progress(wanted),
+                                     timeout=timeout, chunk_timeout=timeout)
+            box["fetched"].append(fetched)
+            done.add(wanted)
+            _print_fetched(fetched, as_json)
 
-    ks = unlock()
     chosen = Method.parse(method) if method else None
+    pin = _pairing_pin(chosen, pin)
+    ks = unlock()
+    transport = _guest_transport(peer, transport)
     target = peer
-    for attempt in range(retries + 1):
-        opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
-                           method=chosen, pin=pin, step_timeout=timeout)
-        try:
-            run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
-            break
-        except (LinkClosedError, PairingTimeout) as exc:
-            part = dest.with_name(dest.name + ".part")
-            if attempt == retries or not part.exists():
-                raise
-            info(f"link lost ({exc}); resuming from {part.stat().st_size} bytes")
-            if "peer" in box and target != box["peer"]:
-                # paired during the first try: reconnect to the now known peer by resume
-                transport = transport or (peer if ":" in peer else None)
-                target = box["peer"]
-            chosen = None
-    f = box["fetched"]
+    try:
+        for attempt in range(retries + 1):
+            opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
+                               method=chosen, pin=pin, step_timeout=timeout)
+            try:
+                run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
+                break
+            except (LinkClosedError, PairingTimeout) as exc:
+                current = box.get("current")
+                part = _part(dests[current]) if current in dests else None
+                if attempt == retries or current in done or part is None or not part.exists():
+                    raise
+                info(f"link lost ({exc}); resuming {current} from {part.stat().st_size} bytes")
+                if "peer" in box and target != box["peer"]:
+                    # paired during the first try: reconnect to the now known peer by resume
+                    transport = transport or (peer if ":" in peer else None)
+                    target = box["peer"]
+                chosen = None
+    except BaseException as exc:
+        _say_how_to_resume(box, dests, done, peer, transport, output, force, exc)
+        raise
+
+
+def _print_fetched(f: Any, as_json: bool) -> None:
+    """One file's result line, printed as soon as it is there (stdout)."""
+    from .common import emit_json, info
+
     if f.restarted_from is not None:
-        info(f"note: {name} is now shorter on the host than the {f.restarted_from} bytes kept "
+        info(f"note: {f.name} is now shorter on the host than the {f.restarted_from} bytes kept "
              "from an earlier try; fetched it again from the start", quiet=as_json)
     if as_json:
         emit_json({"ok": True, "name": f.name, "path": str(f.path), "size": f.size,
@@ -646,6 +801,106 @@ def get(peer: str, name: str, output: Path | None, retries: int, transport: str 
                    "restarted_from": f.restarted_from})
     else:
         click.echo(f"{f.path}  {f.size} bytes  sha256 {f.sha256}")
+
+
+def _part(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def _output_folder(output: str | None, *, several: bool) -> Path | None:
+    """The folder the files go into, or None when ``output`` names the one file (``-o``
+    ending in a slash names a folder, which must exist)."""
+    from pairkit.pairing.errors import ConfigError, NotFoundError
+
+    if output is None:
+        return Path(".")
+    path = Path(output)
+    if path.is_dir():
+        return path
+    if several:
+        raise ConfigError(f"-o {output}: with several files, -o names an existing folder")
+    if output.endswith(("/", os.sep)):
+        raise NotFoundError(f"cannot save into {path}: there is no such folder")
+    parent = path.parent
+    if not parent.is_dir():
+        raise NotFoundError(f"cannot save to {path}: there is no folder {parent}")
+    return None
+
+
+def _destinations(names: Any, into: Path) -> dict[str, Path]:
+    """Where each shared name goes in the folder ``into``: its last part (``videos/a.mp4``
+    becomes ``a.mp4``).  A name that is no file name here (``..``, empty) or two names that
+    would land on one file are refused before anything is fetched."""
+    from pairkit.pairing.errors import ConfigError
+
+    out: dict[str, Path] = {}
+    taken: dict[str, str] = {}
+    for name in names:
+        base = _base_name(name)
+        if base in ("", ".", "..") or "\x00" in base:
+            raise ConfigError(f"{name!r} cannot be saved under that name; use -o FILE")
+        if base in taken:
+            raise ConfigError(f"{taken[base]!r} and {name!r} would both be saved as {base!r}; "
+                              "fetch them one at a time with -o FILE")
+        taken[base] = name
+        out[name] = into / base
+    return out
+
+
+def _base_name(name: str) -> str:
+    """The last part of a shared name (``videos/a.mp4`` -> ``a.mp4``), ``\\`` a separator too."""
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _writable(dest: Path, force: bool) -> None:
+    """ConfigError if ``dest`` exists and --force was not given (nothing is ever replaced
+    silently); a folder is never replaced."""
+    from pairkit.pairing.errors import ConfigError
+
+    if dest.is_dir():
+        raise ConfigError(f"{dest} is a folder; give -o another name")
+    if dest.exists() and not force:
+        raise ConfigError(f"{dest} exists; use --force to replace it, or -o another name")
+
+
+def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[str], peer: str,
+                       transport: str | None, output: str | None, force: bool,
+                       exc: BaseException) -> None:
+    """After a stopped transfer: what is kept, and the exact command that resumes it (the files
+    not fetched yet; not one the host refused or does not have, which ``exc`` reports)."""
+    import shlex
+
+    from pairkit.pairing.errors import ErrorCode, PairingError
+
+    from .common import info
+    from .show import human_size
+
+    current = box.get("current")
+    answered = isinstance(exc, PairingError) and exc.code in (
+        ErrorCode.NOT_FOUND, ErrorCode.REFUSED, ErrorCode.PERMISSION)
+    left = [n for n in box.get("listed", dests)
+            if n not in done and not (answered and n == current)]
+    if current is None or not left:
+        return  # nothing was fetched yet (the same command does it all), or all of it was
+    part = None if answered or current not in dests or current in done else _part(dests[current])
+    if (part is None or not part.exists()) and not done:
+        return
+    # a peer paired by this run is known now: by name, it resumes with no PIN
+    who = box.get("peer_name") if ":" in peer and "peer_name" in box else peer
+    args = ["pairkit", "get", who, *left]
+    if transport and who == peer:
+        args += ["-t", transport]
+    if output is not None:
+        args += ["-o", output]
+    if force:
+        args.append("--force")
+    if part is not None and part.exists():
+        info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
+             "resume with:", essential=True)
+    else:
+        info(f"stopped: {len(done)} file(s) fetched, {len(left)} to go; fetch the rest with:",
+             essential=True)
+    info(f"  {shlex.join(args)}", essential=True)
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-__all__ = ["Number", "Seconds"]
+__all__ = ["KEYSTORE_PIN_FILE", "Number", "Seconds", "complete_peer", "keystore_pin_option"]
 
 
 class Number(click.ParamType):
@@ -53,3 +53,47 @@ class Seconds(Number):
 
     def __init__(self, low: float = 0.1, high: float = 86400.0, *, above: bool = False) -> None:
         super().__init__(low, high, above=above, unit="seconds")
+
+
+#: where :func:`keystore_pin_option` leaves the file it was given (``click.Context.meta``)
+KEYSTORE_PIN_FILE = "pairkit.keystore_pin_file"
+
+
+def _remember_pin_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[KEYSTORE_PIN_FILE] = value
+
+
+def keystore_pin_option(f: Any) -> Any:
+    """``--pin-file FILE`` on every command that opens the keystore: the keystore PIN or
+    passphrase is read from FILE.  It comes first, then ``PAIRKIT_PIN``, then a prompt on a
+    terminal (:func:`pairkit.cli.common.unlock`); the same meaning as ``init --pin-file``."""
+    return click.option(
+        "--pin-file", type=click.Path(dir_okay=False), default=None, expose_value=False,
+        callback=_remember_pin_file, metavar="FILE",
+        help="Read the keystore PIN or passphrase from FILE (before PAIRKIT_PIN and the "
+             "prompt).",
+    )(f)
+
+
+def complete_peer(ctx: click.Context, param: click.Parameter, incomplete: str
+                  ) -> list[Any]:
+    """Shell completion of a known peer's name (``_PAIRKIT_COMPLETE``, README "Shell
+    completion").  The peers are inside the sealed keystore: they are completed when
+    ``PAIRKIT_PIN`` is set in the shell, and nothing is offered otherwise (a completion never
+    asks for a PIN, never prints an error)."""
+    import os
+
+    from click.shell_completion import CompletionItem
+
+    pin = os.environ.get("PAIRKIT_PIN")
+    if not pin:
+        return []
+    try:
+        from pairkit.keystore import Keystore, default_path
+
+        ks = Keystore.open(default_path(os.environ), pin)
+        names = sorted({p.name for p in ks.peers()})
+    except Exception:  # a completion must never break the shell's line
+        return []
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]

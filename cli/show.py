@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 from pairkit.pairing.cloud import Role
@@ -57,34 +58,63 @@ class SafeStream:
         return getattr(self._inner, name)
 
 
-class Progress:
-    """A progress line on a terminal: bytes, rate, time left."""
+def human_size(n: float) -> str:
+    """``12 B``, ``35 kB``, ``2.00 MB``, ``1.50 GB`` (powers of 1000, as drives are sold), so a
+    tiny file does not show as ``0.00 MB``."""
+    if n < 999.5:
+        return f"{n:.0f} B"
+    if n < 999.5e3:
+        return f"{n / 1e3:.0f} kB"
+    if n < 999.995e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e9:.2f} GB"
 
-    def __init__(self, name: str, *, stream: Any = None, enabled: bool | None = None) -> None:
+
+class Progress:
+    """A progress line on a terminal: bytes, rate, time left.
+
+    The rate counts from the first chunk that arrived: neither the wait for the owner's answer
+    nor the bytes a resumed transfer already had make it up.  ``clock`` is for tests.
+    """
+
+    def __init__(self, name: str, *, stream: Any = None, enabled: bool | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.name = name
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.t0 = time.perf_counter()
+        self.clock = clock
+        #: when the first chunk came, and how many bytes the file then had
+        self.t0: float | None = None
         self.first: int | None = None
         self._last = 0.0
 
+    def rate(self, done: int, now: float) -> float | None:
+        """Bytes per second since the first chunk, or None before there is anything to say."""
+        if self.t0 is None or self.first is None or now <= self.t0 or done <= self.first:
+            return None
+        return (done - self.first) / (now - self.t0)
+
+    def line(self, done: int, total: int, now: float) -> str:
+        """``film.mp4: 7.02 MB/10.00 MB  70.2% 1.00 MB/s    3 s left``"""
+        pct = 100 * done / total if total else 100.0
+        text = f"{self.name}: {human_size(done)}/{human_size(total)} {pct:5.1f}%"
+        rate = self.rate(done, now)
+        if rate is not None:
+            text += f" {human_size(rate)}/s {(total - done) / rate:4.0f} s left"
+        return text
+
     def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self.first is None:
+            self.first, self.t0 = done, now
         if not self.enabled:
             return
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = done
         if now - self._last < 0.1 and done < total:
             return
         self._last = now
-        elapsed = max(now - self.t0, 1e-6)
-        rate = (done - self.first) / elapsed
-        left = (total - done) / rate if rate > 0 else 0
-        pct = 100 * done / total if total else 100
-        # the one control character pairkit itself sends: past the terminal's filter
+        # the one control sequence pairkit itself sends: past the terminal's filter
         getattr(self.stream, "raw_write", self.stream.write)(
-            f"\r{self.name}: {done / 1e6:.2f}/{total / 1e6:.2f} MB {pct:5.1f}% "
-            f"{rate / 1e6:.2f} MB/s {left:4.0f} s left "
+            f"\r\x1b[K{self.line(done, total, now)}"
         )
         if done >= total:
             self.stream.write("\n")
@@ -99,3 +129,50 @@ def role_text(m: Membership) -> str:
     return "guest"
 
 
+
+
+PEER_COLUMNS = ("NAME", "ID", "THEIR ROLE", "UNTIL", "YOUR ROLE", "UNTIL", "VIA", "PREKEYS",
+                "FINGERPRINT")
+
+
+def _until(role: str | None, expires: float | None, now: float) -> str:
+    if role is None:
+        return "-"
+    if expires is None:
+        return "always"
+    if expires <= now:
+        return "expired"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(expires))
+
+
+def peer_table(rows: list[dict[str, Any]], *, now: float | None = None) -> list[str]:
+    """``pairkit peers``: a header, then one line per peer, columns padded to their widest
+    cell (a peer's name is shown safe, and cut at 28 characters); a warning about a peer goes
+    on the line after it."""
+    now = time.time() if now is None else now
+    cells = []
+    for r in rows:
+        name = safe(r["name"])
+        name = name if len(name) <= 28 else name[:27] + "…"
+        if not r["authenticated"]:
+            name += " (unauthenticated)"
+        cells.append((
+            name, r["id"][:16], r.get("granted") or "-",
+            _until(r.get("granted"), r.get("granted_expires"), now),
+            r.get("standing") or "-",
+            _until(r.get("standing"), r.get("standing_expires"), now),
+            r["method"] or "-", str(r["prekeys"]), r["fingerprint"],
+        ))
+    widths = [max(len(PEER_COLUMNS[i]), *(len(c[i]) for c in cells)) for i in range(9)]
+
+    def line(values: tuple[str, ...]) -> str:
+        padded = [v.rjust(widths[i]) if PEER_COLUMNS[i] == "PREKEYS" else v.ljust(widths[i])
+                  for i, v in enumerate(values)]
+        return "  ".join(padded).rstrip()
+
+    out = [line(PEER_COLUMNS)]
+    for r, c in zip(rows, cells, strict=True):
+        out.append(line(c))
+        if r["warning"]:
+            out.append(f"  warning: {safe(r['warning'])}")
+    return out

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,13 @@ def qr_png(uri: str, path: Path) -> None:
     import qrcode
 
     img = qrcode.make(uri, error_correction=qrcode.constants.ERROR_CORRECT_M)
-    with open(path, "wb") as fh:
-        img.save(fh)
+    # The picture holds a one-time secret (the QR code's key): only its owner may read it,
+    # from the moment it exists (created 0600, and an older file's mode tightened too).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)
+    with open(fd, "wb") as fh:
+        img.save(fh, format="PNG")
 
 
 #: the largest picture --qr-image decodes: a 48-megapixel phone photo, no more

@@ -4,7 +4,7 @@
 
     pairkit ttp init   --dir D [--host NAME ...] [--enrol-token]
     pairkit ttp serve  --dir D --listen HOST:PORT [limits]
-    pairkit ttp enroll --server HOST:PORT --ca D/ca.pem [--new-eukey | --eukey-file F]
+    pairkit ttp enrol --server HOST:PORT --ca D/ca.pem [--new-eukey | --eukey-file F]
     pairkit ttp list   --dir D
 
 ``cli.main`` adds the group as ``pairkit ttp``; ``python -m pairkit.cli.ttp_cli`` runs it on its
@@ -27,16 +27,16 @@ import click
 from pairkit.pairing.errors import ConfigError
 
 from .common import PairkitGroup, emit_json, info, run_async
-from .params import Number, Seconds
+from .params import Number, Seconds, keystore_pin_option
 
-#: keystore settings written by ``ttp enroll`` (host/join may default to them)
+#: keystore settings written by ``ttp enrol`` (host/join may default to them)
 SETTING_SERVER = "ttp.server"
 SETTING_CA = "ttp.ca"
 SETTING_EUKEY = "cpns.eukey"
 
 
 def enrolled_server(ks: Any) -> tuple[str, str] | None:
-    """(server, CA file) this device enrolled with (``ttp enroll``), for ``--ttp`` defaults."""
+    """(server, CA file) this device enrolled with (``ttp enrol``), for ``--ttp`` defaults."""
     server, ca = ks.setting(SETTING_SERVER), ks.setting(SETTING_CA)
     if isinstance(server, str) and isinstance(ca, str):
         return server, ca
@@ -52,7 +52,7 @@ def ttp() -> None:
     other (method ttp), and lets a gateway enrol factory-keyed devices (CPNS).
       pairkit ttp init --dir ./ttp                    CA, server certificate, database
       pairkit ttp serve --dir ./ttp --listen 0.0.0.0:8443
-      pairkit ttp enroll --server HOST:8443 --ca ./ttp/ca.pem      (on each device)
+      pairkit ttp enrol --server HOST:8443 --ca ./ttp/ca.pem      (on each device)
       pairkit host --method ttp --ttp HOST:8443 --ttp-ca ca.pem    (then pair)
 
     Devices trust only the CA in ca.pem: give that file to them (a manufacturer installs it).
@@ -189,7 +189,8 @@ def _read_eukey(path: str) -> bytes:
     return key
 
 
-@ttp.command()
+@ttp.command(name="enrol")
+@keystore_pin_option
 @click.option("--server", required=True, metavar="HOST:PORT", help="The key server.")
 @click.option("--ca", "ca_file", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -257,6 +258,14 @@ def enroll(server: str, ca_file: Path, eukey_file: str | None, new_eukey: bool,
         click.echo(f"device certificate from its CA kept, valid until {until:%Y-%m-%d}")
 
 
+#: the spelling of earlier versions (and of US English), kept working but not listed
+ttp.add_command(
+    click.Command("enroll", callback=enroll.callback, params=enroll.params, help=enroll.help,
+                  hidden=True),
+    "enroll",
+)
+
+
 @ttp.command(name="list")
 @click.option("--dir", "directory", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -281,7 +290,7 @@ def list_cmd(directory: Path, database: str | None, as_json: bool) -> None:
         emit_json({"devices": devices, "pns": pn_rows})
         return
     if not devices:
-        info("no device enrolled yet: pairkit ttp enroll --server HOST:PORT --ca ca.pem")
+        info("no device enrolled yet: pairkit ttp enrol --server HOST:PORT --ca ca.pem")
     for dev in devices:
         click.echo(f"{dev['id']}  {dev['name']}" + ("  (factory key)" if dev["eukey"] else ""))
     for p in pn_rows:

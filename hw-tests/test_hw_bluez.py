@@ -23,6 +23,7 @@ What it checks, by asking BlueZ itself over D-Bus (``GetManagedObjects`` on ``or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 import time
 from typing import Any
@@ -132,14 +133,12 @@ async def test_a_host_trusted_before_is_left_alone(hw_host: str, bluez_guest: st
     try:
         await host.start_advertising(HELLO)
         accepting = asyncio.ensure_future(host.accept(timeout=CONNECT_TIMEOUT))
-        async for _ in guest.scan(5.0):  # BlueZ makes the device object when it hears it
-            break
+        await heard(guest)  # BlueZ makes the device object when it hears it
         for device in await bluez_devices(host.address):
             await set_trusted(device["path"])
         # pairkit reads a device's state from the last advertisement it heard (bleak's
         # BLEDevice.details): hear one after the change.
-        async for _ in guest.scan(5.0):
-            break
+        await heard(guest)
         guest_link = await guest.connect(host.address, timeout=CONNECT_TIMEOUT)
         await accepting
         await asyncio.wait_for(guest_link.encrypt(), 30)
@@ -156,6 +155,14 @@ async def test_a_host_trusted_before_is_left_alone(hw_host: str, bluez_guest: st
             await client.unpair()
         except Exception as exc:  # already gone
             print(f"cleanup: {type(exc).__name__}")
+
+
+async def heard(guest: Any) -> None:
+    """Scan until the first hello, then stop the scan."""
+    async with contextlib.aclosing(guest.scan(5.0)) as sightings:
+        async for _ in sightings:
+            return
+    raise AssertionError("no hello heard in 5 s")
 
 
 async def _receive(link: Any, size: int) -> bytes:

@@ -271,7 +271,7 @@ def cert_hosts(cert: x509.Certificate) -> list[str]:
     return [str(n.value) for n in san]
 
 
-#: how long a device certificate (``pairkit ttp enroll --cert``) is valid
+#: how long a device certificate (``pairkit ttp enrol --cert``) is valid
 DEVICE_DAYS = 365
 
 

@@ -549,7 +549,7 @@ class _Conn:
         me = await s.db(s.store.device, q.device_id)
         if me is None or not same(me.static, q.static):
             raise NotFoundError(
-                "this device is not enrolled with the key server; run 'pairkit ttp enroll' first"
+                "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
             )
         peer = await s.db(s.store.device, q.peer_id)
         if peer is None:
@@ -608,7 +608,7 @@ class _Conn:
         me = await s.db(s.store.device, q.device_id)
         if me is None or not same(me.static, q.static) or not same(me.signing, q.signing):
             raise NotFoundError(
-                "this device is not enrolled with this signing key; run 'pairkit ttp enroll' "
+                "this device is not enrolled with this signing key; run 'pairkit ttp enrol' "
                 "first"
             )
         ca_key = load_ca_key(s.dir)

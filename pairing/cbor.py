@@ -43,6 +43,21 @@ def encode_ordered(value: Any) -> bytes:
     return cbor2.dumps(value)
 
 
+def encode_head(major: int, argument: int) -> bytes:
+    """An item head (RFC 8949 §3) in its shortest form: major type ``major`` (0 to 7) with
+    ``argument`` (a length, for arrays and maps the number of items), so that items encoded
+    apart can be put together into the encoding of their array or map."""
+    if not 0 <= major <= 7 or not 0 <= argument < 1 << 64:
+        raise ValueError("a CBOR head has a major type 0-7 and an argument within 64 bits")
+    top = major << 5
+    if argument < 24:
+        return bytes((top | argument,))
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if argument < 1 << (8 * size):
+            return bytes((top | info,)) + argument.to_bytes(size, "big")
+    raise AssertionError("unreachable")
+
+
 def decode(data: bytes, *, max_size: int) -> Any:
     """Decode one CBOR data item from ``data`` strictly (see the module docstring)."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -58,79 +73,166 @@ def decode(data: bytes, *, max_size: int) -> Any:
     return value
 
 
-def _head(data: bytes, pos: int) -> tuple[int, int, int, int]:
-    """Read an item head (RFC 8949 §3): returns (major type, additional info, argument, new pos)."""
-    if pos >= len(data):
-        raise DecodeError("message truncated")
-    initial = data[pos]
-    major, info = initial >> 5, initial & 0x1F
-    pos += 1
-    if info < 24:
-        return major, info, info, pos
-    if info > 27:
-        # 28-30 are reserved; 31 is the indefinite-length marker (§3.2.2).
-        what = "indefinite lengths are not allowed" if info == 31 else "reserved encoding"
-        raise DecodeError(f"malformed CBOR: {what}")
-    size = 1 << (info - 24)
-    if pos + size > len(data):
-        raise DecodeError("message truncated")
-    arg = int.from_bytes(data[pos : pos + size], "big")
-    if major != 7:
-        smallest = 0 if info == 24 else 1 << (8 * (size // 2))
-        if (info == 24 and arg < 24) or (info > 24 and arg < smallest):
-            raise DecodeError("malformed CBOR: an integer or length is not in its shortest form")
-    return major, info, arg, pos + size
+# The decoder below is written for speed (issue 13: it was the largest pure-Python cost of a
+# pairing): one function per item, the head read inline, and inside arrays and maps the
+# commonest items (small integers, short strings; small integer keys) read without a call.
+# Every check is the same, made in the same order: which refusal an input gets is unchanged.
+
+_TRUNCATED = "message truncated"
+_NOT_SHORTEST = "malformed CBOR: an integer or length is not in its shortest form"
+#: the smallest argument each long head form (additional information 24 to 27) may carry
+_SMALLEST = (24, 1 << 8, 1 << 16, 1 << 32)
+
+
+def _refuse_info(info: int) -> DecodeError:
+    # 28-30 are reserved; 31 is the indefinite-length marker (§3.2.2).
+    what = "indefinite lengths are not allowed" if info == 31 else "reserved encoding"
+    return DecodeError(f"malformed CBOR: {what}")
 
 
 def _item(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    """One data item at ``pos`` (RFC 8949 §3), at nesting ``depth``: (value, position after)."""
     if depth > MAX_DEPTH:
         raise DecodeError("message nested too deeply")
-    major, info, arg, pos = _head(data, pos)
+    n = len(data)
+    if pos >= n:
+        raise DecodeError(_TRUNCATED)
+    initial = data[pos]
+    pos += 1
+    major = initial >> 5
+    arg = initial & 0x1F
+    if arg >= 24:
+        if arg > 27:
+            raise _refuse_info(arg)
+        info = arg
+        end = pos + (1 << (info - 24))
+        if end > n:
+            raise DecodeError(_TRUNCATED)
+        arg = data[pos] if info == 24 else int.from_bytes(data[pos:end], "big")
+        pos = end
+        if major == 7:
+            raise DecodeError("floats and unknown simple values are not allowed")
+        if arg < _SMALLEST[info - 24]:
+            raise DecodeError(_NOT_SHORTEST)
     if major == 0:
         return arg, pos
-    if major == 1:
-        return -1 - arg, pos
-    if major in (2, 3):
+    if major == 2:
         end = pos + arg
-        if end > len(data):
-            raise DecodeError("message truncated")
-        raw = data[pos:end]
-        if major == 2:
-            return raw, end
+        if end > n:
+            raise DecodeError(_TRUNCATED)
+        return data[pos:end], end
+    if major == 5:
+        return _map(data, pos, depth, arg)
+    if major == 4:
+        if arg > n - pos:
+            raise DecodeError(_TRUNCATED)
+        if arg and depth >= MAX_DEPTH:
+            raise DecodeError("message nested too deeply")
+        items = []
+        append = items.append
+        for _ in range(arg):
+            if pos < n:
+                first = data[pos]
+                if first < 0x18:  # a small unsigned integer: the whole item is this byte
+                    append(first)
+                    pos += 1
+                    continue
+                if 0x40 <= first <= 0x58:  # a byte string of under 256 bytes
+                    value, pos = _short_bytes(data, pos, first, n)
+                    append(value)
+                    continue
+            value, pos = _item(data, pos, depth + 1)
+            append(value)
+        return items, pos
+    if major == 3:
+        end = pos + arg
+        if end > n:
+            raise DecodeError(_TRUNCATED)
         try:
-            return raw.decode("utf-8"), end
+            return data[pos:end].decode("utf-8"), end
         except UnicodeDecodeError:
             raise DecodeError("a text field is not valid UTF-8") from None
-    if major == 4:
-        if arg > len(data) - pos:
-            raise DecodeError("message truncated")
-        items = []
-        for _ in range(arg):
-            value, pos = _item(data, pos, depth + 1)
-            items.append(value)
-        return items, pos
-    if major == 5:
-        if arg > (len(data) - pos) // 2:
-            raise DecodeError("message truncated")
-        result: dict[Any, Any] = {}
-        previous: tuple[int, bytes] | None = None
-        for _ in range(arg):
-            key_start = pos
-            key, pos = _item(data, pos, depth + 1)
-            encoded_key = (pos - key_start, data[key_start:pos])
-            if not isinstance(key, int | str) or isinstance(key, bool):
-                raise DecodeError("map keys must be integers or text")
-            if previous is not None and encoded_key <= previous:
-                if encoded_key == previous:
-                    raise DecodeError("duplicate key in a map")
-                raise DecodeError("map keys are not in canonical order")
-            previous = encoded_key
-            value, pos = _item(data, pos, depth + 1)
-            result[key] = value
-        return result, pos
+    if major == 1:
+        return -1 - arg, pos
     if major == 6:
         raise DecodeError("CBOR tags are not allowed")
-    # major 7: simple values and floats
-    if info >= 24 or arg not in _SIMPLE:
-        raise DecodeError("floats and unknown simple values are not allowed")
-    return _SIMPLE[arg], pos
+    # major 7 with a one-byte head: false, true, null; nothing else
+    if arg == 20:
+        return False, pos
+    if arg == 21:
+        return True, pos
+    if arg == 22:
+        return None, pos
+    raise DecodeError("floats and unknown simple values are not allowed")
+
+
+def _map(data: bytes, pos: int, depth: int, count: int) -> tuple[dict[Any, Any], int]:
+    """A map of ``count`` pairs from ``pos``: keys integers or text, each once, in the
+    length-first canonical order (RFC 7049 §3.9)."""
+    n = len(data)
+    if count > (n - pos) // 2:
+        raise DecodeError(_TRUNCATED)
+    if count and depth >= MAX_DEPTH:
+        raise DecodeError("message nested too deeply")
+    result: dict[Any, Any] = {}
+    # the previous key's encoding, as where it starts and its length (0: no key yet)
+    prev_start = prev_len = 0
+    inner = depth + 1
+    for _ in range(count):
+        key_start = pos
+        first = data[pos] if pos < n else 0xFF
+        if first < 0x18:  # a small unsigned integer key, one byte (the commonest by far)
+            key: Any = first
+            pos += 1
+            if prev_len:  # one byte sorts after a longer key never, after a byte if greater
+                if prev_len > 1 or first <= data[prev_start]:
+                    if prev_len == 1 and first == data[prev_start]:
+                        raise DecodeError("duplicate key in a map")
+                    raise DecodeError("map keys are not in canonical order")
+            prev_start, prev_len = key_start, 1
+        else:
+            key, pos = _item(data, pos, inner)
+            if not isinstance(key, int | str) or isinstance(key, bool):
+                raise DecodeError("map keys must be integers or text")
+            size = pos - key_start
+            if prev_len and size <= prev_len:
+                if size < prev_len:
+                    raise DecodeError("map keys are not in canonical order")
+                encoded = data[key_start:pos]
+                before = data[prev_start : prev_start + prev_len]
+                if encoded <= before:
+                    if encoded == before:
+                        raise DecodeError("duplicate key in a map")
+                    raise DecodeError("map keys are not in canonical order")
+            prev_start, prev_len = key_start, size
+        if pos < n:
+            first = data[pos]
+            if first < 0x18:  # a small unsigned integer value
+                result[key] = first
+                pos += 1
+                continue
+            if 0x40 <= first <= 0x58:  # a byte string of under 256 bytes
+                result[key], pos = _short_bytes(data, pos, first, n)
+                continue
+        value, pos = _item(data, pos, inner)
+        result[key] = value
+    return result, pos
+
+
+def _short_bytes(data: bytes, pos: int, first: int, n: int) -> tuple[bytes, int]:
+    """A byte string whose head is ``first``, 0x40 to 0x58 (under 256 bytes): what
+    :func:`_item` does for it, with the same checks in the same order."""
+    pos += 1
+    if first == 0x58:
+        if pos >= n:
+            raise DecodeError(_TRUNCATED)
+        size = data[pos]
+        pos += 1
+        if size < 24:
+            raise DecodeError(_NOT_SHORTEST)
+    else:
+        size = first - 0x40
+    end = pos + size
+    if end > n:
+        raise DecodeError(_TRUNCATED)
+    return data[pos:end], end

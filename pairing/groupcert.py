@@ -5,7 +5,7 @@ to verify other public key certificates").
 
 Sans-I/O: no socket, no clock (``now`` is passed in), no randomness.
 
-**Issuing** (``pairkit ttp enroll --cert``).  On a key-server connection, after the device has
+**Issuing** (``pairkit ttp enrol --cert``).  On a key-server connection, after the device has
 proved its identity key (:mod:`pairing.ttp`, :class:`~pairing.ttp.TtpProof`), it sends
 :class:`CertRequest` (type 112) in place of another request: its Ed25519 signing key and a proof
 that it holds it, an Ed25519 signature over::

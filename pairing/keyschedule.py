@@ -69,6 +69,8 @@ CPNS_KEK = b"pairkit/1 cpns kek"
 CPNS_KEY = b"pairkit/1 cpns key"
 CPNS_PREASSIGNED = b"pairkit/1 cpns preassigned"
 CPNS_LINK = b"pairkit/1 cpns link"
+CPNS_PIN_LINK = b"pairkit/1 cpns pin link"
+CPNS_PIN_CI = b"pairkit/1 cpns pin"
 
 #: docs/hello.md: the tag key of a cloud (from the cloud secret), the tag's MAC under it (the
 #: same bytes as HELLO, keyed: the two never meet), and the private hello's body padding

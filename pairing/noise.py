@@ -321,14 +321,15 @@ class CipherState:
             key = _require_bytes(key, "cipher key")
             if len(key) != 32:
                 raise ConfigError("a Noise cipher key must be 32 bytes")
-        # has_key() is whether there is an AEAD object; _k is kept only for the `key` property.
-        self._aead = None if key is None else self._aead_class(key)
+        # The AEAD object is made at the first encryption or decryption with this key: a
+        # handshake replaces its key at every MixKey, most of them never used (issue 13).
+        self._aead = None
         self._k = None if key is None else bytes(key)
         self._n = 0
 
     def has_key(self) -> bool:
         """HasKey() (§5.1)."""
-        return self._aead is not None
+        return self._k is not None
 
     def set_nonce(self, nonce: int) -> None:
         """SetNonce(nonce) (§5.1), for out-of-order transport messages (§11.4)."""
@@ -339,7 +340,7 @@ class CipherState:
     def _check_usable(self) -> None:
         if self._refusal is not None:
             raise ProtocolError(self._refusal)
-        if self._aead is not None and self._n >= MAX_NONCE:
+        if self._k is not None and self._n >= MAX_NONCE:
             raise NonceExhaustedError(
                 "this Noise cipher key has used all its nonces; run a new handshake"
             )
@@ -348,7 +349,7 @@ class CipherState:
         """EncryptWithAd(ad, plaintext) (§5.1): ``ENCRYPT(k, n++, ad, plaintext)``."""
         self._check_usable()
         plaintext = _require_bytes(plaintext, "plaintext")
-        if self._aead is None:
+        if self._k is None:
             if len(plaintext) > MAX_MESSAGE_LEN:
                 raise TooLargeError(f"a Noise message is at most {MAX_MESSAGE_LEN} bytes")
             return plaintext
@@ -357,7 +358,7 @@ class CipherState:
                 f"a Noise message is at most {MAX_MESSAGE_LEN} bytes, so a plaintext is at most "
                 f"{MAX_MESSAGE_LEN - TAG_LEN} bytes; split it"
             )
-        ciphertext = self._aead.encrypt(
+        ciphertext = self._cipher_object().encrypt(
             self._nonce(self._n), plaintext, _require_bytes(ad, "associated data")
         )
         self._n += 1
@@ -373,12 +374,12 @@ class CipherState:
         ciphertext = _require_bytes(ciphertext, "ciphertext")
         if len(ciphertext) > MAX_MESSAGE_LEN:
             raise TooLargeError(f"a Noise message is at most {MAX_MESSAGE_LEN} bytes")
-        if self._aead is None:
+        if self._k is None:
             return ciphertext
         if len(ciphertext) < TAG_LEN:
             raise AuthenticationError("a Noise message failed to authenticate (it is too short)")
         try:
-            plaintext = self._aead.decrypt(
+            plaintext = self._cipher_object().decrypt(
                 self._nonce(self._n), ciphertext, _require_bytes(ad, "associated data")
             )
         except InvalidTag:
@@ -395,11 +396,19 @@ class CipherState:
         """
         if self._refusal is not None:
             raise ProtocolError(self._refusal)
-        if self._aead is None:
+        if self._k is None:
             raise ProtocolError("cannot rekey a Noise cipher state that has no key")
-        new_key = self._aead.encrypt(self._nonce(MAX_NONCE), bytes(32), b"")[:32]
-        self._aead = self._aead_class(new_key)
+        new_key = self._cipher_object().encrypt(self._nonce(MAX_NONCE), bytes(32), b"")[:32]
+        self._aead = None
         self._k = new_key
+
+    def _cipher_object(self) -> ChaCha20Poly1305 | AESGCM:
+        """The AEAD for key ``k``, made at its first use."""
+        aead = self._aead
+        if aead is None:
+            assert self._k is not None
+            aead = self._aead = self._aead_class(self._k)
+        return aead
 
 
 # --------------------------------------------------------------------------------------------

@@ -300,7 +300,7 @@ class TtpClient(Machine):
         if len(cert) != 32:
             raise ConfigError("the server certificate digest must be 32 bytes")
         if not 0.1 <= step_timeout <= 600:
-            raise ConfigError("step_timeout must be between 0.1 and 600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 600 seconds")
         self.me = me
         self._cert = cert
         self._request = request
@@ -308,6 +308,9 @@ class TtpClient(Machine):
         self._timeout = step_timeout
         self._rng = rng
         self.result: wire.Message | None = None
+        #: the request has gone out (before it, a connection lost cost the server nothing and
+        #: the request can be made again on another)
+        self.asked = False
 
     def _on_start(self, now: float) -> None:
         """Send the hello."""
@@ -324,6 +327,7 @@ class TtpClient(Machine):
         )
         self._send(TtpProof(proof))
         self._send(self._request)
+        self.asked = True
         if self._expect is None:
             self._finish()
             return
@@ -367,7 +371,7 @@ class ServerConfig:
         if not 1 <= self.max_wait <= MAX_WAIT:
             raise ConfigError(f"max_wait must be between 1 and {MAX_WAIT} seconds")
         if not 0.1 <= self.step_timeout <= 600:
-            raise ConfigError("step_timeout must be between 0.1 and 600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 600 seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -535,7 +539,7 @@ class TtpLinkConfig:
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.step_timeout <= 3600:
-            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
         if not 1 <= self.wait <= MAX_WAIT:
             raise ConfigError(f"wait must be between 1 and {MAX_WAIT} seconds")
         if not 0 <= self.prekeys <= 16:

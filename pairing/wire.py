@@ -193,7 +193,13 @@ def _tuple_item(kind: Any) -> Any:
     return item
 
 
+#: values encoded as they are (an IntEnum's type is its own class, never one of these)
+_PLAIN: frozenset[type] = frozenset({bytes, str, int, bool})
+
+
 def _encode_value(kind: Any, value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     inner = _tuple_item(kind)
     if inner is not _NOT_A_TUPLE:
         return [_encode_value(inner, v) for v in value]
@@ -205,6 +211,11 @@ def _encode_value(kind: Any, value: Any) -> Any:
 
 
 def _decode_value(owner: str, f: _Field, kind: Any, raw: Any, top: bool = True) -> Any:
+    # ``where`` names the field in an error only; made once an error is certain (issue 13)
+    if kind is bytes and type(raw) is bytes:
+        if f.size is not None or f.max_len is not None:
+            _check_len(f"{owner}.{f.name}", f, len(raw), top)
+        return raw
     where = f"{owner}.{f.name}"
     inner = _tuple_item(kind)
     if inner is not _NOT_A_TUPLE and top:
@@ -254,8 +265,14 @@ def _check_len(where: str, f: _Field, n: int, top: bool) -> None:
         raise DecodeError(f"{where} has an item {n} long, over its limit of {f.max_len}")
 
 
+#: message class -> the keys of its fields
+_KNOWN_KEYS: dict[type, frozenset[int]] = {}
+
+
 def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...] = ()) -> Any:
-    known = {f.key for f in cls._FIELDS}
+    known = _KNOWN_KEYS.get(cls)
+    if known is None:
+        known = _KNOWN_KEYS[cls] = frozenset(f.key for f in cls._FIELDS)
     for key in body:
         if key not in known and key not in skip:
             raise DecodeError(f"{cls.__name__} has an unknown field {key!r}")

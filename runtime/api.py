@@ -281,7 +281,12 @@ class Host:
 
     async def accept(self, timeout: float | None = None) -> Session:
         """The next guest, paired, confirmed and stored.  :class:`PairingTimeout` if none
-        completes within ``timeout`` seconds (None: wait until one does)."""
+        completes within ``timeout`` seconds (None: wait until one does).
+
+        On BLE, a radio that goes away (a dongle unplugged) ends the wait with
+        ``pairkit.transports.base.ControllerLostError`` (code NOT_FOUND); open a new host once
+        the radio is back (``pairkit host`` does that itself: README "When the dongle is
+        unplugged")."""
         import asyncio
 
         side = self._ready()

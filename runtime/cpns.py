@@ -45,13 +45,17 @@ async def run_pne(
     listen: bool,
     delegate: Any = None,
     rng: Rng = os.urandom,
-) -> PnMembership:
+) -> PnMembership | None:
     """Take part in a PN setup on ``link``: start it (``listen=False``), or wait for the
-    gateway's notify.  The PNE's membership, or the error that kept it out."""
+    gateway's notify.  The PNE's membership; None when it declined the gateway's notify
+    (``config.join``, or its delegate's ``allow_pn_join`` answered no); or the error that kept
+    it out."""
     loop = asyncio.get_running_loop()
     machine = PneMachine(config, listen=listen, rng=rng)
     machine.start(loop.time())
     await drive(machine, link, delegate=delegate, idle=config.step_timeout)
+    if machine.declined:
+        return None
     assert machine.membership is not None
     return machine.membership
 
@@ -63,6 +67,11 @@ class PneLink:
     link: LinkLike
     #: the PNE's id when the PAN told it (needed for invited setups)
     pne_id: bytes | None = None
+    #: the message pipe on ``link`` when the caller already reads it (``pairkit pn gateway``
+    #: keeps using it after the setup: its transcript binds the setup into the link session)
+    pipe: MessagePipe | None = None
+    #: a first message the caller already read from the pipe (the PNE's setup request)
+    first: bytes | None = None
 
     @property
     def pan_secured(self) -> bool:
@@ -103,10 +112,13 @@ async def run_gateway(
                 return
             await inbox.put((port, data))
 
+    firsts: list[tuple[Hashable, bytes]] = []
     for port, pne in pnes.items():
         gw.attach(port, pne_id=pne.pne_id, pan_secured=pne.pan_secured)
-        pipes[port] = MessagePipe(pne.link)
+        pipes[port] = pne.pipe or MessagePipe(pne.link, guest=False)
         readers.append(asyncio.create_task(read(port, pipes[port])))
+        if pne.first is not None:
+            firsts.append((port, pne.first))
 
     async def open_server(first: bytes) -> ServerLink:
         c = await connect(server, ca_file, timeout=server_timeout)
@@ -141,6 +153,8 @@ async def run_gateway(
     try:
         if initiate is not None:
             gw.initiate(loop.time(), *initiate)
+        for port, data in firsts:
+            gw.receive(data, loop.time(), port=port)
         while True:
             await flush()
             for event in gw.events():

@@ -187,8 +187,8 @@ async def drive(
     loop = asyncio.get_running_loop()
     now = clock or loop.time
     # Reading ahead needs a pipe that outlives this run (a message read and not used is put
-    # back in it) over a link whose recv may be cancelled: the pairing pipeline's pipes.
-    # (A pipe that reads its own way, such as files.Records over a secure link, is read as
+    # back in it) over a link whose recv may be cancelled: the pairing pipeline's pipes and
+    # files.Records over a secure link.  (A pipe that overrides recv itself is read as
     # before: with nothing read ahead.)
     read_ahead = isinstance(link, MessagePipe) and type(link).recv is MessagePipe.recv
     pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)
@@ -206,6 +206,12 @@ async def drive(
 
     async def next_message(wait: float) -> bytes:
         nonlocal inbox
+        if inbox is None and wait > 0:
+            # No read under way (the common case): await it here, no task of its own.  A
+            # timeout cancels the read, which links and pipes allow (a partial message stays
+            # reassembling); a deadline already passed is left to the path below, as before.
+            async with asyncio.timeout(wait):
+                return await read()
         if inbox is None:
             inbox = asyncio.ensure_future(read())
         done, _ = await asyncio.wait({inbox}, timeout=wait)

@@ -261,7 +261,13 @@ async def _send_file(
 
 class Records(MessagePipe):
     """A secure link as the driver's pipe: its messages are whole already (the channel
-    fragments its records itself), and the driver's deadline is the only one."""
+    fragments its records itself), and the driver's deadline is the only one.
+
+    It reads ahead as the pairing pipes do (:func:`~pairkit.driver.drive`): while the owner
+    is asked "allow this file?", the guest's ``Abort`` (it cancelled) or the link closing
+    withdraws the question at once (issue 16).  A secure link's receive is cancel-safe (a
+    record is opened only once it has all come), and a message read ahead and not used is
+    put back (:meth:`unread`)."""
 
     def __init__(self, slink: SecureLink, *, send_timeout: float | None = None) -> None:
         super().__init__(slink.link)
@@ -271,8 +277,13 @@ class Records(MessagePipe):
     async def send(self, message: bytes) -> None:
         await self._slink.send(message, self._send_timeout)
 
-    async def recv(self) -> bytes:
+    async def recv_unabsorbed(self) -> bytes:
+        if self._unread:
+            return self._unread.pop(0)
         return await self._slink.recv(NO_TIMEOUT)
+
+    def absorb(self, message: bytes) -> None:
+        """Nothing to count: the secure channel binds its records itself."""
 
 
 #: the secure link's own receive deadline, switched off (the driver's machine sets one)

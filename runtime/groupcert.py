@@ -1,4 +1,4 @@
-"""A device certificate from the key server (``pairkit ttp enroll --cert``), and the CA a device
+"""A device certificate from the key server (``pairkit ttp enrol --cert``), and the CA a device
 checks certificates against (issue 14; pairing/groupcert.py specifies both)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .ttp import DEFAULT_TIMEOUT, connect, from_server
 #: with, which it checks other devices' certificates against
 SETTING_CERT = "ttp.cert"
 SETTING_CA_DER = "ttp.ca_der"
-SETTING_CA_PATH = "ttp.ca"  # written by 'pairkit ttp enroll' (cli/ttp_cli.py)
+SETTING_CA_PATH = "ttp.ca"  # written by 'pairkit ttp enrol' (cli/ttp_cli.py)
 
 
 async def request_cert(

@@ -69,6 +69,7 @@ from .pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
+    ErrorCode,
     LinkClosedError,
     NotFoundError,
     PairingError,
@@ -256,7 +257,7 @@ def _own_checked_cert(ks: Keystore, clock: Clock) -> bytes:
     cert, ca = own_cert(ks), trusted_ca(ks)
     if cert is None or ca is None:
         raise ConfigError(
-            "this device has no certificate from a key server: run 'pairkit ttp enroll "
+            "this device has no certificate from a key server: run 'pairkit ttp enrol "
             "--server HOST:PORT --ca ca.pem --cert' first"
         )
     try:
@@ -334,6 +335,10 @@ class Reach:
 SessionWork = Callable[[SecureLink], Awaitable[Any]]
 
 
+#: pauses before a session is asked for again of a peer that said "busy"
+BUSY_PAUSES = (0.2, 0.5, 1.0)
+
+
 async def with_peer(
     ks: Keystore,
     reach: Reach,
@@ -373,9 +378,20 @@ async def with_peer(
     opened = existing is None
     link_transport = await open_transport(spec) if opened else existing
     try:
-        link = await link_transport.connect(address, timeout=reach.connect_timeout)
+        for pause in (*BUSY_PAUSES, None):
+            link = await link_transport.connect(address, timeout=reach.connect_timeout)
+            try:
+                done = await open_session(link, side, delegate=_Quiet(), clock=reach.clock)
+                break
+            except PairingError as exc:
+                # A peer serving as many sessions as it can says "busy" before anything is
+                # asked (runtime/admission.py): nothing was done, so try again in a moment.
+                with contextlib.suppress(Exception):
+                    await link.close()
+                if exc.code != ErrorCode.BUSY or pause is None:
+                    raise
+            await asyncio.sleep(pause)
         try:
-            done = await open_session(link, side, delegate=_Quiet(), clock=reach.clock)
             result = await work(done.channel)
             with contextlib.suppress(PairingError, OSError):
                 await done.channel.send(Bye().encode())
@@ -497,7 +513,7 @@ def create_group(
 
     ``trust`` says how members come to believe this controller: ``paired`` (they paired with
     it) or ``ca`` (its device certificate from the key server's CA travels in every envelope:
-    this device must have enrolled with ``pairkit ttp enroll --cert``)."""
+    this device must have enrolled with ``pairkit ttp enrol --cert``)."""
     check_group_name(name)
     if trust not in TRUSTS:
         raise ConfigError(f"--trust is one of {', '.join(TRUSTS)}, not {trust!r}")

@@ -49,11 +49,17 @@ def _known(p: Peer) -> KnownPeer:
     )
 
 
+def _by_id(ks: Keystore, device_id: bytes) -> Peer:
+    """The stored peer with exactly this device id (never one merely *named* like it)."""
+    record = ks.peer_by_id(device_id.hex())
+    if record is None:
+        raise NotFoundError(f"no known peer {device_id.hex()!r}; `pairkit peers` lists them")
+    return record
+
+
 def known_peer(ks: Keystore, device_id: bytes) -> KnownPeer | None:
-    try:
-        return _known(ks.get_peer(device_id.hex()))
-    except NotFoundError:
-        return None
+    record = ks.peer_by_id(device_id.hex())
+    return None if record is None else _known(record)
 
 
 def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:
@@ -65,7 +71,7 @@ def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:
 
 def peer_contact(ks: Keystore, peer: KnownPeer) -> tuple[str | None, str | None]:
     """(transport spec, address) where the peer was last reached."""
-    record = ks.get_peer(peer.device_id.hex())
+    record = _by_id(ks, peer.device_id)
     spec = record.extra.get("transport")
     address = record.extra.get("address")
     return (
@@ -95,10 +101,7 @@ def save_session(
     """
     device_id = session.peer.device_id.hex()
     with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
-        try:
-            old_record: Peer | None = ks.get_peer(device_id)
-        except NotFoundError:
-            old_record = None
+        old_record = ks.peer_by_id(device_id)
         old = _known(old_record) if old_record is not None else None
         updated = session.updated_peer(old)
         now = time.time() if wall_now is None else wall_now
@@ -137,9 +140,8 @@ def save_session(
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
     """The still valid grant this host's owner gave a known device (no prompt when it comes
     back).  Only ``granted`` counts: what the device granted us is never read as its grant."""
-    try:
-        record = ks.get_peer(device_id.hex())
-    except NotFoundError:
+    record = ks.peer_by_id(device_id.hex())
+    if record is None:
         return None
     role = record.extra.get("granted")
     if role == "member":
@@ -164,9 +166,8 @@ def consume_our_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> bool:
     (docs/security.md, rule 4).  False when the keystore no longer holds it (used already,
     perhaps by another host process on this device)."""
     with ks.update():  # reloads under the file lock, saves before returning
-        try:
-            record = ks.get_peer(device_id.hex())
-        except NotFoundError:
+        record = ks.peer_by_id(device_id.hex())
+        if record is None:
             return False
         kept = [r for r in record.our_prekeys
                 if not (isinstance(r, tuple | list) and len(r) == 2 and bytes(r[0]) == digest)]
@@ -195,7 +196,7 @@ def trusted(record: Peer) -> bool:
 def drop_their_prekey(ks: Keystore, device_id: bytes, digest: bytes) -> None:
     """Forget a prekey digest the peer refused as stale."""
     with ks.update():
-        record = ks.get_peer(device_id.hex())
+        record = _by_id(ks, device_id)
         kept = [d for d in record.their_prekeys if d != digest]
         ks.add_peer(_replace(record, their_prekeys=kept))
 
@@ -218,6 +219,7 @@ def peer_rows(ks: Keystore) -> list[dict[str, Any]]:
             "granted": p.extra.get("granted"),
             "granted_expires": p.extra.get("granted_expires"),
             "standing": p.extra.get("standing"),
+            "standing_expires": p.extra.get("standing_expires"),
             "prekeys": len(p.their_prekeys),
             "last_seen": p.last_seen,
             "transport": p.extra.get("transport"),

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .pairing import keyschedule
-from .pairing.errors import DecodeError, KeystoreError
+from .pairing.errors import DecodeError, KeystoreError, PairingError
 from .pairing.hello import (
     EPOCH_SECONDS,
     Hello,
@@ -186,14 +186,86 @@ class Presence:
                 await rotate()
         await self.transport.start_advertising(self.payload())
 
+    async def pause(self) -> None:
+        """The radio went away (:func:`regain_radio`): stop rotating; nothing is on air."""
+        if self._task is not None:
+            task, self._task = self._task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task  # a rotation may have failed on the lost radio: said by the caller
+
+    async def resume(self) -> None:
+        """The radio is back (its transport reopened, with a fresh address): advertise a fresh
+        hello from it and rotate as before; the visibility window goes on as it was."""
+        await self.pause()
+        if not self.can_broadcast:
+            return
+        await self.transport.start_advertising(self.payload())
+        self._task = asyncio.create_task(self._run())
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         if self.can_broadcast:
             with contextlib.suppress(Exception):
                 await self.transport.stop_advertising()
+
+
+#: pauses between attempts to reopen a lost radio: 1, 2, 4 ... s, at most 30 s
+RADIO_RETRY_FIRST = 1.0
+RADIO_RETRY_MAX = 30.0
+
+
+def radio_retry_pause(attempt: int) -> float:
+    """The pause before reopening attempt ``attempt`` (1, 2, ...): doubling, capped."""
+    return min(RADIO_RETRY_MAX, RADIO_RETRY_FIRST * 2.0 ** max(0, attempt - 1))
+
+
+async def regain_radio(
+    transport: Any,
+    lost: PairingError,
+    *,
+    retries: int | None,
+    say: Callable[[str], None],
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> None:
+    """Reopen a transport whose radio was lost (``lost``: the transports.base
+    ControllerLostError it raised), with pauses of :func:`radio_retry_pause` between
+    attempts; ``say`` gets one line on the loss and one per failed attempt.
+
+    ``retries``: attempts before giving up (None: until it comes back; 0: give up at once).
+    Giving up raises ``lost``'s class (code NOT_FOUND: the radio is not there) saying so.
+    A transport that cannot reopen (no ``reopen``) gives up at once.
+    """
+    what = getattr(transport, "lost", None) or str(lost)
+    reopen = getattr(transport, "reopen", None)
+    if reopen is None or retries == 0:
+        why = "not retrying (--radio-retries 0)" if reopen is not None else "it cannot be reopened"
+        raise type(lost)(f"{what}; {why}") from None
+    attempt = 1
+    pause = radio_retry_pause(attempt)
+    say(f"{what}; retrying in {pause:g} s")
+    said = ""
+    while True:
+        await sleep(pause)
+        try:
+            await reopen()
+            return
+        except PairingError as exc:  # still not there (or not answering yet)
+            if retries is not None and attempt >= retries:
+                raise type(lost)(
+                    f"{what}, and did not come back after {attempt} attempt(s): {exc}"
+                ) from None
+            attempt += 1
+            pause = radio_retry_pause(attempt)
+            # A line when the reason changes, else after attempts 2, 4, 8 ...: a host left
+            # without its dongle for a day does not fill the journal.
+            if str(exc) != said or attempt & (attempt - 1) == 0:
+                said = str(exc)
+                say(f"the Bluetooth controller is not back yet ({exc}); attempt {attempt} "
+                    f"in {pause:g} s")
 
 
 @dataclasses.dataclass

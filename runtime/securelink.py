@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 from .driver import LinkLike
 from .pairing import framing, keyschedule
@@ -23,17 +24,22 @@ from .pairing.crypto import same
 from .pairing.errors import AuthenticationError, LinkClosedError, PairingError, PairingTimeout
 from .pairing.methods import Session
 
+if TYPE_CHECKING:
+    from .pairing.cpns import LinkSession
+
 READY = keyschedule.READY
 DEFAULT_TIMEOUT = 30.0
 
 
 class SecureLink:
-    """Whole messages over a secure channel on ``link``."""
+    """Whole messages over a secure channel on ``link``, keyed by a pairing's
+    :class:`~pairing.methods.Session` or a CPNS link session (:class:`~pairing.cpns.LinkSession`,
+    the PNE-gateway link of a personal network)."""
 
     def __init__(
         self,
         link: LinkLike,
-        session: Session,
+        session: Session | LinkSession,
         *,
         rekey_after: int = 2**20,
         max_record: int = 64 * 1024,

@@ -516,6 +516,7 @@ async def accept_loop(
         return None
 
     accept: asyncio.Future[Any] | None = None
+    stopper: asyncio.Future[Any] | None = None
     try:
         while not stop.is_set():
             accept = asyncio.ensure_future(listener.accept())
@@ -557,6 +558,8 @@ async def accept_loop(
                     continue  # that link only asked who this host is: wait for a guest
                 break
     finally:
+        if stopper is not None:
+            stopper.cancel()  # cancelled while waiting: no task left pending (issue 13's bench)
         if accept is not None:
             accept.cancel()
             with contextlib.suppress(BaseException):

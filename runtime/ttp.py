@@ -109,6 +109,17 @@ class ServerLink:
             await asyncio.wait_for(self.link.close(), 3)
 
 
+class _TurnedAway(TransportError):
+    """The key server closed the connection before this device proved who it is: busy, or
+    making room for others behind the same address (it evicts unauthenticated connections)."""
+
+
+#: how many times a request is made when the server turns the connection away before anything
+#: was asked (issue 17, finding 12: a device behind the same NAT as a flood), and the pauses
+_RETRY_PAUSES = (0.25, 0.5)
+CALL_ATTEMPTS = len(_RETRY_PAUSES) + 1
+
+
 async def connect(
     server: str, ca_file: str | Path, *, timeout: float = DEFAULT_TIMEOUT
 ) -> ServerLink:
@@ -138,7 +149,7 @@ async def connect(
         raise PairingTimeout(f"the key server at {where} did not answer within {timeout:g} s")\
             from None
     except ssl.SSLError as exc:
-        raise TransportError(
+        raise _TurnedAway(
             f"TLS with the key server at {where} failed ({exc.reason or exc}); it may be busy "
             "or limiting this address, or not a pairkit key server"
         ) from None
@@ -146,6 +157,7 @@ async def connect(
         reason = exc.strerror or str(exc) or type(exc).__name__
         if isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionRefusedError):
             reason = "the server closed the connection (busy, or limiting this address?)"
+            raise _TurnedAway(f"cannot reach the key server at {where}: {reason}") from None
         raise TransportError(f"cannot reach the key server at {where}: {reason}") from None
     ssl_object = writer.get_extra_info("ssl_object")
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -186,7 +198,33 @@ async def call(
     timeout: float = DEFAULT_TIMEOUT,
     rng: Rng = os.urandom,
 ) -> Any:
-    """One request to the key server: connect, prove the identity key, ask, answer."""
+    """One request to the key server: connect, prove the identity key, ask, answer.
+
+    A connection the server closes before the request went out (it evicts unauthenticated
+    connections to make room, and a flood behind this device's own address makes it evict
+    ours) is opened again, :data:`CALL_ATTEMPTS` times in all: nothing was asked, so nothing
+    is asked twice."""
+    for pause in (*_RETRY_PAUSES, None):
+        try:
+            return await _call_once(server, ca_file, me, request, expect, timeout=timeout,
+                                    rng=rng)
+        except _TurnedAway:
+            if pause is None:
+                raise
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _call_once(
+    server: str,
+    ca_file: str | Path,
+    me: LocalIdentity,
+    request: wire.Message,
+    expect: type[wire.Message],
+    *,
+    timeout: float,
+    rng: Rng,
+) -> Any:
     conn = await connect(server, ca_file, timeout=timeout)
     try:
         loop = asyncio.get_running_loop()
@@ -198,6 +236,13 @@ async def call(
             await drive(client, conn.pipe, idle=timeout)
         except RemoteError as exc:
             raise from_server(exc) from None
+        except LinkClosedError as exc:
+            if not client.asked:  # closed before our request went out
+                raise _TurnedAway(
+                    f"the key server at {conn.address} closed the connection before it asked "
+                    "who this device is (busy, or limiting this address?)"
+                ) from exc
+            raise
         return client.result
     finally:
         await conn.close()

@@ -339,3 +339,48 @@ async def radio_process(ports: int = 2) -> AsyncIterator[list[str]]:
             proc.kill()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 5)
+
+
+class RadioProcess:
+    """``pairkit radio`` in its own process that a test can kill (``kill -9``: every dongle
+    pulled out at once) and start again on the same TCP ports (the dongles are back; in
+    another order, each port comes back as another controller)."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ports: list[int] = []
+
+    @property
+    def names(self) -> list[str]:
+        """Each port's transport name, ``bumble:tcp-client:127.0.0.1:PORT``."""
+        return [f"bumble:tcp-client:127.0.0.1:{port}" for port in self.ports]
+
+    async def start(self, ports: list[int] | None = None) -> list[str]:
+        """Start on ``ports`` (default: two the OS picks, the first time; the same ones after);
+        the transport names, in the order of :attr:`ports`."""
+        asked = ports if ports is not None else (self.ports or [0, 0])
+        self.proc = await asyncio.create_subprocess_exec(
+            *PAIRKIT_CMD, "radio", "--ports", *map(str, asked),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=cli_env(None, pin=None),
+        )
+        assert self.proc.stdout is not None
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), 20)).decode().strip()
+        assert line.startswith("radio: "), f"the radio said {line!r}"
+        bound = [int(n.rsplit(":", 1)[1]) for n in line.removeprefix("radio: ").split()]
+        if not self.ports:
+            self.ports = bound
+        return [f"bumble:tcp-client:127.0.0.1:{port}" for port in bound]
+
+    async def kill(self) -> None:
+        """``kill -9``: no goodbye to anyone."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await asyncio.wait_for(self.proc.wait(), 10)
+
+    async def __aenter__(self) -> RadioProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.kill()

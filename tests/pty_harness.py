@@ -17,7 +17,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.cli_helpers import PAIRKIT_CMD, ROOT, assert_no_traceback, cli_env
+from tests.cli_helpers import KEYSTORE_PIN, PAIRKIT_CMD, ROOT, assert_no_traceback, cli_env
 
 #: how long to wait for something to appear on a terminal, or a process to end
 WAIT = 20.0
@@ -26,9 +26,10 @@ WAIT = 20.0
 class PtyProcess:
     """One ``pairkit`` command on its own terminal: stdin, stdout and stderr are the pty."""
 
-    def __init__(self, home: Path, *args: str) -> None:
+    def __init__(self, home: Path, *args: str, pin: str | None = KEYSTORE_PIN) -> None:
+        """``pin``: the keystore PIN in PAIRKIT_PIN (None: none, so pairkit asks for it)."""
         self.args = args
-        env = cli_env(home)
+        env = cli_env(home, pin=pin)
         env["TERM"] = "xterm"
         pid, fd = pty.fork()
         if pid == 0:  # the child: become pairkit

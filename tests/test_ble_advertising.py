@@ -170,9 +170,12 @@ def test_policy_keys_reach_the_bumble_transport_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["advertise_slow_ms = 0", "advertise_fast_seconds = -1", 'advertise_fast_ms = "x"']
+    "line", ["advertise_slow_ms = 0", "advertise_fast_seconds = -1", 'advertise_fast_ms = "x"',
+             "advertise_fast_ms = 5", "advertise_slow_ms = 20000",
+             "advertise_fast_ms = 500\nadvertise_slow_ms = 100"]
 )
 def test_bad_policy_values_are_refused(tmp_path: Path, line: str) -> None:
     (tmp_path / "config.toml").write_text(f"[host]\n{line}\n")
-    with pytest.raises(ConfigError, match="advertise_"):
+    with pytest.raises(ConfigError, match="advertise_") as caught:
         load_policy(tmp_path / "keystore")
+    assert "_interval_" not in str(caught.value)  # the file's words, not the radio's fields

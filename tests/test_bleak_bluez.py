@@ -149,6 +149,11 @@ async def test_a_clear_join_leaves_no_entry(opened: list[Any]) -> None:
     assert bluez.removed == []  # not while the link is in use
     await guest_link.close()
     assert bluez.removed == [(host.address, False)]  # once, after the disconnection
+    # The entry is gone: the next join hears the host again, pairs, and is cleaned up too.
+    again, _ = await join(host, guest)
+    await asyncio.wait_for(again.encrypt(), 10)
+    await again.close()
+    assert bluez.removed == [(host.address, False)] * 2
 
 
 async def test_a_join_without_link_pairing_removes_nothing(opened: list[Any]) -> None:

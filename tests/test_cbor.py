@@ -275,3 +275,159 @@ def test_very_deep_nesting_is_a_decode_error_not_a_recursion_error() -> None:
         cbor.decode(b"\x81" * 100_000 + b"\x00", max_size=BIG)
     with pytest.raises(DecodeError):
         cbor.decode(b"\x9f" * 1000, max_size=BIG)
+
+
+# -- the fast decoder against the plain one it replaced (issue 13) -----------------------------
+#
+# pairing/cbor.py reads common items inline for speed.  This is the plain decoder it replaced,
+# one item per call, kept here as the reference: on every input both must give the same value,
+# or refuse with the same reason.
+
+
+def _ref_head(data: bytes, pos: int) -> tuple[int, int, int, int]:
+    if pos >= len(data):
+        raise DecodeError("message truncated")
+    initial = data[pos]
+    major, info = initial >> 5, initial & 0x1F
+    pos += 1
+    if info < 24:
+        return major, info, info, pos
+    if info > 27:
+        what = "indefinite lengths are not allowed" if info == 31 else "reserved encoding"
+        raise DecodeError(f"malformed CBOR: {what}")
+    size = 1 << (info - 24)
+    if pos + size > len(data):
+        raise DecodeError("message truncated")
+    arg = int.from_bytes(data[pos : pos + size], "big")
+    if major != 7:
+        smallest = 0 if info == 24 else 1 << (8 * (size // 2))
+        if (info == 24 and arg < 24) or (info > 24 and arg < smallest):
+            raise DecodeError("malformed CBOR: an integer or length is not in its shortest form")
+    return major, info, arg, pos + size
+
+
+def _ref_item(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
+    if depth > cbor.MAX_DEPTH:
+        raise DecodeError("message nested too deeply")
+    major, info, arg, pos = _ref_head(data, pos)
+    if major == 0:
+        return arg, pos
+    if major == 1:
+        return -1 - arg, pos
+    if major in (2, 3):
+        end = pos + arg
+        if end > len(data):
+            raise DecodeError("message truncated")
+        raw = data[pos:end]
+        if major == 2:
+            return raw, end
+        try:
+            return raw.decode("utf-8"), end
+        except UnicodeDecodeError:
+            raise DecodeError("a text field is not valid UTF-8") from None
+    if major == 4:
+        if arg > len(data) - pos:
+            raise DecodeError("message truncated")
+        items = []
+        for _ in range(arg):
+            value, pos = _ref_item(data, pos, depth + 1)
+            items.append(value)
+        return items, pos
+    if major == 5:
+        if arg > (len(data) - pos) // 2:
+            raise DecodeError("message truncated")
+        result: dict[Any, Any] = {}
+        previous: tuple[int, bytes] | None = None
+        for _ in range(arg):
+            key_start = pos
+            key, pos = _ref_item(data, pos, depth + 1)
+            encoded_key = (pos - key_start, data[key_start:pos])
+            if not isinstance(key, int | str) or isinstance(key, bool):
+                raise DecodeError("map keys must be integers or text")
+            if previous is not None and encoded_key <= previous:
+                if encoded_key == previous:
+                    raise DecodeError("duplicate key in a map")
+                raise DecodeError("map keys are not in canonical order")
+            previous = encoded_key
+            value, pos = _ref_item(data, pos, depth + 1)
+            result[key] = value
+        return result, pos
+    if major == 6:
+        raise DecodeError("CBOR tags are not allowed")
+    if info >= 24 or arg not in (20, 21, 22):
+        raise DecodeError("floats and unknown simple values are not allowed")
+    return {20: False, 21: True, 22: None}[arg], pos
+
+
+def _outcome(decode: Any, data: bytes) -> tuple[str, Any]:
+    try:
+        return "value", decode(data)
+    except DecodeError as exc:
+        return "refused", str(exc)
+
+
+def _reference(data: bytes) -> Any:
+    if not data:
+        raise DecodeError("empty message")
+    value, pos = _ref_item(data, 0, 0)
+    if pos != len(data):
+        raise DecodeError(f"{len(data) - pos} unexpected bytes after the message")
+    return value
+
+
+def _same(data: bytes) -> None:
+    fast = _outcome(lambda d: cbor.decode(d, max_size=BIG), data)
+    plain = _outcome(_reference, data)
+    assert fast[0] == plain[0], (data.hex(), fast, plain)
+    if fast[0] == "value":
+        assert strict_equal(fast[1], plain[1]), data.hex()
+    else:
+        assert fast[1] == plain[1], data.hex()
+
+
+# Bytes drawn mostly from heads the fast paths read inline (small integers, short byte
+# strings, 0x58 lengths, arrays and maps), so that they are exercised at every position.
+_HEADS = st.one_of(
+    st.integers(0, 255),
+    st.sampled_from([0x00, 0x17, 0x18, 0x40, 0x41, 0x50, 0x57, 0x58, 0x59, 0x61, 0x80, 0x81,
+                     0x82, 0x88, 0xA0, 0xA1, 0xA2, 0xA5, 0xF4, 0xF5, 0xF6, 0xF7]),
+)
+
+
+@given(st.lists(_HEADS, max_size=60).map(bytes))
+@settings(max_examples=3000)
+def test_fast_decoder_agrees_with_the_plain_one_on_any_bytes(data: bytes) -> None:
+    _same(data)
+
+
+@given(values, st.data())
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_fast_decoder_agrees_on_mutated_encodings(value: Any, data: st.DataObject) -> None:
+    encoded = bytearray(cbor.encode(value))
+    _same(bytes(encoded))
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(min_value=0, max_value=len(encoded)))
+        op = data.draw(st.sampled_from(["set", "insert", "delete", "cut"]))
+        if op == "set" and pos < len(encoded):
+            encoded[pos] = data.draw(_HEADS)
+        elif op == "insert":
+            encoded.insert(pos, data.draw(_HEADS))
+        elif op == "delete" and pos < len(encoded):
+            del encoded[pos]
+        else:
+            del encoded[pos:]
+        _same(bytes(encoded))
+
+
+def test_fast_decoder_agrees_on_every_refusal_and_its_nestings() -> None:
+    for inner, _reason in REFUSALS.values():
+        _same(inner)
+        for wrapped in (head(4, 1) + inner, head(4, 2) + b"\x01" + inner,
+                        raw_map([(enc(1), inner)]), raw_map([(enc(1), b"\x41a"), (inner, b"\x00")]),
+                        raw_map([(inner, b"\x00")])):
+            _same(wrapped)
+    for depth in (cbor.MAX_DEPTH - 1, cbor.MAX_DEPTH, cbor.MAX_DEPTH + 1):
+        for leaf in (b"\x00", b"\x41a", b"\x58\x18" + b"x" * 24, b"\x58\x17", b"\x58", b"\x80"):
+            _same(b"\x81" * depth + leaf)
+            _same(b"\xa1\x01" * depth + leaf)
+            _same(b"\x82\x00" + b"\x81" * depth + leaf)

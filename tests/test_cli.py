@@ -183,7 +183,8 @@ async def test_init_with_pin_file_and_keystore_pin_errors(tmp_path: Path) -> Non
 async def test_whoami_json(lab: Lab) -> None:
     paul = lab.device("paul")
     data, text = await asyncio.gather(paul.whoami(), paul.run("whoami"))
-    assert set(data) == {"ok", "id", "name", "fingerprint", "keystore"}
+    assert set(data) == {"ok", "id", "name", "fingerprint", "keystore", "transport",
+                         "transport_from"}
     assert data["ok"] is True and data["name"] == "Paul's phone"
     assert re.fullmatch(r"[0-9a-f]{32}", data["id"])
     assert re.fullmatch(r"[0-9a-f]{4}(-[0-9a-f]{4}){15}", data["fingerprint"])

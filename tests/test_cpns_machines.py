@@ -128,35 +128,69 @@ def test_gateway_setup_arguments_are_checked() -> None:
 
 
 @pytest.mark.parametrize(
-    ("caps", "secured", "source"),
+    ("caps", "claims", "gw_sees", "source", "session"),
     [
-        (PneCaps.UI, False, KeySource.LOCAL_EUKEY),
-        (PneCaps.NONE, False, KeySource.PREASSIGNED),
-        (PneCaps.UI, True, KeySource.PAN),
-        (PneCaps.NONE, True, KeySource.PAN),
+        (PneCaps.UI, False, False, KeySource.LOCAL_EUKEY, True),
+        (PneCaps.NONE, False, False, KeySource.PREASSIGNED, True),
+        # R01: the LocalEUKey is assigned regardless of the PAN's security ...
+        (PneCaps.UI, True, True, KeySource.LOCAL_EUKEY, False),
+        (PneCaps.NONE, True, True, KeySource.PREASSIGNED, False),
+        # ... and the session is left off only when both ends say the PAN secures the link
+        (PneCaps.UI, True, False, KeySource.LOCAL_EUKEY, True),
+        (PneCaps.UI, False, True, KeySource.LOCAL_EUKEY, True),
+        (PneCaps.NONE, True, False, KeySource.PREASSIGNED, True),
     ],
+    ids=["ui-open", "noui-open", "ui-secured", "noui-secured", "ui-only-pne-claims",
+         "ui-only-gw-sees", "noui-only-pne-claims"],
 )
-def test_link_key_criteria(caps: PneCaps, secured: bool, source: KeySource) -> None:
-    world, eukeys, ids = make_world(n=1, caps=(caps,), pan_secured=(0,) if secured else ())
+def test_link_key_criteria(
+    caps: PneCaps, claims: bool, gw_sees: bool, source: KeySource, session: bool
+) -> None:
+    world, eukeys, ids = make_world(
+        n=1, caps=(caps,), pne_claims=(0,) if claims else (), link_secured=(0,) if gw_sees else ()
+    )
     run_cpns_machines(world, start=start_initiator(0))
     membership = world.pnes[0].membership
     (member,) = world.gw.inventory.members
     assert membership.key_source is member.key_source is source
     request = world.stored[0].members[0]
     assert (request.local_key is not None) == (source is KeySource.LOCAL_EUKEY)
-    if source is KeySource.PAN:
-        # The PAN secures the link: no key, no session of ours on top of it.
-        assert membership.session is None and member.session is None
-        assert membership.link_key is None
-    else:
-        assert membership.link_key == member.link_key
+    # Every member holds the link key (it reconnects with it later), whatever the PAN.
+    assert membership.link_key == member.link_key is not None
+    if source is KeySource.PREASSIGNED:
+        assert membership.link_key == preassigned_key(eukeys[ids[0]])
+    if session:
         assert membership.session.fingerprint == member.session.fingerprint
         assert membership.session.send_key == member.session.recv_key
         assert membership.session.recv_key == member.session.send_key
-    if source is KeySource.PREASSIGNED:
-        assert membership.link_key == preassigned_key(eukeys[ids[0]])
-    assert world.pnes[0].local_key_request == wants_local_key(caps | (
-        PneCaps.PAN_SECURED if secured else PneCaps.NONE))
+    else:
+        assert membership.session is None and member.session is None
+    assert world.pnes[0].local_key_request == wants_local_key(caps) == bool(caps & PneCaps.UI)
+
+
+def test_a_gateway_that_drops_the_session_on_an_open_pan_is_refused() -> None:
+    def strip(src, dst, msg):
+        if isinstance(msg, PnEstablishmentNotify) and msg.ok:
+            return dataclasses.replace(msg, nonce=None)
+        return None
+
+    world, _, _ = make_world(n=1, link_secured=(0,), pne_claims=())
+    run_cpns_machines(world, start=start_initiator(0), tamper=strip)
+    assert isinstance(world.errors[0], ProtocolError)
+    assert "no secure session" in str(world.errors[0])
+    assert world.pnes[0].membership is None
+
+
+def test_a_server_offering_no_link_key_is_refused_by_the_pne() -> None:
+    def pan(src, dst, msg):
+        if isinstance(msg, PnEstablishmentNotify) and msg.ok:
+            return dataclasses.replace(msg, key_source=KeySource.PAN)
+        return None
+
+    world, _, _ = make_world(n=1, pan_secured=(0,))
+    run_cpns_machines(world, start=start_initiator(0), tamper=pan)
+    assert isinstance(world.errors[0], AuthenticationError)  # hash_server covers the source
+    assert world.pnes[0].membership is None
 
 
 def test_a_flag_against_the_criteria_drops_the_pne() -> None:

@@ -142,9 +142,12 @@ async def test_criteria_over_real_links(tmp_path: Path) -> None:
         _inventory, results = await _run(
             s, initiator=None, caps={1: PneCaps.NONE}, secured=(2,),
         )
+        # R01: a LocalEUKey whenever the PNE has UI, the PAN secured or not; a session only
+        # where the PAN does not secure the link (the link says so, and the PNE)
         sources = [r.key_source for r in results]
-        assert sources == [KeySource.LOCAL_EUKEY, KeySource.PREASSIGNED, KeySource.PAN]
+        assert sources == [KeySource.LOCAL_EUKEY, KeySource.PREASSIGNED, KeySource.LOCAL_EUKEY]
         assert [r.session is not None for r in results] == [True, True, False]
+        assert all(r.link_key is not None for r in results)
 
 
 @pytest.mark.parametrize("target", [0, 1])
@@ -210,7 +213,9 @@ async def test_cpns_demo_with_a_server_process() -> None:
     assert first["failed"][0]["name"] == "Paul's scale"
     assert second["flow"] == "gateway-initiated" and second["setup"] == "invited"
     assert {m["name"]: m["key_source"] for m in second["members"]} == {
-        "Paul's watch": "pan", "Paul's scale": "preassigned"}
+        "Paul's watch": "local_eukey", "Paul's scale": "preassigned"}
+    assert {m["name"]: m["session"] is None for m in second["members"]} == {
+        "Paul's watch": True, "Paul's scale": False}
     assert summary["server_exit"] == 0
     (pn,) = summary["server_inventory"]
     assert sorted(pn["members"]) == ["Paul's scale", "Paul's watch"]

@@ -118,6 +118,38 @@ async def test_a_silent_peer_ends_in_a_timeout_within_the_deadline() -> None:
         assert guest.failed
 
 
+async def test_a_deadline_that_passes_mid_message_keeps_what_was_read() -> None:
+    """A machine deadline that does not end the exchange (a phase moving on) falls while a
+    message is half received: the read is cancelled and started again (issue 13: no task per
+    message), and the fragments already read must still make up the message."""
+    guest, host = machines(Method.PIN)
+    moved_on: list[float] = []
+
+    def move_on(now: float) -> None:  # the host's first deadline only marks a phase
+        moved_on.append(now)
+        host._expect_by(now + 5.0)
+
+    host._on_deadline = move_on  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    host._expect_by(loop.time() + 0.2)
+    pieces = 0
+
+    async def slow_middle(src: str, dst: str, data: bytes) -> bytes:
+        nonlocal pieces
+        pieces += 1
+        if src == "a" and pieces == 3:  # the guest's first message, a fragment in the middle
+            await asyncio.sleep(0.5)
+        return data
+
+    async with loopback_pair(mtu=20, tap=slow_middle) as (a, b):
+        guest.start(loop.time())
+        await asyncio.wait_for(asyncio.gather(
+            drive(guest, a, delegate=Yes()), drive(host, b, delegate=Yes())), 10)
+    assert moved_on, "the deadline fell before the message was whole"
+    assert guest.session is not None and host.session is not None
+    assert guest.session.fingerprint == host.session.fingerprint
+
+
 async def test_a_machine_without_a_deadline_still_gets_one() -> None:
     """The driver's idle bound: nothing in pairkit waits forever."""
     _guest, host = machines(Method.PIN)

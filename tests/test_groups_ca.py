@@ -136,7 +136,7 @@ def test_ca_trust_needs_a_certificate_and_cert_files_are_checked(tmp_path: Path)
         return CliRunner().invoke(group, list(args), env=env, catch_exceptions=False)
 
     no_cert = run("create", "doors", "--trust", "ca")
-    assert no_cert.exit_code == 2 and "ttp enroll" in no_cert.output and "--cert" in no_cert.output
+    assert no_cert.exit_code == 2 and "ttp enrol" in no_cert.output and "--cert" in no_cert.output
     assert run("create", "doors", "--trust", "nobody").exit_code == 2
     assert run("cert").exit_code == 6
     assert run("create", "doors").exit_code == 0

@@ -920,6 +920,116 @@ def test_reload_takes_what_another_process_saved(store: Keystore, store_path: Pa
     assert store.get_peer(peer.id) == peer
 
 
+def test_a_reload_of_unchanged_bytes_still_drops_unsaved_changes(store: Keystore) -> None:
+    """Issue 13: a reload of the very bytes this object wrote skips unsealing them, and must
+    still give back exactly what was saved (nothing added, changed or forgotten meanwhile)."""
+    kept, _ = new_peer(name="kept")
+    store.add_peer(kept)
+    store.set_cloud("c1", os.urandom(32), name="home", role="owner")
+    store.save()
+    store.add_peer(new_peer(name="unsaved")[0])
+    store.forget_peer(kept.id)
+    store.rename("unsaved name")
+    store.set_cloud("c2", os.urandom(32), name="other", role="member")
+    store.reload()
+    assert [p.name for p in store.peers()] == ["kept"]
+    assert store.name == "paul's phone"
+    assert [c.cloud_id for c in store.clouds()] == ["c1"]
+    # and again: the copy kept of the saved contents was not changed by the changes above
+    store.forget_peer(kept.id)
+    store.reload()
+    assert [p.name for p in store.peers()] == ["kept"]
+
+
+def test_a_reload_sees_a_file_changed_to_the_same_length(store: Keystore,
+                                                         store_path: Path) -> None:
+    """Bytes that differ from the ones written are unsealed and checked, never trusted: a
+    flipped byte is a damaged keystore, another process's save is read."""
+    store.add_peer(new_peer(name="mine")[0])
+    store.save()
+    other = Keystore.open(store_path, PIN)
+    other.rename("renamed elsewhere")
+    other.save()
+    store.reload()
+    assert store.name == "renamed elsewhere"
+    data = bytearray(store_path.read_bytes())
+    data[-5] ^= 0x01
+    store_path.write_bytes(bytes(data))
+    with pytest.raises(KeystoreCorruptError):
+        store.reload()
+
+
+def test_peer_records_encode_the_same_after_replace(store: Keystore, store_path: Path) -> None:
+    """A record's CBOR map is made once; a changed copy (dataclasses.replace) gets its own."""
+    peer, _ = new_peer(name="before")
+    store.add_peer(peer)
+    store.save()
+    store.add_peer(dataclasses.replace(peer, name="after", last_seen=2000))
+    store.save()
+    again = Keystore.open(store_path, PIN).get_peer(peer.id)
+    assert (again.name, again.last_seen) == ("after", 2000)
+
+
+def test_the_body_put_together_is_the_canonical_encoding_of_the_whole(store: Keystore) -> None:
+    """Issue 13: peers are encoded once each and spliced into the body; the bytes must be what
+    encoding the whole map canonically gives (cbor2), so every keystore reads as before."""
+    import cbor2
+
+    for i in range(30):  # past 23 peers: a two-byte array head
+        store.add_peer(new_peer(name=f"peer {i}", extra={"address": f"a{i}", "n": [i]})[0])
+    store.set_cloud("cloud", os.urandom(32), name="home", role="owner", expires=5.5)
+    store.set_setting("a setting", {"nested": [1, "two", b"3"]})
+    body = store._body()
+    assert cbor2.dumps(cbor2.loads(body), canonical=True) == body
+    assert len(cbor2.loads(body)["peers"]) == 30
+
+
+def test_the_peers_kept_from_the_last_save_follow_every_change(store: Keystore,
+                                                                store_path: Path) -> None:
+    """Issue 13: the peers' joined encodings are kept between saves and only new peers added;
+    a changed, forgotten or reordered peer must still be written as it now is."""
+    import cbor2
+
+    def stored_names() -> list[str]:
+        return [p.name for p in Keystore.open(store_path, PIN).peers()]
+
+    made = [new_peer(name=f"p{i}")[0] for i in range(5)]
+    for peer in made[:3]:
+        store.add_peer(peer)
+    store.save()
+    store.add_peer(made[3])  # a new one at the end: added to what was kept
+    store.save()
+    assert stored_names() == ["p0", "p1", "p2", "p3"]
+    store.add_peer(dataclasses.replace(made[1], name="p1 renamed"))  # a change in the middle
+    store.save()
+    assert stored_names() == ["p0", "p1 renamed", "p2", "p3"]
+    store.forget_peer(made[0].id)
+    store.add_peer(made[4])
+    store.save()
+    assert stored_names() == ["p1 renamed", "p2", "p3", "p4"]
+    store.reload()
+    store.add_peer(made[0])
+    body = store._body()
+    assert cbor2.dumps(cbor2.loads(body), canonical=True) == body
+    assert [p["name"] for p in cbor2.loads(body)["peers"]] == [
+        "p1 renamed", "p2", "p3", "p4", "p0"]
+
+
+@pytest.mark.parametrize("argument", [0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32,
+                                      2**64 - 1])
+def test_encode_head_matches_cbor2(argument: int) -> None:
+    import cbor2
+
+    from pairkit.pairing import cbor
+
+    assert cbor.encode_head(0, argument) == cbor2.dumps(argument)
+    assert cbor.encode_head(2, argument)[1:] == cbor2.dumps(argument)[1:]
+    with pytest.raises(ValueError):
+        cbor.encode_head(8, 1)
+    with pytest.raises(ValueError):
+        cbor.encode_head(0, 2**64)
+
+
 def test_the_core_keystore_asks_for_a_storage_not_a_path(tmp_path: Path) -> None:
     from pairkit.pairing.keystore import Keystore as CoreKeystore
 

@@ -98,3 +98,24 @@ def test_consuming_a_prekey_is_durable_and_happens_once(tmp_path: Path) -> None:
     assert [bytes(r[0]) for r in again.get_peer(peer.id).our_prekeys] == [b"e" * 16]
     assert store.consume_our_prekey(again, device, b"d" * 16) is False
     assert store.consume_our_prekey(again, b"\x00" * 16, b"e" * 16) is False  # unknown peer
+
+
+def test_a_peer_named_like_another_devices_id_is_never_taken_for_it(tmp_path: Path) -> None:
+    """A guest may pick any name, another device's id included.  A device is looked up by its
+    id exactly (issue 13 made these lookups constant time): the one *named* like it lends it
+    neither its grant nor its record, though a person's lookup by name still finds it."""
+    ks = keystore(tmp_path)
+    _, x_public = x25519_keypair(os.urandom)
+    x_id = digest(x_public)  # a device this host has never met
+    impostor = legacy_peer(x_id.hex(), authenticated=True, method="pin",
+                           extra={"granted": "member"},
+                           our_prekeys=[(b"d" * 16, b"k" * 32)])
+    ks.add_peer(impostor)
+    ks.save()
+    assert store.peer_grant(ks, x_id, time.time()) is None
+    assert store.known_peer(ks, x_id) is None
+    assert store.consume_our_prekey(ks, x_id, b"d" * 16) is False
+    assert len(ks.get_peer(impostor.id).our_prekeys) == 1  # the impostor's record untouched
+    assert ks.peer_by_id(x_id.hex()) is None and ks.peer_by_id(impostor.id) == impostor
+    assert ks.get_peer(x_id.hex()).id == impostor.id  # by name, for people, as before
+    assert store.peer_grant(ks, bytes.fromhex(impostor.id), time.time()) is not None

@@ -117,3 +117,25 @@ def test_systemd_reads_the_unit() -> None:
         if line.strip() and "/opt/pairkit/venv/bin/python is not executable" not in line
     ]
     assert problems == []
+
+
+def test_a_lost_controller_is_waited_for_then_left_to_systemd(
+    unit: dict[str, dict[str, list[str]]],
+) -> None:
+    """Issue 17, finding 6: the host retries a lost controller a bounded number of times in the
+    process, then exits (code 6, a failure); systemd starts it again, with no start limit, so
+    that the pre-start steps free the adapter each time, until the controller is back."""
+    service = unit["Service"]
+    (command,) = service["ExecStart"]
+    argv = shlex.split(command)
+    retries = int(argv[argv.index("--radio-retries") + 1])
+    assert 1 <= retries <= 10  # a bounded wait in the process, not forever
+    assert service["Restart"] == ["on-failure"]
+    assert float(service["RestartSec"][0]) > 0
+    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
+    from click.testing import CliRunner
+
+    from pairkit.cli.main import cli
+
+    helped = CliRunner().invoke(cli, ["host", "--help"])
+    assert helped.exit_code == 0 and "--radio-retries" in helped.output

@@ -473,6 +473,21 @@ async def test_accept_times_out_then_hands_out_guests_in_order() -> None:
     assert (await listener.accept(timeout=1)).peer == "guest2"
 
 
+async def test_accept_nowait_takes_every_waiting_link_in_order_then_none() -> None:
+    medium = LoopbackMedium()
+    listener = await medium.endpoint("host").listen()
+    assert listener.accept_nowait() is None
+    for i in range(3):
+        await medium.endpoint(f"guest{i}").connect("host", timeout=1)
+    taken = []
+    while (link := listener.accept_nowait()) is not None:
+        taken.append(link.peer)
+    assert taken == ["guest0", "guest1", "guest2"]
+    await medium.endpoint("late").connect("host", timeout=1)
+    await listener.close()
+    assert listener.accept_nowait() is None  # a closed listener hands out nothing
+
+
 async def test_listener_close_closes_unaccepted_links_and_wakes_accept() -> None:
     medium = LoopbackMedium()
     host = medium.endpoint("host")

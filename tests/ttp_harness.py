@@ -178,13 +178,17 @@ def make_world(
     caps: tuple[PneCaps, ...] | None = None,
     wrong: tuple[int, ...] = (),
     pan_secured: tuple[int, ...] = (),
+    pne_claims: tuple[int, ...] | None = None,
+    link_secured: tuple[int, ...] | None = None,
     enrolled: tuple[int, ...] | None = None,
     initiator: int | None = 0,
     pne_kw: dict[int, dict[str, Any]] | None = None,
     seed: int = 1,
 ) -> tuple[CpnsWorld, dict[bytes, bytes], list[bytes]]:
     """A gateway, ``n`` PNEs (ports 0..n-1) and a CPNS server whose store knows the EUKeys of
-    the ``enrolled`` PNEs (all by default); PNEs in ``wrong`` hold another EUKey."""
+    the ``enrolled`` PNEs (all by default); PNEs in ``wrong`` hold another EUKey.  PNEs in
+    ``pan_secured`` both claim a secured PAN and are on a link the gateway sees as secured;
+    ``pne_claims`` and ``link_secured`` set the two apart."""
     rng = seeded(seed)
     gw_id = rng(16)
     ids = [rng(16) for _ in range(n)]
@@ -194,14 +198,16 @@ def make_world(
     gw.start(0.0)
     pnes: dict[Hashable, PneMachine] = {}
     for k, pne_id in enumerate(ids):
-        cap = caps[k] | (PneCaps.PAN_SECURED if k in pan_secured else PneCaps.NONE)
+        claims = pan_secured if pne_claims is None else pne_claims
+        cap = caps[k] | (PneCaps.PAN_SECURED if k in claims else PneCaps.NONE)
         kw = (pne_kw or {}).get(k, {})
         key = rng(32) if k in wrong else eukeys[pne_id]
         config = PneConfig(pne_id, f"pne{k}", key, caps=cap, **kw)
         pnes[k] = PneMachine(config, listen=k != initiator, rng=rng)
         if k != initiator:  # the initiator starts with start_initiator()
             pnes[k].start(0.0)
-        gw.attach(k, pne_id=pne_id, pan_secured=k in pan_secured)
+        secured = pan_secured if link_secured is None else link_secured
+        gw.attach(k, pne_id=pne_id, pan_secured=k in secured)
     store_keys = {
         i: eukeys[i] for k, i in enumerate(ids) if enrolled is None or k in enrolled
     }

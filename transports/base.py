@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from pairkit.pairing.errors import ErrorCode, LinkClosedError
+
 
 @runtime_checkable
 class Link(Protocol):
@@ -56,6 +58,15 @@ class Link(Protocol):
     async def recv(self) -> bytes: ...
 
     async def close(self) -> None: ...
+
+
+class ControllerLostError(LinkClosedError):
+    """This device's radio went away: a Bluetooth controller unplugged, reset or switched off,
+    or a ``pairkit radio`` that stopped.  Every link and wait on it ends with this error; the
+    transport can try to open the controller again (``reopen``).  Its code is NOT_FOUND: to a
+    script, a radio that is gone is a radio that is not there (exit code 6)."""
+
+    code = ErrorCode.NOT_FOUND
 
 
 @dataclass(frozen=True)

@@ -763,6 +763,8 @@ class BleakTransport:
         async def after_use() -> None:
             if not leftovers.closed(peer):
                 return
+            # The device object is gone from BlueZ: a later connect must hear it again.
+            self._devices.pop(peer.upper(), None)
             try:
                 await asyncio.wait_for(cleanup.remove(client), self._config.close_timeout)
             except (BleakError, OSError, TimeoutError, NotImplementedError) as exc:

@@ -67,7 +67,7 @@ from pairkit.pairing.errors import (
     UnsupportedError,
 )
 
-from .base import Sighting, sightings_until
+from .base import ControllerLostError, Sighting, sightings_until
 from .ble.adv import (
     PAIRKIT_L2CAP_PSM,
     PAIRKIT_PSM_CHAR_UUID,
@@ -324,6 +324,12 @@ class BumbleTransport:
         self._psm = 0
         self._rx_char: Characteristic[bytes] | None = None
         self._tx_char: Characteristic[bytes] | None = None
+        #: why the controller went away (None while it serves), and the same as a future
+        #: that waits on it end with (see :meth:`reopen`)
+        self._lost: str | None = None
+        self._lost_future: asyncio.Future[str] | None = None
+        #: the random static address to come back with after a lost controller
+        self._static_address: str | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -335,7 +341,7 @@ class BumbleTransport:
             return self
         config = self._config
         what = f"opening the Bluetooth controller {self._spec!r}"
-        address = config.address or random_static_address(self._rng)
+        address = config.address or self._static_address or random_static_address(self._rng)
         try:
             if self._spec == "virtual":
                 radio = self._radio or default_radio()
@@ -353,9 +359,11 @@ class BumbleTransport:
                 except PairingError as exc:
                     raise open_failure(exc, self._spec) from exc
                 host = Host(controller_source=self._hci.source, controller_sink=self._hci.sink)
-            trace_path = claim_trace_path(config.trace)
-            if trace_path is not None:
-                self._trace = open_trace(trace_path)
+            if self._trace is None:  # a reopened controller goes on in the same trace
+                trace_path = claim_trace_path(config.trace)
+                if trace_path is not None:
+                    self._trace = open_trace(trace_path)
+            if self._trace is not None:
                 host.snooper = self._trace
             device = Device(name=config.name, address=hci.Address(address), host=host)
             self._device = device
@@ -368,6 +376,7 @@ class BumbleTransport:
                 # process holds) or never answers: said in words, with the next step.
                 raise open_failure(exc, self._spec) from exc
             self._schedule_fast_period()
+            self._watch_controller()
         except BaseException:
             await self._release()
             self._device = None
@@ -390,6 +399,98 @@ class BumbleTransport:
         terminated.add_done_callback(on_done)
         return lost
 
+    # -- a lost controller (issue 17, finding 6) ---------------------------------------------
+
+    @property
+    def lost(self) -> str | None:
+        """Why this device's controller went away (unplugged, reset, a ``pairkit radio`` that
+        stopped), or None while it serves.  Then every link on it has ended, ``accept``,
+        ``scan`` and ``connect`` raise :class:`~transports.base.ControllerLostError`, and
+        :meth:`reopen` tries to open it again."""
+        return self._lost
+
+    def _watch_controller(self) -> None:
+        """Notice the HCI transport's far end hanging up (a USB dongle unplugged, a serial
+        board gone, a ``pairkit radio`` port closed): bumble completes its source's
+        ``terminated`` future then, and says nothing else."""
+        hci_transport = self._hci
+        source = getattr(hci_transport, "source", None)
+        terminated = getattr(source, "terminated", None)
+        if isinstance(terminated, asyncio.Future):
+            watch_socket_source(source)
+            terminated.add_done_callback(lambda _: self._on_controller_lost(hci_transport))
+
+    def _on_controller_lost(self, hci_transport: Transport | None) -> None:
+        if self._closed or hci_transport is not self._hci or self._lost is not None:
+            return  # closed by us, or an earlier controller's late news
+        self._lost = f"the Bluetooth controller {self._spec!r} was lost"
+        logger.debug("%s", self._lost)
+        if self._lost_future is not None and not self._lost_future.done():
+            self._lost_future.set_result(self._lost)
+        if self._slowdown is not None:
+            self._slowdown.cancel()
+            self._slowdown = None
+        # bumble has already ended every connection (with reason 0: guard.describe_reason),
+        # and the command it waited for; wake what waits on the device itself.
+        for queue in self._scan_queues:
+            put_latest(queue, None)
+        self._accept_queue.put_nowait(None)
+
+    def _lost_error(self) -> ControllerLostError:
+        return ControllerLostError(
+            f"{self._lost}: unplugged, reset or switched off (plug it back in; for "
+            "'pairkit radio', start it again on the same ports)"
+        )
+
+    def _when_lost(self) -> asyncio.Future[str]:
+        """A future completed with :attr:`lost`'s text when the controller goes away."""
+        if self._lost_future is None:
+            self._lost_future = asyncio.get_running_loop().create_future()
+            if self._lost is not None:
+                self._lost_future.set_result(self._lost)
+        return self._lost_future
+
+    async def reopen(self) -> BumbleTransport:
+        """Open the controller again after it was lost (:attr:`lost`), as :meth:`open` does
+        (and raising as it does when the controller is still not there).
+
+        The device comes back as it was: the same random static address, or, with an identity
+        key (:meth:`use_identity_key`), a fresh resolvable private address from the same key;
+        the same GATT service, L2CAP server and advertising rates.  Advertising is not
+        restarted: the caller advertises a fresh hello from the new address (an old hello
+        sent from a new address would link the two).  A controller that comes back as
+        another one (another dongle) is as good.  Does nothing on a controller that serves.
+        """
+        if self._closed:
+            raise TransportError("this Bluetooth transport is closed")
+        if self._lost is None and self._device is not None:
+            return self
+        device, irk = self._device, self._irk
+        if device is not None:  # (None: an earlier reopen failed; the address is kept)
+            self._static_address = str(device.static_address)
+        trace, self._trace = self._trace, None
+        await self._release()
+        self._trace = trace
+        self._device = None
+        self._controller = None
+        self._host_sides.clear()
+        self._pairing_configs.clear()
+        self._adv_set = None
+        self._adv_data = None
+        self._applied_interval = None
+        self._scan_users = 0
+        self._accept_queue = asyncio.Queue()
+        self._lost = None
+        self._lost_future = None
+        try:
+            await self.open()
+        except BaseException:
+            self._lost = self._lost or f"the Bluetooth controller {self._spec!r} was lost"
+            raise
+        if irk is not None:
+            await self.use_identity_key(irk)
+        return self
+
     async def close(self) -> None:
         """Disconnect every peer, power off and close the HCI transport; idempotent."""
         if self._closed:
@@ -399,6 +500,8 @@ class BumbleTransport:
             put_latest(queue, None)
         self._accept_queue.put_nowait(None)
         device = self._device
+        if self._lost is not None:
+            device = None  # nothing to tell a controller that is gone
         if device is not None and device.powered_on:
             timeout = self._config.close_timeout
             with contextlib.suppress(PairingError):
@@ -698,13 +801,15 @@ class BumbleTransport:
             await self._scan_user(+1)
             async for sighting in sightings_until(queue, deadline):
                 yield sighting
+            if self._lost is not None and not self._closed:
+                raise self._lost_error()
         finally:
             self._scan_queues.discard(queue)
             await self._scan_user(-1)
 
     async def _scan_user(self, delta: int) -> None:
         device = self._device
-        if device is None:
+        if device is None or (delta < 0 and self._lost is not None):
             return
         async with self._scan_lock:
             config = self._config
@@ -772,6 +877,8 @@ class BumbleTransport:
                 raise PairingTimeout(f"no guest connected within {timeout:g} s") from None
             if link is None:
                 self._accept_queue.put_nowait(None)  # wake the other acceptors too
+                if self._lost is not None and not self._closed:
+                    raise self._lost_error()
                 raise LinkClosedError("the Bluetooth transport is closed")
             if link.closed and not link.buffered:
                 continue  # a guest that came and went, leaving nothing to read
@@ -889,9 +996,12 @@ class BumbleTransport:
                         ),
                         what=f"connecting to {peer}",
                         timeout=remaining + _CANCEL_GRACE,
+                        lost=self._when_lost(),
                     )
                     break
                 except BaseException as exc:
+                    if self._lost is not None and isinstance(exc, PairingError):
+                        raise self._lost_error() from None
                     # The connection may have completed just as the attempt was cancelled.
                     for handle, orphan in list(device.connections.items()):
                         if handle not in before and orphan.role == hci.Role.CENTRAL:
@@ -918,7 +1028,9 @@ class BumbleTransport:
             self._connect_lock.release()
         try:
             return await self._open_guest_link(connection, deadline)
-        except BaseException:
+        except BaseException as exc:
+            if self._lost is not None and isinstance(exc, PairingError):
+                raise self._lost_error() from None
             await self._drop(connection)
             raise
 
@@ -1115,6 +1227,8 @@ class BumbleTransport:
     def _require_device(self) -> Device:
         if self._closed:
             raise LinkClosedError("the Bluetooth transport is closed")
+        if self._lost is not None:
+            raise self._lost_error()
         if self._device is None or not self._device.powered_on:
             raise TransportError("the Bluetooth transport is not open (use 'async with' or open())")
         return self._device
@@ -1122,6 +1236,52 @@ class BumbleTransport:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._device else "new")
         return f"<BumbleTransport {self._spec} {state}>"
+
+
+def watch_socket_source(source: Any) -> bool:
+    """Make a socket-read HCI source (bumble's ``hci-socket``) report the socket's end as a
+    lost transport; True if ``source`` is one.
+
+    bumble's HCI-socket reader lets the error of an adapter that went away (Linux answers a
+    read with EPIPE or ENODEV once the device is unregistered, net/bluetooth/hci_sock.c) escape
+    into the event loop, and would spin on an end of file; it never completes ``terminated``.
+    This reader, put in its place, completes it instead (``on_transport_lost``), so the loss
+    is noticed as for every other transport.
+    """
+    sock = getattr(source, "socket", None)
+    parser = getattr(source, "parser", None)
+    if sock is None or parser is None or not hasattr(source, "on_transport_lost"):
+        return False
+    try:
+        fd = sock.fileno()
+    except (OSError, ValueError):
+        return False
+    if fd < 0:
+        return False
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        with contextlib.suppress(Exception):
+            loop.remove_reader(fd)
+        source.on_transport_lost()
+
+    def read() -> None:
+        while True:
+            try:
+                packet = sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                gone()
+                return
+            if not packet:
+                gone()
+                return
+            parser.feed_data(packet)
+
+    loop.remove_reader(fd)
+    loop.add_reader(fd, read)
+    return True
 
 
 async def _quietly(awaitable: Any, timeout: float) -> None:

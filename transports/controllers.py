@@ -202,12 +202,29 @@ def format_controllers(
     return lines
 
 
-def list_controllers(
+def controllers_json(
+    usb: list[UsbController], adapters: list[LinuxAdapter]
+) -> list[dict[str, object]]:
+    """``pairkit radio --list --json``: each controller with the ``-t`` names that open it (the
+    recommended one first)."""
+    out: list[dict[str, object]] = []
+    for c, names in zip(usb, _usb_names(usb), strict=True):
+        out.append({"kind": "usb", "vendor_id": f"{c.vendor_id:04x}",
+                    "product_id": f"{c.product_id:04x}", "manufacturer": c.manufacturer,
+                    "product": c.product, "transports": names})
+    for a in adapters:
+        out.append({"kind": "linux", "name": a.name, "driver": a.bus,
+                    "transports": [f"bleak:{a.name}",
+                                   f"bumble:hci-socket:{a.name.removeprefix('hci')}"]})
+    return out
+
+
+def find_controllers(
     probe: Callable[[], list[UsbController]] = probe_usb,
     adapters: Callable[[], list[LinuxAdapter]] = linux_adapters,
-) -> list[str]:
-    """What ``pairkit radio --list`` prints; :class:`NotFoundError` (saying why) when there is
-    no controller at all."""
+) -> tuple[list[UsbController], list[LinuxAdapter], NotFoundError | None]:
+    """(USB controllers, Linux adapters, why USB could not be read or None);
+    :class:`NotFoundError` (saying why) when there is no controller at all."""
     try:
         usb = probe()
         unreadable = None
@@ -221,6 +238,16 @@ def list_controllers(
             "no Bluetooth controller found: plug in a USB Bluetooth dongle (lsusb lists it), "
             "or use the virtual radio (pairkit radio --ports 7001 7002)"
         )
+    return usb, linux, unreadable
+
+
+def list_controllers(
+    probe: Callable[[], list[UsbController]] = probe_usb,
+    adapters: Callable[[], list[LinuxAdapter]] = linux_adapters,
+) -> list[str]:
+    """What ``pairkit radio --list`` prints; :class:`NotFoundError` (saying why) when there is
+    no controller at all."""
+    usb, linux, unreadable = find_controllers(probe, adapters)
     lines = format_controllers(usb, linux)
     if unreadable is not None:
         lines.append(f"({unreadable})")

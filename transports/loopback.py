@@ -377,6 +377,13 @@ class LoopbackListener:
         self._backlog.append(link)
         self._changed.fire()
 
+    def accept_nowait(self) -> LoopbackLink | None:
+        """The next guest's link if one is waiting, else ``None`` (never waits): a host takes
+        every waiting link in one turn of its loop (issue 17's admission, issue 13's bench)."""
+        if self._closed or not self._backlog:
+            return None
+        return self._backlog.popleft()
+
     async def accept(self, timeout: float | None = None) -> LoopbackLink:
         """The next guest's link; PairingTimeout after ``timeout`` seconds (None: no limit).
 

@@ -105,6 +105,30 @@ class RadioServer:
         """What each process passes as ``--transport``: ``bumble:tcp-client:HOST:PORT``."""
         return [f"bumble:tcp-client:{self.host}:{port}" for port in self.ports]
 
+    async def unplug(self, index: int) -> None:
+        """Stop serving the ``index``-th port and hang up on its host, as if that dongle were
+        pulled out: the host process sees its controller lost, and the controller's peers see
+        their connections time out."""
+        port = self._ports[index]
+        if port.server is not None:
+            port.server.close()
+            with contextlib.suppress(Exception):
+                await port.server.wait_closed()
+        client = port.client
+        if client is not None and client._transport is not None:
+            client._transport.close()
+            client.connection_lost(None)
+
+    async def plug(self, index: int, number: int) -> None:
+        """Serve the ``index``-th port again on TCP port ``number`` (the dongle is back)."""
+        port = self._ports[index]
+        try:
+            port.server = await asyncio.get_running_loop().create_server(
+                lambda: _HciConnection(port), host=self.host, port=number
+            )
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {self.host}: {exc.strerror or exc}") from exc
+
     async def close(self) -> None:
         for port in self._ports:
             if port.server is not None:
@@ -163,15 +187,20 @@ async def serve_radio(
     host: str = "127.0.0.1",
     *,
     ready: Callable[[list[int]], None] | None = None,
+    announce: Callable[[list[str]], None] | None = None,
 ) -> None:
     """Run a radio until cancelled (for ``pairkit radio``).
 
     Once listening it prints one line, ``radio: bumble:tcp-client:HOST:P1 ...``, naming each
-    bound port's transport in the order given, and calls ``ready`` with the bound ports (port 0
-    picks a free one).  Code that needs the ports without a task can use :func:`start_radio`.
+    bound port's transport in the order given (or gives those names to ``announce``), and
+    calls ``ready`` with the bound ports (port 0 picks a free one).  Code that needs the ports
+    without a task can use :func:`start_radio`.
     """
     server = await start_radio(ports, host)
-    print("radio: " + " ".join(server.transport_names), flush=True)
+    if announce is not None:
+        announce(list(server.transport_names))
+    else:
+        print("radio: " + " ".join(server.transport_names), flush=True)
     if ready is not None:
         ready(server.ports)
     await server.serve_forever()

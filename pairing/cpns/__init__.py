@@ -13,8 +13,8 @@ PNE-initiated::
 
     PNE -> GW      PnSetupRequest(capabilities, contents, setup type, [invited ids], rand_PNE,
                    LocalEUKey request flag)
-    GW  -> PNE_k   PnSetupNotify(pn_id, gw)          for "All": every other PNE in reach;
-    PNE_k -> GW    PnSetupNotifyResponse(...)        for "invited": those named; for 1-1: none
+    GW  -> PNE_k   PnSetupNotify(pn_id, gw, initiator)   for "All": every other PNE in reach;
+    PNE_k -> GW    PnSetupNotifyResponse(..., accept)    for "invited": those named; 1-1: none
 
 Gateway-initiated::
 
@@ -23,7 +23,8 @@ Gateway-initiated::
 
 Registration (both)::
 
-    GW  -> server  PnRegistrationRequest(pn_id, gateway, setup type, PNE infos with the rands)
+    GW  -> server  PnRegistrationRequest(pn_id, gateway name, capabilities and subscription,
+                   setup type, PNE infos with the rands)
     server -> GW -> PNE    AuthenticationRequest(pn_id, pne_id, gw_id, rand_server)
                            (the gateway routes it by its routing table, keyed by pn_id)
     PNE -> GW -> server    AuthenticationResponse(pn_id, pne_id, hash_PNE)
@@ -49,11 +50,14 @@ for one, wrapped under the PNE's EUKey and under the gateway's; the associated d
 copy to its link and recipient, so the gateway can read neither ``SK_PNE`` nor a LocalEUKey (or
 a PNE's copy) meant for another link.
 
-The seed's criteria: a PNE requests a LocalEUKey when it has enough user interface and the PAN
-does not already secure its link; a PNE without UI uses its pre-assigned key
+The source's criteria as its R01 compromise states them: a PNE with enough user interface gets a
+LocalEUKey *regardless of the security of the PAN*; a PNE without UI uses its pre-assigned key
 (``HKDF(EUKey, "pairkit/1 cpns preassigned")``, which the server releases to the gateway wrapped
-under the gateway's EUKey); a secure session between PNE and gateway (:class:`LinkSession`) is
-set up from that key unless the PAN already provides one.
+under the gateway's EUKey).  So every member holds a link key, and can reconnect to its gateway
+later with a fresh session from it.  A secure session on the PAN link (:class:`LinkSession`) is
+set up from that key unless the PAN secures the link, which pairkit believes only when both ends
+say so (:func:`session_needed` says why).  A PNE that declines a setup notify is listed as
+declined; one whose link confirmation fails is out of the PN and in the failed list.
 """
 
 from __future__ import annotations
@@ -88,12 +92,21 @@ from .messages import (
     WRAPPED_LEN,
     AuthenticationRequest,
     AuthenticationResponse,
+    GatewayCaps,
     KeySource,
     LinkConfirm,
+    PnAttach,
+    PnData,
+    PnDelivery,
     PneCaps,
     PneInfo,
     PneResult,
     PnEstablishmentNotify,
+    PnLinkAccept,
+    PnLinkResume,
+    PnPinAnswer,
+    PnPinConfirm,
+    PnPinOffer,
     PnRegistrationRequest,
     PnRegistrationResponse,
     PnSetupNotify,
@@ -102,9 +115,11 @@ from .messages import (
     Port,
     SetupType,
     key_source_for,
+    session_needed,
     wants_local_key,
 )
 from .pne import (
+    S_ASK,
     S_AUTH,
     S_CONFIRM,
     S_ESTABLISH,
@@ -112,6 +127,7 @@ from .pne import (
     S_START,
     PneConfig,
     PneMachine,
+    PnJoinAsked,
     PnMembership,
 )
 from .server import (
@@ -138,6 +154,7 @@ __all__ = [
     "RECIPIENT_PNE",
     "RECIPIENT_PRE",
     "SERVER",
+    "S_ASK",
     "S_AUTH",
     "S_AUTHS",
     "S_BEGIN",
@@ -155,14 +172,24 @@ __all__ = [
     "CpnsRegisterAsked",
     "CpnsServer",
     "Gateway",
+    "GatewayCaps",
     "GatewayConfig",
     "KeySource",
     "LinkConfirm",
     "LinkSession",
+    "PnAttach",
+    "PnData",
+    "PnDelivery",
     "PnEstablishmentNotify",
     "PnInventory",
+    "PnJoinAsked",
+    "PnLinkAccept",
+    "PnLinkResume",
     "PnMember",
     "PnMembership",
+    "PnPinAnswer",
+    "PnPinConfirm",
+    "PnPinOffer",
     "PnRegistrationRequest",
     "PnRegistrationResponse",
     "PnSetupNotify",
@@ -183,6 +210,7 @@ __all__ = [
     "hash_server",
     "key_source_for",
     "preassigned_key",
+    "session_needed",
     "unwrap_key",
     "wants_local_key",
     "wrap_key",

@@ -45,6 +45,7 @@ from .messages import (
     SERVER,
     AuthenticationRequest,
     AuthenticationResponse,
+    GatewayCaps,
     KeySource,
     LinkConfirm,
     PneCaps,
@@ -58,6 +59,7 @@ from .messages import (
     Port,
     SetupType,
     key_source_for,
+    session_needed,
     wants_local_key,
 )
 
@@ -75,6 +77,8 @@ class GatewayConfig:
     collect_window: float = 5.0
     #: seconds to wait for each other step (a PNE's request, the server, a confirmation)
     step_timeout: float = 30.0
+    #: what the registration request says of the gateway's device ("PN GW Info")
+    caps: GatewayCaps = GatewayCaps.DISPLAY | GatewayCaps.ROUTER
 
     def __post_init__(self) -> None:
         if len(self.gw_id) != ID_LEN:
@@ -84,7 +88,8 @@ class GatewayConfig:
         if self.pn_id is not None and len(self.pn_id) != ID_LEN:
             raise ConfigError(f"a PN id is {ID_LEN} bytes")
         if not 0.01 <= self.collect_window <= 600 or not 0.1 <= self.step_timeout <= 3600:
-            raise ConfigError("collect_window or step_timeout out of range")
+            raise ConfigError("the collection window or the timeout (seconds per step) is out "
+                              "of range")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +115,10 @@ class PnInventory:
     members: tuple[PnMember, ...]
     #: PNEs that took part but are not members, with the reason
     failed: Mapping[bytes, str]
+    #: PNEs that were asked and declined
+    declined: tuple[bytes, ...] = ()
+    #: the name each PNE gave (members, failed and declined)
+    names: Mapping[bytes, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +143,12 @@ class _Link:
     reason: str | None = None
     #: named in the registration request (the server answers for it)
     registered: bool = False
+    #: the name the PNE gave in its request or answer
+    name: str | None = None
 
+
+#: link states of PNEs that are not (or no longer) part of the setup
+_OUT = ("failed", "idle", "declined")
 
 G_IDLE = "idle"
 G_COLLECT = "collect"
@@ -178,6 +192,8 @@ class Gateway(Machine):
         #: pn_id -> pne_id -> port: where the gateway relays the server's messages
         self.routing: dict[bytes, dict[bytes, Port]] = {}
         self.inventory: PnInventory | None = None
+        #: the PNE that started this setup (None: the gateway did)
+        self._initiator: tuple[bytes, str] | None = None
 
     # -- the driver's side ----------------------------------------------------------------
 
@@ -204,7 +220,9 @@ class Gateway(Machine):
             raise ProtocolError("this gateway's setup has already started")
         if setup_type is SetupType.INVITED and not invited:
             raise ConfigError("setup type 'invited' needs the invited PNE ids")
-        links = list(self._links.values())
+        # A PNE dropped before the setup (it spoke out of turn: a flow cut by a restart, say)
+        # is not asked again on this link.
+        links = [k for k in self._links.values() if k.state == "attached"]
         if setup_type is SetupType.INVITED:
             links = [k for k in links if k.pne_id in invited]
         elif setup_type is SetupType.ONE_TO_ONE:
@@ -231,7 +249,7 @@ class Gateway(Machine):
     def link_closed(self, port: Port, now: float) -> None:
         """A PNE link went away."""
         link = self._links.get(port)
-        if link is not None and link.state not in ("failed", "idle", "member"):
+        if link is not None and link.state not in (*_OUT, "member"):
             self._drop(link, LinkClosedError("the link to the PNE closed"), now)
 
     def on_timeout(self, now: float) -> None:
@@ -246,7 +264,7 @@ class Gateway(Machine):
         # A PNE already dropped (its Abort after a failure notice, say), or one left out of
         # this setup: nothing it says matters any more.
         link = self._links.get(port)
-        return link is None or link.state not in ("failed", "idle")
+        return link is None or link.state not in _OUT
 
     def _from_the_right_peer(self, port: Hashable | None, msg: wire.Message) -> bool:
         return isinstance(msg, _PNE_MESSAGES) == (port != SERVER)
@@ -287,7 +305,7 @@ class Gateway(Machine):
             self._send_to(SERVER, abort)
         # The PNEs are told in every case: they wait on this gateway, not on the server.
         for link in self._links.values():
-            if link.state not in ("failed", "idle"):
+            if link.state not in _OUT:
                 self._send_to(link.port, abort)
 
     # -- setup ----------------------------------------------------------------------------
@@ -300,7 +318,9 @@ class Gateway(Machine):
             msg.pne_id, msg.name, msg.caps, msg.rand_pne, msg.local_key_request, msg.contents
         )
         link.state = "joined"
+        link.name = msg.name
         self.setup_type = msg.setup_type
+        self._initiator = (msg.pne_id, msg.name)
         others = [k for k in self._links.values() if k is not link]
         if msg.setup_type is SetupType.INVITED:
             others = [k for k in others if k.pne_id in msg.invited]
@@ -316,7 +336,11 @@ class Gateway(Machine):
 
     def _notify(self, links: list[_Link], now: float) -> None:
         assert self.setup_type is not None
-        note = PnSetupNotify(self.pn_id, self.config.gw_id, self.config.name, self.setup_type)
+        initiator, initiator_name = self._initiator or (None, None)
+        note = PnSetupNotify(
+            self.pn_id, self.config.gw_id, self.config.name, self.setup_type,
+            initiator, initiator_name,
+        )
         for link in links:
             link.state = "notified"
             self._send_to(link.port, note.encode())
@@ -328,8 +352,11 @@ class Gateway(Machine):
         if link.state != "notified":
             raise ProtocolError("a setup notify response that was not asked for")
         self._check_link_id(link, msg.pne_id)
+        link.name = msg.name
         if not msg.accept:
-            link.state = "idle"
+            # The source's step 3: the answer says whether it takes part.  A PNE that declines
+            # is told nothing more and listed as declined (not as failed).
+            link.state = "declined"
             link.reason = "declined"
         else:
             self._check_flag(msg.caps, msg.local_key_request)
@@ -372,7 +399,8 @@ class Gateway(Machine):
             k.state = "registering"
             k.registered = True
         self._send_to(SERVER, PnRegistrationRequest(
-            self.pn_id, self.config.name, self.setup_type, infos
+            self.pn_id, self.config.name, self.setup_type, infos,
+            gw_caps=int(self.config.caps), subscription=self.config.gw_id,
         ).encode())
         self.state = G_REGISTER
         # The server waits for every PNE's answer, each within its own step timeout.
@@ -414,8 +442,9 @@ class Gateway(Machine):
         if msg.registered != bool(members):
             raise ProtocolError("the server's answer contradicts itself")
         ids = {"pn_id": self.pn_id, "gw_id": self.config.gw_id}
+        names = {i: (k.name or "") for i, k in by_id.items()}
         for pne_id, link in by_id.items():
-            if link.state in ("failed", "idle") or pne_id is None:
+            if link.state in _OUT or pne_id is None:
                 continue
             r = results.get(pne_id)
             if r is None or not r.ok:
@@ -432,30 +461,31 @@ class Gateway(Machine):
                 raise ProtocolError("the server's verdict on a member lacks its proof")
             if source is not key_source_for(PneCaps(link.info.caps)):
                 raise ProtocolError("the server chose a link key against the criteria")
-            key: bytes | None = None
-            if source is not KeySource.PAN:
-                if r.key_for_gw is None:
-                    raise ProtocolError("the server sent no link key for the gateway")
-                recipient = RECIPIENT_GW if source is KeySource.LOCAL_EUKEY else RECIPIENT_PRE
-                try:
-                    key = unwrap_key(
-                        self.config.eukey, r.key_for_gw, **ids, pne_id=pne_id, recipient=recipient
-                    )
-                except AuthenticationError:
-                    raise AuthenticationError(
-                        "the server's link key did not open with this gateway's factory key: is "
-                        "the gateway enrolled with another EUKey?"
-                    ) from None
-            session_needed = key is not None
-            link.nonce = self._rng(RAND_LEN) if session_needed else None
+            if r.key_for_gw is None:
+                raise ProtocolError("the server sent no link key for the gateway")
+            recipient = RECIPIENT_GW if source is KeySource.LOCAL_EUKEY else RECIPIENT_PRE
+            try:
+                key = unwrap_key(
+                    self.config.eukey, r.key_for_gw, **ids, pne_id=pne_id, recipient=recipient
+                )
+            except AuthenticationError:
+                raise AuthenticationError(
+                    "the server's link key did not open with this gateway's factory key: is "
+                    "the gateway enrolled with another EUKey?"
+                ) from None
+            # R01: a secure session unless the PAN secures the link, by both ends' word
+            # (messages.session_needed): the gateway's own link, and the PNE's claim.
+            with_session = session_needed(PneCaps(link.info.caps), link.pan_secured)
+            link.nonce = self._rng(RAND_LEN) if with_session else None
             link.member = PnMember(
                 pne_id, link.info.name, PneCaps(link.info.caps), link.info.contents, source, key
             )
             self._send_to(link.port, PnEstablishmentNotify(
                 self.pn_id, self.config.gw_id, True, source, r.hash_server, r.key_for_pne,
-                members, link.nonce,
+                members, link.nonce, member_names=tuple(names.get(i, "") for i in members),
+                gw_name=self.config.name,
             ).encode())
-            link.state = "confirming" if session_needed else "member"
+            link.state = "confirming" if with_session else "member"
         self.state = G_CONFIRM
         self._expect_by(now + self.config.step_timeout, "a PNE did not confirm the link session")
         self._settle(now)
@@ -482,14 +512,26 @@ class Gateway(Machine):
         if self.state != G_CONFIRM or any(k.state == "confirming" for k in self._links.values()):
             return
         assert self.setup_type is not None
-        members = tuple(k.member for k in self._links.values() if k.member is not None)
+        members = tuple(
+            k.member for k in self._links.values() if k.member is not None and k.state == "member"
+        )
         failed = {
             k.pne_id: k.reason or "failed"
             for k in self._links.values()
             if k.state == "failed" and k.pne_id is not None
         }
+        declined = tuple(
+            k.pne_id for k in self._links.values() if k.state == "declined" and k.pne_id
+        )
+        names = {k.pne_id: k.name or "" for k in self._links.values()
+                 if k.pne_id is not None and k.name is not None}
+        # The routing table reaches members only: a PNE that failed has no route.
+        self.routing[self.pn_id] = {
+            k.pne_id: k.port for k in self._links.values()
+            if k.pne_id is not None and k.state == "member" and k.member is not None
+        }
         self.inventory = PnInventory(
-            self.pn_id, self.config.gw_id, self.setup_type, members, failed
+            self.pn_id, self.config.gw_id, self.setup_type, members, failed, declined, names
         )
         self._finish()
 
@@ -504,9 +546,11 @@ class Gateway(Machine):
         elif not isinstance(exc, LinkClosedError):
             reason = _short(str(exc))
             self._send_to(link.port, wire.Abort(code=_code(exc), reason=reason).encode())
-        if was == "confirming" and link.member is not None:
-            # The server registered it; it stays a member, with no session of ours.
-            link.state = "member"
+        if was == "confirming":
+            # The server registered it, but the link session it needs did not confirm: whoever
+            # is on that link does not hold the link key.  It is out of the PN (no route, no
+            # member entry) and in the failed list (issue 14).
+            link.member = None
         self._emit(PneDropped(link.port, link.pne_id, link.reason))
         if not settle:
             return

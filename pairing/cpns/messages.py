@@ -1,4 +1,5 @@
-"""CPNS messages (type ids 70 to 79), their enums and constants (see the package docstring)."""
+"""CPNS messages (type ids 70 to 79, and 100 to 109 for the PN's life after its setup), their
+enums and constants (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -41,22 +42,47 @@ class PneCaps(IntFlag):
 class KeySource(IntEnum):
     """Where the key of a PNE-gateway link comes from."""
 
-    LOCAL_EUKEY = 1  #: a LocalEUKey the server made for this link
+    LOCAL_EUKEY = 1  #: a LocalEUKey the server made for this link (a PNE with enough UI)
     PREASSIGNED = 2  #: the PNE's pre-assigned key (no UI)
-    PAN = 3  #: none: the PAN secures the link
+    #: none (pairkit before R01 withheld the LocalEUKey on a secured PAN): never chosen now,
+    #: kept so that old server inventories still read; a machine that is offered it refuses
+    PAN = 3
+
+
+class GatewayCaps(IntFlag):
+    """The capabilities of the device the PN gateway is deployed on (PN Registration Request,
+    "PN GW Info: capability information")."""
+
+    NONE = 0
+    DISPLAY = 1  #: it shows its owner what happens and asks before a PN is set up
+    KEYPAD = 2  #: its owner can type (a PIN, a name)
+    ROUTER = 4  #: it routes traffic between the PN's members
 
 
 def wants_local_key(caps: PneCaps) -> bool:
-    """The seed's criterion: enough UI, and a link the PAN does not already secure."""
-    return bool(caps & PneCaps.UI) and not caps & PneCaps.PAN_SECURED
+    """The source's R01 criterion: a PNE with enough UI asks for a LocalEUKey, *regardless of
+    the security of the PAN* between it and the gateway (OMA CPNS CR, R01 note); one without UI
+    uses its pre-assigned key."""
+    return bool(caps & PneCaps.UI)
 
 
 def key_source_for(caps: PneCaps) -> KeySource:
-    if wants_local_key(caps):
-        return KeySource.LOCAL_EUKEY
-    return KeySource.PAN if caps & PneCaps.PAN_SECURED else KeySource.PREASSIGNED
+    """The link key a PNE with ``caps`` gets (R01): LocalEUKey with UI, pre-assigned without."""
+    return KeySource.LOCAL_EUKEY if wants_local_key(caps) else KeySource.PREASSIGNED
 
 
+def session_needed(pne_caps: PneCaps, gateway_link_secured: bool) -> bool:
+    """Whether the PNE and the gateway set up a secure session on their link (R01's second
+    criterion: "unless the underlying PAN provides enough security").
+
+    pairkit's rule is stronger than the source's: the PAN counts as securing the link only when
+    *both* ends say so, the PNE in its capabilities and the gateway from its own link
+    (``Link.encrypted``).  Each end knows only its own side, and the PNE's capabilities cross
+    the PAN before anything authenticates them, so a device on an open link could claim a
+    secured one to keep the session off; two ends that agree cannot be talked out of it by
+    either claim alone.
+    """
+    return not (pne_caps & PneCaps.PAN_SECURED and gateway_link_secured)
 
 
 @struct
@@ -93,6 +119,10 @@ class PnSetupNotify(Message):
     gw_id: bytes = field(3, size=ID_LEN)
     gw_name: str = field(4, max_len=64)
     setup_type: SetupType = field(5)
+    #: who started this setup (source step 2, "the initiator of PN Setup"): a PNE's id and
+    #: name, or None when the gateway itself initiated it
+    initiator: bytes | None = field(6, size=ID_LEN, default=None)
+    initiator_name: str | None = field(7, max_len=64, default=None)
 
 
 @message(type_id=72, max_size=1024)
@@ -116,6 +146,11 @@ class PnRegistrationRequest(Message):
     gw_name: str = field(3, max_len=64)
     setup_type: SetupType = field(4)
     pnes: tuple[PneInfo, ...] = field(5, max_len=MAX_PNES)
+    #: "PN GW Info": the capabilities of the gateway's device (:class:`GatewayCaps`) ...
+    gw_caps: int = field(6, default=0)
+    #: ... and its subscription: the device id under which it is enrolled with this server
+    #: (the server checks it against the gateway it authenticated)
+    subscription: bytes | None = field(7, size=ID_LEN, default=None)
 
 
 @message(type_id=74, max_size=256)
@@ -173,6 +208,11 @@ class PnEstablishmentNotify(Message):
     #: the gateway's nonce for the link session (absent when the PAN secures the link)
     nonce: bytes | None = field(9, size=RAND_LEN, default=None)
     reason: str | None = field(10, max_len=120, default=None)
+    #: the members' names, in the order of ``members`` (the PN inventory a PNE shows; the
+    #: server's proof covers the ids, the names are the gateway's word)
+    member_names: tuple[str, ...] = field(11, max_len=MAX_PNES, default=())
+    #: the gateway's name (a PNE that started the setup has not heard it yet)
+    gw_name: str | None = field(12, max_len=64, default=None)
 
 
 @message(type_id=78, max_size=128)
@@ -183,3 +223,86 @@ class LinkConfirm(Message):
     nonce: bytes | None = field(3, size=RAND_LEN, default=None)
 
 
+
+
+# -- after the setup: a PN's life (type ids 100 to 109, issue 14) ------------------------------
+
+#: the largest routed body (one secure-channel record carries the whole PnData)
+MAX_BODY: Final = 16 * 1024
+
+
+@message(type_id=100, max_size=512)
+class PnAttach(Message):
+    """PNE -> gateway, first on a link: this PNE is in reach and waits to be asked to join a
+    PN (the gateway's :class:`PnSetupNotify`, for a setup it or another PNE starts).  Unproven
+    (as every word before the server's proof): it only makes the PNE one to notify."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    name: str = field(3, max_len=64)
+    caps: int = field(4)
+
+
+@message(type_id=101, max_size=128)
+class PnLinkResume(Message):
+    """Member -> gateway, first on a link: open a new link session from the link key this
+    member holds for ``pn_id`` (its LocalEUKey or pre-assigned key), with a fresh nonce."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    pne_id: bytes = field(3, size=ID_LEN)
+    nonce: bytes = field(4, size=RAND_LEN)
+
+
+@message(type_id=102, max_size=128)
+class PnLinkAccept(Message):
+    """Gateway -> member: its fresh nonce and its key confirmation; the member answers with a
+    :class:`LinkConfirm` (its own)."""
+
+    nonce: bytes = field(2, size=RAND_LEN)
+    mac: bytes = field(3, size=MAC_LEN)
+
+
+@message(type_id=103, max_size=MAX_BODY + 256)
+class PnData(Message):
+    """Routed traffic, inside a link's secure channel: member -> gateway -> member.  The
+    gateway sets ``src`` to the member whose channel it came from (a member cannot speak for
+    another)."""
+
+    pn_id: bytes = field(2, size=ID_LEN)
+    src: bytes = field(3, size=ID_LEN)
+    dst: bytes = field(4, size=ID_LEN)
+    msg_id: int = field(5)
+    body: bytes = field(6, max_len=MAX_BODY)
+
+
+@message(type_id=104, max_size=256)
+class PnDelivery(Message):
+    """Gateway -> sending member: what became of its :class:`PnData` ``msg_id``."""
+
+    msg_id: int = field(2)
+    delivered: bool = field(3)
+    reason: str | None = field(4, max_len=120, default=None)
+
+
+@message(type_id=105, max_size=256)
+class PnPinOffer(Message):
+    """Element -> gateway, first on a link: secure this PAN link with the PIN the gateway
+    shows (CPace, :mod:`pairing.cpns.pinlink`): the element's CPace share and its id."""
+
+    pne_id: bytes = field(2, size=ID_LEN)
+    share: bytes = field(3, size=32)
+
+
+@message(type_id=106, max_size=256)
+class PnPinAnswer(Message):
+    """Gateway -> element: its CPace share, its id and its key confirmation."""
+
+    gw_id: bytes = field(2, size=ID_LEN)
+    share: bytes = field(3, size=32)
+    tag: bytes = field(4, size=64)
+
+
+@message(type_id=107, max_size=128)
+class PnPinConfirm(Message):
+    """Element -> gateway: the element's key confirmation."""
+
+    tag: bytes = field(2, size=64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 from ..crypto import Rng, mac, same
 from ..errors import (
@@ -16,6 +16,7 @@ from ..errors import (
 from ..machine import (
     DONE,
     Machine,
+    Question,
     Step,
     step,
 )
@@ -45,8 +46,12 @@ from .messages import (
     PnSetupRequest,
     SetupType,
     key_source_for,
+    session_needed,
     wants_local_key,
 )
+
+#: what a listening PNE does with a gateway's PN Setup Notify
+JoinPolicy = Literal["accept", "decline", "ask"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +70,9 @@ class PneConfig:
     gateway_id: bytes | None = None
     #: seconds to wait for each step (the gateway may be waiting on other PNEs and the server)
     step_timeout: float = 30.0
+    #: a listening PNE's answer to a PN Setup Notify: take part, decline, or ask its user
+    #: (:class:`PnJoinAsked`; the source's step 3 "to confirm participation in PN")
+    join: JoinPolicy = "accept"
 
     def __post_init__(self) -> None:
         if len(self.pne_id) != ID_LEN:
@@ -78,7 +86,23 @@ class PneConfig:
         if len(self.invited) > MAX_PNES - 1 or any(len(i) != ID_LEN for i in self.invited):
             raise ConfigError(f"at most {MAX_PNES - 1} invited PNE ids of {ID_LEN} bytes")
         if not 0.1 <= self.step_timeout <= 3600:
-            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
+        if self.join not in ("accept", "decline", "ask"):
+            raise ConfigError("join must be 'accept', 'decline' or 'ask'")
+
+
+@dataclasses.dataclass(frozen=True)
+class PnJoinAsked(Question):
+    """A gateway asks this PNE to join a PN: answer ``True`` to take part, ``False`` to
+    decline.  ``initiator`` is the PNE that started the setup (None: the gateway did)."""
+
+    hook: ClassVar[str] = "allow_pn_join"
+    pn_id: bytes
+    gw_id: bytes
+    gw_name: str
+    setup_type: SetupType
+    initiator: bytes | None
+    initiator_name: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +115,10 @@ class PnMembership:
     key_source: KeySource
     link_key: bytes | None = dataclasses.field(repr=False)
     session: LinkSession | None
+    #: the members' names as the gateway gave them (in the order of ``members``)
+    member_names: tuple[str, ...] = ()
+    #: the gateway's name as it gave it
+    gw_name: str | None = None
 
 
 S_START = "start"
@@ -98,17 +126,19 @@ S_NOTIFY = "await-setup-notify"
 S_AUTH = "await-authentication"
 S_ESTABLISH = "await-establishment"
 S_CONFIRM = "await-link-confirm"
+S_ASK = "ask-user-to-join"
 
 
 class PneMachine(Machine):
     """A PNE, PNE-initiated (:meth:`start`) or answering a gateway's notify (``listen=True``)."""
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
-        (S_NOTIFY, PnSetupNotify): step("_on_notify", S_AUTH),
+        (S_NOTIFY, PnSetupNotify): step("_on_notify", S_AUTH, S_ASK, DONE),
         (S_AUTH, AuthenticationRequest): step("_on_auth", S_ESTABLISH),
         (S_ESTABLISH, PnEstablishmentNotify): step("_on_establish", DONE, S_CONFIRM),
         (S_CONFIRM, LinkConfirm): step("_on_confirm", DONE),
     }
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_join_answer", S_AUTH, DONE)}
     #: a listening PNE waits for the notify; an initiating one for the server's request
     STARTS: ClassVar[frozenset[str]] = frozenset({S_NOTIFY, S_AUTH})
 
@@ -123,6 +153,10 @@ class PneMachine(Machine):
         self._gw_id: bytes | None = config.gateway_id
         self.membership: PnMembership | None = None
         self.listen = listen
+        #: set when this PNE declined a gateway's setup notify (the machine is done)
+        self.declined = False
+        #: the notify this PNE answered (its initiator, for the user)
+        self.notify: PnSetupNotify | None = None
 
     @property
     def local_key_request(self) -> bool:
@@ -149,12 +183,32 @@ class PneMachine(Machine):
 
     def _on_notify(self, msg: PnSetupNotify, now: float) -> None:
         self._check_gateway(msg.gw_id)
+        if msg.initiator is not None and msg.initiator == self.config.pne_id:
+            raise ProtocolError("the gateway names this PNE as the initiator of a setup it "
+                                "did not start")
         self._pn_id, self._gw_id = msg.pn_id, msg.gw_id
+        self.notify = msg
+        if self.config.join == "ask":
+            self.state = S_ASK
+            self._expect_by(None)
+            self._emit(PnJoinAsked(msg.pn_id, msg.gw_id, msg.gw_name, msg.setup_type,
+                                   msg.initiator, msg.initiator_name))
+            return
+        self._answer_notify(self.config.join == "accept", now)
+
+    def _on_join_answer(self, question: Question, value: Any, now: float) -> None:
+        self._answer_notify(value is True, now)
+
+    def _answer_notify(self, accept: bool, now: float) -> None:
         c = self.config
         self._send(PnSetupNotifyResponse(
             pne_id=c.pne_id, name=c.name, caps=int(c.caps), rand_pne=self._rand,
-            local_key_request=self.local_key_request, accept=True, contents=c.contents,
+            local_key_request=self.local_key_request, accept=accept, contents=c.contents,
         ))
+        if not accept:
+            self.declined = True
+            self._finish()
+            return
         self._wait(now, S_AUTH, "the gateway did not relay the server's authentication request")
 
     def _check_gateway(self, gw_id: bytes) -> None:
@@ -209,24 +263,26 @@ class PneMachine(Machine):
                 f"the server chose a {source.name} link key where this PNE needs "
                 f"{expected_source.name}"
             )
-        key: bytes | None = None
         if source is KeySource.LOCAL_EUKEY:
             if msg.wrapped_key is None:
                 raise DecodeError("the establishment notice lacks this PNE's LocalEUKey")
             key = unwrap_key(self.config.eukey, msg.wrapped_key, **ids, recipient=RECIPIENT_PNE)
-        elif source is KeySource.PREASSIGNED:
+        else:
             key = preassigned_key(self.config.eukey)
         self._members = msg.members
+        self._member_names = msg.member_names
+        self._gw_name = msg.gw_name
         self._key_source = source
         self._link_key = key
-        if key is None:
-            # The PAN secures the link: no session of ours on top of it.
+        if msg.nonce is None:
+            # The gateway sets up no session: only if this PNE, too, says the PAN secures the
+            # link (a gateway may add a session this PNE did not need, never drop one).
+            if session_needed(self.config.caps, True):
+                raise ProtocolError(
+                    "the gateway set up no secure session on a link the PAN leaves open"
+                )
             self._done(None)
             return
-        if msg.nonce is None:
-            raise ProtocolError(
-                "the gateway set up no secure session on a link the PAN leaves open"
-            )
         self._nonce_gw = msg.nonce
         self._nonce_pne = self._rng(RAND_LEN)
         p2g, g2p, kc, fp = _link_keys(key, _ids(**ids), self._nonce_gw, self._nonce_pne)
@@ -243,7 +299,8 @@ class PneMachine(Machine):
     def _done(self, session: LinkSession | None) -> None:
         assert self._pn_id is not None and self._gw_id is not None
         self.membership = PnMembership(
-            self._pn_id, self._gw_id, self._members, self._key_source, self._link_key, session
+            self._pn_id, self._gw_id, self._members, self._key_source, self._link_key, session,
+            self._member_names, self._gw_name,
         )
         self._finish()
 

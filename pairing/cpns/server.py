@@ -92,6 +92,8 @@ class ServerInventory:
     gw_name: str
     setup_type: SetupType
     members: tuple[ServerMember, ...]
+    #: the gateway's capabilities as its registration request gave them (GatewayCaps bits)
+    gw_caps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +137,7 @@ class CpnsServer(Machine):
     def __init__(self, gw_id: bytes, *, step_timeout: float = 30.0, rng: Rng = os.urandom):
         super().__init__(initial_state=S_BEGIN)
         if not 0.1 <= step_timeout <= 3600:
-            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
         self.gw_id = gw_id
         self._timeout = step_timeout
         self._rng = rng
@@ -156,6 +158,14 @@ class CpnsServer(Machine):
             raise ProtocolError("a PN registration names a PNE twice")
         if self.gw_id in ids:
             raise ProtocolError("the gateway cannot be a PNE of its own PN")
+        # "PN GW Info: subscription information": the enrolment the gateway registers under
+        # must be the one it proved on this connection.
+        if request.subscription is None:
+            raise ProtocolError("the PN registration lacks the gateway's subscription")
+        if not same(request.subscription, self.gw_id):
+            raise AccessDeniedError(
+                "the PN registration names another subscription than the gateway's enrolment"
+            )
         self._request = request
         self._pending = {p.pne_id: _Pending(p) for p in request.pnes}
         self.state = S_KEYS
@@ -265,7 +275,7 @@ class CpnsServer(Machine):
         self.state = S_STORE
         self._expect_by(None)
         self._emit(CpnsRegisterAsked(ServerInventory(
-            req.pn_id, self.gw_id, req.gw_name, req.setup_type, tuple(stored)
+            req.pn_id, self.gw_id, req.gw_name, req.setup_type, tuple(stored), req.gw_caps
         )))
 
     def _on_stored(self, question: Question, value: Any, now: float) -> None:

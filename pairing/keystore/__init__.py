@@ -54,7 +54,15 @@ directory 0700.  Reading or failing to read never changes the file.
 from __future__ import annotations
 
 from .envelope import open_envelope, seal_envelope
-from .records import MAX_NAME_LENGTH, CloudInfo, Peer, device_id_of, fingerprint_of
+from .records import (
+    MAX_NAME_LENGTH,
+    CloudInfo,
+    Peer,
+    PnEntry,
+    PnRecord,
+    device_id_of,
+    fingerprint_of,
+)
 from .seal import (
     DEFAULT_SCRYPT_N,
     FORMAT_VERSION,
@@ -80,6 +88,8 @@ __all__ = [
     "KeystoreNotFoundError",
     "MemoryStorage",
     "Peer",
+    "PnEntry",
+    "PnRecord",
     "ScryptParams",
     "Storage",
     "device_id_of",

@@ -15,9 +15,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from ..errors import ConfigError, DecodeError
+from .. import cbor
+from ..errors import ConfigError, DecodeError, NotFoundError
 
-__all__ = ["MAX_NAME_LENGTH", "CloudInfo", "Peer", "device_id_of", "fingerprint_of"]
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "CloudInfo",
+    "Peer",
+    "PnEntry",
+    "PnRecord",
+    "clean_name",
+    "device_id_of",
+    "fingerprint_of",
+]
 
 MAX_NAME_LENGTH: Final = 64
 
@@ -178,6 +188,24 @@ class Peer:
         return fingerprint_of(self.static_public)
 
     def _to_cbor(self) -> dict[str, Any]:
+        # The record is immutable, so its CBOR map is made once: a host that saves its
+        # keystore after every pairing re-encodes every peer it knows (issue 13).  Only
+        # Keystore._body reads it, and it does not change it.
+        cached: dict[str, Any] | None = self.__dict__.get("_cbor")
+        if cached is None:
+            cached = self._make_cbor()
+            object.__setattr__(self, "_cbor", cached)
+        return cached
+
+    def _encoded(self) -> bytes:
+        """:meth:`_to_cbor` in canonical CBOR, made once per record."""
+        cached: bytes | None = self.__dict__.get("_cbor_bytes")
+        if cached is None:
+            cached = cbor.encode(self._to_cbor())
+            object.__setattr__(self, "_cbor_bytes", cached)
+        return cached
+
+    def _make_cbor(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
@@ -218,3 +246,162 @@ class CloudInfo:
     name: str
     role: str
     expires: float | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Personal networks (OMA CPNS PN establishment; issue 14)
+
+PN_ROLES: Final = ("gateway", "member")
+PN_SETUPS: Final = ("1-1", "all", "invited")
+PN_KEY_SOURCES: Final = ("local_eukey", "preassigned")
+_MAX_PN_ENTRIES: Final = 64
+
+
+def clean_name(name: object, fallback: str = "(no name)") -> str:
+    """A name a peer gave, made fit to store: control characters become spaces, it is cut to
+    :data:`MAX_NAME_LENGTH` characters, and an empty one becomes ``fallback``."""
+    text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in str(name))
+    text = text.strip()[:MAX_NAME_LENGTH].strip()
+    return text or fallback
+
+
+def _check_hex_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 32 or not all(
+        c in "0123456789abcdef" for c in value
+    ):
+        raise ConfigError(f"{what} must be 32 lowercase hex digits")
+    return value
+
+
+def _check_optional_text(value: object, what: str, limit: int = 200) -> None:
+    if value is not None and (not isinstance(value, str) or len(value) > limit):
+        raise ConfigError(f"{what} must be a text of at most {limit} characters")
+
+
+@dataclass(frozen=True)
+class PnEntry:
+    """One PNE in a stored PN: a member (with its link key and route, on the gateway), or one
+    that failed (``reason``) or declined.  ``link_key`` is left out of ``repr``."""
+
+    pne_id: str
+    name: str
+    caps: int = 0
+    key_source: str | None = None
+    link_key: bytes | None = field(default=None, repr=False)
+    #: the gateway's routing table: where this member's link was last up (a transport address)
+    route: str | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_hex_id(self.pne_id, "a PNE id")
+        _check_name(self.name, "a PNE's name")
+        caps = self.caps
+        if isinstance(caps, bool) or not isinstance(caps, int) or not 0 <= caps < 256:
+            raise ConfigError("a PNE's capabilities must be a small non-negative integer")
+        if self.key_source is not None and self.key_source not in PN_KEY_SOURCES:
+            raise ConfigError(f"a link key source is one of {', '.join(PN_KEY_SOURCES)}")
+        if self.link_key is not None and (not isinstance(self.link_key, bytes)
+                                          or len(self.link_key) != 32):
+            raise ConfigError("a link key must be 32 bytes")
+        _check_optional_text(self.route, "a route")
+        _check_optional_text(self.reason, "a reason")
+
+    def _to_cbor(self) -> dict[str, Any]:
+        return {"id": self.pne_id, "name": self.name, "caps": self.caps,
+                "source": self.key_source, "key": self.link_key, "route": self.route,
+                "reason": self.reason}
+
+    @classmethod
+    def _from_cbor(cls, data: Any) -> PnEntry:
+        return cls(data["id"], data["name"], data["caps"], data["source"], data["key"],
+                   data["route"], data["reason"])
+
+
+@dataclass(frozen=True)
+class PnRecord:
+    """A personal network as one device keeps it (DESIGN.md: OMA CPNS PN inventory and
+    routing).
+
+    On the gateway (``role="gateway"``): the PN inventory, its members with their link keys and
+    routes (the routing table, ``pn_id -> pne_id -> route``), and the PNEs that failed or
+    declined.  On a PNE (``role="member"``): the PN it belongs to, the gateway's address, the
+    members the gateway listed and its own link key.  ``link_key`` is left out of ``repr``.
+    """
+
+    pn_id: str
+    role: str
+    gw_id: str
+    gw_name: str
+    setup: str
+    members: tuple[PnEntry, ...] = ()
+    failed: tuple[PnEntry, ...] = ()
+    declined: tuple[PnEntry, ...] = ()
+    #: a member's own link key and its source
+    link_key: bytes | None = field(default=None, repr=False)
+    key_source: str | None = None
+    #: a member's way to its gateway (the transport address it joined through)
+    gateway: str | None = None
+    updated: float = 0
+
+    def __post_init__(self) -> None:
+        _check_hex_id(self.pn_id, "a PN id")
+        _check_hex_id(self.gw_id, "a gateway id")
+        if self.role not in PN_ROLES:
+            raise ConfigError("a PN record's role is 'gateway' or 'member'")
+        _check_name(self.gw_name, "a gateway's name")
+        if self.setup not in PN_SETUPS:
+            raise ConfigError(f"a PN setup type is one of {', '.join(PN_SETUPS)}")
+        for name in ("members", "failed", "declined"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(e, PnEntry) for e in value):
+                raise ConfigError(f"a PN record's {name} must be a tuple of PnEntry")
+            if len(value) > _MAX_PN_ENTRIES:
+                raise ConfigError(f"a PN record holds at most {_MAX_PN_ENTRIES} {name}")
+        if self.link_key is not None and (not isinstance(self.link_key, bytes)
+                                          or len(self.link_key) != 32):
+            raise ConfigError("a link key must be 32 bytes")
+        if self.key_source is not None and self.key_source not in PN_KEY_SOURCES:
+            raise ConfigError(f"a link key source is one of {', '.join(PN_KEY_SOURCES)}")
+        _check_optional_text(self.gateway, "a gateway's address")
+        _check_time(self.updated, "updated")
+
+    def member(self, id_or_name: str) -> PnEntry:
+        """The member with this id (or unique id prefix of 8+ digits) or name."""
+        key = id_or_name.strip()
+        found = [m for m in self.members if m.pne_id == key.lower()]
+        if not found:
+            found = [m for m in self.members if m.name == key]
+        if not found and len(key) >= 8:
+            found = [m for m in self.members if m.pne_id.startswith(key.lower())]
+        if len(found) != 1:
+            raise NotFoundError(
+                f"{'several members match' if found else 'no member of this PN is'} "
+                f"{key!r}; see 'pairkit pn ls'"
+            )
+        return found[0]
+
+    def _to_cbor(self) -> dict[str, Any]:
+        return {
+            "v": 1, "pn": self.pn_id, "role": self.role, "gw": self.gw_id,
+            "gw_name": self.gw_name, "setup": self.setup,
+            "members": [e._to_cbor() for e in self.members],
+            "failed": [e._to_cbor() for e in self.failed],
+            "declined": [e._to_cbor() for e in self.declined],
+            "key": self.link_key, "source": self.key_source, "gateway": self.gateway,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def _from_cbor(cls, data: Any) -> PnRecord:
+        try:
+            if data["v"] != 1:
+                raise DecodeError("a PN record of an unknown version")
+            return cls(
+                data["pn"], data["role"], data["gw"], data["gw_name"], data["setup"],
+                tuple(PnEntry._from_cbor(e) for e in data["members"]),
+                tuple(PnEntry._from_cbor(e) for e in data["failed"]),
+                tuple(PnEntry._from_cbor(e) for e in data["declined"]),
+                data["key"], data["source"], data["gateway"], data["updated"],
+            )
+        except (KeyError, TypeError) as exc:
+            raise DecodeError(f"a stored PN record is malformed ({type(exc).__name__})") from None

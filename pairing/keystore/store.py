@@ -41,6 +41,7 @@ from .envelope import open_envelope, seal_envelope
 from .records import (
     CloudInfo,
     Peer,
+    PnRecord,
     _check_name,
     _check_public_key,
     _check_time,
@@ -76,6 +77,11 @@ __all__ = ["Keystore", "KeystoreNotFoundError"]
 
 Rng = Callable[[int], bytes]
 _HEX_RE = re.compile(r"[0-9a-f]+")
+
+#: a keystore's contents as :meth:`Keystore._reload` replaces them: name, peers, clouds,
+#: groups, settings
+_Contents = tuple[str, dict[str, Peer], dict[str, dict[str, Any]], dict[str, dict[int, bytes]],
+                  dict[str, Any]]
 
 
 class KeystoreNotFoundError(KeystoreError, NotFoundError):
@@ -142,6 +148,10 @@ class Keystore:
         self._settings: dict[str, Any] = {}
         #: the Argon2id seal an earlier scrypt keystore takes at its next write
         self._upgrade: tuple[_Header, _Keys] | None = None
+        #: the sealed bytes last read or written, and the contents they hold (_remember)
+        self._stored: tuple[bytes, _Contents] | None = None
+        #: the peers last encoded, and their encodings joined (_peers_encoded)
+        self._peers_blob: tuple[tuple[Peer, ...], bytes] | None = None
 
     def __repr__(self) -> str:
         return f"<Keystore {self.device_id} {self._name!r} at {self._storage.where}>"
@@ -222,6 +232,7 @@ class Keystore:
             raise KeystoreCorruptError(
                 f"the keystore at {storage.where} has contents this pairkit cannot read"
             ) from None
+        store._remember(data)
         if isinstance(header.kdf, ScryptParams):
             # An earlier version's seal: derive the Argon2id one now, while the PIN is here,
             # and use it at the next write (nothing is written just by opening).
@@ -266,20 +277,43 @@ class Keystore:
         return store
 
     def _body(self) -> bytes:
-        return cbor.encode(
-            {
-                "v": FORMAT_VERSION,
-                "identity": {
-                    "x25519": _raw_private(self._static),
-                    "ed25519": _raw_private(self._signing),
-                    "name": self._name,
-                },
-                "peers": [peer._to_cbor() for peer in self._peers.values()],
-                "clouds": self._clouds,
-                "groups": self._groups,
-                "settings": {k: _thaw(v) for k, v in self._settings.items()},
-            }
+        """The contents in canonical CBOR (RFC 8949 §4.2.1, cbor2's canonical mode).
+
+        Each peer's encoding is made once per record (:meth:`Peer._encoded`) and the
+        top-level map is put together from its members' encodings, in the canonical key
+        order: the same bytes as encoding the whole map at once, without re-encoding and
+        sorting every known peer at every save (issue 13)."""
+        peers = tuple(self._peers.values())
+        members = {
+            "v": cbor.encode(FORMAT_VERSION),
+            "identity": cbor.encode({
+                "x25519": _raw_private(self._static),
+                "ed25519": _raw_private(self._signing),
+                "name": self._name,
+            }),
+            "peers": cbor.encode_head(4, len(peers)) + self._peers_encoded(peers),
+            "clouds": cbor.encode(self._clouds),
+            "groups": cbor.encode(self._groups),
+            "settings": cbor.encode({k: _thaw(v) for k, v in self._settings.items()}),
+        }
+        # canonical key order: shorter encoded keys first, then bytewise (as cbor2 sorts)
+        keys = sorted(((cbor.encode(key), key) for key in members),
+                      key=lambda item: (len(item[0]), item[0]))
+        return cbor.encode_head(5, len(keys)) + b"".join(
+            encoded + members[key] for encoded, key in keys
         )
+
+    def _peers_encoded(self, peers: tuple[Peer, ...]) -> bytes:
+        """The peers' encodings one after another.  What the last save wrote is kept: when
+        the peers are those, plus new ones at the end (a host that met a new guest), only the
+        new ones are added to it (issue 13); any other change joins them all again."""
+        kept = self._peers_blob
+        if kept is not None and peers[: len(kept[0])] == kept[0]:
+            blob = kept[1] + b"".join([p._encoded() for p in peers[len(kept[0]) :]])
+        else:
+            blob = b"".join([p._encoded() for p in peers])
+        self._peers_blob = (peers, blob)
+        return blob
 
     def save(self) -> None:
         """Seal the current contents under a fresh nonce and replace the stored keystore
@@ -303,6 +337,21 @@ class Keystore:
             )
         self._storage.replace(sealed)
         self._header, self._keys, self._upgrade = header, keys, None
+        self._remember(sealed)
+
+    def _contents(self) -> _Contents:
+        """A copy of what :meth:`_reload` replaces (records are immutable; the maps are not)."""
+        return (
+            self._name,
+            dict(self._peers),
+            {cloud_id: dict(entry) for cloud_id, entry in self._clouds.items()},
+            {group: dict(epochs) for group, epochs in self._groups.items()},
+            dict(self._settings),
+        )
+
+    def _remember(self, sealed: bytes) -> None:
+        """``sealed`` is what the storage holds now, and it holds exactly what is in memory."""
+        self._stored = (sealed, self._contents())
 
     @contextlib.contextmanager
     def update(self) -> Iterator[Keystore]:
@@ -332,6 +381,16 @@ class Keystore:
             raise KeystoreNotFoundError(
                 f"the keystore at {where} is gone; run `pairkit init` to create one"
             )
+        if self._stored is not None and data == self._stored[0]:
+            # Nobody saved since this object last read or wrote these very bytes: what they
+            # hold is known, without unsealing and parsing every record again (a host saves
+            # after each pairing, and with 1,000 peers that parse was most of a pairing's
+            # cost; issue 13).  Changes made here and not saved are dropped, as below.
+            self._name, peers, clouds, groups, settings = self._stored[1]
+            self._peers, self._clouds = dict(peers), {k: dict(v) for k, v in clouds.items()}
+            self._groups = {k: dict(v) for k, v in groups.items()}
+            self._settings = dict(settings)
+            return
         header, _ = _parse_header(data, where)
         if header.salt != self._header.salt or header.kdf != self._header.kdf:
             raise KeystoreError(
@@ -351,6 +410,7 @@ class Keystore:
         self._clouds = fresh._clouds
         self._groups = fresh._groups
         self._settings = fresh._settings
+        self._remember(data)
 
     def change_pin(
         self,
@@ -474,6 +534,16 @@ class Keystore:
         """Find a known peer by its id, a unique prefix of it (4 hex digits or more), or its
         exact name.  Raises :class:`NotFoundError`, or :class:`ConfigError` if it is ambiguous."""
         return self._peers[self._find_peer(id_or_name)]
+
+    def peer_by_id(self, device_id: str) -> Peer | None:
+        """The known peer whose device id is exactly ``device_id`` (hex), or ``None``.
+
+        For lookups by a device's id (the protocol's), unlike :meth:`get_peer`, which also
+        takes a prefix or a name for people to type: a peer *named* like another device's id
+        must never be taken for that device.  Constant time in the number of peers."""
+        if not isinstance(device_id, str):
+            return None
+        return self._peers.get(device_id.lower())
 
     def peers(self) -> tuple[Peer, ...]:
         """Every known peer, in the order they were first added."""
@@ -688,3 +758,33 @@ class Keystore:
     def delete_setting(self, key: str) -> None:
         """Remove a setting; a missing one is not an error."""
         self._settings.pop(key, None)
+
+    # -- personal networks ------------------------------------------------------------------------
+
+    #: the settings key prefix of the stored PNs (no new section: older keystores open as they
+    #: were, and a keystore with PNs opens in a pairkit that knows none, as settings)
+    PN_PREFIX = "cpns.pn."
+
+    def set_pn(self, record: PnRecord) -> None:
+        """Keep ``record`` (a PN this device is the gateway of, or a member of), replacing the
+        one with the same PN id and role."""
+        if not isinstance(record, PnRecord):
+            raise ConfigError("set_pn takes a PnRecord")
+        self._settings[f"{self.PN_PREFIX}{record.role}.{record.pn_id}"] = _freeze(
+            record._to_cbor(), "a PN record"
+        )
+
+    def pns(self, role: str | None = None) -> tuple[PnRecord, ...]:
+        """The stored PNs (of one ``role``: "gateway" or "member"), oldest update first."""
+        out = []
+        for key, value in self._settings.items():
+            if not key.startswith(self.PN_PREFIX):
+                continue
+            record = PnRecord._from_cbor(_thaw(value))
+            if role is None or record.role == role:
+                out.append(record)
+        return tuple(sorted(out, key=lambda r: (r.updated, r.pn_id)))
+
+    def forget_pn(self, pn_id: str, role: str) -> None:
+        """Drop a stored PN; a missing one is not an error."""
+        self._settings.pop(f"{self.PN_PREFIX}{role}.{pn_id}", None)

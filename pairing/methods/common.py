@@ -158,7 +158,7 @@ class PairingConfig:
         if not self.methods:
             raise ConfigError("at least one pairing method must be allowed")
         if not 0.1 <= self.step_timeout <= 3600:
-            raise ConfigError("step_timeout must be between 0.1 and 3600 seconds")
+            raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
         if not 1 <= self.prekeys <= 16:
             raise ConfigError("prekeys must be between 1 and 16")
 

@@ -160,3 +160,52 @@ def test_eviction_order_with_an_injected_clock() -> None:
     assert isinstance(t, Ticket)
     full.authenticated(t)
     assert "connections from one address" in str(full.admit("n", 0.0))
+
+
+@contextlib.asynccontextmanager
+async def gatekeeper(target: str, turn_away: int) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP relay in front of the key server that closes the first ``turn_away`` connections
+    at once (as the server does when it evicts one before the device spoke), then relays."""
+    host, port = target.rsplit(":", 1)
+    seen: list[int] = []
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(1)
+        if len(seen) <= turn_away:
+            writer.transport.abort()
+            return
+        up_r, up_w = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}", seen
+    finally:
+        server.close()
+
+
+async def test_a_device_turned_away_before_it_asked_connects_again(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "srv") as h, gatekeeper(h.address, 2) as (via, seen):
+        await enrol(via, h.ca, identity("again"))
+        assert len(seen) == 3  # two turned away, the third served
+        assert await h.server.db(h.server.store.device_count) == 1
+
+
+async def test_a_device_turned_away_every_time_stops_after_three(tmp_path: Path) -> None:
+    from pairkit.pairing.errors import TransportError
+
+    async with running_server(tmp_path / "srv") as h, gatekeeper(h.address, 99) as (via, seen):
+        try:
+            await enrol(via, h.ca, identity("never"))
+        except TransportError as exc:
+            assert "closed the connection" in str(exc), exc
+        else:
+            raise AssertionError("enrolled through a gate that turns everyone away")
+        assert len(seen) == 3

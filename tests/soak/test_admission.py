@@ -227,3 +227,60 @@ async def test_cli_out_of_file_descriptors_is_one_line_a_second_and_the_host_rec
     assert len(warnings) <= 6, f"{len(warnings)} lines in 4 s:\n{host.stderr}"
     result = await george.join(host.target, "-m", "pin", "--pin", PIN, "--json")
     assert result.rc == 0, f"{result}\nhost:\n{host.stderr}"
+
+
+async def test_the_host_takes_its_admission_limits_from_its_options(tmp_path: Any) -> None:
+    """``HostOptions.admission`` reaches ``pairkit host``'s accept loop (issue 13's bench raises
+    the pending limit through it; the defaults stay as they are): with room for one
+    unauthenticated link, a second silent link from another address is told busy."""
+    from pairkit.cli.flows import HostOptions, run_host
+    from pairkit.delegate import Agree
+    from pairkit.keystore import Argon2Params, Keystore
+    from pairkit.pairing.negotiation import Method
+    from pairkit.transports.loopback import LoopbackMedium
+
+    assert HostOptions("loopback", frozenset({Method.COMPARE})).admission == AdmissionLimits()
+    medium = LoopbackMedium()
+    endpoint = medium.endpoint("host")
+    ks = Keystore.create(tmp_path / "host.pk", "bench-passphrase", name="host",
+                         kdf=Argon2Params.cheapest())
+    opts = HostOptions("loopback", frozenset({Method.COMPARE}), quiet=True, visible=60.0,
+                       admission=AdmissionLimits(max_pending=1, first_flight=20.0))
+    host = asyncio.create_task(run_host(ks, opts, transport_obj=endpoint, delegate=Agree()))
+    links = []
+    try:
+        await endpoint.listen()
+        for i in range(2):
+            links.append(await medium.endpoint(f"guest-{i}").connect("host", timeout=5))
+            await asyncio.sleep(0.05)  # the accept loop takes each in its turn
+        answers = []
+        for link in links:
+            with contextlib.suppress(TimeoutError, PairingError):
+                answers.append(wire.decode(await asyncio.wait_for(
+                    MessagePipe(link, guest=True).recv(), 2)))
+        busy = [m for m in answers if isinstance(m, wire.Abort) and m.code == ErrorCode.BUSY]
+        assert len(busy) == 1, answers
+    finally:
+        for link in links:
+            await link.close()
+        host.cancel()
+        with contextlib.suppress(BaseException):
+            await host
+
+
+async def test_a_cancelled_accept_loop_leaves_no_task_pending() -> None:
+    """A host stopped by cancelling its accept loop (Ctrl-C, a caller giving up) leaves no task
+    behind: asyncio would say "Task was destroyed but it is pending!" when the loop closes."""
+    from pairkit.transports.loopback import LoopbackMedium
+
+    listener = await LoopbackMedium().endpoint("host").listen()
+    before = asyncio.all_tasks()
+    loop_task = asyncio.create_task(accept_loop(listener, echo_once))
+    await asyncio.sleep(0.05)  # waiting for a link, and for its stop event
+    loop_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop_task
+    await asyncio.sleep(0)  # cancelled tasks finish on the next turn
+    left = [t for t in asyncio.all_tasks() - before
+            if not t.done() and "refill" not in repr(t.get_coro())]
+    assert left == []

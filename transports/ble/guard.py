@@ -38,6 +38,9 @@ _REASONS = {
     hci.HCI_ErrorCode.REMOTE_DEVICE_TERMINATED_CONNECTION_DUE_TO_POWER_OFF_ERROR: (
         "the peer's radio was switched off"
     ),
+    # No controller ends a connection with "success": bumble does, for every connection, when
+    # its HCI transport is lost (Host.on_transport_lost, Device.on_flush).
+    hci.HCI_SUCCESS: "this side's Bluetooth controller was lost",
     hci.HCI_ErrorCode.CONNECTION_TERMINATED_DUE_TO_MIC_FAILURE_ERROR: (
         "the link-layer encryption check failed (MIC failure)"
     ),

@@ -362,6 +362,8 @@ class VirtualController(Controller):
     def on_ll_control_pdu(self, sender_address: hci.Address, packet: ll.ControlPdu) -> None:
         """The procedures above; everything else is bumble's."""
         connection = self.le_connections.get(sender_address)
+        if connection is None and isinstance(packet, PhyReq | PhyUpdateInd | ConnectionParamReq):
+            return None  # the connection ended while it travelled: lost, as over the air
         if connection is not None:
             try:
                 match packet:
