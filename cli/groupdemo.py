@@ -621,7 +621,7 @@ async def _broadcast_and_tally(
             _rejections(n) > rejected_before[n.name] for n in others
         )
 
-    payload = await lab.broadcast(sender, group, command, until=done, timeout=5)
+    payload = await lab.broadcast(sender, group, command, until=done, timeout=15)
     read_by = [n.name for n in hearers if command in n.read()[read_before[n.name]:]]
     heard = sum(1 for n in others if _rejections(n) > rejected_before[n.name])
     return {"group": group, "command": command, "bytes": len(payload),
