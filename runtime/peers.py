@@ -3,6 +3,10 @@ stored peers: who a device is, what it was granted, where it was reached, its pr
 
 Every change is made under :meth:`~pairing.keystore.Keystore.update` (reloaded under the file
 lock, then saved): several pairkit processes may share one keystore (docs/security.md, rule 4).
+Every lookup a decision rests on (:func:`known_peer`, :func:`peer_grant`, :func:`cloud_members`,
+:func:`find_peer`) first takes what another process saved (:meth:`Keystore.follow`): a peer
+forgotten or a grant withdrawn there counts here from the next decision on, and
+:func:`save_session` never writes back what was forgotten or withdrawn meanwhile.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import time
 from typing import Any
 
 from pairkit.pairing.cloud import Grant, Role
-from pairkit.pairing.errors import NotFoundError
+from pairkit.pairing.errors import NotFoundError, RefusedError
 from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
 from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
 from pairkit.pairing.service import Member
@@ -50,6 +54,9 @@ def _known(p: Peer) -> KnownPeer:
 
 
 def known_peer(ks: Keystore, device_id: bytes) -> KnownPeer | None:
+    """The stored peer ``device_id`` as it is in the keystore now (another process's changes
+    included), or None."""
+    ks.follow()
     try:
         return _known(ks.get_peer(device_id.hex()))
     except NotFoundError:
@@ -57,6 +64,7 @@ def known_peer(ks: Keystore, device_id: bytes) -> KnownPeer | None:
 
 
 def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:
+    ks.follow()
     try:
         return _known(ks.get_peer(name_or_id))
     except NotFoundError:
@@ -85,6 +93,7 @@ def save_session(
     standing: Role | None = None,
     standing_expires: int | None = None,
     wall_now: float | None = None,
+    stored_grant: bool = False,
 ) -> None:
     """Store the peer after a confirmed session: keys, prekeys, where it was reached, and the
     grant of this session in its own direction (docs/security.md, rule 2):
@@ -92,16 +101,34 @@ def save_session(
     * ``granted``: what this device's owner granted the peer (we were the host);
     * ``standing``: what the peer granted us in its cloud (we were the guest).  It is kept for
       display only and never read as a grant to the peer.
+
+    What another pairkit process changed while the session ran is never undone (issue 17,
+    finding 4): a ``resume`` or ``kk`` session of a peer that was forgotten meanwhile, or one
+    let in by a stored grant (``stored_grant``) that was withdrawn meanwhile, is refused with
+    :class:`RefusedError` and nothing is written.
     """
     device_id = session.peer.device_id.hex()
+    full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
     with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
         try:
             old_record: Peer | None = ks.get_peer(device_id)
         except NotFoundError:
             old_record = None
+        now = time.time() if wall_now is None else wall_now
+        if old_record is None and not full:
+            raise RefusedError(
+                f"{session.peer.name} was forgotten on this device while it reconnected; "
+                "it must pair again"
+            )
+        if stored_grant and granted is not None:
+            still = _grant_of(old_record, now) if old_record is not None else None
+            if still is None or still.role is not granted:
+                raise RefusedError(
+                    f"the access of {session.peer.name} was withdrawn on this device while "
+                    "it reconnected; it must ask again"
+                )
         old = _known(old_record) if old_record is not None else None
         updated = session.updated_peer(old)
-        now = time.time() if wall_now is None else wall_now
         extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
         extra.update({"address": address, "transport": transport})
         # Records written before grants were one-way kept one "role" for either direction:
@@ -116,7 +143,6 @@ def save_session(
             extra["standing_expires"] = standing_expires
         if session.method.label == "clear":
             extra["link_mitm"] = session.peer.authenticated
-        full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
         ks.add_peer(
             Peer(
                 id=device_id,
@@ -136,11 +162,17 @@ def save_session(
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
     """The still valid grant this host's owner gave a known device (no prompt when it comes
-    back).  Only ``granted`` counts: what the device granted us is never read as its grant."""
+    back).  Only ``granted`` counts: what the device granted us is never read as its grant.
+    Read from the keystore as it is now (another process's changes included)."""
+    ks.follow()
     try:
         record = ks.get_peer(device_id.hex())
     except NotFoundError:
         return None
+    return _grant_of(record, wall_now)
+
+
+def _grant_of(record: Peer, wall_now: float) -> Grant | None:
     role = record.extra.get("granted")
     if role == "member":
         return Grant(Role.MEMBER)
@@ -152,6 +184,7 @@ def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
 
 def cloud_members(ks: Keystore) -> tuple[Member, ...]:
     """The devices this host made or knows as members of its cloud, itself first."""
+    ks.follow()
     out = [Member(bytes.fromhex(ks.device_id), ks.name)]
     for p in ks.peers():
         if p.extra.get("granted") == "member":

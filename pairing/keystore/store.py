@@ -35,6 +35,7 @@ from ..errors import (
     KeystoreCorruptError,
     KeystoreError,
     NotFoundError,
+    PairingError,
     WrongPinError,
 )
 from .envelope import open_envelope, seal_envelope
@@ -50,11 +51,14 @@ from .records import (
     fingerprint_of,
 )
 from .seal import (
+    CHECK_SIZE,
     DEFAULT_SCRYPT_P,
     DEFAULT_SCRYPT_R,
     FORMAT_VERSION,
     KEY_SIZE,
+    MAGIC,
     MAX_FILE_SIZE,
+    MAX_HEADER_SIZE,
     NONCE_SIZE,
     SALT_SIZE,
     Argon2Params,
@@ -75,6 +79,8 @@ from .storage import Storage
 __all__ = ["Keystore", "KeystoreNotFoundError"]
 
 Rng = Callable[[int], bytes]
+#: enough of a sealed keystore to parse its header (magic, length, header, check, a tag)
+_HEADER_PREFIX = len(MAGIC) + 2 + MAX_HEADER_SIZE + CHECK_SIZE + 16
 _HEX_RE = re.compile(r"[0-9a-f]+")
 
 
@@ -142,6 +148,10 @@ class Keystore:
         self._settings: dict[str, Any] = {}
         #: the Argon2id seal an earlier scrypt keystore takes at its next write
         self._upgrade: tuple[_Header, _Keys] | None = None
+        #: inside :meth:`update` (under the lock, just reloaded): :meth:`follow` has nothing to do
+        self._updating = False
+        #: changed in memory since the last save or reload (:meth:`follow` never drops that)
+        self._dirty = False
 
     def __repr__(self) -> str:
         return f"<Keystore {self.device_id} {self._name!r} at {self._storage.where}>"
@@ -303,6 +313,7 @@ class Keystore:
             )
         self._storage.replace(sealed)
         self._header, self._keys, self._upgrade = header, keys, None
+        self._dirty = False
 
     @contextlib.contextmanager
     def update(self) -> Iterator[Keystore]:
@@ -311,12 +322,56 @@ class Keystore:
         Under the storage's exclusive lock (:meth:`Storage.lock`), the contents are reloaded
         (another process may have saved since this one opened it), the caller changes them, and
         they are saved before the lock is released: a running ``pairkit host`` and a ``pairkit
-        ls`` on the same device never lose each other's changes.
+        ls`` on the same device never lose each other's changes.  If the block raises (or the
+        save does), nothing is saved and the contents are read again: the update changed
+        nothing.
         """
         with self._storage.lock():
             self._reload()
-            yield self
-            self.save()
+            self._updating = True
+            try:
+                yield self
+                self._updating = False
+                self.save()
+            except BaseException:
+                # A failed update changes nothing, on disk or here: what it changed in memory
+                # is dropped (it must not be decided on, nor stop :meth:`follow`).
+                self._updating = False
+                with contextlib.suppress(PairingError):
+                    self._reload()
+                raise
+
+    def follow(self) -> bool:
+        """Take what another process saved since this one last read or wrote the keystore
+        (docs/security.md, rule 4): a peer forgotten, a grant given or withdrawn, a cloud left.
+        A host calls it before each decision it makes from the keystore, so that such a change
+        counts from its next decision on.  Returns whether the keystore was read again.
+
+        Every save seals under a fresh random nonce, which the header carries: when the stored
+        header's nonce is still the one this object last read or wrote, nothing changed, and
+        that costs one short read.  Otherwise this is :meth:`reload`, with two differences:
+        inside :meth:`update` nothing is read (the contents were just reloaded under the lock),
+        and changes made here and not saved are never dropped (:class:`KeystoreError`; changes
+        made under :meth:`update` are saved at once, or dropped if the update fails).  A
+        keystore that is gone, damaged, re-sealed under another PIN or replaced by another
+        identity raises as :meth:`reload` does: every decision stops until it is opened again.
+        """
+        if self._updating:
+            return False
+        data = self._storage.read(_HEADER_PREFIX)
+        if data is not None:
+            header, _ = _parse_header(data, self._storage.where)
+            if header.nonce == self._header.nonce and header.salt == self._header.salt:
+                return False
+        if self._dirty:
+            # Neither copy may win: reading would drop this one's changes, keeping them would
+            # decide on what another process has changed since (and could write it back).
+            raise KeystoreError(
+                "another pairkit command saved the keystore while this one had changes not "
+                "saved yet; nothing was lost on disk: make changes inside Keystore.update()"
+            )
+        self.reload()
+        return True
 
     def reload(self) -> None:
         """Read the stored keystore again, with the keys this one was unlocked with: what
@@ -351,6 +406,7 @@ class Keystore:
         self._clouds = fresh._clouds
         self._groups = fresh._groups
         self._settings = fresh._settings
+        self._dirty = False
 
     def change_pin(
         self,
@@ -415,6 +471,7 @@ class Keystore:
 
     def rename(self, name: str) -> None:
         """Change this device's name (saved on the next :meth:`save`)."""
+        self._dirty = True
         self._name = _check_name(name, "the device name")
 
     @property
@@ -468,6 +525,7 @@ class Keystore:
             raise ConfigError("add_peer expects a Peer")
         if peer.id == self.device_id:
             raise ConfigError("that is this device's own key, not a peer")
+        self._dirty = True
         self._peers[peer.id] = peer
 
     def get_peer(self, id_or_name: str) -> Peer:
@@ -481,6 +539,7 @@ class Keystore:
 
     def forget_peer(self, id_or_name: str) -> Peer:
         """Forget a known peer (found as by :meth:`get_peer`); returns what was forgotten."""
+        self._dirty = True
         return self._peers.pop(self._find_peer(id_or_name))
 
     def _find_peer(self, key: str) -> str:
@@ -523,6 +582,7 @@ class Keystore:
             raise ConfigError("a cloud role must be a non-empty text")
         if expires is not None:
             _check_time(expires, "a cloud's expiry")
+        self._dirty = True
         self._clouds[cloud_id] = {"secret": secret, "name": name, "role": role, "expires": expires}
 
     def cloud(self, cloud_id: str) -> CloudInfo:
@@ -537,6 +597,7 @@ class Keystore:
     def forget_cloud(self, cloud_id: str) -> None:
         """Forget a cloud and its secret.  Raises :class:`NotFoundError`."""
         self._cloud_entry(cloud_id, None)
+        self._dirty = True
         del self._clouds[cloud_id]
 
     def cloud_mac(self, cloud_id: str, data: bytes, *, now: float | None = None) -> bytes:
@@ -580,6 +641,7 @@ class Keystore:
         self._check_group(group, epoch)
         if not isinstance(key, bytes) or len(key) != KEY_SIZE:
             raise ConfigError(f"a group key must be {KEY_SIZE} bytes")
+        self._dirty = True
         self._groups.setdefault(group, {})[epoch] = key
 
     def group_epochs(self, group: str) -> tuple[int, ...]:
@@ -588,6 +650,7 @@ class Keystore:
 
     def forget_group(self, group: str, epoch: int | None = None) -> None:
         """Drop one epoch's key of ``group``, or all of them.  Missing keys are not an error."""
+        self._dirty = True
         if epoch is None:
             self._groups.pop(group, None)
             return
@@ -624,6 +687,7 @@ class Keystore:
         Nothing is returned: the key leaves the keystore only sealed, by
         :meth:`seal_group_key`."""
         self._check_group(group, epoch)
+        self._dirty = True
         self._groups.setdefault(group, {})[epoch] = _check_rng_output(self._rng(KEY_SIZE), KEY_SIZE)
 
     def seal_group_key(
@@ -646,6 +710,7 @@ class Keystore:
         key = self.open_envelope(enc, ct, info, aad)
         if len(key) != KEY_SIZE:
             raise DecodeError(f"an envelope for group {group!r} does not carry a group key")
+        self._dirty = True
         self._groups.setdefault(group, {})[epoch] = key
 
     @staticmethod
@@ -683,8 +748,10 @@ class Keystore:
         bytes, lists, maps with text or integer keys)."""
         if not isinstance(key, str) or not key:
             raise ConfigError("a setting's name must be a non-empty text")
+        self._dirty = True
         self._settings[key] = _freeze(value, f"setting {key!r}")
 
     def delete_setting(self, key: str) -> None:
         """Remove a setting; a missing one is not an error."""
+        self._dirty = True
         self._settings.pop(key, None)
