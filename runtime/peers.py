@@ -12,7 +12,8 @@ forgotten or a grant withdrawn there counts here from the next decision on, and
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.errors import NotFoundError, RefusedError
@@ -158,6 +159,104 @@ def save_session(
                 extra=extra,
             )
         )
+        # What keeps the keystore within what it can open again (issue 17, finding 9).
+        expire_guests(ks, now)
+        bound_prekeys(ks, keep=device_id)
+
+
+#: how long a device that was only ever a guest is kept once its last grant ended: past it the
+#: device is forgotten at the next save (it would have to pair again anyway)
+GUEST_RETENTION: Final = 30 * 24 * 3600.0
+#: prekeys kept for one peer, each way (the wire carries at most 16 at once: messages.py)
+MAX_PREKEYS_PER_PEER: Final = 32
+#: prekeys kept for all peers together, both ways; past it the least recently seen peers'
+#: prekeys go (they come back by Noise KK, which needs none, and get new ones then)
+MAX_PREKEYS_TOTAL: Final = 16384
+
+
+def _ended_guest(extra: Any, role_key: str, expires_key: str, cutoff: float) -> bool | None:
+    """Whether one direction of a record is a guest grant that ended before ``cutoff``; None
+    when that direction holds nothing, False for anything else (a member, an open grant)."""
+    role = extra.get(role_key)
+    if role is None:
+        return None
+    expires = extra.get(expires_key)
+    return role == "guest" and isinstance(expires, int | float) and expires < cutoff
+
+
+def _named_in_settings(ks: Keystore) -> tuple[set[str], set[bytes]]:
+    """Every text and every 16-byte slice of the bytes the settings hold: a device a group
+    record, a pin, a relay's queue or a replay window names is found there."""
+    texts: set[str] = set()
+    raw: set[bytes] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            texts.add(value.lower())
+        elif isinstance(value, bytes):
+            raw.update(value[i:i + 16] for i in range(max(1, len(value) - 15)))
+        elif isinstance(value, tuple | list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+
+    walk(dict(ks.settings()))
+    return texts, raw
+
+
+def expire_guests(
+    ks: Keystore, now: float, retention: float = GUEST_RETENTION
+) -> tuple[Peer, ...]:
+    """Forget the devices that were only ever guests (whichever way) and whose every grant
+    ended, and that were last seen, more than ``retention`` seconds before ``now``; call it
+    inside ``ks.update()``.  Kept: members either way, a grant without an end, records that
+    hold no grant (earlier versions', a group's relay), and any device a setting names (a
+    group's member, relay or controller).  Returns what was forgotten."""
+    cutoff = now - retention
+    candidates = []
+    for p in ks.peers():
+        ends = [_ended_guest(p.extra, "granted", "granted_expires", cutoff),
+                _ended_guest(p.extra, "standing", "standing_expires", cutoff)]
+        held = [e for e in ends if e is not None]
+        if held and all(held) and p.last_seen < cutoff:
+            candidates.append(p)
+    if not candidates:
+        return ()
+    texts, raw = _named_in_settings(ks)
+    gone = tuple(p for p in candidates if p.id not in texts and bytes.fromhex(p.id) not in raw)
+    for p in gone:
+        ks.forget_peer(p.id)
+    return gone
+
+
+def bound_prekeys(ks: Keystore, *, keep: str | None = None) -> int:
+    """Keep at most :data:`MAX_PREKEYS_PER_PEER` prekeys a peer, each way, and
+    :data:`MAX_PREKEYS_TOTAL` in all: past it the least recently seen peers lose theirs
+    (``keep``, the peer just saved, last).  Call it inside ``ks.update()``; returns how many
+    were dropped.  A peer without prekeys resumes by Noise KK (docs/protocol.md)."""
+    dropped = 0
+    records = list(ks.peers())
+    for i, p in enumerate(records):
+        if len(p.their_prekeys) > MAX_PREKEYS_PER_PEER or len(p.our_prekeys) > MAX_PREKEYS_PER_PEER:
+            trimmed = _replace(p, their_prekeys=list(p.their_prekeys[-MAX_PREKEYS_PER_PEER:]),
+                               our_prekeys=list(p.our_prekeys[-MAX_PREKEYS_PER_PEER:]))
+            dropped += len(p.their_prekeys) + len(p.our_prekeys)
+            dropped -= len(trimmed.their_prekeys) + len(trimmed.our_prekeys)
+            ks.add_peer(trimmed)
+            records[i] = trimmed
+    total = sum(len(p.their_prekeys) + len(p.our_prekeys) for p in records)
+    for p in sorted(records, key=lambda r: (r.id == keep, r.last_seen)):
+        if total <= MAX_PREKEYS_TOTAL:
+            break
+        held = len(p.their_prekeys) + len(p.our_prekeys)
+        if held:
+            ks.add_peer(_replace(p, their_prekeys=[], our_prekeys=[]))
+            total -= held
+            dropped += held
+    return dropped
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:

@@ -31,6 +31,7 @@ from ..errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
+    ErrorCode,
     ExpiredError,
     KeystoreCorruptError,
     KeystoreError,
@@ -307,9 +308,11 @@ class Keystore:
         sealed = _seal(header, keys, self._body())
         if len(sealed) > MAX_FILE_SIZE:
             raise KeystoreError(
-                f"the keystore would grow to {len(sealed) >> 20} MiB, over the "
-                f"{MAX_FILE_SIZE >> 20} MiB a keystore may hold; nothing was saved (forget "
-                "peers or groups you no longer need, then try again)"
+                f"the keystore is full: it would grow to {len(sealed):,} bytes, over the "
+                f"{MAX_FILE_SIZE >> 20} MiB ({MAX_FILE_SIZE:,} bytes) a keystore may hold, so "
+                "nothing was saved; see what it holds with `pairkit peers`, remove devices "
+                "you no longer need with `pairkit forget PEER`, then try again",
+                code=ErrorCode.TOO_LARGE,
             )
         self._storage.replace(sealed)
         self._header, self._keys, self._upgrade = header, keys, None
