@@ -62,6 +62,7 @@ _BY_CODE: dict[ErrorCode, int] = {
     ErrorCode.CLOSED: EXIT_CLOSED,
     ErrorCode.CANCELLED: EXIT_REFUSED,  # the person on the other side said no, by Ctrl-C
     ErrorCode.BUSY: EXIT_BUSY,
+    ErrorCode.TOO_LARGE: EXIT_ERROR,  # a full keystore too: not a locked one (issue 17)
 }
 
 _OS_ERRNOS: dict[int, int] = {

@@ -104,6 +104,14 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX pns_by_gateway ON pns (gw_id);
     """,
+    # 3: server processes' leases (as SQLite's version 3)
+    """
+    CREATE TABLE servers (
+        id      BYTEA PRIMARY KEY CHECK (length(id) = 16),
+        expires DOUBLE PRECISION NOT NULL
+    );
+    ALTER TABLE intents ADD COLUMN server BYTEA;
+    """,
 )
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)
 

@@ -127,6 +127,9 @@ class Limits:
     step_timeout: float = 10.0
     #: the longest wait for a matching intent the server grants (seconds)
     max_wait: float = 60.0
+    #: seconds this process's lease runs (renewed every third of it): an intent waiting in a
+    #: process that died is never matched once its lease ran out (keyserver/store.py)
+    lease: float = 15.0
 
     def __post_init__(self) -> None:
         if (
@@ -140,6 +143,8 @@ class Limits:
             raise ConfigError("max_message must be from 1024 to 65535 bytes")
         if min(self.handshake_timeout, self.step_timeout) <= 0 or not 1 <= self.max_wait <= 300:
             raise ConfigError("timeouts must be positive and max_wait from 1 to 300 seconds")
+        if not 1 <= self.lease <= 300:
+            raise ConfigError("lease must be from 1 to 300 seconds")
 
 
 @dataclasses.dataclass(eq=False)
@@ -323,6 +328,9 @@ class TtpServer:
         self._waiters: dict[int, asyncio.Event] = {}
         self._janitor: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
+        #: this process's lease on the store (its intents are matched only while it holds it)
+        self._server_id = os.urandom(16)
+        self._leaser: asyncio.Task[None] | None = None
         self._poll = POLL_INTERVAL
         self.address = ""
         #: counters for people and benchmarks (no secrets); failures are logged as "error: ..."
@@ -362,6 +370,8 @@ class TtpServer:
             functools.partial(open_store, self.dir.root, rng=self._rng, database=self.database),
         )
         await self.db(self.store.purge, self._clock())
+        await self.db(self.store.lease, self._server_id, self._clock(), self.limits.lease)
+        self._leaser = asyncio.create_task(self._renew_lease())
         try:
             self._server = await asyncio.start_server(
                 self._accept, host, port, limit=self.limits.max_message * 2 + 16,
@@ -385,6 +395,8 @@ class TtpServer:
             self._server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        if self._leaser is not None:
+            self._leaser.cancel()
         if self._unlisten is not None:
             unlisten, self._unlisten = self._unlisten, None
             await asyncio.get_running_loop().run_in_executor(None, unlisten)
@@ -398,8 +410,20 @@ class TtpServer:
             self._server = None
         if self._store is not None:
             store, self._store = self._store, None
+            if self._leaser is not None:  # a stopped process holds no lease
+                with contextlib.suppress(Exception):
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._executor, store.end_lease, self._server_id)
             await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
         self._executor.shutdown(wait=True)
+
+    async def _renew_lease(self) -> None:
+        """Keep this process's lease (a third of its time apart): a process killed stops
+        renewing, and the intents left in it are not matched once the lease ran out."""
+        while True:
+            await asyncio.sleep(self.limits.lease / 3)
+            with contextlib.suppress(PairingError):
+                await self.db(self.store.lease, self._server_id, self._clock(), self.limits.lease)
 
     async def _purge_now_and_then(self) -> None:
         while True:
@@ -559,7 +583,7 @@ class _Conn:
         now = s._clock()
         outcome = await s.db(
             s.store.post_intent, q.device_id, q.peer_id, q.context, q.role, now=now,
-            expires=now + q.wait,
+            expires=now + q.wait, server=s._server_id,
         )
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)

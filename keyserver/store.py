@@ -51,6 +51,8 @@ from pairkit.pairing.errors import (
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 
 SEAL_KEY_LEN: Final = 32
+#: seconds a lease that ran out is kept (a process that stalled that long renews it again)
+LEASE_KEPT: Final = 3600.0
 BUSY_TIMEOUT_MS: Final = 5000
 
 
@@ -106,6 +108,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (pn_id, pne_id)
     );
     CREATE INDEX pns_by_gateway ON pns (gw_id);
+    """,
+    # 3: server processes' leases: an intent is matched only while the process it waits in
+    # lives (a process killed with an intent open leaves it, and it must not be matched)
+    """
+    CREATE TABLE servers (
+        id      BLOB PRIMARY KEY CHECK (length(id) = 16),
+        expires REAL NOT NULL
+    );
+    ALTER TABLE intents ADD COLUMN server BLOB;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -334,20 +345,23 @@ class Store(abc.ABC):
         *,
         now: float,
         expires: float,
+        server: bytes | None = None,
     ) -> Pending | Matched:
         """Match this intent against a waiting one, or store it to wait.
 
         A waiting intent matches when it names ``owner``, comes from ``peer``, has the same
-        context and the opposite role, and has not expired.  The key is drawn here, once.  A
-        stored identical intent (same owner, peer, context and role) is replaced: its waiter
-        finds its row gone.
+        context and the opposite role, has not expired, and the server process it waits in
+        still holds its lease (:meth:`lease`; an intent stored without ``server`` needs none).
+        The key is drawn here, once.  A stored identical intent (same owner, peer, context and
+        role) is replaced: its waiter finds its row gone.
         """
         with self._write() as db:
             self._lock_pair(db, owner, peer, context)
             row = db.locking(
                 "SELECT id FROM intents WHERE owner = ? AND peer = ? AND context = ? "
-                "AND role = ? AND match_id IS NULL AND expires > ? ORDER BY id LIMIT 1",
-                (peer, owner, context, int(role.other), now),
+                "AND role = ? AND match_id IS NULL AND expires > ? AND (server IS NULL OR "
+                "server IN (SELECT id FROM servers WHERE expires > ?)) ORDER BY id LIMIT 1",
+                (peer, owner, context, int(role.other), now, now),
             )
             if row is not None:
                 partner = int(row[0])
@@ -365,10 +379,26 @@ class Store(abc.ABC):
                 (owner, peer, context, int(role)),
             )
             return Pending(db.insert_id(
-                "INSERT INTO intents (owner, peer, context, role, created, expires) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (owner, peer, context, int(role), now, expires),
+                "INSERT INTO intents (owner, peer, context, role, created, expires, server) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (owner, peer, context, int(role), now, expires, server),
             ))
+
+    def lease(self, server: bytes, now: float, ttl: float) -> None:
+        """Hold (or renew) the lease of server process ``server`` until ``now + ttl``: the
+        intents it stores are matched only while it holds it.  A process renews it well
+        before it ends; one killed stops, and its intents are ignored once it ran out."""
+        with self._write() as db:
+            db.run(
+                "INSERT INTO servers (id, expires) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET expires = excluded.expires",
+                (server, now + ttl),
+            )
+
+    def end_lease(self, server: bytes) -> None:
+        """Give the lease up (a process that stops): its intents are matched no more."""
+        with self._write() as db:
+            db.run("DELETE FROM servers WHERE id = ?", (server,))
 
     def take_match(self, row: int) -> tuple[bytes, bytes] | None:
         """(SK, match id) once the intent ``row`` was matched (the row is then deleted), or
@@ -391,6 +421,7 @@ class Store(abc.ABC):
     def purge(self, now: float) -> int:
         """Forget intents that expired, and matched ones never picked up (after their expiry)."""
         with self._write() as db:
+            db.run("DELETE FROM servers WHERE expires <= ?", (now - LEASE_KEPT,))
             return db.run("DELETE FROM intents WHERE expires <= ?", (now,))
 
     def pending_count(self) -> int:

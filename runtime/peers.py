@@ -3,15 +3,20 @@ stored peers: who a device is, what it was granted, where it was reached, its pr
 
 Every change is made under :meth:`~pairing.keystore.Keystore.update` (reloaded under the file
 lock, then saved): several pairkit processes may share one keystore (docs/security.md, rule 4).
+Every lookup a decision rests on (:func:`known_peer`, :func:`peer_grant`, :func:`cloud_members`,
+:func:`find_peer`) first takes what another process saved (:meth:`Keystore.follow`): a peer
+forgotten or a grant withdrawn there counts here from the next decision on, and
+:func:`save_session` never writes back what was forgotten or withdrawn meanwhile.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 from pairkit.pairing.cloud import Grant, Role
-from pairkit.pairing.errors import NotFoundError
+from pairkit.pairing.errors import NotFoundError, RefusedError
 from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
 from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
 from pairkit.pairing.service import Member
@@ -58,11 +63,15 @@ def _by_id(ks: Keystore, device_id: bytes) -> Peer:
 
 
 def known_peer(ks: Keystore, device_id: bytes) -> KnownPeer | None:
+    """The stored peer ``device_id`` as it is in the keystore now (another process's changes
+    included), or None."""
+    ks.follow()
     record = ks.peer_by_id(device_id.hex())
     return None if record is None else _known(record)
 
 
 def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:
+    ks.follow()
     try:
         return _known(ks.get_peer(name_or_id))
     except NotFoundError:
@@ -91,6 +100,7 @@ def save_session(
     standing: Role | None = None,
     standing_expires: int | None = None,
     wall_now: float | None = None,
+    stored_grant: bool = False,
 ) -> None:
     """Store the peer after a confirmed session: keys, prekeys, where it was reached, and the
     grant of this session in its own direction (docs/security.md, rule 2):
@@ -98,13 +108,31 @@ def save_session(
     * ``granted``: what this device's owner granted the peer (we were the host);
     * ``standing``: what the peer granted us in its cloud (we were the guest).  It is kept for
       display only and never read as a grant to the peer.
+
+    What another pairkit process changed while the session ran is never undone (issue 17,
+    finding 4): a ``resume`` or ``kk`` session of a peer that was forgotten meanwhile, or one
+    let in by a stored grant (``stored_grant``) that was withdrawn meanwhile, is refused with
+    :class:`RefusedError` and nothing is written.
     """
     device_id = session.peer.device_id.hex()
+    full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
     with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
-        old_record = ks.peer_by_id(device_id)
+        old_record: Peer | None = ks.peer_by_id(device_id)
+        now = time.time() if wall_now is None else wall_now
+        if old_record is None and not full:
+            raise RefusedError(
+                f"{session.peer.name} was forgotten on this device while it reconnected; "
+                "it must pair again"
+            )
+        if stored_grant and granted is not None:
+            still = _grant_of(old_record, now) if old_record is not None else None
+            if still is None or still.role is not granted:
+                raise RefusedError(
+                    f"the access of {session.peer.name} was withdrawn on this device while "
+                    "it reconnected; it must ask again"
+                )
         old = _known(old_record) if old_record is not None else None
         updated = session.updated_peer(old)
-        now = time.time() if wall_now is None else wall_now
         extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
         extra.update({"address": address, "transport": transport})
         # Records written before grants were one-way kept one "role" for either direction:
@@ -119,7 +147,6 @@ def save_session(
             extra["standing_expires"] = standing_expires
         if session.method.label == "clear":
             extra["link_mitm"] = session.peer.authenticated
-        full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
         ks.add_peer(
             Peer(
                 id=device_id,
@@ -135,14 +162,118 @@ def save_session(
                 extra=extra,
             )
         )
+        # What keeps the keystore within what it can open again (issue 17, finding 9).
+        expire_guests(ks, now)
+        bound_prekeys(ks, keep=device_id)
+
+
+#: how long a device that was only ever a guest is kept once its last grant ended: past it the
+#: device is forgotten at the next save (it would have to pair again anyway)
+GUEST_RETENTION: Final = 30 * 24 * 3600.0
+#: prekeys kept for one peer, each way (the wire carries at most 16 at once: messages.py)
+MAX_PREKEYS_PER_PEER: Final = 32
+#: prekeys kept for all peers together, both ways; past it the least recently seen peers'
+#: prekeys go (they come back by Noise KK, which needs none, and get new ones then)
+MAX_PREKEYS_TOTAL: Final = 16384
+
+
+def _ended_guest(extra: Any, role_key: str, expires_key: str, cutoff: float) -> bool | None:
+    """Whether one direction of a record is a guest grant that ended before ``cutoff``; None
+    when that direction holds nothing, False for anything else (a member, an open grant)."""
+    role = extra.get(role_key)
+    if role is None:
+        return None
+    expires = extra.get(expires_key)
+    return role == "guest" and isinstance(expires, int | float) and expires < cutoff
+
+
+def _named_in_settings(ks: Keystore) -> tuple[set[str], set[bytes]]:
+    """Every text and every 16-byte slice of the bytes the settings hold: a device a group
+    record, a pin, a relay's queue or a replay window names is found there."""
+    texts: set[str] = set()
+    raw: set[bytes] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            texts.add(value.lower())
+        elif isinstance(value, bytes):
+            raw.update(value[i:i + 16] for i in range(max(1, len(value) - 15)))
+        elif isinstance(value, tuple | list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+
+    walk(dict(ks.settings()))
+    return texts, raw
+
+
+def expire_guests(
+    ks: Keystore, now: float, retention: float = GUEST_RETENTION
+) -> tuple[Peer, ...]:
+    """Forget the devices that were only ever guests (whichever way) and whose every grant
+    ended, and that were last seen, more than ``retention`` seconds before ``now``; call it
+    inside ``ks.update()``.  Kept: members either way, a grant without an end, records that
+    hold no grant (earlier versions', a group's relay), and any device a setting names (a
+    group's member, relay or controller).  Returns what was forgotten."""
+    cutoff = now - retention
+    candidates = []
+    for p in ks.peers():
+        ends = [_ended_guest(p.extra, "granted", "granted_expires", cutoff),
+                _ended_guest(p.extra, "standing", "standing_expires", cutoff)]
+        held = [e for e in ends if e is not None]
+        if held and all(held) and p.last_seen < cutoff:
+            candidates.append(p)
+    if not candidates:
+        return ()
+    texts, raw = _named_in_settings(ks)
+    gone = tuple(p for p in candidates if p.id not in texts and bytes.fromhex(p.id) not in raw)
+    for p in gone:
+        ks.forget_peer(p.id)
+    return gone
+
+
+def bound_prekeys(ks: Keystore, *, keep: str | None = None) -> int:
+    """Keep at most :data:`MAX_PREKEYS_PER_PEER` prekeys a peer, each way, and
+    :data:`MAX_PREKEYS_TOTAL` in all: past it the least recently seen peers lose theirs
+    (``keep``, the peer just saved, last).  Call it inside ``ks.update()``; returns how many
+    were dropped.  A peer without prekeys resumes by Noise KK (docs/protocol.md)."""
+    dropped = 0
+    records = list(ks.peers())
+    for i, p in enumerate(records):
+        if len(p.their_prekeys) > MAX_PREKEYS_PER_PEER or len(p.our_prekeys) > MAX_PREKEYS_PER_PEER:
+            trimmed = _replace(p, their_prekeys=list(p.their_prekeys[-MAX_PREKEYS_PER_PEER:]),
+                               our_prekeys=list(p.our_prekeys[-MAX_PREKEYS_PER_PEER:]))
+            dropped += len(p.their_prekeys) + len(p.our_prekeys)
+            dropped -= len(trimmed.their_prekeys) + len(trimmed.our_prekeys)
+            ks.add_peer(trimmed)
+            records[i] = trimmed
+    total = sum(len(p.their_prekeys) + len(p.our_prekeys) for p in records)
+    for p in sorted(records, key=lambda r: (r.id == keep, r.last_seen)):
+        if total <= MAX_PREKEYS_TOTAL:
+            break
+        held = len(p.their_prekeys) + len(p.our_prekeys)
+        if held:
+            ks.add_peer(_replace(p, their_prekeys=[], our_prekeys=[]))
+            total -= held
+            dropped += held
+    return dropped
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
     """The still valid grant this host's owner gave a known device (no prompt when it comes
-    back).  Only ``granted`` counts: what the device granted us is never read as its grant."""
+    back).  Only ``granted`` counts: what the device granted us is never read as its grant.
+    Read from the keystore as it is now (another process's changes included)."""
+    ks.follow()
     record = ks.peer_by_id(device_id.hex())
     if record is None:
         return None
+    return _grant_of(record, wall_now)
+
+
+def _grant_of(record: Peer, wall_now: float) -> Grant | None:
     role = record.extra.get("granted")
     if role == "member":
         return Grant(Role.MEMBER)
@@ -154,6 +285,7 @@ def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
 
 def cloud_members(ks: Keystore) -> tuple[Member, ...]:
     """The devices this host made or knows as members of its cloud, itself first."""
+    ks.follow()
     out = [Member(bytes.fromhex(ks.device_id), ks.name)]
     for p in ks.peers():
         if p.extra.get("granted") == "member":

@@ -167,6 +167,9 @@ async def accept_session(
     ``tried`` receives the pairing machine once it is made, so that the caller can tell which
     method a guest tried even when it failed (a QR code is single use too)."""
     ks = side.keystore
+    # What another pairkit process on this device saved (a peer forgotten, a grant withdrawn,
+    # a cloud left) counts from this guest on; each later lookup follows again (peers.py).
+    ks.follow()
     me = peers.local_identity(ks)
     pipe = MessagePipe(link, guest=False)
     cloud: CloudHost | None = None
@@ -201,13 +204,18 @@ async def accept_session(
     membership = None
     if cloud is not None:
         membership = _membership_for(ks, cloud, session, clock)
-        await channel.send(membership.encode())
+    # Stored before the membership is sent: the save refuses (and the guest is told nothing
+    # but a closed link) when another process forgot this peer or withdrew the stored grant
+    # it came back with while it paired; what that process did is never undone (issue 17).
     peers.save_session(
         ks, session, address=str(link.peer), transport=side.transport,
         granted=membership.role if membership is not None else None,
         granted_expires=membership.expires if membership is not None else None,
         wall_now=clock.wall(),
+        stored_grant=cloud is not None and cloud.claimed is not None,
     )
+    if membership is not None:
+        await channel.send(membership.encode())
     return Established(channel, session, membership, method)
 
 

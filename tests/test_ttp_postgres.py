@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_schema_is_migrated_once_and_a_newer_one_refused(pg_url: str, key: bytes
     assert all(s is not None for s in stores)  # three processes starting at once: one migrates
     s = stores[0]
     try:
-        assert s.schema_version() == PG_SCHEMA_VERSION == 2
+        assert s.schema_version() == PG_SCHEMA_VERSION == 3
         assert s.pn_ids() == [] and s.device_count() == 0
         s._conn.execute("UPDATE pairkit_schema SET version = 99")
     finally:
@@ -359,6 +360,66 @@ async def test_a_server_killed_mid_way_and_the_other_completes(
                                role=IntentRole.GUEST, wait=20)
         ka = await retry
         assert ka.sk == kb.sk
+    finally:
+        if one.proc.returncode is None:
+            one.proc.kill()
+            await one.proc.wait()
+        await two.stop()
+
+
+async def _lease_ran_out(url: str, key: bytes, rows: set[int]) -> None:
+    """Wait until the lease of the server process that holds ``rows`` has run out (it was
+    killed, so it renews it no more)."""
+    s = pg_store(url, key)
+    try:
+        for _ in range(600):
+            found = s._conn.execute(
+                "SELECT max(s.expires) FROM servers s JOIN intents i ON i.server = s.id "
+                "WHERE i.id = ANY(%s)", (list(rows),),
+            ).fetchone()
+            if found is not None and found[0] is not None and found[0] < time.time():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("the killed server's lease never ran out")
+    finally:
+        s.close()
+
+
+async def test_an_intent_left_in_a_killed_server_is_never_matched(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Server one is killed -9 while a's intent waits in it.  b's intent, posted later through
+    server two, must not meet that orphan (b would get a key nobody else has, and the pairing
+    would fail): it waits, and a's retry through server two meets it."""
+    d = init_server_dir(tmp_path / "srv")
+    seal = d.seal_key.read_bytes()
+    one = await ServeProcess.start(d.root, "--db", pg_url)
+    two = await ServeProcess.start(d.root, "--db", pg_url)
+    try:
+        a, b = identity("a"), identity("b")
+        await enrol(two.address, d.ca_cert, a)
+        await enrol(two.address, d.ca_cert, b)
+        waiting = asyncio.ensure_future(request_key(
+            one.address, d.ca_cert, a, peer_id=b.device_id, context=CTX, role=IntentRole.HOST,
+            wait=60,
+        ))
+        await _pending(pg_url, seal, 1)
+        orphan = await _rows(pg_url, seal)
+        one.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(one.proc.wait(), 10)
+        with pytest.raises(PairingError):
+            await waiting
+        await _lease_ran_out(pg_url, seal, orphan)
+        late = asyncio.ensure_future(request_key(
+            two.address, d.ca_cert, b, peer_id=a.device_id, context=CTX, role=IntentRole.GUEST,
+            wait=30,
+        ))
+        await _pending(pg_url, seal, 2)  # the orphan and b's own: b did not meet the orphan
+        assert not late.done()
+        ka = await request_key(two.address, d.ca_cert, a, peer_id=b.device_id, context=CTX,
+                               role=IntentRole.HOST, wait=30)
+        kb = await late
+        assert ka.sk == kb.sk and ka.match_id == kb.match_id
     finally:
         if one.proc.returncode is None:
             one.proc.kill()

@@ -42,7 +42,7 @@ def store_at(path: Path, key: bytes) -> TtpStore:
 def test_fresh_database_is_at_the_latest_version_in_wal_mode(tmp_path: Path, key: bytes) -> None:
     s = store_at(tmp_path / "db", key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     finally:
@@ -59,8 +59,8 @@ def test_migration_keeps_data(tmp_path: Path, key: bytes) -> None:
     s = store_at(path, key)
     try:
         assert s.device(A).name == "old"
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
-        assert s.pn_ids() == []  # version 2's tables exist
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert s.pn_ids() == []  # the later versions' tables exist
     finally:
         s.close()
 
@@ -99,6 +99,45 @@ def test_intents_match_across_two_processes_sharing_the_file(tmp_path: Path, key
         sk, match_id = one.take_match(waiting.row)
         assert (sk, match_id) == (matched.sk, matched.match_id)
         assert one.pending_count() == 0
+    finally:
+        one.close()
+        two.close()
+
+
+def test_an_intent_left_by_a_process_that_died_is_not_matched(tmp_path: Path, key: bytes) -> None:
+    """Server process one stores A's intent and dies (it stops renewing its lease); B's
+    intent, through process two once one's lease ran out, waits instead of taking a key that
+    A would never receive, and A's retry through process two meets it."""
+    path = tmp_path / "db"
+    one, two = store_at(path, key), store_at(path, key)
+    p1, p2 = b"\x01" * 16, b"\x02" * 16
+    try:
+        for s in (one, two):
+            s.enrol(rec(A), None, 0)
+            s.enrol(rec(B), None, 0)
+        one.lease(p1, 0, 15)
+        two.lease(p2, 0, 15)
+        # the control: while one holds its lease, its intents are matched as ever
+        assert isinstance(one.post_intent(A, C, CTX, IntentRole.HOST, now=1, expires=60,
+                                          server=p1), Pending)
+        two.enrol(rec(C), None, 0)
+        assert isinstance(two.post_intent(C, A, CTX, IntentRole.GUEST, now=2, expires=60,
+                                          server=p2), Matched)
+        stale = one.post_intent(A, B, CTX, IntentRole.HOST, now=3, expires=60, server=p1)
+        assert isinstance(stale, Pending)
+        two.lease(p2, 20, 15)  # one was killed at 3: it renews no more; two does
+        waiting = two.post_intent(B, A, CTX, IntentRole.GUEST, now=20, expires=60, server=p2)
+        assert isinstance(waiting, Pending)
+        retry = two.post_intent(A, B, CTX, IntentRole.HOST, now=21, expires=60, server=p2)
+        assert isinstance(retry, Matched) and retry.partner_row == waiting.row
+        taken = two.take_match(waiting.row)
+        assert taken is not None and taken == (retry.sk, retry.match_id)
+        # a process that stops cleanly gives its lease up at once
+        two.end_lease(p2)
+        left = two.post_intent(A, B, CTX, IntentRole.HOST, now=22, expires=60, server=p2)
+        assert isinstance(left, Pending)
+        assert isinstance(one.post_intent(B, A, CTX, IntentRole.GUEST, now=22, expires=60),
+                          Pending)
     finally:
         one.close()
         two.close()

@@ -31,10 +31,12 @@ from ..errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
+    ErrorCode,
     ExpiredError,
     KeystoreCorruptError,
     KeystoreError,
     NotFoundError,
+    PairingError,
     WrongPinError,
 )
 from .envelope import open_envelope, seal_envelope
@@ -51,11 +53,14 @@ from .records import (
     fingerprint_of,
 )
 from .seal import (
+    CHECK_SIZE,
     DEFAULT_SCRYPT_P,
     DEFAULT_SCRYPT_R,
     FORMAT_VERSION,
     KEY_SIZE,
+    MAGIC,
     MAX_FILE_SIZE,
+    MAX_HEADER_SIZE,
     NONCE_SIZE,
     SALT_SIZE,
     Argon2Params,
@@ -76,6 +81,8 @@ from .storage import Storage
 __all__ = ["Keystore", "KeystoreNotFoundError"]
 
 Rng = Callable[[int], bytes]
+#: enough of a sealed keystore to parse its header (magic, length, header, check, a tag)
+_HEADER_PREFIX = len(MAGIC) + 2 + MAX_HEADER_SIZE + CHECK_SIZE + 16
 _HEX_RE = re.compile(r"[0-9a-f]+")
 
 #: a keystore's contents as :meth:`Keystore._reload` replaces them: name, peers, clouds,
@@ -152,6 +159,10 @@ class Keystore:
         self._stored: tuple[bytes, _Contents] | None = None
         #: the peers last encoded, and their encodings joined (_peers_encoded)
         self._peers_blob: tuple[tuple[Peer, ...], bytes] | None = None
+        #: inside :meth:`update` (under the lock, just reloaded): :meth:`follow` has nothing to do
+        self._updating = False
+        #: changed in memory since the last save or reload (:meth:`follow` never drops that)
+        self._dirty = False
 
     def __repr__(self) -> str:
         return f"<Keystore {self.device_id} {self._name!r} at {self._storage.where}>"
@@ -331,13 +342,16 @@ class Keystore:
         sealed = _seal(header, keys, self._body())
         if len(sealed) > MAX_FILE_SIZE:
             raise KeystoreError(
-                f"the keystore would grow to {len(sealed) >> 20} MiB, over the "
-                f"{MAX_FILE_SIZE >> 20} MiB a keystore may hold; nothing was saved (forget "
-                "peers or groups you no longer need, then try again)"
+                f"the keystore is full: it would grow to {len(sealed):,} bytes, over the "
+                f"{MAX_FILE_SIZE >> 20} MiB ({MAX_FILE_SIZE:,} bytes) a keystore may hold, so "
+                "nothing was saved; see what it holds with `pairkit peers`, remove devices "
+                "you no longer need with `pairkit forget PEER`, then try again",
+                code=ErrorCode.TOO_LARGE,
             )
         self._storage.replace(sealed)
         self._header, self._keys, self._upgrade = header, keys, None
         self._remember(sealed)
+        self._dirty = False
 
     def _contents(self) -> _Contents:
         """A copy of what :meth:`_reload` replaces (records are immutable; the maps are not)."""
@@ -360,12 +374,56 @@ class Keystore:
         Under the storage's exclusive lock (:meth:`Storage.lock`), the contents are reloaded
         (another process may have saved since this one opened it), the caller changes them, and
         they are saved before the lock is released: a running ``pairkit host`` and a ``pairkit
-        ls`` on the same device never lose each other's changes.
+        ls`` on the same device never lose each other's changes.  If the block raises (or the
+        save does), nothing is saved and the contents are read again: the update changed
+        nothing.
         """
         with self._storage.lock():
             self._reload()
-            yield self
-            self.save()
+            self._updating = True
+            try:
+                yield self
+                self._updating = False
+                self.save()
+            except BaseException:
+                # A failed update changes nothing, on disk or here: what it changed in memory
+                # is dropped (it must not be decided on, nor stop :meth:`follow`).
+                self._updating = False
+                with contextlib.suppress(PairingError):
+                    self._reload()
+                raise
+
+    def follow(self) -> bool:
+        """Take what another process saved since this one last read or wrote the keystore
+        (docs/security.md, rule 4): a peer forgotten, a grant given or withdrawn, a cloud left.
+        A host calls it before each decision it makes from the keystore, so that such a change
+        counts from its next decision on.  Returns whether the keystore was read again.
+
+        Every save seals under a fresh random nonce, which the header carries: when the stored
+        header's nonce is still the one this object last read or wrote, nothing changed, and
+        that costs one short read.  Otherwise this is :meth:`reload`, with two differences:
+        inside :meth:`update` nothing is read (the contents were just reloaded under the lock),
+        and changes made here and not saved are never dropped (:class:`KeystoreError`; changes
+        made under :meth:`update` are saved at once, or dropped if the update fails).  A
+        keystore that is gone, damaged, re-sealed under another PIN or replaced by another
+        identity raises as :meth:`reload` does: every decision stops until it is opened again.
+        """
+        if self._updating:
+            return False
+        data = self._storage.read(_HEADER_PREFIX)
+        if data is not None:
+            header, _ = _parse_header(data, self._storage.where)
+            if header.nonce == self._header.nonce and header.salt == self._header.salt:
+                return False
+        if self._dirty:
+            # Neither copy may win: reading would drop this one's changes, keeping them would
+            # decide on what another process has changed since (and could write it back).
+            raise KeystoreError(
+                "another pairkit command saved the keystore while this one had changes not "
+                "saved yet; nothing was lost on disk: make changes inside Keystore.update()"
+            )
+        self.reload()
+        return True
 
     def reload(self) -> None:
         """Read the stored keystore again, with the keys this one was unlocked with: what
@@ -390,6 +448,7 @@ class Keystore:
             self._peers, self._clouds = dict(peers), {k: dict(v) for k, v in clouds.items()}
             self._groups = {k: dict(v) for k, v in groups.items()}
             self._settings = dict(settings)
+            self._dirty = False
             return
         header, _ = _parse_header(data, where)
         if header.salt != self._header.salt or header.kdf != self._header.kdf:
@@ -411,6 +470,7 @@ class Keystore:
         self._groups = fresh._groups
         self._settings = fresh._settings
         self._remember(data)
+        self._dirty = False
 
     def change_pin(
         self,
@@ -475,6 +535,7 @@ class Keystore:
 
     def rename(self, name: str) -> None:
         """Change this device's name (saved on the next :meth:`save`)."""
+        self._dirty = True
         self._name = _check_name(name, "the device name")
 
     @property
@@ -528,6 +589,7 @@ class Keystore:
             raise ConfigError("add_peer expects a Peer")
         if peer.id == self.device_id:
             raise ConfigError("that is this device's own key, not a peer")
+        self._dirty = True
         self._peers[peer.id] = peer
 
     def get_peer(self, id_or_name: str) -> Peer:
@@ -551,6 +613,7 @@ class Keystore:
 
     def forget_peer(self, id_or_name: str) -> Peer:
         """Forget a known peer (found as by :meth:`get_peer`); returns what was forgotten."""
+        self._dirty = True
         return self._peers.pop(self._find_peer(id_or_name))
 
     def _find_peer(self, key: str) -> str:
@@ -593,6 +656,7 @@ class Keystore:
             raise ConfigError("a cloud role must be a non-empty text")
         if expires is not None:
             _check_time(expires, "a cloud's expiry")
+        self._dirty = True
         self._clouds[cloud_id] = {"secret": secret, "name": name, "role": role, "expires": expires}
 
     def cloud(self, cloud_id: str) -> CloudInfo:
@@ -607,6 +671,7 @@ class Keystore:
     def forget_cloud(self, cloud_id: str) -> None:
         """Forget a cloud and its secret.  Raises :class:`NotFoundError`."""
         self._cloud_entry(cloud_id, None)
+        self._dirty = True
         del self._clouds[cloud_id]
 
     def cloud_mac(self, cloud_id: str, data: bytes, *, now: float | None = None) -> bytes:
@@ -650,6 +715,7 @@ class Keystore:
         self._check_group(group, epoch)
         if not isinstance(key, bytes) or len(key) != KEY_SIZE:
             raise ConfigError(f"a group key must be {KEY_SIZE} bytes")
+        self._dirty = True
         self._groups.setdefault(group, {})[epoch] = key
 
     def group_epochs(self, group: str) -> tuple[int, ...]:
@@ -658,6 +724,7 @@ class Keystore:
 
     def forget_group(self, group: str, epoch: int | None = None) -> None:
         """Drop one epoch's key of ``group``, or all of them.  Missing keys are not an error."""
+        self._dirty = True
         if epoch is None:
             self._groups.pop(group, None)
             return
@@ -694,6 +761,7 @@ class Keystore:
         Nothing is returned: the key leaves the keystore only sealed, by
         :meth:`seal_group_key`."""
         self._check_group(group, epoch)
+        self._dirty = True
         self._groups.setdefault(group, {})[epoch] = _check_rng_output(self._rng(KEY_SIZE), KEY_SIZE)
 
     def seal_group_key(
@@ -716,6 +784,7 @@ class Keystore:
         key = self.open_envelope(enc, ct, info, aad)
         if len(key) != KEY_SIZE:
             raise DecodeError(f"an envelope for group {group!r} does not carry a group key")
+        self._dirty = True
         self._groups.setdefault(group, {})[epoch] = key
 
     @staticmethod
@@ -753,10 +822,12 @@ class Keystore:
         bytes, lists, maps with text or integer keys)."""
         if not isinstance(key, str) or not key:
             raise ConfigError("a setting's name must be a non-empty text")
+        self._dirty = True
         self._settings[key] = _freeze(value, f"setting {key!r}")
 
     def delete_setting(self, key: str) -> None:
         """Remove a setting; a missing one is not an error."""
+        self._dirty = True
         self._settings.pop(key, None)
 
     # -- personal networks ------------------------------------------------------------------------
