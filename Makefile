@@ -16,9 +16,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/pairkit demo
 
+# two workers, one test file each at a time (most tests wait on processes and links, not on
+# the CPU): CI's 20 minutes on 2 cores.  With real radios (hw-tests/, PAIRKIT_HW_HOST set) one
+# worker: two test files must not share the dongles.
+WORKERS := $(if $(PAIRKIT_HW_HOST),0,2)
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(WORKERS) --dist loadfile
 
 # both ends of every dependency range (a few minutes; see .ci/deps-matrix)
 test-deps:

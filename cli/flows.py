@@ -213,7 +213,8 @@ async def run_host(
     show_qr()
     # What asyncio itself reports (a failed accept when the process is out of file descriptors,
     # a stray task's error): one line a second at most, never a traceback (issue 17).
-    asyncio.get_running_loop().set_exception_handler(loop_problem_reporter())
+    resources = RateLimitedLog(lambda line: info(line))  # one line a second for all of them
+    asyncio.get_running_loop().set_exception_handler(loop_problem_reporter(resources))
     if ready is not None:
         ready(address, state)
     paired = 0
@@ -277,7 +278,13 @@ async def run_host(
             if is_probe(exc):  # it only asked who this host is (discover, join NAME)
                 info(f"{link.peer} asked who this host is", quiet=quiet)
                 return False
-            info(f"error: {who}: {exc}")
+            if _out_of_resources(exc):
+                # The whole host is out of file descriptors (a flood): one line a second for
+                # all guests, not one each (issue 17, finding 11).
+                resources(f"error: {who}: this host is out of open files (too many "
+                          "connections at once)")
+            else:
+                info(f"error: {who}: {exc}")
         return None
 
     from pairkit.transports.base import ControllerLostError
@@ -333,10 +340,25 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
-def loop_problem_reporter() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+def _out_of_resources(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is the process running out of file descriptors."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        if "Too many open files" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def loop_problem_reporter(
+    log: RateLimitedLog | None = None,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
     """An event loop exception handler for a host: one line on stderr per second at most (the
-    rest counted), naming the condition and the OS's reason, without a traceback or a path."""
-    log = RateLimitedLog(lambda line: info(line))
+    rest counted), naming the condition and the OS's reason, without a traceback or a path.
+    ``log``: a limiter shared with the host's other reports of the same condition."""
+    log = log if log is not None else RateLimitedLog(lambda line: info(line))
 
     def report(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")

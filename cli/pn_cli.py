@@ -27,7 +27,7 @@ import click
 from pairkit.pairing.errors import ConfigError, NotFoundError
 
 from .common import PairkitGroup, emit_json, info, run_async, say, unlock
-from .params import Number, Seconds
+from .params import Number, Seconds, keystore_pin_option
 from .traceopt import trace_option
 
 SETUPS = {"1-1": 1, "all": 2, "invited": 3}
@@ -138,6 +138,7 @@ class _Owner:
 
 
 @pn.command()
+@keystore_pin_option
 @trace_option
 @click.option("--transport", "-t", default="tcp:127.0.0.1:7100", show_default=True,
               help="Where elements reach the gateway: tcp:HOST:PORT, bumble:usb:0, "
@@ -261,6 +262,7 @@ async def _serve_gateway(service: Any, spec: str, visible: float) -> None:
 
 
 @pn.command()
+@keystore_pin_option
 @trace_option
 @click.argument("target")
 @click.option("--transport", "-t", default=None,
@@ -538,6 +540,7 @@ def _record_json(r: Any) -> dict[str, Any]:
 
 
 @pn.command(name="ls")
+@keystore_pin_option
 @_json_option
 def ls_cmd(as_json: bool) -> None:
     """List the personal networks this device keeps: as gateway, its inventory and routing
@@ -576,6 +579,7 @@ def ls_cmd(as_json: bool) -> None:
 
 
 @pn.command()
+@keystore_pin_option
 @trace_option
 @click.argument("member")
 @click.argument("text")

@@ -11,7 +11,8 @@ transport alike (docs/protocol.md §12):
 * a new link must send its first message within :attr:`AdmissionLimits.first_flight` seconds;
 * when the pending links are full, the one that has made the least progress gives way: a link
   that has sent nothing at all (from the address that holds the most pending links, the oldest
-  first), else the one silent the longest if it has been silent for
+  first), else the longest silent of an address that holds more than the newcomer's would,
+  else the one silent the longest if it has been silent for
   :attr:`AdmissionLimits.idle_grace` seconds, else the newcomer is refused.  A guest that is
   exchanging messages is never the one evicted for a link that says nothing, and a guest's one
   link gives way only once every other address is down to one too;
@@ -161,7 +162,7 @@ class Admission:
             self.refuse(link)
             return None
         if len(self._pending) >= lim.max_pending:
-            victim = self._victim()
+            victim = self._victim(key)
             if victim is None:
                 self.refuse(link)
                 return None
@@ -188,15 +189,22 @@ class Admission:
                 self._pending.remove(admitted)
             self._sessions.add(admitted)
 
-    def _victim(self) -> Admitted | None:
+    def _victim(self, newcomer: str) -> Admitted | None:
+        held: dict[str, int] = {}
+        for a in self._pending:
+            held[a.key] = held.get(a.key, 0) + 1
         silent = [a for a in self._pending if not a.spoken]
         if silent:
             # The address holding the most pending links gives way first, so a flood from
             # many addresses evicts its own links before it reaches a guest's one link.
-            held: dict[str, int] = {}
-            for a in self._pending:
-                held[a.key] = held.get(a.key, 0) + 1
             return min(silent, key=lambda a: (-held[a.key], a.since))
+        # All have spoken (strangers that ran their cloud step, then wait): an address that
+        # holds more links than the newcomer's would after it gives way, its longest silent
+        # first, so that links reopened as fast as they are closed cannot keep a guest's one
+        # link out (issue 17, finding 1).
+        busiest = max(held, key=lambda k: held[k], default=None)
+        if busiest is not None and held[busiest] > held.get(newcomer, 0) + 1:
+            return min((a for a in self._pending if a.key == busiest), key=lambda a: a.last)
         stalest = min(self._pending, key=lambda a: a.last, default=None)
         if stalest is not None and self.clock() - stalest.last >= self.limits.idle_grace:
             return stalest

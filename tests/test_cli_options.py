@@ -70,7 +70,8 @@ SUBCOMMANDS = [
     ("ttp list", False), ("group create", True), ("group add", True), ("group remove", True),
     ("group rekey", True), ("group sync", True), ("group send", True), ("group listen", True),
     ("group relay", True), ("group show", True), ("group agent", True), ("group cert", True),
-    ("group status", True),
+    ("group status", True), ("pn gateway", True), ("pn join", True), ("pn ls", True),
+    ("pn send", True),
 ]
 
 

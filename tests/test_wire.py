@@ -230,7 +230,8 @@ def test_round_trip(cls: type, data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize("cls", STRUCTS, ids=lambda c: c.__name__)
-@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_struct_round_trip(cls: type, data: st.DataObject) -> None:
     value = data.draw(struct_strategy(cls))
