@@ -57,6 +57,9 @@ class Message:
 
     def encode(self) -> bytes:
         """The message's CBOR encoding (never larger than its type's ``MAX_SIZE``)."""
+        cached: bytes | None = self.__dict__.get(_ENCODED)
+        if cached is not None:
+            return cached
         # Keys ascending (version, type, then the fields by key): the canonical order.
         body: dict[int, Any] = {K_VERSION: VERSION, K_TYPE: self.TYPE}
         body.update(_encode_body(self))
@@ -66,7 +69,18 @@ class Message:
                 f"{type(self).__name__} encodes to {len(data)} bytes, over its limit "
                 f"of {self.MAX_SIZE}"
             )
+        object.__setattr__(self, _ENCODED, data)
         return data
+
+
+# A message is a frozen dataclass of immutable values, so its encoding never changes: each is
+# made once and kept in the instance (issue 13: a pairing encoded each Announce up to four
+# times, for the message, ``th``, ``hello_hash`` and CPace's associated data).  The keys are
+# not fields: equality, hashing and ``repr`` never see them; ``dataclasses.replace`` makes a
+# new instance, which encodes afresh.
+_ENCODED = "_wire_encoded"
+_ENCODED_STRUCT = "_wire_encoded_struct"
+_BODY = "_wire_body"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,13 +181,20 @@ def _fields_of(cls: type) -> tuple[_Field, ...]:
 
 
 def _encode_body(msg: Message) -> dict[int, Any]:
-    """The message's map, its keys inserted in ascending order (see cbor.encode_ordered)."""
-    body: dict[int, Any] = {}
+    """The message's map, its keys inserted in ascending order (see cbor.encode_ordered).
+
+    Made once per instance (see ``_ENCODED``); callers must not change the map they get."""
+    cache = msg.__dict__
+    body: dict[int, Any] | None = cache.get(_BODY)
+    if body is not None:
+        return body
+    body = {}
     for f in msg._KEY_ORDER:
         value = getattr(msg, f.name)
         if value is None:
             continue
         body[f.key] = _encode_value(f.kind, value)
+    object.__setattr__(msg, _BODY, body)
     return body
 
 
@@ -292,7 +313,11 @@ def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...]
 
 def encode_struct(value: Message) -> bytes:
     """Encode a :func:`struct` value on its own (to put inside an encrypted payload)."""
-    return cbor.encode_ordered(_encode_body(value))
+    cached: bytes | None = value.__dict__.get(_ENCODED_STRUCT)
+    if cached is None:
+        cached = cbor.encode_ordered(_encode_body(value))
+        object.__setattr__(value, _ENCODED_STRUCT, cached)
+    return cached
 
 
 def decode_struct(cls: type[T], data: bytes, *, max_size: int = 4096) -> T:

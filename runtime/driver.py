@@ -75,14 +75,31 @@ class MessagePipe:
         #: which side this pipe is on (orders the two directions in :meth:`transcript`)
         self.guest = guest
         self._unread: list[bytes] = []
+        # Links that can take or give a message at once without waiting (the loopback link
+        # and the other queued links) let the pipe skip the timer and the task switch of a
+        # wait that would not wait (issue 13); any other link is always awaited.
+        self._send_nowait: Callable[[bytes], bool] | None = getattr(link, "send_nowait", None)
+        self._recv_nowait: Callable[[], bytes | None] | None = getattr(
+            link, "recv_nowait", None
+        )
 
     async def send(self, message: bytes) -> None:
         """Send one whole message; :class:`PairingTimeout` if the peer does not take it within
         :attr:`send_timeout` seconds (every send has a deadline, like every receive)."""
+        pieces = fragment(message, self.link.mtu)
+        send_nowait = self._send_nowait
+        if send_nowait is not None and not self._send_lock.locked():
+            # No other message is being sent, and nothing below awaits until a piece does
+            # not fit: the pieces sent at once cannot interleave with another message's.
+            while pieces and send_nowait(pieces[0]):
+                del pieces[0]
+            if not pieces:
+                _absorb(self._sent, message)
+                return
         try:
             async with asyncio.timeout(self.send_timeout):
                 async with self._send_lock:
-                    for piece in fragment(message, self.link.mtu):
+                    for piece in pieces:
                         await self.link.send(piece)
                     _absorb(self._sent, message)
         except TimeoutError:
@@ -105,6 +122,20 @@ class MessagePipe:
             message = self._reassembler.feed(await self.link.recv())
             if message is not None:
                 return message
+
+    def poll_unabsorbed(self) -> bytes | None:
+        """:meth:`recv_unabsorbed` if a whole message is already there, else None (fragments
+        that arrived stay reassembling; nothing waits)."""
+        if self._unread:
+            return self._unread.pop(0)
+        recv_nowait = self._recv_nowait
+        if recv_nowait is None:
+            return None
+        while (piece := recv_nowait()) is not None:
+            message = self._reassembler.feed(piece)
+            if message is not None:
+                return message
+        return None
 
     def absorb(self, message: bytes) -> None:
         """Count a message read by :meth:`recv_unabsorbed` in the transcript."""
@@ -193,6 +224,9 @@ async def drive(
     read_ahead = isinstance(link, MessagePipe) and type(link).recv is MessagePipe.recv
     pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)
     read = pipe.recv_unabsorbed if read_ahead else pipe.recv
+    # A message already there is taken without a timer (a pipe of another kind, which may
+    # read its own way, is always awaited).
+    poll = pipe.poll_unabsorbed if type(pipe) is MessagePipe else None
 
     def take(message: bytes) -> None:
         if read_ahead:
@@ -204,8 +238,16 @@ async def drive(
         for message in machine.outgoing():
             await pipe.send(message)
 
+    send = pipe.send
+
     async def next_message(wait: float) -> bytes:
         nonlocal inbox
+        if inbox is None and poll is not None and wait > 0:
+            message = poll()
+            if message is not None:
+                if not read_ahead:
+                    pipe.absorb(message)  # as pipe.recv would have
+                return message
         if inbox is None and wait > 0:
             # No read under way (the common case): await it here, no task of its own.  A
             # timeout cancels the read, which links and pipes allow (a partial message stays
@@ -258,7 +300,8 @@ async def drive(
         if not machine.started:
             machine.start(now())
         while True:
-            await flush()
+            for message in machine.outgoing():
+                await send(message)
             events = machine.events()
             for event in events:
                 if isinstance(event, Question):

@@ -153,6 +153,14 @@ class LoopbackLink(QueuedLink):
                 raise LinkClosedError("the link is closed")
             await self._outbox.put(bytes(message))
 
+    def send_nowait(self, data: bytes) -> bool:
+        """:meth:`send` if it need not wait: True once the message is queued for the peer,
+        False (nothing sent) when the peer's queue is full or a tap sits on the link; raises
+        as :meth:`send` would (a closed link, a message over the MTU)."""
+        if self._tap is not None:
+            return False  # a tap may wait, drop or inject: the ordinary path
+        return self._outbox.put_nowait(self._check_send(data))
+
     async def close(self) -> None:
         self._close()
 

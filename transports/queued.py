@@ -166,6 +166,32 @@ class MessageQueue:
                 raise self._end.with_traceback(None)
             await self._changed.wait()
 
+    def put_nowait(self, message: bytes) -> bool:
+        """:meth:`put` if it need not wait: True once queued, False (nothing done) if full;
+        raises as :meth:`put` would on a queue that has ended."""
+        if self._aborted is not None:
+            raise self._aborted.with_traceback(None)
+        if self._end is not None:
+            raise LinkClosedError("the link is closed")
+        if len(self._items) >= self.capacity:
+            return False
+        self._items.append(message)
+        self._changed.fire()
+        return True
+
+    def get_nowait(self) -> bytes | None:
+        """:meth:`get` if it need not wait: the next message, or None when none is queued;
+        raises as :meth:`get` would once the queue has ended and is read."""
+        if self._aborted is not None:
+            raise self._aborted.with_traceback(None)
+        if self._items:
+            message = self._items.popleft()
+            self._changed.fire()
+            return message
+        if self._end is not None:
+            raise self._end.with_traceback(None)
+        return None
+
     def finish(self, exc: BaseException) -> None:
         """No more messages: ``get`` drains the queue, then raises ``exc``.  Idempotent."""
         if self._end is None and self._aborted is None:
@@ -254,6 +280,13 @@ class QueuedLink(LinkBase):
             if self._closed:  # we closed while waiting: say so, not "the peer closed"
                 raise LinkClosedError("the link is closed") from None
             raise
+
+    def recv_nowait(self) -> bytes | None:
+        """:meth:`recv` without waiting: the next message if one has arrived, else None
+        (the driver reads a message already there without a timer or a task switch)."""
+        if self._closed:
+            raise LinkClosedError("the link is closed")
+        return self._inbox.get_nowait()
 
 
 class BufferedLink(LinkBase):
