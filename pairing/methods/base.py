@@ -42,7 +42,6 @@ from .common import (
     Session,
     _announce,
     _check_context,
-    _th,
 )
 from .compare import CompareGuest, CompareHost
 from .pin import PinGuest, PinHost
@@ -190,7 +189,7 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
             proposed=self.method,
             knows_peer=self._peer is not None,
         )
-        self._th = _th(self._offer.hello, msg.hello, self._context)
+        self._th_hellos = (self._offer.hello, msg.hello)  # th when a method asks for it
         self._host_name = msg.hello.name
         accept = self._ACCEPTS.get(self.method)
         if accept is None:  # pragma: no cover - excluded by _check_inputs
@@ -271,7 +270,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         hello: Announce = _announce(self.config, self.me.name, proposed, Caps(caps), self._rng)
         self._offer = msg
         self._hello = hello
-        self._th = _th(msg.hello, hello, self._context)
+        self._th_hellos = (msg.hello, hello)  # th when a method asks for it
         handler = self._OFFERS.get(proposed)
         if handler is None:
             raise UnsupportedError(f"method '{proposed.label}' is not available on this host")

@@ -38,9 +38,30 @@ from .common import (
     _peer_from_identity,
     _read_payload,
 )
+from .common import (
+    _th as _negotiation_th,
+)
 
 
-class GuestSide(_LazyPrekeys, Machine):
+class _Transcript:
+    """``th``, the negotiation transcript (:func:`pairing.keyschedule.negotiation_hash`),
+    worked out when a method first asks for it: pin, compare and clear bind it; qr and kk bind
+    the announcements through ``hello_hash`` instead and never need it (issue 13)."""
+
+    _context: bytes
+    #: (the guest's Announce, the host's Announce), set by the negotiation
+    _th_hellos: tuple[Announce, Announce]
+    _th_value: bytes | None = None
+
+    @property
+    def _th(self) -> bytes:
+        th = self._th_value
+        if th is None:
+            th = self._th_value = _negotiation_th(*self._th_hellos, self._context)
+        return th
+
+
+class GuestSide(_LazyPrekeys, _Transcript, Machine):
     """The guest's state and the flights its methods share."""
 
     config: PairingConfig
@@ -55,7 +76,6 @@ class GuestSide(_LazyPrekeys, Machine):
     _caps: Caps
     _link_mitm: bool
     _offer: Offer | None
-    _th: bytes
     _hs: HandshakeState
 
     def _expect(self, now: float, state: str) -> None:
@@ -139,7 +159,7 @@ class GuestSide(_LazyPrekeys, Machine):
         self._finish()
 
 
-class HostSide(_LazyPrekeys, Machine):
+class HostSide(_LazyPrekeys, _Transcript, Machine):
     """The host's state and the flights its methods share."""
 
     config: PairingConfig
@@ -151,7 +171,6 @@ class HostSide(_LazyPrekeys, Machine):
     _context: bytes
     _link_mitm: bool
     _offer: Offer
-    _th: bytes
     _hs: HandshakeState
     _known: KnownPeer
     _pin_attempt: float | None
