@@ -142,6 +142,12 @@ class Primitive:
     profile: tuple[tuple[str, str], ...]
     #: how many such calls make one operation
     calls_per_op: int = 1
+    #: other ways to the same result: the primitive is timed at whichever is fastest here
+    #: (issue 13, "the floor, honestly": the fastest implementation available)
+    alternatives: tuple[Callable[[], Callable[[], object]], ...] = ()
+    #: a profile call counts only when made from a file whose path holds this (``!``: does
+    #: not hold it); empty: from anywhere
+    caller: str = ""
 
 
 def _x25519_base() -> Callable[[], object]:
@@ -195,6 +201,25 @@ def _hmac_sha512() -> Callable[[], object]:
 def _hkdf_sha256() -> Callable[[], object]:
     ikm, salt = os.urandom(64), os.urandom(32)
     return lambda: HKDF(hashes.SHA256(), 32, salt=salt, info=b"pairkit/1 bench").derive(ikm)
+
+
+def _noise_hkdf_rfc5869() -> Callable[[], object]:
+    # Noise rev 34 §4.3 HKDF(ck, ikm, 2) as RFC 5869 HKDF (salt ck, empty info, 64 bytes out),
+    # one cryptography call: what pairing/noise.py does.
+    ck, ikm, algorithm = os.urandom(32), os.urandom(32), hashes.SHA256()
+    return lambda: HKDF(algorithm, 64, ck, None).derive(ikm)
+
+
+def _noise_hkdf_hmac() -> Callable[[], object]:
+    # The same three HMACs as §4.3 writes them, each a one-shot hmac.digest.
+    ck, ikm, sha256 = os.urandom(32), os.urandom(32), hashlib.sha256
+
+    def op() -> tuple[bytes, bytes]:
+        temp = hmac.digest(ck, ikm, sha256)
+        out1 = hmac.digest(temp, b"\x01", sha256)
+        return out1, hmac.digest(temp, out1 + b"\x02", sha256)
+
+    return op
 
 
 def _aead() -> Callable[[], object]:
@@ -265,6 +290,17 @@ PRIMITIVES: tuple[Primitive, ...] = (
         _hkdf_sha256,
         1,
         (("'derive'", "HKDF"),),
+        caller="!pairing/noise.py",
+    ),
+    Primitive(
+        "noise_hkdf",
+        "Noise's HKDF, 2 outputs (MixKey, Split; also counts MixKeyAndHash): the faster of "
+        "cryptography's HKDF-SHA256 and 3 hmac.digest",
+        _noise_hkdf_rfc5869,
+        1,
+        (("'derive'", "HKDF"),),
+        alternatives=(_noise_hkdf_hmac,),
+        caller="pairing/noise.py",
     ),
     Primitive(
         "aead",
@@ -317,6 +353,18 @@ class PrimitiveTimer:
         self.prim = prim
         self._fn = prim.make()
         self._empty: Callable[[], object] = lambda: None
+        #: which implementation is timed: 0 for ``make``, i for ``alternatives[i - 1]``
+        self.chosen = 0
+        if prim.alternatives:
+            # The fastest way here: a few interleaved batches of each, the lowest median wins.
+            candidates = [self._fn, *(make() for make in prim.alternatives)]
+            spent: list[list[int]] = [[] for _ in candidates]
+            for _ in range(5):
+                for i, fn in enumerate(candidates):
+                    spent[i].append(_batch_ns(fn, 200))
+            best = min(range(len(candidates)), key=lambda i: statistics.median(spent[i]))
+            self._fn = candidates[best]
+            self.chosen = best
         number = 1
         while _batch_ns(self._fn, number) < batch_target_s * 1e8 and number < 1 << 20:
             number *= 2
@@ -346,10 +394,12 @@ def noise_counts(protocol_name: str) -> Counter[str]:
     MixHash(prologue) and one MixHash per pre-message key (§5.3); per message token: ``e`` is a
     MixHash (and with a PSK also a MixKey, §9.2), ``s`` an EncryptAndHash, a DH token a DH and a
     MixKey, ``psk`` a MixKeyAndHash; each payload an EncryptAndHash; Split() at the end.
-    MixKey is HKDF with 2 outputs = 3 HMACs, MixKeyAndHash HKDF with 3 outputs = 4 HMACs (§4.3);
-    EncryptAndHash is one AEAD operation once a key is set (§5.1) and one MixHash.  Both parties
-    process every message (one writes, one reads), so the per-party counts double; each party
-    generates the ephemeral keys it sends, once.
+    MixKey, MixKeyAndHash and Split are each one §4.3 HKDF (``noise_hkdf``: §4.3's HKDF is
+    RFC 5869's with the chaining key as salt and an empty info, so one HKDF call computes it;
+    timed at 2 outputs, so a MixKeyAndHash's third output is not counted); EncryptAndHash is
+    one AEAD operation once a key is set (§5.1) and one MixHash.  Both parties process every
+    message (one writes, one reads), so the per-party counts double; each party generates the
+    ephemeral keys it sends, once.
     """
     proto = parse_protocol_name(protocol_name)
     if (proto.dh, proto.cipher, proto.hash) != ("25519", "ChaChaPoly", "SHA256"):
@@ -362,7 +412,7 @@ def noise_counts(protocol_name: str) -> Counter[str]:
     for token in pattern.initiator_premessage + pattern.responder_premessage:
         party["sha256"] += 1
         if token == "e" and pattern.has_psk:
-            party["hmac_sha256"] += 3
+            party["noise_hkdf"] += 1
     has_key = False
     ephemerals = 0
     for tokens in pattern.messages:
@@ -371,22 +421,22 @@ def noise_counts(protocol_name: str) -> Counter[str]:
                 ephemerals += 1
                 party["sha256"] += 1
                 if pattern.has_psk:
-                    party["hmac_sha256"] += 3
+                    party["noise_hkdf"] += 1
                     has_key = True
             elif token == "s":
                 party["sha256"] += 1
                 party["aead"] += int(has_key)
             elif token == "psk":
-                party["hmac_sha256"] += 4
+                party["noise_hkdf"] += 1
                 party["sha256"] += 1
                 has_key = True
             else:  # ee, es, se, ss
                 party["x25519_dh"] += 1
-                party["hmac_sha256"] += 3
+                party["noise_hkdf"] += 1
                 has_key = True
         party["sha256"] += 1  # the payload's EncryptAndHash
         party["aead"] += int(has_key)
-    party["hmac_sha256"] += 3  # Split()
+    party["noise_hkdf"] += 1  # Split()
     total = Counter({name: 2 * n for name, n in party.items()})
     total["x25519_base"] += ephemerals
     return +total
@@ -408,16 +458,22 @@ def cpace_counts(*, confirmation: bool) -> Counter[str]:
 
 
 def _full_pairing_counts() -> Counter[str]:
-    """What every full (non-resume) pairing adds, both sides (pairing/methods.py docstring).
+    """What every full (non-resume) pairing adds, both sides (docs/protocol.md §3).
 
-    Each side checks the peer's device id (the SHA-256 of its static key), derives ``th`` from
-    both announcements (HKDF) and the session fingerprint (HKDF).  The prekeys each side hands
-    out for later resumes are *not* counted: they are not on the critical path of the exchange
-    (the runtime's pool, ``pairkit.prekeys``, makes them ahead of need in idle time; issue 13,
-    "The floor, honestly"), so the bench hands both machines prekeys made before the timing
-    starts, and prints what making them costs (``prekeys``).
+    Each side checks the peer's device id (the SHA-256 of its static key) and derives the
+    session fingerprint (HKDF).  ``th`` (one HKDF per side) is counted only by the methods that
+    bind it (:data:`_TH_METHODS`; qr and kk bind the announcements through ``hello_hash``).  The
+    prekeys each side hands out for later resumes are *not* counted: they are not on the
+    critical path of the exchange (the runtime's pool, ``pairkit.prekeys``, makes them ahead of
+    need in idle time; issue 13, "The floor, honestly"), so the bench hands both machines
+    prekeys made before the timing starts, and prints what making them costs (``prekeys``).
     """
-    return Counter(sha256=2, hkdf_sha256=4)
+    return Counter(sha256=2, hkdf_sha256=2)
+
+
+#: the methods that bind ``th`` (docs/protocol.md §3): one HKDF per side
+_TH_METHODS = frozenset({"pin", "compare", "clear"})
+_TH = Counter(hkdf_sha256=2)
 
 
 def method_counts(method: str) -> Counter[str]:
@@ -437,6 +493,8 @@ def method_counts(method: str) -> Counter[str]:
     (one ephemeral, its key id made and checked) and then kk.
     """
     full = _full_pairing_counts()
+    if method in _TH_METHODS:
+        full += _TH
     if method == "pin":
         return full + cpace_counts(confirmation=False) + noise_counts(PIN_NOISE)
     if method == "qr":
@@ -467,12 +525,21 @@ def observed_counts(run: Callable[[cProfile.Profile], object]) -> Counter[str]:
     run(profile)
     calls: Counter[str] = Counter()
     stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]
-    for (filename, _line, name), (_cc, ncalls, *_rest) in stats.items():
+    for (filename, _line, name), (_cc, ncalls, _tt, _ct, callers) in stats.items():
         if filename != "~":
             continue
         for prim in PRIMITIVES:
-            if any(a in name and b in name for a, b in prim.profile):
+            if not any(a in name and b in name for a, b in prim.profile):
+                continue
+            if not prim.caller:
                 calls[prim.name] += ncalls
+                continue
+            wanted = prim.caller.lstrip("!")
+            inside = not prim.caller.startswith("!")
+            calls[prim.name] += sum(
+                counts[1] for (caller_file, _, _), counts in callers.items()
+                if (wanted in caller_file) == inside
+            )
     by_name = {p.name: p for p in PRIMITIVES}
     return Counter({name: n // by_name[name].calls_per_op for name, n in calls.items()})
 
@@ -880,8 +947,11 @@ def measure(settings: Settings) -> dict[str, Any]:
             for r in method_rows
         ],
         "primitives": {
-            p.name: {"what": p.what, **summary_us(samples["primitives"][p.name])}
-            for p in PRIMITIVES
+            t.prim.name: {
+                "what": t.prim.what, "implementation": t.chosen,
+                **summary_us(samples["primitives"][t.prim.name]),
+            }
+            for t in timers
         },
         "core": core_rows,
         "methods": method_rows,

@@ -48,14 +48,14 @@ def quick(bench: ModuleType) -> dict:
 def test_noise_counts_follow_the_section_5_rules(bench: ModuleType) -> None:
     # Worked by hand from Noise rev 34 §5.2/§5.3 for XX (-> e | <- e, ee, s, es | -> s, se):
     # per party 8 MixHash (prologue, e, payload | e, s, payload | s, payload), 3 MixKey and a
-    # Split (4 HKDF of 3 HMACs), 4 AEAD (s and payload in messages 2 and 3); doubled.
+    # Split (4 HKDF), 4 AEAD (s and payload in messages 2 and 3); doubled.
     xx = bench.noise_counts("Noise_XX_25519_ChaChaPoly_SHA256")
-    assert xx == Counter(x25519_base=2, x25519_dh=6, sha256=16, hmac_sha256=24, aead=8)
+    assert xx == Counter(x25519_base=2, x25519_dh=6, sha256=16, noise_hkdf=8, aead=8)
     # XXpsk0 has a 36-byte name (hashed), a MixKeyAndHash and PSK-mode MixKeys on each e.
     psk = bench.noise_counts("Noise_XXpsk0_25519_ChaChaPoly_SHA256")
-    assert psk == Counter(x25519_base=2, x25519_dh=6, sha256=20, hmac_sha256=44, aead=10)
+    assert psk == Counter(x25519_base=2, x25519_dh=6, sha256=20, noise_hkdf=14, aead=10)
     kk = bench.noise_counts("Noise_KK_25519_ChaChaPoly_SHA256")
-    assert kk == Counter(x25519_base=2, x25519_dh=8, sha256=14, hmac_sha256=30, aead=4)
+    assert kk == Counter(x25519_base=2, x25519_dh=8, sha256=14, noise_hkdf=10, aead=4)
     with pytest.raises(ValueError):
         bench.noise_counts("Noise_XX_448_ChaChaPoly_SHA256")
 
@@ -109,7 +109,7 @@ def test_noise_core_calls_equal_the_derived_counts(quick: dict) -> None:
     for row in quick["core"]:
         if not row["name"].startswith("Noise_"):
             continue
-        for prim in ("x25519_dh", "sha256", "hmac_sha256", "aead"):
+        for prim in ("x25519_dh", "sha256", "noise_hkdf", "aead"):
             assert row["calls"].get(prim, 0) == row["counts"].get(prim, 0), (row["name"], prim)
 
 
@@ -130,6 +130,28 @@ def test_the_floor_leaves_prekeys_out(bench: ModuleType) -> None:
         assert bench.method_counts(method)["x25519_base"] <= 5, method
     assert bench.method_counts("resume")["x25519_base"] == 2
     assert bench.cpace_counts(confirmation=False)["fe_map"] == 2
+
+
+def test_the_floor_counts_th_only_where_a_method_binds_it(bench: ModuleType) -> None:
+    # docs/protocol.md §3: pin, compare and clear bind th (one HKDF per side); qr and kk bind
+    # the announcements through hello_hash instead, so th is no work of theirs.
+    noise = {
+        "pin": bench.noise_counts(bench.PIN_NOISE), "clear": bench.noise_counts(bench.PIN_NOISE),
+        "qr": bench.noise_counts(bench.QR_NOISE), "kk": bench.noise_counts(bench.KK_NOISE),
+    }
+    assert bench.method_counts("clear") - noise["clear"] == Counter(sha256=2, hkdf_sha256=6)
+    assert bench.method_counts("qr") - noise["qr"] == Counter(sha256=3, hkdf_sha256=8)
+    assert bench.method_counts("kk") - noise["kk"] == Counter(sha256=2, hkdf_sha256=6)
+
+
+def test_each_primitive_is_timed_at_the_fastest_way(bench: ModuleType) -> None:
+    # Noise's HKDF has two implementations here (tests/test_noise.py checks they agree); the
+    # timer keeps whichever is faster.
+    prim = {p.name: p for p in bench.PRIMITIVES}["noise_hkdf"]
+    fns = [prim.make(), *(make() for make in prim.alternatives)]
+    assert len(fns) == 2
+    timer = bench.PrimitiveTimer(prim, 0.0002)
+    assert timer.chosen in (0, 1) and timer.sample() > 0
 
 
 def test_table_renders_every_row(bench: ModuleType, quick: dict) -> None:
