@@ -517,7 +517,7 @@ class HandshakePattern:
         """Whether the pattern holds a ``psk`` token (§9.2), which also changes ``e``."""
         return any("psk" in tokens for tokens in self.messages)
 
-    @property
+    @functools.cached_property
     def psk_count(self) -> int:
         """How many PSKs the pattern consumes, one per ``psk`` token, in order (§9.2)."""
         return sum(tokens.count("psk") for tokens in self.messages)

@@ -638,6 +638,32 @@ def test_mix_key_is_rfc5869_hkdf(hash_name: str, algorithm: hashes.HashAlgorithm
     ).encrypt_with_ad(b"", b"x")
 
 
+@pytest.mark.parametrize("hash_name", ["SHA256", "SHA512"])
+@pytest.mark.parametrize("num_outputs", [2, 3])
+@pytest.mark.parametrize("ikm_len", [0, 1, 32, 64, 200])
+def test_hkdf_in_one_call_is_section_4_3_hkdf(
+    hash_name: str, num_outputs: int, ikm_len: int
+) -> None:
+    """Where cryptography has the hash, Noise's HKDF is one RFC 5869 call (issue 13); it must
+    give §4.3's three or four HMACs byte for byte, Split's empty input key material included."""
+    from pairkit.pairing.noise import _HASHES
+
+    funcs = _HASHES[hash_name]
+    assert funcs.rfc5869 is not None
+    rng = seeded_rng(ikm_len * 10 + num_outputs)
+    ck, ikm = rng(funcs.hashlen), rng(ikm_len) if ikm_len else b""
+    fast = funcs.hkdf(ck, ikm, num_outputs)
+    assert fast == funcs.hkdf_hmac(ck, ikm, num_outputs)
+    assert len(fast) == num_outputs and all(len(o) == funcs.hashlen for o in fast)
+
+
+def test_blake2_hkdf_follows_section_4_3_line_by_line() -> None:
+    from pairkit.pairing.noise import _HASHES
+
+    for name in ("BLAKE2s", "BLAKE2b"):
+        assert _HASHES[name].rfc5869 is None  # the HMAC form is the one in use
+
+
 def test_long_protocol_names_are_hashed() -> None:
     import hashlib
 
