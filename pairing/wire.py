@@ -286,19 +286,84 @@ def _check_len(where: str, f: _Field, n: int, top: bool) -> None:
         raise DecodeError(f"{where} has an item {n} long, over its limit of {f.max_len}")
 
 
-#: message class -> the keys of its fields
-_KNOWN_KEYS: dict[type, frozenset[int]] = {}
+#: message class -> how to decode it (see _decoding): worked out once per class
+_DECODING: dict[type, tuple[frozenset[int], tuple[tuple[_Field, Callable[[Any], Any]], ...],
+                            bool]] = {}
+
+
+def _decoding(
+    cls: type[Message],
+) -> tuple[frozenset[int], tuple[tuple[_Field, Callable[[Any], Any]], ...], bool]:
+    """(the keys of the class's fields, each field with its decoder, whether an instance may
+    be made without calling ``__init__``).
+
+    A field's decoder takes a byte string of the right length (the commonest value by far)
+    as it is, and gives anything else to :func:`_decode_value`, which makes every check and
+    raises every error in the same order as always.  An instance is put together directly
+    (its ``__dict__`` filled) when ``__init__`` would only store the fields: a frozen
+    dataclass's ``__init__`` stores each through ``object.__setattr__``, four times the cost
+    (issue 13); a class with a ``__post_init__`` (a check of its own) is always built by it.
+    """
+    plan = _DECODING.get(cls)
+    if plan is None:
+        fields = cls._FIELDS
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        direct = (
+            not hasattr(cls, "__post_init__")
+            and names == {f.name for f in fields}
+            and all(f.init for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        )
+        plan = _DECODING[cls] = (
+            frozenset(f.key for f in fields),
+            tuple((f, _field_decoder(cls.__name__, f)) for f in fields),
+            direct,
+        )
+    return plan
+
+
+def _field_decoder(owner: str, f: _Field) -> Callable[[Any], Any]:
+    kind = f.kind
+    if kind is bytes:
+        size, max_len = f.size, f.max_len
+
+        def decode_bytes(raw: Any) -> Any:
+            if (
+                type(raw) is bytes
+                and (size is None or len(raw) == size)
+                and (max_len is None or len(raw) <= max_len)
+            ):
+                return raw
+            return _decode_value(owner, f, kind, raw)
+
+        return decode_bytes
+    if isinstance(kind, type) and issubclass(kind, Message) and _tuple_item(kind) is _NOT_A_TUPLE:
+
+        def decode_struct(raw: Any) -> Any:
+            if type(raw) is dict:
+                return _decode_body(kind, raw)
+            return _decode_value(owner, f, kind, raw)
+
+        return decode_struct
+    if isinstance(kind, type) and issubclass(kind, IntEnum):
+        members = kind._value2member_map_
+
+        def decode_enum(raw: Any) -> Any:
+            member = members.get(raw) if type(raw) is int else None
+            if member is not None:
+                return member
+            return _decode_value(owner, f, kind, raw)
+
+        return decode_enum
+    return lambda raw: _decode_value(owner, f, kind, raw)
 
 
 def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...] = ()) -> Any:
-    known = _KNOWN_KEYS.get(cls)
-    if known is None:
-        known = _KNOWN_KEYS[cls] = frozenset(f.key for f in cls._FIELDS)
+    known, fields, direct = _decoding(cls)
     for key in body:
         if key not in known and key not in skip:
             raise DecodeError(f"{cls.__name__} has an unknown field {key!r}")
     kwargs = {}
-    for f in cls._FIELDS:
+    for f, decode_field in fields:
         if f.key not in body:
             if f.optional:
                 kwargs[f.name] = None if not f.has_default else f.default
@@ -307,7 +372,11 @@ def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...]
                 kwargs[f.name] = f.default
                 continue
             raise DecodeError(f"{cls.__name__} is missing its field {f.name}")
-        kwargs[f.name] = _decode_value(cls.__name__, f, f.kind, body[f.key])
+        kwargs[f.name] = decode_field(body[f.key])
+    if direct:
+        msg = object.__new__(cls)
+        msg.__dict__.update(kwargs)
+        return msg
     return cls(**kwargs)
 
 
