@@ -272,7 +272,7 @@ PRIMITIVES: tuple[Primitive, ...] = (
     Primitive("sha512", "SHA-512 of 192 bytes (hashlib)", _sha512, 1, (("openssl_sha512", ""),)),
     Primitive(
         "hmac_sha256",
-        "HMAC-SHA256 of 64 bytes (hmac; Noise's HKDF is 3 or 4 of these)",
+        "HMAC-SHA256 of 64 bytes (hmac: compare's commitment and code, resume's verifier)",
         _hmac_sha256,
         1,
         (("_hashlib.hmac_digest", ""), ("_hashlib.hmac_new", "")),

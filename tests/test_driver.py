@@ -247,6 +247,26 @@ async def test_message_pipe_round_trips_large_messages_at_mtu_20() -> None:
         assert sorted(got, key=len) == [b"second", payload]
 
 
+async def test_message_pipe_fast_path_falls_back_mid_message_without_interleaving() -> None:
+    # A link that takes pieces at once (issue 13): the pipe sends what fits without waiting,
+    # and when the peer's queue fills mid-message, sends the rest the ordinary way, holding
+    # its lock, so a second sender's message cannot get in between.
+    async with loopback_pair(mtu=20, queue_size=2) as (a, b):
+        pa, pb = MessagePipe(a, guest=True), MessagePipe(b, guest=False)
+        payload = bytes(range(256)) * 4
+
+        async def receive_three() -> list[bytes]:
+            return [await pb.recv(), await pb.recv(), await pb.recv()]
+
+        await pa.send(b"fits at once")  # the fast path alone
+        reader = asyncio.create_task(receive_three())
+        await asyncio.gather(pa.send(payload), pa.send(b"second"))
+        got = await asyncio.wait_for(reader, 10)
+        assert got[0] == b"fits at once" and sorted(got[1:], key=len) == [b"second", payload]
+        # Both ends counted the same messages in the same order.
+        assert pa.transcript() == pb.transcript()
+
+
 # -- the secure link ---------------------------------------------------------------------------
 
 

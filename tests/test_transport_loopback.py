@@ -146,6 +146,44 @@ async def test_send_blocks_at_exactly_queue_size_unread() -> None:
         assert [await b.recv() for _ in range(3)] == [b"\x01", b"\x02", b"\x03"]
 
 
+async def test_nowait_send_and_recv_never_wait_and_keep_the_order() -> None:
+    # The driver's fast path (issue 13): a message the peer's queue has room for is sent at
+    # once, a message already there is read at once; otherwise nothing happens.
+    async with loopback_pair(queue_size=2) as (a, b):
+        assert b.recv_nowait() is None
+        assert a.send_nowait(b"one") and a.send_nowait(bytearray(b"two"))
+        assert not a.send_nowait(b"three")  # full: nothing sent
+        assert b.recv_nowait() == b"one"
+        await a.send(b"three")
+        assert [b.recv_nowait(), await b.recv(), b.recv_nowait()] == [b"two", b"three", None]
+        with pytest.raises(TooLargeError):
+            a.send_nowait(bytes(513))
+    a, b = loopback_pair(names=("guest", "host"))
+    assert a.send_nowait(b"last words")
+    await a.close()
+    with pytest.raises(LinkClosedError, match="the link is closed"):
+        a.send_nowait(b"x")
+    with pytest.raises(LinkClosedError, match="the link is closed"):
+        a.recv_nowait()
+    assert b.recv_nowait() == b"last words"  # what was sent before the close is still read
+    with pytest.raises(LinkClosedError, match=r"the peer \(guest\) closed the link"):
+        b.recv_nowait()
+
+
+async def test_a_tap_always_takes_the_ordinary_path() -> None:
+    seen: list[bytes] = []
+
+    def tap(_src: str, _dst: str, data: bytes) -> bytes:
+        seen.append(data)
+        return data
+
+    async with loopback_pair(tap=tap) as (a, b):
+        assert not a.send_nowait(b"x")  # the tap may wait, drop or inject: never skipped
+        assert b.recv_nowait() is None and seen == []
+        await a.send(b"x")
+        assert b.recv_nowait() == b"x" and seen == [b"x"]
+
+
 async def test_close_reasons_are_readable() -> None:
     a, b = loopback_pair(names=("guest", "host"))
     await a.close()
