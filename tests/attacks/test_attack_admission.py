@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import pytest
-
 from pairkit.admission import Admission, AdmissionLimits
 from pairkit.pairing.errors import PairingError
 from pairkit.session import accept_loop
@@ -38,8 +36,6 @@ async def two_steps(link: Any) -> None:
             await link.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: the stalest link of any address gives way when "
-                   "the newcomer's address is as busy as the busiest")
 async def test_a_guest_typing_its_pin_is_not_evicted_by_a_few_busy_addresses() -> None:
     """The guest has one link and is silent while its person types the PIN.  A stranger with
     two addresses fills the pending links (4 from one, 3 from the other, each having said
