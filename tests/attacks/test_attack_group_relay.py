@@ -71,8 +71,6 @@ async def _forward(net: Net, sender: Node, env: GroupEnvelope) -> bool:
     return ok
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: a relay queues envelopes from any peer, in "
-                   "any controller's name")
 async def test_a_peer_of_the_relay_cannot_queue_envelopes_in_a_controllers_name(
     net: Net,
 ) -> None:
