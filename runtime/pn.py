@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -74,6 +75,7 @@ from .pairing.keystore import Keystore, PnEntry, PnRecord
 from .pairing.keystore.records import clean_name
 from .pairing.machine import Event, _code, _short
 from .pairing.methods import LocalIdentity
+from .pairing.methods.common import HostState, PinPolicy
 from .pairing.negotiation import Caps
 from .securelink import SecureLink, confirm
 
@@ -144,18 +146,20 @@ class ChannelLink:
 
 class PinDisplay:
     """The PIN the gateway shows for elements that type one: good for one try, then a new one
-    (docs/security.md rule 7); ``max_failures`` wrong tries within ``window`` seconds lock PIN
-    offers until the oldest of them is ``window`` old."""
+    (docs/security.md rule 7), under the host's lockout (:class:`~pairing.methods.common.
+    PinPolicy`: five failures within ``window`` seconds lock PIN offers until the oldest is
+    ``window`` old, each further failure of the streak locks them twice as long as the last,
+    up to an hour).  A try counts as failed from the moment it starts (:meth:`take`) until it
+    succeeds (:meth:`succeeded`): offers made in parallel cannot outrun the lock (attack review,
+    finding 3)."""
 
     def __init__(self, first: str | None, *, show: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic, rng: Rng = os.urandom,
-                 max_failures: int = 5, window: float = 300.0) -> None:
+                 policy: PinPolicy | None = None) -> None:
         self._show = show
         self._clock = clock
         self._rng = rng
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: list[float] = []
+        self._lock = HostState(pin_policy=policy or PinPolicy())
         self.pin = ""
         if first is not None:
             self.pin = first
@@ -176,18 +180,24 @@ class PinDisplay:
         self.pin = pin
         self._show(pin)
 
-    def take(self) -> str:
-        """The PIN for one try (a new one is shown for the next)."""
+    def take(self) -> tuple[str, float]:
+        """The PIN for one try and when the try started (a new PIN is shown for the next); the
+        try counts as a failure until :meth:`succeeded` is told."""
         now = self._clock()
-        self._failures = [t for t in self._failures if now - t < self.window]
-        if len(self._failures) >= self.max_failures:
-            raise LockedOutError("too many wrong PINs: PIN offers are locked for a while")
+        wait = self._lock.locked_for(now)
+        if wait > 0:
+            raise LockedOutError(
+                f"too many wrong PINs: PIN offers are locked for {math.ceil(wait / 60)} more "
+                "minute(s)"
+            )
+        self._lock.pin_failed(now)
         pin = self.pin
         self.renew()
-        return pin
+        return pin, now
 
-    def failed(self) -> None:
-        self._failures.append(self._clock())
+    def succeeded(self, started: float) -> None:
+        """The try that started at ``started`` typed the right PIN: it is no failure."""
+        self._lock.pin_succeeded(started)
 
 
 def _hex(b: bytes) -> str:
@@ -411,15 +421,13 @@ class PnGateway:
             raise RefusedError("this gateway takes no PIN: ask its owner to run "
                                "'pairkit pn gateway --pin-link'")
         loop = asyncio.get_running_loop()
-        machine = GatewayPin(bytes.fromhex(self.ks.device_id), self.pins.take(),
+        pin, started = self.pins.take()  # counted as a failure until the PIN is proven
+        machine = GatewayPin(bytes.fromhex(self.ks.device_id), pin,
                              step_timeout=self.opts.step_timeout, rng=self._rng)
         machine.start(loop.time())
-        try:
-            machine.receive(first, loop.time())
-            await drive(machine, pipe, idle=self.opts.step_timeout)
-        except PairingError:
-            self.pins.failed()
-            raise
+        machine.receive(first, loop.time())
+        await drive(machine, pipe, idle=self.opts.step_timeout)
+        self.pins.succeeded(started)
         assert machine.session is not None
         slink = SecureLink(link, machine.session, timeout=self.opts.step_timeout)
         await confirm(slink, transcript=pipe.transcript(), first=True)

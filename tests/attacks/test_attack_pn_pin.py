@@ -14,8 +14,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import pytest
-
 from pairkit.driver import MessagePipe
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import PnPinAnswer
@@ -47,8 +45,6 @@ async def guess(port: int, source: str) -> bool:
             await link.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: a PIN failure is counted only when the "
-                   "attempt ends: parallel offers all get a guess")
 async def test_parallel_pin_offers_get_no_more_guesses_than_the_lockout_allows(
     tmp_path: Path,
 ) -> None:
@@ -62,8 +58,6 @@ async def test_parallel_pin_offers_get_no_more_guesses_than_the_lockout_allows(
     assert sum(answered) <= 5, f"{sum(answered)} guesses evaluated at once"
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: the PN PIN lockout is 5 per 5 minutes, "
-                   "without rule 7's backoff")
 async def test_a_stranger_who_waits_out_the_lock_is_locked_longer_each_time(
     tmp_path: Path,
 ) -> None:
