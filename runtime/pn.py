@@ -200,6 +200,18 @@ class PinDisplay:
         self._lock.pin_succeeded(started)
 
 
+def _authenticated(link: Any) -> None:
+    """Tell admission (runtime/admission.py) that the member on ``link`` proved its link key:
+    it counts as a session from now on, no longer as a link waiting for its first proof that
+    strangers' new links may push out (attack review, finding 4).  A link inside a PIN channel
+    is promoted through the link it runs on."""
+    if isinstance(link, ChannelLink):
+        link = link.slink.link
+    promote = getattr(link, "authenticated", None)
+    if callable(promote):
+        promote()
+
+
 def _hex(b: bytes) -> str:
     return b.hex()
 
@@ -445,7 +457,7 @@ class PnGateway:
         finally:
             self.waiting.pop(key, None)
         if channel is not None:
-            await self._route(msg.pne_id, channel, getattr(link, "peer", None))
+            await self._route(msg.pne_id, channel, link)
 
     async def _maybe_start_own(self) -> None:
         """Gateway-initiated: start the setup once the PNEs it needs are in reach."""
@@ -474,7 +486,7 @@ class PnGateway:
             raise RefusedError("the gateway's owner refused the PN setup")
         result = await self._run_setup((link, pipe, first), msg.setup_type, ())
         if result is not None:
-            await self._route(msg.pne_id, result, getattr(link, "peer", None))
+            await self._route(msg.pne_id, result, link)
 
     async def _run_setup(
         self,
@@ -601,13 +613,15 @@ class PnGateway:
         assert machine.session is not None and machine.pne_id is not None
         slink = SecureLink(link, machine.session, timeout=self.opts.step_timeout)
         await confirm(slink, transcript=pipe.transcript(), first=True)
-        await self._route(machine.pne_id, slink, getattr(link, "peer", None))
+        await self._route(machine.pne_id, slink, link)
 
     # -- routing ------------------------------------------------------------------------------
 
-    async def _route(self, pne_id: bytes, channel: PnChannel, address: str | None) -> None:
+    async def _route(self, pne_id: bytes, channel: PnChannel, link: Any) -> None:
         """Carry one member's traffic until its link ends."""
         assert self.record is not None
+        _authenticated(link)
+        address: str | None = getattr(link, "peer", None)
         pn_id = bytes.fromhex(self.record.pn_id)
         name = self._name(pne_id)
         old = self.live.get(pne_id)

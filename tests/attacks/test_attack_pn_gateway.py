@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pairkit.admission import Admission, AdmissionLimits
 from pairkit.pairing.cpns import PnAttach
 from pairkit.pn import pn_receive, pn_send
@@ -27,8 +25,6 @@ from tests.pn_harness import gateway_in_process, member_online
 SMALL = AdmissionLimits(max_pending=4, per_address=4, first_flight=5.0, idle_grace=0.2)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4: a member's routed link stays 'pending' in "
-                   "admission and is evicted by strangers' links")
 async def test_strangers_in_reach_cannot_push_an_online_member_off_its_gateway(
     tmp_path: Path,
 ) -> None:
