@@ -240,7 +240,8 @@ def merge_gateway_record(
     now: float,
 ) -> PnRecord:
     """The gateway's PN after a setup: earlier members stay (a member set up again gets its new
-    key), this setup's failed and declined PNEs are listed (and are no longer members)."""
+    key; one that failed or declined this time keeps its place and key, since a link claiming
+    its id proves nothing), this setup's other failed and declined PNEs are listed."""
     members = {m.pne_id: m for m in (old.members if old else ())}
     failed = {e.pne_id: e for e in (old.failed if old else ())}
     declined = {e.pne_id: e for e in (old.declined if old else ())}
@@ -252,7 +253,11 @@ def merge_gateway_record(
         declined.pop(i, None)
     for pne_id, reason in inv.failed.items():
         i = _hex(pne_id)
-        members.pop(i, None)
+        if i in members:
+            # An earlier member keeps its place and key: whoever failed on a link under its id
+            # (ids travel in the clear) proved nothing against it (finding 5).  Only a member
+            # of this setup, proven again, replaces its entry.
+            continue
         failed[i] = PnEntry(i, clean_name(inv.names.get(pne_id, "")),
                             reason=_short(reason))
     for pne_id in inv.declined:
@@ -537,14 +542,9 @@ class PnGateway:
                 return None
             finally:
                 self.setups += 1
-            # Members' ports: which link each member is on
-            port_of = {m.pne_id: p for p in pnes for m in inventory.members
-                       if pnes[p].pne_id == m.pne_id}
-            if initiator is not None:
-                known = set(port_of)
-                for m in inventory.members:
-                    if m.pne_id not in known:
-                        port_of[m.pne_id] = "initiator"
+            # Members' ports: the link on which each member proved its key (the machine's
+            # routing table), never another link that claimed the same id (finding 5)
+            port_of = dict(inventory.ports)
             routes = {m.pne_id: getattr(pnes[port_of[m.pne_id]].link, "peer", None)
                       for m in inventory.members if m.pne_id in port_of}
             self._save(lambda old: merge_gateway_record(

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import pytest
-
 from pairkit.pairing.cpns import PnAttach
 from tests.flood_harness import attacker_addresses, frame, link_from
 from tests.pn_harness import free_port, pn_lab
@@ -17,8 +15,6 @@ from tests.pn_harness import free_port, pn_lab
 NAMES = {"gw": "Paul's phone", "watch": "Paul's watch", "scale": "Paul's scale"}
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5: the gateway opens a member's channel on the "
-                   "last link that claimed its id")
 async def test_a_stranger_claiming_a_waiting_elements_id_takes_neither_its_place_nor_link(
     tmp_path: Path,
 ) -> None:
@@ -61,8 +57,6 @@ async def test_a_stranger_claiming_a_waiting_elements_id_takes_neither_its_place
         await gw.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5: a failed claim of a member's id removes the "
-                   "member from the gateway's record")
 async def test_a_stranger_claiming_a_members_id_in_a_later_setup_does_not_remove_it(
     tmp_path: Path,
 ) -> None:
