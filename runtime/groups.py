@@ -957,7 +957,8 @@ class GroupService:
 
             async def queue_forward(self, event: QueueForward) -> None:
                 assert service.relay is not None
-                receipt = service.relay.take(event.envelopes, who)
+                receipt = service.relay.take(event.envelopes, who,
+                                             sender=session.peer.device_id)
                 machine.answer_batch(receipt.results, time.monotonic(), queued=receipt.queued)
 
             async def run_command(self, event: RunCommand) -> None:
@@ -1043,15 +1044,26 @@ class Relay:
                            "group": r.group, "epoch": r.epoch, "ok": r.ok})
         return found
 
-    def take(self, envelopes: Iterable[GroupEnvelope], who: str) -> ForwardReceipt:
+    def take(
+        self, envelopes: Iterable[GroupEnvelope], who: str, *, sender: bytes
+    ) -> ForwardReceipt:
         """Queue what a controller forwards; an envelope for a member this relay has not
-        paired with is refused (it could never be delivered)."""
+        paired with is refused (it could never be delivered), and so is one that names another
+        controller than ``sender``, the device whose session forwarded it: any peer of the
+        relay could otherwise queue, in a controller's name, an envelope of a higher epoch that
+        displaces the real one, and whose refusal holds the member's receipt slot (attack
+        review, finding 2)."""
         results = []
         queued = []
         with self.ks.update():
             queue = self.queue
             answered = {r.envelope for r in self.receipts.receipts}
             for env in envelopes:
+                if env.controller != sender:
+                    results.append(DeliveryResult(
+                        env.group, env.epoch, False,
+                        "a relay takes envelopes only from the controller that signed them"))
+                    continue
                 if envelope_digest(env) in answered:
                     # Delivered already, and the member's receipt is here for the controller:
                     # nothing to deliver again (it was forwarded again before it asked).
