@@ -45,7 +45,6 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,6 @@ if str(ROOT) not in sys.path:  # so that `python bench/ble.py` finds tests/ (its
     sys.path.insert(0, str(ROOT))
 
 import bumble  # noqa: E402
-from bumble import core  # noqa: E402
 from bumble.pairing import PairingConfig as SmpConfig  # noqa: E402
 from bumble.pairing import PairingDelegate  # noqa: E402
 
@@ -62,12 +60,15 @@ from bench.common import (  # noqa: E402
     Yes,
     command_line,
     cpu_model,
+    drain,
     hang_up,
     nproc,
     positive,
     render_goals,
     report,
     summary,
+    timed_transfer,
+    tx_characteristic,
 )
 from pairkit.driver import drive  # noqa: E402
 from pairkit.pairing.cloud import CloudGuest, CloudHost, Role, auth_mac_from  # noqa: E402
@@ -85,7 +86,6 @@ from pairkit.pairing.methods import (  # noqa: E402
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
 from pairkit.prekeys import PrekeyPool  # noqa: E402
 from pairkit.securelink import SecureLink, confirm  # noqa: E402
-from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
 from pairkit.transports.ble.links import BleLink  # noqa: E402
 from pairkit.transports.ble.virtual import VIRTUAL_ACL_LENGTH, VirtualRadio  # noqa: E402
 from pairkit.transports.bumble import BumbleTransport, open_bumble  # noqa: E402
@@ -604,33 +604,6 @@ async def measure_pairings(settings: Settings) -> dict[str, Any]:
 # -- 3. goodput -------------------------------------------------------------------------------
 
 
-async def _timed_transfer(
-    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int
-) -> tuple[float, float]:
-    """Seconds from the first byte sent to the last byte read, on the wall clock and in this
-    process's CPU time (both ends and the virtual controllers run in it); checks the count."""
-    t0 = time.perf_counter()
-    c0 = time.process_time()
-    sending = asyncio.ensure_future(send())
-    try:
-        got = await asyncio.wait_for(receive(), 120)
-        await asyncio.wait_for(sending, 30)
-    finally:
-        sending.cancel()
-    spent = time.perf_counter() - t0
-    cpu = time.process_time() - c0
-    if got != total:
-        raise RuntimeError(f"received {got} bytes of {total}")
-    return spent, cpu
-
-
-async def _drain_link(link: BleLink, total: int) -> int:
-    got = 0
-    while got < total:
-        got += len(await link.recv())
-    return got
-
-
 async def bumble_raw(pair: Pair, data: bytes) -> tuple[float, float]:
     """bumble alone on the sending side, in the chunks a plain bumble application writes.
 
@@ -649,12 +622,7 @@ async def bumble_raw(pair: Pair, data: bytes) -> tuple[float, float]:
             await channel.drain()
     else:
         device = pair.host.device
-        found = device.gatt_server.get_characteristic_attributes(
-            core.UUID(str(PAIRKIT_SERVICE_UUID)), core.UUID(str(PAIRKIT_TX_CHAR_UUID))
-        )
-        if found is None:
-            raise RuntimeError("pairkit's TX characteristic is missing")
-        characteristic = found[1]
+        characteristic = tx_characteristic(device)
         mtu = host_link.mtu
         connection = host_link.connection
 
@@ -662,8 +630,8 @@ async def bumble_raw(pair: Pair, data: bytes) -> tuple[float, float]:
             for i in range(0, len(data), mtu):
                 await device.notify_subscriber(connection, characteristic, data[i:i + mtu])
 
-    return await _timed_transfer(send, lambda: _drain_link(pair.guest_link, len(data)),
-                                 len(data))
+    return await timed_transfer(send, lambda: drain(pair.guest_link, len(data)), len(data),
+                                cpu=True)
 
 
 async def link_raw(pair: Pair, data: bytes) -> tuple[float, float]:
@@ -674,8 +642,8 @@ async def link_raw(pair: Pair, data: bytes) -> tuple[float, float]:
         for i in range(0, len(data), mtu):
             await pair.host_link.send(data[i:i + mtu])
 
-    return await _timed_transfer(send, lambda: _drain_link(pair.guest_link, len(data)),
-                                 len(data))
+    return await timed_transfer(send, lambda: drain(pair.guest_link, len(data)), len(data),
+                                cpu=True)
 
 
 async def secure_pair(pair: Pair) -> tuple[SecureLink, SecureLink]:
@@ -705,13 +673,8 @@ async def secure(
         for i in range(0, len(data), MESSAGE):
             await host_slink.send(data[i:i + MESSAGE])
 
-    async def receive() -> int:
-        got = 0
-        while got < len(data):
-            got += len(await guest_slink.recv())
-        return got
-
-    return await _timed_transfer(send, receive, len(data))
+    return await timed_transfer(send, lambda: drain(guest_slink, len(data)), len(data),
+                                cpu=True)
 
 
 async def measure_goodput(settings: Settings) -> dict[str, Any]:
