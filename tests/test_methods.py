@@ -654,7 +654,7 @@ def test_mitm_compare_cannot_change_its_nonce_after_committing() -> None:
     def steer(direction: str, data: bytes) -> bytes:
         msg = wire.decode(data)
         if direction == "mitm_host->guest" and isinstance(msg, Reveal):
-            return Reveal(nonce=bytes(b ^ 1 for b in msg.nonce)).encode()
+            return dataclasses.replace(msg, nonce=bytes(b ^ 1 for b in msg.nonce)).encode()
         return data
 
     result = run_mitm(pair, m, answers=USERS_COMPARE, tamper=steer)
@@ -1223,7 +1223,8 @@ def test_compare_reveal_with_the_wrong_fields_is_a_decode_error(who: str) -> Non
     stepper = Stepper(pair.guest, pair.host, answer=False)
     for _ in range(2):  # Offer, Accept
         stepper.step()
-    (guest_reveal,) = pair.guest.outgoing()
+    target, guest_reveal = stepper.queue.pop(0)  # the guest's Reveal, not yet delivered
+    assert target == "host"
     if who == "host":
         with pytest.raises(DecodeError, match="Noise"):
             pair.host.receive(rewrite(guest_reveal, noise=bytes(48)), 0.0)
@@ -1243,7 +1244,8 @@ def test_compare_a_flipped_message_1_stops_the_guest_before_it_asks(position: in
     stepper = Stepper(pair.guest, pair.host, answer=False)
     for _ in range(3):  # Offer, Accept, Reveal(N_G)
         stepper.step()
-    (host_reveal,) = pair.host.outgoing()
+    target, host_reveal = stepper.queue.pop(0)  # the host's Reveal, not yet delivered
+    assert target == "guest"
     noise = bytearray(wire.decode(host_reveal).noise)
     noise[position] ^= 0x80
     with pytest.raises(AuthenticationError, match="session key differs"):
@@ -1260,7 +1262,7 @@ def test_compare_message_1_of_another_exchange_fails() -> None:
     stepper = Stepper(pair.guest, pair.host, answer=False)
     for _ in range(3):
         stepper.step()
-    (host_reveal,) = pair.host.outgoing()
+    _, host_reveal = stepper.queue.pop(0)
     with pytest.raises(AuthenticationError):
         pair.guest.receive(rewrite(host_reveal, noise=old), 0.0)
     assert_failed(pair.guest, AuthenticationError)
