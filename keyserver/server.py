@@ -60,6 +60,7 @@ from pairkit.pairing.errors import (
 from pairkit.pairing.groupcert import CertAsked, CertIssuer, CertRequest
 from pairkit.pairing.ttp import (
     BadTokenError,
+    DeviceRecord,
     EnrolAsked,
     EnrolDone,
     IntentAsked,
@@ -68,10 +69,11 @@ from pairkit.pairing.ttp import (
     TtpServerConn,
     cert_digest,
 )
-from pairkit.transports.tcp import TcpLink, format_host_port
+from pairkit.transports.tcp import format_host_port
+from pairkit.transports.tls import TlsLink, TlsProtocol
 
 from .certs import ServerDir, cert_fingerprint, load_ca_key, load_cert, make_device_cert
-from .store import Matched, Store, StoreError, open_store
+from .store import Matched, Pending, Store, StoreError, open_store
 
 T = TypeVar("T")
 
@@ -81,6 +83,8 @@ POLL_INTERVAL = 0.2
 SLOW_POLL_INTERVAL = 2.0
 #: the store's threads (each with its own connection) on PostgreSQL
 PG_STORE_THREADS = 4
+#: connections the kernel holds for us before we accept them (asyncio's default)
+SERVER_BACKLOG = 100
 
 #: the server's start and stop
 log = logging.getLogger("pairkit.keyserver")
@@ -277,9 +281,12 @@ class Admission:
 
 
 def server_context(d: ServerDir) -> ssl.SSLContext:
-    """TLS 1.3 only, the server's certificate and key."""
+    """TLS 1.3 only, the server's certificate and key, and no session tickets: a device opens
+    a full handshake each time (nothing resumes a session: a ticket would be work for nothing
+    on both ends, and a secret to keep)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.num_tickets = 0
     try:
         ctx.load_cert_chain(d.cert, d.key)
     except (OSError, ssl.SSLError) as exc:
@@ -373,8 +380,8 @@ class TtpServer:
         await self.db(self.store.lease, self._server_id, self._clock(), self.limits.lease)
         self._leaser = asyncio.create_task(self._renew_lease())
         try:
-            self._server = await asyncio.start_server(
-                self._accept, host, port, limit=self.limits.max_message * 2 + 16,
+            self._server = await loop.create_server(
+                self._protocol, host, port, backlog=SERVER_BACKLOG,
             )
         except OSError as exc:
             raise ConfigError(
@@ -433,45 +440,63 @@ class TtpServer:
 
     # -- one connection -------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        peername = writer.get_extra_info("peername")
+    def _protocol(self) -> TlsProtocol:
+        """A new connection's protocol (TLS starts once :meth:`_connected` admits it)."""
+        protocol = TlsProtocol(mtu=self.limits.max_message)
+        protocol.on_connection = self._connected
+        return protocol
+
+    def _connected(self, protocol: TlsProtocol) -> None:
+        """A connection was accepted: admission first (refused before any TLS work), then TLS
+        with its deadline, and the device served on a task of its own."""
+        transport = protocol.transport
+        assert transport is not None
+        peername = transport.get_extra_info("peername")
         client = str(peername[0]) if isinstance(peername, tuple) else "?"
         where = (
             format_host_port(client, int(peername[1])) if isinstance(peername, tuple) else "?"
         )
+        tasks: list[asyncio.Task[None]] = []
+
         def evict() -> None:
             # Another connection needs this one's slot: end it now, whatever it was doing.
             self.stats["evicted"] += 1
-            writer.transport.abort()
-            task.cancel()
+            transport.abort()
+            for task in tasks:
+                task.cancel()
 
         ticket = self.admission.admit(client, self._clock(), evict)
         if isinstance(ticket, str):
             # Refused before any TLS work: an over-eager client costs us next to nothing.
             self.stats["refused"] += 1
             self._log(f"refused {where}: {ticket}")
-            writer.transport.abort()
-            self._tasks.discard(task)
+            transport.abort()
             return
         self.stats["connections"] += 1
-        link: TcpLink | None = None
+        protocol.begin(self._ssl, server_side=True, timeout=self.limits.handshake_timeout)
+        task = asyncio.get_running_loop().create_task(
+            self._accept(protocol, client, where, ticket))
+        tasks.append(task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(
+        self, protocol: TlsProtocol, client: str, where: str, ticket: Ticket
+    ) -> None:
+        link: TlsLink | None = None
         try:
             try:
-                await writer.start_tls(
-                    self._ssl, ssl_handshake_timeout=self.limits.handshake_timeout
-                )
+                await protocol.handshake
             except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
                 self._log(f"{where}: TLS handshake failed ({type(exc).__name__})")
-                writer.transport.abort()
+                if protocol.transport is not None:
+                    protocol.transport.abort()
                 return
-            link = TcpLink(reader, writer, peer=where, mtu=self.limits.max_message)
+            link = TlsLink(protocol, peer=where)
             await self._serve(link, client, ticket)
         except asyncio.CancelledError:
-            if link is None:
-                writer.transport.abort()
+            if link is None and protocol.transport is not None:
+                protocol.transport.abort()
         except PairingError as exc:
             self.stats["failed"] += 1
             self._log(f"error: {where}: {exc}")
@@ -485,9 +510,8 @@ class TtpServer:
             if link is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.close(), 3)
-            self._tasks.discard(task)
 
-    async def _serve(self, link: TcpLink, client: str, ticket: Ticket) -> None:
+    async def _serve(self, link: TlsLink, client: str, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()
         lim = self.limits
         machine = TtpServerConn(
@@ -538,7 +562,7 @@ class _AdmittedPipe(MessagePipe):
     machine has a device id when it next reads): from then on the connection is not evicted."""
 
     def __init__(
-        self, link: TcpLink, *, max_message: int, machine: TtpServerConn,
+        self, link: TlsLink, *, max_message: int, machine: TtpServerConn,
         proved: Callable[[], None],
     ) -> None:
         super().__init__(link, max_message=max_message)
@@ -552,17 +576,41 @@ class _AdmittedPipe(MessagePipe):
         return await super().recv()
 
 
+def _post_intent(
+    store: Store, q: IntentAsked, now: float, server: bytes
+) -> tuple[DeviceRecord, DeviceRecord, Pending | Matched]:
+    """On the store's thread: the device (enrolled with the static key it proved), its peer,
+    and the intent posted (:meth:`Store.post_intent`); :class:`NotFoundError` when either
+    device is not enrolled (and nothing is posted)."""
+    me = store.device(q.device_id)
+    if me is None or not same(me.static, q.static):
+        raise NotFoundError(
+            "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
+        )
+    peer = store.device(q.peer_id)
+    if peer is None:
+        raise NotFoundError(f"device {q.peer_id.hex()[:16]} is not enrolled with this key server")
+    outcome = store.post_intent(
+        q.device_id, q.peer_id, q.context, q.role, now=now, expires=now + q.wait, server=server,
+    )
+    return me, peer, outcome
+
+
 class _Conn:
     """Answers one connection's machine questions (the delegate)."""
 
-    def __init__(self, server: TtpServer, link: TcpLink) -> None:
+    def __init__(self, server: TtpServer, link: TlsLink) -> None:
         self.s = server
         self.link = link
 
     async def ttp_enrol(self, q: EnrolAsked) -> EnrolDone:
         s = self.s
-        updated = await s.db(s.store.enrol, q.device, q.eukey, s._clock())
-        has_eukey = await s.db(s.store.has_eukey, q.device.device_id)
+
+        def enrol() -> tuple[bool, bool]:  # on the store's thread, in one trip
+            updated = s.store.enrol(q.device, q.eukey, s._clock())
+            return updated, s.store.has_eukey(q.device.device_id)
+
+        updated, has_eukey = await s.db(enrol)
         s.stats["enrolled"] += 1
         s._log(f"{'re-' if updated else ''}enrolled {q.device.name} "
                f"({q.device.device_id.hex()[:16]}){' with a factory key' if q.eukey else ''}")
@@ -570,21 +618,9 @@ class _Conn:
 
     async def ttp_intent(self, q: IntentAsked) -> SkDelivery | None:
         s = self.s
-        me = await s.db(s.store.device, q.device_id)
-        if me is None or not same(me.static, q.static):
-            raise NotFoundError(
-                "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
-            )
-        peer = await s.db(s.store.device, q.peer_id)
-        if peer is None:
-            raise NotFoundError(
-                f"device {q.peer_id.hex()[:16]} is not enrolled with this key server"
-            )
-        now = s._clock()
-        outcome = await s.db(
-            s.store.post_intent, q.device_id, q.peer_id, q.context, q.role, now=now,
-            expires=now + q.wait, server=s._server_id,
-        )
+        # One trip to the store's thread: both devices looked up, then the intent posted
+        # (only once the device is known to be enrolled with the key it proved).
+        me, peer, outcome = await s.db(_post_intent, s.store, q, s._clock(), s._server_id)
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)
             s.stats["deliveries"] += 1
