@@ -376,7 +376,9 @@ async def measure_async(settings: Settings) -> dict[str, Any]:
                 server_cpu, own_cpu = process_cpu(proc.pid), time.process_time()
                 level = await run_level(address, d.ca_cert, devices, pairs,
                                         settings.rounds(pairs))
-                cpu = process_cpu(proc.pid) - server_cpu + time.process_time() - own_cpu
+                server_cpu = process_cpu(proc.pid) - server_cpu
+                own_cpu = time.process_time() - own_cpu
+                cpu = server_cpu + own_cpu
                 after = parallel_floor(d.root, cert, settings.floor_seconds, nproc() or 1)
                 fair = {
                     "workers": before["workers"],
@@ -392,6 +394,8 @@ async def measure_async(settings: Settings) -> dict[str, Any]:
                 level["floor"] = fair
                 level["of_floor"] = level["per_second"] / fair["per_second"]
                 level["cpu_us_per_delivery"] = cpu / level["deliveries"] * 1e6
+                level["server_cpu_us_per_delivery"] = server_cpu / level["deliveries"] * 1e6
+                level["devices_cpu_us_per_delivery"] = own_cpu / level["deliveries"] * 1e6
                 level["cpu_vs_floor"] = (level["cpu_us_per_delivery"]
                                          / fair["cpu_us_per_delivery"])
                 levels.append(level)
@@ -480,7 +484,8 @@ def render(result: dict[str, Any]) -> str:
         lines.append(
             f"  {lv['pairs']} pairs: floor/s before {fl['before']['per_second']:.1f}, after "
             f"{fl['after']['per_second']:.1f}; load average {_load(load[0])} before, "
-            f"{_load(load[1])} after")
+            f"{_load(load[1])} after; CPU us/dlv: server {lv['server_cpu_us_per_delivery']:.0f},"
+            f" devices {lv['devices_cpu_us_per_delivery']:.0f}")
     lines.append("CPU us/dlv = CPU of the server process and of the devices' process per "
                  "delivery; floor CPU = the same for the floor")
     lines += render_goals(result["goals"])
