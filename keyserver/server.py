@@ -638,7 +638,8 @@ class _Conn:
                 if remaining <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(s._poll, remaining))
+                    async with asyncio.timeout(min(s._poll, remaining)):
+                        await event.wait()
                 event.clear()
                 found = await s.db(s.store.take_match, row)
                 if found is not None:

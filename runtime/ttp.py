@@ -77,11 +77,13 @@ def client_context(ca_file: str | Path) -> ssl.SSLContext:
         raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the CA certificate {path}: {exc.strerror}") from None
-    return _context(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    # The file is known by its device and inode (not by resolving the path, which costs a
+    # system call per component on every connection), and read again once it changed.
+    return _context(str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def _context(path: str, mtime_ns: int, size: int) -> ssl.SSLContext:
+def _context(path: str, dev: int, ino: int, mtime_ns: int, size: int) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = True

@@ -74,6 +74,7 @@ class TlsProtocol(asyncio.Protocol):
         self._ended = False  # no more messages will come (end of stream, garbage, error)
         #: the peer sent its FIN (or the connection is gone)
         self.peer_eof: asyncio.Future[None] = self._loop.create_future()
+        self._flush_scheduled = False
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._reading_paused = False
@@ -173,8 +174,8 @@ class TlsProtocol(asyncio.Protocol):
             self._fail_handshake(exc)
             return False
         self._cancel_deadline()
-        self._flush()
         self.handshake.set_result(None)
+        self._flush_soon()  # after the waiter's first message, if it sends one at once
         return True
 
     def _fail_handshake(self, exc: BaseException) -> None:
@@ -251,7 +252,16 @@ class TlsProtocol(asyncio.Protocol):
             self._ended = True
             self.inbox.finish(exc)
 
+    def _flush_soon(self) -> None:
+        """Send what TLS wrote once this turn of the event loop is over: the records written
+        in one turn (the handshake's last flight and the first message; two messages sent
+        back to back) leave in one write."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_scheduled = False
         data = self._outgoing.read()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -265,7 +275,7 @@ class TlsProtocol(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         assert self._tls is not None
         self._tls.write(data)
-        self._flush()
+        self._flush_soon()
 
     async def drain(self) -> None:
         await self._can_write.wait()
