@@ -509,7 +509,8 @@ class TtpServer:
             self.admission.release(ticket)
             if link is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(link.close(), 3)
+                    async with asyncio.timeout(3):
+                        await link.close()
 
     async def _serve(self, link: TlsLink, client: str, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()
