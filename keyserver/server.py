@@ -13,7 +13,10 @@ so the event loop never waits on the disk or the database) and waits for matchin
 A waiting intent is woken at once when its match arrives in this process or, on PostgreSQL,
 in any process (the store's :meth:`~pairkit.keyserver.store.Store.listen`), and polls the store
 otherwise (another server process sharing the SQLite file), and is withdrawn when its device
-hangs up.  Nothing secret is logged: device ids, names and outcomes only.
+hangs up.  A match made in this process hands the key to the waiting intent in memory: the
+matching transaction deletes the waiting row (it cannot be matched again, and the key is never
+stored), and the waiter takes the key without another trip to the store (:class:`_Waiting`).
+Nothing secret is logged: device ids, names and outcomes only.
 
 :func:`serve` runs one server from a :class:`ServeConfig` until it is told to stop (SIGINT or
 SIGTERM by default).  It reports through :mod:`logging`: the server's start and stop on the
@@ -32,6 +35,7 @@ import logging
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -332,7 +336,8 @@ class TtpServer:
         self._store: Store | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._waiters: dict[int, asyncio.Event] = {}
+        self._waiters: dict[int, _Waiting] = {}
+        self._hand_lock = threading.Lock()
         self._janitor: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
         #: this process's lease on the store (its intents are matched only while it holds it)
@@ -553,9 +558,31 @@ class TtpServer:
             )
 
     def _wake(self, row: int) -> None:
-        event = self._waiters.get(row)
-        if event is not None:
-            event.set()
+        waiting = self._waiters.get(row)
+        if waiting is not None:
+            waiting.event.set()
+
+    # -- the hand-over of a key to an intent waiting in this process (store's thread) ----------
+
+    def _claim(self, row: int) -> bool:
+        with self._hand_lock:
+            waiting = self._waiters.get(row)
+            if waiting is None or waiting.state != _WAITING:
+                return False
+            waiting.state = _CLAIMED
+            return True
+
+    def _unclaim(self, row: int) -> None:
+        with self._hand_lock:
+            waiting = self._waiters.get(row)
+            if waiting is not None and waiting.state == _CLAIMED:
+                waiting.state = _WAITING
+
+    def _hand(self, row: int, sk: bytes, match_id: bytes) -> None:
+        with self._hand_lock:
+            waiting = self._waiters.get(row)
+            if waiting is not None and waiting.state == _CLAIMED:
+                waiting.sk, waiting.match_id = sk, match_id
 
 
 class _AdmittedPipe(MessagePipe):
@@ -577,12 +604,36 @@ class _AdmittedPipe(MessagePipe):
         return await super().recv()
 
 
+#: a waiting intent's states (:class:`_Waiting`)
+_WAITING, _CLAIMED, _TAKING, _GONE = "waiting", "claimed", "taking", "gone"
+
+
+@dataclasses.dataclass(eq=False)
+class _Waiting:
+    """An intent waiting in this process, and its hand-over.
+
+    ``waiting``: a match made in this process may claim it (:meth:`TtpServer._claim`, on the
+    store's thread, inside the matching transaction, which then deletes its row); ``claimed``:
+    such a match is committing, and the key is put in :attr:`sk` once it committed (or the
+    claim is released if it failed); ``taking``: its waiter is asking the store (a match made
+    meanwhile stores the key sealed, for the store to answer); ``gone``: its waiter gave up.
+    Changed only under :attr:`TtpServer._hand_lock` (the loop's thread and the store's).
+    """
+
+    event: asyncio.Event
+    state: str = _WAITING
+    sk: bytes | None = dataclasses.field(default=None, repr=False)
+    match_id: bytes = b""
+
+
 def _post_intent(
-    store: Store, q: IntentAsked, now: float, server: bytes
+    s: TtpServer, q: IntentAsked, now: float
 ) -> tuple[DeviceRecord, DeviceRecord, Pending | Matched]:
     """On the store's thread: the device (enrolled with the static key it proved), its peer,
     and the intent posted (:meth:`Store.post_intent`); :class:`NotFoundError` when either
-    device is not enrolled (and nothing is posted)."""
+    device is not enrolled (and nothing is posted).  A match with an intent waiting in this
+    process hands its key over in memory (:class:`_Waiting`)."""
+    store = s.store
     me = store.device(q.device_id)
     if me is None or not same(me.static, q.static):
         raise NotFoundError(
@@ -591,9 +642,25 @@ def _post_intent(
     peer = store.device(q.peer_id)
     if peer is None:
         raise NotFoundError(f"device {q.peer_id.hex()[:16]} is not enrolled with this key server")
-    outcome = store.post_intent(
-        q.device_id, q.peer_id, q.context, q.role, now=now, expires=now + q.wait, server=server,
-    )
+    claimed: list[int] = []
+
+    def claim(row: int) -> bool:
+        if row in claimed or s._claim(row):
+            claimed.append(row)
+            return True
+        return False
+
+    try:
+        outcome = store.post_intent(
+            q.device_id, q.peer_id, q.context, q.role, now=now, expires=now + q.wait,
+            server=s._server_id, claim=claim,
+        )
+    except BaseException:
+        for row in claimed:  # nothing was committed: the waiter waits on
+            s._unclaim(row)
+        raise
+    if isinstance(outcome, Matched) and outcome.handed:
+        s._hand(outcome.partner_row, outcome.sk, outcome.match_id)
     return me, peer, outcome
 
 
@@ -621,15 +688,16 @@ class _Conn:
         s = self.s
         # One trip to the store's thread: both devices looked up, then the intent posted
         # (only once the device is known to be enrolled with the key it proved).
-        me, peer, outcome = await s.db(_post_intent, s.store, q, s._clock(), s._server_id)
+        me, peer, outcome = await s.db(_post_intent, s, q, s._clock())
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)
             s.stats["deliveries"] += 1
             s._log(f"matched {me.name} ({q.role.name.lower()}) with {peer.name}: key delivered")
             return SkDelivery(outcome.match_id, outcome.sk, peer)
         row = outcome.row
-        event = asyncio.Event()
-        s._waiters[row] = event
+        waiting = _Waiting(asyncio.Event())
+        with s._hand_lock:
+            s._waiters[row] = waiting
         loop = asyncio.get_running_loop()
         deadline = loop.time() + q.wait
         taken = False
@@ -637,12 +705,31 @@ class _Conn:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    break
+                    with s._hand_lock:
+                        if waiting.state == _WAITING:
+                            waiting.state = _GONE  # no match in this process can claim it now
+                    if waiting.state == _GONE:
+                        break
+                    remaining = s._poll  # claimed: its key is on its way (one store call)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(s._poll, remaining)):
-                        await event.wait()
-                event.clear()
-                found = await s.db(s.store.take_match, row)
+                        await waiting.event.wait()
+                waiting.event.clear()
+                with s._hand_lock:
+                    sk, match_id = waiting.sk, waiting.match_id
+                if sk is not None:  # matched in this process: handed over in memory
+                    taken = True
+                    return SkDelivery(match_id, sk, peer)
+                with s._hand_lock:
+                    if waiting.state == _CLAIMED:
+                        continue
+                    waiting.state = _TAKING  # a claim now would race the store's answer
+                try:
+                    found = await s.db(s.store.take_match, row)
+                finally:
+                    with s._hand_lock:
+                        if waiting.state == _TAKING:
+                            waiting.state = _WAITING
                 if found is not None:
                     taken = True
                     return SkDelivery(found[1], found[0], peer)
@@ -658,7 +745,8 @@ class _Conn:
             s._log(f"no match for {me.name}'s intent toward {peer.name} within {q.wait:g} s")
             return None
         finally:
-            s._waiters.pop(row, None)
+            with s._hand_lock:
+                s._waiters.pop(row, None)  # a key handed over from now on is dropped
             if not taken:
                 with contextlib.suppress(PairingError):
                     await s.db(s.store.cancel_intent, row)
