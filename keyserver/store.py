@@ -17,7 +17,8 @@ that both engines share; two implementations supply the transactions:
   guarantees (see that module).
 
 Keys at rest are sealed (:class:`Sealer`): the devices' factory EUKeys, the LocalEUKeys of PN
-links and the SK waiting for the second device of a match are stored as ChaCha20-Poly1305
+links and the SK waiting for the second device of a match (unless the caller takes it in memory:
+``post_intent``'s ``claim``) are stored as ChaCha20-Poly1305
 ciphertexts under the server's 32-byte sealing key (``seal.key``, mode 0600), with the table,
 the row and the purpose as associated data, so a ciphertext moved to another row does not open.
 
