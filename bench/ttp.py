@@ -173,26 +173,26 @@ class FloorMessages:
     carries their bytes through TLS (record encryption is cryptography on the path), but
     encoding them is Python work, not cryptography, so it is not counted in the floor."""
 
-    hello: tuple[bytes, bytes]
+    hello: tuple[bytes, ...]
     challenge: bytes
-    proof_and_intent: tuple[bytes, bytes]
-    delivery: tuple[bytes, bytes]
+    proof_and_intent: tuple[bytes, ...]
+    delivery: tuple[bytes, ...]
 
     @classmethod
     def of(cls, devices: tuple[LocalIdentity, LocalIdentity]) -> FloorMessages:
         pair = (devices, devices[::-1])
         return cls(
             hello=tuple(TtpHello(me.static_public, os.urandom(16), me.name).encode()
-                        for me, _ in pair),  # type: ignore[arg-type]
+                        for me, _ in pair),
             challenge=TtpChallenge(os.urandom(16), os.urandom(32)).encode(),
             proof_and_intent=tuple(
                 TtpProof(os.urandom(32)).encode()
                 + IntentRequest(peer.device_id, b"\x00" * 32, IntentRole.HOST, 5).encode()
-                for _, peer in pair),  # type: ignore[arg-type]
+                for _, peer in pair),
             delivery=tuple(
                 SkDelivery(os.urandom(16), os.urandom(32), DeviceRecord(
                     peer.device_id, peer.name, peer.static_public, peer.signing_public)).encode()
-                for _, peer in pair),  # type: ignore[arg-type]
+                for _, peer in pair),
         )
 
 
