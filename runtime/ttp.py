@@ -109,7 +109,8 @@ class ServerLink:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.link.close(), 3)
+            async with asyncio.timeout(3):
+                await self.link.close()
 
 
 class _TurnedAway(TransportError):

@@ -174,6 +174,8 @@ class TlsProtocol(asyncio.Protocol):
             self._fail_handshake(exc)
             return False
         self._cancel_deadline()
+        if self.handshake.done():  # the waiter gave up (cancelled) meanwhile
+            return False
         self.handshake.set_result(None)
         self._flush_soon()  # after the waiter's first message, if it sends one at once
         return True
@@ -400,7 +402,7 @@ async def tls_connect(
             )
             protocol.begin(context, server_side=False,
                            server_hostname=host if server_hostname is None else server_hostname)
-            await asyncio.shield(protocol.handshake)
+            await protocol.handshake  # cancelled by the timeout: the protocol ignores it
     except BaseException:
         if transport is not None:
             transport.abort()
