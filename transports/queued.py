@@ -154,6 +154,14 @@ class MessageQueue:
                 return
             await self._changed.wait()
 
+    def put_nowait(self, message: bytes) -> None:
+        """Queue ``message`` now, even over ``capacity``: for a producer that cannot wait (a
+        protocol callback), which bounds itself by checking ``len`` first (it stops reading
+        its source while the queue is full).  Dropped when the queue has ended."""
+        if self._aborted is None and self._end is None:
+            self._items.append(message)
+            self._changed.fire()
+
     async def get(self) -> bytes:
         while True:
             if self._aborted is not None:
