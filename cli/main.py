@@ -260,13 +260,24 @@ def forget(peer: str, as_json: bool) -> None:
     """Forget a known peer (by name or id): it will have to pair again."""
     from .common import emit_json, info, unlock
 
+    from pairkit.presence import renew_identity_resolving_key
+
     ks = unlock()
     with ks.update():
         removed = ks.forget_peer(peer)
+    # It was given this device's address key as a member: a new one, so that it cannot follow
+    # this device's new addresses (docs/security.md "Recognising a host across addresses").
+    renewed = bool(removed.extra.get("irk_given"))
+    if renewed:
+        renew_identity_resolving_key(ks)
     if as_json:
-        emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id}})
+        emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id},
+                   "address_key_renewed": renewed})
     else:
         info(f"forgot {removed.name} ({removed.id})")
+        if renewed:
+            info("this device's Bluetooth address key was renewed: the members you keep get "
+                 "the new one when they next connect")
 
 
 # -- pairing ----------------------------------------------------------------------------------
@@ -462,6 +473,9 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
 
     Hosts of your clouds are recognised by their rotating hello tag; other hosts appear only
     while their owner has opened a visibility window (private ones are listed as such).  A
+    host whose cloud you are a member of is one line across its rotating Bluetooth
+    addresses (it gave you its address key when you paired); any other host is one line per
+    address.  A
     joinable host tells its name over a short connection (its hello response).  Join one with:
     pairkit join ADDRESS --transport T, or pairkit join NAME --transport T.
     """
@@ -502,9 +516,11 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
             click.echo(f"{cloud}:" if cloud else "strangers:")
         methods = ",".join(sorted(m.label for m in f.hello.methods)) or "-"
         state = "joinable" if f.hello.visible else "private"
-        name = f.name or ("(did not say)" if names and f.hello.visible else "-")
+        name = f.name or f.device_name or ("(did not say)" if names and f.hello.visible else "-")
+        # One known device across its rotating addresses (its address key: docs/security.md)
+        also = f" (also heard at {', '.join(f.addresses[:-1])})" if len(f.addresses) > 1 else ""
         click.echo(f"  {f.address:<20} rssi {f.rssi if f.rssi is not None else '?':>4}  "
-                   f"{state:<9} {methods:<28} {name}")
+                   f"{state:<9} {methods:<28} {name}{also}")
     if garbage:
         info(f"({garbage} malformed hello(s) ignored)")
 
