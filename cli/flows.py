@@ -515,7 +515,8 @@ async def run_join(
                 raise
             first_error = exc
         info(f"{peer.name} is not at {address} any more; looking for it nearby", quiet=opts.json)
-        for candidate in await _nearby_hosts(transport, ks, seconds=3.0):
+        for candidate in await _nearby_hosts(transport, ks, seconds=3.0,
+                                             device=peer.device_id):
             if candidate == address:
                 continue
             try:
@@ -586,7 +587,11 @@ async def _host_named(transport: Any, ks: Keystore, name: str, *, quiet: bool,
     return matches[0]
 
 
-async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float) -> list[str]:
-    """Addresses of the pairkit hosts heard, those of our clouds first."""
+async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float,
+                        device: bytes | None = None) -> list[str]:
+    """Addresses of the pairkit hosts heard: first the one whose address resolves to
+    ``device`` by the address key it gave us (docs/security.md "Recognising a host across
+    addresses"), then those of our clouds, then the others."""
     found, _ = await discover(transport, ks, seconds)
-    return [f.address for f in sorted(found, key=lambda f: f.cloud is None)]
+    wanted = device.hex() if device is not None else None
+    return [f.address for f in sorted(found, key=lambda f: (f.device != wanted, f.cloud is None))]

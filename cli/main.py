@@ -258,9 +258,9 @@ def peers(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def forget(peer: str, as_json: bool) -> None:
     """Forget a known peer (by name or id): it will have to pair again."""
-    from .common import emit_json, info, unlock
-
     from pairkit.presence import renew_identity_resolving_key
+
+    from .common import emit_json, info, unlock
 
     ks = unlock()
     with ks.update():

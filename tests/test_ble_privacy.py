@@ -333,7 +333,7 @@ async def test_forgetting_a_member_renews_the_key_and_the_running_host_moves_to_
     found, _ = await discover(await world.device(), reopen(tv), 0.3)
     assert [f.device for f in found] == [None]  # the TV's key is the old one now
     await world.join(reopen(tv), await world.device(), host, method=Method.RESUME,
-                     target="Paul's phone")
+                     target="Paul's phone", address=host.address)
     assert reopen(tv).get_peer("Paul's phone").irk == new
     found, _ = await discover(await world.device(), reopen(tv), 0.3)
     assert [f.device for f in found] == [reopen(paul).device_id]
