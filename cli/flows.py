@@ -103,6 +103,9 @@ class HostOptions:
     ttp_peer: bytes | None = None
     #: bumble transport options from the policy's advertising keys (cli.config)
     advertising: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the bumble transport's ``pace`` from the policy's [pace] section (cli.config.pace_options;
+    #: empty: the transport's default)
+    pace: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: attempts to reopen a lost Bluetooth controller before exiting (None: until it is back)
     radio_retries: int | None = None
 
@@ -128,13 +131,14 @@ def result_json(session: Session, membership: Membership | None = None) -> dict[
     }
 
 
-def _advertising_kwargs(opts: HostOptions) -> dict[str, float]:
-    """The advertising policy goes to transports that advertise on a radio (bumble)."""
+def _advertising_kwargs(opts: HostOptions) -> dict[str, Any]:
+    """The advertising and pace policies go to transports that advertise on a radio
+    (bumble)."""
     from pairkit.transports.registry import parse_transport
 
-    if not opts.advertising or parse_transport(opts.transport).kind != "bumble":
+    if not (opts.advertising or opts.pace) or parse_transport(opts.transport).kind != "bumble":
         return {}
-    return dict(opts.advertising)
+    return dict(opts.advertising) | dict(opts.pace)
 
 
 async def run_host(

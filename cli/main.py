@@ -344,13 +344,20 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
 
     Defaults can come from a policy, config.toml beside the keystore (section [host]:
     transport, visible, share, methods, guest_hours, timeout, and on BLE advertise_fast_ms,
-    advertise_fast_seconds, advertise_slow_ms); flags win over it.
+    advertise_fast_seconds, advertise_slow_ms; section [pace]: the link pace during
+    transfers); flags win over it.
     """
     from pairkit.pairing.errors import ConfigError
     from pairkit.pairing.negotiation import Method
 
     from .common import emit_json, home_path, run_async, unlock
-    from .config import advertising_options, default_transport, load_policy, pick
+    from .config import (
+        advertising_options,
+        default_transport,
+        load_policy,
+        pace_options,
+        pick,
+    )
     from .flows import HostOptions, run_host
     from .store import need_qr_pictures
 
@@ -376,7 +383,8 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
         qr_ttl=qr_ttl, step_timeout=pick(timeout, policy, "timeout", 30.0), share=share,
         guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
         visible=None if private else pick(visible, policy, "visible", None),
-        advertising=advertising_options(policy), radio_retries=radio_retries,
+        advertising=advertising_options(policy), pace=pace_options(policies),
+        radio_retries=radio_retries,
         **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
