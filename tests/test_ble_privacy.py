@@ -371,3 +371,26 @@ async def test_discover_json_groups_a_known_device_across_rotations(
     stranger_rows = by_stranger.ok().json()["devices"]
     assert len(stranger_rows) >= 2
     assert all(r["device"] is None and r["addresses"] == [r["address"]] for r in stranger_rows)
+
+
+async def test_pairkit_forget_renews_the_key_only_when_the_peer_held_it(
+    paul: Keystore, tmp_path: Path
+) -> None:
+    """The command's part: forgetting a member that was given the key renews it (and says so);
+    forgetting a guest, which never had it, leaves it."""
+    old = identity_resolving_key(paul)
+    with paul.update():
+        for name, given in (("Paul's TV", True), ("George's phone", False)):
+            peer = Peer.new(name, os.urandom(32), now=1,
+                            extra={"granted": "member" if given else "guest"}
+                            | ({"irk_given": True} if given else {}))
+            paul.add_peer(peer)
+    home = paul.path.parent
+    guest = await run_cli(home, "forget", "George's phone", "--json", pin=KEYSTORE_PIN)
+    assert guest.ok().json()["address_key_renewed"] is False
+    assert identity_resolving_key(reopen(paul)) == old
+    member = await run_cli(home, "forget", "Paul's TV", pin=KEYSTORE_PIN)
+    assert "address key was renewed" in member.ok().err
+    new = identity_resolving_key(reopen(paul))
+    assert len(new) == 16 and new != old
+    assert new.hex() not in member.err and old.hex() not in member.err + guest.out
