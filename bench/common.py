@@ -20,9 +20,10 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.errors import LinkClosedError, PairingTimeout
@@ -134,6 +135,69 @@ def check_goals(goals: Sequence[dict[str, Any]]) -> None:
     for g in goals:
         if f"  {g['name']}" not in text or "met " not in text:
             raise AssertionError(f"goal line {g['name']!r} is not rendered")
+
+
+# -- a timed one-way transfer over one link (bench/ble.py, bench/ble_bleak.py) ---------------
+
+
+@overload
+async def timed_transfer(
+    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int
+) -> float: ...
+
+
+@overload
+async def timed_transfer(
+    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int,
+    *, cpu: Literal[True],
+) -> tuple[float, float]: ...
+
+
+async def timed_transfer(
+    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int,
+    *, cpu: bool = False,
+) -> float | tuple[float, float]:
+    """Seconds from the first byte sent to the last byte read; checks the count.
+
+    With ``cpu``, also this process's CPU seconds over the same span (both ends and the
+    virtual controllers run in it): ``(wall, cpu)``.
+    """
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    sending = asyncio.ensure_future(send())
+    try:
+        got = await asyncio.wait_for(receive(), 120)
+        await asyncio.wait_for(sending, 30)
+    finally:
+        sending.cancel()
+    spent = time.perf_counter() - t0
+    used = time.process_time() - c0
+    if got != total:
+        raise RuntimeError(f"received {got} bytes of {total}")
+    return (spent, used) if cpu else spent
+
+
+async def drain(link: Any, total: int) -> int:
+    """Read messages from ``link`` until ``total`` bytes came; how many did."""
+    got = 0
+    while got < total:
+        got += len(await link.recv())
+    return got
+
+
+def tx_characteristic(device: Any) -> Any:
+    """The GATT server's pairkit TX characteristic on a bumble ``device`` (what a plain bumble
+    application notifies on, with no pairkit code on the sending side)."""
+    from bumble import core
+
+    from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID
+
+    found = device.gatt_server.get_characteristic_attributes(
+        core.UUID(str(PAIRKIT_SERVICE_UUID)), core.UUID(str(PAIRKIT_TX_CHAR_UUID))
+    )
+    if found is None:
+        raise RuntimeError("pairkit's TX characteristic is missing")
+    return found[1]
 
 
 class Yes:

@@ -13,7 +13,9 @@ transport alike (docs/protocol.md §12):
   that has sent nothing at all (from the address that holds the most pending links, the oldest
   first), else the longest silent of an address that holds more than the newcomer's would,
   else the one silent the longest if it has been silent for
-  :attr:`AdmissionLimits.idle_grace` seconds, else the newcomer is refused.  A guest that is
+  :attr:`AdmissionLimits.idle_grace` seconds, among the links of the newcomer's own address
+  and of addresses holding at least as many as the newcomer's would, else the newcomer is
+  refused.  A guest that is
   exchanging messages is never the one evicted for a link that says nothing, and a guest's one
   link gives way only once every other address is down to one too;
 * while :attr:`AdmissionLimits.max_sessions` paired guests are being served, new links are
@@ -205,7 +207,13 @@ class Admission:
         busiest = max(held, key=lambda k: held[k], default=None)
         if busiest is not None and held[busiest] > held.get(newcomer, 0) + 1:
             return min((a for a in self._pending if a.key == busiest), key=lambda a: a.last)
-        stalest = min(self._pending, key=lambda a: a.last, default=None)
+        # Else the longest silent gives way, but only from the newcomer's own address or one
+        # holding at least as many as the newcomer's would: a stranger whose newcomer comes from
+        # an address as busy as the busiest cannot push out a guest's one link (finding 1 of the
+        # attack review: 4 + 3 links from two addresses evicted a guest typing its PIN).
+        floor = held.get(newcomer, 0) + 1
+        candidates = [a for a in self._pending if a.key == newcomer or held[a.key] >= floor]
+        stalest = min(candidates, key=lambda a: a.last, default=None)
         if stalest is not None and self.clock() - stalest.last >= self.limits.idle_grace:
             return stalest
         return None

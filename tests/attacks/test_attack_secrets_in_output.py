@@ -19,18 +19,14 @@ from pairkit.pairing.qr import _unb64
 from pairkit.securelink import SecureLink
 from tests.attack_harness import (
     answer_prompt,
-    attack_templates,
     device_secrets,
     find_secrets,
     host_with_terminal,
-    lab,
     open_ks,
     owned_cloud,
 )
 from tests.cli_helpers import Lab
 from tests.pair_harness import compare_codes, pair_for
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 
