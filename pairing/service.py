@@ -123,7 +123,9 @@ def check_membership(
     Returns the question to ask this device's user when the membership carries a cloud to
     join, ``None`` when there is nothing to store.  Raises :class:`AuthenticationError` for a
     membership that tries to plant or take a cloud: a secret with a guest grant, a cloud id
-    not bound to the host that pairs, a bad owner signature, or a cloud this device holds.
+    not bound to the host that pairs, a bad owner signature, or a cloud this device holds; and
+    :class:`ProtocolError` for an address key (``irk``) with a guest grant (members only:
+    docs/protocol.md §10).
     """
     if m.irk is not None and m.role is not Role.MEMBER:
         raise ProtocolError("a guest grant carries no address key (members only)")
