@@ -257,7 +257,12 @@ def peers(as_json: bool) -> None:
 @keystore_pin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def forget(peer: str, as_json: bool) -> None:
-    """Forget a known peer (by name or id): it will have to pair again."""
+    """Forget a known peer (by name or id): it will have to pair again.
+
+    A member that was given this device's Bluetooth address key (so that it recognises this
+    device across its rotating addresses) can follow it no longer: the key is renewed, and
+    the members kept get the new one when they next connect.
+    """
     from pairkit.presence import renew_identity_resolving_key
 
     from .common import emit_json, info, unlock
