@@ -423,6 +423,11 @@ def device_secrets(device: Device) -> dict[str, bytes]:
     for p in ks.peers():
         for i, record in enumerate(p.our_prekeys):
             out[f"{device.name} prekey {i} for {p.name}"] = bytes(record[1])
+        if p.irk is not None:  # a host's address key, given to its members (issue 15)
+            out[f"{device.name}'s copy of {p.name}'s address key"] = p.irk
+    irk = ks.setting("ble_irk")
+    if isinstance(irk, bytes):
+        out[f"{device.name} address key"] = irk
     return out
 
 

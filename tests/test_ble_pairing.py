@@ -98,6 +98,8 @@ async def test_a_visible_host_is_found_quickly_and_listed_as_joinable(
     assert entry.as_json() == {
         "address": host.address, "name": None, "rssi": -50,
         "methods": ["pin", "qr", "resume"], "visible": True, "cloud": None,
+        # a stranger: one address per entry, no device (tests/test_ble_privacy.py)
+        "addresses": [host.address], "device": None,
     }
     # The first hello itself arrives within milliseconds of scanning.
     t0 = time.perf_counter()

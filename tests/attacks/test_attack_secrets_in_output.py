@@ -68,6 +68,8 @@ async def test_cli_scenarios_print_no_secret(lab: Lab, tmp_path: Path) -> None:
         for cmd in (("peers", "--json"), ("peers",), ("whoami", "--json"), ("whoami",)):
             r = await d.run(*cmd)
             outputs += [(f"{d.name} {' '.join(cmd)}", r.out + r.err)]
+    # The member holds Paul's address key now (scanned for below, as Paul's own copy is).
+    assert open_ks(ringo).get_peer("Paul's phone").irk == open_ks(paul).setting("ble_irk")
     secrets = {"qr secret": qr_secret, "Paul's cloud secret": owned_cloud(paul)[1]}
     for d in (paul, george, ringo):
         secrets.update(device_secrets(d))
