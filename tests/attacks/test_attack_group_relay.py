@@ -102,8 +102,6 @@ async def test_a_peer_of_the_relay_cannot_queue_envelopes_in_a_controllers_name(
     assert not any(r.epoch == MAX_EPOCH for r in G.relay_receipts(net.relay.ks).receipts)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 7: one known peer holds every group session of a "
-                   "member with idle sessions")
 async def test_one_peer_cannot_hold_every_session_of_a_member(net: Net) -> None:
     """A member serves a few group sessions at once (4).  Mallory, a peer of the far member
     (paired with it, as a neighbour's device may be), opens four sessions and says nothing in
