@@ -70,8 +70,9 @@ async def test_one_member_cannot_take_every_place_of_a_host(lab: GroupLab) -> No
     paul, george, lamp = [await lab.add(n) for n in ("paul", "george", "lamp")]
     for guest in (george, lamp):
         await lab.commission(paul, guest)
-    opts = HostOptions(transport="loopback", methods=frozenset({Method.PIN, Method.RESUME, Method.KK}), pin="135790",
-                       quiet=True, json=True, step_timeout=5, concurrent=2)
+    opts = HostOptions(transport="loopback", pin="135790", quiet=True, json=True,
+                       methods=frozenset({Method.PIN, Method.RESUME, Method.KK}),
+                       step_timeout=5, concurrent=2)
     host = asyncio.create_task(run_host(paul.ks, opts, emit=lambda _r: None,
                                         transport_obj=paul.transport, delegate=Owner()))
     hold = asyncio.Event()
