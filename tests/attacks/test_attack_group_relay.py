@@ -25,6 +25,8 @@ from pairkit.pairing.groups import (
     Forward,
     ForwardReceipt,
     GroupEnvelope,
+    ReceiptBatch,
+    ReceiptRequest,
     RetryPolicy,
 )
 from pairkit.securelink import SecureLink
@@ -128,3 +130,25 @@ async def test_one_peer_cannot_hold_every_session_of_a_member(net: Net) -> None:
         for task in mallory:
             task.cancel()
         await asyncio.gather(*mallory, return_exceptions=True)
+
+
+async def test_a_relay_hands_a_controllers_receipts_to_that_controller_only(net: Net) -> None:
+    """The far member confirmed through the relay; Mallory asks the relay for the receipts of
+    the very envelopes the controller sent (she learnt their digests: say she saw them pass).
+    The relay answers an empty batch: it gives receipts only to the controller they name (the
+    device its session proved)."""
+    G.create_group(net.ctl.ks, "doors")
+    await G.add_member(net.ctl.ks, "doors", net.far.id, via=net.relay.id,
+                       reach=net.lab.reach(net.ctl), policy=FAST)
+    record, _ = await G.confirm_all(net.ctl.ks, "doors", reach=net.lab.reach(net.ctl),
+                                    policy=FAST)
+    assert record.member(net.far.id).state(1) == "confirmed"
+    digests = [r.envelope for r in G.relay_receipts(net.relay.ks).receipts]
+    assert digests
+
+    async def ask(slink: SecureLink) -> tuple:
+        await slink.send(ReceiptRequest(tuple(digests)).encode())
+        return wire.decode(await slink.recv(5), ReceiptBatch).receipts
+
+    assert await G.with_peer(net.mallory.ks, net.lab.reach(net.mallory), net.relay.id,
+                             ask) == ()
