@@ -19,7 +19,8 @@ transport alike (docs/protocol.md §12):
   exchanging messages is never the one evicted for a link that says nothing, and a guest's one
   link gives way only once every other address is down to one too;
 * while :attr:`AdmissionLimits.max_sessions` paired guests are being served, new links are
-  refused;
+  refused; one peer holds at most :attr:`AdmissionLimits.per_peer` of them (and at most half),
+  its newest closing its oldest;
 * a link refused or evicted is told so, ``Abort{busy}``, within
   :attr:`AdmissionLimits.refusal_time` seconds, then closed (never held for a graceful close);
   beyond :attr:`AdmissionLimits.max_refusing` refusals in flight, new ones are dropped unanswered.
@@ -65,6 +66,10 @@ class AdmissionLimits:
     refusal_time: float = 1.0
     #: refusals being delivered at once; beyond, a refused link is dropped unanswered
     max_refusing: int = 64
+    #: paired sessions of one peer at once (at most half of ``max_sessions``); a newer one
+    #: closes that peer's oldest, so one known guest cannot hold every place (attack review,
+    #: finding 8)
+    per_peer: int = 4
 
 
 class Admitted:
@@ -85,6 +90,8 @@ class Admitted:
         self.received = 0
         self.pending = True
         self.task: asyncio.Task[Any] | None = None
+        #: the device id its session proved, once authenticated (None: not told)
+        self.peer_id: bytes | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._link, name)
@@ -125,9 +132,10 @@ class Admitted:
         """Whether the peer has sent anything yet (read, or waiting to be read)."""
         return self.received > 0 or bool(getattr(self._link, "buffered", 0))
 
-    def authenticated(self) -> None:
-        """The session on this link is confirmed: it counts as a session from now on."""
-        self._admission._promote(self)
+    def authenticated(self, peer: bytes | None = None) -> None:
+        """The session on this link is confirmed (with the device ``peer``, if known): it
+        counts as a session from now on."""
+        self._admission._promote(self, peer)
 
 
 class Admission:
@@ -184,12 +192,31 @@ class Admission:
             self._pending.remove(admitted)
         self._sessions.discard(admitted)
 
-    def _promote(self, admitted: Admitted) -> None:
+    def _promote(self, admitted: Admitted, peer: bytes | None = None) -> None:
         if admitted.pending:
             admitted.pending = False
             with contextlib.suppress(ValueError):
                 self._pending.remove(admitted)
+            admitted.peer_id = peer
             self._sessions.add(admitted)
+            if peer is not None:
+                self._one_peer_at_most(admitted, peer)
+
+    def _one_peer_at_most(self, newest: Admitted, peer: bytes) -> None:
+        """Close ``peer``'s oldest sessions beyond its share (:attr:`AdmissionLimits.per_peer`,
+        at most half of the sessions): a known guest idling in many sessions gives way to
+        itself, never keeps the others out."""
+        cap = max(1, min(self.limits.per_peer, self.limits.max_sessions // 2))
+        mine = sorted((a for a in self._sessions if a.peer_id == peer and a is not newest),
+                      key=lambda a: a.since)
+        while len(mine) + 1 > cap:
+            oldest = mine.pop(0)
+            self._sessions.discard(oldest)
+            if oldest.task is not None:
+                oldest.task.cancel()
+            task = asyncio.ensure_future(_drop(oldest.link))
+            self._refusing.add(task)
+            task.add_done_callback(self._refusing.discard)
 
     def _victim(self, newcomer: str) -> Admitted | None:
         held: dict[str, int] = {}

@@ -431,7 +431,8 @@ async def serve(
     """Accept secure sessions from known peers on one transport and hand each to ``handler``,
     until cancelled.  On a radio the device broadcasts a private hello (cli/presence.py) so that
     peers can connect; strangers cannot open a session (``resume`` needs a known peer).  A peer
-    that fails or misbehaves is reported to ``on_error`` and never stops the loop."""
+    has one session at a time: its newer one closes its older one.  A peer that fails or
+    misbehaves is reported to ``on_error`` and never stops the loop."""
     from .presence import Presence
 
     config = PairingConfig(methods=GROUP_METHODS, caps=ALL_CAPS, step_timeout=timeout)
@@ -443,10 +444,24 @@ async def serve(
     if ready is not None:
         ready(address)
 
+    # One session per peer: a peer's newer session replaces its older one, so one known peer
+    # cannot hold every place (``concurrent``) with idle sessions (attack review, finding 7).
+    current: dict[bytes, SecureLink] = {}
+
     async def one(link: Any) -> None:
         try:
             done = await accept_session(link, side, delegate=_Quiet(), clock=clock)
-            await handler(done.channel, done.session)
+            peer = done.session.peer.device_id
+            older = current.get(peer)
+            current[peer] = done.channel
+            if older is not None:
+                with contextlib.suppress(Exception):
+                    await older.close()
+            try:
+                await handler(done.channel, done.session)
+            finally:
+                if current.get(peer) is done.channel:
+                    del current[peer]
             await done.channel.close()
         except PairingError as exc:
             if on_error is not None:

@@ -200,7 +200,8 @@ async def accept_session(
     await confirm(channel, transcript=pipe.transcript(), first=True)
     promote = getattr(link, "authenticated", None)
     if callable(promote):
-        promote()  # admission control: a paired guest, no longer an unauthenticated link
+        # admission control: a paired guest, no longer an unauthenticated link
+        promote(session.peer.device_id)
     membership = None
     if cloud is not None:
         membership = _membership_for(ks, cloud, session, clock)

@@ -9,6 +9,7 @@ does) and is no controller of the group.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from pairkit.pairing.groups import (
     Forward,
     ForwardReceipt,
     GroupEnvelope,
+    ReceiptBatch,
+    ReceiptRequest,
     RetryPolicy,
 )
 from pairkit.securelink import SecureLink
@@ -52,6 +55,7 @@ async def net(tmp_path: Path) -> AsyncIterator[Net]:
             await lab.commission(ctl, node)
         await lab.commission(far, relay)
         await lab.commission(relay, mallory)  # Mallory is one of the relay's peers
+        await lab.commission(far, mallory)  # and one of the far member's
         await lab.start_member(far)
         await lab.start_relay(relay, retry=0.05)
         yield Net(lab, ctl, relay, far, mallory)
@@ -98,3 +102,53 @@ async def test_a_peer_of_the_relay_cannot_queue_envelopes_in_a_controllers_name(
     assert G.held_groups(net.far.ks)["doors"].epoch == 1
     assert not queued, "the relay queued an envelope Mallory forwarded in the controller's name"
     assert not any(r.epoch == MAX_EPOCH for r in G.relay_receipts(net.relay.ks).receipts)
+
+
+async def test_one_peer_cannot_hold_every_session_of_a_member(net: Net) -> None:
+    """A member serves a few group sessions at once (4).  Mallory, a peer of the far member
+    (paired with it, as a neighbour's device may be), opens four sessions and says nothing in
+    them: the controller's delivery must still get through (a peer holds one session at a time;
+    its newer one replaces the older), not be told "busy" until Mallory's idle sessions end."""
+    G.create_group(net.ctl.ks, "doors")
+    hold = asyncio.Event()
+    opened: list[int] = []
+
+    async def idle(_slink: SecureLink) -> None:
+        opened.append(1)
+        await hold.wait()
+
+    mallory = [asyncio.create_task(G.with_peer(net.mallory.ks, net.lab.reach(net.mallory),
+                                               net.far.id, idle)) for _ in range(4)]
+    try:
+        await wait_for(lambda: len(opened) == 4, 10, quiet=True)
+        _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,
+                                         reach=net.lab.reach(net.ctl),
+                                         policy=RetryPolicy(first=0.05, cap=0.1, attempts=1))
+        assert [o.state for o in outcomes] == ["confirmed"], outcomes
+    finally:
+        hold.set()
+        for task in mallory:
+            task.cancel()
+        await asyncio.gather(*mallory, return_exceptions=True)
+
+
+async def test_a_relay_hands_a_controllers_receipts_to_that_controller_only(net: Net) -> None:
+    """The far member confirmed through the relay; Mallory asks the relay for the receipts of
+    the very envelopes the controller sent (she learnt their digests: say she saw them pass).
+    The relay answers an empty batch: it gives receipts only to the controller they name (the
+    device its session proved)."""
+    G.create_group(net.ctl.ks, "doors")
+    await G.add_member(net.ctl.ks, "doors", net.far.id, via=net.relay.id,
+                       reach=net.lab.reach(net.ctl), policy=FAST)
+    record, _ = await G.confirm_all(net.ctl.ks, "doors", reach=net.lab.reach(net.ctl),
+                                    policy=FAST)
+    assert record.member(net.far.id).state(1) == "confirmed"
+    digests = [r.envelope for r in G.relay_receipts(net.relay.ks).receipts]
+    assert digests
+
+    async def ask(slink: SecureLink) -> tuple:
+        await slink.send(ReceiptRequest(tuple(digests)).encode())
+        return wire.decode(await slink.recv(5), ReceiptBatch).receipts
+
+    assert await G.with_peer(net.mallory.ks, net.lab.reach(net.mallory), net.relay.id,
+                             ask) == ()
