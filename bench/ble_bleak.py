@@ -79,6 +79,7 @@ import bumble  # noqa: E402
 
 from bench.common import (  # noqa: E402
     Yes,
+    drain,
     hang_up,
     nproc,
     positive,
@@ -86,6 +87,8 @@ from bench.common import (  # noqa: E402
     report,
     show,
     summary,
+    timed_transfer,
+    tx_characteristic,
 )
 
 #: the bench's own goal (issue 13 names none): a pairing costs the guest on pairkit's bleak
@@ -94,7 +97,6 @@ BLEAK_GOAL = 1.25
 #: a file transfer to the bleak guest reaches at least this share of bumble's raw notify
 #: goodput on the same link (issue 13's goodput goal)
 GOODPUT_GOAL = 0.95
-from bumble import core  # noqa: E402
 
 from pairkit.driver import drive  # noqa: E402
 from pairkit.files import chunk_size  # noqa: E402
@@ -112,7 +114,6 @@ from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
 from pairkit.pairing.service import Chunk  # noqa: E402
 from pairkit.pairing.wire import decode  # noqa: E402
 from pairkit.securelink import SecureLink, confirm  # noqa: E402
-from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID  # noqa: E402
 from pairkit.transports.ble.pace import Speed  # noqa: E402
 from pairkit.transports.ble.virtual import VirtualRadio  # noqa: E402
 from pairkit.transports.bleak import BleakTransport  # noqa: E402
@@ -291,32 +292,13 @@ async def measure(settings: Settings) -> dict[str, Any]:
 # -- goodput to the bleak guest ----------------------------------------------------------------
 
 
-async def _timed(send: Any, receive: Any, total: int) -> float:
-    """Seconds from the first byte sent to the last byte read; checks the count."""
-    t0 = time.perf_counter()
-    sending = asyncio.ensure_future(send())
-    try:
-        got = await asyncio.wait_for(receive(), 120)
-        await asyncio.wait_for(sending, 30)
-    finally:
-        sending.cancel()
-    spent = time.perf_counter() - t0
-    if got != total:
-        raise RuntimeError(f"received {got} bytes of {total}")
-    return spent
-
-
 async def raw_notify(bench: Bench, guest_link: Any, host_link: Any, data: bytes,
                      *, paced: bool = False) -> float:
     """bumble alone on the sending side: MTU-sized notifications, no pairkit code; ``paced``:
     each once the host's ACL queue holds at most two controller buffers (HCI flow control)."""
     device = bench.host.device
-    found = device.gatt_server.get_characteristic_attributes(
-        core.UUID(str(PAIRKIT_SERVICE_UUID)), core.UUID(str(PAIRKIT_TX_CHAR_UUID))
-    )
-    if found is None:
-        raise RuntimeError("pairkit's TX characteristic is missing")
-    characteristic, connection, mtu = found[1], host_link.connection, host_link.mtu
+    characteristic = tx_characteristic(device)
+    connection, mtu = host_link.connection, host_link.mtu
     queue = connection.data_packet_queue
     loop = asyncio.get_running_loop()
 
@@ -340,13 +322,7 @@ async def raw_notify(bench: Bench, guest_link: Any, host_link: Any, data: bytes,
                 await room()
             await device.notify_subscriber(connection, characteristic, data[i:i + mtu])
 
-    async def receive() -> int:
-        got = 0
-        while got < len(data):
-            got += len(await guest_link.recv())
-        return got
-
-    return await _timed(send, receive, len(data))
+    return await timed_transfer(send, lambda: drain(guest_link, len(data)), len(data))
 
 
 async def file_transfer(guest: SecureLink, host: SecureLink, data: bytes) -> float:
@@ -364,7 +340,7 @@ async def file_transfer(guest: SecureLink, host: SecureLink, data: bytes) -> flo
             got += len(decode(await guest.recv(), Chunk).data)
         return got
 
-    return await _timed(send, receive, len(data))
+    return await timed_transfer(send, receive, len(data))
 
 
 async def _quiet(pacer: Any) -> None:

@@ -5,9 +5,10 @@ are the ones they all wrote out again: a positive-integer argument, the median a
 of a list of samples (:func:`summary` in the samples' unit with a count, :func:`summary_us` in
 microseconds), the machine's CPU count and model, the command line recorded in the JSON (as
 bench/RESULTS.md quotes it), printing the result as JSON or as a table, the scripted person
-who says yes to everything, and the goal lines every bench ends with (:func:`report`: the
-figure, the goal of issue 13's table, met or not; :func:`render_goals`).  How the figures are
-read is in bench/RESULTS.md.
+who says yes to everything, the goal lines every bench ends with (:func:`report`: the
+figure, the goal of issue 13's table, met or not; :func:`render_goals`), and for the key
+server's benches the server process itself (:func:`start_key_server`, :func:`stop_process`,
+:func:`process_cpu`).  How the figures are read is in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.errors import LinkClosedError, PairingTimeout
@@ -136,6 +139,69 @@ def check_goals(goals: Sequence[dict[str, Any]]) -> None:
             raise AssertionError(f"goal line {g['name']!r} is not rendered")
 
 
+# -- a timed one-way transfer over one link (bench/ble.py, bench/ble_bleak.py) ---------------
+
+
+@overload
+async def timed_transfer(
+    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int
+) -> float: ...
+
+
+@overload
+async def timed_transfer(
+    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int,
+    *, cpu: Literal[True],
+) -> tuple[float, float]: ...
+
+
+async def timed_transfer(
+    send: Callable[[], Awaitable[None]], receive: Callable[[], Awaitable[int]], total: int,
+    *, cpu: bool = False,
+) -> float | tuple[float, float]:
+    """Seconds from the first byte sent to the last byte read; checks the count.
+
+    With ``cpu``, also this process's CPU seconds over the same span (both ends and the
+    virtual controllers run in it): ``(wall, cpu)``.
+    """
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    sending = asyncio.ensure_future(send())
+    try:
+        got = await asyncio.wait_for(receive(), 120)
+        await asyncio.wait_for(sending, 30)
+    finally:
+        sending.cancel()
+    spent = time.perf_counter() - t0
+    used = time.process_time() - c0
+    if got != total:
+        raise RuntimeError(f"received {got} bytes of {total}")
+    return (spent, used) if cpu else spent
+
+
+async def drain(link: Any, total: int) -> int:
+    """Read messages from ``link`` until ``total`` bytes came; how many did."""
+    got = 0
+    while got < total:
+        got += len(await link.recv())
+    return got
+
+
+def tx_characteristic(device: Any) -> Any:
+    """The GATT server's pairkit TX characteristic on a bumble ``device`` (what a plain bumble
+    application notifies on, with no pairkit code on the sending side)."""
+    from bumble import core
+
+    from pairkit.transports.ble.adv import PAIRKIT_SERVICE_UUID, PAIRKIT_TX_CHAR_UUID
+
+    found = device.gatt_server.get_characteristic_attributes(
+        core.UUID(str(PAIRKIT_SERVICE_UUID)), core.UUID(str(PAIRKIT_TX_CHAR_UUID))
+    )
+    if found is None:
+        raise RuntimeError("pairkit's TX characteristic is missing")
+    return found[1]
+
+
 class Yes:
     """Both people say yes (compare: the codes match; join: let the guest in, for an hour)."""
 
@@ -163,3 +229,64 @@ async def hang_up(first: Any, second: Any, *, timeout: float = 5.0) -> None:
     with contextlib.suppress(LinkClosedError, PairingTimeout, asyncio.TimeoutError):
         await asyncio.wait_for(until_closed(), timeout)
     await second.close()
+
+
+# -- the key server as its own process (bench/ttp.py, bench/ttp_scale.py) -----------------------
+
+
+async def start_key_server(
+    directory: Path, clients: int, *, database: str | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``python -m pairkit.keyserver`` on ``directory`` (its SQLite file, or the PostgreSQL
+    ``database``), listening on a free loopback port, with room for ``clients`` devices
+    connected at once from one address and no attempt rate that binds; (process, HOST:PORT).
+
+    Its JSON line says where it listens; it logs errors only (on its stderr, read at the end).
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    limit = str(2 * clients + 64)
+    args = ["--dir", str(directory), "--listen", "127.0.0.1:0", "--json", "--quiet",
+            "--max-connections", limit, "--max-per-client", limit, "--rate", "1000000",
+            "--max-wait", "60"]
+    if database is not None:
+        args += ["--db", database]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pairkit.keyserver", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if not line:
+        raise RuntimeError(f"the key server did not start: {(await proc.stderr.read()).decode()}")
+    return proc, json.loads(line)["listening"]
+
+
+async def stop_process(proc: asyncio.subprocess.Process, *, timeout: float = 10.0) -> None:
+    """SIGTERM, then wait (at most ``timeout`` seconds before SIGKILL)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:  # pragma: no cover - a server that does not stop
+        proc.kill()
+        await proc.wait()
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` used so far (Linux /proc); 0 elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []

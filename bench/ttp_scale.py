@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import itertools
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -45,7 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import nproc, positive  # noqa: E402
+from bench.common import (  # noqa: E402
+    nproc,
+    positive,
+    process_cpu,
+    start_key_server,
+    stop_process,
+)
 from pairkit.keyserver.certs import init_server_dir  # noqa: E402
 from pairkit.pairing.methods import LocalIdentity  # noqa: E402
 from pairkit.pairing.ttp import IntentRole  # noqa: E402
@@ -66,15 +70,6 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) process ``pid`` used so far (Linux); 0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 def _postgres_cpu(data: Path) -> float:
     """CPU seconds used so far by the PostgreSQL cluster in ``data`` (its postmaster and the
     backends it started; Linux)."""
@@ -82,7 +77,7 @@ def _postgres_cpu(data: Path) -> float:
         postmaster = int((data / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 0.0
-    total = _proc_cpu(postmaster)
+    total = process_cpu(postmaster)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -90,44 +85,16 @@ def _postgres_cpu(data: Path) -> float:
             except (OSError, ValueError, IndexError):
                 continue
             if ppid == postmaster:
-                total += _proc_cpu(int(entry.name))
+                total += process_cpu(int(entry.name))
     return total
-
-
-async def _start(directory: Path, url: str, clients: int) -> tuple[asyncio.subprocess.Process,
-                                                                  str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    limit = str(4 * clients + 64)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pairkit.keyserver", "--dir", str(directory), "--db", url,
-        "--listen", "127.0.0.1:0", "--json", "--quiet", "--max-connections", limit,
-        "--max-per-client", limit, "--rate", "1000000", "--max-wait", "60",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=ROOT, env=env,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    if not line:
-        raise RuntimeError(f"the key server did not start: {(await proc.stderr.read()).decode()}")
-    return proc, json.loads(line)["listening"]
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.communicate(), 10)
-    except TimeoutError:  # pragma: no cover
-        proc.kill()
-        await proc.wait()
 
 
 async def run_servers(
     directory: Path, url: str, servers: int, pairs: int, deliveries: int, pg_data: Path
 ) -> dict[str, Any]:
     """Deliveries per second with ``servers`` processes on the database at ``url``."""
-    procs = [await _start(directory, url, 2 * pairs) for _ in range(servers)]
+    procs = [await start_key_server(directory, 2 * pairs, database=url)
+             for _ in range(servers)]
     ca = directory / "ca.pem"
     turn = itertools.cycle([address for _, address in procs])
     try:
@@ -152,19 +119,19 @@ async def run_servers(
         couples = [(devices[2 * i], devices[2 * i + 1]) for i in range(pairs)]
         await asyncio.gather(*(pair_loop(a, b, 1) for a, b in couples))  # warm-up
         busy0, total0 = _cpu_ticks()
-        servers0 = sum(_proc_cpu(p.pid) for p, _ in procs)
+        servers0 = sum(process_cpu(p.pid) for p, _ in procs)
         pg0 = _postgres_cpu(pg_data)
         me0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(pair_loop(a, b, rounds) for a, b in couples))
         elapsed = time.perf_counter() - t0
         me1 = time.process_time()
-        servers1 = sum(_proc_cpu(p.pid) for p, _ in procs)
+        servers1 = sum(process_cpu(p.pid) for p, _ in procs)
         pg1 = _postgres_cpu(pg_data)
         busy1, total1 = _cpu_ticks()
     finally:
         for proc, _ in procs:
-            await _stop(proc)
+            await stop_process(proc)
     n = pairs * rounds
     busy = (busy1 - busy0) / (total1 - total0) * nproc() if total1 > total0 else 0.0
     return {"servers": servers, "pairs": pairs, "deliveries": n, "seconds": elapsed,

@@ -13,6 +13,13 @@ that should be discoverable whenever its host starts::
     advertise_fast_seconds = 30   # 30 s after start and after a visibility window opens,
     advertise_slow_ms = 1000      # then slow
 
+    [pace]                        # BLE (bumble host): faster links while a file goes out
+    enabled = true
+    burst_bytes = 8192            # bytes sent without a pause that make a transfer
+    relax_after = 1.0             # seconds without sending before the link relaxes
+    fast_interval_ms = [15, 15]   # connection interval (min, max) while fast ...
+    relaxed_interval_ms = [30, 50]  # ... and after
+
     [discover]
     transport = "bumble:usb:0"
     timeout = 5
@@ -51,10 +58,24 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "advertise_slow_ms": (int, float),
         "advertise_fast_seconds": (int, float),
     },
+    "pace": {
+        "enabled": bool,
+        "burst_bytes": int,
+        "relax_after": (int, float),
+        "fast_interval_ms": list,
+        "relaxed_interval_ms": list,
+        "peripheral_latency": int,
+        "supervision_timeout_ms": (int, float),
+        "phy_2m": bool,
+        "request_timeout": (int, float),
+    },
     "discover": {"transport": str, "timeout": (int, float)},
     "join": {"transport": str, "timeout": (int, float)},
     "defaults": {"transport": str},
 }
+
+#: settings that are true or false (every other setting refuses true and false)
+_FLAGS = frozenset({("pace", "enabled"), ("pace", "phy_2m")})
 
 #: the transport of every command when neither -t, config.toml nor PAIRKIT_TRANSPORT names one:
 #: the first USB Bluetooth dongle (pairkit is a BLE toolkit; TCP is named: -t tcp:HOST:PORT)
@@ -88,7 +109,12 @@ def load_policy(keystore_path: Path) -> dict[str, dict[str, Any]]:
             if kind is None:
                 known = ", ".join(_SCHEMA[section])
                 raise ConfigError(f"{path}: [{section}] has no setting {key!r}; known: {known}")
-            if isinstance(value, bool) or not isinstance(value, kind):
+            if (isinstance(value, bool) and (section, key) not in _FLAGS) or not isinstance(
+                value, kind
+            ):
+                if kind is bool:
+                    raise ConfigError(f"{path}: [{section}] {key} must be true or false "
+                                      f"(not {value!r})")
                 raise ConfigError(f"{path}: [{section}] {key} has the wrong type ({value!r})")
             if key in ("visible", "guest_hours", "timeout", "advertise_fast_ms",
                        "advertise_slow_ms") and value <= 0:
@@ -106,7 +132,42 @@ def load_policy(keystore_path: Path) -> dict[str, dict[str, Any]]:
     host = policy["host"]
     if host.get("advertise_slow_ms", 10240) < host.get("advertise_fast_ms", 20):
         raise ConfigError(f"{path}: [host] advertise_slow_ms must be at least advertise_fast_ms")
+    if policy["pace"]:
+        # Checked now, in the file's words, so that a bad value stops every command at once.
+        _pace_config(path, policy["pace"])
     return policy
+
+
+def _pace_config(path: Path, values: dict[str, Any]) -> Any:
+    """The [pace] section as the bumble host's :class:`~transports.ble.pace.PaceConfig` (None:
+    ``enabled = false``, the host never asks); a bad value is a ConfigError naming it."""
+    from pairkit.transports.ble.pace import PaceConfig
+
+    fields = dict(values)
+    if not fields.pop("enabled", True):
+        return None
+    for key in ("fast_interval_ms", "relaxed_interval_ms"):
+        if key in fields:
+            pair = fields[key]
+            if len(pair) != 2 or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in pair
+            ):
+                raise ConfigError(f"{path}: [pace] {key} must be [min, max] in ms, e.g. [15, 15]")
+            fields[key] = (float(pair[0]), float(pair[1]))
+    for key in ("relax_after", "supervision_timeout_ms", "request_timeout"):
+        if key in fields:
+            fields[key] = float(fields[key])
+    try:
+        return PaceConfig(**fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [pace] {exc}") from None
+
+
+def pace_options(policy: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The bumble host's ``pace`` option when config.toml has a [pace] section (else nothing:
+    the transport's default pace)."""
+    section = policy.get("pace", {})
+    return {"pace": _pace_config(Path(FILE_NAME), section)} if section else {}
 
 
 #: [host] policy keys -> the bumble transport's options (transports.bumble.BumbleConfig)

@@ -103,6 +103,9 @@ class HostOptions:
     ttp_peer: bytes | None = None
     #: bumble transport options from the policy's advertising keys (cli.config)
     advertising: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the bumble transport's ``pace`` from the policy's [pace] section (cli.config.pace_options;
+    #: empty: the transport's default)
+    pace: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: attempts to reopen a lost Bluetooth controller before exiting (None: until it is back)
     radio_retries: int | None = None
 
@@ -128,13 +131,14 @@ def result_json(session: Session, membership: Membership | None = None) -> dict[
     }
 
 
-def _advertising_kwargs(opts: HostOptions) -> dict[str, float]:
-    """The advertising policy goes to transports that advertise on a radio (bumble)."""
+def _advertising_kwargs(opts: HostOptions) -> dict[str, Any]:
+    """The advertising and pace policies go to transports that advertise on a radio
+    (bumble)."""
     from pairkit.transports.registry import parse_transport
 
-    if not opts.advertising or parse_transport(opts.transport).kind != "bumble":
+    if not (opts.advertising or opts.pace) or parse_transport(opts.transport).kind != "bumble":
         return {}
-    return dict(opts.advertising)
+    return dict(opts.advertising) | dict(opts.pace)
 
 
 async def run_host(
@@ -515,7 +519,8 @@ async def run_join(
                 raise
             first_error = exc
         info(f"{peer.name} is not at {address} any more; looking for it nearby", quiet=opts.json)
-        for candidate in await _nearby_hosts(transport, ks, seconds=3.0):
+        for candidate in await _nearby_hosts(transport, ks, seconds=3.0,
+                                             device=peer.device_id):
             if candidate == address:
                 continue
             try:
@@ -586,7 +591,11 @@ async def _host_named(transport: Any, ks: Keystore, name: str, *, quiet: bool,
     return matches[0]
 
 
-async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float) -> list[str]:
-    """Addresses of the pairkit hosts heard, those of our clouds first."""
+async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float,
+                        device: bytes | None = None) -> list[str]:
+    """Addresses of the pairkit hosts heard: first the one whose address resolves to
+    ``device`` by the address key it gave us (docs/security.md "Recognising a host across
+    addresses"), then those of our clouds, then the others."""
     found, _ = await discover(transport, ks, seconds)
-    return [f.address for f in sorted(found, key=lambda f: f.cloud is None)]
+    wanted = device.hex() if device is not None else None
+    return [f.address for f in sorted(found, key=lambda f: (f.device != wanted, f.cloud is None))]

@@ -167,18 +167,38 @@ def _read_cert_file(path: Path) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+def _link_options(f: Any) -> Any:
+    """--timeout and --connect-timeout: how long a controller waits on the links it opens."""
+    for opt in reversed([
+        click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
+                     help="Seconds to wait for each message on a link."),
+        click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
+                     show_default=True,
+                     help="Seconds to wait for a peer to answer a connection."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _controller(timeout: float, connect_timeout: float, attempts: int, backoff: float,
+                max_backoff: float) -> tuple[Any, Any, Any]:
+    """What a command that delivers keys needs from its options (:func:`_link_options`,
+    :func:`_policy_options`): the unlocked keystore, how to reach members, the retry policy."""
+    from pairkit.groups import Reach
+
+    policy = _policy(attempts, backoff, max_backoff)
+    ks = unlock()
+    return ks, Reach(connect_timeout=connect_timeout, step_timeout=timeout), policy
+
+
 def _reach_options(f: Any) -> Any:
+    f = _link_options(f)  # listed after the options below
     for opt in reversed([
         click.option("--transport", "-t", default=None,
                      help="Reach the first hop (the member, or RELAY) through this transport "
                           "instead of where it was last seen (tcp:HOST:PORT or a radio)."),
         click.option("--address", default=None,
                      help="The first hop's BLE address on that radio."),
-        click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
-                     help="Seconds to wait for each message on a link."),
-        click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
-              show_default=True,
-                     help="Seconds to wait for a peer to answer a connection."),
     ]):
         f = opt(f)
     return f
@@ -210,14 +230,12 @@ def add(name: str, peer: str | None, via: str | None, cert_file: Path | None,
     pending, and 'pairkit group sync NAME' retries it with growing waits until it confirms
     or is reported unreachable.  One round is made here.
     """
-    from pairkit.groups import Reach, add_member
+    from pairkit.groups import add_member
 
     if (peer is None) == (cert_file is None):
         raise ConfigError("name the member: a known PEER, or --cert FILE (not both)")
     cert = _read_cert_file(cert_file) if cert_file is not None else None
-    policy = _policy(attempts, backoff, max_backoff)
-    ks = unlock()
-    reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
+    ks, reach, policy = _controller(timeout, connect_timeout, attempts, backoff, max_backoff)
     record, outcomes = run_async(lambda: add_member(
         ks, name, peer, via=via, transport=transport, address=address, reach=reach,
         policy=policy, cert=cert,
@@ -230,11 +248,7 @@ def add(name: str, peer: str | None, via: str | None, cert_file: Path | None,
 @trace_option
 @click.argument("name")
 @click.argument("peer", shell_complete=complete_peer)
-@click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
-              help="Seconds to wait for each message on a link.")
-@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
-              show_default=True,
-              help="Seconds to wait for a peer to answer a connection.")
+@_link_options
 @_policy_options
 @_json_option
 def remove(name: str, peer: str, timeout: float, connect_timeout: float, attempts: int,
@@ -244,11 +258,9 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, attempt
     PEER keeps the old key but cannot read anything sent after this: members refuse
     broadcasts of the old epoch once they have the new one.
     """
-    from pairkit.groups import Reach, remove_member
+    from pairkit.groups import remove_member
 
-    policy = _policy(attempts, backoff, max_backoff)
-    ks = unlock()
-    reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
+    ks, reach, policy = _controller(timeout, connect_timeout, attempts, backoff, max_backoff)
     record, outcomes = run_async(lambda: remove_member(ks, name, peer, reach=reach,
                                                        policy=policy))
     _report(record, outcomes, as_json, "new key sent")
@@ -258,11 +270,7 @@ def remove(name: str, peer: str, timeout: float, connect_timeout: float, attempt
 @keystore_pin_option
 @trace_option
 @click.argument("name")
-@click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
-              help="Seconds to wait for each message on a link.")
-@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
-              show_default=True,
-              help="Seconds to wait for a peer to answer a connection.")
+@_link_options
 @_policy_options
 @_json_option
 def rekey(name: str, timeout: float, connect_timeout: float, attempts: int, backoff: float,
@@ -271,11 +279,9 @@ def rekey(name: str, timeout: float, connect_timeout: float, attempts: int, back
 
     One round is made here; 'pairkit group sync NAME' retries until every member confirms.
     """
-    from pairkit.groups import Reach, rekey_group
+    from pairkit.groups import rekey_group
 
-    policy = _policy(attempts, backoff, max_backoff)
-    ks = unlock()
-    reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
+    ks, reach, policy = _controller(timeout, connect_timeout, attempts, backoff, max_backoff)
     record, outcomes = run_async(lambda: rekey_group(ks, name, reach=reach, policy=policy))
     _report(record, outcomes, as_json, "new key sent")
 
@@ -284,11 +290,7 @@ def rekey(name: str, timeout: float, connect_timeout: float, attempts: int, back
 @keystore_pin_option
 @trace_option
 @click.argument("name")
-@click.option("--timeout", type=Seconds(0.1, 3600), default=15.0, show_default=True,
-              help="Seconds to wait for each message on a link.")
-@click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0,
-              show_default=True,
-              help="Seconds to wait for a peer to answer a connection.")
+@_link_options
 @_policy_options
 @click.option("--once", is_flag=True,
               help="One round only: try every pending member once, do not wait for retries.")
@@ -309,11 +311,9 @@ def sync(name: str, timeout: float, connect_timeout: float, attempts: int, backo
     \b
     Exit 0 when every member confirmed; 4 (timeout) when some are unreachable.
     """
-    from pairkit.groups import Reach, confirm_all, deliver_pending
+    from pairkit.groups import confirm_all, deliver_pending
 
-    policy = _policy(attempts, backoff, max_backoff)
-    ks = unlock()
-    reach = Reach(connect_timeout=connect_timeout, step_timeout=timeout)
+    ks, reach, policy = _controller(timeout, connect_timeout, attempts, backoff, max_backoff)
 
     def progress(outcomes: list[Any]) -> None:
         if not as_json:
@@ -500,7 +500,7 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
     heard on every radio given.  Commands go to stdout, one per line (--json: one object per
     event: key, command, rejected).
     """
-    from pairkit.groups import GroupService, Listener, pin_controller, serve
+    from pairkit.groups import GroupService, Listener, pin_controller
     from pairkit.pairing.groups import check_group_name
 
     for n in names:
@@ -534,20 +534,12 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
         try:
             for spec, t in opened:
                 if _can_accept(t):
-                    tasks.append(asyncio.create_task(serve(
-                        ks, spec, service, transport_obj=t,
-                        on_error=lambda text: info(f"error: {text}"),
-                    )))
+                    tasks.append(_serve(ks, spec, service, t))
                 if hasattr(t, "scan"):
                     tasks.append(asyncio.create_task(listener.scan(t, stop)))
             info(f"{ks.name} listening on {', '.join(transports)}"
                  + (f" for {', '.join(names)}" if names else ""))
-            waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({waiter, *tasks}, timeout=seconds,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not waiter and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await _until_one_ends([asyncio.create_task(stop.wait()), *tasks], seconds)
             return got
         finally:
             await _shut_down(stop, tasks, opened)
@@ -584,7 +576,7 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
     its keystore).  Over BLE, give it a second radio for the members (--reach): one radio
     then accepts the controller while the other connects to members.
     """
-    from pairkit.groups import GroupService, Reach, Relay, serve
+    from pairkit.groups import GroupService, Reach, Relay
 
     if retry <= 0:
         raise ConfigError("--retry must be positive")
@@ -606,17 +598,10 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
             for spec, t in opened:
                 if t is down:
                     continue
-                tasks.append(asyncio.create_task(serve(
-                    ks, spec, service, transport_obj=t,
-                    on_error=lambda text: info(f"error: {text}"),
-                )))
+                tasks.append(_serve(ks, spec, service, t))
             held = len(the_relay.queue)
             info(f"{ks.name} relaying on {', '.join(transports)}; holding {held} envelope(s)")
-            done, _ = await asyncio.wait(set(tasks), timeout=seconds,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await _until_one_ends(tasks, seconds)
         finally:
             await _shut_down(stop, tasks, opened)
 
@@ -658,7 +643,7 @@ def agent(transports: tuple[str, ...], radio: str, reach_spec: str | None, retry
     Members out of the controller's reach then hear the agent.  It refuses commands from
     anyone else, for groups it holds no key of, or under an old epoch.
     """
-    from pairkit.groups import Agent, GroupService, Reach, Relay, serve
+    from pairkit.groups import Agent, GroupService, Reach, Relay
 
     ks = unlock()
 
@@ -692,17 +677,10 @@ def agent(transports: tuple[str, ...], radio: str, reach_spec: str | None, retry
             for spec, t in opened:
                 if t is down or (t is air and spec not in transports):
                     continue
-                tasks.append(asyncio.create_task(serve(
-                    ks, spec, service, transport_obj=t,
-                    on_error=lambda text: info(f"error: {text}"),
-                )))
+                tasks.append(_serve(ks, spec, service, t))
             info(f"{ks.name} is a group agent on {', '.join(transports)}, broadcasting on "
                  f"{radio}")
-            done, _ = await asyncio.wait(set(tasks), timeout=seconds,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await _until_one_ends(tasks, seconds)
         finally:
             await _shut_down(stop, tasks, opened)
 
@@ -812,6 +790,24 @@ def show(name: str | None, as_json: bool) -> None:
 def main() -> None:
     """``python -m cli.group_cli``: the same commands without the rest of pairkit."""
     group(prog_name="pairkit group")
+
+
+def _serve(ks: Any, spec: str, service: Any, transport: Any) -> asyncio.Task[None]:
+    """Accept known peers' sessions for ``service`` on ``transport`` (opened from ``spec``); each
+    error is one line on stderr (listen, relay, agent)."""
+    from pairkit.groups import serve
+
+    return asyncio.create_task(serve(ks, spec, service, transport_obj=transport,
+                                     on_error=lambda text: info(f"error: {text}")))
+
+
+async def _until_one_ends(tasks: list[asyncio.Task[Any]], seconds: float | None) -> None:
+    """Wait until one of ``tasks`` ends, or ``seconds`` pass; raise what it raised."""
+    done, _ = await asyncio.wait(set(tasks), timeout=seconds,
+                                 return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 async def _shut_down(stop: asyncio.Event, tasks: Any, opened: Any) -> None:

@@ -257,16 +257,32 @@ def peers(as_json: bool) -> None:
 @keystore_pin_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def forget(peer: str, as_json: bool) -> None:
-    """Forget a known peer (by name or id): it will have to pair again."""
+    """Forget a known peer (by name or id): it will have to pair again.
+
+    A member that was given this device's Bluetooth address key (so that it recognises this
+    device across its rotating addresses) can follow it no longer: the key is renewed, and
+    the members kept get the new one when they next connect.
+    """
+    from pairkit.presence import renew_identity_resolving_key
+
     from .common import emit_json, info, unlock
 
     ks = unlock()
     with ks.update():
         removed = ks.forget_peer(peer)
+    # It was given this device's address key as a member: a new one, so that it cannot follow
+    # this device's new addresses (docs/security.md "Recognising a host across addresses").
+    renewed = bool(removed.extra.get("irk_given"))
+    if renewed:
+        renew_identity_resolving_key(ks)
     if as_json:
-        emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id}})
+        emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id},
+                   "address_key_renewed": renewed})
     else:
         info(f"forgot {removed.name} ({removed.id})")
+        if renewed:
+            info("this device's Bluetooth address key was renewed: the members you keep get "
+                 "the new one when they next connect")
 
 
 # -- pairing ----------------------------------------------------------------------------------
@@ -333,13 +349,20 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
 
     Defaults can come from a policy, config.toml beside the keystore (section [host]:
     transport, visible, share, methods, guest_hours, timeout, and on BLE advertise_fast_ms,
-    advertise_fast_seconds, advertise_slow_ms); flags win over it.
+    advertise_fast_seconds, advertise_slow_ms; section [pace]: the link pace during
+    transfers); flags win over it.
     """
     from pairkit.pairing.errors import ConfigError
     from pairkit.pairing.negotiation import Method
 
     from .common import emit_json, home_path, run_async, unlock
-    from .config import advertising_options, default_transport, load_policy, pick
+    from .config import (
+        advertising_options,
+        default_transport,
+        load_policy,
+        pace_options,
+        pick,
+    )
     from .flows import HostOptions, run_host
     from .store import need_qr_pictures
 
@@ -365,7 +388,8 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
         qr_ttl=qr_ttl, step_timeout=pick(timeout, policy, "timeout", 30.0), share=share,
         guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
         visible=None if private else pick(visible, policy, "visible", None),
-        advertising=advertising_options(policy), radio_retries=radio_retries,
+        advertising=advertising_options(policy), pace=pace_options(policies),
+        radio_retries=radio_retries,
         **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))
@@ -462,6 +486,9 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
 
     Hosts of your clouds are recognised by their rotating hello tag; other hosts appear only
     while their owner has opened a visibility window (private ones are listed as such).  A
+    host whose cloud you are a member of is one line across its rotating Bluetooth
+    addresses (it gave you its address key when you paired); any other host is one line per
+    address.  A
     joinable host tells its name over a short connection (its hello response).  Join one with:
     pairkit join ADDRESS --transport T, or pairkit join NAME --transport T.
     """
@@ -502,9 +529,11 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
             click.echo(f"{cloud}:" if cloud else "strangers:")
         methods = ",".join(sorted(m.label for m in f.hello.methods)) or "-"
         state = "joinable" if f.hello.visible else "private"
-        name = f.name or ("(did not say)" if names and f.hello.visible else "-")
+        name = f.name or f.device_name or ("(did not say)" if names and f.hello.visible else "-")
+        # One known device across its rotating addresses (its address key: docs/security.md)
+        also = f" (also heard at {', '.join(f.addresses[:-1])})" if len(f.addresses) > 1 else ""
         click.echo(f"  {f.address:<20} rssi {f.rssi if f.rssi is not None else '?':>4}  "
-                   f"{state:<9} {methods:<28} {name}")
+                   f"{state:<9} {methods:<28} {name}{also}")
     if garbage:
         info(f"({garbage} malformed hello(s) ignored)")
 

@@ -3,12 +3,14 @@
 Run them on a laptop with USB dongles or on a Raspberry Pi, for example::
 
     PAIRKIT_HW_HOST=bumble:usb:0 PAIRKIT_HW_GUEST=bumble:usb:1 make test
-    PAIRKIT_HW_HOST=bumble:usb:0 PAIRKIT_HW_GUEST=bleak make test        # guest on the OS stack
+    PAIRKIT_HW_HOST=bumble:usb:0a12:0001 PAIRKIT_HW_GUEST=bleak make test   # guest on the OS stack
     PAIRKIT_HW_HOST=bumble:hci-socket:0 PAIRKIT_HW_GUEST=bleak:bumble:usb:0 make test
 
 ``PAIRKIT_HW_HOST`` is the transport the host (peripheral) uses and ``PAIRKIT_HW_GUEST`` the
 guest's (central): ``bumble:...``, ``bleak`` (the OS stack: BlueZ, CoreBluetooth, WinRT) or
-``bleak:bumble:...``.  With two radios on one machine, give both.  With one radio per machine,
+``bleak:bumble:...``.  With two radios on one machine, give both, and name a dongle by its IDs
+(``pairkit radio --list``): ``usb:0`` is often the laptop's built-in controller, the one BlueZ
+(``bleak``) needs.  With one radio per machine,
 run ``pairkit host`` on the other machine (the Raspberry Pi of README.md, "Real radios") and
 give ``PAIRKIT_HW_PEER`` (its BLE address, from ``pairkit discover``) and ``PAIRKIT_HW_PIN``
 (the PIN it shows) instead of ``PAIRKIT_HW_HOST``; ``PAIRKIT_HW_FILE`` names a file it shares
@@ -31,13 +33,15 @@ if str(ROOT) not in sys.path:  # hw-tests use tests/ helpers (conformance checks
     sys.path.insert(0, str(ROOT))
 
 HOW = (
-    "no radio named: set PAIRKIT_HW_HOST and PAIRKIT_HW_GUEST (e.g. bumble:usb:0 and "
-    "bumble:usb:1, or bumble:hci-socket:0 and bleak) to run the real-radio tests"
+    "no radio named: set PAIRKIT_HW_HOST and PAIRKIT_HW_GUEST to two controllers (e.g. two "
+    "dongles as bumble:usb:VID:PID, or bumble:hci-socket:0 and bleak:hci1; 'pairkit radio "
+    "--list' names them) to run the real-radio tests"
 )
 HOW_PEER = (
-    "no remote host named: run 'pairkit host -t bumble:hci-socket:0 --method pin --visible 600' "
-    "on the other machine, then set PAIRKIT_HW_GUEST (e.g. bleak), PAIRKIT_HW_PEER (its address "
-    "from 'pairkit discover') and PAIRKIT_HW_PIN (the PIN it shows)"
+    "no remote host named: run 'pairkit host -t bumble:hci-socket:0 --method pin --visible 600 "
+    "--yes --share DIR' on the other machine (no one is at its keyboard to answer), then set "
+    "PAIRKIT_HW_GUEST (e.g. bleak), PAIRKIT_HW_PEER (its address from 'pairkit discover') and "
+    "PAIRKIT_HW_PIN (the PIN it shows); PAIRKIT_HW_FILE names a file in DIR to fetch"
 )
 
 #: fixture name -> (environment variables it needs, the skip reason when one is unset)

@@ -13,7 +13,10 @@ so the event loop never waits on the disk or the database) and waits for matchin
 A waiting intent is woken at once when its match arrives in this process or, on PostgreSQL,
 in any process (the store's :meth:`~pairkit.keyserver.store.Store.listen`), and polls the store
 otherwise (another server process sharing the SQLite file), and is withdrawn when its device
-hangs up.  Nothing secret is logged: device ids, names and outcomes only.
+hangs up.  A match made in this process hands the key to the waiting intent in memory: the
+matching transaction deletes the waiting row (it cannot be matched again, and the key is never
+stored), and the waiter takes the key without another trip to the store (:class:`_Waiting`).
+Nothing secret is logged: device ids, names and outcomes only.
 
 :func:`serve` runs one server from a :class:`ServeConfig` until it is told to stop (SIGINT or
 SIGTERM by default).  It reports through :mod:`logging`: the server's start and stop on the
@@ -32,6 +35,7 @@ import logging
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +64,7 @@ from pairkit.pairing.errors import (
 from pairkit.pairing.groupcert import CertAsked, CertIssuer, CertRequest
 from pairkit.pairing.ttp import (
     BadTokenError,
+    DeviceRecord,
     EnrolAsked,
     EnrolDone,
     IntentAsked,
@@ -68,10 +73,11 @@ from pairkit.pairing.ttp import (
     TtpServerConn,
     cert_digest,
 )
-from pairkit.transports.tcp import TcpLink, format_host_port
+from pairkit.transports.tcp import format_host_port
+from pairkit.transports.tls import TlsLink, TlsProtocol
 
 from .certs import ServerDir, cert_fingerprint, load_ca_key, load_cert, make_device_cert
-from .store import Matched, Store, StoreError, open_store
+from .store import Matched, Pending, Store, StoreError, open_store
 
 T = TypeVar("T")
 
@@ -81,6 +87,8 @@ POLL_INTERVAL = 0.2
 SLOW_POLL_INTERVAL = 2.0
 #: the store's threads (each with its own connection) on PostgreSQL
 PG_STORE_THREADS = 4
+#: connections the kernel holds for us before we accept them (asyncio's default)
+SERVER_BACKLOG = 100
 
 #: the server's start and stop
 log = logging.getLogger("pairkit.keyserver")
@@ -277,9 +285,12 @@ class Admission:
 
 
 def server_context(d: ServerDir) -> ssl.SSLContext:
-    """TLS 1.3 only, the server's certificate and key."""
+    """TLS 1.3 only, the server's certificate and key, and no session tickets: a device opens
+    a full handshake each time (nothing resumes a session: a ticket would be work for nothing
+    on both ends, and a secret to keep)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.num_tickets = 0
     try:
         ctx.load_cert_chain(d.cert, d.key)
     except (OSError, ssl.SSLError) as exc:
@@ -325,7 +336,8 @@ class TtpServer:
         self._store: Store | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._waiters: dict[int, asyncio.Event] = {}
+        self._waiters: dict[int, _Waiting] = {}
+        self._hand_lock = threading.Lock()
         self._janitor: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
         #: this process's lease on the store (its intents are matched only while it holds it)
@@ -373,8 +385,8 @@ class TtpServer:
         await self.db(self.store.lease, self._server_id, self._clock(), self.limits.lease)
         self._leaser = asyncio.create_task(self._renew_lease())
         try:
-            self._server = await asyncio.start_server(
-                self._accept, host, port, limit=self.limits.max_message * 2 + 16,
+            self._server = await loop.create_server(
+                self._protocol, host, port, backlog=SERVER_BACKLOG,
             )
         except OSError as exc:
             raise ConfigError(
@@ -433,45 +445,63 @@ class TtpServer:
 
     # -- one connection -------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        peername = writer.get_extra_info("peername")
+    def _protocol(self) -> TlsProtocol:
+        """A new connection's protocol (TLS starts once :meth:`_connected` admits it)."""
+        protocol = TlsProtocol(mtu=self.limits.max_message)
+        protocol.on_connection = self._connected
+        return protocol
+
+    def _connected(self, protocol: TlsProtocol) -> None:
+        """A connection was accepted: admission first (refused before any TLS work), then TLS
+        with its deadline, and the device served on a task of its own."""
+        transport = protocol.transport
+        assert transport is not None
+        peername = transport.get_extra_info("peername")
         client = str(peername[0]) if isinstance(peername, tuple) else "?"
         where = (
             format_host_port(client, int(peername[1])) if isinstance(peername, tuple) else "?"
         )
+        tasks: list[asyncio.Task[None]] = []
+
         def evict() -> None:
             # Another connection needs this one's slot: end it now, whatever it was doing.
             self.stats["evicted"] += 1
-            writer.transport.abort()
-            task.cancel()
+            transport.abort()
+            for task in tasks:
+                task.cancel()
 
         ticket = self.admission.admit(client, self._clock(), evict)
         if isinstance(ticket, str):
             # Refused before any TLS work: an over-eager client costs us next to nothing.
             self.stats["refused"] += 1
             self._log(f"refused {where}: {ticket}")
-            writer.transport.abort()
-            self._tasks.discard(task)
+            transport.abort()
             return
         self.stats["connections"] += 1
-        link: TcpLink | None = None
+        protocol.begin(self._ssl, server_side=True, timeout=self.limits.handshake_timeout)
+        task = asyncio.get_running_loop().create_task(
+            self._accept(protocol, client, where, ticket))
+        tasks.append(task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(
+        self, protocol: TlsProtocol, client: str, where: str, ticket: Ticket
+    ) -> None:
+        link: TlsLink | None = None
         try:
             try:
-                await writer.start_tls(
-                    self._ssl, ssl_handshake_timeout=self.limits.handshake_timeout
-                )
+                await protocol.handshake
             except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
                 self._log(f"{where}: TLS handshake failed ({type(exc).__name__})")
-                writer.transport.abort()
+                if protocol.transport is not None:
+                    protocol.transport.abort()
                 return
-            link = TcpLink(reader, writer, peer=where, mtu=self.limits.max_message)
+            link = TlsLink(protocol, peer=where)
             await self._serve(link, client, ticket)
         except asyncio.CancelledError:
-            if link is None:
-                writer.transport.abort()
+            if link is None and protocol.transport is not None:
+                protocol.transport.abort()
         except PairingError as exc:
             self.stats["failed"] += 1
             self._log(f"error: {where}: {exc}")
@@ -484,10 +514,10 @@ class TtpServer:
             self.admission.release(ticket)
             if link is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(link.close(), 3)
-            self._tasks.discard(task)
+                    async with asyncio.timeout(3):
+                        await link.close()
 
-    async def _serve(self, link: TcpLink, client: str, ticket: Ticket) -> None:
+    async def _serve(self, link: TlsLink, client: str, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()
         lim = self.limits
         machine = TtpServerConn(
@@ -528,9 +558,31 @@ class TtpServer:
             )
 
     def _wake(self, row: int) -> None:
-        event = self._waiters.get(row)
-        if event is not None:
-            event.set()
+        waiting = self._waiters.get(row)
+        if waiting is not None:
+            waiting.event.set()
+
+    # -- the hand-over of a key to an intent waiting in this process (store's thread) ----------
+
+    def _claim(self, row: int) -> bool:
+        with self._hand_lock:
+            waiting = self._waiters.get(row)
+            if waiting is None or waiting.state != _WAITING:
+                return False
+            waiting.state = _CLAIMED
+            return True
+
+    def _unclaim(self, row: int) -> None:
+        with self._hand_lock:
+            waiting = self._waiters.get(row)
+            if waiting is not None and waiting.state == _CLAIMED:
+                waiting.state = _WAITING
+
+    def _hand(self, row: int, sk: bytes, match_id: bytes) -> None:
+        with self._hand_lock:
+            waiting = self._waiters.get(row)
+            if waiting is not None and waiting.state == _CLAIMED:
+                waiting.sk, waiting.match_id = sk, match_id
 
 
 class _AdmittedPipe(MessagePipe):
@@ -538,7 +590,7 @@ class _AdmittedPipe(MessagePipe):
     machine has a device id when it next reads): from then on the connection is not evicted."""
 
     def __init__(
-        self, link: TcpLink, *, max_message: int, machine: TtpServerConn,
+        self, link: TlsLink, *, max_message: int, machine: TtpServerConn,
         proved: Callable[[], None],
     ) -> None:
         super().__init__(link, max_message=max_message)
@@ -552,17 +604,81 @@ class _AdmittedPipe(MessagePipe):
         return await super().recv()
 
 
+#: a waiting intent's states (:class:`_Waiting`)
+_WAITING, _CLAIMED, _TAKING, _GONE = "waiting", "claimed", "taking", "gone"
+
+
+@dataclasses.dataclass(eq=False)
+class _Waiting:
+    """An intent waiting in this process, and its hand-over.
+
+    ``waiting``: a match made in this process may claim it (:meth:`TtpServer._claim`, on the
+    store's thread, inside the matching transaction, which then deletes its row); ``claimed``:
+    such a match is committing, and the key is put in :attr:`sk` once it committed (or the
+    claim is released if it failed); ``taking``: its waiter is asking the store (a match made
+    meanwhile stores the key sealed, for the store to answer); ``gone``: its waiter gave up.
+    Changed only under :attr:`TtpServer._hand_lock` (the loop's thread and the store's).
+    """
+
+    event: asyncio.Event
+    state: str = _WAITING
+    sk: bytes | None = dataclasses.field(default=None, repr=False)
+    match_id: bytes = b""
+
+
+def _post_intent(
+    s: TtpServer, q: IntentAsked, now: float
+) -> tuple[DeviceRecord, DeviceRecord, Pending | Matched]:
+    """On the store's thread: the device (enrolled with the static key it proved), its peer,
+    and the intent posted (:meth:`Store.post_intent`); :class:`NotFoundError` when either
+    device is not enrolled (and nothing is posted).  A match with an intent waiting in this
+    process hands its key over in memory (:class:`_Waiting`)."""
+    store = s.store
+    me = store.device(q.device_id)
+    if me is None or not same(me.static, q.static):
+        raise NotFoundError(
+            "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
+        )
+    peer = store.device(q.peer_id)
+    if peer is None:
+        raise NotFoundError(f"device {q.peer_id.hex()[:16]} is not enrolled with this key server")
+    claimed: list[int] = []
+
+    def claim(row: int) -> bool:
+        if row in claimed or s._claim(row):
+            claimed.append(row)
+            return True
+        return False
+
+    try:
+        outcome = store.post_intent(
+            q.device_id, q.peer_id, q.context, q.role, now=now, expires=now + q.wait,
+            server=s._server_id, claim=claim,
+        )
+    except BaseException:
+        for row in claimed:  # nothing was committed: the waiter waits on
+            s._unclaim(row)
+        raise
+    if isinstance(outcome, Matched) and outcome.handed:
+        s._hand(outcome.partner_row, outcome.sk, outcome.match_id)
+    return me, peer, outcome
+
+
 class _Conn:
     """Answers one connection's machine questions (the delegate)."""
 
-    def __init__(self, server: TtpServer, link: TcpLink) -> None:
+    def __init__(self, server: TtpServer, link: TlsLink) -> None:
         self.s = server
         self.link = link
 
     async def ttp_enrol(self, q: EnrolAsked) -> EnrolDone:
         s = self.s
-        updated = await s.db(s.store.enrol, q.device, q.eukey, s._clock())
-        has_eukey = await s.db(s.store.has_eukey, q.device.device_id)
+
+        def enrol() -> tuple[bool, bool]:  # on the store's thread, in one trip
+            updated = s.store.enrol(q.device, q.eukey, s._clock())
+            return updated, s.store.has_eukey(q.device.device_id)
+
+        updated, has_eukey = await s.db(enrol)
         s.stats["enrolled"] += 1
         s._log(f"{'re-' if updated else ''}enrolled {q.device.name} "
                f"({q.device.device_id.hex()[:16]}){' with a factory key' if q.eukey else ''}")
@@ -570,29 +686,18 @@ class _Conn:
 
     async def ttp_intent(self, q: IntentAsked) -> SkDelivery | None:
         s = self.s
-        me = await s.db(s.store.device, q.device_id)
-        if me is None or not same(me.static, q.static):
-            raise NotFoundError(
-                "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
-            )
-        peer = await s.db(s.store.device, q.peer_id)
-        if peer is None:
-            raise NotFoundError(
-                f"device {q.peer_id.hex()[:16]} is not enrolled with this key server"
-            )
-        now = s._clock()
-        outcome = await s.db(
-            s.store.post_intent, q.device_id, q.peer_id, q.context, q.role, now=now,
-            expires=now + q.wait, server=s._server_id,
-        )
+        # One trip to the store's thread: both devices looked up, then the intent posted
+        # (only once the device is known to be enrolled with the key it proved).
+        me, peer, outcome = await s.db(_post_intent, s, q, s._clock())
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)
             s.stats["deliveries"] += 1
             s._log(f"matched {me.name} ({q.role.name.lower()}) with {peer.name}: key delivered")
             return SkDelivery(outcome.match_id, outcome.sk, peer)
         row = outcome.row
-        event = asyncio.Event()
-        s._waiters[row] = event
+        waiting = _Waiting(asyncio.Event())
+        with s._hand_lock:
+            s._waiters[row] = waiting
         loop = asyncio.get_running_loop()
         deadline = loop.time() + q.wait
         taken = False
@@ -600,11 +705,31 @@ class _Conn:
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    break
+                    with s._hand_lock:
+                        if waiting.state == _WAITING:
+                            waiting.state = _GONE  # no match in this process can claim it now
+                    if waiting.state == _GONE:
+                        break
+                    remaining = s._poll  # claimed: its key is on its way (one store call)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(s._poll, remaining))
-                event.clear()
-                found = await s.db(s.store.take_match, row)
+                    async with asyncio.timeout(min(s._poll, remaining)):
+                        await waiting.event.wait()
+                waiting.event.clear()
+                with s._hand_lock:
+                    sk, match_id = waiting.sk, waiting.match_id
+                if sk is not None:  # matched in this process: handed over in memory
+                    taken = True
+                    return SkDelivery(match_id, sk, peer)
+                with s._hand_lock:
+                    if waiting.state == _CLAIMED:
+                        continue
+                    waiting.state = _TAKING  # a claim now would race the store's answer
+                try:
+                    found = await s.db(s.store.take_match, row)
+                finally:
+                    with s._hand_lock:
+                        if waiting.state == _TAKING:
+                            waiting.state = _WAITING
                 if found is not None:
                     taken = True
                     return SkDelivery(found[1], found[0], peer)
@@ -620,7 +745,8 @@ class _Conn:
             s._log(f"no match for {me.name}'s intent toward {peer.name} within {q.wait:g} s")
             return None
         finally:
-            s._waiters.pop(row, None)
+            with s._hand_lock:
+                s._waiters.pop(row, None)  # a key handed over from now on is dropped
             if not taken:
                 with contextlib.suppress(PairingError):
                     await s.db(s.store.cancel_intent, row)

@@ -17,7 +17,8 @@ that both engines share; two implementations supply the transactions:
   guarantees (see that module).
 
 Keys at rest are sealed (:class:`Sealer`): the devices' factory EUKeys, the LocalEUKeys of PN
-links and the SK waiting for the second device of a match are stored as ChaCha20-Poly1305
+links and the SK waiting for the second device of a match (unless the caller takes it in memory:
+``post_intent``'s ``claim``) are stored as ChaCha20-Poly1305
 ciphertexts under the server's 32-byte sealing key (``seal.key``, mode 0600), with the table,
 the row and the purpose as associated data, so a ciphertext moved to another row does not open.
 
@@ -176,6 +177,9 @@ class Matched:
     match_id: bytes
     #: the row of the waiting intent that was matched (to wake its waiter)
     partner_row: int
+    #: the waiting intent was claimed (``post_intent``'s ``claim``): its row is deleted and its
+    #: waiter takes the key from memory; False: the key is stored sealed for it (take_match)
+    handed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +350,7 @@ class Store(abc.ABC):
         now: float,
         expires: float,
         server: bytes | None = None,
+        claim: Callable[[int], bool] | None = None,
     ) -> Pending | Matched:
         """Match this intent against a waiting one, or store it to wait.
 
@@ -354,6 +359,12 @@ class Store(abc.ABC):
         still holds its lease (:meth:`lease`; an intent stored without ``server`` needs none).
         The key is drawn here, once.  A stored identical intent (same owner, peer, context and
         role) is replaced: its waiter finds its row gone.
+
+        ``claim(row)`` is asked, inside the transaction, whether the waiting intent ``row``
+        that matches waits in the caller's process and will take its key from memory: if so,
+        its row is deleted in this transaction (the key is never stored, the intent cannot be
+        matched again) and the result says ``handed``; the caller gives the key to the waiter
+        once this returns, or releases the claim if this raises (nothing was committed).
         """
         with self._write() as db:
             self._lock_pair(db, owner, peer, context)
@@ -366,6 +377,9 @@ class Store(abc.ABC):
             if row is not None:
                 partner = int(row[0])
                 sk, match_id = self._rng(32), self._rng(16)
+                if claim is not None and claim(partner):
+                    db.run("DELETE FROM intents WHERE id = ?", (partner,))
+                    return Matched(sk, match_id, partner, handed=True)
                 sealed = self._sealer.seal(sk, "sk", partner, match_id)
                 db.run(
                     "UPDATE intents SET match_id = ?, sk_sealed = ? WHERE id = ?",

@@ -85,11 +85,22 @@ class NoiseMessage(Message):
     noise: bytes = field(2, max_len=512)
 
 
+#: Noise XX message 1 with an empty payload: the ephemeral key and the payload's tag
+NOISE_FIRST_LEN = KEY_LEN + 16
+
+
 @message(type_id=13, max_size=128)
 class Reveal(Message):
-    """A nonce revealed after the commitment (``compare``, commit-then-reveal)."""
+    """A nonce revealed after the commitment (``compare``, commit-then-reveal).
+
+    The host's also carries the identity handshake's first message (docs/protocol.md §5): it
+    proves only knowledge of the compared key, so it may go before the host's person confirmed
+    (docs/security.md, "compare: what may cross before the people confirmed the code").
+    """
 
     nonce: bytes = field(2, size=NONCE_LEN)
+    #: the host's Noise XX message 1 (``compare``); never in the guest's Reveal
+    noise: bytes | None = field(3, size=NOISE_FIRST_LEN, default=None)
 
 
 class ResumeKind(IntEnum):

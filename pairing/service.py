@@ -77,6 +77,10 @@ class Membership(Message):
     members: tuple[Member, ...] = field(7, max_len=64, default=())
     #: the owner's Ed25519 signature over :func:`membership_statement` (new members only)
     signature: bytes | None = field(8, size=64, default=None)
+    #: the host's BLE identity resolving key (Core 5.4 Vol 3 Part H §2.4.2.1), for members
+    #: only: with it a member tells that the host's resolvable private addresses are one
+    #: device (docs/protocol.md §10, docs/security.md "Recognising a host across addresses")
+    irk: bytes | None = field(9, size=16, default=None, secret=True)
 
 
 def cloud_id_of(owner_device_id: bytes) -> str:
@@ -119,8 +123,12 @@ def check_membership(
     Returns the question to ask this device's user when the membership carries a cloud to
     join, ``None`` when there is nothing to store.  Raises :class:`AuthenticationError` for a
     membership that tries to plant or take a cloud: a secret with a guest grant, a cloud id
-    not bound to the host that pairs, a bad owner signature, or a cloud this device holds.
+    not bound to the host that pairs, a bad owner signature, or a cloud this device holds; and
+    :class:`ProtocolError` for an address key (``irk``) with a guest grant (members only:
+    docs/protocol.md §10).
     """
+    if m.irk is not None and m.role is not Role.MEMBER:
+        raise ProtocolError("a guest grant carries no address key (members only)")
     if m.secret is None:
         if m.cloud_name is not None or m.members or m.signature is not None:
             raise ProtocolError("a membership without a cloud secret names no cloud to join")

@@ -13,11 +13,14 @@ transport alike (docs/protocol.md §12):
   that has sent nothing at all (from the address that holds the most pending links, the oldest
   first), else the longest silent of an address that holds more than the newcomer's would,
   else the one silent the longest if it has been silent for
-  :attr:`AdmissionLimits.idle_grace` seconds, else the newcomer is refused.  A guest that is
+  :attr:`AdmissionLimits.idle_grace` seconds, among the links of the newcomer's own address
+  and of addresses holding at least as many as the newcomer's would, else the newcomer is
+  refused.  A guest that is
   exchanging messages is never the one evicted for a link that says nothing, and a guest's one
   link gives way only once every other address is down to one too;
 * while :attr:`AdmissionLimits.max_sessions` paired guests are being served, new links are
-  refused;
+  refused; one peer holds at most :attr:`AdmissionLimits.per_peer` of them (and at most half),
+  its newest closing its oldest;
 * a link refused or evicted is told so, ``Abort{busy}``, within
   :attr:`AdmissionLimits.refusal_time` seconds, then closed (never held for a graceful close);
   beyond :attr:`AdmissionLimits.max_refusing` refusals in flight, new ones are dropped unanswered.
@@ -63,6 +66,10 @@ class AdmissionLimits:
     refusal_time: float = 1.0
     #: refusals being delivered at once; beyond, a refused link is dropped unanswered
     max_refusing: int = 64
+    #: paired sessions of one peer at once (at most half of ``max_sessions``); a newer one
+    #: closes that peer's oldest, so one known guest cannot hold every place (attack review,
+    #: finding 8)
+    per_peer: int = 4
 
 
 class Admitted:
@@ -83,6 +90,8 @@ class Admitted:
         self.received = 0
         self.pending = True
         self.task: asyncio.Task[Any] | None = None
+        #: the device id its session proved, once authenticated (None: not told)
+        self.peer_id: bytes | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._link, name)
@@ -123,9 +132,10 @@ class Admitted:
         """Whether the peer has sent anything yet (read, or waiting to be read)."""
         return self.received > 0 or bool(getattr(self._link, "buffered", 0))
 
-    def authenticated(self) -> None:
-        """The session on this link is confirmed: it counts as a session from now on."""
-        self._admission._promote(self)
+    def authenticated(self, peer: bytes | None = None) -> None:
+        """The session on this link is confirmed (with the device ``peer``, if known): it
+        counts as a session from now on."""
+        self._admission._promote(self, peer)
 
 
 class Admission:
@@ -182,12 +192,31 @@ class Admission:
             self._pending.remove(admitted)
         self._sessions.discard(admitted)
 
-    def _promote(self, admitted: Admitted) -> None:
+    def _promote(self, admitted: Admitted, peer: bytes | None = None) -> None:
         if admitted.pending:
             admitted.pending = False
             with contextlib.suppress(ValueError):
                 self._pending.remove(admitted)
+            admitted.peer_id = peer
             self._sessions.add(admitted)
+            if peer is not None:
+                self._one_peer_at_most(admitted, peer)
+
+    def _one_peer_at_most(self, newest: Admitted, peer: bytes) -> None:
+        """Close ``peer``'s oldest sessions beyond its share (:attr:`AdmissionLimits.per_peer`,
+        at most half of the sessions): a known guest idling in many sessions gives way to
+        itself, never keeps the others out."""
+        cap = max(1, min(self.limits.per_peer, self.limits.max_sessions // 2))
+        mine = sorted((a for a in self._sessions if a.peer_id == peer and a is not newest),
+                      key=lambda a: a.since)
+        while len(mine) + 1 > cap:
+            oldest = mine.pop(0)
+            self._sessions.discard(oldest)
+            if oldest.task is not None:
+                oldest.task.cancel()
+            task = asyncio.ensure_future(_drop(oldest.link))
+            self._refusing.add(task)
+            task.add_done_callback(self._refusing.discard)
 
     def _victim(self, newcomer: str) -> Admitted | None:
         held: dict[str, int] = {}
@@ -205,7 +234,13 @@ class Admission:
         busiest = max(held, key=lambda k: held[k], default=None)
         if busiest is not None and held[busiest] > held.get(newcomer, 0) + 1:
             return min((a for a in self._pending if a.key == busiest), key=lambda a: a.last)
-        stalest = min(self._pending, key=lambda a: a.last, default=None)
+        # Else the longest silent gives way, but only from the newcomer's own address or one
+        # holding at least as many as the newcomer's would: a stranger whose newcomer comes from
+        # an address as busy as the busiest cannot push out a guest's one link (finding 1 of the
+        # attack review: 4 + 3 links from two addresses evicted a guest typing its PIN).
+        floor = held.get(newcomer, 0) + 1
+        candidates = [a for a in self._pending if a.key == newcomer or held[a.key] >= floor]
+        stalest = min(candidates, key=lambda a: a.last, default=None)
         if stalest is not None and self.clock() - stalest.last >= self.limits.idle_grace:
             return stalest
         return None

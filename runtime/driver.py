@@ -22,6 +22,7 @@ from .pairing.errors import (
     LocalError,
     PairingError,
     PairingTimeout,
+    ProtocolError,
     UserCancelled,
 )
 from .pairing.framing import Reassembler, fragment
@@ -29,6 +30,9 @@ from .pairing.machine import Machine, Question
 
 #: a machine that sets no deadline still gets one: nothing in pairkit waits forever
 DEFAULT_IDLE = 60.0
+#: messages a run holds unread while its person is asked (compare's host usually holds one, the
+#: guest's Noise message 2); a peer that sends more is stopped, not buffered without end
+HELD_LIMIT = 8
 #: how long a person has to answer a question (confirm a code, allow a join)
 DEFAULT_ANSWER_TIME = 120.0
 #: the largest handshake message the driver reassembles
@@ -287,6 +291,11 @@ async def drive(
                     if _is_abort(message):
                         take(message)
                         machine.receive(message, now())  # raises the peer's error
+                    if len(held) >= HELD_LIMIT:
+                        raise ProtocolError(
+                            f"the peer sent more than {HELD_LIMIT} messages while this side's "
+                            "person was being asked"
+                        )
                     held.append(message)
             value = answer.result()
         finally:

@@ -145,17 +145,28 @@ def _ignore(_event: Event) -> None:
 # What the keystore holds (read from memory; every change under ks.update())
 
 
+def _per_group(ks: Keystore, key: str) -> dict[str, Any]:
+    """The setting ``key``, which holds one value per group under the group's name (empty when
+    it was never set)."""
+    return dict(ks.setting(key, {}) or {})
+
+
+def _put_per_group(ks: Keystore, key: str, group: str, value: Any) -> None:
+    """Store ``value`` for ``group`` in the setting ``key`` (call inside ``ks.update()``)."""
+    stored = _per_group(ks, key)
+    stored[group] = value
+    ks.set_setting(key, stored)
+
+
 def controller_groups(ks: Keystore) -> dict[str, GroupRecord]:
     """The groups this device controls."""
-    stored = ks.setting(SETTING_CONTROLLER, {}) or {}
+    stored = _per_group(ks, SETTING_CONTROLLER)
     return {name: GroupRecord.from_plain(name, data) for name, data in stored.items()}
 
 
 def _put_record(ks: Keystore, record: GroupRecord) -> None:
     """Record ``record`` in memory (call inside ``ks.update()``)."""
-    stored = {name: dict(data) for name, data in (ks.setting(SETTING_CONTROLLER, {}) or {}).items()}
-    stored[record.name] = record.to_plain()
-    ks.set_setting(SETTING_CONTROLLER, stored)
+    _put_per_group(ks, SETTING_CONTROLLER, record.name, record.to_plain())
 
 
 def controlled(ks: Keystore, name: str) -> GroupRecord:
@@ -170,22 +181,18 @@ def controlled(ks: Keystore, name: str) -> GroupRecord:
 
 def held_groups(ks: Keystore) -> dict[str, HeldGroup]:
     """The groups whose key this device holds as a member."""
-    stored = ks.setting(SETTING_HELD, {}) or {}
+    stored = _per_group(ks, SETTING_HELD)
     return {name: HeldGroup.from_plain(name, data) for name, data in stored.items()}
 
 
 def _put_held(ks: Keystore, held: HeldGroup) -> None:
-    stored = {name: dict(data) for name, data in (ks.setting(SETTING_HELD, {}) or {}).items()}
-    stored[held.name] = held.to_plain()
-    ks.set_setting(SETTING_HELD, stored)
+    _put_per_group(ks, SETTING_HELD, held.name, held.to_plain())
 
 
 def pin_controller(ks: Keystore, group: str, controller_id: str) -> None:
     """Accept ``group``'s keys only from ``controller_id`` (before the first one arrives)."""
     with ks.update():
-        pins = dict(ks.setting(SETTING_PINS, {}) or {})
-        pins[check_group_name(group)] = controller_id
-        ks.set_setting(SETTING_PINS, pins)
+        _put_per_group(ks, SETTING_PINS, check_group_name(group), controller_id)
 
 
 def current_epoch(ks: Keystore, group: str) -> int:
@@ -424,7 +431,8 @@ async def serve(
     """Accept secure sessions from known peers on one transport and hand each to ``handler``,
     until cancelled.  On a radio the device broadcasts a private hello (cli/presence.py) so that
     peers can connect; strangers cannot open a session (``resume`` needs a known peer).  A peer
-    that fails or misbehaves is reported to ``on_error`` and never stops the loop."""
+    has one session at a time: its newer one closes its older one.  A peer that fails or
+    misbehaves is reported to ``on_error`` and never stops the loop."""
     from .presence import Presence
 
     config = PairingConfig(methods=GROUP_METHODS, caps=ALL_CAPS, step_timeout=timeout)
@@ -436,10 +444,24 @@ async def serve(
     if ready is not None:
         ready(address)
 
+    # One session per peer: a peer's newer session replaces its older one, so one known peer
+    # cannot hold every place (``concurrent``) with idle sessions (attack review, finding 7).
+    current: dict[bytes, SecureLink] = {}
+
     async def one(link: Any) -> None:
         try:
             done = await accept_session(link, side, delegate=_Quiet(), clock=clock)
-            await handler(done.channel, done.session)
+            peer = done.session.peer.device_id
+            older = current.get(peer)
+            current[peer] = done.channel
+            if older is not None:
+                with contextlib.suppress(Exception):
+                    await older.close()
+            try:
+                await handler(done.channel, done.session)
+            finally:
+                if current.get(peer) is done.channel:
+                    del current[peer]
             await done.channel.close()
         except PairingError as exc:
             if on_error is not None:
@@ -858,11 +880,9 @@ def next_seq(ks: Keystore, group: str, epoch: int) -> int:
     """The next sequence number this device sends ``group`` at ``epoch``, stored before use
     so that a crash never reuses one."""
     with ks.update():
-        stored = {k: list(v) for k, v in (ks.setting(SETTING_SEQ, {}) or {}).items()}
-        last_epoch, last = stored.get(group, [epoch, 0])
+        last_epoch, last = _per_group(ks, SETTING_SEQ).get(group, [epoch, 0])
         seq = last + 1 if last_epoch == epoch else 1
-        stored[group] = [epoch, seq]
-        ks.set_setting(SETTING_SEQ, stored)
+        _put_per_group(ks, SETTING_SEQ, group, [epoch, seq])
     return seq
 
 
@@ -957,7 +977,8 @@ class GroupService:
 
             async def queue_forward(self, event: QueueForward) -> None:
                 assert service.relay is not None
-                receipt = service.relay.take(event.envelopes, who)
+                receipt = service.relay.take(event.envelopes, who,
+                                             sender=session.peer.device_id)
                 machine.answer_batch(receipt.results, time.monotonic(), queued=receipt.queued)
 
             async def run_command(self, event: RunCommand) -> None:
@@ -1005,7 +1026,7 @@ def take_envelope(
     is kept inside ``ks`` and the group recorded (call inside ``ks.update()``)."""
     if env.group in controller_groups(ks):
         raise ConfigError(f"this device controls a group called {env.group!r} itself")
-    pins = ks.setting(SETTING_PINS, {}) or {}
+    pins = _per_group(ks, SETTING_PINS)
     held = open_group_envelope(
         ks, env, controller_key=_controller_key(ks, env, clock),
         held=held_groups(ks).get(env.group), pinned=pins.get(env.group),
@@ -1043,15 +1064,26 @@ class Relay:
                            "group": r.group, "epoch": r.epoch, "ok": r.ok})
         return found
 
-    def take(self, envelopes: Iterable[GroupEnvelope], who: str) -> ForwardReceipt:
+    def take(
+        self, envelopes: Iterable[GroupEnvelope], who: str, *, sender: bytes
+    ) -> ForwardReceipt:
         """Queue what a controller forwards; an envelope for a member this relay has not
-        paired with is refused (it could never be delivered)."""
+        paired with is refused (it could never be delivered), and so is one that names another
+        controller than ``sender``, the device whose session forwarded it: any peer of the
+        relay could otherwise queue, in a controller's name, an envelope of a higher epoch that
+        displaces the real one, and whose refusal holds the member's receipt slot (attack
+        review, finding 2)."""
         results = []
         queued = []
         with self.ks.update():
             queue = self.queue
             answered = {r.envelope for r in self.receipts.receipts}
             for env in envelopes:
+                if env.controller != sender:
+                    results.append(DeliveryResult(
+                        env.group, env.epoch, False,
+                        "a relay takes envelopes only from the controller that signed them"))
+                    continue
                 if envelope_digest(env) in answered:
                     # Delivered already, and the member's receipt is here for the controller:
                     # nothing to deliver again (it was forwarded again before it asked).
@@ -1151,13 +1183,12 @@ class Agent:
                 if held is not None:
                     signing = _controller_key(self.ks, cmd, self.clock)(
                         bytes.fromhex(held.controller))
-                seen = {k: int(v) for k, v in
-                        (self.ks.setting(SETTING_AGENT_SEEN, {}) or {}).items()}
+                seen = _per_group(self.ks, SETTING_AGENT_SEEN)
                 check_agent_command(cmd, agent=bytes.fromhex(self.ks.device_id), held=held,
                                     controller_signing=signing,
-                                    last_number=seen.get(cmd.group, 0))
-                seen[cmd.group] = cmd.number  # kept before it is used: a crash never replays
-                self.ks.set_setting(SETTING_AGENT_SEEN, seen)
+                                    last_number=int(seen.get(cmd.group, 0)))
+                # kept before it is used: a crash never replays
+                _put_per_group(self.ks, SETTING_AGENT_SEEN, cmd.group, cmd.number)
         except PairingError as exc:
             self.on_event({"event": "command-refused", "group": cmd.group, "from": who,
                            "number": cmd.number, "reason": str(exc)})
@@ -1191,10 +1222,8 @@ async def send_via_agent(
             f"under the current key yet ('pairkit group sync {name}')"
         )
     with ks.update():
-        sent = {k: int(v) for k, v in (ks.setting(SETTING_AGENT_SENT, {}) or {}).items()}
-        number = sent.get(name, 0) + 1
-        sent[name] = number
-        ks.set_setting(SETTING_AGENT_SENT, sent)
+        number = int(_per_group(ks, SETTING_AGENT_SENT).get(name, 0)) + 1
+        _put_per_group(ks, SETTING_AGENT_SENT, name, number)
     cert = _own_checked_cert(ks, reach.clock) if record.trust == CA else None
     cmd = sign_agent_command(
         ks, agent=bytes.fromhex(device_id), group=name, epoch=record.epoch, number=number,

@@ -89,6 +89,17 @@ def peer_contact(ks: Keystore, peer: KnownPeer) -> tuple[str | None, str | None]
     )
 
 
+class _Keep:
+    """The type of :data:`KEEP`."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: :func:`save_session`'s ``irk``: keep the identity resolving key stored for the peer
+KEEP: Final = _Keep()
+
+
 def save_session(
     ks: Keystore,
     session: Session,
@@ -101,6 +112,8 @@ def save_session(
     standing_expires: int | None = None,
     wall_now: float | None = None,
     stored_grant: bool = False,
+    irk: bytes | _Keep | None = KEEP,
+    gave_irk: bool = False,
 ) -> None:
     """Store the peer after a confirmed session: keys, prekeys, where it was reached, and the
     grant of this session in its own direction (docs/security.md, rule 2):
@@ -113,6 +126,10 @@ def save_session(
     finding 4): a ``resume`` or ``kk`` session of a peer that was forgotten meanwhile, or one
     let in by a stored grant (``stored_grant``) that was withdrawn meanwhile, is refused with
     :class:`RefusedError` and nothing is written.
+
+    ``irk``: the peer's identity resolving key as its membership gave it (None: it gave none,
+    and what was stored goes); :data:`KEEP` keeps the stored one.  ``gave_irk``: this host gave
+    the peer its own (marked, so that forgetting the peer renews it: :func:`forget`).
     """
     device_id = session.peer.device_id.hex()
     full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
@@ -147,6 +164,9 @@ def save_session(
             extra["standing_expires"] = standing_expires
         if session.method.label == "clear":
             extra["link_mitm"] = session.peer.authenticated
+        if gave_irk:
+            extra["irk_given"] = True
+        kept_irk = old_record.irk if old_record is not None else None
         ks.add_peer(
             Peer(
                 id=device_id,
@@ -160,6 +180,7 @@ def save_session(
                 their_prekeys=list(updated.their_prekeys),
                 our_prekeys=[[p.digest, p.private] for p in updated.our_prekeys],
                 extra=extra,
+                irk=kept_irk if isinstance(irk, _Keep) else irk,
             )
         )
         # What keeps the keystore within what it can open again (issue 17, finding 9).

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -74,6 +75,7 @@ from .pairing.keystore import Keystore, PnEntry, PnRecord
 from .pairing.keystore.records import clean_name
 from .pairing.machine import Event, _code, _short
 from .pairing.methods import LocalIdentity
+from .pairing.methods.common import HostState, PinPolicy
 from .pairing.negotiation import Caps
 from .securelink import SecureLink, confirm
 
@@ -144,18 +146,20 @@ class ChannelLink:
 
 class PinDisplay:
     """The PIN the gateway shows for elements that type one: good for one try, then a new one
-    (docs/security.md rule 7); ``max_failures`` wrong tries within ``window`` seconds lock PIN
-    offers until the oldest of them is ``window`` old."""
+    (docs/security.md rule 7), under the host's lockout (:class:`~pairing.methods.common.
+    PinPolicy`: five failures within ``window`` seconds lock PIN offers until the oldest is
+    ``window`` old, each further failure of the streak locks them twice as long as the last,
+    up to an hour).  A try counts as failed from the moment it starts (:meth:`take`) until it
+    succeeds (:meth:`succeeded`): offers made in parallel cannot outrun the lock (attack review,
+    finding 3)."""
 
     def __init__(self, first: str | None, *, show: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic, rng: Rng = os.urandom,
-                 max_failures: int = 5, window: float = 300.0) -> None:
+                 policy: PinPolicy | None = None) -> None:
         self._show = show
         self._clock = clock
         self._rng = rng
-        self.max_failures = max_failures
-        self.window = window
-        self._failures: list[float] = []
+        self._lock = HostState(pin_policy=policy or PinPolicy())
         self.pin = ""
         if first is not None:
             self.pin = first
@@ -176,18 +180,36 @@ class PinDisplay:
         self.pin = pin
         self._show(pin)
 
-    def take(self) -> str:
-        """The PIN for one try (a new one is shown for the next)."""
+    def take(self) -> tuple[str, float]:
+        """The PIN for one try and when the try started (a new PIN is shown for the next); the
+        try counts as a failure until :meth:`succeeded` is told."""
         now = self._clock()
-        self._failures = [t for t in self._failures if now - t < self.window]
-        if len(self._failures) >= self.max_failures:
-            raise LockedOutError("too many wrong PINs: PIN offers are locked for a while")
+        wait = self._lock.locked_for(now)
+        if wait > 0:
+            raise LockedOutError(
+                f"too many wrong PINs: PIN offers are locked for {math.ceil(wait / 60)} more "
+                "minute(s)"
+            )
+        self._lock.pin_failed(now)
         pin = self.pin
         self.renew()
-        return pin
+        return pin, now
 
-    def failed(self) -> None:
-        self._failures.append(self._clock())
+    def succeeded(self, started: float) -> None:
+        """The try that started at ``started`` typed the right PIN: it is no failure."""
+        self._lock.pin_succeeded(started)
+
+
+def _authenticated(link: Any) -> None:
+    """Tell admission (runtime/admission.py) that the member on ``link`` proved its link key:
+    it counts as a session from now on, no longer as a link waiting for its first proof that
+    strangers' new links may push out (attack review, finding 4).  A link inside a PIN channel
+    is promoted through the link it runs on."""
+    if isinstance(link, ChannelLink):
+        link = link.slink.link
+    promote = getattr(link, "authenticated", None)
+    if callable(promote):
+        promote()
 
 
 def _hex(b: bytes) -> str:
@@ -218,7 +240,8 @@ def merge_gateway_record(
     now: float,
 ) -> PnRecord:
     """The gateway's PN after a setup: earlier members stay (a member set up again gets its new
-    key), this setup's failed and declined PNEs are listed (and are no longer members)."""
+    key; one that failed or declined this time keeps its place and key, since a link claiming
+    its id proves nothing), this setup's other failed and declined PNEs are listed."""
     members = {m.pne_id: m for m in (old.members if old else ())}
     failed = {e.pne_id: e for e in (old.failed if old else ())}
     declined = {e.pne_id: e for e in (old.declined if old else ())}
@@ -230,7 +253,11 @@ def merge_gateway_record(
         declined.pop(i, None)
     for pne_id, reason in inv.failed.items():
         i = _hex(pne_id)
-        members.pop(i, None)
+        if i in members:
+            # An earlier member keeps its place and key: whoever failed on a link under its id
+            # (ids travel in the clear) proved nothing against it (finding 5).  Only a member
+            # of this setup, proven again, replaces its entry.
+            continue
         failed[i] = PnEntry(i, clean_name(inv.names.get(pne_id, "")),
                             reason=_short(reason))
     for pne_id in inv.declined:
@@ -411,15 +438,13 @@ class PnGateway:
             raise RefusedError("this gateway takes no PIN: ask its owner to run "
                                "'pairkit pn gateway --pin-link'")
         loop = asyncio.get_running_loop()
-        machine = GatewayPin(bytes.fromhex(self.ks.device_id), self.pins.take(),
+        pin, started = self.pins.take()  # counted as a failure until the PIN is proven
+        machine = GatewayPin(bytes.fromhex(self.ks.device_id), pin,
                              step_timeout=self.opts.step_timeout, rng=self._rng)
         machine.start(loop.time())
-        try:
-            machine.receive(first, loop.time())
-            await drive(machine, pipe, idle=self.opts.step_timeout)
-        except PairingError:
-            self.pins.failed()
-            raise
+        machine.receive(first, loop.time())
+        await drive(machine, pipe, idle=self.opts.step_timeout)
+        self.pins.succeeded(started)
         assert machine.session is not None
         slink = SecureLink(link, machine.session, timeout=self.opts.step_timeout)
         await confirm(slink, transcript=pipe.transcript(), first=True)
@@ -437,7 +462,7 @@ class PnGateway:
         finally:
             self.waiting.pop(key, None)
         if channel is not None:
-            await self._route(msg.pne_id, channel, getattr(link, "peer", None))
+            await self._route(msg.pne_id, channel, link)
 
     async def _maybe_start_own(self) -> None:
         """Gateway-initiated: start the setup once the PNEs it needs are in reach."""
@@ -466,7 +491,7 @@ class PnGateway:
             raise RefusedError("the gateway's owner refused the PN setup")
         result = await self._run_setup((link, pipe, first), msg.setup_type, ())
         if result is not None:
-            await self._route(msg.pne_id, result, getattr(link, "peer", None))
+            await self._route(msg.pne_id, result, link)
 
     async def _run_setup(
         self,
@@ -517,14 +542,9 @@ class PnGateway:
                 return None
             finally:
                 self.setups += 1
-            # Members' ports: which link each member is on
-            port_of = {m.pne_id: p for p in pnes for m in inventory.members
-                       if pnes[p].pne_id == m.pne_id}
-            if initiator is not None:
-                known = set(port_of)
-                for m in inventory.members:
-                    if m.pne_id not in known:
-                        port_of[m.pne_id] = "initiator"
+            # Members' ports: the link on which each member proved its key (the machine's
+            # routing table), never another link that claimed the same id (finding 5)
+            port_of = dict(inventory.ports)
             routes = {m.pne_id: getattr(pnes[port_of[m.pne_id]].link, "peer", None)
                       for m in inventory.members if m.pne_id in port_of}
             self._save(lambda old: merge_gateway_record(
@@ -593,13 +613,15 @@ class PnGateway:
         assert machine.session is not None and machine.pne_id is not None
         slink = SecureLink(link, machine.session, timeout=self.opts.step_timeout)
         await confirm(slink, transcript=pipe.transcript(), first=True)
-        await self._route(machine.pne_id, slink, getattr(link, "peer", None))
+        await self._route(machine.pne_id, slink, link)
 
     # -- routing ------------------------------------------------------------------------------
 
-    async def _route(self, pne_id: bytes, channel: PnChannel, address: str | None) -> None:
+    async def _route(self, pne_id: bytes, channel: PnChannel, link: Any) -> None:
         """Carry one member's traffic until its link ends."""
         assert self.record is not None
+        _authenticated(link)
+        address: str | None = getattr(link, "peer", None)
         pn_id = bytes.fromhex(self.record.pn_id)
         name = self._name(pne_id)
         old = self.live.get(pne_id)

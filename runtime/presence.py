@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import os
 import re
 import time
@@ -31,6 +32,7 @@ from .pairing.hello import (
 )
 from .pairing.keystore import Keystore
 from .pairing.negotiation import ALL_CAPS, Method
+from .transports.ble.privacy import is_resolvable, resolves
 
 TAG_INFO = keyschedule.HELLO_TAG
 BLE_ADDRESS = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}(/P)?$")
@@ -60,6 +62,28 @@ def identity_resolving_key(ks: Keystore) -> bytes:
             irk = os.urandom(16)
             ks.set_setting(IRK_SETTING, irk)
     return irk
+
+
+def irk_for_members(ks: Keystore) -> bytes | None:
+    """This device's identity resolving key as it is handed to the members of its cloud
+    (``Membership.irk``), or None when the keystore cannot keep one (they then see its
+    addresses unlinked, as strangers do)."""
+    try:
+        return identity_resolving_key(ks)
+    except (KeystoreError, OSError):
+        return None
+
+
+def renew_identity_resolving_key(ks: Keystore) -> None:
+    """Replace this device's identity resolving key with a fresh one (saved at once).
+
+    Done when a peer that was given the key is forgotten (``pairkit forget``): the forgotten
+    device can no longer tell this device's new addresses apart from anyone's.  The members
+    still kept get the new key at their next session with this host; until then their
+    ``discover`` lists its addresses unlinked.  A running host moves to the new key at its
+    next address rotation (:class:`Presence`)."""
+    with ks.update():
+        ks.set_setting(IRK_SETTING, os.urandom(16))
 
 
 def home_cloud(ks: Keystore) -> str | None:
@@ -104,6 +128,8 @@ class Presence:
             None if not self.can_broadcast else wall_clock() + (visible_for or 0.0)
         )
         self._task: asyncio.Task[None] | None = None
+        #: the identity resolving key the transport's addresses are made with (None: none)
+        self._irk: bytes | None = None
 
     @property
     def visible(self) -> bool:
@@ -135,6 +161,7 @@ class Presence:
                 privacy = f"static (no identity resolving key could be kept: {exc})"
             else:
                 privacy = await use_key(irk)
+                self._irk = irk if privacy == "resolvable" else None
             if privacy != "resolvable" and self.on_change is not None:
                 self.on_change(f"Bluetooth address: {privacy}")
         await self.transport.start_advertising(self.payload())
@@ -183,8 +210,27 @@ class Presence:
         if rotate is not None:
             with contextlib.suppress(Exception):
                 await self.transport.stop_advertising()
-                await rotate()
+                renewed = self._renewed_irk()
+                if renewed is not None:
+                    await self.transport.use_identity_key(renewed)  # a fresh RPA under it
+                    self._irk = renewed
+                else:
+                    await rotate()
         await self.transport.start_advertising(self.payload())
+
+    def _renewed_irk(self) -> bytes | None:
+        """The keystore's identity resolving key when it is no longer the one in use (renewed
+        by ``pairkit forget`` in another process: :func:`renew_identity_resolving_key`)."""
+        if self._irk is None:
+            return None
+        try:
+            self._ks.follow()
+        except (PairingError, OSError):
+            return None
+        irk = self._ks.setting(IRK_SETTING)
+        if isinstance(irk, bytes) and len(irk) == 16 and not hmac.compare_digest(irk, self._irk):
+            return irk
+        return None
 
     async def pause(self) -> None:
         """The radio went away (:func:`regain_radio`): stop rotating; nothing is on air."""
@@ -270,16 +316,34 @@ async def regain_radio(
 
 @dataclasses.dataclass
 class Found:
+    """One device heard by :func:`discover`: its latest hello and address, and, for a known
+    peer whose identity resolving key this device holds, every address it was heard at."""
+
     address: str
     hello: Hello
     rssi: int | None
     name: str | None
     cloud: str | None
     cloud_name: str | None
+    #: the known peer whose identity resolving key resolved the addresses (None: not resolved)
+    device: str | None = None
+    #: that peer's name as stored at pairing
+    device_name: str | None = None
+    #: every address heard, oldest first (the latest is ``address``)
+    addresses: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            self.addresses = (self.address,)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "address": self.address,
+            "addresses": list(self.addresses),
+            "device": (
+                {"id": self.device, "name": self.device_name} if self.device is not None
+                else None
+            ),
             "name": self.name,
             "rssi": self.rssi,
             "methods": sorted(m.label for m in self.hello.methods),
@@ -288,12 +352,41 @@ class Found:
         }
 
 
+class AddressResolver:
+    """Which known peer a resolvable private address belongs to, by the identity resolving
+    keys this device's keystore holds for its peers (Core 5.4 Vol 6 Part B §1.3.2.3).
+
+    An address resolves to a device only when exactly one held key resolves it: an address
+    two keys resolve (a peer that handed over another device's key as its own) is attributed
+    to neither.  Each address is resolved once per scan."""
+
+    def __init__(self, ks: Keystore) -> None:
+        self._keys = [(p.id, p.name, p.irk) for p in ks.peers() if p.irk is not None]
+        self._seen: dict[str, tuple[str, str] | None] = {}
+
+    def __call__(self, address: str) -> tuple[str, str] | None:
+        """(peer id, peer name) of the one known peer ``address`` resolves to, else None."""
+        if address in self._seen:
+            return self._seen[address]
+        found = None
+        if self._keys and is_resolvable(address):
+            matches = [(pid, name) for pid, name, irk in self._keys if resolves(address, irk)]
+            found = matches[0] if len(matches) == 1 else None
+        self._seen[address] = found
+        return found
+
+
 async def discover(
     transport: Any, ks: Keystore, timeout: float, *, wall_clock: Callable[[], float] = time.time
 ) -> tuple[list[Found], int]:
-    """Every host heard within ``timeout`` s (latest hello per address) and the garbage count."""
+    """Every host heard within ``timeout`` s and the garbage count: one entry per address,
+    except that the addresses of a known peer whose identity resolving key this device holds
+    (a member of its cloud: docs/security.md "Recognising a host across addresses") make one
+    entry, with its latest hello and address.  To anyone else a host whose address rotated
+    during the scan is two entries, which nothing links (the privacy goal)."""
     keys = tag_keys(ks)
     names = {c.cloud_id: c.name for c in ks.clouds()}
+    resolve = AddressResolver(ks)
     found: dict[str, Found] = {}
     garbage = 0
     async for s in transport.scan(timeout):
@@ -303,7 +396,18 @@ async def discover(
             garbage += 1
             continue
         cloud = hello.cloud or match_tag(hello.tag, keys, wall_clock())
-        found[s.address] = Found(
-            s.address, hello, s.rssi, s.name, cloud, names.get(cloud) if cloud else None
+        device = resolve(s.address)
+        group = f"device:{device[0]}" if device is not None else s.address
+        before = found.get(group)
+        addresses = before.addresses if before is not None else ()
+        if s.address not in addresses:
+            addresses += (s.address,)
+        elif addresses[-1] != s.address:  # heard again at an earlier address: latest last
+            addresses = (*(a for a in addresses if a != s.address), s.address)
+        found[group] = Found(
+            s.address, hello, s.rssi, s.name, cloud, names.get(cloud) if cloud else None,
+            device=device[0] if device is not None else None,
+            device_name=device[1] if device is not None else None,
+            addresses=addresses,
         )
     return sorted(found.values(), key=lambda f: (f.cloud_name is None, f.address)), garbage

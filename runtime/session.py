@@ -61,7 +61,7 @@ from .pairing.methods import (
 from .pairing.negotiation import Method
 from .pairing.qr import QrCode
 from .pairing.service import Membership, check_membership, membership_statement
-from .presence import is_ble_address
+from .presence import irk_for_members, is_ble_address
 from .securelink import SecureLink, confirm
 
 __all__ = [
@@ -200,7 +200,8 @@ async def accept_session(
     await confirm(channel, transcript=pipe.transcript(), first=True)
     promote = getattr(link, "authenticated", None)
     if callable(promote):
-        promote()  # admission control: a paired guest, no longer an unauthenticated link
+        # admission control: a paired guest, no longer an unauthenticated link
+        promote(session.peer.device_id)
     membership = None
     if cloud is not None:
         membership = _membership_for(ks, cloud, session, clock)
@@ -213,6 +214,7 @@ async def accept_session(
         granted_expires=membership.expires if membership is not None else None,
         wall_now=clock.wall(),
         stored_grant=cloud is not None and cloud.claimed is not None,
+        gave_irk=membership is not None and membership.irk is not None,
     )
     if membership is not None:
         await channel.send(membership.encode())
@@ -298,9 +300,13 @@ async def _first_message(pipe: MessagePipe, timeout: float) -> bytes:
 
 
 def _membership_for(ks: Keystore, cloud: CloudHost, session: Session, clock: Clock) -> Membership:
-    """What the guest is to this host after the cloud step (sent first on the channel)."""
+    """What the guest is to this host after the cloud step (sent first on the channel).
+
+    A member (returning by its cloud proof, or made one now) also gets this host's identity
+    resolving key, so that its ``discover`` sees one device across the host's rotating
+    addresses; a guest never does (docs/security.md "Recognising a host across addresses")."""
     if cloud.role is Role.MEMBER and cloud.grant is None:
-        return Membership(role=Role.MEMBER, cloud_id=cloud.cloud_id)
+        return Membership(role=Role.MEMBER, cloud_id=cloud.cloud_id, irk=irk_for_members(ks))
     grant = cloud.grant
     assert grant is not None
     if grant.role is Role.MEMBER:
@@ -310,7 +316,7 @@ def _membership_for(ks: Keystore, cloud: CloudHost, session: Session, clock: Clo
         unsigned = Membership(
             role=Role.MEMBER, cloud_id=owned.cloud_id, cloud_name=owned.name,
             secret=ks._cloud_secret_for_new_member(owned.cloud_id),
-            members=peers.cloud_members(ks),
+            members=peers.cloud_members(ks), irk=irk_for_members(ks),
         )
         # Signed by the owner for this member and this session (docs/security.md, rule 3).
         statement = membership_statement(unsigned, session.peer.device_id, session.fingerprint)
@@ -401,6 +407,9 @@ async def open_session(
         standing=membership.role if membership is not None else None,
         standing_expires=membership.expires if membership is not None else None,
         wall_now=clock.wall(),
+        # The host's word on its address key, each time it gives a membership (a member's,
+        # checked by check_membership); sessions without one keep what was stored.
+        irk=membership.irk if membership is not None else peers.KEEP,
     )
     return Established(channel, session, membership, session.method)
 

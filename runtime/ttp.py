@@ -53,7 +53,8 @@ from pairkit.pairing.ttp import (
     TtpLinkHost,
     cert_digest,
 )
-from pairkit.transports.tcp import TcpLink, format_host_port, parse_host_port
+from pairkit.transports.tcp import format_host_port, parse_host_port
+from pairkit.transports.tls import TlsLink, tls_connect
 
 DEFAULT_TIMEOUT = 10.0
 MAX_MESSAGE = 8192
@@ -76,11 +77,13 @@ def client_context(ca_file: str | Path) -> ssl.SSLContext:
         raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the CA certificate {path}: {exc.strerror}") from None
-    return _context(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    # The file is known by its device and inode (not by resolving the path, which costs a
+    # system call per component on every connection), and read again once it changed.
+    return _context(str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=16)
-def _context(path: str, mtime_ns: int, size: int) -> ssl.SSLContext:
+def _context(path: str, dev: int, ino: int, mtime_ns: int, size: int) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = True
@@ -98,7 +101,7 @@ def _context(path: str, mtime_ns: int, size: int) -> ssl.SSLContext:
 class ServerLink:
     """An open, verified TLS connection to the key server."""
 
-    link: TcpLink
+    link: TlsLink
     pipe: MessagePipe
     #: SHA-256 of the server certificate, as the proof of possession binds it
     cert: bytes
@@ -106,7 +109,8 @@ class ServerLink:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.link.close(), 3)
+            async with asyncio.timeout(3):
+                await self.link.close()
 
 
 class _TurnedAway(TransportError):
@@ -128,13 +132,7 @@ async def connect(
     ctx = client_context(ca_file)
     where = format_host_port(host, port)
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                host, port, ssl=ctx, server_hostname=host, ssl_handshake_timeout=timeout,
-                limit=2 * MAX_MESSAGE + 16,
-            ),
-            timeout,
-        )
+        link = await tls_connect(host, port, ctx, timeout=timeout, mtu=MAX_MESSAGE)
     except ssl.SSLCertVerificationError as exc:
         detail = exc.verify_message or str(exc)
         if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
@@ -159,12 +157,10 @@ async def connect(
             reason = "the server closed the connection (busy, or limiting this address?)"
             raise _TurnedAway(f"cannot reach the key server at {where}: {reason}") from None
         raise TransportError(f"cannot reach the key server at {where}: {reason}") from None
-    ssl_object = writer.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    der = link.protocol.peer_certificate()
     if not der:  # pragma: no cover - TLS with CERT_REQUIRED always has one
-        writer.close()
+        await link.close()
         raise TtpTrustError(f"the key server at {where} showed no certificate")
-    link = TcpLink(reader, writer, peer=where, mtu=MAX_MESSAGE)
     return ServerLink(link, MessagePipe(link, max_message=MAX_MESSAGE), cert_digest(der), where)
 
 

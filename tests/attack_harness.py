@@ -14,11 +14,9 @@ import dataclasses
 import os
 import pty
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from pairkit import peers as store
@@ -52,32 +50,12 @@ from .cli_helpers import (
     HostProcess,
     Lab,
     cli_env,
-    init_devices,
-    use_bytecode_cache,
 )
 
-NAMES = {"paul": "Paul's phone", "george": "George's phone", "ringo": "Ringo's tablet"}
 STEP = 10.0  #: seconds any single network step may take here
 
 
 # -- devices -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def attack_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    """Three identities made once by ``pairkit init``."""
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("attack-templates")
-    homes = {key: base / key for key in NAMES}
-    init_devices(homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, attack_templates: dict[str, Device]) -> AsyncIterator[Lab]:
-    lab = Lab(tmp_path / "devices", attack_templates)
-    yield lab
-    await lab.close()
 
 
 def open_ks(device: Device) -> Keystore:
@@ -445,6 +423,11 @@ def device_secrets(device: Device) -> dict[str, bytes]:
     for p in ks.peers():
         for i, record in enumerate(p.our_prekeys):
             out[f"{device.name} prekey {i} for {p.name}"] = bytes(record[1])
+        if p.irk is not None:  # a host's address key, given to its members (issue 15)
+            out[f"{device.name}'s copy of {p.name}'s address key"] = p.irk
+    irk = ks.setting("ble_irk")
+    if isinstance(irk, bytes):
+        out[f"{device.name} address key"] = irk
     return out
 
 
@@ -455,4 +438,4 @@ async def until(pred: Callable[[], Awaitable[bool]], what: str, timeout: float =
     del what
 
 
-__all__ = ["attack_templates", "digest", "lab"]
+__all__ = ["digest"]

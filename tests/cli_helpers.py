@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 #: the keystore PIN every test device is sealed with (scrypt at its default cost)
 KEYSTORE_PIN = "135790"
@@ -29,6 +31,8 @@ KEYSTORE_PIN = "135790"
 _SCRIPT = Path(sys.executable).with_name("pairkit")
 MODULE_CMD: tuple[str, ...] = (sys.executable, "-m", "pairkit.cli.main")
 PAIRKIT_CMD: tuple[str, ...] = (str(_SCRIPT),) if _SCRIPT.exists() else MODULE_CMD
+#: the devices of the CLI tests: :func:`templates` makes each once, :meth:`Lab.device` copies it
+NAMES = {"paul": "Paul's phone", "george": "George's phone", "ringo": "Ringo's tablet"}
 #: how long a single command may run before the test gives up on it
 RUN_TIMEOUT = 30.0
 #: how long to wait for a line from a running host
@@ -149,6 +153,13 @@ class Device:
 
     async def join(self, target: str, *args: str, **kw: Any) -> Result:
         return await self.run("join", target, *args, **kw)
+
+
+def make_devices(base: Path, names: dict[str, str]) -> dict[str, Device]:
+    """``pairkit init`` a device ``base/KEY`` named ``names[KEY]`` for every key, in parallel."""
+    homes = {key: base / key for key in names}
+    init_devices(homes, names)
+    return {key: Device(homes[key], names[key]) for key in names}
 
 
 class HostProcess:
@@ -313,6 +324,26 @@ class Lab:
         await asyncio.gather(*(h.stop() for h in self.hosts))
         for h in self.hosts:
             assert_no_traceback(f"pairkit host {' '.join(h.args)}", h.stderr)
+
+
+# -- fixtures (tests/conftest.py registers this module as a plugin) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
+    """The devices of :data:`NAMES`, made once a session by ``pairkit init`` (scrypt is slow;
+    copies are not).  Never use one directly: :meth:`Lab.device` gives a test its own copy."""
+    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
+    return make_devices(tmp_path_factory.mktemp("pairkit-templates"), NAMES)
+
+
+@pytest.fixture
+async def lab(tmp_path: Path, templates: dict[str, Device]) -> AsyncIterator[Lab]:
+    """A :class:`Lab` of copies of :func:`templates`; its hosts are stopped afterwards, and
+    none may have printed a traceback."""
+    lab = Lab(tmp_path / "devices", templates)
+    yield lab
+    await lab.close()
 
 
 @contextlib.asynccontextmanager

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, settings
 
+# tests/cli_helpers.py: the fixtures of the tests that run the pairkit command (templates, lab);
 # tests/ble_harness.py: the fixtures of the BLE tests (world, paul, george, tv).
-pytest_plugins = ["pytester", "tests.ble_harness"]
+pytest_plugins = ["pytester", "tests.cli_helpers", "tests.ble_harness"]
 
 # CI runs on a shared 2-core machine: a per-example deadline would fail tests on load, not on
 # behaviour (pytest-timeout bounds every test instead), and "too slow" says the same.

@@ -180,3 +180,19 @@ async def join_request_flood(
                     await link.close()
 
     await asyncio.gather(*(one(s) for s in sources for _ in range(per_source)))
+
+
+async def link_from(source: str, host: str, port: int) -> TcpLink:
+    """A pairkit TCP link to ``host:port`` whose source address is ``source`` (127.0.0.2...)."""
+    reader, writer = await open_from(source, host, port)
+    return TcpLink(reader, writer, peer=source)
+
+
+async def wait_until(check: Callable[[], bool], what: str, timeout: float = STEP) -> None:
+    """Poll ``check`` until it holds (AssertionError naming ``what`` after ``timeout`` s)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        if loop.time() > end:
+            raise AssertionError(f"no {what} within {timeout:g} s")
+        await asyncio.sleep(0.02)

@@ -50,10 +50,10 @@ class LyingRelay(G.Relay):
         #: receipt requests answered with something made up
         self.lies = 0
 
-    def take(self, envelopes: Iterable[GroupEnvelope], who: str) -> Any:
+    def take(self, envelopes: Iterable[GroupEnvelope], who: str, *, sender: bytes) -> Any:
         envelopes = tuple(envelopes)
         self.captured.extend(envelopes)
-        return super().take(envelopes, who)
+        return super().take(envelopes, who, sender=sender)
 
     @property
     def queue(self) -> RelayQueue:
@@ -127,7 +127,7 @@ class LyingService(G.GroupService):
                 relay.lies += 1
                 await slink.send(ReceiptBatch(relay.receipts.receipts[:MAX_BATCH]).encode())
             elif isinstance(msg, Forward):
-                relay.take(msg.envelopes, session.peer.name)
+                relay.take(msg.envelopes, session.peer.name, sender=session.peer.device_id)
                 taken = tuple(DeliveryResult(e.group, e.epoch, True) for e in msg.envelopes)
                 await slink.send(ForwardReceipt(taken, len(relay.queue)).encode())
             else:

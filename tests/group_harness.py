@@ -89,3 +89,52 @@ async def pair(host: Device, guest: Device, port: int, pin: str) -> None:
         assert await hp.stop() == 0
 
 
+
+
+async def commission_guest(lab: Any, host: Any, guest: Any, seconds: int = 3600) -> None:
+    """``guest`` pairs with ``host`` by PIN and is let in as a *guest* for ``seconds`` (as
+    ``pairkit host`` does when its owner answers "guest"), on a :class:`GroupLab`."""
+    from pairkit.cli.flows import HostOptions, JoinOptions, run_host, run_join
+    from pairkit.cli.groupdemo import PAIRING_PIN
+    from pairkit.pairing.cloud import Grant, Role
+    from pairkit.pairing.negotiation import Method
+
+    class Owner:
+        async def allow_join(self, q: Any) -> Grant:
+            return Grant(Role.GUEST, seconds)
+
+        async def join_cloud(self, q: Any) -> bool:
+            return False
+
+        async def on_warning(self, event: Any) -> None:
+            return None
+
+        async def on_event(self, event: Any) -> None:
+            return None
+
+    async def nothing(*_args: Any) -> None:
+        return None
+
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    opts = HostOptions(transport=lab.spec, methods=frozenset({Method.PIN}), pin=PAIRING_PIN,
+                       once=True, quiet=True, json=True, step_timeout=lab.step_timeout,
+                       visible=60.0)
+    task = asyncio.create_task(run_host(
+        host.ks, opts, emit=lambda _r: None, ready=lambda a, _s: started.set_result(a),
+        transport_obj=host.transport, delegate=Owner(), on_session=nothing,
+    ))
+    try:
+        await asyncio.wait_for(asyncio.shield(started), 10)
+        await asyncio.wait_for(run_join(
+            guest.ks, JoinOptions(target="loopback", transport=lab.spec, method=Method.PIN,
+                                  pin=PAIRING_PIN, json=True, wants=Role.GUEST,
+                                  step_timeout=lab.step_timeout),
+            on_session=nothing, transport_obj=guest.downlink or guest.transport,
+            address=host.address, delegate=Owner(),
+        ), 20)
+        await asyncio.wait_for(task, 10)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task

@@ -200,3 +200,103 @@ def _counting(left: Any, edit: Edit) -> Callable[[str, str, bytes], Any]:
 async def _quiet(coro: Any) -> None:
     with contextlib.suppress(Exception):
         await coro
+
+
+# ---------------------------------------------------------------------------------------------
+# A gateway in this process (the real PnGateway and accept loop over TCP), for the attacks
+
+
+@dataclasses.dataclass
+class InProcGateway:
+    """A ``PnGateway`` serving on 127.0.0.1:``port`` in this process, its narration in
+    ``said``; ``members`` are the keystores of the PNEs it knows (by ``add_member``)."""
+
+    service: Any
+    port: int
+    admission: Any
+    said: list[str]
+    members: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _keystore(path: Path, name: str) -> Any:
+    from pairkit.keystore import Keystore
+    from pairkit.pairing.keystore import Argon2Params
+
+    return Keystore.create(path, "246813", name=name, kdf=Argon2Params.cheapest())
+
+
+@contextlib.asynccontextmanager
+async def gateway_in_process(
+    tmp_path: Path, *, members: tuple[str, ...] = (), pins: Any = None, admission: Any = None,
+) -> AsyncIterator[InProcGateway]:
+    """A gateway whose PN already holds ``members`` (each a keystore of its own, with its link
+    key, as after a setup), serving in this process.  No key server: members come back by
+    resume, and a PIN offer needs none."""
+    import os
+    import time
+
+    from pairkit.admission import Admission
+    from pairkit.pairing.keystore import PnEntry, PnRecord
+    from pairkit.peers import local_identity
+    from pairkit.pn import GatewayOptions, PnGateway
+    from pairkit.session import accept_loop
+
+    ks = _keystore(tmp_path / "gw.pk", "Paul's phone")
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    pn_id = os.urandom(16).hex()
+    stores: dict[str, Any] = {}
+    entries = []
+    for name in members:
+        mks = _keystore(tmp_path / f"{len(stores)}.pk", name)
+        key = os.urandom(32)
+        entries.append(PnEntry(mks.device_id, name, 1, "local_eukey", key))
+        stores[name] = mks
+    for mks in stores.values():
+        with mks.update():
+            mks.set_pn(PnRecord(
+                pn_id=pn_id, role="member", gw_id=ks.device_id, gw_name=ks.name, setup="all",
+                members=tuple(PnEntry(e.pne_id, e.name) for e in entries),
+                link_key=next(e.link_key for e in entries if e.pne_id == mks.device_id),
+                key_source="local_eukey", gateway=f"tcp:127.0.0.1:{listener.port}",
+                updated=time.time()))
+    if entries:
+        with ks.update():
+            ks.set_pn(PnRecord(pn_id=pn_id, role="gateway", gw_id=ks.device_id,
+                               gw_name=ks.name, setup="all", members=tuple(entries),
+                               updated=time.time()))
+    said: list[str] = []
+
+    class Yes:
+        async def allow_pn_setup(self, name: str, setup: Any, invited: int) -> bool:
+            return True
+
+    opts = GatewayOptions(server="127.0.0.1:9", ca_file=str(tmp_path / "none.pem"),
+                          eukey=os.urandom(32), step_timeout=10.0)
+    service = PnGateway(ks, local_identity(ks), opts, delegate=Yes(), say=said.append,
+                        pins=pins)
+    admission = admission or Admission()
+    loop_task = asyncio.create_task(accept_loop(listener, service.handle, admission=admission,
+                                                stop=service.stop))
+    try:
+        yield InProcGateway(service, listener.port, admission, said, stores)
+    finally:
+        service.stop.set()
+        loop_task.cancel()
+        with contextlib.suppress(BaseException):
+            await loop_task
+        await listener.close()
+
+
+async def member_online(gw: InProcGateway, name: str, source: str = "127.0.0.1") -> Any:
+    """Member ``name`` back on its gateway (``pn join --stay``): its secure channel."""
+    from pairkit.pn import pne_resume
+
+    mks = gw.members[name]
+    (record,) = mks.pns("member")
+    if source == "127.0.0.1":
+        link = await tcp_connect("127.0.0.1", gw.port, 10.0)
+    else:
+        from tests.flood_harness import link_from
+
+        link = await link_from(source, "127.0.0.1", gw.port)
+    return await pne_resume(link, record, bytes.fromhex(mks.device_id), step_timeout=10.0)

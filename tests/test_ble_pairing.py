@@ -71,7 +71,7 @@ from tests.ble_harness import (
     spec_of,
     tags_by_address,
 )
-from tests.cli_helpers import Device, Lab, init_devices, run_cli, use_bytecode_cache
+from tests.cli_helpers import Device, Lab, run_cli
 
 
 @pytest.fixture(params=CENTRALS)
@@ -98,6 +98,8 @@ async def test_a_visible_host_is_found_quickly_and_listed_as_joinable(
     assert entry.as_json() == {
         "address": host.address, "name": None, "rssi": -50,
         "methods": ["pin", "qr", "resume"], "visible": True, "cloud": None,
+        # a stranger: one address per entry, no device (tests/test_ble_privacy.py)
+        "addresses": [host.address], "device": None,
     }
     # The first hello itself arrives within milliseconds of scanning.
     t0 = time.perf_counter()
@@ -453,16 +455,6 @@ async def test_a_host_that_vanishes_after_its_first_flight_ends_the_guest(
 
 
 # -- the commands, as processes, through pairkit radio -------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("bleak-templates")
-    names = {"paul": "Paul's phone", "george": "George's phone"}
-    homes = {key: base / key for key in names}
-    init_devices(homes, names)
-    return {key: Device(homes[key], names[key]) for key in names}
 
 
 async def test_join_and_discover_on_bleak_through_pairkit_radio(

@@ -16,12 +16,10 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import cbor2
-import pytest
 from PIL import Image
 
 from pairkit.keystore import Keystore
@@ -34,31 +32,11 @@ from .cli_helpers import (
     Device,
     HostProcess,
     Lab,
-    init_devices,
     run_cli,
-    use_bytecode_cache,
 )
 
-NAMES = {"paul": "Paul's phone", "george": "George's phone", "ringo": "Ringo's tablet"}
 PIN = "482913"
 SUBCOMMANDS = ("init", "whoami", "peers", "forget", "host", "join")
-
-
-@pytest.fixture(scope="session")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    """Three identities made once by ``pairkit init`` (scrypt is slow; copies are not)."""
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("pairkit-templates")
-    homes = {key: base / key for key in NAMES}
-    init_devices(homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, templates: dict[str, Device]) -> AsyncIterator[Lab]:
-    lab = Lab(tmp_path / "devices", templates)
-    yield lab
-    await lab.close()
 
 
 def their_prekeys(device: Device, peer: str) -> list[bytes]:

@@ -14,7 +14,6 @@ import json
 import os
 import shlex
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,35 +23,15 @@ from pairkit.cli.show import Progress, human_size
 from .cli_helpers import (
     PAIRKIT_CMD,
     ROOT,
-    Device,
     Lab,
     assert_no_traceback,
     cli_env,
-    init_devices,
     run_cli,
-    use_bytecode_cache,
 )
 
-NAMES = {"paul": "Paul's phone", "george": "George's phone"}
 PIN = "482913"
 HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", PIN, "--yes")
 EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 2, 6, 130
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("files-templates")
-    homes = {key: base / key for key in NAMES}
-    init_devices(homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, templates: dict[str, Device]) -> AsyncIterator[Lab]:
-    lab = Lab(tmp_path / "devices", templates)
-    yield lab
-    await lab.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import asyncio
 import json
 import shutil
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,9 @@ from .cli_helpers import (
     Result,
     assert_no_traceback,
     cli_env,
-    init_devices,
     run_cli,
-    use_bytecode_cache,
 )
 
-NAMES = {"paul": "Paul's phone", "george": "George's phone"}
 PIN = "482913"
 EXIT_USAGE, EXIT_AUTH = 2, 3
 
@@ -44,22 +40,6 @@ async def run_with_env(home: Path, extra: dict[str, str], *args: str) -> Result:
     result = Result(args, proc.returncode or 0, out.decode(), err.decode())
     assert_no_traceback(f"pairkit {' '.join(args)}", result.err)
     return result
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("options-templates")
-    homes = {key: base / key for key in NAMES}
-    init_devices(homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, templates: dict[str, Device]) -> AsyncIterator[Lab]:
-    lab = Lab(tmp_path / "devices", templates)
-    yield lab
-    await lab.close()
 
 
 #: every subcommand, and whether it opens the keystore (then it takes --pin-file)
@@ -175,7 +155,8 @@ async def test_peers_is_a_table_with_roles_and_expiry_and_forget_has_json(lab: L
     forgot = await george.run("forget", "Paul's phone", "--json")
     assert forgot.rc == 0, forgot
     assert forgot.json() == {"ok": True, "forgot": {
-        "name": "Paul's phone", "id": json.loads((await paul.run("whoami", "--json")).out)["id"]}}
+        "name": "Paul's phone", "id": json.loads((await paul.run("whoami", "--json")).out)["id"]},
+        "address_key_renewed": False}  # George was never given Paul's: nothing to renew
     assert await george.peers() == []
 
 

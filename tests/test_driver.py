@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import pytest
 
-from pairkit.driver import MessagePipe, drive
+from pairkit.driver import HELD_LIMIT, MessagePipe, drive
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -16,6 +17,7 @@ from pairkit.pairing.errors import (
     LinkClosedError,
     PairingError,
     PairingTimeout,
+    ProtocolError,
     RemoteError,
 )
 from pairkit.pairing.methods import (
@@ -381,5 +383,40 @@ async def test_a_peer_that_leaves_while_a_person_is_asked_withdraws_the_question
         await asyncio.wait_for(host_run, 10)
     assert hp.withdrawn.is_set()
     with pytest.raises(LinkClosedError):  # its own question is withdrawn too
+        await asyncio.wait_for(guest_run, 10)
+    assert gp.withdrawn.is_set()
+
+
+async def test_a_peer_that_floods_while_a_person_is_asked_is_stopped_not_buffered() -> None:
+    """A peer may send while the host's person is asked the code (compare's Noise message 2
+    usually arrives then), and what it sends is held until the answer.  An attacker who keeps
+    sending gets a bounded hold: past ``HELD_LIMIT`` messages the run stops with a protocol
+    error, tells the peer, and withdraws the question; it does not keep buffering."""
+    a, b = loopback_pair(mtu=512)
+    guest, host = machines(Method.COMPARE)
+    guest.start(asyncio.get_running_loop().time())
+    gp, hp = Ponder(), Ponder()
+    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(a, guest=True), delegate=gp))
+    host_run = asyncio.ensure_future(
+        drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
+    )
+    await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
+    # Both people are asked; the attacker, on the guest's end, sends message after message
+    # (whole, well-framed messages: held unread, never decoded while the host's person thinks).
+    attacker = MessagePipe(a, guest=True)
+    sent = 0
+    with contextlib.suppress(LinkClosedError, PairingTimeout, TimeoutError):
+        for _ in range(HELD_LIMIT * 4):
+            if host_run.done():
+                break
+            # (once the host has stopped, nothing reads its end: the send would wait)
+            await asyncio.wait_for(attacker.send(bytes(400)), 2)
+            sent += 1
+            await asyncio.sleep(0.01)
+    with pytest.raises(ProtocolError, match="while this side's person was being asked"):
+        await asyncio.wait_for(host_run, 10)
+    assert hp.withdrawn.is_set()
+    assert sent <= HELD_LIMIT + 2
+    with pytest.raises(RemoteError):  # the guest is told why, and its question withdrawn
         await asyncio.wait_for(guest_run, 10)
     assert gp.withdrawn.is_set()

@@ -24,16 +24,12 @@ from .cli_helpers import (
     KEYSTORE_PIN,
     PAIRKIT_CMD,
     ROOT,
-    Device,
     Lab,
     Result,
     cli_env,
-    init_devices,
     run_cli,
-    use_bytecode_cache,
 )
 
-NAMES = {"paul": "Paul's phone", "george": "George's phone"}
 PIN = "482913"
 WRONG_PIN = "111111"
 
@@ -49,22 +45,6 @@ FORBIDDEN = (
 def assert_clean(what: str, text: str) -> None:
     for rx in FORBIDDEN:
         assert not rx.search(text), f"{what} printed {rx.pattern!r}:\n{text}"
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("exit-templates")
-    homes = {key: base / key for key in NAMES}
-    init_devices(homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, templates: dict[str, Device]) -> AsyncIterator[Lab]:
-    lab = Lab(tmp_path / "devices", templates)
-    yield lab
-    await lab.close()
 
 
 def free_port() -> int:

@@ -9,33 +9,15 @@ one over the limits, is a refusal (exit 5) with the reason, never a decode error
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from pairkit.cli.common import EXIT_NOT_FOUND, EXIT_REFUSED
 
-from .cli_helpers import Device, Lab, init_devices, use_bytecode_cache
+from .cli_helpers import Device, Lab
 
-NAMES = {"paul": "Paul's phone", "george": "George's phone"}
 PIN = "482913"
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("limits-templates")
-    homes = {key: base / key for key in NAMES}
-    init_devices(homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
-
-
-@pytest.fixture
-async def lab(tmp_path: Path, templates: dict[str, Device]) -> AsyncIterator[Lab]:
-    lab = Lab(tmp_path / "devices", templates)
-    yield lab
-    await lab.close()
 
 
 async def paired(lab: Lab, share: Path) -> Device:

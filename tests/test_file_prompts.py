@@ -22,22 +22,10 @@ from tests.cli_helpers import (
     Device,
     assert_no_traceback,
     cli_env,
-    init_devices,
-    use_bytecode_cache,
 )
 from tests.pty_harness import WAIT, PtyProcess
 
-NAMES = {"paul": "Paul's phone", "george": "George's phone", "ringo": "Ringo's tablet"}
 EXIT_INTERRUPTED = 130
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("file-prompt-templates")
-    homes = {key: base / key for key in NAMES}
-    init_devices(homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
 
 
 class Devices:

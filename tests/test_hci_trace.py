@@ -22,7 +22,7 @@ from pairkit.transports.bumble import BumbleTransport, VirtualRadio, open_bumble
 from pairkit.transports.tracing import claim_trace_path, redact, set_default_trace
 
 from .btsnoop_harness import ACL, CID_ATT, CID_SIGNALLING, COMMAND, EVENT, Record, read_btsnoop
-from .cli_helpers import Device, Lab, init_devices, run_cli, use_bytecode_cache
+from .cli_helpers import Device, Lab, init_devices, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,16 +47,6 @@ def channels(records: list[Record]) -> set[int]:
 
 
 # -- the commands -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("trace-templates")
-    names = {"paul": "Paul's phone", "george": "George's phone"}
-    homes = {key: base / key for key in names}
-    init_devices(homes, names)
-    return {key: Device(homes[key], names[key]) for key in names}
 
 
 async def test_host_discover_and_join_write_traces_wireshark_reads(

@@ -1057,6 +1057,7 @@ def test_a_keystore_written_before_the_split_opens_unchanged(tmp_path: Path) -> 
         assert (peer.name, peer.static_public, peer.method) == (
             "Paul's phone", bytes(range(32)), "pin")
         assert peer.authenticated and peer.extra == {"role": "guest"}
+        assert peer.irk is None  # written before peers could hold an address key
         assert [(c.cloud_id, c.name, c.role) for c in ks.clouds()] == [
             ("0011223344556677", "Frozen cloud", "owner")]
         assert ks.group_epochs("doors") == (3,)
@@ -1065,3 +1066,24 @@ def test_a_keystore_written_before_the_split_opens_unchanged(tmp_path: Path) -> 
     ks.save()
     again = Keystore.open(copy, "frozen-test-pin")
     assert again.device_id == ks.device_id and copy.read_bytes()[:4] == b"PKKS"
+    # A peer's address key (issue 15) is one more key of its record, in the same format.
+    (peer,) = again.peers()
+    again.add_peer(dataclasses.replace(peer, irk=b"\x07" * 16))
+    again.save()
+    assert Keystore.open(copy, "frozen-test-pin").peers()[0].irk == b"\x07" * 16
+
+
+def test_a_peer_address_key_round_trips_and_stays_out_of_repr(
+    store: Keystore, store_path: Path
+) -> None:
+    peer, _ = new_peer()
+    without = peer._encoded()
+    with_key = dataclasses.replace(peer, irk=b"\xab" * 16)
+    assert without == dataclasses.replace(with_key, irk=None)._encoded()  # absent: as before
+    assert (b"\xab" * 16).hex() not in repr(with_key) and "\\xab" not in repr(with_key)
+    store.add_peer(with_key)
+    store.save()
+    assert Keystore.open(store_path, PIN).get_peer("george").irk == b"\xab" * 16
+    for bad in (b"short", b"\x00" * 17, "not bytes"):
+        with pytest.raises(ConfigError, match="identity resolving key"):
+            dataclasses.replace(peer, irk=bad)

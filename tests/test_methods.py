@@ -70,13 +70,13 @@ ALL = [*FULL, Method.RESUME, Method.KK]
 FLIGHTS = {
     Method.PIN: ["Offer", "Accept", "NoiseMessage", "NoiseMessage"],
     Method.QR: ["Offer", "Accept"],
-    Method.COMPARE: ["Offer", "Accept", "Reveal", "Reveal", *["NoiseMessage"] * 3],
+    Method.COMPARE: ["Offer", "Accept", "Reveal", "Reveal", "NoiseMessage", "NoiseMessage"],
     Method.CLEAR: ["Offer", "Accept", "NoiseMessage", "NoiseMessage"],
     Method.RESUME: ["ResumeMessage"] * 2,
     Method.KK: ["Offer", "Accept"],
 }
-#: compare's identity handshake is opened by the host once its person confirmed the code
-DIRECTIONS = {Method.COMPARE: ["g2h", "h2g", "g2h", "h2g", "h2g", "g2h", "h2g"]}
+#: every method alternates (compare's host opens the identity handshake in its Reveal)
+DIRECTIONS: dict[Method, list[str]] = {}
 ids = [m.label for m in ALL]
 
 
@@ -654,7 +654,7 @@ def test_mitm_compare_cannot_change_its_nonce_after_committing() -> None:
     def steer(direction: str, data: bytes) -> bytes:
         msg = wire.decode(data)
         if direction == "mitm_host->guest" and isinstance(msg, Reveal):
-            return Reveal(nonce=bytes(b ^ 1 for b in msg.nonce)).encode()
+            return dataclasses.replace(msg, nonce=bytes(b ^ 1 for b in msg.nonce)).encode()
         return data
 
     result = run_mitm(pair, m, answers=USERS_COMPARE, tamper=steer)
@@ -1167,6 +1167,105 @@ def test_compare_refused_by_a_user(refuser: str) -> None:
     assert_remote(peer, ErrorCode.REFUSED, "not confirmed")
     direction = "g2h" if refuser == "guest" else "h2g"
     assert "Abort" in result.types(direction)
+
+
+def _compare_to_the_question() -> tuple[Pair, bytes]:
+    """A compare pair stepped until both people are asked; (the pair, the host's Reveal)."""
+    pair = make_pair(Method.COMPARE, seed=140)
+    stepper = Stepper(pair.guest, pair.host, answer=False)
+    for _ in range(4):  # Offer, Accept, Reveal(N_G), Reveal(N_H + XX message 1)
+        assert stepper.step()
+    assert pair.guest.state == pair.host.state == "ask-user"
+    reveal = wire.decode(stepper.delivered[-1][1])
+    assert isinstance(reveal, Reveal) and reveal.noise is not None and len(reveal.noise) == 48
+    return pair, stepper.delivered[-1][1]
+
+
+def test_compare_host_sends_noise_message_1_with_its_reveal_and_nothing_more() -> None:
+    pair, _ = _compare_to_the_question()
+    # Nothing else left either side while the people look at the code: no identity moved.
+    assert pair.guest.outgoing() == [] and pair.host.outgoing() == []
+    assert pair.guest.session is None and pair.host.session is None
+
+
+def test_compare_message_2_while_the_host_asks_is_refused_by_the_machine() -> None:
+    """The driver holds a message that arrives during a question; fed to the machine anyway it
+    is a protocol error, never read as the guest's identity."""
+    pair, _ = _compare_to_the_question()
+    pair.guest.answer(ConfirmCode(code="000000", peer_name="Paul"), True, 0.0)
+    (message_2,) = pair.guest.outgoing()
+    assert isinstance(wire.decode(message_2), NoiseMessage)
+    with pytest.raises(ProtocolError, match="not expected"):
+        pair.host.receive(message_2, 0.0)
+    assert_failed(pair.host, ProtocolError)
+
+
+def test_compare_message_2_held_until_the_host_confirms() -> None:
+    pair, _ = _compare_to_the_question()
+    question = ConfirmCode(code="000000", peer_name="x")  # (the Stepper took the events)
+    pair.guest.answer(question, True, 0.0)
+    (message_2,) = pair.guest.outgoing()
+    # the guest now waits for the host's person as long as a person may take
+    assert pair.guest.next_deadline() == 120.0
+    pair.host.answer(question, True, 0.0)
+    assert pair.host.outgoing() == []  # no message 3 before message 2 is read
+    pair.host.receive(message_2, 0.0)
+    (message_3,) = pair.host.outgoing()
+    pair.guest.receive(message_3, 0.0)
+    assert_paired(pair, Method.COMPARE)
+
+
+@pytest.mark.parametrize("who", ["guest", "host"])
+def test_compare_reveal_with_the_wrong_fields_is_a_decode_error(who: str) -> None:
+    """The host's Reveal must carry XX message 1 (an older host's does not), the guest's must
+    not: both are refused before anything is shown."""
+    pair = make_pair(Method.COMPARE, seed=141)
+    stepper = Stepper(pair.guest, pair.host, answer=False)
+    for _ in range(2):  # Offer, Accept
+        stepper.step()
+    target, guest_reveal = stepper.queue.pop(0)  # the guest's Reveal, not yet delivered
+    assert target == "host"
+    if who == "host":
+        with pytest.raises(DecodeError, match="Noise"):
+            pair.host.receive(rewrite(guest_reveal, noise=bytes(48)), 0.0)
+        assert_failed(pair.host, DecodeError)
+        return
+    pair.host.receive(guest_reveal, 0.0)
+    (host_reveal,) = pair.host.outgoing()
+    with pytest.raises(DecodeError, match="Noise"):
+        pair.guest.receive(rewrite(host_reveal, noise=None), 0.0)
+    assert_failed(pair.guest, DecodeError)
+    assert pair.guest.events() == []  # no code was shown
+
+
+@pytest.mark.parametrize("position", [0, 31, 32, 47])
+def test_compare_a_flipped_message_1_stops_the_guest_before_it_asks(position: int) -> None:
+    pair = make_pair(Method.COMPARE, seed=142)
+    stepper = Stepper(pair.guest, pair.host, answer=False)
+    for _ in range(3):  # Offer, Accept, Reveal(N_G)
+        stepper.step()
+    target, host_reveal = stepper.queue.pop(0)  # the host's Reveal, not yet delivered
+    assert target == "guest"
+    noise = bytearray(wire.decode(host_reveal).noise)
+    noise[position] ^= 0x80
+    with pytest.raises(AuthenticationError, match="session key differs"):
+        pair.guest.receive(rewrite(host_reveal, noise=bytes(noise)), 0.0)
+    assert_failed(pair.guest, AuthenticationError)
+    assert [e for e in pair.guest.events() if isinstance(e, ConfirmCode)] == []
+
+
+def test_compare_message_1_of_another_exchange_fails() -> None:
+    """A message 1 recorded from another compare exchange (another th and SK) is refused."""
+    _, recorded = _compare_to_the_question()
+    old = wire.decode(recorded).noise
+    pair = make_pair(Method.COMPARE, seed=143)
+    stepper = Stepper(pair.guest, pair.host, answer=False)
+    for _ in range(3):
+        stepper.step()
+    _, host_reveal = stepper.queue.pop(0)
+    with pytest.raises(AuthenticationError):
+        pair.guest.receive(rewrite(host_reveal, noise=old), 0.0)
+    assert_failed(pair.guest, AuthenticationError)
 
 
 # -- local misuse and configuration ----------------------------------------------------------

@@ -325,6 +325,40 @@ def check_compare(vector: dict[str, Any]) -> None:
     assert sk.hex() == inter["sk"]
     code = int.from_bytes(mac(th, b"pairkit/1 code", offer[5], enc_, ng, nh)[:8], "big")
     assert 0 <= code % 1_000_000 < 1_000_000
+    # The host's Reveal carries Noise XX message 1 (§5), the guest's does not.
+    assert sorted(the(vector, "Reveal", "guest")) == [0, 1, 2]
+    first = the(vector, "Reveal", "host")[3]
+    e_private = bytes.fromhex(vector["draws"]["host"][3])  # Announce nonce, SK, N_H, then e
+    psk = kdf(sk, th, b"pairkit/1 identity psk compare")
+    assert first == noise_xxpsk0_message_1(th, psk, e_private)
+    kinds = [(w, t) for w, t, _ in flights(vector)]
+    assert kinds == [("guest", "Offer"), ("host", "Accept"), ("guest", "Reveal"),
+                     ("host", "Reveal"), ("guest", "NoiseMessage"), ("host", "NoiseMessage")]
+
+
+def noise_hkdf(ck: bytes, ikm: bytes, n: int) -> list[bytes]:
+    """Noise's HKDF (rev 34 §4.3) over HMAC-SHA256: ``n`` outputs of 32 bytes."""
+    temp = hmac.new(ck, ikm, hashlib.sha256).digest()
+    out, prev = [], b""
+    for i in range(1, n + 1):
+        prev = hmac.new(temp, prev + bytes([i]), hashlib.sha256).digest()
+        out.append(prev)
+    return out
+
+
+def noise_xxpsk0_message_1(prologue: bytes, psk: bytes, e_private: bytes) -> bytes:
+    """Message 1 (``psk, e``, empty payload) of Noise_XXpsk0_25519_ChaChaPoly_SHA256, written
+    out from Noise rev 34 §5 and §9 (a name over 32 bytes is hashed; ``e`` is also mixed into
+    the key in a PSK handshake)."""
+    h = hashlib.sha256(b"Noise_XXpsk0_25519_ChaChaPoly_SHA256").digest()
+    ck = h
+    h = hashlib.sha256(h + prologue).digest()
+    ck, temp_h, k = noise_hkdf(ck, psk, 3)
+    h = hashlib.sha256(h + temp_h).digest()
+    e = public(e_private)
+    h = hashlib.sha256(h + e).digest()
+    ck, k = noise_hkdf(ck, e, 2)
+    return e + aead(k, 0, b"", h)
 
 
 def check_clear(vector: dict[str, Any]) -> None:

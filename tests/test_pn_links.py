@@ -146,14 +146,23 @@ def test_the_gateways_pin_is_good_for_one_try_and_locks_after_five_wrong() -> No
     now = [0.0]
     shown: list[str] = []
     pins = PinDisplay("482913", show=shown.append, clock=lambda: now[0])
-    assert pins.take() == "482913" and len(shown) == 2 and shown[1] != "482913"
+    pin, started = pins.take()
+    assert pin == "482913" and len(shown) == 2 and shown[1] != "482913"
+    pins.succeeded(started)  # the right PIN: no failure
     for _ in range(5):
-        pins.take()
-        pins.failed()
+        pins.take()  # each counts as a failure from its start
     try:
         pins.take()
         raise AssertionError("a sixth try within the window was allowed")
     except LockedOutError:
         pass
     now[0] = 301.0  # the window has passed
-    assert len(pins.take()) == 6
+    assert len(pins.take()[0]) == 6
+    now[0] = 302.0  # that sixth failure locks for twice the window (rule 7)
+    try:
+        pins.take()
+        raise AssertionError("the lock did not grow after a sixth failure")
+    except LockedOutError:
+        pass
+    now[0] = 301.0 + 600.0
+    assert len(pins.take()[0]) == 6

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from bumble.device import Device
+from bumble import hci
+from bumble.device import Connection, Device
 from bumble.host import Host
 from bumble.transport.common import AsyncPipeSink
 from hypothesis import given
@@ -345,6 +346,46 @@ async def test_l2cap_data_right_behind_the_channel_answer_is_kept(open_device: O
     link = await guest.connect(host.address, timeout=5)
     assert isinstance(link, L2capLink)
     assert await asyncio.wait_for(link.recv(), 2) == b"immediately"
+
+
+async def test_a_connect_given_up_as_the_l2cap_channel_is_asked_for_calls_the_open_off(
+    radio: VirtualRadio, open_device: OpenDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The guest gives up (Ctrl-C, a caller's own deadline) in the very turn its L2CAP channel
+    # request goes out, and the host never answers.  The open it started must be called off
+    # with it, not left running behind connect()'s back until a disconnection happens to end
+    # it: here the guest's controller never confirms the hang-up (bumble would otherwise abort
+    # the open on disconnection), so nothing but the guest itself can call it off.
+    host, guest = await open_device(51), await open_device(52, close_timeout=0.2)
+    await host.start_advertising(b"given up")
+    controller = guest.controller
+    assert controller is not None and host.controller is not None
+
+    def never_confirms(command: hci.HCI_Disconnect_Command) -> None:
+        controller._send_hci_command_status(hci.HCI_COMMAND_STATUS_PENDING, command.op_code)
+
+    real = Connection.create_l2cap_channel
+    opens: list[asyncio.Task[Any]] = []
+
+    def give_up_as_it_asks(self: Connection, spec: Any) -> Any:
+        asked = real(self, spec)
+
+        async def watched() -> Any:
+            opens.append(asyncio.current_task())  # type: ignore[arg-type]
+            return await asked
+
+        radio.unplug(host.controller)  # type: ignore[arg-type]
+        monkeypatch.setattr(controller, "on_hci_disconnect_command", never_confirms)
+        connecting.cancel()
+        return watched()
+
+    monkeypatch.setattr(Connection, "create_l2cap_channel", give_up_as_it_asks)
+    connecting = asyncio.ensure_future(guest.connect(host.address, timeout=5))
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert len(opens) == 1, "the guest never asked for the L2CAP channel"
+    await asyncio.wait(opens, timeout=1)
+    assert opens[0].cancelled(), f"the L2CAP open was left behind: {opens[0]!r}"
 
 
 async def test_gatt_is_used_when_the_host_offers_no_l2cap(open_device: OpenDevice) -> None:

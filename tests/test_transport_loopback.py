@@ -170,6 +170,26 @@ async def test_nowait_send_and_recv_never_wait_and_keep_the_order() -> None:
         b.recv_nowait()
 
 
+async def test_a_link_whose_recv_does_more_gets_no_nowait_read_unless_it_says_how() -> None:
+    # A queued link whose recv does more than read the queue (TLS gives flow control back
+    # there) must not be read around it: without its own recv_nowait, there is no fast path.
+    class Counting(loopback.LoopbackLink):
+        taken = 0
+
+        async def recv(self) -> bytes:
+            message = await super().recv()
+            self.taken += 1
+            return message
+
+    a, b = loopback_pair()
+    counting = Counting(local="b", peer="a", mtu=b.mtu, encrypted=False,
+                        inbox=b._inbox, outbox=b._outbox, tap=None)
+    await a.send(b"m")
+    assert counting.recv_nowait() is None  # left for recv, which counts it
+    assert await counting.recv() == b"m" and counting.taken == 1
+    await a.close()
+
+
 async def test_a_tap_always_takes_the_ordinary_path() -> None:
     seen: list[bytes] = []
 

@@ -430,7 +430,7 @@ REFUSALS: dict[str, tuple[bytes, str]] = {
     "type text": (_with(REVEAL, k1="13"), "unknown message type"),
     "negative type": (_with(REVEAL, k1=-13), "unknown message type"),
     # keys
-    "unknown key": (_with(REVEAL, k3=b""), "unknown field"),
+    "unknown key": (_with(REVEAL, k4=b""), "unknown field"),
     "unknown text key": (reencode({**body_of(REVEAL), "x": 1}), "unknown field"),
     "unknown nested key": (_nested(OFFER, 2, 9, 1), "unknown field"),
     "missing field": (_with(REVEAL, k2=_DROP), "missing"),

@@ -80,6 +80,7 @@ from .ble.adv import (
     random_static_address,
 )
 from .ble.guard import (
+    abandon,
     connect_failure_status,
     describe_connect_failure,
     describe_reason,
@@ -1122,9 +1123,15 @@ class BumbleTransport:
             psm=psm, mtu=config.l2cap_mtu, mps=config.l2cap_mps, max_credits=config.l2cap_credits
         )
         opening = asyncio.ensure_future(connection.create_l2cap_channel(spec=spec))
-        # One turn of the loop sends the request; tap the channel before the answer comes.
-        await asyncio.sleep(0)
-        tap_pending_channels(connection, psm)
+        try:
+            # One turn of the loop sends the request; tap the channel before the answer comes.
+            await asyncio.sleep(0)
+            tap_pending_channels(connection, psm)
+        except BaseException:
+            # Given up (cancelled) before guarded() owns the open: call it off here, or it runs
+            # on until a disconnection ends it, and a channel the host opens is nobody's.
+            abandon(opening)
+            raise
         try:
             channel = await guarded(
                 opening,

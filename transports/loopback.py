@@ -159,7 +159,7 @@ class LoopbackLink(QueuedLink):
         as :meth:`send` would (a closed link, a message over the MTU)."""
         if self._tap is not None:
             return False  # a tap may wait, drop or inject: the ordinary path
-        return self._outbox.put_nowait(self._check_send(data))
+        return self._outbox.try_put(self._check_send(data))
 
     async def close(self) -> None:
         self._close()

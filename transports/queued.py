@@ -154,6 +154,14 @@ class MessageQueue:
                 return
             await self._changed.wait()
 
+    def put_nowait(self, message: bytes) -> None:
+        """Queue ``message`` now, even over ``capacity``: for a producer that cannot wait (a
+        protocol callback), which bounds itself by checking ``len`` first (it stops reading
+        its source while the queue is full).  Dropped when the queue has ended."""
+        if self._aborted is None and self._end is None:
+            self._items.append(message)
+            self._changed.fire()
+
     async def get(self) -> bytes:
         while True:
             if self._aborted is not None:
@@ -166,9 +174,10 @@ class MessageQueue:
                 raise self._end.with_traceback(None)
             await self._changed.wait()
 
-    def put_nowait(self, message: bytes) -> bool:
+    def try_put(self, message: bytes) -> bool:
         """:meth:`put` if it need not wait: True once queued, False (nothing done) if full;
-        raises as :meth:`put` would on a queue that has ended."""
+        raises as :meth:`put` would on a queue that has ended.  (Unlike :meth:`put_nowait`,
+        it never goes over ``capacity``.)"""
         if self._aborted is not None:
             raise self._aborted.with_traceback(None)
         if self._end is not None:
@@ -283,7 +292,14 @@ class QueuedLink(LinkBase):
 
     def recv_nowait(self) -> bytes | None:
         """:meth:`recv` without waiting: the next message if one has arrived, else None
-        (the driver reads a message already there without a timer or a task switch)."""
+        (the driver reads a message already there without a timer or a task switch).
+
+        A subclass whose ``recv`` does more than read the queue (flow control, say) must
+        override this too; until it does, this gives None and its readers always await."""
+        if type(self).recv is not QueuedLink.recv and (
+            type(self).recv_nowait is QueuedLink.recv_nowait
+        ):
+            return None
         if self._closed:
             raise LinkClosedError("the link is closed")
         return self._inbox.get_nowait()

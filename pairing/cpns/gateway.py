@@ -119,6 +119,9 @@ class PnInventory:
     declined: tuple[bytes, ...] = ()
     #: the name each PNE gave (members, failed and declined)
     names: Mapping[bytes, str] = dataclasses.field(default_factory=dict)
+    #: the routing table: each member's port, the link on which it proved its key (ids travel
+    #: in the clear, so several links may claim one; only this one is the member's)
+    ports: Mapping[bytes, Hashable] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -531,7 +534,8 @@ class Gateway(Machine):
             if k.pne_id is not None and k.state == "member" and k.member is not None
         }
         self.inventory = PnInventory(
-            self.pn_id, self.config.gw_id, self.setup_type, members, failed, declined, names
+            self.pn_id, self.config.gw_id, self.setup_type, members, failed, declined, names,
+            dict(self.routing[self.pn_id]),
         )
         self._finish()
 

@@ -121,6 +121,10 @@ class Peer:
     gave the peer; both are opaque CBOR records for the resume protocol to define, as is ``extra``.
     Every CBOR-able field is deep-frozen (lists become tuples, maps read-only mappings).
     ``our_prekeys`` is left out of ``repr`` since it may hold private prekey material.
+    ``irk`` is the peer's BLE identity resolving key, when the peer gave it to us (a host
+    gives it to the members of its cloud: docs/security.md "Recognising a host across its
+    addresses"); with it this device can tell that two of the peer's resolvable private
+    addresses are one device.  Left out of ``repr``: it lets whoever holds it follow the peer.
     """
 
     id: str
@@ -134,9 +138,12 @@ class Peer:
     their_prekeys: tuple[Any, ...] = ()
     our_prekeys: tuple[Any, ...] = field(default=(), repr=False)
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    irk: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         _check_public_key(self.static_public, "X25519")
+        if self.irk is not None and (not isinstance(self.irk, bytes) or len(self.irk) != 16):
+            raise ConfigError("a peer's identity resolving key must be 16 bytes")
         if self.signing_public is not None:
             _check_public_key(self.signing_public, "Ed25519")
         if not isinstance(self.id, str) or self.id != device_id_of(self.static_public):
@@ -206,7 +213,10 @@ class Peer:
         return cached
 
     def _make_cbor(self) -> dict[str, Any]:
-        return {
+        # "irk" only when there is one: a record without it encodes as before (and an
+        # earlier pairkit, which reads only the keys it knows, still opens the keystore).
+        irk = {} if self.irk is None else {"irk": self.irk}
+        return irk | {
             "id": self.id,
             "name": self.name,
             "x25519": self.static_public,
@@ -234,6 +244,7 @@ class Peer:
             their_prekeys=data["their_prekeys"],
             our_prekeys=data["our_prekeys"],
             extra=data["extra"],
+            irk=data.get("irk"),
         )
 
 

@@ -28,7 +28,6 @@ from .common import (
     S_ACCEPT,
     S_ASK,
     S_NOISE,
-    S_NOISE1,
     S_OFFER,
     S_RESUME,
     S_REVEAL,
@@ -60,13 +59,14 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
         # pin and clear go on to the identity handshake, qr and kk are done, compare reveals
         (S_ACCEPT, Accept): step("_on_accept", S_NOISE, DONE, S_REVEAL),
-        (S_NOISE1, NoiseMessage): step("_on_noise1", S_NOISE),
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
+        # compare: N_H and the host's Noise message 1, then the people look at the code
         (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
         # done, or the host refused the prekey: the KK fallback's Offer
         (S_RESUME, ResumeMessage): step("_on_resume", DONE, S_ACCEPT),
     }
-    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE1)}
+    #: compare: the guest sends its identity (Noise message 2) only after its person's yes
+    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE)}
     STARTS: ClassVar[frozenset[str]] = frozenset({S_ACCEPT, S_RESUME})
 
     #: method -> the fields it adds to the Offer (drawn in this order)
@@ -205,8 +205,11 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         # done, or the prekey is gone: wait in S_OFFER for the guest's KK fallback
         (S_OFFER, ResumeMessage): step("_on_resume_init", DONE, S_OFFER),
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
+        # compare: the guest's N_G; answered with N_H and Noise message 1, then the question
+        # (a NoiseMessage while the person is asked is not in the table: the driver holds it)
         (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
     }
+    #: compare: the host reads the guest's identity (message 2) only after its person's yes
     ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE)}
     STARTS: ClassVar[frozenset[str]] = frozenset({S_OFFER})
 

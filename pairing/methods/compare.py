@@ -1,15 +1,19 @@
-"""``compare`` (7 flights; docs/protocol.md §5).
+"""``compare`` (6 flights; docs/protocol.md §5).
 
 Offer(PK_G) -> Accept(HPKE(PK_G, SK) = enc||ct, C = HMAC(N_H, "commit"||PK_G||enc||th)) ->
-Reveal(N_G) -> Reveal(N_H) -> [both users compare the code] -> the identity handshake.
+Reveal(N_G) -> Reveal(N_H, Noise message 1) -> [both users compare the code] -> Noise messages
+2 and 3 of the identity handshake.
 The host commits to its key share (enc) and nonce before it sees the guest's nonce, as in BLE LE
 Secure Connections numeric comparison (Core spec Vol 3 Part H §2.3.5.6.2): a man in the middle
 must fix one side's values before learning the other's nonce, so the six digits
 ``HMAC(th, "code"||PK_G||enc||N_G||N_H) mod 10^6`` match with probability 10^-6 per attempt.
 SK comes from HPKE base mode (RFC 9180 §5.1; X25519, HKDF-SHA256, ChaCha20-Poly1305) with
-``th`` in ``info``.  Once its person confirmed, the host opens the identity handshake
-(``Noise_XXpsk0``, PSK = HKDF(SK, salt=th, "pairkit/1 identity psk compare")), whose ``es`` and
-``se`` tokens make each side prove the static key it announces (docs/security.md, rule 1).
+``th`` in ``info``.  The identity handshake is ``Noise_XXpsk0`` (PSK = HKDF(SK, salt=th,
+"pairkit/1 identity psk compare")), whose ``es`` and ``se`` tokens make each side prove the static
+key it announces (docs/security.md, rule 1).  Its first message (``psk, e``: no identity, it only
+proves knowledge of SK, which a man in the middle holds too) travels in the host's Reveal; each
+side sends its identity (message 2, message 3) only after its own person confirmed the code
+(docs/security.md, "compare: what may cross before the people confirmed the code").
 
 HPKE encryption draws its ephemeral itself (``cryptography``), not from the machine's ``rng``.
 """
@@ -24,12 +28,11 @@ from .. import keyschedule
 from ..crypto import same, x25519_loaded
 from ..errors import AuthenticationError, DecodeError, RefusedError
 from ..machine import Question
-from ..messages import Accept, Announce, NoiseMessage, Offer, Reveal
+from ..messages import Accept, Announce, Offer, Reveal
 from .common import (
     HPKE_SUITE,
     S_ASK,
     S_NOISE,
-    S_NOISE1,
     S_REVEAL,
     ConfirmCode,
     _identity_psk,
@@ -60,6 +63,8 @@ class CompareGuest(GuestSide):
 
     def _on_reveal(self, msg: Reveal, now: float) -> None:
         assert self._offer is not None and self._offer.pk is not None
+        if msg.noise is None:
+            raise DecodeError("the host's Reveal lacks its Noise message (an older pairkit?)")
         enc = self._sealed[:32]
         expected = keyschedule.compare_commit(msg.nonce, self._offer.pk, enc, self._th)
         if not same(expected, self._commit):
@@ -74,6 +79,9 @@ class CompareGuest(GuestSide):
             raise AuthenticationError("the host's sealed key could not be opened") from None
         if len(self._sk) != 32:
             raise DecodeError("the session key must be 32 bytes")
+        # Message 1 proves only that the host holds this SK (so might a man in the middle):
+        # read now, so a damaged one stops us before the person is asked; the code decides.
+        self._noise_read_first(_identity_psk(self._sk, self._th, self.method), msg.noise)
         code = keyschedule.compare_code(self._th, self._offer.pk, enc, self._ng, msg.nonce)
         self.state = S_ASK
         self._expect_by(None)
@@ -82,15 +90,13 @@ class CompareGuest(GuestSide):
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:
             raise RefusedError("the codes were not confirmed; pairing cancelled")
-        # The host opens the identity handshake once its own person has confirmed too.
-        self.state = S_NOISE1
+        # Our identity goes only now; the host answers with its own once its person confirmed.
+        self._noise_send_second()
+        self.state = S_NOISE
         self._expect_by(
             now + max(self.config.step_timeout, 120.0),
             "the host's owner did not confirm the code in time",
         )
-
-    def _on_noise1(self, msg: NoiseMessage, now: float) -> None:
-        self._noise_responder(_identity_psk(self._sk, self._th, self.method), msg.noise, now)
 
 
 class CompareHost(HostSide):
@@ -119,8 +125,13 @@ class CompareHost(HostSide):
         self._expect(now, S_REVEAL)
 
     def _on_reveal(self, msg: Reveal, now: float) -> None:
-        assert self._offer.pk is not None
-        self._send(Reveal(self._nh))
+        assert self._offer.pk is not None and self.method is not None
+        if msg.noise is not None:
+            raise DecodeError("the guest's Reveal carries a Noise message; it holds a nonce only")
+        # N_H with the identity handshake's message 1: it holds no identity and proves only
+        # knowledge of SK, so it may go before our person confirmed (docs/security.md).
+        first = self._noise_initiator(_identity_psk(self._sk, self._th, self.method))
+        self._send(Reveal(self._nh, noise=first))
         code = keyschedule.compare_code(self._th, self._offer.pk, self._enc, msg.nonce, self._nh)
         self.state = S_ASK
         self._expect_by(None)
@@ -129,10 +140,9 @@ class CompareHost(HostSide):
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:
             raise RefusedError("the codes were not confirmed; pairing cancelled")
-        assert self.method is not None
-        psk = _identity_psk(self._sk, self._th, self.method)
-        self._send(NoiseMessage(self._noise_initiator(psk)))
-        # The guest's person may still be looking at the code.
+        # Only now is the guest's message 2 read (the driver held one that came early), and
+        # only after it our identity goes, in message 3.  The guest's person may still be
+        # looking at the code.
         self.state = S_NOISE
         self._expect_by(
             now + max(self.config.step_timeout, 120.0),

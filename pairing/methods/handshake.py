@@ -112,6 +112,13 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
         ``clear``): Noise_XXpsk0 keyed by the method's secret, prologue ``th``; both static
         keys are proven by ``es``/``se`` (Noise rev 34 §7.4), so no identity is taken on
         its word (docs/security.md, rule 1)."""
+        self._noise_read_first(psk, first)
+        self._noise_send_second()
+        self._expect(now, S_NOISE)
+
+    def _noise_read_first(self, psk: bytes, first: bytes) -> None:
+        """Read the host's message 1 (``psk, e``, empty payload): it proves the host holds the
+        method's secret, and nothing about who the host is (it carries no static key)."""
         self._hs = HandshakeState(
             PIN_NOISE, False, prologue=self._th, s=self.me.static_key(),
             psks=[psk], rng=self._rng,
@@ -120,9 +127,11 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
             self._hs.read_message(first)
         except AuthenticationError:
             raise AuthenticationError(_WRONG_SECRET[self.method]) from None
+
+    def _noise_send_second(self) -> None:
+        """Send message 2: the guest's identity (``e, ee, s, es``)."""
         ident = _identity(self.me, self._prekeys)
         self._send(NoiseMessage(self._hs.write_message(_payload_bytes(ident))))
-        self._expect(now, S_NOISE)
 
     def _on_noise(self, msg: NoiseMessage, now: float) -> None:
         payload = _read_payload(self._hs.read_message(msg.noise))

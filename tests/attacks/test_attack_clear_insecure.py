@@ -13,10 +13,8 @@ import dataclasses
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
-from tests.attack_harness import address_of, attack_templates, evil_join, lab, open_ks
+from tests.attack_harness import address_of, evil_join, open_ks
 from tests.cli_helpers import Lab
-
-__all__ = ["attack_templates", "lab"]
 
 
 async def test_clear_is_refused_then_stored_unauthenticated_and_never_upgraded(lab: Lab) -> None:

@@ -18,14 +18,10 @@ from tests.attack_harness import (
     Proxy,
     address_of,
     as_frame,
-    attack_templates,
-    lab,
     message_of,
     peer_record,
 )
 from tests.cli_helpers import Lab
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 

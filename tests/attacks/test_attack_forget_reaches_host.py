@@ -16,10 +16,8 @@ import dataclasses
 
 import pytest
 
-from tests.attack_harness import attack_templates, lab, open_ks
+from tests.attack_harness import open_ks
 from tests.cli_helpers import Device, HostProcess, Lab
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 

@@ -13,18 +13,14 @@ import pytest
 
 from tests.attack_harness import (
     answer_prompt,
-    attack_templates,
     clouds_of,
     host_with_terminal,
-    lab,
     owned_cloud,
 )
 from tests.cli_helpers import Device, HostProcess, Lab
 
 PIN = "482913"
 PIN2 = "730529"
-
-__all__ = ["attack_templates", "lab"]
 
 
 async def george_gets(lab: Lab, role: str) -> tuple[Device, Device]:

@@ -33,15 +33,11 @@ from tests.attack_harness import (
     Proxy,
     address_of,
     as_frame,
-    attack_templates,
     evil_host,
-    lab,
     message_of,
     open_ks,
 )
 from tests.cli_helpers import Lab
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 

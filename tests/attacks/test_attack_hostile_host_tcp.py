@@ -22,15 +22,11 @@ from pairkit.pairing.methods import Session
 from pairkit.pairing.service import Membership, cloud_id_of, membership_statement
 from tests.attack_harness import (
     EvilHost,
-    attack_templates,
     clouds_of,
     evil_host,
-    lab,
     owned_cloud,
 )
 from tests.cli_helpers import Lab
-
-__all__ = ["attack_templates", "lab"]
 
 SECRET = os.urandom(32)
 

@@ -23,10 +23,8 @@ from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import QrCode
 from tests.attack_harness import (
     address_of,
-    attack_templates,
     evil_join,
     identity_of,
-    lab,
     open_ks,
     peer_record,
     posing_as,
@@ -37,8 +35,6 @@ PIN = "482913"
 HOST_ARGS = ("-m", "pin", "-m", "qr", "-m", "compare", "-m", "clear", "-m", "resume",
              "--allow-insecure", "--pin", PIN, "--yes", "--json")
 METHODS = ["pin", "qr", "compare", "clear", "resume", "resume-stolen-digests", "kk"]
-
-__all__ = ["attack_templates", "lab"]
 
 
 async def paired(lab: Lab) -> tuple[HostProcess, object, object]:

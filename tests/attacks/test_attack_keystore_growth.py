@@ -14,10 +14,8 @@ import time
 from pairkit import peers as store
 from pairkit.keystore import MAX_FILE_SIZE, Keystore, Peer
 from pairkit.pairing.crypto import digest, x25519_keypair
-from tests.attack_harness import attack_templates, lab, open_ks
+from tests.attack_harness import open_ks
 from tests.cli_helpers import Device, Lab
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 DAY = 24 * 3600.0

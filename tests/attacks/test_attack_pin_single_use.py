@@ -13,11 +13,8 @@ import re
 from pairkit.pairing.errors import LockedOutError, PairingError, RefusedError
 from pairkit.pairing.methods import HostState, PinPolicy
 from pairkit.pairing.negotiation import Method
-from tests.attack_harness import attack_templates, lab
 from tests.cli_helpers import Lab
 from tests.pair_harness import make_pair
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 

@@ -33,16 +33,12 @@ from tests.attack_harness import (
     Proxy,
     Yes,
     address_of,
-    attack_templates,
     flip_last_bit,
-    lab,
     open_ks,
     owned_cloud,
 )
 from tests.cli_helpers import Device, Lab
 from tests.pair_harness import compare_codes, pair_for, run
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 

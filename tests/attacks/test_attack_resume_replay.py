@@ -21,16 +21,12 @@ from pairkit.pairing.messages import ResumeKind, ResumeMessage
 from tests.attack_harness import (
     Proxy,
     address_of,
-    attack_templates,
     frame,
-    lab,
     message_of,
     peer_record,
     read_frame,
 )
 from tests.cli_helpers import HostProcess, Lab
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 HOST_ARGS = ("-m", "pin", "-m", "resume", "--yes", "--json")

@@ -19,18 +19,14 @@ from pairkit.pairing.qr import _unb64
 from pairkit.securelink import SecureLink
 from tests.attack_harness import (
     answer_prompt,
-    attack_templates,
     device_secrets,
     find_secrets,
     host_with_terminal,
-    lab,
     open_ks,
     owned_cloud,
 )
 from tests.cli_helpers import Lab
 from tests.pair_harness import compare_codes, pair_for
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 
@@ -72,6 +68,8 @@ async def test_cli_scenarios_print_no_secret(lab: Lab, tmp_path: Path) -> None:
         for cmd in (("peers", "--json"), ("peers",), ("whoami", "--json"), ("whoami",)):
             r = await d.run(*cmd)
             outputs += [(f"{d.name} {' '.join(cmd)}", r.out + r.err)]
+    # The member holds Paul's address key now (scanned for below, as Paul's own copy is).
+    assert open_ks(ringo).get_peer("Paul's phone").irk == open_ks(paul).setting("ble_irk")
     secrets = {"qr secret": qr_secret, "Paul's cloud secret": owned_cloud(paul)[1]}
     for d in (paul, george, ringo):
         secrets.update(device_secrets(d))

@@ -20,10 +20,8 @@ from pathlib import Path
 from pairkit.cli.show import REPLACEMENT, SafeStream, safe
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
-from tests.attack_harness import address_of, attack_templates, evil_join, lab, open_ks
+from tests.attack_harness import address_of, evil_join, open_ks
 from tests.cli_helpers import Lab
-
-__all__ = ["attack_templates", "lab"]
 
 PIN = "482913"
 ESCAPES = "\x1b[2J\x1b[31m\x1b[1;1H\rFAKE: Paul's TV\n\x9b2J"

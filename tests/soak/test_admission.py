@@ -21,7 +21,6 @@ from pairkit.pairing import wire
 from pairkit.pairing.errors import BusyError, ErrorCode, PairingError
 from pairkit.session import accept_loop
 from pairkit.transports.tcp import TcpListener, tcp_connect
-from tests.attack_harness import attack_templates, lab
 from tests.cli_helpers import Lab
 from tests.flood_harness import (
     FloodStats,
@@ -32,8 +31,6 @@ from tests.flood_harness import (
     send_first_flight,
     send_garbage,
 )
-
-__all__ = ["attack_templates", "lab"]
 
 pytestmark = pytest.mark.soak
 

@@ -19,10 +19,7 @@ import pytest
 from pairkit.pairing.errors import ErrorCode, PairingError
 from pairkit.session import accept_loop
 from pairkit.transports.tcp import TcpListener, tcp_connect
-from tests.attack_harness import attack_templates, lab
 from tests.cli_helpers import PAIRKIT_CMD, ROOT, Lab, cli_env
-
-__all__ = ["attack_templates", "lab"]
 
 pytestmark = pytest.mark.soak
 

@@ -22,10 +22,8 @@ from pairkit.pairing.negotiation import ALL_CAPS, Method
 from pairkit.pairing.service import GetRequest
 from pairkit.session import GuestSide, open_session
 from pairkit.transports.tcp import tcp_connect
-from tests.attack_harness import attack_templates, lab, open_ks
+from tests.attack_harness import open_ks
 from tests.cli_helpers import Lab
-
-__all__ = ["attack_templates", "lab"]
 
 pytestmark = pytest.mark.soak
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bumble import core, hci
 from bumble.transport.common import TransportLostError
@@ -21,7 +21,9 @@ from pairkit.pairing.errors import LinkClosedError, PairingError, PairingTimeout
 
 __all__ = [
     "RETRY_STATUSES",
+    "abandon",
     "connect_failure_status",
+    "consume",
     "describe_connect_failure",
     "describe_reason",
     "guarded",
@@ -90,10 +92,18 @@ def translate(exc: BaseException, what: str) -> PairingError:
     return TransportError(f"{what} failed: {detail}" if detail else f"{what} failed")
 
 
-def _consume(task: asyncio.Future[object]) -> None:
-    # An abandoned operation may still fail while it unwinds; nobody waits for it any more.
+def consume(task: asyncio.Future[Any]) -> None:
+    """Take the outcome of a task nobody waits for (a done callback), so that a failure is
+    not reported as never retrieved."""
     if not task.cancelled():
         task.exception()
+
+
+def abandon(task: asyncio.Future[Any]) -> None:
+    """Call off an operation nobody will wait for: cancel it, and take whatever it ends with
+    (a failure while it unwinds is nobody's to report)."""
+    task.cancel()
+    task.add_done_callback(consume)
 
 
 async def guarded(
@@ -118,8 +128,7 @@ async def guarded(
     try:
         done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        task.cancel()
-        task.add_done_callback(_consume)
+        abandon(task)
         raise
     if task in done:
         try:
@@ -131,8 +140,7 @@ async def guarded(
             raise LinkClosedError(f"{what}: {reason}") from None
         except Exception as exc:
             raise translate(exc, what) from exc
-    task.cancel()
-    task.add_done_callback(_consume)
+    abandon(task)
     if lost is not None and lost.done():
         raise LinkClosedError(f"{what}: {lost.result()}")
     raise PairingTimeout(f"{what}: no answer within {timeout:g} s")

@@ -611,12 +611,14 @@ class L2capLink(BleLink):
 
     async def _send_one(self, data: bytes) -> None:
         # The previous SDU must have left before this one is queued, or bumble merges them.
-        await guarded(
-            self._channel.drain(),
-            what="sending",
-            timeout=self._options.send_timeout,
-            lost=self._lost,
-        )
+        # (Already drained, the usual case while credits last: no wait, so no guard to set up.)
+        if not self._channel.drained.is_set():
+            await guarded(
+                self._channel.drain(),
+                what="sending",
+                timeout=self._options.send_timeout,
+                lost=self._lost,
+            )
         self._check_open()
         if self._channel.state != l2cap.LeCreditBasedChannel.State.CONNECTED:
             raise LinkClosedError("the L2CAP channel is closed")

@@ -1,0 +1,78 @@
+"""Admission under load (runtime/admission.py): who a stranger with a handful of addresses can
+push out of a host's pending links.
+
+Played over real TCP on loopback with the real accept loop: the attackers bind 127.0.0.2,
+127.0.0.3 (Linux routes all of 127/8 to lo), the guest connects from 127.0.0.1.  The limits are
+scaled down (8 pending links, 4 per address) so that a few connections fill them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from pairkit.admission import Admission, AdmissionLimits
+from pairkit.pairing.errors import PairingError
+from pairkit.session import accept_loop
+from pairkit.transports.tcp import TcpLink, TcpListener, tcp_connect
+from tests.flood_harness import attacker_addresses, link_from, wait_until
+
+LIMITS = AdmissionLimits(max_pending=8, per_address=4, first_flight=5.0, idle_grace=0.2)
+
+
+async def two_steps(link: Any) -> None:
+    """A stand-in for a pairing that needs two messages from the guest (a first flight, then,
+    after the guest's person typed the PIN, a second): it is paired after the second."""
+    try:
+        await link.send(b"ack:" + await link.recv())
+        second = await link.recv()
+        link.authenticated()
+        await link.send(b"paired:" + second)
+    except PairingError:
+        pass
+    finally:
+        with contextlib.suppress(PairingError):
+            await link.close()
+
+
+async def test_a_guest_typing_its_pin_is_not_evicted_by_a_few_busy_addresses() -> None:
+    """The guest has one link and is silent while its person types the PIN.  A stranger with
+    two addresses fills the pending links (4 from one, 3 from the other, each having said
+    something), then opens one more from the address holding 3.  The newcomer's address would
+    hold as many as the busiest then, so the rule that evicts the busiest address's links does
+    not fire; the guest's one link must not be the one that gives way (the module's promise: a
+    guest's one link gives way only once every other address is down to one)."""
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    admission = Admission(LIMITS)
+    loop_task = asyncio.create_task(accept_loop(listener, two_steps, admission=admission))
+    a, b = attacker_addresses(2)
+    held: list[TcpLink] = []
+    guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
+    try:
+        await guest.send(b"hello")
+        assert await asyncio.wait_for(guest.recv(), 5) == b"ack:hello"
+        # The stranger's links, each past its first flight (spoken, so not the first to go).
+        for source, n in ((a, 4), (b, 3)):
+            for _ in range(n):
+                link = await link_from(source, "127.0.0.1", listener.port)
+                held.append(link)
+                await link.send(b"x")
+                assert await asyncio.wait_for(link.recv(), 5) == b"ack:x"
+        assert admission.pending == 8
+        await asyncio.sleep(2 * LIMITS.idle_grace)  # everyone has been silent a while
+        newcomer = await link_from(b, "127.0.0.1", listener.port)
+        held.append(newcomer)
+        await newcomer.send(b"x")
+        await wait_until(lambda: admission.refused >= 1, "refusal or eviction")
+        # The person has typed the PIN: the guest's second flight.
+        await guest.send(b"pin")
+        assert await asyncio.wait_for(guest.recv(), 5) == b"paired:pin"
+    finally:
+        for link in (guest, *held):
+            with contextlib.suppress(Exception):
+                await link.close()
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await listener.close()

@@ -1,0 +1,79 @@
+"""The PIN a PN gateway shows for elements that type one (``pn gateway --pin-link``,
+docs/protocol.md §18): how many guesses a stranger gets.
+
+The element's side of CPace checks the gateway's confirmation tag before it sends its own, so
+each ``PnPinAnswer`` a stranger receives is one guess evaluated (it then hangs up).  The
+gateway is the real ``PnGateway`` behind the real accept loop, over TCP on loopback, with its
+clock in the test's hands; the stranger speaks from 127.0.0.2 ... 127.0.0.4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+from pairkit.driver import MessagePipe
+from pairkit.pairing import wire
+from pairkit.pairing.cpns import PnPinAnswer
+from pairkit.pairing.cpns.pinlink import ElementPin
+from pairkit.pairing.errors import PairingError
+from pairkit.pn import PinDisplay
+from tests.flood_harness import attacker_addresses, link_from
+from tests.pn_harness import gateway_in_process
+
+
+async def guess(port: int, source: str) -> bool:
+    """One PIN offer with a guessed PIN; whether the gateway answered it (a guess evaluated)
+    rather than refusing it.  The stranger hangs up after the answer, as one whose guess was
+    wrong does."""
+    link = await link_from(source, "127.0.0.1", port)
+    pipe = MessagePipe(link, guest=True)
+    try:
+        offer = ElementPin(os.urandom(16), "135790")
+        offer.start(0.0)
+        for message in offer.outgoing():
+            await pipe.send(message)
+        try:
+            reply = wire.decode(await asyncio.wait_for(pipe.recv(), 10))
+        except PairingError:
+            return False
+        return isinstance(reply, PnPinAnswer)
+    finally:
+        with contextlib.suppress(Exception):
+            await link.close()
+
+
+async def test_parallel_pin_offers_get_no_more_guesses_than_the_lockout_allows(
+    tmp_path: Path,
+) -> None:
+    """Twelve offers at once, from three addresses: at most five are answered (five failures
+    lock PIN offers), however many arrive before the first failure is known."""
+    now = [0.0]
+    pins = PinDisplay(None, show=lambda _pin: None, clock=lambda: now[0])
+    async with gateway_in_process(tmp_path, pins=pins) as gw:
+        sources = [s for s in attacker_addresses(3) for _ in range(4)]
+        answered = await asyncio.gather(*(guess(gw.port, s) for s in sources))
+    assert sum(answered) <= 5, f"{sum(answered)} guesses evaluated at once"
+
+
+async def test_a_stranger_who_waits_out_the_lock_is_locked_longer_each_time(
+    tmp_path: Path,
+) -> None:
+    """Rule 7 for method pin: after five failures, each further failure of the streak locks
+    PIN pairing for twice as long as the last (5, 10, 20, 40 minutes, then an hour).  The
+    stranger guesses five times, waits five minutes, guesses once more, and tries again two
+    seconds later: it must be refused, else it guesses five times per five minutes for ever
+    (about 41 % in a year against fresh 6-digit PINs, docs/security.md rule 7)."""
+    now = [0.0]
+    pins = PinDisplay(None, show=lambda _pin: None, clock=lambda: now[0])
+    (source,) = attacker_addresses(1)
+    async with gateway_in_process(tmp_path, pins=pins) as gw:
+        for _ in range(5):
+            assert await guess(gw.port, source)
+        assert not await guess(gw.port, source)  # locked
+        now[0] += 301.0  # the five are five minutes old
+        assert await guess(gw.port, source)
+        now[0] += 2.0
+        assert not await guess(gw.port, source), "a sixth failure did not lengthen the lock"
