@@ -50,6 +50,8 @@ class PrekeyPool:
         self._background = background
         self._ready: deque[Prekey] = deque()
         self._task: asyncio.Task[None] | None = None
+        #: prekeys made so far (a bench charges the ones made before its timing started)
+        self.made = 0
 
     def __len__(self) -> int:
         return len(self._ready)
@@ -74,6 +76,7 @@ class PrekeyPool:
         """Make one prekey now (the refill's unit of work; tests and benches call it too)."""
         private, public = x25519_keypair(self._rng)
         self._ready.append(Prekey(digest(public), private))
+        self.made += 1
 
     def fill(self) -> None:
         """Fill the pool at once (for a caller with nothing better to do, e.g. a bench)."""
