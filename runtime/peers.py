@@ -149,11 +149,79 @@ _COMMITTERS: weakref.WeakKeyDictionary[Keystore, GroupCommit[tuple[str, float]]]
 
 def _tidy(ks: Keystore, saved: Sequence[tuple[str, float]]) -> None:
     """What keeps the keystore within what it can open again (issue 17, finding 9), once per
-    save, after the sessions ``saved`` ((device id, time) each) were recorded."""
+    save, after the sessions ``saved`` ((device id, time) each) were recorded:
+    :func:`expire_guests` and :func:`bound_prekeys`, each run when it has something to do.
+
+    Whether it has is known without going through every peer at every save (issue 13: a host
+    that met 1,000 guests went through 1,000 records per pairing): :class:`_Tally` keeps, for
+    the records as they were at the last save, the earliest time one of them may be expired,
+    the prekeys they hold and whether one holds too many; when the records now are those plus
+    new ones at the end (a host that met new guests), only the new ones are looked at, and any
+    other change (a peer replaced or forgotten, another process's save) counts them all again.
+    Either way the two run exactly when going through every record would have found work."""
     if not saved:
         return
-    expire_guests(ks, max(now for _, now in saved))
-    bound_prekeys(ks, keep={device_id for device_id, _ in saved})
+    now = max(when for _, when in saved)
+    tally = _Tally.of(ks)
+    if now - GUEST_RETENTION > tally.eligible:
+        expire_guests(ks, now, GUEST_RETENTION)
+        tally = _Tally.of(ks)
+    if tally.over or tally.total > MAX_PREKEYS_TOTAL:
+        bound_prekeys(ks, keep={device_id for device_id, _ in saved})
+        _Tally.of(ks)
+
+
+class _Tally:
+    """What :func:`_tidy` needs to know of a keystore's records, kept between saves."""
+
+    __slots__ = ("eligible", "over", "records", "total")
+
+    def __init__(self) -> None:
+        self.records: tuple[Peer, ...] = ()
+        #: the earliest time past which one of the records may be forgotten as an old guest
+        #: (see :func:`_eligible_after`); inf when none ever may
+        self.eligible = float("inf")
+        #: prekeys the records hold, both ways
+        self.total = 0
+        #: whether a record holds more than MAX_PREKEYS_PER_PEER one way
+        self.over = False
+
+    @classmethod
+    def of(cls, ks: Keystore) -> _Tally:
+        """The tally of ``ks``'s records now, counted from the last one where it can be."""
+        records = ks.peers()
+        tally = _TALLIES.get(ks)
+        kept = len(tally.records) if tally is not None else 0
+        if tally is None or len(records) < kept or records[:kept] != tally.records:
+            tally, kept = cls(), 0
+            _TALLIES[ks] = tally
+        for p in records[kept:]:
+            tally.eligible = min(tally.eligible, _eligible_after(p))
+            mine, theirs = len(p.our_prekeys), len(p.their_prekeys)
+            tally.total += mine + theirs
+            tally.over = tally.over or max(mine, theirs) > MAX_PREKEYS_PER_PEER
+        tally.records = records
+        return tally
+
+
+_TALLIES: weakref.WeakKeyDictionary[Keystore, _Tally] = weakref.WeakKeyDictionary()
+
+
+def _eligible_after(p: Peer) -> float:
+    """The time past which :func:`expire_guests` would take ``p`` as a candidate (its cutoff
+    above it): its last sighting or its grants' ends, whichever is last, when every grant it
+    holds is a guest grant with an end; inf otherwise (a member, an open grant, none held)."""
+    ends = []
+    for role_key, expires_key in (("granted", "granted_expires"),
+                                  ("standing", "standing_expires")):
+        role = p.extra.get(role_key)
+        if role is None:
+            continue
+        expires = p.extra.get(expires_key)
+        if role != "guest" or not isinstance(expires, int | float):
+            return float("inf")
+        ends.append(expires)
+    return max(p.last_seen, *ends) if ends else float("inf")
 
 
 def _record_session(
