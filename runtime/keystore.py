@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .filestore import ENV_HOME, FILE_NAME, FileStorage, default_path
 from .pairing import keystore as _core
+from .pairing.errors import KeystoreError
 from .pairing.keystore import (
     DEFAULT_SCRYPT_N,
     MAX_FILE_SIZE,
@@ -147,7 +149,8 @@ class GroupCommit(Generic[T]):
         self, keystore: _core.Keystore,
         finish: Callable[[_core.Keystore, Sequence[T]], None] | None = None,
     ) -> None:
-        self.keystore = keystore
+        # weakly: a registry keyed by the keystore (runtime/peers.py) must not keep it alive
+        self._keystore = weakref.ref(keystore)
         self._finish = finish
         self._pending: list[tuple[Callable[[_core.Keystore], T], asyncio.Future[T]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -157,7 +160,15 @@ class GroupCommit(Generic[T]):
         self.changes = 0
 
     def __repr__(self) -> str:
-        return f"<GroupCommit {self.keystore!r}: {len(self._pending)} waiting>"
+        return f"<GroupCommit {self._keystore()!r}: {len(self._pending)} waiting>"
+
+    @property
+    def keystore(self) -> _core.Keystore:
+        """The keystore the changes go to."""
+        ks = self._keystore()
+        if ks is None:
+            raise KeystoreError("the keystore of this group commit is gone")
+        return ks
 
     async def apply(self, change: Callable[[_core.Keystore], T]) -> T:
         """Run ``change`` on the keystore with the others of its batch and save; its result,
@@ -189,9 +200,9 @@ class GroupCommit(Generic[T]):
 
     def _commit(self, batch: list[tuple[Callable[[_core.Keystore], T],
                                         asyncio.Future[T]]]) -> None:
-        ks = self.keystore
         outcomes: list[tuple[asyncio.Future[T], bool, Any]] = []
         try:
+            ks = self.keystore
             with ks.update():
                 for change, future in batch:
                     before = ks._contents()

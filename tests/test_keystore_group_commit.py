@@ -184,3 +184,17 @@ def test_a_keystore_used_from_a_new_event_loop_still_commits(loops: int) -> None
         p = _peer(i)
         asyncio.run(commit.apply(lambda k, p=p: k.add_peer(p)))
         assert ks.peer_by_id(p.id) is not None
+
+
+def test_the_registry_of_group_commits_does_not_keep_a_keystore_alive() -> None:
+    import gc
+    import weakref
+
+    from pairkit import peers
+
+    ks = _store(_WatchedStorage())
+    peers._COMMITTERS[ks] = GroupCommit(ks)
+    gone = weakref.ref(ks)
+    del ks
+    gc.collect()
+    assert gone() is None
