@@ -300,8 +300,23 @@ def _pool_charge(before: tuple[int, int], after: tuple[int, int]) -> int:
     return before[0] - after[0]
 
 
-async def _tcp_host(n: int, method: str, timeout: float, profile: str | None = None
-                    ) -> dict[str, Any]:
+#: --host-gc: what the host process does to its garbage collector once warmed up (an
+#: experiment: pairkit itself sets nothing; bench/RESULTS.md)
+HOST_GC = ("default", "freeze", "freeze-threshold")
+
+
+def _tune_gc(mode: str) -> None:
+    import gc
+
+    if mode in ("freeze", "freeze-threshold"):
+        gc.collect()
+        gc.freeze()  # what exists now (interpreter, pairkit, the host's set-up) is never scanned
+    if mode == "freeze-threshold":
+        gc.set_threshold(7000, 20, 20)
+
+
+async def _tcp_host(n: int, method: str, timeout: float, profile: str | None = None,
+                    host_gc: str = "default") -> dict[str, Any]:
     """``pairkit host``'s loop on 127.0.0.1, in a process of its own: prints ``PORT p``, serves
     ``WARMUP`` warm-up guests, prints ``WARM`` once they have left (the timing starts there),
     then serves ``n`` guests, and reports its own CPU time and peak RSS (the host's alone)."""
@@ -341,6 +356,7 @@ async def _tcp_host(n: int, method: str, timeout: float, profile: str | None = N
         left += 1
         if left == warm:
             # The warm-up guests have come and gone: what comes now is the measured guests'.
+            _tune_gc(host_gc)
             start.append((_cpu_s(), _pool_state()))
             gc_clock.counting = True
             print("WARM", flush=True)
@@ -477,8 +493,8 @@ async def _tcp_warm_guest(side: Any, port: int, delegate: Any) -> bool:
     return True
 
 
-def run_level_tcp(n: int, method: str, timeout: float, profile: str | None = None
-                  ) -> dict[str, Any]:
+def run_level_tcp(n: int, method: str, timeout: float, profile: str | None = None,
+                  host_gc: str = "default") -> dict[str, Any]:
     """One level over TCP: a guests process set up first, then the host process, then go."""
     script = str(Path(__file__).resolve())
     common = ["--method", method, "--timeout", str(timeout)]
@@ -496,7 +512,7 @@ def run_level_tcp(n: int, method: str, timeout: float, profile: str | None = Non
                 raise RuntimeError("the guests' process did not start")
             host = subprocess.Popen(
                 [sys.executable, script, "--child-tcp-host", str(n), *common,
-                 *(["--profile", profile] if profile else [])],
+                 *(["--profile", profile] if profile else []), "--host-gc", host_gc],
                 stdout=subprocess.PIPE, stderr=h_err, text=True, cwd=ROOT,
             )
             assert host.stdout is not None
@@ -560,10 +576,10 @@ def _summarise(level: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tcp_as_level(n: int, method: str, rounds: int, timeout: float,
-                  profile: str | None = None) -> dict[str, Any]:
+                  profile: str | None = None, host_gc: str = "default") -> dict[str, Any]:
     """``rounds`` TCP runs of ``n`` guests as one level, shaped as :func:`run_level`'s: the
     CPU counted is the host process's alone, the RSS the host's peak."""
-    runs = [run_level_tcp(n, method, timeout, profile) for _ in range(rounds)]
+    runs = [run_level_tcp(n, method, timeout, profile, host_gc) for _ in range(rounds)]
     rows = []
     for run in runs:
         failures = list(run["failures"])
@@ -587,8 +603,8 @@ def _tcp_as_level(n: int, method: str, rounds: int, timeout: float,
 
 
 def measure(sizes: list[int], method: str, rounds: int, timeout: float,
-            over: str = "loopback", repeat: int = 1, profile: str | None = None
-            ) -> dict[str, Any]:
+            over: str = "loopback", repeat: int = 1, profile: str | None = None,
+            host_gc: str = "default") -> dict[str, Any]:
     """The levels interleaved: the smallest (``rounds`` rounds, each in a fresh child), then
     each larger one once, ``repeat`` times over, and the smallest once more at the end
     (``S L S L ... S``).  Every run of a larger level is read against the smallest level's
@@ -601,7 +617,7 @@ def measure(sizes: list[int], method: str, rounds: int, timeout: float,
     def level_of(n: int, r: int) -> dict[str, Any]:
         if over == "loopback":
             return run_level(n, method, r, timeout)
-        return _tcp_as_level(n, method, r, timeout, profile)
+        return _tcp_as_level(n, method, r, timeout, profile, host_gc)
 
     smalls = [level_of(sizes[0], rounds)]
     larger: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes[1:]}
@@ -630,7 +646,7 @@ def measure(sizes: list[int], method: str, rounds: int, timeout: float,
         "machine": {"nproc": nproc(), "cpu": cpu_model(), "python": sys.version.split()[0],
                     "loadavg_1min": loads},
         "settings": {"sizes": sizes, "method": method, "rounds": rounds, "timeout": timeout,
-                     "over": over, "repeat": repeat},
+                     "over": over, "repeat": repeat, "host_gc": host_gc},
         "levels": levels,
         "goals": goals(levels),
         "seconds": time.perf_counter() - start,
@@ -762,6 +778,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=positive, default=3,
                    help="runs of each larger level, interleaved with runs of the smallest "
                         "(default 3)")
+    p.add_argument("--host-gc", choices=HOST_GC, default="default",
+                   help="--over tcp, an experiment: the host freezes its garbage collector's "
+                        "objects once warmed up (freeze), and raises its thresholds "
+                        "(freeze-threshold); default: as pairkit leaves it")
     p.add_argument("--profile", metavar="DIR",
                    help="--over tcp: cProfile the host over the timed part, stats into DIR")
     p.add_argument("--timeout", type=float, default=300.0,
@@ -785,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child_tcp_host is not None:
         print(json.dumps(asyncio.run(_tcp_host(args.child_tcp_host, args.method,
-                                               args.timeout, args.profile))))
+                                               args.timeout, args.profile, args.host_gc))))
         return 0
     if args.child_tcp_guests is not None:
         print(json.dumps(asyncio.run(_tcp_guests(args.child_tcp_guests, args.method,
@@ -796,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
                                             args.timeout))))
         return 0
     result = measure(args.sizes, args.method, args.rounds, args.timeout, args.over,
-                     args.repeat, args.profile)
+                     args.repeat, args.profile, args.host_gc)
     result["command"] = command_line("concurrent_pairings.py", argv)
     show(result, render, args.json)
     return 0 if all(lv["ok"] for lv in result["levels"]) else 1
