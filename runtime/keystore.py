@@ -172,7 +172,8 @@ class GroupCommit(Generic[T]):
 
     async def apply(self, change: Callable[[_core.Keystore], T]) -> T:
         """Run ``change`` on the keystore with the others of its batch and save; its result,
-        once stored durably (or its error, or the save's)."""
+        once stored durably (or its error, or the save's).  ``change`` runs inside the batch's
+        update: it changes the keystore it is given and never calls ``update`` itself."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (the old one's batches died with it)
             self._loop, self._pending, self._task = loop, [], None
@@ -183,6 +184,7 @@ class GroupCommit(Generic[T]):
         return await future
 
     async def _run(self) -> None:
+        batch: list[tuple[Callable[[_core.Keystore], T], asyncio.Future[T]]] = []
         try:
             while self._pending:
                 await asyncio.sleep(0)  # what else finishes in this turn joins the batch
@@ -190,8 +192,9 @@ class GroupCommit(Generic[T]):
                 self._pending = []
                 if batch:
                     self._commit(batch)
-        except BaseException as exc:  # cancelled with the loop: nobody waits for ever
-            for _, future in self._pending:
+                batch = []
+        except BaseException as exc:  # cancelled with the loop, or worse: nobody waits for ever
+            for _, future in batch + self._pending:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception)
                                          else asyncio.CancelledError())
