@@ -174,12 +174,14 @@ class _Round:
             if paired + len(failures) == n:
                 all_paired.set()
 
+        pool0 = _pool_state()
         cpu0, t0 = _cpu_s(), time.perf_counter()
         guests = [asyncio.create_task(guest(i)) for i in range(n)]
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.gather(*guests)
             wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
+            pool1 = _pool_state()
             rss_all = _rss_now_kib()
             # Every guest's session must be one the host confirmed, with the method planned.
             for done in sessions:
@@ -196,6 +198,7 @@ class _Round:
                         await everyone_left.wait()
         except TimeoutError:
             wall, cpu, rss_all = time.perf_counter() - t0, _cpu_s() - cpu0, _rss_now_kib()
+            pool1 = _pool_state()
             failures.append(f"{n - paired - len(failures)} guests still pairing after "
                             f"{timeout:g} s")
         finally:
@@ -211,7 +214,7 @@ class _Round:
             failures.append(f"the host stored {stored} peers for {n} guests")
         return {"n": n, "paired": paired, "host_confirmed": len(confirmed),
                 "host_stored": stored, "failures": failures, "wall_s": wall, "cpu_s": cpu,
-                "rss_all_sessions_kib": rss_all}
+                "pool_drawdown": _pool_charge(pool0, pool1), "rss_all_sessions_kib": rss_all}
 
 
 async def _child(n: int, method: str, rounds: int, timeout: float) -> dict[str, Any]:
@@ -227,6 +230,11 @@ async def _child(n: int, method: str, rounds: int, timeout: float) -> dict[str, 
             rss_before = max(rss_before, _rss_now_kib())
             results.append(await one.run(timeout))
             del one
+    # Prekeys the pool made before a round and the round used are charged to it (_pool_charge).
+    key_cost = _prekey_cost_s()
+    for row in results:
+        row["prekeys_charged_cpu_s"] = row["pool_drawdown"] * key_cost
+        row["cpu_s"] += row["prekeys_charged_cpu_s"]
     # ru_maxrss: the peak of this process's life, KiB on Linux (statm's reading can round above)
     peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_before)
     return {"n": n, "method": method, "rounds": results, "rss_before_kib": rss_before,
@@ -236,9 +244,82 @@ async def _child(n: int, method: str, rounds: int, timeout: float) -> dict[str, 
 # -- over TCP (--over tcp): the host alone in its process, the guests in another ---------------
 
 
-async def _tcp_host(n: int, method: str, timeout: float) -> dict[str, Any]:
+def _pool_state() -> tuple[int, int]:
+    """(prekeys ready in the process's pool, prekeys it made so far)."""
+    from pairkit import prekeys
+
+    pool = prekeys.pool()
+    return len(pool), pool.made
+
+
+def _prekey_cost_s(samples: int = 200) -> float:
+    """CPU seconds one prekey of the pool costs here (its unit of work, timed in bulk)."""
+    from pairkit.prekeys import PrekeyPool
+
+    pool = PrekeyPool(capacity=samples, background=False)
+    cpu0 = _cpu_s()
+    for _ in range(samples):
+        pool.make_one()
+    return (_cpu_s() - cpu0) / samples
+
+
+class _GcClock:
+    """CPU time the garbage collector takes, by generation (gc.callbacks), while counting."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.seconds = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self.counting = False
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.process_time()
+        elif self.counting:
+            generation = info["generation"]
+            self.seconds[generation] += time.process_time() - self._t0
+            self.runs[generation] += 1
+
+
+def _commit_stats(ks: Any) -> list[int]:
+    """[keystore updates written, sessions stored] by the host's group commit (runtime/peers)."""
+    from pairkit import peers
+
+    committer = getattr(peers, "committer_of", lambda _ks: None)(ks)
+    return [committer.batches, committer.changes] if committer is not None else [0, 0]
+
+
+def _pool_charge(before: tuple[int, int], after: tuple[int, int]) -> int:
+    """Prekeys the window used that were made before it (the pool's net drawdown): they are
+    charged to the window at :func:`_prekey_cost_s` each, so that keys made in idle time
+    *before* the timing starts never make a level look cheaper (and keys left ready at its
+    end, made inside it, are not charged twice: the drawdown is then negative)."""
+    return before[0] - after[0]
+
+
+#: --host-gc: what the host process does to its garbage collector once warmed up (an
+#: experiment: pairkit itself sets nothing; bench/RESULTS.md)
+HOST_GC = ("default", "freeze", "freeze-threshold")
+
+
+def _tune_gc(mode: str) -> None:
+    import gc
+
+    if mode in ("freeze", "freeze-threshold"):
+        gc.collect()
+        gc.freeze()  # what exists now (interpreter, pairkit, the host's set-up) is never scanned
+    if mode == "freeze-threshold":
+        gc.set_threshold(7000, 20, 20)
+
+
+async def _tcp_host(n: int, method: str, timeout: float, profile: str | None = None,
+                    host_gc: str = "default") -> dict[str, Any]:
     """``pairkit host``'s loop on 127.0.0.1, in a process of its own: prints ``PORT p``, serves
-    ``n`` guests, and reports its own CPU time and peak RSS (the host's alone)."""
+    ``WARMUP`` warm-up guests, prints ``WARM`` once they have left (the timing starts there),
+    then serves ``n`` guests, and reports its own CPU time and peak RSS (the host's alone)."""
     from pairkit.admission import AdmissionLimits
     from pairkit.cli.flows import HostOptions, run_host
     from pairkit.delegate import Agree
@@ -247,27 +328,44 @@ async def _tcp_host(n: int, method: str, timeout: float) -> dict[str, Any]:
     from pairkit.pairing.negotiation import Method
 
     chosen = Method.COMPARE if method == "compare" else Method.CLEAR
+    warm = min(WARMUP, n)
+    total = warm + n
     confirmed = 0
     left = 0
     everyone_left = asyncio.Event()
-    first: list[float] = []
+    start: list[tuple[float, tuple[int, int]]] = []  # (CPU, pool) once warmed up
+    end: list[tuple[float, tuple[int, int]]] = []  # (CPU, pool) at the last confirmation
+    gc_clock = _GcClock()
+    profiler: Any = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.process_time)  # CPU time: waits are not work
 
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
         nonlocal confirmed, left
         confirmed += 1
-        if confirmed == n:
-            first.append(_cpu_s())  # the CPU spent once the last session is confirmed
+        if confirmed == total:
+            end.append((_cpu_s(), _pool_state()))
+            gc_clock.counting = False
+            if profiler is not None:
+                profiler.disable()
         with contextlib.suppress(PairingError):
             while True:
                 await slink.recv()
         left += 1
-        if left == n:
+        if left == warm:
+            # The warm-up guests have come and gone: what comes now is the measured guests'.
+            _tune_gc(host_gc)
+            start.append((_cpu_s(), _pool_state()))
+            gc_clock.counting = True
+            print("WARM", flush=True)
+            if profiler is not None:
+                profiler.enable()
+        if left == total:
             everyone_left.set()
 
-    cpu_start: list[float] = []
-
     def ready(address: str, _state: Any) -> None:
-        cpu_start.append(_cpu_s())  # listening: what comes now is the guests' cost
         print(f"PORT {address.rsplit(':', 1)[1]}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="pairkit-bench-") as tmp:
@@ -276,9 +374,9 @@ async def _tcp_host(n: int, method: str, timeout: float) -> dict[str, Any]:
         # Every guest comes from 127.0.0.1: the per-address limit is raised with the others.
         opts = HostOptions(
             transport="tcp:127.0.0.1:0", methods=frozenset({chosen}), quiet=True,
-            concurrent=n, visible=3600.0,
-            admission=AdmissionLimits(max_pending=max(n, AdmissionLimits.max_pending),
-                                      per_address=max(n, AdmissionLimits.per_address)),
+            concurrent=total, visible=3600.0,
+            admission=AdmissionLimits(max_pending=max(total, AdmissionLimits.max_pending),
+                                      per_address=max(total, AdmissionLimits.per_address)),
         )
         rss_before = _rss_now_kib()
         task = asyncio.create_task(run_host(ks, opts, on_session=on_session, ready=ready,
@@ -290,10 +388,23 @@ async def _tcp_host(n: int, method: str, timeout: float) -> dict[str, Any]:
         with contextlib.suppress(BaseException):
             await task
         stored = len(ks.peers())
-    cpu = (first[0] if first else _cpu_s()) - (cpu_start[0] if cpu_start else 0.0)
+        commits = _commit_stats(ks)
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile, f"host-{n}-{os.getpid()}.prof"))
+    cpu = charged = 0.0
+    if start:
+        # a run that did not confirm every guest is charged up to its end (its figure is not
+        # read against the goal: see goals())
+        stop = end[0] if end else (_cpu_s(), _pool_state())
+        cpu = stop[0] - start[0][0]
+        charged = _pool_charge(start[0][1], stop[1]) * _prekey_cost_s()
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_before)
-    return {"n": n, "host_confirmed": confirmed, "host_left": left, "host_stored": stored,
-            "host_cpu_s": cpu, "rss_before_kib": rss_before, "peak_rss_kib": peak}
+    return {"n": n, "host_confirmed": max(0, confirmed - warm), "host_left": max(0, left - warm),
+            "host_stored": max(0, stored - warm), "host_cpu_s": cpu + charged,
+            "prekeys_charged_cpu_s": charged, "rss_before_kib": rss_before,
+            "peak_rss_kib": peak, "keystore_writes": commits,
+            "gc_cpu_s": gc_clock.seconds, "gc_runs": gc_clock.runs}
 
 
 async def _tcp_guests(n: int, method: str, timeout: float) -> dict[str, Any]:
@@ -314,12 +425,29 @@ async def _tcp_guests(n: int, method: str, timeout: float) -> dict[str, Any]:
                                        kdf=cheap), config, chosen, transport="tcp")
              for i in range(n)]
     delegate = Agree(confirm_codes=True)
+    warm_sides = [GuestSide(Keystore.create(MemoryStorage(), "bench-passphrase",
+                                            name=f"warm-up {i}", kdf=cheap),
+                            config, chosen, transport="tcp")
+                  for i in range(min(WARMUP, n))]
     print("READY", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)
     port = int(line.split()[1])
     failures: list[str] = []
     sessions: list[Any] = []
     all_done = asyncio.Event()
+
+    # The warm-up guests pair, hang up, and the host says WARM (relayed here as GO): the
+    # host's first pairings (lazy set-up of every code path) are not in the figures.
+    warm_ok = await asyncio.gather(*[_tcp_warm_guest(side, port, delegate)
+                                     for side in warm_sides])
+    if not all(warm_ok):
+        return {"paired": 0, "failures": ["a warm-up guest failed"], "failed": n,
+                "guests_cpu_s": 0.0, "wall_s": 0.0}
+    go = await loop.run_in_executor(None, sys.stdin.readline)
+    if go.strip() != "GO":
+        return {"paired": 0, "failures": ["the host did not warm up"], "failed": n,
+                "guests_cpu_s": 0.0, "wall_s": 0.0}
 
     async def guest(side: Any) -> None:
         try:
@@ -350,7 +478,23 @@ async def _tcp_guests(n: int, method: str, timeout: float) -> dict[str, Any]:
             "guests_cpu_s": cpu, "wall_s": wall}
 
 
-def run_level_tcp(n: int, method: str, timeout: float) -> dict[str, Any]:
+async def _tcp_warm_guest(side: Any, port: int, delegate: Any) -> bool:
+    """One warm-up guest: pair, hang up; whether it paired."""
+    from pairkit.pairing.errors import PairingError
+    from pairkit.session import open_session
+    from pairkit.transports.tcp import tcp_connect
+
+    try:
+        link = await tcp_connect("127.0.0.1", port, timeout=20.0)
+        done = await open_session(link, side, delegate=delegate)
+        await done.channel.close()
+    except PairingError:
+        return False
+    return True
+
+
+def run_level_tcp(n: int, method: str, timeout: float, profile: str | None = None,
+                  host_gc: str = "default") -> dict[str, Any]:
     """One level over TCP: a guests process set up first, then the host process, then go."""
     script = str(Path(__file__).resolve())
     common = ["--method", method, "--timeout", str(timeout)]
@@ -367,7 +511,8 @@ def run_level_tcp(n: int, method: str, timeout: float) -> dict[str, Any]:
             if guests.stdout.readline().strip() != "READY":
                 raise RuntimeError("the guests' process did not start")
             host = subprocess.Popen(
-                [sys.executable, script, "--child-tcp-host", str(n), *common],
+                [sys.executable, script, "--child-tcp-host", str(n), *common,
+                 *(["--profile", profile] if profile else []), "--host-gc", host_gc],
                 stdout=subprocess.PIPE, stderr=h_err, text=True, cwd=ROOT,
             )
             assert host.stdout is not None
@@ -375,6 +520,11 @@ def run_level_tcp(n: int, method: str, timeout: float) -> dict[str, Any]:
             if not port_line.startswith("PORT "):
                 raise RuntimeError("the host did not start")
             guests.stdin.write(port_line)
+            guests.stdin.flush()
+            if host.stdout.readline().strip() == "WARM":
+                guests.stdin.write("GO\n")
+            else:
+                guests.stdin.write("NO\n")
             guests.stdin.flush()
             g_out, _ = guests.communicate(timeout=timeout + 120)
             h_out, _ = host.communicate(timeout=timeout + 120)
@@ -425,10 +575,11 @@ def _summarise(level: dict[str, Any]) -> dict[str, Any]:
     return level
 
 
-def _tcp_as_level(n: int, method: str, rounds: int, timeout: float) -> dict[str, Any]:
+def _tcp_as_level(n: int, method: str, rounds: int, timeout: float,
+                  profile: str | None = None, host_gc: str = "default") -> dict[str, Any]:
     """``rounds`` TCP runs of ``n`` guests as one level, shaped as :func:`run_level`'s: the
     CPU counted is the host process's alone, the RSS the host's peak."""
-    runs = [run_level_tcp(n, method, timeout) for _ in range(rounds)]
+    runs = [run_level_tcp(n, method, timeout, profile, host_gc) for _ in range(rounds)]
     rows = []
     for run in runs:
         failures = list(run["failures"])
@@ -440,6 +591,10 @@ def _tcp_as_level(n: int, method: str, rounds: int, timeout: float) -> dict[str,
         rows.append({"n": n, "paired": run["paired"], "host_confirmed": run["host_confirmed"],
                      "host_stored": run["host_stored"], "failures": failures,
                      "wall_s": run["wall_s"], "cpu_s": run["host_cpu_s"],
+                     "prekeys_charged_cpu_s": run["prekeys_charged_cpu_s"],
+                     "keystore_writes": run.get("keystore_writes", [0, 0]),
+                     "gc_cpu_s": run.get("gc_cpu_s", [0.0] * 3),
+                     "gc_runs": run.get("gc_runs", [0] * 3),
                      "guests_cpu_s": run["guests_cpu_s"]})
     return {"n": n, "method": method, "rounds": rows,
             "rss_before_kib": max(r["rss_before_kib"] for r in runs),
@@ -448,34 +603,64 @@ def _tcp_as_level(n: int, method: str, rounds: int, timeout: float) -> dict[str,
 
 
 def measure(sizes: list[int], method: str, rounds: int, timeout: float,
-            over: str = "loopback") -> dict[str, Any]:
-    """Each size in its own child; the smallest twice, first and last, ``rounds`` rounds each
-    (its median is the reference, so a machine that got busier midway moves both sides)."""
+            over: str = "loopback", repeat: int = 1, profile: str | None = None,
+            host_gc: str = "default") -> dict[str, Any]:
+    """The levels interleaved: the smallest (``rounds`` rounds, each in a fresh child), then
+    each larger one once, ``repeat`` times over, and the smallest once more at the end
+    (``S L S L ... S``).  Every run of a larger level is read against the smallest level's
+    runs just before and just after it (the median of their rounds): a machine that got busier
+    or quieter midway moves both sides of that ratio.  The goal reads the median of these
+    ratios; their spread is reported beside it."""
     start = time.perf_counter()
     loads = [os.getloadavg()[0]]
-    level_of = run_level if over == "loopback" else _tcp_as_level
-    first = level_of(sizes[0], method, rounds, timeout)
-    levels = [first]
-    for n in sizes[1:]:
-        levels.append(level_of(n, method, 1, timeout))
+
+    def level_of(n: int, r: int) -> dict[str, Any]:
+        if over == "loopback":
+            return run_level(n, method, r, timeout)
+        return _tcp_as_level(n, method, r, timeout, profile, host_gc)
+
+    smalls = [level_of(sizes[0], rounds)]
+    larger: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes[1:]}
+    for _ in range(repeat):
+        for n in sizes[1:]:
+            larger[n].append(level_of(n, 1))
+            loads.append(os.getloadavg()[0])
+        smalls.append(level_of(sizes[0], rounds))
         loads.append(os.getloadavg()[0])
-    last = level_of(sizes[0], method, rounds, timeout)
-    loads.append(os.getloadavg()[0])
-    first["rounds"] += last["rounds"]
-    first["stderr_lines"] += last["stderr_lines"]
-    first["peak_rss_kib"] = max(first["peak_rss_kib"], last["peak_rss_kib"])
+    ratios: dict[int, list[float]] = {}
+    for n, runs in larger.items():
+        ratios[n] = []
+        for i, run in enumerate(runs):
+            around = smalls[i]["rounds"] + smalls[i + 1]["rounds"]
+            reference = statistics.median(r["cpu_s"] / max(r["paired"], 1) for r in around)
+            cost = run["rounds"][0]["cpu_s"] / max(run["rounds"][0]["paired"], 1)
+            ratios[n].append(cost / reference)
+    first = _merge(smalls)
+    levels = [first] + [_merge(runs) for runs in larger.values()]
     for level in levels:
         _summarise(level)
+    for level in levels[1:]:
+        level["ratios"] = ratios[level["n"]]
     return {
         "bench": "concurrent_pairings",
         "machine": {"nproc": nproc(), "cpu": cpu_model(), "python": sys.version.split()[0],
                     "loadavg_1min": loads},
         "settings": {"sizes": sizes, "method": method, "rounds": rounds, "timeout": timeout,
-                     "over": over},
+                     "over": over, "repeat": repeat, "host_gc": host_gc},
         "levels": levels,
         "goals": goals(levels),
         "seconds": time.perf_counter() - start,
     }
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one level as one: their rounds together, the highest RSS figures."""
+    merged = dict(runs[0])
+    merged["rounds"] = [row for run in runs for row in run["rounds"]]
+    merged["stderr_lines"] = [line for run in runs for line in run["stderr_lines"]][:20]
+    merged["peak_rss_kib"] = max(run["peak_rss_kib"] for run in runs)
+    merged["rss_before_kib"] = max(run["rss_before_kib"] for run in runs)
+    return merged
 
 
 def goals(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -485,8 +670,13 @@ def goals(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         report(f"paired at once without a failure, of {n}",
                float(large["paired"] if large["ok"] else 0), float(n), at_most=False, unit=""),
-        report(f"CPU per pairing at {n} / at {small['n']}",
-               large["cpu_us_per_pairing"] / small["cpu_us_per_pairing"], GOAL_COST_RATIO),
+        report(f"CPU per pairing at {n} / at {small['n']}"
+               + (f", median of {len(large['ratios'])}" if len(large.get("ratios", ())) > 1
+                  else ""),
+               float("inf") if not (large["ok"] and small["ok"])  # a failed run is no figure
+               else statistics.median(large["ratios"]) if large.get("ratios")
+               else large["cpu_us_per_pairing"] / small["cpu_us_per_pairing"],
+               GOAL_COST_RATIO),
         report(f"peak RSS at {n}", large["peak_rss_kib"] / 1024, GOAL_RSS_MB, unit=" MB"),
     ]
 
@@ -529,11 +719,42 @@ def render(result: dict[str, Any]) -> str:
             for lv in result["levels"]
             if (paired := sum(r["paired"] for r in lv["rounds"]))
         )
-        lines.append("CPU = the host process's CPU time (user + system) from listening to the "
-                     "last session confirmed, / guests paired (the guests' process: "
+        lines.append("CPU = the host process's CPU time (user + system) from its warm-up "
+                     "guests' leaving to the last session confirmed, / guests paired (the "
+                     "guests' process: "
                      f"{guests} per pairing)")
-    lines.append(f"median of the rounds (the {small}-level: {s['rounds']} rounds before the "
-                 "others and as many after)")
+    repeat = s.get("repeat", 1)
+    lines.append(f"median of the rounds (the {small}-level: {s['rounds']} rounds in each of its "
+                 f"{repeat + 1} runs, interleaved with the {repeat} run(s) of each larger level)")
+    for lv in result["levels"][1:]:
+        ratios = lv.get("ratios") or []
+        if ratios:
+            each = ", ".join(f"{x:.2f}" for x in ratios)
+            lines.append(f"CPU ratio at {lv['n']}, each run against the {small}-level runs just "
+                         f"before and after it: {each} (median {statistics.median(ratios):.2f}, "
+                         f"spread {min(ratios):.2f} to {max(ratios):.2f}; "
+                         f"{sum(x <= GOAL_COST_RATIO for x in ratios)} of {len(ratios)} "
+                         f"<= {GOAL_COST_RATIO})")
+    for lv in result["levels"]:
+        writes = [r["keystore_writes"] for r in lv["rounds"] if r.get("keystore_writes")]
+        if writes and any(w[0] for w in writes):
+            each = ", ".join(f"{w[1]} in {w[0]}" for w in writes[:6])
+            lines.append(f"host keystore at {lv['n']}: sessions stored in writes "
+                         f"(warm-up included): {each}")
+    for lv in result["levels"]:
+        gcs = [(r["gc_cpu_s"], r["gc_runs"], r["paired"]) for r in lv["rounds"] if "gc_cpu_s" in r]
+        if gcs:
+            per = statistics.median(sum(t) * 1e6 / max(p, 1) for t, _, p in gcs)
+            share = statistics.median(sum(t) / max(r["cpu_s"], 1e-9)
+                                      for (t, _, _), r in zip(gcs, lv["rounds"], strict=False))
+            runs = "/".join(str(x) for x in gcs[0][1])
+            lines.append(f"garbage collector at {lv['n']}: {per:.0f} us per pairing "
+                         f"({share:.1%} of the host's CPU; runs by generation, first run: {runs})")
+    charged = [r.get("prekeys_charged_cpu_s", 0.0) * 1e6 / max(r["paired"], 1)
+               for lv in result["levels"] for r in lv["rounds"]]
+    if charged:
+        lines.append("prekeys made before a run's timing and used in it are charged to it "
+                     f"(from {min(charged):.0f} to {max(charged):.0f} us per pairing)")
     lines.append(f"total time {result['seconds']:.1f} s")
     lines.append("")
     lines.extend(render_goals(result["goals"]))
@@ -553,20 +774,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="pairings at once per level, smallest first (default 10,1000)")
     p.add_argument("--method", choices=METHODS, default="compare")
     p.add_argument("--rounds", type=positive, default=10,
-                   help="rounds of the smallest level, before and after the others (default 10)")
+                   help="rounds of the smallest level in each of its runs (default 10)")
+    p.add_argument("--repeat", type=positive, default=3,
+                   help="runs of each larger level, interleaved with runs of the smallest "
+                        "(default 3)")
+    p.add_argument("--host-gc", choices=HOST_GC, default="default",
+                   help="--over tcp, an experiment: the host freezes its garbage collector's "
+                        "objects once warmed up (freeze), and raises its thresholds "
+                        "(freeze-threshold); default: as pairkit leaves it")
+    p.add_argument("--profile", metavar="DIR",
+                   help="--over tcp: cProfile the host over the timed part, stats into DIR")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds for a level's pairings (and each step's timeout)")
     p.add_argument("--quick", action="store_true", help="sizes 2,4, 1 round: a smoke run")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--over", choices=("loopback", "tcp"), default="loopback",
-                   help="loopback: host and guests in one child process (default); tcp: the "
-                        "host alone in its process on 127.0.0.1, the guests in another")
+    p.add_argument("--over", choices=("loopback", "tcp"), default="tcp",
+                   help="tcp: the host alone in its process on 127.0.0.1, the guests in "
+                        "another (default: the host's own cost); loopback: host and guests "
+                        "in one child process (the guests' constant cost dilutes the ratio)")
     p.add_argument("--child", type=positive, help=argparse.SUPPRESS)
     p.add_argument("--child-tcp-host", type=positive, help=argparse.SUPPRESS)
     p.add_argument("--child-tcp-guests", type=positive, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes, args.rounds = [2, 4], 1
+        args.sizes, args.rounds, args.repeat = [2, 4], 1, 1
     return args
 
 
@@ -574,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child_tcp_host is not None:
         print(json.dumps(asyncio.run(_tcp_host(args.child_tcp_host, args.method,
-                                               args.timeout))))
+                                               args.timeout, args.profile, args.host_gc))))
         return 0
     if args.child_tcp_guests is not None:
         print(json.dumps(asyncio.run(_tcp_guests(args.child_tcp_guests, args.method,
@@ -584,7 +815,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(_child(args.child, args.method, args.rounds,
                                             args.timeout))))
         return 0
-    result = measure(args.sizes, args.method, args.rounds, args.timeout, args.over)
+    result = measure(args.sizes, args.method, args.rounds, args.timeout, args.over,
+                     args.repeat, args.profile, args.host_gc)
     result["command"] = command_line("concurrent_pairings.py", argv)
     show(result, render, args.json)
     return 0 if all(lv["ok"] for lv in result["levels"]) else 1

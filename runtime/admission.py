@@ -148,6 +148,8 @@ class Admission:
         self.limits = limits or AdmissionLimits()
         self.clock = clock
         self._pending: list[Admitted] = []
+        #: pending links per address (kept with _pending: counted at every admission)
+        self._held: dict[str, int] = {}
         self._sessions: set[Admitted] = set()
         self._refusing: set[asyncio.Task[None]] = set()
         #: links refused or evicted so far (for tests and reports)
@@ -168,7 +170,7 @@ class Admission:
         if len(self._sessions) >= lim.max_sessions:
             self.refuse(link)
             return None
-        if sum(1 for a in self._pending if a.key == key) >= lim.per_address:
+        if self._held.get(key, 0) >= lim.per_address:
             self.refuse(link)
             return None
         if len(self._pending) >= lim.max_pending:
@@ -179,7 +181,20 @@ class Admission:
             self._evict(victim)
         admitted = Admitted(link, self, key)
         self._pending.append(admitted)
+        self._held[key] = self._held.get(key, 0) + 1
         return admitted
+
+    def _unpend(self, admitted: Admitted) -> None:
+        """Take ``admitted`` off the pending links (if it is there)."""
+        try:
+            self._pending.remove(admitted)
+        except ValueError:
+            return
+        left = self._held[admitted.key] - 1
+        if left:
+            self._held[admitted.key] = left
+        else:
+            del self._held[admitted.key]
 
     def started(self, admitted: Admitted, task: asyncio.Task[Any]) -> None:
         """``task`` serves ``admitted`` (cancelled if the link is evicted)."""
@@ -188,15 +203,13 @@ class Admission:
     def done(self, admitted: Admitted) -> None:
         """The link's handler ended."""
         admitted.pending = False
-        with contextlib.suppress(ValueError):
-            self._pending.remove(admitted)
+        self._unpend(admitted)
         self._sessions.discard(admitted)
 
     def _promote(self, admitted: Admitted, peer: bytes | None = None) -> None:
         if admitted.pending:
             admitted.pending = False
-            with contextlib.suppress(ValueError):
-                self._pending.remove(admitted)
+            self._unpend(admitted)
             admitted.peer_id = peer
             self._sessions.add(admitted)
             if peer is not None:
@@ -246,7 +259,7 @@ class Admission:
         return None
 
     def _evict(self, victim: Admitted) -> None:
-        self._pending.remove(victim)
+        self._unpend(victim)
         victim.pending = False
         if victim.task is not None:
             victim.task.cancel()

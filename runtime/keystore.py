@@ -15,12 +15,16 @@ one place::
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from .filestore import ENV_HOME, FILE_NAME, FileStorage, default_path
 from .pairing import keystore as _core
+from .pairing.errors import KeystoreError
 from .pairing.keystore import (
     DEFAULT_SCRYPT_N,
     MAX_FILE_SIZE,
@@ -47,6 +51,7 @@ __all__ = [
     "Argon2Params",
     "CloudInfo",
     "FileStorage",
+    "GroupCommit",
     "Keystore",
     "KeystoreNotFoundError",
     "MemoryStorage",
@@ -61,6 +66,7 @@ __all__ = [
 
 Where = str | os.PathLike[str] | Storage | None
 Rng = Callable[[int], bytes]
+T = TypeVar("T")
 
 
 def storage_of(where: Where) -> Storage:
@@ -115,3 +121,114 @@ class Keystore(_core.Keystore):
         if not isinstance(storage, FileStorage):
             raise AttributeError(f"this keystore is kept in {storage.where}, not in a file")
         return storage.path
+
+
+class GroupCommit(Generic[T]):
+    """Changes to one keystore that are ready at the same time, saved together: one
+    :meth:`~pairkit.pairing.keystore.Keystore.update` (one reload under the file lock, one seal,
+    write and fsync) for all of them (issue 13: a host with 1,000 guests pairing at once).
+
+    :meth:`apply` returns only once its change is stored durably (the update's save returned:
+    the file was written, synced and renamed into place) or has failed: what the caller does
+    next (confirm a pairing to its user or its peer) comes after the write, exactly as with an
+    update of its own.  Each change runs against the keystore reloaded under the lock, in the
+    order they came; one that raises is undone (the keystore's contents as before it) and its
+    caller gets the error, the others are saved.  ``finish`` runs once per batch, after its
+    changes, with what they returned (tidying that need not run once per change).  When the
+    save itself fails (the disk, a keystore grown past its limit), each change of the batch is
+    tried again in an update of its own, so the one that does not fit fails alone, as it would
+    have without the batching.
+
+    Changes are taken in batches on the running event loop: a change handed in while a batch
+    is being written waits for the next one, and a batch starts one turn of the loop after its
+    first change came (so that everything finishing in that turn joins it).  Nothing is ever
+    held back longer than that: there is no timer.
+    """
+
+    def __init__(
+        self, keystore: _core.Keystore,
+        finish: Callable[[_core.Keystore, Sequence[T]], None] | None = None,
+    ) -> None:
+        # weakly: a registry keyed by the keystore (runtime/peers.py) must not keep it alive
+        self._keystore = weakref.ref(keystore)
+        self._finish = finish
+        self._pending: list[tuple[Callable[[_core.Keystore], T], asyncio.Future[T]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: batches written and changes saved so far (for benches and tests)
+        self.batches = 0
+        self.changes = 0
+
+    def __repr__(self) -> str:
+        return f"<GroupCommit {self._keystore()!r}: {len(self._pending)} waiting>"
+
+    @property
+    def keystore(self) -> _core.Keystore:
+        """The keystore the changes go to."""
+        ks = self._keystore()
+        if ks is None:
+            raise KeystoreError("the keystore of this group commit is gone")
+        return ks
+
+    async def apply(self, change: Callable[[_core.Keystore], T]) -> T:
+        """Run ``change`` on the keystore with the others of its batch and save; its result,
+        once stored durably (or its error, or the save's).  ``change`` runs inside the batch's
+        update: it changes the keystore it is given and never calls ``update`` itself."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (the old one's batches died with it)
+            self._loop, self._pending, self._task = loop, [], None
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((change, future))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        batch: list[tuple[Callable[[_core.Keystore], T], asyncio.Future[T]]] = []
+        try:
+            while self._pending:
+                await asyncio.sleep(0)  # what else finishes in this turn joins the batch
+                batch = [(c, f) for c, f in self._pending if not f.done()]
+                self._pending = []
+                if batch:
+                    self._commit(batch)
+                batch = []
+        except BaseException as exc:  # cancelled with the loop, or worse: nobody waits for ever
+            for _, future in batch + self._pending:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception)
+                                         else asyncio.CancelledError())
+            self._pending = []
+            raise
+
+    def _commit(self, batch: list[tuple[Callable[[_core.Keystore], T],
+                                        asyncio.Future[T]]]) -> None:
+        outcomes: list[tuple[asyncio.Future[T], bool, Any]] = []
+        try:
+            ks = self.keystore
+            with ks.update():
+                for change, future in batch:
+                    before = ks._contents()
+                    try:
+                        outcomes.append((future, True, change(ks)))
+                    except Exception as exc:
+                        ks._restore(before)  # this change only is undone
+                        outcomes.append((future, False, exc))
+                if self._finish is not None:
+                    self._finish(ks, [value for _, ok, value in outcomes if ok])
+        except Exception as exc:
+            if len(batch) > 1:
+                for one in batch:  # each alone: only what cannot be saved fails
+                    self._commit([one])
+                return
+            outcomes = [(future, False, exc) for _, future in batch]
+        else:
+            self.batches += 1
+            self.changes += sum(ok for _, ok, _ in outcomes)
+        for future, ok, value in outcomes:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)

@@ -12,7 +12,8 @@ forgotten or a grant withdrawn there counts here from the next decision on, and
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 from pairkit.pairing.cloud import Grant, Role
@@ -20,6 +21,8 @@ from pairkit.pairing.errors import NotFoundError, RefusedError
 from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
 from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
 from pairkit.pairing.service import Member
+
+from .keystore import GroupCommit
 
 
 def key_fingerprint(static_public: bytes) -> str:
@@ -131,61 +134,182 @@ def save_session(
     and what was stored goes); :data:`KEEP` keeps the stored one.  ``gave_irk``: this host gave
     the peer its own (marked, so that forgetting the peer renews it: :func:`forget`).
     """
+    with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
+        saved = _record_session(
+            ks, session, address=address, transport=transport, granted=granted,
+            granted_expires=granted_expires, standing=standing,
+            standing_expires=standing_expires, wall_now=wall_now, stored_grant=stored_grant,
+            irk=irk, gave_irk=gave_irk,
+        )
+        _tidy(ks, [saved])
+
+
+async def store_session(ks: Keystore, session: Session, **options: Any) -> None:
+    """:func:`save_session`, saved together with the other sessions of this keystore that
+    finish at the same time (:class:`pairkit.keystore.GroupCommit`: one reload, seal, write
+    and fsync for all of them).  Returns once the peer is stored durably, as
+    :func:`save_session` does; refuses as it does, this session only."""
+    committer = _COMMITTERS.get(ks)
+    if committer is None:
+        committer = _COMMITTERS[ks] = GroupCommit(ks, _tidy)
+    await committer.apply(lambda reloaded: _record_session(reloaded, session, **options))
+
+
+def committer_of(ks: Keystore) -> GroupCommit[tuple[str, float]] | None:
+    """The group commit :func:`store_session` uses for ``ks`` (None before its first use)."""
+    return _COMMITTERS.get(ks)
+
+
+_COMMITTERS: weakref.WeakKeyDictionary[Keystore, GroupCommit[tuple[str, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _tidy(ks: Keystore, saved: Sequence[tuple[str, float]]) -> None:
+    """What keeps the keystore within what it can open again (issue 17, finding 9), once per
+    save, after the sessions ``saved`` ((device id, time) each) were recorded:
+    :func:`expire_guests` and :func:`bound_prekeys`, each run when it has something to do.
+
+    Whether it has is known without going through every peer at every save (issue 13: a host
+    that met 1,000 guests went through 1,000 records per pairing): :class:`_Tally` keeps, for
+    the records as they were at the last save, the earliest time one of them may be expired,
+    the prekeys they hold and whether one holds too many; when the records now are those plus
+    new ones at the end (a host that met new guests), only the new ones are looked at, and any
+    other change (a peer replaced or forgotten, another process's save) counts them all again.
+    Either way the two run exactly when going through every record would have found work."""
+    if not saved:
+        return
+    now = max(when for _, when in saved)
+    tally = _Tally.of(ks)
+    if now - GUEST_RETENTION > tally.eligible:
+        expire_guests(ks, now, GUEST_RETENTION)
+        tally = _Tally.of(ks)
+    if tally.over or tally.total > MAX_PREKEYS_TOTAL:
+        bound_prekeys(ks, keep={device_id for device_id, _ in saved})
+        _Tally.of(ks)
+
+
+class _Tally:
+    """What :func:`_tidy` needs to know of a keystore's records, kept between saves."""
+
+    __slots__ = ("eligible", "over", "records", "total")
+
+    def __init__(self) -> None:
+        self.records: tuple[Peer, ...] = ()
+        #: the earliest time past which one of the records may be forgotten as an old guest
+        #: (see :func:`_eligible_after`); inf when none ever may
+        self.eligible = float("inf")
+        #: prekeys the records hold, both ways
+        self.total = 0
+        #: whether a record holds more than MAX_PREKEYS_PER_PEER one way
+        self.over = False
+
+    @classmethod
+    def of(cls, ks: Keystore) -> _Tally:
+        """The tally of ``ks``'s records now, counted from the last one where it can be."""
+        records = ks.peers()
+        tally = _TALLIES.get(ks)
+        kept = len(tally.records) if tally is not None else 0
+        if tally is None or len(records) < kept or records[:kept] != tally.records:
+            tally, kept = cls(), 0
+            _TALLIES[ks] = tally
+        for p in records[kept:]:
+            tally.eligible = min(tally.eligible, _eligible_after(p))
+            mine, theirs = len(p.our_prekeys), len(p.their_prekeys)
+            tally.total += mine + theirs
+            tally.over = tally.over or max(mine, theirs) > MAX_PREKEYS_PER_PEER
+        tally.records = records
+        return tally
+
+
+_TALLIES: weakref.WeakKeyDictionary[Keystore, _Tally] = weakref.WeakKeyDictionary()
+
+
+def _eligible_after(p: Peer) -> float:
+    """The time past which :func:`expire_guests` would take ``p`` as a candidate (its cutoff
+    above it): its last sighting or its grants' ends, whichever is last, when every grant it
+    holds is a guest grant with an end; inf otherwise (a member, an open grant, none held)."""
+    ends = []
+    for role_key, expires_key in (("granted", "granted_expires"),
+                                  ("standing", "standing_expires")):
+        role = p.extra.get(role_key)
+        if role is None:
+            continue
+        expires = p.extra.get(expires_key)
+        if role != "guest" or not isinstance(expires, int | float):
+            return float("inf")
+        ends.append(expires)
+    return max(p.last_seen, *ends) if ends else float("inf")
+
+
+def _record_session(
+    ks: Keystore,
+    session: Session,
+    *,
+    address: str,
+    transport: str,
+    granted: Role | None = None,
+    granted_expires: int | None = None,
+    standing: Role | None = None,
+    standing_expires: int | None = None,
+    wall_now: float | None = None,
+    stored_grant: bool = False,
+    irk: bytes | _Keep | None = KEEP,
+    gave_irk: bool = False,
+) -> tuple[str, float]:
+    """The change :func:`save_session` makes, inside ``ks.update()``; (device id, time)."""
     device_id = session.peer.device_id.hex()
     full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
-    with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
-        old_record: Peer | None = ks.peer_by_id(device_id)
-        now = time.time() if wall_now is None else wall_now
-        if old_record is None and not full:
-            raise RefusedError(
-                f"{session.peer.name} was forgotten on this device while it reconnected; "
-                "it must pair again"
-            )
-        if stored_grant and granted is not None:
-            still = _grant_of(old_record, now) if old_record is not None else None
-            if still is None or still.role is not granted:
-                raise RefusedError(
-                    f"the access of {session.peer.name} was withdrawn on this device while "
-                    "it reconnected; it must ask again"
-                )
-        old = _known(old_record) if old_record is not None else None
-        updated = session.updated_peer(old)
-        extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
-        extra.update({"address": address, "transport": transport})
-        # Records written before grants were one-way kept one "role" for either direction:
-        # it is not trusted any more (the owner is asked again, once).
-        extra.pop("role", None)
-        extra.pop("expires", None)
-        if granted is not None:
-            extra["granted"] = granted.name.lower()
-            extra["granted_expires"] = granted_expires
-        if standing is not None:
-            extra["standing"] = standing.name.lower()
-            extra["standing_expires"] = standing_expires
-        if session.method.label == "clear":
-            extra["link_mitm"] = session.peer.authenticated
-        if gave_irk:
-            extra["irk_given"] = True
-        kept_irk = old_record.irk if old_record is not None else None
-        ks.add_peer(
-            Peer(
-                id=device_id,
-                name=updated.name,
-                static_public=updated.static_public,
-                signing_public=updated.signing_public,
-                authenticated=updated.authenticated,
-                method=session.method.label if old_record is None or full else old_record.method,
-                first_seen=old_record.first_seen if old_record is not None else now,
-                last_seen=now,
-                their_prekeys=list(updated.their_prekeys),
-                our_prekeys=[[p.digest, p.private] for p in updated.our_prekeys],
-                extra=extra,
-                irk=kept_irk if isinstance(irk, _Keep) else irk,
-            )
+    old_record: Peer | None = ks.peer_by_id(device_id)
+    now = time.time() if wall_now is None else wall_now
+    if old_record is None and not full:
+        raise RefusedError(
+            f"{session.peer.name} was forgotten on this device while it reconnected; "
+            "it must pair again"
         )
-        # What keeps the keystore within what it can open again (issue 17, finding 9).
-        expire_guests(ks, now)
-        bound_prekeys(ks, keep=device_id)
+    if stored_grant and granted is not None:
+        still = _grant_of(old_record, now) if old_record is not None else None
+        if still is None or still.role is not granted:
+            raise RefusedError(
+                f"the access of {session.peer.name} was withdrawn on this device while "
+                "it reconnected; it must ask again"
+            )
+    old = _known(old_record) if old_record is not None else None
+    updated = session.updated_peer(old)
+    extra: dict[str, Any] = dict(old_record.extra) if old_record is not None else {}
+    extra.update({"address": address, "transport": transport})
+    # Records written before grants were one-way kept one "role" for either direction:
+    # it is not trusted any more (the owner is asked again, once).
+    extra.pop("role", None)
+    extra.pop("expires", None)
+    if granted is not None:
+        extra["granted"] = granted.name.lower()
+        extra["granted_expires"] = granted_expires
+    if standing is not None:
+        extra["standing"] = standing.name.lower()
+        extra["standing_expires"] = standing_expires
+    if session.method.label == "clear":
+        extra["link_mitm"] = session.peer.authenticated
+    if gave_irk:
+        extra["irk_given"] = True
+    kept_irk = old_record.irk if old_record is not None else None
+    ks.add_peer(
+        Peer(
+            id=device_id,
+            name=updated.name,
+            static_public=updated.static_public,
+            signing_public=updated.signing_public,
+            authenticated=updated.authenticated,
+            method=session.method.label if old_record is None or full else old_record.method,
+            first_seen=old_record.first_seen if old_record is not None else now,
+            last_seen=now,
+            their_prekeys=list(updated.their_prekeys),
+            our_prekeys=[[p.digest, p.private] for p in updated.our_prekeys],
+            extra=extra,
+            irk=kept_irk if isinstance(irk, _Keep) else irk,
+        )
+    )
+    return device_id, now
 
 
 #: how long a device that was only ever a guest is kept once its last grant ended: past it the
@@ -256,11 +380,12 @@ def expire_guests(
     return gone
 
 
-def bound_prekeys(ks: Keystore, *, keep: str | None = None) -> int:
+def bound_prekeys(ks: Keystore, *, keep: str | Collection[str] | None = None) -> int:
     """Keep at most :data:`MAX_PREKEYS_PER_PEER` prekeys a peer, each way, and
     :data:`MAX_PREKEYS_TOTAL` in all: past it the least recently seen peers lose theirs
     (``keep``, the peer just saved, last).  Call it inside ``ks.update()``; returns how many
-    were dropped.  A peer without prekeys resumes by Noise KK (docs/protocol.md)."""
+    were dropped (``keep``: one device id, or several: the peers just saved go last).  A peer
+    without prekeys resumes by Noise KK (docs/protocol.md)."""
     dropped = 0
     records = list(ks.peers())
     for i, p in enumerate(records):
@@ -272,7 +397,8 @@ def bound_prekeys(ks: Keystore, *, keep: str | None = None) -> int:
             ks.add_peer(trimmed)
             records[i] = trimmed
     total = sum(len(p.their_prekeys) + len(p.our_prekeys) for p in records)
-    for p in sorted(records, key=lambda r: (r.id == keep, r.last_seen)):
+    kept = {keep} if isinstance(keep, str) else set(keep or ())
+    for p in sorted(records, key=lambda r: (r.id in kept, r.last_seen)):
         if total <= MAX_PREKEYS_TOTAL:
             break
         held = len(p.their_prekeys) + len(p.our_prekeys)

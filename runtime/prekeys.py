@@ -12,7 +12,12 @@ The pairing machines (pure, in pairing/) take prekeys from a *source*
   so no key is ever offered to two peers), and asks for a refill;
 * the refill runs as a background task on the event loop, one key per turn of the loop, so it
   fills the time the pairing spends waiting for the radio or the peer, and it stops at the
-  pool's capacity.
+  pool's capacity;
+* the capacity follows demand, within a bound: every prekey asked for and not ready (a
+  burst of pairings, a host with many guests at once) raises it by one, up to ``limit``
+  (:data:`MAX_CAPACITY` for the process's pool: 64 full pairings' worth, about 100 KB), so
+  that the next burst finds more keys made in the quiet time before it.  It never shrinks
+  below what was asked for: a host that was busy once is likely to be busy again.
 
 A machine whose pool is empty (the first pairing of a process that was never idle) makes the
 missing prekeys itself, as before: the pool changes when the work is done, never what is sent.
@@ -32,24 +37,33 @@ from .pairing.methods import Prekey
 
 #: two full pairings' worth, both prekey counts at their maximum (PairingConfig.prekeys <= 16)
 DEFAULT_CAPACITY = 32
+#: the most the process's pool grows to under demand: 64 full pairings' worth
+MAX_CAPACITY = 1024
 
 
 class PrekeyPool:
     """Fresh prekeys made in idle time (see the module docstring)."""
 
     def __init__(
-        self, capacity: int = DEFAULT_CAPACITY, rng: Rng = os.urandom, *, background: bool = True
+        self, capacity: int = DEFAULT_CAPACITY, rng: Rng = os.urandom, *, background: bool = True,
+        limit: int | None = None,
     ) -> None:
         """``background``: refill on the event loop after each :meth:`take` (False: only
         :meth:`fill` and :meth:`make_one` make keys, as a bench that fills between runs
-        wants)."""
+        wants).  ``limit``: what the capacity may grow to under demand (default: the
+        capacity, which then stays as given)."""
         if capacity < 1:
             raise ValueError("a prekey pool holds at least one key")
+        if limit is not None and limit < capacity:
+            raise ValueError("a prekey pool's limit is at least its capacity")
         self.capacity = capacity
+        self.limit = capacity if limit is None else limit
         self._rng = rng
         self._background = background
         self._ready: deque[Prekey] = deque()
         self._task: asyncio.Task[None] | None = None
+        #: prekeys made so far (a bench charges the ones made before its timing started)
+        self.made = 0
 
     def __len__(self) -> int:
         return len(self._ready)
@@ -66,6 +80,8 @@ class PrekeyPool:
             except IndexError:
                 break
         got = tuple(taken)
+        if len(got) < n and self.capacity < self.limit:  # demand outran the pool: grow
+            self.capacity = min(self.limit, self.capacity + n - len(got))
         if self._background:
             self.refill_soon()
         return got
@@ -74,6 +90,7 @@ class PrekeyPool:
         """Make one prekey now (the refill's unit of work; tests and benches call it too)."""
         private, public = x25519_keypair(self._rng)
         self._ready.append(Prekey(digest(public), private))
+        self.made += 1
 
     def fill(self) -> None:
         """Fill the pool at once (for a caller with nothing better to do, e.g. a bench)."""
@@ -108,7 +125,7 @@ class PrekeyPool:
         self._ready.clear()
 
 
-_POOL = PrekeyPool()
+_POOL = PrekeyPool(DEFAULT_CAPACITY, limit=MAX_CAPACITY)
 
 
 def source_for(rng: Rng) -> Callable[[int], tuple[Prekey, ...]] | None:

@@ -208,7 +208,10 @@ async def accept_session(
     # Stored before the membership is sent: the save refuses (and the guest is told nothing
     # but a closed link) when another process forgot this peer or withdrew the stored grant
     # it came back with while it paired; what that process did is never undone (issue 17).
-    peers.save_session(
+    # Sessions that finish together share one write (group commit); this returns only once
+    # the peer is stored durably, so nothing is confirmed, to the guest (its membership) or to
+    # this host's user (the caller's "paired with"), before it is on disk.
+    await peers.store_session(
         ks, session, address=str(link.peer), transport=side.transport,
         granted=membership.role if membership is not None else None,
         granted_expires=membership.expires if membership is not None else None,

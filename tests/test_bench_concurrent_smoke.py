@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,30 @@ def test_a_level_with_a_failure_meets_no_pairing_goal(bench: ModuleType, quick: 
     goals = bench.goals([quick["levels"][0], level])
     check_goals(goals)
     assert goals[0]["figure"] == 0 and goals[0]["met"] is False
+    # nor the cost goal: what paired of a failed run is no figure
+    assert goals[1]["met"] is False
+
+
+def test_larger_runs_are_interleaved_and_each_read_against_its_neighbours(
+    bench: ModuleType,
+) -> None:
+    result = bench.measure([2, 3], "compare", 2, 120.0, repeat=2)
+    small, large = result["levels"]
+    assert len(small["rounds"]) == 2 * 3 and len(large["rounds"]) == 2  # S L S L S, 2 rounds
+    assert len(result["machine"]["loadavg_1min"]) == 1 + 2 * 2
+
+    def cost(row: dict) -> float:
+        return row["cpu_s"] / row["paired"]
+
+    for i, ratio in enumerate(large["ratios"]):
+        around = small["rounds"][2 * i: 2 * i + 4]  # the S runs just before and after
+        assert ratio == pytest.approx(cost(large["rounds"][i]) / statistics.median(
+            cost(r) for r in around))
+    assert result["goals"][1]["figure"] == pytest.approx(statistics.median(large["ratios"]))
+    # prekeys the pool made before a run and the run used are charged to it, never credited
+    # beyond what the run itself made
+    for row in small["rounds"] + large["rounds"]:
+        assert "prekeys_charged_cpu_s" in row and row["cpu_s"] > 0
 
 
 def test_script_runs_quick_json_as_a_command() -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from pairkit import peers as store
 from pairkit.keystore import MAX_FILE_SIZE, Argon2Params, Keystore, Peer
+from pairkit.pairing.cloud import Role
 from pairkit.pairing.crypto import digest, x25519_keypair
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.methods import Prekey, Session
@@ -190,3 +191,52 @@ def test_a_keystore_near_the_limit_refuses_a_new_peer_with_the_next_step(ks: Key
     assert ks.path.read_bytes() == before
     # The update that failed changed nothing in memory either, and the keystore opens.
     assert ks.peers() == () and Keystore.open(ks.path, PIN).peers() == ()
+
+
+# -- the same, save after save (issue 13: the tally kept between saves) --------------------------
+
+
+def test_a_guest_is_forgotten_once_its_time_comes_though_nothing_else_changed(
+    tmp_path: Path,
+) -> None:
+    """The records' tally is kept between saves; the clock moving on alone must still let an
+    old guest go at the next save, as going through every record would."""
+    ks = Keystore.create(tmp_path / "k.pk", PIN, name="host", kdf=Argon2Params.cheapest())
+    old = peer("visitor", seen=NOW)
+    store.save_session(ks, session_of(old), address="a", transport="tcp", wall_now=NOW,
+                       granted=Role.GUEST, granted_expires=int(NOW + DAY))
+    for i in range(3):  # saves that change nothing for the visitor
+        store.save_session(ks, session_of(peer(f"member {i}", seen=NOW)), address="a",
+                           transport="tcp", wall_now=NOW + i)
+    assert "visitor" in names_on_disk(ks)
+    later = NOW + DAY + store.GUEST_RETENTION + 1
+    store.save_session(ks, session_of(peer("late", seen=later)), address="a", transport="tcp",
+                       wall_now=later)
+    assert "visitor" not in names_on_disk(ks)
+    assert {"member 0", "member 1", "member 2", "late"} <= names_on_disk(ks)
+
+
+def test_an_ended_guest_another_process_saved_is_forgotten_at_our_next_save(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "k.pk"
+    ks = Keystore.create(path, PIN, name="host", kdf=Argon2Params.cheapest())
+    save(ks, peer("first", seen=NOW))
+    other = Keystore.open(path, PIN)
+    with other.update():
+        other.add_peer(peer("old guest", granted="guest", granted_expires=LONG_AGO - DAY))
+    save(ks, peer("second", seen=NOW))
+    assert names_on_disk(ks) == {"first", "second"}
+
+
+def test_prekeys_stay_bounded_save_after_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "MAX_PREKEYS_TOTAL", 40)
+    ks = Keystore.create(tmp_path / "k.pk", PIN, name="host", kdf=Argon2Params.cheapest())
+    for i in range(8):
+        save(ks, peer(f"guest {i}", seen=NOW + i), prekeys=8)  # 16 each, both ways
+        on_disk = Keystore.open(ks.path, PIN).peers()
+        assert sum(len(p.their_prekeys) + len(p.our_prekeys) for p in on_disk) <= 40
+        newest = next(p for p in on_disk if p.name == f"guest {i}")
+        assert len(newest.their_prekeys) == len(newest.our_prekeys) == 8  # the one just saved

@@ -161,3 +161,27 @@ def test_resume_takes_its_replacement_from_the_source() -> None:
     assert host.session.method is Method.RESUME
     assert host.session.new_our_prekeys == (replacement,)
     assert guest.session.new_their_prekeys == (replacement.digest,)
+
+
+async def test_the_pool_grows_with_demand_up_to_its_limit_and_never_repeats_a_key() -> None:
+    pool = PrekeyPool(capacity=4, limit=10)
+    pool.fill()
+    handed: list[bytes] = []
+    for _ in range(6):  # a burst: 6 pairings of 3 prekeys each, faster than the refill
+        handed += [p.private for p in pool.take(3)]
+    assert pool.capacity == 10  # every prekey asked for and not ready raised it, to the limit
+    for _ in range(40):
+        await asyncio.sleep(0)
+    assert len(pool) == 10  # made in the quiet time after the burst
+    handed += [p.private for p in pool.take(10)]
+    assert len(handed) == len(set(handed)) == 14  # single use: no key handed out twice
+    await pool.aclose()
+
+
+def test_a_pool_without_a_limit_keeps_its_capacity_and_the_process_pool_is_bounded() -> None:
+    pool = PrekeyPool(capacity=2, background=False)
+    assert pool.take(5) == ()
+    assert pool.capacity == 2
+    assert runtime_prekeys.pool().limit == runtime_prekeys.MAX_CAPACITY
+    with pytest.raises(ValueError):
+        PrekeyPool(capacity=8, limit=4)

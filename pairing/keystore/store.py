@@ -363,6 +363,14 @@ class Keystore:
             dict(self._settings),
         )
 
+    def _restore(self, contents: _Contents) -> None:
+        """Put back what :meth:`_contents` copied (the copy stays usable: the maps are copied
+        again)."""
+        self._name, peers, clouds, groups, settings = contents
+        self._peers, self._clouds = dict(peers), {k: dict(v) for k, v in clouds.items()}
+        self._groups = {k: dict(v) for k, v in groups.items()}
+        self._settings = dict(settings)
+
     def _remember(self, sealed: bytes) -> None:
         """``sealed`` is what the storage holds now, and it holds exactly what is in memory."""
         self._stored = (sealed, self._contents())
@@ -444,10 +452,7 @@ class Keystore:
             # hold is known, without unsealing and parsing every record again (a host saves
             # after each pairing, and with 1,000 peers that parse was most of a pairing's
             # cost; issue 13).  Changes made here and not saved are dropped, as below.
-            self._name, peers, clouds, groups, settings = self._stored[1]
-            self._peers, self._clouds = dict(peers), {k: dict(v) for k, v in clouds.items()}
-            self._groups = {k: dict(v) for k, v in groups.items()}
-            self._settings = dict(settings)
+            self._restore(self._stored[1])
             self._dirty = False
             return
         header, _ = _parse_header(data, where)
