@@ -33,7 +33,7 @@ from pairkit.session import name_hosts
 
 from .cpns_demo import stop_key_server
 from .flows import HostOptions, JoinOptions, run_host, run_join
-from .show import Progress
+from .show import Narrator, Progress
 
 DEMO_PIN = "246813"  # the keystores' own PIN (throwaway keystores in a temporary folder)
 VIDEOS = {"holiday.mp4": 1_500_000, "birthday.mp4": 400_000}
@@ -48,25 +48,6 @@ def make_mp4_like(path: Path, size: int, seed: bytes) -> None:
         block = hashlib.sha256(block).digest()
         body += block * 64
     path.write_bytes((head + bytes(body))[:size])
-
-
-class Narrator:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.step = 0
-        self.t0 = time.perf_counter()
-        self.timings: dict[str, float] = {}
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            click.echo(text, err=True)
-
-    def section(self, title: str) -> None:
-        self.step += 1
-        self.say(f"\n{self.step}. {title}")
-
-    def mark(self, name: str) -> None:
-        self.timings[name] = round(time.perf_counter() - self.t0, 4)
 
 
 class Person:

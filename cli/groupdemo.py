@@ -44,6 +44,7 @@ from pairkit.pairing.service import Membership
 from pairkit.securelink import SecureLink
 
 from .flows import HostOptions, JoinOptions, run_host, run_join
+from .show import Narrator
 
 DEMO_PIN = "246813"  # the throwaway keystores' own PIN
 PAIRING_PIN = "135790"  # the PIN each commissioning host shows (scripted)
@@ -359,28 +360,9 @@ async def wait_for(cond: Callable[[], bool], timeout: float, *, quiet: bool = Fa
 # The narrated scenario
 
 
-class _Narrator:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.step = 0
-        self.t0 = time.perf_counter()
-        self.timings: dict[str, float] = {}
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            click.echo(text, err=True)
-
-    def section(self, title: str) -> None:
-        self.step += 1
-        self.say(f"\n{self.step}. {title}")
-
-    def mark(self, name: str) -> None:
-        self.timings[name] = round(time.perf_counter() - self.t0, 4)
-
-
 async def run_groupkeys_demo(*, transport: str, quiet: bool) -> dict[str, Any]:
     """The group keys scenario (module docstring); returns the ``--json`` summary."""
-    n = _Narrator(quiet)
+    n = Narrator(quiet)
     summary: dict[str, Any] = {"ok": True, "scenario": "groupkeys", "transport": transport}
     # bumble logs a warning for each frame of a connection that just ended (devices here come
     # and go on purpose); the story is told on stderr, so keep those out of it.
@@ -401,7 +383,7 @@ async def run_groupkeys_demo(*, transport: str, quiet: bool) -> dict[str, Any]:
     return summary
 
 
-async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> None:
+async def _scenario(lab: GroupLab, n: Narrator, summary: dict[str, Any]) -> None:
     members = [m for names in GROUPS.values() for m in names]
     radio = "BLE frames on bumble virtual controllers" if lab.spec != "loopback" else (
         "the in-memory loopback")
@@ -571,7 +553,7 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
 _DEMO_RETRY = RetryPolicy(first=0.3, cap=1.0, attempts=30)
 
 
-async def _confirm(ctl: Node, reach: G.Reach, n: _Narrator) -> dict[str, list[str]]:
+async def _confirm(ctl: Node, reach: G.Reach, n: Narrator) -> dict[str, list[str]]:
     """The controller retries until every member's signed receipt is back (those behind the
     relay come through it); returns the confirmed members by group."""
     confirmed: dict[str, list[str]] = {}

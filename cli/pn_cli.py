@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import click
@@ -446,12 +447,35 @@ async def _join(ks: Any, config: Any, spec: str, address: str | None, *, listen:
         if stay and channel is not None:
             await _stay(channel, record, count, as_json)
     finally:
-        if channel is not None:
-            await channel.close()
-        with contextlib.suppress(Exception):
-            await link.close()
-        with contextlib.suppress(Exception):
-            await t.close()
+        await _hang_up(channel, link, t)
+
+
+async def _hang_up(channel: Any, link: Any, t: Any) -> None:
+    """Close what a pn command opened: its channel to the gateway (if it got one), its link
+    and its transport (those two quietly: they may be gone already)."""
+    if channel is not None:
+        await channel.close()
+    with contextlib.suppress(Exception):
+        await link.close()
+    with contextlib.suppress(Exception):
+        await t.close()
+
+
+@contextlib.asynccontextmanager
+async def _resumed(ks: Any, record: Any, spec: str, address: str | None,
+                   timeout: float) -> AsyncIterator[Any]:
+    """A member's secure channel to the gateway of ``record``'s PN, resumed from its stored
+    link key; closed afterwards, with its link and transport."""
+    from pairkit.pn import pne_resume
+
+    t, link = await _connect(spec, address, timeout, ks=ks, gateway_name=record.gw_name)
+    channel = None
+    try:
+        channel = await pne_resume(link, record, bytes.fromhex(ks.device_id),
+                                   step_timeout=timeout)
+        yield channel
+    finally:
+        await _hang_up(channel, link, t)
 
 
 def _print_membership(record: Any, m: Any, as_json: bool) -> None:
@@ -483,13 +507,7 @@ def _member_record(ks: Any, pn: str | None, *, gateway: str | None = None) -> An
 
 async def _resume_and_stay(ks: Any, record: Any, spec: str, address: str | None, stay: bool,
                            count: int | None, timeout: float, as_json: bool) -> None:
-    from pairkit.pn import pne_resume
-
-    t, link = await _connect(spec, address, timeout, ks=ks, gateway_name=record.gw_name)
-    channel = None
-    try:
-        channel = await pne_resume(link, record, bytes.fromhex(ks.device_id),
-                                   step_timeout=timeout)
+    async with _resumed(ks, record, spec, address, timeout) as channel:
         if as_json:
             emit_json({"ok": True, "pn": record.pn_id, "resumed": True,
                        "gateway": {"id": record.gw_id, "name": record.gw_name}})
@@ -497,13 +515,6 @@ async def _resume_and_stay(ks: Any, record: Any, spec: str, address: str | None,
             say(f"back in PN {record.pn_id[:16]} of {record.gw_name}")
         if stay:
             await _stay(channel, record, count, as_json)
-    finally:
-        if channel is not None:
-            await channel.close()
-        with contextlib.suppress(Exception):
-            await link.close()
-        with contextlib.suppress(Exception):
-            await t.close()
 
 
 async def _stay(channel: Any, record: Any, count: int | None, as_json: bool) -> None:
@@ -634,26 +645,15 @@ def send(member: str, text: str, pn_id: str | None, transport: str | None, repea
 
 async def _send(ks: Any, record: Any, spec: str, address: str | None, dst: bytes, body: bytes,
                 repeat: int, timeout: float) -> list[Any]:
-    from pairkit.pn import pn_send, pne_resume
+    from pairkit.pn import pn_send
 
-    t, link = await _connect(spec, address, timeout, ks=ks, gateway_name=record.gw_name)
-    channel = None
-    try:
-        channel = await pne_resume(link, record, bytes.fromhex(ks.device_id),
-                                   step_timeout=timeout)
+    async with _resumed(ks, record, spec, address, timeout) as channel:
         me = bytes.fromhex(ks.device_id)
         reports = []
         for msg_id in itertools.islice(itertools.count(1), repeat):
             reports.append(await pn_send(channel, record, me, dst, body, msg_id=msg_id,
                                          timeout=timeout))
         return reports
-    finally:
-        if channel is not None:
-            await channel.close()
-        with contextlib.suppress(Exception):
-            await link.close()
-        with contextlib.suppress(Exception):
-            await t.close()
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""How the CLI shows things: a transfer's progress line, a guest's standing in words, and text
-from a peer made safe for a terminal."""
+"""How the CLI shows things: a transfer's progress line, a guest's standing in words, text
+from a peer made safe for a terminal, and the demos' numbered narration."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 import unicodedata
 from collections.abc import Callable
 from typing import Any
+
+import click
 
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.service import Membership
@@ -176,3 +178,25 @@ def peer_table(rows: list[dict[str, Any]], *, now: float | None = None) -> list[
         if r["warning"]:
             out.append(f"  warning: {safe(r['warning'])}")
     return out
+
+
+class Narrator:
+    """A demo's story on stderr, in numbered sections (nothing with ``quiet``), and the time
+    from its start to each named moment (:meth:`mark`, for ``--json``)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.step = 0
+        self.t0 = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            click.echo(text, err=True)
+
+    def section(self, title: str) -> None:
+        self.step += 1
+        self.say(f"\n{self.step}. {title}")
+
+    def mark(self, name: str) -> None:
+        self.timings[name] = round(time.perf_counter() - self.t0, 4)

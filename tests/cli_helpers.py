@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -52,6 +53,13 @@ def use_bytecode_cache(path: Path) -> None:
     """
     global _pycache
     _pycache = path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released: nobody races for it here)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def cli_env(home: Path | None, *, pin: str | None = KEYSTORE_PIN) -> dict[str, str]:

@@ -19,13 +19,6 @@ TTP_CMD = (sys.executable, "-m", "pairkit.cli.ttp_cli")
 NAMES_CA = {"ctl": "controller", "relay": "relay", "door": "door-1", "stranger": "stranger"}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class Running:
     """A long-running group command; its JSON lines and stderr as they come."""

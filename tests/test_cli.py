@@ -14,7 +14,6 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +31,7 @@ from .cli_helpers import (
     Device,
     HostProcess,
     Lab,
+    free_port,
     run_cli,
 )
 
@@ -44,12 +44,6 @@ def their_prekeys(device: Device, peer: str) -> list[bytes]:
     ks = Keystore.open(device.home / "keystore.pk", KEYSTORE_PIN)
     return list(ks.get_peer(peer).their_prekeys)
 
-
-def free_port() -> int:
-    """A port nothing listens on (bound then released: nobody else is racing for it here)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tcp_frame(message: bytes) -> bytes:

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import re
 import signal
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from .cli_helpers import (
     Lab,
     Result,
     cli_env,
+    free_port,
     run_cli,
 )
 
@@ -46,11 +46,6 @@ def assert_clean(what: str, text: str) -> None:
     for rx in FORBIDDEN:
         assert not rx.search(text), f"{what} printed {rx.pattern!r}:\n{text}"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

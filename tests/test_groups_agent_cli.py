@@ -15,8 +15,8 @@ from pairkit.cli.group_cli import group
 from pairkit.keystore import Argon2Params, Keystore
 from pairkit.transports.radio import start_radio
 
-from .cli_helpers import KEYSTORE_PIN, Device, init_devices, run_cli, use_bytecode_cache
-from .group_harness import GROUP_CMD, Running, free_port, pair, stop_all
+from .cli_helpers import KEYSTORE_PIN, free_port, make_devices, run_cli, use_bytecode_cache
+from .group_harness import GROUP_CMD, Running, pair, stop_all
 
 NAMES = {"ctl": "controller", "agent": "agent", "door": "door-1"}
 
@@ -32,9 +32,7 @@ async def test_the_door_hears_the_agent_broadcast_the_controllers_command(
     tmp_path: Path, running: list[Running],
 ) -> None:
     use_bytecode_cache(tmp_path / "pycache")
-    paths = {key: tmp_path / key for key in NAMES}
-    init_devices(paths, NAMES)
-    dev = {key: Device(paths[key], NAMES[key]) for key in NAMES}
+    dev = make_devices(tmp_path, NAMES)
     agent_port, door_port = free_port(), free_port()
     await pair(dev["agent"], dev["ctl"], agent_port, "482913")
     await pair(dev["door"], dev["ctl"], door_port, "507264")

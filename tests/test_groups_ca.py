@@ -20,12 +20,12 @@ from pairkit.keystore import Keystore
 
 from .cli_helpers import (
     KEYSTORE_PIN,
-    Device,
-    init_devices,
+    free_port,
+    make_devices,
     run_cli,
     use_bytecode_cache,
 )
-from .group_harness import GROUP_CMD, NAMES_CA, TTP_CMD, Running, free_port, pair, stop_all
+from .group_harness import GROUP_CMD, NAMES_CA, TTP_CMD, Running, pair, stop_all
 from .ttp_harness import ServeProcess
 
 NAMES = NAMES_CA
@@ -41,9 +41,7 @@ async def test_a_controller_trusted_through_the_ca_and_a_member_of_another_ca_re
     tmp_path: Path, running: list[Running],
 ) -> None:
     use_bytecode_cache(tmp_path / "pycache")
-    paths = {key: tmp_path / key for key in NAMES}
-    init_devices(paths, NAMES)
-    dev = {key: Device(paths[key], NAMES[key]) for key in NAMES}
+    dev = make_devices(tmp_path, NAMES)
     ours, theirs = init_server_dir(tmp_path / "ttp-a"), init_server_dir(tmp_path / "ttp-b")
     server_a, server_b = await ServeProcess.start(ours.root), await ServeProcess.start(
         theirs.root)

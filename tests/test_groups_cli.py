@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -33,7 +32,8 @@ from .cli_helpers import (
     HostProcess,
     assert_no_traceback,
     cli_env,
-    init_devices,
+    free_port,
+    make_devices,
     run_cli,
     use_bytecode_cache,
 )
@@ -42,12 +42,6 @@ GROUP_CMD = (sys.executable, "-m", "pairkit.cli.group_cli")
 NAMES = {"ctl": "controller", "relay": "relay", "door": "door-1"}
 PINS = ("482913", "507264", "639180")
 
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Background:
@@ -118,10 +112,7 @@ class Background:
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Device]:
     use_bytecode_cache(tmp_path_factory.mktemp("pycache"))
-    base = tmp_path_factory.mktemp("group-devices")
-    paths = {key: base / key for key in NAMES}
-    init_devices(paths, NAMES)
-    return {key: Device(paths[key], NAMES[key]) for key in NAMES}
+    return make_devices(tmp_path_factory.mktemp("group-devices"), NAMES)
 
 
 @pytest.fixture

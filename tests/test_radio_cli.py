@@ -19,7 +19,7 @@ import pytest
 from .cli_helpers import (
     Device,
     HostProcess,
-    init_devices,
+    make_devices,
     radio_process,
     use_bytecode_cache,
 )
@@ -38,9 +38,7 @@ async def radio() -> AsyncIterator[list[str]]:
 @pytest.fixture
 async def devices(tmp_path: Path) -> dict[str, Device]:
     use_bytecode_cache(tmp_path / "pycache")
-    homes = {key: tmp_path / key for key in NAMES}
-    await asyncio.to_thread(init_devices, homes, NAMES)  # pairkit init, for real
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
+    return await asyncio.to_thread(make_devices, tmp_path, NAMES)  # pairkit init, for real
 
 
 async def test_host_and_guest_processes_pair_list_and_fetch_over_the_radio(

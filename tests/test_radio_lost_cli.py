@@ -25,7 +25,7 @@ from .cli_helpers import (
     HostProcess,
     RadioProcess,
     assert_no_traceback,
-    init_devices,
+    make_devices,
     use_bytecode_cache,
 )
 from .pty_harness import PtyProcess
@@ -41,9 +41,7 @@ BACK_TIMEOUT = 60.0
 @pytest.fixture
 async def devices(tmp_path: Path) -> dict[str, Device]:
     use_bytecode_cache(tmp_path / "pycache")
-    homes = {key: tmp_path / key for key in NAMES}
-    await asyncio.to_thread(init_devices, homes, NAMES)
-    return {key: Device(homes[key], NAMES[key]) for key in NAMES}
+    return await asyncio.to_thread(make_devices, tmp_path, NAMES)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import contextlib
 import errno
 import os
 import re
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from .cli_helpers import (
     Device,
     HostProcess,
     cli_env,
+    free_port,
     init_devices,
     run_cli,
     use_bytecode_cache,
@@ -56,11 +56,6 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> Device:
     init_devices({"paul": home}, {"paul": "Paul's phone"})
     return Device(home, "Paul's phone")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 NO_USB = not os.path.isdir("/dev/bus/usb") or not any(Path("/dev/bus/usb").iterdir())

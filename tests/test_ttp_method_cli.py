@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -13,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from .cli_helpers import free_port
+
 PAIRKIT = [sys.executable, "-m", "pairkit.cli.main"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

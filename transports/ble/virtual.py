@@ -112,6 +112,13 @@ class ConnectionParamReq(ll.ControlPdu):
 _PHY_BITS = {hci.Phy.LE_1M: hci.PhyBit.LE_1M, hci.Phy.LE_2M: hci.PhyBit.LE_2M}
 
 
+def _answer(command: Any, status: int) -> hci.HCI_StatusAndConnectionHandleReturnParameters:
+    """The return parameters of a command on one connection: ``status`` and its handle."""
+    return hci.HCI_StatusAndConnectionHandleReturnParameters(
+        status=status, connection_handle=command.connection_handle
+    )
+
+
 class VirtualController(Controller):
     """bumble's virtual controller with a spec-conformant connection cancel and reset."""
 
@@ -174,9 +181,7 @@ class VirtualController(Controller):
             if self.find_le_connection_by_handle(command.connection_handle) is not None
             else hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR
         )
-        return hci.HCI_StatusAndConnectionHandleReturnParameters(
-            status=status, connection_handle=command.connection_handle
-        )
+        return _answer(command, status)
 
     # -- PHY update (Core 5.4 Vol 6 Part B §5.1.10) -------------------------------------
 
@@ -308,17 +313,22 @@ class VirtualController(Controller):
             )
         )
 
+    def _take_param_request(self, handle: int) -> Any:
+        """The connection on ``handle`` whose peer's parameter request waits for this host's
+        answer (no longer waiting once taken), or None."""
+        connection = self.find_le_connection_by_handle(handle)
+        if connection is None or getattr(connection, "pairkit_param_req", None) is None:
+            return None
+        connection.pairkit_param_req = None
+        return connection
+
     def on_hci_le_remote_connection_parameter_request_reply_command(
         self, command: hci.HCI_LE_Remote_Connection_Parameter_Request_Reply_Command
     ) -> hci.HCI_StatusAndConnectionHandleReturnParameters:
         """Vol 4 Part E §7.8.31: the central's host accepts; the central updates the link."""
-        connection = self.find_le_connection_by_handle(command.connection_handle)
-        if connection is None or getattr(connection, "pairkit_param_req", None) is None:
-            return hci.HCI_StatusAndConnectionHandleReturnParameters(
-                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
-                connection_handle=command.connection_handle,
-            )
-        connection.pairkit_param_req = None
+        connection = self._take_param_request(command.connection_handle)
+        if connection is None:
+            return _answer(command, hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR)
         self.send_hci_packet(
             hci.HCI_LE_Connection_Update_Complete_Event(
                 status=hci.HCI_ErrorCode.SUCCESS,
@@ -334,30 +344,22 @@ class VirtualController(Controller):
                 timeout=command.timeout,
             )
         )
-        return hci.HCI_StatusAndConnectionHandleReturnParameters(
-            status=hci.HCI_ErrorCode.SUCCESS, connection_handle=command.connection_handle
-        )
+        return _answer(command, hci.HCI_ErrorCode.SUCCESS)
 
     def on_hci_le_remote_connection_parameter_request_negative_reply_command(
         self, command: hci.HCI_LE_Remote_Connection_Parameter_Request_Negative_Reply_Command
     ) -> hci.HCI_StatusAndConnectionHandleReturnParameters:
         """Vol 4 Part E §7.8.32: the central's host refuses; the peripheral hears why."""
-        connection = self.find_le_connection_by_handle(command.connection_handle)
-        if connection is None or getattr(connection, "pairkit_param_req", None) is None:
-            return hci.HCI_StatusAndConnectionHandleReturnParameters(
-                status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
-                connection_handle=command.connection_handle,
-            )
-        connection.pairkit_param_req = None
+        connection = self._take_param_request(command.connection_handle)
+        if connection is None:
+            return _answer(command, hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR)
         connection.send_ll_control_pdu(
             ll.RejectExtInd(
                 reject_opcode=ll.ControlPdu.Opcode.LL_CONNECTION_PARAM_REQ,
                 error_code=command.reason,
             )
         )
-        return hci.HCI_StatusAndConnectionHandleReturnParameters(
-            status=hci.HCI_ErrorCode.SUCCESS, connection_handle=command.connection_handle
-        )
+        return _answer(command, hci.HCI_ErrorCode.SUCCESS)
 
     def on_ll_control_pdu(self, sender_address: hci.Address, packet: ll.ControlPdu) -> None:
         """The procedures above; everything else is bumble's."""

@@ -44,7 +44,7 @@ from bumble.device import Connection
 from bumble.gatt_client import CharacteristicProxy, ServiceProxy
 from bumble.pairing import PairingDelegate
 
-from ..ble.guard import describe_reason
+from ..ble.guard import abandon, consume, describe_reason
 from .adapter import BumbleAdapter, BumbleArgs, DeviceDetails, resolve_adapter, smp_config
 from .errors import to_bleak_error
 from .scanner import uuid_str
@@ -66,11 +66,6 @@ def _bumble_uuid_str(value: Any) -> str:
 
 def _properties(flags: int) -> list[CharacteristicPropertyName]:
     return [name for bit, name in CHARACTERISTIC_PROPERTIES.items() if flags & bit and bit < 0x100]
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 class BumbleClient(BaseBleakClient):
@@ -230,7 +225,7 @@ class BumbleClient(BaseBleakClient):
             # SMP Security Request (Core Vol 3 Part H §3.6.7): pair, as an OS stack would.
             if self._pairing is None or self._pairing.done():
                 self._pairing = loop.create_task(self._pair(connection))
-                self._pairing.add_done_callback(_consume)
+                self._pairing.add_done_callback(consume)
 
         connection.on(connection.EVENT_DISCONNECTION, on_disconnection)
         connection.on(connection.EVENT_SECURITY_REQUEST, on_security_request)
@@ -253,7 +248,7 @@ class BumbleClient(BaseBleakClient):
             self._disconnecting = asyncio.ensure_future(
                 asyncio.wait_for(connection.disconnect(), _DISCONNECT_TIMEOUT)
             )
-            self._disconnecting.add_done_callback(_consume)
+            self._disconnecting.add_done_callback(consume)
         try:
             await asyncio.shield(self._disconnecting)
         except Exception as exc:
@@ -499,14 +494,12 @@ class BumbleClient(BaseBleakClient):
         lost = self._lost
         task = asyncio.ensure_future(awaitable)
         if lost is None:
-            task.cancel()
-            task.add_done_callback(_consume)
+            abandon(task)
             raise BleakError("Not connected")
         try:
             await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            task.cancel()
-            task.add_done_callback(_consume)
+            abandon(task)
             raise
         if task.done():
             if task.cancelled():
@@ -519,6 +512,5 @@ class BumbleClient(BaseBleakClient):
                     raise exc
                 raise mapped from exc
             return task.result()
-        task.cancel()
-        task.add_done_callback(_consume)
+        abandon(task)
         raise BleakError(f"{what}: disconnected ({lost.result()})")
