@@ -79,8 +79,14 @@ async def test_one_member_cannot_take_every_place_of_a_host(lab: GroupLab) -> No
     george_tasks = [asyncio.create_task(_back(lab, george, paul, hold, joined))
                     for _ in range(2)]
     try:
-        await wait_for(lambda: joined.count("george") == 2, 10, quiet=True)
-        assert joined.count("george") == 2
+        # Both of George's returns are through (each holds its session, or the newer one
+        # already closed the older before it was told of its session: sessions are counted
+        # from the moment the device is proven, before its record is stored).
+        def both_through() -> bool:
+            return joined.count("george") + sum(t.done() for t in george_tasks) >= 2
+
+        await wait_for(both_through, 10, quiet=True)
+        assert both_through() and joined.count("george") >= 1
         await asyncio.wait_for(_back(lab, lamp, paul, None, joined), 10)
         assert "lamp" in joined
     finally:
