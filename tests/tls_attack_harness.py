@@ -76,6 +76,7 @@ async def tls_server(
                 protocol.transport.abort()
         server.close()
         await server.wait_closed()
+        await asyncio.sleep(0.05)  # aborted transports close in their connection_lost
 
 
 @dataclasses.dataclass
@@ -129,3 +130,4 @@ async def relay(host: str, port: int, cut: Cut) -> AsyncIterator[int]:
             writer.transport.abort()
         server.close()
         await server.wait_closed()
+        await asyncio.sleep(0.05)

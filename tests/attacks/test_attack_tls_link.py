@@ -19,8 +19,6 @@ from pairkit.transports.tls import tls_connect
 from tests.tls_attack_harness import Cut, relay, tls_server
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: a stream cut inside a TLS record is "
-                   "reported as the peer's clean close")
 async def test_a_stream_cut_inside_a_tls_record_is_an_error_not_the_peers_close(
     tmp_path: Path,
 ) -> None:
@@ -41,8 +39,6 @@ async def test_a_stream_cut_inside_a_tls_record_is_an_error_not_the_peers_close(
             client.protocol.transport.abort()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: the peer's close_notify is never "
-                   "recognised (SSLObject.read returns b'', not SSLZeroReturnError)")
 async def test_the_peers_close_notify_ends_the_link_without_waiting_for_its_fin(
     tmp_path: Path,
 ) -> None:
@@ -61,8 +57,6 @@ async def test_the_peers_close_notify_ends_the_link_without_waiting_for_its_fin(
         client.protocol.transport.abort()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 3: send never waits until the loop "
-                   "yields, so flow control does not bound a sender to a peer that never reads")
 async def test_a_peer_that_never_reads_holds_back_a_sender_that_never_yields(
     tmp_path: Path,
 ) -> None:
