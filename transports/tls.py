@@ -24,9 +24,11 @@ send deadline ends it.
 Closing: :meth:`TlsLink.close` sends TLS's close_notify and our FIN after everything we sent,
 then waits (at most ``close_timeout`` seconds) for the peer's FIN, so that data the peer sent
 and we did not read does not turn our close into a reset that destroys what it is still owed.
-A peer's FIN without close_notify ends the link like a clean close at a message boundary (every
-message is whole or refused: a truncation cannot shorten one), and as a
-:class:`~pairing.errors.TransportError` in the middle of one.
+The peer's close_notify ends the link at once (after the messages before it).  A peer's FIN
+without close_notify ends the link like a clean close at a message boundary (every message is
+whole or refused: a truncation cannot shorten one), and as a
+:class:`~pairing.errors.TransportError` in the middle of a message or of a TLS record (RFC 8446
+§5.1: a stream cut there carried a message that never arrived).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ __all__ = ["TlsLink", "TlsProtocol", "tls_connect"]
 
 #: the most TLS plaintext read at once (one record is at most 16 KiB)
 _READ_SIZE = 1 << 16
+#: TLS records waiting for the end of the event loop's turn are written at once past this
+#: many bytes (a sender that never yields still meets flow control)
+_FLUSH_AT = 1 << 14
 
 
 class TlsProtocol(asyncio.Protocol):
@@ -70,6 +75,10 @@ class TlsProtocol(asyncio.Protocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._plain = bytearray()  # decrypted bytes not yet a whole frame
+        # Where the peer's bytes are in TLS's record layer (RFC 8446 §5.1: a 5-byte header,
+        # the last two its length): a FIN inside a record cut a message on its way.
+        self._record_head = b""
+        self._record_left = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._ended = False  # no more messages will come (end of stream, garbage, error)
         #: the peer sent its FIN (or the connection is gone)
@@ -92,6 +101,7 @@ class TlsProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._ended:
             return
+        self._track_records(data)
         self._incoming.write(data)
         if self._tls is None:
             return  # TLS not started yet: kept for it
@@ -100,6 +110,21 @@ class TlsProtocol(asyncio.Protocol):
                 return
         self._read_records()
 
+    def _track_records(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self._record_left:
+                step = min(self._record_left, n - i)
+                self._record_left -= step
+                i += step
+                continue
+            need = 5 - len(self._record_head)
+            self._record_head += data[i:i + need]
+            i += need
+            if len(self._record_head) == 5:
+                self._record_left = int.from_bytes(self._record_head[3:5], "big")
+                self._record_head = b""
+
     def eof_received(self) -> bool:
         if not self.peer_eof.done():
             self.peer_eof.set_result(None)
@@ -107,7 +132,9 @@ class TlsProtocol(asyncio.Protocol):
             self._fail_handshake(
                 ConnectionResetError("the peer closed the connection during the TLS handshake")
             )
-        elif self._plain:
+        elif self._plain or self._record_head or self._record_left:
+            # Bytes of a TLS record not yet whole count too: a stream cut inside a record
+            # (the peer's message on its way) is not the peer's close.
             self._end(TransportError("the connection ended in the middle of a message"))
         else:
             self._end(LinkClosedError("the peer closed the link"))
@@ -207,7 +234,11 @@ class TlsProtocol(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.abort()
                 return
-            if not chunk:
+            if not chunk:  # SSLObject.read says the peer's close_notify so (ssl module docs)
+                if self._plain:
+                    self._end(TransportError("the connection ended in the middle of a message"))
+                else:
+                    self._end(LinkClosedError("the peer closed the link"))
                 break
             self._plain += chunk
             self._take_frames()
@@ -277,7 +308,10 @@ class TlsProtocol(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         assert self._tls is not None
         self._tls.write(data)
-        self._flush_soon()
+        if self._outgoing.pending >= _FLUSH_AT:
+            self._flush()  # now: the transport calls pause_writing before send's drain
+        else:
+            self._flush_soon()
 
     async def drain(self) -> None:
         await self._can_write.wait()
