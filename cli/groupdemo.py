@@ -186,7 +186,9 @@ class GroupLab:
 
     async def commission(self, host: Node, guest: Node) -> Session:
         """``guest`` pairs with ``host`` by PIN and joins its cloud as a member (as ``pairkit
-        host`` and ``pairkit join`` do with the owner answering "member")."""
+        host`` and ``pairkit join`` do with the owner answering "member").  Only the host's
+        owner grants: a member takes group keys from a controller it let in this way (the
+        member hosts, the controller joins), or one its owner pins (docs/security.md, rule 2)."""
         started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         opts = HostOptions(
             transport=self.spec, methods=frozenset({Method.PIN}), pin=PAIRING_PIN, once=True,
@@ -422,12 +424,15 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
     n.mark("identities")
 
     # -- 2 -------------------------------------------------------------------------------------
-    n.section("Commissioning: every device joins the controller's cloud by PIN; the relay "
-              "pairs with the doors, which the controller cannot reach")
+    n.section("Commissioning by PIN: each member's owner lets the controller in as a member "
+              "(so it may control the member's groups); the relay joins the controller, and "
+              "the doors, which the controller cannot reach, let the relay in")
     t0 = time.perf_counter()
     pairings = 0
-    for name in ("relay", *members):
-        await lab.commission(ctl, lab.nodes[name])
+    await lab.commission(ctl, relay)
+    pairings += 1
+    for name in members:
+        await lab.commission(lab.nodes[name], ctl)
         pairings += 1
     for name in FAR:
         await lab.commission(lab.nodes[name], relay)
