@@ -186,9 +186,7 @@ class GroupLab:
 
     async def commission(self, host: Node, guest: Node) -> Session:
         """``guest`` pairs with ``host`` by PIN and joins its cloud as a member (as ``pairkit
-        host`` and ``pairkit join`` do with the owner answering "member").  Only the host's
-        owner grants: a member takes group keys from a controller it let in this way (the
-        member hosts, the controller joins), or one its owner pins (docs/security.md, rule 2)."""
+        host`` and ``pairkit join`` do with the owner answering "member")."""
         started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         opts = HostOptions(
             transport=self.spec, methods=frozenset({Method.PIN}), pin=PAIRING_PIN, once=True,
@@ -424,15 +422,12 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
     n.mark("identities")
 
     # -- 2 -------------------------------------------------------------------------------------
-    n.section("Commissioning by PIN: each member's owner lets the controller in as a member "
-              "(so it may control the member's groups); the relay joins the controller, and "
-              "the doors, which the controller cannot reach, let the relay in")
+    n.section("Commissioning: every device joins the controller's cloud by PIN; the relay "
+              "pairs with the doors, which the controller cannot reach")
     t0 = time.perf_counter()
     pairings = 0
-    await lab.commission(ctl, relay)
-    pairings += 1
-    for name in members:
-        await lab.commission(lab.nodes[name], ctl)
+    for name in ("relay", *members):
+        await lab.commission(ctl, lab.nodes[name])
         pairings += 1
     for name in FAR:
         await lab.commission(lab.nodes[name], relay)
@@ -456,6 +451,12 @@ async def _scenario(lab: GroupLab, n: _Narrator, summary: dict[str, Any]) -> Non
             n.say(f"   {node.name}: opened the envelope inside its keystore: "
                   f"{event['group']} epoch {event['epoch']} (from {event['from']})")
 
+    # Each member's owner names the controller of its groups (as 'pairkit group listen
+    # NAME --controller controller' does): joining the controller's cloud gives the controller
+    # no say over the member (docs/security.md, rule 2).
+    for group, names in GROUPS.items():
+        for name in names:
+            G.pin_controller(lab.nodes[name].ks, group, ctl.id)
     for name in members:
         await lab.start_member(lab.nodes[name], say=say)
     await lab.start_relay(relay, say=say)

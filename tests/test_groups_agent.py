@@ -51,10 +51,12 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         agent = await lab.add("agent", downlink=True, downlink_extended=True)
         doors = [await lab.add(f"door-{i}") for i in (1, 2)]
         other = await lab.add("intruder")
-        for node in (agent, *doors):  # each owner lets the controller in as a member
-            await lab.commission(node, ctl)
+        for node in (agent, *doors):
+            await lab.commission(ctl, node)
         for node in (*doors, other):
             await lab.commission(node, agent)
+        for node in (agent, *doors):  # each owner names the controller of "doors"
+            G.pin_controller(node.ks, "doors", ctl.id)
         for node in (*doors, other):
             await lab.start_member(node)
         await lab.start_agent(agent, retry=0.1)
