@@ -477,6 +477,23 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
              f"{event['epoch']} to its controller")
 
 
+def _pin_controller(names: tuple[str, ...], controller: str | None) -> Any:
+    """Check NAMEs, unlock, and pin --controller for them (docs/security.md, "Group keys")."""
+    from pairkit.groups import pin_controller
+    from pairkit.pairing.groups import check_group_name
+
+    for n in names:
+        check_group_name(n)
+    if controller is not None and not names:
+        raise ConfigError("--controller needs the group NAMEs it applies to")
+    ks = unlock()
+    if controller is not None:
+        controller_id = ks.get_peer(controller).id
+        for n in names:
+            pin_controller(ks, n, controller_id)
+    return ks
+
+
 @group.command()
 @keystore_pin_option
 @trace_option
@@ -485,7 +502,8 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
               help="Where to accept keys and hear broadcasts (repeat): tcp:HOST:PORT accepts "
                    "keys; a radio (bumble:...) does both.")
 @click.option("--controller", default=None, metavar="PEER",
-              help="Take these groups' keys only from this known peer (before the first one).")
+              help="Take these groups' keys only from this known peer (before the first one), "
+                   "whatever this device's owner granted it.")
 @click.option("--count", default=None, type=click.IntRange(min=1),
               help="Stop after this many commands.")
 @click.option("--timeout", "seconds", default=None, type=Seconds(0.1, 30 * 86400),
@@ -499,19 +517,19 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
     over pairkit secure links from the controller or a relay (known peers only); broadcasts are
     heard on every radio given.  Commands go to stdout, one per line (--json: one object per
     event: key, command, rejected).
-    """
-    from pairkit.groups import GroupService, Listener, pin_controller
-    from pairkit.pairing.groups import check_group_name
 
-    for n in names:
-        check_group_name(n)
-    if controller is not None and not names:
-        raise ConfigError("--controller needs the group NAMEs it applies to")
-    ks = unlock()
-    if controller is not None:
-        controller_id = ks.get_peer(controller).id
-        for n in names:
-            pin_controller(ks, n, controller_id)
+    \b
+    Whose keys are taken for a group this device does not hold yet:
+      - with --controller PEER, only PEER's, for the NAMEs given;
+      - without it, those of a peer this device's owner let in as a member ('pairkit host',
+        answered "member"), or, in a group made with --trust ca, of a controller certified by
+        this device's CA.  A guest (its grant running or ended) is refused: name it with
+        --controller to make it the controller.
+    Once a group is held, only its controller gives it new keys.  A relay only carries them.
+    """
+    from pairkit.groups import GroupService, Listener
+
+    ks = _pin_controller(names, controller)
 
     async def go() -> int:
         stop = asyncio.Event()
@@ -616,6 +634,10 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
 @trace_option
 @click.option("--transport", "-t", "transports", multiple=True, required=True,
               help="Where to accept the controller (repeat): tcp:HOST:PORT or a radio.")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--controller", default=None, metavar="PEER",
+              help="Take these groups' keys (and commands) only from this known peer (before "
+                   "the first key), whatever this device's owner granted it.")
 @click.option("--radio", required=True, metavar="RADIO",
               help="The radio to broadcast commands on (bumble:...; extended advertising is "
                    "turned on); it may also be --reach.")
@@ -628,8 +650,9 @@ def relay(transports: tuple[str, ...], retry: float, seconds: float | None,
 @click.option("--connect-timeout", type=Seconds(0.1, 600), default=10.0, show_default=True,
               help="Seconds to wait for a member to answer a connection.")
 @_json_option
-def agent(transports: tuple[str, ...], radio: str, reach_spec: str | None, retry: float,
-          seconds: float | None, connect_timeout: float, as_json: bool) -> None:
+def agent(names: tuple[str, ...], controller: str | None, transports: tuple[str, ...],
+          radio: str, reach_spec: str | None, retry: float, seconds: float | None,
+          connect_timeout: float, as_json: bool) -> None:
     """Be a group agent: a relay that also holds its groups' keys and broadcasts for them.
 
     \b
@@ -641,11 +664,13 @@ def agent(transports: tuple[str, ...], radio: str, reach_spec: str | None, retry
         ('pairkit group send NAME MESSAGE --agent AGENT'): each signed by the group's
         controller for this agent, numbered (a replay is refused), at the epoch it holds.
     Members out of the controller's reach then hear the agent.  It refuses commands from
-    anyone else, for groups it holds no key of, or under an old epoch.
+    anyone else, for groups it holds no key of, or under an old epoch.  It takes a group's keys
+    as 'pairkit group listen' does: from the --controller PEER named for NAME, or from a peer
+    this device's owner let in as a member (never a guest), or a controller its CA certified.
     """
     from pairkit.groups import Agent, GroupService, Reach, Relay
 
-    ks = unlock()
+    ks = _pin_controller(names, controller)
 
     async def go() -> None:
         from pairkit.transports.registry import open_transport

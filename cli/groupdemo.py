@@ -433,6 +433,12 @@ async def _scenario(lab: GroupLab, n: Narrator, summary: dict[str, Any]) -> None
             n.say(f"   {node.name}: opened the envelope inside its keystore: "
                   f"{event['group']} epoch {event['epoch']} (from {event['from']})")
 
+    # Each member's owner names the controller of its groups (as 'pairkit group listen
+    # NAME --controller controller' does): joining the controller's cloud gives the controller
+    # no say over the member (docs/security.md, rule 2).
+    for group, names in GROUPS.items():
+        for name in names:
+            G.pin_controller(lab.nodes[name].ks, group, ctl.id)
     for name in members:
         await lab.start_member(lab.nodes[name], say=say)
     await lab.start_relay(relay, say=say)

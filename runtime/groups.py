@@ -1026,13 +1026,47 @@ def take_envelope(
     is kept inside ``ks`` and the group recorded (call inside ``ks.update()``)."""
     if env.group in controller_groups(ks):
         raise ConfigError(f"this device controls a group called {env.group!r} itself")
-    pins = _per_group(ks, SETTING_PINS)
+    pinned = _per_group(ks, SETTING_PINS).get(env.group)
+    believe = _controller_key(ks, env, clock)
+
+    def controller_key(device_id: bytes) -> bytes | None:
+        _may_give_keys(ks, env, pinned)
+        return believe(device_id)
+
     held = open_group_envelope(
-        ks, env, controller_key=_controller_key(ks, env, clock),
-        held=held_groups(ks).get(env.group), pinned=pins.get(env.group),
+        ks, env, controller_key=controller_key,
+        held=held_groups(ks).get(env.group), pinned=pinned,
     )
     _put_held(ks, held)
     return held
+
+
+def _may_give_keys(ks: Keystore, env: GroupEnvelope, pinned: str | None) -> None:
+    """Whether this device's owner lets the controller ``env`` names (and signs: its signature
+    is checked next) give it group keys (docs/security.md rule 2, and "Group keys: a relay
+    carries, it never vouches"; attack review, finding 6).  Only from
+
+    * the controller the owner pinned for that group (``group listen NAME --controller``);
+    * a peer the owner granted *member* standing (the ``granted`` side: a guest grant, ended
+      or not, is not enough; what the peer granted this device is never read);
+    * in a group trusted through the CA (§16), a controller whose certificate this device's
+      CA issued (checked with the signature).
+
+    Whoever carried the envelope (a relay) is never the one trusted: this reads the controller
+    the envelope names.  Raises :class:`AuthenticationError` otherwise."""
+    controller = env.controller.hex()
+    if pinned is not None and pinned == controller:
+        return
+    if env.cert is not None and trusted_ca(ks) is not None:
+        return
+    record = ks.peer_by_id(controller)
+    if record is not None and record.extra.get("granted") == "member":
+        return
+    raise AuthenticationError(
+        f"refused an envelope for group {env.group!r}: this device's owner did not let "
+        f"{peer_name(ks, env.controller)} control its groups (grant it member, or name it "
+        f"with 'pairkit group listen {env.group} --controller PEER')"
+    )
 
 
 class Relay:

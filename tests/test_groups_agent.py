@@ -55,6 +55,8 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
             await lab.commission(ctl, node)
         for node in (*doors, other):
             await lab.commission(node, agent)
+        for node in (agent, *doors):  # each owner names the controller of "doors"
+            G.pin_controller(node.ks, "doors", ctl.id)
         for node in (*doors, other):
             await lab.start_member(node)
         await lab.start_agent(agent, retry=0.1)

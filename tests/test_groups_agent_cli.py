@@ -41,11 +41,14 @@ async def test_the_door_hears_the_agent_broadcast_the_controllers_command(
     radio = await start_radio([0, 0])
     try:
         agent_radio, door_radio = (f"bumble:tcp-client:127.0.0.1:{p}" for p in radio.ports)
-        door = await Running.start(dev["door"], "listen", "doors", "-t",
-                                   f"tcp:127.0.0.1:{door_port}", "-t", door_radio, "--json",
+        # The controller joined the door and the agent as a guest (--yes): each owner names it
+        # the controller of "doors" (a guest gives no group keys otherwise).
+        door = await Running.start(dev["door"], "listen", "doors", "--controller", "controller",
+                                   "-t", f"tcp:127.0.0.1:{door_port}", "-t", door_radio, "--json",
                                    "--timeout", "90")
         running.append(door)
-        agent = await Running.start(dev["agent"], "agent", "-t", f"tcp:127.0.0.1:{agent_port}",
+        agent = await Running.start(dev["agent"], "agent", "doors", "--controller", "controller",
+                                    "-t", f"tcp:127.0.0.1:{agent_port}",
                                     "--radio", agent_radio, "--retry", "0.3", "--json")
         running.append(agent)
         await door.wait("start", lambda: any("listening on" in x for x in door.err))
@@ -93,6 +96,8 @@ def test_agent_and_send_refuse_bad_input(tmp_path: Path) -> None:
         (("agent", "-t", "tcp:127.0.0.1:0", "--radio", "tcp:127.0.0.1:1"), 2,
          "must be a BLE radio"),
         (("agent", "-t", "tcp:127.0.0.1:0"), 2, "Missing option '--radio'"),
+        (("agent", "--controller", "x", "-t", "tcp:127.0.0.1:0", "--radio", "bumble:x"), 2,
+         "--controller needs the group NAMEs"),
         (("send", "doors", "x", "--agent", "nobody"), 6, "not a member of doors"),
         (("send", "doors", "x" * 200, "--agent", "nobody"), 2, "at most 167 bytes"),
         (("send", "doors", "x", "--agent", "a", "--duration", "61"), 2, "--duration"),
@@ -102,7 +107,12 @@ def test_agent_and_send_refuse_bad_input(tmp_path: Path) -> None:
         assert result.exit_code == code and words in result.output, (args, result.output)
         assert "Traceback" not in result.output
     help_text = CliRunner().invoke(group, ["agent", "--help"]).output
-    for words in ("group agent", "--radio", "signed by the group's", "replay"):
+    for words in ("group agent", "--radio", "signed by the group's", "replay", "--controller",
+                  "never a guest"):
         assert words in help_text
+    listen_help = " ".join(CliRunner().invoke(group, ["listen", "--help"]).output.split())
+    for words in ("with --controller PEER, only PEER's", "let in as a member",
+                  "A guest (its grant running or ended) is refused", "--trust ca"):
+        assert words in listen_help
 
 

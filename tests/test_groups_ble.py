@@ -41,6 +41,7 @@ async def test_a_group_broadcast_travels_in_an_extended_advertisement(lab: Group
     ctl = await lab.add("controller", extended=True)
     member = await lab.add("member")
     await lab.commission(ctl, member)
+    G.pin_controller(member.ks, "doors", ctl.id)  # the member's owner names its controller
     await lab.start_member(member)
     G.create_group(ctl.ks, "doors")
     _, outcomes = await G.add_member(ctl.ks, "doors", "member", reach=lab.reach(ctl))
@@ -129,6 +130,7 @@ async def test_over_ble_a_receipt_comes_back_through_the_relay_and_a_liar_confir
     await lab.commission(ctl, relay)
     await lab.commission(ctl, door)
     await lab.commission(door, relay)
+    G.pin_controller(door.ks, "doors", ctl.id)  # the door's owner names its controller
     await lab.start_member(door)
     await lab.start_relay(relay, retry=0.1, relay_type=LyingRelay, service_type=LyingService)
     G.create_group(ctl.ks, "doors")

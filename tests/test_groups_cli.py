@@ -149,7 +149,8 @@ async def test_key_through_a_relay_and_a_broadcast_across_processes(
     try:
         ctl_radio, door_radio = (f"bumble:tcp-client:127.0.0.1:{p}" for p in radio.ports)
         listener = await Background.start(
-            door, "listen", "doors", "-t", f"tcp:127.0.0.1:{door_port}", "-t", door_radio,
+            door, "listen", "doors", "--controller", "controller",  # the door's owner's choice
+            "-t", f"tcp:127.0.0.1:{door_port}", "-t", door_radio,
             "--json", "--count", "1", "--timeout", "60")
         running.append(listener)
         relayer = await Background.start(relay, "relay", "-t", f"tcp:127.0.0.1:{relay_port}",

@@ -60,7 +60,7 @@ async def net(tmp_path: Path) -> AsyncIterator[Net]:
             await lab.add(n) for n in ("near", "far-1", "far-2", "outsider")
         ]
         for node in (relay, near, far1, far2, outsider):
-            await lab.commission(ctl, node)
+            await lab.commission(node, ctl)  # each owner lets the controller in
         for node in (far1, far2):
             await lab.commission(node, relay)
         for node in (near, far1, far2, outsider):

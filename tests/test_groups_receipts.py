@@ -59,7 +59,7 @@ async def net(tmp_path: Path) -> AsyncIterator[Net]:
         relay = await lab.add("relay", downlink=True)
         far1, far2 = [await lab.add(n) for n in ("far-1", "far-2")]
         for node in (relay, far1, far2):
-            await lab.commission(ctl, node)
+            await lab.commission(node, ctl)  # each owner lets the controller in
         for node in (far1, far2):
             await lab.commission(node, relay)
             await lab.start_member(node)

@@ -52,7 +52,7 @@ async def net(tmp_path: Path) -> AsyncIterator[Net]:
         far = await lab.add("far")
         mallory = await lab.add("mallory")
         for node in (relay, far):
-            await lab.commission(ctl, node)
+            await lab.commission(node, ctl)  # each owner lets the controller in
         await lab.commission(far, relay)
         await lab.commission(relay, mallory)  # Mallory is one of the relay's peers
         await lab.commission(far, mallory)  # and one of the far member's
