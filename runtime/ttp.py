@@ -93,8 +93,41 @@ def _context(path: str, dev: int, ino: int, mtime_ns: int, size: int) -> ssl.SSL
     except FileNotFoundError:
         raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{path} is not a usable CA certificate (PEM): {exc}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror and not isinstance(
+            exc, ssl.SSLError) else "no PEM certificate in it"
+        raise ConfigError(f"{path} is not a usable CA certificate ({why})") from None
     return ctx
+
+
+#: OpenSSL's certificate verification results (X509_V_ERR_*) a person can act on, in words
+_VERIFY_WORDS: dict[int, str] = {
+    9: "its certificate is not valid yet (is this device's clock right?)",
+    10: "its certificate has expired (or this device's clock is wrong)",
+    18: "its certificate is self-signed, not signed by the CA in {ca}",
+    19: "its certificate chain ends in a CA other than the one in {ca}",
+    20: "its certificate is not signed by the CA in {ca}",
+    21: "its certificate is not signed by the CA in {ca}",
+    62: "its certificate does not name {host}",
+    64: "its certificate does not name {host}",
+}
+
+
+def _why_untrusted(exc: ssl.SSLCertVerificationError, host: str, ca_file: str | Path) -> str:
+    """Why the server's certificate was refused, in pairkit's words (never OpenSSL's)."""
+    words = _VERIFY_WORDS.get(exc.verify_code or 0, "its certificate is not signed by the CA "
+                              "in {ca}")
+    return words.format(host=host, ca=ca_file)
+
+
+def _tls_failure(exc: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in pairkit's words (OpenSSL's reason codes, such as
+    TLSV1_ALERT_PROTOCOL_VERSION, say nothing to a person)."""
+    reason = (exc.reason or "").upper()
+    if "VERSION" in reason or "PROTOCOL" in reason:
+        return "it does not speak TLS 1.3"
+    if "ALERT" in reason:
+        return "the server ended the handshake"
+    return "the handshake failed"
 
 
 @dataclasses.dataclass
@@ -134,21 +167,16 @@ async def connect(
     try:
         link = await tls_connect(host, port, ctx, timeout=timeout, mtu=MAX_MESSAGE)
     except ssl.SSLCertVerificationError as exc:
-        detail = exc.verify_message or str(exc)
-        if "hostname" in detail.lower() or "ip address mismatch" in detail.lower():
-            why = f"its certificate does not name {host} ({detail})"
-        else:
-            why = f"its certificate is not signed by the CA in {ca_file} ({detail})"
         raise TtpTrustError(
-            f"refusing the key server at {where}: {why}; it may be another server, or someone "
-            "in the middle"
+            f"refusing the key server at {where}: {_why_untrusted(exc, host, ca_file)}; it may "
+            "be another server, or someone in the middle"
         ) from None
     except TimeoutError:
         raise PairingTimeout(f"the key server at {where} did not answer within {timeout:g} s")\
             from None
     except ssl.SSLError as exc:
         raise _TurnedAway(
-            f"TLS with the key server at {where} failed ({exc.reason or exc}); it may be busy "
+            f"TLS with the key server at {where} failed ({_tls_failure(exc)}); it may be busy "
             "or limiting this address, or not a pairkit key server"
         ) from None
     except (OSError, UnicodeError) as exc:

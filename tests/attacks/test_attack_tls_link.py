@@ -142,3 +142,29 @@ async def test_recv_cancelled_and_retried_loses_no_message(tmp_path: Path) -> No
         with pytest.raises(PairingError):
             await asyncio.wait_for(server.recv(), 5)
         await server.close()
+
+
+async def test_a_device_tells_a_person_why_tls_failed_in_pairkit_words(tmp_path: Path) -> None:
+    """A server that speaks only TLS 1.2 (an old or foreign server, or a downgrade in the
+    middle): the device's error says what happened in pairkit's words, never OpenSSL's reason
+    codes (TLSV1_ALERT_PROTOCOL_VERSION, WRONG_VERSION_NUMBER ...)."""
+    from pairkit import ttp
+
+    async with tls_server(tmp_path / "pinned") as srv:
+        ctx = server_context(srv.dir)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        server = await asyncio.start_server(
+            lambda r, w: None, "127.0.0.1", 0, ssl=ctx, ssl_handshake_timeout=5)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(PairingError) as info:
+                await ttp.connect(f"127.0.0.1:{port}", srv.dir.ca_cert, timeout=5)
+        finally:
+            server.close()
+            await server.wait_closed()
+            await asyncio.sleep(0.05)
+    text = str(info.value)
+    assert "key server at 127.0.0.1" in text
+    for word in ("ALERT", "VERSION_NUMBER", "SSL", "_"):
+        assert word not in text, (word, text)
