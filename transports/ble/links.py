@@ -406,17 +406,20 @@ class BleLink(BufferedLink):
                 timeout=self._options.close_timeout,
             )
 
-    async def _wait_host_queue(self, limit: int) -> None:
-        """Wait until at most ``limit`` ACL packets wait in the host for the controller."""
+    async def _wait_host_queue(self, limit: int, resume: int | None = None) -> None:
+        """Once more than ``limit`` ACL packets wait in the host for the controller, wait until
+        at most ``resume`` (default ``limit``) do: with ``resume`` below ``limit`` the sender
+        wakes once per burst, not once per packet the controller completes."""
         queue = self._connection.data_packet_queue
-        if queue is None:
+        if queue is None or queue.pending <= limit:
             return
-        while queue.pending > limit:
+        low = limit if resume is None else resume
+        while queue.pending > low:
             self._check_open()
             flow: asyncio.Future[None] = self._loop.create_future()
 
             def on_flow(flow: asyncio.Future[None] = flow) -> None:
-                if not flow.done():
+                if not flow.done() and queue.pending <= low:
                     flow.set_result(None)
 
             queue.on("flow", on_flow)
@@ -430,7 +433,9 @@ class BleLink(BufferedLink):
     async def _backpressure(self) -> None:
         queue = self._connection.data_packet_queue
         if queue is not None:
-            await self._wait_host_queue(2 * queue.max_in_flight)
+            # past two controller windows queued, wait until one is left (a full window still
+            # in flight: the link never runs dry while the sender sleeps)
+            await self._wait_host_queue(2 * queue.max_in_flight, queue.max_in_flight)
 
 
 class GattLink(BleLink):
