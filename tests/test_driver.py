@@ -345,10 +345,9 @@ class Ponder:
         return False
 
 
-async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_once() -> None:
-    """Issue 16: Ctrl-C on the guest (its run cancelled) sends an Abort 'cancelled'; the host,
-    whose person is being asked the code, stops asking and reads 'the other side cancelled'
-    long before its answer time."""
+async def _both_asked() -> tuple[Any, Ponder, Ponder, asyncio.Future[None], asyncio.Future[None]]:
+    """A compare run over loopback until both people are asked the code (and never answer):
+    the guest's link end, both people, and both runs."""
     a, b = loopback_pair(mtu=512)
     guest, host = machines(Method.COMPARE)
     guest.start(asyncio.get_running_loop().time())
@@ -358,6 +357,14 @@ async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_on
         drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
     )
     await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
+    return a, gp, hp, guest_run, host_run
+
+
+async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_once() -> None:
+    """Issue 16: Ctrl-C on the guest (its run cancelled) sends an Abort 'cancelled'; the host,
+    whose person is being asked the code, stops asking and reads 'the other side cancelled'
+    long before its answer time."""
+    _a, gp, hp, guest_run, host_run = await _both_asked()
     guest_run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await guest_run
@@ -369,15 +376,7 @@ async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_on
 
 
 async def test_a_peer_that_leaves_while_a_person_is_asked_withdraws_the_question() -> None:
-    a, b = loopback_pair(mtu=512)
-    guest, host = machines(Method.COMPARE)
-    guest.start(asyncio.get_running_loop().time())
-    gp, hp = Ponder(), Ponder()
-    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(a, guest=True), delegate=gp))
-    host_run = asyncio.ensure_future(
-        drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
-    )
-    await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
+    a, gp, hp, guest_run, host_run = await _both_asked()
     await a.close()  # the guest's side goes away without a word
     with pytest.raises(LinkClosedError):
         await asyncio.wait_for(host_run, 10)
@@ -392,15 +391,7 @@ async def test_a_peer_that_floods_while_a_person_is_asked_is_stopped_not_buffere
     usually arrives then), and what it sends is held until the answer.  An attacker who keeps
     sending gets a bounded hold: past ``HELD_LIMIT`` messages the run stops with a protocol
     error, tells the peer, and withdraws the question; it does not keep buffering."""
-    a, b = loopback_pair(mtu=512)
-    guest, host = machines(Method.COMPARE)
-    guest.start(asyncio.get_running_loop().time())
-    gp, hp = Ponder(), Ponder()
-    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(a, guest=True), delegate=gp))
-    host_run = asyncio.ensure_future(
-        drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
-    )
-    await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
+    a, gp, hp, guest_run, host_run = await _both_asked()
     # Both people are asked; the attacker, on the guest's end, sends message after message
     # (whole, well-framed messages: held unread, never decoded while the host's person thinks).
     attacker = MessagePipe(a, guest=True)
