@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import pytest
+
 from pairkit.pairing.cpns import PnAttach
 from tests.flood_harness import attacker_addresses, frame, link_from
 from tests.pn_harness import free_port, pn_lab
@@ -85,4 +87,38 @@ async def test_a_stranger_claiming_a_members_id_in_a_later_setup_does_not_remove
             [lab.ids["watch"], lab.ids["scale"]])
         back = await lab.run("watch", "pn", "join", gw_addr, "--json", "--timeout", "8")
         assert back.ok().json()["resumed"] is True
+        await gw.stop()
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="a gateway-initiated setup spent by strangers never ran again")
+async def test_strangers_in_reach_first_do_not_spend_the_gateways_own_setup(
+    tmp_path: Path,
+) -> None:
+    """The gateway sets up "all" on its own once one element is in reach (``--setup all
+    --wait-for 1``).  A stranger comes in reach first, with a made-up id, and stays silent:
+    the setup starts with it and ends without a member.  The watch, coming in reach after,
+    must still be set up: a setup that got fewer members than it waited for runs again, not
+    never."""
+    async with pn_lab(tmp_path, {k: NAMES[k] for k in ("gw", "watch")}) as lab:
+        port = free_port()
+        gw_addr = f"tcp:127.0.0.1:{port}"
+        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--setup", "all",
+                             "--wait-for", "1", "--collect", "1", "--timeout", "3")
+        await gw.narration("is the PN gateway on")
+        (source,) = attacker_addresses(1)
+        stranger = await link_from(source, "127.0.0.1", port)
+        try:
+            await stranger.send(frame(PnAttach(bytes(range(16)), "Lamp", 1).encode())[4:])
+            await gw.narration("setting up the PN")
+            await gw.wait_for(lambda: any("the PN setup failed" in e or "left the setup" in e
+                                          for e in gw.err), "the stranger's setup to end")
+        finally:
+            with contextlib.suppress(Exception):
+                await stranger.close()
+        joined = await lab.run("watch", "pn", "join", gw_addr, "--wait", "--yes", "--json",
+                               "--timeout", "20")
+        assert joined.ok().json()["ok"] is True
+        (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
+        assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
         await gw.stop()
