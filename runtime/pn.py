@@ -356,6 +356,9 @@ class PnGateway:
         self.live: dict[bytes, PnChannel] = {}
         self._setup_lock = asyncio.Lock()
         self._started_own = False
+        self._own_task: asyncio.Task[None] | None = None
+        #: the members of the last setup this gateway ran (none when it failed)
+        self._last_members: frozenset[bytes] = frozenset()
         self.setups = 0
         self.stop = asyncio.Event()
 
@@ -477,7 +480,29 @@ class PnGateway:
         if not ready:
             return
         self._started_own = True
-        asyncio.get_running_loop().create_task(self._run_setup(None, o.setup, o.invited))
+        self._own_task = asyncio.get_running_loop().create_task(self._own_setup())
+
+    async def _own_setup(self) -> None:
+        """The gateway-initiated setup, run again (after a pause of the collect window) while
+        it got fewer members than it waited for: strangers in reach first (a made-up id, then
+        silence) spend one setup, not the gateway's only one."""
+        o = self.opts
+        assert o.setup is not None
+        self._last_members = frozenset()
+        await self._run_setup(None, o.setup, o.invited)
+        if self.stop.is_set():
+            return
+        if o.setup is SetupType.INVITED or (o.setup is SetupType.ONE_TO_ONE and o.invited):
+            enough = set(o.invited) <= self._last_members
+        else:
+            enough = len(self._last_members) >= o.wait_for
+        if enough:
+            return
+        self.say("the PN setup got fewer members than it waits for: it runs again when they "
+                 "are in reach")
+        await asyncio.sleep(o.collect_window)  # strangers cannot make it run back to back
+        self._started_own = False
+        await self._maybe_start_own()
 
     async def _pne_initiated(
         self, link: Any, pipe: MessagePipe, first: bytes, msg: PnSetupRequest
@@ -542,6 +567,7 @@ class PnGateway:
                 return None
             finally:
                 self.setups += 1
+            self._last_members = frozenset(m.pne_id for m in inventory.members)
             # Members' ports: the link on which each member proved its key (the machine's
             # routing table), never another link that claimed the same id (finding 5)
             port_of = dict(inventory.ports)

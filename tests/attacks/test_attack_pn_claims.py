@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import pytest
-
 from pairkit.pairing.cpns import PnAttach
 from tests.flood_harness import attacker_addresses, frame, link_from
 from tests.pn_harness import free_port, pn_lab
@@ -90,8 +88,6 @@ async def test_a_stranger_claiming_a_members_id_in_a_later_setup_does_not_remove
         await gw.stop()
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="a gateway-initiated setup spent by strangers never ran again")
 async def test_strangers_in_reach_first_do_not_spend_the_gateways_own_setup(
     tmp_path: Path,
 ) -> None:
