@@ -27,3 +27,37 @@ def pytest_configure(config: pytest.Config) -> None:
         from pairkit.transports import pytest_plugin
 
         config.pluginmanager.register(pytest_plugin, "pairkit")
+
+
+#: test files that take minutes (processes, radios, key servers, databases), slowest first:
+#: ``make test`` hands whole files to two workers (``-n 2 --dist loadfile``) in collection
+#: order, so these start first and the run does not end with one worker alone on one of them
+_SLOW_FIRST = (
+    "tests/test_pn_cli.py",
+    "tests/test_demo.py",
+    "tests/soak/",
+    "tests/test_groups_cli.py",
+    "tests/test_groups_ca.py",
+    "tests/test_cli.py",
+    "tests/test_exit_codes.py",
+    "tests/test_ble_pairing.py",
+    "tests/test_groups_agent_cli.py",
+    "tests/test_readme_commands.py",
+    "tests/attacks/test_attack_pn_claims.py",
+    "tests/attacks/test_attack_pn_gateway.py",
+    "tests/test_ttp_postgres.py",
+    "tests/test_ble_privacy.py",
+    "tests/test_wire.py",
+)
+
+
+def _rank(nodeid: str) -> int:
+    path = nodeid.split("::", 1)[0]
+    for i, prefix in enumerate(_SLOW_FIRST):
+        if path.startswith(prefix):
+            return i
+    return len(_SLOW_FIRST)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _rank(item.nodeid))  # stable: a file's own order is kept
