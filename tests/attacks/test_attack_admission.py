@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
+
 from pairkit.admission import Admission, AdmissionLimits
 from pairkit.pairing.errors import PairingError
 from pairkit.session import accept_loop
@@ -75,4 +77,31 @@ async def test_a_guest_typing_its_pin_is_not_evicted_by_a_few_busy_addresses() -
         loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
+        await listener.close()
+
+
+@pytest.mark.xfail(strict=True, reason="Admitted forwards recv_nowait uncounted")
+async def test_a_guest_whose_messages_are_read_at_once_counts_as_speaking() -> None:
+    """The pipe reads a message already there without waiting (``recv_nowait``, issue 13): a
+    guest read that way has spoken, and is as recent as its last message, to the admission
+    deciding whom a flood evicts; else a busy guest looks silent from the start and is the
+    first to go."""
+    from pairkit.driver import MessagePipe
+
+    admission = Admission(AdmissionLimits())
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    accepted: asyncio.Queue[Any] = asyncio.Queue()
+    server = asyncio.create_task(accept_loop(listener, accepted.put, admission=admission))
+    try:
+        guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
+        admitted = await asyncio.wait_for(accepted.get(), 5)
+        pipe = MessagePipe(admitted, guest=False)
+        await MessagePipe(guest, guest=True).send(b"hello")
+        await wait_until(lambda: pipe.poll_unabsorbed() is not None or admitted.received, 5)
+        assert admitted.received == 1 and admitted.spoken
+        await guest.close()
+    finally:
+        server.cancel()
+        with contextlib.suppress(BaseException):
+            await server
         await listener.close()
