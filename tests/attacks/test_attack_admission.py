@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-import pytest
-
 from pairkit.admission import Admission, AdmissionLimits
 from pairkit.pairing.errors import PairingError
 from pairkit.session import accept_loop
@@ -80,7 +78,6 @@ async def test_a_guest_typing_its_pin_is_not_evicted_by_a_few_busy_addresses() -
         await listener.close()
 
 
-@pytest.mark.xfail(strict=True, reason="Admitted forwards recv_nowait uncounted")
 async def test_a_guest_whose_messages_are_read_at_once_counts_as_speaking() -> None:
     """The pipe reads a message already there without waiting (``recv_nowait``, issue 13): a
     guest read that way has spoken, and is as recent as its last message, to the admission
