@@ -114,7 +114,8 @@ async def _pair_and_kill(path: Path, kill_after: int) -> tuple[set[str], set[str
     return confirmed, printed
 
 
-@pytest.mark.parametrize("kill_after", [3, 20])
+# (at 20 of 48, a quiet machine sometimes confirmed all 48 before the kill landed)
+@pytest.mark.parametrize("kill_after", [3, 12])
 def test_no_confirmed_pairing_is_lost_when_the_host_is_killed(
     tmp_path: Path, kill_after: int
 ) -> None:
