@@ -120,9 +120,13 @@ class Admitted:
                 ) from None
         else:
             message = await self._link.recv()
+        self._heard()
+        return message
+
+    def _heard(self) -> None:
+        """One message read from the peer (however it was read)."""
         self.received += 1
         self.last = self._admission.clock()
-        return message
 
     def recv_nowait(self) -> bytes | None:
         """The link's message already there, counted as :meth:`recv` counts it (a pipe that
@@ -130,8 +134,7 @@ class Admitted:
         inner = getattr(self._link, "recv_nowait", None)
         message: bytes | None = inner() if inner is not None else None
         if message is not None:
-            self.received += 1
-            self.last = self._admission.clock()
+            self._heard()
         return message
 
     async def close(self) -> None:

@@ -33,7 +33,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Set
 from typing import Any, Protocol
 
 from .cpns import PneLink, run_gateway
@@ -472,15 +472,19 @@ class PnGateway:
         o = self.opts
         if o.setup is None or self._started_own or self._setup_lock.locked():
             return
-        here = {w.attach.pne_id for w in self.waiting.values() if not w.result.done()}
-        if o.setup is SetupType.INVITED or (o.setup is SetupType.ONE_TO_ONE and o.invited):
-            ready = set(o.invited) <= here
-        else:
-            ready = len(here) >= o.wait_for
-        if not ready:
+        if not self._wants_met({w.attach.pne_id for w in self.waiting.values()
+                                if not w.result.done()}):
             return
         self._started_own = True
         self._own_task = asyncio.get_running_loop().create_task(self._own_setup())
+
+    def _wants_met(self, pne_ids: Set[bytes]) -> bool:
+        """Whether ``pne_ids`` are the PNEs the gateway's own setup waits for: every invited
+        one, else ``wait_for`` of any (checked on those in reach, and on a setup's members)."""
+        o = self.opts
+        if o.setup is SetupType.INVITED or (o.setup is SetupType.ONE_TO_ONE and o.invited):
+            return set(o.invited) <= pne_ids
+        return len(pne_ids) >= o.wait_for
 
     async def _own_setup(self) -> None:
         """The gateway-initiated setup, run again (after a pause of the collect window) while
@@ -492,11 +496,7 @@ class PnGateway:
         await self._run_setup(None, o.setup, o.invited)
         if self.stop.is_set():
             return
-        if o.setup is SetupType.INVITED or (o.setup is SetupType.ONE_TO_ONE and o.invited):
-            enough = set(o.invited) <= self._last_members
-        else:
-            enough = len(self._last_members) >= o.wait_for
-        if enough:
+        if self._wants_met(self._last_members):
             return
         self.say("the PN setup got fewer members than it waits for: it runs again when they "
                  "are in reach")
