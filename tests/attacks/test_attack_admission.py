@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from typing import Any
-
-import pytest
 
 from pairkit.admission import Admission, AdmissionLimits
 from pairkit.pairing.errors import PairingError
@@ -106,8 +105,6 @@ async def test_a_guest_whose_messages_are_read_at_once_counts_as_speaking() -> N
         await listener.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a guest's fresh link was the first to go once every "
-                   "stranger had spoken (fixed next)")
 async def test_a_guest_just_connected_is_not_evicted_by_strangers_who_spoke_once() -> None:
     """The soak test's failure (a guest told "busy" through a flood of join requests): the
     strangers each said something once (their cloud step) and then wait, 4 links from each of
@@ -139,6 +136,39 @@ async def test_a_guest_just_connected_is_not_evicted_by_strangers_who_spoke_once
         held.append(newcomer)
         await wait_until(lambda: admission.refused >= 2, "the second eviction or refusal")
         # The guest's link is still there: its first flight, then its second, pair it.
+        await guest.send(b"hello")
+        assert await asyncio.wait_for(guest.recv(), 5) == b"ack:hello"
+        await guest.send(b"pin")
+        assert await asyncio.wait_for(guest.recv(), 5) == b"paired:pin"
+    finally:
+        for link in (guest, *held):
+            if link is not None:
+                with contextlib.suppress(Exception):
+                    await link.close()
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await listener.close()
+
+
+async def test_silent_links_from_as_many_addresses_as_places_still_give_way_to_a_guest() -> None:
+    """The other side of the grace above: a stranger with one address per place (8 here) holds
+    every place with links that say nothing, each younger than the idle grace (a stranger can
+    reopen them faster than that).  Their addresses hold as many links as the guest's would, so
+    the oldest of them gives way to the guest: a grace for every young silent link would have
+    let such a flood keep every guest out."""
+    limits = dataclasses.replace(LIMITS, idle_grace=30.0)  # every stranger's link is young
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    admission = Admission(limits)
+    loop_task = asyncio.create_task(accept_loop(listener, two_steps, admission=admission))
+    held: list[TcpLink] = []
+    guest: TcpLink | None = None
+    try:
+        for source in attacker_addresses(limits.max_pending):
+            held.append(await link_from(source, "127.0.0.1", listener.port))
+        await wait_until(lambda: admission.pending == limits.max_pending, "every place held")
+        guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
+        await wait_until(lambda: admission.refused >= 1, "a stranger's link giving way")
         await guest.send(b"hello")
         assert await asyncio.wait_for(guest.recv(), 5) == b"ack:hello"
         await guest.send(b"pin")
