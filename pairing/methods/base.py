@@ -13,11 +13,18 @@ then run from its module (:mod:`.pin`, :mod:`.qr`, :mod:`.compare`, :mod:`.clear
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, ClassVar
 
 from ..crypto import Rng
-from ..errors import ConfigError, InsecureLinkError, ProtocolError, UnsupportedError
+from ..errors import (
+    ConfigError,
+    DecodeError,
+    InsecureLinkError,
+    ProtocolError,
+    UnsupportedError,
+)
 from ..machine import DONE, Step, step
 from ..messages import Accept, Announce, NoiseMessage, Offer, ResumeMessage, Reveal
 from ..negotiation import Caps, Method, choose, methods_from_mask
@@ -46,6 +53,42 @@ from .compare import CompareGuest, CompareHost
 from .pin import PinGuest, PinHost
 from .qr import QrGuest, QrHost
 from .resume import ResumeGuest, ResumeHost
+
+#: method -> the fields its Offer and its Accept carry beside ``hello`` (docs/protocol.md §3-§8);
+#: any other field is refused as a decode error, so a value meant for one method is never read,
+#: or silently dropped, by another
+_OFFER_FIELDS: dict[Method, frozenset[str]] = {
+    Method.PIN: frozenset({"cpace"}),
+    Method.QR: frozenset({"qr_id", "noise"}),
+    Method.COMPARE: frozenset({"pk"}),
+    Method.CLEAR: frozenset(),
+    Method.KK: frozenset({"guest_id", "noise"}),
+}
+_ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
+    Method.PIN: frozenset({"cpace", "noise"}),
+    Method.QR: frozenset({"noise"}),
+    Method.COMPARE: frozenset({"sealed", "commit"}),
+    Method.CLEAR: frozenset({"key", "noise"}),
+    Method.KK: frozenset({"noise"}),
+}
+
+
+def _only_fields(
+    msg: Offer | Accept, method: Method, allowed: dict[Method, frozenset[str]]
+) -> None:
+    """Refuse a field ``method`` does not use (named, never its value: clear's key is secret)."""
+    expected = allowed.get(method)
+    if expected is None:
+        return  # a method this machine does not run: refused by its caller
+    extra = sorted(
+        f.name for f in dataclasses.fields(msg)
+        if f.name != "hello" and f.name not in expected and getattr(msg, f.name) is not None
+    )
+    if extra:
+        raise DecodeError(
+            f"the {type(msg).__name__} for '{method.label}' carries a field of another method "
+            f"({', '.join(extra)})"
+        )
 
 
 class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
@@ -189,6 +232,7 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
             proposed=self.method,
             knows_peer=self._peer is not None,
         )
+        _only_fields(msg, self.method, _ACCEPT_FIELDS)
         self._th_hellos = (self._offer.hello, msg.hello)  # th when a method asks for it
         self._host_name = msg.hello.name
         accept = self._ACCEPTS.get(self.method)
@@ -269,6 +313,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
             Caps(msg.hello.caps), methods_from_mask(msg.hello.methods), Caps(caps),
             self.config.methods, proposed=proposed, knows_peer=knows,
         )
+        _only_fields(msg, proposed, _OFFER_FIELDS)
         self.method = proposed
         hello: Announce = _announce(self.config, self.me.name, proposed, Caps(caps), self._rng)
         self._offer = msg
