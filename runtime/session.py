@@ -237,8 +237,8 @@ def _base(method: Method) -> Method:
 
 def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
     """The checks that need no person, run before a joining stranger's request reaches the
-    owner (issue 16): the method must be one this host allows, and a PIN is refused while PIN
-    pairing is locked out.  The pairing that follows checks both again."""
+    owner (issue 16): the method must be one this host allows, and a PIN (a compare) is refused
+    while PIN (compare) pairing is locked out.  The pairing that follows checks both again."""
 
     def check(method: int | None, now: float) -> None:
         if method is None:
@@ -260,6 +260,13 @@ def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
                 raise LockedOutError(
                     f"too many wrong PINs: PIN pairing is locked for {math.ceil(wait)} more "
                     "seconds"
+                )
+        if chosen is Method.COMPARE:
+            wait = side.state.compare_lock.locked_for(now)
+            if wait > 0:
+                raise LockedOutError(
+                    "too many compare codes were shown and not confirmed: compare is locked "
+                    f"for {math.ceil(wait)} more seconds"
                 )
 
     return check

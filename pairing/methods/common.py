@@ -8,6 +8,7 @@ The methods themselves live one per module beside this one (:mod:`.pin`, :mod:`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import math
@@ -186,7 +187,9 @@ def check_pin_strength(pin: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PinPolicy:
-    """The host's one PIN lockout, global to the host (docs/security.md, rule 7).
+    """The host's one PIN lockout, global to the host (docs/security.md, rule 7); compare's
+    lock on codes shown and never confirmed (:attr:`HostState.compare_lock`) follows the same
+    policy.
 
     ``max_failures`` failed PIN attempts within ``window`` seconds lock PIN pairing until the
     oldest of them is ``window`` old.  Each failure beyond those, in the same *streak*, locks it
@@ -222,6 +225,49 @@ class _IssuedQr:
     used: bool = False
 
 
+class Lockout:
+    """Failed attempts of one kind against a :class:`PinPolicy` (the same arithmetic for PIN
+    guesses, rule 7, and for the codes compare showed and nobody confirmed, docs/security.md
+    "compare: what may cross before the people confirmed the code")."""
+
+    def __init__(self, policy: PinPolicy) -> None:
+        self.policy = policy
+        #: the times of the last ``max_failures`` failures (all the rule reads)
+        self.failures: list[float] = []
+        self.streak = 0  # failures in the current streak (PinPolicy)
+
+    def locked_for(self, now: float) -> float:
+        """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
+        the first ``max_failures`` of a streak within ``window``, then a backoff from the last
+        failure that doubles up to ``max_lock``."""
+        p = self.policy
+        if not self.failures or now - self.failures[-1] >= p.forgive:
+            self.failures.clear()  # a quiet day: the streak is over
+            self.streak = 0
+        n = self.streak
+        if n < p.max_failures:
+            return 0.0
+        if n == p.max_failures:
+            until = self.failures[-p.max_failures:][0] + p.window
+        else:
+            until = self.failures[-1] + p.lock_after(n)
+        return max(0.0, until - now)
+
+    def failed(self, now: float) -> None:
+        self.locked_for(now)  # ends a streak that is over
+        # In order of time (compare counts a visit when it ends, at the time it started).
+        bisect.insort(self.failures, now)
+        self.streak += 1
+        # The times of the last max_failures are all the rule reads; the streak counts the rest.
+        del self.failures[: -self.policy.max_failures]
+
+    def succeeded(self, started: float) -> None:
+        """Take back the failure counted when an attempt started at ``started``."""
+        if started in self.failures:
+            self.failures.remove(started)
+            self.streak = max(0, self.streak - 1)
+
+
 class HostState:
     """What a host keeps across guests (in memory; the CLI's host process owns one)."""
 
@@ -230,17 +276,21 @@ class HostState:
         *,
         rng: Rng = os.urandom,
         pin_policy: PinPolicy | None = None,
+        compare_policy: PinPolicy | None = None,
         known_peer: Callable[[bytes], KnownPeer | None] = lambda _id: None,
         consume_prekey: Callable[[bytes, bytes], bool] | None = None,
     ) -> None:
         self._rng = rng
         self.pin_policy = pin_policy or PinPolicy()
+        self._pin_lock = Lockout(self.pin_policy)
+        #: the codes compare showed that ended unconfirmed (the guest left, or our person said
+        #: no): each a try at matching another screen's code (docs/security.md, "compare: what
+        #: may cross before the people confirmed the code")
+        self.compare_lock = Lockout(compare_policy or PinPolicy())
         self.known_peer = known_peer
         self._consume = consume_prekey
         self._consumed: set[tuple[bytes, bytes]] = set()
         self._pin: str | None = None
-        self._failures: list[float] = []
-        self._streak = 0  # failed PIN attempts in the current streak (PinPolicy)
         self._qr: dict[bytes, _IssuedQr] = {}
         #: the QR code issued last (what the host's screen shows now)
         self.last_qr: QrCode | None = None
@@ -251,6 +301,10 @@ class HostState:
     def pin(self) -> str | None:
         """The PIN to show, or ``None`` when none is active."""
         return self._pin
+
+    @property
+    def _failures(self) -> list[float]:
+        return self._pin_lock.failures
 
     def new_pin(self) -> str:
         """Draw a fresh 6-digit PIN (single use)."""
@@ -269,34 +323,15 @@ class HostState:
         self._pin = pin
 
     def locked_for(self, now: float) -> float:
-        """Seconds until PIN attempts are accepted again (0 when they are), by
-        :class:`PinPolicy`: the first ``max_failures`` of a streak within ``window``, then a
-        backoff from the last failure that doubles up to ``max_lock``."""
-        p = self.pin_policy
-        if not self._failures or now - self._failures[-1] >= p.forgive:
-            self._failures.clear()  # a quiet day: the streak is over
-            self._streak = 0
-        n = self._streak
-        if n < p.max_failures:
-            return 0.0
-        if n == p.max_failures:
-            until = self._failures[-p.max_failures:][0] + p.window
-        else:
-            until = self._failures[-1] + p.lock_after(n)
-        return max(0.0, until - now)
+        """Seconds until PIN attempts are accepted again (0 when they are): :class:`Lockout`."""
+        return self._pin_lock.locked_for(now)
 
     def pin_failed(self, now: float) -> None:
-        self.locked_for(now)  # ends a streak that is over
-        self._failures.append(now)
-        self._streak += 1
-        # The times of the last max_failures are all the rule reads; the streak counts the rest.
-        del self._failures[: -self.pin_policy.max_failures]
+        self._pin_lock.failed(now)
 
     def pin_succeeded(self, started: float) -> None:
         """Take back the failure counted when a PIN attempt started at ``started``."""
-        if started in self._failures:
-            self._failures.remove(started)
-            self._streak = max(0, self._streak - 1)
+        self._pin_lock.succeeded(started)
 
     def pin_used(self) -> None:
         self._pin = None

@@ -20,13 +20,20 @@ HPKE encryption draws its ephemeral itself (``cryptography``), not from the mach
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from .. import keyschedule
 from ..crypto import same, x25519_loaded
-from ..errors import AuthenticationError, DecodeError, RefusedError
+from ..errors import (
+    AuthenticationError,
+    DecodeError,
+    LockedOutError,
+    PairingError,
+    RefusedError,
+)
 from ..machine import Question
 from ..messages import Accept, Announce, Offer, Reveal
 from .common import (
@@ -103,8 +110,21 @@ class CompareHost(HostSide):
     _sk: bytes
     _enc: bytes
     _nh: bytes
+    #: when our Reveal (N_H, so our code) went out, until our person's yes: an exchange that
+    #: ends meanwhile (the guest left, or our person said no) counts against compare's lock
+    _compare_attempt: float | None = None
 
     def _offer_compare(self, msg: Offer, hello: Announce, now: float) -> None:
+        # Each code we show and nobody confirms was a try at matching another screen's code (a
+        # man in the middle who leaves each one that does not suit her, and comes back): they
+        # are counted like wrong PINs (docs/security.md, "compare: what may cross before the
+        # people confirmed the code").
+        wait = self.host.compare_lock.locked_for(now)
+        if wait > 0:
+            raise LockedOutError(
+                "too many compare codes were shown and not confirmed: compare is locked for "
+                f"{math.ceil(wait)} more seconds"
+            )
         if msg.pk is None:
             raise DecodeError("the guest's Offer lacks its public key")
         try:
@@ -131,6 +151,7 @@ class CompareHost(HostSide):
         # N_H with the identity handshake's message 1: it holds no identity and proves only
         # knowledge of SK, so it may go before our person confirmed (docs/security.md).
         first = self._noise_initiator(_identity_psk(self._sk, self._th, self.method))
+        self._compare_attempt = now  # our code is out: a try until our person confirms it
         self._send(Reveal(self._nh, noise=first))
         code = keyschedule.compare_code(self._th, self._offer.pk, self._enc, msg.nonce, self._nh)
         self.state = S_ASK
@@ -140,6 +161,7 @@ class CompareHost(HostSide):
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:
             raise RefusedError("the codes were not confirmed; pairing cancelled")
+        self._compare_attempt = None  # confirmed by our person: no failed try
         # Only now is the guest's message 2 read (the driver held one that came early), and
         # only after it our identity goes, in message 3.  The guest's person may still be
         # looking at the code.
@@ -148,3 +170,10 @@ class CompareHost(HostSide):
             now + max(self.config.step_timeout, 120.0),
             "the guest's owner did not confirm the code in time",
         )
+
+    def _fail(self, exc: PairingError) -> None:
+        started, self._compare_attempt = self._compare_attempt, None
+        if started is not None and not self.failed:
+            # Our code was shown and not confirmed: the guest left, or our person said no.
+            self.host.compare_lock.failed(started)
+        super()._fail(exc)
