@@ -32,9 +32,11 @@ from typing import Any
 
 import pytest
 
+from pairkit import peers
 from pairkit.driver import MessagePipe, drive
 from pairkit.keystore import Keystore
 from pairkit.pairing import keyschedule, wire
+from pairkit.pairing.cloud import CloudGuest
 from pairkit.pairing.errors import (
     AuthenticationError,
     ErrorCode,
@@ -490,3 +492,55 @@ async def test_a_code_the_hosts_person_refused_counts_as_a_failed_try(kind: str)
     mallory, host, person = grinder(paul_id, state, suits=True, answer=True)
     m_err, _h_err = await one_visit(kind, mallory, host, person)
     assert locked(m_err) and mallory.predicted == [] and person.asked == []
+
+
+class TakesASecond(Person):
+    """An owner who looks at a code for a second before saying yes (a person does)."""
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        answer = await super().confirm_code(q)
+        await asyncio.sleep(1.0)
+        return answer
+
+
+async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to_the_budget(
+    world: World, paul: Keystore, george: Keystore
+) -> None:
+    """Through the real ``pairkit host`` flow over bumble: a device the host let in before (a
+    guest for an hour) claims its grant and reaches the pairing with no join prompt (the claim
+    is proved only by the pairing that follows), then tries the host's code and leaves, again
+    and again.  Each try is a code its owner is shown and that is withdrawn; after 5 compare is
+    locked, and the next visit is refused before any code is shown."""
+    host = await world.start_host(paul, frozenset({Method.COMPARE, Method.RESUME}),
+                                  person=TakesASecond())
+    device = await world.central("bumble")
+    await world.join(george, device, host, method=Method.COMPARE, person=Person())
+    assert [k for k, _ in host.person.questions] == ["join", "code"]
+    me = peers.local_identity(george)
+    visits: list[LeavesUnlessTheCodeSuits] = []
+    errors: list[BaseException | None] = []
+    for _ in range(GRINDS):
+        link = await device.connect(host.address, STEP)
+        try:
+            pipe = MessagePipe(link, guest=True)
+            cloud = CloudGuest(name=me.name, clouds=(), mac=lambda _c, _d: b"",
+                               static=me.static_public, device_id=me.device_id,
+                               method=int(Method.COMPARE))
+            await asyncio.wait_for(drive(cloud, pipe, delegate=Yes()), STEP)
+            mallory = LeavesUnlessTheCodeSuits(CONFIG, me, method=Method.COMPARE, suits=False,
+                                               context=pipe.transcript())
+            visits.append(mallory)
+            try:
+                await asyncio.wait_for(drive(mallory, pipe, delegate=Yes()), STEP)
+                errors.append(None)
+            except PairingError as exc:
+                errors.append(exc)
+        finally:
+            await link.close()
+    served = [m for m in visits if m.predicted]
+    assert len(served) == BUDGET, f"the host showed {len(served)} codes to a guest that left"
+    assert all(locked(e) for e in errors[BUDGET:]), errors
+    # No join prompt for any visit; a code for each of the first 5, none after.
+    await eventually(lambda: len(host.person.questions) == 2 + BUDGET)
+    assert [k for k, _ in host.person.questions] == ["join"] + ["code"] * (1 + BUDGET)
+    assert host.results[1:] == []
