@@ -17,8 +17,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import pytest
-
 from pairkit.pairing.cpns import PnSetupRequest, SetupType
 from pairkit.pairing.errors import PairingError
 from tests.flood_harness import attacker_addresses, frame, link_from
@@ -64,9 +62,6 @@ async def hold_setups(port: int, pne_id: str, sources: list[str], stop: asyncio.
     await asyncio.gather(*(one(s) for s in sources))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "attack review (setup retry), finding 1: an element that comes in reach while another "
-    "setup holds the gateway is never set up by the gateway's own setup"))
 async def test_an_element_in_reach_while_a_strangers_setup_runs_is_still_set_up(
     tmp_path: Path,
 ) -> None:
@@ -99,9 +94,6 @@ async def test_an_element_in_reach_while_a_strangers_setup_runs_is_still_set_up(
         await gw.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "attack review (setup retry), finding 2: strangers' setup requests back to back hold the "
-    "gateway's one setup, and every element's own request is refused meanwhile"))
 async def test_strangers_setup_requests_back_to_back_do_not_keep_an_element_out(
     tmp_path: Path,
 ) -> None:
