@@ -17,7 +17,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from pairkit.pairing.cpns import PnSetupRequest, SetupType
+import pytest
+
+from pairkit.pairing.cpns import PnAttach, PnSetupRequest, SetupType
 from pairkit.pairing.errors import PairingError
 from tests.flood_harness import attacker_addresses, frame, link_from
 from tests.pn_harness import free_port, pn_lab
@@ -124,4 +126,66 @@ async def test_strangers_setup_requests_back_to_back_do_not_keep_an_element_out(
         (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
         assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
         assert counts["requests"] >= 2  # the strangers did ask, and kept asking
+        await gw.stop()
+
+
+async def attach_again_and_again(port: int, pne_id: str, stop: asyncio.Event,
+                                 counts: dict[str, int]) -> None:
+    """A stranger in reach under ``pne_id`` (``PnAttach``, then silence), back in reach as
+    soon as the gateway drops it, until ``stop``."""
+    (source,) = attacker_addresses(1, first=5)
+    while not stop.is_set():
+        try:
+            link = await link_from(source, "127.0.0.1", port)
+        except (OSError, TimeoutError):
+            await asyncio.sleep(0.05)
+            continue
+        counts["attached"] += 1
+        try:
+            await link.send(frame(PnAttach(bytes.fromhex(pne_id), "Paul's watch", 1).encode())[4:])
+            while not stop.is_set():  # never answer; read until the gateway hangs up
+                await asyncio.wait_for(link.recv(), 60.0)
+        except (PairingError, OSError, TimeoutError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await link.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "attack review (setup retry), finding 3: a stranger in reach under the invited element's "
+    "id, back as soon as it is dropped, makes every retry of a gateway's 1-1 setup fail with "
+    "both links, the element's too"))
+async def test_a_stranger_under_the_invited_id_does_not_keep_the_element_out_of_every_retry(
+    tmp_path: Path,
+) -> None:
+    """The gateway sets up 1-1 with the watch (``--setup 1-1 --invite WATCH``).  A stranger
+    says it is the watch, stays silent, and comes back in reach each time it is dropped.  The
+    watch comes in reach too: two links now claim its id.  The gateway cannot tell which is
+    the watch before the key server's proof, but it must not drop both at every retry: one
+    link per id takes part in a setup, the others stay in reach for the next, and the watch
+    must end a member."""
+    async with pn_lab(tmp_path, NAMES) as lab:
+        port = free_port()
+        gw_addr = f"tcp:127.0.0.1:{port}"
+        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--setup", "1-1",
+                             "--invite", lab.ids["watch"], "--collect", "1", "--timeout", "3")
+        await gw.narration("is the PN gateway on")
+        stop = asyncio.Event()
+        counts = {"attached": 0}
+        stranger = asyncio.create_task(attach_again_and_again(port, lab.ids["watch"], stop,
+                                                              counts))
+        try:
+            await gw.narration(r"setting up the PN \(1-1\)")
+            joined = await lab.run("watch", "pn", "join", gw_addr, "--wait", "--yes", "--json",
+                                   "--timeout", "20")
+        finally:
+            stop.set()
+            stranger.cancel()
+            with contextlib.suppress(BaseException):
+                await stranger
+        assert joined.ok().json()["ok"] is True
+        (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
+        assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
+        assert counts["attached"] >= 2  # the stranger was dropped, and came back
         await gw.stop()
