@@ -659,14 +659,24 @@ class PnGateway:
             o = self.opts
             pnes: dict[Hashable, PneLink] = {}
             slots: dict[Hashable, _Waiting] = {}
+            #: one link per claimed id takes part (ids cross the PAN in the clear: a stranger
+            #: may claim an element's); the others stay in reach for the next setup, so that
+            #: a stranger in reach first under an element's id fails alone, and the element
+            #: is the first under its id the next time (attack review of the setup retry,
+            #: finding 3)
+            claimed: set[bytes] = set()
             if initiator is not None:
                 link, pipe, first = initiator
                 pnes["initiator"] = PneLink(link, None, pipe=pipe, first=first)
-            for key, w in list(self.waiting.items()):
+                claimed.add(wire.decode(first, PnSetupRequest).pne_id)
+            for key, w in list(self.waiting.items()):  # in the order they came in reach
                 if w.result.done() or getattr(w.link, "closed", False):
                     continue
                 if initiator is not None and setup is SetupType.ONE_TO_ONE:
                     break
+                if w.attach.pne_id in claimed:
+                    continue
+                claimed.add(w.attach.pne_id)
                 pnes[key] = PneLink(w.link, w.attach.pne_id, pipe=w.pipe)
                 slots[key] = w
             pn_id = bytes.fromhex(self.record.pn_id) if self.record else None
@@ -714,8 +724,12 @@ class PnGateway:
                 pl = pnes[port]
                 assert pl.pipe is not None
                 channels[port] = await self._open_channel(pl.link, pl.pipe, m.session)
-            # Elements this setup did not include (another's "invited", say) stay in reach.
-            took_part = set(inventory.names) | {m.pne_id for m in inventory.members}
+            # Elements this setup did not include (another's "invited", say) stay in reach; one
+            # that took part and failed (a silent one too: it has no name) is let go, so that a
+            # stranger's link under an element's id does not stay in reach ahead of the element
+            # (one link per id takes part in a setup, the first to come in reach).
+            took_part = (set(inventory.names) | set(inventory.failed) | set(inventory.declined)
+                         | {m.pne_id for m in inventory.members})
             for key, w in slots.items():
                 if not w.result.done() and w.attach.pne_id in took_part:
                     w.result.set_result(channels.get(key))

@@ -17,8 +17,6 @@ import contextlib
 import os
 from pathlib import Path
 
-import pytest
-
 from pairkit.pairing.cpns import PnAttach, PnSetupRequest, SetupType
 from pairkit.pairing.errors import PairingError
 from tests.flood_harness import attacker_addresses, frame, link_from
@@ -152,10 +150,6 @@ async def attach_again_and_again(port: int, pne_id: str, stop: asyncio.Event,
                 await link.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "attack review (setup retry), finding 3: a stranger in reach under the invited element's "
-    "id, back as soon as it is dropped, makes every retry of a gateway's 1-1 setup fail with "
-    "both links, the element's too"))
 async def test_a_stranger_under_the_invited_id_does_not_keep_the_element_out_of_every_retry(
     tmp_path: Path,
 ) -> None:
@@ -188,4 +182,42 @@ async def test_a_stranger_under_the_invited_id_does_not_keep_the_element_out_of_
         (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
         assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
         assert counts["attached"] >= 2  # the stranger was dropped, and came back
+        await gw.stop()
+
+
+async def test_a_stranger_left_in_reach_under_an_id_does_not_shadow_the_element_later(
+    tmp_path: Path,
+) -> None:
+    """One link per id takes part in a setup, the first to come in reach: the stranger that
+    came first under the watch's id must not stay first for ever.  It is in reach (silent,
+    its link kept open) when the gateway sets up "all" with the scale; it fails that setup and
+    is let go.  The watch then comes in reach, and the scale's next "all" setup must ask it."""
+    async with pn_lab(tmp_path, NAMES) as lab:
+        port = free_port()
+        gw_addr = f"tcp:127.0.0.1:{port}"
+        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--yes",
+                             "--setup", "all", "--wait-for", "2", "--collect", "1",
+                             "--timeout", "3")
+        await gw.narration("is the PN gateway on")
+        (source,) = attacker_addresses(1)
+        stranger = await link_from(source, "127.0.0.1", port)
+        try:
+            claim = PnAttach(bytes.fromhex(lab.ids["watch"]), "Paul's watch", 1).encode()
+            await stranger.send(frame(claim)[4:])
+            await gw.narration("Paul's watch .* is in reach")
+            (await lab.run("scale", "pn", "join", gw_addr, "--wait", "--yes", "--json",
+                           "--timeout", "20")).ok()
+            watch = await lab.start("watch", "pn", "join", gw_addr, "--wait", "--yes",
+                                    "--json", "--timeout", "20")
+            await gw.wait_for(lambda: sum("Paul's watch" in e and "in reach" in e
+                                          for e in gw.err) == 2, "the watch in reach")
+            (await lab.run("scale", "pn", "join", gw_addr, "--setup", "all", "--json",
+                           "--timeout", "20")).ok()
+            assert await watch.finish() == 0, "\n".join(watch.err)
+        finally:
+            with contextlib.suppress(Exception):
+                await stranger.close()
+        (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
+        assert sorted(m["id"] for m in pn["members"]) == sorted(
+            [lab.ids["watch"], lab.ids["scale"]])
         await gw.stop()
