@@ -13,8 +13,6 @@ import contextlib
 import dataclasses
 from typing import Any
 
-import pytest
-
 from pairkit.admission import Admission, AdmissionLimits
 from pairkit.pairing.errors import PairingError
 from pairkit.session import accept_loop
@@ -107,9 +105,6 @@ async def test_a_guest_whose_messages_are_read_at_once_counts_as_speaking() -> N
         await listener.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "attack review (admission), finding 1: a link admitted a moment ago has sent nothing yet, "
-    "so a stranger's next link evicts it first: a guest's link before its first message is read"))
 async def test_a_guest_that_just_connected_is_not_evicted_before_it_could_speak() -> None:
     """A stranger with two addresses holds every pending place (4 + 4, each link past its first
     flight) and keeps opening new links.  The guest connects: it takes a stranger's place (the
