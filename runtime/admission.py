@@ -10,14 +10,15 @@ transport alike (docs/protocol.md §12):
   link's peer address or connection handle: whatever the link's ``admission_key`` says);
 * a new link must send its first message within :attr:`AdmissionLimits.first_flight` seconds;
 * when the pending links are full, the one that has made the least progress gives way: a link
-  that has sent nothing at all in the :attr:`AdmissionLimits.idle_grace` seconds since it
-  connected (from the address that holds the most pending links, the oldest first), else the
-  longest silent of an address that holds more than the newcomer's would, else the one silent
-  the longest if it has been silent for :attr:`AdmissionLimits.idle_grace` seconds, among the
-  links of the newcomer's own address and of addresses holding at least as many as the
-  newcomer's would, else the newcomer is refused.  A guest that is exchanging messages, or
-  that connected a moment ago, is never the one evicted for a link that says nothing, and a
-  guest's one link gives way only once every other address is down to one too;
+  that has sent nothing at all (from the address that holds the most pending links, the oldest
+  first; but not one younger than :attr:`AdmissionLimits.idle_grace` from an address holding
+  fewer links than the newcomer's would: it has had no time to speak), else the longest silent
+  of an address that holds more than the newcomer's would, else the one silent the longest if
+  it has been silent for :attr:`AdmissionLimits.idle_grace` seconds, among the links of the
+  newcomer's own address and of addresses holding at least as many as the newcomer's would,
+  else the newcomer is refused.  A guest that is exchanging messages is never the one evicted
+  for a link that says nothing, and a guest's one link gives way only once every other address
+  is down to one too;
 * while :attr:`AdmissionLimits.max_sessions` paired guests are being served, new links are
   refused; one peer holds at most :attr:`AdmissionLimits.per_peer` of them (and at most half),
   its newest closing its oldest;
@@ -58,9 +59,7 @@ class AdmissionLimits:
     per_address: int = 8
     #: seconds a new link has to send its first message
     first_flight: float = 5.0
-    #: seconds a link must have been silent (since its last message, or since it connected)
-    #: before it can be evicted; a link just admitted has had no time to say anything (attack
-    #: review of admission, finding 1)
+    #: seconds a link that has sent something must have been silent before it can be evicted
     idle_grace: float = 1.0
     #: paired guests served at once; beyond, new links are refused
     max_sessions: int = 32
@@ -250,13 +249,14 @@ class Admission:
         held: dict[str, int] = {}
         for a in self._pending:
             held[a.key] = held.get(a.key, 0) + 1
-        # A link admitted less than idle_grace ago has had no time to speak (its first message
-        # may be on its way, or waiting for the reader's turn): it is no link that says nothing.
-        # Before, a stranger holding every place and opening links back to back evicted each
-        # guest before its first message was read.
+        floor = held.get(newcomer, 0) + 1
         now = self.clock()
-        silent = [a for a in self._pending
-                  if not a.spoken and now - a.since >= self.limits.idle_grace]
+        # A link that has not spoken yet gives way first, unless it is younger than the idle
+        # grace and its address holds fewer links than the newcomer's would: a guest that has
+        # just connected has had no time to speak, and strangers that spoke once must not push
+        # it out (the soak test's guest told busy through a flood of join requests).
+        silent = [a for a in self._pending if not a.spoken
+                  and (held[a.key] >= floor or now - a.since >= self.limits.idle_grace)]
         if silent:
             # The address holding the most pending links gives way first, so a flood from
             # many addresses evicts its own links before it reaches a guest's one link.
@@ -272,7 +272,6 @@ class Admission:
         # holding at least as many as the newcomer's would: a stranger whose newcomer comes from
         # an address as busy as the busiest cannot push out a guest's one link (finding 1 of the
         # attack review: 4 + 3 links from two addresses evicted a guest typing its PIN).
-        floor = held.get(newcomer, 0) + 1
         candidates = [a for a in self._pending if a.key == newcomer or held[a.key] >= floor]
         stalest = min(candidates, key=lambda a: a.last, default=None)
         if stalest is not None and now - stalest.last >= self.limits.idle_grace:

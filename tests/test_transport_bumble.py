@@ -691,3 +691,44 @@ def test_controller_names_reach_bumble_as_it_spells_them(given: str, bumble_name
     parsed = parse_transport(f"bumble:{given}")
     assert (parsed.kind, parsed.args) == ("bumble", given)
     assert bumble_transport_spec(parsed.args) == bumble_name
+
+
+async def test_a_write_on_the_rx_characteristic_is_read_at_once_and_others_go_to_bumble(
+    open_device: OpenDevice,
+) -> None:
+    """The host takes a guest's ATT Write Command on pairkit's RX characteristic as it is
+    handled, in order, without a task per write (bumble's server runs one per Write Command);
+    a Write Command on any other handle still goes through bumble's server as before."""
+    from bumble import att
+    from bumble.gatt import Characteristic, CharacteristicValue, Service
+
+    host = await open_device(46, prefer_l2cap=False)
+    guest = await open_device(47, prefer_l2cap=False)
+    written: list[bytes] = []
+    other = Characteristic(
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        Characteristic.Properties.WRITE_WITHOUT_RESPONSE,
+        Characteristic.WRITEABLE,
+        CharacteristicValue(write=lambda _connection, value: written.append(bytes(value))),
+    )
+    host.device.add_service(Service("1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", [other]))
+    guest_link, host_link = await connect_pair(host, guest)
+    assert isinstance(host_link, GattLink)
+    connection = host_link.connection
+    server = host.device.gatt_server
+    rx = host._rx_char  # the handle the guest writes to
+    for i in range(3):
+        server.on_gatt_pdu(connection, att.ATT_Write_Command(
+            attribute_handle=rx.handle, attribute_value=bytes([i]) * 8))
+        server.on_gatt_pdu(connection, att.ATT_Write_Command(
+            attribute_handle=other.handle, attribute_value=bytes([i])))
+    # Read as handled, before the event loop turned; the other handle's writes are bumble's.
+    assert host_link.buffered == 3
+    assert written == []
+    assert [await host_link.recv() for _ in range(3)] == [bytes([i]) * 8 for i in range(3)]
+    await eventually(lambda: written == [b"\x00", b"\x01", b"\x02"])
+    # And a real guest's messages, back to back, arrive whole and in order.
+    for i in range(50):
+        await guest_link.send(i.to_bytes(2, "big") * 100)
+    got = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(50)]
+    assert got == [i.to_bytes(2, "big") * 100 for i in range(50)]

@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bumble import core, hci, l2cap
+from bumble import att, core, hci, l2cap
 from bumble.controller import Controller
 from bumble.device import (
     Advertisement,
@@ -88,6 +88,7 @@ from .ble.guard import (
     retry_pause,
 )
 from .ble.links import (
+    GATT_MAX_VALUE,
     BleLink,
     GattLink,
     L2capLink,
@@ -272,6 +273,33 @@ class _HostSide:
     link: BleLink | None = None
     early: list[bytes] = dataclasses.field(default_factory=list)
     early_bytes: int = 0
+
+
+def _read_rx_writes_at_once(
+    device: Device, rx: Characteristic[Any], on_write: Callable[[Connection, bytes], None]
+) -> None:
+    """Hand each ATT Write Command on pairkit's RX characteristic to ``on_write`` at once.
+
+    bumble's GATT server runs every Write Command in a task of its own (``AsyncRunner``), a
+    task and a turn of the event loop per message a guest sends; pairkit's RX handler takes
+    the value without waiting, so the commands on its handle (over the connection's own ATT
+    bearer, a value of at most 512 bytes: Core 5.4 Vol 3 Part F §3.2.9) are read here, in the
+    order they came, and every other PDU goes on to bumble as before.
+    """
+    server = device.gatt_server
+    in_a_task = server.on_att_write_command
+
+    def on_att_write_command(bearer: att.Bearer, request: att.ATT_Write_Command) -> None:
+        if (
+            request.attribute_handle == rx.handle
+            and isinstance(bearer, Connection)
+            and len(request.attribute_value) <= GATT_MAX_VALUE
+        ):
+            on_write(bearer, bytes(request.attribute_value))
+            return
+        in_a_task(bearer, request)
+
+    server.on_att_write_command = on_att_write_command  # type: ignore[method-assign]
 
 
 class BumbleTransport:
@@ -1179,6 +1207,7 @@ class BumbleTransport:
             Service(str(PAIRKIT_SERVICE_UUID), [self._rx_char, self._tx_char, psm_char])
         )
         device.gatt_server.max_mtu = config.att_mtu
+        _read_rx_writes_at_once(device, self._rx_char, self._on_rx_write)
         if config.prefer_l2cap:
             self._psm = self._start_l2cap_server(device)
         device.on(device.EVENT_CONNECTION, self._on_connection)

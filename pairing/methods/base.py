@@ -57,11 +57,10 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     """
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
-        # pin and clear go on to the identity handshake, qr and kk are done, compare reveals
-        (S_ACCEPT, Accept): step("_on_accept", S_NOISE, DONE, S_REVEAL),
+        # pin and clear go on to the identity handshake, qr and kk are done; compare opens N_G
+        # (its Accept held N_H and the host's Noise message 1) and the people look at the code
+        (S_ACCEPT, Accept): step("_on_accept", S_NOISE, DONE, S_ASK),
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
-        # compare: N_H and the host's Noise message 1, then the people look at the code
-        (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
         # done, or the host refused the prekey: the KK fallback's Offer
         (S_RESUME, ResumeMessage): step("_on_resume", DONE, S_ACCEPT),
     }
@@ -205,7 +204,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         # done, or the prekey is gone: wait in S_OFFER for the guest's KK fallback
         (S_OFFER, ResumeMessage): step("_on_resume_init", DONE, S_OFFER),
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
-        # compare: the guest's N_G; answered with N_H and Noise message 1, then the question
+        # compare: the guest opens N_G, the host checks it against the commitment and asks
         # (a NoiseMessage while the person is asked is not in the table: the driver holds it)
         (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
     }

@@ -168,9 +168,6 @@ async def test_cli_a_guest_pairs_through_a_flood(lab: Lab, behaviour: Any) -> No
     assert stats.connects > 180
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open (session 6): the guest is told busy at times (both CI runs with two workers, 2 of "
-    "10 runs alone); Admitted.recv_nowait fixed one cause, another remains"))
 async def test_cli_a_guest_pairs_through_a_flood_of_join_requests(lab: Lab) -> None:
     """Strangers that run the cloud step to the owner's answer (here ``--yes``: each is let in
     as a guest at once) and then say nothing: they hold places past the first-flight deadline,
