@@ -42,6 +42,7 @@ from .pairing import wire
 from .pairing.cloud import CloudHello, CloudReply
 from .pairing.cpns import (
     AuthenticationRequest,
+    AuthenticationResponse,
     GatewayConfig,
     KeySource,
     LinkSession,
@@ -127,22 +128,40 @@ class PlainChannel:
 
 class SetupPipe(MessagePipe):
     """The message pipe of an element's link on the gateway, noting since when the element
-    owes the answer to the key server's authentication request the gateway relayed to it
-    (:data:`AUTH_GRACE`)."""
+    holds up the setup it started (:data:`AUTH_GRACE`): it owes the answer to the key server's
+    authentication request the gateway relayed to it, or the setup dropped it (it spoke out of
+    turn, its link closed) while the key server still waits for its proof."""
 
     #: when the gateway relayed an authentication request the element has not answered yet
     owes_since: float | None = None
+    #: when the setup dropped the element
+    dropped_since: float | None = None
+
+    @property
+    def stalled_since(self) -> float | None:
+        """Since when this element holds up its setup (None: it does not)."""
+        times = [t for t in (self.owes_since, self.dropped_since) if t is not None]
+        return min(times, default=None)
 
     async def send(self, message: bytes) -> None:
         await super().send(message)
-        if len(message) <= AuthenticationRequest.MAX_SIZE and isinstance(
-            wire.decode(message), AuthenticationRequest
-        ):
+        if len(message) > AuthenticationRequest.MAX_SIZE:
+            return
+        try:
+            sent = wire.decode(message)
+        except PairingError:
+            return  # not a message of ours to watch (a record on a channel, say)
+        if isinstance(sent, AuthenticationRequest):
             self.owes_since = asyncio.get_running_loop().time()
 
     async def recv(self) -> bytes:
         message = await super().recv()
-        self.owes_since = None
+        # Only the answer settles what it owes: any other message is out of turn (and gets
+        # the element dropped), never a way to look busy.
+        if self.owes_since is not None and len(message) <= AuthenticationResponse.MAX_SIZE:
+            with contextlib.suppress(PairingError):
+                if isinstance(wire.decode(message), AuthenticationResponse):
+                    self.owes_since = None
         return message
 
 
@@ -600,24 +619,29 @@ class PnGateway:
             self._setup_lock.release()
 
     async def _unless_stalled(
-        self, setup: Awaitable[PnInventory], pipe: MessagePipe | None
+        self, setup: Awaitable[PnInventory], pipes: list[SetupPipe]
     ) -> PnInventory:
-        """``setup``'s inventory; cut short (:class:`PairingTimeout`) once the initiator on
-        ``pipe`` has owed its answer to the key server's authentication request for
-        :data:`AUTH_GRACE` seconds while another setup waits its turn.  A real element answers
-        at once, with no person asked; until it answers, the key server has stored nothing of
-        this setup, so cutting it loses nothing."""
+        """``setup``'s inventory; cut short (:class:`PairingTimeout`) once every element of it
+        (on ``pipes``; none: never cut) has held it up (:attr:`SetupPipe.stalled_since`: it
+        owes its answer to the key server's authentication request, or the setup dropped it)
+        for :data:`AUTH_GRACE` seconds while another setup waits its turn.  A real element
+        answers at once, with no person asked (one whose person is asked to join owes nothing
+        yet); a setup in which one is still under way is never cut."""
         task = asyncio.ensure_future(setup)
         loop = asyncio.get_running_loop()
         grace = min(AUTH_GRACE, self.opts.step_timeout)
         try:
             while True:
-                owes = pipe.owes_since if isinstance(pipe, SetupPipe) else None
-                late = None if owes is None else loop.time() - owes
+                times = [p.stalled_since for p in pipes]
+                since = None
+                if times and all(t is not None for t in times):
+                    since = max(t for t in times if t is not None)
+                late = None if since is None else loop.time() - since
                 if late is not None and late >= grace and self._queued:
                     raise PairingTimeout(
-                        f"the element did not answer the key server's authentication request "
-                        f"within {grace:g} s, and another PN setup is waiting"
+                        f"the elements of this PN setup held it up for {grace:g} s (the key "
+                        "server's authentication request unanswered), and another setup is "
+                        "waiting"
                     )
                 self._wanted.clear()
                 waits: set[asyncio.Future[Any]] = {task}
@@ -685,8 +709,19 @@ class PnGateway:
                 collect_window=o.collect_window, step_timeout=o.step_timeout,
             )
 
+            # A PNE-initiated setup gives way when all its elements hold it up (the gateway's
+            # own is never cut: it runs again by itself).
+            watched: list[SetupPipe] = []
+            if initiator is not None:
+                watched = [pl.pipe for pl in pnes.values() if isinstance(pl.pipe, SetupPipe)]
+            for sp in watched:
+                sp.owes_since = sp.dropped_since = None
+
             def on_event(event: Event) -> None:
                 if isinstance(event, PneDropped):
+                    dropped = pnes.get(event.port)
+                    if dropped is not None and isinstance(dropped.pipe, SetupPipe):
+                        dropped.pipe.dropped_since = asyncio.get_running_loop().time()
                     who = event.pne_id.hex()[:16] if event.pne_id else "a PNE"
                     self.say(f"{who} left the setup: {event.reason}")
 
@@ -696,7 +731,7 @@ class PnGateway:
                     pnes, me=self.me, config=config, server=o.server, ca_file=o.ca_file,
                     initiate=None if initiator is not None else (setup, invited),
                     on_event=on_event, rng=self._rng,
-                ), initiator[1] if initiator is not None else None)
+                ), watched)
             except PairingError as exc:
                 self.say(f"the PN setup failed: {exc}")
                 for w in slots.values():

@@ -291,10 +291,6 @@ async def test_a_stranger_asked_in_a_setup_does_not_make_it_fail_for_the_element
         await gw.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "attack review (setup retry), finding 5: a stranger that speaks out of turn right after its "
-    "setup request is dropped by the gateway's machine before it owes anything, so its setup "
-    "is never cut, and the key server still waits for its proof"))
 async def test_a_stranger_that_speaks_out_of_turn_does_not_hold_the_gateway(
     tmp_path: Path,
 ) -> None:
