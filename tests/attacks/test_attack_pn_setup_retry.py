@@ -35,12 +35,12 @@ from tests.pn_harness import free_port, pn_lab
 NAMES = {"gw": "Paul's phone", "watch": "Paul's watch", "scale": "Paul's scale"}
 
 
-def setup_request(pne_id: str) -> bytes:
-    """A 1-1 ``PnSetupRequest`` under ``pne_id`` (an enrolled element's: the stranger copied
-    it off the air), as the TCP transport frames it after its length."""
+def setup_request(pne_id: str, setup: SetupType = SetupType.ONE_TO_ONE) -> bytes:
+    """A ``PnSetupRequest`` (1-1 unless told) under ``pne_id`` (an enrolled element's: the
+    stranger copied it off the air), as the TCP transport frames it after its length."""
     request = PnSetupRequest(
         pne_id=bytes.fromhex(pne_id), name="Paul's scale", caps=1,
-        setup_type=SetupType.ONE_TO_ONE, rand_pne=os.urandom(16), local_key_request=True,
+        setup_type=setup, rand_pne=os.urandom(16), local_key_request=True,
     )
     return frame(request.encode())[4:]
 
@@ -320,6 +320,58 @@ async def test_a_stranger_that_speaks_out_of_turn_does_not_hold_the_gateway(
             with contextlib.suppress(BaseException):
                 await flood
         assert joined.ok().json()["ok"] is True, joined.err
+        (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
+        assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
+        await gw.stop()
+
+
+async def test_a_setup_with_an_element_whose_person_decides_is_not_cut(tmp_path: Path) -> None:
+    """The other side of the rule above: a setup gives way only when every element in it holds
+    it up.  A stranger starts an "all" setup and speaks out of turn at once (dropped); the
+    watch, in reach, is asked to join it, and its person takes 3 s to say yes; another
+    stranger's setup request waits meanwhile.  The watch owes nothing while its person decides:
+    the setup must not be cut under it, and the watch must end a member."""
+    from pairkit.cli.ttp_cli import SETTING_EUKEY
+    from pairkit.keystore import Keystore
+    from pairkit.pairing.cpns import PneConfig
+    from pairkit.pn import pne_setup
+    from pairkit.transports.tcp import tcp_connect
+    from tests.cli_helpers import KEYSTORE_PIN
+
+    class SlowPerson:
+        async def allow_pn_join(self, question: object) -> bool:
+            await asyncio.sleep(3.0)
+            return True
+
+    async with pn_lab(tmp_path, NAMES) as lab:
+        port = free_port()
+        gw = await lab.start("gw", "pn", "gateway", "-t", f"tcp:127.0.0.1:{port}", "--json",
+                             "--yes", "--collect", "10", "--timeout", "4")
+        await gw.narration("is the PN gateway on")
+        ks = Keystore.open(lab.homes["watch"] / "keystore.pk", KEYSTORE_PIN)
+        config = PneConfig(bytes.fromhex(ks.device_id), ks.name, ks.setting(SETTING_EUKEY),
+                           join="ask", step_timeout=15.0)
+        link = await tcp_connect("127.0.0.1", port, 10.0)
+        watch = asyncio.create_task(pne_setup(link, config, listen=True, delegate=SlowPerson()))
+        first, second = attacker_addresses(2)
+        strangers = []
+        try:
+            await gw.narration("Paul's watch .* is in reach")
+            strangers.append(await link_from(first, "127.0.0.1", port))
+            await strangers[0].send(setup_request(lab.ids["scale"], SetupType.ALL))
+            await strangers[0].send(frame(PnAttach(os.urandom(16), "", 1).encode())[4:])
+            await gw.narration("left the setup: a PNE sent PnAttach")
+            strangers.append(await link_from(second, "127.0.0.1", port))
+            await strangers[1].send(setup_request(lab.ids["scale"]))
+            machine, channel = await asyncio.wait_for(watch, 30.0)
+        finally:
+            watch.cancel()
+            for stranger in strangers:
+                with contextlib.suppress(Exception):
+                    await stranger.close()
+            with contextlib.suppress(Exception):
+                await link.close()
+        assert machine.membership is not None and channel is not None
         (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
         assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
         await gw.stop()
