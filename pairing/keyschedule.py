@@ -34,8 +34,8 @@ QR_PSK = b"pairkit/1 qr psk"
 QR_ID = b"pairkit/1 qr id"
 #: §5 HPKE ``info`` prefix of ``compare``
 COMPARE_INFO = b"pairkit/1 compare"
-#: §5 the guest's commitment to its nonce in ``compare``
-COMMIT_GUEST = b"pairkit/1 guest commit"
+#: §5 the host's commitment in ``compare``
+COMMIT = b"pairkit/1 commit"
 #: §5 the 6-digit comparison code
 CODE = b"pairkit/1 code"
 #: §5, §6 the identity handshake PSK (followed by the method's label)
@@ -158,9 +158,9 @@ def compare_info(th: bytes) -> bytes:
     return COMPARE_INFO + th
 
 
-def compare_guest_commit(nonce: bytes, pk: bytes) -> bytes:
-    """The guest's commitment to its nonce N_G, bound to its key PK_G (docs/protocol.md §5)."""
-    return mac(nonce, COMMIT_GUEST, pk)
+def compare_commit(nonce: bytes, pk: bytes, enc: bytes, th: bytes) -> bytes:
+    """The host's commitment to its key share and nonce (docs/protocol.md §5)."""
+    return mac(nonce, COMMIT, pk, enc, th)
 
 
 def compare_code(th: bytes, pk: bytes, enc: bytes, ng: bytes, nh: bytes) -> str:

@@ -7,7 +7,7 @@ type   message           sent by, when
 10     Offer             guest, first: its announcement and the first data of its method
 11     Accept            host, second: its announcement and its method data
 12     NoiseMessage      either: a further Noise handshake message
-13     Reveal            guest: the nonce it committed to (``compare``)
+13     Reveal            either: a nonce revealed after a commitment (``compare``)
 14     (retired)         never reused
 20     ResumeMessage     either: the known-peer resume flow (Mozilla Sync style header)
 =====  ================  =========================================================================
@@ -62,8 +62,6 @@ class Offer(Message):
     pk: bytes | None = field(5, size=KEY_LEN, default=None)  #: ephemeral key (``compare``)
     qr_id: bytes | None = field(6, size=8, default=None)  #: which QR code (``qr``)
     guest_id: bytes | None = field(7, size=ID_LEN, default=None)  #: who calls (``kk``, ``ttp``)
-    #: the guest's commitment to its nonce N_G (``compare``, docs/protocol.md §5)
-    commit: bytes | None = field(8, size=MAC_LEN, default=None)
 
 
 @message(type_id=11, max_size=1024)
@@ -72,14 +70,12 @@ class Accept(Message):
 
     hello: Announce = field(2)
     cpace: bytes | None = field(3, size=KEY_LEN, default=None)  #: CPace Yb (``pin``)
-    #: Noise message (``pin``, ``qr``, ``kk``; ``compare``'s XX message 1)
-    noise: bytes | None = field(4, max_len=512, default=None)
+    noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message (``pin``, ``qr``)
     sealed: bytes | None = field(5, max_len=256, default=None)  #: HPKE enc||ct (``compare``)
-    # field 6 (the host's commitment, compare's first order) is retired: never reuse the number
+    commit: bytes | None = field(6, size=MAC_LEN, default=None)  #: commitment (``compare``)
     key: bytes | None = field(7, size=KEY_LEN, default=None, secret=True)  #: SK (``clear``)
     # field 8 (an identity, once for ``clear``) is retired: never reuse the number
     host_id: bytes | None = field(9, size=ID_LEN, default=None)  #: who answers (``ttp``)
-    nonce: bytes | None = field(10, size=NONCE_LEN, default=None)  #: N_H (``compare``)
 
 
 @message(type_id=12, max_size=1024)
@@ -89,13 +85,22 @@ class NoiseMessage(Message):
     noise: bytes = field(2, max_len=512)
 
 
+#: Noise XX message 1 with an empty payload: the ephemeral key and the payload's tag
+NOISE_FIRST_LEN = KEY_LEN + 16
+
+
 @message(type_id=13, max_size=128)
 class Reveal(Message):
-    """Guest -> host: the nonce N_G the guest committed to in its Offer (``compare``,
-    docs/protocol.md §5; the order: docs/security.md, "compare: the guest commits first")."""
+    """A nonce revealed after the commitment (``compare``, commit-then-reveal).
+
+    The host's also carries the identity handshake's first message (docs/protocol.md §5): it
+    proves only knowledge of the compared key, so it may go before the host's person confirmed
+    (docs/security.md, "compare: what may cross before the people confirmed the code").
+    """
 
     nonce: bytes = field(2, size=NONCE_LEN)
-    # field 3 (the host's Noise message 1, when the host revealed too) is retired
+    #: the host's Noise XX message 1 (``compare``); never in the guest's Reveal
+    noise: bytes | None = field(3, size=NOISE_FIRST_LEN, default=None)
 
 
 class ResumeKind(IntEnum):

@@ -97,33 +97,23 @@ def run(
     answers: dict[str, Answer] | None = None,
     tamper: Tamper | None = None,
 ) -> PairResult:
-    """Shuttle messages along ``links`` (pairs of machine names) until nothing moves.
-
-    A machine whose person is asked is given nothing but an Abort until the answer: what
-    arrives meanwhile is held and delivered after it, in order, as :func:`pairkit.driver.drive`
-    does.
-    """
+    """Shuttle messages along ``links`` (pairs of machine names) until nothing moves."""
     answers = answers or {}
-    held: dict[str, list[bytes]] = {}
     result = PairResult()
     peer_of: dict[str, str] = {}
     for a, b in links:
         peer_of[a], peer_of[b] = b, a
     pending: list[tuple[str, Question]] = []
-
-    def collect(name: str, machine: Machine) -> None:
-        for event in machine.events():
-            if isinstance(event, WaitingForOwner | OwnerDecided):
-                result.statuses.append((name, event))
-                continue
-            result.questions.append((name, event))
-            if isinstance(event, Question):
-                pending.append((name, event))
-
     for _ in range(MAX_ROUNDS):
         moved = False
         for name, machine in machines.items():
-            collect(name, machine)
+            for event in machine.events():
+                if isinstance(event, WaitingForOwner | OwnerDecided):
+                    result.statuses.append((name, event))
+                    continue
+                result.questions.append((name, event))
+                if isinstance(event, Question):
+                    pending.append((name, event))
         for name, question in list(pending):
             if name not in answers:
                 continue
@@ -141,13 +131,6 @@ def run(
                 machine.answer(question, value, now)
             except PairingError as exc:
                 result.errors.setdefault(name, exc)
-            for item in held.pop(name, []):
-                if machine.failed or machine.done:
-                    break
-                try:
-                    machine.receive(item, now)
-                except PairingError as exc:
-                    result.errors.setdefault(name, exc)
         for name, machine in machines.items():
             for data in machine.outgoing():
                 moved = True
@@ -164,24 +147,13 @@ def run(
                     target = machines[target_name]
                     if target.failed or target.done:
                         continue
-                    if any(n == target_name for n, _q in pending) and not _is_abort(item):
-                        held.setdefault(target_name, []).append(item)
-                        continue
                     try:
                         target.receive(item, now)
                     except PairingError as exc:
                         result.errors.setdefault(target_name, exc)
-                    collect(target_name, target)  # a question asked now holds what follows
         if not moved:
             return result
     raise AssertionError("too many round trips!")
-
-
-def _is_abort(data: bytes) -> bool:
-    try:
-        return isinstance(wire.decode(data), wire.Abort)
-    except PairingError:
-        return False
 
 
 def _direction(src: str, dst: str) -> str:

@@ -81,14 +81,14 @@ def test_every_row_completes_with_positive_figures(bench: ModuleType, quick: dic
 
 def test_each_method_runs_the_whole_exchange(quick: dict) -> None:
     # The message sequences of pairing/methods.py's docstring: pin 2 round trips, qr and kk 1,
-    # compare 5 flights (Offer with the guest's commitment, Accept with N_H and the identity
-    # handshake's first message, Reveal, then its 2 others), clear Offer/Accept and two
+    # compare 6 flights (4, the last with the identity handshake's first message, then its 2
+    # others), clear Offer/Accept and two
     # handshake messages, resume one round trip, kk-stale a refused resume and then kk.
     flights = {r["method"]: r["flights"] for r in quick["methods"]}
     assert flights == {
         "pin": 4,
         "qr": 2,
-        "compare": 5,
+        "compare": 6,
         "clear": 4,
         "resume": 2,
         "kk": 2,

@@ -70,14 +70,13 @@ ALL = [*FULL, Method.RESUME, Method.KK]
 FLIGHTS = {
     Method.PIN: ["Offer", "Accept", "NoiseMessage", "NoiseMessage"],
     Method.QR: ["Offer", "Accept"],
-    Method.COMPARE: ["Offer", "Accept", "Reveal", "NoiseMessage", "NoiseMessage"],
+    Method.COMPARE: ["Offer", "Accept", "Reveal", "Reveal", "NoiseMessage", "NoiseMessage"],
     Method.CLEAR: ["Offer", "Accept", "NoiseMessage", "NoiseMessage"],
     Method.RESUME: ["ResumeMessage"] * 2,
     Method.KK: ["Offer", "Accept"],
 }
-#: every method alternates but compare, whose guest opens N_G, then (after its person's yes)
-#: sends message 2 of the identity handshake that the host opened in its Accept
-DIRECTIONS: dict[Method, list[str]] = {Method.COMPARE: ["g2h", "h2g", "g2h", "g2h", "h2g"]}
+#: every method alternates (compare's host opens the identity handshake in its Reveal)
+DIRECTIONS: dict[Method, list[str]] = {}
 ids = [m.label for m in ALL]
 
 
@@ -648,22 +647,21 @@ def test_mitm_compare_codes_differ_so_users_refuse() -> None:
 
 
 def test_mitm_compare_cannot_change_its_nonce_after_committing() -> None:
-    """To steer the host's code toward the guest's, Mallory must open another nonce than the
-    one she committed to in her Offer (she saw N_H only after committing)."""
+    """To steer the guest's code toward the host's, Mallory must change a committed value."""
     pair = make_pair(Method.COMPARE, seed=66)
     m = mallory(Method.COMPARE)
 
     def steer(direction: str, data: bytes) -> bytes:
         msg = wire.decode(data)
-        if direction == "mitm_guest->host" and isinstance(msg, Reveal):
+        if direction == "mitm_host->guest" and isinstance(msg, Reveal):
             return dataclasses.replace(msg, nonce=bytes(b ^ 1 for b in msg.nonce)).encode()
         return data
 
     result = run_mitm(pair, m, answers=USERS_COMPARE, tamper=steer)
-    assert result.codes("host") == []  # no code is ever shown on the host's screen
-    err = assert_failed(pair.host, AuthenticationError)
+    assert result.codes("guest") == []  # no code is ever shown on the guest's screen
+    err = assert_failed(pair.guest, AuthenticationError)
     assert "commitment" in str(err)
-    assert pair.guest.session is None
+    assert pair.host.session is None
 
 
 # -- rewritten announcements (downgrade, method confusion) -----------------------------------
@@ -858,8 +856,8 @@ def test_dropped_message_times_out(method: Method, index: int) -> None:
     result = pair.run(tamper=_nth(index, "drop"))
     transcript = honest_transcript(method, seed=83)
     if index + 1 < len(transcript) and transcript[index + 1][0] == transcript[index][0]:
-        # The same side sends again before hearing back (compare's guest sends message 2 after
-        # its Reveal): the next message arrives out of turn and is refused.
+        # The same side sends again before hearing back (compare's host opens the identity
+        # handshake after its Reveal): the next message arrives out of turn and is refused.
         assert isinstance(result.errors.get(transcript[index][0]), ProtocolError)
         return
     assert result.errors == {}
@@ -1172,19 +1170,18 @@ def test_compare_refused_by_a_user(refuser: str) -> None:
 
 
 def _compare_to_the_question() -> tuple[Pair, bytes]:
-    """A compare pair stepped until both people are asked; (the pair, the host's Accept)."""
+    """A compare pair stepped until both people are asked; (the pair, the host's Reveal)."""
     pair = make_pair(Method.COMPARE, seed=140)
     stepper = Stepper(pair.guest, pair.host, answer=False)
-    for _ in range(3):  # Offer(PK_G, C_G), Accept(sealed, N_H, XX message 1), Reveal(N_G)
+    for _ in range(4):  # Offer, Accept, Reveal(N_G), Reveal(N_H + XX message 1)
         assert stepper.step()
     assert pair.guest.state == pair.host.state == "ask-user"
-    accept = wire.decode(stepper.delivered[1][1])
-    assert isinstance(accept, Accept) and accept.noise is not None and len(accept.noise) == 48
-    assert accept.nonce is not None and len(accept.nonce) == 16
-    return pair, stepper.delivered[1][1]
+    reveal = wire.decode(stepper.delivered[-1][1])
+    assert isinstance(reveal, Reveal) and reveal.noise is not None and len(reveal.noise) == 48
+    return pair, stepper.delivered[-1][1]
 
 
-def test_compare_host_sends_noise_message_1_in_its_accept_and_nothing_more() -> None:
+def test_compare_host_sends_noise_message_1_with_its_reveal_and_nothing_more() -> None:
     pair, _ = _compare_to_the_question()
     # Nothing else left either side while the people look at the code: no identity moved.
     assert pair.guest.outgoing() == [] and pair.host.outgoing() == []
@@ -1218,51 +1215,43 @@ def test_compare_message_2_held_until_the_host_confirms() -> None:
     assert_paired(pair, Method.COMPARE)
 
 
-@pytest.mark.parametrize("missing", ["commit", "pk"])
-def test_compare_offer_without_its_commitment_or_key_is_a_decode_error(missing: str) -> None:
-    """An Offer for compare must carry PK_G and the guest's commitment (an older guest's has
-    no commitment): refused before the host draws or sends anything."""
-    pair = make_pair(Method.COMPARE, seed=144)
-    (offer,) = pair.guest.outgoing()
-    with pytest.raises(DecodeError, match="commitment"):
-        pair.host.receive(rewrite(offer, **{missing: None}), 0.0)
-    assert_failed(pair.host, DecodeError)
-    assert [wire.decode(m).__class__.__name__ for m in pair.host.outgoing()] == ["Abort"]
-
-
-@pytest.mark.parametrize("missing", ["nonce", "noise", "sealed"])
-def test_compare_accept_without_its_fields_is_a_decode_error(missing: str) -> None:
-    """The host's Accept must carry its sealed key, N_H and XX message 1 (an older host's has a
-    commitment instead): refused before N_G is opened or anything is shown."""
+@pytest.mark.parametrize("who", ["guest", "host"])
+def test_compare_reveal_with_the_wrong_fields_is_a_decode_error(who: str) -> None:
+    """The host's Reveal must carry XX message 1 (an older host's does not), the guest's must
+    not: both are refused before anything is shown."""
     pair = make_pair(Method.COMPARE, seed=141)
     stepper = Stepper(pair.guest, pair.host, answer=False)
-    stepper.step()  # the Offer
-    target, accept = stepper.queue.pop(0)  # the host's Accept, not yet delivered
-    assert target == "guest"
-    with pytest.raises(DecodeError, match="lacks"):
-        pair.guest.receive(rewrite(accept, **{missing: None}), 0.0)
+    for _ in range(2):  # Offer, Accept
+        stepper.step()
+    target, guest_reveal = stepper.queue.pop(0)  # the guest's Reveal, not yet delivered
+    assert target == "host"
+    if who == "host":
+        with pytest.raises(DecodeError, match="Noise"):
+            pair.host.receive(rewrite(guest_reveal, noise=bytes(48)), 0.0)
+        assert_failed(pair.host, DecodeError)
+        return
+    pair.host.receive(guest_reveal, 0.0)
+    (host_reveal,) = pair.host.outgoing()
+    with pytest.raises(DecodeError, match="Noise"):
+        pair.guest.receive(rewrite(host_reveal, noise=None), 0.0)
     assert_failed(pair.guest, DecodeError)
     assert pair.guest.events() == []  # no code was shown
-    out = [wire.decode(m) for m in pair.guest.outgoing()]
-    assert [type(m).__name__ for m in out] == ["Abort"]  # and N_G was never opened
 
 
 @pytest.mark.parametrize("position", [0, 31, 32, 47])
-def test_compare_a_flipped_message_1_stops_the_guest_before_it_opens_or_asks(
-    position: int,
-) -> None:
+def test_compare_a_flipped_message_1_stops_the_guest_before_it_asks(position: int) -> None:
     pair = make_pair(Method.COMPARE, seed=142)
     stepper = Stepper(pair.guest, pair.host, answer=False)
-    stepper.step()  # the Offer
-    target, accept = stepper.queue.pop(0)  # the host's Accept, not yet delivered
+    for _ in range(3):  # Offer, Accept, Reveal(N_G)
+        stepper.step()
+    target, host_reveal = stepper.queue.pop(0)  # the host's Reveal, not yet delivered
     assert target == "guest"
-    noise = bytearray(wire.decode(accept).noise)
+    noise = bytearray(wire.decode(host_reveal).noise)
     noise[position] ^= 0x80
     with pytest.raises(AuthenticationError, match="session key differs"):
-        pair.guest.receive(rewrite(accept, noise=bytes(noise)), 0.0)
+        pair.guest.receive(rewrite(host_reveal, noise=bytes(noise)), 0.0)
     assert_failed(pair.guest, AuthenticationError)
     assert [e for e in pair.guest.events() if isinstance(e, ConfirmCode)] == []
-    assert [type(wire.decode(m)).__name__ for m in pair.guest.outgoing()] == ["Abort"]
 
 
 def test_compare_message_1_of_another_exchange_fails() -> None:
@@ -1271,10 +1260,11 @@ def test_compare_message_1_of_another_exchange_fails() -> None:
     old = wire.decode(recorded).noise
     pair = make_pair(Method.COMPARE, seed=143)
     stepper = Stepper(pair.guest, pair.host, answer=False)
-    stepper.step()
-    _, accept = stepper.queue.pop(0)
+    for _ in range(3):
+        stepper.step()
+    _, host_reveal = stepper.queue.pop(0)
     with pytest.raises(AuthenticationError):
-        pair.guest.receive(rewrite(accept, noise=old), 0.0)
+        pair.guest.receive(rewrite(host_reveal, noise=old), 0.0)
     assert_failed(pair.guest, AuthenticationError)
 
 

@@ -13,11 +13,18 @@ then run from its module (:mod:`.pin`, :mod:`.qr`, :mod:`.compare`, :mod:`.clear
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, ClassVar
 
 from ..crypto import Rng
-from ..errors import ConfigError, InsecureLinkError, ProtocolError, UnsupportedError
+from ..errors import (
+    ConfigError,
+    DecodeError,
+    InsecureLinkError,
+    ProtocolError,
+    UnsupportedError,
+)
 from ..machine import DONE, Step, step
 from ..messages import Accept, Announce, NoiseMessage, Offer, ResumeMessage, Reveal
 from ..negotiation import Caps, Method, choose, methods_from_mask
@@ -47,6 +54,42 @@ from .pin import PinGuest, PinHost
 from .qr import QrGuest, QrHost
 from .resume import ResumeGuest, ResumeHost
 
+#: method -> the fields its Offer and its Accept carry beside ``hello`` (docs/protocol.md §3-§8);
+#: any other field is refused as a decode error, so a value meant for one method is never read,
+#: or silently dropped, by another
+_OFFER_FIELDS: dict[Method, frozenset[str]] = {
+    Method.PIN: frozenset({"cpace"}),
+    Method.QR: frozenset({"qr_id", "noise"}),
+    Method.COMPARE: frozenset({"pk"}),
+    Method.CLEAR: frozenset(),
+    Method.KK: frozenset({"guest_id", "noise"}),
+}
+_ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
+    Method.PIN: frozenset({"cpace", "noise"}),
+    Method.QR: frozenset({"noise"}),
+    Method.COMPARE: frozenset({"sealed", "commit"}),
+    Method.CLEAR: frozenset({"key", "noise"}),
+    Method.KK: frozenset({"noise"}),
+}
+
+
+def _only_fields(
+    msg: Offer | Accept, method: Method, allowed: dict[Method, frozenset[str]]
+) -> None:
+    """Refuse a field ``method`` does not use (named, never its value: clear's key is secret)."""
+    expected = allowed.get(method)
+    if expected is None:
+        return  # a method this machine does not run: refused by its caller
+    extra = sorted(
+        f.name for f in dataclasses.fields(msg)
+        if f.name != "hello" and f.name not in expected and getattr(msg, f.name) is not None
+    )
+    if extra:
+        raise DecodeError(
+            f"the {type(msg).__name__} for '{method.label}' carries a field of another method "
+            f"({', '.join(extra)})"
+        )
+
 
 class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     """The guest side (initiator): proposes a method and runs it.
@@ -57,10 +100,11 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     """
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
-        # pin and clear go on to the identity handshake, qr and kk are done; compare opens N_G
-        # (its Accept held N_H and the host's Noise message 1) and the people look at the code
-        (S_ACCEPT, Accept): step("_on_accept", S_NOISE, DONE, S_ASK),
+        # pin and clear go on to the identity handshake, qr and kk are done, compare reveals
+        (S_ACCEPT, Accept): step("_on_accept", S_NOISE, DONE, S_REVEAL),
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
+        # compare: N_H and the host's Noise message 1, then the people look at the code
+        (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
         # done, or the host refused the prekey: the KK fallback's Offer
         (S_RESUME, ResumeMessage): step("_on_resume", DONE, S_ACCEPT),
     }
@@ -188,6 +232,7 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
             proposed=self.method,
             knows_peer=self._peer is not None,
         )
+        _only_fields(msg, self.method, _ACCEPT_FIELDS)
         self._th_hellos = (self._offer.hello, msg.hello)  # th when a method asks for it
         self._host_name = msg.hello.name
         accept = self._ACCEPTS.get(self.method)
@@ -204,7 +249,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         # done, or the prekey is gone: wait in S_OFFER for the guest's KK fallback
         (S_OFFER, ResumeMessage): step("_on_resume_init", DONE, S_OFFER),
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
-        # compare: the guest opens N_G, the host checks it against the commitment and asks
+        # compare: the guest's N_G; answered with N_H and Noise message 1, then the question
         # (a NoiseMessage while the person is asked is not in the table: the driver holds it)
         (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
     }
@@ -268,6 +313,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
             Caps(msg.hello.caps), methods_from_mask(msg.hello.methods), Caps(caps),
             self.config.methods, proposed=proposed, knows_peer=knows,
         )
+        _only_fields(msg, proposed, _OFFER_FIELDS)
         self.method = proposed
         hello: Announce = _announce(self.config, self.me.name, proposed, Caps(caps), self._rng)
         self._offer = msg

@@ -1,20 +1,19 @@
-"""``compare`` (5 messages; docs/protocol.md §5).
+"""``compare`` (6 flights; docs/protocol.md §5).
 
-Offer(PK_G, C_G = HMAC(N_G, "guest commit"||PK_G)) -> Accept(HPKE(PK_G, SK) = enc||ct, N_H,
-Noise message 1) -> Reveal(N_G) -> [both users compare the code] -> Noise messages 2 and 3 of
-the identity handshake.
-The guest commits to its nonce before it sees anything of the host, the host fixes its key share
-(enc) and nonce before it sees the guest's, and the guest opens its nonce only after: the
-commitment order of SAS-based key agreement (Vaudenay, SAS-MCA, CRYPTO 2005).  A man in the
-middle must fix her inputs to one side's code before she can learn the nonce that completes
-it, so the six digits ``HMAC(th, "code"||PK_G||enc||N_G||N_H) mod 10^6`` match with
-probability 10^-6 per attempt (docs/security.md, "compare: the guest commits first").
+Offer(PK_G) -> Accept(HPKE(PK_G, SK) = enc||ct, C = HMAC(N_H, "commit"||PK_G||enc||th)) ->
+Reveal(N_G) -> Reveal(N_H, Noise message 1) -> [both users compare the code] -> Noise messages
+2 and 3 of the identity handshake.
+The host commits to its key share (enc) and nonce before it sees the guest's nonce, as in BLE LE
+Secure Connections numeric comparison (Core spec Vol 3 Part H §2.3.5.6.2): a man in the middle
+must fix one side's values before learning the other's nonce, so the six digits
+``HMAC(th, "code"||PK_G||enc||N_G||N_H) mod 10^6`` match with probability 10^-6 per attempt.
 SK comes from HPKE base mode (RFC 9180 §5.1; X25519, HKDF-SHA256, ChaCha20-Poly1305) with
 ``th`` in ``info``.  The identity handshake is ``Noise_XXpsk0`` (PSK = HKDF(SK, salt=th,
 "pairkit/1 identity psk compare")), whose ``es`` and ``se`` tokens make each side prove the static
 key it announces (docs/security.md, rule 1).  Its first message (``psk, e``: no identity, it only
-proves knowledge of SK, which a man in the middle holds too) travels in the host's Accept; each
-side sends its identity (message 2, message 3) only after its own person confirmed the code.
+proves knowledge of SK, which a man in the middle holds too) travels in the host's Reveal; each
+side sends its identity (message 2, message 3) only after its own person confirmed the code
+(docs/security.md, "compare: what may cross before the people confirmed the code").
 
 HPKE encryption draws its ephemeral itself (``cryptography``), not from the machine's ``rng``.
 """
@@ -43,24 +42,36 @@ from .handshake import GuestSide, HostSide
 
 class CompareGuest(GuestSide):
     _eph: X25519PrivateKey
+    _sealed: bytes
+    _commit: bytes
     _ng: bytes
     _sk: bytes
     _host_name: str
 
     def _compare_offer(self, hello: Announce) -> dict[str, Any]:
         self._eph, public = x25519_loaded(self._rng)
-        self._ng = self._rng(16)  # committed to now, opened once the host's Accept is read
-        return {"pk": public, "commit": keyschedule.compare_guest_commit(self._ng, public)}
+        return {"pk": public}
 
     def _compare_accept(self, msg: Accept, now: float) -> None:
+        if msg.sealed is None or msg.commit is None:
+            raise DecodeError("the host's Accept lacks its sealed key or commitment")
+        self._sealed = msg.sealed
+        self._commit = msg.commit
+        self._ng = self._rng(16)
+        self._send(Reveal(self._ng))
+        self._expect(now, S_REVEAL)
+
+    def _on_reveal(self, msg: Reveal, now: float) -> None:
         assert self._offer is not None and self._offer.pk is not None
-        if msg.sealed is None or msg.nonce is None or msg.noise is None:
-            raise DecodeError(
-                "the host's Accept lacks its sealed key, nonce or Noise message (an older pairkit?)"
-            )
+        if msg.noise is None:
+            raise DecodeError("the host's Reveal lacks its Noise message (an older pairkit?)")
+        enc = self._sealed[:32]
+        expected = keyschedule.compare_commit(msg.nonce, self._offer.pk, enc, self._th)
+        if not same(expected, self._commit):
+            raise AuthenticationError("the host's commitment does not match: a man in the middle?")
         try:
             self._sk = HPKE_SUITE.decrypt(
-                msg.sealed,
+                self._sealed,
                 self._eph,
                 info=keyschedule.compare_info(self._th),
             )
@@ -69,11 +80,9 @@ class CompareGuest(GuestSide):
         if len(self._sk) != 32:
             raise DecodeError("the session key must be 32 bytes")
         # Message 1 proves only that the host holds this SK (so might a man in the middle):
-        # read now, so a damaged one stops us before N_G is opened or the person asked.
+        # read now, so a damaged one stops us before the person is asked; the code decides.
         self._noise_read_first(_identity_psk(self._sk, self._th, self.method), msg.noise)
-        enc = msg.sealed[:32]
         code = keyschedule.compare_code(self._th, self._offer.pk, enc, self._ng, msg.nonce)
-        self._send(Reveal(self._ng))
         self.state = S_ASK
         self._expect_by(None)
         self._emit(ConfirmCode(code=code, peer_name=self._host_name))
@@ -96,8 +105,8 @@ class CompareHost(HostSide):
     _nh: bytes
 
     def _offer_compare(self, msg: Offer, hello: Announce, now: float) -> None:
-        if msg.pk is None or msg.commit is None:
-            raise DecodeError("the guest's Offer lacks its public key or commitment")
+        if msg.pk is None:
+            raise DecodeError("the guest's Offer lacks its public key")
         try:
             guest_key = X25519PublicKey.from_public_bytes(msg.pk)
         except ValueError:
@@ -111,20 +120,18 @@ class CompareHost(HostSide):
             raise AuthenticationError("the guest's public key is not acceptable") from None
         self._enc = sealed[:32]
         self._nh = self._rng(16)
-        # N_H goes in the clear: the guest committed to N_G before it could see it.  Message 1
-        # holds no identity and proves only knowledge of SK, so it may go before our person
-        # confirmed (docs/security.md).
-        first = self._noise_initiator(_identity_psk(self._sk, self._th, self.method))
-        self._send(Accept(hello=hello, sealed=sealed, nonce=self._nh, noise=first))
+        commit = keyschedule.compare_commit(self._nh, msg.pk, self._enc, self._th)
+        self._send(Accept(hello=hello, sealed=sealed, commit=commit))
         self._expect(now, S_REVEAL)
 
     def _on_reveal(self, msg: Reveal, now: float) -> None:
-        assert self._offer.pk is not None and self._offer.commit is not None
-        expected = keyschedule.compare_guest_commit(msg.nonce, self._offer.pk)
-        if not same(expected, self._offer.commit):
-            raise AuthenticationError(
-                "the guest's nonce does not match its commitment: a man in the middle?"
-            )
+        assert self._offer.pk is not None and self.method is not None
+        if msg.noise is not None:
+            raise DecodeError("the guest's Reveal carries a Noise message; it holds a nonce only")
+        # N_H with the identity handshake's message 1: it holds no identity and proves only
+        # knowledge of SK, so it may go before our person confirmed (docs/security.md).
+        first = self._noise_initiator(_identity_psk(self._sk, self._th, self.method))
+        self._send(Reveal(self._nh, noise=first))
         code = keyschedule.compare_code(self._th, self._offer.pk, self._enc, msg.nonce, self._nh)
         self.state = S_ASK
         self._expect_by(None)

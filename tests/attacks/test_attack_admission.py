@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pairkit.admission import Admission, AdmissionLimits
@@ -37,6 +38,58 @@ async def two_steps(link: Any) -> None:
             await link.close()
 
 
+class Host:
+    """A host's accept loop on 127.0.0.1 under ``limits``, serving :func:`two_steps`; the links
+    a test opens to it are closed with it."""
+
+    def __init__(self, listener: TcpListener, admission: Admission) -> None:
+        self.listener, self.admission = listener, admission
+        self.links: list[TcpLink] = []
+
+    async def link_from(self, source: str) -> TcpLink:
+        link = await link_from(source, "127.0.0.1", self.listener.port)
+        self.links.append(link)
+        return link
+
+    async def guest(self) -> TcpLink:
+        link = await tcp_connect("127.0.0.1", self.listener.port, timeout=5)
+        self.links.append(link)
+        return link
+
+    async def spoken_once(self, sources: list[str], each: int) -> None:
+        """``each`` links from every source, each past its first flight."""
+        for source in sources:
+            for _ in range(each):
+                link = await self.link_from(source)
+                await link.send(b"x")
+                assert await asyncio.wait_for(link.recv(), 5) == b"ack:x"
+
+
+@contextlib.asynccontextmanager
+async def serving(limits: AdmissionLimits = LIMITS) -> AsyncIterator[Host]:
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    host = Host(listener, Admission(limits))
+    loop_task = asyncio.create_task(accept_loop(listener, two_steps, admission=host.admission))
+    try:
+        yield host
+    finally:
+        for link in host.links:
+            with contextlib.suppress(Exception):
+                await link.close()
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await listener.close()
+
+
+async def paired(guest: TcpLink) -> None:
+    """The guest's first flight, then its second (the PIN typed), pair it."""
+    await guest.send(b"hello")
+    assert await asyncio.wait_for(guest.recv(), 5) == b"ack:hello"
+    await guest.send(b"pin")
+    assert await asyncio.wait_for(guest.recv(), 5) == b"paired:pin"
+
+
 async def test_a_guest_typing_its_pin_is_not_evicted_by_a_few_busy_addresses() -> None:
     """The guest has one link and is silent while its person types the PIN.  A stranger with
     two addresses fills the pending links (4 from one, 3 from the other, each having said
@@ -44,39 +97,22 @@ async def test_a_guest_typing_its_pin_is_not_evicted_by_a_few_busy_addresses() -
     hold as many as the busiest then, so the rule that evicts the busiest address's links does
     not fire; the guest's one link must not be the one that gives way (the module's promise: a
     guest's one link gives way only once every other address is down to one)."""
-    listener = await TcpListener.bind("127.0.0.1", 0)
-    admission = Admission(LIMITS)
-    loop_task = asyncio.create_task(accept_loop(listener, two_steps, admission=admission))
-    a, b = attacker_addresses(2)
-    held: list[TcpLink] = []
-    guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
-    try:
+    async with serving() as host:
+        a, b = attacker_addresses(2)
+        guest = await host.guest()
         await guest.send(b"hello")
         assert await asyncio.wait_for(guest.recv(), 5) == b"ack:hello"
         # The stranger's links, each past its first flight (spoken, so not the first to go).
-        for source, n in ((a, 4), (b, 3)):
-            for _ in range(n):
-                link = await link_from(source, "127.0.0.1", listener.port)
-                held.append(link)
-                await link.send(b"x")
-                assert await asyncio.wait_for(link.recv(), 5) == b"ack:x"
-        assert admission.pending == 8
+        await host.spoken_once([a], 4)
+        await host.spoken_once([b], 3)
+        assert host.admission.pending == 8
         await asyncio.sleep(2 * LIMITS.idle_grace)  # everyone has been silent a while
-        newcomer = await link_from(b, "127.0.0.1", listener.port)
-        held.append(newcomer)
+        newcomer = await host.link_from(b)
         await newcomer.send(b"x")
-        await wait_until(lambda: admission.refused >= 1, "refusal or eviction")
+        await wait_until(lambda: host.admission.refused >= 1, "refusal or eviction")
         # The person has typed the PIN: the guest's second flight.
         await guest.send(b"pin")
         assert await asyncio.wait_for(guest.recv(), 5) == b"paired:pin"
-    finally:
-        for link in (guest, *held):
-            with contextlib.suppress(Exception):
-                await link.close()
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
-        await listener.close()
 
 
 async def test_a_guest_whose_messages_are_read_at_once_counts_as_speaking() -> None:
@@ -113,42 +149,18 @@ async def test_a_guest_just_connected_is_not_evicted_by_strangers_who_spoke_once
     nothing, so "silent first" picked it as the victim of the next stranger's newcomer.  A link
     younger than the idle grace, from an address holding fewer links than the newcomer's would,
     must not give way for it."""
-    listener = await TcpListener.bind("127.0.0.1", 0)
-    admission = Admission(LIMITS)
-    loop_task = asyncio.create_task(accept_loop(listener, two_steps, admission=admission))
-    a, b = attacker_addresses(2)
-    held: list[TcpLink] = []
-    guest: TcpLink | None = None
-    try:
-        for source in (a, b):
-            for _ in range(4):
-                link = await link_from(source, "127.0.0.1", listener.port)
-                held.append(link)
-                await link.send(b"x")
-                assert await asyncio.wait_for(link.recv(), 5) == b"ack:x"
-        assert admission.pending == 8
+    async with serving() as host:
+        a, b = attacker_addresses(2)
+        await host.spoken_once([a, b], 4)
+        assert host.admission.pending == 8
         await asyncio.sleep(2 * LIMITS.idle_grace)  # they have been silent a while
         # The guest connects (a stranger's link gives way for it) and has not spoken yet ...
-        guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
-        await wait_until(lambda: admission.refused >= 1, "the first eviction")
+        guest = await host.guest()
+        await wait_until(lambda: host.admission.refused >= 1, "the first eviction")
         # ... when the evicted stranger reopens at once, from its address (now holding 3).
-        newcomer = await link_from(a, "127.0.0.1", listener.port)
-        held.append(newcomer)
-        await wait_until(lambda: admission.refused >= 2, "the second eviction or refusal")
-        # The guest's link is still there: its first flight, then its second, pair it.
-        await guest.send(b"hello")
-        assert await asyncio.wait_for(guest.recv(), 5) == b"ack:hello"
-        await guest.send(b"pin")
-        assert await asyncio.wait_for(guest.recv(), 5) == b"paired:pin"
-    finally:
-        for link in (guest, *held):
-            if link is not None:
-                with contextlib.suppress(Exception):
-                    await link.close()
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
-        await listener.close()
+        await host.link_from(a)
+        await wait_until(lambda: host.admission.refused >= 2, "the second eviction or refusal")
+        await paired(guest)  # the guest's link is still there
 
 
 async def test_silent_links_from_as_many_addresses_as_places_still_give_way_to_a_guest() -> None:
@@ -158,27 +170,10 @@ async def test_silent_links_from_as_many_addresses_as_places_still_give_way_to_a
     the oldest of them gives way to the guest: a grace for every young silent link would have
     let such a flood keep every guest out."""
     limits = dataclasses.replace(LIMITS, idle_grace=30.0)  # every stranger's link is young
-    listener = await TcpListener.bind("127.0.0.1", 0)
-    admission = Admission(limits)
-    loop_task = asyncio.create_task(accept_loop(listener, two_steps, admission=admission))
-    held: list[TcpLink] = []
-    guest: TcpLink | None = None
-    try:
+    async with serving(limits) as host:
         for source in attacker_addresses(limits.max_pending):
-            held.append(await link_from(source, "127.0.0.1", listener.port))
-        await wait_until(lambda: admission.pending == limits.max_pending, "every place held")
-        guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
-        await wait_until(lambda: admission.refused >= 1, "a stranger's link giving way")
-        await guest.send(b"hello")
-        assert await asyncio.wait_for(guest.recv(), 5) == b"ack:hello"
-        await guest.send(b"pin")
-        assert await asyncio.wait_for(guest.recv(), 5) == b"paired:pin"
-    finally:
-        for link in (guest, *held):
-            if link is not None:
-                with contextlib.suppress(Exception):
-                    await link.close()
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
-        await listener.close()
+            await host.link_from(source)
+        await wait_until(lambda: host.admission.pending == limits.max_pending, "every place held")
+        guest = await host.guest()
+        await wait_until(lambda: host.admission.refused >= 1, "a stranger's link giving way")
+        await paired(guest)

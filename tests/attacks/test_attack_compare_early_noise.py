@@ -1,29 +1,25 @@
-"""compare with the guest committing first (issue 13; docs/security.md, "compare: the guest
-commits first, and what may cross before the people confirmed").
+"""compare with Noise XX message 1 in the host's Reveal (issue 13; docs/security.md, "compare:
+what may cross before the people confirmed the code").
 
-The guest commits to its nonce N_G in its Offer; the host answers with N_H, its sealed key and
-the identity handshake's first message (Noise XX message 1) in its Accept, before its person
-confirmed; the guest opens N_G in its Reveal.  These attacks check that the order holds and that
-message 1 proves nothing and opens nothing, played by the real machines under
-:func:`pairkit.driver.drive` over real links (loopback, and bumble virtual radios with L2CAP),
-each side behind a :class:`Wire` that sees, and for the attacker rewrites, every whole message
-it sends:
+The host now sends the first message of the identity handshake beside its nonce N_H, before its
+person confirmed the code.  These attacks check that this proves nothing and opens nothing,
+played by the real machines under :func:`pairkit.driver.drive` over real links (loopback, and
+bumble virtual radios with L2CAP), each side behind a :class:`Wire` that sees, and for the
+attacker rewrites, every whole message it sends:
 
 * Mallory substitutes PK_G (a host toward the guest, a guest toward the host, her own keys):
   each side reads a valid message 1 (she holds each side's SK), yet the two screens show two
   codes and the people refuse; nobody has a session.
-* A guest that opens another nonce than the one it committed to (to steer the code after it saw
-  N_H), or that sends a commitment made for another key: the host stops before its person is
-  asked, with an authentication error.
-* One bit flipped in message 1 (in the ephemeral, in the tag): the guest stops before it opens
-  N_G and before its person is asked, with an authentication error.
+* One bit flipped in message 1 (in the ephemeral, in the tag): the guest stops before its person
+  is asked, with an authentication error, and the host's question is withdrawn.
 * A host that sends a message 3 before the guest's person confirmed (a recorded one): nothing
   is taken; a guest whose person says no never reads it, one who says yes fails on it.
 * A guest whose message 2 arrives while the host's person is still asked: the host has not read
   it (no session) until its person answers; after a yes the pairing completes, after a no it
   ends refused and the message was never read.
-* A person who refuses on either side: the real ``pairkit host`` and ``pairkit join`` flows
-  over bumble store nothing on either side, and the other side ends with ``Abort{6 refused}``.
+* A person who refuses on either side after message 1 was sent: the real ``pairkit host`` and
+  ``pairkit join`` flows over bumble store nothing on either side, and the other side ends with
+  ``Abort{6 refused}``.
 """
 
 from __future__ import annotations
@@ -45,9 +41,10 @@ from pairkit.pairing.errors import (
     PairingError,
     RefusedError,
     RemoteError,
+    UserCancelled,
 )
 from pairkit.pairing.framing import Reassembler, fragment
-from pairkit.pairing.messages import Accept, NoiseMessage, Offer, Reveal
+from pairkit.pairing.messages import NoiseMessage, Reveal
 from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
@@ -195,12 +192,11 @@ async def run_both(*runs: tuple[Any, Any, Any, bool]) -> list[BaseException | No
 
 
 def flip(position: int) -> Callable[[bytes], list[bytes]]:
-    """Flip one bit of the host's Noise message 1 (in its Accept), at ``position`` of its 48
-    bytes."""
+    """Flip one bit of the host's Noise message 1, at ``position`` of its 48 bytes."""
 
     def rewrite(data: bytes) -> list[bytes]:
         msg = wire.decode(data)
-        if isinstance(msg, Accept) and msg.noise is not None:
+        if isinstance(msg, Reveal) and msg.noise is not None:
             noise = bytearray(msg.noise)
             noise[position] ^= 0x01
             return [dataclasses.replace(msg, noise=bytes(noise)).encode()]
@@ -228,9 +224,8 @@ async def test_mallory_substituting_pk_g_gets_two_codes_and_is_refused(kind: str
             (toward_host, mg_wire, Yes(), True), (host, h_wire, h_person, False),
         )
     # Each honest side read a valid message 1 (Mallory holds both SKs) and showed a code ...
-    assert [a.noise is not None for a in h_wire.of(Accept)] == [True]
-    assert [a.noise is not None for a in mh_wire.of(Accept)] == [True]
-    assert len(g_wire.of(Reveal)) == 1 and len(mg_wire.of(Reveal)) == 1
+    assert [r.noise is not None for r in h_wire.of(Reveal)] == [True]
+    assert [r.noise is not None for r in mh_wire.of(Reveal)] == [True]
     assert len(g_person.asked) == 1 and len(h_person.asked) == 1
     # ... but not the same one (equal with probability 10^-6), so both people refuse.
     assert g_person.asked != h_person.asked
@@ -245,66 +240,20 @@ async def test_mallory_substituting_pk_g_gets_two_codes_and_is_refused(kind: str
     assert g_wire.of(NoiseMessage) == [] and h_wire.of(NoiseMessage) == []
 
 
-# -- a guest that opens something else than it committed to --------------------------------------
-
-
-def open_another_nonce(data: bytes) -> list[bytes]:
-    """Mallory as the guest: after she saw N_H she opens another N_G than she committed to."""
-    msg = wire.decode(data)
-    if isinstance(msg, Reveal):
-        return [dataclasses.replace(msg, nonce=bytes(b ^ 0x5A for b in msg.nonce)).encode()]
-    return [data]
-
-
-class CommitsForAnotherKey(GuestPairing):
-    """Mallory as the guest: her Offer's commitment is made for another key than her PK_G (a
-    commitment copied from another exchange, whose nonce she knows)."""
-
-    def _compare_offer(self, hello: Any) -> dict[str, Any]:
-        fields = super()._compare_offer(hello)
-        other = LocalIdentity.generate("someone else").static_public
-        fields["commit"] = keyschedule.compare_guest_commit(self._ng, other)
-        return fields
-
-
-@pytest.mark.parametrize("how", ["another-nonce", "another-key"])
-@pytest.mark.parametrize("kind", LINKS)
-async def test_a_guest_that_opens_what_it_did_not_commit_to_is_stopped_before_the_host_asks(
-    kind: str, how: str
-) -> None:
-    guest, host = machines()
-    if how == "another-key":
-        guest = CommitsForAnotherKey(CONFIG, guest.me, method=Method.COMPARE)
-    screens = Screens()
-    g_person, h_person = Viewer("guest", screens, answer=True), Viewer("host", screens)
-    async with link_pairs(kind) as [(g_link, h_link)]:
-        rewrite = open_another_nonce if how == "another-nonce" else None
-        g_wire, h_wire = Wire(g_link, rewrite=rewrite), Wire(h_link)
-        g_err, h_err = await run_both((guest, g_wire, g_person, True),
-                                      (host, h_wire, h_person, False))
-    assert [o.commit is not None for o in g_wire.of(Offer)] == [True]
-    assert len(g_wire.of(Reveal)) == 1
-    assert isinstance(h_err, AuthenticationError), h_err
-    assert "commitment" in str(h_err)
-    assert h_person.asked == []  # the host's person was never shown a code
-    assert isinstance(g_err, RemoteError) and g_err.code == ErrorCode.AUTH_FAILED
-    assert guest.session is host.session is None
-    assert h_wire.of(NoiseMessage) == []  # the host's identity never left it
-
-
 # -- one bit flipped in message 1 ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("position", [0, 31, 32, 47], ids=["e-first", "e-last", "tag-first",
                                                           "tag-last"])
 @pytest.mark.parametrize("kind", LINKS)
-async def test_a_flipped_bit_in_message_1_stops_the_guest_before_it_opens_or_asks(
+async def test_a_flipped_bit_in_message_1_stops_the_guest_before_it_asks(
     kind: str, position: int
 ) -> None:
     guest, host = machines()
     screens = Screens()
     g_person = Viewer("guest", screens)
-    h_person = Viewer("host", screens)
+    # The host's person keeps looking until the guest's Abort withdraws the question.
+    h_person = Viewer("host", screens, first=lambda: asyncio.sleep(4 * STEP))
     async with link_pairs(kind) as [(g_link, h_link)]:
         g_wire, h_wire = Wire(g_link), Wire(h_link, rewrite=flip(position))
         g_err, h_err = await run_both((guest, g_wire, g_person, True),
@@ -312,9 +261,8 @@ async def test_a_flipped_bit_in_message_1_stops_the_guest_before_it_opens_or_ask
     assert isinstance(g_err, AuthenticationError), g_err
     assert "session key differs" in str(g_err)
     assert g_person.asked == []  # the guest's person was never shown a code
-    assert g_wire.of(Reveal) == []  # and the guest never opened its commitment
     assert isinstance(h_err, RemoteError) and h_err.code == ErrorCode.AUTH_FAILED
-    assert h_person.asked == []  # nor the host's: N_G never came, so there was no code
+    assert h_person.withdrawn  # the host's question was withdrawn by the guest's Abort
     assert guest.session is host.session is None
     assert g_wire.of(NoiseMessage) == []  # the guest's identity never left it
 
@@ -339,7 +287,7 @@ async def test_a_host_that_sends_message_3_early_gets_nothing(kind: str, guest_s
 
     def and_message_3(data: bytes) -> list[bytes]:
         msg = wire.decode(data)
-        return [data, early] if isinstance(msg, Accept) else [data]
+        return [data, early] if isinstance(msg, Reveal) else [data]
 
     screens = Screens()
     g_person = Viewer("guest", screens, answer=guest_says)
@@ -347,7 +295,7 @@ async def test_a_host_that_sends_message_3_early_gets_nothing(kind: str, guest_s
         g_wire, h_wire = Wire(g_link), Wire(h_link, rewrite=and_message_3)
         g_err, _h_err = await run_both((guest, g_wire, g_person, True),
                                        (host, h_wire, Yes(), False))
-    assert len(h_wire.of(NoiseMessage)) >= 1  # it did go out, right after the Accept
+    assert len(h_wire.of(NoiseMessage)) >= 1  # it did go out, right after the Reveal
     assert len(g_person.asked) == 1
     assert guest.session is None
     if guest_says:
@@ -414,7 +362,7 @@ async def test_a_refusal_after_message_1_ends_both_sides_with_nothing(
         g_wire, h_wire = Wire(g_link), Wire(h_link)
 
         async def message_1_sent() -> None:
-            assert [a.noise is not None for a in h_wire.of(Accept)] == [True]
+            assert [r.noise is not None for r in h_wire.of(Reveal)] == [True]
 
         g_person = Viewer("guest", screens, answer=refuser != "guest", first=message_1_sent)
         h_person = Viewer("host", screens, answer=refuser != "host", first=message_1_sent)
@@ -446,10 +394,101 @@ async def test_a_refusal_over_ble_stores_nothing_on_either_side(
         assert isinstance(info.value, RefusedError)
     else:
         assert isinstance(info.value, RemoteError) and info.value.code == ErrorCode.REFUSED
-    # Both people were shown the code (message 1 and the nonces travel before either is asked).
+    # Both people were shown the code (message 1 travels before either is asked).
     assert [k for k, _ in george_person.questions] == ["code"]
     # (the host's person was asked to let a stranger in first: the cloud step)
     await eventually(lambda: [k for k, _ in host.person.questions] == ["join", "code"])
     await asyncio.sleep(0.2)  # time for a host that (wrongly) stored to say so
     assert host.results == []
     assert list(reopen(paul).peers()) == [] and list(reopen(george).peers()) == []
+
+
+# -- Mallory tries the host again and again, leaving each code that does not suit her ------------
+
+
+class LeavesUnlessTheCodeSuits(GuestPairing):
+    """Mallory as the guest toward the host, while the real guest shows its code (a man in the
+    middle): once the host's Reveal arrived she holds every input of the code the host now
+    shows, so she leaves unless it is the code she needs, and comes back.  Each visit is a
+    fresh 10^-6 chance; the host's person is asked each time, and the question withdrawn when
+    she leaves.  The host must count these codes shown and never confirmed (docs/security.md,
+    "compare: what may cross before the people confirmed the code")."""
+
+    def __init__(self, *args: Any, suits: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.suits = suits
+        self.predicted: list[str] = []
+
+    def _on_reveal(self, msg: Reveal, now: float) -> None:
+        assert self._offer is not None and self._offer.pk is not None
+        self.predicted.append(keyschedule.compare_code(
+            self._th, self._offer.pk, self._sealed[:32], self._ng, msg.nonce
+        ))
+        if not self.suits:
+            raise UserCancelled("the code does not suit Mallory")  # she leaves
+        super()._on_reveal(msg, now)
+
+
+#: visits Mallory leaves; the host's default budget is 5 (PinPolicy's)
+GRINDS = 8
+BUDGET = 5
+
+
+def grinder(paul_id: LocalIdentity, state: HostState, *, suits: bool = False,
+            answer: bool | None = None) -> tuple[LeavesUnlessTheCodeSuits, HostPairing, Viewer]:
+    """One visit of Mallory's to the host ``paul_id`` (``state`` kept across its guests); the
+    host's person looks at the code for a while unless ``answer`` is given."""
+    mallory = LeavesUnlessTheCodeSuits(
+        CONFIG, LocalIdentity.generate("George's phone"), method=Method.COMPARE, suits=suits
+    )
+    person = Viewer("host", Screens(), answer=answer,
+                    first=None if answer is not None else (lambda: asyncio.sleep(2 * STEP)))
+    return mallory, HostPairing(CONFIG, paul_id, state), person
+
+
+async def one_visit(kind: str, mallory: GuestPairing, host: HostPairing, person: Viewer
+                    ) -> tuple[BaseException | None, BaseException | None]:
+    async with link_pairs(kind) as [(m_link, h_link)]:
+        m_err, h_err = await run_both((mallory, Wire(m_link), Yes(), True),
+                                      (host, Wire(h_link), person, False))
+    return m_err, h_err
+
+
+def locked(err: BaseException | None) -> bool:
+    return isinstance(err, RemoteError) and err.code == ErrorCode.LOCKED_OUT
+
+
+@pytest.mark.xfail(strict=True, reason="nothing counts the codes a host showed to a guest that left")
+@pytest.mark.parametrize("kind", LINKS)
+async def test_mallory_who_leaves_each_code_that_does_not_suit_her_is_held_to_a_budget(
+    kind: str,
+) -> None:
+    paul_id = LocalIdentity.generate("Paul's phone")
+    state = HostState()  # the host across guests, as `pairkit host` keeps it
+    # A pairing the host's person confirmed is no failed try (not counted).
+    mallory, host, person = grinder(paul_id, state, suits=True, answer=True)
+    assert (await one_visit(kind, mallory, host, person)) == (None, None)
+    # She learns each code as the host shows it, and leaves: the first BUDGET visits get N_H
+    # (each a question the host's person saw withdrawn), then compare is locked out.
+    visits = [grinder(paul_id, state) for _ in range(GRINDS)]
+    errors = [await one_visit(kind, *visit) for visit in visits]
+    served = [m for m, _, _ in visits if m.predicted]
+    assert len(served) == BUDGET, f"the host showed {len(served)} codes to a guest that left"
+    assert all(p.withdrawn for _, _, p in visits[:BUDGET])
+    assert all(locked(m_err) for m_err, _ in errors[BUDGET:])
+    assert [p.asked for _, _, p in visits[BUDGET:]] == [[]] * (GRINDS - BUDGET)
+    assert state.compare_lock.locked_for(asyncio.get_running_loop().time()) > 0
+
+
+@pytest.mark.xfail(strict=True, reason="nothing counts the codes a host showed to a guest that left")
+@pytest.mark.parametrize("kind", ["loopback"])
+async def test_a_code_the_hosts_person_refused_counts_as_a_failed_try(kind: str) -> None:
+    paul_id = LocalIdentity.generate("Paul's phone")
+    state = HostState()
+    for _ in range(BUDGET):
+        mallory, host, person = grinder(paul_id, state, suits=True, answer=False)
+        _m_err, h_err = await one_visit(kind, mallory, host, person)
+        assert isinstance(h_err, RefusedError)
+    mallory, host, person = grinder(paul_id, state, suits=True, answer=True)
+    m_err, _h_err = await one_visit(kind, mallory, host, person)
+    assert locked(m_err) and mallory.predicted == [] and person.asked == []
