@@ -33,14 +33,16 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Hashable, Set
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Set
+from typing import Any, Literal, Protocol
 
 from .cpns import PneLink, run_gateway
 from .driver import MessagePipe, drive
 from .pairing import wire
 from .pairing.cloud import CloudHello, CloudReply
 from .pairing.cpns import (
+    AuthenticationRequest,
+    AuthenticationResponse,
     GatewayConfig,
     KeySource,
     LinkSession,
@@ -81,6 +83,12 @@ from .securelink import SecureLink, confirm
 
 #: how long an idle member link waits between two messages before it checks again
 IDLE_POLL = 3600.0
+#: seconds an element that started a setup may take to answer the key server's
+#: authentication request (relayed by the gateway) while another setup waits its turn: the
+#: answer needs no person (a hash under its factory key), so a real element gives it at once,
+#: and a stranger under a copied id, which cannot, is cut off rather than holding every setup
+#: until the key server's deadline (attack review of the setup retry, finding 2)
+AUTH_GRACE = 2.0
 _SOURCES = {KeySource.LOCAL_EUKEY: "local_eukey", KeySource.PREASSIGNED: "preassigned"}
 
 
@@ -116,6 +124,45 @@ class PlainChannel:
     async def close(self) -> None:
         with contextlib.suppress(PairingError, OSError):
             await self.link.close()
+
+
+class SetupPipe(MessagePipe):
+    """The message pipe of an element's link on the gateway, noting since when the element
+    holds up the setup it started (:data:`AUTH_GRACE`): it owes the answer to the key server's
+    authentication request the gateway relayed to it, or the setup dropped it (it spoke out of
+    turn, its link closed) while the key server still waits for its proof."""
+
+    #: when the gateway relayed an authentication request the element has not answered yet
+    owes_since: float | None = None
+    #: when the setup dropped the element
+    dropped_since: float | None = None
+
+    @property
+    def stalled_since(self) -> float | None:
+        """Since when this element holds up its setup (None: it does not)."""
+        times = [t for t in (self.owes_since, self.dropped_since) if t is not None]
+        return min(times, default=None)
+
+    async def send(self, message: bytes) -> None:
+        await super().send(message)
+        if len(message) > AuthenticationRequest.MAX_SIZE:
+            return
+        try:
+            sent = wire.decode(message)
+        except PairingError:
+            return  # not a message of ours to watch (a record on a channel, say)
+        if isinstance(sent, AuthenticationRequest):
+            self.owes_since = asyncio.get_running_loop().time()
+
+    async def recv(self) -> bytes:
+        message = await super().recv()
+        # Only the answer settles what it owes: any other message is out of turn (and gets
+        # the element dropped), never a way to look busy.
+        if self.owes_since is not None and len(message) <= AuthenticationResponse.MAX_SIZE:
+            with contextlib.suppress(PairingError):
+                if isinstance(wire.decode(message), AuthenticationResponse):
+                    self.owes_since = None
+        return message
 
 
 class ChannelLink:
@@ -210,6 +257,14 @@ def _authenticated(link: Any) -> None:
     promote = getattr(link, "authenticated", None)
     if callable(promote):
         promote()
+
+
+def _source(link: Any) -> str:
+    """Where a link comes from, as admission counts it (runtime/admission.py): its peer's
+    address (a link inside a PIN channel: the link it runs on)."""
+    if isinstance(link, ChannelLink):
+        link = link.slink.link
+    return str(getattr(link, "admission_key", None) or getattr(link, "peer", None) or id(link))
 
 
 def _hex(b: bytes) -> str:
@@ -355,6 +410,11 @@ class PnGateway:
         #: the live routing table: pne_id -> the member's channel
         self.live: dict[bytes, PnChannel] = {}
         self._setup_lock = asyncio.Lock()
+        #: setups waiting for their turn (the running one's stalled initiator gives way)
+        self._queued = 0
+        self._wanted = asyncio.Event()
+        #: where the PNE-initiated setups running or waiting come from (one each)
+        self._asking: set[str] = set()
         self._started_own = False
         self._own_task: asyncio.Task[None] | None = None
         #: the members of the last setup this gateway ran (none when it failed)
@@ -384,7 +444,7 @@ class PnGateway:
 
     async def handle(self, link: Any) -> bool | None:
         """Serve one link (for :func:`pairkit.session.accept_loop`)."""
-        pipe = MessagePipe(link, guest=False)
+        pipe = SetupPipe(link, guest=False)
         try:
             return await self._serve(link, pipe)
         except PairingError as exc:
@@ -405,7 +465,7 @@ class PnGateway:
         msg = wire.decode(first)
         if isinstance(msg, PnPinOffer) and not in_pin:
             inner = await self._pin_link(link, pipe, first)
-            inner_pipe = MessagePipe(inner, guest=False)
+            inner_pipe = SetupPipe(inner, guest=False)
             try:
                 return await self._serve(inner, inner_pipe, in_pin=True)
             except PairingError as exc:
@@ -469,14 +529,17 @@ class PnGateway:
 
     async def _maybe_start_own(self) -> None:
         """Gateway-initiated: start the setup once the PNEs it needs are in reach."""
-        o = self.opts
-        if o.setup is None or self._started_own or self._setup_lock.locked():
+        if self.opts.setup is None or self._started_own or not self._wants_met(self._in_reach()):
             return
-        if not self._wants_met({w.attach.pne_id for w in self.waiting.values()
-                                if not w.result.done()}):
-            return
+        # Started even while another setup runs: it waits its turn (a stranger's setup holding
+        # the gateway when the element came must not make the gateway forget it; attack review
+        # of the setup retry, finding 1).
         self._started_own = True
         self._own_task = asyncio.get_running_loop().create_task(self._own_setup())
+
+    def _in_reach(self) -> set[bytes]:
+        """The ids of the elements waiting in reach, not taken by a setup yet."""
+        return {w.attach.pne_id for w in self.waiting.values() if not w.result.done()}
 
     def _wants_met(self, pne_ids: Set[bytes]) -> bool:
         """Whether ``pne_ids`` are the PNEs the gateway's own setup waits for: every invited
@@ -492,9 +555,15 @@ class PnGateway:
         silence) spend one setup, not the gateway's only one."""
         o = self.opts
         assert o.setup is not None
-        self._last_members = frozenset()
-        await self._run_setup(None, o.setup, o.invited)
+        ran = await self._run_setup(None, o.setup, o.invited,
+                                    ready=lambda: self._wants_met(self._in_reach()))
         if self.stop.is_set():
+            return
+        if ran is False:
+            # Another setup took the elements while this one waited its turn: it starts again
+            # when they are in reach.
+            self._started_own = False
+            await self._maybe_start_own()
             return
         if self._wants_met(self._last_members):
             return
@@ -507,36 +576,131 @@ class PnGateway:
     async def _pne_initiated(
         self, link: Any, pipe: MessagePipe, first: bytes, msg: PnSetupRequest
     ) -> None:
-        if self._setup_lock.locked():
-            raise RefusedError("this gateway is setting up a PN already; try again shortly")
-        allowed = await self.delegate.allow_pn_setup(
-            clean_name(msg.name), msg.setup_type, len(msg.invited)
-        )
-        if not allowed:
-            raise RefusedError("the gateway's owner refused the PN setup")
-        result = await self._run_setup((link, pipe, first), msg.setup_type, ())
-        if result is not None:
+        # One setup at a time runs; the others wait their turn, one per address (a stranger
+        # asking again and again from one address holds one place in the queue, not all).
+        source = _source(link)
+        if source in self._asking:
+            raise RefusedError("a PN setup from this device is running or waiting already; "
+                               "try again shortly")
+        self._asking.add(source)
+        try:
+            allowed = await self.delegate.allow_pn_setup(
+                clean_name(msg.name), msg.setup_type, len(msg.invited)
+            )
+            if not allowed:
+                raise RefusedError("the gateway's owner refused the PN setup")
+            result = await self._run_setup((link, pipe, first), msg.setup_type, (),
+                                           wait=2 * self.opts.step_timeout)
+        finally:
+            self._asking.discard(source)
+        if result:
             await self._route(msg.pne_id, result, link)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, wait: float | None) -> AsyncIterator[None]:
+        """Hold the gateway's one setup, waiting at most ``wait`` seconds for it (None: as long
+        as it takes); while waiting, a running setup whose initiator stalls gives way."""
+        self._queued += 1
+        self._wanted.set()
+        try:
+            if wait is None:
+                await self._setup_lock.acquire()
+            else:
+                try:
+                    await asyncio.wait_for(self._setup_lock.acquire(), wait)
+                except TimeoutError:
+                    raise RefusedError("this gateway is setting up other PNs; try again "
+                                       "shortly") from None
+        finally:
+            self._queued -= 1
+        try:
+            yield
+        finally:
+            self._setup_lock.release()
+
+    async def _unless_stalled(
+        self, setup: Awaitable[PnInventory], pipes: list[SetupPipe]
+    ) -> PnInventory:
+        """``setup``'s inventory; cut short (:class:`PairingTimeout`) once every element of it
+        (on ``pipes``; none: never cut) has held it up (:attr:`SetupPipe.stalled_since`: it
+        owes its answer to the key server's authentication request, or the setup dropped it)
+        for :data:`AUTH_GRACE` seconds while another setup waits its turn.  A real element
+        answers at once, with no person asked (one whose person is asked to join owes nothing
+        yet); a setup in which one is still under way is never cut."""
+        task = asyncio.ensure_future(setup)
+        loop = asyncio.get_running_loop()
+        grace = min(AUTH_GRACE, self.opts.step_timeout)
+        try:
+            while True:
+                times = [p.stalled_since for p in pipes]
+                since = None
+                if times and all(t is not None for t in times):
+                    since = max(t for t in times if t is not None)
+                late = None if since is None else loop.time() - since
+                if late is not None and late >= grace and self._queued:
+                    raise PairingTimeout(
+                        f"the elements of this PN setup held it up for {grace:g} s (the key "
+                        "server's authentication request unanswered), and another setup is "
+                        "waiting"
+                    )
+                self._wanted.clear()
+                waits: set[asyncio.Future[Any]] = {task}
+                if late is not None and late >= grace:
+                    waits.add(asyncio.ensure_future(self._wanted.wait()))
+                    timeout = None
+                else:
+                    timeout = grace - late if late is not None else grace
+                try:
+                    await asyncio.wait(waits, timeout=timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits - {task}:
+                        w.cancel()
+                if task.done():
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     async def _run_setup(
         self,
         initiator: tuple[Any, MessagePipe, bytes] | None,
         setup: SetupType,
         invited: tuple[bytes, ...],
-    ) -> PnChannel | None:
-        """One setup; the initiator's channel (None if it is not a member)."""
-        async with self._setup_lock:
+        *,
+        wait: float | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> PnChannel | Literal[False] | None:
+        """One setup, once it is this one's turn (:meth:`_turn`); the initiator's channel (None
+        if it is not a member), or False when ``ready`` said, at its turn, that it need not
+        run any more."""
+        async with self._turn(wait):
+            if ready is not None and not ready():
+                return False
+            self._last_members = frozenset()
             o = self.opts
             pnes: dict[Hashable, PneLink] = {}
             slots: dict[Hashable, _Waiting] = {}
+            #: one link per claimed id takes part (ids cross the PAN in the clear: a stranger
+            #: may claim an element's); the others stay in reach for the next setup, so that
+            #: a stranger in reach first under an element's id fails alone, and the element
+            #: is the first under its id the next time (attack review of the setup retry,
+            #: finding 3)
+            claimed: set[bytes] = set()
             if initiator is not None:
                 link, pipe, first = initiator
                 pnes["initiator"] = PneLink(link, None, pipe=pipe, first=first)
-            for key, w in list(self.waiting.items()):
+                claimed.add(wire.decode(first, PnSetupRequest).pne_id)
+            for key, w in list(self.waiting.items()):  # in the order they came in reach
                 if w.result.done() or getattr(w.link, "closed", False):
                     continue
                 if initiator is not None and setup is SetupType.ONE_TO_ONE:
                     break
+                if w.attach.pne_id in claimed:
+                    continue
+                claimed.add(w.attach.pne_id)
                 pnes[key] = PneLink(w.link, w.attach.pne_id, pipe=w.pipe)
                 slots[key] = w
             pn_id = bytes.fromhex(self.record.pn_id) if self.record else None
@@ -545,18 +709,29 @@ class PnGateway:
                 collect_window=o.collect_window, step_timeout=o.step_timeout,
             )
 
+            # A PNE-initiated setup gives way when all its elements hold it up (the gateway's
+            # own is never cut: it runs again by itself).
+            watched: list[SetupPipe] = []
+            if initiator is not None:
+                watched = [pl.pipe for pl in pnes.values() if isinstance(pl.pipe, SetupPipe)]
+            for sp in watched:
+                sp.owes_since = sp.dropped_since = None
+
             def on_event(event: Event) -> None:
                 if isinstance(event, PneDropped):
+                    dropped = pnes.get(event.port)
+                    if dropped is not None and isinstance(dropped.pipe, SetupPipe):
+                        dropped.pipe.dropped_since = asyncio.get_running_loop().time()
                     who = event.pne_id.hex()[:16] if event.pne_id else "a PNE"
                     self.say(f"{who} left the setup: {event.reason}")
 
             self.say(f"setting up the PN ({setup.label}) with {len(pnes)} PNE(s) in reach")
             try:
-                inventory = await run_gateway(
+                inventory = await self._unless_stalled(run_gateway(
                     pnes, me=self.me, config=config, server=o.server, ca_file=o.ca_file,
                     initiate=None if initiator is not None else (setup, invited),
                     on_event=on_event, rng=self._rng,
-                )
+                ), watched)
             except PairingError as exc:
                 self.say(f"the PN setup failed: {exc}")
                 for w in slots.values():
@@ -584,8 +759,12 @@ class PnGateway:
                 pl = pnes[port]
                 assert pl.pipe is not None
                 channels[port] = await self._open_channel(pl.link, pl.pipe, m.session)
-            # Elements this setup did not include (another's "invited", say) stay in reach.
-            took_part = set(inventory.names) | {m.pne_id for m in inventory.members}
+            # Elements this setup did not include (another's "invited", say) stay in reach; one
+            # that took part and failed (a silent one too: it has no name) is let go, so that a
+            # stranger's link under an element's id does not stay in reach ahead of the element
+            # (one link per id takes part in a setup, the first to come in reach).
+            took_part = (set(inventory.names) | set(inventory.failed) | set(inventory.declined)
+                         | {m.pne_id for m in inventory.members})
             for key, w in slots.items():
                 if not w.result.done() and w.attach.pne_id in took_part:
                     w.result.set_result(channels.get(key))
