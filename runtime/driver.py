@@ -229,8 +229,9 @@ async def drive(
     pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)
     read = pipe.recv_unabsorbed if read_ahead else pipe.recv
     # A message already there is taken without a timer (a pipe of another kind, which may
-    # read its own way, is always awaited).
-    poll = pipe.poll_unabsorbed if type(pipe) is MessagePipe else None
+    # read its own way, is always awaited, unless it says how to poll it too).
+    poll = (pipe.poll_unabsorbed if type(pipe) is MessagePipe
+            or type(pipe).poll_unabsorbed is not MessagePipe.poll_unabsorbed else None)
 
     def take(message: bytes) -> None:
         if read_ahead:
@@ -269,6 +270,21 @@ async def drive(
     async def ask(event: Any) -> None:
         nonlocal inbox
         hook = _hook(delegate, event)
+        if not read_ahead:
+            # Nothing to read meanwhile: the answer is awaited here, no task of its own.
+            limit = asyncio.timeout(answer_time)
+            try:
+                async with limit:
+                    value = await hook(event)
+            except TimeoutError:
+                if not limit.expired():
+                    raise  # the delegate's own error, not our deadline
+                # Our side did not answer: the peer is waiting, so tell it why.
+                exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+                machine.abort(exc, tell_peer=True)
+                raise exc from None
+            machine.answer(event, value, now())
+            return
         answer = asyncio.ensure_future(hook(event))
         try:
             deadline = now() + answer_time

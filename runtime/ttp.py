@@ -142,8 +142,7 @@ class ServerLink:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(3):
-                await self.link.close()
+            await self.link.close()  # bounded by the link's close_timeout
 
 
 class _TurnedAway(TransportError):

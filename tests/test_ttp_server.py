@@ -302,6 +302,28 @@ async def test_idle_connections_from_one_address_give_way_to_a_new_one(
                 w.close()
 
 
+async def test_a_device_waiting_for_its_match_counts_as_authenticated(tmp_path: Path) -> None:
+    # The device sends its proof and its request together, so the server reads the request
+    # without waiting (the driver's fast path): the proof must count all the same, or a
+    # waiting device would be evicted as if it had never proved anything.
+    async with running_server(tmp_path / "srv") as h:
+        a, b = identity("a"), identity("b")
+        await enrol(h.address, h.ca, a)
+        await enrol(h.address, h.ca, b)
+        waiting = asyncio.ensure_future(request_key(
+            h.address, h.ca, a, peer_id=b.device_id, context=CTX, role=IntentRole.HOST, wait=5,
+        ))
+        for _ in range(250):
+            if await h.server.db(h.server.store.pending_count) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert h.server.admission.total == 1
+        assert h.server.admission.unauthenticated == 0
+        kb = await request_key(h.address, h.ca, b, peer_id=a.device_id, context=CTX,
+                               role=IntentRole.GUEST, wait=5)
+        assert (await waiting).sk == kb.sk
+
+
 async def test_attempt_rate_is_bounded(tmp_path: Path) -> None:
     limits = dataclasses.replace(FAST, rate=0.5, burst=2)
     async with running_server(tmp_path / "srv", limits=limits) as h:

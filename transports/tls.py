@@ -68,7 +68,8 @@ class TlsProtocol(asyncio.Protocol):
         self.mtu = check_mtu(mtu)
         self.inbox = MessageQueue(queue_size)
         self.handshake: asyncio.Future[None] = self._loop.create_future()
-        #: the connection is gone (the transport's connection_lost)
+        #: the connection is gone (the transport's connection_lost); cancelled instead if a
+        #: close waiting for it was cut short (done either way)
         self.lost: asyncio.Future[None] = self._loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._tls: ssl.SSLObject | None = None
@@ -81,7 +82,7 @@ class TlsProtocol(asyncio.Protocol):
         self._record_left = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._ended = False  # no more messages will come (end of stream, garbage, error)
-        #: the peer sent its FIN (or the connection is gone)
+        #: the peer sent its FIN (or the connection is gone); cancelled instead as ``lost``
         self.peer_eof: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
         self._can_write = asyncio.Event()
@@ -316,6 +317,11 @@ class TlsProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         await self._can_write.wait()
 
+    @property
+    def can_write(self) -> bool:
+        """The transport takes more now (False while it holds back: flow control)."""
+        return self._can_write.is_set()
+
     def peer_certificate(self) -> bytes | None:
         """The peer's certificate (DER) as TLS checked it, or None."""
         if self._tls is None:
@@ -374,17 +380,29 @@ class TlsLink(QueuedLink):
         return message
 
     async def send(self, data: bytes) -> None:
+        self._write_frame(data)
+        await self.protocol.drain()
+        if self._aborted:  # close() gave up on flushing: this message may not have gone out
+            raise LinkClosedError(
+                f"the link to {self._peer} was closed before the message went out"
+            )
+
+    def send_nowait(self, data: bytes) -> bool:
+        """:meth:`send` if it need not wait: True once the frame is handed to TLS, False
+        (nothing sent) while the transport holds back (flow control: a peer that does not
+        read); raises as :meth:`send` would (a closed link, a message over the MTU)."""
+        if not self.protocol.can_write:
+            return False
+        self._write_frame(data)
+        return True
+
+    def _write_frame(self, data: bytes) -> None:
         data = self._check_send(data)
         transport = self.protocol.transport
         if self.protocol.ended or transport is None or transport.is_closing():
             raise LinkClosedError(f"the link to {self._peer} is closed")
         # One write per frame keeps frames whole when several tasks send at once.
         self.protocol.write(len(data).to_bytes(HEADER_SIZE, "big") + data)
-        await self.protocol.drain()
-        if self._aborted:  # close() gave up on flushing: this message may not have gone out
-            raise LinkClosedError(
-                f"the link to {self._peer} was closed before the message went out"
-            )
 
     async def close(self) -> None:
         if self._closed:
@@ -402,11 +420,14 @@ class TlsLink(QueuedLink):
                         transport.write_eof()
                     # Wait for the peer's FIN, so unread data does not make the kernel reset
                     # (what arrives meanwhile is dropped: the inbox is aborted).
+                    # (Awaited directly, not shielded: a close cut short leaves them
+                    # cancelled, which is done, and nothing else waits for them.)
                     if not self.protocol.peer_eof.done():
                         self.protocol.discard()
-                        await asyncio.shield(self.protocol.peer_eof)
+                        await self.protocol.peer_eof
                     transport.close()
-                await asyncio.shield(self.protocol.lost)
+                if not self.protocol.lost.done():
+                    await self.protocol.lost
         except (TimeoutError, ConnectionError, OSError):
             # A peer that neither reads nor closes: give up on a graceful close.
             self._aborted = True
