@@ -70,16 +70,16 @@ def client_context(ca_file: str | Path) -> ssl.SSLContext:
     Contexts are reused while the file is unchanged (loading a CA costs about as much as a
     third of a TLS handshake); a replaced file is read again.
     """
-    path = Path(ca_file)
+    path = os.fspath(ca_file)  # (not a Path: this runs on every connection)
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the CA certificate {path}: {exc.strerror}") from None
     # The file is known by its device and inode (not by resolving the path, which costs a
     # system call per component on every connection), and read again once it changed.
-    return _context(str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return _context(path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=16)

@@ -83,6 +83,41 @@ async def test_messages_both_ways_and_a_clean_close(tmp_path: Path) -> None:
             await client.send(b"late")
 
 
+def _records(data: bytes) -> int:
+    """How many TLS records ``data`` holds (RFC 8446 §5.1: a 5-byte header, the last two
+    bytes its length)."""
+    count, i = 0, 0
+    while i + 5 <= len(data):
+        i += 5 + int.from_bytes(data[i + 3:i + 5], "big")
+        count += 1
+    return count
+
+
+async def test_the_clients_last_flight_leaves_with_its_first_message(tmp_path: Path) -> None:
+    # The client's last handshake flight is written when the server's flight completes the
+    # handshake; it waits for the end of that turn of the event loop, so the first message,
+    # sent as soon as TLS is up, leaves in the same write (one send, one wake-up less).
+    async with tls_server(tmp_path) as (host, port, cctx, accepted):
+        client = await tls_connect(host, port, cctx, timeout=5, mtu=1024)
+        transport = client.protocol.transport
+        writes: list[bytes] = []
+        write = transport.write
+
+        def recording(data: bytes) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        transport.write = recording  # type: ignore[method-assign]
+        await client.send(b"hello")
+        server = await asyncio.wait_for(accepted.get(), 5)
+        assert isinstance(server, TlsLink)
+        assert await asyncio.wait_for(server.recv(), 5) == b"hello"
+        assert len(writes) == 1 and _records(writes[0]) >= 2  # the Finished, and the message
+        transport.write = write  # type: ignore[method-assign]
+        await client.close()
+        await server.close()
+
+
 async def test_a_connection_that_never_starts_tls_is_cut_at_the_deadline(tmp_path: Path) -> None:
     async with tls_server(tmp_path, handshake_timeout=0.3) as (host, port, _cctx, accepted):
         reader, writer = await asyncio.open_connection(host, port)  # and says nothing

@@ -245,7 +245,11 @@ class TlsProtocol(asyncio.Protocol):
             self._take_frames()
             if self._reading_paused:
                 break  # the rest stays encrypted until the reader catches up
-        self._flush()  # what OpenSSL answers on its own (a key update)
+        if self._outgoing.pending:
+            # What OpenSSL answers on its own (a key update; a client's last handshake
+            # flight, written as the server's flight completed it), at the end of this turn:
+            # a reader woken by what was read here writes its answer into the same write.
+            self._flush_soon()
 
     def _take_frames(self) -> None:
         plain = self._plain
