@@ -248,6 +248,30 @@ async def test_a_flood_is_held_back_and_arrives_whole_and_in_order(tmp_path: Pat
         await server.close()
 
 
+async def test_a_close_waits_for_what_is_still_leaving(tmp_path: Path) -> None:
+    """Our close, while the transport still holds what we sent (the peer has not read it),
+    returns only once all of it has left and the connection has ended, even when the peer's
+    FIN comes first."""
+    async with tls_server(tmp_path, mtu=1024, queue_size=4) as (host, port, cctx, accepted):
+        client = await tls_connect(host, port, cctx, timeout=5, mtu=1024, close_timeout=10)
+        server = await asyncio.wait_for(accepted.get(), 5)
+        assert isinstance(server, TlsLink)
+        count = 0
+        while client.protocol.transport.get_write_buffer_size() == 0 and count < 20000:
+            assert client.send_nowait(count.to_bytes(4, "big") + b"f" * 1000)  # never waits
+            count += 1
+        assert client.protocol.transport.get_write_buffer_size() > 0
+        closing = asyncio.ensure_future(client.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # the server has not closed yet
+        # The server's FIN, then it reads (and drops) what we sent, at its own pace.
+        server_closing = asyncio.ensure_future(server.close())
+        await asyncio.wait_for(closing, 10)
+        assert client.protocol.transport.get_write_buffer_size() == 0
+        assert client.protocol.lost.done() and not client.protocol.lost.cancelled()
+        await asyncio.wait_for(server_closing, 10)
+
+
 async def test_a_peer_that_neither_reads_nor_closes_is_let_go(tmp_path: Path) -> None:
     """Our close waits for the peer's FIN at most ``close_timeout``, then aborts."""
     async with tls_server(tmp_path) as (host, port, cctx, accepted):

@@ -22,8 +22,10 @@ holds at most what the transport buffers: our ``send`` waits (flow control) and 
 send deadline ends it.
 
 Closing: :meth:`TlsLink.close` sends TLS's close_notify and our FIN after everything we sent,
-then waits (at most ``close_timeout`` seconds) for the peer's FIN, so that data the peer sent
-and we did not read does not turn our close into a reset that destroys what it is still owed.
+then waits (at most ``close_timeout`` seconds in all) for the peer's FIN, so that data the peer
+sent and we did not read does not turn our close into a reset that destroys what it is still
+owed, and for what we sent to leave the transport (a close with nothing left to send does not
+wait for the connection's end: the transport has scheduled it).
 The peer's close_notify ends the link at once (after the messages before it).  A peer's FIN
 without close_notify ends the link like a clean close at a message boundary (every message is
 whole or refused: a truncation cannot shorten one), and as a
@@ -416,21 +418,26 @@ class TlsLink(QueuedLink):
         transport = self.protocol.transport
         if transport is None:
             return
+        # One deadline for every wait below; a wait that need not wait has no timer.
+        deadline = asyncio.get_running_loop().time() + self._close_timeout
         try:
-            async with asyncio.timeout(self._close_timeout):
-                if not transport.is_closing():
-                    self.protocol.close_notify()
-                    if transport.can_write_eof():
-                        transport.write_eof()
-                    # Wait for the peer's FIN, so unread data does not make the kernel reset
-                    # (what arrives meanwhile is dropped: the inbox is aborted).
-                    # (Awaited directly, not shielded: a close cut short leaves them
-                    # cancelled, which is done, and nothing else waits for them.)
-                    if not self.protocol.peer_eof.done():
-                        self.protocol.discard()
+            if not transport.is_closing():
+                self.protocol.close_notify()
+                if transport.can_write_eof():
+                    transport.write_eof()
+                # Wait for the peer's FIN, so unread data does not make the kernel reset
+                # (what arrives meanwhile is dropped: the inbox is aborted).  (Awaited
+                # directly, not shielded: a close cut short leaves it cancelled, which is
+                # done, and nothing else waits for it.)
+                if not self.protocol.peer_eof.done():
+                    self.protocol.discard()
+                    async with asyncio.timeout_at(deadline):
                         await self.protocol.peer_eof
-                    transport.close()
-                if not self.protocol.lost.done():
+                transport.close()
+            if not self.protocol.lost.done() and transport.get_write_buffer_size():
+                # What we sent is still leaving: the connection ends once it has left.  (With
+                # nothing left to send, the transport has already scheduled its end.)
+                async with asyncio.timeout_at(deadline):
                     await self.protocol.lost
         except (TimeoutError, ConnectionError, OSError):
             # A peer that neither reads nor closes: give up on a graceful close.
