@@ -592,7 +592,7 @@ class _AdmittedPipe(MessagePipe):
         self, link: TlsLink, *, max_message: int, machine: TtpServerConn,
         proved: Callable[[], None],
     ) -> None:
-        super().__init__(link, max_message=max_message)
+        super().__init__(link, max_message=max_message, transcript=False)  # nothing binds it
         self._machine = machine
         self._proved: Callable[[], None] | None = proved
 

@@ -188,7 +188,10 @@ async def connect(
     if not der:  # pragma: no cover - TLS with CERT_REQUIRED always has one
         await link.close()
         raise TtpTrustError(f"the key server at {where} showed no certificate")
-    return ServerLink(link, MessagePipe(link, max_message=MAX_MESSAGE), cert_digest(der), where)
+    # Nothing of what this pipe moves is bound into a session key (TLS binds its own): no
+    # transcript to keep.
+    pipe = MessagePipe(link, max_message=MAX_MESSAGE, transcript=False)
+    return ServerLink(link, pipe, cert_digest(der), where)
 
 
 #: wire codes whose class is not a LocalError (``local_error_for`` covers those)

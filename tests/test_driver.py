@@ -269,6 +269,19 @@ async def test_a_pipe_that_polls_its_own_way_is_polled() -> None:
     assert pg.transcript() == ph.transcript()  # and counted as a read counts them
 
 
+async def test_a_pipe_made_without_a_transcript_moves_messages_and_refuses_to_give_one() -> None:
+    async with loopback_pair(mtu=20) as (a, b):
+        pa, pb = MessagePipe(a, guest=True, transcript=False), MessagePipe(b, guest=False)
+        payload = bytes(range(256))
+        await pa.send(payload)
+        assert await pb.recv() == payload
+        await pb.send(b"back")
+        assert await pa.recv() == b"back"
+        with pytest.raises(ConfigError, match="no transcript"):
+            pa.transcript()
+        assert len(pb.transcript()) == 32  # the other side keeps its own
+
+
 async def test_message_pipe_round_trips_large_messages_at_mtu_20() -> None:
     class Yielding:
         """A link whose every send lets other tasks run, as a radio's would."""

@@ -8,6 +8,7 @@ server does after admission); the certificates are a key server directory's (mad
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -91,6 +92,28 @@ def _records(data: bytes) -> int:
         i += 5 + int.from_bytes(data[i + 3:i + 5], "big")
         count += 1
     return count
+
+
+async def test_a_cut_inside_a_record_is_told_from_a_cut_between_records() -> None:
+    # What a FIN without close_notify means depends on where the stream stopped: between TLS
+    # records (a clean end at a message boundary) or inside one (a truncation).  Streams of
+    # records of every size, read in pieces cut anywhere (inside headers too), stopped anywhere.
+    rng = random.Random(13)
+    for _ in range(3000):
+        sizes = [rng.choice([0, 1, 2, 5, 300, 16401]) for _ in range(rng.randint(1, 5))]
+        stream, bounds = b"", {0}
+        for size in sizes:
+            stream += bytes((23, 3, 3)) + size.to_bytes(2, "big") + bytes(size)
+            bounds.add(len(stream))
+        stop = rng.randint(0, len(stream))
+        protocol = TlsProtocol()
+        i = 0
+        while i < stop:
+            step = min(stop - i, rng.choice([1, 2, 3, 7, 64, 5000]))
+            protocol._track_records(stream[i:i + step])
+            i += step
+        inside = bool(protocol._record_head or protocol._record_left)
+        assert inside == (stop not in bounds), (sizes, stop)
 
 
 async def test_the_clients_last_flight_leaves_with_its_first_message(tmp_path: Path) -> None:

@@ -114,19 +114,28 @@ class TlsProtocol(asyncio.Protocol):
         self._read_records()
 
     def _track_records(self, data: bytes) -> None:
-        i, n = 0, len(data)
-        while i < n:
-            if self._record_left:
-                step = min(self._record_left, n - i)
-                self._record_left -= step
-                i += step
-                continue
-            need = 5 - len(self._record_head)
-            self._record_head += data[i:i + need]
+        n = len(data)
+        left = self._record_left
+        if left >= n:  # all of it inside the record under way
+            self._record_left = left - n
+            return
+        i = left
+        head = self._record_head
+        if head:  # a header cut by the last read: complete it first
+            need = 5 - len(head)
+            head += data[i:i + need]
             i += need
-            if len(self._record_head) == 5:
-                self._record_left = int.from_bytes(self._record_head[3:5], "big")
-                self._record_head = b""
+            if len(head) < 5:
+                self._record_head, self._record_left = head, 0
+                return
+            i += head[3] << 8 | head[4]
+        # Whole headers in ``data``: jump from one to the next.
+        while i + 5 <= n:
+            i += 5 + (data[i + 3] << 8 | data[i + 4])
+        if i >= n:
+            self._record_head, self._record_left = b"", i - n
+        else:  # a header cut by the end of this read
+            self._record_head, self._record_left = data[i:], 0
 
     def eof_received(self) -> bool:
         if not self.peer_eof.done():
