@@ -33,12 +33,12 @@ import datetime
 import functools
 import logging
 import os
+import queue
 import signal
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -329,10 +329,7 @@ class TtpServer:
         self.database = database
         # SQLite: one connection, one thread.  PostgreSQL: a connection per thread, and
         # several threads, so that the round trips to the database overlap.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1 if database is None else PG_STORE_THREADS,
-            thread_name_prefix="ttp-store",
-        )
+        self._executor = _StoreThreads(1 if database is None else PG_STORE_THREADS, "ttp-store")
         self._store: Store | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -359,10 +356,9 @@ class TtpServer:
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store call on the store's thread."""
-        loop = asyncio.get_running_loop()
         call = functools.partial(fn, *args, **kwargs)
         try:
-            return await loop.run_in_executor(self._executor, call)
+            return await self._executor.run(call)
         except PairingError:
             raise
         except Exception as exc:  # sqlite3.Error: report it as the store's, typed
@@ -377,8 +373,7 @@ class TtpServer:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Open the store and listen; the address (``HOST:PORT``) it listens on."""
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(
-            self._executor,
+        self._store = await self._executor.run(
             functools.partial(open_store, self.dir.root, rng=self._rng, database=self.database),
         )
         await self.db(self.store.purge, self._clock())
@@ -424,10 +419,9 @@ class TtpServer:
             store, self._store = self._store, None
             if self._leaser is not None:  # a stopped process holds no lease
                 with contextlib.suppress(Exception):
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._executor, store.end_lease, self._server_id)
-            await asyncio.get_running_loop().run_in_executor(self._executor, store.close)
-        self._executor.shutdown(wait=True)
+                    await self._executor.run(functools.partial(store.end_lease, self._server_id))
+            await self._executor.run(store.close)
+        self._executor.shutdown()
 
     async def _renew_lease(self) -> None:
         """Keep this process's lease (a third of its time apart): a process killed stops
@@ -514,8 +508,7 @@ class TtpServer:
             self.admission.release(ticket)
             if link is not None:
                 with contextlib.suppress(Exception):
-                    async with asyncio.timeout(3):
-                        await link.close()
+                    await link.close()  # bounded by the link's close_timeout
 
     async def _serve(self, link: TlsLink, client: str, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()
@@ -585,6 +578,74 @@ class TtpServer:
                 waiting.sk, waiting.match_id = sk, match_id
 
 
+class _StoreThreads:
+    """The store's threads: each call runs on one of them, and its outcome wakes the waiting
+    coroutine with one callback on its event loop.  (``run_in_executor`` on a
+    ``ThreadPoolExecutor`` spent twice the CPU per call, a concurrent future with its lock and
+    condition chained to an asyncio future: bench/RESULTS.md, "2026-12-06".)  Threads start
+    with the first call; :meth:`shutdown` lets the calls already queued run, then stops them.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
+        ] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
+            for i in range(count)
+        ]
+        self._started = False
+        self._stopped = False
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """``fn()`` on a store thread; awaiting the future gives its value or raises its
+        exception.  Cancelling the future does not stop ``fn`` (as with an executor)."""
+        if self._stopped:
+            raise RuntimeError("the store's threads have stopped")
+        if not self._started:
+            self._started = True
+            for thread in self._threads:
+                thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((fn, future, loop))
+        return future
+
+    def _work(self) -> None:
+        while (call := self._calls.get()) is not None:
+            fn, future, loop = call
+            del call
+            try:
+                outcome: tuple[bool, Any] = (True, fn())
+            except StopIteration as exc:  # a future cannot carry it
+                outcome = (False, RuntimeError(f"a store call raised {type(exc).__name__}"))
+            except BaseException as exc:
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, outcome)
+            del fn, future, outcome
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the threads (waits for them)."""
+        self._stopped = True
+        if not self._started:
+            return
+        for _ in self._threads:
+            self._calls.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.cancelled():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
 class _AdmittedPipe(MessagePipe):
     """The connection's pipe, which tells admission once the device's proof checked (the
     machine has a device id when it next reads): from then on the connection is not evicted."""
@@ -593,15 +654,24 @@ class _AdmittedPipe(MessagePipe):
         self, link: TlsLink, *, max_message: int, machine: TtpServerConn,
         proved: Callable[[], None],
     ) -> None:
-        super().__init__(link, max_message=max_message)
+        super().__init__(link, max_message=max_message, transcript=False)  # nothing binds it
         self._machine = machine
         self._proved: Callable[[], None] | None = proved
 
-    async def recv(self) -> bytes:
+    def _check_proved(self) -> None:
         if self._proved is not None and self._machine.device_id is not None:
             self._proved()
             self._proved = None
+
+    async def recv(self) -> bytes:
+        self._check_proved()
         return await super().recv()
+
+    def poll_unabsorbed(self) -> bytes | None:
+        """A message already there (the driver reads it without a timer): read like
+        :meth:`recv`, so the proof is counted before it."""
+        self._check_proved()
+        return super().poll_unabsorbed()
 
 
 #: a waiting intent's states (:class:`_Waiting`)

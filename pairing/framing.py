@@ -113,6 +113,17 @@ def fragment(message: bytes, mtu: int, *, max_message: int = DEFAULT_MAX_MESSAGE
     Raises :class:`ConfigError` for an MTU outside 20..65535 and :class:`TooLargeError` for a
     message longer than ``max_message`` (which the peer's :class:`Reassembler` would refuse).
     """
+    if (type(message) is bytes and type(mtu) is int and MIN_MTU <= mtu <= MAX_MTU
+            and type(max_message) is int and max_message <= MAX_MESSAGE_LIMIT):
+        # The common case first (most messages fit one fragment): the same bytes as below,
+        # without the general path's checks, which every value here has passed.
+        total = len(message)
+        if total <= max_message:
+            if total < 0x80 and total <= mtu - 2:
+                return [bytes((FLAG_FIRST | FLAG_LAST, total)) + message]
+            if total < 0x4000 and total <= mtu - 3:
+                return [bytes((FLAG_FIRST | FLAG_LAST, total & 0x7F | 0x80, total >> 7))
+                        + message]
     check_mtu(mtu)
     _check_max_message(max_message)
     if not isinstance(message, bytes | bytearray | memoryview):
@@ -185,6 +196,20 @@ class Reassembler:
             raise LinkClosedError(
                 f"the fragment stream failed earlier: {self._error}"
             ) from self._error
+        if type(fragment) is bytes and self._expected is None and len(fragment) >= 2 and (
+            fragment[0] == FLAG_FIRST | FLAG_LAST
+        ):
+            # The common case first: a whole message in one fragment, its length in one or
+            # two bytes in shortest form, within the bound.  Anything else (or any doubt)
+            # takes the general path below, which raises what it raises.
+            b1 = fragment[1]
+            if b1 < 0x80:
+                if b1 == len(fragment) - 2 and b1 <= self._max:
+                    return fragment[2:]
+            elif len(fragment) >= 3 and 0 < fragment[2] < 0x80:
+                total = b1 & 0x7F | fragment[2] << 7
+                if total == len(fragment) - 3 and total <= self._max:
+                    return fragment[3:]
         try:
             return self._feed(fragment)
         except PairingError as exc:

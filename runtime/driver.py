@@ -57,7 +57,9 @@ class MessagePipe:
     direction, so that what the two sides exchanged before the session key (the cloud step,
     the join request, the negotiation) can be bound into it (docs/security.md, rule 6):
     :meth:`transcript` gives the same 32 bytes on both sides exactly when both saw the same
-    messages in each direction.
+    messages in each direction.  A pipe whose exchange binds nothing of what it moved (a
+    device's connection to the key server, which has TLS's own transcript) is made with
+    ``transcript=False`` and hashes nothing; its :meth:`transcript` raises ConfigError.
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class MessagePipe:
         max_message: int = MAX_HANDSHAKE_MESSAGE,
         guest: bool | None = None,
         send_timeout: float = DEFAULT_IDLE,
+        transcript: bool = True,
     ) -> None:
         self.link = link
         #: how long one message may wait for the peer to take it (flow control)
@@ -74,8 +77,11 @@ class MessagePipe:
         self._reassembler = Reassembler(max_message)
         # The fragments of one message must not interleave with another's.
         self._send_lock = asyncio.Lock()
-        self._sent = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
-        self._received = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
+        self._sent: Any = None
+        self._received: Any = None
+        if transcript:
+            self._sent = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
+            self._received = hashlib.sha256(keyschedule.TRANSCRIPT_DIRECTION)
         #: which side this pipe is on (orders the two directions in :meth:`transcript`)
         self.guest = guest
         self._unread: list[bytes] = []
@@ -98,14 +104,16 @@ class MessagePipe:
             while pieces and send_nowait(pieces[0]):
                 del pieces[0]
             if not pieces:
-                _absorb(self._sent, message)
+                if self._sent is not None:
+                    _absorb(self._sent, message)
                 return
         try:
             async with asyncio.timeout(self.send_timeout):
                 async with self._send_lock:
                     for piece in pieces:
                         await self.link.send(piece)
-                    _absorb(self._sent, message)
+                    if self._sent is not None:
+                        _absorb(self._sent, message)
         except TimeoutError:
             raise PairingTimeout(
                 f"the peer stopped reading for {self.send_timeout:.0f} s"
@@ -143,7 +151,8 @@ class MessagePipe:
 
     def absorb(self, message: bytes) -> None:
         """Count a message read by :meth:`recv_unabsorbed` in the transcript."""
-        _absorb(self._received, message)
+        if self._received is not None:
+            _absorb(self._received, message)
 
     def unread(self, messages: list[bytes]) -> None:
         """Put messages read ahead (and not absorbed) back in front, in order."""
@@ -151,6 +160,8 @@ class MessagePipe:
 
     def transcript(self) -> bytes:
         """SHA-256 over both directions' hashes, guest->host first (docs/protocol.md §2)."""
+        if self._sent is None:
+            raise ConfigError("this pipe keeps no transcript")
         if self.guest is None:
             raise ConfigError("a transcript needs to know which side the pipe is on")
         sent, received = self._sent.digest(), self._received.digest()
@@ -229,8 +240,9 @@ async def drive(
     pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)
     read = pipe.recv_unabsorbed if read_ahead else pipe.recv
     # A message already there is taken without a timer (a pipe of another kind, which may
-    # read its own way, is always awaited).
-    poll = pipe.poll_unabsorbed if type(pipe) is MessagePipe else None
+    # read its own way, is always awaited, unless it says how to poll it too).
+    poll = (pipe.poll_unabsorbed if type(pipe) is MessagePipe
+            or type(pipe).poll_unabsorbed is not MessagePipe.poll_unabsorbed else None)
 
     def take(message: bytes) -> None:
         if read_ahead:
@@ -269,6 +281,21 @@ async def drive(
     async def ask(event: Any) -> None:
         nonlocal inbox
         hook = _hook(delegate, event)
+        if not read_ahead:
+            # Nothing to read meanwhile: the answer is awaited here, no task of its own.
+            limit = asyncio.timeout(answer_time)
+            try:
+                async with limit:
+                    value = await hook(event)
+            except TimeoutError:
+                if not limit.expired():
+                    raise  # the delegate's own error, not our deadline
+                # Our side did not answer: the peer is waiting, so tell it why.
+                exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+                machine.abort(exc, tell_peer=True)
+                raise exc from None
+            machine.answer(event, value, now())
+            return
         answer = asyncio.ensure_future(hook(event))
         try:
             deadline = now() + answer_time

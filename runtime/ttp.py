@@ -70,16 +70,16 @@ def client_context(ca_file: str | Path) -> ssl.SSLContext:
     Contexts are reused while the file is unchanged (loading a CA costs about as much as a
     third of a TLS handshake); a replaced file is read again.
     """
-    path = Path(ca_file)
+    path = os.fspath(ca_file)  # (not a Path: this runs on every connection)
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the CA certificate {path}: {exc.strerror}") from None
     # The file is known by its device and inode (not by resolving the path, which costs a
     # system call per component on every connection), and read again once it changed.
-    return _context(str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return _context(path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @functools.lru_cache(maxsize=16)
@@ -142,8 +142,7 @@ class ServerLink:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(3):
-                await self.link.close()
+            await self.link.close()  # bounded by the link's close_timeout
 
 
 class _TurnedAway(TransportError):
@@ -189,7 +188,10 @@ async def connect(
     if not der:  # pragma: no cover - TLS with CERT_REQUIRED always has one
         await link.close()
         raise TtpTrustError(f"the key server at {where} showed no certificate")
-    return ServerLink(link, MessagePipe(link, max_message=MAX_MESSAGE), cert_digest(der), where)
+    # Nothing of what this pipe moves is bound into a session key (TLS binds its own): no
+    # transcript to keep.
+    pipe = MessagePipe(link, max_message=MAX_MESSAGE, transcript=False)
+    return ServerLink(link, pipe, cert_digest(der), where)
 
 
 #: wire codes whose class is not a LocalError (``local_error_for`` covers those)

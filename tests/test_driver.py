@@ -15,6 +15,7 @@ from pairkit.pairing.errors import (
     ConfigError,
     DecodeError,
     LinkClosedError,
+    LocalError,
     PairingError,
     PairingTimeout,
     ProtocolError,
@@ -222,6 +223,63 @@ async def test_a_person_who_never_answers_times_out() -> None:
                            drive(host, b, delegate=Yes()), return_exceptions=True), 5
         )
     assert isinstance(results[0], PairingTimeout) and "no answer" in str(results[0])
+
+
+async def test_a_delegates_own_timeout_is_not_taken_for_the_persons_silence() -> None:
+    # The question is awaited in place (nothing reads ahead on a bare link): a TimeoutError
+    # the delegate raises itself is its failure, not "no answer within" the answer time.
+    class Broken:
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            raise TimeoutError
+
+    guest, host = machines(Method.COMPARE)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(drive(guest, a, delegate=Broken(), answer_time=60),
+                           drive(host, b, delegate=Yes()), return_exceptions=True), 5
+        )
+    assert isinstance(results[0], LocalError) and "TimeoutError" in str(results[0])
+    assert not isinstance(results[0], PairingTimeout)
+    assert isinstance(results[1], RemoteError)
+
+
+async def test_a_pipe_that_polls_its_own_way_is_polled() -> None:
+    # A pipe subclass that reads its own way (it overrides recv) is awaited, unless it also
+    # says how to take a message already there (poll_unabsorbed): then that is used.
+    polled: list[bytes] = []
+
+    class Counting(MessagePipe):
+        async def recv(self) -> bytes:
+            return await super().recv()
+
+        def poll_unabsorbed(self) -> bytes | None:
+            message = super().poll_unabsorbed()
+            if message is not None:
+                polled.append(message)
+            return message
+
+    guest, host = machines(Method.QR)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        pg, ph = MessagePipe(a, guest=True), Counting(b, guest=False)
+        await asyncio.wait_for(asyncio.gather(drive(guest, pg), drive(host, ph)), 10)
+    assert guest.session is not None and host.session is not None
+    assert polled  # the guest's messages were there when the host read them
+    assert pg.transcript() == ph.transcript()  # and counted as a read counts them
+
+
+async def test_a_pipe_made_without_a_transcript_moves_messages_and_refuses_to_give_one() -> None:
+    async with loopback_pair(mtu=20) as (a, b):
+        pa, pb = MessagePipe(a, guest=True, transcript=False), MessagePipe(b, guest=False)
+        payload = bytes(range(256))
+        await pa.send(payload)
+        assert await pb.recv() == payload
+        await pb.send(b"back")
+        assert await pa.recv() == b"back"
+        with pytest.raises(ConfigError, match="no transcript"):
+            pa.transcript()
+        assert len(pb.transcript()) == 32  # the other side keeps its own
 
 
 async def test_message_pipe_round_trips_large_messages_at_mtu_20() -> None:

@@ -245,3 +245,44 @@ def test_byte_by_byte_feeding_is_refused_cleanly() -> None:
     with pytest.raises(PairingError):
         for i in range(len(stream)):
             assert r.feed(stream[i : i + 1]) is None
+
+
+@pytest.mark.parametrize("mtu", [20, 21, 22, 23, 129, 130, 131, 132, 8192, 16386, 65535])
+def test_the_single_fragment_fast_path_gives_the_general_paths_bytes(mtu: int) -> None:
+    # fragment() and Reassembler.feed() take a short cut for bytes that fit one fragment;
+    # a bytearray takes the general path: both must give the same fragments and messages.
+    for size in (0, 1, 17, 18, 19, 20, 126, 127, 128, 129, 130, 16382, 16383, 16384, 16385):
+        message = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        for bound in (DEFAULT_MAX_MESSAGE, size, max(0, size - 1)):
+            try:
+                fast = fragment(message, mtu, max_message=bound)
+            except TooLargeError:
+                with pytest.raises(TooLargeError):
+                    fragment(bytearray(message), mtu, max_message=bound)
+                continue
+            assert fast == fragment(bytearray(message), mtu, max_message=bound)
+            r = Reassembler(bound)
+            got = [r.feed(piece) for piece in fast]
+            assert got[-1] == message and all(g is None for g in got[:-1])
+
+
+@pytest.mark.parametrize("piece", [
+    b"\xc0\x00", b"\xc0\x01", b"\xc0\x02ab", b"\xc0\x01ab", b"\xc0\x80\x00", b"\xc0\x80\x01",
+    b"\xc0\x80\x01" + bytes(128), b"\xc0\x80\x01" + bytes(127), b"\xc0\x81\x00" + bytes(1),
+    b"\xc0\xff\x7f" + bytes(16383), b"\xc0\x80\x80\x01" + bytes(16384), b"\xc0", b"\x80\x01a",
+    b"\x40a", b"\xc1\x01a", b"\xc0\x05abcde", b"\xc0\x06abcdef",
+])
+def test_a_single_fragment_is_read_alike_on_both_paths(piece: bytes) -> None:
+    # The same fragment as bytes (which may take the short cut) and as a bytearray (which
+    # never does): the same message, or the same kind of error, and both readers poisoned.
+    for bound in (0, 5, 127, 128, DEFAULT_MAX_MESSAGE):
+        results = []
+        for data in (piece, bytearray(piece)):
+            r = Reassembler(bound)
+            try:
+                results.append(("ok", r.feed(data)))
+            except PairingError as exc:
+                results.append(("error", type(exc)))
+                with pytest.raises(LinkClosedError):
+                    r.feed(b"\xc0\x00")
+        assert results[0] == results[1], bound

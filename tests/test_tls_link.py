@@ -8,6 +8,7 @@ server does after admission); the certificates are a key server directory's (mad
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,6 +82,63 @@ async def test_messages_both_ways_and_a_clean_close(tmp_path: Path) -> None:
         assert client.closed and server.closed
         with pytest.raises(LinkClosedError):
             await client.send(b"late")
+
+
+def _records(data: bytes) -> int:
+    """How many TLS records ``data`` holds (RFC 8446 §5.1: a 5-byte header, the last two
+    bytes its length)."""
+    count, i = 0, 0
+    while i + 5 <= len(data):
+        i += 5 + int.from_bytes(data[i + 3:i + 5], "big")
+        count += 1
+    return count
+
+
+async def test_a_cut_inside_a_record_is_told_from_a_cut_between_records() -> None:
+    # What a FIN without close_notify means depends on where the stream stopped: between TLS
+    # records (a clean end at a message boundary) or inside one (a truncation).  Streams of
+    # records of every size, read in pieces cut anywhere (inside headers too), stopped anywhere.
+    rng = random.Random(13)
+    for _ in range(3000):
+        sizes = [rng.choice([0, 1, 2, 5, 300, 16401]) for _ in range(rng.randint(1, 5))]
+        stream, bounds = b"", {0}
+        for size in sizes:
+            stream += bytes((23, 3, 3)) + size.to_bytes(2, "big") + bytes(size)
+            bounds.add(len(stream))
+        stop = rng.randint(0, len(stream))
+        protocol = TlsProtocol()
+        i = 0
+        while i < stop:
+            step = min(stop - i, rng.choice([1, 2, 3, 7, 64, 5000]))
+            protocol._track_records(stream[i:i + step])
+            i += step
+        inside = bool(protocol._record_head or protocol._record_left)
+        assert inside == (stop not in bounds), (sizes, stop)
+
+
+async def test_the_clients_last_flight_leaves_with_its_first_message(tmp_path: Path) -> None:
+    # The client's last handshake flight is written when the server's flight completes the
+    # handshake; it waits for the end of that turn of the event loop, so the first message,
+    # sent as soon as TLS is up, leaves in the same write (one send, one wake-up less).
+    async with tls_server(tmp_path) as (host, port, cctx, accepted):
+        client = await tls_connect(host, port, cctx, timeout=5, mtu=1024)
+        transport = client.protocol.transport
+        writes: list[bytes] = []
+        write = transport.write
+
+        def recording(data: bytes) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        transport.write = recording  # type: ignore[method-assign]
+        await client.send(b"hello")
+        server = await asyncio.wait_for(accepted.get(), 5)
+        assert isinstance(server, TlsLink)
+        assert await asyncio.wait_for(server.recv(), 5) == b"hello"
+        assert len(writes) == 1 and _records(writes[0]) >= 2  # the Finished, and the message
+        transport.write = write  # type: ignore[method-assign]
+        await client.close()
+        await server.close()
 
 
 async def test_a_connection_that_never_starts_tls_is_cut_at_the_deadline(tmp_path: Path) -> None:
@@ -211,6 +269,30 @@ async def test_a_flood_is_held_back_and_arrives_whole_and_in_order(tmp_path: Pat
         await asyncio.wait_for(sending, 10)
         await client.close()
         await server.close()
+
+
+async def test_a_close_waits_for_what_is_still_leaving(tmp_path: Path) -> None:
+    """Our close, while the transport still holds what we sent (the peer has not read it),
+    returns only once all of it has left and the connection has ended, even when the peer's
+    FIN comes first."""
+    async with tls_server(tmp_path, mtu=1024, queue_size=4) as (host, port, cctx, accepted):
+        client = await tls_connect(host, port, cctx, timeout=5, mtu=1024, close_timeout=10)
+        server = await asyncio.wait_for(accepted.get(), 5)
+        assert isinstance(server, TlsLink)
+        count = 0
+        while client.protocol.transport.get_write_buffer_size() == 0 and count < 20000:
+            assert client.send_nowait(count.to_bytes(4, "big") + b"f" * 1000)  # never waits
+            count += 1
+        assert client.protocol.transport.get_write_buffer_size() > 0
+        closing = asyncio.ensure_future(client.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # the server has not closed yet
+        # The server's FIN, then it reads (and drops) what we sent, at its own pace.
+        server_closing = asyncio.ensure_future(server.close())
+        await asyncio.wait_for(closing, 10)
+        assert client.protocol.transport.get_write_buffer_size() == 0
+        assert client.protocol.lost.done() and not client.protocol.lost.cancelled()
+        await asyncio.wait_for(server_closing, 10)
 
 
 async def test_a_peer_that_neither_reads_nor_closes_is_let_go(tmp_path: Path) -> None:

@@ -7,13 +7,16 @@ import dataclasses
 import datetime
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from pairkit.keyserver.certs import init_server_dir, make_server_cert
-from pairkit.keyserver.server import Limits
+from pairkit.keyserver.server import Limits, TtpServer
+from pairkit.keyserver.store import StoreError
 from pairkit.pairing.errors import (
     AuthenticationError,
     LockedOutError,
@@ -300,6 +303,47 @@ async def test_idle_connections_from_one_address_give_way_to_a_new_one(
         finally:
             for _, w in held:
                 w.close()
+
+
+async def test_a_device_waiting_for_its_match_counts_as_authenticated(tmp_path: Path) -> None:
+    # The device sends its proof and its request together, so the server reads the request
+    # without waiting (the driver's fast path): the proof must count all the same, or a
+    # waiting device would be evicted as if it had never proved anything.
+    async with running_server(tmp_path / "srv") as h:
+        a, b = identity("a"), identity("b")
+        await enrol(h.address, h.ca, a)
+        await enrol(h.address, h.ca, b)
+        waiting = asyncio.ensure_future(request_key(
+            h.address, h.ca, a, peer_id=b.device_id, context=CTX, role=IntentRole.HOST, wait=5,
+        ))
+        for _ in range(250):
+            if await h.server.db(h.server.store.pending_count) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert h.server.admission.total == 1
+        assert h.server.admission.unauthenticated == 0
+        kb = await request_key(h.address, h.ca, b, peer_id=a.device_id, context=CTX,
+                               role=IntentRole.GUEST, wait=5)
+        assert (await waiting).sk == kb.sk
+
+
+async def test_the_store_threads_answer_fail_and_survive_a_caller_that_gave_up(
+    tmp_path: Path,
+) -> None:
+    async with running_server(tmp_path / "srv") as h:
+        assert await h.server.db(threading.current_thread) is not threading.current_thread()
+        with pytest.raises(StoreError, match="database failed"):
+            await h.server.db(sqlite3.connect(":memory:").execute, "not sql")
+        slow = asyncio.ensure_future(h.server.db(time.sleep, 0.2))
+        await asyncio.sleep(0.05)
+        slow.cancel()  # the caller gives up; the call runs on, its answer goes nowhere
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert await asyncio.wait_for(h.server.db(h.server.store.device_count), 5) == 0
+        stopped = TtpServer(h.dir.root, limits=FAST)
+    await stopped.close()  # never started: nothing to stop
+    with pytest.raises(StoreError):
+        await stopped.db(int)  # after close: refused, in the store's words
 
 
 async def test_attempt_rate_is_bounded(tmp_path: Path) -> None:

@@ -22,8 +22,10 @@ holds at most what the transport buffers: our ``send`` waits (flow control) and 
 send deadline ends it.
 
 Closing: :meth:`TlsLink.close` sends TLS's close_notify and our FIN after everything we sent,
-then waits (at most ``close_timeout`` seconds) for the peer's FIN, so that data the peer sent
-and we did not read does not turn our close into a reset that destroys what it is still owed.
+then waits (at most ``close_timeout`` seconds in all) for the peer's FIN, so that data the peer
+sent and we did not read does not turn our close into a reset that destroys what it is still
+owed, and for what we sent to leave the transport (a close with nothing left to send does not
+wait for the connection's end: the transport has scheduled it).
 The peer's close_notify ends the link at once (after the messages before it).  A peer's FIN
 without close_notify ends the link like a clean close at a message boundary (every message is
 whole or refused: a truncation cannot shorten one), and as a
@@ -68,7 +70,8 @@ class TlsProtocol(asyncio.Protocol):
         self.mtu = check_mtu(mtu)
         self.inbox = MessageQueue(queue_size)
         self.handshake: asyncio.Future[None] = self._loop.create_future()
-        #: the connection is gone (the transport's connection_lost)
+        #: the connection is gone (the transport's connection_lost); cancelled instead if a
+        #: close waiting for it was cut short (done either way)
         self.lost: asyncio.Future[None] = self._loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._tls: ssl.SSLObject | None = None
@@ -81,7 +84,7 @@ class TlsProtocol(asyncio.Protocol):
         self._record_left = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._ended = False  # no more messages will come (end of stream, garbage, error)
-        #: the peer sent its FIN (or the connection is gone)
+        #: the peer sent its FIN (or the connection is gone); cancelled instead as ``lost``
         self.peer_eof: asyncio.Future[None] = self._loop.create_future()
         self._flush_scheduled = False
         self._can_write = asyncio.Event()
@@ -111,19 +114,28 @@ class TlsProtocol(asyncio.Protocol):
         self._read_records()
 
     def _track_records(self, data: bytes) -> None:
-        i, n = 0, len(data)
-        while i < n:
-            if self._record_left:
-                step = min(self._record_left, n - i)
-                self._record_left -= step
-                i += step
-                continue
-            need = 5 - len(self._record_head)
-            self._record_head += data[i:i + need]
+        n = len(data)
+        left = self._record_left
+        if left >= n:  # all of it inside the record under way
+            self._record_left = left - n
+            return
+        i = left
+        head = self._record_head
+        if head:  # a header cut by the last read: complete it first
+            need = 5 - len(head)
+            head += data[i:i + need]
             i += need
-            if len(self._record_head) == 5:
-                self._record_left = int.from_bytes(self._record_head[3:5], "big")
-                self._record_head = b""
+            if len(head) < 5:
+                self._record_head, self._record_left = head, 0
+                return
+            i += head[3] << 8 | head[4]
+        # Whole headers in ``data``: jump from one to the next.
+        while i + 5 <= n:
+            i += 5 + (data[i + 3] << 8 | data[i + 4])
+        if i >= n:
+            self._record_head, self._record_left = b"", i - n
+        else:  # a header cut by the end of this read
+            self._record_head, self._record_left = data[i:], 0
 
     def eof_received(self) -> bool:
         if not self.peer_eof.done():
@@ -244,7 +256,11 @@ class TlsProtocol(asyncio.Protocol):
             self._take_frames()
             if self._reading_paused:
                 break  # the rest stays encrypted until the reader catches up
-        self._flush()  # what OpenSSL answers on its own (a key update)
+        if self._outgoing.pending:
+            # What OpenSSL answers on its own (a key update; a client's last handshake
+            # flight, written as the server's flight completed it), at the end of this turn:
+            # a reader woken by what was read here writes its answer into the same write.
+            self._flush_soon()
 
     def _take_frames(self) -> None:
         plain = self._plain
@@ -316,6 +332,11 @@ class TlsProtocol(asyncio.Protocol):
     async def drain(self) -> None:
         await self._can_write.wait()
 
+    @property
+    def can_write(self) -> bool:
+        """The transport takes more now (False while it holds back: flow control)."""
+        return self._can_write.is_set()
+
     def peer_certificate(self) -> bytes | None:
         """The peer's certificate (DER) as TLS checked it, or None."""
         if self._tls is None:
@@ -374,17 +395,29 @@ class TlsLink(QueuedLink):
         return message
 
     async def send(self, data: bytes) -> None:
+        self._write_frame(data)
+        await self.protocol.drain()
+        if self._aborted:  # close() gave up on flushing: this message may not have gone out
+            raise LinkClosedError(
+                f"the link to {self._peer} was closed before the message went out"
+            )
+
+    def send_nowait(self, data: bytes) -> bool:
+        """:meth:`send` if it need not wait: True once the frame is handed to TLS, False
+        (nothing sent) while the transport holds back (flow control: a peer that does not
+        read); raises as :meth:`send` would (a closed link, a message over the MTU)."""
+        if not self.protocol.can_write:
+            return False
+        self._write_frame(data)
+        return True
+
+    def _write_frame(self, data: bytes) -> None:
         data = self._check_send(data)
         transport = self.protocol.transport
         if self.protocol.ended or transport is None or transport.is_closing():
             raise LinkClosedError(f"the link to {self._peer} is closed")
         # One write per frame keeps frames whole when several tasks send at once.
         self.protocol.write(len(data).to_bytes(HEADER_SIZE, "big") + data)
-        await self.protocol.drain()
-        if self._aborted:  # close() gave up on flushing: this message may not have gone out
-            raise LinkClosedError(
-                f"the link to {self._peer} was closed before the message went out"
-            )
 
     async def close(self) -> None:
         if self._closed:
@@ -394,19 +427,27 @@ class TlsLink(QueuedLink):
         transport = self.protocol.transport
         if transport is None:
             return
+        # One deadline for every wait below; a wait that need not wait has no timer.
+        deadline = asyncio.get_running_loop().time() + self._close_timeout
         try:
-            async with asyncio.timeout(self._close_timeout):
-                if not transport.is_closing():
-                    self.protocol.close_notify()
-                    if transport.can_write_eof():
-                        transport.write_eof()
-                    # Wait for the peer's FIN, so unread data does not make the kernel reset
-                    # (what arrives meanwhile is dropped: the inbox is aborted).
-                    if not self.protocol.peer_eof.done():
-                        self.protocol.discard()
-                        await asyncio.shield(self.protocol.peer_eof)
-                    transport.close()
-                await asyncio.shield(self.protocol.lost)
+            if not transport.is_closing():
+                self.protocol.close_notify()
+                if transport.can_write_eof():
+                    transport.write_eof()
+                # Wait for the peer's FIN, so unread data does not make the kernel reset
+                # (what arrives meanwhile is dropped: the inbox is aborted).  (Awaited
+                # directly, not shielded: a close cut short leaves it cancelled, which is
+                # done, and nothing else waits for it.)
+                if not self.protocol.peer_eof.done():
+                    self.protocol.discard()
+                    async with asyncio.timeout_at(deadline):
+                        await self.protocol.peer_eof
+                transport.close()
+            if not self.protocol.lost.done() and transport.get_write_buffer_size():
+                # What we sent is still leaving: the connection ends once it has left.  (With
+                # nothing left to send, the transport has already scheduled its end.)
+                async with asyncio.timeout_at(deadline):
+                    await self.protocol.lost
         except (TimeoutError, ConnectionError, OSError):
             # A peer that neither reads nor closes: give up on a graceful close.
             self._aborted = True

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from pairkit.driver import MessagePipe
 from pairkit.keyserver.server import server_context
-from pairkit.pairing.errors import LinkClosedError, PairingError, TransportError
+from pairkit.pairing.errors import (
+    LinkClosedError,
+    PairingError,
+    PairingTimeout,
+    TooLargeError,
+    TransportError,
+)
 from pairkit.transports.tls import tls_connect
 from tests.tls_attack_harness import Cut, relay, tls_server
 
@@ -78,6 +85,50 @@ async def test_a_peer_that_never_reads_holds_back_a_sender_that_never_yields(
         assert held <= 1 << 20  # the transport's high-water mark and a message or two
         client.protocol.transport.abort()
         await server.close()
+
+
+async def test_a_pipe_sending_without_waiting_still_meets_flow_control(tmp_path: Path) -> None:
+    """The same peer that never reads, the device sending through a MessagePipe, which hands a
+    message to the link without waiting while the transport takes it (``send_nowait``): once
+    the transport holds back, the pipe waits (and its deadline ends it), it does not go on
+    writing into memory."""
+    async with tls_server(tmp_path / "srv", queue_size=4) as srv:
+        client = await tls_connect(srv.host, srv.port, srv.client, timeout=5, mtu=8192)
+        server = await srv.next_link()  # and never reads
+        pipe = MessagePipe(client, send_timeout=1.0)
+        sent = 0
+        with pytest.raises(PairingTimeout):
+            for _ in range(3000):
+                await pipe.send(b"x" * 8000)
+                sent += 1
+        assert not client.protocol.can_write and not client.send_nowait(b"y")
+        held = client.protocol.transport.get_write_buffer_size()
+        held += client.protocol._outgoing.pending
+        assert sent < 3000
+        assert held <= 1 << 20  # the transport's high-water mark and a message or two
+        client.protocol.transport.abort()
+        await server.close()
+
+
+async def test_send_nowait_sends_whole_frames_and_refuses_what_send_refuses(
+    tmp_path: Path,
+) -> None:
+    async with tls_server(tmp_path / "srv") as srv:
+        client = await tls_connect(srv.host, srv.port, srv.client, timeout=5, mtu=1024)
+        server = await srv.next_link()
+        assert client.send_nowait(b"one") and client.send_nowait(bytearray(b"two"))
+        assert await asyncio.wait_for(server.recv(), 5) == b"one"
+        assert await asyncio.wait_for(server.recv(), 5) == b"two"
+        with pytest.raises(TooLargeError):
+            client.send_nowait(bytes(1025))
+        await server.close()  # the peer's close_notify ends the link
+        with pytest.raises(LinkClosedError):
+            await asyncio.wait_for(client.recv(), 5)
+        with pytest.raises(LinkClosedError):
+            client.send_nowait(b"too late")
+        await client.close()
+        with pytest.raises(LinkClosedError):
+            client.send_nowait(b"closed")
 
 
 async def test_a_device_offering_only_tls_1_2_is_refused(tmp_path: Path) -> None:
