@@ -133,6 +133,15 @@ class PnLab:
         self.running.append(r)
         return r
 
+    async def gateway(self, *options: str) -> tuple[Running, int, str]:
+        """``pairkit pn gateway --json`` on a free TCP port of 127.0.0.1, once it is on:
+        (the process, its port, its address)."""
+        port = free_port()
+        address = f"tcp:127.0.0.1:{port}"
+        gw = await self.start("gw", "pn", "gateway", "-t", address, "--json", *options)
+        await gw.narration("is the PN gateway on")
+        return gw, port, address
+
 
 @contextlib.asynccontextmanager
 async def pn_lab(tmp_path: Path, names: dict[str, str]) -> AsyncIterator[PnLab]:

@@ -30,7 +30,7 @@ from pairkit.pairing.cpns import (
 )
 from pairkit.pairing.errors import PairingError
 from tests.flood_harness import attacker_addresses, frame, link_from
-from tests.pn_harness import free_port, pn_lab
+from tests.pn_harness import pn_lab
 
 NAMES = {"gw": "Paul's phone", "watch": "Paul's watch", "scale": "Paul's scale"}
 
@@ -87,12 +87,8 @@ async def test_an_element_in_reach_while_a_strangers_setup_runs_is_still_set_up(
     the elements it waits for only when one came in reach, and the watch came while the
     stranger held the setup: it was never asked, and its wait ran out)."""
     async with pn_lab(tmp_path, NAMES) as lab:
-        port = free_port()
-        gw_addr = f"tcp:127.0.0.1:{port}"
-        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--yes",
-                             "--setup", "all", "--wait-for", "1", "--collect", "1",
-                             "--timeout", "3")
-        await gw.narration("is the PN gateway on")
+        gw, port, gw_addr = await lab.gateway("--yes", "--setup", "all", "--wait-for", "1",
+                                              "--collect", "1", "--timeout", "3")
         (source,) = attacker_addresses(1)
         stranger = await link_from(source, "127.0.0.1", port)
         try:
@@ -117,11 +113,7 @@ async def test_strangers_setup_requests_back_to_back_do_not_keep_an_element_out(
     1-1 setup: it must become a member (waiting its turn), not be told the gateway is busy
     for as long as the strangers keep asking."""
     async with pn_lab(tmp_path, NAMES) as lab:
-        port = free_port()
-        gw_addr = f"tcp:127.0.0.1:{port}"
-        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--yes",
-                             "--collect", "1", "--timeout", "4")
-        await gw.narration("is the PN gateway on")
+        gw, port, gw_addr = await lab.gateway("--yes", "--collect", "1", "--timeout", "4")
         stop = asyncio.Event()
         counts = {"requests": 0}
         flood = asyncio.create_task(
@@ -175,11 +167,8 @@ async def test_a_stranger_under_the_invited_id_does_not_keep_the_element_out_of_
     link per id takes part in a setup, the others stay in reach for the next, and the watch
     must end a member."""
     async with pn_lab(tmp_path, NAMES) as lab:
-        port = free_port()
-        gw_addr = f"tcp:127.0.0.1:{port}"
-        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--setup", "1-1",
-                             "--invite", lab.ids["watch"], "--collect", "1", "--timeout", "3")
-        await gw.narration("is the PN gateway on")
+        gw, port, gw_addr = await lab.gateway("--setup", "1-1", "--invite", lab.ids["watch"],
+                                              "--collect", "1", "--timeout", "3")
         stop = asyncio.Event()
         counts = {"attached": 0}
         stranger = asyncio.create_task(attach_again_and_again(port, lab.ids["watch"], stop,
@@ -208,12 +197,8 @@ async def test_a_stranger_left_in_reach_under_an_id_does_not_shadow_the_element_
     its link kept open) when the gateway sets up "all" with the scale; it fails that setup and
     is let go.  The watch then comes in reach, and the scale's next "all" setup must ask it."""
     async with pn_lab(tmp_path, NAMES) as lab:
-        port = free_port()
-        gw_addr = f"tcp:127.0.0.1:{port}"
-        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--yes",
-                             "--setup", "all", "--wait-for", "2", "--collect", "1",
-                             "--timeout", "3")
-        await gw.narration("is the PN gateway on")
+        gw, port, gw_addr = await lab.gateway("--yes", "--setup", "all", "--wait-for", "2",
+                                              "--collect", "1", "--timeout", "3")
         (source,) = attacker_addresses(1)
         stranger = await link_from(source, "127.0.0.1", port)
         try:
@@ -273,11 +258,8 @@ async def test_a_stranger_asked_in_a_setup_does_not_make_it_fail_for_the_element
     gateway's registration deadline, twice its 6 s step, passes first, and the setup fails
     for the watch too)."""
     async with pn_lab(tmp_path, NAMES) as lab:
-        port = free_port()
-        gw_addr = f"tcp:127.0.0.1:{port}"
-        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--setup", "all",
-                             "--wait-for", "2", "--collect", "2", "--timeout", "6")
-        await gw.narration("is the PN gateway on")
+        gw, port, gw_addr = await lab.gateway("--setup", "all", "--wait-for", "2", "--collect", "2",
+                                              "--timeout", "6")
         stranger = asyncio.create_task(asked_and_silent(port, lab.ids["scale"]))
         try:
             await gw.narration("Paul's scale .* is in reach")
@@ -301,11 +283,7 @@ async def test_a_stranger_that_speaks_out_of_turn_does_not_hold_the_gateway(
     starts its 1-1 setup and waits 5 s for the key server's question, as an element does: the
     stranger's setup must give way to it, not hold the gateway to its deadline."""
     async with pn_lab(tmp_path, NAMES) as lab:
-        port = free_port()
-        gw_addr = f"tcp:127.0.0.1:{port}"
-        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--json", "--yes",
-                             "--collect", "1", "--timeout", "4")
-        await gw.narration("is the PN gateway on")
+        gw, port, gw_addr = await lab.gateway("--yes", "--collect", "1", "--timeout", "4")
         stop = asyncio.Event()
         counts = {"requests": 0}
         flood = asyncio.create_task(hold_setups(port, lab.ids["scale"], attacker_addresses(1),
@@ -344,10 +322,7 @@ async def test_a_setup_with_an_element_whose_person_decides_is_not_cut(tmp_path:
             return True
 
     async with pn_lab(tmp_path, NAMES) as lab:
-        port = free_port()
-        gw = await lab.start("gw", "pn", "gateway", "-t", f"tcp:127.0.0.1:{port}", "--json",
-                             "--yes", "--collect", "10", "--timeout", "4")
-        await gw.narration("is the PN gateway on")
+        gw, port, _ = await lab.gateway("--yes", "--collect", "10", "--timeout", "4")
         ks = Keystore.open(lab.homes["watch"] / "keystore.pk", KEYSTORE_PIN)
         config = PneConfig(bytes.fromhex(ks.device_id), ks.name, ks.setting(SETTING_EUKEY),
                            join="ask", step_timeout=15.0)
