@@ -544,3 +544,24 @@ async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to
     await eventually(lambda: len(host.person.questions) == 2 + BUDGET)
     assert [k for k, _ in host.person.questions] == ["join"] + ["code"] * (1 + BUDGET)
     assert host.results[1:] == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "compare counts a code shown and not confirmed only when its exchange ends, and checks the "
+    "lock only at the Offer: visits made at once all pass the check before any is counted, so "
+    "Mallory gets as many codes as links she holds at once, not the budget"
+))
+@pytest.mark.parametrize("kind", ["loopback"])
+async def test_mallory_visiting_at_once_is_held_to_the_budget_too(kind: str) -> None:
+    paul_id = LocalIdentity.generate("Paul's phone")
+    state = HostState()  # one host serving several links at once, as `pairkit host` does
+    visits = [grinder(paul_id, state) for _ in range(GRINDS)]
+    async with link_pairs(kind, GRINDS) as pairs:
+        await run_both(*(
+            run
+            for (mallory, host, person), (m_link, h_link) in zip(visits, pairs, strict=True)
+            for run in ((mallory, Wire(m_link), Yes(), True), (host, Wire(h_link), person, False))
+        ))
+    served = [m for m, _, _ in visits if m.predicted]
+    assert len(served) <= BUDGET, f"the host showed {len(served)} codes to a guest that left"
+    assert state.compare_lock.locked_for(asyncio.get_running_loop().time()) > 0
