@@ -549,7 +549,9 @@ async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to
 @pytest.mark.xfail(strict=True, reason=(
     "compare counts a code shown and not confirmed only when its exchange ends, and checks the "
     "lock only at the Offer: visits made at once all pass the check before any is counted, so "
-    "Mallory gets as many codes as links she holds at once, not the budget"
+    "Mallory gets as many codes as links she holds at once, not the budget (open: counting a "
+    "try as its code goes out, taken back by the person's yes, bounds it but locks out honest "
+    "guests comparing at once; the concurrent-pairings bench hung at 100)"
 ))
 @pytest.mark.parametrize("kind", ["loopback"])
 async def test_mallory_visiting_at_once_is_held_to_the_budget_too(kind: str) -> None:
