@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +79,20 @@ async def hold_setups(port: int, pne_id: str, sources: list[str], stop: asyncio.
     await asyncio.gather(*(one(s) for s in sources))
 
 
+@contextlib.asynccontextmanager
+async def running(attack: Coroutine[Any, Any, Any], stop: asyncio.Event) -> AsyncIterator[None]:
+    """Run ``attack`` in the background while the block runs; then tell it to stop and end it
+    (a stranger mid-way may not look at ``stop``)."""
+    task = asyncio.ensure_future(attack)
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
 async def test_an_element_in_reach_while_a_strangers_setup_runs_is_still_set_up(
     tmp_path: Path,
 ) -> None:
@@ -116,17 +132,11 @@ async def test_strangers_setup_requests_back_to_back_do_not_keep_an_element_out(
         gw, port, gw_addr = await lab.gateway("--yes", "--collect", "1", "--timeout", "4")
         stop = asyncio.Event()
         counts = {"requests": 0}
-        flood = asyncio.create_task(
-            hold_setups(port, lab.ids["scale"], attacker_addresses(2), stop, counts))
-        try:
+        attack = hold_setups(port, lab.ids["scale"], attacker_addresses(2), stop, counts)
+        async with running(attack, stop):
             await gw.narration(r"setting up the PN \(1-1\)")
             joined = await lab.run("watch", "pn", "join", gw_addr, "--setup", "1-1", "--json",
                                    "--timeout", "15")
-        finally:
-            stop.set()
-            flood.cancel()
-            with contextlib.suppress(BaseException):
-                await flood
         assert joined.ok().json()["ok"] is True, joined.err
         (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
         assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
@@ -171,17 +181,10 @@ async def test_a_stranger_under_the_invited_id_does_not_keep_the_element_out_of_
                                               "--collect", "1", "--timeout", "3")
         stop = asyncio.Event()
         counts = {"attached": 0}
-        stranger = asyncio.create_task(attach_again_and_again(port, lab.ids["watch"], stop,
-                                                              counts))
-        try:
+        async with running(attach_again_and_again(port, lab.ids["watch"], stop, counts), stop):
             await gw.narration(r"setting up the PN \(1-1\)")
             joined = await lab.run("watch", "pn", "join", gw_addr, "--wait", "--yes", "--json",
                                    "--timeout", "20")
-        finally:
-            stop.set()
-            stranger.cancel()
-            with contextlib.suppress(BaseException):
-                await stranger
         assert joined.ok().json()["ok"] is True
         (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
         assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
@@ -286,17 +289,12 @@ async def test_a_stranger_that_speaks_out_of_turn_does_not_hold_the_gateway(
         gw, port, gw_addr = await lab.gateway("--yes", "--collect", "1", "--timeout", "4")
         stop = asyncio.Event()
         counts = {"requests": 0}
-        flood = asyncio.create_task(hold_setups(port, lab.ids["scale"], attacker_addresses(1),
-                                                stop, counts, chatter=True))
-        try:
+        attack = hold_setups(port, lab.ids["scale"], attacker_addresses(1), stop, counts,
+                             chatter=True)
+        async with running(attack, stop):
             await gw.narration("left the setup: a PNE sent PnAttach")
             joined = await lab.run("watch", "pn", "join", gw_addr, "--setup", "1-1", "--json",
                                    "--timeout", "5")
-        finally:
-            stop.set()
-            flood.cancel()
-            with contextlib.suppress(BaseException):
-                await flood
         assert joined.ok().json()["ok"] is True, joined.err
         (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
         assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
