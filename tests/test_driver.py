@@ -153,6 +153,46 @@ async def test_a_deadline_that_passes_mid_message_keeps_what_was_read() -> None:
     assert guest.session.fingerprint == host.session.fingerprint
 
 
+async def test_a_deadline_that_moved_later_still_ends_a_silent_wait() -> None:
+    """The driver keeps one timer for a run's reads (issue 13), armed at the first read's
+    deadline; each step gives the peer ``step_timeout`` more.  Once the timer has moved on to
+    a later deadline it must still end a wait that goes past that one: the host's final
+    message is held 2 s, past the guest's second deadline."""
+    guest, host = machines(Method.PIN, timeout=1.0)
+    state = {"sent": 0}
+
+    async def tap(src: str, dst: str, data: bytes) -> bytes:
+        if src == "b":
+            state["sent"] += 1
+            await asyncio.sleep(0.3 if state["sent"] == 1 else 2.0)
+        return data
+
+    async with loopback_pair(tap=tap) as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(asyncio.gather(
+            drive(guest, a, delegate=Yes()), drive(host, b, delegate=Yes()),
+            return_exceptions=True), 10)
+    assert isinstance(results[0], PairingTimeout)
+    assert guest.failed and guest.session is None
+
+
+async def test_a_run_cancelled_while_it_waits_is_cancelled_not_timed_out() -> None:
+    """Cancelling a run that waits for the peer (Ctrl-C) is a cancellation: the run's read
+    timer must not turn it into a timeout, nor fire later into what its task does next."""
+    guest, _host = machines(Method.PIN, timeout=0.3)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    async with loopback_pair() as (a, _b):
+        guest.start(loop.time())
+        loop.call_later(0.05, task.cancel)  # while the guest waits for the Accept
+        with pytest.raises(asyncio.CancelledError):
+            await drive(guest, a)
+        task.uncancel()
+        await asyncio.sleep(0.6)  # past the guest's deadline: nothing may cancel this
+    assert guest.failed
+
+
 async def test_a_machine_without_a_deadline_still_gets_one() -> None:
     """The driver's idle bound: nothing in pairkit waits forever."""
     _guest, host = machines(Method.PIN)
