@@ -142,6 +142,9 @@ def device_name(name: str, what: str) -> str:
     characters (C0, C1, DEL), which the keystore refuses to store and a terminal would
     interpret (issue 17, finding 5).  A peer that sends one is stopped before anyone is asked
     anything; other unusual characters (bidirectional marks) are shown harmlessly by the CLI."""
-    if not name.strip() or any(unicodedata.category(ch) == "Cc" for ch in name):
+    # An ASCII name is printable exactly when it has no C0 control and no DEL, so the common
+    # name is checked without a look-up per character (issue 13).
+    plain = name.isascii() and name.isprintable()
+    if not name.strip() or (not plain and any(unicodedata.category(ch) == "Cc" for ch in name)):
         raise DecodeError(f"{what} must be a name without control characters")
     return name

@@ -88,7 +88,18 @@ def methods_mask(methods: frozenset[Method] | set[Method] | tuple[Method, ...]) 
 
 
 def methods_from_mask(mask: int) -> frozenset[Method]:
-    return frozenset(m for m in Method if mask & (1 << int(m)))
+    """The methods whose bits are set in ``mask`` (other bits are ignored)."""
+    # Every method's bit is below bit 8, so the low byte decides: one of 256 sets, each made
+    # once (issue 13: iterating the enum cost more than the rest of a negotiation check).
+    low = mask & 0xFF
+    found = _FROM_MASK.get(low)
+    if found is None:
+        found = _FROM_MASK[low] = frozenset(m for m in Method if low & (1 << int(m)))
+    return found
+
+
+_FROM_MASK: dict[int, frozenset[Method]] = {}
+assert max(Method) < 8, "methods_from_mask reads only a mask's low byte"
 
 
 def missing_for(method: Method, guest: Caps, host: Caps, *, knows_peer: bool = False) -> str | None:

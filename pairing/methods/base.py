@@ -73,6 +73,10 @@ _ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
 }
 
 
+#: (message class, a method's fields) -> the class's other fields but ``hello``, sorted
+_OTHER_FIELDS: dict[tuple[type, frozenset[str]], tuple[str, ...]] = {}
+
+
 def _only_fields(
     msg: Offer | Accept, method: Method, allowed: dict[Method, frozenset[str]]
 ) -> None:
@@ -80,10 +84,12 @@ def _only_fields(
     expected = allowed.get(method)
     if expected is None:
         return  # a method this machine does not run: refused by its caller
-    extra = sorted(
-        f.name for f in dataclasses.fields(msg)
-        if f.name != "hello" and f.name not in expected and getattr(msg, f.name) is not None
-    )
+    others = _OTHER_FIELDS.get((type(msg), expected))
+    if others is None:  # worked out once per class and method (issue 13)
+        others = _OTHER_FIELDS[(type(msg), expected)] = tuple(sorted(
+            f.name for f in dataclasses.fields(msg) if f.name != "hello" and f.name not in expected
+        ))
+    extra = [name for name in others if getattr(msg, name) is not None]
     if extra:
         raise DecodeError(
             f"the {type(msg).__name__} for '{method.label}' carries a field of another method "
