@@ -104,31 +104,40 @@ assert max(Method) < 8, "methods_from_mask reads only a mask's low byte"
 
 def missing_for(method: Method, guest: Caps, host: Caps, *, knows_peer: bool = False) -> str | None:
     """Why ``method`` is impossible with these capabilities, or ``None`` when it is possible."""
+    # The bits are tested on plain integers: each operation on an IntFlag makes a flag value
+    # through the enum machinery, a microsecond or two apiece (issue 13).
+    g, h = int(guest), int(host)
     if method in (Method.RESUME, Method.KK):
         return None if knows_peer else "the guest does not know this host yet"
     if method is Method.QR:
-        if not host & Caps.DISPLAY:
+        if not h & _DISPLAY:
             return "the host cannot display a QR code"
-        if not guest & Caps.SCAN_QR:
+        if not g & _SCAN_QR:
             return "the guest cannot scan a QR code"
         return None
     if method is Method.PIN:
-        if not host & Caps.DISPLAY:
+        if not h & _DISPLAY:
             return "the host cannot display a PIN"
-        if not guest & Caps.KEYPAD:
+        if not g & _KEYPAD:
             return "the guest cannot type a PIN"
         return None
     if method is Method.COMPARE:
-        if not (host & guest & Caps.DISPLAY and host & guest & Caps.CONFIRM):
+        if not (h & g & _DISPLAY and h & g & _CONFIRM):
             return "both sides must be able to display a code and confirm it"
         return None
     if method is Method.CLEAR:
-        if not (host & Caps.ENCRYPTED_LINK and guest & Caps.ENCRYPTED_LINK):
+        if not (h & _ENCRYPTED_LINK and g & _ENCRYPTED_LINK):
             return "the link is not encrypted"
         return None
     if method is Method.TTP:
         return None
     return "unknown method"
+
+
+_DISPLAY, _KEYPAD, _CONFIRM, _SCAN_QR, _ENCRYPTED_LINK = (
+    int(Caps.DISPLAY), int(Caps.KEYPAD), int(Caps.CONFIRM), int(Caps.SCAN_QR),
+    int(Caps.ENCRYPTED_LINK),
+)
 
 
 def choose(
