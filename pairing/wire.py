@@ -189,11 +189,12 @@ def _encode_body(msg: Message) -> dict[int, Any]:
     if body is not None:
         return body
     body = {}
+    plain = _PLAIN
     for f in msg._KEY_ORDER:
         value = getattr(msg, f.name)
         if value is None:
             continue
-        body[f.key] = _encode_value(f.kind, value)
+        body[f.key] = value if type(value) in plain else _encode_value(f.kind, value)
     object.__setattr__(msg, _BODY, body)
     return body
 
@@ -354,25 +355,90 @@ def _field_decoder(owner: str, f: _Field) -> Callable[[Any], Any]:
             return _decode_value(owner, f, kind, raw)
 
         return decode_enum
+    if kind is str:
+        size, max_len = f.size, f.max_len
+
+        def decode_text(raw: Any) -> Any:
+            if (
+                type(raw) is str
+                and (size is None or len(raw) == size)
+                and (max_len is None or len(raw) <= max_len)
+            ):
+                return raw
+            return _decode_value(owner, f, kind, raw)
+
+        return decode_text
+    if kind is int:
+
+        def decode_int(raw: Any) -> Any:
+            if type(raw) is int and 0 <= raw <= MAX_INT:  # a bool's type is not int
+                return raw
+            return _decode_value(owner, f, kind, raw)
+
+        return decode_int
+    if _tuple_item(kind) is bytes:
+        size, max_len = f.size, f.max_len
+        # an item's length: exactly ``size``, or without one at most ``max_len`` (_check_len)
+        item_max = max_len if size is None else None
+
+        def decode_digests(raw: Any) -> Any:
+            if type(raw) is list and (max_len is None or len(raw) <= max_len):
+                for item in raw:
+                    if (
+                        type(item) is not bytes
+                        or (size is not None and len(item) != size)
+                        or (item_max is not None and len(item) > item_max)
+                    ):
+                        break
+                else:
+                    return tuple(raw)
+            return _decode_value(owner, f, kind, raw)
+
+        return decode_digests
     return lambda raw: _decode_value(owner, f, kind, raw)
 
 
-def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...] = ()) -> Any:
-    known, fields, direct = _decoding(cls)
-    for key in body:
-        if key not in known and key not in skip:
-            raise DecodeError(f"{cls.__name__} has an unknown field {key!r}")
-    kwargs = {}
-    for f, decode_field in fields:
-        if f.key not in body:
+#: what a field missing from a map decodes to when it may be missing; else _REQUIRED
+_REQUIRED: Any = object()
+_ABSENT: Any = object()
+#: (message class, keys skipped) -> its fields' keys, the keys allowed in its map, each field
+#: as (key, name, decoder, value when absent), and whether to build it directly (_decoding):
+#: worked out once (issue 13)
+_PLANS: dict[tuple[type, tuple[int, ...]], tuple[Any, ...]] = {}
+
+
+def _plan(cls: type[Message], skip: tuple[int, ...]) -> tuple[Any, ...]:
+    plan = _PLANS.get((cls, skip))
+    if plan is None:
+        known, fields, direct = _decoding(cls)
+        steps = []
+        for f, decode_field in fields:
             if f.optional:
-                kwargs[f.name] = None if not f.has_default else f.default
-                continue
-            if f.has_default:
-                kwargs[f.name] = f.default
-                continue
-            raise DecodeError(f"{cls.__name__} is missing its field {f.name}")
-        kwargs[f.name] = decode_field(body[f.key])
+                absent = f.default if f.has_default else None
+            elif f.has_default:
+                absent = f.default
+            else:
+                absent = _REQUIRED
+            steps.append((f.key, f.name, decode_field, absent))
+        plan = _PLANS[(cls, skip)] = (known, known | frozenset(skip), tuple(steps), direct)
+    return plan
+
+
+def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...] = ()) -> Any:
+    known, allowed, steps, direct = _plan(cls, skip)
+    if not allowed.issuperset(body):
+        for key in body:  # the first unknown key, in the map's order
+            if key not in known and key not in skip:
+                raise DecodeError(f"{cls.__name__} has an unknown field {key!r}")
+    kwargs = {}
+    for key, name, decode_field, absent in steps:
+        raw = body.get(key, _ABSENT)
+        if raw is _ABSENT:
+            if absent is _REQUIRED:
+                raise DecodeError(f"{cls.__name__} is missing its field {name}")
+            kwargs[name] = absent
+        else:
+            kwargs[name] = decode_field(raw)
     if direct:
         msg = object.__new__(cls)
         msg.__dict__.update(kwargs)
