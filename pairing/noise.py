@@ -87,6 +87,8 @@ _BYTES_LIKE: Final = (bytes, bytearray, memoryview)
 
 
 def _require_bytes(value: object, what: str) -> bytes:
+    if type(value) is bytes:  # the common case, returned as bytes() would (issue 13)
+        return value
     # bytes(5) would silently be five zero bytes: refuse anything that is not bytes-like.
     if not isinstance(value, _BYTES_LIKE):
         raise ConfigError(f"the {what} must be bytes, not {type(value).__name__}")
@@ -145,7 +147,9 @@ class _KeyPair:
     def __init__(self, dh: _DHFunctions, private: Any, what: str) -> None:
         # A key object already loaded (a device's static key it holds) is used as it is:
         # loading raw bytes computes the public key, a fixed-base scalar multiplication.
-        if isinstance(private, _PRIVATE_TYPES[dh.name]):
+        if type(private) is bytes and len(private) == dh.dhlen:  # the commonest, first
+            self.private = dh.private_from_bytes(private)
+        elif isinstance(private, _PRIVATE_TYPES[dh.name]):
             self.private = private
         elif not isinstance(private, _BYTES_LIKE) or len(private) != dh.dhlen:
             raise ConfigError(f"the {what} private key must be {dh.dhlen} bytes for DH {dh.name}")
@@ -208,12 +212,21 @@ def _dh(funcs: _DHFunctions, pair: _KeyPair, remote_public: bytes) -> bytes:
 
 def _chachapoly_nonce(n: int) -> bytes:
     # §12.3: 32 bits of zeros, then the little-endian encoding of n.
+    if n < _FEW:
+        return _CHACHAPOLY_NONCES[n]  # a handshake's nonces, made once (issue 13)
     return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
 
 
 def _aesgcm_nonce(n: int) -> bytes:
     # §12.4: 32 bits of zeros, then the big-endian encoding of n.
+    if n < _FEW:
+        return _AESGCM_NONCES[n]
     return b"\x00\x00\x00\x00" + n.to_bytes(8, "big")
+
+
+_FEW: Final = 16
+_CHACHAPOLY_NONCES: Final = tuple(bytes(4) + n.to_bytes(8, "little") for n in range(_FEW))
+_AESGCM_NONCES: Final = tuple(bytes(4) + n.to_bytes(8, "big") for n in range(_FEW))
 
 
 _CIPHERS: Final[dict[str, tuple[type[ChaCha20Poly1305] | type[AESGCM], Callable[[int], bytes]]]] = {
@@ -348,7 +361,7 @@ class CipherState:
         # The AEAD object is made at the first encryption or decryption with this key: a
         # handshake replaces its key at every MixKey, most of them never used (issue 13).
         self._aead = None
-        self._k = None if key is None else bytes(key)
+        self._k = key  # bytes (_require_bytes copies anything else)
         self._n = 0
 
     def has_key(self) -> bool:
