@@ -448,10 +448,10 @@ class _ReadDeadline:
         self._task = task
         try:
             message = await read()
-        except asyncio.CancelledError:
-            if self._expired:
+        except BaseException as exc:
+            if self._expired:  # as asyncio.timeout's exit: our cancel request is taken back
                 self._expired = False
-                if task.uncancel() <= cancelling:
+                if task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
                     raise TimeoutError from None  # our deadline, and no one else's cancel
             raise
         finally:
