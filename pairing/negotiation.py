@@ -102,8 +102,12 @@ _FROM_MASK: dict[int, frozenset[Method]] = {}
 assert max(Method) < 8, "methods_from_mask reads only a mask's low byte"
 
 
-def missing_for(method: Method, guest: Caps, host: Caps, *, knows_peer: bool = False) -> str | None:
-    """Why ``method`` is impossible with these capabilities, or ``None`` when it is possible."""
+def missing_for(
+    method: Method, guest: Caps | int, host: Caps | int, *, knows_peer: bool = False
+) -> str | None:
+    """Why ``method`` is impossible with these capabilities, or ``None`` when it is possible.
+
+    The capabilities may be given as plain integers (a peer's announcement as it came)."""
     # The bits are tested on plain integers: each operation on an IntFlag makes a flag value
     # through the enum machinery, a microsecond or two apiece (issue 13).
     g, h = int(guest), int(host)
@@ -141,9 +145,9 @@ _DISPLAY, _KEYPAD, _CONFIRM, _SCAN_QR, _ENCRYPTED_LINK = (
 
 
 def choose(
-    guest_caps: Caps,
+    guest_caps: Caps | int,
     guest_methods: frozenset[Method],
-    host_caps: Caps,
+    host_caps: Caps | int,
     host_methods: frozenset[Method],
     *,
     proposed: Method | None = None,

@@ -229,11 +229,14 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
                 f"the host answered with method '{Method(msg.hello.method).label}' "
                 f"but '{self.method.label}' was proposed"
             )
-        # Check the host's announcement against the same table the host used.
+        # Check the host's announcement against the same table the host used.  The host's
+        # capabilities go in as the integer they came as: an IntFlag made from a peer's value
+        # is kept by the enum for good, one per value (a peer could grow it without bound),
+        # and the table reads bits only.
         choose(
-            Caps(self._caps),
+            self._caps,
             self.config.methods,
-            Caps(msg.hello.caps),
+            msg.hello.caps,
             methods_from_mask(msg.hello.methods),
             proposed=self.method,
             knows_peer=self._peer is not None,
@@ -315,13 +318,14 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
             caps |= Caps.ENCRYPTED_LINK
             self._emit(InsecureWarning("pairing with 'clear' over a link that is not encrypted"))
         knows = proposed is Method.KK and msg.guest_id is not None
+        # The guest's capabilities as the integer they came as (see GuestPairing._on_accept).
         choose(
-            Caps(msg.hello.caps), methods_from_mask(msg.hello.methods), Caps(caps),
+            msg.hello.caps, methods_from_mask(msg.hello.methods), caps,
             self.config.methods, proposed=proposed, knows_peer=knows,
         )
         _only_fields(msg, proposed, _OFFER_FIELDS)
         self.method = proposed
-        hello: Announce = _announce(self.config, self.me.name, proposed, Caps(caps), self._rng)
+        hello: Announce = _announce(self.config, self.me.name, proposed, caps, self._rng)
         self._offer = msg
         self._hello = hello
         self._th_hellos = (msg.hello, hello)  # th when a method asks for it
