@@ -279,7 +279,8 @@ class CodeTurns:
     So a code goes out only while the lock would still be open were every code out to fail:
     at most ``max_failures`` less the streak's failures at once (one, past the budget).  The
     others wait their turn, first come first served, and are woken one by one as places free
-    up; a host that is locked wakes them all (each then refuses).
+    up (a code settled, or a streak the lock forgave, seen at the next ``take``); a host that
+    is locked wakes them all (each then refuses).
 
     Pure: a turn is given by a callback the driver registered (:class:`~pairing.machine.
     WaitTurn`), no clock or event loop here.
@@ -302,16 +303,14 @@ class CodeTurns:
         return max(1, self.lock.policy.max_failures - self.lock.streak)
 
     def take(self, holder: object) -> bool:
-        """Whether ``holder`` has a place (taken now when one is free and nobody was waiting
-        before it); ``False`` puts it in the queue.  Check the lock first: a locked host
-        gives no place."""
-        if holder in self._out:
-            return True
-        if not self._waiting and len(self._out) < self._places():
-            self._out[holder] = None
-            return True
-        self._waiting.setdefault(holder, None)
-        return False
+        """Whether ``holder`` has a place (taken now when one is free for it after those
+        waiting before it); ``False`` puts it in the queue.  Check the lock first: a locked
+        host gives no place.  Places the lock's check freed (a streak it forgave) go to those
+        waiting, in order, before ``holder``."""
+        if holder not in self._out:
+            self._waiting.setdefault(holder, None)
+            self._hand_out()
+        return holder in self._out
 
     def subscribe(self, holder: object, wake: Callable[[], None] | None) -> None:
         """Call ``wake`` (once) when ``holder`` should look again: at once if its turn has
@@ -336,6 +335,10 @@ class CodeTurns:
         shown = self._out.pop(holder)
         if shown is not None and not confirmed:
             self.lock.failed(shown)
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Give the free places to the machines waiting, in order, and wake them."""
         woken: list[Callable[[], None]] = []
         # A streak at or past the budget leaves one place, and the next failure locks: the
         # machine given it refuses if the lock is closed now, and passes its place on.

@@ -167,15 +167,12 @@ async def test_a_visit_stopped_at_each_moment_costs_its_code_only_and_frees_its_
 # -- a streak forgiven while guests wait -----------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: places freed by the lock forgiving a streak (a quiet day since the last failure) "
-    "are given to nobody waiting: CodeTurns hands places out only when a holder settles, and "
-    "take() queues a newcomer behind anyone waiting, so the guests waiting (and each newcomer) "
-    "are told 'busy' after half a step although places are free; the guest at the head of the "
-    "queue is refused at its deadline by its own place in the queue"
-))
 async def test_places_a_forgiven_streak_frees_go_to_the_guests_waiting() -> None:
-    """The host had 5 codes fail a day ago, less a moment (its streak: one code at a time).
+    """Finding of the attack review (fixed): places freed by the lock forgiving a streak went to
+    nobody waiting (CodeTurns handed places out only when a holder settled, and queued each
+    newcomer behind those waiting), so guests were told "busy" with places free.
+
+    The host had 5 codes fail a day ago, less a moment (its streak: one code at a time).
     An honest guest's code is out (the host's person is looking), a second guest waits its
     turn; then the day since the last failure is over, the streak forgiven (5 places again),
     and a third guest comes.  The second and the third must be shown their codes and pair,
