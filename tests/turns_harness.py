@@ -44,9 +44,10 @@ class Mallory(GuestPairing):
     """A guest who computes the host's code from its Reveal (``predicted``) and leaves at once
     unless ``stay``; a guest that stays is an honest-looking one whose person answers."""
 
-    def __init__(self, config: PairingConfig, *, stay: bool = False, name: str = "George's phone"
-                 ) -> None:
-        super().__init__(config, LocalIdentity.generate(name), method=Method.COMPARE)
+    def __init__(self, config: PairingConfig, *, stay: bool = False, name: str = "George's phone",
+                 me: LocalIdentity | None = None, context: bytes = b"") -> None:
+        super().__init__(config, me or LocalIdentity.generate(name), method=Method.COMPARE,
+                         context=context)
         self.stay = stay
         self.predicted: list[str] = []
 

@@ -20,22 +20,39 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
+from pairkit import peers
+from pairkit.driver import MessagePipe, drive
+from pairkit.keystore import Keystore
 from pairkit.pairing import wire
-from pairkit.pairing.errors import BusyError, ErrorCode, RemoteError
+from pairkit.pairing.cloud import CloudGuest
+from pairkit.pairing.errors import BusyError, ErrorCode, PairingError, RemoteError
 from pairkit.pairing.framing import fragment
-from pairkit.pairing.methods import GuestPairing, HostState, LocalIdentity, PairingConfig, PinPolicy
+from pairkit.pairing.methods import (
+    ConfirmCode,
+    GuestPairing,
+    HostState,
+    LocalIdentity,
+    PairingConfig,
+    PinPolicy,
+)
 from pairkit.pairing.methods.common import S_TURN
 from pairkit.pairing.negotiation import Method
-from tests.turns_harness import BUDGET, Answers, Mallory, Visits, WatchedHost, until
+from tests.ble_harness import Person, World, george, paul, world
+from tests.turns_harness import BUDGET, Answers, GuestYes, Mallory, Visits, WatchedHost, until
+
+__all__ = ["george", "paul", "world"]
 
 #: a short step: a host waits half of it for its turn, a guest all of it for the host's Reveal
 STEP = 2.0
 CONFIG = PairingConfig(step_timeout=STEP)
 #: how long a whole test's visits may take, at most
 WITHIN = 20 * STEP
+#: Mallory's links at once through the real host flow (the admission's limit per address)
+BURST = 8
 
 
 # -- any order of visits ---------------------------------------------------------------------------
@@ -226,3 +243,67 @@ async def test_a_guest_with_a_shorter_step_is_told_busy_too() -> None:
     await visits.finish(WITHIN)
     g_err, _h_err = late.errors()
     assert isinstance(g_err, RemoteError) and g_err.code == ErrorCode.BUSY, repr(g_err)
+
+
+# -- a burst through the real `pairkit host` flow ------------------------------------------------
+
+
+class LooksASecond(Person):
+    """The host's owner: looks at a code for a second before saying yes (a person does)."""
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        answer = await super().confirm_code(q)
+        await asyncio.sleep(1.0)
+        return answer
+
+
+async def test_a_burst_through_the_real_host_flow_gets_at_most_the_budget(
+    world: World, paul: Keystore, george: Keystore
+) -> None:
+    """Through ``pairkit host``'s flow over bumble (admission, the cloud step, the host's one
+    HostState): a device the host let in before claims its grant (no join prompt) on eight
+    links at once (eight radios), and on each leaves as soon as it read the host's code.  5
+    codes go out, its owner is asked no more than that, compare ends locked, and nothing is
+    left holding a place or queued."""
+    host = await world.start_host(paul, frozenset({Method.COMPARE, Method.RESUME}),
+                                  person=LooksASecond())
+    device = await world.central("bumble")
+    await world.join(george, device, host, method=Method.COMPARE, person=Person())
+    me = peers.local_identity(george)
+    # One radio holds one connection to the host: Mallory brings a radio per link (a BLE
+    # address costs her nothing), each claiming the device the host let in.  Each link runs
+    # its cloud step as it connects; then all eight offer compare at once.
+    visits: list[Mallory] = []
+    ready: list[tuple[Any, MessagePipe]] = []
+    for _ in range(BURST):
+        radio = await world.central("bumble")
+        link = await radio.connect(host.address, 5.0)
+        pipe = MessagePipe(link, guest=True)
+        cloud = CloudGuest(name=me.name, clouds=(), mac=lambda _c, _d: b"",
+                           static=me.static_public, device_id=me.device_id,
+                           method=int(Method.COMPARE))
+        await asyncio.wait_for(drive(cloud, pipe, delegate=GuestYes()), 2 * STEP)
+        ready.append((link, pipe))
+
+    async def visit(link: Any, pipe: MessagePipe) -> BaseException | None:
+        try:
+            mallory = Mallory(CONFIG, me=me, context=pipe.transcript())
+            visits.append(mallory)
+            await asyncio.wait_for(drive(mallory, pipe, delegate=GuestYes()), 4 * STEP)
+            return None
+        except PairingError as exc:
+            return exc
+        finally:
+            await link.close()
+
+    errors = await asyncio.gather(*(visit(link, pipe) for link, pipe in ready))
+    served = sum(len(m.predicted) for m in visits)
+    assert served == BUDGET, f"the host showed {served} codes to a guest that left"
+    assert all(e is not None for e in errors)
+    state = host.state
+    await until(lambda: state.compare_turns.out == 0 and not state.compare_turns._waiting,
+                2 * STEP)
+    assert [k for k, _ in host.person.questions].count("code") == 1 + served
+    assert state.compare_lock.streak == served
+    assert state.compare_lock.locked_for(asyncio.get_running_loop().time()) > 0
+    assert host.results[1:] == []
