@@ -235,13 +235,21 @@ class Lockout:
         #: the times of the last ``max_failures`` failures (all the rule reads)
         self.failures: list[float] = []
         self.streak = 0  # failures in the current streak (PinPolicy)
+        #: when the latest attempt still under way began (None: none), an attempt counted
+        #: only when it ends, at that time (compare's codes out, :class:`CodeTurns`): a day
+        #: that held one is not quiet, so it forgives no streak
+        self.pending: Callable[[], float | None] = lambda: None
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
         the first ``max_failures`` of a streak within ``window``, then a backoff from the last
         failure that doubles up to ``max_lock``."""
         p = self.policy
-        if not self.failures or now - self.failures[-1] >= p.forgive:
+        last = self.failures[-1] if self.failures else None
+        under_way = self.pending()
+        if last is not None and under_way is not None:
+            last = max(last, under_way)
+        if last is None or now - last >= p.forgive:
             self.failures.clear()  # a quiet day: the streak is over
             self.streak = 0
         n = self.streak
@@ -293,6 +301,11 @@ class CodeTurns:
         self._out: dict[object, float | None] = {}
         #: the machines waiting for a place, in order of arrival, with their wake-up call
         self._waiting: dict[object, Callable[[], None] | None] = {}
+        # A code out is a try under way: the streak it will count in is not forgiven meanwhile.
+        lock.pending = self._latest_shown
+
+    def _latest_shown(self) -> float | None:
+        return max((t for t in self._out.values() if t is not None), default=None)
 
     @property
     def out(self) -> int:
@@ -306,10 +319,10 @@ class CodeTurns:
         """Whether ``holder`` has a place (taken now when one is free for it after those
         waiting before it); ``False`` puts it in the queue.  Check the lock first: a locked
         host gives no place.  Places the lock's check freed (a streak it forgave) go to those
-        waiting, in order, before ``holder``."""
+        waiting, in order (``holder`` among them, in its turn)."""
         if holder not in self._out:
             self._waiting.setdefault(holder, None)
-            self._hand_out()
+        self._hand_out()
         return holder in self._out
 
     def subscribe(self, holder: object, wake: Callable[[], None] | None) -> None:
