@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from pairkit.driver import MessagePipe, drive
+from pairkit.driver import DEFAULT_ANSWER_TIME, MessagePipe, drive
 from pairkit.pairing import keyschedule
 from pairkit.pairing.errors import UserCancelled
 from pairkit.pairing.messages import Reveal
@@ -146,8 +146,11 @@ class Visits:
     """Visits to one host (its ``state`` shared by all its machines), started when a test says
     and awaited together with a deadline."""
 
-    def __init__(self, config: PairingConfig, state: HostState | None = None) -> None:
+    def __init__(self, config: PairingConfig, state: HostState | None = None, *,
+                 answer_time: float = DEFAULT_ANSWER_TIME) -> None:
         self.config = config
+        #: how long the host's driver waits for its person's answer (the product's bound)
+        self.answer_time = answer_time
         self.state = state or HostState()
         self.host_id = LocalIdentity.generate("Paul's phone")
         self.all: list[Visit] = []
@@ -165,7 +168,8 @@ class Visits:
         visit.host.start(loop.time())
         visit.guest_task = asyncio.ensure_future(_guest(visit))
         visit.host_task = asyncio.ensure_future(drive(
-            visit.host, MessagePipe(visit.pair.b, guest=False), delegate=visit.host_person))
+            visit.host, MessagePipe(visit.pair.b, guest=False), delegate=visit.host_person,
+            answer_time=self.answer_time))
         self.all.append(visit)
         return visit
 

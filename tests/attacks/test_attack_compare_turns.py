@@ -181,6 +181,43 @@ async def test_a_visit_stopped_at_each_moment_costs_its_code_only_and_frees_its_
     assert later.errors() == (None, None)
 
 
+# -- how long a stranger holding the places keeps others waiting -------------------------------
+
+
+async def test_a_stranger_holding_every_place_is_out_of_the_way_once_her_codes_time_out(
+) -> None:
+    """Mallory holds 5 codes out and never answers; the host's person does not answer either.
+    A guest that comes meanwhile is told "busy" after half a step (it saw no code).  Her codes
+    end when the host's answer time runs out: each counts against the lock (compare locked),
+    no place stays held, and a guest that comes then is refused as locked, before any code."""
+    visits = Visits(CONFIG, answer_time=2 * STEP)
+    state = visits.state
+    mallory = [visits.start(Mallory(CONFIG, stay=True), _Silent(), guest_person=_Silent())
+               for _ in range(BUDGET)]
+    await until(lambda: state.compare_turns.out == BUDGET, STEP)
+    meanwhile = visits.start(Mallory(CONFIG, stay=True), Answers())
+    await until(lambda: all(t is not None and t.done()
+                            for v in mallory for t in (v.host_task,)), 4 * STEP)
+    assert meanwhile.host_task is not None and meanwhile.host_task.done()
+    g_err, h_err = meanwhile.errors()
+    assert isinstance(h_err, BusyError) and meanwhile.guest.predicted == []
+    assert isinstance(g_err, RemoteError) and g_err.code == ErrorCode.BUSY
+    assert state.compare_lock.streak == BUDGET and visits.settled()
+    later = visits.start(Mallory(CONFIG, stay=True), Answers())
+    await visits.finish(WITHIN)
+    g_err, _h_err = later.errors()
+    assert isinstance(g_err, RemoteError) and g_err.code == ErrorCode.LOCKED_OUT
+    assert later.guest.predicted == []
+
+
+class _Silent:
+    """A person who never answers a code (Mallory's side, or an owner away)."""
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        await asyncio.Event().wait()
+        return False
+
+
 # -- a streak forgiven while guests wait -----------------------------------------------------------
 
 
@@ -333,7 +370,7 @@ async def test_a_code_out_across_the_end_of_a_quiet_day_still_belongs_to_its_str
     visits = Visits(CONFIG, state)
     release = asyncio.Event()
     held = visits.start(Mallory(CONFIG, stay=True), Answers(answer=False, release=release),
-                        guest_person=_Never())
+                        guest_person=_Silent())
     await until(lambda: state.compare_turns.out == 1 and held.guest.predicted != [], STEP)
     await until(lambda: loop.time() > day_ends, STEP)
     again = visits.start(Mallory(CONFIG), Answers(answer=False))
@@ -345,10 +382,3 @@ async def test_a_code_out_across_the_end_of_a_quiet_day_still_belongs_to_its_str
     assert state.compare_lock.locked_for(loop.time()) > 0
     assert visits.settled()
 
-
-class _Never:
-    """A person-facing side that never answers (Mallory's, holding a code out)."""
-
-    async def confirm_code(self, q: ConfirmCode) -> bool:
-        await asyncio.Event().wait()
-        return False
