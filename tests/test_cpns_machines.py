@@ -44,6 +44,7 @@ from pairkit.pairing.errors import (
     DecodeError,
     NotFoundError,
     PairingError,
+    PairingTimeout,
     ProtocolError,
     RemoteError,
 )
@@ -388,7 +389,9 @@ def test_the_server_answers_within_the_wait_the_gateway_gives_its_pnes() -> None
         if isinstance(msg, PnRegistrationRequest):
             requests.append(msg)
         if src == "gw" and dst == 1 and isinstance(msg, AuthenticationRequest):
-            return PnSetupNotify(b"x" * 16, b"y" * 16, "noise", SetupType.ALL)  # never answered
+            # PNE 1 goes silent: it stops, and says nothing to the gateway (its link stays up)
+            world.pnes[1].abort(PairingTimeout("silent"))
+            world.pnes[1].outgoing()
         return None
 
     world, _, ids = make_world(n=2, initiator=None, gw_step=5.0, server_step=300.0)
@@ -408,6 +411,7 @@ def test_the_server_answers_within_the_wait_the_gateway_gives_its_pnes() -> None
     assert world.gw.done and _members(world) == [ids[0]]
     assert world.gw.inventory.failed[ids[1]] == "did not answer in time"
     assert world.gw.inventory.ports == {ids[0]: 0}
+    assert ("gw", 1, "PnEstablishmentNotify") in world.trace  # the silent link is told, too
 
 
 @pytest.mark.parametrize(("auth_wait_ms", "deadline"), [

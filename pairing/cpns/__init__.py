@@ -86,6 +86,7 @@ from .keys import (
     wrap_key,
 )
 from .messages import (
+    AUTH_WAIT_MS,
     MAX_PNES,
     RAND_LEN,
     SERVER,
@@ -144,6 +145,7 @@ from .server import (
 )
 
 __all__ = [
+    "AUTH_WAIT_MS",
     "G_COLLECT",
     "G_CONFIRM",
     "G_IDLE",

@@ -401,12 +401,19 @@ class Gateway(Machine):
             route[k.info.pne_id] = k.port
             k.state = "registering"
             k.registered = True
+        # The PNEs have one step to answer the server's authentication request: the server
+        # waits no longer for them (nor longer than its own deadline), and answers for those
+        # that proved themselves and those that did not answer ("did not answer in time",
+        # failed here in _on_registration); the other step is for the server connection, the
+        # relay and the server's store (finding 4 of the setup retry review: a silent PNE
+        # must not make the whole registration miss this gateway's deadline).
+        auth_wait_ms = round(self.config.step_timeout * 1000)
         self._send_to(SERVER, PnRegistrationRequest(
             self.pn_id, self.config.name, self.setup_type, infos,
             gw_caps=int(self.config.caps), subscription=self.config.gw_id,
+            auth_wait_ms=auth_wait_ms,
         ).encode())
         self.state = G_REGISTER
-        # The server waits for every PNE's answer, each within its own step timeout.
         self._expect_by(now + 2 * self.config.step_timeout,
                         "the CPNS server did not answer the registration")
 
