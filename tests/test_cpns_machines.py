@@ -379,10 +379,11 @@ def test_server_registers_those_that_answered_when_time_runs_out() -> None:
 
 def test_the_server_answers_within_the_wait_the_gateway_gives_its_pnes() -> None:
     """Attack review of the setup retry, finding 4: a stranger asked under an enrolled id never
-    answers.  The gateway gives its PNEs its step (5 s) to answer, in its registration request;
-    the server, whose own step is far longer, ends its wait there, fails the silent PNE alone
-    and answers before the gateway's registration deadline (twice its step), so the one that
-    proved itself is a member, and the gateway's links agree with the server's verdicts."""
+    answers.  The gateway gives its PNEs half its step (2.5 s of 5) to answer, in its
+    registration request; the server, whose own step is far longer, ends its wait there, fails
+    the silent PNE alone and answers before the gateway's registration deadline (twice its
+    step), so the one that proved itself is a member, and the gateway's links agree with the
+    server's verdicts."""
     requests: list[PnRegistrationRequest] = []
 
     def silence(src, dst, msg):
@@ -397,13 +398,14 @@ def test_the_server_answers_within_the_wait_the_gateway_gives_its_pnes() -> None
     world, _, ids = make_world(n=2, initiator=None, gw_step=5.0, server_step=300.0)
     run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL), tamper=silence)
     (request,) = requests
-    assert request.auth_wait_ms == 5000
+    assert request.auth_wait_ms == 2500
     assert world.server.state == "await-auth-responses"
-    assert world.server.next_deadline() == 5.0 < world.gw.next_deadline()
-    world.server.on_timeout(4.9)
+    assert world.server.next_deadline() == 2.5
+    assert world.gw.next_deadline() == 10.0
+    world.server.on_timeout(2.4)
     assert world.server.state == "await-auth-responses"
-    world.server.on_timeout(5.0)
-    run_cpns_machines(world, now=5.0)
+    world.server.on_timeout(2.5)
+    run_cpns_machines(world, now=2.5)
     response = world.server.response
     assert response is not None and response.registered
     verdicts = {r.pne_id: (r.ok, r.reason) for r in response.results}
@@ -412,6 +414,24 @@ def test_the_server_answers_within_the_wait_the_gateway_gives_its_pnes() -> None
     assert world.gw.inventory.failed[ids[1]] == "did not answer in time"
     assert world.gw.inventory.ports == {ids[0]: 0}
     assert ("gw", 1, "PnEstablishmentNotify") in world.trace  # the silent link is told, too
+
+
+@pytest.mark.parametrize(("gw_step", "auth_wait_ms"), [
+    (30.0, 15_000), (0.1, 100), (0.15, 100), (3600.0, 1_800_000),
+])
+def test_the_gateway_gives_its_pnes_half_its_step_within_the_bounds(
+    gw_step: float, auth_wait_ms: int
+) -> None:
+    requests: list[PnRegistrationRequest] = []
+
+    def spy(src, dst, msg):
+        if isinstance(msg, PnRegistrationRequest):
+            requests.append(msg)
+
+    world, _, _ = make_world(n=1, gw_step=gw_step)
+    run_cpns_machines(world, start=start_initiator(0), tamper=spy)
+    assert [r.auth_wait_ms for r in requests] == [auth_wait_ms]
+    assert world.gw.done and len(world.gw.inventory.members) == 1
 
 
 @pytest.mark.parametrize(("auth_wait_ms", "deadline"), [

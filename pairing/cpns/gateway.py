@@ -41,6 +41,7 @@ from .keys import (
     unwrap_key,
 )
 from .messages import (
+    AUTH_WAIT_MS,
     RAND_LEN,
     SERVER,
     AuthenticationRequest,
@@ -401,13 +402,15 @@ class Gateway(Machine):
             route[k.info.pne_id] = k.port
             k.state = "registering"
             k.registered = True
-        # The PNEs have one step to answer the server's authentication request: the server
-        # waits no longer for them (nor longer than its own deadline), and answers for those
-        # that proved themselves and those that did not answer ("did not answer in time",
-        # failed here in _on_registration); the other step is for the server connection, the
-        # relay and the server's store (finding 4 of the setup retry review: a silent PNE
-        # must not make the whole registration miss this gateway's deadline).
-        auth_wait_ms = round(self.config.step_timeout * 1000)
+        # The PNEs have half a step to answer the server's authentication request (one hash,
+        # no person asked): the server waits no longer for them (nor longer than its own
+        # deadline), then answers for those that proved themselves and those that did not
+        # ("did not answer in time", failed here in _on_registration).  That leaves a step and
+        # a half of this gateway's deadline for the server connection, the relay and the
+        # server's store, and a PNE that answered at once, waiting one step of its own for the
+        # outcome, half a step for the server's answer to come back (finding 4 of the setup
+        # retry review: a silent PNE must not make the registration miss these deadlines).
+        auth_wait_ms = max(AUTH_WAIT_MS[0], round(self.config.step_timeout * 500))
         self._send_to(SERVER, PnRegistrationRequest(
             self.pn_id, self.config.name, self.setup_type, infos,
             gw_caps=int(self.config.caps), subscription=self.config.gw_id,
