@@ -162,8 +162,9 @@ class CompareHost(HostSide):
         self._check_compare_lock(now)
         if not turns.take(self):
             if last:
+                # (how many codes are out is not said: a stranger needs not know)
                 raise BusyError(
-                    f"{turns.out} compare codes are waiting for their confirmation here; "
+                    "other compare codes are waiting for their confirmation here; "
                     "try again in a moment"
                 )
             self.state = S_TURN
