@@ -162,7 +162,7 @@ class CompareHost(HostSide):
         self._check_compare_lock(now)
         if not turns.take(self):
             if last:
-                # (how many codes are out is not said: a stranger needs not know)
+                # (how many codes are out is not said: a stranger need not know)
                 raise BusyError(
                     "other compare codes are waiting for their confirmation here; "
                     "try again in a moment"
