@@ -8,6 +8,8 @@ the same budget").  Used by tests/attacks/test_attack_compare_turns.py.
 * :class:`WatchedHost` is the real host machine with two hooks for a test's timing (never
   changing what it does): one called right after the host was given its turn (woken), one right
   after it showed its code.
+* :class:`TakesASecond` is a host's owner in the real ``pairkit host`` flow who looks at a code
+  for a second before saying yes, as a person does.
 * :class:`Visits` drives any number of (guest, host) pairs at once, each over its own loopback
   pair and :class:`~pairkit.driver.MessagePipe` (reading ahead while a person is asked, as the
   product does), each side a task a test may cancel at a chosen moment.
@@ -35,6 +37,7 @@ from pairkit.pairing.methods import (
 from pairkit.pairing.methods.common import S_ASK
 from pairkit.pairing.negotiation import Method
 from pairkit.transports.loopback import LinkPair, loopback_pair
+from tests.ble_harness import Person
 
 #: the host's default budget of codes shown and never confirmed (PinPolicy's max_failures)
 BUDGET = 5
@@ -42,7 +45,14 @@ BUDGET = 5
 
 class Mallory(GuestPairing):
     """A guest who computes the host's code from its Reveal (``predicted``) and leaves at once
-    unless ``stay``; a guest that stays is an honest-looking one whose person answers."""
+    unless ``stay``; a guest that stays is an honest-looking one whose person answers.
+
+    Mallory as the guest toward the host while the real guest shows its code (a man in the
+    middle): once the host's Reveal arrived she holds every input of the code the host now
+    shows, so she leaves unless it is the code she needs, and comes back.  Each visit is a fresh
+    10^-6 chance; the host's person is asked each time, and the question withdrawn when she
+    leaves.  The host must count these codes shown and never confirmed (docs/security.md,
+    "compare: what may cross before the people confirmed the code")."""
 
     def __init__(self, config: PairingConfig, *, stay: bool = False, name: str = "George's phone",
                  me: LocalIdentity | None = None, context: bytes = b"") -> None:
@@ -59,6 +69,15 @@ class Mallory(GuestPairing):
         if not self.stay:
             raise UserCancelled("the code does not suit Mallory")
         super()._on_reveal(msg, now)
+
+
+class TakesASecond(Person):
+    """A host's owner who looks at a code for a second before saying yes (a person does)."""
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        answer = await super().confirm_code(q)
+        await asyncio.sleep(1.0)
+        return answer
 
 
 class WatchedHost(HostPairing):

@@ -35,7 +35,7 @@ import pytest
 from pairkit import peers
 from pairkit.driver import MessagePipe, drive
 from pairkit.keystore import Keystore
-from pairkit.pairing import keyschedule, wire
+from pairkit.pairing import wire
 from pairkit.pairing.cloud import CloudGuest
 from pairkit.pairing.errors import (
     AuthenticationError,
@@ -44,7 +44,6 @@ from pairkit.pairing.errors import (
     PairingError,
     RefusedError,
     RemoteError,
-    UserCancelled,
 )
 from pairkit.pairing.framing import Reassembler, fragment
 from pairkit.pairing.messages import NoiseMessage, Reveal
@@ -70,6 +69,7 @@ from tests.ble_harness import (
     world,
 )
 from tests.pair_harness import make_pair
+from tests.turns_harness import BUDGET, Mallory, TakesASecond
 
 __all__ = ["george", "paul", "world"]
 
@@ -409,41 +409,15 @@ async def test_a_refusal_over_ble_stores_nothing_on_either_side(
 # -- Mallory tries the host again and again, leaving each code that does not suit her ------------
 
 
-class LeavesUnlessTheCodeSuits(GuestPairing):
-    """Mallory as the guest toward the host, while the real guest shows its code (a man in the
-    middle): once the host's Reveal arrived she holds every input of the code the host now
-    shows, so she leaves unless it is the code she needs, and comes back.  Each visit is a
-    fresh 10^-6 chance; the host's person is asked each time, and the question withdrawn when
-    she leaves.  The host must count these codes shown and never confirmed (docs/security.md,
-    "compare: what may cross before the people confirmed the code")."""
-
-    def __init__(self, *args: Any, suits: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.suits = suits
-        self.predicted: list[str] = []
-
-    def _on_reveal(self, msg: Reveal, now: float) -> None:
-        assert self._offer is not None and self._offer.pk is not None
-        self.predicted.append(keyschedule.compare_code(
-            self._th, self._offer.pk, self._sealed[:32], self._ng, msg.nonce
-        ))
-        if not self.suits:
-            raise UserCancelled("the code does not suit Mallory")  # she leaves
-        super()._on_reveal(msg, now)
-
-
-#: visits Mallory leaves; the host's default budget is 5 (PinPolicy's)
+#: visits Mallory leaves (the host's default budget is BUDGET, 5: PinPolicy's)
 GRINDS = 8
-BUDGET = 5
 
 
 def grinder(paul_id: LocalIdentity, state: HostState, *, suits: bool = False,
-            answer: bool | None = None) -> tuple[LeavesUnlessTheCodeSuits, HostPairing, Viewer]:
+            answer: bool | None = None) -> tuple[Mallory, HostPairing, Viewer]:
     """One visit of Mallory's to the host ``paul_id`` (``state`` kept across its guests); the
     host's person looks at the code for a while unless ``answer`` is given."""
-    mallory = LeavesUnlessTheCodeSuits(
-        CONFIG, LocalIdentity.generate("George's phone"), method=Method.COMPARE, suits=suits
-    )
+    mallory = Mallory(CONFIG, stay=suits)
     person = Viewer("host", Screens(), answer=answer,
                     first=None if answer is not None else (lambda: asyncio.sleep(2 * STEP)))
     return mallory, HostPairing(CONFIG, paul_id, state), person
@@ -495,15 +469,6 @@ async def test_a_code_the_hosts_person_refused_counts_as_a_failed_try(kind: str)
     assert locked(m_err) and mallory.predicted == [] and person.asked == []
 
 
-class TakesASecond(Person):
-    """An owner who looks at a code for a second before saying yes (a person does)."""
-
-    async def confirm_code(self, q: ConfirmCode) -> bool:
-        answer = await super().confirm_code(q)
-        await asyncio.sleep(1.0)
-        return answer
-
-
 async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to_the_budget(
     world: World, paul: Keystore, george: Keystore
 ) -> None:
@@ -518,7 +483,7 @@ async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to
     await world.join(george, device, host, method=Method.COMPARE, person=Person())
     assert [k for k, _ in host.person.questions] == ["join", "code"]
     me = peers.local_identity(george)
-    visits: list[LeavesUnlessTheCodeSuits] = []
+    visits: list[Mallory] = []
     errors: list[BaseException | None] = []
     for _ in range(GRINDS):
         link = await device.connect(host.address, STEP)
@@ -528,8 +493,7 @@ async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to
                                static=me.static_public, device_id=me.device_id,
                                method=int(Method.COMPARE))
             await asyncio.wait_for(drive(cloud, pipe, delegate=Yes()), STEP)
-            mallory = LeavesUnlessTheCodeSuits(CONFIG, me, method=Method.COMPARE, suits=False,
-                                               context=pipe.transcript())
+            mallory = Mallory(CONFIG, me=me, context=pipe.transcript())
             visits.append(mallory)
             try:
                 await asyncio.wait_for(drive(mallory, pipe, delegate=Yes()), STEP)

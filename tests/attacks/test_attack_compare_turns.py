@@ -42,7 +42,16 @@ from pairkit.pairing.methods import (
 from pairkit.pairing.methods.common import S_TURN
 from pairkit.pairing.negotiation import Method
 from tests.ble_harness import Person, World, george, paul, world
-from tests.turns_harness import BUDGET, Answers, GuestYes, Mallory, Visits, WatchedHost, until
+from tests.turns_harness import (
+    BUDGET,
+    Answers,
+    GuestYes,
+    Mallory,
+    TakesASecond,
+    Visits,
+    WatchedHost,
+    until,
+)
 
 __all__ = ["george", "paul", "world"]
 
@@ -285,15 +294,6 @@ async def test_a_guest_with_a_shorter_step_is_told_busy_too() -> None:
 # -- a burst through the real `pairkit host` flow ------------------------------------------------
 
 
-class LooksASecond(Person):
-    """The host's owner: looks at a code for a second before saying yes (a person does)."""
-
-    async def confirm_code(self, q: ConfirmCode) -> bool:
-        answer = await super().confirm_code(q)
-        await asyncio.sleep(1.0)
-        return answer
-
-
 async def test_a_burst_through_the_real_host_flow_gets_at_most_the_budget(
     world: World, paul: Keystore, george: Keystore
 ) -> None:
@@ -303,7 +303,7 @@ async def test_a_burst_through_the_real_host_flow_gets_at_most_the_budget(
     codes go out, its owner is asked no more than that, compare ends locked, and nothing is
     left holding a place or queued."""
     host = await world.start_host(paul, frozenset({Method.COMPARE, Method.RESUME}),
-                                  person=LooksASecond())
+                                  person=TakesASecond())
     device = await world.central("bumble")
     await world.join(george, device, host, method=Method.COMPARE, person=Person())
     me = peers.local_identity(george)
