@@ -49,6 +49,22 @@ class Question(Event):
     """An event that needs an answer from the user's delegate before the machine goes on."""
 
 
+@dataclasses.dataclass(frozen=True)
+class WaitTurn(Question):
+    """The machine waits for its turn at something that machines of one host share (compare's
+    places for codes out at once, :class:`~pairing.methods.common.CodeTurns`), not for a
+    person: the driver answers it itself, never a delegate.
+
+    The driver calls ``subscribe`` with a callback, which is called once when the machine
+    should look again; it then answers ``True``, or ``False`` when ``deadline`` (on the
+    machine's clock) comes first, and calls ``subscribe(None)`` when it stops waiting.
+    """
+
+    hook: ClassVar[str] = "wait_turn"
+    subscribe: Callable[[Callable[[], None] | None], None] = dataclasses.field(repr=False)
+    deadline: float
+
+
 Handler = Callable[[Any, float], None]
 
 

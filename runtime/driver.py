@@ -26,7 +26,7 @@ from .pairing.errors import (
     UserCancelled,
 )
 from .pairing.framing import Reassembler, fragment
-from .pairing.machine import Machine, Question
+from .pairing.machine import Machine, Question, WaitTurn
 
 #: a machine that sets no deadline still gets one: nothing in pairkit waits forever
 DEFAULT_IDLE = 60.0
@@ -279,9 +279,22 @@ async def drive(
         task, inbox = inbox, None
         return task.result()
 
+    async def wait_turn(event: WaitTurn) -> bool:
+        # Answered here, never by the delegate: True when woken, False at the deadline.
+        woken = asyncio.Event()
+        event.subscribe(woken.set)
+        try:
+            async with asyncio.timeout(max(0.0, event.deadline - now())):
+                await woken.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            event.subscribe(None)
+
     async def ask(event: Any) -> None:
         nonlocal inbox
-        hook = _hook(delegate, event)
+        hook = wait_turn if isinstance(event, WaitTurn) else _hook(delegate, event)
         if not read_ahead:
             # Nothing to read meanwhile: the answer is awaited here, no task of its own.
             limit = asyncio.timeout(answer_time)

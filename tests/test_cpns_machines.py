@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairkit.pairing import wire
+from pairkit.pairing import cbor, wire
 from pairkit.pairing.cpns import (
     RECIPIENT_GW,
     RECIPIENT_PNE,
     SERVER,
     AuthenticationRequest,
+    CpnsKeys,
     CpnsServer,
     Gateway,
     GatewayConfig,
@@ -40,8 +41,10 @@ from pairkit.pairing.cpns import (
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
+    DecodeError,
     NotFoundError,
     PairingError,
+    PairingTimeout,
     ProtocolError,
     RemoteError,
 )
@@ -374,6 +377,104 @@ def test_server_registers_those_that_answered_when_time_runs_out() -> None:
     assert world.stored[0].members[0].pne_id == ids[0]
 
 
+def test_the_server_answers_within_the_wait_the_gateway_gives_its_pnes() -> None:
+    """Attack review of the setup retry, finding 4: a stranger asked under an enrolled id never
+    answers.  The gateway gives its PNEs half its step (2.5 s of 5) to answer, in its
+    registration request; the server, whose own step is far longer, ends its wait there, fails
+    the silent PNE alone and answers before the gateway's registration deadline (twice its
+    step), so the one that proved itself is a member, and the gateway's links agree with the
+    server's verdicts."""
+    requests: list[PnRegistrationRequest] = []
+
+    def silence(src, dst, msg):
+        if isinstance(msg, PnRegistrationRequest):
+            requests.append(msg)
+        if src == "gw" and dst == 1 and isinstance(msg, AuthenticationRequest):
+            # PNE 1 goes silent: it stops, and says nothing to the gateway (its link stays up)
+            world.pnes[1].abort(PairingTimeout("silent"))
+            world.pnes[1].outgoing()
+        return None
+
+    world, _, ids = make_world(n=2, initiator=None, gw_step=5.0, server_step=300.0)
+    run_cpns_machines(world, start=lambda w: w.gw.initiate(0.0, SetupType.ALL), tamper=silence)
+    (request,) = requests
+    assert request.auth_wait_ms == 2500
+    assert world.server.state == "await-auth-responses"
+    assert world.server.next_deadline() == 2.5
+    assert world.gw.next_deadline() == 10.0
+    world.server.on_timeout(2.4)
+    assert world.server.state == "await-auth-responses"
+    world.server.on_timeout(2.5)
+    run_cpns_machines(world, now=2.5)
+    response = world.server.response
+    assert response is not None and response.registered
+    verdicts = {r.pne_id: (r.ok, r.reason) for r in response.results}
+    assert verdicts == {ids[0]: (True, None), ids[1]: (False, "did not answer in time")}
+    assert world.gw.done and _members(world) == [ids[0]]
+    assert world.gw.inventory.failed[ids[1]] == "did not answer in time"
+    assert world.gw.inventory.ports == {ids[0]: 0}
+    assert ("gw", 1, "PnEstablishmentNotify") in world.trace  # the silent link is told, too
+
+
+@pytest.mark.parametrize(("gw_step", "auth_wait_ms"), [
+    (30.0, 15_000), (0.1, 100), (0.15, 100), (3600.0, 1_800_000),
+])
+def test_the_gateway_gives_its_pnes_half_its_step_within_the_bounds(
+    gw_step: float, auth_wait_ms: int
+) -> None:
+    requests: list[PnRegistrationRequest] = []
+
+    def spy(src, dst, msg):
+        if isinstance(msg, PnRegistrationRequest):
+            requests.append(msg)
+
+    world, _, _ = make_world(n=1, gw_step=gw_step)
+    run_cpns_machines(world, start=start_initiator(0), tamper=spy)
+    assert [r.auth_wait_ms for r in requests] == [auth_wait_ms]
+    assert world.gw.done and len(world.gw.inventory.members) == 1
+
+
+@pytest.mark.parametrize(("auth_wait_ms", "deadline"), [
+    (None, 30.0),  # an older gateway: the server's own step, as before
+    (2500, 2.5),  # shorter than the server's step: the gateway's word
+    (3_600_000, 30.0),  # longer: never beyond the server's own step
+    (100, 0.1),  # a gateway that sets it tiny only cuts its own PNEs short
+])
+def test_the_servers_wait_for_the_pnes_is_the_shorter_of_its_own_and_the_gateways(
+    auth_wait_ms: int | None, deadline: float
+) -> None:
+    world, eukeys, ids = make_world(n=1)
+    info = PneInfo(ids[0], "p", int(PneCaps.UI), b"\x02" * 16, True)
+    gw_id = world.gw.config.gw_id
+    server = CpnsServer(gw_id, step_timeout=30.0)
+    server.begin(PnRegistrationRequest(b"\x07" * 16, "g", SetupType.ONE_TO_ONE, (info,),
+                                       subscription=gw_id, auth_wait_ms=auth_wait_ms), 10.0)
+    (asked,) = server.events()
+    server.answer(asked, CpnsKeys(eukeys[gw_id], {ids[0]: eukeys[ids[0]]}), 10.0)
+    assert [type(wire.decode(d)) for d in server.outgoing()] == [AuthenticationRequest]
+    assert server.next_deadline() == pytest.approx(10.0 + deadline)
+    server.on_timeout(10.0 + deadline)
+    (answer,) = [wire.decode(d) for d in server.outgoing()]
+    assert isinstance(answer, PnRegistrationResponse) and not answer.registered
+    assert [(r.ok, r.reason) for r in answer.results] == [(False, "did not answer in time")]
+
+
+@pytest.mark.parametrize("value", [0, 99, 3_600_001, 2**32])
+def test_a_registration_request_with_a_wait_out_of_bounds_does_not_decode(value: int) -> None:
+    info = PneInfo(b"\x01" * 16, "p", 1, b"\x02" * 16, True)
+    with pytest.raises(DecodeError, match="auth_wait_ms"):
+        PnRegistrationRequest(b"\x07" * 16, "g", SetupType.ALL, (info,), auth_wait_ms=value)
+    body = cbor.decode(PnRegistrationRequest(b"\x07" * 16, "g", SetupType.ALL, (info,),
+                                             auth_wait_ms=1000).encode(), max_size=8192)
+    assert body[8] == 1000
+    body[8] = value
+    with pytest.raises(DecodeError, match="auth_wait_ms"):
+        wire.decode(cbor.encode_ordered(dict(sorted(body.items()))))
+    body[8] = "1000"
+    with pytest.raises(DecodeError, match="auth_wait_ms"):
+        wire.decode(cbor.encode_ordered(dict(sorted(body.items()))))
+
+
 def test_gateway_collect_window_then_registers_who_answered() -> None:
     world, _, ids = make_world(n=2, initiator=None)
     world.gw.initiate(0.0, SetupType.ALL)
@@ -440,6 +541,11 @@ names = st.text(max_size=20)
         st.builds(PnSetupNotifyResponse, ids16, names, st.integers(0, 3), ids16, st.booleans(),
                   st.booleans()),
         st.builds(AuthenticationRequest, ids16, ids16, ids16, ids16),
+        st.builds(PnRegistrationRequest, ids16, names, st.sampled_from(SetupType),
+                  st.lists(st.builds(PneInfo, ids16, names, st.integers(0, 3), ids16,
+                                     st.booleans()), max_size=3).map(tuple),
+                  st.integers(0, 7), st.none() | ids16,
+                  st.none() | st.integers(100, 3_600_000)),
         st.builds(PnRegistrationResponse, ids16, st.booleans(), st.lists(
             st.builds(PneResult, ids16, st.booleans(), st.none() | st.sampled_from(KeySource)),
             max_size=3).map(tuple)),

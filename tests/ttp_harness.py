@@ -184,17 +184,21 @@ def make_world(
     initiator: int | None = 0,
     pne_kw: dict[int, dict[str, Any]] | None = None,
     seed: int = 1,
+    gw_step: float = 30.0,
+    server_step: float = 30.0,
 ) -> tuple[CpnsWorld, dict[bytes, bytes], list[bytes]]:
     """A gateway, ``n`` PNEs (ports 0..n-1) and a CPNS server whose store knows the EUKeys of
     the ``enrolled`` PNEs (all by default); PNEs in ``wrong`` hold another EUKey.  PNEs in
     ``pan_secured`` both claim a secured PAN and are on a link the gateway sees as secured;
-    ``pne_claims`` and ``link_secured`` set the two apart."""
+    ``pne_claims`` and ``link_secured`` set the two apart.  ``gw_step`` and ``server_step``
+    are the gateway's and the server's step timeouts."""
     rng = seeded(seed)
     gw_id = rng(16)
     ids = [rng(16) for _ in range(n)]
     eukeys = {i: rng(32) for i in (gw_id, *ids)}
     caps = caps or tuple(PneCaps.UI for _ in range(n))
-    gw = Gateway(GatewayConfig(gw_id, "gateway", eukeys[gw_id], collect_window=1.0), rng=rng)
+    gw = Gateway(GatewayConfig(gw_id, "gateway", eukeys[gw_id], collect_window=1.0,
+                               step_timeout=gw_step), rng=rng)
     gw.start(0.0)
     pnes: dict[Hashable, PneMachine] = {}
     for k, pne_id in enumerate(ids):
@@ -212,7 +216,8 @@ def make_world(
         i: eukeys[i] for k, i in enumerate(ids) if enrolled is None or k in enrolled
     }
     store_keys[gw_id] = eukeys[gw_id]
-    world = CpnsWorld(gw, pnes, CpnsServer(gw_id, rng=rng), [], {}, [], store_keys)
+    world = CpnsWorld(gw, pnes, CpnsServer(gw_id, step_timeout=server_step, rng=rng), [], {}, [],
+                      store_keys)
     return world, eukeys, ids
 
 

@@ -24,10 +24,12 @@ Gateway-initiated::
 Registration (both)::
 
     GW  -> server  PnRegistrationRequest(pn_id, gateway name, capabilities and subscription,
-                   setup type, PNE infos with the rands)
+                   setup type, PNE infos with the rands, how long the PNEs have to answer)
     server -> GW -> PNE    AuthenticationRequest(pn_id, pne_id, gw_id, rand_server)
                            (the gateway routes it by its routing table, keyed by pn_id)
     PNE -> GW -> server    AuthenticationResponse(pn_id, pne_id, hash_PNE)
+                           (a PNE that has not answered when that wait, or the server's own
+                           deadline, ends fails; the others go on)
     server -> GW   PnRegistrationResponse(per PNE: ok, hash_server, LocalEUKey wrapped twice)
     GW  -> PNE     PnEstablishmentNotify(ok, hash_server, the PNE's wrapped LocalEUKey, members)
     PNE <-> GW     LinkConfirm x2: the secure session on the PAN link, unless the PAN secures it
@@ -86,6 +88,7 @@ from .keys import (
     wrap_key,
 )
 from .messages import (
+    AUTH_WAIT_MS,
     MAX_PNES,
     RAND_LEN,
     SERVER,
@@ -144,6 +147,7 @@ from .server import (
 )
 
 __all__ = [
+    "AUTH_WAIT_MS",
     "G_COLLECT",
     "G_CONFIRM",
     "G_IDLE",

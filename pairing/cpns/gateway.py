@@ -41,6 +41,7 @@ from .keys import (
     unwrap_key,
 )
 from .messages import (
+    AUTH_WAIT_MS,
     RAND_LEN,
     SERVER,
     AuthenticationRequest,
@@ -401,12 +402,21 @@ class Gateway(Machine):
             route[k.info.pne_id] = k.port
             k.state = "registering"
             k.registered = True
+        # The PNEs have half a step to answer the server's authentication request (one hash,
+        # no person asked): the server waits no longer for them (nor longer than its own
+        # deadline), then answers for those that proved themselves and those that did not
+        # ("did not answer in time", failed here in _on_registration).  That leaves a step and
+        # a half of this gateway's deadline for the server connection, the relay and the
+        # server's store, and a PNE that answered at once, waiting one step of its own for the
+        # outcome, half a step for the server's answer to come back (finding 4 of the setup
+        # retry review: a silent PNE must not make the registration miss these deadlines).
+        auth_wait_ms = max(AUTH_WAIT_MS[0], round(self.config.step_timeout * 500))
         self._send_to(SERVER, PnRegistrationRequest(
             self.pn_id, self.config.name, self.setup_type, infos,
             gw_caps=int(self.config.caps), subscription=self.config.gw_id,
+            auth_wait_ms=auth_wait_ms,
         ).encode())
         self.state = G_REGISTER
-        # The server waits for every PNE's answer, each within its own step timeout.
         self._expect_by(now + 2 * self.config.step_timeout,
                         "the CPNS server did not answer the registration")
 

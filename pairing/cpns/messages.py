@@ -7,6 +7,7 @@ from collections.abc import Hashable
 from enum import IntEnum, IntFlag
 from typing import Final
 
+from ..errors import DecodeError
 from ..messages import ID_LEN, KEY_LEN, MAC_LEN
 from ..wire import Message, field, message, struct
 
@@ -15,6 +16,9 @@ MAX_PNES: Final = 16
 WRAPPED_LEN: Final = 12 + KEY_LEN + 16
 #: the port of the gateway's connection to the CPNS server
 SERVER: Final = "server"
+#: the bounds of :attr:`PnRegistrationRequest.auth_wait_ms` (0.1 s to an hour, the bounds of
+#: a gateway's step timeout)
+AUTH_WAIT_MS: Final = (100, 3_600_000)
 
 Port = Hashable
 
@@ -151,6 +155,19 @@ class PnRegistrationRequest(Message):
     #: ... and its subscription: the device id under which it is enrolled with this server
     #: (the server checks it against the gateway it authenticated)
     subscription: bytes | None = field(7, size=ID_LEN, default=None)
+    #: how long, in milliseconds, the PNEs have to answer the server's authentication request
+    #: (:data:`AUTH_WAIT_MS`); the server waits the shorter of this and its own deadline, so
+    #: that its answer reaches the gateway before the gateway gives up on the registration
+    #: (absent: the server's own deadline; attack review of the setup retry, finding 4)
+    auth_wait_ms: int | None = field(8, default=None)
+
+    def __post_init__(self) -> None:
+        low, high = AUTH_WAIT_MS
+        if self.auth_wait_ms is not None and not low <= self.auth_wait_ms <= high:
+            raise DecodeError(
+                f"PnRegistrationRequest.auth_wait_ms should be between {low} and {high} "
+                f"(milliseconds), not {self.auth_wait_ms}"
+            )
 
 
 @message(type_id=74, max_size=256)

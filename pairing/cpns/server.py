@@ -199,7 +199,15 @@ class CpnsServer(Machine):
             self._conclude(now)
             return
         self.state = S_AUTHS
-        self._expect_by(now + self._timeout, "the PNEs did not answer the authentication request")
+        # The PNEs have the shorter of this server's step and the wait the gateway gave them
+        # (finding 4 of the setup retry review: a PNE that never answers, a stranger under an
+        # enrolled id, must not hold the answer past the gateway's own deadline, failing the
+        # registration for the PNEs that proved themselves).  A gateway that sets it short
+        # cuts only its own PNEs' time.
+        wait = self._timeout
+        if req.auth_wait_ms is not None:
+            wait = min(wait, req.auth_wait_ms / 1000)
+        self._expect_by(now + wait, "the PNEs did not answer the authentication request")
 
     def _on_auth_response(self, msg: AuthenticationResponse, now: float) -> None:
         p = self._pending.get(msg.pne_id)

@@ -39,6 +39,7 @@ from .common import (
     S_RESUME,
     S_REVEAL,
     S_START,
+    S_TURN,
     HostState,
     InsecureWarning,
     KnownPeer,
@@ -260,10 +261,14 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
         # compare: the guest's N_G; answered with N_H and Noise message 1, then the question
         # (a NoiseMessage while the person is asked is not in the table: the driver holds it)
-        (S_REVEAL, Reveal): step("_on_reveal", S_ASK),
+        (S_REVEAL, Reveal): step("_on_reveal", S_ASK, S_TURN),
     }
-    #: compare: the host reads the guest's identity (message 2) only after its person's yes
-    ANSWERS: ClassVar[dict[str, Step]] = {S_ASK: step("_on_answer", S_NOISE)}
+    #: compare: the host reads the guest's identity (message 2) only after its person's yes;
+    #: before it shows its code, it may wait its turn (docs/security.md, CodeTurns)
+    ANSWERS: ClassVar[dict[str, Step]] = {
+        S_ASK: step("_on_answer", S_NOISE),
+        S_TURN: step("_on_turn", S_ASK, S_TURN),
+    }
     STARTS: ClassVar[frozenset[str]] = frozenset({S_OFFER})
 
     #: method -> its host side's answer to the Offer

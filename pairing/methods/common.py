@@ -235,13 +235,21 @@ class Lockout:
         #: the times of the last ``max_failures`` failures (all the rule reads)
         self.failures: list[float] = []
         self.streak = 0  # failures in the current streak (PinPolicy)
+        #: when the latest attempt still under way began (None: none), an attempt counted
+        #: only when it ends, at that time (compare's codes out, :class:`CodeTurns`): a day
+        #: that held one is not quiet, so it forgives no streak
+        self.pending: Callable[[], float | None] = lambda: None
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
         the first ``max_failures`` of a streak within ``window``, then a backoff from the last
         failure that doubles up to ``max_lock``."""
         p = self.policy
-        if not self.failures or now - self.failures[-1] >= p.forgive:
+        last = self.failures[-1] if self.failures else None
+        under_way = self.pending()
+        if last is not None and under_way is not None:
+            last = max(last, under_way)
+        if last is None or now - last >= p.forgive:
             self.failures.clear()  # a quiet day: the streak is over
             self.streak = 0
         n = self.streak
@@ -268,6 +276,95 @@ class Lockout:
             self.streak = max(0, self.streak - 1)
 
 
+class CodeTurns:
+    """compare's codes out at once, held to the budget of its :class:`Lockout`
+    (docs/security.md, "compare: what may cross before the people confirmed the code").
+
+    A code is *out* from the host's Reveal (N_H: from then on a man in the middle can compute
+    it) until its person's yes, or until its exchange ends without one, which the lock counts
+    as a failed try.  Counting only at the end let visits made at once each get a code before
+    any was counted; counting at the Reveal would lock out honest guests comparing at once.
+    So a code goes out only while the lock would still be open were every code out to fail:
+    at most ``max_failures`` less the streak's failures at once (one, past the budget).  The
+    others wait their turn, first come first served, and are woken one by one as places free
+    up (a code settled, or a streak the lock forgave, seen at the next ``take``); a host that
+    is locked wakes them all (each then refuses).
+
+    Pure: a turn is given by a callback the driver registered (:class:`~pairing.machine.
+    WaitTurn`), no clock or event loop here.
+    """
+
+    def __init__(self, lock: Lockout) -> None:
+        self.lock = lock
+        #: the holders of a place: when their code went out (``None``: the turn came, the
+        #: code is not out yet)
+        self._out: dict[object, float | None] = {}
+        #: the machines waiting for a place, in order of arrival, with their wake-up call
+        self._waiting: dict[object, Callable[[], None] | None] = {}
+        # A code out is a try under way: the streak it will count in is not forgiven meanwhile.
+        lock.pending = self._latest_shown
+
+    def _latest_shown(self) -> float | None:
+        return max((t for t in self._out.values() if t is not None), default=None)
+
+    @property
+    def out(self) -> int:
+        """How many places are held (codes out, or about to go out)."""
+        return len(self._out)
+
+    def _places(self) -> int:
+        return max(1, self.lock.policy.max_failures - self.lock.streak)
+
+    def take(self, holder: object) -> bool:
+        """Whether ``holder`` has a place (taken now when one is free for it after those
+        waiting before it); ``False`` puts it in the queue.  Check the lock first: a locked
+        host gives no place.  Places the lock's check freed (a streak it forgave) go to those
+        waiting, in order (``holder`` among them, in its turn)."""
+        if holder not in self._out:
+            self._waiting.setdefault(holder, None)
+        self._hand_out()
+        return holder in self._out
+
+    def subscribe(self, holder: object, wake: Callable[[], None] | None) -> None:
+        """Call ``wake`` (once) when ``holder`` should look again: at once if its turn has
+        come already.  ``None`` stops the call."""
+        if holder in self._out:
+            if wake is not None:
+                wake()
+        elif holder in self._waiting:
+            self._waiting[holder] = wake
+
+    def shown(self, holder: object, now: float) -> None:
+        """``holder``'s code went out at ``now`` (its N_H was sent)."""
+        self._out[holder] = now
+
+    def settle(self, holder: object, *, confirmed: bool) -> None:
+        """``holder`` leaves: its person said yes (``confirmed``), or its exchange ended. A
+        code that was out and not confirmed counts as a failed try, at the time it went out.
+        The places freed go to the machines waiting, in order."""
+        self._waiting.pop(holder, None)
+        if holder not in self._out:
+            return
+        shown = self._out.pop(holder)
+        if shown is not None and not confirmed:
+            self.lock.failed(shown)
+        self._hand_out()
+
+    def _hand_out(self) -> None:
+        """Give the free places to the machines waiting, in order, and wake them."""
+        woken: list[Callable[[], None]] = []
+        # A streak at or past the budget leaves one place, and the next failure locks: the
+        # machine given it refuses if the lock is closed now, and passes its place on.
+        while self._waiting and len(self._out) < self._places():
+            first = next(iter(self._waiting))
+            wake = self._waiting.pop(first)
+            self._out[first] = None
+            if wake is not None:
+                woken.append(wake)
+        for wake in woken:
+            wake()
+
+
 class HostState:
     """What a host keeps across guests (in memory; the CLI's host process owns one)."""
 
@@ -287,6 +384,8 @@ class HostState:
         #: no): each a try at matching another screen's code (docs/security.md, "compare: what
         #: may cross before the people confirmed the code")
         self.compare_lock = Lockout(compare_policy or PinPolicy())
+        #: compare's codes out at once, within the lock's budget (:class:`CodeTurns`)
+        self.compare_turns = CodeTurns(self.compare_lock)
         self.known_peer = known_peer
         self._consume = consume_prekey
         self._consumed: set[tuple[bytes, bytes]] = set()
@@ -412,6 +511,8 @@ S_OFFER = "await-offer"
 S_NOISE = "await-noise"
 S_REVEAL = "await-reveal"
 S_ASK = "ask-user"
+#: compare's host waits for a place to show its code (CodeTurns)
+S_TURN = "await-turn"
 S_RESUME = "await-resume"
 
 

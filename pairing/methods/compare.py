@@ -21,6 +21,7 @@ HPKE encryption draws its ephemeral itself (``cryptography``), not from the mach
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -29,18 +30,21 @@ from .. import keyschedule
 from ..crypto import same, x25519_loaded
 from ..errors import (
     AuthenticationError,
+    BusyError,
     DecodeError,
     LockedOutError,
     PairingError,
     RefusedError,
 )
-from ..machine import Question
+from ..machine import Question, WaitTurn
 from ..messages import Accept, Announce, Offer, Reveal
+from ..negotiation import Method
 from .common import (
     HPKE_SUITE,
     S_ASK,
     S_NOISE,
     S_REVEAL,
+    S_TURN,
     ConfirmCode,
     _identity_psk,
 )
@@ -110,21 +114,16 @@ class CompareHost(HostSide):
     _sk: bytes
     _enc: bytes
     _nh: bytes
-    #: when our Reveal (N_H, so our code) went out, until our person's yes: an exchange that
-    #: ends meanwhile (the guest left, or our person said no) counts against compare's lock
-    _compare_attempt: float | None = None
+    _ng: bytes
+    #: until when we wait for a place to show our code (CodeTurns)
+    _turn_ends: float
 
     def _offer_compare(self, msg: Offer, hello: Announce, now: float) -> None:
         # Each code we show and nobody confirms was a try at matching another screen's code (a
         # man in the middle who leaves each one that does not suit her, and comes back): they
         # are counted like wrong PINs (docs/security.md, "compare: what may cross before the
         # people confirmed the code").
-        wait = self.host.compare_lock.locked_for(now)
-        if wait > 0:
-            raise LockedOutError(
-                "too many compare codes were shown and not confirmed: compare is locked for "
-                f"{math.ceil(wait)} more seconds"
-            )
+        self._check_compare_lock(now)
         if msg.pk is None:
             raise DecodeError("the guest's Offer lacks its public key")
         try:
@@ -145,23 +144,52 @@ class CompareHost(HostSide):
         self._expect(now, S_REVEAL)
 
     def _on_reveal(self, msg: Reveal, now: float) -> None:
-        assert self._offer.pk is not None and self.method is not None
         if msg.noise is not None:
             raise DecodeError("the guest's Reveal carries a Noise message; it holds a nonce only")
+        self._ng = msg.nonce
+        # Our N_H lets a man in the middle compute our code: it goes out only while the lock
+        # would hold were every code out to fail (CodeTurns); otherwise we wait our turn.
+        self._turn_ends = now + self.config.step_timeout / 2
+        self._show_code_in_turn(now)
+
+    def _on_turn(self, question: Question, value: Any, now: float) -> None:
+        """The driver's answer to our :class:`WaitTurn`: look again (``True``), or the wait
+        is over (``False``)."""
+        self._show_code_in_turn(now, last=value is not True or now >= self._turn_ends)
+
+    def _show_code_in_turn(self, now: float, *, last: bool = False) -> None:
+        turns = self.host.compare_turns
+        self._check_compare_lock(now)
+        if not turns.take(self):
+            if last:
+                # (how many codes are out is not said: a stranger need not know)
+                raise BusyError(
+                    "other compare codes are waiting for their confirmation here; "
+                    "try again in a moment"
+                )
+            self.state = S_TURN
+            self._expect_by(None)
+            self._emit(WaitTurn(subscribe=self._subscribe_turn, deadline=self._turn_ends))
+            return
+        assert self._offer.pk is not None and self.method is not None
         # N_H with the identity handshake's message 1: it holds no identity and proves only
         # knowledge of SK, so it may go before our person confirmed (docs/security.md).
         first = self._noise_initiator(_identity_psk(self._sk, self._th, self.method))
-        self._compare_attempt = now  # our code is out: a try until our person confirms it
+        turns.shown(self, now)  # our code is out: a try until our person confirms it
         self._send(Reveal(self._nh, noise=first))
-        code = keyschedule.compare_code(self._th, self._offer.pk, self._enc, msg.nonce, self._nh)
+        code = keyschedule.compare_code(self._th, self._offer.pk, self._enc, self._ng, self._nh)
         self.state = S_ASK
         self._expect_by(None)
         self._emit(ConfirmCode(code=code, peer_name=self._offer.hello.name))
 
+    def _subscribe_turn(self, wake: Callable[[], None] | None) -> None:
+        self.host.compare_turns.subscribe(self, wake)
+
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:
             raise RefusedError("the codes were not confirmed; pairing cancelled")
-        self._compare_attempt = None  # confirmed by our person: no failed try
+        # Confirmed by our person: no failed try, and our place goes to the next code.
+        self.host.compare_turns.settle(self, confirmed=True)
         # Only now is the guest's message 2 read (the driver held one that came early), and
         # only after it our identity goes, in message 3.  The guest's person may still be
         # looking at the code.
@@ -171,9 +199,17 @@ class CompareHost(HostSide):
             "the guest's owner did not confirm the code in time",
         )
 
+    def _check_compare_lock(self, now: float) -> None:
+        wait = self.host.compare_lock.locked_for(now)
+        if wait > 0:
+            raise LockedOutError(
+                "too many compare codes were shown and not confirmed: compare is locked for "
+                f"{math.ceil(wait)} more seconds"
+            )
+
     def _fail(self, exc: PairingError) -> None:
-        started, self._compare_attempt = self._compare_attempt, None
-        if started is not None and not self.failed:
-            # Our code was shown and not confirmed: the guest left, or our person said no.
-            self.host.compare_lock.failed(started)
+        if self.method is Method.COMPARE and not self.failed:
+            # A code of ours that was out and not confirmed counts as a failed try (the guest
+            # left, or our person said no); a place held or waited for is given up.
+            self.host.compare_turns.settle(self, confirmed=False)
         super()._fail(exc)

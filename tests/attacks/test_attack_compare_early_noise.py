@@ -35,15 +35,15 @@ import pytest
 from pairkit import peers
 from pairkit.driver import MessagePipe, drive
 from pairkit.keystore import Keystore
-from pairkit.pairing import keyschedule, wire
+from pairkit.pairing import wire
 from pairkit.pairing.cloud import CloudGuest
 from pairkit.pairing.errors import (
     AuthenticationError,
+    BusyError,
     ErrorCode,
     PairingError,
     RefusedError,
     RemoteError,
-    UserCancelled,
 )
 from pairkit.pairing.framing import Reassembler, fragment
 from pairkit.pairing.messages import NoiseMessage, Reveal
@@ -69,6 +69,7 @@ from tests.ble_harness import (
     world,
 )
 from tests.pair_harness import make_pair
+from tests.turns_harness import BUDGET, Mallory, TakesASecond
 
 __all__ = ["george", "paul", "world"]
 
@@ -408,41 +409,15 @@ async def test_a_refusal_over_ble_stores_nothing_on_either_side(
 # -- Mallory tries the host again and again, leaving each code that does not suit her ------------
 
 
-class LeavesUnlessTheCodeSuits(GuestPairing):
-    """Mallory as the guest toward the host, while the real guest shows its code (a man in the
-    middle): once the host's Reveal arrived she holds every input of the code the host now
-    shows, so she leaves unless it is the code she needs, and comes back.  Each visit is a
-    fresh 10^-6 chance; the host's person is asked each time, and the question withdrawn when
-    she leaves.  The host must count these codes shown and never confirmed (docs/security.md,
-    "compare: what may cross before the people confirmed the code")."""
-
-    def __init__(self, *args: Any, suits: bool, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.suits = suits
-        self.predicted: list[str] = []
-
-    def _on_reveal(self, msg: Reveal, now: float) -> None:
-        assert self._offer is not None and self._offer.pk is not None
-        self.predicted.append(keyschedule.compare_code(
-            self._th, self._offer.pk, self._sealed[:32], self._ng, msg.nonce
-        ))
-        if not self.suits:
-            raise UserCancelled("the code does not suit Mallory")  # she leaves
-        super()._on_reveal(msg, now)
-
-
-#: visits Mallory leaves; the host's default budget is 5 (PinPolicy's)
+#: visits Mallory leaves (the host's default budget is BUDGET, 5: PinPolicy's)
 GRINDS = 8
-BUDGET = 5
 
 
 def grinder(paul_id: LocalIdentity, state: HostState, *, suits: bool = False,
-            answer: bool | None = None) -> tuple[LeavesUnlessTheCodeSuits, HostPairing, Viewer]:
+            answer: bool | None = None) -> tuple[Mallory, HostPairing, Viewer]:
     """One visit of Mallory's to the host ``paul_id`` (``state`` kept across its guests); the
     host's person looks at the code for a while unless ``answer`` is given."""
-    mallory = LeavesUnlessTheCodeSuits(
-        CONFIG, LocalIdentity.generate("George's phone"), method=Method.COMPARE, suits=suits
-    )
+    mallory = Mallory(CONFIG, stay=suits)
     person = Viewer("host", Screens(), answer=answer,
                     first=None if answer is not None else (lambda: asyncio.sleep(2 * STEP)))
     return mallory, HostPairing(CONFIG, paul_id, state), person
@@ -494,15 +469,6 @@ async def test_a_code_the_hosts_person_refused_counts_as_a_failed_try(kind: str)
     assert locked(m_err) and mallory.predicted == [] and person.asked == []
 
 
-class TakesASecond(Person):
-    """An owner who looks at a code for a second before saying yes (a person does)."""
-
-    async def confirm_code(self, q: ConfirmCode) -> bool:
-        answer = await super().confirm_code(q)
-        await asyncio.sleep(1.0)
-        return answer
-
-
 async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to_the_budget(
     world: World, paul: Keystore, george: Keystore
 ) -> None:
@@ -517,7 +483,7 @@ async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to
     await world.join(george, device, host, method=Method.COMPARE, person=Person())
     assert [k for k, _ in host.person.questions] == ["join", "code"]
     me = peers.local_identity(george)
-    visits: list[LeavesUnlessTheCodeSuits] = []
+    visits: list[Mallory] = []
     errors: list[BaseException | None] = []
     for _ in range(GRINDS):
         link = await device.connect(host.address, STEP)
@@ -527,8 +493,7 @@ async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to
                                static=me.static_public, device_id=me.device_id,
                                method=int(Method.COMPARE))
             await asyncio.wait_for(drive(cloud, pipe, delegate=Yes()), STEP)
-            mallory = LeavesUnlessTheCodeSuits(CONFIG, me, method=Method.COMPARE, suits=False,
-                                               context=pipe.transcript())
+            mallory = Mallory(CONFIG, me=me, context=pipe.transcript())
             visits.append(mallory)
             try:
                 await asyncio.wait_for(drive(mallory, pipe, delegate=Yes()), STEP)
@@ -546,15 +511,11 @@ async def test_a_returning_guest_trying_the_real_host_again_and_again_is_held_to
     assert host.results[1:] == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "compare counts a code shown and not confirmed only when its exchange ends, and checks the "
-    "lock only at the Offer: visits made at once all pass the check before any is counted, so "
-    "Mallory gets as many codes as links she holds at once, not the budget (open: counting a "
-    "try as its code goes out, taken back by the person's yes, bounds it but locks out honest "
-    "guests comparing at once; the concurrent-pairings bench hung at 100)"
-))
-@pytest.mark.parametrize("kind", ["loopback"])
+@pytest.mark.parametrize("kind", LINKS)
 async def test_mallory_visiting_at_once_is_held_to_the_budget_too(kind: str) -> None:
+    """Visits made at once: each passes the lock's check at its Offer before any code is
+    counted, so the codes out at once are what is bounded (CodeTurns): Mallory learns 5 codes,
+    the rest wait their turn and are refused once the fifth failure locks compare."""
     paul_id = LocalIdentity.generate("Paul's phone")
     state = HostState()  # one host serving several links at once, as `pairkit host` does
     visits = [grinder(paul_id, state) for _ in range(GRINDS)]
@@ -567,3 +528,93 @@ async def test_mallory_visiting_at_once_is_held_to_the_budget_too(kind: str) -> 
     served = [m for m, _, _ in visits if m.predicted]
     assert len(served) <= BUDGET, f"the host showed {len(served)} codes to a guest that left"
     assert state.compare_lock.locked_for(asyncio.get_running_loop().time()) > 0
+
+
+class Looks:
+    """The host's one person, who looks at each code for ``look`` seconds and then says
+    ``answer``; ``peak`` is the most codes she had in front of her at once."""
+
+    def __init__(self, *, look: float, answer: bool = True) -> None:
+        self.look, self.answer = look, answer
+        self.asked = 0
+        self.open = 0
+        self.peak = 0
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.asked += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            await asyncio.sleep(self.look)
+            return self.answer
+        finally:
+            self.open -= 1
+
+
+def honest(n: int, paul_id: LocalIdentity, state: HostState, config: PairingConfig = CONFIG
+           ) -> list[tuple[GuestPairing, HostPairing, Viewer]]:
+    """``n`` honest guests comparing with one host at once (its state shared), each guest's
+    person saying yes to the code it is shown."""
+    return [
+        (GuestPairing(config, LocalIdentity.generate(f"guest {i}"), method=Method.COMPARE),
+         HostPairing(config, paul_id, state),
+         Viewer("guest", Screens(), answer=True))
+        for i in range(n)
+    ]
+
+
+async def pair_at_once(kind: str, visits: list[tuple[GuestPairing, HostPairing, Viewer]],
+                       host_person: Any) -> list[tuple[BaseException | None, BaseException | None]]:
+    async with link_pairs(kind, len(visits)) as pairs:
+        errors = await run_both(*(
+            run
+            for (guest, host, person), (g_link, h_link) in zip(visits, pairs, strict=True)
+            for run in ((guest, Wire(g_link), person, True),
+                        (host, Wire(h_link), host_person, False))
+        ))
+    return list(zip(errors[::2], errors[1::2], strict=True))
+
+
+@pytest.mark.parametrize("kind", LINKS)
+async def test_honest_guests_comparing_at_once_all_pair_with_the_codes_out_held_to_the_budget(
+    kind: str,
+) -> None:
+    """The other side of the bound: three times the budget of honest guests at once all pair;
+    no more than 5 codes are ever out at once (the rest wait their turn), and nothing counts
+    against the lock."""
+    paul_id = LocalIdentity.generate("Paul's phone")
+    state = HostState()
+    person = Looks(look=0.05)
+    visits = honest(3 * BUDGET, paul_id, state)
+    errors = await pair_at_once(kind, visits, person)
+    assert errors == [(None, None)] * len(visits)
+    for guest, host, _ in visits:
+        assert guest.session is not None and host.session is not None
+        assert guest.session.fingerprint == host.session.fingerprint
+    assert person.asked == len(visits)
+    assert 1 <= person.peak <= BUDGET
+    assert state.compare_lock.failures == [] and state.compare_turns.out == 0
+
+
+async def test_a_guest_whose_turn_does_not_come_in_time_is_told_the_host_is_busy() -> None:
+    """The host's person has 5 codes in front of her and looks at them longer than half a
+    step: a sixth guest is not shown a code; it waits half a step, then both sides end with
+    ``Abort{18 busy}``.  A wait is no failed try, and it holds no place: the next guest pairs."""
+    config = PairingConfig(step_timeout=2.0)
+    paul_id = LocalIdentity.generate("Paul's phone")
+    state = HostState()
+    visits = honest(BUDGET + 1, paul_id, state, config)
+    errors = await pair_at_once("loopback", visits, Looks(look=3.0))
+    busy = [i for i, (_g, h) in enumerate(errors) if isinstance(h, BusyError)]
+    assert len(busy) == 1, errors
+    [held] = busy
+    g_err, h_err = errors[held]
+    assert isinstance(g_err, RemoteError) and g_err.code == ErrorCode.BUSY
+    assert "waiting for their confirmation" in str(h_err)
+    assert visits[held][2].asked == []  # its guest never saw a code
+    assert visits[held][0].session is None and visits[held][1].session is None
+    assert [e for i, e in enumerate(errors) if i != held] == [(None, None)] * BUDGET
+    assert state.compare_lock.failures == [] and state.compare_turns.out == 0
+    [(g_err, h_err)] = await pair_at_once("loopback", honest(1, paul_id, state, config),
+                                          Looks(look=0.0))
+    assert (g_err, h_err) == (None, None)
