@@ -27,13 +27,17 @@ and preference, strongest and least effort first: resume, qr, pin, compare, clea
 
 from __future__ import annotations
 
-from enum import IntEnum, IntFlag
+from enum import CONFORM, IntEnum, IntFlag
 
 from .errors import UnsupportedError
 
 
-class Caps(IntFlag):
-    """What a device can do for pairing."""
+class Caps(IntFlag, boundary=CONFORM):
+    """What a device can do for pairing.
+
+    Bits it does not name are dropped (``CONFORM``): an IntFlag keeps every value it is asked
+    to make, and a peer's announcement may carry any 64-bit value, so a flag made from a
+    peer's integer must not add one object to the process per value (issue 13's review)."""
 
     NONE = 0
     DISPLAY = 1  #: can show a PIN, a code or a QR code

@@ -4,7 +4,7 @@ enums and constants (see the package docstring)."""
 from __future__ import annotations
 
 from collections.abc import Hashable
-from enum import IntEnum, IntFlag
+from enum import CONFORM, IntEnum, IntFlag
 from typing import Final
 
 from ..errors import DecodeError
@@ -35,8 +35,10 @@ class SetupType(IntEnum):
         return {1: "1-1", 2: "all", 3: "invited"}[int(self)]
 
 
-class PneCaps(IntFlag):
-    """A PNE's capabilities as they matter for the link key."""
+class PneCaps(IntFlag, boundary=CONFORM):
+    """A PNE's capabilities as they matter for the link key (bits it does not name are
+    dropped, so a peer's values cannot grow the enum's table: :class:`~pairing.negotiation.
+    Caps`)."""
 
     NONE = 0
     UI = 1  #: enough user interface to take part in a key set-up (display, keys)
@@ -53,9 +55,10 @@ class KeySource(IntEnum):
     PAN = 3
 
 
-class GatewayCaps(IntFlag):
+class GatewayCaps(IntFlag, boundary=CONFORM):
     """The capabilities of the device the PN gateway is deployed on (PN Registration Request,
-    "PN GW Info: capability information")."""
+    "PN GW Info: capability information"); bits it does not name are dropped, as in
+    :class:`PneCaps`."""
 
     NONE = 0
     DISPLAY = 1  #: it shows its owner what happens and asks before a PN is set up

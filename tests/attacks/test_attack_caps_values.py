@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from pairkit.pairing import wire
+from pairkit.pairing.cpns.messages import GatewayCaps, PneCaps
 from pairkit.pairing.messages import Accept, Offer
 from pairkit.pairing.negotiation import Caps, Method
 from tests.pair_harness import make_pair, shuttle
@@ -54,3 +55,22 @@ def test_new_capability_values_do_not_pile_up(cls: type, side: str) -> None:
         assert result.guest_error or result.host_error
     assert counter[0] == TRIES  # every run carried a value of its own to the checked side
     assert len(Caps._value2member_map_) - before < 8
+
+
+@pytest.mark.parametrize("flag", [Caps, PneCaps, GatewayCaps], ids=lambda f: f.__name__)
+def test_every_capability_flag_made_from_a_peers_value_stays_bounded(flag: type) -> None:
+    """The same hole at the source, for every path: the cloud step's reply (the host's caps),
+    ttp's Offer and Accept, a PNE's PneInfo at the gateway and at the key server, a gateway's
+    registration at the key server all make a flag from a peer's integer.  Each flag class
+    drops bits it does not know (``boundary=CONFORM``), so the enum's table holds at most one
+    value per combination of its own bits, whatever a peer sends; the known bits read as
+    before."""
+    before = len(flag._value2member_map_)
+    known = 0
+    for member in flag:
+        known |= int(member)
+    for _ in range(TRIES):
+        value = next(_FRESH) << 8 | known
+        made = flag(value)
+        assert int(made) == known  # the unknown bits are dropped, the known ones kept
+    assert len(flag._value2member_map_) - before <= 2 ** len(list(flag))
