@@ -287,25 +287,28 @@ def _check_len(where: str, f: _Field, n: int, top: bool) -> None:
         raise DecodeError(f"{where} has an item {n} long, over its limit of {f.max_len}")
 
 
-#: message class -> how to decode it (see _decoding): worked out once per class
-_DECODING: dict[type, tuple[frozenset[int], tuple[tuple[_Field, Callable[[Any], Any]], ...],
-                            bool]] = {}
+#: what a field missing from a map decodes to when it may be missing; else _REQUIRED
+_REQUIRED: Any = object()
+_ABSENT: Any = object()
+#: (message class, keys skipped) -> its fields' keys, the keys allowed in its map, each field
+#: as (key, name, decoder, value when absent), and whether to build it directly: worked out
+#: once (issue 13)
+_PLANS: dict[tuple[type, tuple[int, ...]], tuple[Any, ...]] = {}
 
 
-def _decoding(
-    cls: type[Message],
-) -> tuple[frozenset[int], tuple[tuple[_Field, Callable[[Any], Any]], ...], bool]:
-    """(the keys of the class's fields, each field with its decoder, whether an instance may
-    be made without calling ``__init__``).
+def _plan(cls: type[Message], skip: tuple[int, ...]) -> tuple[Any, ...]:
+    """How to decode ``cls`` from a map that may also hold the keys ``skip``: (the keys of its
+    fields, the keys allowed, each field as (key, name, decoder, value when absent), whether an
+    instance may be made without calling ``__init__``).
 
-    A field's decoder takes a byte string of the right length (the commonest value by far)
-    as it is, and gives anything else to :func:`_decode_value`, which makes every check and
-    raises every error in the same order as always.  An instance is put together directly
-    (its ``__dict__`` filled) when ``__init__`` would only store the fields: a frozen
-    dataclass's ``__init__`` stores each through ``object.__setattr__``, four times the cost
-    (issue 13); a class with a ``__post_init__`` (a check of its own) is always built by it.
+    A field's decoder takes a value of the right type and length (the commonest by far) as it
+    is, and gives anything else to :func:`_decode_value`, which makes every check and raises
+    every error in the same order as always.  An instance is put together directly (its
+    ``__dict__`` filled) when ``__init__`` would only store the fields: a frozen dataclass's
+    ``__init__`` stores each through ``object.__setattr__``, four times the cost (issue 13); a
+    class with a ``__post_init__`` (a check of its own) is always built by it.
     """
-    plan = _DECODING.get(cls)
+    plan = _PLANS.get((cls, skip))
     if plan is None:
         fields = cls._FIELDS
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -314,29 +317,35 @@ def _decoding(
             and names == {f.name for f in fields}
             and all(f.init for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         )
-        plan = _DECODING[cls] = (
-            frozenset(f.key for f in fields),
-            tuple((f, _field_decoder(cls.__name__, f)) for f in fields),
-            direct,
-        )
+        steps = []
+        for f in fields:
+            if f.optional:
+                absent = f.default if f.has_default else None
+            elif f.has_default:
+                absent = f.default
+            else:
+                absent = _REQUIRED
+            steps.append((f.key, f.name, _field_decoder(cls.__name__, f), absent))
+        known = frozenset(f.key for f in fields)
+        plan = _PLANS[(cls, skip)] = (known, known | frozenset(skip), tuple(steps), direct)
     return plan
 
 
 def _field_decoder(owner: str, f: _Field) -> Callable[[Any], Any]:
     kind = f.kind
-    if kind is bytes:
+    if kind is bytes or kind is str:
         size, max_len = f.size, f.max_len
 
-        def decode_bytes(raw: Any) -> Any:
+        def decode_sized(raw: Any) -> Any:
             if (
-                type(raw) is bytes
+                type(raw) is kind
                 and (size is None or len(raw) == size)
                 and (max_len is None or len(raw) <= max_len)
             ):
                 return raw
             return _decode_value(owner, f, kind, raw)
 
-        return decode_bytes
+        return decode_sized
     if isinstance(kind, type) and issubclass(kind, Message) and _tuple_item(kind) is _NOT_A_TUPLE:
 
         def decode_struct(raw: Any) -> Any:
@@ -355,19 +364,6 @@ def _field_decoder(owner: str, f: _Field) -> Callable[[Any], Any]:
             return _decode_value(owner, f, kind, raw)
 
         return decode_enum
-    if kind is str:
-        size, max_len = f.size, f.max_len
-
-        def decode_text(raw: Any) -> Any:
-            if (
-                type(raw) is str
-                and (size is None or len(raw) == size)
-                and (max_len is None or len(raw) <= max_len)
-            ):
-                return raw
-            return _decode_value(owner, f, kind, raw)
-
-        return decode_text
     if kind is int:
 
         def decode_int(raw: Any) -> Any:
@@ -396,32 +392,6 @@ def _field_decoder(owner: str, f: _Field) -> Callable[[Any], Any]:
 
         return decode_digests
     return lambda raw: _decode_value(owner, f, kind, raw)
-
-
-#: what a field missing from a map decodes to when it may be missing; else _REQUIRED
-_REQUIRED: Any = object()
-_ABSENT: Any = object()
-#: (message class, keys skipped) -> its fields' keys, the keys allowed in its map, each field
-#: as (key, name, decoder, value when absent), and whether to build it directly (_decoding):
-#: worked out once (issue 13)
-_PLANS: dict[tuple[type, tuple[int, ...]], tuple[Any, ...]] = {}
-
-
-def _plan(cls: type[Message], skip: tuple[int, ...]) -> tuple[Any, ...]:
-    plan = _PLANS.get((cls, skip))
-    if plan is None:
-        known, fields, direct = _decoding(cls)
-        steps = []
-        for f, decode_field in fields:
-            if f.optional:
-                absent = f.default if f.has_default else None
-            elif f.has_default:
-                absent = f.default
-            else:
-                absent = _REQUIRED
-            steps.append((f.key, f.name, decode_field, absent))
-        plan = _PLANS[(cls, skip)] = (known, known | frozenset(skip), tuple(steps), direct)
-    return plan
 
 
 def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...] = ()) -> Any:
