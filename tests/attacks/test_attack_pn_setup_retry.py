@@ -45,6 +45,18 @@ def setup_request(pne_id: str, setup: SetupType = SetupType.ONE_TO_ONE) -> bytes
     return frame(request.encode())[4:]
 
 
+@contextlib.asynccontextmanager
+async def until_hung_up(link: Any) -> AsyncIterator[None]:
+    """A stranger's link: the gateway hanging up, or a read timing out, ends the block quietly,
+    and the link is closed after it."""
+    try:
+        yield
+    except (PairingError, OSError, TimeoutError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await link.close()
+
 async def hold_setups(port: int, pne_id: str, sources: list[str], stop: asyncio.Event,
                       counts: dict[str, int], *, chatter: bool = False) -> None:
     """From each of ``sources``, back to back until ``stop``: a setup request, then silence
@@ -60,18 +72,13 @@ async def hold_setups(port: int, pne_id: str, sources: list[str], stop: asyncio.
                 await asyncio.sleep(0.05)
                 continue
             counts["requests"] += 1
-            try:
+            async with until_hung_up(link):
                 await link.send(setup_request(pne_id))
                 while not stop.is_set():  # read (and ignore) until the gateway hangs up
                     if chatter:
                         await link.send(frame(PnAttach(os.urandom(16), "", 1).encode())[4:])
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(link.recv(), 0.5 if chatter else 60.0)
-            except (PairingError, OSError, TimeoutError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    await link.close()
             await asyncio.sleep(0.05)
 
     await asyncio.gather(*(one(s) for s in sources))
@@ -154,15 +161,10 @@ async def attach_again_and_again(port: int, pne_id: str, stop: asyncio.Event,
             await asyncio.sleep(0.05)
             continue
         counts["attached"] += 1
-        try:
+        async with until_hung_up(link):
             await link.send(frame(PnAttach(bytes.fromhex(pne_id), "Paul's watch", 1).encode())[4:])
             while not stop.is_set():  # never answer; read until the gateway hangs up
                 await asyncio.wait_for(link.recv(), 60.0)
-        except (PairingError, OSError, TimeoutError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                await link.close()
 
 
 async def test_a_stranger_under_the_invited_id_does_not_keep_the_element_out_of_every_retry(
@@ -230,7 +232,7 @@ async def asked_and_silent(port: int, pne_id: str) -> None:
     (source,) = attacker_addresses(1, first=7)
     link = await link_from(source, "127.0.0.1", port)
     pipe = MessagePipe(link, guest=True)
-    try:
+    async with until_hung_up(link):
         await pipe.send(PnAttach(bytes.fromhex(pne_id), "Paul's scale", 1).encode())
         while True:
             message = wire.decode(await asyncio.wait_for(pipe.recv(), 60.0))
@@ -238,11 +240,6 @@ async def asked_and_silent(port: int, pne_id: str) -> None:
                 await pipe.send(PnSetupNotifyResponse(
                     pne_id=bytes.fromhex(pne_id), name="Paul's scale", caps=1,
                     rand_pne=os.urandom(16), local_key_request=True, accept=True).encode())
-    except (PairingError, OSError, TimeoutError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            await link.close()
 
 
 async def test_a_stranger_asked_in_a_setup_does_not_make_it_fail_for_the_element(
