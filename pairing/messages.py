@@ -27,6 +27,10 @@ KEY_LEN = 32
 NONCE_LEN = 16
 MAC_LEN = 32
 MAX_PREKEYS = 16
+#: a guest's step when its Offer does not say (:attr:`Offer.step_ms`), in milliseconds
+DEFAULT_STEP_MS = 30_000
+#: the bounds of :attr:`Offer.step_ms` (0.1 s to an hour, the bounds of a step timeout)
+STEP_MS = (100, 3_600_000)
 
 
 @struct
@@ -62,6 +66,18 @@ class Offer(Message):
     pk: bytes | None = field(5, size=KEY_LEN, default=None)  #: ephemeral key (``compare``)
     qr_id: bytes | None = field(6, size=8, default=None)  #: which QR code (``qr``)
     guest_id: bytes | None = field(7, size=ID_LEN, default=None)  #: who calls (``kk``, ``ttp``)
+    #: how long the guest waits for each of the host's messages, in milliseconds, when not
+    #: :data:`DEFAULT_STEP_MS` (``compare``: a host waiting its turn to show its code tells the
+    #: guest it is busy within half of the shorter of the two steps; docs/protocol.md §5)
+    step_ms: int | None = field(8, default=None)
+
+    def __post_init__(self) -> None:
+        low, high = STEP_MS
+        if self.step_ms is not None and not low <= self.step_ms <= high:
+            raise DecodeError(
+                f"Offer.step_ms should be between {low} and {high} (milliseconds), "
+                f"not {self.step_ms}"
+            )
 
 
 @message(type_id=11, max_size=1024)

@@ -8,6 +8,8 @@ the same budget").  Used by tests/attacks/test_attack_compare_turns.py.
 * :class:`WatchedHost` is the real host machine with two hooks for a test's timing (never
   changing what it does): one called right after the host was given its turn (woken), one right
   after it showed its code.
+* :class:`OddStep` is Mallory whose Offer says she waits any number of milliseconds, in bounds
+  or not.
 * :class:`TakesASecond` is a host's owner in the real ``pairkit host`` flow who looks at a code
   for a second before saying yes, as a person does.
 * :class:`Visits` drives any number of (guest, host) pairs at once, each over its own loopback
@@ -25,7 +27,7 @@ from typing import Any
 from pairkit.driver import DEFAULT_ANSWER_TIME, MessagePipe, drive
 from pairkit.pairing import keyschedule
 from pairkit.pairing.errors import UserCancelled
-from pairkit.pairing.messages import Reveal
+from pairkit.pairing.messages import Offer, Reveal
 from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
@@ -69,6 +71,21 @@ class Mallory(GuestPairing):
         if not self.stay:
             raise UserCancelled("the code does not suit Mallory")
         super()._on_reveal(msg, now)
+
+
+class OddStep(Mallory):
+    """Mallory whose compare Offer says she waits ``step_ms`` milliseconds, whatever the bounds
+    (a bit-flipper, or a hostile guest): the field is set after the message was built, as raw
+    bytes on the wire would carry it."""
+
+    def __init__(self, config: PairingConfig, *, step_ms: int) -> None:
+        super().__init__(config)
+        self.step_ms = step_ms
+
+    def _send(self, msg: Any) -> None:
+        if isinstance(msg, Offer):
+            object.__setattr__(msg, "step_ms", self.step_ms)
+        super()._send(msg)
 
 
 class TakesASecond(Person):

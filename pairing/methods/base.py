@@ -61,7 +61,7 @@ from .resume import ResumeGuest, ResumeHost
 _OFFER_FIELDS: dict[Method, frozenset[str]] = {
     Method.PIN: frozenset({"cpace"}),
     Method.QR: frozenset({"qr_id", "noise"}),
-    Method.COMPARE: frozenset({"pk"}),
+    Method.COMPARE: frozenset({"pk", "step_ms"}),
     Method.CLEAR: frozenset(),
     Method.KK: frozenset({"guest_id", "noise"}),
 }

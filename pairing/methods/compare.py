@@ -37,7 +37,7 @@ from ..errors import (
     RefusedError,
 )
 from ..machine import Question, WaitTurn
-from ..messages import Accept, Announce, Offer, Reveal
+from ..messages import DEFAULT_STEP_MS, Accept, Announce, Offer, Reveal
 from ..negotiation import Method
 from .common import (
     HPKE_SUITE,
@@ -61,7 +61,12 @@ class CompareGuest(GuestSide):
 
     def _compare_offer(self, hello: Announce) -> dict[str, Any]:
         self._eph, public = x25519_loaded(self._rng)
-        return {"pk": public}
+        # How long we wait for the host's Reveal, when it is not the default: a host waiting
+        # its turn tells us it is busy before we would give up on it (CodeTurns).
+        step_ms = round(self.config.step_timeout * 1000)
+        if step_ms == DEFAULT_STEP_MS:
+            return {"pk": public}
+        return {"pk": public, "step_ms": step_ms}
 
     def _compare_accept(self, msg: Accept, now: float) -> None:
         if msg.sealed is None or msg.commit is None:
@@ -148,8 +153,12 @@ class CompareHost(HostSide):
             raise DecodeError("the guest's Reveal carries a Noise message; it holds a nonce only")
         self._ng = msg.nonce
         # Our N_H lets a man in the middle compute our code: it goes out only while the lock
-        # would hold were every code out to fail (CodeTurns); otherwise we wait our turn.
-        self._turn_ends = now + self.config.step_timeout / 2
+        # would hold were every code out to fail (CodeTurns); otherwise we wait our turn, for
+        # half the shorter of our step and the guest's, so that a guest told busy hears it
+        # before it would give up on us (a longer step the guest claims changes nothing).
+        step_ms = self._offer.step_ms
+        guest_step = (DEFAULT_STEP_MS if step_ms is None else step_ms) / 1000
+        self._turn_ends = now + min(self.config.step_timeout, guest_step) / 2
         self._show_code_in_turn(now)
 
     def _on_turn(self, question: Question, value: Any, now: float) -> None:

@@ -29,7 +29,7 @@ from pairkit.driver import MessagePipe, drive
 from pairkit.keystore import Keystore
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import CloudGuest
-from pairkit.pairing.errors import BusyError, ErrorCode, PairingError, RemoteError
+from pairkit.pairing.errors import BusyError, DecodeError, ErrorCode, PairingError, RemoteError
 from pairkit.pairing.framing import fragment
 from pairkit.pairing.methods import (
     ConfirmCode,
@@ -47,6 +47,7 @@ from tests.turns_harness import (
     Answers,
     GuestYes,
     Mallory,
+    OddStep,
     TakesASecond,
     Visits,
     WatchedHost,
@@ -269,13 +270,12 @@ async def test_places_a_forgiven_streak_frees_go_to_the_guests_waiting() -> None
 # -- the guest's answer when it is not its turn ----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finding: a guest whose step is shorter than half the host's (pairkit join --timeout 30, "
-    "the default, against pairkit host --timeout 90) gives up before the host's wait ends and "
-    "is told 'the host did not answer in time', not that the host is busy (the host waits "
-    "half of its own step, which the guest does not know)"
-))
 async def test_a_guest_with_a_shorter_step_is_told_busy_too() -> None:
+    """A guest whose step is shorter than half the host's (``pairkit join --timeout 30``, the
+    default, against ``pairkit host --timeout 90``) is told the host is busy, not that the host
+    did not answer in time: its Offer says how long it waits (``step_ms``), and the host's turn
+    ends within half of the shorter step (the attack review's finding 3; failed before with
+    'the host did not answer in time')."""
     host_config = PairingConfig(step_timeout=4 * STEP)
     guest_config = PairingConfig(step_timeout=STEP)
     visits = Visits(host_config)
@@ -287,8 +287,47 @@ async def test_a_guest_with_a_shorter_step_is_told_busy_too() -> None:
     await until(lambda: late.guest_task is not None and late.guest_task.done(), WITHIN)
     release.set()
     await visits.finish(WITHIN)
+    g_err, h_err = late.errors()
+    assert isinstance(g_err, RemoteError) and g_err.code == ErrorCode.BUSY, repr(g_err)
+    assert isinstance(h_err, BusyError), repr(h_err)
+    assert late.guest.predicted == [], "the late guest was shown a code"
+
+
+async def test_a_guest_claiming_a_long_step_does_not_stretch_the_hosts_wait() -> None:
+    """A stranger who says she waits an hour (the most ``step_ms`` allows) does not hold a
+    host's compare wait past half the host's own step: it still ends with busy, in time for a
+    guest that waits one host step, and nothing is left queued."""
+    host_config = PairingConfig(step_timeout=STEP)
+    long_config = PairingConfig(step_timeout=3600)
+    visits = Visits(host_config)
+    release = asyncio.Event()
+    for _ in range(BUDGET):
+        visits.start(Mallory(host_config, stay=True), Answers(release=release))
+    await until(lambda: visits.state.compare_turns.out == BUDGET, STEP)
+    late = visits.start(Mallory(long_config, stay=True), Answers())
+    # The host's half step, and a margin for the loop: far below the hour she claimed.
+    await until(lambda: late.host_task is not None and late.host_task.done(), 2 * STEP)
+    assert isinstance(late.host_task.exception(), BusyError), repr(late.host_task.exception())
+    release.set()
+    await visits.finish(WITHIN)
     g_err, _h_err = late.errors()
     assert isinstance(g_err, RemoteError) and g_err.code == ErrorCode.BUSY, repr(g_err)
+    assert visits.settled()
+
+
+@pytest.mark.parametrize("step_ms", [0, 99, 3_600_001, -1])
+async def test_an_offer_with_a_step_out_of_bounds_is_refused(step_ms: int) -> None:
+    """A bit-flipped or hostile ``step_ms`` (below 100 ms, above an hour) in a compare Offer
+    sent over a real link: the host refuses it as a decode error naming the field, shows no
+    code, holds no place, and counts no try."""
+    visits = Visits(CONFIG)
+    guest = OddStep(CONFIG, step_ms=step_ms)
+    visit = visits.start(guest, Answers())
+    await visits.finish(WITHIN)
+    _g_err, h_err = visit.errors()
+    assert isinstance(h_err, DecodeError) and "step_ms" in str(h_err), repr(h_err)
+    assert guest.predicted == []
+    assert visits.state.compare_lock.streak == 0 and visits.settled()
 
 
 # -- a burst through the real `pairkit host` flow ------------------------------------------------

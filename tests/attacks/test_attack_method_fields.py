@@ -38,11 +38,12 @@ CASES = [
     (Method.PIN, Offer, {"pk": bytes(range(32))}),
     (Method.CLEAR, Offer, {"pk": bytes(range(32))}),
     (Method.COMPARE, Offer, {"cpace": bytes(range(32))}),
+    (Method.QR, Offer, {"step_ms": 5000}),
     (Method.QR, Accept, {"commit": bytes(32)}),
     (Method.COMPARE, Accept, {"key": bytes(range(32))}),
     (Method.COMPARE, Accept, {"noise": bytes(48)}),
 ]
-IDS = ["pin-offer-pk", "clear-offer-pk", "compare-offer-cpace", "qr-accept-commit",
+IDS = ["pin-offer-pk", "clear-offer-pk", "compare-offer-cpace", "qr-offer-step", "qr-accept-commit",
        "compare-accept-key", "compare-accept-noise"]
 
 
@@ -56,7 +57,7 @@ def adding(cls: type, **fields: Any) -> Callable[[str, bytes], bytes]:
 
 @pytest.mark.parametrize(("method", "cls", "fields"), CASES, ids=IDS)
 def test_a_field_of_another_method_is_a_decode_error(
-    method: Method, cls: type, fields: dict[str, bytes]
+    method: Method, cls: type, fields: dict[str, Any]
 ) -> None:
     pair = make_pair(method, seed=21)
     result = pair.run(tamper=adding(cls, **fields))
