@@ -3,7 +3,9 @@
 ``shuttle`` moves messages between a guest and a host until both are done or one failed,
 answering questions from a script.  ``run`` does the same for any machines joined by any links
 (a man in the middle is two links through two machines: see ``shuttle_mitm``).  Loops are
-bounded: a protocol that ping-pongs forever fails the test ("too many round trips!").
+bounded: a protocol that ping-pongs forever fails the test ("too many round trips!").  A
+machine's wait for its turn (:class:`~pairing.machine.WaitTurn`) is answered as the driver
+answers it, whatever the script says: the turn came, or (nothing else running) the wait is over.
 
 A ``tamper`` callable sees every message (direction, bytes) and may rewrite it, drop it
 (``None``) or deliver several messages in its place (a list: duplicates, injections).
@@ -22,7 +24,7 @@ from typing import Any
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import OwnerDecided, WaitingForOwner
 from pairkit.pairing.errors import PairingError
-from pairkit.pairing.machine import Machine, Question
+from pairkit.pairing.machine import Machine, Question, WaitTurn
 from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,
@@ -118,7 +120,11 @@ def run(
             if name not in answers:
                 continue
             value = answers[name]
-            if callable(value):
+            if isinstance(question, WaitTurn):
+                # Answered as the driver does, never by the script: nothing else runs here and
+                # no clock moves, so a turn that has not come now never will (the wait is over).
+                value = _turn_came(question)
+            elif callable(value):
                 value = value(name, question, result)
                 if value is None:
                     continue  # not yet: asked again next round
@@ -154,6 +160,13 @@ def run(
         if not moved:
             return result
     raise AssertionError("too many round trips!")
+
+
+def _turn_came(question: WaitTurn) -> bool:
+    woken: list[bool] = []
+    question.subscribe(lambda: woken.append(True))
+    question.subscribe(None)
+    return bool(woken)
 
 
 def _direction(src: str, dst: str) -> str:

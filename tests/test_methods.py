@@ -16,6 +16,7 @@ import pytest
 from pairkit.pairing import wire
 from pairkit.pairing.errors import (
     AuthenticationError,
+    BusyError,
     ConfigError,
     DecodeError,
     ErrorCode,
@@ -183,6 +184,26 @@ def test_compare_users_see_the_same_code() -> None:
     assert isinstance(gq, ConfirmCode) and isinstance(hq, ConfirmCode)
     assert gq.code == hq.code and re.fullmatch(r"\d{6}", gq.code)
     assert gq.peer_name == "Paul" and hq.peer_name == "George"
+
+
+def test_compare_in_the_shuttle_with_every_place_held_ends_busy() -> None:
+    """The in-memory shuttle answers a host's wait for its turn as the driver would when no
+    other exchange can free a place (nothing else runs, no clock moves): the wait is over, the
+    host ends busy having revealed nothing, and the guest hears it; before, the shuttle said
+    "look again" each round until it gave up with "too many round trips"."""
+    state = HostState()
+    held = [object() for _ in range(5)]
+    for holder in held:
+        assert state.compare_turns.take(holder)
+        state.compare_turns.shown(holder, 0.0)
+    pair = make_pair(Method.COMPARE, seed=2, state=state)
+    result = pair.run()
+    assert isinstance(result.host_error, BusyError), repr(result.host_error)
+    assert isinstance(result.guest_error, RemoteError)
+    assert result.guest_error.code == ErrorCode.BUSY
+    assert result.codes("guest") == [] and result.codes("host") == []
+    assert "Reveal" not in result.types("h2g")
+    assert state.compare_turns.out == 5 and state.compare_lock.streak == 0
 
 
 def test_deadlines() -> None:
