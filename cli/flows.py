@@ -20,6 +20,7 @@ from pairkit.admission import Admission, AdmissionLimits, RateLimitedLog
 from pairkit.clock import SYSTEM_CLOCK, Clock
 from pairkit.files import ServeStats, say_bye, serve_guest
 from pairkit.keystore import Keystore
+from pairkit.lockouts import forget_lockouts
 from pairkit.pairing.cloud import Role, is_probe
 from pairkit.pairing.errors import (
     ConfigError,
@@ -82,6 +83,8 @@ class HostOptions:
     step_timeout: float = 30.0
     max_failures: int = 5
     lockout_window: float = 300.0
+    #: forget the PIN and compare failures the keystore kept before starting (runtime/lockouts.py)
+    reset_lockouts: bool = False
     #: paired guests served at once (new links are told "busy" beyond: runtime/admission.py)
     concurrent: int = 32
     #: the other limits of runtime/admission.py (unauthenticated links at once and per
@@ -175,9 +178,13 @@ async def run_host(
     delegate = delegate or CliDelegate(
         yes=opts.yes, quiet=quiet, guest_seconds=opts.guest_seconds, timeout=opts.step_timeout
     )
+    if opts.reset_lockouts:
+        cleared = forget_lockouts(ks)
+        info("PIN and compare lockouts cleared" if cleared else
+             "PIN and compare lockouts cleared (there were none)", quiet=quiet)
     side = HostSide.of(
         ks, config, transport=opts.transport,
-        pin_policy=PinPolicy(opts.max_failures, opts.lockout_window),
+        pin_policy=PinPolicy(opts.max_failures, opts.lockout_window), clock=clock,
         step_timeout=opts.step_timeout, open_to_strangers=lambda: presence.visible,
         ttp=_host_ttp(opts, me, delegate) if Method.TTP in opts.methods else None,
     )

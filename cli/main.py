@@ -333,13 +333,18 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
               help="On BLE: times to reopen a lost Bluetooth controller (unplugged, reset) "
                    "before exiting with code 6; 0: exit at once [default: until it is back, "
                    "every 1, 2, 4 ... 30 s].")
+@click.option("--reset-lockouts", is_flag=True,
+              help="Lift the PIN and compare locks before starting: the wrong PINs and "
+                   "unconfirmed codes counted so far are forgotten (they outlive a restart "
+                   "otherwise; for the owner whose own typos locked PIN pairing).")
 @keystore_pin_option
 @_ttp_options
 def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
          qr_png: Path | None, qr_ttl: float, share: Path | None, private: bool,
          visible: float | None, guest_hours: float | None, allow_insecure: bool, once: bool,
          yes: bool, timeout: float | None, as_json: bool, radio_retries: int | None,
-         ttp_server: str | None, ttp_ca: str | None, ttp_peer: str | None) -> None:
+         reset_lockouts: bool, ttp_server: str | None, ttp_ca: str | None,
+         ttp_peer: str | None) -> None:
     """Wait for guests, pair with them, and serve the shared folder.
 
     Shows a PIN (method pin) and a QR code (method qr). A guest that is not a member of this
@@ -389,7 +394,7 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
         guest_seconds=max(1, int(pick(guest_hours, policy, "guest_hours", 1.0) * 3600)),
         visible=None if private else pick(visible, policy, "visible", None),
         advertising=advertising_options(policy), pace=pace_options(policies),
-        radio_retries=radio_retries,
+        radio_retries=radio_retries, reset_lockouts=reset_lockouts,
         **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     run_async(lambda: run_host(ks, opts, emit=emit_json if as_json else None))

@@ -247,6 +247,7 @@ class Host:
             self._side = HostSide.of(
                 ks, config, transport=self._spec or self.address, pin_policy=PinPolicy(),
                 step_timeout=self._step_timeout, open_to_strangers=lambda: presence.visible,
+                clock=clock,
             )
             if Method.PIN in self._methods:
                 state = self._side.state

@@ -34,6 +34,7 @@ from .admission import Admission, AdmissionLimits, Admitted
 from .clock import SYSTEM_CLOCK, Clock
 from .driver import DEFAULT_ANSWER_TIME, MessagePipe, describe_failure, drive, replay_first
 from .files import receive_membership
+from .lockouts import KeystoreLockJournal
 from .pairing.cloud import CloudGuest, CloudHost, HostInfo, Role, auth_mac_from
 from .pairing.errors import (
     AuthenticationError,
@@ -114,12 +115,15 @@ class HostSide:
     @classmethod
     def of(
         cls, keystore: Keystore, config: PairingConfig, *, transport: str,
-        pin_policy: PinPolicy | None = None, **options: Any,
+        pin_policy: PinPolicy | None = None, clock: Clock = SYSTEM_CLOCK, **options: Any,
     ) -> HostSide:
-        """A host side whose :class:`~pairing.methods.HostState` reads ``keystore``'s peers
-        and consumes its prekeys durably (docs/security.md, rule 4)."""
+        """A host side whose :class:`~pairing.methods.HostState` reads ``keystore``'s peers,
+        consumes its prekeys durably (docs/security.md, rule 4), and keeps its PIN and compare
+        failures in it (rule 7, "The lock outlives the host process")."""
         state = HostState(
             pin_policy=pin_policy,
+            pin_journal=KeystoreLockJournal(keystore, "pin", clock),
+            compare_journal=KeystoreLockJournal(keystore, "compare", clock),
             known_peer=lambda device_id: peers.known_peer(keystore, device_id),
             consume_prekey=lambda device_id, digest: peers.consume_our_prekey(
                 keystore, device_id, digest

@@ -14,7 +14,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -225,13 +225,40 @@ class _IssuedQr:
     used: bool = False
 
 
+#: how far apart two times a :class:`Lockout` compares may be and still be one (a journal keeps
+#: them as wall-clock seconds; the round trip may round the last digits)
+TIME_SLACK = 0.001
+
+
+class LockJournal(Protocol):
+    """Where a :class:`Lockout`'s failures are kept beyond one object: the runtime keeps them
+    in the keystore, so that the host started again, or another host process of the device,
+    counts them too (docs/security.md, "The lock outlives the host process").  Times are on the
+    machines' clock (``now``); what the journal stores, and how it maps times, is its own."""
+
+    def load(self, now: float) -> tuple[list[float], int]:
+        """The failures (times, oldest first) and the streak as kept now."""
+        ...
+
+    def update(
+        self, change: Callable[[list[float], int], tuple[list[float], int]], now: float
+    ) -> None:
+        """Apply ``change`` to what is kept now, and keep its result, as one step that no
+        other writer interleaves with."""
+        ...
+
+
 class Lockout:
     """Failed attempts of one kind against a :class:`PinPolicy` (the same arithmetic for PIN
     guesses, rule 7, and for the codes compare showed and nobody confirmed, docs/security.md
-    "compare: what may cross before the people confirmed the code")."""
+    "compare: what may cross before the people confirmed the code").
 
-    def __init__(self, policy: PinPolicy) -> None:
+    With a ``journal``, every check reads the failures kept there and every change is made to
+    them there, so that they outlive this object (and its process)."""
+
+    def __init__(self, policy: PinPolicy, journal: LockJournal | None = None) -> None:
         self.policy = policy
+        self.journal = journal
         #: the times of the last ``max_failures`` failures (all the rule reads)
         self.failures: list[float] = []
         self.streak = 0  # failures in the current streak (PinPolicy)
@@ -244,6 +271,11 @@ class Lockout:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
         the first ``max_failures`` of a streak within ``window``, then a backoff from the last
         failure that doubles up to ``max_lock``."""
+        if self.journal is not None:
+            self.failures, self.streak = self.journal.load(now)
+        return self._locked_for(now)
+
+    def _locked_for(self, now: float) -> float:
         p = self.policy
         last = self.failures[-1] if self.failures else None
         under_way = self.pending()
@@ -262,18 +294,39 @@ class Lockout:
         return max(0.0, until - now)
 
     def failed(self, now: float) -> None:
-        self.locked_for(now)  # ends a streak that is over
+        self._change(lambda: self._count(now), now)
+
+    def succeeded(self, started: float) -> None:
+        """Take back the failure counted when an attempt started at ``started``."""
+        self._change(lambda: self._take_back(started), started)
+
+    def _change(self, change: Callable[[], None], now: float) -> None:
+        if self.journal is None:
+            change()
+            return
+
+        def on_kept(failures: list[float], streak: int) -> tuple[list[float], int]:
+            self.failures, self.streak = list(failures), streak
+            change()
+            return self.failures, self.streak
+
+        self.journal.update(on_kept, now)
+
+    def _count(self, now: float) -> None:
+        self._locked_for(now)  # ends a streak that is over
         # In order of time (compare counts a visit when it ends, at the time it started).
         bisect.insort(self.failures, now)
         self.streak += 1
         # The times of the last max_failures are all the rule reads; the streak counts the rest.
         del self.failures[: -self.policy.max_failures]
 
-    def succeeded(self, started: float) -> None:
-        """Take back the failure counted when an attempt started at ``started``."""
-        if started in self.failures:
-            self.failures.remove(started)
-            self.streak = max(0, self.streak - 1)
+    def _take_back(self, started: float) -> None:
+        # A time kept by a journal may come back a rounding away from the one counted.
+        for i, when in enumerate(self.failures):
+            if abs(when - started) <= TIME_SLACK:
+                del self.failures[i]
+                self.streak = max(0, self.streak - 1)
+                return
 
 
 class CodeTurns:
@@ -372,7 +425,8 @@ class CodeTurns:
 
 
 class HostState:
-    """What a host keeps across guests (in memory; the CLI's host process owns one)."""
+    """What a host keeps across guests (in memory; the CLI's host process owns one), but for
+    the locks' failures, which the journals given keep too (the runtime: in the keystore)."""
 
     def __init__(
         self,
@@ -382,14 +436,17 @@ class HostState:
         compare_policy: PinPolicy | None = None,
         known_peer: Callable[[bytes], KnownPeer | None] = lambda _id: None,
         consume_prekey: Callable[[bytes, bytes], bool] | None = None,
+        pin_journal: LockJournal | None = None,
+        compare_journal: LockJournal | None = None,
     ) -> None:
         self._rng = rng
         self.pin_policy = pin_policy or PinPolicy()
-        self._pin_lock = Lockout(self.pin_policy)
+        #: wrong PINs (rule 7), kept in ``pin_journal`` too when given (the runtime's keystore)
+        self._pin_lock = Lockout(self.pin_policy, pin_journal)
         #: the codes compare showed that ended unconfirmed (the guest left, or our person said
         #: no): each a try at matching another screen's code (docs/security.md, "compare: what
         #: may cross before the people confirmed the code")
-        self.compare_lock = Lockout(compare_policy or PinPolicy())
+        self.compare_lock = Lockout(compare_policy or PinPolicy(), compare_journal)
         #: compare's codes out at once, within the lock's budget (:class:`CodeTurns`)
         self.compare_turns = CodeTurns(self.compare_lock)
         self.known_peer = known_peer

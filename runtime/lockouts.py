@@ -1,0 +1,97 @@
+"""The host's PIN and compare failures kept in the keystore (docs/security.md, rule 7, "The lock
+outlives the host process").
+
+A :class:`~pairkit.pairing.methods.common.Lockout` counts a stranger's wrong PINs, and the codes
+compare showed that nobody confirmed, against the host's :class:`~pairkit.pairing.methods.
+PinPolicy`.  In one process's memory the count ended with the process: a host started again (a
+Pi's service restarted, a reboot, a crash), or a second host process of the same device, gave a
+stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore instead, as
+the setting ``lockout.pin`` or ``lockout.compare``: ``{"failures": [wall-clock seconds, oldest
+first], "streak": n}``.  The keystore is sealed, so only its owner's pairkit writes them; each
+change is made under the keystore's lock (:meth:`Keystore.update`), and each check reads what
+another process saved (:meth:`Keystore.follow`: one short read when nothing changed).  A change
+is rare: the policy itself bounds the failures a stranger can cause (about 12,000 a year).
+
+Times: the machines count on the monotonic clock, which starts again at each boot; the keystore
+holds wall-clock seconds.  A journal converts with one offset, read when it is made, so that
+the times one process writes and reads again are the same ones (to a millisecond, within
+:data:`~pairkit.pairing.methods.common.TIME_SLACK`).  A time
+kept later than now (the wall clock was set back since, as on a Pi that booted
+without the network's time) counts as that start: the lock it belongs to is kept, and ends no
+later than one ``max_lock`` after the host started.  (A wall clock stepped while a host runs
+moves nothing for that host; a host started after the step reads the times it kept before
+shifted by the step.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from .clock import SYSTEM_CLOCK, Clock
+from .pairing.keystore import Keystore
+
+__all__ = ["KINDS", "KeystoreLockJournal", "forget_lockouts"]
+
+#: the locks a host keeps, by the setting's suffix
+KINDS: Final = ("pin", "compare")
+_PREFIX: Final = "lockout."
+#: failures kept per lock: all a policy reads is the last ``max_failures``
+_MAX_KEPT: Final = 64
+
+
+class KeystoreLockJournal:
+    """One host lock's failures (``kind``: ``pin`` or ``compare``) kept in ``ks``."""
+
+    def __init__(self, ks: Keystore, kind: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"no host lock {kind!r} (one of {KINDS})")
+        self._ks = ks
+        self._key = _PREFIX + kind
+        #: wall-clock seconds less the machines' clock, read once (see the module docstring)
+        self._offset = clock.wall() - clock.monotonic()
+        #: when this journal was made, on the machines' clock: a time kept later than this
+        #: counts as this (see the module docstring)
+        self._start = clock.monotonic()
+
+    def __repr__(self) -> str:
+        return f"KeystoreLockJournal({self._key!r})"
+
+    def load(self, now: float) -> tuple[list[float], int]:
+        self._ks.follow()
+        return self._read(self._ks.setting(self._key), now)
+
+    def update(
+        self, change: Callable[[list[float], int], tuple[list[float], int]], now: float
+    ) -> None:
+        with self._ks.update() as ks:
+            failures, streak = change(*self._read(ks.setting(self._key), now))
+            kept = [round(t + self._offset, 3) for t in failures[-_MAX_KEPT:]]
+            ks.set_setting(self._key, {"failures": kept, "streak": streak})
+
+    def _read(self, record: Any, now: float) -> tuple[list[float], int]:
+        """What ``record`` keeps, on the machines' clock; nothing for a record this pairkit
+        does not read (the keystore is sealed: only the owner's pairkit wrote it)."""
+        if not isinstance(record, Mapping):
+            return [], 0
+        raw, streak = record.get("failures"), record.get("streak")
+        if not isinstance(raw, tuple | list) or not isinstance(streak, int) or streak < 0:
+            return [], 0
+        times = [t for t in raw if isinstance(t, int | float) and math.isfinite(t)]
+        # Later than now (the wall clock went back since they were kept): this journal's
+        # start, so that such a lock ends, at the latest, one max_lock after the host started.
+        failures = sorted(t if t <= now else self._start for t in (t - self._offset for t in times))
+        return failures, max(streak, len(failures))
+
+
+def forget_lockouts(ks: Keystore) -> bool:
+    """Remove the host's kept failures (``pairkit host --reset-lockouts``: the owner lifting a
+    lock their own typos caused); whether there were any."""
+    with ks.update() as k:
+        present = [key for key in (_PREFIX + kind for kind in KINDS)
+                   if k.setting(key) is not None]
+        for key in present:
+            k.delete_setting(key)
+    return bool(present)
+

@@ -1,0 +1,151 @@
+"""The host's PIN and compare failures kept in the keystore (runtime/lockouts.py; docs/security.md,
+rule 7, "The lock outlives the host process"): what two processes, a restart and the clocks do
+to them.  The attacks over real processes are in tests/attacks/test_attack_lockout_restart.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pairkit.keystore import Keystore
+from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
+from pairkit.pairing.keystore import Argon2Params
+from pairkit.pairing.methods import PairingConfig, PinPolicy
+from pairkit.session import HostSide
+
+KS_PIN = "lockout-test-7391"
+POLICY = PinPolicy()
+
+
+class Clocks:
+    """A wall clock and a monotonic one a test moves (a boot starts the monotonic one anew)."""
+
+    def __init__(self, wall: float, monotonic: float) -> None:
+        self.now_wall = wall
+        self.now_monotonic = monotonic
+
+    def wall(self) -> float:
+        return self.now_wall
+
+    def monotonic(self) -> float:
+        return self.now_monotonic
+
+    def advance(self, seconds: float) -> None:
+        self.now_wall += seconds
+        self.now_monotonic += seconds
+
+
+@pytest.fixture
+def ks_path(tmp_path: Path) -> Path:
+    path = tmp_path / "keystore.pk"
+    Keystore.create(path, KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
+    return path
+
+
+def host(path: Path, clock: Clocks) -> HostSide:
+    """A host process's side on the keystore at ``path`` (a keystore object of its own)."""
+    return HostSide.of(Keystore.open(path, KS_PIN), PairingConfig(), transport="tcp",
+                       pin_policy=POLICY, clock=clock)
+
+
+def test_a_restart_after_a_reboot_keeps_the_lock(ks_path: Path) -> None:
+    """Five failures, then the device reboots (its monotonic clock starts again near 0) and
+    the host starts again: the lock holds for what is left of its window, then ends."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50_000.0)
+    first = host(ks_path, clock)
+    for _ in range(5):
+        first.state.pin_failed(clock.monotonic())
+        clock.advance(1)
+    # locked until the first of the five is a window old
+    assert first.state.locked_for(clock.monotonic()) == pytest.approx(295, abs=0.01)
+    clock.advance(60)
+    clock.now_monotonic = 3.0  # a reboot
+    again = host(ks_path, clock)
+    assert again.state.locked_for(clock.monotonic()) == pytest.approx(235, abs=0.01)
+    clock.advance(235)
+    assert again.state.locked_for(clock.monotonic()) == 0.0
+    # The streak goes on: the next failure locks for twice the window.
+    again.state.pin_failed(clock.monotonic())
+    assert again.state.locked_for(clock.monotonic()) == pytest.approx(POLICY.lock_after(6))
+
+
+def test_compare_failures_are_shared_by_two_host_processes(ks_path: Path) -> None:
+    clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
+    one, other = host(ks_path, clock), host(ks_path, clock)
+    for _ in range(3):
+        one.state.compare_lock.failed(clock.monotonic())
+    for _ in range(2):
+        other.state.compare_lock.failed(clock.monotonic())
+    for side in (one, other):
+        assert side.state.compare_lock.locked_for(clock.monotonic()) == pytest.approx(300)
+        assert side.state.locked_for(clock.monotonic()) == 0.0  # PIN has a lock of its own
+
+
+def test_a_pin_attempt_won_leaves_no_failure(ks_path: Path) -> None:
+    """A PIN attempt is counted as it starts (a guesser who leaves mid-way counts) and taken
+    back when it succeeds: an honest pairing leaves nothing, through the keystore's round trip
+    of its time as wall-clock milliseconds."""
+    clock = Clocks(wall=1_800_000_000.123456, monotonic=12_345.678901)
+    side = host(ks_path, clock)
+    started = clock.monotonic()
+    side.state.pin_failed(started)
+    clock.advance(0.5)
+    side.state.pin_succeeded(started)
+    assert Keystore.open(ks_path, KS_PIN).setting("lockout.pin") == {
+        "failures": (), "streak": 0
+    }
+
+
+def test_failures_kept_later_than_now_count_as_now(ks_path: Path) -> None:
+    """The wall clock set back since the failures were kept (a Pi that booted without the
+    network's time): the lock holds, and ends no later than a window after this start."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=100.0)
+    first = host(ks_path, clock)
+    for _ in range(5):
+        first.state.pin_failed(clock.monotonic())
+    clock.now_wall -= 30 * 86400  # a month back
+    clock.now_monotonic = 5.0
+    again = host(ks_path, clock)
+    assert again.state.locked_for(clock.monotonic()) == pytest.approx(300)
+    clock.advance(300)
+    assert again.state.locked_for(clock.monotonic()) == 0.0
+
+
+@pytest.mark.parametrize("record", [
+    "garbage", 7, {"failures": "x", "streak": 1}, {"failures": [1.0], "streak": -3},
+    {"failures": ["t", None], "streak": 0},
+])
+def test_a_record_this_pairkit_does_not_read_is_no_failure(ks_path: Path, record: object) -> None:
+    """Only the owner's pairkit writes the sealed keystore: a record of another shape (a later
+    version's) counts as none, and the next failure replaces it."""
+    ks = Keystore.open(ks_path, KS_PIN)
+    with ks.update() as k:
+        k.set_setting("lockout.pin", record)
+    clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
+    side = host(ks_path, clock)
+    assert side.state.locked_for(clock.monotonic()) == 0.0
+    side.state.pin_failed(clock.monotonic())
+    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.pin")
+    assert kept["streak"] == 1 and len(kept["failures"]) == 1
+
+
+def test_forget_lockouts_lifts_both_locks(ks_path: Path) -> None:
+    clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
+    side = host(ks_path, clock)
+    for _ in range(5):
+        side.state.pin_failed(clock.monotonic())
+        side.state.compare_lock.failed(clock.monotonic())
+    ks = Keystore.open(ks_path, KS_PIN)
+    assert forget_lockouts(ks) is True
+    assert forget_lockouts(ks) is False
+    again = host(ks_path, clock)
+    assert again.state.locked_for(clock.monotonic()) == 0.0
+    assert again.state.compare_lock.locked_for(clock.monotonic()) == 0.0
+
+
+def test_a_journal_names_no_time_in_its_repr(ks_path: Path) -> None:
+    journal = KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "pin")
+    assert repr(journal) == "KeystoreLockJournal('lockout.pin')"
+    with pytest.raises(ValueError, match="no host lock"):
+        KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "qr")
