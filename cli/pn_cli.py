@@ -169,11 +169,14 @@ class _Owner:
               help="Stop after the first setup (its members' links close with it).")
 @click.option("--yes", "-y", is_flag=True,
               help="Allow every element's setup request without asking (scripts, tests).")
+@click.option("--reset-lockouts", is_flag=True,
+              help="With --pin-link: lift the PIN lock before starting (the wrong PINs "
+                   "counted so far are forgotten; they outlive a restart otherwise).")
 @_timeout_option
 @_json_option
 def gateway(transport: str, setup: str | None, invite: tuple[str, ...], wait_for: int,
             collect: float, visible: float, pin_link: bool, pin: str | None, once: bool,
-            yes: bool, timeout: float, as_json: bool) -> None:
+            yes: bool, reset_lockouts: bool, timeout: float, as_json: bool) -> None:
     """Be the gateway of a personal network: set up PNs and route between their members.
 
     Elements connect with 'pairkit pn join'. An element may start a setup (you are asked,
@@ -217,12 +220,19 @@ def gateway(transport: str, setup: str | None, invite: tuple[str, ...], wait_for
     )
     owner = _Owner(yes=yes, timeout=timeout)
     pins = None
+    if reset_lockouts and not pin_link:
+        raise ConfigError("--reset-lockouts goes with --pin-link")
     if pin_link:
+        from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
         from pairkit.pn import PinDisplay
 
+        if reset_lockouts:
+            forget_lockouts(ks, ("pn-pin",))
+            info("the PIN lockout for elements is cleared")
         # The PIN is for the owner's eyes (stderr, never --json): rule 8 allows it only there.
         pins = PinDisplay(pin, show=lambda p: info(
-            f"PIN for elements: {p}   (type it there: pairkit pn join ... --pin {p})"))
+            f"PIN for elements: {p}   (type it there: pairkit pn join ... --pin {p})"),
+            journal=KeystoreLockJournal(ks, "pn-pin"))
     service = PnGateway(ks, local_identity(ks), opts, delegate=owner,
                         emit=emit_json if as_json else None,
                         say=lambda text: info(text), pins=pins)

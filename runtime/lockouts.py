@@ -1,26 +1,26 @@
-"""The host's PIN and compare failures kept in the keystore (docs/security.md, rule 7, "The lock
-outlives the host process").
+"""Failed PIN attempts and unconfirmed compare codes kept in the keystore (docs/security.md,
+rule 7, "The lock outlives the host process").
 
 A :class:`~pairkit.pairing.methods.common.Lockout` counts a stranger's wrong PINs, and the codes
 compare showed that nobody confirmed, against the host's :class:`~pairkit.pairing.methods.
 PinPolicy`.  In one process's memory the count ended with the process: a host started again (a
 Pi's service restarted, a reboot, a crash), or a second host process of the same device, gave a
 stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore instead, as
-the setting ``lockout.pin`` or ``lockout.compare``: ``{"failures": [wall-clock seconds, oldest
-first], "streak": n}``.  The keystore is sealed, so only its owner's pairkit writes them; each
-change is made under the keystore's lock (:meth:`Keystore.update`), and each check reads what
-another process saved (:meth:`Keystore.follow`: one short read when nothing changed).  A change
-is rare: the policy itself bounds the failures a stranger can cause (about 12,000 a year).
+the setting ``lockout.pin``, ``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
+``{"failures": [wall-clock seconds, oldest first], "streak": n}``.  The keystore is sealed, so
+only its owner's pairkit writes them.  Each change is made under the keystore's lock
+(:meth:`Keystore.update`), and each check reads what another process saved
+(:meth:`Keystore.follow`: one short read when nothing changed).  Changes are rare: the policy
+itself bounds the failures a stranger can cause (about 12,000 a year).
 
 Times: the machines count on the monotonic clock, which starts again at each boot; the keystore
-holds wall-clock seconds.  A journal converts with one offset, read when it is made, so that
-the times one process writes and reads again are the same ones (to a millisecond, within
-:data:`~pairkit.pairing.methods.common.TIME_SLACK`).  A time
-kept later than now (the wall clock was set back since, as on a Pi that booted
-without the network's time) counts as that start: the lock it belongs to is kept, and ends no
-later than one ``max_lock`` after the host started.  (A wall clock stepped while a host runs
-moves nothing for that host; a host started after the step reads the times it kept before
-shifted by the step.)
+holds wall-clock seconds.  A journal converts with one offset, read when it is made, so that the
+times one process writes and reads again are the same (to a millisecond, within
+:data:`~pairkit.pairing.methods.common.TIME_SLACK`).  A time kept later than now (the wall clock
+was set back since, as on a Pi that booted without the network's time) counts as the journal's
+start: the lock it belongs to is kept, and ends at the latest one ``max_lock`` after the host
+started.  A wall clock stepped while a host runs moves nothing for that host; a host started
+after the step reads the times kept before it shifted by the step.
 """
 
 from __future__ import annotations
@@ -32,17 +32,20 @@ from typing import Any, Final
 from .clock import SYSTEM_CLOCK, Clock
 from .pairing.keystore import Keystore
 
-__all__ = ["KINDS", "KeystoreLockJournal", "forget_lockouts"]
+__all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "forget_lockouts"]
 
-#: the locks a host keeps, by the setting's suffix
-KINDS: Final = ("pin", "compare")
+#: the locks kept, by the setting's suffix: a host's PIN and compare (``pairkit host``), and a
+#: PN gateway's PIN for elements (``pairkit pn gateway --pin-link``)
+KINDS: Final = ("pin", "compare", "pn-pin")
+#: the locks ``pairkit host --reset-lockouts`` lifts
+HOST_KINDS: Final = ("pin", "compare")
 _PREFIX: Final = "lockout."
 #: failures kept per lock: all a policy reads is the last ``max_failures``
 _MAX_KEPT: Final = 64
 
 
 class KeystoreLockJournal:
-    """One host lock's failures (``kind``: ``pin`` or ``compare``) kept in ``ks``."""
+    """One lock's failures (``kind``: one of :data:`KINDS`) kept in ``ks``."""
 
     def __init__(self, ks: Keystore, kind: str, clock: Clock = SYSTEM_CLOCK) -> None:
         if kind not in KINDS:
@@ -85,11 +88,12 @@ class KeystoreLockJournal:
         return failures, max(streak, len(failures))
 
 
-def forget_lockouts(ks: Keystore) -> bool:
-    """Remove the host's kept failures (``pairkit host --reset-lockouts``: the owner lifting a
-    lock their own typos caused); whether there were any."""
+def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS) -> bool:
+    """Remove the kept failures of ``kinds`` (``pairkit host --reset-lockouts``, ``pairkit pn
+    gateway --reset-lockouts``: the owner lifting a lock their own typos caused); whether there
+    were any."""
     with ks.update() as k:
-        present = [key for key in (_PREFIX + kind for kind in KINDS)
+        present = [key for key in (_PREFIX + kind for kind in kinds)
                    if k.setting(key) is not None]
         for key in present:
             k.delete_setting(key)

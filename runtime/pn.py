@@ -77,7 +77,7 @@ from .pairing.keystore import Keystore, PnEntry, PnRecord
 from .pairing.keystore.records import clean_name
 from .pairing.machine import Event, _code, _short
 from .pairing.methods import LocalIdentity
-from .pairing.methods.common import HostState, PinPolicy
+from .pairing.methods.common import HostState, LockJournal, PinPolicy
 from .pairing.negotiation import Caps
 from .securelink import SecureLink, confirm
 
@@ -202,11 +202,13 @@ class PinDisplay:
 
     def __init__(self, first: str | None, *, show: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic, rng: Rng = os.urandom,
-                 policy: PinPolicy | None = None) -> None:
+                 policy: PinPolicy | None = None, journal: LockJournal | None = None) -> None:
         self._show = show
         self._clock = clock
         self._rng = rng
-        self._lock = HostState(pin_policy=policy or PinPolicy())
+        # ``journal``: where the failures are kept beyond this process (the keystore's, by
+        # pairkit pn gateway: docs/security.md, "The lock outlives the host process")
+        self._lock = HostState(pin_policy=policy or PinPolicy(), pin_journal=journal)
         self.pin = ""
         if first is not None:
             self.pin = first

@@ -13,27 +13,10 @@ from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
 from pairkit.pairing.keystore import Argon2Params
 from pairkit.pairing.methods import PairingConfig, PinPolicy
 from pairkit.session import HostSide
+from tests.clock_harness import Clocks
 
 KS_PIN = "lockout-test-7391"
 POLICY = PinPolicy()
-
-
-class Clocks:
-    """A wall clock and a monotonic one a test moves (a boot starts the monotonic one anew)."""
-
-    def __init__(self, wall: float, monotonic: float) -> None:
-        self.now_wall = wall
-        self.now_monotonic = monotonic
-
-    def wall(self) -> float:
-        return self.now_wall
-
-    def monotonic(self) -> float:
-        return self.now_monotonic
-
-    def advance(self, seconds: float) -> None:
-        self.now_wall += seconds
-        self.now_monotonic += seconds
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pairkit.pairing.cpns import PnPinAnswer
 from pairkit.pairing.cpns.pinlink import ElementPin
 from pairkit.pairing.errors import PairingError
 from pairkit.pn import PinDisplay
+from tests.clock_harness import Clocks
 from tests.flood_harness import attacker_addresses, link_from
 from tests.pn_harness import gateway_in_process
 
@@ -77,3 +78,36 @@ async def test_a_stranger_who_waits_out_the_lock_is_locked_longer_each_time(
         assert await guess(gw.port, source)
         now[0] += 2.0
         assert not await guess(gw.port, source), "a sixth failure did not lengthen the lock"
+
+
+async def test_a_restarted_gateway_keeps_its_pin_lock(tmp_path: Path) -> None:
+    """Rule 7 across a restart: five guesses lock the gateway's PIN offers, the gateway stops,
+    and the one started again on the same keystore refuses the next guess (the failures are
+    kept in the keystore, docs/security.md "The lock outlives the host process"); before, a
+    restart gave the stranger five fresh guesses."""
+    from pairkit.keystore import Keystore
+    from pairkit.lockouts import KeystoreLockJournal
+    from pairkit.pairing.keystore import Argon2Params
+
+    path = tmp_path / "owner.pk"
+    Keystore.create(path, "246813", name="Paul's phone", kdf=Argon2Params.cheapest())
+    clocks = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    (source,) = attacker_addresses(1)
+
+    def display() -> PinDisplay:
+        journal = KeystoreLockJournal(Keystore.open(path, "246813"), "pn-pin", clocks)
+        return PinDisplay(None, show=lambda _pin: None, clock=clocks.monotonic,
+                          journal=journal)
+
+    async with gateway_in_process(tmp_path / "first", pins=display()) as gw:
+        for _ in range(5):
+            assert await guess(gw.port, source)
+        assert not await guess(gw.port, source)  # locked
+    clocks.advance(60.0)
+    clocks.now_monotonic = 5.0  # the device rebooted
+    async with gateway_in_process(tmp_path / "again", pins=display()) as gw:
+        assert not await guess(gw.port, source), "the restarted gateway forgot the lock"
+        clocks.advance(241.0)  # the five are five minutes old
+        assert await guess(gw.port, source)
+        clocks.advance(2.0)
+        assert not await guess(gw.port, source), "the streak did not go on across the restart"
