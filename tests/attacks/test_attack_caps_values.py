@@ -12,17 +12,29 @@ with the number of values the peer sends.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pairkit.cpns import PneLink, run_gateway, run_pne
 from pairkit.pairing import wire
+from pairkit.pairing.cpns import GatewayConfig, PneConfig, PnSetupNotifyResponse, SetupType
 from pairkit.pairing.cpns.messages import GatewayCaps, PneCaps
 from pairkit.pairing.messages import Accept, Offer
 from pairkit.pairing.negotiation import Caps, Method
+from pairkit.transports.loopback import loopback_pair
+from pairkit.ttp import enrol
 from tests.pair_harness import make_pair, shuttle
+from tests.pg_harness import pg_url, postgres
+from tests.ttp_harness import identity, rewrite_tap, running_server
+
+__all__ = ["pg_url", "postgres"]
 
 TRIES = 200
 #: values above the real bits, never the same twice in this process
@@ -74,3 +86,64 @@ def test_every_capability_flag_made_from_a_peers_value_stays_bounded(flag: type)
         made = flag(value)
         assert int(made) == known  # the unknown bits are dropped, the known ones kept
     assert len(flag._value2member_map_) - before <= 2 ** len(list(flag))
+
+
+@pytest.mark.xfail(strict=True, reason="finding: the key server stores a PNE's caps as sent, "
+                   "and a bit its database cannot hold fails the whole registration")
+@pytest.mark.parametrize(("database", "bit", "how"), [
+    ("sqlite", 63, "its own"), ("sqlite", 63, "in the middle"), ("postgres", 31, "its own"),
+], ids=["sqlite-bit63-own", "sqlite-bit63-mitm", "postgres-bit31-own"])
+async def test_a_capability_bit_nobody_names_does_not_fail_the_registration_for_everyone(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str, bit: int, how: str,
+) -> None:
+    """Finding (attack review of the capability flags).  The gateway and the key server drop
+    a PNE's capability bits they do not name when they read them (``PneCaps``, CONFORM), but
+    the key server stores the PNE's ``caps`` as the gateway relayed them, every bit as sent,
+    in an INTEGER column: SQLite's holds 63 bits and a sign, PostgreSQL's 31.  An element whose
+    announcement carries a higher bit (one of its own, a later version's or a malicious
+    enrolled element's; or set by someone in the middle of its PAN link, where the caps travel
+    in the clear and nothing binds them) proves its key like any other, and then the key
+    server's store fails ("the key server's database failed: ... too large"): the whole
+    registration fails, and every other element of the setup, each of which proved its key,
+    is told it is not a member.  What the attacker gets: one enrolled element (or one PAN link
+    in its reach) fails every setup it takes part in, for everyone in it, and each costs the
+    key server a failed database transaction."""
+    url = request.getfixturevalue("pg_url") if database == "postgres" else None
+    odd_caps = int(PneCaps.UI) | 1 << bit
+    async with running_server(tmp_path / "srv", database=url) as h:
+        gw = identity("gateway")
+        honest, odd = identity("honest"), identity("odd")
+        eukeys = {d.device_id: os.urandom(32) for d in (gw, honest, odd)}
+        for d in (gw, honest, odd):
+            await enrol(h.address, h.ca, d, eukey=eukeys[d.device_id])
+
+        def set_bit(_src: str, dst: str, msg: wire.Message) -> wire.Message | None:
+            if dst == "gw" and isinstance(msg, PnSetupNotifyResponse):
+                return dataclasses.replace(msg, caps=msg.caps | 1 << bit)
+            return None
+
+        tap = rewrite_tap(set_bit) if how == "in the middle" else None
+        links = [loopback_pair(names=("gw", "honest")), loopback_pair(names=("gw", "odd"), tap=tap)]
+        caps: Any = odd_caps if how == "its own" else PneCaps.UI  # a later version's bits
+        configs = [
+            PneConfig(honest.device_id, "honest", eukeys[honest.device_id], step_timeout=10.0),
+            PneConfig(odd.device_id, "odd", eukeys[odd.device_id], caps=caps, step_timeout=10.0),
+        ]
+        runs = [run_pne(links[k].b, configs[k], listen=True) for k in range(2)]
+        gateway = run_gateway(
+            {k: PneLink(links[k].a, d.device_id) for k, d in enumerate((honest, odd))}, me=gw,
+            config=GatewayConfig(gw.device_id, "gateway", eukeys[gw.device_id],
+                                 collect_window=2.0, step_timeout=5.0),
+            server=h.address, ca_file=h.ca, initiate=(SetupType.ALL, ()),
+        )
+        try:
+            inventory, honest_result, _odd_result = await asyncio.gather(
+                gateway, *runs, return_exceptions=True)
+        finally:
+            for pair in links:
+                await pair.aclose()
+        assert not isinstance(honest_result, BaseException), honest_result
+        assert honest_result.members == tuple(sorted((honest.device_id, odd.device_id)))
+        assert not isinstance(inventory, BaseException), inventory
+        assert sorted(m.name for m in inventory.members) == ["honest", "odd"]
+        assert h.server.stats["failed"] == 0
