@@ -88,26 +88,25 @@ def test_every_capability_flag_made_from_a_peers_value_stays_bounded(flag: type)
     assert len(flag._value2member_map_) - before <= 2 ** len(list(flag))
 
 
-@pytest.mark.xfail(strict=True, reason="finding: the key server stores a PNE's caps as sent, "
-                   "and a bit its database cannot hold fails the whole registration")
 @pytest.mark.parametrize(("database", "bit", "how"), [
     ("sqlite", 63, "its own"), ("sqlite", 63, "in the middle"), ("postgres", 31, "its own"),
 ], ids=["sqlite-bit63-own", "sqlite-bit63-mitm", "postgres-bit31-own"])
 async def test_a_capability_bit_nobody_names_does_not_fail_the_registration_for_everyone(
     tmp_path: Path, request: pytest.FixtureRequest, database: str, bit: int, how: str,
 ) -> None:
-    """Finding (attack review of the capability flags).  The gateway and the key server drop
-    a PNE's capability bits they do not name when they read them (``PneCaps``, CONFORM), but
-    the key server stores the PNE's ``caps`` as the gateway relayed them, every bit as sent,
+    """Finding (attack review of the capability flags; fixed).  The gateway and the key server
+    drop a PNE's capability bits they do not name when they read them (``PneCaps``, CONFORM),
+    but the key server stored the PNE's ``caps`` as the gateway relayed them, every bit as sent,
     in an INTEGER column: SQLite's holds 63 bits and a sign, PostgreSQL's 31.  An element whose
     announcement carries a higher bit (one of its own, a later version's or a malicious
     enrolled element's; or set by someone in the middle of its PAN link, where the caps travel
     in the clear and nothing binds them) proves its key like any other, and then the key
-    server's store fails ("the key server's database failed: ... too large"): the whole
-    registration fails, and every other element of the setup, each of which proved its key,
-    is told it is not a member.  What the attacker gets: one enrolled element (or one PAN link
+    server's store failed ("the key server's database failed: ... too large"): the whole
+    registration failed, and every other element of the setup, each of which proved its key,
+    was told it is not a member.  What the attacker gets: one enrolled element (or one PAN link
     in its reach) fails every setup it takes part in, for everyone in it, and each costs the
-    key server a failed database transaction."""
+    key server a failed database transaction.  Now the key server stores the bits it names,
+    as it reads them (``PneCaps``)."""
     url = request.getfixturevalue("pg_url") if database == "postgres" else None
     odd_caps = int(PneCaps.UI) | 1 << bit
     async with running_server(tmp_path / "srv", database=url) as h:
@@ -147,3 +146,5 @@ async def test_a_capability_bit_nobody_names_does_not_fail_the_registration_for_
         assert not isinstance(inventory, BaseException), inventory
         assert sorted(m.name for m in inventory.members) == ["honest", "odd"]
         assert h.server.stats["failed"] == 0
+        row = await h.server.db(h.server.store.pn, inventory.pn_id)
+        assert sorted(m["caps"] for m in row.members) == [int(PneCaps.UI)] * 2  # bits it names
