@@ -32,6 +32,7 @@ from pairkit.transports.loopback import loopback_pair
 from pairkit.ttp import enrol
 from tests.pair_harness import make_pair, shuttle
 from tests.pg_harness import pg_url, postgres
+from tests.pn_harness import pn_lab
 from tests.ttp_harness import identity, rewrite_tap, running_server
 
 __all__ = ["pg_url", "postgres"]
@@ -148,3 +149,39 @@ async def test_a_capability_bit_nobody_names_does_not_fail_the_registration_for_
         assert h.server.stats["failed"] == 0
         row = await h.server.db(h.server.store.pn, inventory.pn_id)
         assert sorted(m["caps"] for m in row.members) == [int(PneCaps.UI)] * 2  # bits it names
+
+
+async def test_an_element_announcing_a_bit_nobody_names_is_kept_by_the_gateway(
+    tmp_path: Path,
+) -> None:
+    """The gateway's side of the same: ``pairkit pn gateway`` (a process, with a key server
+    process) sets up a PN with an element whose setup request carries a bit no version names
+    (bit 40).  The gateway reads the element's capabilities as ``PneCaps``, which drops it, and
+    keeps the member in its keystore (whose record takes capabilities below 256 only): the
+    element must be a member, in the gateway's PN as the bits the gateway names.  (Before the
+    capability flags dropped unknown bits, the flag kept bit 40 and the gateway could not save
+    its PN after the key server had registered it.)"""
+    from pairkit.cli.ttp_cli import SETTING_EUKEY
+    from pairkit.keystore import Keystore
+    from pairkit.pn import pne_setup
+    from pairkit.transports.tcp import tcp_connect
+    from tests.cli_helpers import KEYSTORE_PIN
+
+    async with pn_lab(tmp_path, {"gw": "Paul's phone", "watch": "Paul's watch"}) as lab:
+        gw, port, _ = await lab.gateway("--yes", "--collect", "1", "--timeout", "5")
+        ks = Keystore.open(lab.homes["watch"] / "keystore.pk", KEYSTORE_PIN)
+        caps: Any = int(PneCaps.UI) | 1 << 40  # a later version's bit, or anyone's
+        config = PneConfig(bytes.fromhex(ks.device_id), ks.name, ks.setting(SETTING_EUKEY),
+                           caps=caps, step_timeout=15.0)
+        link = await tcp_connect("127.0.0.1", port, 10.0)
+        try:
+            machine, channel = await asyncio.wait_for(pne_setup(link, config, listen=False), 30)
+        finally:
+            await link.close()
+        assert machine.membership is not None and channel is not None
+        await gw.narration("Paul's watch")
+        (pn,) = (await lab.run("gw", "pn", "ls", "--json")).ok().json()["pns"]
+        assert [m["id"] for m in pn["members"]] == [lab.ids["watch"]]
+        await gw.stop()
+        (record,) = Keystore.open(lab.homes["gw"] / "keystore.pk", KEYSTORE_PIN).pns("gateway")
+        assert [(m.pne_id, m.caps) for m in record.members] == [(lab.ids["watch"], 1)]
