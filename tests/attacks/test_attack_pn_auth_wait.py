@@ -131,6 +131,8 @@ async def play(
             if isinstance(msg, PnRegistrationResponse):
                 await asyncio.gather(*pending)  # the late answers went (or found it gone)
                 return msg
+            if isinstance(msg, wire.Abort):
+                raise AssertionError(f"the key server refused the registration: {msg.reason}")
             assert isinstance(msg, AuthenticationRequest), msg
             k = by_id[msg.pne_id]
             if k in silent:
@@ -281,3 +283,35 @@ async def test_a_wait_out_of_bounds_or_given_twice_is_refused_before_anything_is
         finally:
             await conn.close()
         assert await h.server.db(h.server.store.pn_ids) == []
+
+
+@pytest.mark.xfail(strict=True, reason="finding: a PN id heard on the PAN can be registered "
+                   "first by another enrolled gateway, and the owner's registration is refused")
+async def test_another_gateway_cannot_take_a_pn_id_it_heard_before_its_owner_registers_it(
+    tmp_path: Path,
+) -> None:
+    """Finding (attack review of the registration's wait, several gateways at once; not made
+    by the change under review).  A gateway's PN id travels in the clear on its PAN, in the
+    setup notify it sends its elements at the start of the collect window (5 s by default),
+    before it registers the PN with the key server.  Another device enrolled with the same key
+    server, acting as a gateway with one element of its own, hears the id and registers it
+    first.  The key server then refuses the owner's registration ("this PN id belongs to
+    another gateway"), every element of the owner's setup fails, and the owner, which keeps
+    no PN after a failed setup, draws a new id for the next, which the squatter can take the
+    same way.  What the attacker gets: an enrolled device that hears a gateway's PAN keeps that
+    gateway from ever setting up its first PN."""
+    async with running_server(tmp_path / "srv", limits=LIMITS) as h:
+        owner, squatter = await enrolled(h, 1), await enrolled(h, 1)
+        pn_id = os.urandom(16)  # in the owner's setup notify, heard by the squatter
+        conn = await register(h, squatter, request(squatter, pn_id, None))
+        try:
+            assert (await play(conn, squatter)).registered
+        finally:
+            await conn.close()
+        conn = await register(h, owner, request(owner, pn_id, None))
+        try:
+            resp = await play(conn, owner)
+        finally:
+            await conn.close()
+        assert resp.registered
+        assert await stored_members(h, pn_id) == ["element 0"]
