@@ -185,3 +185,46 @@ async def test_an_element_announcing_a_bit_nobody_names_is_kept_by_the_gateway(
         await gw.stop()
         (record,) = Keystore.open(lab.homes["gw"] / "keystore.pk", KEYSTORE_PIN).pns("gateway")
         assert [(m.pne_id, m.caps) for m in record.members] == [(lab.ids["watch"], 1)]
+
+
+def _new_fields_each_time(counter: list[int]) -> Callable[[str, bytes], bytes]:
+    """The guest's Offer with bits above the known ones, never seen before, in its methods
+    mask and its caps: every table the decoder or the negotiation keeps sees new peer
+    values."""
+
+    def tamper(_direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if not isinstance(msg, Offer):
+            return data
+        counter[0] += 1
+        fresh = next(_FRESH)
+        hello = dataclasses.replace(msg.hello, caps=msg.hello.caps | fresh << 8,
+                                    methods=msg.hello.methods | fresh << 8)
+        return dataclasses.replace(msg, hello=hello).encode()
+
+    return tamper
+
+
+def test_the_decoders_and_the_negotiations_tables_do_not_grow_with_peer_values() -> None:
+    """The other tables keyed on what a peer sends (the brief of the capability flags' review):
+    the wire decoder's plans (one per message class), the methods masks' sets (one per low
+    byte), the enum tables of every flag.  After one pairing has made what a pairing needs,
+    200 more whose Offers carry values never seen before add nothing to any of them."""
+    from pairkit.pairing import negotiation
+
+    def sizes() -> tuple[int, ...]:
+        return (len(wire._PLANS), len(negotiation._FROM_MASK), len(Caps._value2member_map_),
+                len(PneCaps._value2member_map_), len(GatewayCaps._value2member_map_))
+
+    counter = [0]
+    pair = make_pair(Method.COMPARE, seed=0)
+    shuttle(pair.guest, pair.host, tamper=_new_fields_each_time(counter),
+            answers={"guest": True, "host": True})
+    before = sizes()
+    for seed in range(1, TRIES + 1):
+        pair = make_pair(Method.COMPARE, seed=seed)
+        result = shuttle(pair.guest, pair.host, tamper=_new_fields_each_time(counter),
+                         answers={"guest": True, "host": True})
+        assert result.guest_error or result.host_error  # the rewrite is bound: no pairing
+    assert counter[0] == TRIES + 1
+    assert sizes() == before
