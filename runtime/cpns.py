@@ -142,7 +142,15 @@ async def run_gateway(
                 if conn is None:
                     conn = await open_server(data)
                 else:
-                    await conn.pipe.send(data)
+                    try:
+                        await conn.pipe.send(data)
+                    except PairingError:
+                        # The server hung up: it may have answered the registration before (a
+                        # PNE's late answer relayed after it), and its answer waits in the
+                        # inbox; its reader reports the closed connection after it, which ends
+                        # the run only if the server had not answered (attack review of the
+                        # registration's wait).
+                        pass
                 continue
             try:
                 await asyncio.wait_for(pipes[port].send(data), config.step_timeout)

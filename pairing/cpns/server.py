@@ -274,8 +274,12 @@ class CpnsServer(Machine):
                 hash_pne=p.hash_pne, wrapped=for_pne, key_source=source, members=members,
             )
             self._results.append(PneResult(pne_id, True, source, proof, for_pne, for_gw))
+            # The capabilities as this server read them (PneCaps drops the bits it does not
+            # name), not every bit as sent: a store's integer column holds 63 bits (SQLite) or
+            # 31 (PostgreSQL), and a bit beyond would fail the store, so the registration, for
+            # every element of the setup (attack review of the capability flags).
             stored.append(ServerMember(
-                pne_id, p.info.name, p.info.caps, p.info.contents, source, local
+                pne_id, p.info.name, int(PneCaps(p.info.caps)), p.info.contents, source, local
             ))
         if not stored:
             self._answer(registered=False)
