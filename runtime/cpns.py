@@ -144,8 +144,8 @@ async def run_gateway(
                 else:
                     try:
                         await conn.pipe.send(data)
-                    except PairingError:
-                        # The server hung up: it may have answered the registration before (a
+                    except LinkClosedError:
+                        # The server hung up (any other failure still ends the run): it may have answered the registration before (a
                         # PNE's late answer relayed after it), and its answer waits in the
                         # inbox; its reader reports the closed connection after it, which ends
                         # the run only if the server had not answered (attack review of the
