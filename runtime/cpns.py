@@ -135,28 +135,55 @@ async def run_gateway(
         readers.append(asyncio.create_task(read(SERVER, c.pipe)))
         return c
 
+    # Each element's link has a sender of its own: a link that takes no data (an L2CAP
+    # receiver granting no credits) holds its own messages for a step, never the relay of the
+    # others' (attack review of the registration's wait, finding 2).
+    outboxes: dict[Hashable, asyncio.Queue[bytes]] = {}
+    senders: list[asyncio.Task[None]] = []
+
+    async def send_to(port: Hashable, outbox: asyncio.Queue[bytes]) -> None:
+        failed = False
+        while True:
+            data = await outbox.get()
+            try:
+                if not failed:  # after a failure, what is posted to the link is dropped
+                    await asyncio.wait_for(pipes[port].send(data), config.step_timeout)
+            except (PairingError, TimeoutError):
+                failed = True
+                # Told to the machine by the main loop, as a closed link is.
+                inbox.put_nowait((port, LinkClosedError("the link to the PNE took no data")))
+            finally:
+                outbox.task_done()
+
+    def post(port: Hashable, data: bytes) -> None:
+        outbox = outboxes.get(port)
+        if outbox is None:
+            outbox = outboxes[port] = asyncio.Queue()
+            senders.append(asyncio.create_task(send_to(port, outbox)))
+        outbox.put_nowait(data)
+
+    async def sent() -> None:
+        """Every message posted to an element has gone, or its link failed (each send is
+        bounded by a step)."""
+        await asyncio.gather(*(o.join() for o in outboxes.values()))
+
     async def flush() -> None:
         nonlocal conn
         for port, data in gw.outgoing():
-            if port == SERVER:
-                if conn is None:
-                    conn = await open_server(data)
-                else:
-                    try:
-                        await conn.pipe.send(data)
-                    except LinkClosedError:
-                        # The server hung up (any other failure still ends the run): it may have answered the registration before (a
-                        # PNE's late answer relayed after it), and its answer waits in the
-                        # inbox; its reader reports the closed connection after it, which ends
-                        # the run only if the server had not answered (attack review of the
-                        # registration's wait).
-                        pass
-                continue
-            try:
-                await asyncio.wait_for(pipes[port].send(data), config.step_timeout)
-            except (PairingError, TimeoutError):
-                if not gw.done and not gw.failed:
-                    gw.link_closed(port, loop.time())
+            if port != SERVER:
+                post(port, data)
+            elif conn is None:
+                conn = await open_server(data)
+            else:
+                try:
+                    await conn.pipe.send(data)
+                except LinkClosedError:
+                    # The server hung up (any other failure still ends the run): it may have
+                    # answered the registration before (a PNE's late answer relayed after
+                    # it), and its answer waits in the inbox; its reader reports the closed
+                    # connection after it, which ends the run only if the server had not
+                    # answered (attack review of the registration's wait).
+                    pass
 
     try:
         if initiate is not None:
@@ -170,6 +197,7 @@ async def run_gateway(
                     on_event(event)
             if gw.done:
                 assert gw.inventory is not None
+                await sent()  # the outcome reaches every element before the pipes go back
                 return gw.inventory
             deadline = gw.next_deadline()
             wait = config.step_timeout if deadline is None else max(0.0, deadline - loop.time())
@@ -189,14 +217,16 @@ async def run_gateway(
     except PairingError as exc:
         gw.abort(exc)
         with contextlib.suppress(PairingError, OSError, TimeoutError):
+            await asyncio.wait_for(sent(), 2.0)  # what was posted first, then the aborts
+        with contextlib.suppress(PairingError, OSError, TimeoutError):
             await asyncio.wait_for(_flush_aborts(gw, pipes, conn), 2.0)
         if isinstance(exc, RemoteError):
             raise from_server(exc) from None
         raise
     finally:
-        for task in readers:
+        for task in (*readers, *senders):
             task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
+        await asyncio.gather(*readers, *senders, return_exceptions=True)
         if conn is not None:
             await conn.close()
 

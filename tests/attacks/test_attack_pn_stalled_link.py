@@ -2,11 +2,12 @@
 the elements (``PnRegistrationRequest.auth_wait_ms``: half the gateway's step; docs/protocol.md
 §18, "The registration's waits").
 
-The gateway (:func:`pairkit.cpns.run_gateway`, one machine and one loop for every link) sends to
-its elements one after the other, each send bounded by its step.  A link whose receiver takes
-nothing, as an L2CAP channel whose receiver grants no credits, holds a send for that whole
-step, and with it the gateway's relay of everything else.  Played over loopback PAN links (the
-stranger's takes one message, or two, and the stranger never reads them), with the real key
+The gateway (:func:`pairkit.cpns.run_gateway`, one machine and one loop for every link) sent to
+its elements one after the other, each send bounded by its step, so a link whose receiver takes
+nothing (an L2CAP channel whose receiver grants no credits) held a send for that whole step, and
+with it the gateway's relay of everything else; each link now has a sender of its own.  Played
+over loopback PAN links (the stranger's takes one message, or two, and the stranger never reads
+them), with the real key
 server over TLS on 127.0.0.1 (tests/ttp_harness.py).  The strangers claim ids of enrolled
 elements that are not in reach (ids cross the PAN in the clear), so the key server asks them
 for their proof.
@@ -101,12 +102,11 @@ async def run_setup(
     return inventory, results
 
 
-@pytest.mark.xfail(strict=True, reason="finding: one PAN link that takes no data holds the "
-                   "gateway's relay past the key server's wait")
 async def test_a_stranger_whose_link_takes_no_data_does_not_fail_the_setup_for_the_element(
     tmp_path: Path,
 ) -> None:
-    """Finding (attack review of the registration's wait).  A stranger in reach under an
+    """Finding 2 of the attack review of the registration's wait, fixed (session 9: each
+    element's link has a sender of its own in run_gateway).  A stranger in reach under an
     enrolled element's id says yes to the gateway's setup notify without reading it, and from
     then on takes no data on its link (here a link that holds one unread message; over BLE, an
     L2CAP channel whose receiver grants no credits).  The key server asks it for its proof: the
@@ -119,7 +119,8 @@ async def test_a_stranger_whose_link_takes_no_data_does_not_fail_the_setup_for_t
     finding 4 of the setup retry review again (an honest element in the same setup is not set
     up), with a stranger that withholds flow control instead of one that stays silent; the
     shorter wait made the step-long send decisive (before, the key server waited 15 s and the
-    gateway's 8 s deadline ended the setup in either case)."""
+    gateway's 8 s deadline ended the setup in either case).  Now the stranger's link holds
+    only its own messages, and the honest element is set up."""
     async with running_server(tmp_path / "srv") as h:
         lb = await lab(h, honest=1, absent=1)
         stranger = loopback_pair(names=("gw", "stranger"), queue_size=1)
