@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pairkit.pairing import cbor, wire
-from pairkit.pairing.errors import ErrorCode, PairingError, TooLargeError
+from pairkit.pairing.errors import DecodeError, ErrorCode, PairingError, TooLargeError
 from pairkit.pairing.machine import Machine
 from pairkit.pairing.methods import ConfirmCode, GuestPairing, HostState
 from pairkit.pairing.negotiation import Method
@@ -98,7 +98,7 @@ def field_variant(draw: Any, base: bytes) -> bytes:
 
     try:
         return replace(msg).encode()
-    except TooLargeError:
+    except (TooLargeError, DecodeError):  # too long, or out of a field's bounds: not well-formed
         return base
 
 
@@ -332,7 +332,7 @@ def _edge_variants(base: bytes) -> list[bytes]:
             for value in _edge_values(kind, f.metadata["size"], f.metadata["max_len"], optional):
                 try:
                     out.add(rebuild(dataclasses.replace(obj, **{f.name: value})).encode())
-                except TooLargeError:
+                except (TooLargeError, DecodeError):  # not well-formed (its decode test's)
                     pass
 
     walk(wire.decode(base), lambda new: new)
