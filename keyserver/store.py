@@ -60,6 +60,10 @@ BUSY_TIMEOUT_MS: Final = 5000
 class StoreError(PairingError):
     """The key server's database cannot be used."""
 
+    #: a device is told no more (the database's words and where it is are the operator's:
+    #: the server's own log has them)
+    peer_text = "the key server cannot use its database now; try again later"
+
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: enrolled devices and pending intents

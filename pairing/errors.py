@@ -40,6 +40,10 @@ class PairingError(Exception):
     """Root of every pairkit error."""
 
     code: ErrorCode = ErrorCode.UNKNOWN
+    #: what the peer is told in the ``Abort`` instead of this error's text, for errors whose
+    #: text is for this side's operator only (a database's own words, where it is); ``None``:
+    #: the text itself
+    peer_text: str | None = None
 
     def __init__(self, message: str | None = None, *, code: ErrorCode | None = None) -> None:
         if code is not None:

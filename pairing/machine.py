@@ -294,7 +294,14 @@ class Machine:
         waiting for its deadline (also for errors outside LocalError that we raised, e.g.
         NotFoundError); not for the peer's own error or its silence."""
         if not isinstance(exc, RemoteError | PairingTimeout):
-            self._out.append(wire.Abort(code=_code(exc), reason=_short(str(exc))).encode())
+            self._out.append(abort_for(exc).encode())
+
+
+def abort_for(exc: PairingError) -> wire.Abort:
+    """The ``Abort`` that tells the peer why we stop: ``exc``'s code and its text, or the text
+    meant for peers when it has one (:attr:`PairingError.peer_text`)."""
+    reason = exc.peer_text if exc.peer_text is not None else str(exc)
+    return wire.Abort(code=_code(exc), reason=_short(reason))
 
 
 def _code(exc: PairingError) -> ErrorCode:

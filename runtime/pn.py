@@ -75,7 +75,7 @@ from .pairing.errors import (
 )
 from .pairing.keystore import Keystore, PnEntry, PnRecord
 from .pairing.keystore.records import clean_name
-from .pairing.machine import Event, _code, _short
+from .pairing.machine import Event, _short, abort_for
 from .pairing.methods import LocalIdentity
 from .pairing.methods.common import HostState, LockJournal, PinPolicy
 from .pairing.negotiation import Caps
@@ -452,7 +452,7 @@ class PnGateway:
         except PairingError as exc:
             self.say(f"{getattr(link, 'peer', 'a device')}: {exc}")
             with contextlib.suppress(PairingError, OSError, TimeoutError):
-                abort = wire.Abort(code=_code(exc), reason=_short(str(exc)))
+                abort = abort_for(exc)
                 await asyncio.wait_for(pipe.send(abort.encode()), 1.0)
         finally:
             with contextlib.suppress(Exception):
@@ -474,7 +474,7 @@ class PnGateway:
                 # told inside the secure channel, the only place the element reads now
                 self.say(f"{getattr(link, 'peer', 'an element')}: {exc}")
                 with contextlib.suppress(PairingError, OSError, TimeoutError):
-                    abort = wire.Abort(code=_code(exc), reason=_short(str(exc)))
+                    abort = abort_for(exc)
                     await asyncio.wait_for(inner_pipe.send(abort.encode()), 1.0)
                 return None
             finally:
