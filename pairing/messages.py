@@ -33,6 +33,14 @@ DEFAULT_STEP_MS = 30_000
 STEP_MS = (100, 3_600_000)
 
 
+def check_ms(name: str, value: int | None, bounds: tuple[int, int]) -> None:
+    """A duration field in milliseconds, when present, within ``bounds``; else a decode error
+    naming the field (a message is checked as it is decoded)."""
+    low, high = bounds
+    if value is not None and not low <= value <= high:
+        raise DecodeError(f"{name} should be between {low} and {high} (milliseconds), not {value}")
+
+
 @struct
 class Announce(Message):
     """One side's announcement: capabilities, allowed methods, its choice, a fresh nonce."""
@@ -72,12 +80,7 @@ class Offer(Message):
     step_ms: int | None = field(8, default=None)
 
     def __post_init__(self) -> None:
-        low, high = STEP_MS
-        if self.step_ms is not None and not low <= self.step_ms <= high:
-            raise DecodeError(
-                f"Offer.step_ms should be between {low} and {high} (milliseconds), "
-                f"not {self.step_ms}"
-            )
+        check_ms("Offer.step_ms", self.step_ms, STEP_MS)
 
 
 @message(type_id=11, max_size=1024)

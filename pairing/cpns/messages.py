@@ -7,8 +7,7 @@ from collections.abc import Hashable
 from enum import CONFORM, IntEnum, IntFlag
 from typing import Final
 
-from ..errors import DecodeError
-from ..messages import ID_LEN, KEY_LEN, MAC_LEN
+from ..messages import ID_LEN, KEY_LEN, MAC_LEN, check_ms
 from ..wire import Message, field, message, struct
 
 RAND_LEN: Final = 16
@@ -165,12 +164,7 @@ class PnRegistrationRequest(Message):
     auth_wait_ms: int | None = field(8, default=None)
 
     def __post_init__(self) -> None:
-        low, high = AUTH_WAIT_MS
-        if self.auth_wait_ms is not None and not low <= self.auth_wait_ms <= high:
-            raise DecodeError(
-                f"PnRegistrationRequest.auth_wait_ms should be between {low} and {high} "
-                f"(milliseconds), not {self.auth_wait_ms}"
-            )
+        check_ms("PnRegistrationRequest.auth_wait_ms", self.auth_wait_ms, AUTH_WAIT_MS)
 
 
 @message(type_id=74, max_size=256)

@@ -270,6 +270,17 @@ async def test_places_a_forgiven_streak_frees_go_to_the_guests_waiting() -> None
 # -- the guest's answer when it is not its turn ----------------------------------------------
 
 
+async def every_place_held(host_config: PairingConfig) -> tuple[Visits, asyncio.Event]:
+    """A host (``host_config``) whose five places are held by guests whose codes are out, their
+    host's person looking until the event returned is set."""
+    visits = Visits(host_config)
+    release = asyncio.Event()
+    for _ in range(BUDGET):
+        visits.start(Mallory(host_config, stay=True), Answers(release=release))
+    await until(lambda: visits.state.compare_turns.out == BUDGET, STEP)
+    return visits, release
+
+
 async def test_a_guest_with_a_shorter_step_is_told_busy_too() -> None:
     """A guest whose step is shorter than half the host's (``pairkit join --timeout 30``, the
     default, against ``pairkit host --timeout 90``) is told the host is busy, not that the host
@@ -277,13 +288,8 @@ async def test_a_guest_with_a_shorter_step_is_told_busy_too() -> None:
     ends within half of the shorter step (the attack review's finding 3; failed before with
     'the host did not answer in time')."""
     host_config = PairingConfig(step_timeout=4 * STEP)
-    guest_config = PairingConfig(step_timeout=STEP)
-    visits = Visits(host_config)
-    release = asyncio.Event()
-    for _ in range(BUDGET):
-        visits.start(Mallory(host_config, stay=True), Answers(release=release))
-    await until(lambda: visits.state.compare_turns.out == BUDGET, STEP)
-    late = visits.start(Mallory(guest_config, stay=True), Answers())
+    visits, release = await every_place_held(host_config)
+    late = visits.start(Mallory(PairingConfig(step_timeout=STEP), stay=True), Answers())
     await until(lambda: late.guest_task is not None and late.guest_task.done(), WITHIN)
     release.set()
     await visits.finish(WITHIN)
@@ -297,14 +303,8 @@ async def test_a_guest_claiming_a_long_step_does_not_stretch_the_hosts_wait() ->
     """A stranger who says she waits an hour (the most ``step_ms`` allows) does not hold a
     host's compare wait past half the host's own step: it still ends with busy, in time for a
     guest that waits one host step, and nothing is left queued."""
-    host_config = PairingConfig(step_timeout=STEP)
-    long_config = PairingConfig(step_timeout=3600)
-    visits = Visits(host_config)
-    release = asyncio.Event()
-    for _ in range(BUDGET):
-        visits.start(Mallory(host_config, stay=True), Answers(release=release))
-    await until(lambda: visits.state.compare_turns.out == BUDGET, STEP)
-    late = visits.start(Mallory(long_config, stay=True), Answers())
+    visits, release = await every_place_held(PairingConfig(step_timeout=STEP))
+    late = visits.start(Mallory(PairingConfig(step_timeout=3600), stay=True), Answers())
     # The host's half step, and a margin for the loop: far below the hour she claimed.
     await until(lambda: late.host_task is not None and late.host_task.done(), 2 * STEP)
     assert isinstance(late.host_task.exception(), BusyError), repr(late.host_task.exception())
