@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from .clock import SYSTEM_CLOCK, Clock
 from .pairing.keystore import Keystore
+from .pairing.methods.common import TIME_SLACK
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "forget_lockouts"]
 
@@ -53,8 +54,9 @@ class KeystoreLockJournal:
         self._ks = ks
         self._key = _PREFIX + kind
         #: wall-clock seconds less the machines' clock, read once (see the module docstring)
+        self._clock = clock
         self._offset = clock.wall() - clock.monotonic()
-        #: when this journal was made, on the machines' clock: a time kept later than this
+        #: when this journal was made, on the machines' clock: a time kept later than now
         #: counts as this (see the module docstring)
         self._start = clock.monotonic()
 
@@ -63,17 +65,17 @@ class KeystoreLockJournal:
 
     def load(self, now: float) -> tuple[list[float], int]:
         self._ks.follow()
-        return self._read(self._ks.setting(self._key), now)
+        return self._read(self._ks.setting(self._key))
 
     def update(
         self, change: Callable[[list[float], int], tuple[list[float], int]], now: float
     ) -> None:
         with self._ks.update() as ks:
-            failures, streak = change(*self._read(ks.setting(self._key), now))
+            failures, streak = change(*self._read(ks.setting(self._key)))
             kept = [round(t + self._offset, 3) for t in failures[-_MAX_KEPT:]]
             ks.set_setting(self._key, {"failures": kept, "streak": streak})
 
-    def _read(self, record: Any, now: float) -> tuple[list[float], int]:
+    def _read(self, record: Any) -> tuple[list[float], int]:
         """What ``record`` keeps, on the machines' clock; nothing for a record this pairkit
         does not read (the keystore is sealed: only the owner's pairkit wrote it)."""
         if not isinstance(record, Mapping):
@@ -84,7 +86,13 @@ class KeystoreLockJournal:
         times = [t for t in raw if isinstance(t, int | float) and math.isfinite(t)]
         # Later than now (the wall clock went back since they were kept): this journal's
         # start, so that such a lock ends, at the latest, one max_lock after the host started.
-        failures = sorted(t if t <= now else self._start for t in (t - self._offset for t in times))
+        # Now is the clock's, not the caller's ``now``, which may be an earlier time (compare
+        # counts a code at the time it went out; a PIN attempt is taken back at its start);
+        # the slack covers the millisecond a time kept may have been rounded up by.
+        limit = self._clock.monotonic() + TIME_SLACK
+        failures = sorted(
+            t if t <= limit else self._start for t in (t - self._offset for t in times)
+        )
         return failures, max(streak, len(failures))
 
 

@@ -65,12 +65,16 @@ def test_compare_failures_are_shared_by_two_host_processes(ks_path: Path) -> Non
         assert side.state.locked_for(clock.monotonic()) == 0.0  # PIN has a lock of its own
 
 
-def test_a_pin_attempt_won_leaves_no_failure(ks_path: Path) -> None:
+@pytest.mark.parametrize("monotonic", [12_345.678901, 12_345.678599, 12_345.6785])
+def test_a_pin_attempt_won_leaves_no_failure(ks_path: Path, monotonic: float) -> None:
     """A PIN attempt is counted as it starts (a guesser who leaves mid-way counts) and taken
     back when it succeeds: an honest pairing leaves nothing, through the keystore's round trip
-    of its time as wall-clock milliseconds."""
-    clock = Clocks(wall=1_800_000_000.123456, monotonic=12_345.678901)
+    of its time as wall-clock milliseconds, rounded down or up (up: the time read back is a
+    little later than the attempt's start, and must not be taken for one kept in the
+    future)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=monotonic - 5)
     side = host(ks_path, clock)
+    clock.advance(5)  # the host started a while before the attempt
     started = clock.monotonic()
     side.state.pin_failed(started)
     clock.advance(0.5)
@@ -78,6 +82,29 @@ def test_a_pin_attempt_won_leaves_no_failure(ks_path: Path) -> None:
     assert Keystore.open(ks_path, KS_PIN).setting("lockout.pin") == {
         "failures": (), "streak": 0
     }
+
+
+def test_compare_counting_a_code_at_the_time_it_went_out_keeps_the_later_failures(
+    ks_path: Path,
+) -> None:
+    """compare counts a code that ends unconfirmed at the time it went out, which may be before
+    failures counted since: those keep their own times (a lock runs from them), and so does
+    the new one."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    side = host(ks_path, clock)
+    lock = side.state.compare_lock
+    shown_early = clock.monotonic()
+    clock.advance(100)
+    for _ in range(4):
+        lock.failed(clock.monotonic())
+        clock.advance(10)
+    lock.failed(shown_early)  # the first code out ends now, counted when it went out
+    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
+    assert [round(t - 1_800_000_000.0 + 1_000.0) for t in kept["failures"]] == [
+        1_000, 1_100, 1_110, 1_120, 1_130
+    ]
+    # Locked until the oldest of the five is a window old.
+    assert lock.locked_for(clock.monotonic()) == pytest.approx(300 - 140)
 
 
 def test_failures_kept_later_than_now_count_as_now(ks_path: Path) -> None:
