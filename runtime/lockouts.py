@@ -72,6 +72,9 @@ class KeystoreLockJournal:
     ) -> None:
         with self._ks.update() as ks:
             failures, streak = change(*self._read(ks.setting(self._key)))
+            if not failures and not streak:  # nothing to keep (an attempt won, taken back)
+                ks.delete_setting(self._key)
+                return
             kept = [round(t + self._offset, 3) for t in failures[-_MAX_KEPT:]]
             ks.set_setting(self._key, {"failures": kept, "streak": streak})
 

@@ -79,9 +79,7 @@ def test_a_pin_attempt_won_leaves_no_failure(ks_path: Path, monotonic: float) ->
     side.state.pin_failed(started)
     clock.advance(0.5)
     side.state.pin_succeeded(started)
-    assert Keystore.open(ks_path, KS_PIN).setting("lockout.pin") == {
-        "failures": (), "streak": 0
-    }
+    assert Keystore.open(ks_path, KS_PIN).setting("lockout.pin") is None
 
 
 def test_compare_counting_a_code_at_the_time_it_went_out_keeps_the_later_failures(
