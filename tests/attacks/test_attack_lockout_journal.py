@@ -39,14 +39,18 @@ WITHIN = 20 * STEP
 
 
 class UpAnHour:
-    """The system's clocks, for a host that started an hour ago (a journal reads its clock once,
-    when it is made: its start, and the offset from the machines' clock to the wall clock)."""
+    """The system's clocks, for a host that started an hour ago: its journals are made while
+    :attr:`starting` (they read their start and offset then), and the clocks run as the
+    system's afterwards."""
+
+    def __init__(self) -> None:
+        self.starting = True
 
     def wall(self) -> float:
         return time.time()
 
     def monotonic(self) -> float:
-        return time.monotonic() - 3600.0
+        return time.monotonic() - (3600.0 if self.starting else 0.0)
 
 
 @pytest.fixture
@@ -56,10 +60,13 @@ def ks_path(tmp_path: Path) -> Path:
     return path
 
 
-def host_side(path: Path, clock: object) -> HostSide:
+def host_side(path: Path, clock: UpAnHour | Clocks) -> HostSide:
     """One host process's side on the keystore at ``path`` (a keystore object of its own)."""
-    return HostSide.of(Keystore.open(path, KS_PIN), CONFIG, transport="tcp",
-                       pin_policy=PinPolicy(), clock=clock)  # type: ignore[arg-type]
+    side = HostSide.of(Keystore.open(path, KS_PIN), CONFIG, transport="tcp",
+                       pin_policy=PinPolicy(), clock=clock)
+    if isinstance(clock, UpAnHour):
+        clock.starting = False
+    return side
 
 
 def streak(side: HostSide) -> int:
@@ -229,8 +236,10 @@ class DiskFull:
 
 
 def side_on(path: Path, disk: DiskFull) -> HostSide:
-    ks = Keystore.open(FileStorage(path, before_replace=disk), KS_PIN)
-    return HostSide.of(ks, CONFIG, transport="tcp", pin_policy=PinPolicy(), clock=UpAnHour())
+    ks, clock = Keystore.open(FileStorage(path, before_replace=disk), KS_PIN), UpAnHour()
+    side = HostSide.of(ks, CONFIG, transport="tcp", pin_policy=PinPolicy(), clock=clock)
+    clock.starting = False
+    return side
 
 
 async def test_a_pin_guess_the_keystore_cannot_count_is_not_played(ks_path: Path) -> None:
