@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from .clock import SYSTEM_CLOCK, Clock
 from .pairing.keystore import Keystore
+from .pairing.methods.common import TIME_SLACK
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "forget_lockouts"]
 
@@ -52,6 +53,7 @@ class KeystoreLockJournal:
             raise ValueError(f"no host lock {kind!r} (one of {KINDS})")
         self._ks = ks
         self._key = _PREFIX + kind
+        self._clock = clock
         #: wall-clock seconds less the machines' clock, read once (see the module docstring)
         self._offset = clock.wall() - clock.monotonic()
         #: when this journal was made, on the machines' clock: a time kept later than this
@@ -84,7 +86,12 @@ class KeystoreLockJournal:
         times = [t for t in raw if isinstance(t, int | float) and math.isfinite(t)]
         # Later than now (the wall clock went back since they were kept): this journal's
         # start, so that such a lock ends, at the latest, one max_lock after the host started.
-        failures = sorted(t if t <= now else self._start for t in (t - self._offset for t in times))
+        # "Now" is the clock's: the time a change is given may be earlier (a take-back is given
+        # its attempt's start, a code is counted at the time it went out), and a time kept is
+        # read back up to the millisecond it was rounded to later than it was counted.
+        latest = max(now, self._clock.monotonic()) + TIME_SLACK
+        failures = sorted(t if t <= latest else self._start
+                          for t in (t - self._offset for t in times))
         return failures, max(streak, len(failures))
 
 

@@ -108,15 +108,13 @@ async def test_two_host_processes_show_no_more_codes_at_once_than_the_budget(
     assert codes <= BUDGET, f"Mallory read {codes} codes, none of them confirmed"
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: a code settled late moves the failures "
-                   "counted after it to the host's start, and the lock opens")
 async def test_a_code_settled_after_later_ones_keeps_the_lock(ks_path: Path) -> None:
-    """Mallory holds five codes out at once (the budget), then lets the host's person refuse
-    them newest first: each failure is counted at the time its code went out, so each is counted
-    with a time earlier than those kept; the journal reads a kept time later than the one given
-    as "a clock set back" and moves it to the host's start (an hour ago).  After the five, the
-    lock should hold for a window from the first; it is open, and a sixth code goes out at once
-    (docs/security.md, rule 7's bound: five tries a window)."""
+    """Finding of this review (fixed): Mallory holds five codes out at once (the budget), then
+    lets the host's person refuse them newest first: each failure is counted at the time its code
+    went out, so each is counted with a time earlier than those kept; the journal reads a kept time
+    later than the one given as "a clock set back" and moves it to the host's start (an hour
+    ago).  After the five, the lock should hold for a window from the first; it is open, and a
+    sixth code goes out at once (docs/security.md, rule 7's bound: five tries a window)."""
     side = host_side(ks_path, UpAnHour())
     visits = Visits(CONFIG, side.state)
     shown: list[WatchedHost] = []
@@ -141,18 +139,17 @@ async def test_a_code_settled_after_later_ones_keeps_the_lock(ks_path: Path) -> 
 ROUNDS_UP = 1_800_000_000.0009
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: the take-back misses a failure kept a "
-                   "rounding later than its start: about half the honest PIN pairings leave one")
 def test_an_honest_pin_pairing_leaves_no_failure_whatever_the_milliseconds(
     ks_path: Path,
 ) -> None:
-    """An honest PIN attempt is counted as it starts and taken back when it succeeds.  The
-    journal keeps its time as wall-clock milliseconds; when they round up, the time read back is
-    a fraction later than the attempt's start, the take-back (given that start as "now") reads
-    it as a time after now (a clock set back) and moves it to the host's start, and then finds
-    no failure at the start to take back.  With the system clock this is about one pairing in
-    two (the sub-millisecond part of the wall clock); the test clock is set to round up.  The
-    owner who pairs five guests in the host's first window has locked PIN pairing."""
+    """Finding of this review (fixed): an honest PIN attempt is counted as it starts and taken back
+    when it succeeds.  The journal keeps its time as wall-clock milliseconds; when they round
+    up, the time read back is a fraction later than the attempt's start, the take-back (given
+    that start as "now") reads it as a time after now (a clock set back) and moves it to the
+    host's start, and then finds no failure at the start to take back.  With the system clock
+    this is about one pairing in two (the sub-millisecond part of the wall clock); the test
+    clock is set to round up.  The owner who pairs five guests in the host's first window has
+    locked PIN pairing."""
     clock = Clocks(wall=ROUNDS_UP, monotonic=100.0)
     side = host_side(ks_path, clock)
     clock.advance(30.0)  # the host has run for half a minute
