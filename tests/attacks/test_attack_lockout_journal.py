@@ -276,3 +276,31 @@ async def test_codes_the_keystore_cannot_count_stop_at_the_budget(ks_path: Path)
         await visits.finish(WITHIN)
     assert disk.refused > 0
     assert visits.predicted <= BUDGET, f"Mallory read {visits.predicted} codes, none counted"
+
+
+# -- the wall clock stepped between the starts of two host processes ------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding: two host processes started on either "
+                   "side of a wall-clock step read each other's failures a step away, and stop "
+                   "sharing the lock")
+def test_two_host_processes_started_across_a_clock_step_share_the_lock(ks_path: Path) -> None:
+    """A Pi without a real-time clock boots with an old wall clock and starts ``pairkit host``
+    on BLE; the network's time arrives later and steps the wall clock two days forward; the
+    owner then starts a second host (TCP).  Each journal maps times with the offset it read when
+    it was made, so the first host's failures are two days old to the second (forgiven), and the
+    second's lie two days in the first's future (read as the first's start, long past).  A
+    stranger's five guesses at the first leave the second open: five more there, ten in one
+    window (docs/security.md, rule 7).  (A host restarted after such a step forgets them too;
+    the docs say so, and that the stranger cannot step the clock is all that bounds it.)"""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=20.0)
+    first = host_side(ks_path, clock)
+    clock.advance(600.0)
+    clock.now_wall += 2 * 86400  # the network's time arrives
+    second = host_side(ks_path, clock)
+    clock.advance(600.0)
+    for _ in range(BUDGET):
+        assert first.state.locked_for(clock.monotonic()) == 0.0
+        first.state.pin_failed(clock.monotonic())
+        clock.advance(1.0)
+    assert second.state.locked_for(clock.monotonic()) > 0, "the second host did not see them"
