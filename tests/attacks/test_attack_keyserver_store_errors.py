@@ -49,18 +49,16 @@ async def test_a_device_is_not_told_what_the_key_servers_database_said(tmp_path:
         assert "database" in text or "try again" in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: a sealed value the key server's database "
-                   "cannot open is reported to the device in the operator's words, and relayed")
 async def test_elements_are_not_told_that_a_sealed_key_in_the_database_did_not_open(
     tmp_path: Path,
 ) -> None:
-    """The store's other error: a sealed value in the database that does not open (the
-    operator replaced ``seal.key``, or someone altered the database) is an
+    """Finding of this review (fixed): the store's other error, a sealed value in the database that
+    does not open (the operator replaced ``seal.key``, or someone altered the database) is an
     ``AuthenticationError`` whose text is the operator's ("a sealed eukey in the key server's
-    database did not open (wrong seal.key, or the database was altered)"), not a ``StoreError``:
-    the key server sends it as is, and a PN gateway relays it to every element of its setup.
-    One element's row altered here; a gateway and two elements over loopback PAN links, TLS to
-    the real key server."""
+    database did not open (wrong seal.key, or the database was altered)"), not a
+    ``StoreError``: the key server sends it as is, and a PN gateway relays it to every element
+    of its setup. One element's row altered here; a gateway and two elements over loopback PAN
+    links, TLS to the real key server."""
     async with running_server(tmp_path / "srv") as h:
         gw, pnes = identity("gateway"), [identity(f"pne{k}") for k in range(2)]
         eukeys = {d.device_id: os.urandom(32) for d in (gw, *pnes)}
