@@ -306,15 +306,13 @@ def test_two_host_processes_started_across_a_clock_step_share_the_lock(ks_path: 
     assert second.state.locked_for(clock.monotonic()) > 0, "the second host did not see them"
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: the host's keystore error, with the "
-                   "keystore's path, reaches a stranger in the Abort")
 async def test_a_stranger_is_not_told_where_the_hosts_keystore_is(ks_path: Path) -> None:
-    """The disk is full and a stranger guesses a PIN: the guess is not played (above), but the
-    host's Abort carries its error's text, "could not save the keystore at PATH: No space left
-    on device": where the owner's keystore is (their home directory, their user name) and the
-    state of their disk, told to anyone who offers a PIN.  The journal made this reachable
-    before any proof: each guess writes the keystore (issue 17's rule: no path, no third party's
-    words, reach anyone but the operator)."""
+    """Finding of this review (fixed).  The disk is full and a stranger guesses a PIN: the guess is
+    not played (above), but the host's Abort carries its error's text, "could not save the
+    keystore at PATH: No space left on device": where the owner's keystore is (their home
+    directory, their user name) and the state of their disk, told to anyone who offers a PIN.
+    The journal made this reachable before any proof: each guess writes the keystore (issue
+    17's rule: no path, no third party's words, reach anyone but the operator)."""
     disk = DiskFull()
     side = side_on(ks_path, disk)
     disk.full = True
