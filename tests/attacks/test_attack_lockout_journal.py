@@ -326,3 +326,29 @@ async def test_a_stranger_is_not_told_where_the_hosts_keystore_is(ks_path: Path)
     assert isinstance(host_error, KeystoreError), repr(host_error)
     assert str(ks_path.parent) not in str(guest_error), str(guest_error)
     assert "space" not in str(guest_error), str(guest_error)
+
+
+@pytest.mark.xfail(strict=True, reason="attack finding: a host started before the network's "
+                   "time keeps failures a step in the past; restarted, it has forgotten them")
+def test_a_host_started_before_the_networks_time_keeps_its_lock_when_restarted(
+    ks_path: Path,
+) -> None:
+    """The usual Pi without a real-time clock: it boots with the time it was shut down at
+    (two days ago), ``pairkit host`` starts at boot, and the network's time steps the wall clock
+    forward a minute later.  The host keeps the offset it read at its start, so every failure it
+    keeps from then on is two days behind the wall clock.  Five guesses lock it; the host is
+    restarted (its service restarts, the dongle came back): the new host reads the five as two
+    days old, forgiven, and the stranger has five fresh guesses, which is what the journal was
+    made to prevent (docs/security.md, "The lock outlives the host process")."""
+    clock = Clocks(wall=1_800_000_000.0 - 2 * 86400, monotonic=15.0)
+    first = host_side(ks_path, clock)
+    clock.advance(60.0)
+    clock.now_wall += 2 * 86400  # the network's time arrives
+    clock.advance(600.0)
+    for _ in range(BUDGET):
+        first.state.pin_failed(clock.monotonic())
+        clock.advance(1.0)
+    assert first.state.locked_for(clock.monotonic()) > 0
+    clock.advance(5.0)
+    again = host_side(ks_path, clock)  # restarted, same boot
+    assert again.state.locked_for(clock.monotonic()) > 0, "the restart forgot the guesses"
