@@ -13,8 +13,6 @@ import asyncio
 import os
 from pathlib import Path
 
-import pytest
-
 from pairkit.cpns import PneLink, run_gateway, run_pne
 from pairkit.driver import MessagePipe
 from pairkit.pairing.cpns import GatewayConfig, PneConfig, PnSetupNotifyResponse, SetupType
@@ -27,19 +25,17 @@ from tests.ttp_harness import identity, running_server
 STEP = 2.0
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: the aborts go one link after the other, "
-                   "and a link that takes no data holds the others'")
 async def test_a_stranger_whose_link_takes_no_data_does_not_hold_the_failure_from_the_element(
     tmp_path: Path,
 ) -> None:
-    """The stranger says yes to the setup notify under an element's id without reading it, and
-    takes no data from then on; the key server cannot be reached, so the setup fails.  The
-    honest element is told why by the gateway's Abort, at once, not left waiting its own step
-    for an outcome that never comes.  The stranger's link is first in the gateway's order: the
-    gateway's aborts went one link after the other, directly on the pipes, within 2 s in all,
-    and the stranger's held the element's for all of them; the element heard nothing and gave
-    up after its own step (here 6 s; 30 s by default), with "the gateway did not relay the
-    server's authentication request" instead of the reason."""
+    """Finding of this review (fixed).  The stranger says yes to the setup notify under an element's
+    id without reading it, and takes no data from then on; the key server cannot be reached, so
+    the setup fails.  The honest element is told why by the gateway's Abort, at once, not left
+    waiting its own step for an outcome that never comes.  The stranger's link is first in the
+    gateway's order: the gateway's aborts went one link after the other, directly on the pipes,
+    within 2 s in all, and the stranger's held the element's for all of them; the element heard
+    nothing and gave up after its own step (here 6 s; 30 s by default), with "the gateway did
+    not relay the server's authentication request" instead of the reason."""
     async with running_server(tmp_path / "srv") as h:
         gw, element, absent = identity("gateway"), identity("element"), identity("absent")
         eukeys = {d.device_id: os.urandom(32) for d in (gw, element, absent)}
