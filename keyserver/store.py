@@ -65,6 +65,14 @@ class StoreError(PairingError):
     peer_text = "the key server cannot use its database now; try again later"
 
 
+class SealedValueError(AuthenticationError):
+    """A value sealed in the key server's database did not open under its ``seal.key``."""
+
+    #: a device is told no more (which file, and that the database may have been altered, are
+    #: the operator's: the server's own log has them)
+    peer_text = StoreError.peer_text
+
+
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: enrolled devices and pending intents
     """
@@ -160,7 +168,7 @@ class Sealer:
         try:
             return self._aead.decrypt(sealed[:12], sealed[12:], self._ad(purpose, *row))
         except Exception:  # InvalidTag: another key, another row, or a damaged value
-            raise AuthenticationError(
+            raise SealedValueError(
                 f"a sealed {purpose} in the key server's database did not open (wrong seal.key, "
                 "or the database was altered)"
             ) from None

@@ -177,6 +177,10 @@ class ConfigError(PairingError, ValueError):
 class KeystoreError(PairingError):
     """The keystore could not be used."""
 
+    #: a peer is told no more: where the keystore is (the owner's home directory) and what its
+    #: disk said are the owner's (issue 17's rule)
+    peer_text = "this device cannot use its keystore now; its owner is told why"
+
 
 class WrongPinError(KeystoreError):
     """Wrong PIN or passphrase for the keystore."""

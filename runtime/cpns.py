@@ -216,10 +216,19 @@ async def run_gateway(
             gw.receive(item, loop.time(), port=port)
     except PairingError as exc:
         gw.abort(exc)
+        # Each element's abort goes after what was posted to it before, on its own sender: a
+        # link that takes no data holds its own abort, not the others'.
+        to_server: list[bytes] = []
+        for port, data in gw.outgoing():
+            if port == SERVER:
+                to_server.append(data)
+            elif port in pipes:
+                post(port, data)
         with contextlib.suppress(PairingError, OSError, TimeoutError):
-            await asyncio.wait_for(sent(), 2.0)  # what was posted first, then the aborts
-        with contextlib.suppress(PairingError, OSError, TimeoutError):
-            await asyncio.wait_for(_flush_aborts(gw, pipes, conn), 2.0)
+            await asyncio.wait_for(sent(), 2.0)
+        if conn is not None and to_server:
+            with contextlib.suppress(PairingError, OSError, TimeoutError):
+                await asyncio.wait_for(_send_all(conn.pipe, to_server), 2.0)
         if isinstance(exc, RemoteError):
             raise from_server(exc) from None
         raise
@@ -231,11 +240,6 @@ async def run_gateway(
             await conn.close()
 
 
-async def _flush_aborts(
-    gw: Gateway, pipes: Mapping[Hashable, MessagePipe], conn: ServerLink | None
-) -> None:
-    for port, data in gw.outgoing():
-        target = conn.pipe if port == SERVER and conn is not None else pipes.get(port)
-        if target is not None:
-            with contextlib.suppress(PairingError):
-                await target.send(data)
+async def _send_all(pipe: MessagePipe, messages: list[bytes]) -> None:
+    for data in messages:
+        await pipe.send(data)

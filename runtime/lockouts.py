@@ -53,8 +53,8 @@ class KeystoreLockJournal:
             raise ValueError(f"no host lock {kind!r} (one of {KINDS})")
         self._ks = ks
         self._key = _PREFIX + kind
-        #: wall-clock seconds less the machines' clock, read once (see the module docstring)
         self._clock = clock
+        #: wall-clock seconds less the machines' clock, read once (see the module docstring)
         self._offset = clock.wall() - clock.monotonic()
         #: when this journal was made, on the machines' clock: a time kept later than now
         #: counts as this (see the module docstring)

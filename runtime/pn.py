@@ -233,13 +233,14 @@ class PinDisplay:
         """The PIN for one try and when the try started (a new PIN is shown for the next); the
         try counts as a failure until :meth:`succeeded` is told."""
         now = self._clock()
-        wait = self._lock.locked_for(now)
+        # Checked, then checked again as the try is counted (one step in the keystore: another
+        # gateway process of the device may have counted one in between).
+        wait = self._lock.locked_for(now) or self._lock.pin_failed_unless_locked(now)
         if wait > 0:
             raise LockedOutError(
                 f"too many wrong PINs: PIN offers are locked for {math.ceil(wait / 60)} more "
                 "minute(s)"
             )
-        self._lock.pin_failed(now)
         pin = self.pin
         self.renew()
         return pin, now

@@ -296,6 +296,22 @@ class Lockout:
     def failed(self, now: float) -> None:
         self._change(lambda: self._count(now), now)
 
+    def failed_unless_locked(self, now: float) -> float:
+        """Count an attempt that starts at ``now`` as failed, unless the lock is closed: 0
+        when it was counted, else the seconds until attempts are accepted again.  With a
+        journal the check and the count are one step, so that no other process counts between
+        them (call :meth:`locked_for` first: a closed lock is seen without a write)."""
+        wait = 0.0
+
+        def check_and_count() -> None:
+            nonlocal wait
+            wait = self._locked_for(now)
+            if wait <= 0:
+                self._count(now)
+
+        self._change(check_and_count, now)
+        return wait
+
     def succeeded(self, started: float) -> None:
         """Take back the failure counted when an attempt started at ``started``."""
         self._change(lambda: self._take_back(started), started)
@@ -490,6 +506,11 @@ class HostState:
 
     def pin_failed(self, now: float) -> None:
         self._pin_lock.failed(now)
+
+    def pin_failed_unless_locked(self, now: float) -> float:
+        """Count a PIN attempt starting at ``now`` unless PIN pairing is locked: 0, or the
+        seconds the lock holds (:meth:`Lockout.failed_unless_locked`)."""
+        return self._pin_lock.failed_unless_locked(now)
 
     def pin_succeeded(self, started: float) -> None:
         """Take back the failure counted when a PIN attempt started at ``started``."""

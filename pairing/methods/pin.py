@@ -60,8 +60,14 @@ class PinHost(HostSide):
         if pin is None:
             raise RefusedError("no PIN is active on the host; ask its owner to show a new one")
         # Count the attempt as failed as soon as it starts and take it back on success, so that
-        # guesses run in parallel (several guests at once) are held to the lockout too.
-        self.host.pin_failed(now)
+        # guesses run in parallel (several guests at once) are held to the lockout too; the lock
+        # is checked again as the attempt is counted (another host process of the device may
+        # have counted one since the check above).
+        wait = self.host.pin_failed_unless_locked(now)
+        if wait > 0:
+            raise LockedOutError(
+                f"too many wrong PINs: PIN pairing is locked for {math.ceil(wait)} more seconds"
+            )
         self._pin_attempt = now
         cpace = CPace(
             "responder", pin.encode(), ci=keyschedule.PIN_CI,
