@@ -38,7 +38,6 @@ from .lockouts import KeystoreLockJournal
 from .pairing.cloud import CloudGuest, CloudHost, HostInfo, Role, auth_mac_from
 from .pairing.errors import (
     AuthenticationError,
-    BusyError,
     ConfigError,
     ErrorCode,
     LinkClosedError,
@@ -242,9 +241,8 @@ def _base(method: Method) -> Method:
 
 def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
     """The checks that need no person, run before a joining stranger's request reaches the
-    owner (issue 16): the method must be one this host allows, a PIN (a compare) is refused
-    while PIN (compare) pairing is locked out, and a compare while every place for a code is
-    held (busy).  The pairing that follows checks them again."""
+    owner (issue 16): the method must be one this host allows, and a PIN (a compare) is refused
+    while PIN (compare) pairing is locked out.  The pairing that follows checks both again."""
 
     def check(method: int | None, now: float) -> None:
         if method is None:
@@ -273,13 +271,6 @@ def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
                 raise LockedOutError(
                     "too many compare codes were shown and not confirmed: compare is locked "
                     f"for {math.ceil(wait)} more seconds"
-                )
-            if side.state.compare_turns.full:
-                # A yes would only let the guest wait for a place, while the owner has every
-                # code out in front of them already (docs/security.md, codes out at once).
-                raise BusyError(
-                    "other compare codes are waiting for their confirmation here; "
-                    "try again in a moment"
                 )
 
     return check

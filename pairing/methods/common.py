@@ -381,12 +381,6 @@ class CodeTurns:
         """How many places are held (codes out, or about to go out)."""
         return len(self._out)
 
-    @property
-    def full(self) -> bool:
-        """Whether a newcomer would have to wait its turn (every place held, or others
-        waiting already).  Check the lock first: its check may forgive a streak."""
-        return bool(self._waiting) or len(self._out) >= self._places()
-
     def _places(self) -> int:
         return max(1, self.lock.policy.max_failures - self.lock.streak)
 

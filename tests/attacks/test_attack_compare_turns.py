@@ -421,32 +421,3 @@ async def test_a_code_out_across_the_end_of_a_quiet_day_still_belongs_to_its_str
     assert state.compare_lock.locked_for(loop.time()) > 0
     assert visits.settled()
 
-
-
-async def test_a_stranger_joining_for_compare_while_every_place_is_held_bothers_nobody(
-    world: World, paul: Keystore, george: Keystore
-) -> None:
-    """Through ``pairkit host``'s flow over bumble: while every compare place is held (five
-    codes out, their people still looking), a stranger asking to join for compare is told the
-    host is busy before the host's owner is asked to let her in, as a locked compare is: a yes
-    would only let her wait half a step for a place, and the owner already has five codes in
-    front of them.  Once a place is free, the next stranger is asked about as before."""
-    host = await world.start_host(paul, frozenset({Method.COMPARE, Method.RESUME}))
-    turns = host.state.compare_turns
-    loop = asyncio.get_running_loop()
-    held = [object() for _ in range(BUDGET)]
-    for holder in held:  # five codes out, shown by other guests' exchanges
-        assert turns.take(holder)
-        turns.shown(holder, loop.time())
-    device = await world.central("bumble")
-    with pytest.raises(PairingError) as caught:
-        await world.join(george, device, host, method=Method.COMPARE, person=Person())
-    assert getattr(caught.value, "code", None) == ErrorCode.BUSY, repr(caught.value)
-    assert host.person.questions == [], "the owner was asked about a guest told busy"
-    # A code confirmed frees its place: the next stranger is asked about, and pairs.
-    turns.settle(held.pop(), confirmed=True)
-    await world.join(george, device, host, method=Method.COMPARE, person=Person())
-    assert [q[0] for q in host.person.questions] == ["join", "code"]
-    for holder in held:
-        turns.settle(holder, confirmed=True)
-    assert turns.out == 0
