@@ -421,3 +421,34 @@ async def test_a_code_out_across_the_end_of_a_quiet_day_still_belongs_to_its_str
     assert state.compare_lock.locked_for(loop.time()) > 0
     assert visits.settled()
 
+
+
+async def test_a_stranger_joining_while_every_place_is_held_waits_its_turn_and_pairs(
+    world: World, paul: Keystore, george: Keystore
+) -> None:
+    """Through ``pairkit host``'s flow over bumble: while every compare place is held (five
+    codes out, their people still looking), a stranger asking to join for compare is let in as
+    before (the owner is asked) and waits its turn; when a code is confirmed it pairs.  Honest
+    strangers arriving at once are queued, not refused: refusing them at the cloud step as
+    "busy" (tried this session, so that the owner would not be asked) failed a third of 1,000
+    compares at once (bench/concurrent_pairings.py over TCP)."""
+    host = await world.start_host(paul, frozenset({Method.COMPARE, Method.RESUME}))
+    turns = host.state.compare_turns
+    loop = asyncio.get_running_loop()
+    held = [object() for _ in range(BUDGET)]
+    for holder in held:  # five codes out, shown by other guests' exchanges
+        assert turns.take(holder)
+        turns.shown(holder, loop.time())
+    device = await world.central("bumble")
+    joining = asyncio.ensure_future(
+        world.join(george, device, host, method=Method.COMPARE, person=Person())
+    )
+    await until(lambda: host.person.questions == [("join", "George's phone")], STEP)
+    await asyncio.sleep(STEP / 4)  # the stranger, let in, now waits for a place
+    assert not joining.done() and turns.out == BUDGET
+    turns.settle(held.pop(), confirmed=True)  # a code confirmed: its place goes to her
+    await asyncio.wait_for(joining, WITHIN)
+    assert [q[0] for q in host.person.questions] == ["join", "code"]
+    for holder in held:
+        turns.settle(holder, confirmed=True)
+    assert turns.out == 0
