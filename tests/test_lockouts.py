@@ -5,13 +5,16 @@ to them.  The attacks over real processes are in tests/attacks/test_attack_locko
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pairkit.keystore import Keystore
 from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
+from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.keystore import Argon2Params
 from pairkit.pairing.methods import PairingConfig, PinPolicy
+from pairkit.pairing.methods.common import Lockout
 from pairkit.session import HostSide
 from tests.clock_harness import Clocks
 
@@ -157,3 +160,40 @@ def test_a_journal_names_no_time_in_its_repr(ks_path: Path) -> None:
     assert repr(journal) == "KeystoreLockJournal('lockout.pin')"
     with pytest.raises(ValueError, match="no host lock"):
         KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "qr")
+
+
+class FullDisk:
+    """A journal whose writes fail while ``full`` (the keystore cannot be saved)."""
+
+    def __init__(self, inner: KeystoreLockJournal) -> None:
+        self.inner = inner
+        self.full = False
+
+    def load(self, now: float) -> tuple[list[float], int]:
+        return self.inner.load(now)
+
+    def update(self, change: Any, now: float) -> None:
+        if self.full:
+            raise KeystoreError("could not save the keystore: no space left on device")
+        self.inner.update(change, now)
+
+
+def test_failures_the_journal_cannot_keep_count_and_are_kept_later(ks_path: Path) -> None:
+    """A failure the keystore cannot keep is still counted by the host (a lock fails closed),
+    and goes into the keystore with the next change that can be saved."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
+    disk = FullDisk(KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "compare", clock))
+    lock = Lockout(POLICY, disk)
+    disk.full = True
+    for _ in range(5):
+        with pytest.raises(KeystoreError):
+            lock.failed(clock.monotonic())
+        clock.advance(1)
+    assert lock.locked_for(clock.monotonic()) == pytest.approx(295)
+    assert Keystore.open(ks_path, KS_PIN).setting("lockout.compare") is None
+    disk.full = False
+    clock.advance(300)
+    lock.failed(clock.monotonic())
+    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
+    assert kept["streak"] == 6 and len(kept["failures"]) == 5
+    assert lock.locked_for(clock.monotonic()) == pytest.approx(POLICY.lock_after(6))

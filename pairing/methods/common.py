@@ -266,14 +266,28 @@ class Lockout:
         #: only when it ends, at that time (compare's codes out, :class:`CodeTurns`): a day
         #: that held one is not quiet, so it forgives no streak
         self.pending: Callable[[], float | None] = lambda: None
+        #: failures the journal could not keep (a full disk): counted here all the same, so
+        #: that the lock fails closed, and given to the journal with its next change
+        self._unsaved: list[float] = []
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
         the first ``max_failures`` of a streak within ``window``, then a backoff from the last
         failure that doubles up to ``max_lock``."""
         if self.journal is not None:
-            self.failures, self.streak = self.journal.load(now)
+            self.failures, self.streak = self._with_unsaved(*self.journal.load(now), now)
         return self._locked_for(now)
+
+    def _with_unsaved(
+        self, failures: list[float], streak: int, now: float
+    ) -> tuple[list[float], int]:
+        """What the journal keeps, and the failures it could not keep (those of the last
+        ``forgive`` seconds)."""
+        self._unsaved = [t for t in self._unsaved if now - t < self.policy.forgive]
+        if not self._unsaved:
+            return list(failures), streak
+        merged = sorted([*failures, *self._unsaved])[-self.policy.max_failures:]
+        return merged, streak + len(self._unsaved)
 
     def _locked_for(self, now: float) -> float:
         p = self.policy
@@ -294,7 +308,12 @@ class Lockout:
         return max(0.0, until - now)
 
     def failed(self, now: float) -> None:
-        self._change(lambda: self._count(now), now)
+        try:
+            self._change(lambda: self._count(now), now)
+        except BaseException:
+            if self.journal is not None:  # not kept: counted here all the same (closed)
+                self._unsaved.append(now)
+            raise
 
     def failed_unless_locked(self, now: float) -> float:
         """Count an attempt that starts at ``now`` as failed, unless the lock is closed: 0
@@ -322,11 +341,12 @@ class Lockout:
             return
 
         def on_kept(failures: list[float], streak: int) -> tuple[list[float], int]:
-            self.failures, self.streak = list(failures), streak
+            self.failures, self.streak = self._with_unsaved(failures, streak, now)
             change()
             return self.failures, self.streak
 
         self.journal.update(on_kept, now)
+        self._unsaved.clear()  # kept with this change
 
     def _count(self, now: float) -> None:
         self._locked_for(now)  # ends a streak that is over
@@ -415,9 +435,11 @@ class CodeTurns:
         if holder not in self._out:
             return
         shown = self._out.pop(holder)
-        if shown is not None and not confirmed:
-            self.lock.failed(shown)
-        self._hand_out()
+        try:
+            if shown is not None and not confirmed:
+                self.lock.failed(shown)  # may fail to be kept (counted all the same)
+        finally:
+            self._hand_out()
 
     def _hand_out(self) -> None:
         """Give the free places to the machines waiting, in order, and wake them."""

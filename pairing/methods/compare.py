@@ -217,8 +217,11 @@ class CompareHost(HostSide):
             )
 
     def _fail(self, exc: PairingError) -> None:
-        if self.method is Method.COMPARE and not self.failed:
-            # A code of ours that was out and not confirmed counts as a failed try (the guest
-            # left, or our person said no); a place held or waited for is given up.
-            self.host.compare_turns.settle(self, confirmed=False)
-        super()._fail(exc)
+        try:
+            if self.method is Method.COMPARE and not self.failed:
+                # A code of ours that was out and not confirmed counts as a failed try (the
+                # guest left, or our person said no); a place held or waited for is given up.
+                # (A count the keystore cannot keep is counted all the same, and raised.)
+                self.host.compare_turns.settle(self, confirmed=False)
+        finally:
+            super()._fail(exc)
