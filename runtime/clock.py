@@ -28,11 +28,25 @@ class Clock(Protocol):
 class SystemClock:
     """The machine's clocks: ``time.monotonic`` (asyncio's own) and ``time.time``."""
 
+    _boot: str | None = None
+
     def monotonic(self) -> float:
         return time.monotonic()
 
     def wall(self) -> float:
         return time.time()
+
+    def boot_id(self) -> str | None:
+        """Which boot the monotonic clock counts from (Linux's ``boot_id``), or ``None`` where
+        the system does not say: readings of two processes compare only within one boot.  A
+        clock without this method is taken as one that does not say."""
+        if self._boot is None:
+            try:
+                with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                    self._boot = f.read(64).strip() or ""
+            except OSError:
+                self._boot = ""
+        return self._boot or None
 
     def __repr__(self) -> str:
         return "SystemClock()"

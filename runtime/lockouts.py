@@ -7,9 +7,10 @@ PinPolicy`.  In one process's memory the count ended with the process: a host st
 Pi's service restarted, a reboot, a crash), or a second host process of the same device, gave a
 stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore instead, as
 the setting ``lockout.pin``, ``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
-``{"failures": [wall-clock seconds, oldest first], "streak": n}``.  The keystore is sealed, so
-only its owner's pairkit writes them.  Each change is made under the keystore's lock
-(:meth:`Keystore.update`), and each check reads what another process saved
+``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with ``"boot"`` and
+``"monotonic"`` beside them where the clock says which boot it counts from (below).  The
+keystore is sealed, so only its owner's pairkit writes them.  Each change is made under the
+keystore's lock (:meth:`Keystore.update`), and each check reads what another process saved
 (:meth:`Keystore.follow`: one short read when nothing changed).  Changes are rare: the policy
 itself bounds the failures a stranger can cause (about 12,000 a year).
 
@@ -19,8 +20,11 @@ times one process writes and reads again are the same (to a millisecond, within
 :data:`~pairkit.pairing.methods.common.TIME_SLACK`).  A time kept later than now (the wall clock
 was set back since, as on a Pi that booted without the network's time) counts as the journal's
 start: the lock it belongs to is kept, and ends at the latest one ``max_lock`` after the host
-started.  A wall clock stepped while a host runs moves nothing for that host; a host started
-after the step reads the times kept before it shifted by the step.
+started.  Within one boot the wall clock is not needed: the record also keeps the monotonic
+times and the boot they count from (Linux's ``boot_id``, :meth:`SystemClock.boot_id`), and a
+journal of the same boot reads those, so a wall clock stepped between two hosts' starts (a Pi
+whose network time arrived after the first started) shifts nothing.  Across a reboot the wall
+clock is all there is: a host then reads the times kept shifted by whatever step its clock made.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class KeystoreLockJournal:
         #: when this journal was made, on the machines' clock: a time kept later than now
         #: counts as this (see the module docstring)
         self._start = clock.monotonic()
+        #: the boot the machines' clock counts from, when the clock says (see the module
+        #: docstring): within it, the monotonic times kept are read as they are
+        boot = getattr(clock, "boot_id", None)
+        self._boot: str | None = boot() if callable(boot) else None
 
     def __repr__(self) -> str:
         return f"KeystoreLockJournal({self._key!r})"
@@ -75,8 +83,13 @@ class KeystoreLockJournal:
             if not failures and not streak:  # nothing to keep (an attempt won, taken back)
                 ks.delete_setting(self._key)
                 return
-            kept = [round(t + self._offset, 3) for t in failures[-_MAX_KEPT:]]
-            ks.set_setting(self._key, {"failures": kept, "streak": streak})
+            last = failures[-_MAX_KEPT:]
+            record: dict[str, Any] = {
+                "failures": [round(t + self._offset, 3) for t in last], "streak": streak,
+            }
+            if self._boot is not None:
+                record |= {"boot": self._boot, "monotonic": [round(t, 3) for t in last]}
+            ks.set_setting(self._key, record)
 
     def _read(self, record: Any) -> tuple[list[float], int]:
         """What ``record`` keeps, on the machines' clock; nothing for a record this pairkit
@@ -87,6 +100,15 @@ class KeystoreLockJournal:
         if not isinstance(raw, tuple | list) or not isinstance(streak, int) or streak < 0:
             return [], 0
         times = [t for t in raw if isinstance(t, int | float) and math.isfinite(t)]
+        mono = record.get("monotonic")
+        if (self._boot is not None and record.get("boot") == self._boot
+                and isinstance(mono, tuple | list) and len(mono) == len(times)
+                and all(isinstance(t, int | float) and math.isfinite(t) for t in mono)):
+            # Kept in this boot: the machines' clock as it read then, whatever the wall clock
+            # did since (a Pi's network time arriving after the host started).
+            times, offset = list(mono), 0.0
+        else:
+            offset = self._offset
         # Later than now (the wall clock went back since they were kept): this journal's
         # start, so that such a lock ends, at the latest, one max_lock after the host started.
         # Now is the clock's, not the caller's ``now``, which may be an earlier time (compare
@@ -94,7 +116,7 @@ class KeystoreLockJournal:
         # the slack covers the millisecond a time kept may have been rounded up by.
         limit = self._clock.monotonic() + TIME_SLACK
         failures = sorted(
-            t if t <= limit else self._start for t in (t - self._offset for t in times)
+            t if t <= limit else self._start for t in (t - offset for t in times)
         )
         return failures, max(streak, len(failures))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pairkit.clock import SYSTEM_CLOCK
 from pairkit.keystore import Keystore
 from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
 from pairkit.pairing.errors import KeystoreError
@@ -46,7 +47,7 @@ def test_a_restart_after_a_reboot_keeps_the_lock(ks_path: Path) -> None:
     # locked until the first of the five is a window old
     assert first.state.locked_for(clock.monotonic()) == pytest.approx(295, abs=0.01)
     clock.advance(60)
-    clock.now_monotonic = 3.0  # a reboot
+    clock.reboot(monotonic=3.0)
     again = host(ks_path, clock)
     assert again.state.locked_for(clock.monotonic()) == pytest.approx(235, abs=0.01)
     clock.advance(235)
@@ -116,7 +117,7 @@ def test_failures_kept_later_than_now_count_as_now(ks_path: Path) -> None:
     for _ in range(5):
         first.state.pin_failed(clock.monotonic())
     clock.now_wall -= 30 * 86400  # a month back
-    clock.now_monotonic = 5.0
+    clock.reboot(monotonic=5.0)
     again = host(ks_path, clock)
     assert again.state.locked_for(clock.monotonic()) == pytest.approx(300)
     clock.advance(300)
@@ -197,3 +198,14 @@ def test_failures_the_journal_cannot_keep_count_and_are_kept_later(ks_path: Path
     kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
     assert kept["streak"] == 6 and len(kept["failures"]) == 5
     assert lock.locked_for(clock.monotonic()) == pytest.approx(POLICY.lock_after(6))
+
+
+def test_the_system_clock_says_its_boot_and_the_record_keeps_it(ks_path: Path) -> None:
+    """On Linux the machine's clock names its boot, and a journal on it keeps the monotonic
+    times beside the wall-clock ones, so that hosts of the same boot need no wall clock."""
+    boot = SYSTEM_CLOCK.boot_id()
+    assert isinstance(boot, str) and len(boot) >= 32 and boot == SYSTEM_CLOCK.boot_id()
+    side = HostSide.of(Keystore.open(ks_path, KS_PIN), PairingConfig(), transport="tcp")
+    side.state.compare_lock.failed(SYSTEM_CLOCK.monotonic())
+    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
+    assert kept["boot"] == boot and len(kept["monotonic"]) == len(kept["failures"]) == 1

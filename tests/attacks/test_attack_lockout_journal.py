@@ -282,9 +282,6 @@ async def test_codes_the_keystore_cannot_count_stop_at_the_budget(ks_path: Path)
 # -- the wall clock stepped between the starts of two host processes ------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: two host processes started on either "
-                   "side of a wall-clock step read each other's failures a step away, and stop "
-                   "sharing the lock")
 def test_two_host_processes_started_across_a_clock_step_share_the_lock(ks_path: Path) -> None:
     """A Pi without a real-time clock boots with an old wall clock and starts ``pairkit host``
     on BLE; the network's time arrives later and steps the wall clock two days forward; the
@@ -292,8 +289,9 @@ def test_two_host_processes_started_across_a_clock_step_share_the_lock(ks_path: 
     it was made, so the first host's failures are two days old to the second (forgiven), and the
     second's lie two days in the first's future (read as the first's start, long past).  A
     stranger's five guesses at the first leave the second open: five more there, ten in one
-    window (docs/security.md, rule 7).  (A host restarted after such a step forgets them too;
-    the docs say so, and that the stranger cannot step the clock is all that bounds it.)"""
+    window (docs/security.md, rule 7).  Finding of the attack review (fixed, session 9: within
+    one boot the journal reads the monotonic times it kept, with the boot's id, not the wall
+    clock's)."""
     clock = Clocks(wall=1_800_000_000.0, monotonic=20.0)
     first = host_side(ks_path, clock)
     clock.advance(600.0)
@@ -329,8 +327,6 @@ async def test_a_stranger_is_not_told_where_the_hosts_keystore_is(ks_path: Path)
     assert "space" not in str(guest_error), str(guest_error)
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: a host started before the network's "
-                   "time keeps failures a step in the past; restarted, it has forgotten them")
 def test_a_host_started_before_the_networks_time_keeps_its_lock_when_restarted(
     ks_path: Path,
 ) -> None:
@@ -340,7 +336,8 @@ def test_a_host_started_before_the_networks_time_keeps_its_lock_when_restarted(
     keeps from then on is two days behind the wall clock.  Five guesses lock it; the host is
     restarted (its service restarts, the dongle came back): the new host reads the five as two
     days old, forgiven, and the stranger has five fresh guesses, which is what the journal was
-    made to prevent (docs/security.md, "The lock outlives the host process")."""
+    made to prevent (docs/security.md, "The lock outlives the host process").  Finding of the
+    attack review (fixed, session 9: the same boot's monotonic times are read as kept)."""
     clock = Clocks(wall=1_800_000_000.0 - 2 * 86400, monotonic=15.0)
     first = host_side(ks_path, clock)
     clock.advance(60.0)

@@ -104,7 +104,7 @@ async def test_a_restarted_gateway_keeps_its_pin_lock(tmp_path: Path) -> None:
             assert await guess(gw.port, source)
         assert not await guess(gw.port, source)  # locked
     clocks.advance(60.0)
-    clocks.now_monotonic = 5.0  # the device rebooted
+    clocks.reboot(monotonic=5.0)
     async with gateway_in_process(tmp_path / "again", pins=display()) as gw:
         assert not await guess(gw.port, source), "the restarted gateway forgot the lock"
         clocks.advance(241.0)  # the five are five minutes old
