@@ -3,7 +3,10 @@ own, nothing in the runtime calls ``time.time()`` behind their back.
 
 Two readings: :meth:`Clock.monotonic` for deadlines (the machines' ``now``, the driver's waits;
 the same clock as asyncio's loop by default) and :meth:`Clock.wall` for what is compared with
-other devices or kept on disk (grant expiry, QR codes' validity, hello epochs).
+other devices or kept on disk (grant expiry, QR codes' validity, hello epochs).  A clock may
+also say which boot its monotonic readings count from (``boot_id()``, as :class:`SystemClock`
+does on Linux): the host's lock records then compare monotonic readings within one boot
+(:mod:`pairkit.lockouts`); a clock without it is read by its wall clock only.
 """
 
 from __future__ import annotations
