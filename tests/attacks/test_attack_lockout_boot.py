@@ -174,8 +174,9 @@ def test_failures_not_kept_outlive_the_host_once_the_disk_has_room(ks_path: Path
     change (it is locked: a check writes nothing), so the five stay in its memory only, and
     when it is started again (its service restarted after the dongle went away, or Mallory
     waits for any restart) they are gone: five more codes in the same window (rule 7: "the
-    lock outlives the host process").  Nothing stopped the host keeping them once it could:
-    its next check found the disk with room."""
+    lock outlives the host process").  The host had three checks in which it could have tried
+    to keep them (a write only while some are unsaved); it tries only with its next change,
+    which a closed lock never makes."""
     disk, clock = DiskFull(), Clocks(wall=1_800_000_000.0, monotonic=50.0)
     lock = lock_on(ks_path, disk, clock)
     disk.full = True
