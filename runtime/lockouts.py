@@ -84,8 +84,14 @@ class KeystoreLockJournal:
                 ks.delete_setting(self._key)
                 return
             last = failures[-_MAX_KEPT:]
+            # With the boot named, this boot's readers take the monotonic times, and the wall
+            # times serve the next boot only: they come from the wall clock as it reads now,
+            # which a network time that arrived after this host started has set right (the
+            # offset read at the start would keep them a clock step behind for good).
+            offset = (self._clock.wall() - self._clock.monotonic() if self._boot is not None
+                      else self._offset)
             record: dict[str, Any] = {
-                "failures": [round(t + self._offset, 3) for t in last], "streak": streak,
+                "failures": [round(t + offset, 3) for t in last], "streak": streak,
             }
             if self._boot is not None:
                 record |= {"boot": self._boot, "monotonic": [round(t, 3) for t in last]}
