@@ -13,28 +13,13 @@ from pairkit.clock import SYSTEM_CLOCK
 from pairkit.keystore import Keystore
 from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
 from pairkit.pairing.errors import KeystoreError
-from pairkit.pairing.keystore import Argon2Params
-from pairkit.pairing.methods import PairingConfig, PinPolicy
+from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import Lockout
 from pairkit.session import HostSide
 from tests.clock_harness import Clocks
+from tests.lockout_harness import KS_PIN, POLICY, host, ks_path
 
-KS_PIN = "lockout-test-7391"
-POLICY = PinPolicy()
-
-
-@pytest.fixture
-def ks_path(tmp_path: Path) -> Path:
-    path = tmp_path / "keystore.pk"
-    Keystore.create(path, KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
-    return path
-
-
-def host(path: Path, clock: Clocks) -> HostSide:
-    """A host process's side on the keystore at ``path`` (a keystore object of its own)."""
-    return HostSide.of(Keystore.open(path, KS_PIN), PairingConfig(), transport="tcp",
-                       pin_policy=POLICY, clock=clock)
-
+__all__ = ["ks_path"]
 
 def test_a_restart_after_a_reboot_keeps_the_lock(ks_path: Path) -> None:
     """Five failures, then the device reboots (its monotonic clock starts again near 0) and

@@ -10,7 +10,6 @@ FileStorage's save failing with ``ENOSPC`` after its temporary file was written)
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 import pytest
@@ -19,43 +18,14 @@ from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore
 from pairkit.lockouts import KeystoreLockJournal
 from pairkit.pairing.errors import KeystoreError
-from pairkit.pairing.keystore import Argon2Params
-from pairkit.pairing.methods import PairingConfig, PinPolicy
 from pairkit.pairing.methods.common import Lockout
-from pairkit.session import HostSide
 from tests.clock_harness import Clocks
+from tests.lockout_harness import KS_PIN, POLICY, DiskFull, host, ks_path
 
-KS_PIN = "lockout-boot-2741"
-POLICY = PinPolicy()
+__all__ = ["ks_path"]
+
 BUDGET = POLICY.max_failures
 DAY = 86400.0
-
-
-@pytest.fixture
-def ks_path(tmp_path: Path) -> Path:
-    path = tmp_path / "keystore.pk"
-    Keystore.create(path, KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
-    return path
-
-
-def host(path: Path, clock: Clocks) -> HostSide:
-    """A host process's side on the keystore at ``path`` (a keystore object of its own)."""
-    return HostSide.of(Keystore.open(path, KS_PIN), PairingConfig(), transport="tcp",
-                       pin_policy=POLICY, clock=clock)
-
-
-class DiskFull:
-    """The keystore's disk: full while ``full`` (each save fails as ``ENOSPC`` does, in the real
-    FileStorage's save, after its temporary file was written)."""
-
-    def __init__(self) -> None:
-        self.full = False
-        self.refused = 0
-
-    def __call__(self, tmp: Path) -> None:
-        if self.full:
-            self.refused += 1
-            raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def lock_on(path: Path, disk: DiskFull, clock: Clocks, kind: str = "compare") -> Lockout:

@@ -12,7 +12,6 @@ keystore on disk; two ``Keystore`` objects on one file are two host processes of
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import os
 import re
@@ -24,16 +23,17 @@ import pytest
 from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore
 from pairkit.pairing.errors import AuthenticationError, KeystoreError, LockedOutError
-from pairkit.pairing.keystore import Argon2Params
 from pairkit.pairing.methods import GuestPairing, LocalIdentity, PairingConfig, PinPolicy
 from pairkit.pairing.methods.common import S_ASK, S_TURN
 from pairkit.pairing.negotiation import Method
 from pairkit.session import HostSide
 from tests.cli_helpers import KEYSTORE_PIN, Lab
 from tests.clock_harness import Clocks
+from tests.lockout_harness import KS_PIN, DiskFull, ks_path
 from tests.turns_harness import BUDGET, Answers, Mallory, Visits, WatchedHost, until
 
-KS_PIN = "lockout-attack-5182"
+__all__ = ["ks_path"]
+
 STEP = 2.0
 CONFIG = PairingConfig(step_timeout=STEP)
 WITHIN = 20 * STEP
@@ -52,13 +52,6 @@ class UpAnHour:
 
     def monotonic(self) -> float:
         return time.monotonic() - (3600.0 if self.starting else 0.0)
-
-
-@pytest.fixture
-def ks_path(tmp_path: Path) -> Path:
-    path = tmp_path / "keystore.pk"
-    Keystore.create(path, KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
-    return path
 
 
 def host_side(path: Path, clock: UpAnHour | Clocks) -> HostSide:
@@ -217,20 +210,6 @@ async def test_two_host_processes_give_no_guess_beyond_the_budget(lab: Lab) -> N
 
 
 # -- a keystore that cannot be written: open or closed ----------------------------------------
-
-
-class DiskFull:
-    """The keystore's disk: full once ``full`` is set (each save fails as ``ENOSPC`` does, in
-    the real FileStorage's save, after its temporary file was written)."""
-
-    def __init__(self) -> None:
-        self.full = False
-        self.refused = 0
-
-    def __call__(self, tmp: Path) -> None:
-        if self.full:
-            self.refused += 1
-            raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def side_on(path: Path, disk: DiskFull) -> HostSide:
