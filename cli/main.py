@@ -13,8 +13,10 @@ cbor2, asyncio, bumble or bleak; ``bench/startup.py`` measures the time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1008,7 +1010,20 @@ def main() -> None:
     except (click.Abort, KeyboardInterrupt):
         click.echo("error: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    finally:
+        # The command is over: a Ctrl-C from here on (while the interpreter waits for threads
+        # as it exits) ends the process at once, with no "Exception ignored" traceback.
+        signal.signal(signal.SIGINT, _interrupted_while_exiting)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _interrupted_while_exiting(_signum: int, _frame: object) -> None:
+    from .exitcodes import EXIT_INTERRUPTED
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

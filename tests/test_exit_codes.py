@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import re
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -243,3 +244,35 @@ def test_the_map_holds_for_errors_a_peer_reports() -> None:
         typed = local_error_for(int(code), "x")
         if typed.code == code:
             assert exit_code_for(typed) == local, code
+
+
+#: a command that has ended (``--version``), and a thread the interpreter joins as it exits (as
+#: bumble's and the keystore store's may be): a Ctrl-C then lands in the interpreter's shutdown
+EXITING = """
+import sys, threading, time
+threading.Thread(target=time.sleep, args=(20,)).start()
+sys.argv = ["pairkit", "--version"]
+from pairkit.cli.main import main
+main()
+"""
+
+
+async def test_ctrl_c_while_the_command_exits_ends_it_at_once_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A Ctrl-C (or a supervisor's SIGINT) that arrives while a command is already exiting, as
+    the interpreter waits for its threads, ends it at once with 130 and no traceback; before,
+    the interpreter printed "Exception ignored in: <module 'threading'>" and a traceback (seen
+    in CI: tests/test_groups_agent_cli.py stopping a listener whose radio had gone)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", EXITING, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env=cli_env(tmp_path / "home"),
+    )
+    assert proc.stdout is not None
+    await asyncio.wait_for(proc.stdout.readline(), 15)  # the version: the command is done
+    await asyncio.sleep(0.5)  # the interpreter is joining the thread
+    proc.send_signal(signal.SIGINT)
+    _out, err = await asyncio.wait_for(proc.communicate(), 5)  # at once: not the thread's 20 s
+    assert proc.returncode == 130, err.decode()
+    assert "Traceback" not in err.decode() and "Exception ignored" not in err.decode(), err
