@@ -410,9 +410,10 @@ class Gateway(Machine):
         # deadline), then answers for those that proved themselves and those that did not
         # ("did not answer in time", failed here in _on_registration).  That leaves a step and
         # a half of this gateway's deadline for the server connection, the relay and the
-        # server's store, and a PNE that answered at once, waiting one step of its own for the
-        # outcome, half a step for the server's answer to come back (finding 4 of the setup
-        # retry review: a silent PNE must not make the registration miss these deadlines).
+        # server's store, and a PNE that answered at once, told this wait on the relay and
+        # waiting twice it for the outcome (a step of this gateway's; never less than its own),
+        # half a step for the server's answer to come back (finding 4 of the setup retry
+        # review: a silent PNE must not make the registration miss these deadlines).
         self._auth_wait_ms = max(AUTH_WAIT_MS[0], round(self.config.step_timeout * 500))
         self._send_to(SERVER, PnRegistrationRequest(
             self.pn_id, self.config.name, self.setup_type, infos,
