@@ -183,11 +183,11 @@ class AuthenticationRequest(Message):
     gw_id: bytes = field(4, size=ID_LEN)
     rand_server: bytes = field(5, size=RAND_LEN)
     #: on the gateway's relay to the PNE: how long the server waits for the PNEs' answers (the
-    #: gateway's :attr:`PnRegistrationRequest.auth_wait_ms`), when it is not
-    #: :data:`DEFAULT_AUTH_WAIT_MS`, so that the PNE waits for the outcome past it (:data:`
-    #: AUTH_WAIT_MS`; absent: the default, so that a default gateway's relay is the server's
-    #: message as before).  The gateway's word: the server does not set it, and the gateway
-    #: replaces what a server wrote (PN finding 4 of the attack review of the registration's wait)
+    #: gateway's :attr:`PnRegistrationRequest.auth_wait_ms`, within :data:`AUTH_WAIT_MS`), so
+    #: that the PNE waits for the outcome past it; sent only when it is not
+    #: :data:`DEFAULT_AUTH_WAIT_MS` (absent: the default), so a default gateway's relay is the
+    #: server's message as before.  The gateway's word: the server does not set it, and the
+    #: gateway replaces what a server wrote (PN finding 4 of the registration's wait review)
     auth_wait_ms: int | None = field(6, default=None)
 
     def __post_init__(self) -> None:
