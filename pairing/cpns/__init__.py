@@ -26,7 +26,8 @@ Registration (both)::
     GW  -> server  PnRegistrationRequest(pn_id, gateway name, capabilities and subscription,
                    setup type, PNE infos with the rands, how long the PNEs have to answer)
     server -> GW -> PNE    AuthenticationRequest(pn_id, pne_id, gw_id, rand_server)
-                           (the gateway routes it by its routing table, keyed by pn_id)
+                           (the gateway routes it by its routing table, keyed by pn_id, and
+                           tells the PNE how long the server waits, unless it is the default)
     PNE -> GW -> server    AuthenticationResponse(pn_id, pne_id, hash_PNE)
                            (a PNE that has not answered when that wait, or the server's own
                            deadline, ends fails; the others go on)
@@ -89,6 +90,8 @@ from .keys import (
 )
 from .messages import (
     AUTH_WAIT_MS,
+    BELIEVED_AUTH_WAIT_MS,
+    DEFAULT_AUTH_WAIT_MS,
     MAX_PNES,
     RAND_LEN,
     SERVER,
@@ -132,6 +135,7 @@ from .pne import (
     PneMachine,
     PnJoinAsked,
     PnMembership,
+    outcome_wait,
 )
 from .server import (
     S_AUTHS,
@@ -148,6 +152,8 @@ from .server import (
 
 __all__ = [
     "AUTH_WAIT_MS",
+    "BELIEVED_AUTH_WAIT_MS",
+    "DEFAULT_AUTH_WAIT_MS",
     "G_COLLECT",
     "G_CONFIRM",
     "G_IDLE",
@@ -213,6 +219,7 @@ __all__ = [
     "hash_pne",
     "hash_server",
     "key_source_for",
+    "outcome_wait",
     "preassigned_key",
     "session_needed",
     "unwrap_key",

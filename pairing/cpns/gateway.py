@@ -42,6 +42,7 @@ from .keys import (
 )
 from .messages import (
     AUTH_WAIT_MS,
+    DEFAULT_AUTH_WAIT_MS,
     RAND_LEN,
     SERVER,
     AuthenticationRequest,
@@ -198,6 +199,8 @@ class Gateway(Machine):
         self.inventory: PnInventory | None = None
         #: the PNE that started this setup (None: the gateway did)
         self._initiator: tuple[bytes, str] | None = None
+        #: how long the server waits for the PNEs' answers, as the registration request asks
+        self._auth_wait_ms = DEFAULT_AUTH_WAIT_MS
 
     # -- the driver's side ----------------------------------------------------------------
 
@@ -407,14 +410,15 @@ class Gateway(Machine):
         # deadline), then answers for those that proved themselves and those that did not
         # ("did not answer in time", failed here in _on_registration).  That leaves a step and
         # a half of this gateway's deadline for the server connection, the relay and the
-        # server's store, and a PNE that answered at once, waiting one step of its own for the
-        # outcome, half a step for the server's answer to come back (finding 4 of the setup
-        # retry review: a silent PNE must not make the registration miss these deadlines).
-        auth_wait_ms = max(AUTH_WAIT_MS[0], round(self.config.step_timeout * 500))
+        # server's store, and a PNE that answered at once, told this wait on the relay and
+        # waiting twice it for the outcome (a step of this gateway's; never less than its own),
+        # half a step for the server's answer to come back (finding 4 of the setup retry
+        # review: a silent PNE must not make the registration miss these deadlines).
+        self._auth_wait_ms = max(AUTH_WAIT_MS[0], round(self.config.step_timeout * 500))
         self._send_to(SERVER, PnRegistrationRequest(
             self.pn_id, self.config.name, self.setup_type, infos,
             gw_caps=int(self.config.caps), subscription=self.config.gw_id,
-            auth_wait_ms=auth_wait_ms,
+            auth_wait_ms=self._auth_wait_ms,
         ).encode())
         self.state = G_REGISTER
         self._expect_by(now + 2 * self.config.step_timeout,
@@ -431,7 +435,15 @@ class Gateway(Machine):
         link = self._links[target]
         if link.state == "registering":
             link.state = "authenticating"
-            self._send_to(target, msg.encode())
+            # The PNE is told how long the server waits for the answers (when that is not the
+            # default), so that it waits for the outcome past it: a PNE whose step is under
+            # half this gateway's would otherwise give up while the server waits for a silent
+            # one, and the server registers it all the same (PN finding 4 of the attack review
+            # of the registration's wait).  The source's gateway relays the request as a message
+            # of its own (step 6: the PNE's copy of its key and rand_server); this one relays
+            # the server's fields and its own wait, never one the server wrote.
+            wait = None if self._auth_wait_ms == DEFAULT_AUTH_WAIT_MS else self._auth_wait_ms
+            self._send_to(target, dataclasses.replace(msg, auth_wait_ms=wait).encode())
         elif link.state != "failed":
             raise ProtocolError("the server asked the same PNE twice")
 

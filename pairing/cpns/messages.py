@@ -18,6 +18,13 @@ SERVER: Final = "server"
 #: the bounds of :attr:`PnRegistrationRequest.auth_wait_ms` (0.1 s to an hour, the bounds of
 #: a gateway's step timeout)
 AUTH_WAIT_MS: Final = (100, 3_600_000)
+#: the server's wait an :class:`AuthenticationRequest` relayed to a PNE stands for when it does
+#: not say (:attr:`AuthenticationRequest.auth_wait_ms`): half the default 30 s step of a gateway
+DEFAULT_AUTH_WAIT_MS: Final = 15_000
+#: the longest server's wait a PNE believes of its gateway: a key server waits no longer than its
+#: own deadline (three times its 10 s step by default), so a gateway that claims more holds no
+#: PNE for it (:func:`pairing.cpns.pne.outcome_wait`)
+BELIEVED_AUTH_WAIT_MS: Final = 30_000
 
 Port = Hashable
 
@@ -175,6 +182,16 @@ class AuthenticationRequest(Message):
     pne_id: bytes = field(3, size=ID_LEN)
     gw_id: bytes = field(4, size=ID_LEN)
     rand_server: bytes = field(5, size=RAND_LEN)
+    #: on the gateway's relay to the PNE: how long the server waits for the PNEs' answers (the
+    #: gateway's :attr:`PnRegistrationRequest.auth_wait_ms`, within :data:`AUTH_WAIT_MS`), so
+    #: that the PNE waits for the outcome past it; sent only when it is not
+    #: :data:`DEFAULT_AUTH_WAIT_MS` (absent: the default), so a default gateway's relay is the
+    #: server's message as before.  The gateway's word: the server does not set it, and the
+    #: gateway replaces what a server wrote (PN finding 4 of the registration's wait review)
+    auth_wait_ms: int | None = field(6, default=None)
+
+    def __post_init__(self) -> None:
+        check_ms("AuthenticationRequest.auth_wait_ms", self.auth_wait_ms, AUTH_WAIT_MS)
 
 
 @message(type_id=75, max_size=256)

@@ -33,6 +33,8 @@ from .keys import (
     unwrap_key,
 )
 from .messages import (
+    BELIEVED_AUTH_WAIT_MS,
+    DEFAULT_AUTH_WAIT_MS,
     MAX_PNES,
     RAND_LEN,
     AuthenticationRequest,
@@ -89,6 +91,18 @@ class PneConfig:
             raise ConfigError("the timeout (seconds per step) must be between 0.1 and 3600 seconds")
         if self.join not in ("accept", "decline", "ask"):
             raise ConfigError("join must be 'accept', 'decline' or 'ask'")
+
+
+def outcome_wait(step_timeout: float, auth_wait_ms: int | None) -> float:
+    """How long a PNE with ``step_timeout`` waits for the outcome once it has answered the
+    server's authentication request that its gateway relayed with ``auth_wait_ms`` (absent:
+    :data:`DEFAULT_AUTH_WAIT_MS`), in seconds: twice the server's wait (the wait itself, then
+    as long again for the server's answer to come back through the gateway: with equal steps,
+    one step, as before), believed up to :data:`BELIEVED_AUTH_WAIT_MS` (a minute at most), and
+    never less than its own step.  A gateway's word can lengthen the PNE's wait up to that cap,
+    never shorten it (docs/protocol.md §18, "The registration's waits")."""
+    wait = DEFAULT_AUTH_WAIT_MS if auth_wait_ms is None else auth_wait_ms
+    return max(step_timeout, 2 * min(wait, BELIEVED_AUTH_WAIT_MS) / 1000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,7 +243,13 @@ class PneMachine(Machine):
         )
         self._hash_pne = hash_pne(self._sk, **ids, rand_pne=self._rand, rand_server=msg.rand_server)
         self._send(AuthenticationResponse(msg.pn_id, msg.pne_id, self._hash_pne))
-        self._wait(now, S_ESTABLISH, "the gateway did not say whether the PN was established")
+        # The server may wait for other PNEs (a silent stranger under an enrolled id, say) as
+        # long as the gateway gave them, which may be longer than this PNE's step: it waits
+        # past that, so that the server does not register a PNE that has given up (PN finding
+        # 4 of the attack review of the registration's wait).
+        self.state = S_ESTABLISH
+        self._expect_by(now + outcome_wait(self.config.step_timeout, msg.auth_wait_ms),
+                        "the gateway did not say whether the PN was established")
 
     def _on_establish(self, msg: PnEstablishmentNotify, now: float) -> None:
         assert self._pn_id is not None and self._gw_id is not None
