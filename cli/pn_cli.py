@@ -64,7 +64,10 @@ def _timeout_option(f: Any) -> Any:
     return click.option(
         "--timeout", type=Seconds(0.1, 3600), default=30.0, show_default=True,
         help="Longest wait, in seconds, for any one step (a message, the key server, a person "
-             "answering); then exit code 4.")(f)
+             "answering); then exit code 4.  One exception: once `pn join` has answered the key "
+             "server, it waits for the setup's outcome twice as long as its gateway says the "
+             "key server waits for the other devices, when that is longer (a minute at "
+             "most).")(f)
 
 
 def _factory_key(ks: Any) -> bytes:
