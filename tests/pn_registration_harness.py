@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from pairkit.driver import drive
+from pairkit.keyserver.store import PnRow
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import (
     AuthenticationRequest,
@@ -97,12 +98,15 @@ async def register(h: Any, gw: Gateway, req: wire.Message) -> ServerLink:
 
 async def play(
     conn: ServerLink, gw: Gateway, *, silent: tuple[int, ...] = (),
-    late: dict[int, float] | None = None,
+    late: dict[int, float] | None = None, forged: dict[int, bytes] | None = None,
+    heard: list[bytes] | None = None,
 ) -> PnRegistrationResponse:
     """Relay the key server's questions to the elements, as the gateway would: each answers at
     once, but those in ``silent`` never, and those in ``late`` after that many seconds (sent
-    whether or not the key server still waits; the answer is read after).  The key server's
-    answer to the registration."""
+    whether or not the key server still waits; the answer is read after); those in ``forged``
+    answer with those bytes instead of their own.  Every answer sent is appended to ``heard``
+    (what a device in reach of the PAN hears).  The key server's answer to the
+    registration."""
     by_id = {e.me.device_id: k for k, e in enumerate(gw.elements)}
     pending: list[asyncio.Task[None]] = []
 
@@ -125,7 +129,9 @@ async def play(
             k = by_id[msg.pne_id]
             if k in silent:
                 continue
-            data = gw.elements[k].answer(msg)
+            data = forged[k] if forged and k in forged else gw.elements[k].answer(msg)
+            if heard is not None:
+                heard.append(data)
             if late and k in late:
                 pending.append(asyncio.create_task(later(late[k], data)))
             else:
@@ -138,6 +144,11 @@ async def play(
 def verdicts(resp: PnRegistrationResponse, gw: Gateway) -> list[tuple[bool, str | None]]:
     by_id = {r.pne_id: (r.ok, r.reason) for r in resp.results}
     return [by_id[e.me.device_id] for e in gw.elements]
+
+
+async def stored(h: Any, gw: Gateway, pn_id: bytes) -> PnRow:
+    """The key server's record of ``gw``'s PN ``pn_id`` (:class:`NotFoundError` if none)."""
+    return await h.server.db(h.server.store.pn, gw.me.device_id, pn_id)  # type: ignore[no-any-return]
 
 
 async def stored_members(h: Any, pn_id: bytes) -> list[str]:

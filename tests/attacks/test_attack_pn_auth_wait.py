@@ -32,6 +32,7 @@ from tests.pn_registration_harness import (
     play,
     register,
     request,
+    stored,
     stored_members,
     verdicts,
 )
@@ -184,7 +185,9 @@ async def test_another_gateway_cannot_take_a_pn_id_it_heard_before_its_owner_reg
     another gateway"), every element of the owner's setup fails, and the owner, which keeps
     no PN after a failed setup, draws a new id for the next, which the squatter can take the
     same way.  What the attacker gets: an enrolled device that hears a gateway's PAN keeps that
-    gateway from ever setting up its first PN."""
+    gateway from ever setting up its first PN.  What must hold: the owner's registration
+    succeeds with the owner's element, and the squatter's PN under the same id holds only its
+    own (the key server keeps a PN under its gateway and its id)."""
     async with running_server(tmp_path / "srv", limits=LIMITS) as h:
         owner, squatter = await enrolled(h, 1), await enrolled(h, 1)
         pn_id = os.urandom(16)  # in the owner's setup notify, heard by the squatter
@@ -198,5 +201,9 @@ async def test_another_gateway_cannot_take_a_pn_id_it_heard_before_its_owner_reg
             resp = await play(conn, owner)
         finally:
             await conn.close()
-        assert resp.registered
-        assert await stored_members(h, pn_id) == ["element 0"]
+        assert resp.registered and verdicts(resp, owner) == [(True, None)]
+        # the owner's PN holds the owner's element; the squatter's, under the same id, its own
+        # only (nothing of the owner's)
+        for gw in (owner, squatter):
+            row = await stored(h, gw, pn_id)
+            assert [m["pne_id"] for m in row.members] == [gw.elements[0].me.device_id.hex()]
