@@ -151,6 +151,6 @@ async def stored(h: Any, gw: Gateway, pn_id: bytes) -> PnRow:
     return await h.server.db(h.server.store.pn, gw.me.device_id, pn_id)  # type: ignore[no-any-return]
 
 
-async def stored_members(h: Any, pn_id: bytes) -> list[str]:
-    row = await h.server.db(h.server.store.pn, pn_id)
+async def stored_members(h: Any, gw: Gateway, pn_id: bytes) -> list[str]:
+    row = await stored(h, gw, pn_id)
     return sorted(m["name"] for m in row.members)

@@ -44,9 +44,6 @@ from tests.pn_registration_harness import (
 )
 from tests.ttp_harness import running_server
 
-pytestmark = pytest.mark.xfail(strict=True, reason="finding 5: the key server keeps one PN per "
-                               "id for all gateways and refuses every other gateway's")
-
 #: the key server's step: its wait for a gateway's elements is three of them (1.5 s)
 LIMITS = Limits(step_timeout=0.5, max_wait=5.0, handshake_timeout=5.0)
 
