@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from pairkit.keyserver.server import Limits
 from pairkit.pairing.cpns import PnRegistrationRequest, PnRegistrationResponse, SetupType
 from pairkit.pairing.cpns.keys import RECIPIENT_GW, unwrap_key
 from pairkit.pairing.errors import NotFoundError
+from tests.cli_helpers import KEYSTORE_PIN
+from tests.pn_harness import free_port, pn_lab
 from tests.pn_registration_harness import (
     Element,
     Gateway,
@@ -180,3 +183,53 @@ async def test_two_gateways_registering_one_pn_id_at_once_each_get_their_own(
             assert [r.registered for r in both] == [True, True]
             assert await members(h, owner, pn_id) == ids(owner)
             assert await members(h, squatter, pn_id) == ids(squatter)
+
+
+# -- the element's side: its memberships under one PN id -----------------------------------------
+
+
+def _take_pn_id(home: Path, pn_id: str) -> None:
+    """Give the gateway of keystore ``home`` the PN id ``pn_id`` (as a gateway that heard it
+    would: its own PN record under that id, no member yet), before its ``pn gateway`` starts."""
+    from pairkit.keystore import Keystore
+    from pairkit.pairing.keystore import PnRecord
+
+    ks = Keystore.open(home / "keystore.pk", KEYSTORE_PIN)
+    with ks.update():
+        ks.set_pn(PnRecord(pn_id=pn_id, role="gateway", gw_id=ks.device_id, gw_name=ks.name,
+                           setup="1-1", updated=time.time()))
+
+
+@pytest.mark.xfail(strict=True, reason="finding: an element keeps its memberships under the PN "
+                   "id alone, and a second gateway's PN under the same id replaces the first")
+async def test_an_element_that_joins_a_squatters_pn_under_its_gateways_id_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    """The watch is a member of Paul's phone's PN.  Mallory's phone, enrolled with the same key
+    server, runs its gateway under that PN id (heard on the PAN), and the watch joins it (its
+    person said yes to a gateway it reached; the key server now registers it, the PN being
+    Mallory's own).  The watch must keep both memberships, each with its gateway, and come
+    back on Paul's phone with its link key: joining one gateway's PN must not wipe the
+    membership of another gateway's PN that happens to carry the same id."""
+    names = {"gw": "Paul's phone", "sq": "Mallory's phone", "watch": "Paul's watch"}
+    async with pn_lab(tmp_path, names) as lab:
+        port = free_port()
+        gw_addr = f"tcp:127.0.0.1:{port}"
+        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--yes", "--json")
+        await gw.narration("is the PN gateway on")
+        pn_id = (await lab.run("watch", "pn", "join", gw_addr, "--setup", "1-1", "--json")
+                 ).ok().json()["pn"]
+
+        _take_pn_id(lab.homes["sq"], pn_id)
+        sq_addr = f"tcp:127.0.0.1:{free_port()}"
+        sq = await lab.start("sq", "pn", "gateway", "-t", sq_addr, "--yes", "--json")
+        await sq.narration("is the PN gateway on")
+        joined = (await lab.run("watch", "pn", "join", sq_addr, "--setup", "1-1", "--json")
+                  ).ok().json()
+        assert joined["pn"] == pn_id and joined["gateway"]["id"] == lab.ids["sq"]
+
+        pns = (await lab.run("watch", "pn", "ls", "--json")).ok().json()["pns"]
+        assert sorted((p["pn"], p["gateway"]["id"]) for p in pns) == sorted(
+            [(pn_id, lab.ids["gw"]), (pn_id, lab.ids["sq"])])
+        back = (await lab.run("watch", "pn", "join", gw_addr, "--json")).ok().json()
+        assert back["resumed"] and back["gateway"]["id"] == lab.ids["gw"]
