@@ -200,8 +200,6 @@ def _take_pn_id(home: Path, pn_id: str) -> None:
                            setup="1-1", updated=time.time()))
 
 
-@pytest.mark.xfail(strict=True, reason="finding: an element keeps its memberships under the PN "
-                   "id alone, and a second gateway's PN under the same id replaces the first")
 async def test_an_element_that_joins_a_squatters_pn_under_its_gateways_id_keeps_its_own(
     tmp_path: Path,
 ) -> None:
