@@ -174,15 +174,15 @@ async def test_a_wait_out_of_bounds_or_given_twice_is_refused_before_anything_is
 async def test_another_gateway_cannot_take_a_pn_id_it_heard_before_its_owner_registers_it(
     tmp_path: Path,
 ) -> None:
-    """Finding (attack review of the registration's wait, several gateways at once; not made
-    by the change under review).  A gateway's PN id travels in the clear on its PAN, in the
-    setup notify it sends its elements at the start of the collect window (5 s by default),
-    before it registers the PN with the key server.  Another device enrolled with the same key
-    server, acting as a gateway with one element of its own, hears the id and registers it
-    first.  The key server then refuses the owner's registration ("this PN id belongs to
-    another gateway"), every element of the owner's setup fails, and the owner, which keeps
-    no PN after a failed setup, draws a new id for the next, which the squatter can take the
-    same way.  What the attacker gets: an enrolled device that hears a gateway's PAN keeps that
+    """Finding 5 (attack review of the registration's wait, several gateways at once; not
+    made by the change under review; fixed).  A gateway's PN id travels in the clear on its
+    PAN, in the setup notify it sends its elements at the start of the collect window (5 s by
+    default), before it registers the PN with the key server.  Another device enrolled with
+    the same key server, acting as a gateway with one element of its own, hears the id and
+    registers it first.  Before the fix the key server then refused the owner's registration
+    ("this PN id belongs to another gateway"), every element of the owner's setup failed, and
+    the owner, which keeps no PN after a failed setup, drew a new id for the next, which the
+    squatter could take the same way: an enrolled device that hears a gateway's PAN kept that
     gateway from ever setting up its first PN.  What must hold: the owner's registration
     succeeds with the owner's element, and the squatter's PN under the same id holds only its
     own (the key server keeps a PN under its gateway and its id)."""
