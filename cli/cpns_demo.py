@@ -194,7 +194,7 @@ async def run_cpns_demo(*, quiet: bool) -> dict[str, Any]:
             summary["server_inventory"] = [
                 {"pn": p.pn_id.hex(), "gateway": p.gw_name, "setup": p.setup_type.label,
                  "members": [m["name"] for m in p.members]}
-                for p in (store.pn(i) for i in store.pn_ids())
+                for p in (store.pn(*k) for k in store.pn_keys())
             ]
         finally:
             store.close()

@@ -281,7 +281,7 @@ def list_cmd(directory: Path, database: str | None, as_json: bool) -> None:
     store = open_store(directory, database=database)
     try:
         devices = store.devices()
-        pns = [store.pn(pn_id) for pn_id in store.pn_ids()]
+        pns = [store.pn(gw_id, pn_id) for gw_id, pn_id in store.pn_keys()]
     finally:
         store.close()
     pn_rows = [{"pn_id": p.pn_id.hex(), "gateway": p.gw_id.hex(), "gateway_name": p.gw_name,

@@ -112,6 +112,24 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
     );
     ALTER TABLE intents ADD COLUMN server BYTEA;
     """,
+    # 4: a PN is its gateway's, keyed by (gw_id, pn_id) (as SQLite's version 4): each member
+    # is moved under its PN's gateway, and the keys (named as version 2 made them) change in
+    # place.  local_key_ad: 1 for the LocalEUKeys sealed before, 2 for those sealed after.
+    """
+    ALTER TABLE pn_members DROP CONSTRAINT pn_members_pn_id_fkey;
+    ALTER TABLE pn_members DROP CONSTRAINT pn_members_pkey;
+    ALTER TABLE pn_members ADD COLUMN gw_id BYTEA;
+    UPDATE pn_members m SET gw_id = p.gw_id FROM pns p WHERE p.pn_id = m.pn_id;
+    ALTER TABLE pn_members ALTER COLUMN gw_id SET NOT NULL;
+    ALTER TABLE pn_members ADD COLUMN local_key_ad INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE pn_members ALTER COLUMN local_key_ad SET DEFAULT 2;
+    ALTER TABLE pns DROP CONSTRAINT pns_pkey;
+    ALTER TABLE pns ADD PRIMARY KEY (gw_id, pn_id);
+    ALTER TABLE pn_members ADD PRIMARY KEY (gw_id, pn_id, pne_id);
+    ALTER TABLE pn_members ADD FOREIGN KEY (gw_id, pn_id) REFERENCES pns (gw_id, pn_id)
+        ON DELETE CASCADE;
+    DROP INDEX pns_by_gateway;
+    """,
 )
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)
 

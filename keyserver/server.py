@@ -848,9 +848,8 @@ class _Conn:
     async def cpns_keys(self, q: CpnsKeysAsked) -> CpnsKeys:
         s = self.s
         keys = await s.db(s.store.eukeys, (q.gw_id, *q.pne_ids))
-        owner = await s.db(s.store.pn_owner, q.pn_id)
         gw = keys.pop(q.gw_id, None)
-        return CpnsKeys(gw, keys, owner)
+        return CpnsKeys(gw, keys)
 
     async def cpns_register(self, q: CpnsRegisterAsked) -> bool:
         s = self.s

@@ -20,7 +20,9 @@ Keys at rest are sealed (:class:`Sealer`): the devices' factory EUKeys, the Loca
 links and the SK waiting for the second device of a match (unless the caller takes it in memory:
 ``post_intent``'s ``claim``) are stored as ChaCha20-Poly1305
 ciphertexts under the server's 32-byte sealing key (``seal.key``, mode 0600), with the table,
-the row and the purpose as associated data, so a ciphertext moved to another row does not open.
+the row and the purpose as associated data, so a ciphertext moved to another row does not open
+(a LocalEUKey stored before schema version 4 is sealed to its PN id and PNE only, the PN id being
+then the key server's alone; ``pn_members.local_key_ad`` says which).
 
 Time is an argument (``now``, wall-clock seconds) of every method that needs it; the store reads
 no clock.  The methods are synchronous and short; the server runs them on one worker thread.
@@ -130,6 +132,48 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         expires REAL NOT NULL
     );
     ALTER TABLE intents ADD COLUMN server BLOB;
+    """,
+    # 4: a PN is its gateway's, keyed by (gw_id, pn_id): a PN id crosses the PAN in the clear
+    # before its gateway registers it, and another gateway that registers the same id makes a
+    # PN of its own instead of taking the id (security finding 5 of the registration's wait
+    # review).  SQLite changes no primary key in place: the tables are copied, each member
+    # under its PN's gateway.  local_key_ad: what the LocalEUKey was sealed to (1: the PN id
+    # and PNE id, before this version; 2: the gateway's id too).
+    """
+    CREATE TABLE pns_v4 (
+        gw_id      BLOB NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+        pn_id      BLOB NOT NULL CHECK (length(pn_id) = 16),
+        gw_name    TEXT NOT NULL,
+        setup_type INTEGER NOT NULL,
+        created    REAL NOT NULL,
+        updated    REAL NOT NULL,
+        PRIMARY KEY (gw_id, pn_id)
+    );
+    CREATE TABLE pn_members_v4 (
+        gw_id            BLOB NOT NULL,
+        pn_id            BLOB NOT NULL,
+        pne_id           BLOB NOT NULL,
+        name             TEXT NOT NULL,
+        caps             INTEGER NOT NULL,
+        contents         TEXT NOT NULL,
+        key_source       INTEGER NOT NULL,
+        local_key_sealed BLOB,
+        local_key_ad     INTEGER NOT NULL DEFAULT 2,
+        joined           REAL NOT NULL,
+        PRIMARY KEY (gw_id, pn_id, pne_id),
+        FOREIGN KEY (gw_id, pn_id) REFERENCES pns_v4 (gw_id, pn_id) ON DELETE CASCADE
+    );
+    INSERT INTO pns_v4 (gw_id, pn_id, gw_name, setup_type, created, updated)
+        SELECT gw_id, pn_id, gw_name, setup_type, created, updated FROM pns;
+    INSERT INTO pn_members_v4 (gw_id, pn_id, pne_id, name, caps, contents, key_source,
+                               local_key_sealed, local_key_ad, joined)
+        SELECT p.gw_id, m.pn_id, m.pne_id, m.name, m.caps, m.contents, m.key_source,
+               m.local_key_sealed, 1, m.joined
+        FROM pn_members m JOIN pns p ON p.pn_id = m.pn_id;
+    DROP TABLE pn_members;
+    DROP TABLE pns;
+    ALTER TABLE pns_v4 RENAME TO pns;
+    ALTER TABLE pn_members_v4 RENAME TO pn_members;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -457,53 +501,53 @@ class Store(abc.ABC):
 
     # -- PN inventories ---------------------------------------------------------------------
 
-    def pn_owner(self, pn_id: bytes) -> bytes | None:
-        with self._read() as db:
-            row = db.one("SELECT gw_id FROM pns WHERE pn_id = ?", (pn_id,))
-        return bytes(row[0]) if row is not None else None
-
     def register_pn(self, inventory: ServerInventory, now: float) -> None:
-        """Record (or extend) a PN and its members, their LocalEUKeys sealed."""
+        """Record (or extend) the PN ``inventory.pn_id`` of the gateway ``inventory.gw_id``
+        and its members, their LocalEUKeys sealed.
+
+        A PN is its gateway's: the key is (gateway, PN id), so a gateway that names another's
+        PN id (it crosses the PAN in the clear in the setup notify, before the registration:
+        OMA CPNS "PN Establishment", step 2) registers a PN of its own, and neither reads nor
+        changes the other's (security finding 5 of the registration's wait review)."""
+        gw_id, pn_id = inventory.gw_id, inventory.pn_id
         with self._write() as db:
             db.run(
-                "INSERT INTO pns (pn_id, gw_id, gw_name, setup_type, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pn_id) DO NOTHING",
-                (inventory.pn_id, inventory.gw_id, inventory.gw_name,
-                 int(inventory.setup_type), now, now),
-            )
-            owner = db.locking("SELECT gw_id FROM pns WHERE pn_id = ?", (inventory.pn_id,))
-            if owner is None or bytes(owner[0]) != inventory.gw_id:
-                raise RefusedError("this PN id belongs to another gateway")
-            db.run(
-                "UPDATE pns SET gw_name = ?, setup_type = ?, updated = ? WHERE pn_id = ?",
-                (inventory.gw_name, int(inventory.setup_type), now, inventory.pn_id),
+                "INSERT INTO pns (gw_id, pn_id, gw_name, setup_type, created, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gw_id, pn_id) DO UPDATE SET "
+                "gw_name = excluded.gw_name, setup_type = excluded.setup_type, "
+                "updated = excluded.updated",
+                (gw_id, pn_id, inventory.gw_name, int(inventory.setup_type), now, now),
             )
             for m in inventory.members:
                 sealed = None
                 if m.local_key is not None:
-                    sealed = self._sealer.seal(m.local_key, "local-eukey", inventory.pn_id,
-                                               m.pne_id)
+                    sealed = self._sealer.seal(m.local_key, *_local_key_ad(gw_id, pn_id, m.pne_id))
                 db.run(
-                    "INSERT INTO pn_members (pn_id, pne_id, name, caps, contents, key_source, "
-                    "local_key_sealed, joined) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (pn_id, pne_id) DO UPDATE SET name = excluded.name, "
+                    "INSERT INTO pn_members (gw_id, pn_id, pne_id, name, caps, contents, "
+                    "key_source, local_key_sealed, local_key_ad, joined) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (gw_id, pn_id, pne_id) DO UPDATE SET name = excluded.name, "
                     "caps = excluded.caps, contents = excluded.contents, "
                     "key_source = excluded.key_source, "
-                    "local_key_sealed = excluded.local_key_sealed, joined = excluded.joined",
-                    (inventory.pn_id, m.pne_id, m.name, m.caps, json.dumps(list(m.contents)),
-                     int(m.key_source), sealed, now),
+                    "local_key_sealed = excluded.local_key_sealed, "
+                    "local_key_ad = excluded.local_key_ad, joined = excluded.joined",
+                    (gw_id, pn_id, m.pne_id, m.name, m.caps, json.dumps(list(m.contents)),
+                     int(m.key_source), sealed, LOCAL_KEY_AD, now),
                 )
 
-    def pn(self, pn_id: bytes) -> PnRow:
+    def pn(self, gw_id: bytes, pn_id: bytes) -> PnRow:
+        """The gateway ``gw_id``'s PN ``pn_id`` (:class:`NotFoundError` if it has none)."""
         with self._read() as db:
             row = db.one(
-                "SELECT pn_id, gw_id, gw_name, setup_type FROM pns WHERE pn_id = ?", (pn_id,)
+                "SELECT pn_id, gw_id, gw_name, setup_type FROM pns "
+                "WHERE gw_id = ? AND pn_id = ?", (gw_id, pn_id),
             )
             if row is None:
                 raise NotFoundError("no such PN")
             members = db.all(
                 "SELECT pne_id, name, caps, contents, key_source, local_key_sealed IS NOT NULL "
-                "FROM pn_members WHERE pn_id = ? ORDER BY joined, pne_id", (pn_id,),
+                "FROM pn_members WHERE gw_id = ? AND pn_id = ? ORDER BY joined, pne_id",
+                (gw_id, pn_id),
             )
         return PnRow(
             bytes(row[0]), bytes(row[1]), row[2], SetupType(row[3]),
@@ -515,20 +559,37 @@ class Store(abc.ABC):
             ),
         )
 
-    def pn_ids(self) -> list[bytes]:
+    def pn_keys(self) -> list[tuple[bytes, bytes]]:
+        """Every registered PN as (gateway id, PN id), the oldest first (``pairkit ttp list``)."""
         with self._read() as db:
-            return [bytes(r[0]) for r in db.all("SELECT pn_id FROM pns ORDER BY created, pn_id")]
+            rows = db.all("SELECT gw_id, pn_id FROM pns ORDER BY created, gw_id, pn_id")
+        return [(bytes(r[0]), bytes(r[1])) for r in rows]
 
-    def local_eukey(self, pn_id: bytes, pne_id: bytes) -> bytes | None:
-        """A stored LocalEUKey, unsealed (tests check it is stored sealed, and opens)."""
+    def local_eukey(self, gw_id: bytes, pn_id: bytes, pne_id: bytes) -> bytes | None:
+        """A stored LocalEUKey of the gateway ``gw_id``'s PN, unsealed (tests check it is
+        stored sealed, and opens)."""
         with self._read() as db:
             row = db.one(
-                "SELECT local_key_sealed FROM pn_members WHERE pn_id = ? AND pne_id = ?",
-                (pn_id, pne_id),
+                "SELECT local_key_sealed, local_key_ad FROM pn_members "
+                "WHERE gw_id = ? AND pn_id = ? AND pne_id = ?",
+                (gw_id, pn_id, pne_id),
             )
         if row is None or row[0] is None:
             return None
+        if row[1] == LOCAL_KEY_AD:
+            return self._sealer.open(bytes(row[0]), *_local_key_ad(gw_id, pn_id, pne_id))
+        # sealed before schema version 4, when a PN id was the key server's alone
         return self._sealer.open(bytes(row[0]), "local-eukey", pn_id, pne_id)
+
+
+#: ``pn_members.local_key_ad`` of a LocalEUKey sealed to its gateway, PN and PNE (schema 4)
+LOCAL_KEY_AD: Final = 2
+
+
+def _local_key_ad(gw_id: bytes, pn_id: bytes, pne_id: bytes) -> tuple[str, bytes, bytes, bytes]:
+    """The purpose and row a LocalEUKey is sealed to: its PN is the gateway's (schema 4), so
+    a sealed key moved to the same PN id and PNE of another gateway does not open."""
+    return "pn-local-eukey", gw_id, pn_id, pne_id
 
 
 class _SqliteTx:

@@ -99,9 +99,10 @@ async def test_wrong_eukey_fails_while_the_other_pne_registers(tmp_path: Path) -
         assert member.session.fingerprint == ok.session.fingerprint
         # the server registered the PN with its one member, LocalEUKey sealed in its store
         store = h.server.store
-        row = await h.server.db(store.pn, inventory.pn_id)
+        row = await h.server.db(store.pn, inventory.gw_id, inventory.pn_id)
         assert [m["name"] for m in row.members] == ["pne0"]
-        stored_key = await h.server.db(store.local_eukey, inventory.pn_id, s.pnes[0].device_id)
+        stored_key = await h.server.db(
+            store.local_eukey, inventory.gw_id, inventory.pn_id, s.pnes[0].device_id)
         assert stored_key == ok.link_key == member.link_key
 
 
@@ -198,8 +199,8 @@ async def test_two_gateways_at_once(tmp_path: Path) -> None:
         )
         assert _names(inv_a) == _names(inv_b) == ["pne0", "pne1"]
         assert inv_a.pn_id != inv_b.pn_id
-        assert sorted(await h.server.db(h.server.store.pn_ids)) == sorted(
-            [inv_a.pn_id, inv_b.pn_id])
+        assert sorted(await h.server.db(h.server.store.pn_keys)) == sorted(
+            [(inv_a.gw_id, inv_a.pn_id), (inv_b.gw_id, inv_b.pn_id)])
 
 
 async def test_cpns_demo_with_a_server_process() -> None:

@@ -66,6 +66,40 @@ def test_the_frozen_v1_keystore_opens_takes_a_pn_and_opens_again(tmp_path: Path)
     assert Keystore.open(copy, "frozen-test-pin").pns() == ()
 
 
+def _member(gw_id: str, key: bytes, updated: float) -> PnRecord:
+    return _record(role="member", gw_id=gw_id, members=(), failed=(), declined=(), link_key=key,
+                   key_source="local_eukey", gateway="tcp:127.0.0.1:7100", updated=updated)
+
+
+def test_a_member_keeps_the_pns_of_two_gateways_under_one_pn_id(tmp_path: Path) -> None:
+    """A PN id names a PN among its gateway's only (the key server keeps a PN under its
+    gateway and its id; security finding 5 of the registration's wait review): memberships of
+    two gateways' PNs under one id are both kept, each replaced only by its own gateway's;
+    one kept before under its PN id alone (a keystore of an earlier pairkit) is replaced by
+    its gateway's next one, never by another gateway's; forget_pn drops one gateway's or all."""
+    path = tmp_path / "ks.pk"
+    ks = Keystore.create(path, "123456", name="watch")
+    other = "ef" * 16
+    with ks.update():
+        ks.set_setting(ks.PN_PREFIX + "member." + PN, _member(GW, b"\x01" * 32, 1.0)._to_cbor())
+        ks.set_pn(_member(other, b"\x02" * 32, 2.0))
+    assert [(r.gw_id, r.link_key) for r in ks.pns("member")] == [
+        (GW, b"\x01" * 32), (other, b"\x02" * 32)]
+    with ks.update():
+        ks.set_pn(_member(GW, b"\x03" * 32, 3.0))
+        ks.set_pn(_member(other, b"\x04" * 32, 4.0))
+    again = Keystore.open(path, "123456")
+    assert [(r.gw_id, r.link_key) for r in again.pns("member")] == [
+        (GW, b"\x03" * 32), (other, b"\x04" * 32)]
+    with again.update():
+        again.forget_pn(PN, "member", other)
+    assert [r.gw_id for r in again.pns("member")] == [GW]
+    with again.update():
+        again.set_pn(_member(other, b"\x05" * 32, 5.0))
+        again.forget_pn(PN, "member")
+    assert Keystore.open(path, "123456").pns("member") == ()
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -20,7 +20,7 @@ import pytest
 from pairkit.keyserver.certs import init_server_dir
 from pairkit.keyserver.store import Matched, Pending, Sealer, StoreError, open_store
 from pairkit.pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
-from pairkit.pairing.errors import AuthenticationError, PairingError, RefusedError
+from pairkit.pairing.errors import AuthenticationError, NotFoundError, PairingError, RefusedError
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from pairkit.ttp import enrol, request_key
 from tests.pg_harness import PgCluster, pg_url, postgres
@@ -66,8 +66,8 @@ def test_schema_is_migrated_once_and_a_newer_one_refused(pg_url: str, key: bytes
     assert all(s is not None for s in stores)  # three processes starting at once: one migrates
     s = stores[0]
     try:
-        assert s.schema_version() == PG_SCHEMA_VERSION == 3
-        assert s.pn_ids() == [] and s.device_count() == 0
+        assert s.schema_version() == PG_SCHEMA_VERSION == 4
+        assert s.pn_keys() == [] and s.device_count() == 0
         s._conn.execute("UPDATE pairkit_schema SET version = 99")
     finally:
         for one in stores:
@@ -122,6 +122,9 @@ def test_enrol_match_replace_and_seal(pg_url: str, key: bytes) -> None:
 
 
 def test_pn_inventory(pg_url: str, key: bytes) -> None:
+    """As SQLite's: a PN is its gateway's (security finding 5 of the registration's wait
+    review): C registering A's PN id, with A's member B, gets a PN of its own, and neither
+    reads, changes nor keys the other's."""
     s = pg_store(pg_url, key)
     try:
         for d in (A, B, C):
@@ -130,18 +133,72 @@ def test_pn_inventory(pg_url: str, key: bytes) -> None:
         s.register_pn(ServerInventory(pn, A, "gw", SetupType.ALL, (
             ServerMember(B, "b", 1, ("music",), KeySource.LOCAL_EUKEY, b"\x0b" * 32),
         )), 1.0)
-        assert s.pn_owner(pn) == A and s.local_eukey(pn, B) == b"\x0b" * 32
+        assert s.pn_keys() == [(A, pn)] and s.local_eukey(A, pn, B) == b"\x0b" * 32
         raw = s._conn.execute("SELECT local_key_sealed FROM pn_members").fetchone()[0]
         assert b"\x0b" * 32 not in bytes(raw)
+        s.register_pn(ServerInventory(pn, C, "thief", SetupType.ONE_TO_ONE, (
+            ServerMember(B, "b?", 1, (), KeySource.LOCAL_EUKEY, b"\x0c" * 32),
+        )), 2.0)
         s.register_pn(ServerInventory(pn, A, "gw", SetupType.INVITED, (
             ServerMember(C, "c", 0, (), KeySource.PREASSIGNED, None),
             ServerMember(B, "b2", 1, ("music",), KeySource.LOCAL_EUKEY, None),
-        )), 2.0)
-        row = s.pn(pn)
-        assert row.setup_type is SetupType.INVITED
+        )), 3.0)
+        row = s.pn(A, pn)
+        assert (row.gw_name, row.setup_type) == ("gw", SetupType.INVITED)
         assert sorted(m["name"] for m in row.members) == ["b2", "c"]
-        with pytest.raises(RefusedError, match="another gateway"):
-            s.register_pn(ServerInventory(pn, C, "thief", SetupType.ALL, ()), 3.0)
+        theirs = s.pn(C, pn)
+        assert (theirs.gw_name, theirs.setup_type) == ("thief", SetupType.ONE_TO_ONE)
+        assert [m["name"] for m in theirs.members] == ["b?"]
+        assert s.pn_keys() == [(A, pn), (C, pn)]
+        assert s.local_eukey(C, pn, B) == b"\x0c" * 32 and s.local_eukey(A, pn, B) is None
+        with pytest.raises(NotFoundError):
+            s.pn(B, pn)
+    finally:
+        s.close()
+
+
+def test_migration_to_4_keeps_the_pns_under_their_gateways(pg_url: str, key: bytes) -> None:
+    """A database of schema version 3 (its DDL, its rows written as the code before wrote
+    them): it opens at version 4 with each PN and its members under their gateway, the
+    LocalEUKeys sealed before still open, another gateway may register the same id, the owner
+    extends its own, and deleting a gateway still deletes its PNs and their members."""
+    import psycopg
+
+    from pairkit.keyserver.pgstore import migrate_pg
+
+    one, two = b"\x71" * 16, b"\x72" * 16
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert migrate_pg(conn, upto=3) == 0
+        for d in (A, B, C):
+            conn.execute("INSERT INTO devices VALUES (%s, 'd', %s, %s, NULL, 1, 1)",
+                         (d, d * 2, b"\x00" * 32))
+        for pn, gw in ((one, A), (two, C)):
+            conn.execute("INSERT INTO pns (pn_id, gw_id, gw_name, setup_type, created, "
+                         "updated) VALUES (%s, %s, %s, 1, 1, 1)", (pn, gw, f"gw {gw.hex()[:2]}"))
+            sealed = Sealer(key).seal(pn, "local-eukey", pn, B)  # as the code before sealed it
+            conn.execute("INSERT INTO pn_members (pn_id, pne_id, name, caps, contents, "
+                         "key_source, local_key_sealed, joined) VALUES (%s, %s, 'b', 1, '[]', "
+                         "%s, %s, 1)", (pn, B, int(KeySource.LOCAL_EUKEY), sealed))
+    s = pg_store(pg_url, key)
+    try:
+        assert s.schema_version() == 4
+        assert s.pn_keys() == [(A, one), (C, two)]
+        assert [m["name"] for m in s.pn(A, one).members] == ["b"]
+        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, two, B) == two
+        with pytest.raises(NotFoundError):
+            s.pn(C, one)
+        s.register_pn(ServerInventory(one, C, "other", SetupType.ALL, (
+            ServerMember(B, "b", 1, (), KeySource.LOCAL_EUKEY, b"\x0c" * 32),
+        )), 2.0)
+        s.register_pn(ServerInventory(one, A, "gw", SetupType.ALL, (
+            ServerMember(C, "c", 0, (), KeySource.PREASSIGNED, None),
+        )), 3.0)
+        assert [m["name"] for m in s.pn(A, one).members] == ["b", "c"]
+        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, one, B) == b"\x0c" * 32
+        s._conn.execute("DELETE FROM devices WHERE device_id = %s", (A,))
+        assert s.pn_keys() == [(C, two), (C, one)]  # the oldest first
+        assert s._conn.execute("SELECT count(*) FROM pn_members WHERE gw_id = %s",
+                               (A,)).fetchone()[0] == 0
     finally:
         s.close()
 

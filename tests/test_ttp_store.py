@@ -18,10 +18,10 @@ from pairkit.keyserver.store import (
     migrate,
 )
 from pairkit.pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
-from pairkit.pairing.errors import AuthenticationError, RefusedError
+from pairkit.pairing.errors import AuthenticationError, NotFoundError, RefusedError
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 
-A, B, C = (bytes([n]) * 16 for n in (1, 2, 3))
+A, B, C, D = (bytes([n]) * 16 for n in (1, 2, 3, 4))
 CTX = b"\x09" * 32
 
 
@@ -42,7 +42,7 @@ def store_at(path: Path, key: bytes) -> TtpStore:
 def test_fresh_database_is_at_the_latest_version_in_wal_mode(tmp_path: Path, key: bytes) -> None:
     s = store_at(tmp_path / "db", key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     finally:
@@ -60,7 +60,7 @@ def test_migration_keeps_data(tmp_path: Path, key: bytes) -> None:
     try:
         assert s.device(A).name == "old"
         assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        assert s.pn_ids() == []  # the later versions' tables exist
+        assert s.pn_keys() == []  # the later versions' tables exist
     finally:
         s.close()
 
@@ -205,17 +205,110 @@ def test_pn_inventory(tmp_path: Path, key: bytes) -> None:
             ServerMember(B, "b", 1, ("music",), KeySource.LOCAL_EUKEY, b"\x0b" * 32),
         ))
         s.register_pn(inv, 1.0)
-        assert s.pn_owner(pn) == A
-        assert s.local_eukey(pn, B) == b"\x0b" * 32
+        assert s.pn_keys() == [(A, pn)]
+        assert s.local_eukey(A, pn, B) == b"\x0b" * 32
         raw = s._db.execute("SELECT local_key_sealed FROM pn_members").fetchone()[0]
         assert b"\x0b" * 32 not in raw
         s.register_pn(ServerInventory(pn, A, "gw", SetupType.INVITED, (
             ServerMember(C, "c", 0, (), KeySource.PREASSIGNED, None),
         )), 2.0)
-        row = s.pn(pn)
+        row = s.pn(A, pn)
         assert row.setup_type is SetupType.INVITED
         assert [m["name"] for m in row.members] == ["b", "c"]
-        with pytest.raises(RefusedError, match="another gateway"):
-            s.register_pn(ServerInventory(pn, C, "thief", SetupType.ALL, ()), 3.0)
+        with pytest.raises(NotFoundError):
+            s.pn(B, pn)
+    finally:
+        s.close()
+
+
+def test_a_pn_is_its_gateways(tmp_path: Path, key: bytes) -> None:
+    """Gateway C registers A's PN id, with A's member B among its own (security finding 5 of
+    the registration's wait review): C gets a PN of its own; A's keeps its name, setup type,
+    members and keys; each reads, extends and keys its own.  A LocalEUKey moved to the other
+    gateway's row of the same PN id and PNE does not open."""
+    s = store_at(tmp_path / "db", key)
+    try:
+        for d in (A, B, C):
+            s.enrol(rec(d, d.hex()[:2]), None, 0)
+        pn = b"\x77" * 16
+        s.register_pn(ServerInventory(pn, A, "gw", SetupType.ALL, (
+            ServerMember(B, "b", 1, (), KeySource.LOCAL_EUKEY, b"\x0a" * 32),
+        )), 1.0)
+        s.register_pn(ServerInventory(pn, C, "thief", SetupType.ONE_TO_ONE, (
+            ServerMember(B, "b?", 1, (), KeySource.LOCAL_EUKEY, b"\x0c" * 32),
+        )), 2.0)
+        s.register_pn(ServerInventory(pn, A, "gw", SetupType.ALL, (
+            ServerMember(D, "d", 0, (), KeySource.PREASSIGNED, None),
+        )), 3.0)
+        assert s.pn_keys() == [(A, pn), (C, pn)]
+        mine, theirs = s.pn(A, pn), s.pn(C, pn)
+        assert (mine.gw_id, mine.gw_name, mine.setup_type) == (A, "gw", SetupType.ALL)
+        assert [m["name"] for m in mine.members] == ["b", "d"]
+        assert (theirs.gw_id, theirs.gw_name, theirs.setup_type) == (
+            C, "thief", SetupType.ONE_TO_ONE)
+        assert [m["name"] for m in theirs.members] == ["b?"]
+        assert s.local_eukey(A, pn, B) == b"\x0a" * 32
+        assert s.local_eukey(C, pn, B) == b"\x0c" * 32
+        assert s.local_eukey(C, pn, D) is None
+        s._db.execute(
+            "UPDATE pn_members SET local_key_sealed = (SELECT local_key_sealed FROM pn_members "
+            "WHERE gw_id = ? AND pn_id = ? AND pne_id = ?) WHERE gw_id = ? AND pn_id = ? "
+            "AND pne_id = ?", (A, pn, B, C, pn, B),
+        )
+        with pytest.raises(AuthenticationError, match="did not open"):
+            s.local_eukey(C, pn, B)
+    finally:
+        s.close()
+
+
+def _sealed_before_4(key: bytes, value: bytes, pn_id: bytes, pne_id: bytes) -> bytes:
+    """A LocalEUKey as the code before schema version 4 sealed it (to the PN id and PNE)."""
+    return Sealer(key).seal(value, "local-eukey", pn_id, pne_id)
+
+
+def test_migration_to_4_keeps_the_pns_under_their_gateways(tmp_path: Path, key: bytes) -> None:
+    """A file of schema version 3 (its DDL, its rows written as the code before wrote them):
+    it opens at version 4 with each PN and its members under their gateway, the LocalEUKeys
+    sealed before still open, another gateway may register the same id, the owner extends
+    its own, and deleting a gateway still deletes its PNs and their members (the foreign
+    keys point at the renamed tables)."""
+    path = tmp_path / "db"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, upto=3) == 0
+    for d in (A, B, C):
+        db.execute("INSERT INTO devices VALUES (?, 'd', ?, ?, NULL, 1, 1)",
+                   (d, d * 2, b"\x00" * 32))
+    one, two = b"\x71" * 16, b"\x72" * 16
+    for pn, gw in ((one, A), (two, C)):
+        db.execute("INSERT INTO pns (pn_id, gw_id, gw_name, setup_type, created, updated) "
+                   "VALUES (?, ?, ?, ?, 1, 1)", (pn, gw, f"gw {gw.hex()[:2]}", 1))
+        db.execute("INSERT INTO pn_members (pn_id, pne_id, name, caps, contents, key_source, "
+                   "local_key_sealed, joined) VALUES (?, ?, 'b', 1, '[]', ?, ?, 1)",
+                   (pn, B, int(KeySource.LOCAL_EUKEY), _sealed_before_4(key, pn, pn, B)))
+    db.close()
+    s = store_at(path, key)
+    try:
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert s.pn_keys() == [(A, one), (C, two)]
+        assert [m["name"] for m in s.pn(A, one).members] == ["b"]
+        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, two, B) == two
+        with pytest.raises(NotFoundError):
+            s.pn(C, one)
+        s.register_pn(ServerInventory(one, C, "other", SetupType.ALL, (
+            ServerMember(B, "b", 1, (), KeySource.LOCAL_EUKEY, b"\x0c" * 32),
+        )), 2.0)
+        s.register_pn(ServerInventory(one, A, "gw", SetupType.ALL, (
+            ServerMember(C, "c", 0, (), KeySource.PREASSIGNED, None),
+        )), 3.0)
+        assert [m["name"] for m in s.pn(A, one).members] == ["b", "c"]
+        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, one, B) == b"\x0c" * 32
+        assert s._db.execute("PRAGMA foreign_key_check").fetchall() == []
+        tables = " ".join(r[0] for r in s._db.execute(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+        assert "_v4" not in tables
+        s._db.execute("DELETE FROM devices WHERE device_id = ?", (A,))
+        assert s.pn_keys() == [(C, two), (C, one)]  # the oldest first
+        assert s._db.execute("SELECT count(*) FROM pn_members WHERE gw_id = ?",
+                             (A,)).fetchone()[0] == 0
     finally:
         s.close()

@@ -57,8 +57,6 @@ class CpnsKeys:
     gw_eukey: bytes | None = dataclasses.field(repr=False)
     #: the EUKeys of the enrolled PNEs among those asked (others are left out)
     pne_eukeys: Mapping[bytes, bytes] = dataclasses.field(repr=False)
-    #: the gateway that registered this PN before, if any
-    pn_owner: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +65,6 @@ class CpnsKeysAsked(Question):
 
     hook: ClassVar[str] = "cpns_keys"
     gw_id: bytes
-    pn_id: bytes
     pne_ids: tuple[bytes, ...]
 
 
@@ -85,7 +82,10 @@ class ServerMember:
 
 @dataclasses.dataclass(frozen=True)
 class ServerInventory:
-    """A PN inventory to register (at least one member)."""
+    """A PN inventory to register (at least one member).  A PN is its gateway's: the store
+    keeps it under (``gw_id``, ``pn_id``), ``gw_id`` being the gateway this connection proved
+    (a PN id crosses the PAN in the clear before the registration, OMA CPNS "PN
+    Establishment" step 2, so another gateway may name it too)."""
 
     pn_id: bytes
     gw_id: bytes
@@ -169,7 +169,7 @@ class CpnsServer(Machine):
         self._request = request
         self._pending = {p.pne_id: _Pending(p) for p in request.pnes}
         self.state = S_KEYS
-        self._emit(CpnsKeysAsked(self.gw_id, request.pn_id, tuple(ids)))
+        self._emit(CpnsKeysAsked(self.gw_id, tuple(ids)))
 
     def _on_keys(self, question: Question, value: Any, now: float) -> None:
         if not isinstance(value, CpnsKeys):
@@ -178,8 +178,6 @@ class CpnsServer(Machine):
             raise NotFoundError(
                 "this gateway is not enrolled with a factory key (EUKey): enrol it with one"
             )
-        if value.pn_owner is not None and value.pn_owner != self.gw_id:
-            raise AccessDeniedError("this PN id belongs to another gateway")
         self._gw_eukey = value.gw_eukey
         req = self._request
         for pne_id, p in self._pending.items():

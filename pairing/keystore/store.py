@@ -841,14 +841,31 @@ class Keystore:
     #: were, and a keystore with PNs opens in a pairkit that knows none, as settings)
     PN_PREFIX = "cpns.pn."
 
+    def _pn_key(self, role: str, pn_id: str, gw_id: str | None = None) -> str:
+        """Where a PN record is kept: a gateway's own PN under its id; a membership under its
+        gateway and PN id (``gw_id`` None: where a membership was kept before, by PN id alone)."""
+        if role == "member" and gw_id is not None:
+            return f"{self.PN_PREFIX}member.{gw_id}.{pn_id}"
+        return f"{self.PN_PREFIX}{role}.{pn_id}"
+
     def set_pn(self, record: PnRecord) -> None:
         """Keep ``record`` (a PN this device is the gateway of, or a member of), replacing the
-        one with the same PN id and role."""
+        one with the same PN id and role and, for a membership, the same gateway.
+
+        A PN id names a PN among its gateway's only (the key server keeps a PN under its
+        gateway and its id: security finding 5 of the registration's wait review), so a member
+        of two gateways' PNs under one id keeps both.  A membership kept before under its PN
+        id alone is this one when it is of the same gateway, and is replaced."""
         if not isinstance(record, PnRecord):
             raise ConfigError("set_pn takes a PnRecord")
-        self._settings[f"{self.PN_PREFIX}{record.role}.{record.pn_id}"] = _freeze(
+        self._settings[self._pn_key(record.role, record.pn_id, record.gw_id)] = _freeze(
             record._to_cbor(), "a PN record"
         )
+        if record.role == "member":
+            legacy = self._pn_key("member", record.pn_id)
+            old = self._settings.get(legacy)
+            if old is not None and PnRecord._from_cbor(_thaw(old)).gw_id == record.gw_id:
+                del self._settings[legacy]
 
     def pns(self, role: str | None = None) -> tuple[PnRecord, ...]:
         """The stored PNs (of one ``role``: "gateway" or "member"), oldest update first."""
@@ -861,6 +878,12 @@ class Keystore:
                 out.append(record)
         return tuple(sorted(out, key=lambda r: (r.updated, r.pn_id)))
 
-    def forget_pn(self, pn_id: str, role: str) -> None:
-        """Drop a stored PN; a missing one is not an error."""
-        self._settings.pop(f"{self.PN_PREFIX}{role}.{pn_id}", None)
+    def forget_pn(self, pn_id: str, role: str, gw_id: str | None = None) -> None:
+        """Drop a stored PN (a membership: of gateway ``gw_id``, or of every gateway when
+        None); a missing one is not an error."""
+        for key, value in list(self._settings.items()):
+            if not key.startswith(self.PN_PREFIX):
+                continue
+            record = PnRecord._from_cbor(_thaw(value))
+            if record.role == role and record.pn_id == pn_id and gw_id in (None, record.gw_id):
+                del self._settings[key]

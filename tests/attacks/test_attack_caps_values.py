@@ -147,7 +147,7 @@ async def test_a_capability_bit_nobody_names_does_not_fail_the_registration_for_
         assert not isinstance(inventory, BaseException), inventory
         assert sorted(m.name for m in inventory.members) == ["honest", "odd"]
         assert h.server.stats["failed"] == 0
-        row = await h.server.db(h.server.store.pn, inventory.pn_id)
+        row = await h.server.db(h.server.store.pn, inventory.gw_id, inventory.pn_id)
         assert sorted(m["caps"] for m in row.members) == [int(PneCaps.UI)] * 2  # bits it names
 
 

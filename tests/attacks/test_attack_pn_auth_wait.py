@@ -14,147 +14,33 @@ deadline, register an element that did not prove its key, or fail one that did.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pairkit.driver import drive
 from pairkit.keyserver.server import Limits
 from pairkit.pairing import cbor, wire
-from pairkit.pairing.cpns import (
-    AuthenticationRequest,
-    AuthenticationResponse,
-    PneCaps,
-    PneInfo,
-    PnRegistrationRequest,
-    PnRegistrationResponse,
-    SetupType,
-)
-from pairkit.pairing.cpns.keys import derive_sk, hash_pne
+from pairkit.pairing.cpns import PnRegistrationResponse
 from pairkit.pairing.errors import ErrorCode, LinkClosedError, PairingError
-from pairkit.pairing.methods import LocalIdentity
-from pairkit.pairing.ttp import TtpClient
-from pairkit.ttp import ServerLink, connect, enrol
-from tests.ttp_harness import identity, running_server
+from tests.pn_registration_harness import (
+    READ,
+    Gateway,
+    enrolled,
+    on_the_wire,
+    play,
+    register,
+    request,
+    stored,
+    stored_members,
+    verdicts,
+)
+from tests.ttp_harness import running_server
 
 #: the key server's step: its wait for a gateway's elements is three of them (1.5 s)
 STEP = 0.5
 LIMITS = Limits(step_timeout=STEP, max_wait=5.0, handshake_timeout=5.0)
-#: how long a test's gateway waits for the key server's answer: far past the key server's own
-#: deadline, far short of what a gateway could ask for (an hour)
-READ = 20.0
-
-
-@dataclasses.dataclass
-class Element:
-    """An enrolled PNE the attacker's gateway plays (it holds the element's factory key)."""
-
-    me: LocalIdentity
-    eukey: bytes = dataclasses.field(repr=False)
-    rand_pne: bytes = dataclasses.field(default_factory=lambda: os.urandom(16))
-
-    def info(self) -> PneInfo:
-        return PneInfo(self.me.device_id, self.me.name, int(PneCaps.UI), self.rand_pne, True)
-
-    def answer(self, req: AuthenticationRequest) -> bytes:
-        ids = {"pn_id": req.pn_id, "pne_id": req.pne_id, "gw_id": req.gw_id}
-        sk = derive_sk(self.eukey, **ids, rand_pne=self.rand_pne, rand_server=req.rand_server)
-        proof = hash_pne(sk, **ids, rand_pne=self.rand_pne, rand_server=req.rand_server)
-        return AuthenticationResponse(req.pn_id, req.pne_id, proof).encode()
-
-
-@dataclasses.dataclass
-class Gateway:
-    me: LocalIdentity
-    eukey: bytes = dataclasses.field(repr=False)
-    elements: list[Element]
-
-
-async def enrolled(h: Any, n: int) -> Gateway:
-    gw = identity("gateway")
-    gw_key = os.urandom(32)
-    await enrol(h.address, h.ca, gw, eukey=gw_key)
-    elements = []
-    for k in range(n):
-        el = Element(identity(f"element {k}"), os.urandom(32))
-        await enrol(h.address, h.ca, el.me, eukey=el.eukey)
-        elements.append(el)
-    return Gateway(gw, gw_key, elements)
-
-
-def request(gw: Gateway, pn_id: bytes, auth_wait_ms: int | None) -> PnRegistrationRequest:
-    return PnRegistrationRequest(
-        pn_id, "gateway", SetupType.ALL, tuple(e.info() for e in gw.elements),
-        subscription=gw.me.device_id, auth_wait_ms=auth_wait_ms,
-    )
-
-
-def on_the_wire(msg: wire.Message, raw: bytes) -> wire.Message:
-    """``msg``, whose encoding (what the TtpClient sends) is ``raw``: a request no honest
-    gateway could build (a value out of bounds, a key twice)."""
-    object.__setattr__(msg, "_wire_encoded", raw)
-    return msg
-
-
-async def register(h: Any, gw: Gateway, req: wire.Message) -> ServerLink:
-    """The gateway's connection to the key server, its proof made and ``req`` sent."""
-    conn = await connect(h.address, h.ca, timeout=10.0)
-    client = TtpClient(gw.me, cert=conn.cert, request=req, expect=None, step_timeout=10.0)
-    await drive(client, conn.pipe, idle=10.0)
-    return conn
-
-
-async def play(
-    conn: ServerLink, gw: Gateway, *, silent: tuple[int, ...] = (),
-    late: dict[int, float] | None = None,
-) -> PnRegistrationResponse:
-    """Relay the key server's questions to the elements, as the gateway would: each answers at
-    once, but those in ``silent`` never, and those in ``late`` after that many seconds (sent
-    whether or not the key server still waits; the answer is read after).  The key server's
-    answer to the registration."""
-    by_id = {e.me.device_id: k for k, e in enumerate(gw.elements)}
-    pending: list[asyncio.Task[None]] = []
-
-    async def later(delay: float, data: bytes) -> None:
-        await asyncio.sleep(delay)
-        try:
-            await conn.pipe.send(data)
-        except (PairingError, OSError):
-            pass  # the key server answered and hung up meanwhile: nothing to send it to
-
-    try:
-        while True:
-            msg = wire.decode(await asyncio.wait_for(conn.pipe.recv(), READ))
-            if isinstance(msg, PnRegistrationResponse):
-                await asyncio.gather(*pending)  # the late answers went (or found it gone)
-                return msg
-            if isinstance(msg, wire.Abort):
-                raise AssertionError(f"the key server refused the registration: {msg.reason}")
-            assert isinstance(msg, AuthenticationRequest), msg
-            k = by_id[msg.pne_id]
-            if k in silent:
-                continue
-            data = gw.elements[k].answer(msg)
-            if late and k in late:
-                pending.append(asyncio.create_task(later(late[k], data)))
-            else:
-                await conn.pipe.send(data)
-    finally:
-        for task in pending:
-            task.cancel()
-
-
-def verdicts(resp: PnRegistrationResponse, gw: Gateway) -> list[tuple[bool, str | None]]:
-    by_id = {r.pne_id: (r.ok, r.reason) for r in resp.results}
-    return [by_id[e.me.device_id] for e in gw.elements]
-
-
-async def stored_members(h: Any, pn_id: bytes) -> list[str]:
-    row = await h.server.db(h.server.store.pn, pn_id)
-    return sorted(m["name"] for m in row.members)
 
 
 async def test_a_gateway_cannot_stretch_the_key_servers_wait_past_its_own_deadline(
@@ -174,7 +60,7 @@ async def test_a_gateway_cannot_stretch_the_key_servers_wait_past_its_own_deadli
             await conn.close()
         assert resp.registered
         assert verdicts(resp, gw) == [(True, None), (False, "did not answer in time")]
-        assert await stored_members(h, pn_id) == ["element 0"]
+        assert await stored_members(h, gw, pn_id) == ["element 0"]
 
 
 async def test_an_answer_after_the_wait_neither_registers_its_element_nor_undoes_the_others(
@@ -196,7 +82,7 @@ async def test_an_answer_after_the_wait_neither_registers_its_element_nor_undoes
             await conn.close()
         assert resp.registered
         assert verdicts(resp, gw) == [(True, None), (False, "did not answer in time")]
-        assert await stored_members(h, pn_id) == ["element 0"]
+        assert await stored_members(h, gw, pn_id) == ["element 0"]
         assert h.server.stats["failed"] == 0  # the late answer is no error of the key server's
 
 
@@ -223,8 +109,8 @@ async def test_gateways_at_once_each_get_the_wait_they_asked_for(tmp_path: Path)
         assert verdicts(first, gws[0]) == [(False, "did not answer in time")]
         assert not first.registered
         assert verdicts(second, gws[1]) == verdicts(third, gws[2]) == [(True, None)]
-        assert await stored_members(h, pn_ids[1]) == await stored_members(h, pn_ids[2]) == [
-            "element 0"]
+        for k in (1, 2):
+            assert await stored_members(h, gws[k], pn_ids[k]) == ["element 0"]
 
 
 def _body(gw: Gateway, pn_id: bytes) -> dict[int, Any]:
@@ -282,24 +168,24 @@ async def test_a_wait_out_of_bounds_or_given_twice_is_refused_before_anything_is
                 await asyncio.wait_for(conn.pipe.recv(), READ)
         finally:
             await conn.close()
-        assert await h.server.db(h.server.store.pn_ids) == []
+        assert await h.server.db(h.server.store.pn_keys) == []
 
 
-@pytest.mark.xfail(strict=True, reason="finding: a PN id heard on the PAN can be registered "
-                   "first by another enrolled gateway, and the owner's registration is refused")
 async def test_another_gateway_cannot_take_a_pn_id_it_heard_before_its_owner_registers_it(
     tmp_path: Path,
 ) -> None:
-    """Finding (attack review of the registration's wait, several gateways at once; not made
-    by the change under review).  A gateway's PN id travels in the clear on its PAN, in the
-    setup notify it sends its elements at the start of the collect window (5 s by default),
-    before it registers the PN with the key server.  Another device enrolled with the same key
-    server, acting as a gateway with one element of its own, hears the id and registers it
-    first.  The key server then refuses the owner's registration ("this PN id belongs to
-    another gateway"), every element of the owner's setup fails, and the owner, which keeps
-    no PN after a failed setup, draws a new id for the next, which the squatter can take the
-    same way.  What the attacker gets: an enrolled device that hears a gateway's PAN keeps that
-    gateway from ever setting up its first PN."""
+    """Finding 5 (attack review of the registration's wait, several gateways at once; not
+    made by the change under review; fixed).  A gateway's PN id travels in the clear on its
+    PAN, in the setup notify it sends its elements at the start of the collect window (5 s by
+    default), before it registers the PN with the key server.  Another device enrolled with
+    the same key server, acting as a gateway with one element of its own, hears the id and
+    registers it first.  Before the fix the key server then refused the owner's registration
+    ("this PN id belongs to another gateway"), every element of the owner's setup failed, and
+    the owner, which keeps no PN after a failed setup, drew a new id for the next, which the
+    squatter could take the same way: an enrolled device that hears a gateway's PAN kept that
+    gateway from ever setting up its first PN.  What must hold: the owner's registration
+    succeeds with the owner's element, and the squatter's PN under the same id holds only its
+    own (the key server keeps a PN under its gateway and its id)."""
     async with running_server(tmp_path / "srv", limits=LIMITS) as h:
         owner, squatter = await enrolled(h, 1), await enrolled(h, 1)
         pn_id = os.urandom(16)  # in the owner's setup notify, heard by the squatter
@@ -313,5 +199,9 @@ async def test_another_gateway_cannot_take_a_pn_id_it_heard_before_its_owner_reg
             resp = await play(conn, owner)
         finally:
             await conn.close()
-        assert resp.registered
-        assert await stored_members(h, pn_id) == ["element 0"]
+        assert resp.registered and verdicts(resp, owner) == [(True, None)]
+        # the owner's PN holds the owner's element; the squatter's, under the same id, its own
+        # only (nothing of the owner's)
+        for gw in (owner, squatter):
+            row = await stored(h, gw, pn_id)
+            assert [m["pne_id"] for m in row.members] == [gw.elements[0].me.device_id.hex()]

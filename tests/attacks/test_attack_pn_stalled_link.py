@@ -198,7 +198,7 @@ async def test_a_late_answer_relayed_after_the_key_server_answered_does_not_undo
         inventory, (element,) = await run_setup(lb, strangers)
         await staller.aclose()
         await late.aclose()
-        row = await h.server.db(h.server.store.pn_ids)
+        row = await h.server.db(h.server.store.pn_keys)
         assert len(row) == 1  # the key server registered the PN, with the honest element
         assert not isinstance(element, BaseException), element
         assert not isinstance(inventory, BaseException), inventory
