@@ -506,15 +506,29 @@ def _print_membership(record: Any, m: Any, as_json: bool) -> None:
 
 
 def _member_record(ks: Any, pn: str | None, *, gateway: str | None = None) -> Any:
-    records = [r for r in ks.pns("member") if pn is None or r.pn_id.startswith(pn.lower())]
+    """The membership ``pn`` names: ``PN_ID`` (a prefix of its id) or ``PN_ID@GATEWAY`` (and a
+    prefix of its gateway's id, or the gateway's name), since two gateways' PNs may carry the
+    same id (a PN is its gateway's: docs/security.md, the PN section, item 5)."""
+    records = list(ks.pns("member"))
+    if pn is not None:
+        pn_part, at, gw_part = pn.strip().partition("@")
+        records = [r for r in records if r.pn_id.startswith(pn_part.lower())]
+        if at:
+            records = [r for r in records
+                       if r.gw_name == gw_part or (gw_part and r.gw_id.startswith(gw_part.lower()))]
     if gateway is not None:
         records = [r for r in records if r.gateway == gateway] or records
     if not records:
+        if pn is not None and ks.pns("member"):
+            raise NotFoundError(f"this device is in no PN that --pn {pn.strip()} names; "
+                                "see 'pairkit pn ls'")
         raise NotFoundError("this device is a member of no personal network yet: "
                             "pairkit pn join TARGET --setup 1-1 (or --wait)")
     if len(records) > 1 and gateway is None:
-        raise ConfigError("this device is in several PNs: name one with --pn "
-                          + ", ".join(r.pn_id[:16] for r in records))
+        shared = len({r.pn_id for r in records}) < len(records)
+        raise ConfigError("this device is in several PNs: name one with --pn " + ", ".join(
+            f"{r.pn_id[:16]}@{r.gw_id[:8]} ({r.gw_name})" if shared else r.pn_id[:16]
+            for r in records))
     return records[-1]
 
 
@@ -607,8 +621,9 @@ def ls_cmd(as_json: bool) -> None:
 @trace_option
 @click.argument("member")
 @click.argument("text")
-@click.option("--pn", "pn_id", default=None, metavar="PN_ID",
-              help="Which PN, when this device is in several (a prefix of its id).")
+@click.option("--pn", "pn_id", default=None, metavar="PN_ID[@GATEWAY]",
+              help="Which PN, when this device is in several: a prefix of its id, and when two "
+                   "gateways' PNs share it, @ and a prefix of the gateway's id or its name.")
 @click.option("--transport", "-t", default=None,
               help="Reach the gateway through this transport instead of where it was joined.")
 @click.option("--repeat", type=Number(1, 1000), default=1, show_default=True,

@@ -231,3 +231,18 @@ async def test_an_element_that_joins_a_squatters_pn_under_its_gateways_id_keeps_
             [(pn_id, lab.ids["gw"]), (pn_id, lab.ids["sq"])])
         back = (await lab.run("watch", "pn", "join", gw_addr, "--json")).ok().json()
         assert back["resumed"] and back["gateway"]["id"] == lab.ids["gw"]
+
+        # `pn send --pn ID` cannot tell the two apart: the owner is told how to name one, and
+        # `--pn ID@GATEWAY` (a prefix of the gateway's id, or its name) picks one, past which
+        # the watch is told it is sending to itself (its PNs' one member); a gateway it is in no
+        # PN of is named nowhere.
+        both = await lab.run("watch", "pn", "send", names["watch"], "hi", "--pn", pn_id[:16])
+        assert both.rc == 2, both
+        for who in ("gw", "sq"):
+            assert f"{pn_id[:16]}@{lab.ids[who][:8]} ({names[who]})" in both.err, both
+        for pick in (f"{pn_id[:16]}@{lab.ids['sq'][:8]}", f"{pn_id[:16]}@{names['gw']}"):
+            one = await lab.run("watch", "pn", "send", names["watch"], "hi", "--pn", pick)
+            assert one.rc == 2 and "that is this device" in one.err, one
+        other = await lab.run("watch", "pn", "send", names["watch"], "hi",
+                              "--pn", f"{pn_id[:16]}@{lab.ids['watch'][:8]}")
+        assert other.rc == 6 and "in no PN that --pn" in other.err, other
