@@ -8,7 +8,8 @@ bench/RESULTS.md quotes it), printing the result as JSON or as a table, the scri
 who says yes to everything, the goal lines every bench ends with (:func:`report`: the
 figure, the goal of issue 13's table, met or not; :func:`render_goals`), and for the key
 server's benches the server process itself (:func:`start_key_server`, :func:`stop_process`,
-:func:`process_cpu`).  How the figures are read is in bench/RESULTS.md.
+:func:`process_cpu`, and where its threads' time went: :func:`thread_schedstat`,
+:func:`thread_shares`).  How the figures are read is in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -282,6 +283,50 @@ def process_cpu(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+#: one thread's scheduler counters: (nanoseconds it ran on a CPU, nanoseconds it waited for one
+#: while runnable), as ``/proc/PID/task/TID/schedstat`` gives them
+SchedStat = dict[int, tuple[int, int]]
+
+
+def thread_schedstat(pid: int) -> SchedStat:
+    """Each thread of process ``pid`` (by thread id): the time it ran on a CPU and the time it
+    waited for one while runnable, so far (Linux /proc; empty elsewhere or when unreadable)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    out: SchedStat = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+                run, wait = f.read().split()[:2]
+            out[int(tid)] = (int(run), int(wait))
+        except (OSError, ValueError):
+            continue  # a thread that ended meanwhile
+    return out
+
+
+def thread_shares(
+    pid: int, before: SchedStat, after: SchedStat, seconds: float
+) -> dict[str, dict[str, float]]:
+    """Where process ``pid``'s threads spent ``seconds`` of wall time between two
+    :func:`thread_schedstat` readings, as shares of it: ``running`` on a CPU and ``waiting``
+    for one while runnable, for its main thread (``main``: an asyncio process's event loop;
+    what is left of its time it slept, with nothing to do or waiting on a lock) and for its
+    other threads added up (``others``: a key server's store threads).  Empty when the
+    counters are not there (not Linux)."""
+    if not before or not after or seconds <= 0:
+        return {}
+    shares = {"main": {"running": 0.0, "waiting": 0.0},
+              "others": {"running": 0.0, "waiting": 0.0}}
+    for tid, (run, wait) in after.items():
+        run0, wait0 = before.get(tid, (0, 0))
+        share = shares["main" if tid == pid else "others"]
+        share["running"] += (run - run0) / 1e9 / seconds
+        share["waiting"] += (wait - wait0) / 1e9 / seconds
+    return shares
 
 
 def load_average() -> list[float]:

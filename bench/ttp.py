@@ -75,6 +75,8 @@ from bench.common import (  # noqa: E402
     start_key_server,
     stop_process,
     summary_us,
+    thread_schedstat,
+    thread_shares,
 )
 from pairkit.keyserver.certs import init_server_dir  # noqa: E402
 from pairkit.keyserver.server import server_context  # noqa: E402
@@ -375,10 +377,20 @@ async def measure_async(settings: Settings) -> dict[str, Any]:
                 load_before = load_average()
                 before = parallel_floor(d.root, cert, settings.floor_seconds, nproc() or 1)
                 server_cpu, own_cpu = process_cpu(proc.pid), time.process_time()
+                sched = (thread_schedstat(proc.pid), thread_schedstat(os.getpid()))
                 level = await run_level(address, d.ca_cert, devices, pairs,
                                         settings.rounds(pairs))
                 server_cpu = process_cpu(proc.pid) - server_cpu
                 own_cpu = time.process_time() - own_cpu
+                # Where each process's threads spent the level: running, waiting for a core,
+                # or asleep (bench/RESULTS.md, "session 10": the rate line is the devices'
+                # process's, whose one thread runs nearly all the time).
+                level["threads"] = {
+                    "server": thread_shares(proc.pid, sched[0], thread_schedstat(proc.pid),
+                                            level["seconds"]),
+                    "devices": thread_shares(os.getpid(), sched[1],
+                                             thread_schedstat(os.getpid()), level["seconds"]),
+                }
                 cpu = server_cpu + own_cpu
                 after = parallel_floor(d.root, cert, settings.floor_seconds, nproc() or 1)
                 fair = {
@@ -489,9 +501,21 @@ def render(result: dict[str, Any]) -> str:
             f" devices {lv['devices_cpu_us_per_delivery']:.0f}")
     lines.append("CPU us/dlv = CPU of the server process and of the devices' process per "
                  "delivery; floor CPU = the same for the floor")
+    for lv in result["levels"]:
+        th = lv.get("threads", {})
+        if th.get("server") and th.get("devices"):
+            srv, dev = th["server"], th["devices"]
+            lines.append(
+                f"  {lv['pairs']} pairs, share of the level's time running / waiting for a "
+                f"core: devices' thread {_share(dev['main'])}; server's event loop "
+                f"{_share(srv['main'])}, its store thread(s) {_share(srv['others'])}")
     lines += render_goals(result["goals"])
     lines.append(f"total time {result['total_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _share(share: dict[str, float]) -> str:
+    return f"{share['running']:.2f} / {share['waiting']:.2f}"
 
 
 def _load(load: list[float]) -> str:

@@ -60,10 +60,21 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
             (fl["before"]["per_second"] + fl["after"]["per_second"]) / 2)
         assert fl["deliveries"] == fl["before"]["deliveries"] + fl["after"]["deliveries"]
         assert len(lv["load"]) == 2
+    for lv in result["levels"]:
+        # Where the threads spent the level (Linux): shares of its wall time; a thread runs and
+        # waits for a core for at most all of it, and the server's store thread did its calls.
+        if not sys.platform.startswith("linux"):
+            break
+        server, devices = lv["threads"]["server"], lv["threads"]["devices"]
+        for main in (server["main"], devices["main"]):
+            assert main["running"] > 0 and main["waiting"] >= 0
+            assert main["running"] + main["waiting"] <= 1.05
+        assert server["others"]["running"] > 0
     floor = result["floor"]
     assert floor["us"] > 0 and floor["tls_handshake_us"] > 0
     text = bench.render(result)
     assert "deliveries/s" in text and "ratio" in text and "floor" in text
+    assert sys.platform != "linux" or "waiting for a core" in text
     assert "\n".join(render_goals(result["goals"])) in text
 
 
