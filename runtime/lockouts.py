@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from .clock import SYSTEM_CLOCK, Clock
 from .pairing.keystore import Keystore
-from .pairing.methods.common import TIME_SLACK
+from .pairing.methods.common import TIME_SLACK, LockRecord, Place
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "forget_lockouts"]
 
@@ -71,19 +71,18 @@ class KeystoreLockJournal:
     def __repr__(self) -> str:
         return f"KeystoreLockJournal({self._key!r})"
 
-    def load(self, now: float) -> tuple[list[float], int]:
+    def load(self, now: float) -> LockRecord:
         self._ks.follow()
         return self._read(self._ks.setting(self._key))
 
-    def update(
-        self, change: Callable[[list[float], int], tuple[list[float], int]], now: float
-    ) -> None:
+    def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         with self._ks.update() as ks:
-            failures, streak = change(*self._read(ks.setting(self._key)))
-            if not failures and not streak:  # nothing to keep (an attempt won, taken back)
-                ks.delete_setting(self._key)
+            kept = change(self._read(ks.setting(self._key)))
+            if not kept.failures and not kept.streak and not kept.places:
+                ks.delete_setting(self._key)  # nothing to keep (an attempt won, taken back)
                 return
-            last = failures[-_MAX_KEPT:]
+            last = kept.failures[-_MAX_KEPT:]
+            places = kept.places[-_MAX_KEPT:]
             # With the boot named, this boot's readers take the monotonic times, and the wall
             # times serve the next boot only: they come from the wall clock as it reads now,
             # which a network time that arrived after this host started has set right (the
@@ -91,25 +90,28 @@ class KeystoreLockJournal:
             offset = (self._clock.wall() - self._clock.monotonic() if self._boot is not None
                       else self._offset)
             record: dict[str, Any] = {
-                "failures": [round(t + offset, 3) for t in last], "streak": streak,
+                "failures": [round(t + offset, 3) for t in last], "streak": kept.streak,
             }
             if self._boot is not None:
                 record |= {"boot": self._boot, "monotonic": [round(t, 3) for t in last]}
+            if places:
+                record["places"] = [_place_record(p, offset, self._boot is not None)
+                                    for p in places]
             ks.set_setting(self._key, record)
 
-    def _read(self, record: Any) -> tuple[list[float], int]:
+    def _read(self, record: Any) -> LockRecord:
         """What ``record`` keeps, on the machines' clock; nothing for a record this pairkit
         does not read (the keystore is sealed: only the owner's pairkit wrote it)."""
         if not isinstance(record, Mapping):
-            return [], 0
+            return LockRecord([], 0)
         raw, streak = record.get("failures"), record.get("streak")
         if not isinstance(raw, tuple | list) or not isinstance(streak, int) or streak < 0:
-            return [], 0
-        times = [t for t in raw if isinstance(t, int | float) and math.isfinite(t)]
+            return LockRecord([], 0)
+        times = [t for t in raw if _is_time(t)]
         mono = record.get("monotonic")
-        if (self._boot is not None and record.get("boot") == self._boot
-                and isinstance(mono, tuple | list) and len(mono) == len(times)
-                and all(isinstance(t, int | float) and math.isfinite(t) for t in mono)):
+        this_boot = self._boot is not None and record.get("boot") == self._boot
+        if this_boot and isinstance(mono, tuple | list) and len(mono) == len(times) \
+                and all(_is_time(t) for t in mono):
             # Kept in this boot: the machines' clock as it read then, whatever the wall clock
             # did since (a Pi's network time arriving after the host started).
             times, offset = list(mono), 0.0
@@ -121,10 +123,44 @@ class KeystoreLockJournal:
         # counts a code at the time it went out; a PIN attempt is taken back at its start);
         # the slack covers the millisecond a time kept may have been rounded up by.
         limit = self._clock.monotonic() + TIME_SLACK
-        failures = sorted(
-            t if t <= limit else self._start for t in (t - offset for t in times)
-        )
-        return failures, max(streak, len(failures))
+
+        def when(t: float) -> float:
+            return t if t <= limit else self._start
+
+        failures = sorted(when(t - offset) for t in times)
+        places = []
+        raw_places = record.get("places")
+        for p in raw_places if isinstance(raw_places, tuple | list) else ():
+            if not (isinstance(p, Mapping) and isinstance(p.get("key"), str)
+                    and _is_time(p.get("at")) and _is_time(p.get("until"))):
+                continue  # not a place this pairkit wrote: no place, no failure
+            pair = p.get("monotonic")
+            if this_boot and isinstance(pair, tuple | list) and len(pair) == 2 \
+                    and all(_is_time(t) for t in pair):
+                at, until = pair
+            elif self._boot is not None and not this_boot and isinstance(record.get("boot"), str):
+                # Held in another boot: its process is gone, its exchange over (it counts).
+                at, until = p["at"] - self._offset, -math.inf
+            else:
+                at, until = p["at"] - self._offset, p["until"] - self._offset
+            places.append(Place(p["key"], when(at), until))
+        return LockRecord(failures, max(streak, len(failures)), places)
+
+
+def _is_time(t: object) -> bool:
+    return isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+
+
+def _place_record(place: Place, offset: float, boot: bool) -> dict[str, Any]:
+    """A place as the keystore keeps it: wall-clock seconds, and this boot's monotonic ones
+    when the boot is named (read as the failures are)."""
+    kept: dict[str, Any] = {
+        "key": place.key, "at": round(place.at + offset, 3),
+        "until": round(place.until + offset, 3),
+    }
+    if boot:
+        kept["monotonic"] = [round(place.at, 3), round(place.until, 3)]
+    return kept
 
 
 def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS) -> bool:

@@ -78,8 +78,6 @@ def done_or_waiting(visits: Visits) -> bool:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: codes out at once are counted per "
-                   "process, so two host processes show twice the budget")
 async def test_two_host_processes_show_no_more_codes_at_once_than_the_budget(
     ks_path: Path,
 ) -> None:
@@ -126,8 +124,6 @@ class Ahead:
 LATER = 200.0
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: the places of a host process killed "
-                   "while holding them are seen by no other, and its codes are never counted")
 async def test_a_host_process_killed_holding_places_holds_them_until_their_end_and_they_count(
     ks_path: Path,
 ) -> None:
@@ -156,8 +152,6 @@ async def test_a_host_process_killed_holding_places_holds_them_until_their_end_a
 
 
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads /proc/locks (Linux)")
-@pytest.mark.xfail(strict=True, reason="attack finding: two host processes each give the last "
-                   "place, counted in their own memory")
 async def test_two_host_processes_racing_for_the_last_place_show_one_code(ks_path: Path) -> None:
     """Four codes are out at one host process (the budget is five: one place left).  Mallory
     opens a visit to each of two other host processes of the device at once, while another
@@ -354,8 +348,6 @@ async def test_codes_the_keystore_cannot_count_stop_at_the_budget(ks_path: Path)
     assert visits.predicted <= BUDGET, f"Mallory read {visits.predicted} codes, none counted"
 
 
-@pytest.mark.xfail(strict=True, reason="attack finding: a compare code goes out before its "
-                   "try is kept, and the count that fails after it lives in memory")
 async def test_no_compare_code_goes_out_that_the_keystore_cannot_count(ks_path: Path) -> None:
     """The disk is full.  A code shown must be a try the keystore keeps (else a restart, or
     another host process, does not count it: the finding of the boot review); so no code goes
