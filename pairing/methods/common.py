@@ -430,7 +430,8 @@ class CodeTurns:
     a machine waiting looks again every :data:`TURN_POLL` seconds (:attr:`poll`).
 
     Pure: a turn is given by a callback the driver registered (:class:`~pairing.machine.
-    WaitTurn`), no clock or event loop here; the keys of places come from ``rng``.
+    WaitTurn`), no clock or event loop here; the keys of places come from ``rng`` (its own,
+    not the host's: a place's key is in no message, and a recorded host replays its stream).
     """
 
     def __init__(self, lock: Lockout, rng: Rng = os.urandom) -> None:
@@ -568,7 +569,7 @@ class HostState:
         #: may cross before the people confirmed the code")
         self.compare_lock = Lockout(compare_policy or PinPolicy(), compare_journal)
         #: compare's codes out at once, within the lock's budget (:class:`CodeTurns`)
-        self.compare_turns = CodeTurns(self.compare_lock, rng)
+        self.compare_turns = CodeTurns(self.compare_lock)
         self.known_peer = known_peer
         self._consume = consume_prekey
         self._consumed: set[tuple[bytes, bytes]] = set()
