@@ -8,11 +8,16 @@ Pi's service restarted, a reboot, a crash), or a second host process of the same
 stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore instead, as
 the setting ``lockout.pin``, ``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
 ``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with ``"boot"`` and
-``"monotonic"`` beside them where the clock says which boot it counts from (below).  The
+``"monotonic"`` beside them where the clock says which boot it counts from (below), and for
+compare the places of its codes out (:class:`~pairkit.pairing.methods.common.CodeTurns`):
+``"places": [{"key", "at", "until"}]`` in wall-clock seconds, each with ``"monotonic": [at,
+until]`` where the boot is named; a place of another boot is read as ended (its process is
+gone), so it counts as a failure at once.  The
 keystore is sealed, so only its owner's pairkit writes them.  Each change is made under the
 keystore's lock (:meth:`Keystore.update`), and each check reads what another process saved
-(:meth:`Keystore.follow`: one short read when nothing changed).  Changes are rare: the policy
-itself bounds the failures a stranger can cause (about 12,000 a year).
+(:meth:`Keystore.follow`: one short read when nothing changed).  A failure is rare: the policy
+itself bounds the failures a stranger can cause (about 12,000 a year); a compare pairing writes
+twice (its place taken, then given back).
 
 Times: the machines count on the monotonic clock, which starts again at each boot; the keystore
 holds wall-clock seconds.  A journal converts with one offset, read when it is made, so that the
@@ -165,8 +170,10 @@ def _place_record(place: Place, offset: float, boot: bool) -> dict[str, Any]:
 
 def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS) -> bool:
     """Remove the kept failures of ``kinds`` (``pairkit host --reset-lockouts``, ``pairkit pn
-    gateway --reset-lockouts``: the owner lifting a lock their own typos caused); whether there
-    were any."""
+    gateway --reset-lockouts``: the owner lifting a lock their own typos caused), with compare's
+    places (codes out: a host process killed holding some holds them until their exchanges'
+    end, then they count; the owner starts afresh); whether there were any.  A code out at a
+    running host meanwhile is then not counted when it ends."""
     with ks.update() as k:
         present = [key for key in (_PREFIX + kind for kind in kinds)
                    if k.setting(key) is not None]
