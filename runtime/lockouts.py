@@ -148,7 +148,9 @@ class KeystoreLockJournal:
                 at, until = p["at"] - self._offset, -math.inf
             else:
                 at, until = p["at"] - self._offset, p["until"] - self._offset
-            places.append(Place(p["key"], when(at), until))
+            # A place lasts as long as it was written to (a wall clock set back since must not
+            # make it hold for days): its end is read from its start as read.
+            places.append(Place(p["key"], when(at), when(at) + max(0.0, until - at)))
         return LockRecord(failures, max(streak, len(failures)), places)
 
 

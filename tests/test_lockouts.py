@@ -247,6 +247,38 @@ def test_a_place_kept_in_another_boot_counts_at_once(ks_path: Path) -> None:
     assert (lock.streak, lock.places) == (1, [])
 
 
+class NoBoot:
+    """A device's clocks that do not name their boot (not Linux): only the wall clock is kept."""
+
+    def __init__(self, clocks: Clocks) -> None:
+        self.clocks = clocks
+
+    def wall(self) -> float:
+        return self.clocks.wall()
+
+    def monotonic(self) -> float:
+        return self.clocks.monotonic()
+
+
+def test_a_place_kept_before_the_wall_clock_went_back_lasts_as_long_as_it_was_taken_for(
+    ks_path: Path,
+) -> None:
+    """Without a boot id, places are kept in wall-clock seconds.  One taken for 130 s, then the
+    wall clock set back a month (a Pi that rebooted without the network's time, on a system
+    that does not name its boots): it is read from the host's start (later than now), and
+    ends 130 s after that, not a month later (denying compare's place meanwhile)."""
+    clocks = Clocks(wall=1_800_000_000.0, monotonic=100.0)
+    turns = host(ks_path, NoBoot(clocks)).state.compare_turns
+    assert turns.take(object(), clocks.monotonic(), clocks.monotonic() + 130)
+    clocks.now_wall -= 30 * 86400
+    clocks.reboot(monotonic=5.0)
+    lock = host(ks_path, NoBoot(clocks)).state.compare_lock
+    assert lock.locked_for(clocks.monotonic()) == 0.0 and len(lock.places) == 1
+    clocks.advance(131)
+    assert lock.locked_for(clocks.monotonic()) == 0.0
+    assert (lock.places, lock.streak) == ([], 1)
+
+
 @pytest.mark.parametrize("place", [
     "x", {"key": 1, "at": 1.0, "until": 2.0}, {"key": "k", "at": "t", "until": 2.0},
     {"key": "k", "at": 1.0}, {"key": "k", "at": 1.0, "until": True},

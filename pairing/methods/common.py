@@ -547,7 +547,8 @@ class CodeTurns:
 
 class HostState:
     """What a host keeps across guests (in memory; the CLI's host process owns one), but for
-    the locks' failures, which the journals given keep too (the runtime: in the keystore)."""
+    the locks' failures and compare's places, which the journals given keep (the runtime: in
+    the keystore, shared by every host process of the device)."""
 
     def __init__(
         self,

@@ -334,9 +334,9 @@ async def test_codes_the_keystore_cannot_count_stop_at_the_budget(ks_path: Path)
     """The disk is full: the host cannot keep an unconfirmed code's failure.  compare counts a
     code when its exchange ends, after it went out: the count failed, the code was not counted,
     its place was free again, and Mallory read as many codes as she liked (here twelve, one
-    after the other).  Finding of the attack review (fixed, session 9): a failure the journal
-    cannot keep is counted in the host's memory all the same, so the lock closes at the budget
-    (a PIN guess in the same state is not played: above)."""
+    after the other).  Finding of the attack review (fixed, session 9, by counting such a
+    failure in the host's memory; session 10: a code's place is kept before it goes out, and
+    none goes out on a full disk, below)."""
     disk = DiskFull()
     side = side_on(ks_path, disk)
     disk.full = True
