@@ -72,13 +72,25 @@ class KeystoreLockJournal:
         #: docstring): within it, the monotonic times kept are read as they are
         boot = getattr(clock, "boot_id", None)
         self._boot: str | None = boot() if callable(boot) else None
+        #: the record last parsed by :meth:`load` and what it read as (see there)
+        self._parsed: tuple[Any, LockRecord] = (None, LockRecord([], 0))
+        self._clamped = False
 
     def __repr__(self) -> str:
         return f"KeystoreLockJournal({self._key!r})"
 
     def load(self, now: float) -> LockRecord:
         self._ks.follow()
-        return self._read(self._ks.setting(self._key))
+        raw = self._ks.setting(self._key)
+        # Read as before while the keystore holds the very same record (a check per compare
+        # look: the record is parsed again only when some process changed it), unless a time
+        # in it was read as this journal's start (later than now then, perhaps not now).
+        if raw is not None and raw is self._parsed[0]:
+            return self._parsed[1]
+        self._clamped = False
+        record = self._read(raw)
+        self._parsed = (None, record) if self._clamped else (raw, record)
+        return record
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         with self._ks.update() as ks:
@@ -130,7 +142,10 @@ class KeystoreLockJournal:
         limit = self._clock.monotonic() + TIME_SLACK
 
         def when(t: float) -> float:
-            return t if t <= limit else self._start
+            if t <= limit:
+                return t
+            self._clamped = True
+            return self._start
 
         failures = sorted(when(t - offset) for t in times)
         places = []

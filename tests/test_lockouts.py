@@ -234,6 +234,57 @@ def test_places_are_shared_by_two_host_processes_and_count_at_their_end(ks_path:
     assert lock.streak == 6
 
 
+class Counting:
+    """A journal that counts its writes."""
+
+    def __init__(self, inner: KeystoreLockJournal) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def load(self, now: float) -> LockRecord:
+        return self.inner.load(now)
+
+    def update(self, change: Any, now: float) -> None:
+        self.writes += 1
+        self.inner.update(change, now)
+
+
+def test_a_place_given_back_is_kept_at_once_or_with_the_next_place_taken(ks_path: Path) -> None:
+    """A code confirmed gives its place back: kept at once when nobody here waits for one (a
+    second process sees it free); while a machine waits, the place is free for it at once and
+    kept with the place it takes, in one write (a compare pairing under load costs one write),
+    and never counted as a failure meanwhile, not even past its end."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    journal = Counting(KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "compare", clock))
+    turns = CodeTurns(Lockout(POLICY, journal))
+    other = host(ks_path, clock).state.compare_lock
+
+    def kept() -> set[str]:
+        other.locked_for(clock.monotonic())
+        return {p.key for p in other.places}
+
+    alone = object()
+    assert turns.take(alone, clock.monotonic(), clock.monotonic() + 130)
+    turns.settle(alone, confirmed=True, now=clock.monotonic())
+    assert journal.writes == 2 and kept() == set()
+    holders = [object() for _ in range(BUDGET)]
+    for holder in holders:
+        assert turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    waiting, woken = object(), []
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    turns.subscribe(waiting, lambda: woken.append(True))
+    first = turns._mine[holders[0]].key
+    writes = journal.writes
+    turns.settle(holders[0], confirmed=True, now=clock.monotonic())
+    assert woken == [True] and journal.writes == writes and first in kept()
+    clock.advance(200)  # past its end, not yet kept: it counts for nobody here
+    assert turns.lock.locked_for(clock.monotonic()) == 0.0
+    clock.advance(-200)
+    assert turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    assert journal.writes == writes + 1 and first not in kept() and len(kept()) == BUDGET
+    assert turns.lock.streak == 0 and turns.lock.returned == set()
+
+
 def test_a_place_kept_in_another_boot_counts_at_once(ks_path: Path) -> None:
     """A place whose record names another boot was held by a process that is gone: it holds
     no place and counts as a failure (whatever its end said)."""

@@ -313,6 +313,9 @@ class Lockout:
         #: under way, counted only when they end (at the time they began); a day that holds one
         #: is not quiet, so it forgives no streak
         self.places: list[Place] = []
+        #: the keys of places given back here (their codes confirmed) that the journal still
+        #: holds: free here at once, written with this lock's next change (:meth:`flush`)
+        self.returned: set[str] = set()
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
@@ -325,8 +328,9 @@ class Lockout:
         """Take ``record`` as read at ``now``: a place whose exchange has ended by ``now``
         holds no place and counts as a failure, at the time it was taken."""
         self.failures, self.streak = sorted(record.failures), record.streak
-        self.places = [p for p in record.places if p.until > now]
-        for ended in sorted((p for p in record.places if p.until <= now), key=lambda p: p.at):
+        held = [p for p in record.places if p.key not in self.returned]
+        self.places = [p for p in held if p.until > now]
+        for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
             self._count(ended.at)
 
     def _record(self) -> LockRecord:
@@ -382,9 +386,15 @@ class Lockout:
         def on_kept(record: LockRecord) -> LockRecord:
             self._adopt(record, now)
             change()
-            return self._record()
+            return self._record()  # without the places given back here
 
         self.journal.update(on_kept, now)
+        self.returned.clear()  # kept with this change
+
+    def flush(self, now: float) -> None:
+        """Keep the places given back here (:attr:`returned`) now, unless none is left."""
+        if self.returned:
+            self._change(lambda: None, now)
 
     def _count(self, now: float) -> None:
         self._locked_for(now)  # ends a streak that is over
@@ -422,6 +432,9 @@ class CodeTurns:
     given back when its person confirms (:meth:`settle`), and otherwise becomes a failure at
     the time it was taken; a place whose holder never settles it (its process died) holds
     until its exchange would have ended (:attr:`Place.until`), and counts as a failure then.
+    A place given back while a machine of this process waits for one is free for it at once
+    and kept with the place it takes (one write for both); the holder's exchange keeps it at
+    its end otherwise (:meth:`Lockout.flush`), within the place's time.
 
     The machines of this process that find no place free wait their turn, first come first
     served, and are woken as places free up here (a code settled, or a streak the lock forgave,
@@ -515,23 +528,31 @@ class CodeTurns:
         nothing.  The places freed go to the machines waiting, in order."""
         self._waiting.pop(holder, None)
         place = self._mine.pop(holder, None)
+        when = (place.at if place is not None else 0.0) if now is None else now
+        if place is not None and confirmed:
+            # Free here at once; kept by the next change, which a machine woken for the place
+            # makes as it takes it (one write for both), else now.
+            self.lock.returned.add(place.key)
+            self.lock.places = [p for p in self.lock.places if p.key != place.key]
+            if not self._hand_out():
+                self.lock.flush(when)
+            return
         try:
             if place is None:
                 return
 
-            def give_back() -> None:
+            def give_up() -> None:
                 held = [p for p in self.lock.places if p.key != place.key]
                 if len(held) < len(self.lock.places):
                     self.lock.places = held
-                    if not confirmed:
-                        self.lock._count(place.at)
+                    self.lock._count(place.at)
 
-            self.lock._change(give_back, place.at if now is None else now)
+            self.lock._change(give_up, when)
         finally:
             self._hand_out()
 
-    def _hand_out(self) -> None:
-        """Wake the machines waiting that a place is free for, in order."""
+    def _hand_out(self) -> int:
+        """Wake the machines waiting that a place is free for, in order; how many."""
         free = self._places() - len(self.lock.places)
         woken: list[Callable[[], None]] = []
         # A streak at or past the budget leaves one place, and the next failure locks: the
@@ -543,6 +564,7 @@ class CodeTurns:
                 woken.append(wake)
         for wake in woken:
             wake()
+        return len(woken)
 
 
 class HostState:
