@@ -355,3 +355,27 @@ def test_the_system_clock_says_its_boot_and_the_record_keeps_it(ks_path: Path) -
     side.state.compare_lock.failed(SYSTEM_CLOCK.monotonic())
     kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
     assert kept["boot"] == boot and len(kept["monotonic"]) == len(kept["failures"]) == 1
+
+
+def test_a_place_given_back_for_a_waiter_that_does_not_get_it_is_kept_at_once(
+    ks_path: Path,
+) -> None:
+    """Five places held here, a machine waiting; another host process counts a failure (four
+    places now).  A code confirmed here wakes the waiter, whose look finds no place after all:
+    the give-back is kept then, not left for its holder's end (another process would count
+    the place as a failure past its end)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    turns = host(ks_path, clock).state.compare_turns
+    other = host(ks_path, clock).state.compare_lock
+    holders = [object() for _ in range(BUDGET)]
+    for holder in holders:
+        assert turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    waiting, woken = object(), []
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    turns.subscribe(waiting, lambda: woken.append(True))
+    other.failed(clock.monotonic())
+    turns.settle(holders[0], confirmed=True, now=clock.monotonic())
+    assert woken == [True]
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    other.locked_for(clock.monotonic())
+    assert len(other.places) == BUDGET - 1 and turns.lock.returned == set()

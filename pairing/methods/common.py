@@ -506,6 +506,10 @@ class CodeTurns:
                 self._mine[holder] = got
             return got is not None
         finally:
+            if got is None and self.lock.returned:
+                # The place given back for us was not ours after all (another process took
+                # the last one): keep the give-back now, not at its holder's end.
+                self.lock.flush(now)
             self._hand_out()
 
     def subscribe(self, holder: object, wake: Callable[[], None] | None) -> None:
