@@ -151,6 +151,38 @@ async def test_a_host_process_killed_holding_places_holds_them_until_their_end_a
     assert lock.locked_for(clock.monotonic()) > 0 and lock.streak == BUDGET, lock.streak
 
 
+async def test_a_guest_waiting_at_one_host_process_gets_a_place_another_frees(
+    ks_path: Path,
+) -> None:
+    """The other side of the shared places: every place is held at one host process (its
+    person looking at the codes) and an honest guest waits its turn at another, which nothing
+    in the first can wake.  The first's person confirms a code, and a moment later another
+    guest comes to the first, which would take the free place.  The waiting host must have
+    seen the place free first (it looks again every quarter second while places are held
+    elsewhere), shown its code and paired; looking only at the end of its wait, it finds the
+    place taken again and tells its guest "busy"."""
+    config = PairingConfig(step_timeout=6.0)  # a wait of three seconds for a place
+    one = host_process_side(ks_path, SYSTEM_CLOCK, CONFIG)
+    other = host_process_side(ks_path, SYSTEM_CLOCK, config)
+    held, waiting = Visits(CONFIG, one.state), Visits(config, other.state)
+    releases = [asyncio.Event() for _ in range(BUDGET + 1)]
+    for release in releases[:BUDGET]:
+        held.start(Mallory(CONFIG, stay=True), Answers(release=release))
+    await until(lambda: held.predicted == BUDGET, WITHIN)
+    host = waiting.host()
+    guest = waiting.start(Mallory(config, stay=True), Answers(), host=host)
+    await until(lambda: host.state == S_TURN, WITHIN)
+    releases[0].set()
+    await asyncio.sleep(1.5)
+    held.start(Mallory(CONFIG, stay=True), Answers(release=releases[BUDGET]))
+    await waiting.finish(WITHIN)
+    for release in releases:
+        release.set()
+    await held.finish(WITHIN)
+    assert guest.errors() == (None, None), guest.errors()
+    assert [v.errors() for v in held.all[:BUDGET]] == [(None, None)] * BUDGET
+
+
 @pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads /proc/locks (Linux)")
 async def test_two_host_processes_racing_for_the_last_place_show_one_code(ks_path: Path) -> None:
     """Four codes are out at one host process (the budget is five: one place left).  Mallory
