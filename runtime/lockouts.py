@@ -8,11 +8,16 @@ Pi's service restarted, a reboot, a crash), or a second host process of the same
 stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore instead, as
 the setting ``lockout.pin``, ``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
 ``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with ``"boot"`` and
-``"monotonic"`` beside them where the clock says which boot it counts from (below).  The
+``"monotonic"`` beside them where the clock says which boot it counts from (below), and for
+compare the places of its codes out (:class:`~pairkit.pairing.methods.common.CodeTurns`):
+``"places": [{"key", "at", "until"}]`` in wall-clock seconds, each with ``"monotonic": [at,
+until]`` where the boot is named; a place of another boot is read as ended (its process is
+gone), so it counts as a failure at once.  The
 keystore is sealed, so only its owner's pairkit writes them.  Each change is made under the
 keystore's lock (:meth:`Keystore.update`), and each check reads what another process saved
-(:meth:`Keystore.follow`: one short read when nothing changed).  Changes are rare: the policy
-itself bounds the failures a stranger can cause (about 12,000 a year).
+(:meth:`Keystore.follow`: one short read when nothing changed).  A failure is rare: the policy
+itself bounds the failures a stranger can cause (about 12,000 a year); a compare pairing writes
+twice (its place taken, then given back).
 
 Times: the machines count on the monotonic clock, which starts again at each boot; the keystore
 holds wall-clock seconds.  A journal converts with one offset, read when it is made, so that the
@@ -35,7 +40,7 @@ from typing import Any, Final
 
 from .clock import SYSTEM_CLOCK, Clock
 from .pairing.keystore import Keystore
-from .pairing.methods.common import TIME_SLACK
+from .pairing.methods.common import TIME_SLACK, LockRecord, Place
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "forget_lockouts"]
 
@@ -67,23 +72,34 @@ class KeystoreLockJournal:
         #: docstring): within it, the monotonic times kept are read as they are
         boot = getattr(clock, "boot_id", None)
         self._boot: str | None = boot() if callable(boot) else None
+        #: the record last parsed by :meth:`load` and what it read as (see there)
+        self._parsed: tuple[Any, LockRecord] = (None, LockRecord([], 0))
+        self._clamped = False
 
     def __repr__(self) -> str:
         return f"KeystoreLockJournal({self._key!r})"
 
-    def load(self, now: float) -> tuple[list[float], int]:
+    def load(self, now: float) -> LockRecord:
         self._ks.follow()
-        return self._read(self._ks.setting(self._key))
+        raw = self._ks.setting(self._key)
+        # Read as before while the keystore holds the very same record (a check per compare
+        # look: the record is parsed again only when some process changed it), unless a time
+        # in it was read as this journal's start (later than now then, perhaps not now).
+        if raw is not None and raw is self._parsed[0]:
+            return self._parsed[1]
+        self._clamped = False
+        record = self._read(raw)
+        self._parsed = (None, record) if self._clamped else (raw, record)
+        return record
 
-    def update(
-        self, change: Callable[[list[float], int], tuple[list[float], int]], now: float
-    ) -> None:
+    def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         with self._ks.update() as ks:
-            failures, streak = change(*self._read(ks.setting(self._key)))
-            if not failures and not streak:  # nothing to keep (an attempt won, taken back)
-                ks.delete_setting(self._key)
+            kept = change(self._read(ks.setting(self._key)))
+            if not kept.failures and not kept.streak and not kept.places:
+                ks.delete_setting(self._key)  # nothing to keep (an attempt won, taken back)
                 return
-            last = failures[-_MAX_KEPT:]
+            last = kept.failures[-_MAX_KEPT:]
+            places = kept.places[-_MAX_KEPT:]
             # With the boot named, this boot's readers take the monotonic times, and the wall
             # times serve the next boot only: they come from the wall clock as it reads now,
             # which a network time that arrived after this host started has set right (the
@@ -91,25 +107,28 @@ class KeystoreLockJournal:
             offset = (self._clock.wall() - self._clock.monotonic() if self._boot is not None
                       else self._offset)
             record: dict[str, Any] = {
-                "failures": [round(t + offset, 3) for t in last], "streak": streak,
+                "failures": [round(t + offset, 3) for t in last], "streak": kept.streak,
             }
             if self._boot is not None:
                 record |= {"boot": self._boot, "monotonic": [round(t, 3) for t in last]}
+            if places:
+                record["places"] = [_place_record(p, offset, self._boot is not None)
+                                    for p in places]
             ks.set_setting(self._key, record)
 
-    def _read(self, record: Any) -> tuple[list[float], int]:
+    def _read(self, record: Any) -> LockRecord:
         """What ``record`` keeps, on the machines' clock; nothing for a record this pairkit
         does not read (the keystore is sealed: only the owner's pairkit wrote it)."""
         if not isinstance(record, Mapping):
-            return [], 0
+            return LockRecord([], 0)
         raw, streak = record.get("failures"), record.get("streak")
         if not isinstance(raw, tuple | list) or not isinstance(streak, int) or streak < 0:
-            return [], 0
-        times = [t for t in raw if isinstance(t, int | float) and math.isfinite(t)]
+            return LockRecord([], 0)
+        times = [t for t in raw if _is_time(t)]
         mono = record.get("monotonic")
-        if (self._boot is not None and record.get("boot") == self._boot
-                and isinstance(mono, tuple | list) and len(mono) == len(times)
-                and all(isinstance(t, int | float) and math.isfinite(t) for t in mono)):
+        this_boot = self._boot is not None and record.get("boot") == self._boot
+        if this_boot and isinstance(mono, tuple | list) and len(mono) == len(times) \
+                and all(_is_time(t) for t in mono):
             # Kept in this boot: the machines' clock as it read then, whatever the wall clock
             # did since (a Pi's network time arriving after the host started).
             times, offset = list(mono), 0.0
@@ -121,16 +140,57 @@ class KeystoreLockJournal:
         # counts a code at the time it went out; a PIN attempt is taken back at its start);
         # the slack covers the millisecond a time kept may have been rounded up by.
         limit = self._clock.monotonic() + TIME_SLACK
-        failures = sorted(
-            t if t <= limit else self._start for t in (t - offset for t in times)
-        )
-        return failures, max(streak, len(failures))
+
+        def when(t: float) -> float:
+            if t <= limit:
+                return t
+            self._clamped = True
+            return self._start
+
+        failures = sorted(when(t - offset) for t in times)
+        places = []
+        raw_places = record.get("places")
+        for p in raw_places if isinstance(raw_places, tuple | list) else ():
+            if not (isinstance(p, Mapping) and isinstance(p.get("key"), str)
+                    and _is_time(p.get("at")) and _is_time(p.get("until"))):
+                continue  # not a place this pairkit wrote: no place, no failure
+            pair = p.get("monotonic")
+            if this_boot and isinstance(pair, tuple | list) and len(pair) == 2 \
+                    and all(_is_time(t) for t in pair):
+                at, until = pair
+            elif self._boot is not None and not this_boot and isinstance(record.get("boot"), str):
+                # Held in another boot: its process is gone, its exchange over (it counts).
+                at, until = p["at"] - self._offset, -math.inf
+            else:
+                at, until = p["at"] - self._offset, p["until"] - self._offset
+            # A place lasts as long as it was written to (a wall clock set back since must not
+            # make it hold for days): its end is read from its start as read.
+            places.append(Place(p["key"], when(at), when(at) + max(0.0, until - at)))
+        return LockRecord(failures, max(streak, len(failures)), places)
+
+
+def _is_time(t: object) -> bool:
+    return isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+
+
+def _place_record(place: Place, offset: float, boot: bool) -> dict[str, Any]:
+    """A place as the keystore keeps it: wall-clock seconds, and this boot's monotonic ones
+    when the boot is named (read as the failures are)."""
+    kept: dict[str, Any] = {
+        "key": place.key, "at": round(place.at + offset, 3),
+        "until": round(place.until + offset, 3),
+    }
+    if boot:
+        kept["monotonic"] = [round(place.at, 3), round(place.until, 3)]
+    return kept
 
 
 def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS) -> bool:
     """Remove the kept failures of ``kinds`` (``pairkit host --reset-lockouts``, ``pairkit pn
-    gateway --reset-lockouts``: the owner lifting a lock their own typos caused); whether there
-    were any."""
+    gateway --reset-lockouts``: the owner lifting a lock their own typos caused), with compare's
+    places (codes out: a host process killed holding some holds them until their exchanges'
+    end, then they count; the owner starts afresh); whether there were any.  A code out at a
+    running host meanwhile is then not counted when it ends."""
     with ks.update() as k:
         present = [key for key in (_PREFIX + kind for kind in kinds)
                    if k.setting(key) is not None]

@@ -1,15 +1,26 @@
 """A host's lock records in a real keystore file (runtime/lockouts.py; docs/security.md, rule 7,
-"The lock outlives the host process"): the keystore, a host process's side on it, and a disk
-that fills up.  Used by tests/test_lockouts.py and tests/attacks/test_attack_lockout_*.py."""
+"The lock outlives the host process"): the keystore, a host process's side on it, a disk that
+fills up, and another host process of the device holding compare places (:class:`HostProcess`).
+Used by tests/test_lockouts.py and tests/attacks/test_attack_lockout_*.py.
+
+Run as ``python -m tests.lockout_harness PATH N`` it is that other process: a host side on the
+keystore at ``PATH`` (the system's clocks) to which Mallory opens ``N`` compare visits that stay
+(the host's person is looking at the codes); once each host machine showed its code, waits its
+turn or ended, it prints ``codes K`` (the codes Mallory read) and waits to be killed."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore
 from pairkit.pairing.keystore import Argon2Params
 from pairkit.pairing.methods import PairingConfig, PinPolicy
@@ -17,6 +28,7 @@ from pairkit.session import HostSide
 
 KS_PIN = "lockout-test-7391"
 POLICY = PinPolicy()
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -27,10 +39,13 @@ def ks_path(tmp_path: Path) -> Path:
     return path
 
 
-def host(path: Path, clock: Any, config: PairingConfig | None = None) -> HostSide:
-    """A host process's side on the keystore at ``path`` (a keystore object of its own)."""
-    return HostSide.of(Keystore.open(path, KS_PIN), config or PairingConfig(), transport="tcp",
-                       pin_policy=POLICY, clock=clock)
+def host(path: Path, clock: Any, config: PairingConfig | None = None,
+         disk: DiskFull | None = None) -> HostSide:
+    """A host process's side on the keystore at ``path`` (a keystore object of its own), its
+    saves going through ``disk`` when given."""
+    storage: Path | FileStorage = path if disk is None else FileStorage(path, before_replace=disk)
+    return HostSide.of(Keystore.open(storage, KS_PIN), config or PairingConfig(),
+                       transport="tcp", pin_policy=POLICY, clock=clock)
 
 
 class DiskFull:
@@ -45,3 +60,84 @@ class DiskFull:
         if self.full:
             self.refused += 1
             raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class HostProcess:
+    """Another host process of the device (``python -m tests.lockout_harness``) to which Mallory
+    opens ``n`` compare visits that stay; :attr:`codes` is how many codes she read there (once
+    it said so).  Started with ``go``, it opens the keystore and waits for :meth:`go`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.codes: int | None = None
+
+    @classmethod
+    async def start(cls, path: Path, n: int, *, go: bool = False,
+                    within: float = 30.0) -> HostProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.lockout_harness", str(path), str(n),
+            *(["go"] if go else []), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE if go else asyncio.subprocess.DEVNULL)
+        other = cls(proc)
+        try:
+            if go:
+                assert await other._line(within) == "ready"
+            else:
+                await other.read_codes(within)
+        except BaseException:
+            await other.kill()
+            raise
+        return other
+
+    async def _line(self, within: float) -> str:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        return line.decode().strip()
+
+    async def go(self) -> None:
+        """Start the visits (a process started with ``go``)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        await self.proc.stdin.drain()
+
+    async def read_codes(self, within: float = 30.0) -> int:
+        line = await self._line(within)
+        if not line.startswith("codes "):
+            raise AssertionError(f"the other host process said {line!r}")
+        self.codes = int(line.split()[1])
+        return self.codes
+
+    async def kill(self) -> None:
+        """SIGKILL: the process ends at once, its places held (nothing settled)."""
+        if self.proc.returncode is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
+
+
+async def _hold(path: Path, n: int, go: bool) -> None:
+    """The other host process's part (see the module docstring)."""
+    from pairkit.clock import SYSTEM_CLOCK
+    from pairkit.pairing.methods.common import S_ASK, S_TURN
+    from tests.turns_harness import Answers, Mallory, Visits, until
+
+    config = PairingConfig(step_timeout=2.0)
+    side = host(path, SYSTEM_CLOCK, config)
+    visits = Visits(config, side.state)
+    never = asyncio.Event()
+    if go:  # opened: the test says when to start (it may hold the keystore's lock first)
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for _ in range(n):
+        visits.start(Mallory(config, stay=True), Answers(release=never))
+
+    def settled() -> bool:
+        return all((v.host_task is not None and v.host_task.done()) or v.host.state == S_TURN
+                   or (v.host.state == S_ASK and v.guest.predicted) for v in visits.all)
+
+    await until(settled, 20.0)
+    print(f"codes {visits.predicted}", flush=True)
+    await never.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_hold(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["go"]))

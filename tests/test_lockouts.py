@@ -14,12 +14,14 @@ from pairkit.keystore import Keystore
 from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.methods import PairingConfig
-from pairkit.pairing.methods.common import Lockout
+from pairkit.pairing.methods.common import CodeTurns, Lockout, LockRecord
 from pairkit.session import HostSide
 from tests.clock_harness import Clocks
 from tests.lockout_harness import KS_PIN, POLICY, host, ks_path
 
 __all__ = ["ks_path"]
+
+BUDGET = POLICY.max_failures
 
 def test_a_restart_after_a_reboot_keeps_the_lock(ks_path: Path) -> None:
     """Five failures, then the device reboots (its monotonic clock starts again near 0) and
@@ -130,6 +132,8 @@ def test_a_record_this_pairkit_does_not_read_is_no_failure(ks_path: Path, record
 def test_forget_lockouts_lifts_both_locks(ks_path: Path) -> None:
     clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
     side = host(ks_path, clock)
+    # a place held (by a process that died holding it: the owner starts afresh)
+    assert side.state.compare_turns.take(object(), clock.monotonic(), clock.monotonic() + 130)
     for _ in range(5):
         side.state.pin_failed(clock.monotonic())
         side.state.compare_lock.failed(clock.monotonic())
@@ -138,6 +142,9 @@ def test_forget_lockouts_lifts_both_locks(ks_path: Path) -> None:
     assert forget_lockouts(ks) is False
     again = host(ks_path, clock)
     assert again.state.locked_for(clock.monotonic()) == 0.0
+    assert again.state.compare_lock.locked_for(clock.monotonic()) == 0.0
+    assert again.state.compare_lock.places == []
+    clock.advance(200)
     assert again.state.compare_lock.locked_for(clock.monotonic()) == 0.0
 
 
@@ -155,7 +162,7 @@ class FullDisk:
         self.inner = inner
         self.full = False
 
-    def load(self, now: float) -> tuple[list[float], int]:
+    def load(self, now: float) -> LockRecord:
         return self.inner.load(now)
 
     def update(self, change: Any, now: float) -> None:
@@ -164,25 +171,179 @@ class FullDisk:
         self.inner.update(change, now)
 
 
-def test_failures_the_journal_cannot_keep_count_and_are_kept_later(ks_path: Path) -> None:
-    """A failure the keystore cannot keep is still counted by the host (a lock fails closed),
-    and goes into the keystore with the next change that can be saved."""
+def test_a_try_the_journal_cannot_keep_is_refused_and_counts_nothing(ks_path: Path) -> None:
+    """A failure, a PIN attempt or a compare place the keystore cannot keep raises, and is
+    counted nowhere (its caller plays nothing for it: a failure counted in one process's memory
+    only would be lost by its restart); the place is not taken, and its holder waits for
+    nothing."""
     clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
     disk = FullDisk(KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "compare", clock))
     lock = Lockout(POLICY, disk)
+    turns = CodeTurns(lock)
     disk.full = True
-    for _ in range(5):
+    holder = object()
+    for _ in range(BUDGET + 1):
         with pytest.raises(KeystoreError):
             lock.failed(clock.monotonic())
+        with pytest.raises(KeystoreError):
+            lock.failed_unless_locked(clock.monotonic())
+        with pytest.raises(KeystoreError):
+            turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
         clock.advance(1)
-    assert lock.locked_for(clock.monotonic()) == pytest.approx(295)
+    assert lock.locked_for(clock.monotonic()) == 0.0 and lock.streak == 0
+    assert turns.out == 0 and lock.places == []
+    turns.settle(holder, confirmed=False)
+    assert not turns._waiting
     assert Keystore.open(ks_path, KS_PIN).setting("lockout.compare") is None
-    disk.full = False
-    clock.advance(300)
-    lock.failed(clock.monotonic())
+
+
+# -- compare's places (CodeTurns) kept beside the failures ------------------------------------
+
+
+def test_places_are_shared_by_two_host_processes_and_count_at_their_end(ks_path: Path) -> None:
+    """Places taken by one host process hold in another's count; one given back (confirmed)
+    frees its place and counts nothing; one given up unconfirmed counts at the time it was
+    taken; one never settled (its process died) holds until its end, then counts, for every
+    reader, once (written as a failure by the next change)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    one, other = host(ks_path, clock), host(ks_path, clock)
+    turns, theirs = one.state.compare_turns, other.state.compare_turns
+    holders = [object() for _ in range(BUDGET)]
+    for i, holder in enumerate(holders):
+        assert turns.take(holder, clock.monotonic(), clock.monotonic() + 100 + i)
+    waiting = object()
+    assert not theirs.take(waiting, clock.monotonic(), clock.monotonic() + 100)
+    assert theirs.poll  # the places are another process's: it looks again now and then
+    turns.settle(holders[0], confirmed=True, now=clock.monotonic())
+    clock.advance(10)
+    turns.settle(holders[1], confirmed=False, now=clock.monotonic())
+    assert one.state.compare_lock.streak == 1
+    assert one.state.compare_lock.failures == [pytest.approx(1_000, abs=0.002)]
+    assert theirs.take(waiting, clock.monotonic(), clock.monotonic() + 300)
+    assert not theirs.take(object(), clock.monotonic(), clock.monotonic() + 300)
+    clock.advance(100)  # the three left by ``one`` (never settled) end
+    lock = host(ks_path, clock).state.compare_lock
+    assert lock.locked_for(clock.monotonic()) == 0.0 and lock.streak == 4
+    assert len(lock.places) == 1  # ``other``'s, until its end
+    clock.advance(200)
+    other.state.compare_lock.failed(clock.monotonic())  # a change: the ended ones are written
     kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
-    assert kept["streak"] == 6 and len(kept["failures"]) == 5
+    assert kept["streak"] == 6 and "places" not in kept
+    lock = host(ks_path, clock).state.compare_lock
     assert lock.locked_for(clock.monotonic()) == pytest.approx(POLICY.lock_after(6))
+    assert lock.streak == 6
+
+
+class Counting:
+    """A journal that counts its writes."""
+
+    def __init__(self, inner: KeystoreLockJournal) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def load(self, now: float) -> LockRecord:
+        return self.inner.load(now)
+
+    def update(self, change: Any, now: float) -> None:
+        self.writes += 1
+        self.inner.update(change, now)
+
+
+def test_a_place_given_back_is_kept_at_once_or_with_the_next_place_taken(ks_path: Path) -> None:
+    """A code confirmed gives its place back: kept at once when nobody here waits for one (a
+    second process sees it free); while a machine waits, the place is free for it at once and
+    kept with the place it takes, in one write (a compare pairing under load costs one write),
+    and never counted as a failure meanwhile, not even past its end."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    journal = Counting(KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "compare", clock))
+    turns = CodeTurns(Lockout(POLICY, journal))
+    other = host(ks_path, clock).state.compare_lock
+
+    def kept() -> set[str]:
+        other.locked_for(clock.monotonic())
+        return {p.key for p in other.places}
+
+    alone = object()
+    assert turns.take(alone, clock.monotonic(), clock.monotonic() + 130)
+    turns.settle(alone, confirmed=True, now=clock.monotonic())
+    assert journal.writes == 2 and kept() == set()
+    holders = [object() for _ in range(BUDGET)]
+    for holder in holders:
+        assert turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    waiting, woken = object(), []
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    turns.subscribe(waiting, lambda: woken.append(True))
+    first = turns._mine[holders[0]].key
+    writes = journal.writes
+    turns.settle(holders[0], confirmed=True, now=clock.monotonic())
+    assert woken == [True] and journal.writes == writes and first in kept()
+    clock.advance(200)  # past its end, not yet kept: it counts for nobody here
+    assert turns.lock.locked_for(clock.monotonic()) == 0.0
+    clock.advance(-200)
+    assert turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    assert journal.writes == writes + 1 and first not in kept() and len(kept()) == BUDGET
+    assert turns.lock.streak == 0 and turns.lock.returned == set()
+
+
+def test_a_place_kept_in_another_boot_counts_at_once(ks_path: Path) -> None:
+    """A place whose record names another boot was held by a process that is gone: it holds
+    no place and counts as a failure (whatever its end said)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=500.0)
+    turns = host(ks_path, clock).state.compare_turns
+    assert turns.take(object(), clock.monotonic(), clock.monotonic() + 3600)
+    clock.advance(30)
+    clock.reboot(monotonic=4.0)
+    lock = host(ks_path, clock).state.compare_lock
+    assert lock.locked_for(clock.monotonic()) == 0.0
+    assert (lock.streak, lock.places) == (1, [])
+
+
+class NoBoot:
+    """A device's clocks that do not name their boot (not Linux): only the wall clock is kept."""
+
+    def __init__(self, clocks: Clocks) -> None:
+        self.clocks = clocks
+
+    def wall(self) -> float:
+        return self.clocks.wall()
+
+    def monotonic(self) -> float:
+        return self.clocks.monotonic()
+
+
+def test_a_place_kept_before_the_wall_clock_went_back_lasts_as_long_as_it_was_taken_for(
+    ks_path: Path,
+) -> None:
+    """Without a boot id, places are kept in wall-clock seconds.  One taken for 130 s, then the
+    wall clock set back a month (a Pi that rebooted without the network's time, on a system
+    that does not name its boots): it is read from the host's start (later than now), and
+    ends 130 s after that, not a month later (denying compare's place meanwhile)."""
+    clocks = Clocks(wall=1_800_000_000.0, monotonic=100.0)
+    turns = host(ks_path, NoBoot(clocks)).state.compare_turns
+    assert turns.take(object(), clocks.monotonic(), clocks.monotonic() + 130)
+    clocks.now_wall -= 30 * 86400
+    clocks.reboot(monotonic=5.0)
+    lock = host(ks_path, NoBoot(clocks)).state.compare_lock
+    assert lock.locked_for(clocks.monotonic()) == 0.0 and len(lock.places) == 1
+    clocks.advance(131)
+    assert lock.locked_for(clocks.monotonic()) == 0.0
+    assert (lock.places, lock.streak) == ([], 1)
+
+
+@pytest.mark.parametrize("place", [
+    "x", {"key": 1, "at": 1.0, "until": 2.0}, {"key": "k", "at": "t", "until": 2.0},
+    {"key": "k", "at": 1.0}, {"key": "k", "at": 1.0, "until": True},
+])
+def test_a_place_this_pairkit_does_not_read_is_none(ks_path: Path, place: object) -> None:
+    """A place of another shape (no pairkit writes one; the keystore is sealed) holds no place
+    and counts nothing."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
+    ks = Keystore.open(ks_path, KS_PIN)
+    with ks.update() as k:
+        k.set_setting("lockout.compare", {"failures": [], "streak": 0, "places": [place]})
+    lock = host(ks_path, clock).state.compare_lock
+    assert lock.locked_for(clock.monotonic()) == 0.0
+    assert (lock.streak, lock.places) == (0, [])
 
 
 def test_the_system_clock_says_its_boot_and_the_record_keeps_it(ks_path: Path) -> None:
@@ -194,3 +355,27 @@ def test_the_system_clock_says_its_boot_and_the_record_keeps_it(ks_path: Path) -
     side.state.compare_lock.failed(SYSTEM_CLOCK.monotonic())
     kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
     assert kept["boot"] == boot and len(kept["monotonic"]) == len(kept["failures"]) == 1
+
+
+def test_a_place_given_back_for_a_waiter_that_does_not_get_it_is_kept_at_once(
+    ks_path: Path,
+) -> None:
+    """Five places held here, a machine waiting; another host process counts a failure (four
+    places now).  A code confirmed here wakes the waiter, whose look finds no place after all:
+    the give-back is kept then, not left for its holder's end (another process would count
+    the place as a failure past its end)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    turns = host(ks_path, clock).state.compare_turns
+    other = host(ks_path, clock).state.compare_lock
+    holders = [object() for _ in range(BUDGET)]
+    for holder in holders:
+        assert turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    waiting, woken = object(), []
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    turns.subscribe(waiting, lambda: woken.append(True))
+    other.failed(clock.monotonic())
+    turns.settle(holders[0], confirmed=True, now=clock.monotonic())
+    assert woken == [True]
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
+    other.locked_for(clock.monotonic())
+    assert len(other.places) == BUDGET - 1 and turns.lock.returned == set()

@@ -194,8 +194,7 @@ def test_compare_in_the_shuttle_with_every_place_held_ends_busy() -> None:
     state = HostState()
     held = [object() for _ in range(5)]
     for holder in held:
-        assert state.compare_turns.take(holder)
-        state.compare_turns.shown(holder, 0.0)
+        assert state.compare_turns.take(holder, 0.0, 600.0)
     pair = make_pair(Method.COMPARE, seed=2, state=state)
     result = pair.run()
     assert isinstance(result.host_error, BusyError), repr(result.host_error)

@@ -6,8 +6,8 @@ the same budget").  Used by tests/attacks/test_attack_compare_turns.py.
 * :class:`Mallory` is a guest toward the host that reads the code the host shows (she holds
   every input once its Reveal arrived) and, unless told to stay, leaves at once.
 * :class:`WatchedHost` is the real host machine with two hooks for a test's timing (never
-  changing what it does): one called right after the host was given its turn (woken), one right
-  after it showed its code.
+  changing what it does): one called right after CodeTurns woke it for its turn (before it took
+  its place), one right after it showed its code.
 * :class:`OddStep` is Mallory whose Offer says she waits any number of milliseconds, in bounds
   or not.
 * :class:`TakesASecond` is a host's owner in the real ``pairkit host`` flow who looks at a code
@@ -98,9 +98,9 @@ class TakesASecond(Person):
 
 
 class WatchedHost(HostPairing):
-    """The real host machine; ``on_wake`` runs right after CodeTurns gave it its turn (inside
-    the wake-up call, before its driver looked again), ``on_shown`` right after it showed its
-    code (its Reveal queued, its person about to be asked)."""
+    """The real host machine; ``on_wake`` runs right after CodeTurns woke it for its turn
+    (inside the wake-up call, before its driver looked again and took its place), ``on_shown``
+    right after it showed its code (its Reveal queued, its person about to be asked)."""
 
     def __init__(self, *args: Any, on_wake: Callable[[WatchedHost], None] | None = None,
                  on_shown: Callable[[WatchedHost], None] | None = None, **kwargs: Any) -> None:

@@ -228,24 +228,68 @@ class _IssuedQr:
 #: how far apart two times a :class:`Lockout` compares may be and still be one (a journal keeps
 #: them as wall-clock seconds; the round trip may round the last digits)
 TIME_SLACK = 0.001
+#: how long a compare host waits for its person's answer to a code at the least (the driver's
+#: bound, :data:`pairkit.driver.DEFAULT_ANSWER_TIME`); a code's place holds until then
+CODE_ANSWER_TIME = 120.0
+#: how often a compare host waiting for a place looks at the places other host processes of
+#: the device hold (they cannot wake it; :attr:`CodeTurns.poll`)
+TURN_POLL = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """One of compare's codes out, or about to go out (:class:`CodeTurns`): a try pending until
+    its person confirms it, kept with the lock's failures so that every host process of the
+    device counts it (docs/security.md, "Codes out at once are held to the same budget")."""
+
+    #: who holds it (unique among the places kept; no secret)
+    key: str
+    #: when it was taken, right before the code went out: the time its try counts at
+    at: float
+    #: when its exchange ends at the latest (the host's bound on its person's answer): from
+    #: then on it holds no place, and counts as a failure at :attr:`at`, whoever reads it
+    until: float
+
+
+@dataclasses.dataclass
+class LockRecord:
+    """What a :class:`LockJournal` keeps of one lock: the failures (times, oldest first), the
+    streak, and the places held (:class:`Place`), times on the machines' clock."""
+
+    failures: list[float]
+    streak: int
+    places: list[Place] = dataclasses.field(default_factory=list)
 
 
 class LockJournal(Protocol):
-    """Where a :class:`Lockout`'s failures are kept beyond one object: the runtime keeps them
-    in the keystore, so that the host started again, or another host process of the device,
-    counts them too (docs/security.md, "The lock outlives the host process").  Times are on the
-    machines' clock (``now``); what the journal stores, and how it maps times, is its own."""
+    """Where a :class:`Lockout`'s failures and places are kept beyond one object: the runtime
+    keeps them in the keystore, so that the host started again, or another host process of the
+    device, counts them too (docs/security.md, "The lock outlives the host process").  Times
+    are on the machines' clock (``now``); what the journal stores, and how it maps times, is
+    its own."""
 
-    def load(self, now: float) -> tuple[list[float], int]:
-        """The failures (times, oldest first) and the streak as kept now."""
+    def load(self, now: float) -> LockRecord:
+        """What is kept now."""
         ...
 
-    def update(
-        self, change: Callable[[list[float], int], tuple[list[float], int]], now: float
-    ) -> None:
+    def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         """Apply ``change`` to what is kept now, and keep its result, as one step that no
-        other writer interleaves with."""
+        other writer interleaves with; raises, and keeps nothing, when it cannot be kept."""
         ...
+
+
+class _MemoryJournal:
+    """A lock's record in this object only (a :class:`Lockout` given no journal)."""
+
+    def __init__(self) -> None:
+        self._record = LockRecord([], 0, [])
+
+    def load(self, now: float) -> LockRecord:
+        r = self._record
+        return LockRecord(list(r.failures), r.streak, list(r.places))
+
+    def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
+        self._record = change(self.load(now))
 
 
 class Lockout:
@@ -253,46 +297,49 @@ class Lockout:
     guesses, rule 7, and for the codes compare showed and nobody confirmed, docs/security.md
     "compare: what may cross before the people confirmed the code").
 
-    With a ``journal``, every check reads the failures kept there and every change is made to
-    them there, so that they outlive this object (and its process)."""
+    Every check reads the record kept in the ``journal`` and every change is made to it there
+    (by default in this object only), so that with the runtime's journal they outlive this
+    object and its process.  A change that cannot be kept raises and counts nothing: the
+    callers count a try before they play it (a PIN guess, a compare code's place), so a try
+    whose count cannot be kept is not played."""
 
     def __init__(self, policy: PinPolicy, journal: LockJournal | None = None) -> None:
         self.policy = policy
-        self.journal = journal
-        #: the times of the last ``max_failures`` failures (all the rule reads)
+        self.journal: LockJournal = journal if journal is not None else _MemoryJournal()
+        #: the times of the last ``max_failures`` failures (all the rule reads), as last read
         self.failures: list[float] = []
         self.streak = 0  # failures in the current streak (PinPolicy)
-        #: when the latest attempt still under way began (None: none), an attempt counted
-        #: only when it ends, at that time (compare's codes out, :class:`CodeTurns`): a day
-        #: that held one is not quiet, so it forgives no streak
-        self.pending: Callable[[], float | None] = lambda: None
-        #: failures the journal could not keep (a full disk): counted here all the same, so
-        #: that the lock fails closed, and given to the journal with its next change
-        self._unsaved: list[float] = []
+        #: compare's places held, by every process, as last read (:class:`CodeTurns`): tries
+        #: under way, counted only when they end (at the time they began); a day that holds one
+        #: is not quiet, so it forgives no streak
+        self.places: list[Place] = []
+        #: the keys of places given back here (their codes confirmed) that the journal still
+        #: holds: free here at once, written with this lock's next change (:meth:`flush`)
+        self.returned: set[str] = set()
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
         the first ``max_failures`` of a streak within ``window``, then a backoff from the last
         failure that doubles up to ``max_lock``."""
-        if self.journal is not None:
-            self.failures, self.streak = self._with_unsaved(*self.journal.load(now), now)
+        self._adopt(self.journal.load(now), now)
         return self._locked_for(now)
 
-    def _with_unsaved(
-        self, failures: list[float], streak: int, now: float
-    ) -> tuple[list[float], int]:
-        """What the journal keeps, and the failures it could not keep (those of the last
-        ``forgive`` seconds)."""
-        self._unsaved = [t for t in self._unsaved if now - t < self.policy.forgive]
-        if not self._unsaved:
-            return list(failures), streak
-        merged = sorted([*failures, *self._unsaved])[-self.policy.max_failures:]
-        return merged, streak + len(self._unsaved)
+    def _adopt(self, record: LockRecord, now: float) -> None:
+        """Take ``record`` as read at ``now``: a place whose exchange has ended by ``now``
+        holds no place and counts as a failure, at the time it was taken."""
+        self.failures, self.streak = sorted(record.failures), record.streak
+        held = [p for p in record.places if p.key not in self.returned]
+        self.places = [p for p in held if p.until > now]
+        for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
+            self._count(ended.at)
+
+    def _record(self) -> LockRecord:
+        return LockRecord(list(self.failures), self.streak, list(self.places))
 
     def _locked_for(self, now: float) -> float:
         p = self.policy
         last = self.failures[-1] if self.failures else None
-        under_way = self.pending()
+        under_way = max((place.at for place in self.places), default=None)
         if last is not None and under_way is not None:
             last = max(last, under_way)
         if last is None or now - last >= p.forgive:
@@ -308,17 +355,13 @@ class Lockout:
         return max(0.0, until - now)
 
     def failed(self, now: float) -> None:
-        try:
-            self._change(lambda: self._count(now), now)
-        except BaseException:
-            if self.journal is not None:  # not kept: counted here all the same (closed)
-                self._unsaved.append(now)
-            raise
+        """Count a failure at ``now`` (raises, counting nothing, if it cannot be kept)."""
+        self._change(lambda: self._count(now), now)
 
     def failed_unless_locked(self, now: float) -> float:
         """Count an attempt that starts at ``now`` as failed, unless the lock is closed: 0
-        when it was counted, else the seconds until attempts are accepted again.  With a
-        journal the check and the count are one step, so that no other process counts between
+        when it was counted, else the seconds until attempts are accepted again.  The check
+        and the count are one step of the journal, so that no other process counts between
         them (call :meth:`locked_for` first: a closed lock is seen without a write)."""
         wait = 0.0
 
@@ -336,17 +379,22 @@ class Lockout:
         self._change(lambda: self._take_back(started), started)
 
     def _change(self, change: Callable[[], None], now: float) -> None:
-        if self.journal is None:
-            change()
-            return
+        """Run ``change`` on the record as kept now, and keep the result, in one step of the
+        journal; if it cannot be kept, it raises and what is in memory is read again at the
+        next check."""
 
-        def on_kept(failures: list[float], streak: int) -> tuple[list[float], int]:
-            self.failures, self.streak = self._with_unsaved(failures, streak, now)
+        def on_kept(record: LockRecord) -> LockRecord:
+            self._adopt(record, now)
             change()
-            return self.failures, self.streak
+            return self._record()  # without the places given back here
 
         self.journal.update(on_kept, now)
-        self._unsaved.clear()  # kept with this change
+        self.returned.clear()  # kept with this change
+
+    def flush(self, now: float) -> None:
+        """Keep the places given back here (:attr:`returned`) now, unless none is left."""
+        if self.returned:
+            self._change(lambda: None, now)
 
     def _count(self, now: float) -> None:
         self._locked_for(now)  # ends a streak that is over
@@ -367,98 +415,166 @@ class Lockout:
 
 class CodeTurns:
     """compare's codes out at once, held to the budget of its :class:`Lockout`
-    (docs/security.md, "compare: what may cross before the people confirmed the code").
+    (docs/security.md, "compare: what may cross before the people confirmed the code", "Codes
+    out at once are held to the same budget").
 
     A code is *out* from the host's Reveal (N_H: from then on a man in the middle can compute
     it) until its person's yes, or until its exchange ends without one, which the lock counts
     as a failed try.  Counting only at the end let visits made at once each get a code before
     any was counted; counting at the Reveal would lock out honest guests comparing at once.
     So a code goes out only while the lock would still be open were every code out to fail:
-    at most ``max_failures`` less the streak's failures at once (one, past the budget).  The
-    others wait their turn, first come first served, and are woken one by one as places free
-    up (a code settled, or a streak the lock forgave, seen at the next ``take``); a host that
-    is locked wakes them all (each then refuses).
+    at most ``max_failures`` less the streak's failures at once (one, past the budget).
+
+    Each code out holds a :class:`Place` kept in the lock's journal beside its failures, so
+    that every host process of the device counts every other's (the runtime: the keystore).
+    A place is checked and taken in one step of the journal (:meth:`take`), right before the
+    code goes out; one that cannot be kept is not taken (the code does not go out).  It is
+    given back when its person confirms (:meth:`settle`), and otherwise becomes a failure at
+    the time it was taken; a place whose holder never settles it (its process died) holds
+    until its exchange would have ended (:attr:`Place.until`), and counts as a failure then.
+    A place given back while a machine of this process waits for one is free for it at once
+    and kept with the place it takes (one write for both); the holder's exchange keeps it at
+    its end otherwise (:meth:`Lockout.flush`), within the place's time.
+
+    The machines of this process that find no place free wait their turn, first come first
+    served, and are woken as places free up here (a code settled, or a streak the lock forgave,
+    seen at the next ``take``); a host that is locked wakes them in turn (each then refuses).
+    Places held by other processes free up without a word to this one: while there are any,
+    a machine waiting looks again every :data:`TURN_POLL` seconds (:attr:`poll`).
 
     Pure: a turn is given by a callback the driver registered (:class:`~pairing.machine.
-    WaitTurn`), no clock or event loop here.
+    WaitTurn`), no clock or event loop here; the keys of places come from ``rng`` (its own,
+    not the host's: a place's key is in no message, and a recorded host replays its stream).
     """
 
-    def __init__(self, lock: Lockout) -> None:
+    def __init__(self, lock: Lockout, rng: Rng = os.urandom) -> None:
         self.lock = lock
-        #: the holders of a place: when their code went out (``None``: the turn came, the
-        #: code is not out yet)
-        self._out: dict[object, float | None] = {}
+        self._rng = rng
+        self._taken = itertools.count()
+        #: this process's holders of a place, with it
+        self._mine: dict[object, Place] = {}
         #: the machines waiting for a place, in order of arrival, with their wake-up call
         self._waiting: dict[object, Callable[[], None] | None] = {}
-        # A code out is a try under way: the streak it will count in is not forgiven meanwhile.
-        lock.pending = self._latest_shown
-
-    def _latest_shown(self) -> float | None:
-        return max((t for t in self._out.values() if t is not None), default=None)
 
     @property
     def out(self) -> int:
-        """How many places are held (codes out, or about to go out)."""
-        return len(self._out)
+        """How many places this process's machines hold (their codes out)."""
+        return len(self._mine)
+
+    @property
+    def poll(self) -> bool:
+        """Whether other host processes held places when the lock was last read: a machine
+        waiting for one of them is not woken when it frees up, and looks again now and then."""
+        mine = {p.key for p in self._mine.values()}
+        return any(p.key not in mine for p in self.lock.places)
 
     def _places(self) -> int:
         return max(1, self.lock.policy.max_failures - self.lock.streak)
 
-    def take(self, holder: object) -> bool:
-        """Whether ``holder`` has a place (taken now when one is free for it after those
-        waiting before it); ``False`` puts it in the queue.  Check the lock first: a locked
-        host gives no place.  Places the lock's check freed (a streak it forgave) go to those
-        waiting, in order (``holder`` among them, in its turn)."""
-        if holder not in self._out:
-            self._waiting.setdefault(holder, None)
-        self._hand_out()
-        return holder in self._out
+    def _first(self, holder: object) -> bool:
+        """Whether a place is free for ``holder`` after those waiting before it (as the lock
+        was last read)."""
+        free = self._places() - len(self.lock.places)
+        return free > 0 and holder in itertools.islice(self._waiting, free)
+
+    def take(self, holder: object, now: float, until: float) -> bool:
+        """Whether ``holder`` has a place, taken now (a :class:`Place` from ``now`` to ``until``,
+        kept in the journal: raises, taking none, when it cannot be kept) when one is free for
+        it after those waiting before it and the lock is open; ``False`` puts it in the queue
+        (check the lock again: it may have closed as the place was looked for).  Places the
+        lock's read freed (a streak it forgave, places ended or given back elsewhere) go to
+        those waiting, in order (``holder`` among them, in its turn)."""
+        if holder in self._mine:
+            return True
+        self._waiting.setdefault(holder, None)
+        got: Place | None = None
+        try:
+            # A read first: nothing is written while no place is free for it.
+            if self.lock.locked_for(now) > 0 or not self._first(holder):
+                return False
+            place = Place(f"{self._rng(8).hex()}.{next(self._taken)}", now, until)
+
+            def check_and_take() -> None:
+                nonlocal got
+                if self.lock._locked_for(now) <= 0 and self._first(holder):
+                    self.lock.places.append(place)
+                    got = place
+
+            self.lock._change(check_and_take, now)
+            if got is not None:
+                self._waiting.pop(holder, None)
+                self._mine[holder] = got
+            return got is not None
+        finally:
+            if got is None and self.lock.returned:
+                # The place given back for us was not ours after all (another process took
+                # the last one): keep the give-back now, not at its holder's end.
+                self.lock.flush(now)
+            self._hand_out()
 
     def subscribe(self, holder: object, wake: Callable[[], None] | None) -> None:
         """Call ``wake`` (once) when ``holder`` should look again: at once if its turn has
         come already.  ``None`` stops the call."""
-        if holder in self._out:
+        if holder in self._mine or (wake is not None and holder in self._waiting
+                                    and self._first(holder)):
             if wake is not None:
                 wake()
         elif holder in self._waiting:
             self._waiting[holder] = wake
 
-    def shown(self, holder: object, now: float) -> None:
-        """``holder``'s code went out at ``now`` (its N_H was sent)."""
-        self._out[holder] = now
-
-    def settle(self, holder: object, *, confirmed: bool) -> None:
-        """``holder`` leaves: its person said yes (``confirmed``), or its exchange ended. A
-        code that was out and not confirmed counts as a failed try, at the time it went out.
-        The places freed go to the machines waiting, in order."""
+    def settle(self, holder: object, *, confirmed: bool, now: float | None = None) -> None:
+        """``holder`` leaves: its person said yes (``confirmed``: its place is given back), or
+        its exchange ended (at ``now``, when known).  A code that was out and not confirmed
+        counts as a failed try, at the time its place was taken, in the same step of the
+        journal as its place is given up; if that step cannot be kept (it raises), the place
+        stays kept and counts when its exchange would have ended.  A place the journal no
+        longer holds (it ended, and was counted; or the owner lifted the locks) changes
+        nothing.  The places freed go to the machines waiting, in order."""
         self._waiting.pop(holder, None)
-        if holder not in self._out:
+        place = self._mine.pop(holder, None)
+        when = (place.at if place is not None else 0.0) if now is None else now
+        if place is not None and confirmed:
+            # Free here at once; kept by the next change, which a machine woken for the place
+            # makes as it takes it (one write for both), else now.
+            self.lock.returned.add(place.key)
+            self.lock.places = [p for p in self.lock.places if p.key != place.key]
+            if not self._hand_out():
+                self.lock.flush(when)
             return
-        shown = self._out.pop(holder)
         try:
-            if shown is not None and not confirmed:
-                self.lock.failed(shown)  # may fail to be kept (counted all the same)
+            if place is None:
+                return
+
+            def give_up() -> None:
+                held = [p for p in self.lock.places if p.key != place.key]
+                if len(held) < len(self.lock.places):
+                    self.lock.places = held
+                    self.lock._count(place.at)
+
+            self.lock._change(give_up, when)
         finally:
             self._hand_out()
 
-    def _hand_out(self) -> None:
-        """Give the free places to the machines waiting, in order, and wake them."""
+    def _hand_out(self) -> int:
+        """Wake the machines waiting that a place is free for, in order; how many."""
+        free = self._places() - len(self.lock.places)
         woken: list[Callable[[], None]] = []
         # A streak at or past the budget leaves one place, and the next failure locks: the
-        # machine given it refuses if the lock is closed now, and passes its place on.
-        while self._waiting and len(self._out) < self._places():
-            first = next(iter(self._waiting))
-            wake = self._waiting.pop(first)
-            self._out[first] = None
+        # machine woken refuses if the lock is closed now, and its place goes on to the next.
+        for holder in list(itertools.islice(self._waiting, max(0, free))):
+            wake = self._waiting[holder]
             if wake is not None:
+                self._waiting[holder] = None
                 woken.append(wake)
         for wake in woken:
             wake()
+        return len(woken)
 
 
 class HostState:
     """What a host keeps across guests (in memory; the CLI's host process owns one), but for
-    the locks' failures, which the journals given keep too (the runtime: in the keystore)."""
+    the locks' failures and compare's places, which the journals given keep (the runtime: in
+    the keystore, shared by every host process of the device)."""
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ HPKE encryption draws its ephemeral itself (``cryptography``), not from the mach
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -34,17 +35,20 @@ from ..errors import (
     DecodeError,
     LockedOutError,
     PairingError,
+    PairingTimeout,
     RefusedError,
 )
 from ..machine import Question, WaitTurn
-from ..messages import DEFAULT_STEP_MS, Accept, Announce, Offer, Reveal
+from ..messages import DEFAULT_STEP_MS, Accept, Announce, NoiseMessage, Offer, Reveal
 from ..negotiation import Method
 from .common import (
+    CODE_ANSWER_TIME,
     HPKE_SUITE,
     S_ASK,
     S_NOISE,
     S_REVEAL,
     S_TURN,
+    TURN_POLL,
     ConfirmCode,
     _identity_psk,
 )
@@ -122,6 +126,12 @@ class CompareHost(HostSide):
     _ng: bytes
     #: until when we wait for a place to show our code (CodeTurns)
     _turn_ends: float
+    #: whether our wait for a place ends early, to look again (places held elsewhere)
+    _polling: bool = False
+    #: until when our person's yes to our code is taken (its place holds a step longer)
+    _code_ends: float = math.inf
+    #: when our person confirmed our code (None: not yet)
+    _confirmed_at: float | None = None
 
     def _offer_compare(self, msg: Offer, hello: Announce, now: float) -> None:
         # Each code we show and nobody confirms was a try at matching another screen's code (a
@@ -162,14 +172,21 @@ class CompareHost(HostSide):
         self._show_code_in_turn(now)
 
     def _on_turn(self, question: Question, value: Any, now: float) -> None:
-        """The driver's answer to our :class:`WaitTurn`: look again (``True``), or the wait
-        is over (``False``)."""
-        self._show_code_in_turn(now, last=value is not True or now >= self._turn_ends)
+        """The driver's answer to our :class:`WaitTurn`: look again (``True``, or ``False`` at
+        a look now and then), or the wait is over (``False`` at its end)."""
+        last = now >= self._turn_ends or (value is not True and not self._polling)
+        self._show_code_in_turn(now, last=last)
 
     def _show_code_in_turn(self, now: float, *, last: bool = False) -> None:
         turns = self.host.compare_turns
         self._check_compare_lock(now)
-        if not turns.take(self):
+        # Our place is a try under way, kept (by the runtime, in the keystore) before our code
+        # goes out: checked and taken in one step, so that no other host process of the device
+        # takes the last one meanwhile; one that cannot be kept raises, and no code goes out.
+        # It holds until our person's answer is due (we refuse one that comes later).
+        self._code_ends = now + max(CODE_ANSWER_TIME, 3 * self.config.step_timeout)
+        if not turns.take(self, now, self._code_ends + self.config.step_timeout):
+            self._check_compare_lock(now)  # closed as the place was looked for
             if last:
                 # (how many codes are out is not said: a stranger need not know)
                 raise BusyError(
@@ -178,13 +195,18 @@ class CompareHost(HostSide):
                 )
             self.state = S_TURN
             self._expect_by(None)
-            self._emit(WaitTurn(subscribe=self._subscribe_turn, deadline=self._turn_ends))
+            # Places held by other host processes free up without waking us: we look again
+            # now and then, within our wait.
+            deadline = self._turn_ends
+            if turns.poll and now + TURN_POLL < deadline:
+                deadline = now + TURN_POLL
+            self._polling = deadline < self._turn_ends
+            self._emit(WaitTurn(subscribe=self._subscribe_turn, deadline=deadline))
             return
         assert self._offer.pk is not None and self.method is not None
         # N_H with the identity handshake's message 1: it holds no identity and proves only
         # knowledge of SK, so it may go before our person confirmed (docs/security.md).
         first = self._noise_initiator(_identity_psk(self._sk, self._th, self.method))
-        turns.shown(self, now)  # our code is out: a try until our person confirms it
         self._send(Reveal(self._nh, noise=first))
         code = keyschedule.compare_code(self._th, self._offer.pk, self._enc, self._ng, self._nh)
         self.state = S_ASK
@@ -197,8 +219,14 @@ class CompareHost(HostSide):
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
         if value is not True:
             raise RefusedError("the codes were not confirmed; pairing cancelled")
-        # Confirmed by our person: no failed try, and our place goes to the next code.
-        self.host.compare_turns.settle(self, confirmed=True)
+        if now >= self._code_ends:
+            # Our place held until then: after it, the code counts as a failed try, whoever
+            # reads the lock, and a yes for it is refused.
+            raise PairingTimeout("the code was not confirmed in time; pairing cancelled")
+        # Confirmed by our person: no failed try, and our place goes to the next code (a give
+        # back that cannot be kept raises: the place then counts as a failure at its end).
+        self._confirmed_at = now
+        self.host.compare_turns.settle(self, confirmed=True, now=now)
         # Only now is the guest's message 2 read (the driver held one that came early), and
         # only after it our identity goes, in message 3.  The guest's person may still be
         # looking at the code.
@@ -207,6 +235,13 @@ class CompareHost(HostSide):
             now + max(self.config.step_timeout, 120.0),
             "the guest's owner did not confirm the code in time",
         )
+
+    def _on_noise(self, msg: NoiseMessage, now: float) -> None:
+        if self.method is Method.COMPARE:
+            # Our place, given back when our person confirmed, is kept by now (a machine that
+            # took a place since kept it with its own): else we keep it before we go on.
+            self.host.compare_lock.flush(now)
+        super()._on_noise(msg, now)
 
     def _check_compare_lock(self, now: float) -> None:
         wait = self.host.compare_lock.locked_for(now)
@@ -221,7 +256,12 @@ class CompareHost(HostSide):
             if self.method is Method.COMPARE and not self.failed:
                 # A code of ours that was out and not confirmed counts as a failed try (the
                 # guest left, or our person said no); a place held or waited for is given up.
-                # (A count the keystore cannot keep is counted all the same, and raised.)
+                # (A count the keystore cannot keep raises: the place kept counts at its end.)
                 self.host.compare_turns.settle(self, confirmed=False)
+                # A place given back and not kept yet (our person confirmed, then the
+                # exchange failed) is kept now if it can be (else with the next change).
+                if self._confirmed_at is not None:
+                    with contextlib.suppress(PairingError):
+                        self.host.compare_lock.flush(self._confirmed_at)
         finally:
             super()._fail(exc)

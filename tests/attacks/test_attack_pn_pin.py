@@ -111,3 +111,29 @@ async def test_a_restarted_gateway_keeps_its_pin_lock(tmp_path: Path) -> None:
         assert await guess(gw.port, source)
         clocks.advance(2.0)
         assert not await guess(gw.port, source), "the streak did not go on across the restart"
+
+
+async def test_a_gateway_that_cannot_count_a_guess_answers_none(tmp_path: Path) -> None:
+    """The gateway's keystore cannot be written (a full disk): a guess whose failure cannot be
+    kept is not played (docs/security.md, rule 7: nothing is counted in one process's memory
+    only, where a restart would lose it).  Seven offers, none answered, each refused by a save
+    that failed."""
+    from pairkit.filestore import FileStorage
+    from pairkit.keystore import Keystore
+    from pairkit.lockouts import KeystoreLockJournal
+    from pairkit.pairing.keystore import Argon2Params
+    from tests.lockout_harness import DiskFull
+
+    path = tmp_path / "owner.pk"
+    Keystore.create(path, "246813", name="Paul's phone", kdf=Argon2Params.cheapest())
+    clocks = Clocks(wall=1_800_000_000.0, monotonic=1_000.0)
+    disk = DiskFull()
+    journal = KeystoreLockJournal(
+        Keystore.open(FileStorage(path, before_replace=disk), "246813"), "pn-pin", clocks)
+    pins = PinDisplay(None, show=lambda _pin: None, clock=clocks.monotonic, journal=journal)
+    disk.full = True
+    (source,) = attacker_addresses(1)
+    async with gateway_in_process(tmp_path / "gw", pins=pins) as gw:
+        answered = [await guess(gw.port, source) for _ in range(7)]
+    assert not any(answered), f"{sum(answered)} guesses played that the gateway could not count"
+    assert disk.refused == 7
