@@ -24,6 +24,7 @@ from pairkit.pairing.errors import AuthenticationError, NotFoundError, PairingEr
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from pairkit.ttp import enrol, request_key
 from tests.pg_harness import PgCluster, pg_url, postgres
+from tests.pn_store_harness import check_pns_kept_under_their_gateways
 from tests.ttp_harness import ServeProcess, identity
 
 __all__ = ["pg_url", "postgres"]
@@ -182,19 +183,7 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(pg_url: str, key: byt
     s = pg_store(pg_url, key)
     try:
         assert s.schema_version() == 4
-        assert s.pn_keys() == [(A, one), (C, two)]
-        assert [m["name"] for m in s.pn(A, one).members] == ["b"]
-        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, two, B) == two
-        with pytest.raises(NotFoundError):
-            s.pn(C, one)
-        s.register_pn(ServerInventory(one, C, "other", SetupType.ALL, (
-            ServerMember(B, "b", 1, (), KeySource.LOCAL_EUKEY, b"\x0c" * 32),
-        )), 2.0)
-        s.register_pn(ServerInventory(one, A, "gw", SetupType.ALL, (
-            ServerMember(C, "c", 0, (), KeySource.PREASSIGNED, None),
-        )), 3.0)
-        assert [m["name"] for m in s.pn(A, one).members] == ["b", "c"]
-        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, one, B) == b"\x0c" * 32
+        check_pns_kept_under_their_gateways(s, gws=(A, C), member=B, ids=(one, two))
         s._conn.execute("DELETE FROM devices WHERE device_id = %s", (A,))
         assert s.pn_keys() == [(C, two), (C, one)]  # the oldest first
         assert s._conn.execute("SELECT count(*) FROM pn_members WHERE gw_id = %s",

@@ -20,6 +20,7 @@ from pairkit.keyserver.store import (
 from pairkit.pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
 from pairkit.pairing.errors import AuthenticationError, NotFoundError, RefusedError
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
+from tests.pn_store_harness import check_pns_kept_under_their_gateways
 
 A, B, C, D = (bytes([n]) * 16 for n in (1, 2, 3, 4))
 CTX = b"\x09" * 32
@@ -289,19 +290,7 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(tmp_path: Path, key: 
     s = store_at(path, key)
     try:
         assert s._db.execute("PRAGMA user_version").fetchone()[0] == 4
-        assert s.pn_keys() == [(A, one), (C, two)]
-        assert [m["name"] for m in s.pn(A, one).members] == ["b"]
-        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, two, B) == two
-        with pytest.raises(NotFoundError):
-            s.pn(C, one)
-        s.register_pn(ServerInventory(one, C, "other", SetupType.ALL, (
-            ServerMember(B, "b", 1, (), KeySource.LOCAL_EUKEY, b"\x0c" * 32),
-        )), 2.0)
-        s.register_pn(ServerInventory(one, A, "gw", SetupType.ALL, (
-            ServerMember(C, "c", 0, (), KeySource.PREASSIGNED, None),
-        )), 3.0)
-        assert [m["name"] for m in s.pn(A, one).members] == ["b", "c"]
-        assert s.local_eukey(A, one, B) == one and s.local_eukey(C, one, B) == b"\x0c" * 32
+        check_pns_kept_under_their_gateways(s, gws=(A, C), member=B, ids=(one, two))
         assert s._db.execute("PRAGMA foreign_key_check").fetchall() == []
         tables = " ".join(r[0] for r in s._db.execute(
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
