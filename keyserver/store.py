@@ -683,17 +683,42 @@ def migrate(db: sqlite3.Connection, *, upto: int = SCHEMA_VERSION) -> int:
             f"({SCHEMA_VERSION}); upgrade pairkit to use it"
         )
     for target in range(version + 1, upto + 1):
-        # The script and the version bump commit together, or not at all.
+        # The script and the version bump commit together, or not at all; and only on the
+        # version the script starts from, checked under the write lock (the version read
+        # above was read before it): another process that opened the file at the same time
+        # may have taken this step first.  Before, the second process ran the step again on
+        # the migrated file; version 4's copy of the PN tables runs cleanly twice and joined
+        # each member to every gateway's PN of its id (attack review of the PN id scoping).
         script = MIGRATIONS[target - 1]
         try:
             db.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;"
+                f"BEGIN IMMEDIATE;\n{_from_version(target - 1)}\n{script}\n"
+                f"PRAGMA user_version = {target};\nCOMMIT;"
             )
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            now = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if now > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database has schema version {now}, newer than this pairkit "
+                    f"({SCHEMA_VERSION}); upgrade pairkit to use it"
+                ) from None
+            if now >= target:
+                continue  # another process took this step first
             raise StoreError(f"migrating the database to version {target} failed: {exc}") from None
     return version
+
+
+def _from_version(version: int) -> str:
+    """SQL that fails, inside a migration step's transaction, unless the file is still at
+    ``version`` (a CHECK on a temporary table: SQLite's DDL cannot be run conditionally)."""
+    table = f"CREATE TEMP TABLE pairkit_migrating (version INTEGER CHECK (version = {version}));"
+    return "\n".join((
+        table,
+        "INSERT INTO pairkit_migrating SELECT user_version FROM pragma_user_version;",
+        "DROP TABLE pairkit_migrating;",
+    ))
 
 
 def is_database_url(text: str) -> bool:
