@@ -16,6 +16,11 @@ The second process is held, deterministically, right before it takes the lock (a
 on its real SQLite connection pauses it on its migration's BEGIN IMMEDIATE, after it read the
 version), while the first process's store migrates and the squatter registers; nothing of the
 store is replaced.
+
+Open (strict xfail, informational): a LocalEUKey sealed before version 4 is sealed to its PN
+id and PNE only, so moved by someone who can write the database into another gateway's row of
+the same PN id and PNE, with ``local_key_ad`` set to 1, it opens (no key-server path opens a
+stored LocalEUKey today).
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
+
 from pairkit.keyserver.store import BUSY_TIMEOUT_MS, Sealer, StoreError, TtpStore, migrate
 from pairkit.pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
+from pairkit.pairing.errors import AuthenticationError
 
 A, B, C, D = (bytes([n]) * 16 for n in (1, 2, 3, 4))
 
@@ -103,5 +111,38 @@ def test_a_second_process_migrating_at_once_does_not_rerun_version_4(tmp_path: P
         assert s.local_eukey(A, pn, B) == b"\x0b" * 32
         assert s.local_eukey(C, pn, D) == b"\x0d" * 32
         assert s.local_eukey(C, pn, B) is None and s.local_eukey(A, pn, D) is None
+    finally:
+        s.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open (informational: no key server path opens a stored LocalEUKey; docs/security.md, "
+    "the PN section, 'The PN id scoping, attacked'): a LocalEUKey sealed before schema 4 stays "
+    "sealed to its PN id and PNE only, and local_key_ad, which says so, is not bound to the "
+    "ciphertext, so one moved to another gateway's row of the same PN id and PNE opens"))
+def test_a_key_sealed_before_4_moved_to_another_gateways_row_does_not_open(
+    tmp_path: Path,
+) -> None:
+    """Someone who can write the database, not read the seal key: the owner A's key of
+    element B, sealed by the code before schema 4, copied into the squatter C's row of the
+    same PN id and element (the squatter registered B under A's id after the upgrade), and
+    its ``local_key_ad`` set to 1.  Sealed from schema 4 on, the same move does not open
+    (tests/test_ttp_store.py, ``test_a_pn_is_its_gateways``)."""
+    key, pn = os.urandom(32), os.urandom(16)
+    path = tmp_path / "ttp.sqlite3"
+    _v3_file_with_a_pn(path, key, pn)
+    s = TtpStore(path, Sealer(key))
+    try:
+        s.register_pn(ServerInventory(pn, C, "squatter", SetupType.ONE_TO_ONE, (
+            ServerMember(B, "b?", 1, (), KeySource.LOCAL_EUKEY, b"\x0c" * 32),
+        )), 2.0)
+        assert s.local_eukey(C, pn, B) == b"\x0c" * 32
+        s._db.execute(
+            "UPDATE pn_members SET local_key_ad = 1, local_key_sealed = (SELECT "
+            "local_key_sealed FROM pn_members WHERE gw_id = ? AND pn_id = ? AND pne_id = ?) "
+            "WHERE gw_id = ? AND pn_id = ? AND pne_id = ?", (A, pn, B, C, pn, B),
+        )
+        with pytest.raises(AuthenticationError, match="did not open"):
+            s.local_eukey(C, pn, B)
     finally:
         s.close()
