@@ -607,8 +607,10 @@ def ls_cmd(as_json: bool) -> None:
             for e in r.declined:
                 say(f"  declined {e.pne_id[:16]}  {e.name}")
         else:
-            say(f"PN {r.pn_id} (member; gateway {r.gw_name} at {r.gateway or '?'}; "
-                f"link key {r.key_source})")
+            # the gateway's id too: two gateways' PNs may share an id and a name, and
+            # `--pn ID@GATEWAY` picks one by it (docs/security.md, the PN section)
+            say(f"PN {r.pn_id} (member; gateway {r.gw_name} {r.gw_id[:16]} "
+                f"at {r.gateway or '?'}; link key {r.key_source})")
             for e in r.members:
                 say(f"  member   {e.pne_id[:16]}  {e.name}")
 
