@@ -146,3 +146,41 @@ def test_a_key_sealed_before_4_moved_to_another_gateways_row_does_not_open(
             s.local_eukey(C, pn, B)
     finally:
         s.close()
+
+
+def test_a_second_process_creating_the_file_at_once_starts(tmp_path: Path) -> None:
+    """The same race on a new file: both processes read version 0, the first creates every
+    table; the second, once it has the lock, takes no step again and starts (before, it ran
+    version 1's script on the migrated file and stopped: 'table devices already exists')."""
+    key = os.urandom(32)
+    path = tmp_path / "ttp.sqlite3"
+    late = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    late.execute("PRAGMA journal_mode = WAL")
+    reached, go = threading.Event(), threading.Event()
+
+    def pause(sql: str) -> None:
+        if sql.startswith("BEGIN IMMEDIATE") and not reached.is_set():
+            reached.set()
+            go.wait(30)
+
+    late.set_trace_callback(pause)
+    outcome: list[object] = []
+
+    def second_process() -> None:
+        try:
+            outcome.append(migrate(late))
+        except StoreError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=second_process)
+    thread.start()
+    try:
+        assert reached.wait(30), "the second process never began its migration"
+        TtpStore(path, Sealer(key)).close()
+    finally:
+        go.set()
+        thread.join(30)
+        late.set_trace_callback(None)
+        late.close()
+    assert outcome == [0], outcome
