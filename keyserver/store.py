@@ -9,9 +9,10 @@ that both engines share; two implementations supply the transactions:
   on one machine may share it.  Every change is one ``BEGIN IMMEDIATE`` transaction: two
   intents that match are paired exactly once even when they arrive at the same instant in two
   processes.  The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` holds one
-  script per version, applied in order inside a transaction with the version bump, so a server
-  upgraded in place migrates its file on start and a file from a newer pairkit is refused, not
-  damaged.
+  script per version, applied in order inside a transaction with the version bump, and only
+  on the version it starts from (checked under the lock: processes that start at once migrate
+  once), so a server upgraded in place migrates its file on start and a file from a newer
+  pairkit is refused, not damaged.
 * :class:`pairkit.keyserver.pgstore.PostgresStore` (``--db postgresql://...``): one PostgreSQL
   database shared by any number of server processes on any number of machines, with the same
   guarantees (see that module).
