@@ -287,24 +287,27 @@ async def test_pn_ls_tells_apart_two_memberships_under_one_pn_id_and_one_gateway
             assert lab.ids[who][:16] in line, shown
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (low: docs/security.md, the PN section, 'The PN id scoping, attacked'): `pn join "
-    "TARGET` resumes the membership joined at TARGET's address, and when none was, the newest "
-    "of all (it has no --pn), here the squatter's, whose link key the owner's gateway does not "
-    "hold"))
 async def test_an_element_resumes_its_gateways_pn_after_the_gateway_moved(
     tmp_path: Path,
 ) -> None:
     """The watch is a member of Paul's phone's PN and (later) of the squatter's under the same
     id.  Paul's phone comes back on another address (a restart on another port; on a radio, a
-    rotated address): `pn join NEW-ADDRESS` must resume Paul's phone's PN."""
+    rotated address): `pn join NEW-ADDRESS` joined no PN there, and does not guess: it names
+    the two, and `--pn ID@GATEWAY` resumes Paul's phone's PN.  Before, it took the newest
+    membership, the squatter's, and failed against Paul's phone ("the gateway did not prove
+    the link key: it is not this PN's gateway"; a strict xfail until fixed)."""
     names = {"gw": "Paul's phone", "sq": "Mallory's phone", "watch": "Paul's watch"}
     async with pn_lab(tmp_path, names) as lab:
-        _, _, _, gw = await _member_of_both(lab, names)
+        pn_id, _, _, gw = await _member_of_both(lab, names)
         await gw.stop()
         new_addr = f"tcp:127.0.0.1:{free_port()}"
         moved = await lab.start("gw", "pn", "gateway", "-t", new_addr, "--yes", "--json")
         await moved.narration("is the PN gateway on")
-        back = await lab.run("watch", "pn", "join", new_addr, "--json")
+        guess = await lab.run("watch", "pn", "join", new_addr, "--json")
+        assert guess.rc == 2 and "several PNs" in guess.err, guess
+        for who in ("gw", "sq"):
+            assert f"{pn_id[:16]}@{lab.ids[who][:8]} ({names[who]})" in guess.err, guess
+        back = await lab.run("watch", "pn", "join", new_addr, "--json",
+                             "--pn", f"{pn_id[:16]}@{lab.ids['gw'][:8]}")
         assert back.rc == 0, back
         assert back.json()["resumed"] and back.json()["gateway"]["id"] == lab.ids["gw"]
