@@ -185,6 +185,9 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(pg_url: str, key: byt
         assert s.pn_keys() == [(A, one), (C, two)]
         assert [m["name"] for m in s.pn(A, one).members] == ["b"]
         assert s.local_eukey(A, one, B) == one and s.local_eukey(C, two, B) == two
+        # sealed again to their gateway as the store opened (the PN id scoping's review, 5)
+        assert s._conn.execute("SELECT DISTINCT local_key_ad FROM pn_members").fetchall() == [
+            (2,)]
         with pytest.raises(NotFoundError):
             s.pn(C, one)
         s.register_pn(ServerInventory(one, C, "other", SetupType.ALL, (
