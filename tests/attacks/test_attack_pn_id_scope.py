@@ -311,3 +311,23 @@ async def test_an_element_resumes_its_gateways_pn_after_the_gateway_moved(
                              "--pn", f"{pn_id[:16]}@{lab.ids['gw'][:8]}")
         assert back.rc == 0, back
         assert back.json()["resumed"] and back.json()["gateway"]["id"] == lab.ids["gw"]
+
+
+async def test_a_squatter_named_after_the_owners_id_does_not_shadow_it_in_pn_send(
+    tmp_path: Path,
+) -> None:
+    """The squatter calls itself by the first 8 digits of the owner gateway's id, as `pn send`
+    shows it in the choices (ID@GATEWAY-ID): `--pn ID@THOSE-DIGITS` names the owner's PN by
+    its gateway's id, and a gateway whose name happens to be those digits does not make it
+    ambiguous (before, it matched both, and the owner was asked to name one again)."""
+    names = {"gw": "Paul's phone", "sq": "Mallory's phone", "watch": "Paul's watch"}
+    async with pn_lab(tmp_path, names) as lab:
+        from pairkit.keystore import Keystore
+
+        ks = Keystore.open(lab.homes["sq"] / "keystore.pk", KEYSTORE_PIN)
+        with ks.update():
+            ks.rename(lab.ids["gw"][:8])
+        pn_id, _, _, _ = await _member_of_both(lab, names)
+        pick = f"{pn_id[:16]}@{lab.ids['gw'][:8]}"
+        one = await lab.run("watch", "pn", "send", names["watch"], "hi", "--pn", pick)
+        assert one.rc == 2 and "that is this device" in one.err, one
