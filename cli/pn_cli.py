@@ -522,8 +522,10 @@ def _member_record(ks: Any, pn: str | None, *, gateway: str | None = None) -> An
         pn_part, at, gw_part = pn.strip().partition("@")
         records = [r for r in records if r.pn_id.startswith(pn_part.lower())]
         if at:
-            records = [r for r in records
-                       if r.gw_name == gw_part or (gw_part and r.gw_id.startswith(gw_part.lower()))]
+            # by the gateway's id first: a gateway's name is its own word, and one named
+            # after another's id must not make the choice offered below ambiguous
+            by_id = [r for r in records if gw_part and r.gw_id.startswith(gw_part.lower())]
+            records = by_id or [r for r in records if r.gw_name == gw_part]
     if gateway is not None:
         # Coming back to the gateway at this address: the membership joined there.  When
         # none was (the gateway moved), the only one, or --pn's: before, the newest of all
