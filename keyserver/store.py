@@ -590,6 +590,10 @@ class Store(abc.ABC):
         into another gateway's row of the same PN id and PNE opened there, the column that
         says how it was sealed being no part of the seal (attack review of the PN id scoping,
         item 5).  One that does not open the old way is left as it is, and opens nowhere."""
+        with self._read() as db:
+            if db.one("SELECT 1 FROM pn_members WHERE local_key_ad <> ? "
+                      "AND local_key_sealed IS NOT NULL LIMIT 1", (LOCAL_KEY_AD,)) is None:
+                return 0  # nothing to do: no write lock taken (`ttp list`, every start)
         done = 0
         with self._write() as db:
             rows = db.all(
