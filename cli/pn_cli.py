@@ -307,12 +307,17 @@ async def _serve_gateway(service: Any, spec: str, visible: float) -> None:
 @click.option("--count", type=click.IntRange(1, 1_000_000), default=None,
               help="With --stay: stop after this many messages.")
 @click.option("--yes", "-y", is_flag=True, help="With --wait: join when asked.")
+@click.option("--pn", "pn_id", default=None, metavar="PN_ID[@GATEWAY]",
+              help="Coming back (no --setup or --wait): which PN, when this device is in "
+                   "several and joined none of them at TARGET (the gateway moved), as "
+                   "'pn send --pn' names one.")
 @_timeout_option
 @_json_option
 def join(target: str, transport: str | None, setup: str | None, invite: tuple[str, ...],
          wait_: bool, decline: bool, no_ui: bool, pan_secured: bool, pin: str | None,
          stay: bool,
-         count: int | None, yes: bool, timeout: float, as_json: bool) -> None:
+         count: int | None, yes: bool, pn_id: str | None, timeout: float,
+         as_json: bool) -> None:
     """Join the personal network of the gateway at TARGET, as an element (PNE).
 
     Three ways to secure the link to the gateway: --pin (the PIN the gateway shows, typed
@@ -328,7 +333,8 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
     secures the link, the link gets a secure session keyed from that key; either way this
     element keeps the key to come back later
     ('pairkit pn send'). If this device is already a member of the gateway's PN and gives
-    neither --setup nor --wait, it reconnects with that key.
+    neither --setup nor --wait, it reconnects with that key: the membership joined at TARGET,
+    else the only one, else the one --pn names.
 
     With --json: {"ok", "pn", "gateway": {"id", "name"}, "members": [{"id", "name"}],
     "key_source", "session"}, or {"ok": false, "declined": true}; with --stay, then one
@@ -346,6 +352,8 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
         raise ConfigError("--decline goes with --wait, without --yes")
     if count is not None and not stay:
         raise ConfigError("--count goes with --stay")
+    if pn_id is not None and (setup or wait_):
+        raise ConfigError("--pn goes with coming back to a PN (without --setup or --wait)")
     if pin is not None:
         if no_ui:
             raise ConfigError("an element without a user interface (--no-ui) cannot type a PIN")
@@ -369,7 +377,7 @@ def join(target: str, transport: str | None, setup: str | None, invite: tuple[st
                                                                      as_json))
     resume = setup is None and not wait_
     if resume:
-        record = _member_record(ks, None, gateway=_route_text(spec, address))
+        record = _member_record(ks, pn_id, gateway=_route_text(spec, address))
         run_async(lambda: _resume_and_stay(ks, record, spec, address, stay, count, timeout,
                                            as_json))
         return
@@ -514,17 +522,25 @@ def _member_record(ks: Any, pn: str | None, *, gateway: str | None = None) -> An
         pn_part, at, gw_part = pn.strip().partition("@")
         records = [r for r in records if r.pn_id.startswith(pn_part.lower())]
         if at:
-            records = [r for r in records
-                       if r.gw_name == gw_part or (gw_part and r.gw_id.startswith(gw_part.lower()))]
+            # by the gateway's id first: a gateway's name is its own word, and one named
+            # after another's id must not make the choice offered below ambiguous
+            by_id = [r for r in records if gw_part and r.gw_id.startswith(gw_part.lower())]
+            records = by_id or [r for r in records if r.gw_name == gw_part]
     if gateway is not None:
-        records = [r for r in records if r.gateway == gateway] or records
+        # Coming back to the gateway at this address: the membership joined there.  When
+        # none was (the gateway moved), the only one, or --pn's: before, the newest of all
+        # was taken, another gateway's when this device is in its PN too, and the resume
+        # failed against its own gateway (docs/security.md, the PN id scoping, item 4).
+        here = [r for r in records if r.gateway == gateway]
+        if here:
+            return here[-1]
     if not records:
         if pn is not None and ks.pns("member"):
             raise NotFoundError(f"this device is in no PN that --pn {pn.strip()} names; "
                                 "see 'pairkit pn ls'")
         raise NotFoundError("this device is a member of no personal network yet: "
                             "pairkit pn join TARGET --setup 1-1 (or --wait)")
-    if len(records) > 1 and gateway is None:
+    if len(records) > 1:
         shared = len({r.pn_id for r in records}) < len(records)
         raise ConfigError("this device is in several PNs: name one with --pn " + ", ".join(
             f"{r.pn_id[:16]}@{r.gw_id[:8]} ({r.gw_name})" if shared else r.pn_id[:16]
@@ -607,8 +623,10 @@ def ls_cmd(as_json: bool) -> None:
             for e in r.declined:
                 say(f"  declined {e.pne_id[:16]}  {e.name}")
         else:
-            say(f"PN {r.pn_id} (member; gateway {r.gw_name} at {r.gateway or '?'}; "
-                f"link key {r.key_source})")
+            # the gateway's id too: two gateways' PNs may share an id and a name, and
+            # `--pn ID@GATEWAY` picks one by it (docs/security.md, the PN section)
+            say(f"PN {r.pn_id} (member; gateway {r.gw_name} {r.gw_id[:16]} "
+                f"at {r.gateway or '?'}; link key {r.key_source})")
             for e in r.members:
                 say(f"  member   {e.pne_id[:16]}  {e.name}")
 

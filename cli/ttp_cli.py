@@ -295,7 +295,8 @@ def list_cmd(directory: Path, database: str | None, as_json: bool) -> None:
         click.echo(f"{dev['id']}  {dev['name']}" + ("  (factory key)" if dev["eukey"] else ""))
     for p in pn_rows:
         names = ", ".join(f"{m['name']} ({m['key_source']})" for m in p["members"])
-        click.echo(f"PN {p['pn_id'][:16]} of {p['gateway_name']} ({p['setup']}): {names}")
+        click.echo(f"PN {p['pn_id'][:16]} of {p['gateway_name']} ({p['gateway'][:16]}, "
+                   f"{p['setup']}): {names}")
 
 
 def main() -> None:

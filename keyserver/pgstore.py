@@ -199,6 +199,7 @@ class PostgresStore(Store):
         self._lock = threading.Lock()
         with self._guard("migrating"):
             migrate_pg(self._live())
+        self._reseal_local_keys()
 
     @property
     def _conn(self) -> Any:

@@ -856,7 +856,11 @@ class _Conn:
         await s.db(s.store.register_pn, q.inventory, s._clock())
         s.stats["pns"] += 1
         names = ", ".join(m.name for m in q.inventory.members)
-        s._log(f"registered PN {q.inventory.pn_id.hex()[:16]} of {q.inventory.gw_name}: {names}")
+        inv = q.inventory
+        # the PN by its gateway too: another gateway may register the same id, under the same
+        # name (a PN is its gateway's: docs/security.md, the PN section, item 5)
+        s._log(f"registered PN {inv.pn_id.hex()[:16]} of {inv.gw_name} "
+               f"({inv.gw_id.hex()[:16]}): {names}")
         return True
 
 

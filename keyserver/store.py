@@ -9,9 +9,10 @@ that both engines share; two implementations supply the transactions:
   on one machine may share it.  Every change is one ``BEGIN IMMEDIATE`` transaction: two
   intents that match are paired exactly once even when they arrive at the same instant in two
   processes.  The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` holds one
-  script per version, applied in order inside a transaction with the version bump, so a server
-  upgraded in place migrates its file on start and a file from a newer pairkit is refused, not
-  damaged.
+  script per version, applied in order inside a transaction with the version bump, and only
+  on the version it starts from (checked under the lock: processes that start at once migrate
+  once), so a server upgraded in place migrates its file on start and a file from a newer
+  pairkit is refused, not damaged.
 * :class:`pairkit.keyserver.pgstore.PostgresStore` (``--db postgresql://...``): one PostgreSQL
   database shared by any number of server processes on any number of machines, with the same
   guarantees (see that module).
@@ -21,8 +22,9 @@ links and the SK waiting for the second device of a match (unless the caller tak
 ``post_intent``'s ``claim``) are stored as ChaCha20-Poly1305
 ciphertexts under the server's 32-byte sealing key (``seal.key``, mode 0600), with the table,
 the row and the purpose as associated data, so a ciphertext moved to another row does not open
-(a LocalEUKey stored before schema version 4 is sealed to its PN id and PNE only, the PN id being
-then the key server's alone; ``pn_members.local_key_ad`` says which).
+(a LocalEUKey stored before schema version 4 was sealed to its PN id and PNE only, the PN id
+being then the key server's alone, ``pn_members.local_key_ad`` 1: the store seals it again to
+its gateway as it opens, and opens every LocalEUKey as sealed to its gateway).
 
 Time is an argument (``now``, wall-clock seconds) of every method that needs it; the store reads
 no clock.  The methods are synchronous and short; the server runs them on one worker thread.
@@ -576,10 +578,41 @@ class Store(abc.ABC):
             )
         if row is None or row[0] is None:
             return None
-        if row[1] == LOCAL_KEY_AD:
-            return self._sealer.open(bytes(row[0]), *_local_key_ad(gw_id, pn_id, pne_id))
-        # sealed before schema version 4, when a PN id was the key server's alone
-        return self._sealer.open(bytes(row[0]), "local-eukey", pn_id, pne_id)
+        # Sealed to its gateway, whatever local_key_ad says: a key sealed before schema 4 was
+        # sealed again when the store opened (_reseal_local_keys), so one that still says 1
+        # was written by someone else (it opens nowhere).
+        return self._sealer.open(bytes(row[0]), *_local_key_ad(gw_id, pn_id, pne_id))
+
+    def _reseal_local_keys(self) -> int:
+        """Seal to its gateway every LocalEUKey sealed before schema version 4 (to its PN id
+        and PNE only, ``local_key_ad`` 1), as the store opens; how many.  Left sealed the old
+        way, such a key moved by someone who can write the database (not read ``seal.key``)
+        into another gateway's row of the same PN id and PNE opened there, the column that
+        says how it was sealed being no part of the seal (attack review of the PN id scoping,
+        item 5).  One that does not open the old way is left as it is, and opens nowhere."""
+        with self._read() as db:
+            if db.one("SELECT 1 FROM pn_members WHERE local_key_ad <> ? "
+                      "AND local_key_sealed IS NOT NULL LIMIT 1", (LOCAL_KEY_AD,)) is None:
+                return 0  # nothing to do: no write lock taken (`ttp list`, every start)
+        done = 0
+        with self._write() as db:
+            rows = db.all(
+                "SELECT gw_id, pn_id, pne_id, local_key_sealed FROM pn_members "
+                "WHERE local_key_ad <> ? AND local_key_sealed IS NOT NULL", (LOCAL_KEY_AD,),
+            )
+            for gw_id, pn_id, pne_id, sealed in rows:
+                ids = bytes(gw_id), bytes(pn_id), bytes(pne_id)
+                try:
+                    key = self._sealer.open(bytes(sealed), "local-eukey", *ids[1:])
+                except SealedValueError:
+                    continue
+                db.run(
+                    "UPDATE pn_members SET local_key_sealed = ?, local_key_ad = ? "
+                    "WHERE gw_id = ? AND pn_id = ? AND pne_id = ?",
+                    (self._sealer.seal(key, *_local_key_ad(*ids)), LOCAL_KEY_AD, *ids),
+                )
+                done += 1
+        return done
 
 
 #: ``pn_members.local_key_ad`` of a LocalEUKey sealed to its gateway, PN and PNE (schema 4)
@@ -642,6 +675,7 @@ class TtpStore(Store):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use the database {path}: {exc}") from None
         self._tx = _SqliteTx(self._db)
+        self._reseal_local_keys()
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -683,17 +717,42 @@ def migrate(db: sqlite3.Connection, *, upto: int = SCHEMA_VERSION) -> int:
             f"({SCHEMA_VERSION}); upgrade pairkit to use it"
         )
     for target in range(version + 1, upto + 1):
-        # The script and the version bump commit together, or not at all.
+        # The script and the version bump commit together, or not at all; and only on the
+        # version the script starts from, checked under the write lock (the version read
+        # above was read before it): another process that opened the file at the same time
+        # may have taken this step first.  Before, the second process ran the step again on
+        # the migrated file; version 4's copy of the PN tables runs cleanly twice and joined
+        # each member to every gateway's PN of its id (attack review of the PN id scoping).
         script = MIGRATIONS[target - 1]
         try:
             db.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {target};\nCOMMIT;"
+                f"BEGIN IMMEDIATE;\n{_from_version(target - 1)}\n{script}\n"
+                f"PRAGMA user_version = {target};\nCOMMIT;"
             )
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            now = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if now > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database has schema version {now}, newer than this pairkit "
+                    f"({SCHEMA_VERSION}); upgrade pairkit to use it"
+                ) from None
+            if now >= target:
+                continue  # another process took this step first
             raise StoreError(f"migrating the database to version {target} failed: {exc}") from None
     return version
+
+
+def _from_version(version: int) -> str:
+    """SQL that fails, inside a migration step's transaction, unless the file is still at
+    ``version`` (a CHECK on a temporary table: SQLite's DDL cannot be run conditionally)."""
+    table = f"CREATE TEMP TABLE pairkit_migrating (version INTEGER CHECK (version = {version}));"
+    return "\n".join((
+        table,
+        "INSERT INTO pairkit_migrating SELECT user_version FROM pragma_user_version;",
+        "DROP TABLE pairkit_migrating;",
+    ))
 
 
 def is_database_url(text: str) -> bool:

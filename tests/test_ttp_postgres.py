@@ -183,6 +183,9 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(pg_url: str, key: byt
     s = pg_store(pg_url, key)
     try:
         assert s.schema_version() == 4
+        # sealed again to their gateway as the store opened (the PN id scoping's review, 5)
+        assert s._conn.execute("SELECT DISTINCT local_key_ad FROM pn_members").fetchall() == [
+            (2,)]
         check_pns_kept_under_their_gateways(s, gws=(A, C), member=B, ids=(one, two))
         s._conn.execute("DELETE FROM devices WHERE device_id = %s", (A,))
         assert s.pn_keys() == [(C, two), (C, one)]  # the oldest first

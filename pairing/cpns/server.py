@@ -15,6 +15,7 @@ from ..errors import (
     PairingError,
     ProtocolError,
 )
+from ..keystore.records import clean_name
 from ..machine import (
     DONE,
     Machine,
@@ -276,8 +277,12 @@ class CpnsServer(Machine):
             # name), not every bit as sent: a store's integer column holds 63 bits (SQLite) or
             # 31 (PostgreSQL), and a bit beyond would fail the store, so the registration, for
             # every element of the setup (attack review of the capability flags).
+            # The names without control characters (as the keystores keep a peer's name): the
+            # server's log and `pairkit ttp list` print them, and a newline in a name wrote a
+            # line of the log's own (attack review of the PN id scoping).
             stored.append(ServerMember(
-                pne_id, p.info.name, int(PneCaps(p.info.caps)), p.info.contents, source, local
+                pne_id, clean_name(p.info.name), int(PneCaps(p.info.caps)), p.info.contents,
+                source, local,
             ))
         if not stored:
             self._answer(registered=False)
@@ -285,7 +290,8 @@ class CpnsServer(Machine):
         self.state = S_STORE
         self._expect_by(None)
         self._emit(CpnsRegisterAsked(ServerInventory(
-            req.pn_id, self.gw_id, req.gw_name, req.setup_type, tuple(stored), req.gw_caps
+            req.pn_id, self.gw_id, clean_name(req.gw_name), req.setup_type, tuple(stored),
+            req.gw_caps,
         )))
 
     def _on_stored(self, question: Question, value: Any, now: float) -> None:
