@@ -1,0 +1,118 @@
+"""Attacks on compare's places kept in the keystore journal (session 10's review of the merge
+1123c2b: :class:`~pairing.methods.common.CodeTurns` over runtime/lockouts.py's
+``KeystoreLockJournal``; docs/security.md, rule 7, "Codes out at once are held to the same
+budget").
+
+Played by the real host machines under :func:`pairkit.driver.drive` over loopback links
+(tests/turns_harness.py) with the real keystore on disk; two ``Keystore`` objects on one file
+are two host processes of the device.  A host process that looks at the keystore later is one
+whose clocks run ahead (:class:`Later`): what it reads then, in the same boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from pairkit.clock import SYSTEM_CLOCK
+from pairkit.keystore import Keystore
+from pairkit.pairing.methods import ConfirmCode, GuestPairing, LocalIdentity, PairingConfig
+from pairkit.pairing.methods.common import S_ASK, S_NOISE, S_TURN
+from pairkit.pairing.negotiation import Method
+from tests.lockout_harness import KS_PIN, ks_path
+from tests.lockout_harness import host as host_process_side
+from tests.turns_harness import BUDGET, Answers, Mallory, Visits, WatchedHost, until
+
+__all__ = ["ks_path"]
+
+STEP = 2.0
+CONFIG = PairingConfig(step_timeout=STEP)
+WITHIN = 20 * STEP
+#: past the end of every place a host took now (its person's two minutes, and a step), within
+#: the lock's window of five minutes
+LATER = 200.0
+
+
+class Later:
+    """The system's clocks ``seconds`` ahead, in the same boot: a host process of the device
+    that looks at the keystore that much later."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def wall(self) -> float:
+        return time.time() + self.seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.seconds
+
+    def boot_id(self) -> str | None:
+        return SYSTEM_CLOCK.boot_id()
+
+
+class SlowYes:
+    """A guest's person who says yes once ``release`` is set (she is still looking)."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release = release
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        await self.release.wait()
+        return True
+
+
+def places_kept(path: Path) -> int:
+    """The compare places the keystore holds now."""
+    record: Any = Keystore.open(path, KS_PIN).setting("lockout.compare") or {}
+    return len(record.get("places", ()))
+
+
+async def test_a_give_back_left_to_a_waiter_that_leaves_is_kept(ks_path: Path) -> None:
+    """Finding of this review (fixed).  Four codes of Mallory's failed (one place left, the
+    lock open).  An honest guest holds the last place at one host process; a visit of Mallory's
+    waits for a turn there.  The host's person says yes: the place is free here at once, and
+    its give-back is left to the waiter woken for it (one write for both).  The waiter never
+    takes it: it leaves as it is woken (here its task is cancelled; as well, the lock closed
+    meanwhile by a failure elsewhere makes it refuse before it looks).  Nothing keeps the
+    give-back until the honest guest's message 2, which comes when *its* person said yes, up to
+    two minutes later; meanwhile the keystore still holds the place, past its end (a step after
+    the host's person's two minutes).  Every other host process of the device then counts it
+    as the fifth failure, and compare is locked there for the honest guest's code, confirmed
+    in time (docs/security.md: "given back on the person's yes")."""
+    side = host_process_side(ks_path, SYSTEM_CLOCK, CONFIG)
+    visits = Visits(CONFIG, side.state)
+    for _ in range(BUDGET - 1):
+        visits.start(Mallory(CONFIG), Answers(answer=False))  # she leaves at the Reveal
+    await visits.finish(WITHIN)
+    assert visits.predicted == BUDGET - 1
+    yes, guest_yes = asyncio.Event(), asyncio.Event()
+    honest = visits.start(
+        GuestPairing(CONFIG, LocalIdentity.generate("Ringo's phone"), method=Method.COMPARE),
+        Answers(release=yes), guest_person=SlowYes(guest_yes))
+    await until(lambda: honest.host.state == S_ASK, WITHIN)
+    waiter: dict[str, Any] = {}
+
+    def leaves(host: WatchedHost) -> None:
+        task = waiter["visit"].host_task
+        assert task is not None
+        task.cancel()
+
+    host = visits.host(on_wake=leaves)
+    waiter["visit"] = visits.start(Mallory(CONFIG, stay=True), Answers(answer=False), host=host)
+    await until(lambda: host.state == S_TURN, WITHIN)
+    yes.set()
+    await until(lambda: honest.host.state == S_NOISE and waiter["visit"].host_task.done(),
+                WITHIN)
+    try:
+        later = Later(LATER)
+        other = host_process_side(ks_path, later, CONFIG).state.compare_lock
+        kept = places_kept(ks_path)
+        wait = other.locked_for(later.monotonic())
+    finally:
+        guest_yes.set()
+        await visits.finish(WITHIN)
+    assert honest.errors() == (None, None), honest.errors()
+    assert wait == 0.0, f"locked for {wait:.0f} s by an honest code confirmed in time"
+    assert kept == 0, f"the keystore still holds {kept} place(s) after the host's person's yes"
