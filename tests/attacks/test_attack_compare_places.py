@@ -12,9 +12,12 @@ whose clocks run ahead (:class:`Later`): what it reads then, in the same boot.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from pairkit.clock import SYSTEM_CLOCK
 from pairkit.keystore import Keystore
@@ -116,3 +119,57 @@ async def test_a_give_back_left_to_a_waiter_that_leaves_is_kept(ks_path: Path) -
     assert honest.errors() == (None, None), honest.errors()
     assert wait == 0.0, f"locked for {wait:.0f} s by an honest code confirmed in time"
     assert kept == 0, f"the keystore still holds {kept} place(s) after the host's person's yes"
+
+
+async def _cancel_after(task: asyncio.Task[None], delay: float) -> None:
+    await asyncio.sleep(delay)
+    task.cancel()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+async def test_no_order_of_visits_to_two_host_processes_gets_mallory_more_than_the_budget(
+    ks_path: Path, seed: int,
+) -> None:
+    """Two host processes of the device on one keystore; twenty-four visits in an order drawn
+    from ``seed``, each to either: Mallory leaving as she read her code, staying until the
+    host's person refuses, or giving up at a random moment; a host machine stopped at a random
+    moment; honest guests whose people both say yes after a look (their give-backs, kept at once
+    or with a waiter's place).  Whatever the order: at most the budget of codes shown that
+    nobody confirmed, each counted once in the keystore, no honest code counted, and no place
+    left held."""
+    rng = random.Random(seed)
+    sides = [host_process_side(ks_path, SYSTEM_CLOCK, CONFIG) for _ in range(2)]
+    all_visits = [Visits(CONFIG, side.state) for side in sides]
+    unconfirmed: list[str] = []  #: the kind of each code shown to a visit nobody confirms
+    quits: list[asyncio.Task[None]] = []
+    for _ in range(24):
+        await asyncio.sleep(rng.choice([0.0, 0.0, 0.0, 0.05, 0.3, 0.6]))
+        visits = rng.choice(all_visits)
+        kind = rng.choice(["leave", "refused", "quit", "stopped", "honest", "honest"])
+
+        def on_shown(host: WatchedHost, kind: str = kind) -> None:
+            if kind != "honest":
+                unconfirmed.append(kind)
+
+        host = visits.host(on_shown=on_shown)
+        if kind == "honest":
+            guest: GuestPairing = GuestPairing(CONFIG, LocalIdentity.generate("Ringo's phone"),
+                                               method=Method.COMPARE)
+            visits.start(guest, Answers(look=rng.uniform(0.0, 0.8)), host=host)
+            continue
+        visit = visits.start(Mallory(CONFIG, stay=kind != "leave"),
+                             Answers(answer=False, look=rng.uniform(0.0, 1.5)), host=host)
+        task = visit.guest_task if kind == "quit" else visit.host_task
+        if kind in ("quit", "stopped"):
+            assert task is not None
+            quits.append(asyncio.get_running_loop().create_task(
+                _cancel_after(task, rng.uniform(0.0, 1.5))))
+    for visits in all_visits:
+        await visits.finish(WITHIN)
+    await asyncio.gather(*quits)
+    lock = host_process_side(ks_path, SYSTEM_CLOCK, CONFIG).state.compare_lock
+    lock.locked_for(time.monotonic())
+    assert len(unconfirmed) <= BUDGET, f"{len(unconfirmed)} codes shown, none confirmed"
+    assert lock.streak == len(unconfirmed), (lock.streak, unconfirmed)
+    assert places_kept(ks_path) == 0
+    assert all(visits.settled() for visits in all_visits)
