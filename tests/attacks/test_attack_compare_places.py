@@ -207,3 +207,27 @@ async def test_a_reset_while_another_host_runs_keeps_its_codes_out_in_the_budget
         await running.kill()
     codes = running.codes + visits.predicted
     assert codes <= BUDGET, f"Mallory read {codes} codes before any counted"
+
+
+async def test_honest_guests_comparing_at_once_at_two_host_processes_all_pair(
+    ks_path: Path,
+) -> None:
+    """Honest guests at two host processes of the device at once, eight at each (the places
+    are shared now: five for both, where each process had five before).  A process's own
+    waiters are woken as its places free up; the other's look every quarter second.  With
+    people who look at each code for half a second, every guest must still pair within its
+    wait for a place, and no failure be left (docs/security.md, "honest guests comparing at
+    once all pair")."""
+    config = PairingConfig(step_timeout=12.0)  # a wait of six seconds for a place
+    sides = [host_process_side(ks_path, SYSTEM_CLOCK, config) for _ in range(2)]
+    all_visits = [Visits(config, side.state) for side in sides]
+    for _ in range(8):
+        for visits in all_visits:
+            guest = GuestPairing(config, LocalIdentity.generate("Ringo's phone"),
+                                 method=Method.COMPARE)
+            visits.start(guest, Answers(look=0.5))
+    for visits in all_visits:
+        await visits.finish(60.0)
+    errors = [v.errors() for visits in all_visits for v in visits.all]
+    assert errors == [(None, None)] * 16, [e for e in errors if e != (None, None)]
+    assert Keystore.open(ks_path, KS_PIN).setting("lockout.compare") is None
