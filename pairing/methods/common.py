@@ -9,6 +9,7 @@ The methods themselves live one per module beside this one (:mod:`.pin`, :mod:`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import keyschedule, wire
 from ..crypto import Rng, digest, x25519_keypair
-from ..errors import AuthenticationError, ConfigError, RefusedError
+from ..errors import AuthenticationError, ConfigError, PairingError, RefusedError
 from ..machine import Event, Question
 from ..messages import Announce, Identity, device_name
 from ..negotiation import ALL_CAPS, Caps, Method, methods_mask
@@ -433,8 +434,9 @@ class CodeTurns:
     the time it was taken; a place whose holder never settles it (its process died) holds
     until its exchange would have ended (:attr:`Place.until`), and counts as a failure then.
     A place given back while a machine of this process waits for one is free for it at once
-    and kept with the place it takes (one write for both); the holder's exchange keeps it at
-    its end otherwise (:meth:`Lockout.flush`), within the place's time.
+    and kept with the place it takes (one write for both), or as it leaves without one (its
+    guest left, or the lock closed as it looked); at once when no machine waits
+    (:meth:`Lockout.flush`): within the place's time, not at the holder's end.
 
     The machines of this process that find no place free wait their turn, first come first
     served, and are woken as places free up here (a code settled, or a streak the lock forgave,
@@ -455,6 +457,8 @@ class CodeTurns:
         self._mine: dict[object, Place] = {}
         #: the machines waiting for a place, in order of arrival, with their wake-up call
         self._waiting: dict[object, Callable[[], None] | None] = {}
+        #: when a place was last given back here (its give-back's time, for :meth:`settle`)
+        self._returned_at = 0.0
 
     @property
     def out(self) -> int:
@@ -537,6 +541,7 @@ class CodeTurns:
             # Free here at once; kept by the next change, which a machine woken for the place
             # makes as it takes it (one write for both), else now.
             self.lock.returned.add(place.key)
+            self._returned_at = when
             self.lock.places = [p for p in self.lock.places if p.key != place.key]
             if not self._hand_out():
                 self.lock.flush(when)
@@ -553,7 +558,13 @@ class CodeTurns:
 
             self.lock._change(give_up, when)
         finally:
-            self._hand_out()
+            if not self._hand_out() and place is None and self.lock.returned:
+                # A machine woken for a place given back here left without taking it (its
+                # guest left, or the lock closed as it looked): the give-back is kept now, not
+                # at its holder's end, which may be past the place's own (the holder's guest's
+                # person still looking), when every other process would count it.
+                with contextlib.suppress(PairingError):
+                    self.lock.flush(self._returned_at)
 
     def _hand_out(self) -> int:
         """Wake the machines waiting that a place is free for, in order; how many."""
