@@ -337,9 +337,10 @@ def _methods(values: tuple[str, ...]) -> frozenset[Method]:
                    "every 1, 2, 4 ... 30 s].")
 @click.option("--reset-lockouts", is_flag=True,
               help="Lift the PIN and compare locks before starting: the wrong PINs and "
-                   "unconfirmed codes counted so far, and the compare codes still out (a host "
-                   "that was killed holds them a few minutes), are forgotten (they outlive a "
-                   "restart otherwise; for the owner whose own typos locked PIN pairing).")
+                   "unconfirmed codes counted so far are forgotten (they outlive a restart "
+                   "otherwise; for the owner whose own typos locked PIN pairing).  Compare "
+                   "codes still out stay counted until they end (a host that was killed holds "
+                   "them a few minutes).")
 @keystore_pin_option
 @_ttp_options
 def host(transport: str | None, methods: tuple[str, ...], pin: str | None,

@@ -1,23 +1,24 @@
-"""Failed PIN attempts and unconfirmed compare codes kept in the keystore (docs/security.md,
+"""Failed PIN attempts and unconfirmed compare codes kept beside the keystore (docs/security.md,
 rule 7, "The lock outlives the host process").
 
 A :class:`~pairkit.pairing.methods.common.Lockout` counts a stranger's wrong PINs, and the codes
 compare showed that nobody confirmed, against the host's :class:`~pairkit.pairing.methods.
 PinPolicy`.  In one process's memory the count ended with the process: a host started again (a
 Pi's service restarted, a reboot, a crash), or a second host process of the same device, gave a
-stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore instead, as
-the setting ``lockout.pin``, ``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
+stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore's lock records
+instead (:class:`LockFile`: the sealed file ``KEYSTORE.locks``), as the record ``lockout.pin``,
+``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
 ``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with ``"boot"`` and
 ``"monotonic"`` beside them where the clock says which boot it counts from (below), and for
 compare the places of its codes out (:class:`~pairkit.pairing.methods.common.CodeTurns`):
 ``"places": [{"key", "at", "until"}]`` in wall-clock seconds, each with ``"monotonic": [at,
 until]`` where the boot is named; a place of another boot is read as ended (its process is
-gone), so it counts as a failure at once.  The
-keystore is sealed, so only its owner's pairkit writes them.  Each change is made under the
-keystore's lock (:meth:`Keystore.update`), and each check reads what another process saved
-(:meth:`Keystore.follow`: one short read when nothing changed).  A failure is rare: the policy
-itself bounds the failures a stranger can cause (about 12,000 a year); a compare pairing writes
-twice (its place taken, then given back).
+gone), so it counts as a failure at once.  The records are sealed under a key kept in the
+sealed keystore, so only its owner's pairkit writes them.  Each change is made under the lock
+file's lock (:meth:`LockFile.update`), and each check reads what another process saved (one
+short read of a small file when nothing changed).  A failure is rare: the policy itself bounds
+the failures a stranger can cause (about 12,000 a year); a compare pairing writes twice (its
+place taken, then given back), a few hundred bytes each (the whole keystore before session 10).
 
 Times: the machines count on the monotonic clock, which starts again at each boot; the keystore
 holds wall-clock seconds.  A journal converts with one offset, read when it is made, so that the
@@ -34,15 +35,25 @@ clock is all there is: a host then reads the times kept shifted by whatever step
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+import os
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
+import cbor2
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from .clock import SYSTEM_CLOCK, Clock
+from .filestore import FileStorage
+from .pairing.errors import KeystoreError
 from .pairing.keystore import Keystore
+from .pairing.keystore.storage import MemoryStorage, Storage
 from .pairing.methods.common import TIME_SLACK, LockRecord, Place
 
-__all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "forget_lockouts"]
+__all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "LockFile", "forget_lockouts"]
 
 #: the locks kept, by the setting's suffix: a host's PIN and compare (``pairkit host``), and a
 #: PN gateway's PIN for elements (``pairkit pn gateway --pin-link``)
@@ -54,6 +65,216 @@ _PREFIX: Final = "lockout."
 _MAX_KEPT: Final = 64
 
 
+
+#: the keystore setting holding the lock file's key (made once, kept sealed in the keystore)
+_KEY_SETTING: Final = "lockouts.key"
+#: the lock file's first bytes, and what its seal is bound to
+_MAGIC: Final = b"PKL1"
+_AD: Final = b"pairkit lock records v1"
+_NONCE: Final = 12
+#: a lock file larger than this is not read (three locks' records are a few KiB)
+_MAX_FILE: Final = 256 * 1024
+#: what a lock file has read before its first read
+_UNREAD: Final = object()
+#: the companion of each in-memory keystore's storage (tests, embedders)
+_MEMORY: weakref.WeakKeyDictionary[Any, MemoryStorage] = weakref.WeakKeyDictionary()
+
+
+def _companion(storage: Storage) -> Storage:
+    """Where the lock records of the keystore kept in ``storage`` are: the file ``NAME.locks``
+    beside a keystore file (same disk, same test hooks), or memory beside a keystore in memory."""
+    if isinstance(storage, FileStorage):
+        return FileStorage(storage.path.with_name(storage.path.name + ".locks"),
+                           before_replace=storage.before_replace)
+    companion = _MEMORY.get(storage)
+    if companion is None:
+        companion = _MEMORY[storage] = MemoryStorage()
+    return companion
+
+
+class LockFile:
+    """The locks' records of one keystore, in a small file of their own beside it.
+
+    A lock's record changes at every compare pairing (its place taken, then given back) and at
+    every PIN attempt.  Kept among the keystore's settings, each change sealed and wrote the
+    whole keystore, every peer and prekey with it: at 1,000 guests comparing at once that was
+    1,200 saves of the whole keystore, most of the host's memory growth and a third of its CPU
+    per pairing (issue 13; docs/security.md, rule 7).  Here each change writes a few hundred
+    bytes, with the same guarantees: sealed (ChaCha20-Poly1305, RFC 8439) under a random key
+    kept in the sealed keystore (so only the owner's pairkit writes records it reads back),
+    written whole and atomically under a lock of its own (:class:`FileStorage`: a temporary
+    file, fsync, rename), read again at each check when another process changed it.
+
+    The interface is the keystore's part a journal uses: :meth:`follow`, :meth:`setting`, and
+    :meth:`update` giving an object with ``setting``, ``set_setting`` and ``delete_setting``.
+    Records an older pairkit kept in the keystore's settings are moved here when a journal is
+    made (:meth:`take_from_keystore`).
+    """
+
+    def __init__(self, ks: Keystore) -> None:
+        self._ks = ks
+        self._storage = _companion(ks.storage)
+        self._aead: ChaCha20Poly1305 | None = None
+        #: the bytes last read or written (``_UNREAD`` before the first read), and the records
+        #: they hold
+        self._seen: object = _UNREAD
+        self._records: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<LockFile {self._storage.where}>"
+
+    def _cipher(self) -> ChaCha20Poly1305:
+        if self._aead is None:
+            made = False
+            key = self._ks.setting(_KEY_SETTING)
+            if not (isinstance(key, bytes) and len(key) == 32):
+                self._ks.follow()
+                with self._ks.update() as k:  # one process makes it; the others read it
+                    key = k.setting(_KEY_SETTING)
+                    if not (isinstance(key, bytes) and len(key) == 32):
+                        key = os.urandom(32)
+                        k.set_setting(_KEY_SETTING, key)
+                        made = True
+            self._aead = ChaCha20Poly1305(key)
+            if made:  # from now on the file is there (see follow)
+                with self._storage.lock():
+                    if self._storage.read(_MAX_FILE) is None:
+                        self._storage.replace(self._seal({}))
+        return self._aead
+
+    def follow(self) -> None:
+        """Read the records again if another process (or this one's other journals) changed
+        them: one short read of a small file when nothing changed."""
+        data = self._storage.read(_MAX_FILE)
+        if data == self._seen:
+            return
+        if data is None and self._ks.setting(_KEY_SETTING) is not None:
+            # Records were kept here: their file gone is no clean slate (a stranger who can
+            # delete a file must not get a fresh budget by it); the owner resets on purpose.
+            raise KeystoreError(
+                f"the lock records at {self._storage.where} are gone; `pairkit host "
+                "--reset-lockouts` starts them afresh"
+            )
+        self._records = self._open(data)
+        self._seen = data
+
+    def setting(self, key: str) -> Any:
+        """The record kept under ``key`` as stored now (read again only if it changed since:
+        the same object while nothing changed), or None."""
+        self.follow()
+        return self._records.get(key)
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[_Records]:
+        """Change the records under the lock file's lock: read again, changed, written whole
+        (or, if the block raises, nothing written)."""
+        self._cipher()  # its key first: the keystore's lock is never taken under this one
+        with self._storage.lock():
+            self.follow()
+            records = _Records(dict(self._records))
+            yield records
+            if records.changed:
+                data = self._seal(records.values)
+                self._storage.replace(data)
+                self._seen, self._records = data, records.values
+
+    def take_from_keystore(self, keys: tuple[str, ...]) -> None:
+        """Move the records an older pairkit kept among the keystore's settings here (a record
+        already here wins), and remove them from the keystore."""
+        if all(self._ks.setting(key) is None for key in keys):
+            return
+        self._cipher()  # (the keystore's lock is not taken again inside its update)
+        with self._ks.update() as k, self.update() as mine:
+            for key in keys:
+                old = k.setting(key)
+                if old is None:
+                    continue
+                if mine.setting(key) is None:
+                    mine.set_setting(key, _plain(old))
+                k.delete_setting(key)
+
+    def _open(self, data: bytes | None) -> dict[str, Any]:
+        if data is None:
+            return {}
+        try:
+            if len(data) > _MAX_FILE or not data.startswith(_MAGIC):
+                raise ValueError("not a lock file")
+            nonce = data[len(_MAGIC):len(_MAGIC) + _NONCE]
+            body = self._cipher().decrypt(nonce, data[len(_MAGIC) + _NONCE:], _AD)
+            records = cbor2.loads(body)  # sealed by this keystore's pairkit, as its body
+            if not isinstance(records, dict) or not all(isinstance(k, str) for k in records):
+                raise ValueError("not a map of records")
+        except (InvalidTag, ValueError, cbor2.CBORDecodeError):
+            raise KeystoreError(
+                f"the lock records at {self._storage.where} do not open (damaged, or made for "
+                "another keystore); `pairkit host --reset-lockouts` starts them afresh"
+            ) from None
+        return records
+
+    def _seal(self, records: Mapping[str, Any]) -> bytes:
+        nonce = os.urandom(_NONCE)
+        body = cbor2.dumps(dict(records), canonical=True)
+        return _MAGIC + nonce + self._cipher().encrypt(nonce, body, _AD)
+
+    def reset(self, keys: tuple[str, ...]) -> bool:
+        """Remove the records of ``keys``, or every record when the file does not open; whether
+        there were any."""
+        self._cipher()
+        with self._storage.lock():
+            try:
+                self.follow()
+            except KeystoreError:  # damaged or gone: every record starts afresh
+                self._storage.replace(self._seal({}))
+                self._seen, self._records = _UNREAD, {}
+                return True
+        with self.update() as records:
+            present = [key for key in keys if records.setting(key) is not None]
+            for key in present:
+                records.delete_setting(key)
+        return bool(present)
+
+
+class _Records:
+    """The records inside :meth:`LockFile.update`."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.changed = False
+
+    def setting(self, key: str) -> Any:
+        return self.values.get(key)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        self.values[key] = value
+        self.changed = True
+
+    def delete_setting(self, key: str) -> None:
+        if key in self.values:
+            del self.values[key]
+            self.changed = True
+
+
+def _plain(value: Any) -> Any:
+    """A keystore setting's read-only value as plain CBOR data."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+#: each keystore's lock file, shared by its journals in this process
+_FILES: weakref.WeakKeyDictionary[Keystore, LockFile] = weakref.WeakKeyDictionary()
+
+
+def lock_file(ks: Keystore) -> LockFile:
+    """The :class:`LockFile` of ``ks`` (one per keystore object in a process)."""
+    found = _FILES.get(ks)
+    if found is None:
+        found = _FILES[ks] = LockFile(ks)
+    return found
+
+
 class KeystoreLockJournal:
     """One lock's failures (``kind``: one of :data:`KINDS`) kept in ``ks``."""
 
@@ -63,6 +284,9 @@ class KeystoreLockJournal:
         self._ks = ks
         self._key = _PREFIX + kind
         self._clock = clock
+        #: where the records are kept (records an older pairkit kept in the keystore moved)
+        self._file = lock_file(ks)
+        self._file.take_from_keystore((self._key,))
         #: wall-clock seconds less the machines' clock, read once (see the module docstring)
         self._offset = clock.wall() - clock.monotonic()
         #: when this journal was made, on the machines' clock: a time kept later than now
@@ -80,8 +304,7 @@ class KeystoreLockJournal:
         return f"KeystoreLockJournal({self._key!r})"
 
     def load(self, now: float) -> LockRecord:
-        self._ks.follow()
-        raw = self._ks.setting(self._key)
+        raw = self._file.setting(self._key)
         # Read as before while the keystore holds the very same record (a check per compare
         # look: the record is parsed again only when some process changed it), unless a time
         # in it was read as this journal's start (later than now then, perhaps not now).
@@ -93,7 +316,7 @@ class KeystoreLockJournal:
         return record
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
-        with self._ks.update() as ks:
+        with self._file.update() as ks:
             kept = change(self._read(ks.setting(self._key)))
             if not kept.failures and not kept.streak and not kept.places:
                 ks.delete_setting(self._key)  # nothing to keep (an attempt won, taken back)
@@ -185,16 +408,33 @@ def _place_record(place: Place, offset: float, boot: bool) -> dict[str, Any]:
     return kept
 
 
-def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS) -> bool:
+def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS,
+                    clock: Clock = SYSTEM_CLOCK) -> bool:
     """Remove the kept failures of ``kinds`` (``pairkit host --reset-lockouts``, ``pairkit pn
-    gateway --reset-lockouts``: the owner lifting a lock their own typos caused), with compare's
-    places (codes out: a host process killed holding some holds them until their exchanges'
-    end, then they count; the owner starts afresh); whether there were any.  A code out at a
-    running host meanwhile is then not counted when it ends."""
-    with ks.update() as k:
-        present = [key for key in (_PREFIX + kind for kind in kinds)
-                   if k.setting(key) is not None]
+    gateway --reset-lockouts``: the owner lifting a lock their own typos caused); whether there
+    were any.  compare's places still held are kept: their codes are out now, at a host
+    process of the device that may still run, and count when they end if nobody confirms them
+    (a reset must not give a man in the middle a fresh budget beside the codes she holds:
+    docs/security.md, "Codes out at once are held to the same budget").  A place of a process
+    that died holds only until its exchange's end.  Records that do not open all go."""
+    keys = tuple(_PREFIX + kind for kind in kinds)
+    with ks.update() as k:  # records an older pairkit kept among the keystore's settings
+        present = [key for key in keys if k.setting(key) is not None]
         for key in present:
             k.delete_setting(key)
-    return bool(present)
+    forgot = bool(present)
+    if "compare" in kinds:
+        journal = KeystoreLockJournal(ks, "compare", clock)
 
+        def keep_held(record: LockRecord) -> LockRecord:
+            nonlocal forgot
+            now = clock.monotonic()
+            held = [p for p in record.places if p.until > now]
+            forgot |= bool(record.failures or record.streak or len(held) < len(record.places))
+            return LockRecord([], 0, held)
+
+        try:  # in one step under the lock: a place given back meanwhile stays given back
+            journal.update(keep_held, clock.monotonic())
+        except KeystoreError:
+            pass  # the records do not open: they all go (below)
+    return lock_file(ks).reset(tuple(k for k in keys if k != _PREFIX + "compare")) or forgot

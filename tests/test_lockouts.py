@@ -11,7 +11,7 @@ import pytest
 
 from pairkit.clock import SYSTEM_CLOCK
 from pairkit.keystore import Keystore
-from pairkit.lockouts import KeystoreLockJournal, forget_lockouts
+from pairkit.lockouts import KeystoreLockJournal, forget_lockouts, lock_file
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import CodeTurns, Lockout, LockRecord
@@ -70,7 +70,7 @@ def test_a_pin_attempt_won_leaves_no_failure(ks_path: Path, monotonic: float) ->
     side.state.pin_failed(started)
     clock.advance(0.5)
     side.state.pin_succeeded(started)
-    assert Keystore.open(ks_path, KS_PIN).setting("lockout.pin") is None
+    assert lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin") is None
 
 
 def test_compare_counting_a_code_at_the_time_it_went_out_keeps_the_later_failures(
@@ -88,7 +88,7 @@ def test_compare_counting_a_code_at_the_time_it_went_out_keeps_the_later_failure
         lock.failed(clock.monotonic())
         clock.advance(10)
     lock.failed(shown_early)  # the first code out ends now, counted when it went out
-    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
+    kept = lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.compare")
     assert [round(t - 1_800_000_000.0 + 1_000.0) for t in kept["failures"]] == [
         1_000, 1_100, 1_110, 1_120, 1_130
     ]
@@ -125,27 +125,29 @@ def test_a_record_this_pairkit_does_not_read_is_no_failure(ks_path: Path, record
     side = host(ks_path, clock)
     assert side.state.locked_for(clock.monotonic()) == 0.0
     side.state.pin_failed(clock.monotonic())
-    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.pin")
+    kept = lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin")
     assert kept["streak"] == 1 and len(kept["failures"]) == 1
 
 
 def test_forget_lockouts_lifts_both_locks(ks_path: Path) -> None:
     clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
     side = host(ks_path, clock)
-    # a place held (by a process that died holding it: the owner starts afresh)
+    # a place held (its code out: it stays, and counts at its end if nobody confirms it)
     assert side.state.compare_turns.take(object(), clock.monotonic(), clock.monotonic() + 130)
     for _ in range(5):
         side.state.pin_failed(clock.monotonic())
         side.state.compare_lock.failed(clock.monotonic())
     ks = Keystore.open(ks_path, KS_PIN)
-    assert forget_lockouts(ks) is True
-    assert forget_lockouts(ks) is False
+    assert forget_lockouts(ks, clock=clock) is True
+    assert forget_lockouts(ks, clock=clock) is False  # (the place held is no lock to lift)
     again = host(ks_path, clock)
     assert again.state.locked_for(clock.monotonic()) == 0.0
     assert again.state.compare_lock.locked_for(clock.monotonic()) == 0.0
-    assert again.state.compare_lock.places == []
+    assert [p.until for p in again.state.compare_lock.places] == [pytest.approx(140)]
     clock.advance(200)
     assert again.state.compare_lock.locked_for(clock.monotonic()) == 0.0
+    again.state.compare_lock.failed(clock.monotonic())  # a change: the ended one is written
+    assert len(lock_file(ks).setting("lockout.compare")["failures"]) == 2
 
 
 def test_a_journal_names_no_time_in_its_repr(ks_path: Path) -> None:
@@ -194,7 +196,7 @@ def test_a_try_the_journal_cannot_keep_is_refused_and_counts_nothing(ks_path: Pa
     assert turns.out == 0 and lock.places == []
     turns.settle(holder, confirmed=False)
     assert not turns._waiting
-    assert Keystore.open(ks_path, KS_PIN).setting("lockout.compare") is None
+    assert lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.compare") is None
 
 
 # -- compare's places (CodeTurns) kept beside the failures ------------------------------------
@@ -227,7 +229,7 @@ def test_places_are_shared_by_two_host_processes_and_count_at_their_end(ks_path:
     assert len(lock.places) == 1  # ``other``'s, until its end
     clock.advance(200)
     other.state.compare_lock.failed(clock.monotonic())  # a change: the ended ones are written
-    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
+    kept = lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.compare")
     assert kept["streak"] == 6 and "places" not in kept
     lock = host(ks_path, clock).state.compare_lock
     assert lock.locked_for(clock.monotonic()) == pytest.approx(POLICY.lock_after(6))
@@ -353,7 +355,7 @@ def test_the_system_clock_says_its_boot_and_the_record_keeps_it(ks_path: Path) -
     assert isinstance(boot, str) and len(boot) >= 32 and boot == SYSTEM_CLOCK.boot_id()
     side = HostSide.of(Keystore.open(ks_path, KS_PIN), PairingConfig(), transport="tcp")
     side.state.compare_lock.failed(SYSTEM_CLOCK.monotonic())
-    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.compare")
+    kept = lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.compare")
     assert kept["boot"] == boot and len(kept["monotonic"]) == len(kept["failures"]) == 1
 
 
@@ -379,3 +381,38 @@ def test_a_place_given_back_for_a_waiter_that_does_not_get_it_is_kept_at_once(
     assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 130)
     other.locked_for(clock.monotonic())
     assert len(other.places) == BUDGET - 1 and turns.lock.returned == set()
+
+
+def test_failures_an_earlier_pairkit_kept_in_the_keystore_are_moved_to_the_lock_records(
+    ks_path: Path,
+) -> None:
+    """An earlier pairkit kept the records among the keystore's settings: a host started on it
+    reads them (five failures a minute old: locked for four minutes more), keeps them in the
+    lock records from then on, and the keystore holds them no longer."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=500.0)
+    ks = Keystore.open(ks_path, KS_PIN)
+    with ks.update() as k:
+        k.set_setting("lockout.pin", {"failures": [1_800_000_000.0 - 60] * BUDGET,
+                                      "streak": BUDGET})
+    side = host(ks_path, clock)
+    assert side.state.locked_for(clock.monotonic()) == pytest.approx(240, abs=0.01)
+    assert Keystore.open(ks_path, KS_PIN).setting("lockout.pin") is None
+    assert len(lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin")["failures"]) \
+        == BUDGET
+
+
+def test_a_lock_change_does_not_write_the_keystore(ks_path: Path) -> None:
+    """A PIN failure, a compare place taken and given back: the lock records change, the
+    keystore's file does not (a save of the whole keystore, every peer and prekey, per change
+    was most of a host's memory growth at 1,000 guests comparing at once; issue 13)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=500.0)
+    side = host(ks_path, clock)
+    side.state.pin_failed(clock.monotonic())  # the first change makes the records' key
+    before = ks_path.read_bytes()
+    side.state.pin_failed(clock.monotonic())
+    turns, holder = side.state.compare_turns, object()
+    assert turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    turns.settle(holder, confirmed=True, now=clock.monotonic())
+    side.state.compare_lock.flush(clock.monotonic())
+    assert ks_path.read_bytes() == before
+    assert len(lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin")["failures"]) == 2

@@ -35,9 +35,11 @@ def fill_to(device: Device, size: int) -> bytes:
 
 
 def contents(device: Device) -> tuple[object, ...]:
-    """What ``device``'s keystore holds: its peers and its settings."""
+    """What ``device``'s keystore holds: its peers and its settings (but the key of its lock
+    records, made by the host's first lock change: nothing of any peer)."""
     ks = open_ks(device)
-    return tuple(ks.peers()), dict(ks.settings())
+    settings = {k: v for k, v in ks.settings().items() if k != "lockouts.key"}
+    return tuple(ks.peers()), settings
 
 
 def stranger(name: str, seen: float, **extra: object) -> Peer:

@@ -18,7 +18,7 @@ import pytest
 from pairkit.clock import SYSTEM_CLOCK
 from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore
-from pairkit.lockouts import KeystoreLockJournal
+from pairkit.lockouts import KeystoreLockJournal, forget_lockouts, lock_file
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import Lockout
@@ -107,7 +107,7 @@ def test_a_record_whose_monotonic_list_does_not_fit_is_read_by_its_wall_times(
     for _ in range(BUDGET):
         first.state.pin_failed(clock.monotonic())
     ks = Keystore.open(ks_path, KS_PIN)
-    with ks.update() as k:
+    with lock_file(ks).update() as k:
         record = dict(k.setting("lockout.pin"))
         assert record["boot"] == clock.boot
         k.set_setting("lockout.pin", record | {"monotonic": monotonic})
@@ -178,27 +178,54 @@ async def test_failures_not_kept_outlive_the_host_once_the_disk_has_room(ks_path
     assert codes <= BUDGET, f"Mallory read {codes} codes in one window, the restart between"
 
 
-def test_a_keystore_that_cannot_be_read_stops_the_check(ks_path: Path) -> None:
-    """A check whose keystore read fails (the file damaged after another process saved, or
-    gone) raises: it does not take the failures as none.  Five failures kept, then the keystore
-    is damaged under the host (``load``, not ``update``, meets the error): the check raises
-    ``KeystoreError`` and the host plays nothing, for PIN and compare alike."""
+def test_lock_records_that_cannot_be_read_stop_the_check(ks_path: Path) -> None:
+    """A check whose lock records cannot be read (their file damaged after another process
+    wrote it, or gone) raises: it does not take the failures as none, and a stranger who can
+    delete a file gets no fresh budget by it.  Five failures kept, then the file is damaged
+    under the host (``load``, not ``update``, meets the error): the check raises
+    ``KeystoreError`` and the host plays nothing, for PIN and compare alike; the file deleted,
+    likewise, until the owner resets the locks."""
     clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
     side = host(ks_path, clock)
     for _ in range(BUDGET):
         side.state.pin_failed(clock.monotonic())
         side.state.compare_lock.failed(clock.monotonic())
-    other = Keystore.open(ks_path, KS_PIN)  # another process saves (a new header's nonce)
+    records = ks_path.with_name(ks_path.name + ".locks")
+    other = lock_file(Keystore.open(ks_path, KS_PIN))  # another process writes (a new nonce)
     with other.update() as k:
         k.set_setting("unrelated", 1)
-    data = bytearray(ks_path.read_bytes())
-    data[-20] ^= 0x55  # then the file is damaged: its body no longer unseals
-    ks_path.write_bytes(bytes(data))
+    data = bytearray(records.read_bytes())
+    data[-20] ^= 0x55  # then the file is damaged: it no longer unseals
+    records.write_bytes(bytes(data))
     clock.advance(1.0)
-    with pytest.raises(KeystoreError):
+    with pytest.raises(KeystoreError, match="do not open"):
         side.state.locked_for(clock.monotonic())
     with pytest.raises(KeystoreError):
         side.state.compare_lock.locked_for(clock.monotonic())
-    ks_path.unlink()
-    with pytest.raises(KeystoreError):
+    records.unlink()
+    with pytest.raises(KeystoreError, match="are gone"):
         side.state.locked_for(clock.monotonic())
+    with pytest.raises(KeystoreError):
+        side.state.compare_lock.locked_for(clock.monotonic())
+    assert forget_lockouts(Keystore.open(ks_path, KS_PIN))
+    assert side.state.locked_for(clock.monotonic()) == 0
+
+
+def test_a_host_started_after_the_lock_records_were_deleted_plays_no_guess(
+    ks_path: Path,
+) -> None:
+    """Five failures kept; a stranger who can write the owner's files deletes the lock records
+    and waits for the host to start again (a Pi's service restarted).  The new host process's
+    first PIN attempt, where the check and the count are one step, and its compare check both
+    refuse with ``KeystoreError``: a deleted file is no fresh budget."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    first = host(ks_path, clock)
+    for _ in range(BUDGET):
+        first.state.pin_failed(clock.monotonic())
+    ks_path.with_name(ks_path.name + ".locks").unlink()
+    clock.advance(1.0)
+    again = host(ks_path, clock)
+    with pytest.raises(KeystoreError, match="are gone"):
+        again.state.pin_failed_unless_locked(clock.monotonic())
+    with pytest.raises(KeystoreError, match="are gone"):
+        again.state.compare_lock.locked_for(clock.monotonic())

@@ -23,6 +23,7 @@ import pytest
 from pairkit.clock import SYSTEM_CLOCK
 from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore
+from pairkit.lockouts import lock_file
 from pairkit.pairing.errors import AuthenticationError, KeystoreError, LockedOutError
 from pairkit.pairing.methods import GuestPairing, LocalIdentity, PairingConfig, PinPolicy
 from pairkit.pairing.methods.common import S_ASK, S_TURN
@@ -200,7 +201,7 @@ async def test_two_host_processes_racing_for_the_last_place_show_one_code(ks_pat
     try:
         await until(lambda: visits.predicted == BUDGET - 1, WITHIN)
         racers = [await HostProcess.start(ks_path, 1, go=True) for _ in range(2)]
-        lock_path = ks_path.with_name(ks_path.name + ".lock")
+        lock_path = ks_path.with_name(ks_path.name + ".locks.lock")  # the lock records' lock
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         raced = True
         try:
@@ -275,7 +276,7 @@ def test_an_honest_pin_pairing_leaves_no_failure_whatever_the_milliseconds(
         clock.advance(2.0)  # CPace and Noise, and the guest's person
         side.state.pin_succeeded(started)
         clock.advance(10.0)
-    kept = Keystore.open(ks_path, KS_PIN).setting("lockout.pin")
+    kept = lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin")
     assert kept is None, f"honest pairings left {kept['streak']}"  # nothing kept: no record
     assert side.state.locked_for(clock.monotonic()) == 0.0
 
@@ -298,12 +299,11 @@ async def test_two_host_processes_give_no_guess_beyond_the_budget(lab: Lab) -> N
     """Finding of this review (fixed: the lock is checked again as the guess is counted, in one step
     under the keystore's lock).  Two ``pairkit host`` processes of one device share the PIN
     lock through the keystore.  A stranger has made four wrong guesses (one left in the
-    window).  She offers a guess to each at once, while another pairkit command holds the
-    keystore (here the test holds its lock; a save by either host, the owner's ``pairkit
-    peers``, does the same for a moment): each host checks the lock (a read: four failures,
-    open), takes its PIN, and waits to count the guess; both guesses are then counted and both
-    played out.  Six guesses in the window, where the lock allows five (docs/security.md, rule
-    7)."""
+    window).  She offers a guess to each at once, while the lock records are held (here the
+    test holds their lock; a write by either host does the same for a moment): each host
+    checks the lock (a read: four failures, open), takes its PIN, and waits to count the
+    guess; both guesses are then counted and both played out.  Six guesses in the window,
+    where the lock allows five (docs/security.md, rule 7)."""
     paul, george = lab.device("paul"), lab.device("george")
     one = await lab.host(paul, "-m", "pin", "--yes")
     other = await lab.host(paul, "-m", "pin", "--yes")
@@ -316,7 +316,7 @@ async def test_two_host_processes_give_no_guess_beyond_the_budget(lab: Lab) -> N
     for host in (one, other):
         probe = await george.join(host.target, "-m", "qr")
         assert probe.rc != 0, probe
-    lock_path = paul.home / "keystore.pk.lock"
+    lock_path = paul.home / "keystore.pk.locks.lock"  # the lock records' lock
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -488,5 +488,5 @@ async def test_honest_pin_pairings_through_pairkit_host_leave_no_failure(lab: La
         pin = [m.group(1) for line in host.lines if (m := re.match(r"^PIN: (\d{6})", line))][-1]
         joined = await guests[i % 2].join(host.target, "-m", "pin", "--pin", pin)
         assert joined.rc == 0, joined
-    kept = Keystore.open(paul.home / "keystore.pk", KEYSTORE_PIN).setting("lockout.pin")
+    kept = lock_file(Keystore.open(paul.home / "keystore.pk", KEYSTORE_PIN)).setting("lockout.pin")
     assert kept is None, kept  # nothing kept: no record
