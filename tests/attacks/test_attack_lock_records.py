@@ -1,0 +1,122 @@
+"""Attacks on the lock records' own file (runtime/lockouts.py ``LockFile``, session 10's commit
+a0deaef: ``KEYSTORE.locks``, sealed under the key ``lockouts.key`` the keystore keeps, made on
+first use; docs/security.md, rule 7, "The lock records' own file").
+
+In-process, with the real journals on the real keystore and records files on disk (a full disk
+is the real FileStorage's save failing with ``ENOSPC`` after its temporary file was written);
+two ``Keystore`` objects on one file are two host processes of the device, and a test clock
+(tests/clock_harness.py) is the device's clocks.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from pairkit.filestore import FileStorage
+from pairkit.keystore import Keystore
+from pairkit.lockouts import lock_file
+from pairkit.pairing.errors import KeystoreError
+from pairkit.pairing.keystore import Argon2Params
+from tests.clock_harness import Clocks
+from tests.lockout_harness import KS_PIN, POLICY, host, ks_path
+
+__all__ = ["ks_path"]
+
+BUDGET = POLICY.max_failures
+
+
+def records_of(path: Path) -> Path:
+    return path.with_name(path.name + ".locks")
+
+
+def guesses_played(side: object, clock: Clocks, tries: int = 2 * BUDGET) -> int:
+    """How many PIN guesses ``side``'s host plays, one a second, until its lock refuses one
+    (a guess it cannot count raises: none played)."""
+    played = 0
+    for _ in range(tries):
+        if side.state.pin_failed_unless_locked(clock.monotonic()) > 0:  # type: ignore[attr-defined]
+            break
+        played += 1
+        clock.advance(1.0)
+    return played
+
+
+def test_a_host_that_read_no_records_yet_gets_no_fresh_budget_when_they_are_deleted(
+    ks_path: Path,
+) -> None:
+    """Two host processes of a new device (two transports): the idle one checked its lock
+    once, before any record was kept (no file, no key: nothing to count).  Mallory guesses
+    five wrong PINs at the other (locked), then deletes ``KEYSTORE.locks`` (the rule says a
+    stranger who can delete a file gets no fresh budget by it) and guesses at the idle host.
+    Finding 1 of this review (fixed): its records had last read as "no file", and the file
+    read as "no file" again was taken as nothing changed, not as gone: five more guesses there,
+    in the window of the first five, whose new file then lifted the other host's lock too."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    idle = host(ks_path, clock)
+    assert idle.state.locked_for(clock.monotonic()) == 0.0  # no records yet
+    busy = host(ks_path, clock)
+    assert guesses_played(busy, clock) == BUDGET
+    records_of(ks_path).unlink()
+    with pytest.raises(KeystoreError, match="are gone"):
+        idle.state.pin_failed_unless_locked(clock.monotonic())
+    with pytest.raises(KeystoreError, match="are gone"):
+        idle.state.compare_turns.take(object(), clock.monotonic(), clock.monotonic() + 130.0)
+
+
+class RecordsDiskFull:
+    """The disk fills just as the lock records' file is written (the keystore's own save
+    passes: a few bytes more or less, a log rotating between them); a ``before_replace``
+    hook, which the records' file shares with its keystore's."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.refused = 0
+
+    def __call__(self, tmp: Path) -> None:
+        if self.full and ".locks." in tmp.name:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_records_that_could_not_begin_leave_no_lasting_refusal(ks_path: Path) -> None:
+    """A new device's first lock change makes the records' key and their file.  Finding 2 of
+    this review (fixed): the key was saved in the keystore first, then the file written; the
+    disk full between them (or the host killed there, or another process checking its lock
+    there) left a keystore that says records were kept and no file: every later check of
+    every host process refused with "are gone" until the owner's ``--reset-lockouts``, the disk
+    long since freed.  The guess whose count could not be kept is not played; once the disk
+    has room, guesses are counted again (and honest pairings pair)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    disk = RecordsDiskFull()
+    side = host(ks_path, clock, disk=disk)  # type: ignore[arg-type]
+    disk.full = True
+    with pytest.raises(KeystoreError):
+        side.state.pin_failed_unless_locked(clock.monotonic())
+    assert disk.refused == 1
+    disk.full = False
+    again = host(ks_path, clock)
+    assert again.state.locked_for(clock.monotonic()) == 0.0
+    assert guesses_played(again, clock) == BUDGET
+    assert guesses_played(side, clock) == 0  # the first host counts them too
+
+
+def test_an_identity_made_again_is_not_refused_by_the_old_ones_records(ks_path: Path) -> None:
+    """``pairkit init --force`` makes a new identity in the keystore's place; the old one's
+    lock records stay beside it, sealed under a key the new keystore does not hold.  Finding 3
+    of this review (fixed with finding 2): the new identity's host made its own key and then
+    refused every check ("do not open") until the owner's ``--reset-lockouts``, whose need
+    nothing told them; its records start afresh (nothing in the old ones could be read by
+    it: they are the old identity's)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    old = host(ks_path, clock)
+    old.state.pin_failed(clock.monotonic())
+    assert records_of(ks_path).exists()
+    Keystore.create(FileStorage(ks_path), KS_PIN, name="Paul", kdf=Argon2Params.cheapest(),
+                    overwrite=True)
+    new = host(ks_path, clock)
+    assert new.state.locked_for(clock.monotonic()) == 0.0
+    assert guesses_played(new, clock) == BUDGET
+    assert lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin")["streak"] == BUDGET
