@@ -146,8 +146,12 @@ class LockFile:
         """Read the records again if another process (or this one's other journals) changed
         them: one short read of a small file when nothing changed."""
         data = self._storage.read(_MAX_FILE)
-        if data == self._seen:
+        if data is not None and data == self._seen:
             return
+        # No file is never "nothing changed": read as no records only while the keystore
+        # holds no key (a process that read no file before another made the key must not take
+        # the file deleted since for the clean slate it read then; attack review of the lock
+        # records, finding 1).  update() reads the key from the keystore first.
         if data is None and self._ks.setting(_KEY_SETTING) is not None:
             # Records were kept here: their file gone is no clean slate (a stranger who can
             # delete a file must not get a fresh budget by it); the owner resets on purpose.
