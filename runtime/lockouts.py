@@ -125,7 +125,6 @@ class LockFile:
 
     def _cipher(self) -> ChaCha20Poly1305:
         if self._aead is None:
-            made = False
             key = self._ks.setting(_KEY_SETTING)
             if not (isinstance(key, bytes) and len(key) == 32):
                 self._ks.follow()
@@ -133,13 +132,18 @@ class LockFile:
                     key = k.setting(_KEY_SETTING)
                     if not (isinstance(key, bytes) and len(key) == 32):
                         key = os.urandom(32)
+                        # The file first, then the key (saved as this update ends): a keystore
+                        # holding the key always has its file beside it (see follow), even if
+                        # the disk fills or the process dies between the two writes, and no
+                        # other process reads the key before the file is there (attack review
+                        # of the lock records, finding 2).  A file there now is sealed under
+                        # no key this keystore holds (a keystore made again, or put back from
+                        # before its key; a first use that died before its key was saved):
+                        # nobody can read it, and it is replaced.
+                        with self._storage.lock():
+                            self._storage.replace(self._seal({}, ChaCha20Poly1305(key)))
                         k.set_setting(_KEY_SETTING, key)
-                        made = True
             self._aead = ChaCha20Poly1305(key)
-            if made:  # from now on the file is there (see follow)
-                with self._storage.lock():
-                    if self._storage.read(_MAX_FILE) is None:
-                        self._storage.replace(self._seal({}))
         return self._aead
 
     def follow(self) -> None:
@@ -148,6 +152,11 @@ class LockFile:
         data = self._storage.read(_MAX_FILE)
         if data is not None and data == self._seen:
             return
+        if data is not None and self._aead is None:
+            # The key first (never under the file's lock: update and reset have it before), and
+            # the file again: making the key replaces a file no key here opens (see _cipher).
+            self._cipher()
+            data = self._storage.read(_MAX_FILE)
         # No file is never "nothing changed": read as no records only while the keystore
         # holds no key (a process that read no file before another made the key must not take
         # the file deleted since for the clean slate it read then; attack review of the lock
@@ -215,10 +224,10 @@ class LockFile:
             ) from None
         return records
 
-    def _seal(self, records: Mapping[str, Any]) -> bytes:
+    def _seal(self, records: Mapping[str, Any], aead: ChaCha20Poly1305 | None = None) -> bytes:
         nonce = os.urandom(_NONCE)
         body = cbor2.dumps(dict(records), canonical=True)
-        return _MAGIC + nonce + self._cipher().encrypt(nonce, body, _AD)
+        return _MAGIC + nonce + (aead or self._cipher()).encrypt(nonce, body, _AD)
 
     def reset(self, keys: tuple[str, ...]) -> bool:
         """Remove the records of ``keys``, or every record when the file does not open; whether
