@@ -11,6 +11,10 @@ two ``Keystore`` objects on one file are two host processes of the device, and a
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,43 @@ def test_records_that_could_not_begin_leave_no_lasting_refusal(ks_path: Path) ->
     assert again.state.locked_for(clock.monotonic()) == 0.0
     assert guesses_played(again, clock) == BUDGET
     assert guesses_played(side, clock) == 0  # the first host counts them too
+
+
+def lock_waiters(lock_path: Path) -> int:
+    """How many wait for the lock at ``lock_path`` now (Linux: /proc/locks)."""
+    ino = lock_path.stat().st_ino
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and line.split()[-3].endswith(f":{ino}"))
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads /proc/locks (Linux)")
+def test_a_check_while_another_host_makes_the_records_key_is_not_refused(ks_path: Path) -> None:
+    """Finding 2, its race (fixed with it): two host processes of a new device; the first
+    makes the records' key as it counts a first guess, and waits for the records' lock (here
+    the test holds it; another process's write does the same for a moment).  The second host
+    takes a guest meanwhile (it follows the keystore, as a host does per guest) and checks its
+    lock: with the key saved before the file, it read "records kept, file gone" and refused
+    the guest with ``KeystoreError``."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    first, second = host(ks_path, clock), host(ks_path, clock)
+    lock_path = ks_path.with_name(ks_path.name + ".locks.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    counted = threading.Thread(target=first.state.pin_failed, args=(clock.monotonic(),))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        counted.start()
+        deadline = time.monotonic() + 20.0
+        while lock_waiters(lock_path) < 1:
+            assert time.monotonic() < deadline, "the first host never waited for the lock"
+            time.sleep(0.01)
+        second.keystore.follow()
+        assert second.state.locked_for(clock.monotonic()) == 0.0
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        counted.join(20.0)
+    assert second.state.locked_for(clock.monotonic()) == 0.0
+    assert lock_file(second.keystore).setting("lockout.pin")["streak"] == 1
 
 
 def test_an_identity_made_again_is_not_refused_by_the_old_ones_records(ks_path: Path) -> None:
