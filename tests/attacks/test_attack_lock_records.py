@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from pairkit.filestore import FileStorage
-from pairkit.keystore import Keystore
+from pairkit.keystore import Keystore, MemoryStorage
 from pairkit.lockouts import KeystoreLockJournal, lock_file
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.keystore import Argon2Params
+from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import Lockout
+from pairkit.session import HostSide
 from tests.clock_harness import Clocks
 from tests.lockout_harness import KS_PIN, POLICY, host, ks_path
 
@@ -247,3 +249,25 @@ def test_the_records_files_are_the_owners_only(ks_path: Path) -> None:
     host(ks_path, clock).state.pin_failed(clock.monotonic())
     for path in (records_of(ks_path), ks_path.with_name(ks_path.name + ".locks.lock")):
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+@pytest.mark.xfail(strict=True, reason="finding 6 (reported): beside a keystore that is not a "
+                   "file the records are kept in this process's memory only")
+def test_an_application_storing_the_keystore_its_own_way_keeps_the_lock_across_a_restart() -> None:
+    """README, "The keystore": ``MemoryStorage`` keeps the sealed bytes in memory "for an
+    application that stores them its own way" (a database row, a secure element).  Before
+    a0deaef the lock records were inside those bytes.  Now, beside any storage but a
+    ``FileStorage``, they are kept in this process's memory (``_companion``): the application
+    stores the keystore's bytes, Mallory's five wrong PINs locked its host, and it starts
+    again from the bytes it stored.  The keystore holds the records' key, the records are
+    nowhere: every check refuses ("are gone") and no honest pairing by PIN or compare passes
+    until ``forget_lockouts``, which gives Mallory five more guesses in the window."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    ks = Keystore.create(MemoryStorage(), KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
+    side = HostSide.of(ks, PairingConfig(), transport="tcp", pin_policy=POLICY, clock=clock)
+    assert guesses_played(side, clock) == BUDGET
+    stored = ks.storage.data  # what the application keeps of its keystore
+    again = Keystore.open(MemoryStorage(stored), KS_PIN)
+    restarted = HostSide.of(again, PairingConfig(), transport="tcp", pin_policy=POLICY,
+                            clock=clock)
+    assert guesses_played(restarted, clock) == 0
