@@ -50,7 +50,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .filestore import FileStorage
 from .pairing.errors import KeystoreError
 from .pairing.keystore import Keystore
-from .pairing.keystore.storage import MemoryStorage, Storage
+from .pairing.keystore.storage import Storage
 from .pairing.methods.common import TIME_SLACK, LockRecord, Place
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "LockFile", "forget_lockouts"]
@@ -76,20 +76,66 @@ _NONCE: Final = 12
 _MAX_FILE: Final = 256 * 1024
 #: what a lock file has read before its first read
 _UNREAD: Final = object()
-#: the companion of each in-memory keystore's storage (tests, embedders)
-_MEMORY: weakref.WeakKeyDictionary[Any, MemoryStorage] = weakref.WeakKeyDictionary()
+#: the keystore setting holding the sealed records beside a keystore that is not a file
+_RECORDS_SETTING: Final = "lockouts.records"
 
 
-def _companion(storage: Storage) -> Storage:
-    """Where the lock records of the keystore kept in ``storage`` are: the file ``NAME.locks``
-    beside a keystore file (same disk, same test hooks), or memory beside a keystore in memory."""
+def _companion(ks: Keystore) -> Storage:
+    """Where the lock records of ``ks`` are: the file ``NAME.locks`` beside a keystore file
+    (same disk, same test hooks), or, beside a keystore kept another way (``MemoryStorage``:
+    an application that stores the sealed bytes its own way), inside the keystore itself."""
+    storage = ks.storage
     if isinstance(storage, FileStorage):
         return FileStorage(storage.path.with_name(storage.path.name + ".locks"),
                            before_replace=storage.before_replace)
-    companion = _MEMORY.get(storage)
-    if companion is None:
-        companion = _MEMORY[storage] = MemoryStorage()
-    return companion
+    return _InKeystore(ks)
+
+
+class _InKeystore:
+    """The sealed records kept in the keystore's setting ``lockouts.records``, for a keystore
+    not kept in a file: they go wherever its application stores its sealed bytes, and outlive
+    the process with them (attack review of the lock records, finding 6: kept in this process's
+    memory, a restart refused every check, and the reset gave a fresh budget).  Each change
+    saves the whole keystore, as before session 10.  The lock is :meth:`Keystore.update`
+    (the records written are saved as it ends); :meth:`inside` marks one taken already."""
+
+    def __init__(self, ks: Keystore) -> None:
+        self._ks = ks
+        self._held = False
+
+    @property
+    def where(self) -> str:
+        return f"{self._ks.storage.where} (its lock records)"
+
+    def exists(self) -> bool:
+        return self.read(_MAX_FILE) is not None
+
+    def read(self, limit: int) -> bytes | None:
+        self._ks.follow()  # nothing to read inside its update
+        data = self._ks.setting(_RECORDS_SETTING)
+        return bytes(data[:limit + 1]) if isinstance(data, bytes) else None
+
+    def replace(self, data: bytes) -> None:
+        if not self._held:
+            raise KeystoreError(f"the lock records at {self.where} are written under its lock")
+        self._ks.set_setting(_RECORDS_SETTING, bytes(data))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        if self._held:  # inside the keystore's update already (see inside)
+            yield
+            return
+        with self._ks.update(), self.inside():
+            yield
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """The keystore's update is under way: :meth:`lock` is that update."""
+        held, self._held = self._held, True
+        try:
+            yield
+        finally:
+            self._held = held
 
 
 class LockFile:
@@ -113,7 +159,10 @@ class LockFile:
 
     def __init__(self, ks: Keystore) -> None:
         self._ks = ks
-        self._storage = _companion(ks.storage)
+        self._storage = _companion(ks)
+        #: marks the keystore's update as the records' lock too, when they are kept in it
+        self._within: Callable[[], contextlib.AbstractContextManager[None]] = getattr(
+            self._storage, "inside", contextlib.nullcontext)
         self._aead: ChaCha20Poly1305 | None = None
         #: the bytes last read or written (``_UNREAD`` before the first read), and the records
         #: they hold
@@ -128,7 +177,7 @@ class LockFile:
             key = self._ks.setting(_KEY_SETTING)
             if not (isinstance(key, bytes) and len(key) == 32):
                 self._ks.follow()
-                with self._ks.update() as k:  # one process makes it; the others read it
+                with self._ks.update() as k, self._within():  # one process makes it
                     key = k.setting(_KEY_SETTING)
                     if not (isinstance(key, bytes) and len(key) == 32):
                         key = os.urandom(32)
@@ -197,7 +246,7 @@ class LockFile:
         if all(self._ks.setting(key) is None for key in keys):
             return
         self._cipher()  # (the keystore's lock is not taken again inside its update)
-        with self._ks.update() as k, self.update() as mine:
+        with self._ks.update() as k, self._within(), self.update() as mine:
             for key in keys:
                 old = k.setting(key)
                 if old is None:

@@ -251,8 +251,6 @@ def test_the_records_files_are_the_owners_only(ks_path: Path) -> None:
         assert path.stat().st_mode & 0o777 == 0o600, path
 
 
-@pytest.mark.xfail(strict=True, reason="finding 6 (reported): beside a keystore that is not a "
-                   "file the records are kept in this process's memory only")
 def test_an_application_storing_the_keystore_its_own_way_keeps_the_lock_across_a_restart() -> None:
     """README, "The keystore": ``MemoryStorage`` keeps the sealed bytes in memory "for an
     application that stores them its own way" (a database row, a secure element).  Before
@@ -260,8 +258,9 @@ def test_an_application_storing_the_keystore_its_own_way_keeps_the_lock_across_a
     ``FileStorage``, they are kept in this process's memory (``_companion``): the application
     stores the keystore's bytes, Mallory's five wrong PINs locked its host, and it starts
     again from the bytes it stored.  The keystore holds the records' key, the records are
-    nowhere: every check refuses ("are gone") and no honest pairing by PIN or compare passes
-    until ``forget_lockouts``, which gives Mallory five more guesses in the window."""
+    nowhere: every check refused ("are gone") and no honest pairing by PIN or compare passed
+    until ``forget_lockouts``, which gave Mallory five more guesses in the window.  Finding 6
+    of this review (fixed: beside such a keystore the sealed records are kept inside it)."""
     clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
     ks = Keystore.create(MemoryStorage(), KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
     side = HostSide.of(ks, PairingConfig(), transport="tcp", pin_policy=POLICY, clock=clock)
