@@ -154,7 +154,9 @@ class LockFile:
     The interface is the keystore's part a journal uses: :meth:`follow`, :meth:`setting`, and
     :meth:`update` giving an object with ``setting``, ``set_setting`` and ``delete_setting``.
     Records an older pairkit kept in the keystore's settings are moved here when a journal is
-    made (:meth:`take_from_keystore`).
+    made (:meth:`take_from_keystore`).  Beside a keystore not kept in a file the sealed records
+    are kept inside it (:class:`_InKeystore`).  The key is made, under the keystore's lock, after
+    the file is written (:meth:`_cipher`); the keystore's lock is never taken under the file's.
     """
 
     def __init__(self, ks: Keystore) -> None:
