@@ -110,6 +110,37 @@ def test_records_that_could_not_begin_leave_no_lasting_refusal(ks_path: Path) ->
     assert guesses_played(side, clock) == 0  # the first host counts them too
 
 
+class KeystoreDiskFull(RecordsDiskFull):
+    """The disk full for the keystore's own save only (its temporary file)."""
+
+    def __call__(self, tmp: Path) -> None:
+        if self.full and ".locks." not in tmp.name:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_records_begun_whose_key_could_not_be_saved_leave_no_lasting_refusal(
+    ks_path: Path,
+) -> None:
+    """The other side of finding 2's fix: the records' file is written, then the keystore
+    cannot save their key (its disk full, or the host killed there).  The guess is not played;
+    the file left opens under no key the keystore holds, and the next first change replaces
+    it: once the disk has room, guesses are counted again, by every host process."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    disk = KeystoreDiskFull()
+    side = host(ks_path, clock, disk=disk)  # type: ignore[arg-type]
+    disk.full = True
+    with pytest.raises(KeystoreError):
+        side.state.pin_failed_unless_locked(clock.monotonic())
+    assert disk.refused == 1 and records_of(ks_path).exists()
+    assert Keystore.open(ks_path, KS_PIN).setting("lockouts.key") is None
+    disk.full = False
+    again = host(ks_path, clock)
+    assert again.state.locked_for(clock.monotonic()) == 0.0
+    assert guesses_played(again, clock) == BUDGET
+    assert guesses_played(side, clock) == 0
+
+
 def lock_waiters(lock_path: Path) -> int:
     """How many wait for the lock at ``lock_path`` now (Linux: /proc/locks)."""
     ino = lock_path.stat().st_ino
