@@ -50,7 +50,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .filestore import FileStorage
 from .pairing.errors import KeystoreError
 from .pairing.keystore import Keystore
-from .pairing.keystore.storage import MemoryStorage, Storage
+from .pairing.keystore.storage import Storage
 from .pairing.methods.common import TIME_SLACK, LockRecord, Place
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "LockFile", "forget_lockouts"]
@@ -76,20 +76,66 @@ _NONCE: Final = 12
 _MAX_FILE: Final = 256 * 1024
 #: what a lock file has read before its first read
 _UNREAD: Final = object()
-#: the companion of each in-memory keystore's storage (tests, embedders)
-_MEMORY: weakref.WeakKeyDictionary[Any, MemoryStorage] = weakref.WeakKeyDictionary()
+#: the keystore setting holding the sealed records beside a keystore that is not a file
+_RECORDS_SETTING: Final = "lockouts.records"
 
 
-def _companion(storage: Storage) -> Storage:
-    """Where the lock records of the keystore kept in ``storage`` are: the file ``NAME.locks``
-    beside a keystore file (same disk, same test hooks), or memory beside a keystore in memory."""
+def _companion(ks: Keystore) -> Storage:
+    """Where the lock records of ``ks`` are: the file ``NAME.locks`` beside a keystore file
+    (same disk, same test hooks), or, beside a keystore kept another way (``MemoryStorage``:
+    an application that stores the sealed bytes its own way), inside the keystore itself."""
+    storage = ks.storage
     if isinstance(storage, FileStorage):
         return FileStorage(storage.path.with_name(storage.path.name + ".locks"),
                            before_replace=storage.before_replace)
-    companion = _MEMORY.get(storage)
-    if companion is None:
-        companion = _MEMORY[storage] = MemoryStorage()
-    return companion
+    return _InKeystore(ks)
+
+
+class _InKeystore:
+    """The sealed records kept in the keystore's setting ``lockouts.records``, for a keystore
+    not kept in a file: they go wherever its application stores its sealed bytes, and outlive
+    the process with them (attack review of the lock records, finding 6: kept in this process's
+    memory, a restart refused every check, and the reset gave a fresh budget).  Each change
+    saves the whole keystore, as before session 10.  The lock is :meth:`Keystore.update`
+    (the records written are saved as it ends); :meth:`inside` marks one taken already."""
+
+    def __init__(self, ks: Keystore) -> None:
+        self._ks = ks
+        self._held = False
+
+    @property
+    def where(self) -> str:
+        return f"{self._ks.storage.where} (its lock records)"
+
+    def exists(self) -> bool:
+        return self.read(_MAX_FILE) is not None
+
+    def read(self, limit: int) -> bytes | None:
+        self._ks.follow()  # nothing to read inside its update
+        data = self._ks.setting(_RECORDS_SETTING)
+        return bytes(data[:limit + 1]) if isinstance(data, bytes) else None
+
+    def replace(self, data: bytes) -> None:
+        if not self._held:
+            raise KeystoreError(f"the lock records at {self.where} are written under its lock")
+        self._ks.set_setting(_RECORDS_SETTING, bytes(data))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        if self._held:  # inside the keystore's update already (see inside)
+            yield
+            return
+        with self._ks.update(), self.inside():
+            yield
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        """The keystore's update is under way: :meth:`lock` is that update."""
+        held, self._held = self._held, True
+        try:
+            yield
+        finally:
+            self._held = held
 
 
 class LockFile:
@@ -108,12 +154,17 @@ class LockFile:
     The interface is the keystore's part a journal uses: :meth:`follow`, :meth:`setting`, and
     :meth:`update` giving an object with ``setting``, ``set_setting`` and ``delete_setting``.
     Records an older pairkit kept in the keystore's settings are moved here when a journal is
-    made (:meth:`take_from_keystore`).
+    made (:meth:`take_from_keystore`).  Beside a keystore not kept in a file the sealed records
+    are kept inside it (:class:`_InKeystore`).  The key is made, under the keystore's lock, after
+    the file is written (:meth:`_cipher`); the keystore's lock is never taken under the file's.
     """
 
     def __init__(self, ks: Keystore) -> None:
         self._ks = ks
-        self._storage = _companion(ks.storage)
+        self._storage = _companion(ks)
+        #: marks the keystore's update as the records' lock too, when they are kept in it
+        self._within: Callable[[], contextlib.AbstractContextManager[None]] = getattr(
+            self._storage, "inside", contextlib.nullcontext)
         self._aead: ChaCha20Poly1305 | None = None
         #: the bytes last read or written (``_UNREAD`` before the first read), and the records
         #: they hold
@@ -125,29 +176,42 @@ class LockFile:
 
     def _cipher(self) -> ChaCha20Poly1305:
         if self._aead is None:
-            made = False
             key = self._ks.setting(_KEY_SETTING)
             if not (isinstance(key, bytes) and len(key) == 32):
                 self._ks.follow()
-                with self._ks.update() as k:  # one process makes it; the others read it
+                with self._ks.update() as k, self._within():  # one process makes it
                     key = k.setting(_KEY_SETTING)
                     if not (isinstance(key, bytes) and len(key) == 32):
                         key = os.urandom(32)
+                        # The file first, then the key (saved as this update ends): a keystore
+                        # holding the key always has its file beside it (see follow), even if
+                        # the disk fills or the process dies between the two writes, and no
+                        # other process reads the key before the file is there (attack review
+                        # of the lock records, finding 2).  A file there now is sealed under
+                        # no key this keystore holds (a keystore made again, or put back from
+                        # before its key; a first use that died before its key was saved):
+                        # nobody can read it, and it is replaced.
+                        with self._storage.lock():
+                            self._storage.replace(self._seal({}, ChaCha20Poly1305(key)))
                         k.set_setting(_KEY_SETTING, key)
-                        made = True
             self._aead = ChaCha20Poly1305(key)
-            if made:  # from now on the file is there (see follow)
-                with self._storage.lock():
-                    if self._storage.read(_MAX_FILE) is None:
-                        self._storage.replace(self._seal({}))
         return self._aead
 
     def follow(self) -> None:
         """Read the records again if another process (or this one's other journals) changed
         them: one short read of a small file when nothing changed."""
         data = self._storage.read(_MAX_FILE)
-        if data == self._seen:
+        if data is not None and data == self._seen:
             return
+        if data is not None and self._aead is None:
+            # The key first (never under the file's lock: update and reset have it before), and
+            # the file again: making the key replaces a file no key here opens (see _cipher).
+            self._cipher()
+            data = self._storage.read(_MAX_FILE)
+        # No file is never "nothing changed": read as no records only while the keystore
+        # holds no key (a process that read no file before another made the key must not take
+        # the file deleted since for the clean slate it read then; attack review of the lock
+        # records, finding 1).  update() reads the key from the keystore first.
         if data is None and self._ks.setting(_KEY_SETTING) is not None:
             # Records were kept here: their file gone is no clean slate (a stranger who can
             # delete a file must not get a fresh budget by it); the owner resets on purpose.
@@ -184,7 +248,7 @@ class LockFile:
         if all(self._ks.setting(key) is None for key in keys):
             return
         self._cipher()  # (the keystore's lock is not taken again inside its update)
-        with self._ks.update() as k, self.update() as mine:
+        with self._ks.update() as k, self._within(), self.update() as mine:
             for key in keys:
                 old = k.setting(key)
                 if old is None:
@@ -211,10 +275,10 @@ class LockFile:
             ) from None
         return records
 
-    def _seal(self, records: Mapping[str, Any]) -> bytes:
+    def _seal(self, records: Mapping[str, Any], aead: ChaCha20Poly1305 | None = None) -> bytes:
         nonce = os.urandom(_NONCE)
         body = cbor2.dumps(dict(records), canonical=True)
-        return _MAGIC + nonce + self._cipher().encrypt(nonce, body, _AD)
+        return _MAGIC + nonce + (aead or self._cipher()).encrypt(nonce, body, _AD)
 
     def reset(self, keys: tuple[str, ...]) -> bool:
         """Remove the records of ``keys``, or every record when the file does not open; whether
