@@ -25,9 +25,11 @@ it opens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,18 +58,12 @@ def _v3_file_with_a_pn(path: Path, key: bytes, pn: bytes) -> None:
     db.close()
 
 
-def test_a_second_process_migrating_at_once_does_not_rerun_version_4(tmp_path: Path) -> None:
-    key, pn = os.urandom(32), os.urandom(16)
-    path = tmp_path / "ttp.sqlite3"
-    _v3_file_with_a_pn(path, key, pn)
 
-    # the second process: its connection as TtpStore makes it, paused once it has read the
-    # version and is about to take the lock for its first step
-    late = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                           check_same_thread=False)
-    late.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    late.execute("PRAGMA journal_mode = WAL")
-    late.execute("PRAGMA foreign_keys = ON")
+@contextlib.contextmanager
+def _paused_migration(late: sqlite3.Connection) -> Iterator[list[object]]:
+    """A second server process migrating on ``late``, paused once it has read the version and
+    is about to take the lock for its first step, while the block runs (the first process);
+    then let go: what its ``migrate`` returned or raised, in the list yielded."""
     reached, go = threading.Event(), threading.Event()
 
     def pause(sql: str) -> None:
@@ -88,6 +84,26 @@ def test_a_second_process_migrating_at_once_does_not_rerun_version_4(tmp_path: P
     thread.start()
     try:
         assert reached.wait(30), "the second process never began its migration"
+        yield outcome
+    finally:
+        go.set()
+        thread.join(30)
+        late.set_trace_callback(None)
+        late.close()
+
+def test_a_second_process_migrating_at_once_does_not_rerun_version_4(tmp_path: Path) -> None:
+    key, pn = os.urandom(32), os.urandom(16)
+    path = tmp_path / "ttp.sqlite3"
+    _v3_file_with_a_pn(path, key, pn)
+
+    # the second process: its connection as TtpStore makes it, paused once it has read the
+    # version and is about to take the lock for its first step
+    late = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    late.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    late.execute("PRAGMA journal_mode = WAL")
+    late.execute("PRAGMA foreign_keys = ON")
+    with _paused_migration(late) as outcome:
         # the first process migrates and serves: a squatter C registers A's PN id
         first = TtpStore(path, Sealer(key))
         try:
@@ -96,11 +112,6 @@ def test_a_second_process_migrating_at_once_does_not_rerun_version_4(tmp_path: P
             )), 2.0)
         finally:
             first.close()
-    finally:
-        go.set()
-        thread.join(30)
-        late.set_trace_callback(None)
-        late.close()
     assert outcome and not isinstance(outcome[0], StoreError), outcome
 
     s = TtpStore(path, Sealer(key))
@@ -172,30 +183,6 @@ def test_a_second_process_creating_the_file_at_once_starts(tmp_path: Path) -> No
     late = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
                            check_same_thread=False)
     late.execute("PRAGMA journal_mode = WAL")
-    reached, go = threading.Event(), threading.Event()
-
-    def pause(sql: str) -> None:
-        if sql.startswith("BEGIN IMMEDIATE") and not reached.is_set():
-            reached.set()
-            go.wait(30)
-
-    late.set_trace_callback(pause)
-    outcome: list[object] = []
-
-    def second_process() -> None:
-        try:
-            outcome.append(migrate(late))
-        except StoreError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=second_process)
-    thread.start()
-    try:
-        assert reached.wait(30), "the second process never began its migration"
+    with _paused_migration(late) as outcome:
         TtpStore(path, Sealer(key)).close()
-    finally:
-        go.set()
-        thread.join(30)
-        late.set_trace_callback(None)
-        late.close()
     assert outcome == [0], outcome
