@@ -1,8 +1,13 @@
 """A :class:`pairkit.clock.Clock` a test moves by hand: a wall clock and a monotonic one, which a
-reboot starts anew (:meth:`Clocks.reboot`: a new boot id too).  Used by tests/test_lockouts.py
+reboot starts anew (:meth:`Clocks.reboot`: a new boot id too); and the system's clocks run
+ahead (:class:`Ahead`).  Used by tests/test_lockouts.py
 and tests/attacks/test_attack_pn_pin.py."""
 
 from __future__ import annotations
+
+import time
+
+from pairkit.clock import SYSTEM_CLOCK
 
 
 class Clocks:
@@ -31,3 +36,20 @@ class Clocks:
     def advance(self, seconds: float) -> None:
         self.now_wall += seconds
         self.now_monotonic += seconds
+
+
+class Ahead:
+    """The system's clocks ``seconds`` ahead, in the same boot: a host process of the device
+    that looks at its lock records that much later."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def wall(self) -> float:
+        return time.time() + self.seconds
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.seconds
+
+    def boot_id(self) -> str | None:
+        return SYSTEM_CLOCK.boot_id()

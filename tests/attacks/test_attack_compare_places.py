@@ -6,7 +6,7 @@ budget").
 Played by the real host machines under :func:`pairkit.driver.drive` over loopback links
 (tests/turns_harness.py) with the real keystore on disk; two ``Keystore`` objects on one file
 are two host processes of the device.  A host process that looks at the keystore later is one
-whose clocks run ahead (:class:`Later`): what it reads then, in the same boot.
+whose clocks run ahead (:class:`tests.clock_harness.Ahead`): what it reads then, in the same boot.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pairkit.lockouts import forget_lockouts, lock_file
 from pairkit.pairing.methods import ConfirmCode, GuestPairing, LocalIdentity, PairingConfig
 from pairkit.pairing.methods.common import S_ASK, S_NOISE, S_TURN
 from pairkit.pairing.negotiation import Method
+from tests.clock_harness import Ahead
 from tests.lockout_harness import KS_PIN, HostProcess, ks_path
 from tests.lockout_harness import host as host_process_side
 from tests.turns_harness import BUDGET, Answers, Mallory, Visits, WatchedHost, until
@@ -39,21 +40,6 @@ WITHIN = 20 * STEP
 LATER = 200.0
 
 
-class Later:
-    """The system's clocks ``seconds`` ahead, in the same boot: a host process of the device
-    that looks at the keystore that much later."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def wall(self) -> float:
-        return time.time() + self.seconds
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.seconds
-
-    def boot_id(self) -> str | None:
-        return SYSTEM_CLOCK.boot_id()
 
 
 class SlowYes:
@@ -110,7 +96,7 @@ async def test_a_give_back_left_to_a_waiter_that_leaves_is_kept(ks_path: Path) -
     await until(lambda: honest.host.state == S_NOISE and waiter["visit"].host_task.done(),
                 WITHIN)
     try:
-        later = Later(LATER)
+        later = Ahead(LATER)
         other = host_process_side(ks_path, later, CONFIG).state.compare_lock
         kept = places_kept(ks_path)
         wait = other.locked_for(later.monotonic())

@@ -30,7 +30,7 @@ from pairkit.pairing.methods.common import S_ASK, S_TURN
 from pairkit.pairing.negotiation import Method
 from pairkit.session import HostSide
 from tests.cli_helpers import KEYSTORE_PIN, Lab
-from tests.clock_harness import Clocks
+from tests.clock_harness import Ahead, Clocks
 from tests.lockout_harness import KS_PIN, DiskFull, HostProcess, ks_path
 from tests.lockout_harness import host as host_process_side
 from tests.turns_harness import BUDGET, Answers, Mallory, Visits, WatchedHost, until
@@ -103,21 +103,6 @@ async def test_two_host_processes_show_no_more_codes_at_once_than_the_budget(
     assert codes <= BUDGET, f"Mallory read {codes} codes, none of them confirmed"
 
 
-class Ahead:
-    """The system's clocks ``seconds`` ahead, in the same boot: a host process that looks at
-    the keystore that much later."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def wall(self) -> float:
-        return time.time() + self.seconds
-
-    def monotonic(self) -> float:
-        return time.monotonic() + self.seconds
-
-    def boot_id(self) -> str | None:
-        return SYSTEM_CLOCK.boot_id()
 
 
 #: past the end of every compare exchange a host began now (at this step a host waits two

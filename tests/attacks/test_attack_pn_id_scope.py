@@ -211,21 +211,7 @@ async def test_an_element_that_joins_a_squatters_pn_under_its_gateways_id_keeps_
     membership of another gateway's PN that happens to carry the same id."""
     names = {"gw": "Paul's phone", "sq": "Mallory's phone", "watch": "Paul's watch"}
     async with pn_lab(tmp_path, names) as lab:
-        port = free_port()
-        gw_addr = f"tcp:127.0.0.1:{port}"
-        gw = await lab.start("gw", "pn", "gateway", "-t", gw_addr, "--yes", "--json")
-        await gw.narration("is the PN gateway on")
-        pn_id = (await lab.run("watch", "pn", "join", gw_addr, "--setup", "1-1", "--json")
-                 ).ok().json()["pn"]
-
-        _take_pn_id(lab.homes["sq"], pn_id)
-        sq_addr = f"tcp:127.0.0.1:{free_port()}"
-        sq = await lab.start("sq", "pn", "gateway", "-t", sq_addr, "--yes", "--json")
-        await sq.narration("is the PN gateway on")
-        joined = (await lab.run("watch", "pn", "join", sq_addr, "--setup", "1-1", "--json")
-                  ).ok().json()
-        assert joined["pn"] == pn_id and joined["gateway"]["id"] == lab.ids["sq"]
-
+        pn_id, gw_addr, _, _ = await _member_of_both(lab, names)
         pns = (await lab.run("watch", "pn", "ls", "--json")).ok().json()["pns"]
         assert sorted((p["pn"], p["gateway"]["id"]) for p in pns) == sorted(
             [(pn_id, lab.ids["gw"]), (pn_id, lab.ids["sq"])])
