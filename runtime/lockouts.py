@@ -50,6 +50,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .filestore import FileStorage
 from .pairing.errors import KeystoreError
 from .pairing.keystore import Keystore
+from .pairing.keystore.records import thaw
 from .pairing.keystore.storage import Storage
 from .pairing.methods.common import TIME_SLACK, LockRecord, Place
 
@@ -63,8 +64,6 @@ HOST_KINDS: Final = ("pin", "compare")
 _PREFIX: Final = "lockout."
 #: failures kept per lock: all a policy reads is the last ``max_failures``
 _MAX_KEPT: Final = 64
-
-
 
 #: the keystore setting holding the lock file's key (made once, kept sealed in the keystore)
 _KEY_SETTING: Final = "lockouts.key"
@@ -254,7 +253,7 @@ class LockFile:
                 if old is None:
                     continue
                 if mine.setting(key) is None:
-                    mine.set_setting(key, _plain(old))
+                    mine.set_setting(key, thaw(old))
                 k.delete_setting(key)
 
     def _open(self, data: bytes | None) -> dict[str, Any]:
@@ -316,15 +315,6 @@ class _Records:
         if key in self.values:
             del self.values[key]
             self.changed = True
-
-
-def _plain(value: Any) -> Any:
-    """A keystore setting's read-only value as plain CBOR data."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
 
 
 #: each keystore's lock file, shared by its journals in this process

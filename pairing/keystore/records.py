@@ -27,6 +27,7 @@ __all__ = [
     "clean_name",
     "device_id_of",
     "fingerprint_of",
+    "thaw",
 ]
 
 MAX_NAME_LENGTH: Final = 64
@@ -76,12 +77,13 @@ def _freeze(value: Any, what: str, depth: int = 0) -> Any:
     raise ConfigError(f"{what} must be plain CBOR data, not {type(value).__name__}")
 
 
-def _thaw(value: Any) -> Any:
-    """The inverse of :func:`_freeze`, for encoding."""
+def thaw(value: Any) -> Any:
+    """A stored value as plain data again (tuples to lists, read-only maps to dicts): the
+    inverse of :func:`_freeze`, for encoding (the keystore's body, the lock records)."""
     if isinstance(value, tuple | list):
-        return [_thaw(item) for item in value]
+        return [thaw(item) for item in value]
     if isinstance(value, Mapping):
-        return {key: _thaw(item) for key, item in value.items()}
+        return {key: thaw(item) for key, item in value.items()}
     return value
 
 
@@ -225,9 +227,9 @@ class Peer:
             "method": self.method,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            "their_prekeys": _thaw(self.their_prekeys),
-            "our_prekeys": _thaw(self.our_prekeys),
-            "extra": _thaw(self.extra),
+            "their_prekeys": thaw(self.their_prekeys),
+            "our_prekeys": thaw(self.our_prekeys),
+            "extra": thaw(self.extra),
         }
 
     @classmethod

@@ -48,9 +48,9 @@ from .records import (
     _check_public_key,
     _check_time,
     _freeze,
-    _thaw,
     device_id_of,
     fingerprint_of,
+    thaw,
 )
 from .seal import (
     CHECK_SIZE,
@@ -305,7 +305,7 @@ class Keystore:
             "peers": cbor.encode_head(4, len(peers)) + self._peers_encoded(peers),
             "clouds": cbor.encode(self._clouds),
             "groups": cbor.encode(self._groups),
-            "settings": cbor.encode({k: _thaw(v) for k, v in self._settings.items()}),
+            "settings": cbor.encode({k: thaw(v) for k, v in self._settings.items()}),
         }
         # canonical key order: shorter encoded keys first, then bytewise (as cbor2 sorts)
         keys = sorted(((cbor.encode(key), key) for key in members),
@@ -864,7 +864,7 @@ class Keystore:
         if record.role == "member":
             legacy = self._pn_key("member", record.pn_id)
             old = self._settings.get(legacy)
-            if old is not None and PnRecord._from_cbor(_thaw(old)).gw_id == record.gw_id:
+            if old is not None and PnRecord._from_cbor(thaw(old)).gw_id == record.gw_id:
                 del self._settings[legacy]
 
     def pns(self, role: str | None = None) -> tuple[PnRecord, ...]:
@@ -873,7 +873,7 @@ class Keystore:
         for key, value in self._settings.items():
             if not key.startswith(self.PN_PREFIX):
                 continue
-            record = PnRecord._from_cbor(_thaw(value))
+            record = PnRecord._from_cbor(thaw(value))
             if role is None or record.role == role:
                 out.append(record)
         return tuple(sorted(out, key=lambda r: (r.updated, r.pn_id)))
@@ -884,6 +884,6 @@ class Keystore:
         for key, value in list(self._settings.items()):
             if not key.startswith(self.PN_PREFIX):
                 continue
-            record = PnRecord._from_cbor(_thaw(value))
+            record = PnRecord._from_cbor(thaw(value))
             if record.role == role and record.pn_id == pn_id and gw_id in (None, record.gw_id):
                 del self._settings[key]
