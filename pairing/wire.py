@@ -753,7 +753,7 @@ def _make_encoder(cls: type, *, message: bool) -> Any:
 
 def _compile(cls: type, what: str, lines: list[str], names: dict[str, Any]) -> Any:
     source = "\n".join(lines) + "\n"
-    code = compile(source, f"<wire {what} of {cls.__qualname__}>", "exec")
+    code = compile(source, f"<pairing/wire.py: {what} of {cls.__qualname__}>", "exec")
     exec(code, names)  # noqa: S102 - generated from the class definition only, never from input
     return names[what]
 

@@ -223,6 +223,12 @@ def _map_mutations(rng: random.Random, data: bytes) -> Iterator[bytes]:
     if not isinstance(body, dict):
         return
     keys = list(body)
+    for k in keys:  # each key left out, here and in each map one down
+        yield cbor2.dumps({j: v for j, v in body.items() if j != k}, canonical=True)
+        if isinstance(body[k], dict):
+            for inner in body[k]:
+                less = {j: v for j, v in body[k].items() if j != inner}
+                yield cbor2.dumps({**body, k: less}, canonical=True)
     for _ in range(8):
         m = dict(body)
         what = rng.randrange(8)
@@ -237,7 +243,10 @@ def _map_mutations(rng: random.Random, data: bytes) -> Iterator[bytes]:
             v = m[k]
             if isinstance(v, dict) and v:
                 v = dict(v)
-                v[rng.choice(list(v))] = rng.choice(_OTHER_VALUES)
+                if rng.random() < 0.5:
+                    v[rng.choice(list(v))] = rng.choice(_OTHER_VALUES)
+                else:
+                    del v[rng.choice(list(v))]
                 m[k] = v
             elif isinstance(v, list):
                 m[k] = [*v, rng.choice(_OTHER_VALUES)] if rng.random() < 0.5 else v[:-1]
@@ -282,10 +291,41 @@ def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
         return "error", (type(exc), str(exc))
 
 
+def _fresh(value: Any) -> Any:
+    """A copy of a message with its fields only (nothing kept from an earlier encoding)."""
+    if isinstance(value, tuple):
+        return tuple(_fresh(v) for v in value)
+    if not isinstance(value, wire.Message):
+        return value
+    copy = object.__new__(type(value))
+    fields = dataclasses.fields(value)
+    copy.__dict__.update({f.name: _fresh(getattr(value, f.name)) for f in fields})
+    return copy
+
+
+def _encodings_of(value: Any) -> Iterator[tuple[Any, Any]]:
+    """(the decoded value's encoding, a fresh copy's by the general encoder) for the value and
+    every struct inside it: a decoded struct keeps the bytes it came from as its encoding."""
+    if isinstance(value, tuple):
+        for v in value:
+            yield from _encodings_of(v)
+        return
+    if not isinstance(value, wire.Message):
+        return
+    yield (_outcome(lambda: wire.encode_struct(value)),
+           _outcome(lambda: wire._encode_struct_general(_fresh(value))))
+    if hasattr(value, "TYPE"):
+        yield _outcome(value.encode), _outcome(lambda: wire._encode_general(_fresh(value)))
+    for f in dataclasses.fields(value):
+        yield from _encodings_of(getattr(value, f.name))
+
+
 def _check(new: Callable[[], Any], old: Callable[[], Any], what: str) -> None:
     got, want = _outcome(new), _outcome(old)
     if got[0] == want[0] == "value":
         assert _same(got[1], want[1]), what
+        for mine, general in _encodings_of(got[1]):
+            assert mine == general, what
     else:
         assert got == want, what
 
