@@ -16,6 +16,10 @@ keys decode to ``None``).  Decoding is strict: the whole encoding must pass
 must fit its type's size limit, every key must be known to its type, every field must have the
 declared type and length, and every failure is a :class:`~pairing.errors.DecodeError`.
 
+Each class also gets a straight-line encoder and decoder generated from its definition (see
+"Straight-line codecs" below): a fast path for the commonest form of each field only, which
+gives up on anything else, so that every other input and every error is the general codec's.
+
 Message classes are declared with :func:`message`::
 
     @message(type_id=7, max_size=256)
