@@ -791,32 +791,42 @@ def _decoder(cls: type, nested: bool) -> Any:
     return dec
 
 
-def _uint(lines: list[str], var: str, at: str, indent: str) -> None:
-    """Lines reading an unsigned integer whose head is at ``data[at]`` into ``var``, shortest
-    form only, and moving ``pos`` past it (the head's additional information 0 to 27)."""
+def _long_uint(data: bytes, pos: int, n: int, first: int) -> tuple[int, int] | None:
+    """An unsigned integer whose head ``first`` at ``data[pos]`` has additional information 25
+    to 27 (2, 4 or 8 bytes follow), in its shortest form only: (value, position after), or
+    None."""
+    if not 25 <= first <= 27:
+        return None
+    width = 1 << (first - 24)
+    end = pos + 1 + width
+    if end > n:
+        return None
+    value = int.from_bytes(data[pos + 1 : end], "big")
+    if value < 1 << (4 * width):  # would fit the head before: 256, 65,536, 2**32
+        return None
+    return value, end
+
+
+def _uint(lines: list[str], var: str, indent: str) -> None:
+    """Lines reading an unsigned integer whose head is at ``data[pos]`` into ``var``, shortest
+    form only, and moving ``pos`` past it (the head's additional information 0 to 27; the
+    long forms, seldom met, by :func:`_long_uint`, which keeps the generated code short)."""
     lines += [
-        f"{indent}first = data[{at}]",
+        f"{indent}first = data[pos]",
         f"{indent}if first < 24:",
         f"{indent}    {var} = first",
-        f"{indent}    pos = {at} + 1",
+        f"{indent}    pos += 1",
         f"{indent}elif first == 24:",
-        f"{indent}    {var} = data[{at} + 1]",
+        f"{indent}    {var} = data[pos + 1]",
         f"{indent}    if {var} < 24:",
         f"{indent}        return None",
-        f"{indent}    pos = {at} + 2",
+        f"{indent}    pos += 2",
+        f"{indent}else:",
+        f"{indent}    got_int = _long_uint(data, pos, n, first)",
+        f"{indent}    if got_int is None:",
+        f"{indent}        return None",
+        f"{indent}    {var}, pos = got_int",
     ]
-    for info, width, smallest in ((25, 2, 1 << 8), (26, 4, 1 << 16), (27, 8, 1 << 32)):
-        lines += [
-            f"{indent}elif first == {info}:",
-            f"{indent}    end = {at} + {1 + width}",
-            f"{indent}    if end > n:",
-            f"{indent}        return None",
-            f"{indent}    {var} = int.from_bytes(data[{at} + 1:end], 'big')",
-            f"{indent}    if {var} < {smallest}:",
-            f"{indent}        return None",
-            f"{indent}    pos = end",
-        ]
-    lines += [f"{indent}else:", f"{indent}    return None"]
 
 
 def _length(lines: list[str], major: int, indent: str) -> None:
@@ -866,7 +876,7 @@ def _make_decoder(cls: type, nested: bool) -> Any:
     )
     if nested and not direct:
         return _NO_FAST
-    names: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    names: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_long_uint": _long_uint}
     lines = ["def decode(data, pos, n, count):", "    got = 0"]
     for i, f in enumerate(fields):
         how = _fast_kind(f.kind)
@@ -906,10 +916,10 @@ def _make_decoder(cls: type, nested: bool) -> Any:
                 lines += [f"        if len({v}) > {max_len}:", "            return None"]
             lines.append("        pos = end")
         elif how == "int":
-            _uint(lines, v, "pos", "        ")
+            _uint(lines, v, "        ")
         elif how == "enum":
             names[f"m{i}"] = f.kind._value2member_map_
-            _uint(lines, "number", "pos", "        ")
+            _uint(lines, "number", "        ")
             lines += [f"        {v} = m{i}.get(number)", f"        if {v} is None:",
                       "            return None"]
         elif how == "bool":

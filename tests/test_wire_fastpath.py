@@ -431,3 +431,24 @@ def test_a_check_of_the_class_comes_after_the_end_of_the_message() -> None:
                    data.hex())
             _check(lambda d=data: wire.decode_struct(Offer, d),
                    lambda d=data: wire._decode_struct_general(Offer, d), data.hex())
+
+
+def test_every_head_of_an_integer_at_the_end_of_a_message() -> None:
+    """The last field an integer (Offer.step_ms), its head each additional information 24 to 31
+    (the long forms, the reserved ones, the indefinite marker) followed by 0 to 16 bytes of
+    each of three values: the generated decoder's long-form reader against the general one."""
+    from pairkit.pairing.messages import Announce, Offer
+    from pairkit.pairing.negotiation import Method
+
+    hello = Announce(caps=0, methods=1, method=Method.PIN, name="a", nonce=bytes(16))
+    for good in (Offer(hello=hello, step_ms=100).encode(),
+                 wire.encode_struct(Offer(hello=hello, step_ms=100))):
+        assert good.endswith(b"\x08\x18\x64")
+        for info in range(24, 32):
+            for width in (0, 1, 2, 3, 4, 8, 9, 16):
+                for fill in (b"\x00", b"\x01", b"\xff"):
+                    data = good[:-2] + bytes((info,)) + fill * width
+                    _check(lambda d=data: wire.decode(d), lambda d=data: wire._decode_general(d),
+                           data.hex())
+                    _check(lambda d=data: wire.decode_struct(Offer, d),
+                           lambda d=data: wire._decode_struct_general(Offer, d), data.hex())
