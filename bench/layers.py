@@ -77,7 +77,8 @@ _BY_PATH = (
     ("pairing/noise.py", "noise (py)"),
     ("hmac.py", "noise (py)"),
     ("pairing/cpace.py", "cpace (py)"),
-    ("pairing/wire.py", "wire/cbor"),
+    ("pairing/wire.py", "wire/cbor"),  # with the codecs it generates, <pairing/wire.py: ...>
+    ("wire.py: ", "wire/cbor"),  # the same as py-spy names them (the file's last part)
     ("pairing/cbor.py", "wire/cbor"),
     ("pairing/messages.py", "wire/cbor"),
     ("enum.py", "wire/cbor"),

@@ -16,6 +16,10 @@ keys decode to ``None``).  Decoding is strict: the whole encoding must pass
 must fit its type's size limit, every key must be known to its type, every field must have the
 declared type and length, and every failure is a :class:`~pairing.errors.DecodeError`.
 
+Each class also gets a straight-line encoder and decoder generated from its definition (see
+"Straight-line codecs" below): a fast path for the commonest form of each field only, which
+gives up on anything else, so that every other input and every error is the general codec's.
+
 Message classes are declared with :func:`message`::
 
     @message(type_id=7, max_size=256)
@@ -60,17 +64,30 @@ class Message:
         cached: bytes | None = self.__dict__.get(_ENCODED)
         if cached is not None:
             return cached
-        # Keys ascending (version, type, then the fields by key): the canonical order.
-        body: dict[int, Any] = {K_VERSION: VERSION, K_TYPE: self.TYPE}
-        body.update(_encode_body(self))
-        data = cbor.encode_ordered(body)
-        if len(data) > self.MAX_SIZE:
-            raise TooLargeError(
-                f"{type(self).__name__} encodes to {len(data)} bytes, over its limit "
-                f"of {self.MAX_SIZE}"
-            )
-        object.__setattr__(self, _ENCODED, data)
-        return data
+        enc = _FAST_MESSAGE_ENC.get(type(self))
+        if enc is None:
+            enc = _FAST_MESSAGE_ENC[type(self)] = _make_encoder(type(self), message=True)
+        if enc is not _NO_FAST:
+            fast: bytes | None = enc(self)
+            if fast is not None and len(fast) <= self.MAX_SIZE:
+                object.__setattr__(self, _ENCODED, fast)
+                return fast
+        return _encode_general(self)
+
+
+def _encode_general(msg: Message) -> bytes:
+    """:meth:`Message.encode` by the general encoder (when the generated one gives up)."""
+    # Keys ascending (version, type, then the fields by key): the canonical order.
+    body: dict[int, Any] = {K_VERSION: VERSION, K_TYPE: msg.TYPE}
+    body.update(_encode_body(msg))
+    data = cbor.encode_ordered(body)
+    if len(data) > msg.MAX_SIZE:
+        raise TooLargeError(
+            f"{type(msg).__name__} encodes to {len(data)} bytes, over its limit "
+            f"of {msg.MAX_SIZE}"
+        )
+    object.__setattr__(msg, _ENCODED, data)
+    return data
 
 
 # A message is a frozen dataclass of immutable values, so its encoding never changes: each is
@@ -420,13 +437,30 @@ def encode_struct(value: Message) -> bytes:
     """Encode a :func:`struct` value on its own (to put inside an encrypted payload)."""
     cached: bytes | None = value.__dict__.get(_ENCODED_STRUCT)
     if cached is None:
-        cached = cbor.encode_ordered(_encode_body(value))
-        object.__setattr__(value, _ENCODED_STRUCT, cached)
+        cached = _struct_bytes(value)
+    if cached is None:
+        cached = _encode_struct_general(value)
     return cached
+
+
+def _encode_struct_general(value: Message) -> bytes:
+    """:func:`encode_struct` by the general encoder (when the generated one gives up)."""
+    data = cbor.encode_ordered(_encode_body(value))
+    object.__setattr__(value, _ENCODED_STRUCT, data)
+    return data
 
 
 def decode_struct(cls: type[T], data: bytes, *, max_size: int = 4096) -> T:
     """Decode a :func:`struct` value strictly (see :func:`decode`)."""
+    if type(data) is bytes:
+        fast = _fast_decode_struct(cls, data, max_size)
+        if fast is not None:
+            return fast  # type: ignore[no-any-return]
+    return _decode_struct_general(cls, data, max_size=max_size)
+
+
+def _decode_struct_general(cls: type[T], data: bytes, *, max_size: int = 4096) -> T:
+    """:func:`decode_struct` by the general decoder (what the generated one does not take)."""
     body = cbor.decode(data, max_size=max_size)
     if not isinstance(body, dict):
         raise DecodeError(f"{cls.__name__} must be a CBOR map")
@@ -453,6 +487,15 @@ def decode(data: bytes, expect: type[T] | tuple[type, ...] | None = None) -> T:
 
     :raises DecodeError: for anything that is not a well-formed, known, in-limit message.
     """
+    if type(data) is bytes:
+        fast = _fast_decode(data, expect)
+        if fast is not None:
+            return fast  # type: ignore[no-any-return]
+    return _decode_general(data, expect)
+
+
+def _decode_general(data: bytes, expect: type[T] | tuple[type, ...] | None = None) -> T:
+    """:func:`decode` by the general decoder (what the generated one does not take)."""
     if len(data) > MAX_MESSAGE:
         raise DecodeError(f"message of {len(data)} bytes is over the limit of {MAX_MESSAGE}")
     body = cbor.decode(data, max_size=MAX_MESSAGE)
@@ -476,6 +519,539 @@ def decode(data: bytes, expect: type[T] | tuple[type, ...] | None = None) -> T:
             names = " or ".join(c.__name__ for c in allowed)
             raise DecodeError(f"expected {names}, got {cls.__name__}")
     return _decode_body(cls, body, skip=(K_VERSION, K_TYPE))  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------------------------
+# Straight-line codecs generated per class (issue 13)
+# --------------------------------------------------------------------------------------------
+#
+# The general codec above builds a map and hands it to cbor2 (encoding), and decodes any CBOR
+# into a map and then checks it field by field (decoding): about 8 and 13 us a message, 12 to
+# 15% of a loopback pairing.  For each class, the first time it is encoded or decoded, a pair
+# of functions is generated from its static definition alone (field keys, names, kinds, sizes:
+# as ``dataclasses`` generates ``__init__``), never from input:
+#
+# * the encoder writes the canonical bytes of the fields in key order, each value of the
+#   expected type (exact ``bytes`` of the declared size, ``str``, ``int`` within 64 bits, the
+#   declared IntEnum, a struct, a tuple of those) straight after its precomputed key and head;
+# * the decoder reads the bytes in the one form the general decoder accepts for each field
+#   (shortest heads, the declared kind, size and bounds, keys in ascending order), counting the
+#   pairs against the map's head and, for a message, ending exactly at the end of the data.
+#
+# Each is a fast path only: at the first byte or value that is not exactly what it expects it
+# returns None, and the call goes through the general codec above, unchanged, which encodes
+# the same bytes or raises the same error with the same text.  So the fast decoder accepts a
+# subset of what the general decoder accepts, giving the same value (a map of exactly the pairs
+# it read, each key a small unsigned integer above the previous one, each value in shortest
+# form and within its field's limits), and everything else, every refusal included, is the
+# general decoder's.  tests/test_wire_fastpath.py compares the two on mutated messages.
+
+#: a message's map after its head: key 0, the version, key 1 (then the type, then the fields)
+_TOP_KEYS = bytes((K_VERSION, VERSION, K_TYPE))
+_MAP_HEADS = tuple(cbor.encode_head(5, i) for i in range(32))
+_SMALL_HEADS = {m: tuple(cbor.encode_head(m, i) for i in range(256)) for m in (0, 2, 3, 4)}
+#: a class's generated encoder (struct form, message form) and decoder, or _NO_FAST
+_NO_FAST: Any = object()
+_FAST_STRUCT_ENC: dict[type, Any] = {}
+_FAST_MESSAGE_ENC: dict[type, Any] = {}
+#: decoders by (class, whether for a struct inside a map)
+_FAST_DEC: dict[tuple[type, bool], Any] = {}
+#: classes whose decoder is being generated (a class nested in itself gets none)
+_GENERATING: set[type] = set()
+
+
+def _head(major: int, n: int) -> bytes:
+    return _SMALL_HEADS[major][n] if n < 256 else cbor.encode_head(major, n)
+
+
+def _enc_any(kind: Any, value: Any) -> bytes | None:
+    """``value``'s encoding as :func:`_encode_value` and cbor2 make it, or None (then the
+    general codec encodes the message)."""
+    t = type(value)
+    if t is bytes:
+        return _head(2, len(value)) + value
+    if t is str:
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return _head(3, len(raw)) + raw
+    if t is int:
+        return _head(0, value) if 0 <= value <= MAX_INT else None
+    if t is bool:
+        return b"\xf5" if value else b"\xf4"
+    inner = _tuple_item(kind)
+    if inner is not _NOT_A_TUPLE:
+        if t is not tuple:
+            return None
+        parts = [_head(4, len(value))]
+        for item in value:
+            raw = _enc_any(inner, item)
+            if raw is None:
+                return None
+            parts.append(raw)
+        return b"".join(parts)
+    if isinstance(value, Message):
+        return _struct_bytes(value)
+    if isinstance(value, IntEnum):
+        number = int(value)
+        return _head(0, number) if 0 <= number <= MAX_INT else None
+    return None
+
+
+def _struct_bytes(value: Message) -> bytes | None:
+    """``encode_struct(value)`` by the generated encoder (kept as encode_struct keeps it)."""
+    cached: bytes | None = value.__dict__.get(_ENCODED_STRUCT)
+    if cached is not None:
+        return cached
+    cls = type(value)
+    enc = _FAST_STRUCT_ENC.get(cls)
+    if enc is None:
+        enc = _FAST_STRUCT_ENC[cls] = _make_encoder(cls, message=False)
+    if enc is _NO_FAST:
+        return None
+    data: bytes | None = enc(value)
+    if data is not None:
+        object.__setattr__(value, _ENCODED_STRUCT, data)
+    return data
+
+
+def _fast_kind(kind: Any) -> str | None:
+    """What the generated code does with a field of ``kind``, or None when it cannot."""
+    if kind is bytes:
+        return "bytes"
+    if kind is str:
+        return "str"
+    if kind is bool:
+        return "bool"
+    if kind is int:
+        return "int"
+    if isinstance(kind, type) and issubclass(kind, IntEnum):
+        return "enum"
+    if isinstance(kind, type) and issubclass(kind, Message) and _tuple_item(kind) is _NOT_A_TUPLE:
+        return "struct"
+    if _tuple_item(kind) is bytes:
+        return "digests"
+    return None
+
+
+def _fast_fields(cls: type) -> tuple[_Field, ...] | None:
+    """``cls``'s fields by key when every one can be generated, else None."""
+    fields = getattr(cls, "_KEY_ORDER", None)
+    if not isinstance(fields, tuple):
+        return None
+    for f in fields:
+        if (
+            type(f.key) is not int
+            or not 2 <= f.key < 24
+            or not f.name.isidentifier()
+            or _fast_kind(f.kind) is None
+            or not (f.size is None or (type(f.size) is int and 0 <= f.size < 1 << 16))
+            or not (f.max_len is None or (type(f.max_len) is int and 0 <= f.max_len))
+        ):
+            return None
+    return fields
+
+
+def _make_encoder(cls: type, *, message: bool) -> Any:
+    """Generate ``cls``'s encoder: the message's bytes (``message``) or the struct's, or None
+    for any value it does not take as it is (see the section's comment).
+
+    Each field's commonest value (of its declared kind; short) is written after a key and head
+    worked out here; any other value goes through :func:`_enc_any`, which writes what the
+    general encoder would, or gives up (None)."""
+    fields = _fast_fields(cls)
+    type_id = getattr(cls, "TYPE", None) if message else 0
+    if fields is None or type(type_id) is not int or not 0 <= type_id <= MAX_INT:
+        return _NO_FAST
+    names: dict[str, Any] = {
+        "_enc_any": _enc_any,
+        "_MAP_HEADS": _MAP_HEADS,
+        "_set": object.__setattr__,
+        "_ES": _ENCODED_STRUCT,
+    }
+    lines = ["def encode(msg):", "    c = 0"]
+    if message:
+        names["_TOP"] = _TOP_KEYS + _head(0, type_id)
+        lines.append("    parts = [b'', _TOP]")
+    else:
+        lines.append("    parts = [b'']")
+    for i, f in enumerate(fields):
+        names[f"k{i}"] = kind = f.kind
+        names[f"key{i}"] = key = bytes((f.key,))
+        how = _fast_kind(kind)
+        lines += [f"    v = msg.{f.name}", "    if v is not None:", "        c += 1"]
+        fast: list[str] = []
+        if how == "bytes" and f.size is not None:
+            names[f"pre{i}"] = key + _head(2, f.size)
+            fast = [f"if type(v) is bytes and len(v) == {f.size}:", f"    parts += (pre{i}, v)"]
+        elif how in ("bytes", "str", "int"):
+            major = {"bytes": 2, "str": 3, "int": 0}[how]
+            names[f"kh{i}"] = tuple(key + _head(major, j) for j in range(256))
+            if how == "bytes":
+                fast = ["if type(v) is bytes and len(v) < 256:", f"    parts += (kh{i}[len(v)], v)"]
+            elif how == "str":  # ASCII: as many bytes as characters
+                fast = [
+                    "if type(v) is str and len(v) < 256 and v.isascii():",
+                    f"    parts += (kh{i}[len(v)], v.encode('ascii'))",
+                ]
+            else:
+                fast = ["if type(v) is int and 0 <= v < 256:", f"    parts.append(kh{i}[v])"]
+        elif how == "enum":
+            names[f"ke{i}"] = {
+                m: key + _head(0, int(m)) for m in kind if 0 <= int(m) <= MAX_INT
+            }
+            lines.append(f"        raw = ke{i}.get(v) if type(v) is k{i} else None")
+            fast = ["if raw is not None:", "    parts.append(raw)"]
+        elif how == "bool":
+            names[f"kt{i}"], names[f"kf{i}"] = key + b"\xf5", key + b"\xf4"
+            fast = ["if type(v) is bool:", f"    parts.append(kt{i} if v else kf{i})"]
+        elif how == "struct":
+            inner = _FAST_STRUCT_ENC.get(kind)
+            if inner is None:
+                inner = _FAST_STRUCT_ENC[kind] = _make_encoder(kind, message=False)
+            if inner is not _NO_FAST:
+                names[f"s{i}"] = inner
+                fast = [
+                    f"if type(v) is k{i}:",
+                    "    raw = v.__dict__.get(_ES)",
+                    "    if raw is None:",
+                    f"        raw = s{i}(v)",
+                    "        if raw is None:",
+                    "            return None",
+                    "        _set(v, _ES, raw)",
+                    f"    parts += (key{i}, raw)",
+                ]
+        elif how == "digests" and f.size is not None:
+            names[f"ka{i}"] = tuple(key + _head(4, j) for j in range(256))
+            names[f"ih{i}"] = _head(2, f.size)
+            lines += [
+                "        ok = type(v) is tuple and len(v) < 256",
+                "        if ok:",
+                "            for x in v:",
+                f"                if type(x) is not bytes or len(x) != {f.size}:",
+                "                    ok = False",
+                "                    break",
+            ]
+            fast = [
+                "if ok:",
+                f"    parts.append(ka{i}[len(v)])",
+                "    if v:",
+                f"        parts += (ih{i}, ih{i}.join(v))",
+            ]
+        generic = [
+            f"raw = _enc_any(k{i}, v)",
+            "if raw is None:",
+            "    return None",
+            f"parts += (key{i}, raw)",
+        ]
+        if fast:
+            lines += ["        " + line for line in fast]
+            lines += ["        else:", *("            " + line for line in generic)]
+        else:
+            lines += ["        " + line for line in generic]
+    pairs = "c + 2" if message else "c"
+    lines += [f"    parts[0] = _MAP_HEADS[{pairs}]", "    return b''.join(parts)"]
+    return _compile(cls, "encode", lines, names)
+
+
+def _compile(cls: type, what: str, lines: list[str], names: dict[str, Any]) -> Any:
+    source = "\n".join(lines) + "\n"
+    code = compile(source, f"<pairing/wire.py: {what} of {cls.__qualname__}>", "exec")
+    exec(code, names)  # noqa: S102 - generated from the class definition only, never from input
+    return names[what]
+
+
+def _static_depth(cls: type, within: frozenset[type] = frozenset()) -> int:
+    """How deep the maps and arrays of ``cls`` nest, at most (a struct field adds its own; a
+    class nested in itself counts as too deep)."""
+    if cls in within:
+        return 1 << 10
+    depth = 1
+    for f in cls._KEY_ORDER:  # type: ignore[attr-defined]
+        how = _fast_kind(f.kind)
+        if how == "struct":
+            depth = max(depth, 1 + _static_depth(f.kind, within | {cls}))
+        elif how == "digests":
+            depth = max(depth, 2)
+    return depth
+
+
+def _decoder(cls: type, nested: bool) -> Any:
+    dec = _FAST_DEC.get((cls, nested))
+    if dec is None:
+        if cls in _GENERATING:
+            return _NO_FAST
+        _GENERATING.add(cls)
+        try:
+            dec = _make_decoder(cls, nested)
+        finally:
+            _GENERATING.discard(cls)
+        _FAST_DEC[(cls, nested)] = dec
+    return dec
+
+
+def _long_uint(data: bytes, pos: int, n: int, first: int) -> tuple[int, int] | None:
+    """An unsigned integer whose head ``first`` at ``data[pos]`` has additional information 25
+    to 27 (2, 4 or 8 bytes follow), in its shortest form only: (value, position after), or
+    None."""
+    if not 25 <= first <= 27:
+        return None
+    width = 1 << (first - 24)
+    end = pos + 1 + width
+    if end > n:
+        return None
+    value = int.from_bytes(data[pos + 1 : end], "big")
+    if value < 1 << (4 * width):  # would fit the head before: 256, 65,536, 2**32
+        return None
+    return value, end
+
+
+def _uint(lines: list[str], var: str, indent: str) -> None:
+    """Lines reading an unsigned integer whose head is at ``data[pos]`` into ``var``, shortest
+    form only, and moving ``pos`` past it (the head's additional information 0 to 27; the
+    long forms, seldom met, by :func:`_long_uint`, which keeps the generated code short)."""
+    lines += [
+        f"{indent}first = data[pos]",
+        f"{indent}if first < 24:",
+        f"{indent}    {var} = first",
+        f"{indent}    pos += 1",
+        f"{indent}elif first == 24:",
+        f"{indent}    {var} = data[pos + 1]",
+        f"{indent}    if {var} < 24:",
+        f"{indent}        return None",
+        f"{indent}    pos += 2",
+        f"{indent}else:",
+        f"{indent}    got_int = _long_uint(data, pos, n, first)",
+        f"{indent}    if got_int is None:",
+        f"{indent}        return None",
+        f"{indent}    {var}, pos = got_int",
+    ]
+
+
+def _length(lines: list[str], major: int, indent: str) -> None:
+    """Lines reading a string's head of major type ``major`` at ``data[pos]`` (shortest form,
+    under 65,536) into ``ln``, and moving ``pos`` past it."""
+    base = major << 5
+    lines += [
+        f"{indent}first = data[pos]",
+        f"{indent}if {base} <= first < {base + 24}:",
+        f"{indent}    ln = first - {base}",
+        f"{indent}    pos += 1",
+        f"{indent}elif first == {base + 24}:",
+        f"{indent}    ln = data[pos + 1]",
+        f"{indent}    if ln < 24:",
+        f"{indent}        return None",
+        f"{indent}    pos += 2",
+        f"{indent}elif first == {base + 25}:",
+        f"{indent}    ln = (data[pos + 1] << 8) | data[pos + 2]",
+        f"{indent}    if ln < 256:",
+        f"{indent}        return None",
+        f"{indent}    pos += 3",
+        f"{indent}else:",
+        f"{indent}    return None",
+    ]
+
+
+def _make_decoder(cls: type, nested: bool) -> Any:
+    """Generate ``cls``'s decoder: ``decode(data, pos, n, count)`` reads the ``count`` pairs of
+    its map from ``data[pos]`` (the map's head already read) and returns (the value, the
+    position after the map), or None for anything it does not take (see the section's
+    comment).  A truncated input raises IndexError, which the caller takes as None.
+
+    The value is made as :func:`_decode_body` makes it: directly, or by ``__init__`` when the
+    class has checks of its own (``__post_init__``).  Such a check may raise, so a class with
+    one is generated only for the outermost map (a message, or a struct decoded on its own),
+    and runs it only once the map has ended exactly at the end of the data: the general
+    decoder builds it last too, after every other check has passed (nested, or before the
+    end, the general decoder would refuse the bytes after it first)."""
+    fields = _fast_fields(cls)
+    if fields is None or _static_depth(cls) > cbor.MAX_DEPTH - 2:
+        return _NO_FAST
+    dc_fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    direct = (
+        not hasattr(cls, "__post_init__")
+        and {f.name for f in dc_fields} == {f.name for f in fields}
+        and all(f.init for f in dc_fields)
+    )
+    if nested and not direct:
+        return _NO_FAST
+    names: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_long_uint": _long_uint}
+    lines = ["def decode(data, pos, n, count):", "    got = 0"]
+    for i, f in enumerate(fields):
+        how = _fast_kind(f.kind)
+        v = f"v{i}"
+        if f.optional:
+            names[f"a{i}"] = f.default if f.has_default else None
+        elif f.has_default:
+            names[f"a{i}"] = f.default
+        absent = ["    else:", f"        {v} = a{i}" if f"a{i}" in names else "        return None"]
+        size, max_len = f.size, f.max_len
+        if how == "bytes" and size is not None:
+            if max_len is not None and size > max_len:
+                return _NO_FAST
+            names[f"pre{i}"] = prefix = bytes((f.key,)) + _head(2, size)
+            lines += [
+                f"    if data.startswith(pre{i}, pos):",
+                f"        end = pos + {len(prefix) + size}",
+                "        if end > n:",
+                "            return None",
+                f"        {v} = data[pos + {len(prefix)}:end]",
+                "        pos = end",
+                "        got += 1",
+                *absent,
+            ]
+            continue
+        lines += [f"    if pos < n and data[pos] == {f.key}:", "        pos += 1"]
+        if how in ("bytes", "str"):
+            _length(lines, 2 if how == "bytes" else 3, "        ")
+            lines += ["        end = pos + ln", "        if end > n:", "            return None"]
+            if how == "bytes":
+                lines.append(f"        {v} = data[pos:end]")
+            else:
+                lines.append(f"        {v} = data[pos:end].decode('utf-8')")
+            if size is not None:
+                lines += [f"        if len({v}) != {size}:", "            return None"]
+            if max_len is not None:
+                lines += [f"        if len({v}) > {max_len}:", "            return None"]
+            lines.append("        pos = end")
+        elif how == "int":
+            _uint(lines, v, "        ")
+        elif how == "enum":
+            names[f"m{i}"] = f.kind._value2member_map_
+            _uint(lines, "number", "        ")
+            lines += [f"        {v} = m{i}.get(number)", f"        if {v} is None:",
+                      "            return None"]
+        elif how == "bool":
+            lines += [
+                "        first = data[pos]",
+                "        if first == 0xF5:",
+                f"            {v} = True",
+                "        elif first == 0xF4:",
+                f"            {v} = False",
+                "        else:",
+                "            return None",
+                "        pos += 1",
+            ]
+        elif how == "struct":
+            inner = _decoder(f.kind, True)
+            if inner is _NO_FAST:
+                return _NO_FAST
+            names[f"d{i}"] = inner
+            lines += [
+                "        first = data[pos]",
+                "        if not 0xA0 <= first <= 0xB7:",
+                "            return None",
+                f"        got_inner = d{i}(data, pos + 1, n, first - 0xA0)",
+                "        if got_inner is None:",
+                "            return None",
+                f"        {v}, pos = got_inner",
+            ]
+        else:  # digests: a tuple of byte strings, each exactly ``size`` or at most ``max_len``
+            lines += [
+                "        first = data[pos]",
+                "        if 0x80 <= first <= 0x97:",
+                "            items = first - 0x80",
+                "            pos += 1",
+                "        elif first == 0x98:",
+                "            items = data[pos + 1]",
+                "            if items < 24:",
+                "                return None",
+                "            pos += 2",
+                "        else:",
+                "            return None",
+            ]
+            if max_len is not None:
+                lines += [f"        if items > {max_len}:", "            return None"]
+            lines += ["        got_items = []", "        for _ in range(items):"]
+            if size is not None:
+                names[f"h{i}"] = item_head = _head(2, size)
+                lines += [
+                    f"            if not data.startswith(h{i}, pos):",
+                    "                return None",
+                    f"            end = pos + {len(item_head) + size}",
+                    "            if end > n:",
+                    "                return None",
+                    f"            got_items.append(data[pos + {len(item_head)}:end])",
+                    "            pos = end",
+                ]
+            else:
+                _length(lines, 2, "            ")
+                lines += ["            end = pos + ln", "            if end > n:",
+                          "                return None"]
+                if max_len is not None:
+                    lines += [f"            if ln > {max_len}:", "                return None"]
+                lines += ["            got_items.append(data[pos:end])", "            pos = end"]
+            lines.append(f"        {v} = tuple(got_items)")
+        lines += ["        got += 1", *absent]
+    # the instance as _decode_body makes it directly: the fields in declaration order
+    order = {f.name: i for i, f in enumerate(fields)}
+    values = ", ".join(f"{f.name!r}: v{order[f.name]}" for f in cls._FIELDS)  # type: ignore[attr-defined]
+    lines += ["    if got != count:", "        return None"]
+    if direct:
+        lines += ["    msg = _new(_cls)", f"    msg.__dict__.update({{{values}}})"]
+    else:  # the outermost map: its end must be the data's before the class's check may run
+        lines += ["    if pos != n:", "        return None", f"    msg = _cls(**{{{values}}})"]
+    lines.append("    return msg, pos")
+    return _compile(cls, "decode", lines, names)
+
+
+def _fast_decode(data: bytes, expect: Any) -> Any:
+    """:func:`decode` by the generated decoders, or None (see the section's comment)."""
+    n = len(data)
+    try:
+        first = data[0]
+        if not 0xA2 <= first <= 0xB7 or not data.startswith(_TOP_KEYS, 1):
+            return None
+        type_id = data[4]
+        pos = 5
+        if type_id >= 24:
+            if type_id != 24:
+                return None
+            type_id = data[5]
+            if type_id < 24:
+                return None
+            pos = 6
+        cls = _REGISTRY.get(type_id)
+        if cls is None or n > cls.MAX_SIZE or n > MAX_MESSAGE:
+            return None
+        if expect is not None:
+            # classes only, so that the test below has no effect of its own and the general
+            # decoder's order of checks (this one before the fields) needs no keeping here
+            allowed = expect if isinstance(expect, tuple) else (expect,)
+            if not all(type(c) is type for c in allowed):
+                return None
+            if cls not in allowed and not issubclass(cls, Abort):
+                return None
+        dec = _FAST_DEC.get((cls, False)) or _decoder(cls, False)
+        if dec is _NO_FAST:
+            return None
+        got = dec(data, pos, n, first - 0xA2)
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if got is None or got[1] != n:
+        return None
+    return got[0]
+
+
+def _fast_decode_struct(cls: type, data: bytes, max_size: Any) -> Any:
+    """:func:`decode_struct` by the generated decoders, or None."""
+    n = len(data)
+    if not isinstance(cls, type) or type(max_size) is not int or n > max_size:
+        return None
+    dec = _FAST_DEC.get((cls, False)) or _decoder(cls, False)
+    if dec is _NO_FAST:
+        return None
+    try:
+        first = data[0]
+        if not 0xA0 <= first <= 0xB7:
+            return None
+        got = dec(data, 1, n, first - 0xA0)
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if got is None or got[1] != n:
+        return None
+    return got[0]
 
 
 def registry() -> dict[int, type[Message]]:
