@@ -937,7 +937,7 @@ class HandshakeState:
         self._dh = _DH[self.protocol.dh]
         dhlen = self._dh.dhlen
 
-        given = {k for k, v in {"s": s, "e": e, "rs": rs, "re": re}.items() if v is not None}
+        given = _GIVEN[s is not None, e is not None, rs is not None, re is not None]
         role = "initiator" if self.initiator else "responder"
         missing = pattern.required_keys(self.initiator) - given
         if missing:
@@ -1210,6 +1210,17 @@ class HandshakeState:
         self._e = None
         self._s = None
 
+
+#: (s, e, rs, re given) -> the names of those given, for HandshakeState's checks
+_GIVEN: Final[dict[tuple[bool, bool, bool, bool], frozenset[str]]] = {
+    (s, e, rs, re): frozenset(
+        name for name, there in (("s", s), ("e", e), ("rs", rs), ("re", re)) if there
+    )
+    for s in (False, True)
+    for e in (False, True)
+    for rs in (False, True)
+    for re in (False, True)
+}
 
 _KEY_NAMES: Final = {
     "s": "static private key (s)",
