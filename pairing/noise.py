@@ -459,6 +459,20 @@ class CipherState:
         return aead
 
 
+def _keyed(cipher: str, key: bytes) -> CipherState:
+    """``CipherState(cipher, key)`` for a key known to be 32 bytes of a known cipher (Split()'s
+    outputs), built without InitializeKey's checks (issue 13)."""
+    cs = CipherState.__new__(CipherState)
+    cs._cipher = cipher
+    cs._aead_class, cs._nonce = _CIPHERS[cipher]
+    cs._nonces = _NONCE_TABLES[cipher]
+    cs._aead = None
+    cs._k = key
+    cs._n = 0
+    cs._refusal = None
+    return cs
+
+
 # --------------------------------------------------------------------------------------------
 # §7: handshake patterns, as data, one a line, in the specification's notation with "|" where
 # the specification breaks the line: pre-messages, "...", then the message patterns; "->" is
@@ -821,9 +835,21 @@ class SymmetricState:
 
     def mix_key_and_hash(self, input_key_material: bytes) -> None:
         """MixKeyAndHash(ikm) (§5.2, for PSKs §9): three HKDF outputs: ck, a hash input, a key."""
-        self._ck, temp_h, temp_k = self._hash.hkdf(self._ck, input_key_material, 3)
-        self.mix_hash(temp_h)
-        self.cipher_state.initialize_key(temp_k[:32])
+        algorithm = self._rfc5869
+        if algorithm is None:
+            self._ck, temp_h, temp_k = self._hash.hkdf_hmac(self._ck, input_key_material, 3)
+            self.mix_hash(temp_h)
+            self.cipher_state.initialize_key(temp_k[:32])
+            return
+        # _HashFunctions.hkdf's one call, written out as in mix_key (issue 13)
+        hashlen = self._hashlen
+        okm = HKDF(algorithm, 3 * hashlen, self._ck, None).derive(input_key_material)
+        self._ck = okm[:hashlen]
+        self.h = self._new(self.h + okm[hashlen : 2 * hashlen]).digest()
+        cs = self.cipher_state
+        cs._aead = None
+        cs._k = okm[2 * hashlen : 2 * hashlen + 32]
+        cs._n = 0
 
     def get_handshake_hash(self) -> bytes:
         """GetHandshakeHash() (§5.2, §11.2): ``h``."""
@@ -886,7 +912,7 @@ class SymmetricState:
         """Split() (§5.2): two cipher states from ``HKDF(ck, zerolen, 2)``, keys cut to 32 bytes."""
         temp_k1, temp_k2 = self._hash.hkdf(self._ck, b"", 2)
         cipher = self._protocol.cipher
-        return CipherState(cipher, temp_k1[:32]), CipherState(cipher, temp_k2[:32])
+        return _keyed(cipher, temp_k1[:32]), _keyed(cipher, temp_k2[:32])
 
 
 # --------------------------------------------------------------------------------------------
