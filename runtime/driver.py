@@ -296,13 +296,15 @@ async def drive(
         nonlocal inbox
         hook = wait_turn if isinstance(event, WaitTurn) else _hook(delegate, event)
         if not read_ahead:
-            # Nothing to read meanwhile: the answer is awaited here, no task of its own, under
-            # the run's one timer as a read is (_ReadDeadline: no timer of its own; issue 13).
+            # Nothing to read meanwhile: the answer is awaited here, no task of its own.
+            limit = asyncio.timeout(answer_time)
             try:
-                value = await reads.read(lambda: hook(event), loop.time() + answer_time)
-            except _DeadlinePassed:
-                # Our side did not answer: the peer is waiting, so tell it why.  (A delegate's
-                # own TimeoutError is not our deadline: it goes on as it is.)
+                async with limit:
+                    value = await hook(event)
+            except TimeoutError:
+                if not limit.expired():
+                    raise  # the delegate's own error, not our deadline
+                # Our side did not answer: the peer is waiting, so tell it why.
                 exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
                 machine.abort(exc, tell_peer=True)
                 raise exc from None
@@ -421,11 +423,6 @@ async def drive(
             pipe.unread(held)
 
 
-class _DeadlinePassed(TimeoutError):
-    """:meth:`_ReadDeadline.read`'s own deadline passed (a ``TimeoutError`` from what it
-    awaited is not this one)."""
-
-
 class _ReadDeadline:
     """The deadline of a run's reads, kept by one timer for the whole run (issue 13).
 
@@ -450,20 +447,12 @@ class _ReadDeadline:
         self._task: asyncio.Task[Any] | None = None  # set while a read waits
         self._expired = False
 
-    async def read(self, read: Callable[[], Any], when: float) -> Any:
-        """``await read()``, or :class:`_DeadlinePassed` (a TimeoutError) once the loop's
-        clock reaches ``when``.  (A person's answer is awaited the same way: ``read`` is any
-        cancel-safe awaitable's maker.)"""
+    async def read(self, read: Callable[[], Any], when: float) -> bytes:
+        """``await read()``, or TimeoutError once the loop's clock reaches ``when``."""
         task = asyncio.current_task()
         if task is None:  # not in a task: asyncio.timeout raises its RuntimeError
-            limit = asyncio.timeout_at(when)
-            try:
-                async with limit:
-                    return await read()
-            except TimeoutError:
-                if limit.expired():
-                    raise _DeadlinePassed from None
-                raise
+            async with asyncio.timeout_at(when):
+                return await read()  # type: ignore[no-any-return]
         self._when = when
         if self._handle is None or self._armed > when:
             self._arm(when)
@@ -476,14 +465,14 @@ class _ReadDeadline:
             if self._expired:  # as asyncio.timeout's exit: our cancel request is taken back
                 self._expired = False
                 if task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
-                    raise _DeadlinePassed from None  # our deadline, and no one else's cancel
+                    raise TimeoutError from None  # our deadline, and no one else's cancel
             raise
         finally:
             self._task = None
         if self._expired:  # the read ended after all, in the same turn as the deadline
             self._expired = False
             task.uncancel()
-        return message
+        return message  # type: ignore[no-any-return]
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:
