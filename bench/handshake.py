@@ -157,9 +157,16 @@ def _x25519_base() -> Callable[[], object]:
 
 
 def _x25519_dh() -> Callable[[], object]:
+    # The scalar multiplication alone, with the peer's key loaded already: a party that uses
+    # one peer key in two DH loads it once (``x25519_load``, counted per key).
     private = X25519PrivateKey.generate()
+    public = X25519PrivateKey.generate().public_key()
+    return lambda: private.exchange(public)
+
+
+def _x25519_load() -> Callable[[], object]:
     public = X25519PrivateKey.generate().public_key().public_bytes_raw()
-    return lambda: private.exchange(X25519PublicKey.from_public_bytes(public))
+    return lambda: X25519PublicKey.from_public_bytes(public)
 
 
 def _fe_map() -> Callable[[], object]:
@@ -259,6 +266,13 @@ PRIMITIVES: tuple[Primitive, ...] = (
         _x25519_dh,
         1,
         (("'exchange'", "X25519PrivateKey"),),
+    ),
+    Primitive(
+        "x25519_load",
+        "an X25519 public key loaded from its 32 bytes (cryptography), once per peer key used",
+        _x25519_load,
+        1,
+        (("x25519.from_public_bytes", ""),),
     ),
     Primitive(
         "fe_map",
@@ -438,6 +452,13 @@ def noise_counts(protocol_name: str) -> Counter[str]:
         party["aead"] += int(has_key)
     party["noise_hkdf"] += 1  # Split()
     total = Counter({name: 2 * n for name, n in party.items()})
+    # Each party loads each peer key its DH tokens use once (§5.3: ``ee`` the peer's e; ``es``
+    # the initiator's rs, the responder's re; ``se`` the other way; ``ss`` rs).
+    for initiator in (True, False):
+        remote = {"ee": "re", "ss": "rs",
+                  "es": "rs" if initiator else "re", "se": "re" if initiator else "rs"}
+        total["x25519_load"] += len({remote[t] for tokens in pattern.messages
+                                     for t in tokens if t in remote})
     total["x25519_base"] += ephemerals
     return +total
 
@@ -451,7 +472,7 @@ def cpace_counts(*, confirmation: bool) -> Counter[str]:
     is one SHA-512 (§7.2).  With key confirmation (§10.4) each party derives mac_key once
     (SHA-512) and computes two HMAC-SHA512 tags, its own and the one it checks.
     """
-    counts = Counter(sha512=4, fe_map=2, x25519_dh=4)
+    counts = Counter(sha512=4, fe_map=2, x25519_dh=4, x25519_load=4)  # each DH its own point
     if confirmation:
         counts.update(sha512=2, hmac_sha512=4)
     return counts
@@ -506,7 +527,10 @@ def method_counts(method: str) -> Counter[str]:
     if method == "clear":
         return full + noise_counts(PIN_NOISE) + Counter(hkdf_sha256=2)
     if method == "resume":
-        return Counter(x25519_base=2, x25519_dh=8, sha256=3, hkdf_sha256=8, hmac_sha256=2, aead=2)
+        # Peer keys (docs/protocol.md §8): the guest uses the host's prekey, static key and
+        # fresh key (3), the host the guest's ephemeral and static key (2).
+        return Counter(x25519_base=2, x25519_dh=8, x25519_load=5, sha256=3, hkdf_sha256=8,
+                       hmac_sha256=2, aead=2)
     if method == "kk":
         return full + noise_counts(KK_NOISE) + Counter(hkdf_sha256=4)
     if method == "kk-stale":

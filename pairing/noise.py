@@ -190,20 +190,25 @@ _LOW_ORDER: Final = (
 )
 
 
-def _dh(funcs: _DHFunctions, pair: _KeyPair, remote_public: bytes) -> bytes:
-    """DH(key_pair, public_key) (§4.1), refusing an all-zero result (§12.1, §12.2).
+def _dh_loaded(pair: _KeyPair, remote: Any) -> bytes:
+    """DH(key_pair, public_key) (§4.1), refusing an all-zero result (§12.1, §12.2), with the
+    remote public key already loaded (a handshake loads each remote key once, however many DH
+    tokens use it; issue 13).
 
     The spec allows an implementation to signal an error instead of returning the all-zero output
     of a low-order public key; ``cryptography`` does so itself (a ``ValueError``), and we check the
     output as well so that the rule holds whatever the backend does.
     """
     try:
-        shared = pair.private.exchange(funcs.public_from_bytes(remote_public))  # type: ignore[arg-type]
+        shared: bytes = pair.private.exchange(remote)
     except ValueError:
         raise AuthenticationError(_LOW_ORDER) from None
-    if hmac.compare_digest(shared, bytes(len(shared))):
+    if hmac.compare_digest(shared, _ZEROS.get(len(shared)) or bytes(len(shared))):
         raise AuthenticationError(_LOW_ORDER)
     return shared
+
+
+_ZEROS: Final = {32: bytes(32), 56: bytes(56)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +238,12 @@ _CIPHERS: Final[dict[str, tuple[type[ChaCha20Poly1305] | type[AESGCM], Callable[
     "ChaChaPoly": (ChaCha20Poly1305, _chachapoly_nonce),
     "AESGCM": (AESGCM, _aesgcm_nonce),
 }
+_NONCE_TABLES: Final[dict[str, tuple[bytes, ...]]] = {
+    "ChaChaPoly": _CHACHAPOLY_NONCES,
+    "AESGCM": _AESGCM_NONCES,
+}
+#: §5.1 DECRYPT's failure, as :meth:`CipherState.decrypt_with_ad` reports it
+_ALTERED: Final = "a Noise message failed to authenticate: it was altered, or the keys differ"
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +322,7 @@ class CipherState:
     message limit (§3).
     """
 
-    __slots__ = ("_aead", "_aead_class", "_cipher", "_k", "_n", "_nonce", "_refusal")
+    __slots__ = ("_aead", "_aead_class", "_cipher", "_k", "_n", "_nonce", "_nonces", "_refusal")
 
     def __init__(self, cipher: str, key: bytes | None = None) -> None:
         try:
@@ -323,6 +334,8 @@ class CipherState:
         self._cipher = cipher
         self._aead_class: type[ChaCha20Poly1305] | type[AESGCM] = aead_class
         self._nonce = nonce
+        #: the encoded nonces 0 to _FEW - 1, which a handshake uses (issue 13)
+        self._nonces = _NONCE_TABLES[cipher]
         self._aead: ChaCha20Poly1305 | AESGCM | None = None
         self._k: bytes | None = None
         self._n = 0
@@ -420,9 +433,7 @@ class CipherState:
                 self._nonce(self._n), ciphertext, _require_bytes(ad, "associated data")
             )
         except InvalidTag:
-            raise AuthenticationError(
-                "a Noise message failed to authenticate: it was altered, or the keys differ"
-            ) from None
+            raise AuthenticationError(_ALTERED) from None
         self._n += 1
         return plaintext
 
@@ -446,6 +457,20 @@ class CipherState:
             assert self._k is not None
             aead = self._aead = self._aead_class(self._k)
         return aead
+
+
+def _keyed(cipher: str, key: bytes) -> CipherState:
+    """``CipherState(cipher, key)`` for a key known to be 32 bytes of a known cipher (Split()'s
+    outputs), built without InitializeKey's checks (issue 13)."""
+    cs = CipherState.__new__(CipherState)
+    cs._cipher = cipher
+    cs._aead_class, cs._nonce = _CIPHERS[cipher]
+    cs._nonces = _NONCE_TABLES[cipher]
+    cs._aead = None
+    cs._k = key
+    cs._n = 0
+    cs._refusal = None
+    return cs
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,6 +520,11 @@ I1X1: -> e, s | <- e, ee, s | -> se, es
 """
 
 _TOKENS: Final = frozenset({"e", "s", "ee", "es", "se", "ss", "psk"})
+#: a token's kind in a pattern's plan (HandshakePattern.plan)
+_OP_E: Final = 0
+_OP_S: Final = 1
+_OP_PSK: Final = 2
+_OP_DH: Final = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -568,6 +598,34 @@ class HandshakePattern:
                 allowed.add("e")
             keys = cache[initiator] = (required, frozenset(allowed))
         return keys
+
+    def plan(self, initiator: bool) -> tuple[tuple[tuple[int, bool, bool, str], ...], ...]:
+        """Each message's tokens as one party processes them, worked out once per pattern and
+        role (issue 13): ``(op, a, b, token)`` with op :data:`_OP_E`, :data:`_OP_S`,
+        :data:`_OP_PSK`, or :data:`_OP_DH` where ``a`` says the local key of the DH is the
+        ephemeral and ``b`` that the remote one is (§5.3: a DH token's first letter is the
+        initiator's key, its second the responder's)."""
+        cache: dict[bool, tuple[tuple[tuple[int, bool, bool, str], ...], ...]] = (
+            self.__dict__.setdefault("_plan_cache", {})
+        )
+        plan = cache.get(initiator)
+        if plan is None:
+            messages = []
+            for tokens in self.messages:
+                ops = []
+                for token in tokens:
+                    if token == "e":
+                        ops.append((_OP_E, False, False, token))
+                    elif token == "s":
+                        ops.append((_OP_S, False, False, token))
+                    elif token == "psk":
+                        ops.append((_OP_PSK, False, False, token))
+                    else:
+                        local, remote = (token[0], token[1]) if initiator else (token[1], token[0])
+                        ops.append((_OP_DH, local == "e", remote == "e", token))
+                messages.append(tuple(ops))
+            plan = cache[initiator] = tuple(messages)
+        return plan
 
     def _required_keys(self, initiator: bool) -> frozenset[str]:
         own, peer = self.premessage(initiator), self.premessage(not initiator)
@@ -734,12 +792,14 @@ class SymmetricState:
     Building one is InitializeSymmetric(protocol_name).
     """
 
-    __slots__ = ("_ck", "_hash", "_new", "_protocol", "cipher_state", "h")
+    __slots__ = ("_ck", "_hash", "_hashlen", "_new", "_protocol", "_rfc5869", "cipher_state", "h")
 
     def __init__(self, protocol: NoiseProtocol | str) -> None:
         self._protocol = _as_protocol(protocol)
         self._hash = _HASHES[self._protocol.hash]
         self._new = self._hash.new
+        self._hashlen = self._hash.hashlen
+        self._rfc5869 = self._hash.rfc5869
         name = self._protocol.name.encode("ascii")
         # InitializeSymmetric: h = protocol_name zero-padded to HASHLEN, or HASH(protocol_name).
         if len(name) <= self._hash.hashlen:
@@ -754,8 +814,20 @@ class SymmetricState:
 
     def mix_key(self, input_key_material: bytes) -> None:
         """MixKey(ikm) (§5.2): ``ck, temp_k = HKDF(ck, ikm, 2)``; InitializeKey(temp_k[:32])."""
-        self._ck, temp_k = self._hash.hkdf(self._ck, input_key_material, 2)
-        self.cipher_state.initialize_key(temp_k[:32])
+        algorithm = self._rfc5869
+        if algorithm is None:
+            self._ck, temp_k = self._hash.hkdf_hmac(self._ck, input_key_material, 2)
+            self.cipher_state.initialize_key(temp_k[:32])
+            return
+        # _HashFunctions.hkdf's one call, written out (issue 13): it runs at every DH token.
+        hashlen = self._hashlen
+        okm = HKDF(algorithm, 2 * hashlen, self._ck, None).derive(input_key_material)
+        self._ck = okm[:hashlen]
+        # InitializeKey(temp_k[:32]) of a key known to be 32 bytes (HASHLEN is 32 or 64)
+        cs = self.cipher_state
+        cs._aead = None
+        cs._k = okm[hashlen : hashlen + 32]
+        cs._n = 0
 
     def mix_hash(self, data: bytes) -> None:
         """MixHash(data) (§5.2): ``h = HASH(h || data)``."""
@@ -763,9 +835,21 @@ class SymmetricState:
 
     def mix_key_and_hash(self, input_key_material: bytes) -> None:
         """MixKeyAndHash(ikm) (§5.2, for PSKs §9): three HKDF outputs: ck, a hash input, a key."""
-        self._ck, temp_h, temp_k = self._hash.hkdf(self._ck, input_key_material, 3)
-        self.mix_hash(temp_h)
-        self.cipher_state.initialize_key(temp_k[:32])
+        algorithm = self._rfc5869
+        if algorithm is None:
+            self._ck, temp_h, temp_k = self._hash.hkdf_hmac(self._ck, input_key_material, 3)
+            self.mix_hash(temp_h)
+            self.cipher_state.initialize_key(temp_k[:32])
+            return
+        # _HashFunctions.hkdf's one call, written out as in mix_key (issue 13)
+        hashlen = self._hashlen
+        okm = HKDF(algorithm, 3 * hashlen, self._ck, None).derive(input_key_material)
+        self._ck = okm[:hashlen]
+        self.h = self._new(self.h + okm[hashlen : 2 * hashlen]).digest()
+        cs = self.cipher_state
+        cs._aead = None
+        cs._k = okm[2 * hashlen : 2 * hashlen + 32]
+        cs._n = 0
 
     def get_handshake_hash(self) -> bytes:
         """GetHandshakeHash() (§5.2, §11.2): ``h``."""
@@ -773,21 +857,62 @@ class SymmetricState:
 
     def encrypt_and_hash(self, plaintext: bytes) -> bytes:
         """EncryptAndHash(plaintext) (§5.2): encrypt with ``h`` as the AD, then MixHash."""
-        ciphertext = self.cipher_state.encrypt_with_ad(self.h, plaintext)
-        self.mix_hash(ciphertext)
+        cs = self.cipher_state
+        h = self.h
+        n = cs._n
+        key = cs._k
+        if (
+            key is not None
+            and n < _FEW
+            and cs._refusal is None
+            and type(plaintext) is bytes
+            and len(plaintext) <= MAX_MESSAGE_LEN - TAG_LEN
+        ):
+            # A handshake's encryption: CipherState.encrypt_with_ad's checks all pass (a key,
+            # a nonce far from 2^64-1, no refusal, bytes of a size that fits), written out.
+            aead = cs._aead
+            if aead is None:
+                aead = cs._aead = cs._aead_class(key)
+            ciphertext = aead.encrypt(cs._nonces[n], plaintext, h)
+            cs._n = n + 1
+        else:
+            ciphertext = cs.encrypt_with_ad(h, plaintext)
+        self.h = self._new(h + ciphertext).digest()
         return ciphertext
 
     def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
         """DecryptAndHash(ciphertext) (§5.2): decrypt with ``h`` as the AD, then MixHash."""
-        plaintext = self.cipher_state.decrypt_with_ad(self.h, ciphertext)
-        self.mix_hash(ciphertext)
+        cs = self.cipher_state
+        h = self.h
+        n = cs._n
+        key = cs._k
+        if (
+            key is not None
+            and n < _FEW
+            and cs._refusal is None
+            and type(ciphertext) is bytes
+            and TAG_LEN <= len(ciphertext) <= MAX_MESSAGE_LEN
+        ):
+            # CipherState.decrypt_with_ad's path for a handshake's field, written out: on an
+            # authentication failure n is left as it was.
+            aead = cs._aead
+            if aead is None:
+                aead = cs._aead = cs._aead_class(key)
+            try:
+                plaintext = aead.decrypt(cs._nonces[n], ciphertext, h)
+            except InvalidTag:
+                raise AuthenticationError(_ALTERED) from None
+            cs._n = n + 1
+        else:
+            plaintext = cs.decrypt_with_ad(h, ciphertext)
+        self.h = self._new(h + ciphertext).digest()
         return plaintext
 
     def split(self) -> tuple[CipherState, CipherState]:
         """Split() (§5.2): two cipher states from ``HKDF(ck, zerolen, 2)``, keys cut to 32 bytes."""
         temp_k1, temp_k2 = self._hash.hkdf(self._ck, b"", 2)
         cipher = self._protocol.cipher
-        return CipherState(cipher, temp_k1[:32]), CipherState(cipher, temp_k2[:32])
+        return _keyed(cipher, temp_k1[:32]), _keyed(cipher, temp_k2[:32])
 
 
 # --------------------------------------------------------------------------------------------
@@ -838,7 +963,7 @@ class HandshakeState:
         self._dh = _DH[self.protocol.dh]
         dhlen = self._dh.dhlen
 
-        given = {k for k, v in {"s": s, "e": e, "rs": rs, "re": re}.items() if v is not None}
+        given = _GIVEN[s is not None, e is not None, rs is not None, re is not None]
         role = "initiator" if self.initiator else "responder"
         missing = pattern.required_keys(self.initiator) - given
         if missing:
@@ -871,6 +996,11 @@ class HandshakeState:
         self._e = None if e is None else _KeyPair(self._dh, e, "ephemeral")
         self._rs = _check_public(rs, dhlen, "remote static")
         self._re = _check_public(re, dhlen, "remote ephemeral")
+        # The remote keys as DH takes them, each loaded at its first DH token (issue 13)
+        self._rs_key: Any = None
+        self._re_key: Any = None
+        self._plan = pattern.plan(self.initiator)
+        self._has_psk = pattern.has_psk
         self._psks = [bytes(p) for p in psks]
         self._message_index = 0
         self._failed = False
@@ -980,6 +1110,7 @@ class HandshakeState:
         self._failed = True
         self._ss = None
         self._s = self._e = None
+        self._rs_key = self._re_key = None
         self._psks = []
         self._transport = None
 
@@ -988,97 +1119,103 @@ class HandshakeState:
             raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
         return self._ss
 
-    def _next_tokens(self, writing: bool) -> tuple[str, ...]:
+    def _next_tokens(self, writing: bool) -> tuple[tuple[int, bool, bool, str], ...]:
         if self._complete:
             raise ProtocolError("the Noise handshake is already complete")
         if self.my_turn != writing:
             if writing:
                 raise ProtocolError("it is the peer's turn to send a handshake message")
             raise ProtocolError("it is our turn to send a handshake message, not to read one")
-        return self.protocol.pattern.messages[self._message_index]
+        return self._plan[self._message_index]
 
     def _write(self, payload: bytes) -> bytes:
-        tokens = self._next_tokens(writing=True)
+        ops = self._next_tokens(writing=True)
         if len(payload) > MAX_MESSAGE_LEN:
             raise TooLargeError(f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes")
         ss = self._symmetric()
-        out = bytearray()
-        for token in tokens:
-            if token == "e":
+        out = []
+        for op, local_e, remote_e, token in ops:
+            if op == _OP_DH:
+                ss.mix_key(self._dh_op(local_e, remote_e, token))
+            elif op == _OP_E:
                 if self._e is None:  # GENERATE_KEYPAIR(): one draw, loaded once
                     self._e = _KeyPair(self._dh, _draw_private(self._dh, self._rng), "ephemeral")
-                out += self._e.public
-                ss.mix_hash(self._e.public)
-                if self.protocol.pattern.has_psk:
-                    ss.mix_key(self._e.public)  # §9.2
-            elif token == "s":
+                public = self._e.public
+                out.append(public)
+                ss.mix_hash(public)
+                if self._has_psk:
+                    ss.mix_key(public)  # §9.2
+            elif op == _OP_S:
                 if self._s is None:  # required_keys() makes this unreachable
                     raise ConfigError("this pattern sends a static key and none was given")
-                out += ss.encrypt_and_hash(self._s.public)
-            elif token == "psk":
-                ss.mix_key_and_hash(self._psks.pop(0))
+                out.append(ss.encrypt_and_hash(self._s.public))
             else:
-                ss.mix_key(self._dh_token(token))
-        out += ss.encrypt_and_hash(payload)
-        if len(out) > MAX_MESSAGE_LEN:
+                ss.mix_key_and_hash(self._psks.pop(0))
+        out.append(ss.encrypt_and_hash(payload))
+        message = b"".join(out)
+        if len(message) > MAX_MESSAGE_LEN:
             raise TooLargeError(
                 f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes; "
                 "the payload is too large"
             )
         self._advance()
-        return bytes(out)
+        return message
 
     def _read(self, message: bytes) -> bytes:
-        tokens = self._next_tokens(writing=False)
-        if len(message) > MAX_MESSAGE_LEN:
+        ops = self._next_tokens(writing=False)
+        size = len(message)
+        if size > MAX_MESSAGE_LEN:
             raise TooLargeError(f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes")
         ss = self._symmetric()
         dhlen = self._dh.dhlen
-        view = memoryview(message)
         offset = 0
-
-        def take(count: int) -> bytes:
-            nonlocal offset
-            if offset + count > len(message):
-                raise DecodeError("the Noise handshake message is too short")
-            chunk = bytes(view[offset : offset + count])
-            offset += count
-            return chunk
-
-        for token in tokens:
-            if token == "e":
+        for op, local_e, remote_e, token in ops:
+            if op == _OP_DH:
+                ss.mix_key(self._dh_op(local_e, remote_e, token))
+            elif op == _OP_E:
                 if self._re is not None:  # only a pre-message can have set it: a pattern bug
                     raise ProtocolError("the peer's ephemeral key was already known")
-                self._re = take(dhlen)
+                if offset + dhlen > size:
+                    raise DecodeError("the Noise handshake message is too short")
+                self._re = message[offset : offset + dhlen]
+                offset += dhlen
                 ss.mix_hash(self._re)
-                if self.protocol.pattern.has_psk:
+                if self._has_psk:
                     ss.mix_key(self._re)  # §9.2
-            elif token == "s":
+            elif op == _OP_S:
                 if self._rs is not None:
                     raise ProtocolError("the peer's static key was already known")
-                field = take(dhlen + TAG_LEN if ss.cipher_state.has_key() else dhlen)
+                count = dhlen + TAG_LEN if ss.cipher_state.has_key() else dhlen
+                if offset + count > size:
+                    raise DecodeError("the Noise handshake message is too short")
+                field = message[offset : offset + count]
+                offset += count
                 self._rs = ss.decrypt_and_hash(field)
-            elif token == "psk":
-                ss.mix_key_and_hash(self._psks.pop(0))
             else:
-                ss.mix_key(self._dh_token(token))
-        payload = ss.decrypt_and_hash(bytes(view[offset:]))
+                ss.mix_key_and_hash(self._psks.pop(0))
+        payload = ss.decrypt_and_hash(message[offset:] if offset else message)
         self._advance()
         return payload
 
-    def _dh_token(self, token: str) -> bytes:
-        """The DH of token ``ee``, ``es``, ``se`` or ``ss`` (§5.3); its first letter is the
-        initiator's key, its second the responder's."""
-        initiator_key, responder_key = token[0], token[1]
-        local, remote = (
-            (initiator_key, responder_key) if self.initiator else (responder_key, initiator_key)
-        )
-        pair = self._e if local == "e" else self._s
-        remote_public = self._re if remote == "e" else self._rs
+    def _dh_op(self, local_e: bool, remote_e: bool, token: str) -> bytes:
+        """The DH of token ``ee``, ``es``, ``se`` or ``ss`` (§5.3), its keys picked by the
+        pattern's plan; each remote key is loaded once, at its first DH."""
+        pair = self._e if local_e else self._s
+        remote_public = self._re if remote_e else self._rs
         if pair is None or remote_public is None:
             # Only a malformed pattern can get here; the table's patterns are all valid (§7.3).
             raise ProtocolError(f"the pattern asks for DH {token!r} before both keys are known")
-        return _dh(self._dh, pair, remote_public)
+        remote = self._re_key if remote_e else self._rs_key
+        if remote is None:
+            try:
+                remote = self._dh.public_from_bytes(remote_public)
+            except ValueError:
+                raise AuthenticationError(_LOW_ORDER) from None
+            if remote_e:
+                self._re_key = remote
+            else:
+                self._rs_key = remote
+        return _dh_loaded(pair, remote)
 
     def _advance(self) -> None:
         self._message_index += 1
@@ -1099,6 +1236,17 @@ class HandshakeState:
         self._e = None
         self._s = None
 
+
+#: (s, e, rs, re given) -> the names of those given, for HandshakeState's checks
+_GIVEN: Final[dict[tuple[bool, bool, bool, bool], frozenset[str]]] = {
+    (s, e, rs, re): frozenset(
+        name for name, there in (("s", s), ("e", e), ("rs", rs), ("re", re)) if there
+    )
+    for s in (False, True)
+    for e in (False, True)
+    for rs in (False, True)
+    for re in (False, True)
+}
 
 _KEY_NAMES: Final = {
     "s": "static private key (s)",
