@@ -199,6 +199,39 @@ def test_a_try_the_journal_cannot_keep_is_refused_and_counts_nothing(ks_path: Pa
     assert lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.compare") is None
 
 
+def test_a_give_back_the_journal_cannot_keep_leaves_the_place_held_until_its_end(
+    ks_path: Path,
+) -> None:
+    """A code confirmed whose give-back the keystore cannot keep (a full disk): the yes raises,
+    and the place stays held, here as in every other process (nothing is given back in this
+    process's memory only: no machine here is given it), and counts as a failure at its end,
+    once, for every reader.  (Before session 11 the give-back stayed in this process's memory:
+    its place was free here, taken by the next machine, and the give-back written then.)"""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=10.0)
+    disk = FullDisk(KeystoreLockJournal(Keystore.open(ks_path, KS_PIN), "compare", clock))
+    turns = CodeTurns(Lockout(POLICY, disk))
+    holders = [object() for _ in range(BUDGET)]
+    for holder in holders:
+        assert turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    waiting, woken = object(), []
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 1000)
+    turns.subscribe(waiting, lambda: woken.append(True))
+    disk.full = True
+    with pytest.raises(KeystoreError):
+        turns.settle(holders[0], confirmed=True, now=clock.monotonic())
+    disk.full = False
+    assert woken == [] and turns.out == BUDGET - 1
+    assert not turns.take(waiting, clock.monotonic(), clock.monotonic() + 1000)
+    for holder in holders[1:]:
+        turns.settle(holder, confirmed=True, now=clock.monotonic())
+    assert woken == [True]
+    assert turns.take(waiting, clock.monotonic(), clock.monotonic() + 1000)
+    clock.advance(200)  # past the end of the place that could not be given back
+    for lock in (turns.lock, host(ks_path, clock).state.compare_lock):
+        assert lock.locked_for(clock.monotonic()) == 0.0
+        assert lock.streak == 1 and len(lock.places) == 1
+
+
 # -- compare's places (CodeTurns) kept beside the failures ------------------------------------
 
 
