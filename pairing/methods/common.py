@@ -9,6 +9,7 @@ The methods themselves live one per module beside this one (:mod:`.pin`, :mod:`.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import keyschedule, wire
 from ..crypto import Rng, digest, x25519_keypair
-from ..errors import AuthenticationError, ConfigError, RefusedError
+from ..errors import AuthenticationError, ConfigError, PairingError, RefusedError
 from ..machine import Event, Question
 from ..messages import Announce, Identity, device_name
 from ..negotiation import ALL_CAPS, Caps, Method, methods_mask
@@ -313,6 +314,9 @@ class Lockout:
         #: under way, counted only when they end (at the time they began); a day that holds one
         #: is not quiet, so it forgives no streak
         self.places: list[Place] = []
+        #: the keys of places given back here (their codes confirmed) that the journal still
+        #: holds: free here at once, written with this lock's next change (:meth:`flush`)
+        self.returned: set[str] = set()
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
@@ -325,8 +329,9 @@ class Lockout:
         """Take ``record`` as read at ``now``: a place whose exchange has ended by ``now``
         holds no place and counts as a failure, at the time it was taken."""
         self.failures, self.streak = sorted(record.failures), record.streak
-        self.places = [p for p in record.places if p.until > now]
-        for ended in sorted((p for p in record.places if p.until <= now), key=lambda p: p.at):
+        held = [p for p in record.places if p.key not in self.returned]
+        self.places = [p for p in held if p.until > now]
+        for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
             self._count(ended.at)
 
     def _record(self) -> LockRecord:
@@ -382,9 +387,15 @@ class Lockout:
         def on_kept(record: LockRecord) -> LockRecord:
             self._adopt(record, now)
             change()
-            return self._record()
+            return self._record()  # without the places given back here
 
         self.journal.update(on_kept, now)
+        self.returned.clear()  # kept with this change
+
+    def flush(self, now: float) -> None:
+        """Keep the places given back here (:attr:`returned`) now, unless none is left."""
+        if self.returned:
+            self._change(lambda: None, now)
 
     def _count(self, now: float) -> None:
         self._locked_for(now)  # ends a streak that is over
@@ -419,11 +430,13 @@ class CodeTurns:
     that every host process of the device counts every other's (the runtime: the keystore).
     A place is checked and taken in one step of the journal (:meth:`take`), right before the
     code goes out; one that cannot be kept is not taken (the code does not go out).  It is
-    given back when its person confirms (:meth:`settle`), in a step of the journal of its own,
-    at once (free only once kept: no give-back waits in one process's memory for a later
-    change), and otherwise becomes a failure at the time it was taken; a place whose holder
-    never settles it (its process died), or whose give-back cannot be kept, holds until its
-    exchange would have ended (:attr:`Place.until`), and counts as a failure then.
+    given back when its person confirms (:meth:`settle`), and otherwise becomes a failure at
+    the time it was taken; a place whose holder never settles it (its process died) holds
+    until its exchange would have ended (:attr:`Place.until`), and counts as a failure then.
+    A place given back while a machine of this process waits for one is free for it at once
+    and kept with the place it takes (one write for both), or as it leaves without one (its
+    guest left, or the lock closed as it looked); at once when no machine waits
+    (:meth:`Lockout.flush`): within the place's time, not at the holder's end.
 
     The machines of this process that find no place free wait their turn, first come first
     served, and are woken as places free up here (a code settled, or a streak the lock forgave,
@@ -444,6 +457,8 @@ class CodeTurns:
         self._mine: dict[object, Place] = {}
         #: the machines waiting for a place, in order of arrival, with their wake-up call
         self._waiting: dict[object, Callable[[], None] | None] = {}
+        #: when a place was last given back here (its give-back's time, for :meth:`settle`)
+        self._returned_at = 0.0
 
     @property
     def out(self) -> int:
@@ -495,6 +510,10 @@ class CodeTurns:
                 self._mine[holder] = got
             return got is not None
         finally:
+            if got is None and self.lock.returned:
+                # The place given back for us was not ours after all (another process took
+                # the last one): keep the give-back now, not at its holder's end.
+                self.lock.flush(now)
             self._hand_out()
 
     def subscribe(self, holder: object, wake: Callable[[], None] | None) -> None:
@@ -509,29 +528,43 @@ class CodeTurns:
 
     def settle(self, holder: object, *, confirmed: bool, now: float | None = None) -> None:
         """``holder`` leaves: its person said yes (``confirmed``: its place is given back), or
-        its exchange ended (at ``now``, when known).  The place is given back, or, for a code
-        that was out and not confirmed, given up and counted as a failed try at the time it
-        was taken, in one step of the journal, at once; if that step cannot be kept (it
-        raises), the place stays kept and counts as a failure when its exchange would have
-        ended (a yes included: nothing is given back in this process's memory only).  A
-        place the journal no longer holds (it ended, and was counted; or the owner lifted the
-        locks) changes nothing.  The places freed go to the machines waiting, in order."""
+        its exchange ended (at ``now``, when known).  A code that was out and not confirmed
+        counts as a failed try, at the time its place was taken, in the same step of the
+        journal as its place is given up; if that step cannot be kept (it raises), the place
+        stays kept and counts when its exchange would have ended.  A place the journal no
+        longer holds (it ended, and was counted; or the owner lifted the locks) changes
+        nothing.  The places freed go to the machines waiting, in order."""
         self._waiting.pop(holder, None)
         place = self._mine.pop(holder, None)
+        when = (place.at if place is not None else 0.0) if now is None else now
+        if place is not None and confirmed:
+            # Free here at once; kept by the next change, which a machine woken for the place
+            # makes as it takes it (one write for both), else now.
+            self.lock.returned.add(place.key)
+            self._returned_at = when
+            self.lock.places = [p for p in self.lock.places if p.key != place.key]
+            if not self._hand_out():
+                self.lock.flush(when)
+            return
         try:
             if place is None:
                 return
 
-            def give_back() -> None:
+            def give_up() -> None:
                 held = [p for p in self.lock.places if p.key != place.key]
                 if len(held) < len(self.lock.places):
                     self.lock.places = held
-                    if not confirmed:
-                        self.lock._count(place.at)
+                    self.lock._count(place.at)
 
-            self.lock._change(give_back, place.at if now is None else now)
+            self.lock._change(give_up, when)
         finally:
-            self._hand_out()
+            if not self._hand_out() and place is None and self.lock.returned:
+                # A machine woken for a place given back here left without taking it (its
+                # guest left, or the lock closed as it looked): the give-back is kept now, not
+                # at its holder's end, which may be past the place's own (the holder's guest's
+                # person still looking), when every other process would count it.
+                with contextlib.suppress(PairingError):
+                    self.lock.flush(self._returned_at)
 
     def _hand_out(self) -> int:
         """Wake the machines waiting that a place is free for, in order; how many."""

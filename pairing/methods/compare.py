@@ -20,6 +20,7 @@ HPKE encryption draws its ephemeral itself (``cryptography``), not from the mach
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,7 @@ from ..errors import (
     RefusedError,
 )
 from ..machine import Question, WaitTurn
-from ..messages import DEFAULT_STEP_MS, Accept, Announce, Offer, Reveal
+from ..messages import DEFAULT_STEP_MS, Accept, Announce, NoiseMessage, Offer, Reveal
 from ..negotiation import Method
 from .common import (
     CODE_ANSWER_TIME,
@@ -129,6 +130,8 @@ class CompareHost(HostSide):
     _polling: bool = False
     #: until when our person's yes to our code is taken (its place holds a step longer)
     _code_ends: float = math.inf
+    #: when our person confirmed our code (None: not yet)
+    _confirmed_at: float | None = None
 
     def _offer_compare(self, msg: Offer, hello: Announce, now: float) -> None:
         # Each code we show and nobody confirms was a try at matching another screen's code (a
@@ -220,9 +223,9 @@ class CompareHost(HostSide):
             # Our place held until then: after it, the code counts as a failed try, whoever
             # reads the lock, and a yes for it is refused.
             raise PairingTimeout("the code was not confirmed in time; pairing cancelled")
-        # Confirmed by our person: no failed try, and our place goes to the next code, kept
-        # at once (a give-back that cannot be kept raises: the place then counts as a failure
-        # at its end).
+        # Confirmed by our person: no failed try, and our place goes to the next code (a give
+        # back that cannot be kept raises: the place then counts as a failure at its end).
+        self._confirmed_at = now
         self.host.compare_turns.settle(self, confirmed=True, now=now)
         # Only now is the guest's message 2 read (the driver held one that came early), and
         # only after it our identity goes, in message 3.  The guest's person may still be
@@ -232,6 +235,13 @@ class CompareHost(HostSide):
             now + max(self.config.step_timeout, 120.0),
             "the guest's owner did not confirm the code in time",
         )
+
+    def _on_noise(self, msg: NoiseMessage, now: float) -> None:
+        if self.method is Method.COMPARE:
+            # Our place, given back when our person confirmed, is kept by now (a machine that
+            # took a place since kept it with its own): else we keep it before we go on.
+            self.host.compare_lock.flush(now)
+        super()._on_noise(msg, now)
 
     def _check_compare_lock(self, now: float) -> None:
         wait = self.host.compare_lock.locked_for(now)
@@ -248,5 +258,10 @@ class CompareHost(HostSide):
                 # guest left, or our person said no); a place held or waited for is given up.
                 # (A count the keystore cannot keep raises: the place kept counts at its end.)
                 self.host.compare_turns.settle(self, confirmed=False)
+                # A place given back and not kept yet (our person confirmed, then the
+                # exchange failed) is kept now if it can be (else with the next change).
+                if self._confirmed_at is not None:
+                    with contextlib.suppress(PairingError):
+                        self.host.compare_lock.flush(self._confirmed_at)
         finally:
             super()._fail(exc)

@@ -108,37 +108,6 @@ async def test_a_give_back_left_to_a_waiter_that_leaves_is_kept(ks_path: Path) -
     assert kept == 0, f"the keystore still holds {kept} place(s) after the host's person's yes"
 
 
-async def test_a_place_given_back_is_kept_before_a_waiter_is_woken_for_it(
-    ks_path: Path,
-) -> None:
-    """Session 11 (compare's deferred give-back removed).  Four codes of Mallory's failed (one
-    place left); an honest guest holds the last place at one host process, and a visit of
-    Mallory's waits for a turn there.  The host's person says yes: by the time the waiter is
-    woken for the place, the keystore no longer holds it, so any other host process of the
-    device sees it free.  Before, the give-back was kept in this process's memory only, to be
-    written with the waiter's own place, or by a special path when the waiter left without one
-    (the finding above): a give-back that nothing wrote was an honest code, confirmed in
-    time, counted as a failure past its place's end."""
-    side = host_process_side(ks_path, SYSTEM_CLOCK, CONFIG)
-    visits = Visits(CONFIG, side.state)
-    for _ in range(BUDGET - 1):
-        visits.start(Mallory(CONFIG), Answers(answer=False))  # she leaves at the Reveal
-    await visits.finish(WITHIN)
-    yes = asyncio.Event()
-    honest = visits.start(
-        GuestPairing(CONFIG, LocalIdentity.generate("Ringo's phone"), method=Method.COMPARE),
-        Answers(release=yes))
-    await until(lambda: honest.host.state == S_ASK, WITHIN)
-    seen: list[int] = []  # the places the keystore holds as the waiter is woken
-    host = visits.host(on_wake=lambda _host: seen.append(places_kept(ks_path)))
-    visits.start(Mallory(CONFIG, stay=True), Answers(answer=False), host=host)
-    await until(lambda: host.state == S_TURN, WITHIN)
-    yes.set()
-    await visits.finish(WITHIN)
-    assert honest.errors() == (None, None), honest.errors()
-    assert seen == [0], f"the keystore held {seen} place(s) as the waiter was woken"
-
-
 async def _cancel_after(task: asyncio.Task[None], delay: float) -> None:
     await asyncio.sleep(delay)
     task.cancel()
