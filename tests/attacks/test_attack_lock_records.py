@@ -21,14 +21,15 @@ import pytest
 
 from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore, MemoryStorage
-from pairkit.lockouts import KeystoreLockJournal, lock_file
+from pairkit.lockouts import forget_lockouts, lock_file
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.keystore import Argon2Params
+from pairkit.pairing.keystore.seal import MAGIC
 from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import Lockout
 from pairkit.session import HostSide
 from tests.clock_harness import Clocks
-from tests.lockout_harness import KS_PIN, POLICY, host, ks_path
+from tests.lockout_harness import KS_PIN, POLICY, host, ks_path, older_host_lock
 
 __all__ = ["ks_path"]
 
@@ -197,29 +198,6 @@ def test_an_identity_made_again_is_not_refused_by_the_old_ones_records(ks_path: 
     assert lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin")["streak"] == BUDGET
 
 
-class OlderLayout:
-    """An older pairkit's host journal (before a0deaef: the records among the keystore's
-    settings): it reads the keystore again at each check and changes it under the keystore's
-    lock; the journal's own arithmetic is the same (``KeystoreLockJournal`` on the keystore)."""
-
-    def __init__(self, ks: Keystore) -> None:
-        self._ks = ks
-
-    def setting(self, key: str) -> object:
-        self._ks.follow()
-        return self._ks.setting(key)
-
-    def update(self) -> object:
-        return self._ks.update()
-
-
-def older_host_lock(path: Path, clock: Clocks) -> Lockout:
-    """The PIN lock of an older pairkit's host, still running on the keystore at ``path``."""
-    journal = KeystoreLockJournal(Keystore.open(path, KS_PIN), "pin", clock)
-    journal._file = OlderLayout(journal._ks)  # type: ignore[assignment]
-    return Lockout(POLICY, journal)
-
-
 def played_at(lock: Lockout, clock: Clocks, tries: int = 2 * BUDGET) -> int:
     """How many PIN guesses a host with ``lock`` plays, one a second, until it refuses one."""
     played = 0
@@ -271,6 +249,130 @@ def test_an_older_copy_of_the_records_put_back_gives_no_fresh_budget(ks_path: Pa
     records_of(ks_path).write_bytes(copy)
     again = host(ks_path, clock)
     assert guesses_played(again, clock) == 0, "the older copy gave a fresh budget"
+
+
+def rolled_back(path: Path) -> bytes:
+    """A copy of the lock records at ``path``'s keystore made while they held no failure
+    (what someone who can write the owner's files kept to put back): a first PIN failure
+    makes them, its attempt won takes it back."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=20.0)
+    side = host(path, clock)
+    side.state.pin_failed(clock.monotonic())
+    side.state.pin_succeeded(clock.monotonic())
+    return records_of(path).read_bytes()
+
+
+def test_a_rollback_made_before_the_lock_closes_gives_no_more_than_the_budget(
+    ks_path: Path,
+) -> None:
+    """Finding 5's variant: the older copy put back before the lock closes, not after.
+    Mallory guesses four wrong PINs (one short of the lock), puts the copy back, four more,
+    and again: every guess she plays is in one window, so the host must play five in all."""
+    copy = rolled_back(ks_path)
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    side = host(ks_path, clock)
+    played = 0
+    for _ in range(3):
+        played += guesses_played(side, clock, tries=BUDGET - 1)
+        records_of(ks_path).write_bytes(copy)
+    played += guesses_played(host(ks_path, clock), clock)
+    assert played <= BUDGET, f"{played} guesses in one window, the records put back between"
+
+
+def test_an_older_hosts_guesses_after_the_upgrade_are_counted_by_an_upgraded_host(
+    ks_path: Path,
+) -> None:
+    """Finding 4's other half: the upgraded host runs first (its records moved, or none to
+    move), then Mallory guesses at an older host still running: the upgraded host must count
+    what the older one writes to the keystore, and the older one what the upgraded one
+    counted.  Three guesses at the upgraded host, then at the older one, then at the upgraded
+    one again: five in all."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    upgraded = host(ks_path, clock)
+    played = guesses_played(upgraded, clock, tries=3)
+    assert played == 3
+    older = older_host_lock(ks_path, clock)
+    played += played_at(older, clock)
+    played += guesses_played(upgraded, clock)
+    assert played <= BUDGET, f"{played} guesses in one window at an older and an upgraded host"
+
+
+def test_the_owners_reset_lifts_the_lock_of_older_and_upgraded_hosts_alike(ks_path: Path) -> None:
+    """``--reset-lockouts`` (``forget_lockouts``) run by the upgraded pairkit lifts the lock an
+    older host still running closed, for both, and leaves one budget after it, not one per
+    layout: five guesses at the upgraded host lock the older one too."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    upgraded = host(ks_path, clock)
+    older = older_host_lock(ks_path, clock)
+    assert played_at(older, clock) == BUDGET
+    assert forget_lockouts(Keystore.open(ks_path, KS_PIN), clock=clock)
+    assert upgraded.state.locked_for(clock.monotonic()) == 0.0
+    assert older.locked_for(clock.monotonic()) == 0.0
+    played = guesses_played(upgraded, clock)
+    played += played_at(older, clock)
+    assert played <= BUDGET, f"{played} guesses in the window after the reset"
+
+
+def test_a_keystores_lock_records_do_not_move_to_another_keystore(
+    ks_path: Path, tmp_path: Path,
+) -> None:
+    """What the keystore keeps of a lock (its floor beside the records' file) is inside its
+    sealed body: two keystores of the owner under one PIN (two devices), the first locked;
+    its sealed body after the second's header, or the second's after its header, opens as
+    neither (each is sealed under keys from its own salt).  Only a whole keystore goes back,
+    its peers and grants with it."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    assert guesses_played(host(ks_path, clock), clock) == BUDGET
+    other = tmp_path / "other.pk"
+    Keystore.create(other, KS_PIN, name="Paul's laptop", kdf=Argon2Params.cheapest())
+    locked, fresh = ks_path.read_bytes(), other.read_bytes()
+    assert b"lockout" not in locked and b"failures" not in locked
+
+    def header_end(data: bytes) -> int:
+        return len(MAGIC) + 2 + int.from_bytes(data[len(MAGIC):len(MAGIC) + 2], "big")
+
+    for head, body in ((fresh, locked), (locked, fresh)):
+        spliced = tmp_path / "spliced.pk"
+        spliced.write_bytes(head[:header_end(head)] + body[header_end(body):])
+        with pytest.raises(KeystoreError):
+            Keystore.open(spliced, KS_PIN)
+
+
+def test_a_code_out_whose_place_a_rollback_dropped_still_counts(ks_path: Path) -> None:
+    """compare's places (its codes out) are kept in the records' file only (a write per code
+    out: none in the keystore).  Mallory opens a compare visit, reads the code, puts back the
+    older copy (no place in it) and leaves unconfirmed: the code's failure was counted only if
+    the records still held its place, and they do not.  Once a code, once the copy: the host
+    must show no more codes than the budget."""
+    copy = rolled_back(ks_path)
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    turns = host(ks_path, clock).state.compare_turns
+    codes = 0
+    for _ in range(2 * BUDGET):
+        holder = object()
+        if not turns.take(holder, clock.monotonic(), clock.monotonic() + 130.0):
+            turns.settle(holder, confirmed=False)
+            break
+        codes += 1  # its code goes out: Mallory reads it
+        records_of(ks_path).write_bytes(copy)
+        clock.advance(1.0)
+        turns.settle(holder, confirmed=False, now=clock.monotonic())  # nobody confirmed it
+    assert codes <= BUDGET, f"{codes} codes out and unconfirmed in one window"
+
+
+def test_a_rollback_frees_no_place_of_a_code_out_here(ks_path: Path) -> None:
+    """Five codes out at once at one host process (Mallory's five visits, staying), then the
+    older copy put back: the places of the five are gone from the records, and a sixth visit
+    must still wait (the budget is five codes out at once, counted or not)."""
+    copy = rolled_back(ks_path)
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    turns = host(ks_path, clock).state.compare_turns
+    for _ in range(BUDGET):
+        assert turns.take(object(), clock.monotonic(), clock.monotonic() + 130.0)
+    records_of(ks_path).write_bytes(copy)
+    clock.advance(1.0)
+    assert not turns.take(object(), clock.monotonic(), clock.monotonic() + 130.0), \
+        "a sixth code out at once"
 
 
 def test_the_records_files_are_the_owners_only(ks_path: Path) -> None:
