@@ -275,7 +275,10 @@ class LockJournal(Protocol):
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         """Apply ``change`` to what is kept now, and keep its result, as one step that no
-        other writer interleaves with; raises, and keeps nothing, when it cannot be kept."""
+        other writer interleaves with; raises, and keeps nothing, when it cannot be kept.
+        ``change`` may be applied more than once (the runtime's journal takes a second lock
+        when the result counts a failure, and applies it again to what is kept then): only
+        the last application's result is kept, so a change decides anew each time."""
         ...
 
 
@@ -500,6 +503,7 @@ class CodeTurns:
 
             def check_and_take() -> None:
                 nonlocal got
+                got = None  # (applied again, it decides anew: LockJournal.update)
                 if self.lock._locked_for(now) <= 0 and self._first(holder):
                     self.lock.places.append(place)
                     got = place
