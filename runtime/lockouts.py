@@ -1,24 +1,26 @@
 """Failed PIN attempts and unconfirmed compare codes kept beside the keystore (docs/security.md,
 rule 7, "The lock outlives the host process").
 
-A :class:`~pairkit.pairing.methods.common.Lockout` counts a stranger's wrong PINs, and the codes
-compare showed that nobody confirmed, against the host's :class:`~pairkit.pairing.methods.
-PinPolicy`.  In one process's memory the count ended with the process: a host started again (a
-Pi's service restarted, a reboot, a crash), or a second host process of the same device, gave a
-stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore's lock records
-instead (:class:`LockFile`: the sealed file ``KEYSTORE.locks``), as the record ``lockout.pin``,
-``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
-``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with ``"boot"`` and
-``"monotonic"`` beside them where the clock says which boot it counts from (below), and for
-compare the places of its codes out (:class:`~pairkit.pairing.methods.common.CodeTurns`):
-``"places": [{"key", "at", "until"}]`` in wall-clock seconds, each with ``"monotonic": [at,
-until]`` where the boot is named; a place of another boot is read as ended (its process is
-gone), so it counts as a failure at once.  The records are sealed under a key kept in the
-sealed keystore, so only its owner's pairkit writes them.  Each change is made under the lock
-file's lock (:meth:`LockFile.update`), and each check reads what another process saved (one
-short read of a small file when nothing changed).  A failure is rare: the policy itself bounds
-the failures a stranger can cause (about 12,000 a year); a compare pairing writes twice (its
-place taken, then given back), a few hundred bytes each (the whole keystore before session 10).
+A :class:`~pairkit.pairing.methods.common.Lockout` counts a stranger's wrong PINs, and the
+codes compare showed that nobody confirmed, against the host's
+:class:`~pairkit.pairing.methods.PinPolicy`.  In one process's memory the count ended with the
+process: a host started again (a Pi's service restarted, a reboot, a crash), or a second host
+process of the same device, gave a stranger a fresh budget.  :class:`KeystoreLockJournal` keeps
+them in the keystore's lock records instead (:class:`LockFile`: the sealed file
+``KEYSTORE.locks``), as the record ``lockout.pin``, ``lockout.compare`` or (a PN gateway's PIN)
+``lockout.pn-pin``: ``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with
+``"boot"`` and ``"monotonic"`` beside them where the clock says which boot it counts from
+(below), and for compare the places of its codes out
+(:class:`~pairkit.pairing.methods.common.CodeTurns`): ``"places": [{"key", "at", "until"}]`` in
+wall-clock seconds, each with ``"monotonic": [at, until]`` where the boot is named; a place of
+another boot is read as ended (its process is gone), so it counts as a failure at once; and
+``"counted": [key]``, the last places counted at their end (their holders, if still running,
+count them no more).  The records are sealed under a key kept in the sealed keystore, so only
+its owner's pairkit writes them.  Each change is made under the lock file's lock
+(:meth:`LockFile.update`), and each check reads what another process saved (one short read of a
+small file when nothing changed).  A failure is rare: the policy itself bounds the failures a
+stranger can cause (about 12,000 a year); a compare pairing writes twice (its place taken, then
+given back), a few hundred bytes each (the whole keystore before session 10).
 
 The keystore keeps each lock's *floor*: its counted part (failures, streak, and their boot and
 monotonic times; no places), as the setting of the same name, in the format pairkit kept the
@@ -65,7 +67,7 @@ from .pairing.errors import KeystoreError
 from .pairing.keystore import Keystore
 from .pairing.keystore.records import thaw
 from .pairing.keystore.storage import Storage
-from .pairing.methods.common import TIME_SLACK, LockRecord, Place
+from .pairing.methods.common import COUNTED_KEPT, TIME_SLACK, LockRecord, Place
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "LockFile", "forget_lockouts"]
 
@@ -448,11 +450,11 @@ class KeystoreLockJournal:
         kept = self._read(floor)
         failures = _union(record.failures, kept.failures)
         return LockRecord(failures, max(record.streak, kept.streak, len(failures)),
-                          record.places)
+                          record.places, record.counted)
 
     def _keep(self, records: _Records, kept: LockRecord) -> dict[str, Any] | None:
         """Write ``kept`` to the records; the floor the keystore keeps of it (None: none)."""
-        if not kept.failures and not kept.streak and not kept.places:
+        if not kept.failures and not kept.streak and not kept.places and not kept.counted:
             records.delete_setting(self._key)  # nothing to keep (an attempt won, taken back)
             return None
         last = kept.failures[-_MAX_KEPT:]
@@ -472,6 +474,8 @@ class KeystoreLockJournal:
         if places:
             record["places"] = [_place_record(p, offset, self._boot is not None)
                                 for p in places]
+        if kept.counted:
+            record["counted"] = kept.counted[-COUNTED_KEPT:]
         records.set_setting(self._key, record)
         return floor
 
@@ -525,11 +529,15 @@ class KeystoreLockJournal:
             # A place lasts as long as it was written to (a wall clock set back since must not
             # make it hold for days): its end is read from its start as read.
             places.append(Place(p["key"], when(at), when(at) + max(0.0, until - at)))
-        return LockRecord(failures, max(streak, len(failures)), places)
+        raw_counted = record.get("counted")
+        counted = [k for k in raw_counted if isinstance(k, str)] \
+            if isinstance(raw_counted, tuple | list) else []
+        return LockRecord(failures, max(streak, len(failures)), places, counted)
 
 
 def _copy(record: LockRecord) -> LockRecord:
-    return LockRecord(list(record.failures), record.streak, list(record.places))
+    return LockRecord(list(record.failures), record.streak, list(record.places),
+                      list(record.counted))
 
 
 def _union(mine: list[float], floor: list[float]) -> list[float]:
@@ -603,7 +611,9 @@ def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS,
             now = clock.monotonic()
             held = [p for p in record.places if p.until > now]
             forgot |= bool(record.failures or record.streak or len(held) < len(record.places))
-            return LockRecord([], 0, held)
+            # The places ended are lifted: their holders, still running, count nothing.
+            lifted = [p.key for p in record.places if p.until <= now]
+            return LockRecord([], 0, held, [*record.counted, *lifted][-COUNTED_KEPT:])
 
         try:  # in one step under the lock: a place given back meanwhile stays given back
             journal.update(keep_held, clock.monotonic())

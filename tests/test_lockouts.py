@@ -432,3 +432,37 @@ def test_a_lock_change_that_counts_nothing_does_not_write_the_keystore(ks_path: 
     floor = Keystore.open(ks_path, KS_PIN).setting("lockout.pin")
     assert set(floor) == {"failures", "streak", "boot", "monotonic"}
     assert floor["streak"] == BUDGET and len(floor["failures"]) == len(floor["monotonic"]) == BUDGET
+
+
+def test_a_place_counted_at_its_end_elsewhere_is_not_counted_again_by_its_holder(
+    ks_path: Path,
+) -> None:
+    """A place whose exchange outlived its end is counted by the next process that writes the
+    lock (here another host process, taking a place of its own), and is gone from the
+    records; its holder then leaves unconfirmed: the records keep the key of a place counted
+    at its end, so it does not count twice (a place gone without that, older records put
+    back, counts: tests/attacks/test_attack_lock_records.py)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=500.0)
+    first, second = host(ks_path, clock), host(ks_path, clock)
+    holder, other = object(), object()
+    assert first.state.compare_turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    clock.advance(131)
+    assert second.state.compare_turns.take(other, clock.monotonic(), clock.monotonic() + 130)
+    second.state.compare_turns.settle(other, confirmed=True, now=clock.monotonic())
+    first.state.compare_turns.settle(holder, confirmed=False)
+    kept = lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.compare")
+    assert kept["streak"] == 1 and len(kept["failures"]) == 1
+
+
+def test_a_place_the_owner_lifted_at_its_end_is_not_counted_by_its_holder(ks_path: Path) -> None:
+    """The owner's ``--reset-lockouts`` after a place's end lifts it (no failure); its holder,
+    whose exchange outlived that end, then leaves unconfirmed and counts nothing either."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=500.0)
+    side = host(ks_path, clock)
+    holder = object()
+    assert side.state.compare_turns.take(holder, clock.monotonic(), clock.monotonic() + 130)
+    clock.advance(131)
+    assert forget_lockouts(Keystore.open(ks_path, KS_PIN), clock=clock)
+    side.state.compare_turns.settle(holder, confirmed=False)
+    assert side.state.compare_lock.locked_for(clock.monotonic()) == 0.0
+    assert side.state.compare_lock.streak == 0

@@ -252,14 +252,21 @@ class Place:
     until: float
 
 
+#: keys of places counted at their end that a lock keeps (:attr:`LockRecord.counted`): more than
+#: the places a process holds at once (the budget, one past it)
+COUNTED_KEPT = 64
+
+
 @dataclasses.dataclass
 class LockRecord:
     """What a :class:`LockJournal` keeps of one lock: the failures (times, oldest first), the
-    streak, and the places held (:class:`Place`), times on the machines' clock."""
+    streak, the places held (:class:`Place`), times on the machines' clock, and the keys of
+    the last places counted at their end by a process that did not hold them (oldest first)."""
 
     failures: list[float]
     streak: int
     places: list[Place] = dataclasses.field(default_factory=list)
+    counted: list[str] = dataclasses.field(default_factory=list)
 
 
 class LockJournal(Protocol):
@@ -290,7 +297,7 @@ class _MemoryJournal:
 
     def load(self, now: float) -> LockRecord:
         r = self._record
-        return LockRecord(list(r.failures), r.streak, list(r.places))
+        return LockRecord(list(r.failures), r.streak, list(r.places), list(r.counted))
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         self._record = change(self.load(now))
@@ -317,6 +324,9 @@ class Lockout:
         #: under way, counted only when they end (at the time they began); a day that holds one
         #: is not quiet, so it forgives no streak
         self.places: list[Place] = []
+        #: the keys of the last places counted at their end, as last read (:meth:`_adopt`): a
+        #: holder leaving finds its place there, not gone (:meth:`CodeTurns.settle`)
+        self.counted: list[str] = []
         #: the keys of places given back here (their codes confirmed) that the journal still
         #: holds: free here at once, written with this lock's next change (:meth:`flush`)
         self.returned: set[str] = set()
@@ -332,13 +342,17 @@ class Lockout:
         """Take ``record`` as read at ``now``: a place whose exchange has ended by ``now``
         holds no place and counts as a failure, at the time it was taken."""
         self.failures, self.streak = sorted(record.failures), record.streak
+        self.counted = list(record.counted)
         held = [p for p in record.places if p.key not in self.returned]
         self.places = [p for p in held if p.until > now]
         for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
             self._count(ended.at)
+            self.counted.append(ended.key)
+        del self.counted[:-COUNTED_KEPT]
 
     def _record(self) -> LockRecord:
-        return LockRecord(list(self.failures), self.streak, list(self.places))
+        return LockRecord(list(self.failures), self.streak, list(self.places),
+                          list(self.counted))
 
     def _locked_for(self, now: float) -> float:
         p = self.policy
@@ -478,10 +492,16 @@ class CodeTurns:
     def _places(self) -> int:
         return max(1, self.lock.policy.max_failures - self.lock.streak)
 
+    def _held(self) -> int:
+        """How many places are held (as the lock was last read): every process's kept, and
+        this one's own whether or not kept (older lock records put back lose them; attack
+        review of the lock records' floor)."""
+        return len({p.key for p in self.lock.places} | {p.key for p in self._mine.values()})
+
     def _first(self, holder: object) -> bool:
         """Whether a place is free for ``holder`` after those waiting before it (as the lock
         was last read)."""
-        free = self._places() - len(self.lock.places)
+        free = self._places() - self._held()
         return free > 0 and holder in itertools.islice(self._waiting, free)
 
     def take(self, holder: object, now: float, until: float) -> bool:
@@ -536,8 +556,9 @@ class CodeTurns:
         counts as a failed try, at the time its place was taken, in the same step of the
         journal as its place is given up; if that step cannot be kept (it raises), the place
         stays kept and counts when its exchange would have ended.  A place the journal no
-        longer holds (it ended, and was counted; or the owner lifted the locks) changes
-        nothing.  The places freed go to the machines waiting, in order."""
+        longer holds changes nothing if it was counted at its end (by any process: its key is
+        kept, :attr:`Lockout.counted`) or lifted by the owner; gone otherwise (older records
+        put back), it counts.  The places freed go to the machines waiting, in order."""
         self._waiting.pop(holder, None)
         place = self._mine.pop(holder, None)
         when = (place.at if place is not None else 0.0) if now is None else now
@@ -559,6 +580,11 @@ class CodeTurns:
                 if len(held) < len(self.lock.places):
                     self.lock.places = held
                     self.lock._count(place.at)
+                elif place.key not in self.lock.counted:
+                    # Neither held nor counted at its end: older lock records were put back
+                    # (attack review of the lock records' floor), or records that did not
+                    # open were reset; its code was out all the same.
+                    self.lock._count(place.at)
 
             self.lock._change(give_up, when)
         finally:
@@ -572,7 +598,7 @@ class CodeTurns:
 
     def _hand_out(self) -> int:
         """Wake the machines waiting that a place is free for, in order; how many."""
-        free = self._places() - len(self.lock.places)
+        free = self._places() - self._held()
         woken: list[Callable[[], None]] = []
         # A streak at or past the budget leaves one place, and the next failure locks: the
         # machine woken refuses if the lock is closed now, and its place goes on to the next.
