@@ -391,13 +391,15 @@ class KeystoreLockJournal:
     def __repr__(self) -> str:
         return f"KeystoreLockJournal({self._key!r})"
 
-    def _floor(self) -> Any:
+    def _floor(self, follow: bool = True) -> Any:
         """The floor the keystore keeps of this lock, as stored now (read again only if some
-        process saved the keystore since), or None (none kept, or a keystore not kept in a
-        file, whose records are inside it)."""
+        process saved the keystore since: never under the records' lock, as that may take the
+        keystore's), or as the keystore was last read (``follow`` false), or None (none kept,
+        or a keystore not kept in a file, whose records are inside it)."""
         if not self._file.floored:
             return None
-        self._ks.follow()
+        if follow:
+            self._ks.follow()
         return self._ks.setting(self._key)
 
     def load(self, now: float) -> LockRecord:
@@ -420,8 +422,11 @@ class KeystoreLockJournal:
             return
         # Under the records' lock alone while nothing counted changes (a compare place taken
         # or given back, a PIN attempt refused by a closed lock): the keystore is not written.
+        # Its floor is read first: following the keystore may take its lock, never under the
+        # records' (another process holds it around them).
+        self._floor()
         with self._file.update() as records:
-            merged = self._merged(records.setting(self._key), self._floor())
+            merged = self._merged(records.setting(self._key), self._floor(follow=False))
             kept = change(_copy(merged))
             if _same_count(kept, merged):
                 self._keep(records, kept)

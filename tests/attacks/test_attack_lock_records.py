@@ -179,6 +179,44 @@ def test_a_check_while_another_host_makes_the_records_key_is_not_refused(ks_path
     assert lock_file(second.keystore).setting("lockout.pin")["streak"] == 1
 
 
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads /proc/locks (Linux)")
+def test_a_change_under_the_records_lock_never_waits_for_the_keystores(ks_path: Path) -> None:
+    """Every process takes the keystore's lock before the records' (a failure counted writes
+    both); a change that writes the records alone must not take the keystore's under the
+    records' lock, or two processes wait for each other for good.  A change (a failure, which
+    first looks under the records' lock alone) reads the floor after another process saved
+    the keystore (reading it again takes its lock) while a third process holds the keystore's
+    lock and wants the records': the records' lock must be free to it."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    side = host(ks_path, clock)
+    side.state.pin_failed(clock.monotonic())  # the records and their key exist
+    with Keystore.open(ks_path, KS_PIN).update() as other:  # another process saves
+        other.set_setting("unrelated", 1)
+    ks_lock = ks_path.with_name(ks_path.name + ".lock")
+    records_lock = ks_path.with_name(ks_path.name + ".locks.lock")
+    ks_fd = os.open(ks_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    rec_fd = os.open(records_lock, os.O_RDWR | os.O_CREAT, 0o600)
+    change = threading.Thread(target=side.state.pin_failed, args=(clock.monotonic(),))
+    try:
+        fcntl.flock(ks_fd, fcntl.LOCK_EX)
+        change.start()
+        deadline = time.monotonic() + 20.0
+        while lock_waiters(ks_lock) < 1:
+            assert time.monotonic() < deadline, "the change never read the keystore"
+            time.sleep(0.01)
+        try:
+            fcntl.flock(rec_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pytest.fail("the change holds the records' lock while it waits for the keystore's")
+        fcntl.flock(rec_fd, fcntl.LOCK_UN)
+    finally:
+        fcntl.flock(ks_fd, fcntl.LOCK_UN)
+        os.close(ks_fd)
+        os.close(rec_fd)
+        change.join(20.0)
+    assert not change.is_alive()
+
+
 def test_an_identity_made_again_is_not_refused_by_the_old_ones_records(ks_path: Path) -> None:
     """``pairkit init --force`` makes a new identity in the keystore's place; the old one's
     lock records stay beside it, sealed under a key the new keystore does not hold.  Finding 3
