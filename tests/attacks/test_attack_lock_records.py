@@ -457,6 +457,7 @@ def test_an_application_storing_the_keystore_its_own_way_keeps_the_lock_across_a
     ks = Keystore.create(MemoryStorage(), KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
     side = HostSide.of(ks, PairingConfig(), transport="tcp", pin_policy=POLICY, clock=clock)
     assert guesses_played(side, clock) == BUDGET
+    assert ks.setting("lockout.pin") is None  # (inside it already: no floor beside them)
     stored = ks.storage.data  # what the application keeps of its keystore
     again = Keystore.open(MemoryStorage(stored), KS_PIN)
     restarted = HostSide.of(again, PairingConfig(), transport="tcp", pin_policy=POLICY,
