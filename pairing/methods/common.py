@@ -261,7 +261,8 @@ COUNTED_KEPT = 64
 class LockRecord:
     """What a :class:`LockJournal` keeps of one lock: the failures (times, oldest first), the
     streak, the places held (:class:`Place`), times on the machines' clock, and the keys of
-    the last places counted at their end by a process that did not hold them (oldest first)."""
+    the last places counted at their end by whichever process read them ended (oldest first:
+    their holders, if still running, count them no more)."""
 
     failures: list[float]
     streak: int
