@@ -345,11 +345,30 @@ class Lockout:
         self.failures, self.streak = sorted(record.failures), record.streak
         self.counted = list(record.counted)
         held = [p for p in record.places if p.key not in self.returned]
+        self._end_quiet_streaks(record.places)
         self.places = [p for p in held if p.until > now]
         for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
             self._count(ended.at)
             self.counted.append(ended.key)
         del self.counted[:-COUNTED_KEPT]
+
+    def _end_quiet_streaks(self, places: list[Place]) -> None:
+        """A streak that a quiet day ended (``forgive`` seconds between two failures, and no
+        place taken between them) is over, whichever copy of the record still holds it: a
+        journal that reads two copies as one (the runtime's: the lock records' file and the
+        keystore's floor, either of which may have missed the other's last change: an older
+        pairkit's host writes the floor alone, a save may fail between the two) may hold a
+        streak the quiet day ended beside the one after it (attack review of the lock records'
+        floor, finding 1).  The failures before the last such day go; the streak is those
+        after it (or, when they fill the failures kept, the streak as read)."""
+        f = self.failures
+        for i in range(len(f) - 1, 0, -1):
+            if f[i] - f[i - 1] >= self.policy.forgive and not any(
+                    f[i - 1] < p.at < f[i] for p in places):
+                del f[:i]
+                if len(f) < self.policy.max_failures:
+                    self.streak = len(f)
+                return
 
     def _record(self) -> LockRecord:
         return LockRecord(list(self.failures), self.streak, list(self.places),

@@ -41,8 +41,6 @@ def guesses_played(side: object, clock: Clocks, tries: int = 2 * BUDGET) -> int:
     return played
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1 of the floor's review: a streak a quiet day "
-                   "ended at an older host (the floor only) comes back from the records' file")
 def test_a_streak_a_quiet_day_ended_at_an_older_host_does_not_come_back(ks_path: Path) -> None:
     """Mallory locked PIN pairing at an upgraded host a day ago (five wrong PINs: the records'
     file and the floor hold them).  A day without a failure ends the streak (PinPolicy.forgive).
@@ -76,9 +74,6 @@ class KeystoreDiskFull:
             raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1 of the floor's review: a streak a quiet day "
-                   "ended in the records' file only (the keystore's save failed) comes back "
-                   "from the floor")
 def test_a_streak_a_quiet_day_ended_does_not_come_back_after_a_failed_save(
     ks_path: Path,
 ) -> None:
