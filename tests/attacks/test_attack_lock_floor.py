@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
 
 from pairkit.clock import SYSTEM_CLOCK
+from pairkit.keystore import Keystore
+from pairkit.lockouts import forget_lockouts
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import S_ASK, S_TURN
 from tests.clock_harness import Clocks
-from tests.lockout_harness import POLICY, HostProcess, host, ks_path, older_host_lock
-from tests.turns_harness import Answers, Mallory, Visits, until
+from tests.lock_actor_harness import Actor, until, waiters
+from tests.lockout_harness import KS_PIN, POLICY, HostProcess, host, ks_path, older_host_lock
+from tests.turns_harness import Answers, Mallory, Visits
 
 __all__ = ["ks_path"]
 
@@ -151,3 +156,111 @@ async def test_a_rollback_after_a_host_process_died_holding_codes_out_does_not_f
     await visits.finish(WITHIN)
     codes = running.codes + visits.predicted
     assert codes <= BUDGET, f"Mallory read {codes} codes, none confirmed, in one window"
+
+
+def now() -> float:
+    return SYSTEM_CLOCK.monotonic()
+
+
+class Held:
+    """A lock file held by the test (``flock``, as pairkit takes it) until :meth:`release`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+def records_lock(path: Path) -> Path:
+    return path.with_name(path.name + ".locks.lock")
+
+
+def keystore_lock(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/locks").exists(),
+                                reason="reads /proc/locks and /proc/PID/stat (Linux)")
+
+
+@linux_only
+@pytest.mark.xfail(strict=True, reason="finding 3 of the floor's review: a change that writes the "
+                   "records alone writes the floor it read before the records' lock into them, "
+                   "after the owner's reset cleared both")
+async def test_an_attempt_refused_as_the_owner_resets_does_not_put_the_lock_back(
+    ks_path: Path,
+) -> None:
+    """Mallory locked PIN pairing (five wrong PINs).  At a second host process of the device a
+    PIN attempt starts just as the owner runs ``--reset-lockouts`` (``forget_lockouts``): the
+    attempt read the floor (the five) and waits for the records' lock, which the reset takes
+    first (its process scheduled away a moment).  A change that counts nothing writes the
+    records alone, from the records as read under their lock (the reset: none) and the floor
+    as read before it (the five): the attempt, refused, wrote the five back into the records,
+    and the reset was undone for every host process (Paul's next attempt refused)."""
+    side = host(ks_path, SYSTEM_CLOCK)
+    for _ in range(BUDGET):
+        side.state.pin_failed(now())
+    assert side.state.locked_for(now()) > 0
+    actor = await Actor.start(ks_path, "pin-attempt")
+    try:
+        held = Held(records_lock(ks_path))
+        try:
+            await actor.go()
+            await until(lambda: waiters(records_lock(ks_path)) >= 1, WITHIN)
+            actor.pause()
+            await actor.stopped()
+        finally:
+            held.release()
+        assert forget_lockouts(Keystore.open(ks_path, KS_PIN))
+        actor.resume()
+        await actor.result()
+    finally:
+        await actor.kill()
+    assert host(ks_path, SYSTEM_CLOCK).state.locked_for(now()) == 0.0, \
+        "the owner's reset undone"
+
+
+@linux_only
+@pytest.mark.xfail(strict=True, reason="finding 4 of the floor's review: the owner's reset clears "
+                   "the floors and the records' PIN in two steps; a failure counted between "
+                   "writes the streak back into the floor")
+async def test_a_guess_counted_as_the_owner_resets_does_not_keep_the_streak(
+    ks_path: Path,
+) -> None:
+    """Four wrong PINs are kept (PIN pairing still open).  The owner runs ``--reset-lockouts``
+    (another process: ``forget_lockouts``), which deletes the floors under the keystore's lock,
+    then the records under theirs; between the two, Mallory's fifth guess is counted at a
+    running host: the records still held the four, the guess wrote the five to both, and the
+    reset then cleared the records alone.  After the reset the floor held five: PIN pairing
+    locked for a window, Paul's attempts refused (one guess after a reset must leave it
+    open)."""
+    side = host(ks_path, SYSTEM_CLOCK)
+    for _ in range(BUDGET - 1):
+        side.state.pin_failed(now())
+    actor = await Actor.start(ks_path, "reset")
+    try:
+        held = Held(records_lock(ks_path))
+        try:
+            await actor.go()
+            await until(lambda: waiters(records_lock(ks_path)) >= 1, WITHIN)
+            actor.pause()
+            await actor.stopped()
+        finally:
+            held.release()
+        guess = asyncio.create_task(asyncio.to_thread(side.state.pin_failed_unless_locked,
+                                                      now()))
+        # Counted now, or waiting for the keystore's lock (the reset holds it, paused).
+        await until(lambda: guess.done() or waiters(keystore_lock(ks_path)) >= 1, WITHIN)
+        actor.resume()
+        assert await asyncio.wait_for(guess, WITHIN) == 0.0
+        assert await actor.result() == "True"
+    finally:
+        await actor.kill()
+    assert host(ks_path, SYSTEM_CLOCK).state.locked_for(now()) == 0.0, \
+        "one guess as the owner reset left PIN pairing locked"
