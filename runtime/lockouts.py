@@ -424,11 +424,16 @@ class KeystoreLockJournal:
         # or given back, a PIN attempt refused by a closed lock): the keystore is not written.
         # Its floor is read first: following the keystore may take its lock, never under the
         # records' (another process holds it around them).
+        # The floor read may be older than the records (another process changed both since,
+        # the owner's reset cleared both): written alone, the records take nothing from it
+        # (attack review of the lock records' floor, finding 3); when it adds a failure to them
+        # (older records put back, an older pairkit's count), the two are written together.
         self._floor()
         with self._file.update() as records:
-            merged = self._merged(records.setting(self._key), self._floor(follow=False))
+            raw = records.setting(self._key)
+            merged = self._merged(raw, self._floor(follow=False))
             kept = change(_copy(merged))
-            if _same_count(kept, merged):
+            if _same_count(kept, merged) and _same_count(merged, self._read(raw)):
                 self._keep(records, kept)
                 return
         # A failure counted, or failures cleared: again, under the keystore's lock and then the

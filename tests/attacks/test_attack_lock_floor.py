@@ -190,9 +190,6 @@ linux_only = pytest.mark.skipif(not Path("/proc/locks").exists(),
 
 
 @linux_only
-@pytest.mark.xfail(strict=True, reason="finding 3 of the floor's review: a change that writes the "
-                   "records alone writes the floor it read before the records' lock into them, "
-                   "after the owner's reset cleared both")
 async def test_an_attempt_refused_as_the_owner_resets_does_not_put_the_lock_back(
     ks_path: Path,
 ) -> None:
