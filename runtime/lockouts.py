@@ -608,11 +608,18 @@ def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS,
     docs/security.md, "Codes out at once are held to the same budget").  A place of a process
     that died holds only until its exchange's end.  Records that do not open all go."""
     keys = tuple(_PREFIX + kind for kind in kinds)
-    with ks.update() as k:  # the floors (where an older pairkit kept the records)
+    records = lock_file(ks)
+    records.take_key()  # (the keystore's lock is not taken again inside its update)
+    # The floors (where an older pairkit kept the records) and the records of the locks with no
+    # places in one step, under the keystore's lock and then the records' (the order every
+    # process takes them in): a failure counted between two steps wrote the records still
+    # there back into the floor (attack review of the lock records' floor, finding 4).
+    with ks.update() as k, records._within():
         present = [key for key in keys if k.setting(key) is not None]
         for key in present:
             k.delete_setting(key)
-    forgot = bool(present)
+        forgot = records.reset(tuple(k for k in keys if k != _PREFIX + "compare")) \
+            or bool(present)
     if "compare" in kinds:
         journal = KeystoreLockJournal(ks, "compare", clock)
 
@@ -628,5 +635,6 @@ def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS,
         try:  # in one step under the lock: a place given back meanwhile stays given back
             journal.update(keep_held, clock.monotonic())
         except KeystoreError:
-            pass  # the records do not open: they all go (below)
-    return lock_file(ks).reset(tuple(k for k in keys if k != _PREFIX + "compare")) or forgot
+            # The records do not open: they all go.
+            forgot = records.reset(()) or forgot
+    return forgot

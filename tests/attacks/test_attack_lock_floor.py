@@ -21,11 +21,13 @@ from pathlib import Path
 import pytest
 
 from pairkit.clock import SYSTEM_CLOCK
-from pairkit.keystore import Keystore
+from pairkit.keystore import Keystore, MemoryStorage
 from pairkit.lockouts import forget_lockouts
 from pairkit.pairing.errors import KeystoreError
+from pairkit.pairing.keystore import Argon2Params
 from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import S_ASK, S_TURN
+from pairkit.session import HostSide
 from tests.clock_harness import Clocks
 from tests.lock_actor_harness import Actor, until, waiters
 from tests.lockout_harness import KS_PIN, POLICY, HostProcess, host, ks_path, older_host_lock
@@ -224,9 +226,6 @@ async def test_an_attempt_refused_as_the_owner_resets_does_not_put_the_lock_back
 
 
 @linux_only
-@pytest.mark.xfail(strict=True, reason="finding 4 of the floor's review: the owner's reset clears "
-                   "the floors and the records' PIN in two steps; a failure counted between "
-                   "writes the streak back into the floor")
 async def test_a_guess_counted_as_the_owner_resets_does_not_keep_the_streak(
     ks_path: Path,
 ) -> None:
@@ -261,3 +260,16 @@ async def test_a_guess_counted_as_the_owner_resets_does_not_keep_the_streak(
         await actor.kill()
     assert host(ks_path, SYSTEM_CLOCK).state.locked_for(now()) == 0.0, \
         "one guess as the owner reset left PIN pairing locked"
+
+
+def test_the_owners_reset_of_a_keystore_kept_its_own_way_lifts_its_lock() -> None:
+    """Finding 4's fix clears the floors and the records in one update of the keystore; beside
+    a keystore not kept in a file (``MemoryStorage``) the records are inside it, and their
+    lock is that update: the reset must lift the lock, once, without waiting for itself."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    ks = Keystore.create(MemoryStorage(), KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
+    side = HostSide.of(ks, PairingConfig(), transport="tcp", pin_policy=POLICY, clock=clock)
+    assert guesses_played(side, clock) == BUDGET
+    assert forget_lockouts(ks, clock=clock)
+    assert side.state.locked_for(clock.monotonic()) == 0.0
+    assert not forget_lockouts(ks, clock=clock)
