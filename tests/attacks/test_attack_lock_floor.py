@@ -275,9 +275,10 @@ def test_the_owners_reset_of_a_keystore_kept_its_own_way_lifts_its_lock() -> Non
     assert not forget_lockouts(ks, clock=clock)
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5 of the floor's review (reported): a failure is "
-                   "written to the records' file before the keystore's save, which a full disk "
-                   "fails: in the file alone, a rollback drops it")
+@pytest.mark.xfail(strict=True, reason="finding 5 of the floor's review (reported): with the "
+                   "keystore's save failing (its disk full) places are still taken in the records' "
+                   "file alone, and no failure of their codes reaches the floor: a rollback drops "
+                   "them")
 def test_a_full_disk_and_a_rollback_give_no_fresh_budget_of_codes(ks_path: Path) -> None:
     """Someone who can write the owner's files fills their disk but for a few KiB (the records'
     file, a few hundred bytes, is still written; the keystore's save fails) and keeps a copy of
@@ -285,7 +286,10 @@ def test_a_full_disk_and_a_rollback_give_no_fresh_budget_of_codes(ks_path: Path)
     alone (it fits); her code goes out; she leaves unconfirmed, and the failure is written to the
     records, then the keystore's save fails (the settle raises: the floor never holds it).  The
     copy put back drops the failure and the place: the host shows her codes without end (the
-    floor was to bound a rollback: a code out counts in it before anything of it may be lost)."""
+    floor was to bound a rollback).  Saving the keystore before the records (tried) does not
+    help: the failure then reaches neither, and the place, in the records alone, goes with the
+    rollback; what would is a place whose count could not be kept still held in the process
+    (``CodeTurns``), or no place taken while the keystore cannot be saved."""
     copy = copy_without_failures(ks_path)
     clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
     disk = KeystoreDiskFull()
