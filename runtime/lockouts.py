@@ -1,24 +1,39 @@
 """Failed PIN attempts and unconfirmed compare codes kept beside the keystore (docs/security.md,
 rule 7, "The lock outlives the host process").
 
-A :class:`~pairkit.pairing.methods.common.Lockout` counts a stranger's wrong PINs, and the codes
-compare showed that nobody confirmed, against the host's :class:`~pairkit.pairing.methods.
-PinPolicy`.  In one process's memory the count ended with the process: a host started again (a
-Pi's service restarted, a reboot, a crash), or a second host process of the same device, gave a
-stranger a fresh budget.  :class:`KeystoreLockJournal` keeps them in the keystore's lock records
-instead (:class:`LockFile`: the sealed file ``KEYSTORE.locks``), as the record ``lockout.pin``,
-``lockout.compare`` or (a PN gateway's PIN) ``lockout.pn-pin``:
-``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with ``"boot"`` and
-``"monotonic"`` beside them where the clock says which boot it counts from (below), and for
-compare the places of its codes out (:class:`~pairkit.pairing.methods.common.CodeTurns`):
-``"places": [{"key", "at", "until"}]`` in wall-clock seconds, each with ``"monotonic": [at,
-until]`` where the boot is named; a place of another boot is read as ended (its process is
-gone), so it counts as a failure at once.  The records are sealed under a key kept in the
-sealed keystore, so only its owner's pairkit writes them.  Each change is made under the lock
-file's lock (:meth:`LockFile.update`), and each check reads what another process saved (one
-short read of a small file when nothing changed).  A failure is rare: the policy itself bounds
-the failures a stranger can cause (about 12,000 a year); a compare pairing writes twice (its
-place taken, then given back), a few hundred bytes each (the whole keystore before session 10).
+A :class:`~pairkit.pairing.methods.common.Lockout` counts a stranger's wrong PINs, and the
+codes compare showed that nobody confirmed, against the host's
+:class:`~pairkit.pairing.methods.PinPolicy`.  In one process's memory the count ended with the
+process: a host started again (a Pi's service restarted, a reboot, a crash), or a second host
+process of the same device, gave a stranger a fresh budget.  :class:`KeystoreLockJournal` keeps
+them in the keystore's lock records instead (:class:`LockFile`: the sealed file
+``KEYSTORE.locks``), as the record ``lockout.pin``, ``lockout.compare`` or (a PN gateway's PIN)
+``lockout.pn-pin``: ``{"failures": [wall-clock seconds, oldest first], "streak": n}``, with
+``"boot"`` and ``"monotonic"`` beside them where the clock says which boot it counts from
+(below), and for compare the places of its codes out
+(:class:`~pairkit.pairing.methods.common.CodeTurns`): ``"places": [{"key", "at", "until"}]`` in
+wall-clock seconds, each with ``"monotonic": [at, until]`` where the boot is named; a place of
+another boot is read as ended (its process is gone), so it counts as a failure at once; and
+``"counted": [key]``, the last places counted at their end (their holders, if still running,
+count them no more).  The records are sealed under a key kept in the sealed keystore, so only
+its owner's pairkit writes them.  Each change is made under the lock file's lock
+(:meth:`LockFile.update`), and each check reads what another process saved (one short read of a
+small file when nothing changed).  A failure is rare: the policy itself bounds the failures a
+stranger can cause (about 12,000 a year); a compare pairing writes twice (its place taken, then
+given back), a few hundred bytes each (the whole keystore before session 10).
+
+The keystore keeps each lock's *floor*: its counted part (failures, streak, and their boot and
+monotonic times; no places), as the setting of the same name, in the format pairkit kept the
+whole record in before session 10.  A check reads the records and the floor as one (each
+failure either holds, the same one in both counted once; the longer streak), so that an older
+copy of the records' file put back counts no fewer failures than the keystore holds, and an
+older pairkit's host still running (which reads and writes the keystore's settings) and an
+upgraded one count each other's failures (attack review of the lock records, findings 4 and 5).
+The floor is written, with the records, only by a change of what it holds: a failure counted,
+failures cleared (an attempt won, a quiet day, the owner's reset); a compare place taken or
+given back writes the records alone.  Such a change is made under the keystore's lock and then
+the records' (the order every process takes them in), and either write lost to a crash leaves
+the failure counted in the other.
 
 Times: the machines count on the monotonic clock, which starts again at each boot; the keystore
 holds wall-clock seconds.  A journal converts with one offset, read when it is made, so that the
@@ -52,7 +67,7 @@ from .pairing.errors import KeystoreError
 from .pairing.keystore import Keystore
 from .pairing.keystore.records import thaw
 from .pairing.keystore.storage import Storage
-from .pairing.methods.common import TIME_SLACK, LockRecord, Place
+from .pairing.methods.common import COUNTED_KEPT, TIME_SLACK, LockRecord, Place
 
 __all__ = ["HOST_KINDS", "KINDS", "KeystoreLockJournal", "LockFile", "forget_lockouts"]
 
@@ -152,10 +167,12 @@ class LockFile:
 
     The interface is the keystore's part a journal uses: :meth:`follow`, :meth:`setting`, and
     :meth:`update` giving an object with ``setting``, ``set_setting`` and ``delete_setting``.
-    Records an older pairkit kept in the keystore's settings are moved here when a journal is
-    made (:meth:`take_from_keystore`).  Beside a keystore not kept in a file the sealed records
-    are kept inside it (:class:`_InKeystore`).  The key is made, under the keystore's lock, after
-    the file is written (:meth:`_cipher`); the keystore's lock is never taken under the file's.
+    The keystore keeps each lock's floor beside it (:class:`KeystoreLockJournal`), where an
+    older pairkit kept the whole record.  Beside a keystore not kept in a file the sealed
+    records are kept inside it (:class:`_InKeystore`), with no floor, and records an older
+    pairkit kept among its settings are moved into them (:meth:`take_from_keystore`).  The key
+    is made, under the keystore's lock, after the file is written (:meth:`_cipher`); the
+    keystore's lock is never taken under the file's.
     """
 
     def __init__(self, ks: Keystore) -> None:
@@ -172,6 +189,13 @@ class LockFile:
 
     def __repr__(self) -> str:
         return f"<LockFile {self._storage.where}>"
+
+    @property
+    def floored(self) -> bool:
+        """Whether the records are kept outside the keystore (a file beside it), so that the
+        keystore keeps a floor of each lock (:class:`KeystoreLockJournal`); beside a keystore
+        not kept in a file they are inside it already."""
+        return not isinstance(self._storage, _InKeystore)
 
     def _cipher(self) -> ChaCha20Poly1305:
         if self._aead is None:
@@ -195,6 +219,11 @@ class LockFile:
                         k.set_setting(_KEY_SETTING, key)
             self._aead = ChaCha20Poly1305(key)
         return self._aead
+
+    def take_key(self) -> None:
+        """Make sure the records' key is read (or made): before the keystore's lock is taken
+        around the records' (:meth:`_cipher` takes it when it makes the key)."""
+        self._cipher()
 
     def follow(self) -> None:
         """Read the records again if another process (or this one's other journals) changed
@@ -242,9 +271,12 @@ class LockFile:
                 self._seen, self._records = data, records.values
 
     def take_from_keystore(self, keys: tuple[str, ...]) -> None:
-        """Move the records an older pairkit kept among the keystore's settings here (a record
-        already here wins), and remove them from the keystore."""
-        if all(self._ks.setting(key) is None for key in keys):
+        """Records an older pairkit kept among the settings of a keystore not kept in a file:
+        moved into its lock records (a record already there wins), in one save of the
+        keystore.  Beside a keystore file nothing is moved: the keystore's settings of the
+        same names are the locks' floors, which every check reads (and an older pairkit's host
+        still running goes on reading and writing; :class:`KeystoreLockJournal`)."""
+        if self.floored or all(self._ks.setting(key) is None for key in keys):
             return
         self._cipher()  # (the keystore's lock is not taken again inside its update)
         with self._ks.update() as k, self._within(), self.update() as mine:
@@ -330,7 +362,9 @@ def lock_file(ks: Keystore) -> LockFile:
 
 
 class KeystoreLockJournal:
-    """One lock's failures (``kind``: one of :data:`KINDS`) kept in ``ks``."""
+    """One lock's failures (``kind``: one of :data:`KINDS`) kept beside ``ks`` (its
+    :class:`LockFile`) with their floor in it (the module docstring; docs/security.md, rule 7,
+    "The lock records' own file")."""
 
     def __init__(self, ks: Keystore, kind: str, clock: Clock = SYSTEM_CLOCK) -> None:
         if kind not in KINDS:
@@ -338,7 +372,7 @@ class KeystoreLockJournal:
         self._ks = ks
         self._key = _PREFIX + kind
         self._clock = clock
-        #: where the records are kept (records an older pairkit kept in the keystore moved)
+        #: where the records are kept (the floor: in the keystore, beside a records' file)
         self._file = lock_file(ks)
         self._file.take_from_keystore((self._key,))
         #: wall-clock seconds less the machines' clock, read once (see the module docstring)
@@ -351,47 +385,109 @@ class KeystoreLockJournal:
         boot = getattr(clock, "boot_id", None)
         self._boot: str | None = boot() if callable(boot) else None
         #: the record last parsed by :meth:`load` and what it read as (see there)
-        self._parsed: tuple[Any, LockRecord] = (None, LockRecord([], 0))
+        self._parsed: tuple[tuple[Any, Any], LockRecord] = ((None, None), LockRecord([], 0))
         self._clamped = False
 
     def __repr__(self) -> str:
         return f"KeystoreLockJournal({self._key!r})"
 
+    def _floor(self, follow: bool = True) -> Any:
+        """The floor the keystore keeps of this lock, as stored now (read again only if some
+        process saved the keystore since: never under the records' lock, as that may take the
+        keystore's), or as the keystore was last read (``follow`` false), or None (none kept,
+        or a keystore not kept in a file, whose records are inside it)."""
+        if not self._file.floored:
+            return None
+        if follow:
+            self._ks.follow()
+        return self._ks.setting(self._key)
+
     def load(self, now: float) -> LockRecord:
-        raw = self._file.setting(self._key)
-        # Read as before while the keystore holds the very same record (a check per compare
-        # look: the record is parsed again only when some process changed it), unless a time
-        # in it was read as this journal's start (later than now then, perhaps not now).
-        if raw is not None and raw is self._parsed[0]:
+        raw, floor = self._file.setting(self._key), self._floor()
+        # Read as before while the records and the floor are the very same (a check per
+        # compare look: parsed again only when some process changed one), unless a time in
+        # them was read as this journal's start (later than now then, perhaps not now).
+        seen = self._parsed[0]
+        if (raw is not None or floor is not None) and raw is seen[0] and floor is seen[1]:
             return self._parsed[1]
         self._clamped = False
-        record = self._read(raw)
-        self._parsed = (None, record) if self._clamped else (raw, record)
+        record = self._merged(raw, floor)
+        self._parsed = ((None, None), record) if self._clamped else ((raw, floor), record)
         return record
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
-        with self._file.update() as ks:
-            kept = change(self._read(ks.setting(self._key)))
-            if not kept.failures and not kept.streak and not kept.places:
-                ks.delete_setting(self._key)  # nothing to keep (an attempt won, taken back)
+        if not self._file.floored:
+            with self._file.update() as records:
+                self._keep(records, change(self._read(records.setting(self._key))))
+            return
+        # Under the records' lock alone while nothing counted changes (a compare place taken
+        # or given back, a PIN attempt refused by a closed lock): the keystore is not written.
+        # Its floor is read first: following the keystore may take its lock, never under the
+        # records' (another process holds it around them).
+        # The floor read may be older than the records (another process changed both since,
+        # the owner's reset cleared both): written alone, the records take nothing from it
+        # (attack review of the lock records' floor, finding 3); when it adds a failure to them
+        # (older records put back, an older pairkit's count), the two are written together.
+        self._floor()
+        with self._file.update() as records:
+            raw = records.setting(self._key)
+            merged = self._merged(raw, self._floor(follow=False))
+            kept = change(_copy(merged))
+            if _same_count(kept, merged) and _same_count(merged, self._read(raw)):
+                self._keep(records, kept)
                 return
-            last = kept.failures[-_MAX_KEPT:]
-            places = kept.places[-_MAX_KEPT:]
-            # With the boot named, this boot's readers take the monotonic times, and the wall
-            # times serve the next boot only: they come from the wall clock as it reads now,
-            # which a network time that arrived after this host started has set right (the
-            # offset read at the start would keep them a clock step behind for good).
-            offset = (self._clock.wall() - self._clock.monotonic() if self._boot is not None
-                      else self._offset)
-            record: dict[str, Any] = {
-                "failures": [round(t + offset, 3) for t in last], "streak": kept.streak,
-            }
-            if self._boot is not None:
-                record |= {"boot": self._boot, "monotonic": [round(t, 3) for t in last]}
-            if places:
-                record["places"] = [_place_record(p, offset, self._boot is not None)
-                                    for p in places]
-            ks.set_setting(self._key, record)
+        # A failure counted, or failures cleared: again, under the keystore's lock and then the
+        # records' (the order every process takes them in), and the floor written with the
+        # records.  ``change`` is given the record as kept then; what it decided above is
+        # dropped.  The records are written first, the keystore as its update ends: a crash
+        # between leaves a failure counted in one of the two, which the next read merges.
+        self._file.take_key()  # (the keystore's lock is not taken again inside its update)
+        with self._ks.update() as k, self._file.update() as records:
+            kept = change(self._merged(records.setting(self._key), k.setting(self._key)))
+            floor = self._keep(records, kept)
+            if floor is None:
+                k.delete_setting(self._key)
+            else:
+                k.set_setting(self._key, floor)
+
+    def _merged(self, raw: Any, floor: Any) -> LockRecord:
+        """The records' ``raw`` record and the keystore's ``floor`` of it, read as one: every
+        failure either keeps, the same failure in both counted once (see :func:`_union`), the
+        longer streak, and the records' places (the floor keeps none)."""
+        record = self._read(raw)
+        if floor is None:
+            return record
+        kept = self._read(floor)
+        failures = _union(record.failures, kept.failures)
+        return LockRecord(failures, max(record.streak, kept.streak, len(failures)),
+                          record.places, record.counted)
+
+    def _keep(self, records: _Records, kept: LockRecord) -> dict[str, Any] | None:
+        """Write ``kept`` to the records; the floor the keystore keeps of it (None: none)."""
+        if not kept.failures and not kept.streak and not kept.places and not kept.counted:
+            records.delete_setting(self._key)  # nothing to keep (an attempt won, taken back)
+            return None
+        last = kept.failures[-_MAX_KEPT:]
+        places = kept.places[-_MAX_KEPT:]
+        # With the boot named, this boot's readers take the monotonic times, and the wall
+        # times serve the next boot only: they come from the wall clock as it reads now,
+        # which a network time that arrived after this host started has set right (the
+        # offset read at the start would keep them a clock step behind for good).
+        offset = (self._clock.wall() - self._clock.monotonic() if self._boot is not None
+                  else self._offset)
+        record: dict[str, Any] = {
+            "failures": [round(t + offset, 3) for t in last], "streak": kept.streak,
+        }
+        if self._boot is not None:
+            record |= {"boot": self._boot, "monotonic": [round(t, 3) for t in last]}
+        floor = dict(record) if last or kept.streak else None
+        if places:
+            record["places"] = [_place_record(p, offset, self._boot is not None)
+                                for p in places]
+        if kept.counted:
+            record["counted"] = kept.counted[-COUNTED_KEPT:]
+        records.set_setting(self._key, record)
+        return floor
 
     def _read(self, record: Any) -> LockRecord:
         """What ``record`` keeps, on the machines' clock; nothing for a record this pairkit
@@ -443,7 +539,46 @@ class KeystoreLockJournal:
             # A place lasts as long as it was written to (a wall clock set back since must not
             # make it hold for days): its end is read from its start as read.
             places.append(Place(p["key"], when(at), when(at) + max(0.0, until - at)))
-        return LockRecord(failures, max(streak, len(failures)), places)
+        raw_counted = record.get("counted")
+        counted = [k for k in raw_counted if isinstance(k, str)] \
+            if isinstance(raw_counted, tuple | list) else []
+        return LockRecord(failures, max(streak, len(failures)), places, counted)
+
+
+def _copy(record: LockRecord) -> LockRecord:
+    return LockRecord(list(record.failures), record.streak, list(record.places),
+                      list(record.counted))
+
+
+def _union(mine: list[float], floor: list[float]) -> list[float]:
+    """The failures of two sorted lists as one: each time as often as the list that holds it
+    more often, a time in both (within :data:`TIME_SLACK`: each list keeps the same rounded
+    times, written by one change) counted once.  Every change of an upgraded host writes the
+    same failures to both; an older host's changes write the floor from the floor as it read
+    it; so a failure is in one list, or in both at the same time.  Distinct failures at one
+    time (a test's clock, compare's codes counted at the time they went out) stay distinct: a
+    list holding two keeps two."""
+    out: list[float] = []
+    i = j = 0
+    while i < len(mine) or j < len(floor):
+        if j == len(floor) or (i < len(mine) and mine[i] < floor[j] - TIME_SLACK):
+            out.append(mine[i])
+            i += 1
+        elif i == len(mine) or floor[j] < mine[i] - TIME_SLACK:
+            out.append(floor[j])
+            j += 1
+        else:  # the same failure in both
+            out.append(max(mine[i], floor[j]))
+            i += 1
+            j += 1
+    return out
+
+
+def _same_count(kept: LockRecord, read: LockRecord) -> bool:
+    """Whether ``kept`` keeps the failures and streak ``read`` did (what the floor holds)."""
+    a, b = kept.failures[-_MAX_KEPT:], read.failures[-_MAX_KEPT:]
+    return kept.streak == read.streak and len(a) == len(b) and all(
+        abs(x - y) <= TIME_SLACK for x, y in zip(sorted(a), sorted(b), strict=True))
 
 
 def _is_time(t: object) -> bool:
@@ -465,18 +600,26 @@ def _place_record(place: Place, offset: float, boot: bool) -> dict[str, Any]:
 def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS,
                     clock: Clock = SYSTEM_CLOCK) -> bool:
     """Remove the kept failures of ``kinds`` (``pairkit host --reset-lockouts``, ``pairkit pn
-    gateway --reset-lockouts``: the owner lifting a lock their own typos caused); whether there
-    were any.  compare's places still held are kept: their codes are out now, at a host
+    gateway --reset-lockouts``: the owner lifting a lock their own typos caused), from the
+    records and from the keystore's floors (or an older pairkit's records) of them; whether
+    there were any.  compare's places still held are kept: their codes are out now, at a host
     process of the device that may still run, and count when they end if nobody confirms them
     (a reset must not give a man in the middle a fresh budget beside the codes she holds:
     docs/security.md, "Codes out at once are held to the same budget").  A place of a process
     that died holds only until its exchange's end.  Records that do not open all go."""
     keys = tuple(_PREFIX + kind for kind in kinds)
-    with ks.update() as k:  # records an older pairkit kept among the keystore's settings
+    records = lock_file(ks)
+    records.take_key()  # (the keystore's lock is not taken again inside its update)
+    # The floors (where an older pairkit kept the records) and the records of the locks with no
+    # places in one step, under the keystore's lock and then the records' (the order every
+    # process takes them in): a failure counted between two steps wrote the records still
+    # there back into the floor (attack review of the lock records' floor, finding 4).
+    with ks.update() as k, records._within():
         present = [key for key in keys if k.setting(key) is not None]
         for key in present:
             k.delete_setting(key)
-    forgot = bool(present)
+        forgot = records.reset(tuple(k for k in keys if k != _PREFIX + "compare")) \
+            or bool(present)
     if "compare" in kinds:
         journal = KeystoreLockJournal(ks, "compare", clock)
 
@@ -485,10 +628,13 @@ def forget_lockouts(ks: Keystore, kinds: tuple[str, ...] = HOST_KINDS,
             now = clock.monotonic()
             held = [p for p in record.places if p.until > now]
             forgot |= bool(record.failures or record.streak or len(held) < len(record.places))
-            return LockRecord([], 0, held)
+            # The places ended are lifted: their holders, still running, count nothing.
+            lifted = [p.key for p in record.places if p.until <= now]
+            return LockRecord([], 0, held, [*record.counted, *lifted][-COUNTED_KEPT:])
 
         try:  # in one step under the lock: a place given back meanwhile stays given back
             journal.update(keep_held, clock.monotonic())
         except KeystoreError:
-            pass  # the records do not open: they all go (below)
-    return lock_file(ks).reset(tuple(k for k in keys if k != _PREFIX + "compare")) or forgot
+            # The records do not open: they all go.
+            forgot = records.reset(()) or forgot
+    return forgot

@@ -1,6 +1,7 @@
 """A host's lock records in a real keystore file (runtime/lockouts.py; docs/security.md, rule 7,
-"The lock outlives the host process"): the keystore, a host process's side on it, a disk that
-fills up, and another host process of the device holding compare places (:class:`HostProcess`).
+"The lock outlives the host process"): the keystore, a host process's side on it, an older
+pairkit's host journal on it (:class:`OlderJournal`), a disk that fills up, and another host
+process of the device holding compare places (:class:`HostProcess`).
 Used by tests/test_lockouts.py and tests/attacks/test_attack_lockout_*.py.
 
 Run as ``python -m tests.lockout_harness PATH N`` it is that other process: a host side on the
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore
 from pairkit.pairing.keystore import Argon2Params
 from pairkit.pairing.methods import PairingConfig, PinPolicy
+from pairkit.pairing.methods.common import TIME_SLACK, Lockout, LockRecord
 from pairkit.session import HostSide
 
 KS_PIN = "lockout-test-7391"
@@ -46,6 +50,70 @@ def host(path: Path, clock: Any, config: PairingConfig | None = None,
     storage: Path | FileStorage = path if disk is None else FileStorage(path, before_replace=disk)
     return HostSide.of(Keystore.open(storage, KS_PIN), config or PairingConfig(),
                        transport="tcp", pin_policy=POLICY, clock=clock)
+
+
+class OlderJournal:
+    """An older pairkit's host journal: session 9's ``KeystoreLockJournal`` (3861943:
+    runtime/lockouts.py), its records among the keystore's settings (``lockout.pin`` ...:
+    ``{"failures": [wall-clock seconds], "streak": n}``, ``"boot"`` and ``"monotonic"`` beside
+    them), read with :meth:`Keystore.follow` at each check and changed under the keystore's
+    lock; its code as it was but for the record type (session 9's ``Lockout`` took a pair,
+    and kept no places in the journal: a :class:`LockRecord`'s places are dropped)."""
+
+    def __init__(self, ks: Keystore, kind: str, clock: Any) -> None:
+        self._ks = ks
+        self._key = "lockout." + kind
+        self._clock = clock
+        self._offset = clock.wall() - clock.monotonic()
+        self._start = clock.monotonic()
+        self._boot: str | None = clock.boot_id()
+
+    def load(self, now: float) -> LockRecord:
+        self._ks.follow()
+        return LockRecord(*self._read(self._ks.setting(self._key)))
+
+    def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
+        with self._ks.update() as ks:
+            kept = change(LockRecord(*self._read(ks.setting(self._key))))
+            failures, streak = kept.failures, kept.streak
+            if not failures and not streak:
+                ks.delete_setting(self._key)
+                return
+            last = failures[-64:]
+            offset = (self._clock.wall() - self._clock.monotonic() if self._boot is not None
+                      else self._offset)
+            record: dict[str, Any] = {
+                "failures": [round(t + offset, 3) for t in last], "streak": streak,
+            }
+            if self._boot is not None:
+                record |= {"boot": self._boot, "monotonic": [round(t, 3) for t in last]}
+            ks.set_setting(self._key, record)
+
+    def _read(self, record: Any) -> tuple[list[float], int]:
+        if not isinstance(record, Mapping):
+            return [], 0
+        raw, streak = record.get("failures"), record.get("streak")
+        if not isinstance(raw, tuple | list) or not isinstance(streak, int) or streak < 0:
+            return [], 0
+        times = [t for t in raw if isinstance(t, int | float) and math.isfinite(t)]
+        mono = record.get("monotonic")
+        if (self._boot is not None and record.get("boot") == self._boot
+                and isinstance(mono, tuple | list) and len(mono) == len(times)
+                and all(isinstance(t, int | float) and math.isfinite(t) for t in mono)):
+            times, offset = list(mono), 0.0
+        else:
+            offset = self._offset
+        limit = self._clock.monotonic() + TIME_SLACK
+        failures = sorted(
+            t if t <= limit else self._start for t in (t - offset for t in times)
+        )
+        return failures, max(streak, len(failures))
+
+
+def older_host_lock(path: Path, clock: Any, kind: str = "pin") -> Lockout:
+    """The lock ``kind`` of an older pairkit's host (:class:`OlderJournal`), still running on
+    the keystore at ``path`` (a keystore object of its own)."""
+    return Lockout(POLICY, OlderJournal(Keystore.open(path, KS_PIN), kind, clock))
 
 
 class DiskFull:

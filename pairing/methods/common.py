@@ -252,14 +252,22 @@ class Place:
     until: float
 
 
+#: keys of places counted at their end that a lock keeps (:attr:`LockRecord.counted`): more than
+#: the places a process holds at once (the budget, one past it)
+COUNTED_KEPT = 64
+
+
 @dataclasses.dataclass
 class LockRecord:
     """What a :class:`LockJournal` keeps of one lock: the failures (times, oldest first), the
-    streak, and the places held (:class:`Place`), times on the machines' clock."""
+    streak, the places held (:class:`Place`), times on the machines' clock, and the keys of
+    the last places counted at their end by whichever process read them ended (oldest first:
+    their holders, if still running, count them no more)."""
 
     failures: list[float]
     streak: int
     places: list[Place] = dataclasses.field(default_factory=list)
+    counted: list[str] = dataclasses.field(default_factory=list)
 
 
 class LockJournal(Protocol):
@@ -275,7 +283,10 @@ class LockJournal(Protocol):
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         """Apply ``change`` to what is kept now, and keep its result, as one step that no
-        other writer interleaves with; raises, and keeps nothing, when it cannot be kept."""
+        other writer interleaves with; raises, and keeps nothing, when it cannot be kept.
+        ``change`` may be applied more than once (the runtime's journal takes a second lock
+        when the result counts a failure, and applies it again to what is kept then): only
+        the last application's result is kept, so a change decides anew each time."""
         ...
 
 
@@ -287,7 +298,7 @@ class _MemoryJournal:
 
     def load(self, now: float) -> LockRecord:
         r = self._record
-        return LockRecord(list(r.failures), r.streak, list(r.places))
+        return LockRecord(list(r.failures), r.streak, list(r.places), list(r.counted))
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
         self._record = change(self.load(now))
@@ -314,6 +325,9 @@ class Lockout:
         #: under way, counted only when they end (at the time they began); a day that holds one
         #: is not quiet, so it forgives no streak
         self.places: list[Place] = []
+        #: the keys of the last places counted at their end, as last read (:meth:`_adopt`): a
+        #: holder leaving finds its place there, not gone (:meth:`CodeTurns.settle`)
+        self.counted: list[str] = []
         #: the keys of places given back here (their codes confirmed) that the journal still
         #: holds: free here at once, written with this lock's next change (:meth:`flush`)
         self.returned: set[str] = set()
@@ -329,13 +343,36 @@ class Lockout:
         """Take ``record`` as read at ``now``: a place whose exchange has ended by ``now``
         holds no place and counts as a failure, at the time it was taken."""
         self.failures, self.streak = sorted(record.failures), record.streak
+        self.counted = list(record.counted)
         held = [p for p in record.places if p.key not in self.returned]
+        self._end_quiet_streaks(record.places)
         self.places = [p for p in held if p.until > now]
         for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
             self._count(ended.at)
+            self.counted.append(ended.key)
+        del self.counted[:-COUNTED_KEPT]
+
+    def _end_quiet_streaks(self, places: list[Place]) -> None:
+        """A streak that a quiet day ended (``forgive`` seconds between two failures, and no
+        place taken between them) is over, whichever copy of the record still holds it: a
+        journal that reads two copies as one (the runtime's: the lock records' file and the
+        keystore's floor, either of which may have missed the other's last change: an older
+        pairkit's host writes the floor alone, a save may fail between the two) may hold a
+        streak the quiet day ended beside the one after it (attack review of the lock records'
+        floor, finding 1).  The failures before the last such day go; the streak is those
+        after it (or, when they fill the failures kept, the streak as read)."""
+        f = self.failures
+        for i in range(len(f) - 1, 0, -1):
+            if f[i] - f[i - 1] >= self.policy.forgive and not any(
+                    f[i - 1] < p.at < f[i] for p in places):
+                del f[:i]
+                if len(f) < self.policy.max_failures:
+                    self.streak = len(f)
+                return
 
     def _record(self) -> LockRecord:
-        return LockRecord(list(self.failures), self.streak, list(self.places))
+        return LockRecord(list(self.failures), self.streak, list(self.places),
+                          list(self.counted))
 
     def _locked_for(self, now: float) -> float:
         p = self.policy
@@ -475,10 +512,16 @@ class CodeTurns:
     def _places(self) -> int:
         return max(1, self.lock.policy.max_failures - self.lock.streak)
 
+    def _held(self) -> int:
+        """How many places are held (as the lock was last read): every process's kept, and
+        this one's own whether or not kept (older lock records put back lose them; attack
+        review of the lock records' floor)."""
+        return len({p.key for p in self.lock.places} | {p.key for p in self._mine.values()})
+
     def _first(self, holder: object) -> bool:
         """Whether a place is free for ``holder`` after those waiting before it (as the lock
         was last read)."""
-        free = self._places() - len(self.lock.places)
+        free = self._places() - self._held()
         return free > 0 and holder in itertools.islice(self._waiting, free)
 
     def take(self, holder: object, now: float, until: float) -> bool:
@@ -500,6 +543,7 @@ class CodeTurns:
 
             def check_and_take() -> None:
                 nonlocal got
+                got = None  # (applied again, it decides anew: LockJournal.update)
                 if self.lock._locked_for(now) <= 0 and self._first(holder):
                     self.lock.places.append(place)
                     got = place
@@ -532,8 +576,9 @@ class CodeTurns:
         counts as a failed try, at the time its place was taken, in the same step of the
         journal as its place is given up; if that step cannot be kept (it raises), the place
         stays kept and counts when its exchange would have ended.  A place the journal no
-        longer holds (it ended, and was counted; or the owner lifted the locks) changes
-        nothing.  The places freed go to the machines waiting, in order."""
+        longer holds changes nothing if it was counted at its end (by any process: its key is
+        kept, :attr:`Lockout.counted`) or lifted by the owner; gone otherwise (older records
+        put back), it counts.  The places freed go to the machines waiting, in order."""
         self._waiting.pop(holder, None)
         place = self._mine.pop(holder, None)
         when = (place.at if place is not None else 0.0) if now is None else now
@@ -555,6 +600,11 @@ class CodeTurns:
                 if len(held) < len(self.lock.places):
                     self.lock.places = held
                     self.lock._count(place.at)
+                elif place.key not in self.lock.counted:
+                    # Neither held nor counted at its end: older lock records were put back
+                    # (attack review of the lock records' floor), or records that did not
+                    # open were reset; its code was out all the same.
+                    self.lock._count(place.at)
 
             self.lock._change(give_up, when)
         finally:
@@ -568,7 +618,7 @@ class CodeTurns:
 
     def _hand_out(self) -> int:
         """Wake the machines waiting that a place is free for, in order; how many."""
-        free = self._places() - len(self.lock.places)
+        free = self._places() - self._held()
         woken: list[Callable[[], None]] = []
         # A streak at or past the budget leaves one place, and the next failure locks: the
         # machine woken refuses if the lock is closed now, and its place goes on to the next.

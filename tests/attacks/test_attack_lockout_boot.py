@@ -107,10 +107,13 @@ def test_a_record_whose_monotonic_list_does_not_fit_is_read_by_its_wall_times(
     for _ in range(BUDGET):
         first.state.pin_failed(clock.monotonic())
     ks = Keystore.open(ks_path, KS_PIN)
-    with lock_file(ks).update() as k:
-        record = dict(k.setting("lockout.pin"))
-        assert record["boot"] == clock.boot
-        k.set_setting("lockout.pin", record | {"monotonic": monotonic})
+    # In the records and in the keystore's floor of them (either alone would be read by the
+    # other's fitting list).
+    with ks.update() as floor, lock_file(ks).update() as k:
+        for kept in (k, floor):
+            record = dict(kept.setting("lockout.pin"))
+            assert record["boot"] == clock.boot
+            kept.set_setting("lockout.pin", record | {"monotonic": monotonic})
     clock.advance(60.0)
     again = host(ks_path, clock)
     assert again.state.locked_for(clock.monotonic()) == pytest.approx(240, abs=0.01)

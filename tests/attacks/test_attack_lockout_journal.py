@@ -261,8 +261,10 @@ def test_an_honest_pin_pairing_leaves_no_failure_whatever_the_milliseconds(
         clock.advance(2.0)  # CPace and Noise, and the guest's person
         side.state.pin_succeeded(started)
         clock.advance(10.0)
-    kept = lock_file(Keystore.open(ks_path, KS_PIN)).setting("lockout.pin")
+    ks = Keystore.open(ks_path, KS_PIN)
+    kept = lock_file(ks).setting("lockout.pin")
     assert kept is None, f"honest pairings left {kept['streak']}"  # nothing kept: no record
+    assert ks.setting("lockout.pin") is None  # nor in the keystore's floor
     assert side.state.locked_for(clock.monotonic()) == 0.0
 
 
