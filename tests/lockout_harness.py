@@ -29,6 +29,7 @@ from pairkit.pairing.keystore import Argon2Params
 from pairkit.pairing.methods import PairingConfig, PinPolicy
 from pairkit.pairing.methods.common import TIME_SLACK, Lockout, LockRecord
 from pairkit.session import HostSide
+from tests.clock_harness import Clocks
 
 KS_PIN = "lockout-test-7391"
 POLICY = PinPolicy()
@@ -209,3 +210,23 @@ async def _hold(path: Path, n: int, go: bool) -> None:
 
 if __name__ == "__main__":
     asyncio.run(_hold(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["go"]))
+
+
+#: the guesses or codes one window allows
+BUDGET = POLICY.max_failures
+
+
+def records_of(path: Path) -> Path:
+    return path.with_name(path.name + ".locks")
+
+
+def guesses_played(side: object, clock: Clocks, tries: int = 2 * BUDGET) -> int:
+    """How many PIN guesses ``side``'s host plays, one a second, until its lock refuses one
+    (a guess it cannot count raises: none played)."""
+    played = 0
+    for _ in range(tries):
+        if side.state.pin_failed_unless_locked(clock.monotonic()) > 0:  # type: ignore[attr-defined]
+            break
+        played += 1
+        clock.advance(1.0)
+    return played

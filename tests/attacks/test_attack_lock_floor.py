@@ -30,27 +30,21 @@ from pairkit.pairing.methods.common import S_ASK, S_TURN
 from pairkit.session import HostSide
 from tests.clock_harness import Clocks
 from tests.lock_actor_harness import Actor, until, waiters
-from tests.lockout_harness import KS_PIN, POLICY, HostProcess, host, ks_path, older_host_lock
+from tests.lockout_harness import (
+    BUDGET,
+    KS_PIN,
+    POLICY,
+    HostProcess,
+    guesses_played,
+    host,
+    ks_path,
+    older_host_lock,
+    records_of,
+)
 from tests.turns_harness import Answers, Mallory, Visits
 
 __all__ = ["ks_path"]
 
-BUDGET = POLICY.max_failures
-
-
-def records_of(path: Path) -> Path:
-    return path.with_name(path.name + ".locks")
-
-
-def guesses_played(side: object, clock: Clocks, tries: int = 2 * BUDGET) -> int:
-    """How many PIN guesses ``side``'s host plays, one a second, until its lock refuses one."""
-    played = 0
-    for _ in range(tries):
-        if side.state.pin_failed_unless_locked(clock.monotonic()) > 0:  # type: ignore[attr-defined]
-            break
-        played += 1
-        clock.advance(1.0)
-    return played
 
 
 def test_a_streak_a_quiet_day_ended_at_an_older_host_does_not_come_back(ks_path: Path) -> None:

@@ -29,27 +29,19 @@ from pairkit.pairing.methods import PairingConfig
 from pairkit.pairing.methods.common import Lockout
 from pairkit.session import HostSide
 from tests.clock_harness import Clocks
-from tests.lockout_harness import KS_PIN, POLICY, host, ks_path, older_host_lock
+from tests.lockout_harness import (
+    BUDGET,
+    KS_PIN,
+    POLICY,
+    guesses_played,
+    host,
+    ks_path,
+    older_host_lock,
+    records_of,
+)
 
 __all__ = ["ks_path"]
 
-BUDGET = POLICY.max_failures
-
-
-def records_of(path: Path) -> Path:
-    return path.with_name(path.name + ".locks")
-
-
-def guesses_played(side: object, clock: Clocks, tries: int = 2 * BUDGET) -> int:
-    """How many PIN guesses ``side``'s host plays, one a second, until its lock refuses one
-    (a guess it cannot count raises: none played)."""
-    played = 0
-    for _ in range(tries):
-        if side.state.pin_failed_unless_locked(clock.monotonic()) > 0:  # type: ignore[attr-defined]
-            break
-        played += 1
-        clock.advance(1.0)
-    return played
 
 
 def test_a_host_that_read_no_records_yet_gets_no_fresh_budget_when_they_are_deleted(
