@@ -22,15 +22,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.lockout_harness import LineProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("pin-attempt", "reset")
 
 
-class Actor:
+class Actor(LineProcess):
     """The other process (see the module docstring)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
 
     @classmethod
     async def start(cls, path: Path, step: str, within: float = 30.0) -> Actor:
@@ -46,16 +45,6 @@ class Actor:
             await actor.kill()
             raise
         return actor
-
-    async def _line(self, within: float) -> str:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        return line.decode().strip()
-
-    async def go(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
-        await self.proc.stdin.drain()
 
     def pause(self) -> None:
         """SIGSTOP: it stops where it is (waiting for a lock: it does not take it when freed)."""
@@ -76,11 +65,6 @@ class Actor:
         for and is freed now is not its."""
         stat = Path(f"/proc/{self.proc.pid}/stat")
         await until(lambda: stat.read_text().rsplit(")", 1)[1].split()[0] == "T", within)
-
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        await self.proc.wait()
 
 
 def waiters(lock_path: Path) -> int:

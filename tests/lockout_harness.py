@@ -131,13 +131,38 @@ class DiskFull:
             raise OSError(errno.ENOSPC, "No space left on device")
 
 
-class HostProcess:
+class LineProcess:
+    """Another process a test drives by lines: it says one line per step on its stdout
+    (:meth:`_line`) and starts when told (:meth:`go`); :meth:`kill` ends it at once."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def _line(self, within: float) -> str:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
+        return line.decode().strip()
+
+    async def go(self) -> None:
+        """Start it (a process started to wait for the word)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        await self.proc.stdin.drain()
+
+    async def kill(self) -> None:
+        """SIGKILL: the process ends at once, holding what it held (nothing settled)."""
+        if self.proc.returncode is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
+
+
+class HostProcess(LineProcess):
     """Another host process of the device (``python -m tests.lockout_harness``) to which Mallory
     opens ``n`` compare visits that stay; :attr:`codes` is how many codes she read there (once
     it said so).  Started with ``go``, it opens the keystore and waits for :meth:`go`."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
+        super().__init__(proc)
         self.codes: int | None = None
 
     @classmethod
@@ -158,17 +183,6 @@ class HostProcess:
             raise
         return other
 
-    async def _line(self, within: float) -> str:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        return line.decode().strip()
-
-    async def go(self) -> None:
-        """Start the visits (a process started with ``go``)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"go\n")
-        await self.proc.stdin.drain()
-
     async def read_codes(self, within: float = 30.0) -> int:
         line = await self._line(within)
         if not line.startswith("codes "):
@@ -176,11 +190,6 @@ class HostProcess:
         self.codes = int(line.split()[1])
         return self.codes
 
-    async def kill(self) -> None:
-        """SIGKILL: the process ends at once, its places held (nothing settled)."""
-        if self.proc.returncode is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        await self.proc.wait()
 
 
 async def _hold(path: Path, n: int, go: bool) -> None:
