@@ -387,6 +387,8 @@ class KeystoreLockJournal:
         #: the record last parsed by :meth:`load` and what it read as (see there)
         self._parsed: tuple[tuple[Any, Any], LockRecord] = ((None, None), LockRecord([], 0))
         self._clamped = False
+        #: whether a save of the keystore failed since its floor was last written (_together)
+        self._floor_behind = False
 
     def __repr__(self) -> str:
         return f"KeystoreLockJournal({self._key!r})"
@@ -420,6 +422,9 @@ class KeystoreLockJournal:
             with self._file.update() as records:
                 self._keep(records, change(self._read(records.setting(self._key))))
             return
+        if self._floor_behind:  # (see _together)
+            self._together(change)
+            return
         # Under the records' lock alone while nothing counted changes (a compare place taken
         # or given back, a PIN attempt refused by a closed lock): the keystore is not written.
         # Its floor is read first: following the keystore may take its lock, never under the
@@ -441,14 +446,33 @@ class KeystoreLockJournal:
         # records.  ``change`` is given the record as kept then; what it decided above is
         # dropped.  The records are written first, the keystore as its update ends: a crash
         # between leaves a failure counted in one of the two, which the next read merges.
+        self._together(change)
+
+    def _together(self, change: Callable[[LockRecord], LockRecord]) -> None:
+        """``change`` made under the keystore's lock and then the records', the floor written
+        with the records (:meth:`update`).  A keystore that could not be saved (a full disk)
+        leaves the floor behind the records, which an older copy of them put back would undo
+        (attack review of the lock records' floor, finding 5): until a save succeeds, every
+        change of this journal first writes the floor again, and is not made (it raises) while
+        that cannot be kept, so no place is taken and no guess played on records alone."""
         self._file.take_key()  # (the keystore's lock is not taken again inside its update)
-        with self._ks.update() as k, self._file.update() as records:
-            kept = change(self._merged(records.setting(self._key), k.setting(self._key)))
-            floor = self._keep(records, kept)
-            if floor is None:
-                k.delete_setting(self._key)
-            else:
-                k.set_setting(self._key, floor)
+        if self._floor_behind:
+            self._write_both(_copy)  # the floor as the records and it hold now, nothing else
+            self._floor_behind = False
+        self._write_both(change)
+
+    def _write_both(self, change: Callable[[LockRecord], LockRecord]) -> None:
+        try:
+            with self._ks.update() as k, self._file.update() as records:
+                kept = change(self._merged(records.setting(self._key), k.setting(self._key)))
+                floor = self._keep(records, kept)
+                if floor is None:
+                    k.delete_setting(self._key)
+                else:
+                    k.set_setting(self._key, floor)
+        except KeystoreError:
+            self._floor_behind = True
+            raise
 
     def _merged(self, raw: Any, floor: Any) -> LockRecord:
         """The records' ``raw`` record and the keystore's ``floor`` of it, read as one: every
