@@ -132,9 +132,13 @@ async def test_strangers_setup_requests_back_to_back_do_not_keep_an_element_out(
     """Two stranger addresses send 1-1 setup requests under the scale's id back to back, each
     staying silent once the key server asks it for its proof.  The watch then starts its own
     1-1 setup: it must become a member (waiting its turn), not be told the gateway is busy
-    for as long as the strangers keep asking."""
+    for as long as the strangers keep asking.  (The watch waits at most twice the gateway's
+    step for its turn, and each stranger ahead of it holds the setup for its key server round
+    trip and AUTH_GRACE: a step of 6 s leaves that wait room on a loaded CI machine, where 4 s
+    once did not; a queue that let the strangers go first would keep the watch out however
+    long it waits.)"""
     async with pn_lab(tmp_path, NAMES) as lab:
-        gw, port, gw_addr = await lab.gateway("--yes", "--collect", "1", "--timeout", "4")
+        gw, port, gw_addr = await lab.gateway("--yes", "--collect", "1", "--timeout", "6")
         stop = asyncio.Event()
         counts = {"requests": 0}
         attack = hold_setups(port, lab.ids["scale"], attacker_addresses(2), stop, counts)
