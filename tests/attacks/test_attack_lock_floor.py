@@ -185,6 +185,20 @@ linux_only = pytest.mark.skipif(not Path("/proc/locks").exists(),
                                 reason="reads /proc/locks and /proc/PID/stat (Linux)")
 
 
+async def stopped_waiting_for_the_records(actor: Actor, path: Path) -> None:
+    """Say go to ``actor`` while this process holds the records' lock of the keystore at
+    ``path``, and stop it (SIGSTOP) once it waits for that lock, which is then let go: freed,
+    it is not the stopped actor's."""
+    held = Held(records_lock(path))
+    try:
+        await actor.go()
+        await until(lambda: waiters(records_lock(path)) >= 1, WITHIN)
+        actor.pause()
+        await actor.stopped()
+    finally:
+        held.release()
+
+
 @linux_only
 async def test_an_attempt_refused_as_the_owner_resets_does_not_put_the_lock_back(
     ks_path: Path,
@@ -202,14 +216,7 @@ async def test_an_attempt_refused_as_the_owner_resets_does_not_put_the_lock_back
     assert side.state.locked_for(now()) > 0
     actor = await Actor.start(ks_path, "pin-attempt")
     try:
-        held = Held(records_lock(ks_path))
-        try:
-            await actor.go()
-            await until(lambda: waiters(records_lock(ks_path)) >= 1, WITHIN)
-            actor.pause()
-            await actor.stopped()
-        finally:
-            held.release()
+        await stopped_waiting_for_the_records(actor, ks_path)
         assert forget_lockouts(Keystore.open(ks_path, KS_PIN))
         actor.resume()
         await actor.result()
@@ -235,14 +242,7 @@ async def test_a_guess_counted_as_the_owner_resets_does_not_keep_the_streak(
         side.state.pin_failed(now())
     actor = await Actor.start(ks_path, "reset")
     try:
-        held = Held(records_lock(ks_path))
-        try:
-            await actor.go()
-            await until(lambda: waiters(records_lock(ks_path)) >= 1, WITHIN)
-            actor.pause()
-            await actor.stopped()
-        finally:
-            held.release()
+        await stopped_waiting_for_the_records(actor, ks_path)
         guess = asyncio.create_task(asyncio.to_thread(side.state.pin_failed_unless_locked,
                                                       now()))
         # Counted now, or waiting for the keystore's lock (the reset holds it, paused).
