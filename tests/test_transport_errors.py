@@ -94,6 +94,43 @@ async def test_a_radio_port_nobody_serves(device: Device) -> None:
         assert_clean(" ".join(args), result.out + result.err)
 
 
+async def test_a_radio_that_dies_while_a_command_opens_it_is_gone_not_taken(
+    device: Device,
+) -> None:
+    """A radio killed while a command starts its controller hangs up just as a radio refusing a
+    second host does.  The command must not send the person looking for the process that holds
+    the port: nothing listens there any more, exit 6 (as for a port nobody serves).  The radio
+    here is a real server on 127.0.0.1 that dies as a killed process does: it stops listening
+    and drops the connection the moment the host's first HCI command arrives."""
+    gone: list[bool] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        server.close()
+        writer.transport.abort()
+        gone.append(True)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for args in (("discover", "-t", f"bumble:tcp-client:127.0.0.1:{port}", "--timeout", "5"),
+                     ("host", "-t", f"bumble:tcp-client:127.0.0.1:{port}", "--once")):
+            if not server.is_serving():
+                server = await asyncio.start_server(serve, "127.0.0.1", port)
+            result = await device.run(*args)
+            assert gone, "the command never reached the radio"
+            assert result.rc == 6, result
+            assert result.err.splitlines()[0] == (
+                f"error: nothing listens at 127.0.0.1:{port} any more: the virtual radio went "
+                "away while this opened it; start it again (pairkit radio --ports P1 P2) and "
+                "give one of its ports"
+            ), result
+            assert_clean(" ".join(args), result.out + result.err)
+            gone.clear()
+    finally:
+        server.close()
+
+
 async def test_an_unknown_bumble_transport_is_a_usage_error(device: Device) -> None:
     result = await device.run("discover", "-t", "bumble:carrier-pigeon", "--timeout", "1")
     assert result.rc == 2, result

@@ -60,6 +60,7 @@ from bumble.transport.common import AsyncPipeSink, Transport
 
 from pairkit.pairing.errors import (
     ConfigError,
+    ErrorCode,
     LinkClosedError,
     PairingError,
     PairingTimeout,
@@ -97,7 +98,7 @@ from .ble.links import (
     pairing_config,
     tap_pending_channels,
 )
-from .ble.open_errors import open_failure
+from .ble.open_errors import open_failure, port_went_away
 from .ble.pace import PaceConfig
 from .ble.privacy import IRK_SIZE, resolvable_private_address
 from .ble.trace import RedactingSnooper, open_trace
@@ -402,7 +403,11 @@ class BumbleTransport:
                               lost=self._hci_lost())
             except PairingError as exc:
                 # A controller that hangs up while it starts (a 'pairkit radio' port another
-                # process holds) or never answers: said in words, with the next step.
+                # process holds, or a radio that died) or never answers: said in words, with
+                # the next step.
+                gone = await port_went_away(exc, self._spec)
+                if gone is not None:
+                    raise TransportError(gone, code=ErrorCode.NOT_FOUND) from exc
                 raise open_failure(exc, self._spec) from exc
             self._schedule_fast_period()
             self._watch_controller()

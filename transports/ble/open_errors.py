@@ -10,6 +10,7 @@ but an OS error's ``strerror`` or a last-resort detail for a failure none of the
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sys
@@ -31,7 +32,7 @@ from pairkit.pairing.errors import (
     TransportError,
 )
 
-__all__ = ["Kind", "describe_open_failure", "open_failure"]
+__all__ = ["Kind", "describe_open_failure", "open_failure", "port_went_away"]
 
 #: ``missing``: nothing there; ``denied``: no permission; ``busy``: another program has it;
 #: None: it is there but failed otherwise
@@ -194,3 +195,44 @@ def open_failure(exc: BaseException, spec: str) -> PairingError:
     text, kind = describe_open_failure(cause, spec)
     code = _CODES.get(kind or "")
     return TransportError(text, code=code) if code is not None else TransportError(text)
+
+
+#: how long the check of a radio port that hung up waits for its connect to be answered
+RECHECK_TIMEOUT = 2.0
+
+
+async def port_went_away(exc: BaseException, spec: str) -> str | None:
+    """The words for a ``pairkit radio`` port that hung up while it opened because the radio
+    itself went away (killed, stopped), or None when that is not what happened.
+
+    A radio refuses a second host on a port by closing the connection at once, and a radio
+    that dies closes it too: the same hang-up.  One more TCP connect tells them apart: refused
+    means nothing listens there any more (the radio is gone, NOT_FOUND like a port nobody
+    served); accepted means the radio is there and the port is taken, as
+    :func:`describe_open_failure` says.  Only asked for a failure that reads as "taken".
+    """
+    scheme, _, rest = spec.partition(":")
+    cause = exc.__cause__ if isinstance(exc, PairingError) and exc.__cause__ else exc
+    if scheme != "tcp-client" or describe_open_failure(cause, spec)[1] != "busy":
+        return None
+    host, _, port = rest.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port)), RECHECK_TIMEOUT
+        )
+    except (OSError, TimeoutError, ValueError) as error:
+        if isinstance(error, ConnectionRefusedError) or getattr(
+            error, "errno", None
+        ) == errno.ECONNREFUSED:
+            return (
+                f"nothing listens at {rest} any more: the virtual radio went away while "
+                "this opened it; start it again (pairkit radio --ports P1 P2) and give one "
+                "of its ports"
+            )
+        return None
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return None
