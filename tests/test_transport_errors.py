@@ -28,6 +28,7 @@ from .cli_helpers import (
     ROOT,
     Device,
     HostProcess,
+    Result,
     cli_env,
     free_port,
     init_devices,
@@ -47,6 +48,13 @@ FORBIDDEN = (
 def assert_clean(what: str, text: str) -> None:
     for rx in FORBIDDEN:
         assert not rx.search(text), f"{what} printed {rx.pattern!r}:\n{text}"
+
+
+def assert_ends_with(result: Result, rc: int, error: str, what: str) -> None:
+    """The command exited ``rc`` with ``error: ERROR`` as its first line and nothing unclean."""
+    assert result.rc == rc, result
+    assert result.err.splitlines()[0] == f"error: {error}", result
+    assert_clean(what, result.out + result.err)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +94,10 @@ async def test_a_radio_port_nobody_serves(device: Device) -> None:
     for args in (("discover", "-t", f"bumble:tcp-client:127.0.0.1:{port}", "--timeout", "1"),
                  ("host", "-t", f"bumble:tcp-client:127.0.0.1:{port}", "--once")):
         result = await device.run(*args)
-        assert result.rc == 6, result
-        assert result.err.splitlines()[0] == (
-            f"error: nothing listens at 127.0.0.1:{port}: start the virtual radio first "
+        assert_ends_with(result, 6, (
+            f"nothing listens at 127.0.0.1:{port}: start the virtual radio first "
             "(pairkit radio --ports P1 P2) and give one of its ports"
-        ), result
-        assert_clean(" ".join(args), result.out + result.err)
+        ), " ".join(args))
 
 
 async def test_a_radio_that_dies_while_a_command_opens_it_is_gone_not_taken(
@@ -119,13 +125,11 @@ async def test_a_radio_that_dies_while_a_command_opens_it_is_gone_not_taken(
                 server = await asyncio.start_server(serve, "127.0.0.1", port)
             result = await device.run(*args)
             assert gone, "the command never reached the radio"
-            assert result.rc == 6, result
-            assert result.err.splitlines()[0] == (
-                f"error: nothing listens at 127.0.0.1:{port} any more: the virtual radio went "
-                "away while this opened it; start it again (pairkit radio --ports P1 P2) and "
-                "give one of its ports"
-            ), result
-            assert_clean(" ".join(args), result.out + result.err)
+            assert_ends_with(result, 6, (
+                f"nothing listens at 127.0.0.1:{port} any more: the virtual radio went away "
+                "while this opened it; start it again (pairkit radio --ports P1 P2) and give "
+                "one of its ports"
+            ), " ".join(args))
             gone.clear()
     finally:
         server.close()
@@ -171,13 +175,11 @@ async def test_a_second_host_on_a_busy_radio_port(device: Device, tmp_path: Path
             await first.stop()
         proc.send_signal(2)
         _, radio_err = await asyncio.wait_for(proc.communicate(), 10)
-    assert second.rc == 1, second
-    assert second.err.splitlines()[0] == (
-        f"error: the radio port 127.0.0.1:{ports[0]} is taken: another pairkit process uses it "
+    assert_ends_with(second, 1, (
+        f"the radio port 127.0.0.1:{ports[0]} is taken: another pairkit process uses it "
         "(one process per port: give another port of 'pairkit radio', or start it with more "
         "ports)"
-    ), second
-    assert_clean("second host", second.out + second.err)
+    ), "second host")
     assert_clean("first host", first.stderr)
     text = radio_err.decode()
     assert f"radio: refused a second host on port {ports[0]} (one host per port)" in text, text
