@@ -239,3 +239,29 @@ def guesses_played(side: object, clock: Clocks, tries: int = 2 * BUDGET) -> int:
         played += 1
         clock.advance(1.0)
     return played
+
+
+class KeystoreDiskFull:
+    """The disk full for the keystore's own save only (its temporary file, many KiB; the lock
+    records' small file, a few hundred bytes, still fits): a ``before_replace`` hook, which the
+    records' file shares, raising as the real save's ``ENOSPC`` does (``error``: another
+    ``errno``, a read-only file system or an I/O error)."""
+
+    def __init__(self, error: int = errno.ENOSPC) -> None:
+        self.full = False
+        self.error = error
+
+    def __call__(self, tmp: Path) -> None:
+        if self.full and ".locks." not in tmp.name:
+            raise OSError(self.error, os.strerror(self.error))
+
+
+def records_without_failures(path: Path) -> bytes:
+    """A copy of the lock records of the keystore at ``path`` made while they held no failure
+    and no place (what someone who can write the owner's files keeps, to put back later): a
+    first PIN failure makes them, its attempt won takes it back."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=20.0)
+    side = host(path, clock)
+    side.state.pin_failed(clock.monotonic())
+    side.state.pin_succeeded(clock.monotonic())
+    return records_of(path).read_bytes()

@@ -1,0 +1,108 @@
+"""Attacks on the lock journal while the keystore cannot be saved (session 12 review of finding
+5's fix, 910260e: ``KeystoreLockJournal._together``; docs/security.md, rule 7, "The keystore
+keeps each lock's floor", finding 5).
+
+The claim reviewed: once a save of the keystore failed (a full disk, a read-only file system,
+an I/O error), the journal writes the floor again before any other change, and makes no change
+(no place taken, no code out, no guess played on the records alone) while it cannot; so a
+rollback of ``KEYSTORE.locks`` gives no fresh budget, whatever the disk does.
+
+In-process with the real journals on the real keystore and records files (a full disk is the
+real ``FileStorage`` save failing with ``ENOSPC`` after its temporary file was written, for the
+keystore only: :class:`tests.lockout_harness.KeystoreDiskFull`; an injected error at the file
+write boundary, so that the test runs without root and without a small file system of its own;
+the host's own words on a real full file system are checked by the CLI test at the end).  Two
+``Keystore`` objects on one file are two host processes of the device; a test clock is the
+device's clocks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pairkit.pairing.errors import KeystoreError
+from tests.clock_harness import Clocks
+from tests.lockout_harness import (
+    BUDGET,
+    KeystoreDiskFull,
+    host,
+    ks_path,
+    records_of,
+    records_without_failures,
+)
+
+__all__ = ["ks_path"]
+
+#: how long a compare place is taken for in these tests (past the answer time, as the host's)
+HOLD = 130.0
+
+
+@pytest.mark.xfail(strict=True, reason="finding 1: the floor written again after a failed save "
+                   "is the records as they are then, which a rollback made while the disk was "
+                   "full emptied: one more code each round (15 in the window)")
+def test_a_disk_filled_and_emptied_around_each_code_gives_no_fresh_budget(ks_path: Path) -> None:
+    """Finding 5's attack with the disk given room again after each rollback.  Mallory (who can
+    write the owner's files) keeps a copy of ``KEYSTORE.locks`` from before.  A compare visit:
+    its place is taken (the records alone), its code goes out; she fills the disk but for a few
+    KiB and leaves unconfirmed: the failure reaches the records, the keystore's save fails (the
+    settle raises), so the floor does not hold it.  She puts the copy back, then frees the disk.
+    The fix writes the floor again at the next change: from the records as they are then, the
+    copy, which holds no failure; the place and the failure are in no file and in no memory
+    (the settle forgot the place).  Each round one more code, without end."""
+    copy = records_without_failures(ks_path)
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    disk = KeystoreDiskFull()
+    turns = host(ks_path, clock, disk=disk).state.compare_turns  # type: ignore[arg-type]
+    codes = 0
+    for _ in range(3 * BUDGET):
+        holder = object()
+        try:
+            if not turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD):
+                turns.settle(holder, confirmed=False)  # (out of the queue: the lock closed)
+                break
+        except KeystoreError:
+            break  # no code goes out
+        codes += 1  # its code goes out: Mallory reads it
+        disk.full = True
+        clock.advance(1.0)
+        with pytest.raises(KeystoreError):
+            turns.settle(holder, confirmed=False, now=clock.monotonic())  # nobody confirmed it
+        records_of(ks_path).write_bytes(copy)
+        disk.full = False
+    assert codes <= BUDGET, f"{codes} codes out and unconfirmed in one window"
+
+
+@pytest.mark.xfail(strict=True, reason="finding 1: five codes a round (15 in the window)")
+def test_codes_out_at_once_on_a_full_disk_give_no_fresh_budget(ks_path: Path) -> None:
+    """The same with the budget of codes out at once: five places taken (in the records alone:
+    nothing counted changes), five codes out; then the disk is full and the five settles fail.
+    A fix that remembered only the failure whose save failed first (the other four settles
+    raise before they count anything) would still give four codes a round."""
+    copy = records_without_failures(ks_path)
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    disk = KeystoreDiskFull()
+    turns = host(ks_path, clock, disk=disk).state.compare_turns  # type: ignore[arg-type]
+    codes = 0
+    for _ in range(3):
+        holders = []
+        for _ in range(BUDGET):
+            holder = object()
+            try:
+                if not turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD):
+                    turns.settle(holder, confirmed=False)
+                    break
+            except KeystoreError:
+                break
+            holders.append(holder)
+        codes += len(holders)
+        disk.full = True
+        clock.advance(1.0)
+        for holder in holders:
+            with pytest.raises(KeystoreError):
+                turns.settle(holder, confirmed=False, now=clock.monotonic())
+        records_of(ks_path).write_bytes(copy)
+        disk.full = False
+        clock.advance(1.0)
+    assert codes <= BUDGET, f"{codes} codes out and unconfirmed in one window"
