@@ -39,9 +39,6 @@ __all__ = ["ks_path"]
 HOLD = 130.0
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: the floor written again after a failed save "
-                   "is the records as they are then, which a rollback made while the disk was "
-                   "full emptied: one more code each round (15 in the window)")
 def test_a_disk_filled_and_emptied_around_each_code_gives_no_fresh_budget(ks_path: Path) -> None:
     """Finding 5's attack with the disk given room again after each rollback.  Mallory (who can
     write the owner's files) keeps a copy of ``KEYSTORE.locks`` from before.  A compare visit:
@@ -50,7 +47,9 @@ def test_a_disk_filled_and_emptied_around_each_code_gives_no_fresh_budget(ks_pat
     settle raises), so the floor does not hold it.  She puts the copy back, then frees the disk.
     The fix writes the floor again at the next change: from the records as they are then, the
     copy, which holds no failure; the place and the failure are in no file and in no memory
-    (the settle forgot the place).  Each round one more code, without end."""
+    (the settle forgot the place).  Each round one more code, without end (15 in the window
+    before the fix).  Fixed: the process keeps the code whose count it could not keep
+    (``Lockout.unkept``) and counts it with the lock's next change."""
     copy = records_without_failures(ks_path)
     clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
     disk = KeystoreDiskFull()
@@ -74,12 +73,12 @@ def test_a_disk_filled_and_emptied_around_each_code_gives_no_fresh_budget(ks_pat
     assert codes <= BUDGET, f"{codes} codes out and unconfirmed in one window"
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1: five codes a round (15 in the window)")
 def test_codes_out_at_once_on_a_full_disk_give_no_fresh_budget(ks_path: Path) -> None:
     """The same with the budget of codes out at once: five places taken (in the records alone:
     nothing counted changes), five codes out; then the disk is full and the five settles fail.
     A fix that remembered only the failure whose save failed first (the other four settles
-    raise before they count anything) would still give four codes a round."""
+    raise before they count anything) would still give four codes a round (checked: 12 codes
+    in the window with such a fix; 15 before any)."""
     copy = records_without_failures(ks_path)
     clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
     disk = KeystoreDiskFull()
@@ -106,3 +105,28 @@ def test_codes_out_at_once_on_a_full_disk_give_no_fresh_budget(ks_path: Path) ->
         disk.full = False
         clock.advance(1.0)
     assert codes <= BUDGET, f"{codes} codes out and unconfirmed in one window"
+
+
+def test_a_code_whose_failure_reached_the_records_alone_counts_once(ks_path: Path) -> None:
+    """The other side of finding 1's fix (a code whose settle raised is counted again with the
+    lock's next change): without a rollback the records kept its failure, and the next change
+    must not count it a second time (an honest guest's code refused once, then compare locked
+    one code early: five honest refusals counted as ten)."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    disk = KeystoreDiskFull()
+    side = host(ks_path, clock, disk=disk)  # type: ignore[arg-type]
+    turns = side.state.compare_turns
+    holder = object()
+    assert turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD)
+    disk.full = True
+    clock.advance(1.0)
+    with pytest.raises(KeystoreError):
+        turns.settle(holder, confirmed=False, now=clock.monotonic())
+    disk.full = False
+    clock.advance(1.0)
+    other = object()
+    assert turns.take(other, clock.monotonic(), clock.monotonic() + HOLD)
+    turns.settle(other, confirmed=True, now=clock.monotonic())
+    again = host(ks_path, clock).state.compare_lock  # another host process of the device
+    again.locked_for(clock.monotonic())
+    assert again.streak == 1, f"one refused code counted {again.streak} times"
