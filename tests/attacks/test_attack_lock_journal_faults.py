@@ -18,12 +18,16 @@ device's clocks.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 import pytest
 
+from pairkit.clock import SYSTEM_CLOCK
 from pairkit.pairing.errors import KeystoreError
 from tests.clock_harness import Clocks
+from tests.lock_actor_harness import Actor
 from tests.lockout_harness import (
     BUDGET,
     KeystoreDiskFull,
@@ -34,6 +38,21 @@ from tests.lockout_harness import (
 )
 
 __all__ = ["ks_path"]
+
+
+class Held:
+    """A lock file held by the test (``flock``, as pairkit takes it) until :meth:`release`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
 
 #: how long a compare place is taken for in these tests (past the answer time, as the host's)
 HOLD = 130.0
@@ -130,3 +149,36 @@ def test_a_code_whose_failure_reached_the_records_alone_counts_once(ks_path: Pat
     again = host(ks_path, clock).state.compare_lock  # another host process of the device
     again.locked_for(clock.monotonic())
     assert again.streak == 1, f"one refused code counted {again.streak} times"
+
+
+
+@pytest.mark.xfail(strict=True, reason="finding 2 (reported, no fix here): a lock file deleted "
+                   "while a host process holds it is a fresh lock to the next process")
+async def test_a_change_waits_for_a_process_holding_the_locks_whose_files_were_deleted(
+        ks_path: Path) -> None:
+    """A PIN guess is checked and counted in one step under the keystore's lock and the
+    records' (``flock`` on ``KEYSTORE.lock`` and ``KEYSTORE.locks.lock``).  While one process
+    of the device holds both (the test, as a host process in the middle of its change), someone
+    who can write the owner's files deletes the two lock files: another host process (a real
+    one) opens them afresh, new files no lock is held on, and checks and counts its guess at
+    once, inside the first one's step.  What that costs: a count is lost when the second reads
+    the records before the first renames its own and writes after; in most overlaps one of the
+    two writes fails instead (each save removes the other's temporary file as a leftover), so
+    the race is narrow: no guess past the budget was shown here (see the report)."""
+    first = host(ks_path, SYSTEM_CLOCK)
+    assert first.state.pin_failed_unless_locked(SYSTEM_CLOCK.monotonic()) == 0.0  # records made
+    held = [Held(ks_path.with_name(ks_path.name + suffix)) for suffix in (".lock", ".locks.lock")]
+    other = await Actor.start(ks_path, "pin-attempt")
+    try:
+        for lock in held:
+            lock.path.unlink()
+        await other.go()
+        try:
+            done = await other.result(within=3.0)
+        except TimeoutError:
+            done = None
+        assert done is None, "another process counted a guess inside this one's step"
+    finally:
+        for lock in held:
+            lock.release()
+        await other.kill()
