@@ -12,12 +12,14 @@ turn or ended, it prints ``codes K`` (the codes Mallory read) and waits to be ki
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +267,40 @@ def records_without_failures(path: Path) -> bytes:
     side.state.pin_failed(clock.monotonic())
     side.state.pin_succeeded(clock.monotonic())
     return records_of(path).read_bytes()
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Fill the file system of ``directory`` (a small one: :func:`small_disk`) to its last
+    byte with a file of its own, as someone who can write there does, then give ``leave``
+    bytes back (a tmpfs counts whole pages of 4 KiB); the file, to remove."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 16, 4096, 1):  # what is left, down to the last byte
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    break
+        if leave:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    finally:
+        os.close(fd)
+    return filler
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A real file system of its own (tmpfs of ``size``) mounted at ``where``, for a disk that
+    really fills up; skips the test where it cannot be mounted (not root, no mount)."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                              str(where)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("a small file system of its own cannot be mounted here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)

@@ -20,21 +20,29 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from pairkit.clock import SYSTEM_CLOCK
+from pairkit.keystore import Keystore
 from pairkit.pairing.errors import KeystoreError
+from pairkit.pairing.keystore import Argon2Params
+from tests.cli_helpers import Device, HostProcess, Lab, assert_no_traceback
 from tests.clock_harness import Clocks
 from tests.lock_actor_harness import Actor
 from tests.lockout_harness import (
     BUDGET,
+    KS_PIN,
     KeystoreDiskFull,
+    fill,
     host,
     ks_path,
     records_of,
     records_without_failures,
+    small_disk,
 )
 
 __all__ = ["ks_path"]
@@ -126,6 +134,38 @@ def test_codes_out_at_once_on_a_full_disk_give_no_fresh_budget(ks_path: Path) ->
     assert codes <= BUDGET, f"{codes} codes out and unconfirmed in one window"
 
 
+def test_a_really_full_disk_filled_and_emptied_around_each_code_gives_no_fresh_budget(
+        tmp_path: Path) -> None:
+    """The first test on a real full disk (a small tmpfs of its own: needs root, else skipped):
+    the keystore grown to some 24 KiB (a setting of that size), the file system filled but
+    for two pages, so that the records' small file is still written and the keystore's save
+    fails with the system's own ``ENOSPC``; the copy put back, then the filler removed."""
+    with small_disk(tmp_path / "disk") as disk:
+        ks_path = disk / "keystore.pk"
+        ks = Keystore.create(ks_path, KS_PIN, name="Paul", kdf=Argon2Params.cheapest())
+        with ks.update() as k:
+            k.set_setting("padding", bytes(24 * 1024))
+        copy = records_without_failures(ks_path)
+        clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+        turns = host(ks_path, clock).state.compare_turns
+        codes = 0
+        for _ in range(3 * BUDGET):
+            holder = object()
+            try:
+                if not turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD):
+                    turns.settle(holder, confirmed=False)
+                    break
+            except KeystoreError:
+                break
+            codes += 1
+            filler = fill(disk, leave=8192)
+            clock.advance(1.0)
+            with pytest.raises(KeystoreError, match="No space left"):
+                turns.settle(holder, confirmed=False, now=clock.monotonic())
+            records_of(ks_path).write_bytes(copy)
+            filler.unlink()
+        assert codes <= BUDGET, f"{codes} codes out and unconfirmed in one window"
+
 def test_a_code_whose_failure_reached_the_records_alone_counts_once(ks_path: Path) -> None:
     """The other side of finding 1's fix (a code whose settle raised is counted again with the
     lock's next change): without a rollback the records kept its failure, and the next change
@@ -182,3 +222,42 @@ async def test_a_change_waits_for_a_process_holding_the_locks_whose_files_were_d
         for lock in held:
             lock.release()
         await other.kill()
+
+
+def shown_pin(host_: HostProcess) -> str:
+    """The PIN the host shows now (the last it printed)."""
+    return [m.group(1) for line in host_.lines if (m := re.match(r"^PIN: (\d{6})", line))][-1]
+
+
+async def test_a_host_on_a_full_disk_says_so_plays_nothing_and_recovers(
+        lab: Lab, tmp_path: Path) -> None:
+    """Real ``pairkit`` processes over TCP, the host's keystore on a real file system of its own
+    (a small tmpfs: needs root, else skipped) that Mallory fills to the last byte while the host
+    runs.  Her wrong PIN is refused unplayed, and so is Paul's right one; the guest is told the
+    host cannot use its keystore (not where it is, nor the system's words), the host says what
+    is wrong in a line a person understands, without a traceback, and runs on.  Once there is
+    room again, Paul's right PIN pairs (the refused attempts left no lock behind)."""
+    with small_disk(tmp_path / "disk") as disk:
+        template = lab.templates["paul"]
+        shutil.copytree(template.home, disk / "paul")
+        paul = Device(disk / "paul", template.name)
+        george = lab.device("george")
+        host_ = await lab.host(paul, "-m", "pin", "--yes")
+        await host_.pin()
+        filler = fill(disk)
+        wrong = await george.join(host_.target, "-m", "pin", "--pin", "900000")
+        right = await george.join(host_.target, "-m", "pin", "--pin", shown_pin(host_))
+        for refused in (wrong, right):
+            assert refused.rc != 0 and "wrong PIN" not in refused.err, refused
+            assert "cannot use its keystore now" in refused.err, refused
+            assert str(disk) not in refused.err and "space" not in refused.err, refused
+        said = [line for line in host_.lines if line.startswith("error: ")]
+        assert len(said) == 2 and all("No space left on device" in line for line in said), \
+            host_.stderr
+        assert_no_traceback("pairkit host", host_.stderr)
+        assert host_.proc.returncode is None, "the host stopped"
+        filler.unlink()
+        paired = await george.join(host_.target, "-m", "pin", "--pin", shown_pin(host_),
+                                   "--json")
+        assert paired.ok().json()["peer"]["name"] == template.name
+        await host_.stop()
