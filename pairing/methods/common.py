@@ -252,8 +252,8 @@ class Place:
     until: float
 
 
-#: keys of places counted at their end that a lock keeps (:attr:`LockRecord.counted`): more than
-#: the places a process holds at once (the budget, one past it)
+#: keys of places counted that a lock keeps (:attr:`LockRecord.counted`): more than the places
+#: a process holds at once (the budget, one past it)
 COUNTED_KEPT = 64
 
 
@@ -261,8 +261,8 @@ COUNTED_KEPT = 64
 class LockRecord:
     """What a :class:`LockJournal` keeps of one lock: the failures (times, oldest first), the
     streak, the places held (:class:`Place`), times on the machines' clock, and the keys of
-    the last places counted at their end by whichever process read them ended (oldest first:
-    their holders, if still running, count them no more)."""
+    the last places counted, at their end by whichever process read them ended or as their
+    holder settled them (oldest first: their holders, if still running, count them no more)."""
 
     failures: list[float]
     streak: int
@@ -325,8 +325,9 @@ class Lockout:
         #: under way, counted only when they end (at the time they began); a day that holds one
         #: is not quiet, so it forgives no streak
         self.places: list[Place] = []
-        #: the keys of the last places counted at their end, as last read (:meth:`_adopt`): a
-        #: holder leaving finds its place there, not gone (:meth:`CodeTurns.settle`)
+        #: the keys of the last places counted (at their end, or settled), as last read
+        #: (:meth:`_adopt`): a holder leaving finds its place there, not gone
+        #: (:meth:`CodeTurns.settle`)
         self.counted: list[str] = []
         #: the keys of places given back here (their codes confirmed) that the journal still
         #: holds: free here at once, written with this lock's next change (:meth:`flush`)
