@@ -313,7 +313,8 @@ class Lockout:
     (by default in this object only), so that with the runtime's journal they outlive this
     object and its process.  A change that cannot be kept raises and counts nothing: the
     callers count a try before they play it (a PIN guess, a compare code's place), so a try
-    whose count cannot be kept is not played."""
+    whose count cannot be kept is not played; the count of a compare code that ended, played
+    already, is kept here and counted again with the next change (:attr:`unkept`)."""
 
     def __init__(self, policy: PinPolicy, journal: LockJournal | None = None) -> None:
         self.policy = policy

@@ -214,7 +214,7 @@ async def test_a_change_waits_for_a_process_holding_the_locks_whose_files_were_d
             lock.path.unlink()
         await other.go()
         try:
-            done = await other.result(within=3.0)
+            done = await other.result(within=10.0)  # (at once on the code before)
         except TimeoutError:
             done = None
         assert done is None, "another process counted a guess inside this one's step"
