@@ -14,13 +14,13 @@ them in the keystore's lock records instead (:class:`LockFile`: the sealed file
 (:class:`~pairkit.pairing.methods.common.CodeTurns`): ``"places": [{"key", "at", "until"}]`` in
 wall-clock seconds, each with ``"monotonic": [at, until]`` where the boot is named; a place of
 another boot is read as ended (its process is gone), so it counts as a failure at once; and
-``"counted": [key]``, the last places counted at their end (their holders, if still running,
-count them no more).  The records are sealed under a key kept in the sealed keystore, so only
-its owner's pairkit writes them.  Each change is made under the lock file's lock
-(:meth:`LockFile.update`), and each check reads what another process saved (one short read of a
-small file when nothing changed).  A failure is rare: the policy itself bounds the failures a
-stranger can cause (about 12,000 a year); a compare pairing writes twice (its place taken, then
-given back), a few hundred bytes each (the whole keystore before session 10).
+``"counted": [key]``, the last places counted, at their end or as their holders settled them
+(their holders, if still running, count them no more).  The records are sealed under a key kept
+in the sealed keystore, so only its owner's pairkit writes them.  Each change is made under the
+lock file's lock (:meth:`LockFile.update`), and each check reads what another process saved (one
+short read of a small file when nothing changed).  A failure is rare: the policy itself bounds
+the failures a stranger can cause (about 12,000 a year); a compare pairing writes twice (its
+place taken, then given back), a few hundred bytes each (the whole keystore before session 10).
 
 The keystore keeps each lock's *floor*: its counted part (failures, streak, and their boot and
 monotonic times; no places), as the setting of the same name, in the format pairkit kept the
@@ -454,7 +454,11 @@ class KeystoreLockJournal:
         leaves the floor behind the records, which an older copy of them put back would undo
         (attack review of the lock records' floor, finding 5): until a save succeeds, every
         change of this journal first writes the floor again, and is not made (it raises) while
-        that cannot be kept, so no place is taken and no guess played on records alone."""
+        that cannot be kept, so no place is taken and no guess played on records alone.  The
+        floor written again is the records as they are then (an older copy put back meanwhile
+        holds less): a compare code whose count was not kept is counted again by its
+        :class:`~pairkit.pairing.methods.common.Lockout` (``unkept``) with the next change
+        (attack review of the journal's faults, finding 1)."""
         self._file.take_key()  # (the keystore's lock is not taken again inside its update)
         if self._floor_behind:
             self._write_both(_copy)  # the floor as the records and it hold now, nothing else

@@ -12,12 +12,14 @@ turn or ended, it prints ``codes K`` (the codes Mallory read) and waits to be ki
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +241,66 @@ def guesses_played(side: object, clock: Clocks, tries: int = 2 * BUDGET) -> int:
         played += 1
         clock.advance(1.0)
     return played
+
+
+class KeystoreDiskFull:
+    """The disk full for the keystore's own save only (its temporary file, many KiB; the lock
+    records' small file, a few hundred bytes, still fits): a ``before_replace`` hook, which the
+    records' file shares, raising as the real save's ``ENOSPC`` does (``error``: another
+    ``errno``, a read-only file system or an I/O error)."""
+
+    def __init__(self, error: int = errno.ENOSPC) -> None:
+        self.full = False
+        self.error = error
+
+    def __call__(self, tmp: Path) -> None:
+        if self.full and ".locks." not in tmp.name:
+            raise OSError(self.error, os.strerror(self.error))
+
+
+def records_without_failures(path: Path) -> bytes:
+    """A copy of the lock records of the keystore at ``path`` made while they held no failure
+    and no place (what someone who can write the owner's files keeps, to put back later): a
+    first PIN failure makes them, its attempt won takes it back."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=20.0)
+    side = host(path, clock)
+    side.state.pin_failed(clock.monotonic())
+    side.state.pin_succeeded(clock.monotonic())
+    return records_of(path).read_bytes()
+
+
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Fill the file system of ``directory`` (a small one: :func:`small_disk`) to its last
+    byte with a file of its own, as someone who can write there does, then give ``leave``
+    bytes back (a tmpfs counts whole pages of 4 KiB); the file, to remove."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 16, 4096, 1):  # what is left, down to the last byte
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    break
+        if leave:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
+    finally:
+        os.close(fd)
+    return filler
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "2m") -> Iterator[Path]:
+    """A real file system of its own (tmpfs of ``size``) mounted at ``where``, for a disk that
+    really fills up; skips the test where it cannot be mounted (not root, no mount)."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                              str(where)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("a small file system of its own cannot be mounted here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)

@@ -252,8 +252,8 @@ class Place:
     until: float
 
 
-#: keys of places counted at their end that a lock keeps (:attr:`LockRecord.counted`): more than
-#: the places a process holds at once (the budget, one past it)
+#: keys of places counted that a lock keeps (:attr:`LockRecord.counted`): more than the places
+#: a process holds at once (the budget, one past it)
 COUNTED_KEPT = 64
 
 
@@ -261,8 +261,8 @@ COUNTED_KEPT = 64
 class LockRecord:
     """What a :class:`LockJournal` keeps of one lock: the failures (times, oldest first), the
     streak, the places held (:class:`Place`), times on the machines' clock, and the keys of
-    the last places counted at their end by whichever process read them ended (oldest first:
-    their holders, if still running, count them no more)."""
+    the last places counted, at their end by whichever process read them ended or as their
+    holder settled them (oldest first: their holders, if still running, count them no more)."""
 
     failures: list[float]
     streak: int
@@ -313,7 +313,8 @@ class Lockout:
     (by default in this object only), so that with the runtime's journal they outlive this
     object and its process.  A change that cannot be kept raises and counts nothing: the
     callers count a try before they play it (a PIN guess, a compare code's place), so a try
-    whose count cannot be kept is not played."""
+    whose count cannot be kept is not played; the count of a compare code that ended, played
+    already, is kept here and counted again with the next change (:attr:`unkept`)."""
 
     def __init__(self, policy: PinPolicy, journal: LockJournal | None = None) -> None:
         self.policy = policy
@@ -325,12 +326,17 @@ class Lockout:
         #: under way, counted only when they end (at the time they began); a day that holds one
         #: is not quiet, so it forgives no streak
         self.places: list[Place] = []
-        #: the keys of the last places counted at their end, as last read (:meth:`_adopt`): a
-        #: holder leaving finds its place there, not gone (:meth:`CodeTurns.settle`)
+        #: the keys of the last places counted (at their end, or settled), as last read
+        #: (:meth:`_adopt`): a holder leaving finds its place there, not gone
+        #: (:meth:`CodeTurns.settle`)
         self.counted: list[str] = []
         #: the keys of places given back here (their codes confirmed) that the journal still
         #: holds: free here at once, written with this lock's next change (:meth:`flush`)
         self.returned: set[str] = set()
+        #: places of codes that ended here unconfirmed whose count the journal could not keep
+        #: (:meth:`CodeTurns.settle` raised: a full disk): counted again with this lock's next
+        #: change, which a rollback of what the journal did keep cannot undo
+        self.unkept: list[Place] = []
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
@@ -423,11 +429,29 @@ class Lockout:
 
         def on_kept(record: LockRecord) -> LockRecord:
             self._adopt(record, now)
+            for place in self.unkept:
+                self._ended_unconfirmed(place)
             change()
             return self._record()  # without the places given back here
 
         self.journal.update(on_kept, now)
         self.returned.clear()  # kept with this change
+        self.unkept.clear()
+
+    def _ended_unconfirmed(self, place: Place) -> None:
+        """Count ``place``'s code, out and not confirmed, as a failed try at the time it went
+        out, and give its place up, unless it is counted already (its key is in
+        :attr:`counted`: by its end's count, by this change kept before, or lifted by the
+        owner's reset).  A place neither held nor counted (older lock records were put back,
+        or records that did not open were reset) counts: its code was out all the same."""
+        held = [p for p in self.places if p.key != place.key]
+        if len(held) < len(self.places) or place.key not in self.counted:
+            self.places = held
+            self._count(place.at)
+            # Kept with the count: a change made again (its first write lost the keystore's
+            # save, :attr:`unkept`) sees it done if the lock records kept it.
+            self.counted.append(place.key)
+            del self.counted[:-COUNTED_KEPT]
 
     def flush(self, now: float) -> None:
         """Keep the places given back here (:attr:`returned`) now, unless none is left."""
@@ -575,7 +599,9 @@ class CodeTurns:
         its exchange ended (at ``now``, when known).  A code that was out and not confirmed
         counts as a failed try, at the time its place was taken, in the same step of the
         journal as its place is given up; if that step cannot be kept (it raises), the place
-        stays kept and counts when its exchange would have ended.  A place the journal no
+        stays kept and counts when its exchange would have ended, and this process counts it
+        with the lock's next change (:attr:`Lockout.unkept`: the place kept may be dropped by
+        older lock records put back meanwhile).  A place the journal no
         longer holds changes nothing if it was counted at its end (by any process: its key is
         kept, :attr:`Lockout.counted`) or lifted by the owner; gone otherwise (older records
         put back), it counts.  The places freed go to the machines waiting, in order."""
@@ -594,19 +620,15 @@ class CodeTurns:
         try:
             if place is None:
                 return
-
-            def give_up() -> None:
-                held = [p for p in self.lock.places if p.key != place.key]
-                if len(held) < len(self.lock.places):
-                    self.lock.places = held
-                    self.lock._count(place.at)
-                elif place.key not in self.lock.counted:
-                    # Neither held nor counted at its end: older lock records were put back
-                    # (attack review of the lock records' floor), or records that did not
-                    # open were reset; its code was out all the same.
-                    self.lock._count(place.at)
-
-            self.lock._change(give_up, when)
+            try:
+                self.lock._change(lambda: self.lock._ended_unconfirmed(place), when)
+            except PairingError:
+                # Not kept (the keystore could not be saved): counted again with this lock's
+                # next change, here, whatever the lock records hold by then (an older copy put
+                # back drops what they kept of it: attack review of the lock journal's faults,
+                # finding 1).
+                self.lock.unkept.append(place)
+                raise
         finally:
             if not self._hand_out() and place is None and self.lock.returned:
                 # A machine woken for a place given back here left without taking it (its
