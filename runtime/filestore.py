@@ -54,7 +54,8 @@ class FileStorage:
     ``before_replace`` is a test hook: it is called with the temporary file's path once that
     file is written and synced, just before it is renamed over the keystore (the crash test
     kills the process there).  Leftover temporary files from an interrupted save are removed
-    after a successful one.
+    after a successful one.  ``what`` names the file in errors (the keystore's lock records are
+    kept the same way, :mod:`pairkit.runtime.lockouts`).
     """
 
     def __init__(
@@ -62,9 +63,12 @@ class FileStorage:
         path: str | os.PathLike[str] | None = None,
         *,
         before_replace: Callable[[Path], None] | None = None,
+        what: str = "keystore",
     ) -> None:
         self.path = Path(path) if path is not None else default_path()
         self.before_replace = before_replace
+        #: what the file is, in the words of its errors ("could not save the keystore at ...")
+        self.what = what
 
     def __repr__(self) -> str:
         return f"<FileStorage {self.path}>"
@@ -84,7 +88,7 @@ class FileStorage:
             return None
         except OSError as e:
             raise KeystoreError(
-                f"could not read the keystore at {self.path}: {e.strerror or e}"
+                f"could not read the {self.what} at {self.path}: {e.strerror or e}"
             ) from None
 
     @contextlib.contextmanager
@@ -94,7 +98,7 @@ class FileStorage:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
             raise KeystoreError(
-                f"could not lock the keystore at {self.path}: {e.strerror or e}"
+                f"could not lock the {self.what} at {self.path}: {e.strerror or e}"
             ) from None
         try:
             if fcntl is not None:
@@ -132,7 +136,7 @@ class FileStorage:
             _fsync_directory(directory)
         except OSError as e:
             raise KeystoreError(
-                f"could not save the keystore at {self.path}: {e.strerror or e}"
+                f"could not save the {self.what} at {self.path}: {e.strerror or e}"
             ) from None
         # Temporary files left by a save that was killed are garbage: the rename never happened.
         with suppress(OSError):

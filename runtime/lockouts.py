@@ -101,7 +101,7 @@ def _companion(ks: Keystore) -> Storage:
     storage = ks.storage
     if isinstance(storage, FileStorage):
         return FileStorage(storage.path.with_name(storage.path.name + ".locks"),
-                           before_replace=storage.before_replace)
+                           before_replace=storage.before_replace, what="keystore's lock records")
     return _InKeystore(ks)
 
 

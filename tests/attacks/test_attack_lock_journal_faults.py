@@ -254,6 +254,8 @@ async def test_a_host_on_a_full_disk_says_so_plays_nothing_and_recovers(
         said = [line for line in host_.lines if line.startswith("error: ")]
         assert len(said) == 2 and all("No space left on device" in line for line in said), \
             host_.stderr
+        for line in said:  # each file named as what it is
+            assert ("lock records at" in line) == (".locks:" in line), line
         assert_no_traceback("pairkit host", host_.stderr)
         assert host_.proc.returncode is None, "the host stopped"
         filler.unlink()
