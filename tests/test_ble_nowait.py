@@ -2,7 +2,9 @@
 through them without a timer, a lock or a task switch.  Each keeps what ``send`` and ``recv``
 guarantee: order, whole messages, the L2CAP SDU boundary and credits, the links' errors, and
 bumble's own PDUs on the air; with bumble's DEBUG logging on, bumble's path (and its log line)
-is taken.  Real bumble stacks on virtual controllers throughout.
+is taken.  Also the receiving end: pairkit's Write Commands and Notifications are read off the
+ATT channel as they come, every other ATT PDU still reaches bumble.  Real bumble stacks on
+virtual controllers throughout.
 """
 
 from __future__ import annotations
@@ -147,6 +149,55 @@ async def test_with_bumbles_debug_log_on_bumbles_path_is_taken_and_logs(
     texts = [r.getMessage() for r in caplog.records]
     assert any(t.startswith("GATT Command from client") for t in texts)
     assert any(t.startswith("GATT Notify from server") for t in texts)
+    # ... and bumble read them, with its own lines, at the other end.
+    assert any(t.startswith("GATT Request to server") and "ATT_WRITE_COMMAND" in t
+               for t in texts)
+    assert any(t.startswith("GATT Response to client") and "NOTIFICATION" in t for t in texts)
+
+
+async def test_other_att_pdus_on_the_connection_still_reach_bumble(
+    open_device: OpenDevice,
+) -> None:
+    """Only pairkit's two PDUs are read off the ATT channel: a Write Command and a
+    Notification on another characteristic of the same connection reach bumble's server and
+    client subscribers, in between pairkit's messages, which stay whole and in order."""
+    from bumble.gatt import Characteristic, CharacteristicValue, Service
+    from bumble.gatt_client import ServiceProxy
+
+    host_device = await open_device(50, prefer_l2cap=False)
+    written: list[bytes] = []
+    other_in = Characteristic(
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1",
+        Characteristic.Properties.WRITE_WITHOUT_RESPONSE,
+        Characteristic.WRITEABLE,
+        CharacteristicValue(write=lambda _connection, value: written.append(bytes(value))),
+    )
+    other_out = Characteristic(
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f2",
+        Characteristic.Properties.NOTIFY, Characteristic.READABLE, b"",
+    )
+    service_uuid = "1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1"
+    host_device.device.add_service(Service(service_uuid, [other_in, other_out]))
+    guest_device = await open_device(51, prefer_l2cap=False)
+    await host_device.start_advertising(b"hello")
+    accepting = asyncio.ensure_future(host_device.accept(timeout=5))
+    guest = await guest_device.connect(host_device.address, timeout=5)
+    host = await accepting
+    client = guest.connection.gatt_client
+    services = await client.discover_service(service_uuid)
+    proxies = await client.discover_characteristics([], services[0])
+    assert isinstance(services[0], ServiceProxy)
+    by_uuid = {str(c.uuid).lower(): c for c in proxies}
+    heard: list[bytes] = []
+    await client.subscribe(by_uuid[str(other_out.uuid).lower()], heard.append)
+    for i in range(5):
+        assert guest.send_nowait(bytes([i]) * 20) and host.send_nowait(bytes([i]) * 30)
+        await client.write_value(by_uuid[str(other_in.uuid).lower()].handle, bytes([i]))
+        await host.connection.device.notify_subscriber(host.connection, other_out, bytes([i]))
+    assert await read(host, 5) == [bytes([i]) * 20 for i in range(5)]
+    assert await read(guest, 5) == [bytes([i]) * 30 for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert written == heard == [bytes([i]) for i in range(5)]
 
 
 async def test_l2cap_nowait_declines_while_the_previous_sdu_waits_for_credits(
