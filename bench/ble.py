@@ -850,14 +850,29 @@ def paired_ratio(method: list[float], reference: list[float]) -> dict[str, float
     return summary([m / r for m, r in zip(method, reference, strict=True)])
 
 
+def pairing_figure(result: dict[str, Any], name: str, kind: str, mode: str) -> float:
+    """A pairing goal's figure: the median of the rounds' own ratios on the wall clock or on
+    the process's CPU clock, whichever is higher.
+
+    On a shared machine the wall clock counts the time other processes take from this one,
+    and more often inside a longer pairing: once the SMP reference is preempted in most rounds
+    and the shorter pairkit pairing is not, the wall-clock ratio falls (measured: resume 0.19
+    to 0.21 in runs where the CPU clock read 0.33 to 0.35).  The CPU clock does not count
+    that, but would not count a pairing's idle waits either (none on the virtual radio: on a
+    quiet machine the two agree).  Taking the higher of the two lets neither flatter pairkit.
+    """
+    row = result["pairing"][kind]["methods"][name]
+    key = f"vs_smp_{mode.replace('-', '_')}"
+    return max(row[f"{key}_rounds"]["median"], row[f"{key}_cpu_rounds"]["median"])
+
+
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 13's goal lines: each method against its SMP mode, on each link; goodput."""
     out = []
     for name, mode, goal in PAIRING_GOALS:
         for kind in LINKS:
-            row = result["pairing"][kind]["methods"][name]
-            out.append(report(f"{name} over {kind} / SMP {mode} (paired rounds)",
-                              row[f"vs_smp_{mode.replace('-', '_')}_rounds"]["median"], goal))
+            out.append(report(f"{name} over {kind} / SMP {mode} (paired rounds, worse clock)",
+                              pairing_figure(result, name, kind, mode), goal))
     for kind in LINKS:
         g = result["goodput"][kind]
         out.append(report(f"secure goodput over {kind} / bumble alone (wall, paired rounds)",

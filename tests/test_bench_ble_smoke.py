@@ -82,17 +82,23 @@ def test_ble_goal_lines(ble: dict[str, Any]) -> None:
     # and the secure channel's goodput vs bumble alone, each as figure, goal and met.
     check_goals(ble["goals"])
     by_name = {g["name"]: g for g in ble["goals"]}
-    # A goal's figure is the median of the rounds' own ratios: the method's time over its SMP
-    # reference's in the same round (timed beside it), one of each per round.
+    # A goal's figure is the median of the rounds' own ratios (the method's time over its SMP
+    # reference's in the same round, timed beside it, one of each per round), on the wall
+    # clock or the CPU clock, whichever is higher.
     reps = ble["settings"]["pair_reps"]
+
+    def paired(method: list[float], reference: list[float]) -> float:
+        return statistics.median(m / r for m, r in zip(method, reference, strict=True))
+
     for name, mode, goal in ble_bench.PAIRING_GOALS:
         for kind in ble_bench.LINKS:
-            line = by_name[f"{name} over {kind} / SMP {mode} (paired rounds)"]
-            row = ble["pairing"][kind]["methods"][name]
-            method, reference = row["rounds"], ble["smp"][mode]["rounds"]
-            assert len(method) == len(reference) == reps
-            assert line["figure"] == pytest.approx(
-                statistics.median(m / r for m, r in zip(method, reference, strict=True)))
+            line = by_name[f"{name} over {kind} / SMP {mode} (paired rounds, worse clock)"]
+            row, reference = ble["pairing"][kind]["methods"][name], ble["smp"][mode]
+            assert len(row["rounds"]) == len(reference["rounds"]) == reps
+            assert len(row["cpu_rounds"]) == len(reference["cpu_rounds"]) == reps
+            assert line["figure"] == pytest.approx(max(
+                paired(row["rounds"], reference["rounds"]),
+                paired(row["cpu_rounds"], reference["cpu_rounds"])))
             assert (line["goal"], line["bound"]) == (goal, "<=")
     for kind in ble_bench.LINKS:
         g = ble["goodput"][kind]
