@@ -224,3 +224,26 @@ async def test_l2cap_nowait_declines_while_the_previous_sdu_waits_for_credits(
     got = await read(guest, len(sent) + len(rest))
     await asyncio.wait_for(sending, 2)
     assert got == sent + rest
+
+
+async def test_l2cap_k_frames_are_bumbles_own_and_its_debug_line_stays(
+    radio: VirtualRadio, open_device: OpenDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An L2CAP message's K-frames, handed to bumble's host without the channel manager's
+    debug line, are byte for byte the frames bumble's own path sends (DEBUG on for bumble's
+    L2CAP logger), and that path still logs each frame."""
+    guest, host = await pair_of(open_device, 60, l2cap_mtu=4000, l2cap_mps=1000,
+                                l2cap_credits=64)
+    assert isinstance(host, L2capLink)
+    air = on_air(radio)
+    message = bytes(range(256)) * 10  # three K-frames
+    await host.send(message)
+    assert await read(guest, 1) == [message]
+    quiet = list(air)
+    air.clear()
+    with caplog.at_level(logging.DEBUG, logger="bumble.l2cap"):
+        await host.send(message)
+        assert await read(guest, 1) == [message]
+    sent = [p for p in quiet if len(p) > 100]
+    assert len(sent) == 3 and sent == [p for p in air if len(p) > 100]
+    assert sum("Sending L2CAP PDU" in r.getMessage() for r in caplog.records) >= 3

@@ -639,6 +639,7 @@ class ChannelTap:
 
         channel.on_pdu = counting_on_pdu  # type: ignore[method-assign]
         channel.sink = self.on_sdu
+        _send_k_frames_at_once(channel)
         _TAPS[channel] = self
 
     def on_sdu(self, sdu: bytes) -> None:
@@ -647,6 +648,31 @@ class ChannelTap:
             self.target(sdu, frames)
         else:
             self.early.append((sdu, frames))
+
+
+def _send_k_frames_at_once(channel: l2cap.LeCreditBasedChannel) -> None:
+    """Hand each K-frame of ``channel`` to bumble's host as bumble's channel manager does, without
+    the debug line it formats first (a hex dump of the frame and the peer's address) while that
+    log is off; with DEBUG on for bumble's L2CAP logger, bumble's own path.
+
+    The frame is the same L2CAP PDU: length, the peer's channel ID, the K-frame (Core 5.4 Vol 3
+    Part A §3.4), sent by the same call (``Host.send_acl_sdu``), in the order the channel sends.
+    """
+    in_bumble = channel.send_pdu
+    host = channel.manager.host
+    handle = channel.connection.handle
+
+    def send_pdu(pdu: Any) -> None:
+        if l2cap.logger.isEnabledFor(logging.DEBUG):
+            in_bumble(pdu)
+            return
+        frame = bytes(pdu)
+        host.send_acl_sdu(
+            handle, len(frame).to_bytes(2, "little")
+            + channel.destination_cid.to_bytes(2, "little") + frame,
+        )
+
+    channel.send_pdu = send_pdu  # type: ignore[method-assign]
 
 
 _TAPS: weakref.WeakKeyDictionary[l2cap.LeCreditBasedChannel, ChannelTap] = (
