@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bumble import att, core, hci, l2cap
+from bumble import att, core, gatt_client, gatt_server, hci, l2cap
 from bumble.controller import Controller
 from bumble.device import (
     Advertisement,
@@ -89,6 +89,7 @@ from .ble.guard import (
     retry_pause,
 )
 from .ble.links import (
+    ATT_HEADER,
     GATT_MAX_VALUE,
     BleLink,
     GattLink,
@@ -303,6 +304,59 @@ def _read_rx_writes_at_once(
     server.on_att_write_command = on_att_write_command  # type: ignore[method-assign]
 
 
+#: A guest link's notifications, by connection handle: (TX value handle, the link's callback).
+Notified = dict[int, tuple[int, Callable[[bytes], None]]]
+
+
+def _read_att_at_once(
+    device: Device,
+    rx: Characteristic[Any],
+    on_write: Callable[[Connection, bytes], None],
+    notified: Notified,
+) -> None:
+    """Take pairkit's own ATT PDUs from the connection's ATT channel (Core 5.4 Vol 3 Part F
+    §3.2.11's fixed CID 0x0004) as they come, before bumble parses them into objects and
+    formats each for a debug line that is then dropped.
+
+    Two PDUs only, both unacknowledged, each handed where bumble would have handed it, in
+    the order they came: a Write Command (opcode 0x52, §3.4.5.3) on pairkit's RX handle, to
+    ``on_write`` (the host's link; as :func:`_read_rx_writes_at_once` does a step later), and
+    a Handle Value Notification (opcode 0x1B, §3.4.7.1) on the TX handle a guest link
+    subscribed to on that connection (``notified``), to that link.  Every other PDU, and
+    these two whenever bumble's GATT logger would log them at DEBUG, go to bumble as before.
+    (The guest's notifications skip bumble's client-side value cache, which pairkit never
+    reads.)
+    """
+    manager = device.l2cap_channel_manager
+    in_bumble = manager.fixed_channels[att.ATT_CID]
+
+    def on_att_pdu(connection_handle: int, pdu: bytes) -> None:
+        if len(pdu) >= ATT_HEADER:
+            opcode = pdu[0]
+            handle = pdu[1] | pdu[2] << 8
+            if (
+                opcode == att.Opcode.ATT_WRITE_COMMAND
+                and handle == rx.handle
+                and len(pdu) - ATT_HEADER <= GATT_MAX_VALUE
+                and not gatt_server.logger.isEnabledFor(logging.DEBUG)
+            ):
+                connection = device.lookup_connection(connection_handle)
+                if connection is not None:
+                    on_write(connection, bytes(pdu[ATT_HEADER:]))
+                    return
+            elif (
+                opcode == att.Opcode.ATT_HANDLE_VALUE_NOTIFICATION
+                and not gatt_client.logger.isEnabledFor(logging.DEBUG)
+            ):
+                target = notified.get(connection_handle)
+                if target is not None and target[0] == handle:
+                    target[1](bytes(pdu[ATT_HEADER:]))
+                    return
+        in_bumble(connection_handle, pdu)
+
+    manager.register_fixed_channel(att.ATT_CID, on_att_pdu)
+
+
 class BumbleTransport:
     """pairkit's BLE transport on one bumble device (module docstring)."""
 
@@ -347,6 +401,8 @@ class BumbleTransport:
         self._applied_interval: float | None = None
         self._accept_queue: asyncio.Queue[BleLink | None] = asyncio.Queue()
         self._host_sides: dict[int, _HostSide] = {}
+        #: guest links' notifications, read as they come (:func:`_read_att_at_once`)
+        self._notified: Notified = {}
         self._pairing_configs: dict[int, PairingConfig] = {}
         self._connect_lock = asyncio.Lock()
         self._expected_peer: hci.Address | None = None
@@ -924,6 +980,7 @@ class BumbleTransport:
         def forget(_reason: int) -> None:
             self._host_sides.pop(handle, None)
             self._pairing_configs.pop(handle, None)
+            self._notified.pop(handle, None)
 
         connection.on(connection.EVENT_DISCONNECTION, forget)
         if connection.role == hci.Role.PERIPHERAL:
@@ -1131,6 +1188,8 @@ class BumbleTransport:
                 timeout=step(),
                 lost=lost,
             )
+            if connection.handle in self._require_device().connections:
+                self._notified[connection.handle] = (tx.handle, gatt_link.on_notification)
             return gatt_link
         finally:
             connection.remove_listener(connection.EVENT_DISCONNECTION, on_disconnection)
@@ -1213,6 +1272,7 @@ class BumbleTransport:
         )
         device.gatt_server.max_mtu = config.att_mtu
         _read_rx_writes_at_once(device, self._rx_char, self._on_rx_write)
+        _read_att_at_once(device, self._rx_char, self._on_rx_write, self._notified)
         if config.prefer_l2cap:
             self._psm = self._start_l2cap_server(device)
         device.on(device.EVENT_CONNECTION, self._on_connection)

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bumble import hci, l2cap, smp
+from bumble import att, gatt_client, gatt_server, hci, l2cap, smp
 from bumble.core import BaseBumbleError, PhysicalTransport
 from bumble.device import Connection
 from bumble.gatt import Characteristic
@@ -50,6 +51,7 @@ from pairkit.pairing.errors import (
     InsecureLinkError,
     LinkClosedError,
     PairingTimeout,
+    TooLargeError,
     TransportError,
 )
 
@@ -71,6 +73,14 @@ __all__ = [
 
 GATT_MAX_VALUE = 512  #: Core 5.4 Vol 3 Part F §3.2.9
 ATT_HEADER = 3  #: opcode + handle of a Write Command or a Notification
+L2CAP_HEADER = 4  #: length + channel ID of every L2CAP PDU (Core 5.4 Vol 3 Part A §3)
+SDU_LENGTH = 2  #: the SDU length field of an SDU's first K-frame (Vol 3 Part A §3.4.3)
+
+
+def _quiet(logger: logging.Logger) -> bool:
+    """True when ``logger`` drops DEBUG records: then bumble's per-PDU debug line, which bumble
+    formats before the logger drops it, is not made either (the same log, less work)."""
+    return not logger.isEnabledFor(logging.DEBUG)
 
 SetPairingConfig = Callable[[Connection, PairingConfig], None]
 
@@ -248,6 +258,61 @@ class BleLink(BufferedLink):
             self._pacer.stop()
         super()._finish(reason)
 
+    def send_nowait(self, data: bytes) -> bool:
+        """:meth:`send` if it need not wait: True once the message is handed to bumble, False
+        (nothing sent) when ``send`` would wait (another send under way, the host's queue past
+        its bound, the previous L2CAP SDU still queued, a path bumble only offers awaited);
+        raises what ``send`` raises for the same message and state.
+
+        The driver's pipe sends through it without a timer or a lock (issue 13); every
+        guarantee of ``send`` holds: one message at a time and in order (never beside a send
+        under way), the host queue's bound (:meth:`_backpressure`), the link's errors.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("a link sends bytes")
+        data = bytes(data)
+        mtu = self.mtu
+        if len(data) > mtu:
+            raise TooLargeError(
+                f"a {len(data)}-byte message exceeds this link's MTU of {mtu} bytes"
+            )
+        self._check_open()
+        if self._send_lock.locked():
+            return False
+        try:
+            if not self._send_now(data):
+                return False
+        except (BaseBumbleError, OSError) as exc:
+            raise translate(exc, "sending a message") from exc
+        if self._pacer is not None:
+            self._pacer.sent(len(data))
+        return True
+
+    def recv_nowait(self) -> bytes | None:
+        """:meth:`recv` without waiting: the next message if one has arrived, else None; once
+        the link has ended and what arrived is read, LinkClosedError as ``recv`` raises it.
+        (The driver reads a message already there without a timer or a task switch.)"""
+        if self._rx:
+            data = self._rx.popleft()
+            self._rx_bytes -= len(data)
+            self._consumed()
+            return data
+        if self._end_reason is not None:
+            raise LinkClosedError(self._end_reason)
+        return None
+
+    def _room_for(self, packets: int) -> bool:
+        """True when ``packets`` more ACL packets leave the host queue within the bound that
+        :meth:`_backpressure` keeps (no more than ``2 * max_in_flight`` waiting)."""
+        queue = self._connection.data_packet_queue
+        return queue is None or queue.pending + packets <= 2 * queue.max_in_flight
+
+    def _acl_packets(self, pdu_bytes: int) -> int:
+        """ACL packets that one L2CAP PDU of ``pdu_bytes`` (header included) is cut into."""
+        queue = self._connection.data_packet_queue
+        size = queue.max_packet_size if queue is not None else 0
+        return -(-pdu_bytes // size) if size > 0 else 1
+
     # -- link-layer encryption (DESIGN.md method b) -----------------------------------------
 
     async def encrypt(
@@ -377,6 +442,11 @@ class BleLink(BufferedLink):
     async def _send_one(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def _send_now(self, data: bytes) -> bool:
+        """Hand ``data`` to bumble if that needs no wait (see :meth:`send_nowait`); False, with
+        nothing sent, otherwise.  Called with the link open and no send under way."""
+        return False
+
     async def _flush(self) -> None:
         await self._wait_host_queue(0)
 
@@ -478,12 +548,9 @@ class GattLink(BleLink):
     async def _send_one(self, data: bytes) -> None:
         await self._backpressure()
         self._check_open()
-        connection = self._connection
-        if connection.handle not in connection.device.connections:
-            # The disconnection event may not have reached this link yet; a notification to a
-            # gone connection would "succeed" without ever yielding to the event loop.
-            self._finish("the peer disconnected")
-            self._check_open()
+        self._check_connected()
+        if self._write_at_once(data):
+            return
         if self._guest:
             await self._connection.gatt_client.write_value(
                 self._rx_handle, data, with_response=False
@@ -491,6 +558,61 @@ class GattLink(BleLink):
         else:
             assert self._tx is not None  # checked in __init__
             await self._connection.device.notify_subscriber(self._connection, self._tx, data)
+
+    def _send_now(self, data: bytes) -> bool:
+        if not self._room_for(0):
+            return False  # _backpressure would wait before this write
+        self._check_connected()
+        return self._write_at_once(data)
+
+    def _check_connected(self) -> None:
+        connection = self._connection
+        if connection.handle not in connection.device.connections:
+            # The disconnection event may not have reached this link yet; a notification to a
+            # gone connection would "succeed" without ever yielding to the event loop.
+            self._finish("the peer disconnected")
+            self._check_open()
+
+    def _write_at_once(self, data: bytes) -> bool:
+        """The ATT PDU that bumble's ``write_value(with_response=False)`` (guest) or
+        ``notify_subscriber`` (host) sends, handed to the same bumble call that sends it,
+        without their awaits and their debug line; False (nothing sent) where bumble's own
+        path must decide (DEBUG logging on, an enhanced ATT bearer, no subscription).
+
+        Guest: ATT Write Command, opcode 0x52, handle, value (Core 5.4 Vol 3 Part F §3.4.5.3).
+        Host: ATT Handle Value Notification, opcode 0x1B, handle, value (§3.4.7.1), sent only
+        while the guest's CCCD enables notifications (Vol 3 Part G §3.3.3.3), as bumble checks.
+        """
+        connection = self._connection
+        if self._guest:
+            client = connection.gatt_client
+            if not _quiet(gatt_client.logger) or att.is_enhanced_bearer(client.bearer):
+                return False
+            client.send_gatt_pdu(
+                _ATT_WRITE_COMMAND + self._rx_handle.to_bytes(2, "little") + data
+            )
+            return True
+        tx = self._tx
+        assert tx is not None  # checked in __init__
+        server = connection.device.gatt_server
+        if not _quiet(gatt_server.logger) or len(data) > connection.att_mtu - ATT_HEADER:
+            return False
+        cccd = server.subscribers.get(connection, {}).get(tx.handle)
+        if not cccd or len(cccd) != 2 or not cccd[0] & 0x01:
+            return False  # bumble's path: it decides what an unsubscribed guest gets
+        channels = connection.device.l2cap_channel_manager.le_coc_channels.get(
+            connection.handle, {}
+        )
+        if any(channel.psm == att.EATT_PSM for channel in channels.values()):
+            return False  # bumble notifies every subscribed bearer of the connection
+        server.send_gatt_pdu(
+            connection, _ATT_NOTIFICATION + tx.handle.to_bytes(2, "little") + data
+        )
+        return True
+
+
+_ATT_WRITE_COMMAND = bytes([att.Opcode.ATT_WRITE_COMMAND])
+_ATT_NOTIFICATION = bytes([att.Opcode.ATT_HANDLE_VALUE_NOTIFICATION])
 
 
 class ChannelTap:
@@ -517,6 +639,7 @@ class ChannelTap:
 
         channel.on_pdu = counting_on_pdu  # type: ignore[method-assign]
         channel.sink = self.on_sdu
+        _send_k_frames_at_once(channel)
         _TAPS[channel] = self
 
     def on_sdu(self, sdu: bytes) -> None:
@@ -525,6 +648,31 @@ class ChannelTap:
             self.target(sdu, frames)
         else:
             self.early.append((sdu, frames))
+
+
+def _send_k_frames_at_once(channel: l2cap.LeCreditBasedChannel) -> None:
+    """Hand each K-frame of ``channel`` to bumble's host as bumble's channel manager does, without
+    the debug line it formats first (a hex dump of the frame and the peer's address) while that
+    log is off; with DEBUG on for bumble's L2CAP logger, bumble's own path.
+
+    The frame is the same L2CAP PDU: length, the peer's channel ID, the K-frame (Core 5.4 Vol 3
+    Part A §3.4), sent by the same call (``Host.send_acl_sdu``), in the order the channel sends.
+    """
+    in_bumble = channel.send_pdu
+    host = channel.manager.host
+    handle = channel.connection.handle
+
+    def send_pdu(pdu: Any) -> None:
+        if l2cap.logger.isEnabledFor(logging.DEBUG):
+            in_bumble(pdu)
+            return
+        frame = bytes(pdu)
+        host.send_acl_sdu(
+            handle, len(frame).to_bytes(2, "little")
+            + channel.destination_cid.to_bytes(2, "little") + frame,
+        )
+
+    channel.send_pdu = send_pdu  # type: ignore[method-assign]
 
 
 _TAPS: weakref.WeakKeyDictionary[l2cap.LeCreditBasedChannel, ChannelTap] = (
@@ -613,6 +761,29 @@ class L2capLink(BleLink):
             # An L2CAP SDU may be empty, but bumble's channel cannot send one.
             raise ValueError("an L2CAP link cannot send an empty message")
         await super().send(data)
+
+    def send_nowait(self, data: bytes) -> bool:
+        if not data:
+            raise ValueError("an L2CAP link cannot send an empty message")
+        return super().send_nowait(data)
+
+    def _send_now(self, data: bytes) -> bool:
+        channel = self._channel
+        if not channel.drained.is_set():
+            return False  # the previous SDU has not left: send waits for it
+        if channel.state != l2cap.LeCreditBasedChannel.State.CONNECTED:
+            raise LinkClosedError("the L2CAP channel is closed")
+        # At most the K-frames of this SDU reach the host queue now; _send_one would wait
+        # after the write if they took it past its bound, so that case waits (returns False).
+        mps = max(1, channel.peer_mps)
+        full, rest = divmod(len(data) + SDU_LENGTH, mps)
+        packets = full * self._acl_packets(mps + L2CAP_HEADER)
+        if rest:
+            packets += self._acl_packets(rest + L2CAP_HEADER)
+        if not self._room_for(packets):
+            return False
+        channel.write(data)
+        return True
 
     async def _send_one(self, data: bytes) -> None:
         # The previous SDU must have left before this one is queued, or bumble merges them.

@@ -1,0 +1,249 @@
+"""BLE links' ``send_nowait`` and ``recv_nowait`` (issue 13): the driver's pipe sends and reads
+through them without a timer, a lock or a task switch.  Each keeps what ``send`` and ``recv``
+guarantee: order, whole messages, the L2CAP SDU boundary and credits, the links' errors, and
+bumble's own PDUs on the air; with bumble's DEBUG logging on, bumble's path (and its log line)
+is taken.  Also the receiving end: pairkit's Write Commands and Notifications are read off the
+ATT channel as they come, every other ATT PDU still reaches bumble.  Real bumble stacks on
+virtual controllers throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from pairkit.pairing.errors import LinkClosedError, TooLargeError
+from pairkit.transports.ble.links import BleLink, GattLink, L2capLink
+from pairkit.transports.bumble import BumbleConfig, BumbleTransport, VirtualRadio
+
+OpenDevice = Callable[..., Awaitable[BumbleTransport]]
+
+
+@pytest.fixture
+def radio() -> VirtualRadio:
+    return VirtualRadio()
+
+
+@pytest.fixture
+async def open_device(radio: VirtualRadio) -> AsyncIterator[OpenDevice]:
+    opened: list[BumbleTransport] = []
+
+    async def factory(seed: int, **config: Any) -> BumbleTransport:
+        transport = BumbleTransport(
+            "virtual", radio=radio, rng=random.Random(seed).randbytes,
+            config=BumbleConfig(**config),
+        )
+        opened.append(transport)
+        return await transport.open()
+
+    yield factory
+    for transport in reversed(opened):
+        await transport.close()
+
+
+async def pair_of(
+    open_device: OpenDevice, seed: int, **config: Any
+) -> tuple[BleLink, BleLink]:
+    host = await open_device(seed, **config)
+    guest = await open_device(seed + 1, **config)
+    await host.start_advertising(b"hello")
+    accepting = asyncio.ensure_future(host.accept(timeout=5))
+    guest_link = await guest.connect(host.address, timeout=5)
+    return guest_link, await accepting
+
+
+async def read(link: BleLink, count: int) -> list[bytes]:
+    return [await asyncio.wait_for(link.recv(), 2) for _ in range(count)]
+
+
+def on_air(radio: VirtualRadio) -> list[bytes]:
+    """Every L2CAP PDU the radio carries from now on (header included)."""
+    seen: list[bytes] = []
+    link = radio.link
+    original = link.send_acl_data
+
+    def keep(sender: Any, destination: Any, transport: Any, data: bytes) -> None:
+        seen.append(bytes(data))
+        original(sender, destination, transport, data)
+
+    link.send_acl_data = keep  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("l2cap", [False, True], ids=["gatt", "l2cap"])
+async def test_nowait_sends_whole_messages_in_order_both_ways(
+    open_device: OpenDevice, l2cap: bool
+) -> None:
+    guest, host = await pair_of(open_device, 10, prefer_l2cap=l2cap)
+    assert isinstance(guest, L2capLink if l2cap else GattLink)
+    assert guest.recv_nowait() is None and host.recv_nowait() is None
+    for sender, receiver in ((guest, host), (host, guest)):
+        sent = [bytes([i]) * (1 + 37 * i) for i in range(12)]
+        assert all(sender.send_nowait(m) for m in sent[:6])
+        for m in sent[6:]:
+            await sender.send(m)
+        got = await read(receiver, 3)
+        await asyncio.sleep(0.01)  # the rest has arrived: read without waiting
+        while (m := receiver.recv_nowait()) is not None:
+            got.append(m)
+        assert got == sent
+        with pytest.raises(TooLargeError):
+            sender.send_nowait(bytes(sender.mtu + 1))
+    if l2cap:
+        with pytest.raises(ValueError):
+            guest.send_nowait(b"")
+    assert guest.send_nowait(b"last words")
+    await guest.close()
+    with pytest.raises(LinkClosedError):
+        guest.send_nowait(b"x")
+    with pytest.raises(LinkClosedError):
+        guest.recv_nowait()
+    assert await read(host, 1) == [b"last words"]  # sent before the close: still read
+    await asyncio.sleep(0.01)
+    with pytest.raises(LinkClosedError):
+        host.recv_nowait()
+
+
+async def test_nowait_puts_bumbles_own_pdus_on_the_air(
+    radio: VirtualRadio, open_device: OpenDevice
+) -> None:
+    """The Write Command and the Notification built without bumble's awaits are, byte for
+    byte, the L2CAP PDUs bumble's ``write_value`` and ``notify_subscriber`` send."""
+    guest, host = await pair_of(open_device, 20, prefer_l2cap=False)
+    assert isinstance(guest, GattLink) and isinstance(host, GattLink)
+    air = on_air(radio)
+    message = bytes(range(200))
+    assert guest.send_nowait(message)
+    assert host.send_nowait(message)
+    await read(host, 1), await read(guest, 1)
+    fast = list(air)
+    air.clear()
+    connection = guest.connection
+    await connection.gatt_client.write_value(guest._rx_handle, message, with_response=False)
+    tx = host._tx
+    assert tx is not None
+    await host.connection.device.notify_subscriber(host.connection, tx, message)
+    await read(host, 1), await read(guest, 1)
+    assert len(fast) == 2 and fast == air
+
+
+async def test_with_bumbles_debug_log_on_bumbles_path_is_taken_and_logs(
+    open_device: OpenDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing is silenced: with DEBUG on for bumble's GATT client and server, the nowait
+    path declines (bumble only offers those paths awaited) and ``send`` goes through bumble,
+    which logs each PDU as it always did."""
+    guest, host = await pair_of(open_device, 30, prefer_l2cap=False)
+    with caplog.at_level(logging.DEBUG, logger="bumble.gatt_client"), caplog.at_level(
+        logging.DEBUG, logger="bumble.gatt_server"
+    ):
+        assert not guest.send_nowait(b"up") and not host.send_nowait(b"down")
+        await guest.send(b"up")
+        await host.send(b"down")
+        assert await read(host, 1) == [b"up"] and await read(guest, 1) == [b"down"]
+    texts = [r.getMessage() for r in caplog.records]
+    assert any(t.startswith("GATT Command from client") for t in texts)
+    assert any(t.startswith("GATT Notify from server") for t in texts)
+    # ... and bumble read them, with its own lines, at the other end.
+    assert any(t.startswith("GATT Request to server") and "ATT_WRITE_COMMAND" in t
+               for t in texts)
+    assert any(t.startswith("GATT Response to client") and "NOTIFICATION" in t for t in texts)
+
+
+async def test_other_att_pdus_on_the_connection_still_reach_bumble(
+    open_device: OpenDevice,
+) -> None:
+    """Only pairkit's two PDUs are read off the ATT channel: a Write Command and a
+    Notification on another characteristic of the same connection reach bumble's server and
+    client subscribers, in between pairkit's messages, which stay whole and in order."""
+    from bumble.gatt import Characteristic, CharacteristicValue, Service
+    from bumble.gatt_client import ServiceProxy
+
+    host_device = await open_device(50, prefer_l2cap=False)
+    written: list[bytes] = []
+    other_in = Characteristic(
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1",
+        Characteristic.Properties.WRITE_WITHOUT_RESPONSE,
+        Characteristic.WRITEABLE,
+        CharacteristicValue(write=lambda _connection, value: written.append(bytes(value))),
+    )
+    other_out = Characteristic(
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f2",
+        Characteristic.Properties.NOTIFY, Characteristic.READABLE, b"",
+    )
+    service_uuid = "1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f1"
+    host_device.device.add_service(Service(service_uuid, [other_in, other_out]))
+    guest_device = await open_device(51, prefer_l2cap=False)
+    await host_device.start_advertising(b"hello")
+    accepting = asyncio.ensure_future(host_device.accept(timeout=5))
+    guest = await guest_device.connect(host_device.address, timeout=5)
+    host = await accepting
+    client = guest.connection.gatt_client
+    services = await client.discover_service(service_uuid)
+    proxies = await client.discover_characteristics([], services[0])
+    assert isinstance(services[0], ServiceProxy)
+    by_uuid = {str(c.uuid).lower(): c for c in proxies}
+    heard: list[bytes] = []
+    await client.subscribe(by_uuid[str(other_out.uuid).lower()], heard.append)
+    for i in range(5):
+        assert guest.send_nowait(bytes([i]) * 20) and host.send_nowait(bytes([i]) * 30)
+        await client.write_value(by_uuid[str(other_in.uuid).lower()].handle, bytes([i]))
+        await host.connection.device.notify_subscriber(host.connection, other_out, bytes([i]))
+    assert await read(host, 5) == [bytes([i]) * 20 for i in range(5)]
+    assert await read(guest, 5) == [bytes([i]) * 30 for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert written == heard == [bytes([i]) for i in range(5)]
+
+
+async def test_l2cap_nowait_declines_while_the_previous_sdu_waits_for_credits(
+    open_device: OpenDevice,
+) -> None:
+    """A guest that stops reading stops giving credits back: once they are used up the
+    channel holds the next SDU, and ``send_nowait`` declines (bumble would merge a second
+    SDU into the held one) until the reader's credits let it leave; every message arrives
+    whole and in order."""
+    guest, host = await pair_of(open_device, 40, l2cap_credits=4)
+    assert isinstance(host, L2capLink)
+    sent: list[bytes] = []
+    for i in range(20):
+        message = bytes([i]) * 2048  # two K-frames each
+        if not host.send_nowait(message):
+            break
+        sent.append(message)
+    else:
+        raise AssertionError("the channel never ran out of credits")
+    assert not host.channel.drained.is_set()
+    assert not host.send_nowait(b"more")  # still held: nothing sent
+    rest = [bytes([100 + i]) * 700 for i in range(5)]
+    sending = asyncio.ensure_future(asyncio.gather(*(host.send(m) for m in rest)))
+    got = await read(guest, len(sent) + len(rest))
+    await asyncio.wait_for(sending, 2)
+    assert got == sent + rest
+
+
+async def test_l2cap_k_frames_are_bumbles_own_and_its_debug_line_stays(
+    radio: VirtualRadio, open_device: OpenDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An L2CAP message's K-frames, handed to bumble's host without the channel manager's
+    debug line, are byte for byte the frames bumble's own path sends (DEBUG on for bumble's
+    L2CAP logger), and that path still logs each frame."""
+    guest, host = await pair_of(open_device, 60, l2cap_mtu=4000, l2cap_mps=1000,
+                                l2cap_credits=64)
+    assert isinstance(host, L2capLink)
+    air = on_air(radio)
+    message = bytes(range(256)) * 10  # three K-frames
+    await host.send(message)
+    assert await read(guest, 1) == [message]
+    quiet = list(air)
+    air.clear()
+    with caplog.at_level(logging.DEBUG, logger="bumble.l2cap"):
+        await host.send(message)
+        assert await read(guest, 1) == [message]
+    sent = [p for p in quiet if len(p) > 100]
+    assert len(sent) == 3 and sent == [p for p in air if len(p) > 100]
+    assert sum("Sending L2CAP PDU" in r.getMessage() for r in caplog.records) >= 3
