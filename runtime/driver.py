@@ -75,8 +75,9 @@ class MessagePipe:
         #: how long one message may wait for the peer to take it (flow control)
         self.send_timeout = send_timeout
         self._reassembler = Reassembler(max_message)
-        # The fragments of one message must not interleave with another's.
-        self._send_lock = asyncio.Lock()
+        # The fragments of one message must not interleave with another's: a lock, made when
+        # a message first has to wait (most are taken at once, see send_at_once).
+        self._send_lock: asyncio.Lock | None = None
         self._sent: Any = None
         self._received: Any = None
         if transcript:
@@ -92,21 +93,42 @@ class MessagePipe:
         self._recv_nowait: Callable[[], bytes | None] | None = getattr(
             link, "recv_nowait", None
         )
+        # ... and links that can say when something may have arrived (a future: the queued
+        # links) let the driver wait for that itself, not through recv's coroutines.
+        self._recv_ready: Callable[[], asyncio.Future[None] | None] | None = getattr(
+            link, "recv_ready", None
+        )
 
     async def send(self, message: bytes) -> None:
         """Send one whole message; :class:`PairingTimeout` if the peer does not take it within
         :attr:`send_timeout` seconds (every send has a deadline, like every receive)."""
+        pieces = self.send_at_once(message)
+        if pieces:
+            await self.send_rest(message, pieces)
+
+    def send_at_once(self, message: bytes) -> list[bytes]:
+        """The part of :meth:`send` that need not wait: the message's fragments are sent
+        while the link takes them at once, and the message is counted once all have gone.
+        Gives the fragments still to send (none: the message is sent), which
+        :meth:`send_rest` sends; nothing else may be sent on the pipe in between."""
         pieces = fragment(message, self.link.mtu)
         send_nowait = self._send_nowait
-        if send_nowait is not None and not self._send_lock.locked():
+        lock = self._send_lock
+        if send_nowait is not None and (lock is None or not lock.locked()):
             # No other message is being sent, and nothing below awaits until a piece does
             # not fit: the pieces sent at once cannot interleave with another message's.
             while pieces and send_nowait(pieces[0]):
                 del pieces[0]
-            if not pieces:
-                if self._sent is not None:
-                    _absorb(self._sent, message)
-                return
+            if not pieces and (sent := self._sent) is not None:
+                sent.update(len(message).to_bytes(4, "big"))  # as _absorb, one call less
+                sent.update(message)
+        return pieces
+
+    async def send_rest(self, message: bytes, pieces: list[bytes]) -> None:
+        """Send ``pieces``, the rest of ``message`` that :meth:`send_at_once` left, with
+        :meth:`send`'s deadline; then count the message."""
+        if self._send_lock is None:
+            self._send_lock = asyncio.Lock()
         try:
             async with asyncio.timeout(self.send_timeout):
                 async with self._send_lock:
@@ -149,10 +171,21 @@ class MessagePipe:
                 return message
         return None
 
+    def recv_ready(self) -> asyncio.Future[None] | None:
+        """After :meth:`poll_unabsorbed` gave None: a future that is done once it may give
+        something (a fragment arrived, or the link ended), or None when the link cannot say
+        so (then :meth:`recv_unabsorbed` is awaited).  Whoever stops waiting cancels it."""
+        recv_ready = self._recv_ready
+        if recv_ready is None or self._recv_nowait is None:
+            return None
+        return recv_ready()
+
     def absorb(self, message: bytes) -> None:
         """Count a message read by :meth:`recv_unabsorbed` in the transcript."""
-        if self._received is not None:
-            _absorb(self._received, message)
+        received = self._received
+        if received is not None:
+            received.update(len(message).to_bytes(4, "big"))  # as _absorb, one call less
+            received.update(message)
 
     def unread(self, messages: list[bytes]) -> None:
         """Put messages read ahead (and not absorbed) back in front, in order."""
@@ -247,8 +280,14 @@ async def drive(
     def take(message: bytes) -> None:
         if read_ahead:
             pipe.absorb(message)
+    # A message not there yet is waited for as the link's own future (recv_ready), under the
+    # run's one timer, when the pipe is a plain MessagePipe and it can poll: no coroutine of
+    # the pipe's, the link's and its queue's per message (issue 13).  Every other pipe and
+    # link is awaited through its recv, as before.
+    ready = (pipe._recv_ready if type(pipe) is MessagePipe and pipe._recv_nowait is not None
+             else None)
     inbox: asyncio.Task[bytes] | None = None  # the pending read, kept across a question
-    reads = _ReadDeadline(loop)
+    reads = _ReadDeadline(loop, asyncio.current_task())
     held: list[bytes] = []  # messages read while a person was asked, fed after the answer
 
     async def flush() -> None:
@@ -256,15 +295,14 @@ async def drive(
             await pipe.send(message)
 
     send = pipe.send
+    # A plain pipe's send in two steps, so that a message the link takes at once is sent
+    # without a coroutine (a pipe of another kind sends its own way).
+    send_at_once = pipe.send_at_once if type(pipe).send is MessagePipe.send else None
 
     async def next_message(wait: float) -> bytes:
+        """The next message when it cannot be polled: read through the pipe (absorbed when
+        the run does not read ahead, as ``pipe.recv`` absorbs)."""
         nonlocal inbox
-        if inbox is None and poll is not None and wait > 0:
-            message = poll()
-            if message is not None:
-                if not read_ahead:
-                    pipe.absorb(message)  # as pipe.recv would have
-                return message
         if inbox is None and wait > 0:
             # No read under way (the common case): await it here, no task of its own, under
             # the run's one timer (_ReadDeadline).  A timeout cancels the read, which links
@@ -351,7 +389,10 @@ async def drive(
             machine.start(now())
         while True:
             for message in machine.outgoing():
-                await send(message)
+                if send_at_once is None:
+                    await send(message)
+                elif rest := send_at_once(message):
+                    await pipe.send_rest(message, rest)
             events = machine.events()
             for event in events:
                 if isinstance(event, Question):
@@ -375,13 +416,29 @@ async def drive(
             deadline = machine.next_deadline()
             wait = idle if deadline is None else max(0.0, deadline - now())
             try:
-                message = await next_message(wait)
+                message = None
+                if poll is not None and inbox is None and wait > 0:
+                    # A message already there is taken without a timer; one not there yet
+                    # is waited for as the link's future (see ``ready`` above): nothing is
+                    # taken from the link until poll() takes it, so a wait cut short (the
+                    # deadline, a cancel) loses nothing.
+                    message = poll()
+                    if message is None and ready is not None:
+                        when = loop.time() + wait
+                        while message is None and (changed := ready()) is not None:
+                            await reads.wait(changed, when)
+                            message = poll()
+                    if message is not None:
+                        pipe.absorb(message)  # as pipe.recv would have, or take()
+                if message is None:
+                    message = await next_message(wait)
+                    if read_ahead:
+                        pipe.absorb(message)
             except TimeoutError:
                 if deadline is None:
                     raise PairingTimeout(f"the peer sent nothing for {idle:.0f} s") from None
                 machine.on_timeout(now())
                 continue
-            take(message)
             machine.receive(message, now())
     except LinkClosedError as exc:
         machine.abort(exc)
@@ -437,10 +494,13 @@ class _ReadDeadline:
     loses nothing: links' reads are cancel-safe and a partial message stays reassembling.
     """
 
-    __slots__ = ("_armed", "_expired", "_handle", "_loop", "_task", "_when")
+    __slots__ = ("_armed", "_expired", "_handle", "_loop", "_owner", "_task", "_when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, owner: asyncio.Task[Any] | None = None
+    ) -> None:
         self._loop = loop
+        self._owner = owner  # the task the run's reads are awaited in (the run's own)
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0.0  # when the handle fires
         self._when = 0.0  # the deadline of the read under way
@@ -449,10 +509,14 @@ class _ReadDeadline:
 
     async def read(self, read: Callable[[], Any], when: float) -> bytes:
         """``await read()``, or TimeoutError once the loop's clock reaches ``when``."""
-        task = asyncio.current_task()
+        return await self.wait(read(), when)  # type: ignore[no-any-return]
+
+    async def wait(self, awaitable: Any, when: float) -> Any:
+        """``await awaitable``, or TimeoutError once the loop's clock reaches ``when``."""
+        task = self._owner
         if task is None:  # not in a task: asyncio.timeout raises its RuntimeError
             async with asyncio.timeout_at(when):
-                return await read()  # type: ignore[no-any-return]
+                return await awaitable
         self._when = when
         if self._handle is None or self._armed > when:
             self._arm(when)
@@ -460,8 +524,10 @@ class _ReadDeadline:
         self._expired = False
         self._task = task
         try:
-            message = await read()
+            result = await awaitable
         except BaseException as exc:
+            if isinstance(awaitable, asyncio.Future) and not awaitable.done():
+                awaitable.cancel()  # not awaited any more (a coroutine was closed by its await)
             if self._expired:  # as asyncio.timeout's exit: our cancel request is taken back
                 self._expired = False
                 if task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
@@ -472,7 +538,7 @@ class _ReadDeadline:
         if self._expired:  # the read ended after all, in the same turn as the deadline
             self._expired = False
             task.uncancel()
-        return message  # type: ignore[no-any-return]
+        return result
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:

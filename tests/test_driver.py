@@ -215,6 +215,41 @@ async def test_a_peer_that_closes_mid_handshake_is_reported() -> None:
             await asyncio.gather(drive(guest, a), hang_up())
 
 
+async def test_a_link_closed_on_this_side_while_the_run_waits_ends_it_at_once() -> None:
+    """The driver waits for a queued link's future, not in its recv (issue 13): closing the
+    link from elsewhere while the run waits must still end the run at once, as a closed link,
+    long before its deadline."""
+    guest, _host = machines(Method.PIN, timeout=30.0)
+    loop = asyncio.get_running_loop()
+    async with loopback_pair() as (a, _b):
+        guest.start(loop.time())
+        loop.call_later(0.05, a._close)
+        t0 = time.perf_counter()
+        with pytest.raises(LinkClosedError, match="before the exchange was complete"):
+            await asyncio.wait_for(drive(guest, a), 10)
+        assert time.perf_counter() - t0 < 5.0
+    assert guest.failed
+
+
+async def test_a_cancel_in_the_turn_a_message_arrives_loses_no_message() -> None:
+    """A run cancelled in the same turn as the message it waits for arrives: the run is
+    cancelled, not timed out, and the message stays on the link for whoever reads next (the
+    driver's wait takes nothing from the link; only its poll does)."""
+    guest, _host = machines(Method.PIN, timeout=30.0)
+    loop = asyncio.get_running_loop()
+    async with loopback_pair() as (a, b):
+        guest.start(loop.time())
+        run = asyncio.ensure_future(drive(guest, a))
+        offer = await asyncio.wait_for(b.recv(), 5)  # the guest now waits for the answer
+        assert offer
+        await b.send(b"\x03\x01z")  # whatever it is, it must not be read: the cancel wins
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert a.recv_nowait() == b"\x03\x01z"
+        assert guest.failed
+
+
 async def test_garbage_ends_the_host_and_the_guest_hears_why() -> None:
     _guest, host = machines(Method.PIN)
     async with loopback_pair() as (a, b):

@@ -668,3 +668,54 @@ def test_any_text_parses_or_raises_config_error(text: str) -> None:
     except ConfigError:
         return
     assert parse_transport(str(spec)) == spec
+
+
+async def test_recv_ready_is_done_exactly_when_recv_nowait_may_give_something() -> None:
+    # The driver's flat wait (issue 13): it polls, and when nothing is there it awaits this
+    # future instead of recv; the future must come done for a message, for the peer's close
+    # and for this side's close, and not before.
+    async with loopback_pair() as (a, b):
+        ready = b.recv_ready()
+        assert ready is not None
+        await asyncio.sleep(0)
+        assert not ready.done()
+        await a.send(b"m")
+        assert ready.done()
+        assert b.recv_ready().done()  # a message is there now: done at once
+        assert b.recv_nowait() == b"m" and b.recv_nowait() is None
+        peer_gone = b.recv_ready()
+        mine_gone = a.recv_ready()
+        assert not peer_gone.done() and not mine_gone.done()
+        await a.close()
+        assert peer_gone.done() and mine_gone.done()
+        with pytest.raises(LinkClosedError, match=r"the peer \(a\) closed the link"):
+            b.recv_nowait()
+        with pytest.raises(LinkClosedError, match=r"^the link is closed$"):
+            a.recv_nowait()
+
+
+async def test_recv_ready_waiters_given_up_do_not_pile_up() -> None:
+    # A reader whose wait is cut short (a deadline, a cancel) cancels its future and goes:
+    # the queue drops it at its next waiter or change, so a link read with many timeouts
+    # holds no more than the one waiter that is waiting.
+    async with loopback_pair() as (a, b):
+        for _ in range(50):
+            b.recv_ready().cancel()  # type: ignore[union-attr]
+        live = b.recv_ready()
+        assert live is not None and len(b._inbox._changed._waiters) == 1
+        await a.send(b"m")
+        assert live.done() and b._inbox._changed._waiters == []
+
+
+async def test_a_link_whose_recv_does_more_is_not_waited_for_around_it() -> None:
+    # As recv_nowait: a subclass's recv may wait on more than the queue, so its readers
+    # await recv, never the queue's future.
+    class Counting(loopback.LoopbackLink):
+        async def recv(self) -> bytes:
+            return await super().recv()
+
+    _a, b = loopback_pair()
+    counting = Counting(local="b", peer="a", mtu=b.mtu, encrypted=False,
+                        inbox=b._inbox, outbox=b._outbox, tap=None)
+    assert counting.recv_ready() is None
+    assert b.recv_ready() is not None

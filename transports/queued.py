@@ -62,6 +62,8 @@ def check_positive(name: str, value: int) -> int:
 
 def check_message(data: bytes, mtu: int) -> bytes:
     """``data`` as bytes; TypeError if it is not bytes-like, TooLargeError over ``mtu`` bytes."""
+    if type(data) is bytes and len(data) <= mtu:
+        return data  # the common case: what bytes(data) and the checks below would give
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"a link sends bytes, not {type(data).__name__}")
     data = bytes(data)
@@ -94,12 +96,26 @@ class Signal:
         self._waiters: list[asyncio.Future[None]] = []
 
     def fire(self) -> None:
+        if not self._waiters:
+            return  # nobody waits (the common case: a message put or taken in passing)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             # A waiter left behind by an event loop that has since closed (a medium shared
             # between tests) cannot be woken, and need not be.
             if not waiter.done() and not waiter.get_loop().is_closed():
                 waiter.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future of the running loop that :meth:`fire` completes: :meth:`wait` without a
+        coroutine, for a reader that awaits it itself (the driver, issue 13).  A reader that
+        stops waiting cancels it; a cancelled waiter is dropped at the next :meth:`fire` or
+        :meth:`waiter`, whichever comes first, so none accumulate."""
+        waiters = self._waiters
+        if waiters:
+            waiters[:] = [w for w in waiters if not w.done()]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        return waiter
 
     async def wait(self, timeout: float | None = None) -> None:
         """Return when :meth:`fire` is called or ``timeout`` seconds pass, whichever is first."""
@@ -200,6 +216,17 @@ class MessageQueue:
         if self._end is not None:
             raise self._end.with_traceback(None)
         return None
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future that is done once anything changes here (a message put or taken, the end,
+        an abort): what :meth:`get` waits for between its looks, for a reader that looks with
+        :meth:`get_nowait` and awaits the future itself.  Already done if a message or the end
+        is there now.  A reader that stops waiting cancels it."""
+        if self._items or self._end is not None or self._aborted is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._changed.waiter()
 
     def finish(self, exc: BaseException) -> None:
         """No more messages: ``get`` drains the queue, then raises ``exc``.  Idempotent."""
@@ -303,6 +330,18 @@ class QueuedLink(LinkBase):
         if self._closed:
             raise LinkClosedError("the link is closed")
         return self._inbox.get_nowait()
+
+    def recv_ready(self) -> asyncio.Future[None] | None:
+        """A future that is done once :meth:`recv_nowait` may give something new (a message,
+        or the error that ends the link): a reader that polls can wait for it instead of
+        awaiting :meth:`recv` (the driver, issue 13: one future awaited where ``recv`` awaits
+        through the queue's coroutines).  A reader that stops waiting cancels it.
+
+        None when ``recv`` is not this class's (a subclass's ``recv`` may wait on more than
+        the queue): such a link's readers await ``recv``."""
+        if type(self).recv is not QueuedLink.recv:
+            return None
+        return self._inbox.changed()
 
 
 class BufferedLink(LinkBase):
