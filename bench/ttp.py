@@ -8,23 +8,36 @@ as in production; the devices run in this process under asyncio, ``pairs`` pairs
 each pair delivering ``rounds`` keys one after another.
 
 The *floor* is the cryptography on the critical path of a delivery, each piece at the fastest
-implementation here, in one process without the server: per device, one TLS 1.3 handshake
-(both ends, in memory through ``ssl.MemoryBIO``, with the server's real certificate and
-context and the device's context: ECDHE X25519, ECDSA P-256 signature, the chain and the
-signature verified) and the protocol's messages through it (encoded beforehand: encoding is
-not cryptography), the proof of possession (the server's fresh X25519 key, one DH on each side
-with keys already loaded, HKDF and HMAC on each side); per delivery, SK drawn (not sealed: a
-match in the server's own process hands it to the waiting device in memory).  No sockets, no
-event loop, no SQLite, no Python protocol machinery.
+implementation here and made of the primitives alone (``ssl``, ``cryptography``, ``hmac``: no
+pairkit code runs in it, ``tests/test_bench_ttp_smoke.py`` checks), without the server: per
+device, one TLS 1.3 handshake (both ends, in memory through ``ssl.MemoryBIO``, with the
+server's real certificate and key and contexts set as the server's and the device's are:
+ECDHE X25519, ECDSA P-256 signature, the chain and the signature verified, no session tickets)
+and the protocol's messages through it (encoded beforehand: encoding is not cryptography), the
+proof of possession (the server's fresh X25519 key, one DH on each side with keys already
+loaded, HKDF and HMAC on each side); per delivery, SK drawn (not sealed: a match in the
+server's own process hands it to the waiting device in memory).  No sockets, no event loop,
+no SQLite, no Python protocol machinery.
 
 The figure issue 13 sets a goal for is a *rate* on the same cores: the **floor rate** is that
 same cryptography run by as many processes as this machine gives us CPUs (``nproc``), all at
-once for ``floor_seconds``, measured right before and right after every level and averaged
-(so a machine that gets busier or quieter during the level moves both sides); ``of floor =
-deliveries/s / floor rate``, goal at least 0.5 at 100 pairs.  The CPU both sides spent is
-counted too: the server process's (from ``/proc``) and this process's (the devices), per
-delivery, against the floor's CPU per delivery (the second goal line: less moved by other jobs
-on a shared machine).  The load averages before and after each level are in the JSON.
+once.  A shared machine's speed moves by tens of percent within a run, so the two are measured
+**interleaved in short blocks**: each level runs server blocks (``deliveries`` each), and
+before the first and after each one a floor block (``floor_seconds``, the same ``nproc`` floor
+processes, forked once and warm, asleep while the server works): F S F S ... S F.  Each
+server block's ``of floor = deliveries/s / floor rate`` is against the mean of the two floor
+blocks around it.  What interleaving cannot even out is another job taking a core: it halves
+the floor rate (two processes on two cores) and slows the server's two processes by some other
+share, so the two are not hit alike.  The bench therefore measures, from ``/proc/stat``, the
+CPU the machine's *other* jobs took during every block; a server block is *quiet* when they
+took at most ``quiet`` (0.1) of a core in it and in its two floor blocks, and the bench runs
+blocks until ``blocks`` are quiet (at most ``max_blocks``).  The level's figure is the **median
+over its quiet blocks**, printed with its range (goal at least 0.5 at 100 pairs); with no quiet
+block at all it is the median over all of them, and the output says so.  The CPU both sides
+spent is counted the same way: the server process's (its threads' time on a CPU, ``/proc``)
+and this process's (the devices), per delivery, against the floor's CPU per delivery in the
+two floor blocks around it (the second goal line).  The load averages and where each
+process's threads spent each block are in the JSON.
 
 ``ratio = (wall time per delivery) / floor``, the floor timed in one process at the start: at
 1 pair it is the full latency over the floor's; at more pairs it is for reading the shape only
@@ -32,10 +45,10 @@ on a shared machine).  The load averages before and after each level are in the 
 
 Usage::
 
-    .venv/bin/python bench/ttp.py                # 1, 10 and 100 pairs (15 to 30 s)
+    .venv/bin/python bench/ttp.py                # 1, 10, 100 pairs, 5 quiet blocks each
     .venv/bin/python bench/ttp.py --json
     .venv/bin/python bench/ttp.py --quick        # a smoke run (the test suite uses it)
-    .venv/bin/python bench/ttp.py --pairs 1 10 100 --deliveries 300
+    .venv/bin/python bench/ttp.py --pairs 100 --deliveries 400 --blocks 7
     .venv/bin/python bench/ttp.py --scale-out    # 1 and 2 servers on PostgreSQL (ttp_scale.py)
 """
 
@@ -43,8 +56,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
+import hmac
 import json
 import multiprocessing
 import os
@@ -64,6 +79,13 @@ if str(ROOT) not in sys.path:
 
 import cryptography  # noqa: E402
 from cryptography.hazmat.backends.openssl import backend as openssl_backend  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.x25519 import (  # noqa: E402
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
 from bench.common import (  # noqa: E402
     load_average,
@@ -74,14 +96,13 @@ from bench.common import (  # noqa: E402
     report,
     start_key_server,
     stop_process,
+    summary,
     summary_us,
     thread_schedstat,
     thread_shares,
 )
-from pairkit.keyserver.certs import init_server_dir  # noqa: E402
-from pairkit.keyserver.server import server_context  # noqa: E402
-from pairkit.keyserver.store import Sealer  # noqa: E402
-from pairkit.pairing.crypto import same, x25519, x25519_loaded  # noqa: E402
+from pairkit.keyserver.certs import init_server_dir, load_cert  # noqa: E402
+from pairkit.pairing.keyschedule import TTP_AUTH  # noqa: E402
 from pairkit.pairing.methods import LocalIdentity  # noqa: E402
 from pairkit.pairing.ttp import (  # noqa: E402
     DeviceRecord,
@@ -91,9 +112,9 @@ from pairkit.pairing.ttp import (  # noqa: E402
     TtpChallenge,
     TtpHello,
     TtpProof,
-    auth_proof,
+    cert_digest,
 )
-from pairkit.ttp import client_context, enrol, request_key  # noqa: E402
+from pairkit.ttp import enrol, request_key  # noqa: E402
 
 DEFAULT_PAIRS = (1, 10, 100)
 QUICK_PAIRS = (1, 2)
@@ -104,29 +125,60 @@ RATE_GOAL = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How much to measure: ``deliveries`` per concurrency level (at least 2 rounds per pair)."""
+    """How much to measure: ``deliveries`` per server block (at least 2 rounds per pair),
+    ``blocks`` server blocks per concurrency level, each between two floor blocks of
+    ``floor_seconds``."""
 
     pairs: tuple[int, ...] = DEFAULT_PAIRS
     deliveries: int = 300
     floor_runs: int = 60
     warmup: int = 1
-    #: how long the parallel floor runs before each level
-    floor_seconds: float = 1.5
+    #: quiet server blocks wanted per level, each set against the floor blocks right before
+    #: and after it
+    blocks: int = 5
+    #: at most this many server blocks per level, quiet or not
+    max_blocks: int = 15
+    #: how long each floor block runs (all ``nproc`` floor processes at once)
+    floor_seconds: float = 0.75
+    #: a block is quiet when the machine's other jobs took at most this much of a core during
+    #: it and during the floor blocks around it
+    quiet: float = 0.1
 
     def __post_init__(self) -> None:
-        if not self.pairs or min(self.pairs) < 1 or self.deliveries < 1 or self.floor_runs < 1:
-            raise ValueError("pairs, deliveries and floor_runs must be 1 or more")
+        if (not self.pairs or min(self.pairs) < 1 or self.deliveries < 1 or self.floor_runs < 1
+                or self.blocks < 1 or self.max_blocks < self.blocks):
+            raise ValueError("pairs, deliveries, floor_runs and blocks must be 1 or more, "
+                             "max_blocks at least blocks")
 
     def rounds(self, pairs: int) -> int:
         return max(2, -(-self.deliveries // pairs))
 
 
 # --------------------------------------------------------------------------------------------
-# The floor: the same cryptography in one process
+# The floor: the same cryptography without the server, made of the primitives alone
 # --------------------------------------------------------------------------------------------
 
 
-def _pump(a: ssl.SSLObject, a_out: ssl.MemoryBIO, b_in: ssl.MemoryBIO) -> None:
+def floor_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The floor's TLS contexts, made here with ``ssl`` alone (nothing of pairkit in them):
+    the server's, TLS 1.3 only with the server's certificate and key and no session tickets
+    (what ``keyserver.server.server_context`` sets), and the device's, TLS 1.3 trusting the CA
+    file alone, certificate and host name checked (what ``ttp.client_context`` sets).  Both
+    files are the key server's own: the same certificate chain, key type and signature."""
+    root = Path(directory)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.num_tickets = 0
+    server.load_cert_chain(root / "server.pem", root / "server-key.pem")
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.minimum_version = ssl.TLSVersion.TLSv1_3
+    client.check_hostname = True
+    client.verify_mode = ssl.CERT_REQUIRED
+    client.load_verify_locations(cafile=str(root / "ca.pem"))
+    return server, client
+
+
+def _pump(a_out: ssl.MemoryBIO, b_in: ssl.MemoryBIO) -> None:
     data = a_out.read()
     if data:
         b_in.write(data)
@@ -148,8 +200,8 @@ class TlsPair:
                         done[key] = True
                     except ssl.SSLWantReadError:
                         pass
-            _pump(self.client, self.c_out, self.s_in)
-            _pump(self.server, self.s_out, self.c_in)
+            _pump(self.c_out, self.s_in)
+            _pump(self.s_out, self.c_in)
             if done["c"] and done["s"]:
                 break
         else:  # pragma: no cover - a broken TLS set-up
@@ -198,55 +250,84 @@ class FloorMessages:
         )
 
 
-def floor_delivery(
-    server_ctx: ssl.SSLContext,
-    client_ctx: ssl.SSLContext,
-    devices: tuple[LocalIdentity, LocalIdentity],
-    cert: bytes,
-    sealer: Sealer,
-    messages: FloorMessages | None = None,
-) -> None:
-    """One delivery's cryptography, both devices and the server, in this process.
+_SHA256 = hashes.SHA256()
+
+
+def floor_proof(shared: bytes, *, static: bytes, eph: bytes, nonce_c: bytes, nonce_s: bytes,
+                cert: bytes) -> bytes:
+    """The proof of possession (``pairing/ttp.py``, ``auth_proof``) from the primitives alone:
+    HKDF-SHA256 (``cryptography``) and one HMAC-SHA256 over the length-prefixed parts."""
+    key = HKDF(algorithm=_SHA256, length=32, salt=nonce_c + nonce_s,
+               info=TTP_AUTH).derive(shared)
+    return hmac.digest(key, b"".join(len(p).to_bytes(4, "big") + p for p in (
+        b"client", static, eph, nonce_c, nonce_s, cert)), "sha256")
+
+
+@dataclasses.dataclass(frozen=True)
+class FloorKit:
+    """What a floor delivery works with, made before any timing: the two TLS contexts, the
+    two devices' static keys (loaded once, as a device does) and public keys, the server
+    certificate's digest the proof binds, and the messages' bytes."""
+
+    server_ctx: ssl.SSLContext
+    client_ctx: ssl.SSLContext
+    keys: tuple[X25519PrivateKey, X25519PrivateKey]
+    publics: tuple[bytes, bytes]
+    cert: bytes
+    messages: FloorMessages
+
+    @classmethod
+    def make(cls, directory: Path, cert: bytes) -> FloorKit:
+        devices = (LocalIdentity.generate("a"), LocalIdentity.generate("b"))
+        server_ctx, client_ctx = floor_contexts(directory)
+        return cls(server_ctx, client_ctx,
+                   tuple(X25519PrivateKey.from_private_bytes(d.static_private)
+                         for d in devices),  # type: ignore[arg-type]
+                   (devices[0].static_public, devices[1].static_public), cert,
+                   FloorMessages.of(devices))
+
+
+def floor_delivery(kit: FloorKit) -> None:
+    """One delivery's cryptography, both devices and the server, in this process, from the
+    primitives alone (``ssl``, ``cryptography``, ``hmac``; no pairkit code runs here).
 
     Counted: per device, one TLS 1.3 handshake (both ends) and the protocol's messages through
     it, the server's fresh X25519 key (one fixed-base multiplication), one DH on each side
-    with keys already loaded (a device loads its static key once: ``LocalIdentity.static_key``),
-    HKDF and HMAC on each side, the constant-time comparison; per delivery, SK drawn.  Not
-    counted: encoding the messages (``messages``, made beforehand); sealing SK at rest (a match
-    made in the server's own process, as here, hands it over in memory; ``sealer`` is unused).
+    with keys already loaded (a device loads its static key once), HKDF and HMAC on each side,
+    the constant-time comparison; per delivery, SK drawn.  Not counted: encoding the messages
+    (``kit.messages``, made beforehand); sealing SK at rest (a match made in the server's own
+    process hands it over in memory).  X25519's all-zero check is OpenSSL's (``exchange``
+    refuses a low-order key).
     """
-    msgs = messages or FloorMessages.of(devices)
+    msgs = kit.messages
     sk = os.urandom(32)
-    for i, me in enumerate(devices):
-        tls = TlsPair(server_ctx, client_ctx)
+    for i, (key, public) in enumerate(zip(kit.keys, kit.publics, strict=True)):
+        tls = TlsPair(kit.server_ctx, kit.client_ctx)
         nonce_c = os.urandom(16)
         tls.send(True, msgs.hello[i])
-        eph_key, eph_public = x25519_loaded(os.urandom)
+        eph_key = X25519PrivateKey.from_private_bytes(os.urandom(32))
+        eph_public = eph_key.public_key().public_bytes_raw()
         nonce_s = os.urandom(16)
         tls.send(False, msgs.challenge)
-        made = auth_proof(x25519(me.static_key(), eph_public), static=me.static_public,
-                          eph=eph_public, nonce_c=nonce_c, nonce_s=nonce_s, cert=cert)
+        made = floor_proof(key.exchange(X25519PublicKey.from_public_bytes(eph_public)),
+                           static=public, eph=eph_public, nonce_c=nonce_c, nonce_s=nonce_s,
+                           cert=kit.cert)
         tls.send(True, msgs.proof_and_intent[i])
-        checked = auth_proof(x25519(eph_key, me.static_public), static=me.static_public,
-                             eph=eph_public, nonce_c=nonce_c, nonce_s=nonce_s, cert=cert)
-        if not same(made, checked):  # pragma: no cover
+        checked = floor_proof(eph_key.exchange(X25519PublicKey.from_public_bytes(public)),
+                              static=public, eph=eph_public, nonce_c=nonce_c,
+                              nonce_s=nonce_s, cert=kit.cert)
+        if not hmac.compare_digest(made, checked):  # pragma: no cover
             raise RuntimeError("proof mismatch")
         tls.send(False, msgs.delivery[i])
-    del sk, sealer  # a match in the server's own process hands SK over in memory: not sealed
+    del sk
 
 
 def time_floor(settings: Settings, directory: Path, cert: bytes) -> dict[str, float]:
-    from pairkit.keyserver.certs import ServerDir
-
-    d = ServerDir(directory)
-    server_ctx, client_ctx = server_context(d), client_context(d.ca_cert)
-    devices = (LocalIdentity.generate("a"), LocalIdentity.generate("b"))
-    sealer = Sealer(os.urandom(32))
-    messages = FloorMessages.of(devices)
+    kit = FloorKit.make(directory, cert)
 
     def once() -> float:
         t0 = time.perf_counter()
-        floor_delivery(server_ctx, client_ctx, devices, cert, sealer, messages)
+        floor_delivery(kit)
         return time.perf_counter() - t0
 
     for _ in range(settings.warmup + 2):
@@ -255,7 +336,7 @@ def time_floor(settings: Settings, directory: Path, cert: bytes) -> dict[str, fl
     tls_samples = []
     for _ in range(max(5, settings.floor_runs // 2)):
         t0 = time.perf_counter()
-        TlsPair(server_ctx, client_ctx)
+        TlsPair(kit.server_ctx, kit.client_ctx)
         tls_samples.append(time.perf_counter() - t0)
     floor = summary_us([s * 1e6 for s in samples])
     return {
@@ -266,57 +347,108 @@ def time_floor(settings: Settings, directory: Path, cert: bytes) -> dict[str, fl
     }
 
 
-def _floor_worker(directory: str, cert: bytes, start: float, seconds: float,
-                  out: Any) -> None:
-    """One of ``nproc`` processes of the parallel floor: deliveries from ``start`` for
-    ``seconds`` (wall clock), then (deliveries, CPU seconds, wall seconds) on ``out``."""
-    from pairkit.keyserver.certs import ServerDir
-
-    d = ServerDir(Path(directory))
-    server_ctx, client_ctx = server_context(d), client_context(d.ca_cert)
-    devices = (LocalIdentity.generate("a"), LocalIdentity.generate("b"))
-    sealer = Sealer(os.urandom(32))
-    messages = FloorMessages.of(devices)
-    for _ in range(2):
-        floor_delivery(server_ctx, client_ctx, devices, cert, sealer, messages)
-    while time.time() < start:
-        time.sleep(0.001)
-    t0, c0, n = time.perf_counter(), time.process_time(), 0
-    while time.perf_counter() - t0 < seconds:
-        floor_delivery(server_ctx, client_ctx, devices, cert, sealer, messages)
-        n += 1
-    out.put((n, time.process_time() - c0, time.perf_counter() - t0))
-
-
-def parallel_floor(directory: Path, cert: bytes, seconds: float,
-                   workers: int) -> dict[str, float]:
-    """The floor rate on the same cores: ``workers`` processes doing floor deliveries at once.
-
-    Forked (the workers only compute and exit); they start together on the wall clock after
-    their set-up, so the window is one and the same for all of them.
-    """
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    start = time.time() + 1.0
-    procs = [ctx.Process(target=_floor_worker, args=(str(directory), cert, start, seconds,
-                                                     queue), daemon=True)
-             for _ in range(workers)]
-    for proc in procs:
-        proc.start()
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy so far (every CPU, not idle and not
+    waiting for I/O: user, nice, system, interrupts, stolen; Linux ``/proc/stat``), 0 where
+    there is none.  Less what this bench's processes spent, it is what *other jobs* took."""
     try:
-        got = [queue.get(timeout=60 + seconds) for _ in procs]
-    finally:
-        for proc in procs:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _floor_worker(directory: str, cert: bytes, conn: Any) -> None:
+    """One of the :class:`FloorPool`'s processes: set up and warm once, then for each job
+    ``(start, seconds)`` on ``conn`` do floor deliveries from ``start`` (wall clock) for
+    ``seconds``, and answer (deliveries, CPU seconds, wall seconds); ``None`` ends it.
+    Between jobs it sleeps in ``recv`` (no CPU taken from the server's blocks)."""
+    kit = FloorKit.make(Path(directory), cert)
+    for _ in range(3):
+        floor_delivery(kit)
+    conn.send("ready")
+    while (job := conn.recv()) is not None:
+        start, seconds = job
+        while time.time() < start:
+            time.sleep(0.001)
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
+        while time.perf_counter() - t0 < seconds:
+            floor_delivery(kit)
+            n += 1
+        conn.send((n, time.process_time() - c0, time.perf_counter() - t0))
+
+
+class FloorPool:
+    """The floor rate on the same cores: ``workers`` (``nproc``) processes, forked once and
+    warmed, that do floor deliveries all at once when :meth:`run` says so, for a short block
+    of wall time, and sleep in between (while the server's blocks run).  Kept for the whole
+    bench, so every floor block is measured by the same warm processes."""
+
+    def __init__(self, directory: Path, cert: bytes, workers: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.workers = workers
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        try:
+            for _ in range(workers):
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_floor_worker, args=(str(directory), cert, theirs),
+                                   daemon=True)
+                proc.start()
+                theirs.close()
+                self._conns.append(mine)
+                self._procs.append(proc)
+            for conn in self._conns:
+                if not conn.poll(60) or conn.recv() != "ready":  # pragma: no cover
+                    raise RuntimeError("a floor worker did not start")
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, seconds: float) -> dict[str, float]:
+        """One floor block: every worker at once for ``seconds``; deliveries per second (the
+        workers' rates added up) and the CPU they spent per delivery."""
+        busy, own, t0 = machine_busy(), time.process_time(), time.perf_counter()
+        start = time.time() + 0.02
+        for conn in self._conns:
+            conn.send((start, seconds))
+        got = []
+        for conn in self._conns:
+            if not conn.poll(60 + seconds):  # pragma: no cover - a stuck worker
+                raise RuntimeError("a floor worker did not answer")
+            got.append(conn.recv())
+        wall = time.perf_counter() - t0
+        deliveries = sum(n for n, _, _ in got)
+        cpu = sum(c for _, c, _ in got)
+        others = machine_busy() - busy - cpu - (time.process_time() - own)
+        return {
+            "workers": self.workers,
+            "deliveries": deliveries,
+            "seconds": max(w for _, _, w in got),
+            "per_second": sum(n / w for n, _, w in got),
+            "cpu_us_per_delivery": cpu / max(1, deliveries) * 1e6,
+            "others": max(0.0, others) / wall,
+        }
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        for proc in self._procs:
             proc.join(timeout=10)
             if proc.is_alive():  # pragma: no cover - a stuck worker
                 proc.kill()
-    deliveries = sum(n for n, _, _ in got)
-    return {
-        "workers": workers,
-        "deliveries": deliveries,
-        "per_second": sum(n / wall for n, _, wall in got),
-        "cpu_us_per_delivery": sum(cpu for _, cpu, _ in got) / max(1, deliveries) * 1e6,
-    }
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+
+    def __enter__(self) -> FloorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,68 +484,140 @@ async def run_level(address: str, ca: Path, devices: list[LocalIdentity], pairs:
             "us_per_delivery": elapsed / n * 1e6}
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """min, quartiles, median and max of per-block figures (quartiles as :func:`summary`)."""
+    s = summary(values)
+    return {"min": min(values), "q1": s["q1"], "median": s["median"], "q3": s["q3"],
+            "max": max(values), "n": len(values)}
+
+
+async def server_block(proc_pid: int, address: str, ca: Path, devices: list[LocalIdentity],
+                       pairs: int, rounds: int) -> dict[str, Any]:
+    """One server block: ``pairs`` pairs, ``rounds`` deliveries each, with the CPU the server
+    process and this process (the devices) spent, and where their threads spent it."""
+    load_before = load_average()
+    busy, t0 = machine_busy(), time.perf_counter()
+    server_cpu, own_cpu = process_cpu(proc_pid), time.process_time()
+    sched = (thread_schedstat(proc_pid), thread_schedstat(os.getpid()))
+    block = await run_level(address, ca, devices, pairs, rounds)
+    after = thread_schedstat(proc_pid)
+    own_cpu = time.process_time() - own_cpu
+    busy, wall = machine_busy() - busy, time.perf_counter() - t0
+    server_cpu = process_cpu(proc_pid) - server_cpu
+    if sched[0] and after:
+        # The server's threads' time on a CPU, in nanoseconds (/proc's clock ticks are 10 ms:
+        # 1% of a block); its threads live as long as the server.
+        server_cpu = sum(run - sched[0].get(tid, (0, 0))[0]
+                         for tid, (run, _) in after.items()) / 1e9
+    # Where each process's threads spent the block: running, waiting for a core, or asleep
+    # (bench/RESULTS.md, "session 10": the rate line is the devices' process's, whose one
+    # thread runs nearly all the time).
+    block["threads"] = {
+        "server": thread_shares(proc_pid, sched[0], after, block["seconds"]),
+        "devices": thread_shares(os.getpid(), sched[1], thread_schedstat(os.getpid()),
+                                 block["seconds"]),
+    }
+    n = block["deliveries"]
+    # What other jobs on the machine took meanwhile, in cores (bench/RESULTS.md, session 12:
+    # a job that takes a core halves the floor rate, and slows the server's two processes by
+    # another share, so a block they ran in measures them, not the server).
+    block["others"] = max(0.0, busy - server_cpu - own_cpu) / wall
+    block["load"] = [load_before, load_average()]
+    block["server_cpu_us_per_delivery"] = server_cpu / n * 1e6
+    block["devices_cpu_us_per_delivery"] = own_cpu / n * 1e6
+    block["cpu_us_per_delivery"] = (server_cpu + own_cpu) / n * 1e6
+    return block
+
+
+async def measure_level(settings: Settings, pool: FloorPool, proc_pid: int, address: str,
+                        ca: Path, devices: list[LocalIdentity], pairs: int,
+                        floor_us: float) -> dict[str, Any]:
+    """One concurrency level as ``blocks`` server blocks interleaved with floor blocks
+    (F S F S ... S F): each server block is set against the mean of the floor blocks right
+    before and right after it, so that what the machine's other jobs do to one, they do to
+    the other; the level's figures are the medians over its blocks, with their spread."""
+    rounds = settings.rounds(pairs)
+    if settings.warmup:
+        await run_level(address, ca, devices, pairs, settings.warmup)
+    floors = [pool.run(settings.floor_seconds)]
+    blocks: list[dict[str, Any]] = []
+    while (sum(b["quiet"] for b in blocks) < settings.blocks
+           and len(blocks) < settings.max_blocks):
+        block = await server_block(proc_pid, address, ca, devices, pairs, rounds)
+        floors.append(pool.run(settings.floor_seconds))
+        around = floors[-2:]
+        block["floor_per_second"] = statistics.fmean(f["per_second"] for f in around)
+        block["floor_cpu_us_per_delivery"] = statistics.fmean(
+            f["cpu_us_per_delivery"] for f in around)
+        block["of_floor"] = block["per_second"] / block["floor_per_second"]
+        block["cpu_line"] = block["floor_cpu_us_per_delivery"] / block["cpu_us_per_delivery"]
+        block["quiet"] = max(block["others"], *(f["others"] for f in around)) <= settings.quiet
+        blocks.append(block)
+    quiet = [b for b in blocks if b["quiet"]]
+    # The figures: the median over the quiet blocks (none of the machine's other jobs took
+    # more than ``settings.quiet`` of a core in the block or in its two floor blocks); over
+    # all blocks when there was none (and the output says so).
+    counted = quiet or blocks
+    n = sum(b["deliveries"] for b in blocks)
+    seconds = sum(b["seconds"] for b in blocks)
+
+    def per_delivery(key: str) -> float:
+        return sum(b[key] * b["deliveries"] for b in blocks) / n
+
+    floor_rates = [f["per_second"] for f in floors]
+    return {
+        "pairs": pairs,
+        "rounds": rounds,
+        "deliveries": n,
+        "seconds": seconds,
+        "per_second": n / seconds,
+        "us_per_delivery": seconds / n * 1e6,
+        "ratio": seconds / n * 1e6 / floor_us,
+        "cpu_us_per_delivery": per_delivery("cpu_us_per_delivery"),
+        "server_cpu_us_per_delivery": per_delivery("server_cpu_us_per_delivery"),
+        "devices_cpu_us_per_delivery": per_delivery("devices_cpu_us_per_delivery"),
+        "floor": {
+            "workers": pool.workers,
+            "blocks": floors,
+            "deliveries": sum(f["deliveries"] for f in floors),
+            "per_second": statistics.median(floor_rates),
+            "per_second_spread": spread(floor_rates),
+            "cpu_us_per_delivery": statistics.median(f["cpu_us_per_delivery"] for f in floors),
+        },
+        "blocks": blocks,
+        "quiet_blocks": len(quiet),
+        "of_floor": statistics.median(b["of_floor"] for b in counted),
+        "of_floor_spread": spread([b["of_floor"] for b in counted]),
+        "cpu_line": statistics.median(b["cpu_line"] for b in counted),
+        "cpu_line_spread": spread([b["cpu_line"] for b in counted]),
+        "of_floor_all": statistics.median(b["of_floor"] for b in blocks),
+        "cpu_line_all": statistics.median(b["cpu_line"] for b in blocks),
+        "load": [blocks[0]["load"][0], blocks[-1]["load"][1]],
+    }
+
+
 async def measure_async(settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pairkit-bench-ttp-") as tmp:
         d = init_server_dir(Path(tmp) / "srv")
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        from pairkit.keyserver.certs import load_cert
-        from pairkit.pairing.ttp import cert_digest
-
+        # The certificate's digest, as the proof binds it (made here: setting up, not timed).
         cert = cert_digest(load_cert(d.cert).public_bytes(Encoding.DER))
         floor = time_floor(settings, d.root, cert)
         most = max(settings.pairs)
-        proc, address = await start_key_server(d.root, 2 * most)
-        try:
-            devices = [LocalIdentity.generate(f"bench-{i}") for i in range(2 * most)]
-            for i in range(0, len(devices), 50):
-                await asyncio.gather(*(enrol(address, d.ca_cert, x, timeout=60)
-                                       for x in devices[i : i + 50]))
-            levels = []
-            for pairs in settings.pairs:
-                if settings.warmup:
-                    await run_level(address, d.ca_cert, devices, pairs, settings.warmup)
-                load_before = load_average()
-                before = parallel_floor(d.root, cert, settings.floor_seconds, nproc() or 1)
-                server_cpu, own_cpu = process_cpu(proc.pid), time.process_time()
-                sched = (thread_schedstat(proc.pid), thread_schedstat(os.getpid()))
-                level = await run_level(address, d.ca_cert, devices, pairs,
-                                        settings.rounds(pairs))
-                server_cpu = process_cpu(proc.pid) - server_cpu
-                own_cpu = time.process_time() - own_cpu
-                # Where each process's threads spent the level: running, waiting for a core,
-                # or asleep (bench/RESULTS.md, "session 10": the rate line is the devices'
-                # process's, whose one thread runs nearly all the time).
-                level["threads"] = {
-                    "server": thread_shares(proc.pid, sched[0], thread_schedstat(proc.pid),
-                                            level["seconds"]),
-                    "devices": thread_shares(os.getpid(), sched[1],
-                                             thread_schedstat(os.getpid()), level["seconds"]),
-                }
-                cpu = server_cpu + own_cpu
-                after = parallel_floor(d.root, cert, settings.floor_seconds, nproc() or 1)
-                fair = {
-                    "workers": before["workers"],
-                    "deliveries": before["deliveries"] + after["deliveries"],
-                    "per_second": (before["per_second"] + after["per_second"]) / 2,
-                    "cpu_us_per_delivery": (before["cpu_us_per_delivery"]
-                                            + after["cpu_us_per_delivery"]) / 2,
-                    "before": before,
-                    "after": after,
-                }
-                level["load"] = [load_before, load_average()]
-                level["ratio"] = level["us_per_delivery"] / floor["us"]
-                level["floor"] = fair
-                level["of_floor"] = level["per_second"] / fair["per_second"]
-                level["cpu_us_per_delivery"] = cpu / level["deliveries"] * 1e6
-                level["server_cpu_us_per_delivery"] = server_cpu / level["deliveries"] * 1e6
-                level["devices_cpu_us_per_delivery"] = own_cpu / level["deliveries"] * 1e6
-                level["cpu_vs_floor"] = (level["cpu_us_per_delivery"]
-                                         / fair["cpu_us_per_delivery"])
-                levels.append(level)
-        finally:
-            await stop_process(proc)
+        # The floor's processes are forked before the server starts (they inherit none of its
+        # pipes) and live until the end.
+        with FloorPool(d.root, cert, nproc() or 1) as pool:
+            proc, address = await start_key_server(d.root, 2 * most)
+            try:
+                devices = [LocalIdentity.generate(f"bench-{i}") for i in range(2 * most)]
+                for i in range(0, len(devices), 50):
+                    await asyncio.gather(*(enrol(address, d.ca_cert, x, timeout=60)
+                                           for x in devices[i : i + 50]))
+                levels = [await measure_level(settings, pool, proc.pid, address, d.ca_cert,
+                                              devices, pairs, floor["us"])
+                          for pairs in settings.pairs]
+            finally:
+                await stop_process(proc)
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
@@ -426,14 +630,14 @@ async def measure_async(settings: Settings) -> dict[str, Any]:
 
 
 def goals(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The goal lines, at the most pairs measured: the rate against the floor's rate on the
-    same cores, and (less moved by other jobs on a shared machine) the floor's CPU per
-    delivery against the CPU both sides spent per delivery."""
+    """The goal lines, at the most pairs measured, each the median over the level's blocks:
+    the rate against the floor's rate on the same cores, and the floor's CPU per delivery
+    against the CPU both sides spent per delivery."""
     top = max(levels, key=lambda lv: lv["pairs"])
     return [
         report(f"{top['pairs']} pairs: deliveries/s / floor rate", top["of_floor"], RATE_GOAL,
                at_most=False),
-        report(f"{top['pairs']} pairs: floor CPU / CPU per delivery", 1 / top["cpu_vs_floor"],
+        report(f"{top['pairs']} pairs: floor CPU / CPU per delivery", top["cpu_line"],
                RATE_GOAL, at_most=False),
     ]
 
@@ -464,6 +668,7 @@ def machine() -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     m, f = result["machine"], result["floor"]
+    s = result["settings"]
     lines = [
         f"pairkit key-server bench, {result['date']}: nproc {m['nproc']}, {m['cpu']}, "
         f"Python {m['python']}, cryptography {m['cryptography']} ({m['openssl']}); "
@@ -473,45 +678,76 @@ def render(result: dict[str, Any]) -> str:
         f"floor (the critical path's cryptography in one process, no server): {f['us']:.0f} us per "
         f"delivery (q1 {f['q1_us']:.0f}, q3 {f['q3_us']:.0f}); of which one TLS 1.3 "
         f"handshake, both ends: {f['tls_handshake_us']:.0f} us (two per delivery)",
+        f"each level: server blocks of {s['deliveries']} deliveries, each between two floor "
+        f"blocks of {s['floor_seconds']:g} s ({result['levels'][0]['floor']['workers']} floor "
+        "processes at once, nproc), until "
+        f"{s['blocks']} are quiet (other jobs took at most {s['quiet']:g} of a core in the block "
+        f"and in its floor blocks) or {s['max_blocks']} ran; a block's figures are against the "
+        "mean of its two floor blocks; the level's are the medians over its quiet blocks "
+        "[min-max]",
         "",
         f"{'pairs':>5}  {'deliveries':>10}  {'seconds':>7}  {'deliveries/s':>12}  "
-        f"{'us/delivery':>11}  {'ratio':>5}  {'floor/s':>7}  {'of floor':>8}  "
-        f"{'CPU us/dlv':>10}  {'floor CPU':>9}  {'CPU/floor':>9}",
+        f"{'us/delivery':>11}  {'ratio':>5}  {'floor/s':>7}  {'of floor':>16}  "
+        f"{'CPU us/dlv':>10}  {'floor CPU':>9}  {'floor CPU/CPU':>16}",
     ]
     for lv in result["levels"]:
-        fl = lv["floor"]
+        fl, rate, cpu = lv["floor"], lv["of_floor_spread"], lv["cpu_line_spread"]
         lines.append(
             f"{lv['pairs']:>5}  {lv['deliveries']:>10}  {lv['seconds']:>7.2f}  "
             f"{lv['per_second']:>12.1f}  {lv['us_per_delivery']:>11.0f}  {lv['ratio']:>5.2f}  "
-            f"{fl['per_second']:>7.1f}  {lv['of_floor']:>8.2f}  "
+            f"{fl['per_second']:>7.1f}  {_median_range(rate):>16}  "
             f"{lv['cpu_us_per_delivery']:>10.0f}  {fl['cpu_us_per_delivery']:>9.0f}  "
-            f"{lv['cpu_vs_floor']:>9.2f}"
+            f"{_median_range(cpu):>16}"
         )
     lines.append("ratio = us/delivery (wall time, server process and devices together) / the "
                  "one-process floor (latency; not a goal at more than 1 pair)")
-    lines.append(f"floor/s = the floor's deliveries/s in {result['levels'][0]['floor']['workers']} "
-                 "processes at once (nproc), measured right before and right after each level "
-                 "(the mean); of floor = deliveries/s / floor/s")
-    for lv in result["levels"]:
-        fl, load = lv["floor"], lv["load"]
-        lines.append(
-            f"  {lv['pairs']} pairs: floor/s before {fl['before']['per_second']:.1f}, after "
-            f"{fl['after']['per_second']:.1f}; load average {_load(load[0])} before, "
-            f"{_load(load[1])} after; CPU us/dlv: server {lv['server_cpu_us_per_delivery']:.0f},"
-            f" devices {lv['devices_cpu_us_per_delivery']:.0f}")
+    lines.append("floor/s = the floor's deliveries/s in its processes at once (median of the "
+                 "level's floor blocks); of floor = a block's deliveries/s / its floor/s")
     lines.append("CPU us/dlv = CPU of the server process and of the devices' process per "
                  "delivery; floor CPU = the same for the floor")
     for lv in result["levels"]:
-        th = lv.get("threads", {})
-        if th.get("server") and th.get("devices"):
-            srv, dev = th["server"], th["devices"]
+        fs, load = lv["floor"]["per_second_spread"], lv["load"]
+        lines.append(
+            f"  {lv['pairs']} pairs: floor/s {fs['min']:.0f} to {fs['max']:.0f} over "
+            f"{fs['n']} floor blocks; load average {_load(load[0])} at the start, "
+            f"{_load(load[1])} at the end; CPU us/dlv: server "
+            f"{lv['server_cpu_us_per_delivery']:.0f}, devices "
+            f"{lv['devices_cpu_us_per_delivery']:.0f}")
+        n = len(lv["blocks"])
+        if lv["quiet_blocks"]:
             lines.append(
-                f"  {lv['pairs']} pairs, share of the level's time running / waiting for a "
-                f"core: devices' thread {_share(dev['main'])}; server's event loop "
-                f"{_share(srv['main'])}, its store thread(s) {_share(srv['others'])}")
+                f"  {lv['pairs']} pairs: {lv['quiet_blocks']} quiet blocks of {n}; over all "
+                f"{n}: of floor {lv['of_floor_all']:.2f}, floor CPU/CPU {lv['cpu_line_all']:.2f}")
+        else:
+            lines.append(
+                f"  {lv['pairs']} pairs: NO QUIET BLOCK in {n} (other jobs ran throughout): "
+                "the figures are the medians over all blocks and measure the other jobs too")
+        for i, b in enumerate(lv["blocks"], 1):
+            th = b.get("threads", {})
+            where = ""
+            if th.get("server") and th.get("devices"):
+                srv, dev = th["server"], th["devices"]
+                where = (f"; running / waiting for a core: devices' thread "
+                         f"{_share(dev['main'])}, server's event loop {_share(srv['main'])}, "
+                         f"its store thread(s) {_share(srv['others'])}")
+            floors = lv["floor"]["blocks"][i - 1 : i + 1]
+            lines.append(
+                f"    block {i}{'' if b['quiet'] else ' (not quiet)'}: other jobs "
+                f"{b['others']:.2f} of a core (floor blocks {floors[0]['others']:.2f}, "
+                f"{floors[1]['others']:.2f}); {b['per_second']:.1f}/s, floor/s "
+                f"{b['floor_per_second']:.1f}, "
+                f"of floor {b['of_floor']:.2f}; CPU us/dlv {b['cpu_us_per_delivery']:.0f} "
+                f"(server {b['server_cpu_us_per_delivery']:.0f}, devices "
+                f"{b['devices_cpu_us_per_delivery']:.0f}), floor "
+                f"{b['floor_cpu_us_per_delivery']:.0f}, floor CPU/CPU {b['cpu_line']:.2f}"
+                f"{where}")
     lines += render_goals(result["goals"])
     lines.append(f"total time {result['total_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _median_range(s: dict[str, float]) -> str:
+    return f"{s['median']:.2f} [{s['min']:.2f}-{s['max']:.2f}]"
 
 
 def _share(share: dict[str, float]) -> str:
@@ -530,7 +766,10 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     parser.add_argument("--pairs", type=positive, nargs="+", default=None,
                         help="concurrency levels (pairs at once); default 1 10 100")
     parser.add_argument("--deliveries", type=positive, default=None,
-                        help="deliveries per level (default 300)")
+                        help="deliveries per server block (default 300)")
+    parser.add_argument("--blocks", type=positive, default=None,
+                        help="quiet server blocks wanted per level, between floor blocks "
+                             "(default 5; at most 3 times as many run)")
     parser.add_argument("--scale-out", action="store_true",
                         help="one and two server processes on one PostgreSQL database")
     args = parser.parse_args(argv)
@@ -539,10 +778,13 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     if args.quick:
         settings = Settings(pairs=tuple(args.pairs or QUICK_PAIRS),
                             deliveries=args.deliveries or 4, floor_runs=3, warmup=0,
+                            blocks=args.blocks or 2, max_blocks=args.blocks or 2,
                             floor_seconds=0.2)
     else:
+        blocks = args.blocks or 5
         settings = Settings(pairs=tuple(args.pairs or DEFAULT_PAIRS),
-                            deliveries=args.deliveries or 300)
+                            deliveries=args.deliveries or 300, blocks=blocks,
+                            max_blocks=3 * blocks)
     result = measure(settings)
     out(json.dumps(result, sort_keys=True) if args.json else render(result))
     return 0

@@ -87,7 +87,11 @@ POLL_INTERVAL = 0.2
 SLOW_POLL_INTERVAL = 2.0
 #: the store's threads (each with its own connection) on PostgreSQL
 PG_STORE_THREADS = 4
-#: connections the kernel holds for us before we accept them (asyncio's default)
+#: connections the kernel holds for us before we accept them: at least this many, and at least
+#: as many as admission allows at once (``Limits.max_connections``), so that a burst the server
+#: would admit reaches admission instead of losing its SYNs to a full listen queue (the client
+#: retries only a second later; bench/RESULTS.md, session 12).  The kernel caps it
+#: (``net.core.somaxconn``: 4096 on Linux since 5.4).
 SERVER_BACKLOG = 100
 
 #: the server's start and stop
@@ -381,7 +385,8 @@ class TtpServer:
         self._leaser = asyncio.create_task(self._renew_lease())
         try:
             self._server = await loop.create_server(
-                self._protocol, host, port, backlog=SERVER_BACKLOG,
+                self._protocol, host, port,
+                backlog=max(SERVER_BACKLOG, self.limits.max_connections),
             )
         except OSError as exc:
             raise ConfigError(

@@ -8,6 +8,7 @@ server does after admission); the certificates are a key server directory's (mad
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import ssl
 from collections.abc import AsyncIterator
@@ -138,6 +139,46 @@ async def test_the_clients_last_flight_leaves_with_its_first_message(tmp_path: P
         assert len(writes) == 1 and _records(writes[0]) >= 2  # the Finished, and the message
         transport.write = write  # type: ignore[method-assign]
         await client.close()
+        await server.close()
+
+
+async def test_records_dripped_a_byte_at_a_time_arrive_whole_then_a_clean_close(
+    tmp_path: Path,
+) -> None:
+    # The reader asks OpenSSL for plaintext only while some received bytes are not OpenSSL's
+    # yet: a record that arrives a byte at a time (OpenSSL holding its first part), two
+    # messages, then the close_notify alone, all arrive and end in a clean close, not a cut.
+    async with tls_server(tmp_path) as (host, port, cctx, accepted):
+        reader, writer = await asyncio.open_connection(host, port)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = cctx.wrap_bio(incoming, outgoing, server_hostname=host)
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                incoming.write(await asyncio.wait_for(reader.read(65536), 5))
+        writer.write(outgoing.read())  # the client's Finished, whole
+        server = await asyncio.wait_for(accepted.get(), 5)
+        assert isinstance(server, TlsLink)
+
+        async def drip(data: bytes) -> None:
+            for i in range(len(data)):
+                writer.write(data[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(0.001)  # one byte per segment, one read each
+
+        for message in (b"first", b"second message"):
+            tls.write(len(message).to_bytes(4, "big") + message)
+            await drip(outgoing.read())
+            assert await asyncio.wait_for(server.recv(), 5) == message
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.unwrap()  # our close_notify
+        await drip(outgoing.read())
+        with pytest.raises(LinkClosedError):
+            await asyncio.wait_for(server.recv(), 5)
+        writer.close()
         await server.close()
 
 

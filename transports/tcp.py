@@ -61,20 +61,24 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
     Raises ConfigError with an example when the text is not of that shape.
     """
-    usage = f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8765)"
     if not isinstance(text, str):
-        raise ConfigError(usage)
+        raise ConfigError(_usage(text))
     host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or not host or not port_text.isascii() or not port_text.isdigit():
-        raise ConfigError(usage)
-    if any(c.isspace() for c in host) or "/" in host:
-        raise ConfigError(usage)
+        raise ConfigError(_usage(text))
+    # (Whitespace anywhere in the host: ``split`` leaves one piece, itself, only without any.)
+    if host.split() != [host] or "/" in host:
+        raise ConfigError(_usage(text))
     port = int(port_text)
     if port > 65535:
         raise ConfigError(f"the port in {text!r} is not from 0 to 65535")
     return host, port
+
+
+def _usage(text: object) -> str:
+    return f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:8765)"
 
 
 def format_host_port(host: str, port: int) -> str:

@@ -157,10 +157,11 @@ class TlsProtocol(asyncio.Protocol):
         if not self.handshake.done():
             self._fail_handshake(exc if isinstance(exc, OSError) else ConnectionResetError(
                 "the connection closed during the TLS handshake"))
-        if exc is not None and not self._ended:
-            self._end(TransportError(f"the connection failed: {_reason(exc)}"))
-        else:
-            self._end(LinkClosedError("the peer closed the link"))
+        if not self._ended:
+            if exc is not None:
+                self._end(TransportError(f"the connection failed: {_reason(exc)}"))
+            else:
+                self._end(LinkClosedError("the peer closed the link"))
         self._can_write.set()  # a waiting send finds the transport closing
         for done in (self.peer_eof, self.lost):
             if not done.done():
@@ -229,10 +230,18 @@ class TlsProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _read_records(self) -> None:
-        assert self._tls is not None
+        tls = self._tls
+        assert tls is not None
+        incoming = self._incoming
         while not self._ended:
+            if not incoming.pending and not tls.pending():
+                # Every byte received is OpenSSL's already and it holds no plaintext: a read
+                # could only say "want more" (an exception made and caught, per read).  (No
+                # read-ahead: OpenSSL takes a record from the BIO as it processes it, so an
+                # unread record, even a close_notify or a key update, keeps ``pending``.)
+                break
             try:
-                chunk = self._tls.read(_READ_SIZE)
+                chunk = tls.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # the peer's close_notify
@@ -345,7 +354,8 @@ class TlsProtocol(asyncio.Protocol):
 
     def discard(self) -> None:
         """Read on and drop what arrives (the link is closing: nobody reads any more)."""
-        self._end(LinkClosedError("the link is closed"))
+        if not self._ended:
+            self._end(LinkClosedError("the link is closed"))
         self._plain.clear()
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False

@@ -209,3 +209,44 @@ async def test_a_device_turned_away_every_time_stops_after_three(tmp_path: Path)
         else:
             raise AssertionError("enrolled through a gate that turns everyone away")
         assert len(seen) == 3
+
+
+async def test_a_burst_of_connections_reaches_admission_not_the_kernels_floor(
+    tmp_path: Path,
+) -> None:
+    # Admission decides who gets in under load (docs/security.md), but only for connections
+    # that reach it: the kernel holds connections for the server until it accepts them, and
+    # drops the SYNs beyond its listen backlog (the client retries 1 s later, then 3 s, ...).
+    # With a backlog of 100 (asyncio's default), a burst of 200 devices connecting at once
+    # lost SYNs (bench/RESULTS.md, session 12: 324 in one run of bench/ttp.py, a second's
+    # stall of a whole block), and a flood of 100 connections kept every newcomer's SYN out
+    # before admission could evict anyone.  A burst of as many connections as the server
+    # admits, made while its event loop is busy (nothing accepted meanwhile), must all be
+    # taken by the kernel.
+    import select
+    import socket
+    import time
+
+    limits = dataclasses.replace(FAST, max_connections=300, max_per_client=300, burst=400,
+                                 rate=400.0)
+    async with running_server(tmp_path / "srv", limits=limits) as h:
+        host, port = h.address.rsplit(":", 1)
+        socks = []
+        try:
+            # The loop is blocked from here to the end of the count: the server accepts nothing.
+            for _ in range(limits.max_connections):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                s.connect_ex((host, int(port)))
+                socks.append(s)
+            pending, connected = set(socks), 0
+            until = time.monotonic() + 0.5  # a SYN dropped is retried after 1 s, not before
+            while pending and (left := until - time.monotonic()) > 0:
+                _, writable, _ = select.select([], list(pending), [], left)
+                for s in writable:
+                    pending.discard(s)
+                    connected += s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            assert connected == limits.max_connections
+        finally:
+            for s in socks:
+                s.close()
