@@ -155,3 +155,28 @@ async def test_notifications_reach_only_the_link_of_a_reused_connection_handle(
     await new_host.send(b"to the new link")
     await only(new_guest, b"to the new link")
     assert old_guest.closed and not old_guest.buffered
+
+
+async def test_raw_writes_from_a_second_guest_reach_only_its_own_host_link(
+    open_device: OpenDevice,
+) -> None:
+    host = await open_device(121)
+    guests = [await open_device(122), await open_device(123)]
+    pairs: list[tuple[GattLink, GattLink]] = []
+    for guest in guests:
+        await host.start_advertising(b"hello")
+        accepting = asyncio.ensure_future(host.accept(timeout=5))
+        guest_link = await guest.connect(host.address, timeout=5)
+        host_link = await accepting
+        assert isinstance(guest_link, GattLink) and isinstance(host_link, GattLink)
+        pairs.append((guest_link, host_link))
+    (victim_guest, victim_host), (attacker, attacker_host) = pairs
+    client = attacker.connection.gatt_client
+    for index in range(20):
+        client.send_gatt_pdu(b"\x52" + _u16(attacker._rx_handle) + b"a%d" % index)
+        if index == 10:
+            victim_guest.send_nowait(b"victim")
+    assert [await asyncio.wait_for(attacker_host.recv(), 2) for _ in range(20)] == [
+        b"a%d" % index for index in range(20)
+    ]
+    await only(victim_host, b"victim")
