@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
-import os
 from pathlib import Path
 
 import pytest
@@ -34,6 +32,7 @@ from tests.lockout_harness import (
     BUDGET,
     KS_PIN,
     POLICY,
+    Held,
     HostProcess,
     guesses_played,
     host,
@@ -157,20 +156,6 @@ async def test_a_rollback_after_a_host_process_died_holding_codes_out_does_not_f
 def now() -> float:
     return SYSTEM_CLOCK.monotonic()
 
-
-class Held:
-    """A lock file held by the test (``flock``, as pairkit takes it) until :meth:`release`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
 
 
 def records_lock(path: Path) -> Path:

@@ -18,8 +18,6 @@ device's clocks.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import shutil
 from pathlib import Path
@@ -30,12 +28,14 @@ from pairkit.clock import SYSTEM_CLOCK
 from pairkit.keystore import Keystore
 from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.keystore import Argon2Params
+from pairkit.pairing.methods.common import CodeTurns
 from tests.cli_helpers import Device, HostProcess, Lab, assert_no_traceback
 from tests.clock_harness import Clocks
 from tests.lock_actor_harness import Actor
 from tests.lockout_harness import (
     BUDGET,
     KS_PIN,
+    Held,
     KeystoreDiskFull,
     fill,
     host,
@@ -48,22 +48,21 @@ from tests.lockout_harness import (
 __all__ = ["ks_path"]
 
 
-class Held:
-    """A lock file held by the test (``flock``, as pairkit takes it) until :meth:`release`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
-
 #: how long a compare place is taken for in these tests (past the answer time, as the host's)
 HOLD = 130.0
+
+
+def code_out(turns: CodeTurns, clock: Clocks) -> object | None:
+    """Mallory's next code out: its place's holder, or None when none goes out (the lock
+    closed, or the journal could not keep the place: a take that raises shows no code)."""
+    holder = object()
+    try:
+        if not turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD):
+            turns.settle(holder, confirmed=False)  # (out of the queue: the lock closed)
+            return None
+    except KeystoreError:
+        return None
+    return holder
 
 
 def test_a_disk_filled_and_emptied_around_each_code_gives_no_fresh_budget(ks_path: Path) -> None:
@@ -83,13 +82,9 @@ def test_a_disk_filled_and_emptied_around_each_code_gives_no_fresh_budget(ks_pat
     turns = host(ks_path, clock, disk=disk).state.compare_turns  # type: ignore[arg-type]
     codes = 0
     for _ in range(3 * BUDGET):
-        holder = object()
-        try:
-            if not turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD):
-                turns.settle(holder, confirmed=False)  # (out of the queue: the lock closed)
-                break
-        except KeystoreError:
-            break  # no code goes out
+        holder = code_out(turns, clock)
+        if holder is None:
+            break
         codes += 1  # its code goes out: Mallory reads it
         disk.full = True
         clock.advance(1.0)
@@ -114,12 +109,8 @@ def test_codes_out_at_once_on_a_full_disk_give_no_fresh_budget(ks_path: Path) ->
     for _ in range(3):
         holders = []
         for _ in range(BUDGET):
-            holder = object()
-            try:
-                if not turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD):
-                    turns.settle(holder, confirmed=False)
-                    break
-            except KeystoreError:
+            holder = code_out(turns, clock)
+            if holder is None:
                 break
             holders.append(holder)
         codes += len(holders)
@@ -150,12 +141,8 @@ def test_a_really_full_disk_filled_and_emptied_around_each_code_gives_no_fresh_b
         turns = host(ks_path, clock).state.compare_turns
         codes = 0
         for _ in range(3 * BUDGET):
-            holder = object()
-            try:
-                if not turns.take(holder, clock.monotonic(), clock.monotonic() + HOLD):
-                    turns.settle(holder, confirmed=False)
-                    break
-            except KeystoreError:
+            holder = code_out(turns, clock)
+            if holder is None:
                 break
             codes += 1
             filler = fill(disk, leave=8192)
