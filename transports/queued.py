@@ -381,15 +381,7 @@ class BufferedLink(LinkBase):
 
     async def send(self, data: bytes) -> None:
         """Send one message of at most ``mtu`` bytes; one at a time, in order."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError("a link sends bytes")
-        data = bytes(data)
-        mtu = self.mtu
-        if len(data) > mtu:
-            raise TooLargeError(
-                f"a {len(data)}-byte message exceeds this link's MTU of {mtu} bytes"
-            )
-        self._check_open()
+        data = self._outgoing(data)
         async with self._send_lock:
             self._check_open()
             await self._send_checked(data)
@@ -442,6 +434,20 @@ class BufferedLink(LinkBase):
         return True
 
     # -- for subclasses ------------------------------------------------------------------
+
+    def _outgoing(self, data: bytes) -> bytes:
+        """``data`` as bytes, checked as every send of this link checks it (bytes-like, at most
+        ``mtu`` bytes, the link open); raises TypeError, TooLargeError or the link's end."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError("a link sends bytes")
+        data = bytes(data)
+        mtu = self.mtu
+        if len(data) > mtu:
+            raise TooLargeError(
+                f"a {len(data)}-byte message exceeds this link's MTU of {mtu} bytes"
+            )
+        self._check_open()
+        return data
 
     async def _send_checked(self, data: bytes) -> None:
         raise NotImplementedError

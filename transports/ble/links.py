@@ -51,7 +51,6 @@ from pairkit.pairing.errors import (
     InsecureLinkError,
     LinkClosedError,
     PairingTimeout,
-    TooLargeError,
     TransportError,
 )
 
@@ -268,15 +267,7 @@ class BleLink(BufferedLink):
         guarantee of ``send`` holds: one message at a time and in order (never beside a send
         under way), the host queue's bound (:meth:`_backpressure`), the link's errors.
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError("a link sends bytes")
-        data = bytes(data)
-        mtu = self.mtu
-        if len(data) > mtu:
-            raise TooLargeError(
-                f"a {len(data)}-byte message exceeds this link's MTU of {mtu} bytes"
-            )
-        self._check_open()
+        data = self._outgoing(data)
         if self._send_lock.locked():
             return False
         try:
