@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Callable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from pairkit.pairing.service import AllowRequest, JoinCloud, Membership, Scope
 from pairkit.presence import Presence
 from pairkit.transports.ble.links import BleLink
 from pairkit.transports.bleak import BleakTransport
-from pairkit.transports.bumble import BumbleTransport, VirtualRadio, open_bumble
+from pairkit.transports.bumble import BumbleConfig, BumbleTransport, VirtualRadio, open_bumble
 from pairkit.transports.registry import open_transport
 
 KEYSTORE_PIN = "246813"
@@ -294,3 +295,39 @@ async def ble_pair(
     return host, guest, guest_link, await accepting
 
 
+#: opens a BumbleTransport on a test's radio: ``await open_device(seed, **BumbleConfig fields)``
+OpenDevice = Callable[..., Awaitable[BumbleTransport]]
+
+
+@contextlib.asynccontextmanager
+async def bumble_devices(radio: VirtualRadio) -> AsyncIterator[OpenDevice]:
+    """Open BumbleTransports on ``radio``, each with the randomness of its seed and the
+    :class:`BumbleConfig` its keywords give; all are closed afterwards, last first."""
+    opened: list[BumbleTransport] = []
+
+    async def factory(seed: int, **config: Any) -> BumbleTransport:
+        transport = BumbleTransport(
+            "virtual", radio=radio, rng=random.Random(seed).randbytes,
+            config=BumbleConfig(**config),
+        )
+        opened.append(transport)
+        return await transport.open()
+
+    try:
+        yield factory
+    finally:
+        for transport in reversed(opened):
+            await transport.close()
+
+
+async def linked_pair(
+    open_device: OpenDevice, seed: int, **config: Any
+) -> tuple[BleLink, BleLink]:
+    """A host (``seed``) advertising and a guest (``seed + 1``) connected to it: (the guest's
+    link, the host's)."""
+    host = await open_device(seed, **config)
+    guest = await open_device(seed + 1, **config)
+    await host.start_advertising(b"hello")
+    accepting = asyncio.ensure_future(host.accept(timeout=5))
+    guest_link = await guest.connect(host.address, timeout=5)
+    return guest_link, await accepting

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from pairkit.pairing.errors import LinkClosedError, TooLargeError
 from pairkit.transports.ble.links import BleLink, GattLink, L2capLink
-from pairkit.transports.bumble import BumbleConfig, BumbleTransport, VirtualRadio
-
-OpenDevice = Callable[..., Awaitable[BumbleTransport]]
+from pairkit.transports.bumble import VirtualRadio
+from tests.ble_harness import OpenDevice, bumble_devices, linked_pair
 
 
 @pytest.fixture
@@ -31,30 +29,8 @@ def radio() -> VirtualRadio:
 
 @pytest.fixture
 async def open_device(radio: VirtualRadio) -> AsyncIterator[OpenDevice]:
-    opened: list[BumbleTransport] = []
-
-    async def factory(seed: int, **config: Any) -> BumbleTransport:
-        transport = BumbleTransport(
-            "virtual", radio=radio, rng=random.Random(seed).randbytes,
-            config=BumbleConfig(**config),
-        )
-        opened.append(transport)
-        return await transport.open()
-
-    yield factory
-    for transport in reversed(opened):
-        await transport.close()
-
-
-async def pair_of(
-    open_device: OpenDevice, seed: int, **config: Any
-) -> tuple[BleLink, BleLink]:
-    host = await open_device(seed, **config)
-    guest = await open_device(seed + 1, **config)
-    await host.start_advertising(b"hello")
-    accepting = asyncio.ensure_future(host.accept(timeout=5))
-    guest_link = await guest.connect(host.address, timeout=5)
-    return guest_link, await accepting
+    async with bumble_devices(radio) as factory:
+        yield factory
 
 
 async def read(link: BleLink, count: int) -> list[bytes]:
@@ -79,7 +55,7 @@ def on_air(radio: VirtualRadio) -> list[bytes]:
 async def test_nowait_sends_whole_messages_in_order_both_ways(
     open_device: OpenDevice, l2cap: bool
 ) -> None:
-    guest, host = await pair_of(open_device, 10, prefer_l2cap=l2cap)
+    guest, host = await linked_pair(open_device, 10, prefer_l2cap=l2cap)
     assert isinstance(guest, L2capLink if l2cap else GattLink)
     assert guest.recv_nowait() is None and host.recv_nowait() is None
     for sender, receiver in ((guest, host), (host, guest)):
@@ -114,7 +90,7 @@ async def test_nowait_puts_bumbles_own_pdus_on_the_air(
 ) -> None:
     """The Write Command and the Notification built without bumble's awaits are, byte for
     byte, the L2CAP PDUs bumble's ``write_value`` and ``notify_subscriber`` send."""
-    guest, host = await pair_of(open_device, 20, prefer_l2cap=False)
+    guest, host = await linked_pair(open_device, 20, prefer_l2cap=False)
     assert isinstance(guest, GattLink) and isinstance(host, GattLink)
     air = on_air(radio)
     message = bytes(range(200))
@@ -138,7 +114,7 @@ async def test_with_bumbles_debug_log_on_bumbles_path_is_taken_and_logs(
     """Nothing is silenced: with DEBUG on for bumble's GATT client and server, the nowait
     path declines (bumble only offers those paths awaited) and ``send`` goes through bumble,
     which logs each PDU as it always did."""
-    guest, host = await pair_of(open_device, 30, prefer_l2cap=False)
+    guest, host = await linked_pair(open_device, 30, prefer_l2cap=False)
     with caplog.at_level(logging.DEBUG, logger="bumble.gatt_client"), caplog.at_level(
         logging.DEBUG, logger="bumble.gatt_server"
     ):
@@ -207,7 +183,7 @@ async def test_l2cap_nowait_declines_while_the_previous_sdu_waits_for_credits(
     channel holds the next SDU, and ``send_nowait`` declines (bumble would merge a second
     SDU into the held one) until the reader's credits let it leave; every message arrives
     whole and in order."""
-    guest, host = await pair_of(open_device, 40, l2cap_credits=4)
+    guest, host = await linked_pair(open_device, 40, l2cap_credits=4)
     assert isinstance(host, L2capLink)
     sent: list[bytes] = []
     for i in range(20):
@@ -232,7 +208,7 @@ async def test_l2cap_k_frames_are_bumbles_own_and_its_debug_line_stays(
     """An L2CAP message's K-frames, handed to bumble's host without the channel manager's
     debug line, are byte for byte the frames bumble's own path sends (DEBUG on for bumble's
     L2CAP logger), and that path still logs each frame."""
-    guest, host = await pair_of(open_device, 60, l2cap_mtu=4000, l2cap_mps=1000,
+    guest, host = await linked_pair(open_device, 60, l2cap_mtu=4000, l2cap_mps=1000,
                                 l2cap_credits=64)
     assert isinstance(host, L2capLink)
     air = on_air(radio)

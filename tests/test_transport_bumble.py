@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -48,9 +48,8 @@ from pairkit.transports.bumble import (
     bumble_transport_spec,
     open_bumble,
 )
+from tests.ble_harness import OpenDevice, bumble_devices
 from tests.transport_conformance import LinkConformance, check_properties
-
-OpenDevice = Callable[..., Awaitable[BumbleTransport]]
 
 
 def seeded(seed: int) -> Callable[[int], bytes]:
@@ -65,18 +64,8 @@ def radio() -> VirtualRadio:
 @pytest.fixture
 async def open_device(radio: VirtualRadio) -> AsyncIterator[OpenDevice]:
     """Open BumbleTransports on the test's radio; all are closed afterwards."""
-    opened: list[BumbleTransport] = []
-
-    async def factory(seed: int, **config: Any) -> BumbleTransport:
-        transport = BumbleTransport(
-            "virtual", radio=radio, rng=seeded(seed), config=BumbleConfig(**config)
-        )
-        opened.append(transport)
-        return await transport.open()
-
-    yield factory
-    for transport in reversed(opened):
-        await transport.close()
+    async with bumble_devices(radio) as factory:
+        yield factory
 
 
 async def first_hello(scanner: BumbleTransport, timeout: float = 2.0) -> Sighting:

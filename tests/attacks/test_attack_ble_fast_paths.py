@@ -8,42 +8,25 @@ stacks on virtual controllers; the raw PDUs go through bumble's own send calls.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+import functools
+from collections.abc import AsyncIterator
 
 import pytest
 
 from pairkit.transports.ble.links import BleLink, GattLink
-from pairkit.transports.bumble import BumbleConfig, BumbleTransport, VirtualRadio
-
-OpenDevice = Callable[..., Awaitable[BumbleTransport]]
+from pairkit.transports.bumble import VirtualRadio
+from tests.ble_harness import OpenDevice, bumble_devices, linked_pair
 
 
 @pytest.fixture
 async def open_device() -> AsyncIterator[OpenDevice]:
-    radio = VirtualRadio()
-    opened: list[BumbleTransport] = []
-
-    async def factory(seed: int) -> BumbleTransport:
-        transport = BumbleTransport(
-            "virtual", radio=radio, rng=random.Random(seed).randbytes,
-            config=BumbleConfig(prefer_l2cap=False),
-        )
-        opened.append(transport)
-        return await transport.open()
-
-    yield factory
-    for transport in reversed(opened):
-        await transport.close()
+    """GATT only: every device made without L2CAP."""
+    async with bumble_devices(VirtualRadio()) as factory:
+        yield functools.partial(factory, prefer_l2cap=False)
 
 
 async def gatt_pair(open_device: OpenDevice, seed: int) -> tuple[GattLink, GattLink]:
-    host = await open_device(seed)
-    guest = await open_device(seed + 1)
-    await host.start_advertising(b"hello")
-    accepting = asyncio.ensure_future(host.accept(timeout=5))
-    guest_link = await guest.connect(host.address, timeout=5)
-    host_link = await accepting
+    guest_link, host_link = await linked_pair(open_device, seed)
     assert isinstance(guest_link, GattLink) and isinstance(host_link, GattLink)
     return guest_link, host_link
 
