@@ -393,13 +393,9 @@ class BufferedLink(LinkBase):
         message, and the link is dropped.
         """
         while True:
-            if self._rx:
-                data = self._rx.popleft()
-                self._rx_bytes -= len(data)
-                self._consumed()
+            data = self._buffered_next()
+            if data is not None:
                 return data
-            if self._end_reason is not None:
-                raise LinkClosedError(self._end_reason)
             self._rx_ready.clear()
             idle = self._idle_timeout
             if idle is None:
@@ -434,6 +430,18 @@ class BufferedLink(LinkBase):
         return True
 
     # -- for subclasses ------------------------------------------------------------------
+
+    def _buffered_next(self) -> bytes | None:
+        """The next message received, taken off the buffer; None when none is there yet;
+        :class:`LinkClosedError` once the link has ended and all that came is read."""
+        if self._rx:
+            data = self._rx.popleft()
+            self._rx_bytes -= len(data)
+            self._consumed()
+            return data
+        if self._end_reason is not None:
+            raise LinkClosedError(self._end_reason)
+        return None
 
     def _outgoing(self, data: bytes) -> bytes:
         """``data`` as bytes, checked as every send of this link checks it (bytes-like, at most

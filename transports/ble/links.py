@@ -283,14 +283,7 @@ class BleLink(BufferedLink):
         """:meth:`recv` without waiting: the next message if one has arrived, else None; once
         the link has ended and what arrived is read, LinkClosedError as ``recv`` raises it.
         (The driver reads a message already there without a timer or a task switch.)"""
-        if self._rx:
-            data = self._rx.popleft()
-            self._rx_bytes -= len(data)
-            self._consumed()
-            return data
-        if self._end_reason is not None:
-            raise LinkClosedError(self._end_reason)
-        return None
+        return self._buffered_next()
 
     def _room_for(self, packets: int) -> bool:
         """True when ``packets`` more ACL packets leave the host queue within the bound that
