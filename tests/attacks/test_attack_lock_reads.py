@@ -6,22 +6,27 @@ finds nothing changed since the last one may skip work.  Each test here is a hos
 read its lock, then something changes that it must see at its next check although its own
 copy looks the same: another host process of the device (a real one, started by
 tests/lockout_harness.py or tests/lock_actor_harness.py) takes places or counts failures, the
-records' file is put back to the very bytes the host last read, or time alone passes the end of
-places held with nothing written.  A cut that skips a read, or re-reads on the records' file
-alone, or keeps what it computed from a record without the time, lets Mallory play past the
-budget (docs/security.md, "Codes out at once are held to the same budget").
+records' file is put back to the very bytes the host last read, time alone passes the end of
+places held with nothing written, or the lock closes between a visit's Offer and its Reveal.
+A cut that skips a read, or re-reads on the records' file alone, or keeps what it computed
+from a record without the time, lets Mallory play past the budget (docs/security.md, "Codes
+out at once are held to the same budget").
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from pairkit.clock import SYSTEM_CLOCK
+from pairkit.pairing.errors import LockedOutError
 from pairkit.pairing.methods import PairingConfig
 from tests.clock_harness import Ahead
-from tests.lock_actor_harness import Actor
+from tests.lock_actor_harness import ROOT, Actor
 from tests.lockout_harness import BUDGET, HostProcess, ks_path, records_of
 from tests.lockout_harness import host as host_process_side
+from tests.turns_harness import Answers, Mallory, Visits, WatchedHost
 
 __all__ = ["ks_path"]
 
@@ -121,3 +126,31 @@ async def test_places_held_by_a_dead_process_count_when_they_end_with_nothing_wr
     clock.seconds = LATER
     assert lock.locked_for(clock.monotonic()) > 0 and lock.streak == BUDGET, lock.streak
     assert records_of(ks_path).read_bytes() == before  # (the same records read: none written)
+
+
+async def test_a_lock_closed_elsewhere_between_an_offer_and_its_reveal_shows_no_code(
+    ks_path: Path,
+) -> None:
+    """Mallory's visit passes the host's check at its Offer (compare open).  Before her Reveal
+    is read, another host process of the device counts five codes nobody confirmed: compare is
+    locked on the device.  The host must read its lock again as her Reveal arrives, show her
+    no code (her code would be a sixth try in the window) and tell her compare is locked (not
+    busy: she would come back for nothing)."""
+    config = PairingConfig(step_timeout=10.0)  # (the other process starts while she waits)
+    side = host_process_side(ks_path, SYSTEM_CLOCK, config)
+    visits = Visits(config, side.state)
+    closed: list[str] = []
+
+    def close_elsewhere(_host: WatchedHost) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.lock_actor_harness", str(ks_path), "compare-failures"],
+            input="go\n", capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+        closed.append(done.stdout.split()[-1])
+
+    visit = visits.start(Mallory(config), Answers(answer=False),
+                         host=visits.host(on_reveal=close_elsewhere))
+    await visits.finish(60.0)
+    assert closed == [str(BUDGET)]
+    assert visits.predicted == 0, "a code went out after the lock closed"
+    _, host_error = visit.errors()
+    assert isinstance(host_error, LockedOutError), repr(host_error)
