@@ -35,6 +35,9 @@ FILE_NAME: Final = "keystore.pk"
 ENV_HOME: Final = "PAIRKIT_HOME"
 _TEMP_SUFFIX = ".tmp"
 _HEX_RE = re.compile(r"[0-9a-f]+")
+#: the most one read of the file asks for at once (:meth:`FileStorage.read`): a lock records'
+#: file (a few hundred bytes) is read in one, a keystore of many peers in a few
+_READ_PIECE: Final = 64 * 1024
 
 
 def default_path(env: Mapping[str, str] | None = None) -> Path:
@@ -81,15 +84,36 @@ class FileStorage:
         return os.path.lexists(self.path)
 
     def read(self, limit: int) -> bytes | None:
+        """The file's first ``limit + 1`` bytes at most (so that a file longer than ``limit``
+        is seen to be), or None when there is none.  Read in pieces of :data:`_READ_PIECE` up
+        to the end or to that bound: a single read of ``limit + 1`` bytes made and dropped a
+        buffer of the whole limit each time (256 KiB for the lock records' file, read at every
+        check of a lock: about 17 us of the 20 of each read; issue 13, session 13)."""
         try:
-            with open(self.path, "rb") as f:
-                return f.read(limit + 1)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+                         | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             return None
         except OSError as e:
             raise KeystoreError(
                 f"could not read the {self.what} at {self.path}: {e.strerror or e}"
             ) from None
+        try:
+            pieces: list[bytes] = []
+            left = limit + 1
+            while left > 0:
+                piece = os.read(fd, min(left, _READ_PIECE))
+                if not piece:
+                    break
+                pieces.append(piece)
+                left -= len(piece)
+            return b"".join(pieces)
+        except OSError as e:
+            raise KeystoreError(
+                f"could not read the {self.what} at {self.path}: {e.strerror or e}"
+            ) from None
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -1,7 +1,8 @@
 """One step on a host's lock records taken by another process of the device, at a moment a test
 chooses (runtime/lockouts.py; docs/security.md, rule 7): :class:`Actor` starts it, says
 :meth:`Actor.go`, and may stop it (SIGSTOP) while it waits for a lock, so that another process
-takes the lock first, and let it go on (SIGCONT).  Used by tests/attacks/test_attack_lock_floor.py.
+takes the lock first, and let it go on (SIGCONT).  Used by tests/attacks/test_attack_lock_floor.py
+and tests/attacks/test_attack_lock_reads.py.
 
 Run as ``python -m tests.lock_actor_harness PATH STEP`` it is that process: it opens the keystore
 at ``PATH`` (a host side on it, the system's clocks), prints ``ready``, waits for a line, takes
@@ -9,7 +10,9 @@ at ``PATH`` (a host side on it, the system's clocks), prints ``ready``, waits fo
 
 * ``pin-attempt``: a PIN attempt starts (``pin_failed_unless_locked``: 0 when counted, else the
   seconds the lock holds);
-* ``reset``: the owner's ``--reset-lockouts`` (``forget_lockouts``: whether there was any).
+* ``reset``: the owner's ``--reset-lockouts`` (``forget_lockouts``: whether there was any);
+* ``compare-failures``: compare codes shown and not confirmed, one more than the budget, each
+  counted as a failure (``Lockout.failed``) unless the lock is closed; the count it played.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from tests.lockout_harness import LineProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("pin-attempt", "reset")
+STEPS = ("pin-attempt", "reset", "compare-failures")
 
 
 class Actor(LineProcess):
@@ -98,6 +101,11 @@ def _act(path: Path, step: str) -> str:
     side.state.locked_for(SYSTEM_CLOCK.monotonic())  # its lock read once, as a host does
     print("ready", flush=True)
     sys.stdin.readline()
+    if step == "compare-failures":
+        lock = side.state.compare_lock
+        played = sum(lock.failed_unless_locked(SYSTEM_CLOCK.monotonic()) <= 0
+                     for _ in range(lock.policy.max_failures + 1))
+        return str(played)
     return str(side.state.pin_failed_unless_locked(SYSTEM_CLOCK.monotonic()))
 
 

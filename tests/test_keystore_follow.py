@@ -76,6 +76,27 @@ def test_follow_takes_what_another_process_saved_and_nothing_else(path: Path) ->
     assert host.follow() is False
 
 
+def test_a_keystore_put_back_to_bytes_followed_before_a_later_save_is_read_again(
+    path: Path,
+) -> None:
+    """A host followed its keystore (nothing changed: its header's bytes as last seen); another
+    process saves (a peer added), the host follows it; then an older copy, the very bytes the
+    host had followed, is put back.  The host must read it again (its nonce is not the one the
+    host holds now): a follow that skipped its header's parse on bytes seen before, without the
+    header they were seen against (issue 13, session 13), would keep the peer the file no
+    longer holds, and write it back with the host's next save."""
+    host, other = Keystore.open(path, PIN), Keystore.open(path, PIN)
+    assert host.follow() is False
+    older = path.read_bytes()
+    peer = george()
+    add(other, peer)
+    assert host.follow() is True and host.get_peer(peer.id) == peer
+    path.write_bytes(older)
+    assert host.follow() is True
+    assert all(p.id != peer.id for p in host.peers())
+    assert host.follow() is False
+
+
 def test_every_lookup_a_decision_rests_on_follows(path: Path) -> None:
     host, other = Keystore.open(path, PIN), Keystore.open(path, PIN)
     member = george(granted="member")

@@ -5,9 +5,10 @@ the same budget").  Used by tests/attacks/test_attack_compare_turns.py.
 
 * :class:`Mallory` is a guest toward the host that reads the code the host shows (she holds
   every input once its Reveal arrived) and, unless told to stay, leaves at once.
-* :class:`WatchedHost` is the real host machine with two hooks for a test's timing (never
+* :class:`WatchedHost` is the real host machine with three hooks for a test's timing (never
   changing what it does): one called right after CodeTurns woke it for its turn (before it took
-  its place), one right after it showed its code.
+  its place), one right after it showed its code, one as the guest's Reveal arrives (before the
+  host reads it).
 * :class:`OddStep` is Mallory whose Offer says she waits any number of milliseconds, in bounds
   or not.
 * :class:`TakesASecond` is a host's owner in the real ``pairkit host`` flow who looks at a code
@@ -100,13 +101,16 @@ class TakesASecond(Person):
 class WatchedHost(HostPairing):
     """The real host machine; ``on_wake`` runs right after CodeTurns woke it for its turn
     (inside the wake-up call, before its driver looked again and took its place), ``on_shown``
-    right after it showed its code (its Reveal queued, its person about to be asked)."""
+    right after it showed its code (its Reveal queued, its person about to be asked),
+    ``on_reveal`` as the guest's Reveal arrives (before the host reads it)."""
 
     def __init__(self, *args: Any, on_wake: Callable[[WatchedHost], None] | None = None,
-                 on_shown: Callable[[WatchedHost], None] | None = None, **kwargs: Any) -> None:
+                 on_shown: Callable[[WatchedHost], None] | None = None,
+                 on_reveal: Callable[[WatchedHost], None] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_wake = on_wake
         self.on_shown = on_shown
+        self.on_reveal = on_reveal
         self.waited = False  #: whether it ever waited for its turn
 
     def _subscribe_turn(self, wake: Callable[[], None] | None) -> None:
@@ -122,6 +126,11 @@ class WatchedHost(HostPairing):
             hook(self)
 
         super()._subscribe_turn(woken)
+
+    def _on_reveal(self, msg: Any, now: float) -> None:
+        if self.on_reveal is not None:
+            self.on_reveal(self)
+        super()._on_reveal(msg, now)
 
     def _show_code_in_turn(self, now: float, *, last: bool = False) -> None:
         super()._show_code_in_turn(now, last=last)

@@ -149,6 +149,9 @@ class Keystore:
         self._header = header
         self._keys = keys
         self._rng = rng
+        #: the header this object held and the stored header's bytes that :meth:`follow` found
+        #: naming it (None: none yet)
+        self._followed: tuple[_Header, bytes] | None = None
         self._peers: dict[str, Peer] = {}
         self._clouds: dict[str, dict[str, Any]] = {}
         self._groups: dict[str, dict[int, bytes]] = {}
@@ -420,8 +423,14 @@ class Keystore:
             return False
         data = self._storage.read(_HEADER_PREFIX)
         if data is not None:
+            # The very bytes found naming the header held now, found again: their parse would
+            # say the same (issue 13: the parse was most of a lock check's CPU).
+            followed = self._followed
+            if followed is not None and followed[0] is self._header and followed[1] == data:
+                return False
             header, _ = _parse_header(data, self._storage.where)
             if header.nonce == self._header.nonce and header.salt == self._header.salt:
+                self._followed = (self._header, data)
                 return False
         if self._dirty:
             # Neither copy may win: reading would drop this one's changes, keeping them would

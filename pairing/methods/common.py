@@ -640,6 +640,8 @@ class CodeTurns:
 
     def _hand_out(self) -> int:
         """Wake the machines waiting that a place is free for, in order; how many."""
+        if not self._waiting:
+            return 0  # (nobody to wake: the places free need not be counted)
         free = self._places() - self._held()
         woken: list[Callable[[], None]] = []
         # A streak at or past the budget leaves one place, and the next failure locks: the

@@ -179,14 +179,16 @@ class CompareHost(HostSide):
 
     def _show_code_in_turn(self, now: float, *, last: bool = False) -> None:
         turns = self.host.compare_turns
-        self._check_compare_lock(now)
         # Our place is a try under way, kept (by the runtime, in the keystore) before our code
         # goes out: checked and taken in one step, so that no other host process of the device
         # takes the last one meanwhile; one that cannot be kept raises, and no code goes out.
-        # It holds until our person's answer is due (we refuse one that comes later).
+        # It holds until our person's answer is due (we refuse one that comes later).  take
+        # reads the lock first (closed, or no place free: nothing is written), so it is not
+        # read here before it as well (issue 13: the same read twice at one time); a lock
+        # closed since our Offer, or as the place was looked for, is said here after it.
         self._code_ends = now + max(CODE_ANSWER_TIME, 3 * self.config.step_timeout)
         if not turns.take(self, now, self._code_ends + self.config.step_timeout):
-            self._check_compare_lock(now)  # closed as the place was looked for
+            self._check_compare_lock(now)
             if last:
                 # (how many codes are out is not said: a stranger need not know)
                 raise BusyError(
