@@ -448,13 +448,16 @@ def _read_att_at_once(device: Device, writes: _RxWrites, notified: Notified) -> 
     held = writes.held
     rx_open = writes.open_to_all
     send_l2cap_pdu = device.send_l2cap_pdu
+    write_command = int(att.Opcode.ATT_WRITE_COMMAND)
+    write_request = int(att.Opcode.ATT_WRITE_REQUEST)
+    notification = int(att.Opcode.ATT_HANDLE_VALUE_NOTIFICATION)
 
     def on_att_pdu(connection_handle: int, pdu: bytes) -> None:
         if len(pdu) >= ATT_HEADER:
             opcode = pdu[0]
             handle = pdu[1] | pdu[2] << 8
             if (
-                (opcode == att.Opcode.ATT_WRITE_COMMAND or opcode == att.Opcode.ATT_WRITE_REQUEST)
+                (opcode == write_command or opcode == write_request)
                 and handle == rx.handle
                 and rx_open
                 and len(pdu) - ATT_HEADER <= GATT_MAX_VALUE
@@ -462,7 +465,7 @@ def _read_att_at_once(device: Device, writes: _RxWrites, notified: Notified) -> 
             ):
                 connection = device.lookup_connection(connection_handle)
                 if connection is not None:
-                    request = opcode == att.Opcode.ATT_WRITE_REQUEST
+                    request = opcode == write_request
                     value = bytes(pdu[ATT_HEADER:])
                     if held and connection_handle in held:
                         writes.hold(connection_handle, (connection, value, request))
@@ -472,7 +475,7 @@ def _read_att_at_once(device: Device, writes: _RxWrites, notified: Notified) -> 
                         send_l2cap_pdu(connection_handle, att.ATT_CID, _WRITE_RESPONSE)
                     return
             elif (
-                opcode == att.Opcode.ATT_HANDLE_VALUE_NOTIFICATION
+                opcode == notification
                 and not gatt_client.logger.isEnabledFor(logging.DEBUG)
             ):
                 target = notified.get(connection_handle)
