@@ -76,8 +76,11 @@ class AdmissionLimits:
 class Admitted:
     """A link admitted by :class:`Admission`: the link itself, plus progress tracking.
 
-    Everything but ``recv`` passes through to the link.  ``recv`` notes each message (progress)
-    and, until the first one, waits at most the first-flight deadline.
+    Everything but reading passes through to the link.  ``recv`` notes each message
+    (progress) and, until the first one, waits at most the first-flight deadline; the driver's
+    cheaper reads (``recv_nowait``, ``recv_ready``: issue 13) count each message the same way
+    and leave the first to ``recv`` (a read that went around it, through the link's own
+    ``recv_ready``, waited the pairing's step deadline instead of the first flight's).
     """
 
     def __init__(self, link: Any, admission: Admission, key: str) -> None:
@@ -93,6 +96,9 @@ class Admitted:
         self.task: asyncio.Task[Any] | None = None
         #: the device id its session proved, once authenticated (None: not told)
         self.peer_id: bytes | None = None
+        self._recv_ready: Callable[[], asyncio.Future[None] | None] | None = getattr(
+            link, "recv_ready", None
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._link, name)
@@ -137,6 +143,20 @@ class Admitted:
         if message is not None:
             self._heard()
         return message
+
+    def recv_ready(self) -> asyncio.Future[None] | None:
+        """The link's own future, done once :meth:`recv_nowait` may give something (a message,
+        or the error that ends the link), for the driver to wait on instead of :meth:`recv`
+        (``QueuedLink.recv_ready``); what it then reads is counted by :meth:`recv_nowait`.
+
+        None until the first message while the link is pending, so that the driver awaits
+        :meth:`recv` and its first-flight deadline; None too when the link cannot say.  An
+        evicted link is closed and its task cancelled, which ends this wait as it ends
+        :meth:`recv`."""
+        if self.received == 0 and self.pending:
+            return None
+        recv_ready = self._recv_ready
+        return recv_ready() if recv_ready is not None else None
 
     async def close(self) -> None:
         await self._link.close()

@@ -434,7 +434,13 @@ async def drive(
                     message = await next_message(wait)
                     if read_ahead:
                         pipe.absorb(message)
-            except TimeoutError:
+            except TimeoutError as exc:
+                if isinstance(exc, PairingError):
+                    # The link's own deadline (an admitted link's first flight, a BLE link's
+                    # idle limit), not this run's: it ends the run as it says.  Taken for the
+                    # run's, it was read again at once, past its deadline, until the
+                    # machine's own (a silent guest spun the host for 30 s).
+                    raise
                 if deadline is None:
                     raise PairingTimeout(f"the peer sent nothing for {idle:.0f} s") from None
                 machine.on_timeout(now())

@@ -33,15 +33,16 @@ Every wait has a deadline; every bumble failure becomes a pairkit error
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bumble import att, core, gatt_client, gatt_server, hci, l2cap
+from bumble import att, core, gatt_client, gatt_server, hci, l2cap, utils
 from bumble.controller import Controller
 from bumble.device import (
     Advertisement,
@@ -277,19 +278,107 @@ class _HostSide:
     early_bytes: int = 0
 
 
-def _read_rx_writes_at_once(
-    device: Device, rx: Characteristic[Any], on_write: Callable[[Connection, bytes], None]
-) -> None:
-    """Hand each ATT Write Command on pairkit's RX characteristic to ``on_write`` at once.
+#: What a held RX write is: the connection, the value, and whether it was a Write Request
+#: (answered once delivered); or an Execute Write Request, as bumble's handler's coroutine.
+_HeldWrite = tuple[Connection, bytes, bool] | Coroutine[Any, Any, None]
 
-    bumble's GATT server runs every Write Command in a task of its own (``AsyncRunner``), a
-    task and a turn of the event loop per message a guest sends; pairkit's RX handler takes
-    the value without waiting, so the commands on its handle (over the connection's own ATT
-    bearer, a value of at most 512 bytes: Core 5.4 Vol 3 Part F §3.2.9) are read here, in the
-    order they came, and every other PDU goes on to bumble as before.
+_WRITE_RESPONSE = bytes([att.Opcode.ATT_WRITE_RESPONSE])  #: Core 5.4 Vol 3 Part F §3.4.5.2
+_NEEDS_SECURITY = (
+    att.Attribute.WRITE_REQUIRES_ENCRYPTION
+    | att.Attribute.WRITE_REQUIRES_AUTHENTICATION
+    | att.Attribute.WRITE_REQUIRES_AUTHORIZATION
+)
+
+
+class _RxWrites:
+    """pairkit's RX characteristic's writes, handed to the host's link (``on_write``) in the
+    order the guest sent them, on the connection's own ATT bearer.
+
+    ATT is sequential on a bearer (Core 5.4 Vol 3 Part F §3.3): a Write Request (§3.4.5.1),
+    a Write Command (§3.4.5.3) and an Execute Write Request (§3.4.6.3) on RX are written in
+    the order they came, whichever of them skips a bumble task.  Write Requests and Write
+    Commands are written at once (:func:`_read_att_at_once`, :func:`_read_rx_writes_at_once`),
+    each request then answered with the Write Response bumble's server sends; an Execute
+    Write stays bumble's (its queue, its checks, its answers) and runs in a task of its own,
+    so the RX writes that come after it on that connection are *held* here, in order, and
+    written (requests answered) only once it has run.
     """
+
+    def __init__(
+        self,
+        device: Device,
+        rx: Characteristic[Any],
+        on_write: Callable[[Connection, bytes], None],
+    ) -> None:
+        self.device = device
+        self.rx = rx
+        self.on_write = on_write
+        #: per connection handle: what waits behind an Execute Write still under way
+        self.held: dict[int, collections.deque[_HeldWrite]] = {}
+
+    @property
+    def open_to_all(self) -> bool:
+        """RX needs no security to be written: bumble's checks (``Attribute.write_value``)
+        would let every write through, so skipping them changes nothing."""
+        return not self.rx.permissions & _NEEDS_SECURITY
+
+    def hold(self, handle: int, write: _HeldWrite) -> None:
+        """Queue ``write`` behind the connection's Execute Write, starting one if it is one."""
+        queue = self.held.get(handle)
+        if queue is None:
+            queue = self.held[handle] = collections.deque()
+            utils.AsyncRunner.spawn(self._release(handle, queue))
+        queue.append(write)
+
+    async def _release(self, handle: int, queue: collections.deque[_HeldWrite]) -> None:
+        try:
+            while queue:
+                write = queue[0]
+                if isinstance(write, tuple):
+                    connection, value, request = write
+                    if self.device.connections.get(handle) is connection:
+                        self.on_write(connection, value)
+                        if request:
+                            self.device.gatt_server.send_response(
+                                connection, att.ATT_Write_Response()
+                            )
+                else:
+                    try:
+                        await write
+                    except Exception:
+                        logger.exception("bumble's Execute Write handler failed")
+                queue.popleft()
+        finally:
+            for write in queue:
+                if not isinstance(write, tuple):
+                    write.close()
+            if self.held.get(handle) is queue:
+                del self.held[handle]
+
+
+def _read_rx_writes_at_once(device: Device, writes: _RxWrites) -> None:
+    """Write each ATT Write Command and Write Request on pairkit's RX characteristic at once,
+    and hold what follows an Execute Write Request (:class:`_RxWrites`).
+
+    bumble's GATT server runs each of these in a task of its own (``AsyncRunner``), a task and
+    a turn of the event loop per message a guest sends, and a Write Command sent after a
+    request would overtake it; pairkit's RX handler takes the value without waiting, so the
+    writes on its handle (over the connection's own ATT bearer, a value of at most 512 bytes:
+    Core 5.4 Vol 3 Part F §3.2.9) are written here, in the order they came, each request
+    answered with the Write Response bumble would send (§3.4.5.2).  Every other PDU goes on to
+    bumble as before (which answers a bad handle or length the way it did).  This is the path
+    while bumble's GATT logger is at DEBUG; :func:`_read_att_at_once` the one before it.
+    """
+    if not writes.open_to_all:
+        return
     server = device.gatt_server
-    in_a_task = server.on_att_write_command
+    rx = writes.rx
+    on_write = writes.on_write
+    held = writes.held
+    command_in_a_task = server.on_att_write_command
+    request_in_a_task = server.on_att_write_request
+    execute_in_a_task = server.on_att_execute_write_request
+    execute = type(server).on_att_execute_write_request.__wrapped__  # bumble's, no task
 
     def on_att_write_command(bearer: att.Bearer, request: att.ATT_Write_Command) -> None:
         if (
@@ -297,55 +386,96 @@ def _read_rx_writes_at_once(
             and isinstance(bearer, Connection)
             and len(request.attribute_value) <= GATT_MAX_VALUE
         ):
+            if bearer.handle in held:
+                writes.hold(bearer.handle, (bearer, bytes(request.attribute_value), False))
+                return
             on_write(bearer, bytes(request.attribute_value))
             return
-        in_a_task(bearer, request)
+        command_in_a_task(bearer, request)
+
+    def on_att_write_request(bearer: att.Bearer, request: att.ATT_Write_Request) -> None:
+        if (
+            request.attribute_handle == rx.handle
+            and isinstance(bearer, Connection)
+            and len(request.attribute_value) <= GATT_MAX_VALUE
+        ):
+            if bearer.handle in held:
+                writes.hold(bearer.handle, (bearer, bytes(request.attribute_value), True))
+                return
+            on_write(bearer, bytes(request.attribute_value))
+            server.send_response(bearer, att.ATT_Write_Response())
+            return
+        request_in_a_task(bearer, request)
+
+    def on_att_execute_write_request(
+        bearer: att.Bearer, request: att.ATT_Execute_Write_Request
+    ) -> None:
+        if isinstance(bearer, Connection):
+            writes.hold(bearer.handle, execute(server, bearer, request))
+            return
+        execute_in_a_task(bearer, request)
 
     server.on_att_write_command = on_att_write_command  # type: ignore[method-assign]
+    server.on_att_write_request = on_att_write_request  # type: ignore[method-assign]
+    server.on_att_execute_write_request = (  # type: ignore[method-assign]
+        on_att_execute_write_request
+    )
 
 
 #: A guest link's notifications, by connection handle: (TX value handle, the link's callback).
 Notified = dict[int, tuple[int, Callable[[bytes], None]]]
 
 
-def _read_att_at_once(
-    device: Device,
-    rx: Characteristic[Any],
-    on_write: Callable[[Connection, bytes], None],
-    notified: Notified,
-) -> None:
+def _read_att_at_once(device: Device, writes: _RxWrites, notified: Notified) -> None:
     """Take pairkit's own ATT PDUs from the connection's ATT channel (Core 5.4 Vol 3 Part F
     §3.2.11's fixed CID 0x0004) as they come, before bumble parses them into objects and
     formats each for a debug line that is then dropped.
 
-    Two PDUs only, both unacknowledged, each handed where bumble would have handed it, in
-    the order they came: a Write Command (opcode 0x52, §3.4.5.3) on pairkit's RX handle, to
-    ``on_write`` (the host's link; as :func:`_read_rx_writes_at_once` does a step later), and
-    a Handle Value Notification (opcode 0x1B, §3.4.7.1) on the TX handle a guest link
-    subscribed to on that connection (``notified``), to that link.  Every other PDU, and
-    these two whenever bumble's GATT logger would log them at DEBUG, go to bumble as before.
-    (The guest's notifications skip bumble's client-side value cache, which pairkit never
-    reads.)
+    Three PDUs only, each handed where bumble would have handed it, in the order they came:
+    a Write Command (opcode 0x52, §3.4.5.3) or a Write Request (0x12, §3.4.5.1) on pairkit's
+    RX handle, to the host's link (as :func:`_read_rx_writes_at_once` does a step later; held
+    behind an Execute Write the same way), a request then answered with the Write Response
+    (0x13, §3.4.5.2) bumble's server sends; and a Handle Value Notification (opcode 0x1B,
+    §3.4.7.1) on the TX handle a guest link subscribed to on that connection (``notified``),
+    to that link.  Every other PDU, and these whenever bumble's GATT logger would log them at
+    DEBUG, go to bumble as before.  (The guest's notifications skip bumble's client-side value
+    cache, which pairkit never reads.)
     """
     manager = device.l2cap_channel_manager
     in_bumble = manager.fixed_channels[att.ATT_CID]
+    rx = writes.rx
+    on_write = writes.on_write
+    held = writes.held
+    rx_open = writes.open_to_all
+    send_l2cap_pdu = device.send_l2cap_pdu
+    write_command = int(att.Opcode.ATT_WRITE_COMMAND)
+    write_request = int(att.Opcode.ATT_WRITE_REQUEST)
+    notification = int(att.Opcode.ATT_HANDLE_VALUE_NOTIFICATION)
 
     def on_att_pdu(connection_handle: int, pdu: bytes) -> None:
         if len(pdu) >= ATT_HEADER:
             opcode = pdu[0]
             handle = pdu[1] | pdu[2] << 8
             if (
-                opcode == att.Opcode.ATT_WRITE_COMMAND
+                (opcode == write_command or opcode == write_request)
                 and handle == rx.handle
+                and rx_open
                 and len(pdu) - ATT_HEADER <= GATT_MAX_VALUE
                 and not gatt_server.logger.isEnabledFor(logging.DEBUG)
             ):
                 connection = device.lookup_connection(connection_handle)
                 if connection is not None:
-                    on_write(connection, bytes(pdu[ATT_HEADER:]))
+                    request = opcode == write_request
+                    value = bytes(pdu[ATT_HEADER:])
+                    if held and connection_handle in held:
+                        writes.hold(connection_handle, (connection, value, request))
+                        return
+                    on_write(connection, value)
+                    if request:
+                        send_l2cap_pdu(connection_handle, att.ATT_CID, _WRITE_RESPONSE)
                     return
             elif (
-                opcode == att.Opcode.ATT_HANDLE_VALUE_NOTIFICATION
+                opcode == notification
                 and not gatt_client.logger.isEnabledFor(logging.DEBUG)
             ):
                 target = notified.get(connection_handle)
@@ -1271,8 +1401,9 @@ class BumbleTransport:
             Service(str(PAIRKIT_SERVICE_UUID), [self._rx_char, self._tx_char, psm_char])
         )
         device.gatt_server.max_mtu = config.att_mtu
-        _read_rx_writes_at_once(device, self._rx_char, self._on_rx_write)
-        _read_att_at_once(device, self._rx_char, self._on_rx_write, self._notified)
+        rx_writes = _RxWrites(device, self._rx_char, self._on_rx_write)
+        _read_rx_writes_at_once(device, rx_writes)
+        _read_att_at_once(device, rx_writes, self._notified)
         if config.prefer_l2cap:
             self._psm = self._start_l2cap_server(device)
         device.on(device.EVENT_CONNECTION, self._on_connection)

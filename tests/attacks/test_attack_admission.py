@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from pairkit.admission import Admission, AdmissionLimits
 from pairkit.pairing.errors import PairingError
 from pairkit.session import accept_loop
@@ -177,3 +179,67 @@ async def test_silent_links_from_as_many_addresses_as_places_still_give_way_to_a
         guest = await host.guest()
         await wait_until(lambda: host.admission.refused >= 1, "a stranger's link giving way")
         await paired(guest)
+
+
+async def test_a_link_that_says_nothing_is_dropped_at_the_first_flight_deadline_when_driven(
+) -> None:
+    """The host's pairing is driven over the admitted link as production drives it (a
+    MessagePipe, :func:`pairkit.driver.drive`), and the guest sends nothing.  The admission's
+    first-flight deadline must end the pairing, not the pairing's own step deadline (30 s): the
+    driver's cheaper wait (the link's ``recv_ready``, issue 13) went around ``Admitted.recv``,
+    the one place that deadline is kept, because ``Admitted`` passed ``recv_ready`` through to
+    the link it wraps."""
+    from pairkit.driver import MessagePipe, drive
+    from pairkit.pairing.errors import PairingTimeout
+    from pairkit.pairing.methods import HostPairing, HostState, LocalIdentity, PairingConfig
+
+    limits = dataclasses.replace(LIMITS, first_flight=0.3)
+    ended: asyncio.Queue[BaseException | None] = asyncio.Queue()
+
+    async def pair(link: Any) -> None:
+        machine = HostPairing(PairingConfig(), LocalIdentity.generate("host"), HostState())
+        machine.start(asyncio.get_running_loop().time())
+        try:
+            await drive(machine, MessagePipe(link, guest=False))
+        except BaseException as exc:
+            ended.put_nowait(exc)
+            raise
+        ended.put_nowait(None)
+
+    admission = Admission(limits)
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    server = asyncio.create_task(accept_loop(listener, pair, admission=admission))
+    guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
+    try:
+        error = await asyncio.wait_for(ended.get(), 10)
+        assert isinstance(error, PairingTimeout), repr(error)
+        assert "sent nothing within 0.3 s of connecting" in str(error)
+    finally:
+        await guest.close()
+        server.cancel()
+        with contextlib.suppress(BaseException):
+            await server
+        await listener.close()
+
+
+async def test_a_silent_ble_link_is_dropped_at_the_first_flight_deadline_when_driven() -> None:
+    """The same over BLE, whose links cannot offer the driver a future (no ``recv_ready``):
+    the driver reads through ``Admitted.recv``, whose first-flight deadline raised a
+    PairingTimeout that the driver took for its own read deadline; it read again at once, past
+    the deadline, again and again until the pairing's own 30 s step (a busy loop: a stranger
+    who connects and says nothing held a core of the host)."""
+    from pairkit.driver import MessagePipe, drive
+    from pairkit.pairing.errors import PairingTimeout
+    from pairkit.pairing.methods import HostPairing, HostState, LocalIdentity, PairingConfig
+    from pairkit.transports.bumble import VirtualRadio
+    from tests.ble_harness import bumble_devices, linked_pair
+
+    admission = Admission(dataclasses.replace(LIMITS, first_flight=0.3))
+    async with bumble_devices(VirtualRadio()) as open_device:
+        _guest_link, host_link = await linked_pair(open_device, 151)
+        admitted = admission.admit(host_link)
+        assert admitted is not None
+        machine = HostPairing(PairingConfig(), LocalIdentity.generate("host"), HostState())
+        machine.start(asyncio.get_running_loop().time())
+        with pytest.raises(PairingTimeout, match=r"sent nothing within 0\.3 s of connecting"):
+            await asyncio.wait_for(drive(machine, MessagePipe(admitted, guest=False)), 10)

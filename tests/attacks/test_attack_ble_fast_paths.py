@@ -8,10 +8,13 @@ stacks on virtual controllers; the raw PDUs go through bumble's own send calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from bumble import att
 
 from pairkit.transports.ble.links import BleLink, GattLink
 from pairkit.transports.bumble import VirtualRadio
@@ -95,22 +98,142 @@ async def test_truncated_att_pdus_leave_both_links_working(
     await only(guest_link, b"down")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a Write Request (0x12) on RX goes through bumble's server, which writes it "
-    "in a task of its own (AsyncRunner), while a Write Command (0x52) sent after it is handed "
-    "over at once (_read_att_at_once, _read_rx_writes_at_once): the host reads them swapped",
-)
+@contextlib.contextmanager
+def bumble_debug(on: bool) -> Iterator[None]:
+    """bumble's GATT loggers at DEBUG (``on``: bumble's own path, the fast paths step aside)
+    or as they were."""
+    loggers = [logging.getLogger(name) for name in ("bumble.gatt_server", "bumble.gatt_client")]
+    levels = [logger.level for logger in loggers]
+    if on:
+        for logger in loggers:
+            logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def record_att_responses(guest_link: GattLink) -> asyncio.Queue[bytes]:
+    """Every ATT PDU from the host's server to the guest that answers a request (odd opcodes
+    other than notifications and indications), raw as it arrived, before either bumble or
+    pairkit reads it."""
+    device = guest_link.connection.device
+    manager = device.l2cap_channel_manager
+    then = manager.fixed_channels[att.ATT_CID]
+    responses: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_att_pdu(connection_handle: int, pdu: bytes) -> None:
+        if pdu and pdu[0] & 1 and pdu[0] not in (0x1B, 0x1D):
+            responses.put_nowait(bytes(pdu))
+        then(connection_handle, pdu)
+
+    manager.register_fixed_channel(att.ATT_CID, on_att_pdu)
+    return responses
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["fast", "bumble-debug"])
 async def test_a_write_request_and_a_write_command_on_rx_arrive_in_the_order_sent(
-    open_device: OpenDevice,
+    open_device: OpenDevice, debug: bool
 ) -> None:
     guest_link, host_link = await gatt_pair(open_device, 101)
     client = guest_link.connection.gatt_client
     rx = guest_link._rx_handle
-    client.send_gatt_pdu(b"\x12" + _u16(rx) + b"first")  # Write Request: the RX allows WRITE
-    client.send_gatt_pdu(b"\x52" + _u16(rx) + b"second")
-    got = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(2)]
-    assert got == [b"first", b"second"], got
+    responses = record_att_responses(guest_link)
+    with bumble_debug(debug):
+        client.send_gatt_pdu(b"\x12" + _u16(rx) + b"first")  # Write Request: RX allows WRITE
+        client.send_gatt_pdu(b"\x52" + _u16(rx) + b"second")
+        got = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(2)]
+        assert got == [b"first", b"second"], got
+        assert await asyncio.wait_for(responses.get(), 2) == b"\x13"  # Write Response
+    assert responses.empty()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["fast", "bumble-debug"])
+async def test_a_long_write_and_a_write_command_on_rx_arrive_in_the_order_sent(
+    open_device: OpenDevice, debug: bool
+) -> None:
+    """A queued write (Prepare Write Requests, then Execute Write Request: Vol 3 Part F
+    §3.4.6) on RX, then a Write Command without waiting for the Execute Write Response."""
+    guest_link, host_link = await gatt_pair(open_device, 141)
+    client = guest_link.connection.gatt_client
+    rx = guest_link._rx_handle
+    responses = record_att_responses(guest_link)
+    with bumble_debug(debug):
+        for offset, part in ((0, b"fir"), (3, b"st")):
+            client.send_gatt_pdu(b"\x16" + _u16(rx) + _u16(offset) + part)
+            assert await asyncio.wait_for(responses.get(), 2) == b"\x17" + _u16(rx) + _u16(
+                offset
+            ) + part
+        client.send_gatt_pdu(b"\x18\x01")  # execute
+        client.send_gatt_pdu(b"\x52" + _u16(rx) + b"second")
+        got = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(2)]
+        assert got == [b"first", b"second"], got
+        assert await asyncio.wait_for(responses.get(), 2) == b"\x19"  # Execute Write Response
+    assert responses.empty()
+
+
+def bumble_only(host_link: GattLink) -> None:
+    """The host's device as bumble made it: pairkit's ATT fast paths taken out (its GATT
+    server's own handlers, its own ATT channel reader)."""
+    device = host_link.connection.device
+    server = device.gatt_server
+    for name in ("on_att_write_command", "on_att_write_request", "on_att_execute_write_request"):
+        server.__dict__.pop(name, None)
+    device.l2cap_channel_manager.register_fixed_channel(att.ATT_CID, device.on_gatt_pdu)
+
+
+#: Requests to the host's server, each with the guest waiting for its answer (Vol 3 Part F
+#: §3.3.2), and where each goes: Write Requests (§3.4.5.1) on RX and off it, then queued writes
+#: (Prepare Write §3.4.6.1, Execute Write §3.4.6.3): written, with a gap, cancelled.
+def _requests(rx: int) -> list[bytes]:
+    return [
+        b"\x12" + _u16(rx) + b"to rx",
+        b"\x12" + _u16(rx),  # an empty value
+        b"\x12" + _u16(rx) + bytes(512),  # GATT's largest value
+        b"\x12" + _u16(rx) + bytes(513),  # over it (§3.2.9)
+        b"\x12" + _u16(0xFFF0) + b"no such handle",
+        b"\x12" + _u16(0),  # handle 0 is invalid (§3.2.2)
+        b"\x16" + _u16(rx) + _u16(0) + b"long ",
+        b"\x16" + _u16(rx) + _u16(5) + b"write",
+        b"\x18\x01",
+        b"\x16" + _u16(rx) + _u16(3) + b"gap",
+        b"\x18\x01",  # invalid offset
+        b"\x16" + _u16(rx) + _u16(0) + b"cancelled",
+        b"\x18\x00",
+    ]
+
+
+async def test_write_requests_are_answered_as_bumble_answers_them(
+    open_device: OpenDevice,
+) -> None:
+    """The same requests to pairkit's fast path, to its path while bumble logs at DEBUG, and
+    to bumble's server without pairkit's paths: the same answers, byte for byte, and the
+    same values written, in the same order."""
+    answers: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    for seed, mode in enumerate(("fast", "bumble-debug", "bumble-only")):
+        guest_link, host_link = await gatt_pair(open_device, 131 + 2 * seed)
+        client = guest_link.connection.gatt_client
+        rx = guest_link._rx_handle
+        responses = record_att_responses(guest_link)
+        if mode == "bumble-only":
+            bumble_only(host_link)
+        got: list[bytes] = []
+        with bumble_debug(mode == "bumble-debug"):
+            for pdu in _requests(rx):
+                client.send_gatt_pdu(pdu)
+                got.append(await asyncio.wait_for(responses.get(), 2))
+            client.send_gatt_pdu(b"\x52" + _u16(rx) + b"end")
+            values = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(5)]
+        assert host_link.recv_nowait() is None and responses.empty()
+        answers[mode] = (got, values)
+    assert answers["fast"] == answers["bumble-only"]
+    assert answers["bumble-debug"] == answers["bumble-only"]
+    got, values = answers["fast"]
+    assert got[:3] == [b"\x13"] * 3
+    assert got[3] == b"\x01\x12" + _u16(rx) + b"\x0d"  # invalid attribute value length
+    assert got[8] == got[12] == b"\x19"
+    assert values == [b"to rx", b"", bytes(512), b"long write", b"end"]
 
 
 async def test_notifications_reach_only_the_link_of_a_reused_connection_handle(
