@@ -63,6 +63,7 @@ __all__ = [
     "CipherState",
     "HandshakePattern",
     "HandshakeState",
+    "KeyPair",
     "NoiseProtocol",
     "NonceExhaustedError",
     "SymmetricState",
@@ -139,12 +140,22 @@ def _dh_functions(dh: str) -> _DHFunctions:
         ) from None
 
 
-class _KeyPair:
-    """A DH key pair: the ``cryptography`` private key object and the public key bytes."""
+class KeyPair:
+    """A DH key pair (§4.1): the ``cryptography`` private key object and the public key bytes.
 
-    __slots__ = ("private", "public")
+    ``private`` is raw bytes (``DHLEN``) or a ``cryptography`` private key object for DH
+    function ``dh``; the public key is always worked out from it, never given.  A device passes
+    its static key to :class:`HandshakeState` as one of these, made once, so that no handshake
+    works the public key out again (issue 13).
+    """
 
-    def __init__(self, dh: _DHFunctions, private: Any, what: str) -> None:
+    __slots__ = ("dh", "private", "public")
+
+    def __init__(self, dh: str, private: Any, *, what: str = "given") -> None:
+        self.dh = dh
+        self._load(_dh_functions(dh), private, what)
+
+    def _load(self, dh: _DHFunctions, private: Any, what: str) -> None:
         # A key object already loaded (a device's static key it holds) is used as it is:
         # loading raw bytes computes the public key, a fixed-base scalar multiplication.
         if type(private) is bytes and len(private) == dh.dhlen:  # the commonest, first
@@ -161,9 +172,19 @@ class _KeyPair:
         return "<key pair>"
 
 
+def _key_pair(dh: _DHFunctions, private: Any, what: str) -> KeyPair:
+    """A :class:`KeyPair` for DH ``dh``: ``private`` itself if it is one already."""
+    if type(private) is KeyPair and private.dh == dh.name:
+        return private
+    pair = KeyPair.__new__(KeyPair)
+    pair.dh = dh.name
+    pair._load(dh, private, what)
+    return pair
+
+
 def public_key(dh: str, private: bytes) -> bytes:
     """The public key (``DHLEN`` bytes) of a raw private key for DH function ``dh`` (§12.1/12.2)."""
-    return _KeyPair(_dh_functions(dh), private, "given").public
+    return KeyPair(dh, private).public
 
 
 def generate_keypair(dh: str, rng: Rng = os.urandom) -> tuple[bytes, bytes]:
@@ -174,7 +195,7 @@ def generate_keypair(dh: str, rng: Rng = os.urandom) -> tuple[bytes, bytes]:
     """
     funcs = _dh_functions(dh)
     private = _draw_private(funcs, rng)
-    return private, _KeyPair(funcs, private, "generated").public
+    return private, _key_pair(funcs, private, "generated").public
 
 
 def _draw_private(funcs: _DHFunctions, rng: Rng) -> bytes:
@@ -1054,8 +1075,9 @@ class HandshakeState:
     """One party's side of a Noise handshake (Noise rev 34 §5.3, with PSKs §9).
 
     Building one is Initialize(): ``protocol_name`` (§8) gives the pattern and crypto functions,
-    ``initiator`` the role.  ``s`` and ``e`` are this party's private keys as raw bytes (or as
-    ``cryptography`` key objects already loaded, which spares a fixed-base multiplication);
+    ``initiator`` the role.  ``s`` and ``e`` are this party's private keys as raw bytes, as
+    ``cryptography`` key objects already loaded (which spares a fixed-base multiplication), or
+    as :class:`KeyPair` objects (which also spare working out the public key);
     ``rs`` and ``re`` are the peer's public keys, passed only when the pattern lists them in a
     pre-message; ``psks`` are the 32-byte PSKs in the order the ``psk`` tokens use them.  A key
     the pattern needs and lacks, or has no use for, is a :class:`~pairing.errors.ConfigError`.
@@ -1105,8 +1127,8 @@ class HandshakeState:
 
         dh = role.dh
         self._rng = rng
-        self._s = None if s is None else _KeyPair(dh, s, "static")
-        self._e = None if e is None else _KeyPair(dh, e, "ephemeral")
+        self._s = None if s is None else _key_pair(dh, s, "static")
+        self._e = None if e is None else _key_pair(dh, e, "ephemeral")
         self._rs = None if rs is None else _check_public(rs, dh.dhlen, "remote static")
         self._re = None if re is None else _check_public(re, dh.dhlen, "remote ephemeral")
         # The remote keys as DH takes them, each loaded at its first DH token (issue 13)
@@ -1311,7 +1333,7 @@ class HandshakeState:
             elif op == _OP_E:
                 pair = self._e
                 if pair is None:  # GENERATE_KEYPAIR(): one draw, loaded once
-                    pair = self._e = _KeyPair(
+                    pair = self._e = _key_pair(
                         role.dh, _draw_private(role.dh, self._rng), "ephemeral"
                     )
                 public = pair.public
