@@ -151,9 +151,10 @@ class KeyPair:
 
     __slots__ = ("dh", "private", "public")
 
-    def __init__(self, dh: str, private: Any, *, what: str = "given") -> None:
+    def __init__(self, dh: str, private: Any) -> None:
+        #: the DH function's name (``25519`` or ``448``)
         self.dh = dh
-        self._load(_dh_functions(dh), private, what)
+        self._load(_dh_functions(dh), private, "given")
 
     def _load(self, dh: _DHFunctions, private: Any, what: str) -> None:
         # A key object already loaded (a device's static key it holds) is used as it is:
