@@ -63,6 +63,7 @@ __all__ = [
     "CipherState",
     "HandshakePattern",
     "HandshakeState",
+    "KeyPair",
     "NoiseProtocol",
     "NonceExhaustedError",
     "SymmetricState",
@@ -139,12 +140,23 @@ def _dh_functions(dh: str) -> _DHFunctions:
         ) from None
 
 
-class _KeyPair:
-    """A DH key pair: the ``cryptography`` private key object and the public key bytes."""
+class KeyPair:
+    """A DH key pair (§4.1): the ``cryptography`` private key object and the public key bytes.
 
-    __slots__ = ("private", "public")
+    ``private`` is raw bytes (``DHLEN``) or a ``cryptography`` private key object for DH
+    function ``dh``; the public key is always worked out from it, never given.  A device passes
+    its static key to :class:`HandshakeState` as one of these, made once, so that no handshake
+    works the public key out again (issue 13).
+    """
 
-    def __init__(self, dh: _DHFunctions, private: Any, what: str) -> None:
+    __slots__ = ("dh", "private", "public")
+
+    def __init__(self, dh: str, private: Any) -> None:
+        #: the DH function's name (``25519`` or ``448``)
+        self.dh = dh
+        self._load(_dh_functions(dh), private, "given")
+
+    def _load(self, dh: _DHFunctions, private: Any, what: str) -> None:
         # A key object already loaded (a device's static key it holds) is used as it is:
         # loading raw bytes computes the public key, a fixed-base scalar multiplication.
         if type(private) is bytes and len(private) == dh.dhlen:  # the commonest, first
@@ -161,9 +173,19 @@ class _KeyPair:
         return "<key pair>"
 
 
+def _key_pair(dh: _DHFunctions, private: Any, what: str) -> KeyPair:
+    """A :class:`KeyPair` for DH ``dh``: ``private`` itself if it is one already."""
+    if type(private) is KeyPair and private.dh == dh.name:
+        return private
+    pair = KeyPair.__new__(KeyPair)
+    pair.dh = dh.name
+    pair._load(dh, private, what)
+    return pair
+
+
 def public_key(dh: str, private: bytes) -> bytes:
     """The public key (``DHLEN`` bytes) of a raw private key for DH function ``dh`` (§12.1/12.2)."""
-    return _KeyPair(_dh_functions(dh), private, "given").public
+    return KeyPair(dh, private).public
 
 
 def generate_keypair(dh: str, rng: Rng = os.urandom) -> tuple[bytes, bytes]:
@@ -174,7 +196,7 @@ def generate_keypair(dh: str, rng: Rng = os.urandom) -> tuple[bytes, bytes]:
     """
     funcs = _dh_functions(dh)
     private = _draw_private(funcs, rng)
-    return private, _KeyPair(funcs, private, "generated").public
+    return private, _key_pair(funcs, private, "generated").public
 
 
 def _draw_private(funcs: _DHFunctions, rng: Rng) -> bytes:
@@ -188,24 +210,6 @@ _LOW_ORDER: Final = (
     "the peer's public key is invalid (a low-order point, all-zero DH result); "
     "the handshake is refused"
 )
-
-
-def _dh_loaded(pair: _KeyPair, remote: Any) -> bytes:
-    """DH(key_pair, public_key) (§4.1), refusing an all-zero result (§12.1, §12.2), with the
-    remote public key already loaded (a handshake loads each remote key once, however many DH
-    tokens use it; issue 13).
-
-    The spec allows an implementation to signal an error instead of returning the all-zero output
-    of a low-order public key; ``cryptography`` does so itself (a ``ValueError``), and we check the
-    output as well so that the rule holds whatever the backend does.
-    """
-    try:
-        shared: bytes = pair.private.exchange(remote)
-    except ValueError:
-        raise AuthenticationError(_LOW_ORDER) from None
-    if hmac.compare_digest(shared, _ZEROS.get(len(shared)) or bytes(len(shared))):
-        raise AuthenticationError(_LOW_ORDER)
-    return shared
 
 
 _ZEROS: Final = {32: bytes(32), 56: bytes(56)}
@@ -927,12 +931,154 @@ def _check_public(value: bytes | None, dhlen: int, what: str) -> bytes | None:
     return bytes(value)
 
 
+#: a message step's kind beyond the pattern's tokens: the payload's EncryptAndHash (§5.3)
+_OP_PAYLOAD: Final = 4
+
+
+class _Role:
+    """What Initialize() (§5.3) works out from the protocol name and the role alone, worked out
+    once per protocol and role instead of at every handshake (issue 13): which keys the caller
+    may pass, the pre-message steps, each message's steps and the crypto functions."""
+
+    __slots__ = (
+        "aead_class",
+        "cipher",
+        "dh",
+        "dhlen",
+        "has_psk",
+        "hashfns",
+        "hashlen",
+        "keys_ok",
+        "messages",
+        "name",
+        "new",
+        "nonces",
+        "one_way",
+        "padded_name",
+        "premessage",
+        "protocol",
+        "psk_count",
+        "rfc5869",
+        "steps",
+    )
+
+    def __init__(self, protocol: NoiseProtocol, initiator: bool) -> None:
+        pattern = protocol.pattern
+        self.protocol = protocol
+        self.dh = _DH[protocol.dh]
+        self.dhlen = self.dh.dhlen
+        hashfns = self.hashfns = _HASHES[protocol.hash]
+        self.new = hashfns.new
+        self.hashlen = hashfns.hashlen
+        self.rfc5869 = hashfns.rfc5869
+        self.cipher = protocol.cipher
+        self.aead_class = _CIPHERS[protocol.cipher][0]
+        self.nonces = _NONCE_TABLES[protocol.cipher]
+        # InitializeSymmetric (§5.2): a name of at most HASHLEN bytes is h, zero-padded; a
+        # longer one is hashed at each handshake, as the specification (and the bench's floor)
+        # has it.
+        name = self.name = protocol.name.encode("ascii")
+        self.padded_name = name.ljust(self.hashlen, b"\x00") if len(name) <= self.hashlen else None
+        # The keys the caller passes are right when it passes every required one and no other.
+        required, allowed = pattern.required_keys(initiator), pattern.allowed_keys(initiator)
+        self.keys_ok = frozenset(
+            given for given, names in _GIVEN.items() if required <= names <= allowed
+        )
+        self.psk_count = pattern.psk_count
+        self.has_psk = pattern.has_psk
+        # Pre-messages (§5.3): the initiator's public keys first, each in the listed order;
+        # (whether the key is this party's own, the token)
+        self.premessage = tuple(
+            (owner == initiator, token)
+            for owner in (True, False)
+            for token in pattern.premessage(owner)
+        )
+        # Each message's tokens (HandshakePattern.plan), then its payload.
+        self.steps = tuple(
+            (*ops, (_OP_PAYLOAD, False, False, "")) for ops in pattern.plan(initiator)
+        )
+        self.messages = len(pattern.messages)
+        self.one_way = pattern.one_way
+
+
+class _Symmetric:
+    """A handshake's symmetric state (§5.2): ``ck``, ``h`` and its cipher state's ``k`` and
+    ``n``, plus the AEAD object of ``k`` once made.  :class:`HandshakeState` keeps these here
+    rather than in a :class:`SymmetricState` and a :class:`CipherState`, and works on them as
+    local variables during a message (issue 13); the repr shows none of them."""
+
+    __slots__ = ("aead", "ck", "h", "k", "n")
+
+    def __init__(self, ck: bytes, h: bytes, k: bytes | None) -> None:
+        self.ck = ck
+        self.h = h
+        self.k = k
+        self.n = 0
+        self.aead: Any = None
+
+    def __repr__(self) -> str:
+        return "<Noise symmetric state>"
+
+
+#: (protocol name, initiator) -> its _Role, for the names parsed before (see _PARSED)
+_ROLES: dict[tuple[str, bool], _Role] = {}
+
+
+def _role(protocol_name: str, initiator: bool) -> _Role:
+    if type(protocol_name) is str:
+        role = _ROLES.get((protocol_name, initiator))
+        if role is not None:
+            return role
+    role = _Role(parse_protocol_name(protocol_name), initiator)
+    if len(_ROLES) < 2 * _PARSED_MAX:
+        _ROLES[protocol_name, initiator] = role
+    return role
+
+
+def _mix_key(role: _Role, ck: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    """MixKey(ikm) (§5.2): ``ck, temp_k = HKDF(ck, ikm, 2)``; the new ``ck`` and the cipher key
+    ``temp_k[:32]`` (as SymmetricState.mix_key, on the handshake's own ``ck``)."""
+    algorithm = role.rfc5869
+    if algorithm is None:
+        ck, temp_k = role.hashfns.hkdf_hmac(ck, ikm, 2)
+        return ck, temp_k[:32]
+    hashlen = role.hashlen
+    okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(ikm)
+    return okm[:hashlen], okm[hashlen : hashlen + 32]
+
+
+def _mix_key_and_hash(role: _Role, ck: bytes, h: bytes, ikm: bytes) -> tuple[bytes, bytes, bytes]:
+    """MixKeyAndHash(ikm) (§5.2, for PSKs §9): ``ck, temp_h, temp_k = HKDF(ck, ikm, 3)``;
+    MixHash(temp_h); the new ``ck``, ``h`` and cipher key ``temp_k[:32]``."""
+    algorithm = role.rfc5869
+    if algorithm is None:
+        ck, temp_h, temp_k = role.hashfns.hkdf_hmac(ck, ikm, 3)
+    else:
+        hashlen = role.hashlen
+        okm = HKDF(algorithm, 3 * hashlen, ck, None).derive(ikm)
+        ck, temp_h, temp_k = okm[:hashlen], okm[hashlen : 2 * hashlen], okm[2 * hashlen :]
+    return ck, role.new(h + temp_h).digest(), temp_k[:32]
+
+
+def _aead_by_the_rules(
+    role: _Role, encrypt: bool, k: bytes | None, n: int, h: bytes, data: bytes
+) -> tuple[bytes, int]:
+    """EncryptWithAd or DecryptWithAd (§5.1) by :class:`CipherState` itself, with all its checks
+    and error texts, for a field the handshake's own path does not take (no key, a nonce past
+    the table, a size out of bounds); the output and the next nonce."""
+    cs = CipherState(role.cipher) if k is None else _keyed(role.cipher, k)
+    cs._n = n
+    out = cs.encrypt_with_ad(h, data) if encrypt else cs.decrypt_with_ad(h, data)
+    return out, cs._n
+
+
 class HandshakeState:
     """One party's side of a Noise handshake (Noise rev 34 §5.3, with PSKs §9).
 
     Building one is Initialize(): ``protocol_name`` (§8) gives the pattern and crypto functions,
-    ``initiator`` the role.  ``s`` and ``e`` are this party's private keys as raw bytes (or as
-    ``cryptography`` key objects already loaded, which spares a fixed-base multiplication);
+    ``initiator`` the role.  ``s`` and ``e`` are this party's private keys as raw bytes, as
+    ``cryptography`` key objects already loaded (which spares a fixed-base multiplication), or
+    as :class:`KeyPair` objects (which also spare working out the public key);
     ``rs`` and ``re`` are the peer's public keys, passed only when the pattern lists them in a
     pre-message; ``psks`` are the 32-byte PSKs in the order the ``psk`` tokens use them.  A key
     the pattern needs and lacks, or has no use for, is a :class:`~pairing.errors.ConfigError`.
@@ -942,6 +1088,10 @@ class HandshakeState:
     Call :meth:`write_message` and :meth:`read_message` in turn; once :attr:`complete`,
     :meth:`split` hands out the transport cipher states.  Any exception from a write or a read
     poisons the state: every later call raises :class:`~pairing.errors.ProtocolError`.
+
+    A message works on the symmetric state (§5.2: ``ck``, ``h``, the cipher state's ``k`` and
+    ``n``) as local variables and stores them back once it is done (issue 13).  A message that
+    fails poisons the state, so a half-processed message leaves nothing that could be used.
     """
 
     def __init__(
@@ -957,31 +1107,16 @@ class HandshakeState:
         psks: Sequence[bytes] = (),
         rng: Rng = os.urandom,
     ) -> None:
-        self.protocol: NoiseProtocol = parse_protocol_name(protocol_name)
-        self.initiator: bool = bool(initiator)
-        pattern = self.protocol.pattern
-        self._dh = _DH[self.protocol.dh]
-        dhlen = self._dh.dhlen
-
-        given = _GIVEN[s is not None, e is not None, rs is not None, re is not None]
-        role = "initiator" if self.initiator else "responder"
-        missing = pattern.required_keys(self.initiator) - given
-        if missing:
+        initiator = bool(initiator)
+        role = self._role = _role(protocol_name, initiator)
+        self.protocol: NoiseProtocol = role.protocol
+        self.initiator: bool = initiator
+        given = (s is not None, e is not None, rs is not None, re is not None)
+        if given not in role.keys_ok:
+            self._refuse_keys(_GIVEN[given])
+        if len(psks) != role.psk_count:
             raise ConfigError(
-                f"{self.protocol.name} needs the {role}'s "
-                + " and ".join(_KEY_NAMES[k] for k in sorted(missing))
-            )
-        unused = given - pattern.allowed_keys(self.initiator)
-        if unused:
-            raise ConfigError(
-                f"{self.protocol.name} has no use for the {role}'s "
-                + " and ".join(_KEY_NAMES[k] for k in sorted(unused))
-                + " (a remote key the pattern transmits is checked after the handshake, "
-                "through remote_static)"
-            )
-        if len(psks) != pattern.psk_count:
-            raise ConfigError(
-                f"{self.protocol.name} uses {pattern.psk_count} pre-shared key(s), "
+                f"{self.protocol.name} uses {role.psk_count} pre-shared key(s), "
                 f"but {len(psks)} were given"
             )
         for psk in psks:
@@ -991,16 +1126,15 @@ class HandshakeState:
         if not callable(rng):
             raise ConfigError("rng must be a callable returning random bytes")
 
+        dh = role.dh
         self._rng = rng
-        self._s = None if s is None else _KeyPair(self._dh, s, "static")
-        self._e = None if e is None else _KeyPair(self._dh, e, "ephemeral")
-        self._rs = _check_public(rs, dhlen, "remote static")
-        self._re = _check_public(re, dhlen, "remote ephemeral")
+        self._s = None if s is None else _key_pair(dh, s, "static")
+        self._e = None if e is None else _key_pair(dh, e, "ephemeral")
+        self._rs = None if rs is None else _check_public(rs, dh.dhlen, "remote static")
+        self._re = None if re is None else _check_public(re, dh.dhlen, "remote ephemeral")
         # The remote keys as DH takes them, each loaded at its first DH token (issue 13)
         self._rs_key: Any = None
         self._re_key: Any = None
-        self._plan = pattern.plan(self.initiator)
-        self._has_psk = pattern.has_psk
         self._psks = [bytes(p) for p in psks]
         self._message_index = 0
         self._failed = False
@@ -1008,22 +1142,42 @@ class HandshakeState:
         self._handshake_hash: bytes | None = None
         self._transport: tuple[CipherState, CipherState] | None = None
 
-        ss = SymmetricState(self.protocol)
-        self._ss: SymmetricState | None = ss
-        ss.mix_hash(prologue)
-        # Pre-messages (§5.3): the initiator's public keys first, each in the listed order.
-        for owner in (True, False):
-            for token in pattern.premessage(owner):
-                if owner == self.initiator:
-                    pair = self._e if token == "e" else self._s
-                    key = None if pair is None else pair.public
-                else:
-                    key = self._re if token == "e" else self._rs
-                if key is None:  # required_keys() makes this unreachable
-                    raise ConfigError(f"{self.protocol.name}: a pre-message key is missing")
-                ss.mix_hash(key)
-                if token == "e" and pattern.has_psk:
-                    ss.mix_key(key)  # §9.2
+        # InitializeSymmetric(protocol_name) (§5.2), then MixHash(prologue) (§5.3)
+        new = role.new
+        h = role.padded_name or new(role.name).digest()
+        ck = h
+        k = None
+        h = new(h + prologue).digest()
+        for own, token in role.premessage:
+            if own:
+                pair = self._e if token == "e" else self._s
+                key = None if pair is None else pair.public
+            else:
+                key = self._re if token == "e" else self._rs
+            if key is None:  # the key checks make this unreachable
+                raise ConfigError(f"{self.protocol.name}: a pre-message key is missing")
+            h = new(h + key).digest()
+            if token == "e" and role.has_psk:
+                ck, k = _mix_key(role, ck, key)  # §9.2
+        #: None once the handshake is over or failed
+        self._sym: _Symmetric | None = _Symmetric(ck, h, k)
+
+    def _refuse_keys(self, given: frozenset[str]) -> None:
+        pattern = self.protocol.pattern
+        role = "initiator" if self.initiator else "responder"
+        missing = pattern.required_keys(self.initiator) - given
+        if missing:
+            raise ConfigError(
+                f"{self.protocol.name} needs the {role}'s "
+                + " and ".join(_KEY_NAMES[k] for k in sorted(missing))
+            )
+        unused = given - pattern.allowed_keys(self.initiator)
+        raise ConfigError(
+            f"{self.protocol.name} has no use for the {role}'s "
+            + " and ".join(_KEY_NAMES[k] for k in sorted(unused))
+            + " (a remote key the pattern transmits is checked after the handshake, "
+            "through remote_static)"
+        )
 
     def __repr__(self) -> str:
         role = "initiator" if self.initiator else "responder"
@@ -1083,18 +1237,24 @@ class HandshakeState:
 
     def write_message(self, payload: bytes = b"") -> bytes:
         """WriteMessage(payload) (§5.3): the next handshake message, carrying ``payload``."""
-        self._check_alive()
+        if self._failed:
+            self._check_alive()
         try:
-            return self._write(_require_bytes(payload, "handshake payload"))
+            return self._write(
+                payload if type(payload) is bytes else _require_bytes(payload, "handshake payload")
+            )
         except BaseException:
             self._fail()
             raise
 
     def read_message(self, message: bytes) -> bytes:
         """ReadMessage(message) (§5.3): process the peer's handshake message; return its payload."""
-        self._check_alive()
+        if self._failed:
+            self._check_alive()
         try:
-            return self._read(_require_bytes(message, "handshake message"))
+            return self._read(
+                message if type(message) is bytes else _require_bytes(message, "handshake message")
+            )
         except BaseException:
             self._fail()
             raise
@@ -1108,131 +1268,231 @@ class HandshakeState:
     def _fail(self) -> None:
         # Forget every secret: nothing may be derived from a failed handshake (§5).
         self._failed = True
-        self._ss = None
+        self._sym = None
         self._s = self._e = None
         self._rs_key = self._re_key = None
         self._psks = []
         self._transport = None
 
-    def _symmetric(self) -> SymmetricState:
-        if self._ss is None:
-            raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
-        return self._ss
-
-    def _next_tokens(self, writing: bool) -> tuple[tuple[int, bool, bool, str], ...]:
+    def _out_of_turn(self, writing: bool) -> None:
         if self._complete:
             raise ProtocolError("the Noise handshake is already complete")
-        if self.my_turn != writing:
-            if writing:
-                raise ProtocolError("it is the peer's turn to send a handshake message")
-            raise ProtocolError("it is our turn to send a handshake message, not to read one")
-        return self._plan[self._message_index]
+        if writing:
+            raise ProtocolError("it is the peer's turn to send a handshake message")
+        raise ProtocolError("it is our turn to send a handshake message, not to read one")
+
+    # _write and _read run the message's steps (_Role.steps) on the symmetric state held in
+    # local variables: ck, h, k, n and the AEAD object of k.  MixKey (§5.2) is written out where
+    # the hash has an RFC 5869 HKDF in ``cryptography`` (SHA256, SHA512: one call; §4.3's HKDF
+    # is RFC 5869's with ck as salt and an empty info), else it is _mix_key (BLAKE2).
 
     def _write(self, payload: bytes) -> bytes:
-        ops = self._next_tokens(writing=True)
+        index = self._message_index
+        if self._complete or (index % 2 == 0) != self.initiator:  # not my turn
+            self._out_of_turn(writing=True)
         if len(payload) > MAX_MESSAGE_LEN:
             raise TooLargeError(f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes")
-        ss = self._symmetric()
+        sym = self._sym
+        if sym is None:  # _complete and _failed make this unreachable
+            raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
+        role = self._role
+        new = role.new
+        algorithm = role.rfc5869
+        hashlen = role.hashlen
+        ck, h, k, n, aead = sym.ck, sym.h, sym.k, sym.n, sym.aead
         out = []
-        for op, local_e, remote_e, token in ops:
+        for op, local_e, remote_e, token in role.steps[index]:
             if op == _OP_DH:
-                ss.mix_key(self._dh_op(local_e, remote_e, token))
-            elif op == _OP_E:
-                if self._e is None:  # GENERATE_KEYPAIR(): one draw, loaded once
-                    self._e = _KeyPair(self._dh, _draw_private(self._dh, self._rng), "ephemeral")
-                public = self._e.public
-                out.append(public)
-                ss.mix_hash(public)
-                if self._has_psk:
-                    ss.mix_key(public)  # §9.2
-            elif op == _OP_S:
-                if self._s is None:  # required_keys() makes this unreachable
+                ikm = self._dh(local_e, remote_e, token)
+                if algorithm is None:
+                    ck, k = _mix_key(role, ck, ikm)
+                else:
+                    okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(ikm)
+                    ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                n, aead = 0, None
+            elif op == _OP_S or op == _OP_PAYLOAD:
+                if op == _OP_PAYLOAD:
+                    plaintext = payload
+                elif self._s is None:  # the key checks make this unreachable
                     raise ConfigError("this pattern sends a static key and none was given")
-                out.append(ss.encrypt_and_hash(self._s.public))
+                else:
+                    plaintext = self._s.public
+                # EncryptAndHash (§5.2): EncryptWithAd(h, plaintext) (§5.1), then MixHash.  A
+                # handshake's fields take the first branch or the second; CipherState itself
+                # handles anything else, with its checks and texts.
+                if k is not None and n < _FEW and len(plaintext) <= MAX_MESSAGE_LEN - TAG_LEN:
+                    if aead is None:
+                        aead = role.aead_class(k)
+                    ciphertext = aead.encrypt(role.nonces[n], plaintext, h)
+                    n += 1
+                elif k is None and len(plaintext) <= MAX_MESSAGE_LEN:
+                    ciphertext = plaintext
+                else:
+                    ciphertext, n = _aead_by_the_rules(role, True, k, n, h, plaintext)
+                out.append(ciphertext)
+                h = new(h + ciphertext).digest()
+            elif op == _OP_E:
+                pair = self._e
+                if pair is None:  # GENERATE_KEYPAIR(): one draw, loaded once
+                    pair = self._e = _key_pair(
+                        role.dh, _draw_private(role.dh, self._rng), "ephemeral"
+                    )
+                public = pair.public
+                out.append(public)
+                h = new(h + public).digest()  # MixHash
+                if role.has_psk:  # §9.2: MixKey(e.public_key) too
+                    if algorithm is None:
+                        ck, k = _mix_key(role, ck, public)
+                    else:
+                        okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(public)
+                        ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                    n, aead = 0, None
             else:
-                ss.mix_key_and_hash(self._psks.pop(0))
-        out.append(ss.encrypt_and_hash(payload))
+                ck, h, k = _mix_key_and_hash(role, ck, h, self._psks.pop(0))
+                n, aead = 0, None
         message = b"".join(out)
         if len(message) > MAX_MESSAGE_LEN:
             raise TooLargeError(
                 f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes; "
                 "the payload is too large"
             )
-        self._advance()
+        self._message_index = index = index + 1
+        if index < role.messages:
+            sym.ck, sym.h, sym.k, sym.n, sym.aead = ck, h, k, n, aead
+        else:
+            self._split(ck, h)
         return message
 
     def _read(self, message: bytes) -> bytes:
-        ops = self._next_tokens(writing=False)
+        index = self._message_index
+        if self._complete or (index % 2 == 0) == self.initiator:  # my turn to write
+            self._out_of_turn(writing=False)
         size = len(message)
         if size > MAX_MESSAGE_LEN:
             raise TooLargeError(f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes")
-        ss = self._symmetric()
-        dhlen = self._dh.dhlen
+        sym = self._sym
+        if sym is None:  # _complete and _failed make this unreachable
+            raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
+        role = self._role
+        new = role.new
+        algorithm = role.rfc5869
+        hashlen = role.hashlen
+        dhlen = role.dhlen
+        ck, h, k, n, aead = sym.ck, sym.h, sym.k, sym.n, sym.aead
         offset = 0
-        for op, local_e, remote_e, token in ops:
+        payload = b""
+        for op, local_e, remote_e, token in role.steps[index]:
             if op == _OP_DH:
-                ss.mix_key(self._dh_op(local_e, remote_e, token))
+                ikm = self._dh(local_e, remote_e, token)
+                if algorithm is None:
+                    ck, k = _mix_key(role, ck, ikm)
+                else:
+                    okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(ikm)
+                    ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                n, aead = 0, None
+            elif op == _OP_S or op == _OP_PAYLOAD:
+                if op == _OP_PAYLOAD:
+                    ciphertext = message[offset:] if offset else message
+                else:
+                    if self._rs is not None:
+                        raise ProtocolError("the peer's static key was already known")
+                    count = dhlen + TAG_LEN if k is not None else dhlen
+                    if offset + count > size:
+                        raise DecodeError("the Noise handshake message is too short")
+                    ciphertext = message[offset : offset + count]
+                    offset += count
+                # DecryptAndHash (§5.2): DecryptWithAd(h, ciphertext) (§5.1), then MixHash; as
+                # in _write, CipherState itself handles what the first two branches do not.
+                if k is not None and n < _FEW and TAG_LEN <= len(ciphertext):
+                    if aead is None:
+                        aead = role.aead_class(k)
+                    try:
+                        plaintext = aead.decrypt(role.nonces[n], ciphertext, h)
+                    except InvalidTag:
+                        raise AuthenticationError(_ALTERED) from None
+                    n += 1
+                elif k is None:
+                    plaintext = ciphertext
+                else:
+                    plaintext, n = _aead_by_the_rules(role, False, k, n, h, ciphertext)
+                h = new(h + ciphertext).digest()
+                if op == _OP_PAYLOAD:
+                    payload = plaintext
+                else:
+                    self._rs = plaintext
             elif op == _OP_E:
                 if self._re is not None:  # only a pre-message can have set it: a pattern bug
                     raise ProtocolError("the peer's ephemeral key was already known")
                 if offset + dhlen > size:
                     raise DecodeError("the Noise handshake message is too short")
-                self._re = message[offset : offset + dhlen]
+                re = self._re = message[offset : offset + dhlen]
                 offset += dhlen
-                ss.mix_hash(self._re)
-                if self._has_psk:
-                    ss.mix_key(self._re)  # §9.2
-            elif op == _OP_S:
-                if self._rs is not None:
-                    raise ProtocolError("the peer's static key was already known")
-                count = dhlen + TAG_LEN if ss.cipher_state.has_key() else dhlen
-                if offset + count > size:
-                    raise DecodeError("the Noise handshake message is too short")
-                field = message[offset : offset + count]
-                offset += count
-                self._rs = ss.decrypt_and_hash(field)
+                h = new(h + re).digest()  # MixHash
+                if role.has_psk:  # §9.2: MixKey(re) too
+                    if algorithm is None:
+                        ck, k = _mix_key(role, ck, re)
+                    else:
+                        okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(re)
+                        ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                    n, aead = 0, None
             else:
-                ss.mix_key_and_hash(self._psks.pop(0))
-        payload = ss.decrypt_and_hash(message[offset:] if offset else message)
-        self._advance()
+                ck, h, k = _mix_key_and_hash(role, ck, h, self._psks.pop(0))
+                n, aead = 0, None
+        self._message_index = index = index + 1
+        if index < role.messages:
+            sym.ck, sym.h, sym.k, sym.n, sym.aead = ck, h, k, n, aead
+        else:
+            self._split(ck, h)
         return payload
 
-    def _dh_op(self, local_e: bool, remote_e: bool, token: str) -> bytes:
-        """The DH of token ``ee``, ``es``, ``se`` or ``ss`` (§5.3), its keys picked by the
-        pattern's plan; each remote key is loaded once, at its first DH."""
+    def _dh(self, local_e: bool, remote_e: bool, token: str) -> bytes:
+        """DH(key_pair, public_key) (§4.1) of token ``ee``, ``es``, ``se`` or ``ss`` (§5.3),
+        its keys picked by the pattern's plan, refusing an all-zero result (§12.1, §12.2).
+
+        Each remote key is loaded once, at its first DH (issue 13).  The spec allows an
+        implementation to signal an error instead of returning the all-zero output of a
+        low-order public key; ``cryptography`` does so itself (a ``ValueError`` at the load or
+        the exchange), and the output is checked as well so that the rule holds whatever the
+        backend does.
+        """
         pair = self._e if local_e else self._s
-        remote_public = self._re if remote_e else self._rs
-        if pair is None or remote_public is None:
-            # Only a malformed pattern can get here; the table's patterns are all valid (§7.3).
-            raise ProtocolError(f"the pattern asks for DH {token!r} before both keys are known")
         remote = self._re_key if remote_e else self._rs_key
-        if remote is None:
+        if remote is None or pair is None:
+            remote_public = self._re if remote_e else self._rs
+            if pair is None or remote_public is None:
+                # Only a malformed pattern can get here; the table's are all valid (§7.3).
+                raise ProtocolError(f"the pattern asks for DH {token!r} before both keys are known")
             try:
-                remote = self._dh.public_from_bytes(remote_public)
+                remote = self._role.dh.public_from_bytes(remote_public)
             except ValueError:
                 raise AuthenticationError(_LOW_ORDER) from None
             if remote_e:
                 self._re_key = remote
             else:
                 self._rs_key = remote
-        return _dh_loaded(pair, remote)
+        try:
+            shared: bytes = pair.private.exchange(remote)
+        except ValueError:
+            raise AuthenticationError(_LOW_ORDER) from None
+        if hmac.compare_digest(shared, _ZEROS.get(len(shared)) or bytes(len(shared))):
+            raise AuthenticationError(_LOW_ORDER)
+        return shared
 
-    def _advance(self) -> None:
-        self._message_index += 1
-        if self._message_index < len(self.protocol.pattern.messages):
-            return
-        ss = self._symmetric()
-        c1, c2 = ss.split()
-        if self.protocol.pattern.one_way:
+    def _split(self, ck: bytes, h: bytes) -> None:
+        """After the last message: Split() (§5.2) and GetHandshakeHash(); forget the rest."""
+        role = self._role
+        temp_k1, temp_k2 = role.hashfns.hkdf(ck, b"", 2)
+        c1, c2 = _keyed(role.cipher, temp_k1[:32]), _keyed(role.cipher, temp_k2[:32])
+        if role.one_way:
             # §7.4: after a one-way handshake only the initiator sends; the second cipher state
             # must never be used, so it is handed out with its key removed and refusing work.
             c2.initialize_key(None)
             c2._refusal = "a one-way Noise pattern has no responder-to-initiator channel"
         self._transport = (c1, c2)
-        self._handshake_hash = ss.get_handshake_hash()
+        self._handshake_hash = h
         self._complete = True
         # The handshake's secrets are no longer needed (§5: delete all but h).
-        self._ss = None
+        self._sym = None
         self._e = None
         self._s = None
 

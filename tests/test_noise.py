@@ -25,6 +25,7 @@ from pairkit.pairing.noise import (
     PATTERNS,
     CipherState,
     HandshakeState,
+    KeyPair,
     NonceExhaustedError,
     SymmetricState,
     generate_keypair,
@@ -305,6 +306,29 @@ def test_injected_ephemeral_is_used_and_rng_is_not() -> None:
     private = bytes(range(32))
     message = HandshakeState(f"Noise_NN_{SUITE}", True, e=private, rng=rng).write_message()
     assert message == public_key("25519", private)
+
+
+def test_a_key_pair_is_the_same_static_key_as_its_private_bytes() -> None:
+    """A KeyPair passed as ``s`` gives the handshake its private key's own public key, the same
+    bytes as the raw private key gives; a KeyPair of another DH function is refused."""
+    static, ephemeral = bytes(range(32)), bytes(range(1, 33))
+    peer = bytes([9]) * 32
+    name = "Noise_XX_25519_ChaChaPoly_SHA256"
+    pair = KeyPair("25519", static)
+    assert pair.public == public_key("25519", static) and repr(pair) == "<key pair>"
+    messages = []
+    for s in (static, pair, pair):
+        initiator = HandshakeState(name, True, s=peer, e=ephemeral)
+        responder = HandshakeState(name, False, s=s, e=peer)
+        responder.read_message(initiator.write_message(b"one"))
+        messages.append(responder.write_message(b"two"))
+        initiator.read_message(messages[-1])
+        assert initiator.remote_static == public_key("25519", static)
+    assert messages[0] == messages[1] == messages[2]
+    with pytest.raises(ConfigError, match="56 bytes for DH 448"):
+        HandshakeState("Noise_XX_448_ChaChaPoly_SHA256", True, s=pair)
+    with pytest.raises(ConfigError, match="unknown Noise DH"):
+        KeyPair("1024", static)
 
 
 def test_rng_returning_the_wrong_length_is_refused() -> None:

@@ -26,7 +26,7 @@ from ..errors import AuthenticationError, ConfigError, PairingError, RefusedErro
 from ..machine import Event, Question
 from ..messages import Announce, Identity, device_name
 from ..negotiation import ALL_CAPS, Caps, Method, methods_mask
-from ..noise import HandshakeState
+from ..noise import HandshakeState, KeyPair
 from ..qr import QrCode
 
 PIN_NOISE = "Noise_XXpsk0_25519_ChaChaPoly_SHA256"
@@ -59,6 +59,15 @@ class LocalIdentity:
             key = X25519PrivateKey.from_private_bytes(self.static_private)
             object.__setattr__(self, "_static_key", key)
         return key
+
+    def noise_static(self) -> KeyPair:
+        """The static key as a Noise key pair, made once: each handshake takes it as it is,
+        with no public key to work out again (Noise rev 34 §5.3; issue 13)."""
+        pair = self.__dict__.get("_noise_static")
+        if pair is None:
+            pair = KeyPair("25519", self.static_key())
+            object.__setattr__(self, "_noise_static", pair)
+        return pair
 
     @classmethod
     def generate(cls, name: str, rng: Rng = os.urandom) -> LocalIdentity:

@@ -93,7 +93,7 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
         """The guest's Noise message in its Offer, its identity as payload."""
         self._hs = HandshakeState(
             name, True, prologue=_hello_hash(hello, self._context),
-            s=self.me.static_key(), rs=rs, psks=psks, rng=self._rng,
+            s=self.me.noise_static(), rs=rs, psks=psks, rng=self._rng,
         )
         ident = _identity(self.me, self._prekeys)
         return self._hs.write_message(_payload_bytes(ident))
@@ -120,7 +120,7 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
         """Read the host's message 1 (``psk, e``, empty payload): it proves the host holds the
         method's secret, and nothing about who the host is (it carries no static key)."""
         self._hs = HandshakeState(
-            PIN_NOISE, False, prologue=self._th, s=self.me.static_key(),
+            PIN_NOISE, False, prologue=self._th, s=self.me.noise_static(),
             psks=[psk], rng=self._rng,
         )
         try:
@@ -215,7 +215,7 @@ class HostSide(_LazyPrekeys, _Transcript, Machine):
     def _noise_initiator(self, psk: bytes) -> bytes:
         """The host's first message of the identity handshake (see GuestSide)."""
         self._hs = HandshakeState(
-            PIN_NOISE, True, prologue=self._th, s=self.me.static_key(),
+            PIN_NOISE, True, prologue=self._th, s=self.me.noise_static(),
             psks=[psk], rng=self._rng,
         )
         return self._hs.write_message(b"")

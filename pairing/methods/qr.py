@@ -43,6 +43,6 @@ class QrHost(HostSide):
             raise AuthenticationError("this QR code belongs to another host")
         self._hs = HandshakeState(
             QR_NOISE, False, prologue=_hello_hash(msg.hello, self._context),
-            s=self.me.static_key(), psks=[_qr_psk(code)], rng=self._rng,
+            s=self.me.noise_static(), psks=[_qr_psk(code)], rng=self._rng,
         )
         self._noise_1rtt(msg, hello, authenticated=True)

@@ -134,7 +134,7 @@ class ResumeHost(HostSide):
         self._known = known
         self._hs = HandshakeState(
             KK_NOISE, False, prologue=_hello_hash(msg.hello, self._context),
-            s=self.me.static_key(), rs=known.static_public, rng=self._rng,
+            s=self.me.noise_static(), rs=known.static_public, rng=self._rng,
         )
         # KK renews prekeys but never upgrades trust (docs/security.md, rule 5).
         self._noise_1rtt(msg, hello, authenticated=known.authenticated)
