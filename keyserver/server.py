@@ -691,23 +691,34 @@ class _Waiting:
     store's thread, inside the matching transaction, which then deletes its row); ``claimed``:
     such a match is committing, and the key is put in :attr:`sk` once it committed (or the
     claim is released if it failed); ``taking``: its waiter is asking the store (a match made
-    meanwhile stores the key sealed, for the store to answer); ``gone``: its waiter gave up.
-    Changed only under :attr:`TtpServer._hand_lock` (the loop's thread and the store's).
+    meanwhile stores the key sealed, for the store to answer); ``gone``: its waiter gave up
+    (or its task ended before its intent was stored).  Changed only under
+    :attr:`TtpServer._hand_lock` (the loop's thread and the store's).
+
+    It is made before the intent goes to the store and put among the waiters by the store's
+    thread as soon as the intent's row is committed (:func:`_post_intent`), not once its
+    coroutine runs again: both intents of a pair often reach the store's thread together
+    (under load, nearly always: bench/RESULTS.md, session 13), and the second then finds the
+    first waiting and hands it the key in memory.
     """
 
     event: asyncio.Event
     state: str = _WAITING
     sk: bytes | None = dataclasses.field(default=None, repr=False)
     match_id: bytes = b""
+    #: the intent's row, once stored and waiting
+    row: int | None = None
 
 
 def _post_intent(
-    s: TtpServer, q: IntentAsked, now: float
+    s: TtpServer, q: IntentAsked, now: float, waiting: _Waiting | None = None,
 ) -> tuple[DeviceRecord, DeviceRecord, Pending | Matched]:
     """On the store's thread: the device (enrolled with the static key it proved), its peer,
     and the intent posted (:meth:`Store.post_intent`); :class:`NotFoundError` when either
     device is not enrolled (and nothing is posted).  A match with an intent waiting in this
-    process hands its key over in memory (:class:`_Waiting`)."""
+    process hands its key over in memory (:class:`_Waiting`).  An intent stored to wait is
+    among the waiters as ``waiting`` from its commit on; if its task has ended meanwhile
+    (``waiting`` gone), it is withdrawn instead."""
     store = s.store
     me = store.device(q.device_id)
     if me is None or not same(me.static, q.static):
@@ -734,9 +745,27 @@ def _post_intent(
         for row in claimed:  # nothing was committed: the waiter waits on
             s._unclaim(row)
         raise
-    if isinstance(outcome, Matched) and outcome.handed:
-        s._hand(outcome.partner_row, outcome.sk, outcome.match_id)
+    if isinstance(outcome, Matched):
+        if outcome.handed:
+            s._hand(outcome.partner_row, outcome.sk, outcome.match_id)
+    elif waiting is not None:
+        with s._hand_lock:
+            if waiting.state == _WAITING:
+                waiting.row = outcome.row
+                s._waiters[outcome.row] = waiting
+                return me, peer, outcome
+        # Its task ended before the intent was stored: nobody would take a key handed to it.
+        store.cancel_intent(outcome.row)
     return me, peer, outcome
+
+
+def _withdraw(s: TtpServer, row: int) -> None:
+    """On the store's thread: withdraw the waiting intent ``row`` whose task has ended (a
+    match made meanwhile has its key dropped, as for a waiter that gave up)."""
+    store = s._store
+    if store is not None:
+        with contextlib.suppress(Exception):  # best effort: the intent expires anyway
+            store.cancel_intent(row)
 
 
 class _Conn:
@@ -763,16 +792,28 @@ class _Conn:
         s = self.s
         # One trip to the store's thread: both devices looked up, then the intent posted
         # (only once the device is known to be enrolled with the key it proved).
-        me, peer, outcome = await s.db(_post_intent, s, q, s._clock())
+        waiting = _Waiting(asyncio.Event())
+        try:
+            me, peer, outcome = await s.db(_post_intent, s, q, s._clock(), waiting)
+        except BaseException:
+            # Ended (cancelled) while the store had the intent: stored and waiting already,
+            # it is withdrawn; not stored yet, the store's thread withdraws it (gone).
+            with s._hand_lock:
+                row = waiting.row
+                if waiting.state == _WAITING:
+                    waiting.state = _GONE
+                if row is not None:
+                    s._waiters.pop(row, None)
+            if row is not None:
+                with contextlib.suppress(RuntimeError):  # the store's threads have stopped
+                    s._executor.run(functools.partial(_withdraw, s, row))
+            raise
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)
             s.stats["deliveries"] += 1
             s._log(f"matched {me.name} ({q.role.name.lower()}) with {peer.name}: key delivered")
             return SkDelivery(outcome.match_id, outcome.sk, peer)
-        row = outcome.row
-        waiting = _Waiting(asyncio.Event())
-        with s._hand_lock:
-            s._waiters[row] = waiting
+        row = outcome.row  # waiting among s._waiters since its commit (_post_intent)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + q.wait
         taken = False
