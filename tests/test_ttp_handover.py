@@ -247,3 +247,33 @@ async def test_an_intent_whose_task_ended_before_it_was_stored_is_withdrawn(
         await h.server.db(lambda: None)  # after the posted intent
         assert h.server._waiters == {}
         assert await h.server.db(h.server.store.pending_count) == 0
+
+
+async def test_store_calls_made_together_run_in_order_each_with_its_own_outcome() -> None:
+    """Calls made in one turn of the loop share their hand-off to the store's thread (and
+    outcomes their wake-up): each still runs once, in order, and settles only its own
+    caller's future, a failure or a cancelled caller included."""
+    threads = server_module._StoreThreads(1, "test-store")
+    ran: list[object] = []
+
+    def ok(value: int) -> int:
+        ran.append(value)
+        return value
+
+    def failing() -> int:
+        ran.append("failing")
+        raise store_module.StoreError("the third call fails")
+
+    try:
+        futures = [threads.run(lambda i=i: ok(i)) for i in range(2)]
+        futures.append(threads.run(failing))
+        gone = threads.run(lambda: ok(3))
+        gone.cancel()
+        futures.append(threads.run(lambda: ok(4)))
+        got = await asyncio.gather(*futures, return_exceptions=True)
+        assert got[:2] == [0, 1] and got[3] == 4
+        assert isinstance(got[2], store_module.StoreError)
+        assert ran == [0, 1, "failing", 3, 4]  # the cancelled caller's call ran, unread
+        assert await threads.run(lambda: ok(5)) == 5  # a later turn: a hand-off of its own
+    finally:
+        threads.shutdown()
