@@ -27,6 +27,7 @@ failures at ERROR, their text starting with ``error:``).  It prints nothing itse
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -583,58 +584,104 @@ class TtpServer:
                 waiting.sk, waiting.match_id = sk, match_id
 
 
+#: a store call and the future its outcome settles
+_Call = tuple[Callable[[], Any], asyncio.Future[Any]]
+
+
 class _StoreThreads:
     """The store's threads: each call runs on one of them, and its outcome wakes the waiting
-    coroutine with one callback on its event loop.  (``run_in_executor`` on a
-    ``ThreadPoolExecutor`` spent twice the CPU per call, a concurrent future with its lock and
-    condition chained to an asyncio future: bench/RESULTS.md, "2026-12-06".)  Threads start
-    with the first call; :meth:`shutdown` lets the calls already queued run, then stops them.
+    coroutine on the event loop.  (``run_in_executor`` on a ``ThreadPoolExecutor`` spent twice
+    the CPU per call, a concurrent future with its lock and condition chained to an asyncio
+    future: bench/RESULTS.md, "2026-12-06".)  Threads start with the first call;
+    :meth:`shutdown` lets the calls already queued run, then stops them.
+
+    Hand-offs are shared between calls (bench/RESULTS.md, session 13: the queue's wake-ups and
+    the GIL passing back and forth were a tenth of the key server's CPU): with one thread
+    (SQLite), the calls made in one turn of the event loop go to it together, in order, at the
+    end of the turn; and outcomes that are ready before the loop has taken the last ones wake
+    it once.  With several threads (PostgreSQL) each call goes to a thread of its own, so that
+    their round trips to the database overlap.  Every call is still its own transaction.
     """
 
     def __init__(self, count: int, name: str) -> None:
-        self._calls: queue.SimpleQueue[
-            tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
-        ] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[list[_Call] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True)
             for i in range(count)
         ]
+        self._together = count == 1
+        #: calls made in this turn of the loop, for the one thread (handed over at its end)
+        self._batch: list[_Call] = []
+        #: outcomes the threads have ready, and whether the loop has been told of them
+        self._done: collections.deque[tuple[asyncio.Future[Any], tuple[bool, Any]]] = (
+            collections.deque())
+        self._told = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._stopped = False
 
     def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """``fn()`` on a store thread; awaiting the future gives its value or raises its
-        exception.  Cancelling the future does not stop ``fn`` (as with an executor)."""
+        exception.  Cancelling the future does not stop ``fn`` (as with an executor).  Every
+        call comes from the one event loop that made the first."""
         if self._stopped:
             raise RuntimeError("the store's threads have stopped")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("the store's threads serve the event loop of their first call")
         if not self._started:
             self._started = True
             for thread in self._threads:
                 thread.start()
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._calls.put((fn, future, loop))
+        if not self._together:
+            self._calls.put([(fn, future)])
+        else:
+            if not self._batch:
+                loop.call_soon(self._hand_over)
+            self._batch.append((fn, future))
         return future
 
+    def _hand_over(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:
+            self._calls.put(batch)
+
     def _work(self) -> None:
-        while (call := self._calls.get()) is not None:
-            fn, future, loop = call
-            del call
-            try:
-                outcome: tuple[bool, Any] = (True, fn())
-            except StopIteration as exc:  # a future cannot carry it
-                outcome = (False, RuntimeError(f"a store call raised {type(exc).__name__}"))
-            except BaseException as exc:
-                outcome = (False, exc)
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
-                loop.call_soon_threadsafe(_settle, future, outcome)
-            del fn, future, outcome
+        while (batch := self._calls.get()) is not None:
+            for fn, future in batch:
+                try:
+                    outcome: tuple[bool, Any] = (True, fn())
+                except StopIteration as exc:  # a future cannot carry it
+                    outcome = (False, RuntimeError(f"a store call raised {type(exc).__name__}"))
+                except BaseException as exc:
+                    outcome = (False, exc)
+                self._done.append((future, outcome))
+                del fn, future, outcome
+                if not self._told:
+                    # Outcomes added before the loop takes them ride on this wake-up:
+                    # _settle_done clears the flag before it empties the deque.
+                    self._told = True
+                    assert self._loop is not None
+                    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                        self._loop.call_soon_threadsafe(self._settle_done)
+            del batch
+
+    def _settle_done(self) -> None:
+        self._told = False
+        done = self._done
+        while done:
+            future, outcome = done.popleft()
+            _settle(future, outcome)
 
     def shutdown(self) -> None:
         """Run what is queued, then stop the threads (waits for them)."""
         self._stopped = True
         if not self._started:
             return
+        self._hand_over()
         for _ in self._threads:
             self._calls.put(None)
         for thread in self._threads:
@@ -691,23 +738,34 @@ class _Waiting:
     store's thread, inside the matching transaction, which then deletes its row); ``claimed``:
     such a match is committing, and the key is put in :attr:`sk` once it committed (or the
     claim is released if it failed); ``taking``: its waiter is asking the store (a match made
-    meanwhile stores the key sealed, for the store to answer); ``gone``: its waiter gave up.
-    Changed only under :attr:`TtpServer._hand_lock` (the loop's thread and the store's).
+    meanwhile stores the key sealed, for the store to answer); ``gone``: its waiter gave up
+    (or its task ended before its intent was stored).  Changed only under
+    :attr:`TtpServer._hand_lock` (the loop's thread and the store's).
+
+    It is made before the intent goes to the store and put among the waiters by the store's
+    thread as soon as the intent's row is committed (:func:`_post_intent`), not once its
+    coroutine runs again: both intents of a pair often reach the store's thread together
+    (under load, nearly always: bench/RESULTS.md, session 13), and the second then finds the
+    first waiting and hands it the key in memory.
     """
 
     event: asyncio.Event
     state: str = _WAITING
     sk: bytes | None = dataclasses.field(default=None, repr=False)
     match_id: bytes = b""
+    #: the intent's row, once stored and waiting
+    row: int | None = None
 
 
 def _post_intent(
-    s: TtpServer, q: IntentAsked, now: float
+    s: TtpServer, q: IntentAsked, now: float, waiting: _Waiting | None = None,
 ) -> tuple[DeviceRecord, DeviceRecord, Pending | Matched]:
     """On the store's thread: the device (enrolled with the static key it proved), its peer,
     and the intent posted (:meth:`Store.post_intent`); :class:`NotFoundError` when either
     device is not enrolled (and nothing is posted).  A match with an intent waiting in this
-    process hands its key over in memory (:class:`_Waiting`)."""
+    process hands its key over in memory (:class:`_Waiting`).  An intent stored to wait is
+    among the waiters as ``waiting`` from its commit on; if its task has ended meanwhile
+    (``waiting`` gone), it is withdrawn instead."""
     store = s.store
     me = store.device(q.device_id)
     if me is None or not same(me.static, q.static):
@@ -734,9 +792,27 @@ def _post_intent(
         for row in claimed:  # nothing was committed: the waiter waits on
             s._unclaim(row)
         raise
-    if isinstance(outcome, Matched) and outcome.handed:
-        s._hand(outcome.partner_row, outcome.sk, outcome.match_id)
+    if isinstance(outcome, Matched):
+        if outcome.handed:
+            s._hand(outcome.partner_row, outcome.sk, outcome.match_id)
+    elif waiting is not None:
+        with s._hand_lock:
+            if waiting.state == _WAITING:
+                waiting.row = outcome.row
+                s._waiters[outcome.row] = waiting
+                return me, peer, outcome
+        # Its task ended before the intent was stored: nobody would take a key handed to it.
+        store.cancel_intent(outcome.row)
     return me, peer, outcome
+
+
+def _withdraw(s: TtpServer, row: int) -> None:
+    """On the store's thread: withdraw the waiting intent ``row`` whose task has ended (a
+    match made meanwhile has its key dropped, as for a waiter that gave up)."""
+    store = s._store
+    if store is not None:
+        with contextlib.suppress(Exception):  # best effort: the intent expires anyway
+            store.cancel_intent(row)
 
 
 class _Conn:
@@ -763,16 +839,28 @@ class _Conn:
         s = self.s
         # One trip to the store's thread: both devices looked up, then the intent posted
         # (only once the device is known to be enrolled with the key it proved).
-        me, peer, outcome = await s.db(_post_intent, s, q, s._clock())
+        waiting = _Waiting(asyncio.Event())
+        try:
+            me, peer, outcome = await s.db(_post_intent, s, q, s._clock(), waiting)
+        except BaseException:
+            # Ended (cancelled) while the store had the intent: stored and waiting already,
+            # it is withdrawn; not stored yet, the store's thread withdraws it (gone).
+            with s._hand_lock:
+                row = waiting.row
+                if waiting.state == _WAITING:
+                    waiting.state = _GONE
+                if row is not None:
+                    s._waiters.pop(row, None)
+            if row is not None:
+                with contextlib.suppress(RuntimeError):  # the store's threads have stopped
+                    s._executor.run(functools.partial(_withdraw, s, row))
+            raise
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)
             s.stats["deliveries"] += 1
             s._log(f"matched {me.name} ({q.role.name.lower()}) with {peer.name}: key delivered")
             return SkDelivery(outcome.match_id, outcome.sk, peer)
-        row = outcome.row
-        waiting = _Waiting(asyncio.Event())
-        with s._hand_lock:
-            s._waiters[row] = waiting
+        row = outcome.row  # waiting among s._waiters since its commit (_post_intent)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + q.wait
         taken = False
