@@ -319,6 +319,57 @@ async def test_a_delegates_own_timeout_is_not_taken_for_the_persons_silence() ->
     assert isinstance(results[1], RemoteError)
 
 
+async def test_a_person_has_the_whole_answer_time_past_the_last_reads_deadline() -> None:
+    # On a bare link the question is awaited under the run's one timer (issue 13), armed at
+    # the last read's deadline (a 0.3 s step): that must not cut the person short, who has
+    # the answer time, and the reads after the answer get their own deadline again.
+    class Slow:
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            await asyncio.sleep(0.8)
+            return True
+
+    guest, host = machines(Method.COMPARE, timeout=0.3)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        await asyncio.wait_for(
+            asyncio.gather(drive(guest, a, delegate=Slow(), answer_time=5),
+                           drive(host, b, delegate=Yes())), 10
+        )
+    assert guest.session is not None and host.session is not None
+
+
+async def test_a_run_cancelled_while_its_person_is_asked_on_a_bare_link_is_cancelled() -> None:
+    # Ctrl-C while the person is asked (the question awaited in place, under the run's timer):
+    # the run is cancelled, not timed out; the question is withdrawn; the peer hears why.
+    class Ponders:
+        asked = asyncio.Event()
+        withdrawn = False
+
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            self.asked.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                Ponders.withdrawn = True
+                raise
+            return True
+
+    guest, host = machines(Method.COMPARE)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        person = Ponders()
+        guest_run = asyncio.ensure_future(drive(guest, a, delegate=person, answer_time=60))
+        host_run = asyncio.ensure_future(drive(host, b, delegate=Yes(), answer_time=60))
+        await asyncio.wait_for(person.asked.wait(), 10)
+        guest_run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await guest_run
+        assert Ponders.withdrawn
+        with pytest.raises(RemoteError) as caught:
+            await asyncio.wait_for(host_run, 10)
+    assert str(caught.value) == "the other side cancelled"
+
+
 async def test_a_pipe_that_polls_its_own_way_is_polled() -> None:
     # A pipe subclass that reads its own way (it overrides recv) is awaited, unless it also
     # says how to take a message already there (poll_unabsorbed): then that is used.
