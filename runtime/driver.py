@@ -334,13 +334,12 @@ async def drive(
         nonlocal inbox
         hook = wait_turn if isinstance(event, WaitTurn) else _hook(delegate, event)
         if not read_ahead:
-            # Nothing to read meanwhile: the answer is awaited here, no task of its own.
-            limit = asyncio.timeout(answer_time)
+            # Nothing to read meanwhile: the answer is awaited here, no task of its own, under
+            # the run's one timer (issue 13: as the reads, no timeout context per question).
             try:
-                async with limit:
-                    value = await hook(event)
+                value = await reads.wait(hook(event), loop.time() + answer_time)
             except TimeoutError:
-                if not limit.expired():
+                if not reads.took_too_long():
                     raise  # the delegate's own error, not our deadline
                 # Our side did not answer: the peer is waiting, so tell it why.
                 exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
@@ -500,7 +499,8 @@ class _ReadDeadline:
     loses nothing: links' reads are cancel-safe and a partial message stays reassembling.
     """
 
-    __slots__ = ("_armed", "_expired", "_handle", "_loop", "_owner", "_task", "_when")
+    __slots__ = ("_armed", "_expired", "_handle", "_loop", "_owner", "_task", "_timed_out",
+                 "_when")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, owner: asyncio.Task[Any] | None = None
@@ -512,6 +512,7 @@ class _ReadDeadline:
         self._when = 0.0  # the deadline of the read under way
         self._task: asyncio.Task[Any] | None = None  # set while a read waits
         self._expired = False
+        self._timed_out = False  # the last wait ended by this deadline
 
     async def read(self, read: Callable[[], Any], when: float) -> bytes:
         """``await read()``, or TimeoutError once the loop's clock reaches ``when``."""
@@ -528,6 +529,7 @@ class _ReadDeadline:
             self._arm(when)
         cancelling = task.cancelling()
         self._expired = False
+        self._timed_out = False
         self._task = task
         try:
             result = await awaitable
@@ -537,6 +539,7 @@ class _ReadDeadline:
             if self._expired:  # as asyncio.timeout's exit: our cancel request is taken back
                 self._expired = False
                 if task.uncancel() <= cancelling and isinstance(exc, asyncio.CancelledError):
+                    self._timed_out = True
                     raise TimeoutError from None  # our deadline, and no one else's cancel
             raise
         finally:
@@ -545,6 +548,10 @@ class _ReadDeadline:
             self._expired = False
             task.uncancel()
         return result
+
+    def took_too_long(self) -> bool:
+        """Whether the last wait's TimeoutError was this deadline's (not the awaited's own)."""
+        return self._timed_out
 
     def _arm(self, when: float) -> None:
         if self._handle is not None:
