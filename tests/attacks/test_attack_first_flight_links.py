@@ -118,3 +118,31 @@ async def test_a_stranger_who_starts_a_message_and_stops_is_dropped_at_the_first
         with contextlib.suppress(BaseException):
             await server
         await listener.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding (atk13, medium; not new in session 13): a BLE connection that never "
+    "subscribes to TX (nor opens the L2CAP channel) never becomes a link, so the admission "
+    "(its first flight, its places) never sees it: a stranger holds the host's connection "
+    "(a controller has a few) with no deadline",
+)
+async def test_a_ble_connection_that_never_opens_a_link_is_dropped_at_the_first_flight(
+    world: World, paul: Keystore  # noqa: F811
+) -> None:
+    """``run_host`` over BLE with a 0.3 s first flight; a stranger's device connects (LE, at
+    the controller) and does nothing more.  The host must drop that connection as it drops a
+    link that says nothing."""
+    from pairkit.admission import AdmissionLimits
+
+    limits = AdmissionLimits(first_flight=0.3)
+    host = await world.start_host(
+        paul, frozenset({Method.PIN, Method.RESUME}), prefer_l2cap=False, admission=limits
+    )
+    stranger = await world.device(prefer_l2cap=False)
+    stranger.device.remove_all_listeners(stranger.device.EVENT_CONNECTION)  # (its own drop)
+    connection = await asyncio.wait_for(stranger.device.connect(host.address), 5)
+    assert connection.handle is not None
+    assert len(host.transport.device.connections) == 1
+    # 10 first flights: ample for the first one
+    await eventually(lambda: not host.transport.device.connections, 10 * limits.first_flight)
