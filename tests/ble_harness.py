@@ -162,9 +162,11 @@ class World:
         person: Person | None = None,
         prefer_l2cap: bool = True,
         on_session: SessionHandler | None = None,
+        device: dict[str, Any] | None = None,
         **options: Any,
     ) -> HostRun:
-        transport = await self.device(prefer_l2cap=prefer_l2cap)
+        """``run_host`` on a new device (``device``: more :class:`BumbleConfig` fields)."""
+        transport = await self.device(prefer_l2cap=prefer_l2cap, **(device or {}))
         person = person or Person()
         options.setdefault("visible", 60.0)
         opts = HostOptions(transport=SPEC, methods=methods, quiet=True, **options)
