@@ -116,15 +116,23 @@ class Admitted:
 
     async def recv(self) -> bytes:
         if self.received == 0 and self.pending:
-            left = self.since + self._admission.limits.first_flight - self._admission.clock()
-            try:
-                async with asyncio.timeout(max(left, 0.0)):
-                    message: bytes = await self._link.recv()
-            except TimeoutError:
-                raise PairingTimeout(
-                    f"{self._link.peer} sent nothing within "
-                    f"{self._admission.limits.first_flight:g} s of connecting"
-                ) from None
+            first_flight = self._admission.limits.first_flight
+            left = self.since + first_flight - self._admission.clock()
+            # A link may give its peer more time for work of its own before the first
+            # message (BLE: an LE pairing under way, bounded: BleLink.first_flight_extension).
+            extension = getattr(self._link, "first_flight_extension", None)
+            while True:
+                try:
+                    async with asyncio.timeout(max(left, 0.0)):
+                        message: bytes = await self._link.recv()
+                    break
+                except TimeoutError:
+                    left = extension(first_flight) if extension is not None else 0.0
+                    if left <= 0:
+                        raise PairingTimeout(
+                            f"{self._link.peer} sent nothing within "
+                            f"{first_flight:g} s of connecting"
+                        ) from None
         else:
             message = await self._link.recv()
         self._heard()

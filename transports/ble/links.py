@@ -192,8 +192,14 @@ class BleLink(BufferedLink):
         #: the last pairing attempt on this connection was legacy (refused, or made by a
         #: device that is not SC-only)
         self._legacy = False
+        #: when this link was made, and its last LE pairing's start and end (None: under way),
+        #: on the loop's clock (:meth:`first_flight_extension`)
+        self._opened = self._loop.time()
+        self._smp: tuple[float, float | None] | None = None
         connection.on(connection.EVENT_DISCONNECTION, self._on_disconnection)
+        connection.on(connection.EVENT_PAIRING_START, self._on_pairing_start)
         connection.on(connection.EVENT_PAIRING, self._on_pairing)
+        connection.on(connection.EVENT_PAIRING_FAILURE, self._on_pairing_end)
         connection.on(LEGACY_REFUSED, self._on_legacy_refused)
         if guest:
             connection.on(connection.EVENT_SECURITY_REQUEST, self._on_security_request)
@@ -394,7 +400,34 @@ class BleLink(BufferedLink):
             if failed.done():
                 failed.exception()  # retrieved: never "exception was never retrieved"
 
+    def first_flight_extension(self, first_flight: float) -> float:
+        """How many seconds more than the admission's ``first_flight`` the peer's first
+        message may still take on this link because of an LE pairing on it (runtime/
+        admission.py; docs/security.md, "A pairing host's pending links").
+
+        A guest pairing with ``clear`` turns on LE Secure Connections after its link is
+        admitted and before it says anything, and that pairing may ask a person (bumble's
+        ``PairingDelegate``): it has the link's ``encrypt_timeout`` from its start, and the
+        guest a first flight after it ends.  Never more in all than one first flight, one
+        ``encrypt_timeout`` and one first flight from the link's making, however often a peer
+        starts a pairing again; 0 when no pairing was started."""
+        if self._smp is None:
+            return 0.0
+        started, ended = self._smp
+        limit = self._options.encrypt_timeout
+        until = (started + limit if ended is None else ended) + first_flight
+        until = min(until, self._opened + 2 * first_flight + limit)
+        return max(0.0, until - self._loop.time())
+
+    def _on_pairing_start(self) -> None:
+        self._smp = (self._loop.time(), None)
+
+    def _on_pairing_end(self, *_reason: Any) -> None:
+        if self._smp is not None and self._smp[1] is None:
+            self._smp = (self._smp[0], self._loop.time())
+
     def _on_pairing(self, keys: Any) -> None:
+        self._on_pairing_end()
         # Device.on_pairing has set connection.sc to what the SMP session really used.
         ltk = getattr(keys, "ltk", None) or getattr(keys, "ltk_central", None) or getattr(
             keys, "ltk_peripheral", None
