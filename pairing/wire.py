@@ -878,6 +878,8 @@ def _make_decoder(cls: type, nested: bool) -> Any:
         return _NO_FAST
     names: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_long_uint": _long_uint}
     lines = ["def decode(data, pos, n, count):", "    got = 0"]
+    if nested:  # the map's head, one byte (0xA0 to 0xB7), is just before ``pos``
+        lines.append("    start = pos - 1")
     for i, f in enumerate(fields):
         how = _fast_kind(f.kind)
         v = f"v{i}"
@@ -963,6 +965,24 @@ def _make_decoder(cls: type, nested: bool) -> Any:
             ]
             if max_len is not None:
                 lines += [f"        if items > {max_len}:", "            return None"]
+            if size is not None and len(_head(2, size)) == 1:
+                # every item a one-byte head and ``size`` bytes: the heads are checked at once,
+                # as a strided slice of the data (the same items taken, the same refused)
+                stride = 1 + size
+                names[f"hs{i}"] = _head(2, size)
+                lines += [
+                    f"        end = pos + items * {stride}",
+                    "        if end > n:",
+                    "            return None",
+                    f"        if data[pos:end:{stride}] != hs{i} * items:",
+                    "            return None",
+                    f"        {v} = tuple([data[p:p + {size}]",
+                    f"                     for p in range(pos + 1, end, {stride})])",
+                    "        pos = end",
+                    "        got += 1",
+                    *absent,
+                ]
+                continue
             lines += ["        got_items = []", "        for _ in range(items):"]
             if size is not None:
                 names[f"h{i}"] = item_head = _head(2, size)
@@ -990,6 +1010,19 @@ def _make_decoder(cls: type, nested: bool) -> Any:
     lines += ["    if got != count:", "        return None"]
     if direct:
         lines += ["    msg = _new(_cls)", f"    msg.__dict__.update({{{values}}})"]
+    if nested:
+        # A struct read inside a message keeps the bytes it was read from as its encoding
+        # (as encode_struct keeps the one it makes): the peer's announcement is encoded again
+        # for ``th`` or ``hello_hash`` (issue 13).  They are the bytes the encoder would write,
+        # as this decoder takes each field in the one form the encoder writes, keys ascending,
+        # unless a field left out decodes to a value that is not None (a default the encoder
+        # would write): then only when every field was there.
+        names["_ES"] = _ENCODED_STRUCT
+        keep = "    msg.__dict__[_ES] = data[start:pos]"
+        if any(f"a{i}" in names and names[f"a{i}"] is not None for i in range(len(fields))):
+            lines += [f"    if got == {len(fields)}:", "    " + keep]
+        else:
+            lines.append(keep)
     else:  # the outermost map: its end must be the data's before the class's check may run
         lines += ["    if pos != n:", "        return None", f"    msg = _cls(**{{{values}}})"]
     lines.append("    return msg, pos")
