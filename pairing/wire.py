@@ -61,16 +61,18 @@ class Message:
 
     def encode(self) -> bytes:
         """The message's CBOR encoding (never larger than its type's ``MAX_SIZE``)."""
-        cached: bytes | None = self.__dict__.get(_ENCODED)
+        kept = self.__dict__
+        cached: bytes | None = kept.get(_ENCODED)
         if cached is not None:
             return cached
-        enc = _FAST_MESSAGE_ENC.get(type(self))
+        cls = type(self)
+        enc = _FAST_MESSAGE_ENC.get(cls)
         if enc is None:
-            enc = _FAST_MESSAGE_ENC[type(self)] = _make_encoder(type(self), message=True)
+            enc = _FAST_MESSAGE_ENC[cls] = _make_encoder(cls, message=True)
         if enc is not _NO_FAST:
             fast: bytes | None = enc(self)
             if fast is not None and len(fast) <= self.MAX_SIZE:
-                object.__setattr__(self, _ENCODED, fast)
+                kept[_ENCODED] = fast  # not a field: as object.__setattr__ would store it
                 return fast
         return _encode_general(self)
 
@@ -556,6 +558,8 @@ _FAST_STRUCT_ENC: dict[type, Any] = {}
 _FAST_MESSAGE_ENC: dict[type, Any] = {}
 #: decoders by (class, whether for a struct inside a map)
 _FAST_DEC: dict[tuple[type, bool], Any] = {}
+#: a message type's class, size limit (its own or MAX_MESSAGE, the smaller) and decoder
+_FAST_TOP: dict[int, tuple[type, int, Any]] = {}
 #: classes whose decoder is being generated (a class nested in itself gets none)
 _GENERATING: set[type] = set()
 
@@ -690,6 +694,12 @@ def _make_encoder(cls: type, *, message: bool) -> Any:
             names[f"kh{i}"] = tuple(key + _head(major, j) for j in range(256))
             if how == "bytes":
                 fast = ["if type(v) is bytes and len(v) < 256:", f"    parts += (kh{i}[len(v)], v)"]
+                if f.max_len is None or f.max_len >= 256:  # a Noise message with an identity
+                    names[f"kl{i}"] = key + bytes((0x59,))  # a length in two bytes
+                    fast += [
+                        "elif type(v) is bytes and len(v) < 65536:",
+                        f"    parts += (kl{i}, len(v).to_bytes(2, 'big'), v)",
+                    ]
             elif how == "str":  # ASCII: as many bytes as characters
                 fast = [
                     "if type(v) is str and len(v) < 256 and v.isascii():",
@@ -1045,10 +1055,16 @@ def _fast_decode(data: bytes, expect: Any) -> Any:
             if type_id < 24:
                 return None
             pos = 6
-        cls = _REGISTRY.get(type_id)
-        if cls is None or n > cls.MAX_SIZE or n > MAX_MESSAGE:
+        top = _FAST_TOP.get(type_id)
+        if top is None:
+            cls = _REGISTRY.get(type_id)
+            if cls is None:
+                return None
+            top = _FAST_TOP[type_id] = (cls, min(cls.MAX_SIZE, MAX_MESSAGE), _decoder(cls, False))
+        cls, limit, dec = top
+        if n > limit or dec is _NO_FAST:
             return None
-        if expect is not None:
+        if expect is not None and not (expect is cls and type(cls) is type):
             # classes only, so that the test below has no effect of its own and the general
             # decoder's order of checks (this one before the fields) needs no keeping here
             allowed = expect if isinstance(expect, tuple) else (expect,)
@@ -1056,9 +1072,6 @@ def _fast_decode(data: bytes, expect: Any) -> Any:
                 return None
             if cls not in allowed and not issubclass(cls, Abort):
                 return None
-        dec = _FAST_DEC.get((cls, False)) or _decoder(cls, False)
-        if dec is _NO_FAST:
-            return None
         got = dec(data, pos, n, first - 0xA2)
     except (IndexError, UnicodeDecodeError):
         return None
