@@ -18,7 +18,11 @@ Rng = Callable[[int], bytes]
 
 def hkdf(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
     """HKDF-SHA256 (RFC 5869)."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    return HKDF(algorithm=_SHA256, length=length, salt=salt, info=info).derive(ikm)
+
+
+#: the hash of every HKDF here (an instance holds no state: made once)
+_SHA256 = hashes.SHA256()
 
 
 def mac(key: bytes, *parts: bytes) -> bytes:
