@@ -35,6 +35,7 @@ import types
 import typing
 from collections.abc import Callable
 from enum import IntEnum
+from struct import Struct
 from typing import Any, ClassVar, TypeVar
 
 from . import cbor
@@ -986,8 +987,18 @@ def _make_decoder(cls: type, nested: bool) -> Any:
                     "            return None",
                     f"        if data[pos:end:{stride}] != hs{i} * items:",
                     "            return None",
-                    f"        {v} = tuple([data[p:p + {size}]",
-                    f"                     for p in range(pos + 1, end, {stride})])",
+                ]
+                if max_len is not None and max_len < 256:
+                    # the items cut out in C: a head byte skipped, ``size`` bytes taken, per item
+                    item = f"x{size}s"
+                    names[f"st{i}"] = tuple(Struct("<" + item * k) for k in range(max_len + 1))
+                    lines.append(f"        {v} = st{i}[items].unpack_from(data, pos)")
+                else:
+                    lines += [
+                        f"        {v} = tuple([data[p:p + {size}]",
+                        f"                     for p in range(pos + 1, end, {stride})])",
+                    ]
+                lines += [
                     "        pos = end",
                     "        got += 1",
                     *absent,
