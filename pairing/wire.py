@@ -1031,6 +1031,8 @@ def _make_decoder(cls: type, nested: bool) -> Any:
     lines += ["    if got != count:", "        return None"]
     if direct:
         lines += ["    msg = _new(_cls)", f"    msg.__dict__.update({{{values}}})"]
+    else:  # the outermost map: its end must be the data's before the class's check may run
+        lines += ["    if pos != n:", "        return None", f"    msg = _cls(**{{{values}}})"]
     if nested:
         # A struct read inside a message keeps the bytes it was read from as its encoding
         # (as encode_struct keeps the one it makes): the peer's announcement is encoded again
@@ -1044,8 +1046,6 @@ def _make_decoder(cls: type, nested: bool) -> Any:
             lines += [f"    if got == {len(fields)}:", "    " + keep]
         else:
             lines.append(keep)
-    else:  # the outermost map: its end must be the data's before the class's check may run
-        lines += ["    if pos != n:", "        return None", f"    msg = _cls(**{{{values}}})"]
     lines.append("    return msg, pos")
     return _compile(cls, "decode", lines, names)
 
