@@ -145,7 +145,10 @@ def message(*, type_id: int, max_size: int) -> Callable[[type[T]], type[T]]:
             raise ValueError(f"message type {type_id} is already {_REGISTRY[type_id].__name__}")
         if not issubclass(cls, Message):
             cls = type(cls.__name__, (cls, Message), dict(cls.__dict__))  # type: ignore[assignment]
+        own_init = "__init__" in cls.__dict__
         dc = dataclasses.dataclass(frozen=True)(cls)
+        if not own_init:
+            _store_fields_directly(dc)
         dc.TYPE = type_id  # type: ignore[attr-defined]
         dc.MAX_SIZE = max_size  # type: ignore[attr-defined]
         dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
@@ -160,10 +163,52 @@ def struct(cls: type[T]) -> type[T]:
     """Class decorator for a nested structure (a CBOR map inside a message, no version/type)."""
     if not issubclass(cls, Message):
         cls = type(cls.__name__, (cls, Message), dict(cls.__dict__))  # type: ignore[assignment]
+    own_init = "__init__" in cls.__dict__
     dc = dataclasses.dataclass(frozen=True)(cls)
+    if not own_init:
+        _store_fields_directly(dc)
     dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
     dc._KEY_ORDER = tuple(sorted(dc._FIELDS, key=lambda f: f.key))  # type: ignore[attr-defined]
     return dc
+
+
+def _store_fields_directly(cls: type) -> None:
+    """Give the frozen dataclass ``cls`` an ``__init__`` that stores its fields straight into
+    the instance's ``__dict__``, where the one ``dataclasses`` makes calls
+    ``object.__setattr__`` once per field (issue 13: a pairing builds about a dozen messages).
+    The same parameters, defaults (the same objects), annotations and name, so the same calls
+    are accepted and the same ``TypeError`` texts given; then ``__post_init__``, if any, as
+    before.  Classes with anything else in their ``__init__`` (pseudo-fields, fields outside it
+    or keyword-only, default factories) keep the one ``dataclasses`` made."""
+    generated = cls.__init__  # type: ignore[misc]
+    fields = dataclasses.fields(cls)
+    if (
+        len(fields) != len(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        or not all(f.name.isidentifier() for f in fields)
+        or any(not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING
+               for f in fields)
+    ):
+        return
+    names: dict[str, Any] = {}
+    params = ["self"]
+    for i, f in enumerate(fields):
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            names[f"_d{i}"] = f.default
+            params.append(f"{f.name}=_d{i}")
+    lines = [f"def __init__({', '.join(params)}):", "    d = self.__dict__"]
+    lines += [f"    d[{f.name!r}] = {f.name}" for f in fields]
+    if hasattr(cls, "__post_init__"):
+        lines.append("    self.__post_init__()")
+    code = compile("\n".join(lines) + "\n", f"<pairing/wire.py: __init__ of {cls.__qualname__}>",
+                   "exec")
+    exec(code, names)  # noqa: S102 - generated from the class definition only
+    init = names["__init__"]
+    init.__qualname__ = generated.__qualname__
+    init.__module__ = generated.__module__
+    init.__annotations__ = dict(generated.__annotations__)
+    cls.__init__ = init  # type: ignore[misc]
 
 
 def _fields_of(cls: type) -> tuple[_Field, ...]:
