@@ -172,6 +172,18 @@ def struct(cls: type[T]) -> type[T]:
     return dc
 
 
+def stores_fields_directly(cls: type[T]) -> type[T]:
+    """Class decorator, over ``@dataclasses.dataclass(frozen=True)``: the same class with an
+    ``__init__`` that stores its fields straight into the instance's ``__dict__`` (see
+    :func:`_store_fields_directly`); every message and struct class gets one."""
+    init = cls.__init__  # type: ignore[misc]
+    code = getattr(init, "__code__", None)
+    # only over the __init__ dataclasses made (exec'd source), never one the class defines
+    if code is not None and code.co_filename == "<string>" and code.co_name == "__init__":
+        _store_fields_directly(cls)
+    return cls
+
+
 def _store_fields_directly(cls: type) -> None:
     """Give the frozen dataclass ``cls`` an ``__init__`` that stores its fields straight into
     the instance's ``__dict__``, where the one ``dataclasses`` makes calls
@@ -183,7 +195,9 @@ def _store_fields_directly(cls: type) -> None:
     generated = cls.__init__  # type: ignore[misc]
     fields = dataclasses.fields(cls)
     if (
-        len(fields) != len(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        not getattr(cls, "__dataclass_params__", None)
+        or not cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        or len(fields) != len(cls.__dataclass_fields__)  # type: ignore[attr-defined]
         or not all(f.name.isidentifier() for f in fields)
         or any(not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING
                for f in fields)

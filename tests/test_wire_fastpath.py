@@ -40,7 +40,7 @@ import pairkit.pairing.methods
 import pairkit.pairing.service
 import pairkit.pairing.ttp  # noqa: F401 - each registers its messages
 from pairkit.pairing import cbor, wire
-from pairkit.pairing.methods import _Payload, _Prekeys
+from pairkit.pairing.methods import KnownPeer, PeerInfo, Prekey, Session, _Payload, _Prekeys
 
 SEED = 20261206
 
@@ -464,9 +464,9 @@ def _reference(cls: type) -> type:
     spec = []
     for f in dataclasses.fields(cls):
         if f.default is dataclasses.MISSING:
-            spec.append((f.name, f.type))
+            spec.append((f.name, f.type, dataclasses.field(repr=f.repr)))
         else:
-            spec.append((f.name, f.type, dataclasses.field(default=f.default)))
+            spec.append((f.name, f.type, dataclasses.field(default=f.default, repr=f.repr)))
     namespace = {}
     if hasattr(cls, "__post_init__"):
         namespace["__post_init__"] = cls.__post_init__
@@ -507,3 +507,32 @@ def test_the_generated_init_is_the_dataclass_one(cls: type) -> None:
         else:
             assert [getattr(got[1], n) for n in fields] == [getattr(want[1], n) for n in fields]
             assert vars(got[1]) == vars(want[1])
+
+
+@pytest.mark.parametrize("cls", [PeerInfo, Session, KnownPeer, Prekey], ids=lambda c: c.__name__)
+def test_the_generated_init_of_the_pairing_results_is_the_dataclass_one(cls: type) -> None:
+    """The same for the frozen dataclasses a pairing builds once each (wire's
+    ``stores_fields_directly``): signature, values, ``repr`` (secrets left out) and errors."""
+    assert "<pairing/wire.py: __init__ of" in cls.__init__.__code__.co_filename, cls
+    ref = _reference(cls)
+    assert str(inspect.signature(cls)) == str(inspect.signature(ref))
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    values = {f.name: f"value {i}".encode() for i, f in enumerate(fields)}
+    required = {f.name: values[f.name] for f in fields if f.default is dataclasses.MISSING}
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), values), (tuple(values.values()), {}), ((), required), ((), {}),
+        ((1,) * (len(fields) + 1), {}), ((), {**values, "no_such_field": 1}),
+        (tuple(required.values())[:1], {names[0]: 1}),
+    ]
+    for args, kwargs in calls:
+        got = _outcome(lambda a=args, k=kwargs: cls(*a, **k))
+        want = _outcome(lambda a=args, k=kwargs: ref(*a, **k))
+        assert got[0] == want[0], (args, kwargs)
+        if got[0] == "error":
+            assert got[1] == want[1]
+        else:
+            assert vars(got[1]) == vars(want[1])
+            assert repr(got[1]).replace(cls.__qualname__, "") == repr(want[1]).replace(
+                cls.__qualname__, ""
+            )

@@ -83,6 +83,7 @@ class LocalIdentity:
         )
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class Prekey:
     """One of our ephemeral keys offered to a peer for a later resume."""
@@ -91,6 +92,7 @@ class Prekey:
     private: bytes = dataclasses.field(repr=False)
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class KnownPeer:
     """A peer we paired with before (from the keystore)."""
@@ -104,6 +106,7 @@ class KnownPeer:
     authenticated: bool = True
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class PeerInfo:
     """Who the peer turned out to be."""
@@ -115,6 +118,7 @@ class PeerInfo:
     authenticated: bool
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class Session:
     """What a pairing produces: directional keys, the peer, and prekey bookkeeping."""
