@@ -27,11 +27,9 @@ _SHA256 = hashes.SHA256()
 
 def mac(key: bytes, *parts: bytes) -> bytes:
     """HMAC-SHA256 over the length-prefixed ``parts`` (unambiguous concatenation)."""
-    h = hmac.new(key, digestmod=hashlib.sha256)
-    for p in parts:
-        h.update(len(p).to_bytes(4, "big"))
-        h.update(p)
-    return h.digest()
+    # one-shot (the C HMAC of hashlib's OpenSSL), over the parts joined: the same bytes hashed
+    # as by one update per length and part (issue 13)
+    return hmac.digest(key, b"".join([len(p).to_bytes(4, "big") + p for p in parts]), "sha256")
 
 
 def same(a: bytes, b: bytes) -> bool:
