@@ -148,7 +148,7 @@ def message(*, type_id: int, max_size: int) -> Callable[[type[T]], type[T]]:
         own_init = "__init__" in cls.__dict__
         dc = dataclasses.dataclass(frozen=True)(cls)
         if not own_init:
-            _store_fields_directly(dc)
+            _INIT_PENDING.add(dc)
         dc.TYPE = type_id  # type: ignore[attr-defined]
         dc.MAX_SIZE = max_size  # type: ignore[attr-defined]
         dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
@@ -166,7 +166,7 @@ def struct(cls: type[T]) -> type[T]:
     own_init = "__init__" in cls.__dict__
     dc = dataclasses.dataclass(frozen=True)(cls)
     if not own_init:
-        _store_fields_directly(dc)
+        _INIT_PENDING.add(dc)
     dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
     dc._KEY_ORDER = tuple(sorted(dc._FIELDS, key=lambda f: f.key))  # type: ignore[attr-defined]
     return dc
@@ -182,6 +182,19 @@ def stores_fields_directly(cls: type[T]) -> type[T]:
     if code is not None and code.co_filename == "<string>" and code.co_name == "__init__":
         _store_fields_directly(cls)
     return cls
+
+
+#: message and struct classes whose __init__ dataclasses made, not replaced yet: each gets its
+#: direct-storing one with its codecs, on first use, so that importing the ~60 classes (the
+#: ``pairkit`` command's start-up) does not compile one per class (issue 13)
+_INIT_PENDING: set[type] = set()
+
+
+def _direct_init(cls: type) -> None:
+    """Give ``cls`` its direct-storing ``__init__`` if it awaits one (see _INIT_PENDING)."""
+    if cls in _INIT_PENDING:
+        _INIT_PENDING.discard(cls)
+        _store_fields_directly(cls)
 
 
 def _store_fields_directly(cls: type) -> None:
@@ -724,6 +737,7 @@ def _make_encoder(cls: type, *, message: bool) -> Any:
     Each field's commonest value (of its declared kind; short) is written after a key and head
     worked out here; any other value goes through :func:`_enc_any`, which writes what the
     general encoder would, or gives up (None)."""
+    _direct_init(cls)
     fields = _fast_fields(cls)
     type_id = getattr(cls, "TYPE", None) if message else 0
     if fields is None or type(type_id) is not int or not 0 <= type_id <= MAX_INT:
@@ -935,6 +949,7 @@ def _make_decoder(cls: type, nested: bool) -> Any:
     and runs it only once the map has ended exactly at the end of the data: the general
     decoder builds it last too, after every other check has passed (nested, or before the
     end, the general decoder would refuse the bytes after it first)."""
+    _direct_init(cls)
     fields = _fast_fields(cls)
     if fields is None or _static_depth(cls) > cbor.MAX_DEPTH - 2:
         return _NO_FAST

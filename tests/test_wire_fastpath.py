@@ -481,7 +481,9 @@ def test_the_generated_init_is_the_dataclass_one(cls: type) -> None:
     """wire gives each message class an ``__init__`` that stores its fields without
     ``object.__setattr__`` (issue 13): the same signature, values, class checks and errors as
     the one ``dataclasses`` makes, for valid calls, calls that break the class's own check,
-    and wrong calls (missing, extra and unknown arguments)."""
+    and wrong calls (missing, extra and unknown arguments).  (A class gets it with its codecs,
+    on first use: made here by generating an encoder.)"""
+    wire._make_encoder(cls, message=False)
     assert "<pairing/wire.py: __init__ of" in cls.__init__.__code__.co_filename, cls
     ref = _reference(cls)
     assert str(inspect.signature(cls)) == str(inspect.signature(ref))
