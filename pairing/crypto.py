@@ -18,16 +18,18 @@ Rng = Callable[[int], bytes]
 
 def hkdf(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
     """HKDF-SHA256 (RFC 5869)."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+    return HKDF(algorithm=_SHA256, length=length, salt=salt, info=info).derive(ikm)
+
+
+#: the hash of every HKDF here (an instance holds no state: made once)
+_SHA256 = hashes.SHA256()
 
 
 def mac(key: bytes, *parts: bytes) -> bytes:
     """HMAC-SHA256 over the length-prefixed ``parts`` (unambiguous concatenation)."""
-    h = hmac.new(key, digestmod=hashlib.sha256)
-    for p in parts:
-        h.update(len(p).to_bytes(4, "big"))
-        h.update(p)
-    return h.digest()
+    # one-shot (the C HMAC of hashlib's OpenSSL), over the parts joined: the same bytes hashed
+    # as by one update per length and part (issue 13)
+    return hmac.digest(key, b"".join([len(p).to_bytes(4, "big") + p for p in parts]), "sha256")
 
 
 def same(a: bytes, b: bytes) -> bool:

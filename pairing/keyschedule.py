@@ -124,7 +124,7 @@ def resume_keys(sk: bytes, th: bytes) -> tuple[bytes, bytes, bytes, bytes]:
 def fingerprint(secret: bytes, salt: bytes) -> str:
     """The session fingerprint both sides print: an exporter value, not the key."""
     fp = hkdf(secret, salt=salt, info=FINGERPRINT, length=8).hex()
-    return "-".join(fp[i : i + 4] for i in range(0, 16, 4))
+    return f"{fp[:4]}-{fp[4:8]}-{fp[8:12]}-{fp[12:]}"
 
 
 def noise_keys(hs: HandshakeState) -> tuple[bytes, bytes, str]:

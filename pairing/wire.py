@@ -35,6 +35,7 @@ import types
 import typing
 from collections.abc import Callable
 from enum import IntEnum
+from struct import Struct
 from typing import Any, ClassVar, TypeVar
 
 from . import cbor
@@ -61,16 +62,18 @@ class Message:
 
     def encode(self) -> bytes:
         """The message's CBOR encoding (never larger than its type's ``MAX_SIZE``)."""
-        cached: bytes | None = self.__dict__.get(_ENCODED)
+        kept = self.__dict__
+        cached: bytes | None = kept.get(_ENCODED)
         if cached is not None:
             return cached
-        enc = _FAST_MESSAGE_ENC.get(type(self))
+        cls = type(self)
+        enc = _FAST_MESSAGE_ENC.get(cls)
         if enc is None:
-            enc = _FAST_MESSAGE_ENC[type(self)] = _make_encoder(type(self), message=True)
+            enc = _FAST_MESSAGE_ENC[cls] = _make_encoder(cls, message=True)
         if enc is not _NO_FAST:
             fast: bytes | None = enc(self)
             if fast is not None and len(fast) <= self.MAX_SIZE:
-                object.__setattr__(self, _ENCODED, fast)
+                kept[_ENCODED] = fast  # not a field: as object.__setattr__ would store it
                 return fast
         return _encode_general(self)
 
@@ -142,7 +145,10 @@ def message(*, type_id: int, max_size: int) -> Callable[[type[T]], type[T]]:
             raise ValueError(f"message type {type_id} is already {_REGISTRY[type_id].__name__}")
         if not issubclass(cls, Message):
             cls = type(cls.__name__, (cls, Message), dict(cls.__dict__))  # type: ignore[assignment]
+        own_init = "__init__" in cls.__dict__
         dc = dataclasses.dataclass(frozen=True)(cls)
+        if not own_init:
+            _INIT_PENDING.add(dc)
         dc.TYPE = type_id  # type: ignore[attr-defined]
         dc.MAX_SIZE = max_size  # type: ignore[attr-defined]
         dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
@@ -157,10 +163,79 @@ def struct(cls: type[T]) -> type[T]:
     """Class decorator for a nested structure (a CBOR map inside a message, no version/type)."""
     if not issubclass(cls, Message):
         cls = type(cls.__name__, (cls, Message), dict(cls.__dict__))  # type: ignore[assignment]
+    own_init = "__init__" in cls.__dict__
     dc = dataclasses.dataclass(frozen=True)(cls)
+    if not own_init:
+        _INIT_PENDING.add(dc)
     dc._FIELDS = _fields_of(dc)  # type: ignore[attr-defined]
     dc._KEY_ORDER = tuple(sorted(dc._FIELDS, key=lambda f: f.key))  # type: ignore[attr-defined]
     return dc
+
+
+def stores_fields_directly(cls: type[T]) -> type[T]:
+    """Class decorator, over ``@dataclasses.dataclass(frozen=True)``: the same class with an
+    ``__init__`` that stores its fields straight into the instance's ``__dict__`` (see
+    :func:`_store_fields_directly`); every message and struct class gets one."""
+    init = cls.__init__  # type: ignore[misc]
+    code = getattr(init, "__code__", None)
+    # only over the __init__ dataclasses made (exec'd source), never one the class defines
+    if code is not None and code.co_filename == "<string>" and code.co_name == "__init__":
+        _store_fields_directly(cls)
+    return cls
+
+
+#: message and struct classes whose __init__ dataclasses made, not replaced yet: each gets its
+#: direct-storing one with its codecs, on first use, so that importing the ~60 classes (the
+#: ``pairkit`` command's start-up) does not compile one per class (issue 13)
+_INIT_PENDING: set[type] = set()
+
+
+def _direct_init(cls: type) -> None:
+    """Give ``cls`` its direct-storing ``__init__`` if it awaits one (see _INIT_PENDING)."""
+    if cls in _INIT_PENDING:
+        _INIT_PENDING.discard(cls)
+        _store_fields_directly(cls)
+
+
+def _store_fields_directly(cls: type) -> None:
+    """Give the frozen dataclass ``cls`` an ``__init__`` that stores its fields straight into
+    the instance's ``__dict__``, where the one ``dataclasses`` makes calls
+    ``object.__setattr__`` once per field (issue 13: a pairing builds about a dozen messages).
+    The same parameters, defaults (the same objects), annotations and name, so the same calls
+    are accepted and the same ``TypeError`` texts given; then ``__post_init__``, if any, as
+    before.  Classes with anything else in their ``__init__`` (pseudo-fields, fields outside it
+    or keyword-only, default factories) keep the one ``dataclasses`` made."""
+    generated = cls.__init__  # type: ignore[misc]
+    fields = dataclasses.fields(cls)
+    if (
+        not getattr(cls, "__dataclass_params__", None)
+        or not cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        or len(fields) != len(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+        or not all(f.name.isidentifier() for f in fields)
+        or any(not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING
+               for f in fields)
+    ):
+        return
+    names: dict[str, Any] = {}
+    params = ["self"]
+    for i, f in enumerate(fields):
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            names[f"_d{i}"] = f.default
+            params.append(f"{f.name}=_d{i}")
+    lines = [f"def __init__({', '.join(params)}):", "    d = self.__dict__"]
+    lines += [f"    d[{f.name!r}] = {f.name}" for f in fields]
+    if hasattr(cls, "__post_init__"):
+        lines.append("    self.__post_init__()")
+    code = compile("\n".join(lines) + "\n", f"<pairing/wire.py: __init__ of {cls.__qualname__}>",
+                   "exec")
+    exec(code, names)  # noqa: S102 - generated from the class definition only
+    init = names["__init__"]
+    init.__qualname__ = generated.__qualname__
+    init.__module__ = generated.__module__
+    init.__annotations__ = dict(generated.__annotations__)
+    cls.__init__ = init  # type: ignore[misc]
 
 
 def _fields_of(cls: type) -> tuple[_Field, ...]:
@@ -556,6 +631,8 @@ _FAST_STRUCT_ENC: dict[type, Any] = {}
 _FAST_MESSAGE_ENC: dict[type, Any] = {}
 #: decoders by (class, whether for a struct inside a map)
 _FAST_DEC: dict[tuple[type, bool], Any] = {}
+#: a message type's class, size limit (its own or MAX_MESSAGE, the smaller) and decoder
+_FAST_TOP: dict[int, tuple[type, int, Any]] = {}
 #: classes whose decoder is being generated (a class nested in itself gets none)
 _GENERATING: set[type] = set()
 
@@ -660,6 +737,7 @@ def _make_encoder(cls: type, *, message: bool) -> Any:
     Each field's commonest value (of its declared kind; short) is written after a key and head
     worked out here; any other value goes through :func:`_enc_any`, which writes what the
     general encoder would, or gives up (None)."""
+    _direct_init(cls)
     fields = _fast_fields(cls)
     type_id = getattr(cls, "TYPE", None) if message else 0
     if fields is None or type(type_id) is not int or not 0 <= type_id <= MAX_INT:
@@ -690,6 +768,12 @@ def _make_encoder(cls: type, *, message: bool) -> Any:
             names[f"kh{i}"] = tuple(key + _head(major, j) for j in range(256))
             if how == "bytes":
                 fast = ["if type(v) is bytes and len(v) < 256:", f"    parts += (kh{i}[len(v)], v)"]
+                if f.max_len is None or f.max_len >= 256:  # a Noise message with an identity
+                    names[f"kl{i}"] = key + bytes((0x59,))  # a length in two bytes
+                    fast += [
+                        "elif type(v) is bytes and len(v) < 65536:",
+                        f"    parts += (kl{i}, len(v).to_bytes(2, 'big'), v)",
+                    ]
             elif how == "str":  # ASCII: as many bytes as characters
                 fast = [
                     "if type(v) is str and len(v) < 256 and v.isascii():",
@@ -865,6 +949,7 @@ def _make_decoder(cls: type, nested: bool) -> Any:
     and runs it only once the map has ended exactly at the end of the data: the general
     decoder builds it last too, after every other check has passed (nested, or before the
     end, the general decoder would refuse the bytes after it first)."""
+    _direct_init(cls)
     fields = _fast_fields(cls)
     if fields is None or _static_depth(cls) > cbor.MAX_DEPTH - 2:
         return _NO_FAST
@@ -878,6 +963,8 @@ def _make_decoder(cls: type, nested: bool) -> Any:
         return _NO_FAST
     names: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_long_uint": _long_uint}
     lines = ["def decode(data, pos, n, count):", "    got = 0"]
+    if nested:  # the map's head, one byte (0xA0 to 0xB7), is just before ``pos``
+        lines.append("    start = pos - 1")
     for i, f in enumerate(fields):
         how = _fast_kind(f.kind)
         v = f"v{i}"
@@ -963,6 +1050,34 @@ def _make_decoder(cls: type, nested: bool) -> Any:
             ]
             if max_len is not None:
                 lines += [f"        if items > {max_len}:", "            return None"]
+            if size is not None and len(_head(2, size)) == 1:
+                # every item a one-byte head and ``size`` bytes: the heads are checked at once,
+                # as a strided slice of the data (the same items taken, the same refused)
+                stride = 1 + size
+                names[f"hs{i}"] = _head(2, size)
+                lines += [
+                    f"        end = pos + items * {stride}",
+                    "        if end > n:",
+                    "            return None",
+                    f"        if data[pos:end:{stride}] != hs{i} * items:",
+                    "            return None",
+                ]
+                if max_len is not None and max_len < 256:
+                    # the items cut out in C: a head byte skipped, ``size`` bytes taken, per item
+                    item = f"x{size}s"
+                    names[f"st{i}"] = tuple(Struct("<" + item * k) for k in range(max_len + 1))
+                    lines.append(f"        {v} = st{i}[items].unpack_from(data, pos)")
+                else:
+                    lines += [
+                        f"        {v} = tuple([data[p:p + {size}]",
+                        f"                     for p in range(pos + 1, end, {stride})])",
+                    ]
+                lines += [
+                    "        pos = end",
+                    "        got += 1",
+                    *absent,
+                ]
+                continue
             lines += ["        got_items = []", "        for _ in range(items):"]
             if size is not None:
                 names[f"h{i}"] = item_head = _head(2, size)
@@ -992,6 +1107,19 @@ def _make_decoder(cls: type, nested: bool) -> Any:
         lines += ["    msg = _new(_cls)", f"    msg.__dict__.update({{{values}}})"]
     else:  # the outermost map: its end must be the data's before the class's check may run
         lines += ["    if pos != n:", "        return None", f"    msg = _cls(**{{{values}}})"]
+    if nested:
+        # A struct read inside a message keeps the bytes it was read from as its encoding
+        # (as encode_struct keeps the one it makes): the peer's announcement is encoded again
+        # for ``th`` or ``hello_hash`` (issue 13).  They are the bytes the encoder would write,
+        # as this decoder takes each field in the one form the encoder writes, keys ascending,
+        # unless a field left out decodes to a value that is not None (a default the encoder
+        # would write): then only when every field was there.
+        names["_ES"] = _ENCODED_STRUCT
+        keep = "    msg.__dict__[_ES] = data[start:pos]"
+        if any(f"a{i}" in names and names[f"a{i}"] is not None for i in range(len(fields))):
+            lines += [f"    if got == {len(fields)}:", "    " + keep]
+        else:
+            lines.append(keep)
     lines.append("    return msg, pos")
     return _compile(cls, "decode", lines, names)
 
@@ -1012,10 +1140,16 @@ def _fast_decode(data: bytes, expect: Any) -> Any:
             if type_id < 24:
                 return None
             pos = 6
-        cls = _REGISTRY.get(type_id)
-        if cls is None or n > cls.MAX_SIZE or n > MAX_MESSAGE:
+        top = _FAST_TOP.get(type_id)
+        if top is None:
+            cls = _REGISTRY.get(type_id)
+            if cls is None:
+                return None
+            top = _FAST_TOP[type_id] = (cls, min(cls.MAX_SIZE, MAX_MESSAGE), _decoder(cls, False))
+        cls, limit, dec = top
+        if n > limit or dec is _NO_FAST:
             return None
-        if expect is not None:
+        if expect is not None and not (expect is cls and type(cls) is type):
             # classes only, so that the test below has no effect of its own and the general
             # decoder's order of checks (this one before the fields) needs no keeping here
             allowed = expect if isinstance(expect, tuple) else (expect,)
@@ -1023,9 +1157,6 @@ def _fast_decode(data: bytes, expect: Any) -> Any:
                 return None
             if cls not in allowed and not issubclass(cls, Abort):
                 return None
-        dec = _FAST_DEC.get((cls, False)) or _decoder(cls, False)
-        if dec is _NO_FAST:
-            return None
         got = dec(data, pos, n, first - 0xA2)
     except (IndexError, UnicodeDecodeError):
         return None

@@ -22,6 +22,7 @@ Bounded and seeded: a few seconds, the same cases on every run.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import random
 import typing
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ import pairkit.pairing.methods
 import pairkit.pairing.service
 import pairkit.pairing.ttp  # noqa: F401 - each registers its messages
 from pairkit.pairing import cbor, wire
-from pairkit.pairing.methods import _Payload, _Prekeys
+from pairkit.pairing.methods import KnownPeer, PeerInfo, Prekey, Session, _Payload, _Prekeys
 
 SEED = 20261206
 
@@ -452,3 +453,88 @@ def test_every_head_of_an_integer_at_the_end_of_a_message() -> None:
                            data.hex())
                     _check(lambda d=data: wire.decode_struct(Offer, d),
                            lambda d=data: wire._decode_struct_general(Offer, d), data.hex())
+
+
+# -- the generated __init__ against the one dataclasses makes ----------------------------------
+
+
+def _reference(cls: type) -> type:
+    """``cls`` made again as ``dataclasses`` makes it (its own ``__init__``), same fields,
+    defaults, name and ``__post_init__``, for comparison with the ``__init__`` wire gives it."""
+    spec = []
+    for f in dataclasses.fields(cls):
+        if f.default is dataclasses.MISSING:
+            spec.append((f.name, f.type, dataclasses.field(repr=f.repr)))
+        else:
+            spec.append((f.name, f.type, dataclasses.field(default=f.default, repr=f.repr)))
+    namespace = {}
+    if hasattr(cls, "__post_init__"):
+        namespace["__post_init__"] = cls.__post_init__
+    ref = dataclasses.make_dataclass(cls.__name__, spec, frozen=True, namespace=namespace)
+    ref.__qualname__ = cls.__qualname__
+    ref.__init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return ref
+
+
+@pytest.mark.parametrize("cls", MESSAGES + STRUCTS, ids=lambda c: c.__name__)
+def test_the_generated_init_is_the_dataclass_one(cls: type) -> None:
+    """wire gives each message class an ``__init__`` that stores its fields without
+    ``object.__setattr__`` (issue 13): the same signature, values, class checks and errors as
+    the one ``dataclasses`` makes, for valid calls, calls that break the class's own check,
+    and wrong calls (missing, extra and unknown arguments).  (A class gets it with its codecs,
+    on first use: made here by generating an encoder.)"""
+    wire._make_encoder(cls, message=False)
+    assert "<pairing/wire.py: __init__ of" in cls.__init__.__code__.co_filename, cls
+    ref = _reference(cls)
+    assert str(inspect.signature(cls)) == str(inspect.signature(ref))
+    assert cls.__init__.__qualname__ == ref.__init__.__qualname__
+    rng = random.Random(f"{SEED}/init/{cls.__name__}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}), ((1,) * (len(fields) + 1), {}),
+                                                           ((), {"no_such_field": 1})]
+    for _ in range(20):
+        valid = _instance(rng, cls)
+        kwargs = {name: getattr(valid, name) for name in fields}
+        calls.append(((), kwargs))
+        calls.append((tuple(kwargs.values()), {}))
+        calls.append(((), {k: v for k, v in kwargs.items() if rng.random() < 0.5}))
+        for name in fields:  # a wrong value where the class checks its own
+            calls.append(((), {**kwargs, name: rng.choice((0, 5, 2**40, None))}))
+    for args, kwargs in calls:
+        got = _outcome(lambda a=args, k=kwargs: cls(*a, **k))
+        want = _outcome(lambda a=args, k=kwargs: ref(*a, **k))
+        assert got[0] == want[0], (cls.__name__, args, kwargs)
+        if got[0] == "error":
+            assert got[1] == want[1]
+        else:
+            assert [getattr(got[1], n) for n in fields] == [getattr(want[1], n) for n in fields]
+            assert vars(got[1]) == vars(want[1])
+
+
+@pytest.mark.parametrize("cls", [PeerInfo, Session, KnownPeer, Prekey], ids=lambda c: c.__name__)
+def test_the_generated_init_of_the_pairing_results_is_the_dataclass_one(cls: type) -> None:
+    """The same for the frozen dataclasses a pairing builds once each (wire's
+    ``stores_fields_directly``): signature, values, ``repr`` (secrets left out) and errors."""
+    assert "<pairing/wire.py: __init__ of" in cls.__init__.__code__.co_filename, cls
+    ref = _reference(cls)
+    assert str(inspect.signature(cls)) == str(inspect.signature(ref))
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    values = {f.name: f"value {i}".encode() for i, f in enumerate(fields)}
+    required = {f.name: values[f.name] for f in fields if f.default is dataclasses.MISSING}
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), values), (tuple(values.values()), {}), ((), required), ((), {}),
+        ((1,) * (len(fields) + 1), {}), ((), {**values, "no_such_field": 1}),
+        (tuple(required.values())[:1], {names[0]: 1}),
+    ]
+    for args, kwargs in calls:
+        got = _outcome(lambda a=args, k=kwargs: cls(*a, **k))
+        want = _outcome(lambda a=args, k=kwargs: ref(*a, **k))
+        assert got[0] == want[0], (args, kwargs)
+        if got[0] == "error":
+            assert got[1] == want[1]
+        else:
+            assert vars(got[1]) == vars(want[1])
+            assert repr(got[1]).replace(cls.__qualname__, "") == repr(want[1]).replace(
+                cls.__qualname__, ""
+            )

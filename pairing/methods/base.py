@@ -14,6 +14,7 @@ then run from its module (:mod:`.pin`, :mod:`.qr`, :mod:`.compare`, :mod:`.clear
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from typing import Any, ClassVar
 
@@ -74,8 +75,9 @@ _ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
 }
 
 
-#: (message class, a method's fields) -> the class's other fields but ``hello``, sorted
-_OTHER_FIELDS: dict[tuple[type, frozenset[str]], tuple[str, ...]] = {}
+#: (message class, a method's fields) -> the class's other fields but ``hello``, sorted, and a
+#: getter of their values
+_OTHER_FIELDS: dict[tuple[type, frozenset[str]], tuple[tuple[str, ...], Any]] = {}
 
 
 def _only_fields(
@@ -85,17 +87,40 @@ def _only_fields(
     expected = allowed.get(method)
     if expected is None:
         return  # a method this machine does not run: refused by its caller
-    others = _OTHER_FIELDS.get((type(msg), expected))
-    if others is None:  # worked out once per class and method (issue 13)
-        others = _OTHER_FIELDS[(type(msg), expected)] = tuple(sorted(
+    plan = _OTHER_FIELDS.get((type(msg), expected))
+    if plan is None:  # worked out once per class and method (issue 13)
+        others = tuple(sorted(
             f.name for f in dataclasses.fields(msg) if f.name != "hello" and f.name not in expected
         ))
-    extra = [name for name in others if getattr(msg, name) is not None]
-    if extra:
+        plan = _OTHER_FIELDS[(type(msg), expected)] = (others, _getter(others))
+    others, values = plan
+    got = values(msg)
+    if got.count(None) != len(got):
+        extra = [name for name in others if getattr(msg, name) is not None]
         raise DecodeError(
             f"the {type(msg).__name__} for '{method.label}' carries a field of another method "
             f"({', '.join(extra)})"
         )
+
+
+def _getter(names: tuple[str, ...]) -> Any:
+    """The values of the attributes ``names`` of an object, as a tuple (read at once)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda obj: tuple(getattr(obj, name) for name in names)
+
+
+def _link_caps(caps: Caps, link_encrypted: bool) -> Caps:
+    """A side's capabilities on this link: ``caps``, and ENCRYPTED_LINK when it is encrypted
+    (made once per pair of values: an operation on an IntFlag goes through the enum)."""
+    key = (caps, link_encrypted)
+    got = _LINK_CAPS.get(key)
+    if got is None:
+        got = _LINK_CAPS[key] = caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
+    return got
+
+
+_LINK_CAPS: dict[tuple[Caps, bool], Caps] = {}
 
 
 class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
@@ -165,7 +190,7 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
         # A link pairing protected against a man in the middle counts only on an SC link.
         self._link_mitm = link_encrypted and link_mitm
         self._context = _check_context(context)
-        caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
+        caps = _link_caps(config.caps, link_encrypted)
         if method is Method.CLEAR and not link_encrypted:
             if not config.allow_insecure:
                 raise InsecureLinkError(_INSECURE_TEXT)
@@ -303,7 +328,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         self._link_encrypted = link_encrypted
         self._link_mitm = link_encrypted and link_mitm
         self._context = _check_context(context)
-        self._caps = config.caps | (Caps.ENCRYPTED_LINK if link_encrypted else Caps.NONE)
+        self._caps = _link_caps(config.caps, link_encrypted)
         self.method: Method | None = None
         self.session: Session | None = None
         self._pin_attempt: float | None = None  #: when the PIN attempt under way started

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import operator
 import os
 from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
@@ -82,6 +83,7 @@ class LocalIdentity:
         )
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class Prekey:
     """One of our ephemeral keys offered to a peer for a later resume."""
@@ -90,6 +92,7 @@ class Prekey:
     private: bytes = dataclasses.field(repr=False)
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class KnownPeer:
     """A peer we paired with before (from the keystore)."""
@@ -103,6 +106,7 @@ class KnownPeer:
     authenticated: bool = True
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class PeerInfo:
     """Who the peer turned out to be."""
@@ -114,6 +118,7 @@ class PeerInfo:
     authenticated: bool
 
 
+@wire.stores_fields_directly
 @dataclasses.dataclass(frozen=True)
 class Session:
     """What a pairing produces: directional keys, the peer, and prekey bookkeeping."""
@@ -827,13 +832,17 @@ S_RESUME = "await-resume"
 
 
 def _announce(config: PairingConfig, name: str, method: Method, caps: Caps, rng: Rng) -> Announce:
-    return Announce(
-        caps=int(caps),
-        methods=methods_mask(config.methods),
-        method=method,
-        name=name,
-        nonce=rng(16),
-    )
+    methods = config.methods
+    mask = _MASKS.get(methods) if type(methods) is frozenset else None
+    if mask is None:
+        mask = methods_mask(methods)
+        if type(methods) is frozenset:
+            _MASKS[methods] = mask
+    return Announce(caps=int(caps), methods=mask, method=method, name=name, nonce=rng(16))
+
+
+#: a set of methods -> its mask, worked out once per set (issue 13)
+_MASKS: dict[frozenset[Method], int] = {}
 
 
 def _th(offer_hello: Announce, accept_hello: Announce, context: bytes = b"") -> bytes:
@@ -857,8 +866,11 @@ def _identity(me: LocalIdentity, prekeys: tuple[Prekey, ...]) -> Identity:
         name=me.name,
         static=me.static_public,
         signing=me.signing_public,
-        prekeys=tuple(p.digest for p in prekeys),
+        prekeys=tuple(map(_DIGEST_OF, prekeys)),
     )
+
+
+_DIGEST_OF = operator.attrgetter("digest")
 
 
 def _new_prekeys(n: int, rng: Rng) -> tuple[Prekey, ...]:
@@ -880,9 +892,13 @@ def _take_prekeys(n: int, rng: Rng, source: PrekeySource | None) -> tuple[Prekey
     got: tuple[Prekey, ...] = ()
     if source is not None and n > 0:
         got = tuple(source(n))[:n]
-        if not all(isinstance(p, Prekey) for p in got):
+        # the types at once (the commonest answer); a subclass is looked at one by one
+        if not {*map(type, got)} <= _PREKEY and not all(isinstance(p, Prekey) for p in got):
             raise ConfigError("the prekey source must return Prekey objects")
     return got + _new_prekeys(n - len(got), rng)
+
+
+_PREKEY = frozenset({Prekey})
 
 
 def _peer_from_identity(ident: Identity, *, authenticated: bool) -> PeerInfo:

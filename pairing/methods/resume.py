@@ -17,7 +17,6 @@ renews the prekeys.  Neither ever changes whether the peer counts as authenticat
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -153,16 +152,16 @@ class ResumeHost(HostSide):
         prekey = None
         if known is not None:
             prekey = next((p for p in known.our_prekeys if p.digest == h.dst_key_id), None)
-        reply = ResumeHeader(
-            src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
-            dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,
-        )
         # The prekey is consumed (deleted durably) before anything is answered with it, so
         # a recorded INIT replayed later finds it gone (docs/security.md, rule 4).
         if known is None or prekey is None or not self.host.consume_prekey(
             known.device_id, prekey.digest
         ):
             # Stay in S_OFFER: the guest falls back to Noise KK on the same link.
+            reply = ResumeHeader(
+                src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
+                dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,
+            )
             self._send(ResumeMessage(header=reply, reason="ephemeral key mismatch"))
             self._expect_by(now + self.config.step_timeout, "the guest did not answer in time")
             return
@@ -182,11 +181,14 @@ class ResumeHost(HostSide):
         self.method = Method.RESUME
         replacement = _take_prekeys(1, self._rng, self._prekey_source)
         sealed = seal(
-            ks, 1, wire.encode_struct(_Prekeys(tuple(p.digest for p in replacement))), th
+            ks, 1, wire.encode_struct(_Prekeys(tuple([p.digest for p in replacement]))), th
         )
         self._send(
             ResumeMessage(
-                header=dataclasses.replace(reply, kind=ResumeKind.OKAY, src_key=e_pub),
+                header=ResumeHeader(
+                    src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
+                    dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.OKAY, src_key=e_pub,
+                ),
                 verifier=keyschedule.resume_verifier(kv, th),
                 sealed=sealed,
                 fresh=fresh,
