@@ -522,6 +522,12 @@ async def accept_loop(
         if concurrent is not None:
             limits = dataclasses.replace(limits, max_sessions=concurrent)
         admission = Admission(limits)
+    # A BLE host's connection that never opens a link never reaches the admission: the
+    # listener drops it after two first flights (docs/security.md, "A pairing host's pending
+    # links").
+    link_wait = getattr(listener, "drop_linkless_connections_after", None)
+    if link_wait is not None:
+        link_wait(2 * admission.limits.first_flight)
     tasks: set[asyncio.Task[bool | None]] = set()
     # Prekeys for the first guests, made while the host waits for them (issue 13).
     prekeys.pool().refill_soon()

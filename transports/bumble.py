@@ -531,6 +531,9 @@ class BumbleTransport:
         self._applied_interval: float | None = None
         self._accept_queue: asyncio.Queue[BleLink | None] = asyncio.Queue()
         self._host_sides: dict[int, _HostSide] = {}
+        #: how long a guest's connection may stay without opening a pairkit link (None: no limit;
+        #: :meth:`drop_linkless_connections_after`)
+        self._link_wait: float | None = None
         #: guest links' notifications, read as they come (:func:`_read_att_at_once`)
         self._notified: Notified = {}
         self._pairing_configs: dict[int, PairingConfig] = {}
@@ -1116,6 +1119,8 @@ class BumbleTransport:
         if connection.role == hci.Role.PERIPHERAL:
             self._host_sides[handle] = _HostSide(connection)
             self._spawn(self._readvertise())
+            if self._link_wait is not None:
+                self._spawn(self._drop_if_linkless(connection, self._link_wait))
             if self._controller is None:
                 self._spawn(self._request_data_length(connection))
         elif self._expected_peer is None:
@@ -1445,6 +1450,26 @@ class BumbleTransport:
                 what="asking for longer data packets",
                 timeout=self._config.close_timeout,
             )
+
+    def drop_linkless_connections_after(self, seconds: float) -> None:
+        """As a host: drop a guest's connection that has opened no pairkit link (subscribed to
+        TX, or opened the L2CAP channel) within ``seconds`` of connecting.  Such a connection
+        never reaches the host's admission, which bounds every link's first flight
+        (runtime/admission.py), yet it holds one of the controller's few connections: a
+        stranger with a few addresses kept every guest out (attack review atk13, finding 2;
+        docs/security.md, "A pairing host's pending links").  ``accept_loop`` sets it from the
+        admission's first flight."""
+        if not seconds > 0:
+            raise ConfigError("the wait for a guest's link must be positive")
+        self._link_wait = seconds
+
+    async def _drop_if_linkless(self, connection: Connection, wait: float) -> None:
+        await asyncio.sleep(wait)
+        side = self._host_sides.get(connection.handle)
+        if side is not None and side.connection is connection and side.link is None:
+            logger.info("dropping %s: no pairkit link within %g s of connecting",
+                        connection.peer_address, wait)
+            await self._drop(connection)
 
     async def _drop(self, connection: Connection) -> None:
         device = self._device

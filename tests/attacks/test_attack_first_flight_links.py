@@ -114,13 +114,6 @@ async def test_a_stranger_who_starts_a_message_and_stops_is_dropped_at_the_first
         await listener.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (atk13, medium; not new in session 13): a BLE connection that never "
-    "subscribes to TX (nor opens the L2CAP channel) never becomes a link, so the admission "
-    "(its first flight, its places) never sees it: a stranger holds the host's connection "
-    "(a controller has a few) with no deadline",
-)
 async def test_a_ble_connection_that_never_opens_a_link_is_dropped_at_the_first_flight(
     world: World, paul: Keystore  # noqa: F811
 ) -> None:
