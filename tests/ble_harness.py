@@ -333,3 +333,21 @@ async def linked_pair(
     accepting = asyncio.ensure_future(host.accept(timeout=5))
     guest_link = await guest.connect(host.address, timeout=5)
     return guest_link, await accepting
+
+
+async def gatt_guests(
+    host: BumbleTransport, guests: list[BumbleTransport]
+) -> list[tuple[BleLink, BleLink]]:
+    """Each of ``guests`` connected to ``host`` over GATT, one after another (the host
+    advertising again for each): (the guest's link, the host's) per guest, in order."""
+    from pairkit.transports.ble.links import GattLink
+
+    pairs: list[tuple[BleLink, BleLink]] = []
+    for guest in guests:
+        await host.start_advertising(b"hello")
+        accepting = asyncio.ensure_future(host.accept(timeout=5))
+        guest_link = await guest.connect(host.address, timeout=5)
+        host_link = await accepting
+        assert isinstance(guest_link, GattLink) and isinstance(host_link, GattLink)
+        pairs.append((guest_link, host_link))
+    return pairs

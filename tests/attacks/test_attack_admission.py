@@ -189,37 +189,14 @@ async def test_a_link_that_says_nothing_is_dropped_at_the_first_flight_deadline_
     driver's cheaper wait (the link's ``recv_ready``, issue 13) went around ``Admitted.recv``,
     the one place that deadline is kept, because ``Admitted`` passed ``recv_ready`` through to
     the link it wraps."""
-    from pairkit.driver import MessagePipe, drive
     from pairkit.pairing.errors import PairingTimeout
-    from pairkit.pairing.methods import HostPairing, HostState, LocalIdentity, PairingConfig
+    from tests.admission_harness import driven_tcp_host
 
     limits = dataclasses.replace(LIMITS, first_flight=0.3)
-    ended: asyncio.Queue[BaseException | None] = asyncio.Queue()
-
-    async def pair(link: Any) -> None:
-        machine = HostPairing(PairingConfig(), LocalIdentity.generate("host"), HostState())
-        machine.start(asyncio.get_running_loop().time())
-        try:
-            await drive(machine, MessagePipe(link, guest=False))
-        except BaseException as exc:
-            ended.put_nowait(exc)
-            raise
-        ended.put_nowait(None)
-
-    admission = Admission(limits)
-    listener = await TcpListener.bind("127.0.0.1", 0)
-    server = asyncio.create_task(accept_loop(listener, pair, admission=admission))
-    guest = await tcp_connect("127.0.0.1", listener.port, timeout=5)
-    try:
-        error = await asyncio.wait_for(ended.get(), 10)
+    async with driven_tcp_host(limits) as host:
+        error = await asyncio.wait_for(host.ended.get(), 10)
         assert isinstance(error, PairingTimeout), repr(error)
         assert "sent nothing within 0.3 s of connecting" in str(error)
-    finally:
-        await guest.close()
-        server.cancel()
-        with contextlib.suppress(BaseException):
-            await server
-        await listener.close()
 
 
 async def test_a_silent_ble_link_is_dropped_at_the_first_flight_deadline_when_driven() -> None:

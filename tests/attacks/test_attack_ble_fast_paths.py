@@ -18,7 +18,7 @@ from bumble import att
 
 from pairkit.transports.ble.links import BleLink, GattLink
 from pairkit.transports.bumble import VirtualRadio
-from tests.ble_harness import OpenDevice, bumble_devices, linked_pair
+from tests.ble_harness import OpenDevice, bumble_devices, gatt_guests, linked_pair
 
 
 @pytest.fixture
@@ -268,14 +268,7 @@ async def test_raw_writes_from_a_second_guest_reach_only_its_own_host_link(
 ) -> None:
     host = await open_device(121)
     guests = [await open_device(122), await open_device(123)]
-    pairs: list[tuple[GattLink, GattLink]] = []
-    for guest in guests:
-        await host.start_advertising(b"hello")
-        accepting = asyncio.ensure_future(host.accept(timeout=5))
-        guest_link = await guest.connect(host.address, timeout=5)
-        host_link = await accepting
-        assert isinstance(guest_link, GattLink) and isinstance(host_link, GattLink)
-        pairs.append((guest_link, host_link))
+    pairs = await gatt_guests(host, guests)
     (victim_guest, victim_host), (attacker, attacker_host) = pairs
     client = attacker.connection.gatt_client
     for index in range(20):

@@ -17,7 +17,7 @@ from bumble import att
 
 from pairkit.transports.ble.links import GattLink
 from pairkit.transports.bumble import VirtualRadio
-from tests.ble_harness import OpenDevice, bumble_devices
+from tests.ble_harness import OpenDevice, bumble_devices, gatt_guests
 
 
 @pytest.fixture
@@ -72,14 +72,7 @@ async def test_writes_held_behind_execute_writes_are_all_let_go_per_connection(
     once, nothing stays held (no task left; a write sent afterwards arrives at once)."""
     host = await open_device(211)
     guests = [await open_device(212), await open_device(213)]
-    pairs: list[tuple[GattLink, GattLink]] = []
-    for guest in guests:
-        await host.start_advertising(b"hello")
-        accepting = asyncio.ensure_future(host.accept(timeout=5))
-        guest_link = await guest.connect(host.address, timeout=5)
-        host_link = await accepting
-        assert isinstance(guest_link, GattLink) and isinstance(host_link, GattLink)
-        pairs.append((guest_link, host_link))
+    pairs = await gatt_guests(host, guests)
     (victim, victim_host), (attacker, attacker_host) = pairs
     assert victim_host.connection.handle != attacker_host.connection.handle
     client = attacker.connection.gatt_client

@@ -71,47 +71,22 @@ async def test_a_stranger_who_starts_a_message_and_stops_is_dropped_at_the_first
     drive) over an admitted link with a 0.3 s first flight; the stranger sends one link message:
     the first fragment of a 1,000-byte pairkit message (docs/protocol.md framing), then
     nothing.  Its pairing must end with the first flight's PairingTimeout, not the step's."""
-    import contextlib
     import dataclasses
 
-    from pairkit.admission import Admission, AdmissionLimits
-    from pairkit.driver import MessagePipe, drive
+    from pairkit.admission import AdmissionLimits
     from pairkit.pairing.errors import PairingTimeout
     from pairkit.pairing.framing import fragment
-    from pairkit.pairing.methods import HostPairing, HostState, LocalIdentity, PairingConfig
-    from pairkit.session import accept_loop
-    from pairkit.transports.tcp import TcpListener, tcp_connect
+    from tests.admission_harness import driven_tcp_host
 
     limits = dataclasses.replace(AdmissionLimits(), first_flight=0.3)
-    ended: asyncio.Queue[BaseException | None] = asyncio.Queue()
-
-    async def pair(link: object) -> None:
-        machine = HostPairing(PairingConfig(), LocalIdentity.generate("host"), HostState())
-        machine.start(asyncio.get_running_loop().time())
-        try:
-            await drive(machine, MessagePipe(link, guest=False))
-        except BaseException as exc:
-            ended.put_nowait(exc)
-            raise
-        ended.put_nowait(None)
-
-    listener = await TcpListener.bind("127.0.0.1", 0)
-    server = asyncio.create_task(accept_loop(listener, pair, admission=Admission(limits)))
-    stranger = await tcp_connect("127.0.0.1", listener.port, timeout=5)
-    try:
+    async with driven_tcp_host(limits) as host:
         pieces = fragment(bytes(1000), 64)
         assert len(pieces) > 1
-        await stranger.send(pieces[0])
+        await host.stranger.send(pieces[0])
         # 10 first flights: ample for the first one, a tenth of the pairing's own step (30 s)
-        error = await asyncio.wait_for(ended.get(), 10 * limits.first_flight)
+        error = await asyncio.wait_for(host.ended.get(), 10 * limits.first_flight)
         assert isinstance(error, PairingTimeout), repr(error)
         assert "of connecting" in str(error)
-    finally:
-        await stranger.close()
-        server.cancel()
-        with contextlib.suppress(BaseException):
-            await server
-        await listener.close()
 
 
 async def test_a_ble_connection_that_never_opens_a_link_is_dropped_at_the_first_flight(
