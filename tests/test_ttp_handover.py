@@ -38,9 +38,8 @@ def _asked(device: Any, peer: Any, role: IntentRole) -> IntentAsked:
     return IntentAsked(device.device_id, device.static_public, peer.device_id, CTX, role, 5.0)
 
 
-async def test_a_match_in_the_same_process_is_handed_over_and_leaves_no_row(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _count_take_matches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows the store's ``take_match`` is called for from now on (it still runs)."""
     takes: list[int] = []
     original = store_module.Store.take_match
 
@@ -49,6 +48,13 @@ async def test_a_match_in_the_same_process_is_handed_over_and_leaves_no_row(
         return original(self, row)
 
     monkeypatch.setattr(store_module.Store, "take_match", counted)
+    return takes
+
+
+async def test_a_match_in_the_same_process_is_handed_over_and_leaves_no_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    takes = _count_take_matches(monkeypatch)
     async with running_server(tmp_path / "srv") as h:
         a, b = identity("a"), identity("b")
         await enrol(h.address, h.ca, a)
@@ -191,14 +197,7 @@ async def test_two_intents_that_reach_the_store_together_are_handed_over_in_memo
     under load: bench/RESULTS.md, session 13, 97% of the bench's deliveries): the first is
     waiting once its row is committed, so the second hands it the key in memory; before, the
     key was stored sealed and taken back out with a third transaction."""
-    takes: list[int] = []
-    original = store_module.Store.take_match
-
-    def counted(self: store_module.Store, row: int) -> Any:
-        takes.append(row)
-        return original(self, row)
-
-    monkeypatch.setattr(store_module.Store, "take_match", counted)
+    takes = _count_take_matches(monkeypatch)
     async with running_server(tmp_path / "srv") as h:
         a, b = identity("a"), identity("b")
         await enrol(h.address, h.ca, a)
