@@ -364,6 +364,11 @@ class Lockout:
         holds no place and counts as a failure, at the time it was taken."""
         self.failures, self.streak = sorted(record.failures), record.streak
         self.counted = list(record.counted)
+        if not record.places:  # no code out anywhere (the commonest read; issue 13)
+            self._end_quiet_streaks(record.places)
+            self.places = []
+            del self.counted[:-COUNTED_KEPT]
+            return
         held = [p for p in record.places if p.key not in self.returned]
         self._end_quiet_streaks(record.places)
         self.places = [p for p in held if p.until > now]
@@ -397,7 +402,7 @@ class Lockout:
     def _locked_for(self, now: float) -> float:
         p = self.policy
         last = self.failures[-1] if self.failures else None
-        under_way = max((place.at for place in self.places), default=None)
+        under_way = max([place.at for place in self.places]) if self.places else None
         if last is not None and under_way is not None:
             last = max(last, under_way)
         if last is None or now - last >= p.forgive:
