@@ -372,9 +372,10 @@ class Lockout:
         held = [p for p in record.places if p.key not in self.returned]
         self._end_quiet_streaks(record.places)
         self.places = [p for p in held if p.until > now]
-        for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
-            self._count(ended.at)
-            self.counted.append(ended.key)
+        if len(self.places) < len(held):  # places whose exchange has ended: each counts
+            for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
+                self._count(ended.at)
+                self.counted.append(ended.key)
         del self.counted[:-COUNTED_KEPT]
 
     def _end_quiet_streaks(self, places: list[Place]) -> None:
@@ -559,6 +560,8 @@ class CodeTurns:
         """How many places are held (as the lock was last read): every process's kept, and
         this one's own whether or not kept (older lock records put back lose them; attack
         review of the lock records' floor)."""
+        if not self._mine:  # (the commonest: no code of this process out)
+            return len({p.key for p in self.lock.places})
         return len({p.key for p in self.lock.places} | {p.key for p in self._mine.values()})
 
     def _first(self, holder: object) -> bool:
