@@ -63,7 +63,8 @@ class Method(IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        # one look-up (issue 13): an enum member's ``name`` is a Python-level descriptor
+        return _LABELS[self]
 
     @classmethod
     def parse(cls, text: str) -> Method:
@@ -73,6 +74,9 @@ class Method(IntEnum):
             names = ", ".join(m.label for m in cls if m is not cls.KK)
             raise ValueError(f"unknown method {text!r}; expected one of: {names}") from None
 
+
+#: each method's label, its name in lower case
+_LABELS: dict[Method, str] = {m: m.name.lower() for m in Method}
 
 PREFERENCE: tuple[Method, ...] = (
     Method.RESUME,
