@@ -159,7 +159,8 @@ class Machine:
         peers: :attr:`PORTED`)."""
         if self.PORTED and not self._admits(port):
             return
-        self._check_usable()
+        if self._error is not None or not self._started or self.state == DONE:
+            self._check_usable()  # raises (checked inline first: issue 13, one call less)
         try:
             msg = wire.decode(data)
             if isinstance(msg, wire.Abort):
@@ -175,7 +176,8 @@ class Machine:
                 getattr(self, row.handler)(port, msg, now)
             else:
                 getattr(self, row.handler)(msg, now)
-            self._check_transition(row.next, row.handler)
+            if self.state not in row.next:  # (FAILED too: _check_transition says which)
+                self._check_transition(row.next, row.handler)
         except PairingError as exc:
             self._peer_failed(exc, port, now)
 

@@ -63,7 +63,8 @@ class Method(IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        # one look-up (issue 13): an enum member's ``name`` is a Python-level descriptor
+        return _LABELS[self]
 
     @classmethod
     def parse(cls, text: str) -> Method:
@@ -73,6 +74,9 @@ class Method(IntEnum):
             names = ", ".join(m.label for m in cls if m is not cls.KK)
             raise ValueError(f"unknown method {text!r}; expected one of: {names}") from None
 
+
+#: each method's label, its name in lower case
+_LABELS: dict[Method, str] = {m: m.name.lower() for m in Method}
 
 PREFERENCE: tuple[Method, ...] = (
     Method.RESUME,
@@ -115,33 +119,39 @@ def missing_for(
     # The bits are tested on plain integers: each operation on an IntFlag makes a flag value
     # through the enum machinery, a microsecond or two apiece (issue 13).
     g, h = int(guest), int(host)
-    if method in (Method.RESUME, Method.KK):
+    if method in (_RESUME, _KK):
         return None if knows_peer else "the guest does not know this host yet"
-    if method is Method.QR:
+    if method is _QR:
         if not h & _DISPLAY:
             return "the host cannot display a QR code"
         if not g & _SCAN_QR:
             return "the guest cannot scan a QR code"
         return None
-    if method is Method.PIN:
+    if method is _PIN:
         if not h & _DISPLAY:
             return "the host cannot display a PIN"
         if not g & _KEYPAD:
             return "the guest cannot type a PIN"
         return None
-    if method is Method.COMPARE:
+    if method is _COMPARE:
         if not (h & g & _DISPLAY and h & g & _CONFIRM):
             return "both sides must be able to display a code and confirm it"
         return None
-    if method is Method.CLEAR:
+    if method is _CLEAR:
         if not (h & _ENCRYPTED_LINK and g & _ENCRYPTED_LINK):
             return "the link is not encrypted"
         return None
-    if method is Method.TTP:
+    if method is _TTP:
         return None
     return "unknown method"
 
 
+#: the members as module names: a member read through its class costs about 80 ns more, as
+#: EnumType's __getattr__ sends every read of a class attribute through a hook (Python 3.11),
+#: and a negotiation check read six (issue 13)
+_PIN, _QR, _COMPARE, _CLEAR, _RESUME, _KK, _TTP = (
+    Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR, Method.RESUME, Method.KK, Method.TTP
+)
 _DISPLAY, _KEYPAD, _CONFIRM, _SCAN_QR, _ENCRYPTED_LINK = (
     int(Caps.DISPLAY), int(Caps.KEYPAD), int(Caps.CONFIRM), int(Caps.SCAN_QR),
     int(Caps.ENCRYPTED_LINK),
@@ -166,7 +176,7 @@ def choose(
     candidates = (proposed,) if proposed is not None else PREFERENCE
     reasons = []
     for method in candidates:
-        allowed = method in common or (method is Method.KK and Method.RESUME in common)
+        allowed = method in common or (method is _KK and _RESUME in common)
         if not allowed:
             host_list = ", ".join(sorted(m.label for m in host_methods)) or "none"
             reasons.append(f"the host allows only: {host_list}")

@@ -270,7 +270,10 @@ async def drive(
     # files.Records over a secure link.  (A pipe that overrides recv itself is read as
     # before: with nothing read ahead.)
     read_ahead = isinstance(link, MessagePipe) and type(link).recv is MessagePipe.recv
-    pipe = link if isinstance(link, MessagePipe) else MessagePipe(link)
+    # A pipe made here for a bare link lives only as long as this run and nobody can ask it
+    # for its transcript (a caller that binds one passes its own pipe): it hashes nothing
+    # (issue 13: two SHA-256 states per run and two updates per message, never read).
+    pipe = link if isinstance(link, MessagePipe) else MessagePipe(link, transcript=False)
     read = pipe.recv_unabsorbed if read_ahead else pipe.recv
     # A message already there is taken without a timer (a pipe of another kind, which may
     # read its own way, is always awaited, unless it says how to poll it too).

@@ -74,11 +74,12 @@ class PrekeyPool:
     def take(self, n: int) -> tuple[Prekey, ...]:
         """Up to ``n`` ready prekeys, removed from the pool (a :data:`PrekeySource`)."""
         taken: list[Prekey] = []
-        while len(taken) < n:
-            try:  # popleft is atomic: a key goes to one taker, even across threads
-                taken.append(self._ready.popleft())
-            except IndexError:
-                break
+        append, popleft = taken.append, self._ready.popleft
+        try:  # popleft is atomic: a key goes to one taker, even across threads
+            for _ in range(n):
+                append(popleft())
+        except IndexError:
+            pass
         got = tuple(taken)
         if len(got) < n and self.capacity < self.limit:  # demand outran the pool: grow
             self.capacity = min(self.limit, self.capacity + n - len(got))

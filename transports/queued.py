@@ -211,7 +211,8 @@ class MessageQueue:
             raise self._aborted.with_traceback(None)
         if self._items:
             message = self._items.popleft()
-            self._changed.fire()
+            if self._changed._waiters:  # (as fire's own first test: a reader takes in passing)
+                self._changed.fire()
             return message
         if self._end is not None:
             raise self._end.with_traceback(None)

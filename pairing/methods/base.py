@@ -122,6 +122,12 @@ def _link_caps(caps: Caps, link_encrypted: bool) -> Caps:
 
 _LINK_CAPS: dict[tuple[Caps, bool], Caps] = {}
 
+#: the members as module names, for the checks every pairing runs: a member read through its
+#: class costs about 80 ns more (EnumType's __getattr__ hook, Python 3.11; issue 13)
+_PIN, _QR, _CLEAR, _RESUME, _KK, _TTP = (
+    Method.PIN, Method.QR, Method.CLEAR, Method.RESUME, Method.KK, Method.TTP
+)
+
 
 class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     """The guest side (initiator): proposes a method and runs it.
@@ -191,7 +197,7 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
         self._link_mitm = link_encrypted and link_mitm
         self._context = _check_context(context)
         caps = _link_caps(config.caps, link_encrypted)
-        if method is Method.CLEAR and not link_encrypted:
+        if method is _CLEAR and not link_encrypted:
             if not config.allow_insecure:
                 raise InsecureLinkError(_INSECURE_TEXT)
             caps |= Caps.ENCRYPTED_LINK  # forced: the user accepted the risk
@@ -208,26 +214,26 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
 
     def _check_inputs(self) -> None:
         m = self.method
-        if m is Method.PIN and not self._pin:
+        if m is _PIN and not self._pin:
             raise ConfigError("method 'pin' needs the PIN shown on the host")
         pin = self._pin or ""
-        if m is Method.PIN and (len(pin) != 6 or not (pin.isascii() and pin.isdigit())):
+        if m is _PIN and (len(pin) != 6 or not (pin.isascii() and pin.isdigit())):
             raise ConfigError("a PIN is exactly 6 digits")
-        if m is Method.QR:
+        if m is _QR:
             if self._qr is None:
                 raise ConfigError("method 'qr' needs the host's QR code (--qr or --qr-image)")
             if self._wall_now is not None:
                 self._qr.check_fresh(self._wall_now)
-        if m in (Method.RESUME, Method.KK) and self._peer is None:
+        if m in (_RESUME, _KK) and self._peer is None:
             raise ConfigError(f"method '{m.label}' needs a known peer; pair first")
-        if m is Method.TTP:
+        if m is _TTP:
             raise UnsupportedError("method 'ttp' is run by pairing.ttp, not by this machine")
 
     # -- start ----------------------------------------------------------------------------
 
     def _on_start(self, now: float) -> None:
         """Send the first message."""
-        if self.method is Method.RESUME:
+        if self.method is _RESUME:
             assert self._peer is not None
             if self._peer.their_prekeys:
                 self._send_resume_init()
@@ -342,12 +348,12 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
     def _on_offer(self, msg: Offer, now: float) -> None:
         proposed = msg.hello.method
         caps = self._caps
-        if proposed is Method.CLEAR and not self._link_encrypted:
+        if proposed is _CLEAR and not self._link_encrypted:
             if not self.config.allow_insecure:
                 raise InsecureLinkError(_INSECURE_TEXT)
             caps |= Caps.ENCRYPTED_LINK
             self._emit(InsecureWarning("pairing with 'clear' over a link that is not encrypted"))
-        knows = proposed is Method.KK and msg.guest_id is not None
+        knows = proposed is _KK and msg.guest_id is not None
         # The guest's capabilities as the integer they came as (see GuestPairing._on_accept).
         choose(
             msg.hello.caps, methods_from_mask(msg.hello.methods), caps,

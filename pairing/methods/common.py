@@ -364,12 +364,18 @@ class Lockout:
         holds no place and counts as a failure, at the time it was taken."""
         self.failures, self.streak = sorted(record.failures), record.streak
         self.counted = list(record.counted)
+        if not record.places:  # no code out anywhere (the commonest read; issue 13)
+            self._end_quiet_streaks(record.places)
+            self.places = []
+            del self.counted[:-COUNTED_KEPT]
+            return
         held = [p for p in record.places if p.key not in self.returned]
         self._end_quiet_streaks(record.places)
         self.places = [p for p in held if p.until > now]
-        for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
-            self._count(ended.at)
-            self.counted.append(ended.key)
+        if len(self.places) < len(held):  # places whose exchange has ended: each counts
+            for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
+                self._count(ended.at)
+                self.counted.append(ended.key)
         del self.counted[:-COUNTED_KEPT]
 
     def _end_quiet_streaks(self, places: list[Place]) -> None:
@@ -397,7 +403,7 @@ class Lockout:
     def _locked_for(self, now: float) -> float:
         p = self.policy
         last = self.failures[-1] if self.failures else None
-        under_way = max((place.at for place in self.places), default=None)
+        under_way = max([place.at for place in self.places]) if self.places else None
         if last is not None and under_way is not None:
             last = max(last, under_way)
         if last is None or now - last >= p.forgive:
@@ -554,6 +560,8 @@ class CodeTurns:
         """How many places are held (as the lock was last read): every process's kept, and
         this one's own whether or not kept (older lock records put back lose them; attack
         review of the lock records' floor)."""
+        if not self._mine:  # (the commonest: no code of this process out)
+            return len({p.key for p in self.lock.places})
         return len({p.key for p in self.lock.places} | {p.key for p in self._mine.values()})
 
     def _first(self, holder: object) -> bool:

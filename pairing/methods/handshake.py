@@ -42,6 +42,9 @@ from .common import (
     _th as _negotiation_th,
 )
 
+#: the members as module names, for the checks every pairing runs (see .base)
+_CLEAR, _RESUME, _KK = Method.CLEAR, Method.RESUME, Method.KK
+
 
 class _Transcript:
     """``th``, the negotiation transcript (:func:`pairing.keyschedule.negotiation_hash`),
@@ -139,10 +142,10 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
 
     def _authenticated(self) -> bool:
         """Whether a person or a key vouched for the host (docs/security.md, rule 5)."""
-        if self.method in (Method.KK, Method.RESUME):
+        if self.method in (_KK, _RESUME):
             assert self._peer is not None
             return self._peer.authenticated  # never upgraded by a resume
-        if self.method is Method.CLEAR:
+        if self.method is _CLEAR:
             return self._link_mitm
         return True
 
@@ -226,7 +229,7 @@ class HostSide(_LazyPrekeys, _Transcript, Machine):
             payload = _read_payload(self._hs.read_message(msg.noise))
         except AuthenticationError:
             raise AuthenticationError(_WRONG_SECRET[self.method]) from None
-        authenticated = self._link_mitm if self.method is Method.CLEAR else True
+        authenticated = self._link_mitm if self.method is _CLEAR else True
         guest = self._check_noise_identity(payload.identity, authenticated)
         ident = _identity(self.me, self._prekeys)
         self._send(NoiseMessage(self._hs.write_message(_payload_bytes(ident))))
