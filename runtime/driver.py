@@ -349,7 +349,7 @@ async def drive(
             machine.answer(event, value, now())
             return
         asked = hook(event)
-        task = reads._owner
+        task = reads.owner
         if poll is not None and inbox is None and task is not None and asyncio.iscoroutine(asked):
             # The hook's first step is run here (issue 13): a delegate that answers without
             # waiting (Yes, ``pairkit host --yes``) is answered with no task and no read
@@ -384,8 +384,8 @@ async def drive(
                     machine.abort(exc, tell_peer=True)
                     raise exc
                 if inbox is not None and inbox in done:
-                    task, inbox = inbox, None
-                    message = task.result()  # LinkClosedError: the peer left; stop asking
+                    reading, inbox = inbox, None
+                    message = reading.result()  # LinkClosedError: the peer left; stop asking
                     if _is_abort(message):
                         take(message)
                         machine.receive(message, now())  # raises the peer's error
@@ -677,6 +677,11 @@ class _ReadDeadline:
             self._expired = False
             task.uncancel()
         return result
+
+    @property
+    def owner(self) -> asyncio.Task[Any] | None:
+        """The task the run's reads (and a question's hook) are awaited in."""
+        return self._owner
 
     def took_too_long(self) -> bool:
         """Whether the last wait's TimeoutError was this deadline's (not the awaited's own)."""
