@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import types
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -350,7 +351,26 @@ async def drive(
                 raise exc from None
             machine.answer(event, value, now())
             return
-        answer = asyncio.ensure_future(hook(event))
+        asked = hook(event)
+        task = reads.owner
+        if poll is not None and inbox is None and task is not None and asyncio.iscoroutine(asked):
+            # The hook's first step is run here (issue 13): a delegate that answers without
+            # waiting (Yes, ``pairkit host --yes``) is answered with no task and no read
+            # ahead.  What the peer sent before the answer is still looked at first, as the
+            # read ahead would have: an Abort ends the run unanswered, the rest is held.
+            try:
+                pending = asked.send(None)
+            except StopIteration as stop:
+                hold_queued()
+                machine.answer(event, stop.value, now())
+                return
+            # A person who takes time: the rest of the hook is awaited here, in the run's own
+            # task (what its first step set up, such as a timeout, belongs to this task),
+            # under the run's one timer, while the link is watched (watch).
+            value = await watch(_resume(asked, pending), task)
+            machine.answer(event, value, now())
+            return
+        answer = asyncio.ensure_future(asked)
         try:
             deadline = now() + answer_time
             while not answer.done():
@@ -367,17 +387,12 @@ async def drive(
                     machine.abort(exc, tell_peer=True)
                     raise exc
                 if inbox is not None and inbox in done:
-                    task, inbox = inbox, None
-                    message = task.result()  # LinkClosedError: the peer left; stop asking
+                    reading, inbox = inbox, None
+                    message = reading.result()  # LinkClosedError: the peer left; stop asking
                     if _is_abort(message):
                         take(message)
                         machine.receive(message, now())  # raises the peer's error
-                    if len(held) >= HELD_LIMIT:
-                        raise ProtocolError(
-                            f"the peer sent more than {HELD_LIMIT} messages while this side's "
-                            "person was being asked"
-                        )
-                    held.append(message)
+                    hold(message)
             value = answer.result()
         finally:
             if not answer.done():
@@ -385,6 +400,120 @@ async def drive(
                 with contextlib.suppress(BaseException):
                     await answer
         machine.answer(event, value, now())
+
+    def hold(message: bytes) -> None:
+        """A message read while a person is asked: held until the answer, or, past
+        HELD_LIMIT, a ProtocolError."""
+        if len(held) >= HELD_LIMIT:
+            raise ProtocolError(
+                f"the peer sent more than {HELD_LIMIT} messages while this side's "
+                "person was being asked"
+            )
+        held.append(message)
+
+    def hold_queued() -> None:
+        """Before an answer given at once: every message already there is looked at as the
+        read ahead looks at it (an Abort raises the peer's error, the rest is held)."""
+        assert poll is not None
+        while (message := poll()) is not None:
+            if _is_abort(message):
+                take(message)
+                machine.receive(message, now())  # raises the peer's error
+            hold(message)
+
+    async def watch(answer: Any, task: asyncio.Task[Any]) -> Any:
+        """``await answer`` in the run's own task until the answer time passes, while the
+        link is watched: through its ``recv_ready`` future and a poll when it has one (no
+        task), else through a read of the pipe in a task of its own.  A message that arrives
+        is held (past HELD_LIMIT, a ProtocolError); an Abort, the link's end or the flood
+        withdraws the question by cancelling the run's task (the hook sees the cancel, as it
+        saw its own task's before), and that cancel is taken back and the reason raised,
+        unless someone else cancelled the run too (Ctrl-C), which stays a cancel."""
+        nonlocal asking, inbox
+        assert poll is not None
+        withdrawn: list[Any] = []  # the Abort message or the error that ends the question
+        watching: list[asyncio.Future[Any]] = []  # the link's future, or the read's task
+
+        def withdraw(reason: Any) -> None:
+            withdrawn.append(reason)
+            task.cancel()
+
+        def look(_: Any = None) -> None:
+            watching.clear()
+            if withdrawn or asking is not answer:
+                return
+            try:
+                while (message := poll()) is not None:
+                    if _is_abort(message):
+                        withdraw(message)
+                        return
+                    hold(message)
+            except Exception as exc:  # the link's end, the flood: the run's error
+                withdraw(exc)
+                return
+            changed = ready() if ready is not None else None
+            if changed is not None:
+                changed.add_done_callback(look)
+            else:  # a link that cannot say when: read, in a task of its own
+                changed = asyncio.ensure_future(pipe.recv_unabsorbed())
+                changed.add_done_callback(took)
+            watching.append(changed)
+
+        def took(reading: asyncio.Future[bytes]) -> None:
+            watching.clear()
+            if withdrawn or asking is not answer or reading.cancelled():
+                return
+            if (exc := reading.exception()) is not None:
+                withdraw(exc)
+                return
+            message = reading.result()
+            if _is_abort(message):
+                withdraw(message)
+                return
+            try:
+                hold(message)
+            except ProtocolError as err:
+                withdraw(err)
+                return
+            look()
+
+        cancelling = task.cancelling()
+        asking = answer
+        try:
+            look()
+            try:
+                value = await reads.wait(answer, loop.time() + answer_time)
+            except BaseException as exc:
+                if not withdrawn:
+                    if isinstance(exc, TimeoutError) and reads.took_too_long():
+                        # Our side's person did not answer: the peer is waiting, so tell it.
+                        err = PairingTimeout(f"no answer within {answer_time:.0f} s")
+                        machine.abort(err, tell_peer=True)
+                        raise err from None
+                    raise  # the delegate's own error, or a cancel that is not ours
+                if task.uncancel() > cancelling:
+                    raise  # cancelled by someone else as well (Ctrl-C): a cancel
+            else:
+                if not withdrawn:
+                    return value
+                task.uncancel()  # the hook ignored the cancel; the question is withdrawn
+        finally:
+            asking = None
+            for changed in watching:
+                if isinstance(changed, asyncio.Task):
+                    changed.remove_done_callback(took)
+                    inbox = changed  # a read under way (or done, not taken) is the run's next
+                else:
+                    changed.remove_done_callback(look)
+                    changed.cancel()
+        reason = withdrawn[0]
+        if isinstance(reason, bytes):
+            take(reason)
+            machine.receive(reason, now())  # raises the peer's error
+            raise ProtocolError("the peer's Abort did not end the exchange")
+        raise reason
+
+    asking: Any = None  # the answer watch() awaits, while it does
 
     try:
         if not machine.started:
@@ -552,6 +681,11 @@ class _ReadDeadline:
             task.uncancel()
         return result
 
+    @property
+    def owner(self) -> asyncio.Task[Any] | None:
+        """The task the run's reads (and a question's hook) are awaited in."""
+        return self._owner
+
     def took_too_long(self) -> bool:
         """Whether the last wait's TimeoutError was this deadline's (not the awaited's own)."""
         return self._timed_out
@@ -595,6 +729,28 @@ def _hook(delegate: Any, event: Question) -> Callable[[Any], Any]:
             f"no one to answer {type(event).__name__}: the delegate lacks {event.hook}"
         )
     return hook  # type: ignore[no-any-return]
+
+
+@types.coroutine
+def _resume(coro: Any, pending: Any) -> Any:
+    """The rest of ``coro``, whose first step was run and gave ``pending`` (what it waits
+    for): awaitable in place or as a task, as ``coro`` itself would have been."""
+    while True:
+        try:
+            yield pending
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # a cancel (or another error) thrown into the wait
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _is_abort(message: bytes) -> bool:

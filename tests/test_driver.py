@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from pairkit.driver import HELD_LIMIT, MessagePipe, drive
+from pairkit.pairing import wire
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
     DecodeError,
+    ErrorCode,
     LinkClosedError,
     LocalError,
     PairingError,
@@ -21,6 +23,7 @@ from pairkit.pairing.errors import (
     ProtocolError,
     RemoteError,
 )
+from pairkit.pairing.framing import fragment
 from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
@@ -529,26 +532,62 @@ class Ponder:
         return False
 
 
-async def _both_asked() -> tuple[Any, Ponder, Ponder, asyncio.Future[None], asyncio.Future[None]]:
+class Unsaying:
+    """A loopback link end that gives a message already there (``recv_nowait``) but cannot
+    say when one arrives (no ``recv_ready``), as BLE links: the driver watches it while a
+    person is asked through a read of its own instead of the link's future."""
+
+    def __init__(self, link: Any) -> None:
+        self._link = link
+        self.mtu = link.mtu
+
+    async def send(self, data: bytes) -> None:
+        await self._link.send(data)
+
+    def send_nowait(self, data: bytes) -> bool:
+        return self._link.send_nowait(data)  # type: ignore[no-any-return]
+
+    async def recv(self) -> bytes:
+        return await self._link.recv()  # type: ignore[no-any-return]
+
+    def recv_nowait(self) -> bytes | None:
+        return self._link.recv_nowait()  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self._link.close()
+
+
+#: the two ways the driver watches a link while a person is asked
+WATCHED = ["ready", "read"]
+
+
+async def _both_asked(
+    watched: str = "ready",
+) -> tuple[Any, Ponder, Ponder, asyncio.Future[None], asyncio.Future[None]]:
     """A compare run over loopback until both people are asked the code (and never answer):
-    the guest's link end, both people, and both runs."""
+    the guest's link end, both people, and both runs.  ``watched``: "read" drives both over
+    :class:`Unsaying` ends (no ``recv_ready``)."""
     a, b = loopback_pair(mtu=512)
+    ga, hb = (a, b) if watched == "ready" else (Unsaying(a), Unsaying(b))
     guest, host = machines(Method.COMPARE)
     guest.start(asyncio.get_running_loop().time())
     gp, hp = Ponder(), Ponder()
-    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(a, guest=True), delegate=gp))
+    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(ga, guest=True), delegate=gp))
     host_run = asyncio.ensure_future(
-        drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
+        drive(host, MessagePipe(hb, guest=False), delegate=hp, answer_time=60)
     )
     await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
     return a, gp, hp, guest_run, host_run
 
 
-async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_once() -> None:
+@pytest.mark.parametrize("watched", WATCHED)
+async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_once(
+    watched: str,
+) -> None:
     """Issue 16: Ctrl-C on the guest (its run cancelled) sends an Abort 'cancelled'; the host,
     whose person is being asked the code, stops asking and reads 'the other side cancelled'
     long before its answer time."""
-    _a, gp, hp, guest_run, host_run = await _both_asked()
+    _a, gp, hp, guest_run, host_run = await _both_asked(watched)
     guest_run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await guest_run
@@ -559,8 +598,11 @@ async def test_a_cancelled_side_tells_the_peer_whose_question_is_withdrawn_at_on
     assert hp.withdrawn.is_set()
 
 
-async def test_a_peer_that_leaves_while_a_person_is_asked_withdraws_the_question() -> None:
-    a, gp, hp, guest_run, host_run = await _both_asked()
+@pytest.mark.parametrize("watched", WATCHED)
+async def test_a_peer_that_leaves_while_a_person_is_asked_withdraws_the_question(
+    watched: str,
+) -> None:
+    a, gp, hp, guest_run, host_run = await _both_asked(watched)
     await a.close()  # the guest's side goes away without a word
     with pytest.raises(LinkClosedError):
         await asyncio.wait_for(host_run, 10)
@@ -570,12 +612,15 @@ async def test_a_peer_that_leaves_while_a_person_is_asked_withdraws_the_question
     assert gp.withdrawn.is_set()
 
 
-async def test_a_peer_that_floods_while_a_person_is_asked_is_stopped_not_buffered() -> None:
+@pytest.mark.parametrize("watched", WATCHED)
+async def test_a_peer_that_floods_while_a_person_is_asked_is_stopped_not_buffered(
+    watched: str,
+) -> None:
     """A peer may send while the host's person is asked the code (compare's Noise message 2
     usually arrives then), and what it sends is held until the answer.  An attacker who keeps
     sending gets a bounded hold: past ``HELD_LIMIT`` messages the run stops with a protocol
     error, tells the peer, and withdraws the question; it does not keep buffering."""
-    a, gp, hp, guest_run, host_run = await _both_asked()
+    a, gp, hp, guest_run, host_run = await _both_asked(watched)
     # Both people are asked; the attacker, on the guest's end, sends message after message
     # (whole, well-framed messages: held unread, never decoded while the host's person thinks).
     attacker = MessagePipe(a, guest=True)
@@ -595,3 +640,209 @@ async def test_a_peer_that_floods_while_a_person_is_asked_is_stopped_not_buffere
     with pytest.raises(RemoteError):  # the guest is told why, and its question withdrawn
         await asyncio.wait_for(guest_run, 10)
     assert gp.withdrawn.is_set()
+
+
+# -- the read-ahead path's questions (issue 13: asked without tasks; issue 16's guarantees) ----
+
+
+def _abort_fragments(reason: str, mtu: int = 512) -> list[bytes]:
+    """An Abort from the peer as the link carries it (the pipe's framing)."""
+    return fragment(wire.Abort(code=ErrorCode.INTERNAL, reason=reason).encode(), mtu)
+
+
+async def test_an_abort_already_there_when_a_quick_delegate_answers_is_seen_first() -> None:
+    """A delegate that answers without waiting (Yes, ``--yes``) answers while the peer's Abort
+    is already on the link: the Abort ends the run and the answer is never applied (nothing
+    more is sent), as when the run read ahead while the question was asked."""
+    guest_sent_after_asked: list[int] = []
+    host_sent = 0
+    asked: list[bool] = []
+
+    def tap(src: str, _dst: str, data: bytes) -> list[bytes]:
+        nonlocal host_sent
+        if src == "b":
+            host_sent += 1
+            if host_sent == 2:  # the host's message the guest's question follows
+                return [data, *_abort_fragments("the host's side gave up")]
+        elif asked:
+            guest_sent_after_asked.append(len(data))
+        return [data]
+
+    class Quick:
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            asked.append(True)
+            return True
+
+    a, b = loopback_pair(mtu=512, tap=tap)
+    guest, host = machines(Method.COMPARE)
+    guest.start(asyncio.get_running_loop().time())
+    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False), delegate=Yes()))
+    try:
+        with pytest.raises(RemoteError, match="the host's side gave up"):
+            await asyncio.wait_for(drive(guest, MessagePipe(a, guest=True), delegate=Quick()), 10)
+    finally:
+        host_run.cancel()
+        with contextlib.suppress(BaseException):
+            await host_run
+    assert asked  # the question was asked (with the Abort behind the message before it)
+    assert guest_sent_after_asked == []  # and its answer never applied
+
+
+@pytest.mark.parametrize("watched", WATCHED)
+async def test_a_held_message_then_an_abort_while_asked_withdraws_the_question(
+    watched: str,
+) -> None:
+    """A message the peer sends while the person is asked is held, and the link is still
+    watched after it: an Abort that follows withdraws the question at once."""
+    a, _gp, hp, guest_run, host_run = await _both_asked(watched)
+    peer = MessagePipe(a, guest=True, transcript=False)
+    await peer.send(bytes(40))  # held unread (never decoded while the person thinks)
+    await peer.send(wire.Abort(code=ErrorCode.INTERNAL, reason="changed my mind").encode())
+    with pytest.raises(RemoteError, match="changed my mind"):
+        await asyncio.wait_for(host_run, 10)
+    assert hp.withdrawn.is_set()
+    guest_run.cancel()
+    with contextlib.suppress(BaseException):
+        await guest_run
+
+
+async def test_a_run_cancelled_while_its_person_is_asked_over_a_pipe_is_cancelled() -> None:
+    """Ctrl-C while the person is asked on the read-ahead path: a cancel (not a timeout, not
+    the peer's error), the question withdrawn, and the peer hears why."""
+    a, b = loopback_pair(mtu=512)
+    guest, host = machines(Method.COMPARE)
+    guest.start(asyncio.get_running_loop().time())
+    person = Ponder()
+    guest_run = asyncio.ensure_future(
+        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)
+    )
+    host_run = asyncio.ensure_future(
+        drive(host, MessagePipe(b, guest=False), delegate=Yes(), answer_time=60)
+    )
+    await asyncio.wait_for(person.asked.wait(), 10)
+    guest_run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await guest_run
+    assert person.withdrawn.is_set()
+    with pytest.raises(RemoteError) as caught:
+        await asyncio.wait_for(host_run, 10)
+    assert str(caught.value) == "the other side cancelled"
+
+
+async def test_a_person_has_the_whole_answer_time_over_a_pipe() -> None:
+    """On the read-ahead path too, the person has the answer time, not the last read's
+    deadline (a 0.3 s step); the reads after the answer get their own deadline again."""
+
+    class Slow:
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            await asyncio.sleep(0.8)
+            return True
+
+    guest, host = machines(Method.COMPARE, timeout=0.3)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        await asyncio.wait_for(
+            asyncio.gather(
+                drive(guest, MessagePipe(a, guest=True), delegate=Slow(), answer_time=5),
+                drive(host, MessagePipe(b, guest=False), delegate=Yes()),
+            ), 10
+        )
+    assert guest.session is not None and host.session is not None
+
+
+async def test_a_person_who_never_answers_over_a_pipe_times_out_and_the_peer_hears_it() -> None:
+    guest, host = machines(Method.COMPARE, timeout=30)
+    person = Ponder()
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=0.3),
+                drive(host, MessagePipe(b, guest=False), delegate=Yes(), answer_time=60),
+                return_exceptions=True,
+            ), 10
+        )
+    assert isinstance(results[0], PairingTimeout) and "no answer" in str(results[0])
+    assert person.withdrawn.is_set()
+    assert isinstance(results[1], RemoteError)  # told, not left to its own deadline
+
+
+async def test_a_delegates_own_timeout_over_a_pipe_is_not_taken_for_the_persons_silence() -> None:
+    class Broken:
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            await asyncio.sleep(0)
+            raise TimeoutError
+
+    guest, host = machines(Method.COMPARE)
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                drive(guest, MessagePipe(a, guest=True), delegate=Broken(), answer_time=60),
+                drive(host, MessagePipe(b, guest=False), delegate=Yes()),
+                return_exceptions=True,
+            ), 5
+        )
+    assert isinstance(results[0], LocalError) and "TimeoutError" in str(results[0])
+    assert not isinstance(results[0], PairingTimeout)
+
+
+async def test_a_delegate_that_ignores_the_withdrawal_still_has_its_question_withdrawn() -> None:
+    """A hook that swallows the cancel and answers anyway: the peer's Abort still ends the
+    run with the peer's error, and the late answer is not applied."""
+
+    class Stubborn:
+        def __init__(self) -> None:
+            self.asked = asyncio.Event()
+
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            self.asked.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+            return True
+
+    a, b = loopback_pair(mtu=512)
+    guest, host = machines(Method.COMPARE)
+    guest.start(asyncio.get_running_loop().time())
+    gp, hp = Ponder(), Stubborn()
+    guest_run = asyncio.ensure_future(drive(guest, MessagePipe(a, guest=True), delegate=gp))
+    host_run = asyncio.ensure_future(
+        drive(host, MessagePipe(b, guest=False), delegate=hp, answer_time=60)
+    )
+    await asyncio.wait_for(asyncio.gather(gp.asked.wait(), hp.asked.wait()), 10)
+    guest_run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await guest_run
+    with pytest.raises(RemoteError, match="the other side cancelled"):
+        await asyncio.wait_for(host_run, 10)
+    assert host.session is None
+
+
+@pytest.mark.parametrize("watched", WATCHED)
+async def test_a_hook_that_keeps_its_own_time_answers_in_its_own_time(watched: str) -> None:
+    """A hook whose first step sets up a timeout of its own (a prompt that takes silence as
+    no, the driver's own turn wait) and then waits: the timeout ends the hook's wait, which
+    answers; it never cancels the run (the hook's steps all run in one task)."""
+
+    class LooksAway:
+        async def confirm_code(self, q: ConfirmCode) -> bool:
+            try:
+                async with asyncio.timeout(0.2):
+                    await asyncio.Event().wait()
+            except TimeoutError:
+                return False
+            return True
+
+    a, b = loopback_pair(mtu=512)
+    ga, hb = (a, b) if watched == "ready" else (Unsaying(a), Unsaying(b))
+    guest, host = machines(Method.COMPARE)
+    guest.start(asyncio.get_running_loop().time())
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            drive(guest, MessagePipe(ga, guest=True), delegate=LooksAway(), answer_time=60),
+            drive(host, MessagePipe(hb, guest=False), delegate=Yes(), answer_time=60),
+            return_exceptions=True,
+        ), 10
+    )
+    assert isinstance(results[0], PairingError), results  # the person's no, not a cancel
+    assert isinstance(results[1], RemoteError), results
