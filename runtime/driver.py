@@ -263,6 +263,11 @@ async def drive(
     the link closing, withdraws the question at once (the delegate's hook is cancelled) and ends
     the run with the peer's error; any other message waits until the answer is given.  A run
     that is cancelled (Ctrl-C) tells the peer with an ``Abort`` of code ``cancelled``.
+
+    A question's hook (a coroutine function) is usually run in the run's own task rather than
+    in a task of its own (issue 13: a bare link, or a pipe that can be polled): a hook must not
+    rely on ``asyncio.current_task()`` or on context variables being its own; a withdrawn
+    question reaches it as a cancel either way.
     """
     loop = asyncio.get_running_loop()
     now = clock or loop.time
