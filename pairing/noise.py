@@ -1282,9 +1282,7 @@ class HandshakeState:
         raise ProtocolError("it is our turn to send a handshake message, not to read one")
 
     # _write and _read run the message's steps (_Role.steps) on the symmetric state held in
-    # local variables: ck, h, k, n and the AEAD object of k.  MixKey (§5.2) is written out where
-    # the hash has an RFC 5869 HKDF in ``cryptography`` (SHA256, SHA512: one call; §4.3's HKDF
-    # is RFC 5869's with ck as salt and an empty info), else it is _mix_key (BLAKE2).
+    # local variables: ck, h, k, n and the AEAD object of k; MixKey (§5.2) is _mix_key.
 
     def _write(self, payload: bytes) -> bytes:
         index = self._message_index
@@ -1297,18 +1295,12 @@ class HandshakeState:
             raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
         role = self._role
         new = role.new
-        algorithm = role.rfc5869
-        hashlen = role.hashlen
         ck, h, k, n, aead = sym.ck, sym.h, sym.k, sym.n, sym.aead
         out = []
         for op, local_e, remote_e, token in role.steps[index]:
             if op == _OP_DH:
                 ikm = self._dh(local_e, remote_e, token)
-                if algorithm is None:
-                    ck, k = _mix_key(role, ck, ikm)
-                else:
-                    okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(ikm)
-                    ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                ck, k = _mix_key(role, ck, ikm)
                 n, aead = 0, None
             elif op == _OP_S or op == _OP_PAYLOAD:
                 if op == _OP_PAYLOAD:
@@ -1341,11 +1333,7 @@ class HandshakeState:
                 out.append(public)
                 h = new(h + public).digest()  # MixHash
                 if role.has_psk:  # §9.2: MixKey(e.public_key) too
-                    if algorithm is None:
-                        ck, k = _mix_key(role, ck, public)
-                    else:
-                        okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(public)
-                        ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                    ck, k = _mix_key(role, ck, public)
                     n, aead = 0, None
             else:
                 ck, h, k = _mix_key_and_hash(role, ck, h, self._psks.pop(0))
@@ -1375,8 +1363,6 @@ class HandshakeState:
             raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
         role = self._role
         new = role.new
-        algorithm = role.rfc5869
-        hashlen = role.hashlen
         dhlen = role.dhlen
         ck, h, k, n, aead = sym.ck, sym.h, sym.k, sym.n, sym.aead
         offset = 0
@@ -1384,11 +1370,7 @@ class HandshakeState:
         for op, local_e, remote_e, token in role.steps[index]:
             if op == _OP_DH:
                 ikm = self._dh(local_e, remote_e, token)
-                if algorithm is None:
-                    ck, k = _mix_key(role, ck, ikm)
-                else:
-                    okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(ikm)
-                    ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                ck, k = _mix_key(role, ck, ikm)
                 n, aead = 0, None
             elif op == _OP_S or op == _OP_PAYLOAD:
                 if op == _OP_PAYLOAD:
@@ -1429,11 +1411,7 @@ class HandshakeState:
                 offset += dhlen
                 h = new(h + re).digest()  # MixHash
                 if role.has_psk:  # §9.2: MixKey(re) too
-                    if algorithm is None:
-                        ck, k = _mix_key(role, ck, re)
-                    else:
-                        okm = HKDF(algorithm, 2 * hashlen, ck, None).derive(re)
-                        ck, k = okm[:hashlen], okm[hashlen : hashlen + 32]
+                    ck, k = _mix_key(role, ck, re)
                     n, aead = 0, None
             else:
                 ck, h, k = _mix_key_and_hash(role, ck, h, self._psks.pop(0))
