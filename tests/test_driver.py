@@ -68,6 +68,28 @@ def machines(method: Method, *, encrypted: bool = False, timeout: float = 5.0):
     return guest, host
 
 
+async def compare_both(
+    guest_person: Any, *, pipes: bool = False, step: float = 5.0, guest_answer: float = 60,
+    host_answer: float | None = None, within: float = 5,
+) -> tuple[list[Any], GuestPairing, HostPairing]:
+    """A compare pairing over loopback, both runs driven (over bare links, or over the
+    pipeline's MessagePipes: ``pipes``), the guest's person ``guest_person`` and the host's
+    ``Yes``: each run's result or error, and the two machines."""
+    guest, host = machines(Method.COMPARE, timeout=step)
+    host_kwargs = {} if host_answer is None else {"answer_time": host_answer}
+    async with loopback_pair() as (a, b):
+        ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
+        guest.start(asyncio.get_running_loop().time())
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                drive(guest, ga, delegate=guest_person, answer_time=guest_answer),
+                drive(host, hb, delegate=Yes(), **host_kwargs),
+                return_exceptions=True,
+            ), within
+        )
+    return results, guest, host
+
+
 async def pair_over(a: Any, b: Any, method: Method, *, encrypted: bool = False):
     guest, host = machines(method, encrypted=encrypted)
     guest.start(asyncio.get_running_loop().time())
@@ -293,13 +315,7 @@ async def test_a_person_who_never_answers_times_out() -> None:
             await asyncio.sleep(3600)
             return True
 
-    guest, host = machines(Method.COMPARE)
-    async with loopback_pair() as (a, b):
-        guest.start(asyncio.get_running_loop().time())
-        results = await asyncio.wait_for(
-            asyncio.gather(drive(guest, a, delegate=Never(), answer_time=0.2),
-                           drive(host, b, delegate=Yes()), return_exceptions=True), 5
-        )
+    results, _, _ = await compare_both(Never(), guest_answer=0.2)
     assert isinstance(results[0], PairingTimeout) and "no answer" in str(results[0])
 
 
@@ -310,13 +326,7 @@ async def test_a_delegates_own_timeout_is_not_taken_for_the_persons_silence() ->
         async def confirm_code(self, q: ConfirmCode) -> bool:
             raise TimeoutError
 
-    guest, host = machines(Method.COMPARE)
-    async with loopback_pair() as (a, b):
-        guest.start(asyncio.get_running_loop().time())
-        results = await asyncio.wait_for(
-            asyncio.gather(drive(guest, a, delegate=Broken(), answer_time=60),
-                           drive(host, b, delegate=Yes()), return_exceptions=True), 5
-        )
+    results, _, _ = await compare_both(Broken())
     assert isinstance(results[0], LocalError) and "TimeoutError" in str(results[0])
     assert not isinstance(results[0], PairingTimeout)
     assert isinstance(results[1], RemoteError)
@@ -331,13 +341,7 @@ async def test_a_person_has_the_whole_answer_time_past_the_last_reads_deadline()
             await asyncio.sleep(0.8)
             return True
 
-    guest, host = machines(Method.COMPARE, timeout=0.3)
-    async with loopback_pair() as (a, b):
-        guest.start(asyncio.get_running_loop().time())
-        await asyncio.wait_for(
-            asyncio.gather(drive(guest, a, delegate=Slow(), answer_time=5),
-                           drive(host, b, delegate=Yes())), 10
-        )
+    _, guest, host = await compare_both(Slow(), step=0.3, guest_answer=5, within=10)
     assert guest.session is not None and host.session is not None
 
 
@@ -738,30 +742,15 @@ async def test_a_person_has_the_whole_answer_time_over_a_pipe() -> None:
             await asyncio.sleep(0.8)
             return True
 
-    guest, host = machines(Method.COMPARE, timeout=0.3)
-    async with loopback_pair() as (a, b):
-        guest.start(asyncio.get_running_loop().time())
-        await asyncio.wait_for(
-            asyncio.gather(
-                drive(guest, MessagePipe(a, guest=True), delegate=Slow(), answer_time=5),
-                drive(host, MessagePipe(b, guest=False), delegate=Yes()),
-            ), 10
-        )
+    _, guest, host = await compare_both(Slow(), pipes=True, step=0.3, guest_answer=5,
+                                        within=10)
     assert guest.session is not None and host.session is not None
 
 
 async def test_a_person_who_never_answers_over_a_pipe_times_out_and_the_peer_hears_it() -> None:
-    guest, host = machines(Method.COMPARE, timeout=30)
     person = Ponder()
-    async with loopback_pair() as (a, b):
-        guest.start(asyncio.get_running_loop().time())
-        results = await asyncio.wait_for(
-            asyncio.gather(
-                drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=0.3),
-                drive(host, MessagePipe(b, guest=False), delegate=Yes(), answer_time=60),
-                return_exceptions=True,
-            ), 10
-        )
+    results, _, _ = await compare_both(person, pipes=True, step=30, guest_answer=0.3,
+                                       host_answer=60, within=10)
     assert isinstance(results[0], PairingTimeout) and "no answer" in str(results[0])
     assert person.withdrawn.is_set()
     assert isinstance(results[1], RemoteError)  # told, not left to its own deadline
@@ -773,16 +762,7 @@ async def test_a_delegates_own_timeout_over_a_pipe_is_not_taken_for_the_persons_
             await asyncio.sleep(0)
             raise TimeoutError
 
-    guest, host = machines(Method.COMPARE)
-    async with loopback_pair() as (a, b):
-        guest.start(asyncio.get_running_loop().time())
-        results = await asyncio.wait_for(
-            asyncio.gather(
-                drive(guest, MessagePipe(a, guest=True), delegate=Broken(), answer_time=60),
-                drive(host, MessagePipe(b, guest=False), delegate=Yes()),
-                return_exceptions=True,
-            ), 5
-        )
+    results, _, _ = await compare_both(Broken(), pipes=True)
     assert isinstance(results[0], LocalError) and "TimeoutError" in str(results[0])
     assert not isinstance(results[0], PairingTimeout)
 
