@@ -351,3 +351,25 @@ async def gatt_guests(
         assert isinstance(guest_link, GattLink) and isinstance(host_link, GattLink)
         pairs.append((guest_link, host_link))
     return pairs
+
+
+def u16(value: int) -> bytes:
+    """A 16-bit ATT field (a handle, an offset), little-endian (Core 5.4 Vol 3 Part F §3.3)."""
+    return value.to_bytes(2, "little")
+
+
+def record_att_responses(guest_link: BleLink, sink: Callable[[bytes], object]) -> None:
+    """Hand ``sink`` every ATT PDU from the host's server to the guest that answers a request
+    (odd opcodes other than notifications and indications), raw as it arrives, before either
+    bumble or pairkit reads it."""
+    from bumble import att
+
+    manager = guest_link.connection.device.l2cap_channel_manager
+    then = manager.fixed_channels[att.ATT_CID]
+
+    def on_att_pdu(connection_handle: int, pdu: bytes) -> None:
+        if pdu and pdu[0] & 1 and pdu[0] not in (0x1B, 0x1D):
+            sink(bytes(pdu))
+        then(connection_handle, pdu)
+
+    manager.register_fixed_channel(att.ATT_CID, on_att_pdu)

@@ -18,7 +18,14 @@ from bumble import att
 
 from pairkit.transports.ble.links import BleLink, GattLink
 from pairkit.transports.bumble import VirtualRadio
-from tests.ble_harness import OpenDevice, bumble_devices, gatt_guests, linked_pair
+from tests.ble_harness import (
+    OpenDevice,
+    bumble_devices,
+    gatt_guests,
+    linked_pair,
+    record_att_responses,
+    u16,
+)
 
 
 @pytest.fixture
@@ -40,10 +47,6 @@ async def only(link: BleLink, expected: bytes) -> None:
     assert link.recv_nowait() is None
 
 
-def _u16(value: int) -> bytes:
-    return value.to_bytes(2, "little")
-
-
 async def test_write_commands_off_the_rx_handle_or_oversized_never_reach_the_host(
     open_device: OpenDevice,
 ) -> None:
@@ -51,13 +54,13 @@ async def test_write_commands_off_the_rx_handle_or_oversized_never_reach_the_hos
     client = guest_link.connection.gatt_client
     rx = guest_link._rx_handle
     for pdu in (
-        b"\x52" + _u16(rx + 1) + b"other handle",  # the TX value handle
-        b"\x52" + _u16(rx - 1) + b"declaration",
-        b"\x52" + _u16(rx) + bytes(513),  # over GATT's 512 (Vol 3 Part F §3.2.9)
-        b"\x12" + _u16(rx + 1) + b"request off rx",  # Write Request, bumble's path
+        b"\x52" + u16(rx + 1) + b"other handle",  # the TX value handle
+        b"\x52" + u16(rx - 1) + b"declaration",
+        b"\x52" + u16(rx) + bytes(513),  # over GATT's 512 (Vol 3 Part F §3.2.9)
+        b"\x12" + u16(rx + 1) + b"request off rx",  # Write Request, bumble's path
     ):
         client.send_gatt_pdu(pdu)
-    client.send_gatt_pdu(b"\x52" + _u16(rx) + b"good")
+    client.send_gatt_pdu(b"\x52" + u16(rx) + b"good")
     await only(host_link, b"good")
     assert not host_link.closed
 
@@ -71,12 +74,12 @@ async def test_notifications_off_the_tx_handle_never_reach_the_guest(
     tx = host_link._tx
     assert tx is not None
     for pdu in (
-        b"\x1b" + _u16(tx.handle - 2) + b"rx handle",
-        b"\x1b" + _u16(tx.handle + 1) + b"cccd handle",
-        b"\x1d" + _u16(tx.handle) + b"indication",  # not the fast path's opcode
+        b"\x1b" + u16(tx.handle - 2) + b"rx handle",
+        b"\x1b" + u16(tx.handle + 1) + b"cccd handle",
+        b"\x1d" + u16(tx.handle) + b"indication",  # not the fast path's opcode
     ):
         server.send_gatt_pdu(connection, pdu)
-    server.send_gatt_pdu(connection, b"\x1b" + _u16(tx.handle) + b"good")
+    server.send_gatt_pdu(connection, b"\x1b" + u16(tx.handle) + b"good")
     await only(guest_link, b"good")
     assert not guest_link.closed
 
@@ -114,24 +117,6 @@ def bumble_debug(on: bool) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def record_att_responses(guest_link: GattLink) -> asyncio.Queue[bytes]:
-    """Every ATT PDU from the host's server to the guest that answers a request (odd opcodes
-    other than notifications and indications), raw as it arrived, before either bumble or
-    pairkit reads it."""
-    device = guest_link.connection.device
-    manager = device.l2cap_channel_manager
-    then = manager.fixed_channels[att.ATT_CID]
-    responses: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def on_att_pdu(connection_handle: int, pdu: bytes) -> None:
-        if pdu and pdu[0] & 1 and pdu[0] not in (0x1B, 0x1D):
-            responses.put_nowait(bytes(pdu))
-        then(connection_handle, pdu)
-
-    manager.register_fixed_channel(att.ATT_CID, on_att_pdu)
-    return responses
-
-
 @pytest.mark.parametrize("debug", [False, True], ids=["fast", "bumble-debug"])
 async def test_a_write_request_and_a_write_command_on_rx_arrive_in_the_order_sent(
     open_device: OpenDevice, debug: bool
@@ -139,10 +124,11 @@ async def test_a_write_request_and_a_write_command_on_rx_arrive_in_the_order_sen
     guest_link, host_link = await gatt_pair(open_device, 101)
     client = guest_link.connection.gatt_client
     rx = guest_link._rx_handle
-    responses = record_att_responses(guest_link)
+    responses: asyncio.Queue[bytes] = asyncio.Queue()
+    record_att_responses(guest_link, responses.put_nowait)
     with bumble_debug(debug):
-        client.send_gatt_pdu(b"\x12" + _u16(rx) + b"first")  # Write Request: RX allows WRITE
-        client.send_gatt_pdu(b"\x52" + _u16(rx) + b"second")
+        client.send_gatt_pdu(b"\x12" + u16(rx) + b"first")  # Write Request: RX allows WRITE
+        client.send_gatt_pdu(b"\x52" + u16(rx) + b"second")
         got = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(2)]
         assert got == [b"first", b"second"], got
         assert await asyncio.wait_for(responses.get(), 2) == b"\x13"  # Write Response
@@ -158,15 +144,16 @@ async def test_a_long_write_and_a_write_command_on_rx_arrive_in_the_order_sent(
     guest_link, host_link = await gatt_pair(open_device, 141)
     client = guest_link.connection.gatt_client
     rx = guest_link._rx_handle
-    responses = record_att_responses(guest_link)
+    responses: asyncio.Queue[bytes] = asyncio.Queue()
+    record_att_responses(guest_link, responses.put_nowait)
     with bumble_debug(debug):
         for offset, part in ((0, b"fir"), (3, b"st")):
-            client.send_gatt_pdu(b"\x16" + _u16(rx) + _u16(offset) + part)
-            assert await asyncio.wait_for(responses.get(), 2) == b"\x17" + _u16(rx) + _u16(
+            client.send_gatt_pdu(b"\x16" + u16(rx) + u16(offset) + part)
+            assert await asyncio.wait_for(responses.get(), 2) == b"\x17" + u16(rx) + u16(
                 offset
             ) + part
         client.send_gatt_pdu(b"\x18\x01")  # execute
-        client.send_gatt_pdu(b"\x52" + _u16(rx) + b"second")
+        client.send_gatt_pdu(b"\x52" + u16(rx) + b"second")
         got = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(2)]
         assert got == [b"first", b"second"], got
         assert await asyncio.wait_for(responses.get(), 2) == b"\x19"  # Execute Write Response
@@ -188,18 +175,18 @@ def bumble_only(host_link: GattLink) -> None:
 #: (Prepare Write §3.4.6.1, Execute Write §3.4.6.3): written, with a gap, cancelled.
 def _requests(rx: int) -> list[bytes]:
     return [
-        b"\x12" + _u16(rx) + b"to rx",
-        b"\x12" + _u16(rx),  # an empty value
-        b"\x12" + _u16(rx) + bytes(512),  # GATT's largest value
-        b"\x12" + _u16(rx) + bytes(513),  # over it (§3.2.9)
-        b"\x12" + _u16(0xFFF0) + b"no such handle",
-        b"\x12" + _u16(0),  # handle 0 is invalid (§3.2.2)
-        b"\x16" + _u16(rx) + _u16(0) + b"long ",
-        b"\x16" + _u16(rx) + _u16(5) + b"write",
+        b"\x12" + u16(rx) + b"to rx",
+        b"\x12" + u16(rx),  # an empty value
+        b"\x12" + u16(rx) + bytes(512),  # GATT's largest value
+        b"\x12" + u16(rx) + bytes(513),  # over it (§3.2.9)
+        b"\x12" + u16(0xFFF0) + b"no such handle",
+        b"\x12" + u16(0),  # handle 0 is invalid (§3.2.2)
+        b"\x16" + u16(rx) + u16(0) + b"long ",
+        b"\x16" + u16(rx) + u16(5) + b"write",
         b"\x18\x01",
-        b"\x16" + _u16(rx) + _u16(3) + b"gap",
+        b"\x16" + u16(rx) + u16(3) + b"gap",
         b"\x18\x01",  # invalid offset
-        b"\x16" + _u16(rx) + _u16(0) + b"cancelled",
+        b"\x16" + u16(rx) + u16(0) + b"cancelled",
         b"\x18\x00",
     ]
 
@@ -215,7 +202,8 @@ async def test_write_requests_are_answered_as_bumble_answers_them(
         guest_link, host_link = await gatt_pair(open_device, 131 + 2 * seed)
         client = guest_link.connection.gatt_client
         rx = guest_link._rx_handle
-        responses = record_att_responses(guest_link)
+        responses: asyncio.Queue[bytes] = asyncio.Queue()
+        record_att_responses(guest_link, responses.put_nowait)
         if mode == "bumble-only":
             bumble_only(host_link)
         got: list[bytes] = []
@@ -223,7 +211,7 @@ async def test_write_requests_are_answered_as_bumble_answers_them(
             for pdu in _requests(rx):
                 client.send_gatt_pdu(pdu)
                 got.append(await asyncio.wait_for(responses.get(), 2))
-            client.send_gatt_pdu(b"\x52" + _u16(rx) + b"end")
+            client.send_gatt_pdu(b"\x52" + u16(rx) + b"end")
             values = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(5)]
         assert host_link.recv_nowait() is None and responses.empty()
         answers[mode] = (got, values)
@@ -231,7 +219,7 @@ async def test_write_requests_are_answered_as_bumble_answers_them(
     assert answers["bumble-debug"] == answers["bumble-only"]
     got, values = answers["fast"]
     assert got[:3] == [b"\x13"] * 3
-    assert got[3] == b"\x01\x12" + _u16(rx) + b"\x0d"  # invalid attribute value length
+    assert got[3] == b"\x01\x12" + u16(rx) + b"\x0d"  # invalid attribute value length
     assert got[8] == got[12] == b"\x19"
     assert values == [b"to rx", b"", bytes(512), b"long write", b"end"]
 
@@ -272,7 +260,7 @@ async def test_raw_writes_from_a_second_guest_reach_only_its_own_host_link(
     (victim_guest, victim_host), (attacker, attacker_host) = pairs
     client = attacker.connection.gatt_client
     for index in range(20):
-        client.send_gatt_pdu(b"\x52" + _u16(attacker._rx_handle) + b"a%d" % index)
+        client.send_gatt_pdu(b"\x52" + u16(attacker._rx_handle) + b"a%d" % index)
         if index == 10:
             victim_guest.send_nowait(b"victim")
     assert [await asyncio.wait_for(attacker_host.recv(), 2) for _ in range(20)] == [

@@ -13,11 +13,16 @@ import functools
 from collections.abc import AsyncIterator
 
 import pytest
-from bumble import att
 
-from pairkit.transports.ble.links import GattLink
 from pairkit.transports.bumble import VirtualRadio
-from tests.ble_harness import OpenDevice, bumble_devices, gatt_guests
+from tests.ble_harness import (
+    OpenDevice,
+    bumble_devices,
+    eventually,
+    gatt_guests,
+    record_att_responses,
+    u16,
+)
 
 
 @pytest.fixture
@@ -27,39 +32,12 @@ async def open_device() -> AsyncIterator[OpenDevice]:
         yield functools.partial(factory, prefer_l2cap=False)
 
 
-def _u16(value: int) -> bytes:
-    return value.to_bytes(2, "little")
-
-
-def record_att_responses(guest_link: GattLink) -> list[bytes]:
-    """Every ATT PDU from the host's server to the guest that answers a request (odd opcodes
-    other than notifications and indications), raw, as it arrives."""
-    device = guest_link.connection.device
-    manager = device.l2cap_channel_manager
-    then = manager.fixed_channels[att.ATT_CID]
-    responses: list[bytes] = []
-
-    def on_att_pdu(connection_handle: int, pdu: bytes) -> None:
-        if pdu and pdu[0] & 1 and pdu[0] not in (0x1B, 0x1D):
-            responses.append(bytes(pdu))
-        then(connection_handle, pdu)
-
-    manager.register_fixed_channel(att.ATT_CID, on_att_pdu)
-    return responses
-
-
 def release_tasks() -> list[asyncio.Task[object]]:
     """The tasks that let held RX writes go (``_RxWrites._release``) still alive."""
     return [
         task for task in asyncio.all_tasks()
         if not task.done() and getattr(task.get_coro(), "__qualname__", "").endswith("_release")
     ]
-
-
-async def until(condition: object, within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
 
 
 async def test_writes_held_behind_execute_writes_are_all_let_go_per_connection(
@@ -77,25 +55,26 @@ async def test_writes_held_behind_execute_writes_are_all_let_go_per_connection(
     assert victim_host.connection.handle != attacker_host.connection.handle
     client = attacker.connection.gatt_client
     rx = attacker._rx_handle
-    responses = record_att_responses(attacker)
+    responses: list[bytes] = []
+    record_att_responses(attacker, responses.append)
     expected: list[bytes] = []
     requests = 0
     for round_ in range(5):
         long_value = b"long%d" % round_
         # (a Prepare Write is a request: sent once the last Execute Write was answered, Vol 3
         # Part F §3.3.2; what follows the Execute Write is sent without waiting)
-        await until(lambda: responses.count(b"\x19") == round_)  # noqa: B023
-        client.send_gatt_pdu(b"\x16" + _u16(rx) + _u16(0) + long_value)
-        await until(lambda: responses[-1:] == [b"\x17" + _u16(rx) + _u16(0) + long_value])  # noqa: B023
+        await eventually(lambda: responses.count(b"\x19") == round_, 5.0)  # noqa: B023
+        client.send_gatt_pdu(b"\x16" + u16(rx) + u16(0) + long_value)
+        await eventually(lambda: responses[-1:] == [b"\x17" + u16(rx) + u16(0) + long_value], 5.0)  # noqa: B023
         client.send_gatt_pdu(b"\x18\x01")  # Execute Write: what follows is held
         expected.append(long_value)
         for index in range(40):
             value = b"r%d.%d" % (round_, index)
             if index % 3 == 0:
-                client.send_gatt_pdu(b"\x12" + _u16(rx) + value)
+                client.send_gatt_pdu(b"\x12" + u16(rx) + value)
                 requests += 1
             else:
-                client.send_gatt_pdu(b"\x52" + _u16(rx) + value)
+                client.send_gatt_pdu(b"\x52" + u16(rx) + value)
             expected.append(value)
             if index == 20:
                 victim.send_nowait(b"victim%d" % round_)
@@ -105,12 +84,13 @@ async def test_writes_held_behind_execute_writes_are_all_let_go_per_connection(
     assert [await asyncio.wait_for(victim_host.recv(), 5) for _ in range(5)] == [
         b"victim%d" % round_ for round_ in range(5)
     ]
-    await until(lambda: len(responses) == 5 + 6 + requests)  # prepares, executes, requests
+    # prepares, executes, requests
+    await eventually(lambda: len(responses) == 5 + 6 + requests, 5.0)
     assert responses.count(b"\x13") == requests  # each Write Request answered once
     assert responses.count(b"\x19") == 6  # each Execute Write once
-    await until(lambda: not release_tasks())
+    await eventually(lambda: not release_tasks(), 5.0)
     # Nothing is held any more: a write now is delivered at once, on both connections.
-    client.send_gatt_pdu(b"\x52" + _u16(rx) + b"after")
+    client.send_gatt_pdu(b"\x52" + u16(rx) + b"after")
     victim.send_nowait(b"victim after")
     assert await asyncio.wait_for(attacker_host.recv(), 2) == b"after"
     assert await asyncio.wait_for(victim_host.recv(), 2) == b"victim after"
@@ -127,27 +107,20 @@ async def test_writes_held_for_a_guest_that_left_reach_no_link(
     host = await open_device(221)
     attacker_device = await open_device(222)
     second_device = await open_device(223)
-    await host.start_advertising(b"hello")
-    accepting = asyncio.ensure_future(host.accept(timeout=5))
-    attacker = await attacker_device.connect(host.address, timeout=5)
-    attacker_host = await accepting
-    assert isinstance(attacker, GattLink) and isinstance(attacker_host, GattLink)
+    [(attacker, attacker_host)] = await gatt_guests(host, [attacker_device])
     client = attacker.connection.gatt_client
     rx = attacker._rx_handle
-    client.send_gatt_pdu(b"\x16" + _u16(rx) + _u16(0) + b"long")
+    client.send_gatt_pdu(b"\x16" + u16(rx) + u16(0) + b"long")
     client.send_gatt_pdu(b"\x18\x01")
     for index in range(30):
-        client.send_gatt_pdu(b"\x52" + _u16(rx) + b"held%d" % index)
+        client.send_gatt_pdu(b"\x52" + u16(rx) + b"held%d" % index)
     await attacker.close()
-    await until(lambda: attacker_host.closed)
-    await host.start_advertising(b"hello")
-    accepting = asyncio.ensure_future(host.accept(timeout=5))
-    second = await second_device.connect(host.address, timeout=5)
-    second_host = await accepting
+    await eventually(lambda: attacker_host.closed, 5.0)
+    [(second, second_host)] = await gatt_guests(host, [second_device])
     await second.send(b"mine")
     assert await asyncio.wait_for(second_host.recv(), 2) == b"mine"
     assert second_host.recv_nowait() is None
-    await until(lambda: not release_tasks())
+    await eventually(lambda: not release_tasks(), 5.0)
 
 
 @pytest.mark.xfail(
@@ -163,17 +136,13 @@ async def test_a_prepare_write_pipelined_behind_an_execute_write_keeps_the_order
 ) -> None:
     host = await open_device(301)
     guest = await open_device(302)
-    await host.start_advertising(b"hello")
-    accepting = asyncio.ensure_future(host.accept(timeout=5))
-    guest_link = await guest.connect(host.address, timeout=5)
-    host_link = await accepting
-    assert isinstance(guest_link, GattLink)
+    [(guest_link, host_link)] = await gatt_guests(host, [guest])
     client = guest_link.connection.gatt_client
     rx = guest_link._rx_handle
-    client.send_gatt_pdu(b"\x16" + _u16(rx) + _u16(0) + b"AAAA")
+    client.send_gatt_pdu(b"\x16" + u16(rx) + u16(0) + b"AAAA")
     client.send_gatt_pdu(b"\x18\x01")
-    client.send_gatt_pdu(b"\x52" + _u16(rx) + b"cmd")
-    client.send_gatt_pdu(b"\x16" + _u16(rx) + _u16(0) + b"BBBB")
+    client.send_gatt_pdu(b"\x52" + u16(rx) + b"cmd")
+    client.send_gatt_pdu(b"\x16" + u16(rx) + u16(0) + b"BBBB")
     client.send_gatt_pdu(b"\x18\x01")
     got = [await asyncio.wait_for(host_link.recv(), 2) for _ in range(2)]
     await asyncio.sleep(0.1)
