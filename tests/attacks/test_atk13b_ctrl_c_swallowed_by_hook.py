@@ -1,9 +1,10 @@
-"""Attack review 13b: runtime/driver.py runs a question's hook in the run's own task on the
-read-ahead path (MessagePipe).  A Ctrl-C (the run's task cancelled) is then thrown into the
-hook itself; a hook that swallows that cancel and answers (a delegate that cleans up and says
-yes) has its answer applied, and the cancelled run goes on and pairs.  Before the change the
-hook ran in a task of its own and the run's cancel stayed a cancel (docs/security.md: a
-cancelled run ends, and the peer hears 'cancelled')."""
+"""Attack review 13b: runtime/driver.py awaits a question's hook in the run's own task (on a
+bare link since before e223589; on the read-ahead path, MessagePipe, since today's change).
+A Ctrl-C (the run's task cancelled) or the answer time's expiry (the run's one timer, also a
+cancel of the run's task) is then thrown into the hook itself; a hook that swallows that
+cancel and answers (a delegate that cleans up and says yes) has its answer applied, and the
+cancelled or timed-out run goes on and both sides pair.  With the hook in a task of its own
+(e223589's read-ahead path) the cancel stays a cancel and the timeout a PairingTimeout."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from pairkit.driver import MessagePipe, drive
+from pairkit.pairing.errors import PairingTimeout
 from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
@@ -47,9 +49,12 @@ class CleansUpAndSaysYes:
         return True
 
 
-@pytest.mark.xfail(strict=True, reason="atk13b: Ctrl-C is thrown into the hook run in the run's "
-                   "task; a hook that swallows it has its answer applied and the run pairs")
-async def test_a_ctrl_c_swallowed_by_the_hook_is_still_a_cancel_over_a_pipe() -> None:
+@pytest.mark.xfail(strict=True, reason="atk13b: the run's cancel (Ctrl-C or the answer time) is "
+                   "thrown into the hook run in the run's task; a hook that swallows it has its "
+                   "answer applied and both sides pair")
+@pytest.mark.parametrize("pipes", [False, True], ids=["bare-link", "pipe"])
+@pytest.mark.parametrize("stop", ["ctrl-c", "answer-time"])
+async def test_a_stop_swallowed_by_the_hook_still_ends_the_run(pipes: bool, stop: str) -> None:
     loop = asyncio.get_running_loop()
     cfg = PairingConfig(step_timeout=5.0)
     host = HostPairing(cfg, PAUL, HostState(), link_encrypted=False, wall_now=time.time())
@@ -58,21 +63,25 @@ async def test_a_ctrl_c_swallowed_by_the_hook_is_still_a_cancel_over_a_pipe() ->
                          wall_now=time.time())
     guest.start(loop.time())
     a, b = loopback_pair(mtu=512)
+    ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
     person = CleansUpAndSaysYes()
+    answer_time = 60 if stop == "ctrl-c" else 0.3
     guest_run = asyncio.ensure_future(
-        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)
+        drive(guest, ga, delegate=person, answer_time=answer_time)
     )
-    host_run = asyncio.ensure_future(
-        drive(host, MessagePipe(b, guest=False), delegate=Yes(), answer_time=60)
-    )
+    host_run = asyncio.ensure_future(drive(host, hb, delegate=Yes(), answer_time=60))
     await asyncio.wait_for(person.asked.wait(), 10)
-    guest_run.cancel()  # Ctrl-C while the guest's person is asked
+    if stop == "ctrl-c":
+        guest_run.cancel()  # Ctrl-C while the guest's person is asked
     done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
     for run in (guest_run, host_run):
         if run not in done:
             run.cancel()
-            with contextlib.suppress(BaseException):
-                await run
+        with contextlib.suppress(BaseException):
+            await run
     paired = (guest.session is not None, host.session is not None)
-    assert paired == (False, False), f"a cancelled run paired (guest, host): {paired}"
-    assert guest_run.cancelled(), "the cancelled run was not a cancel"
+    assert paired == (False, False), f"a stopped run paired (guest, host): {paired}"
+    if stop == "ctrl-c":
+        assert guest_run.cancelled(), "the cancelled run was not a cancel"
+    else:
+        assert isinstance(guest_run.exception(), PairingTimeout)
