@@ -345,6 +345,7 @@ async def drive(
         if not read_ahead:
             # Nothing to read meanwhile: the answer is awaited here, no task of its own, under
             # the run's one timer (issue 13: as the reads, no timeout context per question).
+            cancelling = reads.owner.cancelling() if reads.owner is not None else 0
             try:
                 value = await reads.wait(hook(event), loop.time() + answer_time)
             except TimeoutError:
@@ -354,6 +355,7 @@ async def drive(
                 exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
                 machine.abort(exc, tell_peer=True)
                 raise exc from None
+            answer_stands(cancelling)
             machine.answer(event, value, now())
             return
         asked = hook(event)
@@ -405,6 +407,20 @@ async def drive(
                 with contextlib.suppress(BaseException):
                     await answer
         machine.answer(event, value, now())
+
+    def answer_stands(cancelling: int) -> None:
+        """A hook run in the run's own task answered: not an answer if the run was stopped
+        meanwhile and the hook swallowed the stop (attack review atk13b).  The answer time
+        passed: PairingTimeout, the peer told.  The run was cancelled (Ctrl-C) beyond the
+        ``cancelling`` requests it had before: CancelledError, as the cancel would have."""
+        if reads.took_too_long():
+            # Our side's person did not answer in time: the peer is waiting, so tell it.
+            exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+            machine.abort(exc, tell_peer=True)
+            raise exc
+        task = reads.owner
+        if task is not None and task.cancelling() > cancelling:
+            raise asyncio.CancelledError
 
     def hold(message: bytes) -> None:
         """A message read while a person is asked: held until the answer, or, past
@@ -500,6 +516,7 @@ async def drive(
                     raise  # cancelled by someone else as well (Ctrl-C): a cancel
             else:
                 if not withdrawn:
+                    answer_stands(cancelling)
                     return value
                 task.uncancel()  # the hook ignored the cancel; the question is withdrawn
         finally:
@@ -683,6 +700,7 @@ class _ReadDeadline:
             self._task = None
         if self._expired:  # the read ended after all, in the same turn as the deadline
             self._expired = False
+            self._timed_out = True  # (a read's value stands; a question's answer does not)
             task.uncancel()
         return result
 

@@ -49,9 +49,6 @@ class CleansUpAndSaysYes:
         return True
 
 
-@pytest.mark.xfail(strict=True, reason="atk13b: the run's cancel (Ctrl-C or the answer time) is "
-                   "thrown into the hook run in the run's task; a hook that swallows it has its "
-                   "answer applied and both sides pair")
 @pytest.mark.parametrize("pipes", [False, True], ids=["bare-link", "pipe"])
 @pytest.mark.parametrize("stop", ["ctrl-c", "answer-time"])
 async def test_a_stop_swallowed_by_the_hook_still_ends_the_run(pipes: bool, stop: str) -> None:
