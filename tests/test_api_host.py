@@ -1,0 +1,106 @@
+"""How the library's host serves links (runtime/api.py ``Host.accept``, README "Use it from
+Python"): under the admission of ``pairkit host``, only while an ``accept`` waits, several
+guests at once, the ones paired after an ``accept`` returned kept for the next.  Over the
+in-process loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+import pairkit
+from pairkit.admission import AdmissionLimits
+from pairkit.keystore import Argon2Params
+from pairkit.pairing.errors import LinkClosedError, PairingError
+from pairkit.transports import loopback
+
+
+def device(tmp_path: Path, name: str) -> pairkit.Device:
+    return pairkit.Device.create(
+        tmp_path / f"{name}.keystore", "a passphrase", name=name, kdf=Argon2Params.cheapest()
+    )
+
+
+async def test_a_silent_link_is_dropped_at_the_hosts_first_flight(tmp_path: Path) -> None:
+    """``admission=`` sets the host's limits: with a 0.3 s first flight, a link that says
+    nothing is closed by the host (told "busy" or timed out), while ``accept`` goes on."""
+    paul = device(tmp_path, "Paul")
+    limits = AdmissionLimits(first_flight=0.3)
+    async with paul.host("loopback:h1", admission=limits, delegate=pairkit.Agree()) as host:
+        accepting = asyncio.ensure_future(host.accept())
+        silent = await loopback.open().connect("h1", timeout=5)  # type: ignore[union-attr]
+        with pytest.raises(PairingError):
+            # whatever the host says first (its Abort), then the close: 10 first flights
+            async with asyncio.timeout(10 * limits.first_flight):
+                while True:
+                    await silent.recv()
+        assert isinstance((await asyncio.wait_for(_closed(silent), 5)), LinkClosedError)
+        assert not accepting.done()
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+
+
+async def _closed(link: loopback.LoopbackLink) -> BaseException:
+    try:
+        while True:
+            await link.recv()
+    except PairingError as exc:
+        return exc
+
+
+async def test_no_guest_pairs_until_accept_is_called(tmp_path: Path) -> None:
+    """A guest that joins before the application calls ``accept`` waits for it (its link is
+    not served, nothing is stored), then pairs once ``accept`` waits."""
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    async with paul.host("loopback:h2", delegate=pairkit.Agree()) as host:
+        joining = asyncio.ensure_future(george.join("loopback:h2", pin=host.pin))
+        await asyncio.sleep(0.5)
+        assert not joining.done() and paul.peers() == []
+        async with await host.accept(timeout=30) as on_paul, await joining as on_george:
+            assert on_paul.fingerprint == on_george.fingerprint
+
+
+async def test_guests_pair_at_once_and_the_next_accept_returns_the_other(
+    tmp_path: Path,
+) -> None:
+    """Two guests join together by ``compare``: both are served while the first ``accept``
+    waits; the one it did not return (paired meanwhile, or still pairing) is returned by the next
+    ``accept`` (both sessions are
+    open, both guests paired)."""
+    paul = device(tmp_path, "Paul")
+    guests = [device(tmp_path, "George"), device(tmp_path, "Ringo")]
+    agree = pairkit.Agree(confirm_codes=True)
+    async with paul.host("loopback:h3", methods=["compare"], delegate=agree) as host:
+        accepting = asyncio.ensure_future(host.accept(timeout=30))
+        joining = [asyncio.ensure_future(g.join("loopback:h3", method="compare", delegate=agree))
+                   for g in guests]
+        first = await accepting
+        second = await host.accept(timeout=30)
+        on_guests = await asyncio.wait_for(asyncio.gather(*joining), 30)
+        assert {first.peer.name, second.peer.name} == {"George", "Ringo"}
+        assert {first.fingerprint, second.fingerprint} == {s.fingerprint for s in on_guests}
+        for session in (first, second, *on_guests):
+            await session.close()
+
+
+async def test_a_guest_paired_and_not_accepted_is_closed_with_the_host(tmp_path: Path) -> None:
+    paul = device(tmp_path, "Paul")
+    guests = [device(tmp_path, "George"), device(tmp_path, "Ringo")]
+    agree = pairkit.Agree(confirm_codes=True)
+    async with paul.host("loopback:h4", methods=["compare"], delegate=agree) as host:
+        accepting = asyncio.ensure_future(host.accept(timeout=30))
+        joining = [asyncio.ensure_future(g.join("loopback:h4", method="compare", delegate=agree))
+                   for g in guests]
+        first = await accepting
+        on_guests = await asyncio.wait_for(asyncio.gather(*joining), 30)
+    # The host closed with one guest paired and never returned by accept: its session ended.
+    left = next(s for s in on_guests if s.fingerprint != first.fingerprint)
+    with pytest.raises(LinkClosedError):
+        await left.receive(timeout=5)
+    await first.close()
+    for session in on_guests:
+        await session.close()
