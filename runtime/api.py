@@ -315,6 +315,9 @@ class Host:
             # On BLE the host moved to its first resolvable private address as it started.
             self.address = str(getattr(self._listener, "address", None)
                                or getattr(t, "address", self._spec))
+            # The links' server starts now: it takes links only while an accept() waits, but
+            # tells a BLE listener at once to drop connections that open no link (accept_loop).
+            self._start_serving()
         except BaseException:
             await self._close_transport()
             raise
@@ -362,12 +365,7 @@ class Host:
         """The next guest paired (serving links meanwhile, see :meth:`accept`)."""
         if self._paired:
             return self._paired.popleft()
-        if self._serving is None:
-            self._gated = _WhileWanted(self._listener, self._wanted)
-            self._serving = asyncio.create_task(accept_loop(
-                self._gated, self._serve, admission=Admission(self._limits)
-            ))
-        serving = self._serving
+        serving = self._serving or self._start_serving()
         self._waiting += 1
         self._wanted.set()
         try:
@@ -388,6 +386,13 @@ class Host:
             self._waiting -= 1
             if not self._waiting:
                 self._wanted.clear()
+
+    def _start_serving(self) -> asyncio.Task[None]:
+        self._gated = _WhileWanted(self._listener, self._wanted)
+        self._serving = asyncio.create_task(accept_loop(
+            self._gated, self._serve, admission=Admission(self._limits)
+        ))
+        return self._serving
 
     async def _serve(self, link: Any) -> bool | None:
         """One link, as :func:`~pairkit.session.accept_loop` runs it: its guest paired and
