@@ -285,6 +285,7 @@ class Host:
         self._serving: asyncio.Task[None] | None = None
         self._paired: collections.deque[Session] = collections.deque()
         self._arrived = asyncio.Event()
+        self._telling: set[asyncio.Future[Any]] = set()  # _report's calls of the delegate
         #: where guests reach this host (a BLE address, ``tcp:HOST:PORT``, a loopback name)
         self.address: str = ""
 
@@ -390,9 +391,22 @@ class Host:
     def _start_serving(self) -> asyncio.Task[None]:
         self._gated = _WhileWanted(self._listener, self._wanted)
         self._serving = asyncio.create_task(accept_loop(
-            self._gated, self._serve, admission=Admission(self._limits)
+            self._gated, self._serve, admission=Admission(self._limits),
+            on_error=self._report,
         ))
         return self._serving
+
+    def _report(self, exc: PairingError) -> None:
+        """What accept_loop contained (a guest's internal failure, a failed accept): told to
+        the delegate as a guest that failed, as :meth:`_serve` tells a pairing that failed."""
+        told = asyncio.ensure_future(self._delegate.on_event(GuestFailed("", str(exc))))
+        self._telling.add(told)
+        told.add_done_callback(self._told)
+
+    def _told(self, told: asyncio.Future[Any]) -> None:
+        self._telling.discard(told)
+        if not told.cancelled():
+            told.exception()  # the delegate's own failure ends nothing
 
     async def _serve(self, link: Any) -> bool | None:
         """One link, as :func:`~pairkit.session.accept_loop` runs it: its guest paired and

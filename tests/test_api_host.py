@@ -104,3 +104,41 @@ async def test_a_guest_paired_and_not_accepted_is_closed_with_the_host(tmp_path:
     await first.close()
     for session in on_guests:
         await session.close()
+
+
+class Grumpy(pairkit.Agree):
+    """Agrees, keeps what it is told, and fails when told of a guest that failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[object] = []
+
+    async def on_event(self, event: object) -> None:
+        self.events.append(event)
+        if len(self.events) == 1:
+            raise RuntimeError("the application's own bug")
+
+
+async def test_what_the_host_contains_is_told_and_accept_goes_on(tmp_path: Path) -> None:
+    """The delegate fails when told of a guest that failed (a link silent past the first
+    flight): that failure is contained (told to the delegate as a guest's internal failure,
+    which names no more than its kind), and the host goes on: the next guest pairs."""
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    told = Grumpy()
+    limits = AdmissionLimits(first_flight=0.3)
+    async with paul.host("loopback:h5", delegate=told, admission=limits) as host:
+        accepting = asyncio.ensure_future(host.accept(timeout=30))
+        silent = await loopback.open().connect("h5", timeout=5)  # type: ignore[union-attr]
+        for _ in range(500):
+            if len(told.events) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        reasons = [getattr(e, "reason", "") for e in told.events]
+        assert len(reasons) == 2 and "internal failure (RuntimeError)" in reasons[1], reasons
+        assert "bug" not in reasons[1]
+        assert not accepting.done()
+        async with await george.join("loopback:h5", pin=host.pin) as on_george:
+            on_paul = await accepting
+            assert on_paul.fingerprint == on_george.fingerprint
+            await on_paul.close()
+        await silent.close()
