@@ -151,6 +151,21 @@ async def test_a_guest_whose_first_message_comes_in_slow_fragments_within_the_fi
     assert first > 1 and len(link.sent) * pause > limits.first_flight
 
 
+async def test_a_guest_whose_first_message_comes_in_gatt_fragments_pairs(
+    world: World, paul: Keystore, george: Keystore  # noqa: F811
+) -> None:
+    """The same over BLE GATT at the smallest MTU (20 bytes: no MTU exchange above 23), where
+    every message of more than 18 bytes comes in several writes: the PIN pairing completes."""
+    host = await world.start_host(
+        paul, frozenset({Method.PIN, Method.RESUME}), prefer_l2cap=False,
+        device={"att_mtu": 23},
+    )
+    guest = await world.device(prefer_l2cap=False, att_mtu=23)
+    session, _ = await world.join(george, guest, host, method=Method.PIN)
+    assert session.method is Method.PIN
+    await eventually(lambda: len(host.results) == 1)
+
+
 @pytest.mark.parametrize("prefer_l2cap", [False, True], ids=["gatt", "l2cap"])
 async def test_a_ble_stranger_who_starts_a_message_and_stops_is_dropped_at_the_first_flight(
     world: World, paul: Keystore, prefer_l2cap: bool  # noqa: F811
