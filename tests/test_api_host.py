@@ -142,3 +142,28 @@ async def test_what_the_host_contains_is_told_and_accept_goes_on(tmp_path: Path)
             assert on_paul.fingerprint == on_george.fingerprint
             await on_paul.close()
         await silent.close()
+
+
+async def test_a_lost_controller_ends_accept_with_its_error(tmp_path: Path) -> None:
+    """On BLE, the radio going away (a real ``pairkit radio`` over TCP, stopped) ends a waiting
+    ``accept`` with ``ControllerLostError``, as before the host served links in the
+    background; and the next ``accept`` says so too."""
+    from pairkit.transports.base import ControllerLostError
+    from pairkit.transports.bumble import open_bumble
+    from pairkit.transports.radio import start_radio
+
+    paul = device(tmp_path, "Paul")
+    radio = await start_radio([0, 0])
+    transport = await open_bumble(f"tcp-client:127.0.0.1:{radio.ports[0]}", open_timeout=5.0)
+    try:
+        async with paul.host(transport, delegate=pairkit.Agree()) as host:
+            accepting = asyncio.ensure_future(host.accept())
+            await asyncio.sleep(0.1)
+            await radio.close()  # the dongle unplugged
+            with pytest.raises(ControllerLostError):
+                await asyncio.wait_for(accepting, 10)
+            with pytest.raises(ControllerLostError):
+                await asyncio.wait_for(host.accept(), 10)
+    finally:
+        await radio.close()
+        await transport.close()
