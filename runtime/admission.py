@@ -42,6 +42,7 @@ from typing import Any
 from .driver import MessagePipe
 from .pairing import wire
 from .pairing.errors import ErrorCode, PairingError, PairingTimeout
+from .pairing.framing import FLAG_LAST
 
 __all__ = ["BUSY_TEXT", "Admission", "AdmissionLimits", "Admitted", "RateLimitedLog"]
 
@@ -76,11 +77,20 @@ class AdmissionLimits:
 class Admitted:
     """A link admitted by :class:`Admission`: the link itself, plus progress tracking.
 
-    Everything but reading passes through to the link.  ``recv`` notes each message
-    (progress) and, until the first one, waits at most the first-flight deadline; the driver's
-    cheaper reads (``recv_nowait``, ``recv_ready``: issue 13) count each message the same way
-    and leave the first to ``recv`` (a read that went around it, through the link's own
-    ``recv_ready``, waited the pairing's step deadline instead of the first flight's).
+    Everything but reading passes through to the link.  ``recv`` notes each link message
+    (progress) and, until the peer's first whole pairkit message is in, waits at most the
+    first-flight deadline; the driver's cheaper reads (``recv_nowait``, ``recv_ready``: issue
+    13) count each message the same way and leave the first flight to ``recv`` (a read that
+    went around it, through the link's own ``recv_ready``, waited the pairing's step deadline
+    instead of the first flight's).
+
+    A link's messages are the fragments of pairkit messages (pairing/framing.py; every handler
+    behind the admission reads them through a ``MessagePipe``): the first whole message is in
+    once a fragment marked LAST has arrived.  Until then the first flight holds, from the
+    link's admission, however many fragments came before: a stranger whose one fragment starts
+    a message it never finishes is dropped at the first flight, not kept for the pairing's
+    step (attack review atk13; docs/security.md, "A pairing host's pending links").  What the
+    fragments say is the pipe's to check; a malformed one ends the pipe's read.
     """
 
     def __init__(self, link: Any, admission: Admission, key: str) -> None:
@@ -90,8 +100,10 @@ class Admitted:
         self.since = admission.clock()
         #: when the last message arrived (the link's opening until the first)
         self.last = self.since
-        #: messages received
+        #: link messages (fragments) received
         self.received = 0
+        #: whether the peer's first whole message is in (a fragment marked LAST arrived)
+        self.first_in = False
         self.pending = True
         self.task: asyncio.Task[Any] | None = None
         #: the device id its session proved, once authenticated (None: not told)
@@ -115,7 +127,7 @@ class Admitted:
         await self._link.send(data)
 
     async def recv(self) -> bytes:
-        if self.received == 0 and self.pending:
+        if not self.first_in and self.pending:
             first_flight = self._admission.limits.first_flight
             left = self.since + first_flight - self._admission.clock()
             # A link may give its peer more time for work of its own before the first
@@ -129,14 +141,21 @@ class Admitted:
                 except TimeoutError:
                     left = extension(first_flight) if extension is not None else 0.0
                     if left <= 0:
+                        said = "no whole message" if self.received else "nothing"
                         raise PairingTimeout(
-                            f"{self._link.peer} sent nothing within "
+                            f"{self._link.peer} sent {said} within "
                             f"{first_flight:g} s of connecting"
                         ) from None
+            self._first(message)
         else:
             message = await self._link.recv()
         self._heard()
         return message
+
+    def _first(self, message: bytes) -> None:
+        """Before the first whole message: whether ``message`` (a fragment) ends one."""
+        if message and message[0] & FLAG_LAST:
+            self.first_in = True
 
     def _heard(self) -> None:
         """One message read from the peer (however it was read)."""
@@ -149,6 +168,8 @@ class Admitted:
         inner = getattr(self._link, "recv_nowait", None)
         message: bytes | None = inner() if inner is not None else None
         if message is not None:
+            if not self.first_in:
+                self._first(message)
             self._heard()
         return message
 
@@ -157,11 +178,12 @@ class Admitted:
         or the error that ends the link), for the driver to wait on instead of :meth:`recv`
         (``QueuedLink.recv_ready``); what it then reads is counted by :meth:`recv_nowait`.
 
-        None until the first message while the link is pending, so that the driver awaits
-        :meth:`recv` and its first-flight deadline; None too when the link cannot say.  An
+        None until the first whole message while the link is pending (a fragment that starts
+        one is not enough), so that the driver awaits :meth:`recv` and its first-flight
+        deadline; None too when the link cannot say.  An
         evicted link is closed and its task cancelled, which ends this wait as it ends
         :meth:`recv`."""
-        if self.received == 0 and self.pending:
+        if not self.first_in and self.pending:
             return None
         recv_ready = self._recv_ready
         return recv_ready() if recv_ready is not None else None

@@ -16,6 +16,9 @@ refused (:class:`~pairkit.delegate.Refuse`).
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -24,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from . import peers
+from .admission import Admission, AdmissionLimits
 from .clock import SYSTEM_CLOCK, Clock
 from .delegate import Delegate, Refuse
 from .files import (
@@ -45,6 +49,7 @@ from .session import (
     Established,
     GuestSide,
     HostSide,
+    accept_loop,
     accept_session,
     ask_host,
     open_session,
@@ -202,17 +207,62 @@ class Session:
         return f"<pairkit.Session {state} with {self.peer.name!r} by {self.method}>"
 
 
+class _WhileWanted:
+    """The host's listener as :func:`~pairkit.session.accept_loop` reads it: links are taken
+    from it only while an :meth:`Host.accept` waits (as before, the host pairs no one its
+    application did not ask for); a link that came in just as the last wait ended is held
+    until the next.  Everything else (the address, BLE's ``drop_linkless_connections_after``)
+    is the listener's own."""
+
+    def __init__(self, listener: Any, wanted: asyncio.Event) -> None:
+        self._listener = listener
+        self._wanted = wanted
+        self._held: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._listener, name)
+
+    async def accept(self) -> Any:
+        if self._held is None:
+            await self._wanted.wait()
+            self._held = await self._listener.accept()
+        await self._wanted.wait()
+        link, self._held = self._held, None
+        return link
+
+    def accept_nowait(self) -> Any:
+        more = getattr(self._listener, "accept_nowait", None)
+        if more is None or not self._wanted.is_set():
+            return None
+        return more()
+
+    async def close(self) -> None:
+        """Close the link held, if any (the listener is the host's to close)."""
+        held, self._held = self._held, None
+        if held is not None:
+            await _close_quietly(held)
+
+
 class Host:
     """A device waiting for guests on one transport (from :meth:`Device.host`).
 
     ``async with device.host(...) as host``: the transport is opened (unless an object was
     given), the hello broadcast where the transport can broadcast, and :meth:`accept` returns
     the next guest once it is paired, confirmed and stored.  A guest that fails is told to
-    the delegate (``on_event``) and never ends the host."""
+    the delegate (``on_event``) and never ends the host.
+
+    While an :meth:`accept` waits, the host serves every link that comes as ``pairkit host``
+    does (:func:`~pairkit.session.accept_loop` under an :class:`~pairkit.admission.Admission`:
+    docs/security.md, "A pairing host's pending links"): several guests pair at once, a link
+    that has sent no whole message within the first flight (5 s) is dropped, and on BLE so is
+    a connection that opens no link within two first flights; a stranger who connects and
+    says nothing never keeps a guest from pairing.  A guest still pairing when that
+    :meth:`accept` returns goes on, and the next :meth:`accept` returns it (one not taken
+    before the host closes is closed with it)."""
 
     def __init__(self, device: Device, transport: str | Any, *, methods: frozenset[Method],
                  pin: str | None, delegate: Any, visible: float | None, step_timeout: float,
-                 qr_ttl: float) -> None:
+                 qr_ttl: float, admission: AdmissionLimits | None = None) -> None:
         self._device = device
         self._spec = transport if isinstance(transport, str) else None
         self._given = None if isinstance(transport, str) else transport
@@ -226,6 +276,16 @@ class Host:
         self._listener: Any = None
         self._presence: Presence | None = None
         self._side: HostSide | None = None
+        self._limits = admission or AdmissionLimits()
+        # The links served (accept_loop), while accept() waits (_wanted); the guests paired
+        # and not yet returned by accept(), in the order they paired (_arrived: one more).
+        self._wanted = asyncio.Event()
+        self._waiting = 0
+        self._gated: _WhileWanted | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._paired: collections.deque[Session] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._telling: set[asyncio.Future[Any]] = set()  # _report's calls of the delegate
         #: where guests reach this host (a BLE address, ``tcp:HOST:PORT``, a loopback name)
         self.address: str = ""
 
@@ -256,6 +316,9 @@ class Host:
             # On BLE the host moved to its first resolvable private address as it started.
             self.address = str(getattr(self._listener, "address", None)
                                or getattr(t, "address", self._spec))
+            # The links' server starts now: it takes links only while an accept() waits, but
+            # tells a BLE listener at once to drop connections that open no link (accept_loop).
+            self._start_serving()
         except BaseException:
             await self._close_transport()
             raise
@@ -284,36 +347,94 @@ class Host:
         """The next guest, paired, confirmed and stored.  :class:`PairingTimeout` if none
         completes within ``timeout`` seconds (None: wait until one does).
 
+        While it waits, every link is served at once under the host's admission (the class
+        docstring): a stranger who connects and says nothing is dropped at the first flight
+        and keeps no guest waiting.
+
         On BLE, a radio that goes away (a dongle unplugged) ends the wait with
         ``pairkit.transports.base.ControllerLostError`` (code NOT_FOUND); open a new host once
         the radio is back (``pairkit host`` does that itself: README "When the dongle is
         unplugged")."""
-        import asyncio
-
-        side = self._ready()
-        listener = self._listener
+        self._ready()
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    if self._listener is None:  # the host closed while this waited
-                        raise LinkClosedError("the host is closed")
-                    link = await listener.accept()
-                    try:
-                        done = await accept_session(
-                            link, side, delegate=self._delegate, clock=self._device.clock
-                        )
-                    except PairingError as exc:
-                        await _close_quietly(link)
-                        if not is_probe(exc):  # one that only asked who we are did not fail
-                            await self._delegate.on_event(GuestFailed(str(link.peer), str(exc)))
-                        continue
-                    finally:
-                        if Method.PIN in self._methods and side.state.pin is None:
-                            side.state.new_pin()
-                    return Session(done, role="host", delegate=self._delegate,
-                                   clock=self._device.clock)
+                return await self._next_guest()
         except TimeoutError:
             raise PairingTimeout(f"no guest paired within {timeout:g} s") from None
+
+    async def _next_guest(self) -> Session:
+        """The next guest paired (serving links meanwhile, see :meth:`accept`)."""
+        if self._paired:
+            return self._paired.popleft()
+        serving = self._serving or self._start_serving()
+        self._waiting += 1
+        self._wanted.set()
+        try:
+            while not self._paired:
+                if serving.done():
+                    if serving.cancelled() or self._listener is None:
+                        raise LinkClosedError("the host is closed")
+                    error = serving.exception()
+                    raise error if error is not None else LinkClosedError("the host is closed")
+                self._arrived.clear()
+                arrived = asyncio.ensure_future(self._arrived.wait())
+                try:
+                    await asyncio.wait({arrived, serving}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    arrived.cancel()
+            return self._paired.popleft()
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._wanted.clear()
+
+    def _start_serving(self) -> asyncio.Task[None]:
+        self._gated = _WhileWanted(self._listener, self._wanted)
+        self._serving = asyncio.create_task(accept_loop(
+            self._gated, self._serve, admission=Admission(self._limits),
+            on_error=self._report,
+        ))
+        return self._serving
+
+    def _report(self, exc: PairingError) -> None:
+        """What accept_loop contained (a guest's internal failure, a failed accept): told to
+        the delegate as a guest that failed, as :meth:`_serve` tells a pairing that failed."""
+        told = asyncio.ensure_future(self._delegate.on_event(GuestFailed("", str(exc))))
+        self._telling.add(told)
+        told.add_done_callback(self._told)
+
+    def _told(self, told: asyncio.Future[Any]) -> None:
+        self._telling.discard(told)
+        if not told.cancelled():
+            told.exception()  # the delegate's own failure ends nothing
+
+    async def _serve(self, link: Any) -> bool | None:
+        """One link, as :func:`~pairkit.session.accept_loop` runs it: its guest paired and
+        kept for :meth:`accept`, or its failure told to the delegate; False for a link that
+        only asked who this host is."""
+        side = self._ready()
+        try:
+            done = await accept_session(
+                link, side, delegate=self._delegate, clock=self._device.clock
+            )
+        except PairingError as exc:
+            await _close_quietly(link)
+            if is_probe(exc):  # one that only asked who we are did not fail
+                return False
+            await self._delegate.on_event(GuestFailed(str(link.peer), str(exc)))
+            return None
+        except BaseException:
+            # Stopped (the host closing, the link evicted): the guest is not left on a link
+            # nobody serves (accept_loop closes only what fails).
+            await _close_quietly(link)
+            raise
+        finally:
+            if Method.PIN in self._methods and side.state.pin is None:
+                side.state.new_pin()
+        self._paired.append(Session(done, role="host", delegate=self._delegate,
+                                    clock=self._device.clock))
+        self._arrived.set()
+        return True
 
     async def __aiter__(self) -> AsyncIterator[Session]:
         """Guests one after another, as they pair."""
@@ -321,7 +442,18 @@ class Host:
             yield await self.accept()
 
     async def close(self) -> None:
-        """Stop broadcasting and listening (and close the transport if the host opened it)."""
+        """Stop broadcasting and listening (and close the transport if the host opened it);
+        guests still pairing are stopped, and those paired and not returned by
+        :meth:`accept` are closed."""
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.cancel()
+            with contextlib.suppress(BaseException):
+                await serving
+        if self._gated is not None:
+            await self._gated.close()
+        while self._paired:
+            await _close_quietly(self._paired.popleft())
         if self._presence is not None:
             await self._presence.stop()
             self._presence = None
@@ -412,6 +544,7 @@ class Device:
         self, transport: str | Any, *, methods: Iterable[str | Method] = ("pin",),
         pin: str | None = None, delegate: Delegate | None = None,
         visible: float | None = 600.0, step_timeout: float = 30.0, qr_ttl: float = 600.0,
+        admission: AdmissionLimits | None = None,
     ) -> Host:
         """Wait for guests on ``transport`` (a name or an open transport object).
 
@@ -419,10 +552,13 @@ class Device:
         peers always ``resume``).  ``pin``: the first guest's PIN (default: a random one,
         :attr:`Host.pin`).  ``visible``: seconds strangers may find and join this host on a
         broadcasting transport (None: only members of its cloud).  ``delegate`` answers the
-        owner's questions: a stranger asking to join is refused without one."""
+        owner's questions: a stranger asking to join is refused without one.  ``admission``:
+        the limits on links not yet paired (:class:`pairkit.admission.AdmissionLimits`: the
+        first flight, how many at once and from one address), as ``pairkit host``'s; the
+        defaults are its defaults (:meth:`Host.accept`)."""
         return Host(self, transport, methods=_methods(methods), pin=pin,
                     delegate=delegate or Refuse(), visible=visible,
-                    step_timeout=step_timeout, qr_ttl=qr_ttl)
+                    step_timeout=step_timeout, qr_ttl=qr_ttl, admission=admission)
 
     async def join(
         self, target: str, *, transport: str | Any | None = None,

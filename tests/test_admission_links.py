@@ -39,6 +39,40 @@ async def test_the_driver_waits_through_recv_for_the_first_message_then_on_the_l
     await host.close()
 
 
+async def test_the_first_flight_holds_until_the_first_whole_message_however_it_is_read() -> None:
+    """A first message cut into fragments: until its last fragment is in, the pipe offers no
+    ``recv_ready`` (the first-flight deadline holds), whether the fragments were read through
+    ``recv`` or polled; a first fragment alone, then silence, ends at the first flight."""
+    from pairkit.pairing.errors import PairingTimeout
+    from pairkit.pairing.framing import fragment
+
+    guest, host = loopback_pair()
+    admitted = Admission(AdmissionLimits(first_flight=0.3)).admit(host)
+    assert admitted is not None
+    pipe = MessagePipe(admitted, guest=False)
+    pieces = fragment(bytes(100), 40)
+    assert len(pieces) == 3
+    await guest.send(pieces[0])
+    assert pipe.poll_unabsorbed() is None  # the first fragment, polled
+    assert admitted.received == 1 and admitted.spoken and not admitted.first_in
+    assert pipe.recv_ready() is None
+    await guest.send(pieces[1])
+    await guest.send(pieces[2])
+    assert await asyncio.wait_for(pipe.recv(), 2) == bytes(100)  # the rest, through recv
+    assert admitted.first_in and pipe.recv_ready() is not None
+    await guest.close()
+    await host.close()
+
+    guest, host = loopback_pair()
+    admitted = Admission(AdmissionLimits(first_flight=0.3)).admit(host)
+    assert admitted is not None
+    await guest.send(pieces[0])
+    with pytest.raises(PairingTimeout, match=r"sent no whole message within 0\.3 s of connecting"):
+        await asyncio.wait_for(MessagePipe(admitted, guest=False).recv(), 10)
+    await guest.close()
+    await host.close()
+
+
 async def test_an_evicted_link_ends_the_wait_with_the_error_recv_gives() -> None:
     """One place: a second guest's link evicts the first, silent past the idle grace.  The
     first's pending wait ends, and its next read raises what ``recv`` raises."""
