@@ -74,7 +74,8 @@ LAYERS = (
 
 #: path fragment -> layer, first match wins
 _BY_PATH = (
-    ("pairing/noise.py", "noise (py)"),
+    ("pairing/noise.py", "noise (py)"),  # with its generated messages, <pairing/noise.py: ...>
+    ("noise.py: ", "noise (py)"),  # the same as py-spy names them (the file's last part)
     ("hmac.py", "noise (py)"),
     ("pairing/cpace.py", "cpace (py)"),
     ("pairing/wire.py", "wire/cbor"),  # with the codecs it generates, <pairing/wire.py: ...>

@@ -948,6 +948,7 @@ class _Role:
         "has_psk",
         "hashfns",
         "hashlen",
+        "initiator",
         "keys_ok",
         "messages",
         "name",
@@ -958,8 +959,10 @@ class _Role:
         "premessage",
         "protocol",
         "psk_count",
+        "readers",
         "rfc5869",
         "steps",
+        "writers",
     )
 
     def __init__(self, protocol: NoiseProtocol, initiator: bool) -> None:
@@ -999,6 +1002,10 @@ class _Role:
         )
         self.messages = len(pattern.messages)
         self.one_way = pattern.one_way
+        self.initiator = initiator
+        # WriteMessage and ReadMessage of each message, generated from the steps (§5.3)
+        self.writers = _message_functions(self, write=True)
+        self.readers = _message_functions(self, write=False)
 
 
 class _Symmetric:
@@ -1070,6 +1077,237 @@ def _aead_by_the_rules(
     cs._n = n
     out = cs.encrypt_with_ad(h, data) if encrypt else cs.decrypt_with_ad(h, data)
     return out, cs._n
+
+
+# --------------------------------------------------------------------------------------------
+# §5.3 WriteMessage / ReadMessage, one function per message of a pattern and role
+#
+# Each message's tokens (_Role.steps, from the pattern table through HandshakePattern.plan) are
+# turned into the body of one Python function when a protocol is first used: the same steps as
+# a loop over the tokens would take, in the same order and with the same checks and error
+# texts, without deciding at every token what the token is (issue 13).  The text below is each
+# step's code; _message_source puts a message's steps together.
+
+#: MixKey(ikm) (§5.2): ck, temp_k = HKDF(ck, ikm, 2); InitializeKey(temp_k[:32]).  With a hash
+#: ``cryptography``'s HKDF has, one RFC 5869 call (as _mix_key); else §4.3 by hmac (_mix_key).
+_GEN_MIX_KEY_RFC5869: Final = """\
+    okm = HKDF(algorithm, {twice}, ck, None).derive({ikm})
+    ck, k = okm[:{hashlen}], okm[{hashlen}:{key_end}]
+    n, aead = 0, None
+"""
+_GEN_MIX_KEY_HMAC: Final = """\
+    ck, k = _mix_key(role, ck, {ikm})
+    n, aead = 0, None
+"""
+#: a DH token (§5.3): MixKey(DH(...)), the keys picked by the token and the role
+_GEN_DH: Final = """\
+    ikm = self._dh({local_e}, {remote_e}, {token!r})
+"""
+#: psk (§9.2): MixKeyAndHash(psk), the PSKs taken in order
+_GEN_PSK: Final = """\
+    ck, h, k = _mix_key_and_hash(role, ck, h, self._psks.pop(0))
+    n, aead = 0, None
+"""
+#: writing e (§5.3): GENERATE_KEYPAIR() unless e was given, then MixHash(e.public_key)
+_GEN_WRITE_E: Final = """\
+    pair = self._e
+    if pair is None:  # GENERATE_KEYPAIR(): one draw, loaded once
+        pair = self._e = _key_pair(dh, _draw_private(dh, self._rng), "ephemeral")
+    {part} = pair.public
+    h = new(h + {part}).digest()  # MixHash
+"""
+#: writing s (§5.3): EncryptAndHash(s.public_key)
+_GEN_WRITE_S: Final = """\
+    if self._s is None:  # the key checks make this unreachable
+        raise ConfigError("this pattern sends a static key and none was given")
+    plaintext = self._s.public
+"""
+#: EncryptAndHash (§5.2): EncryptWithAd(h, plaintext) (§5.1), then MixHash.  A handshake's
+#: fields take the first branch or the second; CipherState itself handles anything else, with
+#: its checks and texts.
+_GEN_ENCRYPT_AND_HASH: Final = """\
+    if k is not None and n < _FEW and len(plaintext) <= {max_plaintext}:
+        if aead is None:
+            aead = aead_class(k)
+        {part} = aead.encrypt(nonces[n], plaintext, h)
+        n += 1
+    elif k is None and len(plaintext) <= MAX_MESSAGE_LEN:
+        {part} = plaintext
+    else:
+        {part}, n = _aead_by_the_rules(role, True, k, n, h, plaintext)
+    h = new(h + {part}).digest()
+"""
+#: reading e (§5.3): re = the next DHLEN bytes; MixHash(re.public_key)
+_GEN_READ_E: Final = """\
+    if self._re is not None:  # only a pre-message can have set it: a pattern bug
+        raise ProtocolError("the peer's ephemeral key was already known")
+    if offset + {dhlen} > size:
+        raise DecodeError("the Noise handshake message is too short")
+    re = self._re = message[offset : offset + {dhlen}]
+    offset += {dhlen}
+    h = new(h + re).digest()  # MixHash
+"""
+#: reading s (§5.3): the next DHLEN bytes, plus 16 with a key, are DecryptAndHash'd into rs
+_GEN_READ_S: Final = """\
+    if self._rs is not None:
+        raise ProtocolError("the peer's static key was already known")
+    count = {dhlen_tag} if k is not None else {dhlen}
+    if offset + count > size:
+        raise DecodeError("the Noise handshake message is too short")
+    ciphertext = message[offset : offset + count]
+    offset += count
+"""
+#: reading the payload (§5.3): the rest of the message is DecryptAndHash'd
+_GEN_READ_PAYLOAD: Final = """\
+    ciphertext = message[offset:] if offset else message
+"""
+#: DecryptAndHash (§5.2): DecryptWithAd(h, ciphertext) (§5.1), then MixHash; as in writing,
+#: CipherState itself handles what the first two branches do not.
+_GEN_DECRYPT_AND_HASH: Final = """\
+    if k is not None and n < _FEW and TAG_LEN <= len(ciphertext):
+        if aead is None:
+            aead = aead_class(k)
+        try:
+            plaintext = aead.decrypt(nonces[n], ciphertext, h)
+        except InvalidTag:
+            raise AuthenticationError(_ALTERED) from None
+        n += 1
+    elif k is None:
+        plaintext = ciphertext
+    else:
+        plaintext, n = _aead_by_the_rules(role, False, k, n, h, ciphertext)
+    h = new(h + ciphertext).digest()
+"""
+#: after a message: keep the symmetric state, or after the last one Split() (§5.2)
+_GEN_KEEP: Final = """\
+    self._message_index = {next_index}
+    sym.ck, sym.h, sym.k, sym.n, sym.aead = ck, h, k, n, aead
+"""
+_GEN_SPLIT: Final = """\
+    self._message_index = {next_index}
+    self._split(ck, h)
+"""
+
+
+def _message_source(role: _Role, index: int, write: bool) -> str:
+    """The source of the function that writes (``write``) or reads message ``index`` for
+    ``role``: WriteMessage or ReadMessage (§5.3) of that message's tokens, in order, then its
+    payload, on the symmetric state (§5.2) held in local variables.  Generated from
+    :attr:`_Role.steps` (the pattern table's tokens) only, never from input."""
+    hashlen = role.hashlen
+    if role.rfc5869 is not None:
+        mix_key = _GEN_MIX_KEY_RFC5869.replace("{twice}", str(2 * hashlen))
+        mix_key = mix_key.replace("{hashlen}", str(hashlen))
+        mix_key = mix_key.replace("{key_end}", str(hashlen + 32))
+    else:
+        mix_key = _GEN_MIX_KEY_HMAC
+    dhlen = str(role.dhlen)
+    what = "write" if write else "read"
+    lines = [
+        f"def {what}(self, {'payload' if write else 'message'}, sym):",
+        "    ck, h, k, n, aead = sym.ck, sym.h, sym.k, sym.n, sym.aead",
+    ]
+    if not write:
+        lines.append("    size = len(message)")
+        lines.append("    offset = 0")
+    parts: list[str] = []
+    for op, local_e, remote_e, token in role.steps[index]:
+        part = f"part{len(parts)}"
+        if op == _OP_DH:
+            code = _GEN_DH.format(local_e=local_e, remote_e=remote_e, token=token)
+            code += mix_key.replace("{ikm}", "ikm")
+        elif op == _OP_PSK:
+            code = _GEN_PSK
+        elif op == _OP_E and write:
+            parts.append(part)
+            code = _GEN_WRITE_E.replace("{part}", part)
+            if role.has_psk:  # §9.2: MixKey(e.public_key) too
+                code += mix_key.replace("{ikm}", part)
+        elif op == _OP_E:
+            code = _GEN_READ_E.replace("{dhlen}", dhlen)
+            if role.has_psk:  # §9.2: MixKey(re) too
+                code += mix_key.replace("{ikm}", "re")
+        elif write:  # s or the payload: EncryptAndHash
+            parts.append(part)
+            code = _GEN_WRITE_S if op == _OP_S else "    plaintext = payload\n"
+            code += _GEN_ENCRYPT_AND_HASH.replace("{part}", part).replace(
+                "{max_plaintext}", str(MAX_MESSAGE_LEN - TAG_LEN)
+            )
+        else:  # s or the payload: DecryptAndHash
+            if op == _OP_S:
+                code = _GEN_READ_S.replace("{dhlen_tag}", str(role.dhlen + TAG_LEN))
+                code = code.replace("{dhlen}", dhlen)
+            else:
+                code = _GEN_READ_PAYLOAD
+            code += _GEN_DECRYPT_AND_HASH
+            code += "    self._rs = plaintext\n" if op == _OP_S else "    payload = plaintext\n"
+        lines.append(f"    # {_STEP_NAMES[op] if op != _OP_DH else token}")
+        lines += code.rstrip("\n").split("\n")
+    if write:
+        lines += [
+            f"    message = b''.join(({', '.join(parts)},))",
+            "    if len(message) > MAX_MESSAGE_LEN:",
+            "        raise TooLargeError(_TOO_LARGE)",
+        ]
+    last = index + 1 == role.messages
+    end = (_GEN_SPLIT if last else _GEN_KEEP).replace("{next_index}", str(index + 1))
+    lines += end.rstrip("\n").split("\n")
+    lines.append("    return message" if write else "    return payload")
+    return "\n".join(lines) + "\n"
+
+
+_STEP_NAMES: Final = {_OP_E: "e", _OP_S: "s", _OP_PSK: "psk", _OP_PAYLOAD: "payload"}
+_TOO_LARGE: Final = (
+    f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes; the payload is too large"
+)
+
+
+def _message_functions(role: _Role, write: bool) -> tuple[Callable[..., bytes] | None, ...]:
+    """For each message of the pattern the function that writes it (``write``) or reads it, as
+    this role does; ``None`` for the messages the role does not write (or read)."""
+    names: dict[str, Any] = {
+        "role": role,
+        "new": role.new,
+        "dh": role.dh,
+        "aead_class": role.aead_class,
+        "nonces": role.nonces,
+        "algorithm": role.rfc5869,
+        "HKDF": HKDF,
+        "InvalidTag": InvalidTag,
+        "AuthenticationError": AuthenticationError,
+        "ConfigError": ConfigError,
+        "DecodeError": DecodeError,
+        "ProtocolError": ProtocolError,
+        "TooLargeError": TooLargeError,
+        "MAX_MESSAGE_LEN": MAX_MESSAGE_LEN,
+        "TAG_LEN": TAG_LEN,
+        "_FEW": _FEW,
+        "_ALTERED": _ALTERED,
+        "_TOO_LARGE": _TOO_LARGE,
+        "_aead_by_the_rules": _aead_by_the_rules,
+        "_draw_private": _draw_private,
+        "_key_pair": _key_pair,
+        "_mix_key": _mix_key,
+        "_mix_key_and_hash": _mix_key_and_hash,
+    }
+    functions: list[Callable[..., bytes] | None] = []
+    side = "initiator" if role.initiator else "responder"
+    for index in range(role.messages):
+        if (index % 2 == 0) != (role.initiator == write):
+            functions.append(None)
+            continue
+        source = _message_source(role, index, write)
+        what = "write" if write else "read"
+        # The protocol's name is in the file name and the docstring, not in the source.
+        filename = f"<pairing/noise.py: {what} message {index} of {role.protocol.name}, {side}>"
+        exec(compile(source, filename, "exec"), names)  # noqa: S102 - from the pattern table only
+        function = names.pop(what)
+        function.__doc__ = (
+            f"{'WriteMessage' if write else 'ReadMessage'} (Noise rev 34 §5.3) of message "
+            f"{index} of {role.protocol.name}, as the {side} (generated by _message_source)."
+        )
+        functions.append(function)
+    return tuple(functions)
 
 
 class HandshakeState:
@@ -1281,8 +1519,9 @@ class HandshakeState:
             raise ProtocolError("it is the peer's turn to send a handshake message")
         raise ProtocolError("it is our turn to send a handshake message, not to read one")
 
-    # _write and _read run the message's steps (_Role.steps) on the symmetric state held in
-    # local variables: ck, h, k, n and the AEAD object of k; MixKey (§5.2) is _mix_key.
+    # _write and _read check the turn and the size, then run the message's generated function
+    # (_message_functions), which works on the symmetric state held in local variables: ck, h,
+    # k, n and the AEAD object of k.
 
     def _write(self, payload: bytes) -> bytes:
         index = self._message_index
@@ -1293,135 +1532,18 @@ class HandshakeState:
         sym = self._sym
         if sym is None:  # _complete and _failed make this unreachable
             raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
-        role = self._role
-        new = role.new
-        ck, h, k, n, aead = sym.ck, sym.h, sym.k, sym.n, sym.aead
-        out = []
-        for op, local_e, remote_e, token in role.steps[index]:
-            if op == _OP_DH:
-                ikm = self._dh(local_e, remote_e, token)
-                ck, k = _mix_key(role, ck, ikm)
-                n, aead = 0, None
-            elif op == _OP_S or op == _OP_PAYLOAD:
-                if op == _OP_PAYLOAD:
-                    plaintext = payload
-                elif self._s is None:  # the key checks make this unreachable
-                    raise ConfigError("this pattern sends a static key and none was given")
-                else:
-                    plaintext = self._s.public
-                # EncryptAndHash (§5.2): EncryptWithAd(h, plaintext) (§5.1), then MixHash.  A
-                # handshake's fields take the first branch or the second; CipherState itself
-                # handles anything else, with its checks and texts.
-                if k is not None and n < _FEW and len(plaintext) <= MAX_MESSAGE_LEN - TAG_LEN:
-                    if aead is None:
-                        aead = role.aead_class(k)
-                    ciphertext = aead.encrypt(role.nonces[n], plaintext, h)
-                    n += 1
-                elif k is None and len(plaintext) <= MAX_MESSAGE_LEN:
-                    ciphertext = plaintext
-                else:
-                    ciphertext, n = _aead_by_the_rules(role, True, k, n, h, plaintext)
-                out.append(ciphertext)
-                h = new(h + ciphertext).digest()
-            elif op == _OP_E:
-                pair = self._e
-                if pair is None:  # GENERATE_KEYPAIR(): one draw, loaded once
-                    pair = self._e = _key_pair(
-                        role.dh, _draw_private(role.dh, self._rng), "ephemeral"
-                    )
-                public = pair.public
-                out.append(public)
-                h = new(h + public).digest()  # MixHash
-                if role.has_psk:  # §9.2: MixKey(e.public_key) too
-                    ck, k = _mix_key(role, ck, public)
-                    n, aead = 0, None
-            else:
-                ck, h, k = _mix_key_and_hash(role, ck, h, self._psks.pop(0))
-                n, aead = 0, None
-        message = b"".join(out)
-        if len(message) > MAX_MESSAGE_LEN:
-            raise TooLargeError(
-                f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes; "
-                "the payload is too large"
-            )
-        self._message_index = index = index + 1
-        if index < role.messages:
-            sym.ck, sym.h, sym.k, sym.n, sym.aead = ck, h, k, n, aead
-        else:
-            self._split(ck, h)
-        return message
+        return self._role.writers[index](self, payload, sym)  # type: ignore[misc]
 
     def _read(self, message: bytes) -> bytes:
         index = self._message_index
         if self._complete or (index % 2 == 0) == self.initiator:  # my turn to write
             self._out_of_turn(writing=False)
-        size = len(message)
-        if size > MAX_MESSAGE_LEN:
+        if len(message) > MAX_MESSAGE_LEN:
             raise TooLargeError(f"a Noise handshake message is at most {MAX_MESSAGE_LEN} bytes")
         sym = self._sym
         if sym is None:  # _complete and _failed make this unreachable
             raise ProtocolError("the Noise handshake is over; its symmetric state is gone")
-        role = self._role
-        new = role.new
-        dhlen = role.dhlen
-        ck, h, k, n, aead = sym.ck, sym.h, sym.k, sym.n, sym.aead
-        offset = 0
-        payload = b""
-        for op, local_e, remote_e, token in role.steps[index]:
-            if op == _OP_DH:
-                ikm = self._dh(local_e, remote_e, token)
-                ck, k = _mix_key(role, ck, ikm)
-                n, aead = 0, None
-            elif op == _OP_S or op == _OP_PAYLOAD:
-                if op == _OP_PAYLOAD:
-                    ciphertext = message[offset:] if offset else message
-                else:
-                    if self._rs is not None:
-                        raise ProtocolError("the peer's static key was already known")
-                    count = dhlen + TAG_LEN if k is not None else dhlen
-                    if offset + count > size:
-                        raise DecodeError("the Noise handshake message is too short")
-                    ciphertext = message[offset : offset + count]
-                    offset += count
-                # DecryptAndHash (§5.2): DecryptWithAd(h, ciphertext) (§5.1), then MixHash; as
-                # in _write, CipherState itself handles what the first two branches do not.
-                if k is not None and n < _FEW and TAG_LEN <= len(ciphertext):
-                    if aead is None:
-                        aead = role.aead_class(k)
-                    try:
-                        plaintext = aead.decrypt(role.nonces[n], ciphertext, h)
-                    except InvalidTag:
-                        raise AuthenticationError(_ALTERED) from None
-                    n += 1
-                elif k is None:
-                    plaintext = ciphertext
-                else:
-                    plaintext, n = _aead_by_the_rules(role, False, k, n, h, ciphertext)
-                h = new(h + ciphertext).digest()
-                if op == _OP_PAYLOAD:
-                    payload = plaintext
-                else:
-                    self._rs = plaintext
-            elif op == _OP_E:
-                if self._re is not None:  # only a pre-message can have set it: a pattern bug
-                    raise ProtocolError("the peer's ephemeral key was already known")
-                if offset + dhlen > size:
-                    raise DecodeError("the Noise handshake message is too short")
-                re = self._re = message[offset : offset + dhlen]
-                offset += dhlen
-                h = new(h + re).digest()  # MixHash
-                if role.has_psk:  # §9.2: MixKey(re) too
-                    ck, k = _mix_key(role, ck, re)
-                    n, aead = 0, None
-            else:
-                ck, h, k = _mix_key_and_hash(role, ck, h, self._psks.pop(0))
-                n, aead = 0, None
-        self._message_index = index = index + 1
-        if index < role.messages:
-            sym.ck, sym.h, sym.k, sym.n, sym.aead = ck, h, k, n, aead
-        else:
-            self._split(ck, h)
-        return payload
+        return self._role.readers[index](self, message, sym)  # type: ignore[misc]
 
     def _dh(self, local_e: bool, remote_e: bool, token: str) -> bytes:
         """DH(key_pair, public_key) (§4.1) of token ``ee``, ``es``, ``se`` or ``ss`` (§5.3),

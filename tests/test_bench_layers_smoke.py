@@ -72,3 +72,8 @@ def test_paths_map_to_layers(layers: ModuleType) -> None:
     assert layers.layer_of_path("/usr/lib/python3.11/asyncio/tasks.py") == "asyncio"
     assert layers.layer_of_path("/x/transports/queued.py") == "loopback link"
     assert layers.layer_of_path("/x/somewhere_else.py") == "other"
+    # the code pairing/noise.py and pairing/wire.py generate, as cProfile and py-spy name it
+    noise = "<pairing/noise.py: write message 0 of Noise_XXpsk0_25519_ChaChaPoly_SHA256, initiator>"
+    assert layers.layer_of_path(noise) == "noise (py)"
+    assert layers.layer_of_path(noise.replace("pairing/", "")) == "noise (py)"
+    assert layers.layer_of_path("wire.py: decode of Identity>") == "wire/cbor"

@@ -723,3 +723,26 @@ def test_non_bytes_arguments_are_config_errors() -> None:
         CipherState("AESGCM", KEY).encrypt_with_ad(b"", 5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="must be bytes"):
         HandshakeState(f"Noise_NN_{SUITE}", True, prologue="text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_message_functions_come_from_the_pattern_alone(pattern: str) -> None:
+    # Each message a role writes or reads runs as a function generated from the pattern's
+    # tokens (issue 13): its source is the same whatever the protocol is called, and it
+    # holds a step for every token of the message, in order, then the payload (§5.3).
+    from pairkit.pairing import noise
+
+    for dh, cipher, hash_name in (("25519", "ChaChaPoly", "SHA256"), ("448", "AESGCM", "BLAKE2b")):
+        name = f"Noise_{pattern}_{dh}_{cipher}_{hash_name}"
+        for initiator in (True, False):
+            role = noise._role(name, initiator)
+            for index, tokens in enumerate(PATTERNS[pattern].messages):
+                write = (index % 2 == 0) == initiator
+                fns = role.writers if write else role.readers
+                other = role.readers if write else role.writers
+                assert fns[index] is not None and other[index] is None
+                source = noise._message_source(role, index, write)
+                assert name not in source  # no input in the code: the name is only its label
+                steps = [line.strip()[2:] for line in source.splitlines()
+                         if line.strip().startswith("# ")]
+                assert steps == [*tokens, "payload"]
