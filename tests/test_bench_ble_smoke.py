@@ -253,7 +253,27 @@ def test_each_goal_is_timed_beside_its_reference() -> None:
     assert sorted(m for m in blocks if m is not None) == sorted(ble_bench.SMP_MODES)
     forward, backward = ble_bench.round_order(False), ble_bench.round_order(True)
     assert backward == forward[::-1]
+    assert ble_bench.round_order(True, True) == ble_bench.round_order(False, True)[::-1]
     for _name, mode, _goal in ble_bench.PAIRING_GOALS:
         at = forward.index((mode, None))
         assert forward[at + 1:at + 1 + len(blocks[mode]) * len(ble_bench.LINKS)] == [
             (n, kind) for n in blocks[mode] for kind in ble_bench.LINKS]
+
+
+def test_no_link_is_always_timed_next_to_its_reference() -> None:
+    # Over a cycle of rounds, each link's pairing of a goal's method is the one timed right
+    # after its SMP reference, and the one right before it, equally often: what the reference
+    # leaves behind (or the pairing leaves for it) falls on both links alike.
+    cycle = [ble_bench.round_order(*ble_bench.round_shape(i)) for i in range(4)]
+    for _name, mode, _goal in ble_bench.PAIRING_GOALS:
+        after = {kind: 0 for kind in ble_bench.LINKS}
+        before = {kind: 0 for kind in ble_bench.LINKS}
+        for order in cycle:
+            at = order.index((mode, None))
+            if at + 1 < len(order) and order[at + 1][1] is not None:
+                after[order[at + 1][1]] += 1
+            if at > 0 and order[at - 1][1] is not None:
+                before[order[at - 1][1]] += 1
+        assert len(set(after.values())) == 1 and len(set(before.values())) == 1, (mode, after,
+                                                                                  before)
+        assert sum(after.values()) > 0 and sum(before.values()) > 0

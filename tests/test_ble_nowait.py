@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pairkit.pairing.errors import LinkClosedError, TooLargeError
-from pairkit.transports.ble.links import BleLink, GattLink, L2capLink
+from pairkit.transports.ble.links import BleLink, GattLink, L2capLink, _write_sdu
 from pairkit.transports.bumble import VirtualRadio
 from tests.ble_harness import OpenDevice, bumble_devices, linked_pair
 
@@ -223,3 +223,69 @@ async def test_l2cap_k_frames_are_bumbles_own_and_its_debug_line_stays(
     sent = [p for p in quiet if len(p) > 100]
     assert len(sent) == 3 and sent == [p for p in air if len(p) > 100]
     assert sum("Sending L2CAP PDU" in r.getMessage() for r in caplog.records) >= 3
+
+
+
+@pytest.mark.parametrize("overflow", ["past-mtu", "longer-than-said"])
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug"])
+async def test_l2cap_frames_received_reach_the_link_as_bumble_gives_them(
+    open_device: OpenDevice, caplog: pytest.LogCaptureFixture, debug: bool, overflow: str
+) -> None:
+    """The receiving side's K-frames, read at once when a frame is a whole SDU (DEBUG off) or
+    by bumble (DEBUG on): the same messages reach the link, each frame takes one of the
+    peer's credits, an SDU in two frames arrives once whole, and a frame that breaks the SDU
+    rules (its length field past the channel's MTU, or saying less than the frame holds) is
+    never a message: bumble's overflow ends the channel, and the link."""
+    guest, host = await linked_pair(open_device, 80, l2cap_mtu=200, l2cap_mps=100,
+                                    l2cap_credits=64)
+    assert isinstance(guest, L2capLink) and isinstance(host, L2capLink)
+    channel, rx = guest.channel, host.channel
+
+    def frame(payload: bytes) -> None:  # one K-frame from the guest, as it is
+        channel.credits -= 1
+        channel.send_pdu(payload)
+
+    def sdu(length: int, body: bytes) -> bytes:
+        return length.to_bytes(2, "little") + body
+
+    with caplog.at_level(logging.DEBUG if debug else logging.WARNING, logger="bumble.l2cap"):
+        credits = rx.peer_credits
+        frame(sdu(5, b"whole"))
+        frame(sdu(3, b"one"))
+        # a 150-byte SDU in two frames, the second looking like a whole SDU of its own
+        tail = sdu(50, bytes(range(50)))
+        frame(sdu(150, bytes(range(98))))
+        frame(tail)
+        assert await read(host, 3) == [b"whole", b"one", bytes(range(98)) + tail]
+        assert rx.peer_credits == credits - 4
+        if overflow == "past-mtu":
+            frame(sdu(201, bytes(201)))  # one frame (bumble does not check its size)
+        else:
+            frame(sdu(3, b"onemore"))
+        with pytest.raises(LinkClosedError):
+            await asyncio.wait_for(host.recv(), 2)
+    assert rx.state != rx.State.CONNECTED
+
+
+async def test_l2cap_single_frame_messages_take_a_credit_each_and_wait_behind_a_held_sdu(
+    open_device: OpenDevice,
+) -> None:
+    """Messages of one K-frame each, sent at once: each takes one of the channel's credits,
+    so with the reader stopped the channel runs out after as many messages as it had credits
+    and ``send_nowait`` declines; data written while an SDU is held (straight to the
+    channel, as only bumble's own ``write`` would) goes behind it, into it as bumble packs a
+    stream, never ahead of it; all arrive in order."""
+    guest, host = await linked_pair(open_device, 90, l2cap_credits=8)
+    assert isinstance(host, L2capLink)
+    channel = host.channel
+    credits = channel.credits
+    sent: list[bytes] = []
+    for i in range(3 * credits):
+        message = bytes([i]) * 10
+        if not host.send_nowait(message):
+            break
+        sent.append(message)
+    assert len(sent) == credits + 1  # the last one handed over is held for a credit
+    assert channel.credits == 0 and not channel.drained.is_set()
+    _write_sdu(channel, b"behind")  # as bumble's write: queued with the held one
+    assert await read(guest, len(sent)) == [*sent[:-1], sent[-1] + b"behind"]

@@ -649,9 +649,29 @@ class ChannelTap:
         self.early: list[tuple[bytes, int]] = []
         channel.peer_credits_threshold = -1
         on_pdu = channel.on_pdu
+        connected = l2cap.LeCreditBasedChannel.State.CONNECTED
 
         def counting_on_pdu(pdu: bytes) -> None:
             self.frames += 1
+            # A K-frame that is a whole SDU (the SDU length field, then that many bytes: Core
+            # 5.4 Vol 3 Part A §3.4.3), with none begun before it, is given to the sink as
+            # bumble's on_pdu gives it, without its debug line: the peer's credit is taken as
+            # bumble takes it (none returned here: the threshold is off, the link returns
+            # them).  Every other case (a segment, an SDU past the MTU, no credit left, a
+            # channel not connected or with no sink, DEBUG logging on) is bumble's own path.
+            if (
+                channel.in_sdu is None
+                and len(pdu) >= SDU_LENGTH
+                and len(pdu) - SDU_LENGTH == int.from_bytes(pdu[:SDU_LENGTH], "little")
+                <= channel.mtu
+                and channel.peer_credits - 1 > channel.peer_credits_threshold
+                and channel.state == connected
+                and channel.sink is not None
+                and _quiet(l2cap.logger)
+            ):
+                channel.peer_credits -= 1
+                channel.sink(pdu[SDU_LENGTH:])
+                return
             on_pdu(pdu)
 
         channel.on_pdu = counting_on_pdu  # type: ignore[method-assign]
@@ -665,6 +685,45 @@ class ChannelTap:
             self.target(sdu, frames)
         else:
             self.early.append((sdu, frames))
+
+
+def _write_sdu(channel: l2cap.LeCreditBasedChannel, data: bytes) -> None:
+    """``channel.write(data)``: one SDU, its K-frames sent at once when the channel can take
+    them all now, without bumble's debug lines and queue; else bumble's own ``write``.
+
+    The frames are bumble's: the SDU length (2 bytes, little-endian) then the data, cut into
+    K-frames of the peer's MPS, one credit each (Core 5.4 Vol 3 Part A §3.4.3, §10.1), each
+    sent by the channel's ``send_pdu`` in order, as ``process_output`` sends them.  Taken at
+    once only with nothing queued before it, the data within the peer's MTU (bumble would cut
+    it into two SDUs), a credit for every frame, the channel connected and DEBUG logging off
+    for bumble's L2CAP logger."""
+    mps = channel.peer_mps
+    if (
+        not data
+        or mps < 1
+        or channel.out_queue
+        or channel.out_sdu is not None
+        or len(data) > channel.peer_mtu
+        or channel.state != l2cap.LeCreditBasedChannel.State.CONNECTED
+        or not _quiet(l2cap.logger)
+    ):
+        channel.write(data)
+        return
+    sdu = len(data).to_bytes(SDU_LENGTH, "little") + data
+    if len(sdu) <= mps:
+        if channel.credits < 1:
+            channel.write(data)
+            return
+        channel.credits -= 1
+        channel.send_pdu(sdu)
+        return
+    frames = -(-len(sdu) // mps)
+    if channel.credits < frames:
+        channel.write(data)
+        return
+    for i in range(0, len(sdu), mps):
+        channel.credits -= 1
+        channel.send_pdu(sdu[i:i + mps])
 
 
 def _send_k_frames_at_once(channel: l2cap.LeCreditBasedChannel) -> None:
@@ -799,7 +858,7 @@ class L2capLink(BleLink):
             packets += self._acl_packets(rest + L2CAP_HEADER)
         if not self._room_for(packets):
             return False
-        channel.write(data)
+        _write_sdu(channel, data)
         return True
 
     async def _send_one(self, data: bytes) -> None:
@@ -815,7 +874,7 @@ class L2capLink(BleLink):
         self._check_open()
         if self._channel.state != l2cap.LeCreditBasedChannel.State.CONNECTED:
             raise LinkClosedError("the L2CAP channel is closed")
-        self._channel.write(data)
+        _write_sdu(self._channel, data)
         await self._backpressure()
 
     async def _flush(self) -> None:
