@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import pytest
 
 from pairkit.driver import MessagePipe, drive
-from pairkit.pairing.errors import PairingTimeout
+from pairkit.pairing.errors import PairingTimeout, RefusedError
 from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
@@ -82,3 +83,91 @@ async def test_a_stop_swallowed_by_the_hook_still_ends_the_run(pipes: bool, stop
         assert guest_run.cancelled(), "the cancelled run was not a cancel"
     else:
         assert isinstance(guest_run.exception(), PairingTimeout)
+
+
+# -- doubt (a): the peer's Abort and a Ctrl-C at once, the hook swallowing the cancel ------------
+
+
+class RefusesWith:
+    """The host's person, who says no once the guest's person is looking at the code; ``then``
+    runs as the refusal goes out (the host's Abort is sent in the same step), to put a Ctrl-C
+    of the guest's run in the same event-loop turns as the Abort's arrival."""
+
+    def __init__(self, asked: asyncio.Event, then: Any) -> None:
+        self.asked = asked
+        self.then = then
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        await self.asked.wait()
+        self.then()
+        return False
+
+
+class Counts:
+    """A guest's person who counts the cancel requests on the run's task when a cancel reaches
+    the hook (``seen``), and then swallows it and says yes (``swallow``) or lets it through."""
+
+    def __init__(self, *, swallow: bool) -> None:
+        self.asked = asyncio.Event()
+        self.swallow = swallow
+        self.seen: list[int] = []
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            self.seen.append(task.cancelling())
+            if not self.swallow:
+                raise
+        return True
+
+
+def _machines(cfg: PairingConfig) -> tuple[GuestPairing, HostPairing]:
+    loop = asyncio.get_running_loop()
+    host = HostPairing(cfg, PAUL, HostState(), link_encrypted=False, wall_now=time.time())
+    host.start(loop.time())
+    guest = GuestPairing(cfg, GEORGE, method=Method.COMPARE, link_encrypted=False,
+                         wall_now=time.time())
+    guest.start(loop.time())
+    return guest, host
+
+
+@pytest.mark.parametrize("hook", [
+    pytest.param("swallows", marks=pytest.mark.xfail(
+        strict=True, reason="the Ctrl-C becomes the peer's RemoteError (main 30dc344)")),
+    "honest",
+])
+async def test_a_ctrl_c_with_the_peers_abort_stays_a_cancel(hook: str) -> None:
+    """The host's person refuses (its Abort reaches the guest) and, in the next event-loop
+    turn, the guest's run is cancelled (Ctrl-C), while the guest's person is asked over a pipe
+    (the link watched: the Abort withdraws the question by a cancel of the run's task too).
+    Both cancels reach the hook as one CancelledError.  Whatever the hook does with it, nothing
+    pairs and the guest's run ends as a cancel, as with an honest hook: a swallowed cancel must
+    not turn the Ctrl-C into the peer's error (the run's caller would go on, its task still
+    counting a cancel nobody took back).  Fails on main 30dc344 (swallows: the peer's
+    RemoteError)."""
+    loop = asyncio.get_running_loop()
+    guest, host = _machines(PairingConfig(step_timeout=5.0))
+    a, b = loopback_pair(mtu=512)
+    person = Counts(swallow=hook == "swallows")
+    runs: list[asyncio.Future[None]] = []
+
+    def ctrl_c() -> None:  # the Abort's look runs first, then the cancel
+        loop.call_soon(lambda: loop.call_soon(runs[0].cancel))
+
+    runs.append(asyncio.ensure_future(
+        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
+    runs.append(asyncio.ensure_future(drive(
+        host, MessagePipe(b, guest=False), delegate=RefusesWith(person.asked, ctrl_c),
+        answer_time=60)))
+    guest_run, host_run = runs
+    done, _ = await asyncio.wait(runs, timeout=10)
+    assert done == set(runs), "a run did not end"
+    assert person.seen == [2], "the hook did not see the Abort's and the Ctrl-C's cancels at once"
+    assert (guest.session, host.session) == (None, None), "a refused pairing paired"
+    assert isinstance(host_run.exception(), RefusedError)
+    assert guest_run.cancelled(), (
+        f"the Ctrl-C became {guest_run.exception()!r}" if not guest_run.cancelled() else "")
