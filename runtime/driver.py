@@ -518,7 +518,10 @@ async def drive(
                 if not withdrawn:
                     answer_stands(cancelling)
                     return value
-                task.uncancel()  # the hook ignored the cancel; the question is withdrawn
+                # The hook swallowed the cancel; the question is withdrawn, and a cancel by
+                # someone else as well (Ctrl-C) stays a cancel, as when the hook lets it through.
+                if task.uncancel() > cancelling:
+                    raise asyncio.CancelledError
         finally:
             asking = None
             for changed in watching:

@@ -135,11 +135,7 @@ def _machines(cfg: PairingConfig) -> tuple[GuestPairing, HostPairing]:
     return guest, host
 
 
-@pytest.mark.parametrize("hook", [
-    pytest.param("swallows", marks=pytest.mark.xfail(
-        strict=True, reason="the Ctrl-C becomes the peer's RemoteError (main 30dc344)")),
-    "honest",
-])
+@pytest.mark.parametrize("hook", ["swallows", "honest"])
 async def test_a_ctrl_c_with_the_peers_abort_stays_a_cancel(hook: str) -> None:
     """The host's person refuses (its Abort reaches the guest) and, in the next event-loop
     turn, the guest's run is cancelled (Ctrl-C), while the guest's person is asked over a pipe
@@ -147,7 +143,7 @@ async def test_a_ctrl_c_with_the_peers_abort_stays_a_cancel(hook: str) -> None:
     Both cancels reach the hook as one CancelledError.  Whatever the hook does with it, nothing
     pairs and the guest's run ends as a cancel, as with an honest hook: a swallowed cancel must
     not turn the Ctrl-C into the peer's error (the run's caller would go on, its task still
-    counting a cancel nobody took back).  Fails on main 30dc344 (swallows: the peer's
+    counting a cancel nobody took back).  Failed on main 30dc344 (swallows: the peer's
     RemoteError)."""
     loop = asyncio.get_running_loop()
     guest, host = _machines(PairingConfig(step_timeout=5.0))
