@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pairkit.driver import MessagePipe, drive
-from pairkit.pairing.errors import PairingTimeout, RefusedError
+from pairkit.pairing.errors import PairingTimeout, RefusedError, RemoteError
 from pairkit.pairing.methods import (
     ConfirmCode,
     GuestPairing,
@@ -167,3 +167,195 @@ async def test_a_ctrl_c_with_the_peers_abort_stays_a_cancel(hook: str) -> None:
     assert isinstance(host_run.exception(), RefusedError)
     assert guest_run.cancelled(), (
         f"the Ctrl-C became {guest_run.exception()!r}" if not guest_run.cancelled() else "")
+
+
+# -- doubt (b): an answer in the same event-loop turn as its withdrawal, a Ctrl-C or the deadline --
+
+#: turns between the answer and the stop, both ways (negative: the answer first); whichever the
+#: link's and the loop's own steps, one of these puts both in one turn
+TURNS = range(-3, 4)
+WAYS = ["await", "wait_for", "timeout", "swallows"]
+
+
+class Later:
+    """A guest's person whose answer (yes) is a future the test sets, awaited the way a
+    delegate's hook may await it: directly, through ``asyncio.wait_for`` (which on Python 3.11
+    swallows a cancel that comes as the answer does), inside ``asyncio.timeout``, or catching
+    a cancel and saying yes."""
+
+    def __init__(self, way: str) -> None:
+        self.way = way
+        self.asked = asyncio.Event()
+        self.answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.swallowed = False  #: whether a stop reached the hook and it said yes anyway
+
+    def say_yes(self) -> None:
+        if not self.answer.done():  # (a hook that awaits it directly cancels it when stopped)
+            self.answer.set_result(True)
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.asked.set()
+        if self.way == "wait_for":
+            return await asyncio.wait_for(self.answer, 30)
+        if self.way == "timeout":
+            async with asyncio.timeout(30):
+                return await self.answer
+        if self.way == "swallows":
+            with contextlib.suppress(asyncio.CancelledError):
+                return await self.answer
+            self.swallowed = True
+            return True
+        return await self.answer
+
+
+def _after(turns: int, call: Any) -> None:
+    """``call`` ``turns`` event-loop turns from now (0: now)."""
+    if turns <= 0:
+        call()
+    else:
+        asyncio.get_running_loop().call_soon(_after, turns - 1, call)
+
+
+async def _run_and_look(run: Any) -> tuple[BaseException | None, bool, int]:
+    """Await a run in this task; then whether a cancel was left pending for the task's next
+    await, and how many cancel requests the task still counts."""
+    outcome: BaseException | None = None
+    try:
+        await run
+    except BaseException as exc:  # the outcome is the test's subject
+        outcome = exc
+    pending = False
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        pending = True
+    task = asyncio.current_task()
+    assert task is not None
+    return outcome, pending, task.cancelling()
+
+
+class AnswersWith:
+    """The host's person: once the guest's person is asked, sets the guest's answer ``turns``
+    turns around its own (negative: the guest's first), and says ``say``."""
+
+    def __init__(self, guest: Later, turns: int, say: bool) -> None:
+        self.guest, self.turns, self.say = guest, turns, say
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        await self.guest.asked.wait()
+        _after(max(0, self.turns), self.guest.say_yes)
+        for _ in range(-self.turns):
+            await asyncio.sleep(0)
+        return self.say
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("turns", TURNS)
+async def test_a_yes_as_the_peer_refuses_neither_pairs_nor_leaves_a_cancel(
+    turns: int, way: str
+) -> None:
+    """The guest's person says yes around the turn the host's refusal (its Abort, which
+    withdraws the question by a cancel of the run's task) arrives, over a pipe.  Whichever
+    comes first: nothing pairs, the guest's run ends with the peer's refusal (never a cancel:
+    nobody cancelled it), and no cancel is left pending for its task's next await."""
+    guest, host = _machines(PairingConfig(step_timeout=5.0))
+    a, b = loopback_pair(mtu=512)
+    person = Later(way)
+    guest_run = asyncio.ensure_future(_run_and_look(
+        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
+    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False),
+                                           delegate=AnswersWith(person, turns, False),
+                                           answer_time=60))
+    done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
+    assert done == {guest_run, host_run}, "a run did not end"
+    outcome, pending, cancelling = guest_run.result()
+    assert (guest.session, host.session) == (None, None), "a refused pairing paired"
+    assert isinstance(host_run.exception(), RefusedError)
+    assert isinstance(outcome, RemoteError), f"the peer's refusal became {outcome!r}"
+    assert (pending, cancelling) == (False, 0), "a cancel was left on the run's task"
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("turns", TURNS)
+async def test_a_yes_around_a_ctrl_c_is_applied_only_before_it_and_the_stop_stays(
+    turns: int, way: str
+) -> None:
+    """The guest's run is cancelled (Ctrl-C) around the turn its person says yes (the host's
+    person said yes already), over a pipe.  A yes given after the Ctrl-C is never applied
+    (the host, which pairs only on the guest's message 2, sent after its yes, does not pair);
+    the run ends as a cancel, or, when the yes came first and the run was done before the
+    cancel reached an await, with the cancel still pending for its task's next await: a stop
+    is never lost."""
+    guest, host = _machines(PairingConfig(step_timeout=5.0))
+    a, b = loopback_pair(mtu=512)
+    person = Later(way)
+    guest_run = asyncio.ensure_future(_run_and_look(
+        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
+    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False),
+                                           delegate=Yes(), answer_time=60))
+    await asyncio.wait_for(person.asked.wait(), 10)
+    # the Ctrl-C now, the yes ``turns`` turns later; or the yes now, the Ctrl-C later
+    if turns >= 0:
+        guest_run.cancel()
+        _after(turns, person.say_yes)
+    else:
+        person.say_yes()
+        _after(-turns, guest_run.cancel)
+    done, _ = await asyncio.wait({guest_run}, timeout=10)
+    assert done == {guest_run}, "the guest's run did not end"
+    host_run.cancel()
+    with contextlib.suppress(BaseException):
+        await host_run
+    outcome, pending, cancelling = guest_run.result()
+    if outcome is None:  # the yes came first and the run ended before the cancel reached it
+        assert turns <= 0 and guest.session is not None
+        assert pending and cancelling == 1, "the Ctrl-C was lost"
+        return
+    assert isinstance(outcome, asyncio.CancelledError), f"the Ctrl-C became {outcome!r}"
+    assert guest.session is None
+    if turns > 0:
+        assert host.session is None, "a yes given after the Ctrl-C was applied"
+
+
+class AtTheDeadline(Later):
+    """A guest's person who says yes ``offset`` seconds from when the driver's answer time
+    passes (as near as the hook can tell: it is asked in the same step the wait starts)."""
+
+    def __init__(self, way: str, answer_time: float, offset: float) -> None:
+        super().__init__(way)
+        self.at = answer_time + offset
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + self.at, self.say_yes)
+        return await super().confirm_code(q)
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("offset", [-1e-3, -2e-4, -5e-5, 0.0, 5e-5, 2e-4, 1e-3])
+async def test_a_yes_at_the_answer_time_pairs_both_or_neither(offset: float, way: str) -> None:
+    """The guest's person says yes at about the moment its answer time passes (the driver's
+    one timer, a cancel of the run's task), often in the same event-loop turn.  Either the yes
+    was in time and both sides pair, or it was not and neither does: the guest's run is a
+    PairingTimeout and the host hears it; never a cancel (nobody cancelled), and no cancel is
+    left pending for the guest's task's next await."""
+    answer_time = 0.2
+    guest, host = _machines(PairingConfig(step_timeout=5.0))
+    a, b = loopback_pair(mtu=512)
+    person = AtTheDeadline(way, answer_time, offset)
+    guest_run = asyncio.ensure_future(_run_and_look(
+        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=answer_time)))
+    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False), delegate=Yes(),
+                                           answer_time=60))
+    done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
+    assert done == {guest_run, host_run}, "a run did not end"
+    outcome, pending, cancelling = guest_run.result()
+    assert (pending, cancelling) == (False, 0), "a cancel was left on the run's task"
+    if outcome is None:
+        assert not person.swallowed, "a yes given after the answer time was applied"
+        assert guest.session is not None and host.session is not None
+        assert host_run.exception() is None
+    else:
+        assert isinstance(outcome, PairingTimeout), f"the answer time became {outcome!r}"
+        assert (guest.session, host.session) == (None, None)
+        assert isinstance(host_run.exception(), RemoteError), "the host was not told"
