@@ -277,22 +277,23 @@ async def test_a_yes_as_the_peer_refuses_neither_pairs_nor_leaves_a_cancel(
 
 @pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("turns", TURNS)
+@pytest.mark.parametrize("pipes", [False, True], ids=["bare-link", "pipe"])
 async def test_a_yes_around_a_ctrl_c_is_applied_only_before_it_and_the_stop_stays(
-    turns: int, way: str
+    turns: int, way: str, pipes: bool
 ) -> None:
     """The guest's run is cancelled (Ctrl-C) around the turn its person says yes (the host's
-    person said yes already), over a pipe.  A yes given after the Ctrl-C is never applied
-    (the host, which pairs only on the guest's message 2, sent after its yes, does not pair);
-    the run ends as a cancel, or, when the yes came first and the run was done before the
+    person said yes already), over a pipe (the link watched) or a bare link.  A yes given
+    after the Ctrl-C is never applied (the host, which pairs only on the guest's message 2,
+    sent after its yes, does not pair); the run ends as a cancel, or, when the yes came first and the run was done before the
     cancel reached an await, with the cancel still pending for its task's next await: a stop
     is never lost."""
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
     person = Later(way)
+    ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
     guest_run = asyncio.ensure_future(_run_and_look(
-        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
-    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False),
-                                           delegate=Yes(), answer_time=60))
+        drive(guest, ga, delegate=person, answer_time=60)))
+    host_run = asyncio.ensure_future(drive(host, hb, delegate=Yes(), answer_time=60))
     await asyncio.wait_for(person.asked.wait(), 10)
     # the Ctrl-C now, the yes ``turns`` turns later; or the yes now, the Ctrl-C later
     if turns >= 0:
@@ -333,9 +334,13 @@ class AtTheDeadline(Later):
 
 @pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("offset", [-1e-3, -2e-4, -5e-5, 0.0, 5e-5, 2e-4, 1e-3])
-async def test_a_yes_at_the_answer_time_pairs_both_or_neither(offset: float, way: str) -> None:
+@pytest.mark.parametrize("pipes", [False, True], ids=["bare-link", "pipe"])
+async def test_a_yes_at_the_answer_time_pairs_both_or_neither(
+    offset: float, way: str, pipes: bool
+) -> None:
     """The guest's person says yes at about the moment its answer time passes (the driver's
-    one timer, a cancel of the run's task), often in the same event-loop turn.  Either the yes
+    one timer, a cancel of the run's task), often in the same event-loop turn, over a pipe or a
+    bare link.  Either the yes
     was in time and both sides pair, or it was not and neither does: the guest's run is a
     PairingTimeout and the host hears it; never a cancel (nobody cancelled), and no cancel is
     left pending for the guest's task's next await."""
@@ -343,10 +348,10 @@ async def test_a_yes_at_the_answer_time_pairs_both_or_neither(offset: float, way
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
     person = AtTheDeadline(way, answer_time, offset)
+    ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
     guest_run = asyncio.ensure_future(_run_and_look(
-        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=answer_time)))
-    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False), delegate=Yes(),
-                                           answer_time=60))
+        drive(guest, ga, delegate=person, answer_time=answer_time)))
+    host_run = asyncio.ensure_future(drive(host, hb, delegate=Yes(), answer_time=60))
     done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
     assert done == {guest_run, host_run}, "a run did not end"
     outcome, pending, cancelling = guest_run.result()
