@@ -284,9 +284,9 @@ async def test_a_yes_around_a_ctrl_c_is_applied_only_before_it_and_the_stop_stay
     """The guest's run is cancelled (Ctrl-C) around the turn its person says yes (the host's
     person said yes already), over a pipe (the link watched) or a bare link.  A yes given
     after the Ctrl-C is never applied (the host, which pairs only on the guest's message 2,
-    sent after its yes, does not pair); the run ends as a cancel, or, when the yes came first and the run was done before the
-    cancel reached an await, with the cancel still pending for its task's next await: a stop
-    is never lost."""
+    sent after its yes, does not pair); the run ends as a cancel, or, when the yes came first
+    and the run was done before the cancel reached an await, with the cancel still pending for
+    its task's next await: a stop is never lost."""
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
     person = Later(way)
