@@ -494,13 +494,12 @@ async def test_a_turn_waits_end_with_the_guests_abort_or_a_ctrl_c(
     assert visits.settled(), "a place is still held, or a machine still queued"
 
 
-@pytest.mark.xfail(strict=True, reason="PairingTimeout 'no answer within 0 s' (main 30dc344)")
 async def test_a_turn_wait_longer_than_the_answer_time_ends_busy() -> None:
     """The driver bounds a person's answer by ``answer_time``; its own turn wait (no person
     asked) has its own end, half the step, and ends busy then (the guest told it may try again
     in a moment).  A run whose ``answer_time`` is shorter than that (a caller of drive's; the
     product's is at least 120 s and three steps) must still end the turn wait busy, not with
-    "no answer within 0 s".  Fails on main 30dc344: the answer time cuts the wait short, the
+    "no answer within 0 s".  Failed on main 30dc344: the answer time cuts the wait short, the
     host says it timed out waiting for an answer nobody was asked for."""
     visits, releases = await _every_place_held()
     waiter = Waiter(visits, answer_time=TURN_STEP / 8)
