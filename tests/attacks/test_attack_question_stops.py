@@ -513,3 +513,70 @@ async def test_a_turn_wait_longer_than_the_answer_time_ends_busy() -> None:
     assert isinstance(outcome, BusyError), f"the host's turn wait ended with {outcome!r}"
     assert isinstance(guest_error, RemoteError) and guest_error.code == ErrorCode.BUSY, (
         repr(guest_error))
+
+
+# -- other awkward hooks --------------------------------------------------------------------------
+
+
+class HoldsOn:
+    """A guest's person whose hook swallows every stop (each cancel, counted in ``stops``) and
+    says yes only when ``release`` is set: a hook that holds its run past its deadline."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+        self.stops = 0
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.asked.set()
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.stops += 1
+        return True
+
+
+@pytest.mark.parametrize("pipes", [False, True], ids=["bare-link", "pipe"])
+@pytest.mark.parametrize("stop", ["ctrl-c", "answer-time", "peer-left"])
+async def test_a_hook_holding_its_run_past_every_stop_never_pairs(pipes: bool, stop: str) -> None:
+    """A hook that swallows every cancel holds its run (asyncio's cancel is cooperative: the
+    driver cannot take the run's task back from it); its peer is not told meanwhile and ends
+    by its own deadline, or when the hook lets go.  When it lets go with a yes, long after the
+    Ctrl-C, the answer time, or the peer's Abort (the host's own answer time passed), the yes
+    is never applied: the run ends as a cancel, a PairingTimeout (the peer told then), or the
+    peer's error, and nothing pairs."""
+    cfg = PairingConfig(step_timeout=5.0)
+    guest, host = _machines(cfg)
+    a, b = loopback_pair(mtu=512)
+    ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
+    person = HoldsOn()
+    guest_run = asyncio.ensure_future(drive(
+        guest, ga, delegate=person, answer_time=0.2 if stop == "answer-time" else 60))
+    # the host's person never answers when the guest is to hear its Abort (after 0.2 s)
+    host_person = CleansUpAndSaysYes() if stop == "peer-left" else Yes()
+    host_run = asyncio.ensure_future(drive(
+        host, hb, delegate=host_person, answer_time=0.2 if stop == "peer-left" else 60))
+    await asyncio.wait_for(person.asked.wait(), 10)
+    if stop == "ctrl-c":
+        guest_run.cancel()
+    elif stop == "peer-left":
+        await asyncio.wait({host_run}, timeout=10)
+        assert isinstance(host_run.exception(), PairingTimeout)
+    await until(lambda: person.stops >= (0 if stop == "peer-left" and not pipes else 1), 10)
+    person.release.set()  # the yes, long after the stop
+    done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
+    for run in (guest_run, host_run):
+        if run not in done:
+            run.cancel()
+        with contextlib.suppress(BaseException):
+            await run
+    assert (guest.session, host.session) == (None, None), "a yes after a stop paired"
+    if stop == "ctrl-c":
+        assert guest_run.cancelled()
+        assert isinstance(host_run.exception(), RemoteError), "the host was not told"
+    elif stop == "answer-time":
+        assert isinstance(guest_run.exception(), PairingTimeout)
+        assert isinstance(host_run.exception(), RemoteError), "the host was not told"
+    else:
+        assert isinstance(guest_run.exception(), RemoteError)
