@@ -633,6 +633,12 @@ async def drive(
         raise err from exc
     except BaseException as exc:
         machine.abort(PairingError(f"stopped: {type(exc).__name__}"))
+        # Nothing may be awaited now (the process is stopping, or the run's coroutine is
+        # being closed): the peer is told if the link takes the Abort at once.
+        if send_at_once is not None:
+            with contextlib.suppress(Exception):
+                for message in machine.outgoing():
+                    send_at_once(message)
         raise
     finally:
         reads.close()

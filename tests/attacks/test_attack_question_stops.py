@@ -598,8 +598,6 @@ class RaisesOdd:
         raise self.kind()
 
 
-@pytest.mark.xfail(strict=True, reason="the peer is not told; it waits for its deadline "
-                   "(main 30dc344)")
 @pytest.mark.parametrize("pipes", [False, True], ids=["bare-link", "pipe"])
 @pytest.mark.parametrize("wait", [False, True], ids=["at-once", "later"])
 @pytest.mark.parametrize("kind", [Odd, GeneratorExit])
@@ -608,8 +606,8 @@ async def test_a_hook_raising_an_odd_base_exception_tells_the_peer(
 ) -> None:
     """A hook raises a BaseException that is neither an Exception nor a cancel.  The run ends
     with it and nothing pairs; the peer is told at once (an Abort), as for any other stop,
-    rather than left waiting for its own deadline (120 s for a host that said yes).  Fails on
-    main 30dc344: the run queues the Abort and never sends it."""
+    rather than left waiting for its own deadline (120 s for a host that said yes).  Failed on
+    main 30dc344: the run queued the Abort and never sent it."""
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
     ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
