@@ -20,6 +20,7 @@ from pairkit.pairing import wire
 from pairkit.pairing.errors import (
     BusyError,
     ErrorCode,
+    LinkClosedError,
     PairingTimeout,
     RefusedError,
     RemoteError,
@@ -538,14 +539,16 @@ class HoldsOn:
 
 
 @pytest.mark.parametrize("pipes", [False, True], ids=["bare-link", "pipe"])
-@pytest.mark.parametrize("stop", ["ctrl-c", "answer-time", "peer-left"])
+@pytest.mark.parametrize("stop", ["ctrl-c", "answer-time", "peer-left", "link-closed"])
 async def test_a_hook_holding_its_run_past_every_stop_never_pairs(pipes: bool, stop: str) -> None:
     """A hook that swallows every cancel holds its run (asyncio's cancel is cooperative: the
     driver cannot take the run's task back from it); its peer is not told meanwhile and ends
     by its own deadline, or when the hook lets go.  When it lets go with a yes, long after the
-    Ctrl-C, the answer time, or the peer's Abort (the host's own answer time passed), the yes
-    is never applied: the run ends as a cancel, a PairingTimeout (the peer told then), or the
-    peer's error, and nothing pairs."""
+    Ctrl-C, the answer time, the peer's Abort (the host's own answer time passed) or the link's
+    end (the host gone without a word), the yes is never applied: the run ends as a cancel, a
+    PairingTimeout (the peer told then), the peer's error or LinkClosedError, and nothing
+    pairs.  (On a bare link the Abort and the link's end are not watched: the hook is not
+    stopped, its yes is applied, and the run then reads the Abort or the end.)"""
     cfg = PairingConfig(step_timeout=5.0)
     guest, host = _machines(cfg)
     a, b = loopback_pair(mtu=512)
@@ -563,7 +566,10 @@ async def test_a_hook_holding_its_run_past_every_stop_never_pairs(pipes: bool, s
     elif stop == "peer-left":
         await asyncio.wait({host_run}, timeout=10)
         assert isinstance(host_run.exception(), PairingTimeout)
-    await until(lambda: person.stops >= (0 if stop == "peer-left" and not pipes else 1), 10)
+    elif stop == "link-closed":  # the host goes without a word: its end of the link closes
+        await b.close()
+    watched = stop in ("ctrl-c", "answer-time") or pipes
+    await until(lambda: person.stops >= (1 if watched else 0), 10)
     person.release.set()  # the yes, long after the stop
     done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
     for run in (guest_run, host_run):
@@ -578,8 +584,10 @@ async def test_a_hook_holding_its_run_past_every_stop_never_pairs(pipes: bool, s
     elif stop == "answer-time":
         assert isinstance(guest_run.exception(), PairingTimeout)
         assert isinstance(host_run.exception(), RemoteError), "the host was not told"
-    else:
+    elif stop == "peer-left":
         assert isinstance(guest_run.exception(), RemoteError)
+    else:
+        assert isinstance(guest_run.exception(), LinkClosedError)
 
 
 class Odd(BaseException):
