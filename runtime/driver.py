@@ -267,7 +267,10 @@ async def drive(
     A question's hook (a coroutine function) is usually run in the run's own task rather than
     in a task of its own (issue 13: a bare link, or a pipe that can be polled): a hook must not
     rely on ``asyncio.current_task()`` or on context variables being its own; a withdrawn
-    question reaches it as a cancel either way.
+    question reaches it as a cancel either way.  A hook that swallows that cancel (or a
+    Ctrl-C's, or the answer time's) and answers has its answer refused: the stop stands
+    (docs/security.md, compare, item 4).  One that swallows every cancel holds the run, as
+    any coroutine awaited in a task would: a hook must let a cancel through.
     """
     loop = asyncio.get_running_loop()
     now = clock or loop.time
