@@ -632,3 +632,32 @@ async def test_a_hook_raising_an_odd_base_exception_tells_the_peer(
     assert (guest.session, host.session) == (None, None)
     assert done == {host_run}, "the host was not told"
     assert isinstance(host_run.exception(), RemoteError)
+
+
+class No:
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("hook", ["swallows", "honest"])
+async def test_an_abort_already_there_when_a_slow_hook_is_asked_withdraws_it(hook: str) -> None:
+    """The host's person says no at once: its Reveal and its Abort are both on the guest's link
+    (a pipe) before the guest reads the Reveal, so the question is withdrawn by the run's own
+    first look at the link, in the run's task, before the hook ever waits.  The hook sees the
+    cancel at its first wait; whatever it does with it, the guest's run ends with the host's
+    refusal, no cancel is left on its task, and nothing pairs."""
+    guest, host = _machines(PairingConfig(step_timeout=5.0))
+    a, b = loopback_pair(mtu=512)
+    person = Counts(swallow=hook == "swallows")
+    guest_run = asyncio.ensure_future(_run_and_look(
+        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
+    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False), delegate=No(),
+                                           answer_time=60))
+    done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
+    assert done == {guest_run, host_run}, "a run did not end"
+    outcome, pending, cancelling = guest_run.result()
+    assert person.seen == [1], "the hook did not see the withdrawal"
+    assert isinstance(outcome, RemoteError), repr(outcome)
+    assert (pending, cancelling) == (False, 0), "a cancel was left on the run's task"
+    assert isinstance(host_run.exception(), RefusedError)
+    assert (guest.session, host.session) == (None, None)
