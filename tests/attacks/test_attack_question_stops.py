@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -37,6 +38,7 @@ from pairkit.pairing.methods import (
 from pairkit.pairing.methods.common import S_TURN
 from pairkit.pairing.negotiation import Method
 from pairkit.transports.loopback import loopback_pair
+from pairkit.transports.tcp import TcpListener, tcp_connect
 from tests.turns_harness import BUDGET, Answers, GuestYes, Mallory, Visits, until
 
 GEORGE = LocalIdentity.generate("George's phone")
@@ -101,8 +103,7 @@ async def test_a_stop_swallowed_by_the_hook_still_ends_the_run(pipes: bool, stop
 
 class RefusesWith:
     """The host's person, who says no once the guest's person is looking at the code; ``then``
-    runs as the refusal goes out (the host's Abort is sent in the same step), to put a Ctrl-C
-    of the guest's run in the same event-loop turns as the Abort's arrival."""
+    runs as the refusal goes out (the host's Abort is sent in the same step)."""
 
     def __init__(self, asked: asyncio.Event, then: Any) -> None:
         self.asked = asked
@@ -146,32 +147,58 @@ def _machines(cfg: PairingConfig) -> tuple[GuestPairing, HostPairing]:
     return guest, host
 
 
+@contextlib.asynccontextmanager
+async def _links(kind: str) -> AsyncIterator[tuple[Any, Any]]:
+    """A guest's and a host's end of a real link: a loopback pair, or TCP over 127.0.0.1."""
+    if kind == "loopback":
+        pair = loopback_pair(mtu=512)
+        try:
+            yield pair.a, pair.b
+        finally:
+            await pair.aclose()
+        return
+    listener = await TcpListener.bind("127.0.0.1", 0)
+    try:
+        a = await tcp_connect(listener.host, listener.port)
+        b = await listener.accept(timeout=10)
+        try:
+            yield a, b
+        finally:
+            await a.close()
+            await b.close()
+    finally:
+        await listener.close()
+
+
+@pytest.mark.parametrize("link", ["loopback", "tcp"])
 @pytest.mark.parametrize("hook", ["swallows", "honest"])
-async def test_a_ctrl_c_with_the_peers_abort_stays_a_cancel(hook: str) -> None:
-    """The host's person refuses (its Abort reaches the guest) and, in the next event-loop
-    turn, the guest's run is cancelled (Ctrl-C), while the guest's person is asked over a pipe
-    (the link watched: the Abort withdraws the question by a cancel of the run's task too).
-    Both cancels reach the hook as one CancelledError.  Whatever the hook does with it, nothing
-    pairs and the guest's run ends as a cancel, as with an honest hook: a swallowed cancel must
-    not turn the Ctrl-C into the peer's error (the run's caller would go on, its task still
-    counting a cancel nobody took back).  Failed on main 30dc344 (swallows: the peer's
-    RemoteError)."""
-    loop = asyncio.get_running_loop()
+async def test_a_ctrl_c_with_the_peers_abort_stays_a_cancel(hook: str, link: str) -> None:
+    """The host's person refuses (its Abort reaches the guest) and the guest's run is cancelled
+    (Ctrl-C) right as the Abort arrives (by a wake-up of the guest's link registered after the
+    run's own: the run's look at the link withdraws the question first, then the Ctrl-C), while
+    the guest's person is asked over a pipe (the link watched: the Abort withdraws the question
+    by a cancel of the run's task too).  Both cancels reach the hook as one CancelledError.
+    Whatever the hook does with it, nothing pairs and the guest's run ends as a cancel, as with
+    an honest hook: a swallowed cancel must not turn the Ctrl-C into the peer's error (the
+    run's caller would go on, its task still counting a cancel nobody took back).  Failed on
+    main 30dc344 (swallows: the peer's RemoteError)."""
     guest, host = _machines(PairingConfig(step_timeout=5.0))
-    a, b = loopback_pair(mtu=512)
     person = Counts(swallow=hook == "swallows")
     runs: list[asyncio.Future[None]] = []
+    async with _links(link) as (a, b):
 
-    def ctrl_c() -> None:  # the Abort's look runs first, then the cancel
-        loop.call_soon(lambda: loop.call_soon(runs[0].cancel))
+        def ctrl_c() -> None:  # as the Abort arrives, after the run's own look
+            ready = a.recv_ready()
+            assert ready is not None and not ready.done()
+            ready.add_done_callback(lambda _: runs[0].cancel())
 
-    runs.append(asyncio.ensure_future(
-        drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
-    runs.append(asyncio.ensure_future(drive(
-        host, MessagePipe(b, guest=False), delegate=RefusesWith(person.asked, ctrl_c),
-        answer_time=60)))
-    guest_run, host_run = runs
-    done, _ = await asyncio.wait(runs, timeout=10)
+        runs.append(asyncio.ensure_future(
+            drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
+        runs.append(asyncio.ensure_future(drive(
+            host, MessagePipe(b, guest=False), delegate=RefusesWith(person.asked, ctrl_c),
+            answer_time=60)))
+        guest_run, host_run = runs
+        done, _ = await asyncio.wait(runs, timeout=10)
     assert done == set(runs), "a run did not end"
     assert person.seen == [2], "the hook did not see the Abort's and the Ctrl-C's cancels at once"
     assert (guest.session, host.session) == (None, None), "a refused pairing paired"
