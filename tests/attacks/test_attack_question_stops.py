@@ -4,7 +4,23 @@ A Ctrl-C (the run's task cancelled) or the answer time's expiry (the run's one t
 cancel of the run's task) is then thrown into the hook itself; a hook that swallows that
 cancel and answers (a delegate that cleans up and says yes) has its answer applied, and the
 cancelled or timed-out run goes on and both sides pair.  With the hook in a task of its own
-(e223589's read-ahead path) the cancel stays a cancel and the timeout a PairingTimeout."""
+(e223589's read-ahead path) the cancel stays a cancel and the timeout a PairingTimeout.
+
+Session 14 (helper ``stops``), the review's three doubts and other awkward hooks, both sides
+real machines over loopback or TCP, the delegate's hook the awkward part (docs/security.md,
+compare, item 4):
+
+* (a) the peer's Abort and a Ctrl-C at once, the hook swallowing the cancel (a defect: the
+  Ctrl-C became the peer's error; fixed);
+* (b) an answer in the same event-loop turn as its withdrawal, a Ctrl-C or the answer time,
+  with the ways a hook awaits (Python 3.11's ``wait_for`` swallows a cancel that comes with
+  the answer): no defect, pinned;
+* (c) the driver's own turn wait (WaitTurn) stopped while the link is watched: no defect in
+  its stops, pinned; a run's ``answer_time`` shorter than the wait cut it short (fixed);
+* a hook that holds its run past every stop (pinned: the late yes is never applied), one that
+  raises an odd BaseException (the peer was never told; fixed), an Abort already there when a
+  slow hook is asked.
+"""
 
 from __future__ import annotations
 
