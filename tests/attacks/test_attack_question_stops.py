@@ -704,3 +704,60 @@ async def test_an_abort_already_there_when_a_slow_hook_is_asked_withdraws_it(hoo
     assert (pending, cancelling) == (False, 0), "a cancel was left on the run's task"
     assert isinstance(host_run.exception(), RefusedError)
     assert (guest.session, host.session) == (None, None)
+
+
+class AsksInATask:
+    """A guest's person whose hook is a plain function that returns a task (any awaitable is a
+    hook's answer): the driver then awaits the answer as a task of its own, beside the link.
+    When the question is withdrawn the task cleans up (``cleaning`` set; it waits for
+    ``cleaned``, as a dialog closing does) and lets the cancel through."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.cleaning = asyncio.Event()
+        self.cleaned = asyncio.Event()
+
+    def confirm_code(self, q: ConfirmCode) -> asyncio.Task[bool]:
+        return asyncio.ensure_future(self._ask())
+
+    async def _ask(self) -> bool:
+        self.asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cleaning.set()
+            await self.cleaned.wait()
+            raise
+        return True
+
+
+@pytest.mark.xfail(strict=True, reason="the Ctrl-C is swallowed with the answer's cleanup "
+                   "(main 30dc344)")
+@pytest.mark.parametrize("stop", ["peer-refused", "answer-time"])
+async def test_a_ctrl_c_while_a_withdrawn_answer_cleans_up_stays_a_cancel(stop: str) -> None:
+    """A hook whose answer is a task of its own (over a pipe: the driver awaits it beside the
+    link).  The question is withdrawn (the host refuses, or the guest's answer time passes);
+    while the answer's task cleans up, the guest's run is cancelled (Ctrl-C).  The run ends as
+    a cancel, nothing pairs.  Fails on main 30dc344: the driver awaits the cleanup with every
+    exception suppressed, the Ctrl-C among them, and the run ends with the peer's refusal or
+    its PairingTimeout, its caller going on."""
+    guest, host = _machines(PairingConfig(step_timeout=5.0))
+    a, b = loopback_pair(mtu=512)
+    person = AsksInATask()
+    guest_run = asyncio.ensure_future(_run_and_look(drive(
+        guest, MessagePipe(a, guest=True), delegate=person,
+        answer_time=0.2 if stop == "answer-time" else 60)))
+    host_person: Any = RefusesWith(person.asked, lambda: None) if stop == "peer-refused" else Yes()
+    host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False),
+                                           delegate=host_person, answer_time=60))
+    await asyncio.wait_for(person.cleaning.wait(), 10)
+    guest_run.cancel()  # Ctrl-C while the withdrawn answer cleans up
+    await asyncio.sleep(0)
+    person.cleaned.set()
+    done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
+    assert done == {guest_run, host_run}, "a run did not end"
+    outcome, _pending, _cancelling = guest_run.result()
+    host_error = host_run.exception()
+    assert (guest.session, host.session) == (None, None)
+    assert isinstance(host_error, RefusedError if stop == "peer-refused" else RemoteError)
+    assert isinstance(outcome, asyncio.CancelledError), f"the Ctrl-C became {outcome!r}"
