@@ -412,8 +412,11 @@ async def drive(
         finally:
             if not answer.done():
                 answer.cancel()
-                with contextlib.suppress(BaseException):
-                    await answer
+                # Its end, not its outcome (withdrawn, it is not ours): a cancel of the run's
+                # own meanwhile (Ctrl-C while the answer cleans up) goes through.
+                await asyncio.wait({answer})
+                if not answer.cancelled():
+                    answer.exception()
         machine.answer(event, value, now())
 
     def answer_stands(cancelling: int, limit: float) -> None:

@@ -731,15 +731,13 @@ class AsksInATask:
         return True
 
 
-@pytest.mark.xfail(strict=True, reason="the Ctrl-C is swallowed with the answer's cleanup "
-                   "(main 30dc344)")
 @pytest.mark.parametrize("stop", ["peer-refused", "answer-time"])
 async def test_a_ctrl_c_while_a_withdrawn_answer_cleans_up_stays_a_cancel(stop: str) -> None:
     """A hook whose answer is a task of its own (over a pipe: the driver awaits it beside the
     link).  The question is withdrawn (the host refuses, or the guest's answer time passes);
     while the answer's task cleans up, the guest's run is cancelled (Ctrl-C).  The run ends as
-    a cancel, nothing pairs.  Fails on main 30dc344: the driver awaits the cleanup with every
-    exception suppressed, the Ctrl-C among them, and the run ends with the peer's refusal or
+    a cancel, nothing pairs.  Failed on main 30dc344: the driver awaited the cleanup with every
+    exception suppressed, the Ctrl-C among them, and the run ended with the peer's refusal or
     its PairingTimeout, its caller going on."""
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
