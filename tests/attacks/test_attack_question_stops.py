@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from pairkit.driver import MessagePipe, drive
+from pairkit.driver import MessagePipe, drive, replay_first
 from pairkit.pairing import wire
 from pairkit.pairing.errors import (
     BusyError,
@@ -758,4 +758,54 @@ async def test_a_ctrl_c_while_a_withdrawn_answer_cleans_up_stays_a_cancel(stop: 
     host_error = host_run.exception()
     assert (guest.session, host.session) == (None, None)
     assert isinstance(host_error, RefusedError if stop == "peer-refused" else RemoteError)
+    assert isinstance(outcome, asyncio.CancelledError), f"the Ctrl-C became {outcome!r}"
+
+
+class CleansUpSlowly:
+    """A host's person whose hook (a coroutine) cleans up when its question is withdrawn
+    (``cleaning`` set; it waits for ``cleaned``) and lets the cancel through."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.cleaning = asyncio.Event()
+        self.cleaned = asyncio.Event()
+
+    async def confirm_code(self, q: ConfirmCode) -> bool:
+        self.asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cleaning.set()
+            await self.cleaned.wait()
+            raise
+        return True
+
+
+async def test_a_ctrl_c_while_a_withdrawn_answer_cleans_up_on_a_replayed_pipe_stays_a_cancel(
+) -> None:
+    """The product's case of the answer in a task of its own: a host that read the guest's
+    first message to choose its machine (``pairkit host`` with a key server configured) drives
+    the pairing on that pipe with the message put back (``replay_first``), where the driver
+    runs every question's hook in a task of its own.  The guest refuses while the host's person
+    is asked; while the host's hook cleans up, the host's run is cancelled (Ctrl-C): a cancel,
+    nothing pairs (failed on main 30dc344 as the test above: the peer's refusal)."""
+    guest, host = _machines(PairingConfig(step_timeout=5.0))
+    a, b = loopback_pair(mtu=512)
+    person = CleansUpSlowly()
+    guest_run = asyncio.ensure_future(drive(
+        guest, MessagePipe(a, guest=True), delegate=RefusesWith(person.asked, lambda: None)))
+    pipe = MessagePipe(b, guest=False)
+    first = await asyncio.wait_for(pipe.recv(), 10)
+    host_run = asyncio.ensure_future(_run_and_look(drive(
+        host, replay_first(pipe, first), delegate=person, answer_time=60)))
+    await asyncio.wait_for(person.cleaning.wait(), 10)
+    host_run.cancel()  # Ctrl-C while the withdrawn answer cleans up
+    await asyncio.sleep(0)
+    person.cleaned.set()
+    done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
+    assert done == {guest_run, host_run}, "a run did not end"
+    outcome, _pending, _cancelling = host_run.result()
+    guest_error = guest_run.exception()
+    assert (guest.session, host.session) == (None, None)
+    assert isinstance(guest_error, RefusedError)
     assert isinstance(outcome, asyncio.CancelledError), f"the Ctrl-C became {outcome!r}"
