@@ -267,7 +267,10 @@ async def drive(
     A question's hook (a coroutine function) is usually run in the run's own task rather than
     in a task of its own (issue 13: a bare link, or a pipe that can be polled): a hook must not
     rely on ``asyncio.current_task()`` or on context variables being its own; a withdrawn
-    question reaches it as a cancel either way.
+    question reaches it as a cancel either way.  A hook that swallows that cancel (or a
+    Ctrl-C's, or the answer time's) and answers has its answer refused: the stop stands
+    (docs/security.md, compare, item 4).  One that swallows every cancel holds the run, as
+    any coroutine awaited in a task would: a hook must let a cancel through.
     """
     loop = asyncio.get_running_loop()
     now = clock or loop.time
@@ -341,21 +344,26 @@ async def drive(
 
     async def ask(event: Any) -> None:
         nonlocal inbox
-        hook = wait_turn if isinstance(event, WaitTurn) else _hook(delegate, event)
+        if isinstance(event, WaitTurn):
+            # Our own wait, no person asked: it ends at its deadline (False), which the
+            # answer time must not cut short (a "no answer" for a wait that ends busy).
+            hook, limit = wait_turn, answer_time + max(0.0, event.deadline - now())
+        else:
+            hook, limit = _hook(delegate, event), answer_time
         if not read_ahead:
             # Nothing to read meanwhile: the answer is awaited here, no task of its own, under
             # the run's one timer (issue 13: as the reads, no timeout context per question).
             cancelling = reads.owner.cancelling() if reads.owner is not None else 0
             try:
-                value = await reads.wait(hook(event), loop.time() + answer_time)
+                value = await reads.wait(hook(event), loop.time() + limit)
             except TimeoutError:
                 if not reads.took_too_long():
                     raise  # the delegate's own error, not our deadline
                 # Our side did not answer: the peer is waiting, so tell it why.
-                exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+                exc = PairingTimeout(f"no answer within {limit:.0f} s")
                 machine.abort(exc, tell_peer=True)
                 raise exc from None
-            answer_stands(cancelling)
+            answer_stands(cancelling, limit)
             machine.answer(event, value, now())
             return
         asked = hook(event)
@@ -374,12 +382,12 @@ async def drive(
             # A person who takes time: the rest of the hook is awaited here, in the run's own
             # task (what its first step set up, such as a timeout, belongs to this task),
             # under the run's one timer, while the link is watched (watch).
-            value = await watch(_resume(asked, pending), task)
+            value = await watch(_resume(asked, pending), task, limit)
             machine.answer(event, value, now())
             return
         answer = asyncio.ensure_future(asked)
         try:
-            deadline = now() + answer_time
+            deadline = now() + limit
             while not answer.done():
                 if inbox is None and read_ahead:
                     inbox = asyncio.ensure_future(pipe.recv_unabsorbed())
@@ -390,7 +398,7 @@ async def drive(
                 )
                 if not done:
                     # Our side's person did not answer: the peer is waiting, so tell it why.
-                    exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+                    exc = PairingTimeout(f"no answer within {limit:.0f} s")
                     machine.abort(exc, tell_peer=True)
                     raise exc
                 if inbox is not None and inbox in done:
@@ -404,18 +412,21 @@ async def drive(
         finally:
             if not answer.done():
                 answer.cancel()
-                with contextlib.suppress(BaseException):
-                    await answer
+                # Its end, not its outcome (withdrawn, it is not ours): a cancel of the run's
+                # own meanwhile (Ctrl-C while the answer cleans up) goes through.
+                await asyncio.wait({answer})
+                if not answer.cancelled():
+                    answer.exception()
         machine.answer(event, value, now())
 
-    def answer_stands(cancelling: int) -> None:
+    def answer_stands(cancelling: int, limit: float) -> None:
         """A hook run in the run's own task answered: not an answer if the run was stopped
         meanwhile and the hook swallowed the stop (attack review atk13b).  The answer time
         passed: PairingTimeout, the peer told.  The run was cancelled (Ctrl-C) beyond the
         ``cancelling`` requests it had before: CancelledError, as the cancel would have."""
         if reads.took_too_long():
             # Our side's person did not answer in time: the peer is waiting, so tell it.
-            exc = PairingTimeout(f"no answer within {answer_time:.0f} s")
+            exc = PairingTimeout(f"no answer within {limit:.0f} s")
             machine.abort(exc, tell_peer=True)
             raise exc
         task = reads.owner
@@ -442,8 +453,8 @@ async def drive(
                 machine.receive(message, now())  # raises the peer's error
             hold(message)
 
-    async def watch(answer: Any, task: asyncio.Task[Any]) -> Any:
-        """``await answer`` in the run's own task until the answer time passes, while the
+    async def watch(answer: Any, task: asyncio.Task[Any], limit: float) -> Any:
+        """``await answer`` in the run's own task for ``limit`` seconds, while the
         link is watched: through its ``recv_ready`` future and a poll when it has one (no
         task), else through a read of the pipe in a task of its own.  A message that arrives
         is held (past HELD_LIMIT, a ProtocolError); an Abort, the link's end or the flood
@@ -503,12 +514,12 @@ async def drive(
         try:
             look()
             try:
-                value = await reads.wait(answer, loop.time() + answer_time)
+                value = await reads.wait(answer, loop.time() + limit)
             except BaseException as exc:
                 if not withdrawn:
                     if isinstance(exc, TimeoutError) and reads.took_too_long():
                         # Our side's person did not answer: the peer is waiting, so tell it.
-                        err = PairingTimeout(f"no answer within {answer_time:.0f} s")
+                        err = PairingTimeout(f"no answer within {limit:.0f} s")
                         machine.abort(err, tell_peer=True)
                         raise err from None
                     raise  # the delegate's own error, or a cancel that is not ours
@@ -516,9 +527,12 @@ async def drive(
                     raise  # cancelled by someone else as well (Ctrl-C): a cancel
             else:
                 if not withdrawn:
-                    answer_stands(cancelling)
+                    answer_stands(cancelling, limit)
                     return value
-                task.uncancel()  # the hook ignored the cancel; the question is withdrawn
+                # The hook swallowed the cancel; the question is withdrawn, and a cancel by
+                # someone else as well (Ctrl-C) stays a cancel, as when the hook lets it through.
+                if task.uncancel() > cancelling:
+                    raise asyncio.CancelledError
         finally:
             asking = None
             for changed in watching:
@@ -625,6 +639,12 @@ async def drive(
         raise err from exc
     except BaseException as exc:
         machine.abort(PairingError(f"stopped: {type(exc).__name__}"))
+        # Nothing may be awaited now (the process is stopping, or the run's coroutine is
+        # being closed): the peer is told if the link takes the Abort at once.
+        if send_at_once is not None:
+            with contextlib.suppress(Exception):
+                for message in machine.outgoing():
+                    send_at_once(message)
         raise
     finally:
         reads.close()
