@@ -181,3 +181,30 @@ def test_a_host_without_a_journal_keeps_its_places_whatever_its_copy_in_memory_b
     for visit in visits:
         turns.settle(visit, confirmed=False, now=t + 2)
     assert lock.locked_for(t + 3) > 0, "the codes out that ended unconfirmed were not counted"
+
+
+def test_a_host_without_a_journal_checks_its_lock_and_places_as_it_takes_one() -> None:
+    """A host given no journal does not read its lock before taking a place (issue 13,
+    session 14: the read a journal kept elsewhere makes to spare a write): the change that
+    takes the place checks the lock and the places itself.  Were that check gone too, a
+    closed lock, or a budget of codes all out, would let one more code out.  Mallory holds the
+    whole budget: her next visit gets no place, and once the codes she left have locked
+    compare, none either; a visit refused counts nothing and holds nothing."""
+    state = HostState()
+    lock, turns = state.compare_lock, state.compare_turns
+    t = 1000.0
+    visits = [object() for _ in range(BUDGET)]
+    for visit in visits:
+        assert turns.take(visit, t, t + 130.0)
+    late = object()
+    assert not turns.take(late, t + 1, t + 131.0), "a code went out past the budget"
+    assert len(lock.places) == BUDGET and lock.streak == 0
+    for visit in visits:
+        turns.settle(visit, confirmed=False, now=t + 2)
+    assert lock.locked_for(t + 3) > 0 and lock.streak == BUDGET
+    failures = list(lock.failures)
+    for _ in range(3):
+        assert not turns.take(late, t + 3, t + 133.0), "a code went out with compare locked"
+    assert lock.locked_for(t + 3) > 0
+    assert lock.streak == BUDGET and lock.failures == failures and not lock.places, \
+        "a visit refused counted or held something"
