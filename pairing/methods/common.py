@@ -305,17 +305,22 @@ class LockJournal(Protocol):
 
 
 class _MemoryJournal:
-    """A lock's record in this object only (a :class:`Lockout` given no journal)."""
+    """A lock's record in this object only (a :class:`Lockout` given no journal).
+
+    The record kept is handed out as is, not copied (as the runtime's journal hands out the
+    record it parsed last): a :class:`Lockout` reads a record and never changes it (it takes
+    copies of its lists, :meth:`Lockout._adopt`) and keeps what ``change`` returns, lists of
+    its own (:meth:`Lockout._record`); issue 13, session 14: four copies of every list less
+    per compare pairing."""
 
     def __init__(self) -> None:
         self._record = LockRecord([], 0, [])
 
     def load(self, now: float) -> LockRecord:
-        r = self._record
-        return LockRecord(list(r.failures), r.streak, list(r.places), list(r.counted))
+        return self._record
 
     def update(self, change: Callable[[LockRecord], LockRecord], now: float) -> None:
-        self._record = change(self.load(now))
+        self._record = change(self._record)
 
 
 class Lockout:
@@ -351,6 +356,12 @@ class Lockout:
         #: (:meth:`CodeTurns.settle` raised: a full disk): counted again with this lock's next
         #: change, which a rollback of what the journal did keep cannot undo
         self.unkept: list[Place] = []
+        #: whether a change is worth a read before it (:meth:`CodeTurns.take`): a journal
+        #: given keeps the record elsewhere, where a write costs more than a read (the
+        #: runtime's: a file lock, a sealed file written whole); a lock kept in this object
+        #: alone decides within the change itself, the same step with the same checks, at the
+        #: cost of no write (issue 13, session 14)
+        self.reads_first = journal is not None
 
     def locked_for(self, now: float) -> float:
         """Seconds until attempts are accepted again (0 when they are), by :class:`PinPolicy`:
@@ -365,7 +376,8 @@ class Lockout:
         self.failures, self.streak = sorted(record.failures), record.streak
         self.counted = list(record.counted)
         if not record.places:  # no code out anywhere (the commonest read; issue 13)
-            self._end_quiet_streaks(record.places)
+            if len(self.failures) > 1:  # (no quiet day lies within fewer)
+                self._end_quiet_streaks(record.places)
             self.places = []
             del self.counted[:-COUNTED_KEPT]
             return
@@ -582,8 +594,10 @@ class CodeTurns:
         self._waiting.setdefault(holder, None)
         got: Place | None = None
         try:
-            # A read first: nothing is written while no place is free for it.
-            if self.lock.locked_for(now) > 0 or not self._first(holder):
+            # A read first (a journal kept elsewhere): nothing is written while no place is
+            # free for it.  The change below checks the same again, in its own step.
+            if self.lock.reads_first and (
+                    self.lock.locked_for(now) > 0 or not self._first(holder)):
                 return False
             place = Place(f"{self._rng(8).hex()}.{next(self._taken)}", now, until)
 

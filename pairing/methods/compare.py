@@ -183,7 +183,7 @@ class CompareHost(HostSide):
         # goes out: checked and taken in one step, so that no other host process of the device
         # takes the last one meanwhile; one that cannot be kept raises, and no code goes out.
         # It holds until our person's answer is due (we refuse one that comes later).  take
-        # reads the lock first (closed, or no place free: nothing is written), so it is not
+        # reads the lock (closed, or no place free: no place is taken), so it is not
         # read here before it as well (issue 13: the same read twice at one time); a lock
         # closed since our Offer, or as the place was looked for, is said here after it.
         self._code_ends = now + max(CODE_ANSWER_TIME, 3 * self.config.step_timeout)

@@ -22,6 +22,7 @@ from pathlib import Path
 from pairkit.clock import SYSTEM_CLOCK
 from pairkit.pairing.errors import LockedOutError
 from pairkit.pairing.methods import PairingConfig
+from pairkit.pairing.methods.common import HostState
 from tests.clock_harness import Ahead
 from tests.lock_actor_harness import ROOT, Actor
 from tests.lockout_harness import BUDGET, HostProcess, ks_path, records_of
@@ -154,3 +155,56 @@ async def test_a_lock_closed_elsewhere_between_an_offer_and_its_reveal_shows_no_
     assert visits.predicted == 0, "a code went out after the lock closed"
     _, host_error = visit.errors()
     assert isinstance(host_error, LockedOutError), repr(host_error)
+
+
+def test_a_host_without_a_journal_keeps_its_places_whatever_its_copy_in_memory_becomes() -> None:
+    """A host given no journal keeps its lock in memory (:class:`HostState`'s default), and
+    hands the record it keeps out as is, uncopied (issue 13, session 14).  The lock's copy of
+    what it read is its own to change (a quiet day clears its failures, a place taken is added
+    to it): if a cut let that copy share lists with the record kept, a change made to it in
+    memory would free the places of codes out.  Mallory holds the whole budget of codes out;
+    whatever becomes of the lock's copy, her next visit finds no place, and the lock still
+    counts each of her codes when it ends unconfirmed."""
+    state = HostState()
+    lock, turns = state.compare_lock, state.compare_turns
+    t = 1000.0
+    visits = [object() for _ in range(BUDGET)]
+    for visit in visits:
+        assert turns.take(visit, t, t + 130.0)
+    for _ in range(3):
+        lock.places.clear()  # the lock's copy, as read: not what is kept
+        lock.failures.append(t)
+        lock.counted.clear()
+        assert not turns.take(object(), t + 1, t + 131.0), \
+            "a code went out beside the budget held: the lock's copy was the record kept"
+        assert len(lock.places) == BUDGET
+    for visit in visits:
+        turns.settle(visit, confirmed=False, now=t + 2)
+    assert lock.locked_for(t + 3) > 0, "the codes out that ended unconfirmed were not counted"
+
+
+def test_a_host_without_a_journal_checks_its_lock_and_places_as_it_takes_one() -> None:
+    """A host given no journal does not read its lock before taking a place (issue 13,
+    session 14: the read a journal kept elsewhere makes to spare a write): the change that
+    takes the place checks the lock and the places itself.  Were that check gone too, a
+    closed lock, or a budget of codes all out, would let one more code out.  Mallory holds the
+    whole budget: her next visit gets no place, and once the codes she left have locked
+    compare, none either; a visit refused counts nothing and holds nothing."""
+    state = HostState()
+    lock, turns = state.compare_lock, state.compare_turns
+    t = 1000.0
+    visits = [object() for _ in range(BUDGET)]
+    for visit in visits:
+        assert turns.take(visit, t, t + 130.0)
+    late = object()
+    assert not turns.take(late, t + 1, t + 131.0), "a code went out past the budget"
+    assert len(lock.places) == BUDGET and lock.streak == 0
+    for visit in visits:
+        turns.settle(visit, confirmed=False, now=t + 2)
+    assert lock.locked_for(t + 3) > 0 and lock.streak == BUDGET
+    failures = list(lock.failures)
+    for _ in range(3):
+        assert not turns.take(late, t + 3, t + 133.0), "a code went out with compare locked"
+    assert lock.locked_for(t + 3) > 0
+    assert lock.streak == BUDGET and lock.failures == failures and not lock.places, \
+        "a visit refused counted or held something"
