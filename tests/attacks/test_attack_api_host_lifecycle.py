@@ -1,0 +1,104 @@
+"""The library's host (runtime/api.py, ``Host.accept`` and ``Host.close``) at the edges of its
+life: an ``accept`` called while ``close`` runs, and a guest that pairs after the application
+stopped waiting (attack review atk14a).
+
+Since session 14 the host serves links in a task of its own (``accept_loop`` behind
+``_WhileWanted``), started as it opens and again by an ``accept`` that finds none.  ``close``
+cancels that task, then closes what the host holds, over several awaits.  An application whose
+loop calls ``accept`` again when one fails (``LinkClosedError`` is a ``PairingError``, as a
+guest's failures were before session 14) does so inside that window: the first ``accept`` is
+woken by the cancelled task before ``close`` is.
+
+Played over real links: the in-process loopback and bumble virtual controllers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pairkit
+from pairkit.keystore import Argon2Params
+from pairkit.pairing.errors import ConfigError, PairingError
+from tests.ble_harness import World, world  # noqa: F401
+
+
+def device(tmp_path: Path, name: str) -> pairkit.Device:
+    return pairkit.Device.create(
+        tmp_path / f"{name}.keystore", "a passphrase", name=name, kdf=Argon2Params.cheapest()
+    )
+
+
+def _servers() -> list[asyncio.Task[Any]]:
+    """The links' servers running now (the host's ``accept_loop`` tasks)."""
+    return [t for t in asyncio.all_tasks()
+            if not t.done() and getattr(t.get_coro(), "__name__", "") == "accept_loop"]
+
+
+@pytest.mark.xfail(strict=True, reason="atk14a finding 1: an accept() called while close() runs "
+                   "starts a new links' server that close() never stops (fails on main)")
+@pytest.mark.parametrize("transport", ["loopback", "bumble"])
+async def test_an_accept_called_while_the_host_closes_leaves_nothing_running(
+    tmp_path: Path, transport: str, world: World  # noqa: F811
+) -> None:
+    """The application waits in ``accept``; another task closes the host; the application's
+    loop, told ``LinkClosedError``, calls ``accept`` again at once (before ``close`` is done).
+    Once ``close`` returned, that ``accept`` must end (it is a closed host) and no links' server
+    may be left running, nor an error left for the event loop to print.
+
+    On main the second ``accept`` starts a new ``accept_loop`` (``self._serving`` was already
+    None, ``_listener`` not yet) with ``_wanted`` set.  Over bumble, whose transport object,
+    given by the application, is its own listener and is not the host's to close, that server
+    and that ``accept`` wait on until the radio is closed: ``accept`` never returns on the
+    closed host.  Over the loopback the listener is closed a moment later and the stray server
+    dies with ``LinkClosedError``, which nobody retrieves (asyncio logs "Task exception was never
+    retrieved" with a traceback)."""
+    paul = device(tmp_path, "Paul")
+    spec: Any = "loopback:lifecycle" if transport == "loopback" else await world.device(
+        prefer_l2cap=False)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    calls: list[str] = []
+
+    host = paul.host(spec, methods=["pin"], delegate=pairkit.Agree())
+    await host.__aenter__()
+
+    async def application(host: pairkit.Host) -> None:
+        while True:
+            try:
+                await host.accept()
+            except ConfigError:
+                calls.append("not open")
+                return
+            except PairingError as exc:  # a guest's failure: wait for the next
+                calls.append(type(exc).__name__)
+                if len(calls) > 1:  # at once the first time, then no busy loop
+                    await asyncio.sleep(0.05)
+                continue
+
+    app = asyncio.ensure_future(application(host))
+    try:
+        await asyncio.sleep(0.2)
+        await host.close()
+        servers = _servers()  # right as close() returned
+        # The application's accept ends with the host (an error, not a wait without end).
+        done, _ = await asyncio.wait({app}, timeout=5)
+        await asyncio.sleep(0.5)  # a stray server, if any, fails meanwhile
+        del host
+        gc.collect()  # an error nobody retrieved is told to the loop as its task goes
+        assert app in done, f"accept() still waits on the closed host (calls: {calls})"
+        assert servers == [], "a links' server still runs after close()"
+        assert unhandled == [], f"left for the event loop: {unhandled[0].get('message')}"
+    finally:
+        app.cancel()
+        with contextlib.suppress(BaseException):
+            await app
+        for task in _servers():
+            task.cancel()
+        loop.set_exception_handler(None)
