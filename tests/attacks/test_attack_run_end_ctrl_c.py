@@ -145,8 +145,6 @@ async def _one(turns: int, *, stopped: str, pipe: str, host_says: bool) -> str |
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="fails on main b1f9b5a: the flush's wait_for (Python 3.11) "
-                   "and the finally's suppress(BaseException) swallow a Ctrl-C")
 @pytest.mark.parametrize(("stopped", "pipe"), [
     ("guest", "bare"), ("guest", "pipe"), ("host", "pipe"), ("host", "replay"),
 ])
@@ -164,8 +162,6 @@ async def test_a_ctrl_c_as_a_refused_run_ends_is_never_lost(stopped: str, pipe: 
     assert not found, found
 
 
-@pytest.mark.xfail(strict=True, reason="fails on main b1f9b5a: the finally's "
-                   "suppress(BaseException) around the cancelled read ahead swallows a Ctrl-C")
 async def test_a_ctrl_c_as_a_replayed_run_pairs_is_never_lost() -> None:
     """The author's known gap, made deterministic: a host on a replayed pipe (its question's
     hook and its read ahead each in a task of its own) whose person says yes; the guest's
