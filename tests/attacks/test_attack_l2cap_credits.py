@@ -58,8 +58,6 @@ async def l2cap_pair(open_device: OpenDevice, seed: int, **config: object
     return guest, host
 
 
-@pytest.mark.xfail(strict=True, reason="fails on main d8b0cb6: bumble takes K-frames past the "
-                   "peer's credits (a warning) and pairkit's link buffers them")
 @pytest.mark.parametrize("body", [b"", b"abc"], ids=["empty", "3-bytes"])
 @pytest.mark.parametrize("debug", [False, True], ids=["fast-path", "bumble-path"])
 async def test_k_frames_past_the_credits_given_end_the_link(
