@@ -20,14 +20,17 @@ K-frames sent by the channel's ``send_pdu`` without taking credits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from bumble import l2cap
 
 from pairkit.pairing.errors import LinkClosedError
 from pairkit.transports.ble.links import L2capLink
-from pairkit.transports.bumble import VirtualRadio
+from pairkit.transports.bumble import BumbleTransport, VirtualRadio
 from tests.ble_harness import OpenDevice, bumble_devices, linked_pair
 
 
@@ -147,3 +150,66 @@ async def test_crafted_k_frames_reach_the_link_as_bumble_gives_them(
     await guest.close()
     with pytest.raises(LinkClosedError):
         await asyncio.wait_for(host.recv(), 2)
+
+
+@contextlib.contextmanager
+def says_mps(transport: BumbleTransport, mps: int) -> Iterator[None]:
+    """The attacker's own bumble stack puts ``mps`` in the LE Credit Based Connection Request
+    it sends (its channel's receive MPS, Core 5.4 Vol 3 Part A §4.22), whatever its spec says."""
+    device = transport._device
+    assert device is not None
+    manager = device.l2cap_channel_manager
+    send = manager.send_control_frame
+
+    def rewrite(connection: Any, cid: int, frame: Any) -> None:
+        if isinstance(frame, l2cap.L2CAP_LE_Credit_Based_Connection_Request):
+            frame.mps = mps
+        send(connection, cid, frame)
+
+    manager.send_control_frame = rewrite  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        manager.send_control_frame = send  # type: ignore[method-assign]
+
+
+@pytest.mark.xfail(strict=True, reason="fails on main d8b0cb6: a peer MPS of 0 is taken, and "
+                   "bumble's process_output sends an empty K-frame for every credit granted")
+async def test_a_peer_mps_of_zero_never_makes_the_link_send_a_frame_per_credit(
+    open_device: OpenDevice,
+) -> None:
+    """A guest whose connection request says MPS 0 (the specification's range is 23 to 65533,
+    Core 5.4 Vol 3 Part A §4.22; bumble checks its own spec's, never the peer's).  On main
+    d8b0cb6 the host takes the channel; once it has sent one message (``_write_sdu`` leaves
+    an MPS below 1 to bumble's ``write``), bumble's ``process_output`` cuts the SDU into
+    empty K-frames that never shorten it, one per credit: the guest's first credits, then
+    65535 for each 14-byte credit frame the guest sends, in one synchronous loop (here 0.49 s
+    of the host's event loop and 65535 ACL packets queued per frame: every other guest of
+    that host waits).  The host must refuse the channel (or at least never send more K-frames
+    than its message needs)."""
+    host_transport = await open_device(170)
+    guest_transport = await open_device(171)
+    await host_transport.start_advertising(b"hello")
+    accepting = asyncio.ensure_future(host_transport.accept(timeout=5))
+    with says_mps(guest_transport, 0):
+        guest = await guest_transport.connect(host_transport.address, timeout=5)
+    host = await accepting
+    assert isinstance(guest, L2capLink) and isinstance(host, L2capLink)
+    sent: list[int] = []
+    hci_host = host.connection.device.host
+    send_acl_sdu = hci_host.send_acl_sdu
+
+    def counting(handle: int, pdu: bytes) -> None:
+        sent.append(len(pdu))
+        send_acl_sdu(handle, pdu)
+
+    hci_host.send_acl_sdu = counting  # type: ignore[method-assign]
+    with contextlib.suppress(LinkClosedError):
+        host.send_nowait(b"0123456789")
+    channel = guest.channel
+    channel.send_control_frame(l2cap.L2CAP_LE_Flow_Control_Credit(
+        identifier=channel.manager.next_identifier(channel.connection),
+        cid=channel.source_cid, credits=65535))
+    await asyncio.sleep(0.1)
+    assert len(sent) <= 12 or host.closed, f"{len(sent)} K-frames for a 10-byte message"
+    assert host.closed, "the host kept a channel whose MPS is out of range"
