@@ -74,6 +74,8 @@ GATT_MAX_VALUE = 512  #: Core 5.4 Vol 3 Part F §3.2.9
 ATT_HEADER = 3  #: opcode + handle of a Write Command or a Notification
 L2CAP_HEADER = 4  #: length + channel ID of every L2CAP PDU (Core 5.4 Vol 3 Part A §3)
 SDU_LENGTH = 2  #: the SDU length field of an SDU's first K-frame (Vol 3 Part A §3.4.3)
+L2CAP_MIN_MTU = 23  #: an LE credit-based channel's smallest MTU (Vol 3 Part A §4.22)
+L2CAP_MIN_MPS = 23  #: and its smallest MPS (the same section)
 
 
 def _quiet(logger: logging.Logger) -> bool:
@@ -814,6 +816,11 @@ class L2capLink(BleLink):
             self._on_sdu(sdu, frames)
         if tap.broken is not None:
             self._abort(tap.broken)
+        elif channel.peer_mtu < L2CAP_MIN_MTU or channel.peer_mps < L2CAP_MIN_MPS:
+            # Out of the specification's range (Core 5.4 Vol 3 Part A §4.22, §4.23); bumble
+            # checks only its own side's.  An MPS of 0 made bumble's process_output send an
+            # empty K-frame for every credit the peer granted (attack review atk14b).
+            self._abort("the peer's L2CAP channel MTU or MPS is below 23")
         channel.on(channel.EVENT_CLOSE, self._on_channel_close)
 
     @property
