@@ -221,3 +221,35 @@ async def test_a_peer_mps_of_zero_never_makes_the_link_send_a_frame_per_credit(
     await asyncio.sleep(0.1)
     assert len(sent) - before <= 12, f"{len(sent) - before} ACL packets for one credit frame"
     assert host is None or host.closed, "the host kept a channel whose MPS is out of range"
+
+
+async def test_a_host_answering_mps_zero_never_gets_a_guest_link(open_device: OpenDevice) -> None:
+    """The other side of the test above: a host whose LE Credit Based Connection Response says
+    MPS 0 (Core 5.4 Vol 3 Part A §4.23).  The guest's link ends at once (its connect fails or
+    gives a link already closed) and nothing it sends is cut into empty K-frames.  Fails on
+    main b1f9b5a (the guest's link open with the host's MPS 0); passes with the MTU/MPS check."""
+    host_transport = await open_device(180)
+    guest_transport = await open_device(181)
+    device = host_transport._device
+    assert device is not None
+    manager = device.l2cap_channel_manager
+    send = manager.send_control_frame
+
+    def rewrite(connection: Any, cid: int, frame: Any) -> None:
+        if isinstance(frame, l2cap.L2CAP_LE_Credit_Based_Connection_Response):
+            frame.mps = 0
+        send(connection, cid, frame)
+
+    manager.send_control_frame = rewrite  # type: ignore[method-assign]
+    await host_transport.start_advertising(b"hello")
+    accepting = asyncio.ensure_future(host_transport.accept(timeout=2))
+    guest = None
+    with contextlib.suppress(Exception):  # a refused channel may fail the connect
+        guest = await guest_transport.connect(host_transport.address, timeout=5)
+    with contextlib.suppress(BaseException):
+        await accepting
+    if guest is not None:
+        await asyncio.sleep(0.05)
+        assert guest.closed, "the guest kept a channel whose MPS is out of range"
+        with pytest.raises(LinkClosedError):
+            await guest.send(b"0123456789")
