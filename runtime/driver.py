@@ -306,6 +306,15 @@ async def drive(
         for message in machine.outgoing():
             await pipe.send(message)
 
+    async def flush_briefly() -> None:
+        """Best effort: ``flush`` for at most a second, its errors dropped; a cancel of the
+        run's own meanwhile (Ctrl-C) goes through.  Not ``asyncio.wait_for``: on Python 3.11
+        it returns the flush's result when a cancel comes as the flush ends, and the run
+        ended as if no one had pressed Ctrl-C (attack review atk14b)."""
+        with contextlib.suppress(PairingError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await flush()
+
     send = pipe.send
     # A plain pipe's send in two steps, so that a message the link takes at once is sent
     # without a coroutine (a pipe of another kind sends its own way).
@@ -619,8 +628,7 @@ async def drive(
     except PairingError as exc:
         machine.abort(exc)
         # Best effort: tell the peer why we stop (the machine queued an Abort).
-        with contextlib.suppress(PairingError, OSError, TimeoutError):
-            await asyncio.wait_for(flush(), 1.0)
+        await flush_briefly()
         raise
     except asyncio.CancelledError:
         # Ctrl-C (or our caller gave up): the peer hears "cancelled" instead of silence.
@@ -634,8 +642,7 @@ async def drive(
         # names the kind of failure only, never a path (issue 17).
         err = LocalError(f"internal failure ({describe_failure(exc)})", code=ErrorCode.INTERNAL)
         machine.abort(err)
-        with contextlib.suppress(PairingError, OSError, TimeoutError):
-            await asyncio.wait_for(flush(), 1.0)
+        await flush_briefly()
         raise err from exc
     except BaseException as exc:
         machine.abort(PairingError(f"stopped: {type(exc).__name__}"))
@@ -649,14 +656,18 @@ async def drive(
     finally:
         reads.close()
         # What was read ahead and not used belongs to the next exchange on this pipe.
-        if inbox is not None and not inbox.done():
-            inbox.cancel()  # links' recv is cancel-safe; a partial message stays reassembling
-            with contextlib.suppress(BaseException):
-                await inbox
-        if inbox is not None and not inbox.cancelled() and inbox.exception() is None:
-            held.append(inbox.result())
-        if read_ahead:
-            pipe.unread(held)
+        try:
+            if inbox is not None and not inbox.done():
+                inbox.cancel()  # links' recv is cancel-safe; a partial message stays reassembling
+                # Its end, not its outcome (a cancelled read): a cancel of the run's own
+                # meanwhile (Ctrl-C) goes through (attack review atk14b).
+                await asyncio.wait({inbox})
+        finally:
+            if (inbox is not None and inbox.done() and not inbox.cancelled()
+                    and inbox.exception() is None):
+                held.append(inbox.result())
+            if read_ahead:
+                pipe.unread(held)
 
 
 class _ReadDeadline:

@@ -74,6 +74,8 @@ GATT_MAX_VALUE = 512  #: Core 5.4 Vol 3 Part F §3.2.9
 ATT_HEADER = 3  #: opcode + handle of a Write Command or a Notification
 L2CAP_HEADER = 4  #: length + channel ID of every L2CAP PDU (Core 5.4 Vol 3 Part A §3)
 SDU_LENGTH = 2  #: the SDU length field of an SDU's first K-frame (Vol 3 Part A §3.4.3)
+L2CAP_MIN_MTU = 23  #: an LE credit-based channel's smallest MTU (Vol 3 Part A §4.22)
+L2CAP_MIN_MPS = 23  #: and its smallest MPS (the same section)
 
 
 def _quiet(logger: logging.Logger) -> bool:
@@ -647,11 +649,29 @@ class ChannelTap:
         self.frames = 0
         self.target: Callable[[bytes, int], None] | None = None
         self.early: list[tuple[bytes, int]] = []
+        #: why the peer broke the channel's flow control, once it has (then every frame of
+        #: its is dropped), and whom to tell (the link, once there is one)
+        self.broken: str | None = None
+        self.on_broken: Callable[[str], None] | None = None
         channel.peer_credits_threshold = -1
         on_pdu = channel.on_pdu
         connected = l2cap.LeCreditBasedChannel.State.CONNECTED
 
         def counting_on_pdu(pdu: bytes) -> None:
+            if self.broken is not None:
+                return
+            if (
+                channel.peer_credits <= 0
+                and channel.state == connected
+                and channel.sink is not None
+            ):
+                # A K-frame the peer had no credit for: the receiver shall disconnect (Core 5.4
+                # Vol 3 Part A §10.1).  bumble only logs it and takes the frame, so a peer that
+                # ignores credits would fill a link nobody reads (attack review atk14b).
+                self.broken = "the peer sent an L2CAP frame without a credit"
+                if self.on_broken is not None:
+                    self.on_broken(self.broken)
+                return
             self.frames += 1
             # A K-frame that is a whole SDU (the SDU length field, then that many bytes: Core
             # 5.4 Vol 3 Part A §3.4.3), with none begun before it, is given to the sink as
@@ -790,9 +810,17 @@ class L2capLink(BleLink):
         )
         tap = _TAPS.get(channel) or ChannelTap(channel)
         tap.target = self._on_sdu
+        tap.on_broken = self._abort
         early, tap.early = tap.early, []
         for sdu, frames in early:
             self._on_sdu(sdu, frames)
+        if tap.broken is not None:
+            self._abort(tap.broken)
+        elif channel.peer_mtu < L2CAP_MIN_MTU or channel.peer_mps < L2CAP_MIN_MPS:
+            # Out of the specification's range (Core 5.4 Vol 3 Part A §4.22, §4.23); bumble
+            # checks only its own side's.  An MPS of 0 made bumble's process_output send an
+            # empty K-frame for every credit the peer granted (attack review atk14b).
+            self._abort("the peer's L2CAP channel MTU or MPS is below 23")
         channel.on(channel.EVENT_CLOSE, self._on_channel_close)
 
     @property
