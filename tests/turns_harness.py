@@ -262,3 +262,21 @@ async def until(condition: Callable[[], bool], within: float) -> None:
         if loop.time() > end:
             raise AssertionError("the condition did not come true in time")
         await asyncio.sleep(0.005)
+
+
+async def run_and_look(run: Any) -> tuple[BaseException | None, bool, int]:
+    """Await a run in this task; then whether a cancel was left pending for the task's next
+    await, and how many cancel requests the task still counts."""
+    outcome: BaseException | None = None
+    try:
+        await run
+    except BaseException as exc:  # the outcome is the test's subject
+        outcome = exc
+    pending = False
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        pending = True
+    task = asyncio.current_task()
+    assert task is not None
+    return outcome, pending, task.cancelling()

@@ -55,7 +55,15 @@ from pairkit.pairing.methods.common import S_TURN
 from pairkit.pairing.negotiation import Method
 from pairkit.transports.loopback import loopback_pair
 from pairkit.transports.tcp import TcpListener, tcp_connect
-from tests.turns_harness import BUDGET, Answers, GuestYes, Mallory, Visits, until
+from tests.turns_harness import (
+    BUDGET,
+    Answers,
+    GuestYes,
+    Mallory,
+    Visits,
+    run_and_look,
+    until,
+)
 
 GEORGE = LocalIdentity.generate("George's phone")
 PAUL = LocalIdentity.generate("Paul's phone")
@@ -270,24 +278,6 @@ def _after(turns: int, call: Any) -> None:
         asyncio.get_running_loop().call_soon(_after, turns - 1, call)
 
 
-async def _run_and_look(run: Any) -> tuple[BaseException | None, bool, int]:
-    """Await a run in this task; then whether a cancel was left pending for the task's next
-    await, and how many cancel requests the task still counts."""
-    outcome: BaseException | None = None
-    try:
-        await run
-    except BaseException as exc:  # the outcome is the test's subject
-        outcome = exc
-    pending = False
-    try:
-        await asyncio.sleep(0)
-    except asyncio.CancelledError:
-        pending = True
-    task = asyncio.current_task()
-    assert task is not None
-    return outcome, pending, task.cancelling()
-
-
 class AnswersWith:
     """The host's person: once the guest's person is asked, sets the guest's answer ``turns``
     turns around its own (negative: the guest's first), and says ``say``."""
@@ -315,7 +305,7 @@ async def test_a_yes_as_the_peer_refuses_neither_pairs_nor_leaves_a_cancel(
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
     person = Later(way)
-    guest_run = asyncio.ensure_future(_run_and_look(
+    guest_run = asyncio.ensure_future(run_and_look(
         drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
     host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False),
                                            delegate=AnswersWith(person, turns, False),
@@ -345,7 +335,7 @@ async def test_a_yes_around_a_ctrl_c_is_applied_only_before_it_and_the_stop_stay
     a, b = loopback_pair(mtu=512)
     person = Later(way)
     ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
-    guest_run = asyncio.ensure_future(_run_and_look(
+    guest_run = asyncio.ensure_future(run_and_look(
         drive(guest, ga, delegate=person, answer_time=60)))
     host_run = asyncio.ensure_future(drive(host, hb, delegate=Yes(), answer_time=60))
     await asyncio.wait_for(person.asked.wait(), 10)
@@ -403,7 +393,7 @@ async def test_a_yes_at_the_answer_time_pairs_both_or_neither(
     a, b = loopback_pair(mtu=512)
     person = AtTheDeadline(way, answer_time, offset)
     ga, hb = (MessagePipe(a, guest=True), MessagePipe(b, guest=False)) if pipes else (a, b)
-    guest_run = asyncio.ensure_future(_run_and_look(
+    guest_run = asyncio.ensure_future(run_and_look(
         drive(guest, ga, delegate=person, answer_time=answer_time)))
     host_run = asyncio.ensure_future(drive(host, hb, delegate=Yes(), answer_time=60))
     done, _ = await asyncio.wait({guest_run, host_run}, timeout=10)
@@ -450,7 +440,7 @@ class Waiter:
         self.host.start(loop.time())
         self.guest_run = asyncio.ensure_future(
             drive(self.guest, MessagePipe(self.pair.a, guest=True), delegate=GuestYes()))
-        self.host_run = asyncio.ensure_future(_run_and_look(drive(
+        self.host_run = asyncio.ensure_future(run_and_look(drive(
             self.host, MessagePipe(self.pair.b, guest=False),
             delegate=Answers(answer=False), answer_time=answer_time)))
 
@@ -692,7 +682,7 @@ async def test_an_abort_already_there_when_a_slow_hook_is_asked_withdraws_it(hoo
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
     person = Counts(swallow=hook == "swallows")
-    guest_run = asyncio.ensure_future(_run_and_look(
+    guest_run = asyncio.ensure_future(run_and_look(
         drive(guest, MessagePipe(a, guest=True), delegate=person, answer_time=60)))
     host_run = asyncio.ensure_future(drive(host, MessagePipe(b, guest=False), delegate=No(),
                                            answer_time=60))
@@ -742,7 +732,7 @@ async def test_a_ctrl_c_while_a_withdrawn_answer_cleans_up_stays_a_cancel(stop: 
     guest, host = _machines(PairingConfig(step_timeout=5.0))
     a, b = loopback_pair(mtu=512)
     person = AsksInATask()
-    guest_run = asyncio.ensure_future(_run_and_look(drive(
+    guest_run = asyncio.ensure_future(run_and_look(drive(
         guest, MessagePipe(a, guest=True), delegate=person,
         answer_time=0.2 if stop == "answer-time" else 60)))
     host_person: Any = RefusesWith(person.asked, lambda: None) if stop == "peer-refused" else Yes()
@@ -796,7 +786,7 @@ async def test_a_ctrl_c_while_a_withdrawn_answer_cleans_up_on_a_replayed_pipe_st
         guest, MessagePipe(a, guest=True), delegate=RefusesWith(person.asked, lambda: None)))
     pipe = MessagePipe(b, guest=False)
     first = await asyncio.wait_for(pipe.recv(), 10)
-    host_run = asyncio.ensure_future(_run_and_look(drive(
+    host_run = asyncio.ensure_future(run_and_look(drive(
         host, replay_first(pipe, first), delegate=person, answer_time=60)))
     await asyncio.wait_for(person.cleaning.wait(), 10)
     host_run.cancel()  # Ctrl-C while the withdrawn answer cleans up

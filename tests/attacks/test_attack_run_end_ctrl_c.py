@@ -38,6 +38,7 @@ from pairkit.pairing.methods import (
 )
 from pairkit.pairing.negotiation import Method
 from pairkit.transports.loopback import loopback_pair
+from tests.turns_harness import run_and_look
 
 GEORGE = LocalIdentity.generate("George's phone")
 PAUL = LocalIdentity.generate("Paul's phone")
@@ -74,22 +75,6 @@ def _after(turns: int, call: Any) -> None:
         asyncio.get_running_loop().call_soon(_after, turns - 1, call)
 
 
-async def _run_and_look(run: Any) -> tuple[BaseException | None, bool]:
-    """Await a run in this task; then its outcome and whether a cancel was left pending for
-    the task's next await."""
-    outcome: BaseException | None = None
-    try:
-        await run
-    except BaseException as exc:  # the outcome is the test's subject
-        outcome = exc
-    pending = False
-    try:
-        await asyncio.sleep(0)
-    except asyncio.CancelledError:
-        pending = True
-    return outcome, pending
-
-
 def _machines() -> tuple[GuestPairing, HostPairing]:
     loop = asyncio.get_running_loop()
     cfg = PairingConfig(step_timeout=5.0)
@@ -112,14 +97,14 @@ async def _one(turns: int, *, stopped: str, pipe: str, host_says: bool) -> str |
     if pipe == "replay":  # the host chose its machine from the guest's first message
         guest_side: Any = MessagePipe(a, guest=True)
         host_pipe = MessagePipe(b, guest=False)
-        guest_run = asyncio.ensure_future(_run_and_look(drive(guest, guest_side, delegate=Yes())))
+        guest_run = asyncio.ensure_future(run_and_look(drive(guest, guest_side, delegate=Yes())))
         first = await asyncio.wait_for(host_pipe.recv(), 10)
         host_side: Any = replay_first(host_pipe, first)
     else:
         guest_side, host_side = ((MessagePipe(a, guest=True), MessagePipe(b, guest=False))
                                  if pipe == "pipe" else (a, b))
-        guest_run = asyncio.ensure_future(_run_and_look(drive(guest, guest_side, delegate=Yes())))
-    host_run = asyncio.ensure_future(_run_and_look(drive(host, host_side, delegate=person)))
+        guest_run = asyncio.ensure_future(run_and_look(drive(guest, guest_side, delegate=Yes())))
+    host_run = asyncio.ensure_future(run_and_look(drive(host, host_side, delegate=person)))
     await asyncio.wait_for(person.asked.wait(), 10)
     await asyncio.sleep(0.05)  # the guest's yes and its message are there; the host's read ahead
     target = guest_run if stopped == "guest" else host_run
@@ -136,7 +121,7 @@ async def _one(turns: int, *, stopped: str, pipe: str, host_says: bool) -> str |
         return f"turn {turns}: a run did not end"
     if not host_says and (guest.session is not None or host.session is not None):
         return f"turn {turns}: a refused pairing paired"
-    outcome, pending = target.result()
+    outcome, pending, _cancelling = target.result()
     if accepted == [True] and not isinstance(outcome, asyncio.CancelledError) and not pending:
         what = "paired" if outcome is None else repr(outcome)
         return f"turn {turns}: the Ctrl-C was lost, the run {what}"
