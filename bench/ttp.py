@@ -50,11 +50,12 @@ starts, every ``nproc``-th pair each, all at the same priority as the server and
 so that the server, its devices and the floor have the same cores, and the CPU of every one of
 them is counted.  This cannot make the line flatter the server: on the same ``nproc`` cores,
 rate / floor rate = (cores the server and devices kept busy / cores the floor kept busy) x
-(floor CPU / CPU per delivery), so the rate line is at most the CPU line, read in the same
-blocks; what it adds to the CPU line is whether the server, competing with its own devices for
-the cores, keeps them busy.  The yardstick before (the devices in this one process) still runs,
-in server blocks alternating with the goal's (the order swapped every cycle), each against its
-own floor blocks, and is printed as a shape line (``one_process`` in the JSON), not the goal.
+(floor CPU / CPU per delivery), and the floor's processes keep every core busy, so the rate
+line is at most (about) the CPU line read in the same blocks; what it adds to the CPU line is
+whether the server, competing with its own devices for the cores, keeps them busy.  The
+yardstick before (the devices in this one process) still runs, in server blocks alternating
+with the goal's (the order swapped every cycle), each against its own floor blocks, and is
+printed as a shape line (``one_process`` in the JSON), not the goal.
 
 ``ratio = (wall time per delivery) / floor``, the floor timed in one process at the start: at
 1 pair it is the full latency over the floor's; at more pairs it is for reading the shape only
