@@ -4,8 +4,8 @@ A *key delivery* is one pair of devices served: each device opens TLS 1.3 to the
 (pinned CA), proves its identity key, states its intent naming the other, and both receive the
 same fresh SK (``pairing/ttp.py``, steps 1 and 2).  The server runs as its own process
 (``python -m pairkit.keyserver``, :func:`bench.common.start_key_server`), its database on disk,
-as in production; the devices run in this process under asyncio, ``pairs`` pairs at a time,
-each pair delivering ``rounds`` keys one after another.
+as in production; the devices run under asyncio in ``nproc`` processes of their own (below),
+``pairs`` pairs at a time, each pair delivering ``rounds`` keys one after another.
 
 The *floor* is the cryptography on the critical path of a delivery, each piece at the fastest
 implementation here and made of the primitives alone (``ssl``, ``cryptography``, ``hmac``: no
@@ -35,9 +35,27 @@ blocks until ``blocks`` are quiet (at most ``max_blocks``).  The level's figure 
 over its quiet blocks**, printed with its range (goal at least 0.5 at 100 pairs); with no quiet
 block at all it is the median over all of them, and the output says so.  The CPU both sides
 spent is counted the same way: the server process's (its threads' time on a CPU, ``/proc``)
-and this process's (the devices), per delivery, against the floor's CPU per delivery in the
-two floor blocks around it (the second goal line).  The load averages and where each
-process's threads spent each block are in the JSON.
+and the devices' processes' (and this one's, which waits meanwhile), per delivery, against the
+floor's CPU per delivery in the two floor blocks around it (the second goal line).  The load
+averages and where each process's threads spent each block are in the JSON.
+
+**The devices in ``nproc`` processes** (session 14; bench/RESULTS.md).  The floor gets
+``nproc`` processes; until session 14 the 200 devices got one, under one event loop.  That
+process's one thread then ran 0.92 to 0.98 of a core while the server's event loop ran 0.5 to
+0.75 and slept the rest: the line read the bench's devices' process, not the server (rate /
+floor rate ~= s F / 2D, s the devices' thread's share of a core, F and D the floor's and the
+devices' CPU per delivery: the server's own cost is not in it; RESULTS.md, session 10).  The
+devices now run in a :class:`DevicePool` of ``nproc`` processes (forked before the server
+starts, every ``nproc``-th pair each, all at the same priority as the server and the floor),
+so that the server, its devices and the floor have the same cores, and the CPU of every one of
+them is counted.  This cannot make the line flatter the server: on the same ``nproc`` cores,
+rate / floor rate = (cores the server and devices kept busy / cores the floor kept busy) x
+(floor CPU / CPU per delivery), and the floor's processes keep every core busy, so the rate
+line is at most (about) the CPU line read in the same blocks; what it adds to the CPU line is
+whether the server, competing with its own devices for the cores, keeps them busy.  The
+yardstick before (the devices in this one process) still runs, in server blocks alternating
+with the goal's (the order swapped every cycle), each against its own floor blocks, and is
+printed as a shape line (``one_process`` in the JSON), not the goal.
 
 ``ratio = (wall time per delivery) / floor``, the floor timed in one process at the start: at
 1 pair it is the full latency over the floor's; at more pairs it is for reading the shape only
@@ -484,6 +502,99 @@ async def run_level(address: str, ca: Path, devices: list[LocalIdentity], pairs:
             "us_per_delivery": elapsed / n * 1e6}
 
 
+def _device_worker(devices: list[LocalIdentity], index: int, workers: int, conn: Any) -> None:
+    """One of the :class:`DevicePool`'s processes: for each job ``(address, ca, pairs, rounds,
+    start)`` on ``conn``, the pairs ``index``, ``index + workers``, ... of the level (devices
+    ``2i`` and ``2i + 1``, as :func:`run_level` pairs them), ``rounds`` deliveries each, all at
+    once under a fresh event loop from ``start`` (wall clock); answers (deliveries, CPU
+    seconds, wall clock at the end).  The CPU counted is the whole job's, the event loop's
+    making and closing included.  ``None`` ends it; between jobs it sleeps in ``recv``."""
+    while (job := conn.recv()) is not None:
+        address, ca, pairs, rounds, start = job
+        couples = [(devices[2 * i], devices[2 * i + 1]) for i in range(index, pairs, workers)]
+        c0 = time.process_time()
+        asyncio.run(_worker_level(address, Path(ca), couples, rounds, start))
+        conn.send((len(couples) * rounds, time.process_time() - c0, time.time()))
+
+
+async def _worker_level(address: str, ca: Path, couples: list[tuple[LocalIdentity,
+                        LocalIdentity]], rounds: int, start: float) -> None:
+    async def pair_loop(a: LocalIdentity, b: LocalIdentity) -> None:
+        for _ in range(rounds):
+            await deliver(address, ca, a, b)
+
+    await asyncio.sleep(max(0.0, start - time.time()))
+    await asyncio.gather(*(pair_loop(a, b) for a, b in couples))
+
+
+class DevicePool:
+    """The devices in ``workers`` (``nproc``) processes, as the floor has its ``nproc``
+    processes (bench/RESULTS.md, session 14): forked once, before the key server starts (they
+    hold none of its pipes), with every device's identity; the parent enrols them.  A block
+    gives each process every ``workers``-th pair of the level, all processes starting at
+    once; its deliveries are all of theirs, its time from the start to the last one's end,
+    and its CPU all of theirs (and the parent's, which only waits)."""
+
+    def __init__(self, devices: list[LocalIdentity], workers: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.workers = workers
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        try:
+            for index in range(workers):
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_device_worker,
+                                   args=(devices, index, workers, theirs), daemon=True)
+                proc.start()
+                theirs.close()
+                self._conns.append(mine)
+                self._procs.append(proc)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
+
+    def run(self, address: str, ca: Path, pairs: int, rounds: int) -> dict[str, float]:
+        """``pairs`` pairs, ``rounds`` deliveries each, spread over the processes; blocks
+        the caller (whose event loop has nothing to do meanwhile)."""
+        start = time.time() + 0.02
+        for conn in self._conns:
+            conn.send((address, str(ca), pairs, rounds, start))
+        got = []
+        for conn in self._conns:
+            if not conn.poll(600):  # pragma: no cover - a stuck worker
+                raise RuntimeError("a device worker did not answer")
+            got.append(conn.recv())
+        n = sum(k for k, _, _ in got)
+        if n != pairs * rounds:  # pragma: no cover - the bench must not lie
+            raise RuntimeError("the device workers did not make every delivery")
+        elapsed = max(end for _, _, end in got) - start
+        return {"pairs": pairs, "deliveries": n, "seconds": elapsed,
+                "per_second": n / elapsed, "us_per_delivery": elapsed / n * 1e6,
+                "workers_cpu": sum(c for _, c, _ in got)}
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():  # pragma: no cover - a stuck worker
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+
+    def __enter__(self) -> DevicePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def spread(values: list[float]) -> dict[str, float]:
     """min, quartiles, median and max of per-block figures (quartiles as :func:`summary`)."""
     s = summary(values)
@@ -492,16 +603,24 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 async def server_block(proc_pid: int, address: str, ca: Path, devices: list[LocalIdentity],
-                       pairs: int, rounds: int) -> dict[str, Any]:
+                       pairs: int, rounds: int,
+                       device_pool: DevicePool | None = None) -> dict[str, Any]:
     """One server block: ``pairs`` pairs, ``rounds`` deliveries each, with the CPU the server
-    process and this process (the devices) spent, and where their threads spent it."""
+    process and the devices spent, and where their threads spent it.  The devices run in this
+    process, or in ``device_pool``'s processes (their CPU and this process's counted)."""
     load_before = load_average()
+    device_pids = device_pool.pids if device_pool is not None else [os.getpid()]
     busy, t0 = machine_busy(), time.perf_counter()
     server_cpu, own_cpu = process_cpu(proc_pid), time.process_time()
-    sched = (thread_schedstat(proc_pid), thread_schedstat(os.getpid()))
-    block = await run_level(address, ca, devices, pairs, rounds)
+    sched = (thread_schedstat(proc_pid), [thread_schedstat(pid) for pid in device_pids])
+    if device_pool is None:
+        block = await run_level(address, ca, devices, pairs, rounds)
+        workers_cpu = 0.0
+    else:
+        block = device_pool.run(address, ca, pairs, rounds)
+        workers_cpu = block.pop("workers_cpu")
     after = thread_schedstat(proc_pid)
-    own_cpu = time.process_time() - own_cpu
+    own_cpu = time.process_time() - own_cpu + workers_cpu
     busy, wall = machine_busy() - busy, time.perf_counter() - t0
     server_cpu = process_cpu(proc_pid) - server_cpu
     if sched[0] and after:
@@ -514,9 +633,10 @@ async def server_block(proc_pid: int, address: str, ca: Path, devices: list[Loca
     # thread runs nearly all the time).
     block["threads"] = {
         "server": thread_shares(proc_pid, sched[0], after, block["seconds"]),
-        "devices": thread_shares(os.getpid(), sched[1], thread_schedstat(os.getpid()),
-                                 block["seconds"]),
+        "devices": _added([thread_shares(pid, before, thread_schedstat(pid), block["seconds"])
+                           for pid, before in zip(device_pids, sched[1], strict=True)]),
     }
+    block["device_processes"] = len(device_pids)
     n = block["deliveries"]
     # What other jobs on the machine took meanwhile, in cores (bench/RESULTS.md, session 12:
     # a job that takes a core halves the floor rate, and slows the server's two processes by
@@ -529,42 +649,64 @@ async def server_block(proc_pid: int, address: str, ca: Path, devices: list[Loca
     return block
 
 
-async def measure_level(settings: Settings, pool: FloorPool, proc_pid: int, address: str,
-                        ca: Path, devices: list[LocalIdentity], pairs: int,
-                        floor_us: float) -> dict[str, Any]:
-    """One concurrency level as ``blocks`` server blocks interleaved with floor blocks
-    (F S F S ... S F): each server block is set against the mean of the floor blocks right
-    before and right after it, so that what the machine's other jobs do to one, they do to
-    the other; the level's figures are the medians over its blocks, with their spread."""
+def _added(shares: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """:func:`thread_shares` of several processes added up (in cores: the main threads of
+    all, the other threads of all); empty when any is."""
+    if not shares or not all(shares):
+        return {}
+    return {which: {k: sum(s[which][k] for s in shares) for k in ("running", "waiting")}
+            for which in ("main", "others")}
+
+
+async def measure_level(settings: Settings, pool: FloorPool, device_pool: DevicePool,
+                        proc_pid: int, address: str, ca: Path, devices: list[LocalIdentity],
+                        pairs: int, floor_us: float) -> dict[str, Any]:
+    """One concurrency level as server blocks interleaved with floor blocks (F S F S ... S F):
+    each server block is set against the mean of the floor blocks right before and right
+    after it, so that what the machine's other jobs do to one, they do to the other.  Server
+    blocks are of two kinds, alternating (the order swapped every cycle): the devices in
+    ``device_pool``'s ``nproc`` processes (the goal's) and the devices in this one process
+    (the yardstick before session 14, kept as a shape line), until each kind has ``blocks``
+    quiet ones (at most ``max_blocks``).  Each kind's figures are the medians over its
+    blocks, with their spread."""
     rounds = settings.rounds(pairs)
     if settings.warmup:
         await run_level(address, ca, devices, pairs, settings.warmup)
+        device_pool.run(address, ca, pairs, settings.warmup)
     floors = [pool.run(settings.floor_seconds)]
-    blocks: list[dict[str, Any]] = []
-    while (sum(b["quiet"] for b in blocks) < settings.blocks
-           and len(blocks) < settings.max_blocks):
-        block = await server_block(proc_pid, address, ca, devices, pairs, rounds)
-        floors.append(pool.run(settings.floor_seconds))
-        around = floors[-2:]
-        block["floor_per_second"] = statistics.fmean(f["per_second"] for f in around)
-        block["floor_cpu_us_per_delivery"] = statistics.fmean(
-            f["cpu_us_per_delivery"] for f in around)
-        block["of_floor"] = block["per_second"] / block["floor_per_second"]
-        block["cpu_line"] = block["floor_cpu_us_per_delivery"] / block["cpu_us_per_delivery"]
-        block["quiet"] = max(block["others"], *(f["others"] for f in around)) <= settings.quiet
-        blocks.append(block)
-    quiet = [b for b in blocks if b["quiet"]]
-    # The figures: the median over the quiet blocks (none of the machine's other jobs took
-    # more than ``settings.quiet`` of a core in the block or in its two floor blocks); over
-    # all blocks when there was none (and the output says so).
-    counted = quiet or blocks
+    kinds: dict[str, list[dict[str, Any]]] = {"processes": [], "one": []}
+
+    def wanted(kind: str) -> bool:
+        blocks = kinds[kind]
+        return (sum(b["quiet"] for b in blocks) < settings.blocks
+                and len(blocks) < settings.max_blocks)
+
+    cycle = 0
+    while any(wanted(kind) for kind in kinds):
+        order = ("processes", "one") if cycle % 2 == 0 else ("one", "processes")
+        cycle += 1
+        for kind in order:
+            if not wanted(kind):
+                continue
+            block = await server_block(proc_pid, address, ca, devices, pairs, rounds,
+                                       device_pool if kind == "processes" else None)
+            floors.append(pool.run(settings.floor_seconds))
+            block["floor_index"] = len(floors) - 2  # its floor blocks: this one and the next
+            around = floors[-2:]
+            block["floor_per_second"] = statistics.fmean(f["per_second"] for f in around)
+            block["floor_cpu_us_per_delivery"] = statistics.fmean(
+                f["cpu_us_per_delivery"] for f in around)
+            block["of_floor"] = block["per_second"] / block["floor_per_second"]
+            block["cpu_line"] = (block["floor_cpu_us_per_delivery"]
+                                 / block["cpu_us_per_delivery"])
+            block["quiet"] = (max(block["others"], *(f["others"] for f in around))
+                              <= settings.quiet)
+            kinds[kind].append(block)
+    blocks = kinds["processes"]
     n = sum(b["deliveries"] for b in blocks)
     seconds = sum(b["seconds"] for b in blocks)
-
-    def per_delivery(key: str) -> float:
-        return sum(b[key] * b["deliveries"] for b in blocks) / n
-
     floor_rates = [f["per_second"] for f in floors]
+    in_order = sorted(blocks + kinds["one"], key=lambda b: b["floor_index"])
     return {
         "pairs": pairs,
         "rounds": rounds,
@@ -573,9 +715,8 @@ async def measure_level(settings: Settings, pool: FloorPool, proc_pid: int, addr
         "per_second": n / seconds,
         "us_per_delivery": seconds / n * 1e6,
         "ratio": seconds / n * 1e6 / floor_us,
-        "cpu_us_per_delivery": per_delivery("cpu_us_per_delivery"),
-        "server_cpu_us_per_delivery": per_delivery("server_cpu_us_per_delivery"),
-        "devices_cpu_us_per_delivery": per_delivery("devices_cpu_us_per_delivery"),
+        "device_processes": device_pool.workers,
+        **figures(blocks),
         "floor": {
             "workers": pool.workers,
             "blocks": floors,
@@ -584,6 +725,27 @@ async def measure_level(settings: Settings, pool: FloorPool, proc_pid: int, addr
             "per_second_spread": spread(floor_rates),
             "cpu_us_per_delivery": statistics.median(f["cpu_us_per_delivery"] for f in floors),
         },
+        "one_process": figures(kinds["one"]),
+        "load": [in_order[0]["load"][0], in_order[-1]["load"][1]],
+    }
+
+
+def figures(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A kind of server blocks' figures: the medians over its quiet blocks (none of the
+    machine's other jobs took more than ``settings.quiet`` of a core in the block or in its
+    two floor blocks), over all its blocks when none was (and the output says so); CPU per
+    delivery over all its blocks."""
+    quiet = [b for b in blocks if b["quiet"]]
+    counted = quiet or blocks
+    n = sum(b["deliveries"] for b in blocks)
+
+    def per_delivery(key: str) -> float:
+        return sum(b[key] * b["deliveries"] for b in blocks) / n
+
+    return {
+        "cpu_us_per_delivery": per_delivery("cpu_us_per_delivery"),
+        "server_cpu_us_per_delivery": per_delivery("server_cpu_us_per_delivery"),
+        "devices_cpu_us_per_delivery": per_delivery("devices_cpu_us_per_delivery"),
         "blocks": blocks,
         "quiet_blocks": len(quiet),
         "of_floor": statistics.median(b["of_floor"] for b in counted),
@@ -592,7 +754,6 @@ async def measure_level(settings: Settings, pool: FloorPool, proc_pid: int, addr
         "cpu_line_spread": spread([b["cpu_line"] for b in counted]),
         "of_floor_all": statistics.median(b["of_floor"] for b in blocks),
         "cpu_line_all": statistics.median(b["cpu_line"] for b in blocks),
-        "load": [blocks[0]["load"][0], blocks[-1]["load"][1]],
     }
 
 
@@ -604,17 +765,18 @@ async def measure_async(settings: Settings) -> dict[str, Any]:
         cert = cert_digest(load_cert(d.cert).public_bytes(Encoding.DER))
         floor = time_floor(settings, d.root, cert)
         most = max(settings.pairs)
-        # The floor's processes are forked before the server starts (they inherit none of its
-        # pipes) and live until the end.
-        with FloorPool(d.root, cert, nproc() or 1) as pool:
+        devices = [LocalIdentity.generate(f"bench-{i}") for i in range(2 * most)]
+        # The floor's processes and the devices' are forked before the server starts (they
+        # inherit none of its pipes) and live until the end.
+        with FloorPool(d.root, cert, nproc() or 1) as pool, \
+                DevicePool(devices, nproc() or 1) as device_pool:
             proc, address = await start_key_server(d.root, 2 * most)
             try:
-                devices = [LocalIdentity.generate(f"bench-{i}") for i in range(2 * most)]
                 for i in range(0, len(devices), 50):
                     await asyncio.gather(*(enrol(address, d.ca_cert, x, timeout=60)
                                            for x in devices[i : i + 50]))
-                levels = [await measure_level(settings, pool, proc.pid, address, d.ca_cert,
-                                              devices, pairs, floor["us"])
+                levels = [await measure_level(settings, pool, device_pool, proc.pid, address,
+                                              d.ca_cert, devices, pairs, floor["us"])
                           for pairs in settings.pairs]
             finally:
                 await stop_process(proc)
@@ -685,6 +847,10 @@ def render(result: dict[str, Any]) -> str:
         f"and in its floor blocks) or {s['max_blocks']} ran; a block's figures are against the "
         "mean of its two floor blocks; the level's are the medians over its quiet blocks "
         "[min-max]",
+        f"the devices run in {result['levels'][0]['device_processes']} processes (nproc, as the "
+        "floor), their CPU all counted; blocks with the devices in this one process (the "
+        "yardstick before session 14) alternate with them and are shown as a shape line, "
+        "not the goal",
         "",
         f"{'pairs':>5}  {'deliveries':>10}  {'seconds':>7}  {'deliveries/s':>12}  "
         f"{'us/delivery':>11}  {'ratio':>5}  {'floor/s':>7}  {'of floor':>16}  "
@@ -703,7 +869,7 @@ def render(result: dict[str, Any]) -> str:
                  "one-process floor (latency; not a goal at more than 1 pair)")
     lines.append("floor/s = the floor's deliveries/s in its processes at once (median of the "
                  "level's floor blocks); of floor = a block's deliveries/s / its floor/s")
-    lines.append("CPU us/dlv = CPU of the server process and of the devices' process per "
+    lines.append("CPU us/dlv = CPU of the server process and of the devices' processes per "
                  "delivery; floor CPU = the same for the floor")
     for lv in result["levels"]:
         fs, load = lv["floor"]["per_second_spread"], lv["load"]
@@ -713,6 +879,15 @@ def render(result: dict[str, Any]) -> str:
             f"{_load(load[1])} at the end; CPU us/dlv: server "
             f"{lv['server_cpu_us_per_delivery']:.0f}, devices "
             f"{lv['devices_cpu_us_per_delivery']:.0f}")
+        one = lv["one_process"]
+        lines.append(
+            f"  {lv['pairs']} pairs, the devices in one process (shape, not the goal): of floor "
+            f"{_median_range(one['of_floor_spread'])}, floor CPU/CPU "
+            f"{_median_range(one['cpu_line_spread'])} over "
+            + (f"{one['quiet_blocks']} quiet blocks of {len(one['blocks'])}" if one["quiet_blocks"]
+               else f"all {len(one['blocks'])} blocks (NO QUIET BLOCK)")
+            + f"; CPU us/dlv: server {one['server_cpu_us_per_delivery']:.0f}, devices "
+            f"{one['devices_cpu_us_per_delivery']:.0f}")
         n = len(lv["blocks"])
         if lv["quiet_blocks"]:
             lines.append(
@@ -722,17 +897,23 @@ def render(result: dict[str, Any]) -> str:
             lines.append(
                 f"  {lv['pairs']} pairs: NO QUIET BLOCK in {n} (other jobs ran throughout): "
                 "the figures are the medians over all blocks and measure the other jobs too")
-        for i, b in enumerate(lv["blocks"], 1):
+        in_order = sorted([(b, "") for b in lv["blocks"]]
+                          + [(b, ", devices in one process") for b in one["blocks"]],
+                          key=lambda x: x[0]["floor_index"])
+        for i, (b, kind) in enumerate(in_order, 1):
             th = b.get("threads", {})
             where = ""
             if th.get("server") and th.get("devices"):
                 srv, dev = th["server"], th["devices"]
-                where = (f"; running / waiting for a core: devices' thread "
+                threads = ("devices' thread" if b["device_processes"] == 1 else
+                           f"devices' {b['device_processes']} threads (cores)")
+                where = (f"; running / waiting for a core: {threads} "
                          f"{_share(dev['main'])}, server's event loop {_share(srv['main'])}, "
                          f"its store thread(s) {_share(srv['others'])}")
-            floors = lv["floor"]["blocks"][i - 1 : i + 1]
+            k = b["floor_index"]
+            floors = lv["floor"]["blocks"][k : k + 2]
             lines.append(
-                f"    block {i}{'' if b['quiet'] else ' (not quiet)'}: other jobs "
+                f"    block {i}{kind}{'' if b['quiet'] else ' (not quiet)'}: other jobs "
                 f"{b['others']:.2f} of a core (floor blocks {floors[0]['others']:.2f}, "
                 f"{floors[1]['others']:.2f}); {b['per_second']:.1f}/s, floor/s "
                 f"{b['floor_per_second']:.1f}, "

@@ -44,19 +44,31 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
     blocks = result["settings"]["blocks"]
     assert blocks == 2
     for lv in result["levels"]:
-        assert len(lv["blocks"]) == blocks
-        for b in lv["blocks"]:
+        # Two kinds of server blocks: the devices in nproc processes (the goal's, session 14)
+        # and in this one process (a shape line), each as many.
+        workers = lv["device_processes"]
+        assert workers == lv["floor"]["workers"] >= 1
+        one = lv["one_process"]
+        assert len(lv["blocks"]) == len(one["blocks"]) == blocks
+        assert all(b["device_processes"] == workers for b in lv["blocks"])
+        assert all(b["device_processes"] == 1 for b in one["blocks"])
+        for b in lv["blocks"] + one["blocks"]:
             assert b["deliveries"] >= 4 and b["deliveries"] % lv["pairs"] == 0
+            assert b["deliveries"] == lv["pairs"] * lv["rounds"]
             assert abs(b["us_per_delivery"] * b["deliveries"] / 1e6 - b["seconds"]) < 1e-6
         assert lv["deliveries"] == sum(b["deliveries"] for b in lv["blocks"])
         assert lv["seconds"] == pytest.approx(sum(b["seconds"] for b in lv["blocks"]))
         assert lv["per_second"] > 0 and lv["ratio"] > 0
     for lv in result["levels"]:
-        # Interleaved: F S F S F, each server block against the mean of its two neighbours.
+        # Interleaved: F S F S F S F S F, each server block (of either kind) against the mean
+        # of its two neighbours.
         floors = lv["floor"]["blocks"]
-        assert len(floors) == blocks + 1
+        both = lv["blocks"] + lv["one_process"]["blocks"]
+        assert len(floors) == 2 * blocks + 1
+        assert sorted(b["floor_index"] for b in both) == list(range(2 * blocks))
         assert all(f["workers"] >= 1 and f["deliveries"] >= 1 for f in floors)
-        for i, b in enumerate(lv["blocks"]):
+        for b in both:
+            i = b["floor_index"]
             around = floors[i : i + 2]
             assert b["floor_per_second"] == pytest.approx(
                 sum(f["per_second"] for f in around) / 2)
@@ -73,19 +85,25 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
         # two floor blocks; the level's figures are the medians over its quiet blocks (over
         # all when none was), with their spread.
         quiet_at = result["settings"]["quiet"]
-        for i, b in enumerate(lv["blocks"]):
+        for b in both:
+            i = b["floor_index"]
             others = [b["others"], *(f["others"] for f in floors[i : i + 2])]
             assert all(x >= 0 for x in others)
             assert b["quiet"] == (max(others) <= quiet_at)
-        quiet = [b for b in lv["blocks"] if b["quiet"]]
-        assert lv["quiet_blocks"] == len(quiet)
-        for key in ("of_floor", "cpu_line"):
-            values = sorted(b[key] for b in quiet or lv["blocks"])
-            assert lv[key] == pytest.approx(statistics.median(values))
-            assert lv[f"{key}_spread"]["min"] == values[0]
-            assert lv[f"{key}_spread"]["max"] == values[-1]
-            assert lv[f"{key}_all"] == pytest.approx(
-                statistics.median(b[key] for b in lv["blocks"]))
+        for kind in (lv, lv["one_process"]):
+            quiet = [b for b in kind["blocks"] if b["quiet"]]
+            assert kind["quiet_blocks"] == len(quiet)
+            for key in ("of_floor", "cpu_line"):
+                values = sorted(b[key] for b in quiet or kind["blocks"])
+                assert kind[key] == pytest.approx(statistics.median(values))
+                assert kind[f"{key}_spread"]["min"] == values[0]
+                assert kind[f"{key}_spread"]["max"] == values[-1]
+                assert kind[f"{key}_all"] == pytest.approx(
+                    statistics.median(b[key] for b in kind["blocks"]))
+            n = sum(b["deliveries"] for b in kind["blocks"])
+            assert kind["devices_cpu_us_per_delivery"] == pytest.approx(
+                sum(b["devices_cpu_us_per_delivery"] * b["deliveries"] for b in kind["blocks"])
+                / n)
         assert lv["floor"]["deliveries"] == sum(f["deliveries"] for f in floors)
         assert len(lv["load"]) == 2
     check_goals(result["goals"])
@@ -98,17 +116,23 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
         # calls.
         if not sys.platform.startswith("linux"):
             break
-        for b in lv["blocks"]:
+        for b in lv["blocks"] + lv["one_process"]["blocks"]:
             server, devices = b["threads"]["server"], b["threads"]["devices"]
-            for main in (server["main"], devices["main"]):
+            # (the devices' main threads added up: at most one core each)
+            for main, most in ((server["main"], 1), (devices["main"], b["device_processes"])):
                 assert main["running"] > 0 and main["waiting"] >= 0
-                assert main["running"] + main["waiting"] <= 1.05
+                assert main["running"] + main["waiting"] <= 1.05 * most
             assert server["others"]["running"] > 0
+            # The devices' CPU counted is their processes' (not only this one's, which waits
+            # while they work): about what their threads ran, by the scheduler's account.
+            ran = devices["main"]["running"] * b["seconds"]
+            assert b["devices_cpu_us_per_delivery"] * b["deliveries"] / 1e6 >= 0.5 * ran
     floor = result["floor"]
     assert floor["us"] > 0 and floor["tls_handshake_us"] > 0
     text = bench.render(result)
     assert "deliveries/s" in text and "ratio" in text and "floor" in text
     assert text.count("    block 1") == len(result["levels"])
+    assert text.count("devices in one process (shape, not the goal)") == len(result["levels"])
     assert sys.platform != "linux" or "waiting for a core" in text
     assert "\n".join(render_goals(result["goals"])) in text
 
