@@ -27,7 +27,7 @@ from .pairing.errors import (
     UserCancelled,
 )
 from .pairing.framing import Reassembler, fragment
-from .pairing.machine import Machine, Question, WaitTurn
+from .pairing.machine import DONE, FAILED, Machine, Question, WaitTurn
 
 #: a machine that sets no deadline still gets one: nothing in pairkit waits forever
 DEFAULT_IDLE = 60.0
@@ -283,6 +283,13 @@ async def drive(
     # for its transcript (a caller that binds one passes its own pipe): it hashes nothing
     # (issue 13: two SHA-256 states per run and two updates per message, never read).
     pipe = link if isinstance(link, MessagePipe) else MessagePipe(link, transcript=False)
+    # ... so a message read from it need not be counted (absorb would do nothing).
+    absorb = pipe.absorb if pipe is link else None
+    # A machine that keeps its queues, state and deadline as Machine does (every pairing
+    # machine) is read without its accessors' calls: six a message on each side (issue 13).
+    plain = _PLAIN.get(type(machine))
+    if plain is None:
+        plain = _PLAIN[type(machine)] = _reads_as_machine(type(machine))
     read = pipe.recv_unabsorbed if read_ahead else pipe.recv
     # A message already there is taken without a timer (a pipe of another kind, which may
     # read its own way, is always awaited, unless it says how to poll it too).
@@ -564,12 +571,23 @@ async def drive(
         if not machine.started:
             machine.start(now())
         while True:
-            for message in machine.outgoing():
+            if plain:
+                out = machine._out  # what outgoing() gives, without its call
+                if out:
+                    machine._out = []
+            else:
+                out = machine.outgoing()
+            for message in out:
                 if send_at_once is None:
                     await send(message)
                 elif rest := send_at_once(message):
                     await pipe.send_rest(message, rest)
-            events = machine.events()
+            if plain:
+                events = machine._events  # as events()
+                if events:
+                    machine._events = []
+            else:
+                events = machine.events()
             for event in events:
                 if isinstance(event, Question):
                     await ask(event)
@@ -584,12 +602,21 @@ async def drive(
                 take(message)
                 machine.receive(message, now())
                 continue
-            if machine.done:
-                return
-            if machine.failed:
-                assert machine.error is not None
-                raise machine.error
-            deadline = machine.next_deadline()
+            if plain:
+                state = machine.state  # done, failed and next_deadline() read at once
+                if state == DONE:
+                    return
+                if state == FAILED:
+                    assert machine.error is not None
+                    raise machine.error
+                deadline = machine._deadline
+            else:
+                if machine.done:
+                    return
+                if machine.failed:
+                    assert machine.error is not None
+                    raise machine.error
+                deadline = machine.next_deadline()
             wait = idle if deadline is None else max(0.0, deadline - now())
             try:
                 message = None
@@ -604,8 +631,8 @@ async def drive(
                         while message is None and (changed := ready()) is not None:
                             await reads.wait(changed, when)
                             message = poll()
-                    if message is not None:
-                        pipe.absorb(message)  # as pipe.recv would have, or take()
+                    if message is not None and absorb is not None:
+                        absorb(message)  # as pipe.recv would have, or take()
                 if message is None:
                     message = await next_message(wait)
                     if read_ahead:
@@ -668,6 +695,19 @@ async def drive(
                 held.append(inbox.result())
             if read_ahead:
                 pipe.unread(held)
+
+
+#: machine classes -> whether they read as Machine does (see _reads_as_machine)
+_PLAIN: dict[type, bool] = {}
+_ACCESSORS = ("outgoing", "events", "done", "failed", "next_deadline")
+
+
+def _reads_as_machine(cls: type) -> bool:
+    """Whether ``cls`` keeps Machine's own accessors of its queues, state and deadline, so
+    that the driver may read ``_out``, ``_events``, ``state`` and ``_deadline`` as they do."""
+    return isinstance(cls, type) and issubclass(cls, Machine) and all(
+        getattr(cls, name) is getattr(Machine, name) for name in _ACCESSORS
+    )
 
 
 class _ReadDeadline:

@@ -402,6 +402,38 @@ async def test_a_pipe_that_polls_its_own_way_is_polled() -> None:
     assert pg.transcript() == ph.transcript()  # and counted as a read counts them
 
 
+async def test_a_machine_with_its_own_accessors_is_read_through_them() -> None:
+    # The driver reads a machine's queues, state and deadline directly only when its class
+    # keeps Machine's own accessors; one that overrides them is read through them (fails if
+    # the direct reads were taken for every machine).
+    calls: dict[str, int] = {"outgoing": 0, "done": 0, "next_deadline": 0}
+
+    class OwnQueues(HostPairing):
+        def outgoing(self) -> list[Any]:
+            calls["outgoing"] += 1
+            return super().outgoing()
+
+        @property
+        def done(self) -> bool:
+            calls["done"] += 1
+            return super().done
+
+        def next_deadline(self) -> float | None:
+            calls["next_deadline"] += 1
+            return super().next_deadline()
+
+    guest, host = machines(Method.COMPARE)
+    own = OwnQueues.__new__(OwnQueues)
+    own.__dict__.update(host.__dict__)  # the same host, of a class with its own accessors
+    async with loopback_pair() as (a, b):
+        guest.start(asyncio.get_running_loop().time())
+        await asyncio.wait_for(
+            asyncio.gather(drive(guest, a, delegate=Yes()), drive(own, b, delegate=Yes())), 10
+        )
+    assert guest.session is not None and own.session is not None
+    assert all(calls.values()), calls
+
+
 async def test_a_pipe_made_without_a_transcript_moves_messages_and_refuses_to_give_one() -> None:
     async with loopback_pair(mtu=20) as (a, b):
         pa, pb = MessagePipe(a, guest=True, transcript=False), MessagePipe(b, guest=False)
