@@ -243,6 +243,38 @@ class _WhileWanted:
             await _close_quietly(held)
 
 
+#: The delegate's hooks that ask the person something and wait for the answer
+#: (runtime/delegate.py's table); the others only tell.
+_QUESTIONS = frozenset({"confirm_code", "allow_join", "join_cloud", "allow_request"})
+
+
+class _OneQuestionAtATime:
+    """A host's delegate as its guests' pairings and sessions ask it: one question at a time,
+    in the order they came, as ``pairkit host``'s Terminal asks (cli/prompt.py).  The host
+    serves several guests at once; an application's dialog written for one question at a
+    time must not see a second question while the first waits, or the person's answer to the
+    code on the screen may go to another guest's question (attack review atk14a, finding 3).
+    A question's wait for its turn counts in its answer time (the driver bounds the hook)."""
+
+    def __init__(self, delegate: Any) -> None:
+        self._delegate = delegate
+        self._turn = asyncio.Lock()  # FIFO
+
+    def __getattr__(self, name: str) -> Any:
+        hook = getattr(self._delegate, name)
+        if name not in _QUESTIONS:
+            return hook
+
+        async def asked(question: Any) -> Any:
+            async with self._turn:
+                return await hook(question)
+
+        return asked
+
+    def __repr__(self) -> str:
+        return repr(self._delegate)
+
+
 class Host:
     """A device waiting for guests on one transport (from :meth:`Device.host`).
 
@@ -268,7 +300,7 @@ class Host:
         self._given = None if isinstance(transport, str) else transport
         self._methods = methods
         self._pin = pin
-        self._delegate = delegate
+        self._delegate = _OneQuestionAtATime(delegate)
         self._visible = visible
         self._step_timeout = step_timeout
         self._qr_ttl = qr_ttl
