@@ -318,6 +318,7 @@ class Host:
         self._paired: collections.deque[Session] = collections.deque()
         self._arrived = asyncio.Event()
         self._telling: set[asyncio.Future[Any]] = set()  # _report's calls of the delegate
+        self._closing = False
         #: where guests reach this host (a BLE address, ``tcp:HOST:PORT``, a loopback name)
         self.address: str = ""
 
@@ -398,6 +399,8 @@ class Host:
         """The next guest paired (serving links meanwhile, see :meth:`accept`)."""
         if self._paired:
             return self._paired.popleft()
+        if self._closing:
+            raise LinkClosedError("the host is closed")
         serving = self._serving or self._start_serving()
         self._waiting += 1
         self._wanted.set()
@@ -477,6 +480,7 @@ class Host:
         """Stop broadcasting and listening (and close the transport if the host opened it);
         guests still pairing are stopped, and those paired and not returned by
         :meth:`accept` are closed."""
+        self._closing = True  # an accept() called meanwhile starts no server (atk14a, 1)
         serving, self._serving = self._serving, None
         if serving is not None:
             serving.cancel()
@@ -486,6 +490,8 @@ class Host:
             await self._gated.close()
         while self._paired:
             await _close_quietly(self._paired.popleft())
+        for told in list(self._telling):  # the delegate told of a failure: not past close()
+            told.cancel()
         if self._presence is not None:
             await self._presence.stop()
             self._presence = None
