@@ -321,3 +321,43 @@ async def test_the_owners_yes_to_the_guest_on_the_screen_lets_that_guest_in_only
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+
+
+async def test_a_question_given_up_while_waiting_its_turn_is_never_asked(
+    tmp_path: Path,
+) -> None:
+    """The host's questions wait their turn (one at a time); a guest who goes away while his
+    waits ends it there: it is never put to the owner, and the turn goes on to the next.
+    Mallory's request is on the screen; Ringo asks, then gives up (his join cancelled, his
+    link closed) while his request waits behind hers; Mallory is refused; George asks and the
+    owner lets him in.  Were Ringo's request left in the queue, the owner's yes meant for
+    George would answer it (a guest gone), and George would wait for an answer that never
+    comes."""
+    paul = device(tmp_path, "Paul")
+    mallory, ringo, george = (device(tmp_path, n) for n in ("Mallory", "Ringo", "George"))
+    dialog = JoinDialog()
+    async with paul.host("loopback:turns", methods=["pin"], delegate=dialog) as host:
+        accepting = asyncio.ensure_future(host.accept(timeout=30))
+        by_mallory = asyncio.ensure_future(mallory.join("loopback:turns", pin=host.pin))
+        tasks = [accepting, by_mallory]
+        try:
+            await _until(lambda: dialog.asked == ["Mallory"])
+            by_ringo = asyncio.ensure_future(ringo.join("loopback:turns", pin=host.pin))
+            tasks.append(by_ringo)
+            await asyncio.sleep(0.5)  # Ringo's request reaches the host and waits its turn
+            by_ringo.cancel()  # Ringo gives up
+            with contextlib.suppress(BaseException):
+                await by_ringo
+            await asyncio.sleep(0.5)  # the host sees his link close
+            dialog.answers.put_nowait(None)  # Mallory refused
+            tasks.append(asyncio.ensure_future(george.join("loopback:turns", pin=host.pin)))
+            await _until(lambda: len(dialog.asked) == 2)
+            dialog.answers.put_nowait(Grant(Role.GUEST, 3600))  # the one on the screen
+            async with await accepting as on_paul:
+                assert on_paul.peer.name == "George"
+            assert dialog.asked == ["Mallory", "George"], "a request given up was still asked"
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
