@@ -290,7 +290,10 @@ class Host:
     a connection that opens no link within two first flights; a stranger who connects and
     says nothing never keeps a guest from pairing.  A guest still pairing when that
     :meth:`accept` returns goes on, and the next :meth:`accept` returns it (one not taken
-    before the host closes is closed with it)."""
+    before the host closes is closed with it); an :meth:`accept` that ends without a guest
+    (cancelled, or its timeout) while no other waits stops the pairings under way, as
+    :meth:`close` does.  The delegate is asked one question at a time, in the order they
+    came, as ``pairkit host`` asks its owner."""
 
     def __init__(self, device: Device, transport: str | Any, *, methods: frozenset[Method],
                  pin: str | None, delegate: Any, visible: float | None, step_timeout: float,
