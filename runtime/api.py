@@ -243,6 +243,38 @@ class _WhileWanted:
             await _close_quietly(held)
 
 
+#: The delegate's hooks that ask the person something and wait for the answer
+#: (runtime/delegate.py's table); the others only tell.
+_QUESTIONS = frozenset({"confirm_code", "allow_join", "join_cloud", "allow_request"})
+
+
+class _OneQuestionAtATime:
+    """A host's delegate as its guests' pairings and sessions ask it: one question at a time,
+    in the order they came, as ``pairkit host``'s Terminal asks (cli/prompt.py).  The host
+    serves several guests at once; an application's dialog written for one question at a
+    time must not see a second question while the first waits, or the person's answer to the
+    code on the screen may go to another guest's question (attack review atk14a, finding 3).
+    A question's wait for its turn counts in its answer time (the driver bounds the hook)."""
+
+    def __init__(self, delegate: Any) -> None:
+        self._delegate = delegate
+        self._turn = asyncio.Lock()  # FIFO
+
+    def __getattr__(self, name: str) -> Any:
+        hook = getattr(self._delegate, name)
+        if name not in _QUESTIONS:
+            return hook
+
+        async def asked(question: Any) -> Any:
+            async with self._turn:
+                return await hook(question)
+
+        return asked
+
+    def __repr__(self) -> str:
+        return repr(self._delegate)
+
+
 class Host:
     """A device waiting for guests on one transport (from :meth:`Device.host`).
 
@@ -258,7 +290,10 @@ class Host:
     a connection that opens no link within two first flights; a stranger who connects and
     says nothing never keeps a guest from pairing.  A guest still pairing when that
     :meth:`accept` returns goes on, and the next :meth:`accept` returns it (one not taken
-    before the host closes is closed with it)."""
+    before the host closes is closed with it); an :meth:`accept` that ends without a guest
+    (cancelled, or its timeout) while no other waits stops the pairings under way, as
+    :meth:`close` does.  The delegate is asked one question at a time, in the order they
+    came, as ``pairkit host`` asks its owner."""
 
     def __init__(self, device: Device, transport: str | Any, *, methods: frozenset[Method],
                  pin: str | None, delegate: Any, visible: float | None, step_timeout: float,
@@ -268,7 +303,7 @@ class Host:
         self._given = None if isinstance(transport, str) else transport
         self._methods = methods
         self._pin = pin
-        self._delegate = delegate
+        self._delegate = _OneQuestionAtATime(delegate)
         self._visible = visible
         self._step_timeout = step_timeout
         self._qr_ttl = qr_ttl
@@ -286,6 +321,7 @@ class Host:
         self._paired: collections.deque[Session] = collections.deque()
         self._arrived = asyncio.Event()
         self._telling: set[asyncio.Future[Any]] = set()  # _report's calls of the delegate
+        self._closing = False
         #: where guests reach this host (a BLE address, ``tcp:HOST:PORT``, a loopback name)
         self.address: str = ""
 
@@ -366,14 +402,19 @@ class Host:
         """The next guest paired (serving links meanwhile, see :meth:`accept`)."""
         if self._paired:
             return self._paired.popleft()
-        serving = self._serving or self._start_serving()
+        if self._closing:
+            raise LinkClosedError("the host is closed")
+        serving = self._server()
         self._waiting += 1
         self._wanted.set()
         try:
             while not self._paired:
                 if serving.done():
-                    if serving.cancelled() or self._listener is None:
+                    if self._closing or self._listener is None:
                         raise LinkClosedError("the host is closed")
+                    if serving.cancelled():  # stopped by an accept() that ended just before
+                        serving = self._server()
+                        continue
                     error = serving.exception()
                     raise error if error is not None else LinkClosedError("the host is closed")
                 self._arrived.clear()
@@ -383,13 +424,29 @@ class Host:
                 finally:
                     arrived.cancel()
             return self._paired.popleft()
+        except BaseException:
+            # Ended without a guest (cancelled, its timeout) and no other accept() waits: the
+            # pairings under way stop, as before session 14 (atk14a finding 2); guests
+            # already paired stay for the next accept(), which starts the server again.
+            if self._waiting == 1 and not serving.done():
+                serving.cancel()
+                with contextlib.suppress(BaseException):
+                    await serving
+            raise
         finally:
             self._waiting -= 1
             if not self._waiting:
                 self._wanted.clear()
 
+    def _server(self) -> asyncio.Task[None]:
+        """The links' server, started again if the last accept() that ended stopped it."""
+        if self._serving is None or self._serving.cancelled():
+            return self._start_serving()
+        return self._serving
+
     def _start_serving(self) -> asyncio.Task[None]:
-        self._gated = _WhileWanted(self._listener, self._wanted)
+        if self._gated is None:  # one for the host's life: a link it holds waits for the next
+            self._gated = _WhileWanted(self._listener, self._wanted)
         self._serving = asyncio.create_task(accept_loop(
             self._gated, self._serve, admission=Admission(self._limits),
             on_error=self._report,
@@ -445,6 +502,7 @@ class Host:
         """Stop broadcasting and listening (and close the transport if the host opened it);
         guests still pairing are stopped, and those paired and not returned by
         :meth:`accept` are closed."""
+        self._closing = True  # an accept() called meanwhile starts no server (atk14a, 1)
         serving, self._serving = self._serving, None
         if serving is not None:
             serving.cancel()
@@ -454,6 +512,8 @@ class Host:
             await self._gated.close()
         while self._paired:
             await _close_quietly(self._paired.popleft())
+        for told in list(self._telling):  # the delegate told of a failure: not past close()
+            told.cancel()
         if self._presence is not None:
             await self._presence.stop()
             self._presence = None
