@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,25 @@ async def silent_stranger(transport: str, host: pairkit.Host) -> AsyncIterator[A
         await link.close()
 
 
+async def george_pairs(
+    host: pairkit.Host, join: Callable[[], Awaitable[pairkit.Session]], within: float
+) -> None:
+    """The host accepts (``within`` seconds) while George joins once the host has had time to
+    take the stranger's link first: both get the same session, with George."""
+    accepting = asyncio.ensure_future(host.accept(timeout=within))
+    await asyncio.sleep(0.1)  # the host has taken the stranger's link first
+    joining = asyncio.ensure_future(join())
+    try:
+        async with await accepting as on_paul, await joining as on_george:
+            assert on_paul.peer.name == "George"
+            assert on_paul.fingerprint == on_george.fingerprint
+    finally:
+        for task in (accepting, joining):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
 @pytest.mark.parametrize("transport", ["loopback", "tcp"])
 async def test_a_silent_stranger_does_not_keep_a_guest_from_pairing_with_a_library_host(
     tmp_path: Path, transport: str
@@ -63,18 +82,7 @@ async def test_a_silent_stranger_does_not_keep_a_guest_from_pairing_with_a_libra
     async with paul.host(spec, methods=["pin"], delegate=pairkit.Agree()) as host:
         target = f"{transport}:{host.address}"
         async with silent_stranger(transport, host):
-            accepting = asyncio.ensure_future(host.accept(timeout=ACCEPT_WITHIN))
-            await asyncio.sleep(0.1)  # the host has taken the stranger's link first
-            joining = asyncio.ensure_future(george.join(target, pin=host.pin))
-            try:
-                async with await accepting as on_paul, await joining as on_george:
-                    assert on_paul.peer.name == "George"
-                    assert on_paul.fingerprint == on_george.fingerprint
-            finally:
-                for task in (accepting, joining):
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+            await george_pairs(host, lambda: george.join(target, pin=host.pin), ACCEPT_WITHIN)
 
 
 async def test_a_silent_ble_stranger_does_not_keep_a_guest_from_pairing_with_a_library_host(
@@ -87,19 +95,13 @@ async def test_a_silent_ble_stranger_does_not_keep_a_guest_from_pairing_with_a_l
     async with paul.host(radio, methods=["pin"], delegate=pairkit.Agree()) as host:
         stranger = await world.device(prefer_l2cap=False)
         silent = await stranger.connect(host.address, timeout=5)
-        accepting = asyncio.ensure_future(host.accept(timeout=2 * ACCEPT_WITHIN))
-        await asyncio.sleep(0.1)  # the host has taken the stranger's link first
         guest = await world.device(prefer_l2cap=False)
-        joining = asyncio.ensure_future(george.join(host.address, transport=guest, pin=host.pin))
         try:
-            async with await accepting as on_paul, await joining as on_george:
-                assert on_paul.peer.name == "George"
-                assert on_paul.fingerprint == on_george.fingerprint
+            await george_pairs(
+                host, lambda: george.join(host.address, transport=guest, pin=host.pin),
+                2 * ACCEPT_WITHIN,
+            )
         finally:
-            for task in (accepting, joining):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
             await silent.close()
 
 
