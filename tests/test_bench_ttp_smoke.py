@@ -110,6 +110,9 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
     top = result["levels"][-1]
     assert [g["figure"] for g in result["goals"]] == [top["of_floor"], top["cpu_line"]]
     assert all(g["bound"] == ">=" and g["goal"] == 0.5 for g in result["goals"])
+    # A goal line read from no quiet block says so on the line itself.
+    assert all(("NO QUIET BLOCK" in g["name"]) == (top["quiet_blocks"] == 0)
+               for g in result["goals"])
     for lv in result["levels"]:
         # Where the threads spent each block (Linux): shares of its wall time; a thread runs
         # and waits for a core for at most all of it, and the server's store thread did its
