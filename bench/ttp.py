@@ -796,10 +796,15 @@ def goals(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the rate against the floor's rate on the same cores, and the floor's CPU per delivery
     against the CPU both sides spent per delivery."""
     top = max(levels, key=lambda lv: lv["pairs"])
+    # With no quiet block the figures are medians over blocks other jobs ran in, and those
+    # need not slow the two sides alike (the server and its nproc device processes have more
+    # runnable threads than the floor's nproc, so a fair scheduler can give them a larger
+    # share of the contended cores): the goal line itself says so.
+    unquiet = "" if top["quiet_blocks"] else " (NO QUIET BLOCK: read with other jobs)"
     return [
-        report(f"{top['pairs']} pairs: deliveries/s / floor rate", top["of_floor"], RATE_GOAL,
-               at_most=False),
-        report(f"{top['pairs']} pairs: floor CPU / CPU per delivery", top["cpu_line"],
+        report(f"{top['pairs']} pairs: deliveries/s / floor rate{unquiet}", top["of_floor"],
+               RATE_GOAL, at_most=False),
+        report(f"{top['pairs']} pairs: floor CPU / CPU per delivery{unquiet}", top["cpu_line"],
                RATE_GOAL, at_most=False),
     ]
 

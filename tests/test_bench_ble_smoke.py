@@ -277,3 +277,20 @@ def test_no_link_is_always_timed_next_to_its_reference() -> None:
         assert len(set(after.values())) == 1 and len(set(before.values())) == 1, (mode, after,
                                                                                   before)
         assert sum(after.values()) > 0 and sum(before.values()) > 0
+
+
+def test_the_rounds_right_after_a_reference() -> None:
+    # The caveat line's rounds: those in which the goal's pairing is the item timed right
+    # after its own SMP reference; by round_shape, one round in four for the first method of
+    # each reference's block, on each link, and never for the others (qr follows resume).
+    d = ble_bench.DEFAULT
+    assert d.pair_reps % 4 == 0
+    blocks = dict(ble_bench.BLOCKS)
+    for name, mode, _goal in ble_bench.PAIRING_GOALS:
+        for kind in ble_bench.LINKS:
+            cold = ble_bench.after_reference(d.warmup, d.pair_reps, name, kind, mode)
+            assert len(cold) == (d.pair_reps // 4 if blocks[mode][0] == name else 0)
+            for j in range(d.pair_reps):
+                order = ble_bench.round_order(*ble_bench.round_shape(d.warmup + 1 + j))
+                at = order.index((mode, None))
+                assert (j in cold) == (order[at + 1:at + 2] == [(name, kind)])

@@ -110,6 +110,9 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
     top = result["levels"][-1]
     assert [g["figure"] for g in result["goals"]] == [top["of_floor"], top["cpu_line"]]
     assert all(g["bound"] == ">=" and g["goal"] == 0.5 for g in result["goals"])
+    # A goal line read from no quiet block says so on the line itself.
+    assert all(("NO QUIET BLOCK" in g["name"]) == (top["quiet_blocks"] == 0)
+               for g in result["goals"])
     for lv in result["levels"]:
         # Where the threads spent each block (Linux): shares of its wall time; a thread runs
         # and waits for a core for at most all of it, and the server's store thread did its
@@ -124,9 +127,11 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
                 assert main["running"] + main["waiting"] <= 1.05 * most
             assert server["others"]["running"] > 0
             # The devices' CPU counted is their processes' (not only this one's, which waits
-            # while they work): about what their threads ran, by the scheduler's account.
+            # while they work): what their threads ran, by the scheduler's account (the same
+            # kernel counter as the processes' CPU clocks: 1.00 to 1.02 measured; with one of
+            # two workers' CPU dropped the counted share read 0.36 to 0.39, too near 0.5).
             ran = devices["main"]["running"] * b["seconds"]
-            assert b["devices_cpu_us_per_delivery"] * b["deliveries"] / 1e6 >= 0.5 * ran
+            assert b["devices_cpu_us_per_delivery"] * b["deliveries"] / 1e6 >= 0.9 * ran
     floor = result["floor"]
     assert floor["us"] > 0 and floor["tls_handshake_us"] > 0
     text = bench.render(result)
