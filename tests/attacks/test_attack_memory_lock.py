@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
+import random
 from typing import Any
+
+import pytest
 
 from pairkit.pairing.errors import LockedOutError
 from pairkit.pairing.methods import ConfirmCode, HostState, PairingConfig, PinPolicy
-from pairkit.pairing.methods.common import LockRecord
+from pairkit.pairing.methods.common import CodeTurns, Lockout, LockRecord
 from tests.turns_harness import BUDGET, Answers, GuestYes, Mallory, Visits, WatchedHost, until
 
 STEP = 2.0
@@ -154,3 +158,98 @@ async def test_a_streak_kept_as_one_failure_is_not_forgiven_under_a_code_held_ou
     assert lock.streak == 6, "the code held out began a fresh streak"
     assert lock.locked_for(loop.time()) > 0
     assert visits.settled()
+
+
+# -- the lock in memory against the lock as it was (a differential over random sequences) ---------
+
+
+class _CopyingJournal:
+    """The in-memory journal as it was before session 14: each record handed out a copy of the
+    one kept (the reference the cut is compared with: the old code's ``load`` and ``update``)."""
+
+    def __init__(self) -> None:
+        self.record = LockRecord([], 0, [])
+
+    def load(self, now: float) -> LockRecord:
+        r = self.record
+        return LockRecord(list(r.failures), r.streak, list(r.places), list(r.counted))
+
+    def update(self, change: Any, now: float) -> None:
+        self.record = change(self.load(now))
+
+
+def _effective(lock: Any, policy: PinPolicy, now: float) -> tuple[Any, ...]:
+    """What the record a lock keeps means at ``now``, read by a fresh lock (so that one lock
+    having written what another only computed, a place's end counted, is no difference)."""
+    record = lock.journal.load(now)
+    probe = Lockout(policy, _CopyingJournal())
+    probe.journal.record = copy.deepcopy(record)
+    probe.returned = set(lock.returned)
+    wait = probe.locked_for(now)
+    return round(wait, 6), probe.streak, sorted(round(p.at, 6) for p in probe.places)
+
+
+def _variants(policy: PinPolicy) -> dict[str, tuple[Lockout, CodeTurns]]:
+    made: dict[str, tuple[Lockout, CodeTurns]] = {}
+    for name in ("default", "old"):
+        lock = Lockout(policy) if name == "default" else Lockout(policy, _CopyingJournal())
+        keys = itertools.count()
+        made[name] = lock, CodeTurns(lock, rng=lambda n, k=keys: next(k).to_bytes(n, "big"))
+    return made
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_the_lock_in_memory_decides_as_the_lock_that_read_first_and_copied(seed: int) -> None:
+    """The default host (:class:`HostState` with no journal: record uncopied, no read before
+    a take, the quiet-day scan skipped below two failures) against the same lock with the old
+    in-memory journal (each record a copy, a read before each take), over random sequences of
+    takes, settles (a yes only before the code's end, as the host machine takes one: a step
+    before its place's end), flushes, checks and time steps landing on the clock's edges (a
+    place's end, a failure's window, lock and quiet day).  After every step: the same answers,
+    the same places held here and the same queue, and the record of each meaning the same lock
+    (wait, streak, places) at that time.  Held on main at 3459a77 with the yes so bounded
+    (120 seeds here, 400 more tried).  Fails against the take's change not checking the lock
+    (25 of 120 seeds); a lock sharing the record's lists and sorting them in place fails one
+    seed only (92), which the loopback test above catches at once.  A yes later than its
+    place's end, which the host machine refuses, does differ: see the review's report."""
+    rnd = random.Random(seed)
+    policy = [PinPolicy(), PinPolicy(max_failures=1),
+              PinPolicy(max_failures=2, window=10.0, max_lock=40.0, forgive=100.0)][seed % 3]
+    variants = _variants(policy)
+    now = 1000.0
+    holders = [f"h{i}" for i in range(9)]
+    for step in range(300):
+        op = rnd.random()
+        results: dict[str, Any] = {}
+        if op < 0.35:
+            h = rnd.choice(holders)
+            until = now + rnd.choice([0.5, 5.0, 130.0, policy.window])
+            what: tuple[Any, ...] = ("take", h, now, until)
+            results = {k: t.take(h, now, until) for k, (_, t) in variants.items()}
+        elif op < 0.65:
+            h = rnd.choice(holders)
+            confirmed = rnd.random() < 0.4
+            when = now if confirmed else rnd.choice([None, now])
+            held = variants["old"][1]._mine.get(h)
+            if confirmed and held is not None and now >= held.until - 0.25:
+                confirmed = False  # the host refuses a yes past its code's end
+            what = ("settle", h, confirmed, when)
+            results = {k: t.settle(h, confirmed=confirmed, now=when)
+                       for k, (_, t) in variants.items()}
+        elif op < 0.75:
+            what = ("locked_for", now)
+            results = {k: round(lock.locked_for(now), 6) for k, (lock, _) in variants.items()}
+        elif op < 0.8:
+            what = ("flush", now)
+            results = {k: lock.flush(now) for k, (lock, _) in variants.items()}
+        else:
+            record = variants["old"][0].journal.load(now)
+            edges = [now + rnd.choice([0.0005, 0.001, 0.1, 1.0, 60.0])]
+            edges += [p.until for p in record.places if p.until > now]
+            edges += [f + d for f in record.failures
+                      for d in (policy.window, policy.max_lock, policy.forgive) if f + d > now]
+            now = rnd.choice(edges)
+            what = ("time", now)
+        seen = {k: (results.get(k), t.out, list(t._waiting), _effective(lock, policy, now))
+                for k, (lock, t) in variants.items()}
+        assert seen["default"] == seen["old"], (step, what, seen)
