@@ -993,9 +993,9 @@ class Listening:
 
 
 #: the collector's young generation runs once allocations exceed frees by this many (Python's
-#: default is 700).  A delivery makes thousands of short-lived objects, nearly all freed by
-#: their reference counts, so the default ran a young collection several times a delivery
-#: (bench/RESULTS.md, session 14, "keysrv3").
+#: default is 700).  With the default the collector took 6.8% of the key server's CPU in a
+#: bench run (a young collection every third delivery, an older one every thirty, three full
+#: ones), 2.5% with this and :func:`gc.freeze` (bench/RESULTS.md, session 14, "keysrv3").
 GC_YOUNG_THRESHOLD = 10_000
 
 
