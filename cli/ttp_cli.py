@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def serve(directory: Path, listen: str, max_connections: int, max_per_client: in
     Enrolment is open to any device that proves its key, unless DIR/enrol.token exists
     (ttp init --enrol-token): then devices must give that token.
     """
-    from pairkit.keyserver.server import Limits, Listening, ServeConfig, serve
+    from pairkit.keyserver.server import Limits, Listening, ServeConfig, serve, tune_gc
     from pairkit.transports.tcp import parse_host_port
 
     host, port = parse_host_port(listen)
@@ -136,13 +136,20 @@ def serve(directory: Path, listen: str, max_connections: int, max_per_client: in
     )
     config = ServeConfig(directory, host=host, port=port, limits=limits, database=database)
 
+    undo: list[Callable[[], None]] = []
+
     def ready(up: Listening) -> None:
+        undo.append(tune_gc())
         if as_json:
             emit_json({"ok": True, "listening": up.address, "ca": str(up.ca_cert),
                        "ca_fingerprint": up.ca_fingerprint, "devices": up.devices})
 
-    with _server_log_to_stderr(quiet=quiet):
-        run_async(lambda: serve(config, ready=ready))
+    try:
+        with _server_log_to_stderr(quiet=quiet):
+            run_async(lambda: serve(config, ready=ready))
+    finally:
+        for step in undo:
+            step()
 
 
 class _Narrate(logging.Handler):

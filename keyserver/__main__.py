@@ -19,7 +19,7 @@ from pathlib import Path
 from pairkit.pairing.errors import ConfigError, PairingError
 from pairkit.transports.tcp import parse_host_port
 
-from .server import Limits, Listening, ServeConfig, serve
+from .server import Limits, Listening, ServeConfig, serve, tune_gc
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("pairkit.keyserver.connections").setLevel(logging.ERROR)
 
     def ready(up: Listening) -> None:
+        tune_gc()  # this process only serves: the collector is not given back
         if args.as_json:
             print(listening_json(up), flush=True)
 

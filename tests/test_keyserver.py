@@ -5,16 +5,25 @@ needs click or the CLI."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 
 from pairkit.keyserver.certs import init_server_dir, read_token
-from pairkit.keyserver.server import Listening, ServeConfig, TtpServer, serve
+from pairkit.keyserver.server import (
+    GC_YOUNG_THRESHOLD,
+    Listening,
+    ServeConfig,
+    TtpServer,
+    serve,
+    tune_gc,
+)
 from pairkit.pairing.errors import RefusedError
 from pairkit.pairing.ttp import IntentRole
 from pairkit.ttp import enrol, request_key
@@ -142,3 +151,30 @@ async def test_serve_in_process_until_stopped(tmp_path: Path,
     assert ("pairkit.keyserver", "key server stopping") in lines
     assert any(name == "pairkit.keyserver.connections" and text.startswith("enrolled newcomer")
                for name, text in lines)
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_served_process_collector_still_collects_cycles_and_is_given_back() -> None:
+    """tune_gc (once listening) freezes what start-up made and raises the young threshold; a
+    reference cycle made afterwards is still collected once that many objects are allocated,
+    without anyone calling gc.collect; undo gives the old threshold back and unfreezes."""
+    before = gc.get_threshold()
+    undo = tune_gc()
+    try:
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0]
+        assert gc.get_freeze_count() > 0
+        cycle = _Cycle()
+        gone = weakref.ref(cycle)
+        del cycle
+        assert gone() is not None  # only the collector frees it
+        kept = [[] for _ in range(3 * GC_YOUNG_THRESHOLD)]
+        assert gone() is None
+        del kept
+    finally:
+        undo()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
