@@ -1,0 +1,277 @@
+"""The library host's question turn and ``accept`` at its edges (attack review atk14d, on
+runtime/api.py as of merge 4537828): the delegate's questions one at a time across a paired
+session's file requests and the pairings, an ``accept`` cancelled as its guest is stored, two
+``accept`` calls of which one is cancelled, and ``close`` while the owner is asked.
+
+Each test pins down a property found holding on main; each can fail (its assert names what
+would be wrong).  Played over the in-process loopback, real links end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pairkit
+from pairkit.delegate import Grant, Role, Scope
+from pairkit.keystore import Argon2Params
+from pairkit.pairing.errors import PairingError, PairingTimeout
+from pairkit.pairing.keystore import MemoryStorage
+
+
+def device(tmp_path: Path, name: str, storage: Any = None) -> pairkit.Device:
+    where = storage if storage is not None else tmp_path / f"{name}.keystore"
+    return pairkit.Device.create(where, "a passphrase", name=name, kdf=Argon2Params.cheapest())
+
+
+class Owner(pairkit.Agree):
+    """The owner's one dialog: every question (join requests, file requests) is put on the
+    screen in turn and waits for the person's next answer; the cancels it sees are noted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+        self.withdrawn: list[str] = []
+        self.joins: asyncio.Queue[Grant | None] = asyncio.Queue()
+        self.files: asyncio.Queue[Scope] = asyncio.Queue()
+
+    async def allow_join(self, q: Any) -> Grant | None:
+        self.asked.append(f"join {q.name}")
+        try:
+            return await self.joins.get()
+        except asyncio.CancelledError:
+            self.withdrawn.append(f"join {q.name}")
+            raise
+
+    async def allow_request(self, q: Any) -> Scope:
+        self.asked.append(f"files {q.peer_name}")
+        try:
+            return await self.files.get()
+        except asyncio.CancelledError:
+            self.withdrawn.append(f"files {q.peer_name}")
+            raise
+
+
+async def _until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def _stop(tasks: list[asyncio.Future[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def _paired(host: pairkit.Host, owner: Owner, guest: pairkit.Device, spec: str,
+                  ) -> tuple[pairkit.Session, pairkit.Session]:
+    """``guest`` joins by PIN, the owner lets it in as a guest; both ends of its session."""
+    accepting = asyncio.ensure_future(host.accept(timeout=15))
+    joining = asyncio.ensure_future(guest.join(spec, pin=host.pin))
+    owner.joins.put_nowait(Grant(Role.GUEST, 3600))
+    return await accepting, await joining
+
+
+async def test_a_file_request_whose_guest_left_while_queued_is_never_asked_and_pairing_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A paired session's file request (``allow_request``) and a pairing's join request
+    (``allow_join``) share the owner's turn.  Ringo asks to join and his request is on the
+    screen; George, paired earlier, asks for the file list (his request waits its turn
+    behind Ringo's), then leaves (his session closed).  Ringo is let in.  George's request
+    must never be put to the owner (the guest is gone), and it must not keep the turn: a
+    third guest, John, is asked next and pairs.  Were the session's question not withdrawn as
+    its link closed, the owner would be asked for a guest who left, and John's request would
+    wait behind it until the answer time (120 s)."""
+    paul = device(tmp_path, "Paul")
+    george, ringo, john = (device(tmp_path, n) for n in ("George", "Ringo", "John"))
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.txt").write_bytes(b"hello")
+    owner = Owner()
+    spec = "loopback:turns-files"
+    async with paul.host(spec, methods=["pin"], delegate=owner) as host:
+        on_paul, on_george = await _paired(host, owner, george, spec)
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(on_paul.serve_files(share))]
+        try:
+            accepting = asyncio.ensure_future(host.accept(timeout=20))
+            tasks += [accepting, asyncio.ensure_future(ringo.join(spec, pin=host.pin))]
+            await _until(lambda: owner.asked[-1:] == ["join Ringo"])
+            listing = asyncio.ensure_future(on_george.list_files(timeout=15))
+            tasks.append(listing)
+            await asyncio.sleep(0.5)  # George's request reaches Paul and waits its turn
+            assert owner.asked[-1] == "join Ringo", "a second question while the first waits"
+            await on_george.close()  # George leaves
+            listing.cancel()
+            await asyncio.sleep(0.5)  # Paul sees his link close
+            owner.joins.put_nowait(Grant(Role.GUEST, 3600))  # Ringo let in
+            async with await accepting as on_ringo:
+                assert on_ringo.peer.name == "Ringo"
+            accepting = asyncio.ensure_future(host.accept(timeout=20))
+            tasks += [accepting, asyncio.ensure_future(john.join(spec, pin=host.pin))]
+            await _until(lambda: owner.asked[-1:] == ["join John"], within=10)
+            owner.joins.put_nowait(Grant(Role.GUEST, 3600))
+            async with await accepting as on_john:
+                assert on_john.peer.name == "John"
+            assert "files George" not in owner.asked, "asked for a guest who had left"
+        finally:
+            await _stop(tasks)
+            await on_paul.close()
+
+
+async def test_a_pairings_question_queued_behind_a_file_request_is_asked_once_it_is_answered(
+    tmp_path: Path,
+) -> None:
+    """The other way round: George's file request is on the screen; Ringo asks to join (his
+    request waits its turn).  The owner allows George's listing once; then Ringo's request is
+    asked, and he pairs, while George's session goes on (his listing comes).  The session's
+    question holds the turn only until it is answered."""
+    paul = device(tmp_path, "Paul")
+    george, ringo = device(tmp_path, "George"), device(tmp_path, "Ringo")
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.txt").write_bytes(b"hello")
+    owner = Owner()
+    spec = "loopback:turns-files2"
+    async with paul.host(spec, methods=["pin"], delegate=owner) as host:
+        on_paul, on_george = await _paired(host, owner, george, spec)
+        tasks: list[asyncio.Future[Any]] = [asyncio.ensure_future(on_paul.serve_files(share))]
+        try:
+            listing = asyncio.ensure_future(on_george.list_files(timeout=15))
+            tasks.append(listing)
+            await _until(lambda: owner.asked[-1:] == ["files George"])
+            accepting = asyncio.ensure_future(host.accept(timeout=20))
+            tasks += [accepting, asyncio.ensure_future(ringo.join(spec, pin=host.pin))]
+            await asyncio.sleep(0.5)  # Ringo's request reaches Paul and waits its turn
+            assert owner.asked[-1] == "files George", "a second question while the first waits"
+            owner.files.put_nowait(Scope.ONCE)
+            assert [f.name for f in await asyncio.wait_for(listing, 10)] == ["a.txt"]
+            await _until(lambda: owner.asked[-1:] == ["join Ringo"])
+            owner.joins.put_nowait(Grant(Role.GUEST, 3600))
+            async with await accepting as on_ringo:
+                assert on_ringo.peer.name == "Ringo"
+        finally:
+            await _stop(tasks)
+            await on_paul.close()
+            await on_george.close()
+
+
+class Tapped(MemoryStorage):
+    """A keystore kept in memory that tells ``written`` each time it is saved."""
+
+    def __init__(self) -> None:
+        super().__init__(where="paul in memory")
+        self.written: Callable[[], None] | None = None
+
+    def replace(self, data: bytes) -> None:
+        super().replace(data)
+        if self.written is not None:
+            self.written()
+
+
+@pytest.mark.parametrize("when", ["as it is written", "just after"])
+async def test_an_accept_cancelled_as_its_guest_is_stored_loses_no_guest(
+    tmp_path: Path, when: str
+) -> None:
+    """The application's ``accept`` is cancelled at the moment George's pairing stores him in
+    Paul's keystore (from inside the save, or in the loop's next turn).  George is stored:
+    whatever the cancel, the application must receive him, from that ``accept`` or the next,
+    exactly once; neither a guest stored and never returned (closed with the host) nor one
+    returned twice."""
+    storage = Tapped()
+    paul = device(tmp_path, "Paul", storage)
+    george = device(tmp_path, "George")
+    owner = Owner()
+    spec = "loopback:turns-stored"
+    async with paul.host(spec, methods=["pin"], delegate=owner) as host:
+        accepting = asyncio.ensure_future(host.accept())
+        joining = asyncio.ensure_future(george.join(spec, pin=host.pin))
+        tasks: list[asyncio.Future[Any]] = [accepting, joining]
+        loop = asyncio.get_running_loop()
+        try:
+            await _until(lambda: owner.asked == ["join George"])
+
+            def written() -> None:
+                if "George" not in {p.name for p in paul.keystore.peers()}:
+                    return  # another save (not George's record)
+                storage.written = None
+                if when == "as it is written":
+                    accepting.cancel()
+                else:
+                    loop.call_soon(accepting.cancel)
+
+            storage.written = written
+            owner.joins.put_nowait(Grant(Role.GUEST, 3600))
+            with contextlib.suppress(PairingError):
+                async with await asyncio.wait_for(joining, 10):
+                    pass
+            got: list[str] = []
+            with contextlib.suppress(asyncio.CancelledError):
+                got.append((await accepting).peer.name)
+            with contextlib.suppress(PairingTimeout):
+                got.append((await host.accept(timeout=2)).peer.name)
+            stored = [p.name for p in paul.peers()]
+            assert got == stored, f"stored {stored}, returned to the application {got}"
+        finally:
+            await _stop(tasks)
+
+
+async def test_two_accepts_one_cancelled_the_other_gets_the_guest(tmp_path: Path) -> None:
+    """Two tasks of the application wait in ``accept``; George asks to join; one of the two
+    is cancelled while the owner is asked.  Another ``accept`` still waits, so George's
+    pairing goes on: let in, he pairs and the other ``accept`` returns him."""
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    owner = Owner()
+    spec = "loopback:turns-two"
+    async with paul.host(spec, methods=["pin"], delegate=owner) as host:
+        first = asyncio.ensure_future(host.accept(timeout=20))
+        second = asyncio.ensure_future(host.accept(timeout=20))
+        joining = asyncio.ensure_future(george.join(spec, pin=host.pin))
+        tasks: list[asyncio.Future[Any]] = [first, second, joining]
+        try:
+            await _until(lambda: owner.asked == ["join George"])
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            assert owner.withdrawn == [], "George's question withdrawn: another accept waits"
+            owner.joins.put_nowait(Grant(Role.GUEST, 3600))
+            async with await asyncio.wait_for(second, 10) as on_paul, await joining:
+                assert on_paul.peer.name == "George"
+        finally:
+            await _stop(tasks)
+
+
+async def test_close_during_a_question_withdraws_it_and_stores_nothing(tmp_path: Path) -> None:
+    """The owner is asked whether George may join; the host is closed meanwhile.  ``close``
+    returns at once (not after the answer time), the question is withdrawn (the dialog is
+    cancelled), the waiting ``accept`` ends, George's join fails, and nothing is stored;
+    an answer given late goes nowhere."""
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    owner = Owner()
+    spec = "loopback:turns-close"
+    host = paul.host(spec, methods=["pin"], delegate=owner)
+    await host.__aenter__()
+    accepting = asyncio.ensure_future(host.accept())
+    joining = asyncio.ensure_future(george.join(spec, pin=host.pin))
+    tasks: list[asyncio.Future[Any]] = [accepting, joining]
+    try:
+        await _until(lambda: owner.asked == ["join George"])
+        await asyncio.wait_for(host.close(), 5)
+        assert owner.withdrawn == ["join George"], "the question outlived close()"
+        done, _ = await asyncio.wait({accepting, joining}, timeout=10)
+        assert done == {accepting, joining}, "accept() or the guest still waits"
+        assert isinstance(accepting.exception(), PairingError | asyncio.CancelledError)
+        assert isinstance(joining.exception(), PairingError)
+        owner.joins.put_nowait(Grant(Role.GUEST, 3600))  # the person answers late
+        await asyncio.sleep(0.2)
+        assert paul.peers() == [], "stored although the host closed while asked"
+    finally:
+        await _stop(tasks)
+        await host.close()
