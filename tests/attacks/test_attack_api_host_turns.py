@@ -275,3 +275,58 @@ async def test_close_during_a_question_withdraws_it_and_stores_nothing(tmp_path:
     finally:
         await _stop(tasks)
         await host.close()
+
+
+class Ignores(Owner):
+    """The owner's dialog, with a person who lets George in and leaves a stranger's request
+    unanswered (the person does not know Mallory, or is away while her request is shown)."""
+
+    async def allow_join(self, q: Any) -> Grant | None:
+        self.asked.append(f"join {q.name}")
+        if q.name != "George":
+            await asyncio.Event().wait()  # never answered (a cancel ends it)
+        return Grant(Role.GUEST, 3600)
+
+
+@pytest.mark.xfail(strict=True, reason="atk14d finding 1: on main a stranger's unanswered "
+                   "question holds the library host's turn for the driver's answer time "
+                   "(120 s), not the host's step timeout as pairkit host's Terminal does")
+async def test_a_strangers_unanswered_question_holds_the_turn_no_longer_than_the_step(
+    tmp_path: Path,
+) -> None:
+    """Mallory asks to join Paul's library host; nobody answers her request (Paul does not
+    know her, or is away).  George asks just after, with his 3 s patience for Paul's
+    decision (his ``step_timeout``; ``pairkit join``'s ``--timeout``, 30 s by default, is that
+    patience).  The host's own ``step_timeout`` is 3 s too.
+
+    ``pairkit host`` shows each question for at most its ``--timeout`` (the step timeout) and
+    then answers no (cli/prompt.py, ``CliDelegate``): Mallory's request gives way after 3 s and
+    George's is asked in time.  The library host asks its delegate one question at a time too
+    (merge 4537828), but bounds a question only by the driver's answer time, ``max(120, 3 x
+    step_timeout)`` s from when it was asked: Mallory's one unanswered request keeps every
+    other question off the owner's screen for 120 s, and George, queued behind it, gives up
+    long before it is put to Paul.  Mallory asking again every 120 s (one link, one request:
+    nothing the admission limits) keeps the host from asking about any guest, unless its
+    person actively refuses each request.  Before 4537828 the questions were asked at once, so
+    one unanswered stranger delayed no other guest's question.  Fails on main: George's
+    question is never asked within the 8 s the test waits."""
+    paul = device(tmp_path, "Paul")
+    mallory, george = device(tmp_path, "Mallory"), device(tmp_path, "George")
+    owner = Ignores()
+    spec = "loopback:turns-held"
+    async with paul.host(spec, methods=["pin"], delegate=owner, step_timeout=3) as host:
+        accepting = asyncio.ensure_future(host.accept(timeout=8))
+        by_mallory = asyncio.ensure_future(mallory.join(spec, pin=host.pin, step_timeout=30))
+        tasks: list[asyncio.Future[Any]] = [accepting, by_mallory]
+        try:
+            await _until(lambda: owner.asked == ["join Mallory"])
+            by_george = asyncio.ensure_future(george.join(spec, pin=host.pin, step_timeout=3))
+            tasks.append(by_george)
+            with contextlib.suppress(PairingError):
+                async with await accepting as on_paul:
+                    assert on_paul.peer.name == "George"
+            assert "join George" in owner.asked, (
+                f"George's request never asked while Mallory's held the turn ({owner.asked})")
+            assert george.fingerprint in {p.fingerprint for p in paul.peers()}
+        finally:
+            await _stop(tasks)
