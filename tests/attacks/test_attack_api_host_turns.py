@@ -412,3 +412,57 @@ async def test_an_accept_whose_deadline_passes_as_its_guest_is_saved_returns_him
             await _stop(tasks)
     stored = [p.name for p in paul.peers()]
     assert got == stored, f"accept() returned {got} while the keystore stored {stored}"
+
+
+class Codes(Owner):
+    """The owner's dialog for numeric comparison codes: each waits for the person's answer
+    (join requests are let in at once: the code is what the person checks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: asyncio.Queue[bool] = asyncio.Queue()
+
+    async def allow_join(self, q: Any) -> Grant | None:
+        return Grant(Role.GUEST, 3600)
+
+    async def confirm_code(self, q: Any) -> bool:
+        self.asked.append(f"code {q.peer_name}")
+        try:
+            return await self.codes.get()
+        except asyncio.CancelledError:
+            self.withdrawn.append(f"code {q.peer_name}")
+            raise
+
+
+async def test_a_code_whose_guest_left_while_queued_is_never_shown(tmp_path: Path) -> None:
+    """Numeric comparison, the pairing's own question (``confirm_code``, asked while the link
+    is watched): Mallory's code is on the screen; Ringo's waits its turn, then Ringo gives up
+    (his join cancelled, his link closed).  Mallory is refused; George's code must be the next
+    shown (Ringo's never), and the owner's yes to it pairs George."""
+    paul = device(tmp_path, "Paul")
+    mallory, ringo, george = (device(tmp_path, n) for n in ("Mallory", "Ringo", "George"))
+    owner = Codes()
+    spec = "loopback:turns-codes"
+    sure = pairkit.Agree(confirm_codes=True)
+    async with paul.host(spec, methods=["compare"], delegate=owner) as host:
+        accepting = asyncio.ensure_future(host.accept(timeout=20))
+        tasks: list[asyncio.Future[Any]] = [
+            accepting, asyncio.ensure_future(mallory.join(spec, method="compare", delegate=sure))]
+        try:
+            await _until(lambda: owner.asked == ["code Mallory"])
+            by_ringo = asyncio.ensure_future(ringo.join(spec, method="compare", delegate=sure))
+            tasks.append(by_ringo)
+            await asyncio.sleep(0.5)  # Ringo's code is ready on Paul's side and waits its turn
+            by_ringo.cancel()
+            with contextlib.suppress(BaseException):
+                await by_ringo
+            await asyncio.sleep(0.5)  # Paul sees his link close
+            owner.codes.put_nowait(False)  # Mallory refused
+            tasks.append(asyncio.ensure_future(george.join(spec, method="compare", delegate=sure)))
+            await _until(lambda: len(owner.asked) == 2)
+            owner.codes.put_nowait(True)
+            async with await accepting as on_paul:
+                assert on_paul.peer.name == "George"
+            assert owner.asked == ["code Mallory", "code George"], "a code given up was shown"
+        finally:
+            await _stop(tasks)
