@@ -254,10 +254,17 @@ class _OneQuestionAtATime:
     serves several guests at once; an application's dialog written for one question at a
     time must not see a second question while the first waits, or the person's answer to the
     code on the screen may go to another guest's question (attack review atk14a, finding 3).
-    A question's wait for its turn counts in its answer time (the driver bounds the hook)."""
+    A question's wait for its turn counts in its answer time (the driver bounds the hook).
 
-    def __init__(self, delegate: Any) -> None:
+    Once asked, a question holds the turn for at most ``answer_within`` seconds (the host's
+    step timeout) and is then answered no (:class:`~pairkit.delegate.Refuse`'s answer), as
+    ``pairkit host``'s Terminal answers a question nobody answered within the step: one
+    stranger's request nobody answers would otherwise hold every other guest's question for
+    the driver's whole answer time (120 s; attack review atk14d, finding 1)."""
+
+    def __init__(self, delegate: Any, answer_within: float) -> None:
         self._delegate = delegate
+        self._within = answer_within
         self._turn = asyncio.Lock()  # FIFO
 
     def __getattr__(self, name: str) -> Any:
@@ -267,7 +274,14 @@ class _OneQuestionAtATime:
 
         async def asked(question: Any) -> Any:
             async with self._turn:
-                return await hook(question)
+                try:
+                    async with asyncio.timeout(self._within) as turn:
+                        return await hook(question)
+                except TimeoutError:
+                    if not turn.expired():
+                        raise  # the delegate's own error
+            # No answer within the step: no, as pairkit host answers.
+            return await getattr(Refuse(), name)(question)
 
         return asked
 
@@ -303,7 +317,7 @@ class Host:
         self._given = None if isinstance(transport, str) else transport
         self._methods = methods
         self._pin = pin
-        self._delegate = _OneQuestionAtATime(delegate)
+        self._delegate = _OneQuestionAtATime(delegate, answer_within=step_timeout)
         self._visible = visible
         self._step_timeout = step_timeout
         self._qr_ttl = qr_ttl
@@ -396,6 +410,10 @@ class Host:
             async with asyncio.timeout(timeout):
                 return await self._next_guest()
         except TimeoutError:
+            if self._paired:
+                # A guest was kept (stored) as the deadline passed, during its save: his, not
+                # a timeout the application would take for "no guest" (atk14d, finding 2).
+                return self._paired.popleft()
             raise PairingTimeout(f"no guest paired within {timeout:g} s") from None
 
     async def _next_guest(self) -> Session:

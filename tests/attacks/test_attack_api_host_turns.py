@@ -310,9 +310,6 @@ class Ignores(Owner):
         return Grant(Role.GUEST, 3600)
 
 
-@pytest.mark.xfail(strict=True, reason="atk14d finding 1: on main a stranger's unanswered "
-                   "question holds the library host's turn for the driver's answer time "
-                   "(120 s), not the host's step timeout as pairkit host's Terminal does")
 async def test_a_strangers_unanswered_question_holds_the_turn_no_longer_than_the_step(
     tmp_path: Path,
 ) -> None:
@@ -369,9 +366,6 @@ class SlowDisk(MemoryStorage):
         super().replace(data)
 
 
-@pytest.mark.xfail(strict=True, reason="atk14d finding 2: on main accept(timeout=) whose "
-                   "deadline passes during its guest's save raises PairingTimeout although "
-                   "the guest is stored and kept; the application closing then never gets him")
 async def test_an_accept_whose_deadline_passes_as_its_guest_is_saved_returns_him(
     tmp_path: Path,
 ) -> None:
