@@ -89,7 +89,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -398,7 +398,33 @@ def _floor_worker(directory: str, cert: bytes, conn: Any) -> None:
         conn.send((n, time.process_time() - c0, time.perf_counter() - t0))
 
 
-class FloorPool:
+class _Workers:
+    """Forked worker processes, each with a pipe (``_procs``, ``_conns``), told to stop by a
+    ``None`` and joined on :meth:`close` (or as the ``with`` block ends)."""
+
+    _conns: list[Any]
+    _procs: list[Any]
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():  # pragma: no cover - a stuck worker
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FloorPool(_Workers):
     """The floor rate on the same cores: ``workers`` (``nproc``) processes, forked once and
     warmed, that do floor deliveries all at once when :meth:`run` says so, for a short block
     of wall time, and sleep in between (while the server's blocks run).  Kept for the whole
@@ -449,24 +475,6 @@ class FloorPool:
             "cpu_us_per_delivery": cpu / max(1, deliveries) * 1e6,
             "others": max(0.0, others) / wall,
         }
-
-    def close(self) -> None:
-        for conn in self._conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():  # pragma: no cover - a stuck worker
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-
-    def __enter__(self) -> FloorPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,7 +535,7 @@ async def _worker_level(address: str, ca: Path, couples: list[tuple[LocalIdentit
     await asyncio.gather(*(pair_loop(a, b) for a, b in couples))
 
 
-class DevicePool:
+class DevicePool(_Workers):
     """The devices in ``workers`` (``nproc``) processes, as the floor has its ``nproc``
     processes (bench/RESULTS.md, session 14): forked once, before the key server starts (they
     hold none of its pipes), with every device's identity; the parent enrols them.  A block
@@ -575,24 +583,6 @@ class DevicePool:
         return {"pairs": pairs, "deliveries": n, "seconds": elapsed,
                 "per_second": n / elapsed, "us_per_delivery": elapsed / n * 1e6,
                 "workers_cpu": sum(c for _, c, _ in got)}
-
-    def close(self) -> None:
-        for conn in self._conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():  # pragma: no cover - a stuck worker
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-
-    def __enter__(self) -> DevicePool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def spread(values: list[float]) -> dict[str, float]:
