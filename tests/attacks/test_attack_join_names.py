@@ -139,17 +139,8 @@ async def george_asks_as(
                 await accepting
 
 
-@pytest.mark.parametrize("method", [
-    pytest.param(Method.RESUME, id="resume", marks=pytest.mark.xfail(strict=True, reason=(
-        "high: the host never checks the join request's name against the proven identity; a "
-        "known device borrows a trusted name and becomes a member with no PIN, code or QR"))),
-    pytest.param(Method.KK, id="kk", marks=pytest.mark.xfail(strict=True, reason=(
-        "high: the host never checks the join request's name against the proven identity; a "
-        "known device borrows a trusted name and becomes a member with no PIN, code or QR"))),
-    pytest.param(Method.PIN, id="pin", marks=pytest.mark.xfail(strict=True, reason=(
-        "medium: the host never checks the join request's name against the proven identity; "
-        "the owner's yes to a trusted name makes whoever holds the PIN a member"))),
-])
+@pytest.mark.parametrize("method", [Method.RESUME, Method.KK, Method.PIN],
+                         ids=["resume", "kk", "pin"])
 async def test_a_guest_cannot_ask_under_one_name_and_pair_as_another(
     tmp_path: Path, method: Method
 ) -> None:
