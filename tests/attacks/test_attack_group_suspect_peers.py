@@ -72,9 +72,6 @@ async def test_a_member_believes_no_controller_its_keystore_no_longer_trusts(
     assert [o.state for o in outcomes] != ["confirmed"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "low: groups read the raw authenticated flag, not peers.trusted: a controller gives a "
-    "group key to a legacy clear peer the rest of pairkit treats as unauthenticated"))
 async def test_a_controller_gives_no_keys_to_a_peer_its_keystore_no_longer_trusts(
     lab: GroupLab,
 ) -> None:
