@@ -11,8 +11,8 @@ borrow the name of one the owner trusts.  With ``resume`` or ``kk`` the borrower
 code or QR: being known to the host (a device the owner once joined, a guest whose grant ended)
 is enough, and the owner's yes is the only check left.
 
-Played over TCP against the library's ``Host`` (runtime/api.py), the guest driven by hand from
-the real machines (tests/attack_harness.py).
+Played over TCP against the library's ``Host`` (runtime/api.py) and a real ``pairkit host``
+process, the guest driven by hand from the real machines (tests/attack_harness.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
 
-from ..attack_harness import STEP, evil_join
+from ..attack_harness import (
+    STEP,
+    answer_prompt,
+    evil_join,
+    host_with_terminal,
+    identity_of,
+    open_ks,
+)
+from ..attack_harness import address_of as host_address
+from ..cli_helpers import Lab
 
 #: the name of a device Paul trusts, which never asks anything in these tests
 PAULS_LAPTOP = "Paul's laptop"
@@ -188,3 +197,31 @@ async def test_control_an_honest_stranger_asking_under_its_own_name_pairs(
     assert out.error is None and out.membership is not None, out
     assert out.membership.role is Role.MEMBER
     assert granted(paul, PAULS_LAPTOP) == "member"
+
+
+async def test_a_pairkit_host_process_refuses_a_guest_under_a_borrowed_name(lab: Lab) -> None:
+    """The same against a real ``pairkit host`` process over TCP, its owner at a terminal:
+    Paul's phone once joined George's host; George's hand-driven guest asks Paul's host as
+    "Paul's laptop" (member) and resumes as himself.  Paul answers "m" to his laptop's name;
+    the host must refuse George and store no grant for him."""
+    paul, george = lab.device("paul"), lab.device("george")
+    at_george = await lab.host(george, "-m", "pin", "--pin", "246810", "--yes", "--json")
+    (await paul.join(at_george.target, "-m", "pin", "--pin", "246810", "--yes",
+                     "--json")).ok()
+    await at_george.stop()
+    host, master = await host_with_terminal(lab, paul, "-m", "pin", "-m", "resume",
+                                            "--pin", "135790", "--json")
+    mark = host.mark()
+    ks = open_ks(george)
+    joining = asyncio.ensure_future(evil_join(
+        host_address(host), store.local_identity(ks), Method.RESUME,
+        peer=store.known_peer(ks, identity_of(paul).device_id), says_name=PAULS_LAPTOP,
+        wants=Role.MEMBER, says_method=Method.RESUME,
+    ))
+    await answer_prompt(host, master, r"Paul's laptop asks to join", "m\n", since=mark)
+    out = await joining
+    assert out.membership is None and out.error is not None, out
+    await host.wait_for(r"error: guest \S+: the guest asked to join as", since=mark)
+    assert host.results == []
+    (record,) = [p for p in await paul.peers() if p["name"] == "George's phone"]
+    assert record["granted"] is None, record
