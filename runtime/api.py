@@ -93,9 +93,12 @@ class Session:
     :meth:`Device.join`).  Use it as an async context manager, or call :meth:`close`."""
 
     def __init__(self, established: Established, *, role: str, delegate: Any = None,
-                 clock: Clock = SYSTEM_CLOCK, owned_transport: Any = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, owned_transport: Any = None,
+                 on_end: Callable[[], None] | None = None) -> None:
         self._done = established
         self._owned = owned_transport
+        # A host's session: frees its place in the host's admission once it ended.
+        self._on_end = on_end
         self._channel = established.channel
         self._role = role
         self._closed = False
@@ -144,7 +147,16 @@ class Session:
         (default: the session's step timeout)."""
         if self._closed:
             raise LinkClosedError("this session is closed")
-        return await self._channel.recv(timeout)
+        try:
+            return await self._channel.recv(timeout)
+        except LinkClosedError:
+            self._ended()  # the peer is gone: its place in the host's admission is free
+            raise
+
+    def _ended(self) -> None:
+        end, self._on_end = self._on_end, None
+        if end is not None:
+            end()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Every message until the peer closes the session (a silent peer still ends in
@@ -160,6 +172,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self._ended()
         try:
             await self._channel.close()
         finally:
@@ -306,7 +319,10 @@ class Host:
     :meth:`accept` returns goes on, and the next :meth:`accept` returns it (one not taken
     before the host closes is closed with it); an :meth:`accept` that ends without a guest
     (cancelled, or its timeout) while no other waits stops the pairings under way, as
-    :meth:`close` does.  The delegate is asked one question at a time, in the order they
+    :meth:`close` does.  A session :meth:`accept` returned keeps its place in the admission
+    (``max_sessions``, ``per_peer``: a peer's newest closing its oldest) until the application
+    closes it or a ``receive`` finds its peer gone, as ``pairkit host`` counts a guest while it
+    serves him.  The delegate is asked one question at a time, in the order they
     came, as ``pairkit host`` asks its owner."""
 
     def __init__(self, device: Device, transport: str | Any, *, methods: frozenset[Method],
@@ -326,6 +342,9 @@ class Host:
         self._presence: Presence | None = None
         self._side: HostSide | None = None
         self._limits = admission or AdmissionLimits()
+        # One admission for the host's life: the sessions accept() returned count in it until
+        # the application closes them, across the links' server's restarts (Session._ended).
+        self._admission = Admission(self._limits)
         # The links served (accept_loop), while accept() waits (_wanted); the guests paired
         # and not yet returned by accept(), in the order they paired (_arrived: one more).
         self._wanted = asyncio.Event()
@@ -466,7 +485,7 @@ class Host:
         if self._gated is None:  # one for the host's life: a link it holds waits for the next
             self._gated = _WhileWanted(self._listener, self._wanted)
         self._serving = asyncio.create_task(accept_loop(
-            self._gated, self._serve, admission=Admission(self._limits),
+            self._gated, self._serve, admission=self._admission,
             on_error=self._report,
         ))
         return self._serving
@@ -506,8 +525,14 @@ class Host:
         finally:
             if Method.PIN in self._methods and side.state.pin is None:
                 side.state.new_pin()
+        # The session keeps its place in the admission after this handler returns, until the
+        # application closes it or its peer is gone, as pairkit host counts a guest while it
+        # serves him: max_sessions and per_peer (a peer's newest closing its oldest) hold for
+        # the sessions the application holds (hostq, doubt 1).
+        keep = getattr(link, "keep", None)
         self._paired.append(Session(done, role="host", delegate=self._delegate,
-                                    clock=self._device.clock))
+                                    clock=self._device.clock,
+                                    on_end=keep() if keep is not None else None))
         self._arrived.set()
         return True
 
