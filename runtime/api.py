@@ -220,42 +220,6 @@ class Session:
         return f"<pairkit.Session {state} with {self.peer.name!r} by {self.method}>"
 
 
-class _WhileWanted:
-    """The host's listener as :func:`~pairkit.session.accept_loop` reads it: links are taken
-    from it only while an :meth:`Host.accept` waits (as before, the host pairs no one its
-    application did not ask for); a link that came in just as the last wait ended is held
-    until the next.  Everything else (the address, BLE's ``drop_linkless_connections_after``)
-    is the listener's own."""
-
-    def __init__(self, listener: Any, wanted: asyncio.Event) -> None:
-        self._listener = listener
-        self._wanted = wanted
-        self._held: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._listener, name)
-
-    async def accept(self) -> Any:
-        if self._held is None:
-            await self._wanted.wait()
-            self._held = await self._listener.accept()
-        await self._wanted.wait()
-        link, self._held = self._held, None
-        return link
-
-    def accept_nowait(self) -> Any:
-        more = getattr(self._listener, "accept_nowait", None)
-        if more is None or not self._wanted.is_set():
-            return None
-        return more()
-
-    async def close(self) -> None:
-        """Close the link held, if any (the listener is the host's to close)."""
-        held, self._held = self._held, None
-        if held is not None:
-            await _close_quietly(held)
-
-
 #: The delegate's hooks that ask the person something and wait for the answer
 #: (runtime/delegate.py's table); the others only tell.
 _QUESTIONS = frozenset({"confirm_code", "allow_join", "join_cloud", "allow_request"})
@@ -349,7 +313,6 @@ class Host:
         # and not yet returned by accept(), in the order they paired (_arrived: one more).
         self._wanted = asyncio.Event()
         self._waiting = 0
-        self._gated: _WhileWanted | None = None
         self._serving: asyncio.Task[None] | None = None
         self._paired: collections.deque[Session] = collections.deque()
         self._arrived = asyncio.Event()
@@ -385,8 +348,9 @@ class Host:
             # On BLE the host moved to its first resolvable private address as it started.
             self.address = str(getattr(self._listener, "address", None)
                                or getattr(t, "address", self._spec))
-            # The links' server starts now: it takes links only while an accept() waits, but
-            # tells a BLE listener at once to drop connections that open no link (accept_loop).
+            # The links' server starts now and takes every link as it comes, under the
+            # admission (a BLE connection that opens no link dropped, accept_loop); a link is
+            # served only while an accept() waits (_until_wanted).
             self._start_serving()
         except BaseException:
             await self._close_transport()
@@ -469,6 +433,10 @@ class Host:
                 serving.cancel()
                 with contextlib.suppress(BaseException):
                     await serving
+                if not self._closing and self._listener is not None:
+                    # Links go on being taken under the admission while none is served: none
+                    # waits in the transport with no deadline (hostq, doubt 2).
+                    self._start_serving()
             raise
         finally:
             self._waiting -= 1
@@ -482,10 +450,8 @@ class Host:
         return self._serving
 
     def _start_serving(self) -> asyncio.Task[None]:
-        if self._gated is None:  # one for the host's life: a link it holds waits for the next
-            self._gated = _WhileWanted(self._listener, self._wanted)
         self._serving = asyncio.create_task(accept_loop(
-            self._gated, self._serve, admission=self._admission,
+            self._listener, self._serve, admission=self._admission,
             on_error=self._report,
         ))
         return self._serving
@@ -508,6 +474,7 @@ class Host:
         only asked who this host is."""
         side = self._ready()
         try:
+            await self._until_wanted(link)
             done = await accept_session(
                 link, side, delegate=self._delegate, clock=self._device.clock
             )
@@ -536,6 +503,30 @@ class Host:
         self._arrived.set()
         return True
 
+    async def _until_wanted(self, link: Any) -> None:
+        """Hold ``link`` (admitted, pending) until an :meth:`accept` waits: no guest is paired
+        that the application did not ask for.  The link counts in the admission meanwhile (per
+        address, at most pending, evicted as any pending link is), and is dropped if it has
+        said nothing within the first flight from its arrival, or if no :meth:`accept` came
+        within the host's step timeout (its guest has given up waiting by then).  Before, such
+        links waited in the transport, unlimited and with no deadline (hostq, doubt 2)."""
+        if self._wanted.is_set():
+            return
+        first_flight = self._limits.first_flight
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(first_flight):
+                await self._wanted.wait()
+                return
+        if not getattr(link, "spoken", True):
+            raise PairingTimeout(
+                f"{link.peer} sent nothing within {first_flight:g} s of connecting"
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(self._step_timeout - first_flight, 0.0)):
+                await self._wanted.wait()
+                return
+        raise PairingTimeout(f"no accept() took {link.peer} within {self._step_timeout:g} s")
+
     async def __aiter__(self) -> AsyncIterator[Session]:
         """Guests one after another, as they pair."""
         while True:
@@ -551,8 +542,6 @@ class Host:
             serving.cancel()
             with contextlib.suppress(BaseException):
                 await serving
-        if self._gated is not None:
-            await self._gated.close()
         while self._paired:
             await _close_quietly(self._paired.popleft())
         for told in list(self._telling):  # the delegate told of a failure: not past close()
