@@ -283,11 +283,12 @@ class Host:
     :meth:`accept` returns goes on, and the next :meth:`accept` returns it (one not taken
     before the host closes is closed with it); an :meth:`accept` that ends without a guest
     (cancelled, or its timeout) while no other waits stops the pairings under way, as
-    :meth:`close` does.  A session :meth:`accept` returned keeps its place in the admission
-    (``max_sessions``, ``per_peer``: a peer's newest closing its oldest) until the application
-    closes it or a ``receive`` finds its peer gone, as ``pairkit host`` counts a guest while it
-    serves him.  The delegate is asked one question at a time, in the order they
-    came, as ``pairkit host`` asks its owner."""
+    :meth:`close` does.  While no :meth:`accept` waits, links are taken under the same
+    admission and held unserved (:meth:`_until_wanted`).  A session :meth:`accept` returned
+    keeps its place in the admission (``max_sessions``, ``per_peer``: a peer's newest closing
+    its oldest) until the application closes it or a ``receive`` finds its peer gone, as
+    ``pairkit host`` counts a guest while it serves him.  The delegate is asked one question
+    at a time, in the order they came, as ``pairkit host`` asks its owner."""
 
     def __init__(self, device: Device, transport: str | Any, *, methods: frozenset[Method],
                  pin: str | None, delegate: Any, visible: float | None, step_timeout: float,
