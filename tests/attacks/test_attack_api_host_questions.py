@@ -16,8 +16,9 @@ prompt, "the claim to be proved by the pairing".  Before (session 15, fixed), th
 could be any method the host offers: a stranger naming a known guest's id reached the
 owner's ``confirm_code`` (a code for "George" the owner never let in) and played a PIN
 guess, on a private host too (its visibility window closed), and only after the pairing was
-the claim found false.  A claim is now honoured only for ``resume`` (``kk``), the methods that
-prove the claimed key, and the pairing runs the method the join request said.
+the claim found false.  A claim is now honoured only for ``resume``, ``kk`` or ``ttp``, the
+methods that prove the claimed key, and refused before anyone is asked for any other (an honest
+known device says its id only for those); the pairing runs the method the join request said.
 
 Played over the in-process loopback, real links end to end.
 """
@@ -133,10 +134,11 @@ async def test_one_stranger_address_queues_at_most_per_address_questions(
 
 
 async def _claim(host_spec: str, claimer: pairkit.Device, claimed_id: str, method: Method,
-                 *, pin: str | None = None) -> BaseException | None:
+                 *, pin: str | None = None, said: Method | None = None) -> BaseException | None:
     """``claimer`` joins ``host_spec`` saying it is the device ``claimed_id`` (the join request
-    of a known device pairing again, its id copied), then pairs by ``method`` with its own
-    key, as a stranger who overheard that id would.  What the claimer's side ended with."""
+    of a known device pairing again, its id copied) and that it pairs by ``said`` (default:
+    ``method``), then pairs by ``method`` with its own key, as a stranger who overheard that
+    id would.  What the claimer's side ended with."""
     link = await loopback.open(host_spec.removeprefix("loopback:")).connect(None, timeout=5)
     ks = claimer.keystore
     me = peers.local_identity(ks)
@@ -147,7 +149,8 @@ async def _claim(host_spec: str, claimer: pairkit.Device, claimed_id: str, metho
     cloud = CloudGuest(
         name="George", clouds=(), static=me.static_public,
         mac=auth_mac_from(lambda cid, info, n: ks.cloud_kdf(cid, info, n)),
-        device_id=bytes.fromhex(claimed_id), timeout=5, answer_time=5, method=int(method),
+        device_id=bytes.fromhex(claimed_id), timeout=5, answer_time=5,
+        method=int(said or method),
     )
     loop = asyncio.get_running_loop()
     try:
@@ -164,12 +167,14 @@ async def _claim(host_spec: str, claimer: pairkit.Device, claimed_id: str, metho
 
 
 @pytest.mark.parametrize("visible", [600.0, None], ids=["visible", "private"])
+@pytest.mark.parametrize("said", [None, Method.RESUME], ids=["saying-it", "saying-resume"])
 @pytest.mark.parametrize("method", [Method.COMPARE, Method.PIN], ids=["compare", "pin"])
 async def test_a_stranger_claiming_a_known_guests_id_reaches_no_question_and_no_pin(
-    tmp_path: Path, visible: float | None, method: Method
+    tmp_path: Path, visible: float | None, said: Method | None, method: Method
 ) -> None:
     """George paired with Paul by PIN earlier (a guest for an hour).  Mallory repeats George's
-    device id in her join request and pairs by ``method`` with her own key.  Paul's owner
+    device id in her join request, saying she pairs by ``method`` (or by resume, which passes
+    the cloud step with no prompt), and pairs by ``method`` with her own key.  Paul's owner
     must be asked nothing that his yes to a join request did not open (no code for
     "George"), no PIN of Paul's is played, and Mallory does not pair; on a private host as on
     a visible one."""
@@ -189,7 +194,8 @@ async def test_a_stranger_claiming_a_known_guests_id_reaches_no_question_and_no_
         accepting = asyncio.ensure_future(host.accept(timeout=15))
         try:
             pin = host.pin
-            ended = await _claim(spec, mallory, george.device_id, method, pin="000000")
+            ended = await _claim(spec, mallory, george.device_id, method, pin="000000",
+                                 said=said)
             assert isinstance(ended, PairingError), ended
             assert ("code", "") not in owner.asked, owner.asked
             assert host.pin == pin, "a PIN of Paul's was played by a claimer"
