@@ -369,6 +369,12 @@ class CloudGuest(Machine):
         self._bound = True
 
 
+#: the methods by which a device that claims a known id (a join request's ``device_id``)
+#: proves it holds that device's key before anyone is asked anything (resume and kk by the
+#: stored key, ttp by the key server's word on the enrolled key)
+_PROVES_THE_KEY = frozenset({int(Method.RESUME), int(Method.KK), int(Method.TTP)})
+
+
 class CloudHost(Machine):
     """The host: checks a guest's membership proof, or asks its owner about a join."""
 
@@ -486,8 +492,18 @@ class CloudHost(Machine):
         self.guest_name = device_name(msg.name, "the guest's name")
         known = self._known_grant(msg.device_id) if msg.device_id is not None else None
         if known is not None:
-            # Granted before and still valid: no prompt, but the claim must be proved.
+            # Granted before and still valid: no prompt, but the claim must be proved, by a
+            # method that proves the claimed device's key before anyone is asked anything
+            # (resume, kk, ttp).  The id is said in the clear: a claim made for any other
+            # method (or none said) would lead past the window and the owner to the owner's
+            # code or a PIN, with the claim found false only after (session 15, hostq doubt 3).
+            if msg.method not in _PROVES_THE_KEY:
+                raise ProtocolError(
+                    "a known device comes back by resume: the device id it claimed is proven "
+                    "only by resume, kk or ttp"
+                )
             self.claimed = msg.device_id
+            self.join_method = msg.method
             self.grant = known
             self.role = known.role
             self._send(JoinVerdict(known.role, known.seconds))

@@ -27,7 +27,9 @@ transport alike (docs/protocol.md §12):
   beyond :attr:`AdmissionLimits.max_refusing` refusals in flight, new ones are dropped unanswered.
 
 A link becomes authenticated when :func:`pairkit.session.accept_session` has confirmed its
-session (both READY records): it then stops counting as pending and counts as a session.
+session (both READY records): it then stops counting as pending and counts as a session, until
+its handler ends, or, for a session its handler handed on (:meth:`Admitted.keep`: the library
+host's ``accept``), until it is released.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class Admitted:
         self.task: asyncio.Task[Any] | None = None
         #: the device id its session proved, once authenticated (None: not told)
         self.peer_id: bytes | None = None
+        #: whether its session outlives its handler (:meth:`keep`)
+        self.kept = False
         self._recv_ready: Callable[[], asyncio.Future[None] | None] | None = getattr(
             link, "recv_ready", None
         )
@@ -201,6 +205,14 @@ class Admitted:
         counts as a session from now on."""
         self._admission._promote(self, peer)
 
+    def keep(self) -> Callable[[], None]:
+        """The session on this link is served past its handler's end (the library host hands
+        it to its application): it keeps counting as a session, and still gives way to its
+        peer's newer ones, until the returned function is called (the session closed, its
+        peer gone)."""
+        self.kept = True
+        return lambda: self._admission.release(self)
+
 
 class Admission:
     """Decides, for each new link, whether it is served, and whom it displaces (module doc)."""
@@ -265,9 +277,15 @@ class Admission:
         admitted.task = task
 
     def done(self, admitted: Admitted) -> None:
-        """The link's handler ended."""
+        """The link's handler ended (a session it kept counts on: :meth:`Admitted.keep`)."""
         admitted.pending = False
         self._unpend(admitted)
+        if not admitted.kept:
+            self._sessions.discard(admitted)
+
+    def release(self, admitted: Admitted) -> None:
+        """A kept session ended (:meth:`Admitted.keep`): its place is free."""
+        admitted.kept = False
         self._sessions.discard(admitted)
 
     def _promote(self, admitted: Admitted, peer: bytes | None = None) -> None:

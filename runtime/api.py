@@ -93,9 +93,12 @@ class Session:
     :meth:`Device.join`).  Use it as an async context manager, or call :meth:`close`."""
 
     def __init__(self, established: Established, *, role: str, delegate: Any = None,
-                 clock: Clock = SYSTEM_CLOCK, owned_transport: Any = None) -> None:
+                 clock: Clock = SYSTEM_CLOCK, owned_transport: Any = None,
+                 on_end: Callable[[], None] | None = None) -> None:
         self._done = established
         self._owned = owned_transport
+        # A host's session: frees its place in the host's admission once it ended.
+        self._on_end = on_end
         self._channel = established.channel
         self._role = role
         self._closed = False
@@ -144,7 +147,16 @@ class Session:
         (default: the session's step timeout)."""
         if self._closed:
             raise LinkClosedError("this session is closed")
-        return await self._channel.recv(timeout)
+        try:
+            return await self._channel.recv(timeout)
+        except LinkClosedError:
+            self._ended()  # the peer is gone: its place in the host's admission is free
+            raise
+
+    def _ended(self) -> None:
+        end, self._on_end = self._on_end, None
+        if end is not None:
+            end()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """Every message until the peer closes the session (a silent peer still ends in
@@ -160,6 +172,7 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        self._ended()
         try:
             await self._channel.close()
         finally:
@@ -205,42 +218,6 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<pairkit.Session {state} with {self.peer.name!r} by {self.method}>"
-
-
-class _WhileWanted:
-    """The host's listener as :func:`~pairkit.session.accept_loop` reads it: links are taken
-    from it only while an :meth:`Host.accept` waits (as before, the host pairs no one its
-    application did not ask for); a link that came in just as the last wait ended is held
-    until the next.  Everything else (the address, BLE's ``drop_linkless_connections_after``)
-    is the listener's own."""
-
-    def __init__(self, listener: Any, wanted: asyncio.Event) -> None:
-        self._listener = listener
-        self._wanted = wanted
-        self._held: Any = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._listener, name)
-
-    async def accept(self) -> Any:
-        if self._held is None:
-            await self._wanted.wait()
-            self._held = await self._listener.accept()
-        await self._wanted.wait()
-        link, self._held = self._held, None
-        return link
-
-    def accept_nowait(self) -> Any:
-        more = getattr(self._listener, "accept_nowait", None)
-        if more is None or not self._wanted.is_set():
-            return None
-        return more()
-
-    async def close(self) -> None:
-        """Close the link held, if any (the listener is the host's to close)."""
-        held, self._held = self._held, None
-        if held is not None:
-            await _close_quietly(held)
 
 
 #: The delegate's hooks that ask the person something and wait for the answer
@@ -306,8 +283,12 @@ class Host:
     :meth:`accept` returns goes on, and the next :meth:`accept` returns it (one not taken
     before the host closes is closed with it); an :meth:`accept` that ends without a guest
     (cancelled, or its timeout) while no other waits stops the pairings under way, as
-    :meth:`close` does.  The delegate is asked one question at a time, in the order they
-    came, as ``pairkit host`` asks its owner."""
+    :meth:`close` does.  While no :meth:`accept` waits, links are taken under the same
+    admission and held unserved (:meth:`_until_wanted`).  A session :meth:`accept` returned
+    keeps its place in the admission (``max_sessions``, ``per_peer``: a peer's newest closing
+    its oldest) until the application closes it or a ``receive`` finds its peer gone, as
+    ``pairkit host`` counts a guest while it serves him.  The delegate is asked one question
+    at a time, in the order they came, as ``pairkit host`` asks its owner."""
 
     def __init__(self, device: Device, transport: str | Any, *, methods: frozenset[Method],
                  pin: str | None, delegate: Any, visible: float | None, step_timeout: float,
@@ -326,11 +307,13 @@ class Host:
         self._presence: Presence | None = None
         self._side: HostSide | None = None
         self._limits = admission or AdmissionLimits()
+        # One admission for the host's life: the sessions accept() returned count in it until
+        # the application closes them, across the links' server's restarts (Session._ended).
+        self._admission = Admission(self._limits)
         # The links served (accept_loop), while accept() waits (_wanted); the guests paired
         # and not yet returned by accept(), in the order they paired (_arrived: one more).
         self._wanted = asyncio.Event()
         self._waiting = 0
-        self._gated: _WhileWanted | None = None
         self._serving: asyncio.Task[None] | None = None
         self._paired: collections.deque[Session] = collections.deque()
         self._arrived = asyncio.Event()
@@ -366,8 +349,9 @@ class Host:
             # On BLE the host moved to its first resolvable private address as it started.
             self.address = str(getattr(self._listener, "address", None)
                                or getattr(t, "address", self._spec))
-            # The links' server starts now: it takes links only while an accept() waits, but
-            # tells a BLE listener at once to drop connections that open no link (accept_loop).
+            # The links' server starts now and takes every link as it comes, under the
+            # admission (a BLE connection that opens no link dropped, accept_loop); a link is
+            # served only while an accept() waits (_until_wanted).
             self._start_serving()
         except BaseException:
             await self._close_transport()
@@ -450,6 +434,10 @@ class Host:
                 serving.cancel()
                 with contextlib.suppress(BaseException):
                     await serving
+                if not self._closing and self._listener is not None:
+                    # Links go on being taken under the admission while none is served: none
+                    # waits in the transport with no deadline (hostq, doubt 2).
+                    self._start_serving()
             raise
         finally:
             self._waiting -= 1
@@ -463,10 +451,8 @@ class Host:
         return self._serving
 
     def _start_serving(self) -> asyncio.Task[None]:
-        if self._gated is None:  # one for the host's life: a link it holds waits for the next
-            self._gated = _WhileWanted(self._listener, self._wanted)
         self._serving = asyncio.create_task(accept_loop(
-            self._gated, self._serve, admission=Admission(self._limits),
+            self._listener, self._serve, admission=self._admission,
             on_error=self._report,
         ))
         return self._serving
@@ -489,6 +475,7 @@ class Host:
         only asked who this host is."""
         side = self._ready()
         try:
+            await self._until_wanted(link)
             done = await accept_session(
                 link, side, delegate=self._delegate, clock=self._device.clock
             )
@@ -506,10 +493,40 @@ class Host:
         finally:
             if Method.PIN in self._methods and side.state.pin is None:
                 side.state.new_pin()
+        # The session keeps its place in the admission after this handler returns, until the
+        # application closes it or its peer is gone, as pairkit host counts a guest while it
+        # serves him: max_sessions and per_peer (a peer's newest closing its oldest) hold for
+        # the sessions the application holds (hostq, doubt 1).
+        keep = getattr(link, "keep", None)
         self._paired.append(Session(done, role="host", delegate=self._delegate,
-                                    clock=self._device.clock))
+                                    clock=self._device.clock,
+                                    on_end=keep() if keep is not None else None))
         self._arrived.set()
         return True
+
+    async def _until_wanted(self, link: Any) -> None:
+        """Hold ``link`` (admitted, pending) until an :meth:`accept` waits: no guest is paired
+        that the application did not ask for.  The link counts in the admission meanwhile (per
+        address, at most pending, evicted as any pending link is), and is dropped if it has
+        said nothing within the first flight from its arrival, or if no :meth:`accept` came
+        within the host's step timeout (its guest has given up waiting by then).  Before, such
+        links waited in the transport, unlimited and with no deadline (hostq, doubt 2)."""
+        if self._wanted.is_set():
+            return
+        first_flight = self._limits.first_flight
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(first_flight):
+                await self._wanted.wait()
+                return
+        if not getattr(link, "spoken", True):
+            raise PairingTimeout(
+                f"{link.peer} sent nothing within {first_flight:g} s of connecting"
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(self._step_timeout - first_flight, 0.0)):
+                await self._wanted.wait()
+                return
+        raise PairingTimeout(f"no accept() took {link.peer} within {self._step_timeout:g} s")
 
     async def __aiter__(self) -> AsyncIterator[Session]:
         """Guests one after another, as they pair."""
@@ -526,8 +543,6 @@ class Host:
             serving.cancel()
             with contextlib.suppress(BaseException):
                 await serving
-        if self._gated is not None:
-            await self._gated.close()
         while self._paired:
             await _close_quietly(self._paired.popleft())
         for told in list(self._telling):  # the delegate told of a failure: not past close()

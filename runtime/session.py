@@ -193,7 +193,12 @@ async def accept_session(
         await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic,
                     answer_time=_answer_time(side.step_timeout))
         context = pipe.transcript()
-    session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried)
+    # The method the join request said, checked again as the pairing starts (before a code is
+    # shown or a PIN played), not only once it is over (hostq doubt 3).
+    said = cloud.join_method if cloud is not None else None
+    expected = Method(said) if said is not None else None
+    session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
+                                          expected)
     if cloud is not None:
         if cloud.join_method is not None and Method(cloud.join_method) is not _base(method):
             raise ProtocolError("the guest paired by another method than the one it asked with")
@@ -279,7 +284,7 @@ def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
 
 async def _host_pairing(
     pipe: MessagePipe, link: Any, side: HostSide, me: Any, delegate: Any, clock: Clock,
-    context: bytes, tried: list[HostPairing] | None,
+    context: bytes, tried: list[HostPairing] | None, expected: Method | None = None,
 ) -> tuple[Session, Method]:
     """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
     if side.ttp is not None:
@@ -294,7 +299,7 @@ async def _host_pairing(
     machine = HostPairing(
         side.config, me, side.state, link_encrypted=bool(link.encrypted),
         link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=clock.wall(),
-        context=context, prekeys=prekeys.source_for(os.urandom),
+        context=context, prekeys=prekeys.source_for(os.urandom), expected=expected,
     )
     machine.start(clock.monotonic())
     if tried is not None:
@@ -382,9 +387,12 @@ async def open_session(
         clouds = side.clouds if side.clouds is not None else tuple(
             c.cloud_id for c in ks.clouds()
         )
+        # This device's id, said to a host it knows, only for a method that proves it: a known
+        # device pairing again by a code asks as anyone does (pairing/cloud.py, CloudHost).
+        claims = side.peer is not None and method in (Method.RESUME, Method.KK, Method.TTP)
         cloud = CloudGuest(
             name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
-            wants=side.wants, device_id=me.device_id if side.peer is not None else None,
+            wants=side.wants, device_id=me.device_id if claims else None,
             timeout=side.step_timeout, answer_time=side.step_timeout, method=int(method),
             expect_name=side.expect_name,
         )

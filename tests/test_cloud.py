@@ -26,6 +26,7 @@ from pairkit.pairing.errors import (
     NotFoundError,
     PairingError,
     PairingTimeout,
+    ProtocolError,
     RefusedError,
 )
 from pairkit.pairing.negotiation import Caps, Method
@@ -170,7 +171,7 @@ def test_a_relayed_proof_fails_for_whoever_pairs_instead(side: str) -> None:
 def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
     granted = Grant(Role.GUEST, 600)
     guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
-                       device_id=b"d" * 16, rng=rng(14))
+                       device_id=b"d" * 16, rng=rng(14), method=int(Method.RESUME))
     host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                      known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15))
     host.start(0.0)
@@ -178,6 +179,28 @@ def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
     r = shuttle(guest, host)
     assert not r.asked and guest.role is Role.GUEST
     assert host.claimed == b"d" * 16  # the flow checks it against the pairing's peer
+
+
+@pytest.mark.parametrize("method", [None, Method.PIN, Method.COMPARE, Method.QR],
+                         ids=["unsaid", "pin", "compare", "qr"])
+def test_a_known_devices_id_claimed_for_a_method_that_does_not_prove_it_is_refused(
+    method: Method | None,
+) -> None:
+    """The device id is said in the clear: a claim of a known device's id honoured for a
+    pairing that does not prove that device's key (a PIN, a code) would take a stranger past
+    the window and the owner's yes to the owner's code or a PIN (session 15, hostq doubt 3).
+    It is refused before anyone is asked; the claim is not recorded."""
+    granted = Grant(Role.GUEST, 600)
+    guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
+                       device_id=b"d" * 16, rng=rng(14),
+                       method=None if method is None else int(method))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
+                     known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15))
+    host.start(0.0)
+    guest.start(0.0)
+    r = shuttle(guest, host)
+    assert not r.asked and host.failed and host.claimed is None
+    assert isinstance(host.error, ProtocolError)
 
 
 def test_a_silent_guest_times_out() -> None:

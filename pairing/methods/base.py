@@ -323,11 +323,16 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         context: bytes = b"",
         rng: Rng = os.urandom,
         prekeys: PrekeySource | None = None,
+        expected: Method | None = None,
     ) -> None:
         super().__init__(initial_state=S_OFFER)
         self.config = config
         self.me = me
         self.host = state
+        #: the method the guest's join request said it pairs by (the cloud step, bound into the
+        #: key): any other is refused before it runs, before a code is shown or a PIN played
+        #: (docs/security.md rule 6; None: no join request said one)
+        self._expected = expected
         self._rng = rng
         self._prekey_source = prekeys
         self._wall_now = wall_now
@@ -345,8 +350,20 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
 
     # -- the negotiation ------------------------------------------------------------------
 
+    def _check_expected(self, proposed: Method) -> None:
+        base = Method.RESUME if proposed is Method.KK else proposed
+        if self._expected is not None and base is not self._expected:
+            raise ProtocolError(
+                "the guest paired by another method than the one it asked with"
+            )
+
+    def _on_resume_init(self, msg: ResumeMessage, now: float) -> None:
+        self._check_expected(Method.RESUME)
+        super()._on_resume_init(msg, now)
+
     def _on_offer(self, msg: Offer, now: float) -> None:
         proposed = msg.hello.method
+        self._check_expected(proposed)
         caps = self._caps
         if proposed is _CLEAR and not self._link_encrypted:
             if not self.config.allow_insecure:
