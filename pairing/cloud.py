@@ -417,6 +417,8 @@ class CloudHost(Machine):
         self.role: Role = Role.STRANGER
         self.grant: Grant | None = None
         self.guest_name: str | None = None
+        #: the name the owner was asked about (None: the owner was not asked)
+        self.asked_about: str | None = None
         self.cloud_id: str | None = None
 
     def _on_start(self, now: float) -> None:
@@ -471,6 +473,19 @@ class CloudHost(Machine):
                 "the guest that paired is not the one that proved membership of the cloud"
             )
 
+    def check_name(self, proven_name: str) -> None:
+        """After the pairing: the device the owner was asked about must be the one that paired,
+        by the name its proven identity carries (the host's side of
+        :meth:`CloudGuest.check_name`).  A guest that asks under a name its owner trusts and
+        pairs as another, by ``resume`` or ``kk`` as a device the host knows under its own
+        name, or by a full pairing under a name of its choosing, is refused before anything is
+        granted or stored (docs/security.md, rule 6; attack review atk15)."""
+        if self.asked_about is not None and self.asked_about != proven_name:
+            self.role, self.grant = Role.STRANGER, None
+            raise AuthenticationError(
+                f"the guest asked to join as {self.asked_about!r} but paired as {proven_name!r}"
+            )
+
     def _on_join_request(self, msg: JoinRequest, now: float) -> None:
         if msg.wants is Role.STRANGER:
             raise ProtocolError("a join request must ask for guest or member access")
@@ -512,6 +527,7 @@ class CloudHost(Machine):
         self._precheck(msg.method, now)
         self.state = S_ASK
         self._expect_by(None)
+        self.asked_about = self.guest_name
         self._emit(AllowJoin(name=msg.name, wants=msg.wants))
 
     def _on_answer(self, question: Question, value: Any, now: float) -> None:

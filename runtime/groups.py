@@ -217,7 +217,9 @@ def relay_receipts(ks: Keystore) -> RelayReceipts:
 
 def _usable_peer(ks: Keystore, name_or_id: str, what: str) -> Peer:
     peer = ks.get_peer(name_or_id)
-    if not peer.authenticated:
+    # trusted, not the raw flag: an old 'clear' record nobody vouched for counts as
+    # unauthenticated here as everywhere (docs/security.md, rule 5; attack review atk15)
+    if not store.trusted(peer):
         raise ConfigError(
             f"{peer.name} was paired without authentication; pair it again by pin, qr or "
             f"compare before making it a {what}"
@@ -253,7 +255,7 @@ def _controller_key(
             peer = ks.get_peer(device_id.hex())
         except NotFoundError:
             return None
-        return peer.signing_public if peer.authenticated else None
+        return peer.signing_public if store.trusted(peer) else None
 
     return lookup
 

@@ -205,6 +205,7 @@ async def accept_session(
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
+        cloud.check_name(session.peer.name)  # the device its owner was asked about paired
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=True)
     promote = getattr(link, "authenticated", None)

@@ -143,9 +143,14 @@ async def evil_join(
     allow_insecure: bool = False,
     link_encrypted: bool = False,
     link_mitm: bool = False,
+    says_name: str | None = None,
+    wants: Role = Role.GUEST,
+    says_method: Method | None = None,
 ) -> EvilGuest:
     """Run the guest's half of the real pipeline (cloud step, pairing, bind, confirm) with
-    ``me`` over a real TCP link; the CLI's run_join, by hand."""
+    ``me`` over a real TCP link; the CLI's run_join, by hand.  ``says_name``: the name its join
+    request gives (None: its own, as an honest guest's); ``wants`` and ``says_method``: what
+    the request asks for and the method it says it pairs by (None: not said)."""
     out = EvilGuest()
     link = await tcp_connect(*address, timeout=STEP)
     loop = asyncio.get_running_loop()
@@ -159,8 +164,9 @@ async def evil_join(
                                link_mitm=link_mitm)
         pipe = MessagePipe(link, guest=True)
         cloud = CloudGuest(
-            name=me.name, clouds=(), mac=lambda _c, _d: bytes(32), static=me.static_public,
-            device_id=claim, timeout=STEP,
+            name=says_name or me.name, clouds=(), mac=lambda _c, _d: bytes(32),
+            static=me.static_public, device_id=claim, timeout=STEP, wants=wants,
+            method=None if says_method is None else int(says_method),
         )
         cloud.start(loop.time())
         await drive(cloud, pipe, delegate=Yes())
