@@ -337,18 +337,20 @@ async def test_a_burst_through_the_real_host_flow_gets_at_most_the_budget(
     world: World, paul: Keystore, george: Keystore
 ) -> None:
     """Through ``pairkit host``'s flow over bumble (admission, the cloud step, the host's one
-    HostState): a device the host let in before claims its grant (no join prompt) on eight
-    links at once (eight radios), and on each leaves as soon as it read the host's code.  5
-    codes go out, its owner is asked no more than that, compare ends locked, and nothing is
-    left holding a place or queued."""
+    HostState): a device asks to join on eight links at once (eight radios), its owner says
+    yes to each request, and on each it leaves as soon as it read the host's code.  5 codes go
+    out, its owner is asked no more than that, compare ends locked, and nothing is left holding
+    a place or queued.  (Until session 15 the device claimed the grant it had been given,
+    which let it past the join prompt with any method; that is refused now before any
+    question.)"""
     host = await world.start_host(paul, frozenset({Method.COMPARE, Method.RESUME}),
                                   person=TakesASecond())
     device = await world.central("bumble")
     await world.join(george, device, host, method=Method.COMPARE, person=Person())
     me = peers.local_identity(george)
     # One radio holds one connection to the host: Mallory brings a radio per link (a BLE
-    # address costs her nothing), each claiming the device the host let in.  Each link runs
-    # its cloud step as it connects; then all eight offer compare at once.
+    # address costs her nothing), each asking to join.  Each link runs its cloud step as it
+    # connects; then all eight offer compare at once.
     visits: list[Mallory] = []
     ready: list[tuple[Any, MessagePipe]] = []
     for _ in range(BURST):
@@ -356,8 +358,7 @@ async def test_a_burst_through_the_real_host_flow_gets_at_most_the_budget(
         link = await radio.connect(host.address, 5.0)
         pipe = MessagePipe(link, guest=True)
         cloud = CloudGuest(name=me.name, clouds=(), mac=lambda _c, _d: b"",
-                           static=me.static_public, device_id=me.device_id,
-                           method=int(Method.COMPARE))
+                           static=me.static_public, method=int(Method.COMPARE))
         await asyncio.wait_for(drive(cloud, pipe, delegate=GuestYes()), 2 * STEP)
         ready.append((link, pipe))
 
@@ -379,7 +380,8 @@ async def test_a_burst_through_the_real_host_flow_gets_at_most_the_budget(
     state = host.state
     await until(lambda: state.compare_turns.out == 0 and not state.compare_turns._waiting,
                 2 * STEP)
-    assert [k for k, _ in host.person.questions].count("code") == 1 + served
+    asked = [k for k, _ in host.person.questions]
+    assert asked.count("code") == 1 + served and asked.count("join") == 1 + BURST
     assert state.compare_lock.streak == served
     assert state.compare_lock.locked_for(asyncio.get_running_loop().time()) > 0
     assert host.results[1:] == []
