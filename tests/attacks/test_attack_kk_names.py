@@ -5,7 +5,9 @@ proved.  ``resume`` proves the host's stored record (its name included); ``kk`` 
 stored *key*, but the name its identity payload carries is whatever the guest writes there
 (``_peer_from_identity``).  So George, a device Paul's host knows under "George", asks to join
 as "Paul's laptop" and pairs by ``kk`` with his own keys and an identity that says "Paul's
-laptop": the name check compares two names George chose.
+laptop": the name check compared two names George chose, the owner's yes made George a member
+with no PIN, code or QR, and his record was renamed "Paul's laptop".  Fixed (atk15b): ``kk``
+proves the stored record's name, as ``resume`` does, on both sides.
 
 Played over TCP against the library's ``Host``, the guest driven by hand from the real machines
 (tests/attack_harness.py).
@@ -19,8 +21,6 @@ import dataclasses
 import os
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 import pairkit
 from pairkit import peers as store
@@ -94,14 +94,11 @@ def address_of(host: pairkit.Host) -> tuple[str, int]:
     return h, int(p)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk15b finding 1 (high): kk proves the known key but not the stored name; George known "
-    "to the host asks as \"Paul's laptop\", pairs by kk with an identity saying that name, "
-    "and check_name passes: George becomes a member with no PIN, code or QR"))
 async def test_kk_cannot_borrow_a_trusted_name(tmp_path: Path) -> None:
     """George asks Paul's host to join as "Paul's laptop" and pairs by ``kk`` (his own keys, the
     ones the host stored under "George"), his identity payload saying "Paul's laptop".  The
-    owner says member to his own laptop's name; the host must refuse and grant nothing."""
+    owner says member to his own laptop's name; the host must refuse and grant nothing, and
+    George's record keeps his name."""
     paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
     await paul_joined_georges_host(paul, george)
     me: LocalIdentity = store.local_identity(george.keystore)
@@ -129,6 +126,7 @@ async def test_kk_cannot_borrow_a_trusted_name(tmp_path: Path) -> None:
     roles = {p.name: p.extra.get("granted") for p in ks.peers()}
     assert out.membership is None or out.membership.role is not Role.MEMBER, (out, roles)
     assert "member" not in roles.values(), roles
+    assert set(roles) == {"George"}, roles
 
 
 async def test_control_kk_under_his_stored_name_is_asked_as_george(tmp_path: Path) -> None:
