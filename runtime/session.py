@@ -200,7 +200,7 @@ async def accept_session(
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
                                           expected)
     if cloud is not None:
-        if cloud.join_method is not None and Method(cloud.join_method) is not _base(method):
+        if cloud.join_method is not None and _base(Method(cloud.join_method)) is not _base(method):
             raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")

@@ -22,8 +22,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import pairkit
 from pairkit import peers as store
 from pairkit.keystore import Argon2Params
@@ -154,14 +152,12 @@ async def test_control_kk_under_his_stored_name_is_asked_as_george(tmp_path: Pat
     assert out.error is not None and out.membership is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk15b finding 2 (low): an honest known device joining by method 'kk' (Method.parse and "
-    "Device.join take it) is refused: its join request says kk, the host's method check "
-    "compares resume (kk's base) with kk; worked before session 15 (the claim path set no "
-    "join_method)"))
 async def test_an_honest_known_device_joining_by_kk_pairs(tmp_path: Path) -> None:
     """Paul, who joined George's host yesterday (a guest grant), comes back by ``kk``, the
-    resume fallback that proves the same stored keys.  He must pair, as by ``resume``."""
+    resume fallback that proves the same stored keys.  He must pair, as by ``resume``.  Refused
+    on main before atk15b's fix (finding 2): his join request said kk, and the host's method
+    checks held him to kk where it compares resume, kk's base; kk and resume now allow each
+    other."""
     paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
     await paul_joined_georges_host(paul, george)
     async with george.host("tcp:127.0.0.1:0", methods=("pin", "resume"), pin="246810",
