@@ -608,8 +608,13 @@ async def accept_loop(
             stopper.cancel()  # cancelled while waiting: no task left pending (issue 13's bench)
         if accept is not None:
             accept.cancel()
+            late = None
             with contextlib.suppress(BaseException):
-                await accept
+                late = await accept
+            if late is not None:
+                # Taken off the listener just as this loop was stopped: told "busy" and
+                # closed, not left open and unserved (attack review atk15b).
+                admission.refuse(late)
         for task in list(tasks):
             task.cancel()
         if tasks:
