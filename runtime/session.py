@@ -200,7 +200,7 @@ async def accept_session(
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
                                           expected)
     if cloud is not None:
-        if cloud.join_method is not None and Method(cloud.join_method) is not _base(method):
+        if cloud.join_method is not None and _base(Method(cloud.join_method)) is not _base(method):
             raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
@@ -608,8 +608,13 @@ async def accept_loop(
             stopper.cancel()  # cancelled while waiting: no task left pending (issue 13's bench)
         if accept is not None:
             accept.cancel()
+            late = None
             with contextlib.suppress(BaseException):
-                await accept
+                late = await accept
+            if late is not None:
+                # Taken off the listener just as this loop was stopped: told "busy" and
+                # closed, not left open and unserved (attack review atk15b).
+                admission.refuse(late)
         for task in list(tasks):
             task.cancel()
         if tasks:

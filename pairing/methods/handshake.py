@@ -12,6 +12,8 @@ method modules extend them and :mod:`.base` puts them together behind the negoti
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..crypto import Rng, same
 from ..errors import AuthenticationError, ProtocolError
 from ..machine import Machine
@@ -158,6 +160,11 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
         peer = _peer_from_identity(ident, authenticated=self._authenticated())
         if self._peer is not None and self._peer.device_id != peer.device_id:
             raise AuthenticationError("the host is not the known peer it claims to be")
+        if self.method is _KK:
+            assert self._peer is not None
+            # kk proves the stored record, its name included, as resume does: the name in the
+            # identity payload is the peer's word only (docs/security.md, rule 6; atk15b).
+            peer = dataclasses.replace(peer, name=self._peer.name)
         i2r, r2i, fp = _noise_keys(self._hs)
         # pin, compare and clear run host-first (the host is the Noise initiator);
         # qr and kk run guest-first.
@@ -197,8 +204,13 @@ class HostSide(_LazyPrekeys, _Transcript, Machine):
         assert msg.noise is not None
         payload = _read_payload(self._hs.read_message(msg.noise))
         guest = self._check_noise_identity(payload.identity, authenticated)
-        if self.method is Method.KK and guest.device_id != self._known.device_id:
-            raise AuthenticationError("the guest is not the known peer it claims to be")
+        if self.method is Method.KK:
+            if guest.device_id != self._known.device_id:
+                raise AuthenticationError("the guest is not the known peer it claims to be")
+            # kk proves the stored record, its name included, as resume does: a known device
+            # cannot pair under a name of its choosing and pass the join request's name check
+            # with it, nor rename its record (docs/security.md, rule 6; attack review atk15b).
+            guest = dataclasses.replace(guest, name=self._known.name)
         ident = _identity(self.me, self._prekeys)
         noise = self._hs.write_message(
             _payload_bytes(ident, _hello_hash(hello, self._context))
