@@ -125,16 +125,58 @@ async def test_an_intent_alone_times_out(tmp_path: Path) -> None:
         assert h.server.stats["timeouts"] == 1
 
 
+NOT_ENROLLED = "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
+
+
 async def test_intent_toward_an_unknown_device(tmp_path: Path) -> None:
+    """An intent from or toward a device the server does not know is refused, and stores
+    nothing (not even for a moment: no intent row is ever written)."""
     async with running_server(tmp_path / "srv") as h:
         a, stranger = identity("a"), identity("stranger")
-        with pytest.raises(NotFoundError, match="not enrolled"):
+        written: list[str] = []
+
+        def watch() -> None:  # every statement the store's connection runs, from now on
+            h.server.store._db.set_trace_callback(written.append)  # type: ignore[attr-defined]
+
+        await h.server.db(watch)
+        with pytest.raises(NotFoundError, match=NOT_ENROLLED):
             await request_key(h.address, h.ca, a, peer_id=stranger.device_id, context=CTX,
                               role=IntentRole.HOST, wait=1)
         await enrol(h.address, h.ca, a)
-        with pytest.raises(NotFoundError, match=stranger.device_id.hex()[:16]):
+        with pytest.raises(NotFoundError) as info:
             await request_key(h.address, h.ca, a, peer_id=stranger.device_id, context=CTX,
                               role=IntentRole.HOST, wait=1)
+        assert str(info.value).endswith(  # after "the key server says: "
+            f": device {stranger.device_id.hex()[:16]} is not enrolled with this key server"
+        )
+        assert await h.server.db(h.server.store.pending_count) == 0
+        assert written and not [sql for sql in written if "INTO intents" in sql]
+        assert h.server.stats["deliveries"] == 0
+
+
+async def test_a_device_whose_enrolled_key_changed_is_refused(tmp_path: Path) -> None:
+    """The row under a device's id holds another static key than the one the device proved
+    (an edited or damaged database: the id is the key's hash): its intent is refused as not
+    enrolled, and nothing is stored, so its peer's intent is not matched."""
+    async with running_server(tmp_path / "srv") as h:
+        a, b = identity("a"), identity("b")
+        await enrol(h.address, h.ca, a)
+        await enrol(h.address, h.ca, b)
+
+        def rewrite() -> None:
+            with h.server.store._write() as db:
+                db.run("UPDATE devices SET static_public = ? WHERE device_id = ?",
+                       (identity("other").static_public, a.device_id))
+
+        await h.server.db(rewrite)
+        with pytest.raises(NotFoundError, match=NOT_ENROLLED):
+            await request_key(h.address, h.ca, a, peer_id=b.device_id, context=CTX,
+                              role=IntentRole.HOST, wait=1)
+        assert await h.server.db(h.server.store.pending_count) == 0
+        with pytest.raises(PairingTimeout):
+            await request_key(h.address, h.ca, b, peer_id=a.device_id, context=CTX,
+                              role=IntentRole.GUEST, wait=1)
+        assert h.server.stats["deliveries"] == 0
 
 
 async def test_ttp_pairing_fails_on_both_sides_when_the_guest_names_another_host(
