@@ -18,8 +18,6 @@ process, the guest driven by hand from the real machines (tests/attack_harness.p
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,7 @@ import pytest
 
 import pairkit
 from pairkit import peers as store
-from pairkit.keystore import Argon2Params
-from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.cloud import Role
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
 
@@ -42,72 +39,14 @@ from ..attack_harness import (
 )
 from ..attack_harness import address_of as host_address
 from ..cli_helpers import Lab
-
-#: the name of a device Paul trusts, which never asks anything in these tests
-PAULS_LAPTOP = "Paul's laptop"
-
-
-class Owner:
-    """Paul at his host: makes his own laptop a member, refuses everyone else."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def allow_join(self, q: Any) -> Grant | None:
-        self.asked.append(q.name)
-        return Grant(Role.MEMBER) if q.name == PAULS_LAPTOP else None
-
-    async def confirm_code(self, q: Any) -> bool:
-        return False
-
-    async def join_cloud(self, q: Any) -> bool:
-        return False
-
-    async def allow_request(self, q: Any) -> Any:
-        from pairkit.pairing.service import Scope
-
-        return Scope.REFUSE
-
-    async def on_warning(self, event: Any) -> None:
-        return None
-
-    async def on_event(self, event: Any) -> None:
-        return None
-
-
-def device(tmp_path: Path, name: str) -> pairkit.Device:
-    """A device as ``pairkit init`` makes it: its identity and a cloud of its own."""
-    made = pairkit.Device.create(
-        tmp_path / f"{name}.keystore", "a passphrase", name=name, kdf=Argon2Params.cheapest()
-    )
-    ks = made.keystore
-    ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
-    ks.save()
-    return made
-
-
-async def paul_joined_georges_host(paul: pairkit.Device, george: pairkit.Device) -> None:
-    """Yesterday: Paul joined George's host by PIN, as a guest (George's grant to Paul).  Each
-    now knows the other's key; George has no grant on Paul's device (rule 2)."""
-    async with george.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
-                           delegate=pairkit.delegate.Agree()) as at_george:
-        accepting = asyncio.ensure_future(at_george.accept(timeout=STEP))
-        try:
-            async with await paul.join(f"tcp:{at_george.address.removeprefix('tcp:')}",
-                                       pin="246810", step_timeout=STEP):
-                pass
-            async with await accepting:
-                pass
-        finally:
-            accepting.cancel()
-            with contextlib.suppress(BaseException):
-                await accepting
-
-
-def address_of(host: pairkit.Host) -> tuple[str, int]:
-    spec = host.address.removeprefix("tcp:")
-    h, p = spec.rsplit(":", 1)
-    return h, int(p)
+from ..known_device_harness import (
+    PAULS_LAPTOP,
+    accepting,
+    address_of,
+    device,
+    paul_joined_georges_host,
+)
+from ..known_device_harness import TrustsHisLaptop as Owner
 
 
 def granted(device: pairkit.Device, name: str) -> str | None:
@@ -124,28 +63,21 @@ async def george_asks_as(
     knows; pin: with the PIN Paul's host shows, as a stranger would)."""
     me: LocalIdentity = store.local_identity(george.keystore)
     async with paul.host("tcp:127.0.0.1:0", methods=("pin", "resume"), pin="135790",
-                         delegate=owner, visible=600.0, step_timeout=STEP) as host:
-        accepting = asyncio.ensure_future(host.accept(timeout=STEP))
-        try:
-            kwargs: dict[str, Any] = {}
-            if method is Method.PIN:
-                kwargs["pin"] = "135790"
-            else:
-                kwargs["peer"] = store.known_peer(
-                    george.keystore, bytes.fromhex(paul.device_id)
-                )
-            out = await evil_join(
-                address_of(host), me, method, says_name=says, wants=Role.MEMBER,
-                says_method=Method.RESUME if method is Method.KK else method, **kwargs,
-            )
-            if out.membership is not None:  # the host stored him first: take his session
-                async with await accepting:
-                    pass
-            return out
-        finally:
-            accepting.cancel()
-            with contextlib.suppress(BaseException):
-                await accepting
+                         delegate=owner, visible=600.0, step_timeout=STEP) as host, \
+            accepting(host) as accepted:
+        kwargs: dict[str, Any] = {}
+        if method is Method.PIN:
+            kwargs["pin"] = "135790"
+        else:
+            kwargs["peer"] = store.known_peer(george.keystore, bytes.fromhex(paul.device_id))
+        out = await evil_join(
+            address_of(host), me, method, says_name=says, wants=Role.MEMBER,
+            says_method=Method.RESUME if method is Method.KK else method, **kwargs,
+        )
+        if out.membership is not None:  # the host stored him first: take his session
+            async with await accepted:
+                pass
+        return out
 
 
 @pytest.mark.parametrize("method", [Method.RESUME, Method.KK, Method.PIN],

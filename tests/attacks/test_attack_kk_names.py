@@ -15,83 +15,24 @@ Played over TCP against the library's ``Host``, the guest driven by hand from th
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import os
 from pathlib import Path
-from typing import Any
 
 import pairkit
 from pairkit import peers as store
-from pairkit.keystore import Argon2Params
-from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.cloud import Role
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
 
 from ..attack_harness import STEP, evil_join
-
-PAULS_LAPTOP = "Paul's laptop"
-
-
-class Owner:
-    """Paul at his host: makes his own laptop a member, refuses everyone else."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def allow_join(self, q: Any) -> Grant | None:
-        self.asked.append(q.name)
-        return Grant(Role.MEMBER) if q.name == PAULS_LAPTOP else None
-
-    async def confirm_code(self, q: Any) -> bool:
-        return False
-
-    async def join_cloud(self, q: Any) -> bool:
-        return False
-
-    async def allow_request(self, q: Any) -> Any:
-        from pairkit.pairing.service import Scope
-
-        return Scope.REFUSE
-
-    async def on_warning(self, event: Any) -> None:
-        return None
-
-    async def on_event(self, event: Any) -> None:
-        return None
-
-
-def device(tmp_path: Path, name: str) -> pairkit.Device:
-    made = pairkit.Device.create(
-        tmp_path / f"{name}.keystore", "a passphrase", name=name, kdf=Argon2Params.cheapest()
-    )
-    ks = made.keystore
-    ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
-    ks.save()
-    return made
-
-
-async def paul_joined_georges_host(paul: pairkit.Device, george: pairkit.Device) -> None:
-    """Yesterday: Paul joined George's host by PIN; each now knows the other's key."""
-    async with george.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
-                           delegate=pairkit.delegate.Agree()) as at_george:
-        accepting = asyncio.ensure_future(at_george.accept(timeout=STEP))
-        try:
-            async with await paul.join(f"tcp:{at_george.address.removeprefix('tcp:')}",
-                                       pin="246810", step_timeout=STEP):
-                pass
-            async with await accepting:
-                pass
-        finally:
-            accepting.cancel()
-            with contextlib.suppress(BaseException):
-                await accepting
-
-
-def address_of(host: pairkit.Host) -> tuple[str, int]:
-    h, p = host.address.removeprefix("tcp:").rsplit(":", 1)
-    return h, int(p)
+from ..known_device_harness import (
+    PAULS_LAPTOP,
+    accepting,
+    address_of,
+    device,
+    paul_joined_georges_host,
+)
+from ..known_device_harness import TrustsHisLaptop as Owner
 
 
 async def test_kk_cannot_borrow_a_trusted_name(tmp_path: Path) -> None:
@@ -105,21 +46,16 @@ async def test_kk_cannot_borrow_a_trusted_name(tmp_path: Path) -> None:
     lying = dataclasses.replace(me, name=PAULS_LAPTOP)  # same keys, another name
     owner = Owner()
     async with paul.host("tcp:127.0.0.1:0", methods=("pin", "resume"), pin="135790",
-                         delegate=owner, visible=600.0, step_timeout=STEP) as host:
-        accepting = asyncio.ensure_future(host.accept(timeout=STEP))
-        try:
-            out = await evil_join(
-                address_of(host), lying, Method.KK, says_name=PAULS_LAPTOP, wants=Role.MEMBER,
-                says_method=Method.RESUME,
-                peer=store.known_peer(george.keystore, bytes.fromhex(paul.device_id)),
-            )
-            if out.membership is not None:
-                async with await accepting:
-                    pass
-        finally:
-            accepting.cancel()
-            with contextlib.suppress(BaseException):
-                await accepting
+                         delegate=owner, visible=600.0, step_timeout=STEP) as host, \
+            accepting(host) as accepted:
+        out = await evil_join(
+            address_of(host), lying, Method.KK, says_name=PAULS_LAPTOP, wants=Role.MEMBER,
+            says_method=Method.RESUME,
+            peer=store.known_peer(george.keystore, bytes.fromhex(paul.device_id)),
+        )
+        if out.membership is not None:
+            async with await accepted:
+                pass
     assert owner.asked == [PAULS_LAPTOP]
     ks = paul.keystore
     ks.follow()
@@ -137,17 +73,12 @@ async def test_control_kk_under_his_stored_name_is_asked_as_george(tmp_path: Pat
     me = store.local_identity(george.keystore)
     owner = Owner()
     async with paul.host("tcp:127.0.0.1:0", methods=("pin", "resume"), pin="135790",
-                         delegate=owner, visible=600.0, step_timeout=STEP) as host:
-        accepting = asyncio.ensure_future(host.accept(timeout=STEP))
-        try:
-            out = await evil_join(
-                address_of(host), me, Method.KK, wants=Role.MEMBER, says_method=Method.RESUME,
-                peer=store.known_peer(george.keystore, bytes.fromhex(paul.device_id)),
-            )
-        finally:
-            accepting.cancel()
-            with contextlib.suppress(BaseException):
-                await accepting
+                         delegate=owner, visible=600.0, step_timeout=STEP) as host, \
+            accepting(host):
+        out = await evil_join(
+            address_of(host), me, Method.KK, wants=Role.MEMBER, says_method=Method.RESUME,
+            peer=store.known_peer(george.keystore, bytes.fromhex(paul.device_id)),
+        )
     assert owner.asked == ["George"]
     assert out.error is not None and out.membership is None
 
@@ -164,14 +95,9 @@ async def test_an_honest_known_device_joining_by_kk_pairs(tmp_path: Path) -> Non
                            delegate=pairkit.delegate.Agree(), step_timeout=STEP) as at_george:
         spec = "tcp:" + at_george.address.removeprefix("tcp:")
         for method in ("resume", "kk"):
-            accepting = asyncio.ensure_future(at_george.accept(timeout=STEP))
-            try:
+            async with accepting(at_george) as accepted:
                 async with await paul.join("George", transport=spec, method=method,
                                            step_timeout=STEP) as session:
                     assert session.method == method
-                async with await accepting:
+                async with await accepted:
                     pass
-            finally:
-                accepting.cancel()
-                with contextlib.suppress(BaseException):
-                    await accepting

@@ -10,17 +10,15 @@ asked, and it pairs.  Played over TCP against the library's ``Host``.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import pairkit
-from pairkit.keystore import Argon2Params
 
-STEP = 10.0
+from ..attack_harness import STEP
+from ..known_device_harness import accepting, device
 
 
 class Owner(pairkit.Agree):
@@ -38,26 +36,18 @@ class Owner(pairkit.Agree):
 async def test_a_known_guest_pairing_again_by_pin_by_name_is_asked_and_pairs(
     tmp_path: Path,
 ) -> None:
-    paul = pairkit.Device.create(tmp_path / "paul.keystore", "a passphrase", name="Paul",
-                                 kdf=Argon2Params.cheapest())
-    george = pairkit.Device.create(tmp_path / "george.keystore", "a passphrase",
-                                   name="George", kdf=Argon2Params.cheapest())
+    paul, george = device(tmp_path, "Paul", cloud=False), device(tmp_path, "George", cloud=False)
     owner = Owner()
     async with george.host("tcp:127.0.0.1:0", methods=("pin", "resume"), delegate=owner,
                            step_timeout=STEP) as host:
         spec = "tcp:" + host.address.removeprefix("tcp:")
         for target in (spec, "George"):  # first as a stranger, then by the host's name
-            accepting = asyncio.ensure_future(host.accept(timeout=STEP))
-            try:
+            async with accepting(host) as accepted:
                 async with await paul.join(target, transport=spec, method="pin", pin=host.pin,
                                            step_timeout=STEP) as session:
                     assert session.method == "pin"
-                async with await accepting:
+                async with await accepted:
                     pass
-            finally:
-                accepting.cancel()
-                with contextlib.suppress(BaseException):
-                    await accepting
     assert owner.asked == ["Paul", "Paul"]  # asked again: a PIN pairing proves no known key
 
 
@@ -68,10 +58,7 @@ async def test_a_resume_whose_prekey_went_stale_falls_back_to_kk_through_the_met
     resume) holding only prekeys the host no longer has: the host says stale, Paul falls back
     to ``kk`` on the same link, and the host's method check (the join request's method, from
     the first message: session 15) must take kk as resume's and let him in."""
-    paul = pairkit.Device.create(tmp_path / "paul.keystore", "a passphrase", name="Paul",
-                                 kdf=Argon2Params.cheapest())
-    george = pairkit.Device.create(tmp_path / "george.keystore", "a passphrase",
-                                   name="George", kdf=Argon2Params.cheapest())
+    paul, george = device(tmp_path, "Paul", cloud=False), device(tmp_path, "George", cloud=False)
     async with george.host("tcp:127.0.0.1:0", methods=("pin", "resume"),
                            delegate=pairkit.Agree(), step_timeout=STEP) as host:
         spec = "tcp:" + host.address.removeprefix("tcp:")
@@ -83,15 +70,10 @@ async def test_a_resume_whose_prekey_went_stale_falls_back_to_kk_through_the_met
                     record, their_prekeys=[os.urandom(len(d)) for d in record.their_prekeys]
                 ))
                 ks.save()
-            accepting = asyncio.ensure_future(host.accept(timeout=STEP))
-            try:
+            async with accepting(host) as accepted:
                 async with await paul.join(target, transport=spec, pin=host.pin,
                                            step_timeout=STEP) as session:
                     method = session.method
-                async with await accepting:
+                async with await accepted:
                     pass
-            finally:
-                accepting.cancel()
-                with contextlib.suppress(BaseException):
-                    await accepting
     assert method == "kk"
