@@ -174,10 +174,6 @@ async def _enrolled(srv: ServerHarness, *who: LocalIdentity) -> None:
         await enrol(srv.address, srv.ca, me, timeout=STEP)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk15c finding 1 (low): a ttp first message is not checked against the method the join "
-    "request said; the key server is asked for SK for the guest, the whole ttp exchange runs, "
-    "and only the check after the pairing refuses it"))
 async def test_a_guest_that_asked_to_join_by_pin_cannot_pair_by_ttp(tmp_path: Path) -> None:
     """Mallory's join request says ``pin`` (Paul lets her in, expecting her to type the PIN his
     screen shows), then she offers ``ttp``: refused at her first message, before Paul's host
@@ -196,10 +192,6 @@ async def test_a_guest_that_asked_to_join_by_pin_cannot_pair_by_ttp(tmp_path: Pa
         assert host.reached == 0, "Paul's host asked the key server for SK for Mallory"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk15c finding 2 (medium): a stranger claiming a known guest's id (no owner question, no "
-    "visibility window) offers ttp under her own enrolled id; the host states an intent to the "
-    "key server for her and finishes the whole ttp exchange before the claim is found false"))
 @pytest.mark.parametrize("visible", [True, False], ids=["visible", "private"])
 async def test_a_claimed_id_is_the_id_the_ttp_offer_pairs_as(
     tmp_path: Path, visible: bool
