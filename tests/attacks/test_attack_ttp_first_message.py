@@ -234,3 +234,32 @@ async def test_control_honest_ttp_guests_pair(tmp_path: Path) -> None:
         assert on_host.session.peer.name == "George" and on_host.method is Method.TTP
         assert owner.asked == ["Mallory"], "a known guest coming back by ttp was asked about"
         assert host.reached == 2
+
+
+async def test_the_key_servers_record_vouches_for_no_name(tmp_path: Path) -> None:
+    """Doubt 2 (atk15c): ``ttp`` takes the guest's name from its own payload, not from the
+    key server's record (``SkDelivery.peer.name``).  Holding it to the record would buy
+    nothing: the record's name is the device's own word at enrolment, and the key server keeps
+    names neither unique nor fixed.  Mallory enrols under the name of Paul's laptop (enrolled
+    under it already) and the key server vouches for her under it; she asks Paul to join under
+    that name and pairs by ``ttp``: the name Paul's owner was asked about, the one the key
+    server's record gives and the one stored are one.  The name is a claim with every method
+    (docs/security.md, rule 1); what ``ttp`` proves is the key, as the PIN does.  Fails once the
+    key server refuses a name already taken (then the record could be worth holding to)."""
+    paul = device(tmp_path, "Paul")
+    laptop = LocalIdentity.generate("Paul's laptop")
+    mallory = dataclasses.replace(LocalIdentity.generate("Mallory"), name="Paul's laptop")
+    async with running_server(tmp_path / "srv") as srv:
+        await _enrolled(srv, local_identity(paul.keystore), laptop)
+        done = await enrol(srv.address, srv.ca, mallory, timeout=STEP)
+        assert not done.updated
+        records = {d: srv.server.store.device(d) for d in (laptop.device_id, mallory.device_id)}
+        assert {r.name for r in records.values() if r is not None} == {"Paul's laptop"}
+        owner = Owner()
+        host = Host(paul, srv, owner)
+        got, on_host = await _visit(host, lambda a: guest_by_ttp(a, mallory, srv,
+                                                               says=Method.TTP))
+        assert got.let_in, got.error
+        assert owner.asked == ["Paul's laptop"]
+        assert on_host.session.peer.device_id == mallory.device_id
+        assert on_host.session.peer.name == "Paul's laptop"
