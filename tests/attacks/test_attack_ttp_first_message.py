@@ -37,14 +37,14 @@ from pairkit.pairing.cloud import CloudGuest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.methods import LocalIdentity, PairingConfig, Session
 from pairkit.pairing.negotiation import ALL_CAPS, Method
-from pairkit.pairing.ttp import TtpLinkConfig
+from pairkit.pairing.ttp import TtpKeyNeeded, TtpLinkConfig, TtpLinkGuest
 from pairkit.peers import local_identity
 from pairkit.securelink import SecureLink, confirm
 from pairkit.session import HostSide, accept_session
 from pairkit.transports.tcp import TcpListener, tcp_connect
 from pairkit.ttp import enrol, ttp_guest_session, ttp_host_session
 
-from ..attack_harness import STEP, Yes
+from ..attack_harness import STEP, Yes, posing_as
 from ..ttp_harness import ServerHarness, running_server
 
 #: the host's methods: a PIN and the key server
@@ -263,3 +263,61 @@ async def test_the_key_servers_record_vouches_for_no_name(tmp_path: Path) -> Non
         assert owner.asked == ["Paul's laptop"]
         assert on_host.session.peer.device_id == mallory.device_id
         assert on_host.session.peer.name == "Paul's laptop"
+
+
+class _Stall:
+    """A guest that never asks the key server anything (it has no account there)."""
+
+    async def ttp_key(self, q: TtpKeyNeeded) -> None:
+        await asyncio.sleep(3 * STEP)
+
+
+async def claim_and_listen(address: tuple[str, int], poser: LocalIdentity) -> PairingError | None:
+    """A join request claiming ``poser``'s id by ttp, then a ttp Offer under that id; then
+    only listening to what the host says."""
+    link = await tcp_connect(*address, timeout=STEP)
+    loop = asyncio.get_running_loop()
+    try:
+        pipe = MessagePipe(link, guest=True)
+        cloud = CloudGuest(
+            name=poser.name, clouds=(), mac=lambda _c, _d: bytes(32), static=poser.static_public,
+            device_id=poser.device_id, timeout=STEP, wants=Role.GUEST, method=int(Method.TTP),
+        )
+        cloud.start(loop.time())
+        await drive(cloud, pipe, delegate=Yes())
+        machine = TtpLinkGuest(TtpLinkConfig(step_timeout=STEP), poser, context=pipe.transcript())
+        machine.start(loop.time())
+        await drive(machine, pipe, delegate=_Stall(), answer_time=3 * STEP)
+    except PairingError as exc:
+        return exc
+    finally:
+        with contextlib.suppress(Exception):
+            await link.close()
+    return None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk15c finding 3 (low): a stranger with no key server account, on a private host and "
+    "with no question asked, learns through the host whether a known guest of its is enrolled "
+    "at the host's key server (the key server's 'not enrolled' relayed, or a wait)"))
+async def test_a_claimer_learns_nothing_of_the_claimed_devices_enrolment(tmp_path: Path) -> None:
+    """Mallory, enrolled nowhere, repeats George's id by ``ttp`` (the one id her Offer may carry
+    now) on Paul's private host and listens: what she is told must not depend on whether George
+    is enrolled with Paul's key server.  (The host must ask the key server to prove a ttp
+    claim; its answer comes at once for an unknown device and after the wait for a known one,
+    so hiding the text alone would not be enough.)"""
+    paul, george, _mallory = await _setup(tmp_path)
+    poser = posing_as(local_identity(george.keystore))
+    told: list[tuple[str, str]] = []
+    async with running_server(tmp_path / "srv") as srv:
+        await _enrolled(srv, local_identity(paul.keystore))
+        for enrolled in (False, True):
+            if enrolled:
+                await _enrolled(srv, local_identity(george.keystore))
+            host = Host(paul, srv, Owner(), visible=False)
+            got, on_host = await _visit(host, lambda a: claim_and_listen(a, poser))
+            assert isinstance(on_host, PairingError), on_host
+            assert host.owner.asked == []
+            assert isinstance(got, PairingError), got
+            told.append((type(got).__name__, str(got)))
+    assert told[0] == told[1], told
