@@ -797,6 +797,13 @@ def is_ttp_offer(data: bytes) -> bool:
     return offer.hello.method is Method.TTP
 
 
+def ttp_offer_guest(data: bytes) -> bytes | None:
+    """The device id a guest's ``ttp`` Offer (``data``, for which :func:`is_ttp_offer` holds)
+    pairs as: a host holds it to the id the join request claimed before it states any intent
+    to the key server (docs/security.md, "The key server")."""
+    return wire.decode(data, Offer).guest_id
+
+
 def parse_device_id(text: str) -> bytes:
     """A device id as people type it: 32 hex digits (dashes and spaces ignored)."""
     cleaned = text.strip().lower().replace("-", "").replace(" ", "")
@@ -838,4 +845,5 @@ __all__ = [
     "is_ttp_offer",
     "link_context",
     "parse_device_id",
+    "ttp_offer_guest",
 ]

@@ -198,7 +198,7 @@ async def accept_session(
     said = cloud.join_method if cloud is not None else None
     expected = Method(said) if said is not None else None
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
-                                          expected)
+                                          expected, cloud.claimed if cloud is not None else None)
     if cloud is not None:
         if cloud.join_method is not None and _base(Method(cloud.join_method)) is not _base(method):
             raise ProtocolError("the guest paired by another method than the one it asked with")
@@ -285,16 +285,27 @@ def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
 async def _host_pairing(
     pipe: MessagePipe, link: Any, side: HostSide, me: Any, delegate: Any, clock: Clock,
     context: bytes, tried: list[HostPairing] | None, expected: Method | None = None,
+    claimed: bytes | None = None,
 ) -> tuple[Session, Method]:
-    """The session key by the method the guest chose: ``ttp`` or one of pairing.methods."""
+    """The session key by the method the guest chose: ``ttp`` or one of pairing.methods.
+
+    ``expected``: the method the join request said; ``claimed``: the device id it claimed.  A
+    ``ttp`` Offer is held to both at once, as HostPairing holds the other methods' first
+    message, before the key server is asked anything for the guest (attack review atk15c)."""
     if side.ttp is not None:
-        from .pairing.ttp import is_ttp_offer
+        from .pairing.ttp import is_ttp_offer, ttp_offer_guest
 
         # The guest's Offer says which machine runs it; both check the proposal against this
         # host's table (ttp is negotiated like every method: docs/security.md, rule 6).
         first = await _first_message(pipe, side.step_timeout)
         pipe = replay_first(pipe, first)
         if is_ttp_offer(first):
+            if expected is not None and _base(expected) is not Method.TTP:
+                raise ProtocolError(
+                    "the guest paired by another method than the one it asked with"
+                )
+            if claimed is not None and ttp_offer_guest(first) != claimed:
+                raise AuthenticationError("the guest claimed to be a known device but is not")
             return await side.ttp(pipe, context), Method.TTP
     machine = HostPairing(
         side.config, me, side.state, link_encrypted=bool(link.encrypted),
