@@ -488,7 +488,8 @@ class KeystoreLockJournal:
         kept = self._read(floor)
         failures = _union(record.failures, kept.failures)
         return LockRecord(failures, max(record.streak, kept.streak, len(failures)),
-                          record.places, record.counted)
+                          record.places, record.counted,
+                          [(record.failures, record.streak), (kept.failures, kept.streak)])
 
     def _keep(self, records: _Records, kept: LockRecord) -> dict[str, Any] | None:
         """Write ``kept`` to the records; the floor the keystore keeps of it (None: none)."""
@@ -575,7 +576,7 @@ class KeystoreLockJournal:
 
 def _copy(record: LockRecord) -> LockRecord:
     return LockRecord(list(record.failures), record.streak, list(record.places),
-                      list(record.counted))
+                      list(record.counted), list(record.copies))
 
 
 def _union(mine: list[float], floor: list[float]) -> list[float]:

@@ -279,7 +279,8 @@ class _HostSide:
 
 
 #: What a held RX write is: the connection, the value, and whether it was a Write Request
-#: (answered once delivered); or an Execute Write Request, as bumble's handler's coroutine.
+#: (answered once delivered); or an Execute Write Request, as bumble's handler's coroutine, or a
+#: Prepare Write Request sent behind one, as a coroutine that hands it to bumble's handler.
 _HeldWrite = tuple[Connection, bytes, bool] | Coroutine[Any, Any, None]
 
 _WRITE_RESPONSE = bytes([att.Opcode.ATT_WRITE_RESPONSE])  #: Core 5.4 Vol 3 Part F §3.4.5.2
@@ -301,7 +302,10 @@ class _RxWrites:
     each request then answered with the Write Response bumble's server sends; an Execute
     Write stays bumble's (its queue, its checks, its answers) and runs in a task of its own,
     so the RX writes that come after it on that connection are *held* here, in order, and
-    written (requests answered) only once it has run.
+    written (requests answered) only once it has run; so are the Prepare Write Requests
+    (§3.4.6.1) that come after it, on any handle, which would otherwise join at once the queue
+    it is to commit (a client that sends one before the Execute's answer breaks §3.3.2; its
+    values are committed in the order sent all the same).
     """
 
     def __init__(
@@ -346,7 +350,7 @@ class _RxWrites:
                     try:
                         await write
                     except Exception:
-                        logger.exception("bumble's Execute Write handler failed")
+                        logger.exception("bumble's Execute or Prepare Write handler failed")
                 queue.popleft()
         finally:
             for write in queue:
@@ -379,6 +383,7 @@ def _read_rx_writes_at_once(device: Device, writes: _RxWrites) -> None:
     request_in_a_task = server.on_att_write_request
     execute_in_a_task = server.on_att_execute_write_request
     execute = type(server).on_att_execute_write_request.__wrapped__  # bumble's, no task
+    prepare = type(server).on_att_prepare_write_request  # bumble's (it runs no task)
 
     def on_att_write_command(bearer: att.Bearer, request: att.ATT_Write_Command) -> None:
         if (
@@ -415,10 +420,31 @@ def _read_rx_writes_at_once(device: Device, writes: _RxWrites) -> None:
             return
         execute_in_a_task(bearer, request)
 
+    async def prepare_in_turn(
+        connection: Connection, request: att.ATT_Prepare_Write_Request
+    ) -> None:
+        if device.connections.get(connection.handle) is connection:  # (not for one gone)
+            prepare(server, connection, request)
+
+    def on_att_prepare_write_request(
+        bearer: att.Bearer, request: att.ATT_Prepare_Write_Request
+    ) -> None:
+        # A Prepare Write sent behind an Execute Write before its answer (a client breaking
+        # Vol 3 Part F §3.3.2) joins bumble's queue in its turn, after that Execute has taken
+        # the queue it commits: at once, it was committed by the Execute it followed, ahead of
+        # the writes sent between (attack review atk13).
+        if isinstance(bearer, Connection) and bearer.handle in held:
+            writes.hold(bearer.handle, prepare_in_turn(bearer, request))
+            return
+        prepare(server, bearer, request)
+
     server.on_att_write_command = on_att_write_command  # type: ignore[method-assign]
     server.on_att_write_request = on_att_write_request  # type: ignore[method-assign]
     server.on_att_execute_write_request = (  # type: ignore[method-assign]
         on_att_execute_write_request
+    )
+    server.on_att_prepare_write_request = (  # type: ignore[method-assign]
+        on_att_prepare_write_request
     )
 
 

@@ -282,6 +282,11 @@ class LockRecord:
     streak: int
     places: list[Place] = dataclasses.field(default_factory=list)
     counted: list[str] = dataclasses.field(default_factory=list)
+    #: when the journal read two copies of the record as one (the runtime's: the lock records'
+    #: file and the keystore's floor), each copy's own failures (oldest first) and streak, on
+    #: the same clock as :attr:`failures`; empty when there was one copy (its streak is
+    #: :attr:`streak`).  Read by :meth:`Lockout._end_quiet_streaks` only.
+    copies: list[tuple[list[float], int]] = dataclasses.field(default_factory=list)
 
 
 class LockJournal(Protocol):
@@ -377,12 +382,12 @@ class Lockout:
         self.counted = list(record.counted)
         if not record.places:  # no code out anywhere (the commonest read; issue 13)
             if len(self.failures) > 1:  # (no quiet day lies within fewer)
-                self._end_quiet_streaks(record.places)
+                self._end_quiet_streaks(record)
             self.places = []
             del self.counted[:-COUNTED_KEPT]
             return
         held = [p for p in record.places if p.key not in self.returned]
-        self._end_quiet_streaks(record.places)
+        self._end_quiet_streaks(record)
         self.places = [p for p in held if p.until > now]
         if len(self.places) < len(held):  # places whose exchange has ended: each counts
             for ended in sorted((p for p in held if p.until <= now), key=lambda p: p.at):
@@ -390,7 +395,7 @@ class Lockout:
                 self.counted.append(ended.key)
         del self.counted[:-COUNTED_KEPT]
 
-    def _end_quiet_streaks(self, places: list[Place]) -> None:
+    def _end_quiet_streaks(self, record: LockRecord) -> None:
         """A streak that a quiet day ended (``forgive`` seconds between two failures, and no
         place taken between them) is over, whichever copy of the record still holds it: a
         journal that reads two copies as one (the runtime's: the lock records' file and the
@@ -398,13 +403,24 @@ class Lockout:
         pairkit's host writes the floor alone, a save may fail between the two) may hold a
         streak the quiet day ended beside the one after it (attack review of the lock records'
         floor, finding 1).  The failures before the last such day go; the streak is those
-        after it (or, when they fill the failures kept, the streak as read)."""
+        after it, unless they fill the failures kept and some copy's streak holds more than
+        the failures it keeps after the day (failures it no longer keeps, which may lie within
+        the day, so that it was not quiet): then the streak as read, the longest of the copies'
+        (attack review atk14c: with ``max_failures`` 1, the one failure after the day always
+        filled the failures kept, and the streak the day ended came back from the copy that
+        missed it).  A copy's streak counts failures no later than the last it keeps (a lock
+        keeps the latest): a copy whose last failure is before the day holds a streak the day
+        ended, and one all of whose streak it keeps after the day holds none before it; a
+        record of one copy (:attr:`LockRecord.copies` empty) is read as before."""
         f = self.failures
         for i in range(len(f) - 1, 0, -1):
             if f[i] - f[i - 1] >= self.policy.forgive and not any(
-                    f[i - 1] < p.at < f[i] for p in places):
+                    f[i - 1] < p.at < f[i] for p in record.places):
+                day = f[i - 1]
                 del f[:i]
-                if len(f) < self.policy.max_failures:
+                if len(f) < self.policy.max_failures or (record.copies and all(
+                        (kept and kept[-1] <= day) or streak <= sum(1 for t in kept if t > day)
+                        for kept, streak in record.copies)):
                     self.streak = len(f)
                 return
 

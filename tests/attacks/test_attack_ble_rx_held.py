@@ -123,22 +123,22 @@ async def test_writes_held_for_a_guest_that_left_reach_no_link(
     await eventually(lambda: not release_tasks(), 5.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (atk13, low): a Prepare Write sent behind an Execute Write (before its "
-    "answer: a client breaking Vol 3 Part F §3.3.2) is queued by bumble at once, while the "
-    "Execute it follows is held until its task runs; so that Execute commits the later value "
-    "over the earlier one, ahead of the Write Command sent between (HEAD: [BBBB, cmd]; "
-    "5047a21: [cmd, BBBB]; AAAA lost on both). The guest garbles only its own link",
-)
 async def test_a_prepare_write_pipelined_behind_an_execute_write_keeps_the_order_sent(
     open_device: OpenDevice,
 ) -> None:
+    """Attack review atk13 (low; fixed in session 15): a guest sends a long write (Prepare,
+    Execute), a Write Command, and a second long write whose Prepare goes before the first
+    Execute's answer (breaking Vol 3 Part F §3.3.2).  bumble queued that Prepare at once while
+    the Execute it follows was held, so the first Execute committed BBBB over AAAA, ahead of
+    the command ([BBBB, cmd], AAAA lost).  The Prepare is now held behind it too: the link
+    gets the three values in the order sent, and the guest the answers in that order."""
     host = await open_device(301)
     guest = await open_device(302)
     [(guest_link, host_link)] = await gatt_guests(host, [guest])
     client = guest_link.connection.gatt_client
     rx = guest_link._rx_handle
+    responses: list[bytes] = []
+    record_att_responses(guest_link, responses.append)
     client.send_gatt_pdu(b"\x16" + u16(rx) + u16(0) + b"AAAA")
     client.send_gatt_pdu(b"\x18\x01")
     client.send_gatt_pdu(b"\x52" + u16(rx) + b"cmd")
@@ -149,3 +149,9 @@ async def test_a_prepare_write_pipelined_behind_an_execute_write_keeps_the_order
     while (more := host_link.recv_nowait()) is not None:
         got.append(more)
     assert got == [b"AAAA", b"cmd", b"BBBB"]
+    # ... and each answer in the order its request came (the second Prepare's after the first
+    # Execute's: bumble had answered it at once, ahead of the Execute it follows).
+    await eventually(lambda: len(responses) == 4, 5.0)
+    assert responses == [b"\x17" + u16(rx) + u16(0) + b"AAAA", b"\x19",
+                         b"\x17" + u16(rx) + u16(0) + b"BBBB", b"\x19"]
+

@@ -13,7 +13,11 @@ two host processes), an older pairkit's host as session 9's journal
 (tests/lockout_harness.py), a test clock.
 
 Not from session 14's change (``_adopt`` skips the scan below two failures, which does not
-touch this case: here the scan runs, on two); found while checking it.
+touch this case: here the scan runs, on two); found while checking it.  Fixed (session 15): the
+journal hands the lock each copy's failures and streak (``LockRecord.copies``), and the streak
+after the day is the failures after it when every copy either ended before the day or keeps
+all of its streak after it; otherwise (a copy counts failures it no longer keeps, which may lie
+within the day) the streak as read stays, which the second test holds.
 """
 
 from __future__ import annotations
@@ -22,21 +26,20 @@ from pathlib import Path
 
 import pytest
 
+from pairkit.filestore import FileStorage
 from pairkit.keystore import Keystore
+from pairkit.pairing.errors import KeystoreError
 from pairkit.pairing.methods import PairingConfig, PinPolicy
 from pairkit.pairing.methods.common import Lockout
 from pairkit.session import HostSide
 from tests.clock_harness import Clocks
-from tests.lockout_harness import KS_PIN, OlderJournal, ks_path
+from tests.lockout_harness import KS_PIN, KeystoreDiskFull, OlderJournal, ks_path
 
 __all__ = ["ks_path"]
 
 ONE = PinPolicy(max_failures=1)
 
 
-@pytest.mark.xfail(strict=True, reason="atk14c finding (reported): with a policy keeping one "
-                   "failure, a streak a quiet day ended comes back from the copy that missed "
-                   "it (the one failure after the day fills the failures kept); fails on main")
 def test_a_streak_a_quiet_day_ended_does_not_come_back_with_a_policy_of_one(
     ks_path: Path,
 ) -> None:
@@ -64,3 +67,44 @@ def test_a_streak_a_quiet_day_ended_does_not_come_back_with_a_policy_of_one(
     assert 0.0 < first <= ONE.window and older.streak == 1
     assert upgraded.state.locked_for(clock.monotonic()) <= first, \
         "one typo after a quiet day locked PIN pairing for the old streak's backoff"
+
+
+def test_a_day_bridged_by_failures_a_copy_no_longer_keeps_does_not_forgive_the_streak(
+    ks_path: Path,
+) -> None:
+    """What the fix above must not forgive.  Mallory's streak at an upgraded host (four wrong
+    PINs, each past its backoff); the fourth, half a day after the third, reaches the records'
+    file only (the keystore's save failed: its disk full; the records' small file fit), so the
+    floor still ends with the third.  Mallory goes on at an older pairkit's host, which reads
+    the floor alone: its first guess, a day after the third, starts a streak of its own there,
+    and its second, a day after the fourth, keeps only itself (a policy of one: the first is no
+    longer kept).  The union reads the fourth and the older host's second a day apart, with
+    nothing between, but the older host's first was between, within a day of the fourth: the
+    day was not quiet, and the streak (six) goes on.  The floor's streak (two) counts a failure
+    it no longer keeps: the lock must hold at least the records' streak (four), not the
+    floor's."""
+    clock = Clocks(wall=1_800_000_000.0, monotonic=50.0)
+    disk = KeystoreDiskFull()
+    storage = FileStorage(ks_path, before_replace=disk)
+    upgraded = HostSide.of(Keystore.open(storage, KS_PIN), PairingConfig(), transport="tcp",
+                           pin_policy=ONE, clock=clock)
+    for _ in range(3):
+        assert upgraded.state.pin_failed_unless_locked(clock.monotonic()) == 0.0
+        clock.advance(upgraded.state.locked_for(clock.monotonic()) + 1.0)
+    clock.advance(ONE.forgive / 2)
+    disk.full = True
+    with pytest.raises(KeystoreError):  # the fourth: counted in the records' file only
+        upgraded.state.pin_failed_unless_locked(clock.monotonic())
+    disk.full = False
+    older = Lockout(ONE, OlderJournal(Keystore.open(ks_path, KS_PIN), "pin", clock))
+    clock.advance(ONE.forgive * 0.7)  # a day and a fifth after the third
+    assert older.locked_for(clock.monotonic()) == 0.0  # its floor ends with the third
+    older.failed(clock.monotonic())
+    clock.advance(ONE.forgive * 0.4)  # a day and a tenth after the fourth
+    older.failed(clock.monotonic())
+    assert older.streak == 2
+    clock.advance(1.0)
+    again = HostSide.of(Keystore.open(ks_path, KS_PIN), PairingConfig(), transport="tcp",
+                        pin_policy=ONE, clock=clock)
+    assert again.state.locked_for(clock.monotonic()) >= ONE.lock_after(4) - 1.0, \
+        "a day that failures not kept bridged forgave the records' streak"
