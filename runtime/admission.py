@@ -43,10 +43,12 @@ from typing import Any
 
 from .driver import MessagePipe
 from .pairing import wire
-from .pairing.errors import ErrorCode, PairingError, PairingTimeout
+from .pairing.errors import ConfigError, ErrorCode, PairingError, PairingTimeout
 from .pairing.framing import FLAG_LAST
 
-__all__ = ["BUSY_TEXT", "Admission", "AdmissionLimits", "Admitted", "RateLimitedLog"]
+__all__ = [
+    "BUSY_TEXT", "Admission", "AdmissionLimits", "Admitted", "ClaimBudget", "RateLimitedLog",
+]
 
 #: what a guest refused for load reads (it may try again)
 BUSY_TEXT = "the host is busy with other guests; try again in a moment"
@@ -417,3 +419,52 @@ class RateLimitedLog:
             line = f"{line} ({self._skipped} similar messages not shown)"
             self._skipped = 0
         self._write(line)
+
+
+class ClaimBudget:
+    """How often a host asks its key server to prove a claim no one was asked about (helper
+    ``ttpflood``, session 15; docs/security.md, "The key server").
+
+    A join request that claims a known device's id and pairs by ``ttp`` passes the cloud step
+    with no owner question, on a private host too, and makes the host open TLS to its key
+    server and state an intent; a stranger can repeat the claim as fast as her links go round
+    (a claimed guest that is not enrolled fails at once).  The key server counts the host's
+    connections against the host's address (its ``Limits.rate``, ``burst``), so unbounded, her
+    flood would get the host's other ``ttp`` pairings, and every device behind its address,
+    refused there.  A token bucket: :attr:`burst` asks at once, :attr:`rate` more each second;
+    an ask whose pairing succeeded (the claim proved) is given back, so returning devices do
+    not use it up.  Pairings the owner said yes to are not counted (the question bounds them).
+    """
+
+    def __init__(
+        self, *, burst: int = 16, rate: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or rate <= 0:
+            raise ConfigError("a claim budget needs a burst of 1 or more and a positive rate")
+        self.burst = burst
+        self.rate = rate
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+        #: asks refused so far (for people and tests)
+        self.refused = 0
+
+    def _refill(self) -> float:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
+        return self._tokens
+
+    def take(self) -> bool:
+        """Whether the key server may be asked for one more claim now (one is spent if so)."""
+        if self._refill() < 1:
+            self.refused += 1
+            return False
+        self._tokens -= 1
+        return True
+
+    def give_back(self) -> None:
+        """The claim was proved: its ask is not counted."""
+        self._refill()
+        self._tokens = min(float(self.burst), self._tokens + 1)
