@@ -313,7 +313,8 @@ async def _host_pairing(
                 return await side.ttp(pipe, context), Method.TTP
             # A claim no one was asked about: bounded, so that a stranger repeating a known
             # guest's id cannot spend this host's allowance at the key server (ClaimBudget).
-            if not side.ttp_claims.take():
+            address = str(getattr(link, "admission_key", None) or link.peer)  # as Admission
+            if not side.ttp_claims.take(address):
                 from .pairing import wire
 
                 # Told as a host too busy tells it (it may try again), then refused.
@@ -325,7 +326,7 @@ async def _host_pairing(
                     "server is not asked for more); try again in a moment"
                 )
             session = await side.ttp(pipe, context)
-            side.ttp_claims.give_back()
+            side.ttp_claims.give_back(address)
             return session, Method.TTP
     machine = HostPairing(
         side.config, me, side.state, link_encrypted=bool(link.encrypted),

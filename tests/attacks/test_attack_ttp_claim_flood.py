@@ -54,11 +54,12 @@ from ..ttp_harness import FAST, ServerHarness, running_server
 METHODS = frozenset({Method.PIN, Method.TTP})
 #: the key server's allowance per address, scaled down (the default is 100, and 50 more each
 #: second) so that a short flood outruns it; its clock is stopped, so none comes back
-BURST = 30
-#: the attacker: links at once (the host's per_address), and rounds of them
-WORKERS, ROUNDS = AdmissionLimits().per_address, 5
-#: where the attacker's links come from (another address than the honest guests')
-ELSEWHERE = "127.0.0.2"
+BURST = 60
+#: the attacker: links at once from one address (the host's per_address), and rounds of them
+WORKERS, ROUNDS = AdmissionLimits().per_address, 10
+#: where the attacker's links come from (other addresses than the honest guests' 127.0.0.1)
+ONE_ADDRESS = ("127.0.0.2",)
+MANY_ADDRESSES = tuple(f"127.0.0.{n}" for n in range(2, 2 + WORKERS * 2))
 
 
 class Owner(pairkit.Agree):
@@ -150,12 +151,12 @@ class _Stall:
 
 
 async def claim_once(address: tuple[str, int], poser: LocalIdentity, host: Host, *,
-                     leave: bool) -> PairingError | None:
+                     leave: bool, source: str) -> PairingError | None:
     """Mallory's link: a join request claiming ``poser``'s id by ttp, a ttp Offer under it,
     then listening to what the host says; with ``leave``, gone as soon as the host asked the
     key server (it stops waiting for the claimed device then)."""
     asked = host.reached
-    link = await connect_from(ELSEWHERE, address)
+    link = await connect_from(source, address)
     loop = asyncio.get_running_loop()
     try:
         pipe = MessagePipe(link, guest=True)
@@ -219,20 +220,24 @@ def spent(srv: ServerHarness) -> int:
     return srv.server.stats["connections"] + srv.server.stats["refused"]
 
 
+@pytest.mark.parametrize("sources", [ONE_ADDRESS, MANY_ADDRESSES], ids=["one-address", "many"])
 @pytest.mark.parametrize("john_enrolled", [False, True], ids=["not-enrolled", "enrolled-left"])
 async def test_a_claim_flood_does_not_spend_the_hosts_allowance_at_the_key_server(
-    tmp_path: Path, john_enrolled: bool,
+    tmp_path: Path, john_enrolled: bool, sources: tuple[str, ...],
 ) -> None:
-    """Mallory (127.0.0.2) repeats John's id (Paul's guest) by ttp, eight links at a time, forty
-    in all, no question asked (the host is visible so that Ringo can ask to join; a claim
-    passes a private host alike): John not enrolled with the key server (each ask fails at
-    once), or enrolled and Mallory leaving each link as soon as Paul's host asked (it withdraws
-    its intent: the ask ends at once too).  Then Ringo, a stranger Paul's owner says yes to,
-    pairs by ttp, and George, Paul's guest (enrolled), comes back by ttp under his own id once
-    the host's clock moved on.  Before the fix: each of her links made Paul's host ask the key
-    server (not enrolled: 66 connections, 27 admitted and 13 links refused ``CALL_ATTEMPTS``
-    times each; enrolled-left: 40), and Ringo was refused ("the server closed the
-    connection")."""
+    """Mallory repeats John's id (Paul's guest) by ttp, eight links at a time from each of her
+    addresses (one, 127.0.0.2, or sixteen), eighty in all from each, no question asked (the
+    host is visible so that Ringo can ask to join; a claim passes a private host alike): John
+    not enrolled with the key server (each ask fails at once), or enrolled and Mallory leaving
+    each link as soon as Paul's host asked (it withdraws its intent: the ask ends at once
+    too).  Then Ringo, a stranger Paul's owner says yes to, pairs by ttp, and George, Paul's
+    guest (enrolled), comes back by ttp under his own id: at once after a flood from one
+    address (the host's budget for that address spent, not George's), once the host's clock
+    moved on after one from many (the budget in all spent).  Before the fix, each of her links
+    made Paul's host ask the key server: from one address, 80 links spent 126 of its 60
+    connections there (John not enrolled: 57 admitted, then 23 links refused
+    ``CALL_ATTEMPTS`` times each) or 80 (enrolled, she left); from sixteen, 1712 or 384; and
+    Ringo was refused ("the server closed the connection") in all four."""
     paul, george, john = (device(tmp_path, n) for n in ("Paul", "George", "John"))
     for guest in (george, john):
         async with paul.host("loopback:ttp-flood", methods=["pin"], delegate=Owner()) as h:
@@ -257,22 +262,27 @@ async def test_a_claim_flood_does_not_spend_the_hosts_allowance_at_the_key_serve
         async with serving(host) as address:
             told: list[PairingError | None] = []
 
-            async def mallory() -> None:
+            async def mallory(source: str) -> None:
                 for _ in range(ROUNDS):
-                    told.append(await claim_once(address, poser, host, leave=john_enrolled))
+                    told.append(await claim_once(address, poser, host, leave=john_enrolled,
+                                                 source=source))
 
-            await asyncio.gather(*(mallory() for _ in range(WORKERS)))
+            await asyncio.gather(*(mallory(a) for a in sources for _ in range(WORKERS)))
             flood = spent(srv) - before
-            assert len(told) == WORKERS * ROUNDS
+            links = len(sources) * WORKERS * ROUNDS
+            assert len(told) == links
             assert all(isinstance(e, PairingError) for e in told), told
             assert owner.asked == [], "Paul's owner was asked about a claim"
-            assert flood <= ClaimBudget().burst, (
-                f"{WORKERS * ROUNDS} claiming links made Paul's host spend {flood} of its "
-                f"{BURST} connections at the key server ({host.reached} asks)")
+            budget = ClaimBudget()
+            bound = budget.per_address if len(sources) == 1 else budget.burst
+            assert flood <= bound, (
+                f"{links} claiming links made Paul's host spend {flood} of its {BURST} "
+                f"connections at the key server ({host.reached} asks)")
             got = await by_ttp(address, ringo, srv, claim=False)
             assert got == "paired", got
             assert owner.asked == ["Ringo"]
-            clock.now += 3600  # the host's claim budget is whole again
+            if len(sources) > 1:
+                clock.now += 3600  # the host's claim budget in all is whole again
             got = await by_ttp(address, local_identity(george.keystore), srv, claim=True)
             assert got == "paired", got
             assert owner.asked == ["Ringo"], "George coming back by ttp was asked about"
