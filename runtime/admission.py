@@ -43,10 +43,12 @@ from typing import Any
 
 from .driver import MessagePipe
 from .pairing import wire
-from .pairing.errors import ErrorCode, PairingError, PairingTimeout
+from .pairing.errors import ConfigError, ErrorCode, PairingError, PairingTimeout
 from .pairing.framing import FLAG_LAST
 
-__all__ = ["BUSY_TEXT", "Admission", "AdmissionLimits", "Admitted", "RateLimitedLog"]
+__all__ = [
+    "BUSY_TEXT", "Admission", "AdmissionLimits", "Admitted", "ClaimBudget", "RateLimitedLog",
+]
 
 #: what a guest refused for load reads (it may try again)
 BUSY_TEXT = "the host is busy with other guests; try again in a moment"
@@ -417,3 +419,87 @@ class RateLimitedLog:
             line = f"{line} ({self._skipped} similar messages not shown)"
             self._skipped = 0
         self._write(line)
+
+
+class _Bucket:
+    """A token bucket (``burst`` at once, ``rate`` more each second), read at ``now``."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, burst: int, now: float) -> None:
+        self.tokens = float(burst)
+        self.at = now
+
+    def level(self, burst: int, rate: float, now: float) -> float:
+        self.tokens = min(float(burst), self.tokens + max(0.0, now - self.at) * rate)
+        self.at = now
+        return self.tokens
+
+
+class ClaimBudget:
+    """How often a host asks its key server to prove a claim no one was asked about (helper
+    ``ttpflood``, session 15; docs/security.md, "The key server").
+
+    A join request that claims a known device's id and pairs by ``ttp`` passes the cloud step
+    with no owner question, on a private host too, and makes the host open TLS to its key
+    server and state an intent; a stranger can repeat the claim as fast as her links go round
+    (a claimed guest that is not enrolled fails at once, an enrolled one as soon as she
+    leaves).  The key server counts the host's connections against the host's address (its
+    ``Limits.rate`` and ``burst``: 50 a second, 100 at once), so unbounded, her flood got the
+    host's other ``ttp`` pairings, and every device behind its address, refused there.
+
+    Two token buckets: one per guest address (the link's admission key: :attr:`per_address`
+    asks at once, :attr:`per_address_rate` more each second), so that one address cannot keep
+    a returning device out, and one in all (:attr:`burst`, :attr:`rate`), well under the key
+    server's allowance.  An ask whose pairing proved the claim is given back to both, so
+    returning devices do not use them up.  Pairings the owner said yes to are not counted (the
+    question bounds them).
+    """
+
+    def __init__(
+        self, *, burst: int = 30, rate: float = 10.0, per_address: int = 4,
+        per_address_rate: float = 0.1, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if min(burst, per_address) < 1 or min(rate, per_address_rate) <= 0:
+            raise ConfigError("a claim budget needs bursts of 1 or more and positive rates")
+        self.burst, self.rate = burst, rate
+        self.per_address, self.per_address_rate = per_address, per_address_rate
+        self._clock = clock
+        self._all = _Bucket(burst, clock())
+        self._by_address: dict[str, _Bucket] = {}
+        #: asks refused so far (for people and tests)
+        self.refused = 0
+
+    def _mine(self, address: str, now: float) -> _Bucket:
+        mine = self._by_address.get(address)
+        if mine is None:
+            if len(self._by_address) >= 4096:
+                # Forget the addresses whose bucket is full again (idle long enough).
+                full = self.per_address / self.per_address_rate
+                self._by_address = {
+                    a: b for a, b in self._by_address.items() if now - b.at < full
+                }
+            mine = self._by_address[address] = _Bucket(self.per_address, now)
+        return mine
+
+    def take(self, address: str) -> bool:
+        """Whether the key server may be asked for one more claim from ``address`` now (one is
+        spent from both buckets if so)."""
+        now = self._clock()
+        mine = self._mine(address, now)
+        if (mine.level(self.per_address, self.per_address_rate, now) < 1
+                or self._all.level(self.burst, self.rate, now) < 1):
+            self.refused += 1
+            return False
+        mine.tokens -= 1
+        self._all.tokens -= 1
+        return True
+
+    def give_back(self, address: str) -> None:
+        """The claim from ``address`` was proved: its ask is not counted."""
+        now = self._clock()
+        mine = self._mine(address, now)
+        mine.level(self.per_address, self.per_address_rate, now)
+        mine.tokens = min(float(self.per_address), mine.tokens + 1)
+        self._all.level(self.burst, self.rate, now)
+        self._all.tokens = min(float(self.burst), self._all.tokens + 1)

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import peers, prekeys
-from .admission import Admission, AdmissionLimits, Admitted
+from .admission import BUSY_TEXT, Admission, AdmissionLimits, Admitted, ClaimBudget
 from .clock import SYSTEM_CLOCK, Clock
 from .driver import DEFAULT_ANSWER_TIME, MessagePipe, describe_failure, drive, replay_first
 from .files import receive_membership
@@ -38,6 +38,7 @@ from .lockouts import KeystoreLockJournal
 from .pairing.cloud import CloudGuest, CloudHost, HostInfo, Role, auth_mac_from
 from .pairing.errors import (
     AuthenticationError,
+    BusyError,
     ConfigError,
     ErrorCode,
     LinkClosedError,
@@ -110,6 +111,8 @@ class HostSide:
     open_to_strangers: Callable[[], bool] = lambda: True
     #: method ttp, when offered: the key server's part (None: ttp is not offered)
     ttp: TtpHook | None = None
+    #: how often a ttp claim no one was asked about may make this host ask its key server
+    ttp_claims: ClaimBudget = dataclasses.field(default_factory=ClaimBudget)
 
     @classmethod
     def of(
@@ -306,7 +309,25 @@ async def _host_pairing(
                 )
             if claimed is not None and ttp_offer_guest(first) != claimed:
                 raise AuthenticationError("the guest claimed to be a known device but is not")
-            return await side.ttp(pipe, context), Method.TTP
+            if claimed is None:  # the owner said yes to this guest (or it proved a cloud)
+                return await side.ttp(pipe, context), Method.TTP
+            # A claim no one was asked about: bounded, so that a stranger repeating a known
+            # guest's id cannot spend this host's allowance at the key server (ClaimBudget).
+            address = str(getattr(link, "admission_key", None) or link.peer)  # as Admission
+            if not side.ttp_claims.take(address):
+                from .pairing import wire
+
+                # Told as a host too busy tells it (it may try again), then refused.
+                with contextlib.suppress(PairingError, OSError, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await pipe.send(wire.Abort(code=ErrorCode.BUSY, reason=BUSY_TEXT).encode())
+                raise BusyError(
+                    "too many guests claimed to be known devices by ttp just now (the key "
+                    "server is not asked for more); try again in a moment"
+                )
+            session = await side.ttp(pipe, context)
+            side.ttp_claims.give_back(address)
+            return session, Method.TTP
     machine = HostPairing(
         side.config, me, side.state, link_encrypted=bool(link.encrypted),
         link_mitm=bool(getattr(link, "mitm_protected", False)), wall_now=clock.wall(),

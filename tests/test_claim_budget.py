@@ -1,0 +1,54 @@
+"""The host's budget of key server asks for ``ttp`` claims no one was asked about
+(runtime/admission.py ``ClaimBudget``; docs/security.md, "The key server")."""
+
+from __future__ import annotations
+
+import pytest
+
+from pairkit.admission import ClaimBudget
+from pairkit.pairing.errors import ConfigError
+
+
+class Hand:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_then_the_rate_and_a_proved_claim_given_back() -> None:
+    clock = Hand()
+    budget = ClaimBudget(burst=3, rate=0.5, per_address=10, clock=clock)
+    assert [budget.take("a") for _ in range(4)] == [True, True, True, False]
+    assert budget.refused == 1
+    budget.give_back("a")  # that claim was proved
+    assert budget.take("a") and not budget.take("a")
+    clock.now += 2.0  # one more at 0.5 a second
+    assert budget.take("b") and not budget.take("b")
+    clock.now += 3600.0  # never more than the burst
+    assert [budget.take("a") for _ in range(4)] == [True, True, True, False]
+    for _ in range(10):
+        budget.give_back("a")
+    assert [budget.take("a") for _ in range(4)] == [True, True, True, False]
+
+
+def test_one_address_spends_only_its_own_share() -> None:
+    clock = Hand()
+    budget = ClaimBudget(burst=10, rate=1.0, per_address=2, per_address_rate=0.1, clock=clock)
+    assert [budget.take("mallory") for _ in range(3)] == [True, True, False]
+    assert budget.take("george")
+    clock.now += 10.0  # one more for her each 10 s
+    assert [budget.take("mallory") for _ in range(2)] == [True, False]
+    # the addresses' buckets are forgotten once full again, and many addresses stay bounded
+    for n in range(5000):
+        clock.now += 1.0
+        budget.take(f"10.0.{n // 256}.{n % 256}")
+    assert len(budget._by_address) <= 4096
+
+
+@pytest.mark.parametrize("kw", [{"burst": 0}, {"rate": 0.0}, {"per_address": 0},
+                                {"per_address_rate": -1.0}])
+def test_a_budget_that_allows_nothing_is_refused(kw: dict[str, float]) -> None:
+    with pytest.raises(ConfigError):
+        ClaimBudget(**kw)  # type: ignore[arg-type]
