@@ -436,6 +436,10 @@ class _Bucket:
         return self.tokens
 
 
+#: per-address buckets a ClaimBudget keeps at most
+_ADDRESSES_KEPT = 4096
+
+
 class ClaimBudget:
     """How often a host asks its key server to prove a claim no one was asked about (helper
     ``ttpflood``, session 15; docs/security.md, "The key server").
@@ -473,12 +477,14 @@ class ClaimBudget:
     def _mine(self, address: str, now: float) -> _Bucket:
         mine = self._by_address.get(address)
         if mine is None:
-            if len(self._by_address) >= 4096:
-                # Forget the addresses whose bucket is full again (idle long enough).
+            if len(self._by_address) >= _ADDRESSES_KEPT:
+                # Forget the addresses whose bucket is full again (idle long enough); if fresh
+                # ones still fill half the map (a stranger with a new address per link), the
+                # oldest seen too, so that the map is rebuilt once per thousands of addresses,
+                # not per link.  A forgotten address starts full: the bucket in all bounds it.
                 full = self.per_address / self.per_address_rate
-                self._by_address = {
-                    a: b for a, b in self._by_address.items() if now - b.at < full
-                }
+                kept = [(a, b) for a, b in self._by_address.items() if now - b.at < full]
+                self._by_address = dict(kept[-(_ADDRESSES_KEPT // 2):])
             mine = self._by_address[address] = _Bucket(self.per_address, now)
         return mine
 

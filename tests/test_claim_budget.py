@@ -52,3 +52,21 @@ def test_one_address_spends_only_its_own_share() -> None:
 def test_a_budget_that_allows_nothing_is_refused(kw: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         ClaimBudget(**kw)  # type: ignore[arg-type]
+
+
+def test_a_flood_of_fresh_addresses_keeps_the_map_bounded_and_cheap() -> None:
+    """A stranger who brings a new address for every link (an IPv6 prefix, a BLE random
+    address) within one refill time: the addresses kept stay bounded, and the map is not
+    rebuilt for each of them (each rebuild reads every address kept: rebuilt per link, a
+    flood of fresh addresses costs the host quadratic work)."""
+    clock = Hand()
+    budget = ClaimBudget(clock=clock)
+    rebuilds = 0
+    last = budget._by_address
+    for i in range(20_000):
+        budget.take(f"addr-{i}")
+        if budget._by_address is not last:
+            rebuilds += 1
+            last = budget._by_address
+    assert len(budget._by_address) <= 4096
+    assert rebuilds <= 20_000 // 1024, f"the map was rebuilt {rebuilds} times"
