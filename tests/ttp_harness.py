@@ -21,8 +21,11 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from pathlib import Path
 from typing import Any
 
+from pairkit.api import Device
+from pairkit.delegate import Agree, Grant, Role
 from pairkit.keyserver.certs import ServerDir, init_server_dir
 from pairkit.keyserver.server import Limits, TtpServer
+from pairkit.keystore import Argon2Params
 from pairkit.pairing import wire
 from pairkit.pairing.cpns import (
     SERVER,
@@ -40,7 +43,11 @@ from pairkit.pairing.cpns import (
 )
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
-from pairkit.pairing.methods import LocalIdentity
+from pairkit.pairing.methods import LocalIdentity, Session
+from pairkit.pairing.negotiation import Method
+from pairkit.pairing.ttp import TtpLinkConfig, TtpLinkGuest
+from pairkit.peers import local_identity
+from pairkit.ttp import ttp_host_session
 from tests.cli_helpers import ROOT, assert_no_traceback, cli_env
 
 FAST = Limits(step_timeout=5.0, max_wait=5.0, handshake_timeout=5.0)
@@ -295,3 +302,71 @@ def start_initiator(port: Hashable = 0) -> Callable[[CpnsWorld], None]:
         world.pnes[port].start(0.0)
 
     return start
+
+
+# -- a host that pairs by ttp, as `pairkit host --ttp` does (the ttp join attacks) ---------------
+
+#: the ttp join attacks' host methods: a PIN and the key server
+PIN_AND_TTP = frozenset({Method.PIN, Method.TTP})
+
+
+class LetsEveryoneIn(Agree):
+    """Paul at his host: lets every stranger in as a guest for an hour, and records whom he was
+    asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    async def allow_join(self, q: Any) -> Grant | None:
+        self.asked.append(q.name)
+        return Grant(Role.GUEST, 3600)
+
+
+def plain_device(tmp_path: Path, name: str) -> Device:
+    """A library device with its identity only (no cloud), its keystore cheap to open."""
+    return Device.create(
+        tmp_path / f"{name}.keystore", "a passphrase", name=name, kdf=Argon2Params.cheapest()
+    )
+
+
+async def ttp_host_part(paul: Device, srv: ServerHarness, pipe: Any, context: bytes,
+                        step: float) -> Session:
+    """The key server's part of Paul's host for one guest (``ttp_host_session`` against
+    ``srv``), as ``pairkit host --ttp`` hands a ttp Offer to it."""
+    return await ttp_host_session(
+        pipe, me=local_identity(paul.keystore), peer_hint=None, server=srv.address,
+        ca_file=srv.ca, config=TtpLinkConfig(step_timeout=step, wait=5, methods=PIN_AND_TTP),
+        context=context,
+    )
+
+
+class NoKeyServerAccount:
+    """A claimer's delegate: she has no account at the key server, so she never asks it."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+
+    async def ttp_key(self, q: Any) -> None:
+        await asyncio.sleep(3 * self.step)
+
+
+async def claim_by_ttp(pipe: Any, poser: LocalIdentity, step: float) -> TtpLinkGuest:
+    """On a guest's ``pipe``: a join request claiming ``poser``'s device id by ttp (with no
+    cloud proof), then a ttp guest machine under that id, started and ready to drive."""
+    from pairkit.driver import drive
+    from pairkit.pairing.cloud import CloudGuest
+
+    from .attack_harness import Yes
+
+    loop = asyncio.get_running_loop()
+    cloud = CloudGuest(
+        name=poser.name, clouds=(), mac=lambda _c, _d: bytes(32), static=poser.static_public,
+        device_id=poser.device_id, timeout=step, wants=Role.GUEST, method=int(Method.TTP),
+    )
+    cloud.start(loop.time())
+    await drive(cloud, pipe, delegate=Yes())
+    machine = TtpLinkGuest(TtpLinkConfig(step_timeout=step), poser, context=pipe.transcript())
+    machine.start(loop.time())
+    return machine
+

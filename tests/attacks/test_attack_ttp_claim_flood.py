@@ -33,25 +33,34 @@ import pytest
 
 import pairkit
 from pairkit.admission import Admission, AdmissionLimits, ClaimBudget
-from pairkit.delegate import Grant, Role
+from pairkit.delegate import Role
 from pairkit.driver import MessagePipe, drive
 from pairkit.keyserver.server import Limits
-from pairkit.keystore import Argon2Params
 from pairkit.pairing.cloud import CloudGuest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.methods import LocalIdentity, PairingConfig
 from pairkit.pairing.negotiation import ALL_CAPS, Method
-from pairkit.pairing.ttp import TtpKeyNeeded, TtpLinkConfig, TtpLinkGuest
+from pairkit.pairing.ttp import TtpLinkConfig
 from pairkit.peers import local_identity
 from pairkit.securelink import SecureLink, confirm
 from pairkit.session import HostSide, accept_loop, accept_session
 from pairkit.transports.tcp import TcpLink, TcpListener, tcp_connect
-from pairkit.ttp import enrol, ttp_guest_session, ttp_host_session
+from pairkit.ttp import enrol, ttp_guest_session
 
 from ..attack_harness import STEP, Yes, posing_as
-from ..ttp_harness import FAST, ServerHarness, running_server
+from ..ttp_harness import (
+    FAST,
+    PIN_AND_TTP,
+    LetsEveryoneIn,
+    NoKeyServerAccount,
+    ServerHarness,
+    claim_by_ttp,
+    plain_device,
+    running_server,
+    ttp_host_part,
+)
 
-METHODS = frozenset({Method.PIN, Method.TTP})
+METHODS = PIN_AND_TTP
 #: the key server's allowance per address, scaled down (the default is 100, and 50 more each
 #: second) so that a short flood outruns it; its clock is stopped, so none comes back
 BURST = 60
@@ -60,24 +69,6 @@ WORKERS, ROUNDS = AdmissionLimits().per_address, 10
 #: where the attacker's links come from (other addresses than the honest guests' 127.0.0.1)
 ONE_ADDRESS = ("127.0.0.2",)
 MANY_ADDRESSES = tuple(f"127.0.0.{n}" for n in range(2, 2 + WORKERS * 2))
-
-
-class Owner(pairkit.Agree):
-    """Paul at his host: lets every stranger in as a guest, and records who he was asked about."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: list[str] = []
-
-    async def allow_join(self, q: Any) -> Grant | None:
-        self.asked.append(q.name)
-        return Grant(Role.GUEST, 3600)
-
-
-def device(tmp_path: Path, name: str) -> pairkit.Device:
-    return pairkit.Device.create(
-        tmp_path / f"{name}.keystore", "a passphrase", name=name, kdf=Argon2Params.cheapest()
-    )
 
 
 class HandClock:
@@ -93,7 +84,7 @@ class HandClock:
 class Host:
     """Paul's host on TCP as ``pairkit host --ttp`` runs it: every link under the admission."""
 
-    def __init__(self, paul: pairkit.Device, srv: ServerHarness, owner: Owner,
+    def __init__(self, paul: pairkit.Device, srv: ServerHarness, owner: LetsEveryoneIn,
                  clock: HandClock) -> None:
         self.paul, self.srv, self.owner = paul, srv, owner
         #: guests handed to the key server's part, and how each call ended
@@ -106,11 +97,7 @@ class Host:
 
     async def hook(self, pipe: Any, context: bytes) -> Any:
         self.reached += 1
-        return await ttp_host_session(
-            pipe, me=local_identity(self.paul.keystore), peer_hint=None,
-            server=self.srv.address, ca_file=self.srv.ca,
-            config=TtpLinkConfig(step_timeout=STEP, wait=5, methods=METHODS), context=context,
-        )
+        return await ttp_host_part(self.paul, self.srv, pipe, context, STEP)
 
     async def serve(self, admitted: Any) -> None:
         try:
@@ -143,13 +130,6 @@ async def connect_from(source: str, address: tuple[str, int]) -> TcpLink:
     return TcpLink(reader, writer, peer=f"{address[0]}:{address[1]}")
 
 
-class _Stall:
-    """The claimer has no account at the key server: she never asks it anything."""
-
-    async def ttp_key(self, q: TtpKeyNeeded) -> None:
-        await asyncio.sleep(3 * STEP)
-
-
 async def claim_once(address: tuple[str, int], poser: LocalIdentity, host: Host, *,
                      leave: bool, source: str) -> PairingError | None:
     """Mallory's link: a join request claiming ``poser``'s id by ttp, a ttp Offer under it,
@@ -157,18 +137,12 @@ async def claim_once(address: tuple[str, int], poser: LocalIdentity, host: Host,
     key server (it stops waiting for the claimed device then)."""
     asked = host.reached
     link = await connect_from(source, address)
-    loop = asyncio.get_running_loop()
     try:
         pipe = MessagePipe(link, guest=True)
-        cloud = CloudGuest(
-            name=poser.name, clouds=(), mac=lambda _c, _d: bytes(32), static=poser.static_public,
-            device_id=poser.device_id, timeout=STEP, wants=Role.GUEST, method=int(Method.TTP),
+        machine = await claim_by_ttp(pipe, poser, STEP)
+        run = asyncio.ensure_future(
+            drive(machine, pipe, delegate=NoKeyServerAccount(STEP), answer_time=3 * STEP)
         )
-        cloud.start(loop.time())
-        await drive(cloud, pipe, delegate=Yes())
-        machine = TtpLinkGuest(TtpLinkConfig(step_timeout=STEP), poser, context=pipe.transcript())
-        machine.start(loop.time())
-        run = asyncio.ensure_future(drive(machine, pipe, delegate=_Stall(), answer_time=3 * STEP))
         while leave and not run.done() and host.reached == asked:
             await asyncio.sleep(0.001)
         if leave and not run.done():
@@ -238,9 +212,9 @@ async def test_a_claim_flood_does_not_spend_the_hosts_allowance_at_the_key_serve
     connections there (John not enrolled: 57 admitted, then 23 links refused
     ``CALL_ATTEMPTS`` times each) or 80 (enrolled, she left); from sixteen, 1712 or 384; and
     Ringo was refused ("the server closed the connection") in all four."""
-    paul, george, john = (device(tmp_path, n) for n in ("Paul", "George", "John"))
+    paul, george, john = (plain_device(tmp_path, n) for n in ("Paul", "George", "John"))
     for guest in (george, john):
-        async with paul.host("loopback:ttp-flood", methods=["pin"], delegate=Owner()) as h:
+        async with paul.host("loopback:ttp-flood", methods=["pin"], delegate=LetsEveryoneIn()) as h:
             accepting = asyncio.ensure_future(h.accept(timeout=15))
             async with await guest.join("loopback:ttp-flood", pin=h.pin), await accepting:
                 pass
@@ -255,7 +229,7 @@ async def test_a_claim_flood_does_not_spend_the_hosts_allowance_at_the_key_serve
             enrolled.append(local_identity(john.keystore))
         for me in enrolled:
             await enrol(srv.address, srv.ca, me, timeout=STEP)
-        owner, clock = Owner(), HandClock()
+        owner, clock = LetsEveryoneIn(), HandClock()
         host = Host(paul, srv, owner, clock)
         poser = posing_as(local_identity(john.keystore))
         before = spent(srv)

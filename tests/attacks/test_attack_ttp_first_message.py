@@ -30,50 +30,40 @@ from typing import Any
 import pytest
 
 import pairkit
-from pairkit.delegate import Grant, Role
+from pairkit.delegate import Role
 from pairkit.driver import MessagePipe, drive
-from pairkit.keystore import Argon2Params
 from pairkit.pairing.cloud import CloudGuest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.methods import LocalIdentity, PairingConfig, Session
 from pairkit.pairing.negotiation import ALL_CAPS, Method
-from pairkit.pairing.ttp import TtpKeyNeeded, TtpLinkConfig, TtpLinkGuest
+from pairkit.pairing.ttp import TtpLinkConfig
 from pairkit.peers import local_identity
 from pairkit.securelink import SecureLink, confirm
 from pairkit.session import HostSide, accept_session
 from pairkit.transports.tcp import TcpListener, tcp_connect
-from pairkit.ttp import enrol, ttp_guest_session, ttp_host_session
+from pairkit.ttp import enrol, ttp_guest_session
 
 from ..attack_harness import STEP, Yes, posing_as
-from ..ttp_harness import ServerHarness, running_server
+from ..ttp_harness import (
+    PIN_AND_TTP,
+    LetsEveryoneIn,
+    NoKeyServerAccount,
+    ServerHarness,
+    claim_by_ttp,
+    plain_device,
+    running_server,
+    ttp_host_part,
+)
 
 #: the host's methods: a PIN and the key server
-METHODS = frozenset({Method.PIN, Method.TTP})
-
-
-class Owner(pairkit.Agree):
-    """Paul at his host: lets every stranger in as a guest, and records who he was asked about."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.asked: list[str] = []
-
-    async def allow_join(self, q: Any) -> Grant | None:
-        self.asked.append(q.name)
-        return Grant(Role.GUEST, 3600)
-
-
-def device(tmp_path: Path, name: str) -> pairkit.Device:
-    return pairkit.Device.create(
-        tmp_path / f"{name}.keystore", "a passphrase", name=name, kdf=Argon2Params.cheapest()
-    )
+METHODS = PIN_AND_TTP
 
 
 class Host:
     """Paul's host pipeline on TCP, offering ``pin`` and ``ttp``; ``reached`` counts the guests
     handed to the key server's part (each one an intent stated to the key server for it)."""
 
-    def __init__(self, paul: pairkit.Device, srv: ServerHarness, owner: Owner,
+    def __init__(self, paul: pairkit.Device, srv: ServerHarness, owner: LetsEveryoneIn,
                  visible: bool = True) -> None:
         self.paul, self.srv, self.owner, self.visible = paul, srv, owner, visible
         self.reached = 0
@@ -81,11 +71,7 @@ class Host:
 
     async def hook(self, pipe: Any, context: bytes) -> Session:
         self.reached += 1
-        return await ttp_host_session(
-            pipe, me=local_identity(self.paul.keystore), peer_hint=None,
-            server=self.srv.address, ca_file=self.srv.ca,
-            config=TtpLinkConfig(step_timeout=STEP, wait=5, methods=METHODS), context=context,
-        )
+        return await ttp_host_part(self.paul, self.srv, pipe, context, STEP)
 
     async def serve_one(self, listener: TcpListener) -> None:
         link = await listener.accept()
@@ -161,8 +147,8 @@ async def _visit(host: Host, guest: Any) -> tuple[Any, Any]:
 
 async def _setup(tmp_path: Path) -> tuple[pairkit.Device, pairkit.Device, LocalIdentity]:
     """Paul; George, Paul's guest for an hour (paired by PIN); Mallory, a stranger."""
-    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
-    async with paul.host("loopback:ttp-first", methods=["pin"], delegate=Owner()) as host:
+    paul, george = plain_device(tmp_path, "Paul"), plain_device(tmp_path, "George")
+    async with paul.host("loopback:ttp-first", methods=["pin"], delegate=LetsEveryoneIn()) as host:
         accepting = asyncio.ensure_future(host.accept(timeout=15))
         async with await george.join("loopback:ttp-first", pin=host.pin), await accepting:
             pass
@@ -181,7 +167,7 @@ async def test_a_guest_that_asked_to_join_by_pin_cannot_pair_by_ttp(tmp_path: Pa
     paul, _george, mallory = await _setup(tmp_path)
     async with running_server(tmp_path / "srv") as srv:
         await _enrolled(srv, local_identity(paul.keystore), mallory)
-        host = Host(paul, srv, Owner())
+        host = Host(paul, srv, LetsEveryoneIn())
         got, on_host = await _visit(
             host, lambda a: guest_by_ttp(a, mallory, srv, says=Method.PIN)
         )
@@ -202,7 +188,7 @@ async def test_a_claimed_id_is_the_id_the_ttp_offer_pairs_as(
     paul, george, mallory = await _setup(tmp_path)
     async with running_server(tmp_path / "srv") as srv:
         await _enrolled(srv, local_identity(paul.keystore), mallory)
-        host = Host(paul, srv, Owner(), visible=visible)
+        host = Host(paul, srv, LetsEveryoneIn(), visible=visible)
         got, on_host = await _visit(
             host, lambda a: guest_by_ttp(
                 a, mallory, srv, says=Method.TTP, claim=bytes.fromhex(george.device_id))
@@ -221,7 +207,7 @@ async def test_control_honest_ttp_guests_pair(tmp_path: Path) -> None:
     george_id = local_identity(george.keystore)
     async with running_server(tmp_path / "srv") as srv:
         await _enrolled(srv, local_identity(paul.keystore), mallory, george_id)
-        owner = Owner()
+        owner = LetsEveryoneIn()
         host = Host(paul, srv, owner)
         got, on_host = await _visit(host, lambda a: guest_by_ttp(a, mallory, srv,
                                                                says=Method.TTP))
@@ -246,7 +232,7 @@ async def test_the_key_servers_record_vouches_for_no_name(tmp_path: Path) -> Non
     server's record gives and the one stored are one.  The name is a claim with every method
     (docs/security.md, rule 1); what ``ttp`` proves is the key, as the PIN does.  Fails once the
     key server refuses a name already taken (then the record could be worth holding to)."""
-    paul = device(tmp_path, "Paul")
+    paul = plain_device(tmp_path, "Paul")
     laptop = LocalIdentity.generate("Paul's laptop")
     mallory = dataclasses.replace(LocalIdentity.generate("Mallory"), name="Paul's laptop")
     async with running_server(tmp_path / "srv") as srv:
@@ -255,7 +241,7 @@ async def test_the_key_servers_record_vouches_for_no_name(tmp_path: Path) -> Non
         assert not done.updated
         records = {d: srv.server.store.device(d) for d in (laptop.device_id, mallory.device_id)}
         assert {r.name for r in records.values() if r is not None} == {"Paul's laptop"}
-        owner = Owner()
+        owner = LetsEveryoneIn()
         host = Host(paul, srv, owner)
         got, on_host = await _visit(host, lambda a: guest_by_ttp(a, mallory, srv,
                                                                says=Method.TTP))
@@ -265,29 +251,14 @@ async def test_the_key_servers_record_vouches_for_no_name(tmp_path: Path) -> Non
         assert on_host.session.peer.name == "Paul's laptop"
 
 
-class _Stall:
-    """A guest that never asks the key server anything (it has no account there)."""
-
-    async def ttp_key(self, q: TtpKeyNeeded) -> None:
-        await asyncio.sleep(3 * STEP)
-
-
 async def claim_and_listen(address: tuple[str, int], poser: LocalIdentity) -> PairingError | None:
     """A join request claiming ``poser``'s id by ttp, then a ttp Offer under that id; then
     only listening to what the host says."""
     link = await tcp_connect(*address, timeout=STEP)
-    loop = asyncio.get_running_loop()
     try:
         pipe = MessagePipe(link, guest=True)
-        cloud = CloudGuest(
-            name=poser.name, clouds=(), mac=lambda _c, _d: bytes(32), static=poser.static_public,
-            device_id=poser.device_id, timeout=STEP, wants=Role.GUEST, method=int(Method.TTP),
-        )
-        cloud.start(loop.time())
-        await drive(cloud, pipe, delegate=Yes())
-        machine = TtpLinkGuest(TtpLinkConfig(step_timeout=STEP), poser, context=pipe.transcript())
-        machine.start(loop.time())
-        await drive(machine, pipe, delegate=_Stall(), answer_time=3 * STEP)
+        machine = await claim_by_ttp(pipe, poser, STEP)
+        await drive(machine, pipe, delegate=NoKeyServerAccount(STEP), answer_time=3 * STEP)
     except PairingError as exc:
         return exc
     finally:
@@ -314,7 +285,7 @@ async def test_a_claimer_learns_nothing_of_the_claimed_devices_enrolment(tmp_pat
         for enrolled in (False, True):
             if enrolled:
                 await _enrolled(srv, local_identity(george.keystore))
-            host = Host(paul, srv, Owner(), visible=False)
+            host = Host(paul, srv, LetsEveryoneIn(), visible=False)
             got, on_host = await _visit(host, lambda a: claim_and_listen(a, poser))
             assert isinstance(on_host, PairingError), on_host
             assert host.owner.asked == []
