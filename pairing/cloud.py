@@ -65,7 +65,14 @@ from .errors import (
 )
 from .machine import DONE, Event, Machine, Question, Step, step
 from .messages import device_name
-from .negotiation import ALL_CAPS, Caps, Method, methods_from_mask, methods_mask
+from .negotiation import (
+    ALL_CAPS,
+    PROVES_A_KNOWN_KEY,
+    Caps,
+    Method,
+    methods_from_mask,
+    methods_mask,
+)
 from .wire import Abort, Message, field, message
 
 #: (cloud id, data) -> MAC under that cloud's auth key (the keystore's cloud_mac)
@@ -369,12 +376,6 @@ class CloudGuest(Machine):
         self._bound = True
 
 
-#: the methods by which a device that claims a known id (a join request's ``device_id``)
-#: proves it holds that device's key before anyone is asked anything (resume and kk by the
-#: stored key, ttp by the key server's word on the enrolled key)
-_PROVES_THE_KEY = frozenset({int(Method.RESUME), int(Method.KK), int(Method.TTP)})
-
-
 class CloudHost(Machine):
     """The host: checks a guest's membership proof, or asks its owner about a join."""
 
@@ -497,7 +498,7 @@ class CloudHost(Machine):
             # (resume, kk, ttp).  The id is said in the clear: a claim made for any other
             # method (or none said) would lead past the window and the owner to the owner's
             # code or a PIN, with the claim found false only after (session 15, hostq doubt 3).
-            if msg.method not in _PROVES_THE_KEY:
+            if msg.method not in PROVES_A_KNOWN_KEY:
                 raise ProtocolError(
                     "a known device comes back by resume: the device id it claimed is proven "
                     "only by resume, kk or ttp"

@@ -66,6 +66,12 @@ class Method(IntEnum):
         # one look-up (issue 13): an enum member's ``name`` is a Python-level descriptor
         return _LABELS[self]
 
+    @property
+    def base(self) -> Method:
+        """The method a join request's word for this one is: ``kk`` is ``resume``'s fallback
+        on the same stored keys, so either said allows either (docs/protocol.md §10)."""
+        return Method.RESUME if self is Method.KK else self
+
     @classmethod
     def parse(cls, text: str) -> Method:
         try:
@@ -74,6 +80,11 @@ class Method(IntEnum):
             names = ", ".join(m.label for m in cls if m is not cls.KK)
             raise ValueError(f"unknown method {text!r}; expected one of: {names}") from None
 
+
+#: the methods that prove a claimed known device's key before anyone is asked anything (resume
+#: and kk by the stored key, ttp by the key server's word on the enrolled key): a join request's
+#: claim of a known device id is honoured with these only (docs/protocol.md §10)
+PROVES_A_KNOWN_KEY: frozenset[Method] = frozenset({Method.RESUME, Method.KK, Method.TTP})
 
 #: each method's label, its name in lower case
 _LABELS: dict[Method, str] = {m: m.name.lower() for m in Method}

@@ -60,7 +60,7 @@ from .pairing.methods import (
     PinPolicy,
     Session,
 )
-from .pairing.negotiation import Method
+from .pairing.negotiation import PROVES_A_KNOWN_KEY, Method
 from .pairing.qr import QrCode
 from .pairing.service import Membership, check_membership, membership_statement
 from .presence import irk_for_members, is_ble_address
@@ -203,7 +203,7 @@ async def accept_session(
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
                                           expected, cloud.claimed if cloud is not None else None)
     if cloud is not None:
-        if cloud.join_method is not None and _base(Method(cloud.join_method)) is not _base(method):
+        if cloud.join_method is not None and Method(cloud.join_method).base is not method.base:
             raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
@@ -244,10 +244,6 @@ def _answer_time(step_timeout: float) -> float:
     return max(DEFAULT_ANSWER_TIME, 3 * step_timeout)
 
 
-def _base(method: Method) -> Method:
-    return Method.RESUME if method is Method.KK else method
-
-
 def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
     """The checks that need no person, run before a joining stranger's request reaches the
     owner (issue 16): the method must be one this host allows, and a PIN (a compare) is refused
@@ -257,7 +253,7 @@ def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
         if method is None:
             return  # an older guest that did not say: the pairing decides
         try:
-            chosen = _base(Method(method))
+            chosen = Method(method).base
         except ValueError:
             raise UnsupportedError(
                 "the guest asked for a pairing method this host does not know"
@@ -303,7 +299,7 @@ async def _host_pairing(
         first = await _first_message(pipe, side.step_timeout)
         pipe = replay_first(pipe, first)
         if is_ttp_offer(first):
-            if expected is not None and _base(expected) is not Method.TTP:
+            if expected is not None and expected.base is not Method.TTP:
                 raise ProtocolError(
                     "the guest paired by another method than the one it asked with"
                 )
@@ -421,7 +417,7 @@ async def open_session(
         )
         # This device's id, said to a host it knows, only for a method that proves it: a known
         # device pairing again by a code asks as anyone does (pairing/cloud.py, CloudHost).
-        claims = side.peer is not None and method in (Method.RESUME, Method.KK, Method.TTP)
+        claims = side.peer is not None and method in PROVES_A_KNOWN_KEY
         cloud = CloudGuest(
             name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
             wants=side.wants, device_id=me.device_id if claims else None,

@@ -352,9 +352,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
 
     def _check_expected(self, proposed: Method) -> None:
         # kk is resume's fallback (the same stored keys): either said allows either
-        base = Method.RESUME if proposed is Method.KK else proposed
-        said = Method.RESUME if self._expected is Method.KK else self._expected
-        if said is not None and base is not said:
+        if self._expected is not None and proposed.base is not self._expected.base:
             raise ProtocolError(
                 "the guest paired by another method than the one it asked with"
             )
