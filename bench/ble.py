@@ -63,6 +63,7 @@ from bench.common import (  # noqa: E402
     drain,
     hang_up,
     nproc,
+    plain_notify_size,
     positive,
     render_goals,
     report,
@@ -100,6 +101,10 @@ PAIRING_GOALS = (("pin", "passkey", 0.25), ("compare", "numeric", 0.8),
 #: the secure channel's goodput against bumble alone on the same link, at least
 GOODPUT_GOAL = 0.95
 MESSAGE = 32 * 1024  # SecureLink message size for the goodput runs
+#: the goodput paths, each once per round: bumble alone in a plain application's chunks (the
+#: goal's reference), bumble alone in the sizes pairkit's link picks (the sceptic's, no goal),
+#: pairkit's link without crypto, the secure channel
+GOODPUT_PATHS = ("bumble", "sized", "link", "secure")
 LL_OVERHEAD = 10  # LE 1M PHY: preamble 1, access address 4, header 2, CRC 3
 MIC = 4
 
@@ -617,6 +622,7 @@ async def measure_pairings(settings: Settings) -> dict[str, Any]:
     """
     plain = {kind: await open_pair(kind) for kind in LINKS}
     sealed = {kind: await open_pair(kind) for kind in LINKS}
+    mtus = {kind: pair.guest_link.mtu for kind, pair in plain.items()}  # (none once closed)
     smp_radio = VirtualRadio()
     smp_acl = AclCounter(smp_radio)
     smp = SmpBench(await open_bumble("virtual", radio=smp_radio, name="host"),
@@ -689,7 +695,7 @@ async def measure_pairings(settings: Settings) -> dict[str, Any]:
     return {
         "links": {
             kind: {
-                "mtu": plain[kind].guest_link.mtu,
+                "mtu": mtus[kind],
                 "methods": {n: {"ms": summary(samples[kind][n]), "rounds": samples[kind][n],
                                 "cpu_ms": summary(cpu[kind][n]), "cpu_rounds": cpu[kind][n],
                                 **traffic[kind][n]}
@@ -706,31 +712,41 @@ async def measure_pairings(settings: Settings) -> dict[str, Any]:
 # -- 3. goodput -------------------------------------------------------------------------------
 
 
-async def bumble_raw(pair: Pair, data: bytes) -> tuple[float, float]:
+def plain_size(pair: Pair) -> int:
+    """The message a plain bumble application writes on ``pair``'s link: an SDU of the
+    channel's MTU, or a notification of the ATT MTU less its 3-byte header (at most an
+    attribute's 512 bytes)."""
+    if pair.kind == "l2cap":
+        return int(pair.host_link.channel.peer_mtu)  # type: ignore[attr-defined]
+    return plain_notify_size(pair.host_link.connection)
+
+
+async def bumble_raw(pair: Pair, data: bytes, size: int | None = None) -> tuple[float, float]:
     """bumble alone on the sending side, in the chunks a plain bumble application writes.
 
-    As bumble's own ``apps/bench.py`` does: GATT notifications of the link's MTU, or L2CAP CoC
-    SDUs of the channel's MTU, each written after ``drain()`` (no pairkit code on this side).
+    As bumble's own ``apps/bench.py`` does: GATT notifications of the ATT MTU, or L2CAP CoC
+    SDUs of the channel's MTU (:func:`plain_size`), each written after ``drain()`` (no pairkit
+    code on this side).  ``size``: write in chunks of that many bytes instead (the sceptic's
+    reference: bumble alone in the sizes pairkit's link picks, ``transports/ble/fill.py``).
     """
     host_link = pair.host_link
+    chunk = plain_size(pair) if size is None else size
     if pair.kind == "l2cap":
         channel = host_link.channel  # type: ignore[attr-defined]
-        sdu = host_link.mtu
 
         async def send() -> None:
-            for i in range(0, len(data), sdu):
+            for i in range(0, len(data), chunk):
                 await channel.drain()
-                channel.write(data[i:i + sdu])
+                channel.write(data[i:i + chunk])
             await channel.drain()
     else:
         device = pair.host.device
         characteristic = tx_characteristic(device)
-        mtu = host_link.mtu
         connection = host_link.connection
 
         async def send() -> None:
-            for i in range(0, len(data), mtu):
-                await device.notify_subscriber(connection, characteristic, data[i:i + mtu])
+            for i in range(0, len(data), chunk):
+                await device.notify_subscriber(connection, characteristic, data[i:i + chunk])
 
     return await timed_transfer(send, lambda: drain(pair.guest_link, len(data)), len(data),
                                 cpu=True)
@@ -788,14 +804,16 @@ async def measure_goodput(settings: Settings) -> dict[str, Any]:
     virtual link has no air time: its goodput is CPU bound, and CPU time is what other jobs on
     a shared machine do not move)."""
     pairs = {kind: await open_pair(kind) for kind in LINKS}
+    sizes = {kind: (pair.guest_link.mtu, plain_size(pair)) for kind, pair in pairs.items()}
     data = os.urandom(settings.bulk_bytes)
-    paths = ("bumble", "link", "secure")
+    paths = GOODPUT_PATHS
     wall: dict[str, dict[str, list[float]]] = {k: {p: [] for p in paths} for k in LINKS}
     cpu: dict[str, dict[str, list[float]]] = {k: {p: [] for p in paths} for k in LINKS}
     try:
         slinks = {kind: await secure_pair(p) for kind, p in pairs.items()}
         runs = {
             "bumble": lambda kind: bumble_raw(pairs[kind], data),
+            "sized": lambda kind: bumble_raw(pairs[kind], data, pairs[kind].host_link.mtu),
             "link": lambda kind: link_raw(pairs[kind], data),
             "secure": lambda kind: secure(*slinks[kind], data),
         }
@@ -816,12 +834,15 @@ async def measure_goodput(settings: Settings) -> dict[str, Any]:
 
     return {
         kind: {
-            "mtu": pairs[kind].guest_link.mtu,
+            "mtu": sizes[kind][0],
+            "plain_size": sizes[kind][1],
             "mb_s": {p: summary(v) for p, v in wall[kind].items()},
             "mb_cpu_s": {p: summary(v) for p, v in cpu[kind].items()},
             "secure_vs_bumble_rounds": paired(wall[kind], "secure", "bumble"),
             "secure_vs_bumble_cpu_rounds": paired(cpu[kind], "secure", "bumble"),
             "secure_vs_link_rounds": paired(wall[kind], "secure", "link"),
+            "secure_vs_sized_rounds": paired(wall[kind], "secure", "sized"),
+            "secure_vs_sized_cpu_rounds": paired(cpu[kind], "secure", "sized"),
             "rounds": {"wall_mb_s": wall[kind], "cpu_mb_s": cpu[kind]},
         }
         for kind in LINKS
@@ -990,23 +1011,32 @@ def render(result: dict[str, Any]) -> str:
                            f"{cold['cpu']['median']:.3f}")
     out += ["", f"3. Goodput host -> guest, {s['bulk_bytes']} bytes, {s['bulk_reps']} rounds "
             "(each: every path once, back to back); ratios are medians of the rounds' ratios"]
-    out.append(f"   {'link':<7}{'MTU':>5} {'bumble':>14} {'link':>14} {'secure':>14}"
-               f" {'secure/link':>12} {'secure/bumble':>14}")
+    out.append(f"   {'link':<7}{'size':>11} {'bumble':>14} {'bumble sized':>14} {'link':>14}"
+               f" {'secure':>14} {'secure/link':>12} {'secure/bumble':>14}")
     for kind in LINKS:
         g = result["goodput"][kind]
+        sizes = f"{g['plain_size']}/{g['mtu']}"
         cells = [
             f"{g['mb_s'][p]['median']:>5.2f} ({g['mb_s'][p]['q1']:.2f}-{g['mb_s'][p]['q3']:.2f})"
-            for p in ("bumble", "link", "secure")
+            for p in GOODPUT_PATHS
         ]
-        out.append(f"   {kind:<7}{g['mtu']:>5} " + " ".join(f"{c:>14}" for c in cells)
+        out.append(f"   {kind:<7}{sizes:>11} " + " ".join(f"{c:>14}" for c in cells)
                    + f" {g['secure_vs_link']:>12.2f} {g['secure_vs_bumble']:>14.2f}")
         cells = [
             f"{g['mb_cpu_s'][p]['median']:>5.2f} ({g['mb_cpu_s'][p]['q1']:.2f}-"
             f"{g['mb_cpu_s'][p]['q3']:.2f})"
-            for p in ("bumble", "link", "secure")
+            for p in GOODPUT_PATHS
         ]
-        out.append(f"   {'  cpu':<7}{'':>5} " + " ".join(f"{c:>14}" for c in cells)
+        out.append(f"   {'  cpu':<7}{'':>11} " + " ".join(f"{c:>14}" for c in cells)
                    + f" {'':>12} {g['secure_vs_bumble_cpu']:>14.2f}")
+    out.append("   size: a plain application's message (the goal's reference, 'bumble') / the "
+               "one pairkit's link picks to fill its ACL packets ('bumble sized' writes that)")
+    for kind in LINKS:
+        g = result["goodput"][kind]
+        w, c = g["secure_vs_sized_rounds"], g["secure_vs_sized_cpu_rounds"]
+        out.append(f"   sceptic's reference, no goal: secure over {kind} / bumble alone in "
+                   f"pairkit's sizes {w['median']:.2f} ({w['q1']:.2f}-{w['q3']:.2f}), CPU "
+                   f"clock {c['median']:.2f} ({c['q1']:.2f}-{c['q3']:.2f})")
     out.append("")
     out += render_goals(result["goals"])
     out.append(f"total time {result['seconds']} s")

@@ -82,6 +82,7 @@ from bench.common import (  # noqa: E402
     drain,
     hang_up,
     nproc,
+    plain_notify_size,
     positive,
     render_goals,
     report,
@@ -298,7 +299,8 @@ async def raw_notify(bench: Bench, guest_link: Any, host_link: Any, data: bytes,
     each once the host's ACL queue holds at most two controller buffers (HCI flow control)."""
     device = bench.host.device
     characteristic = tx_characteristic(device)
-    connection, mtu = host_link.connection, host_link.mtu
+    connection = host_link.connection
+    mtu = plain_notify_size(connection)
     queue = connection.data_packet_queue
     loop = asyncio.get_running_loop()
 

@@ -188,6 +188,13 @@ async def drain(link: Any, total: int) -> int:
     return got
 
 
+def plain_notify_size(connection: Any) -> int:
+    """The notification a plain bumble application sends on ``connection``: the ATT MTU less
+    the 3-byte opcode and handle, at most an attribute value's 512 bytes (Core 5.4 Vol 3 Part F
+    §3.2.9, §3.4.7.1)."""
+    return max(20, min(int(connection.att_mtu) - 3, 512))
+
+
 def tx_characteristic(device: Any) -> Any:
     """The GATT server's pairkit TX characteristic on a bumble ``device`` (what a plain bumble
     application notifies on, with no pairkit code on the sending side)."""

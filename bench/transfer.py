@@ -100,6 +100,7 @@ async def fetch(
 async def measure(settings: Settings) -> dict[str, Any]:
     started = time.perf_counter()
     pairs: dict[str, Pair] = {kind: await open_pair(kind) for kind in LINKS}
+    mtus = {kind: pair.guest_link.mtu for kind, pair in pairs.items()}  # (none once closed)
     samples = {kind: {p: [] for p in PATHS} for kind in LINKS}
     data = os.urandom(settings.size)
     digest = hashlib.sha256(data).hexdigest()
@@ -131,7 +132,7 @@ async def measure(settings: Settings) -> dict[str, Any]:
     for kind in LINKS:
         mb_s = {p: summary(v) for p, v in samples[kind].items()}
         links[kind] = {
-            "mtu": pairs[kind].guest_link.mtu,
+            "mtu": mtus[kind],
             "mb_s": mb_s,
             "get_vs_link": mb_s["get"]["median"] / mb_s["link"]["median"],
             "get_vs_bumble": mb_s["get"]["median"] / mb_s["bumble"]["median"],

@@ -373,3 +373,17 @@ def record_att_responses(guest_link: BleLink, sink: Callable[[bytes], object]) -
         then(connection_handle, pdu)
 
     manager.register_fixed_channel(att.ATT_CID, on_att_pdu)
+
+
+def on_air(radio: VirtualRadio) -> list[bytes]:
+    """Every L2CAP PDU the radio carries from now on (header included)."""
+    seen: list[bytes] = []
+    link = radio.link
+    original = link.send_acl_data
+
+    def keep(sender: Any, destination: Any, transport: Any, data: bytes) -> None:
+        seen.append(bytes(data))
+        original(sender, destination, transport, data)
+
+    link.send_acl_data = keep  # type: ignore[method-assign]
+    return seen

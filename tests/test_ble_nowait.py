@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from pairkit.pairing.errors import LinkClosedError, TooLargeError
 from pairkit.transports.ble.links import BleLink, GattLink, L2capLink, _write_sdu
 from pairkit.transports.bumble import VirtualRadio
-from tests.ble_harness import OpenDevice, bumble_devices, linked_pair
+from tests.ble_harness import OpenDevice, bumble_devices, linked_pair, on_air
 
 
 @pytest.fixture
@@ -35,20 +34,6 @@ async def open_device(radio: VirtualRadio) -> AsyncIterator[OpenDevice]:
 
 async def read(link: BleLink, count: int) -> list[bytes]:
     return [await asyncio.wait_for(link.recv(), 2) for _ in range(count)]
-
-
-def on_air(radio: VirtualRadio) -> list[bytes]:
-    """Every L2CAP PDU the radio carries from now on (header included)."""
-    seen: list[bytes] = []
-    link = radio.link
-    original = link.send_acl_data
-
-    def keep(sender: Any, destination: Any, transport: Any, data: bytes) -> None:
-        seen.append(bytes(data))
-        original(sender, destination, transport, data)
-
-    link.send_acl_data = keep  # type: ignore[method-assign]
-    return seen
 
 
 @pytest.mark.parametrize("l2cap", [False, True], ids=["gatt", "l2cap"])
@@ -176,18 +161,25 @@ async def test_other_att_pdus_on_the_connection_still_reach_bumble(
     assert written == heard == [bytes([i]) for i in range(5)]
 
 
+@pytest.mark.parametrize(
+    ("config", "frames"),
+    [({"l2cap_credits": 4}, 1), ({"l2cap_mtu": 298, "l2cap_mps": 100, "l2cap_credits": 6}, 3)],
+    ids=["one-k-frame", "three-k-frames"],
+)
 async def test_l2cap_nowait_declines_while_the_previous_sdu_waits_for_credits(
-    open_device: OpenDevice,
+    open_device: OpenDevice, config: dict[str, int], frames: int
 ) -> None:
     """A guest that stops reading stops giving credits back: once they are used up the
     channel holds the next SDU, and ``send_nowait`` declines (bumble would merge a second
     SDU into the held one) until the reader's credits let it leave; every message arrives
-    whole and in order."""
-    guest, host = await linked_pair(open_device, 40, l2cap_credits=4)
+    whole and in order.  Messages of the link's size: one K-frame each with the default MTU
+    and MPS, three with an MPS of 100 and an MTU of 298."""
+    guest, host = await linked_pair(open_device, 40, **config)
     assert isinstance(host, L2capLink)
+    assert -(-(host.mtu + 2) // host.channel.peer_mps) == frames
     sent: list[bytes] = []
     for i in range(20):
-        message = bytes([i]) * 2048  # two K-frames each
+        message = bytes([i]) * host.mtu
         if not host.send_nowait(message):
             break
         sent.append(message)
@@ -195,7 +187,7 @@ async def test_l2cap_nowait_declines_while_the_previous_sdu_waits_for_credits(
         raise AssertionError("the channel never ran out of credits")
     assert not host.channel.drained.is_set()
     assert not host.send_nowait(b"more")  # still held: nothing sent
-    rest = [bytes([100 + i]) * 700 for i in range(5)]
+    rest = [bytes([100 + i]) * (host.mtu // 3) for i in range(5)]
     sending = asyncio.ensure_future(asyncio.gather(*(host.send(m) for m in rest)))
     got = await read(guest, len(sent) + len(rest))
     await asyncio.wait_for(sending, 2)

@@ -105,7 +105,8 @@ async def eventually(condition: Callable[[], bool], within: float = 2.0) -> None
 
 
 class TestGattLink(LinkConformance):
-    """Guest writes without response, host notifies; MTU 512 (ATT MTU 517)."""
+    """Guest writes without response, host notifies; ATT MTU 517, messages of 495 bytes (an
+    ATT PDU of 498 bytes fills two 251-byte ACL packets: transports/ble/fill.py)."""
 
     # GATT has no end-to-end flow control: write-without-response and notifications are never
     # acknowledged by the reading application, so a sender does not block when the peer stops
@@ -121,14 +122,15 @@ class TestGattLink(LinkConformance):
         guest = await open_device(2, prefer_l2cap=False)
         guest_link, host_link = await connect_pair(host, guest)
         assert isinstance(guest_link, GattLink) and isinstance(host_link, GattLink)
-        assert guest_link.mtu == host_link.mtu == 512
+        assert guest_link.mtu == host_link.mtu == 495
         yield guest_link, host_link
         await guest_link.close()
         await host_link.close()
 
 
 class TestL2capLink(LinkConformance):
-    """One LE credit-based channel per connection, MTU/MPS 2048, credits returned on read."""
+    """One LE credit-based channel per connection, channel MTU/MPS 2048, credits returned on
+    read; messages of 2,002 bytes (an SDU in one K-frame that fills 8 ACL packets)."""
 
     expect_encrypted = False  # no link-layer pairing yet
     expect_mitm_protected = False
@@ -139,7 +141,7 @@ class TestL2capLink(LinkConformance):
         guest = await open_device(4)
         guest_link, host_link = await connect_pair(host, guest)
         assert isinstance(guest_link, L2capLink) and isinstance(host_link, L2capLink)
-        assert guest_link.mtu == host_link.mtu == 2048
+        assert guest_link.mtu == host_link.mtu == 2002
         yield host_link, guest_link
         await guest_link.close()
         await host_link.close()
@@ -496,8 +498,8 @@ async def test_gatt_receive_buffer_is_bounded(open_device: OpenDevice) -> None:
     guest = await open_device(39, prefer_l2cap=False, max_rx_buffer=65536)
     guest_link, host_link = await connect_pair(host, guest)
     with pytest.raises(LinkClosedError):
-        for _ in range(1000):  # 512 KB to a guest that reads nothing and keeps 64 KiB
-            await asyncio.wait_for(host_link.send(bytes(512)), 2)
+        for _ in range(1000):  # 495 KB to a guest that reads nothing and keeps 64 KiB
+            await asyncio.wait_for(host_link.send(bytes(host_link.mtu)), 2)
     drained = 0
     with pytest.raises(LinkClosedError, match="not read"):
         while True:

@@ -55,6 +55,7 @@ from pairkit.pairing.errors import (
 )
 
 from ..queued import BufferedLink
+from .fill import L2CAP_HEADER, filling_size
 from .guard import describe_reason, guarded, translate
 from .pace import PaceConfig, Pacer
 
@@ -72,7 +73,6 @@ __all__ = [
 
 GATT_MAX_VALUE = 512  #: Core 5.4 Vol 3 Part F §3.2.9
 ATT_HEADER = 3  #: opcode + handle of a Write Command or a Notification
-L2CAP_HEADER = 4  #: length + channel ID of every L2CAP PDU (Core 5.4 Vol 3 Part A §3)
 SDU_LENGTH = 2  #: the SDU length field of an SDU's first K-frame (Vol 3 Part A §3.4.3)
 L2CAP_MIN_MTU = 23  #: an LE credit-based channel's smallest MTU (Vol 3 Part A §4.22)
 L2CAP_MIN_MPS = 23  #: and its smallest MPS (the same section)
@@ -298,6 +298,11 @@ class BleLink(BufferedLink):
         :meth:`_backpressure` keeps (no more than ``2 * max_in_flight`` waiting)."""
         queue = self._connection.data_packet_queue
         return queue is None or queue.pending + packets <= 2 * queue.max_in_flight
+
+    def _acl_length(self) -> int:
+        """The controller's LE ACL data packet length for this connection (0: not known)."""
+        queue = self._connection.data_packet_queue
+        return queue.max_packet_size if queue is not None else 0
 
     def _acl_packets(self, pdu_bytes: int) -> int:
         """ACL packets that one L2CAP PDU of ``pdu_bytes`` (header included) is cut into."""
@@ -548,13 +553,21 @@ class GattLink(BleLink):
             raise ConfigError("a host GATT link needs the TX characteristic")
         self._rx_handle = rx_handle
         self._tx = tx_characteristic
+        self._sized = (0, 0, 0)  # (value limit, ACL length, the size for them)
         super().__init__(
             connection, guest=guest, options=options, set_pairing_config=set_pairing_config
         )
 
     @property
     def mtu(self) -> int:
-        return max(20, min(self._connection.att_mtu - ATT_HEADER, GATT_MAX_VALUE))
+        """The largest value that fills its ACL packets best (:mod:`transports.ble.fill`), at
+        most the ATT MTU less the Write Command's or Notification's 3-byte header, and at most
+        an attribute value's 512 bytes (Core 5.4 Vol 3 Part F §3.2.9, §3.4.2)."""
+        limit = max(20, min(self._connection.att_mtu - ATT_HEADER, GATT_MAX_VALUE))
+        acl = self._acl_length()
+        if self._sized[:2] != (limit, acl):
+            self._sized = (limit, acl, filling_size(limit, acl, first_header=ATT_HEADER))
+        return self._sized[2]
 
     def on_notification(self, value: bytes) -> None:
         """Subscriber callback for the TX characteristic (guest side)."""
@@ -803,6 +816,7 @@ class L2capLink(BleLink):
         set_pairing_config: SetPairingConfig | None = None,
     ) -> None:
         self._channel = channel
+        self._size: int | None = None  # the message size (mtu), once asked
         self._rx_frames: deque[int] = deque()  # K-frames of each queued message
         self._to_return = 0  # credits used by messages already read
         super().__init__(
@@ -825,7 +839,17 @@ class L2capLink(BleLink):
 
     @property
     def mtu(self) -> int:
-        return max(20, min(self._channel.peer_mtu, 65535))
+        """The largest message that fills its ACL packets best (:mod:`transports.ble.fill`), at
+        most the peer's channel MTU: with bumble's defaults here (MTU and MPS 2,048, 251-byte
+        ACL packets), 2,002 bytes, one K-frame in 8 full packets.  The channel's own MTU and
+        MPS do not change after it is open (Core 5.4 Vol 3 Part A §10.1), nor the ACL length."""
+        if self._size is None:
+            channel = self._channel
+            limit = max(20, min(channel.peer_mtu, 65535))
+            self._size = filling_size(
+                limit, self._acl_length(), first_header=SDU_LENGTH, mps=max(1, channel.peer_mps)
+            )
+        return self._size
 
     @property
     def channel(self) -> l2cap.LeCreditBasedChannel:
