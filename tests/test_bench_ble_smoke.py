@@ -205,7 +205,10 @@ def test_ble_goodput_paths_write_their_sizes(ble: dict[str, Any], kind: str) -> 
 def test_ble_table_renders(ble: dict[str, Any]) -> None:
     text = ble_bench.render(ble)
     for word in (*ble_bench.METHODS, *ble_bench.CLOUD_ROWS, *ble_bench.SMP_MODES, "Hello",
-                 "Goodput", "secure/link", "/SMP-JW", "air B"):
+                 "Goodput", "secure/link", "/SMP-JW", "air B", "bumble sized",
+                 *(f"sceptic's reference, no goal: secure over {kind}" for kind in ble_bench.LINKS),
+                 *(f"the goal's figure over {kind}, secure / bumble alone"
+                   for kind in ble_bench.LINKS)):
         assert word in text
 
 
