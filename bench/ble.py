@@ -13,10 +13,18 @@ What it measures (issue 4, "Real BLE with bumble", "Done when"), all on virtual 
    entry.  Ratios: method / SMP Just Works and method / SMP passkey.  ``clear`` runs after SMP
    Just Works has encrypted the link; its time does not include that SMP pairing.
 3. **Goodput**, host to guest, of a :class:`~pairkit.securelink.SecureLink` (``--bulk`` bytes in
-   32 KiB messages) over GATT and over L2CAP, beside the raw paths on the same link: bumble alone
-   (``bumble``: GATT notifications or one L2CAP ``channel.write`` of everything, no pairkit code
-   on the sending side) and pairkit's link without crypto (``link``: MTU-sized
-   :meth:`BleLink.send`).  Ratios: secure / link and secure / bumble.
+   32 KiB messages) over GATT and over L2CAP, beside the raw paths on the same link: bumble
+   alone (``bumble``: bumble's ``notify_subscriber`` of the ATT MTU less 3, or ``channel.write``
+   of an SDU of the channel's MTU after ``drain()``: a plain application's chunks, issue 13's
+   reference), bumble alone in the sizes pairkit's link picks to fill its ACL packets
+   (``sized``, ``transports/ble/fill.py``: the sceptic's reference, no goal), and pairkit's link
+   without crypto (``link``: :meth:`BleLink.send` of its ``mtu``).  Ratios: secure / link,
+   secure / bumble (the goal) and secure / sized.  On every path the guest reads through
+   pairkit's link, and on L2CAP bumble's ``write`` runs on the channel pairkit's link has
+   tapped (its K-frames go to bumble's host without bumble's debug formatting); both make the
+   reference faster than a plain bumble application's, not slower (bench/RESULTS.md, "a
+   sceptic's review of the goodput change").  An untimed pass per path counts what the host
+   sent on the radio: L2CAP PDUs and 251-byte ACL packets.
 4. **Bytes on air** per method: the link messages the pairing sent (a counting wrapper around the
    link: pairkit messages with their framing headers), the L2CAP PDUs the controllers carried
    (counted on the virtual radio, L2CAP/ATT headers and credit packets included), and an on-air
@@ -45,6 +53,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +114,8 @@ MESSAGE = 32 * 1024  # SecureLink message size for the goodput runs
 #: goal's reference), bumble alone in the sizes pairkit's link picks (the sceptic's, no goal),
 #: pairkit's link without crypto, the secure channel
 GOODPUT_PATHS = ("bumble", "sized", "link", "secure")
+#: the goodput table's line of what each path took on the radio (an untimed pass per path)
+ACL_LINE = "ACL packets per MiB, host -> guest (untimed pass)"
 LL_OVERHEAD = 10  # LE 1M PHY: preamble 1, access address 4, header 2, CRC 3
 MIC = 4
 
@@ -120,7 +131,10 @@ class Settings:
     bulk_reps: int
 
 
-DEFAULT = Settings(hello_reps=50, pair_reps=40, warmup=2, bulk_bytes=1 << 20, bulk_reps=9)
+#: goodput: 36 rounds of 256 KiB rather than 9 of 1 MiB (the same bytes and time): the
+#: median of the rounds' ratios moved by 0.3 from run to run under load with 9 rounds, by
+#: 0.08 with 36 (the sceptic's review, bench/RESULTS.md)
+DEFAULT = Settings(hello_reps=50, pair_reps=40, warmup=2, bulk_bytes=256 << 10, bulk_reps=36)
 QUICK = Settings(hello_reps=3, pair_reps=1, warmup=0, bulk_bytes=64 << 10, bulk_reps=1)
 
 
@@ -128,23 +142,32 @@ QUICK = Settings(hello_reps=3, pair_reps=1, warmup=0, bulk_bytes=64 << 10, bulk_
 
 
 class AclCounter:
-    """Counts the L2CAP PDUs a virtual radio carries (both directions), while ``on``."""
+    """Counts the L2CAP PDUs a virtual radio carries (both directions), while ``on``, and which
+    controller sent each (``senders``, in the same order)."""
 
     def __init__(self, radio: VirtualRadio) -> None:
         self.on = False
         self.pdus: list[int] = []
+        self.senders: list[Any] = []
         link = radio.link
         original = link.send_acl_data
 
         def counting(sender: Any, destination: Any, transport: Any, data: bytes) -> None:
             if self.on:
                 self.pdus.append(len(data))
+                self.senders.append(sender)
             original(sender, destination, transport, data)
 
         link.send_acl_data = counting  # type: ignore[method-assign]
 
     def take(self) -> list[int]:
-        pdus, self.pdus = self.pdus, []
+        pdus, self.pdus, self.senders = self.pdus, [], []
+        return pdus
+
+    def take_from(self, sender: Any) -> list[int]:
+        """The PDUs counted that ``sender`` (a controller) sent; all are forgotten."""
+        pdus = [n for n, by in zip(self.pdus, self.senders, strict=True) if by is sender]
+        self.pdus, self.senders = [], []
         return pdus
 
 
@@ -724,10 +747,16 @@ def plain_size(pair: Pair) -> int:
 async def bumble_raw(pair: Pair, data: bytes, size: int | None = None) -> tuple[float, float]:
     """bumble alone on the sending side, in the chunks a plain bumble application writes.
 
-    As bumble's own ``apps/bench.py`` does: GATT notifications of the ATT MTU, or L2CAP CoC
-    SDUs of the channel's MTU (:func:`plain_size`), each written after ``drain()`` (no pairkit
-    code on this side).  ``size``: write in chunks of that many bytes instead (the sceptic's
-    reference: bumble alone in the sizes pairkit's link picks, ``transports/ble/fill.py``).
+    GATT notifications of the ATT MTU less 3, or L2CAP CoC SDUs of the channel's MTU
+    (:func:`plain_size`), each written after ``drain()`` as bumble's ``apps/bench.py`` writes
+    its packets (that app's packets are of a size given on its command line, 500 bytes by
+    default, not the MTU; bumble's channel, written without ``drain()``, packs what is queued
+    into SDUs of the channel's MTU).  ``size``: write in chunks of that many bytes instead (the
+    sceptic's reference: bumble alone in the sizes pairkit's link picks,
+    ``transports/ble/fill.py``).  On L2CAP the channel is the one pairkit's link tapped
+    (:class:`~pairkit.transports.ble.links.ChannelTap`): bumble's ``write`` and
+    ``process_output`` cut the SDU, and the tap hands each K-frame to bumble's host without the
+    hex dump bumble formats first.
     """
     host_link = pair.host_link
     chunk = plain_size(pair) if size is None else size
@@ -795,20 +824,43 @@ async def secure(
                                 cpu=True)
 
 
+async def count_on_air(pair: Pair, run: Awaitable[tuple[float, float]]) -> dict[str, int]:
+    """The L2CAP PDUs ``pair``'s host sent on the radio during ``run`` (one transfer), and the
+    ACL packets of :data:`VIRTUAL_ACL_LENGTH` bytes they take (the host cuts each PDU into
+    them: Core 5.4 Vol 4 Part E §5.4.2)."""
+    pair.acl.take()
+    pair.acl.on = True
+    try:
+        await run
+        await asyncio.sleep(0.005)  # let the last PDU reach the radio
+    finally:
+        pair.acl.on = False
+    sent = pair.acl.take_from(pair.host.controller)
+    return {
+        "pdus": len(sent),
+        "acl_packets": sum(-(-n // VIRTUAL_ACL_LENGTH) for n in sent),
+        "l2cap_bytes": sum(sent),
+        "largest_pdu": max(sent, default=0),
+    }
+
+
 async def measure_goodput(settings: Settings) -> dict[str, Any]:
     """MB/s of each path on one L2CAP and one GATT link, interleaved run by run.
 
-    Each round runs bumble alone, the bare link and the secure channel back to back, so the
-    round's ratios (secure / bumble) compare runs that saw the same load; the goal takes the
-    median of those paired ratios, on the wall clock and on the process's CPU clock (the
-    virtual link has no air time: its goodput is CPU bound, and CPU time is what other jobs on
-    a shared machine do not move)."""
+    Each round runs every path of :data:`GOODPUT_PATHS` back to back (forwards, then backwards
+    in the next round), so the round's ratios (secure / bumble) compare runs that saw the same
+    load; the goal takes the median of those paired ratios, on the wall clock and on the
+    process's CPU clock (the virtual link has no air time: its goodput is CPU bound, and CPU
+    time is what other jobs on a shared machine move least).  Then an untimed pass of each
+    path counts the L2CAP PDUs the host sent on the radio and the ACL packets they take
+    (``on_air``)."""
     pairs = {kind: await open_pair(kind) for kind in LINKS}
     sizes = {kind: (pair.guest_link.mtu, plain_size(pair)) for kind, pair in pairs.items()}
     data = os.urandom(settings.bulk_bytes)
     paths = GOODPUT_PATHS
     wall: dict[str, dict[str, list[float]]] = {k: {p: [] for p in paths} for k in LINKS}
     cpu: dict[str, dict[str, list[float]]] = {k: {p: [] for p in paths} for k in LINKS}
+    on_air: dict[str, dict[str, dict[str, int]]] = {k: {} for k in LINKS}
     try:
         slinks = {kind: await secure_pair(p) for kind, p in pairs.items()}
         runs = {
@@ -817,6 +869,9 @@ async def measure_goodput(settings: Settings) -> dict[str, Any]:
             "link": lambda kind: link_raw(pairs[kind], data),
             "secure": lambda kind: secure(*slinks[kind], data),
         }
+        for kind in LINKS:  # one untimed round first: every path's first run warms it up
+            for path in paths:
+                await runs[path](kind)
         for round_no in range(settings.bulk_reps):
             for kind in LINKS:
                 # alternate the order, so neither path always runs first in a round
@@ -825,6 +880,9 @@ async def measure_goodput(settings: Settings) -> dict[str, Any]:
                     spent, used = await runs[path](kind)
                     wall[kind][path].append(len(data) / spent / 1e6)
                     cpu[kind][path].append(len(data) / max(used, 1e-9) / 1e6)
+        for kind in LINKS:
+            for path in paths:
+                on_air[kind][path] = await count_on_air(pairs[kind], runs[path](kind))
     finally:
         for pair in pairs.values():
             await pair.close()
@@ -843,6 +901,7 @@ async def measure_goodput(settings: Settings) -> dict[str, Any]:
             "secure_vs_link_rounds": paired(wall[kind], "secure", "link"),
             "secure_vs_sized_rounds": paired(wall[kind], "secure", "sized"),
             "secure_vs_sized_cpu_rounds": paired(cpu[kind], "secure", "sized"),
+            "on_air": on_air[kind],
             "rounds": {"wall_mb_s": wall[kind], "cpu_mb_s": cpu[kind]},
         }
         for kind in LINKS
@@ -1031,6 +1090,18 @@ def render(result: dict[str, Any]) -> str:
                    + f" {'':>12} {g['secure_vs_bumble_cpu']:>14.2f}")
     out.append("   size: a plain application's message (the goal's reference, 'bumble') / the "
                "one pairkit's link picks to fill its ACL packets ('bumble sized' writes that)")
+    for kind in LINKS:
+        g = result["goodput"][kind]
+        w, c = g["secure_vs_bumble_rounds"], g["secure_vs_bumble_cpu_rounds"]
+        out.append(f"   the goal's figure over {kind}, secure / bumble alone: {w['median']:.2f} "
+                   f"({w['q1']:.2f}-{w['q3']:.2f}), CPU clock {c['median']:.2f} "
+                   f"({c['q1']:.2f}-{c['q3']:.2f}), {w['n']} rounds")
+    for kind in LINKS:
+        g = result["goodput"][kind]
+        per_mib = (1 << 20) / s["bulk_bytes"]
+        cells = ", ".join(f"{p} {g['on_air'][p]['acl_packets'] * per_mib:.0f}"
+                          for p in GOODPUT_PATHS)
+        out.append(f"   {ACL_LINE} over {kind}: {cells}")
     for kind in LINKS:
         g = result["goodput"][kind]
         w, c = g["secure_vs_sized_rounds"], g["secure_vs_sized_cpu_rounds"]

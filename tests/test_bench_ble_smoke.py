@@ -22,6 +22,7 @@ from bench import ble as ble_bench
 from bench import ble_bleak as bleak_bench
 from bench import transfer as transfer_bench
 from bench.common import check_goals, render_goals
+from pairkit.transports.bumble import BumbleConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,13 @@ def test_ble_runs_every_section(ble: dict[str, Any]) -> None:
     # Passkey entry repeats confirm/random for each of the passkey's 20 bits.
     assert ble["smp"]["passkey"]["l2cap_pdus"] > 4 * 20
     assert set(ble["pairing"]) == set(ble["goodput"]) == {"l2cap", "gatt"}
-    assert ble["pairing"]["gatt"]["mtu"] == 512 and ble["pairing"]["l2cap"]["mtu"] == 2048
+    # The links' messages fill their 251-byte ACL packets (transports/ble/fill.py): 495 bytes at
+    # ATT MTU 517, 2,002 on a channel of MTU and MPS 2,048; the goodput reference writes a plain
+    # application's chunks: the ATT MTU less 3, the channel's MTU.
+    assert ble["pairing"]["gatt"]["mtu"] == ble["goodput"]["gatt"]["mtu"] == 495
+    assert ble["pairing"]["l2cap"]["mtu"] == ble["goodput"]["l2cap"]["mtu"] == 2002
+    assert ble["goodput"]["gatt"]["plain_size"] == 512
+    assert ble["goodput"]["l2cap"]["plain_size"] == BumbleConfig().l2cap_mtu == 2048
 
 
 def test_ble_pairing_rows_and_ratios(ble: dict[str, Any]) -> None:
@@ -146,7 +153,8 @@ def test_ble_goodput_paths_and_ratios(ble: dict[str, Any]) -> None:
     for block in ble["goodput"].values():
         wall, cpu = block["rounds"]["wall_mb_s"], block["rounds"]["cpu_mb_s"]
         for samples, table in ((wall, block["mb_s"]), (cpu, block["mb_cpu_s"])):
-            assert set(samples) == set(table) == {"bumble", "link", "secure"}
+            assert set(samples) == set(table) == set(ble_bench.GOODPUT_PATHS) == {
+                "bumble", "sized", "link", "secure"}
             assert all(len(v) == reps and min(v) > 0 for v in samples.values())
             assert all(table[p]["median"] == statistics.median(samples[p]) for p in samples)
 
@@ -156,12 +164,51 @@ def test_ble_goodput_paths_and_ratios(ble: dict[str, Any]) -> None:
         assert block["secure_vs_link"] == pytest.approx(paired(wall, "secure", "link"))
         assert block["secure_vs_bumble"] == pytest.approx(paired(wall, "secure", "bumble"))
         assert block["secure_vs_bumble_cpu"] == pytest.approx(paired(cpu, "secure", "bumble"))
+        assert block["secure_vs_sized_rounds"]["median"] == pytest.approx(
+            paired(wall, "secure", "sized"))
+        assert block["secure_vs_sized_cpu_rounds"]["median"] == pytest.approx(
+            paired(cpu, "secure", "sized"))
+
+
+@pytest.mark.parametrize("kind", ["gatt", "l2cap"])
+def test_ble_goodput_paths_write_their_sizes(ble: dict[str, Any], kind: str) -> None:
+    # What each path sent on the radio (the bench's untimed pass): the reference ('bumble') in
+    # a plain application's chunks, one PDU per notification (its 3-byte ATT header and the
+    # 4-byte L2CAP header), or per K-frame of the channel's MPS (an SDU of the channel's MTU and
+    # its 2-byte length: two K-frames); 'sized' exactly what pairkit's link sends ('link');
+    # those fill every ACL packet but the last.
+    total, acl = ble["settings"]["bulk_bytes"], ble["acl_bytes"]
+    g = ble["goodput"][kind]
+    air = g["on_air"]
+    assert set(air) == set(ble_bench.GOODPUT_PATHS)
+    plain, size = g["plain_size"], g["mtu"]
+    sdus = -(-total // plain)
+    if kind == "gatt":
+        assert air["bumble"]["pdus"] == sdus
+        assert air["bumble"]["largest_pdu"] == plain + 3 + 4
+        assert air["bumble"]["l2cap_bytes"] == total + 7 * sdus
+        assert air["sized"]["largest_pdu"] == size + 3 + 4
+    else:
+        mps = BumbleConfig().l2cap_mps
+        assert air["bumble"]["pdus"] == sdus * -(-(plain + 2) // mps)
+        assert air["bumble"]["largest_pdu"] == min(plain + 2, mps) + 4
+        assert air["bumble"]["l2cap_bytes"] == total + 2 * sdus + 4 * air["bumble"]["pdus"]
+        assert air["sized"]["largest_pdu"] == size + 2 + 4
+    assert air["sized"] == air["link"]
+    assert air["sized"]["largest_pdu"] % acl == 0
+    assert air["sized"]["acl_packets"] <= -(-air["sized"]["l2cap_bytes"] // acl) + 1
+    assert air["bumble"]["acl_packets"] > air["sized"]["acl_packets"]
+    assert all(row["acl_packets"] >= -(-row["l2cap_bytes"] // acl) for row in air.values())
+    assert ble_bench.ACL_LINE in ble_bench.render(ble)
 
 
 def test_ble_table_renders(ble: dict[str, Any]) -> None:
     text = ble_bench.render(ble)
     for word in (*ble_bench.METHODS, *ble_bench.CLOUD_ROWS, *ble_bench.SMP_MODES, "Hello",
-                 "Goodput", "secure/link", "/SMP-JW", "air B"):
+                 "Goodput", "secure/link", "/SMP-JW", "air B", "bumble sized",
+                 *(f"sceptic's reference, no goal: secure over {kind}" for kind in ble_bench.LINKS),
+                 *(f"the goal's figure over {kind}, secure / bumble alone"
+                   for kind in ble_bench.LINKS)):
         assert word in text
 
 
@@ -198,7 +245,9 @@ def test_bad_arguments_are_refused() -> None:
 
 async def test_the_bleak_bench_runs_and_reports_ratios() -> None:
     result = await bleak_bench.measure(bleak_bench.QUICK)
-    assert result["link_mtu"] == {"bumble": 512, "bleak": 512}
+    # bumble's host link fills its ACL packets (transports/ble/fill.py); bleak's guest writes
+    # what bleak allows
+    assert result["link_mtu"] == {"bumble": 495, "bleak": 512}
     assert set(result["methods"]) == {"pin", "qr", "compare", "resume"}
     for row in result["methods"].values():
         for phase in ("pair", "join"):
