@@ -202,6 +202,19 @@ class Admitted:
         """Whether the peer has sent anything yet (read, or waiting to be read)."""
         return self.received > 0 or bool(getattr(self._link, "buffered", 0))
 
+    @property
+    def first_message_in(self) -> bool:
+        """Whether the peer's first whole message is in, read or waiting to be read (a
+        fragment marked LAST arrived): what meets the first flight, as :meth:`recv` holds it.
+        A link held unread (the library host's links while no ``accept`` waits) is judged by
+        what it buffered; a link that cannot show its buffer, by whether it sent anything."""
+        if self.first_in:
+            return True
+        peek = getattr(self._link, "peek_buffered", None)
+        if peek is None:
+            return self.spoken
+        return any(message and message[0] & FLAG_LAST for message in peek())
+
     def authenticated(self, peer: bytes | None = None) -> None:
         """The session on this link is confirmed (with the device ``peer``, if known): it
         counts as a session from now on."""

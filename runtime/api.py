@@ -507,10 +507,11 @@ class Host:
     async def _until_wanted(self, link: Any) -> None:
         """Hold ``link`` (admitted, pending) until an :meth:`accept` waits: no guest is paired
         that the application did not ask for.  The link counts in the admission meanwhile (per
-        address, at most pending, evicted as any pending link is), and is dropped if it has
-        said nothing within the first flight from its arrival, or if no :meth:`accept` came
-        within the host's step timeout (its guest has given up waiting by then).  Before, such
-        links waited in the transport, unlimited and with no deadline (hostq, doubt 2)."""
+        address, at most pending, evicted as any pending link is), and is dropped if its first
+        whole message is not in within the first flight from its arrival (a fragment that
+        starts one is not enough: attack review atk16), or if no :meth:`accept` came within the
+        host's step timeout (its guest has given up waiting by then).  Before, such links
+        waited in the transport, unlimited and with no deadline (hostq, doubt 2)."""
         if self._wanted.is_set():
             return
         first_flight = self._limits.first_flight
@@ -518,9 +519,12 @@ class Host:
             async with asyncio.timeout(first_flight):
                 await self._wanted.wait()
                 return
-        if not getattr(link, "spoken", True):
+        # Met by a whole first message, not by a fragment that starts one (atk13; attack
+        # review atk16: a held stranger's half message kept its place for the step timeout).
+        if not getattr(link, "first_message_in", getattr(link, "spoken", True)):
+            said = "no whole message" if getattr(link, "spoken", False) else "nothing"
             raise PairingTimeout(
-                f"{link.peer} sent nothing within {first_flight:g} s of connecting"
+                f"{link.peer} sent {said} within {first_flight:g} s of connecting"
             )
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(self._step_timeout - first_flight, 0.0)):

@@ -148,3 +148,59 @@ async def test_a_silent_ble_link_is_dropped_while_no_accept_waits(
             await eventually(lambda: not radio.device.connections, 40 * FIRST_FLIGHT)
         finally:
             await silent.close()
+
+
+async def test_a_stranger_who_starts_a_message_while_no_accept_waits_is_dropped_at_the_first_flight(
+    tmp_path: Path,
+) -> None:
+    """No ``accept()`` waits.  A stranger connects over TCP and sends one link message, the
+    first fragment of a 1,000-byte pairkit message (docs/protocol.md framing), then nothing.
+    The first flight is met by a whole message, not by a fragment (attack review atk13): the
+    host must drop the link at the first flight from its arrival, not hold it to the host's
+    step timeout (30 s).  Before (attack review atk16, low), the held link counted as having
+    "spoken" once any fragment was buffered, and was held for the whole step timeout, a
+    pending place (per address, in all) each, from a stranger who never sent a message."""
+    from pairkit.pairing.framing import fragment
+
+    paul = device(tmp_path, "Paul")
+    owner = Counts()
+    limits = AdmissionLimits(first_flight=FIRST_FLIGHT)
+    async with paul.host("tcp:127.0.0.1:0", methods=["pin"], delegate=owner,
+                         admission=limits, step_timeout=30.0) as host:
+        address, port = host.address.rsplit(":", 1)
+        link = await tcp_connect(address, int(port), timeout=5)
+        try:
+            pieces = fragment(bytes(1000), 64)
+            assert len(pieces) > 1
+            await link.send(pieces[0])
+            # 20 first flights: ample for the first one, a fifth of the host's step (30 s)
+            assert await ended(link, 20 * FIRST_FLIGHT), "a stranger's half message was held"
+            assert owner.asked == 0
+        finally:
+            await link.close()
+
+
+async def test_a_ble_stranger_who_starts_a_message_while_no_accept_waits_is_dropped(
+    tmp_path: Path, world: World  # noqa: F811
+) -> None:
+    """The same over bumble virtual controllers (GATT at the smallest MTU): a stranger's link
+    sends the first 20-byte fragment of a message three MTUs long while no ``accept()`` waits,
+    then nothing.  The host must drop it at the first flight, not hold the controller's
+    connection for the host's step timeout (attack review atk16)."""
+    from pairkit.pairing.framing import fragment
+
+    paul = device(tmp_path, "Paul")
+    radio = await world.device(prefer_l2cap=False, att_mtu=23)
+    limits = AdmissionLimits(first_flight=FIRST_FLIGHT)
+    async with paul.host(radio, methods=["pin"], delegate=pairkit.Agree(),
+                         admission=limits, step_timeout=30.0) as host:
+        stranger = await world.device(prefer_l2cap=False, att_mtu=23)
+        link = await stranger.connect(host.address, timeout=5)
+        try:
+            pieces = fragment(bytes(3 * link.mtu), link.mtu)
+            assert len(pieces) > 1
+            await link.send(pieces[0])
+            assert len(radio.device.connections) == 1
+            await eventually(lambda: not radio.device.connections, 20 * FIRST_FLIGHT)
+        finally:
+            await link.close()
