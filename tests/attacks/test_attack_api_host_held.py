@@ -204,3 +204,47 @@ async def test_a_ble_stranger_who_starts_a_message_while_no_accept_waits_is_drop
             await eventually(lambda: not radio.device.connections, 20 * FIRST_FLIGHT)
         finally:
             await link.close()
+
+
+async def test_a_clear_guest_whose_le_pairing_is_confirmed_slowly_while_no_accept_waits_pairs(
+    tmp_path: Path, world: World  # noqa: F811
+) -> None:
+    """Over bumble virtual controllers: George joins by ``clear`` while no ``accept()`` waits;
+    his link is held, and his LE pairing (turned on before his first message) is confirmed by
+    the host's person after longer than the first flight.  A served link gives an LE pairing
+    under way its bounded extension (``BleLink.first_flight_extension``, attack review atk13);
+    a held link must too, and George pairs with the ``accept()`` that comes after.  Before
+    (attack review atk16, low), the held link was dropped at the first flight, and George's
+    join failed however soon the application called ``accept()``."""
+    from pairkit.transports.bumble import PairingDelegate
+
+    class SlowConfirmer(PairingDelegate):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked = 0
+
+        async def confirm(self, auto: bool = False) -> bool:
+            self.asked += 1
+            await asyncio.sleep(3 * FIRST_FLIGHT)
+            return True
+
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    confirmer = SlowConfirmer()
+    radio = await world.device(prefer_l2cap=False, pairing_delegate=confirmer)
+    limits = AdmissionLimits(first_flight=FIRST_FLIGHT)
+    async with paul.host(radio, methods=["clear"], delegate=pairkit.Agree(),
+                         admission=limits, step_timeout=20.0) as host:
+        guest_radio = await world.device(prefer_l2cap=False)
+        joining = asyncio.ensure_future(george.join(
+            host.address, transport=guest_radio, method="clear", step_timeout=20))
+        try:
+            await eventually(lambda: confirmer.asked >= 1, 20 * FIRST_FLIGHT)
+            await asyncio.sleep(5 * FIRST_FLIGHT)  # confirmed, and George has spoken
+            assert not joining.done(), joining
+            async with await host.accept(timeout=15) as on_paul, await joining as on_george:
+                assert on_paul.peer.name == "George"
+                assert on_paul.fingerprint == on_george.fingerprint
+        finally:
+            joining.cancel()
+            with contextlib.suppress(BaseException):
+                await joining
