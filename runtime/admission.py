@@ -220,6 +220,12 @@ class Admitted:
         counts as a session from now on."""
         self._admission._promote(self, peer)
 
+    def over(self) -> None:
+        """The link is closed and its handler has only to report how it ended: its place is
+        free now, not once the report is done (a library host's delegate may take its time to
+        hear of a failed guest: attack review atk16)."""
+        self._admission.done(self)
+
     def keep(self) -> Callable[[], None]:
         """The session on this link is served past its handler's end (the library host hands
         it to its application): it keeps counting as a session, and still gives way to its

@@ -483,6 +483,11 @@ class Host:
             await _close_quietly(link)
             if is_probe(exc):  # one that only asked who we are did not fail
                 return False
+            # Closed: its place in the admission is free while the application hears of it
+            # (its handler may take its time; attack review atk16).
+            over = getattr(link, "over", None)
+            if over is not None:
+                over()
             await self._delegate.on_event(GuestFailed(str(link.peer), str(exc)))
             return None
         except BaseException:
