@@ -516,8 +516,8 @@ class Host:
         whole message is not in within the first flight from its arrival (a fragment that
         starts one is not enough; an LE pairing under way extends it as it extends a served
         link's: attack review atk16), or if no :meth:`accept` came within the host's step
-        timeout (its guest has given up waiting by then).  Before, such links
-        waited in the transport, unlimited and with no deadline (hostq, doubt 2)."""
+        timeout (its guest has given up waiting by then).  Before, such links waited in the
+        transport, unlimited and with no deadline (hostq, doubt 2)."""
         if self._wanted.is_set():
             return
         first_flight = self._limits.first_flight
