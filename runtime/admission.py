@@ -202,10 +202,29 @@ class Admitted:
         """Whether the peer has sent anything yet (read, or waiting to be read)."""
         return self.received > 0 or bool(getattr(self._link, "buffered", 0))
 
+    @property
+    def first_message_in(self) -> bool:
+        """Whether the peer's first whole message is in, read or waiting to be read (a
+        fragment marked LAST arrived): what meets the first flight, as :meth:`recv` holds it.
+        A link held unread (the library host's links while no ``accept`` waits) is judged by
+        what it buffered; a link that cannot show its buffer, by whether it sent anything."""
+        if self.first_in:
+            return True
+        peek = getattr(self._link, "peek_buffered", None)
+        if peek is None:
+            return self.spoken
+        return any(message and message[0] & FLAG_LAST for message in peek())
+
     def authenticated(self, peer: bytes | None = None) -> None:
         """The session on this link is confirmed (with the device ``peer``, if known): it
         counts as a session from now on."""
         self._admission._promote(self, peer)
+
+    def over(self) -> None:
+        """The link is closed and its handler has only to report how it ended: its place is
+        free now, not once the report is done (a library host's delegate may take its time to
+        hear of a failed guest: attack review atk16)."""
+        self._admission.done(self)
 
     def keep(self) -> Callable[[], None]:
         """The session on this link is served past its handler's end (the library host hands
@@ -436,7 +455,7 @@ class _Bucket:
         return self.tokens
 
 
-#: per-address buckets a ClaimBudget keeps at most
+#: per-address (per-device) buckets a ClaimBudget keeps at most
 _ADDRESSES_KEPT = 4096
 
 
@@ -456,8 +475,12 @@ class ClaimBudget:
     asks at once, :attr:`per_address_rate` more each second), so that one address cannot keep
     a returning device out, and one in all (:attr:`burst`, :attr:`rate`), well under the key
     server's allowance.  An ask whose pairing proved the claim is given back to both, so
-    returning devices do not use them up.  Pairings the owner said yes to are not counted (the
-    question bounds them).
+    returning devices do not use them up, but only as often as a device comes back: each
+    device's proved asks are given back at most :attr:`per_address` at once and
+    :attr:`per_address_rate` more each second (a bucket per device id), so that a known device
+    coming back again and again (a guest let in for an hour, a device taken over) spends the
+    budget as a stranger does (attack review atk16).  Pairings the owner said yes to are not
+    counted (the question bounds them).
     """
 
     def __init__(
@@ -471,22 +494,30 @@ class ClaimBudget:
         self._clock = clock
         self._all = _Bucket(burst, clock())
         self._by_address: dict[str, _Bucket] = {}
+        #: per device id: the proved asks that may still be given back
+        self._by_device: dict[bytes, _Bucket] = {}
         #: asks refused so far (for people and tests)
         self.refused = 0
 
     def _mine(self, address: str, now: float) -> _Bucket:
-        mine = self._by_address.get(address)
+        self._by_address, mine = self._bucket(self._by_address, address, now)
+        return mine
+
+    def _bucket(self, kept: dict[Any, _Bucket], key: Any, now: float
+                ) -> tuple[dict[Any, _Bucket], _Bucket]:
+        """``key``'s bucket in ``kept`` (a new full one if none), and the map it is now in."""
+        mine = kept.get(key)
         if mine is None:
-            if len(self._by_address) >= _ADDRESSES_KEPT:
+            if len(kept) >= _ADDRESSES_KEPT:
                 # Forget the addresses whose bucket is full again (idle long enough); if fresh
                 # ones still fill half the map (a stranger with a new address per link), the
                 # oldest seen too, so that the map is rebuilt once per thousands of addresses,
                 # not per link.  A forgotten address starts full: the bucket in all bounds it.
                 full = self.per_address / self.per_address_rate
-                kept = [(a, b) for a, b in self._by_address.items() if now - b.at < full]
-                self._by_address = dict(kept[-(_ADDRESSES_KEPT // 2):])
-            mine = self._by_address[address] = _Bucket(self.per_address, now)
-        return mine
+                fresh = [(a, b) for a, b in kept.items() if now - b.at < full]
+                kept = dict(fresh[-(_ADDRESSES_KEPT // 2):])
+            mine = kept[key] = _Bucket(self.per_address, now)
+        return kept, mine
 
     def take(self, address: str) -> bool:
         """Whether the key server may be asked for one more claim from ``address`` now (one is
@@ -501,11 +532,18 @@ class ClaimBudget:
         self._all.tokens -= 1
         return True
 
-    def give_back(self, address: str) -> None:
-        """The claim from ``address`` was proved: its ask is not counted."""
+    def give_back(self, address: str, device: bytes) -> bool:
+        """The claim from ``address`` was proved by ``device``: its ask is not counted, unless
+        that device has had as many given back as a device coming back gets (then nothing is
+        given back).  Whether it was given back."""
         now = self._clock()
+        self._by_device, theirs = self._bucket(self._by_device, device, now)
+        if theirs.level(self.per_address, self.per_address_rate, now) < 1:
+            return False
+        theirs.tokens -= 1
         mine = self._mine(address, now)
         mine.level(self.per_address, self.per_address_rate, now)
         mine.tokens = min(float(self.per_address), mine.tokens + 1)
         self._all.level(self.burst, self.rate, now)
         self._all.tokens = min(float(self.burst), self._all.tokens + 1)
+        return True

@@ -322,7 +322,7 @@ async def _host_pairing(
                     "server is not asked for more); try again in a moment"
                 )
             session = await side.ttp(pipe, context)
-            side.ttp_claims.give_back(address)
+            side.ttp_claims.give_back(address, session.peer.device_id)
             return session, Method.TTP
     machine = HostPairing(
         side.config, me, side.state, link_encrypted=bool(link.encrypted),

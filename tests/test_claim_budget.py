@@ -22,14 +22,14 @@ def test_a_burst_then_the_rate_and_a_proved_claim_given_back() -> None:
     budget = ClaimBudget(burst=3, rate=0.5, per_address=10, clock=clock)
     assert [budget.take("a") for _ in range(4)] == [True, True, True, False]
     assert budget.refused == 1
-    budget.give_back("a")  # that claim was proved
+    assert budget.give_back("a", b"george")  # that claim was proved
     assert budget.take("a") and not budget.take("a")
     clock.now += 2.0  # one more at 0.5 a second
     assert budget.take("b") and not budget.take("b")
     clock.now += 3600.0  # never more than the burst
     assert [budget.take("a") for _ in range(4)] == [True, True, True, False]
-    for _ in range(10):
-        budget.give_back("a")
+    for n in range(10):
+        budget.give_back("a", bytes([n]))
     assert [budget.take("a") for _ in range(4)] == [True, True, True, False]
 
 
@@ -70,3 +70,22 @@ def test_a_flood_of_fresh_addresses_keeps_the_map_bounded_and_cheap() -> None:
             last = budget._by_address
     assert len(budget._by_address) <= 4096
     assert rebuilds <= 20_000 // 1024, f"the map was rebuilt {rebuilds} times"
+
+
+def test_a_device_gets_its_proved_asks_back_only_as_often_as_a_device_comes_back() -> None:
+    """A device's proved asks are given back at most ``per_address`` at once and one each
+    ``1 / per_address_rate`` seconds more (attack review atk16): a known device coming back
+    again and again spends the budget as a stranger does; one coming back now and then never
+    does, and another device's are its own."""
+    clock = Hand()
+    budget = ClaimBudget(burst=30, rate=0.5, per_address=4, per_address_rate=0.1, clock=clock)
+    given = []
+    while budget.take("george's address"):  # back at once, again and again
+        given.append(budget.give_back("george's address", b"george"))
+    # four given back, then his address's own four spent
+    assert given == [True] * 4 + [False] * 4, given
+    assert budget.take("ringo's address") and budget.give_back("ringo's address", b"ringo")
+    for _ in range(20):  # George back once every 10 s: always given back
+        clock.now += 10.0
+        assert budget.take("george's address")
+        assert budget.give_back("george's address", b"george")

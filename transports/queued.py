@@ -153,6 +153,10 @@ class MessageQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def peek(self) -> tuple[bytes, ...]:
+        """The messages queued and not read yet, left queued."""
+        return tuple(self._items)
+
     @property
     def ended(self) -> bool:
         """True once :meth:`finish` or :meth:`abort` was called."""
@@ -301,6 +305,10 @@ class QueuedLink(LinkBase):
         """Messages received and not read yet."""
         return len(self._inbox)
 
+    def peek_buffered(self) -> tuple[bytes, ...]:
+        """The messages received and not read yet, left to be read."""
+        return self._inbox.peek()
+
     def _check_send(self, data: bytes) -> bytes:
         """``data`` as bytes, if it fits the MTU and this side has not closed the link."""
         data = check_message(data, self._mtu)
@@ -379,6 +387,10 @@ class BufferedLink(LinkBase):
     def buffered(self) -> int:
         """Messages received and not read yet."""
         return len(self._rx)
+
+    def peek_buffered(self) -> tuple[bytes, ...]:
+        """The messages received and not read yet, left to be read."""
+        return tuple(self._rx)
 
     async def send(self, data: bytes) -> None:
         """Send one message of at most ``mtu`` bytes; one at a time, in order."""

@@ -148,3 +148,103 @@ async def test_a_silent_ble_link_is_dropped_while_no_accept_waits(
             await eventually(lambda: not radio.device.connections, 40 * FIRST_FLIGHT)
         finally:
             await silent.close()
+
+
+async def test_a_stranger_who_starts_a_message_while_no_accept_waits_is_dropped_at_the_first_flight(
+    tmp_path: Path,
+) -> None:
+    """No ``accept()`` waits.  A stranger connects over TCP and sends one link message, the
+    first fragment of a 1,000-byte pairkit message (docs/protocol.md framing), then nothing.
+    The first flight is met by a whole message, not by a fragment (attack review atk13): the
+    host must drop the link at the first flight from its arrival, not hold it to the host's
+    step timeout (30 s).  Before (attack review atk16, low), the held link counted as having
+    "spoken" once any fragment was buffered, and was held for the whole step timeout, a
+    pending place (per address, in all) each, from a stranger who never sent a message."""
+    from pairkit.pairing.framing import fragment
+
+    paul = device(tmp_path, "Paul")
+    owner = Counts()
+    limits = AdmissionLimits(first_flight=FIRST_FLIGHT)
+    async with paul.host("tcp:127.0.0.1:0", methods=["pin"], delegate=owner,
+                         admission=limits, step_timeout=30.0) as host:
+        address, port = host.address.rsplit(":", 1)
+        link = await tcp_connect(address, int(port), timeout=5)
+        try:
+            pieces = fragment(bytes(1000), 64)
+            assert len(pieces) > 1
+            await link.send(pieces[0])
+            # 20 first flights: ample for the first one, a fifth of the host's step (30 s)
+            assert await ended(link, 20 * FIRST_FLIGHT), "a stranger's half message was held"
+            assert owner.asked == 0
+        finally:
+            await link.close()
+
+
+async def test_a_ble_stranger_who_starts_a_message_while_no_accept_waits_is_dropped(
+    tmp_path: Path, world: World  # noqa: F811
+) -> None:
+    """The same over bumble virtual controllers (GATT at the smallest MTU): a stranger's link
+    sends the first 20-byte fragment of a message three MTUs long while no ``accept()`` waits,
+    then nothing.  The host must drop it at the first flight, not hold the controller's
+    connection for the host's step timeout (attack review atk16)."""
+    from pairkit.pairing.framing import fragment
+
+    paul = device(tmp_path, "Paul")
+    radio = await world.device(prefer_l2cap=False, att_mtu=23)
+    limits = AdmissionLimits(first_flight=FIRST_FLIGHT)
+    async with paul.host(radio, methods=["pin"], delegate=pairkit.Agree(),
+                         admission=limits, step_timeout=30.0) as host:
+        stranger = await world.device(prefer_l2cap=False, att_mtu=23)
+        link = await stranger.connect(host.address, timeout=5)
+        try:
+            pieces = fragment(bytes(3 * link.mtu), link.mtu)
+            assert len(pieces) > 1
+            await link.send(pieces[0])
+            assert len(radio.device.connections) == 1
+            await eventually(lambda: not radio.device.connections, 20 * FIRST_FLIGHT)
+        finally:
+            await link.close()
+
+
+async def test_a_clear_guest_whose_le_pairing_is_confirmed_slowly_while_no_accept_waits_pairs(
+    tmp_path: Path, world: World  # noqa: F811
+) -> None:
+    """Over bumble virtual controllers: George joins by ``clear`` while no ``accept()`` waits;
+    his link is held, and his LE pairing (turned on before his first message) is confirmed by
+    the host's person after longer than the first flight.  A served link gives an LE pairing
+    under way its bounded extension (``BleLink.first_flight_extension``, attack review atk13);
+    a held link must too, and George pairs with the ``accept()`` that comes after.  Before
+    (attack review atk16, low), the held link was dropped at the first flight, and George's
+    join failed however soon the application called ``accept()``."""
+    from pairkit.transports.bumble import PairingDelegate
+
+    class SlowConfirmer(PairingDelegate):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked = 0
+
+        async def confirm(self, auto: bool = False) -> bool:
+            self.asked += 1
+            await asyncio.sleep(3 * FIRST_FLIGHT)
+            return True
+
+    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
+    confirmer = SlowConfirmer()
+    radio = await world.device(prefer_l2cap=False, pairing_delegate=confirmer)
+    limits = AdmissionLimits(first_flight=FIRST_FLIGHT)
+    async with paul.host(radio, methods=["clear"], delegate=pairkit.Agree(),
+                         admission=limits, step_timeout=20.0) as host:
+        guest_radio = await world.device(prefer_l2cap=False)
+        joining = asyncio.ensure_future(george.join(
+            host.address, transport=guest_radio, method="clear", step_timeout=20))
+        try:
+            await eventually(lambda: confirmer.asked >= 1, 20 * FIRST_FLIGHT)
+            await asyncio.sleep(5 * FIRST_FLIGHT)  # confirmed, and George has spoken
+            assert not joining.done(), joining
+            async with await host.accept(timeout=15) as on_paul, await joining as on_george:
+                assert on_paul.peer.name == "George"
+                assert on_paul.fingerprint == on_george.fingerprint
+        finally:
+            joining.cancel()
+            with contextlib.suppress(BaseException):
+                await joining
