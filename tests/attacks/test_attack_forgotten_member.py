@@ -30,7 +30,7 @@ from pairkit.pairing.errors import PairingError
 from pairkit.presence import IRK_SETTING, tag_keys
 from pairkit.transports import loopback
 
-from ..attack_harness import answer_prompt, host_with_terminal
+from ..attack_harness import answer_prompt, host_with_terminal, open_ks
 from ..cli_helpers import (
     KEYSTORE_PIN,
     PAIRKIT_CMD,
@@ -309,3 +309,37 @@ async def test_a_kept_member_resumes_and_gets_the_renewed_secret(tmp_path: Path)
     assert error is None and session is not None and session.role == "member", error
     await session.close()
     assert owner.asked == [] and paul_cloud(ringo, paul) == paul_cloud(paul, paul)
+
+
+async def test_a_running_host_process_renews_a_kept_member(lab: Lab) -> None:
+    """The same between real processes over TCP: Paul's ``pairkit host`` makes George and Ringo
+    members (Paul answers "m"); ``pairkit forget`` of George while it runs; Ringo's next
+    ``pairkit join`` resumes with nobody asked, as a member, and leaves Ringo holding the
+    renewed secret (epoch 1, the one Paul's keystore holds), George not."""
+    paul, george, ringo = lab.device("paul"), lab.device("george"), lab.device("ringo")
+    host, master = await host_with_terminal(lab, paul, "-m", "pin", "-m", "resume",
+                                            "--pin", "482913", "--json")
+    pin = await host.pin()  # 482913, shown once the host is up
+    mark = host.mark()
+    for who in (george, ringo):
+        joining = asyncio.ensure_future(
+            who.join(host.target, "-m", "pin", "--pin", pin, "--yes", "--json"))
+        await answer_prompt(host, master, r"asks to join", "m\n", since=mark)
+        (await joining).ok()
+        assert (await host.next_result())["role"] == "member"
+        # A --pin serves one guest: the next one shown (after the prompt, on its line)
+        pin = (await host.wait_for(r"PIN: (\d{6})", since=mark)).group(1)
+        mark = host.mark()
+    forgot = (await run_cli(paul.home, "forget", george.name, "--json")).ok().json()
+    assert forgot["cloud_secret_renewed"] is True
+
+    mark = host.mark()
+    again = (await ringo.join(paul.name, "--json")).ok()
+    result = await host.next_result()
+    assert result["method"] == "resume" and result["role"] == "member", again
+    assert not any("asks to join" in line for line in host.lines[mark:]), host.lines[mark:]
+    owner_ks, ringo_ks, george_ks = open_ks(paul), open_ks(ringo), open_ks(george)
+    (cloud,) = [c for c in owner_ks.clouds() if c.role == "owner"]
+    assert cloud.epoch == 1 and ringo_ks.cloud(cloud.cloud_id).epoch == 1
+    assert ringo_ks.cloud_mac(cloud.cloud_id, b"p") == owner_ks.cloud_mac(cloud.cloud_id, b"p")
+    assert george_ks.cloud_mac(cloud.cloud_id, b"p") != owner_ks.cloud_mac(cloud.cloud_id, b"p")
