@@ -229,6 +229,11 @@ async def accept_session(
             raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
+        # A secret renewed by another process (pairkit forget) since the hint was checked is
+        # read now: a proof made with the secret it retired then fails to bind (the guest
+        # comes back, and its proof is checked as a retired one), rather than counting as one
+        # of the current secret (docs/security.md "Renewing the cloud secret").
+        ks.follow()
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
         cloud.check_name(session.peer.name)  # the device its owner was asked about paired
         if cloud.retired_epoch is not None and cloud.grant is None:
