@@ -20,6 +20,11 @@ sides, in the manner of the OMA CPNS personal-network authentication:
 the keystore, and the hint is unlinkable across attempts because ``n_G`` is fresh.  Both proofs
 cover both nonces, so neither a replayed proof nor a reflected one verifies.
 
+The host checks a hint against its current secret, then against the secrets it *retired* when
+its owner forgot a member (:attr:`CloudHost.retired_epoch` says which); a proof made with a
+retired one counts only for a device that is a member now, which the caller checks once the
+pairing has proven who the guest is (docs/security.md "Renewing the cloud secret").
+
 Each proof names the prover's static identity key (``S_G``, ``S_H``), which is not sent: the
 proof can only be checked once the pairing that follows has *proven* who the peer is (every
 method proves both static keys, docs/security.md rule 1).  Both sides then call :meth:`bind`
