@@ -263,8 +263,13 @@ def forget(peer: str, as_json: bool) -> None:
 
     A member that was given this device's Bluetooth address key (so that it recognises this
     device across its rotating addresses) can follow it no longer: the key is renewed, and
-    the members kept get the new one when they next connect.
+    the members kept get the new one when they next connect.  A member that was given this
+    device's cloud secret is shut out of the cloud the same way: the secret is renewed, the
+    forgotten device's proof of the old one lets it in no more (this device's owner is asked
+    about it, as about a stranger), and the members kept get the new secret when they next
+    connect.
     """
+    from pairkit.peers import renew_cloud_secret, was_given_cloud_secret
     from pairkit.presence import renew_identity_resolving_key
 
     from .common import emit_json, info, unlock
@@ -272,6 +277,10 @@ def forget(peer: str, as_json: bool) -> None:
     ks = unlock()
     with ks.update():
         removed = ks.forget_peer(peer)
+        # It was given this device's cloud secret: a new one, in the same save, so that its
+        # proof of the old one counts for members only (docs/security.md "Renewing the cloud
+        # secret").
+        secret_renewed = was_given_cloud_secret(removed) and renew_cloud_secret(ks) is not None
     # It was given this device's address key as a member: a new one, so that it cannot follow
     # this device's new addresses (docs/security.md "Recognising a host across addresses").
     renewed = bool(removed.extra.get("irk_given"))
@@ -279,12 +288,15 @@ def forget(peer: str, as_json: bool) -> None:
         renew_identity_resolving_key(ks)
     if as_json:
         emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id},
-                   "address_key_renewed": renewed})
+                   "address_key_renewed": renewed, "cloud_secret_renewed": secret_renewed})
     else:
         info(f"forgot {removed.name} ({removed.id})")
         if renewed:
             info("this device's Bluetooth address key was renewed: the members you keep get "
                  "the new one when they next connect")
+        if secret_renewed:
+            info("this device's cloud secret was renewed: the members you keep get the new one "
+                 "when they next connect; if the forgotten device comes back, you are asked")
 
 
 # -- pairing ----------------------------------------------------------------------------------

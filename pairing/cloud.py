@@ -20,6 +20,11 @@ sides, in the manner of the OMA CPNS personal-network authentication:
 the keystore, and the hint is unlinkable across attempts because ``n_G`` is fresh.  Both proofs
 cover both nonces, so neither a replayed proof nor a reflected one verifies.
 
+The host checks a hint against its current secret, then against the secrets it *retired* when
+its owner forgot a member (:attr:`CloudHost.retired_epoch` says which); a proof made with a
+retired one counts only for a device that is a member now, which the caller checks once the
+pairing has proven who the guest is (docs/security.md "Renewing the cloud secret").
+
 Each proof names the prover's static identity key (``S_G``, ``S_H``), which is not sent: the
 proof can only be checked once the pairing that follows has *proven* who the peer is (every
 method proves both static keys, docs/security.md rule 1).  Both sides then call :meth:`bind`
@@ -77,6 +82,9 @@ from .wire import Abort, Message, field, message
 
 #: (cloud id, data) -> MAC under that cloud's auth key (the keystore's cloud_mac)
 CloudMac = Callable[[str, bytes], bytes]
+#: (cloud id, epoch, data) -> MAC under the auth key of that cloud's *retired* secret of that
+#: epoch (docs/security.md "Renewing the cloud secret")
+RetiredMac = Callable[[str, int, bytes], bytes]
 
 
 class Role(IntEnum):
@@ -398,10 +406,20 @@ class CloudHost(Machine):
         precheck: Callable[[int | None, float], None] = lambda _method, _now: None,
         timeout: float = 30.0,
         info: HostInfo | None = None,
+        retired: tuple[tuple[str, int], ...] = (),
+        retired_mac: RetiredMac | None = None,
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_HELLO)
         self._info = info
+        #: (cloud id, epoch) of each retired secret a proof may still be made with, checked
+        #: after the current secrets; such a proof counts only for a device that is a member
+        #: now, which the caller checks once the pairing proved who it is (:attr:`retired_epoch`)
+        self._retired = retired if retired_mac is not None else ()
+        self._retired_mac = retired_mac
+        #: the epoch of the retired secret the guest's proof was made with (None: the current
+        #: secret, or no proof)
+        self.retired_epoch: int | None = None
         self._precheck = precheck
         #: the method a joining guest said it will pair by (None: not said, or a member)
         self.join_method: int | None = None
@@ -430,13 +448,15 @@ class CloudHost(Machine):
         self._ng = msg.nonce
         self._nh = self._rng(16)
         proof = index = None
-        for i, hint in enumerate(msg.hints):
-            for cloud_id in self.clouds:
-                if hmac.compare_digest(_hint(self._mac, cloud_id, msg.nonce), hint):
-                    self.cloud_id, index = cloud_id, i
-                    proof = _proof(
-                        self._mac, cloud_id, b"host", self._ng, self._nh, self._static
-                    )
+        # The current secrets first, then the retired ones (a member not renewed yet).
+        keys: list[tuple[str, int | None]] = [(c, None) for c in self.clouds]
+        keys += [(c, e) for c, e in self._retired if c in self.clouds]
+        for cloud_id, epoch in keys:
+            mac = self._mac_of(epoch)
+            for i, hint in enumerate(msg.hints):
+                if hmac.compare_digest(_hint(mac, cloud_id, msg.nonce), hint):
+                    self.cloud_id, index, self.retired_epoch = cloud_id, i, epoch
+                    proof = _proof(mac, cloud_id, b"host", self._ng, self._nh, self._static)
                     break
             if proof is not None:
                 break
@@ -467,12 +487,27 @@ class CloudHost(Machine):
         if self._guest_proof is None:
             return
         assert self.cloud_id is not None
-        expected = _proof(self._mac, self.cloud_id, b"guest", self._ng, self._nh, guest_static)
+        mac = self._mac_of(self.retired_epoch)
+        expected = _proof(mac, self.cloud_id, b"guest", self._ng, self._nh, guest_static)
         if not same(expected, self._guest_proof):
             self.role = Role.STRANGER
             raise AuthenticationError(
                 "the guest that paired is not the one that proved membership of the cloud"
             )
+
+    def _mac_of(self, epoch: int | None) -> CloudMac:
+        """The MAC under the current secret (``epoch`` None) or the retired one of ``epoch``."""
+        if epoch is None:
+            return self._mac
+        retired, at = self._retired_mac, epoch
+        assert retired is not None
+        return lambda cloud_id, data: retired(cloud_id, at, data)
+
+    def not_a_member(self) -> None:
+        """The guest's proof was made with a retired secret and the proven device is not a
+        member now: its proof counts as no proof at all (docs/security.md "Renewing the cloud
+        secret"); the caller asks the owner about it as about a stranger."""
+        self.role, self.grant = Role.STRANGER, None
 
     def check_name(self, proven_name: str) -> None:
         """After the pairing: the device the owner was asked about must be the one that paired,
@@ -559,6 +594,17 @@ def _host_info(msg: CloudReply) -> HostInfo | None:
         methods=methods_from_mask(msg.methods or 0),
         caps=Caps(msg.caps or 0) & ALL_CAPS,
     )
+
+
+def retired_mac_from(cloud_kdf: Callable[[str, int, bytes, int], bytes]) -> RetiredMac:
+    """A :data:`RetiredMac` over a keystore's ``cloud_kdf`` with an epoch (cloud id, epoch,
+    info, length)."""
+
+    def mac(cloud_id: str, epoch: int, data: bytes) -> bytes:
+        key = cloud_kdf(cloud_id, epoch, keyschedule.CLOUD_AUTH, 32)
+        return hmac.new(key, data, sha256).digest()
+
+    return mac
 
 
 def auth_mac_from(cloud_kdf: Callable[[str, bytes, int], bytes]) -> CloudMac:

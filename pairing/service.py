@@ -25,7 +25,7 @@ access ends at its expiry (time is passed in, never read).  Members are not prom
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from enum import Enum
 from typing import ClassVar
 
@@ -81,6 +81,9 @@ class Membership(Message):
     #: only: with it a member tells that the host's resolvable private addresses are one
     #: device (docs/protocol.md §10, docs/security.md "Recognising a host across addresses")
     irk: bytes | None = field(9, size=16, default=None, secret=True)
+    #: the cloud secret's epoch (how many times its owner renewed it), with a secret only;
+    #: absent for 0 (docs/protocol.md §10, docs/security.md "Renewing the cloud secret")
+    epoch: int | None = field(10, default=None)
 
 
 def cloud_id_of(owner_device_id: bytes) -> str:
@@ -101,6 +104,15 @@ def membership_statement(m: Membership, member_id: bytes, session_fingerprint: s
 
 
 @dataclasses.dataclass(frozen=True)
+class CloudRenewal:
+    """A checked renewal of a cloud this device holds as a member: store ``epoch``'s secret in
+    place of the one held (rule 3's one exception, docs/security.md)."""
+
+    cloud_id: str
+    epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
 class JoinCloud(Question):
     """A host made this device a member of its cloud: store it?  Answer True to join."""
 
@@ -117,7 +129,9 @@ def check_membership(
     me: bytes,
     session_fingerprint: str,
     held: Collection[str],
-) -> JoinCloud | None:
+    proven: str | None = None,
+    member_epochs: Mapping[str, int] | None = None,
+) -> JoinCloud | CloudRenewal | None:
     """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
 
     Returns the question to ask this device's user when the membership carries a cloud to
@@ -126,11 +140,18 @@ def check_membership(
     not bound to the host that pairs, a bad owner signature, or a cloud this device holds; and
     :class:`ProtocolError` for an address key (``irk``) with a guest grant (members only:
     docs/protocol.md §10).
+
+    ``proven``: the cloud this device proved in the cloud step (it came back as a member).  A
+    secret is then a *renewal* of that cloud (rule 3's one exception): taken only for that
+    cloud, held as a member (``member_epochs``: the clouds held as a member, with the epoch
+    held), bound to the host, with a higher epoch and the owner's signature; returned as a
+    :class:`CloudRenewal`.  Anything else with a secret is refused.
     """
     if m.irk is not None and m.role is not Role.MEMBER:
         raise ProtocolError("a guest grant carries no address key (members only)")
     if m.secret is None:
-        if m.cloud_name is not None or m.members or m.signature is not None:
+        if m.cloud_name is not None or m.members or m.signature is not None \
+                or m.epoch is not None:
             raise ProtocolError("a membership without a cloud secret names no cloud to join")
         if m.role is Role.GUEST and m.cloud_id is not None:
             raise ProtocolError("a guest grant names no cloud")
@@ -141,7 +162,23 @@ def check_membership(
         raise AuthenticationError(
             "the host offered a cloud that is not its own (a cloud's id is bound to its owner)"
         )
-    if m.cloud_id in held:
+    if proven is not None:
+        # Back as a member of ``proven``: the only secret it may be sent is that cloud's renewed
+        # one, never a cloud to join that it did not ask for.
+        if m.cloud_id != proven:
+            raise AuthenticationError(
+                "the host sent a cloud secret for another cloud than the one this device proved"
+            )
+        epochs = member_epochs or {}
+        if m.cloud_id not in epochs:
+            raise AuthenticationError(
+                "the host offered to renew a cloud this device does not hold as a member"
+            )
+        if m.epoch is None or m.epoch <= epochs[m.cloud_id]:
+            raise AuthenticationError(
+                "the host's cloud renewal is not newer than the secret this device holds"
+            )
+    elif m.cloud_id in held:
         raise AuthenticationError(
             "the host offered a cloud this device already holds; it is never overwritten"
         )
@@ -153,6 +190,9 @@ def check_membership(
         )
     except (InvalidSignature, ValueError):
         raise AuthenticationError("the membership's owner signature does not verify") from None
+    if proven is not None:
+        assert m.epoch is not None
+        return CloudRenewal(cloud_id=proven, epoch=m.epoch)
     return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")
 
 

@@ -11,6 +11,7 @@ forgotten or a grant withdrawn there counts here from the next decision on, and
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections.abc import Collection, Mapping, Sequence
@@ -117,6 +118,7 @@ def save_session(
     stored_grant: bool = False,
     irk: bytes | _Keep | None = KEEP,
     gave_irk: bool = False,
+    gave_secret: bool = False,
 ) -> None:
     """Store the peer after a confirmed session: keys, prekeys, where it was reached, and the
     grant of this session in its own direction (docs/security.md, rule 2):
@@ -133,13 +135,15 @@ def save_session(
     ``irk``: the peer's identity resolving key as its membership gave it (None: it gave none,
     and what was stored goes); :data:`KEEP` keeps the stored one.  ``gave_irk``: this host gave
     the peer its own (marked, so that forgetting the peer renews it: :func:`forget`).
+    ``gave_secret``: this host gave the peer its cloud secret (marked ``secret_given``, so that
+    forgetting the peer renews the secret: docs/security.md "Renewing the cloud secret").
     """
     with ks.update():  # reload under a lock: another pairkit process may have saved meanwhile
         saved = _record_session(
             ks, session, address=address, transport=transport, granted=granted,
             granted_expires=granted_expires, standing=standing,
             standing_expires=standing_expires, wall_now=wall_now, stored_grant=stored_grant,
-            irk=irk, gave_irk=gave_irk,
+            irk=irk, gave_irk=gave_irk, gave_secret=gave_secret,
         )
         _tidy(ks, [saved])
 
@@ -256,6 +260,7 @@ def _record_session(
     stored_grant: bool = False,
     irk: bytes | _Keep | None = KEEP,
     gave_irk: bool = False,
+    gave_secret: bool = False,
 ) -> tuple[str, float]:
     """The change :func:`save_session` makes, inside ``ks.update()``; (device id, time)."""
     device_id = session.peer.device_id.hex()
@@ -292,6 +297,8 @@ def _record_session(
         extra["link_mitm"] = session.peer.authenticated
     if gave_irk:
         extra["irk_given"] = True
+    if gave_secret:
+        extra["secret_given"] = True
     kept_irk = old_record.irk if old_record is not None else None
     ks.add_peer(
         Peer(
@@ -407,6 +414,26 @@ def bound_prekeys(ks: Keystore, *, keep: str | Collection[str] | None = None) ->
             total -= held
             dropped += held
     return dropped
+
+
+def was_given_cloud_secret(record: Peer) -> bool:
+    """Whether this host gave ``record``'s device its cloud secret: marked ``secret_given``
+    since session 16, and any record granted ``member`` (older ones: a member was given it)."""
+    return bool(record.extra.get("secret_given")) or record.extra.get("granted") == "member"
+
+
+def renew_cloud_secret(ks: Keystore) -> int | None:
+    """Renew the secret of the cloud this device owns (a fresh one from ``os.urandom``, one
+    epoch up; the old one kept as retired); the new epoch, or None when it owns no cloud.
+
+    Called inside the ``ks.update()`` that forgets a peer given the secret (``pairkit
+    forget``), so that no process sees the peer gone and the secret unchanged: its proof, made
+    with the retired secret, counts for members only from then on, and the members kept get the
+    new secret at their next session (docs/security.md "Renewing the cloud secret")."""
+    owned = next((c for c in ks.clouds() if c.role == "owner"), None)
+    if owned is None:
+        return None
+    return ks.renew_cloud_secret(owned.cloud_id, os.urandom(32))
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:

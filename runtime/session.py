@@ -35,7 +35,16 @@ from .clock import SYSTEM_CLOCK, Clock
 from .driver import DEFAULT_ANSWER_TIME, MessagePipe, describe_failure, drive, replay_first
 from .files import receive_membership
 from .lockouts import KeystoreLockJournal
-from .pairing.cloud import CloudGuest, CloudHost, HostInfo, Role, auth_mac_from
+from .pairing.cloud import (
+    AllowJoin,
+    CloudGuest,
+    CloudHost,
+    Grant,
+    HostInfo,
+    Role,
+    auth_mac_from,
+    retired_mac_from,
+)
 from .pairing.errors import (
     AuthenticationError,
     BusyError,
@@ -46,7 +55,9 @@ from .pairing.errors import (
     LockedOutError,
     NotFoundError,
     PairingError,
+    PairingTimeout,
     ProtocolError,
+    RefusedError,
     UnsupportedError,
 )
 from .pairing.keystore import Keystore
@@ -62,7 +73,12 @@ from .pairing.methods import (
 )
 from .pairing.negotiation import PROVES_A_KNOWN_KEY, Method
 from .pairing.qr import QrCode
-from .pairing.service import Membership, check_membership, membership_statement
+from .pairing.service import (
+    CloudRenewal,
+    Membership,
+    check_membership,
+    membership_statement,
+)
 from .presence import irk_for_members, is_ble_address
 from .securelink import SecureLink, confirm
 
@@ -184,9 +200,15 @@ async def accept_session(
     if side.cloud_step:
         # Only this device's own cloud admits members without a prompt: a cloud it joined is
         # its standing there, never a grant to that cloud's members (docs/security.md, rule 2).
+        owned = tuple(c.cloud_id for c in ks.clouds() if c.role == "owner")
         cloud = CloudHost(
-            clouds=tuple(c.cloud_id for c in ks.clouds() if c.role == "owner"),
-            mac=_cloud_mac(ks), static=me.static_public,
+            clouds=owned, mac=_cloud_mac(ks), static=me.static_public,
+            # A member not renewed yet proves a retired secret; it counts only for a device
+            # that is a member now (checked below, once the pairing proved who it is).
+            retired=tuple((c, e) for c in owned for e in ks.retired_epochs(c)),
+            retired_mac=retired_mac_from(
+                lambda cloud_id, epoch, info, n: ks.cloud_kdf(cloud_id, info, n, epoch=epoch)
+            ),
             known_grant=lambda device_id: peers.peer_grant(ks, device_id, clock.wall()),
             open_to_strangers=side.open_to_strangers, precheck=_precheck(side),
             timeout=side.step_timeout,
@@ -207,8 +229,15 @@ async def accept_session(
             raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
+        # A secret renewed by another process (pairkit forget) since the hint was checked is
+        # read now: a proof made with the secret it retired then fails to bind (the guest
+        # comes back, and its proof is checked as a retired one), rather than counting as one
+        # of the current secret (docs/security.md "Renewing the cloud secret").
+        ks.follow()
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
         cloud.check_name(session.peer.name)  # the device its owner was asked about paired
+        if cloud.retired_epoch is not None and cloud.grant is None:
+            await _retired_proof(cloud, side, session, delegate, clock)
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=True)
     promote = getattr(link, "authenticated", None)
@@ -231,10 +260,44 @@ async def accept_session(
         wall_now=clock.wall(),
         stored_grant=cloud is not None and cloud.claimed is not None,
         gave_irk=membership is not None and membership.irk is not None,
+        gave_secret=membership is not None and membership.secret is not None,
     )
     if membership is not None:
         await channel.send(membership.encode())
     return Established(channel, session, membership, method)
+
+
+async def _retired_proof(
+    cloud: CloudHost, side: HostSide, session: Session, delegate: Any, clock: Clock
+) -> None:
+    """A guest proved this host's cloud with a *retired* secret (one renewed when a member was
+    forgotten): it counts only if the proven device is a member in the keystore now; for any
+    other device it counts as no proof, and the owner is asked about it as about a stranger
+    (docs/security.md "Renewing the cloud secret"; attack review atk15, finding 2).  A refusal
+    raises before anything is confirmed or stored."""
+    held = peers.peer_grant(side.keystore, session.peer.device_id, clock.wall())
+    if held is not None and held.role is Role.MEMBER:
+        return
+    cloud.not_a_member()
+    if not side.open_to_strangers():
+        raise RefusedError(
+            "this host is not open to new devices now; ask its owner to open a visibility "
+            "window (pairkit host --visible SECONDS)"
+        )
+    hook = getattr(delegate, "allow_join", None)
+    if hook is None:
+        raise RefusedError("the owner refused the request to join")
+    question = AllowJoin(name=session.peer.name, wants=Role.MEMBER)
+    cloud.asked_about = session.peer.name
+    try:
+        grant = await asyncio.wait_for(hook(question), _answer_time(side.step_timeout))
+    except TimeoutError:
+        raise PairingTimeout("the owner did not answer the request to join") from None
+    if grant is None:
+        raise RefusedError("the owner refused the request to join")
+    if not isinstance(grant, Grant):
+        raise ProtocolError("the answer to a join request must be a Grant or None")
+    cloud.grant, cloud.role = grant, grant.role
 
 
 def _answer_time(step_timeout: float) -> float:
@@ -354,6 +417,18 @@ def _membership_for(ks: Keystore, cloud: CloudHost, session: Session, clock: Clo
     resolving key, so that its ``discover`` sees one device across the host's rotating
     addresses; a guest never does (docs/security.md "Recognising a host across addresses")."""
     if cloud.role is Role.MEMBER and cloud.grant is None:
+        if cloud.retired_epoch is not None and cloud.cloud_id is not None:
+            # A member kept, back with a secret renewed since: the current one, signed by the
+            # owner as a new member's is (docs/security.md "Renewing the cloud secret").
+            renewed = ks.cloud(cloud.cloud_id)
+            unsigned = Membership(
+                role=Role.MEMBER, cloud_id=renewed.cloud_id,
+                secret=ks._cloud_secret_for_new_member(renewed.cloud_id),
+                irk=irk_for_members(ks), epoch=renewed.epoch,
+            )
+            statement = membership_statement(unsigned, session.peer.device_id,
+                                             session.fingerprint)
+            return dataclasses.replace(unsigned, signature=ks.sign(statement))
         return Membership(role=Role.MEMBER, cloud_id=cloud.cloud_id, irk=irk_for_members(ks))
     grant = cloud.grant
     assert grant is not None
@@ -365,6 +440,7 @@ def _membership_for(ks: Keystore, cloud: CloudHost, session: Session, clock: Clo
             role=Role.MEMBER, cloud_id=owned.cloud_id, cloud_name=owned.name,
             secret=ks._cloud_secret_for_new_member(owned.cloud_id),
             members=peers.cloud_members(ks), irk=irk_for_members(ks),
+            epoch=owned.epoch or None,  # absent for a cloud never renewed, as before
         )
         # Signed by the owner for this member and this session (docs/security.md, rule 3).
         statement = membership_statement(unsigned, session.peer.device_id, session.fingerprint)
@@ -451,7 +527,8 @@ async def open_session(
     membership = None
     if cloud is not None:
         membership = await receive_membership(channel)
-        await _take_membership(ks, membership, session, delegate)
+        proven = cloud.cloud_id if cloud.role is Role.MEMBER else None
+        await _take_membership(ks, membership, session, delegate, proven=proven)
     address = side.address or str(link.peer)
     peers.save_session(
         ks, session, address=address, transport=side.transport,
@@ -466,16 +543,31 @@ async def open_session(
 
 
 async def _take_membership(
-    ks: Keystore, membership: Membership, session: Session, delegate: Any
+    ks: Keystore, membership: Membership, session: Session, delegate: Any,
+    *, proven: str | None = None,
 ) -> None:
     """Join the host's cloud only if it is the host's own, signed, new to this device, and this
-    device's person agrees (docs/security.md, rules 2 and 3); a refusal stores nothing."""
+    device's person agrees (docs/security.md, rules 2 and 3); a refusal stores nothing.
+
+    ``proven``: the cloud this device came back to as a member by its proof; a secret is then
+    only that cloud's renewal, taken without asking (rule 3's one exception)."""
     question = check_membership(
         membership, host_id=session.peer.device_id, host_signing=session.peer.signing_public,
         me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
-        held=[c.cloud_id for c in ks.clouds()],
+        held=[c.cloud_id for c in ks.clouds()], proven=proven,
+        member_epochs={c.cloud_id: c.epoch for c in ks.clouds() if c.role == "member"},
     )
     if question is None:
+        return
+    if isinstance(question, CloudRenewal):
+        assert membership.secret is not None
+        with ks.update():
+            held = next((c for c in ks.clouds() if c.cloud_id == question.cloud_id), None)
+            # Another process on this device may have left the cloud or taken a newer renewal
+            # meanwhile: never undone.
+            if held is not None and held.role == "member" and held.epoch < question.epoch:
+                ks.take_renewed_cloud_secret(question.cloud_id, membership.secret,
+                                             question.epoch)
         return
     question = dataclasses.replace(question, host_name=session.peer.name)
     hook = getattr(delegate, "join_cloud", None)
@@ -488,6 +580,7 @@ async def _take_membership(
         ks.set_cloud(
             membership.cloud_id, membership.secret,
             name=membership.cloud_name or "a cloud", role="member",
+            epoch=membership.epoch or 0,
         )
 
 

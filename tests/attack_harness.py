@@ -23,7 +23,7 @@ from pairkit import peers as store
 from pairkit.driver import MessagePipe, drive
 from pairkit.keystore import Keystore, Peer
 from pairkit.pairing import wire
-from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, HostInfo, Role
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, HostInfo, Role, auth_mac_from
 from pairkit.pairing.crypto import digest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler, fragment
@@ -205,6 +205,10 @@ class EvilHost:
     task: asyncio.Task[None] | None = None
     #: the name its hello response gives (None: its own); a lie is the point of some attacks
     says_name: str | None = None
+    #: the clouds its cloud step proves, and the MAC under their secrets (none by default: it
+    #: proves nothing, and a guest asks to join)
+    clouds: tuple[str, ...] = ()
+    mac: Callable[[str, bytes], bytes] | None = None
 
     @property
     def target(self) -> str:
@@ -216,7 +220,8 @@ class EvilHost:
             link = await self.listener.accept()
             try:
                 pipe = MessagePipe(link, guest=False)
-                cloud = CloudHost(clouds=(), mac=lambda _c, _d: bytes(32),
+                cloud = CloudHost(clouds=self.clouds,
+                                  mac=self.mac or (lambda _c, _d: bytes(32)),
                                   static=self.me.static_public, timeout=STEP,
                                   info=HostInfo(self.says_name or self.me.name,
                                                 frozenset({Method.PIN}), ALL_CAPS))
@@ -251,16 +256,27 @@ class EvilHost:
 
 
 async def evil_host(grant: Grant, craft: Callable[[Session], Membership], *,
-                    says_name: str | None = None) -> EvilHost:
+                    says_name: str | None = None, device: Device | None = None,
+                    proves: tuple[str, ...] = ()) -> EvilHost:
     """Start a malicious host on a free port (PIN from ``state.pin``); ``says_name`` is the
-    name its hello response claims."""
-    signer = Ed25519PrivateKey.generate()
-    me = dataclasses.replace(
-        LocalIdentity.generate("Evil host"), signing_public=signer.public_key().public_bytes_raw()
-    )
+    name its hello response claims.  ``device``: it runs with that device's identity and keys
+    (its keystore read, as an owner turned hostile, or a thief, would), and its cloud step
+    proves the clouds ``proves`` with that device's secrets."""
+    if device is None:
+        signer = Ed25519PrivateKey.generate()
+        me = dataclasses.replace(
+            LocalIdentity.generate("Evil host"),
+            signing_public=signer.public_key().public_bytes_raw(),
+        )
+        mac = None
+    else:
+        ks = open_ks(device)
+        signer, me = ks._signing, store.local_identity(ks)
+        mac = auth_mac_from(lambda cloud_id, info, n: ks.cloud_kdf(cloud_id, info, n))
     state = HostState()
     listener = await TcpListener.bind("127.0.0.1", 0)
-    host = EvilHost(me, signer, state, listener, grant, craft, says_name=says_name)
+    host = EvilHost(me, signer, state, listener, grant, craft, says_name=says_name,
+                    clouds=proves, mac=mac)
     host.task = asyncio.create_task(host._serve())
     return host
 

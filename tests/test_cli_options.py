@@ -156,7 +156,8 @@ async def test_peers_is_a_table_with_roles_and_expiry_and_forget_has_json(lab: L
     assert forgot.rc == 0, forgot
     assert forgot.json() == {"ok": True, "forgot": {
         "name": "Paul's phone", "id": json.loads((await paul.run("whoami", "--json")).out)["id"]},
-        "address_key_renewed": False}  # George was never given Paul's: nothing to renew
+        "address_key_renewed": False,  # George was never given Paul's: nothing to renew
+        "cloud_secret_renewed": False}  # nor his cloud secret
     assert await george.peers() == []
 
 

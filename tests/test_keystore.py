@@ -686,6 +686,55 @@ def test_cloud_mac_and_kdf(store: Keystore) -> None:
         store.cloud("c1")
 
 
+def test_renewing_a_cloud_secret_keeps_the_retired_ones_bounded_and_sealed(
+    store: Keystore, store_path: Path,
+) -> None:
+    """docs/security.md "Renewing the cloud secret": the owner renews, one epoch up; the old
+    secret stays usable only as a retired one of its epoch (the last 16); all of it is saved."""
+    first = bytes(range(32))
+    store.set_cloud("c1", first, name="Home", role="owner")
+    tag = store.cloud_kdf("c1", b"tag")
+    assert store.cloud("c1").epoch == 0 and store.retired_epochs("c1") == ()
+    assert store.renew_cloud_secret("c1", b"n" * 32) == 1
+    assert store.cloud("c1") == CloudInfo("c1", "Home", "owner", None, 1)
+    assert store.cloud_kdf("c1", b"tag") != tag
+    assert store.cloud_kdf("c1", b"tag", epoch=0) == tag  # the retired one, by its epoch
+    with pytest.raises(NotFoundError):
+        store.cloud_kdf("c1", b"tag", epoch=1)  # the current one is not retired
+    with pytest.raises(ConfigError):
+        store.renew_cloud_secret("c1", b"n" * 32)  # not a new secret
+    for _ in range(20):
+        store.renew_cloud_secret("c1", os.urandom(32))
+    assert store.cloud("c1").epoch == 21
+    assert store.retired_epochs("c1") == tuple(range(20, 4, -1))  # the last 16, newest first
+    store.save()
+    again = Keystore.open(store_path, PIN)
+    assert again.cloud("c1").epoch == 21 and again.retired_epochs("c1") == tuple(range(20, 4, -1))
+    assert again.cloud_kdf("c1", b"tag", epoch=5) == store.cloud_kdf("c1", b"tag", epoch=5)
+    assert again.cloud_mac("c1", b"x") == store.cloud_mac("c1", b"x")
+    assert b"n" * 32 not in repr(again).encode() and "retired" not in repr(again.cloud("c1"))
+    store.set_cloud("m", b"m" * 32, name="Paul's", role="member")
+    with pytest.raises(ConfigError):
+        store.renew_cloud_secret("m", os.urandom(32))  # only the owner renews
+
+
+def test_a_member_takes_a_renewal_only_with_a_higher_epoch(store: Keystore) -> None:
+    """Rule 3's one exception: the secret and epoch of a cloud held as a member are replaced,
+    name and role kept; never an owned cloud, never an equal or lower epoch."""
+    store.set_cloud("m", b"m" * 32, name="Paul's", role="member", epoch=2)
+    before = store.cloud_mac("m", b"x")
+    for epoch in (0, 1, 2):
+        with pytest.raises(ConfigError):
+            store.take_renewed_cloud_secret("m", b"r" * 32, epoch)
+    assert store.cloud_mac("m", b"x") == before
+    store.take_renewed_cloud_secret("m", b"r" * 32, 3)
+    assert store.cloud("m") == CloudInfo("m", "Paul's", "member", None, 3)
+    assert store.cloud_mac("m", b"x") != before
+    store.set_cloud("o", b"o" * 32, name="Mine", role="owner")
+    with pytest.raises(ConfigError):
+        store.take_renewed_cloud_secret("o", b"r" * 32, 1)
+
+
 # -- peers --------------------------------------------------------------------------------------
 
 

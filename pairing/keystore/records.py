@@ -259,6 +259,9 @@ class CloudInfo:
     name: str
     role: str
     expires: float | None = None
+    #: how many times the cloud's secret was renewed (docs/security.md "Renewing the cloud
+    #: secret"); 0 for the secret it was made with
+    epoch: int = 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,6 +84,9 @@ Rng = Callable[[int], bytes]
 #: enough of a sealed keystore to parse its header (magic, length, header, check, a tag)
 _HEADER_PREFIX = len(MAGIC) + 2 + MAX_HEADER_SIZE + CHECK_SIZE + 16
 _HEX_RE = re.compile(r"[0-9a-f]+")
+#: retired cloud secrets kept per owned cloud (docs/security.md "Renewing the cloud secret"): a
+#: member that missed more renewals than this is asked about as a stranger once
+MAX_RETIRED_SECRETS = 16
 
 #: a keystore's contents as :meth:`Keystore._reload` replaces them: name, peers, clouds,
 #: groups, settings
@@ -285,6 +288,14 @@ class Keystore:
                 "role": str(entry["role"]),
                 "expires": entry["expires"],
             }
+            # A renewed secret's epoch and the secrets it retired (docs/security.md "Renewing
+            # the cloud secret"); absent from clouds never renewed, as in older keystores.
+            if "epoch" in entry:
+                store._clouds[cloud_id]["epoch"] = int(entry["epoch"])
+            if "retired" in entry:
+                store._clouds[cloud_id]["retired"] = {
+                    int(epoch): bytes(secret) for epoch, secret in entry["retired"].items()
+                }
         for group, epochs in data["groups"].items():
             store._groups[group] = {int(epoch): bytes(key) for epoch, key in epochs.items()}
         store._settings = {k: _freeze(v, "a setting") for k, v in data["settings"].items()}
@@ -658,9 +669,11 @@ class Keystore:
         name: str,
         role: str,
         expires: float | None = None,
+        epoch: int = 0,
     ) -> None:
         """Remember a personal cloud we belong to and its shared secret (DESIGN.md "Cloud
-        join"); ``role`` is e.g. "owner", "member" or "guest", ``expires`` the caller's seconds."""
+        join"); ``role`` is e.g. "owner", "member" or "guest", ``expires`` the caller's seconds,
+        ``epoch`` the secret's renewal count its owner gave (docs/protocol.md §10)."""
         if not isinstance(cloud_id, str) or not cloud_id:
             raise ConfigError("a cloud id must be a non-empty text")
         if not isinstance(secret, bytes) or len(secret) < 16:
@@ -670,13 +683,18 @@ class Keystore:
             raise ConfigError("a cloud role must be a non-empty text")
         if expires is not None:
             _check_time(expires, "a cloud's expiry")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError("a cloud's epoch is a count from 0")
         self._dirty = True
         self._clouds[cloud_id] = {"secret": secret, "name": name, "role": role, "expires": expires}
+        if epoch:
+            self._clouds[cloud_id]["epoch"] = epoch
 
     def cloud(self, cloud_id: str) -> CloudInfo:
         """What is known about a cloud (never its secret).  Raises :class:`NotFoundError`."""
         entry = self._cloud_entry(cloud_id, None)
-        return CloudInfo(cloud_id, entry["name"], entry["role"], entry["expires"])
+        return CloudInfo(cloud_id, entry["name"], entry["role"], entry["expires"],
+                         entry.get("epoch", 0))
 
     def clouds(self) -> tuple[CloudInfo, ...]:
         """Every cloud we belong to."""
@@ -695,14 +713,64 @@ class Keystore:
         return hmac.new(secret, data, hashlib.sha256).digest()
 
     def cloud_kdf(
-        self, cloud_id: str, info: bytes, length: int = 32, *, now: float | None = None
+        self, cloud_id: str, info: bytes, length: int = 32, *, now: float | None = None,
+        epoch: int | None = None,
     ) -> bytes:
         """HKDF-SHA256 (RFC 5869) of the cloud's secret with ``info``, ``length`` bytes (rotating
-        hello tags, PSKs).  With ``now``, an expired membership raises :class:`ExpiredError`."""
+        hello tags, PSKs).  With ``now``, an expired membership raises :class:`ExpiredError`.
+        With ``epoch``, of the *retired* secret of that epoch (:meth:`retired_epochs`; a host
+        checking a proof made before a renewal: docs/security.md "Renewing the cloud secret")."""
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 255 * 32:
             raise ConfigError("a derived key must be from 1 to 8160 bytes long")
-        secret = self._cloud_entry(cloud_id, now)["secret"]
+        entry = self._cloud_entry(cloud_id, now)
+        if epoch is None:
+            secret = entry["secret"]
+        else:
+            try:
+                secret = entry.get("retired", {})[epoch]
+            except (KeyError, TypeError):
+                raise NotFoundError(f"no retired secret of epoch {epoch!r}") from None
         return HKDF(hashes.SHA256(), length, salt=None, info=info).derive(secret)
+
+    def retired_epochs(self, cloud_id: str) -> tuple[int, ...]:
+        """The epochs of the retired secrets kept for ``cloud_id``, newest first (empty when
+        its secret was never renewed)."""
+        return tuple(sorted(self._cloud_entry(cloud_id, None).get("retired", {}), reverse=True))
+
+    def renew_cloud_secret(self, cloud_id: str, secret: bytes) -> int:
+        """Replace the secret of a cloud this device *owns* with ``secret`` (fresh, from the
+        caller's ``os.urandom``), one epoch up; the replaced secret is kept as retired (the last
+        :data:`MAX_RETIRED_SECRETS`).  Returns the new epoch.  Done when a member is forgotten
+        (docs/security.md "Renewing the cloud secret")."""
+        entry = self._cloud_entry(cloud_id, None)
+        if entry["role"] != "owner":
+            raise ConfigError("only the cloud's owner renews its secret")
+        if not isinstance(secret, bytes) or len(secret) < 16 or secret == entry["secret"]:
+            raise ConfigError("a renewed cloud secret must be a new one of at least 16 bytes")
+        epoch = entry.get("epoch", 0)
+        retired = dict(entry.get("retired", {}))
+        retired[epoch] = entry["secret"]
+        for old in sorted(retired)[:-MAX_RETIRED_SECRETS]:
+            del retired[old]
+        self._dirty = True
+        self._clouds[cloud_id] = {**entry, "secret": secret, "epoch": epoch + 1,
+                                  "retired": retired}
+        return epoch + 1
+
+    def take_renewed_cloud_secret(self, cloud_id: str, secret: bytes, epoch: int) -> None:
+        """Replace the secret of a cloud this device holds *as a member* with its owner's
+        renewal (rule 3's one exception, docs/security.md): only with a higher epoch; the
+        cloud's name, role and expiry stay.  The caller has checked the owner's signature
+        (:func:`pairkit.pairing.service.check_membership`)."""
+        entry = self._cloud_entry(cloud_id, None)
+        if entry["role"] == "owner":
+            raise ConfigError("a cloud this device owns is never renewed by a peer")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch <= entry.get("epoch", 0):
+            raise ConfigError("a renewal must carry a higher epoch than the one held")
+        if not isinstance(secret, bytes) or len(secret) < 16:
+            raise ConfigError("a cloud secret must be at least 16 bytes")
+        self._dirty = True
+        self._clouds[cloud_id] = {**entry, "secret": secret, "epoch": epoch}
 
     def _cloud_secret_for_new_member(self, cloud_id: str) -> bytes:
         """The cloud secret, to hand to a device the owner just made a member (DESIGN.md step 3:

@@ -1,0 +1,143 @@
+"""A hostile cloud-secret renewal: rule 3's one exception, played over TCP against a real guest
+(docs/security.md rule 3 and "Renewing the cloud secret"; docs/protocol.md §10, field 10).
+
+After its owner forgets a member, a cloud's secret is renewed and the members kept get the new
+one in their next ``Membership`` from the owner: the one case where a device overwrites a cloud
+it holds.  It must take a renewal only from the proven owner of that cloud, only for the cloud it
+holds (and proved), only with a higher epoch, only signed by the owner.
+
+George holds Paul's cloud as a member at epoch 1.  The host is built from the real machines
+(cloud step, PIN pairing, confirm) on a real TCP listener, with the identity and cloud secrets of
+a real device's keystore (Paul's, or Ringo's, a member of Paul's cloud), so its cloud step
+proves Paul's cloud to George; once the secure link is up it sends a renewal of its choosing.
+George is a real ``pairkit join --yes`` process (his user would say yes to anything asked).
+Each renewal must end the join with an error and store nothing: no peer, George's clouds (his
+own and Paul's: secret and epoch) unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import pytest
+
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.methods import Session
+from pairkit.pairing.service import Membership, cloud_id_of, membership_statement
+from tests.attack_harness import (
+    EvilHost,
+    evil_host,
+    flip_last_bit,
+    open_ks,
+    owned_cloud,
+)
+from tests.cli_helpers import Device, Lab
+
+RENEWED = os.urandom(32)  # what each hostile renewal tries to plant
+
+
+def signed(host: EvilHost, m: Membership, s: Session) -> Membership:
+    """``m`` signed by the host's key, for the guest and this session (as the owner signs)."""
+    statement = membership_statement(m, s.peer.device_id, s.fingerprint)
+    return dataclasses.replace(m, signature=host.signer.sign(statement))
+
+
+def renewal(cloud_id: str, epoch: int | None) -> Membership:
+    return Membership(role=Role.MEMBER, cloud_id=cloud_id, secret=RENEWED, epoch=epoch)
+
+
+def held(device: Device) -> dict[str, tuple[str, int, bytes]]:
+    """Every cloud ``device`` holds: id -> (role, epoch, a MAC standing for the secret)."""
+    ks = open_ks(device)
+    return {c.cloud_id: (c.role, c.epoch, ks.cloud_mac(c.cloud_id, b"probe"))
+            for c in ks.clouds()}
+
+
+def paul_renewed_once(lab: Lab) -> tuple[Device, Device, Device, str]:
+    """Paul renewed his cloud once (epoch 1); George and Ringo hold it as members, at epoch 1.
+    (Paul, George, Ringo, Paul's cloud id)."""
+    paul, george, ringo = lab.device("paul"), lab.device("george"), lab.device("ringo")
+    cloud_id, _ = owned_cloud(paul)
+    secret = os.urandom(32)
+    ks = open_ks(paul)
+    with ks.update():
+        assert ks.renew_cloud_secret(cloud_id, secret) == 1
+    for member in (george, ringo):
+        ks = open_ks(member)
+        with ks.update():
+            ks.set_cloud(cloud_id, secret, name="Paul's cloud", role="member", epoch=1)
+    return paul, george, ringo, cloud_id
+
+
+#: (who hosts: "paul" or "ringo", the renewal it sends (host, session, Paul's cloud id))
+Craft = Callable[[EvilHost, Session, str], Membership]
+ATTACKS: dict[str, tuple[str, Craft]] = {
+    # Ringo holds Paul's cloud (he proves it), but the cloud is bound to Paul's key, not his.
+    "from-a-member-not-the-owner": ("ringo", lambda h, s, c: signed(h, renewal(c, 2), s)),
+    # Ringo proves Paul's cloud, then "renews" his own, which George does not hold: a cloud to
+    # join that George never asked for, slipped in as a renewal.
+    "for-a-cloud-not-held": ("ringo", lambda h, s, c: signed(
+        h, renewal(cloud_id_of(h.me.device_id), 1), s)),
+    "a-lower-epoch": ("paul", lambda h, s, c: signed(h, renewal(c, None), s)),
+    "an-equal-epoch": ("paul", lambda h, s, c: signed(h, renewal(c, 1), s)),
+    "bit-flipped": ("paul", lambda h, s, c: dataclasses.replace(
+        signed(h, renewal(c, 2), s), secret=flip_last_bit(RENEWED))),
+    "unsigned": ("paul", lambda h, s, c: renewal(c, 2)),
+    "signed-for-another-session": ("paul", lambda h, s, c: dataclasses.replace(
+        renewal(c, 2), signature=h.signer.sign(membership_statement(
+            renewal(c, 2), s.peer.device_id, "0000-0000-0000-0000")))),
+}
+
+#: what George says of each (his own check refused it, not something on the way)
+WHY = {
+    "from-a-member-not-the-owner": "a cloud that is not its own",
+    "for-a-cloud-not-held": "another cloud than the one this device proved",
+    "a-lower-epoch": "not newer than the secret this device holds",
+    "an-equal-epoch": "not newer than the secret this device holds",
+    "bit-flipped": "signature does not verify",
+    "unsigned": "not signed by the cloud's owner",
+    "signed-for-another-session": "signature does not verify",
+}
+
+
+async def play(lab: Lab, who: str, craft: Craft) -> tuple[Device, object, EvilHost, dict]:  # type: ignore[type-arg]
+    paul, george, ringo, cloud_id = paul_renewed_once(lab)
+    before = held(george)
+    host = await evil_host(Grant(Role.GUEST, 3600), lambda s: craft(host, s, cloud_id),
+                           device={"paul": paul, "ringo": ringo}[who], proves=(cloud_id,))
+    pin = host.state.new_pin()
+    try:
+        joined = await george.join(host.target, "-m", "pin", "--pin", pin, "--yes", "--json",
+                                   "--timeout", "10")
+    finally:
+        await host.close()
+    return george, joined, host, before
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+async def test_a_hostile_renewal_stores_nothing(lab: Lab, attack: str) -> None:
+    who, craft = ATTACKS[attack]
+    george, joined, host, before = await play(lab, who, craft)
+    assert host.sent, f"the hostile host never got to send its renewal: {host.errors}"
+    assert joined.rc != 0, f"George took a hostile renewal ({attack}):\n{joined}"  # type: ignore[attr-defined]
+    assert joined.err.startswith("error: "), joined  # type: ignore[attr-defined]
+    assert WHY[attack] in joined.err, joined  # type: ignore[attr-defined]
+    assert await george.peers() == []
+    assert held(george) == before, "George's clouds changed"
+
+
+async def test_control_the_owners_renewal_is_taken(lab: Lab) -> None:
+    """The same host as Paul sending a proper renewal (epoch 2, signed for George and this
+    session): George takes it, with no question, and keeps everything else, so the refusals
+    above are the product's checks, not the harness."""
+    george, joined, host, before = await play(
+        lab, "paul", lambda h, s, c: signed(h, renewal(c, 2), s))
+    assert joined.ok().json()["role"] == "member"  # type: ignore[attr-defined]
+    after = held(george)
+    (cloud_id,) = [c for c in after if c == cloud_id_of(host.me.device_id)]
+    role, epoch, mac = after[cloud_id]
+    assert (role, epoch) == ("member", 2) and mac != before[cloud_id][2]
+    assert {k: v for k, v in after.items() if k != cloud_id} == {
+        k: v for k, v in before.items() if k != cloud_id}
