@@ -6,12 +6,17 @@ Both carry whole messages, one per ATT PDU or one per L2CAP SDU, so no framing i
 * :class:`GattLink`: the guest (central) sends with ATT Write Command (write without response,
   Core 5.4 Vol 3 Part F §3.4.5.3) to pairkit's RX characteristic; the host (peripheral) sends
   with ATT Handle Value Notification (§3.4.7.1) on the TX characteristic, once the guest has
-  enabled notifications in its CCCD (Vol 3 Part G §3.3.3.3).  ``mtu`` is ATT_MTU - 3, and never
-  above 512: the GATT maximum attribute value (Vol 3 Part F §3.2.9); bumble drops longer writes
-  and truncates longer notifications without a word.
+  enabled notifications in its CCCD (Vol 3 Part G §3.3.3.3).  ``mtu`` is at most ATT_MTU - 3,
+  and never above 512: the GATT maximum attribute value (Vol 3 Part F §3.2.9); bumble drops
+  longer writes and truncates longer notifications without a word.
 * :class:`L2capLink`: an LE credit-based connection-oriented channel (Vol 3 Part A §10.2).
-  ``mtu`` is the peer's channel MTU.  bumble's channel is a byte stream that packs queued writes
-  into one SDU, so a message is written only once the previous SDU has left (``drain``).
+  ``mtu`` is at most the peer's channel MTU.  bumble's channel is a byte stream that packs
+  queued writes into one SDU, so a message is written only once the previous SDU has left
+  (``drain``).
+
+Within those limits ``mtu`` is the message size that fills the controller's ACL packets best
+(:mod:`transports.ble.fill`): 495 bytes at ATT MTU 517 and 2,002 on a channel of MTU and MPS
+2,048, with 251-byte ACL packets.
 
 Flow control.  Neither ATT command carries an acknowledgement and bumble queues without bound,
 so ``send`` waits while the host has more than ``2 * max_in_flight`` ACL packets waiting for
