@@ -80,6 +80,9 @@ from .negotiation import (
 )
 from .wire import Abort, Message, field, message
 
+#: why a host not open to strangers refuses one
+NOT_OPEN_TEXT = ("this host is not open to new devices now; ask its owner to open a visibility "
+                 "window (pairkit host --visible SECONDS)")
 #: (cloud id, data) -> MAC under that cloud's auth key (the keystore's cloud_mac)
 CloudMac = Callable[[str, bytes], bytes]
 #: (cloud id, epoch, data) -> MAC under the auth key of that cloud's *retired* secret of that
@@ -503,11 +506,22 @@ class CloudHost(Machine):
         assert retired is not None
         return lambda cloud_id, data: retired(cloud_id, at, data)
 
-    def not_a_member(self) -> None:
+    def not_a_member(self, proven_name: str) -> AllowJoin:
         """The guest's proof was made with a retired secret and the proven device is not a
         member now: its proof counts as no proof at all (docs/security.md "Renewing the cloud
-        secret"); the caller asks the owner about it as about a stranger."""
+        secret").  The question to ask the owner about it, as about a stranger (answered with
+        :meth:`take_answer`); :class:`RefusedError` on a host not open to strangers."""
         self.role, self.grant = Role.STRANGER, None
+        if not self._open():
+            raise RefusedError(NOT_OPEN_TEXT)
+        self.asked_about = proven_name
+        return AllowJoin(name=proven_name, wants=Role.MEMBER)
+
+    def take_answer(self, value: Any) -> None:
+        """The owner's answer to :meth:`not_a_member`'s question, after the pairing (no
+        verdict is sent: the guest hears of a refusal by the link closing)."""
+        self.grant = _granted(value)
+        self.role = self.grant.role
 
     def check_name(self, proven_name: str) -> None:
         """After the pairing: the device the owner was asked about must be the one that paired,
@@ -553,10 +567,7 @@ class CloudHost(Machine):
                 "with a PIN or QR code"
             )
         if not self._open():
-            raise RefusedError(
-                "this host is not open to new devices now; ask its owner to open a "
-                "visibility window (pairkit host --visible SECONDS)"
-            )
+            raise RefusedError(NOT_OPEN_TEXT)
         # Cheap checks before a person is bothered: a method this host does not allow, or a
         # PIN while PIN pairing is locked out, is refused without a prompt (issue 16).
         self.join_method = msg.method
@@ -567,14 +578,19 @@ class CloudHost(Machine):
         self._emit(AllowJoin(name=msg.name, wants=msg.wants))
 
     def _on_answer(self, question: Question, value: Any, now: float) -> None:
-        if value is None:
-            raise RefusedError("the owner refused the request to join")
-        if not isinstance(value, Grant):
-            raise ProtocolError("the answer to a join request must be a Grant or None")
-        self.grant = value
-        self.role = value.role
+        self.grant = _granted(value)
+        self.role = self.grant.role
         self._send(JoinVerdict(value.role, value.seconds))
         self._finish()
+
+
+def _granted(value: Any) -> Grant:
+    """The owner's answer to a join question as a grant: None refuses."""
+    if value is None:
+        raise RefusedError("the owner refused the request to join")
+    if not isinstance(value, Grant):
+        raise ProtocolError("the answer to a join request must be a Grant or None")
+    return value
 
 
 #: the reason a guest that only asked who the host is gives when it leaves

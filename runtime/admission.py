@@ -134,33 +134,38 @@ class Admitted:
 
     async def recv(self) -> bytes:
         if not self.first_in and self.pending:
-            first_flight = self._admission.limits.first_flight
-            left = self.since + first_flight - self._admission.clock()
-            # A link may give its peer more time for work of its own before the first
-            # message (BLE: an LE pairing under way, bounded: BleLink.first_flight_extension).
-            extension = getattr(self._link, "first_flight_extension", None)
+            left = self.since + self._admission.limits.first_flight - self._admission.clock()
             while True:
                 try:
                     async with asyncio.timeout(max(left, 0.0)):
                         message: bytes = await self._link.recv()
                     break
                 except TimeoutError:
-                    left = extension(first_flight) if extension is not None else 0.0
+                    left = self.first_flight_more()
                     if left <= 0:
-                        said = "no whole message" if self.received else "nothing"
-                        raise PairingTimeout(
-                            f"{self._link.peer} sent {said} within "
-                            f"{first_flight:g} s of connecting"
-                        ) from None
+                        raise self.first_flight_missed() from None
             self._first(message)
         else:
             message = await self._link.recv()
         self._heard()
         return message
 
+    def first_flight_more(self) -> float:
+        """Seconds more the peer may take for its first message once the first flight is over
+        (0: none): a link may give its peer more time for work of its own (BLE: an LE pairing
+        under way, bounded: BleLink.first_flight_extension)."""
+        extension = getattr(self._link, "first_flight_extension", None)
+        return extension(self._admission.limits.first_flight) if extension is not None else 0.0
+
+    def first_flight_missed(self) -> PairingTimeout:
+        """The error of a peer whose first whole message did not come within the first flight."""
+        said = "no whole message" if self.spoken else "nothing"
+        return PairingTimeout(f"{self._link.peer} sent {said} within "
+                              f"{self._admission.limits.first_flight:g} s of connecting")
+
     def _first(self, message: bytes) -> None:
         """Before the first whole message: whether ``message`` (a fragment) ends one."""
-        if message and message[0] & FLAG_LAST:
+        if _ends_a_message(message):
             self.first_in = True
 
     def _heard(self) -> None:
@@ -213,7 +218,7 @@ class Admitted:
         peek = getattr(self._link, "peek_buffered", None)
         if peek is None:
             return self.spoken
-        return any(message and message[0] & FLAG_LAST for message in peek())
+        return any(_ends_a_message(message) for message in peek())
 
     def authenticated(self, peer: bytes | None = None) -> None:
         """The session on this link is confirmed (with the device ``peer``, if known): it
@@ -438,6 +443,11 @@ class RateLimitedLog:
             line = f"{line} ({self._skipped} similar messages not shown)"
             self._skipped = 0
         self._write(line)
+
+
+def _ends_a_message(fragment: bytes) -> bool:
+    """Whether ``fragment`` (a link message) is the last of a pairkit message (pairing/framing)."""
+    return bool(fragment) and bool(fragment[0] & FLAG_LAST)
 
 
 class _Bucket:

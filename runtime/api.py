@@ -520,28 +520,22 @@ class Host:
         transport, unlimited and with no deadline (hostq, doubt 2)."""
         if self._wanted.is_set():
             return
-        first_flight = self._limits.first_flight
         loop = asyncio.get_running_loop()
         start = loop.time()
-        # A link may give its peer more time before the first message, as a served link does
-        # (BLE: an LE pairing under way, bounded: BleLink.first_flight_extension; atk16).
-        extension = getattr(link, "first_flight_extension", None)
-        wait = first_flight
+        wait = self._limits.first_flight
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wanted.wait()
                     return
             # Met by a whole first message, not by a fragment that starts one (atk13; attack
-            # review atk16: a held stranger's half message kept its place for the step timeout).
-            if getattr(link, "first_message_in", getattr(link, "spoken", True)):
+            # review atk16: a held stranger's half message kept its place for the step timeout);
+            # an LE pairing under way extends it, as it extends a served link's (atk16).
+            if getattr(link, "first_message_in", True):
                 break
-            wait = extension(first_flight) if extension is not None else 0.0
+            wait = link.first_flight_more()
             if wait <= 0:
-                said = "no whole message" if getattr(link, "spoken", False) else "nothing"
-                raise PairingTimeout(
-                    f"{link.peer} sent {said} within {first_flight:g} s of connecting"
-                )
+                raise link.first_flight_missed()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(self._step_timeout - (loop.time() - start), 0.0)):
                 await self._wanted.wait()

@@ -36,10 +36,8 @@ from .driver import DEFAULT_ANSWER_TIME, MessagePipe, describe_failure, drive, r
 from .files import receive_membership
 from .lockouts import KeystoreLockJournal
 from .pairing.cloud import (
-    AllowJoin,
     CloudGuest,
     CloudHost,
-    Grant,
     HostInfo,
     Role,
     auth_mac_from,
@@ -57,7 +55,6 @@ from .pairing.errors import (
     PairingError,
     PairingTimeout,
     ProtocolError,
-    RefusedError,
     UnsupportedError,
 )
 from .pairing.keystore import Keystore
@@ -278,26 +275,15 @@ async def _retired_proof(
     held = peers.peer_grant(side.keystore, session.peer.device_id, clock.wall())
     if held is not None and held.role is Role.MEMBER:
         return
-    cloud.not_a_member()
-    if not side.open_to_strangers():
-        raise RefusedError(
-            "this host is not open to new devices now; ask its owner to open a visibility "
-            "window (pairkit host --visible SECONDS)"
-        )
+    question = cloud.not_a_member(session.peer.name)
     hook = getattr(delegate, "allow_join", None)
     if hook is None:
-        raise RefusedError("the owner refused the request to join")
-    question = AllowJoin(name=session.peer.name, wants=Role.MEMBER)
-    cloud.asked_about = session.peer.name
+        cloud.take_answer(None)  # nobody to ask: refused
     try:
-        grant = await asyncio.wait_for(hook(question), _answer_time(side.step_timeout))
+        answer = await asyncio.wait_for(hook(question), _answer_time(side.step_timeout))
     except TimeoutError:
         raise PairingTimeout("the owner did not answer the request to join") from None
-    if grant is None:
-        raise RefusedError("the owner refused the request to join")
-    if not isinstance(grant, Grant):
-        raise ProtocolError("the answer to a join request must be a Grant or None")
-    cloud.grant, cloud.role = grant, grant.role
+    cloud.take_answer(answer)
 
 
 def _answer_time(step_timeout: float) -> float:
