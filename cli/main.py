@@ -269,23 +269,13 @@ def forget(peer: str, as_json: bool) -> None:
     about it, as about a stranger), and the members kept get the new secret when they next
     connect.
     """
-    from pairkit.peers import renew_cloud_secret, was_given_cloud_secret
-    from pairkit.presence import renew_identity_resolving_key
+    from pairkit.peers import forget as forget_peer
 
     from .common import emit_json, info, unlock
 
-    ks = unlock()
-    with ks.update():
-        removed = ks.forget_peer(peer)
-        # It was given this device's cloud secret: a new one, in the same save, so that its
-        # proof of the old one counts for members only (docs/security.md "Renewing the cloud
-        # secret").
-        secret_renewed = was_given_cloud_secret(removed) and renew_cloud_secret(ks) is not None
-    # It was given this device's address key as a member: a new one, so that it cannot follow
-    # this device's new addresses (docs/security.md "Recognising a host across addresses").
-    renewed = bool(removed.extra.get("irk_given"))
-    if renewed:
-        renew_identity_resolving_key(ks)
+    done = forget_peer(unlock(), peer)
+    removed, renewed = done.record, done.address_key_renewed
+    secret_renewed = done.cloud_secret_renewed
     if as_json:
         emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id},
                    "address_key_renewed": renewed, "cloud_secret_renewed": secret_renewed})

@@ -11,6 +11,7 @@ forgotten or a grant withdrawn there counts here from the next decision on, and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import weakref
@@ -434,6 +435,37 @@ def renew_cloud_secret(ks: Keystore) -> int | None:
     if owned is None:
         return None
     return ks.renew_cloud_secret(owned.cloud_id, os.urandom(32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Forgotten:
+    """What :func:`forget` did: the record it removed, and what it renewed."""
+
+    record: Peer
+    #: this device's address key was renewed (the peer had been given it)
+    address_key_renewed: bool
+    #: this device's cloud secret was renewed (the peer had been given it)
+    cloud_secret_renewed: bool
+
+
+def forget(ks: Keystore, peer: str) -> Forgotten:
+    """Forget a known peer (by name or id), as ``pairkit forget`` does: it has to pair again.
+
+    A peer that was given this device's cloud secret: the secret is renewed in the same save
+    (docs/security.md "Renewing the cloud secret"), so that its proof of the old one counts for
+    members only.  A peer that was given this device's address key as a member: the key is
+    renewed, so that it cannot follow this device's new addresses (docs/security.md
+    "Recognising a host across addresses").  The members kept get both at their next session.
+    Raises :class:`NotFoundError` for an unknown peer."""
+    from .presence import renew_identity_resolving_key
+
+    with ks.update():
+        removed = ks.forget_peer(peer)
+        secret_renewed = was_given_cloud_secret(removed) and renew_cloud_secret(ks) is not None
+    key_renewed = bool(removed.extra.get("irk_given"))
+    if key_renewed:
+        renew_identity_resolving_key(ks)
+    return Forgotten(removed, key_renewed, secret_renewed)
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:
