@@ -1090,12 +1090,17 @@ def render(result: dict[str, Any]) -> str:
                    + f" {'':>12} {g['secure_vs_bumble_cpu']:>14.2f}")
     out.append("   size: a plain application's message (the goal's reference, 'bumble') / the "
                "one pairkit's link picks to fill its ACL packets ('bumble sized' writes that)")
-    for kind in LINKS:
+    def paired(kind: str, key: str) -> str:
+        """A paired ratio on both clocks: median (q1-q3)."""
         g = result["goodput"][kind]
-        w, c = g["secure_vs_bumble_rounds"], g["secure_vs_bumble_cpu_rounds"]
-        out.append(f"   the goal's figure over {kind}, secure / bumble alone: {w['median']:.2f} "
-                   f"({w['q1']:.2f}-{w['q3']:.2f}), CPU clock {c['median']:.2f} "
-                   f"({c['q1']:.2f}-{c['q3']:.2f}), {w['n']} rounds")
+        w, c = g[f"{key}_rounds"], g[f"{key}_cpu_rounds"]
+        return (f"{w['median']:.2f} ({w['q1']:.2f}-{w['q3']:.2f}), CPU clock {c['median']:.2f} "
+                f"({c['q1']:.2f}-{c['q3']:.2f})")
+
+    for kind in LINKS:
+        n = result["goodput"][kind]["secure_vs_bumble_rounds"]["n"]
+        out.append(f"   the goal's figure over {kind}, secure / bumble alone: "
+                   f"{paired(kind, 'secure_vs_bumble')}, {n} rounds")
     for kind in LINKS:
         g = result["goodput"][kind]
         per_mib = (1 << 20) / s["bulk_bytes"]
@@ -1103,11 +1108,8 @@ def render(result: dict[str, Any]) -> str:
                           for p in GOODPUT_PATHS)
         out.append(f"   {ACL_LINE} over {kind}: {cells}")
     for kind in LINKS:
-        g = result["goodput"][kind]
-        w, c = g["secure_vs_sized_rounds"], g["secure_vs_sized_cpu_rounds"]
         out.append(f"   sceptic's reference, no goal: secure over {kind} / bumble alone in "
-                   f"pairkit's sizes {w['median']:.2f} ({w['q1']:.2f}-{w['q3']:.2f}), CPU "
-                   f"clock {c['median']:.2f} ({c['q1']:.2f}-{c['q3']:.2f})")
+                   f"pairkit's sizes {paired(kind, 'secure_vs_sized')}")
     out.append("")
     out += render_goals(result["goals"])
     out.append(f"total time {result['seconds']} s")
