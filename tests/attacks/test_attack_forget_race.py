@@ -4,12 +4,13 @@ atk16b, session 16; docs/security.md rule 4 and "Renewing the cloud secret").
 George is a member of Paul's cloud (he holds the current secret).  He comes back by ``clear``
 over an encrypted link (no person asked: his cloud proof admits him) and, as the attacker he
 is, holds his last message (his confirm) back; Paul runs ``pairkit forget George`` meanwhile
-(the cloud secret is renewed).  Then George confirms.  The host's save after a full pairing
-refuses only a forgotten peer that came back by ``resume``/``kk`` or a stored grant: a member
-admitted by his cloud proof is stored again, ``granted member`` and all, so ``forget`` is
-undone without anyone asked, and his next session hands him the renewed secret.  A stolen
-device can keep one such session open (stalled up to its step time) at all times, so the
-window is the whole time until the owner forgets it.
+(the cloud secret is renewed).  Then George confirms.  Before the fix the host's save after a
+full pairing refused only a forgotten peer that came back by ``resume``/``kk`` or a stored
+grant: a member admitted by his cloud proof was stored again, ``granted member`` and all, so
+``forget`` was undone without anyone asked, and his next session handed him the renewed secret.
+A stolen device can keep one such session open (stalled up to its step time) at all times, so
+the window was the whole time until the owner forgot it.  Now a member the host knew when his
+proof was checked counts as a stored grant: the save refuses once he is forgotten.
 
 Played with the library's host and guest over the in-process loopback link claiming link-layer
 encryption (as a BLE link after Just Works) and the real ``pairkit forget`` process.
@@ -26,10 +27,10 @@ from typing import Any
 import pytest
 
 import pairkit
+from pairkit import session as runtime_session
 from pairkit.keystore import Argon2Params
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.errors import PairingError
-from pairkit import session as runtime_session
 from pairkit.transports import loopback
 
 from ..cli_helpers import KEYSTORE_PIN, run_cli
@@ -103,11 +104,6 @@ def george_record(paul: pairkit.Device) -> Any:
     return next((p for p in ks.peers() if p.name == "George"), None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk16b finding 1 (high, reported, not fixed here): a member admitted by his cloud proof "
-    "through a full pairing (clear) is written back by the host's save after a concurrent "
-    "pairkit forget; store_session refuses a forgotten peer only for resume/kk or a stored grant"
-))
 async def test_a_member_forgotten_while_his_session_is_open_stays_forgotten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
