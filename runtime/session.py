@@ -193,6 +193,7 @@ async def accept_session(
     me = peers.local_identity(ks)
     pipe = MessagePipe(link, guest=False)
     cloud: CloudHost | None = None
+    known_member = False
     context = b""
     if side.cloud_step:
         # Only this device's own cloud admits members without a prompt: a cloud it joined is
@@ -235,6 +236,13 @@ async def accept_session(
         cloud.check_name(session.peer.name)  # the device its owner was asked about paired
         if cloud.retired_epoch is not None and cloud.grant is None:
             await _retired_proof(cloud, side, session, delegate, clock)
+        if cloud.role is Role.MEMBER and cloud.grant is None:
+            # Let in by its cloud proof as the member this host knows: like a stored grant,
+            # a `pairkit forget` of it before the save below is never undone (issue 17;
+            # attack review atk16b, finding 1).  A holder of the secret with no record (made a
+            # member by hand, as the demo's TV) is stored as before.
+            held = peers.peer_grant(ks, session.peer.device_id, clock.wall())
+            known_member = held is not None and held.role is Role.MEMBER
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=True)
     promote = getattr(link, "authenticated", None)
@@ -255,7 +263,7 @@ async def accept_session(
         granted=membership.role if membership is not None else None,
         granted_expires=membership.expires if membership is not None else None,
         wall_now=clock.wall(),
-        stored_grant=cloud is not None and cloud.claimed is not None,
+        stored_grant=cloud is not None and (cloud.claimed is not None or known_member),
         gave_irk=membership is not None and membership.irk is not None,
         gave_secret=membership is not None and membership.secret is not None,
     )
