@@ -234,15 +234,16 @@ async def accept_session(
         ks.follow()
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
         cloud.check_name(session.peer.name)  # the device its owner was asked about paired
-        if cloud.retired_epoch is not None and cloud.grant is None:
-            await _retired_proof(cloud, side, session, delegate, clock)
-        if cloud.role is Role.MEMBER and cloud.grant is None:
-            # Let in by its cloud proof as the member this host knows: like a stored grant,
-            # a `pairkit forget` of it before the save below is never undone (issue 17;
-            # attack review atk16b, finding 1).  A holder of the secret with no record (made a
-            # member by hand, as the demo's TV) is stored as before.
+        if cloud.grant is None and (cloud.role is Role.MEMBER or cloud.retired_epoch is not None):
+            # Let in by its cloud proof: whether as a member this host knows now
             held = peers.peer_grant(ks, session.peer.device_id, clock.wall())
             known_member = held is not None and held.role is Role.MEMBER
+            if cloud.retired_epoch is not None and not known_member:
+                await _retired_proof(cloud, side, session, delegate)
+            # A known member is saved like a stored grant: a `pairkit forget` of it before the
+            # save below is never undone (issue 17; attack review atk16b, finding 1).  A holder
+            # of the secret with no record (made a member by hand, as the demo's TV) is stored
+            # as before.
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=True)
     promote = getattr(link, "authenticated", None)
@@ -273,16 +274,13 @@ async def accept_session(
 
 
 async def _retired_proof(
-    cloud: CloudHost, side: HostSide, session: Session, delegate: Any, clock: Clock
+    cloud: CloudHost, side: HostSide, session: Session, delegate: Any
 ) -> None:
     """A guest proved this host's cloud with a *retired* secret (one renewed when a member was
-    forgotten): it counts only if the proven device is a member in the keystore now; for any
-    other device it counts as no proof, and the owner is asked about it as about a stranger
+    forgotten) and the proven device is not a member in the keystore now (the caller checked):
+    its proof counts as no proof, and the owner is asked about it as about a stranger
     (docs/security.md "Renewing the cloud secret"; attack review atk15, finding 2).  A refusal
     raises before anything is confirmed or stored."""
-    held = peers.peer_grant(side.keystore, session.peer.device_id, clock.wall())
-    if held is not None and held.role is Role.MEMBER:
-        return
     question = cloud.not_a_member(session.peer.name)
     hook = getattr(delegate, "allow_join", None)
     if hook is None:
