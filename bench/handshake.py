@@ -341,6 +341,48 @@ PRIMITIVES: tuple[Primitive, ...] = (
 PRIMITIVE_NAMES = tuple(p.name for p in PRIMITIVES)
 
 
+# --------------------------------------------------------------------------------------------
+# The machine's state: fixed work timed at each block's start and end (in no floor)
+# --------------------------------------------------------------------------------------------
+
+
+def _probe_python() -> Callable[[], object]:
+    """Interpreter-bound work of pairkit's kind (dicts, bytes, small ints, calls): no C library."""
+
+    def step(d: dict[int, bytes], i: int) -> int:
+        d[i & 63] = i.to_bytes(4, "big")
+        return len(d.get((i * 7) & 63, b""))
+
+    def op() -> int:
+        d: dict[int, bytes] = {}
+        return sum(step(d, i) for i in range(4000))
+
+    return op
+
+
+def _probe_c() -> Callable[[], object]:
+    """C-bound work: 40 X25519 key pairs (``cryptography``), about as long as the Python probe."""
+    seeds = [os.urandom(32) for _ in range(40)]
+
+    def op() -> None:
+        for seed in seeds:
+            X25519PrivateKey.from_private_bytes(seed).public_key()
+
+    return op
+
+
+#: issue 13, a noisy machine: a shared VM can switch between states in which the interpreter
+#: slows more than C code does (measured in session 17: Python 1.75x slower, X25519 1.5x, for
+#: seconds at a time).  The probes show each block's state; ``python/c`` is the interpreter's
+#: speed against C's, the quantity a loop/floor ratio moves with.
+PROBES: dict[str, Callable[[], Callable[[], object]]] = {
+    "python": _probe_python,
+    "c": _probe_c,
+}
+#: probe runs at a block's start and again at its end
+PROBE_RUNS = 3
+
+
 #: the clock every figure is read from: wall time (``perf_counter``), or with ``--clock cpu``
 #: this thread's CPU time, which leaves out the time other jobs on a shared machine take the
 #: core (every exchange, the loopback ones included, runs on this one thread)
@@ -830,13 +872,25 @@ def _block_sizes(repeat: int) -> list[int]:
     return [repeat // blocks + (i < repeat % blocks) for i in range(blocks)]
 
 
+def _empty_block(
+    timers: list[PrimitiveTimer], cores: Iterable[str]
+) -> dict[str, dict[str, list[float]]]:
+    return {
+        "primitives": {t.prim.name: [] for t in timers},
+        "probe": {name: [] for name in PROBES},
+        "core": {name: [] for name in cores},
+        "sansio": {name: [] for name in METHODS},
+        "loopback": {name: [] for name in METHODS},
+    }
+
+
 async def _measure_blocks(
     settings: Settings,
     timers: list[PrimitiveTimer],
     cores: dict[str, Callable[[], object]],
     bench: MethodBench,
-) -> dict[str, dict[str, list[float]]]:
-    """All samples, in microseconds, taken in blocks.
+) -> list[dict[str, dict[str, list[float]]]]:
+    """All samples, in microseconds, taken in blocks; one dict of series per block.
 
     Within a block every item (a primitive, a core exchange, a method each way) runs back to
     back, after ``warmup`` untimed runs: repeated runs of the same code are faster than a run
@@ -845,12 +899,8 @@ async def _measure_blocks(
     another, so a machine that gets busier or quieter midway moves exchanges and floors alike.
     The garbage collector runs between series, never inside one.
     """
-    out: dict[str, dict[str, list[float]]] = {
-        "primitives": {t.prim.name: [] for t in timers},
-        "core": {name: [] for name in cores},
-        "sansio": {name: [] for name in METHODS},
-        "loopback": {name: [] for name in METHODS},
-    }
+    blocks: list[dict[str, dict[str, list[float]]]] = []
+    out = _empty_block(timers, cores)
 
     def series(kind: str, name: str, run: Callable[[], float], size: int) -> None:
         gc.collect()
@@ -870,7 +920,12 @@ async def _measure_blocks(
 
         return run
 
+    probes = {name: timed(make()) for name, make in PROBES.items()}
     for size in _block_sizes(settings.repeat):
+        out = _empty_block(timers, cores)
+        blocks.append(out)
+        for name, probe in probes.items():
+            series("probe", name, probe, PROBE_RUNS)
         for timer in timers:
             series("primitives", timer.prim.name, timer.sample, min(size, PRIMITIVE_BATCHES))
         for name, run in cores.items():
@@ -888,7 +943,29 @@ async def _measure_blocks(
                     out["loopback"][name].append(spent / 1000)
             finally:
                 gc.enable()
-    return out
+        for name, probe in probes.items():
+            series("probe", name, probe, PROBE_RUNS)
+    return blocks
+
+
+def _pooled(blocks: list[dict[str, dict[str, list[float]]]]) -> dict[str, dict[str, list[float]]]:
+    """Every block's samples of each series, one list per series."""
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for block in blocks:
+        for kind, series in block.items():
+            for name, values in series.items():
+                pooled.setdefault(kind, {}).setdefault(name, []).extend(values)
+    return pooled
+
+
+def block_ratios(
+    block_samples: list[list[float]], counts: Counter[str], block_per_op: list[dict[str, float]]
+) -> list[float]:
+    """Per block: the median of its samples over the floor priced at its own primitives."""
+    return [
+        statistics.median(values) / floor_us(counts, per_op)
+        for values, per_op in zip(block_samples, block_per_op, strict=True)
+    ]
 
 
 def _counts_dict(counts: Counter[str]) -> dict[str, int]:
@@ -941,8 +1018,12 @@ def measure(settings: Settings) -> dict[str, Any]:
         )
 
     runs = {name: runner for name, (runner, _) in cores.items()}
-    samples = asyncio.run(_measure_blocks(settings, timers, runs, bench))
+    blocks = asyncio.run(_measure_blocks(settings, timers, runs, bench))
+    samples = _pooled(blocks)
     per_op = {name: statistics.median(v) for name, v in samples["primitives"].items()}
+    block_per_op = [
+        {name: statistics.median(v) for name, v in b["primitives"].items()} for b in blocks
+    ]
 
     for row in core_rows:
         row.update(summary_us(samples["core"][row["name"]]))
@@ -957,6 +1038,13 @@ def measure(settings: Settings) -> dict[str, Any]:
         row["ratio_sansio"] = row["sansio"]["median_us"] / row["floor_us"]
         row["ratio_loopback"] = row["loopback"]["median_us"] / row["floor_us"]
         row["loopback_over_sansio"] = row["loopback"]["median_us"] / row["sansio"]["median_us"]
+        # The goal's figure: each block's median against that block's own floor, so a
+        # machine that changes speed between blocks moves both sides of a ratio alike.
+        row["block_loopback_us"] = [statistics.median(b["loopback"][row["method"]]) for b in blocks]
+        row["block_ratios_loopback"] = block_ratios(
+            [b["loopback"][row["method"]] for b in blocks], Counter(row["counts"]), block_per_op
+        )
+        row["paired_loopback"] = statistics.median(row["block_ratios_loopback"])
 
     prekey_us = per_op["x25519_base"] + per_op["sha256"]
     return {
@@ -967,8 +1055,16 @@ def measure(settings: Settings) -> dict[str, Any]:
         "prekeys": {"per_full_pairing": 2 * bench.config.prekeys, "us_each": prekey_us,
                     "us_per_full_pairing": 2 * bench.config.prekeys * prekey_us},
         "goals": [
-            report(f"{r['method']} loopback/floor", r["ratio_loopback"], LOOPBACK_GOAL)
+            report(f"{r['method']} loopback/floor", r["paired_loopback"], LOOPBACK_GOAL)
             for r in method_rows
+        ],
+        "blocks": [
+            {
+                "runs": len(b["loopback"][METHODS[0]]),
+                "per_op_us": bpo,
+                "probe_us": {name: statistics.median(v) for name, v in b["probe"].items()},
+            }
+            for b, bpo in zip(blocks, block_per_op, strict=True)
         ],
         "primitives": {
             t.prim.name: {
@@ -1014,6 +1110,27 @@ def _table(
     return out
 
 
+def _machine_lines(blocks: list[dict[str, Any]], methods: list[dict[str, Any]]) -> list[str]:
+    """The machine's state per block, beside the method whose ratio moves most with it."""
+    speed = [b["probe_us"]["python"] / b["probe_us"]["c"] for b in blocks]
+    python = [b["probe_us"]["python"] for b in blocks]
+    lines = [
+        "the machine per block (fixed work at each block's start and end, in no floor): "
+        f"python probe {statistics.median(python):.0f} us [{min(python):.0f}-{max(python):.0f}], "
+        f"python/c {statistics.median(speed):.2f} [{min(speed):.2f}-{max(speed):.2f}]"
+    ]
+    if len(blocks) > 1:
+        worst = max(methods, key=lambda r: r["paired_loopback"])
+        lines.append(
+            f"  per block, python/c : {worst['method']} loop/floor: "
+            + ", ".join(
+                f"{v:.2f}:{r:.2f}"
+                for v, r in zip(speed, worst["block_ratios_loopback"], strict=True)
+            )
+        )
+    return lines
+
+
 def render(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -1022,7 +1139,8 @@ def render(result: dict[str, Any]) -> str:
         f"each figure ({result.get('clock', 'wall')} time): median of {s['repeat']} runs in "
         "blocks, each series after "
         f"{s['warmup']} warm-up runs; "
-        f"ratio = median / floor (the spec's primitive count x per-op time, same run)",
+        f"ratio = median / floor (the spec's primitive count x per-op time, same run); "
+        "the goals pair each block's runs with that block's floor",
         "",
         "Primitives (us per operation; median and quartiles over the batches)",
     ]
@@ -1086,6 +1204,17 @@ def render(result: dict[str, Any]) -> str:
             for r in result["methods"]
         ),
     )
+    lines += [
+        "loop/floor paired by block (the goal's figure): the median of the blocks' ratios, each "
+        "block's loopback median over its floor priced at that block's primitives [min-max]:",
+        "  "
+        + ", ".join(
+            f"{r['method']} {r['paired_loopback']:.2f} "
+            f"[{min(r['block_ratios_loopback']):.2f}-{max(r['block_ratios_loopback']):.2f}]"
+            for r in result["methods"]
+        ),
+        *_machine_lines(result["blocks"], result["methods"]),
+    ]
     lines += ["counts per pairing, both sides, from the spec [the code's calls if different]:"]
     lines += [f"  {r['method']}: {_fmt_counts(r['counts'], r['calls'])}" for r in result["methods"]]
     lines += [

@@ -123,9 +123,55 @@ def test_every_method_has_a_goal_line(bench: ModuleType, quick: dict) -> None:
     by_name = {g["name"]: g for g in quick["goals"]}
     for row in quick["methods"]:
         goal = by_name[f"{row['method']} loopback/floor"]
-        assert goal["figure"] == row["ratio_loopback"]
+        assert goal["figure"] == row["paired_loopback"]
         assert (goal["goal"], goal["bound"]) == (2.0, "<=")
     assert "\n".join(render_goals(quick["goals"])) in bench.render(quick)
+
+
+@pytest.fixture(scope="module")
+def two_blocks(bench: ModuleType) -> dict:
+    # 40 runs make two blocks of 20 (the fewest a block takes).
+    settings = bench.Settings(repeat=40, warmup=1, batch_target_s=0.0002, mtu=512)
+    return bench.measure(settings)
+
+
+def test_each_goal_pairs_a_blocks_runs_with_that_blocks_floor(
+    bench: ModuleType, two_blocks: dict
+) -> None:
+    # A noisy machine changes speed between blocks (session 17): each block's ratio is its
+    # loopback median over the floor priced at the primitives timed in the same block, and the
+    # goal's figure is the median of those ratios.
+    blocks = two_blocks["blocks"]
+    assert [b["runs"] for b in blocks] == [20, 20]
+    goals = {g["name"]: g for g in two_blocks["goals"]}
+    for row in two_blocks["methods"]:
+        counts = Counter(row["counts"])
+        ratios = row["block_ratios_loopback"]
+        assert ratios == [
+            pytest.approx(us / bench.floor_us(counts, b["per_op_us"]))
+            for us, b in zip(row["block_loopback_us"], blocks, strict=True)
+        ]
+        assert goals[f"{row['method']} loopback/floor"]["figure"] == pytest.approx(
+            (ratios[0] + ratios[1]) / 2
+        )
+    for block in blocks:
+        assert set(block["per_op_us"]) == set(bench.PRIMITIVE_NAMES)
+        assert block["probe_us"]["python"] > 0 and block["probe_us"]["c"] > 0
+    text = bench.render(two_blocks)
+    assert "loop/floor paired by block" in text and "python/c" in text
+
+
+def test_a_block_ratio_uses_its_own_blocks_prices(bench: ModuleType) -> None:
+    # Block 2 ran on a machine twice as slow for exchange and primitives alike: both blocks
+    # read 3.0; priced at block 1's primitives, block 2 would read 6.0.
+    counts = Counter(x25519_dh=2, sha256=1)
+    fast = {"x25519_dh": 1.0, "sha256": 1.0}
+    slow = {"x25519_dh": 2.0, "sha256": 2.0}
+    assert bench.block_ratios([[9.0, 8.0, 10.0], [18.0, 20.0, 16.0]], counts, [fast, slow]) == [
+        3.0, 3.0,
+    ]
+    with pytest.raises(ValueError):
+        bench.block_ratios([[9.0]], counts, [fast, slow])
 
 
 def test_the_floor_leaves_prekeys_out(bench: ModuleType) -> None:
