@@ -66,6 +66,72 @@ def summary_us(
     return {"median_us": statistics.median(samples_us), "q1_us": q1, "q3_us": q3}
 
 
+# --------------------------------------------------------------------------------------------
+# The machine's state: fixed work, timed between or around a bench's blocks (in no floor)
+# --------------------------------------------------------------------------------------------
+
+
+def _probe_python() -> Callable[[], object]:
+    """Interpreter-bound work of pairkit's kind (dicts, bytes, small ints, calls): no C library."""
+
+    def step(d: dict[int, bytes], i: int) -> int:
+        d[i & 63] = i.to_bytes(4, "big")
+        return len(d.get((i * 7) & 63, b""))
+
+    def op() -> int:
+        d: dict[int, bytes] = {}
+        return sum(step(d, i) for i in range(4000))
+
+    return op
+
+
+def _probe_c() -> Callable[[], object]:
+    """C-bound work: 40 X25519 key pairs (``cryptography``), about as long as the Python probe."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    seeds = [os.urandom(32) for _ in range(40)]
+
+    def op() -> None:
+        for seed in seeds:
+            X25519PrivateKey.from_private_bytes(seed).public_key()
+
+    return op
+
+
+#: issue 13, a noisy machine: a shared VM can switch, for seconds at a time, between states in
+#: which the interpreter slows more than C code does (measured in session 17: a Python loop
+#: 1.75x slower, X25519 1.5x).  A bench's ratio of Python-heavy work to a floor of C
+#: primitives moves with ``python/c``, the interpreter's time over C's on these two probes.
+PROBES: dict[str, Callable[[], Callable[[], object]]] = {
+    "python": _probe_python,
+    "c": _probe_c,
+}
+
+
+def machine_probe(
+    runs: int = 3, clock: Callable[[], int] = time.perf_counter_ns
+) -> dict[str, float]:
+    """Each probe's median time over ``runs`` runs, in microseconds, and ``python/c``."""
+    out: dict[str, float] = {}
+    for name, make in PROBES.items():
+        op = make()
+        spent = []
+        for _ in range(runs):
+            start = clock()
+            op()
+            spent.append((clock() - start) / 1000)
+        out[name] = statistics.median(spent)
+    out["python/c"] = out["python"] / out["c"]
+    return out
+
+
+def probe_line(probes: Sequence[dict[str, float]]) -> str:
+    """``python/c`` over a run's probes: median [min-max]."""
+    speed = [p["python/c"] for p in probes]
+    return (f"python/c {statistics.median(speed):.2f} [{min(speed):.2f}-{max(speed):.2f}] "
+            f"over {len(speed)} probes")
+
+
 def nproc() -> int | None:
     """CPUs this process may run on (the affinity mask where there is one)."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

@@ -76,6 +76,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 
 from bench.common import (  # noqa: E402
+    PROBES,
     Yes,
     command_line,
     cpu_model,
@@ -341,45 +342,7 @@ PRIMITIVES: tuple[Primitive, ...] = (
 PRIMITIVE_NAMES = tuple(p.name for p in PRIMITIVES)
 
 
-# --------------------------------------------------------------------------------------------
-# The machine's state: fixed work timed at each block's start and end (in no floor)
-# --------------------------------------------------------------------------------------------
-
-
-def _probe_python() -> Callable[[], object]:
-    """Interpreter-bound work of pairkit's kind (dicts, bytes, small ints, calls): no C library."""
-
-    def step(d: dict[int, bytes], i: int) -> int:
-        d[i & 63] = i.to_bytes(4, "big")
-        return len(d.get((i * 7) & 63, b""))
-
-    def op() -> int:
-        d: dict[int, bytes] = {}
-        return sum(step(d, i) for i in range(4000))
-
-    return op
-
-
-def _probe_c() -> Callable[[], object]:
-    """C-bound work: 40 X25519 key pairs (``cryptography``), about as long as the Python probe."""
-    seeds = [os.urandom(32) for _ in range(40)]
-
-    def op() -> None:
-        for seed in seeds:
-            X25519PrivateKey.from_private_bytes(seed).public_key()
-
-    return op
-
-
-#: issue 13, a noisy machine: a shared VM can switch between states in which the interpreter
-#: slows more than C code does (measured in session 17: Python 1.75x slower, X25519 1.5x, for
-#: seconds at a time).  The probes show each block's state; ``python/c`` is the interpreter's
-#: speed against C's, the quantity a loop/floor ratio moves with.
-PROBES: dict[str, Callable[[], Callable[[], object]]] = {
-    "python": _probe_python,
-    "c": _probe_c,
-}
-#: probe runs at a block's start and again at its end
+#: probe runs at a block's start and again at its end (the probes: bench/common.py)
 PROBE_RUNS = 3
 
 

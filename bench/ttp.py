@@ -107,8 +107,10 @@ from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 
 from bench.common import (  # noqa: E402
     load_average,
+    machine_probe,
     nproc,
     positive,
+    probe_line,
     process_cpu,
     render_goals,
     report,
@@ -678,8 +680,10 @@ async def measure_level(settings: Settings, pool: FloorPool, device_pool: Device
         for kind in order:
             if not wanted(kind):
                 continue
+            probe = machine_probe()  # the machine's state, outside every timed block
             block = await server_block(proc_pid, address, ca, devices, pairs, rounds,
                                        device_pool if kind == "processes" else None)
+            block["probe"] = probe
             floors.append(pool.run(settings.floor_seconds))
             block["floor_index"] = len(floors) - 2  # its floor blocks: this one and the next
             around = floors[-2:]
@@ -892,6 +896,11 @@ def render(result: dict[str, Any]) -> str:
             lines.append(
                 f"  {lv['pairs']} pairs: NO QUIET BLOCK in {n} (other jobs ran throughout): "
                 "the figures are the medians over all blocks and measure the other jobs too")
+        probes = [b["probe"] for b in lv["blocks"] + one["blocks"] if "probe" in b]
+        if probes:
+            lines.append(
+                f"  {lv['pairs']} pairs: the machine before each server block (fixed Python and "
+                f"C work in this process, bench/common.py): {probe_line(probes)}")
         in_order = sorted([(b, "") for b in lv["blocks"]]
                           + [(b, ", devices in one process") for b in one["blocks"]],
                           key=lambda x: x[0]["floor_index"])
@@ -916,7 +925,8 @@ def render(result: dict[str, Any]) -> str:
                 f"(server {b['server_cpu_us_per_delivery']:.0f}, devices "
                 f"{b['devices_cpu_us_per_delivery']:.0f}), floor "
                 f"{b['floor_cpu_us_per_delivery']:.0f}, floor CPU/CPU {b['cpu_line']:.2f}"
-                f"{where}")
+                + (f"; python/c {b['probe']['python/c']:.2f}" if "probe" in b else "")
+                + where)
     lines += render_goals(result["goals"])
     lines.append(f"total time {result['total_s']:.1f} s")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from bench.common import check_goals, render_goals
+from bench.common import check_goals, machine_probe, probe_line, render_goals
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "handshake.py"
@@ -172,6 +172,17 @@ def test_a_block_ratio_uses_its_own_blocks_prices(bench: ModuleType) -> None:
     ]
     with pytest.raises(ValueError):
         bench.block_ratios([[9.0]], counts, [fast, slow])
+
+
+def test_the_machine_probe_reads_each_probes_median_on_the_clock_given() -> None:
+    # Each probe runs 3 times between two clock reads: python 1, 4, 2 us; c 2, 8, 4 us.
+    ticks = iter([0, 1000, 1000, 5000, 5000, 7000,
+                  7000, 9000, 9000, 17000, 17000, 21000])
+    probe = machine_probe(runs=3, clock=lambda: next(ticks))
+    assert probe == {"python": 2.0, "c": 4.0, "python/c": 0.5}
+    assert probe_line([probe, {**probe, "python/c": 0.75}, {**probe, "python/c": 0.6}]) == (
+        "python/c 0.60 [0.50-0.75] over 3 probes"
+    )
 
 
 def test_the_floor_leaves_prekeys_out(bench: ModuleType) -> None:

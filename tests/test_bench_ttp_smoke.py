@@ -140,6 +140,13 @@ def test_quick_run_json_shape(bench: ModuleType) -> None:
     assert text.count("devices in one process (shape, not the goal)") == len(result["levels"])
     assert sys.platform != "linux" or "waiting for a core" in text
     assert "\n".join(render_goals(result["goals"])) in text
+    # The machine's state before every server block (session 17): its probes, in no figure.
+    for lv in result["levels"]:
+        for b in lv["blocks"] + lv["one_process"]["blocks"]:
+            p = b["probe"]
+            assert p["python"] > 0 and p["c"] > 0
+            assert p["python/c"] == pytest.approx(p["python"] / p["c"])
+    assert text.count("the machine before each server block") == len(result["levels"])
 
 
 def test_the_floor_does_real_tls_13(bench: ModuleType, tmp_path: Path) -> None:
