@@ -183,7 +183,10 @@ def test_the_goals_figure_from_known_blocks(
             loop = {m: bench.floor_us(bench.method_counts(m), unit) * s * r for m in bench.METHODS}
             out.append({
                 "primitives": {t.prim.name: [s, 1.1 * s, 0.9 * s] for t in timers},
-                "probe": {"python": [100 * s, 110 * s, 90 * s] * 2, "c": [200 * s] * 6},
+                "probe": {
+                    "python": [100 * s, 110 * s, 90 * s, 150 * s, 160 * s, 140 * s],
+                    "c": [200 * s] * 6,
+                },
                 "core": {name: [10.0, 11.0, 9.0] for name in cores},
                 "sansio": {m: [10.0, 11.0, 9.0] for m in bench.METHODS},
                 "loopback": {m: [loop[m], 1.2 * loop[m], 0.8 * loop[m]] for m in bench.METHODS},
@@ -196,8 +199,14 @@ def test_the_goals_figure_from_known_blocks(
     assert [b["per_op_us"] for b in result["blocks"]] == [
         {name: pytest.approx(s) for name in bench.PRIMITIVE_NAMES} for s in prices
     ]
+    # The probes: three runs at a block's start, three at its end (the python probe 1.5x slower
+    # there), each half's median kept apart as well as the median of all six.
     assert [b["probe_us"] for b in result["blocks"]] == [
-        {"python": pytest.approx(100 * s), "c": pytest.approx(200 * s)} for s in prices
+        {"python": pytest.approx(125 * s), "c": pytest.approx(200 * s)} for s in prices
+    ]
+    assert [(b["probe_start_us"]["python"], b["probe_end_us"]["python"])
+            for b in result["blocks"]] == [
+        (pytest.approx(100 * s), pytest.approx(150 * s)) for s in prices
     ]
     goals = {g["name"]: g for g in result["goals"]}
     for row in result["methods"]:
@@ -207,7 +216,8 @@ def test_the_goals_figure_from_known_blocks(
         assert row["ratio_loopback"] == pytest.approx(1.8)
     text = bench.render(result)
     assert "pin 2.50 [1.50-3.00]" in text
-    assert "python/c 0.50 [0.50-0.50]" in text
+    assert "python/c 0.62 [0.62-0.62]" in text
+    assert "python probe, block's end over its start: 1.50, 1.50, 1.50" in text
 
 
 def test_a_block_ratio_uses_its_own_blocks_prices(bench: ModuleType) -> None:
