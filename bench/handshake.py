@@ -1026,6 +1026,14 @@ def measure(settings: Settings) -> dict[str, Any]:
                 "runs": len(b["loopback"][METHODS[0]]),
                 "per_op_us": bpo,
                 "probe_us": {name: statistics.median(v) for name, v in b["probe"].items()},
+                # the start's runs and the end's apart: a block whose machine changed midway
+                # prices its later methods' runs at primitives timed in another state
+                "probe_start_us": {
+                    name: statistics.median(v[:PROBE_RUNS]) for name, v in b["probe"].items()
+                },
+                "probe_end_us": {
+                    name: statistics.median(v[PROBE_RUNS:]) for name, v in b["probe"].items()
+                },
             }
             for b, bpo in zip(blocks, block_per_op, strict=True)
         ],
@@ -1082,6 +1090,12 @@ def _machine_lines(blocks: list[dict[str, Any]], methods: list[dict[str, Any]]) 
         f"python probe {statistics.median(python):.0f} us [{min(python):.0f}-{max(python):.0f}], "
         f"python/c {statistics.median(speed):.2f} [{min(speed):.2f}-{max(speed):.2f}]"
     ]
+    if "probe_start_us" in blocks[0]:
+        drift = [b["probe_end_us"]["python"] / b["probe_start_us"]["python"] for b in blocks]
+        lines.append(
+            "  python probe, block's end over its start: "
+            + ", ".join(f"{d:.2f}" for d in drift)
+        )
     if len(blocks) > 1:
         worst = max(methods, key=lambda r: r["paired_loopback"])
         lines.append(

@@ -680,7 +680,10 @@ async def measure_level(settings: Settings, pool: FloorPool, device_pool: Device
         for kind in order:
             if not wanted(kind):
                 continue
-            probe = machine_probe()  # the machine's state, outside every timed block
+            # the machine's state, outside every timed block, on this thread's CPU time: on
+            # wall time a 1-2 ms probe reads the scheduler, not the interpreter, once other
+            # jobs want the cores (session 17: python/c 0.31-1.46 at load 4-5)
+            probe = machine_probe(clock=time.thread_time_ns)
             block = await server_block(proc_pid, address, ca, devices, pairs, rounds,
                                        device_pool if kind == "processes" else None)
             block["probe"] = probe
@@ -900,7 +903,7 @@ def render(result: dict[str, Any]) -> str:
         if probes:
             lines.append(
                 f"  {lv['pairs']} pairs: the machine before each server block (fixed Python and "
-                f"C work in this process, bench/common.py): {probe_line(probes)}")
+                f"C work in this process, CPU time, bench/common.py): {probe_line(probes)}")
         in_order = sorted([(b, "") for b in lv["blocks"]]
                           + [(b, ", devices in one process") for b in one["blocks"]],
                           key=lambda x: x[0]["floor_index"])

@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -159,6 +160,64 @@ def test_each_goal_pairs_a_blocks_runs_with_that_blocks_floor(
         assert block["probe_us"]["python"] > 0 and block["probe_us"]["c"] > 0
     text = bench.render(two_blocks)
     assert "loop/floor paired by block" in text and "python/c" in text
+
+
+def test_the_goals_figure_from_known_blocks(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three made-up blocks in place of the timed ones, so each figure is known exactly: every
+    # primitive costs 1, 2 and 4 us in blocks 0, 1, 2 (batches s, 1.1 s, 0.9 s), and each
+    # method's loopback median is 3.0, 1.5 and 2.5 times its block's floor.  The goal's figure is
+    # the median of those, 2.5 (their mean is 2.33, the largest 3.0); the pooled ratio is the
+    # median of all nine runs (3.6 x the floor at 1 us) over the floor at the pooled price, 2.0:
+    # 1.8.  Two real blocks (above) cannot tell a median from a mean, nor a block's own prices
+    # from the pooled ones when both are recorded alike.
+    prices, ratios = (1.0, 2.0, 4.0), (3.0, 1.5, 2.5)
+    unit = {name: 1.0 for name in bench.PRIMITIVE_NAMES}
+
+    async def known_blocks(
+        settings: object, timers: list[Any], cores: dict[str, object], method_bench: object
+    ) -> list[dict[str, dict[str, list[float]]]]:
+        out = []
+        for s, r in zip(prices, ratios, strict=True):
+            loop = {m: bench.floor_us(bench.method_counts(m), unit) * s * r for m in bench.METHODS}
+            out.append({
+                "primitives": {t.prim.name: [s, 1.1 * s, 0.9 * s] for t in timers},
+                "probe": {
+                    "python": [100 * s, 110 * s, 90 * s, 150 * s, 160 * s, 140 * s],
+                    "c": [200 * s] * 6,
+                },
+                "core": {name: [10.0, 11.0, 9.0] for name in cores},
+                "sansio": {m: [10.0, 11.0, 9.0] for m in bench.METHODS},
+                "loopback": {m: [loop[m], 1.2 * loop[m], 0.8 * loop[m]] for m in bench.METHODS},
+            })
+        return out
+
+    monkeypatch.setattr(bench, "_measure_blocks", known_blocks)
+    result = bench.measure(bench.Settings(repeat=9, warmup=1, batch_target_s=0.0002, mtu=512))
+    assert [b["runs"] for b in result["blocks"]] == [3, 3, 3]
+    assert [b["per_op_us"] for b in result["blocks"]] == [
+        {name: pytest.approx(s) for name in bench.PRIMITIVE_NAMES} for s in prices
+    ]
+    # The probes: three runs at a block's start, three at its end (the python probe 1.5x slower
+    # there), each half's median kept apart as well as the median of all six.
+    assert [b["probe_us"] for b in result["blocks"]] == [
+        {"python": pytest.approx(125 * s), "c": pytest.approx(200 * s)} for s in prices
+    ]
+    assert [(b["probe_start_us"]["python"], b["probe_end_us"]["python"])
+            for b in result["blocks"]] == [
+        (pytest.approx(100 * s), pytest.approx(150 * s)) for s in prices
+    ]
+    goals = {g["name"]: g for g in result["goals"]}
+    for row in result["methods"]:
+        assert row["block_ratios_loopback"] == pytest.approx(list(ratios))
+        assert row["paired_loopback"] == pytest.approx(2.5)
+        assert goals[f"{row['method']} loopback/floor"]["figure"] == pytest.approx(2.5)
+        assert row["ratio_loopback"] == pytest.approx(1.8)
+    text = bench.render(result)
+    assert "pin 2.50 [1.50-3.00]" in text
+    assert "python/c 0.62 [0.62-0.62]" in text
+    assert "python probe, block's end over its start: 1.50, 1.50, 1.50" in text
 
 
 def test_a_block_ratio_uses_its_own_blocks_prices(bench: ModuleType) -> None:
