@@ -921,16 +921,6 @@ def _pooled(blocks: list[dict[str, dict[str, list[float]]]]) -> dict[str, dict[s
     return pooled
 
 
-def block_ratios(
-    block_samples: list[list[float]], counts: Counter[str], block_per_op: list[dict[str, float]]
-) -> list[float]:
-    """Per block: the median of its samples over the floor priced at its own primitives."""
-    return [
-        statistics.median(values) / floor_us(counts, per_op)
-        for values, per_op in zip(block_samples, block_per_op, strict=True)
-    ]
-
-
 def _counts_dict(counts: Counter[str]) -> dict[str, int]:
     return {name: counts[name] for name in PRIMITIVE_NAMES if counts[name]}
 
@@ -1001,13 +991,6 @@ def measure(settings: Settings) -> dict[str, Any]:
         row["ratio_sansio"] = row["sansio"]["median_us"] / row["floor_us"]
         row["ratio_loopback"] = row["loopback"]["median_us"] / row["floor_us"]
         row["loopback_over_sansio"] = row["loopback"]["median_us"] / row["sansio"]["median_us"]
-        # The goal's figure: each block's median against that block's own floor, so a
-        # machine that changes speed between blocks moves both sides of a ratio alike.
-        row["block_loopback_us"] = [statistics.median(b["loopback"][row["method"]]) for b in blocks]
-        row["block_ratios_loopback"] = block_ratios(
-            [b["loopback"][row["method"]] for b in blocks], Counter(row["counts"]), block_per_op
-        )
-        row["paired_loopback"] = statistics.median(row["block_ratios_loopback"])
 
     prekey_us = per_op["x25519_base"] + per_op["sha256"]
     return {
@@ -1018,7 +1001,7 @@ def measure(settings: Settings) -> dict[str, Any]:
         "prekeys": {"per_full_pairing": 2 * bench.config.prekeys, "us_each": prekey_us,
                     "us_per_full_pairing": 2 * bench.config.prekeys * prekey_us},
         "goals": [
-            report(f"{r['method']} loopback/floor", r["paired_loopback"], LOOPBACK_GOAL)
+            report(f"{r['method']} loopback/floor", r["ratio_loopback"], LOOPBACK_GOAL)
             for r in method_rows
         ],
         "blocks": [
@@ -1081,8 +1064,8 @@ def _table(
     return out
 
 
-def _machine_lines(blocks: list[dict[str, Any]], methods: list[dict[str, Any]]) -> list[str]:
-    """The machine's state per block, beside the method whose ratio moves most with it."""
+def _machine_lines(blocks: list[dict[str, Any]]) -> list[str]:
+    """The machine's state per block (information: no figure or goal depends on it)."""
     speed = [b["probe_us"]["python"] / b["probe_us"]["c"] for b in blocks]
     python = [b["probe_us"]["python"] for b in blocks]
     lines = [
@@ -1096,15 +1079,6 @@ def _machine_lines(blocks: list[dict[str, Any]], methods: list[dict[str, Any]]) 
             "  python probe, block's end over its start: "
             + ", ".join(f"{d:.2f}" for d in drift)
         )
-    if len(blocks) > 1:
-        worst = max(methods, key=lambda r: r["paired_loopback"])
-        lines.append(
-            f"  per block, python/c : {worst['method']} loop/floor: "
-            + ", ".join(
-                f"{v:.2f}:{r:.2f}"
-                for v, r in zip(speed, worst["block_ratios_loopback"], strict=True)
-            )
-        )
     return lines
 
 
@@ -1116,8 +1090,7 @@ def render(result: dict[str, Any]) -> str:
         f"each figure ({result.get('clock', 'wall')} time): median of {s['repeat']} runs in "
         "blocks, each series after "
         f"{s['warmup']} warm-up runs; "
-        f"ratio = median / floor (the spec's primitive count x per-op time, same run); "
-        "the goals pair each block's runs with that block's floor",
+        f"ratio = median / floor (the spec's primitive count x per-op time, same run)",
         "",
         "Primitives (us per operation; median and quartiles over the batches)",
     ]
@@ -1181,17 +1154,7 @@ def render(result: dict[str, Any]) -> str:
             for r in result["methods"]
         ),
     )
-    lines += [
-        "loop/floor paired by block (the goal's figure): the median of the blocks' ratios, each "
-        "block's loopback median over its floor priced at that block's primitives [min-max]:",
-        "  "
-        + ", ".join(
-            f"{r['method']} {r['paired_loopback']:.2f} "
-            f"[{min(r['block_ratios_loopback']):.2f}-{max(r['block_ratios_loopback']):.2f}]"
-            for r in result["methods"]
-        ),
-        *_machine_lines(result["blocks"], result["methods"]),
-    ]
+    lines += _machine_lines(result["blocks"])
     lines += ["counts per pairing, both sides, from the spec [the code's calls if different]:"]
     lines += [f"  {r['method']}: {_fmt_counts(r['counts'], r['calls'])}" for r in result["methods"]]
     lines += [

@@ -124,42 +124,9 @@ def test_every_method_has_a_goal_line(bench: ModuleType, quick: dict) -> None:
     by_name = {g["name"]: g for g in quick["goals"]}
     for row in quick["methods"]:
         goal = by_name[f"{row['method']} loopback/floor"]
-        assert goal["figure"] == row["paired_loopback"]
+        assert goal["figure"] == row["ratio_loopback"]
         assert (goal["goal"], goal["bound"]) == (2.0, "<=")
     assert "\n".join(render_goals(quick["goals"])) in bench.render(quick)
-
-
-@pytest.fixture(scope="module")
-def two_blocks(bench: ModuleType) -> dict:
-    # 40 runs make two blocks of 20 (the fewest a block takes).
-    settings = bench.Settings(repeat=40, warmup=1, batch_target_s=0.0002, mtu=512)
-    return bench.measure(settings)
-
-
-def test_each_goal_pairs_a_blocks_runs_with_that_blocks_floor(
-    bench: ModuleType, two_blocks: dict
-) -> None:
-    # A noisy machine changes speed between blocks (session 17): each block's ratio is its
-    # loopback median over the floor priced at the primitives timed in the same block, and the
-    # goal's figure is the median of those ratios.
-    blocks = two_blocks["blocks"]
-    assert [b["runs"] for b in blocks] == [20, 20]
-    goals = {g["name"]: g for g in two_blocks["goals"]}
-    for row in two_blocks["methods"]:
-        counts = Counter(row["counts"])
-        ratios = row["block_ratios_loopback"]
-        assert ratios == [
-            pytest.approx(us / bench.floor_us(counts, b["per_op_us"]))
-            for us, b in zip(row["block_loopback_us"], blocks, strict=True)
-        ]
-        assert goals[f"{row['method']} loopback/floor"]["figure"] == pytest.approx(
-            (ratios[0] + ratios[1]) / 2
-        )
-    for block in blocks:
-        assert set(block["per_op_us"]) == set(bench.PRIMITIVE_NAMES)
-        assert block["probe_us"]["python"] > 0 and block["probe_us"]["c"] > 0
-    text = bench.render(two_blocks)
-    assert "loop/floor paired by block" in text and "python/c" in text
 
 
 def test_the_goals_figure_from_known_blocks(
@@ -168,10 +135,11 @@ def test_the_goals_figure_from_known_blocks(
     # Three made-up blocks in place of the timed ones, so each figure is known exactly: every
     # primitive costs 1, 2 and 4 us in blocks 0, 1, 2 (batches s, 1.1 s, 0.9 s), and each
     # method's loopback median is 3.0, 1.5 and 2.5 times its block's floor.  The goal's figure is
-    # the median of those, 2.5 (their mean is 2.33, the largest 3.0); the pooled ratio is the
-    # median of all nine runs (3.6 x the floor at 1 us) over the floor at the pooled price, 2.0:
-    # 1.8.  Two real blocks (above) cannot tell a median from a mean, nor a block's own prices
-    # from the pooled ones when both are recorded alike.
+    # the pooled ratio: the median of all nine runs (3.6 x the floor at 1 us) over the floor at
+    # the median of all nine batches of each primitive, 2.0: 1.8.  (A median of the blocks' own
+    # ratios would read 2.5; session 17's sceptic found that figure biased low by about 3% on
+    # real runs, so it is not the goal's.)  Each block's prices and probes are kept, as
+    # information.
     prices, ratios = (1.0, 2.0, 4.0), (3.0, 1.5, 2.5)
     unit = {name: 1.0 for name in bench.PRIMITIVE_NAMES}
 
@@ -210,27 +178,12 @@ def test_the_goals_figure_from_known_blocks(
     ]
     goals = {g["name"]: g for g in result["goals"]}
     for row in result["methods"]:
-        assert row["block_ratios_loopback"] == pytest.approx(list(ratios))
-        assert row["paired_loopback"] == pytest.approx(2.5)
-        assert goals[f"{row['method']} loopback/floor"]["figure"] == pytest.approx(2.5)
         assert row["ratio_loopback"] == pytest.approx(1.8)
+        assert goals[f"{row['method']} loopback/floor"]["figure"] == row["ratio_loopback"]
     text = bench.render(result)
-    assert "pin 2.50 [1.50-3.00]" in text
+    assert "pin loopback/floor       figure 1.80x" in text
     assert "python/c 0.62 [0.62-0.62]" in text
     assert "python probe, block's end over its start: 1.50, 1.50, 1.50" in text
-
-
-def test_a_block_ratio_uses_its_own_blocks_prices(bench: ModuleType) -> None:
-    # Block 2 ran on a machine twice as slow for exchange and primitives alike: both blocks
-    # read 3.0; priced at block 1's primitives, block 2 would read 6.0.
-    counts = Counter(x25519_dh=2, sha256=1)
-    fast = {"x25519_dh": 1.0, "sha256": 1.0}
-    slow = {"x25519_dh": 2.0, "sha256": 2.0}
-    assert bench.block_ratios([[9.0, 8.0, 10.0], [18.0, 20.0, 16.0]], counts, [fast, slow]) == [
-        3.0, 3.0,
-    ]
-    with pytest.raises(ValueError):
-        bench.block_ratios([[9.0]], counts, [fast, slow])
 
 
 def test_the_machine_probe_reads_each_probes_median_on_the_clock_given() -> None:
