@@ -2,7 +2,12 @@
 
 The checks a guest makes on what a host sends first on the channel (pairing/service.py
 ``check_membership``), machine level; the same attacks over real links are in
-tests/attacks/test_hostile_host.py.
+tests/attacks/test_attack_hostile_host_tcp.py and tests/attacks/test_attack_cloud_renewal.py.
+
+Also here: rule 3's one exception (a renewal of a cloud held as a member) when the device's
+cloud proof did not count, e.g. a member that missed more renewals than its owner keeps retired
+secrets of, asked about and let in again by the owner (atk16b finding 2).  The owner's new
+member's ``Membership`` is then the renewal; everything else naming a held cloud stays refused.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import AuthenticationError, ProtocolError
 from pairkit.pairing.service import (
+    CloudRenewal,
     JoinCloud,
     Membership,
     check_membership,
@@ -40,9 +46,28 @@ def new_member(**changes: object) -> Membership:
     return signed(dataclasses.replace(m, **changes))
 
 
-def check(m: Membership, held: tuple[str, ...] = ()) -> JoinCloud | None:
+def check(m: Membership, held: tuple[str, ...] = ()) -> JoinCloud | CloudRenewal | None:
     return check_membership(m, host_id=HOST_ID, host_signing=OWNER_PUB, me=ME,
                             session_fingerprint=FP, held=held)
+
+
+#: Paul's cloud, held by this device as a member at epoch 3 (under the name Paul gave it)
+PAULS = cloud_id_of(HOST_ID)
+HELD_EPOCH = 3
+
+
+def check_held(
+    m: Membership, *, proven: str | None = None, owner: bool = False,
+    cloud_id: str = PAULS, name: str = "Paul's cloud",
+) -> JoinCloud | CloudRenewal | None:
+    """``m`` checked by a device that holds ``cloud_id`` (as a member at :data:`HELD_EPOCH`,
+    or as its owner), with its proof counted (``proven``) or not."""
+    return check_membership(
+        m, host_id=HOST_ID, host_signing=OWNER_PUB, me=ME, session_fingerprint=FP,
+        held=(cloud_id,), proven=proven,
+        member_epochs={} if owner else {cloud_id: HELD_EPOCH},
+        member_names={} if owner else {cloud_id: name},
+    )
 
 
 def test_an_owner_signed_membership_asks_the_user() -> None:
@@ -97,3 +122,110 @@ def test_a_membership_without_a_secret_names_no_cloud_to_join() -> None:
 
 def test_the_secret_never_shows_in_a_repr() -> None:
     assert SECRET.hex() not in repr(new_member()) and repr(SECRET) not in repr(new_member())
+
+
+# -- a held cloud's renewal when the device's proof did not count (atk16b finding 2) ----------
+
+WHETHER_PROVEN = pytest.mark.parametrize("proven", [None, PAULS], ids=["unproven", "proven"])
+
+
+@WHETHER_PROVEN
+def test_the_owners_new_member_membership_renews_a_cloud_held_as_a_member(
+    proven: str | None,
+) -> None:
+    """The owner let its member back in (asked about it as a stranger: its proof was made with a
+    secret no longer kept) and sends a new member's Membership, signed, a higher epoch: a
+    renewal (secret and epoch only), asking no one, whether the proof counted or not."""
+    got = check_held(new_member(epoch=HELD_EPOCH + 2), proven=proven)
+    assert got == CloudRenewal(cloud_id=PAULS, epoch=HELD_EPOCH + 2)
+    # the owner's renewal form (no name, no members) as well
+    bare = signed(Membership(role=Role.MEMBER, cloud_id=PAULS, secret=SECRET, epoch=4))
+    assert check_held(bare, proven=proven) == CloudRenewal(cloud_id=PAULS, epoch=4)
+
+
+@WHETHER_PROVEN
+@pytest.mark.parametrize("epoch", [HELD_EPOCH, HELD_EPOCH - 1, None],
+                         ids=["equal", "lower", "missing"])
+def test_a_held_clouds_membership_not_newer_than_held_is_refused(
+    proven: str | None, epoch: int | None,
+) -> None:
+    """Rolling a member back to an older secret (or re-sending the one held, or a new member's
+    Membership of a cloud never renewed) is no renewal: the held cloud is never overwritten."""
+    with pytest.raises(AuthenticationError, match=r"already holds|not newer"):
+        check_held(new_member(epoch=epoch), proven=proven)
+
+
+def test_a_cloud_held_as_its_owner_is_never_renewed() -> None:
+    """Taking: a cloud this device owns (its id bound to the host: only a host with this
+    device's key, or a collision, gets here) is never overwritten, whatever the epoch."""
+    with pytest.raises(AuthenticationError, match="already holds"):
+        check_held(new_member(epoch=HELD_EPOCH + 100), owner=True)
+    with pytest.raises(AuthenticationError, match="does not hold as a member"):
+        check_held(new_member(epoch=HELD_EPOCH + 100), owner=True, proven=PAULS)
+
+
+@WHETHER_PROVEN
+def test_a_held_cloud_not_bound_to_the_host_is_not_renewed(proven: str | None) -> None:
+    """Planting over a held cloud: a host renews a cloud this device holds as a member (at a
+    lower epoch than offered, signed by the host) whose id is bound to another owner."""
+    other = cloud_id_of(bytes.fromhex("33" * 16))
+    m = new_member(cloud_id=other, epoch=HELD_EPOCH + 1)
+    with pytest.raises(AuthenticationError, match="not its own"):
+        check_held(m, cloud_id=other, proven=proven and other)
+
+
+@WHETHER_PROVEN
+@pytest.mark.parametrize("how", ["unsigned", "other-key", "other-member", "bit-flipped",
+                                 "epoch-raised"])
+def test_a_held_clouds_renewal_must_be_signed_by_its_owner(proven: str | None, how: str) -> None:
+    m = new_member(epoch=HELD_EPOCH + 1)
+    if how == "unsigned":
+        m = dataclasses.replace(m, signature=None)
+    elif how == "other-key":
+        m = signed(dataclasses.replace(m, signature=None), Ed25519PrivateKey.generate())
+    elif how == "other-member":
+        m = signed(dataclasses.replace(m, signature=None), member=b"\x33" * 16)
+    elif how == "bit-flipped":
+        m = dataclasses.replace(m, secret=SECRET[:-1] + bytes([SECRET[-1] ^ 1]))
+    else:  # a relay raises the epoch of a renewal the owner signed
+        m = dataclasses.replace(m, epoch=HELD_EPOCH + 50)
+    with pytest.raises(AuthenticationError, match=r"signed|signature"):
+        check_held(m, proven=proven)
+
+
+@WHETHER_PROVEN
+def test_the_renewal_of_an_earlier_session_is_not_replayed(proven: str | None) -> None:
+    """The owner's signature binds the session fingerprint: a Membership recorded in another
+    session (the owner's real one, epoch and all) is refused in this one."""
+    earlier = dataclasses.replace(new_member(epoch=HELD_EPOCH + 1), signature=None)
+    replayed = dataclasses.replace(
+        earlier, signature=OWNER.sign(membership_statement(earlier, ME, "0000-1111-2222-3333"))
+    )
+    with pytest.raises(AuthenticationError, match="signature does not verify"):
+        check_held(replayed, proven=proven)
+
+
+@WHETHER_PROVEN
+def test_a_renewal_never_renames_the_cloud(proven: str | None) -> None:
+    """Only the secret and the epoch may change: a renewal that names the cloud otherwise than
+    this device holds it (even signed by the owner) is refused, not half taken."""
+    with pytest.raises(AuthenticationError, match="name"):
+        check_held(new_member(cloud_name="Mallory's cloud", epoch=HELD_EPOCH + 1),
+                   proven=proven)
+    # the name held is what counts, not the one the owner would give a new member
+    with pytest.raises(AuthenticationError, match="name"):
+        check_held(new_member(epoch=HELD_EPOCH + 1), name="our band's cloud", proven=proven)
+
+
+@WHETHER_PROVEN
+def test_a_renewal_is_a_member_grant(proven: str | None) -> None:
+    """A held cloud's secret with a guest grant (a demotion, or a relay's relabel) is refused."""
+    with pytest.raises(AuthenticationError, match="guest grant"):
+        check_held(new_member(role=Role.GUEST, epoch=HELD_EPOCH + 1), proven=proven)
+
+
+def test_a_device_that_proved_one_cloud_is_not_renewed_another() -> None:
+    """Back by its proof of one cloud, the device takes no secret of another it holds."""
+    m = new_member(epoch=HELD_EPOCH + 1)
+    with pytest.raises(AuthenticationError, match="another cloud"):
+        check_held(m, proven="0123456789abcdef")
