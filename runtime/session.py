@@ -548,6 +548,7 @@ async def _take_membership(
         me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
         held=[c.cloud_id for c in ks.clouds()], proven=proven,
         member_epochs={c.cloud_id: c.epoch for c in ks.clouds() if c.role == "member"},
+        member_names={c.cloud_id: c.name for c in ks.clouds() if c.role == "member"},
     )
     if question is None:
         return
