@@ -13,6 +13,10 @@ proves Paul's cloud to George; once the secure link is up it sends a renewal of 
 George is a real ``pairkit join --yes`` process (his user would say yes to anything asked).
 Each renewal must end the join with an error and store nothing: no peer, George's clouds (his
 own and Paul's: secret and epoch) unchanged.
+
+The same again with George's proof not counted (the host does not prove the cloud; George asks
+to join and is let in as a member, as a member that missed more renewals than Paul keeps is: atk16b
+finding 2): the new member's Membership is then the renewal, under the same checks.
 """
 
 from __future__ import annotations
@@ -102,11 +106,16 @@ WHY = {
 }
 
 
-async def play(lab: Lab, who: str, craft: Craft) -> tuple[Device, object, EvilHost, dict]:  # type: ignore[type-arg]
+async def play(lab: Lab, who: str, craft: Craft, *, proves: bool = True,
+               ) -> tuple[Device, object, EvilHost, dict]:  # type: ignore[type-arg]
     paul, george, ringo, cloud_id = paul_renewed_once(lab)
     before = held(george)
-    host = await evil_host(Grant(Role.GUEST, 3600), lambda s: craft(host, s, cloud_id),
-                           device={"paul": paul, "ringo": ringo}[who], proves=(cloud_id,))
+    # Not proving the cloud: George asks to join, the host lets him in as a member (as an
+    # owner's yes does) and sends its Membership; his proof did not count.
+    grant = Grant(Role.GUEST, 3600) if proves else Grant(Role.MEMBER)
+    host = await evil_host(grant, lambda s: craft(host, s, cloud_id),
+                           device={"paul": paul, "ringo": ringo}[who],
+                           proves=(cloud_id,) if proves else ())
     pin = host.state.new_pin()
     try:
         joined = await george.join(host.target, "-m", "pin", "--pin", pin, "--yes", "--json",
@@ -139,5 +148,59 @@ async def test_control_the_owners_renewal_is_taken(lab: Lab) -> None:
     (cloud_id,) = [c for c in after if c == cloud_id_of(host.me.device_id)]
     role, epoch, mac = after[cloud_id]
     assert (role, epoch) == ("member", 2) and mac != before[cloud_id][2]
+    assert {k: v for k, v in after.items() if k != cloud_id} == {
+        k: v for k, v in before.items() if k != cloud_id}
+
+
+# -- George's proof did not count (atk16b finding 2): the new member's Membership is the renewal --
+
+
+def new_member(cloud_id: str, epoch: int | None, name: str = "Paul's cloud") -> Membership:
+    """A new member's Membership, as the owner's device sends when its owner says yes."""
+    return Membership(role=Role.MEMBER, cloud_id=cloud_id, cloud_name=name, secret=RENEWED,
+                      epoch=epoch)
+
+
+UNPROVEN: dict[str, tuple[str, Craft, str]] = {
+    "from-a-member-not-the-owner": ("ringo", lambda h, s, c: signed(h, new_member(c, 2), s),
+                                    "a cloud that is not its own"),
+    "a-lower-epoch": ("paul", lambda h, s, c: signed(h, new_member(c, None), s),
+                      "already holds"),
+    "an-equal-epoch": ("paul", lambda h, s, c: signed(h, new_member(c, 1), s), "already holds"),
+    "renamed": ("paul", lambda h, s, c: signed(h, new_member(c, 2, "Mallory's cloud"), s),
+                "names the cloud otherwise"),
+    "unsigned": ("paul", lambda h, s, c: new_member(c, 2), "not signed by the cloud's owner"),
+    "signed-for-another-session": ("paul", lambda h, s, c: dataclasses.replace(
+        new_member(c, 2), signature=h.signer.sign(membership_statement(
+            new_member(c, 2), s.peer.device_id, "0000-0000-0000-0000"))),
+        "signature does not verify"),
+}
+
+
+@pytest.mark.parametrize("attack", list(UNPROVEN))
+async def test_a_hostile_renewal_to_a_member_let_in_unproven_stores_nothing(
+    lab: Lab, attack: str,
+) -> None:
+    who, craft, why = UNPROVEN[attack]
+    george, joined, host, before = await play(lab, who, craft, proves=False)
+    assert host.sent, f"the hostile host never got to send its membership: {host.errors}"
+    assert joined.rc != 0, f"George took a hostile renewal ({attack}):\n{joined}"  # type: ignore[attr-defined]
+    assert joined.err.startswith("error: ") and why in joined.err, joined  # type: ignore[attr-defined]
+    assert await george.peers() == []
+    assert held(george) == before, "George's clouds changed"
+
+
+async def test_control_the_owners_yes_renews_a_member_let_in_unproven(lab: Lab) -> None:
+    """Paul's host, not proving the cloud (George's proof did not count), lets him in as a
+    member and sends a new member's Membership of epoch 2: George takes it as a renewal (secret
+    and epoch), keeping everything else, so the refusals above are the product's checks."""
+    george, joined, host, before = await play(
+        lab, "paul", lambda h, s, c: signed(h, new_member(c, 2), s), proves=False)
+    assert joined.ok().json()["role"] == "member"  # type: ignore[attr-defined]
+    after = held(george)
+    cloud_id = cloud_id_of(host.me.device_id)
+    role, epoch, mac = after[cloud_id]
+    assert (role, epoch) == ("member", 2) and mac != before[cloud_id][2]
+    assert open_ks(george).cloud(cloud_id).name == "Paul's cloud"
     assert {k: v for k, v in after.items() if k != cloud_id} == {
         k: v for k, v in before.items() if k != cloud_id}
