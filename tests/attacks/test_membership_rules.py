@@ -8,6 +8,10 @@ Also here: rule 3's one exception (a renewal of a cloud held as a member) when t
 cloud proof did not count, e.g. a member that missed more renewals than its owner keeps retired
 secrets of, asked about and let in again by the owner (atk16b finding 2).  The owner's new
 member's ``Membership`` is then the renewal; everything else naming a held cloud stays refused.
+With no proof from the host, what binds the renewal to the owner is the owner's full device id,
+kept when the cloud was joined, not the 8 bytes of it that are the cloud id (a second preimage
+of those is about 2**64 work); a cloud joined before that id was kept is renewed only with a
+proof.
 """
 
 from __future__ import annotations
@@ -56,17 +60,24 @@ PAULS = cloud_id_of(HOST_ID)
 HELD_EPOCH = 3
 
 
+#: the device id of another owner whose cloud id is Paul's: a second preimage of the first 8
+#: bytes of Paul's id (about 2**64 work; here made by hand), differing from Paul's after them
+NOT_PAUL = HOST_ID[:8] + bytes.fromhex("99" * 8)
+
+
 def check_held(
     m: Membership, *, proven: str | None = None, owner: bool = False,
-    cloud_id: str = PAULS, name: str = "Paul's cloud",
+    cloud_id: str = PAULS, name: str = "Paul's cloud", joined_from: bytes | None = HOST_ID,
 ) -> JoinCloud | CloudRenewal | None:
     """``m`` checked by a device that holds ``cloud_id`` (as a member at :data:`HELD_EPOCH`,
-    or as its owner), with its proof counted (``proven``) or not."""
+    joined from the owner ``joined_from``, ``None``: joined before owners were kept; or as its
+    owner), with its proof counted (``proven``) or not."""
     return check_membership(
         m, host_id=HOST_ID, host_signing=OWNER_PUB, me=ME, session_fingerprint=FP,
         held=(cloud_id,), proven=proven,
         member_epochs={} if owner else {cloud_id: HELD_EPOCH},
         member_names={} if owner else {cloud_id: name},
+        member_owners={} if owner or joined_from is None else {cloud_id: joined_from},
     )
 
 
@@ -229,3 +240,67 @@ def test_a_device_that_proved_one_cloud_is_not_renewed_another() -> None:
     m = new_member(epoch=HELD_EPOCH + 1)
     with pytest.raises(AuthenticationError, match="another cloud"):
         check_held(m, proven="0123456789abcdef")
+
+
+# -- what binds a renewal when the device's proof did not count: the owner's full id ----------
+
+
+def bare_renewal(epoch: int) -> Membership:
+    """The owner's renewal form: no name, no members."""
+    return signed(Membership(role=Role.MEMBER, cloud_id=PAULS, secret=SECRET, epoch=epoch))
+
+
+RENEWAL_FORMS = pytest.mark.parametrize(
+    "m", [new_member(epoch=HELD_EPOCH + 1), bare_renewal(HELD_EPOCH + 1)],
+    ids=["new-member", "renewal"],
+)
+
+
+@RENEWAL_FORMS
+@pytest.mark.parametrize("owner_id", [
+    NOT_PAUL,
+    HOST_ID[:-1] + bytes([HOST_ID[-1] ^ 1]),  # the last bit only
+    HOST_ID[:8] + bytes([HOST_ID[8] ^ 0x80]) + HOST_ID[9:],  # the first bit after the cloud id
+], ids=["second-half", "last-bit", "ninth-byte"])
+def test_a_no_proof_renewal_from_another_owner_of_the_same_cloud_id_is_refused(
+    m: Membership, owner_id: bytes,
+) -> None:
+    """Taking over a member with a second preimage of 64 bits: this device joined the cloud
+    from ``owner_id``; the host's id shares its first 8 bytes (so the cloud id is bound to the
+    host), differs after them, and the host signs with its own key.  With no proof of the
+    cloud from the host, only the owner the cloud was joined from renews it."""
+    assert cloud_id_of(owner_id) == PAULS and owner_id != HOST_ID
+    with pytest.raises(AuthenticationError, match="not the owner"):
+        check_held(m, joined_from=owner_id)
+
+
+@RENEWAL_FORMS
+def test_a_cloud_joined_before_owners_were_kept_is_renewed_only_with_a_proof(
+    m: Membership,
+) -> None:
+    """A cloud joined before this device kept its owner's id: nothing binds a renewal to the
+    owner but the 64-bit cloud id, so without the device's proof it is refused (as it was
+    before renewals were taken without a proof); with it, renewed as before."""
+    with pytest.raises(AuthenticationError, match="owner's id"):
+        check_held(m, joined_from=None)
+    assert check_held(m, joined_from=None, proven=PAULS) == CloudRenewal(
+        cloud_id=PAULS, epoch=HELD_EPOCH + 1)
+
+
+@RENEWAL_FORMS
+def test_with_the_devices_proof_the_owner_id_kept_is_not_what_binds(m: Membership) -> None:
+    """The proven path is unchanged: the host proved the cloud's secret in the cloud step."""
+    assert check_held(m, joined_from=NOT_PAUL, proven=PAULS) == CloudRenewal(
+        cloud_id=PAULS, epoch=HELD_EPOCH + 1)
+
+
+def test_the_owner_kept_for_one_cloud_does_not_bind_another() -> None:
+    """The owner's id is looked up by the cloud renewed, not taken from any cloud held."""
+    with pytest.raises(AuthenticationError, match="owner's id"):
+        check_membership(
+            new_member(epoch=HELD_EPOCH + 1), host_id=HOST_ID, host_signing=OWNER_PUB, me=ME,
+            session_fingerprint=FP, held=(PAULS, "0123456789abcdef"),
+            member_epochs={PAULS: HELD_EPOCH, "0123456789abcdef": 0},
+            member_names={PAULS: "Paul's cloud", "0123456789abcdef": "Ringo's cloud"},
+            member_owners={"0123456789abcdef": HOST_ID},
+        )
