@@ -549,6 +549,8 @@ async def _take_membership(
         held=[c.cloud_id for c in ks.clouds()], proven=proven,
         member_epochs={c.cloud_id: c.epoch for c in ks.clouds() if c.role == "member"},
         member_names={c.cloud_id: c.name for c in ks.clouds() if c.role == "member"},
+        member_owners={c.cloud_id: bytes.fromhex(c.owner) for c in ks.clouds()
+                       if c.role == "member" and c.owner is not None},
     )
     if question is None:
         return
@@ -574,6 +576,8 @@ async def _take_membership(
             membership.cloud_id, membership.secret,
             name=membership.cloud_name or "a cloud", role="member",
             epoch=membership.epoch or 0,
+            # The owner's full id: what binds a renewal made without this device's proof.
+            owner=session.peer.device_id.hex(),
         )
 
 
