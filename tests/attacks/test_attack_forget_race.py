@@ -161,6 +161,11 @@ async def test_a_member_that_missed_every_kept_renewal_is_asked_once_and_comes_b
     session, error = await pair(paul, owner, george, "ov1", pin="246810", wants="member")
     assert error is None and session is not None and session.role == "member", error
     await session.close()
+    # The join kept who George joined the cloud from, by Paul's full id: what binds the
+    # renewal below, made without George's proof (rule 3).
+    george.keystore.follow()
+    (joined,) = [c for c in george.keystore.clouds() if c.role == "member"]
+    assert joined.owner == paul.keystore.device_id
     ks = paul.keystore
     for _ in range(MAX_RETIRED_SECRETS + 1):
         with ks.update():
@@ -175,4 +180,4 @@ async def test_a_member_that_missed_every_kept_renewal_is_asked_once_and_comes_b
     george.keystore.follow()
     held = next(c for c in george.keystore.clouds() if c.cloud_id == owned.cloud_id)
     assert held.epoch == owned.epoch, "George never gets the renewed secret"
-    assert (held.role, held.name) == ("member", owned.name)
+    assert (held.role, held.name, held.owner) == ("member", owned.name, paul.keystore.device_id)
