@@ -249,3 +249,25 @@ async def test_the_owners_yes_renews_only_a_cloud_joined_from_that_very_owner(
     assert joined.err.startswith("error: ") and why in joined.err, joined  # type: ignore[attr-defined]
     assert await george.peers() == []
     assert held(george) == before, "George's clouds changed"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk17 finding 1 (low): a proven renewal is not held to the owner's id kept at the join: "
+    "a host that knows the secret George holds and shares the cloud id's 8 bytes with the "
+    "owner he joined from replaces his secret, and may pin its epoch out of the owner's reach"))
+async def test_a_proven_renewal_is_taken_only_from_the_owner_the_cloud_was_joined_from(
+    lab: Lab,
+) -> None:
+    """The host proves the cloud (it knows the secret George holds, as every member does, and
+    a forgotten member until George is renewed) and its id shares the cloud id's 8 bytes with
+    the owner George joined from, but is not that owner (played, as above, by George having
+    joined from another id with Paul's first 8 bytes).  Its renewal would plant a secret of
+    its choosing at an epoch the owner's own renewals never pass: refused, nothing stored."""
+    george, joined, host, before = await play(
+        lab, "paul", lambda h, s, c: signed(h, renewal(c, 2**40), s),
+        joined_from="another-owner")
+    assert host.sent, f"the hostile host never got to send its renewal: {host.errors}"
+    assert joined.rc != 0, f"George took the renewal:\n{joined}"  # type: ignore[attr-defined]
+    assert joined.err.startswith("error: ") and "not the owner" in joined.err, joined  # type: ignore[attr-defined]
+    assert await george.peers() == []
+    assert held(george) == before, "George's clouds changed"

@@ -304,3 +304,27 @@ def test_the_owner_kept_for_one_cloud_does_not_bind_another() -> None:
             member_names={PAULS: "Paul's cloud", "0123456789abcdef": "Ringo's cloud"},
             member_owners={"0123456789abcdef": HOST_ID},
         )
+
+
+# -- attack review atk17: the owner's id kept binds the proven path too ------------------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk17 finding 1 (low): with the device's proof counted, the owner's full id kept at the "
+    "join is not checked: a host with a second preimage of the cloud id's 64 bits that knows "
+    "a secret the member holds (a member, or a former one before the member is renewed) "
+    "replaces the held secret and can pin its epoch"))
+@RENEWAL_FORMS
+@pytest.mark.parametrize("owner_id", [NOT_PAUL, HOST_ID[:-1] + bytes([HOST_ID[-1] ^ 1])],
+                         ids=["second-half", "last-bit"])
+def test_a_proven_renewal_from_another_owner_of_the_same_cloud_id_is_refused(
+    m: Membership, owner_id: bytes,
+) -> None:
+    """docs/security.md rule 3: "A host whose id merely shares the cloud id ... never replaces
+    a held one."  The device joined the cloud from ``owner_id``; the host's id shares its first
+    8 bytes and the host proved the cloud's secret, which every member holds, and a forgotten
+    member too until the others are renewed.  Knowing the secret is no proof of being the
+    owner: the owner's id, kept at the join, is the one that renews the cloud."""
+    assert cloud_id_of(owner_id) == PAULS and owner_id != HOST_ID
+    with pytest.raises(AuthenticationError, match="not the owner"):
+        check_held(m, joined_from=owner_id, proven=PAULS)
