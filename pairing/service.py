@@ -150,11 +150,11 @@ def check_membership(
     the owner's signature, and no other name than the one held.  So whether or not this
     device's cloud proof counted: a member back with a secret its owner no longer keeps is
     asked about as a stranger, and the owner's yes (a new member's membership) renews it
-    (docs/security.md "Renewing the cloud secret"; atk16b finding 2).  Without the proof, the
-    host must also be, by its full device id, the owner the cloud was joined from
-    (``member_owners``: the clouds held as a member whose owner's id was kept at the join):
-    the cloud id is only 8 bytes of it.  A cloud joined before that id was kept is renewed
-    only with the proof.
+    (docs/security.md "Renewing the cloud secret"; atk16b finding 2).  The host must also be,
+    by its full device id, the owner the cloud was joined from (``member_owners``: the clouds
+    held as a member whose owner's id was kept at the join), with the proof or without it: the
+    cloud id is only 8 bytes of it, and the secret the proof shows is every member's (atk17
+    finding 1).  A cloud joined before that id was kept is renewed only with the proof.
 
     ``proven``: the cloud this device proved in the cloud step (it came back as a member).  A
     secret is then only that cloud's renewal: anything else with a secret is refused.
@@ -189,22 +189,23 @@ def check_membership(
                 if proven is not None else
                 "the host offered a cloud this device already holds; it is never overwritten"
             )
-        if proven is None:
-            # No proof of the cloud's secret from the host: only the owner's full id, kept at
-            # the join, binds it (a second preimage of the cloud id's 64 bits would do else).
-            owner = (member_owners or {}).get(m.cloud_id)
-            if owner is None:
-                raise AuthenticationError(
-                    "the host offered a cloud this device already holds, joined before this "
-                    "device kept its owner's id: it is renewed only with this device's proof "
-                    "of the cloud, never overwritten otherwise"
-                )
-            if owner != host_id:
-                raise AuthenticationError(
-                    "the host offered a cloud this device already holds but is not the owner "
-                    "this device joined it from (only the cloud's id is the same); it is never "
-                    "overwritten"
-                )
+        # The owner's full id, kept at the join, binds every renewal (a second preimage of the
+        # cloud id's 64 bits would do else).  The host's proof of the cloud does not stand in
+        # for it: every member knows the secret, and a forgotten one knows the secret the
+        # members not renewed yet hold (attack review atk17, finding 1).
+        owner = (member_owners or {}).get(m.cloud_id)
+        if owner is None and proven is None:
+            raise AuthenticationError(
+                "the host offered a cloud this device already holds, joined before this "
+                "device kept its owner's id: it is renewed only with this device's proof "
+                "of the cloud, never overwritten otherwise"
+            )
+        if owner is not None and owner != host_id:
+            raise AuthenticationError(
+                "the host offered a cloud this device already holds but is not the owner "
+                "this device joined it from (only the cloud's id is the same); it is never "
+                "overwritten"
+            )
         if m.epoch is None or m.epoch <= epochs[m.cloud_id]:
             raise AuthenticationError(
                 "the host's cloud renewal is not newer than the secret this device holds"

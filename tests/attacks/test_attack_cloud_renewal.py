@@ -251,10 +251,6 @@ async def test_the_owners_yes_renews_only_a_cloud_joined_from_that_very_owner(
     assert held(george) == before, "George's clouds changed"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk17 finding 1 (low): a proven renewal is not held to the owner's id kept at the join: "
-    "a host that knows the secret George holds and shares the cloud id's 8 bytes with the "
-    "owner he joined from replaces his secret, and may pin its epoch out of the owner's reach"))
 async def test_a_proven_renewal_is_taken_only_from_the_owner_the_cloud_was_joined_from(
     lab: Lab,
 ) -> None:

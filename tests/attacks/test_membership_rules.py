@@ -288,10 +288,12 @@ def test_a_cloud_joined_before_owners_were_kept_is_renewed_only_with_a_proof(
 
 
 @RENEWAL_FORMS
-def test_with_the_devices_proof_the_owner_id_kept_is_not_what_binds(m: Membership) -> None:
-    """The proven path is unchanged: the host proved the cloud's secret in the cloud step."""
-    assert check_held(m, joined_from=NOT_PAUL, proven=PAULS) == CloudRenewal(
-        cloud_id=PAULS, epoch=HELD_EPOCH + 1)
+def test_with_the_devices_proof_the_owner_kept_renews_as_before(m: Membership) -> None:
+    """The proven path from the owner the cloud was joined from (or joined before owners were
+    kept) renews as before; from another owner of the same cloud id it is refused (below)."""
+    for joined_from in (HOST_ID, None):
+        assert check_held(m, joined_from=joined_from, proven=PAULS) == CloudRenewal(
+            cloud_id=PAULS, epoch=HELD_EPOCH + 1)
 
 
 def test_the_owner_kept_for_one_cloud_does_not_bind_another() -> None:
@@ -309,11 +311,6 @@ def test_the_owner_kept_for_one_cloud_does_not_bind_another() -> None:
 # -- attack review atk17: the owner's id kept binds the proven path too ------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk17 finding 1 (low): with the device's proof counted, the owner's full id kept at the "
-    "join is not checked: a host with a second preimage of the cloud id's 64 bits that knows "
-    "a secret the member holds (a member, or a former one before the member is renewed) "
-    "replaces the held secret and can pin its epoch"))
 @RENEWAL_FORMS
 @pytest.mark.parametrize("owner_id", [NOT_PAUL, HOST_ID[:-1] + bytes([HOST_ID[-1] ^ 1])],
                          ids=["second-half", "last-bit"])
