@@ -86,6 +86,15 @@ _HEADER_PREFIX = len(MAGIC) + 2 + MAX_HEADER_SIZE + CHECK_SIZE + 16
 _HEX_RE = re.compile(r"[0-9a-f]+")
 #: a device id (:func:`device_id_of`): 16 bytes in lowercase hex
 _DEVICE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def _is_owner_of(owner: object, cloud_id: str) -> bool:
+    """Whether ``owner`` can be the owner kept with ``cloud_id``: a device id whose first 16
+    hex digits are the cloud's id (docs/security.md, rule 3)."""
+    return (
+        isinstance(owner, str) and bool(_DEVICE_ID_RE.fullmatch(owner))
+        and owner[:16] == cloud_id
+    )
 #: retired cloud secrets kept per owned cloud (docs/security.md "Renewing the cloud secret"): a
 #: member that missed more renewals than this is asked about as a stranger once
 MAX_RETIRED_SECRETS = 16
@@ -295,9 +304,11 @@ class Keystore:
             if "epoch" in entry:
                 store._clouds[cloud_id]["epoch"] = int(entry["epoch"])
             # The owner a member cloud was joined from (rule 3); absent from clouds joined
-            # before it was kept, and from owned ones.
-            if "owner" in entry:
-                store._clouds[cloud_id]["owner"] = str(entry["owner"])
+            # before it was kept, and from owned ones.  One that set_cloud would refuse (a
+            # process with the PIN wrote it) is not kept: the cloud is then renewed only with
+            # this device's proof, and every join does not fail on it (atk17 finding 2).
+            if _is_owner_of(entry.get("owner"), cloud_id):
+                store._clouds[cloud_id]["owner"] = entry["owner"]
             if "retired" in entry:
                 store._clouds[cloud_id]["retired"] = {
                     int(epoch): bytes(secret) for epoch, secret in entry["retired"].items()
@@ -694,10 +705,7 @@ class Keystore:
             _check_time(expires, "a cloud's expiry")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ConfigError("a cloud's epoch is a count from 0")
-        if owner is not None and (
-            not isinstance(owner, str) or not _DEVICE_ID_RE.fullmatch(owner)
-            or owner[:16] != cloud_id
-        ):
+        if owner is not None and not _is_owner_of(owner, cloud_id):
             raise ConfigError(
                 "a cloud's owner is a device id (32 lowercase hex digits) whose first 16 are "
                 "the cloud's id"

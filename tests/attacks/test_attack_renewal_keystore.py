@@ -5,7 +5,7 @@ The body of a keystore is sealed, so only a process with its PIN writes it: anot
 process on this device (another version, or a bug), or a program of the same user that has the
 PIN.  An ``owner`` field that ``set_cloud`` would refuse stood in the cloud's record as read,
 and every ``pairkit join`` of that device, to any host, ended in "internal error (ValueError)"
-(atk17 finding 2): the member cut off from every host by one field.  A keystore written before
+(atk17 finding 2, fixed: such a field is not read as an owner).  A keystore written before
 owners were kept opens and saves unchanged.
 """
 
@@ -52,10 +52,6 @@ def member_keystore(path: Path, owner: str | None) -> Keystore:
     return ks
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk17 finding 2 (low): the owner field is read from the keystore as any text "
-    "(str(...)), unchecked: one that is not a device id bound to the cloud breaks every join "
-    "(bytes.fromhex in _take_membership) or reads as a valid-looking id"))
 @pytest.mark.parametrize("how", list(TAMPERED))
 def test_a_tampered_owner_field_is_not_read_as_an_owner(tmp_path: Path, how: str) -> None:
     """Read back, such a field is no owner (``None``: the cloud is renewed only with this
@@ -81,9 +77,6 @@ def test_a_member_cloud_written_without_an_owner_saves_unchanged(tmp_path: Path)
     assert Keystore.open(path, PIN)._body() == body
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk17 finding 2 (low): a member whose keystore holds a malformed owner field fails every "
-    "join, to any host, with 'internal error (ValueError)'"))
 @pytest.mark.parametrize("how", ["not-hex", "a-number"])
 async def test_a_tampered_owner_field_does_not_cut_the_member_off(lab: Lab, how: str) -> None:
     """George holds Paul's cloud as a member; the owner field of it in his keystore was
