@@ -1,0 +1,119 @@
+"""A member that missed more renewals than its owner keeps, back by each way in (attack review
+atk17; docs/security.md rule 3 and "Renewing the cloud secret").
+
+The renewal without the member's proof is reached from the cloud step of every method, and
+meets each differently: a known member back by ``resume`` or ``kk`` claims its id and gets its
+stored member grant with no question asked (the owner's device sends a new member's
+Membership, which the member takes as the renewal); by ``clear`` or ``pin`` it is asked about
+once as a stranger.  Either way it ends with the current secret under the same name, role and
+owner's id, and comes back after that by its proof, unasked.  A forgotten member that comes
+back is asked about, and what the owner answers is all it gets: a guest grant leaves its old
+secret as it was, a refusal stores nothing.
+
+Played with the library's host and guest over the in-process loopback link (tests/
+renewal_harness.py); Paul renews his cloud 17 times as 17 forgets would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pairkit
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.keystore.store import MAX_RETIRED_SECRETS
+from pairkit.peers import renew_cloud_secret
+
+from ..cli_helpers import run_cli
+from ..renewal_harness import Owner, device, pair
+
+WHERE = "rn1"  #: Paul's loopback endpoint (a known peer resumes at the address stored)
+
+
+def cloud_of(guest: pairkit.Device, host: pairkit.Device) -> Any:
+    """``guest``'s record of ``host``'s cloud, as stored now (None: not held)."""
+    (owned,) = [c for c in host.keystore.clouds() if c.role == "owner"]
+    guest.keystore.follow()
+    return next((c for c in guest.keystore.clouds() if c.cloud_id == owned.cloud_id), None)
+
+
+def mac_of(guest: pairkit.Device, cloud_id: str) -> bytes:
+    return guest.keystore.cloud_mac(cloud_id, b"probe")
+
+
+async def george_member_then_renewed(tmp_path: Path, renewals: int,
+                                     ) -> tuple[pairkit.Device, pairkit.Device, Owner]:
+    paul = device(tmp_path / "paul", "Paul")
+    george = device(tmp_path / "george", "George")
+    owner = Owner()
+    session, error = await pair(paul, owner, george, WHERE, pin="246810", wants="member")
+    assert error is None and session is not None and session.role == "member", error
+    await session.close()
+    ks = paul.keystore
+    for _ in range(renewals):
+        with ks.update():
+            assert renew_cloud_secret(ks) is not None
+    owner.asked.clear()
+    return paul, george, owner
+
+
+#: how George comes back: the join's arguments, and whether Paul is asked the first time
+WAYS: dict[str, tuple[dict[str, Any], bool]] = {
+    "resume": ({"target": "Paul", "method": "resume"}, False),
+    "kk": ({"target": "Paul", "method": "kk"}, False),
+    "clear": ({"method": "clear", "wants": "member"}, True),
+    "pin": ({"method": "pin", "pin": "246810", "wants": "member"}, True),
+}
+
+
+@pytest.mark.parametrize("way", list(WAYS))
+async def test_a_member_past_the_kept_renewals_is_renewed_by_every_way_in(
+    tmp_path: Path, way: str,
+) -> None:
+    """George missed 17 renewals; he comes back three times by ``way``.  Paul is asked at most
+    once (never for a known member's ``resume``/``kk``); then George holds the current secret
+    and epoch under the same name, role and owner's id."""
+    paul, george, owner = await george_member_then_renewed(tmp_path, MAX_RETIRED_SECRETS + 1)
+    joined = cloud_of(george, paul)
+    args, asked = WAYS[way]
+    for _ in range(3):
+        session, error = await pair(paul, owner, george, WHERE, **args)
+        assert error is None and session is not None, error
+        assert session.role == "member"
+        await session.close()
+    assert owner.asked == (["George"] if asked else [])
+    held = cloud_of(george, paul)
+    (owned,) = [c for c in paul.keystore.clouds() if c.role == "owner"]
+    assert held.epoch == owned.epoch == MAX_RETIRED_SECRETS + 1
+    assert (held.role, held.name, held.owner) == (joined.role, joined.name, joined.owner)
+    assert held.owner == paul.keystore.device_id
+    # the secret held is Paul's current one: George's proof counts again (asked no more)
+    assert mac_of(george, held.cloud_id) == mac_of(paul, held.cloud_id)
+
+
+@pytest.mark.parametrize("answer", ["guest", "refused"])
+async def test_a_forgotten_member_gets_only_what_the_owner_answers(
+    tmp_path: Path, answer: str,
+) -> None:
+    """Paul forgets George (the real ``pairkit forget``: the secret is renewed).  George comes
+    back by PIN, asking to be a member; Paul is asked, and gives a guest grant or refuses.
+    Either way George's record of the cloud is as it was (the old secret, the old epoch): no
+    renewal rides on a guest grant, and a refusal stores nothing."""
+    paul, george, owner = await george_member_then_renewed(tmp_path, 0)
+    before = cloud_of(george, paul)
+    old_mac = mac_of(george, before.cloud_id)
+    forgot = (await run_cli(tmp_path / "paul", "forget", "George", "--json")).ok().json()
+    assert forgot["cloud_secret_renewed"] is True
+    owner.grant = Grant(Role.GUEST, 600) if answer == "guest" else None
+    session, error = await pair(paul, owner, george, WHERE, pin="246810", wants="member")
+    assert owner.asked == ["George"]
+    if answer == "guest":
+        assert error is None and session is not None and session.role == "guest", error
+        await session.close()
+    else:
+        assert session is None and error is not None
+    after = cloud_of(george, paul)
+    assert after == before and mac_of(george, after.cloud_id) == old_mac
+    assert mac_of(paul, after.cloud_id) != old_mac
