@@ -8,7 +8,8 @@ Membership, which the member takes as the renewal); by ``clear`` or ``pin`` it i
 once as a stranger.  Either way it ends with the current secret under the same name, role and
 owner's id, and comes back after that by its proof, unasked.  A forgotten member that comes
 back is asked about, and what the owner answers is all it gets: a guest grant leaves its old
-secret as it was, a refusal stores nothing.
+secret as it was, a refusal stores nothing.  A second process of the member, opened before a
+renewal was taken, never puts an older epoch back.
 
 Played with the library's host and guest over the in-process loopback link (tests/
 renewal_harness.py); Paul renews his cloud 17 times as 17 forgets would.
@@ -16,6 +17,8 @@ renewal_harness.py); Paul renews his cloud 17 times as 17 forgets would.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +26,13 @@ import pytest
 
 import pairkit
 from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import PairingError
 from pairkit.pairing.keystore.store import MAX_RETIRED_SECRETS
+from pairkit.pairing.service import Membership, membership_statement
 from pairkit.peers import renew_cloud_secret
 
-from ..cli_helpers import run_cli
+from ..attack_harness import evil_host
+from ..cli_helpers import KEYSTORE_PIN, Device, run_cli
 from ..renewal_harness import Owner, device, pair
 
 WHERE = "rn1"  #: Paul's loopback endpoint (a known peer resumes at the address stored)
@@ -117,3 +123,46 @@ async def test_a_forgotten_member_gets_only_what_the_owner_answers(
     after = cloud_of(george, paul)
     assert after == before and mac_of(george, after.cloud_id) == old_mac
     assert mac_of(paul, after.cloud_id) != old_mac
+
+
+async def test_a_stale_process_of_the_member_never_puts_an_older_epoch_back(
+    tmp_path: Path,
+) -> None:
+    """George's second process opened his keystore at epoch 0; his first then took Paul's
+    renewals up to epoch 3.  The stale process joins a host with Paul's keys (his device, or a
+    copy of his keystore put back from a backup) that lets it in as a member and sends Paul's
+    signed new member's Membership of epoch 2: checked against the stale copy it looks newer,
+    but what is stored is never rolled back (epoch 3 and its secret stay)."""
+    paul, george, owner = await george_member_then_renewed(tmp_path, 0)
+    stale = pairkit.Device.open(tmp_path / "george" / "keystore.pk", KEYSTORE_PIN)
+    for epoch in (2, 3):
+        with paul.keystore.update():
+            while renew_cloud_secret(paul.keystore) != epoch:
+                pass
+        session, error = await pair(paul, owner, george, WHERE, pin="246810", wants="member")
+        assert error is None and session is not None, error
+        await session.close()
+        assert cloud_of(george, paul).epoch == epoch
+    held = cloud_of(george, paul)
+    mac = mac_of(george, held.cloud_id)
+    assert stale.keystore.cloud(held.cloud_id).epoch == 0  # the stale copy, as opened
+
+    def older(s: Any) -> Membership:
+        m = Membership(role=Role.MEMBER, cloud_id=held.cloud_id, cloud_name=held.name,
+                       secret=os.urandom(32), epoch=2)
+        statement = membership_statement(m, s.peer.device_id, s.fingerprint)
+        return dataclasses.replace(m, signature=host.signer.sign(statement))
+
+    host = await evil_host(Grant(Role.MEMBER), older, device=Device(tmp_path / "paul", "Paul"))
+    try:
+        pin = host.state.new_pin()
+        try:
+            session = await stale.join(host.target, pin=pin, wants="member", step_timeout=10.0)
+            await session.close()
+        except PairingError:
+            pass  # refused is as good: what matters is what is stored
+    finally:
+        await host.close()
+    assert host.sent, f"the host never got to send its membership: {host.errors}"
+    after = cloud_of(george, paul)
+    assert after.epoch == 3 and mac_of(george, after.cloud_id) == mac
