@@ -166,3 +166,32 @@ async def test_a_stale_process_of_the_member_never_puts_an_older_epoch_back(
     assert host.sent, f"the host never got to send its membership: {host.errors}"
     after = cloud_of(george, paul)
     assert after.epoch == 3 and mac_of(george, after.cloud_id) == mac
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk17 finding 3 (low, liveness, as before session 17): a member that joined before the "
+    "owner's id was kept and missed more renewals than are kept is cut off from its owner's "
+    "device: each resume ends in an authentication error with nobody asked, each member join "
+    "after the owner's yes too (the renewal it cannot bind aborts the whole session)"))
+@pytest.mark.parametrize("way", ["resume", "pin"])
+async def test_a_member_joined_before_owners_were_kept_is_not_cut_off(
+    tmp_path: Path, way: str,
+) -> None:
+    """George joined Paul's cloud before a join kept the owner's id (his record of it has
+    none), then missed 17 renewals.  He is not renewed without his proof (rule 3), but he
+    still reaches Paul: by ``resume`` as the known member he is, by PIN once Paul says yes."""
+    paul, george, owner = await george_member_then_renewed(tmp_path, 0)
+    ks = george.keystore
+    with ks.update():
+        held = cloud_of(george, paul)
+        ks._clouds[held.cloud_id].pop("owner")  # as a join before session 17 stored it
+        ks._dirty = True
+    assert cloud_of(george, paul).owner is None
+    with paul.keystore.update():
+        for _ in range(MAX_RETIRED_SECRETS + 1):
+            renew_cloud_secret(paul.keystore)
+    args, _ = WAYS[way]
+    session, error = await pair(paul, owner, george, WHERE, **args)
+    assert error is None and session is not None, error
+    await session.close()
+    assert cloud_of(george, paul).epoch == 0  # not renewed, as rule 3 says
