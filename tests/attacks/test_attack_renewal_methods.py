@@ -195,3 +195,36 @@ async def test_a_member_joined_before_owners_were_kept_is_not_cut_off(
     assert error is None and session is not None, error
     await session.close()
     assert cloud_of(george, paul).epoch == 0  # not renewed, as rule 3 says
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk17 finding 4 (low, liveness, before session 17 too): a guest hints only its first 8 "
+    "clouds; a member of a later one never proves it, so its owner's device sends it the "
+    "cloud's secret as to a new member, at the epoch it holds, which it refuses: every session "
+    "with that owner's device (resume, or a join the owner says yes to) ends in an error"))
+@pytest.mark.parametrize("way", ["resume", "pin"])
+async def test_a_member_of_more_than_eight_clouds_still_reaches_each_owner(
+    tmp_path: Path, way: str,
+) -> None:
+    """George holds 8 clouds (his own and 7 others) before he joins Paul's, the ninth: his
+    cloud step hints only the first 8 (pairing/cloud.py MAX_HINTS).  Right after joining he
+    comes back to Paul, by ``resume`` as the known member he is, or by PIN.  He must reach
+    Paul as a member, holding the same secret and epoch."""
+    paul = device(tmp_path / "paul", "Paul")
+    george = device(tmp_path / "george", "George")
+    ks = george.keystore
+    with ks.update():
+        for i in range(7):
+            ks.set_cloud(os.urandom(8).hex(), os.urandom(32), name=f"band {i}", role="member")
+    owner = Owner()
+    session, error = await pair(paul, owner, george, WHERE, pin="246810", wants="member")
+    assert error is None and session is not None and session.role == "member", error
+    await session.close()
+    joined = cloud_of(george, paul)
+    assert [c.cloud_id for c in ks.clouds()].index(joined.cloud_id) == 8  # the ninth
+    args, _ = WAYS[way]
+    session, error = await pair(paul, owner, george, WHERE, **args)
+    assert error is None and session is not None, error
+    assert session.role == "member"
+    await session.close()
+    assert cloud_of(george, paul) == joined
