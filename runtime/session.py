@@ -74,6 +74,7 @@ from .pairing.service import (
     CloudRenewal,
     Membership,
     check_membership,
+    cloud_id_of,
     membership_statement,
 )
 from .presence import irk_for_members, is_ble_address
@@ -483,6 +484,12 @@ async def open_session(
         clouds = side.clouds if side.clouds is not None else tuple(
             c.cloud_id for c in ks.clouds()
         )
+        if side.peer is not None:
+            # The known host's own cloud, if held, is hinted first: only the first MAX_HINTS
+            # are, and a member that does not prove the cloud to its owner is sent its secret
+            # as a new member, at the epoch it holds, and refuses it (atk17 finding 4).
+            own = cloud_id_of(side.peer.device_id)
+            clouds = (*(c for c in clouds if c == own), *(c for c in clouds if c != own))
         # This device's id, said to a host it knows, only for a method that proves it: a known
         # device pairing again by a code asks as anyone does (pairing/cloud.py, CloudHost).
         claims = side.peer is not None and method in PROVES_A_KNOWN_KEY
