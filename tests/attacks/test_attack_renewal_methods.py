@@ -71,6 +71,8 @@ WAYS: dict[str, tuple[dict[str, Any], bool]] = {
     "kk": ({"target": "Paul", "method": "kk"}, False),
     "clear": ({"method": "clear", "wants": "member"}, True),
     "pin": ({"method": "pin", "pin": "246810", "wants": "member"}, True),
+    "pin-by-name": ({"target": "Paul", "method": "pin", "pin": "246810", "wants": "member"},
+                    True),
 }
 
 
@@ -205,7 +207,8 @@ PIN_BY_ADDRESS_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "at the epoch it holds, and it refuses: a join the owner says yes to ends in an error"))
 
 
-@pytest.mark.parametrize("way", ["resume", "kk", pytest.param("pin", marks=PIN_BY_ADDRESS_XFAIL)])
+@pytest.mark.parametrize("way", ["resume", "kk", "pin-by-name",
+                                 pytest.param("pin", marks=PIN_BY_ADDRESS_XFAIL)])
 async def test_a_member_of_more_than_eight_clouds_still_reaches_each_owner(
     tmp_path: Path, way: str,
 ) -> None:
