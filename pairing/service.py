@@ -131,21 +131,33 @@ def check_membership(
     held: Collection[str],
     proven: str | None = None,
     member_epochs: Mapping[str, int] | None = None,
+    member_names: Mapping[str, str] | None = None,
+    member_owners: Mapping[str, bytes] | None = None,
 ) -> JoinCloud | CloudRenewal | None:
     """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
 
     Returns the question to ask this device's user when the membership carries a cloud to
     join, ``None`` when there is nothing to store.  Raises :class:`AuthenticationError` for a
     membership that tries to plant or take a cloud: a secret with a guest grant, a cloud id
-    not bound to the host that pairs, a bad owner signature, or a cloud this device holds; and
-    :class:`ProtocolError` for an address key (``irk``) with a guest grant (members only:
-    docs/protocol.md §10).
+    not bound to the host that pairs, a bad owner signature, or a cloud this device holds (but
+    for a renewal, below); and :class:`ProtocolError` for an address key (``irk``) with a guest
+    grant (members only: docs/protocol.md §10).
+
+    A secret of a cloud this device holds is a *renewal* (rule 3's one exception), returned as
+    a :class:`CloudRenewal` (the secret and the epoch; nothing else is taken): only for a cloud
+    held as a member (``member_epochs``: the clouds held as a member, with the epoch held;
+    ``member_names``: the names they are held under), bound to the host, with a higher epoch,
+    the owner's signature, and no other name than the one held.  So whether or not this
+    device's cloud proof counted: a member back with a secret its owner no longer keeps is
+    asked about as a stranger, and the owner's yes (a new member's membership) renews it
+    (docs/security.md "Renewing the cloud secret"; atk16b finding 2).  The host must also be,
+    by its full device id, the owner the cloud was joined from (``member_owners``: the clouds
+    held as a member whose owner's id was kept at the join), with the proof or without it: the
+    cloud id is only 8 bytes of it, and the secret the proof shows is every member's (atk17
+    finding 1).  A cloud joined before that id was kept is renewed only with the proof.
 
     ``proven``: the cloud this device proved in the cloud step (it came back as a member).  A
-    secret is then a *renewal* of that cloud (rule 3's one exception): taken only for that
-    cloud, held as a member (``member_epochs``: the clouds held as a member, with the epoch
-    held), bound to the host, with a higher epoch and the owner's signature; returned as a
-    :class:`CloudRenewal`.  Anything else with a secret is refused.
+    secret is then only that cloud's renewal: anything else with a secret is refused.
     """
     if m.irk is not None and m.role is not Role.MEMBER:
         raise ProtocolError("a guest grant carries no address key (members only)")
@@ -162,26 +174,50 @@ def check_membership(
         raise AuthenticationError(
             "the host offered a cloud that is not its own (a cloud's id is bound to its owner)"
         )
-    if proven is not None:
+    if proven is not None and m.cloud_id != proven:
         # Back as a member of ``proven``: the only secret it may be sent is that cloud's renewed
         # one, never a cloud to join that it did not ask for.
-        if m.cloud_id != proven:
-            raise AuthenticationError(
-                "the host sent a cloud secret for another cloud than the one this device proved"
-            )
+        raise AuthenticationError(
+            "the host sent a cloud secret for another cloud than the one this device proved"
+        )
+    renewal = proven is not None or m.cloud_id in held
+    if renewal:
         epochs = member_epochs or {}
         if m.cloud_id not in epochs:
             raise AuthenticationError(
                 "the host offered to renew a cloud this device does not hold as a member"
+                if proven is not None else
+                "the host offered a cloud this device already holds; it is never overwritten"
+            )
+        # The owner's full id, kept at the join, binds every renewal (a second preimage of the
+        # cloud id's 64 bits would do else).  The host's proof of the cloud does not stand in
+        # for it: every member knows the secret, and a forgotten one knows the secret the
+        # members not renewed yet hold (attack review atk17, finding 1).
+        owner = (member_owners or {}).get(m.cloud_id)
+        if owner is None and proven is None:
+            raise AuthenticationError(
+                "the host offered a cloud this device already holds, joined before this "
+                "device kept its owner's id: it is renewed only with this device's proof "
+                "of the cloud, never overwritten otherwise"
+            )
+        if owner is not None and owner != host_id:
+            raise AuthenticationError(
+                "the host offered a cloud this device already holds but is not the owner "
+                "this device joined it from (only the cloud's id is the same); it is never "
+                "overwritten"
             )
         if m.epoch is None or m.epoch <= epochs[m.cloud_id]:
             raise AuthenticationError(
                 "the host's cloud renewal is not newer than the secret this device holds"
+                if proven is not None else
+                "the host offered a cloud this device already holds, with no newer secret; it "
+                "is never overwritten"
             )
-    elif m.cloud_id in held:
-        raise AuthenticationError(
-            "the host offered a cloud this device already holds; it is never overwritten"
-        )
+        if m.cloud_name is not None and m.cloud_name != (member_names or {}).get(m.cloud_id):
+            # Only the secret and the epoch change: a renewal is not half taken.
+            raise AuthenticationError(
+                "the host's cloud renewal names the cloud otherwise than this device holds it"
+            )
     if m.signature is None:
         raise AuthenticationError("the host's membership is not signed by the cloud's owner")
     try:
@@ -190,9 +226,9 @@ def check_membership(
         )
     except (InvalidSignature, ValueError):
         raise AuthenticationError("the membership's owner signature does not verify") from None
-    if proven is not None:
+    if renewal:
         assert m.epoch is not None
-        return CloudRenewal(cloud_id=proven, epoch=m.epoch)
+        return CloudRenewal(cloud_id=m.cloud_id, epoch=m.epoch)
     return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")
 
 

@@ -74,6 +74,7 @@ from .pairing.service import (
     CloudRenewal,
     Membership,
     check_membership,
+    cloud_id_of,
     membership_statement,
 )
 from .presence import irk_for_members, is_ble_address
@@ -483,6 +484,12 @@ async def open_session(
         clouds = side.clouds if side.clouds is not None else tuple(
             c.cloud_id for c in ks.clouds()
         )
+        if side.peer is not None:
+            # The known host's own cloud, if held, is hinted first: only the first MAX_HINTS
+            # are, and a member that does not prove the cloud to its owner is sent its secret
+            # as a new member, at the epoch it holds, and refuses it (atk17 finding 4).
+            own = cloud_id_of(side.peer.device_id)
+            clouds = (*(c for c in clouds if c == own), *(c for c in clouds if c != own))
         # This device's id, said to a host it knows, only for a method that proves it: a known
         # device pairing again by a code asks as anyone does (pairing/cloud.py, CloudHost).
         claims = side.peer is not None and method in PROVES_A_KNOWN_KEY
@@ -548,6 +555,9 @@ async def _take_membership(
         me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
         held=[c.cloud_id for c in ks.clouds()], proven=proven,
         member_epochs={c.cloud_id: c.epoch for c in ks.clouds() if c.role == "member"},
+        member_names={c.cloud_id: c.name for c in ks.clouds() if c.role == "member"},
+        member_owners={c.cloud_id: bytes.fromhex(c.owner) for c in ks.clouds()
+                       if c.role == "member" and c.owner is not None},
     )
     if question is None:
         return
@@ -573,6 +583,8 @@ async def _take_membership(
             membership.cloud_id, membership.secret,
             name=membership.cloud_name or "a cloud", role="member",
             epoch=membership.epoch or 0,
+            # The owner's full id: what binds a renewal made without this device's proof.
+            owner=session.peer.device_id.hex(),
         )
 
 

@@ -735,6 +735,49 @@ def test_a_member_takes_a_renewal_only_with_a_higher_epoch(store: Keystore) -> N
         store.take_renewed_cloud_secret("o", b"r" * 32, 1)
 
 
+def test_a_member_cloud_keeps_the_full_id_of_the_owner_it_was_joined_from(
+    store: Keystore, store_path: Path,
+) -> None:
+    """Rule 3: what binds a renewal made without the device's proof is the owner's full device
+    id, kept with the cloud at the join; saved, kept through a renewal, absent (``None``) from a
+    cloud stored without it, and written only when given (a cloud without one is stored byte for
+    byte as before, in the same record an earlier version reads)."""
+    import cbor2
+
+    paul = "0011223344556677" + "8899aabbccddeeff"
+    store.set_cloud("0011223344556677", b"m" * 32, name="Paul's", role="member", epoch=2,
+                    owner=paul)
+    assert store.cloud("0011223344556677") == CloudInfo(
+        "0011223344556677", "Paul's", "member", None, 2, paul)
+    store.take_renewed_cloud_secret("0011223344556677", b"r" * 32, 3)
+    assert store.cloud("0011223344556677").owner == paul
+    store.set_cloud("c2", b"o" * 32, name="Ringo's", role="member")
+    assert store.cloud("c2").owner is None
+    on_disk = cbor2.loads(store._body())["clouds"]
+    assert on_disk["0011223344556677"]["owner"] == paul
+    assert set(on_disk["c2"]) == {"secret", "name", "role", "expires"}
+    store.save()
+    again = Keystore.open(store_path, PIN)
+    assert again.cloud("0011223344556677") == CloudInfo(
+        "0011223344556677", "Paul's", "member", None, 3, paul)
+    assert again.cloud("c2").owner is None
+
+
+@pytest.mark.parametrize("owner", [
+    "0011223344556677",  # 8 bytes, the cloud id, not the device id
+    "0011223344556677" + "8899AABBCCDDEEFF",  # not lowercase
+    "0011223344556678" + "8899aabbccddeeff",  # another cloud's owner
+    bytes.fromhex("00112233445566778899aabbccddeeff"),  # bytes, not hex
+], ids=["cloud-id-only", "uppercase", "another-clouds", "bytes"])
+def test_a_clouds_owner_is_a_device_id_bound_to_the_cloud(store: Keystore, owner: object) -> None:
+    """The owner kept must be a device id (32 lowercase hex digits) whose first 8 bytes are the
+    cloud's id (rule 3): nothing else is stored."""
+    with pytest.raises(ConfigError):
+        store.set_cloud("0011223344556677", b"m" * 32, name="Paul's", role="member",
+                        owner=owner)  # type: ignore[arg-type]
+    assert store.clouds() == ()
+
+
 # -- peers --------------------------------------------------------------------------------------
 
 
@@ -1109,6 +1152,7 @@ def test_a_keystore_written_before_the_split_opens_unchanged(tmp_path: Path) -> 
         assert peer.irk is None  # written before peers could hold an address key
         assert [(c.cloud_id, c.name, c.role) for c in ks.clouds()] == [
             ("0011223344556677", "Frozen cloud", "owner")]
+        assert ks.cloud("0011223344556677").owner is None  # written before owners were kept
         assert ks.group_epochs("doors") == (3,)
         assert ks.setting("transport") == "tcp:127.0.0.1:7000"
     ks = Keystore.open(copy, "frozen-test-pin")

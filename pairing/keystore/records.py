@@ -262,6 +262,10 @@ class CloudInfo:
     #: how many times the cloud's secret was renewed (docs/security.md "Renewing the cloud
     #: secret"); 0 for the secret it was made with
     epoch: int = 0
+    #: the full device id (hex) of the owner a cloud held as a member was joined from: what
+    #: binds a renewal made without this device's proof (docs/security.md, rule 3); None when
+    #: not kept (owned clouds, clouds joined before it was kept)
+    owner: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------

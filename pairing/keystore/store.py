@@ -84,6 +84,17 @@ Rng = Callable[[int], bytes]
 #: enough of a sealed keystore to parse its header (magic, length, header, check, a tag)
 _HEADER_PREFIX = len(MAGIC) + 2 + MAX_HEADER_SIZE + CHECK_SIZE + 16
 _HEX_RE = re.compile(r"[0-9a-f]+")
+#: a device id (:func:`device_id_of`): 16 bytes in lowercase hex
+_DEVICE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def _is_owner_of(owner: object, cloud_id: str) -> bool:
+    """Whether ``owner`` can be the owner kept with ``cloud_id``: a device id whose first 16
+    hex digits are the cloud's id (docs/security.md, rule 3)."""
+    return (
+        isinstance(owner, str) and bool(_DEVICE_ID_RE.fullmatch(owner))
+        and owner[:16] == cloud_id
+    )
 #: retired cloud secrets kept per owned cloud (docs/security.md "Renewing the cloud secret"): a
 #: member that missed more renewals than this is asked about as a stranger once
 MAX_RETIRED_SECRETS = 16
@@ -292,6 +303,12 @@ class Keystore:
             # the cloud secret"); absent from clouds never renewed, as in older keystores.
             if "epoch" in entry:
                 store._clouds[cloud_id]["epoch"] = int(entry["epoch"])
+            # The owner a member cloud was joined from (rule 3); absent from clouds joined
+            # before it was kept, and from owned ones.  One that set_cloud would refuse (a
+            # process with the PIN wrote it) is not kept: the cloud is then renewed only with
+            # this device's proof, and every join does not fail on it (atk17 finding 2).
+            if _is_owner_of(entry.get("owner"), cloud_id):
+                store._clouds[cloud_id]["owner"] = entry["owner"]
             if "retired" in entry:
                 store._clouds[cloud_id]["retired"] = {
                     int(epoch): bytes(secret) for epoch, secret in entry["retired"].items()
@@ -670,10 +687,13 @@ class Keystore:
         role: str,
         expires: float | None = None,
         epoch: int = 0,
+        owner: str | None = None,
     ) -> None:
         """Remember a personal cloud we belong to and its shared secret (DESIGN.md "Cloud
         join"); ``role`` is e.g. "owner", "member" or "guest", ``expires`` the caller's seconds,
-        ``epoch`` the secret's renewal count its owner gave (docs/protocol.md §10)."""
+        ``epoch`` the secret's renewal count its owner gave (docs/protocol.md §10), ``owner``
+        the full device id of the owner it was joined from (32 lowercase hex digits, its first
+        16 the cloud id: docs/security.md, rule 3)."""
         if not isinstance(cloud_id, str) or not cloud_id:
             raise ConfigError("a cloud id must be a non-empty text")
         if not isinstance(secret, bytes) or len(secret) < 16:
@@ -685,16 +705,23 @@ class Keystore:
             _check_time(expires, "a cloud's expiry")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ConfigError("a cloud's epoch is a count from 0")
+        if owner is not None and not _is_owner_of(owner, cloud_id):
+            raise ConfigError(
+                "a cloud's owner is a device id (32 lowercase hex digits) whose first 16 are "
+                "the cloud's id"
+            )
         self._dirty = True
         self._clouds[cloud_id] = {"secret": secret, "name": name, "role": role, "expires": expires}
         if epoch:
             self._clouds[cloud_id]["epoch"] = epoch
+        if owner is not None:
+            self._clouds[cloud_id]["owner"] = owner
 
     def cloud(self, cloud_id: str) -> CloudInfo:
         """What is known about a cloud (never its secret).  Raises :class:`NotFoundError`."""
         entry = self._cloud_entry(cloud_id, None)
         return CloudInfo(cloud_id, entry["name"], entry["role"], entry["expires"],
-                         entry.get("epoch", 0))
+                         entry.get("epoch", 0), entry.get("owner"))
 
     def clouds(self) -> tuple[CloudInfo, ...]:
         """Every cloud we belong to."""
@@ -760,7 +787,7 @@ class Keystore:
     def take_renewed_cloud_secret(self, cloud_id: str, secret: bytes, epoch: int) -> None:
         """Replace the secret of a cloud this device holds *as a member* with its owner's
         renewal (rule 3's one exception, docs/security.md): only with a higher epoch; the
-        cloud's name, role and expiry stay.  The caller has checked the owner's signature
+        cloud's name, role, expiry and owner stay.  The caller has checked the owner's signature
         (:func:`pairkit.pairing.service.check_membership`)."""
         entry = self._cloud_entry(cloud_id, None)
         if entry["role"] == "owner":

@@ -13,6 +13,13 @@ proves Paul's cloud to George; once the secure link is up it sends a renewal of 
 George is a real ``pairkit join --yes`` process (his user would say yes to anything asked).
 Each renewal must end the join with an error and store nothing: no peer, George's clouds (his
 own and Paul's: secret and epoch) unchanged.
+
+The same again with George's proof not counted (the host does not prove the cloud; George asks
+to join and is let in as a member, as a member that missed more renewals than Paul keeps is: atk16b
+finding 2): the new member's Membership is then the renewal, under the same checks, and only
+from the owner George joined the cloud from, by its full device id kept at the join: a host with
+Paul's keys is refused by a George that joined from another device of the same cloud id (a
+second preimage of its 8 bytes, to George), or that joined before the owner's id was kept.
 """
 
 from __future__ import annotations
@@ -55,19 +62,35 @@ def held(device: Device) -> dict[str, tuple[str, int, bytes]]:
             for c in ks.clouds()}
 
 
-def paul_renewed_once(lab: Lab) -> tuple[Device, Device, Device, str]:
-    """Paul renewed his cloud once (epoch 1); George and Ringo hold it as members, at epoch 1.
-    (Paul, George, Ringo, Paul's cloud id)."""
+def not_paul(paul_id: str) -> str:
+    """Another device id whose cloud id is Paul's: the same first 8 bytes (a second preimage
+    of 64 bits, about 2**64 work; made here by hand), every bit after them flipped."""
+    return paul_id[:16] + format(int(paul_id[16:], 16) ^ (2**64 - 1), "016x")
+
+
+#: whom George joined Paul's cloud from: Paul (his full id kept, as a join keeps it now),
+#: another owner of the same cloud id, or nobody kept (joined before owners were kept)
+JoinedFrom = str
+
+
+def paul_renewed_once(lab: Lab, joined_from: JoinedFrom = "paul",
+                      ) -> tuple[Device, Device, Device, str]:
+    """Paul renewed his cloud once (epoch 1); George and Ringo hold it as members, at epoch 1,
+    joined from Paul (George: from ``joined_from``).  (Paul, George, Ringo, Paul's cloud id)."""
     paul, george, ringo = lab.device("paul"), lab.device("george"), lab.device("ringo")
     cloud_id, _ = owned_cloud(paul)
     secret = os.urandom(32)
     ks = open_ks(paul)
+    paul_id = ks.device_id
     with ks.update():
         assert ks.renew_cloud_secret(cloud_id, secret) == 1
+    owners = {"paul": paul_id, "another-owner": not_paul(paul_id), "before-owners-were-kept": None}
     for member in (george, ringo):
+        owner = owners[joined_from] if member is george else paul_id
         ks = open_ks(member)
         with ks.update():
-            ks.set_cloud(cloud_id, secret, name="Paul's cloud", role="member", epoch=1)
+            ks.set_cloud(cloud_id, secret, name="Paul's cloud", role="member", epoch=1,
+                         owner=owner)
     return paul, george, ringo, cloud_id
 
 
@@ -102,11 +125,17 @@ WHY = {
 }
 
 
-async def play(lab: Lab, who: str, craft: Craft) -> tuple[Device, object, EvilHost, dict]:  # type: ignore[type-arg]
-    paul, george, ringo, cloud_id = paul_renewed_once(lab)
+async def play(lab: Lab, who: str, craft: Craft, *, proves: bool = True,
+               joined_from: JoinedFrom = "paul",
+               ) -> tuple[Device, object, EvilHost, dict]:  # type: ignore[type-arg]
+    paul, george, ringo, cloud_id = paul_renewed_once(lab, joined_from)
     before = held(george)
-    host = await evil_host(Grant(Role.GUEST, 3600), lambda s: craft(host, s, cloud_id),
-                           device={"paul": paul, "ringo": ringo}[who], proves=(cloud_id,))
+    # Not proving the cloud: George asks to join, the host lets him in as a member (as an
+    # owner's yes does) and sends its Membership; his proof did not count.
+    grant = Grant(Role.GUEST, 3600) if proves else Grant(Role.MEMBER)
+    host = await evil_host(grant, lambda s: craft(host, s, cloud_id),
+                           device={"paul": paul, "ringo": ringo}[who],
+                           proves=(cloud_id,) if proves else ())
     pin = host.state.new_pin()
     try:
         joined = await george.join(host.target, "-m", "pin", "--pin", pin, "--yes", "--json",
@@ -139,5 +168,102 @@ async def test_control_the_owners_renewal_is_taken(lab: Lab) -> None:
     (cloud_id,) = [c for c in after if c == cloud_id_of(host.me.device_id)]
     role, epoch, mac = after[cloud_id]
     assert (role, epoch) == ("member", 2) and mac != before[cloud_id][2]
+    assert open_ks(george).cloud(cloud_id).owner == host.me.device_id.hex()
     assert {k: v for k, v in after.items() if k != cloud_id} == {
         k: v for k, v in before.items() if k != cloud_id}
+
+
+# -- George's proof did not count (atk16b finding 2): the new member's Membership is the renewal --
+
+
+def new_member(cloud_id: str, epoch: int | None, name: str = "Paul's cloud") -> Membership:
+    """A new member's Membership, as the owner's device sends when its owner says yes."""
+    return Membership(role=Role.MEMBER, cloud_id=cloud_id, cloud_name=name, secret=RENEWED,
+                      epoch=epoch)
+
+
+UNPROVEN: dict[str, tuple[str, Craft, str]] = {
+    "from-a-member-not-the-owner": ("ringo", lambda h, s, c: signed(h, new_member(c, 2), s),
+                                    "a cloud that is not its own"),
+    "a-lower-epoch": ("paul", lambda h, s, c: signed(h, new_member(c, None), s),
+                      "already holds"),
+    "an-equal-epoch": ("paul", lambda h, s, c: signed(h, new_member(c, 1), s), "already holds"),
+    "renamed": ("paul", lambda h, s, c: signed(h, new_member(c, 2, "Mallory's cloud"), s),
+                "names the cloud otherwise"),
+    "unsigned": ("paul", lambda h, s, c: new_member(c, 2), "not signed by the cloud's owner"),
+    "signed-for-another-session": ("paul", lambda h, s, c: dataclasses.replace(
+        new_member(c, 2), signature=h.signer.sign(membership_statement(
+            new_member(c, 2), s.peer.device_id, "0000-0000-0000-0000"))),
+        "signature does not verify"),
+}
+
+
+@pytest.mark.parametrize("attack", list(UNPROVEN))
+async def test_a_hostile_renewal_to_a_member_let_in_unproven_stores_nothing(
+    lab: Lab, attack: str,
+) -> None:
+    who, craft, why = UNPROVEN[attack]
+    george, joined, host, before = await play(lab, who, craft, proves=False)
+    assert host.sent, f"the hostile host never got to send its membership: {host.errors}"
+    assert joined.rc != 0, f"George took a hostile renewal ({attack}):\n{joined}"  # type: ignore[attr-defined]
+    assert joined.err.startswith("error: ") and why in joined.err, joined  # type: ignore[attr-defined]
+    assert await george.peers() == []
+    assert held(george) == before, "George's clouds changed"
+
+
+async def test_control_the_owners_yes_renews_a_member_let_in_unproven(lab: Lab) -> None:
+    """Paul's host, not proving the cloud (George's proof did not count), lets him in as a
+    member and sends a new member's Membership of epoch 2: George takes it as a renewal (secret
+    and epoch), keeping everything else, so the refusals above are the product's checks."""
+    george, joined, host, before = await play(
+        lab, "paul", lambda h, s, c: signed(h, new_member(c, 2), s), proves=False)
+    assert joined.ok().json()["role"] == "member"  # type: ignore[attr-defined]
+    after = held(george)
+    cloud_id = cloud_id_of(host.me.device_id)
+    role, epoch, mac = after[cloud_id]
+    assert (role, epoch) == ("member", 2) and mac != before[cloud_id][2]
+    assert open_ks(george).cloud(cloud_id).name == "Paul's cloud"
+    assert open_ks(george).cloud(cloud_id).owner == host.me.device_id.hex()  # kept
+    assert {k: v for k, v in after.items() if k != cloud_id} == {
+        k: v for k, v in before.items() if k != cloud_id}
+
+
+@pytest.mark.parametrize("joined_from, why", [
+    ("another-owner", "not the owner"),
+    ("before-owners-were-kept", "owner's id"),
+])
+async def test_the_owners_yes_renews_only_a_cloud_joined_from_that_very_owner(
+    lab: Lab, joined_from: JoinedFrom, why: str,
+) -> None:
+    """What binds a renewal when George's proof did not count is the owner's full device id,
+    kept when he joined, not the 8 bytes of it the cloud id is.  The host here has Paul's keys
+    (its id hashes to the cloud id, it signs as Paul, it proves nothing) and sends the very
+    Membership George takes in the control above; but George joined the cloud from another
+    device whose id shares those 8 bytes (to George, the host is one with a second preimage
+    of the cloud id), or joined before a join kept its owner's id.  Refused, nothing stored."""
+    george, joined, host, before = await play(
+        lab, "paul", lambda h, s, c: signed(h, new_member(c, 2), s), proves=False,
+        joined_from=joined_from)
+    assert host.sent, f"the hostile host never got to send its membership: {host.errors}"
+    assert joined.rc != 0, f"George took the renewal ({joined_from}):\n{joined}"  # type: ignore[attr-defined]
+    assert joined.err.startswith("error: ") and why in joined.err, joined  # type: ignore[attr-defined]
+    assert await george.peers() == []
+    assert held(george) == before, "George's clouds changed"
+
+
+async def test_a_proven_renewal_is_taken_only_from_the_owner_the_cloud_was_joined_from(
+    lab: Lab,
+) -> None:
+    """The host proves the cloud (it knows the secret George holds, as every member does, and
+    a forgotten member until George is renewed) and its id shares the cloud id's 8 bytes with
+    the owner George joined from, but is not that owner (played, as above, by George having
+    joined from another id with Paul's first 8 bytes).  Its renewal would plant a secret of
+    its choosing at an epoch the owner's own renewals never pass: refused, nothing stored."""
+    george, joined, host, before = await play(
+        lab, "paul", lambda h, s, c: signed(h, renewal(c, 2**40), s),
+        joined_from="another-owner")
+    assert host.sent, f"the hostile host never got to send its renewal: {host.errors}"
+    assert joined.rc != 0, f"George took the renewal:\n{joined}"  # type: ignore[attr-defined]
+    assert joined.err.startswith("error: ") and "not the owner" in joined.err, joined  # type: ignore[attr-defined]
+    assert await george.peers() == []
+    assert held(george) == before, "George's clouds changed"
