@@ -68,16 +68,19 @@ NOT_PAUL = HOST_ID[:8] + bytes.fromhex("99" * 8)
 def check_held(
     m: Membership, *, proven: str | None = None, owner: bool = False,
     cloud_id: str = PAULS, name: str = "Paul's cloud", joined_from: bytes | None = HOST_ID,
+    secret: bytes = bytes.fromhex("5a" * 32),
 ) -> JoinCloud | CloudRenewal | None:
     """``m`` checked by a device that holds ``cloud_id`` (as a member at :data:`HELD_EPOCH`,
     joined from the owner ``joined_from``, ``None``: joined before owners were kept; or as its
-    owner), with its proof counted (``proven``) or not."""
+    owner) with ``secret`` (by default not :data:`SECRET`), its proof counted (``proven``) or
+    not."""
     return check_membership(
         m, host_id=HOST_ID, host_signing=OWNER_PUB, me=ME, session_fingerprint=FP,
         held=(cloud_id,), proven=proven,
         member_epochs={} if owner else {cloud_id: HELD_EPOCH},
         member_names={} if owner else {cloud_id: name},
         member_owners={} if owner or joined_from is None else {cloud_id: joined_from},
+        holds_secret=lambda cid, given: cid == cloud_id and given == secret,
     )
 
 
@@ -164,6 +167,53 @@ def test_a_held_clouds_membership_not_newer_than_held_is_refused(
     Membership of a cloud never renewed) is no renewal: the held cloud is never overwritten."""
     with pytest.raises(AuthenticationError, match=r"already holds|not newer"):
         check_held(new_member(epoch=epoch), proven=proven)
+
+
+# -- the secret held, sent again: nothing to store (atk17 finding 4) ---------------------------
+
+
+@WHETHER_PROVEN
+def test_the_secret_held_sent_again_at_its_epoch_stores_nothing(proven: str | None) -> None:
+    """A member that did not prove its cloud (it hints only its first 8 clouds) is asked about
+    as a stranger, and the owner's yes sends it a new member's Membership with the secret and
+    epoch it holds.  That changes nothing, so it stores nothing and refuses nothing: the
+    session goes on (before, it was refused and the join the owner said yes to failed)."""
+    assert check_held(new_member(epoch=HELD_EPOCH), proven=proven, secret=SECRET) is None
+
+
+@WHETHER_PROVEN
+@pytest.mark.parametrize("how", ["unsigned", "other-key", "other-member", "other-session"])
+def test_the_secret_held_sent_again_is_still_checked_whole(proven: str | None, how: str) -> None:
+    """Nothing to store is no reason to believe the rest: the owner's signature over this
+    member and this session is checked as for any secret."""
+    m = new_member(epoch=HELD_EPOCH)
+    if how == "unsigned":
+        m = dataclasses.replace(m, signature=None)
+    elif how == "other-key":
+        m = signed(m, key=Ed25519PrivateKey.from_private_bytes(b"x" * 32))
+    elif how == "other-member":
+        m = signed(m, member=bytes(16))
+    else:
+        m = dataclasses.replace(m, signature=OWNER.sign(membership_statement(m, ME, "zzzz")))
+    with pytest.raises(AuthenticationError, match="sign"):
+        check_held(m, proven=proven, secret=SECRET)
+
+
+@pytest.mark.parametrize("joined_from", [NOT_PAUL, None], ids=["another-owner", "not-kept"])
+def test_the_secret_held_sent_again_is_bound_as_a_renewal_is(joined_from: bytes | None) -> None:
+    """Without the device's proof, the same owner binding as a renewal's: from a host that is
+    not the owner the cloud was joined from (or with no owner kept) it is refused."""
+    with pytest.raises(AuthenticationError, match="owner"):
+        check_held(new_member(epoch=HELD_EPOCH), joined_from=joined_from, secret=SECRET)
+
+
+@WHETHER_PROVEN
+@pytest.mark.parametrize("epoch", [HELD_EPOCH - 1, None], ids=["lower", "missing"])
+def test_the_secret_held_at_another_epoch_is_refused(proven: str | None,
+                                                    epoch: int | None) -> None:
+    """Only the epoch held with the secret held is nothing: an epoch rolled back is refused."""
+    with pytest.raises(AuthenticationError, match=r"already holds|not newer"):
+        check_held(new_member(epoch=epoch), proven=proven, secret=SECRET)
 
 
 def test_a_cloud_held_as_its_owner_is_never_renewed() -> None:
