@@ -25,7 +25,7 @@ access ends at its expiry (time is passed in, never read).  Members are not prom
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from enum import Enum
 from typing import ClassVar
 
@@ -133,6 +133,7 @@ def check_membership(
     member_epochs: Mapping[str, int] | None = None,
     member_names: Mapping[str, str] | None = None,
     member_owners: Mapping[str, bytes] | None = None,
+    holds_secret: Callable[[str, bytes], bool] | None = None,
 ) -> JoinCloud | CloudRenewal | None:
     """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
 
@@ -155,6 +156,10 @@ def check_membership(
     held as a member whose owner's id was kept at the join), with the proof or without it: the
     cloud id is only 8 bytes of it, and the secret the proof shows is every member's (atk17
     finding 1).  A cloud joined before that id was kept is renewed only with the proof.
+    The secret and epoch held, sent again so (``holds_secret``: whether this device holds that
+    secret for that cloud), are nothing to store: ``None``, once every check of a renewal but
+    "newer" has passed (a member that did not prove its cloud, e.g. one past the 8 it hints,
+    let in by its owner as a new member: atk17 finding 4).
 
     ``proven``: the cloud this device proved in the cloud step (it came back as a member).  A
     secret is then only that cloud's renewal: anything else with a secret is refused.
@@ -206,7 +211,15 @@ def check_membership(
                 "this device joined it from (only the cloud's id is the same); it is never "
                 "overwritten"
             )
-        if m.epoch is None or m.epoch <= epochs[m.cloud_id]:
+        # The secret and epoch held, sent again (a member that did not prove its cloud, e.g.
+        # one of more than 8 it holds, let in by the owner as a new member): nothing to store,
+        # nothing refused, once the rest is checked as for a renewal (atk17 finding 4).
+        unchanged = (
+            (m.epoch or 0) == epochs[m.cloud_id]
+            and holds_secret is not None
+            and holds_secret(m.cloud_id, m.secret)
+        )
+        if not unchanged and (m.epoch is None or m.epoch <= epochs[m.cloud_id]):
             raise AuthenticationError(
                 "the host's cloud renewal is not newer than the secret this device holds"
                 if proven is not None else
@@ -227,6 +240,8 @@ def check_membership(
     except (InvalidSignature, ValueError):
         raise AuthenticationError("the membership's owner signature does not verify") from None
     if renewal:
+        if unchanged:
+            return None
         assert m.epoch is not None
         return CloudRenewal(cloud_id=m.cloud_id, epoch=m.epoch)
     return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")

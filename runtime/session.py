@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import math
 import os
 from collections.abc import Awaitable, Callable
@@ -541,6 +543,17 @@ async def open_session(
     return Established(channel, session, membership, session.method)
 
 
+#: what :func:`_holds_secret` MACs under both secrets (never sent anywhere)
+_HELD_SECRET_PROBE = b"pairkit: is this the cloud secret held"
+
+
+def _holds_secret(ks: Keystore, cloud_id: str, secret: bytes) -> bool:
+    """Whether ``secret`` is the one this device holds for ``cloud_id``, compared in constant
+    time through their MACs (the keystore never hands a cloud secret out)."""
+    given = hmac.new(secret, _HELD_SECRET_PROBE, hashlib.sha256).digest()
+    return hmac.compare_digest(given, ks.cloud_mac(cloud_id, _HELD_SECRET_PROBE))
+
+
 async def _take_membership(
     ks: Keystore, membership: Membership, session: Session, delegate: Any,
     *, proven: str | None = None,
@@ -558,6 +571,7 @@ async def _take_membership(
         member_names={c.cloud_id: c.name for c in ks.clouds() if c.role == "member"},
         member_owners={c.cloud_id: bytes.fromhex(c.owner) for c in ks.clouds()
                        if c.role == "member" and c.owner is not None},
+        holds_secret=lambda cloud_id, secret: _holds_secret(ks, cloud_id, secret),
     )
     if question is None:
         return
