@@ -35,7 +35,7 @@ from pairkit.pairing.errors import PairingError
 from pairkit.pairing.methods import Session
 from pairkit.pairing.service import Membership, cloud_id_of, membership_statement
 from pairkit.peers import renew_cloud_secret
-from tests.attack_harness import EvilHost, evil_host, open_ks, owned_cloud
+from tests.attack_harness import EvilHost, Proxy, evil_host, flip_last_bit, open_ks, owned_cloud
 from tests.cli_helpers import KEYSTORE_PIN, Device, Lab
 from tests.renewal_harness import Owner, device, pair
 
@@ -270,3 +270,52 @@ async def test_a_member_of_nine_clouds_back_by_clear_takes_the_echo(tmp_path: Pa
     george.keystore.follow()
     assert george.keystore.cloud(cloud_id) == joined
     assert george.keystore.cloud_mac(cloud_id, b"probe") == mac
+
+
+# -- on the path -------------------------------------------------------------------------------
+
+
+async def echo_through_proxy(lab: Lab, run: str, flip: int | None,
+                             ) -> tuple[Device, Any, dict[str, Any], dict[str, Any], int]:
+    """George joins the owner's host (Paul's keys, George let in as a member and sent the
+    secret he holds) through a proxy that flips the last bit of the host's ``flip``-th frame
+    (None: none).  (George, his join, his clouds before, after, the frames the host sent)."""
+    devices = Lab(lab.base / run, lab.templates)
+    paul, george, _ringo, cloud_id, secret = setup(devices, "paul")
+    before = held(george)
+    host = await evil_host(Grant(Role.MEMBER),
+                           lambda s: signed(host, echo(cloud_id, secret), s), device=paul)
+    sent = [0]
+
+    def hook(direction: str, index: int, piece: bytes) -> bytes | None:
+        if direction == "h2g":
+            sent[0] += 1
+            if sent[0] == flip:
+                return flip_last_bit(piece)
+        return piece
+
+    h, p = host.listener.address.rsplit(":", 1)
+    proxy = await Proxy((h, int(p)), hook).start()
+    try:
+        joined = await george.join(proxy.target, "-m", "pin", "--pin", host.state.new_pin(),
+                                   "--yes", "--json", "--timeout", "10")
+    finally:
+        await proxy.close()
+        await host.close()
+    assert host.sent, host.errors
+    return george, joined, before, held(george), sent[0]
+
+
+async def test_a_bit_flipped_echo_is_refused(lab: Lab) -> None:
+    """An on-path attacker between George and the owner's host flips the last bit of the
+    Membership that echoes George's secret (the last frame the host sends: counted in a clean
+    run through the same proxy, which George takes).  George's secure link refuses it: no
+    session, no peer, his clouds unchanged."""
+    _, clean, before, after, frames = await echo_through_proxy(lab, "clean", None)
+    assert clean.ok().json()["role"] == "member", clean
+    assert after == before
+    george, joined, before, after, _ = await echo_through_proxy(lab, "flipped", frames)
+    assert joined.rc != 0, f"George took a flipped Membership:\n{joined}"
+    assert "a record failed authentication" in joined.err, joined
+    assert await george.peers() == []
+    assert after == before
