@@ -202,11 +202,6 @@ def test_the_secret_held_sent_again_is_still_checked_whole(proven: str | None, h
 @WHETHER_PROVEN
 @pytest.mark.parametrize("how", ["unsigned", "other-key", "other-member", "other-session",
                                  "renamed"])
-@pytest.mark.xfail(strict=True, reason=(
-    "atk17b finding 1 (informational, since session 17): the secret sent is compared with the "
-    "one held before the owner's signature is checked, so the guest's work (a signature "
-    "check, about 160 us here, and its error) tells a host with the owner's static key but not "
-    "its signing key whether a guessed secret is the one held (a timing oracle)"))
 def test_the_secret_sent_is_compared_only_once_the_rest_holds(proven: str | None,
                                                               how: str) -> None:
     """The secret a host sends is looked at (compared with the one held) only once every
