@@ -211,21 +211,16 @@ def check_membership(
                 "this device joined it from (only the cloud's id is the same); it is never "
                 "overwritten"
             )
-        # The secret and epoch held, sent again (a member that did not prove its cloud, e.g.
-        # one of more than 8 it holds, let in by the owner as a new member): nothing to store,
-        # nothing refused, once the rest is checked as for a renewal (atk17 finding 4).
-        unchanged = (
-            (m.epoch or 0) == epochs[m.cloud_id]
-            and holds_secret is not None
-            and holds_secret(m.cloud_id, m.secret)
+        not_newer = AuthenticationError(
+            "the host's cloud renewal is not newer than the secret this device holds"
+            if proven is not None else
+            "the host offered a cloud this device already holds, with no newer secret; it "
+            "is never overwritten"
         )
-        if not unchanged and (m.epoch is None or m.epoch <= epochs[m.cloud_id]):
-            raise AuthenticationError(
-                "the host's cloud renewal is not newer than the secret this device holds"
-                if proven is not None else
-                "the host offered a cloud this device already holds, with no newer secret; it "
-                "is never overwritten"
-            )
+        # The epoch held, sent again: only with the secret held is it nothing to store (below).
+        same_epoch = (m.epoch or 0) == epochs[m.cloud_id]
+        if not same_epoch and (m.epoch is None or m.epoch <= epochs[m.cloud_id]):
+            raise not_newer
         if m.cloud_name is not None and m.cloud_name != (member_names or {}).get(m.cloud_id):
             # Only the secret and the epoch change: a renewal is not half taken.
             raise AuthenticationError(
@@ -240,8 +235,15 @@ def check_membership(
     except (InvalidSignature, ValueError):
         raise AuthenticationError("the membership's owner signature does not verify") from None
     if renewal:
-        if unchanged:
-            return None
+        if same_epoch:
+            # The secret and epoch held, sent again (a member that did not prove its cloud,
+            # e.g. one of more than 8 it holds, let in by the owner as a new member): nothing
+            # to store, nothing refused (atk17 finding 4).  The secret sent is looked at only
+            # now that the rest holds, so how much a refusal took never tells a host that
+            # lacks the owner's signing key whether a guess was the secret held (atk17b).
+            if holds_secret is not None and holds_secret(m.cloud_id, m.secret):
+                return None
+            raise not_newer
         assert m.epoch is not None
         return CloudRenewal(cloud_id=m.cloud_id, epoch=m.epoch)
     return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")

@@ -202,6 +202,9 @@ class EvilHost:
     craft: Callable[[Session], Membership]
     errors: list[PairingError] = dataclasses.field(default_factory=list)
     sent: list[Membership] = dataclasses.field(default_factory=list)
+    #: what it heard from the guest after its Membership, one per guest: "a message", or the
+    #: error its secure link ended with (type and text): all a host learns of the guest's check
+    heard: list[str] = dataclasses.field(default_factory=list)
     task: asyncio.Task[None] | None = None
     #: the name its hello response gives (None: its own); a lie is the point of some attacks
     says_name: str | None = None
@@ -239,8 +242,11 @@ class EvilHost:
                 membership = self.craft(machine.session)
                 self.sent.append(membership)
                 await slink.send(membership.encode())
-                with contextlib.suppress(PairingError):
+                try:
                     await slink.recv(STEP)  # the guest's Bye, or its hang-up
+                    self.heard.append("a message")
+                except PairingError as exc:
+                    self.heard.append(f"{type(exc).__name__}: {exc}")
             except PairingError as exc:
                 self.errors.append(exc)
             finally:

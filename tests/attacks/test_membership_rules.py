@@ -199,6 +199,48 @@ def test_the_secret_held_sent_again_is_still_checked_whole(proven: str | None, h
         check_held(m, proven=proven, secret=SECRET)
 
 
+@WHETHER_PROVEN
+@pytest.mark.parametrize("how", ["unsigned", "other-key", "other-member", "other-session",
+                                 "renamed"])
+def test_the_secret_sent_is_compared_only_once_the_rest_holds(proven: str | None,
+                                                              how: str) -> None:
+    """The secret a host sends is looked at (compared with the one held) only once every
+    other check passed: the owner's signature over this member and this session, and the name.
+    Else whether it is the one held would decide how much the guest does before it refuses."""
+    m = new_member(epoch=HELD_EPOCH)
+    if how == "unsigned":
+        m = dataclasses.replace(m, signature=None)
+    elif how == "other-key":
+        m = signed(m, key=Ed25519PrivateKey.from_private_bytes(b"x" * 32))
+    elif how == "other-member":
+        m = signed(m, member=bytes(16))
+    elif how == "other-session":
+        m = dataclasses.replace(m, signature=OWNER.sign(membership_statement(m, ME, "zzzz")))
+    else:
+        m = new_member(epoch=HELD_EPOCH, cloud_name="Mallory's cloud")
+    compared: list[str] = []
+    with pytest.raises(AuthenticationError):
+        check_membership(
+            m, host_id=HOST_ID, host_signing=OWNER_PUB, me=ME, session_fingerprint=FP,
+            held=(PAULS,), proven=proven, member_epochs={PAULS: HELD_EPOCH},
+            member_names={PAULS: "Paul's cloud"}, member_owners={PAULS: HOST_ID},
+            holds_secret=lambda cid, given: compared.append(cid) is None and given == SECRET,
+        )
+    assert compared == []
+
+
+def test_the_secret_held_is_compared_once_when_all_else_holds() -> None:
+    """The control: a whole echo is compared (once) and stores nothing."""
+    compared: list[str] = []
+    assert check_membership(
+        new_member(epoch=HELD_EPOCH), host_id=HOST_ID, host_signing=OWNER_PUB, me=ME,
+        session_fingerprint=FP, held=(PAULS,), member_epochs={PAULS: HELD_EPOCH},
+        member_names={PAULS: "Paul's cloud"}, member_owners={PAULS: HOST_ID},
+        holds_secret=lambda cid, given: compared.append(cid) is None and given == SECRET,
+    ) is None
+    assert compared == [PAULS]
+
+
 @pytest.mark.parametrize("joined_from", [NOT_PAUL, None], ids=["another-owner", "not-kept"])
 def test_the_secret_held_sent_again_is_bound_as_a_renewal_is(joined_from: bytes | None) -> None:
     """Without the device's proof, the same owner binding as a renewal's: from a host that is
