@@ -319,3 +319,25 @@ async def test_a_bit_flipped_echo_is_refused(lab: Lab) -> None:
     assert "a record failed authentication" in joined.err, joined
     assert await george.peers() == []
     assert after == before
+
+
+@pytest.mark.parametrize("held_size", [16, 32, 65], ids=["16", "32", "65"])
+def test_the_secret_held_is_told_from_any_other_exactly(tmp_path: Path, held_size: int) -> None:
+    """atk17b's doubt: HMAC pads a short key with zeros and hashes a long one, so two secrets
+    compared through MACs under them as keys can match when they differ (S and S + 16 zero
+    bytes; a long S and its SHA-256).  The held secret is compared as HKDF's input keying
+    material (a message to HMAC, not its key): only the same bytes match."""
+    import hashlib
+
+    from pairkit.session import _holds_secret
+
+    ks = pairkit.Device.create(tmp_path / "k.pk", "a passphrase", name="George",
+                               kdf=pairkit.keystore.Argon2Params.cheapest()).keystore
+    held = os.urandom(held_size)
+    ks.set_cloud("ab" * 8, held, name="Paul's cloud", role="member")
+    assert _holds_secret(ks, "ab" * 8, held)
+    padded = [held + bytes(64 - held_size)] if held_size < 64 else []
+    for other in (*padded, hashlib.sha256(held).digest(), held[:-1],
+                  held[:-1] + bytes([held[-1] ^ 1])):
+        assert other != held
+        assert not _holds_secret(ks, "ab" * 8, other), len(other)
