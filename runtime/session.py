@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import math
 import os
 from collections.abc import Awaitable, Callable
@@ -37,6 +35,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .driver import DEFAULT_ANSWER_TIME, MessagePipe, describe_failure, drive, replay_first
 from .files import receive_membership
 from .lockouts import KeystoreLockJournal
+from .pairing import crypto
 from .pairing.cloud import (
     CloudGuest,
     CloudHost,
@@ -543,15 +542,18 @@ async def open_session(
     return Established(channel, session, membership, session.method)
 
 
-#: what :func:`_holds_secret` MACs under both secrets (never sent anywhere)
+#: the HKDF ``info`` of :func:`_holds_secret`'s two derivations (never sent anywhere)
 _HELD_SECRET_PROBE = b"pairkit: is this the cloud secret held"
 
 
 def _holds_secret(ks: Keystore, cloud_id: str, secret: bytes) -> bool:
-    """Whether ``secret`` is the one this device holds for ``cloud_id``, compared in constant
-    time through their MACs (the keystore never hands a cloud secret out)."""
-    given = hmac.new(secret, _HELD_SECRET_PROBE, hashlib.sha256).digest()
-    return hmac.compare_digest(given, ks.cloud_mac(cloud_id, _HELD_SECRET_PROBE))
+    """Whether ``secret`` is the one this device holds for ``cloud_id``: both derived with
+    HKDF-SHA256 (the keystore never hands a cloud secret out) and compared in constant time.
+    As HKDF's input keying material a secret is HMAC's message, so only the same bytes match
+    (keyed by each, HMAC would pad a short key with zeros and hash a long one)."""
+    # (salt None in Keystore.cloud_kdf is RFC 5869's string of HashLen zeros)
+    given = crypto.hkdf(secret, salt=bytes(32), info=_HELD_SECRET_PROBE)
+    return crypto.same(given, ks.cloud_kdf(cloud_id, _HELD_SECRET_PROBE))
 
 
 async def _take_membership(
