@@ -25,8 +25,11 @@ from typing import Any, TypeVar
 
 import pytest
 
+from pairkit.keystore import FILE_NAME, Argon2Params, Keystore
+
 ROOT = Path(__file__).resolve().parent.parent
-#: the keystore PIN every test device is sealed with (scrypt at its default cost)
+#: the keystore PIN every test device is sealed with (by ``pairkit init``, then re-sealed at
+#: :meth:`Argon2Params.cheapest`: see :func:`init_devices`)
 KEYSTORE_PIN = "135790"
 #: the installed console script when this interpreter has one, else the module
 _SCRIPT = Path(sys.executable).with_name("pairkit")
@@ -129,8 +132,17 @@ async def run_cli(
     return result
 
 
-def init_devices(homes: dict[str, Path], names: dict[str, str]) -> None:
-    """``pairkit init`` several devices at once (scrypt runs in each process in parallel)."""
+def init_devices(
+    homes: dict[str, Path], names: dict[str, str], *, cheap_seal: bool = True
+) -> None:
+    """``pairkit init`` several devices at once (Argon2id runs in each process in parallel).
+
+    With ``cheap_seal`` (the default) each keystore ``pairkit init`` wrote is then re-sealed
+    under the same PIN at :meth:`Argon2Params.cheapest`, as the other tests' keystores are
+    made: every later command that opens it would otherwise spend most of its start-up (about
+    0.6 s of CPU of 1 s) on the default Argon2id, which no test here is about (the default
+    cost is tested in tests/test_keystore.py, ``pairkit init`` itself in tests/test_cli.py).
+    """
     procs = {
         key: subprocess.Popen(
             [*PAIRKIT_CMD, "init", "--name", names[key]], stdin=subprocess.DEVNULL,
@@ -141,6 +153,10 @@ def init_devices(homes: dict[str, Path], names: dict[str, str]) -> None:
     for key, proc in procs.items():
         _, err = proc.communicate(timeout=RUN_TIMEOUT)
         assert proc.returncode == 0, f"init {key} failed:\n{err.decode()}"
+    if cheap_seal:
+        for home in homes.values():
+            ks = Keystore.open(home / FILE_NAME, KEYSTORE_PIN)
+            ks.change_pin(KEYSTORE_PIN, kdf=Argon2Params.cheapest())
 
 
 @dataclasses.dataclass

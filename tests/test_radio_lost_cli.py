@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,8 +26,6 @@ from .cli_helpers import (
     HostProcess,
     RadioProcess,
     assert_no_traceback,
-    make_devices,
-    use_bytecode_cache,
 )
 from .pty_harness import PtyProcess
 
@@ -39,9 +38,15 @@ BACK_TIMEOUT = 60.0
 
 
 @pytest.fixture
-async def devices(tmp_path: Path) -> dict[str, Device]:
-    use_bytecode_cache(tmp_path / "pycache")
-    return await asyncio.to_thread(make_devices, tmp_path, NAMES)
+def devices(tmp_path: Path, templates: dict[str, Device]) -> dict[str, Device]:
+    """Fresh copies of the session's Paul and George (tests/cli_helpers.py ``templates``, made
+    by ``pairkit init`` once a session), as ``Lab.device`` makes them."""
+    made = {}
+    for key, name in NAMES.items():
+        assert templates[key].name == name
+        shutil.copytree(templates[key].home, tmp_path / key)
+        made[key] = Device(tmp_path / key, name)
+    return made
 
 
 @pytest.fixture

@@ -507,6 +507,23 @@ async def test_gatt_receive_buffer_is_bounded(open_device: OpenDevice) -> None:
     assert 0 < drained <= 65536
 
 
+async def test_a_disconnect_for_a_handle_no_longer_open_is_refused_at_once(
+    radio: VirtualRadio,
+) -> None:
+    # Both ends hanging up at once: one host may ask to disconnect a handle its controller
+    # closed a moment ago (the peer's hang-up still on its way up).  A real controller answers
+    # Unknown Connection Identifier (Core 5.4 Vol 4 Part E §7.1.6); a bare "pending" would
+    # leave that host waiting for a Disconnection Complete until its close_timeout.
+    device = await raw_device(radio, "C4:00:00:00:00:02")
+    status = await device.host.send_async_command(
+        hci.HCI_Disconnect_Command(
+            connection_handle=0x0123, reason=hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR
+        ),
+        check_status=False,
+    )
+    assert status == hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR
+
+
 async def test_closing_the_transport_closes_its_links(open_device: OpenDevice) -> None:
     host, guest = await open_device(40), await open_device(41)
     guest_link, host_link = await connect_pair(host, guest)

@@ -1,6 +1,6 @@
 """Linked virtual BLE controllers in one process: bumble's ``Controller`` on a ``LocalLink``.
 
-bumble's virtual controller (0.0.236) differs from a real one in seven ways that matter to
+bumble's virtual controller (0.0.236) differs from a real one in eight ways that matter to
 pairkit, and :class:`VirtualRadio` corrects them so the code above runs unchanged on hardware:
 
 * **Connection cancel.**  A real controller answers HCI LE Create Connection Cancel with a
@@ -16,6 +16,11 @@ pairkit, and :class:`VirtualRadio` corrects them so the code above runs unchange
   ACL packets are already 251 bytes long (:data:`VIRTUAL_ACL_LENGTH`).
 * **Disconnecting from a peer that left.**  bumble raises inside the controller, and the host
   waits for a Disconnection Complete that never comes; here the disconnection completes.
+* **Disconnecting a connection that has just ended.**  When both ends hang up at once, a host
+  can ask to disconnect a handle its controller has already closed (the peer's hang-up is on
+  its way up as Disconnection Complete).  bumble answers "pending" and nothing more, so that
+  host waits out its own deadline; a real controller refuses the unknown handle at once with
+  Unknown Connection Identifier (Core 5.4 Vol 4 Part E §7.1.6, Vol 1 Part F §1.3, 0x02).
 * **Reset and power loss.**  The virtual HCI Reset keeps connections, advertising and a pending
   connect.  :meth:`VirtualController.reset_link_state` drops them; a dropped connection is
   reported to the peer as a supervision timeout (Core Vol 6 Part B §4.5.2), which is what a
@@ -398,12 +403,29 @@ class VirtualController(Controller):
         bumble raises when the peer's controller is gone, so the host never hears that its
         disconnection completed; a real link layer gives up on the peer and completes it.
         """
-        connection = self.find_le_connection_by_handle(command.connection_handle)
+        handle = command.connection_handle
+        connection = self.find_le_connection_by_handle(handle)
+        if connection is None and not self._has_handle(handle):
+            self._send_hci_command_status(
+                hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR, command.op_code
+            )
+            return
         try:
             super().on_hci_disconnect_command(command)
         except core.InvalidArgumentError:
             if connection is not None and connection.peer_address in self.le_connections:
                 self.on_le_disconnected(connection, command.reason)
+
+    def _has_handle(self, handle: int) -> bool:
+        """Whether ``handle`` names a connection this controller still has (LE, classic, SCO
+        or CIS: the kinds bumble's own Disconnect looks up)."""
+        return bool(
+            self.find_le_connection_by_handle(handle)
+            or self.find_classic_connection_by_handle(handle)
+            or self.find_classic_sco_link_by_handle(handle)
+            or self.central_cis_links.get(handle)
+            or self.peripheral_cis_links.get(handle)
+        )
 
     def on_hci_reset_command(
         self, command: hci.HCI_Reset_Command
