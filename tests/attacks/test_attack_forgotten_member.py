@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
 import pairkit
-from pairkit.keystore import Argon2Params
-from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.errors import PairingError
 from pairkit.presence import IRK_SETTING, tag_keys
 from pairkit.transports import loopback
 
+from .. import renewal_harness
 from ..attack_harness import answer_prompt, host_with_terminal, open_ks
 from ..cli_helpers import (
-    KEYSTORE_PIN,
     PAIRKIT_CMD,
     ROOT,
     Device,
@@ -45,23 +42,9 @@ from ..cli_helpers import (
 STEP = 10.0
 
 
-class Owner:
-    """Paul: makes George a member once (the first pairing), and remembers what he was asked."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-        self.grant: Grant | None = Grant(Role.MEMBER)
-
-    async def allow_join(self, q: Any) -> Grant | None:
-        self.asked.append(q.name)
-        return self.grant
-
-    async def confirm_code(self, q: Any) -> bool:
-        self.asked.append("code")
-        return False
-
-    async def join_cloud(self, q: Any) -> bool:
-        return False
+class Owner(renewal_harness.Owner):
+    """Paul: makes George a member once (the first pairing), and remembers what he was asked,
+    requests on the channel too (refused)."""
 
     async def allow_request(self, q: Any) -> Any:
         from pairkit.pairing.service import Scope
@@ -69,22 +52,8 @@ class Owner:
         self.asked.append("request")
         return Scope.REFUSE
 
-    async def on_warning(self, event: Any) -> None:
-        return None
 
-    async def on_event(self, event: Any) -> None:
-        return None
-
-
-def device(home: Path, name: str) -> pairkit.Device:
-    """A device as ``pairkit init`` makes it in ``home``: identity and a cloud of its own."""
-    home.mkdir(parents=True, exist_ok=True)
-    made = pairkit.Device.create(home / "keystore.pk", KEYSTORE_PIN, name=name,
-                                 kdf=Argon2Params.cheapest())
-    ks = made.keystore
-    ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
-    ks.save()
-    return made
+device = renewal_harness.device
 
 
 async def pair(host_device: pairkit.Device, owner: Owner, guest: pairkit.Device, where: str,
