@@ -155,7 +155,8 @@ def check_membership(
     by its full device id, the owner the cloud was joined from (``member_owners``: the clouds
     held as a member whose owner's id was kept at the join), with the proof or without it: the
     cloud id is only 8 bytes of it, and the secret the proof shows is every member's (atk17
-    finding 1).  A cloud joined before that id was kept is renewed only with the proof.
+    finding 1).  A cloud joined before that id was kept is renewed only with the proof;
+    without it, whatever is sent for it is nothing to store (``None``: atk17 finding 3).
     The secret and epoch held, sent again so (``holds_secret``: whether this device holds that
     secret for that cloud), are nothing to store: ``None``, once every check of a renewal but
     "newer" has passed (a member that did not prove its cloud, e.g. one past the 8 it hints,
@@ -200,11 +201,13 @@ def check_membership(
         # members not renewed yet hold (attack review atk17, finding 1).
         owner = (member_owners or {}).get(m.cloud_id)
         if owner is None and proven is None:
-            raise AuthenticationError(
-                "the host offered a cloud this device already holds, joined before this "
-                "device kept its owner's id: it is renewed only with this device's proof "
-                "of the cloud, never overwritten otherwise"
-            )
+            # Joined before the owner's id was kept, and no proof counted: only the cloud id's
+            # 64 bits bind this host to the owner, so nothing is taken, and the session goes on
+            # on the secret held (attack review atk17, finding 3: refusing cut a member that
+            # missed more renewals than are kept off from its owner's device).  Nothing sent is
+            # looked at, so this tells a host nothing of the secret held; what it gets, a
+            # session with no cloud stored, it gets from any membership without a secret.
+            return None
         if owner is not None and owner != host_id:
             raise AuthenticationError(
                 "the host offered a cloud this device already holds but is not the owner "
