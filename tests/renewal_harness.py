@@ -60,14 +60,17 @@ def device(home: Path, name: str) -> pairkit.Device:
     return made
 
 
-async def pair(host_device: pairkit.Device, owner: Owner, guest: pairkit.Device, where: str,
-               *, target: str | None = None, **join: Any,
+async def pair(host_device: pairkit.Device, owner: Any, guest: pairkit.Device, where: str,
+               *, target: str | None = None, methods: tuple[str, ...] = HOST_METHODS,
+               host_may_fail: bool = True, **join: Any,
                ) -> tuple[pairkit.Session | None, BaseException | None]:
-    """``guest`` joins ``host_device`` at ``loopback:where`` (or ``target``: a known peer's
-    name, to resume); the session, or the PairingError the guest ended with."""
-    medium = loopback.LoopbackMedium(encrypted=True)
+    """``guest`` joins ``host_device`` (its library host offering ``methods``, ``owner`` its
+    delegate) on the encrypted loopback ``where`` (or ``target``: a known peer's name, to
+    resume); the guest's session, or the PairingError the guest ended with.  The host's session
+    is closed; its error, once the guest's session is up, is raised unless ``host_may_fail``."""
+    medium = loopback.LoopbackMedium(encrypted=True)  # as a BLE link after Just Works
     host_t = loopback.open(where, medium=medium)
-    async with host_device.host(host_t, methods=HOST_METHODS, pin="246810",
+    async with host_device.host(host_t, methods=methods, pin="246810",
                                 delegate=owner, step_timeout=STEP) as host:
         accepting = asyncio.ensure_future(host.accept(timeout=STEP))
         try:
@@ -78,7 +81,7 @@ async def pair(host_device: pairkit.Device, owner: Owner, guest: pairkit.Device,
                 )
             except PairingError as exc:
                 return None, exc
-            with contextlib.suppress(PairingError):
+            with contextlib.suppress(*((PairingError,) if host_may_fail else ())):
                 async with await accepting:
                     pass
             return session, None

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pairkit
-from pairkit.pairing.errors import PairingError
 from pairkit.presence import IRK_SETTING, tag_keys
-from pairkit.transports import loopback
 
 from .. import renewal_harness
 from ..attack_harness import answer_prompt, host_with_terminal, open_ks
@@ -59,29 +57,10 @@ device = renewal_harness.device
 async def pair(host_device: pairkit.Device, owner: Owner, guest: pairkit.Device, where: str,
                target: str | None = None,
                **join: Any) -> tuple[pairkit.Session | None, BaseException | None]:
-    """``guest`` joins ``host_device``'s library host on the encrypted loopback ``where``
-    (``target``: a known peer's name, to resume; else the loopback itself); (the guest's
-    session or None, its error or None).  The host's session is closed."""
-    medium = loopback.LoopbackMedium(encrypted=True)  # as a BLE link after Just Works
-    host_t = loopback.open(where, medium=medium)
-    async with host_device.host(host_t, methods=("pin", "clear"), pin="246810",
-                                delegate=owner, step_timeout=STEP) as host:
-        accepting = asyncio.ensure_future(host.accept(timeout=STEP))
-        try:
-            try:
-                session = await guest.join(
-                    target or f"loopback:{where}", transport=loopback.open(where, medium=medium),
-                    delegate=pairkit.delegate.Agree(), step_timeout=STEP, **join,
-                )
-            except PairingError as exc:
-                return None, exc
-            async with await accepting:
-                pass
-            return session, None
-        finally:
-            accepting.cancel()
-            with contextlib.suppress(BaseException):
-                await accepting
+    """:func:`renewal_harness.pair` with a host offering ``pin`` and ``clear``, whose own
+    error is raised."""
+    return await renewal_harness.pair(host_device, owner, guest, where, target=target,
+                                      methods=("pin", "clear"), host_may_fail=False, **join)
 
 
 def record(device: pairkit.Device, name: str) -> Any:
