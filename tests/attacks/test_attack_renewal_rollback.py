@@ -40,19 +40,25 @@ def cloud_of(guest: pairkit.Device, host: pairkit.Device) -> Any:
 
 
 @pytest.mark.parametrize("way", list(WAYS))
+@pytest.mark.parametrize("renewed_since", [0, 1], ids=["older-epoch", "same-epoch-other-secret"])
 @pytest.mark.parametrize("owner_kept", [
     pytest.param(False, id="joined-before-owners-were-kept"),
     pytest.param(True, id="owner-kept", marks=pytest.mark.xfail(strict=True, reason=(
         "atk18 finding 1 (low, liveness): a member whose record keeps its owner's id is cut "
         "off from its owner's device once the owner's keystore is put back from a backup "
-        "behind the epoch the member holds: the owner's older secret (by the stored member "
-        "grant with nobody asked, or after the owner's yes) ends each session in an "
-        "authentication error, where a member joined before owners were kept goes on since "
-        "atk17 finding 3; it lasts until the owner renews past the member's epoch"))),
+        "behind the epoch the member holds: the owner's older secret, or another at the "
+        "epoch held (by the stored member grant with nobody asked, or after the owner's "
+        "yes), ends each session in an authentication error, where a member joined before "
+        "owners were kept goes on since atk17 finding 3; it lasts until the owner renews "
+        "past the member's epoch"))),
 ])
 async def test_a_member_ahead_of_a_restored_owner_still_reaches_it(
-    tmp_path: Path, owner_kept: bool, way: str,
+    tmp_path: Path, owner_kept: bool, renewed_since: int, way: str,
 ) -> None:
+    """George holds epoch 1; Paul, put back to epoch 0, renews ``renewed_since`` times after
+    (once: epoch 1 again, with another secret than George's).  George comes back by ``kk``
+    (his stored member grant, nobody asked) or by PIN (Paul says yes).  He reaches Paul as a
+    member, and keeps his secret and epoch."""
     paul = device(tmp_path / "paul", "Paul")
     george = device(tmp_path / "george", "George")
     owner = Owner()
@@ -77,10 +83,18 @@ async def test_a_member_ahead_of_a_restored_owner_still_reaches_it(
     paul.keystore.follow()
     assert cloud_of(george, paul) is not None
     assert [c.epoch for c in paul.keystore.clouds() if c.role == "owner"] == [0]
+    with paul.keystore.update():
+        for _ in range(renewed_since):
+            renew_cloud_secret(paul.keystore)
+    held = cloud_of(george, paul)
+    mac = george.keystore.cloud_mac(held.cloud_id, b"probe")
+    assert mac != paul.keystore.cloud_mac(held.cloud_id, b"probe")
     owner.asked.clear()
     session, error = await pair(paul, owner, george, WHERE, **WAYS[way])
     assert error is None and session is not None, error
     assert session.role == "member"
     await session.close()
     assert owner.asked == ([] if way == "kk" else ["George"])
-    assert cloud_of(george, paul).epoch == 1  # the older secret is never taken
+    # neither Paul's older secret nor his other one at the same epoch is taken
+    assert cloud_of(george, paul) == held
+    assert george.keystore.cloud_mac(held.cloud_id, b"probe") == mac
