@@ -105,6 +105,10 @@ _Contents = tuple[str, dict[str, Peer], dict[str, dict[str, Any]], dict[str, dic
                   dict[str, Any]]
 
 
+
+#: the fields of a cloud's record this version reads; any other is a later version's, kept
+_CLOUD_FIELDS = frozenset({"secret", "name", "role", "expires", "epoch", "owner", "retired"})
+
 class KeystoreNotFoundError(KeystoreError, NotFoundError):
     """There is no keystore yet; run `pairkit init` to create one."""
 
@@ -313,6 +317,12 @@ class Keystore:
                 store._clouds[cloud_id]["retired"] = {
                     int(epoch): bytes(secret) for epoch, secret in entry["retired"].items()
                 }
+            # A field a later pairkit wrote, which this one does not know, is kept as it was
+            # and written back at each save: a version that dropped such fields undid what a
+            # later one kept, e.g. a member's owner (attack review atk18, finding 2).
+            for key, value in entry.items():
+                if key not in _CLOUD_FIELDS:
+                    store._clouds[cloud_id][key] = value
         for group, epochs in data["groups"].items():
             store._groups[group] = {int(epoch): bytes(key) for epoch, key in epochs.items()}
         store._settings = {k: _freeze(v, "a setting") for k, v in data["settings"].items()}
