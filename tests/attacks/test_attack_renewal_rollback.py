@@ -43,14 +43,7 @@ def cloud_of(guest: pairkit.Device, host: pairkit.Device) -> Any:
 @pytest.mark.parametrize("renewed_since", [0, 1], ids=["older-epoch", "same-epoch-other-secret"])
 @pytest.mark.parametrize("owner_kept", [
     pytest.param(False, id="joined-before-owners-were-kept"),
-    pytest.param(True, id="owner-kept", marks=pytest.mark.xfail(strict=True, reason=(
-        "atk18 finding 1 (low, liveness): a member whose record keeps its owner's id is cut "
-        "off from its owner's device once the owner's keystore is put back from a backup "
-        "behind the epoch the member holds: the owner's older secret, or another at the "
-        "epoch held (by the stored member grant with nobody asked, or after the owner's "
-        "yes), ends each session in an authentication error, where a member joined before "
-        "owners were kept goes on since atk17 finding 3; it lasts until the owner renews "
-        "past the member's epoch"))),
+    pytest.param(True, id="owner-kept"),
 ])
 async def test_a_member_ahead_of_a_restored_owner_still_reaches_it(
     tmp_path: Path, owner_kept: bool, renewed_since: int, way: str,
