@@ -25,7 +25,7 @@ access ends at its expiry (time is passed in, never read).  Members are not prom
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from enum import Enum
 from typing import ClassVar
 
@@ -133,7 +133,6 @@ def check_membership(
     member_epochs: Mapping[str, int] | None = None,
     member_names: Mapping[str, str] | None = None,
     member_owners: Mapping[str, bytes] | None = None,
-    holds_secret: Callable[[str, bytes], bool] | None = None,
 ) -> JoinCloud | CloudRenewal | None:
     """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
 
@@ -157,10 +156,11 @@ def check_membership(
     cloud id is only 8 bytes of it, and the secret the proof shows is every member's (atk17
     finding 1).  A cloud joined before that id was kept is renewed only with the proof;
     without it, whatever is sent for it is nothing to store (``None``: atk17 finding 3).
-    The secret and epoch held, sent again so (``holds_secret``: whether this device holds that
-    secret for that cloud), are nothing to store: ``None``, once every check of a renewal but
-    "newer" has passed (a member that did not prove its cloud, e.g. one past the 8 it hints,
-    let in by its owner as a new member: atk17 finding 4).
+    A secret at the epoch held or an older one is nothing to store either (``None``), once
+    every other check of a renewal has passed: the owner's device sends it to a member that did
+    not prove its cloud (one past the 8 it hints, let in as a new member: atk17 finding 4) and
+    after its keystore was put back from a backup (atk18 finding 1); the secret sent is never
+    compared with the one held (no oracle).
 
     ``proven``: the cloud this device proved in the cloud step (it came back as a member).  A
     secret is then only that cloud's renewal: anything else with a secret is refused.
@@ -214,16 +214,7 @@ def check_membership(
                 "this device joined it from (only the cloud's id is the same); it is never "
                 "overwritten"
             )
-        not_newer = AuthenticationError(
-            "the host's cloud renewal is not newer than the secret this device holds"
-            if proven is not None else
-            "the host offered a cloud this device already holds, with no newer secret; it "
-            "is never overwritten"
-        )
-        # The epoch held, sent again: only with the secret held is it nothing to store (below).
-        same_epoch = (m.epoch or 0) == epochs[m.cloud_id]
-        if not same_epoch and (m.epoch is None or m.epoch <= epochs[m.cloud_id]):
-            raise not_newer
+        newer = m.epoch is not None and m.epoch > epochs[m.cloud_id]
         if m.cloud_name is not None and m.cloud_name != (member_names or {}).get(m.cloud_id):
             # Only the secret and the epoch change: a renewal is not half taken.
             raise AuthenticationError(
@@ -238,15 +229,14 @@ def check_membership(
     except (InvalidSignature, ValueError):
         raise AuthenticationError("the membership's owner signature does not verify") from None
     if renewal:
-        if same_epoch:
-            # The secret and epoch held, sent again (a member that did not prove its cloud,
-            # e.g. one of more than 8 it holds, let in by the owner as a new member): nothing
-            # to store, nothing refused (atk17 finding 4).  The secret sent is looked at only
-            # now that the rest holds, so how much a refusal took never tells a host that
-            # lacks the owner's signing key whether a guess was the secret held (atk17b).
-            if holds_secret is not None and holds_secret(m.cloud_id, m.secret):
-                return None
-            raise not_newer
+        if not newer:
+            # The owner's own secret at the epoch held or an older one, signed for this member
+            # and this session: its keystore put back from a backup behind the member (atk18
+            # finding 1), or a member that did not prove its cloud (one of more than the 8 it
+            # hints) let in as new and sent what it holds (atk17 finding 4).  Nothing to store
+            # and nothing refused: the session goes on.  The secret sent is never looked at, so
+            # no host learns whether one it sends is the one held (atk17b).
+            return None
         assert m.epoch is not None
         return CloudRenewal(cloud_id=m.cloud_id, epoch=m.epoch)
     return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")

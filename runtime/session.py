@@ -35,7 +35,6 @@ from .clock import SYSTEM_CLOCK, Clock
 from .driver import DEFAULT_ANSWER_TIME, MessagePipe, describe_failure, drive, replay_first
 from .files import receive_membership
 from .lockouts import KeystoreLockJournal
-from .pairing import crypto
 from .pairing.cloud import (
     CloudGuest,
     CloudHost,
@@ -542,20 +541,6 @@ async def open_session(
     return Established(channel, session, membership, session.method)
 
 
-#: the HKDF ``info`` of :func:`_holds_secret`'s two derivations (never sent anywhere)
-_HELD_SECRET_PROBE = b"pairkit: is this the cloud secret held"
-
-
-def _holds_secret(ks: Keystore, cloud_id: str, secret: bytes) -> bool:
-    """Whether ``secret`` is the one this device holds for ``cloud_id``: both derived with
-    HKDF-SHA256 (the keystore never hands a cloud secret out) and compared in constant time.
-    As HKDF's input keying material a secret is HMAC's message, so only the same bytes match
-    (keyed by each, HMAC would pad a short key with zeros and hash a long one)."""
-    # (salt None in Keystore.cloud_kdf is RFC 5869's string of HashLen zeros)
-    given = crypto.hkdf(secret, salt=bytes(32), info=_HELD_SECRET_PROBE)
-    return crypto.same(given, ks.cloud_kdf(cloud_id, _HELD_SECRET_PROBE))
-
-
 async def _take_membership(
     ks: Keystore, membership: Membership, session: Session, delegate: Any,
     *, proven: str | None = None,
@@ -573,7 +558,6 @@ async def _take_membership(
         member_names={c.cloud_id: c.name for c in ks.clouds() if c.role == "member"},
         member_owners={c.cloud_id: bytes.fromhex(c.owner) for c in ks.clouds()
                        if c.role == "member" and c.owner is not None},
-        holds_secret=lambda cloud_id, secret: _holds_secret(ks, cloud_id, secret),
     )
     if question is None:
         return
