@@ -88,6 +88,15 @@ def storage_of(where: Where) -> Storage:
 _KDF_LOCK = threading.Lock()
 
 
+def _new_kdf_lock() -> None:
+    # A child forked while another thread derived must not inherit the lock held for ever.
+    global _KDF_LOCK
+    _KDF_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_kdf_lock)
+
+
 def _derive_one_at_a_time(pin: bytes, salt: bytes, kdf: Kdf) -> _Keys:
     """The pure core's derivation, under :data:`_KDF_LOCK`: one at a time in this process."""
     with _KDF_LOCK:

@@ -14,6 +14,7 @@ deterministically: :func:`test_every_derivation_goes_through_the_hook`.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,28 @@ def test_the_pure_core_still_derives_the_keys_it_always_did(tmp_path: Path) -> N
         assert CoreKeystore._derive(b"a pin", bytes(16), kdf) == _derive_keys(
             b"a pin", bytes(16), kdf)
 
+
+#: a process holds the derivation lock (as a thread deriving would) when it forks; the forked
+#: child derives (creates a keystore), which must not wait for a lock nobody will release
+FORK_WHILE_DERIVING = """
+import os
+import pairkit.keystore as runtime
+from pairkit.keystore import Argon2Params, Keystore, MemoryStorage
+with runtime._KDF_LOCK:
+    pid = os.fork()
+    if pid == 0:
+        Keystore.create(MemoryStorage(), "135790", name="child", kdf=Argon2Params.cheapest())
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_derivation_can_derive() -> None:
+    try:
+        done = subprocess.run([sys.executable, "-c", FORK_WHILE_DERIVING],
+                              capture_output=True, text=True, timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a child forked while the derivation lock was held never derived")
+    assert (done.returncode, done.stdout.strip()) == (0, "0"), done.stderr
