@@ -15,6 +15,7 @@ deterministically: :func:`test_every_derivation_goes_through_the_hook`.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -192,9 +193,14 @@ print(os.waitstatus_to_exitcode(status))
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_a_child_forked_during_a_derivation_can_derive() -> None:
+    # a session of its own, so that a hang is killed with the forked child (not left behind)
+    child = subprocess.Popen([sys.executable, "-c", FORK_WHILE_DERIVING], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, "-c", FORK_WHILE_DERIVING],
-                              capture_output=True, text=True, timeout=DEADLINE)
+        out, err = child.communicate(timeout=DEADLINE)
     except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
         pytest.fail("a child forked while the derivation lock was held never derived")
-    assert (done.returncode, done.stdout.strip()) == (0, "0"), done.stderr
+    assert (child.returncode, out.strip()) == (0, "0"), err
