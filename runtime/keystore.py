@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ from .pairing.keystore import (
     fingerprint_of,
     seal_envelope,
 )
-from .pairing.keystore.seal import DEFAULT_SCRYPT_P, DEFAULT_SCRYPT_R
+from .pairing.keystore.seal import DEFAULT_SCRYPT_P, DEFAULT_SCRYPT_R, Kdf, _Keys
 
 __all__ = [
     "DEFAULT_SCRYPT_N",
@@ -77,9 +78,41 @@ def storage_of(where: Where) -> Storage:
     return FileStorage(where)
 
 
+#: Held around each keystore key derivation in this process, and only around it (never
+#: around file I/O or a file lock, so it cannot close a cycle with them).  A workaround:
+#: with cryptography 50.0.2, two threads that derive Argon2id with more than one lane at the
+#: same time never return (found in session 17; keystores use 4 lanes by default, so two
+#: keystores opened from two threads hung).  scrypt, and one lane, do not hang; every
+#: derivation is serialised all the same (simpler; a derivation is rare: create, open, a PIN
+#: change), so two threads' derivations take twice as long as one's instead of as long.
+_KDF_LOCK = threading.Lock()
+
+
+def _new_kdf_lock() -> None:
+    # A child forked while another thread derived must not inherit the lock held for ever.
+    global _KDF_LOCK
+    _KDF_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_kdf_lock)
+
+
+def _derive_one_at_a_time(pin: bytes, salt: bytes, kdf: Kdf) -> _Keys:
+    """The pure core's derivation, under :data:`_KDF_LOCK`: one at a time in this process."""
+    with _KDF_LOCK:
+        return _core.Keystore._derive(pin, salt, kdf)
+
+
 class Keystore(_core.Keystore):
     """The keystore, opened and created by path; see :class:`pairkit.pairing.keystore.Keystore`
-    for everything it does."""
+    for everything it does.
+
+    Its key derivations (create, open, the scrypt-to-Argon2id upgrade at open, change of PIN)
+    are made one at a time in the process, so that keystores may be opened and created from
+    several threads at once (a workaround for cryptography 50.0.2, whose multi-lane Argon2id
+    never returns when two threads run it together; see :data:`_KDF_LOCK`)."""
+
+    _derive = staticmethod(_derive_one_at_a_time)
 
     @classmethod
     def create(  # type: ignore[override]

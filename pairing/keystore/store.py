@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import cbor2
 from cryptography.exceptions import InvalidTag
@@ -81,6 +81,8 @@ from .storage import Storage
 __all__ = ["Keystore", "KeystoreNotFoundError"]
 
 Rng = Callable[[int], bytes]
+#: derives a seal's check and body keys: ``(pin, salt, kdf) -> keys`` (:attr:`Keystore._derive`)
+KeyDerivation = Callable[[bytes, bytes, Kdf], _Keys]
 #: enough of a sealed keystore to parse its header (magic, length, header, check, a tag)
 _HEADER_PREFIX = len(MAGIC) + 2 + MAX_HEADER_SIZE + CHECK_SIZE + 16
 _HEX_RE = re.compile(r"[0-9a-f]+")
@@ -145,6 +147,13 @@ class Keystore:
     clouds, group keys, settings, name) stay in memory until :meth:`save`.  Private keys never
     leave the object, except through :meth:`_static_private_for_handshake`.
     """
+
+    #: How the seal's keys are derived from the PIN: every derivation (:meth:`create`,
+    #: :meth:`open`, the scrypt-to-Argon2id upgrade at open, :meth:`change_pin`) goes through
+    #: it.  Here the plain Argon2id or scrypt (:func:`.seal._derive_keys`); the runtime's
+    #: :class:`pairkit.keystore.Keystore` makes derivations one at a time across threads, a
+    #: lock this pure core may not take (pairkit.keystore explains why).
+    _derive: ClassVar[KeyDerivation] = staticmethod(_derive_keys)
 
     def __init__(
         self,
@@ -234,7 +243,7 @@ class Keystore:
             ),
             name=name,
             header=_Header(FORMAT_VERSION, chosen, salt, bytes(NONCE_SIZE)),
-            keys=_derive_keys(pin_bytes, salt, chosen),
+            keys=cls._derive(pin_bytes, salt, chosen),
             rng=rng,
         )
         store.save()
@@ -255,7 +264,7 @@ class Keystore:
                 f"there is no keystore at {storage.where}; run `pairkit init` to create one"
             )
         header, _ = _parse_header(data, storage.where)
-        keys = _derive_keys(pin_bytes, header.salt, header.kdf)
+        keys = cls._derive(pin_bytes, header.salt, header.kdf)
         header, body = unseal(data, keys, storage.where)
         try:
             store = cls._from_body(storage, body, header, keys, rng)
@@ -272,7 +281,7 @@ class Keystore:
             salt = _check_rng_output(rng(SALT_SIZE), SALT_SIZE)
             store._upgrade = (
                 _Header(FORMAT_VERSION, upgrade, salt, header.nonce),
-                _derive_keys(pin_bytes, salt, upgrade),
+                cls._derive(pin_bytes, salt, upgrade),
             )
         return store
 
@@ -543,7 +552,7 @@ class Keystore:
         salt = _check_rng_output(self._rng(SALT_SIZE), SALT_SIZE)
         old_header, old_keys, old_upgrade = self._header, self._keys, self._upgrade
         self._header = _Header(FORMAT_VERSION, chosen, salt, old_header.nonce)
-        self._keys = _derive_keys(pin_bytes, salt, chosen)
+        self._keys = self._derive(pin_bytes, salt, chosen)
         self._upgrade = None
         try:
             self.save()
