@@ -27,9 +27,10 @@ def pytest_configure(config: pytest.Config) -> None:
         from pairkit.transports import pytest_plugin
 
         config.pluginmanager.register(pytest_plugin, "pairkit")
-    # pytest-xdist (3.8 and later: pyproject.toml) hands out the files with the most tests first, which undid
-    # _SLOW_FIRST: the slowest files have a few tests each and came last (a run ended with one
-    # worker alone on tests/test_hw_rehearsal.py for 45 s); 3.8 lets it be turned off.
+    # pytest-xdist (3.8 and later: pyproject.toml) hands out the files with the most tests
+    # first, which undid _SLOW_FIRST: the slowest files have a few tests each and came last (a
+    # run ended with one worker alone on tests/test_hw_rehearsal.py for 45 s); 3.8 lets it be
+    # turned off.
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
 
