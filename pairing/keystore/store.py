@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -110,6 +111,44 @@ _Contents = tuple[str, dict[str, Peer], dict[str, dict[str, Any]], dict[str, dic
 
 #: the fields of a cloud's record this version reads; any other is a later version's, kept
 _CLOUD_FIELDS = frozenset({"secret", "name", "role", "expires", "epoch", "owner", "retired"})
+#: how deep a later version's cloud field may nest (as a setting: records._freeze)
+_LATER_FIELD_DEPTH = 32
+
+
+def _written_back_as_read(value: object) -> bool:
+    """Whether a cloud field this version does not know is plain CBOR data that a save writes
+    back as it was read: integers within 64 bits, text, bytes, finite floats, booleans, null,
+    and arrays and maps of them (text or integer keys), none met twice.  cbor2 reads value
+    sharing (tags 28, 29), which a save does not write: a field that holds itself fails every
+    save, and a tree of one shared node is written out in full (attack review atk18b)."""
+    seen: set[int] = set()
+    todo: list[tuple[object, int]] = [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if item is None or isinstance(item, bool | str | bytes):
+            continue
+        if isinstance(item, int):
+            if not -(1 << 64) <= item < 1 << 64:
+                return False
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+            continue
+        if type(item) not in (list, dict) or depth >= _LATER_FIELD_DEPTH or id(item) in seen:
+            return False
+        seen.add(id(item))
+        if isinstance(item, list):
+            todo.extend((child, depth + 1) for child in item)
+            continue
+        assert isinstance(item, dict)
+        for key, child in item.items():
+            if isinstance(key, bool) or not isinstance(key, int | str):
+                return False
+            todo.append((key, depth + 1))
+            todo.append((child, depth + 1))
+    return True
+
 
 class KeystoreNotFoundError(KeystoreError, NotFoundError):
     """There is no keystore yet; run `pairkit init` to create one."""
@@ -328,9 +367,11 @@ class Keystore:
                 }
             # A field a later pairkit wrote, which this one does not know, is kept as it was
             # and written back at each save: a version that dropped such fields undid what a
-            # later one kept, e.g. a member's owner (attack review atk18, finding 2).
+            # later one kept, e.g. a member's owner (attack review atk18, finding 2).  Only
+            # one a save writes back as read; any other is not kept (atk18b finding 1).
             for key, value in entry.items():
-                if key not in _CLOUD_FIELDS:
+                if key not in _CLOUD_FIELDS and isinstance(key, str) \
+                        and _written_back_as_read(value):
                     store._clouds[cloud_id][key] = value
         for group, epochs in data["groups"].items():
             store._groups[group] = {int(epoch): bytes(key) for epoch, key in epochs.items()}
