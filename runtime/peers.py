@@ -12,6 +12,7 @@ forgotten or a grant withdrawn there counts here from the next decision on, and
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import os
 import time
 import weakref
@@ -19,7 +20,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 from pairkit.pairing.cloud import Grant, Role
-from pairkit.pairing.errors import NotFoundError, RefusedError
+from pairkit.pairing.errors import AuthenticationError, NotFoundError, RefusedError
 from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
 from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
 from pairkit.pairing.service import Member
@@ -41,6 +42,28 @@ def local_identity(ks: Keystore) -> LocalIdentity:
         signing_public=ks.signing_public,
         static_private=ks._static_private_for_handshake(),  # the one internal door
     )
+
+
+def check_signing_key(ks: Keystore, session: Session) -> None:
+    """Refuse a known device that showed another signing key than the one it is known by
+    (docs/security.md, rule 1; attack review atk18b, finding 2).
+
+    A device id is a hash of the static key alone, and a full pairing carries the peer's
+    signing key in its identity payload: without this check, whoever holds a device's static
+    key but not its signing key would, by pairing again, become that device to everything
+    checked against its stored signing key (a cloud renewal, a group controller's envelopes).
+    No pairkit changes one of a device's keys without the other (a new identity is a new
+    device id), so a known device showing another signing key is refused, and nothing of it
+    is stored.  A record that holds no signing key takes the one shown."""
+    known = ks.peer_by_id(session.peer.device_id.hex())
+    if known is None or not known.signing_public:
+        return
+    if not hmac.compare_digest(known.signing_public, session.peer.signing_public):
+        raise AuthenticationError(
+            f"{known.name} proved its device key but signs with another key than the one this "
+            "device knows it by (someone may hold a copy of its device key); refused. If its "
+            "keys were really replaced, forget it here and pair again"
+        )
 
 
 def _known(p: Peer) -> KnownPeer:
@@ -267,6 +290,9 @@ def _record_session(
     device_id = session.peer.device_id.hex()
     full = session.method.label not in ("resume", "kk")  # a new pairing, not a resume
     old_record: Peer | None = ks.peer_by_id(device_id)
+    # Checked again here, under the keystore's lock: another process may have stored the
+    # device since the session checked it.
+    check_signing_key(ks, session)
     now = time.time() if wall_now is None else wall_now
     if old_record is None and not full:
         raise RefusedError(

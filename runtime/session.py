@@ -223,6 +223,7 @@ async def accept_session(
     expected = Method(said) if said is not None else None
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
                                           expected, cloud.claimed if cloud is not None else None)
+    peers.check_signing_key(ks, session)  # a known guest signs with the key it is known by
     if cloud is not None:
         if cloud.join_method is not None and Method(cloud.join_method).base is not method.base:
             raise ProtocolError("the guest paired by another method than the one it asked with")
@@ -514,6 +515,7 @@ async def open_session(
                 answer_time=_answer_time(side.step_timeout))
         assert machine.session is not None
         session = machine.session
+    peers.check_signing_key(ks, session)  # a known host signs with the key it is known by
     if cloud is not None:
         cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
         cloud.check_name(session.peer.name)  # and the name it gave is the proven one's
