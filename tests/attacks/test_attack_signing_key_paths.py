@@ -1,0 +1,93 @@
+"""Ways around "a known device's signing key is pinned" (attack review atk18c, session 18;
+docs/security.md rule 1).
+
+Session 18 refuses a known device that shows another signing key than its record's, on both
+sides before confirm and again under the keystore's lock at save (``peers.check_signing_key``).
+This file holds what that check does not cover:
+
+* finding 1: a record that holds no signing key (``Peer.signing_public`` None: a record the
+  library's ``Keystore.add_peer`` made, as the check's docstring allows) is given a key by a
+  ``resume`` that nobody showed: ``_known`` fills in ``bytes(32)`` for the machines (a resume
+  carries no identity payload; ``kk`` does, and stores the key the peer showed), and the save
+  stores it.  All zeros is a small-order Ed25519 point: signatures "by" it are
+  forged with no key at all (R = the neutral point, S = 0 passes for about one message in
+  four), and the device itself, pairing again by a code, is refused from then on as one that
+  "signs with another key".
+
+Played with the library's host and guest over the encrypted loopback
+(``tests/renewal_harness.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+import pairkit
+
+from ..renewal_harness import Owner, device, pair
+
+WHERE = "sk2"
+#: R = the neutral point (y = 1), S = 0
+FORGED = bytes([1]) + bytes(31) + bytes(32)
+
+
+def forged_signatures_pass(public: bytes) -> int:
+    """How many of 64 messages a signature made with no key passes for under ``public``."""
+    key = Ed25519PublicKey.from_public_bytes(public)
+    passed = 0
+    for i in range(64):
+        try:
+            key.verify(FORGED, b"group envelope %d" % i)
+        except InvalidSignature:
+            continue
+        passed += 1
+    return passed
+
+
+def drop_signing_key(holder: pairkit.Device, of: pairkit.Device) -> None:
+    """``holder``'s record of ``of`` as one without a signing key (the rest kept)."""
+    ks = holder.keystore
+    with ks.update():
+        record = ks.peer_by_id(of.keystore.device_id)
+        assert record is not None
+        ks.add_peer(dataclasses.replace(record, signing_public=None))
+
+
+def test_the_all_zero_key_takes_signatures_made_with_no_key() -> None:
+    """Why finding 1 matters beyond the refusal: what ``bytes(32)`` verifies."""
+    assert forged_signatures_pass(bytes(32)) > 0
+
+
+@pytest.mark.parametrize("method", ["resume", "kk"])
+@pytest.mark.parametrize("side", ["host", "guest"])
+async def test_a_resume_gives_a_record_without_a_signing_key_no_key_nobody_showed(
+    tmp_path: Path, side: str, method: str,
+) -> None:
+    """George paired with Paul by PIN; ``side``'s record of the other holds no signing key;
+    George comes back by ``method``, then pairs again by PIN with his own keys.  The record
+    must not take the all-zero key (nobody showed it), and George's PIN pairing must work.
+    (``kk``, whose identity payload shows the peer's key, is the control.)"""
+    paul = device(tmp_path / "paul", "Paul")
+    george = device(tmp_path / "george", "George")
+    owner = Owner()
+    session, error = await pair(paul, owner, george, WHERE, pin="246810")
+    assert error is None and session is not None, error
+    await session.close()
+    holder, held = (paul, george) if side == "host" else (george, paul)
+    drop_signing_key(holder, held)
+    session, error = await pair(paul, owner, george, WHERE, target="Paul", method=method)
+    assert error is None and session is not None, error
+    await session.close()
+    holder.keystore.follow()
+    record = holder.keystore.peer_by_id(held.keystore.device_id)
+    assert record is not None
+    assert record.signing_public in (None, held.keystore.signing_public), (
+        f"the {side}'s record took a signing key nobody showed: {record.signing_public!r}")
+    session, error = await pair(paul, owner, george, WHERE, pin="246810")
+    assert error is None and session is not None, f"George's own keys refused: {error}"
+    await session.close()
