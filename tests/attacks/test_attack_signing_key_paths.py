@@ -13,6 +13,12 @@ This file holds what that check does not cover:
   forged with no key at all (R = the neutral point, S = 0 passes for about one message in
   four), and the device itself, pairing again by a code, is refused from then on as one that
   "signs with another key".
+* finding 4: a guest checks the host's signing key against its keystore as it last read it,
+  and joins the host's cloud (or takes its renewal) before the save checks again under the
+  lock.  A device with two pairkit processes (an app on the library, a ``pairkit join``): the
+  first one opened before the second paired with Paul, and then joins "Paul" (Mallory: Paul's
+  static key, her own signing key) as a member; its save is refused, but the cloud she gave
+  was joined already.
 
 Played with the library's host and guest over the encrypted loopback
 (``tests/renewal_harness.py``).
@@ -25,10 +31,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import pairkit
+from pairkit.pairing.cloud import Grant, Role
 
+from ..cli_helpers import KEYSTORE_PIN
 from ..renewal_harness import Owner, device, pair
 
 WHERE = "sk2"
@@ -91,3 +99,40 @@ async def test_a_resume_gives_a_record_without_a_signing_key_no_key_nobody_showe
     session, error = await pair(paul, owner, george, WHERE, pin="246810")
     assert error is None and session is not None, f"George's own keys refused: {error}"
     await session.close()
+
+
+def with_another_signing_key(path: Path) -> pairkit.Device:
+    """The device at ``path``, opened again, with a fresh signing key in memory (never saved):
+    its identity and static key, as a thief of the static key alone would hold them."""
+    made = pairkit.Device.open(path, KEYSTORE_PIN)
+    forged = Ed25519PrivateKey.generate()
+    made.keystore._signing = forged
+    made.keystore._signing_public = forged.public_key().public_bytes_raw()
+    return made
+
+
+def clouds(path: Path) -> dict[str, tuple[str, str | None]]:
+    """The clouds the keystore at ``path`` holds now: id -> (role, owner)."""
+    ks = pairkit.Device.open(path, KEYSTORE_PIN).keystore
+    return {c.cloud_id: (c.role, c.owner) for c in ks.clouds()}
+
+
+async def test_a_refused_host_leaves_no_cloud_in_a_second_process_of_the_guest(
+    tmp_path: Path,
+) -> None:
+    paul = device(tmp_path / "paul", "Paul")
+    first = device(tmp_path / "george", "George")  # George's app, open all along
+    second = pairkit.Device.open(tmp_path / "george" / "keystore.pk", KEYSTORE_PIN)
+    owner = Owner()
+    owner.grant = Grant(Role.GUEST, 3600)
+    session, error = await pair(paul, owner, second, WHERE, pin="246810")
+    assert error is None and session is not None, error
+    await session.close()
+    before = clouds(tmp_path / "george" / "keystore.pk")
+    mallory = with_another_signing_key(tmp_path / "paul" / "keystore.pk")
+    session, error = await pair(mallory, Owner(), first, WHERE, pin="246810", wants="member")
+    if session is not None:
+        await session.close()
+    assert error is not None, "George's app paired with Mallory as Paul"
+    assert clouds(tmp_path / "george" / "keystore.pk") == before, (
+        f"a session refused for its signing key joined George to a cloud ({error})")
