@@ -136,3 +136,30 @@ async def test_a_refused_host_leaves_no_cloud_in_a_second_process_of_the_guest(
     assert error is not None, "George's app paired with Mallory as Paul"
     assert clouds(tmp_path / "george" / "keystore.pk") == before, (
         f"a session refused for its signing key joined George to a cloud ({error})")
+
+
+async def test_a_known_guests_static_key_with_another_signing_key_is_refused_by_kk(
+    tmp_path: Path,
+) -> None:
+    """``kk`` needs the static keys alone (no code, and no owner asked for a known member):
+    the cheapest way for a thief of George's static key to show Paul another signing key.
+    Refused as a PIN pairing is (test_attack_signing_key_pinned.py), the record unchanged."""
+    paul = device(tmp_path / "paul", "Paul")
+    george = device(tmp_path / "george", "George")
+    owner = Owner()
+    session, error = await pair(paul, owner, george, WHERE, pin="246810")
+    assert error is None and session is not None, error
+    await session.close()
+    georges = george.keystore.signing_public
+    mallory = with_another_signing_key(tmp_path / "george" / "keystore.pk")
+    session, error = await pair(paul, owner, mallory, WHERE, target="Paul", method="kk")
+    if session is not None:
+        await session.close()
+    assert error is not None, "Mallory resumed as George by kk with her own signing key"
+    paul.keystore.follow()
+    record = paul.keystore.peer_by_id(george.keystore.device_id)
+    assert record is not None and record.signing_public == georges, "Paul took Mallory's key"
+    # George himself still comes back by kk
+    session, error = await pair(paul, owner, george, WHERE, target="Paul", method="kk")
+    assert error is None and session is not None, error
+    await session.close()
