@@ -35,6 +35,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import hmac
 import json
 import os
 import sqlite3
@@ -338,11 +339,21 @@ class Store(abc.ABC):
             if added:
                 return False
             old = db.locking(
-                "SELECT static_public FROM devices WHERE device_id = ?",
+                "SELECT static_public, signing_public FROM devices WHERE device_id = ?",
                 (record.device_id,),
             )
             if old is not None and bytes(old[0]) != record.static:  # pragma: no cover - id = H(key)
                 raise AuthenticationError("another key is enrolled under this device id")
+            # An enrolment proves the static key only: the signing key it gives is the one
+            # the device was first enrolled with, or a holder of the static key alone would
+            # have this server vouch for a key of its own, in ttp pairings and certificates
+            # (docs/security.md rule 1; attack review atk18c, finding 2).  No pairkit changes
+            # one of a device's keys without the other.
+            if old is not None and not hmac.compare_digest(bytes(old[1]), record.signing):
+                raise AuthenticationError(
+                    "this device is enrolled with another signing key (someone may hold a "
+                    "copy of its device key); refused"
+                )
             db.run(
                 "UPDATE devices SET name = ?, signing_public = ?, "
                 "eukey_sealed = coalesce(?, eukey_sealed), updated_at = ? "

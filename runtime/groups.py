@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -237,20 +238,32 @@ def _controller_key(
     (authenticated), or, when the envelope carries a certificate and this device enrolled
     with a key server, the key in that certificate if the CA it enrolled with issued it
     (issue 14).  A certificate that does not check is refused outright, pairing or not: a
-    member enrolled with another CA refuses."""
+    member enrolled with another CA refuses.  Nor is a certificate believed over the signing
+    key this device paired with the controller by (docs/security.md rule 1: a known device's
+    signing key is pinned; attack review atk18c, finding 5)."""
 
     def lookup(device_id: bytes) -> bytes | None:
         ca = trusted_ca(ks)
         if env is not None and env.cert is not None and ca is not None:
+            what = "an envelope" if isinstance(env, GroupEnvelope) else "a command"
             try:
-                return check_device_cert(env.cert, ca, now=clock.wall(),
-                                         device_id=device_id).signing
+                signing = check_device_cert(env.cert, ca, now=clock.wall(),
+                                            device_id=device_id).signing
             except AuthenticationError as exc:
-                what = "an envelope" if isinstance(env, GroupEnvelope) else "a command"
                 raise AuthenticationError(
                     f"refused {what} for group {env.group!r}: its controller's "
                     f"certificate: {exc}"
                 ) from None
+            known = ks.peer_by_id(device_id.hex())
+            if known is not None and known.signing_public is not None and not hmac.compare_digest(
+                known.signing_public, signing
+            ):
+                raise AuthenticationError(
+                    f"refused {what} for group {env.group!r}: the certificate of its "
+                    f"controller {known.name} names another signing key than the one this "
+                    "device paired with it by (someone may hold a copy of its device key)"
+                )
+            return signing
         try:
             peer = ks.get_peer(device_id.hex())
         except NotFoundError:

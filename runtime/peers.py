@@ -327,12 +327,18 @@ def _record_session(
     if gave_secret:
         extra["secret_given"] = True
     kept_irk = old_record.irk if old_record is not None else None
+    # A resume shows no identity payload: its peer's signing key is the record's, or for a
+    # record without one the all-zero stand-in of _known (a small-order point, which takes
+    # signatures made with no key).  Only a key the peer showed is stored (atk18c finding 1).
+    signing = updated.signing_public
+    if session.method.label == "resume" and old_record is not None:
+        signing = old_record.signing_public
     ks.add_peer(
         Peer(
             id=device_id,
             name=updated.name,
             static_public=updated.static_public,
-            signing_public=updated.signing_public,
+            signing_public=signing,
             authenticated=updated.authenticated,
             method=session.method.label if old_record is None or full else old_record.method,
             first_seen=old_record.first_seen if old_record is not None else now,

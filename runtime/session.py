@@ -223,6 +223,7 @@ async def accept_session(
     expected = Method(said) if said is not None else None
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
                                           expected, cloud.claimed if cloud is not None else None)
+    ks.follow()  # a record another process stored while the guest paired counts (atk18c)
     peers.check_signing_key(ks, session)  # a known guest signs with the key it is known by
     if cloud is not None:
         if cloud.join_method is not None and Method(cloud.join_method).base is not method.base:
@@ -515,6 +516,7 @@ async def open_session(
                 answer_time=_answer_time(side.step_timeout))
         assert machine.session is not None
         session = machine.session
+    ks.follow()  # a record another process stored while we paired counts (atk18c)
     peers.check_signing_key(ks, session)  # a known host signs with the key it is known by
     if cloud is not None:
         cloud.bind(session.peer.static_public)  # the host's cloud proof names its key
@@ -566,6 +568,10 @@ async def _take_membership(
     if isinstance(question, CloudRenewal):
         assert membership.secret is not None
         with ks.update():
+            # Checked again on the keystore as reloaded under the lock: a record of the host
+            # another process stored since is held to here too, not only at the save after
+            # (attack review atk18c, finding 4).
+            peers.check_signing_key(ks, session)
             held = next((c for c in ks.clouds() if c.cloud_id == question.cloud_id), None)
             # Another process on this device may have left the cloud or taken a newer renewal
             # meanwhile: never undone.
@@ -579,6 +585,7 @@ async def _take_membership(
         return
     assert membership.secret is not None and membership.cloud_id is not None
     with ks.update():
+        peers.check_signing_key(ks, session)  # as for a renewal above
         if membership.cloud_id in {c.cloud_id for c in ks.clouds()}:
             return  # another process on this device joined it meanwhile: never overwrite
         ks.set_cloud(

@@ -1,0 +1,105 @@
+"""What the signing-key refusal tells its user to do, and what that leaves of the pin (attack
+review atk18c, finding 3; docs/security.md rules 1 and 3).
+
+Since session 18 a member refuses a host with its owner's static key but another signing key
+("... signs with another key than the one this device knows it by ... If its keys were really
+replaced, forget it here and pair again").  The pin is the member's *peer record* of the owner.
+But a member keeps the owner's cloud when it forgets the owner (``pairkit forget`` removes the
+record only), and a renewal of that cloud is then checked against whatever signing key the
+host shows in the session again: the holder of the owner's static key, refused once, is the
+owner to the same member as soon as its user did what the refusal told it to.
+
+Played as ``tests/attacks/test_attack_owner_signing_key.py`` plays finding 2 of atk18b: Mallory
+has Paul's identity and static key and a signing key of her own, and sends a new member's
+Membership of Paul's cloud at epoch 2**40; George is a real ``pairkit join --yes`` over TCP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from pairkit.keystore import Peer
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.methods import Session
+from pairkit.pairing.service import Membership, membership_statement
+from tests.attack_harness import EvilHost, evil_host, open_ks, owned_cloud
+from tests.cli_helpers import Device, Lab
+
+PLANTED = os.urandom(32)
+
+
+def held(device: Device) -> dict[str, tuple[str, int, bytes]]:
+    """Every cloud ``device`` holds: id -> (role, epoch, a MAC standing for the secret)."""
+    ks = open_ks(device)
+    return {c.cloud_id: (c.role, c.epoch, ks.cloud_mac(c.cloud_id, b"probe"))
+            for c in ks.clouds()}
+
+
+def george_member_of_pauls_cloud(lab: Lab) -> tuple[Device, Device, str]:
+    """George holds Paul's cloud at epoch 1, joined from Paul (owner kept), and knows Paul
+    with Paul's real signing key.  (Paul, George, the cloud id)."""
+    paul, george = lab.device("paul"), lab.device("george")
+    cloud_id, _ = owned_cloud(paul)
+    pks = open_ks(paul)
+    secret = os.urandom(32)
+    with pks.update():
+        assert pks.renew_cloud_secret(cloud_id, secret) == 1
+    gks = open_ks(george)
+    with gks.update():
+        gks.set_cloud(cloud_id, secret, name="Paul's cloud", role="member", epoch=1,
+                      owner=pks.device_id)
+        now = time.time()
+        gks.add_peer(Peer(id=pks.device_id, name=pks.name, static_public=pks.static_public,
+                          signing_public=pks.signing_public, authenticated=True, method="pin",
+                          first_seen=now, last_seen=now))
+    return paul, george, cloud_id
+
+
+async def mallory_hosts(paul: Device, cloud_id: str) -> EvilHost:
+    """Paul's identity and static key, her own signing key; a new member's Membership of
+    Paul's cloud at epoch 2**40 with her secret, signed by her."""
+    mallory = Ed25519PrivateKey.generate()
+
+    def renewal(s: Session) -> Membership:
+        m = Membership(role=Role.MEMBER, cloud_id=cloud_id, cloud_name="Paul's cloud",
+                       secret=PLANTED, epoch=2**40)
+        statement = membership_statement(m, s.peer.device_id, s.fingerprint)
+        return dataclasses.replace(m, signature=mallory.sign(statement))
+
+    host = await evil_host(Grant(Role.MEMBER), renewal, device=paul)
+    host.signer = mallory
+    host.me = dataclasses.replace(host.me, signing_public=mallory.public_key().public_bytes_raw())
+    return host
+
+
+async def george_joins(george: Device, host: EvilHost) -> object:
+    try:
+        return await george.join(host.target, "-m", "pin", "--pin", host.state.new_pin(),
+                                 "--yes", "--json", "--timeout", "10")
+    finally:
+        await host.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk18c finding 3 (low): the signing key is pinned in the peer record only; a member that "
+    "forgets the owner (as the refusal tells it to) keeps the owner's cloud, and a renewal is "
+    "then checked against the key the host shows: the owner's static key alone renews it. A "
+    "fix keeps the owner's signing key with the cloud at the join"))
+async def test_a_member_that_forgot_its_owner_takes_no_renewal_from_the_owners_static_key(
+    lab: Lab,
+) -> None:
+    paul, george, cloud_id = george_member_of_pauls_cloud(lab)
+    before = held(george)
+    refused = await george_joins(george, await mallory_hosts(paul, cloud_id))
+    assert refused.rc == 3 and "forget it here" in refused.err, refused  # type: ignore[attr-defined]
+    # George's user does what the refusal says ...
+    (await george.run("forget", open_ks(paul).device_id)).ok()
+    assert held(george) == before  # his cloud stays, with its owner's id
+    # ... and Mallory comes back.
+    joined = await george_joins(george, await mallory_hosts(paul, cloud_id))
+    assert held(george) == before, f"George took Mallory's renewal after forgetting Paul:\n{joined}"
