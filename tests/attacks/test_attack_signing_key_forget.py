@@ -12,6 +12,8 @@ owner to the same member as soon as its user did what the refusal told it to.
 Played as ``tests/attacks/test_attack_owner_signing_key.py`` plays finding 2 of atk18b: Mallory
 has Paul's identity and static key and a signing key of her own, and sends a new member's
 Membership of Paul's cloud at epoch 2**40; George is a real ``pairkit join --yes`` over TCP.
+Since session 18 a member keeps the owner's signing key with the cloud at the join, beside its
+id, and a renewal must be signed by that key, whether or not it still knows the owner.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import pairkit
 from pairkit.keystore import Peer
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.methods import Session
 from pairkit.pairing.service import Membership, membership_statement
+from pairkit.peers import forget
 from tests.attack_harness import EvilHost, evil_host, open_ks, owned_cloud
-from tests.cli_helpers import Device, Lab
+from tests.cli_helpers import KEYSTORE_PIN, Device, Lab
+from tests.renewal_harness import Owner, device, pair
 
 PLANTED = os.urandom(32)
 
@@ -51,8 +56,9 @@ def george_member_of_pauls_cloud(lab: Lab) -> tuple[Device, Device, str]:
         assert pks.renew_cloud_secret(cloud_id, secret) == 1
     gks = open_ks(george)
     with gks.update():
+        # as a join stores it: the owner's id and signing key, from the session it joined in
         gks.set_cloud(cloud_id, secret, name="Paul's cloud", role="member", epoch=1,
-                      owner=pks.device_id)
+                      owner=pks.device_id, owner_signing=pks.signing_public)
         now = time.time()
         gks.add_peer(Peer(id=pks.device_id, name=pks.name, static_public=pks.static_public,
                           signing_public=pks.signing_public, authenticated=True, method="pin",
@@ -85,11 +91,6 @@ async def george_joins(george: Device, host: EvilHost) -> object:
         await host.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk18c finding 3 (low): the signing key is pinned in the peer record only; a member that "
-    "forgets the owner (as the refusal tells it to) keeps the owner's cloud, and a renewal is "
-    "then checked against the key the host shows: the owner's static key alone renews it. A "
-    "fix keeps the owner's signing key with the cloud at the join"))
 async def test_a_member_that_forgot_its_owner_takes_no_renewal_from_the_owners_static_key(
     lab: Lab,
 ) -> None:
@@ -103,3 +104,23 @@ async def test_a_member_that_forgot_its_owner_takes_no_renewal_from_the_owners_s
     # ... and Mallory comes back.
     joined = await george_joins(george, await mallory_hosts(paul, cloud_id))
     assert held(george) == before, f"George took Mallory's renewal after forgetting Paul:\n{joined}"
+    assert joined.rc == 3 and "signs with another key" in joined.err, joined  # type: ignore[attr-defined]
+
+
+async def test_a_join_keeps_the_owners_signing_key_with_the_cloud(tmp_path: Path) -> None:
+    """A real join over loopback: George's record of Paul's cloud keeps Paul's id and signing
+    key, and both survive George forgetting Paul and opening his keystore again."""
+    paul = device(tmp_path / "paul", "Paul")
+    george = device(tmp_path / "george", "George")
+    session, error = await pair(paul, Owner(), george, "skf1", pin="246810", wants="member")
+    assert error is None and session is not None and session.role == "member", error
+    await session.close()
+    (owned,) = [c for c in paul.keystore.clouds() if c.role == "owner"]
+    ks = george.keystore
+    ks.follow()
+    with ks.update():
+        forget(ks, paul.keystore.device_id)
+    again = pairkit.Device.open(tmp_path / "george" / "keystore.pk", KEYSTORE_PIN).keystore
+    cloud = again.cloud(owned.cloud_id)
+    assert (cloud.owner, cloud.owner_signing) == (paul.keystore.device_id,
+                                                  paul.keystore.signing_public)

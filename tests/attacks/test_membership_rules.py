@@ -346,6 +346,32 @@ def test_the_owner_kept_for_one_cloud_does_not_bind_another() -> None:
     )
 
 
+# -- the owner's signing key kept with the cloud (atk18c finding 3) ---------------------------
+
+
+@WHETHER_PROVEN
+def test_a_renewal_is_signed_by_the_owners_key_kept_at_the_join(proven: str | None) -> None:
+    """A member keeps, with the cloud, the signing key of the owner it joined from: a renewal
+    signed by another key the host shows (it holds the owner's static key, not its signing
+    key) is refused, though it verifies under that key; by the kept key it is taken."""
+    mallory = Ed25519PrivateKey.from_private_bytes(b"m" * 32)
+    mallorys = mallory.public_key().public_bytes_raw()
+    m = signed(new_member(epoch=HELD_EPOCH + 1), key=mallory)
+    with pytest.raises(AuthenticationError, match="signs with another key"):
+        check_membership(
+            m, host_id=HOST_ID, host_signing=mallorys, me=ME, session_fingerprint=FP,
+            held=(PAULS,), proven=proven, member_epochs={PAULS: HELD_EPOCH},
+            member_names={PAULS: "Paul's cloud"}, member_owners={PAULS: HOST_ID},
+            member_owner_signing={PAULS: OWNER_PUB},
+        )
+    assert check_membership(
+        new_member(epoch=HELD_EPOCH + 1), host_id=HOST_ID, host_signing=OWNER_PUB, me=ME,
+        session_fingerprint=FP, held=(PAULS,), proven=proven,
+        member_epochs={PAULS: HELD_EPOCH}, member_names={PAULS: "Paul's cloud"},
+        member_owners={PAULS: HOST_ID}, member_owner_signing={PAULS: OWNER_PUB},
+    ) == CloudRenewal(cloud_id=PAULS, epoch=HELD_EPOCH + 1)
+
+
 # -- attack review atk17: the owner's id kept binds the proven path too ------------------------
 
 
