@@ -159,7 +159,8 @@ async def run_demo(
         cloud = next(c for c in paul.clouds() if c.role == "owner")
         # Paul's TV joined Paul's cloud earlier (as 'host --yes' + 'join' with a member grant does).
         tv.set_cloud(cloud.cloud_id, paul._cloud_secret_for_new_member(cloud.cloud_id),
-                     name="Paul's cloud", role="member", owner=paul.device_id)
+                     name="Paul's cloud", role="member", owner=paul.device_id,
+                     owner_signing=paul.signing_public)
         tv.save()
         for who, ks in (("Paul's phone", paul), ("Paul's TV", tv), ("George's phone", george)):
             n.say(f"   {who:<15} unlocked; id {ks.device_id}")

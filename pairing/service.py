@@ -25,6 +25,7 @@ access ends at its expiry (time is passed in, never read).  Members are not prom
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from collections.abc import Collection, Mapping
 from enum import Enum
 from typing import ClassVar
@@ -133,6 +134,7 @@ def check_membership(
     member_epochs: Mapping[str, int] | None = None,
     member_names: Mapping[str, str] | None = None,
     member_owners: Mapping[str, bytes] | None = None,
+    member_owner_signing: Mapping[str, bytes] | None = None,
 ) -> JoinCloud | CloudRenewal | None:
     """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
 
@@ -213,6 +215,16 @@ def check_membership(
                 "the host offered a cloud this device already holds but is not the owner "
                 "this device joined it from (only the cloud's id is the same); it is never "
                 "overwritten"
+            )
+        # And by the signing key that owner showed at the join, kept with the cloud: a device
+        # id binds the static key alone, so a holder of the owner's static key but not its
+        # signing key is refused here even where no peer record pins the key (the member
+        # forgot the owner: attack review atk18c, finding 3).
+        kept = (member_owner_signing or {}).get(m.cloud_id)
+        if kept is not None and not hmac.compare_digest(kept, host_signing):
+            raise AuthenticationError(
+                "the host proved the cloud owner's device key but signs with another key than "
+                "the owner this device joined the cloud from; it is never overwritten"
             )
         newer = m.epoch is not None and m.epoch > epochs[m.cloud_id]
         if m.cloud_name is not None and m.cloud_name != (member_names or {}).get(m.cloud_id):

@@ -562,6 +562,8 @@ async def _take_membership(
         member_names={c.cloud_id: c.name for c in ks.clouds() if c.role == "member"},
         member_owners={c.cloud_id: bytes.fromhex(c.owner) for c in ks.clouds()
                        if c.role == "member" and c.owner is not None},
+        member_owner_signing={c.cloud_id: c.owner_signing for c in ks.clouds()
+                              if c.role == "member" and c.owner_signing is not None},
     )
     if question is None:
         return
@@ -592,8 +594,10 @@ async def _take_membership(
             membership.cloud_id, membership.secret,
             name=membership.cloud_name or "a cloud", role="member",
             epoch=membership.epoch or 0,
-            # The owner's full id: what binds a renewal made without this device's proof.
+            # The owner's full id: what binds a renewal made without this device's proof;
+            # and the signing key it showed, which a renewal must be signed by (rule 3).
             owner=session.peer.device_id.hex(),
+            owner_signing=session.peer.signing_public,
         )
 
 

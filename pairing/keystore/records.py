@@ -266,6 +266,9 @@ class CloudInfo:
     #: binds a renewal made without this device's proof (docs/security.md, rule 3); None when
     #: not kept (owned clouds, clouds joined before it was kept)
     owner: str | None = None
+    #: that owner's Ed25519 signing key, as it showed it at the join: the one key a renewal
+    #: must be signed by (docs/security.md, rules 1 and 3); None when not kept
+    owner_signing: bytes | None = None
 
 
 # ---------------------------------------------------------------------------------------------

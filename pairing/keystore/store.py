@@ -110,7 +110,8 @@ _Contents = tuple[str, dict[str, Peer], dict[str, dict[str, Any]], dict[str, dic
 
 
 #: the fields of a cloud's record this version reads; any other is a later version's, kept
-_CLOUD_FIELDS = frozenset({"secret", "name", "role", "expires", "epoch", "owner", "retired"})
+_CLOUD_FIELDS = frozenset({"secret", "name", "role", "expires", "epoch", "owner",
+                           "owner_signing", "retired"})
 #: how deep a later version's cloud field may nest (as a setting: records._freeze)
 _LATER_FIELD_DEPTH = 32
 
@@ -361,6 +362,10 @@ class Keystore:
             # this device's proof, and every join does not fail on it (atk17 finding 2).
             if _is_owner_of(entry.get("owner"), cloud_id):
                 store._clouds[cloud_id]["owner"] = entry["owner"]
+                # and its signing key, kept with it since session 18 (atk18c finding 3)
+                signing = entry.get("owner_signing")
+                if isinstance(signing, bytes) and len(signing) == 32:
+                    store._clouds[cloud_id]["owner_signing"] = signing
             if "retired" in entry:
                 store._clouds[cloud_id]["retired"] = {
                     int(epoch): bytes(secret) for epoch, secret in entry["retired"].items()
@@ -748,12 +753,14 @@ class Keystore:
         expires: float | None = None,
         epoch: int = 0,
         owner: str | None = None,
+        owner_signing: bytes | None = None,
     ) -> None:
         """Remember a personal cloud we belong to and its shared secret (DESIGN.md "Cloud
         join"); ``role`` is e.g. "owner", "member" or "guest", ``expires`` the caller's seconds,
         ``epoch`` the secret's renewal count its owner gave (docs/protocol.md §10), ``owner``
         the full device id of the owner it was joined from (32 lowercase hex digits, its first
-        16 the cloud id: docs/security.md, rule 3)."""
+        16 the cloud id: docs/security.md, rule 3), ``owner_signing`` that owner's Ed25519
+        signing key (32 bytes; with an ``owner`` only), which a renewal must be signed by."""
         if not isinstance(cloud_id, str) or not cloud_id:
             raise ConfigError("a cloud id must be a non-empty text")
         if not isinstance(secret, bytes) or len(secret) < 16:
@@ -770,18 +777,24 @@ class Keystore:
                 "a cloud's owner is a device id (32 lowercase hex digits) whose first 16 are "
                 "the cloud's id"
             )
+        if owner_signing is not None and (
+            owner is None or not isinstance(owner_signing, bytes) or len(owner_signing) != 32
+        ):
+            raise ConfigError("a cloud's owner's signing key is 32 bytes, kept with its owner")
         self._dirty = True
         self._clouds[cloud_id] = {"secret": secret, "name": name, "role": role, "expires": expires}
         if epoch:
             self._clouds[cloud_id]["epoch"] = epoch
         if owner is not None:
             self._clouds[cloud_id]["owner"] = owner
+        if owner_signing is not None:
+            self._clouds[cloud_id]["owner_signing"] = owner_signing
 
     def cloud(self, cloud_id: str) -> CloudInfo:
         """What is known about a cloud (never its secret).  Raises :class:`NotFoundError`."""
         entry = self._cloud_entry(cloud_id, None)
         return CloudInfo(cloud_id, entry["name"], entry["role"], entry["expires"],
-                         entry.get("epoch", 0), entry.get("owner"))
+                         entry.get("epoch", 0), entry.get("owner"), entry.get("owner_signing"))
 
     def clouds(self) -> tuple[CloudInfo, ...]:
         """Every cloud we belong to."""
