@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import AuthenticationError, ProtocolError
 from pairkit.pairing.service import (
+    CloudBehind,
     CloudRenewal,
     JoinCloud,
     Membership,
@@ -169,7 +170,15 @@ def test_the_owners_membership_not_newer_than_held_stores_nothing(
     member (atk18 finding 1: refusing it cut the member off).  The held cloud is never
     overwritten, and the secret sent is never looked at (no oracle on the one held)."""
     m = signed(dataclasses.replace(new_member(epoch=epoch), secret=secret, signature=None))
-    assert check_held(m, proven=proven) is None
+    got = check_held(m, proven=proven)
+    if epoch == HELD_EPOCH:
+        assert got is None
+    else:
+        # behind the member: nothing to store, and the member's person is told (atk18b
+        # finding 3), with the epochs only
+        assert got == CloudBehind(cloud_id=PAULS, cloud_name="Paul's cloud",
+                                  held_epoch=HELD_EPOCH, offered_epoch=epoch or 0)
+        assert SECRET.hex() not in repr(got) and secret.hex() not in repr(got)
 
 
 @WHETHER_PROVEN
