@@ -333,6 +333,12 @@ class CliDelegate:
 
     async def on_event(self, event: object) -> None:
         from pairkit.pairing.cloud import OwnerDecided, WaitingForOwner
+        from pairkit.pairing.service import CloudBehind
+
+        if isinstance(event, CloudBehind):
+            self.close()
+            click.echo(f"warning: {safe(event.text, lines=True)}", err=True)
+            return
 
         from .prompt import StatusLine
 

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import keyschedule
 from .cloud import Role
 from .errors import AuthenticationError, ExpiredError, ProtocolError
-from .machine import Question
+from .machine import Event, Question
 from .wire import Message, field, message, struct
 
 CHUNK = 16 * 1024
@@ -114,6 +114,30 @@ class CloudRenewal:
 
 
 @dataclasses.dataclass(frozen=True)
+class CloudBehind(Event):
+    """The cloud's owner sent this member an older secret of the cloud than the one it holds
+    (its keystore put back from a backup, or a renewal this member took was not its): nothing
+    is stored, and the session goes on; its person is told, with the epochs only (attack
+    review atk18b, finding 3).  ``host_name`` is filled in by the runtime."""
+
+    cloud_id: str
+    cloud_name: str
+    held_epoch: int
+    offered_epoch: int
+    host_name: str = ""
+
+    @property
+    def text(self) -> str:
+        who = self.host_name or "the cloud's owner"
+        return (
+            f"{who} sent an older secret of {self.cloud_name!r} (epoch {self.offered_epoch}) "
+            f"than this device holds (epoch {self.held_epoch}); this device keeps its own. "
+            "Its keystore may have been put back from a backup; if not, this device's copy "
+            "may not be its owner's: ask its owner"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class JoinCloud(Question):
     """A host made this device a member of its cloud: store it?  Answer True to join."""
 
@@ -135,7 +159,7 @@ def check_membership(
     member_names: Mapping[str, str] | None = None,
     member_owners: Mapping[str, bytes] | None = None,
     member_owner_signing: Mapping[str, bytes] | None = None,
-) -> JoinCloud | CloudRenewal | None:
+) -> JoinCloud | CloudRenewal | CloudBehind | None:
     """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
 
     Returns the question to ask this device's user when the membership carries a cloud to
@@ -162,7 +186,8 @@ def check_membership(
     every other check of a renewal has passed: the owner's device sends it to a member that did
     not prove its cloud (one past the 8 it hints, let in as a new member: atk17 finding 4) and
     after its keystore was put back from a backup (atk18 finding 1); the secret sent is never
-    compared with the one held (no oracle).
+    compared with the one held (no oracle).  An older epoch than the one held is returned as a
+    :class:`CloudBehind` for this device's person to be told (atk18b finding 3).
 
     ``proven``: the cloud this device proved in the cloud step (it came back as a member).  A
     secret is then only that cloud's renewal: anything else with a secret is refused.
@@ -241,6 +266,12 @@ def check_membership(
     except (InvalidSignature, ValueError):
         raise AuthenticationError("the membership's owner signature does not verify") from None
     if renewal:
+        offered = m.epoch or 0
+        if offered < epochs[m.cloud_id]:
+            # The same, but behind this member: its person is told (atk18b finding 3).
+            return CloudBehind(cloud_id=m.cloud_id,
+                               cloud_name=(member_names or {}).get(m.cloud_id, "a cloud"),
+                               held_epoch=epochs[m.cloud_id], offered_epoch=offered)
         if not newer:
             # The owner's own secret at the epoch held or an older one, signed for this member
             # and this session: its keystore put back from a backup behind the member (atk18

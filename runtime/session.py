@@ -71,6 +71,7 @@ from .pairing.methods import (
 from .pairing.negotiation import PROVES_A_KNOWN_KEY, Method
 from .pairing.qr import QrCode
 from .pairing.service import (
+    CloudBehind,
     CloudRenewal,
     Membership,
     check_membership,
@@ -566,6 +567,12 @@ async def _take_membership(
                               if c.role == "member" and c.owner_signing is not None},
     )
     if question is None:
+        return
+    if isinstance(question, CloudBehind):
+        # Nothing to store; this device's person is told (attack review atk18b, finding 3).
+        hook = getattr(delegate, "on_event", None)
+        if hook is not None:
+            await hook(dataclasses.replace(question, host_name=session.peer.name))
         return
     if isinstance(question, CloudRenewal):
         assert membership.secret is not None
