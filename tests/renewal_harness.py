@@ -89,3 +89,21 @@ async def pair(host_device: pairkit.Device, owner: Any, guest: pairkit.Device, w
             accepting.cancel()
             with contextlib.suppress(BaseException):
                 await accepting
+
+
+async def paul_and_george(tmp_path: Path, where: str, *, member: bool = False,
+                          ) -> tuple[pairkit.Device, pairkit.Device, Owner]:
+    """Paul's and George's devices under ``tmp_path``, George paired with Paul by PIN on the
+    loopback ``where`` (``member``: asking to be, and made, a member of Paul's cloud); (Paul,
+    George, Paul's owner, who let him in)."""
+    paul = device(tmp_path / "paul", "Paul")
+    george = device(tmp_path / "george", "George")
+    owner = Owner()
+    if member:
+        session, error = await pair(paul, owner, george, where, pin="246810", wants="member")
+        assert error is None and session is not None and session.role == "member", error
+    else:
+        session, error = await pair(paul, owner, george, where, pin="246810")
+        assert error is None and session is not None, error
+    await session.close()
+    return paul, george, owner

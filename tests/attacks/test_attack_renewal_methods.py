@@ -33,7 +33,7 @@ from pairkit.peers import renew_cloud_secret
 
 from ..attack_harness import evil_host
 from ..cli_helpers import KEYSTORE_PIN, Device, run_cli
-from ..renewal_harness import Owner, device, pair
+from ..renewal_harness import Owner, device, pair, paul_and_george
 
 WHERE = "rn1"  #: Paul's loopback endpoint (a known peer resumes at the address stored)
 
@@ -51,12 +51,7 @@ def mac_of(guest: pairkit.Device, cloud_id: str) -> bytes:
 
 async def george_member_then_renewed(tmp_path: Path, renewals: int,
                                      ) -> tuple[pairkit.Device, pairkit.Device, Owner]:
-    paul = device(tmp_path / "paul", "Paul")
-    george = device(tmp_path / "george", "George")
-    owner = Owner()
-    session, error = await pair(paul, owner, george, WHERE, pin="246810", wants="member")
-    assert error is None and session is not None and session.role == "member", error
-    await session.close()
+    paul, george, owner = await paul_and_george(tmp_path, WHERE, member=True)
     ks = paul.keystore
     for _ in range(renewals):
         with ks.update():

@@ -23,7 +23,7 @@ import pytest
 import pairkit
 from pairkit.peers import renew_cloud_secret
 
-from ..renewal_harness import Owner, device, pair
+from ..renewal_harness import pair, paul_and_george
 
 WHERE = "rb1"  #: Paul's loopback endpoint (a known peer resumes at the address stored)
 WAYS: dict[str, dict[str, Any]] = {
@@ -52,12 +52,7 @@ async def test_a_member_ahead_of_a_restored_owner_still_reaches_it(
     (once: epoch 1 again, with another secret than George's).  George comes back by ``kk``
     (his stored member grant, nobody asked) or by PIN (Paul says yes).  He reaches Paul as a
     member, and keeps his secret and epoch."""
-    paul = device(tmp_path / "paul", "Paul")
-    george = device(tmp_path / "george", "George")
-    owner = Owner()
-    session, error = await pair(paul, owner, george, WHERE, pin="246810", wants="member")
-    assert error is None and session is not None and session.role == "member", error
-    await session.close()
+    paul, george, owner = await paul_and_george(tmp_path, WHERE, member=True)
     if not owner_kept:
         ks = george.keystore
         with ks.update():

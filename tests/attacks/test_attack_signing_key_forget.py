@@ -20,50 +20,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import pairkit
-from pairkit.keystore import Peer
 from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.methods import Session
 from pairkit.pairing.service import Membership, membership_statement
 from pairkit.peers import forget
-from tests.attack_harness import EvilHost, evil_host, open_ks, owned_cloud
+from tests.attack_harness import EvilHost, evil_host, open_ks
 from tests.cli_helpers import KEYSTORE_PIN, Device, Lab
 from tests.renewal_harness import Owner, device, pair
+from tests.signing_harness import george_member_of_pauls_cloud, held
 
 PLANTED = os.urandom(32)
 
 
-def held(device: Device) -> dict[str, tuple[str, int, bytes]]:
-    """Every cloud ``device`` holds: id -> (role, epoch, a MAC standing for the secret)."""
-    ks = open_ks(device)
-    return {c.cloud_id: (c.role, c.epoch, ks.cloud_mac(c.cloud_id, b"probe"))
-            for c in ks.clouds()}
 
 
-def george_member_of_pauls_cloud(lab: Lab) -> tuple[Device, Device, str]:
-    """George holds Paul's cloud at epoch 1, joined from Paul (owner kept), and knows Paul
-    with Paul's real signing key.  (Paul, George, the cloud id)."""
-    paul, george = lab.device("paul"), lab.device("george")
-    cloud_id, _ = owned_cloud(paul)
-    pks = open_ks(paul)
-    secret = os.urandom(32)
-    with pks.update():
-        assert pks.renew_cloud_secret(cloud_id, secret) == 1
-    gks = open_ks(george)
-    with gks.update():
-        # as a join stores it: the owner's id and signing key, from the session it joined in
-        gks.set_cloud(cloud_id, secret, name="Paul's cloud", role="member", epoch=1,
-                      owner=pks.device_id, owner_signing=pks.signing_public)
-        now = time.time()
-        gks.add_peer(Peer(id=pks.device_id, name=pks.name, static_public=pks.static_public,
-                          signing_public=pks.signing_public, authenticated=True, method="pin",
-                          first_seen=now, last_seen=now))
-    return paul, george, cloud_id
 
 
 async def mallory_hosts(paul: Device, cloud_id: str) -> EvilHost:

@@ -31,13 +31,14 @@ from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import pairkit
 from pairkit.pairing.cloud import Grant, Role
 
 from ..cli_helpers import KEYSTORE_PIN
-from ..renewal_harness import Owner, device, pair
+from ..renewal_harness import Owner, device, pair, paul_and_george
+from ..signing_harness import with_another_signing_key
 
 WHERE = "sk2"
 #: R = the neutral point (y = 1), S = 0
@@ -80,12 +81,7 @@ async def test_a_resume_gives_a_record_without_a_signing_key_no_key_nobody_showe
     George comes back by ``method``, then pairs again by PIN with his own keys.  The record
     must not take the all-zero key (nobody showed it), and George's PIN pairing must work.
     (``kk``, whose identity payload shows the peer's key, is the control.)"""
-    paul = device(tmp_path / "paul", "Paul")
-    george = device(tmp_path / "george", "George")
-    owner = Owner()
-    session, error = await pair(paul, owner, george, WHERE, pin="246810")
-    assert error is None and session is not None, error
-    await session.close()
+    paul, george, owner = await paul_and_george(tmp_path, WHERE)
     holder, held = (paul, george) if side == "host" else (george, paul)
     drop_signing_key(holder, held)
     session, error = await pair(paul, owner, george, WHERE, target="Paul", method=method)
@@ -101,14 +97,6 @@ async def test_a_resume_gives_a_record_without_a_signing_key_no_key_nobody_showe
     await session.close()
 
 
-def with_another_signing_key(path: Path) -> pairkit.Device:
-    """The device at ``path``, opened again, with a fresh signing key in memory (never saved):
-    its identity and static key, as a thief of the static key alone would hold them."""
-    made = pairkit.Device.open(path, KEYSTORE_PIN)
-    forged = Ed25519PrivateKey.generate()
-    made.keystore._signing = forged
-    made.keystore._signing_public = forged.public_key().public_bytes_raw()
-    return made
 
 
 def clouds(path: Path) -> dict[str, tuple[str, str | None]]:
@@ -144,12 +132,7 @@ async def test_a_known_guests_static_key_with_another_signing_key_is_refused_by_
     """``kk`` needs the static keys alone (no code, and no owner asked for a known member):
     the cheapest way for a thief of George's static key to show Paul another signing key.
     Refused as a PIN pairing is (test_attack_signing_key_pinned.py), the record unchanged."""
-    paul = device(tmp_path / "paul", "Paul")
-    george = device(tmp_path / "george", "George")
-    owner = Owner()
-    session, error = await pair(paul, owner, george, WHERE, pin="246810")
-    assert error is None and session is not None, error
-    await session.close()
+    paul, george, owner = await paul_and_george(tmp_path, WHERE)
     georges = george.keystore.signing_public
     mallory = with_another_signing_key(tmp_path / "george" / "keystore.pk")
     session, error = await pair(paul, owner, mallory, WHERE, target="Paul", method="kk")

@@ -18,35 +18,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 import pairkit
 
 from ..cli_helpers import KEYSTORE_PIN
-from ..renewal_harness import Owner, device, pair
+from ..renewal_harness import Owner, device, pair, paul_and_george
+from ..signing_harness import with_another_signing_key
 
 WHERE = "sk1"
 
 
-def with_another_signing_key(path: Path, pin: str) -> pairkit.Device:
-    """The device at ``path``, opened again, with a fresh signing key in memory: its identity
-    and static key, as a thief of the static key alone would hold them (never saved)."""
-    made = pairkit.Device.open(path, pin)
-    forged = Ed25519PrivateKey.generate()
-    made.keystore._signing = forged
-    made.keystore._signing_public = forged.public_key().public_bytes_raw()
-    return made
 
 
 async def test_a_known_guests_static_key_with_another_signing_key_is_refused(
     tmp_path: Path,
 ) -> None:
-    paul = device(tmp_path / "paul", "Paul")
-    george = device(tmp_path / "george", "George")
-    owner = Owner()
-    session, error = await pair(paul, owner, george, WHERE, pin="246810")
-    assert error is None and session is not None, error
-    await session.close()
+    paul, george, owner = await paul_and_george(tmp_path, WHERE)
     georges = george.keystore.signing_public
     mallory = with_another_signing_key(tmp_path / "george" / "keystore.pk", KEYSTORE_PIN)
     assert mallory.keystore.device_id == george.keystore.device_id
