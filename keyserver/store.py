@@ -35,7 +35,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import hmac
 import json
 import os
 import sqlite3
@@ -46,7 +45,7 @@ from typing import Any, Final, Protocol
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from pairkit.pairing.cpns import KeySource, ServerInventory, SetupType
-from pairkit.pairing.crypto import Rng
+from pairkit.pairing.crypto import Rng, same
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -349,7 +348,7 @@ class Store(abc.ABC):
             # have this server vouch for a key of its own, in ttp pairings and certificates
             # (docs/security.md rule 1; attack review atk18c, finding 2).  No pairkit changes
             # one of a device's keys without the other.
-            if old is not None and not hmac.compare_digest(bytes(old[1]), record.signing):
+            if old is not None and not same(bytes(old[1]), record.signing):
                 raise AuthenticationError(
                     "this device is enrolled with another signing key (someone may hold a "
                     "copy of its device key); refused"

@@ -25,7 +25,6 @@ access ends at its expiry (time is passed in, never read).  Members are not prom
 from __future__ import annotations
 
 import dataclasses
-import hmac
 from collections.abc import Collection, Mapping
 from enum import Enum
 from typing import ClassVar
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import keyschedule
 from .cloud import Role
+from .crypto import same
 from .errors import AuthenticationError, ExpiredError, ProtocolError
 from .machine import Event, Question
 from .wire import Message, field, message, struct
@@ -246,12 +246,12 @@ def check_membership(
         # signing key is refused here even where no peer record pins the key (the member
         # forgot the owner: attack review atk18c, finding 3).
         kept = (member_owner_signing or {}).get(m.cloud_id)
-        if kept is not None and not hmac.compare_digest(kept, host_signing):
+        if kept is not None and not same(kept, host_signing):
             raise AuthenticationError(
                 "the host proved the cloud owner's device key but signs with another key than "
                 "the owner this device joined the cloud from; it is never overwritten"
             )
-        newer = m.epoch is not None and m.epoch > epochs[m.cloud_id]
+        offered = m.epoch or 0  # absent for a secret never renewed
         if m.cloud_name is not None and m.cloud_name != (member_names or {}).get(m.cloud_id):
             # Only the secret and the epoch change: a renewal is not half taken.
             raise AuthenticationError(
@@ -266,22 +266,20 @@ def check_membership(
     except (InvalidSignature, ValueError):
         raise AuthenticationError("the membership's owner signature does not verify") from None
     if renewal:
-        offered = m.epoch or 0
+        # The owner's own secret at the epoch held or an older one, signed for this member and
+        # this session: its keystore put back from a backup behind the member (atk18 finding
+        # 1), or a member that did not prove its cloud (one of more than the 8 it hints) let in
+        # as new and sent what it holds (atk17 finding 4).  Nothing to store and nothing
+        # refused: the session goes on.  The secret sent is never looked at, so no host learns
+        # whether one it sends is the one held (atk17b).  Behind the member, its person is
+        # told (atk18b finding 3).
         if offered < epochs[m.cloud_id]:
-            # The same, but behind this member: its person is told (atk18b finding 3).
             return CloudBehind(cloud_id=m.cloud_id,
                                cloud_name=(member_names or {}).get(m.cloud_id, "a cloud"),
                                held_epoch=epochs[m.cloud_id], offered_epoch=offered)
-        if not newer:
-            # The owner's own secret at the epoch held or an older one, signed for this member
-            # and this session: its keystore put back from a backup behind the member (atk18
-            # finding 1), or a member that did not prove its cloud (one of more than the 8 it
-            # hints) let in as new and sent what it holds (atk17 finding 4).  Nothing to store
-            # and nothing refused: the session goes on.  The secret sent is never looked at, so
-            # no host learns whether one it sends is the one held (atk17b).
+        if offered == epochs[m.cloud_id]:
             return None
-        assert m.epoch is not None
-        return CloudRenewal(cloud_id=m.cloud_id, epoch=m.epoch)
+        return CloudRenewal(cloud_id=m.cloud_id, epoch=offered)
     return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -255,9 +254,7 @@ def _controller_key(
                     f"certificate: {exc}"
                 ) from None
             known = ks.peer_by_id(device_id.hex())
-            if known is not None and known.signing_public is not None and not hmac.compare_digest(
-                known.signing_public, signing
-            ):
+            if known is not None and store.signs_otherwise(known, signing):
                 raise AuthenticationError(
                     f"refused {what} for group {env.group!r}: the certificate of its "
                     f"controller {known.name} names another signing key than the one this "

@@ -12,7 +12,6 @@ forgotten or a grant withdrawn there counts here from the next decision on, and
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import os
 import time
 import weakref
@@ -20,6 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.crypto import same
 from pairkit.pairing.errors import AuthenticationError, NotFoundError, RefusedError
 from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
 from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
@@ -56,14 +56,18 @@ def check_signing_key(ks: Keystore, session: Session) -> None:
     device id), so a known device showing another signing key is refused, and nothing of it
     is stored.  A record that holds no signing key takes the one shown."""
     known = ks.peer_by_id(session.peer.device_id.hex())
-    if known is None or not known.signing_public:
-        return
-    if not hmac.compare_digest(known.signing_public, session.peer.signing_public):
+    if known is not None and signs_otherwise(known, session.peer.signing_public):
         raise AuthenticationError(
             f"{known.name} proved its device key but signs with another key than the one this "
             "device knows it by (someone may hold a copy of its device key); refused. If its "
             "keys were really replaced, forget it here and pair again"
         )
+
+
+def signs_otherwise(known: Peer, shown: bytes) -> bool:
+    """Whether ``shown`` is another signing key than the one ``known`` is recorded with (a
+    record without one is not pinned yet: rule 1)."""
+    return bool(known.signing_public) and not same(known.signing_public, shown)
 
 
 def _known(p: Peer) -> KnownPeer:

@@ -224,18 +224,18 @@ async def accept_session(
     expected = Method(said) if said is not None else None
     session, method = await _host_pairing(pipe, link, side, me, delegate, clock, context, tried,
                                           expected, cloud.claimed if cloud is not None else None)
-    ks.follow()  # a record another process stored while the guest paired counts (atk18c)
+    # What another process stored while the guest paired counts from here: a record of the
+    # guest (atk18c), and a secret renewed by `pairkit forget` since the hint was checked (a
+    # proof made with the secret it retired then fails to bind, and is checked as a retired
+    # one, rather than counting as one of the current secret: docs/security.md "Renewing the
+    # cloud secret").
+    ks.follow()
     peers.check_signing_key(ks, session)  # a known guest signs with the key it is known by
     if cloud is not None:
         if cloud.join_method is not None and Method(cloud.join_method).base is not method.base:
             raise ProtocolError("the guest paired by another method than the one it asked with")
         if cloud.claimed is not None and cloud.claimed != session.peer.device_id:
             raise AuthenticationError("the guest claimed to be a known device but is not")
-        # A secret renewed by another process (pairkit forget) since the hint was checked is
-        # read now: a proof made with the secret it retired then fails to bind (the guest
-        # comes back, and its proof is checked as a retired one), rather than counting as one
-        # of the current secret (docs/security.md "Renewing the cloud secret").
-        ks.follow()
         cloud.bind(session.peer.static_public)  # its cloud proof names the key it paired with
         cloud.check_name(session.peer.name)  # the device its owner was asked about paired
         if cloud.grant is None and (cloud.role is Role.MEMBER or cloud.retired_epoch is not None):
@@ -555,16 +555,18 @@ async def _take_membership(
 
     ``proven``: the cloud this device came back to as a member by its proof; a secret is then
     only that cloud's renewal, taken without asking (rule 3's one exception)."""
+    clouds = ks.clouds()
+    members = [c for c in clouds if c.role == "member"]
     question = check_membership(
         membership, host_id=session.peer.device_id, host_signing=session.peer.signing_public,
         me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
-        held=[c.cloud_id for c in ks.clouds()], proven=proven,
-        member_epochs={c.cloud_id: c.epoch for c in ks.clouds() if c.role == "member"},
-        member_names={c.cloud_id: c.name for c in ks.clouds() if c.role == "member"},
-        member_owners={c.cloud_id: bytes.fromhex(c.owner) for c in ks.clouds()
-                       if c.role == "member" and c.owner is not None},
-        member_owner_signing={c.cloud_id: c.owner_signing for c in ks.clouds()
-                              if c.role == "member" and c.owner_signing is not None},
+        held=[c.cloud_id for c in clouds], proven=proven,
+        member_epochs={c.cloud_id: c.epoch for c in members},
+        member_names={c.cloud_id: c.name for c in members},
+        member_owners={c.cloud_id: bytes.fromhex(c.owner) for c in members
+                       if c.owner is not None},
+        member_owner_signing={c.cloud_id: c.owner_signing for c in members
+                              if c.owner_signing is not None},
     )
     if question is None:
         return

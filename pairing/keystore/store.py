@@ -108,7 +108,6 @@ _Contents = tuple[str, dict[str, Peer], dict[str, dict[str, Any]], dict[str, dic
                   dict[str, Any]]
 
 
-
 #: the fields of a cloud's record this version reads; any other is a later version's, kept
 _CLOUD_FIELDS = frozenset({"secret", "name", "role", "expires", "epoch", "owner",
                            "owner_signing", "retired"})
