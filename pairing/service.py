@@ -277,7 +277,7 @@ def check_membership(
             return CloudBehind(cloud_id=m.cloud_id,
                                cloud_name=(member_names or {}).get(m.cloud_id, "a cloud"),
                                held_epoch=epochs[m.cloud_id], offered_epoch=offered)
-        if offered == epochs[m.cloud_id]:
+        if m.epoch is None or offered <= epochs[m.cloud_id]:
             return None
         return CloudRenewal(cloud_id=m.cloud_id, epoch=offered)
     return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")
