@@ -98,6 +98,20 @@ def _probe_c() -> Callable[[], object]:
     return op
 
 
+def _probe_syscall() -> Callable[[], object]:
+    """Kernel entry and exit: 1,000 ``getppid`` calls, the cheapest system call (no C library
+    work, no cache of the answer).  Session 19 found this VM a nested guest (``nested_pvm=1``
+    on the kernel's command line) whose system calls cost about 0.8 us each; the key server's
+    processes spend about a tenth of their CPU in the kernel, the loopback pairings almost none
+    (bench/RESULTS.md)."""
+
+    def op() -> None:
+        for _ in range(1000):
+            os.getppid()
+
+    return op
+
+
 #: issue 13, a noisy machine: a shared VM can switch, for seconds at a time, between states in
 #: which the interpreter slows more than C code does (measured in session 17: a Python loop
 #: 1.75x slower, X25519 1.5x).  A bench's ratio of Python-heavy work to a floor of C
@@ -105,6 +119,7 @@ def _probe_c() -> Callable[[], object]:
 PROBES: dict[str, Callable[[], Callable[[], object]]] = {
     "python": _probe_python,
     "c": _probe_c,
+    "syscall": _probe_syscall,
 }
 
 
@@ -126,10 +141,15 @@ def machine_probe(
 
 
 def probe_line(probes: Sequence[dict[str, float]]) -> str:
-    """``python/c`` over a run's probes: median [min-max]."""
+    """``python/c`` over a run's probes: median [min-max]; and the system-call probe's median
+    (1,000 calls, us) when the probes have it."""
     speed = [p["python/c"] for p in probes]
-    return (f"python/c {statistics.median(speed):.2f} [{min(speed):.2f}-{max(speed):.2f}] "
+    line = (f"python/c {statistics.median(speed):.2f} [{min(speed):.2f}-{max(speed):.2f}] "
             f"over {len(speed)} probes")
+    calls = [p["syscall"] for p in probes if "syscall" in p]
+    if calls:
+        line += f"; 1,000 system calls {statistics.median(calls):.0f} us"
+    return line
 
 
 def nproc() -> int | None:

@@ -1073,6 +1073,9 @@ def _machine_lines(blocks: list[dict[str, Any]]) -> list[str]:
         f"python probe {statistics.median(python):.0f} us [{min(python):.0f}-{max(python):.0f}], "
         f"python/c {statistics.median(speed):.2f} [{min(speed):.2f}-{max(speed):.2f}]"
     ]
+    calls = [b["probe_us"]["syscall"] for b in blocks if "syscall" in b["probe_us"]]
+    if calls:
+        lines[0] += f", 1,000 system calls {statistics.median(calls):.0f} us"
     if "probe_start_us" in blocks[0]:
         drift = [b["probe_end_us"]["python"] / b["probe_start_us"]["python"] for b in blocks]
         lines.append(

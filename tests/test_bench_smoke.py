@@ -154,6 +154,7 @@ def test_the_goals_figure_from_known_blocks(
                 "probe": {
                     "python": [100 * s, 110 * s, 90 * s, 150 * s, 160 * s, 140 * s],
                     "c": [200 * s] * 6,
+                    "syscall": [800 * s] * 6,
                 },
                 "core": {name: [10.0, 11.0, 9.0] for name in cores},
                 "sansio": {m: [10.0, 11.0, 9.0] for m in bench.METHODS},
@@ -170,7 +171,8 @@ def test_the_goals_figure_from_known_blocks(
     # The probes: three runs at a block's start, three at its end (the python probe 1.5x slower
     # there), each half's median kept apart as well as the median of all six.
     assert [b["probe_us"] for b in result["blocks"]] == [
-        {"python": pytest.approx(125 * s), "c": pytest.approx(200 * s)} for s in prices
+        {"python": pytest.approx(125 * s), "c": pytest.approx(200 * s),
+         "syscall": pytest.approx(800 * s)} for s in prices
     ]
     assert [(b["probe_start_us"]["python"], b["probe_end_us"]["python"])
             for b in result["blocks"]] == [
@@ -182,18 +184,25 @@ def test_the_goals_figure_from_known_blocks(
         assert goals[f"{row['method']} loopback/floor"]["figure"] == row["ratio_loopback"]
     text = bench.render(result)
     assert "pin loopback/floor       figure 1.80x" in text
-    assert "python/c 0.62 [0.62-0.62]" in text
+    assert "python/c 0.62 [0.62-0.62], 1,000 system calls 1600 us" in text
     assert "python probe, block's end over its start: 1.50, 1.50, 1.50" in text
 
 
 def test_the_machine_probe_reads_each_probes_median_on_the_clock_given() -> None:
-    # Each probe runs 3 times between two clock reads: python 1, 4, 2 us; c 2, 8, 4 us.
+    # Each probe runs 3 times between two clock reads: python 1, 4, 2 us; c 2, 8, 4 us;
+    # syscall 3, 1, 9 us.
     ticks = iter([0, 1000, 1000, 5000, 5000, 7000,
-                  7000, 9000, 9000, 17000, 17000, 21000])
+                  7000, 9000, 9000, 17000, 17000, 21000,
+                  21000, 24000, 24000, 25000, 25000, 34000])
     probe = machine_probe(runs=3, clock=lambda: next(ticks))
-    assert probe == {"python": 2.0, "c": 4.0, "python/c": 0.5}
-    assert probe_line([probe, {**probe, "python/c": 0.75}, {**probe, "python/c": 0.6}]) == (
-        "python/c 0.60 [0.50-0.75] over 3 probes"
+    assert probe == {"python": 2.0, "c": 4.0, "syscall": 3.0, "python/c": 0.5}
+    assert probe_line([probe, {**probe, "python/c": 0.75, "syscall": 7.0},
+                       {**probe, "python/c": 0.6, "syscall": 1.0}]) == (
+        "python/c 0.60 [0.50-0.75] over 3 probes; 1,000 system calls 3 us"
+    )
+    # probes from before the system-call probe (a JSON of an older run) print as before
+    assert probe_line([{"python": 2.0, "c": 4.0, "python/c": 0.5}]) == (
+        "python/c 0.50 [0.50-0.50] over 1 probes"
     )
 
 
