@@ -902,8 +902,9 @@ def render(result: dict[str, Any]) -> str:
         probes = [b["probe"] for b in lv["blocks"] + one["blocks"] if "probe" in b]
         if probes:
             lines.append(
-                f"  {lv['pairs']} pairs: the machine before each server block (fixed Python and "
-                f"C work in this process, CPU time, bench/common.py): {probe_line(probes)}")
+                f"  {lv['pairs']} pairs: the machine before each server block (fixed Python, C "
+                f"and system-call work in this process, CPU time, bench/common.py): "
+                f"{probe_line(probes)}")
         in_order = sorted([(b, "") for b in lv["blocks"]]
                           + [(b, ", devices in one process") for b in one["blocks"]],
                           key=lambda x: x[0]["floor_index"])
