@@ -247,9 +247,16 @@ def check_membership(
         # forgot the owner: attack review atk18c, finding 3).
         kept = (member_owner_signing or {}).get(m.cloud_id)
         if kept is not None and not same(kept, host_signing):
+            # No pairkit changes a device's signing key without its device key (a new identity
+            # is a new device id, so a new cloud): what a person can do is tell the owner.
+            # This device has no command that leaves a cloud (renew19 item 4).
             raise AuthenticationError(
                 "the host proved the cloud owner's device key but signs with another key than "
-                "the owner this device joined the cloud from; it is never overwritten"
+                "the owner this device joined the cloud from (someone may hold a copy of the "
+                "owner's device key); refused, and the cloud is kept as this device holds it, "
+                "renewed by its owner's own device: forgetting the owner here (`pairkit "
+                "forget`) does not change that. Tell the cloud's owner: a device whose key was "
+                "copied makes a new identity (`pairkit init --force`), with a new cloud to join"
             )
         offered = m.epoch or 0  # absent for a secret never renewed
         if m.cloud_name is not None and m.cloud_name != (member_names or {}).get(m.cloud_id):

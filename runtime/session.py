@@ -73,6 +73,7 @@ from .pairing.qr import QrCode
 from .pairing.service import (
     CloudBehind,
     CloudRenewal,
+    JoinCloud,
     Membership,
     check_membership,
     cloud_id_of,
@@ -546,18 +547,13 @@ async def open_session(
     return Established(channel, session, membership, session.method)
 
 
-async def _take_membership(
-    ks: Keystore, membership: Membership, session: Session, delegate: Any,
-    *, proven: str | None = None,
-) -> None:
-    """Join the host's cloud only if it is the host's own, signed, new to this device, and this
-    device's person agrees (docs/security.md, rules 2 and 3); a refusal stores nothing.
-
-    ``proven``: the cloud this device came back to as a member by its proof; a secret is then
-    only that cloud's renewal, taken without asking (rule 3's one exception)."""
+def _check_membership_on(
+    ks: Keystore, membership: Membership, session: Session, proven: str | None,
+) -> JoinCloud | CloudRenewal | CloudBehind | None:
+    """:func:`check_membership` of ``membership`` on the clouds ``ks`` holds as it is now."""
     clouds = ks.clouds()
     members = [c for c in clouds if c.role == "member"]
-    question = check_membership(
+    return check_membership(
         membership, host_id=session.peer.device_id, host_signing=session.peer.signing_public,
         me=bytes.fromhex(ks.device_id), session_fingerprint=session.fingerprint,
         held=[c.cloud_id for c in clouds], proven=proven,
@@ -568,6 +564,18 @@ async def _take_membership(
         member_owner_signing={c.cloud_id: c.owner_signing for c in members
                               if c.owner_signing is not None},
     )
+
+
+async def _take_membership(
+    ks: Keystore, membership: Membership, session: Session, delegate: Any,
+    *, proven: str | None = None,
+) -> None:
+    """Join the host's cloud only if it is the host's own, signed, new to this device, and this
+    device's person agrees (docs/security.md, rules 2 and 3); a refusal stores nothing.
+
+    ``proven``: the cloud this device came back to as a member by its proof; a secret is then
+    only that cloud's renewal, taken without asking (rule 3's one exception)."""
+    question = _check_membership_on(ks, membership, session, proven)
     if question is None:
         return
     if isinstance(question, CloudBehind):
@@ -583,10 +591,16 @@ async def _take_membership(
             # another process stored since is held to here too, not only at the save after
             # (attack review atk18c, finding 4).
             peers.check_signing_key(ks, session)
-            held = next((c for c in ks.clouds() if c.cloud_id == question.cloud_id), None)
-            # Another process on this device may have left the cloud or taken a newer renewal
-            # meanwhile: never undone.
-            if held is not None and held.role == "member" and held.epoch < question.epoch:
+            # And the renewal itself, by the same rule on the clouds as reloaded: another
+            # process on this device may have left the cloud, taken a newer renewal, or joined
+            # the cloud again from another owner or signing key meanwhile (renew19 finding 1).
+            # Taken only if that check still gives this very renewal; else nothing is stored,
+            # never undone, and the session (checked already) goes on.
+            try:
+                again = _check_membership_on(ks, membership, session, proven)
+            except (AuthenticationError, ProtocolError):
+                again = None
+            if again == question:
                 ks.take_renewed_cloud_secret(question.cloud_id, membership.secret,
                                              question.epoch)
         return

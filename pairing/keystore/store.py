@@ -98,6 +98,12 @@ def _is_owner_of(owner: object, cloud_id: str) -> bool:
         isinstance(owner, str) and bool(_DEVICE_ID_RE.fullmatch(owner))
         and owner[:16] == cloud_id
     )
+def _is_epoch(value: object) -> bool:
+    """Whether ``value`` is a cloud's epoch as pairkit writes one: an integer from 0, not a
+    flag (``set_cloud``; docs/security.md "Renewing the cloud secret")."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 #: retired cloud secrets kept per owned cloud (docs/security.md "Renewing the cloud secret"): a
 #: member that missed more renewals than this is asked about as a stranger once
 MAX_RETIRED_SECRETS = 16
@@ -353,8 +359,20 @@ class Keystore:
             }
             # A renewed secret's epoch and the secrets it retired (docs/security.md "Renewing
             # the cloud secret"); absent from clouds never renewed, as in older keystores.
+            # An epoch pairkit never writes (below 0, a flag, a text, a fraction) has no safe
+            # reading: as 0 or rounded, a member would take an older secret from its owner as a
+            # renewal (renew19 finding 2).  So it is refused, as contents this pairkit cannot
+            # read are, in words naming the cloud.
             if "epoch" in entry:
-                store._clouds[cloud_id]["epoch"] = int(entry["epoch"])
+                if not _is_epoch(entry["epoch"]):
+                    raise KeystoreCorruptError(
+                        f"the keystore at {storage.where} holds the cloud "
+                        f"{str(entry['name'])!r} at an epoch that is not a count from 0 "
+                        "(pairkit never writes one; another program with its PIN may have); it "
+                        "is not opened, since that cloud's renewals are checked against its "
+                        "epoch. Put back a backup of the keystore"
+                    )
+                store._clouds[cloud_id]["epoch"] = entry["epoch"]
             # The owner a member cloud was joined from (rule 3); absent from clouds joined
             # before it was kept, and from owned ones.  One that set_cloud would refuse (a
             # process with the PIN wrote it) is not kept: the cloud is then renewed only with
@@ -365,9 +383,15 @@ class Keystore:
                 signing = entry.get("owner_signing")
                 if isinstance(signing, bytes) and len(signing) == 32:
                     store._clouds[cloud_id]["owner_signing"] = signing
-            if "retired" in entry:
+            # Only retired secrets as pairkit writes them are kept (an epoch from 0 below the
+            # cloud's, 16 bytes or more): without one, a host asks about a guest that proves it
+            # as about a stranger, as past the last 16 kept; never the other way round.
+            if isinstance(entry.get("retired"), dict):
+                below = store._clouds[cloud_id].get("epoch", 0)
                 store._clouds[cloud_id]["retired"] = {
-                    int(epoch): bytes(secret) for epoch, secret in entry["retired"].items()
+                    epoch: secret for epoch, secret in entry["retired"].items()
+                    if _is_epoch(epoch) and epoch < below
+                    and isinstance(secret, bytes) and len(secret) >= 16
                 }
             # A field a later pairkit wrote, which this one does not know, is kept as it was
             # and written back at each save: a version that dropped such fields undid what a

@@ -18,6 +18,7 @@ import pytest
 
 from pairkit.keystore import Argon2Params, Keystore
 from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import KeystoreCorruptError
 from pairkit.pairing.service import Membership
 from tests.attack_harness import evil_host, open_ks, owned_cloud
 from tests.cli_helpers import Lab
@@ -110,3 +111,132 @@ def test_the_fixtures_are_what_set_cloud_refuses(tmp_path: Path) -> None:
     for owner in TAMPERED.values():
         with pytest.raises(ConfigError):
             ks.set_cloud(CLOUD, os.urandom(32), name="x", role="member", owner=owner)  # type: ignore[arg-type]
+
+
+# -- the epoch of a cloud, and of its retired secrets (session 19, renew19 finding 2) ------------
+
+#: epochs ``set_cloud`` refuses, as a keystore written with the PIN may hold them: read as they
+#: were (``int(...)``), a member held a cloud below epoch 0, and took its owner's secret at
+#: epoch 0 as a renewal; or an epoch made up from a text, a flag or a fraction
+BAD_EPOCHS: dict[str, object] = {
+    "negative": -1,
+    "very-negative": -(2**40),
+    "true": True,
+    "false": False,
+    "text": "5",
+    "fraction": 2.5,
+    "float": 1.0,
+}
+
+
+def tamper_field(ks: Keystore, cloud_id: str, field: str, value: object) -> None:
+    """What a process with the keystore's PIN can write: ``field`` of the cloud's record."""
+    with ks.update():
+        ks._clouds[cloud_id][field] = value
+        ks._dirty = True
+
+
+@pytest.mark.parametrize("how", list(BAD_EPOCHS))
+def test_a_cloud_at_an_epoch_pairkit_never_writes_is_refused_at_open(
+    tmp_path: Path, how: str,
+) -> None:
+    """No reading of such an epoch is safe (as 0 a member takes an older secret of its owner
+    as a renewal), so the keystore is refused, as other contents this pairkit cannot read
+    are, in words naming the cloud and its epoch; never its secret."""
+    ks = member_keystore(tmp_path / "keystore.pk", PAUL)
+    tamper_field(ks, CLOUD, "epoch", BAD_EPOCHS[how])
+    with pytest.raises(KeystoreCorruptError) as refused:
+        Keystore.open(tmp_path / "keystore.pk", PIN)
+    text = str(refused.value)
+    assert "'Paul's cloud'" in text or '"Paul\'s cloud"' in text, text
+    assert "epoch" in text and "backup" in text, text
+    assert (b"m" * 32).hex() not in text and "m" * 32 not in text
+
+
+def test_the_bad_epochs_are_what_set_cloud_refuses(tmp_path: Path) -> None:
+    from pairkit.pairing.errors import ConfigError
+
+    ks = member_keystore(tmp_path / "keystore.pk", None)
+    for epoch in BAD_EPOCHS.values():
+        with pytest.raises(ConfigError):
+            ks.set_cloud(CLOUD, os.urandom(32), name="x", role="member", epoch=epoch)  # type: ignore[arg-type]
+
+
+async def test_a_cloud_at_a_negative_epoch_is_told_at_the_cli(lab: Lab) -> None:
+    """What George's person reads: an error naming the cloud and what to do, exit 3 (an
+    authentication failure, as for a damaged keystore), no traceback, no secret."""
+    paul, george = lab.device("paul"), lab.device("george")
+    cloud_id, secret = owned_cloud(paul)
+    ks = open_ks(george)
+    with ks.update():
+        ks.set_cloud(cloud_id, secret, name="Paul's cloud", role="member", epoch=1,
+                     owner=open_ks(paul).device_id)
+    tamper_field(ks, cloud_id, "epoch", -1)
+    told = await george.run("peers")
+    assert told.rc == 3 and told.err.startswith("error: "), told
+    assert "Paul's cloud" in told.err and "epoch" in told.err, told
+    assert secret.hex() not in told.err + told.out
+
+
+def owner_keystore(path: Path) -> tuple[Keystore, dict[int, bytes]]:
+    """Paul's keystore, his cloud renewed three times: epoch 3, retired 0, 1 and 2."""
+    ks = Keystore.create(path, PIN, name="Paul", kdf=Argon2Params.cheapest())
+    with ks.update():
+        ks.set_cloud(CLOUD, os.urandom(32), name="Paul's cloud", role="owner")
+        for _ in range(3):
+            ks.renew_cloud_secret(CLOUD, os.urandom(32))
+    return ks, dict(ks._clouds[CLOUD]["retired"])
+
+
+#: retired secrets pairkit never writes, beside the three it did (or in place of the one of the
+#: epoch given: True is 1 as a key, and a bad secret stands at 0): each is not kept (a host that
+#: holds fewer retired secrets only asks about more guests, as past the 16 kept)
+BAD_RETIRED: dict[str, tuple[object, object, int | None]] = {
+    "negative-epoch": (-1, b"r" * 32, None),
+    "true-epoch": (True, b"r" * 32, 1),
+    "text-epoch": ("7", b"r" * 32, None),
+    "float-epoch": (0.5, b"r" * 32, None),
+    "epoch-not-older": (3, b"r" * 32, None),
+    "epoch-ahead": (9, b"r" * 32, None),
+    "a-number-for-a-secret": (0, 32, 0),
+    "a-short-secret": (0, b"r", 0),
+    "text-for-a-secret": (0, "r" * 32, 0),
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_RETIRED))
+def test_a_retired_secret_pairkit_never_writes_is_not_kept(tmp_path: Path, how: str) -> None:
+    ks, retired = owner_keystore(tmp_path / "keystore.pk")
+    before = Keystore.open(tmp_path / "keystore.pk", PIN)
+    epoch, secret, instead = BAD_RETIRED[how]
+    kept = {e: s for e, s in retired.items() if e != instead}
+    tamper_field(ks, CLOUD, "retired", {**kept, epoch: secret})
+    assert epoch in ks._clouds[CLOUD]["retired"]  # written as meant
+    again = Keystore.open(tmp_path / "keystore.pk", PIN)
+    assert again.retired_epochs(CLOUD) == tuple(sorted(kept, reverse=True))
+    assert again.cloud(CLOUD).epoch == 3
+    for e in kept:  # those kept are the very secrets
+        assert again.cloud_kdf(CLOUD, b"i", epoch=e) == before.cloud_kdf(CLOUD, b"i", epoch=e)
+
+
+@pytest.mark.parametrize("value", [[1, 2], "retired", 5])
+def test_retired_secrets_that_are_not_a_map_are_not_kept(tmp_path: Path, value: object) -> None:
+    """Not a map of epochs: none is kept (the keystore opened with an AttributeError, no
+    typed error at all)."""
+    ks, _ = owner_keystore(tmp_path / "keystore.pk")
+    tamper_field(ks, CLOUD, "retired", value)
+    again = Keystore.open(tmp_path / "keystore.pk", PIN)
+    assert again.retired_epochs(CLOUD) == ()
+    assert again.cloud(CLOUD).epoch == 3
+
+
+def test_a_renewed_owned_cloud_saves_unchanged(tmp_path: Path) -> None:
+    """The epoch and retired secrets pairkit writes are read back as they were: opened and
+    saved again, the body is the same bytes."""
+    path = tmp_path / "keystore.pk"
+    ks, _ = owner_keystore(path)
+    body = ks._body()
+    again = Keystore.open(path, PIN)
+    with again.update():
+        again._dirty = True
+    assert Keystore.open(path, PIN)._body() == body

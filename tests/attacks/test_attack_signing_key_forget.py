@@ -29,7 +29,7 @@ from pairkit.pairing.cloud import Grant, Role
 from pairkit.pairing.methods import Session
 from pairkit.pairing.service import Membership, membership_statement
 from pairkit.peers import forget
-from tests.attack_harness import EvilHost, evil_host, open_ks
+from tests.attack_harness import EvilHost, device_secrets, evil_host, find_secrets, open_ks
 from tests.cli_helpers import KEYSTORE_PIN, Device, Lab
 from tests.renewal_harness import Owner, device, pair
 from tests.signing_harness import george_member_of_pauls_cloud, held
@@ -80,6 +80,13 @@ async def test_a_member_that_forgot_its_owner_takes_no_renewal_from_the_owners_s
     joined = await george_joins(george, await mallory_hosts(paul, cloud_id))
     assert held(george) == before, f"George took Mallory's renewal after forgetting Paul:\n{joined}"
     assert joined.rc == 3 and "signs with another key" in joined.err, joined  # type: ignore[attr-defined]
+    # and says what a person does now (renew19 item 4): forgetting the owner changed nothing,
+    # the cloud is kept, its owner is told and makes a new identity; never a secret
+    told = joined.err  # type: ignore[attr-defined]
+    assert "cloud is kept" in told and "`pairkit forget`" in told, told
+    assert "`pairkit init --force`" in told, told
+    secrets = {"planted": PLANTED, **device_secrets(george), **device_secrets(paul)}
+    assert find_secrets(told + joined.out, secrets) == [], told  # type: ignore[attr-defined]
 
 
 async def test_a_join_keeps_the_owners_signing_key_with_the_cloud(tmp_path: Path) -> None:
