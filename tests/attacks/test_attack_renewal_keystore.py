@@ -240,3 +240,40 @@ def test_a_renewed_owned_cloud_saves_unchanged(tmp_path: Path) -> None:
     with again.update():
         again._dirty = True
     assert Keystore.open(path, PIN)._body() == body
+
+
+# -- the cloud's secret itself (session 19: found by renew19) ----------------------------------
+
+#: secrets ``set_cloud`` refuses, as a keystore written with the PIN may hold them: read with
+#: ``bytes(...)``, the number 32 became 32 zero bytes, a secret anyone knows
+BAD_SECRETS: dict[str, object] = {
+    "a-number": 32,
+    "zero": 0,
+    "short": b"s" * 15,
+    "text": "s" * 32,
+    "a-list": [1] * 32,
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_SECRETS))
+def test_a_cloud_secret_pairkit_never_writes_is_refused_at_open(
+    tmp_path: Path, how: str,
+) -> None:
+    """No reading of such a secret is safe (a number read as that many zero bytes is a secret
+    everyone knows: anyone would prove the cloud), so the keystore is refused in words naming
+    the cloud, as for an epoch pairkit never writes."""
+    ks = member_keystore(tmp_path / "keystore.pk", PAUL)
+    tamper_field(ks, CLOUD, "secret", BAD_SECRETS[how])
+    with pytest.raises(KeystoreCorruptError) as refused:
+        Keystore.open(tmp_path / "keystore.pk", PIN)
+    text = str(refused.value)
+    assert "Paul's cloud" in text and "secret" in text and "backup" in text, text
+
+
+def test_the_bad_secrets_are_what_set_cloud_refuses(tmp_path: Path) -> None:
+    from pairkit.pairing.errors import ConfigError
+
+    ks = member_keystore(tmp_path / "keystore.pk", None)
+    for secret in BAD_SECRETS.values():
+        with pytest.raises(ConfigError):
+            ks.set_cloud(CLOUD, secret, name="x", role="member")  # type: ignore[arg-type]
