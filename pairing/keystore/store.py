@@ -98,6 +98,8 @@ def _is_owner_of(owner: object, cloud_id: str) -> bool:
         isinstance(owner, str) and bool(_DEVICE_ID_RE.fullmatch(owner))
         and owner[:16] == cloud_id
     )
+
+
 def _is_epoch(value: object) -> bool:
     """Whether ``value`` is a cloud's epoch as pairkit writes one: an integer from 0, not a
     flag (``set_cloud``; docs/security.md "Renewing the cloud secret")."""
@@ -351,8 +353,17 @@ class Keystore:
             peer = Peer._from_cbor(item)
             store._peers[peer.id] = peer
         for cloud_id, entry in data["clouds"].items():
+            # A secret as set_cloud takes one (16 bytes or more), else refused: read with
+            # bytes(), the number 32 was 32 zero bytes, a secret anyone knows (session 19).
+            if not isinstance(entry["secret"], bytes) or len(entry["secret"]) < 16:
+                raise KeystoreCorruptError(
+                    f"the keystore at {storage.where} holds the cloud {str(entry['name'])!r} "
+                    "with a secret that is not one pairkit writes (16 bytes or more; another "
+                    "program with its PIN may have written it); it is not opened. Put back a "
+                    "backup of the keystore"
+                )
             store._clouds[cloud_id] = {
-                "secret": bytes(entry["secret"]),
+                "secret": entry["secret"],
                 "name": str(entry["name"]),
                 "role": str(entry["role"]),
                 "expires": entry["expires"],
