@@ -63,6 +63,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .clock import SYSTEM_CLOCK, Clock
 from .filestore import FileStorage
+from .pairing import cbor
 from .pairing.errors import KeystoreError
 from .pairing.keystore import Keystore
 from .pairing.keystore.records import thaw
@@ -296,7 +297,9 @@ class LockFile:
                 raise ValueError("not a lock file")
             nonce = data[len(_MAGIC):len(_MAGIC) + _NONCE]
             body = self._cipher().decrypt(nonce, data[len(_MAGIC) + _NONCE:], _AD)
-            records = cbor2.loads(body)  # sealed by this keystore's pairkit, as its body
+            # sealed by this keystore's pairkit, as its body, and read as it (no value
+            # sharing: a record of 2**depth nodes; session 19, kvtree)
+            records = cbor.decode_stored(body)
             if not isinstance(records, dict) or not all(isinstance(k, str) for k in records):
                 raise ValueError("not a map of records")
         except (InvalidTag, ValueError, cbor2.CBORDecodeError):

@@ -434,3 +434,130 @@ def test_fast_decoder_agrees_on_every_refusal_and_its_nestings() -> None:
             _same(b"\x81" * depth + leaf)
             _same(b"\xa1\x01" * depth + leaf)
             _same(b"\x82\x00" + b"\x81" * depth + leaf)
+
+
+# -- decode_stored: what pairkit stored with cbor2, without value sharing (session 19) ---------
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _stored_tags(data: bytes, pos: int) -> tuple[list[int], int]:
+    """The reference for :func:`cbor.decode_stored`'s pass: every tag in the item at ``pos``
+    and where it ends, one item per call (indefinite lengths too; _Malformed otherwise)."""
+    if pos >= len(data):
+        raise _Malformed
+    initial = data[pos]
+    major, info = initial >> 5, initial & 0x1F
+    pos += 1
+    if info == 31:
+        if major not in (2, 3, 4, 5):
+            raise _Malformed
+        tags: list[int] = []
+        while pos < len(data) and data[pos] != 0xFF:
+            inner, pos = _stored_tags(data, pos)
+            tags += inner
+        if pos >= len(data):
+            raise _Malformed
+        return tags, pos + 1
+    if info >= 28:
+        raise _Malformed
+    arg = info
+    if info >= 24:
+        size = 1 << (info - 24)
+        if pos + size > len(data):
+            raise _Malformed
+        arg = int.from_bytes(data[pos : pos + size], "big")
+        pos += size
+    if major in (2, 3):
+        if pos + arg > len(data):
+            raise _Malformed
+        return [], pos + arg
+    if major in (4, 5):
+        tags = []
+        for _ in range(arg * (1 if major == 4 else 2)):
+            inner, pos = _stored_tags(data, pos)
+            tags += inner
+        return tags, pos
+    if major == 6:
+        inner, pos = _stored_tags(data, pos)
+        return [arg, *inner], pos
+    return [], pos
+
+
+# heads that make tags, strings of every length form, indefinite lengths and breaks likely
+_STORED_HEADS = st.one_of(
+    st.integers(0, 255),
+    st.sampled_from([0x00, 0x18, 0x41, 0x58, 0x5F, 0x61, 0x7F, 0x81, 0x82, 0x9F, 0xA1, 0xBF,
+                     0xC1, 0xC2, 0xC3, 0xD8, 0xD9, 0x19, 0x1C, 0x1D, 0xF5, 0xF9, 0xFB, 0xFF]),
+)
+
+
+@given(st.lists(_STORED_HEADS, max_size=40).map(bytes))
+@settings(max_examples=3000)
+def test_decode_stored_refuses_every_tag_cbor2_would_read_but_a_bignum(data: bytes) -> None:
+    try:
+        tags, end = _stored_tags(data, 0)
+        refused = [tag for tag in tags if tag not in (2, 3)]
+    except _Malformed:
+        refused = None  # not one whole item: cbor2 refuses it (whatever the pass found)
+    if refused == []:
+        assert cbor._skip_stored(data, 0, None) == end, data.hex()
+    try:
+        value = cbor.decode_stored(data)
+    except cbor.StoredTagError as exc:
+        assert refused is None or exc.tag in refused, data.hex()
+        return
+    except DecodeError:  # malformed as the reference finds it (cbor2 < 6 reads a lone break)
+        assert refused is None, data.hex()
+        return
+    except cbor2.CBORDecodeError:
+        return
+    assert refused == [], data.hex()
+    assert repr(value) == repr(cbor2.loads(data))
+
+
+@given(values)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_decode_stored_reads_plain_data_as_cbor2_does(value: Any) -> None:
+    """Plain data (integers beyond 64 bits too: bignums, tags 2 and 3; floats; text and bytes
+    of every length form), canonical as pairkit writes it, or not."""
+    longer = [value, 0.5, 1 << 70, -(1 << 90), b"x" * 300, "y" * 70_000, [1] * 30]
+    for data in (cbor2.dumps(value, canonical=True), cbor2.dumps(longer)):
+        assert strict_equal(cbor.decode_stored(data), cbor2.loads(data))
+
+
+@pytest.mark.parametrize("options", [{"value_sharing": True}, {"string_referencing": True}])
+def test_decode_stored_refuses_sharing_and_names_the_member(options: dict[str, bool]) -> None:
+    shared = ["a long enough text", "a long enough text"]
+    inner = cbor2.dumps({"x": [shared, shared]}, canonical=True, **options)
+    data = head(5, 2) + enc("a") + enc([1, 2]) + enc("zz") + inner
+    with pytest.raises(cbor.StoredTagError) as refused:
+        cbor.decode_stored(data)
+    assert refused.value.member == "zz"
+    assert refused.value.tag in (28, 256)
+    assert str(refused.value).startswith("its member 'zz' holds CBOR tag ")
+    # the whole record marked (as cbor2 marks every map): a member's own tag is named first
+    assert cbor.decode_stored(enc({"a": 1})) == {"a": 1}
+    with pytest.raises(cbor.StoredTagError, match="member 'zz'"):
+        cbor.decode_stored(b"\xd8\x1c" + data)
+    with pytest.raises(cbor.StoredTagError, match="the record holds CBOR tag 28"):
+        cbor.decode_stored(b"\xd8\x1c" + enc({"a": 1}))
+
+
+@pytest.mark.parametrize("tag", [0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 256, 258, 55799])
+def test_decode_stored_refuses_every_other_tag(tag: int) -> None:
+    with pytest.raises(cbor.StoredTagError) as refused:
+        cbor.decode_stored(head(4, 1) + head(6, tag) + enc("x"))
+    assert refused.value.tag == tag and refused.value.member is None
+
+
+def test_decode_stored_is_one_pass_however_deep() -> None:
+    """No recursion in the pass: it goes through 100,000 nested arrays (and indefinite ones),
+    and refuses a tag at their bottom before cbor2 reads anything."""
+    for opening in (b"\x81", b"\x9f"):
+        deep = opening * 100_000 + b"\x00" + (b"\xff" * 100_000 if opening == b"\x9f" else b"")
+        assert cbor._skip_stored(deep, 0, None) == len(deep)
+    with pytest.raises(cbor.StoredTagError):
+        cbor.decode_stored(b"\x81" * 100_000 + b"\xd8\x1c\x00")

@@ -39,7 +39,10 @@ PIN is at hand; nothing else changes).
   failure with the right PIN: :class:`KeystoreCorruptError`).  A damaged header reads as a wrong
   PIN, which is the best anyone can tell without the key.
 * ``body`` is ChaCha20-Poly1305 (RFC 8439) under the body key and the header's nonce, with
-  everything before it (magic to check) as associated data.  The plaintext is canonical CBOR.
+  everything before it (magic to check) as associated data.  The plaintext is canonical CBOR
+  with no tag but a bignum's: a body holding another (value sharing, string references) is
+  refused at open with :class:`KeystoreCorruptError` naming the part, before it is decoded
+  (:func:`pairkit.pairing.cbor.decode_stored`).
 
 Salt and nonce policy: the salt is drawn when the store is created and again on every
 :meth:`~Keystore.change_pin`; a plain :meth:`~Keystore.save` keeps the salt (so the PIN need

@@ -116,6 +116,27 @@ _Contents = tuple[str, dict[str, Peer], dict[str, dict[str, Any]], dict[str, dic
                   dict[str, Any]]
 
 
+#: what each member of the body holds, as the keystore's owner reads it (:func:`_holds_a_tag`)
+_MEMBERS_HOLD = {
+    "settings": "its settings (where PIN lockouts are counted) hold",
+    "peers": "its known peers hold",
+    "clouds": "its clouds hold",
+    "groups": "its group keys hold",
+    "identity": "its identity holds",
+}
+
+
+def _holds_a_tag(where: str, exc: cbor.StoredTagError) -> str:
+    """What the owner reads of a body that holds a tag no pairkit writes: above all a value
+    shared by reference, which every read would walk 2**depth times and every save write out
+    in full.  Refused, not dropped: the lockouts are among the settings (session 19, kvtree)."""
+    holds = _MEMBERS_HOLD.get(exc.member or "", "its contents hold")
+    return (
+        f"the keystore at {where} is damaged: {holds} {exc.what}, which no pairkit writes; "
+        "put back a copy of it from before it was changed"
+    )
+
+
 #: the fields of a cloud's record this version reads; any other is a later version's, kept
 _CLOUD_FIELDS = frozenset({"secret", "name", "role", "expires", "epoch", "owner",
                            "owner_signing", "retired"})
@@ -315,6 +336,8 @@ class Keystore:
         header, body = unseal(data, keys, storage.where)
         try:
             store = cls._from_body(storage, body, header, keys, rng)
+        except cbor.StoredTagError as exc:
+            raise KeystoreCorruptError(_holds_a_tag(storage.where, exc)) from None
         except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError):
             # The body is authenticated, so this is a pairkit bug or an unknown layout.
             raise KeystoreCorruptError(
@@ -336,7 +359,7 @@ class Keystore:
     def _from_body(
         cls, storage: Storage, body: bytes, header: _Header, keys: _Keys, rng: Rng
     ) -> Keystore:
-        data = cbor2.loads(body)
+        data = cbor.decode_stored(body)  # no value sharing: 2**depth (session 19, kvtree)
         if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
             raise ValueError("unknown body layout")
         ident = data["identity"]
@@ -599,6 +622,8 @@ class Keystore:
         try:
             header, body = unseal(data, self._keys, where)
             fresh = type(self)._from_body(self._storage, body, header, self._keys, self._rng)
+        except cbor.StoredTagError as exc:
+            raise KeystoreCorruptError(_holds_a_tag(where, exc)) from None
         except (WrongPinError, KeystoreCorruptError, ValueError, KeyError, TypeError,
                 cbor2.CBORDecodeError):
             raise KeystoreCorruptError(f"the keystore at {where} was damaged meanwhile") from None
