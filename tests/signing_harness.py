@@ -4,6 +4,7 @@ Paul by his real keys."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -97,7 +98,8 @@ def x_for(y: int) -> int | None:
     return None if (x * x - x2) % P else x
 
 
-def small_order_points() -> set[Point]:
+@functools.cache
+def small_order_points() -> frozenset[Point]:
     """All eight points of order dividing 8: L times points of the curve (whose order is 8·L)
     fall in that subgroup; taken until eight distinct ones are found."""
     found: set[Point] = set()
@@ -108,7 +110,7 @@ def small_order_points() -> set[Point]:
             found.add(times(ORDER, (x, y)))
         y += 1
     assert all(times(8, q) == NEUTRAL for q in found)
-    return found
+    return frozenset(found)
 
 
 def encode(y: int, sign: int) -> bytes:
