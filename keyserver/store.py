@@ -45,7 +45,7 @@ from typing import Any, Final, Protocol
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from pairkit.pairing.cpns import KeySource, ServerInventory, SetupType
-from pairkit.pairing.crypto import Rng, same
+from pairkit.pairing.crypto import Rng, check_ed25519_public, same
 from pairkit.pairing.errors import (
     AuthenticationError,
     ConfigError,
@@ -323,7 +323,9 @@ class Store(abc.ABC):
 
     def enrol(self, record: DeviceRecord, eukey: bytes | None, now: float) -> bool:
         """Add or refresh a device; True when it was enrolled before.  An enrolment without
-        an EUKey keeps the one stored."""
+        an EUKey keeps the one stored.  A signing key that signs nothing (small order) is
+        refused, whichever way the record came (the connection's machine refuses it first)."""
+        check_ed25519_public(record.signing, "the device's")
         sealed = None
         if eukey is not None:
             sealed = self._sealer.seal(eukey, "eukey", record.device_id)

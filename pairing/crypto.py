@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
+from typing import Final
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import AuthenticationError, DecodeError
+from .errors import AuthenticationError, DecodeError, UnusableKeyError
 
 Rng = Callable[[int], bytes]
 
@@ -68,6 +70,43 @@ def x25519(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
     if not any(shared):
         raise AuthenticationError("the peer's public key is not acceptable")
     return shared
+
+
+#: p = 2^255 - 19, the field of edwards25519 (RFC 8032 §5.1)
+_P: Final = 2**255 - 19
+#: an order-8 point's y (the other three order-8 points have y or p - y: ±x, ±y)
+_Y8: Final = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+#: the y coordinates of the 8 points of small order (order 1, 2, 4 and 8: 8·A = 0):
+#: 1 (the neutral point), p - 1 (order 2), 0 (the two of order 4), and ±_Y8 (order 8).  A
+#: point and its negative share y, so a y names small-order points only.
+#: tests/attacks/test_attack_small_order_signing_key.py works them out from the curve.
+SMALL_ORDER_Y: Final = frozenset({1, _P - 1, 0, _Y8, _P - _Y8})
+
+
+def check_ed25519_public(public: bytes, whose: str) -> bytes:
+    """``public`` if it is a usable Ed25519 public key; else :class:`UnusableKeyError`.
+
+    Refused: a key whose y is not below p (a non-canonical encoding, RFC 8032 §5.1.3 step 1,
+    which OpenSSL takes as y - p), and a key of small order, whatever its sign bit (x = 0 with
+    the sign bit set is another non-canonical encoding).  Cofactorless verification (OpenSSL's,
+    so `cryptography`'s) takes R = a small-order point, S = 0 as a signature under a
+    small-order key for about one message in eight per R, and for every message under the
+    neutral point: a device showing such a key signs nothing.  ``whose`` names the key for a
+    person ("the peer's"); the key itself is never in the text."""
+    if len(public) != 32:
+        raise DecodeError(f"{whose} signing key must be 32 bytes")
+    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    if y >= _P or y in SMALL_ORDER_Y:
+        raise UnusableKeyError(
+            f"{whose} signing key is one that signatures made with no key at all pass for (an "
+            "Ed25519 key of small order, or not in canonical form); refused"
+        )
+    return public
+
+
+def ed25519_public(public: bytes, whose: str) -> Ed25519PublicKey:
+    """``public`` loaded for verifying, once :func:`check_ed25519_public` has passed it."""
+    return Ed25519PublicKey.from_public_bytes(check_ed25519_public(public, whose))
 
 
 def seal(key: bytes, nonce: int, plaintext: bytes, ad: bytes) -> bytes:

@@ -100,6 +100,12 @@ class AuthenticationError(LocalError):
     code = ErrorCode.AUTH_FAILED
 
 
+class UnusableKeyError(AuthenticationError):
+    """A public key that proves nothing: an Ed25519 key of small order, or one not written in
+    its one canonical form (docs/security.md rule 1).  Signatures made with no private key
+    pass for such a key, so it is refused wherever a device shows one."""
+
+
 class PairingTimeout(LocalError, builtins.TimeoutError):
     """The peer did not answer in time."""
 

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from . import cbor
-from .crypto import Rng, digest
+from .crypto import Rng, check_ed25519_public, digest, ed25519_public
 from .errors import AuthenticationError, ConfigError, ProtocolError
 from .machine import DONE, Machine, Question, Step, step
 from .messages import ID_LEN, KEY_LEN
@@ -142,6 +142,9 @@ def read_device_cert(cert: x509.Certificate) -> DeviceCert:
         ) from None
     if len(device_id) != ID_LEN:
         raise AuthenticationError("the certificate's device id is not 16 bytes")
+    # A CA that certified a small-order key (enrolled before the key server refused them)
+    # vouches for a key that signs nothing: not believed (docs/security.md rule 1).
+    check_ed25519_public(signing, "the certificate's")
     name = str(names[0].value) if names else device_id.hex()[:16]
     return DeviceCert(device_id, name, raw[2:], signing, cert.not_valid_after_utc.timestamp())
 
@@ -269,8 +272,9 @@ class CertIssuer(Machine):
     def _on_request(self, msg: CertRequest, now: float) -> None:
         statement = cert_request_statement(self.device_id, self.static, msg.signing,
                                            self.server_cert)
+        key = ed25519_public(msg.signing, "the device's")  # nothing certified for no key
         try:
-            Ed25519PublicKey.from_public_bytes(msg.signing).verify(msg.proof, statement)
+            key.verify(msg.proof, statement)
         except (InvalidSignature, ValueError):
             raise AuthenticationError(
                 "the device did not prove it holds the signing key it wants certified"

@@ -91,10 +91,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import cbor, keyschedule
-from .crypto import Rng, digest
+from .crypto import Rng, digest, ed25519_public
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -437,8 +436,10 @@ def check_agent_command(
     controller = bytes.fromhex(held.controller)
     statement = agent_statement(controller, agent, group, msg.epoch, msg.number, msg.command,
                                 msg.air_ms)
+    key = ed25519_public(controller_signing, f"refused a command for group {group!r}: its "
+                         "controller's")
     try:
-        Ed25519PublicKey.from_public_bytes(controller_signing).verify(msg.signature, statement)
+        key.verify(msg.signature, statement)
     except (InvalidSignature, ValueError):
         raise AuthenticationError(
             f"refused a command for group {group!r}: it is not signed by the group's "
@@ -527,8 +528,10 @@ def check_receipt(
         receipt.controller, receipt.member, receipt.group, receipt.epoch, receipt.envelope,
         receipt.ok,
     )
+    key = ed25519_public(member_signing, f"a receipt for {expected.group} epoch "
+                         f"{expected.epoch}: its member's")
     try:
-        Ed25519PublicKey.from_public_bytes(member_signing).verify(receipt.signature, statement)
+        key.verify(receipt.signature, statement)
     except (InvalidSignature, ValueError):
         raise AuthenticationError(
             f"a receipt for {expected.group} epoch {expected.epoch} is not signed by its "
@@ -669,8 +672,10 @@ def open_group_envelope(
             f"refused an envelope for group {group!r}: its controller {controller[:8]} is not "
             "a device this one has paired with"
         )
+    key = ed25519_public(signing, f"refused an envelope for group {group!r}: its controller "
+                         f"{controller[:8]}'s")
     try:
-        Ed25519PublicKey.from_public_bytes(signing).verify(env.signature, _signed_part(env))
+        key.verify(env.signature, _signed_part(env))
     except (InvalidSignature, ValueError):
         raise AuthenticationError(
             f"refused an envelope for group {group!r}: it is not signed by its controller "

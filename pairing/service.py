@@ -30,11 +30,10 @@ from enum import Enum
 from typing import ClassVar
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import keyschedule
 from .cloud import Role
-from .crypto import same
+from .crypto import ed25519_public, same
 from .errors import AuthenticationError, ExpiredError, ProtocolError
 from .machine import Event, Question
 from .wire import Message, field, message, struct
@@ -266,8 +265,11 @@ def check_membership(
             )
     if m.signature is None:
         raise AuthenticationError("the host's membership is not signed by the cloud's owner")
+    # A host known by no key (a resume's all-zero stand-in) or a small-order one: refused, as
+    # no signature by it means anything (docs/security.md rule 1).
+    key = ed25519_public(host_signing, "the host's")
     try:
-        Ed25519PublicKey.from_public_bytes(host_signing).verify(
+        key.verify(
             m.signature, membership_statement(m, me, session_fingerprint)
         )
     except (InvalidSignature, ValueError):

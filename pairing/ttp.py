@@ -63,7 +63,18 @@ from hashlib import sha256
 from typing import Any, ClassVar
 
 from . import keyschedule, wire
-from .crypto import Rng, digest, hkdf, mac, same, seal, unseal, x25519, x25519_loaded
+from .crypto import (
+    Rng,
+    check_ed25519_public,
+    digest,
+    hkdf,
+    mac,
+    same,
+    seal,
+    unseal,
+    x25519,
+    x25519_loaded,
+)
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -256,6 +267,9 @@ def _check_record(record: DeviceRecord, expected_id: bytes, who: str) -> None:
         raise AuthenticationError(f"the key server vouched for another device than {who}")
     if record.device_id != digest(record.static):
         raise AuthenticationError(f"the key server's record of {who} does not match its key")
+    # enrolled before the key server refused them: the peer's identity payload must show the
+    # same key, which the pairing would then refuse; refused here first, in as many words
+    check_ed25519_public(record.signing, f"the key server's record of {who}: its")
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,6 +490,9 @@ class TtpServerConn(Machine):
                 "enrolment needs this server's enrolment token, and it was missing or wrong"
             )
         assert self.device_id is not None and self.static is not None and self.name is not None
+        # The server vouches for this key in ttp pairings and certificates: never for one that
+        # signs nothing (docs/security.md rule 1).
+        check_ed25519_public(msg.signing, "the device's")
         record = DeviceRecord(self.device_id, self.name, self.static, msg.signing)
         self._ask(EnrolAsked(record, msg.eukey))
 

@@ -300,9 +300,27 @@ def _member_from_cert(
         raise ConfigError("this device enrolled with no key server; it cannot check a "
                           "certificate")
     try:
-        return check_device_cert(cert, ca, now=clock.wall())
+        found = check_device_cert(cert, ca, now=clock.wall())
     except AuthenticationError as exc:
         raise AuthenticationError(f"refused the member's certificate: {exc}") from None
+    _check_cert_key(ks, found.device_id.hex(), found.signing)
+    return found
+
+
+def _check_cert_key(ks: Keystore, device_id: str, signing: bytes) -> None:
+    """Refuse a member's certificate that names another signing key than the one this
+    controller paired with the device by (docs/security.md rule 1: a known device's signing
+    key is pinned; the mirror of a member's check of a controller's certificate in
+    :func:`_controller_key`).  The key server certifies the key of a device's first
+    enrolment, which the holder of its static key alone may have made; the controller checks
+    the member's receipts against the key it adds (session 19)."""
+    known = ks.peer_by_id(device_id)
+    if known is not None and store.signs_otherwise(known, signing):
+        raise AuthenticationError(
+            f"refused the member's certificate: it names {known.name} with another signing "
+            "key than the one this device paired with it by (someone may hold a copy of its "
+            "device key); add it by name (pairkit group add GROUP PEER) instead"
+        )
 
 
 def peer_name(ks: Keystore, device_id: bytes | str) -> str:
@@ -703,7 +721,10 @@ def _member_signing(ks: Keystore, device_id: str, name: str | None = None) -> by
         record = controller_groups(ks).get(name)
         m = record.member(device_id) if record is not None else None
         if m is not None and m.signing is not None:
-            return m.signing  # from its certificate
+            # from its certificate, unless this device paired with the member since by
+            # another key: then no receipt of it is believed (rule 1)
+            _check_cert_key(ks, device_id, m.signing)
+            return m.signing
     peer = _usable_peer(ks, device_id, "group member")
     assert peer.signing_public is not None  # _usable_peer checked it
     return peer.signing_public

@@ -34,7 +34,8 @@ CTX = b"\x09" * 32
 
 
 def rec(device_id: bytes, name: str = "d") -> DeviceRecord:
-    return DeviceRecord(device_id, name, device_id * 2, b"\x00" * 32)
+    # (a signing key of large order: the store refuses the small-order ones)
+    return DeviceRecord(device_id, name, device_id * 2, b"\x05" * 32)
 
 
 def pg_store(url: str, key: bytes):  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from pathlib import Path
@@ -18,7 +19,12 @@ from pairkit.keyserver.store import (
     migrate,
 )
 from pairkit.pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
-from pairkit.pairing.errors import AuthenticationError, NotFoundError, RefusedError
+from pairkit.pairing.errors import (
+    AuthenticationError,
+    NotFoundError,
+    RefusedError,
+    UnusableKeyError,
+)
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from tests.pn_store_harness import check_pns_kept_under_their_gateways
 
@@ -28,7 +34,8 @@ CTX = b"\x09" * 32
 
 def rec(device_id: bytes, name: str = "d") -> DeviceRecord:
     # the store does not recompute ids (the server did when it checked the proof)
-    return DeviceRecord(device_id, name, device_id * 2, b"\x00" * 32)
+    # (a signing key of large order: the store refuses the small-order ones)
+    return DeviceRecord(device_id, name, device_id * 2, b"\x05" * 32)
 
 
 @pytest.fixture
@@ -299,5 +306,20 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(tmp_path: Path, key: 
         assert s.pn_keys() == [(C, two), (C, one)]  # the oldest first
         assert s._db.execute("SELECT count(*) FROM pn_members WHERE gw_id = ?",
                              (A,)).fetchone()[0] == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("signing", [bytes(32), bytes([1]) + bytes(31)], ids=["zero", "neutral"])
+def test_the_store_enrols_no_small_order_signing_key(
+    tmp_path: Path, key: bytes, signing: bytes,
+) -> None:
+    """Whichever way a record comes (the connection's machine refuses it first): the server
+    vouches for an enrolled key in ttp pairings and certificates (docs/security.md rule 1)."""
+    s = store_at(tmp_path / "db", key)
+    try:
+        with pytest.raises(UnusableKeyError, match="signing key"):
+            s.enrol(dataclasses.replace(rec(A), signing=signing), None, 0)
+        assert s.device(A) is None
     finally:
         s.close()

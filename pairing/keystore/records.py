@@ -16,7 +16,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from .. import cbor
-from ..errors import ConfigError, DecodeError, NotFoundError
+from ..crypto import check_ed25519_public
+from ..errors import ConfigError, DecodeError, NotFoundError, UnusableKeyError
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -148,6 +149,7 @@ class Peer:
             raise ConfigError("a peer's identity resolving key must be 16 bytes")
         if self.signing_public is not None:
             _check_public_key(self.signing_public, "Ed25519")
+            check_ed25519_public(self.signing_public, "a peer's")
         if not isinstance(self.id, str) or self.id != device_id_of(self.static_public):
             raise ConfigError("the peer's id does not match its X25519 public key")
         _check_name(self.name, "a peer's name")
@@ -234,11 +236,21 @@ class Peer:
 
     @classmethod
     def _from_cbor(cls, data: Any) -> Peer:
+        signing = data["ed25519"]
+        if isinstance(signing, bytes) and len(signing) == 32:
+            try:
+                check_ed25519_public(signing, "a peer's")
+            except UnusableKeyError:
+                # A key of small order an older pairkit stored (a resume's all-zero
+                # stand-in: attack review atk18c, finding 1) pins nothing and verifies
+                # nothing: read as no key, so the keystore still opens and the device's next
+                # full pairing gives its own (docs/security.md rule 1).
+                signing = None
         return cls(
             id=data["id"],
             name=data["name"],
             static_public=data["x25519"],
-            signing_public=data["ed25519"],
+            signing_public=signing,
             authenticated=data["auth"],
             method=data["method"],
             first_seen=data["first_seen"],

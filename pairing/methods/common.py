@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import keyschedule, wire
-from ..crypto import Rng, digest, x25519_keypair
+from ..crypto import Rng, check_ed25519_public, digest, x25519_keypair
 from ..errors import AuthenticationError, ConfigError, PairingError, RefusedError
 from ..machine import Event, Question
 from ..messages import Announce, Identity, device_name
@@ -943,6 +943,9 @@ def _peer_from_identity(ident: Identity, *, authenticated: bool) -> PeerInfo:
     if ident.device_id != digest(ident.static):
         raise AuthenticationError("the peer's device id does not match its key")
     name = device_name(ident.name, "the peer's name")
+    # A small-order signing key signs nothing (docs/security.md rule 1): refused before the
+    # peer is anyone, on both sides, in every method that shows an identity payload.
+    check_ed25519_public(ident.signing, "the peer's")
     return PeerInfo(ident.device_id, name, ident.static, ident.signing, authenticated)
 
 

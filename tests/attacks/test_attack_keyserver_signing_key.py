@@ -32,10 +32,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import pairkit
 from pairkit.groupcert import enrol_cert, own_cert, request_cert
-from pairkit.groups import held_groups, take_envelope
+from pairkit.groups import Reach, add_member, controlled, create_group, held_groups, take_envelope
 from pairkit.pairing.errors import AuthenticationError, PairingError
 from pairkit.pairing.groupcert import cert_request_statement
-from pairkit.pairing.groups import GroupEnvelope, seal_group_envelope
+from pairkit.pairing.groups import CA, GroupEnvelope, seal_group_envelope
 from pairkit.peers import local_identity
 from pairkit.ttp import connect, enrol
 
@@ -135,3 +135,66 @@ async def test_control_pauls_own_certificate_gives_the_group_key(tmp_path: Path)
     with ks.update():
         take_envelope(ks, doors_key_for(paul, george))
     assert held_groups(ks)["doors"].controller == paul.keystore.device_id
+
+
+# -- session 19: the controller's side of finding 5 ---------------------------------------------
+#
+# A group controller adds a member by its certificate (``pairkit group add NAME --cert FILE``)
+# and from then on checks that member's receipts against the certificate's key, not the key
+# it paired with the device by.  Mallory, with George's static key, enrolled George's id first
+# and holds a certificate naming her key: Paul, who paired with George, adds "George" by it,
+# and Mallory's signatures pass for George's (a receipt saying George took the group key that
+# he never got).  A certificate naming another signing key than the paired record's is refused,
+# as a member refuses a controller's (above).
+
+
+def with_georges_static_key(tmp_path: Path, george: pairkit.Device) -> pairkit.Device:
+    """Mallory: a copy of George's keystore file, with a signing key of her own in memory."""
+    (tmp_path / "mallory").mkdir()
+    shutil.copy(tmp_path / "george" / "keystore.pk", tmp_path / "mallory" / "keystore.pk")
+    mallory = pairkit.Device.open(tmp_path / "mallory" / "keystore.pk", KEYSTORE_PIN)
+    forged = Ed25519PrivateKey.generate()
+    mallory.keystore._signing = forged
+    mallory.keystore._signing_public = forged.public_key().public_bytes_raw()
+    assert mallory.keystore.device_id == george.keystore.device_id
+    return mallory
+
+
+#: delivery to a member nobody serves gives up at once (the member stays pending)
+QUICK = Reach(connect_timeout=1.0, step_timeout=1.0)
+
+
+async def test_a_members_certificate_with_another_key_than_its_record_is_refused(
+    tmp_path: Path,
+) -> None:
+    paul, george = await paul_and_george(tmp_path)
+    mallory = with_georges_static_key(tmp_path, george)
+    async with running_server(tmp_path / "srv") as srv:
+        await enrolled_with_cert(mallory, srv)  # George never enrolled here: hers is the first
+        await enrolled_with_cert(paul, srv)
+    ks = paul.keystore
+    create_group(ks, "doors", trust=CA)
+    cert = own_cert(mallory.keystore)
+    assert cert is not None
+    with pytest.raises(AuthenticationError, match="another signing key") as caught:
+        await add_member(ks, "doors", None, cert=cert, reach=QUICK)
+    assert "George" in str(caught.value)
+    assert mallory.keystore.signing_public.hex() not in str(caught.value)
+    members = controlled(ks, "doors").members
+    assert not [m for m in members if m.device_id == george.keystore.device_id], (
+        "Paul added George by Mallory's certificate: her receipts pass for George's")
+
+
+async def test_control_the_members_own_certificate_is_taken(tmp_path: Path) -> None:
+    paul, george = await paul_and_george(tmp_path)
+    async with running_server(tmp_path / "srv") as srv:
+        await enrolled_with_cert(george, srv)
+        await enrolled_with_cert(paul, srv)
+    ks = paul.keystore
+    create_group(ks, "doors", trust=CA)
+    cert = own_cert(george.keystore)
+    assert cert is not None
+    await add_member(ks, "doors", None, cert=cert, reach=QUICK)
+    (member,) = controlled(ks, "doors").members
+    assert (member.device_id, member.signing) == (george.keystore.device_id,
+                                                  george.keystore.signing_public)
