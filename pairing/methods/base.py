@@ -66,6 +66,7 @@ _OFFER_FIELDS: dict[Method, frozenset[str]] = {
     Method.COMPARE: frozenset({"pk", "step_ms"}),
     Method.CLEAR: frozenset(),
     Method.KK: frozenset({"guest_id", "noise"}),
+    Method.TTP: frozenset({"guest_id"}),  # read by pairing.ttp's machines
 }
 _ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
     Method.PIN: frozenset({"cpace", "noise"}),
@@ -73,6 +74,7 @@ _ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
     Method.COMPARE: frozenset({"sealed", "commit"}),
     Method.CLEAR: frozenset({"key", "noise"}),
     Method.KK: frozenset({"noise"}),
+    Method.TTP: frozenset({"host_id"}),
 }
 
 
