@@ -109,3 +109,23 @@ async def test_after_a_resume_fail_the_host_waits_for_kk_only(lab: Lab) -> None:
     assert isinstance(first, ResumeMessage) and first.header.kind is ResumeKind.FAIL, first
     said = [a.header.kind.name if isinstance(a, ResumeMessage) else str(a) for a in answers]
     assert said.count("FAIL") == 1, f"the host answered INIT after INIT on one link: {said}"
+
+
+async def test_a_clear_guest_on_a_plain_link_is_refused_before_the_owner_is_asked(
+    lab: Lab,
+) -> None:
+    """Finding 4 (low): "nobody is asked about a guest the host would refuse anyway" (README).
+
+    Paul hosts ``-m clear`` over TCP without ``--allow-insecure``: every ``clear`` pairing on
+    this link is refused (the key would cross in the clear).  George's join request says
+    ``clear`` (his own ``--allow-insecure`` forces it on his side); Paul's owner must not be
+    asked about him first, as for a method the host does not allow."""
+    paul, george = lab.device("paul"), lab.device("george")
+    host = await lab.host(paul, "-m", "clear", "--yes", "--json")
+    mark = host.mark()
+    refused = await george.join(host.target, "-m", "clear", "--allow-insecure", "--json")
+    assert refused.rc != 0 and "--allow-insecure" in refused.err, refused
+    await host.wait_for(r"^error: guest .*--allow-insecure", since=mark)
+    later = "\n".join(host.lines[mark:])
+    assert "asks to join" not in later, later
+    assert await paul.peers() == [] and await george.peers() == []
