@@ -11,6 +11,9 @@ Over TCP against real ``pairkit host`` processes:
   hand-driven one claiming a known device's public id) could send INIT after INIT, each
   answered FAIL and each granting another full step timeout, holding the link, and its
   place among the unauthenticated links, without end (finding 2).
+* A ``clear`` guest on a link that is not encrypted, at a host without ``--allow-insecure``,
+  is one the pairing refuses: before this review its owner was asked about it first
+  (finding 4; README: "nobody is asked about a guest the host would refuse anyway").
 """
 
 from __future__ import annotations
