@@ -97,6 +97,7 @@ from .messages import (
     device_name,
 )
 from .methods import LocalIdentity, PeerInfo, Session, _check_context, _th
+from .methods.base import _ACCEPT_FIELDS, _OFFER_FIELDS, _only_fields
 from .methods.common import PrekeySource, _take_prekeys
 from .negotiation import ALL_CAPS, Caps, Method, choose, methods_from_mask, methods_mask
 from .wire import Message, field, message, struct
@@ -716,6 +717,8 @@ class TtpLinkGuest(_TtpLink):
             self.config.caps, self.config.methods, Caps(msg.hello.caps),
             methods_from_mask(msg.hello.methods), proposed=Method.TTP,
         )
+        # ttp's fields only, as every method's (docs/security.md; attack review atk19d)
+        _only_fields(msg, Method.TTP, _ACCEPT_FIELDS)
         if msg.host_id is None:
             raise ProtocolError("the host's Accept for method 'ttp' lacks its device id")
         self._check_peer_id(msg.host_id, "host")
@@ -771,6 +774,7 @@ class TtpLinkHost(_TtpLink):
         )
         if msg.hello.method is not Method.TTP:
             raise ProtocolError("this exchange runs method 'ttp' only")
+        _only_fields(msg, Method.TTP, _OFFER_FIELDS)  # ttp's fields only (atk19d)
         if msg.guest_id is None:
             raise ProtocolError("the guest's Offer for method 'ttp' lacks its device id")
         self._check_peer_id(msg.guest_id, "guest")

@@ -296,7 +296,10 @@ class Host:
         self._device = device
         self._spec = transport if isinstance(transport, str) else None
         self._given = None if isinstance(transport, str) else transport
-        self._methods = methods
+        # Known peers always resume (Device.host): resume is among the methods this host runs
+        # and says it runs, and kk, its fallback, with it (a pairing machine runs only the
+        # methods its config allows: attack review atk19d, finding 1).
+        self._methods = methods | {Method.RESUME}
         self._pin = pin
         self._delegate = _OneQuestionAtATime(delegate, answer_within=step_timeout)
         self._visible = visible
@@ -656,10 +659,11 @@ class Device:
         """Wait for guests on ``transport`` (a name or an open transport object).
 
         ``methods``: what guests may pair by (``pin``, ``qr``, ``compare``, ``clear``; known
-        peers always ``resume``).  ``pin``: the first guest's PIN (default: a random one,
-        :attr:`Host.pin`).  ``visible``: seconds strangers may find and join this host on a
-        broadcasting transport (None: only members of its cloud).  ``delegate`` answers the
-        owner's questions: a stranger asking to join is refused without one.  ``admission``:
+        peers always ``resume``, or ``kk`` when they hold no prekey: both are added).
+        ``pin``: the first guest's PIN (default: a random one, :attr:`Host.pin`).
+        ``visible``: seconds strangers may find and join this host on a broadcasting transport
+        (None: only members of its cloud).  ``delegate`` answers the owner's questions: a
+        stranger asking to join is refused without one.  ``admission``:
         the limits on links not yet paired (:class:`pairkit.admission.AdmissionLimits`: the
         first flight, how many at once and from one address), as ``pairkit host``'s; the
         defaults are its defaults (:meth:`Host.accept`)."""

@@ -48,6 +48,7 @@ from .pairing.errors import (
     BusyError,
     ConfigError,
     ErrorCode,
+    InsecureLinkError,
     LinkClosedError,
     LocalError,
     LockedOutError,
@@ -68,6 +69,7 @@ from .pairing.methods import (
     PinPolicy,
     Session,
 )
+from .pairing.methods.common import _INSECURE_TEXT
 from .pairing.negotiation import PROVES_A_KNOWN_KEY, Method
 from .pairing.qr import QrCode
 from .pairing.service import (
@@ -211,7 +213,7 @@ async def accept_session(
                 lambda cloud_id, epoch, info, n: ks.cloud_kdf(cloud_id, info, n, epoch=epoch)
             ),
             known_grant=lambda device_id: peers.peer_grant(ks, device_id, clock.wall()),
-            open_to_strangers=side.open_to_strangers, precheck=_precheck(side),
+            open_to_strangers=side.open_to_strangers, precheck=_precheck(side, link),
             timeout=side.step_timeout,
             info=HostInfo(name=me.name, methods=side.config.methods, caps=side.config.caps),
         )
@@ -304,10 +306,13 @@ def _answer_time(step_timeout: float) -> float:
     return max(DEFAULT_ANSWER_TIME, 3 * step_timeout)
 
 
-def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
+def _precheck(side: HostSide, link: Any) -> Callable[[int | None, float], None]:
     """The checks that need no person, run before a joining stranger's request reaches the
-    owner (issue 16): the method must be one this host allows, and a PIN (a compare) is refused
-    while PIN (compare) pairing is locked out.  The pairing that follows checks both again."""
+    owner (issue 16): the method must be one this host allows, ``clear`` needs an encrypted
+    link (or ``--allow-insecure``), and a PIN (a compare) is refused while PIN (compare)
+    pairing is locked out.  The pairing that follows checks them all again."""
+    # read as the request comes: a BLE guest encrypts its link before it says anything
+    # (open_session), so a clear guest's link is encrypted by then or never
 
     def check(method: int | None, now: float) -> None:
         if method is None:
@@ -323,6 +328,9 @@ def _precheck(side: HostSide) -> Callable[[int | None, float], None]:
             raise UnsupportedError(
                 f"this host does not allow pairing by {chosen.label}; it allows only: {allowed}"
             )
+        if chosen is Method.CLEAR and not link.encrypted and not side.config.allow_insecure:
+            # the pairing would refuse it (HostPairing): its owner is not asked first (atk19d)
+            raise InsecureLinkError(_INSECURE_TEXT)
         if chosen is Method.PIN:
             wait = side.state.locked_for(now)
             if wait > 0:

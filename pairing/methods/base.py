@@ -35,6 +35,7 @@ from .common import (
     _INSECURE_TEXT,
     S_ACCEPT,
     S_ASK,
+    S_KK,
     S_NOISE,
     S_OFFER,
     S_RESUME,
@@ -65,6 +66,7 @@ _OFFER_FIELDS: dict[Method, frozenset[str]] = {
     Method.COMPARE: frozenset({"pk", "step_ms"}),
     Method.CLEAR: frozenset(),
     Method.KK: frozenset({"guest_id", "noise"}),
+    Method.TTP: frozenset({"guest_id"}),  # read by pairing.ttp's machines
 }
 _ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
     Method.PIN: frozenset({"cpace", "noise"}),
@@ -72,6 +74,7 @@ _ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
     Method.COMPARE: frozenset({"sealed", "commit"}),
     Method.CLEAR: frozenset({"key", "noise"}),
     Method.KK: frozenset({"noise"}),
+    Method.TTP: frozenset({"host_id"}),
 }
 
 
@@ -287,8 +290,11 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
         (S_OFFER, Offer): step("_on_offer", S_NOISE, DONE, S_REVEAL),
-        # done, or the prekey is gone: wait in S_OFFER for the guest's KK fallback
-        (S_OFFER, ResumeMessage): step("_on_resume_init", DONE, S_OFFER),
+        # done, or the prekey is gone: wait for the guest's KK fallback, and for it only (one
+        # FAIL per link: another INIT there would be answered again, each time with a new
+        # step timeout, and hold the link without end; attack review atk19d, finding 2)
+        (S_OFFER, ResumeMessage): step("_on_resume_init", DONE, S_KK),
+        (S_KK, Offer): step("_on_kk_offer", DONE),
         (S_NOISE, NoiseMessage): step("_on_noise", DONE),
         # compare: the guest's N_G; answered with N_H and Noise message 1, then the question
         # (a NoiseMessage while the person is asked is not in the table: the driver holds it)
@@ -359,7 +365,23 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
 
     def _on_resume_init(self, msg: ResumeMessage, now: float) -> None:
         self._check_expected(Method.RESUME)
+        # The host's own methods hold for resume as for every method (kk included): a host
+        # that does not allow it runs it for no one, known or not, and consumes no prekey
+        # (attack review atk19d, finding 1).  The INIT carries no announcement: the table is
+        # read for this host's side only.
+        choose(0, frozenset({_RESUME}), self._caps, self.config.methods, proposed=_RESUME,
+               knows_peer=True)
         super()._on_resume_init(msg, now)
+
+    def _on_kk_offer(self, msg: Offer, now: float) -> None:
+        """The guest's Offer after this host's resume FAIL: its kk fallback (docs/protocol.md
+        §8), no other method."""
+        if msg.hello.method is not _KK:
+            raise ProtocolError(
+                f"after a resume FAIL the guest must fall back to 'kk', not "
+                f"'{Method(msg.hello.method).label}'"
+            )
+        self._on_offer(msg, now)
 
     def _on_offer(self, msg: Offer, now: float) -> None:
         proposed = msg.hello.method

@@ -867,6 +867,8 @@ S_ASK = "ask-user"
 #: compare's host waits for a place to show its code (CodeTurns)
 S_TURN = "await-turn"
 S_RESUME = "await-resume"
+#: the host answered a resume INIT with FAIL: only the guest's kk Offer may follow (§8)
+S_KK = "await-kk"
 
 
 def _announce(config: PairingConfig, name: str, method: Method, caps: Caps, rng: Rng) -> Announce:

@@ -27,7 +27,7 @@ from ..errors import AuthenticationError, DecodeError, NotFoundError, ProtocolEr
 from ..messages import Accept, Announce, Offer, ResumeHeader, ResumeKind, ResumeMessage
 from ..negotiation import Method
 from ..noise import HandshakeState
-from .common import KK_NOISE, PeerInfo, Session, _hello_hash, _Prekeys, _take_prekeys
+from .common import KK_NOISE, S_KK, PeerInfo, Session, _hello_hash, _Prekeys, _take_prekeys
 from .handshake import GuestSide, HostSide
 
 
@@ -157,12 +157,14 @@ class ResumeHost(HostSide):
         if known is None or prekey is None or not self.host.consume_prekey(
             known.device_id, prekey.digest
         ):
-            # Stay in S_OFFER: the guest falls back to Noise KK on the same link.
+            # The guest falls back to Noise KK on the same link: its Offer, and only that, may
+            # follow (S_KK: one FAIL per link).
             reply = ResumeHeader(
                 src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
                 dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,
             )
             self._send(ResumeMessage(header=reply, reason="ephemeral key mismatch"))
+            self.state = S_KK
             self._expect_by(now + self.config.step_timeout, "the guest did not answer in time")
             return
         prekey_key = X25519PrivateKey.from_private_bytes(prekey.private)
