@@ -83,6 +83,8 @@ def resolve_shared(root: Path, name: str) -> Path:
         raise NotFoundError(
             f"{name!r} cannot be opened on the host: {describe_failure(exc)}"
         ) from None
+    except RuntimeError:  # a link loop: Path.resolve raises RuntimeError before Python 3.13
+        raise NotFoundError(f"{name!r} is a link loop on the host") from None
     return target
 
 
@@ -129,7 +131,7 @@ def list_shared(root: Path) -> list[FileEntry]:
             real = path.resolve()
             if not real.is_relative_to(base) or not real.is_file():
                 continue
-        except OSError:
+        except (OSError, RuntimeError):  # RuntimeError: a link loop (Path.resolve, < 3.13)
             continue
         rel = path.relative_to(base).as_posix()
         kind = mimetypes.guess_type(rel)[0] or "application/octet-stream"
