@@ -901,6 +901,9 @@ def _writable(dest: Path, force: bool) -> None:
         raise ConfigError(f"{dest} is a folder; give -o another name")
     if dest.exists() and not force:
         raise ConfigError(f"{dest} exists; use --force to replace it, or -o another name")
+    from pairkit.files import partial_size
+
+    partial_size(_part(dest))  # a link planted as NAME.part is refused before connecting
 
 
 def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[str], peer: str,

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import mimetypes
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .pairing import wire
 from .pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
+    ConfigError,
     DecodeError,
     LinkClosedError,
     NotFoundError,
@@ -335,6 +337,24 @@ class Fetched:
     restarted_from: int | None = None
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def partial_size(part: Path) -> int:
+    """How much a previous try kept in ``part`` (0: none).  Only a plain file counts: a link
+    (planted by whoever can write into the folder) or anything else there is refused with a
+    :class:`ConfigError`, never followed nor resumed into (attack review atk19f)."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{part} is not a partial file left by pairkit (a link or not a "
+                          "plain file); remove it, or -o another name")
+    return st.st_size
+
+
 async def get_file(
     slink: SecureLink,
     name: str,
@@ -353,7 +373,7 @@ async def get_file(
             f"UTF-8; this one has {len(name)} characters"
         )
     part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
+    offset = partial_size(part)
     t0 = time.perf_counter()
     machine = FileFetch(name, offset, timeout=timeout, chunk_timeout=chunk_timeout)
     machine.start(time.monotonic())
@@ -361,7 +381,10 @@ async def get_file(
 
     def partial() -> Any:
         if not handle:
-            handle.append(open(part, "ab"))
+            # Never through a link, even one planted since partial_size looked (atk19f).
+            fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC,
+                         0o666)
+            handle.append(os.fdopen(fd, "ab"))
         return handle[0]
 
     class Work:
@@ -410,6 +433,7 @@ __all__ = [
     "get_file",
     "list_files",
     "list_shared",
+    "partial_size",
     "receive_membership",
     "resolve_shared",
     "say_bye",

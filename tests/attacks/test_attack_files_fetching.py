@@ -34,5 +34,8 @@ async def test_a_planted_part_link_does_not_write_through(lab: Lab, tmp_path: Pa
                            "-o", str(out))
     assert_no_traceback("get", got.err)
     assert precious.read_text() == "mine\n", "get wrote through a planted .part link"
-    if got.rc == 0:  # started afresh beside the link, or refused it: either is sound
-        assert (out / "a.txt").read_text() == "alpha " * 100
+    # refused before connecting, as an existing file is (exit 2): the owner is not asked
+    assert got.rc == 2, got
+    assert "a.txt.part is not a partial file left by pairkit" in got.err, got
+    assert "asks for" not in host.stderr and "paired with" not in host.stderr
+    assert not (out / "a.txt").exists()
