@@ -212,6 +212,9 @@ class EvilHost:
     #: proves nothing, and a guest asks to join)
     clouds: tuple[str, ...] = ()
     mac: Callable[[str, bytes], bytes] | None = None
+    #: what it does on the secure link after its Membership (None: wait for one message):
+    #: a hostile file service, say
+    serve: Callable[[SecureLink], Awaitable[None]] | None = None
 
     @property
     def target(self) -> str:
@@ -242,6 +245,9 @@ class EvilHost:
                 membership = self.craft(machine.session)
                 self.sent.append(membership)
                 await slink.send(membership.encode())
+                if self.serve is not None:
+                    await self.serve(slink)
+                    continue
                 try:
                     await slink.recv(STEP)  # the guest's Bye, or its hang-up
                     self.heard.append("a message")
@@ -263,11 +269,13 @@ class EvilHost:
 
 async def evil_host(grant: Grant, craft: Callable[[Session], Membership], *,
                     says_name: str | None = None, device: Device | None = None,
-                    proves: tuple[str, ...] = ()) -> EvilHost:
+                    proves: tuple[str, ...] = (),
+                    serve: Callable[[SecureLink], Awaitable[None]] | None = None) -> EvilHost:
     """Start a malicious host on a free port (PIN from ``state.pin``); ``says_name`` is the
     name its hello response claims.  ``device``: it runs with that device's identity and keys
     (its keystore read, as an owner turned hostile, or a thief, would), and its cloud step
-    proves the clouds ``proves`` with that device's secrets."""
+    proves the clouds ``proves`` with that device's secrets.  ``serve``: what it does on each
+    secure link once its Membership is sent."""
     if device is None:
         signer = Ed25519PrivateKey.generate()
         me = dataclasses.replace(
@@ -282,7 +290,7 @@ async def evil_host(grant: Grant, craft: Callable[[Session], Membership], *,
     state = HostState()
     listener = await TcpListener.bind("127.0.0.1", 0)
     host = EvilHost(me, signer, state, listener, grant, craft, says_name=says_name,
-                    clouds=proves, mac=mac)
+                    clouds=proves, mac=mac, serve=serve)
     host.task = asyncio.create_task(host._serve())
     return host
 

@@ -5,9 +5,30 @@ real machines (tests/attack_harness.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from pairkit.cli.main import get as get_command
+from pairkit.pairing import wire
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.methods import Session
+from pairkit.pairing.service import (
+    Bye,
+    Chunk,
+    FileEntry,
+    FileHeader,
+    GetRequest,
+    Listing,
+    ListRequest,
+    Membership,
+    Refused,
+)
+from pairkit.securelink import SecureLink
+from tests.attack_harness import STEP, EvilHost, evil_host
 from tests.cli_helpers import Lab, assert_no_traceback
 
 PIN = "482913"
@@ -39,3 +60,78 @@ async def test_a_planted_part_link_does_not_write_through(lab: Lab, tmp_path: Pa
     assert "a.txt.part is not a partial file left by pairkit" in got.err, got
     assert "asks for" not in host.stderr and "paired with" not in host.stderr
     assert not (out / "a.txt").exists()
+
+
+# -- a hostile host's file service ---------------------------------------------------------------
+
+Serve = Callable[[SecureLink], Awaitable[None]]
+
+
+def file_service(files: dict[str, bytes | None], *, listed: list[str] | None = None,
+                 header: Callable[[GetRequest, bytes], FileHeader] | None = None,
+                 chunks: Callable[[GetRequest, bytes], list[Chunk]] | None = None) -> Serve:
+    """A host's file service that says what it likes: ``listed`` (default: ``files``' names)
+    with the sizes of ``files``; a file None in ``files`` is refused; ``header`` and ``chunks``
+    replace the honest FileHeader and Chunks of a request."""
+
+    async def serve(slink: SecureLink) -> None:
+        while True:
+            msg = wire.decode(await slink.recv(STEP), (ListRequest, GetRequest, Bye))
+            if isinstance(msg, Bye):
+                return
+            if isinstance(msg, ListRequest):
+                names = list(files) if listed is None else listed
+                await slink.send(Listing(tuple(
+                    FileEntry(n, len(files.get(n) or b""), "text/plain") for n in names
+                )).encode())
+                continue
+            data = files.get(msg.name)
+            if data is None:
+                await slink.send(Refused("not for you").encode())
+                continue
+            head = header(msg, data) if header else FileHeader(
+                msg.name, len(data), hashlib.sha256(data).digest(), msg.offset)
+            await slink.send(head.encode())
+            body = chunks(msg, data) if chunks else [
+                Chunk(o, data[o:o + 1000]) for o in range(msg.offset, len(data), 1000)]
+            for c in body:
+                await slink.send(c.encode())
+
+    return serve
+
+
+def guest_grant(session: Session) -> Membership:
+    return Membership(role=Role.GUEST, expires=int(time.time()) + 3600)
+
+
+async def hostile(serve: Serve) -> EvilHost:
+    return await evil_host(Grant(Role.GUEST, 3600), guest_grant, serve=serve)
+
+
+async def test_the_printed_resume_command_takes_no_options_from_the_host(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """``get --all`` that stops prints the command that fetches the rest, built from the host's
+    listing.  A host that lists a file called ``--force`` (and stops the transfer by refusing
+    a file) has the user paste ``pairkit get HOST --force notes.txt ...``: the pasted command
+    replaces the user's files though the user never said --force."""
+    files: dict[str, bytes | None] = {"a.txt": b"alpha\n", "b.txt": None,
+                                      "--force": b"x", "notes.txt": b"planted\n"}
+    host = await hostile(file_service(files))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin",
+                               "--pin", host.state.new_pin(), "-o", str(out), "--timeout", "10")
+    finally:
+        await host.close()
+    assert got.rc != 0, got
+    assert_no_traceback("get", got.err)
+    (line,) = [x for x in got.err.splitlines() if x.startswith("  pairkit get ")]
+    args = shlex.split(line)
+    assert args[:2] == ["pairkit", "get"]
+    ctx = get_command.make_context("get", args[2:])
+    assert ctx.params["force"] is False, f"the host's listing put --force in: {line}"
+    assert ctx.params["output"] == str(out)
+    assert list(ctx.params["names"]) == ["--force", "notes.txt"], line
