@@ -930,13 +930,19 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
         return
     # a peer paired by this run is known now: by name, it resumes with no PIN
     who = box.get("peer_name") if ":" in peer and "peer_name" in box else peer
-    args = ["pairkit", "get", who, *left]
+    options: list[str] = []
     if transport and who == peer:
-        args += ["-t", transport]
+        options += ["-t", transport]
     if output is not None:
-        args += ["-o", output]
+        options += ["-o", output]
     if force:
-        args.append("--force")
+        options.append("--force")
+    if any(word.startswith("-") for word in (who, *left)):
+        # The names are the host's (its listing) and so is its name: one that looks like an
+        # option (--force, -o DIR) must stay a name in the command the user pastes (atk19f).
+        args = ["pairkit", "get", *options, "--", who, *left]
+    else:
+        args = ["pairkit", "get", who, *left, *options]
     if part is not None and part.exists():
         info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
              "resume with:", essential=True)

@@ -134,4 +134,5 @@ async def test_the_printed_resume_command_takes_no_options_from_the_host(
     ctx = get_command.make_context("get", args[2:])
     assert ctx.params["force"] is False, f"the host's listing put --force in: {line}"
     assert ctx.params["output"] == str(out)
+    assert ctx.params["peer"] == "Evil host"
     assert list(ctx.params["names"]) == ["--force", "notes.txt"], line
