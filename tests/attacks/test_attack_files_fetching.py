@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from pairkit.cli.main import get as get_command
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import Grant, Role
@@ -136,3 +138,93 @@ async def test_the_printed_resume_command_takes_no_options_from_the_host(
     assert ctx.params["output"] == str(out)
     assert ctx.params["peer"] == "Evil host"
     assert list(ctx.params["names"]) == ["--force", "notes.txt"], line
+
+
+DATA = b"alpha\n" * 10
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+#: a hostile host's answer to ``get a.txt``: (FileHeader maker, Chunks maker)
+ANSWERS: dict[str, tuple[Callable[[GetRequest, bytes], FileHeader] | None,
+                         Callable[[GetRequest, bytes], list[Chunk]] | None]] = {
+    "more-bytes-than-announced": (lambda r, d: FileHeader(r.name, 6, sha(d[:6]), 0), None),
+    "another-name": (lambda r, d: FileHeader("b.txt", len(d), sha(d), 0), None),
+    "another-offset": (lambda r, d: FileHeader(r.name, len(d), sha(d), 6), None),
+    "another-hash": (lambda r, d: FileHeader(r.name, len(d), sha(b"other"), 0), None),
+    "a-gap": (None, lambda r, d: [Chunk(6, d[6:])]),
+    "an-overlap": (None, lambda r, d: [Chunk(0, d[:12]), Chunk(6, d[6:])]),
+    "an-empty-chunk": (None, lambda r, d: [Chunk(0, b"")]),
+    "a-negative-offset": (None, lambda r, d: [Chunk(-6, d[:6] + d)]),
+    "silence-after-the-header": (None, lambda r, d: []),
+}
+
+
+@pytest.mark.parametrize("answer", list(ANSWERS))
+async def test_a_hostile_answer_leaves_no_file(lab: Lab, tmp_path: Path, answer: str) -> None:
+    """Sound (atk19f): whatever the host answers that is not its file as announced ends the
+    fetch with an error, and nothing is saved under the file's name."""
+    header, chunks = ANSWERS[answer]
+    host = await hostile(file_service({"a.txt": DATA}, header=header, chunks=chunks))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "a.txt", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "3",
+                               "--retries", "0")
+    finally:
+        await host.close()
+    assert got.rc != 0, got
+    assert_no_traceback("get", got.err)
+    assert got.err.splitlines()[-1].startswith("error: "), got
+    assert not (out / "a.txt").exists()
+    if answer == "silence-after-the-header":
+        assert got.rc == 4, got  # a timeout, within --timeout
+    if answer == "another-hash":
+        assert not (out / "a.txt.part").exists()  # damaged: the next try starts afresh
+
+
+async def test_listed_names_land_inside_the_output_folder(lab: Lab, tmp_path: Path) -> None:
+    """Sound (atk19f): ``get --all`` saves each listed file under the last part of its name,
+    in the -o folder, whatever path the host's listing gives; a name with a ``..`` part is a
+    hidden one (a part starting with ``.``), left out and said so."""
+    names = ["../../up.txt", "/etc/abs.txt", "sub/../../dots.txt", "c\\..\\back.txt",
+             "x/\x1b[2Jesc.txt"]
+    host = await hostile(file_service({n: b"planted\n" for n in names}))
+    george = lab.device("george")
+    box = tmp_path / "box"
+    out = box / "a" / "b" / "out"
+    out.mkdir(parents=True)
+    before = sorted(str(p) for p in box.rglob("*"))
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert got.rc == 0, got
+    assert sorted(p.name for p in out.iterdir()) == sorted(["abs.txt", "\x1b[2Jesc.txt"])
+    assert "note: 3 hidden file(s) not fetched with --all" in got.err
+    after = sorted(str(p) for p in box.rglob("*") if out not in p.parents)
+    assert after == before
+    assert "\x1b" not in got.out + got.err  # the name is shown, never obeyed
+
+
+@pytest.mark.parametrize("name", ["x/", "a\x00b", "a\\"])
+async def test_a_listed_name_that_is_no_file_name_here_is_refused(
+    lab: Lab, tmp_path: Path, name: str
+) -> None:
+    host = await hostile(file_service({name: b"x", "a.txt": b"alpha\n"}))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert got.rc == 2, got
+    assert_no_traceback("get", got.err)
+    assert list(out.iterdir()) == []
