@@ -349,6 +349,9 @@ def partial_size(part: Path) -> int:
         st = os.lstat(part)
     except FileNotFoundError:
         return 0
+    except OSError as exc:  # a name too long for NAME.part here (a 252-byte NAME), no access
+        raise ConfigError(f"cannot keep a partial file at {part} ({describe_failure(exc)}); "
+                          "-o another name") from None
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{part} is not a partial file left by pairkit (a link or not a "
                           "plain file); remove it, or -o another name")

@@ -45,3 +45,25 @@ async def test_a_symlink_loop_in_the_share_is_refused_not_a_crash(
     assert (out / "a.txt").read_text() == "alpha\n"
     assert_no_traceback("host", host.stderr)
     assert host.proc.returncode is None, host.stderr  # still serving
+
+
+async def test_a_file_whose_part_name_is_too_long_here_is_refused_before_asking(
+    lab: Lab, share: Path, tmp_path: Path
+) -> None:
+    """A shared name of 255 bytes fits the host's file system, but NAME.part (260) does not fit
+    the guest's: ``get`` says so before connecting, as for a file that exists (exit 2), not
+    with the OS's error after the owner was asked."""
+    name = "n" * 251 + ".txt"
+    (share / name).write_text("x")
+    paul, george = lab.device("paul"), lab.device("george")
+    host = await lab.host(paul, *HOST_ARGS, "--share", str(share))
+    out = tmp_path / "out"
+    out.mkdir()
+    got = await george.run("get", host.target, name, "-m", "pin", "--pin", PIN, "-o", str(out))
+    assert got.rc == 2, got
+    assert "cannot keep a partial file at" in got.err and "-o another name" in got.err, got
+    assert "paired with" not in host.stderr
+    named = await george.run("get", host.target, name, "-m", "pin", "--pin", PIN,
+                             "-o", str(out / "short.txt"))
+    assert named.rc == 0, named
+    assert (out / "short.txt").read_text() == "x"
