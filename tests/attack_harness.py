@@ -146,11 +146,13 @@ async def evil_join(
     says_name: str | None = None,
     wants: Role = Role.GUEST,
     says_method: Method | None = None,
+    then: Callable[[SecureLink], Awaitable[None]] | None = None,
 ) -> EvilGuest:
     """Run the guest's half of the real pipeline (cloud step, pairing, bind, confirm) with
     ``me`` over a real TCP link; the CLI's run_join, by hand.  ``says_name``: the name its join
     request gives (None: its own, as an honest guest's); ``wants`` and ``says_method``: what
-    the request asks for and the method it says it pairs by (None: not said)."""
+    the request asks for and the method it says it pairs by (None: not said); ``then``: what
+    it does on the secure link once the host's Membership came (file requests, say)."""
     out = EvilGuest()
     link = await tcp_connect(*address, timeout=STEP)
     loop = asyncio.get_running_loop()
@@ -179,6 +181,8 @@ async def evil_join(
         slink = SecureLink(link, out.session, timeout=STEP)
         await confirm(slink, transcript=pipe.transcript())
         out.membership = wire.decode(await slink.recv(), Membership)
+        if then is not None:
+            await then(slink)
     except PairingError as exc:
         out.error = exc
     finally:
