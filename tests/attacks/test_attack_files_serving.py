@@ -14,7 +14,14 @@ from pairkit.pairing import wire
 from pairkit.pairing.errors import ErrorCode
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
-from pairkit.pairing.service import FileHeader, GetRequest, Refused
+from pairkit.pairing.service import (
+    Chunk,
+    FileHeader,
+    GetRequest,
+    Listing,
+    ListRequest,
+    Refused,
+)
 from pairkit.securelink import SecureLink
 from tests.attack_harness import STEP, address_of, evil_join, host_with_terminal
 from tests.cli_helpers import HostProcess, Lab, assert_no_traceback
@@ -123,3 +130,46 @@ async def test_a_guest_without_a_grant_learns_no_names(lab: Lab, share: Path) ->
     assert there.code != ErrorCode.NOT_FOUND  # the owner refused it
     assert (absent.code, absent.reason) == (there.code, there.reason), (
         f"a name that exists: {there.reason!r}; one that does not: {absent.reason!r}")
+
+
+async def test_names_out_of_the_folder_and_special_files_are_refused(
+    lab: Lab, share: Path, tmp_path: Path
+) -> None:
+    """Sound (atk19f): a paired guest the owner allows everything (--yes) asks for names out
+    of the folder, links out of it, a folder, a FIFO (opened, it would hang the host): each
+    is refused, the FIFO and the links are not listed, and the session goes on to serve a
+    shared file whole."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not shared\n")
+    (share / "sub").mkdir()
+    os.symlink(outside, share / "out-link")
+    os.symlink("/", share / "root-link")
+    os.mkfifo(share / "fifo")
+    paul = lab.device("paul")
+    host = await lab.host(paul, *HOST_ARGS, "--share", str(share))
+    asked = ["../outside.txt", "sub/../../outside.txt", str(outside), "out-link",
+             "root-link/etc/hostname", "sub", "fifo", "a.txt\x00", "", "sub\\..\\..\\x"]
+    answers: dict[str, Refused | FileHeader] = {}
+    listing: list[str] = []
+    body = bytearray()
+
+    async def ask(slink: SecureLink) -> None:
+        await slink.send(ListRequest().encode())
+        listing.extend(f.name for f in wire.decode(await slink.recv(STEP), Listing).files)
+        for name in asked:
+            await slink.send(GetRequest(name).encode())
+            answers[name] = wire.decode(await slink.recv(STEP), (Refused, FileHeader))
+        await slink.send(GetRequest("a.txt").encode())
+        head = wire.decode(await slink.recv(STEP), FileHeader)
+        while len(body) < head.size:
+            body.extend(wire.decode(await slink.recv(STEP), Chunk).data)
+
+    got = await evil_join(address_of(host), LocalIdentity.generate("Mallory"), Method.PIN,
+                          pin=PIN, then=ask)
+    assert got.error is None, got.error
+    assert listing == ["a.txt"], listing
+    for name in asked:
+        assert isinstance(answers[name], Refused), (name, answers[name])
+    assert bytes(body) == b"alpha\n"
+    assert_no_traceback("host", host.stderr)
+    assert "not shared" not in host.stderr
