@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import mimetypes
 import os
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .driver import MessagePipe, describe_failure, drive
 from .pairing import wire
@@ -90,6 +91,46 @@ def resolve_shared(root: Path, name: str) -> Path:
     return target
 
 
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def open_checked(root: Path, path: Path, name: str) -> BinaryIO:
+    """``path`` (what :func:`resolve_shared` made of ``name``) opened for reading, and what was
+    opened checked again: between the check and the open, whoever can write into the shared
+    folder may have swapped the file or one of its folders for a link out of it, or the file
+    for a FIFO (attack review atk19f).  The last part of the path is not followed if it is a
+    link now, the open does not wait (a FIFO), the file opened must be a regular one and,
+    where the system says where an open file is (``/proc/self/fd``), inside ``root``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link now, where the check found a file
+            raise RefusedError(f"{name!r} changed on the host; ask again") from None
+        raise
+    fh = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotFoundError(f"no shared file called {name!r}")
+        where = _opened_at(fd)
+        if where is not None and not where.is_relative_to(root.resolve()):
+            raise AccessDeniedError(
+                f"refused: {name!r} is a link leading out of the shared folder"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _opened_at(fd: int) -> Path | None:
+    """Where the open file ``fd`` is, as the system says (Linux), or None."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
+
+
 def _finder(root: Path | None) -> Callable[[str], str | NotFoundError | None] | None:
     """The :class:`~pairing.files.FileServer`'s look into the shared folder: None, why not (a
     refusal), or the NotFoundError for a name it does not hold."""
@@ -143,6 +184,21 @@ def list_shared(root: Path) -> list[FileEntry]:
             continue  # gone, or not ours to read, since the folder was read
         out.append(FileEntry(name=rel, size=size, type=kind))
     return out  # all of them: pairing.files.build_listing keeps what fits (§13)
+
+
+def _sha256_open(fh: BinaryIO, size: int, name: str) -> bytes:
+    """SHA-256 of the first ``size`` bytes of the open file ``fh`` (what is announced and sent,
+    though the file grows meanwhile)."""
+    h = hashlib.sha256()
+    fh.seek(0)
+    left = size
+    while left > 0:
+        block = fh.read(min(1 << 20, left))
+        if not block:
+            raise RefusedError(f"{name!r} changed on the host while it was sent; fetch it again")
+        h.update(block)
+        left -= len(block)
+    return h.digest()
 
 
 def sha256_file(path: Path, upto: int | None = None) -> bytes:
@@ -244,13 +300,15 @@ async def _send_file(
     slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float
 ) -> None:
     path = resolve_shared(share, req.name)
-    size = path.stat().st_size
-    # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
-    start = req.offset if req.offset <= size else 0
-    digest = await asyncio.to_thread(sha256_file, path)
-    await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
-    chunk = chunk_size(slink, size)
-    with open(path, "rb") as fh:
+    # One open for the hash and the bytes, checked once opened (atk19f): what is sent is the
+    # file the digest is of, and no link or FIFO swapped in since the check.
+    with await asyncio.to_thread(open_checked, share, path, req.name) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
+        start = req.offset if req.offset <= size else 0
+        digest = await asyncio.to_thread(_sha256_open, fh, size, req.name)
+        await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
+        chunk = chunk_size(slink, size)
         fh.seek(start)
         offset = start
         while offset < size:  # exactly the bytes announced, never more (§13)
@@ -436,6 +494,7 @@ __all__ = [
     "get_file",
     "list_files",
     "list_shared",
+    "open_checked",
     "partial_size",
     "receive_membership",
     "resolve_shared",

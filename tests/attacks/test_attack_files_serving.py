@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pairkit.files import open_checked, resolve_shared
 from pairkit.pairing import wire
-from pairkit.pairing.errors import ErrorCode
+from pairkit.pairing.errors import AccessDeniedError, ErrorCode, NotFoundError, RefusedError
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import (
@@ -173,3 +174,38 @@ async def test_names_out_of_the_folder_and_special_files_are_refused(
     assert bytes(body) == b"alpha\n"
     assert_no_traceback("host", host.stderr)
     assert "not shared" not in host.stderr
+
+
+def swapped_after_the_check(share: Path, tmp_path: Path, how: str) -> tuple[str, Path]:
+    """A local user who can write into the shared folder swaps ``sub/f.txt`` (or ``sub``)
+    between the host's check of a guest's name and its open (the race's state, set up at
+    once): the name, and what the host checked."""
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "f.txt").write_text("private\n")
+    (share / "sub").mkdir()
+    (share / "sub" / "f.txt").write_text("shared\n")
+    checked = resolve_shared(share, "sub/f.txt")
+    if how == "folder-to-link":
+        (share / "sub").rename(share / "sub.old")
+        os.symlink(outside, share / "sub")
+    elif how == "file-to-link":
+        (share / "sub" / "f.txt").unlink()
+        os.symlink(outside / "f.txt", share / "sub" / "f.txt")
+    else:  # file-to-fifo: opened for reading, it blocks until someone writes
+        (share / "sub" / "f.txt").unlink()
+        os.mkfifo(share / "sub" / "f.txt")
+    return "sub/f.txt", checked
+
+
+@pytest.mark.parametrize("how", ["folder-to-link", "file-to-link", "file-to-fifo"])
+def test_what_the_host_opens_is_checked_again(share: Path, tmp_path: Path, how: str) -> None:
+    """atk19f finding (medium, a local user with write access to the shared folder and a
+    paired guest): the host checked a name (``resolve_shared``), then opened the path it
+    resolved twice more by name (to hash it, to send it), following whatever was there by
+    then: a folder swapped for a link out of the share was read, a FIFO hung the host's
+    thread.  ``open_shared`` checks what it opened: a regular file, inside the share."""
+    name, checked = swapped_after_the_check(share, tmp_path, how)
+    with pytest.raises((AccessDeniedError, NotFoundError, RefusedError)):
+        fh = open_checked(share, checked, name)
+        fh.close()
