@@ -228,3 +228,34 @@ async def test_a_listed_name_that_is_no_file_name_here_is_refused(
     assert got.rc == 2, got
     assert_no_traceback("get", got.err)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="atk19f finding, low: get --all takes a file's size "
+                   "from its header, whatever the listing said: a host lists a 6-byte file "
+                   "and sends gigabytes into the -o folder (no check of the free space either)")
+async def test_get_all_holds_the_host_to_the_sizes_it_listed(lab: Lab, tmp_path: Path) -> None:
+    """The listing says 6 bytes; the header announces 1 GB and the host streams.  ``--all``
+    fetches what the user saw listed: a file that grew to a thousand million times its listed
+    size is refused at its header, before anything is written."""
+    huge = 10**9
+
+    def header(r: GetRequest, d: bytes) -> FileHeader:
+        return FileHeader(r.name, huge, sha(d), 0)
+
+    def chunks(r: GetRequest, d: bytes) -> list[Chunk]:
+        return [Chunk(o, bytes(16000)) for o in range(0, 160000, 16000)]  # then it stalls
+
+    host = await hostile(file_service({"a.txt": b"alpha\n"}, header=header, chunks=chunks))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "3",
+                               "--retries", "0")
+    finally:
+        await host.close()
+    assert got.rc != 0, got
+    assert_no_traceback("get", got.err)
+    part = out / "a.txt.part"
+    assert not part.exists() or part.stat().st_size == 0, "bytes past the listed size written"
