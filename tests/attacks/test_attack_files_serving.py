@@ -12,16 +12,21 @@ import pytest
 
 from pairkit.files import open_checked, resolve_shared
 from pairkit.pairing import wire
+from pairkit.pairing.cloud import Role
 from pairkit.pairing.errors import AccessDeniedError, ErrorCode, NotFoundError, RefusedError
+from pairkit.pairing.files import FileServer, ServeFile
 from pairkit.pairing.methods import LocalIdentity
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.service import (
+    AllowRequest,
     Chunk,
     FileHeader,
     GetRequest,
+    GrantPolicy,
     Listing,
     ListRequest,
     Refused,
+    Scope,
 )
 from pairkit.securelink import SecureLink
 from tests.attack_harness import STEP, address_of, evil_join, host_with_terminal
@@ -209,3 +214,20 @@ def test_what_the_host_opens_is_checked_again(share: Path, tmp_path: Path, how: 
     with pytest.raises((AccessDeniedError, NotFoundError, RefusedError)):
         fh = open_checked(share, checked, name)
         fh.close()
+
+
+def test_a_grant_that_expires_while_the_owner_is_asked_serves_nothing() -> None:
+    """atk19f finding (low): a guest's access ends at its expiry (README "Service"), checked
+    when a request comes; a request made just before it, answered by the owner just after,
+    was served (and the answer's session grant kept).  The pure machine, time passed in."""
+    expires = 1_000_000.0
+    machine = FileServer(GrantPolicy(Role.GUEST, expires=expires), peer_name="George",
+                         find=lambda name: None, idle=300.0)
+    machine.start(expires - 60)
+    machine.receive(GetRequest("a.txt").encode(), expires - 1)
+    (question,) = machine.events()
+    assert isinstance(question, AllowRequest)
+    machine.answer(question, Scope.SESSION, expires + 20)
+    assert not any(isinstance(e, ServeFile) for e in machine.events())
+    (answer,) = [wire.decode(m) for m in machine.outgoing()]
+    assert isinstance(answer, Refused) and "expired" in answer.reason, answer
