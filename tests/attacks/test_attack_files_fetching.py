@@ -259,3 +259,29 @@ async def test_get_all_holds_the_host_to_the_sizes_it_listed(lab: Lab, tmp_path:
     assert_no_traceback("get", got.err)
     part = out / "a.txt.part"
     assert not part.exists() or part.stat().st_size == 0, "bytes past the listed size written"
+
+
+async def test_a_file_that_appears_during_the_fetch_is_not_replaced(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """atk19f finding (low): ``get`` checks that NAME does not exist before it connects, then
+    renames NAME.part over whatever is at NAME once the file came: a file saved there meanwhile
+    (another program, a second get) was replaced though --force was not given."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def chunks(r: GetRequest, d: bytes) -> list[Chunk]:
+        (out / "a.txt").write_text("saved meanwhile\n")  # while the file is on its way
+        return [Chunk(0, d)]
+
+    host = await hostile(file_service({"a.txt": DATA}, chunks=chunks))
+    george = lab.device("george")
+    try:
+        got = await george.run("get", host.target, "a.txt", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert_no_traceback("get", got.err)
+    assert (out / "a.txt").read_text() == "saved meanwhile\n", "replaced without --force"
+    assert got.rc == 2, got
+    assert (out / "a.txt.part").read_bytes() == DATA  # kept, verified, under its own name
