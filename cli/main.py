@@ -795,7 +795,7 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
                 continue
             box["current"] = wanted
             fetched = await get_file(slink, wanted, dests[wanted], progress=Progress(wanted),
-                                     timeout=timeout, chunk_timeout=timeout)
+                                     timeout=timeout, chunk_timeout=timeout, replace=force)
             box["fetched"].append(fetched)
             done.add(wanted)
             _print_fetched(fetched, as_json)
@@ -913,11 +913,13 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
     not fetched yet; not one the host refused or does not have, which ``exc`` reports)."""
     import shlex
 
-    from pairkit.pairing.errors import ErrorCode, PairingError
+    from pairkit.pairing.errors import ConfigError, ErrorCode, PairingError
 
     from .common import info
     from .show import human_size
 
+    if isinstance(exc, ConfigError):
+        return  # a local file in the way (it appeared meanwhile): its error says what to do
     current = box.get("current")
     answered = isinstance(exc, PairingError) and exc.code in (
         ErrorCode.NOT_FOUND, ErrorCode.REFUSED, ErrorCode.PERMISSION)

@@ -424,8 +424,12 @@ async def get_file(
     progress: ProgressFn | None = None,
     timeout: float = 180.0,
     chunk_timeout: float = 30.0,
+    replace: bool = True,
 ) -> Fetched:
     """Fetch ``name`` into ``dest``, resuming from ``dest.part`` if a previous try was cut.
+
+    ``replace`` False: a file at ``dest`` is never replaced, not even one that appeared while
+    the file came (:class:`ConfigError`; the verified file is kept as ``dest.part``).
 
     :class:`~pairing.files.FileFetch` checks what arrives; this writes it and hashes it."""
     if not name_fits(name):  # the host could not even read such a request (§13)
@@ -477,9 +481,27 @@ async def get_file(
             part.unlink(missing_ok=True)  # damaged: the next try starts from the beginning
         raise machine.refusal
     assert machine.header is not None
-    os.replace(part, dest)
+    _put_in_place(part, dest, replace)
     return Fetched(name, dest, machine.header.size, machine.header.sha256.hex(), machine.offset,
                    time.perf_counter() - t0, restarted_from=machine.restarted_from)
+
+
+def _put_in_place(part: Path, dest: Path, replace: bool) -> None:
+    if replace:
+        os.replace(part, dest)
+        return
+    try:  # a hard link fails if dest exists, whenever it appeared (a rename would replace it)
+        os.link(part, dest, follow_symlinks=False)
+    except FileExistsError:
+        raise ConfigError(f"{dest} appeared while it was fetched; the file is kept in {part}; "
+                          "use --force to replace it, or -o another name") from None
+    except OSError:  # no hard links on this file system: look, then rename
+        if os.path.lexists(dest):
+            raise ConfigError(f"{dest} appeared while it was fetched; the file is kept in "
+                              f"{part}; use --force to replace it, or -o another name") from None
+        os.replace(part, dest)
+        return
+    part.unlink()
 
 
 async def say_bye(slink: SecureLink) -> None:

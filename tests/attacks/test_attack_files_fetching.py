@@ -285,3 +285,4 @@ async def test_a_file_that_appears_during_the_fetch_is_not_replaced(
     assert (out / "a.txt").read_text() == "saved meanwhile\n", "replaced without --force"
     assert got.rc == 2, got
     assert (out / "a.txt.part").read_bytes() == DATA  # kept, verified, under its own name
+    assert "appeared while it was fetched" in got.err and "resume with" not in got.err, got
