@@ -5,6 +5,7 @@ real machines (tests/attack_harness.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -17,6 +18,7 @@ import pytest
 from pairkit.cli.main import get as get_command
 from pairkit.pairing import wire
 from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import PairingError
 from pairkit.pairing.methods import Session
 from pairkit.pairing.service import (
     Bye,
@@ -30,7 +32,7 @@ from pairkit.pairing.service import (
     Refused,
 )
 from pairkit.securelink import SecureLink
-from tests.attack_harness import STEP, EvilHost, evil_host
+from tests.attack_harness import STEP, EvilHost, evil_host, until
 from tests.cli_helpers import Lab, assert_no_traceback
 
 PIN = "482913"
@@ -286,3 +288,48 @@ async def test_a_file_that_appears_during_the_fetch_is_not_replaced(
     assert got.rc == 2, got
     assert (out / "a.txt.part").read_bytes() == DATA  # kept, verified, under its own name
     assert "appeared while it was fetched" in got.err and "resume with" not in got.err, got
+
+
+async def test_a_part_swapped_for_a_link_meanwhile_is_not_put_in_place(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """atk19f finding (low; a local user who can write into the -o folder): once ``get`` has
+    opened NAME.part, the user renames it away and puts a link to a copy of their own there
+    (the partial file is readable: they copy what it will hold).  ``get`` hashed NAME.part by
+    its name, through the link, found the host's SHA-256 and renamed the link into place: the
+    fetched NAME is a link to a file the other user can change at will."""
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = tmp_path / "theirs.bin"
+    data = os.urandom(50_000)
+    theirs.write_bytes(data)
+    part = out / "a.bin.part"
+
+    async def serve(slink: SecureLink) -> None:
+        msg = wire.decode(await slink.recv(STEP), GetRequest)
+        await slink.send(FileHeader(msg.name, len(data), sha(data), 0).encode())
+        await slink.send(Chunk(0, data[:10_000]).encode())
+
+        async def written() -> bool:
+            return part.exists() and part.stat().st_size == 10_000
+
+        await until(written, "the first chunk written")
+        part.rename(out / "moved-away")
+        os.symlink(theirs, part)
+        for o in range(10_000, len(data), 10_000):
+            await slink.send(Chunk(o, data[o:o + 10_000]).encode())
+        with contextlib.suppress(PairingError):
+            await slink.recv(STEP)  # the guest's Bye or its hang-up
+
+    host = await hostile(serve)
+    george = lab.device("george")
+    try:
+        got = await george.run("get", host.target, "a.bin", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert_no_traceback("get", got.err)
+    fetched = out / "a.bin"
+    assert not fetched.is_symlink(), f"the fetched file is a link to {os.readlink(fetched)}"
+    assert got.rc != 0, got
+    assert "was replaced while the file came" in got.err, got
