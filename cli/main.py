@@ -928,6 +928,8 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
     if current is None or not left:
         return  # nothing was fetched yet (the same command does it all), or all of it was
     part = None if answered or current not in dests or current in done else _part(dests[current])
+    if part is not None and part.is_symlink():
+        part = None  # not a partial file of ours: put there by someone else (atk19f)
     if (part is None or not part.exists()) and not done:
         return
     # a peer paired by this run is known now: by name, it resumes with no PIN

@@ -443,6 +443,7 @@ async def get_file(
     machine = FileFetch(name, offset, timeout=timeout, chunk_timeout=chunk_timeout)
     machine.start(time.monotonic())
     handle: list[Any] = []  # the partial file, opened once something is to be kept
+    written: list[tuple[int, int]] = []  # the partial file's (device, inode), once complete
 
     def partial() -> Any:
         if not handle:
@@ -468,7 +469,9 @@ async def get_file(
             fh = partial()
             fh.flush()
             os.fsync(fh.fileno())
-            digest = await asyncio.to_thread(sha256_file, part)
+            st = os.fstat(fh.fileno())
+            written.append((st.st_dev, st.st_ino))
+            digest = await asyncio.to_thread(_sha256_written, part, written[0], name)
             machine.verify(digest, time.monotonic())
 
     try:
@@ -481,9 +484,44 @@ async def get_file(
             part.unlink(missing_ok=True)  # damaged: the next try starts from the beginning
         raise machine.refusal
     assert machine.header is not None
+    _same_file(part, written[0], name)  # (Check always comes before a complete fetch)
     _put_in_place(part, dest, replace)
     return Fetched(name, dest, machine.header.size, machine.header.sha256.hex(), machine.offset,
                    time.perf_counter() - t0, restarted_from=machine.restarted_from)
+
+
+def _swapped(part: Path, name: str) -> AuthenticationError:
+    return AuthenticationError(
+        f"{part} was replaced while {name!r} came (someone else writes into that folder); "
+        "fetch it again into a folder only you can write to"
+    )
+
+
+def _same_file(part: Path, written: tuple[int, int], name: str) -> None:
+    """AuthenticationError unless ``part`` is still the file this fetch wrote (atk19f)."""
+    try:
+        st = os.lstat(part)
+    except OSError:
+        raise _swapped(part, name) from None
+    if (st.st_dev, st.st_ino) != written:
+        raise _swapped(part, name)
+
+
+def _sha256_written(part: Path, written: tuple[int, int], name: str) -> bytes:
+    """SHA-256 of the partial file this fetch wrote, read from ``part`` only if it is still
+    that file (not a link, not another file renamed there meanwhile: atk19f)."""
+    try:
+        fd = os.open(part, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        raise _swapped(part, name) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != written:
+            raise _swapped(part, name)
+        h = hashlib.sha256()
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.digest()
 
 
 def _put_in_place(part: Path, dest: Path, replace: bool) -> None:

@@ -332,4 +332,5 @@ async def test_a_part_swapped_for_a_link_meanwhile_is_not_put_in_place(
     fetched = out / "a.bin"
     assert not fetched.is_symlink(), f"the fetched file is a link to {os.readlink(fetched)}"
     assert got.rc != 0, got
-    assert "was replaced while the file came" in got.err, got
+    assert "a.bin.part was replaced while 'a.bin' came" in got.err, got
+    assert "resume with" not in got.err, got  # what is there is not a partial file of ours
