@@ -33,7 +33,7 @@ from pairkit.pairing.service import (
 )
 from pairkit.securelink import SecureLink
 from tests.attack_harness import STEP, EvilHost, evil_host, until
-from tests.cli_helpers import Lab, assert_no_traceback
+from tests.cli_helpers import Lab, assert_no_traceback, run_cli
 
 PIN = "482913"
 HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", PIN, "--yes")
@@ -334,3 +334,25 @@ async def test_a_part_swapped_for_a_link_meanwhile_is_not_put_in_place(
     assert got.rc != 0, got
     assert "a.bin.part was replaced while 'a.bin' came" in got.err, got
     assert "resume with" not in got.err, got  # what is there is not a partial file of ours
+
+
+async def test_ls_waits_no_longer_than_its_timeout(lab: Lab) -> None:
+    """atk19f finding (low): ``--timeout`` is the longest any command waits for any one thing
+    (README), but ``pairkit ls`` waited the library's 180 s for a listing whatever it was
+    given: a host that never answers held ``ls --timeout 2`` for three minutes.  (``get
+    --all`` passes its --timeout; ``ls`` did not.)"""
+
+    async def never_answer(slink: SecureLink) -> None:
+        await slink.recv(STEP)  # the ListRequest; then nothing, until the guest gives up
+        with contextlib.suppress(PairingError):
+            await slink.recv(30.0)
+
+    host = await hostile(never_answer)
+    george = lab.device("george")
+    try:
+        got = await run_cli(george.home, "ls", host.target, "-m", "pin", "--pin",
+                            host.state.new_pin(), "--timeout", "2", timeout=25.0)
+    finally:
+        await host.close()
+    assert got.rc == 4, got
+    assert "did not answer the listing request" in got.err, got
