@@ -692,7 +692,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     box: dict[str, Any] = {}
 
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
-        box["files"] = await list_files(slink)
+        box["files"] = await list_files(slink, timeout=timeout)  # --timeout, as get --all
 
     chosen = Method.parse(method) if method else None
     pin = _pairing_pin(chosen, pin)
