@@ -692,7 +692,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     box: dict[str, Any] = {}
 
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
-        box["files"] = await list_files(slink)
+        box["files"] = await list_files(slink, timeout=timeout)  # --timeout, as get --all
 
     chosen = Method.parse(method) if method else None
     pin = _pairing_pin(chosen, pin)
@@ -795,7 +795,7 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
                 continue
             box["current"] = wanted
             fetched = await get_file(slink, wanted, dests[wanted], progress=Progress(wanted),
-                                     timeout=timeout, chunk_timeout=timeout)
+                                     timeout=timeout, chunk_timeout=timeout, replace=force)
             box["fetched"].append(fetched)
             done.add(wanted)
             _print_fetched(fetched, as_json)
@@ -901,6 +901,9 @@ def _writable(dest: Path, force: bool) -> None:
         raise ConfigError(f"{dest} is a folder; give -o another name")
     if dest.exists() and not force:
         raise ConfigError(f"{dest} exists; use --force to replace it, or -o another name")
+    from pairkit.files import partial_size
+
+    partial_size(_part(dest))  # a link planted as NAME.part is refused before connecting
 
 
 def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[str], peer: str,
@@ -910,11 +913,13 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
     not fetched yet; not one the host refused or does not have, which ``exc`` reports)."""
     import shlex
 
-    from pairkit.pairing.errors import ErrorCode, PairingError
+    from pairkit.pairing.errors import ConfigError, ErrorCode, PairingError
 
     from .common import info
     from .show import human_size
 
+    if isinstance(exc, ConfigError):
+        return  # a local file in the way (it appeared meanwhile): its error says what to do
     current = box.get("current")
     answered = isinstance(exc, PairingError) and exc.code in (
         ErrorCode.NOT_FOUND, ErrorCode.REFUSED, ErrorCode.PERMISSION)
@@ -923,17 +928,25 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
     if current is None or not left:
         return  # nothing was fetched yet (the same command does it all), or all of it was
     part = None if answered or current not in dests or current in done else _part(dests[current])
+    if part is not None and part.is_symlink():
+        part = None  # not a partial file of ours: put there by someone else (atk19f)
     if (part is None or not part.exists()) and not done:
         return
     # a peer paired by this run is known now: by name, it resumes with no PIN
     who = box.get("peer_name") if ":" in peer and "peer_name" in box else peer
-    args = ["pairkit", "get", who, *left]
+    options: list[str] = []
     if transport and who == peer:
-        args += ["-t", transport]
+        options += ["-t", transport]
     if output is not None:
-        args += ["-o", output]
+        options += ["-o", output]
     if force:
-        args.append("--force")
+        options.append("--force")
+    if any(word.startswith("-") for word in (who, *left)):
+        # The names are the host's (its listing) and so is its name: one that looks like an
+        # option (--force, -o DIR) must stay a name in the command the user pastes (atk19f).
+        args = ["pairkit", "get", *options, "--", who, *left]
+    else:
+        args = ["pairkit", "get", who, *left, *options]
     if part is not None and part.exists():
         info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
              "resume with:", essential=True)

@@ -239,6 +239,11 @@ class FileServer(Machine):
     def _on_answer(self, question: AllowRequest, scope: Scope, now: float) -> None:
         if not isinstance(scope, Scope):
             raise ProtocolError(f"the answer to a request is a Scope, not {scope!r}")
+        try:  # the guest's access may have ended while the owner was asked (atk19f)
+            self.policy.check_access(now)
+        except ExpiredError as exc:
+            self._refuse(str(exc), now)
+            return
         if self.policy.record(question.what, scope):
             self._serve()
         else:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import mimetypes
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .driver import MessagePipe, describe_failure, drive
 from .pairing import wire
 from .pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
+    ConfigError,
     DecodeError,
     LinkClosedError,
     NotFoundError,
@@ -83,7 +86,49 @@ def resolve_shared(root: Path, name: str) -> Path:
         raise NotFoundError(
             f"{name!r} cannot be opened on the host: {describe_failure(exc)}"
         ) from None
+    except RuntimeError:  # a link loop: Path.resolve raises RuntimeError before Python 3.13
+        raise NotFoundError(f"{name!r} is a link loop on the host") from None
     return target
+
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def open_checked(root: Path, path: Path, name: str) -> BinaryIO:
+    """``path`` (what :func:`resolve_shared` made of ``name``) opened for reading, and what was
+    opened checked again: between the check and the open, whoever can write into the shared
+    folder may have swapped the file or one of its folders for a link out of it, or the file
+    for a FIFO (attack review atk19f).  The last part of the path is not followed if it is a
+    link now, the open does not wait (a FIFO), the file opened must be a regular one and,
+    where the system says where an open file is (``/proc/self/fd``), inside ``root``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link now, where the check found a file
+            raise RefusedError(f"{name!r} changed on the host; ask again") from None
+        raise
+    fh = os.fdopen(fd, "rb")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotFoundError(f"no shared file called {name!r}")
+        where = _opened_at(fd)
+        if where is not None and not where.is_relative_to(root.resolve()):
+            raise AccessDeniedError(
+                f"refused: {name!r} is a link leading out of the shared folder"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _opened_at(fd: int) -> Path | None:
+    """Where the open file ``fd`` is, as the system says (Linux), or None."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        return None
 
 
 def _finder(root: Path | None) -> Callable[[str], str | NotFoundError | None] | None:
@@ -129,7 +174,7 @@ def list_shared(root: Path) -> list[FileEntry]:
             real = path.resolve()
             if not real.is_relative_to(base) or not real.is_file():
                 continue
-        except OSError:
+        except (OSError, RuntimeError):  # RuntimeError: a link loop (Path.resolve, < 3.13)
             continue
         rel = path.relative_to(base).as_posix()
         kind = mimetypes.guess_type(rel)[0] or "application/octet-stream"
@@ -139,6 +184,21 @@ def list_shared(root: Path) -> list[FileEntry]:
             continue  # gone, or not ours to read, since the folder was read
         out.append(FileEntry(name=rel, size=size, type=kind))
     return out  # all of them: pairing.files.build_listing keeps what fits (§13)
+
+
+def _sha256_open(fh: BinaryIO, size: int, name: str) -> bytes:
+    """SHA-256 of the first ``size`` bytes of the open file ``fh`` (what is announced and sent,
+    though the file grows meanwhile)."""
+    h = hashlib.sha256()
+    fh.seek(0)
+    left = size
+    while left > 0:
+        block = fh.read(min(1 << 20, left))
+        if not block:
+            raise RefusedError(f"{name!r} changed on the host while it was sent; fetch it again")
+        h.update(block)
+        left -= len(block)
+    return h.digest()
 
 
 def sha256_file(path: Path, upto: int | None = None) -> bytes:
@@ -240,13 +300,15 @@ async def _send_file(
     slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float
 ) -> None:
     path = resolve_shared(share, req.name)
-    size = path.stat().st_size
-    # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
-    start = req.offset if req.offset <= size else 0
-    digest = await asyncio.to_thread(sha256_file, path)
-    await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
-    chunk = chunk_size(slink, size)
-    with open(path, "rb") as fh:
+    # One open for the hash and the bytes, checked once opened (atk19f): what is sent is the
+    # file the digest is of, and no link or FIFO swapped in since the check.
+    with await asyncio.to_thread(open_checked, share, path, req.name) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
+        start = req.offset if req.offset <= size else 0
+        digest = await asyncio.to_thread(_sha256_open, fh, size, req.name)
+        await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
+        chunk = chunk_size(slink, size)
         fh.seek(start)
         offset = start
         while offset < size:  # exactly the bytes announced, never more (§13)
@@ -333,6 +395,27 @@ class Fetched:
     restarted_from: int | None = None
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def partial_size(part: Path) -> int:
+    """How much a previous try kept in ``part`` (0: none).  Only a plain file counts: a link
+    (planted by whoever can write into the folder) or anything else there is refused with a
+    :class:`ConfigError`, never followed nor resumed into (attack review atk19f)."""
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:  # a name too long for NAME.part here (a 252-byte NAME), no access
+        raise ConfigError(f"cannot keep a partial file at {part} ({describe_failure(exc)}); "
+                          "-o another name") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{part} is not a partial file left by pairkit (a link or not a "
+                          "plain file); remove it, or -o another name")
+    return st.st_size
+
+
 async def get_file(
     slink: SecureLink,
     name: str,
@@ -341,8 +424,12 @@ async def get_file(
     progress: ProgressFn | None = None,
     timeout: float = 180.0,
     chunk_timeout: float = 30.0,
+    replace: bool = True,
 ) -> Fetched:
     """Fetch ``name`` into ``dest``, resuming from ``dest.part`` if a previous try was cut.
+
+    ``replace`` False: a file at ``dest`` is never replaced, not even one that appeared while
+    the file came (:class:`ConfigError`; the verified file is kept as ``dest.part``).
 
     :class:`~pairing.files.FileFetch` checks what arrives; this writes it and hashes it."""
     if not name_fits(name):  # the host could not even read such a request (§13)
@@ -351,15 +438,19 @@ async def get_file(
             f"UTF-8; this one has {len(name)} characters"
         )
     part = dest.with_name(dest.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
+    offset = partial_size(part)
     t0 = time.perf_counter()
     machine = FileFetch(name, offset, timeout=timeout, chunk_timeout=chunk_timeout)
     machine.start(time.monotonic())
     handle: list[Any] = []  # the partial file, opened once something is to be kept
+    written: list[tuple[int, int]] = []  # the partial file's (device, inode), once complete
 
     def partial() -> Any:
         if not handle:
-            handle.append(open(part, "ab"))
+            # Never through a link, even one planted since partial_size looked (atk19f).
+            fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _CLOEXEC,
+                         0o666)
+            handle.append(os.fdopen(fd, "ab"))
         return handle[0]
 
     class Work:
@@ -378,7 +469,9 @@ async def get_file(
             fh = partial()
             fh.flush()
             os.fsync(fh.fileno())
-            digest = await asyncio.to_thread(sha256_file, part)
+            st = os.fstat(fh.fileno())
+            written.append((st.st_dev, st.st_ino))
+            digest = await asyncio.to_thread(_sha256_written, part, written[0], name)
             machine.verify(digest, time.monotonic())
 
     try:
@@ -391,9 +484,62 @@ async def get_file(
             part.unlink(missing_ok=True)  # damaged: the next try starts from the beginning
         raise machine.refusal
     assert machine.header is not None
-    os.replace(part, dest)
+    _same_file(part, written[0], name)  # (Check always comes before a complete fetch)
+    _put_in_place(part, dest, replace)
     return Fetched(name, dest, machine.header.size, machine.header.sha256.hex(), machine.offset,
                    time.perf_counter() - t0, restarted_from=machine.restarted_from)
+
+
+def _swapped(part: Path, name: str) -> AuthenticationError:
+    return AuthenticationError(
+        f"{part} was replaced while {name!r} came (someone else writes into that folder); "
+        "fetch it again into a folder only you can write to"
+    )
+
+
+def _same_file(part: Path, written: tuple[int, int], name: str) -> None:
+    """AuthenticationError unless ``part`` is still the file this fetch wrote (atk19f)."""
+    try:
+        st = os.lstat(part)
+    except OSError:
+        raise _swapped(part, name) from None
+    if (st.st_dev, st.st_ino) != written:
+        raise _swapped(part, name)
+
+
+def _sha256_written(part: Path, written: tuple[int, int], name: str) -> bytes:
+    """SHA-256 of the partial file this fetch wrote, read from ``part`` only if it is still
+    that file (not a link, not another file renamed there meanwhile: atk19f)."""
+    try:
+        fd = os.open(part, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        raise _swapped(part, name) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != written:
+            raise _swapped(part, name)
+        h = hashlib.sha256()
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.digest()
+
+
+def _put_in_place(part: Path, dest: Path, replace: bool) -> None:
+    if replace:
+        os.replace(part, dest)
+        return
+    try:  # a hard link fails if dest exists, whenever it appeared (a rename would replace it)
+        os.link(part, dest, follow_symlinks=False)
+    except FileExistsError:
+        raise ConfigError(f"{dest} appeared while it was fetched; the file is kept in {part}; "
+                          "use --force to replace it, or -o another name") from None
+    except OSError:  # no hard links on this file system: look, then rename
+        if os.path.lexists(dest):
+            raise ConfigError(f"{dest} appeared while it was fetched; the file is kept in "
+                              f"{part}; use --force to replace it, or -o another name") from None
+        os.replace(part, dest)
+        return
+    part.unlink()
 
 
 async def say_bye(slink: SecureLink) -> None:
@@ -408,6 +554,8 @@ __all__ = [
     "get_file",
     "list_files",
     "list_shared",
+    "open_checked",
+    "partial_size",
     "receive_membership",
     "resolve_shared",
     "say_bye",

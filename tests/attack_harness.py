@@ -146,11 +146,13 @@ async def evil_join(
     says_name: str | None = None,
     wants: Role = Role.GUEST,
     says_method: Method | None = None,
+    then: Callable[[SecureLink], Awaitable[None]] | None = None,
 ) -> EvilGuest:
     """Run the guest's half of the real pipeline (cloud step, pairing, bind, confirm) with
     ``me`` over a real TCP link; the CLI's run_join, by hand.  ``says_name``: the name its join
     request gives (None: its own, as an honest guest's); ``wants`` and ``says_method``: what
-    the request asks for and the method it says it pairs by (None: not said)."""
+    the request asks for and the method it says it pairs by (None: not said); ``then``: what
+    it does on the secure link once the host's Membership came (file requests, say)."""
     out = EvilGuest()
     link = await tcp_connect(*address, timeout=STEP)
     loop = asyncio.get_running_loop()
@@ -179,6 +181,8 @@ async def evil_join(
         slink = SecureLink(link, out.session, timeout=STEP)
         await confirm(slink, transcript=pipe.transcript())
         out.membership = wire.decode(await slink.recv(), Membership)
+        if then is not None:
+            await then(slink)
     except PairingError as exc:
         out.error = exc
     finally:
@@ -212,6 +216,9 @@ class EvilHost:
     #: proves nothing, and a guest asks to join)
     clouds: tuple[str, ...] = ()
     mac: Callable[[str, bytes], bytes] | None = None
+    #: what it does on the secure link after its Membership (None: wait for one message):
+    #: a hostile file service, say
+    serve: Callable[[SecureLink], Awaitable[None]] | None = None
 
     @property
     def target(self) -> str:
@@ -242,6 +249,9 @@ class EvilHost:
                 membership = self.craft(machine.session)
                 self.sent.append(membership)
                 await slink.send(membership.encode())
+                if self.serve is not None:
+                    await self.serve(slink)
+                    continue
                 try:
                     await slink.recv(STEP)  # the guest's Bye, or its hang-up
                     self.heard.append("a message")
@@ -263,11 +273,13 @@ class EvilHost:
 
 async def evil_host(grant: Grant, craft: Callable[[Session], Membership], *,
                     says_name: str | None = None, device: Device | None = None,
-                    proves: tuple[str, ...] = ()) -> EvilHost:
+                    proves: tuple[str, ...] = (),
+                    serve: Callable[[SecureLink], Awaitable[None]] | None = None) -> EvilHost:
     """Start a malicious host on a free port (PIN from ``state.pin``); ``says_name`` is the
     name its hello response claims.  ``device``: it runs with that device's identity and keys
     (its keystore read, as an owner turned hostile, or a thief, would), and its cloud step
-    proves the clouds ``proves`` with that device's secrets."""
+    proves the clouds ``proves`` with that device's secrets.  ``serve``: what it does on each
+    secure link once its Membership is sent."""
     if device is None:
         signer = Ed25519PrivateKey.generate()
         me = dataclasses.replace(
@@ -282,7 +294,7 @@ async def evil_host(grant: Grant, craft: Callable[[Session], Membership], *,
     state = HostState()
     listener = await TcpListener.bind("127.0.0.1", 0)
     host = EvilHost(me, signer, state, listener, grant, craft, says_name=says_name,
-                    clouds=proves, mac=mac)
+                    clouds=proves, mac=mac, serve=serve)
     host.task = asyncio.create_task(host._serve())
     return host
 

@@ -1,0 +1,358 @@
+"""Attack review atk19f: what ``pairkit get`` lets others do to the device that fetches: a
+local user who can write into the folder the files go to, and a hostile host (its listing,
+its answers).  Every device a real ``pairkit`` process over TCP, or a host built from the
+real machines (tests/attack_harness.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from pairkit.cli.main import get as get_command
+from pairkit.pairing import wire
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.methods import Session
+from pairkit.pairing.service import (
+    Bye,
+    Chunk,
+    FileEntry,
+    FileHeader,
+    GetRequest,
+    Listing,
+    ListRequest,
+    Membership,
+    Refused,
+)
+from pairkit.securelink import SecureLink
+from tests.attack_harness import STEP, EvilHost, evil_host, until
+from tests.cli_helpers import Lab, assert_no_traceback, run_cli
+
+PIN = "482913"
+HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", PIN, "--yes")
+
+
+async def test_a_planted_part_link_does_not_write_through(lab: Lab, tmp_path: Path) -> None:
+    """A local user who can write into the folder ``get -o`` saves into (a shared folder, /tmp)
+    plants ``a.txt.part`` as a link to a file of the victim's.  ``get`` took the link for a
+    partial copy: it asked the host to resume from the victim file's size and appended the
+    host's bytes to the victim's file (``open(part, "ab")`` follows links), then the SHA-256
+    failed and it removed the link, leaving the victim's file grown."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.txt").write_text("alpha " * 100)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine\n")
+    out = tmp_path / "drop"
+    out.mkdir()
+    os.symlink(precious, out / "a.txt.part")
+    paul, george = lab.device("paul"), lab.device("george")
+    host = await lab.host(paul, *HOST_ARGS, "--share", str(share))
+    got = await george.run("get", host.target, "a.txt", "-m", "pin", "--pin", PIN,
+                           "-o", str(out))
+    assert_no_traceback("get", got.err)
+    assert precious.read_text() == "mine\n", "get wrote through a planted .part link"
+    # refused before connecting, as an existing file is (exit 2): the owner is not asked
+    assert got.rc == 2, got
+    assert "a.txt.part is not a partial file left by pairkit" in got.err, got
+    assert "asks for" not in host.stderr and "paired with" not in host.stderr
+    assert not (out / "a.txt").exists()
+
+
+# -- a hostile host's file service ---------------------------------------------------------------
+
+Serve = Callable[[SecureLink], Awaitable[None]]
+
+
+def file_service(files: dict[str, bytes | None], *, listed: list[str] | None = None,
+                 header: Callable[[GetRequest, bytes], FileHeader] | None = None,
+                 chunks: Callable[[GetRequest, bytes], list[Chunk]] | None = None) -> Serve:
+    """A host's file service that says what it likes: ``listed`` (default: ``files``' names)
+    with the sizes of ``files``; a file None in ``files`` is refused; ``header`` and ``chunks``
+    replace the honest FileHeader and Chunks of a request."""
+
+    async def serve(slink: SecureLink) -> None:
+        while True:
+            msg = wire.decode(await slink.recv(STEP), (ListRequest, GetRequest, Bye))
+            if isinstance(msg, Bye):
+                return
+            if isinstance(msg, ListRequest):
+                names = list(files) if listed is None else listed
+                await slink.send(Listing(tuple(
+                    FileEntry(n, len(files.get(n) or b""), "text/plain") for n in names
+                )).encode())
+                continue
+            data = files.get(msg.name)
+            if data is None:
+                await slink.send(Refused("not for you").encode())
+                continue
+            head = header(msg, data) if header else FileHeader(
+                msg.name, len(data), hashlib.sha256(data).digest(), msg.offset)
+            await slink.send(head.encode())
+            body = chunks(msg, data) if chunks else [
+                Chunk(o, data[o:o + 1000]) for o in range(msg.offset, len(data), 1000)]
+            for c in body:
+                await slink.send(c.encode())
+
+    return serve
+
+
+def guest_grant(session: Session) -> Membership:
+    return Membership(role=Role.GUEST, expires=int(time.time()) + 3600)
+
+
+async def hostile(serve: Serve) -> EvilHost:
+    return await evil_host(Grant(Role.GUEST, 3600), guest_grant, serve=serve)
+
+
+async def test_the_printed_resume_command_takes_no_options_from_the_host(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """``get --all`` that stops prints the command that fetches the rest, built from the host's
+    listing.  A host that lists a file called ``--force`` (and stops the transfer by refusing
+    a file) has the user paste ``pairkit get HOST --force notes.txt ...``: the pasted command
+    replaces the user's files though the user never said --force."""
+    files: dict[str, bytes | None] = {"a.txt": b"alpha\n", "b.txt": None,
+                                      "--force": b"x", "notes.txt": b"planted\n"}
+    host = await hostile(file_service(files))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin",
+                               "--pin", host.state.new_pin(), "-o", str(out), "--timeout", "10")
+    finally:
+        await host.close()
+    assert got.rc != 0, got
+    assert_no_traceback("get", got.err)
+    (line,) = [x for x in got.err.splitlines() if x.startswith("  pairkit get ")]
+    args = shlex.split(line)
+    assert args[:2] == ["pairkit", "get"]
+    ctx = get_command.make_context("get", args[2:])
+    assert ctx.params["force"] is False, f"the host's listing put --force in: {line}"
+    assert ctx.params["output"] == str(out)
+    assert ctx.params["peer"] == "Evil host"
+    assert list(ctx.params["names"]) == ["--force", "notes.txt"], line
+
+
+DATA = b"alpha\n" * 10
+
+
+def sha(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+#: a hostile host's answer to ``get a.txt``: (FileHeader maker, Chunks maker)
+ANSWERS: dict[str, tuple[Callable[[GetRequest, bytes], FileHeader] | None,
+                         Callable[[GetRequest, bytes], list[Chunk]] | None]] = {
+    "more-bytes-than-announced": (lambda r, d: FileHeader(r.name, 6, sha(d[:6]), 0), None),
+    "another-name": (lambda r, d: FileHeader("b.txt", len(d), sha(d), 0), None),
+    "another-offset": (lambda r, d: FileHeader(r.name, len(d), sha(d), 6), None),
+    "another-hash": (lambda r, d: FileHeader(r.name, len(d), sha(b"other"), 0), None),
+    "a-gap": (None, lambda r, d: [Chunk(6, d[6:])]),
+    "an-overlap": (None, lambda r, d: [Chunk(0, d[:12]), Chunk(6, d[6:])]),
+    "an-empty-chunk": (None, lambda r, d: [Chunk(0, b"")]),
+    "a-negative-offset": (None, lambda r, d: [Chunk(-6, d[:6] + d)]),
+    "silence-after-the-header": (None, lambda r, d: []),
+}
+
+
+@pytest.mark.parametrize("answer", list(ANSWERS))
+async def test_a_hostile_answer_leaves_no_file(lab: Lab, tmp_path: Path, answer: str) -> None:
+    """Sound (atk19f): whatever the host answers that is not its file as announced ends the
+    fetch with an error, and nothing is saved under the file's name."""
+    header, chunks = ANSWERS[answer]
+    host = await hostile(file_service({"a.txt": DATA}, header=header, chunks=chunks))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "a.txt", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "3",
+                               "--retries", "0")
+    finally:
+        await host.close()
+    assert got.rc != 0, got
+    assert_no_traceback("get", got.err)
+    assert got.err.splitlines()[-1].startswith("error: "), got
+    assert not (out / "a.txt").exists()
+    if answer == "silence-after-the-header":
+        assert got.rc == 4, got  # a timeout, within --timeout
+    if answer == "another-hash":
+        assert not (out / "a.txt.part").exists()  # damaged: the next try starts afresh
+
+
+async def test_listed_names_land_inside_the_output_folder(lab: Lab, tmp_path: Path) -> None:
+    """Sound (atk19f): ``get --all`` saves each listed file under the last part of its name,
+    in the -o folder, whatever path the host's listing gives; a name with a ``..`` part is a
+    hidden one (a part starting with ``.``), left out and said so."""
+    names = ["../../up.txt", "/etc/abs.txt", "sub/../../dots.txt", "c\\..\\back.txt",
+             "x/\x1b[2Jesc.txt"]
+    host = await hostile(file_service({n: b"planted\n" for n in names}))
+    george = lab.device("george")
+    box = tmp_path / "box"
+    out = box / "a" / "b" / "out"
+    out.mkdir(parents=True)
+    before = sorted(str(p) for p in box.rglob("*"))
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert got.rc == 0, got
+    assert sorted(p.name for p in out.iterdir()) == sorted(["abs.txt", "\x1b[2Jesc.txt"])
+    assert "note: 3 hidden file(s) not fetched with --all" in got.err
+    after = sorted(str(p) for p in box.rglob("*") if out not in p.parents)
+    assert after == before
+    assert "\x1b" not in got.out + got.err  # the name is shown, never obeyed
+
+
+@pytest.mark.parametrize("name", ["x/", "a\x00b", "a\\"])
+async def test_a_listed_name_that_is_no_file_name_here_is_refused(
+    lab: Lab, tmp_path: Path, name: str
+) -> None:
+    host = await hostile(file_service({name: b"x", "a.txt": b"alpha\n"}))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert got.rc == 2, got
+    assert_no_traceback("get", got.err)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.xfail(strict=True, reason="atk19f finding, low: get --all takes a file's size "
+                   "from its header, whatever the listing said: a host lists a 6-byte file "
+                   "and sends gigabytes into the -o folder (no check of the free space either)")
+async def test_get_all_holds_the_host_to_the_sizes_it_listed(lab: Lab, tmp_path: Path) -> None:
+    """The listing says 6 bytes; the header announces 1 GB and the host streams.  ``--all``
+    fetches what the user saw listed: a file that grew to a thousand million times its listed
+    size is refused at its header, before anything is written."""
+    huge = 10**9
+
+    def header(r: GetRequest, d: bytes) -> FileHeader:
+        return FileHeader(r.name, huge, sha(d), 0)
+
+    def chunks(r: GetRequest, d: bytes) -> list[Chunk]:
+        return [Chunk(o, bytes(16000)) for o in range(0, 160000, 16000)]  # then it stalls
+
+    host = await hostile(file_service({"a.txt": b"alpha\n"}, header=header, chunks=chunks))
+    george = lab.device("george")
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "3",
+                               "--retries", "0")
+    finally:
+        await host.close()
+    assert got.rc != 0, got
+    assert_no_traceback("get", got.err)
+    part = out / "a.txt.part"
+    assert not part.exists() or part.stat().st_size == 0, "bytes past the listed size written"
+
+
+async def test_a_file_that_appears_during_the_fetch_is_not_replaced(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """atk19f finding (low): ``get`` checks that NAME does not exist before it connects, then
+    renames NAME.part over whatever is at NAME once the file came: a file saved there meanwhile
+    (another program, a second get) was replaced though --force was not given."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def chunks(r: GetRequest, d: bytes) -> list[Chunk]:
+        (out / "a.txt").write_text("saved meanwhile\n")  # while the file is on its way
+        return [Chunk(0, d)]
+
+    host = await hostile(file_service({"a.txt": DATA}, chunks=chunks))
+    george = lab.device("george")
+    try:
+        got = await george.run("get", host.target, "a.txt", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert_no_traceback("get", got.err)
+    assert (out / "a.txt").read_text() == "saved meanwhile\n", "replaced without --force"
+    assert got.rc == 2, got
+    assert (out / "a.txt.part").read_bytes() == DATA  # kept, verified, under its own name
+    assert "appeared while it was fetched" in got.err and "resume with" not in got.err, got
+
+
+async def test_a_part_swapped_for_a_link_meanwhile_is_not_put_in_place(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """atk19f finding (low; a local user who can write into the -o folder): once ``get`` has
+    opened NAME.part, the user renames it away and puts a link to a copy of their own there
+    (the partial file is readable: they copy what it will hold).  ``get`` hashed NAME.part by
+    its name, through the link, found the host's SHA-256 and renamed the link into place: the
+    fetched NAME is a link to a file the other user can change at will."""
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = tmp_path / "theirs.bin"
+    data = os.urandom(50_000)
+    theirs.write_bytes(data)
+    part = out / "a.bin.part"
+
+    async def serve(slink: SecureLink) -> None:
+        msg = wire.decode(await slink.recv(STEP), GetRequest)
+        await slink.send(FileHeader(msg.name, len(data), sha(data), 0).encode())
+        await slink.send(Chunk(0, data[:10_000]).encode())
+
+        async def written() -> bool:
+            return part.exists() and part.stat().st_size == 10_000
+
+        await until(written, "the first chunk written")
+        part.rename(out / "moved-away")
+        os.symlink(theirs, part)
+        for o in range(10_000, len(data), 10_000):
+            await slink.send(Chunk(o, data[o:o + 10_000]).encode())
+        with contextlib.suppress(PairingError):
+            await slink.recv(STEP)  # the guest's Bye or its hang-up
+
+    host = await hostile(serve)
+    george = lab.device("george")
+    try:
+        got = await george.run("get", host.target, "a.bin", "-m", "pin", "--pin",
+                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
+    finally:
+        await host.close()
+    assert_no_traceback("get", got.err)
+    fetched = out / "a.bin"
+    assert not fetched.is_symlink(), f"the fetched file is a link to {os.readlink(fetched)}"
+    assert got.rc != 0, got
+    assert "a.bin.part was replaced while 'a.bin' came" in got.err, got
+    assert "resume with" not in got.err, got  # what is there is not a partial file of ours
+
+
+async def test_ls_waits_no_longer_than_its_timeout(lab: Lab) -> None:
+    """atk19f finding (low): ``--timeout`` is the longest any command waits for any one thing
+    (README), but ``pairkit ls`` waited the library's 180 s for a listing whatever it was
+    given: a host that never answers held ``ls --timeout 2`` for three minutes.  (``get
+    --all`` passes its --timeout; ``ls`` did not.)"""
+
+    async def never_answer(slink: SecureLink) -> None:
+        await slink.recv(STEP)  # the ListRequest; then nothing, until the guest gives up
+        with contextlib.suppress(PairingError):
+            await slink.recv(30.0)
+
+    host = await hostile(never_answer)
+    george = lab.device("george")
+    try:
+        got = await run_cli(george.home, "ls", host.target, "-m", "pin", "--pin",
+                            host.state.new_pin(), "--timeout", "2", timeout=25.0)
+    finally:
+        await host.close()
+    assert got.rc == 4, got
+    assert "did not answer the listing request" in got.err, got
