@@ -19,6 +19,7 @@ from pairkit.pairing.errors import (
     ProtocolError,
     RefusedError,
     RemoteError,
+    TooLargeError,
 )
 from pairkit.pairing.files import (
     Check,
@@ -226,6 +227,53 @@ def test_a_header_for_another_file_or_offset_is_a_protocol_error(header: FileHea
     machine = fetch()
     with pytest.raises(ProtocolError):
         machine.receive(header.encode(), NOW)
+
+
+def test_a_file_larger_than_it_was_listed_is_refused_at_its_header() -> None:
+    """atk19f (low): a host listed 6 bytes and then announced a gigabyte; the guest that fetches
+    what was listed (``get --all``) stops at the header, before anything is written."""
+    machine = FileFetch("notes.txt", 0, timeout=10, chunk_timeout=5, listed=6)
+    machine.start(NOW)
+    replies(machine)
+    with pytest.raises(TooLargeError, match="listed it as 6 bytes"):
+        machine.receive(FileHeader("notes.txt", 10**9, DIGEST, 0).encode(), NOW)
+    assert machine.events() == []
+
+
+def test_a_file_as_large_as_listed_or_smaller_is_taken() -> None:
+    for size in (6, 5, 0):
+        machine = FileFetch("notes.txt", 0, timeout=10, chunk_timeout=5, listed=6)
+        machine.start(NOW)
+        replies(machine)
+        machine.receive(FileHeader("notes.txt", size, DIGEST, 0).encode(), NOW)
+        assert machine.state in ("body", "checking"), size
+
+
+@pytest.mark.parametrize(("offset", "size", "room", "taken"), [
+    (0, 100, 100, True),
+    (0, 101, 100, False),
+    (50, 150, 100, True),   # 100 more bytes: they fit
+    (50, 151, 100, False),
+    (50, 90, 30, False),    # 40 more bytes, 30 free
+    (50, 30, 0, True),      # shrank on the host: started again at 0, in the 50 bytes it frees
+])
+def test_a_file_the_disk_has_no_room_for_is_refused_at_its_header(
+    offset: int, size: int, room: int, taken: bool,
+) -> None:
+    """Whatever a host announces, a file that would not fit where it is saved is refused before
+    anything is written (not a disk filled up to the last byte): ``room`` is the free space there,
+    the partial file kept so far not counted in it."""
+    machine = FileFetch("notes.txt", offset, timeout=10, chunk_timeout=5, room=room)
+    machine.start(NOW)
+    replies(machine)
+    header = FileHeader("notes.txt", size, DIGEST, 0 if size < offset else offset).encode()
+    if taken:
+        machine.receive(header, NOW)
+        assert machine.state in ("body", "checking")
+    else:
+        with pytest.raises(TooLargeError, match="free where it is saved"):
+            machine.receive(header, NOW)
+        assert machine.events() == []
 
 
 def test_a_damaged_file_is_reported_and_the_session_goes_on() -> None:
