@@ -781,6 +781,8 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
                      f"by name): {', '.join(repr(h) for h in hidden[:5])}"
                      f"{' ...' if len(hidden) > 5 else ''}", quiet=as_json)
             box["listed"] = [f.name for f in files if f.name not in hidden]
+            # what was listed is what is fetched: a file announced larger is refused (atk19f)
+            box["sizes"] = {f.name: f.size for f in files}
             dests.update(_destinations(box["listed"], into))
             for name in box["listed"]:
                 _writable(dests[name], force)
@@ -795,7 +797,8 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
                 continue
             box["current"] = wanted
             fetched = await get_file(slink, wanted, dests[wanted], progress=Progress(wanted),
-                                     timeout=timeout, chunk_timeout=timeout, replace=force)
+                                     timeout=timeout, chunk_timeout=timeout, replace=force,
+                                     listed=box.get("sizes", {}).get(wanted))
             box["fetched"].append(fetched)
             done.add(wanted)
             _print_fetched(fetched, as_json)

@@ -31,6 +31,7 @@ from .errors import (
     NotFoundError,
     ProtocolError,
     RefusedError,
+    TooLargeError,
 )
 from .machine import DONE, Event, Machine, Step, step
 from .service import (
@@ -351,13 +352,19 @@ class FileFetch(Machine):
 
     def __init__(
         self, name: str, offset: int = 0, *, timeout: float = ANSWER_TIME,
-        chunk_timeout: float = CHUNK_TIME,
+        chunk_timeout: float = CHUNK_TIME, listed: int | None = None, room: int | None = None,
     ) -> None:
+        """``listed``: the size the host's listing gave (``get --all`` fetches what was
+        listed): a header announcing more is refused.  ``room``: the bytes free where the file
+        is saved, the ``offset`` bytes kept so far not counted: a file that would not fit is
+        refused.  Both at the header, before anything is written (attack review atk19f)."""
         super().__init__(initial_state="new")
         if offset < 0:
             raise ProtocolError("a fetch starts at offset 0 or later")
         self.name = name
         self.offset = offset
+        self._listed = listed
+        self._room = room
         self._timeout = timeout
         self._chunk_timeout = chunk_timeout
         #: the host's header, once it came
@@ -393,6 +400,21 @@ class FileFetch(Machine):
     def _on_header(self, msg: FileHeader, now: float) -> None:
         if msg.name != self.name:
             raise ProtocolError("the host answered with another file")
+        if self._listed is not None and msg.size > self._listed:
+            raise TooLargeError(
+                f"the host announced {msg.size} bytes for {self.name!r} and listed it as "
+                f"{self._listed} bytes; not fetched (fetch it by name if it grew)"
+            )
+        if self._room is not None:
+            # Started again at 0 (it shrank on the host), the bytes kept so far are freed first.
+            again = msg.offset == 0 and msg.size < self.offset
+            needed = msg.size if again else msg.size - self.offset
+            free = self._room + (self.offset if again else 0)
+            if needed > free:
+                raise TooLargeError(
+                    f"{self.name!r} needs {needed} more bytes and {free} are free where it is "
+                    "saved; not fetched"
+                )
         if msg.offset == 0 and msg.size < self.offset:
             # The file shrank on the host since the partial copy was made: start again (§13).
             self.restarted_from = self.offset

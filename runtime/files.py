@@ -416,6 +416,15 @@ def partial_size(part: Path) -> int:
     return st.st_size
 
 
+def free_space(folder: Path) -> int | None:
+    """Bytes an unprivileged writer may still use in ``folder``'s file system (None: unknown)."""
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # no statvfs (Windows), or the folder is gone
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 async def get_file(
     slink: SecureLink,
     name: str,
@@ -425,11 +434,15 @@ async def get_file(
     timeout: float = 180.0,
     chunk_timeout: float = 30.0,
     replace: bool = True,
+    listed: int | None = None,
 ) -> Fetched:
     """Fetch ``name`` into ``dest``, resuming from ``dest.part`` if a previous try was cut.
 
     ``replace`` False: a file at ``dest`` is never replaced, not even one that appeared while
     the file came (:class:`ConfigError`; the verified file is kept as ``dest.part``).
+    ``listed``: the size the host's listing gave; a file the host then announces larger is
+    refused.  A file larger than the free space where ``dest`` is saved is refused too, at its
+    header, before anything is written (:class:`~pairing.errors.TooLargeError`).
 
     :class:`~pairing.files.FileFetch` checks what arrives; this writes it and hashes it."""
     if not name_fits(name):  # the host could not even read such a request (§13)
@@ -440,7 +453,8 @@ async def get_file(
     part = dest.with_name(dest.name + ".part")
     offset = partial_size(part)
     t0 = time.perf_counter()
-    machine = FileFetch(name, offset, timeout=timeout, chunk_timeout=chunk_timeout)
+    machine = FileFetch(name, offset, timeout=timeout, chunk_timeout=chunk_timeout,
+                        listed=listed, room=free_space(dest.parent))
     machine.start(time.monotonic())
     handle: list[Any] = []  # the partial file, opened once something is to be kept
     written: list[tuple[int, int]] = []  # the partial file's (device, inode), once complete
