@@ -19,31 +19,15 @@ bonding would, for the host's identity key.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from bumble.pairing import PairingConfig, PairingDelegate
 
 from pairkit.keystore import Keystore
 from pairkit.transports.ble.privacy import is_resolvable
-from tests.ble_harness import World, make_keystore
+from tests.ble_harness import World
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
-    w = World()
-    try:
-        yield w
-    finally:
-        await w.close()
-
-
-@pytest.fixture
-def paul(tmp_path: Path) -> Keystore:
-    return make_keystore(tmp_path / "paul", "Paul's phone")
 
 
 def _bonding_stranger(_connection: object) -> PairingConfig:
