@@ -33,8 +33,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "atk19p finding 4, reported: a returning device whose host is away runs resume against "
-    "any pairkit host nearby, handing it its device id (severity: medium, active, tracking)"))
+    "atk19p finding 4, reported: a returning device whose host is away joins any pairkit host "
+    "nearby as the known device it is, handing it its device id (severity: medium, active, "
+    "tracking)"))
 async def test_a_member_looking_for_its_host_tells_another_host_nothing(
     world: World, paul: Keystore, tv: Keystore, tmp_path: Path
 ) -> None:
