@@ -120,8 +120,7 @@ class Presence:
         self.rotate_every = rotate_every
         self.on_change = on_change
         self._ks = ks
-        cloud = home_cloud(ks)
-        self._key = tag_keys(ks).get(cloud) if cloud else None
+        self._key = self._tag_key()
         self.can_broadcast = hasattr(transport, "start_advertising")
         # Without a broadcast (TCP) the address is given out by hand: always visible.
         self.visible_until: float | None = (
@@ -130,6 +129,11 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
         #: the identity resolving key the transport's addresses are made with (None: none)
         self._irk: bytes | None = None
+
+    def _tag_key(self) -> bytes | None:
+        """The hello-tag key of this device's home cloud, from the keystore as last read."""
+        cloud = home_cloud(self._ks)
+        return tag_keys(self._ks).get(cloud) if cloud else None
 
     @property
     def visible(self) -> bool:
@@ -206,11 +210,11 @@ class Presence:
         Advertising stops before the address changes: ``rotate_address`` re-advertises the
         hello it had, and the old tag sent from the new address would link the two.
         """
+        renewed = self._follow_keystore()
         rotate = getattr(self.transport, "rotate_address", None)
         if rotate is not None:
             with contextlib.suppress(Exception):
                 await self.transport.stop_advertising()
-                renewed = self._renewed_irk()
                 if renewed is not None:
                     await self.transport.use_identity_key(renewed)  # a fresh RPA under it
                     self._irk = renewed
@@ -218,14 +222,19 @@ class Presence:
                     await rotate()
         await self.transport.start_advertising(self.payload())
 
-    def _renewed_irk(self) -> bytes | None:
-        """The keystore's identity resolving key when it is no longer the one in use (renewed
-        by ``pairkit forget`` in another process: :func:`renew_identity_resolving_key`)."""
-        if self._irk is None:
-            return None
+    def _follow_keystore(self) -> bytes | None:
+        """Take what ``pairkit forget`` changed in another process: the hello-tag key follows a
+        renewed cloud secret (docs/security.md "Renewing the cloud secret": the forgotten member
+        no longer recognises the tag; attack review atk19p, finding 2), and the returned
+        identity resolving key, when it is no longer the one in use, is the renewed one
+        (:func:`renew_identity_resolving_key`).  A keystore that cannot be read leaves both."""
         try:
             self._ks.follow()
         except (PairingError, OSError):
+            return None
+        with contextlib.suppress(PairingError, OSError):
+            self._key = self._tag_key()
+        if self._irk is None:
             return None
         irk = self._ks.setting(IRK_SETTING)
         if isinstance(irk, bytes) and len(irk) == 16 and not hmac.compare_digest(irk, self._irk):

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import weakref
 from collections import deque
@@ -152,7 +153,15 @@ class SecureConnectionsOnlySession(smp.Session):
 
     def on_smp_pairing_request_command(self, command: smp.SMP_Pairing_Request_Command) -> None:
         if not self._refuses(command):
-            super().on_smp_pairing_request_command(command)
+            # The responder (a host) distributes no key of its own (Vol 3 Part H §3.6.1):
+            # asked for its identity key, bumble's would send the device's random static
+            # address, one for the life of the process, which links every resolvable private
+            # address the host rotates through for anyone who pairs the link (attack review
+            # atk19p, finding 1).  Secure Connections derive the LTK on both sides, nothing
+            # bonds, so no key is missing.  (The request's bytes are kept for legacy pairing's
+            # c1 only, which this session refuses.)
+            super().on_smp_pairing_request_command(dataclasses.replace(
+                command, responder_key_distribution=smp.KeyDistribution(0)))
 
     def on_smp_pairing_response_command(
         self, command: smp.SMP_Pairing_Response_Command

@@ -1,0 +1,57 @@
+"""Attack review atk19p, finding 4 (reported, not fixed): a stranger's host fishes a returning
+device's permanent id out of it.
+
+``pairkit join NAME`` of a known BLE host that is not at its last address looks for it nearby
+(``cli.flows._nearby_hosts``): first the addresses its address key resolves, then hosts of its
+clouds, then *every other pairkit host heard*, and joins each in turn as the known device it
+is: its ``JoinRequest`` carries its device id in the clear (``4 device_id``, ``5 reconnect``;
+docs/protocol.md §10), before any pairing (a host that does not know the id answers "not
+found"; one that claims to know it gets ``resume``'s ``ResumeMessage``, which names both
+devices, §8).  So anyone who advertises a pairkit hello (10 random bytes make a valid private
+one) near a device whose host is away, or whose host it can outshout, is handed that device's
+permanent id, although the device is a member holding its host's address key and could tell
+its host from the stranger before saying anything.  Encrypting the link layer would not help:
+this listener is the far end.
+
+Over bumble virtual controllers: Paul's phone, then away; Ringo's tablet, a real unmodified
+pairkit host, is the only host around; what reaches it is on air.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pairkit.keystore import Keystore
+from pairkit.pairing.cloud import Grant, Role
+from pairkit.pairing.errors import NotFoundError, RefusedError, RemoteError
+from pairkit.pairing.negotiation import Method
+from tests.ble_harness import Person, World, make_keystore, on_air, reopen
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk19p finding 4, reported: a returning device whose host is away joins any pairkit host "
+    "nearby as the known device it is, handing it its device id (severity: medium, active, "
+    "tracking)"))
+async def test_a_member_looking_for_its_host_tells_another_host_nothing(
+    world: World, paul: Keystore, tv: Keystore, tmp_path: Path
+) -> None:
+    host = await world.start_host(paul, person=Person(join=Grant(Role.MEMBER)))
+    guest = await world.device()
+    await world.join(reopen(tv), guest, host, method=Method.PIN)
+    assert reopen(tv).get_peer("Paul's phone").irk is not None  # it can recognise its host
+    ringo = make_keystore(tmp_path / "ringo" / "keystore.pk", "Ringo's tablet")
+    other = await world.start_host(ringo, person=Person(), visible=None)
+    host.task.cancel()  # Paul's phone goes away; only Ringo's tablet is around
+    air = on_air(world.radio)
+    with pytest.raises((NotFoundError, RefusedError, RemoteError)):
+        await world.join(reopen(tv), guest, None, method=None, target="Paul's phone")
+    assert other.person.questions == []
+    heard = b"".join(air)
+    told = [what for what, value in (("the member's device id", bytes.fromhex(tv.device_id)),
+                                     ("its host's device id", bytes.fromhex(paul.device_id)))
+            if value in heard]
+    assert told == [], f"told a host that is not its own: {', '.join(told)}"
