@@ -560,4 +560,32 @@ def test_decode_stored_is_one_pass_however_deep() -> None:
         deep = opening * 100_000 + b"\x00" + (b"\xff" * 100_000 if opening == b"\x9f" else b"")
         assert cbor._skip_stored(deep, 0, None) == len(deep)
     with pytest.raises(cbor.StoredTagError):
-        cbor.decode_stored(b"\x81" * 100_000 + b"\xd8\x1c\x00")
+        cbor._skip_stored(b"\x81" * 100_000 + b"\xd8\x1c\x00", 0, None)
+
+
+def test_decode_stored_refuses_a_record_nested_deeper_than_pairkit_writes() -> None:
+    """cbor2 5.x (which pyproject allows) recurses once per level: a record of 2,000 nested
+    arrays raised a raw RecursionError at open (atk19z finding 2).  The pass refuses nesting
+    past :data:`cbor.STORED_DEPTH` (pairkit writes a handful of levels) before cbor2 reads."""
+    depth = cbor.STORED_DEPTH
+    at_limit = b"\xa1\x61a" + b"\x81" * (depth - 1) + b"\x00"  # {"a": [[...[0]...]]}
+    assert cbor.decode_stored(at_limit) == cbor2.loads(at_limit)
+    for deeper in (b"\xa1\x61a" + b"\x81" * depth + b"\x00",
+                   b"\x81" * 100_000 + b"\xd8\x1c\x00", b"\x9f" * 2_000 + b"\xff" * 2_000):
+        with pytest.raises(DecodeError, match="nested deeper"):
+            cbor.decode_stored(deeper)
+
+
+@pytest.mark.parametrize("data", [
+    # [ {0: <break>}, h'aaaaaa' ] as the pass reads it, then more; cbor2 5.x reads the break as
+    # the map's value and goes on: [ {0: break_marker, h'aaaaaa': 28([0])}, 0 ]
+    bytes.fromhex("82" "bf00ff" "43aaaaaa" "d81c8100" "ff" "00"),
+    bytes.fromhex("a1616100" "d81c8100"),  # {"a": 0}, then a shared value the pass never read
+    bytes.fromhex("a1616100" "00"),        # {"a": 0}, then anything
+], ids=["break-as-a-value", "a-tag-after", "bytes-after"])
+def test_decode_stored_refuses_bytes_its_pass_did_not_read(data: bytes) -> None:
+    """atk19z finding 1 (medium): the pass read one item and did not check it reached the end;
+    cbor2 5.x, reading a break as a value, decoded past where the pass stopped, and a shared
+    tree there cost 2**depth again.  A record is one item to its last byte, or refused."""
+    with pytest.raises(DecodeError):
+        cbor.decode_stored(data)
