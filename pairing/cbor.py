@@ -77,6 +77,10 @@ class StoredTagError(DecodeError):
         super().__init__(f"{where} holds {self.what}, which pairkit does not write")
 
 
+#: the deepest nesting a stored record may have (pairkit writes a handful of levels; cbor2 5.x
+#: recurses once per level, and a few thousand raise a raw RecursionError: atk19z finding 2)
+STORED_DEPTH = 100
+
 #: the tags a stored record may hold (:func:`decode_stored`): an integer beyond 64 bits, which
 #: cbor2 writes as a bignum (RFC 8949 §3.4.3)
 STORED_TAGS = frozenset({2, 3})
@@ -109,16 +113,22 @@ def decode_stored(data: bytes) -> Any:
         tag, pos = _head_argument(data, pos)
         if tag not in STORED_TAGS and refused is None:
             refused = tag
+    depth = STORED_DEPTH - 1  # under the record's own map
     if pos < n and 0xA0 <= data[pos] <= 0xBB:  # a map of definite length: name the member
         count, pos = _head_argument(data, pos)
         for _ in range(count):
             key_start = pos
-            pos = _skip_stored(data, pos, None)
-            pos = _skip_stored(data, pos, _text_at(data, key_start, pos))
+            pos = _skip_stored(data, pos, None, depth)
+            pos = _skip_stored(data, pos, _text_at(data, key_start, pos), depth)
     elif pos < n:
-        _skip_stored(data, pos, None)
+        pos = _skip_stored(data, pos, None, depth)
     if refused is not None:
         raise StoredTagError(refused, None)
+    # One item to the last byte: cbor2 5.x reads a break where a map's value goes as a value
+    # and reads on, past where the pass stopped (atk19z finding 1); cbor2 is then always a
+    # level deeper than the pass, so a pass that read to the end leaves cbor2 nothing unread.
+    if pos != n:
+        raise DecodeError("malformed CBOR: bytes after the record")
     return cbor2.loads(data)
 
 
@@ -159,16 +169,19 @@ def _item_size(initial: int) -> int:
     return 0
 
 
+_TOO_DEEP = f"malformed CBOR: nested deeper than {STORED_DEPTH} levels (pairkit writes a few)"
+
 #: :func:`_item_size` of each initial byte
 _ITEM_SIZE = bytes(_item_size(initial) for initial in range(256))
 
 
-def _skip_stored(data: bytes, pos: int, member: str | None) -> int:
+def _skip_stored(data: bytes, pos: int, member: str | None, depth: int | None = None) -> int:
     """The position after the data item at ``pos``, its tags checked against
     :data:`STORED_TAGS` (``member`` names where it is, for the error).  Iterative, one step per
     head: ``left`` items still to skip at this level (-1: until a break, §3.2.2), the outer
     levels' on ``outer``.  The commonest items are skipped by their first byte alone: the pass
-    costs about what cbor2's decoding does (3 ms for 1,000 peers' records)."""
+    costs about what cbor2's decoding does (3 ms for 1,000 peers' records).  ``depth``: the
+    most arrays, maps, indefinite strings and tags inside one another (None: any)."""
     n = len(data)
     size_of = _ITEM_SIZE
     outer: list[int] = []
@@ -213,6 +226,8 @@ def _skip_stored(data: bytes, pos: int, member: str | None) -> int:
             pos = end
         elif info == 31 and 2 <= major <= 5:
             outer.append(left)
+            if depth is not None and len(outer) > depth:
+                raise DecodeError(_TOO_DEEP)
             left = -1  # chunks, items or pairs until a break
             continue
         else:
@@ -227,6 +242,8 @@ def _skip_stored(data: bytes, pos: int, member: str | None) -> int:
         else:  # an array or a map of ``arg`` items or pairs
             outer.append(left)
             left = arg if major == 4 else 2 * arg
+        if depth is not None and len(outer) > depth:
+            raise DecodeError(_TOO_DEEP)
     if pos > n:
         raise DecodeError(_TRUNCATED)
     return pos

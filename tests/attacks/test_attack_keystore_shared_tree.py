@@ -215,3 +215,19 @@ def test_control_a_plain_keystore_with_a_large_integer_opens_as_it_was(tmp_path:
     assert again.setting("lockout.pin")["streak"] == 1
     assert again.peers()[0].extra["seen"] == 1
     assert again._body() == ks._body()
+
+
+def test_a_setting_nested_thousands_deep_is_refused_at_open_as_damage(tmp_path: Path) -> None:
+    """atk19z finding 2 (low): under cbor2 5.x (pyproject allows it), 2,000 nested arrays in a
+    setting escaped the open as a raw RecursionError.  The pass before cbor2 refuses nesting
+    deeper than pairkit writes: the keystore is refused as damaged, in words."""
+    path = tmp_path / "keystore.pk"
+    ks = a_keystore(path)
+    with ks.update():
+        ks.set_setting("later", "x")
+    body = ks._body().replace(cbor.encode("x"), b"\x81" * 2_000 + b"\x00")
+    header = dataclasses.replace(ks._header, nonce=os.urandom(NONCE_SIZE))
+    ks.storage.replace(_seal(header, ks._keys, body))
+    with pytest.raises(KeystoreCorruptError) as refused:
+        Keystore.open(path, PIN)
+    assert str(refused.value) == f"the keystore at {path} has contents this pairkit cannot read"
