@@ -1,0 +1,160 @@
+"""Group keys through relays: attack review atk19g (session 19).
+
+Over real pairkit secure links on the loopback transport (every hop a ``resume`` session between
+devices that paired by PIN) and broadcasts on the loopback radio: a controller, pairkit's own
+relay, members, and Mallory, a device that paired with the relay or holds a group's key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pairkit import groups as G
+from pairkit.cli.groupdemo import GroupLab, Node, wait_for
+from pairkit.pairing import wire
+from pairkit.pairing.groups import (
+    MAX_BATCH,
+    MAX_MEMBERS,
+    MAX_QUEUE,
+    Forward,
+    ForwardReceipt,
+    GroupEnvelope,
+    RetryPolicy,
+    seal_broadcast,
+)
+from pairkit.securelink import SecureLink
+
+FAST = RetryPolicy(first=0.05, cap=0.2, attempts=4)
+
+
+@dataclasses.dataclass
+class Net:
+    lab: GroupLab
+    ctl: Node
+    relay: Node
+    far: Node
+    mallory: Node
+
+
+@pytest.fixture
+async def net(tmp_path: Path) -> AsyncIterator[Net]:
+    lab = GroupLab(tmp_path, transport="loopback", connect_timeout=0.5, step_timeout=5)
+    try:
+        ctl = await lab.add("controller")
+        relay = await lab.add("relay", downlink=True)
+        far = await lab.add("far")
+        mallory = await lab.add("mallory")
+        for node in (relay, far, mallory):
+            await lab.commission(node, ctl)  # each owner lets the controller in
+        await lab.commission(far, relay)
+        await lab.commission(relay, mallory)  # Mallory is one of the relay's peers
+        yield Net(lab, ctl, relay, far, mallory)
+    finally:
+        await lab.close()
+
+
+@pytest.mark.xfail(strict=True, reason="atk19g finding 1, severity low-medium: one replay "
+                   "window per sender id a key holder makes up, kept without bound")
+async def test_a_member_cannot_grow_a_members_replay_state_without_bound(net: Net) -> None:
+    """Mallory is a member of "doors" (she holds its key, as any member does).  The sender id
+    of a broadcast is inside its ciphertext, chosen by whoever holds the key, and each member
+    keeps one replay window per (group, epoch, sender), in its keystore.  Mallory sends
+    broadcasts under made-up sender ids: a group has at most 256 members and a controller, so
+    a member keeps at most that many windows per group and epoch; the rest are refused
+    (unbounded, each one grew the keystore, rewritten on every broadcast heard)."""
+    G.create_group(net.ctl.ks, "doors")
+    await net.lab.start_member(net.far)
+    await net.lab.start_member(net.mallory)
+    for member in (net.far, net.mallory):
+        _, outcomes = await G.add_member(net.ctl.ks, "doors", member.id,
+                                         reach=net.lab.reach(net.ctl), policy=FAST)
+        assert [o.state for o in outcomes] == ["confirmed"], outcomes
+    # The controller speaks once, over the radio: the far member hears it.
+    await net.lab.broadcast(net.ctl, "doors", "close",
+                            until=lambda: net.far.read() == ["close"])
+    listener = net.far.listener
+    assert listener is not None
+    listener.persist = True  # as `pairkit group listen` keeps its replay state
+    heard = 0
+    for i in range(MAX_MEMBERS + 1 + 300):
+        payload = seal_broadcast(net.mallory.ks, group="doors", epoch=1,
+                                 sender=i.to_bytes(8, "big"), seq=1, command=b"x",
+                                 rng=os.urandom)
+        heard += listener.hear(payload, "mallory") is not None
+    assert heard == MAX_MEMBERS  # with the controller's, as many senders as a group can have
+    windows = [k for k in listener.receiver.windows if k[:2] == ("doors", 1)]
+    assert len(windows) == MAX_MEMBERS + 1
+    assert len(net.far.ks.setting(G.SETTING_WINDOWS, ())) == MAX_MEMBERS + 1
+    assert listener.received[-1].command == b"x"
+    assert net.far.events[-1]["reason"] == "too-many-senders"
+    # A sender heard before the flood is heard after it.
+    await net.lab.broadcast(net.ctl, "doors", "open",
+                            until=lambda: net.far.read()[-1:] == ["open"])
+
+
+async def _forward(net: Net, sender: Node, envs: tuple[GroupEnvelope, ...]) -> list[bool]:
+    async def work(slink: SecureLink) -> list[bool]:
+        await slink.send(Forward(envs).encode())
+        return [r.ok for r in wire.decode(await slink.recv(5), ForwardReceipt).results]
+
+    ok: list[bool] = await G.with_peer(sender.ks, net.lab.reach(sender), net.relay.id, work)
+    return ok
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk19g finding 2, severity medium (availability): a relay's queue (1024 envelopes) and "
+    "receipt store (1024, oldest evicted) are shared by every controller, and any peer of the "
+    "relay is a controller of its own groups: it fills them, and the real controller's "
+    "envelopes are refused ('holds 1024 envelopes already') or its members' receipts evicted "
+    "until its members end unreachable. Needs a per-controller share (design choice)."))
+async def test_a_peer_of_the_relay_cannot_fill_its_queue_for_every_controller(net: Net) -> None:
+    """Mallory, a peer of the relay, forwards envelopes of her own groups (she is their
+    controller: the relay's check that the forwarder is the envelope's controller passes) for
+    the far member, which is switched off, as members behind relays often are.  Then the real
+    controller adds the far member through the relay: its envelope must be queued."""
+    await net.lab.start_relay(net.relay, retry=0.05)
+    me, far = bytes.fromhex(net.mallory.id), bytes.fromhex(net.far.id)
+    fake = [GroupEnvelope(me, far, f"m{i}", 1, os.urandom(32), os.urandom(48), os.urandom(64))
+            for i in range(MAX_QUEUE)]
+    taken = 0
+    for i in range(0, len(fake), MAX_BATCH):
+        taken += sum(await _forward(net, net.mallory, tuple(fake[i:i + MAX_BATCH])))
+    assert taken == MAX_QUEUE  # her groups, her envelopes: the relay took every one
+    G.create_group(net.ctl.ks, "doors")
+    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id, via=net.relay.id,
+                                     reach=net.lab.reach(net.ctl), policy=FAST)
+    (outcome,) = outcomes
+    assert outcome.ok and "queued at relay" in outcome.status, outcome.status
+    # and once the member is back, it confirms
+    await net.lab.start_member(net.far)
+    await wait_for(lambda: "doors" in G.held_groups(net.far.ks), 20)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk19g finding 3, severity medium (confidentiality, undocumented): 'group add' delivers "
+    "the current epoch's key, so a new member reads every broadcast the group made at that "
+    "epoch before it was added (no backward secrecy); a fix (a new epoch on add once the key "
+    "was used) changes what 'add' prints and when members are reached."))
+async def test_a_new_member_cannot_read_what_the_group_said_before_it_joined(net: Net) -> None:
+    """The controller and the far member share "doors"; the controller broadcasts a command,
+    which Mallory's radio records (she is no member yet).  Then the controller adds Mallory.
+    Played back to her, the recorded command must not open under the key she was given."""
+    G.create_group(net.ctl.ks, "doors")
+    await net.lab.start_member(net.far)
+    await net.lab.start_member(net.mallory)
+    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,
+                                     reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"]
+    before = await net.lab.broadcast(net.ctl, "doors", "the code is 4711",
+                                     until=lambda: net.far.read() == ["the code is 4711"])
+    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.mallory.id,
+                                     reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"]
+    recorder = await net.lab.add("recorder")
+    await net.lab.broadcast(recorder, "doors", "", payload=before, timeout=1.0)
+    assert net.mallory.read() == [], "a new member read a broadcast from before it was added"
