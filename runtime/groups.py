@@ -1352,7 +1352,8 @@ class Listener:
             self._recent.pop(next(iter(self._recent)))
         try:
             message = self.receiver.receive(payload)
-        except (DecodeError, WrongEpochError, AuthenticationError, ReplayError) as exc:
+        except (DecodeError, WrongEpochError, AuthenticationError, ReplayError,
+                TooLargeError) as exc:
             self.on_event({"event": "rejected", "reason": _rejection(exc), "text": str(exc),
                            "address": address})
             return None
@@ -1382,6 +1383,8 @@ def _rejection(exc: PairingError) -> str:
         return "wrong-epoch"
     if isinstance(exc, ReplayError):
         return "replay"
+    if isinstance(exc, TooLargeError):
+        return "too-many-senders"
     if isinstance(exc, AuthenticationError):
         return "not-ours-or-forged"
     return "malformed"

@@ -58,8 +58,6 @@ async def net(tmp_path: Path) -> AsyncIterator[Net]:
         await lab.close()
 
 
-@pytest.mark.xfail(strict=True, reason="atk19g finding 1, severity low-medium: one replay "
-                   "window per sender id a key holder makes up, kept without bound")
 async def test_a_member_cannot_grow_a_members_replay_state_without_bound(net: Net) -> None:
     """Mallory is a member of "doors" (she holds its key, as any member does).  The sender id
     of a broadcast is inside its ciphertext, chosen by whoever holds the key, and each member
