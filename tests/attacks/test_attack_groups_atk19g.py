@@ -24,8 +24,11 @@ from pairkit.pairing.groups import (
     Forward,
     ForwardReceipt,
     GroupEnvelope,
+    KeyDelivery,
+    KeyReceipt,
     RetryPolicy,
     seal_broadcast,
+    seal_group_envelope,
 )
 from pairkit.securelink import SecureLink
 
@@ -156,3 +159,37 @@ async def test_a_new_member_cannot_read_what_the_group_said_before_it_joined(net
     recorder = await net.lab.add("recorder")
     await net.lab.broadcast(recorder, "doors", "", payload=before, timeout=1.0)
     assert net.mallory.read() == [], "a new member read a broadcast from before it was added"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk19g finding 4, severity low (storage and work; the attacker is a controller the "
+    "owner let in: a peer granted member, or any device its key server's CA certified, "
+    "through a relay): a member holds as many groups as a controller sends, each one more "
+    "key and record rewritten on every keystore save, and each broadcast heard is tried "
+    "against every group at its epoch (measured: 2048 groups in 64 deliveries, keystore "
+    "53 KB -> 210 KB, a delivery 0.35 s -> 1.25 s). 256 a controller is a proposal."))
+async def test_one_controller_cannot_make_a_member_hold_groups_without_bound(net: Net) -> None:
+    """The far member's owner let Mallory in as a member, which lets her control groups on
+    it (docs/security.md, "Who may give a device group keys").  She sends it the keys of ever
+    more groups of her own, 32 an envelope batch: past as many groups as a group has members,
+    the far member refuses them."""
+    await net.lab.commission(net.far, net.mallory)
+    await net.lab.start_member(net.far)
+    static = net.mallory.ks.get_peer(net.far.id).static_public
+    taken = 0
+    for batch in range(MAX_MEMBERS // MAX_BATCH + 1):
+        envs = []
+        for i in range(MAX_BATCH):
+            name = f"m{batch}-{i}"
+            net.mallory.ks.new_group_key(name, 1)
+            envs.append(seal_group_envelope(net.mallory.ks, group=name, epoch=1,
+                                            member_public=static))
+
+        async def deliver(slink: SecureLink, envs: tuple = tuple(envs)) -> list[bool]:
+            await slink.send(KeyDelivery(envs).encode())
+            return [r.ok for r in wire.decode(await slink.recv(5), KeyReceipt).results]
+
+        taken += sum(await G.with_peer(net.mallory.ks, net.lab.reach(net.mallory), net.far.id,
+                                       deliver))
+    assert taken == len(G.held_groups(net.far.ks))
+    assert taken <= MAX_MEMBERS, taken
