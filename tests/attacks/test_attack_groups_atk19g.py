@@ -193,3 +193,31 @@ async def test_one_controller_cannot_make_a_member_hold_groups_without_bound(net
                                        deliver))
     assert taken == len(G.held_groups(net.far.ks))
     assert taken <= MAX_MEMBERS, taken
+
+
+@pytest.mark.xfail(strict=True, reason="atk19g finding 5, severity medium (availability): a "
+                   "member's signed refusal held at the relay bars it for the whole epoch")
+async def test_a_refusal_the_member_took_back_does_not_bar_it_through_a_relay(net: Net) -> None:
+    """The far member's owner first named the wrong controller for "doors" (Mallory; as a
+    relay can also bring about once, by attaching to a genuine envelope a certificate the
+    member's CA did not issue), so the far member refused the controller's envelope, and
+    signed that refusal, which the relay keeps.  Then the owner names the right controller.
+    A member reached directly would take the envelope at the next try; through the relay it
+    must, too: a refusal is the member's word at one moment, not for the whole epoch (before,
+    the controller stopped forwarding on a refusal and the relay answered "queued" for an
+    envelope it held a receipt of, so the member stayed unconfirmed until the next epoch,
+    however often the controller tried)."""
+    G.create_group(net.ctl.ks, "doors")
+    G.pin_controller(net.far.ks, "doors", net.mallory.id)
+    await net.lab.start_member(net.far)
+    await net.lab.start_relay(net.relay, retry=0.05)
+    await G.add_member(net.ctl.ks, "doors", net.far.id, via=net.relay.id,
+                       reach=net.lab.reach(net.ctl), policy=FAST)
+    await wait_for(lambda: len(G.relay_receipts(net.relay.ks)) == 1, 10)
+    (refusal,) = G.relay_receipts(net.relay.ks).receipts
+    assert not refusal.ok and "takes that group's keys only from" in (refusal.reason or "")
+    G.pin_controller(net.far.ks, "doors", net.ctl.id)  # the owner puts it right
+    _, outcomes = await G.confirm_all(net.ctl.ks, "doors", reach=net.lab.reach(net.ctl),
+                                      policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"], outcomes
+    assert G.held_groups(net.far.ks)["doors"].epoch == 1
