@@ -814,12 +814,12 @@ async def _try_relay(
                 if verdicts.get(m.device_id, (False,))[0]:
                     continue
                 verdicts[m.device_id] = _judge(ks, name, receipt, m, env, relay_name)
-        # Forward again whatever is not settled by the member's own word (a bad receipt
-        # settles nothing: the envelope goes out again, and the bad receipt is reported).
+        # Forward again whatever is not confirmed by the member's own word: a bad receipt
+        # settles nothing, and a refusal is the member's word at one moment (its owner may
+        # have named the controller since), as a member reached directly is sent the
+        # envelope again (attack review atk19g, finding 5).
         rest = [(m, env) for m, env in waiting
-                if not verdicts.get(m.device_id, (False, False, ""))[0]
-                and not verdicts.get(m.device_id, (False, False, ""))[2].startswith(
-                    "refused by the member")]
+                if not verdicts.get(m.device_id, (False, False, ""))[0]]
         for i in range(0, len(rest), MAX_BATCH):
             batch = rest[i:i + MAX_BATCH]
             results = await _send_forward(slink, tuple(env for _, env in batch),
@@ -1144,7 +1144,8 @@ class Relay:
         queued = []
         with self.ks.update():
             queue = self.queue
-            answered = {r.envelope for r in self.receipts.receipts}
+            # a member's refusal is no reason not to try again: only a receipt that took it
+            answered = {r.envelope for r in self.receipts.receipts if r.ok}
             for env in envelopes:
                 if env.controller != sender:
                     results.append(DeliveryResult(
@@ -1152,7 +1153,7 @@ class Relay:
                         "a relay takes envelopes only from the controller that signed them"))
                     continue
                 if envelope_digest(env) in answered:
-                    # Delivered already, and the member's receipt is here for the controller:
+                    # Taken already, and the member's receipt is here for the controller:
                     # nothing to deliver again (it was forwarded again before it asked).
                     results.append(DeliveryResult(env.group, env.epoch, True))
                     continue

@@ -195,8 +195,6 @@ async def test_one_controller_cannot_make_a_member_hold_groups_without_bound(net
     assert taken <= MAX_MEMBERS, taken
 
 
-@pytest.mark.xfail(strict=True, reason="atk19g finding 5, severity medium (availability): a "
-                   "member's signed refusal held at the relay bars it for the whole epoch")
 async def test_a_refusal_the_member_took_back_does_not_bar_it_through_a_relay(net: Net) -> None:
     """The far member's owner first named the wrong controller for "doors" (Mallory; as a
     relay can also bring about once, by attaching to a genuine envelope a certificate the
