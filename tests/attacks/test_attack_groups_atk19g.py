@@ -219,3 +219,34 @@ async def test_a_refusal_the_member_took_back_does_not_bar_it_through_a_relay(ne
                                       policy=FAST)
     assert [o.state for o in outcomes] == ["confirmed"], outcomes
     assert G.held_groups(net.far.ks)["doors"].epoch == 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk19g finding 6, severity medium (the owner cannot take back a group's control): a "
+    "group held from a controller stays its for good: 'pairkit forget' leaves its group and "
+    "key in place (the member still acts on broadcasts under it), 'group listen NAME "
+    "--controller PEER' pins silently in vain once held, and no command drops a held group."))
+async def test_forgetting_a_groups_controller_ends_its_say_over_that_group(net: Net) -> None:
+    """The far member's owner let Mallory in as a member (a neighbour's phone, say), which
+    lets her control groups on it.  She gets there first with a "doors" of her own, and the
+    far member obeys her "doors" broadcasts.  Its owner finds out, forgets Mallory and names
+    the real controller for "doors".  Then Mallory's "doors" must be gone from the far member,
+    and the real controller's key taken."""
+    from pairkit import peers as store
+
+    await net.lab.commission(net.far, net.mallory)
+    await net.lab.start_member(net.far)
+    G.create_group(net.mallory.ks, "doors")
+    _, outcomes = await G.add_member(net.mallory.ks, "doors", net.far.id,
+                                     reach=net.lab.reach(net.mallory), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"]
+    await net.lab.broadcast(net.mallory, "doors", "open", until=lambda: net.far.read() == ["open"])
+    store.forget(net.far.ks, net.mallory.id)
+    G.pin_controller(net.far.ks, "doors", net.ctl.id)
+    held = G.held_groups(net.far.ks).get("doors")
+    assert held is None or held.controller == net.ctl.id, "still Mallory's group"
+    assert net.far.ks.group_epochs("doors") == ()  # and her key gone
+    G.create_group(net.ctl.ks, "doors")
+    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,
+                                     reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"], outcomes
