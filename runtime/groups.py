@@ -189,10 +189,38 @@ def _put_held(ks: Keystore, held: HeldGroup) -> None:
     _put_per_group(ks, SETTING_HELD, held.name, held.to_plain())
 
 
-def pin_controller(ks: Keystore, group: str, controller_id: str) -> None:
-    """Accept ``group``'s keys only from ``controller_id`` (before the first one arrives)."""
+def pin_controller(ks: Keystore, group: str, controller_id: str) -> bool:
+    """Accept ``group``'s keys only from ``controller_id``.  A group held already from
+    another controller is dropped, its key with it: the owner's word now is who controls it
+    (attack review atk19g, finding 6).  Returns whether one was dropped."""
     with ks.update():
-        _put_per_group(ks, SETTING_PINS, check_group_name(group), controller_id)
+        held = held_groups(ks).get(check_group_name(group))
+        dropped = held is not None and held.controller != controller_id
+        if dropped:
+            _drop_held(ks, group)
+        _put_per_group(ks, SETTING_PINS, group, controller_id)
+    return dropped
+
+
+def _drop_held(ks: Keystore, group: str) -> None:
+    """Stop being a member of ``group``: its record, its keys and its replay windows go
+    (call inside ``ks.update()``)."""
+    stored = _per_group(ks, SETTING_HELD)
+    stored.pop(group, None)
+    ks.set_setting(SETTING_HELD, stored)
+    ks.forget_group(group)
+    windows = [w for w in ks.setting(SETTING_WINDOWS, ()) or () if w[0] != group]
+    ks.set_setting(SETTING_WINDOWS, windows)
+
+
+def drop_groups_of(ks: Keystore, controller_id: str) -> tuple[str, ...]:
+    """Drop every group this device holds from ``controller_id`` (a peer being forgotten: its
+    say over this device ends, and so does its say over what this device obeys); returns
+    their names.  Call inside ``ks.update()``."""
+    names = tuple(n for n, h in held_groups(ks).items() if h.controller == controller_id)
+    for name in names:
+        _drop_held(ks, name)
+    return names
 
 
 def current_epoch(ks: Keystore, group: str) -> int:

@@ -221,11 +221,6 @@ async def test_a_refusal_the_member_took_back_does_not_bar_it_through_a_relay(ne
     assert G.held_groups(net.far.ks)["doors"].epoch == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk19g finding 6, severity medium (the owner cannot take back a group's control): a "
-    "group held from a controller stays its for good: 'pairkit forget' leaves its group and "
-    "key in place (the member still acts on broadcasts under it), 'group listen NAME "
-    "--controller PEER' pins silently in vain once held, and no command drops a held group."))
 async def test_forgetting_a_groups_controller_ends_its_say_over_that_group(net: Net) -> None:
     """The far member's owner let Mallory in as a member (a neighbour's phone, say), which
     lets her control groups on it.  She gets there first with a "doors" of her own, and the
@@ -250,3 +245,26 @@ async def test_forgetting_a_groups_controller_ends_its_say_over_that_group(net: 
     _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,
                                      reach=net.lab.reach(net.ctl), policy=FAST)
     assert [o.state for o in outcomes] == ["confirmed"], outcomes
+
+
+async def test_naming_another_controller_drops_a_group_held_from_the_first(net: Net) -> None:
+    """As above, but the owner only names the real controller for "doors" (as 'pairkit group
+    listen doors --controller controller' does; Mallory may be a controller this device
+    believes by its CA, which 'forget' does not reach): Mallory's "doors" goes, and the real
+    controller's key is taken."""
+    await net.lab.commission(net.far, net.mallory)
+    await net.lab.start_member(net.far)
+    G.create_group(net.mallory.ks, "doors")
+    await G.add_member(net.mallory.ks, "doors", net.far.id, reach=net.lab.reach(net.mallory),
+                       policy=FAST)
+    assert G.held_groups(net.far.ks)["doors"].controller == net.mallory.id
+    assert G.pin_controller(net.far.ks, "doors", net.ctl.id)
+    assert "doors" not in G.held_groups(net.far.ks)
+    assert not G.pin_controller(net.far.ks, "doors", net.ctl.id)  # the same word: nothing to do
+    G.create_group(net.ctl.ks, "doors")
+    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,
+                                     reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"], outcomes
+    assert G.held_groups(net.far.ks)["doors"].controller == net.ctl.id
+    assert not G.pin_controller(net.far.ks, "doors", net.ctl.id)  # held from it: kept
+    assert net.far.ks.group_epochs("doors") == (1,)
