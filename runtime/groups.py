@@ -1367,6 +1367,20 @@ class Listener:
         if self._wanted(held.name):
             self.receiver.set_epoch(held.name, held.epoch)
 
+    def _follow(self) -> None:
+        """Take what another process changed before believing a broadcast: a controller
+        forgotten or replaced drops its group (attack review atk19g, finding 6), and a key
+        taken by another process moves the group's epoch."""
+        if not self.ks.follow():
+            return
+        held = held_groups(self.ks)
+        for group, epoch in self.receiver.epochs.items():
+            now = held.get(group)
+            if now is None:
+                self.receiver.forget(group)
+            elif now.epoch != epoch:
+                self.receiver.set_epoch(group, now.epoch)
+
     def hear(self, payload: bytes, address: str | None = None) -> GroupMessage | None:
         """One advertisement heard; returns the command if it is one for us."""
         if not is_group_advert(payload):
@@ -1380,6 +1394,7 @@ class Listener:
         if len(self._recent) > 512:
             self._recent.pop(next(iter(self._recent)))
         try:
+            self._follow()
             message = self.receiver.receive(payload)
         except (DecodeError, WrongEpochError, AuthenticationError, ReplayError,
                 TooLargeError) as exc:

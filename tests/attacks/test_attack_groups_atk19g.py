@@ -268,3 +268,25 @@ async def test_naming_another_controller_drops_a_group_held_from_the_first(net: 
     assert G.held_groups(net.far.ks)["doors"].controller == net.ctl.id
     assert not G.pin_controller(net.far.ks, "doors", net.ctl.id)  # held from it: kept
     assert net.far.ks.group_epochs("doors") == (1,)
+
+
+async def test_a_running_listener_obeys_no_broadcast_of_a_forgotten_controller(net: Net) -> None:
+    """As above; the far member listens (``pairkit group listen``) while its owner runs
+    ``pairkit forget mallory`` in another process (another handle on the keystore).  Mallory's
+    next broadcast to "doors" is not obeyed: the listener reads the keystore again before it
+    believes a broadcast, not only after."""
+    from pairkit import peers as store
+    from pairkit.cli.demo import DEMO_PIN
+    from pairkit.keystore import Keystore
+
+    await net.lab.commission(net.far, net.mallory)
+    await net.lab.start_member(net.far)
+    G.create_group(net.mallory.ks, "doors")
+    await G.add_member(net.mallory.ks, "doors", net.far.id, reach=net.lab.reach(net.mallory),
+                       policy=FAST)
+    await net.lab.broadcast(net.mallory, "doors", "open", until=lambda: net.far.read() == ["open"])
+    owner = Keystore.open(net.far.ks.path, DEMO_PIN)  # `pairkit forget`, another process
+    assert store.forget(owner, net.mallory.id).groups_dropped == ("doors",)
+    await net.lab.broadcast(net.mallory, "doors", "close", timeout=1.0)
+    assert net.far.read() == ["open"]
+    assert any(e.get("event") == "rejected" for e in net.far.events)
