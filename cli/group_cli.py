@@ -488,9 +488,11 @@ def _pin_controller(names: tuple[str, ...], controller: str | None) -> Any:
         raise ConfigError("--controller needs the group NAMEs it applies to")
     ks = unlock()
     if controller is not None:
-        controller_id = ks.get_peer(controller).id
+        peer = ks.get_peer(controller)
         for n in names:
-            pin_controller(ks, n, controller_id)
+            if pin_controller(ks, n, peer.id):
+                info(f"{n}: dropped the key this device held from another controller; its keys "
+                     f"now come only from {peer.name}")
     return ks
 
 
@@ -502,8 +504,9 @@ def _pin_controller(names: tuple[str, ...], controller: str | None) -> Any:
               help="Where to accept keys and hear broadcasts (repeat): tcp:HOST:PORT accepts "
                    "keys; a radio (bumble:...) does both.")
 @click.option("--controller", default=None, metavar="PEER",
-              help="Take these groups' keys only from this known peer (before the first one), "
-                   "whatever this device's owner granted it.")
+              help="Take these groups' keys only from this known peer, whatever this "
+                   "device's owner granted it (a group held from another controller is "
+                   "dropped).")
 @click.option("--count", default=None, type=click.IntRange(min=1),
               help="Stop after this many commands.")
 @click.option("--timeout", "seconds", default=None, type=Seconds(0.1, 30 * 86400),
@@ -525,7 +528,9 @@ def listen(names: tuple[str, ...], transports: tuple[str, ...], controller: str 
         answered "member"), or, in a group made with --trust ca, of a controller certified by
         this device's CA.  A guest (its grant running or ended) is refused: name it with
         --controller to make it the controller.
-    Once a group is held, only its controller gives it new keys.  A relay only carries them.
+    Once a group is held, only its controller gives it new keys, until --controller names
+    another (the group held is dropped) or 'pairkit forget' forgets its controller.  A relay
+    only carries them.
     """
     from pairkit.groups import GroupService, Listener
 

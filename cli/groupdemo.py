@@ -578,6 +578,7 @@ _REASONS = {
     "replay": "its sequence number was already received",
     "not-ours-or-forged": "its tag does not verify",
     "wrong-epoch": "not the epoch it listens to",
+    "too-many-senders": "more senders than the group has members",
     "malformed": "malformed",
 }
 

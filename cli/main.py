@@ -267,7 +267,8 @@ def forget(peer: str, as_json: bool) -> None:
     device's cloud secret is shut out of the cloud the same way: the secret is renewed, the
     forgotten device's proof of the old one lets it in no more (this device's owner is asked
     about it, as about a stranger), and the members kept get the new secret when they next
-    connect.
+    connect.  The groups this device holds from it as their controller are dropped, with their
+    keys (it no longer says what this device obeys).
     """
     from pairkit.peers import forget as forget_peer
 
@@ -278,9 +279,13 @@ def forget(peer: str, as_json: bool) -> None:
     secret_renewed = done.cloud_secret_renewed
     if as_json:
         emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id},
-                   "address_key_renewed": renewed, "cloud_secret_renewed": secret_renewed})
+                   "address_key_renewed": renewed, "cloud_secret_renewed": secret_renewed,
+                   "groups_dropped": list(done.groups_dropped)})
     else:
         info(f"forgot {removed.name} ({removed.id})")
+        if done.groups_dropped:
+            info(f"dropped the groups it controlled here, with their keys: "
+                 f"{', '.join(done.groups_dropped)}")
         if renewed:
             info("this device's Bluetooth address key was renewed: the members you keep get "
                  "the new one when they next connect")

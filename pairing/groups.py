@@ -78,7 +78,9 @@ and two senders collide only if their 64-bit randomizers do for the same number.
 tries the key of each group it listens to whose current epoch is the advertisement's (an epoch
 no group of it has is refused first, cheaply: an old key of a removed member, a replay from
 before a rekey, or a rekey this device missed), then checks the sender's replay window
-(RFC 4303 §3.4.3: the highest number seen and a 64-wide bitmap below it).  A forged or altered
+(RFC 4303 §3.4.3: the highest number seen and a 64-wide bitmap below it), for at most
+:data:`MAX_SENDERS` senders per group and epoch (the sender id is what a key holder wrote: a new
+one past that is refused, never an older window dropped).  A forged or altered
 advertisement fails the tag.  Anyone holding the group key can send: a group key authenticates
 the group, not one member (as with EAD).
 """
@@ -110,6 +112,7 @@ __all__ = [
     "ADVERT_MARKER",
     "ADVERT_OVERHEAD",
     "MAX_GROUP_NAME",
+    "MAX_SENDERS",
     "DeliveryResult",
     "Forward",
     "ForwardReceipt",
@@ -160,6 +163,9 @@ MAX_SEQ: Final = 2**32 - 1
 WINDOW_SIZE: Final = 64
 MAX_GROUP_NAME: Final = 32
 MAX_MEMBERS: Final = 256
+#: the most senders a member keeps replay windows for, per group and epoch: every member and
+#: the controller (within an epoch the members only grow: a removal starts a new epoch)
+MAX_SENDERS: Final = MAX_MEMBERS + 1
 MAX_QUEUE: Final = 1024
 MAX_BATCH: Final = 32
 
@@ -909,7 +915,8 @@ class GroupReceiver:
         :class:`DecodeError`: not a (well-formed) group broadcast.  :class:`WrongEpochError`:
         no group listened to is at its epoch.  :class:`AuthenticationError`: no key opens it
         (forged, altered, or for a group this device is not in).  :class:`ReplayError`: seen
-        before.  The replay state changes only for an accepted broadcast.
+        before.  :class:`TooLargeError`: a new sender when the group and epoch have
+        :data:`MAX_SENDERS` already.  The replay state changes only for an accepted broadcast.
         """
         advert = decode_advert(payload)
         if not self._epochs:
@@ -934,7 +941,19 @@ class GroupReceiver:
                 continue
             sender, command = plain[:SENDER_SIZE], plain[SENDER_SIZE:]
             key = (group, advert.epoch, sender)
-            window = self.windows.get(key) or ReplayWindow(size=self.window_size)
+            window = self.windows.get(key)
+            if window is None:
+                # The sender id is whatever a key holder wrote: one window per id would let
+                # a member grow every other member's state without bound (attack review
+                # atk19g, finding 1).  A group has at most MAX_SENDERS key holders per epoch.
+                known = sum(1 for g, e, _ in self.windows if (g, e) == (group, advert.epoch))
+                if known >= MAX_SENDERS:
+                    raise TooLargeError(
+                        f"a broadcast to {group!r} from a sender this device has not heard at "
+                        f"epoch {advert.epoch}, which has {MAX_SENDERS} senders already (as "
+                        "many as a group has members and a controller): refused"
+                    )
+                window = ReplayWindow(size=self.window_size)
             self.windows[key] = window.accept(advert.seq)
             return GroupMessage(group, advert.epoch, sender, advert.seq, command)
         raise AuthenticationError(

@@ -189,10 +189,38 @@ def _put_held(ks: Keystore, held: HeldGroup) -> None:
     _put_per_group(ks, SETTING_HELD, held.name, held.to_plain())
 
 
-def pin_controller(ks: Keystore, group: str, controller_id: str) -> None:
-    """Accept ``group``'s keys only from ``controller_id`` (before the first one arrives)."""
+def pin_controller(ks: Keystore, group: str, controller_id: str) -> bool:
+    """Accept ``group``'s keys only from ``controller_id``.  A group held already from
+    another controller is dropped, its key with it: the owner's word now is who controls it
+    (attack review atk19g, finding 6).  Returns whether one was dropped."""
     with ks.update():
-        _put_per_group(ks, SETTING_PINS, check_group_name(group), controller_id)
+        held = held_groups(ks).get(check_group_name(group))
+        dropped = held is not None and held.controller != controller_id
+        if dropped:
+            _drop_held(ks, group)
+        _put_per_group(ks, SETTING_PINS, group, controller_id)
+    return dropped
+
+
+def _drop_held(ks: Keystore, group: str) -> None:
+    """Stop being a member of ``group``: its record, its keys and its replay windows go
+    (call inside ``ks.update()``)."""
+    stored = _per_group(ks, SETTING_HELD)
+    stored.pop(group, None)
+    ks.set_setting(SETTING_HELD, stored)
+    ks.forget_group(group)
+    windows = [w for w in ks.setting(SETTING_WINDOWS, ()) or () if w[0] != group]
+    ks.set_setting(SETTING_WINDOWS, windows)
+
+
+def drop_groups_of(ks: Keystore, controller_id: str) -> tuple[str, ...]:
+    """Drop every group this device holds from ``controller_id`` (a peer being forgotten: its
+    say over this device ends, and so does its say over what this device obeys); returns
+    their names.  Call inside ``ks.update()``."""
+    names = tuple(n for n, h in held_groups(ks).items() if h.controller == controller_id)
+    for name in names:
+        _drop_held(ks, name)
+    return names
 
 
 def current_epoch(ks: Keystore, group: str) -> int:
@@ -814,12 +842,12 @@ async def _try_relay(
                 if verdicts.get(m.device_id, (False,))[0]:
                     continue
                 verdicts[m.device_id] = _judge(ks, name, receipt, m, env, relay_name)
-        # Forward again whatever is not settled by the member's own word (a bad receipt
-        # settles nothing: the envelope goes out again, and the bad receipt is reported).
+        # Forward again whatever is not confirmed by the member's own word: a bad receipt
+        # settles nothing, and a refusal is the member's word at one moment (its owner may
+        # have named the controller since), as a member reached directly is sent the
+        # envelope again (attack review atk19g, finding 5).
         rest = [(m, env) for m, env in waiting
-                if not verdicts.get(m.device_id, (False, False, ""))[0]
-                and not verdicts.get(m.device_id, (False, False, ""))[2].startswith(
-                    "refused by the member")]
+                if not verdicts.get(m.device_id, (False, False, ""))[0]]
         for i in range(0, len(rest), MAX_BATCH):
             batch = rest[i:i + MAX_BATCH]
             results = await _send_forward(slink, tuple(env for _, env in batch),
@@ -1144,7 +1172,8 @@ class Relay:
         queued = []
         with self.ks.update():
             queue = self.queue
-            answered = {r.envelope for r in self.receipts.receipts}
+            # a member's refusal is no reason not to try again: only a receipt that took it
+            answered = {r.envelope for r in self.receipts.receipts if r.ok}
             for env in envelopes:
                 if env.controller != sender:
                     results.append(DeliveryResult(
@@ -1152,7 +1181,7 @@ class Relay:
                         "a relay takes envelopes only from the controller that signed them"))
                     continue
                 if envelope_digest(env) in answered:
-                    # Delivered already, and the member's receipt is here for the controller:
+                    # Taken already, and the member's receipt is here for the controller:
                     # nothing to deliver again (it was forwarded again before it asked).
                     results.append(DeliveryResult(env.group, env.epoch, True))
                     continue
@@ -1338,6 +1367,20 @@ class Listener:
         if self._wanted(held.name):
             self.receiver.set_epoch(held.name, held.epoch)
 
+    def _follow(self) -> None:
+        """Take what another process changed before believing a broadcast: a controller
+        forgotten or replaced drops its group (attack review atk19g, finding 6), and a key
+        taken by another process moves the group's epoch."""
+        if not self.ks.follow():
+            return
+        held = held_groups(self.ks)
+        for group, epoch in self.receiver.epochs.items():
+            now = held.get(group)
+            if now is None:
+                self.receiver.forget(group)
+            elif now.epoch != epoch:
+                self.receiver.set_epoch(group, now.epoch)
+
     def hear(self, payload: bytes, address: str | None = None) -> GroupMessage | None:
         """One advertisement heard; returns the command if it is one for us."""
         if not is_group_advert(payload):
@@ -1351,8 +1394,10 @@ class Listener:
         if len(self._recent) > 512:
             self._recent.pop(next(iter(self._recent)))
         try:
+            self._follow()
             message = self.receiver.receive(payload)
-        except (DecodeError, WrongEpochError, AuthenticationError, ReplayError) as exc:
+        except (DecodeError, WrongEpochError, AuthenticationError, ReplayError,
+                TooLargeError) as exc:
             self.on_event({"event": "rejected", "reason": _rejection(exc), "text": str(exc),
                            "address": address})
             return None
@@ -1382,6 +1427,8 @@ def _rejection(exc: PairingError) -> str:
         return "wrong-epoch"
     if isinstance(exc, ReplayError):
         return "replay"
+    if isinstance(exc, TooLargeError):
+        return "too-many-senders"
     if isinstance(exc, AuthenticationError):
         return "not-ours-or-forged"
     return "malformed"

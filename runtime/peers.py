@@ -482,26 +482,33 @@ class Forgotten:
     address_key_renewed: bool
     #: this device's cloud secret was renewed (the peer had been given it)
     cloud_secret_renewed: bool
+    #: the groups this device held from the peer as their controller, dropped with their keys
+    groups_dropped: tuple[str, ...] = ()
 
 
 def forget(ks: Keystore, peer: str) -> Forgotten:
     """Forget a known peer (by name or id), as ``pairkit forget`` does: it has to pair again.
 
-    A peer that was given this device's cloud secret: the secret is renewed in the same save
+    The groups this device holds from the peer as their controller are dropped with their
+    keys.  A peer that was given this device's cloud secret: the secret is renewed in the same save
     (docs/security.md "Renewing the cloud secret"), so that its proof of the old one counts for
     members only.  A peer that was given this device's address key as a member: the key is
     renewed, so that it cannot follow this device's new addresses (docs/security.md
     "Recognising a host across addresses").  The members kept get both at their next session.
     Raises :class:`NotFoundError` for an unknown peer."""
+    from .groups import drop_groups_of
     from .presence import renew_identity_resolving_key
 
     with ks.update():
         removed = ks.forget_peer(peer)
         secret_renewed = was_given_cloud_secret(removed) and renew_cloud_secret(ks) is not None
+        # its groups here go with it: no more of its say over what this device obeys (attack
+        # review atk19g, finding 6)
+        dropped = drop_groups_of(ks, removed.id)
     key_renewed = bool(removed.extra.get("irk_given"))
     if key_renewed:
         renew_identity_resolving_key(ks)
-    return Forgotten(removed, key_renewed, secret_renewed)
+    return Forgotten(removed, key_renewed, secret_renewed, dropped)
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:

@@ -157,7 +157,8 @@ async def test_peers_is_a_table_with_roles_and_expiry_and_forget_has_json(lab: L
     assert forgot.json() == {"ok": True, "forgot": {
         "name": "Paul's phone", "id": json.loads((await paul.run("whoami", "--json")).out)["id"]},
         "address_key_renewed": False,  # George was never given Paul's: nothing to renew
-        "cloud_secret_renewed": False}  # nor his cloud secret
+        "cloud_secret_renewed": False,  # nor his cloud secret
+        "groups_dropped": []}  # nor holds a group of Paul's
     assert await george.peers() == []
 
 

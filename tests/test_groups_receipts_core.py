@@ -93,6 +93,19 @@ def test_a_members_receipt_confirms_exactly_its_envelope(three: Three) -> None:
                       member_signing=three.member.signing_public)
 
 
+def test_a_receipt_names_the_envelope_with_its_certificate(three: Three) -> None:
+    """The digest a receipt names covers the certificate (field 9) as the member received it
+    (docs/protocol.md §15): a relay that strips or swaps it gets no receipt that confirms."""
+    env = dataclasses.replace(three.envelope(), cert=b"\x30" * 40)
+    for carried in (dataclasses.replace(env, cert=None), dataclasses.replace(env, cert=b"x")):
+        assert envelope_digest(carried) != envelope_digest(env)
+        with pytest.raises(ReplayError):
+            check_receipt(_receipt(three, carried), expected=env,
+                          member_signing=three.member.signing_public)
+    assert check_receipt(_receipt(three, env), expected=env,
+                         member_signing=three.member.signing_public) is True
+
+
 def test_a_relay_cannot_make_or_alter_a_receipt(three: Three) -> None:
     env = three.envelope()
     genuine = _receipt(three, env, ok=False)
