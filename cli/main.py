@@ -268,7 +268,9 @@ def forget(peer: str, as_json: bool) -> None:
     forgotten device's proof of the old one lets it in no more (this device's owner is asked
     about it, as about a stranger), and the members kept get the new secret when they next
     connect.  The groups this device holds from it as their controller are dropped, with their
-    keys (it no longer says what this device obeys).
+    keys (it no longer says what this device obeys), and the groups this device controls lose
+    it as a member, each at a new epoch: run 'pairkit group sync GROUP' to hand the new key to
+    the members kept.
     """
     from pairkit.peers import forget as forget_peer
 
@@ -280,12 +282,17 @@ def forget(peer: str, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": True, "forgot": {"name": removed.name, "id": removed.id},
                    "address_key_renewed": renewed, "cloud_secret_renewed": secret_renewed,
-                   "groups_dropped": list(done.groups_dropped)})
+                   "groups_dropped": list(done.groups_dropped),
+                   "groups_left": list(done.groups_left)})
     else:
         info(f"forgot {removed.name} ({removed.id})")
         if done.groups_dropped:
             info(f"dropped the groups it controlled here, with their keys: "
                  f"{', '.join(done.groups_dropped)}")
+        for group in done.groups_left:
+            info(f"took it out of your group {group} at a new epoch: 'pairkit group sync "
+                 f"{group}' hands the new key to the members you keep (until then they obey "
+                 "the old key, which it holds)")
         if renewed:
             info("this device's Bluetooth address key was renewed: the members you keep get "
                  "the new one when they next connect")

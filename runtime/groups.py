@@ -223,6 +223,21 @@ def drop_groups_of(ks: Keystore, controller_id: str) -> tuple[str, ...]:
     return names
 
 
+def remove_from_groups(ks: Keystore, member_id: str) -> tuple[str, ...]:
+    """Take ``member_id`` (a peer being forgotten) out of every group this device controls,
+    each at a new epoch with a new key that it is never sealed, as ``group remove`` does;
+    the members kept get it at the next delivery round (``group sync``, ``add``, ``remove``).
+    Returns the groups' names.  Call inside ``ks.update()`` (attack review atk19g, finding 7:
+    a forgotten device kept the current key and its say over every member)."""
+    names = []
+    for name, record in controller_groups(ks).items():
+        if record.member(member_id) is None:
+            continue
+        _new_epoch(ks, record.without_member(member_id))
+        names.append(name)
+    return tuple(names)
+
+
 def current_epoch(ks: Keystore, group: str) -> int:
     """The epoch this device would broadcast ``group`` under (controller or member)."""
     record = controller_groups(ks).get(group)

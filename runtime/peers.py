@@ -484,19 +484,24 @@ class Forgotten:
     cloud_secret_renewed: bool
     #: the groups this device held from the peer as their controller, dropped with their keys
     groups_dropped: tuple[str, ...] = ()
+    #: the groups this device controls that the peer was a member of: it is out of them, each
+    #: at a new epoch the members kept get at the next delivery round (``group sync``)
+    groups_left: tuple[str, ...] = ()
 
 
 def forget(ks: Keystore, peer: str) -> Forgotten:
     """Forget a known peer (by name or id), as ``pairkit forget`` does: it has to pair again.
 
     The groups this device holds from the peer as their controller are dropped with their
-    keys.  A peer that was given this device's cloud secret: the secret is renewed in the same save
+    keys; the groups this device controls lose the peer as a member, each at a new epoch (the
+    members kept get its key at the next delivery round: ``pairkit group sync``).  A peer
+    that was given this device's cloud secret: the secret is renewed in the same save
     (docs/security.md "Renewing the cloud secret"), so that its proof of the old one counts for
     members only.  A peer that was given this device's address key as a member: the key is
     renewed, so that it cannot follow this device's new addresses (docs/security.md
     "Recognising a host across addresses").  The members kept get both at their next session.
     Raises :class:`NotFoundError` for an unknown peer."""
-    from .groups import drop_groups_of
+    from .groups import drop_groups_of, remove_from_groups
     from .presence import renew_identity_resolving_key
 
     with ks.update():
@@ -505,10 +510,13 @@ def forget(ks: Keystore, peer: str) -> Forgotten:
         # its groups here go with it: no more of its say over what this device obeys (attack
         # review atk19g, finding 6)
         dropped = drop_groups_of(ks, removed.id)
+        # and its membership of the groups this device controls, each at a new epoch (atk19g,
+        # finding 7), as a cloud member's secret is renewed
+        left = remove_from_groups(ks, removed.id)
     key_renewed = bool(removed.extra.get("irk_given"))
     if key_renewed:
         renew_identity_resolving_key(ks)
-    return Forgotten(removed, key_renewed, secret_renewed, dropped)
+    return Forgotten(removed, key_renewed, secret_renewed, dropped, left)
 
 
 def peer_grant(ks: Keystore, device_id: bytes, wall_now: float) -> Grant | None:

@@ -158,7 +158,8 @@ async def test_peers_is_a_table_with_roles_and_expiry_and_forget_has_json(lab: L
         "name": "Paul's phone", "id": json.loads((await paul.run("whoami", "--json")).out)["id"]},
         "address_key_renewed": False,  # George was never given Paul's: nothing to renew
         "cloud_secret_renewed": False,  # nor his cloud secret
-        "groups_dropped": []}  # nor holds a group of Paul's
+        "groups_dropped": [],  # nor holds a group of Paul's
+        "groups_left": []}  # nor controls a group Paul is in
     assert await george.peers() == []
 
 

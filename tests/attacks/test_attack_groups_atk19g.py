@@ -292,12 +292,6 @@ async def test_a_running_listener_obeys_no_broadcast_of_a_forgotten_controller(n
     assert any(e.get("event") == "rejected" for e in net.far.events)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk19g finding 7, severity medium (undocumented; the owner's remedy exists: 'group "
-    "remove'): forgetting a device on the controller leaves it a member of the groups the "
-    "controller runs, holding the current key (it commands every member until someone runs "
-    "'group remove'), and 'forget' does not say so, whereas forgetting a cloud member renews "
-    "the cloud secret in the same save."))
 async def test_forgetting_a_member_on_its_controller_takes_it_out_of_the_groups(
     net: Net,
 ) -> None:
@@ -311,7 +305,9 @@ async def test_forgetting_a_member_on_its_controller_takes_it_out_of_the_groups(
     _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,
                                      reach=net.lab.reach(net.ctl), policy=FAST)
     assert [o.state for o in outcomes] == ["confirmed"]
-    store.forget(net.ctl.ks, net.far.id)
+    done = store.forget(net.ctl.ks, net.far.id)
+    assert done.groups_left == ("doors",)  # said: pairkit forget prints it, --json has it
     record = G.controlled(net.ctl.ks, "doors")
     assert record.member(net.far.id) is None
     assert record.epoch == 2
+    assert tuple(net.ctl.ks.group_epochs("doors")) == (2,)  # the key it holds: kept no more
