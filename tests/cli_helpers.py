@@ -27,6 +27,11 @@ import pytest
 
 from pairkit.keystore import FILE_NAME, Argon2Params, Keystore
 
+#: the PIN the file-sharing tests' hosts show, and a host's arguments with it: PIN for new
+#: guests, resume for known ones (a host runs resume only when allowed: atk19d)
+SHARE_PIN = "482913"
+SHARE_HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", SHARE_PIN, "--yes")
+
 ROOT = Path(__file__).resolve().parent.parent
 #: the keystore PIN every test device is sealed with (by ``pairkit init``, then re-sealed at
 #: :meth:`Argon2Params.cheapest`: see :func:`init_devices`)

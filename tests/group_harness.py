@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+
+from pairkit.cli.groupdemo import GroupLab, Node
 
 from .cli_helpers import ROOT, Device, HostProcess, assert_no_traceback, cli_env
 
@@ -131,3 +135,35 @@ async def commission_guest(lab: Any, host: Any, guest: Any, seconds: int = 3600)
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+
+
+@dataclasses.dataclass
+class Net:
+    """A controller, a relay, a member far behind the relay, and Mallory, each a device of
+    :class:`GroupLab` on the in-process loopback (the attack tests of group keys through
+    relays)."""
+
+    lab: GroupLab
+    ctl: Node
+    relay: Node
+    far: Node
+    mallory: Node
+
+
+@contextlib.asynccontextmanager
+async def relay_net(
+    tmp_path: Path, *, commissioned: tuple[str, ...] = ("relay", "far"),
+) -> AsyncIterator[Net]:
+    """:class:`Net`, closed on leaving: the nodes named in ``commissioned`` let the controller
+    in (as their owners would), the far member lets the relay in, and the relay Mallory."""
+    lab = GroupLab(tmp_path, transport="loopback", connect_timeout=0.5, step_timeout=5)
+    try:
+        net = Net(lab, await lab.add("controller"), await lab.add("relay", downlink=True),
+                  await lab.add("far"), await lab.add("mallory"))
+        for name in commissioned:
+            await lab.commission(getattr(net, name), net.ctl)
+        await lab.commission(net.far, net.relay)
+        await lab.commission(net.relay, net.mallory)  # Mallory is one of the relay's peers
+        yield net
+    finally:
+        await lab.close()

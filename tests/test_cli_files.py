@@ -23,14 +23,15 @@ from pairkit.cli.show import Progress, human_size
 from .cli_helpers import (
     PAIRKIT_CMD,
     ROOT,
+    SHARE_HOST_ARGS,
+    SHARE_PIN,
     Lab,
     assert_no_traceback,
     cli_env,
     run_cli,
 )
 
-PIN = "482913"
-HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", PIN, "--yes")
+PIN, HOST_ARGS = SHARE_PIN, SHARE_HOST_ARGS
 EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 2, 6, 130
 
 

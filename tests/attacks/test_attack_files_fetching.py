@@ -33,10 +33,9 @@ from pairkit.pairing.service import (
 )
 from pairkit.securelink import SecureLink
 from tests.attack_harness import STEP, EvilHost, evil_host, until
-from tests.cli_helpers import Lab, assert_no_traceback, run_cli
+from tests.cli_helpers import SHARE_HOST_ARGS, SHARE_PIN, Lab, assert_no_traceback, run_cli
 
-PIN = "482913"
-HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", PIN, "--yes")
+PIN, HOST_ARGS = SHARE_PIN, SHARE_HOST_ARGS
 
 
 async def test_a_planted_part_link_does_not_write_through(lab: Lab, tmp_path: Path) -> None:

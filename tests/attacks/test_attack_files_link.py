@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.attack_harness import Proxy, address_of, flip_last_bit
-from tests.cli_helpers import Lab, assert_no_traceback
+from tests.cli_helpers import SHARE_HOST_ARGS, SHARE_PIN, Lab, assert_no_traceback
 
-PIN = "482913"
-HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", PIN, "--yes")
+PIN, HOST_ARGS = SHARE_PIN, SHARE_HOST_ARGS
 BIG = 4000  #: a frame this long from the host carries a chunk of the file
 
 

@@ -30,10 +30,9 @@ from pairkit.pairing.service import (
 )
 from pairkit.securelink import SecureLink
 from tests.attack_harness import STEP, address_of, evil_join, host_with_terminal
-from tests.cli_helpers import HostProcess, Lab, assert_no_traceback
+from tests.cli_helpers import SHARE_HOST_ARGS, SHARE_PIN, HostProcess, Lab, assert_no_traceback
 
-PIN = "482913"
-HOST_ARGS = ("--method", "pin", "--method", "resume", "--pin", PIN, "--yes")
+PIN, HOST_ARGS = SHARE_PIN, SHARE_HOST_ARGS
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ does) and is no controller of the group.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pairkit import groups as G
-from pairkit.cli.groupdemo import GroupLab, Node, wait_for
+from pairkit.cli.groupdemo import Node, wait_for
 from pairkit.pairing import wire
 from pairkit.pairing.groups import (
     MAX_EPOCH,
@@ -30,37 +29,18 @@ from pairkit.pairing.groups import (
     RetryPolicy,
 )
 from pairkit.securelink import SecureLink
+from tests.group_harness import Net, relay_net
 
 FAST = RetryPolicy(first=0.05, cap=0.2, attempts=8)
 
 
-@dataclasses.dataclass
-class Net:
-    lab: GroupLab
-    ctl: Node
-    relay: Node
-    far: Node
-    mallory: Node
-
-
 @pytest.fixture
 async def net(tmp_path: Path) -> AsyncIterator[Net]:
-    lab = GroupLab(tmp_path, transport="loopback", connect_timeout=0.5, step_timeout=5)
-    try:
-        ctl = await lab.add("controller")
-        relay = await lab.add("relay", downlink=True)
-        far = await lab.add("far")
-        mallory = await lab.add("mallory")
-        for node in (relay, far):
-            await lab.commission(node, ctl)  # each owner lets the controller in
-        await lab.commission(far, relay)
-        await lab.commission(relay, mallory)  # Mallory is one of the relay's peers
-        await lab.commission(far, mallory)  # and one of the far member's
-        await lab.start_member(far)
-        await lab.start_relay(relay, retry=0.05)
-        yield Net(lab, ctl, relay, far, mallory)
-    finally:
-        await lab.close()
+    async with relay_net(tmp_path) as made:
+        await made.lab.commission(made.far, made.mallory)  # Mallory is one of the far member's
+        await made.lab.start_member(made.far)
+        await made.lab.start_relay(made.relay, retry=0.05)
+        yield made
 
 
 async def _forward(net: Net, sender: Node, env: GroupEnvelope) -> bool:

@@ -7,7 +7,6 @@ relay, members, and Mallory, a device that paired with the relay or holds a grou
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pairkit import groups as G
-from pairkit.cli.groupdemo import GroupLab, Node, wait_for
+from pairkit.cli.groupdemo import Node, wait_for
 from pairkit.pairing import wire
 from pairkit.pairing.groups import (
     MAX_BATCH,
@@ -31,34 +30,16 @@ from pairkit.pairing.groups import (
     seal_group_envelope,
 )
 from pairkit.securelink import SecureLink
+from tests.group_harness import Net, relay_net
 
 FAST = RetryPolicy(first=0.05, cap=0.2, attempts=4)
 
 
-@dataclasses.dataclass
-class Net:
-    lab: GroupLab
-    ctl: Node
-    relay: Node
-    far: Node
-    mallory: Node
-
-
 @pytest.fixture
 async def net(tmp_path: Path) -> AsyncIterator[Net]:
-    lab = GroupLab(tmp_path, transport="loopback", connect_timeout=0.5, step_timeout=5)
-    try:
-        ctl = await lab.add("controller")
-        relay = await lab.add("relay", downlink=True)
-        far = await lab.add("far")
-        mallory = await lab.add("mallory")
-        for node in (relay, far, mallory):
-            await lab.commission(node, ctl)  # each owner lets the controller in
-        await lab.commission(far, relay)
-        await lab.commission(relay, mallory)  # Mallory is one of the relay's peers
-        yield Net(lab, ctl, relay, far, mallory)
-    finally:
-        await lab.close()
+    # Mallory lets the controller in too: she is a member (of "doors") in some tests
+    async with relay_net(tmp_path, commissioned=("relay", "far", "mallory")) as made:
+        yield made
 
 
 async def test_a_member_cannot_grow_a_members_replay_state_without_bound(net: Net) -> None:
