@@ -33,7 +33,7 @@ from pairkit.pairing.service import (
 )
 from pairkit.securelink import SecureLink
 from tests.attack_harness import STEP, EvilHost, evil_host, until
-from tests.cli_helpers import SHARE_HOST_ARGS, SHARE_PIN, Lab, assert_no_traceback, run_cli
+from tests.cli_helpers import SHARE_HOST_ARGS, SHARE_PIN, Lab, Result, assert_no_traceback, run_cli
 
 PIN, HOST_ARGS = SHARE_PIN, SHARE_HOST_ARGS
 
@@ -111,6 +111,18 @@ async def hostile(serve: Serve) -> EvilHost:
     return await evil_host(Grant(Role.GUEST, 3600), guest_grant, serve=serve)
 
 
+async def get_from(lab: Lab, host: EvilHost, out: Path, *args: str) -> Result:
+    """George's ``pairkit get HOST ARGS... -o OUT`` by PIN against the hostile ``host`` (closed
+    after); ``out`` is made if missing."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return await lab.device("george").run("get", host.target, *args[:1], "-m", "pin",
+                                              "--pin", host.state.new_pin(), "-o", str(out),
+                                              *args[1:])
+    finally:
+        await host.close()
+
+
 async def test_the_printed_resume_command_takes_no_options_from_the_host(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -121,14 +133,8 @@ async def test_the_printed_resume_command_takes_no_options_from_the_host(
     files: dict[str, bytes | None] = {"a.txt": b"alpha\n", "b.txt": None,
                                       "--force": b"x", "notes.txt": b"planted\n"}
     host = await hostile(file_service(files))
-    george = lab.device("george")
     out = tmp_path / "out"
-    out.mkdir()
-    try:
-        got = await george.run("get", host.target, "--all", "-m", "pin",
-                               "--pin", host.state.new_pin(), "-o", str(out), "--timeout", "10")
-    finally:
-        await host.close()
+    got = await get_from(lab, host, out, "--all", "--timeout", "10")
     assert got.rc != 0, got
     assert_no_traceback("get", got.err)
     (line,) = [x for x in got.err.splitlines() if x.startswith("  pairkit get ")]
@@ -169,15 +175,8 @@ async def test_a_hostile_answer_leaves_no_file(lab: Lab, tmp_path: Path, answer:
     fetch with an error, and nothing is saved under the file's name."""
     header, chunks = ANSWERS[answer]
     host = await hostile(file_service({"a.txt": DATA}, header=header, chunks=chunks))
-    george = lab.device("george")
     out = tmp_path / "out"
-    out.mkdir()
-    try:
-        got = await george.run("get", host.target, "a.txt", "-m", "pin", "--pin",
-                               host.state.new_pin(), "-o", str(out), "--timeout", "3",
-                               "--retries", "0")
-    finally:
-        await host.close()
+    got = await get_from(lab, host, out, "a.txt", "--timeout", "3", "--retries", "0")
     assert got.rc != 0, got
     assert_no_traceback("get", got.err)
     assert got.err.splitlines()[-1].startswith("error: "), got
@@ -218,14 +217,8 @@ async def test_a_listed_name_that_is_no_file_name_here_is_refused(
     lab: Lab, tmp_path: Path, name: str
 ) -> None:
     host = await hostile(file_service({name: b"x", "a.txt": b"alpha\n"}))
-    george = lab.device("george")
     out = tmp_path / "out"
-    out.mkdir()
-    try:
-        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
-                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
-    finally:
-        await host.close()
+    got = await get_from(lab, host, out, "--all", "--timeout", "5")
     assert got.rc == 2, got
     assert_no_traceback("get", got.err)
     assert list(out.iterdir()) == []
@@ -245,15 +238,8 @@ async def test_get_all_holds_the_host_to_the_sizes_it_listed(lab: Lab, tmp_path:
         return [Chunk(o, bytes(16000)) for o in range(0, 160000, 16000)]  # then it stalls
 
     host = await hostile(file_service({"a.txt": b"alpha\n"}, header=header, chunks=chunks))
-    george = lab.device("george")
     out = tmp_path / "out"
-    out.mkdir()
-    try:
-        got = await george.run("get", host.target, "--all", "-m", "pin", "--pin",
-                               host.state.new_pin(), "-o", str(out), "--timeout", "3",
-                               "--retries", "0")
-    finally:
-        await host.close()
+    got = await get_from(lab, host, out, "--all", "--timeout", "3", "--retries", "0")
     assert got.rc == 1, got  # a misbehaving peer
     assert_no_traceback("get", got.err)
     assert "listed it as 6 bytes" in got.err, got.err
