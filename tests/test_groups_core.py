@@ -34,6 +34,7 @@ from pairkit.pairing.errors import (
 from pairkit.pairing.groups import (
     ADVERT_MARKER,
     ADVERT_OVERHEAD,
+    MAX_QUEUE,
     MAX_SEQ,
     WINDOW_SIZE,
     DeliveryResult,
@@ -552,6 +553,27 @@ def test_records_survive_the_keystore(fresh: Trio, tmp_path: Path) -> None:
     again = Keystore.open(fresh.member.path, PIN)
     assert GroupRecord.from_plain("doors", again.setting("r")) == rec
     assert HeldGroup.from_plain("vents", again.setting("h")) == held
+
+
+def test_relay_queue_gives_each_controller_its_own_share() -> None:
+    """atk19g finding 2 (medium, availability): one queue of 1,024 envelopes for every
+    controller let any peer of the relay (each is the controller of its own groups) fill it,
+    and the real controller's envelopes were refused.  Each controller now has MAX_QUEUE of
+    its own: one that filled its share is refused, another is not."""
+    mallory, ctl, far = b"\x0a" * 16, b"\x0c" * 16, b"\x0f" * 16
+
+    def envelope(controller: bytes, group: str) -> GroupEnvelope:
+        return GroupEnvelope(controller, far, group, 1, os.urandom(32), os.urandom(48),
+                             os.urandom(64))
+
+    q = RelayQueue(tuple(envelope(mallory, f"m{i}") for i in range(MAX_QUEUE)))
+    with pytest.raises(TooLargeError, match="from this controller"):
+        q.add(envelope(mallory, "one-more"))
+    q = q.add(envelope(ctl, "doors"))
+    assert len(q) == MAX_QUEUE + 1 and q.for_member(far)[-1].controller == ctl
+    # a newer epoch of a queued envelope replaces it, a full share or not
+    newer = dataclasses.replace(q.envelopes[0], epoch=2)
+    assert q.add(newer).envelopes[-1] == newer and len(q.add(newer)) == MAX_QUEUE + 1
 
 
 def test_relay_queue_keeps_the_newest_epoch_per_member_and_group(fresh: Trio) -> None:

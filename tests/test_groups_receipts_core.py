@@ -25,6 +25,7 @@ from pairkit.pairing.errors import (
 )
 from pairkit.pairing.groups import (
     CONFIRMED,
+    MAX_QUEUE,
     PENDING,
     UNREACHABLE,
     GroupEnvelope,
@@ -353,3 +354,18 @@ def test_the_command_machines(three: Three) -> None:
     plain.receive(cmd.encode(), NOW)
     assert [wire.decode(m) for m in plain.outgoing()] == [
         AgentResult("doors", 1, False, reason="this device is not a group agent")]
+
+
+def test_relay_receipts_evict_only_the_same_controllers(three: Three) -> None:
+    """atk19g finding 2: the receipt store (MAX_QUEUE, oldest first out) was shared by every
+    controller, so a peer of the relay pushed the real controller's receipts out with its own.
+    Each controller's receipts now make room only among themselves."""
+    real = _receipt(three, three.envelope(epoch=1))
+    other = b"\x0a" * 16
+    store = RelayReceipts().add(real)
+    for i in range(MAX_QUEUE + 5):
+        store = store.add(dataclasses.replace(real, controller=other, group=f"m{i}"))
+    controller = bytes.fromhex(three.controller.device_id)
+    assert store.find(controller, [real.envelope]) == (real,)  # kept
+    theirs = [r for r in store.receipts if r.controller == other]
+    assert len(theirs) == MAX_QUEUE and theirs[0].group == "m5"  # their oldest went first
