@@ -54,6 +54,7 @@ from pairkit.pairing.groups import (
     check_group_name,
     decode_advert,
     envelope_info,
+    fair_batches,
     is_group_advert,
     open_group_envelope,
     seal_broadcast,
@@ -574,6 +575,26 @@ def test_relay_queue_gives_each_controller_its_own_share() -> None:
     # a newer epoch of a queued envelope replaces it, a full share or not
     newer = dataclasses.replace(q.envelopes[0], epoch=2)
     assert q.add(newer).envelopes[-1] == newer and len(q.add(newer)) == MAX_QUEUE + 1
+
+
+def test_a_relay_hands_a_member_its_envelopes_in_batches_fair_to_each_controller() -> None:
+    """A batch holds at most MAX_BATCH envelopes (the message's limit): a relay that sent a
+    member more at once failed every round, so 33 envelopes from anyone kept the member from
+    getting any through it.  The batches take each controller's oldest in turn, so one
+    controller's many do not make another's wait behind them (atk19g finding 2)."""
+    far = b"\x0f" * 16
+
+    def envelope(controller: bytes, group: str) -> GroupEnvelope:
+        return GroupEnvelope(controller, far, group, 1, os.urandom(32), os.urandom(48),
+                             os.urandom(64))
+
+    many = [envelope(b"\x0a" * 16, f"m{i}") for i in range(100)]
+    real = envelope(b"\x0c" * 16, "doors")
+    batches = fair_batches((*many, real))
+    assert [len(b) for b in batches] == [32, 32, 32, 5]
+    assert batches[0][:2] == (many[0], real)  # one of each controller first
+    assert [e for b in batches for e in b] == [many[0], real, *many[1:]]
+    assert fair_batches(()) == []
 
 
 def test_relay_queue_keeps_the_newest_epoch_per_member_and_group(fresh: Trio) -> None:

@@ -88,12 +88,6 @@ async def _forward(net: Net, sender: Node, envs: tuple[GroupEnvelope, ...]) -> l
     return ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk19g finding 2, severity medium (availability): a relay's queue (1024 envelopes) and "
-    "receipt store (1024, oldest evicted) are shared by every controller, and any peer of the "
-    "relay is a controller of its own groups: it fills them, and the real controller's "
-    "envelopes are refused ('holds 1024 envelopes already') or its members' receipts evicted "
-    "until its members end unreachable. Needs a per-controller share (design choice)."))
 async def test_a_peer_of_the_relay_cannot_fill_its_queue_for_every_controller(net: Net) -> None:
     """Mallory, a peer of the relay, forwards envelopes of her own groups (she is their
     controller: the relay's check that the forwarder is the envelope's controller passes) for
