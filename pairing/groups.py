@@ -88,8 +88,9 @@ the group, not one member (as with EAD).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from cryptography.exceptions import InvalidSignature
@@ -1264,7 +1265,10 @@ class GroupRecord:
 @dataclasses.dataclass(frozen=True)
 class RelayQueue:
     """Envelopes a relay holds for members it has not reached yet: at most one per member and
-    group, the newest epoch (an older epoch's key is of no use once a newer one exists)."""
+    group, the newest epoch (an older epoch's key is of no use once a newer one exists), and
+    :data:`MAX_QUEUE` per controller: every peer of a relay controls its own groups, so one
+    share for all let any of them fill it and the real controller's envelopes were refused
+    (attack review atk19g, finding 2).  A relay holds at most its peers' number of shares."""
 
     envelopes: tuple[GroupEnvelope, ...] = ()
 
@@ -1280,8 +1284,9 @@ class RelayQueue:
                 q.member == env.member and q.group == env.group and q.controller == env.controller
             )
         )
-        if len(kept) >= MAX_QUEUE:
-            raise TooLargeError(f"this relay holds {MAX_QUEUE} envelopes already")
+        if sum(q.controller == env.controller for q in kept) >= MAX_QUEUE:
+            raise TooLargeError(
+                f"this relay holds {MAX_QUEUE} envelopes from this controller already")
         return RelayQueue((*kept, env))
 
     def members(self) -> tuple[bytes, ...]:
@@ -1308,11 +1313,25 @@ class RelayQueue:
             raise DecodeError("the relay's stored queue is damaged") from None
 
 
+def fair_batches(envelopes: Sequence[GroupEnvelope]) -> list[tuple[GroupEnvelope, ...]]:
+    """``envelopes`` (a relay's, for one member) as the batches it hands them over in: at most
+    :data:`MAX_BATCH` each (a :class:`KeyDelivery` holds no more), each controller's in the
+    order they were queued, taking the controllers in turn, so that one controller's many
+    envelopes do not keep another's waiting behind them (attack review atk19g, finding 2)."""
+    by_controller: dict[bytes, list[GroupEnvelope]] = {}
+    for env in envelopes:
+        by_controller.setdefault(env.controller, []).append(env)
+    turns = itertools.zip_longest(*by_controller.values())
+    order = [env for turn in turns for env in turn if env is not None]
+    return [tuple(order[i:i + MAX_BATCH]) for i in range(0, len(order), MAX_BATCH)]
+
+
 @dataclasses.dataclass(frozen=True)
 class RelayReceipts:
     """Receipts a relay holds for controllers until they ask (:class:`ReceiptRequest`): at
-    most one per controller, member and group, the newest epoch, and :data:`MAX_QUEUE` in all
-    (the oldest go first).  A relay keeps what members signed; it cannot make one."""
+    most one per controller, member and group, the newest epoch, and :data:`MAX_QUEUE` per
+    controller (its oldest go first: one controller's receipts never push out another's,
+    atk19g finding 2).  A relay keeps what members signed; it cannot make one."""
 
     receipts: tuple[GroupReceipt, ...] = ()
 
@@ -1324,7 +1343,11 @@ class RelayReceipts:
         if any(same_slot(r) and r.epoch > receipt.epoch for r in self.receipts):
             return self
         kept = tuple(r for r in self.receipts if not same_slot(r))
-        return RelayReceipts((*kept, receipt)[-MAX_QUEUE:])
+        theirs = [r for r in kept if r.controller == receipt.controller]
+        if len(theirs) >= MAX_QUEUE:  # room among this controller's own, oldest first
+            gone = {id(r) for r in theirs[:len(theirs) - MAX_QUEUE + 1]}
+            kept = tuple(r for r in kept if id(r) not in gone)
+        return RelayReceipts((*kept, receipt))
 
     def find(self, controller: bytes, envelopes: Iterable[bytes]) -> tuple[GroupReceipt, ...]:
         """The receipts for these envelope digests that name ``controller``."""

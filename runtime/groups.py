@@ -104,6 +104,7 @@ from .pairing.groups import (
     check_group_name,
     check_receipt,
     envelope_digest,
+    fair_batches,
     is_group_advert,
     open_group_envelope,
     receipt_of,
@@ -1228,13 +1229,21 @@ class Relay:
         handed = 0
         async with self._round:
             for member in self.queue.members():
-                envelopes = self.queue.for_member(member)
+                # in batches a KeyDelivery can hold, each controller's in turn (atk19g)
+                batches = fair_batches(self.queue.for_member(member))
+                envelopes = tuple(env for batch in batches for env in batch)
                 name = peer_name(self.ks, member)
+
+                async def hand_over(
+                    slink: SecureLink, batches: list[tuple[GroupEnvelope, ...]] = batches,
+                ) -> tuple[DeliveryResult, ...]:
+                    results: list[DeliveryResult] = []
+                    for batch in batches:
+                        results += await _send_envelopes(slink, batch, self.reach.step_timeout)
+                    return tuple(results)
+
                 try:
-                    results = await with_peer(
-                        self.ks, self.reach, member.hex(),
-                        lambda s, e=envelopes: _send_envelopes(s, e, self.reach.step_timeout),
-                    )
+                    results = await with_peer(self.ks, self.reach, member.hex(), hand_over)
                 except PairingError as exc:
                     self.on_event({"event": "unreachable", "member": name, "reason": str(exc)})
                     continue
