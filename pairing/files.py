@@ -405,9 +405,10 @@ class FileFetch(Machine):
                 f"the host announced {msg.size} bytes for {self.name!r} and listed it as "
                 f"{self._listed} bytes; not fetched (fetch it by name if it grew)"
             )
+        # The file shrank on the host since the partial copy was made: start again (§13).
+        again = msg.offset == 0 and msg.size < self.offset
         if self._room is not None:
-            # Started again at 0 (it shrank on the host), the bytes kept so far are freed first.
-            again = msg.offset == 0 and msg.size < self.offset
+            # Started again at 0, the bytes kept so far are freed first.
             needed = msg.size if again else msg.size - self.offset
             free = self._room + (self.offset if again else 0)
             if needed > free:
@@ -415,8 +416,7 @@ class FileFetch(Machine):
                     f"{self.name!r} needs {needed} more bytes and {free} are free where it is "
                     "saved; not fetched"
                 )
-        if msg.offset == 0 and msg.size < self.offset:
-            # The file shrank on the host since the partial copy was made: start again (§13).
+        if again:
             self.restarted_from = self.offset
             self.offset = self.received = 0
             self._emit(Restart(self.restarted_from))

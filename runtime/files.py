@@ -92,6 +92,8 @@ def resolve_shared(root: Path, name: str) -> Path:
 
 
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def open_checked(root: Path, path: Path, name: str) -> BinaryIO:
@@ -186,35 +188,21 @@ def list_shared(root: Path) -> list[FileEntry]:
     return out  # all of them: pairing.files.build_listing keeps what fits (§13)
 
 
-def _sha256_open(fh: BinaryIO, size: int, name: str) -> bytes:
-    """SHA-256 of the first ``size`` bytes of the open file ``fh`` (what is announced and sent,
-    though the file grows meanwhile)."""
+def _sha256_open(fh: BinaryIO, size: int | None, name: str) -> bytes:
+    """SHA-256 of the open file ``fh`` from its start: its first ``size`` bytes (what is
+    announced and sent, though the file grows meanwhile), or all of it (``None``)."""
     h = hashlib.sha256()
     fh.seek(0)
     left = size
-    while left > 0:
-        block = fh.read(min(1 << 20, left))
+    while left is None or left > 0:
+        block = fh.read(1 << 20 if left is None else min(1 << 20, left))
         if not block:
+            if left is None:
+                break
             raise RefusedError(f"{name!r} changed on the host while it was sent; fetch it again")
         h.update(block)
-        left -= len(block)
-    return h.digest()
-
-
-def sha256_file(path: Path, upto: int | None = None) -> bytes:
-    h = hashlib.sha256()
-    remaining = upto
-    with open(path, "rb") as fh:
-        while True:
-            n = 1 << 20 if remaining is None else min(1 << 20, remaining)
-            if n == 0:
-                break
-            block = fh.read(n)
-            if not block:
-                break
-            h.update(block)
-            if remaining is not None:
-                remaining -= len(block)
+        if left is not None:
+            left -= len(block)
     return h.digest()
 
 
@@ -395,10 +383,6 @@ class Fetched:
     restarted_from: int | None = None
 
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
 def partial_size(part: Path) -> int:
     """How much a previous try kept in ``part`` (0: none).  Only a plain file counts: a link
     (planted by whoever can write into the folder) or anything else there is refused with a
@@ -532,25 +516,22 @@ def _sha256_written(part: Path, written: tuple[int, int], name: str) -> bytes:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != written:
             raise _swapped(part, name)
-        h = hashlib.sha256()
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.digest()
+        return _sha256_open(fh, None, name)
 
 
 def _put_in_place(part: Path, dest: Path, replace: bool) -> None:
     if replace:
         os.replace(part, dest)
         return
+    appeared = ConfigError(f"{dest} appeared while it was fetched; the file is kept in {part}; "
+                           "use --force to replace it, or -o another name")
     try:  # a hard link fails if dest exists, whenever it appeared (a rename would replace it)
         os.link(part, dest, follow_symlinks=False)
     except FileExistsError:
-        raise ConfigError(f"{dest} appeared while it was fetched; the file is kept in {part}; "
-                          "use --force to replace it, or -o another name") from None
+        raise appeared from None
     except OSError:  # no hard links on this file system: look, then rename
         if os.path.lexists(dest):
-            raise ConfigError(f"{dest} appeared while it was fetched; the file is kept in "
-                              f"{part}; use --force to replace it, or -o another name") from None
+            raise appeared from None
         os.replace(part, dest)
         return
     part.unlink()

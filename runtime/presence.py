@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
 import os
 import re
 import time
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .pairing import keyschedule
+from .pairing.crypto import same
 from .pairing.errors import DecodeError, KeystoreError, PairingError
 from .pairing.hello import (
     EPOCH_SECONDS,
@@ -237,7 +237,7 @@ class Presence:
         if self._irk is None:
             return None
         irk = self._ks.setting(IRK_SETTING)
-        if isinstance(irk, bytes) and len(irk) == 16 and not hmac.compare_digest(irk, self._irk):
+        if isinstance(irk, bytes) and len(irk) == 16 and not same(irk, self._irk):
             return irk
         return None
 

@@ -106,6 +106,16 @@ def _is_epoch(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _unwritten(where: str, entry: Mapping[str, Any], what: str) -> KeystoreCorruptError:
+    """A cloud record holds ``what`` (its parenthesis left open), which no reading makes safe:
+    the keystore is refused, in words naming the cloud, never its secret (session 19)."""
+    return KeystoreCorruptError(
+        f"the keystore at {where} holds the cloud {str(entry['name'])!r} {what}; another "
+        "program with its PIN may have written it): it is not opened. Put back a backup of "
+        "the keystore"
+    )
+
+
 #: retired cloud secrets kept per owned cloud (docs/security.md "Renewing the cloud secret"): a
 #: member that missed more renewals than this is asked about as a stranger once
 MAX_RETIRED_SECRETS = 16
@@ -379,12 +389,8 @@ class Keystore:
             # A secret as set_cloud takes one (16 bytes or more), else refused: read with
             # bytes(), the number 32 was 32 zero bytes, a secret anyone knows (session 19).
             if not isinstance(entry["secret"], bytes) or len(entry["secret"]) < 16:
-                raise KeystoreCorruptError(
-                    f"the keystore at {storage.where} holds the cloud {str(entry['name'])!r} "
-                    "with a secret that is not one pairkit writes (16 bytes or more; another "
-                    "program with its PIN may have written it); it is not opened. Put back a "
-                    "backup of the keystore"
-                )
+                raise _unwritten(storage.where, entry, "with a secret that is not one pairkit "
+                                 "writes (16 bytes or more")
             store._clouds[cloud_id] = {
                 "secret": entry["secret"],
                 "name": str(entry["name"]),
@@ -399,13 +405,8 @@ class Keystore:
             # read are, in words naming the cloud.
             if "epoch" in entry:
                 if not _is_epoch(entry["epoch"]):
-                    raise KeystoreCorruptError(
-                        f"the keystore at {storage.where} holds the cloud "
-                        f"{str(entry['name'])!r} at an epoch that is not a count from 0 "
-                        "(pairkit never writes one; another program with its PIN may have); it "
-                        "is not opened, since that cloud's renewals are checked against its "
-                        "epoch. Put back a backup of the keystore"
-                    )
+                    raise _unwritten(storage.where, entry, "at an epoch that is not a count "
+                                     "from 0 (its renewals are checked against it")
                 store._clouds[cloud_id]["epoch"] = entry["epoch"]
             # The owner a member cloud was joined from (rule 3); absent from clouds joined
             # before it was kept, and from owned ones.  One that set_cloud would refuse (a
