@@ -261,12 +261,7 @@ async def test_a_file_that_appears_during_the_fetch_is_not_replaced(
         return [Chunk(0, d)]
 
     host = await hostile(file_service({"a.txt": DATA}, chunks=chunks))
-    george = lab.device("george")
-    try:
-        got = await george.run("get", host.target, "a.txt", "-m", "pin", "--pin",
-                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
-    finally:
-        await host.close()
+    got = await get_from(lab, host, out, "a.txt", "--timeout", "5")
     assert_no_traceback("get", got.err)
     assert (out / "a.txt").read_text() == "saved meanwhile\n", "replaced without --force"
     assert got.rc == 2, got
@@ -306,12 +301,7 @@ async def test_a_part_swapped_for_a_link_meanwhile_is_not_put_in_place(
             await slink.recv(STEP)  # the guest's Bye or its hang-up
 
     host = await hostile(serve)
-    george = lab.device("george")
-    try:
-        got = await george.run("get", host.target, "a.bin", "-m", "pin", "--pin",
-                               host.state.new_pin(), "-o", str(out), "--timeout", "5")
-    finally:
-        await host.close()
+    got = await get_from(lab, host, out, "a.bin", "--timeout", "5")
     assert_no_traceback("get", got.err)
     fetched = out / "a.bin"
     assert not fetched.is_symlink(), f"the fetched file is a link to {os.readlink(fetched)}"
