@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,9 +19,16 @@ from .attack_harness import open_ks, owned_cloud
 from .cli_helpers import KEYSTORE_PIN, Device, Lab
 
 
-def with_another_signing_key(path: Path, pin: str = KEYSTORE_PIN) -> pairkit.Device:
+def with_another_signing_key(
+    path: Path, pin: str = KEYSTORE_PIN, *, copy_to: Path | None = None,
+) -> pairkit.Device:
     """The device at ``path``, opened again, with a fresh signing key in memory (never saved):
-    its identity and static key, as a thief of the static key alone would hold them."""
+    its identity and static key, as a thief of the static key alone would hold them.
+    ``copy_to``: a folder (made here) the keystore file is copied into first, so that what the
+    thief saves (settings, peers) stays in her copy."""
+    if copy_to is not None:
+        copy_to.mkdir()
+        path = Path(shutil.copy(path, copy_to / path.name))
     made = pairkit.Device.open(path, pin)
     forged = Ed25519PrivateKey.generate()
     made.keystore._signing = forged

@@ -24,7 +24,6 @@ Played against a real key server on 127.0.0.1 (``tests/ttp_harness.py``).
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import pytest
@@ -39,8 +38,8 @@ from pairkit.pairing.groups import CA, GroupEnvelope, seal_group_envelope
 from pairkit.peers import local_identity
 from pairkit.ttp import connect, enrol
 
-from ..cli_helpers import KEYSTORE_PIN
 from ..renewal_harness import Owner, device, pair
+from ..signing_harness import with_another_signing_key
 from ..ttp_harness import ServerHarness, running_server
 
 
@@ -109,12 +108,8 @@ async def test_a_certificate_of_a_known_device_with_another_key_gives_no_group_k
     paul, george = await paul_and_george(tmp_path)
     # Mallory: a copy of Paul's keystore file for its identity and static key (she saves her
     # settings in her copy), with a signing key of her own in memory.
-    (tmp_path / "mallory").mkdir()
-    shutil.copy(tmp_path / "paul" / "keystore.pk", tmp_path / "mallory" / "keystore.pk")
-    mallory = pairkit.Device.open(tmp_path / "mallory" / "keystore.pk", KEYSTORE_PIN)
-    forged = Ed25519PrivateKey.generate()
-    mallory.keystore._signing = forged
-    mallory.keystore._signing_public = forged.public_key().public_bytes_raw()
+    mallory = with_another_signing_key(tmp_path / "paul" / "keystore.pk",
+                                       copy_to=tmp_path / "mallory")
     async with running_server(tmp_path / "srv") as srv:
         await enrolled_with_cert(mallory, srv)  # Paul never enrolled here: hers is the first
         await enrolled_with_cert(george, srv)
@@ -148,16 +143,6 @@ async def test_control_pauls_own_certificate_gives_the_group_key(tmp_path: Path)
 # as a member refuses a controller's (above).
 
 
-def with_georges_static_key(tmp_path: Path, george: pairkit.Device) -> pairkit.Device:
-    """Mallory: a copy of George's keystore file, with a signing key of her own in memory."""
-    (tmp_path / "mallory").mkdir()
-    shutil.copy(tmp_path / "george" / "keystore.pk", tmp_path / "mallory" / "keystore.pk")
-    mallory = pairkit.Device.open(tmp_path / "mallory" / "keystore.pk", KEYSTORE_PIN)
-    forged = Ed25519PrivateKey.generate()
-    mallory.keystore._signing = forged
-    mallory.keystore._signing_public = forged.public_key().public_bytes_raw()
-    assert mallory.keystore.device_id == george.keystore.device_id
-    return mallory
 
 
 #: delivery to a member nobody serves gives up at once (the member stays pending)
@@ -168,7 +153,9 @@ async def test_a_members_certificate_with_another_key_than_its_record_is_refused
     tmp_path: Path,
 ) -> None:
     paul, george = await paul_and_george(tmp_path)
-    mallory = with_georges_static_key(tmp_path, george)
+    mallory = with_another_signing_key(tmp_path / "george" / "keystore.pk",
+                                       copy_to=tmp_path / "mallory")
+    assert mallory.keystore.device_id == george.keystore.device_id
     async with running_server(tmp_path / "srv") as srv:
         await enrolled_with_cert(mallory, srv)  # George never enrolled here: hers is the first
         await enrolled_with_cert(paul, srv)
