@@ -286,3 +286,31 @@ async def test_forgetting_a_member_on_its_controller_takes_it_out_of_the_groups(
     assert record.member(net.far.id) is None
     assert record.epoch == 2
     assert tuple(net.ctl.ks.group_epochs("doors")) == (2,)  # the key it holds: kept no more
+
+
+async def test_a_member_forgotten_by_another_process_during_a_sync_ends_no_round(
+    net: Net,
+) -> None:
+    """atk19y finding 3 (medium): the owner runs ``pairkit forget`` on a member in one shell
+    while ``group sync`` in another still has it among the pending: the round read its targets
+    from the record as it was, the seal from the record as it is, and ended in a raw KeyError,
+    so the members kept got no new key in that run.  The round now goes on without it."""
+    from pairkit import peers as store
+    from pairkit.cli.groupdemo import DEMO_PIN
+    from pairkit.filestore import FileStorage
+    from pairkit.keystore import Keystore
+
+    G.create_group(net.ctl.ks, "doors")
+    await net.lab.start_member(net.mallory)
+    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.mallory.id,
+                                     reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"]
+    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,  # away: pending
+                                     reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["pending"]
+    other = Keystore.open(FileStorage(net.ctl.ks.path), DEMO_PIN)
+    assert store.forget(other, net.far.id).groups_left == ("doors",)
+    record, outcomes = await G.deliver_pending(net.ctl.ks, "doors", reach=net.lab.reach(net.ctl),
+                                               policy=FAST)
+    assert record.member(net.far.id) is None and record.epoch == 2
+    assert [(o.state) for o in outcomes] == ["confirmed"]  # Mallory, at the new epoch
