@@ -412,10 +412,14 @@ class FileFetch(Machine):
             needed = msg.size if again else msg.size - self.offset
             free = self._room + (self.offset if again else 0)
             if needed > free:
-                raise TooLargeError(
+                too_large = TooLargeError(
                     f"{self.name!r} needs {needed} more bytes and {free} are free where it is "
                     "saved; not fetched"
                 )
+                # the host is told no number: the free space tells one device from another
+                # across hosts and identities (attack review atk19y, finding 1)
+                too_large.peer_text = "the guest has no room for this file"
+                raise too_large
         if again:
             self.restarted_from = self.offset
             self.offset = self.received = 0
