@@ -785,11 +785,15 @@ async def deliver_pending(
     member is unreachable when ``policy``'s attempts ran out."""
     reach = reach or Reach()
     policy = policy or RetryPolicy()
+    ks.follow()  # the record as another process left it: a member forgotten, a new epoch
     record = controlled(ks, name)
     now = reach.clock.wall()
     targets = record.due(now) if due_only else tuple(
         m for m in record.pending() if not m.unreachable)
     envelopes, failed = _seal_waiting(ks, name, targets, reach.clock)
+    # A member taken out since (pairkit forget, group remove in another process) was not
+    # sealed for: it is no target any more (attack review atk19y, finding 3).
+    targets = tuple(m for m in targets if m.device_id in envelopes or m.device_id in failed)
     outcomes: list[Outcome] = []
     by_relay: dict[str, list[GroupMember]] = {}
     for m in targets:
