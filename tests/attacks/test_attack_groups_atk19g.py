@@ -314,3 +314,29 @@ async def test_a_member_forgotten_by_another_process_during_a_sync_ends_no_round
                                                policy=FAST)
     assert record.member(net.far.id) is None and record.epoch == 2
     assert [(o.state) for o in outcomes] == ["confirmed"]  # Mallory, at the new epoch
+
+
+async def test_a_relay_hands_a_member_one_batch_a_round_and_keeps_what_it_handed(
+    net: Net,
+) -> None:
+    """atk19y finding 2 (medium): a relay handed a member every batch it held in one session,
+    each allowed a step, so a peer that queued 1,024 envelopes for itself and answered each
+    batch slowly held every round for minutes; and a batch that failed threw away what the
+    ones before it had handed.  A round now hands each member one batch (each controller's in
+    turn), drops it from the queue once answered, and the next round follows at once."""
+    from pairkit.groups import SETTING_RELAY, Relay
+    from pairkit.pairing.groups import RelayQueue
+
+    me, far = bytes.fromhex(net.mallory.id), bytes.fromhex(net.far.id)
+    many = [GroupEnvelope(me, far, f"m{i}", 1, os.urandom(32), os.urandom(48), os.urandom(64))
+            for i in range(40)]
+    ks = net.relay.ks
+    with ks.update():
+        ks.set_setting(SETTING_RELAY, RelayQueue(tuple(many)).to_plain())
+    await net.lab.start_member(net.far)
+    relay = Relay(ks, reach=net.lab.reach(net.relay), on_event=lambda event: None)
+    await relay.deliver()
+    assert relay.queue.envelopes == tuple(many[32:])  # one batch handed, and dropped
+    assert relay.kick.is_set()  # the next round at once: more is waiting, and it moved
+    await relay.deliver()
+    assert len(relay.queue) == 0
