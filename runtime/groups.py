@@ -1231,23 +1231,19 @@ class Relay:
         """One delivery round: try every member something waits for; returns how many
         envelopes were handed over.  Unreachable members keep theirs for the next round."""
         handed = 0
+        answered = False
         async with self._round:
             for member in self.queue.members():
-                # in batches a KeyDelivery can hold, each controller's in turn (atk19g)
-                batches = fair_batches(self.queue.for_member(member))
-                envelopes = tuple(env for batch in batches for env in batch)
+                # One batch a member a round, as much as a KeyDelivery holds, each controller's
+                # in turn (atk19g), so a member holds a round for one step at most (atk19y);
+                # the rest follows in the next round, at once.
+                envelopes = fair_batches(self.queue.for_member(member))[0]
                 name = peer_name(self.ks, member)
-
-                async def hand_over(
-                    slink: SecureLink, batches: list[tuple[GroupEnvelope, ...]] = batches,
-                ) -> tuple[DeliveryResult, ...]:
-                    results: list[DeliveryResult] = []
-                    for batch in batches:
-                        results += await _send_envelopes(slink, batch, self.reach.step_timeout)
-                    return tuple(results)
-
                 try:
-                    results = await with_peer(self.ks, self.reach, member.hex(), hand_over)
+                    results = await with_peer(
+                        self.ks, self.reach, member.hex(),
+                        lambda s, e=envelopes: _send_envelopes(s, e, self.reach.step_timeout),
+                    )
                 except PairingError as exc:
                     self.on_event({"event": "unreachable", "member": name, "reason": str(exc)})
                     continue
@@ -1266,6 +1262,9 @@ class Relay:
                     self.on_event({"event": "forwarded" if result.ok else "dropped",
                                    "member": name, "group": env.group, "epoch": env.epoch,
                                    "reason": result.reason})
+                answered = True
+            if answered and len(self.queue):
+                self.kick.set()  # more waits for a member that answers: the next round now
         return handed
 
     async def run(self, retry: float, stop: asyncio.Event | None = None) -> None:
