@@ -573,6 +573,7 @@ def test_decode_stored_refuses_a_record_nested_deeper_than_pairkit_writes() -> N
     at_limit = b"\xa1\x61a" + b"\x81" * (depth - 1) + b"\x00"  # {"a": [[...[0]...]]}
     assert cbor.decode_stored(at_limit) == cbor2.loads(at_limit)
     for deeper in (b"\xa1\x61a" + b"\x81" * depth + b"\x00",
+                   b"\xc2" * 5_000 + b"\x41\x01",  # bignum tags in front: levels too (atk19y)
                    b"\x81" * 100_000 + b"\xd8\x1c\x00", b"\x9f" * 2_000 + b"\xff" * 2_000):
         with pytest.raises(DecodeError, match="nested deeper"):
             cbor.decode_stored(deeper)
