@@ -109,11 +109,14 @@ def decode_stored(data: bytes) -> Any:
     n = len(data)
     pos = 0
     refused: int | None = None  # a tag on the record itself, told after those in its members
+    depth = STORED_DEPTH - 1  # under the record's own map
     while pos < n and 0xC0 <= data[pos] <= 0xDB:
         tag, pos = _head_argument(data, pos)
         if tag not in STORED_TAGS and refused is None:
             refused = tag
-    depth = STORED_DEPTH - 1  # under the record's own map
+        depth -= 1  # a tag is a level too: cbor2 5.x recurses into it (atk19y finding 5)
+        if depth < 0:
+            raise DecodeError(_TOO_DEEP)
     if pos < n and 0xA0 <= data[pos] <= 0xBB:  # a map of definite length: name the member
         count, pos = _head_argument(data, pos)
         for _ in range(count):
