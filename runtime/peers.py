@@ -513,9 +513,11 @@ def forget(ks: Keystore, peer: str) -> Forgotten:
         # and its membership of the groups this device controls, each at a new epoch (atk19g,
         # finding 7), as a cloud member's secret is renewed
         left = remove_from_groups(ks, removed.id)
-    key_renewed = bool(removed.extra.get("irk_given"))
-    if key_renewed:
-        renew_identity_resolving_key(ks)
+        # and the address key it was given, in the same save: a forget that stopped half way
+        # must not leave the peer forgotten and the key it holds still in use
+        key_renewed = bool(removed.extra.get("irk_given"))
+        if key_renewed:
+            renew_identity_resolving_key(ks)
     return Forgotten(removed, key_renewed, secret_renewed, dropped, left)
 
 

@@ -75,15 +75,16 @@ def irk_for_members(ks: Keystore) -> bytes | None:
 
 
 def renew_identity_resolving_key(ks: Keystore) -> None:
-    """Replace this device's identity resolving key with a fresh one (saved at once).
+    """Replace this device's identity resolving key with a fresh one, inside the caller's
+    ``ks.update()`` (saved with the rest of that update, never on its own).
 
-    Done when a peer that was given the key is forgotten (``pairkit forget``): the forgotten
-    device can no longer tell this device's new addresses apart from anyone's.  The members
+    Done when a peer that was given the key is forgotten (``pairkit forget``), in the same save
+    that forgets it: the forgotten device can no longer tell this device's new addresses apart
+    from anyone's, and no failure leaves it forgotten with the old key in place.  The members
     still kept get the new key at their next session with this host; until then their
     ``discover`` lists its addresses unlinked.  A running host moves to the new key at its
     next address rotation (:class:`Presence`)."""
-    with ks.update():
-        ks.set_setting(IRK_SETTING, os.urandom(16))
+    ks.set_setting(IRK_SETTING, os.urandom(16))
 
 
 def home_cloud(ks: Keystore) -> str | None:
