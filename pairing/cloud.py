@@ -207,10 +207,16 @@ class OwnerDecided(Event):
 
 @dataclasses.dataclass(frozen=True)
 class Grant:
-    """What the owner allowed: a role and, for guests, how long (seconds)."""
+    """What the owner allowed: a role and, for guests, how long (seconds).
+
+    ``until`` is a stored grant's end (Unix seconds), when it is known: a guest coming back is
+    told the seconds left (``JoinVerdict``), but keeps exactly the end its owner gave, however
+    long its pairing takes (attack review atk20c, finding 1: the end was made again from the
+    time of the Membership, so a slow return stretched the grant)."""
 
     role: Role
     seconds: int | None = None
+    until: int | None = None
 
     def __post_init__(self) -> None:
         if self.role is Role.STRANGER:

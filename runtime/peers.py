@@ -319,6 +319,11 @@ def _record_session(
     extra.pop("role", None)
     extra.pop("expires", None)
     if granted is not None:
+        if stored_grant and old_record is not None:
+            # A grant it came back with ends when its owner said, never later (atk20c, 1).
+            before = old_record.extra.get("granted_expires")
+            if isinstance(before, int | float) and isinstance(granted_expires, int):
+                granted_expires = min(granted_expires, int(before))
         extra["granted"] = granted.name.lower()
         extra["granted_expires"] = granted_expires
     if standing is not None:
@@ -538,7 +543,7 @@ def _grant_of(record: Peer, wall_now: float) -> Grant | None:
         return Grant(Role.MEMBER)
     expires = record.extra.get("granted_expires")
     if role == "guest" and isinstance(expires, int | float) and expires > wall_now:
-        return Grant(Role.GUEST, max(1, int(expires - wall_now)))
+        return Grant(Role.GUEST, max(1, int(expires - wall_now)), until=int(expires))
     return None
 
 

@@ -450,6 +450,9 @@ def _membership_for(ks: Keystore, cloud: CloudHost, session: Session, clock: Clo
         # Signed by the owner for this member and this session (docs/security.md, rule 3).
         statement = membership_statement(unsigned, session.peer.device_id, session.fingerprint)
         return dataclasses.replace(unsigned, signature=ks.sign(statement))
+    # A stored grant keeps the end its owner gave (atk20c finding 1); a new one starts now.
+    if grant.until is not None:
+        return Membership(role=Role.GUEST, expires=grant.until)
     return Membership(role=Role.GUEST, expires=int(clock.wall() + (grant.seconds or 0)))
 
 
