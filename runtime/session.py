@@ -577,6 +577,10 @@ def _check_membership_on(
     )
 
 
+#: seconds this device's person has to say whether to join the cloud a host made it a member of
+JOIN_CLOUD_ANSWER_TIME = DEFAULT_ANSWER_TIME
+
+
 async def _take_membership(
     ks: Keystore, membership: Membership, session: Session, delegate: Any,
     *, proven: str | None = None,
@@ -617,7 +621,19 @@ async def _take_membership(
         return
     question = dataclasses.replace(question, host_name=session.peer.name)
     hook = getattr(delegate, "join_cloud", None)
-    if hook is None or not await hook(question):
+    if hook is None:
+        return
+    # A person who does not answer says no, as to every question the driver asks (attack
+    # review atk20c, finding 6: this one had no deadline).
+    deadline = asyncio.timeout(JOIN_CLOUD_ANSWER_TIME)
+    try:
+        async with deadline:
+            agreed = await hook(question)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the delegate's own error, not our deadline
+        return
+    if not agreed:
         return
     assert membership.secret is not None and membership.cloud_id is not None
     with ks.update():
