@@ -55,6 +55,7 @@ def ttp() -> None:
       pairkit ttp serve --dir ./ttp --listen 0.0.0.0:8443
       pairkit ttp enrol --server HOST:8443 --ca ./ttp/ca.pem      (on each device)
       pairkit host --method ttp --ttp HOST:8443 --ttp-ca ca.pem    (then pair)
+      pairkit ttp revoke DEVICE_ID --dir ./ttp        take a lost device out for good
 
     Devices trust only the CA in ca.pem: give that file to them (a manufacturer installs it).
     """
@@ -354,7 +355,7 @@ def revoke(device: str, directory: Path, database: str | None, yes: bool,
     not enrolled), the PNs it is the gateway of and its places in other PNs are deleted with
     their link keys, and its id is kept as revoked: whoever holds its key cannot enrol it
     again.  Sessions already made and certificates already issued are not undone
-    (docs/security.md, "Revoking a device").  Asks first, unless --yes.
+    (docs/security.md, "Revoking a device at the key server").  Asks first, unless --yes.
     """
     import time
 
@@ -390,7 +391,7 @@ def revoke(device: str, directory: Path, database: str | None, yes: bool,
         removed.append(f"taken out of {done.memberships} other PN(s)")
     click.echo("  " + "; ".join(removed))
     info("sessions it already made and certificates already issued to it stand until they "
-         "end (docs/security.md, \"Revoking a device\")")
+         "end (docs/security.md, \"Revoking a device at the key server\")")
 
 
 def _confirm_revoke(name: str, device_id: bytes, eukey: bool) -> bool:
