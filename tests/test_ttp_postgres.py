@@ -428,6 +428,68 @@ def test_an_enrolment_racing_the_revoke_does_not_bring_the_device_back(
         setup.close()
 
 
+def test_requests_waiting_on_a_revoke_under_way_see_it_once_committed(
+    pg_url: str, key: bytes
+) -> None:
+    """A revoke under way (its statements as Store.revoke runs them, held before its commit):
+    an enrolment of the device, its intent and one naming it, through other connections, wait
+    for it, and once it commits all three are refused and nothing of them is stored.  (An
+    enrolment that asked ``revoked`` before its insert read nothing there, then inserted the
+    device anew once the revoke had deleted it.)"""
+    import psycopg
+
+    setup = pg_store(pg_url, key)
+    setup.enrol(rec(A, "lost"), os.urandom(32), 0.0)
+    setup.enrol(rec(B, "b"), None, 0.0)
+    outcomes: dict[str, object] = {}
+
+    def attempt(what: str) -> None:
+        s = pg_store(pg_url, key)
+        try:
+            if what == "enrol":
+                outcomes[what] = s.enrol(rec(A, "lost"), os.urandom(32), 1.0)
+            elif what == "own":
+                outcomes[what] = s.post_intent(A, B, CTX, IntentRole.HOST, now=1, expires=60)
+            else:
+                outcomes[what] = s.post_intent(B, A, b"\x0f" * 32, IntentRole.GUEST, now=1,
+                                               expires=60)
+        except BaseException as exc:
+            outcomes[what] = exc
+        finally:
+            s.close()
+
+    revoke = psycopg.connect(pg_url)  # a transaction, open until commit
+    try:
+        revoke.execute("SELECT name FROM devices WHERE device_id = %s FOR UPDATE", (A,))
+        revoke.execute("DELETE FROM intents WHERE owner = %s OR peer = %s", (A, A))
+        revoke.execute("DELETE FROM devices WHERE device_id = %s", (A,))
+        revoke.execute("INSERT INTO revoked (device_id, name, revoked_at) VALUES (%s, 'lost', 2)",
+                       (A,))
+        threads = [threading.Thread(target=attempt, args=(w,)) for w in ("enrol", "own", "toward")]
+        for t in threads:
+            t.start()
+        watch = psycopg.connect(pg_url, autocommit=True)
+        try:
+            _until(lambda: watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()").fetchone()[0] == 3)
+        finally:
+            watch.close()
+        revoke.commit()
+    finally:
+        revoke.close()
+    for t in threads:
+        t.join(30)
+    try:
+        assert isinstance(outcomes["enrol"], RefusedError), outcomes
+        assert isinstance(outcomes["own"], NotFoundError), outcomes
+        assert isinstance(outcomes["toward"], NotFoundError), outcomes
+        assert setup.device(A) is None and setup.eukeys((A,)) == {}
+        assert setup.pending_count() == 0
+    finally:
+        setup.close()
+
+
 # -- server processes sharing one database -------------------------------------------------------
 
 
