@@ -6,6 +6,7 @@
     pairkit ttp serve  --dir D --listen HOST:PORT [limits]
     pairkit ttp enrol --server HOST:PORT --ca D/ca.pem [--new-eukey | --eukey-file F]
     pairkit ttp list   --dir D
+    pairkit ttp revoke DEVICE_ID --dir D [--yes]
 
 ``cli.main`` adds the group as ``pairkit ttp``; ``python -m pairkit.cli.ttp_cli`` runs it on its
 own.  This is the shell: the server, its store and its directory are :mod:`pairkit.keyserver`
@@ -54,6 +55,7 @@ def ttp() -> None:
       pairkit ttp serve --dir ./ttp --listen 0.0.0.0:8443
       pairkit ttp enrol --server HOST:8443 --ca ./ttp/ca.pem      (on each device)
       pairkit host --method ttp --ttp HOST:8443 --ttp-ca ca.pem    (then pair)
+      pairkit ttp revoke DEVICE_ID --dir ./ttp        take a lost device out for good
 
     Devices trust only the CA in ca.pem: give that file to them (a manufacturer installs it).
     """
@@ -289,12 +291,13 @@ def list_cmd(directory: Path, database: str | None, as_json: bool) -> None:
     try:
         devices = store.devices()
         pns = [store.pn(gw_id, pn_id) for gw_id, pn_id in store.pn_keys()]
+        revoked = store.revoked()
     finally:
         store.close()
     pn_rows = [{"pn_id": p.pn_id.hex(), "gateway": p.gw_id.hex(), "gateway_name": p.gw_name,
                 "setup": p.setup_type.label, "members": list(p.members)} for p in pns]
     if as_json:
-        emit_json({"devices": devices, "pns": pn_rows})
+        emit_json({"devices": devices, "pns": pn_rows, "revoked": revoked})
         return
     if not devices:
         info("no device enrolled yet: pairkit ttp enrol --server HOST:PORT --ca ca.pem")
@@ -304,6 +307,109 @@ def list_cmd(directory: Path, database: str | None, as_json: bool) -> None:
         names = ", ".join(f"{m['name']} ({m['key_source']})" for m in p["members"])
         click.echo(f"PN {p['pn_id'][:16]} of {p['gateway_name']} ({p['gateway'][:16]}, "
                    f"{p['setup']}): {names}")
+    if revoked:
+        click.echo("revoked (these ids cannot enrol again):")
+    for dev in revoked:
+        click.echo(f"{dev['id']}  {dev['name']}  (revoked {_utc(dev['revoked_at'])})")
+
+
+def _utc(seconds: float) -> str:
+    import datetime
+
+    return f"{datetime.datetime.fromtimestamp(seconds, datetime.UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _device_id(text: str) -> bytes:
+    """A whole device id (32 hex digits, as ``ttp list`` shows it): no prefix, so that a
+    revoke never takes out a device the administrator did not name."""
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise ConfigError(
+            "give the whole device id: 32 hex digits, as 'pairkit ttp list' shows it"
+        )
+    return raw
+
+
+@ttp.command()
+@click.argument("device", metavar="DEVICE_ID")
+@click.option("--dir", "directory", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The key server's directory.")
+@click.option("--db", "database", default=None, metavar="postgresql://...",
+              help="Use this PostgreSQL database instead of DIR/ttp.sqlite3 (the one the "
+                   "servers share).")
+@click.option("--yes", "-y", is_flag=True, help="Revoke without asking (scripts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def revoke(device: str, directory: Path, database: str | None, yes: bool,
+           as_json: bool) -> None:
+    """Take an enrolled device out of this key server for good (a lost or stolen device, or
+    one whose key leaked).
+
+    \b
+    DEVICE_ID is its whole id, as 'pairkit ttp list' shows it.  In one transaction, seen at
+    once by every server on the database (running or not): its record and factory key are
+    deleted, its intents and those naming it are cancelled (devices waiting are told it is
+    not enrolled), the PNs it is the gateway of and its places in other PNs are deleted with
+    their link keys, and its id is kept as revoked: whoever holds its key cannot enrol it
+    again.  Sessions already made and certificates already issued are not undone
+    (docs/security.md, "Revoking a device at the key server").  Asks first, unless --yes.
+    """
+    import time
+
+    from pairkit.keyserver.store import open_store
+    from pairkit.pairing.errors import NotFoundError, RefusedError
+
+    device_id = _device_id(device)
+    store = open_store(directory, database=database)
+    try:
+        record = store.device(device_id)
+        if record is None:
+            gone = {r["id"] for r in store.revoked()}
+            if device_id.hex() in gone:
+                raise NotFoundError(f"device {device_id.hex()} was revoked already")
+            raise NotFoundError(f"no device {device_id.hex()} is enrolled with this key server")
+        if not yes and not _confirm_revoke(record.name, device_id, store.has_eukey(device_id)):
+            raise RefusedError("not revoked")
+        done = store.revoke(device_id, time.time())
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"ok": True, "revoked": {
+            "id": done.device_id.hex(), "name": done.name, "intents": done.intents,
+            "pns": done.pns, "memberships": done.memberships, "eukey": done.eukey}})
+        return
+    click.echo(f"revoked {done.name} ({done.device_id.hex()}): it cannot enrol again")
+    removed = [f"{done.intents} intent(s) cancelled"]
+    if done.eukey:
+        removed.append("its factory key deleted")
+    if done.pns:
+        removed.append(f"{done.pns} PN(s) it was the gateway of deleted")
+    if done.memberships:
+        removed.append(f"taken out of {done.memberships} other PN(s)")
+    click.echo("  " + "; ".join(removed))
+    info("sessions it already made and certificates already issued to it stand until they "
+         "end (docs/security.md, \"Revoking a device at the key server\")")
+
+
+def _confirm_revoke(name: str, device_id: bytes, eukey: bool) -> bool:
+    """Ask at the terminal (no terminal: refused, and told to give --yes)."""
+    from pairkit.pairing.errors import RefusedError
+
+    from .prompt import Terminal
+
+    terminal = Terminal()
+    if not terminal.interactive:
+        raise RefusedError("not revoked: no terminal to confirm on (give --yes in scripts)")
+    header = (f"{name} ({device_id.hex()}) is enrolled with this key server"
+              f"{' with a factory key' if eukey else ''}.")
+    question = "Revoke it for good (whoever holds its key cannot enrol it again)? [y/N]"
+    return run_async(lambda: terminal.choose(
+        header, question, {"y": True, "yes": True, "n": False, "no": False}, no=False,
+        timeout=300.0,
+    ))
 
 
 def main() -> None:

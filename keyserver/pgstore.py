@@ -130,6 +130,14 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         ON DELETE CASCADE;
     DROP INDEX pns_by_gateway;
     """,
+    # 5: devices revoked by the administrator (as SQLite's version 5)
+    """
+    CREATE TABLE revoked (
+        device_id  BYTEA PRIMARY KEY CHECK (length(device_id) = 16),
+        name       TEXT NOT NULL,
+        revoked_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)
 
@@ -172,6 +180,11 @@ class _PgTx:
 
     def locking(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         return self.one(sql + " FOR UPDATE", params)
+
+    def held(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # KEY SHARE: a revoke (which locks the row FOR UPDATE, then deletes it) waits, and so
+        # is waited for; other intents and an enrolment's update of the name do not.
+        return self.all(sql + " FOR KEY SHARE", params)
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self.conn.execute(_sql(sql), params).rowcount)

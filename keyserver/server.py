@@ -79,7 +79,15 @@ from pairkit.transports.tcp import format_host_port
 from pairkit.transports.tls import TlsLink, TlsProtocol
 
 from .certs import ServerDir, cert_fingerprint, load_ca_key, load_cert, make_device_cert
-from .store import Matched, Pending, Store, StoreError, open_store
+from .store import (
+    NOT_ENROLLED,
+    Matched,
+    Pending,
+    Store,
+    StoreError,
+    open_store,
+    peer_not_enrolled,
+)
 
 T = TypeVar("T")
 
@@ -770,12 +778,10 @@ def _post_intent(
     store = s.store
     me = store.device(q.device_id)
     if me is None or not same(me.static, q.static):
-        raise NotFoundError(
-            "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
-        )
+        raise NotFoundError(NOT_ENROLLED)
     peer = store.device(q.peer_id)
     if peer is None:
-        raise NotFoundError(f"device {q.peer_id.hex()[:16]} is not enrolled with this key server")
+        raise NotFoundError(peer_not_enrolled(q.peer_id))
     claimed: list[int] = []
 
     def claim(row: int) -> bool:
@@ -805,6 +811,22 @@ def _post_intent(
         # Its task ended before the intent was stored: nobody would take a key handed to it.
         store.cancel_intent(outcome.row)
     return me, peer, outcome
+
+
+def _take_match(s: TtpServer, q: IntentAsked, row: int) -> tuple[bytes, bytes] | None:
+    """On the store's thread: :meth:`Store.take_match` for the waiting intent ``row`` of
+    ``q``.  A row that is gone because one of the two devices was revoked meanwhile (``pairkit
+    ttp revoke``, in any process) fails as an intent from or toward a device not enrolled
+    does, in the same words (so a device learns no more of a revoke than of a device never
+    enrolled)."""
+    try:
+        return s.store.take_match(row)
+    except RefusedError:
+        if s.store.device(q.device_id) is None:
+            raise NotFoundError(NOT_ENROLLED) from None
+        if s.store.device(q.peer_id) is None:
+            raise NotFoundError(peer_not_enrolled(q.peer_id)) from None
+        raise
 
 
 def _withdraw(s: TtpServer, row: int) -> None:
@@ -889,7 +911,7 @@ class _Conn:
                         continue
                     waiting.state = _TAKING  # a claim now would race the store's answer
                 try:
-                    found = await s.db(s.store.take_match, row)
+                    found = await s.db(_take_match, s, q, row)
                 finally:
                     with s._hand_lock:
                         if waiting.state == _TAKING:
@@ -900,7 +922,7 @@ class _Conn:
                 if self.link.closed:
                     raise LinkClosedError("the device hung up while waiting for its match")
             if not await s.db(s.store.cancel_intent, row):
-                found = await s.db(s.store.take_match, row)  # matched at the last instant
+                found = await s.db(_take_match, s, q, row)  # matched at the last instant
                 if found is not None:
                     taken = True
                     return SkDelivery(found[1], found[0], peer)

@@ -69,6 +69,21 @@ class StoreError(PairingError):
     peer_text = "the key server cannot use its database now; try again later"
 
 
+#: a device whose own request names it, and the server does not serve it (never enrolled, or
+#: revoked: the same words, so that a host relaying them tells its guest nothing more)
+NOT_ENROLLED: Final = (
+    "this device is not enrolled with the key server; run 'pairkit ttp enrol' first"
+)
+#: what a revoked device is told when it enrols again (its own key proved: nobody else hears it)
+REVOKED: Final = "this device was revoked by the key server's administrator"
+
+
+def peer_not_enrolled(device_id: bytes) -> str:
+    """What a device is told of a peer the server does not serve (never enrolled, or revoked:
+    the same words; docs/security.md rule 8 on what "not enrolled" already tells)."""
+    return f"device {device_id.hex()[:16]} is not enrolled with this key server"
+
+
 class SealedValueError(AuthenticationError):
     """A value sealed in the key server's database did not open under its ``seal.key``."""
 
@@ -177,6 +192,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE pns_v4 RENAME TO pns;
     ALTER TABLE pn_members_v4 RENAME TO pn_members;
     """,
+    # 5: devices revoked by the administrator (``pairkit ttp revoke``): taken out of devices,
+    # and kept here so that the holder of a revoked device's key cannot enrol it again
+    """
+    CREATE TABLE revoked (
+        device_id  BLOB PRIMARY KEY CHECK (length(device_id) = 16),
+        name       TEXT NOT NULL,
+        revoked_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -241,6 +265,23 @@ class Matched:
 
 
 @dataclasses.dataclass(frozen=True)
+class Revoked:
+    """What :meth:`Store.revoke` took out (no key material)."""
+
+    device_id: bytes
+    name: str
+    revoked_at: float
+    #: intents cancelled: its own and those naming it, waiting or matched and not yet delivered
+    intents: int
+    #: PNs it was the gateway of, deleted with their members and link keys
+    pns: int
+    #: its places in other gateways' PNs, deleted with their link keys
+    memberships: int
+    #: whether a factory key (EUKey) was deleted with it
+    eukey: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class PnRow:
     """A registered PN, as ``ttp`` tools list it (no key material)."""
 
@@ -261,6 +302,12 @@ class Tx(Protocol):
     def locking(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         """:meth:`one` for a row this transaction will change: locked until it ends (FOR
         UPDATE; SQLite's write transaction holds the whole database already)."""
+        ...
+
+    def held(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """:meth:`all` for rows this transaction relies on staying as they are: nobody deletes
+        them (nor changes their key) until it ends (FOR KEY SHARE; SQLite's write transaction
+        holds the whole database already)."""
         ...
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
@@ -337,12 +384,20 @@ class Store(abc.ABC):
                 (record.device_id, record.name, record.static, record.signing, sealed, now,
                  now),
             )
-            if added:
-                return False
-            old = db.locking(
+            old = None if added else db.locking(
                 "SELECT static_public, signing_public FROM devices WHERE device_id = ?",
                 (record.device_id,),
             )
+            # Revoked: refused, the row just added rolled back.  Asked after the statements
+            # above, each of which waits for a revoke under way on this device (its row
+            # locked, then deleted), so it sees that revoke once committed (PostgreSQL's
+            # READ COMMITTED reads anew at each statement; SQLite's writes are serial).
+            if db.one("SELECT 1 FROM revoked WHERE device_id = ?", (record.device_id,)):
+                raise RefusedError(REVOKED)
+            if added:
+                return False
+            if old is None:  # pragma: no cover - deleted meanwhile, not revoked: by hand
+                raise StoreError("the device's row was deleted meanwhile; enrol it again")
             if old is not None and bytes(old[0]) != record.static:  # pragma: no cover - id = H(key)
                 raise AuthenticationError("another key is enrolled under this device id")
             # An enrolment proves the static key only: the signing key it gives is the one
@@ -408,6 +463,48 @@ class Store(abc.ABC):
                     out[device_id] = self._sealer.open(bytes(row[0]), "eukey", device_id)
         return out
 
+    def revoked(self) -> list[dict[str, Any]]:
+        """The revoked devices, the oldest revoke first (``pairkit ttp list``)."""
+        with self._read() as db:
+            rows = db.all(
+                "SELECT device_id, name, revoked_at FROM revoked ORDER BY revoked_at, device_id"
+            )
+        return [{"id": bytes(r[0]).hex(), "name": r[1], "revoked_at": r[2]} for r in rows]
+
+    def revoke(self, device_id: bytes, now: float) -> Revoked:
+        """Take the enrolled device ``device_id`` out for good (``pairkit ttp revoke``), in one
+        transaction: its record and factory key, every intent of it or naming it (waiting, or
+        matched and not yet delivered: the waiters find their row gone, and are told as a
+        waiter whose peer is not enrolled), the PNs it is the gateway of and its places in
+        others' (with their LocalEUKeys); its id is kept in ``revoked``, so that
+        :meth:`enrol` refuses it from then on.  :class:`NotFoundError` for a device that is
+        not enrolled (revoked already, or never)."""
+        with self._write() as db:
+            row = db.locking(
+                "SELECT name, eukey_sealed IS NOT NULL FROM devices WHERE device_id = ?",
+                (device_id,),
+            )
+            if row is None:
+                if db.one("SELECT 1 FROM revoked WHERE device_id = ?", (device_id,)):
+                    raise NotFoundError(f"device {device_id.hex()} was revoked already")
+                raise NotFoundError(f"no device {device_id.hex()} is enrolled with this key server")
+            rows = [int(r[0]) for r in db.all(
+                "SELECT id FROM intents WHERE owner = ? OR peer = ?", (device_id, device_id)
+            )]
+            db.run("DELETE FROM intents WHERE owner = ? OR peer = ?", (device_id, device_id))
+            for intent in rows:
+                self._matched(db, intent)  # wake its waiter (it finds its row gone)
+            memberships = db.run("DELETE FROM pn_members WHERE pne_id = ?", (device_id,))
+            pns = db.run("DELETE FROM pns WHERE gw_id = ?", (device_id,))  # members with them
+            db.run("DELETE FROM devices WHERE device_id = ?", (device_id,))
+            db.run(
+                "INSERT INTO revoked (device_id, name, revoked_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, "
+                "revoked_at = excluded.revoked_at",
+                (device_id, row[0], now),
+            )
+        return Revoked(device_id, row[0], now, len(rows), pns, memberships, bool(row[1]))
+
     # -- intents ----------------------------------------------------------------------------
 
     def post_intent(
@@ -438,6 +535,18 @@ class Store(abc.ABC):
         """
         with self._write() as db:
             self._lock_pair(db, owner, peer, context)
+            # Both devices stay as they are until this transaction ends (a revoke waits for
+            # it), and a revoke committed before is seen: no key is drawn for a revoked
+            # device, nor about one (the server looked them up before, outside it).
+            found = {bytes(r[0]) for r in db.held(
+                "SELECT device_id FROM devices WHERE device_id IN (?, ?)", (owner, peer)
+            )}
+            if owner not in found:
+                raise NotFoundError(NOT_ENROLLED)
+            if peer not in found and db.one(
+                "SELECT 1 FROM revoked WHERE device_id = ?", (peer,)
+            ):
+                raise NotFoundError(peer_not_enrolled(peer))
             row = db.locking(
                 "SELECT id FROM intents WHERE owner = ? AND peer = ? AND context = ? "
                 "AND role = ? AND match_id IS NULL AND expires > ? AND (server IS NULL OR "
@@ -525,6 +634,16 @@ class Store(abc.ABC):
         changes the other's (security finding 5 of the registration's wait review)."""
         gw_id, pn_id = inventory.gw_id, inventory.pn_id
         with self._write() as db:
+            # Its gateway enrolled and no member revoked, each staying so until this commits
+            # (a revoke waits for it): a device revoked while its registration was under way
+            # is not put back in a PN.
+            for device_id in (gw_id, *(m.pne_id for m in inventory.members)):
+                if db.held("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+                    continue
+                if device_id == gw_id:
+                    raise NotFoundError("this gateway is not enrolled with the key server")
+                if db.one("SELECT 1 FROM revoked WHERE device_id = ?", (device_id,)):
+                    raise NotFoundError(peer_not_enrolled(device_id))
             db.run(
                 "INSERT INTO pns (gw_id, pn_id, gw_name, setup_type, created, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (gw_id, pn_id) DO UPDATE SET "
@@ -652,6 +771,9 @@ class _SqliteTx:
 
     def locking(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         return self.one(sql, params)  # BEGIN IMMEDIATE holds the database
+
+    def held(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.all(sql, params)  # BEGIN IMMEDIATE holds the database
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self.db.execute(sql, params).rowcount)

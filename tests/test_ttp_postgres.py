@@ -9,10 +9,12 @@ no PostgreSQL can be started.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from pairkit.ttp import enrol, request_key
 from tests.pg_harness import PgCluster, pg_url, postgres
 from tests.pn_store_harness import check_pns_kept_under_their_gateways
+from tests.revoke_harness import check_revoke, revoke_cli
 from tests.ttp_harness import ServeProcess, identity
 
 __all__ = ["pg_url", "postgres"]
@@ -68,7 +71,7 @@ def test_schema_is_migrated_once_and_a_newer_one_refused(pg_url: str, key: bytes
     assert all(s is not None for s in stores)  # three processes starting at once: one migrates
     s = stores[0]
     try:
-        assert s.schema_version() == PG_SCHEMA_VERSION == 4
+        assert s.schema_version() == PG_SCHEMA_VERSION == 5
         assert s.pn_keys() == [] and s.device_count() == 0
         s._conn.execute("UPDATE pairkit_schema SET version = 99")
     finally:
@@ -183,7 +186,7 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(pg_url: str, key: byt
                          "%s, %s, 1)", (pn, B, int(KeySource.LOCAL_EUKEY), sealed))
     s = pg_store(pg_url, key)
     try:
-        assert s.schema_version() == 4
+        assert s.schema_version() == 5
         # sealed again to their gateway as the store opened (the PN id scoping's review, 5)
         assert s._conn.execute("SELECT DISTINCT local_key_ad FROM pn_members").fetchall() == [
             (2,)]
@@ -324,6 +327,167 @@ def test_concurrent_writers_lose_nothing_and_match_each_pair_once(
         assert len(keys) == len(pairs) and check.pending_count() == 0
     finally:
         check.close()
+
+
+def test_revoke(pg_url: str, key: bytes) -> None:
+    s = pg_store(pg_url, key)
+    try:
+        check_revoke(s)
+    finally:
+        s.close()
+
+
+def test_migration_to_5_keeps_the_devices_and_revokes(pg_url: str, key: bytes) -> None:
+    """A database of schema version 4 with devices, a PN and an intent: it opens at version 5
+    with them, and a device revoked stays revoked for every store on the database."""
+    import psycopg
+
+    from pairkit.keyserver.pgstore import migrate_pg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert migrate_pg(conn, upto=4) == 0
+        for d in (A, B):
+            conn.execute("INSERT INTO devices VALUES (%s, 'd', %s, %s, NULL, 1, 1)",
+                         (d, d * 2, b"\x05" * 32))
+        conn.execute("INSERT INTO pns (gw_id, pn_id, gw_name, setup_type, created, updated) "
+                     "VALUES (%s, %s, 'gw', 1, 1, 1)", (A, b"\x71" * 16))
+        conn.execute("INSERT INTO intents (owner, peer, context, role, created, expires) "
+                     "VALUES (%s, %s, %s, 1, 1, 1e12)", (B, A, CTX))
+    s, other = pg_store(pg_url, key), pg_store(pg_url, key)
+    try:
+        assert s.schema_version() == 5
+        assert [d["id"] for d in s.devices()] == [A.hex(), B.hex()] and s.revoked() == []
+        done = s.revoke(A, 9.0)
+        assert (done.intents, done.pns) == (1, 1)
+        assert other.revoked() == [{"id": A.hex(), "name": "d", "revoked_at": 9.0}]
+        with pytest.raises(RefusedError, match="revoked"):
+            other.enrol(rec(A), None, 10.0)
+        assert other.device(A) is None and other.device(B) is not None
+    finally:
+        s.close()
+        other.close()
+
+
+def _until(done: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if done():
+            return
+        time.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+def test_an_enrolment_racing_the_revoke_does_not_bring_the_device_back(
+    pg_url: str, key: bytes
+) -> None:
+    """The holder of a device's key enrols it again and again, and posts intents with it,
+    through other connections (other server processes) while the administrator revokes it:
+    once the revoke is done the device is not enrolled, and no intent of it or toward it is
+    left, whatever interleaving READ COMMITTED allowed."""
+    setup = pg_store(pg_url, key)
+    setup.enrol(rec(A, "lost"), os.urandom(32), 0.0)
+    setup.enrol(rec(B, "b"), None, 0.0)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    refused = [0]
+
+    def hammer(kind: str) -> None:
+        s = pg_store(pg_url, key)
+        try:
+            while not stop.is_set():
+                try:
+                    if kind == "enrol":
+                        s.enrol(rec(A, "lost"), os.urandom(32), 1.0)
+                    else:
+                        ctx = os.urandom(32)
+                        s.post_intent(A, B, ctx, IntentRole.HOST, now=1, expires=60)
+                        s.post_intent(B, A, os.urandom(32), IntentRole.GUEST, now=1, expires=60)
+                except (RefusedError, NotFoundError):
+                    refused[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in ("enrol", "enrol", "intent")]
+    for t in threads:
+        t.start()
+    try:
+        _until(lambda: setup.pending_count() >= 6 or bool(errors))  # the hammers are going
+        setup.revoke(A, 2.0)
+        _until(lambda: refused[0] >= 30 or bool(errors))  # and go on, refused, after it
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    try:
+        assert not errors, errors
+        assert setup.device(A) is None and setup.eukeys((A,)) == {}
+        assert setup._conn.execute(
+            "SELECT count(*) FROM intents WHERE owner = %s OR peer = %s", (A, A)).fetchone()[0] == 0
+    finally:
+        setup.close()
+
+
+def test_requests_waiting_on_a_revoke_under_way_see_it_once_committed(
+    pg_url: str, key: bytes
+) -> None:
+    """A revoke under way (its statements as Store.revoke runs them, held before its commit):
+    an enrolment of the device, its intent and one naming it, through other connections, wait
+    for it, and once it commits all three are refused and nothing of them is stored.  (An
+    enrolment that asked ``revoked`` before its insert read nothing there, then inserted the
+    device anew once the revoke had deleted it.)"""
+    import psycopg
+
+    setup = pg_store(pg_url, key)
+    setup.enrol(rec(A, "lost"), os.urandom(32), 0.0)
+    setup.enrol(rec(B, "b"), None, 0.0)
+    outcomes: dict[str, object] = {}
+
+    def attempt(what: str) -> None:
+        s = pg_store(pg_url, key)
+        try:
+            if what == "enrol":
+                outcomes[what] = s.enrol(rec(A, "lost"), os.urandom(32), 1.0)
+            elif what == "own":
+                outcomes[what] = s.post_intent(A, B, CTX, IntentRole.HOST, now=1, expires=60)
+            else:
+                outcomes[what] = s.post_intent(B, A, b"\x0f" * 32, IntentRole.GUEST, now=1,
+                                               expires=60)
+        except BaseException as exc:
+            outcomes[what] = exc
+        finally:
+            s.close()
+
+    revoke = psycopg.connect(pg_url)  # a transaction, open until commit
+    try:
+        revoke.execute("SELECT name FROM devices WHERE device_id = %s FOR UPDATE", (A,))
+        revoke.execute("DELETE FROM intents WHERE owner = %s OR peer = %s", (A, A))
+        revoke.execute("DELETE FROM devices WHERE device_id = %s", (A,))
+        revoke.execute("INSERT INTO revoked (device_id, name, revoked_at) VALUES (%s, 'lost', 2)",
+                       (A,))
+        threads = [threading.Thread(target=attempt, args=(w,)) for w in ("enrol", "own", "toward")]
+        for t in threads:
+            t.start()
+        watch = psycopg.connect(pg_url, autocommit=True)
+        try:
+            _until(lambda: watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()").fetchone()[0] == 3)
+        finally:
+            watch.close()
+        revoke.commit()
+    finally:
+        revoke.close()
+    for t in threads:
+        t.join(30)
+    try:
+        assert isinstance(outcomes["enrol"], RefusedError), outcomes
+        assert isinstance(outcomes["own"], NotFoundError), outcomes
+        assert isinstance(outcomes["toward"], NotFoundError), outcomes
+        assert setup.device(A) is None and setup.eukeys((A,)) == {}
+        assert setup.pending_count() == 0
+    finally:
+        setup.close()
 
 
 # -- server processes sharing one database -------------------------------------------------------
@@ -508,3 +672,41 @@ def test_serve_with_a_bad_or_unreachable_database_says_so(
         assert text in done.stderr and "hunter2" not in done.stderr + done.stdout
         assert done.stderr.startswith("error: ") and done.stderr.count("\n") <= 2, done.stderr
         assert_no_traceback("the key server", done.stderr)
+
+
+async def test_revoke_through_the_cli_while_two_servers_serve(tmp_path: Path, pg_url: str) -> None:
+    """``pairkit ttp revoke --db`` (a process of its own) while b waits in server one for a and
+    a's earlier intent toward c waits in server two: both fail at once as for a device that is
+    not enrolled, and a's intent through either server is refused from then on."""
+    d = init_server_dir(tmp_path / "srv")
+    seal = d.seal_key.read_bytes()
+    one = await ServeProcess.start(d.root, "--db", pg_url)
+    two = await ServeProcess.start(d.root, "--db", pg_url)
+    try:
+        a, b, c = identity("a"), identity("b"), identity("c")
+        for dev in (a, b, c):
+            await enrol(one.address, d.ca_cert, dev)
+        b_waits = asyncio.ensure_future(request_key(
+            one.address, d.ca_cert, b, peer_id=a.device_id, context=CTX, role=IntentRole.HOST,
+            wait=30))
+        a_waits = asyncio.ensure_future(request_key(
+            two.address, d.ca_cert, a, peer_id=c.device_id, context=CTX, role=IntentRole.HOST,
+            wait=30))
+        await _pending(pg_url, seal, 2)
+        rc, out, err = await revoke_cli(d.root, a.device_id.hex(), "--db", pg_url, "--yes",
+                                        "--json")
+        assert rc == 0, err
+        assert json.loads(out)["revoked"]["intents"] == 2
+        with pytest.raises(NotFoundError, match="is not enrolled with this key server"):
+            await b_waits
+        with pytest.raises(NotFoundError, match="this device is not enrolled"):
+            await a_waits
+        for server in (one, two):
+            with pytest.raises(NotFoundError, match="this device is not enrolled"):
+                await request_key(server.address, d.ca_cert, a, peer_id=c.device_id,
+                                  context=CTX, role=IntentRole.HOST, wait=1)
+            with pytest.raises(RefusedError, match="revoked by the key server's administrator"):
+                await enrol(server.address, d.ca_cert, a)
+    finally:
+        logs = [await one.stop(), await two.stop()]
+    assert not any("postgresql://" in text for text in logs)

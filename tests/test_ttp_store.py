@@ -27,6 +27,7 @@ from pairkit.pairing.errors import (
 )
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from tests.pn_store_harness import check_pns_kept_under_their_gateways
+from tests.revoke_harness import check_revoke
 
 A, B, C, D = (bytes([n]) * 16 for n in (1, 2, 3, 4))
 CTX = b"\x09" * 32
@@ -50,7 +51,7 @@ def store_at(path: Path, key: bytes) -> TtpStore:
 def test_fresh_database_is_at_the_latest_version_in_wal_mode(tmp_path: Path, key: bytes) -> None:
     s = store_at(tmp_path / "db", key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     finally:
@@ -296,7 +297,7 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(tmp_path: Path, key: 
     db.close()
     s = store_at(path, key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         check_pns_kept_under_their_gateways(s, gws=(A, C), member=B, ids=(one, two))
         assert s._db.execute("PRAGMA foreign_key_check").fetchall() == []
         tables = " ".join(r[0] for r in s._db.execute(
@@ -323,3 +324,45 @@ def test_the_store_enrols_no_small_order_signing_key(
         assert s.device(A) is None
     finally:
         s.close()
+
+
+def test_revoke(tmp_path: Path, key: bytes) -> None:
+    s = store_at(tmp_path / "db", key)
+    try:
+        check_revoke(s)
+    finally:
+        s.close()
+
+
+def test_migration_to_5_keeps_the_devices_and_revokes(tmp_path: Path, key: bytes) -> None:
+    """A file of schema version 4 with devices, a PN and an intent: it opens at version 5 with
+    them all, a device can be revoked and stays revoked in the file (another store, a new
+    process, refuses its enrolment)."""
+    path = tmp_path / "db"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, upto=4) == 0
+    db.execute("PRAGMA foreign_keys = ON")
+    for d in (A, B):
+        db.execute("INSERT INTO devices VALUES (?, 'd', ?, ?, NULL, 1, 1)",
+                   (d, d * 2, b"\x05" * 32))
+    db.execute("INSERT INTO pns (gw_id, pn_id, gw_name, setup_type, created, updated) "
+               "VALUES (?, ?, 'gw', 1, 1, 1)", (A, b"\x71" * 16))
+    db.execute("INSERT INTO intents (owner, peer, context, role, created, expires) "
+               "VALUES (?, ?, ?, 1, 1, 1e12)", (B, A, CTX))
+    db.close()
+    s = store_at(path, key)
+    try:
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert [d["id"] for d in s.devices()] == [A.hex(), B.hex()] and s.revoked() == []
+        done = s.revoke(A, 9.0)
+        assert (done.intents, done.pns) == (1, 1)
+    finally:
+        s.close()
+    again = store_at(path, key)
+    try:
+        assert again.revoked() == [{"id": A.hex(), "name": "d", "revoked_at": 9.0}]
+        with pytest.raises(RefusedError, match="revoked"):
+            again.enrol(rec(A), None, 10.0)
+        assert again.device(A) is None and again.device(B) is not None
+    finally:
+        again.close()

@@ -34,7 +34,14 @@ from pathlib import Path
 
 import pytest
 
-from pairkit.keyserver.store import BUSY_TIMEOUT_MS, Sealer, StoreError, TtpStore, migrate
+from pairkit.keyserver.store import (
+    BUSY_TIMEOUT_MS,
+    SCHEMA_VERSION,
+    Sealer,
+    StoreError,
+    TtpStore,
+    migrate,
+)
 from pairkit.pairing.cpns import KeySource, ServerInventory, ServerMember, SetupType
 from pairkit.pairing.errors import AuthenticationError
 
@@ -116,7 +123,7 @@ def test_a_second_process_migrating_at_once_does_not_rerun_version_4(tmp_path: P
 
     s = TtpStore(path, Sealer(key))
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert [m["name"] for m in s.pn(A, pn).members] == ["b"]
         assert [m["name"] for m in s.pn(C, pn).members] == ["d"]
         assert s.local_eukey(A, pn, B) == b"\x0b" * 32
