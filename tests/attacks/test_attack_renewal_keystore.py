@@ -356,7 +356,7 @@ def tamper_group(ks: Keystore, epochs: dict[object, object]) -> None:
 @pytest.mark.parametrize("how", list(BAD_GROUP_EPOCHS))
 def test_a_group_epoch_pairkit_never_writes_is_refused_at_open(tmp_path: Path, how: str) -> None:
     ks = group_keystore(tmp_path / "keystore.pk")
-    tamper_group(ks, {1: GROUP_KEY, BAD_GROUP_EPOCHS[how]: GROUP_KEY})
+    tamper_group(ks, {BAD_GROUP_EPOCHS[how]: GROUP_KEY, 2: GROUP_KEY})  # True is 1 as a key
     with pytest.raises(KeystoreCorruptError) as refused:
         Keystore.open(tmp_path / "keystore.pk", PIN)
     text = str(refused.value)
