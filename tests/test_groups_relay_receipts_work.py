@@ -130,3 +130,22 @@ def check_steps(steps: list[Any], held: int) -> None:
             assert len(made) == len(wanted)
             assert made == RelayReceipts(wanted)
             assert RelayReceipts.from_plain(made.to_plain()) == made
+
+
+def test_a_store_read_after_many_replacements_is_still_the_models() -> None:
+    """300 newer epochs of one slot among a few others: the store read midway (where it drops
+    the receipts gone from what it keeps), then added to, and an older store added to, are
+    each what the model gives."""
+    store, expected = RelayReceipts(), ()
+    older = None
+    for epoch in range(1, 301):
+        for new in (receipt(A, MEMBERS[0], "g0", epoch), receipt(B, MEMBERS[epoch % 2], "g1")):
+            store, expected = store.add(new), model_add(expected, new)
+        if epoch == 150:
+            assert store.receipts == expected
+            older = (store, expected)
+    assert store.receipts == expected and len(store) == len(expected) == 3
+    assert older is not None
+    new = receipt(A, MEMBERS[1], "g2")
+    assert older[0].add(new).receipts == model_add(older[1], new)
+    assert store.add(new).receipts == model_add(expected, new)
