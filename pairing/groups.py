@@ -107,7 +107,7 @@ from .errors import (
     ReplayError,
     TooLargeError,
 )
-from .keystore import device_id_of
+from .keystore import MAX_GROUP_EPOCH, device_id_of
 from .wire import Message, decode_struct, encode_struct, field, message, struct
 
 __all__ = [
@@ -160,7 +160,8 @@ SENDER_SIZE: Final = 8
 TAG_SIZE: Final = 16
 HEADER_SIZE: Final = 1 + EPOCH_SIZE + RANDOMIZER_SIZE + SEQ_SIZE  #: 17
 ADVERT_OVERHEAD: Final = HEADER_SIZE + SENDER_SIZE + TAG_SIZE  #: 41
-MAX_EPOCH: Final = 2**32 - 1
+#: the last epoch: 4 bytes on the air; the keystore keeps keys up to it and no further
+MAX_EPOCH: Final = MAX_GROUP_EPOCH
 MAX_SEQ: Final = 2**32 - 1
 WINDOW_SIZE: Final = 64
 MAX_GROUP_NAME: Final = 32

@@ -145,8 +145,8 @@ def _group_keys_read(where: str, group: object, epochs: object) -> dict[int, byt
     return dict(epochs)
 
 
-#: the last epoch a group key is kept for (``pairing.groups.MAX_EPOCH``: a group's epoch goes
-#: on the air in 4 bytes)
+#: the last epoch a group key is kept for (``pairing.groups.MAX_EPOCH`` is this: a group's
+#: epoch goes on the air in 4 bytes)
 MAX_GROUP_EPOCH = 2**32 - 1
 
 #: retired cloud secrets kept per owned cloud (docs/security.md "Renewing the cloud secret"): a
