@@ -153,12 +153,11 @@ def _read_cert_file(path: Path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    if len(raw) > 16 * 1024:
-        raise ConfigError(f"{path} is too large to be a device certificate")
+    from pairkit.files import read_small_file
+
+    # sized before it is read, and only a regular file (session 20: a FIFO held the command
+    # for ever, /dev/zero filled its memory)
+    raw = read_small_file(path, 16 * 1024, "a device certificate")
     try:
         cert = (x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----")
                 else x509.load_der_x509_certificate(raw))

@@ -755,7 +755,12 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
     stopping (the partial file is kept as NAME.part beside where the file goes).
     """
     from pairkit.files import get_file, list_files
-    from pairkit.pairing.errors import ConfigError, LinkClosedError, PairingTimeout
+    from pairkit.pairing.errors import (
+        ConfigError,
+        GrownFileError,
+        LinkClosedError,
+        PairingTimeout,
+    )
     from pairkit.pairing.negotiation import Method
 
     from .common import info, run_async, unlock
@@ -777,6 +782,8 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
         _writable(dest, force)
     box: dict[str, Any] = {"fetched": []}
     done: set[str] = set()
+    #: --all: the files refused for having grown on the host since it listed them
+    grown: list[str] = []
 
     async def on_session(slink: Any, session: Any, membership: Any) -> None:
         box["peer"] = session.peer.device_id.hex()
@@ -805,12 +812,20 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
                 info(f"note: the peer listed {len(files)} file(s); {skipped} more cannot be "
                      "fetched with --all (ask for them by name)", quiet=as_json)
         for wanted in box.get("listed", names):
-            if wanted in done:
+            if wanted in done or wanted in grown:
                 continue
             box["current"] = wanted
-            fetched = await get_file(slink, wanted, dests[wanted], progress=Progress(wanted),
-                                     timeout=timeout, chunk_timeout=timeout, replace=force,
-                                     listed=box.get("sizes", {}).get(wanted))
+            try:
+                fetched = await get_file(slink, wanted, dests[wanted],
+                                         progress=Progress(wanted), timeout=timeout,
+                                         chunk_timeout=timeout, replace=force,
+                                         listed=box.get("sizes", {}).get(wanted))
+            except GrownFileError as exc:
+                # The host streams what it announced: refusing it ends this session, and the
+                # rest of the listing comes over a new one (atk19y finding 7).
+                grown.append(wanted)
+                _print_grown(wanted, exc, as_json)
+                raise
             box["fetched"].append(fetched)
             done.add(wanted)
             _print_fetched(fetched, as_json)
@@ -821,26 +836,42 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
     transport = _guest_transport(peer, transport)
     target = peer
     try:
-        for attempt in range(retries + 1):
+        attempt = 0
+        while True:
             opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
                                method=chosen, pin=pin, step_timeout=timeout)
             try:
                 run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
                 break
+            except GrownFileError:
+                # Refused and said; the other files come over a new session (no retry spent:
+                # each one refuses a file, so there are at most as many as files listed).
+                if all(n in done or n in grown for n in box.get("listed", ())):
+                    break
             except (LinkClosedError, PairingTimeout) as exc:
                 current = box.get("current")
                 part = _part(dests[current]) if current in dests else None
                 if attempt == retries or current in done or part is None or not part.exists():
                     raise
+                attempt += 1
                 info(f"link lost ({exc}); resuming {current} from {part.stat().st_size} bytes")
-                if "peer" in box and target != box["peer"]:
-                    # paired during the first try: reconnect to the now known peer by resume
-                    transport = transport or (peer if ":" in peer else None)
-                    target = box["peer"]
-                chosen = None
+            if "peer" in box and target != box["peer"]:
+                # paired during the first try: reconnect to the now known peer by resume
+                transport = transport or (peer if ":" in peer else None)
+                target = box["peer"]
+            chosen = None
     except BaseException as exc:
         _say_how_to_resume(box, dests, done, peer, transport, output, force, exc)
         raise
+    if grown:
+        info(f"not fetched: {len(grown)} file(s) that grew on the host since it listed them; "
+             "fetch them by name with:", essential=True)
+        info(f"  {_get_command(box, peer, transport, output, force, grown)}", essential=True)
+        raise GrownFileError(
+            f"{len(grown)} file(s) not fetched, grown on the host since it listed them: "
+            f"{', '.join(repr(n) for n in grown[:5])}{' ...' if len(grown) > 5 else ''}; "
+            f"{len(done)} other file(s) fetched"
+        )
 
 
 def _print_fetched(f: Any, as_json: bool) -> None:
@@ -856,6 +887,15 @@ def _print_fetched(f: Any, as_json: bool) -> None:
                    "restarted_from": f.restarted_from})
     else:
         click.echo(f"{f.path}  {f.size} bytes  sha256 {f.sha256}")
+
+
+def _print_grown(name: str, exc: BaseException, as_json: bool) -> None:
+    """One refused file's line (stderr; with --json its result line on stdout too)."""
+    from .common import emit_json, info
+
+    if as_json:
+        emit_json({"ok": False, "name": name, "error": str(exc)})
+    info(str(exc), essential=True)
 
 
 def _part(dest: Path) -> Path:
@@ -926,7 +966,6 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
                        exc: BaseException) -> None:
     """After a stopped transfer: what is kept, and the exact command that resumes it (the files
     not fetched yet; not one the host refused or does not have, which ``exc`` reports)."""
-    import shlex
 
     from pairkit.pairing.errors import ConfigError, ErrorCode, PairingError
 
@@ -947,6 +986,20 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
         part = None  # not a partial file of ours: put there by someone else (atk19f)
     if (part is None or not part.exists()) and not done:
         return
+    if part is not None and part.exists():
+        info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
+             "resume with:", essential=True)
+    else:
+        info(f"stopped: {len(done)} file(s) fetched, {len(left)} to go; fetch the rest with:",
+             essential=True)
+    info(f"  {_get_command(box, peer, transport, output, force, left)}", essential=True)
+
+
+def _get_command(box: dict[str, Any], peer: str, transport: str | None, output: str | None,
+                 force: bool, names: list[str]) -> str:
+    """The ``pairkit get`` command that fetches ``names`` from the peer of this run."""
+    import shlex
+
     # a peer paired by this run is known now: by name, it resumes with no PIN
     who = box.get("peer_name") if ":" in peer and "peer_name" in box else peer
     options: list[str] = []
@@ -956,19 +1009,13 @@ def _say_how_to_resume(box: dict[str, Any], dests: dict[str, Path], done: set[st
         options += ["-o", output]
     if force:
         options.append("--force")
-    if any(word.startswith("-") for word in (who, *left)):
+    if any(word.startswith("-") for word in (who, *names)):
         # The names are the host's (its listing) and so is its name: one that looks like an
         # option (--force, -o DIR) must stay a name in the command the user pastes (atk19f).
-        args = ["pairkit", "get", *options, "--", who, *left]
+        args = ["pairkit", "get", *options, "--", who, *names]
     else:
-        args = ["pairkit", "get", who, *left, *options]
-    if part is not None and part.exists():
-        info(f"stopped: {human_size(part.stat().st_size)} of {current!r} kept in {part}; "
-             "resume with:", essential=True)
-    else:
-        info(f"stopped: {len(done)} file(s) fetched, {len(left)} to go; fetch the rest with:",
-             essential=True)
-    info(f"  {shlex.join(args)}", essential=True)
+        args = ["pairkit", "get", who, *names, *options]
+    return shlex.join(args)
 
 
 @cli.command()

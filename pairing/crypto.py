@@ -82,6 +82,12 @@ _Y8: Final = 2707385501144840649318225287225658788936804267575313519463743609750
 #: tests/attacks/test_attack_small_order_signing_key.py works them out from the curve.
 SMALL_ORDER_Y: Final = frozenset({1, _P - 1, 0, _Y8, _P - _Y8})
 
+#: the signing key a machine is given for a peer whose record holds none (a record the
+#: library's ``Keystore.add_peer`` made; ``runtime/peers._known``): a point of small order
+#: (y = 0), which :func:`check_ed25519_public` refuses, so it verifies nothing.  Where it
+#: would be checked, the person is told no key is known and to pair again (session 20).
+NO_SIGNING_KEY: Final = bytes(32)
+
 
 def check_ed25519_public(public: bytes, whose: str) -> bytes:
     """``public`` if it is a usable Ed25519 public key; else :class:`UnusableKeyError`.

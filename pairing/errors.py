@@ -154,6 +154,11 @@ class TooLargeError(LocalError, ValueError):
     code = ErrorCode.TOO_LARGE
 
 
+class GrownFileError(TooLargeError):
+    """A file the host announced larger than its listing gave (``get --all`` fetches what was
+    listed): that file is refused, and the others are fetched (atk19y finding 7)."""
+
+
 class BusyError(LocalError):
     """The host is busy with other peers; try again in a moment."""
 

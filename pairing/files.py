@@ -28,6 +28,7 @@ from .errors import (
     AuthenticationError,
     ErrorCode,
     ExpiredError,
+    GrownFileError,
     NotFoundError,
     ProtocolError,
     RefusedError,
@@ -401,7 +402,7 @@ class FileFetch(Machine):
         if msg.name != self.name:
             raise ProtocolError("the host answered with another file")
         if self._listed is not None and msg.size > self._listed:
-            raise TooLargeError(
+            raise GrownFileError(
                 f"the host announced {msg.size} bytes for {self.name!r} and listed it as "
                 f"{self._listed} bytes; not fetched (fetch it by name if it grew)"
             )

@@ -90,6 +90,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -106,7 +107,7 @@ from .errors import (
     ReplayError,
     TooLargeError,
 )
-from .keystore import device_id_of
+from .keystore import MAX_GROUP_EPOCH, device_id_of
 from .wire import Message, decode_struct, encode_struct, field, message, struct
 
 __all__ = [
@@ -159,7 +160,8 @@ SENDER_SIZE: Final = 8
 TAG_SIZE: Final = 16
 HEADER_SIZE: Final = 1 + EPOCH_SIZE + RANDOMIZER_SIZE + SEQ_SIZE  #: 17
 ADVERT_OVERHEAD: Final = HEADER_SIZE + SENDER_SIZE + TAG_SIZE  #: 41
-MAX_EPOCH: Final = 2**32 - 1
+#: the last epoch: 4 bytes on the air; the keystore keeps keys up to it and no further
+MAX_EPOCH: Final = MAX_GROUP_EPOCH
 MAX_SEQ: Final = 2**32 - 1
 WINDOW_SIZE: Final = 64
 MAX_GROUP_NAME: Final = 32
@@ -1326,28 +1328,131 @@ def fair_batches(envelopes: Sequence[GroupEnvelope]) -> list[tuple[GroupEnvelope
     return [tuple(order[i:i + MAX_BATCH]) for i in range(0, len(order), MAX_BATCH)]
 
 
-@dataclasses.dataclass(frozen=True)
+#: the slot a relay keeps one receipt in: (controller, member, group)
+_Slot = tuple[bytes, bytes, str]
+
+
+def _slot(r: GroupReceipt) -> _Slot:
+    return (r.controller, r.member, r.group)
+
+
+class _ReceiptLog:
+    """What the stores of one line of :meth:`RelayReceipts.add` calls share: every receipt
+    added, in order, each with the version of the store it left (``dead``; a version is the
+    length of the log when it was made), and for the newest store (``head``) an index of its
+    receipts by slot and by controller, oldest first.  A store of version v holds the receipts
+    ``log[i]`` for i < v whose ``dead[i]`` is above v; an add to the newest store appends to
+    the log and updates the index, so it reads a bounded number of receipts whatever the store
+    holds (session 20: every add rebuilt the tuple and scanned it).  An add to an older store
+    starts a log of its own."""
+
+    __slots__ = ("dead", "head", "log", "slots", "theirs")
+
+    def __init__(self, receipts: Iterable[GroupReceipt]) -> None:
+        self.log: list[GroupReceipt] = list(receipts)
+        self.dead: list[int] = [_ALIVE] * len(self.log)
+        self.slots: dict[_Slot, list[int]] = {}
+        self.theirs: dict[bytes, OrderedDict[int, None]] = {}
+        for i, r in enumerate(self.log):
+            self.slots.setdefault(_slot(r), []).append(i)
+            self.theirs.setdefault(r.controller, OrderedDict())[i] = None
+        self.head = len(self.log)
+
+    def kill(self, i: int, version: int) -> None:
+        """Take ``log[i]`` out of the newest store from ``version`` on."""
+        r = self.log[i]
+        self.dead[i] = version
+        self.theirs[r.controller].pop(i, None)
+        held = self.slots[_slot(r)]
+        held.remove(i)  # one index, unless a store was built with a slot twice
+        if not held:
+            del self.slots[_slot(r)]
+
+
+#: a receipt still in the newest store
+_ALIVE: Final = 2**63
+
+
 class RelayReceipts:
     """Receipts a relay holds for controllers until they ask (:class:`ReceiptRequest`): at
     most one per controller, member and group, the newest epoch, and :data:`MAX_QUEUE` per
     controller (its oldest go first: one controller's receipts never push out another's,
-    atk19g finding 2).  A relay keeps what members signed; it cannot make one."""
+    atk19g finding 2).  A relay keeps what members signed; it cannot make one.
 
-    receipts: tuple[GroupReceipt, ...] = ()
+    A value: :meth:`add` gives a new store and leaves this one as it was.  Adds made one after
+    another to the newest store read a bounded number of receipts each (:class:`_ReceiptLog`);
+    :attr:`receipts` is put together when first read."""
+
+    __slots__ = ("_count", "_log", "_receipts", "_version")
+
+    def __init__(self, receipts: Iterable[GroupReceipt] = ()) -> None:
+        log = _ReceiptLog(receipts)
+        self._set(log, log.head, log.head, tuple(log.log))
+
+    def _set(self, log: _ReceiptLog, version: int, count: int,
+             receipts: tuple[GroupReceipt, ...] | None) -> None:
+        object.__setattr__(self, "_log", log)
+        object.__setattr__(self, "_version", version)
+        object.__setattr__(self, "_count", count)
+        object.__setattr__(self, "_receipts", receipts)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a RelayReceipts is not changed in place (set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a RelayReceipts is not changed in place (del {name!r})")
+
+    @property
+    def receipts(self) -> tuple[GroupReceipt, ...]:
+        """The receipts held, oldest first."""
+        if self._receipts is not None:
+            return self._receipts
+        log, v = self._log, self._version
+        made = tuple(log.log[i] for i in range(v) if log.dead[i] > v)
+        if log.head == v and v > 2 * len(made) + 64:
+            # Mostly receipts gone: the newest store starts a log of its own.
+            fresh = _ReceiptLog(made)
+            self._set(fresh, fresh.head, len(made), made)
+        else:
+            object.__setattr__(self, "_receipts", made)
+        return made
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RelayReceipts):
+            return NotImplemented
+        return self.receipts == other.receipts
+
+    def __hash__(self) -> int:
+        return hash(self.receipts)
+
+    def __repr__(self) -> str:
+        return f"RelayReceipts(receipts={self.receipts!r})"
 
     def add(self, receipt: GroupReceipt) -> RelayReceipts:
-        def same_slot(r: GroupReceipt) -> bool:
-            return (r.controller, r.member, r.group) == (
-                receipt.controller, receipt.member, receipt.group)
-
-        if any(same_slot(r) and r.epoch > receipt.epoch for r in self.receipts):
+        log, v = self._log, self._version
+        if log.head != v:  # an older store: its own log from here
+            log = _ReceiptLog(self.receipts)
+            v = log.head
+        slot = _slot(receipt)
+        held = log.slots.get(slot, ())
+        if any(log.log[i].epoch > receipt.epoch for i in held):
             return self
-        kept = tuple(r for r in self.receipts if not same_slot(r))
-        theirs = [r for r in kept if r.controller == receipt.controller]
-        if len(theirs) >= MAX_QUEUE:  # room among this controller's own, oldest first
-            gone = {id(r) for r in theirs[:len(theirs) - MAX_QUEUE + 1]}
-            kept = tuple(r for r in kept if id(r) not in gone)
-        return RelayReceipts((*kept, receipt))
+        version = v + 1
+        count = self._count - len(held)
+        for i in tuple(held):
+            log.kill(i, version)
+        theirs = log.theirs.setdefault(receipt.controller, OrderedDict())
+        while len(theirs) >= MAX_QUEUE:  # room among this controller's own, oldest first
+            log.kill(next(iter(theirs)), version)
+            count -= 1
+        log.log.append(receipt)
+        log.dead.append(_ALIVE)
+        log.slots.setdefault(slot, []).append(v)
+        theirs[v] = None
+        log.head = version
+        made = RelayReceipts.__new__(RelayReceipts)
+        made._set(log, version, count + 1, None)
+        return made
 
     def find(self, controller: bytes, envelopes: Iterable[bytes]) -> tuple[GroupReceipt, ...]:
         """The receipts for these envelope digests that name ``controller``."""
@@ -1357,7 +1462,7 @@ class RelayReceipts:
         )
 
     def __len__(self) -> int:
-        return len(self.receipts)
+        return self._count
 
     def to_plain(self) -> list[bytes]:
         return [r.encode_bytes() for r in self.receipts]

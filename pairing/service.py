@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidSignature
 
 from . import keyschedule
 from .cloud import Role
-from .crypto import ed25519_public, same
+from .crypto import NO_SIGNING_KEY, ed25519_public, same
 from .errors import AuthenticationError, ExpiredError, ProtocolError
 from .machine import Event, Question
 from .wire import Message, field, message, struct
@@ -212,6 +212,15 @@ def check_membership(
         raise AuthenticationError(
             "the host sent a cloud secret for another cloud than the one this device proved"
         )
+    if same(host_signing, NO_SIGNING_KEY):
+        # This device's record of the host holds no signing key (a resume shows none): no
+        # signature can be checked, so nothing is taken; said as such, not as a bad key
+        # (session 20: it read as a small-order key, or as a copy of the owner's device key).
+        raise AuthenticationError(
+            "this device knows the host by no signing key (its record of the host holds "
+            "none), so the cloud secret it sent cannot be checked and is refused; pair with it "
+            "again by PIN or QR code, which records the key it shows"
+        )
     renewal = proven is not None or m.cloud_id in held
     if renewal:
         epochs = member_epochs or {}
@@ -265,8 +274,8 @@ def check_membership(
             )
     if m.signature is None:
         raise AuthenticationError("the host's membership is not signed by the cloud's owner")
-    # A host known by no key (a resume's all-zero stand-in) or a small-order one: refused, as
-    # no signature by it means anything (docs/security.md rule 1).
+    # A small-order key: refused, as no signature by it means anything (docs/security.md
+    # rule 1); a host known by no key was refused above.
     key = ed25519_public(host_signing, "the host's")
     try:
         key.verify(

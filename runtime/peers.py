@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final
 
 from pairkit.pairing.cloud import Grant, Role
-from pairkit.pairing.crypto import same
+from pairkit.pairing.crypto import NO_SIGNING_KEY, same
 from pairkit.pairing.errors import AuthenticationError, NotFoundError, RefusedError
 from pairkit.pairing.keystore import Keystore, Peer, fingerprint_of
 from pairkit.pairing.methods import KnownPeer, LocalIdentity, Prekey, Session
@@ -79,7 +79,7 @@ def _known(p: Peer) -> KnownPeer:
         device_id=bytes.fromhex(p.id),
         name=p.name,
         static_public=p.static_public,
-        signing_public=p.signing_public or bytes(32),
+        signing_public=p.signing_public or NO_SIGNING_KEY,
         their_prekeys=tuple(bytes(d) for d in p.their_prekeys if isinstance(d, bytes)),
         our_prekeys=tuple(ours),
         authenticated=trusted(p),
@@ -337,8 +337,8 @@ def _record_session(
         extra["secret_given"] = True
     kept_irk = old_record.irk if old_record is not None else None
     # A resume shows no identity payload: its peer's signing key is the record's, or for a
-    # record without one the all-zero stand-in of _known (a small-order point, which takes
-    # signatures made with no key).  Only a key the peer showed is stored (atk18c finding 1).
+    # record without one the stand-in of _known (NO_SIGNING_KEY, a small-order point, which
+    # takes signatures made with no key).  Only a key the peer showed is stored (atk18c finding 1).
     signing = updated.signing_public
     if session.method.label == "resume" and old_record is not None:
         signing = old_record.signing_public

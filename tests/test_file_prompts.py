@@ -52,10 +52,12 @@ class Devices:
         folder.mkdir(exist_ok=True)
         return folder
 
-    def host(self) -> tuple[PtyProcess, str]:
-        """Paul hosts the share on a terminal, by PIN; (the process, its target)."""
+    def host(self, *methods: str) -> tuple[PtyProcess, str]:
+        """Paul hosts the share on a terminal, by PIN (and ``methods``); (the process, its
+        target)."""
+        more = [arg for m in methods for arg in ("--method", m)]
         host = PtyProcess(self.home("paul"), "host", "-t", "tcp:127.0.0.1:0", "--method", "pin",
-                          "--share", str(self.share), "--timeout", "60")
+                          *more, "--share", str(self.share), "--timeout", "60")
         self.ptys.append(host)
         address = host.expect(r"is waiting on (\S+)").group(1)
         return host, f"tcp:{address}"
@@ -169,3 +171,34 @@ def test_a_guest_that_vanishes_withdraws_the_file_prompt(devices: Devices) -> No
     host.line("o")
     rc, err = finished(ringo)
     assert rc == 0, err
+
+
+def test_a_file_that_grew_since_the_listing_is_refused_and_get_all_goes_on(
+    devices: Devices,
+) -> None:
+    """atk19y finding 7 (low): ``get --all`` holds the host to the sizes it listed, and a file
+    that grew on the host between the listing and its fetch ended the whole command there.  The
+    one file is refused, in words that say what happened and how to fetch it; the others come
+    (over a new session: the refusal ends the one the grown file was streaming on), and the
+    command ends with the refusal's exit code (1).  The owner answers "once" each time, so
+    b.txt grows after the listing and before it is sent, as the owner allows it."""
+    host, target = devices.host("resume")
+    pin = host.expect(r"PIN: (\d{6})").group(1)
+    george = devices.guest("george", target, "--all", "-m", "pin", "--pin", pin)
+    let_in(host, "George's phone")
+    for name in ("the list of shared files", "'a\\.txt'", "'b\\.txt'", "'c\\.txt'"):
+        host.expect(rf"George's phone asks for {name}\.")
+        host.expect(r"\[r\]efuse\? ")
+        if "b" in name:
+            with open(devices.share / "b.txt", "a") as grown:
+                grown.write("and more\n")
+        host.line("o")
+    rc, err = finished(george)
+    assert rc == 1, err
+    out = devices.out("george")
+    for name in ("a.txt", "c.txt"):
+        assert (out / name).read_text() == f"{name}\n", err
+    assert not (out / "b.txt").exists(), err
+    assert "'b.txt'" in err and "listed it as 6 bytes" in err, err
+    (again,) = [line for line in err.splitlines() if line.startswith("  pairkit get ")]
+    assert again.split()[-3:] == ["b.txt", "-o", str(out)], again

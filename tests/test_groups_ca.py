@@ -7,6 +7,8 @@ is its own process, the key servers too; keys travel over TCP.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,35 @@ def test_ca_trust_needs_a_certificate_and_cert_files_are_checked(tmp_path: Path)
     assert "too large" in run("add", "doors", "--cert", str(big)).output
     for result in (no_cert, bad, both, neither):
         assert "Traceback" not in result.output
+
+
+#: a cap on the address space of the ``group add`` process below: a read of the whole of
+#: /dev/zero or of a 1 GiB file ends in a MemoryError under it, not in a machine out of memory
+MEMORY_CAP = ("prlimit", f"--as={800 * 2**20}")
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None or not hasattr(os, "mkfifo"),
+                    reason="needs prlimit (util-linux) and FIFOs")
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "sparse-1GiB"])
+async def test_a_cert_file_is_sized_before_it_is_read(tmp_path: Path, kind: str) -> None:
+    """``group add --cert FILE`` read the whole file before checking its size: a FIFO nobody
+    writes to held it for ever, and /dev/zero or a large file filled its memory.  The file
+    must be a regular one, its size is checked before a byte is read, and the read is bounded
+    (session 19 doubt, fixed in session 20)."""
+    from pairkit.keystore import Argon2Params
+
+    Keystore.create(tmp_path / "keystore.pk", KEYSTORE_PIN, name="solo",
+                    kdf=Argon2Params.cheapest())
+    (await run_cli(tmp_path, "create", "doors", cmd=GROUP_CMD)).ok()
+    path = {"fifo": tmp_path / "cert.fifo", "dev-zero": Path("/dev/zero"),
+            "sparse-1GiB": tmp_path / "sparse.der"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "sparse-1GiB":
+        with open(path, "wb") as fh:
+            fh.truncate(2**30)
+    refused = await run_cli(tmp_path, "add", "doors", "--cert", str(path),
+                            cmd=(*MEMORY_CAP, *GROUP_CMD))
+    assert refused.rc == 2 and refused.err.startswith("error: "), refused
+    said = "too large" if kind == "sparse-1GiB" else "not a regular file"
+    assert str(path) in refused.err and said in refused.err, refused

@@ -76,12 +76,13 @@ from .seal import (
     ScryptParams,
 )
 from .storage import MemoryStorage, Storage
-from .store import Keystore, KeystoreNotFoundError
+from .store import MAX_GROUP_EPOCH, Keystore, KeystoreNotFoundError
 
 __all__ = [
     "DEFAULT_SCRYPT_N",
     "FORMAT_VERSION",
     "MAX_FILE_SIZE",
+    "MAX_GROUP_EPOCH",
     "MAX_NAME_LENGTH",
     "MIN_PIN_LENGTH",
     "Argon2Params",

@@ -116,6 +116,39 @@ def _unwritten(where: str, entry: Mapping[str, Any], what: str) -> KeystoreCorru
     )
 
 
+def _unwritten_group(where: str, group: object, what: str) -> KeystoreCorruptError:
+    """The keys of ``group`` hold ``what``, which no pairkit writes: the keystore is refused,
+    in words naming the group, never a key (session 20, as :func:`_unwritten` for clouds)."""
+    named = f"group {group[:40]!r}" if isinstance(group, str) and group else "a group"
+    return KeystoreCorruptError(
+        f"the keystore at {where} holds the keys of {named} {what}, which no pairkit writes "
+        "(another program with its PIN may have written it): it is not opened. Put back a "
+        "backup of the keystore"
+    )
+
+
+def _group_keys_read(where: str, group: object, epochs: object) -> dict[int, bytes]:
+    """A group's keys as :meth:`Keystore.store_group_key` writes them (a group name; an epoch
+    from 0 to :data:`MAX_GROUP_EPOCH`, not a flag; a key of 32 bytes), else refused: read with
+    ``int()`` and ``bytes()``, a text made up an epoch and the number 32 was 32 zero bytes, a
+    key everyone knows (session 20)."""
+    if not isinstance(group, str) or not group:
+        raise _unwritten_group(where, group, "under a name that is not a text")
+    if not isinstance(epochs, dict):
+        raise _unwritten_group(where, group, "in a form that is not a map of epochs")
+    for epoch, key in epochs.items():
+        if not _is_epoch(epoch) or epoch > MAX_GROUP_EPOCH:
+            raise _unwritten_group(where, group, f"at an epoch that is not a count from 0 to "
+                                   f"{MAX_GROUP_EPOCH}")
+        if not isinstance(key, bytes) or len(key) != KEY_SIZE:
+            raise _unwritten_group(where, group, f"with a key that is not {KEY_SIZE} bytes")
+    return dict(epochs)
+
+
+#: the last epoch a group key is kept for (``pairing.groups.MAX_EPOCH`` is this: a group's
+#: epoch goes on the air in 4 bytes)
+MAX_GROUP_EPOCH = 2**32 - 1
+
 #: retired cloud secrets kept per owned cloud (docs/security.md "Renewing the cloud secret"): a
 #: member that missed more renewals than this is asked about as a stranger once
 MAX_RETIRED_SECRETS = 16
@@ -391,6 +424,14 @@ class Keystore:
             if not isinstance(entry["secret"], bytes) or len(entry["secret"]) < 16:
                 raise _unwritten(storage.where, entry, "with a secret that is not one pairkit "
                                  "writes (16 bytes or more")
+            # An expiry as set_cloud takes one (none, or seconds from 0, finite), else refused:
+            # a text ended every join where it is compared, NaN never expired (session 20).
+            if entry["expires"] is not None:
+                try:
+                    _check_time(entry["expires"], "a cloud's expiry")
+                except ConfigError:
+                    raise _unwritten(storage.where, entry, "with an expiry that is not a time "
+                                     "pairkit writes (seconds from 0, finite") from None
             store._clouds[cloud_id] = {
                 "secret": entry["secret"],
                 "name": str(entry["name"]),
@@ -437,7 +478,7 @@ class Keystore:
                         and _written_back_as_read(value):
                     store._clouds[cloud_id][key] = value
         for group, epochs in data["groups"].items():
-            store._groups[group] = {int(epoch): bytes(key) for epoch, key in epochs.items()}
+            store._groups[group] = _group_keys_read(storage.where, group, epochs)
         store._settings = {k: _freeze(v, "a setting") for k, v in data["settings"].items()}
         return store
 
@@ -1033,8 +1074,9 @@ class Keystore:
     def _check_group(group: object, epoch: object) -> None:
         if not isinstance(group, str) or not group:
             raise ConfigError("a group name must be a non-empty text")
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ConfigError("a group epoch must be a non-negative integer")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) \
+                or not 0 <= epoch <= MAX_GROUP_EPOCH:
+            raise ConfigError(f"a group epoch must be a whole number from 0 to {MAX_GROUP_EPOCH}")
 
     @staticmethod
     def _check_nonce(nonce: object) -> bytes:

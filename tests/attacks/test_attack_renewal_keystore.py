@@ -277,3 +277,128 @@ def test_the_bad_secrets_are_what_set_cloud_refuses(tmp_path: Path) -> None:
     for secret in BAD_SECRETS.values():
         with pytest.raises(ConfigError):
             ks.set_cloud(CLOUD, secret, name="x", role="member")  # type: ignore[arg-type]
+
+
+# -- a cloud's expiry, and the groups' epochs and keys (session 20) ----------------------------
+
+#: expiries ``set_cloud`` refuses, as a keystore written with the PIN may hold them: read as
+#: they were, a text ended every join in "internal error (TypeError)" where the expiry is
+#: compared, NaN and infinity never expire, and a flag reads as 1 s after 1970
+BAD_EXPIRIES: dict[str, object] = {
+    "negative": -1,
+    "true": True,
+    "text": "soon",
+    "bytes": b"\x00" * 8,
+    "nan": float("nan"),
+    "infinite": float("inf"),
+}
+
+
+@pytest.mark.parametrize("how", list(BAD_EXPIRIES))
+def test_a_cloud_expiry_pairkit_never_writes_is_refused_at_open(
+    tmp_path: Path, how: str,
+) -> None:
+    ks = member_keystore(tmp_path / "keystore.pk", PAUL)
+    tamper_field(ks, CLOUD, "expires", BAD_EXPIRIES[how])
+    with pytest.raises(KeystoreCorruptError) as refused:
+        Keystore.open(tmp_path / "keystore.pk", PIN)
+    text = str(refused.value)
+    assert "Paul's cloud" in text and "expir" in text and "backup" in text, text
+    assert (b"m" * 32).hex() not in text and "m" * 32 not in text
+
+
+def test_the_bad_expiries_are_what_set_cloud_refuses(tmp_path: Path) -> None:
+    from pairkit.pairing.errors import ConfigError
+
+    ks = member_keystore(tmp_path / "keystore.pk", None)
+    for expires in BAD_EXPIRIES.values():
+        with pytest.raises(ConfigError):
+            ks.set_cloud(CLOUD, os.urandom(32), name="x", role="member", expires=expires)  # type: ignore[arg-type]
+
+
+#: a group key as a keystore written with the PIN may hold it (pairkit writes 32 bytes)
+GROUP_KEY = b"g" * 32
+#: group epochs ``store_group_key`` refuses: read with ``int(...)``, a text or a fraction made
+#: up an epoch, a flag was epoch 1, and an epoch past any a group reaches (``MAX_EPOCH``) was
+#: held as if a controller had given it
+BAD_GROUP_EPOCHS: dict[str, object] = {
+    "negative": -1,
+    "true": True,
+    "text": "5",
+    "fraction": 2.5,
+    "past-max-epoch": 2**32,
+    "absurd": 2**63,
+}
+#: group keys ``store_group_key`` refuses: read with ``bytes(...)``, the number 32 was 32 zero
+#: bytes, a key everyone knows (anyone would forge the group's commands)
+BAD_GROUP_KEYS: dict[str, object] = {
+    "a-number": 32,
+    "short": GROUP_KEY[:31],
+    "long": GROUP_KEY + b"g",
+    "text": "g" * 32,
+}
+
+
+def group_keystore(path: Path) -> Keystore:
+    ks = Keystore.create(path, PIN, name="Paul", kdf=Argon2Params.cheapest())
+    with ks.update():
+        ks.store_group_key("doors", 1, GROUP_KEY)
+    return ks
+
+
+def tamper_group(ks: Keystore, epochs: dict[object, object]) -> None:
+    """What a process with the keystore's PIN can write: the keys of group "doors"."""
+    with ks.update():
+        ks._groups["doors"] = epochs  # type: ignore[assignment]
+        ks._dirty = True
+
+
+@pytest.mark.parametrize("how", list(BAD_GROUP_EPOCHS))
+def test_a_group_epoch_pairkit_never_writes_is_refused_at_open(tmp_path: Path, how: str) -> None:
+    ks = group_keystore(tmp_path / "keystore.pk")
+    tamper_group(ks, {BAD_GROUP_EPOCHS[how]: GROUP_KEY, 2: GROUP_KEY})  # True is 1 as a key
+    with pytest.raises(KeystoreCorruptError) as refused:
+        Keystore.open(tmp_path / "keystore.pk", PIN)
+    text = str(refused.value)
+    assert "'doors'" in text and "epoch" in text and "backup" in text, text
+    assert GROUP_KEY.hex() not in text and "g" * 32 not in text
+
+
+@pytest.mark.parametrize("how", list(BAD_GROUP_KEYS))
+def test_a_group_key_pairkit_never_writes_is_refused_at_open(tmp_path: Path, how: str) -> None:
+    ks = group_keystore(tmp_path / "keystore.pk")
+    tamper_group(ks, {1: GROUP_KEY, 2: BAD_GROUP_KEYS[how]})
+    with pytest.raises(KeystoreCorruptError) as refused:
+        Keystore.open(tmp_path / "keystore.pk", PIN)
+    text = str(refused.value)
+    assert "'doors'" in text and "key" in text and "backup" in text, text
+    assert GROUP_KEY.hex() not in text and "g" * 32 not in text
+
+
+def test_the_bad_group_epochs_and_keys_are_what_store_group_key_refuses(tmp_path: Path) -> None:
+    from pairkit.pairing.errors import ConfigError
+
+    ks = group_keystore(tmp_path / "keystore.pk")
+    for epoch in BAD_GROUP_EPOCHS.values():
+        with pytest.raises(ConfigError):
+            ks.store_group_key("doors", epoch, GROUP_KEY)  # type: ignore[arg-type]
+    for key in BAD_GROUP_KEYS.values():
+        with pytest.raises(ConfigError):
+            ks.store_group_key("doors", 2, key)  # type: ignore[arg-type]
+
+
+def test_groups_as_pairkit_writes_them_save_unchanged(tmp_path: Path) -> None:
+    """The control: epochs 0, 1 and the last a group reaches, each a 32-byte key, are read
+    back as they were (opened and saved again, the body is the same bytes)."""
+    path = tmp_path / "keystore.pk"
+    ks = group_keystore(path)
+    with ks.update():
+        ks.store_group_key("doors", 0, b"h" * 32)
+        ks.store_group_key("doors", 2**32 - 1, b"i" * 32)
+        ks.store_group_key("vents", 7, b"j" * 32)
+    body = ks._body()
+    again = Keystore.open(path, PIN)
+    assert again.group_epochs("doors") == (0, 1, 2**32 - 1)
+    with again.update():
+        again._dirty = True
+    assert Keystore.open(path, PIN)._body() == body

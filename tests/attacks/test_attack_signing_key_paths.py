@@ -27,6 +27,7 @@ Played with the library's host and guest over the encrypted loopback
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,43 @@ async def test_a_resume_gives_a_record_without_a_signing_key_no_key_nobody_showe
     await session.close()
 
 
+@pytest.mark.parametrize("kept", ["owner-signing-kept", "no-owner-signing-kept"])
+async def test_a_host_known_by_no_signing_key_is_refused_in_words_that_say_so(
+    tmp_path: Path, kept: str,
+) -> None:
+    """George is a member of Paul's cloud; his record of Paul holds no signing key (a record
+    the library's ``add_peer`` made); Paul renewed his cloud's secret; George resumes.  The
+    renewal is refused, as no signature means anything without a key, but in words that say
+    what is wrong and what to do: no key is known for Paul here, pair with him again.  Before,
+    George read of a "small order" key (the all-zero stand-in of ``_known``), or, where the
+    cloud kept Paul's key, that someone may hold a copy of Paul's device key.  Pairing again by
+    PIN then takes the renewal."""
+    paul, george, owner = await paul_and_george(tmp_path, WHERE, member=True)
+    cloud_id = paul.keystore.device_id[:16]
+    if kept == "no-owner-signing-kept":  # a cloud joined before session 18 kept the key
+        ks = george.keystore
+        with ks.update():
+            info = ks.cloud(cloud_id)
+            secret = ks._clouds[cloud_id]["secret"]
+            ks.set_cloud(cloud_id, secret, name=info.name, role=info.role, epoch=info.epoch,
+                         owner=info.owner)
+    drop_signing_key(george, paul)
+    with paul.keystore.update():
+        paul.keystore.renew_cloud_secret(cloud_id, os.urandom(32))
+    session, error = await pair(paul, owner, george, WHERE, target="Paul", method="resume")
+    if session is not None:
+        await session.close()
+    assert error is not None, "George took a renewal from a host he knows by no key"
+    text = str(error)
+    assert "no signing key" in text and "pair with it again" in text, text
+    assert "small order" not in text and "copy" not in text, text
+    george.keystore.follow()
+    assert george.keystore.cloud(cloud_id).epoch == 0, "the renewal was taken"
+    session, error = await pair(paul, owner, george, WHERE, pin="246810", wants="member")
+    assert error is None and session is not None, f"pairing again was refused: {error}"
+    await session.close()
+    george.keystore.follow()
+    assert george.keystore.cloud(cloud_id).epoch == 1
 
 
 def clouds(path: Path) -> dict[str, tuple[str, str | None]]:
