@@ -641,5 +641,5 @@ def _skipped_text(name: str, has_key: bool) -> str:
     if has_key:
         return f" (hosts nearby not recognised as {name} by its address key were not asked)"
     return (f" (hosts nearby not recognisable as {name} were not asked: this device holds no "
-            "address key of it, which a host gives only to its members; join with "
-            "--ask-any-host to ask them too, telling each of them this device's id)")
+            "address key of it, which a host gives only to its members; --ask-any-host "
+            "asks them too, telling each of them this device's id)")

@@ -685,6 +685,10 @@ def _peer_options(f: Any) -> Any:
                      help="Longest wait, in seconds, for any one thing: a reply from PEER, or "
                           "a person deciding (its owner letting you in or allowing a file); "
                           "then the command ends with exit code 4."),
+        click.option("--ask-any-host", is_flag=True,
+                     help="When PEER moved (a BLE host rotates its address), also ask the "
+                          "hosts nearby this device cannot recognise as it, telling each of "
+                          "them this device's id (as 'join --ask-any-host')."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
         keystore_pin_option,
     ]):
@@ -697,7 +701,7 @@ def _peer_options(f: Any) -> Any:
 @click.argument("peer", shell_complete=complete_peer)
 @_peer_options
 def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None, yes: bool,
-           timeout: float, as_json: bool) -> None:
+           timeout: float, ask_any_host: bool, as_json: bool) -> None:
     """List the files PEER shares (name, size, type).
 
     PEER is a known peer's name or id (it resumes with no prompt), or tcp:HOST:PORT with
@@ -719,7 +723,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     ks = unlock()
     transport = _guest_transport(peer, transport)
     opts = JoinOptions(target=peer, transport=transport, yes=yes, json=as_json,
-                       method=chosen, pin=pin, step_timeout=timeout)
+                       method=chosen, pin=pin, step_timeout=timeout, ask_any_host=ask_any_host)
     run_async(lambda: run_join(ks, opts, on_session=on_session))
     files = box.get("files", [])
     if as_json:
@@ -753,7 +757,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
 @_peer_options
 def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, force: bool,
         retries: int, transport: str | None, method: str | None, pin: str | None,
-        yes: bool, timeout: float, as_json: bool) -> None:
+        yes: bool, timeout: float, ask_any_host: bool, as_json: bool) -> None:
     """Fetch the shared files NAME... (or --all) from PEER, with progress and a SHA-256 check.
 
     All the files come in one session: an owner who allows "for this session" is asked once.
@@ -831,7 +835,8 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
     try:
         for attempt in range(retries + 1):
             opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
-                               method=chosen, pin=pin, step_timeout=timeout)
+                               method=chosen, pin=pin, step_timeout=timeout,
+                               ask_any_host=ask_any_host)
             try:
                 run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
                 break
