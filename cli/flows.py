@@ -56,6 +56,7 @@ from pairkit.session import (
     open_session,
 )
 from pairkit.session import resolve_target as resolve
+from pairkit.transports.ble.privacy import is_resolvable
 
 from . import store
 from .common import CliDelegate, info
@@ -618,15 +619,19 @@ async def _nearby_hosts(
     the host's address key (``has_key``: a member's), only the addresses that resolve to it
     (docs/security.md "Recognising a host across addresses"); without it (a guest, a record
     older than the key), only hosts whose hello tag says they are in one of our clouds, so
-    members of it.  A host recognised as another known device is never the one looked for.
-    ``any_host`` (``--ask-any-host``, typed by the person) also asks the rest, after those."""
+    members of it.  The key judges only addresses of an RPA's form: a host whose controller
+    refused RPAs (random static addresses) or a scanner that hides addresses (CoreBluetooth's
+    UUIDs) leaves the tag to judge, as without the key.  A host recognised as another known
+    device is never the one looked for.  ``any_host`` (``--ask-any-host``, typed by the
+    person) also asks the rest, after those."""
     found, _ = await discover(transport, ks, seconds)
     wanted = device.hex()
 
     def ours(f: Any) -> bool:
         if f.device is not None:
             return bool(f.device == wanted)
-        return not has_key and f.cloud is not None
+        key_judges = has_key and is_resolvable(f.address)
+        return not key_judges and f.cloud is not None
 
     tried = [f for f in found if ours(f)]
     rest = [f for f in found if not ours(f) and f.device is None]

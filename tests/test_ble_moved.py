@@ -4,8 +4,9 @@ returning device tells its id only to a host it recognises as its own (docs/secu
 host's address key is tests/attacks/test_attack_privacy_fishing_host.py).
 
 Looking for it nearby, a device asks only the hosts whose address resolves to the host's
-address key when it holds one (a member), else only the hosts of its own clouds (their hello
-tag), and every other host only when the person typed ``--ask-any-host``.
+address key when it holds one (a member; an address no key can judge, a static one, goes by
+the tag), else only the hosts of its own clouds (their hello tag), and every other host only
+when the person typed ``--ask-any-host``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ async def test_a_member_finds_its_host_by_its_address_key_after_it_rotates(
     # the new address is remembered for next time
     record = reopen(tv).get_peer("Paul's phone")
     assert record.extra["address"] == host.address
+
+
+async def test_a_member_finds_a_host_on_static_addresses_by_its_clouds_tag(
+    world: World, paul: Keystore, tv: Keystore
+) -> None:
+    """A host whose controller keeps random static addresses (no RPA: "static (...)") gives its
+    members the key all the same, and no key resolves a static address: the member goes by
+    its cloud's tag there, as a member without the key does."""
+    host = await world.start_host(paul, person=Person(join=Grant(Role.MEMBER)),
+                                  device={"private_addresses": False})
+    assert host.transport.address_privacy.startswith("static")
+    guest = await world.device()
+    await world.join(reopen(tv), guest, host, method=Method.PIN)
+    assert reopen(tv).get_peer("Paul's phone").irk is not None
+    old = host.address
+    await host.presence.open_window(60)  # a new window: a new static address
+    assert host.address != old
+    session, _ = await world.join(reopen(tv), guest, None, method=None, target="Paul's phone")
+    assert session.method is Method.RESUME
+    assert reopen(tv).get_peer("Paul's phone").extra["address"] == host.address
 
 
 async def test_a_guest_asks_no_host_it_cannot_recognise_unless_told_to(
