@@ -56,6 +56,7 @@ from pairkit.session import (
     open_session,
 )
 from pairkit.session import resolve_target as resolve
+from pairkit.transports.ble.privacy import is_resolvable
 
 from . import store
 from .common import CliDelegate, info
@@ -433,6 +434,9 @@ class JoinOptions:
     ttp: str | None = None
     ttp_ca: str | None = None
     ttp_peer: bytes | None = None
+    #: a known BLE host not at its last address: also ask the hosts nearby this device cannot
+    #: recognise as it, telling each this device's id (``--ask-any-host``; :func:`_nearby_hosts`)
+    ask_any_host: bool = False
 
 
 def resolve_target(ks: Keystore, opts: JoinOptions) -> tuple[str, str | None, KnownPeer | None]:
@@ -526,8 +530,13 @@ async def run_join(
                 raise
             first_error = exc
         info(f"{peer.name} is not at {address} any more; looking for it nearby", quiet=opts.json)
-        for candidate in await _nearby_hosts(transport, ks, seconds=3.0,
-                                             device=peer.device_id):
+        record = ks.peer_by_id(peer.device_id.hex())
+        has_key = record is not None and record.irk is not None
+        candidates, skipped = await _nearby_hosts(
+            transport, ks, seconds=3.0, device=peer.device_id, has_key=has_key,
+            any_host=opts.ask_any_host,
+        )
+        for candidate in candidates:
             if candidate == address:
                 continue
             try:
@@ -536,7 +545,7 @@ async def run_join(
                 continue
         raise NotFoundError(
             f"{peer.name} did not answer at {address} and was not found nearby; is it hosting "
-            "and in range?"
+            f"and in range?{_skipped_text(peer.name, has_key) if skipped else ''}"
         ) from first_error
     except PairingError as exc:
         lost = getattr(transport, "lost", None)
@@ -598,11 +607,44 @@ async def _host_named(transport: Any, ks: Keystore, name: str, *, quiet: bool,
     return matches[0]
 
 
-async def _nearby_hosts(transport: Any, ks: Keystore, *, seconds: float,
-                        device: bytes | None = None) -> list[str]:
-    """Addresses of the pairkit hosts heard: first the one whose address resolves to
-    ``device`` by the address key it gave us (docs/security.md "Recognising a host across
-    addresses"), then those of our clouds, then the others."""
+async def _nearby_hosts(
+    transport: Any, ks: Keystore, *, seconds: float, device: bytes, has_key: bool,
+    any_host: bool = False,
+) -> tuple[list[str], bool]:
+    """(addresses to try, whether hosts were heard and left out) when looking for the known
+    host ``device`` that is not at its last address (attack review atk19p, finding 4).
+
+    Joining a host as the known device this one is tells it this device's id in the clear
+    (``JoinRequest``, docs/protocol.md §10), so only a host recognisably ours is asked: with
+    the host's address key (``has_key``: a member's), only the addresses that resolve to it
+    (docs/security.md "Recognising a host across addresses"); without it (a guest, a record
+    older than the key), only hosts whose hello tag says they are in one of our clouds, so
+    members of it.  The key judges only addresses of an RPA's form: a host whose controller
+    refused RPAs (random static addresses) or a scanner that hides addresses (CoreBluetooth's
+    UUIDs) leaves the tag to judge, as without the key.  A host recognised as another known
+    device is never the one looked for.  ``any_host`` (``--ask-any-host``, typed by the
+    person) also asks the rest, after those."""
     found, _ = await discover(transport, ks, seconds)
-    wanted = device.hex() if device is not None else None
-    return [f.address for f in sorted(found, key=lambda f: (f.device != wanted, f.cloud is None))]
+    wanted = device.hex()
+
+    def ours(f: Any) -> bool:
+        if f.device is not None:
+            return bool(f.device == wanted)
+        key_judges = has_key and is_resolvable(f.address)
+        return not key_judges and f.cloud is not None
+
+    tried = [f for f in found if ours(f)]
+    rest = [f for f in found if not ours(f) and f.device is None]
+    if any_host:
+        tried += rest
+    order = sorted(tried, key=lambda f: (f.device != wanted, f.cloud is None))
+    return [f.address for f in order], bool(rest) and not any_host
+
+
+def _skipped_text(name: str, has_key: bool) -> str:
+    """The clause a failed search adds when it left hosts out: it names and counts none."""
+    if has_key:
+        return f" (hosts nearby not recognised as {name} by its address key were not asked)"
+    return (f" (hosts nearby not recognisable as {name} were not asked: this device holds no "
+            "address key of it, which a host gives only to its members; --ask-any-host "
+            "asks them too, telling each of them this device's id)")

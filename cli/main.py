@@ -436,15 +436,23 @@ def host(transport: str | None, methods: tuple[str, ...], pin: str | None,
               help="Longest wait, in seconds, for any one thing: a reply from the host, or a "
                    "person deciding (the host's owner letting you in, you comparing a code); "
                    "then join ends with exit code 4.")
+@click.option("--ask-any-host", is_flag=True,
+              help="A known BLE host not at its last address is looked for nearby, only "
+                   "among the hosts this device recognises: by the address key a host gives "
+                   "its members, else by the hello of one of this device's clouds. This also "
+                   "asks every other pairkit host heard, telling each of them this device's id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @keystore_pin_option
 @_ttp_options
 def join(target: str, transport: str | None, method: str | None, pin: str | None,
          qr_uri: str | None, qr_image: str | None, allow_insecure: bool, yes: bool,
-         timeout: float, as_json: bool, ttp_server: str | None, ttp_ca: str | None,
-         ttp_peer: str | None) -> None:
+         timeout: float, ask_any_host: bool, as_json: bool, ttp_server: str | None,
+         ttp_ca: str | None, ttp_peer: str | None) -> None:
     """Pair with TARGET: tcp:HOST:PORT, a BLE address from 'discover', a known peer's name,
     or over a radio the name a visible host gives (its hello response).
+
+    A known BLE host that moved (it rotates its address) is looked for nearby, but only
+    among the hosts this device can recognise as it (see --ask-any-host).
 
     \b
     Examples:
@@ -479,7 +487,7 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
     opts = JoinOptions(
         target=target, method=chosen, transport=transport, pin=pin, qr=qr, yes=yes,
         json=as_json, allow_insecure=allow_insecure, step_timeout=timeout,
-        **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
+        ask_any_host=ask_any_host, **_ttp_settings(ks, ttp_server, ttp_ca, ttp_peer),
     )
     session, membership = run_async(lambda: run_join(ks, opts))
     if as_json:
@@ -677,6 +685,10 @@ def _peer_options(f: Any) -> Any:
                      help="Longest wait, in seconds, for any one thing: a reply from PEER, or "
                           "a person deciding (its owner letting you in or allowing a file); "
                           "then the command ends with exit code 4."),
+        click.option("--ask-any-host", is_flag=True,
+                     help="When PEER moved (a BLE host rotates its address), also ask the "
+                          "hosts nearby this device cannot recognise as it, telling each of "
+                          "them this device's id (as 'join --ask-any-host')."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
         keystore_pin_option,
     ]):
@@ -689,7 +701,7 @@ def _peer_options(f: Any) -> Any:
 @click.argument("peer", shell_complete=complete_peer)
 @_peer_options
 def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None, yes: bool,
-           timeout: float, as_json: bool) -> None:
+           timeout: float, ask_any_host: bool, as_json: bool) -> None:
     """List the files PEER shares (name, size, type).
 
     PEER is a known peer's name or id (it resumes with no prompt), or tcp:HOST:PORT with
@@ -711,7 +723,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
     ks = unlock()
     transport = _guest_transport(peer, transport)
     opts = JoinOptions(target=peer, transport=transport, yes=yes, json=as_json,
-                       method=chosen, pin=pin, step_timeout=timeout)
+                       method=chosen, pin=pin, step_timeout=timeout, ask_any_host=ask_any_host)
     run_async(lambda: run_join(ks, opts, on_session=on_session))
     files = box.get("files", [])
     if as_json:
@@ -745,7 +757,7 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
 @_peer_options
 def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, force: bool,
         retries: int, transport: str | None, method: str | None, pin: str | None,
-        yes: bool, timeout: float, as_json: bool) -> None:
+        yes: bool, timeout: float, ask_any_host: bool, as_json: bool) -> None:
     """Fetch the shared files NAME... (or --all) from PEER, with progress and a SHA-256 check.
 
     All the files come in one session: an owner who allows "for this session" is asked once.
@@ -839,7 +851,8 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
         attempt = 0
         while True:
             opts = JoinOptions(target=target, transport=transport, yes=yes, json=as_json,
-                               method=chosen, pin=pin, step_timeout=timeout)
+                               method=chosen, pin=pin, step_timeout=timeout,
+                               ask_any_host=ask_any_host)
             try:
                 run_async(lambda o=opts: run_join(ks, o, on_session=on_session))
                 break

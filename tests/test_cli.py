@@ -91,7 +91,7 @@ async def test_help_for_every_subcommand_and_version(tmp_path: Path) -> None:
                    "--timeout", "--json", "--yes"):
         assert option in host_help
     join_help = subs[SUBCOMMANDS.index("join")].out
-    for option in ("--qr", "--qr-image", "--pin", "--allow-insecure", "--json"):
+    for option in ("--qr", "--qr-image", "--pin", "--allow-insecure", "--ask-any-host", "--json"):
         assert option in join_help
     # The console script and ``python -m cli.main`` are the same command.
     script, module, unknown = await asyncio.gather(

@@ -67,6 +67,8 @@ async def test_every_subcommand_has_json_and_pin_file_where_it_opens_the_keystor
         assert result.rc == 0, result
         assert "--json" in result.out, f"pairkit {command} has no --json"
         assert ("--pin-file" in result.out) is opens, f"pairkit {command}: --pin-file"
+        # the commands that look for a moved known peer nearby (atk19p finding 4)
+        assert ("--ask-any-host" in result.out) is (command in ("join", "ls", "get")), command
     # every subcommand is in the table: none was forgotten
     top = await run_cli(None, "--help", pin=None)
     commands = top.out.split("Commands:")[1].split("Exit codes:")[0]

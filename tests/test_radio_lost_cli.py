@@ -109,7 +109,9 @@ async def test_a_radio_killed_mid_pairing_ends_that_guest_and_a_known_peer_resum
 ) -> None:
     """kill -9 while a guest is connected and mid-pairing: that guest's link ends with an
     error (not at some timeout), the host carries on; the radio comes back as other
-    controllers (ports swapped), and George, paired before, resumes with no PIN."""
+    controllers (ports swapped), and George, paired before, resumes with no PIN: a guest, he
+    holds no address key to recognise the host's fresh address by, so he asks the hosts nearby
+    (``--ask-any-host``: README "Known peers come back")."""
     paul, george = devices["paul"], devices["george"]
     paul_radio, george_radio = radio.names
     host = await HostProcess.start(
@@ -140,7 +142,7 @@ async def test_a_radio_killed_mid_pairing_ends_that_guest_and_a_known_peer_resum
         await host.wait_for(BACK, since=mark, timeout=BACK_TIMEOUT)
         _no_third_party_text(host, mark)
 
-        again = await george.join("Paul's phone", "--json", timeout=60.0)
+        again = await george.join("Paul's phone", "--ask-any-host", "--json", timeout=60.0)
         assert again.ok().json()["method"] == "resume"
         assert (await host.next_result())["method"] == "resume"
     finally:
