@@ -665,20 +665,40 @@ async def add_members(
     reach: Reach | None = None,
     policy: RetryPolicy | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
-    """Add the known ``peers`` (and the devices whose certificates are ``certs``, in a group
-    trusted through the CA: the controller need not have paired with them) to ``name`` and
-    make one delivery round (through the relay ``via`` if given), the other pending members
-    included.  A member that cannot be reached stays pending.  ``transport`` and ``address``
-    say where to reach the first hop (the members, or their relay) when not where the
-    keystore last saw it.
+    """Add the known ``peers`` (and the devices whose certificates are ``certs``) to ``name``
+    (:func:`admit_members`) and make one delivery round (through the relay ``via`` if given),
+    the other pending members included: when the group moved to a new epoch, every member
+    is sent its key.  A member that cannot be reached stays pending."""
+    admit_members(ks, name, peers, certs=certs, via=via, transport=transport, address=address,
+                  clock=(reach or Reach()).clock)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
+
+
+def admit_members(
+    ks: Keystore,
+    name: str,
+    peers: Sequence[str] = (),
+    *,
+    certs: Sequence[bytes] = (),
+    via: str | None = None,
+    transport: str | None = None,
+    address: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> GroupRecord:
+    """Record the known ``peers`` (and the devices whose certificates are ``certs``, in a
+    group trusted through the CA: the controller need not have paired with them) as members
+    of ``name``, reached through the relay ``via`` if given, and deliver nothing yet (the
+    next round does: :func:`deliver_pending`, ``pairkit group sync``).  ``transport`` and
+    ``address`` say where to reach the first hop (the members, or their relay) when not where
+    the keystore last saw it.
 
     When the group's current key may have protected a broadcast (a member holds it, or this
     controller broadcast under it: :meth:`~pairing.groups.GroupRecord.joined`), the group
-    moves to a new epoch with a new key in the same save, as ``remove`` does, and the round
-    delivers it to every member: the new ones cannot read what the group said before they
-    joined (attack review atk19g, finding 3).  All the members added here share that one new
-    epoch."""
-    clock = (reach or Reach()).clock
+    moves to a new epoch with a new key in the same save, as ``remove`` does: the new members
+    cannot read what the group said before they joined (attack review atk19g, finding 3).
+    All the members admitted in one call share that one new epoch, and so do members admitted
+    in several calls before the next round seals anything (members reached by different
+    routes, say)."""
     with ks.update():
         record = controlled(ks, name)
         relay = _usable_peer(ks, via, "relay") if via is not None else None
@@ -704,7 +724,7 @@ async def add_members(
             _new_epoch(ks, joined)
         else:
             _put_record(ks, joined)
-    return await deliver_pending(ks, name, reach=reach, policy=policy)
+    return joined
 
 
 def _broadcast_under(ks: Keystore, record: GroupRecord) -> bool:

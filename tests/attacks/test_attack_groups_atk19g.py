@@ -309,12 +309,10 @@ async def test_a_member_forgotten_by_another_process_during_a_sync_ends_no_round
 
     G.create_group(net.ctl.ks, "doors")
     await net.lab.start_member(net.mallory)
-    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.mallory.id,
-                                     reach=net.lab.reach(net.ctl), policy=FAST)
-    assert [o.state for o in outcomes] == ["confirmed"]
-    _, outcomes = await G.add_member(net.ctl.ks, "doors", net.far.id,  # away: pending
-                                     reach=net.lab.reach(net.ctl), policy=FAST)
-    assert [o.state for o in outcomes] == ["pending"]
+    _, outcomes = await G.add_members(net.ctl.ks, "doors", [net.mallory.id, net.far.id],
+                                      reach=net.lab.reach(net.ctl), policy=FAST)
+    assert {o.name: o.state for o in outcomes} == {"mallory": "confirmed",
+                                                   "far": "pending"}  # far is away
     other = Keystore.open(FileStorage(net.ctl.ks.path), DEMO_PIN)
     assert store.forget(other, net.far.id).groups_left == ("doors",)
     record, outcomes = await G.deliver_pending(net.ctl.ks, "doors", reach=net.lab.reach(net.ctl),
