@@ -259,7 +259,7 @@ def add(name: str, peers: tuple[str, ...], via: str | None, cert_files: tuple[Pa
     elif new_epoch:
         _report(record, outcomes, False,
                 f"a new epoch, so that {', '.join(added)} cannot read what the group said "
-                "before: its key sent to every member")
+                "before: the new key sent to every member")
     else:
         _report(record, outcomes, False, "key sent")
 
