@@ -65,12 +65,13 @@ def _json_option(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")(f)
 
 
-def _report(record: Any, outcomes: list[Any], as_json: bool, what: str) -> None:
+def _report(record: Any, outcomes: list[Any], as_json: bool, what: str,
+            extra: dict[str, Any] | None = None) -> None:
     if as_json:
         emit_json({"ok": all(o.ok for o in outcomes),
                    "confirmed": all(o.state == "confirmed" for o in outcomes),
                    "group": record.name, "epoch": record.epoch,
-                   "deliveries": [o.as_json() for o in outcomes]})
+                   "deliveries": [o.as_json() for o in outcomes], **(extra or {})})
         return
     click.echo(f"{record.name}: epoch {record.epoch}, {len(record.members)} member(s); {what}")
     for o in outcomes:
@@ -207,39 +208,59 @@ def _reach_options(f: Any) -> Any:
 @keystore_pin_option
 @trace_option
 @click.argument("name")
-@click.argument("peer", required=False, shell_complete=complete_peer)
+@click.argument("peers", nargs=-1, metavar="[PEER]...", shell_complete=complete_peer)
 @click.option("--via", "via", default=None, metavar="RELAY",
               help="Deliver through this relay (a known peer running 'pairkit group relay').")
-@click.option("--cert", "cert_file", default=None, metavar="FILE",
+@click.option("--cert", "cert_files", multiple=True, metavar="FILE",
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Add the device whose certificate this is ('pairkit group cert' on it), in "
-                   "a group made with --trust ca: no pairing with it needed.")
+                   "a group made with --trust ca: no pairing with it needed.  Repeatable.")
 @_reach_options
 @_policy_options
 @_json_option
-def add(name: str, peer: str | None, via: str | None, cert_file: Path | None,
+def add(name: str, peers: tuple[str, ...], via: str | None, cert_files: tuple[Path, ...],
         transport: str | None, address: str | None, timeout: float, connect_timeout: float,
         attempts: int, backoff: float, max_backoff: float, as_json: bool) -> None:
-    """Add the known peer PEER (or the device of --cert FILE) to group NAME and deliver the
-    group key to it.
+    """Add the known peers PEER... (or the devices of --cert FILE...) to group NAME and
+    deliver the group key to them.
 
-    The key travels sealed to PEER's identity key and signed by this device; a relay
-    (--via) forwards it and cannot open it.  PEER is *confirmed* only when its own signed
+    The key travels sealed to each member's identity key and signed by this device; a relay
+    (--via) forwards it and cannot open it.  A member is *confirmed* only when its own signed
     receipt comes back (directly, or through the relay on a later round); until then it is
     pending, and 'pairkit group sync NAME' retries it with growing waits until it confirms
     or is reported unreachable.  One round is made here.
-    """
-    from pairkit.groups import add_member
 
-    if (peer is None) == (cert_file is None):
-        raise ConfigError("name the member: a known PEER, or --cert FILE (not both)")
-    cert = _read_cert_file(cert_file) if cert_file is not None else None
+    Once the group's current key has left this device (a member holds it) or this device
+    broadcast under it, adding starts a new epoch with a new key, which every member gets
+    (the others too): a new member cannot read what the group said before it joined.
+    Members added in one command share one new epoch.
+
+    \b
+    --json prints {"ok", "confirmed", "group", "epoch", "deliveries": [one per member
+    tried in this round, the others too], "added": [names], "new_epoch": true|false}.
+    """
+    from pairkit.groups import add_members, controlled
+
+    if bool(peers) == bool(cert_files):
+        raise ConfigError("name the members: known PEERs, or --cert FILE (not both)")
+    certs = [_read_cert_file(f) for f in cert_files]
     ks, reach, policy = _controller(timeout, connect_timeout, attempts, backoff, max_backoff)
-    record, outcomes = run_async(lambda: add_member(
-        ks, name, peer, via=via, transport=transport, address=address, reach=reach,
-        policy=policy, cert=cert,
+    before = controlled(ks, name)
+    known = {m.device_id for m in before.members}
+    record, outcomes = run_async(lambda: add_members(
+        ks, name, peers, certs=certs, via=via, transport=transport, address=address,
+        reach=reach, policy=policy,
     ))
-    _report(record, outcomes, as_json, "key sent")
+    added = [m.name for m in record.members if m.device_id not in known]
+    new_epoch = record.epoch != before.epoch
+    if as_json:
+        _report(record, outcomes, True, "", {"added": added, "new_epoch": new_epoch})
+    elif new_epoch:
+        _report(record, outcomes, False,
+                f"a new epoch, so that {', '.join(added)} cannot read what the group said "
+                "before: the new key sent to every member")
+    else:
+        _report(record, outcomes, False, "key sent")
 
 
 @group.command()

@@ -1147,6 +1147,28 @@ class GroupRecord:
                             member.address, static=member.static, signing=member.signing)
         return dataclasses.replace(self, members=(*self.members, fresh))
 
+    def key_given(self) -> bool:
+        """Whether the current epoch's key may be held by a device other than the controller:
+        a member confirmed it, or an envelope of it was sealed to a member (it may have been
+        opened, whatever its receipt).  Until then nothing can have been broadcast under it
+        but by the controller itself."""
+        return any(m.delivered >= self.epoch or m.envelope is not None for m in self.members)
+
+    def joined(self, members: Sequence[GroupMember], *, key_used: bool) -> GroupRecord:
+        """The group with ``members`` added (:meth:`with_member`), at the next epoch when its
+        current key may have protected a broadcast: ``key_used`` (the controller broadcast
+        under it) or :meth:`key_given` (a member holds it, and any member may send).  Then
+        every member, the earlier ones too, needs the new key, and nothing sealed before the
+        new members joined opens under what they are given (attack review atk19g, finding 3:
+        an added member read the broadcasts of the epoch it joined at).  Several members
+        added together make one new epoch."""
+        if not members:
+            raise ConfigError("name at least one member to add")
+        record = self
+        for member in members:
+            record = record.with_member(member)
+        return record.rekeyed() if key_used or self.key_given() else record
+
     def without_member(self, device_id: str) -> GroupRecord:
         """The group without that member, at the next epoch: every remaining member needs the
         new key.  :class:`NotFoundError` if it is not a member."""

@@ -13,7 +13,10 @@ The rules (envelopes, broadcasts, replay windows, membership bookkeeping) are sa
   per group and epoch inside the keystore, and pushes envelopes to each member: directly, or in
   a :class:`~pairing.groups.Forward` to the member's relay.  A member it cannot reach stays
   *pending* and gets the current epoch the next time the controller reaches it (``add``,
-  ``remove`` and ``sync`` all retry pending members first).
+  ``remove`` and ``sync`` all retry pending members first).  A removal starts a new epoch,
+  and so does an ``add`` once the current key left the controller (or it broadcast under
+  it): an added member gets no key of an epoch the group may have spoken under before it
+  joined.
 * A **relay** stores what it is given (setting ``groups.relay``, one envelope per member and
   group, the newest epoch) and delivers it to the member, retrying until the member is reached.
   It can neither open nor forge an envelope.
@@ -47,7 +50,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import peers as store
@@ -639,34 +642,96 @@ async def add_member(
     policy: RetryPolicy | None = None,
     cert: bytes | None = None,
 ) -> tuple[GroupRecord, list[Outcome]]:
-    """Add the known peer ``peer`` (or the device whose certificate is ``cert``, in a group
-    trusted through the CA: the controller need not have paired with it) to ``name`` and
-    deliver the current key to it (through the relay ``via`` if given), with any other
-    pending member.  A member that cannot be reached
-    stays pending.  ``transport`` and ``address`` say where to reach the first hop (the member,
-    or its relay) when not where the keystore last saw it."""
-    clock = (reach or Reach()).clock
+    """Add the known peer ``peer`` (or the device whose certificate is ``cert``) to ``name``:
+    :func:`add_members` with one member."""
+    if peer is None and cert is None:
+        raise ConfigError("name the member: a known peer, or --cert FILE")
+    return await add_members(
+        ks, name, (peer,) if peer is not None and cert is None else (),
+        certs=() if cert is None else (cert,),
+        via=via, transport=transport, address=address, reach=reach, policy=policy,
+    )
+
+
+async def add_members(
+    ks: Keystore,
+    name: str,
+    peers: Sequence[str] = (),
+    *,
+    certs: Sequence[bytes] = (),
+    via: str | None = None,
+    transport: str | None = None,
+    address: str | None = None,
+    reach: Reach | None = None,
+    policy: RetryPolicy | None = None,
+) -> tuple[GroupRecord, list[Outcome]]:
+    """Add the known ``peers`` (and the devices whose certificates are ``certs``) to ``name``
+    (:func:`admit_members`) and make one delivery round (through the relay ``via`` if given),
+    the other pending members included: when the group moved to a new epoch, every member
+    is sent its key.  A member that cannot be reached stays pending."""
+    admit_members(ks, name, peers, certs=certs, via=via, transport=transport, address=address,
+                  clock=(reach or Reach()).clock)
+    return await deliver_pending(ks, name, reach=reach, policy=policy)
+
+
+def admit_members(
+    ks: Keystore,
+    name: str,
+    peers: Sequence[str] = (),
+    *,
+    certs: Sequence[bytes] = (),
+    via: str | None = None,
+    transport: str | None = None,
+    address: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> GroupRecord:
+    """Record the known ``peers`` (and the devices whose certificates are ``certs``, in a
+    group trusted through the CA: the controller need not have paired with them) as members
+    of ``name``, reached through the relay ``via`` if given, and deliver nothing yet (the
+    next round does: :func:`deliver_pending`, ``pairkit group sync``).  ``transport`` and
+    ``address`` say where to reach the first hop (the members, or their relay) when not where
+    the keystore last saw it.
+
+    When the group's current key may have protected a broadcast (a member holds it, or this
+    controller broadcast under it: :meth:`~pairing.groups.GroupRecord.joined`), the group
+    moves to a new epoch with a new key in the same save, as ``remove`` does: the new members
+    cannot read what the group said before they joined (attack review atk19g, finding 3).
+    All the members admitted in one call share that one new epoch, and so do members admitted
+    in several calls before the next round seals anything (members reached by different
+    routes, say)."""
     with ks.update():
         record = controlled(ks, name)
         relay = _usable_peer(ks, via, "relay") if via is not None else None
-        if cert is not None:
-            found = _member_from_cert(ks, record, cert, clock)
-            entry = GroupMember(found.device_id.hex(), found.name, relay.id if relay else None,
-                                transport, address, static=found.static,
-                                signing=found.signing)
-        else:
-            if peer is None:
-                raise ConfigError("name the member: a known peer, or --cert FILE")
+        entries: list[GroupMember] = []
+        for peer in peers:
             member = _usable_peer(ks, peer, "group member")
-            entry = GroupMember(member.id, member.name, relay.id if relay else None, transport,
-                                address)
-        if relay is not None and relay.id == entry.device_id:
-            raise ConfigError("a member cannot be its own relay")
-        if entry.device_id == ks.device_id:
-            raise ConfigError("a controller is not a member of its own group")
-        record = record.with_member(entry)
-        _put_record(ks, record)
-    return await deliver_pending(ks, name, reach=reach, policy=policy)
+            entries.append(GroupMember(member.id, member.name, relay.id if relay else None,
+                                       transport, address))
+        for cert in certs:
+            found = _member_from_cert(ks, record, cert, clock)
+            entries.append(GroupMember(found.device_id.hex(), found.name,
+                                       relay.id if relay else None, transport, address,
+                                       static=found.static, signing=found.signing))
+        if not entries:
+            raise ConfigError("name the member: a known peer, or --cert FILE")
+        for entry in entries:
+            if relay is not None and relay.id == entry.device_id:
+                raise ConfigError("a member cannot be its own relay")
+            if entry.device_id == ks.device_id:
+                raise ConfigError("a controller is not a member of its own group")
+        joined = record.joined(entries, key_used=_broadcast_under(ks, record))
+        if joined.epoch != record.epoch:
+            _new_epoch(ks, joined)
+        else:
+            _put_record(ks, joined)
+    return joined
+
+
+def _broadcast_under(ks: Keystore, record: GroupRecord) -> bool:
+    """Whether this controller broadcast ``record``'s group at its current epoch (a sequence
+    number is stored before the broadcast is sealed: :func:`next_seq`)."""
+    last_epoch, last = _per_group(ks, SETTING_SEQ).get(record.name, [0, 0])
+    return bool(last_epoch == record.epoch and last > 0)
 
 
 async def remove_member(

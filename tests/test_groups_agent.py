@@ -41,6 +41,7 @@ class Site:
     agent: Node
     doors: list[Node]
     other: Node  # a door paired with the agent, in no group; plays the forger
+    epoch: int  # the group's epoch once every member confirmed
 
 
 @pytest.fixture
@@ -62,12 +63,13 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         await lab.start_agent(agent, retry=0.1)
         G.create_group(ctl.ks, "doors")
         await G.add_member(ctl.ks, "doors", "agent", reach=lab.reach(ctl), policy=FAST)
-        for node in doors:
-            await G.add_member(ctl.ks, "doors", node.id, via="agent", reach=lab.reach(ctl),
-                               policy=FAST)
+        # the doors together, through the agent: the agent holds the key of epoch 1 by then,
+        # so adding them starts epoch 2, which the agent gets too (atk19g finding 3)
+        await G.add_members(ctl.ks, "doors", [node.id for node in doors], via="agent",
+                            reach=lab.reach(ctl), policy=FAST)
         record, _ = await G.confirm_all(ctl.ks, "doors", reach=lab.reach(ctl), policy=FAST)
-        assert {m.state(1) for m in record.members} == {"confirmed"}
-        yield Site(lab, ctl, agent, doors, other)
+        assert record.epoch == 2 and {m.state(2) for m in record.members} == {"confirmed"}
+        yield Site(lab, ctl, agent, doors, other, record.epoch)
     finally:
         await lab.close()
 
@@ -108,34 +110,37 @@ async def _push(site: Site, sender: Node, cmd: AgentCommand) -> AgentResult:
 
 async def test_the_agent_refuses_what_its_controller_did_not_send(site: Site) -> None:
     agent_id = bytes.fromhex(site.agent.id)
-    genuine = sign_agent_command(site.ctl.ks, agent=agent_id, group="doors", epoch=1,
+    genuine = sign_agent_command(site.ctl.ks, agent=agent_id, group="doors", epoch=site.epoch,
                                  number=7, command=b"unlock", air_ms=300)
     first = await _push(site, site.ctl, genuine)
     assert first.ok
     cases = {
         # the intruder (paired with the agent) signs a command as if it controlled the group
         "forged": (site.other, sign_agent_command(
-            site.other.ks, agent=agent_id, group="doors", epoch=1, number=99,
+            site.other.ks, agent=agent_id, group="doors", epoch=site.epoch, number=99,
             command=b"unlock", air_ms=300), "not signed by the group's controller"),
         # the controller's genuine command again (replayed by anyone who saw it)
         "replayed": (site.ctl, genuine, "already seen"),
         # altered on the way: the command text changed
         "altered": (site.ctl, dataclasses.replace(
-            sign_agent_command(site.ctl.ks, agent=agent_id, group="doors", epoch=1, number=8,
-                               command=b"close", air_ms=300), command=b"open"),
+            sign_agent_command(site.ctl.ks, agent=agent_id, group="doors", epoch=site.epoch,
+                               number=8, command=b"close", air_ms=300), command=b"open"),
             "not signed by the group's controller"),
         # a group the agent holds no key of
         "other group": (site.ctl, sign_agent_command(
-            site.ctl.ks, agent=agent_id, group="vents", epoch=1, number=1, command=b"x",
-            air_ms=300), "holds no key of that group"),
+            site.ctl.ks, agent=agent_id, group="vents", epoch=site.epoch, number=1,
+            command=b"x", air_ms=300), "holds no key of that group"),
         # made for another agent
         "other agent": (site.ctl, sign_agent_command(
-            site.ctl.ks, agent=bytes.fromhex(site.other.id), group="doors", epoch=1,
+            site.ctl.ks, agent=bytes.fromhex(site.other.id), group="doors", epoch=site.epoch,
             number=9, command=b"x", air_ms=300), "for this agent"),
-        # an old epoch's command, or a future one
+        # a future epoch's command, or an old one (the epoch before the doors were added)
         "wrong epoch": (site.ctl, sign_agent_command(
-            site.ctl.ks, agent=agent_id, group="doors", epoch=2, number=10, command=b"x",
-            air_ms=300), "holds epoch 1"),
+            site.ctl.ks, agent=agent_id, group="doors", epoch=site.epoch + 1, number=10,
+            command=b"x", air_ms=300), f"holds epoch {site.epoch}"),
+        "old epoch": (site.ctl, sign_agent_command(
+            site.ctl.ks, agent=agent_id, group="doors", epoch=site.epoch - 1, number=11,
+            command=b"x", air_ms=300), f"it is for epoch {site.epoch - 1}"),
     }
     for case, (sender, cmd, words) in cases.items():
         result = await _push(site, sender, cmd)
@@ -162,8 +167,8 @@ async def test_a_controller_sends_only_through_a_confirmed_agent(site: Site) -> 
     await G.rekey_group(site.ctl.ks, "doors", reach=site.lab.reach(site.ctl),
                         policy=RetryPolicy(first=60, attempts=3))
     agent = G.controlled(site.ctl.ks, "doors").member(site.agent.id)
-    assert agent is not None and agent.state(2) == "pending"
-    with pytest.raises(ConfigError, match="has not confirmed epoch 2"):
+    assert agent is not None and agent.state(site.epoch + 1) == "pending"
+    with pytest.raises(ConfigError, match=f"has not confirmed epoch {site.epoch + 1}"):
         await G.send_via_agent(site.ctl.ks, "doors", "agent", b"x",
                                reach=site.lab.reach(site.ctl))
     await site.lab.start_agent(site.agent, retry=0.1)

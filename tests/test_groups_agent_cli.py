@@ -56,8 +56,15 @@ async def test_the_door_hears_the_agent_broadcast_the_controllers_command(
 
         ctl = dev["ctl"].home
         (await run_cli(ctl, "create", "doors", cmd=GROUP_CMD)).ok()
-        (await run_cli(ctl, "add", "doors", "agent", cmd=GROUP_CMD)).ok()
-        (await run_cli(ctl, "add", "doors", "door-1", "--via", "agent", cmd=GROUP_CMD)).ok()
+        first = (await run_cli(ctl, "add", "doors", "agent", "--json", cmd=GROUP_CMD)).ok()
+        assert (first.json()["epoch"], first.json()["new_epoch"]) == (1, False)
+        # The agent holds the key of epoch 1 now: adding the door starts epoch 2, and the
+        # agent gets its key too, in the same round (atk19g finding 3).
+        added = (await run_cli(ctl, "add", "doors", "door-1", "--via", "agent", "--json",
+                               cmd=GROUP_CMD)).ok().json()
+        assert (added["epoch"], added["new_epoch"], added["added"]) == (2, True, ["door-1"])
+        assert {d["name"]: d["epoch"] for d in added["deliveries"]} == {
+            "agent": 2, "door-1": 2}
         synced = (await run_cli(ctl, "sync", "doors", "--backoff", "0.3", "--json",
                                 cmd=GROUP_CMD)).ok().json()
         assert synced["confirmed"]
@@ -74,7 +81,7 @@ async def test_the_door_hears_the_agent_broadcast_the_controllers_command(
         agent_status = (await run_cli(dev["agent"].home, "status", "--json",
                                       cmd=GROUP_CMD)).ok().json()
         assert agent_status["member_of"] == [
-            {"group": "doors", "epoch": 1, "controller": "controller"}]
+            {"group": "doors", "epoch": 2, "controller": "controller"}]
         # Not an agent: the door refuses to broadcast for the controller.
         refused = await run_cli(ctl, "send", "doors", "x", "--agent", "door-1", cmd=GROUP_CMD)
         assert refused.rc == 5 and "the agent refused: this device is not a group agent" in (

@@ -34,6 +34,8 @@ from pairkit.pairing.errors import (
 from pairkit.pairing.groups import (
     ADVERT_MARKER,
     ADVERT_OVERHEAD,
+    MAX_EPOCH,
+    MAX_MEMBERS,
     MAX_QUEUE,
     MAX_SEQ,
     WINDOW_SIZE,
@@ -543,6 +545,45 @@ def test_group_record_membership_and_epochs() -> None:
         GroupRecord.from_plain("doors", {"epoch": 1, "members": {"zz": {}}})
     with pytest.raises(ConfigError):
         _member(1, via=f"{1:032x}")
+
+
+def test_adding_members_starts_one_new_epoch_once_the_key_may_have_been_used() -> None:
+    """atk19g finding 3: a member added at an epoch whose key protected broadcasts read
+    them.  An add moves the group to a new epoch (every member pending at it) when a member
+    holds the key, or was sealed it, or the controller broadcast under it; never otherwise,
+    and several members added together make one new epoch."""
+    rec = GroupRecord("doors")
+    fresh = rec.joined([_member(1), _member(2)], key_used=False)
+    assert fresh.epoch == 1 and not fresh.key_given()  # nobody but the controller holds it
+    assert fresh.joined([_member(3)], key_used=False).epoch == 1
+    assert fresh.joined([_member(3)], key_used=True).epoch == 2  # the controller broadcast
+
+    sealed = fresh.waiting_for(f"{1:032x}", b"envelope")  # sealed, not confirmed yet
+    assert sealed.key_given()
+    confirmed = fresh.delivered_to(f"{1:032x}", 1)
+    assert confirmed.key_given() and confirmed.member(f"{1:032x}").envelope is None  # type: ignore[union-attr]
+    for shared in (sealed, confirmed):
+        after = shared.joined([_member(3), _member(4)], key_used=False)
+        assert after.epoch == 2  # one new epoch for both
+        assert [m.name for m in after.pending()] == ["m1", "m2", "m3", "m4"]
+        assert all(m.envelope is None and m.attempts == 0 for m in after.members)
+    # An earlier member keeps what it confirmed (the old epoch) until it confirms the new one.
+    after = confirmed.joined([_member(3)], key_used=False)
+    assert after.member(f"{1:032x}").delivered == 1  # type: ignore[union-attr]
+    assert after.member(f"{1:032x}").state(after.epoch) == "pending"  # type: ignore[union-attr]
+    # A new epoch whose key was not given out yet (after a removal, say) needs no other.
+    removed = confirmed.without_member(f"{2:032x}")
+    assert removed.epoch == 2 and not removed.key_given()
+    assert removed.joined([_member(5)], key_used=False).epoch == 2
+    with pytest.raises(ConfigError, match="at least one"):
+        fresh.joined([], key_used=True)
+    with pytest.raises(ConfigError, match="already a member"):
+        confirmed.joined([_member(3), _member(1)], key_used=False)
+    with pytest.raises(ConfigError, match="every epoch"):
+        dataclasses.replace(confirmed, epoch=MAX_EPOCH).joined([_member(3)], key_used=True)
+    with pytest.raises(TooLargeError):
+        GroupRecord("doors").joined([_member(i) for i in range(1, MAX_MEMBERS + 2)],
+                                    key_used=False)
 
 
 def test_records_survive_the_keystore(fresh: Trio, tmp_path: Path) -> None:

@@ -82,11 +82,12 @@ def _member(net: Net, node: Node) -> G.GroupMember:
 
 
 async def _confirmed_group(net: Net) -> None:
-    """doors at epoch 1, both far members confirmed through the honest relay."""
+    """doors at epoch 1, both far members (added together) confirmed through the honest
+    relay."""
     G.create_group(net.ctl.ks, "doors")
+    _, outcomes = await G.add_members(net.ctl.ks, "doors", [net.far1.id, net.far2.id],
+                                      via=net.relay.id, reach=net.reach, policy=FAST)
     for node in (net.far1, net.far2):
-        _, outcomes = await G.add_member(net.ctl.ks, "doors", node.id, via=net.relay.id,
-                                         reach=net.reach, policy=FAST)
         mine = next(o for o in outcomes if o.name == node.name)
         # The relay queued it: that is an attempt, not a confirmation.
         assert mine.ok and mine.state == "pending" and "awaiting the member's receipt" in (
@@ -179,9 +180,8 @@ async def test_a_receipt_from_an_earlier_incarnation_of_the_group_confirms_nothi
         net.ctl.ks.forget_group("doors")
     G.create_group(net.ctl.ks, "doors")
     net.liar.mode = "relabel-old"  # hands the old receipts, their digests changed to the new
-    for node in (net.far1, net.far2):
-        await G.add_member(net.ctl.ks, "doors", node.id, via=net.relay.id, reach=net.reach,
-                           policy=SHORT)
+    await G.add_members(net.ctl.ks, "doors", [net.far1.id, net.far2.id], via=net.relay.id,
+                        reach=net.reach, policy=SHORT)
     record, outcomes = await G.confirm_all(net.ctl.ks, "doors", reach=net.reach, policy=SHORT)
     assert {o.state for o in outcomes} == {"unreachable"}
     assert all(m.delivered == 0 for m in record.members)
