@@ -12,7 +12,6 @@ Real code: a ``pairkit host`` process on 127.0.0.1, a stranger's raw TCP link.
 
 from __future__ import annotations
 
-import asyncio
 import io
 from typing import Any
 
