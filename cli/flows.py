@@ -280,6 +280,9 @@ async def run_host(
                 if served.files or served.listings:
                     info(f"{session.peer.name}: {served.listings} listing(s), "
                          f"{served.files} file(s), {served.bytes_sent} bytes", quiet=quiet)
+                if served.expired:
+                    info(f"{session.peer.name}'s guest access has ended: session closed",
+                         quiet=quiet)
             await slink.close()
             if opts.once:
                 stop.set()

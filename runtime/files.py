@@ -216,6 +216,8 @@ class ServeStats:
     bytes_sent: int = 0
     prompts: int = 0
     refused: int = 0
+    #: the service ended because the guest's grant did: the caller closes the session
+    expired: bool = False
 
 
 async def serve_guest(
@@ -229,7 +231,8 @@ async def serve_guest(
     idle: float = SERVE_IDLE,
     stats: ServeStats | None = None,
 ) -> ServeStats:
-    """Answer one guest's requests until it says Bye, closes, or stays silent ``idle`` s.
+    """Answer one guest's requests until it says Bye, closes, stays silent ``idle`` s, or asks
+    after its grant ended (refused, and :attr:`ServeStats.expired`: close the session).
 
     The decisions are :class:`~pairing.files.FileServer`'s; this reads the folder and sends."""
     stats = stats or ServeStats()
@@ -267,6 +270,7 @@ async def serve_guest(
     finally:
         stats.listings, stats.files = machine.listings, machine.files
         stats.prompts, stats.refused = machine.prompts, machine.refused
+        stats.expired = machine.expired
     return stats
 
 
