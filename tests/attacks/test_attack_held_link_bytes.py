@@ -21,13 +21,15 @@ from typing import Any
 
 from pairkit.delegate import Agree
 from pairkit.pairing.cloud import CloudHello
-from pairkit.transports.tcp import TcpTransport
+from pairkit.pairing.errors import LinkClosedError
+from pairkit.transports.queued import MessageQueue
+from pairkit.transports.tcp import DEFAULT_MAX_BUFFER, TcpTransport
 
 from ..attack_harness import STEP
 from ..known_device_harness import accepting, device
 
 FRAME = 65_535
-BOUND = 2 * FRAME  #: the byte bound of a TCP link's queue (transports.tcp.DEFAULT_MAX_BUFFER)
+BOUND = DEFAULT_MAX_BUFFER  #: the byte bound of a TCP link's queue: two whole frames
 
 
 class _Recording:
@@ -61,7 +63,9 @@ class _RecordingTcp(TcpTransport):
 
 
 def _queued_bytes(link: Any) -> int:
-    return sum(len(m) for m in link.peek_buffered())
+    queued = sum(len(m) for m in link.peek_buffered())
+    assert link.buffered_bytes == queued  # the link's own count agrees with its messages
+    return queued
 
 
 async def _flood(address: tuple[str, int]) -> socket.socket:
@@ -99,7 +103,7 @@ async def test_a_held_link_buffers_at_most_its_byte_bound(tmp_path: Path) -> Non
                     break
             assert transport.links, "the host took no link"
             assert most > 0, "the held link read nothing"
-            assert most <= BOUND, f"a held link buffered {most} bytes, over {BOUND}"
+            assert most <= BOUND == 2 * FRAME, f"a held link buffered {most} bytes, over {BOUND}"
         finally:
             flooding.cancel()
             with contextlib.suppress(BaseException):
@@ -129,3 +133,19 @@ async def test_control_an_honest_guest_pairs_and_fetches_over_the_bounded_link(
             await session.close()
             await at_host.close()
     assert (tmp_path / "got.bin").read_bytes() == data
+
+
+async def test_a_queue_bounded_in_bytes_holds_back_a_message_past_the_bound() -> None:
+    queue = MessageQueue(16, max_bytes=100)
+    assert queue.try_put(bytes(60)) and queue.try_put(bytes(40))
+    assert not queue.try_put(b"x")  # 101 bytes: held back, though far below 16 messages
+    assert (len(queue), queue.bytes) == (2, 100)
+    assert await queue.get() == bytes(60) and queue.bytes == 40
+    assert queue.try_put(bytes(60)) and queue.bytes == 100
+    await queue.get()
+    await queue.get()
+    assert queue.bytes == 0
+    assert queue.try_put(bytes(500))  # an empty queue takes one message over the bound, alone
+    assert not queue.try_put(b"y")
+    queue.abort(LinkClosedError("gone"))
+    assert queue.bytes == 0
