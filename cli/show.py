@@ -77,7 +77,7 @@ class SafeStream:
         for i, piece in enumerate(text.split("\n")):
             if i:  # a line ends here
                 if self._cut:
-                    out.append(f" \u2026 ({self._cut} characters cut)")
+                    out.append(f" ... ({self._cut} characters cut)")
                 out.append("\n")
                 self._column = self._cut = 0
             keep = piece[: max(0, room - self._column)]
