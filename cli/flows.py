@@ -276,11 +276,14 @@ async def run_host(
                 served = await serve_guest(
                     slink, peer_name=session.peer.name, policy=policy, share=opts.share,
                     ask=delegate.allow_request, stats=ServeStats(), wall_clock=clock.wall,
-                    idle=opts.serve_idle,
+                    monotonic=clock.monotonic, idle=opts.serve_idle,
                 )
                 if served.files or served.listings:
                     info(f"{session.peer.name}: {served.listings} listing(s), "
                          f"{served.files} file(s), {served.bytes_sent} bytes", quiet=quiet)
+                if served.expired:
+                    info(f"{session.peer.name}'s guest access has ended: session closed",
+                         quiet=quiet)
             await slink.close()
             if opts.once:
                 stop.set()

@@ -1084,11 +1084,12 @@ def main() -> None:
     codes are :mod:`pairkit.cli.exitcodes`'.
     """
     from .exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
-    from .show import SafeStream
+    from .show import MAX_LINE, SafeStream
 
     # Nothing a peer sent reaches the terminal as a control sequence (issue 17, finding 5).
     sys.stdout = SafeStream(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = SafeStream(sys.stderr)  # type: ignore[assignment]
+    # Nor a line longer than MAX_LINE to stderr, whatever error text made it (atk20c finding 2).
+    sys.stderr = SafeStream(sys.stderr, max_line=MAX_LINE)  # type: ignore[assignment]
     try:
         rv = cli.main(standalone_mode=False)
     except click.UsageError as exc:

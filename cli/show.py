@@ -37,23 +37,58 @@ def safe(text: object, *, lines: bool = False) -> str:
     )
 
 
+#: the longest line pairkit writes to stderr, in characters: a longer one (an error text that
+#: carries a peer's words, whatever made it) is cut there and says how much was cut (atk20c
+#: finding 2).  pairkit's own lines are far shorter; the QR code's link is under 200.
+MAX_LINE = 500
+#: room kept at the end of a cut line for the note saying so
+_CUT_NOTE_ROOM = 40
+
+
 class SafeStream:
     """A text stream that shows everything and interprets nothing: each write passes through
     :func:`safe` (newlines and tabs kept).  The ``pairkit`` command wraps its stdout and stderr
     in it, so no text from a peer (a name, a file name, a reason in an error) reaches the
     terminal as a control sequence, wherever it is printed.  :meth:`raw_write` is for pairkit's
-    own control characters (the progress line's carriage return)."""
+    own control characters (the progress line's carriage return).
 
-    def __init__(self, inner: Any) -> None:
+    ``max_line`` (stderr's): a line longer than that is cut to it, ending in a note of how many
+    characters were cut, however many writes it came in.
+    """
+
+    def __init__(self, inner: Any, *, max_line: int | None = None) -> None:
         self._inner = inner
+        self._max_line = max_line
+        self._column = 0  # characters of the current line written so far
+        self._cut = 0  # characters of the current line left out so far
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # a text stream takes text (click probes with bytes)
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self._inner.write(safe(text, lines=True))
+        shown = safe(text, lines=True)
+        if self._max_line is not None:
+            shown = self._cut_lines(shown, self._max_line)
+        self._inner.write(shown)
         return len(text)
 
+    def _cut_lines(self, text: str, max_line: int) -> str:
+        room = max(1, max_line - _CUT_NOTE_ROOM)
+        out: list[str] = []
+        for i, piece in enumerate(text.split("\n")):
+            if i:  # a line ends here
+                if self._cut:
+                    out.append(f" ... ({self._cut} characters cut)")
+                out.append("\n")
+                self._column = self._cut = 0
+            keep = piece[: max(0, room - self._column)]
+            self._column += len(keep)
+            self._cut += len(piece) - len(keep)
+            out.append(keep)
+        return "".join(out)
+
     def raw_write(self, text: str) -> int:
+        if "\r" in text or "\n" in text:  # pairkit's own status line starts again
+            self._column = self._cut = 0
         return int(self._inner.write(text))
 
     def __getattr__(self, name: str) -> Any:

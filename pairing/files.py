@@ -144,11 +144,11 @@ class FileServer(Machine):
     """
 
     TABLE: ClassVar[dict[tuple[str, type], Step]] = {
-        (WAITING, ListRequest): step("_on_list", WAITING, ASKING, SERVING),
-        (WAITING, GetRequest): step("_on_get", WAITING, ASKING, SERVING),
+        (WAITING, ListRequest): step("_on_list", WAITING, ASKING, SERVING, DONE),
+        (WAITING, GetRequest): step("_on_get", WAITING, ASKING, SERVING, DONE),
         (WAITING, Bye): step("_on_bye", DONE),
     }
-    ANSWERS: ClassVar[dict[str, Step]] = {ASKING: step("_on_answer", WAITING, SERVING)}
+    ANSWERS: ClassVar[dict[str, Step]] = {ASKING: step("_on_answer", WAITING, SERVING, DONE)}
     STARTS: ClassVar[frozenset[str]] = frozenset({WAITING})
 
     def __init__(
@@ -172,6 +172,8 @@ class FileServer(Machine):
         self.files = 0
         self.prompts = 0
         self.refused = 0
+        #: the service ended because the guest's grant did (:meth:`_end_expired`)
+        self.expired = False
 
     def _on_start(self, now: float) -> None:
         """Wait for the guest's first request."""
@@ -227,7 +229,7 @@ class FileServer(Machine):
         try:
             ask = self.policy.needs_prompt(what, now)
         except ExpiredError as exc:
-            self._refuse(str(exc), now)
+            self._end_expired(exc)
             return
         self._pending = serve
         if ask:
@@ -244,7 +246,7 @@ class FileServer(Machine):
         try:  # the guest's access may have ended while the owner was asked (atk19f)
             self.policy.check_access(now)
         except ExpiredError as exc:
-            self._refuse(str(exc), now)
+            self._end_expired(exc)
             return
         if self.policy.record(question.what, scope):
             self._serve()
@@ -261,6 +263,15 @@ class FileServer(Machine):
         self.refused += 1
         self._send(Refused(short_reason(reason), None if code is None else int(code)))
         self._wait(now)
+
+    def _end_expired(self, exc: ExpiredError) -> None:
+        """The guest's grant has ended: refuse this request saying so, and end the service.
+        Waiting for its next request would keep its session, and its place among the host's
+        sessions, for as long as it kept asking (attack review atk20c, finding 3)."""
+        self.refused += 1
+        self.expired = True
+        self._send(Refused(short_reason(str(exc)), int(ErrorCode.EXPIRED)))
+        self._finish()
 
     def _wait(self, now: float) -> None:
         self._pending = None

@@ -486,12 +486,33 @@ def _field_decoder(owner: str, f: _Field) -> Callable[[Any], Any]:
     return lambda raw: _decode_value(owner, f, kind, raw)
 
 
+def _kind(value: Any) -> str:
+    """What a peer's value is, for an error text: its kind and size, and an integer's number;
+    never the peer's text or bytes, which could be anything and 64 KB long (atk20c finding 2).
+    """
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if -(2**64) <= value < 2**64 else "(an integer out of range)"
+    if isinstance(value, str):
+        return f"(a text of {len(value)} characters)"
+    if isinstance(value, bytes):
+        return f"(a byte string of {len(value)} bytes)"
+    if isinstance(value, dict):
+        return f"(a map of {len(value)} entries)"
+    if isinstance(value, list | tuple):
+        return f"(a list of {len(value)} items)"
+    return f"(a {type(value).__name__})"
+
+
 def _decode_body(cls: type[Message], body: dict[Any, Any], skip: tuple[int, ...] = ()) -> Any:
     known, allowed, steps, direct = _plan(cls, skip)
     if not allowed.issuperset(body):
         for key in body:  # the first unknown key, in the map's order
             if key not in known and key not in skip:
-                raise DecodeError(f"{cls.__name__} has an unknown field {key!r}")
+                raise DecodeError(f"{cls.__name__} has an unknown field {_kind(key)}")
     kwargs = {}
     for key, name, decode_field, absent in steps:
         raw = body.get(key, _ABSENT)
@@ -579,11 +600,13 @@ def _decode_general(data: bytes, expect: type[T] | tuple[type, ...] | None = Non
     version = body.get(K_VERSION)
     # type() is not int for a bool: CBOR true must not pass for version 1 or type 1.
     if type(version) is not int or version != VERSION:
-        raise DecodeError(f"unsupported protocol version {version!r} (this side speaks {VERSION})")
+        raise DecodeError(
+            f"unsupported protocol version {_kind(version)} (this side speaks {VERSION})"
+        )
     type_id = body.get(K_TYPE)
     cls = _REGISTRY.get(type_id) if type(type_id) is int else None
     if cls is None:
-        raise DecodeError(f"unknown message type {type_id!r}")
+        raise DecodeError(f"unknown message type {_kind(type_id)}")
     if len(data) > cls.MAX_SIZE:
         raise DecodeError(
             f"{cls.__name__} of {len(data)} bytes is over its limit of {cls.MAX_SIZE}"

@@ -203,17 +203,23 @@ class Session:
 
     async def serve_files(self, folder: str | os.PathLike[str] | None) -> ServeStats:
         """Host side: answer the guest's list and fetch requests from ``folder`` until it says
-        goodbye or closes, within what its grant allows (the delegate is asked otherwise)."""
+        goodbye or closes, within what its grant allows (the delegate is asked otherwise).  A
+        request after a guest's grant ended is refused and the session closed
+        (:attr:`ServeStats.expired`)."""
         membership = self._done.membership
         if self._role != "host" or membership is None:
             raise ConfigError("only a host serves files to the guest it accepted")
         delegate = self._delegate or Refuse()
-        return await serve_guest(
+        stats = await serve_guest(
             self._channel, peer_name=self.peer.name,
             policy=GrantPolicy(membership.role, expires=membership.expires),
             share=Path(folder) if folder is not None else None,
             ask=delegate.allow_request, wall_clock=self._clock.wall,
+            monotonic=self._clock.monotonic,
         )
+        if stats.expired:  # its grant ended: the session ends, its place is free (atk20c)
+            await self.close()
+        return stats
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -213,6 +213,59 @@ def list_shared(root: Path) -> list[FileEntry]:
     return out  # all of them: pairing.files.build_listing keeps what fits (§13)
 
 
+#: how long a shared folder's listing is sent again to whoever asks, without reading the
+#: folder again (atk20c finding 5): a file added is listed at the latest this much later
+LISTING_TTL = 2.0
+
+
+class _Listings:
+    """Each shared folder's listing, read at most once per :data:`LISTING_TTL` seconds.
+
+    Reading a folder walks it whole (every entry resolved and stat'ed, in a thread); a member
+    is never asked about a listing, so ListRequests sent back to back, over as many sessions
+    as the host admits, walked it each time (attack review atk20c, finding 5).  Kept per
+    folder, not limited per session: one guest with several sessions gets nothing more, and
+    an honest guest is never refused or slowed for another's requests.  Keyed by the folder's
+    absolute path; a read under way is shared by those who ask meanwhile."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[float, bytes]] = {}
+        self._reading: dict[str, asyncio.Future[bytes]] = {}
+
+    async def encoded(self, root: Path, now: Callable[[], float]) -> bytes:
+        """The encoded Listing message for the folder ``root``."""
+        key = os.path.abspath(root)
+        kept = self._kept.get(key)
+        if kept is not None and 0 <= now() - kept[0] < LISTING_TTL:
+            return kept[1]
+        loop = asyncio.get_running_loop()
+        reading = self._reading.get(key)
+        if reading is None or reading.get_loop() is not loop:
+            reading = self._reading[key] = loop.create_task(self._read(key, root, now))
+            # its failure is each waiter's; one nobody waits for any more is not "unretrieved"
+            reading.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # shielded: a guest that goes away does not cancel the read the others wait for
+        return await asyncio.shield(reading)
+
+    async def _read(self, key: str, root: Path, now: Callable[[], float]) -> bytes:
+        try:
+            started = now()
+            files = await asyncio.to_thread(list_shared, root)
+            data = build_listing(files).encode()
+            # the folder as it was when the walk began: kept for the window from then
+            for old, (at, _) in list(self._kept.items()):
+                if not 0 <= started - at < LISTING_TTL:
+                    del self._kept[old]
+            self._kept[key] = (started, data)
+            return data
+        finally:
+            self._reading.pop(key, None)
+
+
+#: the listings of this process's hosts, whichever session asks
+_LISTINGS = _Listings()
+
+
 def _sha256_open(fh: BinaryIO, size: int | None, name: str) -> bytes:
     """SHA-256 of the open file ``fh`` from its start: its first ``size`` bytes (what is
     announced and sent, though the file grows meanwhile), or all of it (``None``)."""
@@ -241,6 +294,8 @@ class ServeStats:
     bytes_sent: int = 0
     prompts: int = 0
     refused: int = 0
+    #: the service ended because the guest's grant did: the caller closes the session
+    expired: bool = False
 
 
 async def serve_guest(
@@ -253,8 +308,10 @@ async def serve_guest(
     wall_clock: Callable[[], float] = time.time,
     idle: float = SERVE_IDLE,
     stats: ServeStats | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> ServeStats:
-    """Answer one guest's requests until it says Bye, closes, or stays silent ``idle`` s.
+    """Answer one guest's requests until it says Bye, closes, stays silent ``idle`` s, or asks
+    after its grant ended (refused, and :attr:`ServeStats.expired`: close the session).
 
     The decisions are :class:`~pairing.files.FileServer`'s; this reads the folder and sends."""
     stats = stats or ServeStats()
@@ -268,8 +325,8 @@ async def serve_guest(
 
         async def serve_listing(self, event: ServeListing) -> None:
             assert share is not None
-            files = await asyncio.to_thread(list_shared, share)
-            await slink.send(build_listing(files).encode(), idle)
+            # read at most once per LISTING_TTL, whoever asks (atk20c finding 5)
+            await slink.send(await _LISTINGS.encoded(share, monotonic), idle)
             machine.served(wall_clock())
 
         async def serve_file(self, event: ServeFile) -> None:
@@ -292,6 +349,7 @@ async def serve_guest(
     finally:
         stats.listings, stats.files = machine.listings, machine.files
         stats.prompts, stats.refused = machine.prompts, machine.refused
+        stats.expired = machine.expired
     return stats
 
 
@@ -568,6 +626,7 @@ async def say_bye(slink: SecureLink) -> None:
 
 
 __all__ = [
+    "LISTING_TTL",
     "DecodeError",
     "Fetched",
     "ServeStats",

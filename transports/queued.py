@@ -136,22 +136,38 @@ class Signal:
 class MessageQueue:
     """A bounded FIFO of messages with an end, the inside of one direction of a link.
 
-    ``put`` waits while ``capacity`` messages are unread (that is the backpressure a sender
-    feels).  ``finish(exc)`` says no more messages will come: ``get`` returns what is queued,
+    ``put`` waits while ``capacity`` messages are unread, or (with ``max_bytes``) while the
+    message would take the unread bytes past ``max_bytes``: that is the backpressure a sender
+    feels.  An empty queue takes any one message, so a message larger than ``max_bytes`` still
+    passes, alone.  ``finish(exc)`` says no more messages will come: ``get`` returns what is queued,
     then raises ``exc``.  ``abort(exc)`` drops what is queued: ``get`` and ``put`` raise ``exc``
     at once (the reading side has gone away).  Cancelling a waiting ``get`` or ``put`` loses
     nothing.
     """
 
-    def __init__(self, capacity: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(self, capacity: int = DEFAULT_QUEUE_SIZE, *, max_bytes: int | None = None) -> None:
         self.capacity = check_positive("queue_size", capacity)
+        self.max_bytes = None if max_bytes is None else check_positive("max_buffer", max_bytes)
         self._items: deque[bytes] = deque()
+        self._bytes = 0  # the unread messages' bytes
         self._changed = Signal()
         self._end: BaseException | None = None
         self._aborted: BaseException | None = None
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def bytes(self) -> int:
+        """The bytes of the messages queued and not read yet."""
+        return self._bytes
+
+    def _has_room(self, message: bytes) -> bool:
+        if not self._items:
+            return True
+        if len(self._items) >= self.capacity:
+            return False
+        return self.max_bytes is None or self._bytes + len(message) <= self.max_bytes
 
     def peek(self) -> tuple[bytes, ...]:
         """The messages queued and not read yet, left queued."""
@@ -168,8 +184,9 @@ class MessageQueue:
                 raise self._aborted.with_traceback(None)
             if self._end is not None:
                 raise LinkClosedError("the link is closed")
-            if len(self._items) < self.capacity:
+            if self._has_room(message):
                 self._items.append(message)
+                self._bytes += len(message)
                 self._changed.fire()
                 return
             await self._changed.wait()
@@ -180,6 +197,7 @@ class MessageQueue:
         its source while the queue is full).  Dropped when the queue has ended."""
         if self._aborted is None and self._end is None:
             self._items.append(message)
+            self._bytes += len(message)
             self._changed.fire()
 
     async def get(self) -> bytes:
@@ -188,6 +206,7 @@ class MessageQueue:
                 raise self._aborted.with_traceback(None)
             if self._items:
                 message = self._items.popleft()
+                self._bytes -= len(message)
                 self._changed.fire()
                 return message
             if self._end is not None:
@@ -197,14 +216,15 @@ class MessageQueue:
     def try_put(self, message: bytes) -> bool:
         """:meth:`put` if it need not wait: True once queued, False (nothing done) if full;
         raises as :meth:`put` would on a queue that has ended.  (Unlike :meth:`put_nowait`,
-        it never goes over ``capacity``.)"""
+        it never goes over ``capacity`` nor ``max_bytes``.)"""
         if self._aborted is not None:
             raise self._aborted.with_traceback(None)
         if self._end is not None:
             raise LinkClosedError("the link is closed")
-        if len(self._items) >= self.capacity:
+        if not self._has_room(message):
             return False
         self._items.append(message)
+        self._bytes += len(message)
         self._changed.fire()
         return True
 
@@ -215,6 +235,7 @@ class MessageQueue:
             raise self._aborted.with_traceback(None)
         if self._items:
             message = self._items.popleft()
+            self._bytes -= len(message)
             if self._changed._waiters:  # (as fire's own first test: a reader takes in passing)
                 self._changed.fire()
             return message
@@ -244,6 +265,7 @@ class MessageQueue:
         if self._aborted is None:
             self._aborted = exc
             self._items.clear()
+            self._bytes = 0
             self._changed.fire()
 
 
@@ -304,6 +326,11 @@ class QueuedLink(LinkBase):
     def buffered(self) -> int:
         """Messages received and not read yet."""
         return len(self._inbox)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The bytes of the messages received and not read yet."""
+        return self._inbox.bytes
 
     def peek_buffered(self) -> tuple[bytes, ...]:
         """The messages received and not read yet, left to be read."""

@@ -34,6 +34,7 @@ from pairkit.pairing.errors import (
 from .queued import DEFAULT_QUEUE_SIZE, MAX_MTU, MessageQueue, QueuedLink, check_mtu
 
 __all__ = [
+    "DEFAULT_MAX_BUFFER",
     "DEFAULT_MTU",
     "HEADER_SIZE",
     "TcpLink",
@@ -46,6 +47,11 @@ __all__ = [
 ]
 
 DEFAULT_MTU = MAX_MTU
+#: the bytes of received messages a link queues unread before it stops reading (TCP then holds
+#: the sender back): two whole messages.  The queue's 16 messages alone let one link hold a
+#: megabyte, and a library host holds up to 64 links nobody reads yet (attack review atk20c,
+#: finding 4).
+DEFAULT_MAX_BUFFER = 2 * MAX_MTU
 HEADER_SIZE = 4  #: big-endian length before each message
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_CLOSE_TIMEOUT = 2.0
@@ -96,8 +102,9 @@ class TcpLink(QueuedLink):
     """A :class:`~transports.base.Link` over one TCP connection (4-byte length framing).
 
     Made by :func:`tcp_connect` and :meth:`TcpListener.accept`.  A background task reads frames
-    into a bounded queue of ``queue_size`` messages; when it is full the task stops reading, TCP
-    flow control fills up, and the peer's ``send`` waits: that is the backpressure.
+    into a bounded queue of ``queue_size`` messages and ``max_buffer`` bytes (one message larger
+    than that passes alone); when it is full the task stops reading, TCP flow control fills up,
+    and the peer's ``send`` waits: that is the backpressure.
 
     ``recv`` raises LinkClosedError after the peer's clean close, DecodeError after a garbage
     frame and TransportError after a reset or a close in the middle of a frame, each once the
@@ -114,8 +121,10 @@ class TcpLink(QueuedLink):
         mtu: int = DEFAULT_MTU,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
-        super().__init__(peer=peer, mtu=check_mtu(mtu), inbox=MessageQueue(queue_size))
+        super().__init__(peer=peer, mtu=check_mtu(mtu),
+                         inbox=MessageQueue(queue_size, max_bytes=max_buffer))
         self._reader = reader
         self._writer = writer
         self._close_timeout = close_timeout
@@ -246,6 +255,7 @@ async def tcp_connect(
     mtu: int = DEFAULT_MTU,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    max_buffer: int = DEFAULT_MAX_BUFFER,
 ) -> TcpLink:
     """Connect to a :class:`TcpListener` at ``host:port``.
 
@@ -269,6 +279,7 @@ async def tcp_connect(
         mtu=mtu,
         queue_size=queue_size,
         close_timeout=close_timeout,
+        max_buffer=max_buffer,
     )
 
 
@@ -286,8 +297,10 @@ class TcpListener:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         backlog: int = DEFAULT_BACKLOG,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         self._mtu = check_mtu(mtu)
+        self._max_buffer = max_buffer
         self._queue_size = queue_size
         self._close_timeout = close_timeout
         self._backlog = backlog
@@ -308,9 +321,11 @@ class TcpListener:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         backlog: int = DEFAULT_BACKLOG,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> TcpListener:
         """Listen on ``host:port`` (``port`` 0: any free port).  TransportError if it cannot."""
-        self = cls(mtu=mtu, queue_size=queue_size, close_timeout=close_timeout, backlog=backlog)
+        self = cls(mtu=mtu, queue_size=queue_size, close_timeout=close_timeout, backlog=backlog,
+                   max_buffer=max_buffer)
         await self._start(host, port)
         return self
 
@@ -359,6 +374,7 @@ class TcpListener:
             mtu=self._mtu,
             queue_size=self._queue_size,
             close_timeout=self._close_timeout,
+            max_buffer=self._max_buffer,
         )
         self._links[id(link)] = link
         self._waiting.put_nowait(link)
@@ -434,11 +450,13 @@ class TcpTransport:
         mtu: int = DEFAULT_MTU,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
     ) -> None:
         self.host = host
         self.port = port
         self.mtu = check_mtu(mtu)
-        self._options = {"mtu": mtu, "queue_size": queue_size, "close_timeout": close_timeout}
+        self._options = {"mtu": mtu, "queue_size": queue_size, "close_timeout": close_timeout,
+                         "max_buffer": max_buffer}
         self._listeners: list[TcpListener] = []
 
     def __repr__(self) -> str:
