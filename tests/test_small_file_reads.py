@@ -97,3 +97,16 @@ async def test_a_key_servers_token_file_is_sized_before_it_is_read(
                             "127.0.0.1:0", cmd=(*MEMORY_CAP, *PAIRKIT_CMD))
     assert refused.rc == 2 and refused.err.startswith("error: "), refused
     assert str(d.token) in refused.err and said(kind) in refused.err, refused
+
+
+async def test_a_key_servers_sealing_key_is_sized_before_it_is_read(tmp_path: Path) -> None:
+    """``pairkit ttp serve --dir D`` reads D/seal.key (32 bytes): a 1 GiB file put there is
+    refused before the server listens, not read whole (a FIFO or /dev/zero there is refused
+    as a missing file already: the directory's files must be regular ones)."""
+    d = init_server_dir(tmp_path / "ttp")
+    with open(d.seal_key, "r+b") as fh:
+        fh.truncate(2**30)
+    refused = await run_cli(None, "ttp", "serve", "--dir", str(d.root), "--listen",
+                            "127.0.0.1:0", cmd=(*MEMORY_CAP, *PAIRKIT_CMD))
+    assert refused.rc == 2 and refused.err.startswith("error: "), refused
+    assert str(d.seal_key) in refused.err and "too large" in refused.err, refused
