@@ -154,7 +154,7 @@ def _read_cert_file(path: Path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from pairkit.files import read_small_file
+    from pairkit.smallfile import read_small_file
 
     # sized before it is read, and only a regular file (session 20: a FIFO held the command
     # for ever, /dev/zero filled its memory)

@@ -183,10 +183,9 @@ def _server_log_to_stderr(*, quiet: bool) -> Iterator[None]:
 
 
 def _read_eukey(path: str) -> bytes:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the EUKey file {path}: {exc.strerror}") from None
+    from pairkit.smallfile import MAX_SECRET_FILE, read_small_file
+
+    raw = read_small_file(Path(path), MAX_SECRET_FILE, "an EUKey file")
     if len(raw) == 32:
         return raw
     try:

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pairkit.pairing.errors import ConfigError
+from pairkit.smallfile import MAX_CA_FILE, MAX_SECRET_FILE, read_small_file
 
 from .store import SEAL_KEY_LEN, open_store
 
@@ -46,10 +47,11 @@ TOKEN_FILE = "enrol.token"
 
 def read_token(path: Path) -> bytes:
     """An enrolment token from ``path``: 16 to 64 characters, surrounding blanks dropped."""
+    raw = read_small_file(path, MAX_SECRET_FILE, "an enrolment token")
     try:
-        token = path.read_text(encoding="utf-8").strip().encode()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the enrolment token {path}: {exc.strerror}") from None
+        token = raw.decode("utf-8").strip().encode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"the enrolment token in {path} is not UTF-8 text") from None
     if not 16 <= len(token) <= 64:
         raise ConfigError(f"the enrolment token in {path} must be 16 to 64 characters")
     return token
@@ -249,10 +251,9 @@ def init_server_dir(
 
 
 def load_cert(path: Path) -> x509.Certificate:
+    pem = read_small_file(path, MAX_CA_FILE, "a certificate")
     try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read the certificate {path}: {exc.strerror}") from None
+        return x509.load_pem_x509_certificate(pem)
     except ValueError:
         raise ConfigError(f"{path} is not a PEM certificate") from None
 
@@ -279,9 +280,10 @@ def load_ca_key(d: ServerDir) -> ec.EllipticCurvePrivateKey | None:
     """The CA's private key, or None when it is kept offline (not in the directory)."""
     if not d.ca_key.is_file():
         return None
+    pem = read_small_file(d.ca_key, MAX_SECRET_FILE, "the CA's key")
     try:
-        key = serialization.load_pem_private_key(d.ca_key.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError):
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
         raise ConfigError(f"{d.ca_key} is not a readable CA key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{d.ca_key} is not the CA's EC key")

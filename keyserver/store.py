@@ -54,6 +54,7 @@ from pairkit.pairing.errors import (
     RefusedError,
 )
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
+from pairkit.smallfile import read_small_file
 
 SEAL_KEY_LEN: Final = 32
 #: seconds a lease that ran out is kept (a process that stalled that long renews it again)
@@ -216,10 +217,8 @@ class Sealer:
 
     @classmethod
     def from_file(cls, path: Path, *, rng: Rng = os.urandom) -> Sealer:
-        try:
-            key = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the sealing key {path}: {exc.strerror}") from None
+        # Bounded: a FIFO or a huge file put in its place is refused before it is read.
+        key = read_small_file(path, SEAL_KEY_LEN, "a sealing key")
         if len(key) != SEAL_KEY_LEN:
             raise ConfigError(f"{path} is not a sealing key (it must hold {SEAL_KEY_LEN} bytes)")
         return cls(key, rng=rng)

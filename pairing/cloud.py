@@ -299,6 +299,9 @@ class CloudGuest(Machine):
         self._rng = rng
         self.role: Role = Role.STRANGER
         self.seconds: int | None = None
+        #: the role the host's JoinVerdict gave (None: no verdict came, as for a member back
+        #: by its cloud proof): the Membership that follows must give the same (§10)
+        self.verdict: Role | None = None
 
     def _on_start(self, now: float) -> None:
         """Send the hello with a hint per cloud."""
@@ -363,7 +366,7 @@ class CloudGuest(Machine):
     def _on_join_verdict(self, msg: JoinVerdict, now: float) -> None:
         if msg.role is Role.STRANGER:
             raise ProtocolError("a join verdict must grant guest or member access")
-        self.role = msg.role
+        self.role = self.verdict = msg.role
         self.seconds = msg.seconds
         self._emit(OwnerDecided())
         self._finish()

@@ -158,6 +158,7 @@ def check_membership(
     member_names: Mapping[str, str] | None = None,
     member_owners: Mapping[str, bytes] | None = None,
     member_owner_signing: Mapping[str, bytes] | None = None,
+    verdict: Role | None = None,
 ) -> JoinCloud | CloudRenewal | CloudBehind | None:
     """What a guest may do with a host's :class:`Membership` (docs/security.md, rules 2, 3).
 
@@ -190,7 +191,19 @@ def check_membership(
 
     ``proven``: the cloud this device proved in the cloud step (it came back as a member).  A
     secret is then only that cloud's renewal: anything else with a secret is refused.
+
+    ``verdict``: the role the host's JoinVerdict gave, which this device's person was shown;
+    the Membership must give the same, or it is a :class:`ProtocolError` before anything else
+    (a host said "guest" and then sent a member's secret, which a guest that says yes to every
+    cloud would join; or the reverse: atk20c, fixed in session 20).  None when no verdict came
+    (a member back by its cloud proof, whose owner may answer "guest" after the pairing when
+    the proof was made with a retired secret).
     """
+    if verdict is not None and m.role is not verdict:
+        raise ProtocolError(
+            f"the host's membership makes this device a {m.role.name.lower()}, but its answer "
+            f"to the join request said {verdict.name.lower()}"
+        )
     if m.irk is not None and m.role is not Role.MEMBER:
         raise ProtocolError("a guest grant carries no address key (members only)")
     if m.secret is None:

@@ -143,14 +143,20 @@ class Session:
 
     async def receive(self, timeout: float | None = None) -> bytes:
         """The peer's next message.  :class:`~pairing.errors.LinkClosedError` when the peer
-        closed the session, :class:`~pairing.errors.PairingTimeout` after ``timeout`` seconds
-        (default: the session's step timeout)."""
+        closed the session (this session is then closed too: its link with it),
+        :class:`~pairing.errors.PairingTimeout` after ``timeout`` seconds (default: the
+        session's step timeout)."""
         if self._closed:
             raise LinkClosedError("this session is closed")
         try:
             return await self._channel.recv(timeout)
         except LinkClosedError:
-            self._ended()  # the peer is gone: its place in the host's admission is free
+            # The peer closed the session (its CLOSE record) or the link: the session is over,
+            # and so is the link.  Its place in the host's admission is freed only with the
+            # link closed: freed on the CLOSE record alone, a peer that keeps the link open
+            # held more links than the host serves (atk20c, session 20).
+            with contextlib.suppress(PairingError, OSError):
+                await self.close()
             raise
 
     def _ended(self) -> None:

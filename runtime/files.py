@@ -125,31 +125,6 @@ def open_checked(root: Path, path: Path, name: str) -> BinaryIO:
     return fh
 
 
-def read_small_file(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of the regular file ``path`` (a file of the user's own: a certificate), at
-    most ``limit`` of them.  Opened without waiting (a FIFO nobody writes to), refused unless
-    it is a regular file (a FIFO, /dev/zero) or when larger than ``limit``, which is checked
-    before a byte is read; the read itself stops past ``limit`` (the file may grow meanwhile).
-    ``what`` names what the file should be, for :class:`ConfigError`'s text."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"{path} is not a regular file (it should be {what})")
-            if st.st_size > limit:
-                raise ConfigError(f"{path} is too large to be {what}")
-            raw = fh.read(limit + 1)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    if len(raw) > limit:
-        raise ConfigError(f"{path} is too large to be {what}")
-    return raw
-
-
 def _opened_at(fd: int) -> Path | None:
     """Where the open file ``fd`` is, as the system says (Linux), or None."""
     try:

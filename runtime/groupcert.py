@@ -14,6 +14,7 @@ from .pairing.errors import ConfigError, RemoteError
 from .pairing.groupcert import CertClient, CertIssued, DeviceCert, check_device_cert
 from .pairing.keystore import Keystore
 from .pairing.methods import LocalIdentity
+from .smallfile import MAX_CA_FILE, read_small_file
 from .ttp import DEFAULT_TIMEOUT, connect, from_server
 
 #: keystore settings: this device's certificate (DER) and the CA certificate (DER) it enrolled
@@ -78,10 +79,7 @@ def _read_ca(ca_file: str | Path) -> bytes:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    try:
-        pem = Path(ca_file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the CA certificate {ca_file}: {exc.strerror}") from None
+    pem = read_small_file(Path(ca_file), MAX_CA_FILE, "a CA certificate")
     try:
         return x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
     except ValueError:

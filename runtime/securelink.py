@@ -54,6 +54,9 @@ class SecureLink:
             recv_key=session.recv_key,
         )
         self._send_lock = asyncio.Lock()
+        #: a record's send was cut part way (a timeout, a cancel): the fragments sent so far
+        #: are on the link, so nothing more may follow them (atk20c, session 20)
+        self._cut = False
 
     @property
     def max_message(self) -> int:
@@ -83,18 +86,39 @@ class SecureLink:
         as it is now (it can grow after connect: a late ATT MTU exchange);
         :class:`PairingTimeout` when the peer does not take it within ``timeout`` seconds
         (default: :attr:`timeout`), the link's flow control holding it back: a peer that stops
-        reading is dropped, not waited on (issue 17)."""
+        reading is dropped, not waited on (issue 17).
+
+        A send cut part way (its timeout, the task cancelled, the link failing) leaves part of
+        a record on the link, and its sequence number spent: any record after it would reach
+        the peer as a framing or authentication error.  So the link is then done with: every
+        later send raises :class:`LinkClosedError`, :meth:`close` sends no CLOSE record, and
+        after a timeout the link is closed at once (the peer reads the end of the link)."""
         wait = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(wait):
                 async with self._send_lock:
+                    self._check_not_cut()
                     mtu = self.link.mtu
                     if mtu != self.channel.config.mtu:
                         self.channel.set_mtu(mtu)
-                    for fragment in self.channel.seal(data):
-                        await self.link.send(fragment)
+                    fragments = self.channel.seal(data)
+                    try:
+                        for fragment in fragments:
+                            await self.link.send(fragment)
+                    except BaseException:
+                        self._cut = True
+                        raise
         except TimeoutError:
+            if self._cut:
+                with contextlib.suppress(PairingError, OSError):
+                    await self.link.close()  # type: ignore[attr-defined]
             raise PairingTimeout(f"the peer stopped reading for {wait:.0f} s") from None
+
+    def _check_not_cut(self) -> None:
+        if self._cut:
+            raise LinkClosedError(
+                "the secure link is closed: an earlier message was cut part way through"
+            )
 
     async def recv(self, timeout: float | None = None) -> bytes:
         """The next message; :class:`PairingTimeout` if none comes within ``timeout``."""
@@ -115,7 +139,7 @@ class SecureLink:
         """Send an authenticated close, then close the link (idempotent, never raises)."""
         with contextlib.suppress(PairingError, OSError, TimeoutError):
             async with self._send_lock:
-                if not self.channel.closed:
+                if not self.channel.closed and not self._cut:
                     for fragment in self.channel.seal_close():
                         await asyncio.wait_for(self.link.send(fragment), 2.0)
         with contextlib.suppress(PairingError, OSError):

@@ -544,7 +544,8 @@ async def open_session(
     if cloud is not None:
         membership = await receive_membership(channel)
         proven = cloud.cloud_id if cloud.role is Role.MEMBER else None
-        await _take_membership(ks, membership, session, delegate, proven=proven)
+        await _take_membership(ks, membership, session, delegate, proven=proven,
+                               verdict=cloud.verdict)
     address = side.address or str(link.peer)
     peers.save_session(
         ks, session, address=address, transport=side.transport,
@@ -560,6 +561,7 @@ async def open_session(
 
 def _check_membership_on(
     ks: Keystore, membership: Membership, session: Session, proven: str | None,
+    verdict: Role | None = None,
 ) -> JoinCloud | CloudRenewal | CloudBehind | None:
     """:func:`check_membership` of ``membership`` on the clouds ``ks`` holds as it is now."""
     clouds = ks.clouds()
@@ -574,6 +576,7 @@ def _check_membership_on(
                        if c.owner is not None},
         member_owner_signing={c.cloud_id: c.owner_signing for c in members
                               if c.owner_signing is not None},
+        verdict=verdict,
     )
 
 
@@ -583,14 +586,15 @@ JOIN_CLOUD_ANSWER_TIME = DEFAULT_ANSWER_TIME
 
 async def _take_membership(
     ks: Keystore, membership: Membership, session: Session, delegate: Any,
-    *, proven: str | None = None,
+    *, proven: str | None = None, verdict: Role | None = None,
 ) -> None:
     """Join the host's cloud only if it is the host's own, signed, new to this device, and this
     device's person agrees (docs/security.md, rules 2 and 3); a refusal stores nothing.
 
     ``proven``: the cloud this device came back to as a member by its proof; a secret is then
-    only that cloud's renewal, taken without asking (rule 3's one exception)."""
-    question = _check_membership_on(ks, membership, session, proven)
+    only that cloud's renewal, taken without asking (rule 3's one exception).  ``verdict``:
+    the role the host's JoinVerdict gave, which the Membership must give too."""
+    question = _check_membership_on(ks, membership, session, proven, verdict)
     if question is None:
         return
     if isinstance(question, CloudBehind):

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import os
 import ssl
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from pairkit.pairing.ttp import (
     TtpLinkHost,
     cert_digest,
 )
+from pairkit.smallfile import MAX_CA_FILE
 from pairkit.transports.tcp import format_host_port, parse_host_port
 from pairkit.transports.tls import TlsLink, tls_connect
 
@@ -77,6 +79,12 @@ def client_context(ca_file: str | Path) -> ssl.SSLContext:
         raise ConfigError(f"the key server's CA certificate {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read the CA certificate {path}: {exc.strerror}") from None
+    # OpenSSL reads the file by its path, whole: a FIFO nobody writes to would hold it for
+    # ever and a huge file fill memory, so those are refused first, by what the path is now.
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path} is not a regular file (it should be a CA certificate)")
+    if st.st_size > MAX_CA_FILE:
+        raise ConfigError(f"{path} is too large to be a CA certificate")
     # The file is known by its device and inode (not by resolving the path, which costs a
     # system call per component on every connection), and read again once it changed.
     return _context(path, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)

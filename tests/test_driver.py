@@ -516,6 +516,49 @@ async def test_secure_link_carries_messages_both_ways_and_rekeys() -> None:
     await pair.aclose()
 
 
+@pytest.mark.parametrize("cut", ["timeout", "cancel"])
+async def test_a_send_cut_part_way_leaves_no_half_record_before_what_follows(cut: str) -> None:
+    """A record of many fragments whose send is cut part way (its timeout, as with a peer that
+    stopped reading, or the task cancelled) left the fragments sent so far on the link; the
+    next record (another message, the CLOSE) then reached the peer inside that half record,
+    as a framing error (atk20c, suspected; session 20).  After a cut the link is closed: the
+    peer reads the end of the link, not a malformed stream, and nothing more is sent."""
+    pair = loopback_pair(mtu=64, queue_size=4)
+    a, b = pair
+    g, h = await pair_over(a, b, Method.PIN)
+    ga, hb = SecureLink(a, g), SecureLink(b, h)
+    await asyncio.gather(confirm(ga), confirm(hb))
+    big = bytes(4000)  # some 65 fragments at MTU 64; the peer's queue holds 4 of them
+    if cut == "timeout":
+        with pytest.raises(PairingTimeout):
+            await ga.send(big, timeout=0.2)
+    else:
+        sending = asyncio.create_task(ga.send(big))
+        for _ in range(1000):  # until the queue is full and the send waits on it
+            if len(a._outbox) == 4:
+                break
+            await asyncio.sleep(0)
+        assert len(a._outbox) == 4
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+
+    async def read_to_the_end() -> PairingError:
+        while True:
+            try:
+                await hb.recv(5)
+            except PairingError as exc:
+                return exc
+
+    reader = asyncio.create_task(read_to_the_end())  # the peer reads again, the half record
+    with pytest.raises(LinkClosedError):
+        await ga.send(b"after the cut")
+    await ga.close()
+    ended = await reader
+    assert isinstance(ended, LinkClosedError), repr(ended)
+    await pair.aclose()
+
+
 async def test_secure_link_recv_has_a_deadline() -> None:
     _ga, hb, pair = await _slinks()
     t0 = time.perf_counter()

@@ -119,3 +119,36 @@ async def test_a_library_host_refuses_new_links_while_max_sessions_are_open(
                     await accepting
         finally:
             await _close_all(kept)
+
+
+async def test_a_peers_close_record_on_a_link_it_keeps_open_does_not_free_its_place(
+    tmp_path: Path,
+) -> None:
+    """``max_sessions=2``.  George pairs, then sends the secure channel's CLOSE record but keeps
+    the link open.  The application reads the close (``receive`` raises LinkClosedError) and,
+    as an application may, keeps the session object for later.  The host freed George's
+    place at that close while his link stayed open, so Ringo and John got in too: three open
+    links to a host that serves two (atk20c, suspected; session 20).  A link whose peer closed
+    its session is closed by the host, so the links open never exceed the limit."""
+    paul = device(tmp_path, "Paul")
+    george, ringo, john = (device(tmp_path, n) for n in ("George", "Ringo", "John"))
+    spec = "loopback:api-close-record"
+    kept: list[pairkit.Session] = []
+    async with paul.host(spec, methods=["pin"], delegate=pairkit.Agree(),
+                         admission=AdmissionLimits(max_sessions=2)) as host:
+        try:
+            on_host, on_george = await _pair(host, lambda: george.join(spec, pin=host.pin))
+            kept += [on_host, on_george]
+            # George's CLOSE record, sent on a link he does not close.
+            slink = on_george._channel
+            for fragment in slink.channel.seal_close():
+                await slink.link.send(fragment)
+            with pytest.raises(LinkClosedError):
+                await on_host.receive(timeout=5)
+            for guest in (ringo, john):
+                kept += await _pair(host, lambda g=guest: g.join(spec, pin=host.pin))
+            on_hosts = kept[0::2]
+            still_open = [s.peer.name for s in on_hosts if not s._channel.link.closed]
+            assert len(still_open) <= 2, f"{still_open} hold links on a host that serves 2"
+        finally:
+            await _close_all(kept)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pairkit
+from pairkit.pairing.cloud import Grant, Role
 from pairkit.presence import IRK_SETTING, tag_keys
 
 from .. import renewal_harness
@@ -226,6 +227,30 @@ async def test_a_retired_proof_from_a_new_identity_is_asked_about(tmp_path: Path
     assert owner.asked == ["George 2"], "a retired proof let a new identity in unasked"
     assert error is not None and session is None
     assert record(paul, "George 2") is None
+    assert paul_cloud(twin, paul) != paul_cloud(paul, paul)  # not handed the new secret
+
+
+async def test_a_retired_proof_answered_guest_is_a_guest_with_no_verdict_sent(
+    tmp_path: Path,
+) -> None:
+    """Control for the verdict rule (the Membership's role must be the JoinVerdict's): a
+    guest back by its cloud proof hears no JoinVerdict, only the CloudVerdict "member"; when
+    the proof was made with a retired secret and Paul answers "guest" after the pairing, the
+    Membership says guest, and that is taken (a guest, no cloud stored), not refused as a
+    mismatch."""
+    paul, owner, george, _ringo = await members_paul_forgets_george(tmp_path)
+    twin = device(tmp_path / "twin", "George 2")
+    (cloud_id,) = [c.cloud_id for c in paul.keystore.clouds() if c.role == "owner"]
+    retired = george.keystore._clouds[cloud_id]["secret"]
+    twin.keystore.set_cloud(cloud_id, retired, name="Paul's cloud", role="member")
+    twin.keystore.save()
+    owner.grant = Grant(Role.GUEST, 3600)
+
+    session, error = await pair(paul, owner, twin, "fm5", method="clear")
+    assert error is None and session is not None, error
+    await session.close()
+    assert owner.asked == ["George 2"]
+    assert session.role == "guest"
     assert paul_cloud(twin, paul) != paul_cloud(paul, paul)  # not handed the new secret
 
 

@@ -61,6 +61,14 @@ ATTACKS: dict[str, tuple[Grant, Craft]] = {
         h, member_of(cloud_id_of(h.me.device_id)), s, fingerprint="0000-0000-0000-0000")),
     "guest-grant-naming-the-guests-cloud": (Grant(Role.GUEST, 3600), lambda h, s, ids: Membership(
         role=Role.GUEST, expires=int(time.time()) + 3600, cloud_id=ids["george"])),
+    # atk20c (suspected): the verdict George's person is shown says "guest for an hour", then
+    # the Membership makes him a member of the host's own cloud, properly signed: with --yes
+    # (or pairkit.Agree()) he joined a cloud he was told he would not.  And the reverse: told
+    # "member", made a guest.  The Membership's role must be the verdict's.
+    "member-membership-after-a-guest-verdict": (Grant(Role.GUEST, 3600), lambda h, s, ids: sign(
+        h, member_of(cloud_id_of(h.me.device_id)), s)),
+    "guest-membership-after-a-member-verdict": (Grant(Role.MEMBER), lambda h, s, ids: Membership(
+        role=Role.GUEST, expires=int(time.time()) + 3600)),
 }
 
 

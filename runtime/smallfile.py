@@ -1,0 +1,47 @@
+"""Reading a small file a person names (a certificate, a key, a token), bounded.
+
+A FIFO nobody writes to, /dev/zero or a huge file given where a certificate was expected must
+be refused before a byte is read: a plain ``read_bytes`` waits for ever on the first and fills
+memory with the others.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .pairing.errors import ConfigError
+
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+#: the largest CA certificate file read (a private CA's PEM, or a small bundle of them)
+MAX_CA_FILE = 1024 * 1024
+#: the largest enrolment token or factory key file read (each holds at most 64 characters)
+MAX_SECRET_FILE = 4096
+
+
+def read_small_file(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path`` (a file of the user's own: a certificate), at
+    most ``limit`` of them.  Opened without waiting (a FIFO nobody writes to), refused unless
+    it is a regular file (a FIFO, /dev/zero) or when larger than ``limit``, which is checked
+    before a byte is read; the read itself stops past ``limit`` (the file may grow meanwhile).
+    ``what`` names what the file should be, for :class:`ConfigError`'s text."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"{path} is not a regular file (it should be {what})")
+            if st.st_size > limit:
+                raise ConfigError(f"{path} is too large to be {what}")
+            raw = fh.read(limit + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{path} is too large to be {what}")
+    return raw
