@@ -20,6 +20,7 @@ from pairkit.pairing.groups import (
     MAX_BATCH,
     MAX_MEMBERS,
     MAX_QUEUE,
+    DeliveryResult,
     Forward,
     ForwardReceipt,
     GroupEnvelope,
@@ -33,6 +34,8 @@ from pairkit.securelink import SecureLink
 from tests.group_harness import Net, relay_net
 
 FAST = RetryPolicy(first=0.05, cap=0.2, attempts=4)
+#: the groups a member holds from one controller (atk19g finding 4)
+HELD_BOUND = 256
 
 
 @pytest.fixture
@@ -153,28 +156,73 @@ async def test_a_new_member_cannot_read_what_the_group_said_before_it_joined(net
 async def test_one_controller_cannot_make_a_member_hold_groups_without_bound(net: Net) -> None:
     """The far member's owner let Mallory in as a member, which lets her control groups on
     it (docs/security.md, "Who may give a device group keys").  She sends it the keys of ever
-    more groups of her own, 32 an envelope batch: past as many groups as a group has members,
-    the far member refuses them."""
+    more groups of her own, 32 an envelope batch: past 256 groups from her, the far member
+    refuses them, each with its signed word saying why, and still takes a new epoch of a
+    group it holds.  Its owner drops one (``group listen NAME --controller``) and there is
+    room for one more, then forgets her and all hers go.  Through a relay the refusal settles
+    nothing either: the controller is told why, and tries again."""
     await net.lab.commission(net.far, net.mallory)
     await net.lab.start_member(net.far)
     static = net.mallory.ks.get_peer(net.far.id).static_public
-    taken = 0
-    for batch in range(MAX_MEMBERS // MAX_BATCH + 1):
+
+    async def deliver(names: list[str], epoch: int = 1) -> list[DeliveryResult]:
         envs = []
-        for i in range(MAX_BATCH):
-            name = f"m{batch}-{i}"
-            net.mallory.ks.new_group_key(name, 1)
-            envs.append(seal_group_envelope(net.mallory.ks, group=name, epoch=1,
+        for name in names:
+            net.mallory.ks.new_group_key(name, epoch)
+            envs.append(seal_group_envelope(net.mallory.ks, group=name, epoch=epoch,
                                             member_public=static))
 
-        async def deliver(slink: SecureLink, envs: tuple = tuple(envs)) -> list[bool]:
-            await slink.send(KeyDelivery(envs).encode())
-            return [r.ok for r in wire.decode(await slink.recv(5), KeyReceipt).results]
+        async def work(slink: SecureLink) -> list[DeliveryResult]:
+            await slink.send(KeyDelivery(tuple(envs)).encode())
+            return list(wire.decode(await slink.recv(5), KeyReceipt).results)
 
-        taken += sum(await G.with_peer(net.mallory.ks, net.lab.reach(net.mallory), net.far.id,
-                                       deliver))
-    assert taken == len(G.held_groups(net.far.ks))
-    assert taken <= MAX_MEMBERS, taken
+        done: list[DeliveryResult] = await G.with_peer(
+            net.mallory.ks, net.lab.reach(net.mallory), net.far.id, work)
+        return done
+
+    results: list[DeliveryResult] = []
+    for batch in range(MAX_MEMBERS // MAX_BATCH + 1):  # 288 groups
+        results += await deliver([f"m{batch}-{i}" for i in range(MAX_BATCH)])
+    taken = sum(r.ok for r in results)
+    assert taken == len(G.held_groups(net.far.ks)) == HELD_BOUND, taken
+    refused = [r for r in results if not r.ok]
+    assert len(refused) == len(results) - HELD_BOUND
+    assert all(r.signature is not None for r in refused)  # the member's signed word
+    why = refused[0].reason or ""
+    assert f"holds {HELD_BOUND} groups from controller {net.mallory.id[:8]}" in why, why
+    assert "'pairkit forget' or 'pairkit group listen" in why, why
+    assert net.far.ks.group_epochs(refused[0].group) == ()  # no key of it kept
+    # A group held already takes its new epochs, at the bound as before it.
+    (again,) = await deliver(["m0-0"], epoch=2)
+    assert again.ok and net.far.ks.group_epochs("m0-0") == (2,), again
+    # The owner drops one of hers (naming another controller for it): room for one more.
+    assert G.pin_controller(net.far.ks, "m0-1", net.ctl.id)
+    first, second = await deliver(["n-1", "n-2"])
+    assert (first.ok, second.ok) == (True, False), (first, second)
+    # Through a relay: the member's signed refusal is kept for her and tells her why; she
+    # forwards again until her attempts run out, and once the owner drops one more of hers,
+    # her next try (the same envelope) is taken.
+    await net.lab.start_relay(net.relay, retry=0.05)
+    G.create_group(net.mallory.ks, "one-more")
+    _, outcomes = await G.add_member(net.mallory.ks, "one-more", net.far.id, via=net.relay.id,
+                                     reach=net.lab.reach(net.mallory), policy=FAST)
+    assert [o.ok for o in outcomes] == [True], outcomes  # queued at the relay
+    await wait_for(lambda: any(not r.ok for r in G.relay_receipts(net.relay.ks).receipts), 10)
+    _, outcomes = await G.confirm_all(net.mallory.ks, "one-more",
+                                      reach=net.lab.reach(net.mallory), policy=FAST)
+    (outcome,) = outcomes
+    assert outcome.state == "unreachable", outcome
+    assert f"holds {HELD_BOUND} groups" in outcome.status, outcome.status
+    assert G.pin_controller(net.far.ks, "m1-0", net.ctl.id)
+    _, outcomes = await G.confirm_all(net.mallory.ks, "one-more",
+                                      reach=net.lab.reach(net.mallory), policy=FAST,
+                                      retry_unreachable=True)
+    assert [o.state for o in outcomes] == ["confirmed"], outcomes
+    # Forgetting her drops every group held from her.
+    from pairkit import peers as store
+
+    assert len(store.forget(net.far.ks, net.mallory.id).groups_dropped) == HELD_BOUND
+    assert G.held_groups(net.far.ks) == {}
 
 
 async def test_a_refusal_the_member_took_back_does_not_bar_it_through_a_relay(net: Net) -> None:
