@@ -114,6 +114,7 @@ __all__ = [
     "ADVERT_MARKER",
     "ADVERT_OVERHEAD",
     "MAX_GROUP_NAME",
+    "MAX_HELD_PER_CONTROLLER",
     "MAX_SENDERS",
     "DeliveryResult",
     "Forward",
@@ -171,6 +172,14 @@ MAX_MEMBERS: Final = 256
 MAX_SENDERS: Final = MAX_MEMBERS + 1
 MAX_QUEUE: Final = 1024
 MAX_BATCH: Final = 32
+#: the most groups a member holds from one controller (attack review atk19g, finding 4: a
+#: controller its owner let in made it hold any number).  Each costs the member a key and a
+#: record rewritten on every keystore save, and one more key every broadcast heard at that
+#: epoch is tried against: measured, 256 groups are 25 KB of keystore and 2.8-3.8 ms per
+#: broadcast no key opens (2,048: 200 KB and 28-44 ms).  256, as many as a group has members:
+#: a device sits in few groups of one controller, and keeps those it was removed from
+#: (nobody tells it), so the bound leaves a long-lived controller room to spare.
+MAX_HELD_PER_CONTROLLER: Final = 256
 
 ID_SIZE: Final = 16
 ENC_SIZE: Final = 32
@@ -649,6 +658,7 @@ def open_group_envelope(
     controller_key: Callable[[bytes], bytes | None],
     held: HeldGroup | None = None,
     pinned: str | None = None,
+    held_from_controller: int = 0,
 ) -> HeldGroup:
     """Check ``env`` and keep its key inside ``ks``; returns what the member now holds.
 
@@ -656,11 +666,14 @@ def open_group_envelope(
     as a group controller (a known, authenticated peer), or ``None``.  ``held`` is the group as
     the member knows it already (then only its controller may send a key, and not an older
     epoch); ``pinned`` (a device id) is the only controller accepted for a group not held yet.
+    ``held_from_controller`` is how many groups the member holds from the controller ``env``
+    names: a group not held yet is taken only below :data:`MAX_HELD_PER_CONTROLLER`.
 
     Raises :class:`AuthenticationError` for an envelope addressed to another device, from a
     device that is not the group's controller, with a bad signature, or that does not open;
-    :class:`ReplayError` for an epoch older than the one held.  Keys of older epochs are
-    forgotten once the new one is in.
+    :class:`ReplayError` for an epoch older than the one held; :class:`TooLargeError` for a
+    group more than a controller may give.  Keys of older epochs are forgotten once the new
+    one is in.
     """
     me = bytes.fromhex(ks.device_id)
     group = env.group
@@ -690,6 +703,12 @@ def open_group_envelope(
             f"refused an envelope for group {group!r}: it is not signed by its controller "
             f"{controller[:8]} (forged or altered)"
         ) from None
+    if held is None and held_from_controller >= MAX_HELD_PER_CONTROLLER:
+        # after the signature: only the controller itself learns that it reached the bound
+        raise TooLargeError(
+            f"this device holds {MAX_HELD_PER_CONTROLLER} groups from controller "
+            f"{controller[:8]} already, the most it takes from one controller"
+        )
     if held is not None and env.epoch < held.epoch:
         raise ReplayError(
             f"refused an envelope for group {group!r}: epoch {env.epoch} is older than the "

@@ -1149,7 +1149,8 @@ class GroupService:
                     if not self.member:
                         raise AuthenticationError("this device takes no group keys")
                     held = take_envelope(self.ks, env)
-                except (AuthenticationError, ReplayError, ConfigError, DecodeError) as exc:
+                except (AuthenticationError, ReplayError, ConfigError, DecodeError,
+                        TooLargeError) as exc:
                     self.on_event({"event": "key-refused", "group": env.group,
                                    "epoch": env.epoch, "from": who, "reason": str(exc)})
                     results.append(signed_result(self.ks, env, False, str(exc)))
@@ -1179,10 +1180,16 @@ def take_envelope(
         _may_give_keys(ks, env, pinned)
         return believe(device_id)
 
-    held = open_group_envelope(
-        ks, env, controller_key=controller_key,
-        held=held_groups(ks).get(env.group), pinned=pinned,
-    )
+    holding = held_groups(ks)
+    mine = sum(h.controller == env.controller.hex() for h in holding.values())
+    try:
+        held = open_group_envelope(
+            ks, env, controller_key=controller_key,
+            held=holding.get(env.group), pinned=pinned, held_from_controller=mine,
+        )
+    except TooLargeError as exc:  # atk19g finding 4: what the owner can do about it
+        raise TooLargeError(f"{exc}; its owner can drop some ('pairkit forget' or 'pairkit "
+                            "group listen NAME --controller PEER')") from None
     _put_held(ks, held)
     return held
 
