@@ -8,7 +8,7 @@ relay, members, and Mallory, a device that paired with the relay or holds a grou
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from pairkit.pairing.groups import (
     MAX_HELD_PER_CONTROLLER,
     MAX_MEMBERS,
     MAX_QUEUE,
+    MAX_SENDERS,
     DeliveryResult,
     Forward,
     ForwardReceipt,
@@ -78,6 +79,46 @@ async def test_a_member_cannot_grow_a_members_replay_state_without_bound(net: Ne
     # A sender heard before the flood is heard after it.
     await net.lab.broadcast(net.ctl, "doors", "open",
                             until=lambda: net.far.read()[-1:] == ["open"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "atk19y finding 6, severity low: a member holding a group's key takes the 257 sender "
+    "slots of an epoch before the controller is heard, and the controller's broadcasts are "
+    "refused as too-many-senders for the rest of the epoch"))
+async def test_a_member_cannot_shut_the_controller_out_of_an_epochs_senders(net: Net) -> None:
+    """atk19y finding 6 (low): Mallory is a member of "doors" (she holds its key).  Before
+    the controller has spoken at this epoch, she broadcasts over the radio under as many
+    made-up sender ids as a member keeps replay windows for (257).  The controller's
+    broadcasts must still be taken: its slot is its own.  What she can still do: take the
+    members' slots, so that a member not heard yet is refused until the next epoch."""
+    G.create_group(net.ctl.ks, "doors")
+    await net.lab.start_member(net.far)
+    await net.lab.start_member(net.mallory)
+    record, outcomes = await G.add_members(net.ctl.ks, "doors", [net.far.id, net.mallory.id],
+                                           reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"] * 2 and record.epoch == 1, outcomes
+
+    def settled(mark: int) -> Callable[[], bool]:
+        # the far member read it or refused it: either way the broadcast was heard
+        return lambda: any(e["event"] in ("command", "rejected") for e in net.far.events[mark:])
+
+    async def flood(sender: bytes) -> str:
+        payload = seal_broadcast(net.mallory.ks, group="doors", epoch=1, sender=sender, seq=1,
+                                 command=b"x", rng=os.urandom)
+        mark = len(net.far.events)
+        await net.lab.broadcast(net.mallory, "doors", "", payload=payload, until=settled(mark))
+        (heard,) = [e for e in net.far.events[mark:] if e["event"] in ("command", "rejected")]
+        return str(heard.get("reason", "read"))
+
+    said = [await flood(i.to_bytes(8, "big")) for i in range(MAX_SENDERS)]
+    for command in ("close", "open"):  # the controller, heard at last, is read every time
+        mark = len(net.far.events)
+        await net.lab.broadcast(net.ctl, "doors", command, until=settled(mark))
+        assert net.far.read()[-1:] == [command], net.far.events[-1]
+    # her 257th sender was the one refused: the members' 256 slots were full
+    assert said == ["read"] * MAX_MEMBERS + ["too-many-senders"], said[-3:]
+    # what she can still do: a member's sender not heard before gets no slot in this epoch
+    assert await flood(b"\xff" * 8) == "too-many-senders"
 
 
 async def _forward(net: Net, sender: Node, envs: tuple[GroupEnvelope, ...]) -> list[bool]:
