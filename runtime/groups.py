@@ -1453,8 +1453,11 @@ class Listener:
         self.on_event = on_event
         self.persist = persist
         windows = GroupReceiver.windows_from_plain(ks.setting(SETTING_WINDOWS, ()) or ())
-        epochs = {g: h.epoch for g, h in held_groups(ks).items() if self._wanted(g)}
-        self.receiver = GroupReceiver(ks, epochs, windows=windows)
+        held = {g: h for g, h in held_groups(ks).items() if self._wanted(g)}
+        # each group's controller keeps a replay window of its own (atk19y, finding 6)
+        self.receiver = GroupReceiver(
+            ks, {g: h.epoch for g, h in held.items()}, windows=windows,
+            controllers={g: sender_id(h.controller) for g, h in held.items()})
         self._recent: dict[tuple[str | None, bytes], None] = {}
         self.received: list[GroupMessage] = []
 
@@ -1464,7 +1467,8 @@ class Listener:
     def on_key(self, held: HeldGroup) -> None:
         """A new epoch arrived (from :class:`GroupService`): listen at it."""
         if self._wanted(held.name):
-            self.receiver.set_epoch(held.name, held.epoch)
+            self.receiver.set_epoch(held.name, held.epoch,
+                                    controller=sender_id(held.controller))
 
     def _follow(self) -> None:
         """Take what another process changed before believing a broadcast: a controller
@@ -1473,12 +1477,13 @@ class Listener:
         if not self.ks.follow():
             return
         held = held_groups(self.ks)
+        controllers = self.receiver.controllers
         for group, epoch in self.receiver.epochs.items():
             now = held.get(group)
             if now is None:
                 self.receiver.forget(group)
-            elif now.epoch != epoch:
-                self.receiver.set_epoch(group, now.epoch)
+            elif now.epoch != epoch or controllers.get(group) != sender_id(now.controller):
+                self.receiver.set_epoch(group, now.epoch, controller=sender_id(now.controller))
 
     def hear(self, payload: bytes, address: str | None = None) -> GroupMessage | None:
         """One advertisement heard; returns the command if it is one for us."""

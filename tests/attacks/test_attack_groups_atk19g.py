@@ -81,10 +81,6 @@ async def test_a_member_cannot_grow_a_members_replay_state_without_bound(net: Ne
                             until=lambda: net.far.read()[-1:] == ["open"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk19y finding 6, severity low: a member holding a group's key takes the 257 sender "
-    "slots of an epoch before the controller is heard, and the controller's broadcasts are "
-    "refused as too-many-senders for the rest of the epoch"))
 async def test_a_member_cannot_shut_the_controller_out_of_an_epochs_senders(net: Net) -> None:
     """atk19y finding 6 (low): Mallory is a member of "doors" (she holds its key).  Before
     the controller has spoken at this epoch, she broadcasts over the radio under as many
