@@ -80,7 +80,8 @@ no group of it has is refused first, cheaply: an old key of a removed member, a 
 before a rekey, or a rekey this device missed), then checks the sender's replay window
 (RFC 4303 §3.4.3: the highest number seen and a 64-wide bitmap below it), for at most
 :data:`MAX_SENDERS` senders per group and epoch (the sender id is what a key holder wrote: a new
-one past that is refused, never an older window dropped).  A forged or altered
+one past that is refused, never an older window dropped), one of them kept for the group's
+controller.  A forged or altered
 advertisement fails the tag.  Anyone holding the group key can send: a group key authenticates
 the group, not one member (as with EAD).
 """
@@ -114,6 +115,7 @@ __all__ = [
     "ADVERT_MARKER",
     "ADVERT_OVERHEAD",
     "MAX_GROUP_NAME",
+    "MAX_HELD_PER_CONTROLLER",
     "MAX_SENDERS",
     "DeliveryResult",
     "Forward",
@@ -171,6 +173,14 @@ MAX_MEMBERS: Final = 256
 MAX_SENDERS: Final = MAX_MEMBERS + 1
 MAX_QUEUE: Final = 1024
 MAX_BATCH: Final = 32
+#: the most groups a member holds from one controller (attack review atk19g, finding 4: a
+#: controller its owner let in made it hold any number).  Each costs the member a key and a
+#: record rewritten on every keystore save, and one more key every broadcast heard at that
+#: epoch is tried against: measured, 256 groups are 25 KB of keystore and 2.8-3.8 ms per
+#: broadcast no key opens (2,048: 200 KB and 28-44 ms).  256, as many as a group has members:
+#: a device sits in few groups of one controller, and keeps those it was removed from
+#: (nobody tells it), so the bound leaves a long-lived controller room to spare.
+MAX_HELD_PER_CONTROLLER: Final = 256
 
 ID_SIZE: Final = 16
 ENC_SIZE: Final = 32
@@ -649,6 +659,7 @@ def open_group_envelope(
     controller_key: Callable[[bytes], bytes | None],
     held: HeldGroup | None = None,
     pinned: str | None = None,
+    held_from_controller: int = 0,
 ) -> HeldGroup:
     """Check ``env`` and keep its key inside ``ks``; returns what the member now holds.
 
@@ -656,11 +667,14 @@ def open_group_envelope(
     as a group controller (a known, authenticated peer), or ``None``.  ``held`` is the group as
     the member knows it already (then only its controller may send a key, and not an older
     epoch); ``pinned`` (a device id) is the only controller accepted for a group not held yet.
+    ``held_from_controller`` is how many groups the member holds from the controller ``env``
+    names: a group not held yet is taken only below :data:`MAX_HELD_PER_CONTROLLER`.
 
     Raises :class:`AuthenticationError` for an envelope addressed to another device, from a
     device that is not the group's controller, with a bad signature, or that does not open;
-    :class:`ReplayError` for an epoch older than the one held.  Keys of older epochs are
-    forgotten once the new one is in.
+    :class:`ReplayError` for an epoch older than the one held; :class:`TooLargeError` for a
+    group more than a controller may give.  Keys of older epochs are forgotten once the new
+    one is in.
     """
     me = bytes.fromhex(ks.device_id)
     group = env.group
@@ -690,6 +704,12 @@ def open_group_envelope(
             f"refused an envelope for group {group!r}: it is not signed by its controller "
             f"{controller[:8]} (forged or altered)"
         ) from None
+    if held is None and held_from_controller >= MAX_HELD_PER_CONTROLLER:
+        # after the signature: only the controller itself learns that it reached the bound
+        raise TooLargeError(
+            f"this device holds {MAX_HELD_PER_CONTROLLER} groups from controller "
+            f"{controller[:8]} already, the most it takes from one controller"
+        )
     if held is not None and env.epoch < held.epoch:
         raise ReplayError(
             f"refused an envelope for group {group!r}: epoch {env.epoch} is older than the "
@@ -878,8 +898,12 @@ class GroupReceiver:
     """Opens group broadcasts for the groups it listens to and rejects replays.
 
     ``epochs`` maps each group listened to to its current epoch (the keystore must hold that
-    epoch's key).  ``windows`` is the replay state, keyed by (group, epoch, sender); pass a
-    dict restored with :meth:`windows_from_plain` to keep it across runs.
+    epoch's key).  ``controllers`` maps a group to its controller's sender id
+    (:func:`sender_id`): of the :data:`MAX_SENDERS` replay windows a group and epoch get, one
+    is kept for it, so that members' made-up sender ids never shut the controller out
+    (attack review atk19y, finding 6).  ``windows`` is the replay state, keyed by (group,
+    epoch, sender); pass a dict restored with :meth:`windows_from_plain` to keep it across
+    runs.
     """
 
     def __init__(
@@ -889,26 +913,45 @@ class GroupReceiver:
         *,
         windows: dict[WindowKey, ReplayWindow] | None = None,
         window_size: int = WINDOW_SIZE,
+        controllers: Mapping[str, bytes] | None = None,
     ) -> None:
         self._ks = ks
         self._epochs: dict[str, int] = {}
+        self._controllers: dict[str, bytes] = {}
         self.windows: dict[WindowKey, ReplayWindow] = windows if windows is not None else {}
         self.window_size = window_size
         for group, epoch in epochs.items():
-            self.set_epoch(group, epoch)
+            self.set_epoch(group, epoch, controller=(controllers or {}).get(group))
 
     @property
     def epochs(self) -> Mapping[str, int]:
         return dict(self._epochs)
 
-    def set_epoch(self, group: str, epoch: int) -> None:
-        """Listen to ``group`` at ``epoch`` (after a rekey); older windows are dropped."""
+    @property
+    def controllers(self) -> Mapping[str, bytes]:
+        """The controller's sender id of each group whose controller is known."""
+        return dict(self._controllers)
+
+    def set_epoch(self, group: str, epoch: int, *, controller: bytes | None = None) -> None:
+        """Listen to ``group`` at ``epoch`` (after a rekey); older windows are dropped.
+        ``controller`` (its :func:`sender_id`), when given, is the group's controller from
+        now on, whose sender keeps a window of its own."""
         self._epochs[check_group_name(group)] = _check_epoch(epoch)
-        for key in [k for k in self.windows if k[0] == group and k[1] != epoch]:
+        stale = [k for k in self.windows if k[0] == group and k[1] != epoch]
+        if controller is not None:
+            if not isinstance(controller, bytes) or len(controller) != SENDER_SIZE:
+                raise ConfigError(f"a controller's sender id is {SENDER_SIZE} bytes")
+            if self._controllers.get(group, controller) != controller:
+                # another controller's group of that name, another key: what was heard under
+                # the old one holds no window of the new one
+                stale = [k for k in self.windows if k[0] == group]
+            self._controllers[group] = controller
+        for key in stale:
             del self.windows[key]
 
     def forget(self, group: str) -> None:
         self._epochs.pop(group, None)
+        self._controllers.pop(group, None)
         for key in [k for k in self.windows if k[0] == group]:
             del self.windows[key]
 
@@ -946,22 +989,36 @@ class GroupReceiver:
             key = (group, advert.epoch, sender)
             window = self.windows.get(key)
             if window is None:
-                # The sender id is whatever a key holder wrote: one window per id would let
-                # a member grow every other member's state without bound (attack review
-                # atk19g, finding 1).  A group has at most MAX_SENDERS key holders per epoch.
-                known = sum(1 for g, e, _ in self.windows if (g, e) == (group, advert.epoch))
-                if known >= MAX_SENDERS:
-                    raise TooLargeError(
-                        f"a broadcast to {group!r} from a sender this device has not heard at "
-                        f"epoch {advert.epoch}, which has {MAX_SENDERS} senders already (as "
-                        "many as a group has members and a controller): refused"
-                    )
+                self._check_room(group, advert.epoch, sender)
                 window = ReplayWindow(size=self.window_size)
             self.windows[key] = window.accept(advert.seq)
             return GroupMessage(group, advert.epoch, sender, advert.seq, command)
         raise AuthenticationError(
             "a group broadcast did not authenticate: forged, altered, or for another group"
         )
+
+    def _check_room(self, group: str, epoch: int, sender: bytes) -> None:
+        """Refuse (:class:`TooLargeError`) a window to a sender not heard yet at ``epoch``
+        when the group has none left for it.  The sender id is
+        whatever a key holder wrote: one window per id would let a member grow every other
+        member's state without bound (attack review atk19g, finding 1), so a group and epoch
+        get :data:`MAX_SENDERS`, as many as it has key holders.  One of them is the
+        controller's, always free for it: a member taking every window before the
+        controller spoke shut it out until the next epoch (atk19y, finding 6)."""
+        controller = self._controllers.get(group)
+        if sender == controller:
+            return
+        others = sum(1 for g, e, s in self.windows
+                     if (g, e) == (group, epoch) and s != controller)
+        room = MAX_SENDERS if controller is None else MAX_MEMBERS
+        if others >= room:
+            whose = ("already (as many as a group has members and a controller)"
+                     if controller is None else
+                     "besides its controller already (as many as a group has members)")
+            raise TooLargeError(
+                f"a broadcast to {group!r} from a sender this device has not heard at epoch "
+                f"{epoch}, which has {room} senders {whose}: refused"
+            )
 
     def windows_to_plain(self) -> list[list[Any]]:
         """The replay state as plain data (for a keystore setting)."""

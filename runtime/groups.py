@@ -1149,7 +1149,8 @@ class GroupService:
                     if not self.member:
                         raise AuthenticationError("this device takes no group keys")
                     held = take_envelope(self.ks, env)
-                except (AuthenticationError, ReplayError, ConfigError, DecodeError) as exc:
+                except (AuthenticationError, ReplayError, ConfigError, DecodeError,
+                        TooLargeError) as exc:
                     self.on_event({"event": "key-refused", "group": env.group,
                                    "epoch": env.epoch, "from": who, "reason": str(exc)})
                     results.append(signed_result(self.ks, env, False, str(exc)))
@@ -1179,10 +1180,16 @@ def take_envelope(
         _may_give_keys(ks, env, pinned)
         return believe(device_id)
 
-    held = open_group_envelope(
-        ks, env, controller_key=controller_key,
-        held=held_groups(ks).get(env.group), pinned=pinned,
-    )
+    holding = held_groups(ks)
+    mine = sum(h.controller == env.controller.hex() for h in holding.values())
+    try:
+        held = open_group_envelope(
+            ks, env, controller_key=controller_key,
+            held=holding.get(env.group), pinned=pinned, held_from_controller=mine,
+        )
+    except TooLargeError as exc:  # atk19g finding 4: what the owner can do about it
+        raise TooLargeError(f"{exc}; its owner can drop some ('pairkit forget' or 'pairkit "
+                            "group listen NAME --controller PEER')") from None
     _put_held(ks, held)
     return held
 
@@ -1446,8 +1453,11 @@ class Listener:
         self.on_event = on_event
         self.persist = persist
         windows = GroupReceiver.windows_from_plain(ks.setting(SETTING_WINDOWS, ()) or ())
-        epochs = {g: h.epoch for g, h in held_groups(ks).items() if self._wanted(g)}
-        self.receiver = GroupReceiver(ks, epochs, windows=windows)
+        held = {g: h for g, h in held_groups(ks).items() if self._wanted(g)}
+        # each group's controller keeps a replay window of its own (atk19y, finding 6)
+        self.receiver = GroupReceiver(
+            ks, {g: h.epoch for g, h in held.items()}, windows=windows,
+            controllers={g: sender_id(h.controller) for g, h in held.items()})
         self._recent: dict[tuple[str | None, bytes], None] = {}
         self.received: list[GroupMessage] = []
 
@@ -1457,7 +1467,8 @@ class Listener:
     def on_key(self, held: HeldGroup) -> None:
         """A new epoch arrived (from :class:`GroupService`): listen at it."""
         if self._wanted(held.name):
-            self.receiver.set_epoch(held.name, held.epoch)
+            self.receiver.set_epoch(held.name, held.epoch,
+                                    controller=sender_id(held.controller))
 
     def _follow(self) -> None:
         """Take what another process changed before believing a broadcast: a controller
@@ -1466,12 +1477,13 @@ class Listener:
         if not self.ks.follow():
             return
         held = held_groups(self.ks)
+        controllers = self.receiver.controllers
         for group, epoch in self.receiver.epochs.items():
             now = held.get(group)
             if now is None:
                 self.receiver.forget(group)
-            elif now.epoch != epoch:
-                self.receiver.set_epoch(group, now.epoch)
+            elif now.epoch != epoch or controllers.get(group) != sender_id(now.controller):
+                self.receiver.set_epoch(group, now.epoch, controller=sender_id(now.controller))
 
     def hear(self, payload: bytes, address: str | None = None) -> GroupMessage | None:
         """One advertisement heard; returns the command if it is one for us."""

@@ -414,6 +414,37 @@ def test_receiver_reads_its_group_and_refuses_replays(groups2: Trio) -> None:
     assert other.sender == bytes.fromhex(groups2.other.device_id)[:8]
 
 
+def test_made_up_senders_never_take_the_controllers_window(groups2: Trio) -> None:
+    """atk19y finding 6: a member holding the key writes any sender id it likes.  Of the
+    MAX_MEMBERS + 1 windows of a group and epoch, one is the controller's: the others fill at
+    MAX_MEMBERS, and the controller, heard last, still gets its own.  A group taken from
+    another controller starts with no windows (another key)."""
+    chief = sender_id(groups2.controller.device_id)
+    rx = GroupReceiver(groups2.member, {"doors": 1}, controllers={"doors": chief})
+
+    def made_up(i: int) -> bytes:
+        return seal_broadcast(groups2.other, group="doors", epoch=1, sender=i.to_bytes(8, "big"),
+                              seq=1, command=b"x", rng=os.urandom)
+
+    for i in range(MAX_MEMBERS):
+        rx.receive(made_up(i))
+    with pytest.raises(TooLargeError, match="256 senders besides its controller"):
+        rx.receive(made_up(MAX_MEMBERS))
+    assert rx.receive(_send(groups2.controller, "doors", 1, b"close")).sender == chief
+    assert rx.receive(_send(groups2.controller, "doors", 2, b"open")).command == b"open"
+    assert len(rx.windows) == MAX_MEMBERS + 1
+    # Not knowing the controller, a receiver keeps MAX_MEMBERS + 1 windows for anyone.
+    blind = GroupReceiver(groups2.member, {"doors": 1})
+    for i in range(MAX_MEMBERS + 1):
+        blind.receive(made_up(i))
+    with pytest.raises(TooLargeError, match="257 senders already"):
+        blind.receive(_send(groups2.controller, "doors", 3, b"shut out"))
+    rx.set_epoch("doors", 1, controller=chief)  # the same controller: windows kept
+    assert len(rx.windows) == MAX_MEMBERS + 1
+    rx.set_epoch("doors", 1, controller=sender_id(groups2.other.device_id))
+    assert rx.windows == {} and rx.controllers == {"doors": sender_id(groups2.other.device_id)}
+
+
 def test_a_member_of_one_group_cannot_read_another(groups2: Trio) -> None:
     rx = GroupReceiver(groups2.member, {"doors": 1})
     with pytest.raises(AuthenticationError, match="did not authenticate"):

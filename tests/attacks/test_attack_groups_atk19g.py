@@ -8,7 +8,7 @@ relay, members, and Mallory, a device that paired with the relay or holds a grou
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,11 @@ from pairkit.cli.groupdemo import Node, wait_for
 from pairkit.pairing import wire
 from pairkit.pairing.groups import (
     MAX_BATCH,
+    MAX_HELD_PER_CONTROLLER,
     MAX_MEMBERS,
     MAX_QUEUE,
+    MAX_SENDERS,
+    DeliveryResult,
     Forward,
     ForwardReceipt,
     GroupEnvelope,
@@ -76,6 +79,42 @@ async def test_a_member_cannot_grow_a_members_replay_state_without_bound(net: Ne
     # A sender heard before the flood is heard after it.
     await net.lab.broadcast(net.ctl, "doors", "open",
                             until=lambda: net.far.read()[-1:] == ["open"])
+
+
+async def test_a_member_cannot_shut_the_controller_out_of_an_epochs_senders(net: Net) -> None:
+    """atk19y finding 6 (low): Mallory is a member of "doors" (she holds its key).  Before
+    the controller has spoken at this epoch, she broadcasts over the radio under as many
+    made-up sender ids as a member keeps replay windows for (257).  The controller's
+    broadcasts must still be taken: its slot is its own.  What she can still do: take the
+    members' slots, so that a member not heard yet is refused until the next epoch."""
+    G.create_group(net.ctl.ks, "doors")
+    await net.lab.start_member(net.far)
+    await net.lab.start_member(net.mallory)
+    record, outcomes = await G.add_members(net.ctl.ks, "doors", [net.far.id, net.mallory.id],
+                                           reach=net.lab.reach(net.ctl), policy=FAST)
+    assert [o.state for o in outcomes] == ["confirmed"] * 2 and record.epoch == 1, outcomes
+
+    def settled(mark: int) -> Callable[[], bool]:
+        # the far member read it or refused it: either way the broadcast was heard
+        return lambda: any(e["event"] in ("command", "rejected") for e in net.far.events[mark:])
+
+    async def flood(sender: bytes) -> str:
+        payload = seal_broadcast(net.mallory.ks, group="doors", epoch=1, sender=sender, seq=1,
+                                 command=b"x", rng=os.urandom)
+        mark = len(net.far.events)
+        await net.lab.broadcast(net.mallory, "doors", "", payload=payload, until=settled(mark))
+        (heard,) = [e for e in net.far.events[mark:] if e["event"] in ("command", "rejected")]
+        return str(heard.get("reason", "read"))
+
+    said = [await flood(i.to_bytes(8, "big")) for i in range(MAX_SENDERS)]
+    for command in ("close", "open"):  # the controller, heard at last, is read every time
+        mark = len(net.far.events)
+        await net.lab.broadcast(net.ctl, "doors", command, until=settled(mark))
+        assert net.far.read()[-1:] == [command], net.far.events[-1]
+    # her 257th sender was the one refused: the members' 256 slots were full
+    assert said == ["read"] * MAX_MEMBERS + ["too-many-senders"], said[-3:]
+    # what she can still do: a member's sender not heard before gets no slot in this epoch
+    assert await flood(b"\xff" * 8) == "too-many-senders"
 
 
 async def _forward(net: Net, sender: Node, envs: tuple[GroupEnvelope, ...]) -> list[bool]:
@@ -143,38 +182,77 @@ async def test_a_new_member_cannot_read_what_the_group_said_before_it_joined(net
                                 "the code is 0815"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk19g finding 4, severity low (storage and work; the attacker is a controller the "
-    "owner let in: a peer granted member, or any device its key server's CA certified, "
-    "through a relay): a member holds as many groups as a controller sends, each one more "
-    "key and record rewritten on every keystore save, and each broadcast heard is tried "
-    "against every group at its epoch (measured: 2048 groups in 64 deliveries, keystore "
-    "53 KB -> 210 KB, a delivery 0.35 s -> 1.25 s). 256 a controller is a proposal."))
 async def test_one_controller_cannot_make_a_member_hold_groups_without_bound(net: Net) -> None:
     """The far member's owner let Mallory in as a member, which lets her control groups on
     it (docs/security.md, "Who may give a device group keys").  She sends it the keys of ever
-    more groups of her own, 32 an envelope batch: past as many groups as a group has members,
-    the far member refuses them."""
+    more groups of her own, 32 an envelope batch: past 256 groups from her, the far member
+    refuses them, each with its signed word saying why, and still takes a new epoch of a
+    group it holds.  Its owner drops one (``group listen NAME --controller``) and there is
+    room for one more, then forgets her and all hers go.  Through a relay the refusal settles
+    nothing either: the controller is told why, and tries again."""
     await net.lab.commission(net.far, net.mallory)
     await net.lab.start_member(net.far)
     static = net.mallory.ks.get_peer(net.far.id).static_public
-    taken = 0
-    for batch in range(MAX_MEMBERS // MAX_BATCH + 1):
+
+    async def deliver(names: list[str], epoch: int = 1) -> list[DeliveryResult]:
         envs = []
-        for i in range(MAX_BATCH):
-            name = f"m{batch}-{i}"
-            net.mallory.ks.new_group_key(name, 1)
-            envs.append(seal_group_envelope(net.mallory.ks, group=name, epoch=1,
+        for name in names:
+            net.mallory.ks.new_group_key(name, epoch)
+            envs.append(seal_group_envelope(net.mallory.ks, group=name, epoch=epoch,
                                             member_public=static))
 
-        async def deliver(slink: SecureLink, envs: tuple = tuple(envs)) -> list[bool]:
-            await slink.send(KeyDelivery(envs).encode())
-            return [r.ok for r in wire.decode(await slink.recv(5), KeyReceipt).results]
+        async def work(slink: SecureLink) -> list[DeliveryResult]:
+            await slink.send(KeyDelivery(tuple(envs)).encode())
+            return list(wire.decode(await slink.recv(5), KeyReceipt).results)
 
-        taken += sum(await G.with_peer(net.mallory.ks, net.lab.reach(net.mallory), net.far.id,
-                                       deliver))
-    assert taken == len(G.held_groups(net.far.ks))
-    assert taken <= MAX_MEMBERS, taken
+        done: list[DeliveryResult] = await G.with_peer(
+            net.mallory.ks, net.lab.reach(net.mallory), net.far.id, work)
+        return done
+
+    results: list[DeliveryResult] = []
+    for batch in range(MAX_MEMBERS // MAX_BATCH + 1):  # 288 groups
+        results += await deliver([f"m{batch}-{i}" for i in range(MAX_BATCH)])
+    taken = sum(r.ok for r in results)
+    assert taken == len(G.held_groups(net.far.ks)) == MAX_HELD_PER_CONTROLLER, taken
+    refused = [r for r in results if not r.ok]
+    assert len(refused) == len(results) - MAX_HELD_PER_CONTROLLER
+    assert all(r.signature is not None for r in refused)  # the member's signed word
+    why = refused[0].reason or ""
+    bound = f"holds {MAX_HELD_PER_CONTROLLER} groups from controller {net.mallory.id[:8]}"
+    assert bound in why, why
+    assert "'pairkit forget' or 'pairkit group listen" in why, why
+    assert net.far.ks.group_epochs(refused[0].group) == ()  # no key of it kept
+    # A group held already takes its new epochs, at the bound as before it.
+    (again,) = await deliver(["m0-0"], epoch=2)
+    assert again.ok and net.far.ks.group_epochs("m0-0") == (2,), again
+    # The owner drops one of hers (naming another controller for it): room for one more.
+    assert G.pin_controller(net.far.ks, "m0-1", net.ctl.id)
+    first, second = await deliver(["n-1", "n-2"])
+    assert (first.ok, second.ok) == (True, False), (first, second)
+    # Through a relay: the member's signed refusal is kept for her and tells her why; she
+    # forwards again until her attempts run out, and once the owner drops one more of hers,
+    # her next try (the same envelope) is taken.
+    await net.lab.start_relay(net.relay, retry=0.05)
+    G.create_group(net.mallory.ks, "one-more")
+    _, outcomes = await G.add_member(net.mallory.ks, "one-more", net.far.id, via=net.relay.id,
+                                     reach=net.lab.reach(net.mallory), policy=FAST)
+    assert [o.ok for o in outcomes] == [True], outcomes  # queued at the relay
+    await wait_for(lambda: any(not r.ok for r in G.relay_receipts(net.relay.ks).receipts), 10)
+    _, outcomes = await G.confirm_all(net.mallory.ks, "one-more",
+                                      reach=net.lab.reach(net.mallory), policy=FAST)
+    (outcome,) = outcomes
+    assert outcome.state == "unreachable", outcome
+    assert f"holds {MAX_HELD_PER_CONTROLLER} groups" in outcome.status, outcome.status
+    assert G.pin_controller(net.far.ks, "m1-0", net.ctl.id)
+    _, outcomes = await G.confirm_all(net.mallory.ks, "one-more",
+                                      reach=net.lab.reach(net.mallory), policy=FAST,
+                                      retry_unreachable=True)
+    assert [o.state for o in outcomes] == ["confirmed"], outcomes
+    # Forgetting her drops every group held from her.
+    from pairkit import peers as store
+
+    assert len(store.forget(net.far.ks, net.mallory.id).groups_dropped) == MAX_HELD_PER_CONTROLLER
+    assert G.held_groups(net.far.ks) == {}
 
 
 async def test_a_refusal_the_member_took_back_does_not_bar_it_through_a_relay(net: Net) -> None:
