@@ -64,6 +64,7 @@ from pairkit.pairing.errors import (
     RefusedError,
 )
 from pairkit.pairing.groupcert import CertAsked, CertIssuer, CertRequest
+from pairkit.pairing.keystore.records import clean_name
 from pairkit.pairing.ttp import (
     BadTokenError,
     DeviceRecord,
@@ -854,7 +855,7 @@ class _Conn:
 
         updated, has_eukey = await s.db(enrol)
         s.stats["enrolled"] += 1
-        s._log(f"{'re-' if updated else ''}enrolled {q.device.name} "
+        s._log(f"{'re-' if updated else ''}enrolled {clean_name(q.device.name)} "
                f"({q.device.device_id.hex()[:16]}){' with a factory key' if q.eukey else ''}")
         return EnrolDone(q.device.device_id, updated, has_eukey)
 
@@ -881,7 +882,8 @@ class _Conn:
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)
             s.stats["deliveries"] += 1
-            s._log(f"matched {me.name} ({q.role.name.lower()}) with {peer.name}: key delivered")
+            s._log(f"matched {clean_name(me.name)} ({q.role.name.lower()}) with "
+                   f"{clean_name(peer.name)}: key delivered")
             return SkDelivery(outcome.match_id, outcome.sk, peer)
         row = outcome.row  # waiting among s._waiters since its commit (_post_intent)
         loop = asyncio.get_running_loop()
@@ -928,7 +930,8 @@ class _Conn:
                     return SkDelivery(found[1], found[0], peer)
             taken = True  # withdrawn
             s.stats["timeouts"] += 1
-            s._log(f"no match for {me.name}'s intent toward {peer.name} within {q.wait:g} s")
+            s._log(f"no match for {clean_name(me.name)}'s intent toward "
+                   f"{clean_name(peer.name)} within {q.wait:g} s")
             return None
         finally:
             with s._hand_lock:
@@ -958,7 +961,7 @@ class _Conn:
             now=datetime.datetime.fromtimestamp(s._clock(), datetime.UTC),
         )
         s.stats["certified"] = s.stats.get("certified", 0) + 1
-        s._log(f"certified {me.name} ({q.device_id.hex()[:16]}) for group trust")
+        s._log(f"certified {clean_name(me.name)} ({q.device_id.hex()[:16]}) for group trust")
         return der
 
     async def cpns_keys(self, q: CpnsKeysAsked) -> CpnsKeys:
@@ -971,11 +974,11 @@ class _Conn:
         s = self.s
         await s.db(s.store.register_pn, q.inventory, s._clock())
         s.stats["pns"] += 1
-        names = ", ".join(m.name for m in q.inventory.members)
+        names = ", ".join(clean_name(m.name) for m in q.inventory.members)
         inv = q.inventory
         # the PN by its gateway too: another gateway may register the same id, under the same
         # name (a PN is its gateway's: docs/security.md, the PN section, item 5)
-        s._log(f"registered PN {inv.pn_id.hex()[:16]} of {inv.gw_name} "
+        s._log(f"registered PN {inv.pn_id.hex()[:16]} of {clean_name(inv.gw_name)} "
                f"({inv.gw_id.hex()[:16]}): {names}")
         return True
 

@@ -202,6 +202,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         revoked_at REAL NOT NULL
     );
     """,
+    # 6: the name a device first enrolled with, never changed by enrolling again: the holder
+    # of a device's key may rename it, and the administrator about to revoke it is shown both
+    # (atk20r 1).  NULL (a row from before, or from a server of an earlier pairkit): unknown,
+    # shown as its name.
+    """
+    ALTER TABLE devices ADD COLUMN first_name TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -377,11 +384,11 @@ class Store(abc.ABC):
             sealed = self._sealer.seal(eukey, "eukey", record.device_id)
         with self._write() as db:
             added = db.run(
-                "INSERT INTO devices (device_id, name, static_public, signing_public, "
-                "eukey_sealed, enrolled_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device_id) DO NOTHING",
-                (record.device_id, record.name, record.static, record.signing, sealed, now,
-                 now),
+                "INSERT INTO devices (device_id, name, first_name, static_public, "
+                "signing_public, eukey_sealed, enrolled_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING",
+                (record.device_id, record.name, record.name, record.static, record.signing,
+                 sealed, now, now),
             )
             old = None if added else db.locking(
                 "SELECT static_public, signing_public FROM devices WHERE device_id = ?",
@@ -427,6 +434,16 @@ class Store(abc.ABC):
             return None
         return DeviceRecord(bytes(row[0]), row[1], bytes(row[2]), bytes(row[3]))
 
+    def first_name(self, device_id: bytes) -> str | None:
+        """The name the device first enrolled with (its name, where that is not known), or
+        None when it is not enrolled."""
+        with self._read() as db:
+            row = db.one(
+                "SELECT coalesce(first_name, name) FROM devices WHERE device_id = ?",
+                (device_id,),
+            )
+        return None if row is None else str(row[0])
+
     def has_eukey(self, device_id: bytes) -> bool:
         with self._read() as db:
             row = db.one(
@@ -442,11 +459,12 @@ class Store(abc.ABC):
     def devices(self) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.all(
-                "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at FROM devices "
-                "ORDER BY enrolled_at, device_id"
+                "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at, "
+                "coalesce(first_name, name) FROM devices ORDER BY enrolled_at, device_id"
             )
         return [
-            {"id": bytes(r[0]).hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3]}
+            {"id": bytes(r[0]).hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3],
+             "first_name": r[4]}
             for r in rows
         ]
 

@@ -71,7 +71,7 @@ def test_schema_is_migrated_once_and_a_newer_one_refused(pg_url: str, key: bytes
     assert all(s is not None for s in stores)  # three processes starting at once: one migrates
     s = stores[0]
     try:
-        assert s.schema_version() == PG_SCHEMA_VERSION == 5
+        assert s.schema_version() == PG_SCHEMA_VERSION == 6
         assert s.pn_keys() == [] and s.device_count() == 0
         s._conn.execute("UPDATE pairkit_schema SET version = 99")
     finally:
@@ -186,7 +186,7 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(pg_url: str, key: byt
                          "%s, %s, 1)", (pn, B, int(KeySource.LOCAL_EUKEY), sealed))
     s = pg_store(pg_url, key)
     try:
-        assert s.schema_version() == 5
+        assert s.schema_version() == 6
         # sealed again to their gateway as the store opened (the PN id scoping's review, 5)
         assert s._conn.execute("SELECT DISTINCT local_key_ad FROM pn_members").fetchall() == [
             (2,)]
@@ -355,7 +355,7 @@ def test_migration_to_5_keeps_the_devices_and_revokes(pg_url: str, key: bytes) -
                      "VALUES (%s, %s, %s, 1, 1, 1e12)", (B, A, CTX))
     s, other = pg_store(pg_url, key), pg_store(pg_url, key)
     try:
-        assert s.schema_version() == 5
+        assert s.schema_version() == 6
         assert [d["id"] for d in s.devices()] == [A.hex(), B.hex()] and s.revoked() == []
         done = s.revoke(A, 9.0)
         assert (done.intents, done.pns) == (1, 1)

@@ -254,9 +254,9 @@ async def test_ttp_list_prints_one_line_per_device_whatever_its_name(tmp_path: P
     lines = text.stdout.splitlines()
     assert len(lines) == 5, lines
     assert [line[:32] for line in lines] == [
-        lost.device_id.hex(), tv.device_id.hex(), old.hex(), "revoked (these ids cannot enrol ",
-        gone.hex()]
-    assert lines[0].endswith("(first enrolled as lost phone)")
+        old.hex(), lost.device_id.hex(), tv.device_id.hex(), "revoked (these ids cannot enrol ",
+        gone.hex()]  # (the oldest enrolment first: the rows stored straight are dated 2)
+    assert lines[1].endswith("(first enrolled as lost phone)")
     rest = text.stdout.replace("\n", "")
     assert not any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in rest), lines
     assert "\u202e" not in rest

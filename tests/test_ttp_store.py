@@ -51,7 +51,7 @@ def store_at(path: Path, key: bytes) -> TtpStore:
 def test_fresh_database_is_at_the_latest_version_in_wal_mode(tmp_path: Path, key: bytes) -> None:
     s = store_at(tmp_path / "db", key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     finally:
@@ -352,7 +352,7 @@ def test_migration_to_5_keeps_the_devices_and_revokes(tmp_path: Path, key: bytes
     db.close()
     s = store_at(path, key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert [d["id"] for d in s.devices()] == [A.hex(), B.hex()] and s.revoked() == []
         done = s.revoke(A, 9.0)
         assert (done.intents, done.pns) == (1, 1)
