@@ -285,3 +285,31 @@ def test_the_revoke_prompt_shows_the_name_on_the_ids_line_and_the_first_name(
         assert proc.wait() == 5
     finally:
         proc.close()
+
+
+async def test_no_certificate_leaves_after_a_revoke_committed_while_it_was_signed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """atk20r 2: the administrator's revoke (another process, its own connection) commits
+    between the server's look-up of the device and its signature: the certificate signed
+    meanwhile is not handed out."""
+    import pairkit.keyserver.server as server_module
+
+    paul = device(tmp_path / "paul", "Paul")
+    me = local_identity(paul.keystore)
+    async with running_server(tmp_path / "srv") as srv:
+        await enrol(srv.address, srv.ca, me)
+        signing_key = server_module.load_ca_key
+
+        def revoked_as_it_signs(directory: object) -> object:
+            admin = open_store(srv.dir.root)
+            try:
+                admin.revoke(me.device_id, 2.0)
+            finally:
+                admin.close()
+            return signing_key(directory)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(server_module, "load_ca_key", revoked_as_it_signs)
+        with pytest.raises(NotFoundError, match="not enrolled"):
+            await enrol_cert(paul.keystore, srv.address, srv.ca, me)
+        assert srv.server.stats.get("certified", 0) == 0
