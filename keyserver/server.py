@@ -944,12 +944,17 @@ class _Conn:
         """A device certificate for an enrolled device's signing key (issue 14), signed with
         the CA key when it is in the server's directory."""
         s = self.s
-        me = await s.db(s.store.device, q.device_id)
-        if me is None or not same(me.static, q.static) or not same(me.signing, q.signing):
-            raise NotFoundError(
-                "this device is not enrolled with this signing key; run 'pairkit ttp enrol' "
-                "first"
-            )
+
+        def check() -> DeviceRecord:
+            me = s.store.device(q.device_id)
+            if me is None or not same(me.static, q.static) or not same(me.signing, q.signing):
+                raise NotFoundError(
+                    "this device is not enrolled with this signing key; run 'pairkit ttp "
+                    "enrol' first"
+                )
+            return me
+
+        me = await s.db(check)
         ca_key = load_ca_key(s.dir)
         if ca_key is None:
             raise RefusedError(
@@ -960,6 +965,11 @@ class _Conn:
             static=q.static, signing=q.signing,
             now=datetime.datetime.fromtimestamp(s._clock(), datetime.UTC),
         )
+        # Looked up again once signed: a revoke that committed meanwhile (another process, in
+        # the time the look-up and the signature took) keeps the certificate in (atk20r 2).
+        # One committed after this check is a revoke after the issue: the certificate stands
+        # until it expires (docs/security.md, "Revoking a device at the key server").
+        me = await s.db(check)
         s.stats["certified"] = s.stats.get("certified", 0) + 1
         s._log(f"certified {clean_name(me.name)} ({q.device_id.hex()[:16]}) for group trust")
         return der
