@@ -313,3 +313,41 @@ async def test_no_certificate_leaves_after_a_revoke_committed_while_it_was_signe
         with pytest.raises(NotFoundError, match="not enrolled"):
             await enrol_cert(paul.keystore, srv.address, srv.ca, me)
         assert srv.server.stats.get("certified", 0) == 0
+
+
+async def test_a_key_handed_over_in_memory_is_not_delivered_after_a_revoke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """atk20r 3: both devices wait in one server process, so the waiter's key is handed over
+    in memory; the lost phone's revoke commits after the match and before the waiter takes the
+    key.  The waiter is told its peer is not enrolled, as when the key waits in the store."""
+    from pairkit.keyserver.server import TtpServer
+
+    lost, b = identity("lost phone"), identity("b")
+    async with running_server(tmp_path / "srv") as srv:
+        for dev in (lost, b):
+            await enrol(srv.address, srv.ca, dev)
+        hand = TtpServer._hand
+
+        def hand_then_revoke(self: TtpServer, row: int, sk: bytes, match_id: bytes) -> None:
+            hand(self, row, sk, match_id)
+            admin = open_store(srv.dir.root)
+            try:
+                admin.revoke(lost.device_id, 2.0)
+            finally:
+                admin.close()
+
+        monkeypatch.setattr(TtpServer, "_hand", hand_then_revoke)
+        b_waits = asyncio.ensure_future(request_key(
+            srv.address, srv.ca, b, peer_id=lost.device_id, context=CTX,
+            role=IntentRole.HOST, wait=30))
+        for _ in range(400):
+            if await srv.server.db(srv.server.store.pending_count) == 1:
+                break
+            await asyncio.sleep(0.05)
+        await request_key(srv.address, srv.ca, lost, peer_id=b.device_id, context=CTX,
+                          role=IntentRole.GUEST, wait=5)
+        with pytest.raises(NotFoundError) as told_b:
+            await b_waits
+        assert str(told_b.value).endswith(f": {peer_not_enrolled(lost.device_id)}")
+        assert srv.server.stats["deliveries"] == 1  # the lost phone's, matched before
