@@ -830,6 +830,16 @@ def _take_match(s: TtpServer, q: IntentAsked, row: int) -> tuple[bytes, bytes] |
         raise
 
 
+def _still_enrolled(s: TtpServer, q: IntentAsked) -> None:
+    """On the store's thread: :class:`NotFoundError`, in the words of an intent from or toward
+    a device not enrolled, unless both devices of ``q`` are still served (one read)."""
+    found = s.store.enrolled(q.device_id, q.peer_id)
+    if q.device_id not in found:
+        raise NotFoundError(NOT_ENROLLED)
+    if q.peer_id not in found:
+        raise NotFoundError(peer_not_enrolled(q.peer_id))
+
+
 def _withdraw(s: TtpServer, row: int) -> None:
     """On the store's thread: withdraw the waiting intent ``row`` whose task has ended (a
     match made meanwhile has its key dropped, as for a waiter that gave up)."""
@@ -907,6 +917,10 @@ class _Conn:
                     sk, match_id = waiting.sk, waiting.match_id
                 if sk is not None:  # matched in this process: handed over in memory
                     taken = True
+                    # Both still served: a revoke that committed since the match (another
+                    # process) deleted no row this key waited in, and must still keep it in,
+                    # as it does a key waiting in the store (_take_match; atk20r 3).
+                    await s.db(_still_enrolled, s, q)
                     return SkDelivery(match_id, sk, peer)
                 with s._hand_lock:
                     if waiting.state == _CLAIMED:

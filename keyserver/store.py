@@ -434,6 +434,17 @@ class Store(abc.ABC):
             return None
         return DeviceRecord(bytes(row[0]), row[1], bytes(row[2]), bytes(row[3]))
 
+    def enrolled(self, first: bytes, second: bytes) -> set[bytes]:
+        """Those of the two devices the server serves now (enrolled, not revoked), in one
+        read."""
+        with self._read() as db:
+            rows = db.all(
+                "SELECT device_id FROM devices WHERE device_id IN (?, ?) AND NOT EXISTS "
+                "(SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
+                (first, second),
+            )
+        return {bytes(r[0]) for r in rows}
+
     def first_name(self, device_id: bytes) -> str | None:
         """The name the device first enrolled with (its name, where that is not known), or
         None when it is not enrolled."""
