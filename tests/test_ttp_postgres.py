@@ -27,7 +27,7 @@ from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from pairkit.ttp import enrol, request_key
 from tests.pg_harness import PgCluster, pg_url, postgres
 from tests.pn_store_harness import check_pns_kept_under_their_gateways
-from tests.revoke_harness import check_revoke, revoke_cli
+from tests.revoke_harness import check_a_revoked_ids_row_is_not_served, check_revoke, revoke_cli
 from tests.ttp_harness import ServeProcess, identity
 
 __all__ = ["pg_url", "postgres"]
@@ -333,6 +333,23 @@ def test_revoke(pg_url: str, key: bytes) -> None:
     s = pg_store(pg_url, key)
     try:
         check_revoke(s)
+    finally:
+        s.close()
+
+
+def test_a_revoked_ids_row_is_not_served(pg_url: str, key: bytes) -> None:
+    import psycopg
+
+    def put_row(r: DeviceRecord, sealed: bytes) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO devices (device_id, name, static_public, signing_public, "
+                "eukey_sealed, enrolled_at, updated_at) VALUES (%s, %s, %s, %s, %s, 3, 3)",
+                (r.device_id, r.name, r.static, r.signing, sealed))
+
+    s = pg_store(pg_url, key)
+    try:
+        check_a_revoked_ids_row_is_not_served(s, put_row)
     finally:
         s.close()
 

@@ -27,7 +27,7 @@ from pairkit.pairing.errors import (
 )
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from tests.pn_store_harness import check_pns_kept_under_their_gateways
-from tests.revoke_harness import check_revoke
+from tests.revoke_harness import check_a_revoked_ids_row_is_not_served, check_revoke
 
 A, B, C, D = (bytes([n]) * 16 for n in (1, 2, 3, 4))
 CTX = b"\x09" * 32
@@ -330,6 +330,25 @@ def test_revoke(tmp_path: Path, key: bytes) -> None:
     s = store_at(tmp_path / "db", key)
     try:
         check_revoke(s)
+    finally:
+        s.close()
+
+
+def test_a_revoked_ids_row_is_not_served(tmp_path: Path, key: bytes) -> None:
+    def put_row(r: DeviceRecord, sealed: bytes) -> None:
+        db = sqlite3.connect(tmp_path / "db")
+        try:
+            db.execute(
+                "INSERT INTO devices (device_id, name, static_public, signing_public, "
+                "eukey_sealed, enrolled_at, updated_at) VALUES (?, ?, ?, ?, ?, 3, 3)",
+                (r.device_id, r.name, r.static, r.signing, sealed))
+            db.commit()
+        finally:
+            db.close()
+
+    s = store_at(tmp_path / "db", key)
+    try:
+        check_a_revoked_ids_row_is_not_served(s, put_row)
     finally:
         s.close()
 
