@@ -424,11 +424,16 @@ class Store(abc.ABC):
             )
         return True
 
+    # The reads of devices below skip a row whose id is in `revoked`, whatever wrote it: a
+    # server of an earlier pairkit, on the database during an upgrade, knows no `revoked`
+    # table and enrols a revoked device again (atk20r 4).
+
     def device(self, device_id: bytes) -> DeviceRecord | None:
         with self._read() as db:
             row = db.one(
                 "SELECT device_id, name, static_public, signing_public FROM devices "
-                "WHERE device_id = ?", (device_id,),
+                "WHERE device_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)", (device_id,),
             )
         if row is None:
             return None
@@ -450,7 +455,8 @@ class Store(abc.ABC):
         None when it is not enrolled."""
         with self._read() as db:
             row = db.one(
-                "SELECT coalesce(first_name, name) FROM devices WHERE device_id = ?",
+                "SELECT coalesce(first_name, name) FROM devices WHERE device_id = ? AND "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
                 (device_id,),
             )
         return None if row is None else str(row[0])
@@ -458,20 +464,27 @@ class Store(abc.ABC):
     def has_eukey(self, device_id: bytes) -> bool:
         with self._read() as db:
             row = db.one(
-                "SELECT eukey_sealed IS NOT NULL FROM devices WHERE device_id = ?", (device_id,)
+                "SELECT eukey_sealed IS NOT NULL FROM devices WHERE device_id = ? AND "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
+                (device_id,),
             )
         return bool(row and row[0])
 
     def device_count(self) -> int:
         with self._read() as db:
-            row = db.one("SELECT count(*) FROM devices")
+            row = db.one(
+                "SELECT count(*) FROM devices WHERE "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)"
+            )
         return int(row[0]) if row else 0
 
     def devices(self) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.all(
                 "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at, "
-                "coalesce(first_name, name) FROM devices ORDER BY enrolled_at, device_id"
+                "coalesce(first_name, name) FROM devices WHERE "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id) "
+                "ORDER BY enrolled_at, device_id"
             )
         return [
             {"id": bytes(r[0]).hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3],
@@ -485,7 +498,9 @@ class Store(abc.ABC):
         with self._read() as db:
             for device_id in device_ids:
                 row = db.one(
-                    "SELECT eukey_sealed FROM devices WHERE device_id = ?", (device_id,)
+                    "SELECT eukey_sealed FROM devices WHERE device_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
+                    (device_id,),
                 )
                 if row is not None and row[0] is not None:
                     out[device_id] = self._sealer.open(bytes(row[0]), "eukey", device_id)
@@ -566,14 +581,16 @@ class Store(abc.ABC):
             # Both devices stay as they are until this transaction ends (a revoke waits for
             # it), and a revoke committed before is seen: no key is drawn for a revoked
             # device, nor about one (the server looked them up before, outside it).
+            # `revoked` is what counts, a row in devices or not (atk20r 4).
             found = {bytes(r[0]) for r in db.held(
                 "SELECT device_id FROM devices WHERE device_id IN (?, ?)", (owner, peer)
             )}
-            if owner not in found:
+            revoked = {bytes(r[0]) for r in db.all(
+                "SELECT device_id FROM revoked WHERE device_id IN (?, ?)", (owner, peer)
+            )}
+            if owner not in found or owner in revoked:
                 raise NotFoundError(NOT_ENROLLED)
-            if peer not in found and db.one(
-                "SELECT 1 FROM revoked WHERE device_id = ?", (peer,)
-            ):
+            if peer in revoked:
                 raise NotFoundError(peer_not_enrolled(peer))
             row = db.locking(
                 "SELECT id FROM intents WHERE owner = ? AND peer = ? AND context = ? "
@@ -665,12 +682,15 @@ class Store(abc.ABC):
             # Its gateway enrolled and no member revoked, each staying so until this commits
             # (a revoke waits for it): a device revoked while its registration was under way
             # is not put back in a PN.
+            # `revoked` is what counts, a row in devices or not (atk20r 4).
             for device_id in (gw_id, *(m.pne_id for m in inventory.members)):
-                if db.held("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+                enrolled = bool(db.held("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)))
+                revoked = bool(db.one("SELECT 1 FROM revoked WHERE device_id = ?", (device_id,)))
+                if enrolled and not revoked:
                     continue
                 if device_id == gw_id:
                     raise NotFoundError("this gateway is not enrolled with the key server")
-                if db.one("SELECT 1 FROM revoked WHERE device_id = ?", (device_id,)):
+                if revoked:
                     raise NotFoundError(peer_not_enrolled(device_id))
             db.run(
                 "INSERT INTO pns (gw_id, pn_id, gw_name, setup_type, created, updated) "
