@@ -385,3 +385,26 @@ def test_migration_to_5_keeps_the_devices_and_revokes(tmp_path: Path, key: bytes
         assert again.device(A) is None and again.device(B) is not None
     finally:
         again.close()
+
+
+def test_migration_to_6_keeps_the_name_a_device_had_as_its_first(
+    tmp_path: Path, key: bytes,
+) -> None:
+    """A device enrolled before schema version 6 has no first name stored: it is shown as
+    its name, and the name it had when it first enrols again under another is kept as its
+    first (atk20r 1: the administrator sees the rename)."""
+    path = tmp_path / "db"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, upto=5) == 0
+    db.execute("INSERT INTO devices VALUES (?, 'scale', ?, ?, NULL, 1, 1)",
+               (A, A * 2, b"\x05" * 32))
+    db.close()
+    s = store_at(path, key)
+    try:
+        assert [(d["name"], d["first_name"]) for d in s.devices()] == [("scale", "scale")]
+        assert s.enrol(rec(A, "kitchen tv"), None, 2.0) is True
+        assert s.enrol(rec(A, "hall tv"), None, 3.0) is True
+        assert [(d["name"], d["first_name"]) for d in s.devices()] == [("hall tv", "scale")]
+        assert s.first_name(A) == "scale" and s.first_name(B) is None
+    finally:
+        s.close()
