@@ -416,8 +416,11 @@ class Store(abc.ABC):
                     "this device is enrolled with another signing key (someone may hold a "
                     "copy of its device key); refused"
                 )
+            # A row from before schema 6 has no first name: the name it had until now is
+            # the first known (the right-hand sides read the row as it was).
             db.run(
-                "UPDATE devices SET name = ?, signing_public = ?, "
+                "UPDATE devices SET first_name = coalesce(first_name, name), name = ?, "
+                "signing_public = ?, "
                 "eukey_sealed = coalesce(?, eukey_sealed), updated_at = ? "
                 "WHERE device_id = ?",
                 (record.name, record.signing, sealed, now, record.device_id),
