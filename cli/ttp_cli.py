@@ -26,6 +26,7 @@ from typing import Any
 import click
 
 from pairkit.pairing.errors import ConfigError
+from pairkit.pairing.keystore.records import clean_name
 
 from .common import PairkitGroup, emit_json, info, run_async
 from .params import Number, Seconds, keystore_pin_option
@@ -300,16 +301,25 @@ def list_cmd(directory: Path, database: str | None, as_json: bool) -> None:
         return
     if not devices:
         info("no device enrolled yet: pairkit ttp enrol --server HOST:PORT --ca ca.pem")
+    # Every name a device gave is printed cleaned, so each device is one line whatever name
+    # it gave (a server of an earlier pairkit stored them as given: atk20r 1).
     for dev in devices:
-        click.echo(f"{dev['id']}  {dev['name']}" + ("  (factory key)" if dev["eukey"] else ""))
+        click.echo(f"{dev['id']}  {clean_name(dev['name'])}"
+                   + ("  (factory key)" if dev["eukey"] else "") + _first(dev))
     for p in pn_rows:
-        names = ", ".join(f"{m['name']} ({m['key_source']})" for m in p["members"])
-        click.echo(f"PN {p['pn_id'][:16]} of {p['gateway_name']} ({p['gateway'][:16]}, "
-                   f"{p['setup']}): {names}")
+        names = ", ".join(f"{clean_name(m['name'])} ({m['key_source']})" for m in p["members"])
+        click.echo(f"PN {p['pn_id'][:16]} of {clean_name(p['gateway_name'])} "
+                   f"({p['gateway'][:16]}, {p['setup']}): {names}")
     if revoked:
         click.echo("revoked (these ids cannot enrol again):")
     for dev in revoked:
-        click.echo(f"{dev['id']}  {dev['name']}  (revoked {_utc(dev['revoked_at'])})")
+        click.echo(f"{dev['id']}  {clean_name(dev['name'])}  (revoked {_utc(dev['revoked_at'])})")
+
+
+def _first(dev: dict[str, Any]) -> str:
+    """"  (first enrolled as NAME)" when the device enrolled again under another name."""
+    first = clean_name(dev["first_name"])
+    return "" if first == clean_name(dev["name"]) else f"  (first enrolled as {first})"
 
 
 def _utc(seconds: float) -> str:
@@ -370,7 +380,10 @@ def revoke(device: str, directory: Path, database: str | None, yes: bool,
             if device_id.hex() in gone:
                 raise NotFoundError(f"device {device_id.hex()} was revoked already")
             raise NotFoundError(f"no device {device_id.hex()} is enrolled with this key server")
-        if not yes and not _confirm_revoke(record.name, device_id, store.has_eukey(device_id)):
+        first = store.first_name(device_id) or record.name
+        if not yes and not _confirm_revoke(
+            record.name, first, device_id, store.has_eukey(device_id)
+        ):
             raise RefusedError("not revoked")
         done = store.revoke(device_id, time.time())
     finally:
@@ -380,7 +393,7 @@ def revoke(device: str, directory: Path, database: str | None, yes: bool,
             "id": done.device_id.hex(), "name": done.name, "intents": done.intents,
             "pns": done.pns, "memberships": done.memberships, "eukey": done.eukey}})
         return
-    click.echo(f"revoked {done.name} ({done.device_id.hex()}): it cannot enrol again")
+    click.echo(f"revoked {clean_name(done.name)} ({done.device_id.hex()}): it cannot enrol again")
     removed = [f"{done.intents} intent(s) cancelled"]
     if done.eukey:
         removed.append("its factory key deleted")
@@ -393,8 +406,10 @@ def revoke(device: str, directory: Path, database: str | None, yes: bool,
          "end (docs/security.md, \"Revoking a device at the key server\")")
 
 
-def _confirm_revoke(name: str, device_id: bytes, eukey: bool) -> bool:
-    """Ask at the terminal (no terminal: refused, and told to give --yes)."""
+def _confirm_revoke(name: str, first: str, device_id: bytes, eukey: bool) -> bool:
+    """Ask at the terminal (no terminal: refused, and told to give --yes).  The device on one
+    line: its name cleaned, its whole id, and the name it first enrolled with when it enrolled
+    again under another (whoever holds its key may rename it: atk20r 1)."""
     from pairkit.pairing.errors import RefusedError
 
     from .prompt import Terminal
@@ -402,7 +417,9 @@ def _confirm_revoke(name: str, device_id: bytes, eukey: bool) -> bool:
     terminal = Terminal()
     if not terminal.interactive:
         raise RefusedError("not revoked: no terminal to confirm on (give --yes in scripts)")
-    header = (f"{name} ({device_id.hex()}) is enrolled with this key server"
+    name, first = clean_name(name), clean_name(first)
+    renamed = f", first enrolled as {first}," if first != name else ""
+    header = (f"{name} ({device_id.hex()}){renamed} is enrolled with this key server"
               f"{' with a factory key' if eukey else ''}.")
     question = "Revoke it for good (whoever holds its key cannot enrol it again)? [y/N]"
     return run_async(lambda: terminal.choose(

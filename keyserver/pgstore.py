@@ -138,6 +138,10 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         revoked_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # 6: the name a device first enrolled with (as SQLite's version 6)
+    """
+    ALTER TABLE devices ADD COLUMN first_name TEXT;
+    """,
 )
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)
 

@@ -64,6 +64,7 @@ from pairkit.pairing.errors import (
     RefusedError,
 )
 from pairkit.pairing.groupcert import CertAsked, CertIssuer, CertRequest
+from pairkit.pairing.keystore.records import clean_name
 from pairkit.pairing.ttp import (
     BadTokenError,
     DeviceRecord,
@@ -829,6 +830,16 @@ def _take_match(s: TtpServer, q: IntentAsked, row: int) -> tuple[bytes, bytes] |
         raise
 
 
+def _still_enrolled(s: TtpServer, q: IntentAsked) -> None:
+    """On the store's thread: :class:`NotFoundError`, in the words of an intent from or toward
+    a device not enrolled, unless both devices of ``q`` are still served (one read)."""
+    found = s.store.enrolled(q.device_id, q.peer_id)
+    if q.device_id not in found:
+        raise NotFoundError(NOT_ENROLLED)
+    if q.peer_id not in found:
+        raise NotFoundError(peer_not_enrolled(q.peer_id))
+
+
 def _withdraw(s: TtpServer, row: int) -> None:
     """On the store's thread: withdraw the waiting intent ``row`` whose task has ended (a
     match made meanwhile has its key dropped, as for a waiter that gave up)."""
@@ -854,7 +865,7 @@ class _Conn:
 
         updated, has_eukey = await s.db(enrol)
         s.stats["enrolled"] += 1
-        s._log(f"{'re-' if updated else ''}enrolled {q.device.name} "
+        s._log(f"{'re-' if updated else ''}enrolled {clean_name(q.device.name)} "
                f"({q.device.device_id.hex()[:16]}){' with a factory key' if q.eukey else ''}")
         return EnrolDone(q.device.device_id, updated, has_eukey)
 
@@ -881,7 +892,8 @@ class _Conn:
         if isinstance(outcome, Matched):
             s._wake(outcome.partner_row)
             s.stats["deliveries"] += 1
-            s._log(f"matched {me.name} ({q.role.name.lower()}) with {peer.name}: key delivered")
+            s._log(f"matched {clean_name(me.name)} ({q.role.name.lower()}) with "
+                   f"{clean_name(peer.name)}: key delivered")
             return SkDelivery(outcome.match_id, outcome.sk, peer)
         row = outcome.row  # waiting among s._waiters since its commit (_post_intent)
         loop = asyncio.get_running_loop()
@@ -905,6 +917,10 @@ class _Conn:
                     sk, match_id = waiting.sk, waiting.match_id
                 if sk is not None:  # matched in this process: handed over in memory
                     taken = True
+                    # Both still served: a revoke that committed since the match (another
+                    # process) deleted no row this key waited in, and must still keep it in,
+                    # as it does a key waiting in the store (_take_match; atk20r 3).
+                    await s.db(_still_enrolled, s, q)
                     return SkDelivery(match_id, sk, peer)
                 with s._hand_lock:
                     if waiting.state == _CLAIMED:
@@ -928,7 +944,8 @@ class _Conn:
                     return SkDelivery(found[1], found[0], peer)
             taken = True  # withdrawn
             s.stats["timeouts"] += 1
-            s._log(f"no match for {me.name}'s intent toward {peer.name} within {q.wait:g} s")
+            s._log(f"no match for {clean_name(me.name)}'s intent toward "
+                   f"{clean_name(peer.name)} within {q.wait:g} s")
             return None
         finally:
             with s._hand_lock:
@@ -941,12 +958,17 @@ class _Conn:
         """A device certificate for an enrolled device's signing key (issue 14), signed with
         the CA key when it is in the server's directory."""
         s = self.s
-        me = await s.db(s.store.device, q.device_id)
-        if me is None or not same(me.static, q.static) or not same(me.signing, q.signing):
-            raise NotFoundError(
-                "this device is not enrolled with this signing key; run 'pairkit ttp enrol' "
-                "first"
-            )
+
+        def check() -> DeviceRecord:
+            me = s.store.device(q.device_id)
+            if me is None or not same(me.static, q.static) or not same(me.signing, q.signing):
+                raise NotFoundError(
+                    "this device is not enrolled with this signing key; run 'pairkit ttp "
+                    "enrol' first"
+                )
+            return me
+
+        me = await s.db(check)
         ca_key = load_ca_key(s.dir)
         if ca_key is None:
             raise RefusedError(
@@ -957,8 +979,13 @@ class _Conn:
             static=q.static, signing=q.signing,
             now=datetime.datetime.fromtimestamp(s._clock(), datetime.UTC),
         )
+        # Looked up again once signed: a revoke that committed meanwhile (another process, in
+        # the time the look-up and the signature took) keeps the certificate in (atk20r 2).
+        # One committed after this check is a revoke after the issue: the certificate stands
+        # until it expires (docs/security.md, "Revoking a device at the key server").
+        me = await s.db(check)
         s.stats["certified"] = s.stats.get("certified", 0) + 1
-        s._log(f"certified {me.name} ({q.device_id.hex()[:16]}) for group trust")
+        s._log(f"certified {clean_name(me.name)} ({q.device_id.hex()[:16]}) for group trust")
         return der
 
     async def cpns_keys(self, q: CpnsKeysAsked) -> CpnsKeys:
@@ -971,11 +998,11 @@ class _Conn:
         s = self.s
         await s.db(s.store.register_pn, q.inventory, s._clock())
         s.stats["pns"] += 1
-        names = ", ".join(m.name for m in q.inventory.members)
+        names = ", ".join(clean_name(m.name) for m in q.inventory.members)
         inv = q.inventory
         # the PN by its gateway too: another gateway may register the same id, under the same
         # name (a PN is its gateway's: docs/security.md, the PN section, item 5)
-        s._log(f"registered PN {inv.pn_id.hex()[:16]} of {inv.gw_name} "
+        s._log(f"registered PN {inv.pn_id.hex()[:16]} of {clean_name(inv.gw_name)} "
                f"({inv.gw_id.hex()[:16]}): {names}")
         return True
 

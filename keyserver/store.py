@@ -202,6 +202,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         revoked_at REAL NOT NULL
     );
     """,
+    # 6: the name a device first enrolled with, never changed by enrolling again: the holder
+    # of a device's key may rename it, and the administrator about to revoke it is shown both
+    # (atk20r 1).  NULL (a row from before, or from a server of an earlier pairkit): unknown,
+    # shown as its name.
+    """
+    ALTER TABLE devices ADD COLUMN first_name TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -377,11 +384,11 @@ class Store(abc.ABC):
             sealed = self._sealer.seal(eukey, "eukey", record.device_id)
         with self._write() as db:
             added = db.run(
-                "INSERT INTO devices (device_id, name, static_public, signing_public, "
-                "eukey_sealed, enrolled_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (device_id) DO NOTHING",
-                (record.device_id, record.name, record.static, record.signing, sealed, now,
-                 now),
+                "INSERT INTO devices (device_id, name, first_name, static_public, "
+                "signing_public, eukey_sealed, enrolled_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO NOTHING",
+                (record.device_id, record.name, record.name, record.static, record.signing,
+                 sealed, now, now),
             )
             old = None if added else db.locking(
                 "SELECT static_public, signing_public FROM devices WHERE device_id = ?",
@@ -409,44 +416,82 @@ class Store(abc.ABC):
                     "this device is enrolled with another signing key (someone may hold a "
                     "copy of its device key); refused"
                 )
+            # A row from before schema 6 has no first name: the name it had until now is
+            # the first known (the right-hand sides read the row as it was).
             db.run(
-                "UPDATE devices SET name = ?, signing_public = ?, "
+                "UPDATE devices SET first_name = coalesce(first_name, name), name = ?, "
+                "signing_public = ?, "
                 "eukey_sealed = coalesce(?, eukey_sealed), updated_at = ? "
                 "WHERE device_id = ?",
                 (record.name, record.signing, sealed, now, record.device_id),
             )
         return True
 
+    # The reads of devices below skip a row whose id is in `revoked`, whatever wrote it: a
+    # server of an earlier pairkit, on the database during an upgrade, knows no `revoked`
+    # table and enrols a revoked device again (atk20r 4).
+
     def device(self, device_id: bytes) -> DeviceRecord | None:
         with self._read() as db:
             row = db.one(
                 "SELECT device_id, name, static_public, signing_public FROM devices "
-                "WHERE device_id = ?", (device_id,),
+                "WHERE device_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)", (device_id,),
             )
         if row is None:
             return None
         return DeviceRecord(bytes(row[0]), row[1], bytes(row[2]), bytes(row[3]))
 
+    def enrolled(self, first: bytes, second: bytes) -> set[bytes]:
+        """Those of the two devices the server serves now (enrolled, not revoked), in one
+        read."""
+        with self._read() as db:
+            rows = db.all(
+                "SELECT device_id FROM devices WHERE device_id IN (?, ?) AND NOT EXISTS "
+                "(SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
+                (first, second),
+            )
+        return {bytes(r[0]) for r in rows}
+
+    def first_name(self, device_id: bytes) -> str | None:
+        """The name the device first enrolled with (its name, where that is not known), or
+        None when it is not enrolled."""
+        with self._read() as db:
+            row = db.one(
+                "SELECT coalesce(first_name, name) FROM devices WHERE device_id = ? AND "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
+                (device_id,),
+            )
+        return None if row is None else str(row[0])
+
     def has_eukey(self, device_id: bytes) -> bool:
         with self._read() as db:
             row = db.one(
-                "SELECT eukey_sealed IS NOT NULL FROM devices WHERE device_id = ?", (device_id,)
+                "SELECT eukey_sealed IS NOT NULL FROM devices WHERE device_id = ? AND "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
+                (device_id,),
             )
         return bool(row and row[0])
 
     def device_count(self) -> int:
         with self._read() as db:
-            row = db.one("SELECT count(*) FROM devices")
+            row = db.one(
+                "SELECT count(*) FROM devices WHERE "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)"
+            )
         return int(row[0]) if row else 0
 
     def devices(self) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.all(
-                "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at FROM devices "
+                "SELECT device_id, name, eukey_sealed IS NOT NULL, enrolled_at, "
+                "coalesce(first_name, name) FROM devices WHERE "
+                "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id) "
                 "ORDER BY enrolled_at, device_id"
             )
         return [
-            {"id": bytes(r[0]).hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3]}
+            {"id": bytes(r[0]).hex(), "name": r[1], "eukey": bool(r[2]), "enrolled_at": r[3],
+             "first_name": r[4]}
             for r in rows
         ]
 
@@ -456,7 +501,9 @@ class Store(abc.ABC):
         with self._read() as db:
             for device_id in device_ids:
                 row = db.one(
-                    "SELECT eukey_sealed FROM devices WHERE device_id = ?", (device_id,)
+                    "SELECT eukey_sealed FROM devices WHERE device_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM revoked r WHERE r.device_id = devices.device_id)",
+                    (device_id,),
                 )
                 if row is not None and row[0] is not None:
                     out[device_id] = self._sealer.open(bytes(row[0]), "eukey", device_id)
@@ -537,14 +584,16 @@ class Store(abc.ABC):
             # Both devices stay as they are until this transaction ends (a revoke waits for
             # it), and a revoke committed before is seen: no key is drawn for a revoked
             # device, nor about one (the server looked them up before, outside it).
+            # `revoked` is what counts, a row in devices or not (atk20r 4).
             found = {bytes(r[0]) for r in db.held(
                 "SELECT device_id FROM devices WHERE device_id IN (?, ?)", (owner, peer)
             )}
-            if owner not in found:
+            revoked = {bytes(r[0]) for r in db.all(
+                "SELECT device_id FROM revoked WHERE device_id IN (?, ?)", (owner, peer)
+            )}
+            if owner not in found or owner in revoked:
                 raise NotFoundError(NOT_ENROLLED)
-            if peer not in found and db.one(
-                "SELECT 1 FROM revoked WHERE device_id = ?", (peer,)
-            ):
+            if peer in revoked:
                 raise NotFoundError(peer_not_enrolled(peer))
             row = db.locking(
                 "SELECT id FROM intents WHERE owner = ? AND peer = ? AND context = ? "
@@ -636,12 +685,15 @@ class Store(abc.ABC):
             # Its gateway enrolled and no member revoked, each staying so until this commits
             # (a revoke waits for it): a device revoked while its registration was under way
             # is not put back in a PN.
+            # `revoked` is what counts, a row in devices or not (atk20r 4).
             for device_id in (gw_id, *(m.pne_id for m in inventory.members)):
-                if db.held("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)):
+                enrolled = bool(db.held("SELECT 1 FROM devices WHERE device_id = ?", (device_id,)))
+                revoked = bool(db.one("SELECT 1 FROM revoked WHERE device_id = ?", (device_id,)))
+                if enrolled and not revoked:
                     continue
                 if device_id == gw_id:
                     raise NotFoundError("this gateway is not enrolled with the key server")
-                if db.one("SELECT 1 FROM revoked WHERE device_id = ?", (device_id,)):
+                if revoked:
                     raise NotFoundError(peer_not_enrolled(device_id))
             db.run(
                 "INSERT INTO pns (gw_id, pn_id, gw_name, setup_type, created, updated) "

@@ -84,6 +84,7 @@ from .errors import (
     ProtocolError,
     RefusedError,
 )
+from .keystore.records import clean_name
 from .machine import DONE, Machine, Question, Step, step
 from .messages import (
     ID_LEN,
@@ -480,7 +481,9 @@ class TtpServerConn(Machine):
             )
         self.device_id = digest(h.static)
         self.static = h.static
-        self.name = h.name
+        # Cleaned as it is taken: the server stores it, lists it one device a line and logs it
+        # (atk20r 1: "kitchen tv\n<its id>  lost phone" forged a line of `ttp list`).
+        self.name = clean_name(h.name)
         self.state = S_REQUEST
         self._expect_by(now + self.config.step_timeout, "the device sent no request")
 

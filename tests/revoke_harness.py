@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,4 +127,42 @@ def check_revoke(s: Any) -> None:
     assert [r["revoked_at"] for r in s.revoked()] == [4.0]
     # The others are served as before
     assert s.enrol(dataclasses.replace(rec(B, "b2")), None, 8.0) is True
+    assert type(s.post_intent(B, C, CTX, IntentRole.HOST, **kw)).__name__ == "Pending"
+
+
+def check_a_revoked_ids_row_is_not_served(
+    s: Any, put_row: Callable[[DeviceRecord, bytes], None]
+) -> None:
+    """``s`` (an empty store): A is revoked, then ``put_row(record, sealed_eukey)`` writes a
+    row for A in ``devices`` again, as a server of an earlier pairkit, still running on the
+    database during an upgrade, enrols it (it knows no ``revoked`` table).  ``revoked`` is
+    what counts (atk20r 4): no key is drawn for A nor about it, its factory key is not given
+    out, it joins no PN and is not looked up as enrolled (certificates, the server's checks)."""
+    s.enrol(rec(A, "lost phone"), b"\xaa" * 32, 1.0)
+    s.enrol(rec(B, "b"), b"\xbb" * 32, 1.0)
+    s.enrol(rec(C, "c"), None, 1.0)
+    s.revoke(A, 2.0)
+    put_row(rec(A, "lost phone"), s._sealer.seal(b"\xaa" * 32, "eukey", A))
+
+    assert s.device(A) is None
+    assert s.enrolled(A, B) == {B}
+    assert [d["id"] for d in s.devices()] == [B.hex(), C.hex()] and s.device_count() == 2
+    assert [r["id"] for r in s.revoked()] == [A.hex()]
+    kw = {"now": 3.0, "expires": 100.0}
+    with pytest.raises(NotFoundError, match=f"^{peer_not_enrolled(A)}$"):
+        s.post_intent(B, A, CTX, IntentRole.HOST, **kw)
+    with pytest.raises(NotFoundError, match=f"^{NOT_ENROLLED}$"):
+        s.post_intent(A, B, CTX, IntentRole.GUEST, **kw)
+    assert s.pending_count() == 0
+    assert s.eukeys((A, B)) == {B: b"\xbb" * 32}
+    with pytest.raises(NotFoundError):
+        s.register_pn(ServerInventory(PN_A, A, "lost phone", SetupType.ALL, (
+            ServerMember(B, "b", 1, (), KeySource.LOCAL_EUKEY, b"\x1b" * 32),)), 4.0)
+    with pytest.raises(NotFoundError):
+        s.register_pn(ServerInventory(PN_C, C, "c", SetupType.ALL, (
+            ServerMember(A, "lost phone", 1, (), KeySource.LOCAL_EUKEY, b"\x1a" * 32),)), 4.0)
+    assert s.pn_keys() == []
+    # Its enrolment is refused still; the others are served as before
+    with pytest.raises(RefusedError, match=f"^{REVOKED}$"):
+        s.enrol(rec(A, "lost phone"), None, 5.0)
     assert type(s.post_intent(B, C, CTX, IntentRole.HOST, **kw)).__name__ == "Pending"

@@ -27,7 +27,7 @@ from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from pairkit.ttp import enrol, request_key
 from tests.pg_harness import PgCluster, pg_url, postgres
 from tests.pn_store_harness import check_pns_kept_under_their_gateways
-from tests.revoke_harness import check_revoke, revoke_cli
+from tests.revoke_harness import check_a_revoked_ids_row_is_not_served, check_revoke, revoke_cli
 from tests.ttp_harness import ServeProcess, identity
 
 __all__ = ["pg_url", "postgres"]
@@ -71,7 +71,7 @@ def test_schema_is_migrated_once_and_a_newer_one_refused(pg_url: str, key: bytes
     assert all(s is not None for s in stores)  # three processes starting at once: one migrates
     s = stores[0]
     try:
-        assert s.schema_version() == PG_SCHEMA_VERSION == 5
+        assert s.schema_version() == PG_SCHEMA_VERSION == 6
         assert s.pn_keys() == [] and s.device_count() == 0
         s._conn.execute("UPDATE pairkit_schema SET version = 99")
     finally:
@@ -186,7 +186,7 @@ def test_migration_to_4_keeps_the_pns_under_their_gateways(pg_url: str, key: byt
                          "%s, %s, 1)", (pn, B, int(KeySource.LOCAL_EUKEY), sealed))
     s = pg_store(pg_url, key)
     try:
-        assert s.schema_version() == 5
+        assert s.schema_version() == 6
         # sealed again to their gateway as the store opened (the PN id scoping's review, 5)
         assert s._conn.execute("SELECT DISTINCT local_key_ad FROM pn_members").fetchall() == [
             (2,)]
@@ -337,6 +337,23 @@ def test_revoke(pg_url: str, key: bytes) -> None:
         s.close()
 
 
+def test_a_revoked_ids_row_is_not_served(pg_url: str, key: bytes) -> None:
+    import psycopg
+
+    def put_row(r: DeviceRecord, sealed: bytes) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO devices (device_id, name, static_public, signing_public, "
+                "eukey_sealed, enrolled_at, updated_at) VALUES (%s, %s, %s, %s, %s, 3, 3)",
+                (r.device_id, r.name, r.static, r.signing, sealed))
+
+    s = pg_store(pg_url, key)
+    try:
+        check_a_revoked_ids_row_is_not_served(s, put_row)
+    finally:
+        s.close()
+
+
 def test_migration_to_5_keeps_the_devices_and_revokes(pg_url: str, key: bytes) -> None:
     """A database of schema version 4 with devices, a PN and an intent: it opens at version 5
     with them, and a device revoked stays revoked for every store on the database."""
@@ -355,7 +372,7 @@ def test_migration_to_5_keeps_the_devices_and_revokes(pg_url: str, key: bytes) -
                      "VALUES (%s, %s, %s, 1, 1, 1e12)", (B, A, CTX))
     s, other = pg_store(pg_url, key), pg_store(pg_url, key)
     try:
-        assert s.schema_version() == 5
+        assert s.schema_version() == 6
         assert [d["id"] for d in s.devices()] == [A.hex(), B.hex()] and s.revoked() == []
         done = s.revoke(A, 9.0)
         assert (done.intents, done.pns) == (1, 1)

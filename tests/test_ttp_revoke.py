@@ -11,7 +11,10 @@ The store's side, on both engines: tests/revoke_harness.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -200,3 +203,151 @@ async def test_revoke_errors(tmp_path: Path, which: str, code: int, text: str) -
     assert rc == code, err
     assert out == ""
     assert text in err and err.startswith("error: ")
+
+
+def _store_raw(root: Path, device_id: bytes, name: str) -> None:
+    """A device row with ``name`` as it is, written as a server of an earlier pairkit wrote it
+    (it kept the name a device gave, control characters and all)."""
+    import sqlite3
+
+    r = rec(device_id, name)
+    db = sqlite3.connect(root / "ttp.sqlite3")
+    try:
+        db.execute(
+            "INSERT INTO devices (device_id, name, static_public, signing_public, eukey_sealed, "
+            "enrolled_at, updated_at) VALUES (?, ?, ?, ?, NULL, 2, 2)",
+            (r.device_id, r.name, r.static, r.signing))
+        db.commit()
+    finally:
+        db.close()
+
+
+async def test_ttp_list_prints_one_line_per_device_whatever_its_name(tmp_path: Path) -> None:
+    """atk20r 1: the holder of a lost phone's key enrols it again as "kitchen tv", then a line
+    break, the kitchen tv's id and "lost phone": `ttp list` showed the tv's id beside the lost
+    phone's name, and the administrator revoked the tv.  Whatever name a device gave (now, or
+    to an earlier server that kept it as it was), each device is one line, its id first."""
+    lost, tv = identity("lost phone"), identity("kitchen tv")
+    logs: list[str] = []
+    forged = f"kitchen tv\n{tv.device_id.hex()}  lost phone\r\x1b[2K\x85\u2028\u202e"
+    async with running_server(tmp_path / "srv", log=logs.append) as srv:
+        for dev in (lost, tv):
+            await enrol(srv.address, srv.ca, dev)
+        await enrol(srv.address, srv.ca, dataclasses.replace(lost, name=forged[:64]))
+        assert len(logs[-1].splitlines()) == 1 and "\x1b" not in logs[-1], logs[-1]
+        root = srv.dir.root
+    old, gone = b"\x61" * 16, b"\x62" * 16
+    _store_raw(root, old, forged[:64])
+    _store_raw(root, gone, f"x\n{tv.device_id.hex()}  y\x1b[1A")
+    store = open_store(root)
+    try:
+        store.revoke(gone, 3.0)
+        # stored cleaned, by the server that enrolled it (its first name kept)
+        listed = {d["id"]: d for d in store.devices()}
+        assert listed[lost.device_id.hex()]["name"] == (
+            f"kitchen tv {tv.device_id.hex()}  lost phone  [2K")
+        assert listed[lost.device_id.hex()]["first_name"] == "lost phone"
+    finally:
+        store.close()
+    text = CliRunner().invoke(ttp, ["list", "--dir", str(root)])
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert len(lines) == 5, lines
+    assert [line[:32] for line in lines] == [
+        old.hex(), lost.device_id.hex(), tv.device_id.hex(), "revoked (these ids cannot enrol ",
+        gone.hex()]  # (the oldest enrolment first: the rows stored straight are dated 2)
+    assert lines[1].endswith("(first enrolled as lost phone)")
+    rest = text.stdout.replace("\n", "")
+    assert not any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in rest), lines
+    assert "\u202e" not in rest
+    # every id at the start of its own line, and the tv's on one line only
+    assert sum(line.startswith(tv.device_id.hex()) for line in lines) == 1
+    assert sum(tv.device_id.hex() in line for line in lines) == 4  # named in the others
+
+
+def test_the_revoke_prompt_shows_the_name_on_the_ids_line_and_the_first_name(
+    tmp_path: Path,
+) -> None:
+    """atk20r 1: the prompt names the device on one line with its whole id, cleaned, and the
+    name it first enrolled with when it enrolled again under another."""
+    root = tmp_path / "srv"
+    (lost,) = _enrolled(root, "lost phone")
+    store = open_store(root)
+    try:
+        store.enrol(rec(lost, "kitchen tv\x1b[1A\nX"), None, 2.0)
+    finally:
+        store.close()
+    proc = PtyProcess(tmp_path, "ttp", "revoke", lost.hex(), "--dir", str(root), pin=None)
+    try:
+        proc.expect(re.escape(f"kitchen tv [1A X ({lost.hex()}), first enrolled as lost phone,"))
+        proc.expect(r"\[y/N\] ")
+        proc.line("n")
+        assert proc.wait() == 5
+    finally:
+        proc.close()
+
+
+async def test_no_certificate_leaves_after_a_revoke_committed_while_it_was_signed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """atk20r 2: the administrator's revoke (another process, its own connection) commits
+    between the server's look-up of the device and its signature: the certificate signed
+    meanwhile is not handed out."""
+    import pairkit.keyserver.server as server_module
+
+    paul = device(tmp_path / "paul", "Paul")
+    me = local_identity(paul.keystore)
+    async with running_server(tmp_path / "srv") as srv:
+        await enrol(srv.address, srv.ca, me)
+        signing_key = server_module.load_ca_key
+
+        def revoked_as_it_signs(directory: object) -> object:
+            admin = open_store(srv.dir.root)
+            try:
+                admin.revoke(me.device_id, 2.0)
+            finally:
+                admin.close()
+            return signing_key(directory)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(server_module, "load_ca_key", revoked_as_it_signs)
+        with pytest.raises(NotFoundError, match="not enrolled"):
+            await enrol_cert(paul.keystore, srv.address, srv.ca, me)
+        assert srv.server.stats.get("certified", 0) == 0
+
+
+async def test_a_key_handed_over_in_memory_is_not_delivered_after_a_revoke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """atk20r 3: both devices wait in one server process, so the waiter's key is handed over
+    in memory; the lost phone's revoke commits after the match and before the waiter takes the
+    key.  The waiter is told its peer is not enrolled, as when the key waits in the store."""
+    from pairkit.keyserver.server import TtpServer
+
+    lost, b = identity("lost phone"), identity("b")
+    async with running_server(tmp_path / "srv") as srv:
+        for dev in (lost, b):
+            await enrol(srv.address, srv.ca, dev)
+        hand = TtpServer._hand
+
+        def hand_then_revoke(self: TtpServer, row: int, sk: bytes, match_id: bytes) -> None:
+            hand(self, row, sk, match_id)
+            admin = open_store(srv.dir.root)
+            try:
+                admin.revoke(lost.device_id, 2.0)
+            finally:
+                admin.close()
+
+        monkeypatch.setattr(TtpServer, "_hand", hand_then_revoke)
+        b_waits = asyncio.ensure_future(request_key(
+            srv.address, srv.ca, b, peer_id=lost.device_id, context=CTX,
+            role=IntentRole.HOST, wait=30))
+        for _ in range(400):
+            if await srv.server.db(srv.server.store.pending_count) == 1:
+                break
+            await asyncio.sleep(0.05)
+        await request_key(srv.address, srv.ca, lost, peer_id=b.device_id, context=CTX,
+                          role=IntentRole.GUEST, wait=5)
+        with pytest.raises(NotFoundError) as told_b:
+            await b_waits
+        assert str(told_b.value).endswith(f": {peer_not_enrolled(lost.device_id)}")
+        assert srv.server.stats["deliveries"] == 1  # the lost phone's, matched before

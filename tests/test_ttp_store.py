@@ -27,7 +27,7 @@ from pairkit.pairing.errors import (
 )
 from pairkit.pairing.ttp import DeviceRecord, IntentRole
 from tests.pn_store_harness import check_pns_kept_under_their_gateways
-from tests.revoke_harness import check_revoke
+from tests.revoke_harness import check_a_revoked_ids_row_is_not_served, check_revoke
 
 A, B, C, D = (bytes([n]) * 16 for n in (1, 2, 3, 4))
 CTX = b"\x09" * 32
@@ -51,7 +51,7 @@ def store_at(path: Path, key: bytes) -> TtpStore:
 def test_fresh_database_is_at_the_latest_version_in_wal_mode(tmp_path: Path, key: bytes) -> None:
     s = store_at(tmp_path / "db", key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     finally:
@@ -334,6 +334,25 @@ def test_revoke(tmp_path: Path, key: bytes) -> None:
         s.close()
 
 
+def test_a_revoked_ids_row_is_not_served(tmp_path: Path, key: bytes) -> None:
+    def put_row(r: DeviceRecord, sealed: bytes) -> None:
+        db = sqlite3.connect(tmp_path / "db")
+        try:
+            db.execute(
+                "INSERT INTO devices (device_id, name, static_public, signing_public, "
+                "eukey_sealed, enrolled_at, updated_at) VALUES (?, ?, ?, ?, ?, 3, 3)",
+                (r.device_id, r.name, r.static, r.signing, sealed))
+            db.commit()
+        finally:
+            db.close()
+
+    s = store_at(tmp_path / "db", key)
+    try:
+        check_a_revoked_ids_row_is_not_served(s, put_row)
+    finally:
+        s.close()
+
+
 def test_migration_to_5_keeps_the_devices_and_revokes(tmp_path: Path, key: bytes) -> None:
     """A file of schema version 4 with devices, a PN and an intent: it opens at version 5 with
     them all, a device can be revoked and stays revoked in the file (another store, a new
@@ -352,7 +371,7 @@ def test_migration_to_5_keeps_the_devices_and_revokes(tmp_path: Path, key: bytes
     db.close()
     s = store_at(path, key)
     try:
-        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert s._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert [d["id"] for d in s.devices()] == [A.hex(), B.hex()] and s.revoked() == []
         done = s.revoke(A, 9.0)
         assert (done.intents, done.pns) == (1, 1)
@@ -366,3 +385,26 @@ def test_migration_to_5_keeps_the_devices_and_revokes(tmp_path: Path, key: bytes
         assert again.device(A) is None and again.device(B) is not None
     finally:
         again.close()
+
+
+def test_migration_to_6_keeps_the_name_a_device_had_as_its_first(
+    tmp_path: Path, key: bytes,
+) -> None:
+    """A device enrolled before schema version 6 has no first name stored: it is shown as
+    its name, and the name it had when it first enrols again under another is kept as its
+    first (atk20r 1: the administrator sees the rename)."""
+    path = tmp_path / "db"
+    db = sqlite3.connect(path, isolation_level=None)
+    assert migrate(db, upto=5) == 0
+    db.execute("INSERT INTO devices VALUES (?, 'scale', ?, ?, NULL, 1, 1)",
+               (A, A * 2, b"\x05" * 32))
+    db.close()
+    s = store_at(path, key)
+    try:
+        assert [(d["name"], d["first_name"]) for d in s.devices()] == [("scale", "scale")]
+        assert s.enrol(rec(A, "kitchen tv"), None, 2.0) is True
+        assert s.enrol(rec(A, "hall tv"), None, 3.0) is True
+        assert [(d["name"], d["first_name"]) for d in s.devices()] == [("hall tv", "scale")]
+        assert s.first_name(A) == "scale" and s.first_name(B) is None
+    finally:
+        s.close()
