@@ -29,29 +29,38 @@ class _DiskFull(OSError):
     pass
 
 
-def _member_given_the_key(paul: Keystore) -> None:
+def _paul_with_a_member(tmp_path: Path) -> tuple[Keystore, bytes]:
+    """Paul's keystore with a member that was given his address key; and that key."""
+    paul = make_keystore(tmp_path / "paul" / "keystore.pk", "Paul's phone")
+    old_key = identity_resolving_key(paul)
     with paul.update():
         paul.add_peer(Peer.new("Paul's TV", os.urandom(32), now=1,
                                extra={"granted": "member", "irk_given": True}))
+    return paul, old_key
 
 
-def test_a_forget_that_fails_half_way_leaves_all_or_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    paul = make_keystore(tmp_path / "paul" / "keystore.pk", "Paul's phone")
-    old_key = identity_resolving_key(paul)
-    _member_given_the_key(paul)
-    storage = paul._storage
+def _count_writes(ks: Keystore, monkeypatch: pytest.MonkeyPatch,
+                  fail_from: int | None = None) -> list[int]:
+    """The keystore's writes from now on (their sizes); the ``fail_from``-th and later fail."""
+    storage = ks._storage
     writes: list[int] = []
     real_replace = storage.replace
 
     def replace(data: bytes) -> None:
         writes.append(len(data))
-        if len(writes) >= 2:  # the disk fills (or the process ends) after one write
+        if fail_from is not None and len(writes) >= fail_from:
             raise _DiskFull(28, "No space left on device")
         real_replace(data)
 
     monkeypatch.setattr(storage, "replace", replace)
+    return writes
+
+
+def test_a_forget_that_fails_half_way_leaves_all_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paul, old_key = _paul_with_a_member(tmp_path)
+    _count_writes(paul, monkeypatch, fail_from=2)  # the disk fills (or the process ends)
     try:
         forget(paul, "Paul's TV")
     except _DiskFull:
@@ -67,18 +76,8 @@ def test_a_forget_that_fails_half_way_leaves_all_or_nothing(
 def test_forget_forgets_the_member_and_renews_its_key_in_one_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paul = make_keystore(tmp_path / "paul" / "keystore.pk", "Paul's phone")
-    old_key = identity_resolving_key(paul)
-    _member_given_the_key(paul)
-    storage = paul._storage
-    writes: list[int] = []
-    real_replace = storage.replace
-
-    def replace(data: bytes) -> None:
-        writes.append(len(data))
-        real_replace(data)
-
-    monkeypatch.setattr(storage, "replace", replace)
+    paul, old_key = _paul_with_a_member(tmp_path)
+    writes = _count_writes(paul, monkeypatch)
     done = forget(paul, "Paul's TV")
     assert done.address_key_renewed
     assert len(writes) == 1

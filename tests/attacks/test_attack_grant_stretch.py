@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pairkit
 from pairkit.delegate import Agree
@@ -58,6 +59,14 @@ class _SlowTransport(TcpTransport):
         return _WaitsAfterItsJoinRequest(await super().connect(address, timeout), self._delay)
 
 
+class _Guest(NamedTuple):
+    paul: pairkit.Device
+    host: pairkit.Host
+    george: pairkit.Device
+    share: Path
+    granted: Any  # the end of George's grant, as Paul's keystore holds it
+
+
 def _stored_expiry(host: pairkit.Device, guest: pairkit.Device) -> Any:
     ks = host.keystore
     ks.follow()
@@ -84,41 +93,34 @@ async def _comes_back(paul: pairkit.Host, george: pairkit.Device, share: Path,
     return expires
 
 
-def _paired(tmp_path: Path) -> tuple[pairkit.Device, pairkit.Device, Path]:
+@contextlib.asynccontextmanager
+async def _george_a_guest_of_paul(tmp_path: Path) -> AsyncIterator[_Guest]:
+    """Paul's library host, George paired with it by PIN as a guest for GRANT seconds."""
     share = tmp_path / "share"
     share.mkdir()
     (share / "plans.txt").write_text("for guests, until the grant ends\n")
-    return device(tmp_path, "Paul's host"), device(tmp_path, "George"), share
-
-
-async def _first_pairing(paul_dev: pairkit.Device, george: pairkit.Device,
-                         at_paul: pairkit.Host) -> None:
-    async with accepting(at_paul) as accepted:
-        async with await george.join(f"tcp:{at_paul.address.removeprefix('tcp:')}",
-                                     pin="246810", step_timeout=STEP):
-            pass
-        async with await accepted:
-            pass
+    paul_dev, george = device(tmp_path, "Paul's host"), device(tmp_path, "George")
+    async with paul_dev.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
+                             delegate=Agree(guest_seconds=GRANT), step_timeout=STEP) as paul:
+        async with accepting(paul) as accepted:
+            async with await george.join(f"tcp:{paul.address.removeprefix('tcp:')}",
+                                         pin="246810", step_timeout=STEP):
+                pass
+            async with await accepted:
+                pass
+        yield _Guest(paul_dev, paul, george, share, _stored_expiry(paul_dev, george))
 
 
 async def test_a_slow_return_does_not_move_the_guests_grant_later(tmp_path: Path) -> None:
-    paul_dev, george, share = _paired(tmp_path)
-    async with paul_dev.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
-                             delegate=Agree(guest_seconds=GRANT), step_timeout=STEP) as paul:
-        await _first_pairing(paul_dev, george, paul)
-        granted = _stored_expiry(paul_dev, george)
-        shown = await _comes_back(paul, george, share, DELAY)
-        assert _stored_expiry(paul_dev, george) == granted, (
+    async with _george_a_guest_of_paul(tmp_path) as g:
+        shown = await _comes_back(g.host, g.george, g.share, DELAY)
+        assert _stored_expiry(g.paul, g.george) == g.granted, (
             "the guest's 2.4 s of waiting were added to the grant Paul gave")
-        assert shown == granted
+        assert shown == g.granted
 
 
 async def test_a_quick_return_does_not_shorten_an_honest_guests_grant(tmp_path: Path) -> None:
-    paul_dev, george, share = _paired(tmp_path)
-    async with paul_dev.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
-                             delegate=Agree(guest_seconds=GRANT), step_timeout=STEP) as paul:
-        await _first_pairing(paul_dev, george, paul)
-        granted = _stored_expiry(paul_dev, george)
+    async with _george_a_guest_of_paul(tmp_path) as g:
         for _ in range(3):
-            assert await _comes_back(paul, george, share, 0.0) == granted
-        assert _stored_expiry(paul_dev, george) == granted
+            assert await _comes_back(g.host, g.george, g.share, 0.0) == g.granted
+        assert _stored_expiry(g.paul, g.george) == g.granted
