@@ -1087,6 +1087,7 @@ def main() -> None:
     from .show import MAX_LINE, SafeStream
 
     # Nothing a peer sent reaches the terminal as a control sequence (issue 17, finding 5).
+    streams = sys.stdout, sys.stderr
     sys.stdout = SafeStream(sys.stdout)  # type: ignore[assignment]
     # Nor a line longer than MAX_LINE to stderr, whatever error text made it (atk20c finding 2).
     sys.stderr = SafeStream(sys.stderr, max_line=MAX_LINE)  # type: ignore[assignment]
@@ -1107,6 +1108,12 @@ def main() -> None:
         # The command is over: a Ctrl-C from here on (while the interpreter waits for threads
         # as it exits) ends the process at once, with no "Exception ignored" traceback.
         signal.signal(signal.SIGINT, _interrupted_while_exiting)
+        # And the streams are the caller's again (an embedding script's own lines after
+        # main() are not cut: they hold no peer text).
+        for wrapped in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                wrapped.flush()
+        sys.stdout, sys.stderr = streams
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
