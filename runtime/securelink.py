@@ -57,6 +57,9 @@ class SecureLink:
         #: a record's send was cut part way (a timeout, a cancel): the fragments sent so far
         #: are on the link, so nothing more may follow them (atk20c, session 20)
         self._cut = False
+        #: why: the peer stopped reading (the text of the send's timeout), or None (a cancel,
+        #: the link failing)
+        self._stalled: str | None = None
 
     @property
     def max_message(self) -> int:
@@ -91,8 +94,10 @@ class SecureLink:
         A send cut part way (its timeout, the task cancelled, the link failing) leaves part of
         a record on the link, and its sequence number spent: any record after it would reach
         the peer as a framing or authentication error.  So the link is then done with: every
-        later send raises :class:`LinkClosedError`, :meth:`close` sends no CLOSE record, and
-        after a timeout the link is closed at once (the peer reads the end of the link)."""
+        later send raises the same :class:`PairingTimeout` after a timeout (the peer still
+        reads nothing: that is what a caller must hear, not a link closed), else
+        :class:`LinkClosedError`; and :meth:`close` sends no CLOSE record before it closes the
+        link (the peer reads the end of the link)."""
         wait = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(wait):
@@ -109,12 +114,17 @@ class SecureLink:
                         self._cut = True
                         raise
         except TimeoutError:
-            if self._cut:
-                with contextlib.suppress(PairingError, OSError):
-                    await self.link.close()  # type: ignore[attr-defined]
-            raise PairingTimeout(f"the peer stopped reading for {wait:.0f} s") from None
+            # Not closed here: the caller learns of the stall from this error, and closes
+            # (closing first had the driver, which reads the link meanwhile, report a closed
+            # link instead: the host said nothing of a peer that stopped reading).
+            stalled = f"the peer stopped reading for {wait:.0f} s"
+            if self._cut and self._stalled is None:
+                self._stalled = stalled
+            raise PairingTimeout(stalled) from None
 
     def _check_not_cut(self) -> None:
+        if self._stalled is not None:
+            raise PairingTimeout(self._stalled)
         if self._cut:
             raise LinkClosedError(
                 "the secure link is closed: an earlier message was cut part way through"

@@ -173,9 +173,10 @@ ATTACKS: dict[str, tuple[str, bool, str, Craft, str]] = {
         lambda h, s, c, x: signed(h, echo(c, x), s, "0000-1111-2222-3333"), ""),
     "renamed": ("paul", False, "paul",
                 lambda h, s, c, x: signed(h, echo(c, x, cloud_name="Mallory's cloud"), s), ""),
+    # refused at the verdict's role now (told member, made a guest), before the grant's rule
     "as-a-guest-grant": ("paul", False, "paul",
                          lambda h, s, c, x: signed(h, echo(c, x, role=Role.GUEST), s),
-                         "guest grant"),
+                         "join request said member"),
 }
 
 
