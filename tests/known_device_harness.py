@@ -1,8 +1,9 @@
 """Known devices asking a library host to join (attack reviews atk15 and atk15b, session 15):
 Paul's and George's devices, the day Paul joined George's host, Paul's owner who trusts his
-laptop's name, and an ``accept()`` kept waiting while a guest runs.  Shared by
-tests/attacks/test_attack_join_names.py, test_attack_kk_names.py and
-test_attack_known_guest_repairs.py."""
+laptop's name, an ``accept()`` kept waiting while a guest runs, and a guest paired by PIN
+whom a library host serves a share.  Shared by tests/attacks/test_attack_join_names.py,
+test_attack_kk_names.py, test_attack_known_guest_repairs.py, test_attack_expired_guest_session.py
+and test_attack_held_link_bytes.py."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pairkit
+from pairkit.delegate import Agree
 from pairkit.keystore import Argon2Params
 from pairkit.pairing.cloud import Grant, Role
 
@@ -96,3 +98,46 @@ def address_of(host: pairkit.Host) -> tuple[str, int]:
     """A TCP library host's address, as the hand-driven guests dial it."""
     h, p = host.address.removeprefix("tcp:").rsplit(":", 1)
     return h, int(p)
+
+
+class Served(NamedTuple):
+    """A guest's session and the host's side of it, the host serving a share to it."""
+
+    host: pairkit.Host
+    session: Any  #: the guest's session
+    at_host: Any  #: the host's session with the guest
+    serving: asyncio.Future[Any]  #: ``at_host.serve_files(share)``; its stats when it ends
+
+
+def share_of(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """A folder ``share`` under ``tmp_path`` holding ``files``."""
+    share = tmp_path / "share"
+    share.mkdir()
+    for name, data in files.items():
+        (share / name).write_bytes(data)
+    return share
+
+
+@contextlib.asynccontextmanager
+async def guest_served_by_pin(
+    host_device: pairkit.Device, guest: pairkit.Device, share: Path, *,
+    guest_seconds: int = 3600,
+) -> AsyncIterator[Served]:
+    """``host_device``'s library host on 127.0.0.1 (PIN only; a stranger it lets in becomes a
+    guest for ``guest_seconds``); ``guest`` joins by PIN and the host serves it ``share``.  On
+    the way out the service is cancelled and both sessions are closed."""
+    async with host_device.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
+                                delegate=Agree(guest_seconds=guest_seconds),
+                                step_timeout=STEP) as host, accepting(host) as accepted:
+        session = await guest.join(f"tcp:{host.address.removeprefix('tcp:')}",
+                                   pin="246810", step_timeout=STEP)
+        at_host = await accepted
+        serving = asyncio.ensure_future(at_host.serve_files(share))
+        try:
+            yield Served(host, session, at_host, serving)
+        finally:
+            serving.cancel()
+            with contextlib.suppress(BaseException):
+                await serving
+            await session.close()
+            await at_host.close()

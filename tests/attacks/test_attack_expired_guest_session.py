@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 
 import pairkit
-from pairkit.delegate import Agree
 from pairkit.pairing.errors import PairingError, RefusedError
 
 from ..attack_harness import STEP
-from ..known_device_harness import accepting, device
+from ..known_device_harness import device, guest_served_by_pin, share_of
 
 GRANT = 3600
 
@@ -44,60 +43,36 @@ class _MovableWall:
 async def test_a_guest_whose_grant_ended_is_disconnected_and_its_place_freed(
     tmp_path: Path,
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / "a.txt").write_text("hello")
     clock = _MovableWall()
     paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
-    george = device(tmp_path, "George")
-    async with paul.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
-                         delegate=Agree(guest_seconds=GRANT), step_timeout=STEP) as host, \
-            accepting(host) as accepted:
-        session = await george.join(f"tcp:{host.address.removeprefix('tcp:')}",
-                                    pin="246810", step_timeout=STEP)
-        at_host = await accepted
-        serving = asyncio.ensure_future(at_host.serve_files(share))
-        try:
-            names = [f.name for f in await session.list_files(timeout=STEP)]
-            assert names == ["a.txt"]  # within the grant: served
-            assert host._admission.sessions == 1
+    share = share_of(tmp_path, {"a.txt": b"hello"})
+    async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
+                                   guest_seconds=GRANT) as g:
+        names = [f.name for f in await g.session.list_files(timeout=STEP)]
+        assert names == ["a.txt"]  # within the grant: served
+        assert g.host._admission.sessions == 1
 
-            clock.ahead = GRANT + 1  # George's hour is over
-            with pytest.raises(RefusedError, match="guest access has expired"):
-                await session.list_files(timeout=STEP)
-            # the service ends at once (it waited 300 s for the next request before)
-            stats = await asyncio.wait_for(serving, STEP)
-            assert stats.refused == 1 and stats.listings == 1
-            assert host._admission.sessions == 0  # its place is free
-            # and George's session is over: a next request finds the link closed
-            with pytest.raises(PairingError):
-                await session.list_files(timeout=STEP)
-        finally:
-            serving.cancel()
-            await session.close()
+        clock.ahead = GRANT + 1  # George's hour is over
+        with pytest.raises(RefusedError, match="guest access has expired"):
+            await g.session.list_files(timeout=STEP)
+        # the service ends at once (it waited 300 s for the next request before)
+        stats = await asyncio.wait_for(g.serving, STEP)
+        assert stats.refused == 1 and stats.listings == 1
+        assert g.host._admission.sessions == 0  # its place is free
+        # and George's session is over: a next request finds the link closed
+        with pytest.raises(PairingError):
+            await g.session.list_files(timeout=STEP)
 
 
 async def test_control_a_guest_within_its_grant_keeps_its_session_after_a_refusal(
     tmp_path: Path,
 ) -> None:
     """A request refused for another reason (no such file) does not end the service."""
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / "a.txt").write_text("hello")
-    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
-    async with paul.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
-                         delegate=Agree(guest_seconds=GRANT), step_timeout=STEP) as host, \
-            accepting(host) as accepted:
-        session = await george.join(f"tcp:{host.address.removeprefix('tcp:')}",
-                                    pin="246810", step_timeout=STEP)
-        at_host = await accepted
-        serving = asyncio.ensure_future(at_host.serve_files(share))
-        try:
-            with pytest.raises(PairingError):
-                await session.fetch("missing.txt", tmp_path / "got", timeout=STEP)
-            names = [f.name for f in await session.list_files(timeout=STEP)]
-            assert names == ["a.txt"]
-            assert not serving.done() and host._admission.sessions == 1
-        finally:
-            serving.cancel()
-            await session.close()
+    share = share_of(tmp_path, {"a.txt": b"hello"})
+    async with guest_served_by_pin(device(tmp_path, "Paul"), device(tmp_path, "George"), share,
+                                   guest_seconds=GRANT) as g:
+        with pytest.raises(PairingError):
+            await g.session.fetch("missing.txt", tmp_path / "got", timeout=STEP)
+        names = [f.name for f in await g.session.list_files(timeout=STEP)]
+        assert names == ["a.txt"]
+        assert not g.serving.done() and g.host._admission.sessions == 1

@@ -19,14 +19,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pairkit.delegate import Agree
 from pairkit.pairing.cloud import CloudHello
 from pairkit.pairing.errors import LinkClosedError
 from pairkit.transports.queued import MessageQueue
 from pairkit.transports.tcp import DEFAULT_MAX_BUFFER, TcpTransport
 
 from ..attack_harness import STEP
-from ..known_device_harness import accepting, device
+from ..known_device_harness import device, guest_served_by_pin, share_of
 
 FRAME = 65_535
 BOUND = DEFAULT_MAX_BUFFER  #: the byte bound of a TCP link's queue: two whole frames
@@ -114,24 +113,11 @@ async def test_control_an_honest_guest_pairs_and_fetches_over_the_bounded_link(
     tmp_path: Path,
 ) -> None:
     """The bound holds two whole frames: a pairing and a fetch of many chunks go through."""
-    share = tmp_path / "share"
-    share.mkdir()
     data = os.urandom(600_000)
-    (share / "big.bin").write_bytes(data)
-    paul, george = device(tmp_path, "Paul"), device(tmp_path, "George")
-    async with paul.host("tcp:127.0.0.1:0", methods=("pin",), pin="246810",
-                         delegate=Agree(), step_timeout=STEP) as host, \
-            accepting(host) as accepted:
-        session = await george.join(f"tcp:{host.address.removeprefix('tcp:')}",
-                                    pin="246810", step_timeout=STEP)
-        at_host = await accepted
-        serving = asyncio.ensure_future(at_host.serve_files(share))
-        try:
-            await session.fetch("big.bin", tmp_path / "got.bin", timeout=STEP)
-        finally:
-            serving.cancel()
-            await session.close()
-            await at_host.close()
+    share = share_of(tmp_path, {"big.bin": data})
+    async with guest_served_by_pin(device(tmp_path, "Paul"), device(tmp_path, "George"),
+                                   share) as g:
+        await g.session.fetch("big.bin", tmp_path / "got.bin", timeout=STEP)
     assert (tmp_path / "got.bin").read_bytes() == data
 
 
