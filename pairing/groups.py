@@ -287,7 +287,7 @@ class DeliveryResult(Message):
     group: str = field(2, max_len=MAX_GROUP_NAME)
     epoch: int = field(3)
     ok: bool = field(4)
-    reason: str | None = field(5, max_len=200, default=None)
+    reason: str | None = field(5, max_len=200, default=None, one_line=True)
     signature: bytes | None = field(6, size=SIGNATURE_SIZE, default=None)
 
 
@@ -338,7 +338,7 @@ class GroupReceipt(Message):
     envelope: bytes = field(6, size=DIGEST_SIZE)
     ok: bool = field(7)
     signature: bytes = field(8, size=SIGNATURE_SIZE)
-    reason: str | None = field(9, max_len=200, default=None)
+    reason: str | None = field(9, max_len=200, default=None, one_line=True)
 
     def __post_init__(self) -> None:
         try:
@@ -407,7 +407,7 @@ class AgentResult(Message):
     number: int = field(3)
     ok: bool = field(4)
     seq: int | None = field(5, default=None)
-    reason: str | None = field(6, max_len=200, default=None)
+    reason: str | None = field(6, max_len=200, default=None, one_line=True)
 
 
 def agent_statement(

@@ -151,7 +151,7 @@ class ResumeMessage(Message):
     header: ResumeHeader = field(2)
     verifier: bytes | None = field(3, size=MAC_LEN, default=None)
     sealed: bytes | None = field(4, max_len=512, default=None)
-    reason: str | None = field(5, max_len=100, default=None)
+    reason: str | None = field(5, max_len=100, default=None, one_line=True)
     #: the host's fresh ephemeral key in an OKAY (its contribution to the session key)
     fresh: bytes | None = field(6, size=KEY_LEN, default=None)
 

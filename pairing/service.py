@@ -350,7 +350,7 @@ class Chunk(Message):
 
 @message(type_id=46, max_size=512)
 class Refused(Message):
-    reason: str = field(2, max_len=200)
+    reason: str = field(2, max_len=200, one_line=True)
     #: why, as an :class:`~pairing.errors.ErrorCode` when it is not "the owner said no":
     #: NOT_FOUND for a name the shared folder does not hold (absent: a refusal)
     code: int | None = field(3, default=None)

@@ -26,6 +26,11 @@ Message classes are declared with :func:`message`::
     class Ping:
         nonce: bytes = field(2, size=16)
         note: str | None = field(3, max_len=64, default=None)
+
+A text a person reads (a ``reason``) is declared ``one_line=True``: it decodes with every
+character that would end, break or reorder a line made a space (:func:`one_line`), so that a
+peer's words shown on a line of pairkit's own never make a second one (attack review atk21,
+finding 1).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import unicodedata
 from collections.abc import Callable
 from enum import IntEnum
 from struct import Struct
@@ -45,6 +51,25 @@ VERSION = 1
 K_VERSION = 0
 K_TYPE = 1
 MAX_INT = 2**64 - 1
+
+#: characters that end a line or reorder what a terminal shows after them, beside the control
+#: characters (Unicode category Cc): line and paragraph separators, bidirectional controls
+LINE_BREAKING: typing.Final = frozenset(
+    "\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    "\u2066\u2067\u2068\u2069"
+)
+
+
+def one_line(text: str) -> str:
+    """``text`` with each control character (newlines, carriage returns, escapes, C1 controls),
+    line or paragraph separator and bidirectional control made a space: a peer's text that
+    stays on the line it is shown on, whatever it holds.  Nothing else changes, so a clean text
+    (non-ASCII included) is returned as it is."""
+    if text.isprintable():  # (no Cc, Zl, Zp, bidi control: all are not printable)
+        return text
+    return "".join(
+        " " if ch in LINE_BREAKING or unicodedata.category(ch) == "Cc" else ch for ch in text
+    )
 
 _REGISTRY: dict[int, type[Message]] = {}
 
@@ -113,6 +138,7 @@ class _Field:
     optional: bool
     has_default: bool
     default: Any
+    one_line: bool = False
 
 
 def field(
@@ -122,16 +148,19 @@ def field(
     max_len: int | None = None,
     default: Any = dataclasses.MISSING,
     secret: bool = False,
+    one_line: bool = False,
 ) -> Any:
     """Declare a message field with wire key ``key`` (2 or more).
 
     ``size`` fixes the exact length of a byte string; ``max_len`` bounds a string's length or a
     sequence's item count.  ``secret`` keeps the field out of ``repr()`` (keys, cloud secrets:
-    docs/security.md, rule 8).
+    docs/security.md, rule 8).  ``one_line`` (a text a person reads, such as a reason) decodes
+    through :func:`one_line`.
     """
     if key < 2:
         raise ValueError("field keys 0 and 1 are reserved for version and type")
-    meta = {"key": key, "size": size, "max_len": max_len, "secret": secret}
+    meta = {"key": key, "size": size, "max_len": max_len, "secret": secret,
+            "one_line": one_line}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta, repr=not secret)
     return dataclasses.field(default=default, metadata=meta, repr=not secret)
@@ -267,6 +296,7 @@ def _fields_of(cls: type) -> tuple[_Field, ...]:
                 optional=optional,
                 has_default=f.default is not dataclasses.MISSING,
                 default=f.default,
+                one_line=bool(f.metadata.get("one_line")),
             )
         )
     return tuple(out)
@@ -347,7 +377,7 @@ def _decode_value(owner: str, f: _Field, kind: Any, raw: Any, top: bool = True) 
         if not isinstance(raw, str):
             raise DecodeError(f"{where} should be text")
         _check_len(where, f, len(raw), top)
-        return raw
+        return one_line(raw) if f.one_line else raw
     if kind is bool:
         if not isinstance(raw, bool):
             raise DecodeError(f"{where} should be true or false")
@@ -437,6 +467,13 @@ def _field_decoder(owner: str, f: _Field) -> Callable[[Any], Any]:
                 return raw
             return _decode_value(owner, f, kind, raw)
 
+        if f.one_line:
+
+            def decode_line(raw: Any) -> Any:
+                text = decode_sized(raw)
+                return text if text is None else one_line(text)
+
+            return decode_line
         return decode_sized
     if isinstance(kind, type) and issubclass(kind, Message) and _tuple_item(kind) is _NOT_A_TUPLE:
 
@@ -1024,6 +1061,10 @@ def _make_decoder(cls: type, nested: bool) -> Any:
                 lines += [f"        if len({v}) != {size}:", "            return None"]
             if max_len is not None:
                 lines += [f"        if len({v}) > {max_len}:", "            return None"]
+            if how == "str" and f.one_line:
+                # a text to be made one line is the general decoder's: a struct read here keeps
+                # the bytes it was read from as its encoding, which the cleaned text is not
+                lines += [f"        if not {v}.isprintable():", "            return None"]
             lines.append("        pos = end")
         elif how == "int":
             _uint(lines, v, "        ")
@@ -1218,4 +1259,4 @@ class Abort(Message):
     """Sent by a side that stops a protocol: the error code and a reason a person can read."""
 
     code: ErrorCode = field(2)
-    reason: str = field(3, max_len=200)
+    reason: str = field(3, max_len=200, one_line=True)

@@ -213,7 +213,7 @@ class PneResult(Message):
     hash_server: bytes | None = field(5, size=MAC_LEN, default=None)
     key_for_pne: bytes | None = field(6, size=WRAPPED_LEN, default=None)
     key_for_gw: bytes | None = field(7, size=WRAPPED_LEN, default=None)
-    reason: str | None = field(8, max_len=120, default=None)
+    reason: str | None = field(8, max_len=120, default=None, one_line=True)
 
 
 @message(type_id=76, max_size=8192)
@@ -238,7 +238,7 @@ class PnEstablishmentNotify(Message):
     members: tuple[bytes, ...] = field(8, size=ID_LEN, max_len=MAX_PNES, default=())
     #: the gateway's nonce for the link session (absent when the PAN secures the link)
     nonce: bytes | None = field(9, size=RAND_LEN, default=None)
-    reason: str | None = field(10, max_len=120, default=None)
+    reason: str | None = field(10, max_len=120, default=None, one_line=True)
     #: the members' names, in the order of ``members`` (the PN inventory a PNE shows; the
     #: server's proof covers the ids, the names are the gateway's word)
     member_names: tuple[str, ...] = field(11, max_len=MAX_PNES, default=())
@@ -311,7 +311,7 @@ class PnDelivery(Message):
 
     msg_id: int = field(2)
     delivered: bool = field(3)
-    reason: str | None = field(4, max_len=120, default=None)
+    reason: str | None = field(4, max_len=120, default=None, one_line=True)
 
 
 @message(type_id=105, max_size=256)

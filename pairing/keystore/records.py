@@ -18,6 +18,7 @@ from typing import Any, Final
 from .. import cbor
 from ..crypto import check_ed25519_public
 from ..errors import ConfigError, DecodeError, NotFoundError, UnusableKeyError
+from ..wire import one_line
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -292,24 +293,12 @@ PN_KEY_SOURCES: Final = ("local_eukey", "preassigned")
 _MAX_PN_ENTRIES: Final = 64
 
 
-#: characters that end a line or reorder what a terminal shows after them (Unicode line and
-#: paragraph separators, bidirectional controls): a name on a line of its own must not
-_LINE_BREAKING: Final = frozenset(
-    "\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
-    "\u2066\u2067\u2068\u2069"
-)
-
-
 def clean_name(name: object, fallback: str = "(no name)") -> str:
     """A name a peer gave, made fit to store and to print on one line: control characters,
     line separators and bidirectional controls become spaces, it is cut to
     :data:`MAX_NAME_LENGTH` characters, and an empty one becomes ``fallback`` (atk20r 1: a
     name with a line break forged a line of ``pairkit ttp list``)."""
-    text = "".join(
-        " " if unicodedata.category(ch) == "Cc" or ch in _LINE_BREAKING else ch
-        for ch in str(name)
-    )
-    text = text.strip()[:MAX_NAME_LENGTH].strip()
+    text = one_line(str(name)).strip()[:MAX_NAME_LENGTH].strip()
     return text or fallback
 
 

@@ -29,7 +29,7 @@ import pytest
 
 from pairkit.driver import MessagePipe
 from pairkit.pairing import wire
-from pairkit.pairing.cpns.messages import PneResult
+from pairkit.pairing.cpns.messages import PnDelivery
 from pairkit.pairing.errors import ErrorCode
 from pairkit.pairing.groups import DeliveryResult
 from pairkit.pairing.machine import local_error_for
@@ -100,8 +100,8 @@ def test_every_reason_a_peer_sends_is_decoded_as_one_line() -> None:
 @pytest.mark.parametrize("made", [
     lambda r: wire.Abort(code=ErrorCode.REFUSED, reason=r),
     lambda r: Refused(r),
-    lambda r: PneResult(b"\x01" * 16, False, reason=r),
-], ids=["Abort", "Refused", "PneResult"])
+    lambda r: PnDelivery(7, False, reason=r),
+], ids=["Abort", "Refused", "PnDelivery"])
 def test_a_reason_with_line_breakers_decodes_to_one_line(made: Any) -> None:
     reason = "no" + BREAKERS + FORGED
     got = wire.decode(made(reason).encode()).reason
