@@ -178,12 +178,18 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        self._ended()
         try:
             await self._channel.close()
         finally:
-            if self._owned is not None:
-                await _close_quietly(self._owned)
+            try:
+                if self._owned is not None:
+                    await _close_quietly(self._owned)
+            finally:
+                # Its place in the host's admission is free only once its link is closed: a
+                # peer that sent CLOSE and holds its end open (no FIN) keeps the link open for
+                # the close's deadline, and must not have its place taken meanwhile (atk21,
+                # finding 5).
+                self._ended()
 
     async def __aenter__(self) -> Session:
         return self
