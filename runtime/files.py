@@ -307,13 +307,15 @@ async def serve_guest(
         async def serve_file(self, event: ServeFile) -> None:
             assert share is not None
             try:
-                await _send_file(
-                    slink, share, GetRequest(event.name, event.offset), stats, idle
+                sent = await _send_file(
+                    slink, share, GetRequest(event.name, event.offset), stats, idle,
+                    allowed=lambda: machine.still_allowed(wall_clock()),
                 )
             except (AccessDeniedError, NotFoundError, RefusedError, OSError) as exc:
                 machine.refuse(_unreadable(event.name, exc), wall_clock())
                 return
-            machine.served(wall_clock())
+            if sent:  # else the grant ended while it was sent: the machine ended the service
+                machine.served(wall_clock())
 
     try:
         # A guest that stops reading is dropped after the idle limit too (issue 17).
@@ -343,8 +345,12 @@ def chunk_size(slink: SecureLink, file_size: int) -> int:
 
 
 async def _send_file(
-    slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float
-) -> None:
+    slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float, *,
+    allowed: Callable[[], bool],
+) -> bool:
+    """Send the file ``req`` asks for: True once sent whole, False if ``allowed()`` said no
+    before the header or a chunk (the guest's grant ended meanwhile: attack review atk21,
+    finding 4; the caller's machine sent the refusal in place of what would have come)."""
     path = resolve_shared(share, req.name)
     # One open for the hash and the bytes, checked once opened (atk19f): what is sent is the
     # file the digest is of, and no link or FIFO swapped in since the check.
@@ -353,11 +359,15 @@ async def _send_file(
         # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
         start = req.offset if req.offset <= size else 0
         digest = await asyncio.to_thread(_sha256_open, fh, size, req.name)
+        if not allowed():  # the hash of a big file takes seconds
+            return False
         await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
         chunk = chunk_size(slink, size)
         fh.seek(start)
         offset = start
         while offset < size:  # exactly the bytes announced, never more (§13)
+            if not allowed():  # a clock read and a comparison: each chunk, however slow
+                return False
             data = fh.read(min(chunk, size - offset))
             if not data:  # shorter than announced: it changed while it was sent
                 raise RefusedError(f"{req.name!r} changed on the host while it was sent; "
@@ -365,6 +375,7 @@ async def _send_file(
             await slink.send(Chunk(offset, data).encode(), idle)
             offset += len(data)
             stats.bytes_sent += len(data)
+    return True
 
 
 class Records(MessagePipe):
