@@ -178,3 +178,63 @@ async def test_requests_for_a_file_at_once_share_one_hash(
         got = await asyncio.wait_for(asyncio.gather(first, second), STEP)
     assert got == [hashlib.sha256(data).digest()] * 2
     assert passes == [SIZE]
+
+
+class _Later(MovableWall):
+    """The host's clocks, the monotonic one moved ``later`` seconds on demand too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.later = 0.0
+
+    def monotonic(self) -> float:
+        return super().monotonic() + self.later
+
+
+async def test_a_digest_is_kept_for_digest_ttl_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that moved none of the file's times leaves a stale digest: it goes within
+    DIGEST_TTL (the guests' fetches of that file fail their SHA-256 check until then)."""
+    passes = _count_passes(monkeypatch)
+    share = share_of(tmp_path, {"big.bin": os.urandom(SIZE)})
+    clock = _Later()
+    clock.ahead = AN_HOUR
+    paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
+    async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
+                                   guest_seconds=2 * int(AN_HOUR)) as g:
+        ask = [GetRequest("big.bin", SIZE)]
+        await _headers(g.session._channel, ask * 2)
+        assert passes == [SIZE]
+        clock.later = files_module.DIGEST_TTL - 1
+        await _headers(g.session._channel, ask)
+        assert passes == [SIZE]
+        clock.later = files_module.DIGEST_TTL + 1
+        await _headers(g.session._channel, ask * 2)
+        assert passes == [SIZE] * 2
+
+
+async def test_the_digests_kept_are_bounded_in_number_the_oldest_going_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Driven directly, with room for two files' digests."""
+    passes = _count_passes(monkeypatch)
+    monkeypatch.setattr(files_module, "DIGEST_ENTRIES", 2)
+    share = share_of(tmp_path, {n: n.encode() * 1000 for n in ("a", "b", "c")})
+    digests = files_module._Digests()
+    clock = MovableWall()
+    clock.ahead = AN_HOUR
+
+    async def digest_of(name: str) -> bytes:
+        path = files_module.resolve_shared(share, name)
+        with files_module.open_checked(share, path, name) as fh:
+            return await digests.digest(fh, os.fstat(fh.fileno()), name, wall=clock.wall,
+                                        monotonic=clock.monotonic)
+
+    hashed = []
+    for name in ("a", "b", "c", "c", "a", "c"):  # c pushed a out; a back pushed b out
+        assert await digest_of(name) == hashlib.sha256(name.encode() * 1000).digest()
+        hashed.append(len(passes))
+    assert hashed == [1, 2, 3, 3, 4, 4]
+    assert await digest_of("b") == hashlib.sha256(b"b" * 1000).digest()
+    assert len(passes) == 5
