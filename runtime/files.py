@@ -286,14 +286,14 @@ class _Digests:
     :data:`DIGEST_TTL` seconds, :data:`DIGEST_ENTRIES` files at most; a hash under way is
     shared by whoever asks for the same file meanwhile (one hash, not one per request).
 
-    What it trusts: that a write to a file moves its size, its modification time or its
-    change time (the change time no program can set back).  A digest is kept only when the
-    file's times did not move while it was hashed and are at least :data:`DIGEST_SETTLE`
-    seconds older than the hash's start by the host's wall clock, so that a change within
-    the file system's clock tick is not missed.  A write that moves none of them (writes
-    through a shared memory map to a page already dirty, a network file system whose server
-    clock lags) leaves a stale digest: the guest's SHA-256 check then fails ("changed on the
-    host"), no other bytes are ever taken for the file's, and the entry goes within
+    What it trusts: that a write to a file moves its size, its modification time or its change
+    time (no system call sets the change time: only the system's clock moves it). A digest is
+    kept only when the file's times did not move while it was hashed and are at least
+    :data:`DIGEST_SETTLE` seconds older than the hash's start by the host's wall clock, so that
+    a change within the file system's clock tick is not missed. A write that moves none of them
+    (through a shared memory map to a page already dirty; on a network file system whose
+    server's clock lags) leaves a stale digest: the guest's SHA-256 check then fails ("changed
+    on the host"), no other bytes are ever taken for the file's, and the entry goes within
     :data:`DIGEST_TTL`."""
 
     def __init__(self) -> None:
@@ -305,8 +305,9 @@ class _Digests:
         wall: Callable[[], float], monotonic: Callable[[], float],
     ) -> bytes:
         """The SHA-256 of the first ``st.st_size`` bytes of the open file ``fh`` (``st``: its
-        ``os.fstat``).  ``fh`` is not read (its position is its caller's): the hash reads a
-        duplicate of its descriptor, which the hash closes."""
+        ``os.fstat``).  The hash reads a duplicate of ``fh``'s descriptor and closes it
+        itself, so the caller may close ``fh`` meanwhile (a guest gone); the duplicate shares
+        ``fh``'s position: seek before reading ``fh`` again."""
         key = _key(st)
         kept = self._kept.get(key)
         if kept is not None and 0 <= monotonic() - kept[0] < DIGEST_TTL:
