@@ -259,9 +259,9 @@ def _sha256_open(fh: BinaryIO, size: int | None, name: str) -> bytes:
     return h.digest()
 
 
-#: a file whose modification or change time is less than this many seconds before its hash
-#: began is hashed again at each request: a change within the same tick of the file system's
-#: clock (2 s on FAT) would leave its times as they were (git's "racy" files)
+#: a file whose change time is less than this many seconds before its hash began is hashed
+#: again at each request: a change within the same tick of the file system's clock (2 s on
+#: FAT) would leave its times as they were (git's "racy" files)
 DIGEST_SETTLE = 2.0
 #: how long a file's digest is kept at most (seconds): the bound on how long a digest made
 #: stale by a write that moved none of the file's times (below) fails the guests' fetches
@@ -288,7 +288,8 @@ class _Digests:
 
     What it trusts: that a write to a file moves its size, its modification time or its change
     time (no system call sets the change time: only the system's clock moves it). A digest is
-    kept only when the file's times did not move while it was hashed and are at least
+    kept only when the file's times did not move while it was hashed and its change time (every
+    write sets it to the system's clock; the modification time on Windows) is at least
     :data:`DIGEST_SETTLE` seconds older than the hash's start by the host's wall clock, so that
     a change within the file system's clock tick is not missed. A write that moves none of them
     (through a shared memory map to a page already dirty; on a network file system whose
@@ -332,7 +333,11 @@ class _Digests:
         try:
             started, since = wall(), monotonic()
             digest, after = await asyncio.to_thread(_hash_and_close, own, key[2], name)
-            settled = max(key[3], key[4]) < (started - DIGEST_SETTLE) * 1e9
+            # Every write sets the change time to the system's clock, whatever the modification
+            # time is set to after (it may be in the future: an archive's): the change time says
+            # when the file last changed.  On Windows st_ctime is its creation time.
+            changed = key[3] if os.name == "nt" else key[4]
+            settled = changed < (started - DIGEST_SETTLE) * 1e9
             if _key(after) == key and settled:
                 for old, (at, _) in list(self._kept.items()):
                     if not 0 <= since - at < DIGEST_TTL:

@@ -238,3 +238,22 @@ async def test_the_digests_kept_are_bounded_in_number_the_oldest_going_first(
     assert hashed == [1, 2, 3, 3, 4, 4]
     assert await digest_of("b") == hashlib.sha256(b"b" * 1000).digest()
     assert len(passes) == 5
+
+
+async def test_a_file_dated_in_the_future_is_kept_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A modification time in the future (an archive's, a skewed clock's) does not make a
+    file look changed for ever: when it changed is its change time, which every write sets."""
+    passes = _count_passes(monkeypatch)
+    share = share_of(tmp_path, {"from.tar": os.urandom(SIZE)})
+    a_day = 86400 * 10**9
+    st = (share / "from.tar").stat()
+    os.utime(share / "from.tar", ns=(st.st_atime_ns + a_day, st.st_mtime_ns + a_day))
+    clock = MovableWall()
+    clock.ahead = AN_HOUR  # the change time an hour old, the modification time a day ahead
+    paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
+    async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
+                                   guest_seconds=2 * int(AN_HOUR)) as g:
+        await _headers(g.session._channel, [GetRequest("from.tar", SIZE)] * 3)
+    assert passes == [SIZE]
