@@ -5,7 +5,8 @@
   :class:`~pairing.service.GrantPolicy`.  It decides everything that is policy (an expired
   guest, a name that leads out of the folder, whether the owner is asked, what the owner's
   answer allows) and says what to serve with an event; the runtime reads the folder and sends
-  the listing or the file, then tells the machine :meth:`FileServer.served` (or
+  the listing or the file, asking :meth:`FileServer.still_allowed` before each chunk (the
+  grant may end while a file is sent), then tells the machine :meth:`FileServer.served` (or
   :meth:`FileServer.refuse` if the file could not be read).
 * :class:`FileList` and :class:`FileFetch`, the guest's side of one request each: they check
   what arrives (the header's offset and size, every chunk in place and within the size) and
@@ -126,7 +127,8 @@ class ServeListing(Event):
 
 @dataclasses.dataclass(frozen=True)
 class ServeFile(Event):
-    """Send the guest ``name`` from ``offset`` (then :meth:`FileServer.served`)."""
+    """Send the guest ``name`` from ``offset``, asking :meth:`FileServer.still_allowed` before
+    each chunk (then :meth:`FileServer.served`, unless it said no)."""
 
     hook: ClassVar[str] = "serve_file"
     name: str
@@ -191,6 +193,22 @@ class FileServer(Machine):
         else:
             self.files += 1
         self._wait(now)
+
+    def still_allowed(self, now: float) -> bool:
+        """While a file is sent: True if the guest's grant still holds at ``now``.  If it has
+        ended, the transfer stops there: a Refused (code 11, expired) goes in place of the next
+        chunk and the service ends, as for a request after the end.  A transfer under way ran
+        to the file's end before, each chunk taking up to the idle time (attack review atk21,
+        finding 4)."""
+        self._check_usable()
+        if self.state != SERVING or not isinstance(self._pending, ServeFile):
+            raise ProtocolError("no file is being sent")
+        try:
+            self.policy.check_access(now)
+        except ExpiredError as exc:
+            self._end_expired(exc)
+            return False
+        return True
 
     def refuse(self, reason: str, now: float) -> None:
         """What was to be served could not be (the file vanished, could not be read)."""

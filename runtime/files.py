@@ -259,6 +259,114 @@ def _sha256_open(fh: BinaryIO, size: int | None, name: str) -> bytes:
     return h.digest()
 
 
+#: a file whose change time is less than this many seconds before its hash began is hashed
+#: again at each request: a change within the same tick of the file system's clock (2 s on
+#: FAT) would leave its times as they were (git's "racy" files)
+DIGEST_SETTLE = 2.0
+#: how long a file's digest is kept at most (seconds): the bound on how long a digest made
+#: stale by a write that moved none of the file's times (below) fails the guests' fetches
+DIGEST_TTL = 600.0
+#: how many files' digests are kept (the oldest goes first)
+DIGEST_ENTRIES = 1024
+
+#: what a kept digest is of: the open file's device, inode, size, modification and change
+#: times in nanoseconds
+_Key = tuple[int, int, int, int, int]
+
+
+class _Digests:
+    """The SHA-256 of the shared files the hosts of this process serve, each hashed at most
+    once while it stays the same file.
+
+    Every GetRequest hashed its file whole before sending a byte, even one that asked from the
+    file's end and got none: a guest sending such requests back to back made the host read and
+    hash the file each time, in the executor every guest's open and listing wait in (attack
+    review atk21, finding 2).  A digest is kept keyed by the opened file's identity, size,
+    modification and change times (``os.fstat`` of the one open the file is sent from), for
+    :data:`DIGEST_TTL` seconds, :data:`DIGEST_ENTRIES` files at most; a hash under way is
+    shared by whoever asks for the same file meanwhile (one hash, not one per request).
+
+    What it trusts: that a write to a file moves its size, its modification time or its change
+    time (no system call sets the change time: only the system's clock moves it). A digest is
+    kept only when the file's times did not move while it was hashed and its change time (every
+    write sets it to the system's clock; the modification time on Windows) is at least
+    :data:`DIGEST_SETTLE` seconds older than the hash's start by the host's wall clock, so that
+    a change within the file system's clock tick is not missed. A write that moves none of them
+    (through a shared memory map to a page already dirty; on a network file system whose
+    server's clock lags) leaves a stale digest: the guest's SHA-256 check then fails ("changed
+    on the host"), no other bytes are ever taken for the file's, and the entry goes within
+    :data:`DIGEST_TTL`."""
+
+    def __init__(self) -> None:
+        self._kept: dict[_Key, tuple[float, bytes]] = {}
+        self._hashing: dict[_Key, asyncio.Future[bytes]] = {}
+
+    async def digest(
+        self, fh: BinaryIO, st: os.stat_result, name: str, *,
+        wall: Callable[[], float], monotonic: Callable[[], float],
+    ) -> bytes:
+        """The SHA-256 of the first ``st.st_size`` bytes of the open file ``fh`` (``st``: its
+        ``os.fstat``).  The hash reads a duplicate of ``fh``'s descriptor and closes it
+        itself, so the caller may close ``fh`` meanwhile (a guest gone); the duplicate shares
+        ``fh``'s position: seek before reading ``fh`` again."""
+        key = _key(st)
+        kept = self._kept.get(key)
+        if kept is not None and 0 <= monotonic() - kept[0] < DIGEST_TTL:
+            return kept[1]
+        loop = asyncio.get_running_loop()
+        hashing = self._hashing.get(key)
+        if hashing is None or hashing.get_loop() is not loop:
+            # The same open file, not a new open of its name: what is hashed is what is sent.
+            own = os.fdopen(os.dup(fh.fileno()), "rb")
+            hashing = self._hashing[key] = loop.create_task(
+                self._hash(key, own, name, wall, monotonic))
+            # its failure is each waiter's; one nobody waits for any more is not "unretrieved"
+            hashing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # No await before this point: a request that comes while a hash is under way finds
+        # it.  Shielded: a guest that goes away does not cancel the hash others wait for.
+        return await asyncio.shield(hashing)
+
+    async def _hash(
+        self, key: _Key, own: BinaryIO, name: str,
+        wall: Callable[[], float], monotonic: Callable[[], float],
+    ) -> bytes:
+        try:
+            started, since = wall(), monotonic()
+            digest, after = await asyncio.to_thread(_hash_and_close, own, key[2], name)
+            # Every write sets the change time to the system's clock, whatever the modification
+            # time is set to after (it may be in the future: an archive's): the change time says
+            # when the file last changed.  On Windows st_ctime is its creation time.
+            changed = key[3] if os.name == "nt" else key[4]
+            settled = changed < (started - DIGEST_SETTLE) * 1e9
+            if _key(after) == key and settled:
+                for old, (at, _) in list(self._kept.items()):
+                    if not 0 <= since - at < DIGEST_TTL:
+                        del self._kept[old]
+                while len(self._kept) >= DIGEST_ENTRIES:
+                    del self._kept[next(iter(self._kept))]
+                self._kept[key] = (since, digest)
+            return digest
+        finally:
+            if self._hashing.get(key) is asyncio.current_task():  # not another loop's since
+                del self._hashing[key]
+
+
+def _key(st: os.stat_result) -> _Key:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_and_close(own: BinaryIO, size: int, name: str) -> tuple[bytes, os.stat_result]:
+    """In a thread: the SHA-256 of ``own``'s first ``size`` bytes and its ``fstat`` once
+    hashed; ``own`` closed here, whoever stopped waiting meanwhile."""
+    with own:
+        digest = _sha256_open(own, size, name)
+        return digest, os.fstat(own.fileno())
+
+
+#: the digests of this process's hosts' files, whichever session asks
+_DIGESTS = _Digests()
+
+
 # -- host side --------------------------------------------------------------------------------
 
 
@@ -307,13 +415,16 @@ async def serve_guest(
         async def serve_file(self, event: ServeFile) -> None:
             assert share is not None
             try:
-                await _send_file(
-                    slink, share, GetRequest(event.name, event.offset), stats, idle
+                sent = await _send_file(
+                    slink, share, GetRequest(event.name, event.offset), stats, idle,
+                    allowed=lambda: machine.still_allowed(wall_clock()),
+                    wall=wall_clock, monotonic=monotonic,
                 )
             except (AccessDeniedError, NotFoundError, RefusedError, OSError) as exc:
                 machine.refuse(_unreadable(event.name, exc), wall_clock())
                 return
-            machine.served(wall_clock())
+            if sent:  # else the grant ended while it was sent: the machine ended the service
+                machine.served(wall_clock())
 
     try:
         # A guest that stops reading is dropped after the idle limit too (issue 17).
@@ -343,21 +454,32 @@ def chunk_size(slink: SecureLink, file_size: int) -> int:
 
 
 async def _send_file(
-    slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float
-) -> None:
+    slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float, *,
+    allowed: Callable[[], bool], wall: Callable[[], float], monotonic: Callable[[], float],
+) -> bool:
+    """Send the file ``req`` asks for: True once sent whole, False if ``allowed()`` said no
+    before the header or a chunk (the guest's grant ended meanwhile: attack review atk21,
+    finding 4; the caller's machine sent the refusal in place of what would have come)."""
     path = resolve_shared(share, req.name)
-    # One open for the hash and the bytes, checked once opened (atk19f): what is sent is the
-    # file the digest is of, and no link or FIFO swapped in since the check.
+    # One open, checked once opened (atk19f): the bytes sent, and the hash when one is made,
+    # come from it, no link or FIFO swapped in since the check.  A digest kept from an earlier
+    # hash is used only for the same file (device, inode) of the same size and times.
     with await asyncio.to_thread(open_checked, share, path, req.name) as fh:
-        size = os.fstat(fh.fileno()).st_size
+        st = os.fstat(fh.fileno())
+        size = st.st_size
         # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
         start = req.offset if req.offset <= size else 0
-        digest = await asyncio.to_thread(_sha256_open, fh, size, req.name)
+        # kept while the file stays the same, shared by requests at once (atk21 finding 2)
+        digest = await _DIGESTS.digest(fh, st, req.name, wall=wall, monotonic=monotonic)
+        if not allowed():  # the hash of a big file takes seconds
+            return False
         await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
         chunk = chunk_size(slink, size)
         fh.seek(start)
         offset = start
         while offset < size:  # exactly the bytes announced, never more (§13)
+            if not allowed():  # a clock read and a comparison: each chunk, however slow
+                return False
             data = fh.read(min(chunk, size - offset))
             if not data:  # shorter than announced: it changed while it was sent
                 raise RefusedError(f"{req.name!r} changed on the host while it was sent; "
@@ -365,6 +487,7 @@ async def _send_file(
             await slink.send(Chunk(offset, data).encode(), idle)
             offset += len(data)
             stats.bytes_sent += len(data)
+    return True
 
 
 class Records(MessagePipe):
@@ -601,6 +724,9 @@ async def say_bye(slink: SecureLink) -> None:
 
 
 __all__ = [
+    "DIGEST_ENTRIES",
+    "DIGEST_SETTLE",
+    "DIGEST_TTL",
     "LISTING_TTL",
     "DecodeError",
     "Fetched",

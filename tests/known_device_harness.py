@@ -1,15 +1,18 @@
 """Known devices asking a library host to join (attack reviews atk15 and atk15b, session 15):
 Paul's and George's devices, the day Paul joined George's host, Paul's owner who trusts his
 laptop's name, an ``accept()`` kept waiting while a guest runs, and a guest paired by PIN
-whom a library host serves a share.  Shared by tests/attacks/test_attack_join_names.py,
-test_attack_kk_names.py, test_attack_known_guest_repairs.py, test_attack_expired_guest_session.py
-and test_attack_held_link_bytes.py."""
+whom a library host serves a share, on a host whose wall clock a test moves.  Shared by
+tests/attacks/test_attack_join_names.py, test_attack_kk_names.py,
+test_attack_known_guest_repairs.py, test_attack_expired_guest_session.py,
+test_attack_held_link_bytes.py, test_attack_expiry_midtransfer.py and
+test_attack_get_hash_flood.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -98,6 +101,21 @@ def address_of(host: pairkit.Host) -> tuple[str, int]:
     """A TCP library host's address, as the hand-driven guests dial it."""
     h, p = host.address.removeprefix("tcp:").rsplit(":", 1)
     return h, int(p)
+
+
+class MovableWall:
+    """The machine's clocks, with the wall clock moved ``ahead`` seconds on demand (a
+    :class:`pairkit.Device`'s ``clock=``): a guest's grant ends, or a file looks old, without
+    waiting for it."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time() + self.ahead
 
 
 class Served(NamedTuple):

@@ -126,6 +126,35 @@ def test_an_expired_guest_is_refused_without_a_prompt() -> None:
     assert isinstance(answer, Refused) and "expired" in answer.reason
 
 
+def test_a_grant_that_ends_while_a_file_is_sent_stops_it_and_ends_the_service() -> None:
+    """Attack review atk21, finding 4: the runtime asks before each chunk; once the grant has
+    ended, the answer is no, a Refused (code 11) goes in place of the next chunk, and the
+    service is over, as after a request past the end."""
+    machine = server(expires=NOW + 60)
+    machine.receive(GetRequest("notes.txt").encode(), NOW)
+    (question,) = machine.events()
+    machine.answer(question, Scope.SESSION, NOW)
+    assert machine.events() == [ServeFile("notes.txt", 0)]
+    assert machine.still_allowed(NOW + 59) and replies(machine) == []
+    assert not machine.still_allowed(NOW + 60)
+    (answer,) = replies(machine)
+    assert isinstance(answer, Refused) and answer.code == ErrorCode.EXPIRED
+    assert "expired" in answer.reason
+    assert machine.done and machine.expired and machine.files == 0 and machine.refused == 1
+    with pytest.raises(ProtocolError):
+        machine.served(NOW + 61)  # what was stopped is not counted as served
+
+
+def test_only_a_file_being_sent_is_asked_about() -> None:
+    machine = server(Role.MEMBER)
+    with pytest.raises(ProtocolError):
+        machine.still_allowed(NOW)  # nothing asked for yet
+    machine.receive(ListRequest().encode(), NOW)
+    assert machine.events() == [ServeListing()]
+    with pytest.raises(ProtocolError):
+        machine.still_allowed(NOW)  # a listing is sent in one message
+
+
 def test_a_member_is_served_without_a_prompt() -> None:
     machine = server(Role.MEMBER)
     machine.receive(ListRequest().encode(), NOW)

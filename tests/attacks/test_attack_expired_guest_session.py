@@ -13,7 +13,6 @@ the grant's end (the grant is an hour: nothing here waits for it).
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -22,28 +21,15 @@ import pairkit
 from pairkit.pairing.errors import PairingError, RefusedError
 
 from ..attack_harness import STEP
-from ..known_device_harness import device, guest_served_by_pin, share_of
+from ..known_device_harness import MovableWall, device, guest_served_by_pin, share_of
 
 GRANT = 3600
-
-
-class _MovableWall:
-    """The machine's clocks, with the wall clock moved ``ahead`` seconds on demand."""
-
-    def __init__(self) -> None:
-        self.ahead = 0.0
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wall(self) -> float:
-        return time.time() + self.ahead
 
 
 async def test_a_guest_whose_grant_ended_is_disconnected_and_its_place_freed(
     tmp_path: Path,
 ) -> None:
-    clock = _MovableWall()
+    clock = MovableWall()
     paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
     share = share_of(tmp_path, {"a.txt": b"hello"})
     async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
