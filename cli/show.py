@@ -3,10 +3,11 @@ from a peer made safe for a terminal, and the demos' numbered narration."""
 
 from __future__ import annotations
 
+import codecs
 import sys
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -43,6 +44,14 @@ def safe(text: object, *, lines: bool = False) -> str:
 MAX_LINE = 500
 #: room kept at the end of a cut line for the note saying so
 _CUT_NOTE_ROOM = 40
+#: what SafeStream does not hand on from the stream it wraps: each is a way to write around it.
+#: With an ASCII stdio encoding (``PYTHONIOENCODING=ascii``, ``LC_ALL=C`` without UTF-8 mode)
+#: click.echo takes ``buffer`` and wraps it in a text stream of its own (atk21 finding 3).
+#: ``fileno`` stays: a number, asked for isatty-like checks, the terminal's size and to point a
+#: closed stdout at /dev/null; writing through it is never done by accident.
+_HIDDEN = frozenset({"buffer", "detach", "raw"})
+#: encodings that carry every character :func:`safe` lets through
+_UNICODE = frozenset({"utf-8", "utf-16", "utf-32"})
 
 
 class SafeStream:
@@ -54,6 +63,11 @@ class SafeStream:
 
     ``max_line`` (stderr's): a line longer than that is cut to it, ending in a note of how many
     characters were cut, however many writes it came in.
+
+    Nothing here leads around it: ``writelines`` passes each piece through :meth:`write`, and
+    the wrapped stream's ``buffer`` and ``detach`` are not handed on (:data:`_HIDDEN`).  What
+    the stream's encoding cannot carry (an accent, U+FFFD, on an ASCII stream) is written as
+    ``?``, never as an error: a person with ``LC_ALL=C`` reads the rest (atk21 finding 3).
     """
 
     def __init__(self, inner: Any, *, max_line: int | None = None) -> None:
@@ -68,8 +82,26 @@ class SafeStream:
         shown = safe(text, lines=True)
         if self._max_line is not None:
             shown = self._cut_lines(shown, self._max_line)
-        self._inner.write(shown)
+        self._inner.write(self._encodable(shown))
         return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _encodable(self, text: str) -> str:
+        """``text`` with what the wrapped stream's encoding cannot carry as ``?`` (its own
+        error handler may be strict, or surrogateescape: either raises for U+FFFD)."""
+        encoding = getattr(self._inner, "encoding", None)
+        if not isinstance(encoding, str):
+            return text  # a stream of text only (StringIO)
+        try:
+            name = codecs.lookup(encoding).name
+        except LookupError:
+            return text
+        if name in _UNICODE:
+            return text
+        return text.encode(name, "replace").decode(name, "replace")
 
     def _cut_lines(self, text: str, max_line: int) -> str:
         room = max(1, max_line - _CUT_NOTE_ROOM)
@@ -89,9 +121,11 @@ class SafeStream:
     def raw_write(self, text: str) -> int:
         if "\r" in text or "\n" in text:  # pairkit's own status line starts again
             self._column = self._cut = 0
-        return int(self._inner.write(text))
+        return int(self._inner.write(self._encodable(text)))
 
     def __getattr__(self, name: str) -> Any:
+        if name in _HIDDEN:
+            raise AttributeError(f"SafeStream hands out no {name!r}: all writes pass through it")
         return getattr(self._inner, name)
 
 

@@ -104,7 +104,7 @@ def test_safestream_hands_out_no_way_around_it(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(AttributeError):
         stream.detach()  # would hand out the buffer too
     monkeypatch.setattr(sys, "stdout", stream)
-    click.echo(f"1  {HOSTILE}")
+    click.echo(f"1  {HOSTILE}", color=True)  # as on a terminal: click strips nothing
     stream.writelines([f"2  {ACCENTED}\n", "3  \x1b[31mred\n"])
     print("4  " + "e" * 700)
     lines = raw.getvalue().decode("ascii").split("\n")
