@@ -44,12 +44,11 @@ def safe(text: object, *, lines: bool = False) -> str:
 MAX_LINE = 500
 #: room kept at the end of a cut line for the note saying so
 _CUT_NOTE_ROOM = 40
-#: what SafeStream does not hand on from the stream it wraps: each is a way to write around it.
-#: With an ASCII stdio encoding (``PYTHONIOENCODING=ascii``, ``LC_ALL=C`` without UTF-8 mode)
-#: click.echo takes ``buffer`` and wraps it in a text stream of its own (atk21 finding 3).
-#: ``fileno`` stays: a number, asked for isatty-like checks, the terminal's size and to point a
-#: closed stdout at /dev/null; writing through it is never done by accident.
-_HIDDEN = frozenset({"buffer", "detach", "raw"})
+#: what SafeStream does not hand on from the stream it wraps: each is a way to write around it
+#: (its ``buffer`` is replaced by :class:`SafeBuffer`).  ``fileno`` stays: a number, asked for
+#: isatty-like checks, the terminal's size and to point a closed stdout at /dev/null; writing
+#: through it is never done by accident.
+_HIDDEN = frozenset({"detach", "raw"})
 #: encodings that carry every character :func:`safe` lets through
 _UNICODE = frozenset({"utf-8", "utf-16", "utf-32"})
 
@@ -64,10 +63,14 @@ class SafeStream:
     ``max_line`` (stderr's): a line longer than that is cut to it, ending in a note of how many
     characters were cut, however many writes it came in.
 
-    Nothing here leads around it: ``writelines`` passes each piece through :meth:`write`, and
-    the wrapped stream's ``buffer`` and ``detach`` are not handed on (:data:`_HIDDEN`).  What
-    the stream's encoding cannot carry (an accent, U+FFFD, on an ASCII stream) is written as
-    ``?``, never as an error: a person with ``LC_ALL=C`` reads the rest (atk21 finding 3).
+    Nothing here leads around it (atk21 finding 3): with an ASCII stdio encoding
+    (``PYTHONIOENCODING=ascii``, ``LC_ALL=C`` without UTF-8 mode) click.echo writes to
+    ``buffer``, in a text stream of its own, and shell completion writes bytes there: it is a
+    :class:`SafeBuffer`, whose bytes pass through :meth:`write` too; so does ``writelines``;
+    ``detach`` is not handed on (:data:`_HIDDEN`).  What the stream's encoding cannot carry
+    (an accent, U+FFFD, on an ASCII stream) is written as ``?``, never as an error, nor as
+    UTF-8 bytes some of which an 8-bit terminal takes for C1 controls: a person with
+    ``LC_ALL=C`` reads the rest.
     """
 
     def __init__(self, inner: Any, *, max_line: int | None = None) -> None:
@@ -75,6 +78,7 @@ class SafeStream:
         self._max_line = max_line
         self._column = 0  # characters of the current line written so far
         self._cut = 0  # characters of the current line left out so far
+        self.buffer = SafeBuffer(self)
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # a text stream takes text (click probes with bytes)
@@ -127,6 +131,50 @@ class SafeStream:
         if name in _HIDDEN:
             raise AttributeError(f"SafeStream hands out no {name!r}: all writes pass through it")
         return getattr(self._inner, name)
+
+
+class SafeBuffer:
+    """:class:`SafeStream`'s ``buffer``: bytes written here are read as UTF-8 (what click
+    writes to a buffer it finds, as it does on an ASCII terminal, and shell completion's lines),
+    a character cut between two writes kept for the next, and written to the SafeStream as
+    text."""
+
+    def __init__(self, text: SafeStream) -> None:
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if isinstance(data, str):  # a binary stream takes bytes (click probes with text)
+            raise TypeError("a bytes-like object is required, not 'str'")
+        chunk = bytes(data)
+        self._text.write(self._decoder.decode(chunk))
+        return len(chunk)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def isatty(self) -> bool:
+        return bool(self._text.isatty())
+
+    def fileno(self) -> int:
+        return int(self._text.fileno())
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._text.closed)
 
 
 def human_size(n: float) -> str:

@@ -7,9 +7,10 @@ click.echo writes to ``sys.stdout`` as it is only when its encoding is not ASCII
 ``PYTHONIOENCODING=ascii``, or ``LC_ALL=C`` without UTF-8 mode, it took the inner binary
 ``buffer`` that SafeStream handed on and wrapped it in a text stream of its own, so every
 click.echo went around the filter: ``pairkit ls`` put a hostile host's file name on the terminal
-raw (a window-title sequence, a screen clear) and no stderr line was cut.  Now SafeStream hands
-out no ``buffer`` (nor ``detach``), its ``writelines`` filters too, and what the stream's
-encoding cannot carry is written as ``?``: a person with ``LC_ALL=C`` reads the listing, and no
+raw (a window-title sequence, a screen clear) and no stderr line was cut.  Now SafeStream's
+``buffer`` is its own, whose bytes pass through the filter too (shell completion writes bytes
+there), ``writelines`` filters, ``detach`` is not handed on, and what the stream's encoding
+cannot carry is written as ``?``: a person with ``LC_ALL=C`` reads the listing, and no
 traceback.
 
 Real code: a ``pairkit host`` process sharing the files, ``pairkit ls`` on a pseudo-terminal.
@@ -96,18 +97,25 @@ async def test_a_long_stderr_line_is_cut_and_filtered_with_an_ascii_encoding(
 
 
 def test_safestream_hands_out_no_way_around_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In one process: what click.echo, writelines and print do with an ASCII stream wrapped."""
+    """In one process: what click.echo (text, and bytes as shell completion writes them),
+    writelines, print and the stream's buffer do with an ASCII stream wrapped."""
     raw = io.BytesIO()
     inner = io.TextIOWrapper(raw, encoding="ascii", errors="strict", write_through=True)
     stream = SafeStream(inner, max_line=MAX_LINE)
-    assert not hasattr(stream, "buffer")
+    assert stream.buffer is not inner.buffer
     with pytest.raises(AttributeError):
-        stream.detach()  # would hand out the buffer too
+        stream.detach()  # would hand out the inner buffer
     monkeypatch.setattr(sys, "stdout", stream)
     click.echo(f"1  {HOSTILE}", color=True)  # as on a terminal: click strips nothing
-    stream.writelines([f"2  {ACCENTED}\n", "3  \x1b[31mred\n"])
-    print("4  " + "e" * 700)
+    click.echo(f"2  {HOSTILE}".encode(), color=True)  # bytes: to the buffer click finds
+    stream.writelines([f"3  {ACCENTED}\n", "4  \x1b[31mred\n"])
+    data = "5  caf\u00e9 \x1b[2J\n".encode()
+    stream.buffer.write(data[:7])  # é cut between two writes
+    stream.buffer.write(data[7:])
+    print("6  " + "e" * 700)
     lines = raw.getvalue().decode("ascii").split("\n")
-    assert lines[:3] == [f"1  {shown(HOSTILE, 'ascii')}", "2  caf?.txt", "3  ?[31mred"]
-    assert len(lines[3]) <= MAX_LINE and lines[3].endswith("characters cut)")
+    hostile = shown(HOSTILE, "ascii")
+    assert lines[:5] == [f"1  {hostile}", f"2  {hostile}", "3  caf?.txt", "4  ?[31mred",
+                         "5  caf? ?[2J"]
+    assert len(lines[5]) <= MAX_LINE and lines[5].endswith("characters cut)")
     assert stream.isatty() is False and stream.encoding == "ascii"  # read as the inner's
