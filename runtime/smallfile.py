@@ -8,6 +8,7 @@ read, no further than its limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -37,19 +38,25 @@ def read_small_file(path: Path, limit: int, what: str, *, pipes: bool = False,
     file is called there (its path by default).
 
     ``pipes``: a FIFO or a pipe is read too (process substitution names one as /dev/fd/N), to
-    its end but no further than ``limit`` + 1 bytes.  It was opened without waiting for a
-    writer: one nobody writes to reads as empty at once, not after a wait for ever.
+    its end but no further than ``limit`` + 1 bytes.  A named FIFO is opened as ``cat`` opens
+    it, waiting for its writer (``mkfifo p; pairkit ... --pin-file p & gpg -d pin.gpg > p``):
+    a FIFO nobody ever writes to is waited on until Ctrl-C, as a prompt would be.
     """
     shown = name or str(path)
+    nonblock = _NONBLOCK
+    if pipes:
+        with contextlib.suppress(OSError):  # the open below says why, if it fails too
+            if stat.S_ISFIFO(os.stat(path).st_mode):
+                nonblock = 0  # a named FIFO: wait for its writer
     try:
-        fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | nonblock | _CLOEXEC)
     except OSError as exc:
         raise ConfigError(f"cannot read {shown}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         try:
             st = os.fstat(fd)
             if pipes and stat.S_ISFIFO(st.st_mode):
-                os.set_blocking(fd, True)  # wait for what a writer still has to write
+                os.set_blocking(fd, True)  # wait for what its writer still has to write
             elif not stat.S_ISREG(st.st_mode):
                 kinds = "a regular file or a pipe" if pipes else "a regular file"
                 raise ConfigError(f"{shown} is not {kinds} (it should be {what})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,6 @@ async def test_a_key_servers_sealing_key_is_sized_before_it_is_read(tmp_path: Pa
 PIN_FILE_REFUSALS = {
     "dev-zero": "not a regular file or a pipe",
     "sparse-1GiB": "too large",
-    "fifo": "is empty",  # nobody writes to it: read to its end at once, never waited on
     "not-utf8": "not UTF-8 text",
 }
 
@@ -160,8 +160,9 @@ def with_pipe(writer: str) -> tuple[str, ...]:
 
 
 async def test_a_pin_file_may_be_a_pipe_of_a_few_kib_at_most(tmp_path: Path) -> None:
-    """Process substitution (a pipe named /dev/fd/N) keeps working; a pipe that never ends is
-    read no further than the limit, then refused."""
+    """Process substitution (a pipe named /dev/fd/N) keeps working, and so does a named FIFO
+    whose writer comes after the command opened it; a pipe that never ends is read no further
+    than the limit, then refused."""
     made = await run_cli(tmp_path, "init", "--name", "piped", "--json", pin=None,
                          cmd=with_pipe(f"echo {KEYSTORE_PIN}"))
     made.ok()
@@ -172,6 +173,19 @@ async def test_a_pin_file_may_be_a_pipe_of_a_few_kib_at_most(tmp_path: Path) -> 
                             cmd=with_pipe(f"yes {KEYSTORE_PIN}"))
     assert endless.rc == 2 and endless.err.startswith("error: the PIN file /dev/fd/"), endless
     assert "too large" in endless.err, endless
+
+    fifo = tmp_path / "pin.fifo"
+    os.mkfifo(fifo)
+    # the writer's open waits for the command's (no sleep: the order is the kernel's)
+    writer = threading.Thread(target=fifo.write_text, args=(f"{KEYSTORE_PIN}\n",))
+    writer.start()
+    try:
+        named = await run_cli(tmp_path, "whoami", "--json", "--pin-file", str(fifo), pin=None)
+    finally:
+        if writer.is_alive():  # the command never opened it: let the writer's open end
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join()
+    assert named.ok().json()["id"] == made.json()["id"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
