@@ -202,10 +202,17 @@ def env_text(name: str) -> str | None:
 
 
 def read_pin_file(path: str) -> str:
+    """The keystore PIN in ``--pin-file``: a regular file or a pipe (``<(...)``) of at most
+    :data:`~pairkit.smallfile.MAX_PIN_FILE` bytes, its line end left out.  Anything else (a
+    device, /dev/zero, a huge file) is refused before it is read whole (atk21 finding 6)."""
+    from pairkit.smallfile import MAX_PIN_FILE, read_small_file
+
+    raw = read_small_file(Path(path), MAX_PIN_FILE, "a keystore PIN", pipes=True,
+                          name=f"the PIN file {path}")
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the PIN file {path}: {exc.strerror}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"the PIN file {path} is not UTF-8 text") from None
     pin = text.strip("\r\n")
     if not pin:
         raise ConfigError(f"the PIN file {path} is empty")

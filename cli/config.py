@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pairkit.pairing.errors import ConfigError
+from pairkit.smallfile import MAX_CONFIG_FILE, read_small_file
 
 FILE_NAME = "config.toml"
 
@@ -94,9 +95,12 @@ def load_policy(keystore_path: Path) -> dict[str, dict[str, Any]]:
     policy: dict[str, dict[str, Any]] = {section: {} for section in _SCHEMA}
     if not path.exists():
         return policy
+    # sized before it is read: a link from it to a FIFO, /dev/zero or a huge file is refused
+    # (atk21 finding 6)
+    raw = read_small_file(path, MAX_CONFIG_FILE, "pairkit's settings (TOML)")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None

@@ -3,10 +3,11 @@ from a peer made safe for a terminal, and the demos' numbered narration."""
 
 from __future__ import annotations
 
+import codecs
 import sys
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -43,6 +44,13 @@ def safe(text: object, *, lines: bool = False) -> str:
 MAX_LINE = 500
 #: room kept at the end of a cut line for the note saying so
 _CUT_NOTE_ROOM = 40
+#: what SafeStream does not hand on from the stream it wraps: each is a way to write around it
+#: (its ``buffer`` is replaced by :class:`SafeBuffer`).  ``fileno`` stays: a number, asked for
+#: isatty-like checks, the terminal's size and to point a closed stdout at /dev/null; writing
+#: through it is never done by accident.
+_HIDDEN = frozenset({"detach", "raw"})
+#: encodings that carry every character :func:`safe` lets through
+_UNICODE = frozenset({"utf-8", "utf-16", "utf-32"})
 
 
 class SafeStream:
@@ -54,6 +62,15 @@ class SafeStream:
 
     ``max_line`` (stderr's): a line longer than that is cut to it, ending in a note of how many
     characters were cut, however many writes it came in.
+
+    Nothing here leads around it (atk21 finding 3): with an ASCII stdio encoding
+    (``PYTHONIOENCODING=ascii``, ``LC_ALL=C`` without UTF-8 mode) click.echo writes to
+    ``buffer``, in a text stream of its own, and shell completion writes bytes there: it is a
+    :class:`SafeBuffer`, whose bytes pass through :meth:`write` too; so does ``writelines``;
+    ``detach`` is not handed on (:data:`_HIDDEN`).  What the stream's encoding cannot carry
+    (an accent, U+FFFD, on an ASCII stream) is written as ``?``, never as an error, nor as
+    UTF-8 bytes some of which an 8-bit terminal takes for C1 controls: a person with
+    ``LC_ALL=C`` reads the rest.
     """
 
     def __init__(self, inner: Any, *, max_line: int | None = None) -> None:
@@ -61,6 +78,7 @@ class SafeStream:
         self._max_line = max_line
         self._column = 0  # characters of the current line written so far
         self._cut = 0  # characters of the current line left out so far
+        self.buffer = SafeBuffer(self)
 
     def write(self, text: str) -> int:
         if not isinstance(text, str):  # a text stream takes text (click probes with bytes)
@@ -68,8 +86,26 @@ class SafeStream:
         shown = safe(text, lines=True)
         if self._max_line is not None:
             shown = self._cut_lines(shown, self._max_line)
-        self._inner.write(shown)
+        self._inner.write(self._encodable(shown))
         return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _encodable(self, text: str) -> str:
+        """``text`` with what the wrapped stream's encoding cannot carry as ``?`` (its own
+        error handler may be strict, or surrogateescape: either raises for U+FFFD)."""
+        encoding = getattr(self._inner, "encoding", None)
+        if not isinstance(encoding, str):
+            return text  # a stream of text only (StringIO)
+        try:
+            name = codecs.lookup(encoding).name
+        except LookupError:
+            return text
+        if name in _UNICODE:
+            return text
+        return text.encode(name, "replace").decode(name, "replace")
 
     def _cut_lines(self, text: str, max_line: int) -> str:
         room = max(1, max_line - _CUT_NOTE_ROOM)
@@ -89,10 +125,56 @@ class SafeStream:
     def raw_write(self, text: str) -> int:
         if "\r" in text or "\n" in text:  # pairkit's own status line starts again
             self._column = self._cut = 0
-        return int(self._inner.write(text))
+        return int(self._inner.write(self._encodable(text)))
 
     def __getattr__(self, name: str) -> Any:
+        if name in _HIDDEN:
+            raise AttributeError(f"SafeStream hands out no {name!r}: all writes pass through it")
         return getattr(self._inner, name)
+
+
+class SafeBuffer:
+    """:class:`SafeStream`'s ``buffer``: bytes written here are read as UTF-8 (what click
+    writes to a buffer it finds, as it does on an ASCII terminal, and shell completion's lines),
+    a character cut between two writes kept for the next, and written to the SafeStream as
+    text."""
+
+    def __init__(self, text: SafeStream) -> None:
+        self._text = text
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if isinstance(data, str):  # a binary stream takes bytes (click probes with text)
+            raise TypeError("a bytes-like object is required, not 'str'")
+        chunk = bytes(data)
+        self._text.write(self._decoder.decode(chunk))
+        return len(chunk)
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._text.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def isatty(self) -> bool:
+        return bool(self._text.isatty())
+
+    def fileno(self) -> int:
+        return int(self._text.fileno())
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._text.closed)
 
 
 def human_size(n: float) -> str:

@@ -26,11 +26,12 @@ WAIT = 20.0
 class PtyProcess:
     """One ``pairkit`` command on its own terminal: stdin, stdout and stderr are the pty."""
 
-    def __init__(self, home: Path, *args: str, pin: str | None = KEYSTORE_PIN) -> None:
-        """``pin``: the keystore PIN in PAIRKIT_PIN (None: none, so pairkit asks for it)."""
+    def __init__(self, home: Path, *args: str, pin: str | None = KEYSTORE_PIN,
+                 env: dict[str, str] | None = None) -> None:
+        """``pin``: the keystore PIN in PAIRKIT_PIN (None: none, so pairkit asks for it);
+        ``env``: more environment variables, set over the device's (a locale, an encoding)."""
         self.args = args
-        env = cli_env(home, pin=pin)
-        env["TERM"] = "xterm"
+        env = {**cli_env(home, pin=pin), "TERM": "xterm", **(env or {})}
         pid, fd = pty.fork()
         if pid == 0:  # the child: become pairkit
             try:
