@@ -214,9 +214,10 @@ class Progress:
         return (done - self.first) / (now - self.t0)
 
     def line(self, done: int, total: int, now: float) -> str:
-        """``film.mp4: 7.02 MB/10.00 MB  70.2% 1.00 MB/s    3 s left``"""
+        """``film.mp4: 7.02 MB/10.00 MB  70.2% 1.00 MB/s    3 s left``: the name shown
+        :func:`safe`, one line, whatever stream the line goes to."""
         pct = 100 * done / total if total else 100.0
-        text = f"{self.name}: {human_size(done)}/{human_size(total)} {pct:5.1f}%"
+        text = f"{safe(self.name)}: {human_size(done)}/{human_size(total)} {pct:5.1f}%"
         rate = self.rate(done, now)
         if rate is not None:
             text += f" {human_size(rate)}/s {(total - done) / rate:4.0f} s left"
@@ -231,10 +232,10 @@ class Progress:
         if now - self._last < 0.1 and done < total:
             return
         self._last = now
-        # the one control sequence pairkit itself sends: past the terminal's filter
-        getattr(self.stream, "raw_write", self.stream.write)(
-            f"\r\x1b[K{self.line(done, total, now)}"
-        )
+        # the one control sequence pairkit itself sends goes past the terminal's filter; the
+        # line, which starts with a peer's file name, through it (atk21b finding A)
+        getattr(self.stream, "raw_write", self.stream.write)("\r\x1b[K")
+        self.stream.write(self.line(done, total, now))
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()
