@@ -69,7 +69,8 @@ class SafeStream:
     :class:`SafeBuffer`, whose bytes pass through :meth:`write` too; so does ``writelines``;
     ``detach`` is not handed on (:data:`_HIDDEN`).  What the stream's encoding cannot carry
     (an accent, U+FFFD, on an ASCII stream) is written as ``?``, never as an error, nor as
-    UTF-8 bytes some of which an 8-bit terminal takes for C1 controls: a person with
+    UTF-8 bytes some of which an 8-bit terminal takes for C1 controls; nor is a
+    character whose encoding has a byte in 0x80-0x9F (atk21b finding C): a person with
     ``LC_ALL=C`` reads the rest.
     """
 
@@ -95,7 +96,10 @@ class SafeStream:
 
     def _encodable(self, text: str) -> str:
         """``text`` with what the wrapped stream's encoding cannot carry as ``?`` (its own
-        error handler may be strict, or surrogateescape: either raises for U+FFFD)."""
+        error handler may be strict, or surrogateescape: either raises for U+FFFD), and, on a
+        non-Unicode encoding, each character it encodes with a byte in 0x80-0x9F as ``?`` too:
+        a printable character can (U+2321 is 0x9B in KOI8-R, U+203A in CP1251 and CP1252), and
+        an 8-bit terminal takes 0x9B for CSI, as ESC [ (atk21b finding C)."""
         encoding = getattr(self._inner, "encoding", None)
         if not isinstance(encoding, str):
             return text  # a stream of text only (StringIO)
@@ -105,7 +109,7 @@ class SafeStream:
             return text
         if name in _UNICODE:
             return text
-        return text.encode(name, "replace").decode(name, "replace")
+        return "".join(_eight_bit(ch, name) for ch in text)
 
     def _cut_lines(self, text: str, max_line: int) -> str:
         room = max(1, max_line - _CUT_NOTE_ROOM)
@@ -131,6 +135,15 @@ class SafeStream:
         if name in _HIDDEN:
             raise AttributeError(f"SafeStream hands out no {name!r}: all writes pass through it")
         return getattr(self._inner, name)
+
+
+def _eight_bit(ch: str, encoding: str) -> str:
+    """``ch`` if ``encoding`` carries it with no byte in the C1 range 0x80-0x9F, else ``?``."""
+    try:
+        data = ch.encode(encoding)
+    except UnicodeEncodeError:
+        return "?"
+    return "?" if any(0x80 <= b <= 0x9F for b in data) else ch
 
 
 class SafeBuffer:

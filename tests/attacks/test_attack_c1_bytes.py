@@ -29,3 +29,12 @@ def test_no_c1_byte_reaches_an_8bit_stream(encoding: str, char: str) -> None:
     SafeStream(inner).write(f"{name} asks to join\n")
     data = raw.getvalue()
     assert not any(0x80 <= b <= 0x9F for b in data), data
+
+
+@pytest.mark.parametrize("encoding", ["koi8-r", "cp1251", "cp1252"])
+def test_what_the_encoding_carries_outside_c1_is_written_as_it_is(encoding: str) -> None:
+    raw = io.BytesIO()
+    inner = io.TextIOWrapper(raw, encoding=encoding, errors="strict", write_through=True)
+    text = {"koi8-r": "Привет", "cp1251": "Привет", "cp1252": "Café"}[encoding]
+    SafeStream(inner).write(f"{text}\u2321\u203a\n")
+    assert raw.getvalue().decode(encoding) == f"{text}??\n"
