@@ -256,7 +256,8 @@ class Progress:
 
 def role_text(m: Membership) -> str:
     if m.role is Role.MEMBER:
-        return f"member of {m.cloud_name or 'the cloud'}"
+        # the host's cloud name, shown one line (atk21b finding B)
+        return f"member of {safe(m.cloud_name) if m.cloud_name else 'the cloud'}"
     if m.role is Role.GUEST and m.expires is not None:
         return f"guest until {time.strftime('%H:%M', time.localtime(m.expires))}"
     return "guest"

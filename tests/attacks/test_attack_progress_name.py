@@ -25,6 +25,9 @@ from tests.pty_harness import PtyProcess
 PIN = "482913"
 HOSTILE = "a\x1b]0;you were pwned\x07\x1b[2Jb.txt"
 INTERPRETED = ("\x1b]", "\x07", "\x1b[2J")
+#: a name --all still fetches (no control character: finding B skips those) that a terminal
+#: would still interpret: a right-to-left override, which reorders the rest of the line
+BIDI = "report\u202etxt.exe"
 
 
 def test_progress_writes_the_name_past_safestream() -> None:
@@ -54,6 +57,7 @@ async def test_get_all_on_a_terminal_shows_a_hostile_file_name_raw(
     share = tmp_path / "share"
     share.mkdir()
     (share / HOSTILE).write_bytes(b"x" * 5000)
+    (share / BIDI).write_bytes(b"y" * 5000)
     host = await lab.host(paul, "-m", "pin", "-m", "resume", "--yes", "--pin", PIN,
                           "--share", str(share))
     (await george.join(host.target, "-m", "pin", "--pin", PIN)).ok()
@@ -62,5 +66,8 @@ async def test_get_all_on_a_terminal_shows_a_hostile_file_name_raw(
     rc, screen = await asyncio.to_thread(on_terminal, george.home, "get", "Paul's phone",
                                          "--all", "-o", str(out))
     assert rc == 0, screen
-    assert (out / HOSTILE).exists()  # fetched: the progress line was drawn for it
-    assert not any(c in screen for c in INTERPRETED), repr(screen)
+    # the name with escapes is not fetched with --all (finding B); the other one is, its
+    # progress line drawn, and shown safe
+    assert sorted(p.name for p in out.iterdir()) == [BIDI], screen
+    assert "5 kB/5 kB 100.0%" in screen, repr(screen)
+    assert not any(c in screen for c in (*INTERPRETED, "\u202e")), repr(screen)
