@@ -733,8 +733,10 @@ def ls_cmd(peer: str, transport: str | None, method: str | None, pin: str | None
         return
     if not files:
         info("the peer shares no files")
-    for f in files:
-        click.echo(f"{f.size:>12}  {f.type:<24}  {f.name}")
+    from .show import safe
+
+    for f in files:  # the host's words, each shown one line (atk21b finding B)
+        click.echo(f"{f.size:>12}  {safe(f.type):<24}  {safe(f.name)}")
     more, long_names = getattr(files, "more", 0), getattr(files, "long_names", 0)
     if more:
         click.echo(f"… and {more} more (the host lists the first {len(files)})")
@@ -777,7 +779,7 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
 
     from .common import info, run_async, unlock
     from .flows import JoinOptions, run_join
-    from .show import Progress
+    from .show import Progress, safe
 
     if fetch_all == bool(names):
         raise ConfigError("name the files to fetch (get PEER NAME...), or give --all")
@@ -811,7 +813,16 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
                 info(f"note: {len(hidden)} hidden file(s) not fetched with --all (ask for them "
                      f"by name): {', '.join(repr(h) for h in hidden[:5])}"
                      f"{' ...' if len(hidden) > 5 else ''}", quiet=as_json)
-            box["listed"] = [f.name for f in files if f.name not in hidden]
+            # A name holding a control character (a newline) would be saved so in the
+            # folder: skipped too, as a name to ask for with -o (atk21b finding B).
+            controlled = [f.name for f in files if f.name not in hidden and _has_control(f.name)]
+            if controlled:
+                info(f"note: {len(controlled)} file(s) whose name holds a control character "
+                     f"not fetched with --all (fetch one by name with -o FILE): "
+                     f"{', '.join(safe(repr(c)) for c in controlled[:5])}"
+                     f"{' ...' if len(controlled) > 5 else ''}", quiet=as_json)
+            box["listed"] = [f.name for f in files
+                             if f.name not in hidden and f.name not in controlled]
             # what was listed is what is fetched: a file announced larger is refused (atk19f)
             box["sizes"] = {f.name: f.size for f in files}
             dests.update(_destinations(box["listed"], into))
@@ -888,8 +899,10 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
 
 
 def _print_fetched(f: Any, as_json: bool) -> None:
-    """One file's result line, printed as soon as it is there (stdout)."""
+    """One file's result line, printed as soon as it is there (stdout); the path, a host's
+    name in it, shown one line."""
     from .common import emit_json, info
+    from .show import safe
 
     if f.restarted_from is not None:
         info(f"note: {f.name} is now shorter on the host than the {f.restarted_from} bytes kept "
@@ -899,7 +912,7 @@ def _print_fetched(f: Any, as_json: bool) -> None:
                    "sha256": f.sha256, "resumed_from": f.resumed_from,
                    "restarted_from": f.restarted_from})
     else:
-        click.echo(f"{f.path}  {f.size} bytes  sha256 {f.sha256}")
+        click.echo(f"{safe(str(f.path))}  {f.size} bytes  sha256 {f.sha256}")
 
 
 def _print_grown(name: str, exc: BaseException, as_json: bool) -> None:
@@ -945,7 +958,7 @@ def _destinations(names: Any, into: Path) -> dict[str, Path]:
     taken: dict[str, str] = {}
     for name in names:
         base = _base_name(name)
-        if base in ("", ".", "..") or "\x00" in base:
+        if base in ("", ".", "..") or _has_control(base):
             raise ConfigError(f"{name!r} cannot be saved under that name; use -o FILE")
         if base in taken:
             raise ConfigError(f"{taken[base]!r} and {name!r} would both be saved as {base!r}; "
@@ -953,6 +966,14 @@ def _destinations(names: Any, into: Path) -> dict[str, Path]:
         taken[base] = name
         out[name] = into / base
     return out
+
+
+def _has_control(name: str) -> bool:
+    """Whether ``name`` holds a control character (Cc: NUL, a newline, an escape): no name to
+    save a file under in the user's folder."""
+    import unicodedata
+
+    return any(unicodedata.category(ch) == "Cc" for ch in name)
 
 
 def _base_name(name: str) -> str:

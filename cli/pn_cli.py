@@ -130,10 +130,12 @@ class _Owner:
             "Allow it (the key server checks its factory key)? [y/N]", "--yes")
 
     async def allow_pn_join(self, q: Any) -> bool:
-        by = (f"{q.initiator_name} ({q.initiator.hex()[:16]}) started it"
+        from .show import safe
+
+        by = (f"{safe(q.initiator_name)} ({q.initiator.hex()[:16]}) started it"
               if q.initiator is not None else "the gateway started it")
         return await self._ask(
-            f"The gateway {q.gw_name} ({q.gw_id.hex()[:16]}) asks this device to join its "
+            f"The gateway {safe(q.gw_name)} ({q.gw_id.hex()[:16]}) asks this device to join its "
             f"personal network ({q.setup_type.label}); {by}.",
             "Join it? [y/N]", "--yes")
 

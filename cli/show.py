@@ -69,7 +69,8 @@ class SafeStream:
     :class:`SafeBuffer`, whose bytes pass through :meth:`write` too; so does ``writelines``;
     ``detach`` is not handed on (:data:`_HIDDEN`).  What the stream's encoding cannot carry
     (an accent, U+FFFD, on an ASCII stream) is written as ``?``, never as an error, nor as
-    UTF-8 bytes some of which an 8-bit terminal takes for C1 controls: a person with
+    UTF-8 bytes some of which an 8-bit terminal takes for C1 controls; nor is a
+    character whose encoding has a byte in 0x80-0x9F (atk21b finding C): a person with
     ``LC_ALL=C`` reads the rest.
     """
 
@@ -95,7 +96,10 @@ class SafeStream:
 
     def _encodable(self, text: str) -> str:
         """``text`` with what the wrapped stream's encoding cannot carry as ``?`` (its own
-        error handler may be strict, or surrogateescape: either raises for U+FFFD)."""
+        error handler may be strict, or surrogateescape: either raises for U+FFFD), and, on a
+        non-Unicode encoding, each character it encodes with a byte in 0x80-0x9F as ``?`` too:
+        a printable character can (U+2321 is 0x9B in KOI8-R, U+203A in CP1251 and CP1252), and
+        an 8-bit terminal takes 0x9B for CSI, as ESC [ (atk21b finding C)."""
         encoding = getattr(self._inner, "encoding", None)
         if not isinstance(encoding, str):
             return text  # a stream of text only (StringIO)
@@ -105,7 +109,7 @@ class SafeStream:
             return text
         if name in _UNICODE:
             return text
-        return text.encode(name, "replace").decode(name, "replace")
+        return "".join(_eight_bit(ch, name) for ch in text)
 
     def _cut_lines(self, text: str, max_line: int) -> str:
         room = max(1, max_line - _CUT_NOTE_ROOM)
@@ -131,6 +135,15 @@ class SafeStream:
         if name in _HIDDEN:
             raise AttributeError(f"SafeStream hands out no {name!r}: all writes pass through it")
         return getattr(self._inner, name)
+
+
+def _eight_bit(ch: str, encoding: str) -> str:
+    """``ch`` if ``encoding`` carries it with no byte in the C1 range 0x80-0x9F, else ``?``."""
+    try:
+        data = ch.encode(encoding)
+    except UnicodeEncodeError:
+        return "?"
+    return "?" if any(0x80 <= b <= 0x9F for b in data) else ch
 
 
 class SafeBuffer:
@@ -214,9 +227,10 @@ class Progress:
         return (done - self.first) / (now - self.t0)
 
     def line(self, done: int, total: int, now: float) -> str:
-        """``film.mp4: 7.02 MB/10.00 MB  70.2% 1.00 MB/s    3 s left``"""
+        """``film.mp4: 7.02 MB/10.00 MB  70.2% 1.00 MB/s    3 s left``: the name shown
+        :func:`safe`, one line, whatever stream the line goes to."""
         pct = 100 * done / total if total else 100.0
-        text = f"{self.name}: {human_size(done)}/{human_size(total)} {pct:5.1f}%"
+        text = f"{safe(self.name)}: {human_size(done)}/{human_size(total)} {pct:5.1f}%"
         rate = self.rate(done, now)
         if rate is not None:
             text += f" {human_size(rate)}/s {(total - done) / rate:4.0f} s left"
@@ -231,10 +245,10 @@ class Progress:
         if now - self._last < 0.1 and done < total:
             return
         self._last = now
-        # the one control sequence pairkit itself sends: past the terminal's filter
-        getattr(self.stream, "raw_write", self.stream.write)(
-            f"\r\x1b[K{self.line(done, total, now)}"
-        )
+        # the one control sequence pairkit itself sends goes past the terminal's filter; the
+        # line, which starts with a peer's file name, through it (atk21b finding A)
+        getattr(self.stream, "raw_write", self.stream.write)("\r\x1b[K")
+        self.stream.write(self.line(done, total, now))
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()
@@ -242,7 +256,8 @@ class Progress:
 
 def role_text(m: Membership) -> str:
     if m.role is Role.MEMBER:
-        return f"member of {m.cloud_name or 'the cloud'}"
+        # the host's cloud name, shown one line (atk21b finding B)
+        return f"member of {safe(m.cloud_name) if m.cloud_name else 'the cloud'}"
     if m.role is Role.GUEST and m.expires is not None:
         return f"guest until {time.strftime('%H:%M', time.localtime(m.expires))}"
     return "guest"

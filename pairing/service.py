@@ -36,7 +36,7 @@ from .cloud import Role
 from .crypto import NO_SIGNING_KEY, ed25519_public, same
 from .errors import AuthenticationError, ExpiredError, ProtocolError
 from .machine import Event, Question
-from .wire import Message, field, message, struct
+from .wire import Message, field, message, one_line, struct
 
 CHUNK = 16 * 1024
 MAX_FILES = 500
@@ -311,7 +311,8 @@ def check_membership(
         if m.epoch is None or offered <= epochs[m.cloud_id]:
             return None
         return CloudRenewal(cloud_id=m.cloud_id, epoch=offered)
-    return JoinCloud(cloud_name=m.cloud_name or "a cloud", host_name="")
+    # the host's word, signed as it came: asked about one line (atk21b finding B)
+    return JoinCloud(cloud_name=one_line(m.cloud_name or "a cloud"), host_name="")
 
 
 @message(type_id=41, max_size=64)

@@ -59,6 +59,7 @@ from .pairing.errors import (
     UnsupportedError,
 )
 from .pairing.keystore import Keystore
+from .pairing.keystore.records import clean_name
 from .pairing.methods import (
     GuestPairing,
     HostPairing,
@@ -646,7 +647,8 @@ async def _take_membership(
             return  # another process on this device joined it meanwhile: never overwrite
         ks.set_cloud(
             membership.cloud_id, membership.secret,
-            name=membership.cloud_name or "a cloud", role="member",
+            # the host's word, signed as it came: kept one line (atk21b finding B)
+            name=clean_name(membership.cloud_name, "a cloud"), role="member",
             epoch=membership.epoch or 0,
             # The owner's full id: what binds a renewal made without this device's proof;
             # and the signing key it showed, which a renewal must be signed by (rule 3).

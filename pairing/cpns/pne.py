@@ -21,6 +21,7 @@ from ..machine import (
     step,
 )
 from ..messages import ID_LEN, KEY_LEN
+from ..wire import one_line
 from .keys import (
     RECIPIENT_PNE,
     LinkSession,
@@ -108,7 +109,8 @@ def outcome_wait(step_timeout: float, auth_wait_ms: int | None) -> float:
 @dataclasses.dataclass(frozen=True)
 class PnJoinAsked(Question):
     """A gateway asks this PNE to join a PN: answer ``True`` to take part, ``False`` to
-    decline.  ``initiator`` is the PNE that started the setup (None: the gateway did)."""
+    decline.  ``initiator`` is the PNE that started the setup (None: the gateway did).  The
+    names are the gateway's words made one line (:func:`~pairkit.pairing.wire.one_line`)."""
 
     hook: ClassVar[str] = "allow_pn_join"
     pn_id: bytes
@@ -205,8 +207,10 @@ class PneMachine(Machine):
         if self.config.join == "ask":
             self.state = S_ASK
             self._expect_by(None)
-            self._emit(PnJoinAsked(msg.pn_id, msg.gw_id, msg.gw_name, msg.setup_type,
-                                   msg.initiator, msg.initiator_name))
+            # the names a person is asked about, each one line (atk21b finding B)
+            initiator_name = None if msg.initiator_name is None else one_line(msg.initiator_name)
+            self._emit(PnJoinAsked(msg.pn_id, msg.gw_id, one_line(msg.gw_name), msg.setup_type,
+                                   msg.initiator, initiator_name))
             return
         self._answer_notify(self.config.join == "accept", now)
 

@@ -190,7 +190,8 @@ async def test_a_hostile_answer_leaves_no_file(lab: Lab, tmp_path: Path, answer:
 async def test_listed_names_land_inside_the_output_folder(lab: Lab, tmp_path: Path) -> None:
     """Sound (atk19f): ``get --all`` saves each listed file under the last part of its name,
     in the -o folder, whatever path the host's listing gives; a name with a ``..`` part is a
-    hidden one (a part starting with ``.``), left out and said so."""
+    hidden one (a part starting with ``.``), left out and said so; so is one holding a control
+    character, an escape here (atk21b finding B)."""
     names = ["../../up.txt", "/etc/abs.txt", "sub/../../dots.txt", "c\\..\\back.txt",
              "x/\x1b[2Jesc.txt"]
     host = await hostile(file_service({n: b"planted\n" for n in names}))
@@ -205,14 +206,29 @@ async def test_listed_names_land_inside_the_output_folder(lab: Lab, tmp_path: Pa
     finally:
         await host.close()
     assert got.rc == 0, got
-    assert sorted(p.name for p in out.iterdir()) == sorted(["abs.txt", "\x1b[2Jesc.txt"])
+    assert sorted(p.name for p in out.iterdir()) == ["abs.txt"]
     assert "note: 3 hidden file(s) not fetched with --all" in got.err
+    assert "note: 1 file(s) whose name holds a control character not fetched" in got.err
     after = sorted(str(p) for p in box.rglob("*") if out not in p.parents)
     assert after == before
     assert "\x1b" not in got.out + got.err  # the name is shown, never obeyed
 
 
-@pytest.mark.parametrize("name", ["x/", "a\x00b", "a\\"])
+@pytest.mark.parametrize("name", ["a\x00b", "a\nb", "a\x7fb"])
+async def test_a_listed_name_with_a_control_character_is_skipped_and_said(
+    lab: Lab, tmp_path: Path, name: str
+) -> None:
+    """Attack review atk21b, finding B: ``get --all`` would save it so in the user's folder (a
+    newline in a file name); it is left out, with a note, and the rest fetched."""
+    host = await hostile(file_service({name: b"x", "a.txt": b"alpha\n"}))
+    out = tmp_path / "out"
+    got = await get_from(lab, host, out, "--all", "--timeout", "5")
+    assert got.rc == 0, got
+    assert "note: 1 file(s) whose name holds a control character not fetched" in got.err, got
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("name", ["x/", "a\\"])
 async def test_a_listed_name_that_is_no_file_name_here_is_refused(
     lab: Lab, tmp_path: Path, name: str
 ) -> None:
