@@ -120,3 +120,14 @@ class PtyProcess:
             self.rc = -9
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def on_terminal(home: Path, env: dict[str, str] | None, *args: str) -> tuple[int, str]:
+    """``pairkit ARGS`` on a pseudo-terminal of its own, run to its end, with ``env`` set over
+    the device's environment: (exit code, everything the terminal showed).  Blocking: run it
+    with ``asyncio.to_thread`` beside a host in the test's loop."""
+    proc = PtyProcess(home, *args, env=env)
+    try:
+        return proc.wait(), proc.output
+    finally:
+        proc.close()

@@ -28,7 +28,7 @@ import pytest
 
 from pairkit.cli.show import MAX_LINE, SafeStream, safe
 from tests.cli_helpers import Lab
-from tests.pty_harness import PtyProcess
+from tests.pty_harness import on_terminal
 
 PIN = "482913"
 #: a file name that sets the terminal's title, rings its bell and clears its screen
@@ -50,15 +50,6 @@ OWN_ERASE = "\x1b[K"
 def shown(text: str, encoding: str) -> str:
     """``text`` as the terminal should show it: made safe, then what the encoding carries."""
     return safe(text).encode(encoding, "replace").decode(encoding)
-
-
-def on_terminal(home: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
-    """``pairkit ARGS`` on a pseudo-terminal to its end: (exit code, what the terminal showed)."""
-    proc = PtyProcess(home, *args, env=env)
-    try:
-        return proc.wait(), proc.output
-    finally:
-        proc.close()
 
 
 async def test_ls_shows_a_hostile_file_name_harmlessly_whatever_the_encoding(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pairkit.cli.show import Progress, SafeStream
 from tests.cli_helpers import Lab
-from tests.pty_harness import PtyProcess
+from tests.pty_harness import on_terminal
 
 PIN = "482913"
 HOSTILE = "a\x1b]0;you were pwned\x07\x1b[2Jb.txt"
@@ -42,14 +42,6 @@ def test_progress_writes_the_name_past_safestream() -> None:
     assert not any(c in shown for c in INTERPRETED), repr(shown)
 
 
-def on_terminal(home: Path, *args: str) -> tuple[int, str]:
-    proc = PtyProcess(home, *args)
-    try:
-        return proc.wait(), proc.output
-    finally:
-        proc.close()
-
-
 async def test_get_all_on_a_terminal_shows_a_hostile_file_name_raw(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -63,7 +55,7 @@ async def test_get_all_on_a_terminal_shows_a_hostile_file_name_raw(
     (await george.join(host.target, "-m", "pin", "--pin", PIN)).ok()
     out = tmp_path / "out"
     out.mkdir()
-    rc, screen = await asyncio.to_thread(on_terminal, george.home, "get", "Paul's phone",
+    rc, screen = await asyncio.to_thread(on_terminal, george.home, None, "get", "Paul's phone",
                                          "--all", "-o", str(out))
     assert rc == 0, screen
     # the name with escapes is not fetched with --all (finding B); the other one is, its
