@@ -40,6 +40,7 @@ from pairkit.pairing.errors import (
 
 from .common import PairkitGroup, emit_json, info, run_async, unlock
 from .params import Seconds, complete_peer, keystore_pin_option
+from .show import safe
 from .traceopt import trace_option
 
 
@@ -466,7 +467,10 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
         return
     kind = event["event"]
     if kind == "command":
-        click.echo(f"[{event['group']}] {event['sender']} #{event['seq']}: {event['command']}")
+        # a broadcast's command is its sender's text: one line (atk21c: a member's newline
+        # wrote a line from "the controller")
+        click.echo(f"[{event['group']}] {event['sender']} #{event['seq']}: "
+                   f"{safe(event['command'])}")
     elif kind == "key":
         info(f"key for {event['group']} epoch {event['epoch']} (controller "
              f"{event['controller']}, delivered by {event['from']})")
@@ -475,7 +479,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
     elif kind == "rejected" and event["reason"] == "not-ours-or-forged":
         info("heard a broadcast for another group (or a forged one); ignored")
     elif kind == "rejected":
-        info(f"refused a broadcast ({event['reason']}): {event['text']}")
+        info(f"refused a broadcast ({event['reason']}): {safe(event['text'])}")
     elif kind == "queued":
         info(f"holding an envelope for {event['member']} ({event['group']} epoch "
              f"{event['epoch']}) from {event['from']}")
@@ -488,7 +492,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
         info(f"{event['member']} not reached ({event['reason']}); will retry")
     elif kind == "broadcast":
         info(f"broadcast for {event['from']} to {event['group']} (epoch {event['epoch']}, "
-             f"#{event['seq']}): {event['command']}")
+             f"#{event['seq']}): {safe(event['command'])}")
     elif kind == "command-refused":
         info(f"refused a command for {event['group']} from {event['from']}: "
              f"{event['reason']}")

@@ -500,6 +500,26 @@ def join(target: str, transport: str | None, method: str | None, pin: str | None
         click.echo(f"session {session.fingerprint}")
 
 
+def show_found(found: list[Any], *, names: bool) -> None:
+    """``pairkit discover``'s table: the hosts heard, grouped by cloud, one row each.  A name a
+    device broadcast or told is shown one line (atk21c: a stranger's name with a newline added
+    rows of its choice)."""
+    from .show import safe
+
+    cloud: object = object()
+    for f in found:
+        if f.cloud_name != cloud:
+            cloud = f.cloud_name
+            click.echo(f"{safe(cloud)}:" if cloud else "strangers:")
+        methods = ",".join(sorted(m.label for m in f.hello.methods)) or "-"
+        state = "joinable" if f.hello.visible else "private"
+        name = f.name or f.device_name or ("(did not say)" if names and f.hello.visible else "-")
+        # One known device across its rotating addresses (its address key: docs/security.md)
+        also = f" (also heard at {', '.join(f.addresses[:-1])})" if len(f.addresses) > 1 else ""
+        click.echo(f"  {f.address:<20} rssi {f.rssi if f.rssi is not None else '?':>4}  "
+                   f"{state:<9} {methods:<28} {safe(name)}{also}")
+
+
 @cli.command()
 @trace_option
 @click.option("--transport", "-t", default=None,
@@ -553,18 +573,7 @@ def discover(transport: str | None, timeout: float | None, names: bool, as_json:
         return
     if not found:
         info(f"no pairkit host heard in {timeout:g} s")
-    cloud = object()
-    for f in found:
-        if f.cloud_name != cloud:
-            cloud = f.cloud_name
-            click.echo(f"{cloud}:" if cloud else "strangers:")
-        methods = ",".join(sorted(m.label for m in f.hello.methods)) or "-"
-        state = "joinable" if f.hello.visible else "private"
-        name = f.name or f.device_name or ("(did not say)" if names and f.hello.visible else "-")
-        # One known device across its rotating addresses (its address key: docs/security.md)
-        also = f" (also heard at {', '.join(f.addresses[:-1])})" if len(f.addresses) > 1 else ""
-        click.echo(f"  {f.address:<20} rssi {f.rssi if f.rssi is not None else '?':>4}  "
-                   f"{state:<9} {methods:<28} {name}{also}")
+    show_found(found, names=names)
     if garbage:
         info(f"({garbage} malformed hello(s) ignored)")
 

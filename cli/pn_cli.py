@@ -29,6 +29,7 @@ from pairkit.pairing.errors import ConfigError, NotFoundError
 
 from .common import PairkitGroup, emit_json, info, run_async, say, unlock
 from .params import Number, Seconds, keystore_pin_option
+from .show import safe
 from .traceopt import trace_option
 
 SETUPS = {"1-1": 1, "all": 2, "invited": 3}
@@ -575,7 +576,8 @@ async def _stay(channel: Any, record: Any, count: int | None, as_json: bool) -> 
             emit_json({"event": "message", "from": {"id": src, "name": names.get(src, src)},
                        "text": text})
         else:
-            say(f"{names.get(src, src[:16])}: {text}")
+            # a member's text: one line (atk21c: a newline wrote a line from another member)
+            say(f"{safe(names.get(src, src[:16]))}: {safe(text)}")
 
     await pn_receive(channel, show, count=count)
 

@@ -31,6 +31,7 @@ from .pairing.hello import (
     match_tag,
 )
 from .pairing.keystore import Keystore
+from .pairing.keystore.records import clean_name
 from .pairing.negotiation import ALL_CAPS, Method
 from .transports.ble.privacy import is_resolvable, resolves
 
@@ -415,7 +416,9 @@ async def discover(
         elif addresses[-1] != s.address:  # heard again at an earlier address: latest last
             addresses = (*(a for a in addresses if a != s.address), s.address)
         found[group] = Found(
-            s.address, hello, s.rssi, s.name, cloud, names.get(cloud) if cloud else None,
+            # the name the device broadcasts, anyone's word: one line (atk21c)
+            s.address, hello, s.rssi, clean_name(s.name, "") or None if s.name else None,
+            cloud, names.get(cloud) if cloud else None,
             device=device[0] if device is not None else None,
             device_name=device[1] if device is not None else None,
             addresses=addresses,

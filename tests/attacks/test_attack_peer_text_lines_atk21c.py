@@ -77,14 +77,14 @@ async def test_discover_shows_a_strangers_name_on_its_one_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The table's row, whatever a Found's name holds (one found before the cleaning)."""
-    from pairkit.cli import main as cli_main
+    from pairkit.cli.main import show_found
 
     out = _shown(monkeypatch)
     hello = Hello(True, ALL_CAPS, frozenset({Method.PIN}), bytes(8))
     found = SimpleNamespace(address="AA:BB:CC:DD:EE:01", hello=hello, rssi=-50,
                             name=f"mallory\n  AA:BB:CC:DD:EE:02 {FORGED}", device_name=None,
                             cloud_name=None, addresses=("AA:BB:CC:DD:EE:01",))
-    cli_main.show_found([found], names=False)
+    show_found([found], names=False)
     rows = out.getvalue().splitlines()
     assert rows[0] == "strangers:" and len(rows) == 2, out.getvalue()
 
