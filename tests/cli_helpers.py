@@ -349,6 +349,20 @@ class Lab:
         self.hosts.append(host)
         return host
 
+    async def guest_of_a_share(self, share: Path, files: dict[str, bytes],
+                               pin: str = "482913") -> Device:
+        """George, paired by PIN with Paul's ``pairkit host`` (pin and resume, ``--yes``) that
+        shares the folder ``share``, made holding ``files``: to run ``ls`` and ``get`` against
+        "Paul's phone"."""
+        paul, george = self.device("paul"), self.device("george")
+        share.mkdir()
+        for name, data in files.items():
+            (share / name).write_bytes(data)
+        host = await self.host(paul, "-m", "pin", "-m", "resume", "--yes", "--pin", pin,
+                               "--share", str(share))
+        (await george.join(host.target, "-m", "pin", "--pin", pin)).ok()
+        return george
+
     async def close(self) -> None:
         await asyncio.gather(*(h.stop() for h in self.hosts))
         for h in self.hosts:

@@ -55,14 +55,8 @@ def shown(text: str, encoding: str) -> str:
 async def test_ls_shows_a_hostile_file_name_harmlessly_whatever_the_encoding(
     lab: Lab, tmp_path: Path
 ) -> None:
-    paul, george = lab.device("paul"), lab.device("george")
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / HOSTILE).write_bytes(b"x" * 10)
-    (share / ACCENTED).write_bytes(b"y")
-    host = await lab.host(paul, "-m", "pin", "-m", "resume", "--yes", "--pin", PIN,
-                          "--share", str(share))
-    (await george.join(host.target, "-m", "pin", "--pin", PIN)).ok()
+    george = await lab.guest_of_a_share(tmp_path / "share",
+                                        {HOSTILE: b"x" * 10, ACCENTED: b"y"}, PIN)
     for name, env in ENCODINGS.items():
         rc, screen = await asyncio.to_thread(on_terminal, george.home, env, "ls",
                                              "Paul's phone")

@@ -53,13 +53,8 @@ def lines_starting(text: str, prefix: str) -> list[str]:
 async def test_ls_and_get_all_print_a_host_file_name_with_a_newline(
     lab: Lab, tmp_path: Path
 ) -> None:
-    paul, george = lab.device("paul"), lab.device("george")
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / f"notes.txt\n{FORGED}").write_bytes(b"x" * 10)
-    host = await lab.host(paul, "-m", "pin", "-m", "resume", "--yes", "--pin", PIN,
-                          "--share", str(share))
-    (await george.join(host.target, "-m", "pin", "--pin", PIN)).ok()
+    george = await lab.guest_of_a_share(tmp_path / "share",
+                                        {f"notes.txt\n{FORGED}": b"x" * 10}, PIN)
     listed = await george.run("ls", "Paul's phone")
     assert listed.rc == 0, listed
     (tmp_path / "out").mkdir()

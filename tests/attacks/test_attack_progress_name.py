@@ -45,14 +45,8 @@ def test_progress_writes_the_name_past_safestream() -> None:
 async def test_get_all_on_a_terminal_shows_a_hostile_file_name_raw(
     lab: Lab, tmp_path: Path
 ) -> None:
-    paul, george = lab.device("paul"), lab.device("george")
-    share = tmp_path / "share"
-    share.mkdir()
-    (share / HOSTILE).write_bytes(b"x" * 5000)
-    (share / BIDI).write_bytes(b"y" * 5000)
-    host = await lab.host(paul, "-m", "pin", "-m", "resume", "--yes", "--pin", PIN,
-                          "--share", str(share))
-    (await george.join(host.target, "-m", "pin", "--pin", PIN)).ok()
+    george = await lab.guest_of_a_share(tmp_path / "share",
+                                        {HOSTILE: b"x" * 5000, BIDI: b"y" * 5000}, PIN)
     out = tmp_path / "out"
     out.mkdir()
     rc, screen = await asyncio.to_thread(on_terminal, george.home, None, "get", "Paul's phone",
