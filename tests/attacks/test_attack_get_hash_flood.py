@@ -62,17 +62,24 @@ async def _headers(slink: Any, requests: list[GetRequest]) -> list[FileHeader]:
     return [wire.decode(await slink.recv(STEP), FileHeader) for _ in requests]
 
 
+def _served_an_hour_ahead(tmp_path: Path, share: Path, clock: MovableWall | None = None) -> Any:
+    """Paul's library host serving ``share`` to George (a guest for two hours), its wall clock
+    (``clock``, a :class:`MovableWall` by default) an hour ahead: every file the test wrote
+    looks settled."""
+    clock = clock or MovableWall()
+    clock.ahead = AN_HOUR
+    paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
+    return guest_served_by_pin(paul, device(tmp_path, "George"), share,
+                               guest_seconds=2 * int(AN_HOUR))
+
+
 async def test_requests_that_carry_no_byte_do_not_each_hash_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     passes = _count_passes(monkeypatch)
     data = os.urandom(SIZE)
     share = share_of(tmp_path, {"big.bin": data})
-    clock = MovableWall()
-    clock.ahead = AN_HOUR
-    paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
-    async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
-                                   guest_seconds=2 * int(AN_HOUR)) as g:
+    async with _served_an_hour_ahead(tmp_path, share) as g:
         headers = await _headers(g.session._channel, [GetRequest("big.bin", SIZE)] * ASKS)
         assert all(h.offset == SIZE and h.size == SIZE for h in headers)
         # each header still carries the file's digest, of the bytes a fetch would get
@@ -96,11 +103,7 @@ async def test_a_file_rewritten_in_place_is_hashed_again(
     passes = _count_passes(monkeypatch)
     old, new = os.urandom(SIZE), os.urandom(SIZE)
     share = share_of(tmp_path, {"doc.bin": old})
-    clock = MovableWall()
-    clock.ahead = AN_HOUR
-    paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
-    async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
-                                   guest_seconds=2 * int(AN_HOUR)) as g:
+    async with _served_an_hour_ahead(tmp_path, share) as g:
         await g.session.fetch("doc.bin", tmp_path / "one", timeout=STEP)
         assert (tmp_path / "one").read_bytes() == old
         path = share / "doc.bin"
@@ -199,10 +202,7 @@ async def test_a_digest_is_kept_for_digest_ttl_at_most(
     passes = _count_passes(monkeypatch)
     share = share_of(tmp_path, {"big.bin": os.urandom(SIZE)})
     clock = _Later()
-    clock.ahead = AN_HOUR
-    paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
-    async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
-                                   guest_seconds=2 * int(AN_HOUR)) as g:
+    async with _served_an_hour_ahead(tmp_path, share, clock) as g:
         ask = [GetRequest("big.bin", SIZE)]
         await _headers(g.session._channel, ask * 2)
         assert passes == [SIZE]
@@ -250,10 +250,7 @@ async def test_a_file_dated_in_the_future_is_kept_too(
     a_day = 86400 * 10**9
     st = (share / "from.tar").stat()
     os.utime(share / "from.tar", ns=(st.st_atime_ns + a_day, st.st_mtime_ns + a_day))
-    clock = MovableWall()
-    clock.ahead = AN_HOUR  # the change time an hour old, the modification time a day ahead
-    paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=clock)
-    async with guest_served_by_pin(paul, device(tmp_path, "George"), share,
-                                   guest_seconds=2 * int(AN_HOUR)) as g:
+    # the change time an hour old, the modification time a day ahead
+    async with _served_an_hour_ahead(tmp_path, share) as g:
         await _headers(g.session._channel, [GetRequest("from.tar", SIZE)] * 3)
     assert passes == [SIZE]
