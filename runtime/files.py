@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import math
 import mimetypes
 import os
 import stat
@@ -26,8 +27,10 @@ from .pairing import wire
 from .pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
+    BusyError,
     ConfigError,
     DecodeError,
+    ErrorCode,
     LinkClosedError,
     NotFoundError,
     PairingError,
@@ -355,14 +358,19 @@ class _Digests:
     async def digest(
         self, fh: BinaryIO, st: os.stat_result, name: str, *,
         wall: Callable[[], float], monotonic: Callable[[], float],
+        admit: Callable[[int], None] | None = None,
     ) -> bytes:
         """The SHA-256 of the first ``st.st_size`` bytes of the open file ``fh`` (``st``: its
         ``os.fstat``).  The hash reads a duplicate of ``fh``'s descriptor and closes it
         itself, so the caller may close ``fh`` meanwhile (a guest gone); the duplicate shares
-        ``fh``'s position: seek before reading ``fh`` again."""
+        ``fh``'s position: seek before reading ``fh`` again.  ``admit(size)`` is called only
+        when this call starts a hash, before it does; what it raises is this call's (no hash
+        is started then)."""
         key = _key(st)
 
         def start() -> Started[bytes]:
+            if admit is not None:
+                admit(key[2])
             # The same open file, not a new open of its name: what is hashed is what is sent.
             own = os.fdopen(os.dup(fh.fileno()), "rb")
             return self._hash(key, own, name, wall()), monotonic()
@@ -398,6 +406,62 @@ def _hash_and_close(own: BinaryIO, size: int, name: str) -> tuple[bytes, os.stat
 _DIGESTS = _Digests()
 
 
+#: how many bytes the hosts of this process hash for one guest device beyond what they then
+#: send it, at most (atk21b finding D): past it, a request that needs a new hash is refused
+#: ("busy", code 18) until enough has drained ...
+HASH_ALLOWANCE = 1 << 30
+#: ... over this many seconds: what is owed drains at HASH_ALLOWANCE / HASH_WINDOW bytes a
+#: second (about 17 MiB/s), the most one guest makes the host hash for nothing, sustained
+HASH_WINDOW = 60.0
+
+
+class _HashBudgets:
+    """What each guest owes the hosts of this process in hashing: the bytes of the files
+    hashed at its request, less the bytes of those files then sent to it, draining over
+    :data:`HASH_WINDOW` (a leaky bucket).
+
+    The digest cache (:class:`_Digests`) does not keep a file that is being written, nor more
+    than :data:`DIGEST_ENTRIES` files: a guest asking for such files from their end, sent no
+    byte of them, had each hashed whole at each request (attack review atk21b, finding D).  A
+    guest that fetches what it asks for pays each hash with the bytes sent, and owes nothing
+    when it asks again; one that asks without taking owes what was hashed, and is refused a new
+    hash while it owes :data:`HASH_ALLOWANCE` or more.  The check comes before a hash, so one
+    hash may take it past that (by at most one file); a digest kept, or a hash under way for
+    another's request, costs the host nothing more and is always served.  Kept per guest device
+    (its key's fingerprint), across its sessions and this process's hosts: a new session is no
+    new allowance."""
+
+    def __init__(self) -> None:
+        self._owed: dict[Hashable, tuple[float, float]] = {}  # guest: (bytes owed, at)
+
+    def _now_owed(self, guest: Hashable, now: float) -> float:
+        owed, at = self._owed.get(guest, (0.0, now))
+        return max(0.0, owed - max(0.0, now - at) * HASH_ALLOWANCE / HASH_WINDOW)
+
+    def charge(self, guest: Hashable, size: int, now: float) -> None:
+        """Count a hash of ``size`` bytes for ``guest``, or :class:`BusyError` saying when to
+        ask again."""
+        owed = self._now_owed(guest, now)
+        if owed >= HASH_ALLOWANCE:
+            wait = math.ceil((owed - HASH_ALLOWANCE) * HASH_WINDOW / HASH_ALLOWANCE) or 1
+            raise BusyError(f"the host is busy hashing files for you; try again in {wait} s")
+        for other in [g for g in self._owed if self._now_owed(g, now) == 0]:
+            del self._owed[other]  # those who owe nothing any more: forgotten
+        self._owed[guest] = (owed + size, now)
+
+    def pay(self, guest: Hashable, sent: int, now: float) -> None:
+        """``sent`` bytes of a file hashed at ``guest``'s request were sent to it."""
+        owed = self._now_owed(guest, now) - sent
+        if owed > 0:
+            self._owed[guest] = (owed, now)
+        else:
+            self._owed.pop(guest, None)
+
+
+#: the hashing each guest owes this process's hosts, whichever session asks
+_HASH_BUDGETS = _HashBudgets()
+
+
 # -- host side --------------------------------------------------------------------------------
 
 
@@ -423,12 +487,17 @@ async def serve_guest(
     idle: float = SERVE_IDLE,
     stats: ServeStats | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    guest: Hashable | None = None,
 ) -> ServeStats:
     """Answer one guest's requests until it says Bye, closes, stays silent ``idle`` s, or asks
     after its grant ended (refused, and :attr:`ServeStats.expired`: close the session).
 
+    ``guest``: who the hashing this guest makes the host do is counted for (its device key's
+    fingerprint: :class:`_HashBudgets`); None: this session alone.
+
     The decisions are :class:`~pairing.files.FileServer`'s; this reads the folder and sends."""
     stats = stats or ServeStats()
+    budget_key: Hashable = object() if guest is None else guest
     machine = FileServer(policy, peer_name=peer_name, find=_finder(share),
                          size_of=_sizer(share), idle=idle)
     machine.start(wall_clock())
@@ -449,8 +518,11 @@ async def serve_guest(
                 sent = await _send_file(
                     slink, share, GetRequest(event.name, event.offset), stats, idle,
                     allowed=lambda: machine.still_allowed(wall_clock()),
-                    wall=wall_clock, monotonic=monotonic,
+                    wall=wall_clock, monotonic=monotonic, guest=budget_key,
                 )
+            except BusyError as exc:  # it owes too much hashing (atk21b finding D)
+                machine.refuse(str(exc), wall_clock(), code=ErrorCode.BUSY)
+                return
             except (AccessDeniedError, NotFoundError, RefusedError, OSError) as exc:
                 machine.refuse(_unreadable(event.name, exc), wall_clock())
                 return
@@ -487,6 +559,7 @@ def chunk_size(slink: SecureLink, file_size: int) -> int:
 async def _send_file(
     slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float, *,
     allowed: Callable[[], bool], wall: Callable[[], float], monotonic: Callable[[], float],
+    guest: Hashable,
 ) -> bool:
     """Send the file ``req`` asks for: True once sent whole, False if ``allowed()`` said no
     before the header or a chunk (the guest's grant ended meanwhile: attack review atk21,
@@ -500,8 +573,15 @@ async def _send_file(
         size = st.st_size
         # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
         start = req.offset if req.offset <= size else 0
+        hashed: list[int] = []  # the size hashed at this request, if one was (atk21b D)
+
+        def admit(size: int) -> None:
+            _HASH_BUDGETS.charge(guest, size, monotonic())
+            hashed.append(size)
+
         # kept while the file stays the same, shared by requests at once (atk21 finding 2)
-        digest = await _DIGESTS.digest(fh, st, req.name, wall=wall, monotonic=monotonic)
+        digest = await _DIGESTS.digest(fh, st, req.name, wall=wall, monotonic=monotonic,
+                                       admit=admit)
         if not allowed():  # the hash of a big file takes seconds
             return False
         await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
@@ -518,6 +598,8 @@ async def _send_file(
             await slink.send(Chunk(offset, data).encode(), idle)
             offset += len(data)
             stats.bytes_sent += len(data)
+            if hashed:  # the hash made for it, paid for by the bytes it takes
+                _HASH_BUDGETS.pay(guest, len(data), monotonic())
     return True
 
 
@@ -758,6 +840,8 @@ __all__ = [
     "DIGEST_ENTRIES",
     "DIGEST_SETTLE",
     "DIGEST_TTL",
+    "HASH_ALLOWANCE",
+    "HASH_WINDOW",
     "LISTING_TTL",
     "DecodeError",
     "Fetched",
