@@ -277,6 +277,7 @@ async def run_host(
                     slink, peer_name=session.peer.name, policy=policy, share=opts.share,
                     ask=delegate.allow_request, stats=ServeStats(), wall_clock=clock.wall,
                     monotonic=clock.monotonic, idle=opts.serve_idle,
+                    guest=store.key_fingerprint(session.peer.static_public),
                 )
                 if served.files or served.listings:
                     info(f"{session.peer.name}: {served.listings} listing(s), "

@@ -816,22 +816,24 @@ def get(peer: str, names: tuple[str, ...], fetch_all: bool, output: str | None, 
             assert into is not None
             # A hidden file (.bashrc, .envrc) is fetched only when asked for by name: a host's
             # listing must not plant one in the folder the command runs in.
-            hidden = [f.name for f in files
-                      if any(part.startswith(".") for part in f.name.replace("\\", "/").split("/"))]
+            hidden = [f.name for f in files if not _unsafe_base(_base_name(f.name)) and any(
+                part.startswith(".") for part in f.name.replace("\\", "/").split("/"))]
             if hidden:
                 info(f"note: {len(hidden)} hidden file(s) not fetched with --all (ask for them "
-                     f"by name): {', '.join(repr(h) for h in hidden[:5])}"
+                     f"by name): {', '.join(safe(repr(h)) for h in hidden[:5])}"
                      f"{' ...' if len(hidden) > 5 else ''}", quiet=as_json)
-            # A name holding a control character (a newline) would be saved so in the
-            # folder: skipped too, as a name to ask for with -o (atk21b finding B).
-            controlled = [f.name for f in files if f.name not in hidden and _has_control(f.name)]
-            if controlled:
-                info(f"note: {len(controlled)} file(s) whose name holds a control character "
-                     f"not fetched with --all (fetch one by name with -o FILE): "
-                     f"{', '.join(safe(repr(c)) for c in controlled[:5])}"
-                     f"{' ...' if len(controlled) > 5 else ''}", quiet=as_json)
-            box["listed"] = [f.name for f in files
-                             if f.name not in hidden and f.name not in controlled]
+            # One rule for a name that cannot be saved safely under its own name here (empty,
+            # ".", "..", a control, line-breaking or bidirectional character, or two names for
+            # one file): left out and said, to be fetched by name with -o FILE (atk21b B).
+            left_out = set(hidden)
+            unsavable = _unsavable([f.name for f in files if f.name not in left_out])
+            left_out.update(unsavable)
+            if unsavable:
+                info(f"note: {len(unsavable)} file(s) not fetched with --all: their names "
+                     "cannot be saved safely as they are (fetch one by name with -o FILE): "
+                     f"{', '.join(safe(repr(u)) for u in unsavable[:5])}"
+                     f"{' ...' if len(unsavable) > 5 else ''}", quiet=as_json)
+            box["listed"] = [f.name for f in files if f.name not in left_out]
             # what was listed is what is fetched: a file announced larger is refused (atk19f)
             box["sizes"] = {f.name: f.size for f in files}
             dests.update(_destinations(box["listed"], into))
@@ -959,15 +961,16 @@ def _output_folder(output: str | None, *, several: bool) -> Path | None:
 
 def _destinations(names: Any, into: Path) -> dict[str, Path]:
     """Where each shared name goes in the folder ``into``: its last part (``videos/a.mp4``
-    becomes ``a.mp4``).  A name that is no file name here (``..``, empty) or two names that
-    would land on one file are refused before anything is fetched."""
+    becomes ``a.mp4``).  A name that cannot be saved safely under its own name
+    (:func:`_unsafe_base`) or two names that would land on one file are refused before
+    anything is fetched."""
     from pairkit.pairing.errors import ConfigError
 
     out: dict[str, Path] = {}
     taken: dict[str, str] = {}
     for name in names:
         base = _base_name(name)
-        if base in ("", ".", "..") or _has_control(base):
+        if _unsafe_base(base):
             raise ConfigError(f"{name!r} cannot be saved under that name; use -o FILE")
         if base in taken:
             raise ConfigError(f"{taken[base]!r} and {name!r} would both be saved as {base!r}; "
@@ -977,12 +980,31 @@ def _destinations(names: Any, into: Path) -> dict[str, Path]:
     return out
 
 
-def _has_control(name: str) -> bool:
-    """Whether ``name`` holds a control character (Cc: NUL, a newline, an escape): no name to
-    save a file under in the user's folder."""
-    import unicodedata
+def _unsavable(names: list[str]) -> list[str]:
+    """The ``names`` that ``get --all`` leaves out, in their order: each whose last part cannot
+    be saved safely (:func:`_unsafe_base`), and every name of two or more whose last parts
+    are one file name (which one the user wants is not for the host to say)."""
+    bases: dict[str, list[str]] = {}
+    bad = set()
+    for name in names:
+        base = _base_name(name)
+        if _unsafe_base(base):
+            bad.add(name)
+        else:
+            bases.setdefault(base, []).append(name)
+    bad.update(n for same in bases.values() if len(same) > 1 for n in same)
+    return [n for n in names if n in bad]
 
-    return any(unicodedata.category(ch) == "Cc" for ch in name)
+
+def _unsafe_base(base: str) -> bool:
+    """Whether ``base`` (a shared name's last part) cannot be saved safely as a file name in
+    the user's folder: empty, ``.`` or ``..``; or holding a control character (Cc: a newline,
+    an escape), a line or paragraph separator, or a bidirectional control, which would reorder
+    how the name shows (``invoice\\u202efdp.exe`` shows as "invoiceexe.pdf") wherever it is
+    listed after (:data:`pairkit.pairing.wire.LINE_BREAKING`)."""
+    from pairkit.pairing.wire import breaks_lines
+
+    return base in ("", ".", "..") or breaks_lines(base)
 
 
 def _base_name(name: str) -> str:

@@ -27,6 +27,7 @@ from . import wire
 from .crypto import same
 from .errors import (
     AuthenticationError,
+    BusyError,
     ErrorCode,
     ExpiredError,
     GrownFileError,
@@ -210,12 +211,13 @@ class FileServer(Machine):
             return False
         return True
 
-    def refuse(self, reason: str, now: float) -> None:
-        """What was to be served could not be (the file vanished, could not be read)."""
+    def refuse(self, reason: str, now: float, code: ErrorCode | None = None) -> None:
+        """What was to be served could not be (the file vanished, could not be read; ``code``
+        BUSY: the host will not hash more for this guest now)."""
         self._check_usable()
         if self.state != SERVING:
             raise ProtocolError("nothing is being served")
-        self._refuse(reason, now)
+        self._refuse(reason, now, code=code)
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -403,7 +405,8 @@ class FileFetch(Machine):
         self.received = offset
         #: why the fetch gave nothing: the host refused, or the file arrived damaged (the
         #: machine is done and the session goes on)
-        self.refusal: RefusedError | AuthenticationError | NotFoundError | None = None
+        self.refusal: (
+            RefusedError | AuthenticationError | NotFoundError | BusyError | None) = None
         #: what the guest had kept when the host said the file is now shorter (restarted at 0)
         self.restarted_from: int | None = None
 
@@ -462,6 +465,8 @@ class FileFetch(Machine):
     def _on_refused(self, msg: Refused, now: float) -> None:
         if msg.code == ErrorCode.NOT_FOUND:
             self.refusal = NotFoundError(f"the host has no shared file called {self.name!r}")
+        elif msg.code == ErrorCode.BUSY:  # "busy hashing ...; try again in N s"
+            self.refusal = BusyError(f"the host refused {self.name!r}: {msg.reason}")
         else:
             self.refusal = RefusedError(f"the host refused {self.name!r}: {msg.reason}")
         self._finish()

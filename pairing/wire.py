@@ -60,6 +60,22 @@ LINE_BREAKING: typing.Final = frozenset(
 )
 
 
+def _breaks_line(ch: str) -> bool:
+    return ch in LINE_BREAKING or unicodedata.category(ch) == "Cc"
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (Unicode category Cc: NUL, a newline, a
+    carriage return, an escape, DEL, a C1 control)."""
+    return not text.isprintable() and any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def breaks_lines(text: str) -> bool:
+    """Whether ``text`` holds what :func:`one_line` replaces: a control character, a line or
+    paragraph separator, a bidirectional control (:data:`LINE_BREAKING`)."""
+    return not text.isprintable() and any(map(_breaks_line, text))
+
+
 def one_line(text: str) -> str:
     """``text`` with each control character (newlines, carriage returns, escapes, C1 controls),
     line or paragraph separator and bidirectional control made a space: a peer's text that
@@ -67,9 +83,7 @@ def one_line(text: str) -> str:
     (non-ASCII included) is returned as it is."""
     if text.isprintable():  # (no Cc, Zl, Zp, bidi control: all are not printable)
         return text
-    return "".join(
-        " " if ch in LINE_BREAKING or unicodedata.category(ch) == "Cc" else ch for ch in text
-    )
+    return "".join(" " if _breaks_line(ch) else ch for ch in text)
 
 _REGISTRY: dict[int, type[Message]] = {}
 

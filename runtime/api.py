@@ -227,7 +227,7 @@ class Session:
             policy=GrantPolicy(membership.role, expires=membership.expires),
             share=Path(folder) if folder is not None else None,
             ask=delegate.allow_request, wall_clock=self._clock.wall,
-            monotonic=self._clock.monotonic,
+            monotonic=self._clock.monotonic, guest=self.peer.fingerprint,
         )
         if stats.expired:  # its grant ended: the session ends, its place is free (atk20c)
             await self.close()

@@ -10,23 +10,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import hashlib
+import math
 import mimetypes
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from .driver import MessagePipe, describe_failure, drive
 from .pairing import wire
 from .pairing.errors import (
     AccessDeniedError,
     AuthenticationError,
+    BusyError,
     ConfigError,
     DecodeError,
+    ErrorCode,
     LinkClosedError,
     NotFoundError,
     PairingError,
@@ -188,6 +192,70 @@ def list_shared(root: Path) -> list[FileEntry]:
     return out  # all of them: pairing.files.build_listing keeps what fits (§13)
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+#: what :meth:`_KeptWork.get` runs: the work's coroutine, which returns its value and whether
+#: to keep it, and the time the entry is kept from (the caller's ``now`` clock)
+Started = tuple[Coroutine[Any, Any, tuple[V, bool]], float]
+
+
+class _KeptWork(Generic[K, V]):
+    """A value per key, kept for ``ttl`` seconds (``entries`` keys at most, the oldest going
+    first), and at most one piece of work in flight per key and event loop: shielded (a waiter
+    that goes away does not cancel it for the others), shared by every waiter meanwhile, its
+    exception each waiter's.  What a value is, and whether it may be kept, is the caller's."""
+
+    def __init__(self, ttl: float, entries: int | None = None) -> None:
+        self._ttl = ttl
+        self._entries = entries
+        self._kept: dict[K, tuple[float, V]] = {}
+        self._running: dict[K, asyncio.Task[V]] = {}
+
+    async def get(self, key: K, now: float, start: Callable[[], Started[V]]) -> V:
+        """The value kept for ``key`` at ``now``, or the work under way for it on this loop,
+        or what ``start()`` starts: called at once, with no await before it, so that whoever
+        asks meanwhile finds the work; it may raise (nothing is started then)."""
+        kept = self._kept.get(key)
+        if kept is not None and 0 <= now - kept[0] < self._ttl:
+            return kept[1]
+        loop = asyncio.get_running_loop()
+        running = self._running.get(key)
+        if running is None or running.get_loop() is not loop:
+            work, at = start()
+            running = self._running[key] = loop.create_task(self._run(key, work, at))
+            running.add_done_callback(functools.partial(_retrieved, work))
+        # shielded: a waiter that goes away does not cancel the work the others wait for
+        return await asyncio.shield(running)
+
+    async def _run(self, key: K, work: Coroutine[Any, Any, tuple[V, bool]], at: float) -> V:
+        try:
+            value, keep = await work
+            if keep:
+                for old, (then, _) in list(self._kept.items()):
+                    if not 0 <= at - then < self._ttl:
+                        del self._kept[old]
+                while self._entries is not None and len(self._kept) >= self._entries:
+                    del self._kept[next(iter(self._kept))]
+                self._kept[key] = (at, value)
+            return value
+        finally:
+            # Only this loop's own entry: another loop (a second host's, in another thread)
+            # may have started its own work for the key since, which is not ours to forget.
+            if self._running.get(key) is asyncio.current_task():
+                del self._running[key]
+
+
+def _retrieved(work: Coroutine[Any, Any, Any], task: asyncio.Task[Any]) -> None:
+    """A finished work's failure is each waiter's: one nobody waits for any more is not
+    "unretrieved".  A work cancelled before it ran (its loop closing) is closed, not left
+    "never awaited"."""
+    if task.cancelled():
+        work.close()
+    else:
+        task.exception()
+
+
 #: how long a shared folder's listing is sent again to whoever asks, without reading the
 #: folder again (atk20c finding 5): a file added is listed at the latest this much later
 LISTING_TTL = 2.0
@@ -201,40 +269,27 @@ class _Listings:
     as the host admits, walked it each time (attack review atk20c, finding 5).  Kept per
     folder, not limited per session: one guest with several sessions gets nothing more, and
     an honest guest is never refused or slowed for another's requests.  Keyed by the folder's
-    absolute path; a read under way is shared by those who ask meanwhile."""
+    absolute path; a read under way is shared by those who ask meanwhile.
+
+    What it trusts: nothing of the folder's; a file added or removed is listed as such at the
+    latest :data:`LISTING_TTL` seconds after the walk that missed it began."""
 
     def __init__(self) -> None:
-        self._kept: dict[str, tuple[float, bytes]] = {}
-        self._reading: dict[str, asyncio.Future[bytes]] = {}
+        self._work: _KeptWork[str, bytes] = _KeptWork(LISTING_TTL)
 
     async def encoded(self, root: Path, now: Callable[[], float]) -> bytes:
         """The encoded Listing message for the folder ``root``."""
-        key = os.path.abspath(root)
-        kept = self._kept.get(key)
-        if kept is not None and 0 <= now() - kept[0] < LISTING_TTL:
-            return kept[1]
-        loop = asyncio.get_running_loop()
-        reading = self._reading.get(key)
-        if reading is None or reading.get_loop() is not loop:
-            reading = self._reading[key] = loop.create_task(self._read(key, root, now))
-            # its failure is each waiter's; one nobody waits for any more is not "unretrieved"
-            reading.add_done_callback(lambda t: t.cancelled() or t.exception())
-        # shielded: a guest that goes away does not cancel the read the others wait for
-        return await asyncio.shield(reading)
 
-    async def _read(self, key: str, root: Path, now: Callable[[], float]) -> bytes:
-        try:
-            started = now()
-            files = await asyncio.to_thread(list_shared, root)
-            data = build_listing(files).encode()
+        def start() -> Started[bytes]:
             # the folder as it was when the walk began: kept for the window from then
-            for old, (at, _) in list(self._kept.items()):
-                if not 0 <= started - at < LISTING_TTL:
-                    del self._kept[old]
-            self._kept[key] = (started, data)
-            return data
-        finally:
-            self._reading.pop(key, None)
+            return self._read(root), now()
+
+        return await self._work.get(os.path.abspath(root), now(), start)
+
+    @staticmethod
+    async def _read(root: Path) -> tuple[bytes, bool]:
+        files = await asyncio.to_thread(list_shared, root)
+        return build_listing(files).encode(), True
 
 
 #: the listings of this process's hosts, whichever session asks
@@ -298,57 +353,41 @@ class _Digests:
     :data:`DIGEST_TTL`."""
 
     def __init__(self) -> None:
-        self._kept: dict[_Key, tuple[float, bytes]] = {}
-        self._hashing: dict[_Key, asyncio.Future[bytes]] = {}
+        self._work: _KeptWork[_Key, bytes] = _KeptWork(DIGEST_TTL, DIGEST_ENTRIES)
 
     async def digest(
         self, fh: BinaryIO, st: os.stat_result, name: str, *,
         wall: Callable[[], float], monotonic: Callable[[], float],
+        admit: Callable[[int], None] | None = None,
     ) -> bytes:
         """The SHA-256 of the first ``st.st_size`` bytes of the open file ``fh`` (``st``: its
         ``os.fstat``).  The hash reads a duplicate of ``fh``'s descriptor and closes it
         itself, so the caller may close ``fh`` meanwhile (a guest gone); the duplicate shares
-        ``fh``'s position: seek before reading ``fh`` again."""
+        ``fh``'s position: seek before reading ``fh`` again.  ``admit(size)`` is called only
+        when this call starts a hash, before it does; what it raises is this call's (no hash
+        is started then)."""
         key = _key(st)
-        kept = self._kept.get(key)
-        if kept is not None and 0 <= monotonic() - kept[0] < DIGEST_TTL:
-            return kept[1]
-        loop = asyncio.get_running_loop()
-        hashing = self._hashing.get(key)
-        if hashing is None or hashing.get_loop() is not loop:
+
+        def start() -> Started[bytes]:
+            if admit is not None:
+                admit(key[2])
             # The same open file, not a new open of its name: what is hashed is what is sent.
             own = os.fdopen(os.dup(fh.fileno()), "rb")
-            hashing = self._hashing[key] = loop.create_task(
-                self._hash(key, own, name, wall, monotonic))
-            # its failure is each waiter's; one nobody waits for any more is not "unretrieved"
-            hashing.add_done_callback(lambda t: t.cancelled() or t.exception())
-        # No await before this point: a request that comes while a hash is under way finds
-        # it.  Shielded: a guest that goes away does not cancel the hash others wait for.
-        return await asyncio.shield(hashing)
+            return self._hash(key, own, name, wall()), monotonic()
 
-    async def _hash(
-        self, key: _Key, own: BinaryIO, name: str,
-        wall: Callable[[], float], monotonic: Callable[[], float],
-    ) -> bytes:
-        try:
-            started, since = wall(), monotonic()
-            digest, after = await asyncio.to_thread(_hash_and_close, own, key[2], name)
-            # Every write sets the change time to the system's clock, whatever the modification
-            # time is set to after (it may be in the future: an archive's): the change time says
-            # when the file last changed.  On Windows st_ctime is its creation time.
-            changed = key[3] if os.name == "nt" else key[4]
-            settled = changed < (started - DIGEST_SETTLE) * 1e9
-            if _key(after) == key and settled:
-                for old, (at, _) in list(self._kept.items()):
-                    if not 0 <= since - at < DIGEST_TTL:
-                        del self._kept[old]
-                while len(self._kept) >= DIGEST_ENTRIES:
-                    del self._kept[next(iter(self._kept))]
-                self._kept[key] = (since, digest)
-            return digest
-        finally:
-            if self._hashing.get(key) is asyncio.current_task():  # not another loop's since
-                del self._hashing[key]
+        return await self._work.get(key, monotonic(), start)
+
+    @staticmethod
+    async def _hash(key: _Key, own: BinaryIO, name: str, started: float) -> tuple[bytes, bool]:
+        """The digest, and whether it may be kept: ``started``, the hash's start by the host's
+        wall clock."""
+        digest, after = await asyncio.to_thread(_hash_and_close, own, key[2], name)
+        # Every write sets the change time to the system's clock, whatever the modification
+        # time is set to after (it may be in the future: an archive's): the change time says
+        # when the file last changed.  On Windows st_ctime is its creation time.
+        changed = key[3] if os.name == "nt" else key[4]
+        settled = changed < (started - DIGEST_SETTLE) * 1e9
+        return digest, _key(after) == key and settled
 
 
 def _key(st: os.stat_result) -> _Key:
@@ -365,6 +404,62 @@ def _hash_and_close(own: BinaryIO, size: int, name: str) -> tuple[bytes, os.stat
 
 #: the digests of this process's hosts' files, whichever session asks
 _DIGESTS = _Digests()
+
+
+#: how many bytes the hosts of this process hash for one guest device beyond what they then
+#: send it, at most (atk21b finding D): past it, a request that needs a new hash is refused
+#: ("busy", code 18) until enough has drained ...
+HASH_ALLOWANCE = 1 << 30
+#: ... over this many seconds: what is owed drains at HASH_ALLOWANCE / HASH_WINDOW bytes a
+#: second (about 17 MiB/s), the most one guest makes the host hash for nothing, sustained
+HASH_WINDOW = 60.0
+
+
+class _HashBudgets:
+    """What each guest owes the hosts of this process in hashing: the bytes of the files
+    hashed at its request, less the bytes of those files then sent to it, draining over
+    :data:`HASH_WINDOW` (a leaky bucket).
+
+    The digest cache (:class:`_Digests`) does not keep a file that is being written, nor more
+    than :data:`DIGEST_ENTRIES` files: a guest asking for such files from their end, sent no
+    byte of them, had each hashed whole at each request (attack review atk21b, finding D).  A
+    guest that fetches what it asks for pays each hash with the bytes sent, and owes nothing
+    when it asks again; one that asks without taking owes what was hashed, and is refused a new
+    hash while it owes :data:`HASH_ALLOWANCE` or more.  The check comes before a hash, so one
+    hash may take it past that (by at most one file); a digest kept, or a hash under way for
+    another's request, costs the host nothing more and is always served.  Kept per guest device
+    (its key's fingerprint), across its sessions and this process's hosts: a new session is no
+    new allowance."""
+
+    def __init__(self) -> None:
+        self._owed: dict[Hashable, tuple[float, float]] = {}  # guest: (bytes owed, at)
+
+    def _now_owed(self, guest: Hashable, now: float) -> float:
+        owed, at = self._owed.get(guest, (0.0, now))
+        return max(0.0, owed - max(0.0, now - at) * HASH_ALLOWANCE / HASH_WINDOW)
+
+    def charge(self, guest: Hashable, size: int, now: float) -> None:
+        """Count a hash of ``size`` bytes for ``guest``, or :class:`BusyError` saying when to
+        ask again."""
+        owed = self._now_owed(guest, now)
+        if owed >= HASH_ALLOWANCE:
+            wait = math.ceil((owed - HASH_ALLOWANCE) * HASH_WINDOW / HASH_ALLOWANCE) or 1
+            raise BusyError(f"the host is busy hashing files for you; try again in {wait} s")
+        for other in [g for g in self._owed if self._now_owed(g, now) == 0]:
+            del self._owed[other]  # those who owe nothing any more: forgotten
+        self._owed[guest] = (owed + size, now)
+
+    def pay(self, guest: Hashable, sent: int, now: float) -> None:
+        """``sent`` bytes of a file hashed at ``guest``'s request were sent to it."""
+        owed = self._now_owed(guest, now) - sent
+        if owed > 0:
+            self._owed[guest] = (owed, now)
+        else:
+            self._owed.pop(guest, None)
+
+
+#: the hashing each guest owes this process's hosts, whichever session asks
+_HASH_BUDGETS = _HashBudgets()
 
 
 # -- host side --------------------------------------------------------------------------------
@@ -392,12 +487,17 @@ async def serve_guest(
     idle: float = SERVE_IDLE,
     stats: ServeStats | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    guest: Hashable | None = None,
 ) -> ServeStats:
     """Answer one guest's requests until it says Bye, closes, stays silent ``idle`` s, or asks
     after its grant ended (refused, and :attr:`ServeStats.expired`: close the session).
 
+    ``guest``: who the hashing this guest makes the host do is counted for (its device key's
+    fingerprint: :class:`_HashBudgets`); None: this session alone.
+
     The decisions are :class:`~pairing.files.FileServer`'s; this reads the folder and sends."""
     stats = stats or ServeStats()
+    budget_key: Hashable = object() if guest is None else guest
     machine = FileServer(policy, peer_name=peer_name, find=_finder(share),
                          size_of=_sizer(share), idle=idle)
     machine.start(wall_clock())
@@ -418,8 +518,11 @@ async def serve_guest(
                 sent = await _send_file(
                     slink, share, GetRequest(event.name, event.offset), stats, idle,
                     allowed=lambda: machine.still_allowed(wall_clock()),
-                    wall=wall_clock, monotonic=monotonic,
+                    wall=wall_clock, monotonic=monotonic, guest=budget_key,
                 )
+            except BusyError as exc:  # it owes too much hashing (atk21b finding D)
+                machine.refuse(str(exc), wall_clock(), code=ErrorCode.BUSY)
+                return
             except (AccessDeniedError, NotFoundError, RefusedError, OSError) as exc:
                 machine.refuse(_unreadable(event.name, exc), wall_clock())
                 return
@@ -456,6 +559,7 @@ def chunk_size(slink: SecureLink, file_size: int) -> int:
 async def _send_file(
     slink: SecureLink, share: Path, req: GetRequest, stats: ServeStats, idle: float, *,
     allowed: Callable[[], bool], wall: Callable[[], float], monotonic: Callable[[], float],
+    guest: Hashable,
 ) -> bool:
     """Send the file ``req`` asks for: True once sent whole, False if ``allowed()`` said no
     before the header or a chunk (the guest's grant ended meanwhile: attack review atk21,
@@ -469,8 +573,15 @@ async def _send_file(
         size = st.st_size
         # Past the end: the file shrank since the guest's partial copy; it starts again (§13).
         start = req.offset if req.offset <= size else 0
+        hashed: list[int] = []  # the size hashed at this request, if one was (atk21b D)
+
+        def admit(size: int) -> None:
+            _HASH_BUDGETS.charge(guest, size, monotonic())
+            hashed.append(size)
+
         # kept while the file stays the same, shared by requests at once (atk21 finding 2)
-        digest = await _DIGESTS.digest(fh, st, req.name, wall=wall, monotonic=monotonic)
+        digest = await _DIGESTS.digest(fh, st, req.name, wall=wall, monotonic=monotonic,
+                                       admit=admit)
         if not allowed():  # the hash of a big file takes seconds
             return False
         await slink.send(FileHeader(req.name, size, digest, start).encode(), idle)
@@ -487,6 +598,8 @@ async def _send_file(
             await slink.send(Chunk(offset, data).encode(), idle)
             offset += len(data)
             stats.bytes_sent += len(data)
+            if hashed:  # the hash made for it, paid for by the bytes it takes
+                _HASH_BUDGETS.pay(guest, len(data), monotonic())
     return True
 
 
@@ -727,6 +840,8 @@ __all__ = [
     "DIGEST_ENTRIES",
     "DIGEST_SETTLE",
     "DIGEST_TTL",
+    "HASH_ALLOWANCE",
+    "HASH_WINDOW",
     "LISTING_TTL",
     "DecodeError",
     "Fetched",

@@ -580,3 +580,19 @@ def test_messages_are_frozen(msg: wire.Message) -> None:
     assume(dataclasses.fields(msg))
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(msg, dataclasses.fields(msg)[0].name, None)
+
+
+@pytest.mark.parametrize("ch", [*sorted(wire.LINE_BREAKING), "\x00", "\n", "\x1b", "\x7f",
+                                "\x9b"], ids=ascii)
+def test_breaks_lines_is_what_one_line_replaces(ch: str) -> None:
+    text = f"a{ch}b"
+    assert wire.breaks_lines(text)
+    assert wire.one_line(text) == "a b"
+    assert wire.has_control(text) == (ch not in wire.LINE_BREAKING)
+
+
+@pytest.mark.parametrize("text", ["", "plain.txt", "café ünï 日本.pdf", "zero\u200bwidth",
+                                  "tab-less\u00a0nbsp"], ids=ascii)
+def test_a_text_one_line_keeps_neither_breaks_lines_nor_has_control(text: str) -> None:
+    assert wire.one_line(text) == text
+    assert not wire.breaks_lines(text) and not wire.has_control(text)

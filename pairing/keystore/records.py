@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -18,7 +17,7 @@ from typing import Any, Final
 from .. import cbor
 from ..crypto import check_ed25519_public
 from ..errors import ConfigError, DecodeError, NotFoundError, UnusableKeyError
-from ..wire import one_line
+from ..wire import has_control, one_line
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -99,7 +98,7 @@ def _check_name(name: object, what: str) -> str:
         raise ConfigError(f"{what} must be a non-empty text")
     if len(name) > MAX_NAME_LENGTH:
         raise ConfigError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
+    if has_control(name):
         raise ConfigError(f"{what} must not contain control characters")
     return name
 

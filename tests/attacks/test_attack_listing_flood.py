@@ -15,6 +15,7 @@ host's clock is moved past the window (nothing here waits for it).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,65 @@ async def test_two_shared_folders_are_listed_apart(
                 serving.cancel()
             await g1.close()
             await g2.close()
+
+
+def test_a_read_ending_on_one_event_loop_leaves_another_loops_read_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedder with two hosts in one process, each on its own event loop in its own
+    thread: each loop shares only its own read of a folder.  Loop A's read ending (here
+    failing) must not forget loop B's read still under way, or B's next request walks the
+    folder a third time.  Driven directly; the walks are held until each step is reached."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "a.txt").write_text("a")
+    real = files_module.list_shared
+    walks: list[int] = []
+    a_walking, a_go = threading.Event(), threading.Event()
+    b_walking, b_go, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def held(root: Path) -> Any:
+        walks.append(len(walks))
+        if len(walks) == 1:  # loop A's walk: held, then it fails
+            a_walking.set()
+            assert a_go.wait(STEP)
+            raise OSError("the disk went away")
+        if len(walks) == 2:  # loop B's walk: held until B asks again
+            b_walking.set()
+            assert b_go.wait(STEP)
+        return real(root)
+
+    monkeypatch.setattr(files_module, "list_shared", held)
+    listings = files_module._Listings()
+    failed: list[BaseException] = []
+    got: list[list[bytes]] = []
+
+    async def on_a() -> None:
+        try:
+            await listings.encoded(share, time.monotonic)
+        except OSError as exc:
+            failed.append(exc)
+
+    async def on_b() -> None:
+        first = asyncio.ensure_future(listings.encoded(share, time.monotonic))
+        assert await asyncio.to_thread(b_walking.wait, STEP)
+        assert await asyncio.to_thread(a_done.wait, STEP)  # A's read has ended
+        second = asyncio.ensure_future(listings.encoded(share, time.monotonic))
+        await asyncio.sleep(0)  # the second request's first step: it finds B's read
+        b_go.set()
+        got.append(list(await asyncio.gather(first, second)))
+
+    a = threading.Thread(target=asyncio.run, args=(on_a(),))
+    b = threading.Thread(target=asyncio.run, args=(on_b(),))
+    a.start()
+    assert a_walking.wait(STEP)
+    b.start()
+    assert b_walking.wait(STEP)
+    a_go.set()
+    a.join(STEP)
+    a_done.set()
+    b.join(STEP)
+    assert not a.is_alive() and not b.is_alive()
+    assert [type(e) for e in failed] == [OSError]
+    assert len(got) == 1 and got[0][0] == got[0][1] and b"a.txt" in got[0][0]
+    assert len(walks) == 2, f"loop B's second request walked the folder again ({len(walks)})"

@@ -25,9 +25,12 @@ from tests.pty_harness import on_terminal
 PIN = "482913"
 HOSTILE = "a\x1b]0;you were pwned\x07\x1b[2Jb.txt"
 INTERPRETED = ("\x1b]", "\x07", "\x1b[2J")
-#: a name --all still fetches (no control character: finding B skips those) that a terminal
-#: would still interpret: a right-to-left override, which reorders the rest of the line
+#: a name --all no longer fetches (session 22: finding B's rule, bidirectional controls too)
+#: that a terminal would interpret: a right-to-left override, which reorders the line
 BIDI = "report\u202etxt.exe"
+#: a name --all still fetches whose character the progress line must not write as it is: a
+#: zero-width space (format, Cf), shown as U+FFFD
+ZERO_WIDTH = "report\u200btxt.exe"
 
 
 def test_progress_writes_the_name_past_safestream() -> None:
@@ -46,14 +49,16 @@ async def test_get_all_on_a_terminal_shows_a_hostile_file_name_raw(
     lab: Lab, tmp_path: Path
 ) -> None:
     george = await lab.guest_of_a_share(tmp_path / "share",
-                                        {HOSTILE: b"x" * 5000, BIDI: b"y" * 5000}, PIN)
+                                        {HOSTILE: b"x" * 5000, BIDI: b"y" * 5000,
+                                         ZERO_WIDTH: b"z" * 5000}, PIN)
     out = tmp_path / "out"
     out.mkdir()
     rc, screen = await asyncio.to_thread(on_terminal, george.home, None, "get", "Paul's phone",
                                          "--all", "-o", str(out))
     assert rc == 0, screen
-    # the name with escapes is not fetched with --all (finding B); the other one is, its
-    # progress line drawn, and shown safe
-    assert sorted(p.name for p in out.iterdir()) == [BIDI], screen
+    # the names with escapes or a bidirectional control are not fetched with --all (finding
+    # B); the other one is, its progress line drawn, and shown safe
+    assert sorted(p.name for p in out.iterdir()) == [ZERO_WIDTH], screen
     assert "5 kB/5 kB 100.0%" in screen, repr(screen)
-    assert not any(c in screen for c in (*INTERPRETED, "\u202e")), repr(screen)
+    assert "report\ufffdtxt.exe" in screen, repr(screen)
+    assert not any(c in screen for c in (*INTERPRETED, "\u202e", "\u200b")), repr(screen)
