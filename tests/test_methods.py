@@ -47,6 +47,7 @@ from pairkit.pairing.methods import (
     _qr_psk,
     _th,
     check_pin_strength,
+    prekey_holder,
 )
 from pairkit.pairing.negotiation import Caps, Method
 from pairkit.pairing.noise import HandshakeState
@@ -1036,7 +1037,8 @@ def test_resume_replay_into_a_host_that_lost_its_memory_gets_fresh_keys() -> Non
     sessions = []
     sealed = []
     for i in range(3):
-        state = HostState(rng=seeded(107, f"s{i}"), known_peer=known.host_records.get)
+        state = HostState(rng=seeded(107, f"s{i}"), known_peer=known.host_records.get,
+                          peer_by_prekey=known.state.peer_by_prekey)
         host = HostPairing(PairingConfig(), known.host_me, state,
                            rng=seeded(107, f"h{i}"))
         host.start(0.0)
@@ -1073,7 +1075,8 @@ def test_kk_with_the_wrong_host() -> None:
     known = known_pair(seed=106)
     impostor = LocalIdentity.generate("Paul", seeded(106, "impostor"))
     records = {known.guest_me.device_id: known.host_records[known.guest_me.device_id]}
-    state = HostState(rng=seeded(106), known_peer=records.get)
+    state = HostState(rng=seeded(106), known_peer=records.get,
+                      peer_by_prekey=lambda d: prekey_holder(records.values(), d))
     pair = make_pair(
         Method.KK,
         seed=107,
