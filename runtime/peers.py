@@ -13,6 +13,8 @@ meanwhile.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import os
 import time
 import weakref
@@ -144,21 +146,43 @@ class _PrekeyIndex:
         return next(iter(ids)) if ids is not None and len(ids) == 1 else None
 
     def _update(self, records: tuple[Peer, ...]) -> None:
+        before = self._records
+        if len(records) == len(before):
+            # The usual change (a prekey consumed, a session stored): records replaced in
+            # place, found by identity at C speed rather than by a Python pass over them all.
+            moved = list(zip(
+                itertools.compress(before, map(operator.is_not, before, records)),
+                itertools.compress(records, map(operator.is_not, before, records)),
+                strict=True,
+            ))
+            if all(old.id == new.id for old, new in moved):
+                for old, new in moved:
+                    self._drop(old)
+                    self._add(new)
+                    self._seen[new.id] = new
+                self._records = records
+                return
+        # Records added, forgotten or reordered: compared by id.
         current = {p.id: p for p in records}
-        seen, holders = self._seen, self._holders
-        for pid, old in seen.items():
+        for pid, old in self._seen.items():
             if current.get(pid) is not old:
-                for d in _digests(old):
-                    ids = holders.get(d)
-                    if ids is not None:
-                        ids.discard(pid)
-                        if not ids:
-                            del holders[d]
+                self._drop(old)
         for pid, p in current.items():
-            if seen.get(pid) is not p:
-                for d in _digests(p):
-                    holders.setdefault(d, set()).add(pid)
+            if self._seen.get(pid) is not p:
+                self._add(p)
         self._seen, self._records = current, records
+
+    def _drop(self, p: Peer) -> None:
+        for d in _digests(p):
+            ids = self._holders.get(d)
+            if ids is not None:
+                ids.discard(p.id)
+                if not ids:
+                    del self._holders[d]
+
+    def _add(self, p: Peer) -> None:
+        for d in _digests(p):
+            self._holders.setdefault(d, set()).add(p.id)
 
 
 _INDEXES: weakref.WeakKeyDictionary[Keystore, _PrekeyIndex] = weakref.WeakKeyDictionary()
