@@ -92,6 +92,7 @@ from pairkit.pairing.methods import (  # noqa: E402
     LocalIdentity,
     PairingConfig,
     Session,
+    prekey_holder,
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
 from pairkit.prekeys import PrekeyPool  # noqa: E402
@@ -346,7 +347,10 @@ class Pairings:
         self.config = PairingConfig()
         self.guest_id = LocalIdentity.generate("George's phone")
         self.host_id = LocalIdentity.generate("Paul's phone")
-        self.state = HostState(known_peer=lambda _id: self.host_known)
+        self.state = HostState(
+            known_peer=lambda _id: self.host_known,
+            peer_by_prekey=lambda d: prekey_holder([self.host_known] if self.host_known else [], d),
+        )
         self.guest_known: KnownPeer | None = None
         self.host_known: KnownPeer | None = None
         secret = os.urandom(32)

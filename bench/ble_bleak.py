@@ -110,6 +110,7 @@ from pairkit.pairing.methods import (  # noqa: E402
     LocalIdentity,
     PairingConfig,
     Session,
+    prekey_holder,
 )
 from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
 from pairkit.pairing.service import Chunk  # noqa: E402
@@ -150,7 +151,10 @@ class Pairings:
         self.guest_ids = {g: LocalIdentity.generate(f"George's {g}") for g in GUESTS}
         self.host_known: dict[bytes, KnownPeer] = {}
         self.guest_known: dict[str, KnownPeer | None] = dict.fromkeys(GUESTS)
-        self.state = HostState(known_peer=self.host_known.get)
+        self.state = HostState(
+            known_peer=self.host_known.get,
+            peer_by_prekey=lambda d: prekey_holder(self.host_known.values(), d),
+        )
 
     def _guest_kwargs(self, guest: str, method: str) -> dict[str, Any]:
         if method == "pin":

@@ -101,6 +101,7 @@ from pairkit.pairing.methods import (  # noqa: E402
     KnownPeer,
     LocalIdentity,
     PairingConfig,
+    prekey_holder,
 )
 from pairkit.pairing.negotiation import Method  # noqa: E402
 from pairkit.pairing.noise import HandshakeState, generate_keypair, parse_protocol_name  # noqa: E402
@@ -664,7 +665,10 @@ class MethodBench:
         self.config = PairingConfig()
         self.guest_id = LocalIdentity.generate("George")
         self.host_id = LocalIdentity.generate("Paul")
-        self.host_state = HostState(known_peer=lambda _id: self.host_known)
+        self.host_state = HostState(
+            known_peer=lambda _id: self.host_known,
+            peer_by_prekey=lambda d: prekey_holder([self.host_known] if self.host_known else [], d),
+        )
         self.guest_known: KnownPeer | None = None
         self.host_known: KnownPeer | None = None
         # Prekeys made outside the timing (issue 13: off the critical path), refilled per run.

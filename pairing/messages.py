@@ -133,11 +133,14 @@ class ResumeKind(IntEnum):
 
 @struct
 class ResumeHeader(Message):
-    """The resume header: source and destination client and key ids, sequence and type."""
+    """The resume header: source and destination key ids, sequence and type.
 
-    src_id: bytes = field(2, size=ID_LEN)
+    It names no device: the host finds the guest by the prekey digest it nominates
+    (``dst_key_id``), so a listener on an unencrypted link learns no device id from a resume
+    (docs/protocol.md §8; attack review atk19p, finding 3)."""
+
+    # fields 2 (src_id) and 4 (dst_id), the device ids, are retired: never reuse the numbers
     src_key_id: bytes = field(3, size=ID_LEN)
-    dst_id: bytes = field(4, size=ID_LEN)
     dst_key_id: bytes = field(5, size=ID_LEN)
     seq: int = field(6)
     kind: ResumeKind = field(7)

@@ -3,15 +3,18 @@ stored peers: who a device is, what it was granted, where it was reached, its pr
 
 Every change is made under :meth:`~pairing.keystore.Keystore.update` (reloaded under the file
 lock, then saved): several pairkit processes may share one keystore (docs/security.md, rule 4).
-Every lookup a decision rests on (:func:`known_peer`, :func:`peer_grant`, :func:`cloud_members`,
-:func:`find_peer`) first takes what another process saved (:meth:`Keystore.follow`): a peer
-forgotten or a grant withdrawn there counts here from the next decision on, and
-:func:`save_session` never writes back what was forgotten or withdrawn meanwhile.
+Every lookup a decision rests on (:func:`known_peer`, :func:`peer_by_prekey`,
+:func:`peer_grant`, :func:`cloud_members`, :func:`find_peer`) first takes what another process
+saved (:meth:`Keystore.follow`): a peer forgotten or a grant withdrawn there counts here from the
+next decision on, and :func:`save_session` never writes back what was forgotten or withdrawn
+meanwhile.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import os
 import time
 import weakref
@@ -100,6 +103,89 @@ def known_peer(ks: Keystore, device_id: bytes) -> KnownPeer | None:
     ks.follow()
     record = ks.peer_by_id(device_id.hex())
     return None if record is None else _known(record)
+
+
+def peer_by_prekey(ks: Keystore, digest: bytes) -> KnownPeer | None:
+    """The stored peer we gave the prekey ``digest`` to, as the keystore is now (another
+    process's changes included), or None: when no record holds it, and when two do (digests
+    are drawn at random and each given to one peer: the host refuses rather than guess).
+
+    A resume names no device (docs/protocol.md §8): the host finds its guest by this.  The
+    index behind it (:class:`_PrekeyIndex`) follows the records: a lookup when nothing
+    changed costs a comparison of the record tuple, a change costs a pass over the records
+    and the prekeys of those that changed only (issue 13: a host with 1,000 peers)."""
+    ks.follow()
+    index = _INDEXES.get(ks)
+    if index is None:
+        index = _INDEXES[ks] = _PrekeyIndex()
+    holder = index.holder(ks.peers(), digest)
+    record = None if holder is None else ks.peer_by_id(holder)
+    return None if record is None else _known(record)
+
+
+def _digests(p: Peer) -> list[bytes]:
+    """The digests of our prekeys stored in ``p`` (records as :func:`_known` reads them)."""
+    return [bytes(r[0]) for r in p.our_prekeys if isinstance(r, tuple | list) and len(r) == 2]
+
+
+class _PrekeyIndex:
+    """Our prekey digests -> the ids of the records holding each, kept up to date against the
+    keystore's records: records are immutable, so a record that is not the very object
+    indexed last changed (or is new), and only its digests are indexed again."""
+
+    def __init__(self) -> None:
+        self._records: tuple[Peer, ...] = ()
+        self._seen: dict[str, Peer] = {}
+        self._holders: dict[bytes, set[str]] = {}
+
+    def holder(self, records: tuple[Peer, ...], digest: bytes) -> str | None:
+        """The id of the one record in ``records`` holding ``digest``, or None."""
+        if records != self._records:  # the same objects: compared by identity, in C
+            self._update(records)
+        ids = self._holders.get(digest)
+        return next(iter(ids)) if ids is not None and len(ids) == 1 else None
+
+    def _update(self, records: tuple[Peer, ...]) -> None:
+        before = self._records
+        if len(records) == len(before):
+            # The usual change (a prekey consumed, a session stored): records replaced in
+            # place, found by identity at C speed rather than by a Python pass over them all.
+            moved = list(zip(
+                itertools.compress(before, map(operator.is_not, before, records)),
+                itertools.compress(records, map(operator.is_not, before, records)),
+                strict=True,
+            ))
+            if all(old.id == new.id for old, new in moved):
+                for old, new in moved:
+                    self._drop(old)
+                    self._add(new)
+                    self._seen[new.id] = new
+                self._records = records
+                return
+        # Records added, forgotten or reordered: compared by id.
+        current = {p.id: p for p in records}
+        for pid, old in self._seen.items():
+            if current.get(pid) is not old:
+                self._drop(old)
+        for pid, p in current.items():
+            if self._seen.get(pid) is not p:
+                self._add(p)
+        self._seen, self._records = current, records
+
+    def _drop(self, p: Peer) -> None:
+        for d in _digests(p):
+            ids = self._holders.get(d)
+            if ids is not None:
+                ids.discard(p.id)
+                if not ids:
+                    del self._holders[d]
+
+    def _add(self, p: Peer) -> None:
+        for d in _digests(p):
+            self._holders.setdefault(d, set()).add(p.id)
+
+
+_INDEXES: weakref.WeakKeyDictionary[Keystore, _PrekeyIndex] = weakref.WeakKeyDictionary()
 
 
 def find_peer(ks: Keystore, name_or_id: str) -> KnownPeer | None:

@@ -146,6 +146,7 @@ class HostSide:
             pin_journal=KeystoreLockJournal(keystore, "pin", clock),
             compare_journal=KeystoreLockJournal(keystore, "compare", clock),
             known_peer=lambda device_id: peers.known_peer(keystore, device_id),
+            peer_by_prekey=lambda digest: peers.peer_by_prekey(keystore, digest),
             consume_prekey=lambda device_id, digest: peers.consume_our_prekey(
                 keystore, device_id, digest
             ),

@@ -33,6 +33,7 @@ from pairkit.pairing.methods import (
     LocalIdentity,
     PairingConfig,
     Session,
+    prekey_holder,
 )
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import QrCode
@@ -367,6 +368,7 @@ def known_pair(seed: int = 0) -> Known:
     assert pair.guest.session is not None and pair.host.session is not None, result.errors
     records: dict[bytes, KnownPeer] = {}
     pair.state.known_peer = records.get
+    pair.state.peer_by_prekey = lambda d: prekey_holder(records.values(), d)
     known = Known(
         pair.guest_me,
         pair.host_me,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,49 @@ def test_a_keystore_replaced_meanwhile_stops_every_decision(path: Path) -> None:
     path.unlink()
     with pytest.raises(KeystoreError, match="gone"):
         store.peer_grant(host, bytes(16), NOW)
+
+
+def test_the_prekey_index_matches_a_scan_of_the_records_after_every_change(path: Path) -> None:
+    """``peers.peer_by_prekey`` (a resume's guest, docs/protocol.md §8) keeps an index that it
+    updates record by record; after each change, made here or by another process (prekeys
+    consumed or given, a record replaced, added, forgotten, a digest put in two records), it
+    finds what a scan of every record finds: the one holder, or nobody for a digest held twice
+    or by no one."""
+    host, other = Keystore.open(path, PIN), Keystore.open(path, PIN)
+    rng = random.Random(22)
+    made: list[bytes] = []
+
+    def prekeys(n: int) -> list[tuple[bytes, bytes]]:
+        out = [(os.urandom(16), os.urandom(32)) for _ in range(n)]
+        made.extend(d for d, _ in out)
+        return out
+
+    for step in range(60):
+        ks = host if step % 3 else other  # a third of the changes by the other process
+        with ks.update():
+            records = ks.peers()
+            move = rng.choice(["add", "consume", "give", "forget", "share"] if records else ["add"])
+            if move == "add":
+                ks.add_peer(dataclasses.replace(george(), our_prekeys=prekeys(rng.randint(0, 4))))
+            else:
+                record = rng.choice(records)
+                ours = list(record.our_prekeys)
+                if move == "consume" and ours:
+                    ours.pop(rng.randrange(len(ours)))
+                elif move == "give":
+                    ours += prekeys(1)
+                elif move == "share":  # a digest another record holds (damaged, edited)
+                    donor = rng.choice(records)
+                    ours += list(donor.our_prekeys[:1])
+                if move == "forget":
+                    ks.forget_peer(record.id)
+                else:
+                    ks.add_peer(dataclasses.replace(record, our_prekeys=ours))
+        host.follow()
+        known = [store.known_peer(host, bytes.fromhex(p.id)) for p in host.peers()]
+        for d in made:
+            holders = {k.device_id for k in known
+                       if k is not None and any(p.digest == d for p in k.our_prekeys)}
+            found = store.peer_by_prekey(host, d)
+            expected = next(iter(holders)) if len(holders) == 1 else None
+            assert (found.device_id if found else None) == expected, (step, move)

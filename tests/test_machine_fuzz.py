@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pairkit.pairing import cbor, wire
 from pairkit.pairing.errors import DecodeError, ErrorCode, PairingError, TooLargeError
 from pairkit.pairing.machine import Machine
-from pairkit.pairing.methods import ConfirmCode, GuestPairing, HostState
+from pairkit.pairing.methods import ConfirmCode, GuestPairing, HostState, prekey_holder
 from pairkit.pairing.negotiation import Method
 from tests.pair_harness import (
     Known,
@@ -219,7 +219,8 @@ def _fresh_pair(method: Method) -> Pair:
     if method in (Method.RESUME, Method.KK):
         known = _known()
         records = dict(known.host_records)
-        state = HostState(rng=seeded(7, "state"), known_peer=records.get)
+        state = HostState(rng=seeded(7, "state"), known_peer=records.get,
+                          peer_by_prekey=lambda d: prekey_holder(records.values(), d))
         return make_pair(
             method,
             seed=8,

@@ -47,6 +47,7 @@ from pairkit.pairing.methods import (
     _qr_psk,
     _th,
     check_pin_strength,
+    prekey_holder,
 )
 from pairkit.pairing.negotiation import Caps, Method
 from pairkit.pairing.noise import HandshakeState
@@ -1036,7 +1037,8 @@ def test_resume_replay_into_a_host_that_lost_its_memory_gets_fresh_keys() -> Non
     sessions = []
     sealed = []
     for i in range(3):
-        state = HostState(rng=seeded(107, f"s{i}"), known_peer=known.host_records.get)
+        state = HostState(rng=seeded(107, f"s{i}"), known_peer=known.host_records.get,
+                          peer_by_prekey=known.state.peer_by_prekey)
         host = HostPairing(PairingConfig(), known.host_me, state,
                            rng=seeded(107, f"h{i}"))
         host.start(0.0)
@@ -1068,12 +1070,40 @@ def test_resume_with_an_unknown_guest_fails_then_kk_refused() -> None:
     assert_remote(pair.guest, ErrorCode.NOT_FOUND, "does not know")
 
 
+def test_a_resume_at_another_host_gets_fail_then_kk_proves_who_is_who() -> None:
+    """The INIT names no device (docs/protocol.md §8): at a host that did not give the
+    nominated digest (here one that also knows the guest, from a pairing of its own) it finds
+    no prekey and gets FAIL, where it was refused as "meant for another device" before; the
+    guest's kk then fails, its Noise message being for the host it meant.  Nothing is
+    consumed or forgotten on either side."""
+    paul = known_pair(seed=108)  # the guest, and its record of Paul
+    ringo = make_pair(Method.PIN, seed=110, guest_me=paul.guest_me)  # it paired with Ringo too
+    ringo.run()
+    assert ringo.host.session is not None
+    records = {paul.guest_me.device_id: ringo.host.session.updated_peer(None)}
+    before = dict(records)
+    state = HostState(rng=seeded(110, "state"), known_peer=records.get,
+                      peer_by_prekey=lambda d: prekey_holder(records.values(), d))
+    pair = make_pair(Method.RESUME, seed=111, guest_me=paul.guest_me, host_me=ringo.host_me,
+                     state=state, peer=paul.guest_record)
+    result = pair.run()
+    assert result.types()[:3] == ["ResumeMessage", "ResumeMessage", "Offer"]
+    fail = wire.decode(result.messages[1][1])
+    assert isinstance(fail, ResumeMessage) and fail.header.kind is ResumeKind.FAIL
+    assert pair.guest.session is None and pair.host.session is None
+    assert_failed(pair.host)
+    assert records == before  # Ringo consumed nothing
+    assert pair.guest.stale_prekey is not None  # the guest's run names it; it is forgotten
+    # only once a kk fallback is confirmed (rule 4): this one was not, so nothing is stored
+
+
 def test_kk_with_the_wrong_host() -> None:
     """A device answering for a known peer without its static key fails the KK handshake."""
     known = known_pair(seed=106)
     impostor = LocalIdentity.generate("Paul", seeded(106, "impostor"))
     records = {known.guest_me.device_id: known.host_records[known.guest_me.device_id]}
-    state = HostState(rng=seeded(106), known_peer=records.get)
+    state = HostState(rng=seeded(106), known_peer=records.get,
+                      peer_by_prekey=lambda d: prekey_holder(records.values(), d))
     pair = make_pair(
         Method.KK,
         seed=107,

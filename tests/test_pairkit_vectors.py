@@ -375,15 +375,13 @@ def check_resume(vector: dict[str, Any]) -> None:
     hi, ho = init[2], okay[2]
     e_g = bytes.fromhex(inter["guest_ephemeral_private"])
     f_h = bytes.fromhex(inter["host_fresh_private"])
-    guest_id, host_id = key(vector, "guest", "device_id"), key(vector, "host", "device_id")
     nominated = bytes.fromhex(vector["inputs"]["known"]["guest_their_prekeys"][0])
     prekey = next(bytes.fromhex(p["private"]) for p in vector["inputs"]["known"]["host_our_prekeys"]
                   if p["digest"] == nominated.hex())
     assert sorted(init) == [0, 1, 2]
-    assert hi == {2: guest_id, 3: h16(public(e_g)), 4: host_id, 5: nominated, 6: 0, 7: 1,
-                  8: public(e_g)}
-    assert ho == {2: host_id, 3: nominated, 4: guest_id, 5: h16(public(e_g)), 6: 1, 7: 2,
-                  8: public(prekey)}
+    # no device id: fields 2 and 4 are retired (§8, §14)
+    assert hi == {3: h16(public(e_g)), 5: nominated, 6: 0, 7: 1, 8: public(e_g)}
+    assert ho == {3: nominated, 5: h16(public(e_g)), 6: 1, 7: 2, 8: public(prekey)}
     assert okay[6] == public(f_h)
     th = kdf(enc(hi) + public(prekey) + public(f_h), ctx, b"pairkit/1 resume th")
     s_g, s_h = key(vector, "guest", "static_private"), key(vector, "host", "static_private")

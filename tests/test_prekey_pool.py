@@ -22,9 +22,11 @@ from pairkit.pairing.methods import (
     GuestPairing,
     HostPairing,
     HostState,
+    KnownPeer,
     LocalIdentity,
     PairingConfig,
     Prekey,
+    prekey_holder,
 )
 from pairkit.pairing.methods.common import _take_prekeys
 from pairkit.pairing.negotiation import Method
@@ -138,8 +140,9 @@ def test_the_wire_is_the_same_with_a_source() -> None:
 def test_resume_takes_its_replacement_from_the_source() -> None:
     config = PairingConfig()
     guest_id, host_id = LocalIdentity.generate("g"), LocalIdentity.generate("h")
-    known: dict[str, object] = {}
-    state = HostState(known_peer=lambda _id: known.get("host"))  # type: ignore[arg-type,return-value]
+    known: dict[str, KnownPeer] = {}
+    state = HostState(known_peer=lambda _id: known.get("host"),
+                      peer_by_prekey=lambda d: prekey_holder(known.values(), d))
     host = HostPairing(config, host_id, state)
     host.start(0.0)
     guest = GuestPairing(config, guest_id, method=Method.PIN, pin=state.new_pin())

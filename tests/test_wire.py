@@ -194,9 +194,7 @@ HELLO = Announce(caps=15, methods=0b111110, method=Method.PIN, name="Paul", nonc
 OFFER = Offer(hello=HELLO, cpace=b"c" * 32)
 RESUME = ResumeMessage(
     header=ResumeHeader(
-        src_id=b"a" * 16,
         src_key_id=b"b" * 16,
-        dst_id=b"c" * 16,
         dst_key_id=b"d" * 16,
         seq=0,
         kind=ResumeKind.INIT,
@@ -502,6 +500,9 @@ REFUSALS: dict[str, tuple[bytes, str]] = {
     "negative enum value": (_with(ABORT, k2=-1), "unknown value"),
     "unknown method": (_nested(OFFER, 2, 4, 99), "unknown value 99"),
     "bool for a resume seq": (_nested(RESUME, 2, 6, True), "unsigned integer"),
+    # an older peer's resume header, which named both devices (fields 2 and 4, retired)
+    "a resume header's retired src_id": (_nested(RESUME, 2, 2, b"a" * 16), "unknown field 2"),
+    "a resume header's retired dst_id": (_nested(RESUME, 2, 4, b"c" * 16), "unknown field 4"),
     "text for an enum": (_with(ABORT, k2="3"), "should be a number"),
 }
 

@@ -48,6 +48,7 @@ from pairkit.pairing.methods import (
     Session,
     _qr_psk,
     _th,
+    prekey_holder,
 )
 from pairkit.pairing.negotiation import Method
 from pairkit.pairing.qr import QrCode
@@ -308,7 +309,9 @@ def build_pairing(ex: Exchange, context: bytes) -> None:
             authenticated=known["authenticated"],
         )
         state = HostState(rng=_Fixed(), known_peer=lambda i: known_guest
-                          if known_guest and i == known_guest.device_id else None)
+                          if known_guest and i == known_guest.device_id else None,
+                          peer_by_prekey=lambda d: prekey_holder(
+                              [known_guest] if known_guest else [], d))
         method = Method.RESUME  # the guest asks for resume; with no prekey left it runs kk
     enc, mitm = inputs["link_encrypted"], inputs["link_mitm"]
     ex.guest = GuestPairing(PairingConfig(), ex.guest_me, method=method, link_encrypted=enc,

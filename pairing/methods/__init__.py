@@ -41,6 +41,7 @@ from .common import (
     _qr_psk,
     _th,
     check_pin_strength,
+    prekey_holder,
 )
 from .resume import _resume_th
 
@@ -75,4 +76,5 @@ __all__ = [
     "_resume_th",
     "_th",
     "check_pin_strength",
+    "prekey_holder",
 ]

@@ -15,7 +15,7 @@ import itertools
 import math
 import operator
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Protocol
 
 from cryptography.hazmat.primitives import hpke
@@ -104,6 +104,20 @@ class KnownPeer:
     their_prekeys: tuple[bytes, ...] = ()
     our_prekeys: tuple[Prekey, ...] = ()
     authenticated: bool = True
+
+
+def prekey_holder(peers: Iterable[KnownPeer], digest_: bytes) -> KnownPeer | None:
+    """The one peer in ``peers`` holding our prekey ``digest_``, or None when none does, or
+    when two records do (each digest is drawn at random and given to one peer; a host that
+    finds it twice refuses rather than guess: docs/protocol.md §8).  A scan of every record,
+    for a few peers (tests, benches); the runtime keeps an index (runtime/peers.py)."""
+    found: KnownPeer | None = None
+    for peer in peers:
+        if any(p.digest == digest_ for p in peer.our_prekeys):
+            if found is not None and found.device_id != peer.device_id:
+                return None
+            found = peer
+    return found
 
 
 @wire.stores_fields_directly
@@ -720,6 +734,7 @@ class HostState:
         pin_policy: PinPolicy | None = None,
         compare_policy: PinPolicy | None = None,
         known_peer: Callable[[bytes], KnownPeer | None] = lambda _id: None,
+        peer_by_prekey: Callable[[bytes], KnownPeer | None] = lambda _digest: None,
         consume_prekey: Callable[[bytes, bytes], bool] | None = None,
         pin_journal: LockJournal | None = None,
         compare_journal: LockJournal | None = None,
@@ -735,6 +750,10 @@ class HostState:
         #: compare's codes out at once, within the lock's budget (:class:`CodeTurns`)
         self.compare_turns = CodeTurns(self.compare_lock)
         self.known_peer = known_peer
+        #: the one known peer we gave the prekey with this digest to, or None (none holds
+        #: it, or more than one record does: :func:`prekey_holder`); a resume finds its guest
+        #: by it alone (docs/protocol.md §8)
+        self.peer_by_prekey = peer_by_prekey
         self._consume = consume_prekey
         self._consumed: set[tuple[bytes, bytes]] = set()
         self._pin: str | None = None

@@ -2,10 +2,11 @@
 
 The Mozilla Sync style key exchange for known peers: during any pairing each side gave the
 other digests of fresh ephemeral keys (prekeys).  The guest nominates one of the host's digests
-and sends its own ephemeral key E_G (INIT); the host *consumes* that prekey P_H (deletes it
-durably, through :meth:`HostState.consume_prekey`) before answering, draws a fresh key F_H of
-its own, and answers ``okay`` with P_H, F_H, a verifier and one new prekey digest sealed under
-the confirmation key, or ``fail`` ("ephemeral key mismatch").
+and sends its own ephemeral key E_G (INIT), naming no device: the host finds the guest as the
+one peer it gave that digest to (:attr:`HostState.peer_by_prekey`).  The host *consumes* that
+prekey P_H (deletes it durably, through :meth:`HostState.consume_prekey`) before answering,
+draws a fresh key F_H of its own, and answers ``okay`` with P_H, F_H, a verifier and one new
+prekey digest sealed under the confirmation key, or ``fail`` ("ephemeral key mismatch").
 SK = HKDF(DH(P_H, S_G) || DH(S_H, E_G) || DH(P_H, E_G) || DH(F_H, E_G)), salted with the
 transcript of INIT, P_H, F_H and the pre-pairing context.  F_H makes every answer fresh: a
 replayed INIT finds its prekey gone (``fail``), and even a host that lost its memory derives new
@@ -60,9 +61,11 @@ class ResumeGuest(GuestSide):
         assert self._peer is not None
         self._nominated = self._peer.their_prekeys[0]
         self._eph, public = x25519_loaded(self._rng)
+        # No device id: the host finds this device by the digest alone (§8), so a listener
+        # on an unencrypted link learns neither device (atk19p, finding 3).
         self._init = ResumeHeader(
-            src_id=self.me.device_id, src_key_id=digest(public), dst_id=self._peer.device_id,
-            dst_key_id=self._nominated, seq=0, kind=ResumeKind.INIT, src_key=public,
+            src_key_id=digest(public), dst_key_id=self._nominated, seq=0,
+            kind=ResumeKind.INIT, src_key=public,
         )
         self._send(ResumeMessage(header=self._init))
 
@@ -70,9 +73,7 @@ class ResumeGuest(GuestSide):
         assert self._peer is not None
         h = msg.header
         if (
-            h.dst_id != self.me.device_id
-            or h.src_id != self._peer.device_id
-            or h.dst_key_id != self._init.src_key_id
+            h.dst_key_id != self._init.src_key_id
             or h.src_key_id != self._nominated
             or h.seq != 1
         ):
@@ -144,11 +145,12 @@ class ResumeHost(HostSide):
         h = msg.header
         if h.kind is not ResumeKind.INIT or h.seq != 0 or h.src_key is None:
             raise ProtocolError("a resume must start with an INIT carrying the guest's key")
-        if h.dst_id != self.me.device_id:
-            raise NotFoundError("this resume is meant for another device")
         if not same(digest(h.src_key), h.src_key_id):
             raise AuthenticationError("the guest's key does not match its key id")
-        known = self.host.known_peer(h.src_id)
+        # The guest is the one peer we gave the nominated prekey to (§8): the INIT names no
+        # device.  Its identity is proven by DH(p_H, S_G) in SK and then by its READY; a
+        # resume meant for another host finds no prekey here and is answered FAIL.
+        known = self.host.peer_by_prekey(h.dst_key_id)
         prekey = None
         if known is not None:
             prekey = next((p for p in known.our_prekeys if p.digest == h.dst_key_id), None)
@@ -160,8 +162,7 @@ class ResumeHost(HostSide):
             # The guest falls back to Noise KK on the same link: its Offer, and only that, may
             # follow (S_KK: one FAIL per link).
             reply = ResumeHeader(
-                src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
-                dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,
+                src_key_id=h.dst_key_id, dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,
             )
             self._send(ResumeMessage(header=reply, reason="ephemeral key mismatch"))
             self.state = S_KK
@@ -188,8 +189,8 @@ class ResumeHost(HostSide):
         self._send(
             ResumeMessage(
                 header=ResumeHeader(
-                    src_id=self.me.device_id, src_key_id=h.dst_key_id, dst_id=h.src_id,
-                    dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.OKAY, src_key=e_pub,
+                    src_key_id=h.dst_key_id, dst_key_id=h.src_key_id, seq=1,
+                    kind=ResumeKind.OKAY, src_key=e_pub,
                 ),
                 verifier=keyschedule.resume_verifier(kv, th),
                 sealed=sealed,

@@ -47,10 +47,6 @@ async def _paired_then_private(world: World, host_ks: Keystore, guest_ks: Keysto
     return host
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk19p finding 3, reported: a known guest's resume carries both device ids in the clear on "
-    "an unencrypted BLE link; a passive listener links the private host across rotations and "
-    "tracks the guest (severity: high for privacy, passive)"))
 async def test_a_listener_hears_no_device_id_when_a_member_resumes(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
