@@ -379,9 +379,9 @@ class Pairings:
         if self.guest_known is None:
             raise RuntimeError(f"{name} needs a first pairing")
         peer = self.guest_known
-        if name == "kk":  # no prekey left: straight to Noise KK
+        if name == "kk":  # no prekey left: straight to kk (Noise IK)
             peer = dataclasses.replace(peer, their_prekeys=())
-        elif name == "kk-stale":  # the nominated prekey is refused, then KK
+        elif name == "kk-stale":  # the nominated prekey is refused, then kk
             peer = dataclasses.replace(peer, their_prekeys=(os.urandom(16),))
         return {"method": Method.RESUME, "peer": peer}
 

@@ -14,12 +14,12 @@ Two issues are measured:
 1. *Handshake core*: ``Noise_XX/IK/KK_25519_ChaChaPoly_SHA256`` (pairing/noise.py, Noise rev 34)
    and CPACE-X25519-SHA512 with key confirmation (pairing/cpace.py, draft-irtf-cfrg-cpace-21),
    both parties in one process.
-2. *Pairing methods*: pin, qr, compare, clear, resume, and the KK fallback of resume (``kk``: no
-   prekey left; ``kk-stale``: the nominated prekey is refused, then KK), each as a complete
-   pairing of :class:`~pairing.methods.GuestPairing` and :class:`~pairing.methods.HostPairing`,
-   once over an in-memory loopback link with the asyncio driver (``drive``) and once with no link
-   at all (``tests/pair_harness.shuttle``), so ``loopback / sans-I/O`` shows the driver's and the
-   link's share.
+2. *Pairing methods*: pin, qr, compare, clear, resume, and the kk fallback of resume (Noise
+   IK; ``kk``: no prekey left; ``kk-stale``: the nominated prekey is refused, then kk), each as a
+   complete pairing of :class:`~pairing.methods.GuestPairing` and
+   :class:`~pairing.methods.HostPairing`, once over an in-memory loopback link with the asyncio
+   driver (``drive``) and once with no link at all (``tests/pair_harness.shuttle``), so
+   ``loopback / sans-I/O`` shows the driver's and the link's share.
 
 Counts: the Noise counts are derived from the handshake pattern by the rules of Noise rev 34 §5
 (:func:`noise_counts`); CPace's from draft-irtf-cfrg-cpace-21 §7.2, §8.2 and §10.4
@@ -516,8 +516,10 @@ def method_counts(method: str) -> Counter[str]:
     replacement prekey is made ahead of need, like every prekey), 3 SHA-256 key ids (the guest's
     made and checked, the host's checked), four DH on each side, th, SK, keys and fingerprint
     (one HKDF each per side), the host's verifier (2 HMAC) and the sealed new prekey digest
-    (2 AEAD); kk = Noise KK with the announcements' hashes bound in; kk-stale = a refused resume
-    (one ephemeral, its key id made and checked) and then kk.
+    (2 AEAD); kk = Noise IK (the guest's static key sent encrypted, session 22) with the
+    announcements' hashes bound in, and the host's SHA-256 of the key it decrypted (the device
+    id it finds the guest by); kk-stale = a refused resume (one ephemeral, its key id made and
+    checked) and then kk.
     """
     full = _full_pairing_counts()
     if method in _TH_METHODS:
@@ -538,7 +540,7 @@ def method_counts(method: str) -> Counter[str]:
         return Counter(x25519_base=2, x25519_dh=8, x25519_load=5, sha256=3, hkdf_sha256=8,
                        hmac_sha256=2, aead=2)
     if method == "kk":
-        return full + noise_counts(KK_NOISE) + Counter(hkdf_sha256=4)
+        return full + noise_counts(KK_NOISE) + Counter(hkdf_sha256=4, sha256=1)
     if method == "kk-stale":
         return method_counts("kk") + Counter(x25519_base=1, sha256=2)
     raise ValueError(f"unknown method {method!r}")
@@ -702,7 +704,7 @@ class MethodBench:
         assert self.guest_known is not None
         if name == "resume":
             peer = self.guest_known
-        elif name == "kk":  # no prekey left: the guest goes straight to Noise KK
+        elif name == "kk":  # no prekey left: the guest goes straight to kk (Noise IK)
             peer = dataclasses.replace(self.guest_known, their_prekeys=())
         elif name == "kk-stale":  # the host no longer holds the nominated prekey
             peer = dataclasses.replace(self.guest_known, their_prekeys=(os.urandom(16),))
@@ -740,7 +742,7 @@ class MethodBench:
             )
         if gs.send_key != hs.recv_key or gs.fingerprint != hs.fingerprint:
             raise RuntimeError(f"{run.name}: the two sides did not agree on a session")
-        # A resume that silently fell back to KK (prekeys out of step) would time the wrong thing.
+        # A resume that silently fell back to kk (prekeys out of step) would time the wrong thing.
         expected = {"resume": Method.RESUME, "kk": Method.KK, "kk-stale": Method.KK}.get(
             run.name, run.guest_kwargs["method"]
         )

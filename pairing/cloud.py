@@ -37,15 +37,21 @@ of these messages ends both sides with an error.
 A guest that is not a member (no hint, an unknown hint, or a failed proof) asks to join:
 
 5     guest -> JoinRequest   its name, what it asks for (guest or member), and its device id when
-                             it has paired with this host before (a claim the pairing that
-                             follows must prove, or the host stops); such a returning device is
-                             refused without a prompt if the host no longer knows it
+                             it has paired with this host before, sealed to the host's static key
+                             (HPKE, ``info`` binding ``n_G || n_H``: a listener reads no id, and a
+                             sealed id does not open on another link); a claim the pairing that
+                             follows must prove, or the host stops; such a returning device is
+                             refused without a prompt if the host no longer knows it, or its
+                             sealed id does not open (one answer for both)
 6     host -> JoinVerdict    the owner's answer: guest access until an expiry, membership, or an
                              ``Abort`` (refused)
 
-The host's owner decides through the :class:`AllowJoin` question.  The membership itself (the
-cloud secret and member list) is delivered later, inside the secure channel, once a session key
-exists.
+The host's owner decides through the :class:`AllowJoin` question.  Sealing the id draws HPKE's
+ephemeral key inside `cryptography` (its API takes no rng), as ``compare`` does; the host opens
+it with the static key the runtime hands over from the keystore (``static_private``).
+
+The membership itself (the cloud secret and member list) is delivered later, inside the secure
+channel, once a session key exists.
 """
 
 from __future__ import annotations
@@ -58,8 +64,10 @@ from enum import IntEnum
 from hashlib import sha256
 from typing import Any, ClassVar
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from . import keyschedule
-from .crypto import Rng, same
+from .crypto import HPKE_OVERHEAD, Rng, hpke_open, hpke_seal, same
 from .errors import (
     AuthenticationError,
     ErrorCode,
@@ -130,17 +138,48 @@ class CloudVerdict(Message):
     member: bool = field(2)
 
 
+#: the size of a sealed device id: HPKE's ``enc`` and the id's 16 bytes sealed with their tag
+SEALED_ID_LEN = 16 + HPKE_OVERHEAD
+
+
 @message(type_id=34, max_size=256)
 class JoinRequest(Message):
     name: str = field(2, max_len=64)
     wants: Role = field(3)
-    device_id: bytes | None = field(4, size=16, default=None)
+    # field 4 (the device id in the clear, until session 22) is retired: never reuse it
     #: a known device coming back: refuse it rather than ask the owner if the host forgot it
     reconnect: bool = field(5, default=False)
     #: the pairing method the guest will use (:class:`~pairing.negotiation.Method`'s value), so
     #: that the host refuses a method it does not allow, or a locked-out PIN, before its owner
     #: is asked (issue 16); absent from older guests
     method: int | None = field(6, default=None)
+    #: a returning device's id sealed to the host's static key (:func:`seal_join_id`), when it
+    #: has paired with this host before: never in the clear (atk19p, finding 3)
+    sealed_id: bytes | None = field(7, size=SEALED_ID_LEN, default=None)
+
+
+def _join_id_info(ng: bytes, nh: bytes) -> bytes:
+    # The label and both nonces of this link's cloud step (fixed lengths: unambiguous), in
+    # HPKE's info: a sealed id opens on this link only (docs/protocol.md §10).
+    return keyschedule.JOIN_ID + ng + nh
+
+
+def seal_join_id(host_static: bytes, device_id: bytes, ng: bytes, nh: bytes) -> bytes:
+    """``device_id`` sealed to ``host_static`` for the link whose cloud step has the nonces
+    ``ng``, ``nh`` (HPKE base mode, RFC 9180 §6.1: ``enc || ct``)."""
+    return hpke_seal(host_static, device_id, _join_id_info(ng, nh))
+
+
+def open_join_id(
+    static_private: X25519PrivateKey, sealed: bytes, ng: bytes, nh: bytes
+) -> bytes | None:
+    """The device id :func:`seal_join_id` sealed to this host for this link, or None when it
+    does not open (another host's key, another link's nonces, a byte changed) or is no id."""
+    try:
+        opened = hpke_open(static_private, sealed, _join_id_info(ng, nh), "the sealed id")
+    except AuthenticationError:
+        return None
+    return opened if len(opened) == 16 else None
 
 
 @message(type_id=35, max_size=64)
@@ -270,6 +309,7 @@ class CloudGuest(Machine):
         static: bytes,
         wants: Role = Role.GUEST,
         device_id: bytes | None = None,
+        host_static: bytes | None = None,
         timeout: float = 30.0,
         answer_time: float = 180.0,
         expect_name: str | None = None,
@@ -293,7 +333,12 @@ class CloudGuest(Machine):
         self.cloud_id: str | None = None
         self._mac = mac
         self.wants = wants
+        if device_id is not None and (host_static is None or len(host_static) != 32):
+            raise ValueError("a returning device's id is sealed to the host's static key: "
+                             "give host_static")
         self.device_id = device_id
+        #: the known host's static key, which a claimed ``device_id`` is sealed to
+        self._host_static = host_static
         self.timeout = timeout
         self.answer_time = answer_time
         self._rng = rng
@@ -312,6 +357,7 @@ class CloudGuest(Machine):
         self._expect_by(now + self.timeout, "the host did not answer the cloud check")
 
     def _on_reply(self, msg: CloudReply, now: float) -> None:
+        self._nh = msg.nonce
         self.host = _host_info(msg)
         if self.probe:
             # Looked, and leaves: tell the host so, so that it does not wait nor count a failure.
@@ -329,7 +375,6 @@ class CloudGuest(Machine):
         if msg.index >= len(self.clouds):
             raise ProtocolError("the host named a cloud the guest did not offer")
         self.cloud_id = self.clouds[msg.index]
-        self._nh = msg.nonce
         self._host_proof = msg.proof  # checked by bind(), once the host's key is proven
         self._send(CloudProof(
             _proof(self._mac, self.cloud_id, b"guest", self._ng, msg.nonce, self._static)
@@ -344,10 +389,17 @@ class CloudGuest(Machine):
         self.role = Role.MEMBER
         self._finish()
 
+    def _join_request(self) -> JoinRequest:
+        """The request: a returning device's id sealed to the host, for this link only."""
+        sealed = None
+        if self.device_id is not None:
+            assert self._host_static is not None
+            sealed = seal_join_id(self._host_static, self.device_id, self._ng, self._nh)
+        return JoinRequest(name=self.name, wants=self.wants, reconnect=sealed is not None,
+                           method=self.method, sealed_id=sealed)
+
     def _ask_join(self, now: float) -> None:
-        self._send(JoinRequest(
-            self.name, self.wants, self.device_id, self.device_id is not None, self.method
-        ))
+        self._send(self._join_request())
         self.state = S_JOIN
         # The owner has to be asked: allow the time a person needs, and say we are waiting.
         self._expect_by(
@@ -420,10 +472,13 @@ class CloudHost(Machine):
         info: HostInfo | None = None,
         retired: tuple[tuple[str, int], ...] = (),
         retired_mac: RetiredMac | None = None,
+        static_private: X25519PrivateKey | None = None,
         rng: Rng = os.urandom,
     ) -> None:
         super().__init__(initial_state=S_HELLO)
         self._info = info
+        #: opens a returning device's sealed id (None: every sealed id counts as unknown)
+        self._static_private = static_private
         #: (cloud id, epoch) of each retired secret a proof may still be made with, checked
         #: after the current secrets; such a proof counts only for a device that is a member
         #: now, which the caller checks once the pairing proved who it is (:attr:`retired_epoch`)
@@ -549,11 +604,15 @@ class CloudHost(Machine):
         if msg.wants is Role.STRANGER:
             raise ProtocolError("a join request must ask for guest or member access")
         self.guest_name = device_name(msg.name, "the guest's name")
-        known = self._known_grant(msg.device_id) if msg.device_id is not None else None
+        claimed = None
+        if msg.sealed_id is not None and self._static_private is not None:
+            claimed = open_join_id(self._static_private, msg.sealed_id, self._ng, self._nh)
+        known = self._known_grant(claimed) if claimed is not None else None
         if known is not None:
             # Granted before and still valid: no prompt, but the claim must be proved, by a
             # method that proves the claimed device's key before anyone is asked anything
-            # (resume, kk, ttp).  The id is said in the clear: a claim made for any other
+            # (resume, kk, ttp).  Anyone who knows the id and the host's key can seal it: a claim
+            # made for any other
             # method (or none said) would lead past the window and the owner to the owner's
             # code or a PIN, with the claim found false only after (session 15, hostq doubt 3).
             if msg.method not in PROVES_A_KNOWN_KEY:
@@ -561,16 +620,18 @@ class CloudHost(Machine):
                     "a known device comes back by resume: the device id it claimed is proven "
                     "only by resume, kk or ttp"
                 )
-            self.claimed = msg.device_id
+            self.claimed = claimed
             self.join_method = msg.method
             self.grant = known
             self.role = known.role
             self._send(JoinVerdict(known.role, known.seconds))
             self._finish()
             return
-        if msg.reconnect:
-            # A returning device this host does not know (any more): never bother the owner,
-            # who may not even be the one the guest is looking for.
+        if msg.reconnect or msg.sealed_id is not None:
+            # A returning device this host does not know (any more), or whose sealed id does
+            # not open here (another host's key, another link's, a byte changed): one answer
+            # for all, and never a bother to the owner, who may not even be the one the guest
+            # is looking for.
             raise NotFoundError(
                 "this host does not know this device, or its access has ended; pair again "
                 "with a PIN or QR code"

@@ -7,7 +7,8 @@ import hmac
 from collections.abc import Callable
 from typing import Final
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -125,6 +126,32 @@ def unseal(key: bytes, nonce: int, ciphertext: bytes, ad: bytes, what: str) -> b
         return ChaCha20Poly1305(key).decrypt(nonce.to_bytes(12, "little"), ciphertext, ad)
     except Exception:  # cryptography raises InvalidTag; any failure means the same to us
         raise AuthenticationError(f"{what} did not verify") from None
+
+
+#: HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305 (RFC 9180 §7)
+_HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+#: HPKE's encapsulated key (X25519's ephemeral public key) and ChaCha20-Poly1305's tag
+HPKE_OVERHEAD: Final = 32 + 16
+
+
+def hpke_seal(public: bytes, plaintext: bytes, info: bytes) -> bytes:
+    """HPKE base-mode single-shot seal to the X25519 key ``public`` (RFC 9180 §6.1): ``enc ||
+    ct``, :data:`HPKE_OVERHEAD` bytes longer than ``plaintext``.  What must be bound beside the
+    key schedule's ``info`` goes into ``info`` (§8.1: `cryptography` 50's single-shot call has
+    no aad).  The ephemeral key is drawn inside `cryptography` (its API takes no rng)."""
+    if len(public) != 32:
+        raise DecodeError("a public key must be 32 bytes")
+    return _HPKE.encrypt(plaintext, X25519PublicKey.from_public_bytes(public), info)
+
+
+def hpke_open(private: X25519PrivateKey, sealed: bytes, info: bytes, what: str) -> bytes:
+    """Open what :func:`hpke_seal` sealed to ``private``'s public key; :class:`AuthenticationError`
+    (naming ``what``, never a byte of it) when it does not open: another recipient, another
+    ``info``, or a byte changed."""
+    try:
+        return _HPKE.decrypt(sealed, private, info)
+    except (InvalidTag, ValueError):
+        raise AuthenticationError(f"{what} did not open") from None
 
 
 def digest(data: bytes, length: int = 16) -> bytes:

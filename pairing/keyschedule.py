@@ -52,6 +52,8 @@ FINGERPRINT = b"pairkit/1 session fingerprint"
 CLOUD_HINT = b"pairkit/1 cloud hint"
 CLOUD_PROOF = b"pairkit/1 cloud "
 CLOUD_AUTH = b"pairkit/1 cloud auth"
+#: HPKE info of a returning device's sealed id in its JoinRequest (docs/protocol.md §10)
+JOIN_ID = b"pairkit/1 join id"
 #: §7 ``ttp``: the client's authentication, the context, the channel keys and the session
 TTP_AUTH = b"pairkit/1 ttp auth"
 TTP_CONTEXT = b"pairkit/1 ttp context"

@@ -73,7 +73,8 @@ class Offer(Message):
     noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message 1 (``qr``, ``kk``)
     pk: bytes | None = field(5, size=KEY_LEN, default=None)  #: ephemeral key (``compare``)
     qr_id: bytes | None = field(6, size=8, default=None)  #: which QR code (``qr``)
-    guest_id: bytes | None = field(7, size=ID_LEN, default=None)  #: who calls (``kk``, ``ttp``)
+    #: who calls (``ttp`` only: ``kk``'s guest is known by its Noise IK message, §8)
+    guest_id: bytes | None = field(7, size=ID_LEN, default=None)
     #: how long the guest waits for each of the host's messages, in milliseconds, when not
     #: :data:`DEFAULT_STEP_MS` (``compare``: a host waiting its turn to show its code tells the
     #: guest it is busy within half of the shorter of the two steps; docs/protocol.md §5)

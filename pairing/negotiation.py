@@ -58,7 +58,7 @@ class Method(IntEnum):
     COMPARE = 3
     CLEAR = 4
     RESUME = 5
-    KK = 6  #: the Noise KK fallback of ``resume`` when no prekey is left
+    KK = 6  #: the fallback of ``resume`` when no prekey is left (Noise IK since session 22)
     TTP = 7
 
     @property

@@ -134,7 +134,7 @@ SETTING_RELAY_RECEIPTS = "groups.relay.receipts"
 SETTING_AGENT_SENT = "groups.agent.sent"  #: a controller's last command number per group
 SETTING_AGENT_SEEN = "groups.agent.seen"  #: an agent's last command number per group
 
-#: the pairing methods of a group session: known peers only (resume, and its Noise KK fallback)
+#: the pairing methods of a group session: known peers only (resume, and its kk fallback)
 GROUP_METHODS = frozenset({Method.RESUME})
 
 Event = dict[str, Any]
@@ -432,7 +432,7 @@ async def with_peer(
     transport: str | None = None,
     address: str | None = None,
 ) -> Any:
-    """Connect to the known peer ``device_id``, open a secure session by ``resume`` (Noise KK
+    """Connect to the known peer ``device_id``, open a secure session by ``resume`` (kk,
     when no prekey is left), run ``work`` on it and return what it returned.
 
     The session is confirmed (both sides sent "ready") and the peer's prekeys and address are

@@ -453,7 +453,7 @@ GUEST_RETENTION: Final = 30 * 24 * 3600.0
 #: prekeys kept for one peer, each way (the wire carries at most 16 at once: messages.py)
 MAX_PREKEYS_PER_PEER: Final = 32
 #: prekeys kept for all peers together, both ways; past it the least recently seen peers'
-#: prekeys go (they come back by Noise KK, which needs none, and get new ones then)
+#: prekeys go (they come back by kk, which needs none, and get new ones then)
 MAX_PREKEYS_TOTAL: Final = 16384
 
 
@@ -520,7 +520,7 @@ def bound_prekeys(ks: Keystore, *, keep: str | Collection[str] | None = None) ->
     :data:`MAX_PREKEYS_TOTAL` in all: past it the least recently seen peers lose theirs
     (``keep``, the peer just saved, last).  Call it inside ``ks.update()``; returns how many
     were dropped (``keep``: one device id, or several: the peers just saved go last).  A peer
-    without prekeys resumes by Noise KK (docs/protocol.md)."""
+    without prekeys resumes by kk (docs/protocol.md)."""
     dropped = 0
     records = list(ks.peers())
     for i, p in enumerate(records):

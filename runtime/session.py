@@ -218,6 +218,7 @@ async def accept_session(
             open_to_strangers=side.open_to_strangers, precheck=_precheck(side, link),
             timeout=side.step_timeout,
             info=HostInfo(name=me.name, methods=side.config.methods, caps=side.config.caps),
+            static_private=me.static_key(),  # opens a returning device's sealed id
         )
         cloud.start(clock.monotonic())
         await drive(cloud, pipe, delegate=delegate, clock=clock.monotonic,
@@ -513,6 +514,7 @@ async def open_session(
         cloud = CloudGuest(
             name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
             wants=side.wants, device_id=me.device_id if claims else None,
+            host_static=side.peer.static_public if claims and side.peer is not None else None,
             timeout=side.step_timeout, answer_time=side.step_timeout, method=int(method),
             expect_name=side.expect_name,
         )

@@ -140,6 +140,7 @@ async def evil_join(
     qr: QrCode | None = None,
     peer: KnownPeer | None = None,
     claim: bytes | None = None,
+    claim_to: bytes | None = None,
     allow_insecure: bool = False,
     link_encrypted: bool = False,
     link_mitm: bool = False,
@@ -152,7 +153,9 @@ async def evil_join(
     ``me`` over a real TCP link; the CLI's run_join, by hand.  ``says_name``: the name its join
     request gives (None: its own, as an honest guest's); ``wants`` and ``says_method``: what
     the request asks for and the method it says it pairs by (None: not said); ``then``: what
-    it does on the secure link once the host's Membership came (file requests, say)."""
+    it does on the secure link once the host's Membership came (file requests, say).  ``claim``:
+    the device id its join request claims, sealed to ``claim_to`` (None: ``peer``'s static
+    key), as a returning device seals its own (docs/protocol.md §10)."""
     out = EvilGuest()
     link = await tcp_connect(*address, timeout=STEP)
     loop = asyncio.get_running_loop()
@@ -168,6 +171,7 @@ async def evil_join(
         cloud = CloudGuest(
             name=says_name or me.name, clouds=(), mac=lambda _c, _d: bytes(32),
             static=me.static_public, device_id=claim, timeout=STEP, wants=wants,
+            host_static=claim_to or (peer.static_public if peer is not None else None),
             method=None if says_method is None else int(says_method),
         )
         cloud.start(loop.time())

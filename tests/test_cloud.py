@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import random
+from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from pairkit.pairing import wire
+from pairkit.pairing import cbor, wire
 from pairkit.pairing.cloud import (
+    SEALED_ID_LEN,
     AllowJoin,
     CloudChecked,
     CloudGuest,
@@ -18,6 +22,7 @@ from pairkit.pairing.cloud import (
     CloudProof,
     Grant,
     HostInfo,
+    JoinRequest,
     Role,
     is_probe,
 )
@@ -35,6 +40,9 @@ from tests.pair_harness import shuttle
 SECRETS = {"pauls-cloud": b"p" * 32, "georges-cloud": b"g" * 32}
 GS = b"G" * 32  #: the guest's static key (the pairing proves it; here it is just a value)
 HS = b"H" * 32  #: the host's
+#: the host's static key pair where a returning device seals its id to it (§10)
+HOST_KEY = X25519PrivateKey.from_private_bytes(b"h" * 32)
+HOST_PUBLIC = HOST_KEY.public_key().public_bytes_raw()
 
 
 def mac_for(secrets: dict[str, bytes]):
@@ -171,9 +179,11 @@ def test_a_relayed_proof_fails_for_whoever_pairs_instead(side: str) -> None:
 def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
     granted = Grant(Role.GUEST, 600)
     guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
-                       device_id=b"d" * 16, rng=rng(14), method=int(Method.RESUME))
+                       device_id=b"d" * 16, host_static=HOST_PUBLIC, rng=rng(14),
+                       method=int(Method.RESUME))
     host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
-                     known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15))
+                     known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15),
+                     static_private=HOST_KEY)
     host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
@@ -186,16 +196,17 @@ def test_a_known_device_comes_back_without_a_prompt_but_must_prove_it() -> None:
 def test_a_known_devices_id_claimed_for_a_method_that_does_not_prove_it_is_refused(
     method: Method | None,
 ) -> None:
-    """The device id is said in the clear: a claim of a known device's id honoured for a
+    """Anyone who knows a device's id and the host's key can claim it: a claim honoured for a
     pairing that does not prove that device's key (a PIN, a code) would take a stranger past
     the window and the owner's yes to the owner's code or a PIN (session 15, hostq doubt 3).
     It is refused before anyone is asked; the claim is not recorded."""
     granted = Grant(Role.GUEST, 600)
     guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
-                       device_id=b"d" * 16, rng=rng(14),
+                       device_id=b"d" * 16, host_static=HOST_PUBLIC, rng=rng(14),
                        method=None if method is None else int(method))
     host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
-                     known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15))
+                     known_grant=lambda d: granted if d == b"d" * 16 else None, rng=rng(15),
+                     static_private=HOST_KEY)
     host.start(0.0)
     guest.start(0.0)
     r = shuttle(guest, host)
@@ -351,3 +362,96 @@ def test_a_waiting_guest_says_so_and_tells_the_host_when_it_gives_up() -> None:
     with pytest.raises(PairingError):
         host.receive(abort, 5.0)
     assert host.failed
+
+
+# -- a returning device's sealed id (docs/protocol.md §10; atk19p finding 3, session 22) -------
+
+ID = b"d" * 16  #: the returning device's id, which the host granted an hour
+
+
+def _come_back(
+    seed: int, *, device_id: bytes = ID, host_static: bytes = HOST_PUBLIC,
+    tamper: object = None,
+) -> tuple[object, CloudGuest, CloudHost]:
+    """A returning device's cloud step with a host open to strangers (so that a request let
+    through would reach the owner): the result, the guest and the host."""
+    guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
+                       device_id=device_id, host_static=host_static, rng=rng(seed),
+                       method=int(Method.RESUME))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
+                     known_grant=lambda d: Grant(Role.GUEST, 3600) if d == ID else None,
+                     open_to_strangers=lambda: True, rng=rng(seed + 1), static_private=HOST_KEY)
+    host.start(0.0)
+    guest.start(0.0)
+    return shuttle(guest, host, tamper=tamper), guest, host  # type: ignore[arg-type]
+
+
+def _join_request(data: bytes) -> JoinRequest | None:
+    msg = wire.decode(data)
+    return msg if isinstance(msg, JoinRequest) else None
+
+
+def test_a_returning_devices_id_crosses_only_sealed() -> None:
+    r, guest, host = _come_back(40)
+    (sent,) = [m for d, m in r.messages if d == "g2h" and _join_request(m) is not None]
+    assert ID not in sent  # nor any other message
+    assert not any(ID in m for _, m in r.messages)
+    request = _join_request(sent)
+    assert request is not None and request.reconnect
+    assert request.sealed_id is not None and len(request.sealed_id) == SEALED_ID_LEN
+    assert not r.asked and guest.role is Role.GUEST and host.claimed == ID
+
+
+def _replayed_from_another_link() -> Callable[[str, bytes], bytes]:
+    first, _, _ = _come_back(50)
+    (recorded,) = [m for d, m in first.messages if d == "g2h" and _join_request(m) is not None]
+    return lambda d, m: recorded if _join_request(m) is not None else m
+
+
+def _bit_flipped(d: str, m: bytes) -> bytes:
+    request = _join_request(m)
+    if request is None or request.sealed_id is None:
+        return m
+    sealed = bytearray(request.sealed_id)
+    sealed[len(sealed) // 2] ^= 0x01
+    return dataclasses.replace(request, sealed_id=bytes(sealed)).encode()
+
+
+@pytest.mark.parametrize("how", ["replayed-from-another-link", "bit-flipped",
+                                 "sealed-to-another-host", "an-unknown-id"])
+def test_a_sealed_id_that_does_not_open_is_an_unknown_returning_device(how: str) -> None:
+    """A sealed id from another link's cloud step, one with a bit flipped, one sealed to
+    another host's key: each refused before anyone is asked, by the very answer an unknown
+    returning device gets (so the answer tells none of them apart), and nothing claimed."""
+    kwargs: dict[str, object] = {}
+    if how == "replayed-from-another-link":
+        kwargs["tamper"] = _replayed_from_another_link()
+    elif how == "bit-flipped":
+        kwargs["tamper"] = _bit_flipped
+    elif how == "sealed-to-another-host":
+        other = X25519PrivateKey.from_private_bytes(b"o" * 32)
+        kwargs["host_static"] = other.public_key().public_bytes_raw()
+    else:
+        kwargs["device_id"] = b"u" * 16
+    r, guest, host = _come_back(60, **kwargs)  # type: ignore[arg-type]
+    _, _, unknown = _come_back(60, device_id=b"u" * 16)
+    assert not r.asked and host.failed and host.claimed is None and host.grant is None
+    assert isinstance(host.error, NotFoundError)
+    assert isinstance(unknown.error, NotFoundError)
+    assert (host.error.code, str(host.error)) == (unknown.error.code, str(unknown.error))
+    assert r.guest_error is not None and r.guest_error.code == unknown.error.code
+    assert guest.role is Role.STRANGER
+
+
+def test_the_retired_clear_id_field_is_refused() -> None:
+    """Field 4 (the id in the clear) is retired: a request carrying it does not decode."""
+    good = JoinRequest(name="George", wants=Role.GUEST).encode()
+    body = cbor.decode(good, max_size=256)
+    body[4] = ID
+    with pytest.raises(PairingError):
+        wire.decode(cbor.encode(body))
+
+
+def test_a_returning_device_needs_the_hosts_key_to_seal_its_id() -> None:
+    with pytest.raises(ValueError):
+        CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS), device_id=ID)

@@ -52,6 +52,7 @@ from pairkit.pairing.methods import (
 from pairkit.pairing.negotiation import Caps, Method
 from pairkit.pairing.noise import HandshakeState
 from tests.pair_harness import (
+    Known,
     Pair,
     PairResult,
     Stepper,
@@ -990,6 +991,69 @@ def test_resume_with_no_prekeys_left_goes_to_kk() -> None:
     assert result.types() == FLIGHTS[Method.KK]
     assert_paired(pair, Method.KK)
     assert pair.guest.stale_prekey is None
+
+
+def _kk(seed: int, **kwargs: Any) -> tuple[Known, Pair]:
+    known = known_pair(seed=seed)
+    peer = dataclasses.replace(known.guest_record, their_prekeys=())
+    return known, make_pair(Method.KK, seed=seed + 1, guest_me=kwargs.pop("guest_me",
+                            known.guest_me), host_me=known.host_me, state=known.state,
+                            peer=peer, **kwargs)
+
+
+def test_kk_names_the_guest_nowhere_in_the_clear() -> None:
+    """kk runs Noise IK (docs/protocol.md §8): its Offer has no ``guest_id``, and neither the
+    guest's id nor its static key is in any byte it sends (atk19p, finding 3)."""
+    known, pair = _kk(120)
+    result = pair.run()
+    assert_paired(pair, Method.KK)
+    offer = wire.decode(result.messages[0][1])
+    assert isinstance(offer, Offer) and offer.guest_id is None
+    for _, data in result.messages:
+        assert known.guest_me.device_id not in data
+        assert known.guest_me.static_public not in data
+
+
+def test_kk_from_a_static_key_the_host_does_not_know_is_refused_unanswered() -> None:
+    """A stranger who holds the host's static key runs kk with its own: the host reads Noise
+    IK's message 1, finds no peer by the key's id, and refuses (not found) before answering."""
+    stranger = LocalIdentity.generate("Mallory", rng=seeded(122, "mallory"))
+    _, pair = _kk(121, guest_me=stranger)
+    result = pair.run()
+    assert isinstance(result.host_error, NotFoundError), result.errors
+    assert result.types() == ["Offer", "Abort"]  # no Accept
+    assert pair.host.session is None and pair.guest.session is None and result.asked == []
+
+
+def test_a_kk_offer_from_another_link_does_not_authenticate() -> None:
+    """A kk Offer recorded on one link (its context: that link's cloud step) and put on
+    another: Noise IK's message 1 does not open, and nothing is answered."""
+    _, recorded = _kk(123, guest_context=b"1" * 32, host_context=b"1" * 32)
+    offer = recorded.run().messages[0][1]
+    _, pair = _kk(123, guest_context=b"2" * 32, host_context=b"2" * 32)
+
+    def replayed(direction: str, data: bytes) -> bytes:
+        return offer if isinstance(wire.decode(data), Offer) else data
+
+    result = pair.run(tamper=replayed)
+    assert isinstance(result.host_error, AuthenticationError), result.errors
+    assert result.types() == ["Offer", "Abort"]  # no Accept
+    assert pair.host.session is None
+
+
+def test_a_kk_offer_naming_its_guest_is_a_decode_error() -> None:
+    """``guest_id`` is ttp's field only: a kk Offer carrying one is refused unread."""
+    _, pair = _kk(124)
+
+    def naming(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if not isinstance(msg, Offer):
+            return data
+        return dataclasses.replace(msg, guest_id=bytes(range(16))).encode()
+
+    result = pair.run(tamper=naming)
+    assert isinstance(result.host_error, DecodeError) and "(guest_id)" in str(result.host_error)
+    assert pair.host.session is None
 
 
 def test_resume_twice_with_the_same_digest() -> None:

@@ -351,9 +351,12 @@ class NoKeyServerAccount:
         await asyncio.sleep(3 * self.step)
 
 
-async def claim_by_ttp(pipe: Any, poser: LocalIdentity, step: float) -> TtpLinkGuest:
+async def claim_by_ttp(
+    pipe: Any, poser: LocalIdentity, step: float, host_static: bytes
+) -> TtpLinkGuest:
     """On a guest's ``pipe``: a join request claiming ``poser``'s device id by ttp (with no
-    cloud proof), then a ttp guest machine under that id, started and ready to drive."""
+    cloud proof; the id sealed to ``host_static``, the host's key), then a ttp guest machine
+    under that id, started and ready to drive."""
     from pairkit.driver import drive
     from pairkit.pairing.cloud import CloudGuest
 
@@ -362,7 +365,8 @@ async def claim_by_ttp(pipe: Any, poser: LocalIdentity, step: float) -> TtpLinkG
     loop = asyncio.get_running_loop()
     cloud = CloudGuest(
         name=poser.name, clouds=(), mac=lambda _c, _d: bytes(32), static=poser.static_public,
-        device_id=poser.device_id, timeout=step, wants=Role.GUEST, method=int(Method.TTP),
+        device_id=poser.device_id, host_static=host_static, timeout=step, wants=Role.GUEST,
+        method=int(Method.TTP),
     )
     cloud.start(loop.time())
     await drive(cloud, pipe, delegate=Yes())

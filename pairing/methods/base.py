@@ -65,7 +65,7 @@ _OFFER_FIELDS: dict[Method, frozenset[str]] = {
     Method.QR: frozenset({"qr_id", "noise"}),
     Method.COMPARE: frozenset({"pk", "step_ms"}),
     Method.CLEAR: frozenset(),
-    Method.KK: frozenset({"guest_id", "noise"}),
+    Method.KK: frozenset({"noise"}),  # the guest's id only inside Noise IK's message 1
     Method.TTP: frozenset({"guest_id"}),  # read by pairing.ttp's machines
 }
 _ACCEPT_FIELDS: dict[Method, frozenset[str]] = {
@@ -392,7 +392,9 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
                 raise InsecureLinkError(_INSECURE_TEXT)
             caps |= Caps.ENCRYPTED_LINK
             self._emit(InsecureWarning("pairing with 'clear' over a link that is not encrypted"))
-        knows = proposed is _KK and msg.guest_id is not None
+        # kk: the guest's Noise IK message, sealed to this host's static key, says it knows
+        # this host; whom the host knows is found once that message is read (_offer_kk).
+        knows = proposed is _KK and msg.noise is not None
         # The guest's capabilities as the integer they came as (see GuestPairing._on_accept).
         choose(
             msg.hello.caps, methods_from_mask(msg.hello.methods), caps,

@@ -32,7 +32,9 @@ from ..qr import QrCode
 
 PIN_NOISE = "Noise_XXpsk0_25519_ChaChaPoly_SHA256"
 QR_NOISE = "Noise_IKpsk2_25519_ChaChaPoly_SHA256"
-KK_NOISE = "Noise_KK_25519_ChaChaPoly_SHA256"
+#: ``kk`` runs Noise IK: the guest's static key travels encrypted under ``es`` (it named itself
+#: in the clear under Noise KK until session 22; docs/security.md "kk runs Noise IK")
+KK_NOISE = "Noise_IK_25519_ChaChaPoly_SHA256"
 HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 DEFAULT_METHODS = frozenset({Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR, Method.RESUME})
 

@@ -36,6 +36,7 @@ from .common import (
     _identity,
     _LazyPrekeys,
     _noise_keys,
+    _Payload,
     _payload_bytes,
     _peer_from_identity,
     _read_payload,
@@ -200,9 +201,13 @@ class HostSide(_LazyPrekeys, _Transcript, Machine):
 
     # -- qr and kk: one round trip, guest first --------------------------------------------
 
-    def _noise_1rtt(self, msg: Offer, hello: Announce, *, authenticated: bool) -> None:
+    def _noise_1rtt(
+        self, msg: Offer, hello: Announce, *, authenticated: bool, payload: _Payload | None = None
+    ) -> None:
+        """Read the guest's message (or take ``payload``, read already: kk), answer it."""
         assert msg.noise is not None
-        payload = _read_payload(self._hs.read_message(msg.noise))
+        if payload is None:
+            payload = _read_payload(self._hs.read_message(msg.noise))
         guest = self._check_noise_identity(payload.identity, authenticated)
         if self.method is Method.KK:
             if guest.device_id != self._known.device_id:

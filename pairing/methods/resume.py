@@ -12,8 +12,10 @@ transcript of INIT, P_H, F_H and the pre-pairing context.  F_H makes every answe
 replayed INIT finds its prekey gone (``fail``), and even a host that lost its memory derives new
 keys, so no AEAD key seals twice under one nonce (rule 4).  The guest's first record on the
 secure link (READY) confirms its keys.  When the nomination fails or no digest is left, the
-guest falls back to ``Noise_KK_25519_ChaChaPoly_SHA256`` (both static keys known), which also
-renews the prekeys.  Neither ever changes whether the peer counts as authenticated.
+guest falls back to ``kk``: ``Noise_IK_25519_ChaChaPoly_SHA256`` (the guest knows the host's
+static key; its own travels encrypted, and the host finds the guest by the device id of the key
+it decrypted, a known peer's or refused), which also renews the prekeys.  Neither ever changes
+whether the peer counts as authenticated.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from ..errors import AuthenticationError, DecodeError, NotFoundError, ProtocolEr
 from ..messages import Accept, Announce, Offer, ResumeHeader, ResumeKind, ResumeMessage
 from ..negotiation import Method
 from ..noise import HandshakeState
-from .common import KK_NOISE, S_KK, PeerInfo, Session, _hello_hash, _Prekeys, _take_prekeys
+from .common import (
+    KK_NOISE,
+    S_KK,
+    PeerInfo,
+    Session,
+    _hello_hash,
+    _Prekeys,
+    _read_payload,
+    _take_prekeys,
+)
 from .handshake import GuestSide, HostSide
 
 
@@ -47,8 +58,10 @@ class ResumeGuest(GuestSide):
 
     def _kk_offer(self, hello: Announce) -> dict[str, Any]:
         assert self._peer is not None
+        # Noise IK: the guest's static key goes encrypted under es, its id nowhere in the clear
+        # (atk19p, finding 3); the host finds the guest by the key it decrypts.
         noise = self._noise_1rtt_offer(hello, KK_NOISE, self._peer.static_public, [])
-        return {"guest_id": self.me.device_id, "noise": noise}
+        return {"noise": noise}
 
     def _kk_accept(self, msg: Accept, now: float) -> None:
         if msg.noise is None:
@@ -79,7 +92,7 @@ class ResumeGuest(GuestSide):
         ):
             raise ProtocolError("the host's resume answer has the wrong header")
         if h.kind is ResumeKind.FAIL:
-            # The nominated prekey is stale or used: forget it and fall back to Noise KK.
+            # The nominated prekey is stale or used: forget it and fall back to kk (Noise IK).
             self._stale = self._nominated
             self.method = Method.KK
             self._send_offer(now)
@@ -126,18 +139,24 @@ class ResumeHost(HostSide):
     # -- kk -------------------------------------------------------------------------------
 
     def _offer_kk(self, msg: Offer, hello: Announce, now: float) -> None:
-        if msg.guest_id is None or msg.noise is None:
-            raise DecodeError("the guest's Offer lacks its id or its Noise message")
-        known = self.host.known_peer(msg.guest_id)
-        if known is None:
-            raise NotFoundError("this host does not know the guest; pair with a PIN or QR code")
-        self._known = known
+        if msg.noise is None:
+            raise DecodeError("the guest's Offer lacks its Noise message")
         self._hs = HandshakeState(
             KK_NOISE, False, prologue=_hello_hash(msg.hello, self._context),
-            s=self.me.noise_static(), rs=known.static_public, rng=self._rng,
+            s=self.me.noise_static(), rng=self._rng,
         )
-        # KK renews prekeys but never upgrades trust (docs/security.md, rule 5).
-        self._noise_1rtt(msg, hello, authenticated=known.authenticated)
+        # Noise IK message 1 (-> e, es, s, ss): the guest's static key, decrypted under es, and
+        # its payload, authenticated by ss as KK's is.  Who it is follows from that key: a
+        # known peer's (its device id, then the whole key, compared), or refused as unknown
+        # before anything is answered, stored or asked.
+        payload = _read_payload(self._hs.read_message(msg.noise))
+        rs = self._hs.remote_static
+        known = self.host.known_peer(digest(rs)) if rs is not None else None
+        if known is None or rs is None or not same(known.static_public, rs):
+            raise NotFoundError("this host does not know the guest; pair with a PIN or QR code")
+        self._known = known
+        # kk renews prekeys but never upgrades trust (docs/security.md, rule 5).
+        self._noise_1rtt(msg, hello, authenticated=known.authenticated, payload=payload)
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -159,7 +178,7 @@ class ResumeHost(HostSide):
         if known is None or prekey is None or not self.host.consume_prekey(
             known.device_id, prekey.digest
         ):
-            # The guest falls back to Noise KK on the same link: its Offer, and only that, may
+            # The guest falls back to kk (Noise IK) on the same link: its Offer, and only that, may
             # follow (S_KK: one FAIL per link).
             reply = ResumeHeader(
                 src_key_id=h.dst_key_id, dst_key_id=h.src_key_id, seq=1, kind=ResumeKind.FAIL,

@@ -134,9 +134,11 @@ async def test_one_stranger_address_queues_at_most_per_address_questions(
 
 
 async def _claim(host_spec: str, claimer: pairkit.Device, claimed_id: str, method: Method,
-                 *, pin: str | None = None, said: Method | None = None) -> BaseException | None:
+                 *, pin: str | None = None, said: Method | None = None,
+                 to: bytes = b"") -> BaseException | None:
     """``claimer`` joins ``host_spec`` saying it is the device ``claimed_id`` (the join request
-    of a known device pairing again, its id copied) and that it pairs by ``said`` (default:
+    of a known device pairing again, its id copied and sealed to ``to``, the host's key, as
+    anyone who knows both can) and that it pairs by ``said`` (default:
     ``method``), then pairs by ``method`` with its own key, as a stranger who overheard that
     id would.  What the claimer's side ended with."""
     link = await loopback.open(host_spec.removeprefix("loopback:")).connect(None, timeout=5)
@@ -149,7 +151,7 @@ async def _claim(host_spec: str, claimer: pairkit.Device, claimed_id: str, metho
     cloud = CloudGuest(
         name="George", clouds=(), static=me.static_public,
         mac=auth_mac_from(lambda cid, info, n: ks.cloud_kdf(cid, info, n)),
-        device_id=bytes.fromhex(claimed_id), timeout=5, answer_time=5,
+        device_id=bytes.fromhex(claimed_id), host_static=to, timeout=5, answer_time=5,
         method=int(said or method),
     )
     loop = asyncio.get_running_loop()
@@ -195,7 +197,7 @@ async def test_a_stranger_claiming_a_known_guests_id_reaches_no_question_and_no_
         try:
             pin = host.pin
             ended = await _claim(spec, mallory, george.device_id, method, pin="000000",
-                                 said=said)
+                                 said=said, to=paul.keystore.static_public)
             assert isinstance(ended, PairingError), ended
             assert ("code", "") not in owner.asked, owner.asked
             assert host.pin == pin, "a PIN of Paul's was played by a claimer"

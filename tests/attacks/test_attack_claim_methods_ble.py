@@ -111,6 +111,7 @@ async def test_a_claim_said_for_resume_cannot_pair_by_clear_over_ble(
                 name="George", clouds=(), static=me.static_public,
                 mac=auth_mac_from(lambda cid, info, n: ks.cloud_kdf(cid, info, n)),
                 device_id=bytes.fromhex(george.device_id), timeout=5, answer_time=5,
+                host_static=paul.keystore.static_public,
                 method=int(said),
             )
             loop = asyncio.get_running_loop()

@@ -64,15 +64,20 @@ def device(tmp_path: Path, name: str) -> pairkit.Device:
     return made
 
 
-async def claim(where: str, device_id: bytes, method: Method | None) -> tuple[Any, ...]:
-    """A stranger's cloud step that claims ``device_id`` and says it pairs by ``method``: what
-    the host's answer told her (a verdict, or an error's kind, code and text)."""
+async def claim(
+    where: str, device_id: bytes, method: Method | None, host_static: bytes
+) -> tuple[Any, ...]:
+    """A stranger's cloud step that claims ``device_id`` (sealed to ``host_static``, the host's
+    key, which she knows as every device it paired with does) and says it pairs by
+    ``method``: what the host's answer told her (a verdict, or an error's kind, code and
+    text)."""
     mallory = LocalIdentity.generate("Mallory")
     link = await loopback.open(where).connect(None, timeout=STEP)
     try:
         pipe = MessagePipe(link, guest=True)
         cloud = CloudGuest(name="Mallory", clouds=(), mac=lambda _c, _d: bytes(32),
-                           static=mallory.static_public, device_id=device_id, timeout=STEP,
+                           static=mallory.static_public, device_id=device_id,
+                           host_static=host_static, timeout=STEP,
                            method=None if method is None else int(method))
         cloud.start(asyncio.get_running_loop().time())
         try:
@@ -114,8 +119,9 @@ async def test_a_private_host_tells_a_stranger_nothing_of_the_grants_its_owner_g
                          delegate=owner, visible=None, step_timeout=STEP) as host:
         serving = asyncio.ensure_future(host.accept(timeout=3 * STEP))
         try:
-            known = await claim("oracle-private", bytes.fromhex(george.device_id), method)
-            unknown = await claim("oracle-private", os.urandom(16), method)
+            to = paul.keystore.static_public
+            known = await claim("oracle-private", bytes.fromhex(george.device_id), method, to)
+            unknown = await claim("oracle-private", os.urandom(16), method, to)
         finally:
             serving.cancel()
             with contextlib.suppress(BaseException):

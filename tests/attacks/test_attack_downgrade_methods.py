@@ -67,8 +67,8 @@ async def test_a_pin_only_host_runs_neither_resume_nor_kk(lab: Lab) -> None:
 
 
 async def test_after_a_resume_fail_the_host_waits_for_kk_only(lab: Lab) -> None:
-    """Finding 2 (low): one FAIL per link.  A guest that claims George's id (said in the clear
-    in every join request George makes) passes Paul's cloud step without a prompt, then sends
+    """Finding 2 (low): one FAIL per link.  A guest that claims George's id (sealed to Paul's
+    key: anyone who knows both can) passes Paul's cloud step without a prompt, then sends
     resume INITs naming prekeys Paul never made.  The first is answered FAIL, as the protocol
     says; the second must end the link (the host waits for kk's Offer only), not be answered
     FAIL again with a fresh step timeout."""
@@ -76,7 +76,7 @@ async def test_after_a_resume_fail_the_host_waits_for_kk_only(lab: Lab) -> None:
     host = await lab.host(paul, "-m", "pin", "-m", "resume", "--yes", "--json", "--pin", PIN)
     (await george.join(host.target, "-m", "pin", "--pin", PIN, "--json")).ok()
     await host.next_result()
-    g = identity_of(george)
+    g, p = identity_of(george), identity_of(paul)
 
     link = await tcp_connect(*address_of(host), timeout=STEP)
     try:
@@ -84,7 +84,8 @@ async def test_after_a_resume_fail_the_host_waits_for_kk_only(lab: Lab) -> None:
         loop = asyncio.get_running_loop()
         cloud = CloudGuest(
             name=g.name, clouds=(), mac=lambda _c, _d: bytes(32), static=g.static_public,
-            device_id=g.device_id, timeout=STEP, method=int(Method.RESUME),
+            device_id=g.device_id, host_static=p.static_public, timeout=STEP,
+            method=int(Method.RESUME),
         )
         cloud.start(loop.time())
         await drive(cloud, pipe, delegate=Yes())  # a known grant: no prompt

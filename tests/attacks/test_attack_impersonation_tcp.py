@@ -135,7 +135,9 @@ async def test_mallory_claiming_a_members_id_in_the_cloud_step_then_pairing_as_h
     mark = host.mark()
     kwargs = await mallory_input(method, host, mark, paul, george)
     mallory = LocalIdentity.generate("Mallory")
-    out = await evil_join(address_of(host), mallory, claim=george_id.device_id, **kwargs)
+    out = await evil_join(address_of(host), mallory, claim=george_id.device_id,
+                          claim_to=open_ks(paul).static_public,  # type: ignore[arg-type]
+                          **kwargs)
     assert isinstance(out.error, PairingError), (method, out)
     line = await host.wait_for(r"^error: guest \S+: (.*)", since=mark)
     assert "claimed" in line.group(1) or "known device" in line.group(1), line.string

@@ -4,8 +4,9 @@ device's permanent id out of it.
 ``pairkit join NAME`` of a known BLE host that is not at its last address looks for it nearby
 (``cli.flows._nearby_hosts``).  It used to try first the addresses its address key resolves,
 then hosts of its clouds, then *every other pairkit host heard*, and joined each in turn as the
-known device it is: its ``JoinRequest`` carries its device id in the clear (``4 device_id``,
-``5 reconnect``; docs/protocol.md §10), before any pairing (a host that does not know the id
+known device it is: its ``JoinRequest`` carried its device id in the clear (``4 device_id``,
+``5 reconnect``; docs/protocol.md §10; sealed to its known host's key since session 22: a stranger's
+host cannot read it), before any pairing (a host that does not know the id
 answers "not found"; one that claims to know it gets ``resume``'s ``ResumeMessage``, which
 names both devices, §8).  So anyone who advertised a pairkit hello (10 random bytes make a
 valid private one) near a device whose host was away, or whose host it could outshout, was

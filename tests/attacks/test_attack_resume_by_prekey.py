@@ -165,6 +165,7 @@ async def claim_then_send(
         cloud = CloudGuest(
             name=claimed.name, clouds=(), mac=lambda _c, _d: bytes(32),
             static=claimed.keystore.static_public, device_id=bytes.fromhex(claimed.device_id),
+            host_static=scene.paul.keystore.static_public,  # the id sealed to Paul, as a guest does
             timeout=STEP, method=int(Method.RESUME),
         )
         cloud.start(loop.time())

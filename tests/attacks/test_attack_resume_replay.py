@@ -3,7 +3,10 @@
 A recording proxy sits between a real ``pairkit join`` and a real ``pairkit host`` while George
 resumes with Paul.  Mallory then replays George's messages (cloud step, INIT and everything
 after) into the same host process, into a restarted host process, and into a host restored from
-a backup taken before the resume (a host that lost its memory).  No replay may give a session,
+a backup taken before the resume (a host that lost its memory).  As recorded, the replay stops
+at the JoinRequest: George's sealed id opens on his link only (docs/protocol.md §10, session
+22).  So she seals George's id anew for each link of hers, as anyone who knows it and Paul's
+key can, and replays the rest.  No replay may give a session,
 the host must answer FAIL once the prekey is consumed (durably: it is gone from the keystore
 file after the first resume), and the one host that still answers OKAY (the restored one) must
 use fresh values, so no (key, nonce) is sealed twice.
@@ -13,15 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 from pathlib import Path
 
 from pairkit.pairing import wire
+from pairkit.pairing.cloud import CloudHello, CloudReply, JoinRequest, seal_join_id
+from pairkit.pairing.errors import ErrorCode
 from pairkit.pairing.messages import ResumeKind, ResumeMessage
 from tests.attack_harness import (
     Proxy,
     address_of,
+    as_frame,
     frame,
+    identity_of,
     message_of,
     peer_record,
     read_frame,
@@ -42,12 +50,28 @@ def resume_messages(pieces: list[bytes]) -> list[ResumeMessage]:
     return out
 
 
-async def replay(host: HostProcess, guest_frames: list[bytes]) -> list[bytes]:
-    """Send the recorded guest frames one by one, reading the host's answers; what it sent."""
+def decoded(piece: bytes) -> object:
+    with contextlib.suppress(Exception):
+        msg = message_of(piece)
+        return None if msg is None else wire.decode(msg)
+    return None
+
+
+async def replay(host: HostProcess, guest_frames: list[bytes],
+                 reseal: tuple[bytes, bytes] | None = None) -> list[bytes]:
+    """Send the recorded guest frames one by one, reading the host's answers; what it sent.
+    ``reseal`` (the host's static key, the claimed id): the JoinRequest's id sealed anew for
+    this link's nonces (docs/protocol.md §10)."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection(*address_of(host)), 5)
     answers: list[bytes] = []
     try:
         for piece in guest_frames:
+            request = decoded(piece)
+            if reseal is not None and isinstance(request, JoinRequest):
+                hello, reply = decoded(guest_frames[0]), decoded(answers[0])
+                assert isinstance(hello, CloudHello) and isinstance(reply, CloudReply)
+                sealed = seal_join_id(*reseal, hello.nonce, reply.nonce)
+                piece = as_frame(dataclasses.replace(request, sealed_id=sealed).encode())
             writer.write(frame(piece))
             await writer.drain()
             with contextlib.suppress(TimeoutError, asyncio.IncompleteReadError, OSError):
@@ -84,10 +108,21 @@ async def test_a_recorded_resume_replayed_never_gives_a_session(lab: Lab, tmp_pa
     ours = [bytes(r[0]) for r in peer_record(paul, "George's phone").our_prekeys]
     assert nominated not in ours, "the used prekey is still in the host's keystore file"
     peers = await paul.peers()
+    # 0. As recorded: George's sealed id does not open on Mallory's link (another n_H), and
+    #    the host answers as to an unknown returning device, before the INIT.
+    mark = host.mark()
+    raw = await replay(host, guest_frames)
+    assert resume_messages(raw) == []
+    answers = [decoded(a) for a in raw]
+    refused = [a for a in answers if isinstance(a, wire.Abort)]
+    assert [a.code for a in refused] == [ErrorCode.NOT_FOUND], answers
+    await host.wait_for(r"^error: guest ", since=mark)
+    assert len(host.results) == 2 and await paul.peers() == peers
+    reseal = (identity_of(paul).static_public, identity_of(george).device_id)
 
     async def replay_into(h: HostProcess) -> ResumeMessage:
         mark = h.mark()
-        answers = await replay(h, guest_frames)
+        answers = await replay(h, guest_frames, reseal)
         (answer,) = resume_messages(answers)
         await h.wait_for(r"^error: guest ", since=mark)
         return answer

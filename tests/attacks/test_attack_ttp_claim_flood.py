@@ -139,7 +139,7 @@ async def claim_once(address: tuple[str, int], poser: LocalIdentity, host: Host,
     link = await connect_from(source, address)
     try:
         pipe = MessagePipe(link, guest=True)
-        machine = await claim_by_ttp(pipe, poser, STEP)
+        machine = await claim_by_ttp(pipe, poser, STEP, host.paul.keystore.static_public)
         run = asyncio.ensure_future(
             drive(machine, pipe, delegate=NoKeyServerAccount(STEP), answer_time=3 * STEP)
         )
@@ -160,9 +160,9 @@ async def claim_once(address: tuple[str, int], poser: LocalIdentity, host: Host,
 
 
 async def by_ttp(address: tuple[str, int], me: LocalIdentity, srv: ServerHarness, *,
-                 claim: bool, source: str | None = None) -> str:
-    """An honest guest by ttp (claiming its own id when it is a known device), from the local
-    address ``source`` if given: "paired", or why not."""
+                 claim: bool, source: str | None = None, to: bytes | None = None) -> str:
+    """An honest guest by ttp (claiming its own id, sealed to the host's key ``to``, when it
+    is a known device), from the local address ``source`` if given: "paired", or why not."""
     link = (await connect_from(source, address) if source is not None
             else await tcp_connect(*address, timeout=STEP))
     loop = asyncio.get_running_loop()
@@ -170,7 +170,8 @@ async def by_ttp(address: tuple[str, int], me: LocalIdentity, srv: ServerHarness
         pipe = MessagePipe(link, guest=True)
         cloud = CloudGuest(
             name=me.name, clouds=(), mac=lambda _c, _d: bytes(32), static=me.static_public,
-            device_id=me.device_id if claim else None, timeout=STEP, wants=Role.GUEST,
+            device_id=me.device_id if claim else None, host_static=to, timeout=STEP,
+            wants=Role.GUEST,
             method=int(Method.TTP),
         )
         cloud.start(loop.time())
@@ -258,7 +259,8 @@ async def test_a_claim_flood_does_not_spend_the_hosts_allowance_at_the_key_serve
             assert owner.asked == ["Ringo"]
             if len(sources) > 1:
                 clock.now += 3600  # the host's claim budget in all is whole again
-            got = await by_ttp(address, local_identity(george.keystore), srv, claim=True)
+            got = await by_ttp(address, local_identity(george.keystore), srv, claim=True,
+                               to=paul.keystore.static_public)
             assert got == "paired", got
             assert owner.asked == ["Ringo"], "George coming back by ttp was asked about"
 
@@ -303,7 +305,8 @@ async def test_a_known_device_coming_back_again_and_again_does_not_spend_the_all
         host = Host(paul, srv, owner, clock)
         george_me = local_identity(george.keystore)
         async with serving(host) as address:
-            outcomes = [await by_ttp(address, george_me, srv, claim=True)
+            outcomes = [await by_ttp(address, george_me, srv, claim=True,
+                                     to=paul.keystore.static_public)
                         for _ in range(RETURNS)]
             assert outcomes[0] == "paired", outcomes[0]
             assert owner.asked == [], "George coming back was asked about"
@@ -352,6 +355,6 @@ async def test_a_stranger_behind_the_same_nat_does_not_keep_a_known_device_out(
                 told = await claim_once(address, poser, host, leave=False, source="127.0.0.2")
                 assert isinstance(told, PairingError), told
             got = await by_ttp(address, local_identity(george.keystore), srv, claim=True,
-                               source="127.0.0.2")
+                               to=paul.keystore.static_public, source="127.0.0.2")
             assert got == "paired", got
             assert owner.asked == []

@@ -103,7 +103,7 @@ class Guest:
 
 async def guest_by_ttp(
     address: tuple[str, int], me: LocalIdentity, srv: ServerHarness, *,
-    says: Method, claim: bytes | None = None,
+    says: Method, claim: bytes | None = None, to: bytes | None = None,
 ) -> Guest:
     """The guest's half by hand: a join request saying ``says`` (and claiming ``claim``), then
     method ``ttp`` with ``me``, the key server asked for SK, then the READY exchange."""
@@ -114,7 +114,7 @@ async def guest_by_ttp(
         pipe = MessagePipe(link, guest=True)
         cloud = CloudGuest(
             name=me.name, clouds=(), mac=lambda _c, _d: bytes(32), static=me.static_public,
-            device_id=claim, timeout=STEP, wants=Role.GUEST, method=int(says),
+            device_id=claim, host_static=to, timeout=STEP, wants=Role.GUEST, method=int(says),
         )
         cloud.start(loop.time())
         await drive(cloud, pipe, delegate=Yes())
@@ -191,7 +191,8 @@ async def test_a_claimed_id_is_the_id_the_ttp_offer_pairs_as(
         host = Host(paul, srv, LetsEveryoneIn(), visible=visible)
         got, on_host = await _visit(
             host, lambda a: guest_by_ttp(
-                a, mallory, srv, says=Method.TTP, claim=bytes.fromhex(george.device_id))
+                a, mallory, srv, says=Method.TTP, claim=bytes.fromhex(george.device_id),
+                to=paul.keystore.static_public)
         )
         assert isinstance(on_host, PairingError), on_host
         assert host.owner.asked == []
@@ -215,7 +216,8 @@ async def test_control_honest_ttp_guests_pair(tmp_path: Path) -> None:
         assert got.let_in and got.ttp is not None and got.ttp.peer.name == "Paul"
         assert owner.asked == ["Mallory"]
         got, on_host = await _visit(host, lambda a: guest_by_ttp(
-            a, george_id, srv, says=Method.TTP, claim=george_id.device_id))
+            a, george_id, srv, says=Method.TTP, claim=george_id.device_id,
+            to=paul.keystore.static_public))
         assert not isinstance(on_host, PairingError), on_host
         assert on_host.session.peer.name == "George" and on_host.method is Method.TTP
         assert owner.asked == ["Mallory"], "a known guest coming back by ttp was asked about"
@@ -251,13 +253,15 @@ async def test_the_key_servers_record_vouches_for_no_name(tmp_path: Path) -> Non
         assert on_host.session.peer.name == "Paul's laptop"
 
 
-async def claim_and_listen(address: tuple[str, int], poser: LocalIdentity) -> PairingError | None:
+async def claim_and_listen(
+    address: tuple[str, int], poser: LocalIdentity, host_static: bytes
+) -> PairingError | None:
     """A join request claiming ``poser``'s id by ttp, then a ttp Offer under that id; then
     only listening to what the host says."""
     link = await tcp_connect(*address, timeout=STEP)
     try:
         pipe = MessagePipe(link, guest=True)
-        machine = await claim_by_ttp(pipe, poser, STEP)
+        machine = await claim_by_ttp(pipe, poser, STEP, host_static)
         await drive(machine, pipe, delegate=NoKeyServerAccount(STEP), answer_time=3 * STEP)
     except PairingError as exc:
         return exc
@@ -286,7 +290,8 @@ async def test_a_claimer_learns_nothing_of_the_claimed_devices_enrolment(tmp_pat
             if enrolled:
                 await _enrolled(srv, local_identity(george.keystore))
             host = Host(paul, srv, LetsEveryoneIn(), visible=False)
-            got, on_host = await _visit(host, lambda a: claim_and_listen(a, poser))
+            got, on_host = await _visit(
+                host, lambda a: claim_and_listen(a, poser, paul.keystore.static_public))
             assert isinstance(on_host, PairingError), on_host
             assert host.owner.asked == []
             assert isinstance(got, PairingError), got
