@@ -159,16 +159,24 @@ def fail(message: str) -> None:
 _QUIET = False
 
 
-def info(message: str, *, quiet: bool = False, essential: bool = False) -> None:
+def info(message: str, *, quiet: bool = False, essential: bool = False,
+         whole: bool = False) -> None:
     """Narration for a person: stderr, so stdout stays for results.
 
     ``pairkit --quiet`` silences it but for what the person must act on (``essential``: a PIN,
     a QR code, where a host waits); ``quiet`` silences this call (a caller that narrates for
     itself, or ``--json``).  Whatever a peer put in it is shown, never interpreted
-    (:func:`~cli.show.safe`).
+    (:func:`~cli.show.safe`).  On a terminal a line wider than it is folded, each further row
+    marked (:meth:`~cli.show.SafeStream.write`); ``whole``: not folded, for a line of
+    pairkit's own, holding no peer's words, that a person copies (the QR code's link).
     """
     if not quiet and (essential or not _QUIET):
-        click.echo(safe(message, lines=True), err=True)
+        write_whole = getattr(sys.stderr, "write_whole", None) if whole else None
+        if write_whole is None:
+            click.echo(safe(message, lines=True), err=True)
+        else:  # not folded on a terminal (cli.show.SafeStream): a line to copy whole
+            write_whole(safe(message, lines=True) + "\n")
+            sys.stderr.flush()
 
 
 def say(message: str) -> None:
@@ -282,7 +290,7 @@ class CliDelegate:
             info("  no terminal to confirm on; refusing (use --yes in scripts)")
             return False
         return await self.terminal.choose(
-            header, f"Does {q.peer_name} show the same code? [y/N]",
+            header, f"Does {safe(q.peer_name)} show the same code? [y/N]",
             {"y": True, "yes": True, "n": False, "no": False}, no=False, timeout=self.timeout,
         )
 
@@ -299,7 +307,8 @@ class CliDelegate:
             return None
         guest, member = Grant(Role.GUEST, self.guest_seconds), Grant(Role.MEMBER)
         return await self.terminal.choose(
-            header, f"Allow {q.name} as [g]uest for {hours:g} hour(s), as [m]ember, or [r]efuse?",
+            header, f"Allow {safe(q.name)} as [g]uest for {hours:g} hour(s), as [m]ember, "
+            "or [r]efuse?",
             {"g": guest, "m": member, "r": None}, no=None, timeout=self.timeout,
         )
 
@@ -330,7 +339,7 @@ class CliDelegate:
             info("  no terminal to ask on; refusing (use --yes in scripts)")
             return Scope.REFUSE
         return await self.terminal.choose(
-            header, f"Allow {q.peer_name} [o]nce, for this [s]ession, or [r]efuse?",
+            header, f"Allow {safe(q.peer_name)} [o]nce, for this [s]ession, or [r]efuse?",
             {"o": Scope.ONCE, "s": Scope.SESSION, "r": Scope.REFUSE}, no=Scope.REFUSE,
             timeout=self.timeout,
         )

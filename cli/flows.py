@@ -216,7 +216,8 @@ async def run_host(
             code = state.issue_qr(me.static_public, clock.wall(), ttl=opts.qr_ttl, hint=address)
             uri = code.to_uri()
             info(store.qr_text(uri), quiet=quiet, essential=True)
-            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet, essential=True)
+            info(f"QR code (valid {opts.qr_ttl:.0f} s): {uri}", quiet=quiet, essential=True,
+                 whole=True)  # copied whole: never folded
             if opts.qr_png is not None:
                 store.qr_png(uri, opts.qr_png)
                 info(f"QR code written to {opts.qr_png}")

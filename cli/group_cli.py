@@ -494,7 +494,7 @@ def _say_event(event: dict[str, Any], as_json: bool) -> None:
         info(f"broadcast for {event['from']} to {event['group']} (epoch {event['epoch']}, "
              f"#{event['seq']}): {safe(event['command'])}")
     elif kind == "command-refused":
-        info(f"refused a command for {event['group']} from {event['from']}: "
+        info(f"refused a command for {safe(event['group'])} from {event['from']}: "
              f"{event['reason']}")
     elif kind == "receipt-returned":
         info(f"handed {event['member']}'s receipt for {event['group']} epoch "

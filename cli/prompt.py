@@ -78,6 +78,9 @@ class Terminal:
                     self._out.flush()
                     left = deadline - loop.time()
                     line = await _read_line(fd, left) if left > 0 else _TIMED_OUT
+                    if line is not _TIMED_OUT and line is not None:
+                        # the terminal echoed the person's Enter: the next write starts a row
+                        getattr(self._out, "mark_line_start", lambda: None)()
                     if line is _TIMED_OUT:
                         self.say(f"\n  no answer within {timeout:g} s: answering no")
                         return no

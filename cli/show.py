@@ -4,6 +4,7 @@ from a peer made safe for a terminal, and the demos' numbered narration."""
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 import time
 import unicodedata
@@ -51,6 +52,22 @@ _CUT_NOTE_ROOM = 40
 _HIDDEN = frozenset({"detach", "raw"})
 #: encodings that carry every character :func:`safe` lets through
 _UNICODE = frozenset({"utf-8", "utf-16", "utf-32"})
+#: what starts each further row a line is folded into on a terminal (:meth:`SafeStream._fold`);
+#: no line of pairkit's own starts with it.  The second on a terminal that cannot show the first
+FOLD_MARK = "  \u21b3 "
+FOLD_MARK_ASCII = "  ~> "
+#: a terminal narrower than this is not folded (a pty nobody sized reports 0 columns)
+_MIN_FOLD_WIDTH = 20
+
+
+def _cells(ch: str) -> int:
+    """The columns a terminal gives ``ch``: 2 for a wide or full-width character (East Asian
+    Width W or F), 0 for a combining mark, 1 otherwise (what :func:`safe` left is printable)."""
+    if ch < "\u0300":
+        return 1
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
 
 
 class SafeStream:
@@ -79,6 +96,7 @@ class SafeStream:
         self._max_line = max_line
         self._column = 0  # characters of the current line written so far
         self._cut = 0  # characters of the current line left out so far
+        self._cells = 0  # terminal columns the current row takes so far (folding)
         self.buffer = SafeBuffer(self)
 
     def write(self, text: str) -> int:
@@ -87,8 +105,71 @@ class SafeStream:
         shown = safe(text, lines=True)
         if self._max_line is not None:
             shown = self._cut_lines(shown, self._max_line)
+        width = self._terminal_width()
+        if width is not None:
+            shown = self._fold(shown, width)
         self._inner.write(self._encodable(shown))
         return len(text)
+
+    def write_whole(self, text: str) -> int:
+        """Write ``text`` as :meth:`write` does but never folded: for pairkit's own lines that
+        a person copies whole (the QR code's link), which hold no peer's words."""
+        shown = safe(text, lines=True)
+        if self._max_line is not None:
+            shown = self._cut_lines(shown, self._max_line)
+        self._inner.write(self._encodable(shown))
+        _, newline, tail = shown.rpartition("\n")
+        self._cells = (0 if newline else self._cells) + sum(_cells(ch) for ch in tail)
+        return len(text)
+
+    def mark_line_start(self) -> None:
+        """The cursor is at the start of a row, put there by something that did not write
+        here (the person pressed Enter after a prompt: the terminal echoed the newline)."""
+        self._cells = 0
+
+    def _terminal_width(self) -> int | None:
+        """The terminal's width in columns when this stream is a terminal's, else None."""
+        try:
+            if not self._inner.isatty():
+                return None
+            columns = os.get_terminal_size(self._inner.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            return None
+        return columns if columns >= _MIN_FOLD_WIDTH else None
+
+    def _fold(self, text: str, width: int) -> str:
+        """``text`` with every row the terminal would wrap it into after the first started by
+        :data:`FOLD_MARK`, so that no row a line wraps into looks like a line of its own.
+
+        One line of pairkit's may carry a peer's words (a reason, a name, a message), and
+        one_line text still holds spaces: padded to the end of the row, it put words of the
+        peer's choosing at the start of the next row, as a line of pairkit's own shows (attack
+        review atk22, finding A: "paired with Paul's laptop by pin as member" under a stranger's
+        Abort).  No line pairkit writes starts with the mark."""
+        mark = self._fold_mark()
+        out: list[str] = []
+        cells = self._cells
+        for ch in text:
+            if ch == "\n":
+                cells = 0
+                out.append(ch)
+                continue
+            need = 8 - cells % 8 if ch == "\t" else _cells(ch)
+            if need and cells and cells + need > width:
+                out.append("\n" + mark)
+                cells = len(mark)
+            out.append(ch)
+            cells += need
+        self._cells = cells
+        return "".join(out)
+
+    def _fold_mark(self) -> str:
+        encoding = getattr(self._inner, "encoding", None)
+        try:
+            FOLD_MARK.encode(encoding if isinstance(encoding, str) else "utf-8")
+        except (LookupError, UnicodeEncodeError):
+            return FOLD_MARK_ASCII
+        return FOLD_MARK
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -128,7 +209,7 @@ class SafeStream:
 
     def raw_write(self, text: str) -> int:
         if "\r" in text or "\n" in text:  # pairkit's own status line starts again
-            self._column = self._cut = 0
+            self._column = self._cut = self._cells = 0
         return int(self._inner.write(self._encodable(text)))
 
     def __getattr__(self, name: str) -> Any:

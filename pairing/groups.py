@@ -397,6 +397,10 @@ class AgentCommand(Message):
     signature: bytes = field(7, size=SIGNATURE_SIZE)
     cert: bytes | None = field(8, max_len=CERT_MAX, default=None)
 
+    def __post_init__(self) -> None:
+        # Its group is shown and keyed on before its signature is checked (atk22 finding C).
+        _check_message_group(self.group, "a group agent's command")
+
 
 @message(type_id=115, max_size=512)
 class AgentResult(Message):
@@ -408,6 +412,18 @@ class AgentResult(Message):
     ok: bool = field(4)
     seq: int | None = field(5, default=None)
     reason: str | None = field(6, max_len=200, default=None, one_line=True)
+
+    def __post_init__(self) -> None:
+        _check_message_group(self.group, "a group agent's answer")
+
+
+def _check_message_group(group: str, what: str) -> None:
+    """A message's group name, held to :func:`check_group_name` when it is read (the
+    error does not repeat what the peer sent)."""
+    try:
+        check_group_name(group)
+    except ConfigError:
+        raise DecodeError(f"{what} is malformed: its group is not a group name") from None
 
 
 def agent_statement(

@@ -9,11 +9,14 @@ the terminal showed so far.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pty
 import re
 import select
 import signal
+import struct
+import termios
 import time
 from pathlib import Path
 
@@ -27,15 +30,18 @@ class PtyProcess:
     """One ``pairkit`` command on its own terminal: stdin, stdout and stderr are the pty."""
 
     def __init__(self, home: Path, *args: str, pin: str | None = KEYSTORE_PIN,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, columns: int | None = None) -> None:
         """``pin``: the keystore PIN in PAIRKIT_PIN (None: none, so pairkit asks for it);
-        ``env``: more environment variables, set over the device's (a locale, an encoding)."""
+        ``env``: more environment variables, set over the device's (a locale, an encoding);
+        ``columns``: the terminal's width (else the size a pty starts with: 0 by 0)."""
         self.args = args
         env = {**cli_env(home, pin=pin), "TERM": "xterm", **(env or {})}
         pid, fd = pty.fork()
         if pid == 0:  # the child: become pairkit
             try:
                 os.chdir(ROOT)
+                if columns is not None:  # sized before pairkit runs: no race with its output
+                    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
                 os.execvpe(PAIRKIT_CMD[0], [*PAIRKIT_CMD, *args], env)
             finally:
                 os._exit(127)
@@ -131,3 +137,12 @@ def on_terminal(home: Path, env: dict[str, str] | None, *args: str) -> tuple[int
         return proc.wait(), proc.output
     finally:
         proc.close()
+
+
+def terminal_rows(shown: str, columns: int) -> list[str]:
+    """The rows a terminal ``columns`` wide shows ``shown`` (a terminal's output, one
+    character a column: the tests' texts are ASCII) in: each line wrapped at ``columns``."""
+    rows: list[str] = []
+    for line in shown.split("\n"):
+        rows.extend(line[i:i + columns] for i in range(0, max(1, len(line)), columns))
+    return rows

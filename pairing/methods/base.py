@@ -27,7 +27,7 @@ from ..errors import (
     UnsupportedError,
 )
 from ..machine import DONE, Step, step
-from ..messages import Accept, Announce, NoiseMessage, Offer, ResumeMessage, Reveal
+from ..messages import Accept, Announce, NoiseMessage, Offer, ResumeMessage, Reveal, device_name
 from ..negotiation import Caps, Method, choose, methods_from_mask
 from ..qr import QrCode
 from .clear import ClearGuest, ClearHost
@@ -259,6 +259,9 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
 
     def _on_accept(self, msg: Accept, now: float) -> None:
         assert self._offer is not None
+        # The host's name may be shown to this side's person (compare's question): held to
+        # what a device's name may be before anything else is read (atk22 finding B).
+        device_name(msg.hello.name, "the host's announced name")
         if msg.hello.method != self.method:
             raise ProtocolError(
                 f"the host answered with method '{Method(msg.hello.method).label}' "
@@ -384,6 +387,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         self._on_offer(msg, now)
 
     def _on_offer(self, msg: Offer, now: float) -> None:
+        device_name(msg.hello.name, "the guest's announced name")  # as the Accept's (atk22 B)
         proposed = msg.hello.method
         self._check_expected(proposed)
         caps = self._caps

@@ -1,0 +1,158 @@
+"""Attack review atk22, finding A (medium): a peer's one-line text padded to the end of the
+terminal's row made the next row, as the terminal wraps it, a line of the peer's choosing.
+
+The one-line rules (atk21 finding 1: every reason decodes as one line; :func:`cli.show.safe`)
+keep spaces: a stranger connecting to ``pairkit host`` over TCP, with no pairing and no prompt,
+sent one Abort whose reason was "bye", spaces to the end of the owner's 80-column row, then
+"paired with Paul's laptop by pin as member; session ...": one line of stderr, two rows on
+the terminal, the second as pairkit's own lines look.  The stranger knows the length of what
+the host writes before its reason (it names the stranger's own source port).  Now, on a
+terminal, every row a line is folded into after the first starts with a mark
+(:data:`cli.show.FOLD_MARK`) no line of pairkit's starts with.  Played against a real ``pairkit
+host`` on an 80-column pseudo-terminal, the stranger over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from pairkit.cli.show import FOLD_MARK, SafeStream
+from pairkit.driver import MessagePipe
+from pairkit.pairing import wire
+from pairkit.pairing.errors import ErrorCode
+from pairkit.transports.tcp import tcp_connect
+from tests.cli_helpers import free_port, make_devices
+from tests.pty_harness import PtyProcess, terminal_rows
+
+pytestmark = pytest.mark.timeout(60)
+
+COLUMNS = 80
+FORGED = "paired with Paul's laptop by pin as member; session 6cc3-6c5c-59a2-6618"
+
+
+async def test_a_strangers_padded_abort_reason_makes_no_row_of_its_own(tmp_path: Path) -> None:
+    paul = make_devices(tmp_path, {"paul": "Paul's laptop"})["paul"]
+    port = free_port()
+    host = PtyProcess(paul.home, "host", "-t", f"tcp:127.0.0.1:{port}", "-m", "pin",
+                      "--pin", "482913", columns=COLUMNS)
+    try:
+        await asyncio.to_thread(host.expect, "waiting")
+        link = await tcp_connect("127.0.0.1", port, timeout=10)
+        try:
+            own_port = link._writer.get_extra_info("sockname")[1]  # type: ignore[attr-defined]
+            # what the host writes before the reason (the aim is checked below)
+            prefix = f"error: guest 127.0.0.1:{own_port}: the peer stopped: "
+            reason = "bye"
+            reason += " " * (COLUMNS - len(prefix) - len(reason)) + FORGED
+            assert len(reason) <= 200
+            pipe = MessagePipe(link, guest=True)
+            await pipe.send(wire.Abort(code=ErrorCode.UNKNOWN, reason=reason).encode())
+            await asyncio.to_thread(host.expect, "the peer stopped: bye")
+            shown = await asyncio.to_thread(host.settle, 1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await link.close()
+    finally:
+        host.close()
+    line = next(x for x in host.output.split("\n") if "the peer stopped: bye" in x)
+    # The attack was aimed right: unfolded, the forged text would start the second row.
+    assert line.startswith(prefix), (line, prefix)
+    rows = terminal_rows(host.output, COLUMNS)
+    forged = [row for row in rows if row.lstrip().startswith("paired with")]
+    assert forged == [], f"a row of the stranger's making: {forged}\n{shown}"
+    assert any(row.startswith(FOLD_MARK + "paired with") for row in rows), rows
+
+
+class _Terminal:
+    """A text stream that says it is a terminal COLUMNS wide (the fold reads its size)."""
+
+    encoding = "utf-8"
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return _FD
+
+
+#: the descriptor the stand-in terminal gives (no real one: its size is answered below)
+_FD = 1_000_001
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> _Terminal:
+    real = os.get_terminal_size
+
+    def size(fd: int = 1) -> os.terminal_size:
+        return os.terminal_size((COLUMNS, 24)) if fd == _FD else real(fd)
+
+    monkeypatch.setattr(os, "get_terminal_size", size)
+    return _Terminal()
+
+
+@pytest.mark.parametrize("padding", [" ", "\u2800", "\u3164", "-"],
+                         ids=["space", "braille-blank", "hangul-filler", "dash"])
+def test_whatever_pads_the_row_the_next_row_starts_with_the_mark(
+    terminal: _Terminal, padding: str
+) -> None:
+    stream = SafeStream(terminal)
+    stream.write("error: the peer stopped: bye" + padding * 60 + FORGED + "\n")
+    rows = terminal.text.split("\n")
+    assert all(len(row) <= COLUMNS for row in rows), rows
+    assert [r for r in rows[1:] if r and not r.startswith(FOLD_MARK)] == [], rows
+
+
+def test_wide_characters_count_two_columns_and_a_full_row_is_not_folded(
+    terminal: _Terminal,
+) -> None:
+    stream = SafeStream(terminal)
+    stream.write("x" * COLUMNS + "\n")  # exactly the width: the terminal does not wrap it
+    stream.write("电" * (COLUMNS // 2) + "脑\n")  # 82 columns: one more row
+    rows = terminal.text.split("\n")
+    assert rows[0] == "x" * COLUMNS
+    assert rows[1] == "电" * (COLUMNS // 2) and rows[2] == FOLD_MARK + "脑", rows
+
+
+def test_a_row_written_in_several_writes_is_folded_where_it_ends(terminal: _Terminal) -> None:
+    stream = SafeStream(terminal)
+    for _ in range(9):
+        stream.write("0123456789")
+    stream.write("\n")
+    assert terminal.text == "0123456789" * 8 + "\n" + FOLD_MARK + "0123456789\n"
+
+
+def test_not_a_terminal_nothing_is_folded() -> None:
+    out = io.StringIO()
+    SafeStream(out).write("y" * 300 + "\n")
+    assert out.getvalue() == "y" * 300 + "\n"
+
+
+def test_pairkits_own_line_to_copy_is_not_folded_and_the_next_row_counts_from_zero(
+    terminal: _Terminal,
+) -> None:
+    stream = SafeStream(terminal)
+    link = "QR code (valid 60 s): pairkit:qr?v=1&k=" + "A" * 120
+    stream.write_whole(link + "\n")
+    stream.write("z" * COLUMNS + "\n")  # a full row after it: not folded either
+    assert terminal.text == link + "\n" + "z" * COLUMNS + "\n"
+
+
+def test_after_the_person_pressed_enter_a_row_counts_from_zero(terminal: _Terminal) -> None:
+    stream = SafeStream(terminal)
+    stream.write("Allow George as [g]uest for 1 hour(s), as [m]ember, or [r]efuse? ")
+    stream.mark_line_start()  # the terminal echoed the Enter
+    stream.write("  allowed as guest for one hour; the rest of the row fits" + "\n")
+    assert FOLD_MARK not in terminal.text
