@@ -159,3 +159,21 @@ async def guest_served_by_pin(
                 await serving
             await session.close()
             await at_host.close()
+
+
+def count_hash_passes(monkeypatch: Any) -> list[int]:
+    """Each pass the host's file service makes hashing a file, by the size it hashes (the
+    guest's check of what it received, in the same process, hashes its whole file: size None,
+    not counted).  ``monkeypatch``: the test's pytest fixture."""
+    import pairkit.files as files_module
+
+    passes: list[int] = []
+    real = files_module._sha256_open
+
+    def counted(fh: Any, size: int | None, name: str) -> bytes:
+        if size is not None:
+            passes.append(size)
+        return real(fh, size, name)
+
+    monkeypatch.setattr(files_module, "_sha256_open", counted)
+    return passes

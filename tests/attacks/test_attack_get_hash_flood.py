@@ -31,27 +31,18 @@ from pairkit.pairing import wire
 from pairkit.pairing.service import FileHeader, GetRequest
 
 from ..attack_harness import STEP
-from ..known_device_harness import MovableWall, device, guest_served_by_pin, share_of
+from ..known_device_harness import (
+    MovableWall,
+    count_hash_passes,
+    device,
+    guest_served_by_pin,
+    share_of,
+)
 
 SIZE = 4 * 1024 * 1024
 ASKS = 8
 #: the host's wall clock an hour ahead: every file written by the test looks settled
 AN_HOUR = 3600.0
-
-
-def _count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
-    """Each pass the host's hashing makes over a file, by the size it hashes (the guest's
-    check of what it received, in the same process, hashes its whole file: size None)."""
-    passes: list[int | None] = []
-    real = files_module._sha256_open
-
-    def counted(fh: BinaryIO, size: int | None, name: str) -> bytes:
-        if size is not None:
-            passes.append(size)
-        return real(fh, size, name)
-
-    monkeypatch.setattr(files_module, "_sha256_open", counted)
-    return passes
 
 
 async def _headers(slink: Any, requests: list[GetRequest]) -> list[FileHeader]:
@@ -76,7 +67,7 @@ def _served_an_hour_ahead(tmp_path: Path, share: Path, clock: MovableWall | None
 async def test_requests_that_carry_no_byte_do_not_each_hash_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    passes = _count_passes(monkeypatch)
+    passes = count_hash_passes(monkeypatch)
     data = os.urandom(SIZE)
     share = share_of(tmp_path, {"big.bin": data})
     async with _served_an_hour_ahead(tmp_path, share) as g:
@@ -100,7 +91,7 @@ async def test_a_file_rewritten_in_place_is_hashed_again(
 ) -> None:
     """Same size, its modification time put back (as ``cp -p`` or ``touch -r`` do): its change
     time moved, so the digest kept is not used, and the new bytes arrive and check."""
-    passes = _count_passes(monkeypatch)
+    passes = count_hash_passes(monkeypatch)
     old, new = os.urandom(SIZE), os.urandom(SIZE)
     share = share_of(tmp_path, {"doc.bin": old})
     async with _served_an_hour_ahead(tmp_path, share) as g:
@@ -136,7 +127,7 @@ async def test_a_file_changed_just_before_its_hash_is_hashed_at_each_request(
 ) -> None:
     """A file whose times are within DIGEST_SETTLE of the hash's start is not kept: a change
     in the same tick of the file system's clock would leave its times as they were."""
-    passes = _count_passes(monkeypatch)
+    passes = count_hash_passes(monkeypatch)
     share = share_of(tmp_path, {"new.bin": os.urandom(SIZE)})
     changed = (share / "new.bin").stat().st_ctime_ns / 1e9
     paul = pairkit.Device(device(tmp_path, "Paul").keystore, clock=_StoppedWall(changed))
@@ -150,7 +141,7 @@ async def test_requests_for_a_file_at_once_share_one_hash(
 ) -> None:
     """Two opens of one file (two guests' requests) while its hash is under way: one pass,
     both get its digest.  Driven directly: the first hash is held until the second asks."""
-    passes = _count_passes(monkeypatch)
+    passes = count_hash_passes(monkeypatch)
     counted = files_module._sha256_open
     started, go = threading.Event(), threading.Event()
 
@@ -199,7 +190,7 @@ async def test_a_digest_is_kept_for_digest_ttl_at_most(
 ) -> None:
     """A write that moved none of the file's times leaves a stale digest: it goes within
     DIGEST_TTL (the guests' fetches of that file fail their SHA-256 check until then)."""
-    passes = _count_passes(monkeypatch)
+    passes = count_hash_passes(monkeypatch)
     share = share_of(tmp_path, {"big.bin": os.urandom(SIZE)})
     clock = _Later()
     async with _served_an_hour_ahead(tmp_path, share, clock) as g:
@@ -218,7 +209,7 @@ async def test_the_digests_kept_are_bounded_in_number_the_oldest_going_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Driven directly, with room for two files' digests."""
-    passes = _count_passes(monkeypatch)
+    passes = count_hash_passes(monkeypatch)
     monkeypatch.setattr(files_module, "DIGEST_ENTRIES", 2)
     share = share_of(tmp_path, {n: n.encode() * 1000 for n in ("a", "b", "c")})
     digests = files_module._Digests()
@@ -245,7 +236,7 @@ async def test_a_file_dated_in_the_future_is_kept_too(
 ) -> None:
     """A modification time in the future (an archive's, a skewed clock's) does not make a
     file look changed for ever: when it changed is its change time, which every write sets."""
-    passes = _count_passes(monkeypatch)
+    passes = count_hash_passes(monkeypatch)
     share = share_of(tmp_path, {"from.tar": os.urandom(SIZE)})
     a_day = 86400 * 10**9
     st = (share / "from.tar").stat()

@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
@@ -35,7 +35,7 @@ from pairkit.pairing.errors import BusyError, ErrorCode
 from pairkit.pairing.service import FileHeader, GetRequest, Refused
 
 from ..attack_harness import STEP
-from ..known_device_harness import MovableWall, accepting, device, share_of
+from ..known_device_harness import MovableWall, accepting, count_hash_passes, device, share_of
 
 SIZE = 1024 * 1024
 #: what one guest may be owed in the tests: one file's hash and half another's
@@ -60,28 +60,13 @@ class _Clocks(MovableWall):
         return super().monotonic() + self.later
 
 
-def _count_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Each pass the host's hashing makes over a file (the guest's own check, size None, is
-    not counted)."""
-    passes: list[int] = []
-    real = files_module._sha256_open
-
-    def counted(fh: BinaryIO, size: int | None, name: str) -> bytes:
-        if size is not None:
-            passes.append(size)
-        return real(fh, size, name)
-
-    monkeypatch.setattr(files_module, "_sha256_open", counted)
-    return passes
-
-
 @pytest.fixture
 def budget(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A small allowance, and a fresh digest cache (two entries): the host's hashing passes."""
     monkeypatch.setattr(files_module, "HASH_ALLOWANCE", ALLOWANCE, raising=False)
     monkeypatch.setattr(files_module, "DIGEST_ENTRIES", 2)
     monkeypatch.setattr(files_module, "_DIGESTS", files_module._Digests())
-    return _count_passes(monkeypatch)
+    return count_hash_passes(monkeypatch)
 
 
 @contextlib.asynccontextmanager
