@@ -52,6 +52,8 @@ FINGERPRINT = b"pairkit/1 session fingerprint"
 CLOUD_HINT = b"pairkit/1 cloud hint"
 CLOUD_PROOF = b"pairkit/1 cloud "
 CLOUD_AUTH = b"pairkit/1 cloud auth"
+#: §10 the key that seals a host's hello response to a member: ``M(CLOUD_REPLY || n_G || n_H)``
+CLOUD_REPLY = b"pairkit/1 cloud reply"
 #: §7 ``ttp``: the client's authentication, the context, the channel keys and the session
 TTP_AUTH = b"pairkit/1 ttp auth"
 TTP_CONTEXT = b"pairkit/1 ttp context"
