@@ -81,7 +81,13 @@ from bench.common import (  # noqa: E402
     tx_characteristic,
 )
 from pairkit.driver import MessagePipe, drive  # noqa: E402
-from pairkit.pairing.cloud import CloudGuest, CloudHost, Role, auth_mac_from  # noqa: E402
+from pairkit.pairing.cloud import (  # noqa: E402
+    CloudGuest,
+    CloudHost,
+    HostInfo,
+    Role,
+    auth_mac_from,
+)
 from pairkit.pairing.crypto import hkdf  # noqa: E402
 from pairkit.pairing.hello import Hello  # noqa: E402
 from pairkit.pairing.methods import (  # noqa: E402
@@ -94,7 +100,7 @@ from pairkit.pairing.methods import (  # noqa: E402
     Session,
     prekey_holder,
 )
-from pairkit.pairing.negotiation import ALL_CAPS, Method  # noqa: E402
+from pairkit.pairing.negotiation import ALL_CAPS, Caps, Method  # noqa: E402
 from pairkit.prekeys import PrekeyPool  # noqa: E402
 from pairkit.securelink import SecureLink, confirm  # noqa: E402
 from pairkit.transports.ble.links import BleLink  # noqa: E402
@@ -103,6 +109,8 @@ from pairkit.transports.bumble import BumbleTransport, open_bumble  # noqa: E402
 
 METHODS = ("pin", "qr", "compare", "clear", "resume", "kk", "kk-stale")
 CLOUD_ROWS = ("cloud-member", "cloud-join")
+#: what the cloud rows' host says of itself (its hello response)
+_HOST_INFO = HostInfo("Paul's phone", frozenset({Method.PIN, Method.RESUME}), Caps.DISPLAY)
 SMP_MODES = ("just-works", "numeric", "passkey")
 LINKS = ("l2cap", "gatt")
 #: issue 13's goals: (method, SMP mode it is measured against, at most this ratio)
@@ -418,7 +426,10 @@ class Pairings:
         c0 = time.process_time()
         t0 = time.perf_counter()
         clouds = ("paul-cloud",) if name == "cloud-member" else ()
-        host = CloudHost(clouds=("paul-cloud",), mac=self.cloud_mac, static=bytes(32))
+        # with its hello response, as `pairkit host` gives it: sealed to the member (one more
+        # HMAC and an AEAD each side, docs/protocol.md §10), in the clear to the stranger
+        host = CloudHost(clouds=("paul-cloud",), mac=self.cloud_mac, static=bytes(32),
+                         info=_HOST_INFO)
         host.start(loop.time())
         guest = CloudGuest(name="George's phone", clouds=clouds, mac=self.cloud_mac,
                            static=bytes(range(32)))
@@ -431,6 +442,8 @@ class Pairings:
         expected = Role.MEMBER if name == "cloud-member" else Role.GUEST
         if guest.role is not expected or host.role is not expected:
             raise RuntimeError(f"{name}: ended as {guest.role.name}/{host.role.name}")
+        if guest.host != _HOST_INFO:
+            raise RuntimeError(f"{name}: the guest read {guest.host!r} of the host")
         return spent
 
     def _check(

@@ -11,7 +11,9 @@ sides, in the manner of the OMA CPNS personal-network authentication:
                              for the cloud the guest recognised in the host's hello, or for each
                              of its clouds (at most 8) when it heard no hello (TCP)
 2     host -> CloudReply     ``n_H``, and ``proof_H = MAC(K, "host" || n_G || n_H || S_H)`` when
-                             the hint names one of the host's clouds; no proof otherwise
+                             the hint names one of the host's clouds; no proof otherwise.  With
+                             a proof, the host's description (name, methods, capabilities)
+                             sealed under ``MAC(K, "reply" || n_G || n_H)`` (:func:`seal_host_info`)
 3     guest -> CloudProof    ``proof_G = MAC(K, "guest" || n_G || n_H || S_G)``
 4     host -> CloudVerdict   ``member = True``: provisional, see below
 ====  =====================  ======================================================================
@@ -67,9 +69,10 @@ from typing import Any, ClassVar
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import keyschedule
-from .crypto import HPKE_OVERHEAD, Rng, hpke_open, hpke_seal, same
+from .crypto import HPKE_OVERHEAD, Rng, hpke_open, hpke_seal, same, seal, unseal
 from .errors import (
     AuthenticationError,
+    DecodeError,
     ErrorCode,
     NotFoundError,
     PairingTimeout,
@@ -86,7 +89,7 @@ from .negotiation import (
     methods_from_mask,
     methods_mask,
 )
-from .wire import Abort, Message, field, message
+from .wire import Abort, Message, decode_struct, encode_struct, field, message, struct
 
 #: why a host not open to strangers refuses one
 NOT_OPEN_TEXT = ("this host is not open to new devices now; ask its owner to open a visibility "
@@ -107,6 +110,26 @@ class Role(IntEnum):
 
 
 MAX_HINTS = 8
+#: the sealed description's plaintext is a multiple of this many bytes (§10): its length tells
+#: a listener nothing of a name of up to about 50 bytes (one size for most names)
+DESCRIPTION_PAD = 64
+#: the largest plaintext a sealed description may have (a 64-character name of 4-byte
+#: characters, methods and caps as 9-byte integers, padded)
+MAX_DESCRIPTION = 5 * DESCRIPTION_PAD
+#: ChaCha20-Poly1305's tag
+_TAG = 16
+
+
+@struct
+class HostDescription(Message):
+    """The hello response as a host seals it to a member (docs/protocol.md §10): its name,
+    methods and capabilities, and zero bytes that pad the encoding to a multiple of
+    :data:`DESCRIPTION_PAD` bytes."""
+
+    name: str = field(2, max_len=64)
+    methods: int = field(3)
+    caps: int = field(4)
+    pad: bytes = field(5, max_len=2 * DESCRIPTION_PAD, default=b"")
 
 
 @message(type_id=30, max_size=256)
@@ -115,17 +138,21 @@ class CloudHello(Message):
     hints: tuple[bytes, ...] = field(3, size=8, max_len=MAX_HINTS, default=())
 
 
-@message(type_id=31, max_size=256)
+@message(type_id=31, max_size=512)
 class CloudReply(Message):
     nonce: bytes = field(2, size=16)
     proof: bytes | None = field(3, size=32, default=None)
     #: which of the guest's hints matched (when there is a proof)
     index: int | None = field(4, default=None)
-    #: the hello response (webinos): the host's name, methods and capabilities, sent to a member
-    #: or while the host is open to strangers; absent from a private host to a stranger
+    #: the hello response (webinos) in the clear: the host's name, methods and capabilities,
+    #: sent with no proof while the host is open to strangers; never with a proof (a member's
+    #: is sealed, field 8), absent from a private host to a stranger
     name: str | None = field(5, max_len=64, default=None)
     methods: int | None = field(6, default=None)
     caps: int | None = field(7, default=None)
+    #: the hello response to a member whose hint matched: a :class:`HostDescription` sealed
+    #: under a key of the matched cloud secret and both nonces (:func:`seal_host_info`)
+    sealed: bytes | None = field(8, max_len=MAX_DESCRIPTION + _TAG, default=None)
 
 
 @message(type_id=32, max_size=128)
@@ -203,9 +230,11 @@ class HostInfo:
     """What a host says of itself in its :class:`CloudReply`, before any join request: the
     webinos "hello response" that lets a person pick a device by name.
 
-    It is a claim, not a proof: it is hashed into the transcript like everything of the cloud
-    step (docs/protocol.md §2), so the pairing that follows fails if anyone altered it on the
-    way, and the guest checks after the pairing that the proven peer carries this name."""
+    Sealed to a member of the host's cloud (:func:`seal_host_info`), in the clear to a stranger
+    while the host is open to strangers (docs/protocol.md §10).  It is a claim, not a proof: it
+    is hashed into the transcript like everything of the cloud step (docs/protocol.md §2), so
+    the pairing that follows fails if anyone altered it on the way, and the guest checks after
+    the pairing that the proven peer carries this name."""
 
     name: str
     methods: frozenset[Method]
@@ -262,6 +291,62 @@ class Grant:
             raise ValueError("a grant gives guest or member access")
         if self.role is Role.GUEST and (self.seconds is None or self.seconds <= 0):
             raise ValueError("a guest grant needs a positive duration")
+
+
+def _reply_key(mac: CloudMac, cloud_id: str, ng: bytes, nh: bytes) -> bytes:
+    """§10: ``K_R = M("pairkit/1 cloud reply" || n_G || n_H)``, fresh with each ``n_H``."""
+    return mac(cloud_id, keyschedule.CLOUD_REPLY + ng + nh)
+
+
+def _padded(info: HostInfo) -> bytes:
+    """``enc(HostDescription)`` with ``pad`` the fewest zero bytes that make its length a
+    multiple of :data:`DESCRIPTION_PAD` (a pad of n bytes adds n + 1 bytes to the empty pad's
+    encoding from n = 24 on, where its length takes a byte of its own: §1.1)."""
+    base = encode_struct(HostDescription(info.name, methods_mask(info.methods), int(info.caps)))
+    # ``pad`` (key 5) is the last field, written even when empty (its key and a head byte,
+    # 0x40): the padded encoding is the empty pad's with the head of n bytes and n zeros
+    room = -len(base) % DESCRIPTION_PAD
+    if room == 24:  # 23 bytes fall one short and 24 one over: the next multiple
+        room += DESCRIPTION_PAD
+    n = room if room < 24 else room - 1
+    head = bytes([0x40 | n]) if n < 24 else bytes([0x58, n])
+    return base[:-1] + head + bytes(n)
+
+
+def seal_host_info(
+    mac: CloudMac, cloud_id: str, ng: bytes, reply: CloudReply, info: HostInfo
+) -> CloudReply:
+    """``reply`` (with its proof and index) carrying ``info`` sealed for the members of
+    ``cloud_id`` (docs/protocol.md §10): ``AEAD(K_R, 0, enc(HostDescription), enc(reply
+    without field 8))``.  ``mac`` is the MAC of the secret whose hint matched (a retired one
+    included).  Nonce 0: ``K_R`` is new with each ``n_H``, so it seals one message."""
+    if reply.proof is None or reply.index is None or reply.name is not None or reply.sealed:
+        raise ValueError("a description is sealed into a reply with a proof, and only there")
+    key = _reply_key(mac, cloud_id, ng, reply.nonce)
+    sealed = seal(key, 0, _padded(info), reply.encode())
+    return CloudReply(reply.nonce, reply.proof, reply.index, sealed=sealed)
+
+
+def open_host_info(mac: CloudMac, cloud_id: str, ng: bytes, reply: CloudReply) -> HostInfo:
+    """The description :func:`seal_host_info` sealed in ``reply``; :class:`AuthenticationError`
+    when it does not open under ``cloud_id``'s secret and these nonces and fields (a bit
+    flipped, a description moved from another reply), :class:`DecodeError` for a plaintext
+    not padded as §10 says."""
+    if reply.sealed is None:
+        raise ValueError("the reply carries no sealed description")
+    key = _reply_key(mac, cloud_id, ng, reply.nonce)
+    ad = dataclasses.replace(reply, sealed=None).encode()
+    plain = unseal(key, 0, reply.sealed, ad, "the host's sealed description")
+    if len(plain) % DESCRIPTION_PAD:
+        raise DecodeError("the host's sealed description is not padded")
+    body = decode_struct(HostDescription, plain, max_size=MAX_DESCRIPTION)
+    if any(body.pad):
+        raise DecodeError("the host's sealed description is padded with other than zeros")
+    return HostInfo(
+        name=device_name(body.name, "the host's name"),
+        methods=methods_from_mask(body.methods),
+        caps=Caps(body.caps) & ALL_CAPS,
+    )
 
 
 def _hint(mac: CloudMac, cloud_id: str, nonce: bytes) -> bytes:
@@ -357,8 +442,23 @@ class CloudGuest(Machine):
         self._expect_by(now + self.timeout, "the host did not answer the cloud check")
 
     def _on_reply(self, msg: CloudReply, now: float) -> None:
-        self._nh = msg.nonce
-        self.host = _host_info(msg)
+        self._nh = msg.nonce  # the join request seals to it (a returning device's id)
+        matched = msg.proof is not None and msg.index is not None
+        if matched:
+            assert msg.index is not None
+            if msg.index >= len(self.clouds):
+                raise ProtocolError("the host named a cloud the guest did not offer")
+            if msg.name is not None or msg.methods is not None or msg.caps is not None:
+                raise ProtocolError("the host described itself in the clear to a member")
+            self.cloud_id = self.clouds[msg.index]
+            # Opened before anything else is done with the reply: a seal that does not open
+            # stops the guest here, before it proves anything or asks anyone (§10).
+            self.host = (None if msg.sealed is None
+                         else open_host_info(self._mac, self.cloud_id, self._ng, msg))
+        else:
+            if msg.sealed is not None:
+                raise ProtocolError("the host sealed its description with no cloud proof")
+            self.host = _host_info(msg)
         if self.probe:
             # Looked, and leaves: tell the host so, so that it does not wait nor count a failure.
             self._send(Abort(code=ErrorCode.CLOSED, reason=PROBE_REASON))
@@ -368,13 +468,11 @@ class CloudGuest(Machine):
         if self.expect_name is not None and named != self.expect_name:
             said = f"is {self.host.name!r}" if self.host is not None else "did not say its name"
             raise NotFoundError(f"this host {said}, not {self.expect_name!r}")
-        if msg.proof is None or msg.index is None:
+        if not matched:
             self._emit(CloudChecked(member=False, tried=len(self.clouds), host=self.host))
             self._ask_join(now)
             return
-        if msg.index >= len(self.clouds):
-            raise ProtocolError("the host named a cloud the guest did not offer")
-        self.cloud_id = self.clouds[msg.index]
+        assert self.cloud_id is not None
         self._host_proof = msg.proof  # checked by bind(), once the host's key is proven
         self._send(CloudProof(
             _proof(self._mac, self.cloud_id, b"guest", self._ng, msg.nonce, self._static)
@@ -527,16 +625,20 @@ class CloudHost(Machine):
                     break
             if proof is not None:
                 break
-        # The hello response goes to members and, while the host is open, to strangers: a
-        # private host says nothing of itself to a device it does not know.
-        info = self._info if self._info is not None and (proof is not None or self._open()) \
-            else None
-        self._send(CloudReply(
-            self._nh, proof, index,
-            name=info.name if info else None,
-            methods=methods_mask(info.methods) if info else None,
-            caps=int(info.caps) if info else None,
-        ))
+        reply = CloudReply(self._nh, proof, index)
+        info = self._info
+        if info is not None and proof is not None:
+            # The hello response to a member, sealed: only holders of the secret its hint
+            # matched read it, so a listener cannot follow a private host by its name (atk19p
+            # finding 3; docs/protocol.md §10).
+            assert self.cloud_id is not None
+            reply = seal_host_info(mac, self.cloud_id, self._ng, reply, info)
+        elif info is not None and self._open():
+            # To strangers while the host is open (public by choice); a private host says
+            # nothing of itself to a device it does not know.
+            reply = dataclasses.replace(reply, name=info.name,
+                                        methods=methods_mask(info.methods), caps=int(info.caps))
+        self._send(reply)
         self.state = S_PROOF if proof is not None else S_JOIN_REQ
         self._expect_by(now + self.timeout, "the guest did not answer the cloud check")
 

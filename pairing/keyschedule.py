@@ -54,6 +54,8 @@ CLOUD_PROOF = b"pairkit/1 cloud "
 CLOUD_AUTH = b"pairkit/1 cloud auth"
 #: HPKE info of a returning device's sealed id in its JoinRequest (docs/protocol.md §10)
 JOIN_ID = b"pairkit/1 join id"
+#: §10 the key that seals a host's hello response to a member: ``M(CLOUD_REPLY || n_G || n_H)``
+CLOUD_REPLY = b"pairkit/1 cloud reply"
 #: §7 ``ttp``: the client's authentication, the context, the channel keys and the session
 TTP_AUTH = b"pairkit/1 ttp auth"
 TTP_CONTEXT = b"pairkit/1 ttp context"

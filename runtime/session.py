@@ -661,13 +661,20 @@ async def _take_membership(
 
 
 async def ask_host(link: Any, ks: Keystore, *, timeout: float = 10.0,
-                   clock: Clock = SYSTEM_CLOCK) -> HostInfo | None:
+                   clock: Clock = SYSTEM_CLOCK,
+                   clouds: tuple[str, ...] | None = None) -> HostInfo | None:
     """Ask the host at the other end of ``link`` who it is (its hello response: name,
     methods, capabilities) and leave, without asking to join; ``None`` when it does not say
     (a private host says nothing to a stranger).  The host's owner is not asked anything.
-    The link is closed on return.  What the host says is a claim: see :class:`HostInfo`."""
+    The link is closed on return.  What the host says is a claim: see :class:`HostInfo`.
+
+    The question hints ``clouds`` (default: every cloud of this device, the first 8), so a
+    host of one of them answers as to a member, sealed (docs/protocol.md §10): a member learns
+    the name of a private host of its cloud, and a listener does not."""
     me = peers.local_identity(ks)
-    probe = CloudGuest(name=me.name, clouds=(), mac=_cloud_mac(ks), static=me.static_public,
+    if clouds is None:
+        clouds = tuple(c.cloud_id for c in ks.clouds())
+    probe = CloudGuest(name=me.name, clouds=clouds, mac=_cloud_mac(ks), static=me.static_public,
                        timeout=timeout, probe=True)
     try:
         probe.start(clock.monotonic())
@@ -684,14 +691,17 @@ async def name_hosts(
 ) -> list[Any]:
     """``found`` (:class:`pairkit.presence.Found`, from a scan) with the names filled in that a
     short connection gets: each host that is open to strangers, or one of this device's clouds,
-    is asked who it is (:func:`ask_host`).  A host that does not answer keeps no name."""
+    is asked who it is (:func:`ask_host`), hinting the cloud its hello tag is of, if any (a
+    private host of this device's cloud answers it, sealed).  A host that does not answer keeps
+    no name."""
     out = []
     for f in found:
         if f.name is None and (f.hello.visible or f.cloud is not None):
             info = None
             with contextlib.suppress(PairingError):
                 link = await transport.connect(f.address, timeout=timeout)
-                info = await ask_host(link, ks, timeout=timeout, clock=clock)
+                info = await ask_host(link, ks, timeout=timeout, clock=clock,
+                                      clouds=(f.cloud,) if f.cloud is not None else ())
             if info is not None:
                 f = dataclasses.replace(f, name=info.name)
         out.append(f)

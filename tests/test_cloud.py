@@ -20,6 +20,7 @@ from pairkit.pairing.cloud import (
     CloudHello,
     CloudHost,
     CloudProof,
+    CloudReply,
     Grant,
     HostInfo,
     JoinRequest,
@@ -455,3 +456,65 @@ def test_the_retired_clear_id_field_is_refused() -> None:
 def test_a_returning_device_needs_the_hosts_key_to_seal_its_id() -> None:
     with pytest.raises(ValueError):
         CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS), device_id=ID)
+
+# -- the hello response to a member is sealed (atk19p finding 3; docs/protocol.md §10) -----------
+
+
+def _reply_for_member(info: HostInfo, seed: int, **host: object) -> tuple[CloudGuest, bytes]:
+    """A member's guest, started, and the host's reply to its hello (as bytes)."""
+    member = CloudGuest(static=GS, name="Paul's TV", clouds=("pauls-cloud",),
+                        mac=mac_for(SECRETS), rng=rng(seed))
+    h = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), info=info,
+                  rng=rng(seed + 1), **host)  # type: ignore[arg-type]
+    h.start(0.0)
+    member.start(0.0)
+    h.receive(member.outgoing()[0], 0.0)
+    return member, h.outgoing()[0]
+
+
+def test_a_member_reads_the_hosts_name_that_crossed_sealed_visible_or_private() -> None:
+    for open_ in (True, False):
+        member, reply = _reply_for_member(PAUL, 40, open_to_strangers=lambda o=open_: o)
+        msg = wire.decode(reply, CloudReply)
+        assert msg.sealed is not None and msg.proof is not None
+        assert (msg.name, msg.methods, msg.caps) == (None, None, None)
+        assert b"Paul" not in reply
+        member.receive(reply, 0.0)
+        assert member.host == PAUL and not member.failed
+
+
+def test_a_sealed_description_is_one_size_for_names_of_most_lengths() -> None:
+    sizes = {
+        len(_reply_for_member(dataclasses.replace(PAUL, name=name), 42)[1])
+        for name in ("P", "Paul's phone", "Paul's very long named phone in the hall", "é" * 20)
+    }
+    assert len(sizes) == 1
+
+
+def test_a_description_in_the_clear_beside_a_proof_or_sealed_without_one_is_refused() -> None:
+    member, reply = _reply_for_member(PAUL, 44)
+    msg = wire.decode(reply, CloudReply)
+    clear = dataclasses.replace(msg, name="Paul's phone")
+    with pytest.raises(ProtocolError, match="in the clear to a member"):
+        member.receive(clear.encode(), 0.0)
+    stranger = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS), rng=rng(46))
+    stranger.start(0.0)
+    stranger.outgoing()
+    with pytest.raises(ProtocolError, match="sealed its description with no cloud proof"):
+        stranger.receive(dataclasses.replace(msg, proof=None, index=None).encode(), 0.0)
+    assert member.host is None and stranger.host is None
+
+
+def test_a_member_that_only_asks_opens_the_seal_and_leaves_as_a_probe_does() -> None:
+    """Decided (§10): a member's ``discover`` leaves after the sealed reply with the same
+    Abort (12 closed, "only asked who the host is"): the host asks nothing, counts nothing."""
+    probe = CloudGuest(static=GS, name="Paul's TV", clouds=("pauls-cloud",), probe=True,
+                       mac=mac_for(SECRETS), rng=rng(47))
+    host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS), info=PAUL,
+                     open_to_strangers=lambda: False, rng=rng(48))
+    host.start(0.0)
+    probe.start(0.0)
+    r = shuttle(probe, host)
+    assert probe.done and probe.host == PAUL and probe.role is Role.STRANGER
+    assert not r.asked and host.failed and is_probe(host.error)
+    assert [type(wire.decode(m)) for _, m in r.messages] == [CloudHello, CloudReply, wire.Abort]

@@ -462,13 +462,26 @@ def test_the_cloud_step_follows_from_the_spec(vector: dict[str, Any]) -> None:
     hello, reply = the(vector, "CloudHello"), the(vector, "CloudReply")
     ng, nh = hello[2], reply[2]
     assert hello.get(3, []) == [m(b"pairkit/1 cloud hint" + ng)[:8] for _ in cloud["guest_clouds"]]
+    says = cloud["host_says"]
+    described = {2: vector["inputs"]["host"]["name"], 3: says["methods"], 4: says["caps"]}
     if cloud["guest_clouds"]:
         s_g, s_h = key(vector, "guest", "static_public"), key(vector, "host", "static_public")
         assert reply[3] == m(b"pairkit/1 cloud host" + ng + nh + s_h) and reply[4] == 0
+        # the hello response to a member: sealed only (§10), under M("...reply" || n_G || n_H),
+        # with the reply's other fields as associated data
+        assert sorted(reply) == [0, 1, 2, 3, 4, 8]
+        ad = enc({k: v for k, v in reply.items() if k != 8})
+        plain = aead(m(b"pairkit/1 cloud reply" + ng + nh), 0, reply[8], ad, open_=True)
+        body = cbor2.loads(plain)
+        assert enc(body) == plain and body == {**described, 5: bytes(len(body[5]))}
+        # padded with the fewest zero bytes that make a multiple of 64
+        assert len(plain) % 64 == 0
+        assert all(len(enc({**described, 5: bytes(n)})) % 64 for n in range(len(body[5])))
         assert the(vector, "CloudProof")[2] == m(b"pairkit/1 cloud guest" + ng + nh + s_g)
         assert the(vector, "CloudVerdict")[2] is True
     else:
-        assert sorted(reply) == [0, 1, 2]  # no proof, no index
+        # no proof, no index; the host is open to strangers: its hello response in the clear
+        assert reply == {0: 1, 1: 31, 2: nh, 5: described[2], 6: described[3], 7: described[4]}
         request = the(vector, "JoinRequest")
         assert request == {0: 1, 1: 34, 2: vector["inputs"]["guest"]["name"],
                            3: cloud["wants"], 5: False}

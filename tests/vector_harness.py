@@ -33,7 +33,7 @@ from typing import Any
 from pairkit.driver import MessagePipe
 from pairkit.pairing import wire
 from pairkit.pairing.channel import ChannelConfig, SecureChannel
-from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, Role
+from pairkit.pairing.cloud import CloudGuest, CloudHost, Grant, HostInfo, Role
 from pairkit.pairing.crypto import hkdf
 from pairkit.pairing.machine import Machine, Question
 from pairkit.pairing.messages import Accept, Offer
@@ -50,7 +50,7 @@ from pairkit.pairing.methods import (
     _th,
     prekey_holder,
 )
-from pairkit.pairing.negotiation import Method
+from pairkit.pairing.negotiation import Caps, Method, methods_from_mask, methods_mask
 from pairkit.pairing.qr import QrCode
 from pairkit.pairing.ttp import (
     DeviceRecord,
@@ -189,6 +189,10 @@ def make_inputs(case: dict[str, Any]) -> dict[str, Any]:
             "host_clouds": [CLOUD],
             "wants": int(Role.GUEST),
             "grant_seconds": 3600,
+            # the host's hello response (§10): its name is the host identity's; sealed to a
+            # member, in the clear to a stranger (the host is open to strangers here)
+            "host_says": {"methods": methods_mask({Method.parse(method)}),
+                          "caps": int(Caps.DISPLAY)},
         }
     return inputs
 
@@ -262,8 +266,11 @@ def build(inputs: dict[str, Any]) -> Exchange:
             static=ex.guest_me.static_public, wants=Role(cloud["wants"]),
             rng=ex.streams["cloud guest"],
         )
+        says = cloud["host_says"]
         ex.cloud_host = CloudHost(
             clouds=tuple(cloud["host_clouds"]), mac=mac, static=ex.host_me.static_public,
+            info=HostInfo(ex.host_me.name, methods_from_mask(says["methods"]),
+                          Caps(says["caps"])),
             rng=ex.streams["cloud host"],
         )
         ex.cloud_host.start(0.0)

@@ -81,9 +81,6 @@ async def test_a_listener_hears_no_device_id_when_a_member_resumes(
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "atk19p finding 3, reported: the host's CloudReply to a member whose hint matched carries "
-    "the host's name in the clear (severity: high for privacy, passive)"))
 async def test_a_listener_hears_not_the_hosts_name_when_a_member_comes_back(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
