@@ -248,7 +248,8 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     # -- the negotiation ------------------------------------------------------------------
 
     def _send_offer(self, now: float) -> None:
-        hello = _announce(self.config, self.me.name, self.method, self._caps, self._rng)
+        hello = _announce(self.config, _announced(self.me.name, self.method), self.method,
+                          self._caps, self._rng)
         fields: dict[str, Any] = {}
         offer = self._OFFERS.get(self.method)
         if offer is not None:
@@ -261,7 +262,7 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
         assert self._offer is not None
         # The host's name may be shown to this side's person (compare's question): held to
         # what a device's name may be before anything else is read (atk22 finding B).
-        device_name(msg.hello.name, "the host's announced name")
+        _check_announced_name(msg.hello, "the host's announced name")
         if msg.hello.method != self.method:
             raise ProtocolError(
                 f"the host answered with method '{Method(msg.hello.method).label}' "
@@ -387,7 +388,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         self._on_offer(msg, now)
 
     def _on_offer(self, msg: Offer, now: float) -> None:
-        device_name(msg.hello.name, "the guest's announced name")  # as the Accept's (atk22 B)
+        _check_announced_name(msg.hello, "the guest's announced name")  # as the Accept's
         proposed = msg.hello.method
         self._check_expected(proposed)
         caps = self._caps
@@ -406,7 +407,8 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         )
         _only_fields(msg, proposed, _OFFER_FIELDS)
         self.method = proposed
-        hello: Announce = _announce(self.config, self.me.name, proposed, caps, self._rng)
+        hello: Announce = _announce(self.config, _announced(self.me.name, proposed), proposed,
+                                    caps, self._rng)
         self._offer = msg
         self._hello = hello
         self._th_hellos = (msg.hello, hello)  # th when a method asks for it
@@ -414,3 +416,20 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         if handler is None:
             raise UnsupportedError(f"method '{proposed.label}' is not available on this host")
         getattr(self, handler)(msg, hello, now)
+
+
+def _announced(name: str, method: Method) -> str:
+    """The name a side announces for ``method``: none for kk, whose peers know each other and
+    whose names travel inside Noise IK's encrypted payloads, so that a listener hears no
+    device's name when a known device comes back (docs/protocol.md §8; session 22)."""
+    return "" if method is _KK else name
+
+
+def _check_announced_name(hello: Announce, what: str) -> None:
+    """A peer's Announce name: a device's name (:func:`device_name`, atk22 finding B), or
+    none at all in a kk announcement (:func:`_announced`)."""
+    if hello.method is _KK:
+        if hello.name:
+            raise DecodeError(f"{what}: a kk announcement carries no name")
+    else:
+        device_name(hello.name, what)

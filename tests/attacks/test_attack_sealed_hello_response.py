@@ -258,11 +258,6 @@ def test_a_former_member_reads_what_a_retired_secret_sealed_and_nothing_newer() 
     assert b"Paul" not in reply.encode()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "found by priv22b (session 22), reported, not fixed here: kk's Offer and Accept carry each "
-    "side's Announce, whose 5 name is the device's name, in the clear (docs/protocol.md §3, §8): "
-    "a member with no prekey of its host left names both devices on air, sealed CloudReply or "
-    "not (severity: medium for privacy, passive; kk runs only without a usable prekey)"))
 async def test_a_listener_hears_not_the_hosts_name_when_a_member_without_prekeys_reconnects(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
