@@ -493,8 +493,10 @@ class CloudGuest(Machine):
         if self.device_id is not None:
             assert self._host_static is not None
             sealed = seal_join_id(self._host_static, self.device_id, self._ng, self._nh)
-        return JoinRequest(name=self.name, wants=self.wants, reconnect=sealed is not None,
-                           method=self.method, sealed_id=sealed)
+        # A returning device says no name either: nobody is asked about it (§10), and a
+        # listener would follow it by its name as by its id.
+        return JoinRequest(name="" if sealed is not None else self.name, wants=self.wants,
+                           reconnect=sealed is not None, method=self.method, sealed_id=sealed)
 
     def _ask_join(self, now: float) -> None:
         self._send(self._join_request())
@@ -705,7 +707,11 @@ class CloudHost(Machine):
     def _on_join_request(self, msg: JoinRequest, now: float) -> None:
         if msg.wants is Role.STRANGER:
             raise ProtocolError("a join request must ask for guest or member access")
-        self.guest_name = device_name(msg.name, "the guest's name")
+        if msg.reconnect or msg.sealed_id is not None:
+            if msg.name:  # a returning device names itself only inside the pairing (§10)
+                raise DecodeError("a returning device's join request carries no name")
+        else:
+            self.guest_name = device_name(msg.name, "the guest's name")
         claimed = None
         if msg.sealed_id is not None and self._static_private is not None:
             claimed = open_join_id(self._static_private, msg.sealed_id, self._ng, self._nh)

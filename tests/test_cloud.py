@@ -29,6 +29,7 @@ from pairkit.pairing.cloud import (
 )
 from pairkit.pairing.errors import (
     AuthenticationError,
+    DecodeError,
     NotFoundError,
     PairingError,
     PairingTimeout,
@@ -518,3 +519,20 @@ def test_a_member_that_only_asks_opens_the_seal_and_leaves_as_a_probe_does() -> 
     assert probe.done and probe.host == PAUL and probe.role is Role.STRANGER
     assert not r.asked and host.failed and is_probe(host.error)
     assert [type(wire.decode(m)) for _, m in r.messages] == [CloudHello, CloudReply, wire.Abort]
+
+
+def test_a_returning_devices_request_names_nobody_and_one_that_does_is_refused() -> None:
+    """A returning device's JoinRequest carries no name (nobody is asked about it; a listener
+    would follow it by its name); one that names itself is refused before anything else."""
+    r, _, _ = _come_back(60)
+    (sent,) = [m for d, m in r.messages if d == "g2h" and _join_request(m) is not None]
+    request = _join_request(sent)
+    assert request is not None and request.name == "" and b"George" not in sent
+
+    def named(d: str, m: bytes) -> bytes:
+        req = _join_request(m) if d == "g2h" else None
+        return m if req is None else dataclasses.replace(req, name="George").encode()
+
+    r2, _, host2 = _come_back(61, tamper=named)
+    assert isinstance(r2.host_error, DecodeError) and "no name" in str(r2.host_error)
+    assert not r2.asked and host2.claimed is None

@@ -134,6 +134,8 @@ async def test_a_listener_reads_no_device_id_in_a_returning_guests_join_request(
     assert request.reconnect  # the returning device's request, heard whole
     assert bytes.fromhex(george.device_id) not in heard
     assert bytes.fromhex(paul.device_id) not in heard
+    # nor its name (the host asks nobody about a returning device: it has no use for it)
+    assert request.name == "" and george.name.encode() not in heard
 
 
 async def test_a_listener_hears_no_device_id_when_a_guest_comes_back(

@@ -173,7 +173,7 @@ async def test_a_join_request_replayed_into_another_link_is_an_unknown_device(
         before = peers_view(george)
         replayed = await answer_to(host, hello_frame(), lambda _g, _h: recorded)
         unknown = await answer_to(host, hello_frame(), lambda _g, _h: as_frame(JoinRequest(
-            name="Paul", wants=Role.GUEST, reconnect=True, method=int(Method.RESUME)
+            name="", wants=Role.GUEST, reconnect=True, method=int(Method.RESUME)
         ).encode()))
     assert isinstance(replayed, wire.Abort), replayed
     assert (replayed.code, replayed.reason) == (unknown.code, unknown.reason)
