@@ -387,3 +387,34 @@ def on_air(radio: VirtualRadio) -> list[bytes]:
 
     link.send_acl_data = keep  # type: ignore[method-assign]
     return seen
+
+
+async def paired_then_private(world: World, host_ks: Keystore, guest_ks: Keystore) -> HostRun:
+    """``guest_ks`` pairs by PIN with ``host_ks``'s host while it is visible; then the host's
+    window closes: a private host from now on, which ``guest_ks`` knows."""
+    host = await world.start_host(host_ks, visible=60.0)
+    await world.join(reopen(guest_ks), await world.device(), host, method=Method.PIN)
+    await host.presence.open_window(0)
+    assert not host.presence.visible
+    return host
+
+
+async def comes_back(
+    world: World, guest_ks: Keystore, host: HostRun, host_ks: Keystore
+) -> Method:
+    """``guest_ks`` comes back to ``host`` (``host_ks``'s) on a new link (resume, or kk when it
+    holds no prekey of the host's); the method the session ran."""
+    session, _ = await world.join(reopen(guest_ks), await world.device(), host,
+                                  method=Method.RESUME, target=host_ks.name,
+                                  address=host.address)
+    return session.method
+
+
+def without_prekeys(guest_ks: Keystore, host_ks: Keystore) -> None:
+    """``guest_ks`` has used up every prekey of ``host_ks``'s it held (its next come-back
+    runs kk)."""
+    ks = reopen(guest_ks)
+    record = ks.peer_by_id(host_ks.device_id)
+    assert record is not None and record.their_prekeys
+    ks.add_peer(dataclasses.replace(record, their_prekeys=()))
+    ks.save()

@@ -21,8 +21,6 @@ listener has.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from typing import Any
 
 import pytest
 
@@ -32,7 +30,13 @@ from pairkit.pairing.cloud import JoinRequest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler
 from pairkit.pairing.negotiation import Method
-from tests.ble_harness import World, on_air, reopen
+from tests.ble_harness import (
+    World,
+    comes_back,
+    on_air,
+    paired_then_private,
+    without_prekeys,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,32 +54,13 @@ def _ids(host_ks: Keystore, guest_ks: Keystore) -> dict[str, bytes]:
     }
 
 
-async def _comes_back(world: World, guest_ks: Keystore, host: Any) -> Method:
-    """``guest_ks`` comes back to the private ``host`` on a new link (resume, or kk when it
-    holds no prekey of the host's); the method the session ran."""
-    session, _ = await world.join(reopen(guest_ks), await world.device(), host,
-                                  method=Method.RESUME, target="Paul's phone",
-                                  address=host.address)
-    return session.method
-
-
-async def _paired_then_private(world: World, host_ks: Keystore, guest_ks: Keystore) -> Any:
-    """``guest_ks`` pairs with ``host_ks``'s host by PIN while it is visible; then the host's
-    window closes (a private host from now on)."""
-    host = await world.start_host(host_ks, visible=60.0)
-    await world.join(reopen(guest_ks), await world.device(), host, method=Method.PIN)
-    await host.presence.open_window(0)
-    assert not host.presence.visible
-    return host
-
-
 async def test_a_listener_hears_no_device_id_when_a_member_resumes(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
-    host = await _paired_then_private(world, paul, tv)
+    host = await paired_then_private(world, paul, tv)
     air = on_air(world.radio)  # the listener, from now on
     for _ in range(2):
-        assert await _comes_back(world, tv, host) is Method.RESUME
+        assert await comes_back(world, tv, host, paul) is Method.RESUME
         await host.presence.open_window(0)  # a rotation between the two sessions
     leaked = _leaked(air, _ids(paul, tv))
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
@@ -84,9 +69,9 @@ async def test_a_listener_hears_no_device_id_when_a_member_resumes(
 async def test_a_listener_hears_not_the_hosts_name_when_a_member_comes_back(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
-    host = await _paired_then_private(world, paul, tv)
+    host = await paired_then_private(world, paul, tv)
     air = on_air(world.radio)
-    assert await _comes_back(world, tv, host) is Method.RESUME
+    assert await comes_back(world, tv, host, paul) is Method.RESUME
     leaked = _leaked(air, {"the host's name": paul.name.encode()})
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
 
@@ -94,14 +79,10 @@ async def test_a_listener_hears_not_the_hosts_name_when_a_member_comes_back(
 async def test_a_listener_hears_no_device_id_when_a_member_without_prekeys_reconnects(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
-    host = await _paired_then_private(world, paul, tv)
-    ks = reopen(tv)
-    record = ks.peer_by_id(paul.device_id)
-    assert record is not None and record.their_prekeys
-    ks.add_peer(dataclasses.replace(record, their_prekeys=()))  # none left: kk
-    ks.save()
+    host = await paired_then_private(world, paul, tv)
+    without_prekeys(tv, paul)  # none left: kk
     air = on_air(world.radio)
-    assert await _comes_back(world, tv, host) is Method.KK
+    assert await comes_back(world, tv, host, paul) is Method.KK
     leaked = _leaked(air, _ids(paul, tv))
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
 
@@ -127,9 +108,9 @@ async def test_a_listener_reads_no_device_id_in_a_returning_guests_join_request(
     JoinRequest says he paired before, and must not say who he is (it seals his id to the
     host, docs/protocol.md §10).  The narrow half of the test below, which waits for the
     resume header too."""
-    host = await _paired_then_private(world, paul, george)
+    host = await paired_then_private(world, paul, george)
     air = on_air(world.radio)
-    assert await _comes_back(world, george, host) is Method.RESUME
+    assert await comes_back(world, george, host, paul) is Method.RESUME
     (heard, request), = _join_requests(air)
     assert request.reconnect  # the returning device's request, heard whole
     assert bytes.fromhex(george.device_id) not in heard
@@ -143,8 +124,8 @@ async def test_a_listener_hears_no_device_id_when_a_guest_comes_back(
 ) -> None:
     """George, let in for an hour, comes back: neither his JoinRequest nor the resume that
     follows names either device."""
-    host = await _paired_then_private(world, paul, george)
+    host = await paired_then_private(world, paul, george)
     air = on_air(world.radio)
-    assert await _comes_back(world, george, host) is Method.RESUME
+    assert await comes_back(world, george, host, paul) is Method.RESUME
     leaked = _leaked(air, _ids(paul, george))
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"

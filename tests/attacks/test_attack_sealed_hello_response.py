@@ -48,7 +48,14 @@ from pairkit.pairing.errors import AuthenticationError, PairingError
 from pairkit.pairing.negotiation import Caps, Method
 from pairkit.presence import discover
 from pairkit.session import name_hosts
-from tests.ble_harness import World, on_air, reopen
+from tests.ble_harness import (
+    World,
+    comes_back,
+    on_air,
+    paired_then_private,
+    reopen,
+    without_prekeys,
+)
 from tests.pair_harness import shuttle
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,18 +97,10 @@ def _flip_the_description(world: World) -> list[CloudReply]:
     return sent
 
 
-async def _paired_then_private(world: World, host_ks: Keystore, guest_ks: Keystore) -> Any:
-    host = await world.start_host(host_ks, visible=60.0)
-    await world.join(reopen(guest_ks), await world.device(), host, method=Method.PIN)
-    await host.presence.open_window(0)
-    assert not host.presence.visible
-    return host
-
-
 async def test_a_bit_flipped_in_the_sealed_description_stops_the_member_at_the_reply(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
-    host = await _paired_then_private(world, paul, tv)
+    host = await paired_then_private(world, paul, tv)
     before = (reopen(paul).peers(), reopen(tv).peers())
     asked, paired = list(host.person.questions), len(host.results)
     sent = _flip_the_description(world)
@@ -117,7 +116,7 @@ async def test_a_bit_flipped_in_the_sealed_description_stops_the_member_at_the_r
 async def test_a_private_host_gives_a_stranger_no_sealed_part_and_no_name(
     world: World, paul: Keystore, tv: Keystore, george: Keystore
 ) -> None:
-    host = await _paired_then_private(world, paul, tv)
+    host = await paired_then_private(world, paul, tv)
     air = on_air(world.radio)
     with pytest.raises(PairingError):
         await world.join(reopen(george), await world.device(), host, method=Method.PIN)
@@ -137,7 +136,7 @@ async def test_a_private_host_gives_a_stranger_no_sealed_part_and_no_name(
 async def test_a_member_s_discover_names_its_private_host_and_a_listener_hears_no_name(
     world: World, paul: Keystore, tv: Keystore, george: Keystore
 ) -> None:
-    host = await _paired_then_private(world, paul, tv)
+    host = await paired_then_private(world, paul, tv)
     scanner = await world.device()
     asked, paired = list(host.person.questions), len(host.results)
     air = on_air(world.radio)
@@ -261,16 +260,10 @@ def test_a_former_member_reads_what_a_retired_secret_sealed_and_nothing_newer() 
 async def test_a_listener_hears_not_the_hosts_name_when_a_member_without_prekeys_reconnects(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
-    host = await _paired_then_private(world, paul, tv)
-    ks = reopen(tv)
-    record = ks.peer_by_id(paul.device_id)
-    assert record is not None and record.their_prekeys
-    ks.add_peer(dataclasses.replace(record, their_prekeys=()))  # none left: kk
-    ks.save()
+    host = await paired_then_private(world, paul, tv)
+    without_prekeys(tv, paul)  # none left: kk
     air = on_air(world.radio)
-    session, _ = await world.join(reopen(tv), await world.device(), host, method=Method.RESUME,
-                                  target="Paul's phone", address=host.address)
-    assert session.method is Method.KK
+    assert await comes_back(world, tv, host, paul) is Method.KK
     replies = [r for _, r in filter(None, map(_reply_in, air))]
     assert replies and replies[0].sealed is not None  # the CloudReply's part is sealed...
     heard = b"".join(air)
