@@ -1136,13 +1136,15 @@ def main() -> None:
     codes are :mod:`pairkit.cli.exitcodes`'.
     """
     from .exitcodes import EXIT_INTERRUPTED, EXIT_USAGE
-    from .show import MAX_LINE, SafeStream
+    from .show import MAX_LINE, SafeStream, TerminalRow, same_terminal
 
     # Nothing a peer sent reaches the terminal as a control sequence (issue 17, finding 5).
     streams = sys.stdout, sys.stderr
-    sys.stdout = SafeStream(sys.stdout)  # type: ignore[assignment]
+    # One terminal for both: one row counted by both, for folding (atk22b finding F2).
+    row = TerminalRow() if same_terminal(*streams) else None
+    sys.stdout = SafeStream(sys.stdout, row=row)  # type: ignore[assignment]
     # Nor a line longer than MAX_LINE to stderr, whatever error text made it (atk20c finding 2).
-    sys.stderr = SafeStream(sys.stderr, max_line=MAX_LINE)  # type: ignore[assignment]
+    sys.stderr = SafeStream(sys.stderr, max_line=MAX_LINE, row=row)  # type: ignore[assignment]
     try:
         rv = cli.main(standalone_mode=False)
     except click.UsageError as exc:

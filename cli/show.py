@@ -60,14 +60,62 @@ FOLD_MARK_ASCII = "  ~> "
 _MIN_FOLD_WIDTH = 20
 
 
-def _cells(ch: str) -> int:
-    """The columns a terminal gives ``ch``: 2 for a wide or full-width character (East Asian
-    Width W or F), 0 for a combining mark, 1 otherwise (what :func:`safe` left is printable)."""
-    if ch < "\u0300":
+#: U+FE0F VARIATION SELECTOR-16: the character before it is drawn as an emoji, two columns
+_EMOJI_SELECTOR = "\ufe0f"
+#: locales whose terminals draw East Asian ambiguous-width characters two columns wide
+_CJK = ("zh", "ja", "ko")
+
+
+class TerminalRow:
+    """The columns the terminal's current row takes so far, shared by pairkit's stdout and
+    stderr when both are the same terminal (attack review atk22b, finding F2: each counting its
+    own, a line stdout left unfinished made stderr fold late)."""
+
+    def __init__(self) -> None:
+        self.cells = 0
+
+
+def same_terminal(a: Any, b: Any) -> bool:
+    """Whether the streams ``a`` and ``b`` write to one terminal (the same tty device)."""
+    try:
+        if not (a.isatty() and b.isatty()):
+            return False
+        return bool(os.fstat(a.fileno()).st_rdev == os.fstat(b.fileno()).st_rdev)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _ambiguous_wide() -> bool:
+    """Whether East Asian ambiguous-width characters (①, Greek, Cyrillic, box drawing) are
+    drawn two columns wide: in a Chinese, Japanese or Korean locale."""
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            return value.lower().startswith(_CJK)
+    return False
+
+
+def _cells(ch: str, ambiguous_wide: bool = False) -> int:
+    """The columns a terminal gives ``ch``, on the wide side when terminals differ (a fold too
+    early is harmless, one too late is the hole: atk22b finding F1): 2 for a wide or
+    full-width character (East Asian Width W or F) and, when ``ambiguous_wide``, an ambiguous
+    one (A), 0 for a combining mark, 1 otherwise (what :func:`safe` left is printable).  A
+    character followed by U+FE0F is counted 2 by the caller."""
+    if ch < "\u00a1":
         return 1
     if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
         return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    eaw = unicodedata.east_asian_width(ch)
+    return 2 if eaw in ("W", "F") or (ambiguous_wide and eaw == "A") else 1
+
+
+def _width(text: str, ambiguous_wide: bool) -> int:
+    """The columns ``text`` (no newline) takes, as :meth:`SafeStream._fold` counts them."""
+    return sum(
+        2 if text[i + 1:i + 2] == _EMOJI_SELECTOR and _cells(ch, ambiguous_wide) else
+        _cells(ch, ambiguous_wide)
+        for i, ch in enumerate(text)
+    )
 
 
 class SafeStream:
@@ -91,12 +139,16 @@ class SafeStream:
     ``LC_ALL=C`` reads the rest.
     """
 
-    def __init__(self, inner: Any, *, max_line: int | None = None) -> None:
+    def __init__(
+        self, inner: Any, *, max_line: int | None = None, row: TerminalRow | None = None
+    ) -> None:
         self._inner = inner
         self._max_line = max_line
         self._column = 0  # characters of the current line written so far
         self._cut = 0  # characters of the current line left out so far
-        self._cells = 0  # terminal columns the current row takes so far (folding)
+        #: the terminal row's columns taken so far (folding), shared with the other stream
+        #: on the same terminal (:class:`TerminalRow`)
+        self._row = row if row is not None else TerminalRow()
         self.buffer = SafeBuffer(self)
 
     def write(self, text: str) -> int:
@@ -119,13 +171,13 @@ class SafeStream:
             shown = self._cut_lines(shown, self._max_line)
         self._inner.write(self._encodable(shown))
         _, newline, tail = shown.rpartition("\n")
-        self._cells = (0 if newline else self._cells) + sum(_cells(ch) for ch in tail)
+        self._row.cells = (0 if newline else self._row.cells) + _width(tail, _ambiguous_wide())
         return len(text)
 
     def mark_line_start(self) -> None:
         """The cursor is at the start of a row, put there by something that did not write
         here (the person pressed Enter after a prompt: the terminal echoed the newline)."""
-        self._cells = 0
+        self._row.cells = 0
 
     def _terminal_width(self) -> int | None:
         """The terminal's width in columns when this stream is a terminal's, else None."""
@@ -147,20 +199,26 @@ class SafeStream:
         review atk22, finding A: "paired with Paul's laptop by pin as member" under a stranger's
         Abort).  No line pairkit writes starts with the mark."""
         mark = self._fold_mark()
+        ambiguous_wide = _ambiguous_wide()
         out: list[str] = []
-        cells = self._cells
-        for ch in text:
+        cells = self._row.cells
+        for i, ch in enumerate(text):
             if ch == "\n":
                 cells = 0
                 out.append(ch)
                 continue
-            need = 8 - cells % 8 if ch == "\t" else _cells(ch)
+            if ch == "\t":
+                need = 8 - cells % 8
+            else:
+                need = _cells(ch, ambiguous_wide)
+                if need and text[i + 1:i + 2] == _EMOJI_SELECTOR:
+                    need = 2  # drawn as an emoji: two columns (atk22b finding F1)
             if need and cells and cells + need > width:
                 out.append("\n" + mark)
                 cells = len(mark)
             out.append(ch)
             cells += need
-        self._cells = cells
+        self._row.cells = cells
         return "".join(out)
 
     def _fold_mark(self) -> str:
@@ -209,7 +267,7 @@ class SafeStream:
 
     def raw_write(self, text: str) -> int:
         if "\r" in text or "\n" in text:  # pairkit's own status line starts again
-            self._column = self._cut = self._cells = 0
+            self._column = self._cut = self._row.cells = 0
         return int(self._inner.write(self._encodable(text)))
 
     def __getattr__(self, name: str) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pairkit.cli.show import FOLD_MARK, SafeStream
+from pairkit.cli.show import FOLD_MARK, SafeStream, TerminalRow
 from pairkit.driver import MessagePipe
 from pairkit.pairing import wire
 from pairkit.pairing.errors import ErrorCode
@@ -156,3 +156,85 @@ def test_after_the_person_pressed_enter_a_row_counts_from_zero(terminal: _Termin
     stream.mark_line_start()  # the terminal echoed the Enter
     stream.write("  allowed as guest for one hour; the rest of the row fits" + "\n")
     assert FOLD_MARK not in terminal.text
+
+
+# -- attack review atk22b: what terminals draw wider than one column each, and two streams ------
+
+
+def _drawn(row: str, *, ambiguous_wide: bool) -> int:
+    """The columns a modern terminal draws ``row`` in, counting on the wide side: a character
+    followed by U+FE0F (emoji presentation) two, East Asian wide two, ambiguous two when
+    ``ambiguous_wide`` (a CJK locale), combining marks none."""
+    import unicodedata
+
+    width = 0
+    for i, ch in enumerate(row):
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+            continue
+        eaw = unicodedata.east_asian_width(ch)
+        emoji = row[i + 1:i + 2] == "\ufe0f"
+        width += 2 if emoji or eaw in ("W", "F") or (ambiguous_wide and eaw == "A") else 1
+    return width
+
+
+@pytest.mark.parametrize(("padding", "locale"), [
+    ("\u263a\ufe0f", "en_US.UTF-8"),  # ☺️: text-presentation base drawn as an emoji, 2 wide
+    ("\u2460", "ja_JP.UTF-8"),  # ①: ambiguous width, 2 wide in a CJK locale
+    ("\u0434", "zh_CN.UTF-8"),  # Cyrillic д: ambiguous too
+], ids=["emoji-selector", "circled-digit-cjk", "cyrillic-cjk"])
+def test_characters_a_terminal_draws_two_wide_are_counted_so(
+    terminal: _Terminal, monkeypatch: pytest.MonkeyPatch, padding: str, locale: str
+) -> None:
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", locale)
+    stream = SafeStream(terminal)
+    stream.write("error: peer said: " + padding * 40 + FORGED + "\n")
+    rows = terminal.text.rstrip("\n").split("\n")
+    wide = [r for r in rows if _drawn(r, ambiguous_wide=True) > COLUMNS]
+    assert wide == [], wide  # no row the terminal wraps again, with no mark
+    assert all(r.startswith(FOLD_MARK) for r in rows[1:]), rows
+
+
+def test_cyrillic_is_one_column_outside_a_cjk_locale(
+    terminal: _Terminal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting on the wide side only where the terminal draws so: a Russian line is not
+    folded at half the width."""
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "ru_RU.UTF-8")
+    stream = SafeStream(terminal)
+    stream.write("\u0434" * COLUMNS + "\n")
+    assert terminal.text == "\u0434" * COLUMNS + "\n"
+
+
+def test_two_streams_on_one_terminal_count_one_row(terminal: _Terminal) -> None:
+    """stdout left mid-row ("Compare on both devices: "), then stderr writes a peer's words:
+    both count the same row, so stderr folds where the terminal would wrap."""
+    row = TerminalRow()
+    out, err = SafeStream(terminal, row=row), SafeStream(terminal, row=row)
+    out.write("Compare on both devices: ")
+    err.write("x" * (COLUMNS - len("Compare on both devices: ")) + FORGED + "\n")
+    rows = terminal.text.rstrip("\n").split("\n")
+    assert rows[0] == "Compare on both devices: " + "x" * (COLUMNS - 25), rows
+    assert rows[1] == FOLD_MARK + FORGED, rows
+
+
+def test_stdout_and_stderr_on_one_pty_are_one_terminal_and_a_pipe_is_not() -> None:
+    from pairkit.cli.show import same_terminal
+
+    master, slave = os.openpty()
+    other_master, other_slave = os.openpty()
+    r, w = os.pipe()
+    files = [os.fdopen(fd, "w", closefd=True) for fd in (slave, os.dup(slave), other_slave, w)]
+    try:
+        one, same, other, pipe = files
+        assert same_terminal(one, same)
+        assert not same_terminal(one, other)
+        assert not same_terminal(one, pipe)
+    finally:
+        for f in files:
+            f.close()
+        for fd in (master, other_master, r):
+            os.close(fd)
