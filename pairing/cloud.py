@@ -732,7 +732,10 @@ class CloudHost(Machine):
             self.join_method = msg.method
             self.grant = known
             self.role = known.role
-            self._send(JoinVerdict(known.role, known.seconds))
+            # The role only: the seconds left, in the clear, added to the time it was heard,
+            # give the grant's fixed end, the same at each return (atk22c finding F1); the end
+            # crosses inside the secure channel (the Membership's expires, §10).
+            self._send(JoinVerdict(known.role))
             self._finish()
             return
         if msg.reconnect or msg.sealed_id is not None:

@@ -24,6 +24,7 @@ from pairkit.pairing.cloud import (
     Grant,
     HostInfo,
     JoinRequest,
+    JoinVerdict,
     Role,
     is_probe,
 )
@@ -536,3 +537,15 @@ def test_a_returning_devices_request_names_nobody_and_one_that_does_is_refused()
     r2, _, host2 = _come_back(61, tamper=named)
     assert isinstance(r2.host_error, DecodeError) and "no name" in str(r2.host_error)
     assert not r2.asked and host2.claimed is None
+
+
+def test_a_returning_devices_verdict_says_no_seconds_left() -> None:
+    """atk22c finding F1: the seconds left of a returning guest's grant, in the clear, added to
+    the time it was heard, gave the grant's fixed end: the same at every return, another for
+    each guest, so a listener linked a guest's returns.  The verdict now says the role only;
+    the end crosses inside the secure channel (the Membership's ``expires``)."""
+    r, guest, _ = _come_back(62)
+    verdicts = [wire.decode(m) for d, m in r.messages if d == "h2g"]
+    (verdict,) = [v for v in verdicts if isinstance(v, JoinVerdict)]
+    assert verdict.role is Role.GUEST and verdict.seconds is None
+    assert guest.role is Role.GUEST
