@@ -128,8 +128,9 @@ def unseal(key: bytes, nonce: int, ciphertext: bytes, ad: bytes, what: str) -> b
         raise AuthenticationError(f"{what} did not verify") from None
 
 
-#: HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305 (RFC 9180 §7)
-_HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+#: HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305 (RFC 9180 §7):
+#: pairkit's one suite (compare's SK, the keystore's envelopes, a returning device's id)
+HPKE_SUITE: Final = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
 #: HPKE's encapsulated key (X25519's ephemeral public key) and ChaCha20-Poly1305's tag
 HPKE_OVERHEAD: Final = 32 + 16
 
@@ -141,7 +142,7 @@ def hpke_seal(public: bytes, plaintext: bytes, info: bytes) -> bytes:
     no aad).  The ephemeral key is drawn inside `cryptography` (its API takes no rng)."""
     if len(public) != 32:
         raise DecodeError("a public key must be 32 bytes")
-    return _HPKE.encrypt(plaintext, X25519PublicKey.from_public_bytes(public), info)
+    return HPKE_SUITE.encrypt(plaintext, X25519PublicKey.from_public_bytes(public), info)
 
 
 def hpke_open(private: X25519PrivateKey, sealed: bytes, info: bytes, what: str) -> bytes:
@@ -149,7 +150,7 @@ def hpke_open(private: X25519PrivateKey, sealed: bytes, info: bytes, what: str) 
     (naming ``what``, never a byte of it) when it does not open: another recipient, another
     ``info``, or a byte changed."""
     try:
-        return _HPKE.decrypt(sealed, private, info)
+        return HPKE_SUITE.decrypt(sealed, private, info)
     except (InvalidTag, ValueError):
         raise AuthenticationError(f"{what} did not open") from None
 

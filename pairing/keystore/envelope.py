@@ -6,16 +6,16 @@ from __future__ import annotations
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from .. import cbor
+from ..crypto import HPKE_SUITE
 from ..errors import AuthenticationError, ConfigError, DecodeError
 from .records import _check_public_key
 
 __all__ = ["open_envelope", "seal_envelope"]
 
-_HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+_HPKE_SUITE = HPKE_SUITE
 _HPKE_ENC_SIZE: Final = 32
 
 

@@ -18,10 +18,9 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Protocol
 
-from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .. import keyschedule, wire
+from .. import crypto, keyschedule, wire
 from ..crypto import Rng, check_ed25519_public, digest, x25519_keypair
 from ..errors import AuthenticationError, ConfigError, PairingError, RefusedError
 from ..machine import Event, Question
@@ -35,7 +34,7 @@ QR_NOISE = "Noise_IKpsk2_25519_ChaChaPoly_SHA256"
 #: ``kk`` runs Noise IK: the guest's static key travels encrypted under ``es`` (it named itself
 #: in the clear under Noise KK until session 22; docs/security.md "kk runs Noise IK")
 KK_NOISE = "Noise_IK_25519_ChaChaPoly_SHA256"
-HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+HPKE_SUITE = crypto.HPKE_SUITE  # re-exported: compare seals SK with it
 DEFAULT_METHODS = frozenset({Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR, Method.RESUME})
 
 
