@@ -7,6 +7,8 @@ predates the entry point gets it here, under the same name, so it is never regis
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -23,6 +25,12 @@ settings.load_profile("pairkit")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`cmd &` without job control: CI runners, nohup) with
+    # SIGINT ignored, and an ignored signal stays ignored across exec: every pairkit process a
+    # test starts would then ignore the Ctrl-C the tests send it, and Python installs no
+    # KeyboardInterrupt handler.  Handled here, it is back to the default in each child.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if not config.pluginmanager.has_plugin("pairkit"):
         from pairkit.transports import pytest_plugin
 
