@@ -300,17 +300,16 @@ def _reply_key(mac: CloudMac, cloud_id: str, ng: bytes, nh: bytes) -> bytes:
 
 def _padded(info: HostInfo) -> bytes:
     """``enc(HostDescription)`` with ``pad`` the fewest zero bytes that make its length a
-    multiple of :data:`DESCRIPTION_PAD` (a pad of n bytes adds n + 1 bytes to the empty pad's
-    encoding from n = 24 on, where its length takes a byte of its own: §1.1)."""
-    base = encode_struct(HostDescription(info.name, methods_mask(info.methods), int(info.caps)))
-    # ``pad`` (key 5) is the last field, written even when empty (its key and a head byte,
-    # 0x40): the padded encoding is the empty pad's with the head of n bytes and n zeros
-    room = -len(base) % DESCRIPTION_PAD
-    if room == 24:  # 23 bytes fall one short and 24 one over: the next multiple
-        room += DESCRIPTION_PAD
-    n = room if room < 24 else room - 1
-    head = bytes([0x40 | n]) if n < 24 else bytes([0x58, n])
-    return base[:-1] + head + bytes(n)
+    multiple of :data:`DESCRIPTION_PAD` (§10).  Tried one length at a time: a pad's head
+    grows a byte at 24 bytes (§1.1), so some lengths are skipped; once per member hello."""
+    for n in range(2 * DESCRIPTION_PAD + 1):
+        body = HostDescription(
+            info.name, methods_mask(info.methods), int(info.caps), pad=bytes(n)
+        )
+        encoded = encode_struct(body)
+        if len(encoded) % DESCRIPTION_PAD == 0:
+            return encoded
+    raise AssertionError("a pad of at most two blocks always fits")  # pragma: no cover
 
 
 def seal_host_info(
