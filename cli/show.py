@@ -152,26 +152,27 @@ class SafeStream:
         self.buffer = SafeBuffer(self)
 
     def write(self, text: str) -> int:
+        return self._write(text, fold=True)
+
+    def write_whole(self, text: str) -> int:
+        """Write ``text`` as :meth:`write` does but never folded: for pairkit's own lines that
+        a person copies whole (the QR code's link), which hold no peer's words."""
+        return self._write(text, fold=False)
+
+    def _write(self, text: str, *, fold: bool) -> int:
         if not isinstance(text, str):  # a text stream takes text (click probes with bytes)
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         shown = safe(text, lines=True)
         if self._max_line is not None:
             shown = self._cut_lines(shown, self._max_line)
-        width = self._terminal_width()
+        width = self._terminal_width() if fold else None
         if width is not None:
             shown = self._fold(shown, width)
+        elif not fold:  # unfolded, the row still moves: the next fold counts from its end
+            _, newline, tail = shown.rpartition("\n")
+            start = 0 if newline else self._row.cells
+            self._row.cells = start + _width(tail, _ambiguous_wide())
         self._inner.write(self._encodable(shown))
-        return len(text)
-
-    def write_whole(self, text: str) -> int:
-        """Write ``text`` as :meth:`write` does but never folded: for pairkit's own lines that
-        a person copies whole (the QR code's link), which hold no peer's words."""
-        shown = safe(text, lines=True)
-        if self._max_line is not None:
-            shown = self._cut_lines(shown, self._max_line)
-        self._inner.write(self._encodable(shown))
-        _, newline, tail = shown.rpartition("\n")
-        self._row.cells = (0 if newline else self._row.cells) + _width(tail, _ambiguous_wide())
         return len(text)
 
     def mark_line_start(self) -> None:
