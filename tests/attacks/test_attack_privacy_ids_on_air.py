@@ -76,14 +76,17 @@ async def test_a_listener_hears_not_the_hosts_name_when_a_member_comes_back(
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
 
 
-async def test_a_listener_hears_no_device_id_when_a_member_without_prekeys_reconnects(
+async def test_a_listener_hears_no_device_id_nor_name_when_a_member_without_prekeys_reconnects(
     world: World, paul: Keystore, tv: Keystore
 ) -> None:
+    """kk: the guest's static key travels encrypted (Noise IK), and neither Announce names its
+    device (the CloudReply's part is sealed: test_attack_sealed_hello_response.py)."""
     host = await paired_then_private(world, paul, tv)
     without_prekeys(tv, paul)  # none left: kk
     air = on_air(world.radio)
     assert await comes_back(world, tv, host, paul) is Method.KK
-    leaked = _leaked(air, _ids(paul, tv))
+    names = {"the host's name": paul.name.encode(), "the member's name": tv.name.encode()}
+    leaked = _leaked(air, _ids(paul, tv) | names)
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
 
 

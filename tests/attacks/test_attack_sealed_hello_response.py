@@ -50,11 +50,9 @@ from pairkit.presence import discover
 from pairkit.session import name_hosts
 from tests.ble_harness import (
     World,
-    comes_back,
     on_air,
     paired_then_private,
     reopen,
-    without_prekeys,
 )
 from tests.pair_harness import shuttle
 
@@ -255,18 +253,3 @@ def test_a_former_member_reads_what_a_retired_secret_sealed_and_nothing_newer() 
     with pytest.raises(AuthenticationError):
         open_host_info(retired, "pauls-cloud", ng, reply)
     assert b"Paul" not in reply.encode()
-
-
-async def test_a_listener_hears_not_the_hosts_name_when_a_member_without_prekeys_reconnects(
-    world: World, paul: Keystore, tv: Keystore
-) -> None:
-    host = await paired_then_private(world, paul, tv)
-    without_prekeys(tv, paul)  # none left: kk
-    air = on_air(world.radio)
-    assert await comes_back(world, tv, host, paul) is Method.KK
-    replies = [r for _, r in filter(None, map(_reply_in, air))]
-    assert replies and replies[0].sealed is not None  # the CloudReply's part is sealed...
-    heard = b"".join(air)
-    leaked = [who for who, name in (("host", paul.name), ("member", tv.name))
-              if name.encode() in heard]
-    assert leaked == [], f"names on air in the clear: {', '.join(leaked)}"  # ...the Announces
