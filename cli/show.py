@@ -56,8 +56,13 @@ _UNICODE = frozenset({"utf-8", "utf-16", "utf-32"})
 #: no line of pairkit's own starts with it.  The second on a terminal that cannot show the first
 FOLD_MARK = "  \u21b3 "
 FOLD_MARK_ASCII = "  ~> "
-#: a terminal narrower than this is not folded (a pty nobody sized reports 0 columns)
-_MIN_FOLD_WIDTH = 20
+#: the width a terminal is folded at when it reports none (0 columns: a serial console, a
+#: pty nobody sized), as terminals start (attack review atk23, finding F4)
+_UNSIZED_WIDTH = 80
+#: from here on, Unicode's newer versions made characters wide that Python 3.11's tables
+#: (Unicode 14) call narrow: U+2630 trigrams, U+4DC0 hexagrams, U+1D360 counting rods in
+#: Unicode 16 (atk23 F3); everything before it is the same in every version's tables
+_NEWLY_WIDE_FROM = "\u1100"
 
 
 #: U+FE0F VARIATION SELECTOR-16: the character before it is drawn as an emoji, two columns
@@ -99,12 +104,18 @@ def _cells(ch: str, ambiguous_wide: bool = False) -> int:
     """The columns a terminal gives ``ch``, on the wide side when terminals differ (a fold too
     early is harmless, one too late is the hole: atk22b finding F1): 2 for a wide or
     full-width character (East Asian Width W or F) and, when ``ambiguous_wide``, an ambiguous
-    one (A), 0 for a combining mark, 1 otherwise (what :func:`safe` left is printable).  A
-    character followed by U+FE0F is counted 2 by the caller."""
+    one (A), 0 for a combining mark, and 2 for any other character from U+1100 on, where a
+    newer Unicode than this Python's may have made it wide (attack review atk23, finding F3:
+    38 hexagrams, one column each here, two on a terminal following Unicode 16, put a row of
+    the peer's making on the screen unmarked); 1 otherwise (Latin, Greek, Cyrillic and the
+    rest below U+1100: a person's name is not folded at half the row).  A character followed
+    by U+FE0F is counted 2 by the caller."""
     if ch < "\u00a1":
         return 1
     if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
         return 0
+    if ch >= _NEWLY_WIDE_FROM:
+        return 2
     eaw = unicodedata.east_asian_width(ch)
     return 2 if eaw in ("W", "F") or (ambiguous_wide and eaw == "A") else 1
 
@@ -181,14 +192,15 @@ class SafeStream:
         self._row.cells = 0
 
     def _terminal_width(self) -> int | None:
-        """The terminal's width in columns when this stream is a terminal's, else None."""
+        """The terminal's width in columns when this stream is a terminal's (80 when it
+        reports none), else None."""
         try:
             if not self._inner.isatty():
                 return None
             columns = os.get_terminal_size(self._inner.fileno()).columns
         except (AttributeError, OSError, ValueError):
             return None
-        return columns if columns >= _MIN_FOLD_WIDTH else None
+        return columns if columns > 0 else _UNSIZED_WIDTH
 
     def _fold(self, text: str, width: int) -> str:
         """``text`` with every row the terminal would wrap it into after the first started by
@@ -216,7 +228,7 @@ class SafeStream:
                     need = 2  # drawn as an emoji: two columns (atk22b finding F1)
             if need and cells and cells + need > width:
                 out.append("\n" + mark)
-                cells = len(mark)
+                cells = _width(mark, ambiguous_wide)
             out.append(ch)
             cells += need
         self._row.cells = cells
@@ -394,12 +406,17 @@ class Progress:
         self.stream.flush()
 
 
-def role_text(m: Membership) -> str:
+def role_text(m: Membership, *, now: float | None = None) -> str:
+    """The role `pairkit join` reports: a guest's end with its date when it is not today
+    (attack review atk23, finding F6: "until 00:34" read the same for 1 hour and for 25)."""
     if m.role is Role.MEMBER:
         # the host's cloud name, shown one line (atk21b finding B)
         return f"member of {safe(m.cloud_name) if m.cloud_name else 'the cloud'}"
     if m.role is Role.GUEST and m.expires is not None:
-        return f"guest until {time.strftime('%H:%M', time.localtime(m.expires))}"
+        end = time.localtime(m.expires)
+        today = time.localtime(time.time() if now is None else now)
+        same_day = (end.tm_year, end.tm_yday) == (today.tm_year, today.tm_yday)
+        return f"guest until {time.strftime('%H:%M' if same_day else '%Y-%m-%d %H:%M', end)}"
     return "guest"
 
 

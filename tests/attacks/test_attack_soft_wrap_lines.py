@@ -238,3 +238,58 @@ def test_stdout_and_stderr_on_one_pty_are_one_terminal_and_a_pipe_is_not() -> No
             f.close()
         for fd in (master, other_master, r):
             os.close(fd)
+
+
+# -- attack review atk23: characters newer Unicode made wide, and a terminal of no known size -----
+
+
+def _drawn_by_a_newer_terminal(row: str) -> int:
+    """The columns a terminal following a newer Unicode than this Python's may draw ``row`` in:
+    Unicode 16 made 188 characters wide (U+2630-2637, U+268A-268F, U+4DC0-4DFF, U+1D300-1D356,
+    U+1D360-1D376), each one column in Python 3.11's tables (Unicode 14)."""
+    newly_wide = ((0x2630, 0x2637), (0x268A, 0x268F), (0x4DC0, 0x4DFF), (0x1D300, 0x1D356),
+                  (0x1D360, 0x1D376))
+    return sum(2 if any(lo <= ord(ch) <= hi for lo, hi in newly_wide) else 1 for ch in row)
+
+
+@pytest.mark.parametrize("padding", ["\u4dc0", "\u2630", "\U0001d360"],
+                         ids=["hexagram", "trigram", "counting-rod"])
+def test_characters_newer_unicode_made_wide_are_counted_two(
+    terminal: _Terminal, monkeypatch: pytest.MonkeyPatch, padding: str
+) -> None:
+    """atk23 F3: a stranger's reason of spaces then 38 hexagrams, one column each to this
+    Python, two to a terminal on Unicode 16: the terminal wrapped the row again itself and the
+    forged line came unmarked.  Whatever a newer table may draw wide is counted two."""
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LANG", "en_US.UTF-8")
+    stream = SafeStream(terminal)
+    stream.write("error: peer said: bye" + " " * 59 + padding * 38 + FORGED + "\n")
+    rows = terminal.text.rstrip("\n").split("\n")
+    assert [r for r in rows if _drawn_by_a_newer_terminal(r) > COLUMNS] == [], rows
+    assert all(r.startswith(FOLD_MARK) for r in rows[1:]), rows
+
+
+def test_latin_text_is_still_one_column_a_character(terminal: _Terminal) -> None:
+    """Counting on the wide side stops where every table agrees: accented Latin, Greek and
+    Cyrillic are one column, so a person's name is not folded at half the row."""
+    stream = SafeStream(terminal)
+    stream.write("é" * 40 + "λ" * 20 + "д" * 20 + "\n")
+    assert terminal.text == "é" * 40 + "λ" * 20 + "д" * 20 + "\n"
+
+
+def test_a_terminal_of_no_known_size_is_folded_at_eighty_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """atk23 F4: a tty that reports 0 columns (a serial console, `screen /dev/ttyUSB0` to a Pi;
+    a pty nobody sized) was taken for no terminal, and nothing was folded."""
+    real = os.get_terminal_size
+
+    def size(fd: int = 1) -> os.terminal_size:
+        return os.terminal_size((0, 0)) if fd == _FD else real(fd)
+
+    monkeypatch.setattr(os, "get_terminal_size", size)
+    tty = _Terminal()
+    SafeStream(tty).write("error: the peer stopped: bye" + " " * 52 + FORGED + "\n")
+    rows = tty.text.rstrip("\n").split("\n")
+    assert rows[1:] == [FOLD_MARK + FORGED], rows
