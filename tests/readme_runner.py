@@ -39,8 +39,9 @@ Inside a walk block:
   a line it printed, in order (other lines may come between).  In them ``...`` matches
   anything, ``<thing>`` any text, a trailing ``  # comment`` is ignored, runs of blanks match
   any blanks, and values that differ at every run match their kind: a 6-digit PIN, a time
-  ``14:05``, a fingerprint ``6cc3-6c5c-...``, a BLE address, a decimal ``1.61``, a negative
-  number, a duration ``3 s`` and a hex run of 6 or more.  An output line in parentheses
+  ``14:05`` (with its date before it or not: an end on another day says it), a fingerprint
+  ``6cc3-6c5c-...``, a BLE address, a decimal ``1.61``, a negative number, a duration
+  ``3 s`` and a hex run of 6 or more.  An output line in parentheses
   ``#   (...)`` is narration (what happens elsewhere), not output;
 * the person at each terminal answers what pairkit asks: the keystore PIN (:data:`PIN`), the
   PIN a host shows, ``g`` to a stranger asking to join, ``s`` to a file request, ``y`` to a
@@ -215,7 +216,7 @@ _SHAPES = [  # (what it looks like in the README, what it matches)
     (r"<[^<>]+>", r".+?"),
     (r"\b[0-9a-f]{4}(?:-(?:[0-9a-f]{4}|\.\.\.))+", r"[0-9a-f]{4}(?:-[0-9a-f]{4})*(?:-.*?)?"),
     (r"\b(?:[0-9A-F]{2}:){5}[0-9A-F]{2}\b", r"(?:[0-9A-F]{2}:){5}[0-9A-F]{2}"),
-    (r"\b\d{1,2}:\d{2}\b(?!:)", r"\d{1,2}:\d{2}"),
+    (r"\b\d{1,2}:\d{2}\b(?!:)", r"(?:\d{4}-\d{2}-\d{2} )?\d{1,2}:\d{2}"),  # a date if not today
     (r"\b\d{6}\b", r"\d{6}"),
     (r"\b\d+\.\d+\b", r"\d+\.\d+"),
     (r"-\d+\b", r"-\d+"),

@@ -61,6 +61,8 @@ def test_output_placeholders() -> None:
     assert not rx.fullmatch("Paul's laptop (2461-c933-0a1b-77de) is waiting on 127.0.0.1:7001")
     rx = expected_regex("paired with Paul's phone by pin (guest until 14:05)")
     assert rx.fullmatch("paired with Paul's phone by pin (guest until 09:41)")
+    # a grant that ends on another day says its date (run just before midnight)
+    assert rx.fullmatch("paired with Paul's phone by pin (guest until 2026-12-08 00:41)")
     assert not rx.fullmatch("paired with Paul's phone by qr (guest until 09:41)")
     rx = expected_regex("E9:84:19:A6:6E:44    rssi  -50  joinable  pin,qr  Paul's phone")
     assert rx.fullmatch("C0:11:22:33:44:55  rssi -61  joinable  pin,qr  Paul's phone")
