@@ -33,7 +33,7 @@ from pairkit.session import name_hosts
 
 from .cpns_demo import stop_key_server
 from .flows import HostOptions, JoinOptions, run_host, run_join
-from .show import Narrator, Progress
+from .show import Narrator, Progress, role_text
 
 DEMO_PIN = "246813"  # the keystores' own PIN (throwaway keystores in a temporary folder)
 VIDEOS = {"holiday.mp4": 1_500_000, "birthday.mp4": 400_000}
@@ -236,8 +236,7 @@ async def run_demo(
             step_box = {"n": n}
 
             async def george_uses(slink: SecureLink, session: Session, m: Membership) -> None:
-                n.say(f"   George's phone is now Paul's guest until "
-                      f"{time.strftime('%H:%M', time.localtime(m.expires or 0))}")
+                n.say(f"   George's phone is now Paul's {role_text(m)}")
                 n.section("Service provision: George lists Paul's videos and plays two")
                 files = await list_files(slink)
                 george_box["files"] = [
