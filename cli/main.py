@@ -962,20 +962,28 @@ def _output_folder(output: str | None, *, several: bool) -> Path | None:
 def _destinations(names: Any, into: Path) -> dict[str, Path]:
     """Where each shared name goes in the folder ``into``: its last part (``videos/a.mp4``
     becomes ``a.mp4``).  A name that cannot be saved safely under its own name
-    (:func:`_unsafe_base`) or two names that would land on one file are refused before
-    anything is fetched."""
+    (:func:`_unsafe_base`) or two names that could land on one file (:func:`_one_file`) are
+    refused before anything is fetched."""
     from pairkit.pairing.errors import ConfigError
 
     out: dict[str, Path] = {}
-    taken: dict[str, str] = {}
+    taken: dict[str, str] = {}  # _one_file key: the name that is that file
+    partials: dict[str, str] = {}  # the key of a name's NAME.part: the name
     for name in names:
         base = _base_name(name)
         if _unsafe_base(base):
             raise ConfigError(f"{name!r} cannot be saved under that name; use -o FILE")
-        if base in taken:
-            raise ConfigError(f"{taken[base]!r} and {name!r} would both be saved as {base!r}; "
-                              "fetch them one at a time with -o FILE")
-        taken[base] = name
+        key, part = _one_file(base)
+        for other in (taken.get(key), partials.get(key), taken.get(part)):
+            if other is None:
+                continue
+            if _base_name(other) == base:
+                raise ConfigError(f"{other!r} and {name!r} would both be saved as {base!r}; "
+                                  "fetch them one at a time with -o FILE")
+            raise ConfigError(f"{other!r} and {name!r} could be saved as one file (case, "
+                              "Unicode form, or NAME.part for NAME); fetch them one at a time "
+                              "with -o FILE")
+        taken[key], partials[part] = name, name
         out[name] = into / base
     return out
 
@@ -983,17 +991,46 @@ def _destinations(names: Any, into: Path) -> dict[str, Path]:
 def _unsavable(names: list[str]) -> list[str]:
     """The ``names`` that ``get --all`` leaves out, in their order: each whose last part cannot
     be saved safely (:func:`_unsafe_base`), and every name of two or more whose last parts
-    are one file name (which one the user wants is not for the host to say)."""
-    bases: dict[str, list[str]] = {}
+    could be one file (:func:`_one_file`): which one the user wants is not for the host to
+    say, nor is its listing's order."""
+    keys: dict[str, list[str]] = {}  # _one_file key: the names that could be that file
     bad = set()
     for name in names:
         base = _base_name(name)
         if _unsafe_base(base):
             bad.add(name)
         else:
-            bases.setdefault(base, []).append(name)
-    bad.update(n for same in bases.values() if len(same) > 1 for n in same)
+            keys.setdefault(_one_file(base)[0], []).append(name)
+    for key, same in keys.items():
+        if len(same) > 1:
+            bad.update(same)
+        partial = keys.get(key + ".part")  # NAME.part is where NAME's partial copy is kept
+        if partial:
+            bad.update(same + partial)
     return [n for n in names if n in bad]
+
+
+def _one_file(base: str) -> tuple[str, str]:
+    """What ``base`` (a last part) is as a file name wherever it may be saved or copied, and
+    the same for the partial copy ``get`` keeps of it (``NAME.part``): two names with one key,
+    or one's key the other's second, could be one file.  The key is the name's case folded
+    and in one Unicode form (NFD, casefold, NFC: Python's canonical caseless match, which
+    folds case as macOS's APFS and HFS+ and Windows' NTFS do, and some more: ``ß`` and ``ss``
+    are one here, not on NTFS), trailing dots and spaces removed (Windows drops them).  A file
+    system that folds more than that (NFKC: ``ﬁ`` and ``fi``) is not covered."""
+    import unicodedata
+
+    folded = unicodedata.normalize(
+        "NFC", unicodedata.normalize("NFD", base).casefold()).rstrip(". ")
+    return folded, folded + ".part"
+
+
+#: the device names Windows keeps in every folder, with any extension (``con.txt``,
+#: ``NUL.tar.gz``): a file so named opens the device
+_WINDOWS_DEVICES = frozenset(
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"{kind}{n}" for kind in ("com", "lpt") for n in [*"0123456789", "\u00b9", "\u00b2",
+                                                          "\u00b3"]})
 
 
 def _unsafe_base(base: str) -> bool:
@@ -1001,10 +1038,18 @@ def _unsafe_base(base: str) -> bool:
     the user's folder: empty, ``.`` or ``..``; or holding a control character (Cc: a newline,
     an escape), a line or paragraph separator, or a bidirectional control, which would reorder
     how the name shows (``invoice\\u202efdp.exe`` shows as "invoiceexe.pdf") wherever it is
-    listed after (:data:`pairkit.pairing.wire.LINE_BREAKING`)."""
+    listed after (:data:`pairkit.pairing.wire.LINE_BREAKING`).  And, on every system (the
+    folder may be copied to Windows later: atk22c finding F3), a name Windows would take for
+    another file: one holding ``:`` (``a:b`` is the stream ``b`` of the file ``a``), ending in
+    a dot or a space (Windows drops them: ``notes.txt.`` is ``notes.txt``), or a device's
+    (``CON``, ``nul.txt``, ``COM1``: :data:`_WINDOWS_DEVICES`)."""
     from pairkit.pairing.wire import breaks_lines
 
-    return base in ("", ".", "..") or breaks_lines(base)
+    if base in ("", ".", "..") or breaks_lines(base):
+        return True
+    if ":" in base or base.endswith((".", " ")):
+        return True
+    return base.split(".", 1)[0].rstrip(" ").casefold() in _WINDOWS_DEVICES
 
 
 def _base_name(name: str) -> str:

@@ -16,6 +16,7 @@ import math
 import mimetypes
 import os
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
@@ -429,10 +430,22 @@ class _HashBudgets:
     hash may take it past that (by at most one file); a digest kept, or a hash under way for
     another's request, costs the host nothing more and is always served.  Kept per guest device
     (its key's fingerprint), across its sessions and this process's hosts: a new session is no
-    new allowance."""
+    new allowance.
+
+    One per process, with a lock, not one per event loop: an application may run hosts on
+    several loops, one per thread, and what the allowance bounds is the hashing one guest
+    device makes this machine do, whichever loop serves it (a budget per loop would give a
+    guest that reaches N loops N allowances, as a budget per session gave one per session).
+    :meth:`charge` and :meth:`pay` read what the guest owes and write it back: without the
+    lock, a charge made by another thread between the two was lost (the guest then owed one
+    hash for two), and a charge's sweep could meet the table changing size (RuntimeError).
+    Held only for a few dictionary operations, never across an await, so one loop's wait for
+    it is no longer than another thread's charge (the sweep of those who owe: one entry per
+    guest owing something)."""
 
     def __init__(self) -> None:
         self._owed: dict[Hashable, tuple[float, float]] = {}  # guest: (bytes owed, at)
+        self._lock = threading.Lock()  # hosts on other event loops, in other threads
 
     def _now_owed(self, guest: Hashable, now: float) -> float:
         owed, at = self._owed.get(guest, (0.0, now))
@@ -441,21 +454,23 @@ class _HashBudgets:
     def charge(self, guest: Hashable, size: int, now: float) -> None:
         """Count a hash of ``size`` bytes for ``guest``, or :class:`BusyError` saying when to
         ask again."""
-        owed = self._now_owed(guest, now)
-        if owed >= HASH_ALLOWANCE:
-            wait = math.ceil((owed - HASH_ALLOWANCE) * HASH_WINDOW / HASH_ALLOWANCE) or 1
-            raise BusyError(f"the host is busy hashing files for you; try again in {wait} s")
-        for other in [g for g in self._owed if self._now_owed(g, now) == 0]:
-            del self._owed[other]  # those who owe nothing any more: forgotten
-        self._owed[guest] = (owed + size, now)
+        with self._lock:
+            owed = self._now_owed(guest, now)
+            if owed >= HASH_ALLOWANCE:
+                wait = math.ceil((owed - HASH_ALLOWANCE) * HASH_WINDOW / HASH_ALLOWANCE) or 1
+                raise BusyError(f"the host is busy hashing files for you; try again in {wait} s")
+            for other in [g for g in self._owed if self._now_owed(g, now) == 0]:
+                del self._owed[other]  # those who owe nothing any more: forgotten
+            self._owed[guest] = (owed + size, now)
 
     def pay(self, guest: Hashable, sent: int, now: float) -> None:
         """``sent`` bytes of a file hashed at ``guest``'s request were sent to it."""
-        owed = self._now_owed(guest, now) - sent
-        if owed > 0:
-            self._owed[guest] = (owed, now)
-        else:
-            self._owed.pop(guest, None)
+        with self._lock:
+            owed = self._now_owed(guest, now) - sent
+            if owed > 0:
+                self._owed[guest] = (owed, now)
+            else:
+                self._owed.pop(guest, None)
 
 
 #: the hashing each guest owes this process's hosts, whichever session asks

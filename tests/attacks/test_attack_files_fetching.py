@@ -395,3 +395,96 @@ async def test_ls_waits_no_longer_than_its_timeout(lab: Lab) -> None:
         await host.close()
     assert got.rc == 4, got
     assert "did not answer the listing request" in got.err, got
+
+
+# -- names that are one file on another file system (atk22c finding F3) -------------------------
+
+#: listed names that are one file on some file system though they differ as strings: case
+#: (macOS, Windows), NFC and NFD (macOS), another folder with the same last part in another
+#: case; and NAME.part, where ``get`` keeps NAME's partial copy (a resume would take the file
+#: fetched as NAME.part for it, on every file system)
+ONE_FILE = {
+    "case": ["Report.pdf", "report.pdf"],
+    "case-in-folders": ["a/Notes.TXT", "b/notes.txt"],
+    "nfc-nfd": ["caf\u00e9.txt", "cafe\u0301.txt"],
+    "case-and-form": ["CAF\u00c9.txt", "cafe\u0301.txt"],
+    "part-first": ["x.part", "x"],
+    "part-folded": ["X.PART", "x"],
+}
+
+
+@pytest.mark.parametrize("names", list(ONE_FILE.values()), ids=list(ONE_FILE))
+async def test_listed_names_that_are_one_file_elsewhere_are_skipped_together(
+    lab: Lab, tmp_path: Path, names: list[str]
+) -> None:
+    """atk22c finding F3 (low): "two names for one file" compared names as exact strings, so
+    ``Report.pdf`` and ``report.pdf`` were both fetched: on macOS or Windows the second landed
+    on the first (stopped at "appeared while it was fetched", or replaced with --force).  Two
+    names that could be one file anywhere are left out together and said, as two equal last
+    parts are; the rest fetched."""
+    files = {n: f"from {n}\n".encode() for n in names}
+    host = await hostile(file_service({**files, "c.txt": b"c\n"}))
+    out = tmp_path / "out"
+    got = await get_from(lab, host, out, "--all", "--timeout", "5")
+    assert got.rc == 0, got
+    assert f"note: 2 file(s) {SKIPPED}: " in got.err, got
+    assert sorted(p.name for p in out.iterdir()) == ["c.txt"]
+
+
+async def test_force_never_replaces_a_file_fetched_by_the_same_command(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """With --force the host lists ``x.part`` then ``x`` (whose bytes begin with those of
+    ``x.part``): ``x`` took the file just fetched as ``x.part`` for its partial copy, resumed
+    from its end and renamed it to ``x``: the fetched ``x.part`` was gone.  Nothing fetched
+    is replaced or taken: both are left out, and what is in the folder is each file's own."""
+    first = b"first file\n" * 50
+    files = {"x.part": first, "x": first + b"and more\n", "Report.pdf": b"upper\n",
+             "report.pdf": b"lower\n", "c.txt": b"c\n"}
+    host = await hostile(file_service(files))
+    out = tmp_path / "out"
+    got = await get_from(lab, host, out, "--all", "--force", "--timeout", "5")
+    assert got.rc == 0, got
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert all(files[name] == data for name, data in kept.items()), kept.keys()
+    assert kept == {"c.txt": b"c\n"}
+    assert f"note: 4 file(s) {SKIPPED}: " in got.err, got
+
+
+#: names Windows cannot hold as they are: a ``:`` (an alternate data stream of another
+#: file), a reserved device name with or without an extension, a trailing dot or space
+#: (dropped by Windows: ``notes.txt.`` is ``notes.txt``)
+WINDOWS_ONLY = ["a:b.txt", "notes.txt:secret", "CON", "con.txt", "Nul.tar.gz", "aux .txt",
+                "PRN", "COM1", "lpt9.log", "COM0", "com\u00b9", "LPT\u00b3.txt", "CONIN$",
+                "notes.txt.", "notes.txt ", "x/notes. . "]
+
+
+@pytest.mark.parametrize("name", WINDOWS_ONLY, ids=ascii)
+async def test_a_name_windows_cannot_hold_is_skipped_on_every_system(
+    lab: Lab, tmp_path: Path, name: str
+) -> None:
+    """Saved here, such a name lands elsewhere once the folder is copied to Windows (a stream
+    of another file, a device, another file's name); it is left out on every system, said,
+    and the rest fetched."""
+    host = await hostile(file_service({name: b"x", "a.txt": b"alpha\n"}))
+    out = tmp_path / "out"
+    got = await get_from(lab, host, out, "--all", "--timeout", "5")
+    assert got.rc == 0, got
+    assert f"note: 1 file(s) {SKIPPED}: " in got.err, got
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("names", [["Report.pdf", "report.pdf"], ["x", "x.part"],
+                                   ["caf\u00e9.txt", "CAFE\u0301.TXT"], ["con.txt"],
+                                   ["a:b"], ["notes.txt."]], ids=ascii)
+async def test_such_names_given_explicitly_are_refused_before_connecting(
+    lab: Lab, tmp_path: Path, names: list[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    got = await lab.device("george").run("get", "tcp:127.0.0.1:9", *names, "-o", str(out))
+    assert got.rc == 2, got
+    first = got.err.splitlines()[0]
+    assert ("cannot be saved under that name; use -o FILE" in first
+            or "fetch them one at a time with -o FILE" in first), got
+    assert list(out.iterdir()) == []

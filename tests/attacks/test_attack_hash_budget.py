@@ -21,7 +21,8 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,76 @@ async def test_the_allowance_comes_back_over_the_window_and_the_guest_is_told_bu
         fetched = await george.fetch("log.bin", tmp_path / "got", timeout=STEP)
         assert fetched.size == SIZE
     assert budget == [SIZE] * 3
+
+
+class _Fingerprint:
+    """One guest device's key as each of its sessions holds it: equal, not the same object
+    (a session's fingerprint bytes are its own).  ``meanwhile`` runs in the thread that looks
+    it up in a dict the second time, at that moment: a charge looks the guest up to read what
+    it owes, then to write what it owes now."""
+
+    def __init__(self, value: bytes, meanwhile: Callable[[], None] | None = None) -> None:
+        self.value = value
+        self._meanwhile = meanwhile
+        self._looked_up = 0
+
+    def __hash__(self) -> int:
+        self._looked_up += 1
+        if self._looked_up == 2 and self._meanwhile is not None:
+            self._meanwhile()
+        return hash(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Fingerprint) and other.value == self.value
+
+
+#: how long the first host's charge lets the second one run, in the middle of its own, before
+#: going on: the second is either done by then (the charges raced: the test fails) or held
+#: until the first is done (a lock); what is asserted does not depend on it, only whether the
+#: race was given its chance
+_RACE_CHANCE = 1.0
+
+
+def test_two_hosts_in_two_threads_charge_one_guest_device_once_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An application embedding pairkit runs two hosts, each on its own event loop in its
+    own thread; one guest device asks each for a hash at once.  The budget is the process's
+    (a guest reaching two loops gets no second allowance), so both hashes are owed: the
+    allowance is two files, and a third hash is refused.  Without a lock, the second host's
+    charge made between the first's look-up and its write was lost (the guest owed one file,
+    and was granted a third hash), or its sweep of the table met a change in size
+    (RuntimeError)."""
+    monkeypatch.setattr(files_module, "HASH_ALLOWANCE", 2 * SIZE, raising=False)
+    budgets = files_module._HashBudgets()
+    now = 1000.0
+    second_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def charge_in_own_loop(guest: _Fingerprint) -> None:
+        async def charge() -> None:  # on this thread's event loop, as a host's serve_guest
+            budgets.charge(guest, SIZE, now)
+
+        try:
+            asyncio.run(charge())
+        except BaseException as exc:  # said by the test's assertion below
+            errors.append(exc)
+
+    def second_host() -> None:
+        charge_in_own_loop(_Fingerprint(b"george"))
+        second_done.set()
+
+    second = threading.Thread(target=second_host)
+
+    def meanwhile() -> None:  # in the first host's charge, between its read and write
+        second.start()
+        second_done.wait(_RACE_CHANCE)
+
+    first = threading.Thread(target=charge_in_own_loop,
+                             args=(_Fingerprint(b"george", meanwhile),))
+    first.start()
+    first.join()
+    second.join()
+    assert errors == []
+    with pytest.raises(BusyError, match="busy hashing files for you"):
+        budgets.charge(_Fingerprint(b"george"), SIZE, now)
