@@ -1,6 +1,7 @@
 """Capabilities, methods and the table that picks a method (DESIGN.md step 4).
 
-Each side announces its capabilities and the methods it allows.  The guest proposes a method
+Each side announces its capabilities and the methods it allows (but in ``kk``, whose
+announcements are the same from every device: :data:`KK_METHODS`).  The guest proposes a method
 (the one its user asked for, or the first of :data:`PREFERENCE` that the table allows); the host
 checks the proposal against the same table and either accepts it or stops with
 :class:`~pairing.errors.UnsupportedError`.  Both announcements and the choice go into the

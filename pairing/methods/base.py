@@ -3,7 +3,8 @@
 The guest (BLE central, the side that connects) speaks first.  Every method starts with the
 guest's :class:`~pairing.messages.Offer` and the host's :class:`~pairing.messages.Accept`, each
 carrying an :class:`~pairing.messages.Announce` (capabilities, allowed methods, the choice, a
-fresh nonce).  ``th``, the hash of both announcements and the pre-pairing context
+fresh nonce; in ``kk`` fixed fields and the nonce, :func:`_hello`).  ``th``, the hash of both
+announcements and the pre-pairing context
 (:func:`pairing.keyschedule.negotiation_hash`), is bound into every method, so rewriting either
 announcement (downgrade, method confusion) makes the exchange fail.  Both sides check the
 proposal against the same table (:func:`pairing.negotiation.choose`); the method's own flights
