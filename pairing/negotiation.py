@@ -1,6 +1,7 @@
 """Capabilities, methods and the table that picks a method (DESIGN.md step 4).
 
-Each side announces its capabilities and the methods it allows.  The guest proposes a method
+Each side announces its capabilities and the methods it allows (but in ``kk``, whose
+announcements are the same from every device: :data:`KK_METHODS`).  The guest proposes a method
 (the one its user asked for, or the first of :data:`PREFERENCE` that the table allows); the host
 checks the proposal against the same table and either accepts it or stops with
 :class:`~pairing.errors.UnsupportedError`.  Both announcements and the choice go into the
@@ -86,6 +87,16 @@ class Method(IntEnum):
 #: claim of a known device id is honoured with these only (docs/protocol.md §10)
 PROVES_A_KNOWN_KEY: frozenset[Method] = frozenset({Method.RESUME, Method.KK, Method.TTP})
 
+#: what a ``kk`` announcement carries as its methods and capabilities, from every device alike:
+#: kk's own bit, which says no more than its ``method`` does, and no capability.  A known
+#: device's kk Announce goes in the clear before Noise IK's encryption, and its real settings
+#: were the same at each return: a listener linked a private host's rotating addresses by them
+#: (attack review atk22c, finding 2; docs/protocol.md §8).  Nothing needs them: kk's row of the
+#: table reads no capability, and each side checks that it allows kk (or resume) on its own
+#: settings (:func:`choose`); a kk Announce that carries more is refused.
+KK_METHODS: int = 1 << int(Method.KK)
+KK_CAPS: int = 0
+
 #: each method's label, its name in lower case
 _LABELS: dict[Method, str] = {m: m.name.lower() for m in Method}
 
@@ -163,6 +174,8 @@ def missing_for(
 _PIN, _QR, _COMPARE, _CLEAR, _RESUME, _KK, _TTP = (
     Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR, Method.RESUME, Method.KK, Method.TTP
 )
+#: the methods either of which allows kk
+_BACK: frozenset[Method] = frozenset({Method.RESUME, Method.KK})
 _DISPLAY, _KEYPAD, _CONFIRM, _SCAN_QR, _ENCRYPTED_LINK = (
     int(Caps.DISPLAY), int(Caps.KEYPAD), int(Caps.CONFIRM), int(Caps.SCAN_QR),
     int(Caps.ENCRYPTED_LINK),
@@ -187,7 +200,12 @@ def choose(
     candidates = (proposed,) if proposed is not None else PREFERENCE
     reasons = []
     for method in candidates:
-        allowed = method in common or (method is _KK and _RESUME in common)
+        if method is _KK:
+            # resume's fallback on the same stored keys: a side allows it when it allows either
+            # (a kk announcement says kk's bit only, KK_METHODS)
+            allowed = not (_BACK.isdisjoint(guest_methods) or _BACK.isdisjoint(host_methods))
+        else:
+            allowed = method in common
         if not allowed:
             host_list = ", ".join(sorted(m.label for m in host_methods)) or "none"
             reasons.append(f"the host allows only: {host_list}")

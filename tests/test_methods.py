@@ -49,7 +49,15 @@ from pairkit.pairing.methods import (
     check_pin_strength,
     prekey_holder,
 )
-from pairkit.pairing.negotiation import Caps, Method
+from pairkit.pairing.negotiation import (
+    ALL_CAPS,
+    KK_CAPS,
+    KK_METHODS,
+    Caps,
+    Method,
+    choose,
+    methods_mask,
+)
 from pairkit.pairing.noise import HandshakeState
 from tests.pair_harness import (
     Known,
@@ -1054,6 +1062,76 @@ def test_a_kk_offer_naming_its_guest_is_a_decode_error() -> None:
     result = pair.run(tamper=naming)
     assert isinstance(result.host_error, DecodeError) and "(guest_id)" in str(result.host_error)
     assert pair.host.session is None
+
+
+def test_kks_announcements_say_kk_and_nothing_of_either_device() -> None:
+    """A kk Offer and Accept go in the clear before Noise IK's encryption: each announcement
+    carries kk's bit as its methods and no capability, whatever the device allows and can do,
+    and on an encrypted link too (atk22c, finding 2; docs/protocol.md §8)."""
+    _, pair = _kk(125, link_encrypted=True)
+    result = pair.run()
+    assert_paired(pair, Method.KK)
+    offer, accept = (wire.decode(data) for _, data in result.messages)
+    assert isinstance(offer, Offer) and isinstance(accept, Accept)
+    for hello in (offer.hello, accept.hello):
+        assert (hello.caps, hello.methods, hello.method, hello.name) == (
+            KK_CAPS, KK_METHODS, Method.KK, ""
+        )
+    assert (KK_CAPS, KK_METHODS) == (0, 1 << 6)
+    # the devices' own settings, which the announcements would have said
+    assert pair.guest.config.methods == pair.host.config.methods != {Method.KK}
+    assert pair.guest.config.caps == pair.host.config.caps == ALL_CAPS
+
+
+#: what a device's own settings would put in a kk announcement
+_SAYS = {
+    "name": {"name": "George"},
+    "caps": {"caps": int(ALL_CAPS)},
+    "link": {"caps": int(Caps.ENCRYPTED_LINK)},
+    "methods": {"methods": methods_mask({Method.PIN, Method.RESUME})},
+    "resume's bit": {"methods": KK_METHODS | methods_mask({Method.RESUME})},
+}
+
+
+@pytest.mark.parametrize("says", list(_SAYS))
+@pytest.mark.parametrize("cls", [Offer, Accept], ids=["offer", "accept"])
+def test_a_kk_announcement_saying_more_is_refused_unread(cls: type, says: str) -> None:
+    """A kk announcement with a name, a capability or a method bit but kk's is a decode error
+    at the side that reads it, before the table or the Noise message is read: the host answers
+    no such Offer, the guest finishes on no such Accept."""
+    _, pair = _kk(126)
+
+    def saying(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if not isinstance(msg, cls):
+            return data
+        hello = dataclasses.replace(msg.hello, **_SAYS[says])
+        return dataclasses.replace(msg, hello=hello).encode()
+
+    result = pair.run(tamper=saying)
+    reader = pair.host if cls is Offer else pair.guest
+    err = assert_failed(reader, DecodeError)
+    assert "kk announcement must carry no name, no capability and kk's method only" in str(err)
+    assert pair.guest.session is None
+    if cls is Offer:
+        assert result.types() == ["Offer", "Abort"]  # no Accept
+        assert pair.host.session is None
+
+
+def test_kk_is_allowed_by_a_side_allowing_resume_or_kk() -> None:
+    """kk is resume's fallback on the same stored keys: a kk announcement's kk bit meets a host
+    that allows resume (or kk); a host allowing neither refuses it (docs/protocol.md §8)."""
+    def kk_with(host_methods: set[Method]) -> Method:
+        return choose(KK_CAPS, frozenset({Method.KK}), ALL_CAPS, frozenset(host_methods),
+                      proposed=Method.KK, knows_peer=True)
+
+    assert kk_with({Method.PIN, Method.RESUME}) is Method.KK
+    assert kk_with({Method.KK}) is Method.KK
+    with pytest.raises(UnsupportedError):
+        kk_with({Method.PIN, Method.QR})
+    with pytest.raises(UnsupportedError):  # the same from the guest's side of the table
+        choose(ALL_CAPS, frozenset({Method.PIN}), KK_CAPS, frozenset({Method.KK}),
+               proposed=Method.KK, knows_peer=True)
 
 
 def test_resume_twice_with_the_same_digest() -> None:

@@ -3,7 +3,8 @@
 The guest (BLE central, the side that connects) speaks first.  Every method starts with the
 guest's :class:`~pairing.messages.Offer` and the host's :class:`~pairing.messages.Accept`, each
 carrying an :class:`~pairing.messages.Announce` (capabilities, allowed methods, the choice, a
-fresh nonce).  ``th``, the hash of both announcements and the pre-pairing context
+fresh nonce; in ``kk`` fixed fields and the nonce, :func:`_hello`).  ``th``, the hash of both
+announcements and the pre-pairing context
 (:func:`pairing.keyschedule.negotiation_hash`), is bound into every method, so rewriting either
 announcement (downgrade, method confusion) makes the exchange fail.  Both sides check the
 proposal against the same table (:func:`pairing.negotiation.choose`); the method's own flights
@@ -28,7 +29,7 @@ from ..errors import (
 )
 from ..machine import DONE, Step, step
 from ..messages import Accept, Announce, NoiseMessage, Offer, ResumeMessage, Reveal, device_name
-from ..negotiation import Caps, Method, choose, methods_from_mask
+from ..negotiation import KK_CAPS, KK_METHODS, Caps, Method, choose, methods_from_mask
 from ..qr import QrCode
 from .clear import ClearGuest, ClearHost
 from .common import (
@@ -248,8 +249,7 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     # -- the negotiation ------------------------------------------------------------------
 
     def _send_offer(self, now: float) -> None:
-        hello = _announce(self.config, _announced(self.me.name, self.method), self.method,
-                          self._caps, self._rng)
+        hello = _hello(self.config, self.me.name, self.method, self._caps, self._rng)
         fields: dict[str, Any] = {}
         offer = self._OFFERS.get(self.method)
         if offer is not None:
@@ -261,8 +261,9 @@ class GuestPairing(PinGuest, QrGuest, CompareGuest, ClearGuest, ResumeGuest):
     def _on_accept(self, msg: Accept, now: float) -> None:
         assert self._offer is not None
         # The host's name may be shown to this side's person (compare's question): held to
-        # what a device's name may be before anything else is read (atk22 finding B).
-        _check_announced_name(msg.hello, "the host's announced name")
+        # what a device's name may be before anything else is read (atk22 finding B); a kk
+        # announcement to its fixed fields (atk22c finding 2).
+        _check_announced(msg.hello, "the host's")
         if msg.hello.method != self.method:
             raise ProtocolError(
                 f"the host answered with method '{Method(msg.hello.method).label}' "
@@ -388,7 +389,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         self._on_offer(msg, now)
 
     def _on_offer(self, msg: Offer, now: float) -> None:
-        _check_announced_name(msg.hello, "the guest's announced name")  # as the Accept's
+        _check_announced(msg.hello, "the guest's")  # as the Accept's
         proposed = msg.hello.method
         self._check_expected(proposed)
         caps = self._caps
@@ -407,8 +408,7 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         )
         _only_fields(msg, proposed, _OFFER_FIELDS)
         self.method = proposed
-        hello: Announce = _announce(self.config, _announced(self.me.name, proposed), proposed,
-                                    caps, self._rng)
+        hello = _hello(self.config, self.me.name, proposed, caps, self._rng)
         self._offer = msg
         self._hello = hello
         self._th_hellos = (msg.hello, hello)  # th when a method asks for it
@@ -418,18 +418,26 @@ class HostPairing(PinHost, QrHost, CompareHost, ClearHost, ResumeHost):
         getattr(self, handler)(msg, hello, now)
 
 
-def _announced(name: str, method: Method) -> str:
-    """The name a side announces for ``method``: none for kk, whose peers know each other and
-    whose names travel inside Noise IK's encrypted payloads, so that a listener hears no
-    device's name when a known device comes back (docs/protocol.md §8; session 22)."""
-    return "" if method is _KK else name
+def _hello(config: PairingConfig, name: str, method: Method, caps: Caps, rng: Rng) -> Announce:
+    """The Announce a side sends for ``method``.  For kk, the same from every device but for
+    its nonce: no name, no capability, kk's bit as its methods (:data:`KK_METHODS`).  kk's
+    peers know each other, their names travel inside Noise IK's encrypted payloads, and
+    nothing reads their settings, so that a listener learns neither who comes back (session
+    22) nor a device's settings, the same at each return (docs/protocol.md §8; atk22c
+    finding 2)."""
+    if method is _KK:
+        return Announce(caps=KK_CAPS, methods=KK_METHODS, method=method, name="", nonce=rng(16))
+    return _announce(config, name, method, caps, rng)
 
 
-def _check_announced_name(hello: Announce, what: str) -> None:
-    """A peer's Announce name: a device's name (:func:`device_name`, atk22 finding B), or
-    none at all in a kk announcement (:func:`_announced`)."""
+def _check_announced(hello: Announce, whose: str) -> None:
+    """A peer's Announce: its name a device's name (:func:`device_name`, atk22 finding B); a
+    kk announcement exactly what :func:`_hello` makes (its name, capabilities and methods are
+    checked, never shown)."""
     if hello.method is _KK:
-        if hello.name:
-            raise DecodeError(f"{what}: a kk announcement carries no name")
+        if hello.name or hello.caps != KK_CAPS or hello.methods != KK_METHODS:
+            raise DecodeError(
+                f"{whose} kk announcement must carry no name, no capability and kk's method only"
+            )
     else:
-        device_name(hello.name, what)
+        device_name(hello.name, f"{whose} announced name")

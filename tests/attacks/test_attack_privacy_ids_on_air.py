@@ -21,6 +21,7 @@ listener has.
 from __future__ import annotations
 
 import contextlib
+from typing import TypeVar
 
 import pytest
 
@@ -29,7 +30,8 @@ from pairkit.pairing import wire
 from pairkit.pairing.cloud import JoinRequest
 from pairkit.pairing.errors import PairingError
 from pairkit.pairing.framing import Reassembler
-from pairkit.pairing.negotiation import Method
+from pairkit.pairing.messages import Accept, Offer
+from pairkit.pairing.negotiation import Caps, Method, methods_mask
 from tests.ble_harness import (
     World,
     comes_back,
@@ -39,6 +41,8 @@ from tests.ble_harness import (
 )
 
 pytestmark = pytest.mark.timeout(60)
+
+M = TypeVar("M")
 
 
 def _leaked(air: list[bytes], identifying: dict[str, bytes]) -> list[str]:
@@ -90,18 +94,23 @@ async def test_a_listener_hears_no_device_id_nor_name_when_a_member_without_prek
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
 
 
-def _join_requests(air: list[bytes]) -> list[tuple[bytes, JoinRequest]]:
-    """Each JoinRequest the listener decodes from what it heard, with the bytes it came in: a
-    request fits one PDU, its fragment last in it (the L2CAP and ATT headers before)."""
+def _decoded(air: list[bytes], kind: type[M]) -> list[tuple[bytes, M]]:
+    """Each ``kind`` message the listener decodes from what it heard, with the bytes it came
+    in: such a message fits one PDU, its fragment last in it (the L2CAP and ATT headers
+    before)."""
     found = []
     for pdu in air:
         for start in range(len(pdu)):
             with contextlib.suppress(PairingError):
                 message = Reassembler(1 << 16).feed(pdu[start:])
-                if message is not None and isinstance(m := wire.decode(message), JoinRequest):
+                if message is not None and isinstance(m := wire.decode(message), kind):
                     found.append((message, m))
                     break
     return found
+
+
+def _join_requests(air: list[bytes]) -> list[tuple[bytes, JoinRequest]]:
+    return _decoded(air, JoinRequest)
 
 
 async def test_a_listener_reads_no_device_id_in_a_returning_guests_join_request(
@@ -132,3 +141,34 @@ async def test_a_listener_hears_no_device_id_when_a_guest_comes_back(
     assert await comes_back(world, george, host, paul) is Method.RESUME
     leaked = _leaked(air, _ids(paul, george))
     assert leaked == [], f"on air in the clear: {', '.join(leaked)}"
+
+
+async def test_a_listener_reads_no_settings_in_kks_announcements(
+    world: World, paul: Keystore, tv: Keystore
+) -> None:
+    """atk22c, finding 2: a member with no prekey left comes back by kk twice, to Paul's host,
+    private by now, that rotates its address between the two.  kk's Offer and Accept carry an
+    announcement in the clear, before Noise IK's encryption; they carried each side's allowed
+    methods and capabilities, a few bits of a private host's settings, the same at each kk
+    return: a listener linked the host's addresses by them, and learnt its settings.  Now a kk
+    announcement says kk and nothing else (docs/protocol.md §8), on either side."""
+    host = await paired_then_private(world, paul, tv)
+    air = on_air(world.radio)
+    for _ in range(2):
+        without_prekeys(tv, paul)  # none left: kk
+        assert await comes_back(world, tv, host, paul) is Method.KK
+        await host.presence.open_window(0)  # a rotation between the two returns
+    offers, accepts = _decoded(air, Offer), _decoded(air, Accept)
+    assert len(offers) == len(accepts) == 2, "the listener heard every kk Offer and Accept"
+    for side, heard in (("guest", offers), ("host", accepts)):
+        for _, msg in heard:
+            hello = msg.hello
+            assert hello.method is Method.KK
+            assert hello.methods == methods_mask({Method.KK}), (
+                f"the {side}'s allowed methods in the clear: {hello.methods:#x}"
+            )
+            assert hello.caps == 0, f"the {side}'s capabilities in the clear: {Caps(hello.caps)!r}"
+            assert hello.name == ""
+    # Two returns to the host at two addresses: its announcements differ by the nonce only.
+    fixed = {(m.hello.caps, m.hello.methods, m.hello.method, m.hello.name) for _, m in accepts}
+    assert len(fixed) == 1 and len({m.hello.nonce for _, m in accepts}) == 2
