@@ -279,8 +279,9 @@ class Grant:
 
     ``until`` is a stored grant's end (Unix seconds), when it is known: a guest coming back is
     told its role only (``JoinVerdict``, atk22c F1) and the end in its Membership, exactly the
-    end its owner gave, however long its pairing takes (attack review atk20c, finding 1: the end was made again from the
-    time of the Membership, so a slow return stretched the grant)."""
+    end its owner gave, however long its pairing takes (attack review atk20c, finding 1: the
+    end was made again from the time of the Membership, so a slow return stretched the
+    grant)."""
 
     role: Role
     seconds: int | None = None
