@@ -494,9 +494,12 @@ class CloudGuest(Machine):
             assert self._host_static is not None
             sealed = seal_join_id(self._host_static, self.device_id, self._ng, self._nh)
         # A returning device says no name either: nobody is asked about it (§10), and a
-        # listener would follow it by its name as by its id.
-        return JoinRequest(name="" if sealed is not None else self.name, wants=self.wants,
-                           reconnect=sealed is not None, method=self.method, sealed_id=sealed)
+        # listener would follow it by its name as by its id; nor the role its person asked
+        # for (the host reads the stored grant): guest, as every returning device says.
+        returning = sealed is not None
+        return JoinRequest(name="" if returning else self.name,
+                           wants=Role.GUEST if returning else self.wants,
+                           reconnect=returning, method=self.method, sealed_id=sealed)
 
     def _ask_join(self, now: float) -> None:
         self._send(self._join_request())
@@ -710,6 +713,8 @@ class CloudHost(Machine):
         if msg.reconnect or msg.sealed_id is not None:
             if msg.name:  # a returning device names itself only inside the pairing (§10)
                 raise DecodeError("a returning device's join request carries no name")
+            if msg.wants is not Role.GUEST:  # its grant is stored: it asks for no role
+                raise DecodeError("a returning device's join request asks for no role")
         else:
             self.guest_name = device_name(msg.name, "the guest's name")
         claimed = None

@@ -374,13 +374,13 @@ ID = b"d" * 16  #: the returning device's id, which the host granted an hour
 
 def _come_back(
     seed: int, *, device_id: bytes = ID, host_static: bytes = HOST_PUBLIC,
-    tamper: object = None,
+    tamper: object = None, wants: Role = Role.GUEST,
 ) -> tuple[object, CloudGuest, CloudHost]:
     """A returning device's cloud step with a host open to strangers (so that a request let
     through would reach the owner): the result, the guest and the host."""
     guest = CloudGuest(static=GS, name="George", clouds=(), mac=mac_for(SECRETS),
                        device_id=device_id, host_static=host_static, rng=rng(seed),
-                       method=int(Method.RESUME))
+                       method=int(Method.RESUME), wants=wants)
     host = CloudHost(static=HS, clouds=("pauls-cloud",), mac=mac_for(SECRETS),
                      known_grant=lambda d: Grant(Role.GUEST, 3600) if d == ID else None,
                      open_to_strangers=lambda: True, rng=rng(seed + 1), static_private=HOST_KEY)
@@ -537,6 +537,28 @@ def test_a_returning_devices_request_names_nobody_and_one_that_does_is_refused()
     r2, _, host2 = _come_back(61, tamper=named)
     assert isinstance(r2.host_error, DecodeError) and "no name" in str(r2.host_error)
     assert not r2.asked and host2.claimed is None
+
+
+def test_a_returning_devices_request_asks_for_no_role_and_one_that_does_is_refused() -> None:
+    """Helper kkann's finding (session 23, low): a returning device's request carried the role
+    its person asked for (`--as member`) in the clear, the same at each return, though the
+    host reads its stored grant and nothing else.  Every returning request says guest; one
+    saying more is refused before anything else."""
+    as_guest, _, _ = _come_back(63)
+    as_member, _, _ = _come_back(63, wants=Role.MEMBER)
+    requests = [[m for d, m in r.messages if d == "g2h" and _join_request(m) is not None]
+                for r in (as_guest, as_member)]
+    (guest_asked,), (member_asked,) = requests
+    assert _join_request(member_asked).wants is Role.GUEST  # type: ignore[union-attr]
+    assert len(guest_asked) == len(member_asked)
+
+    def member(d: str, m: bytes) -> bytes:
+        req = _join_request(m) if d == "g2h" else None
+        return m if req is None else dataclasses.replace(req, wants=Role.MEMBER).encode()
+
+    r, _, host = _come_back(64, tamper=member)
+    assert isinstance(r.host_error, DecodeError) and "no role" in str(r.host_error)
+    assert not r.asked and host.claimed is None
 
 
 def test_a_returning_devices_verdict_says_no_seconds_left() -> None:
