@@ -174,6 +174,8 @@ def missing_for(
 _PIN, _QR, _COMPARE, _CLEAR, _RESUME, _KK, _TTP = (
     Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR, Method.RESUME, Method.KK, Method.TTP
 )
+#: why a host refuses resume or kk it does not allow, naming none of the methods it allows
+NO_WAY_BACK = "the host does not let known devices back by resume or kk; pair again"
 #: the methods either of which allows kk
 _BACK: frozenset[Method] = frozenset({Method.RESUME, Method.KK})
 _DISPLAY, _KEYPAD, _CONFIRM, _SCAN_QR, _ENCRYPTED_LINK = (
@@ -206,6 +208,11 @@ def choose(
             allowed = not (_BACK.isdisjoint(guest_methods) or _BACK.isdisjoint(host_methods))
         else:
             allowed = method in common
+        if not allowed and method in _BACK:
+            # said in the clear to a known device coming back, whose return a listener hears:
+            # none of a private host's settings (session 23)
+            reasons.append(NO_WAY_BACK)
+            continue
         if not allowed:
             host_list = ", ".join(sorted(m.label for m in host_methods)) or "none"
             reasons.append(f"the host allows only: {host_list}")

@@ -71,7 +71,7 @@ from .pairing.methods import (
     Session,
 )
 from .pairing.methods.common import _INSECURE_TEXT
-from .pairing.negotiation import PROVES_A_KNOWN_KEY, Method
+from .pairing.negotiation import NO_WAY_BACK, PROVES_A_KNOWN_KEY, Method
 from .pairing.qr import QrCode
 from .pairing.service import (
     CloudBehind,
@@ -326,6 +326,8 @@ def _precheck(side: HostSide, link: Any) -> Callable[[int | None, float], None]:
             raise UnsupportedError(
                 "the guest asked for a pairing method this host does not know"
             ) from None
+        if chosen is Method.RESUME and chosen not in side.config.methods:
+            raise UnsupportedError(NO_WAY_BACK)  # no setting of the host's in the clear
         if chosen not in side.config.methods:
             allowed = ", ".join(sorted(m.label for m in side.config.methods))
             raise UnsupportedError(

@@ -1497,6 +1497,17 @@ def test_method_the_host_does_not_allow() -> None:
     assert_remote(pair.guest, ErrorCode.UNSUPPORTED, "allows only: pin")
 
 
+@pytest.mark.parametrize("method", [Method.RESUME, Method.KK])
+def test_a_refused_return_names_none_of_the_hosts_methods(method: Method) -> None:
+    """A host that lets no known device back refuses resume and kk without listing what it
+    allows: the refusal crosses in the clear, when a known device comes back (a listener
+    would read a private host's settings, the same at each return: session 23)."""
+    with pytest.raises(UnsupportedError) as refused:
+        choose(0, frozenset({method}), 0, frozenset({Method.PIN, Method.QR}), proposed=method)
+    assert "does not let known devices back" in str(refused.value)
+    assert "pin" not in str(refused.value) and "qr" not in str(refused.value)
+
+
 def test_host_without_the_capability() -> None:
     blind = PairingConfig(caps=Caps.KEYPAD | Caps.CONFIRM)  # a host that cannot display
     pair = make_pair(Method.COMPARE, seed=124, host_config=blind)
