@@ -21,8 +21,14 @@ from typing import Any
 import pytest
 
 from pairkit.keystore import Keystore
-from pairkit.pairing.negotiation import Method
+from pairkit.pairing.errors import PairingError
+from pairkit.pairing.methods import PairingConfig
+from pairkit.pairing.negotiation import ALL_CAPS, Method
+from pairkit.peers import find_peer
+from pairkit.session import GuestSide, open_session
 from tests.ble_harness import (
+    SPEC,
+    Person,
     World,
     comes_back,
     on_air,
@@ -102,3 +108,37 @@ async def test_a_member_whose_digests_were_all_spent_comes_back_by_kk_then_resum
     assert await comes_back(world, tv, host, paul) is Method.KK
     assert _held(tv, paul), "kk gave no fresh prekeys"
     assert await comes_back(world, tv, host, paul) is Method.RESUME
+
+
+async def test_a_retry_in_one_process_with_the_peer_read_before_nominates_another_digest(
+    world: World, paul: Keystore, tv: Keystore
+) -> None:
+    """A caller that retries with the same GuestSide (runtime/groups.py's busy pauses) holds the
+    peer as read before the first attempt: the digest that attempt sent is skipped anyway."""
+    host = await paired_then_private(world, paul, tv)
+    ks = reopen(tv)
+    peer = find_peer(ks, paul.device_id)
+    assert peer is not None and len(peer.their_prekeys) >= 2
+    d = peer.their_prekeys[0]
+    side = GuestSide(ks, PairingConfig(methods=frozenset(Method) - {Method.TTP}, caps=ALL_CAPS),
+                     Method.RESUME, transport=SPEC, peer=peer, step_timeout=2.0)
+    guest = await world.device()
+    jammed = _jam(world, d, 1)
+    link = await guest.connect(host.address, timeout=5.0)
+    try:
+        with pytest.raises(PairingError):
+            await open_session(link, side, delegate=Person())
+    finally:
+        with contextlib.suppress(PairingError):
+            await link.close()
+    assert jammed["dropped"] == 1
+    air = on_air(world.radio)
+    link = await guest.connect(host.address, timeout=5.0)
+    try:
+        done = await open_session(link, side, delegate=Person())
+        assert done.session.method is Method.RESUME
+        await done.channel.close()
+    finally:
+        with contextlib.suppress(PairingError):
+            await link.close()
+    assert air and not any(d in pdu for pdu in air), "the retry nominated the digest again"
