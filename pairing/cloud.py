@@ -9,7 +9,8 @@ sides, in the manner of the OMA CPNS personal-network authentication:
 ====  =====================  ======================================================================
 1     guest -> CloudHello    ``n_G`` (16 random bytes), and ``hint = MAC(K, "hint" || n_G)[:8]``
                              for the cloud the guest recognised in the host's hello, or for each
-                             of its clouds (at most 8) when it heard no hello (TCP)
+                             of its clouds (at most 8) when it heard no hello (TCP); always 8
+                             hints, random fillers among them, in a random order
 2     host -> CloudReply     ``n_H``, and ``proof_H = MAC(K, "host" || n_G || n_H || S_H)`` when
                              the hint names one of the host's clouds; no proof otherwise.  With
                              a proof, the host's description (name, methods, capabilities)
@@ -353,6 +354,30 @@ def _hint(mac: CloudMac, cloud_id: str, nonce: bytes) -> bytes:
     return mac(cloud_id, keyschedule.CLOUD_HINT + nonce)[:8]
 
 
+def _below(rng: Rng, n: int) -> int:
+    """A uniform integer in [0, n) from ``rng`` (rejection sampling over 4 bytes), n < 2^32."""
+    limit = (1 << 32) - (1 << 32) % n
+    while True:
+        value = int.from_bytes(rng(4), "big")
+        if value < limit:
+            return value % n
+
+
+def _padded_hints(real: tuple[bytes, ...], rng: Rng) -> tuple[bytes, ...]:
+    """Always MAX_HINTS hints (docs/protocol.md §10): the real ones at random places among
+    fillers drawn from ``rng``, which match no cloud.  A hello's size and order then tell a
+    listener nothing of how many clouds the device holds (atk23 F5)."""
+    hints = list(real)
+    while len(hints) < MAX_HINTS:
+        filler = rng(8)
+        if filler not in hints:  # a repeat would tell a filler from a hint (2^-64 a draw)
+            hints.append(filler)
+    for i in range(len(hints) - 1, 0, -1):  # Fisher-Yates
+        j = _below(rng, i + 1)
+        hints[i], hints[j] = hints[j], hints[i]
+    return tuple(hints)
+
+
 def _proof(
     mac: CloudMac, cloud_id: str, who: bytes, ng: bytes, nh: bytes, static: bytes
 ) -> bytes:
@@ -436,8 +461,9 @@ class CloudGuest(Machine):
     def _on_start(self, now: float) -> None:
         """Send the hello with a hint per cloud."""
         self._ng = self._rng(16)
-        hints = tuple(_hint(self._mac, c, self._ng) for c in self.clouds)
-        self._send(CloudHello(self._ng, hints))
+        real = tuple(_hint(self._mac, c, self._ng) for c in self.clouds)
+        self._hints = _padded_hints(real, self._rng)
+        self._send(CloudHello(self._ng, self._hints))
         self.state = S_REPLY
         self._expect_by(now + self.timeout, "the host did not answer the cloud check")
 
@@ -446,11 +472,12 @@ class CloudGuest(Machine):
         matched = msg.proof is not None and msg.index is not None
         if matched:
             assert msg.index is not None
-            if msg.index >= len(self.clouds):
+            offered = self._offered(msg.index)
+            if offered is None:
                 raise ProtocolError("the host named a cloud the guest did not offer")
             if msg.name is not None or msg.methods is not None or msg.caps is not None:
                 raise ProtocolError("the host described itself in the clear to a member")
-            self.cloud_id = self.clouds[msg.index]
+            self.cloud_id = offered
             # Opened before anything else is done with the reply: a seal that does not open
             # stops the guest here, before it proves anything or asks anyone (§10).
             self.host = (None if msg.sealed is None
@@ -479,6 +506,13 @@ class CloudGuest(Machine):
         ))
         self.state = S_VERDICT
         self._expect_by(now + self.timeout, "the host did not answer the cloud check")
+
+    def _offered(self, index: int) -> str | None:
+        """The cloud whose hint the hello carried at ``index`` (None: a filler, or no hint)."""
+        if not 0 <= index < len(self._hints):
+            return None
+        hint = self._hints[index]
+        return next((c for c in self.clouds if _hint(self._mac, c, self._ng) == hint), None)
 
     def _on_verdict(self, msg: CloudVerdict, now: float) -> None:
         if not msg.member:
@@ -623,8 +657,11 @@ class CloudHost(Machine):
         keys += [(c, e) for c, e in self._retired if c in self.clouds]
         for cloud_id, epoch in keys:
             mac = self._mac_of(epoch)
+            # One MAC per secret held, compared with each hint: a hello always carries
+            # MAX_HINTS (fillers among them), and costs the host no more than one hint did.
+            expected = _hint(mac, cloud_id, msg.nonce)
             for i, hint in enumerate(msg.hints):
-                if hmac.compare_digest(_hint(mac, cloud_id, msg.nonce), hint):
+                if hmac.compare_digest(expected, hint):
                     self.cloud_id, index, self.retired_epoch = cloud_id, i, epoch
                     proof = _proof(mac, cloud_id, b"host", self._ng, self._nh, self._static)
                     break

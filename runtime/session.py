@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,6 +67,7 @@ from .pairing.methods import (
     HostState,
     InsecureWarning,
     KnownPeer,
+    LocalIdentity,
     PairingConfig,
     PinPolicy,
     Session,
@@ -493,11 +495,57 @@ async def open_session(
     machine = None if method is Method.TTP else GuestPairing(
         side.config, me, method=method, link_encrypted=bool(link.encrypted),
         link_mitm=bool(getattr(link, "mitm_protected", False)), pin=side.pin,
-        qr=side.qr, peer=side.peer, wall_now=clock.wall(), rng=os.urandom,
+        qr=side.qr, peer=_unspent(ks, side.peer), wall_now=clock.wall(), rng=os.urandom,
         prekeys=prekeys.source_for(os.urandom),
     )
     # Made while the radio and the peer keep this side waiting (off the critical path).
     prekeys.pool().refill_soon()
+    try:
+        return await _guest_steps(link, side, me, machine, delegate=delegate, clock=clock)
+    except BaseException:
+        # A digest sent is spent, whatever ended the attempt (a link lost, a timeout, a FAIL,
+        # Ctrl-C, an error): the next attempt, in this process or another, must not nominate
+        # it again, or a listener links the two, and the host's two addresses (atk23 F2,
+        # docs/security.md rule 4).  A session saved has dropped it already (save_session);
+        # only a crash between the send and here leaves it in the keystore.
+        if machine is not None and machine.nominated is not None and side.peer is not None:
+            _spend(ks, side.peer.device_id, machine.nominated)
+        raise
+
+
+def _unspent(ks: Keystore, peer: KnownPeer | None) -> KnownPeer | None:
+    """``peer`` without the digests an earlier attempt of this process sent from ``ks`` (a
+    retry may hold ``peer`` as it was read before that attempt)."""
+    spent = _SPENT.get(ks)
+    if peer is None or not spent or not spent.intersection(peer.their_prekeys):
+        return peer
+    return dataclasses.replace(
+        peer, their_prekeys=tuple(d for d in peer.their_prekeys if d not in spent)
+    )
+
+
+def _spend(ks: Keystore, device_id: bytes, digest: bytes) -> None:
+    """Forget the host's prekey ``digest`` this device nominated, durably, after an attempt
+    that ended without a saved session.  A failure to write it is not the attempt's error:
+    that one goes on, and this process still never nominates it again (a later process may:
+    docs/security.md, rule 4)."""
+    _SPENT.setdefault(ks, set()).add(digest)
+    with contextlib.suppress(PairingError, OSError):
+        peers.drop_their_prekey(ks, device_id, digest)
+
+
+#: the prekey digests each keystore's attempts sent in this process, whatever became of them
+_SPENT: weakref.WeakKeyDictionary[Keystore, set[bytes]] = weakref.WeakKeyDictionary()
+
+
+async def _guest_steps(
+    link: Any, side: GuestSide, me: LocalIdentity, machine: GuestPairing | None, *,
+    delegate: Any, clock: Clock,
+) -> Established:
+    """The guest's pipeline after its machine is built: the cloud step, the pairing, READY,
+    the membership and the save (:func:`open_session`)."""
+    ks = side.keystore
+    method = side.method
     pipe = MessagePipe(link, guest=True)
     cloud: CloudGuest | None = None
     if side.cloud_step:
@@ -542,10 +590,9 @@ async def open_session(
         cloud.check_name(session.peer.name)  # and the name it gave is the proven one's
     channel = SecureLink(link, session, timeout=side.step_timeout)
     await confirm(channel, transcript=pipe.transcript(), first=False)
-    if machine is not None and machine.stale_prekey is not None and side.peer is not None:
-        # Only a confirmed session says the host really refused it: a resume FAIL is not
-        # authenticated, and an attacker's must not make us forget a prekey (rule 4).
-        peers.drop_their_prekey(ks, side.peer.device_id, machine.stale_prekey)
+    # The digest a resume nominated goes with the save below: a resume's session consumes it,
+    # a kk's (after a FAIL) replaces every prekey; an attempt that ends before the save drops
+    # it then (open_session).  No write of its own on the way to a session.
     membership = None
     if cloud is not None:
         membership = await receive_membership(channel)

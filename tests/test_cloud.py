@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from pairkit.pairing import cbor, wire
 from pairkit.pairing.cloud import (
+    MAX_HINTS,
     SEALED_ID_LEN,
     AllowJoin,
     CloudChecked,
@@ -243,6 +244,97 @@ def test_grant_validation() -> None:
     with pytest.raises(ValueError):
         Grant(Role.GUEST)
     assert wire.decode(CloudHello(bytes(16), (b"h" * 8,)).encode()).hints == (b"h" * 8,)
+
+
+# -- a CloudHello's size says nothing of the clouds held (attack review atk23, F5) ----------------
+
+MANY = {f"cloud-{i}": bytes([i]) * 32 for i in range(MAX_HINTS + 2)}
+
+
+def _hello_of(clouds: tuple[str, ...], seed: int = 0) -> tuple[bytes, CloudHello]:
+    guest = CloudGuest(static=GS, name="Paul's TV", clouds=clouds, mac=mac_for(MANY),
+                       rng=rng(seed))
+    guest.start(0.0)
+    (sent,) = guest.outgoing()
+    hello = wire.decode(sent)
+    assert isinstance(hello, CloudHello)
+    return sent, hello
+
+
+def _real_hint(cloud_id: str, nonce: bytes) -> bytes:
+    return mac_for(MANY)(cloud_id, b"pairkit/1 cloud hint" + nonce)[:8]
+
+
+def test_a_cloud_hello_is_the_same_size_whatever_the_number_of_clouds() -> None:
+    sizes = {}
+    for n in (0, 1, 2, MAX_HINTS, MAX_HINTS + 2):
+        sent, hello = _hello_of(tuple(MANY)[:n])
+        assert len(hello.hints) == MAX_HINTS
+        assert len(set(hello.hints)) == MAX_HINTS  # no filler repeats another, nor a hint
+        sizes[n] = len(sent)
+    assert len(set(sizes.values())) == 1, sizes
+
+
+def test_the_real_hints_sit_at_random_places_among_the_fillers() -> None:
+    """The order tells nothing: one real hint lands anywhere among MAX_HINTS (drawn from the
+    machine's rng), and the others match nothing a host holds."""
+    places = set()
+    for seed in range(64):
+        _, hello = _hello_of(("cloud-3",), seed)
+        real = _real_hint("cloud-3", hello.nonce)
+        assert hello.hints.count(real) == 1
+        places.add(hello.hints.index(real))
+        fillers = [h for h in hello.hints if h != real]
+        assert not any(_real_hint(c, hello.nonce) in fillers for c in MANY)
+    assert places == set(range(MAX_HINTS))
+
+
+def test_the_known_hosts_cloud_named_first_is_hinted_among_many() -> None:
+    """The guest names the known host's cloud first (runtime/session.py): of more clouds than
+    MAX_HINTS it is always hinted, wherever it lands, and the host matches it."""
+    clouds = ("cloud-9", *(c for c in MANY if c != "cloud-9"))
+    for seed in range(16):
+        guest = CloudGuest(static=GS, name="Paul's TV", clouds=clouds, mac=mac_for(MANY),
+                           rng=rng(seed))
+        host = CloudHost(static=HS, clouds=("cloud-9",), mac=mac_for(MANY), rng=rng(100 + seed))
+        host.start(0.0)
+        guest.start(0.0)
+        shuttle(guest, host)
+        assert guest.role is host.role is Role.MEMBER
+        assert guest.cloud_id == host.cloud_id == "cloud-9"
+
+
+def test_a_reply_naming_a_filler_is_refused() -> None:
+    """An index that points at a filler names no cloud the guest offered."""
+    _, hello = _hello_of(("cloud-3",), 7)
+    real = hello.hints.index(_real_hint("cloud-3", hello.nonce))
+    guest = CloudGuest(static=GS, name="Paul's TV", clouds=("cloud-3",), mac=mac_for(MANY),
+                       rng=rng(7))
+    guest.start(0.0)
+    guest.outgoing()
+    filler = (real + 1) % MAX_HINTS
+    with pytest.raises(ProtocolError, match="did not offer"):
+        guest.receive(CloudReply(bytes(16), b"p" * 32, filler).encode(), 0.0)
+
+
+def test_the_hosts_work_per_hello_does_not_grow_with_the_hints() -> None:
+    """The host computes one hint per secret it holds, whatever the hello carries, and compares
+    it with each: a stranger's hello of MAX_HINTS fillers costs what one of one hint did."""
+    calls: list[bytes] = []
+    inner = mac_for(MANY)
+
+    def counting(cloud_id: str, data: bytes) -> bytes:
+        calls.append(data)
+        return inner(cloud_id, data)
+
+    for clouds in ((), ("cloud-0",)):
+        calls.clear()
+        host = CloudHost(static=HS, clouds=("cloud-1", "cloud-2"), mac=counting, rng=rng(1))
+        host.start(0.0)
+        _, hello = _hello_of(clouds)
+        host.receive(hello.encode(), 0.0)
+        hint_macs = [c for c in calls if c.startswith(b"pairkit/1 cloud hint")]
+        assert len(hint_macs) == 2  # one per secret the host holds
 
 
 # -- the hello response (issue 14, item 3: webinos' George picks Paul's phone by name) -----------

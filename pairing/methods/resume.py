@@ -134,6 +134,13 @@ class ResumeGuest(GuestSide):
         """The prekey digest the host refused (to delete from the store), if any."""
         return getattr(self, "_stale", None)
 
+    @property
+    def nominated(self) -> bytes | None:
+        """The prekey digest this guest's INIT nominated, once the INIT is sent (None before,
+        and for every other method).  It is spent from then on, whatever ends the attempt: a
+        listener would link two INITs that nominate one digest (docs/security.md, rule 4)."""
+        return getattr(self, "_nominated", None)
+
 
 class ResumeHost(HostSide):
     # -- kk -------------------------------------------------------------------------------
