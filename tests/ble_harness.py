@@ -47,10 +47,12 @@ Central = BumbleTransport | BleakTransport
 PIN = "482913"
 
 
-def make_keystore(path: Path, name: str) -> Keystore:
-    """A device with its own personal cloud, as ``pairkit init`` makes it (cheapest Argon2id)."""
+def make_keystore(path: Path, name: str, *, cloud: str | None = None) -> Keystore:
+    """A device with its own personal cloud, as ``pairkit init`` makes it (cheapest Argon2id);
+    the cloud is named after the device unless ``cloud`` names it."""
     ks = Keystore.create(path, KEYSTORE_PIN, name=name, kdf=Argon2Params.cheapest())
-    ks.set_cloud(ks.device_id[:16], os.urandom(32), name=f"{name}'s cloud", role="owner")
+    cloud = f"{name}'s cloud" if cloud is None else cloud
+    ks.set_cloud(ks.device_id[:16], os.urandom(32), name=cloud, role="owner")
     ks.save()
     return ks
 

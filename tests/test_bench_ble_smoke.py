@@ -130,11 +130,16 @@ def test_ble_bytes_on_air_add_up(ble: dict[str, Any]) -> None:
     # The flights of pairing/methods.py; a pairkit message fits one PDU at MTU 512 or more.
     flights = {"pin": 4, "qr": 2, "compare": 6, "clear": 4, "resume": 2, "kk": 2, "kk-stale": 4,
                "cloud-member": 4, "cloud-join": 4}
+    # But kk's Offer, padded to one length (506 bytes framed, docs/protocol.md §8; atk23 F1),
+    # is over the 495 bytes the GATT link sends at once to fill 251-byte ACL packets
+    # (transports/ble/fill.py): it goes as two writes there.
+    split = {("gatt", "kk"): 1, ("gatt", "kk-stale"): 1}
     # Per PDU: the L2CAP header (4), then ATT's opcode and handle (3) or the SDU length (2).
     header = {"gatt": 4 + 3, "l2cap": 4 + 2}
     for kind, block in ble["pairing"].items():
         for name, row in block["methods"].items():
-            assert row["link_messages"] == flights[name], (kind, name)
+            assert row["link_messages"] == flights[name] + split.get((kind, name), 0), (
+                kind, name)
             assert row["l2cap_pdus"] >= row["link_messages"], (kind, name)
             if row["l2cap_pdus"] == row["link_messages"]:
                 assert row["l2cap_bytes"] == row["link_bytes"] + header[kind] * row["l2cap_pdus"]

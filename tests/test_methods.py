@@ -7,6 +7,7 @@ Randomness comes from seeded streams (``tests.pair_harness.seeded``), so every r
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from typing import Any
 
@@ -32,8 +33,18 @@ from pairkit.pairing.errors import (
     UnsupportedError,
 )
 from pairkit.pairing.machine import Machine
-from pairkit.pairing.messages import Accept, NoiseMessage, Offer, ResumeKind, ResumeMessage, Reveal
+from pairkit.pairing.messages import (
+    MAX_PREKEYS,
+    Accept,
+    Identity,
+    NoiseMessage,
+    Offer,
+    ResumeKind,
+    ResumeMessage,
+    Reveal,
+)
 from pairkit.pairing.methods import (
+    KK_NOISE,
     QR_NOISE,
     ConfirmCode,
     GuestPairing,
@@ -44,10 +55,20 @@ from pairkit.pairing.methods import (
     PairingConfig,
     PinPolicy,
     _hello_hash,
+    _Payload,
     _qr_psk,
     _th,
     check_pin_strength,
     prekey_holder,
+)
+from pairkit.pairing.methods.common import (
+    KK_ACCEPT_PAYLOAD_LEN,
+    KK_OFFER_PAYLOAD_LEN,
+    _identity,
+    _kk_payload_bytes,
+    _new_prekeys,
+    _read_kk_payload,
+    _read_payload,
 )
 from pairkit.pairing.negotiation import (
     ALL_CAPS,
@@ -66,6 +87,7 @@ from tests.pair_harness import (
     Stepper,
     compare_codes,
     honest_transcript,
+    identities,
     known_pair,
     make_pair,
     pair_for,
@@ -1132,6 +1154,156 @@ def test_kk_is_allowed_by_a_side_allowing_resume_or_kk() -> None:
     with pytest.raises(UnsupportedError):  # the same from the guest's side of the table
         choose(ALL_CAPS, frozenset({Method.PIN}), KK_CAPS, frozenset({Method.KK}),
                proposed=Method.KK, knows_peer=True)
+
+
+#: a one-byte name and the longest, 64 characters of 4 bytes each in UTF-8
+_NAMES = ("G", "\U0001f4fa" * 64)
+
+
+def _kk_named(seed: int, guest_name: str, host_name: str, prekeys: int) -> tuple[Known, Pair]:
+    """A kk return of two devices renamed since they paired, each giving ``prekeys``."""
+    known = known_pair(seed=seed)
+    peer = dataclasses.replace(known.guest_record, their_prekeys=())
+    config = PairingConfig(prekeys=prekeys)
+    return known, make_pair(
+        Method.KK, seed=seed + 1, state=known.state, peer=peer,
+        guest_me=dataclasses.replace(known.guest_me, name=guest_name),
+        host_me=dataclasses.replace(known.host_me, name=host_name),
+        guest_config=config, host_config=config,
+    )
+
+
+def test_kks_offer_and_accept_are_as_long_whatever_the_names_and_prekeys() -> None:
+    """atk23, finding 1: kk's identity payloads carry no name and are padded (docs/protocol.md
+    §8), so a listener reads neither side's name length nor prekey count from the lengths of
+    the Offer and Accept: names of 1 and 256 bytes, 1 and 16 prekeys, on either side, give one
+    Offer length and one Accept length.  Each side still names the other as its stored record
+    does, and takes the prekeys the other sent."""
+    lengths = set()
+    for guest_name, host_name, prekeys in itertools.product(_NAMES, _NAMES, (1, 16)):
+        known, pair = _kk_named(130, guest_name, host_name, prekeys)
+        result = pair.run()
+        assert result.errors == {}
+        guest, host = pair.guest.session, pair.host.session
+        assert guest is not None and host is not None and guest.method is Method.KK
+        assert guest.send_key == host.recv_key and guest.recv_key == host.send_key
+        # the names the devices had when they paired: the stored records'
+        assert pair.guest.session.peer.name == known.guest_record.name
+        assert pair.host.session.peer.name == known.host_records[known.guest_me.device_id].name
+        assert len(pair.guest.session.new_their_prekeys) == prekeys
+        assert len(pair.host.session.new_their_prekeys) == prekeys
+        lengths.add(tuple(len(data) for _, data in result.messages))
+        assert max(len(data) for _, data in result.messages) <= 512  # one GATT write each
+    assert len(lengths) == 1, f"kk's (Offer, Accept) lengths: {sorted(lengths)}"
+
+
+def test_every_kk_payload_pads_to_its_length() -> None:
+    """Every prekey count, the guest's payload and the host's: exactly its length, its pad
+    zeros, no name; and read back so."""
+    me = identities(131)[0]
+    for count in range(MAX_PREKEYS + 1):
+        ident = _identity(me, tuple(_new_prekeys(count, seeded(131))))
+        for hosts, length in ((False, KK_OFFER_PAYLOAD_LEN), (True, KK_ACCEPT_PAYLOAD_LEN)):
+            data = _kk_payload_bytes(ident, bytes(32) if hosts else None)
+            assert len(data) == length
+            payload = _read_kk_payload(data, hosts=hosts)
+            assert payload.identity == dataclasses.replace(ident, name="")
+            assert payload.pad is not None and not any(payload.pad)
+
+
+def _padded_to(body: _Payload, length: int) -> bytes:
+    """``body`` with the zero pad that makes it ``length`` bytes (as the spec pads)."""
+    for n in range(length):
+        data = wire.encode_struct(dataclasses.replace(body, pad=bytes(n)))
+        if len(data) == length:
+            return data
+    raise AssertionError(f"no pad makes it {length} bytes")
+
+
+def _bad_kk_payload(how: str, ident: Identity, hello_hash: bytes | None) -> bytes:
+    """A kk identity payload not as docs/protocol.md §8 says, ``how``."""
+    length = KK_OFFER_PAYLOAD_LEN if hello_hash is None else KK_ACCEPT_PAYLOAD_LEN
+    good = _kk_payload_bytes(ident, hello_hash)
+    nameless = _Payload(dataclasses.replace(ident, name=""), hello_hash, pad=b"")
+    return {
+        "named": lambda: _padded_to(dataclasses.replace(nameless, identity=ident), length),
+        "padded with a one": lambda: good[:-1] + b"\x01",  # the pad is the last field
+        "unpadded": lambda: wire.encode_struct(_Payload(ident, hello_hash)),
+        "unpadded, no name": lambda: wire.encode_struct(dataclasses.replace(nameless, pad=None)),
+        "a byte long": lambda: _padded_to(nameless, length + 1),
+        "a byte short": lambda: _padded_to(nameless, length - 1),
+        "hashed the other way": lambda: _padded_to(
+            dataclasses.replace(nameless, hello_hash=None if hello_hash else bytes(32)), length
+        ),
+    }[how]()
+
+
+_BAD_PAYLOADS = [
+    "named", "padded with a one", "unpadded", "unpadded, no name", "a byte long", "a byte short",
+    "hashed the other way",
+]
+
+
+@pytest.mark.parametrize("how", _BAD_PAYLOADS)
+def test_a_kk_offer_whose_payload_is_not_padded_as_said_is_refused(how: str) -> None:
+    """The guest's Noise IK message 1 made by the guest's own keys, its payload not as §8 says
+    (a name in it, a pad not zeros, no pad, a length off by one, a hello_hash): the host's
+    decode error, before it answers; nothing paired."""
+    known, pair = _kk(132)
+    host_static = known.host_me.static_public
+
+    def forged(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if not isinstance(msg, Offer):
+            return data
+        hs = HandshakeState(KK_NOISE, True, prologue=_hello_hash(msg.hello, b""),
+                            s=known.guest_me.noise_static(), rs=host_static,
+                            rng=seeded(132, "forger"))
+        ident = _identity(known.guest_me, _new_prekeys(8, seeded(132, "prekeys")))
+        return dataclasses.replace(msg, noise=hs.write_message(
+            _bad_kk_payload(how, ident, None))).encode()
+
+    result = pair.run(tamper=forged)
+    err = assert_failed(pair.host, DecodeError)
+    assert "kk identity payload" in str(err)
+    assert result.types() == ["Offer", "Abort"]  # no Accept
+    assert pair.guest.session is None
+
+
+@pytest.mark.parametrize("how", _BAD_PAYLOADS)
+def test_a_kk_accept_whose_payload_is_not_padded_as_said_is_refused(how: str) -> None:
+    """The host's Noise IK message 2 made by the host's own keys (read from the guest's Offer),
+    its payload not as §8 says: the guest's decode error; it ends with no session."""
+    known, pair = _kk(133)
+    offers: list[Offer] = []
+
+    def forged(direction: str, data: bytes) -> bytes:
+        msg = wire.decode(data)
+        if isinstance(msg, Offer):
+            offers.append(msg)
+        if not isinstance(msg, Accept):
+            return data
+        offer, = offers
+        assert offer.noise is not None
+        hs = HandshakeState(KK_NOISE, False, prologue=_hello_hash(offer.hello, b""),
+                            s=known.host_me.noise_static(), rng=seeded(133, "forger"))
+        hs.read_message(offer.noise)
+        ident = _identity(known.host_me, _new_prekeys(8, seeded(133, "prekeys")))
+        payload = _bad_kk_payload(how, ident, _hello_hash(msg.hello, b""))
+        return dataclasses.replace(msg, noise=hs.write_message(payload)).encode()
+
+    pair.run(tamper=forged)
+    err = assert_failed(pair.guest, DecodeError)
+    assert "kk identity payload" in str(err)
+
+
+def test_only_a_kk_payload_is_padded() -> None:
+    """Every other method's identity payload carries no pad (field 4): one that does is a
+    decode error, even of zeros."""
+    ident = _identity(identities(134)[0], ())
+    assert _read_payload(wire.encode_struct(_Payload(ident))).identity == ident
+    with pytest.raises(DecodeError, match="only a kk identity payload is padded"):
+        _read_payload(wire.encode_struct(_Payload(ident, pad=bytes(8))))
 
 
 def test_resume_twice_with_the_same_digest() -> None:

@@ -14,7 +14,8 @@ Two kinds of check:
   the transcript and READY records, fingerprints, and each method's secrets where they can be
   rebuilt without a Noise or CPace implementation (compare's commitment and HPKE box, qr's id
   and PSK, the CPace ISK, resume's whole key schedule, ttp's channel and final keys, the cloud
-  step's hints and proofs).
+  step's hints and proofs), and kk's two Noise IK messages, opened as the host (their
+  identity payloads: no name, padded to one length).
 """
 
 from __future__ import annotations
@@ -415,6 +416,55 @@ def check_kk(vector: dict[str, Any]) -> None:
     guest_id = key(vector, "guest", "device_id")
     guest_static = key(vector, "guest", "static_public")
     assert guest_id not in offer[4] and guest_static not in offer[4]
+    # Opened as the host: the guest's static key, then both identity payloads, each of one
+    # length (369 bytes the guest's, 404 the host's), with no name and a pad of zeros (§8)
+    ctx = context_of(vector)
+    s_g, plain_g, plain_h = noise_ik_open(vector)
+    assert s_g == guest_static
+    hosts_hash = kdf(enc(accept[2]), ctx, b"pairkit/1 hello")
+    for plain, length, side, hello_hash in ((plain_g, 369, "guest", None),
+                                            (plain_h, 404, "host", hosts_hash)):
+        payload = cbor2.loads(plain)
+        assert len(plain) == length and enc(payload) == plain
+        assert payload.get(3) == hello_hash
+        assert set(payload) == ({2, 3, 4} if hello_hash else {2, 4})
+        assert payload[4] == bytes(len(payload[4]))
+        ident = payload[2]
+        assert ident[2] == key(vector, side, "device_id") == h16(ident[4])
+        assert ident[3] == "" and ident[4] == key(vector, side, "static_public")
+        assert ident[5] == key(vector, side, "signing_public") and 1 <= len(ident[6]) <= 16
+
+
+def noise_ik_open(vector: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """kk's Noise_IK_25519_ChaChaPoly_SHA256 messages opened by the host's keys (its static
+    key, its ``e`` among its draws), written out from Noise rev 34 §5 and §7.5: the guest's
+    static key and the two payloads' plaintexts.  The name is 32 bytes: ``h`` is the name."""
+    s_h = key(vector, "host", "static_private")
+    offer, accept = the(vector, "Offer"), the(vector, "Accept")
+    h = ck = b"Noise_IK_25519_ChaChaPoly_SHA256"
+
+    def mix_hash(h: bytes, data: bytes) -> bytes:
+        return hashlib.sha256(h + data).digest()
+
+    h = mix_hash(h, kdf(enc(offer[2]), context_of(vector), b"pairkit/1 hello"))  # prologue
+    h = mix_hash(h, public(s_h))  # <- s
+    m1 = offer[4]
+    e_g, sealed_s, sealed_1 = m1[:32], m1[32:80], m1[80:]
+    h = mix_hash(h, e_g)  # -> e
+    ck, k = noise_hkdf(ck, dh(s_h, e_g), 2)  # es
+    s_g = aead(k, 0, sealed_s, h, open_=True)  # s
+    h = mix_hash(h, sealed_s)
+    ck, k = noise_hkdf(ck, dh(s_h, s_g), 2)  # ss
+    plain_g = aead(k, 0, sealed_1, h, open_=True)
+    h = mix_hash(h, sealed_1)
+    m2 = accept[4]
+    e_h = next(d for d in map(bytes.fromhex, vector["draws"]["host"])
+               if len(d) == 32 and public(d) == m2[:32])
+    h = mix_hash(h, m2[:32])  # <- e
+    ck, k = noise_hkdf(ck, dh(e_h, e_g), 2)  # ee
+    ck, k = noise_hkdf(ck, dh(e_h, s_g), 2)  # se
+    plain_h = aead(k, 0, m2[32:], h, open_=True)
+    return s_g, plain_g, plain_h
 
 
 def check_ttp(vector: dict[str, Any]) -> None:

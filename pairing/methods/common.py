@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import crypto, keyschedule, wire
 from ..crypto import Rng, check_ed25519_public, digest, x25519_keypair
-from ..errors import AuthenticationError, ConfigError, PairingError, RefusedError
+from ..errors import AuthenticationError, ConfigError, DecodeError, PairingError, RefusedError
 from ..machine import Event, Question
-from ..messages import Announce, Identity, device_name
+from ..messages import ID_LEN, KEY_LEN, MAX_PREKEYS, Announce, Identity, device_name
 from ..negotiation import ALL_CAPS, Caps, Method, methods_mask
 from ..noise import HandshakeState, KeyPair
 from ..qr import QrCode
@@ -961,14 +961,37 @@ def _take_prekeys(n: int, rng: Rng, source: PrekeySource | None) -> tuple[Prekey
 _PREKEY = frozenset({Prekey})
 
 
-def _peer_from_identity(ident: Identity, *, authenticated: bool) -> PeerInfo:
+def _peer_from_identity(
+    ident: Identity, *, authenticated: bool, known_name: str | None = None
+) -> PeerInfo:
+    """The peer an identity payload shows, every check made.  ``known_name``: kk's, whose
+    identities carry no name (:func:`_read_kk_payload` refused one that does): the peer is
+    named as its stored record is (docs/security.md, rule 6)."""
     if ident.device_id != digest(ident.static):
         raise AuthenticationError("the peer's device id does not match its key")
-    name = device_name(ident.name, "the peer's name")
+    if known_name is None:
+        name = device_name(ident.name, "the peer's name")
+    else:
+        name = known_name
     # A small-order signing key signs nothing (docs/security.md rule 1): refused before the
     # peer is anyone, on both sides, in every method that shows an identity payload.
     check_ed25519_public(ident.signing, "the peer's")
     return PeerInfo(ident.device_id, name, ident.static, ident.signing, authenticated)
+
+
+#: The length of kk's identity payloads (docs/protocol.md §8): the guest's in its Offer, with no
+#: name, the most prekeys and an empty pad; the host's in its Accept, the same with its
+#: ``hello_hash``.  kk's Offer and Accept cross before any link-layer encryption: their lengths
+#: said each side's name length and prekey count, the same at every return (attack review
+#: atk23, finding 1).  A payload with fewer prekeys pads 17 bytes a prekey fewer, never 24 or
+#: 257 bytes, the two lengths a pad's head skips (§1.1), so every one pads exactly.
+KK_OFFER_PAYLOAD_LEN = (
+    1 + 1  # the map's head; key 2
+    + 1 + (1 + 1 + ID_LEN) + (1 + 1) + 2 * (1 + 2 + KEY_LEN)  # the Identity: id, no name, keys
+    + (1 + 1 + MAX_PREKEYS * (1 + ID_LEN))  # its prekeys, the most
+    + (1 + 1)  # key 4: an empty pad
+)
+KK_ACCEPT_PAYLOAD_LEN = KK_OFFER_PAYLOAD_LEN + (1 + 2 + 32)  # key 3: hello_hash
 
 
 @wire.struct
@@ -977,6 +1000,8 @@ class _Payload(wire.Message):
 
     identity: Identity = wire.field(2)
     hello_hash: bytes | None = wire.field(3, size=32, default=None)
+    #: kk's only: zero bytes that pad the payload to its length (:data:`KK_OFFER_PAYLOAD_LEN`)
+    pad: bytes | None = wire.field(4, max_len=KK_ACCEPT_PAYLOAD_LEN, default=None)
 
 
 @wire.struct
@@ -989,8 +1014,45 @@ def _payload_bytes(ident: Identity, hello_hash: bytes | None = None) -> bytes:
 
 
 def _read_payload(data: bytes) -> _Payload:
-    return wire.decode_struct(_Payload, data, max_size=512)
+    payload = wire.decode_struct(_Payload, data, max_size=512)
+    if payload.pad is not None:
+        raise DecodeError("only a kk identity payload is padded")
+    return payload
 
+
+def _kk_payload_bytes(ident: Identity, hello_hash: bytes | None = None) -> bytes:
+    """kk's identity payload (docs/protocol.md §8): ``ident`` with no name (each side names
+    the other as its stored record does), padded with zeros to :data:`KK_OFFER_PAYLOAD_LEN`
+    bytes (the guest's) or :data:`KK_ACCEPT_PAYLOAD_LEN` (the host's, with ``hello_hash``), so
+    that its length says neither the name's length nor how many prekeys it carries."""
+    length = KK_OFFER_PAYLOAD_LEN if hello_hash is None else KK_ACCEPT_PAYLOAD_LEN
+    body = _Payload(dataclasses.replace(ident, name=""), hello_hash, pad=b"")
+    short = length - len(wire.encode_struct(body))
+    # The pad's head is one byte up to 23 bytes of pad, two up to 255, three beyond (§1.1).
+    for head in (0, 1, 2):
+        n = short - head
+        if n >= 0 and (n >= 24) + (n >= 256) == head:
+            encoded = wire.encode_struct(dataclasses.replace(body, pad=bytes(n)))
+            if len(encoded) == length:
+                return encoded
+    raise AssertionError("every kk payload pads to its length")  # pragma: no cover
+
+
+def _read_kk_payload(data: bytes, *, hosts: bool) -> _Payload:
+    """A kk identity payload as :func:`_kk_payload_bytes` makes it, the host's (``hosts``) or
+    the guest's, else a decode error: its length, its pad present and zeros only, a
+    ``hello_hash`` in the host's only, its identity with no name."""
+    length = KK_ACCEPT_PAYLOAD_LEN if hosts else KK_OFFER_PAYLOAD_LEN
+    payload = wire.decode_struct(_Payload, data, max_size=512)
+    if (payload.hello_hash is None) == hosts:
+        raise DecodeError("a kk identity payload carries a hello_hash in the host's only")
+    if len(data) != length or payload.pad is None:
+        raise DecodeError(f"a kk identity payload must be padded to {length} bytes")
+    if any(payload.pad):
+        raise DecodeError("a kk identity payload is padded with other than zeros")
+    if payload.identity.name:
+        raise DecodeError("a kk identity payload must carry no name")
+    return payload
 
 
 def _noise_keys(hs: HandshakeState) -> tuple[bytes, bytes, str]:

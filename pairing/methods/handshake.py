@@ -12,8 +12,6 @@ method modules extend them and :mod:`.base` puts them together behind the negoti
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..crypto import Rng, same
 from ..errors import AuthenticationError, ProtocolError
 from ..machine import Machine
@@ -34,11 +32,13 @@ from .common import (
     Session,
     _hello_hash,
     _identity,
+    _kk_payload_bytes,
     _LazyPrekeys,
     _noise_keys,
     _Payload,
     _payload_bytes,
     _peer_from_identity,
+    _read_kk_payload,
     _read_payload,
 )
 from .common import (
@@ -102,10 +102,14 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
             s=self.me.noise_static(), rs=rs, psks=psks, rng=self._rng,
         )
         ident = _identity(self.me, self._prekeys)
+        if self.method is _KK:  # no name, padded: kk's Offer is as long from every device
+            return self._hs.write_message(_kk_payload_bytes(ident))
         return self._hs.write_message(_payload_bytes(ident))
 
     def _noise_1rtt_accept(self, noise: bytes, host_hello: Announce) -> None:
-        payload = _read_payload(self._hs.read_message(noise))
+        plain = self._hs.read_message(noise)
+        kk = self.method is _KK
+        payload = _read_kk_payload(plain, hosts=True) if kk else _read_payload(plain)
         expected = _hello_hash(host_hello, self._context)
         if payload.hello_hash is None or not same(payload.hello_hash, expected):
             raise AuthenticationError("the host's announcement was changed on the way")
@@ -158,14 +162,17 @@ class GuestSide(_LazyPrekeys, _Transcript, Machine):
         rs = self._hs.remote_static
         if rs is None or not same(rs, ident.static):
             raise AuthenticationError("the host's identity does not match its handshake key")
-        peer = _peer_from_identity(ident, authenticated=self._authenticated())
-        if self._peer is not None and self._peer.device_id != peer.device_id:
-            raise AuthenticationError("the host is not the known peer it claims to be")
+        # kk proves the stored record, its name included, as resume does: its identity payload
+        # carries no name (docs/protocol.md §8; docs/security.md, rule 6; atk15b, atk23 F1).
+        known_name = None
         if self.method is _KK:
             assert self._peer is not None
-            # kk proves the stored record, its name included, as resume does: the name in the
-            # identity payload is the peer's word only (docs/security.md, rule 6; atk15b).
-            peer = dataclasses.replace(peer, name=self._peer.name)
+            known_name = self._peer.name
+        peer = _peer_from_identity(
+            ident, authenticated=self._authenticated(), known_name=known_name
+        )
+        if self._peer is not None and self._peer.device_id != peer.device_id:
+            raise AuthenticationError("the host is not the known peer it claims to be")
         i2r, r2i, fp = _noise_keys(self._hs)
         # pin, compare and clear run host-first (the host is the Noise initiator);
         # qr and kk run guest-first.
@@ -208,27 +215,30 @@ class HostSide(_LazyPrekeys, _Transcript, Machine):
         assert msg.noise is not None
         if payload is None:
             payload = _read_payload(self._hs.read_message(msg.noise))
-        guest = self._check_noise_identity(payload.identity, authenticated)
-        if self.method is Method.KK:
-            if guest.device_id != self._known.device_id:
-                raise AuthenticationError("the guest is not the known peer it claims to be")
-            # kk proves the stored record, its name included, as resume does: a known device
-            # cannot pair under a name of its choosing and pass the join request's name check
-            # with it, nor rename its record (docs/security.md, rule 6; attack review atk15b).
-            guest = dataclasses.replace(guest, name=self._known.name)
-        ident = _identity(self.me, self._prekeys)
-        noise = self._hs.write_message(
-            _payload_bytes(ident, _hello_hash(hello, self._context))
+        kk = self.method is Method.KK
+        # kk proves the stored record, its name included, as resume does: a known device
+        # cannot pair under a name of its choosing and pass the join request's name check
+        # with it, nor rename its record (docs/security.md, rule 6; attack review atk15b); its
+        # identity payload carries no name (docs/protocol.md §8; atk23 F1).
+        guest = self._check_noise_identity(
+            payload.identity, authenticated, known_name=self._known.name if kk else None
         )
+        if kk and guest.device_id != self._known.device_id:
+            raise AuthenticationError("the guest is not the known peer it claims to be")
+        ident = _identity(self.me, self._prekeys)
+        write = _kk_payload_bytes if kk else _payload_bytes
+        noise = self._hs.write_message(write(ident, _hello_hash(hello, self._context)))
         self._send(Accept(hello=hello, noise=noise))
         i2r, r2i, fp = _noise_keys(self._hs)
         self._done(guest, payload.identity.prekeys, r2i, i2r, fp)
 
-    def _check_noise_identity(self, ident: Identity, authenticated: bool) -> PeerInfo:
+    def _check_noise_identity(
+        self, ident: Identity, authenticated: bool, known_name: str | None = None
+    ) -> PeerInfo:
         rs = self._hs.remote_static
         if rs is None or not same(rs, ident.static):
             raise AuthenticationError("the guest's identity does not match its handshake key")
-        return _peer_from_identity(ident, authenticated=authenticated)
+        return _peer_from_identity(ident, authenticated=authenticated, known_name=known_name)
 
     # -- the identity handshake (pin, compare, clear) --------------------------------------
 

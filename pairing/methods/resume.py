@@ -37,7 +37,7 @@ from .common import (
     Session,
     _hello_hash,
     _Prekeys,
-    _read_payload,
+    _read_kk_payload,
     _take_prekeys,
 )
 from .handshake import GuestSide, HostSide
@@ -156,7 +156,7 @@ class ResumeHost(HostSide):
         # its payload, authenticated by ss as KK's is.  Who it is follows from that key: a
         # known peer's (its device id, then the whole key, compared), or refused as unknown
         # before anything is answered, stored or asked.
-        payload = _read_payload(self._hs.read_message(msg.noise))
+        payload = _read_kk_payload(self._hs.read_message(msg.noise), hosts=False)
         rs = self._hs.remote_static
         known = self.host.known_peer(digest(rs)) if rs is not None else None
         if known is None or rs is None or not same(known.static_public, rs):

@@ -21,6 +21,7 @@ listener has.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -35,6 +36,8 @@ from pairkit.pairing.negotiation import Caps, Method, methods_mask
 from tests.ble_harness import (
     World,
     comes_back,
+    make_keystore,
+    make_member,
     on_air,
     paired_then_private,
     without_prekeys,
@@ -172,3 +175,53 @@ async def test_a_listener_reads_no_settings_in_kks_announcements(
     # Two returns to the host at two addresses: its announcements differ by the nonce only.
     fixed = {(m.hello.caps, m.hello.methods, m.hello.method, m.hello.name) for _, m in accepts}
     assert len(fixed) == 1 and len({m.hello.nonce for _, m in accepts}) == 2
+
+
+async def _kk_return_on_air(tmp: Path, host_name: str, member_name: str) -> list[bytes]:
+    """What a listener hears when a member named ``member_name``, with no prekey left, comes
+    back by kk to a private host named ``host_name`` (each in a world of its own)."""
+    world = World()
+    try:
+        host_ks = make_keystore(tmp / "host" / "keystore.pk", host_name, cloud="home")
+        member_ks = make_keystore(tmp / "member" / "keystore.pk", member_name, cloud="own")
+        make_member(host_ks, member_ks)
+        host = await paired_then_private(world, host_ks, member_ks)
+        without_prekeys(member_ks, host_ks)  # none left: kk
+        air = on_air(world.radio)
+        assert await comes_back(world, member_ks, host, host_ks) is Method.KK
+        return air
+    finally:
+        await world.close()
+
+
+#: a one-byte name and one of the longest (64 characters)
+_SHORT, _LONG = "a", "L" * 64
+
+
+async def test_a_listener_reads_no_name_length_in_kks_offer_and_accept(tmp_path: Path) -> None:
+    """Attack review atk23, finding 1: kk's Offer and Accept carry each side's Identity
+    (Noise IK's encrypted payloads), whose lengths followed the names': a one-byte name made a
+    366-byte Offer, a 29-byte one 395, the same at every return, so a listener linked a private
+    host's rotating addresses (and a member's returns) by them.  Two members named 1 and 64
+    bytes come back by kk, each to a host named the other way: every kk Offer and Accept the
+    listener hears is as long in both."""
+    heard = {}
+    for host_name, member_name in ((_SHORT, _LONG), (_LONG, _SHORT)):
+        air = await _kk_return_on_air(tmp_path / str(len(heard)), host_name, member_name)
+        offers, accepts = _decoded(air, Offer), _decoded(air, Accept)
+        assert len(offers) == len(accepts) == 1, "the listener heard the kk Offer and Accept"
+        (offer, _), (accept, _) = offers[0], accepts[0]
+        heard[member_name] = (len(offer), len(accept))
+    assert heard[_SHORT] == heard[_LONG], f"kk's (Offer, Accept) lengths by name: {heard}"
+
+
+async def test_a_listener_hears_kk_returns_of_members_named_apart_alike(
+    tmp_path: Path,
+) -> None:
+    """The same over every PDU of the return: two members of one host's name, named 1 and 64
+    bytes, come back by kk; each PDU the listener hears is as long in both returns."""
+    lengths = {}
+    for i, member_name in enumerate((_SHORT, _LONG)):
+        air = await _kk_return_on_air(tmp_path / str(i), "Paul's phone", member_name)
+        lengths[member_name] = [len(pdu) for pdu in air]
+    assert lengths[_SHORT] == lengths[_LONG]
