@@ -64,13 +64,20 @@ class Identity(Message):
     prekeys: tuple[bytes, ...] = field(6, size=ID_LEN, max_len=MAX_PREKEYS, default=())
 
 
-@message(type_id=10, max_size=1024)
+#: the longest Noise message a pairing sends: its payload's :class:`Identity` holds a name of up
+#: to 64 characters (256 bytes of UTF-8) and up to :data:`MAX_PREKEYS` digests, about 760 bytes
+#: with Noise's keys and tags at the most (512, the limit before, refused a device named in 64
+#: Chinese characters: session 23)
+MAX_NOISE = 1024
+
+
+@message(type_id=10, max_size=2048)
 class Offer(Message):
     """Guest -> host: the announcement and the first data of the proposed method."""
 
     hello: Announce = field(2)
     cpace: bytes | None = field(3, size=KEY_LEN, default=None)  #: CPace Ya (``pin``)
-    noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message 1 (``qr``, ``kk``)
+    noise: bytes | None = field(4, max_len=MAX_NOISE, default=None)  #: message 1 (``qr``, ``kk``)
     pk: bytes | None = field(5, size=KEY_LEN, default=None)  #: ephemeral key (``compare``)
     qr_id: bytes | None = field(6, size=8, default=None)  #: which QR code (``qr``)
     #: who calls (``ttp`` only: ``kk``'s guest is known by its Noise IK message, §8)
@@ -84,13 +91,13 @@ class Offer(Message):
         check_ms("Offer.step_ms", self.step_ms, STEP_MS)
 
 
-@message(type_id=11, max_size=1024)
+@message(type_id=11, max_size=2048)
 class Accept(Message):
     """Host -> guest: the announcement and the host's method data."""
 
     hello: Announce = field(2)
     cpace: bytes | None = field(3, size=KEY_LEN, default=None)  #: CPace Yb (``pin``)
-    noise: bytes | None = field(4, max_len=512, default=None)  #: Noise message (``pin``, ``qr``)
+    noise: bytes | None = field(4, max_len=MAX_NOISE, default=None)  #: (``pin``, ``qr``)
     sealed: bytes | None = field(5, max_len=256, default=None)  #: HPKE enc||ct (``compare``)
     commit: bytes | None = field(6, size=MAC_LEN, default=None)  #: commitment (``compare``)
     key: bytes | None = field(7, size=KEY_LEN, default=None, secret=True)  #: SK (``clear``)
@@ -98,11 +105,11 @@ class Accept(Message):
     host_id: bytes | None = field(9, size=ID_LEN, default=None)  #: who answers (``ttp``)
 
 
-@message(type_id=12, max_size=1024)
+@message(type_id=12, max_size=1536)
 class NoiseMessage(Message):
     """A further Noise handshake message (Noise rev 34 §5.3 WriteMessage output)."""
 
-    noise: bytes = field(2, max_len=512)
+    noise: bytes = field(2, max_len=MAX_NOISE)
 
 
 #: Noise XX message 1 with an empty payload: the ephemeral key and the payload's tag

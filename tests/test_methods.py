@@ -1753,3 +1753,28 @@ def test_an_abort_reason_from_the_peer_that_is_not_ascii_still_fits() -> None:
 def test_config_validation(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         PairingConfig(**kwargs)
+
+
+@pytest.mark.parametrize("method", [Method.PIN, Method.QR, Method.COMPARE, Method.CLEAR])
+@pytest.mark.parametrize(("name", "prekeys"), [
+    ("\U0001f4fa" * 64, 16),  # the longest name a device may have (64 characters, 256 bytes)
+    ("\u7535" * 64, 8),  # 64 Chinese characters (192 bytes), the default prekeys
+    ("L" * 50, 16),
+], ids=["emoji-64-16", "cjk-64-8", "latin-50-16"])
+def test_the_longest_name_and_the_most_prekeys_a_device_may_have_pair(
+    method: Method, name: str, prekeys: int
+) -> None:
+    """Helper kkpad's finding (session 23): the identity a Noise message carries grew with the
+    device's name (up to 256 bytes of UTF-8) and its prekeys (up to 16 digests), past the 512
+    bytes a Noise message field took: a device named with 64 Chinese characters could pair
+    with nobody ("NoiseMessage.noise is 528 long, over its limit of 512")."""
+    g, h = identities(5)
+    g, h = dataclasses.replace(g, name=name), dataclasses.replace(h, name=name)
+    config = PairingConfig(prekeys=prekeys)
+    pair = make_pair(method, seed=6, guest_me=g, host_me=h, guest_config=config,
+                     host_config=config)
+    result = pair.run()
+    assert not result.errors, result.errors
+    assert pair.guest.session is not None and pair.host.session is not None
+    assert pair.guest.session.peer.name == name == pair.host.session.peer.name
+    assert len(pair.host.session.new_their_prekeys) == prekeys

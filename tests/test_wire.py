@@ -482,7 +482,7 @@ REFUSALS: dict[str, tuple[bytes, str]] = {
     "text too long": (_with(ABORT, k3="x" * 201), "over its limit of 200"),
     "nested text too long": (_nested(OFFER, 2, 5, "n" * 65), "over its limit of 64"),
     "optional field wrong size": (_with(OFFER, k3=b"c" * 31), "32 bytes"),
-    "bytes field over max_len": (_with(NoiseMessage(b""), k2=b"x" * 513), "over its limit"),
+    "bytes field over max_len": (_with(NoiseMessage(b""), k2=b"x" * 1025), "over its limit"),
     # types
     "null for a required field": (_with(REVEAL, k2=None), "should be bytes"),
     "null for an optional field": (_with(OFFER, k4=None), "should be bytes"),

@@ -24,7 +24,7 @@ from .. import crypto, keyschedule, wire
 from ..crypto import Rng, check_ed25519_public, digest, x25519_keypair
 from ..errors import AuthenticationError, ConfigError, DecodeError, PairingError, RefusedError
 from ..machine import Event, Question
-from ..messages import ID_LEN, KEY_LEN, MAX_PREKEYS, Announce, Identity, device_name
+from ..messages import ID_LEN, KEY_LEN, MAX_NOISE, MAX_PREKEYS, Announce, Identity, device_name
 from ..negotiation import ALL_CAPS, Caps, Method, methods_mask
 from ..noise import HandshakeState, KeyPair
 from ..qr import QrCode
@@ -1014,7 +1014,9 @@ def _payload_bytes(ident: Identity, hello_hash: bytes | None = None) -> bytes:
 
 
 def _read_payload(data: bytes) -> _Payload:
-    payload = wire.decode_struct(_Payload, data, max_size=512)
+    # a payload is never longer than the Noise message that carries it (MAX_NOISE: a name of
+    # 256 bytes and 16 prekeys; 512 refused such a device: session 23)
+    payload = wire.decode_struct(_Payload, data, max_size=MAX_NOISE)
     if payload.pad is not None:
         raise DecodeError("only a kk identity payload is padded")
     return payload
