@@ -26,14 +26,20 @@ from tests.cli_helpers import KEYSTORE_PIN, PAIRKIT_CMD, ROOT, assert_no_traceba
 WAIT = 20.0
 
 
+#: the width of a test's terminal unless it says another: wide enough for every line the tests
+#: read whole (pairkit folds a line wider than its terminal, and one of no known size at 80)
+WIDE = 200
+
+
 class PtyProcess:
     """One ``pairkit`` command on its own terminal: stdin, stdout and stderr are the pty."""
 
     def __init__(self, home: Path, *args: str, pin: str | None = KEYSTORE_PIN,
-                 env: dict[str, str] | None = None, columns: int | None = None) -> None:
+                 env: dict[str, str] | None = None, columns: int | None = WIDE) -> None:
         """``pin``: the keystore PIN in PAIRKIT_PIN (None: none, so pairkit asks for it);
         ``env``: more environment variables, set over the device's (a locale, an encoding);
-        ``columns``: the terminal's width (else the size a pty starts with: 0 by 0)."""
+        ``columns``: the terminal's width, :data:`WIDE` unless said (None: the size a pty
+        starts with, 0 by 0, which pairkit folds at 80 as a terminal of no known size)."""
         self.args = args
         env = {**cli_env(home, pin=pin), "TERM": "xterm", **(env or {})}
         pid, fd = pty.fork()
