@@ -50,9 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
 _SLOW_FIRST = (
     "tests/test_pn_cli.py",
     "tests/test_cli.py",
+    "tests/attacks/test_attack_privacy_prekey_digest.py",  # session 23: 81 s in 4 tests
     "tests/test_radio_lost_cli.py",
     "tests/attacks/test_attack_pn_setup_retry.py",
     "tests/test_readme_commands.py",
+    "tests/test_ble_moved.py",  # session 23: 58 s in 5 tests
     "tests/test_machine_fuzz.py",
     "tests/attacks/test_attack_pn_id_scope.py",
     "tests/test_hw_rehearsal.py",

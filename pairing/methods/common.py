@@ -1030,13 +1030,12 @@ def _kk_payload_bytes(ident: Identity, hello_hash: bytes | None = None) -> bytes
     length = KK_OFFER_PAYLOAD_LEN if hello_hash is None else KK_ACCEPT_PAYLOAD_LEN
     body = _Payload(dataclasses.replace(ident, name=""), hello_hash, pad=b"")
     short = length - len(wire.encode_struct(body))
-    # The pad's head is one byte up to 23 bytes of pad, two up to 255, three beyond (§1.1).
-    for head in (0, 1, 2):
-        n = short - head
-        if n >= 0 and (n >= 24) + (n >= 256) == head:
-            encoded = wire.encode_struct(dataclasses.replace(body, pad=bytes(n)))
-            if len(encoded) == length:
-                return encoded
+    # n bytes of pad add n and, from 24 bytes on, a byte or two of its head (§1.1): the one n
+    # that fits is short, short - 1 or short - 2, tried in turn
+    for n in range(max(0, short - 2), short + 1):
+        encoded = wire.encode_struct(dataclasses.replace(body, pad=bytes(n)))
+        if len(encoded) == length:
+            return encoded
     raise AssertionError("every kk payload pads to its length")  # pragma: no cover
 
 
