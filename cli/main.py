@@ -1020,8 +1020,11 @@ def _one_file(base: str) -> tuple[str, str]:
     system that folds more than that (NFKC: ``ﬁ`` and ``fi``) is not covered."""
     import unicodedata
 
+    # dotless i (U+0131) first: NTFS upper-cases it to I, as i, where casefold keeps it apart
+    # (atk23b F5; the one such pair in the Basic Multilingual Plane)
     folded = unicodedata.normalize(
-        "NFC", unicodedata.normalize("NFD", base).casefold()).rstrip(". ")
+        "NFC", unicodedata.normalize("NFD", base.replace("\u0131", "i")).casefold()
+    ).rstrip(". ")
     return folded, folded + ".part"
 
 

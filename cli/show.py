@@ -104,15 +104,17 @@ def _cells(ch: str, ambiguous_wide: bool = False) -> int:
     """The columns a terminal gives ``ch``, on the wide side when terminals differ (a fold too
     early is harmless, one too late is the hole: atk22b finding F1): 2 for a wide or
     full-width character (East Asian Width W or F) and, when ``ambiguous_wide``, an ambiguous
-    one (A), 0 for a combining mark, and 2 for any other character from U+1100 on, where a
-    newer Unicode than this Python's may have made it wide (attack review atk23, finding F3:
+    one (A), 0 for a non-spacing or enclosing mark (Mn, Me), and 2 for any other character
+    from U+1100 on, where a newer Unicode than this Python's may have made it wide (atk23 F3:
     38 hexagrams, one column each here, two on a terminal following Unicode 16, put a row of
     the peer's making on the screen unmarked); 1 otherwise (Latin, Greek, Cyrillic and the
     rest below U+1100: a person's name is not folded at half the row).  A character followed
     by U+FE0F is counted 2 by the caller."""
     if ch < "\u00a1":
         return 1
-    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me"):
+    # Only a mark drawn over the character before it (Mn, Me) takes no column: a spacing
+    # combining mark (Mc) takes one, combining class or not (atk23b F1: U+1D165 counted none)
+    if unicodedata.category(ch) in ("Mn", "Me"):
         return 0
     if ch >= _NEWLY_WIDE_FROM:
         return 2

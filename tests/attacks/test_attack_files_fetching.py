@@ -418,6 +418,9 @@ ONE_FILE = {
     "case-and-form": ["CAF\u00c9.txt", "cafe\u0301.txt"],
     "part-first": ["x.part", "x"],
     "part-folded": ["X.PART", "x"],
+    # NTFS upper-cases a name character by character, dotless i (U+0131) to I as i is; casefold
+    # leaves it alone: one file on Windows (attack review atk23b, finding F5)
+    "dotless-i": ["file.txt", "f\u0131le.txt"],
 }
 
 

@@ -293,3 +293,16 @@ def test_a_terminal_of_no_known_size_is_folded_at_eighty_columns(
     SafeStream(tty).write("error: the peer stopped: bye" + " " * 52 + FORGED + "\n")
     rows = tty.text.rstrip("\n").split("\n")
     assert rows[1:] == [FOLD_MARK + FORGED], rows
+
+
+def test_spacing_combining_marks_take_their_column(terminal: _Terminal) -> None:
+    """Attack review atk23b, finding F1: a spacing combining mark (category Mc, with a
+    combining class: U+1D165 MUSICAL SYMBOL COMBINING STEM) was counted no column, as a mark
+    drawn over the character before it is; terminals (wcwidth) give it one.  46 of them
+    between "bye" and the forged text made a line pairkit counted 76 columns and the terminal
+    drew in 122: its second row was the stranger's, unmarked."""
+    stream = SafeStream(terminal)
+    stream.write("error: peer said: bye" + "\U0001d165" * 46 + FORGED + "\n")
+    rows = terminal.text.rstrip("\n").split("\n")
+    assert len(rows) > 1 and all(r.startswith(FOLD_MARK) for r in rows[1:]), rows
+    assert [r for r in rows if len(r) > COLUMNS] == [], rows  # one column each, at least
